@@ -1,0 +1,59 @@
+/*
+ * p11escrow — certificate building and signing with a token key.
+ *
+ * The signer is an EVP_PKEY whose private operations run on the token
+ * (esc_token_key_private); nothing here ever sees private key bytes.
+ */
+#ifndef P11ESCROW_CA_H
+#define P11ESCROW_CA_H
+
+#include <openssl/evp.h>
+#include <openssl/x509.h>
+
+#include <p11escrow/ctx.h>
+#include <p11escrow/err.h>
+
+#define ESC_FINGERPRINT_MAX 128
+
+/*
+ * Parse a distinguished name: "CN=Example CA,O=Org" or "/CN=Example CA/O=Org".
+ * Errors: USAGE (names the bad component).
+ */
+enum esc_err esc_name_parse(struct esc_ctx *ctx, const char *text, X509_NAME **out) ESC_MUST_CHECK;
+
+/* One-line RFC 2253 form of a name; caller frees. */
+char *esc_name_to_string(const X509_NAME *name);
+
+/* "SHA256:AB:CD:..." fingerprint of a certificate's DER. */
+void esc_cert_fingerprint(X509 *cert, char out[ESC_FINGERPRINT_MAX]);
+
+/* Lower-case hex of a certificate's serial; caller frees. */
+char *esc_cert_serial_hex(const X509 *cert);
+
+/*
+ * Self-signed CA certificate for subject, valid days from now; signed by
+ * signer, whose public half is pub.  The signature is verified with pub
+ * before return.  Errors: USAGE, CRYPTO.
+ */
+enum esc_err esc_ca_self_sign(struct esc_ctx *ctx, EVP_PKEY *signer, EVP_PKEY *pub, const char *subject, int days,
+			      X509 **out) ESC_MUST_CHECK;
+
+/* PKCS#10 request for an external CA, signed by signer.  Errors: USAGE, CRYPTO. */
+enum esc_err esc_ca_make_csr(struct esc_ctx *ctx, EVP_PKEY *signer, EVP_PKEY *pub, const char *subject,
+			     X509_REQ **out) ESC_MUST_CHECK;
+
+enum esc_cert_profile {
+	ESC_PROFILE_TRANSPORT, /* CA transport certificate: keyEncipherment or keyAgreement */
+};
+
+/*
+ * Issue a certificate for pub under ca_cert, signed by signer.
+ * Errors: USAGE, CRYPTO.
+ */
+enum esc_err esc_ca_issue(struct esc_ctx *ctx, X509 *ca_cert, EVP_PKEY *signer, EVP_PKEY *pub,
+			  const X509_NAME *subject, int days, enum esc_cert_profile profile, X509 **out) ESC_MUST_CHECK;
+
+/* Is cert's public key the same as pub? */
+int esc_cert_matches_key(X509 *cert, EVP_PKEY *pub);
+
+#endif

@@ -1,0 +1,38 @@
+/*
+ * p11escrow — library context.
+ *
+ * A struct esc_ctx carries the state one caller (one CLI run, one daemon
+ * worker thread) needs: the last error's detail and an optional log sink.
+ * There are no mutable globals in the library; pass the context explicitly.
+ * A context is not thread-safe: use one per thread.
+ */
+#ifndef P11ESCROW_CTX_H
+#define P11ESCROW_CTX_H
+
+#include <p11escrow/err.h>
+
+struct esc_ctx;
+
+enum esc_log_level { ESC_LOG_ERROR, ESC_LOG_WARN, ESC_LOG_INFO, ESC_LOG_DEBUG };
+
+/* Log sink; msg never contains secrets. */
+typedef void (*esc_log_fn)(void *arg, enum esc_log_level level, const char *msg);
+
+/* Allocates a context into *out.  Errors: ESC_ERR_NOMEM. */
+enum esc_err esc_ctx_new(struct esc_ctx **out) ESC_MUST_CHECK;
+/* Frees a context; accepts NULL. */
+void esc_ctx_free(struct esc_ctx *ctx);
+void esc_ctx_set_log(struct esc_ctx *ctx, esc_log_fn fn, void *arg);
+
+/*
+ * The sentence describing the last failure recorded in ctx, e.g.
+ * "login to token 'CA' failed: CKR_PIN_INCORRECT (the PIN is wrong)".
+ * Empty string if none.  Valid until the next call that fails.
+ */
+const char *esc_ctx_errmsg(const struct esc_ctx *ctx);
+/* The code of the last failure recorded in ctx (ESC_OK if none). */
+enum esc_err esc_ctx_errcode(const struct esc_ctx *ctx);
+/* Forget the last failure. */
+void esc_ctx_clear_error(struct esc_ctx *ctx);
+
+#endif

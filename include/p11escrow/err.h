@@ -1,0 +1,53 @@
+/*
+ * p11escrow — one error type for the whole library.
+ *
+ * Every fallible library function returns enum esc_err.  ESC_OK is zero,
+ * every failure is negative.  A human-readable sentence with the detail
+ * (the CK_RV name, OpenSSL's reason, libpq's message) is kept in the
+ * struct esc_ctx that was passed to the failing call: see esc_ctx_errmsg().
+ */
+#ifndef P11ESCROW_ERR_H
+#define P11ESCROW_ERR_H
+
+#include <stddef.h>
+
+#define ESC_MUST_CHECK __attribute__((warn_unused_result))
+
+enum esc_err {
+	ESC_OK = 0,
+	ESC_ERR_NOMEM = -1,		/* out of memory */
+	ESC_ERR_INTERNAL = -2,		/* a bug: an invariant did not hold */
+	ESC_ERR_USAGE = -3,		/* bad argument or option value */
+	ESC_ERR_CONFIG = -4,		/* configuration file or value invalid */
+	ESC_ERR_IO = -5,		/* reading or writing a file failed */
+	ESC_ERR_PIN_MISSING = -10,	/* no PIN source available */
+	ESC_ERR_PIN_INCORRECT = -11,	/* CKR_PIN_INCORRECT */
+	ESC_ERR_PIN_LOCKED = -12,	/* CKR_PIN_LOCKED */
+	ESC_ERR_TOKEN_NOT_FOUND = -13,	/* no token matches the URI */
+	ESC_ERR_KEY_NOT_FOUND = -14,	/* no key matches the URI */
+	ESC_ERR_AMBIGUOUS = -15,	/* URI matches more than one token/key */
+	ESC_ERR_MECHANISM = -16,	/* token lacks a needed mechanism */
+	ESC_ERR_PKCS11 = -17,		/* other PKCS#11 failure */
+	ESC_ERR_MODULE = -18,		/* PKCS#11 module cannot be loaded */
+	ESC_ERR_URI = -19,		/* malformed PKCS#11 URI */
+	ESC_ERR_DB_CONNECT = -20,	/* database unreachable */
+	ESC_ERR_DB = -21,		/* database statement failed */
+	ESC_ERR_SCHEMA_NEWER = -22,	/* database schema newer than binary */
+	ESC_ERR_SCHEMA_OLD = -23,	/* schema not migrated */
+	ESC_ERR_CRYPTO = -30,		/* OpenSSL operation failed */
+	ESC_ERR_BAD_INPUT = -31,	/* malformed certificate/CSR/key input */
+	ESC_ERR_MISMATCH = -32,		/* key does not match certificate */
+	ESC_ERR_EXISTS = -40,		/* object already exists */
+	ESC_ERR_STATE = -41,		/* operation not valid in this state */
+};
+
+/* Stable short name of an error code, e.g. "token not found". Never NULL. */
+const char *esc_strerror(enum esc_err err);
+
+/*
+ * Process exit code documented for each error (see p11escrow(1), EXIT
+ * STATUS).  Distinct per error class so scripts can react precisely.
+ */
+int esc_err_exit_code(enum esc_err err);
+
+#endif

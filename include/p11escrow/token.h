@@ -1,0 +1,157 @@
+/*
+ * p11escrow — PKCS#11 tokens: module loading, RFC 7512 URIs, login,
+ * mechanism probing, key generation and token keys as EVP_PKEY.
+ *
+ * A struct esc_token is one loaded module with one selected token and one
+ * read-write session.  Modules are loaded by path or by the name p11-kit
+ * knows them under ("p11-kit:NAME").  Tokens and keys are selected only by
+ * RFC 7512 URIs (token label/serial/manufacturer/model, object label, id,
+ * type), parsed with p11-kit's URI API; never by slot number, which
+ * renumbers.  PINs are never part of a URI: a URI holding pin-value or
+ * pin-source is refused.
+ *
+ * Errors carry the CK_RV name, e.g. "CKR_PIN_INCORRECT", in the ctx message.
+ */
+#ifndef P11ESCROW_TOKEN_H
+#define P11ESCROW_TOKEN_H
+
+#include <stddef.h>
+
+#include <openssl/evp.h>
+
+#include <p11escrow/ctx.h>
+#include <p11escrow/err.h>
+#include <p11escrow/pin.h>
+
+struct esc_token;
+struct esc_token_key;
+
+enum esc_key_type {
+	ESC_KEY_RSA3072,
+	ESC_KEY_RSA4096,
+	ESC_KEY_EC_P256,
+	ESC_KEY_EC_P384,
+};
+
+/* What a generated private key may do; the token enforces it. */
+enum esc_key_usage {
+	ESC_KEY_USE_SIGN,    /* CKA_SIGN only */
+	ESC_KEY_USE_DECRYPT, /* RSA: CKA_DECRYPT (OAEP); EC: CKA_DERIVE (ECDH) */
+};
+
+struct esc_mechanism {
+	unsigned long type;    /* CKM_* */
+	unsigned long min_bits;
+	unsigned long max_bits;
+	unsigned long flags;   /* CKF_* */
+};
+
+/* Parse "rsa3072", "rsa4096", "ec-p256", "ec-p384".  Errors: USAGE. */
+enum esc_err esc_key_type_parse(struct esc_ctx *ctx, const char *s, enum esc_key_type *out) ESC_MUST_CHECK;
+const char *esc_key_type_name(enum esc_key_type t);
+
+/* "CKR_PIN_INCORRECT" or "CKR_0x000000a0"; static storage for known codes. */
+const char *esc_ckr_name(unsigned long rv);
+/* "CKM_RSA_PKCS" or NULL if unknown. */
+const char *esc_ckm_name(unsigned long mech);
+
+/*
+ * Check that uri is a syntactically valid PKCS#11 URI without PIN
+ * attributes.  Errors: URI.
+ */
+enum esc_err esc_token_uri_check(struct esc_ctx *ctx, const char *uri) ESC_MUST_CHECK;
+
+/*
+ * Load the module and select the one token matching uri.  module: an
+ * absolute path, "p11-kit:NAME", or NULL/"" for the URI's module-path or
+ * module-name query attribute, else the build default.
+ * Errors: URI, MODULE, TOKEN_NOT_FOUND (message lists tokens present),
+ * AMBIGUOUS (message lists candidates), PKCS11.
+ */
+enum esc_err esc_token_open(struct esc_ctx *ctx, const char *module, const char *uri, struct esc_token **out)
+	ESC_MUST_CHECK;
+/* Close the session, unload the module; accepts NULL. */
+void esc_token_free(struct esc_token *tok);
+
+/* Log in as the token user.  Errors: PIN_INCORRECT, PIN_LOCKED, PKCS11. */
+enum esc_err esc_token_login(struct esc_ctx *ctx, struct esc_token *tok, const struct esc_secret *pin)
+	ESC_MUST_CHECK;
+
+const char *esc_token_label(const struct esc_token *tok);
+const char *esc_token_serial(const struct esc_token *tok);
+const char *esc_token_manufacturer(const struct esc_token *tok);
+const char *esc_token_model(const struct esc_token *tok);
+const char *esc_token_module_path(const struct esc_token *tok);
+
+/*
+ * The token's mechanisms.  *out is a malloc'ed array the caller frees.
+ * Errors: NOMEM, PKCS11.
+ */
+enum esc_err esc_token_mechanisms(struct esc_ctx *ctx, struct esc_token *tok, struct esc_mechanism **out,
+				  size_t *n) ESC_MUST_CHECK;
+
+/*
+ * Fail with ESC_ERR_MECHANISM (naming the mechanism and why) unless the
+ * token offers everything needed to generate and use a key of this type for
+ * this usage.
+ */
+enum esc_err esc_token_require_key_mechanisms(struct esc_ctx *ctx, struct esc_token *tok, enum esc_key_type type,
+					      enum esc_key_usage usage) ESC_MUST_CHECK;
+
+/*
+ * Generate a key pair on the token: private half sensitive, never
+ * extractable, restricted to usage; a random 16-byte CKA_ID; the label
+ * given.  Errors: MECHANISM, PKCS11, NOMEM.
+ */
+enum esc_err esc_token_generate_key(struct esc_ctx *ctx, struct esc_token *tok, enum esc_key_type type,
+				    enum esc_key_usage usage, const char *label, struct esc_token_key **out)
+	ESC_MUST_CHECK;
+
+/*
+ * Find the one private key matching uri (object label and/or id; the token
+ * part of the URI is ignored here).  Errors: URI, KEY_NOT_FOUND, AMBIGUOUS
+ * (message lists each candidate's label and id), PKCS11.
+ */
+enum esc_err esc_token_find_key(struct esc_ctx *ctx, struct esc_token *tok, const char *uri,
+				struct esc_token_key **out) ESC_MUST_CHECK;
+
+/* Destroy both halves of a key pair on the token (undo of a generation). */
+enum esc_err esc_token_destroy_key(struct esc_ctx *ctx, struct esc_token *tok, const struct esc_token_key *key)
+	ESC_MUST_CHECK;
+
+void esc_token_key_free(struct esc_token_key *key);
+
+/* Key identity. */
+const unsigned char *esc_token_key_id(const struct esc_token_key *key, size_t *len);
+const char *esc_token_key_label(const struct esc_token_key *key);
+/* "rsa3072", "ec-p256", ... or "rsa2048"-style for adopted keys. */
+const char *esc_token_key_type_name(const struct esc_token_key *key);
+
+/*
+ * Is the private key protected as it must be: CKA_SENSITIVE and not
+ * CKA_EXTRACTABLE (and never was extractable)?  Errors: STATE (says which
+ * attribute is wrong), PKCS11.
+ */
+enum esc_err esc_token_key_check_protected(struct esc_ctx *ctx, struct esc_token *tok,
+					   const struct esc_token_key *key) ESC_MUST_CHECK;
+
+/* The public key read from the token.  Caller frees.  Errors: PKCS11, CRYPTO. */
+enum esc_err esc_token_key_public(struct esc_ctx *ctx, struct esc_token *tok, const struct esc_token_key *key,
+				  EVP_PKEY **out) ESC_MUST_CHECK;
+
+/*
+ * The private key as an EVP_PKEY whose operations run on the token (through
+ * libp11).  Requires login.  Caller frees; the EVP_PKEY must not outlive
+ * tok.  Errors: KEY_NOT_FOUND, PKCS11.
+ */
+enum esc_err esc_token_key_private(struct esc_ctx *ctx, struct esc_token *tok, const struct esc_token_key *key,
+				   EVP_PKEY **out) ESC_MUST_CHECK;
+
+/*
+ * RFC 7512 URI naming this key on this token (token label+serial, id,
+ * type=private), without any PIN.  Caller frees with free().
+ */
+enum esc_err esc_token_key_uri(struct esc_ctx *ctx, const struct esc_token *tok, const struct esc_token_key *key,
+			       char **out) ESC_MUST_CHECK;
+
+#endif

@@ -1,0 +1,31 @@
+/* p11escrow CLI: shared declarations of the subcommands and helpers. */
+#ifndef P11ESCROW_CLI_H
+#define P11ESCROW_CLI_H
+
+#include <p11escrow/config.h>
+#include <p11escrow/ctx.h>
+#include <p11escrow/err.h>
+
+#define PROG "p11escrow"
+
+int setup_main(int argc, char *argv[]);
+int db_main(int argc, char *argv[]);
+int token_main(int argc, char *argv[]);
+
+/* Print "p11escrow CMD: error: MSG" for err and return its exit code. */
+int cli_fail(const char *cmd, struct esc_ctx *ctx, enum esc_err err);
+/* Print a usage error (one line, plus a hint to --help) and return 2. */
+int cli_usage_error(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/*
+ * Create a context and load the configuration: the file given (must exist),
+ * else the default path if it exists; then environment overrides.
+ */
+int cli_init(const char *cmd, const char *config_path, struct esc_ctx **ctx, struct esc_config **cfg);
+/* Set one config key from a command-line option; returns 0 or an exit code. */
+int cli_set(const char *cmd, struct esc_ctx *ctx, struct esc_config *cfg, const char *key, const char *value);
+
+/* The EXIT STATUS table printed by --help. */
+void cli_print_exit_codes(void);
+
+#endif

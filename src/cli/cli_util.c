@@ -1,0 +1,83 @@
+/*
+ * Helpers shared by the subcommands: configuration, errors, exit codes.
+ */
+#include <stdarg.h>
+#include <stdio.h>
+#include <unistd.h>
+
+#include <p11escrow/pin.h>
+
+#include "cli.h"
+
+int
+cli_fail(const char *cmd, struct esc_ctx *ctx, enum esc_err err)
+{
+	const char *msg = ctx != NULL ? esc_ctx_errmsg(ctx) : "";
+
+	fprintf(stderr, "%s %s: error: %s\n", PROG, cmd, *msg ? msg : esc_strerror(err));
+	return esc_err_exit_code(err);
+}
+
+int
+cli_usage_error(const char *cmd, const char *fmt, ...)
+{
+	va_list ap;
+
+	fprintf(stderr, "%s %s: ", PROG, cmd);
+	va_start(ap, fmt);
+	vfprintf(stderr, fmt, ap);
+	va_end(ap);
+	fprintf(stderr, " (see '%s %s --help')\n", PROG, cmd);
+	return esc_err_exit_code(ESC_ERR_USAGE);
+}
+
+int
+cli_init(const char *cmd, const char *config_path, struct esc_ctx **ctx, struct esc_config **cfg)
+{
+	enum esc_err r;
+
+	*ctx = NULL;
+	*cfg = NULL;
+	/* Lock the secure heap before any secret is read; warn if we cannot. */
+	if (esc_secmem_init() != ESC_OK)
+		fprintf(stderr, "%s %s: warning: cannot lock memory for secrets (RLIMIT_MEMLOCK?)\n", PROG, cmd);
+	if (esc_ctx_new(ctx) != ESC_OK) {
+		fprintf(stderr, "%s %s: error: out of memory\n", PROG, cmd);
+		return esc_err_exit_code(ESC_ERR_NOMEM);
+	}
+	if ((r = esc_config_new(*ctx, cfg)) != ESC_OK)
+		return cli_fail(cmd, *ctx, r);
+	if (config_path == NULL && access(ESC_CONFIG_DEFAULT_PATH, F_OK) == 0)
+		config_path = ESC_CONFIG_DEFAULT_PATH;
+	if (config_path != NULL && (r = esc_config_load_file(*ctx, *cfg, config_path)) != ESC_OK)
+		return cli_fail(cmd, *ctx, r);
+	if ((r = esc_config_apply_env(*ctx, *cfg)) != ESC_OK)
+		return cli_fail(cmd, *ctx, r);
+	return 0;
+}
+
+int
+cli_set(const char *cmd, struct esc_ctx *ctx, struct esc_config *cfg, const char *key, const char *value)
+{
+	enum esc_err r = esc_config_set(ctx, cfg, key, value);
+
+	return r == ESC_OK ? 0 : cli_fail(cmd, ctx, r);
+}
+
+void
+cli_print_exit_codes(void)
+{
+	static const enum esc_err codes[] = {
+		ESC_ERR_USAGE,		 ESC_ERR_CONFIG,	 ESC_ERR_IO,	    ESC_ERR_PIN_MISSING,
+		ESC_ERR_PIN_INCORRECT,	 ESC_ERR_PIN_LOCKED,	 ESC_ERR_TOKEN_NOT_FOUND, ESC_ERR_KEY_NOT_FOUND,
+		ESC_ERR_AMBIGUOUS,	 ESC_ERR_MECHANISM,	 ESC_ERR_PKCS11,    ESC_ERR_MODULE,
+		ESC_ERR_URI,		 ESC_ERR_DB_CONNECT,	 ESC_ERR_DB,	    ESC_ERR_SCHEMA_NEWER,
+		ESC_ERR_SCHEMA_OLD,	 ESC_ERR_CRYPTO,	 ESC_ERR_BAD_INPUT, ESC_ERR_MISMATCH,
+		ESC_ERR_EXISTS,		 ESC_ERR_STATE,		 ESC_ERR_INTERNAL,
+	};
+	size_t i;
+
+	printf("\nExit status:\n  %3d  success\n", 0);
+	for (i = 0; i < sizeof(codes) / sizeof(codes[0]); i++)
+		printf("  %3d  %s\n", esc_err_exit_code(codes[i]), esc_strerror(codes[i]));
+}

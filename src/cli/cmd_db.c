@@ -1,0 +1,104 @@
+/*
+ * p11escrow db — schema migrations and status.
+ */
+#include <getopt.h>
+#include <stdio.h>
+#include <string.h>
+
+#include <p11escrow/store.h>
+
+#include "cli.h"
+
+#define CMD "db"
+
+static void
+help(void)
+{
+	printf("Usage: %s " CMD " migrate|status [OPTIONS]\n\n"
+	       "  migrate   apply the schema migrations this program carries (idempotent; each in its\n"
+	       "            own transaction; a database newer than this program is refused)\n"
+	       "  status    print the database's schema version and this program's\n\n"
+	       "Options:\n"
+	       "  -c, --config FILE          configuration file\n"
+	       "  -d, --database CONNINFO    libpq connection string\n"
+	       "  -h, --help                 this text\n",
+	       PROG);
+	cli_print_exit_codes();
+}
+
+int
+db_main(int argc, char *argv[])
+{
+	static const struct option longopts[] = {
+		{"config", required_argument, NULL, 'c'},
+		{"database", required_argument, NULL, 'd'},
+		{"help", no_argument, NULL, 'h'},
+		{NULL, 0, NULL, 0},
+	};
+	const char *config = NULL, *database = NULL, *action;
+	struct esc_ctx *ctx = NULL;
+	struct esc_config *cfg = NULL;
+	struct esc_store *st = NULL;
+	enum esc_err r;
+	int c, rc, from = 0, to = 0;
+
+	opterr = 0;
+	optind = 1;
+	while ((c = getopt_long(argc, argv, ":c:d:h", longopts, NULL)) != -1) {
+		switch (c) {
+		case 'h':
+			help();
+			return 0;
+		case 'c':
+			config = optarg;
+			break;
+		case 'd':
+			database = optarg;
+			break;
+		case ':':
+			return cli_usage_error(CMD, "option '%s' needs a value", argv[optind - 1]);
+		default:
+			return cli_usage_error(CMD, "unknown option '%s'", argv[optind - 1]);
+		}
+	}
+	if (optind != argc - 1)
+		return cli_usage_error(CMD, "expected one action: migrate or status");
+	action = argv[optind];
+	if (strcmp(action, "migrate") != 0 && strcmp(action, "status") != 0)
+		return cli_usage_error(CMD, "unknown action '%s' (use migrate or status)", action);
+	if ((rc = cli_init(CMD, config, &ctx, &cfg)) != 0)
+		goto out;
+	if (database != NULL && (rc = cli_set(CMD, ctx, cfg, "database", database)) != 0)
+		goto out;
+	if ((r = esc_store_connect(ctx, esc_config_get(cfg, "database"), &st)) != ESC_OK) {
+		rc = cli_fail(CMD, ctx, r);
+		goto out;
+	}
+	if (strcmp(action, "migrate") == 0) {
+		if ((r = esc_store_migrate(ctx, st, &from, &to)) != ESC_OK) {
+			rc = cli_fail(CMD, ctx, r);
+			goto out;
+		}
+		if (from == to)
+			printf("schema is at version %d: nothing to do\n", to);
+		else
+			printf("schema migrated from version %d to %d\n", from, to);
+	} else {
+		if ((r = esc_store_schema_version(ctx, st, &from)) != ESC_OK) {
+			rc = cli_fail(CMD, ctx, r);
+			goto out;
+		}
+		printf("database schema version: %d\nprogram schema version:  %d\n", from, esc_store_known_version());
+		if (from != esc_store_known_version()) {
+			r = esc_store_check_schema(ctx, st);
+			rc = cli_fail(CMD, ctx, r);
+			goto out;
+		}
+	}
+	rc = 0;
+out:
+	esc_store_free(st);
+	esc_config_free(cfg);
+	esc_ctx_free(ctx);
+	return rc;
+}

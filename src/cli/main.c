@@ -1,0 +1,59 @@
+/*
+ * p11escrow — command-line front-end.  One file per subcommand; this file
+ * only dispatches.
+ */
+#include <stdio.h>
+#include <string.h>
+
+#include "cli.h"
+#include "esc_build_config.h"
+
+static const struct {
+	const char *name;
+	int (*main)(int, char *[]);
+	const char *summary;
+} commands[] = {
+	{"setup", setup_main, "create the CA: schema, keys on the CA token, CA certificate"},
+	{"db", db_main, "database schema: migrate, status"},
+	{"token", token_main, "inspect a PKCS#11 token: info and mechanisms"},
+};
+
+static void
+usage(FILE *f)
+{
+	size_t i;
+
+	fprintf(f, "Usage: %s COMMAND [OPTIONS]\n\n"
+		   "p11escrow %s: key archival and two-person recovery with PKCS#11 tokens.\n\nCommands:\n",
+		PROG, ESC_VERSION);
+	for (i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
+		fprintf(f, "  %-8s %s\n", commands[i].name, commands[i].summary);
+	fprintf(f, "\nRun '%s COMMAND --help' for a command's options.\n"
+		   "Options:\n  -h, --help     this text\n  -V, --version  print the version\n",
+		PROG);
+}
+
+int
+main(int argc, char *argv[])
+{
+	size_t i;
+
+	if (argc < 2) {
+		usage(stderr);
+		return 2;
+	}
+	if (strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "help") == 0) {
+		usage(stdout);
+		cli_print_exit_codes();
+		return 0;
+	}
+	if (strcmp(argv[1], "-V") == 0 || strcmp(argv[1], "--version") == 0) {
+		printf("p11escrow %s\n", ESC_VERSION);
+		return 0;
+	}
+	for (i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
+		if (strcmp(argv[1], commands[i].name) == 0)
+			return commands[i].main(argc - 1, argv + 1);
+	fprintf(stderr, "%s: unknown command '%s' (see '%s --help')\n", PROG, argv[1], PROG);
+	return 2;
+}

@@ -1,0 +1,36 @@
+/*
+ * Internal helpers shared by the modules of libp11escrow.  Not installed.
+ */
+#ifndef P11ESCROW_INTERNAL_H
+#define P11ESCROW_INTERNAL_H
+
+#include <stdarg.h>
+#include <stddef.h>
+
+#include <p11escrow/ctx.h>
+#include <p11escrow/err.h>
+
+#define ESC_ERRMSG_MAX 1024
+
+/*
+ * Record a failure in ctx with a printf-style sentence and return code, so
+ * callers can write `r = esc_error(ctx, ESC_ERR_X, "...", ...); goto out;`.
+ * The message must never contain a secret.
+ */
+enum esc_err esc_error(struct esc_ctx *ctx, enum esc_err code, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+
+/*
+ * Like esc_error, then appends ": <OpenSSL reason>" from the OpenSSL error
+ * queue (which it empties).
+ */
+enum esc_err esc_error_ossl(struct esc_ctx *ctx, enum esc_err code, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+
+/* Emit a log line through the context's sink (no-op without one). */
+void esc_log(struct esc_ctx *ctx, enum esc_log_level level, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+
+#define ESC_ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
+
+#endif

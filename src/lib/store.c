@@ -1,0 +1,286 @@
+/*
+ * PostgreSQL storage through libpq.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include <libpq-fe.h>
+
+#include <p11escrow/store.h>
+
+#include "internal.h"
+#include "store_internal.h"
+#include "store_migrations.h"
+
+/* Arbitrary constant naming p11escrow's migration lock ("p11e"). */
+#define MIGRATION_LOCK "1882536293"
+
+struct esc_store {
+	PGconn *conn;
+	int in_tx;
+};
+
+/* libpq messages end in a newline; keep one line. */
+static const char *
+one_line(char *buf, size_t len, const char *msg)
+{
+	size_t n;
+
+	snprintf(buf, len, "%s", msg ? msg : "");
+	n = strlen(buf);
+	while (n > 0 && (buf[n - 1] == '\n' || buf[n - 1] == ' '))
+		buf[--n] = '\0';
+	for (char *p = buf; *p; p++)
+		if (*p == '\n')
+			*p = ' ';
+	return buf;
+}
+
+enum esc_err
+esc_store_connect(struct esc_ctx *ctx, const char *conninfo, struct esc_store **out)
+{
+	struct esc_store *st;
+	PGresult *res;
+	char msg[512];
+
+	if ((st = calloc(1, sizeof(*st))) == NULL)
+		return esc_error(ctx, ESC_ERR_NOMEM, "out of memory");
+	st->conn = PQconnectdb(conninfo ? conninfo : "");
+	if (st->conn == NULL || PQstatus(st->conn) != CONNECTION_OK) {
+		enum esc_err r = esc_error(ctx, ESC_ERR_DB_CONNECT,
+					   "cannot connect to the database: %s (check 'database' in the "
+					   "configuration or P11ESCROW_DATABASE)",
+					   one_line(msg, sizeof(msg), st->conn ? PQerrorMessage(st->conn) : "out of memory"));
+		esc_store_free(st);
+		return r;
+	}
+	/* A fixed search_path so no other schema can shadow our tables. */
+	res = PQexec(st->conn, "SET search_path = public; SET client_min_messages = warning");
+	if (PQresultStatus(res) != PGRES_COMMAND_OK) {
+		PQclear(res);
+		esc_store_free(st);
+		return esc_error(ctx, ESC_ERR_DB, "cannot configure the database session");
+	}
+	PQclear(res);
+	*out = st;
+	return ESC_OK;
+}
+
+void
+esc_store_free(struct esc_store *st)
+{
+	if (st == NULL)
+		return;
+	if (st->conn != NULL)
+		PQfinish(st->conn);
+	free(st);
+}
+
+int
+esc_store_known_version(void)
+{
+	return (int)esc_migrations_count;
+}
+
+enum esc_err
+esc_store_exec(struct esc_ctx *ctx, struct esc_store *st, const char *sql, int nparams, const char *const *values,
+	       const int *lengths, const int *formats, PGresult **out)
+{
+	PGresult *res;
+	ExecStatusType status;
+	char msg[512];
+	enum esc_err r;
+
+	res = PQexecParams(st->conn, sql, nparams, NULL, values, lengths, formats, 0);
+	status = PQresultStatus(res);
+	if (status == PGRES_COMMAND_OK || status == PGRES_TUPLES_OK) {
+		if (out != NULL)
+			*out = res;
+		else
+			PQclear(res);
+		return ESC_OK;
+	}
+	if (PQstatus(st->conn) != CONNECTION_OK)
+		r = esc_error(ctx, ESC_ERR_DB_CONNECT, "lost the database connection: %s",
+			      one_line(msg, sizeof(msg), PQerrorMessage(st->conn)));
+	else if (PQresultErrorField(res, PG_DIAG_SQLSTATE) != NULL &&
+		 strcmp(PQresultErrorField(res, PG_DIAG_SQLSTATE), "23505") == 0)
+		r = esc_error(ctx, ESC_ERR_EXISTS, "already recorded: %s",
+			      one_line(msg, sizeof(msg), PQresultErrorMessage(res)));
+	else
+		r = esc_error(ctx, ESC_ERR_DB, "database error: %s",
+			      one_line(msg, sizeof(msg), PQresultErrorMessage(res)));
+	PQclear(res);
+	return r;
+}
+
+enum esc_err
+esc_store_begin(struct esc_ctx *ctx, struct esc_store *st)
+{
+	enum esc_err r;
+
+	if ((r = esc_store_exec(ctx, st, "BEGIN ISOLATION LEVEL SERIALIZABLE", 0, NULL, NULL, NULL, NULL)) ==
+	    ESC_OK)
+		st->in_tx = 1;
+	return r;
+}
+
+enum esc_err
+esc_store_commit(struct esc_ctx *ctx, struct esc_store *st)
+{
+	enum esc_err r = esc_store_exec(ctx, st, "COMMIT", 0, NULL, NULL, NULL, NULL);
+
+	st->in_tx = 0;
+	return r;
+}
+
+void
+esc_store_rollback(struct esc_store *st)
+{
+	PGresult *res;
+
+	if (!st->in_tx)
+		return;
+	res = PQexec(st->conn, "ROLLBACK");
+	PQclear(res);
+	st->in_tx = 0;
+}
+
+static enum esc_err
+read_version(struct esc_ctx *ctx, struct esc_store *st, int *version)
+{
+	PGresult *res = NULL;
+	enum esc_err r;
+
+	/* to_regclass: no error (and no aborted transaction) when the table is missing. */
+	if ((r = esc_store_exec(ctx, st, "SELECT to_regclass('public.p11escrow_schema') IS NOT NULL", 0, NULL, NULL,
+				NULL, &res)) != ESC_OK)
+		return r;
+	if (strcmp(PQgetvalue(res, 0, 0), "t") != 0) {
+		PQclear(res);
+		*version = 0;
+		return ESC_OK;
+	}
+	PQclear(res);
+	if ((r = esc_store_exec(ctx, st, "SELECT coalesce(max(version), 0) FROM p11escrow_schema", 0, NULL, NULL,
+				NULL, &res)) != ESC_OK)
+		return r;
+	*version = atoi(PQgetvalue(res, 0, 0));
+	PQclear(res);
+	return ESC_OK;
+}
+
+enum esc_err
+esc_store_schema_version(struct esc_ctx *ctx, struct esc_store *st, int *version)
+{
+	return read_version(ctx, st, version);
+}
+
+static enum esc_err
+newer_error(struct esc_ctx *ctx, int version)
+{
+	return esc_error(ctx, ESC_ERR_SCHEMA_NEWER,
+			 "the database schema is version %d but this program knows only up to %d: upgrade "
+			 "p11escrow (nothing was changed)",
+			 version, esc_store_known_version());
+}
+
+enum esc_err
+esc_store_check_schema(struct esc_ctx *ctx, struct esc_store *st)
+{
+	enum esc_err r;
+	int v = 0;
+
+	if ((r = read_version(ctx, st, &v)) != ESC_OK)
+		return r;
+	if (v > esc_store_known_version())
+		return newer_error(ctx, v);
+	if (v < esc_store_known_version())
+		return esc_error(ctx, ESC_ERR_SCHEMA_OLD,
+				 "the database schema is version %d, this program needs %d: run 'p11escrow db migrate'",
+				 v, esc_store_known_version());
+	return ESC_OK;
+}
+
+/* Apply migration m in its own transaction, unless another run already did. */
+static enum esc_err
+apply_one(struct esc_ctx *ctx, struct esc_store *st, const struct esc_migration *m)
+{
+	PGresult *res;
+	char vbuf[16];
+	const char *params[2];
+	enum esc_err r;
+	int v = 0;
+
+	if ((r = esc_store_begin(ctx, st)) != ESC_OK)
+		return r;
+	if ((r = esc_store_exec(ctx, st, "SELECT pg_advisory_xact_lock(" MIGRATION_LOCK ")", 0, NULL, NULL, NULL,
+				NULL)) != ESC_OK)
+		goto out;
+	if ((r = esc_store_exec(ctx, st,
+				"CREATE TABLE IF NOT EXISTS p11escrow_schema ("
+				" version integer PRIMARY KEY, name text NOT NULL,"
+				" applied_at timestamptz NOT NULL DEFAULT now())",
+				0, NULL, NULL, NULL, NULL)) != ESC_OK)
+		goto out;
+	if ((r = read_version(ctx, st, &v)) != ESC_OK)
+		goto out;
+	if (v > esc_store_known_version()) {
+		r = newer_error(ctx, v);
+		goto out;
+	}
+	if (v >= m->version) {
+		r = ESC_OK;
+		goto out; /* done concurrently; rollback below is harmless */
+	}
+	/*
+	 * The migration text is a static, embedded script of several
+	 * statements, never built from input: PQexec is the one way to run it.
+	 */
+	res = PQexec(st->conn, m->sql);
+	if (PQresultStatus(res) != PGRES_COMMAND_OK && PQresultStatus(res) != PGRES_TUPLES_OK) {
+		char msg[512];
+
+		r = esc_error(ctx, ESC_ERR_DB, "migration %03d_%s failed: %s", m->version, m->name,
+			      one_line(msg, sizeof(msg), PQresultErrorMessage(res)));
+		PQclear(res);
+		goto out;
+	}
+	PQclear(res);
+	snprintf(vbuf, sizeof(vbuf), "%d", m->version);
+	params[0] = vbuf;
+	params[1] = m->name;
+	if ((r = esc_store_exec(ctx, st, "INSERT INTO p11escrow_schema (version, name) VALUES ($1, $2)", 2, params,
+				NULL, NULL, NULL)) != ESC_OK)
+		goto out;
+	return esc_store_commit(ctx, st);
+out:
+	esc_store_rollback(st);
+	return r;
+}
+
+enum esc_err
+esc_store_migrate(struct esc_ctx *ctx, struct esc_store *st, int *from, int *to)
+{
+	enum esc_err r;
+	unsigned i;
+	int before = 0, after = 0;
+
+	if ((r = read_version(ctx, st, &before)) != ESC_OK)
+		return r;
+	if (before > esc_store_known_version())
+		return newer_error(ctx, before);
+	for (i = 0; i < esc_migrations_count; i++) {
+		if (esc_migrations[i].version <= before)
+			continue;
+		if ((r = apply_one(ctx, st, &esc_migrations[i])) != ESC_OK)
+			return r;
+	}
+	if ((r = read_version(ctx, st, &after)) != ESC_OK)
+		return r;
+	if (from != NULL)
+		*from = before;
+	if (to != NULL)
+		*to = after;
+	return ESC_OK;
+}

@@ -1,0 +1,24 @@
+/* Internal access to the database for library modules. */
+#ifndef P11ESCROW_STORE_INTERNAL_H
+#define P11ESCROW_STORE_INTERNAL_H
+
+#include <libpq-fe.h>
+
+#include <p11escrow/store.h>
+
+/*
+ * Run one parameterised statement.  Text parameters unless lengths/formats
+ * say otherwise (formats[i] = 1: binary, e.g. bytea).  *res (if non-NULL)
+ * receives the result for the caller to PQclear.  Errors: DB, DB_CONNECT
+ * (connection lost).
+ */
+enum esc_err esc_store_exec(struct esc_ctx *ctx, struct esc_store *st, const char *sql, int nparams,
+			    const char *const *values, const int *lengths, const int *formats, PGresult **res)
+	ESC_MUST_CHECK;
+
+enum esc_err esc_store_begin(struct esc_ctx *ctx, struct esc_store *st) ESC_MUST_CHECK;
+enum esc_err esc_store_commit(struct esc_ctx *ctx, struct esc_store *st) ESC_MUST_CHECK;
+/* Roll back if a transaction is open; never fails loudly (used on error paths). */
+void esc_store_rollback(struct esc_store *st);
+
+#endif

@@ -1,0 +1,1018 @@
+/*
+ * PKCS#11 tokens.
+ *
+ * The module is loaded once, by libp11 (which turns token keys into
+ * EVP_PKEYs for OpenSSL).  For what libp11 does not offer — token info for
+ * RFC 7512 matching, mechanism probing, key generation with exact
+ * attributes, attribute reads — we call the same, already initialised module
+ * instance directly through its function list: dlopen(RTLD_NOLOAD) returns
+ * the handle libp11 opened, so both share one C_Initialize and one login
+ * state (PKCS#11 login is per application and token).
+ */
+/* libp11.h uses APIs OpenSSL 3 deprecates; the compat level hides the warnings. */
+#define OPENSSL_API_COMPAT 10101
+
+#include <dlfcn.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <libp11.h>
+#include <openssl/core_names.h>
+#include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/param_build.h>
+#include <openssl/rand.h>
+#include <p11-kit/p11-kit.h>
+#include <p11-kit/pkcs11.h>
+#include <p11-kit/uri.h>
+
+#include <p11escrow/token.h>
+
+#include "esc_build_config.h"
+#include "internal.h"
+
+#define MAX_FOUND 32
+#define KEY_ID_LEN 16
+
+struct esc_token {
+	char *module_path;
+	PKCS11_CTX *p11;
+	PKCS11_SLOT *slots;
+	unsigned int nslots;
+	PKCS11_SLOT *slot;
+	void *dl;
+	CK_FUNCTION_LIST_PTR fl;
+	CK_SLOT_ID slot_id;
+	CK_SESSION_HANDLE session;
+	int have_session;
+	CK_TOKEN_INFO info;
+	char label[33];
+	char serial[17];
+	char manufacturer[33];
+	char model[17];
+};
+
+struct esc_token_key {
+	unsigned char id[64];
+	size_t id_len;
+	char label[129];
+	char type_name[16];
+	CK_KEY_TYPE key_type;
+	CK_OBJECT_HANDLE priv;
+	CK_OBJECT_HANDLE pub; /* CK_INVALID_HANDLE if the token has no public object */
+};
+
+static const unsigned char oid_p256[] = {0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07};
+static const unsigned char oid_p384[] = {0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x22};
+
+static const struct {
+	enum esc_key_type type;
+	const char *name;
+} key_type_names[] = {
+	{ESC_KEY_RSA3072, "rsa3072"},
+	{ESC_KEY_RSA4096, "rsa4096"},
+	{ESC_KEY_EC_P256, "ec-p256"},
+	{ESC_KEY_EC_P384, "ec-p384"},
+};
+
+enum esc_err
+esc_key_type_parse(struct esc_ctx *ctx, const char *s, enum esc_key_type *out)
+{
+	size_t i;
+
+	for (i = 0; i < ESC_ARRAY_LEN(key_type_names); i++) {
+		if (strcmp(s, key_type_names[i].name) == 0) {
+			*out = key_type_names[i].type;
+			return ESC_OK;
+		}
+	}
+	return esc_error(ctx, ESC_ERR_USAGE, "unknown key type '%s' (use rsa3072, rsa4096, ec-p256 or ec-p384)", s);
+}
+
+const char *
+esc_key_type_name(enum esc_key_type t)
+{
+	size_t i;
+
+	for (i = 0; i < ESC_ARRAY_LEN(key_type_names); i++)
+		if (key_type_names[i].type == t)
+			return key_type_names[i].name;
+	return "unknown";
+}
+
+static int
+is_rsa(enum esc_key_type t)
+{
+	return t == ESC_KEY_RSA3072 || t == ESC_KEY_RSA4096;
+}
+
+static unsigned long
+key_bits(enum esc_key_type t)
+{
+	switch (t) {
+	case ESC_KEY_RSA3072:
+		return 3072;
+	case ESC_KEY_RSA4096:
+		return 4096;
+	case ESC_KEY_EC_P256:
+		return 256;
+	case ESC_KEY_EC_P384:
+		return 384;
+	}
+	return 0;
+}
+
+/* Copy a blank-padded PKCS#11 string field into a C string. */
+static void
+field_to_str(char *dst, size_t dstlen, const unsigned char *src, size_t srclen)
+{
+	size_t n = srclen < dstlen - 1 ? srclen : dstlen - 1;
+
+	memcpy(dst, src, n);
+	while (n > 0 && (dst[n - 1] == ' ' || dst[n - 1] == '\0'))
+		n--;
+	dst[n] = '\0';
+}
+
+static enum esc_err
+ckr_error(struct esc_ctx *ctx, CK_RV rv, const char *what)
+{
+	enum esc_err code = ESC_ERR_PKCS11;
+	const char *hint = "";
+
+	switch (rv) {
+	case CKR_PIN_INCORRECT:
+		code = ESC_ERR_PIN_INCORRECT;
+		hint = " (the PIN is wrong)";
+		break;
+	case CKR_PIN_LOCKED:
+		code = ESC_ERR_PIN_LOCKED;
+		hint = " (the PIN is locked: the security officer must unblock it)";
+		break;
+	case CKR_PIN_LEN_RANGE:
+		code = ESC_ERR_PIN_INCORRECT;
+		hint = " (the PIN has a length the token does not accept)";
+		break;
+	case CKR_USER_PIN_NOT_INITIALIZED:
+		hint = " (the token's user PIN was never set)";
+		break;
+	case CKR_TOKEN_NOT_PRESENT:
+	case CKR_DEVICE_REMOVED:
+		code = ESC_ERR_TOKEN_NOT_FOUND;
+		hint = " (the token was removed or is unreachable)";
+		break;
+	case CKR_MECHANISM_INVALID:
+		code = ESC_ERR_MECHANISM;
+		break;
+	case CKR_USER_NOT_LOGGED_IN:
+		hint = " (log in first)";
+		break;
+	default:
+		break;
+	}
+	return esc_error(ctx, code, "%s failed: %s%s", what, esc_ckr_name(rv), hint);
+}
+
+enum esc_err
+esc_token_uri_check(struct esc_ctx *ctx, const char *uri)
+{
+	P11KitUri *u;
+	int rc;
+	enum esc_err r = ESC_OK;
+
+	if (uri == NULL || strncmp(uri, "pkcs11:", 7) != 0)
+		return esc_error(ctx, ESC_ERR_URI, "'%s' is not a PKCS#11 URI (it must start with 'pkcs11:')",
+				 uri ? uri : "(null)");
+	/* Refuse before parsing so no PIN is ever echoed in a message. */
+	if (strstr(uri, "pin-value") != NULL || strstr(uri, "pin-source") != NULL)
+		return esc_error(ctx, ESC_ERR_URI,
+				 "PKCS#11 URI carries a PIN attribute: PINs never travel in URIs, use a PIN file, "
+				 "the environment or the prompt");
+	if ((u = p11_kit_uri_new()) == NULL)
+		return esc_error(ctx, ESC_ERR_NOMEM, "out of memory");
+	rc = p11_kit_uri_parse(uri, P11_KIT_URI_FOR_ANY, u);
+	if (rc != P11_KIT_URI_OK)
+		r = esc_error(ctx, ESC_ERR_URI, "malformed PKCS#11 URI '%s': %s", uri, p11_kit_uri_message(rc));
+	else if (p11_kit_uri_any_unrecognized(u))
+		r = esc_error(ctx, ESC_ERR_URI, "PKCS#11 URI '%s' has attributes this program does not understand",
+			      uri);
+	p11_kit_uri_free(u);
+	return r;
+}
+
+static enum esc_err
+parse_uri(struct esc_ctx *ctx, const char *uri, P11KitUri **out)
+{
+	P11KitUri *u;
+	enum esc_err r;
+
+	if ((r = esc_token_uri_check(ctx, uri)) != ESC_OK)
+		return r;
+	if ((u = p11_kit_uri_new()) == NULL)
+		return esc_error(ctx, ESC_ERR_NOMEM, "out of memory");
+	if (p11_kit_uri_parse(uri, P11_KIT_URI_FOR_ANY, u) != P11_KIT_URI_OK) {
+		p11_kit_uri_free(u);
+		return esc_error(ctx, ESC_ERR_URI, "malformed PKCS#11 URI '%s'", uri);
+	}
+	*out = u;
+	return ESC_OK;
+}
+
+/* Resolve "p11-kit:NAME" to the module file p11-kit's configuration names. */
+static enum esc_err
+resolve_p11kit_name(struct esc_ctx *ctx, const char *name, char **out)
+{
+	CK_FUNCTION_LIST **mods;
+	CK_FUNCTION_LIST *mod;
+	char *path = NULL;
+	enum esc_err r;
+
+	if ((mods = p11_kit_modules_load(NULL, 0)) == NULL)
+		return esc_error(ctx, ESC_ERR_MODULE, "p11-kit cannot load its configured modules: %s",
+				 p11_kit_message() ? p11_kit_message() : "unknown reason");
+	if ((mod = p11_kit_module_for_name(mods, name)) == NULL) {
+		r = esc_error(ctx, ESC_ERR_MODULE, "p11-kit has no module named '%s' (see p11-kit list-modules)",
+			      name);
+		goto out;
+	}
+	if ((path = p11_kit_module_get_filename(mod)) == NULL) {
+		r = esc_error(ctx, ESC_ERR_MODULE, "p11-kit module '%s' has no file name", name);
+		goto out;
+	}
+	*out = path;
+	r = ESC_OK;
+out:
+	p11_kit_modules_release(mods);
+	return r;
+}
+
+static enum esc_err
+resolve_module(struct esc_ctx *ctx, const char *module, P11KitUri *u, char **out)
+{
+	const char *m = module;
+	char *path;
+
+	if (m == NULL || *m == '\0')
+		m = p11_kit_uri_get_module_path(u);
+	if ((m == NULL || *m == '\0') && p11_kit_uri_get_module_name(u) != NULL)
+		return resolve_p11kit_name(ctx, p11_kit_uri_get_module_name(u), out);
+	if (m == NULL || *m == '\0')
+		m = ESC_DEFAULT_MODULE;
+	if (strncmp(m, "p11-kit:", 8) == 0)
+		return resolve_p11kit_name(ctx, m + 8, out);
+	if (m[0] != '/')
+		return esc_error(ctx, ESC_ERR_MODULE, "PKCS#11 module '%s' must be an absolute path or p11-kit:NAME",
+				 m);
+	if ((path = strdup(m)) == NULL)
+		return esc_error(ctx, ESC_ERR_NOMEM, "out of memory");
+	*out = path;
+	return ESC_OK;
+}
+
+static void
+describe_token(char *buf, size_t len, const CK_TOKEN_INFO *ti)
+{
+	char label[33], serial[17];
+
+	field_to_str(label, sizeof(label), ti->label, sizeof(ti->label));
+	field_to_str(serial, sizeof(serial), ti->serialNumber, sizeof(ti->serialNumber));
+	snprintf(buf, len, "'%s' (serial %s)", label, serial);
+}
+
+/* Append ", item" to a bounded list buffer. */
+static void
+list_append(char *list, size_t len, const char *item)
+{
+	size_t used = strlen(list);
+
+	if (used + 1 >= len)
+		return;
+	snprintf(list + used, len - used, "%s%s", used ? ", " : "", item);
+}
+
+enum esc_err
+esc_token_open(struct esc_ctx *ctx, const char *module, const char *uri, struct esc_token **out)
+{
+	struct esc_token *tok = NULL;
+	P11KitUri *u = NULL;
+	CK_C_GetFunctionList getfl;
+	CK_TOKEN_INFO ti;
+	CK_RV rv;
+	enum esc_err r;
+	unsigned int i, nmatch = 0, npresent = 0;
+	char present[512] = "", matches[512] = "", desc[96];
+
+	if ((r = parse_uri(ctx, uri, &u)) != ESC_OK)
+		goto out;
+	if ((tok = calloc(1, sizeof(*tok))) == NULL) {
+		r = esc_error(ctx, ESC_ERR_NOMEM, "out of memory");
+		goto out;
+	}
+	if ((r = resolve_module(ctx, module, u, &tok->module_path)) != ESC_OK)
+		goto out;
+	if ((tok->p11 = PKCS11_CTX_new()) == NULL) {
+		r = esc_error(ctx, ESC_ERR_NOMEM, "out of memory");
+		goto out;
+	}
+	if (PKCS11_CTX_load(tok->p11, tok->module_path) != 0) {
+		r = esc_error_ossl(ctx, ESC_ERR_MODULE, "cannot load PKCS#11 module '%s'", tok->module_path);
+		PKCS11_CTX_free(tok->p11);
+		tok->p11 = NULL;
+		goto out;
+	}
+	if ((tok->dl = dlopen(tok->module_path, RTLD_NOW | RTLD_NOLOAD)) == NULL ||
+	    (getfl = (CK_C_GetFunctionList)dlsym(tok->dl, "C_GetFunctionList")) == NULL ||
+	    getfl(&tok->fl) != CKR_OK) {
+		r = esc_error(ctx, ESC_ERR_MODULE, "PKCS#11 module '%s' has no usable C_GetFunctionList",
+			      tok->module_path);
+		goto out;
+	}
+	if (PKCS11_enumerate_slots(tok->p11, &tok->slots, &tok->nslots) != 0) {
+		r = esc_error_ossl(ctx, ESC_ERR_PKCS11, "cannot list the slots of PKCS#11 module '%s'",
+				   tok->module_path);
+		goto out;
+	}
+	for (i = 0; i < tok->nslots; i++) {
+		PKCS11_SLOT *s = &tok->slots[i];
+		CK_SLOT_ID id;
+
+		if (s->token == NULL)
+			continue;
+		id = PKCS11_get_slotid_from_slot(s);
+		if (tok->fl->C_GetTokenInfo(id, &ti) != CKR_OK || !(ti.flags & CKF_TOKEN_INITIALIZED))
+			continue;
+		npresent++;
+		describe_token(desc, sizeof(desc), &ti);
+		list_append(present, sizeof(present), desc);
+		if (!p11_kit_uri_match_token_info(u, &ti))
+			continue;
+		list_append(matches, sizeof(matches), desc);
+		if (nmatch++ == 0) {
+			tok->slot = s;
+			tok->slot_id = id;
+			tok->info = ti;
+		}
+	}
+	if (nmatch == 0) {
+		r = esc_error(ctx, ESC_ERR_TOKEN_NOT_FOUND, "no token matches '%s' in module %s (%s%s)", uri,
+			      tok->module_path, npresent ? "tokens present: " : "the module reports no tokens",
+			      present);
+		goto out;
+	}
+	if (nmatch > 1) {
+		r = esc_error(ctx, ESC_ERR_AMBIGUOUS,
+			      "'%s' matches %u tokens: %s; name one by token= and serial=", uri, nmatch, matches);
+		goto out;
+	}
+	field_to_str(tok->label, sizeof(tok->label), tok->info.label, sizeof(tok->info.label));
+	field_to_str(tok->serial, sizeof(tok->serial), tok->info.serialNumber, sizeof(tok->info.serialNumber));
+	field_to_str(tok->manufacturer, sizeof(tok->manufacturer), tok->info.manufacturerID,
+		     sizeof(tok->info.manufacturerID));
+	field_to_str(tok->model, sizeof(tok->model), tok->info.model, sizeof(tok->info.model));
+	rv = tok->fl->C_OpenSession(tok->slot_id, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &tok->session);
+	if (rv != CKR_OK) {
+		r = ckr_error(ctx, rv, "opening a session on the token");
+		goto out;
+	}
+	tok->have_session = 1;
+	*out = tok;
+	tok = NULL; /* transferred */
+	r = ESC_OK;
+out:
+	p11_kit_uri_free(u);
+	esc_token_free(tok);
+	return r;
+}
+
+void
+esc_token_free(struct esc_token *tok)
+{
+	if (tok == NULL)
+		return;
+	if (tok->have_session)
+		tok->fl->C_CloseSession(tok->session);
+	if (tok->slots != NULL)
+		PKCS11_release_all_slots(tok->p11, tok->slots, tok->nslots);
+	if (tok->p11 != NULL) {
+		PKCS11_CTX_unload(tok->p11);
+		PKCS11_CTX_free(tok->p11);
+	}
+	if (tok->dl != NULL)
+		dlclose(tok->dl);
+	free(tok->module_path);
+	free(tok);
+}
+
+enum esc_err
+esc_token_login(struct esc_ctx *ctx, struct esc_token *tok, const struct esc_secret *pin)
+{
+	CK_RV rv;
+	char what[96];
+
+	rv = tok->fl->C_Login(tok->session, CKU_USER, (CK_UTF8CHAR_PTR)esc_secret_str(pin),
+			      (CK_ULONG)esc_secret_len(pin));
+	if (rv == CKR_OK || rv == CKR_USER_ALREADY_LOGGED_IN)
+		return ESC_OK;
+	snprintf(what, sizeof(what), "login to token '%s'", tok->label);
+	return ckr_error(ctx, rv, what);
+}
+
+const char *
+esc_token_label(const struct esc_token *tok)
+{
+	return tok->label;
+}
+
+const char *
+esc_token_serial(const struct esc_token *tok)
+{
+	return tok->serial;
+}
+
+const char *
+esc_token_manufacturer(const struct esc_token *tok)
+{
+	return tok->manufacturer;
+}
+
+const char *
+esc_token_model(const struct esc_token *tok)
+{
+	return tok->model;
+}
+
+const char *
+esc_token_module_path(const struct esc_token *tok)
+{
+	return tok->module_path;
+}
+
+enum esc_err
+esc_token_mechanisms(struct esc_ctx *ctx, struct esc_token *tok, struct esc_mechanism **out, size_t *n)
+{
+	CK_MECHANISM_TYPE *types = NULL;
+	struct esc_mechanism *mechs = NULL;
+	CK_MECHANISM_INFO mi;
+	CK_ULONG count = 0, i;
+	CK_RV rv;
+	enum esc_err r;
+
+	if ((rv = tok->fl->C_GetMechanismList(tok->slot_id, NULL, &count)) != CKR_OK) {
+		r = ckr_error(ctx, rv, "C_GetMechanismList");
+		goto out;
+	}
+	if (count > 4096) {
+		r = esc_error(ctx, ESC_ERR_PKCS11, "token reports an implausible %lu mechanisms", (unsigned long)count);
+		goto out;
+	}
+	if ((types = calloc(count + 1, sizeof(*types))) == NULL ||
+	    (mechs = calloc(count + 1, sizeof(*mechs))) == NULL) {
+		r = esc_error(ctx, ESC_ERR_NOMEM, "out of memory");
+		goto out;
+	}
+	if ((rv = tok->fl->C_GetMechanismList(tok->slot_id, types, &count)) != CKR_OK) {
+		r = ckr_error(ctx, rv, "C_GetMechanismList");
+		goto out;
+	}
+	for (i = 0; i < count; i++) {
+		mechs[i].type = types[i];
+		if (tok->fl->C_GetMechanismInfo(tok->slot_id, types[i], &mi) == CKR_OK) {
+			mechs[i].min_bits = mi.ulMinKeySize;
+			mechs[i].max_bits = mi.ulMaxKeySize;
+			mechs[i].flags = mi.flags;
+		}
+	}
+	*out = mechs;
+	*n = count;
+	mechs = NULL; /* transferred */
+	r = ESC_OK;
+out:
+	free(types);
+	free(mechs);
+	return r;
+}
+
+/*
+ * Require one mechanism with the given flag; for key generation also a key
+ * size range that contains bits (EC sizes are reported inconsistently by
+ * tokens, so only RSA sizes are checked).
+ */
+static enum esc_err
+require_mech(struct esc_ctx *ctx, struct esc_token *tok, CK_MECHANISM_TYPE mech, CK_FLAGS flag,
+	     unsigned long rsa_bits, const char *purpose)
+{
+	CK_MECHANISM_INFO mi;
+	CK_RV rv;
+
+	rv = tok->fl->C_GetMechanismInfo(tok->slot_id, mech, &mi);
+	if (rv == CKR_MECHANISM_INVALID)
+		return esc_error(ctx, ESC_ERR_MECHANISM, "token '%s' lacks %s, needed %s", tok->label,
+				 esc_ckm_name(mech), purpose);
+	if (rv != CKR_OK)
+		return ckr_error(ctx, rv, "C_GetMechanismInfo");
+	if ((mi.flags & flag) == 0)
+		return esc_error(ctx, ESC_ERR_MECHANISM, "token '%s' offers %s but not for this operation, needed %s",
+				 tok->label, esc_ckm_name(mech), purpose);
+	if (rsa_bits != 0 && (rsa_bits < mi.ulMinKeySize || rsa_bits > mi.ulMaxKeySize))
+		return esc_error(ctx, ESC_ERR_MECHANISM, "token '%s' supports %s only for %lu..%lu bits, not %lu",
+				 tok->label, esc_ckm_name(mech), (unsigned long)mi.ulMinKeySize,
+				 (unsigned long)mi.ulMaxKeySize, rsa_bits);
+	return ESC_OK;
+}
+
+enum esc_err
+esc_token_require_key_mechanisms(struct esc_ctx *ctx, struct esc_token *tok, enum esc_key_type type,
+				 enum esc_key_usage usage)
+{
+	enum esc_err r;
+	unsigned long bits = is_rsa(type) ? key_bits(type) : 0;
+
+	if (is_rsa(type)) {
+		if ((r = require_mech(ctx, tok, CKM_RSA_PKCS_KEY_PAIR_GEN, CKF_GENERATE_KEY_PAIR, bits,
+				      "to generate the RSA key")) != ESC_OK)
+			return r;
+		if (usage == ESC_KEY_USE_SIGN)
+			return require_mech(ctx, tok, CKM_RSA_PKCS, CKF_SIGN, 0, "to sign with the RSA key");
+		return require_mech(ctx, tok, CKM_RSA_PKCS_OAEP, CKF_DECRYPT, 0, "to decrypt with the RSA key");
+	}
+	if ((r = require_mech(ctx, tok, CKM_EC_KEY_PAIR_GEN, CKF_GENERATE_KEY_PAIR, 0, "to generate the EC key")) !=
+	    ESC_OK)
+		return r;
+	if (usage == ESC_KEY_USE_SIGN)
+		return require_mech(ctx, tok, CKM_ECDSA, CKF_SIGN, 0, "to sign with the EC key");
+	return require_mech(ctx, tok, CKM_ECDH1_DERIVE, CKF_DERIVE, 0, "for ECDH with the EC key");
+}
+
+static void
+hex_id(char *buf, size_t len, const unsigned char *id, size_t idlen)
+{
+	size_t i;
+
+	buf[0] = '\0';
+	for (i = 0; i < idlen && 2 * i + 2 < len; i++)
+		snprintf(buf + 2 * i, len - 2 * i, "%02x", id[i]);
+}
+
+/* Fill key identity from the private key object's attributes. */
+static enum esc_err
+load_key_attrs(struct esc_ctx *ctx, struct esc_token *tok, CK_OBJECT_HANDLE h, struct esc_token_key *key)
+{
+	CK_ULONG modbits = 0;
+	unsigned char params[64];
+	CK_ATTRIBUTE a[] = {
+		{CKA_ID, key->id, sizeof(key->id)},
+		{CKA_LABEL, key->label, sizeof(key->label) - 1},
+		{CKA_KEY_TYPE, &key->key_type, sizeof(key->key_type)},
+	};
+	CK_RV rv;
+
+	rv = tok->fl->C_GetAttributeValue(tok->session, h, a, ESC_ARRAY_LEN(a));
+	if (rv != CKR_OK && rv != CKR_ATTRIBUTE_TYPE_INVALID)
+		return ckr_error(ctx, rv, "reading key attributes");
+	key->id_len = a[0].ulValueLen == CK_UNAVAILABLE_INFORMATION ? 0 : a[0].ulValueLen;
+	key->label[a[1].ulValueLen == CK_UNAVAILABLE_INFORMATION ? 0 : a[1].ulValueLen] = '\0';
+	key->priv = h;
+	key->pub = CK_INVALID_HANDLE;
+	snprintf(key->type_name, sizeof(key->type_name), "unknown");
+	if (key->key_type == CKK_RSA) {
+		/* Private RSA objects carry the modulus; its length gives the size. */
+		CK_ATTRIBUTE m = {CKA_MODULUS, NULL, 0};
+
+		if (tok->fl->C_GetAttributeValue(tok->session, h, &m, 1) == CKR_OK &&
+		    m.ulValueLen != CK_UNAVAILABLE_INFORMATION)
+			modbits = m.ulValueLen * 8;
+		snprintf(key->type_name, sizeof(key->type_name), "rsa%lu", (unsigned long)modbits);
+	} else if (key->key_type == CKK_EC) {
+		CK_ATTRIBUTE p = {CKA_EC_PARAMS, params, sizeof(params)};
+
+		if (tok->fl->C_GetAttributeValue(tok->session, h, &p, 1) == CKR_OK) {
+			if (p.ulValueLen == sizeof(oid_p256) && memcmp(params, oid_p256, sizeof(oid_p256)) == 0)
+				snprintf(key->type_name, sizeof(key->type_name), "ec-p256");
+			else if (p.ulValueLen == sizeof(oid_p384) && memcmp(params, oid_p384, sizeof(oid_p384)) == 0)
+				snprintf(key->type_name, sizeof(key->type_name), "ec-p384");
+			else
+				snprintf(key->type_name, sizeof(key->type_name), "ec-other");
+		}
+	}
+	return ESC_OK;
+}
+
+/* Find objects matching a template; at most MAX_FOUND handles. */
+static enum esc_err
+find_objects(struct esc_ctx *ctx, struct esc_token *tok, CK_ATTRIBUTE *tmpl, CK_ULONG n, CK_OBJECT_HANDLE *found,
+	     CK_ULONG *nfound)
+{
+	CK_RV rv;
+
+	if ((rv = tok->fl->C_FindObjectsInit(tok->session, tmpl, n)) != CKR_OK)
+		return ckr_error(ctx, rv, "searching token objects");
+	rv = tok->fl->C_FindObjects(tok->session, found, MAX_FOUND, nfound);
+	tok->fl->C_FindObjectsFinal(tok->session);
+	if (rv != CKR_OK)
+		return ckr_error(ctx, rv, "searching token objects");
+	return ESC_OK;
+}
+
+/* Attach the public key object with the same CKA_ID, if any. */
+static void
+find_public_half(struct esc_token *tok, struct esc_token_key *key)
+{
+	CK_OBJECT_CLASS cls = CKO_PUBLIC_KEY;
+	CK_ATTRIBUTE t[] = {
+		{CKA_CLASS, &cls, sizeof(cls)},
+		{CKA_ID, key->id, key->id_len},
+	};
+	CK_OBJECT_HANDLE found[MAX_FOUND];
+	CK_ULONG n = 0;
+
+	if (key->id_len == 0 || find_objects(NULL, tok, t, ESC_ARRAY_LEN(t), found, &n) != ESC_OK || n != 1)
+		return;
+	key->pub = found[0];
+}
+
+enum esc_err
+esc_token_find_key(struct esc_ctx *ctx, struct esc_token *tok, const char *uri, struct esc_token_key **out)
+{
+	P11KitUri *u = NULL;
+	struct esc_token_key *key = NULL;
+	CK_OBJECT_CLASS cls = CKO_PRIVATE_KEY;
+	CK_ATTRIBUTE tmpl[3], *attrs, *a;
+	CK_OBJECT_HANDLE found[MAX_FOUND];
+	CK_ULONG nattrs = 0, ntmpl = 0, nfound = 0, i;
+	enum esc_err r;
+	char list[768] = "", item[200], idhex[80];
+
+	if ((r = parse_uri(ctx, uri, &u)) != ESC_OK)
+		goto out;
+	if ((a = p11_kit_uri_get_attribute(u, CKA_CLASS)) != NULL && a->ulValueLen == sizeof(cls) &&
+	    *(CK_OBJECT_CLASS *)a->pValue != CKO_PRIVATE_KEY) {
+		r = esc_error(ctx, ESC_ERR_URI, "'%s' does not name a private key (use type=private)", uri);
+		goto out;
+	}
+	tmpl[ntmpl++] = (CK_ATTRIBUTE){CKA_CLASS, &cls, sizeof(cls)};
+	attrs = p11_kit_uri_get_attributes(u, &nattrs);
+	for (i = 0; i < nattrs; i++)
+		if (attrs[i].type == CKA_ID || attrs[i].type == CKA_LABEL)
+			tmpl[ntmpl++] = attrs[i];
+	if (ntmpl == 1) {
+		r = esc_error(ctx, ESC_ERR_URI, "'%s' names no key: give object= (label) and/or id=", uri);
+		goto out;
+	}
+	if ((r = find_objects(ctx, tok, tmpl, ntmpl, found, &nfound)) != ESC_OK)
+		goto out;
+	if (nfound == 0) {
+		r = esc_error(ctx, ESC_ERR_KEY_NOT_FOUND,
+			      "no private key matches '%s' on token '%s' (is the PIN right and the URI's id/object?)",
+			      uri, tok->label);
+		goto out;
+	}
+	if ((key = calloc(1, sizeof(*key))) == NULL) {
+		r = esc_error(ctx, ESC_ERR_NOMEM, "out of memory");
+		goto out;
+	}
+	if (nfound > 1) {
+		/* List every candidate so the operator can pick one by id. */
+		for (i = 0; i < nfound; i++) {
+			if (load_key_attrs(ctx, tok, found[i], key) != ESC_OK)
+				continue;
+			hex_id(idhex, sizeof(idhex), key->id, key->id_len);
+			snprintf(item, sizeof(item), "object='%s' id=%s (%s)", key->label, idhex, key->type_name);
+			list_append(list, sizeof(list), item);
+		}
+		r = esc_error(ctx, ESC_ERR_AMBIGUOUS, "'%s' matches %lu private keys on token '%s': %s; add id= to the URI",
+			      uri, (unsigned long)nfound, tok->label, list);
+		goto out;
+	}
+	if ((r = load_key_attrs(ctx, tok, found[0], key)) != ESC_OK)
+		goto out;
+	find_public_half(tok, key);
+	*out = key;
+	key = NULL; /* transferred */
+	r = ESC_OK;
+out:
+	free(key);
+	p11_kit_uri_free(u);
+	return r;
+}
+
+enum esc_err
+esc_token_generate_key(struct esc_ctx *ctx, struct esc_token *tok, enum esc_key_type type,
+		       enum esc_key_usage usage, const char *label, struct esc_token_key **out)
+{
+	struct esc_token_key *key = NULL;
+	CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
+	CK_BBOOL sign = usage == ESC_KEY_USE_SIGN ? CK_TRUE : CK_FALSE;
+	CK_BBOOL rsa_dec = (usage == ESC_KEY_USE_DECRYPT && is_rsa(type)) ? CK_TRUE : CK_FALSE;
+	CK_BBOOL ec_derive = (usage == ESC_KEY_USE_DECRYPT && !is_rsa(type)) ? CK_TRUE : CK_FALSE;
+	CK_ULONG bits = key_bits(type);
+	CK_BYTE exponent[] = {0x01, 0x00, 0x01};
+	CK_MECHANISM mech = {is_rsa(type) ? CKM_RSA_PKCS_KEY_PAIR_GEN : CKM_EC_KEY_PAIR_GEN, NULL, 0};
+	CK_ATTRIBUTE pub[10], priv[12];
+	CK_ULONG npub = 0, npriv = 0;
+	CK_OBJECT_HANDLE hpub, hpriv;
+	CK_RV rv;
+	enum esc_err r;
+	size_t llen = strlen(label);
+
+	if (llen == 0 || llen > 128)
+		return esc_error(ctx, ESC_ERR_USAGE, "key label must be 1..128 bytes");
+	if ((r = esc_token_require_key_mechanisms(ctx, tok, type, usage)) != ESC_OK)
+		return r;
+	if ((key = calloc(1, sizeof(*key))) == NULL)
+		return esc_error(ctx, ESC_ERR_NOMEM, "out of memory");
+	key->id_len = KEY_ID_LEN;
+	if (RAND_bytes(key->id, KEY_ID_LEN) != 1) {
+		r = esc_error_ossl(ctx, ESC_ERR_CRYPTO, "cannot draw a random key id");
+		goto out;
+	}
+	pub[npub++] = (CK_ATTRIBUTE){CKA_TOKEN, &yes, sizeof(yes)};
+	pub[npub++] = (CK_ATTRIBUTE){CKA_PRIVATE, &no, sizeof(no)};
+	pub[npub++] = (CK_ATTRIBUTE){CKA_ID, key->id, key->id_len};
+	pub[npub++] = (CK_ATTRIBUTE){CKA_LABEL, (void *)label, llen};
+	pub[npub++] = (CK_ATTRIBUTE){CKA_VERIFY, &sign, sizeof(sign)};
+	pub[npub++] = (CK_ATTRIBUTE){CKA_ENCRYPT, &rsa_dec, sizeof(rsa_dec)};
+	pub[npub++] = (CK_ATTRIBUTE){CKA_WRAP, &no, sizeof(no)};
+	priv[npriv++] = (CK_ATTRIBUTE){CKA_TOKEN, &yes, sizeof(yes)};
+	priv[npriv++] = (CK_ATTRIBUTE){CKA_PRIVATE, &yes, sizeof(yes)};
+	priv[npriv++] = (CK_ATTRIBUTE){CKA_SENSITIVE, &yes, sizeof(yes)};
+	priv[npriv++] = (CK_ATTRIBUTE){CKA_EXTRACTABLE, &no, sizeof(no)};
+	priv[npriv++] = (CK_ATTRIBUTE){CKA_ID, key->id, key->id_len};
+	priv[npriv++] = (CK_ATTRIBUTE){CKA_LABEL, (void *)label, llen};
+	priv[npriv++] = (CK_ATTRIBUTE){CKA_SIGN, &sign, sizeof(sign)};
+	priv[npriv++] = (CK_ATTRIBUTE){CKA_DECRYPT, &rsa_dec, sizeof(rsa_dec)};
+	priv[npriv++] = (CK_ATTRIBUTE){CKA_UNWRAP, &no, sizeof(no)};
+	priv[npriv++] = (CK_ATTRIBUTE){CKA_DERIVE, &ec_derive, sizeof(ec_derive)};
+	if (is_rsa(type)) {
+		pub[npub++] = (CK_ATTRIBUTE){CKA_MODULUS_BITS, &bits, sizeof(bits)};
+		pub[npub++] = (CK_ATTRIBUTE){CKA_PUBLIC_EXPONENT, exponent, sizeof(exponent)};
+	} else if (type == ESC_KEY_EC_P256) {
+		pub[npub++] = (CK_ATTRIBUTE){CKA_EC_PARAMS, (void *)oid_p256, sizeof(oid_p256)};
+	} else {
+		pub[npub++] = (CK_ATTRIBUTE){CKA_EC_PARAMS, (void *)oid_p384, sizeof(oid_p384)};
+	}
+	rv = tok->fl->C_GenerateKeyPair(tok->session, &mech, pub, npub, priv, npriv, &hpub, &hpriv);
+	if (rv != CKR_OK) {
+		r = ckr_error(ctx, rv, "generating a key pair on the token");
+		goto out;
+	}
+	if ((r = load_key_attrs(ctx, tok, hpriv, key)) != ESC_OK) {
+		tok->fl->C_DestroyObject(tok->session, hpriv);
+		tok->fl->C_DestroyObject(tok->session, hpub);
+		goto out;
+	}
+	key->pub = hpub;
+	*out = key;
+	key = NULL; /* transferred */
+	r = ESC_OK;
+out:
+	free(key);
+	return r;
+}
+
+enum esc_err
+esc_token_destroy_key(struct esc_ctx *ctx, struct esc_token *tok, const struct esc_token_key *key)
+{
+	CK_RV rv = CKR_OK, rv2 = CKR_OK;
+
+	if (key->pub != CK_INVALID_HANDLE)
+		rv2 = tok->fl->C_DestroyObject(tok->session, key->pub);
+	rv = tok->fl->C_DestroyObject(tok->session, key->priv);
+	if (rv != CKR_OK)
+		return ckr_error(ctx, rv, "destroying the private key");
+	if (rv2 != CKR_OK)
+		return ckr_error(ctx, rv2, "destroying the public key");
+	return ESC_OK;
+}
+
+void
+esc_token_key_free(struct esc_token_key *key)
+{
+	free(key);
+}
+
+const unsigned char *
+esc_token_key_id(const struct esc_token_key *key, size_t *len)
+{
+	*len = key->id_len;
+	return key->id;
+}
+
+const char *
+esc_token_key_label(const struct esc_token_key *key)
+{
+	return key->label;
+}
+
+const char *
+esc_token_key_type_name(const struct esc_token_key *key)
+{
+	return key->type_name;
+}
+
+enum esc_err
+esc_token_key_check_protected(struct esc_ctx *ctx, struct esc_token *tok, const struct esc_token_key *key)
+{
+	CK_BBOOL sensitive = CK_FALSE, extractable = CK_TRUE, always = CK_FALSE, never = CK_FALSE;
+	CK_ATTRIBUTE a[] = {
+		{CKA_SENSITIVE, &sensitive, sizeof(sensitive)},
+		{CKA_EXTRACTABLE, &extractable, sizeof(extractable)},
+		{CKA_ALWAYS_SENSITIVE, &always, sizeof(always)},
+		{CKA_NEVER_EXTRACTABLE, &never, sizeof(never)},
+	};
+	CK_RV rv;
+
+	rv = tok->fl->C_GetAttributeValue(tok->session, key->priv, a, ESC_ARRAY_LEN(a));
+	if (rv != CKR_OK)
+		return ckr_error(ctx, rv, "reading the key's protection attributes");
+	if (!sensitive || extractable)
+		return esc_error(ctx, ESC_ERR_STATE,
+				 "key '%s' on token '%s' is %s: keys p11escrow uses must be sensitive and "
+				 "non-extractable",
+				 key->label, tok->label, !sensitive ? "not sensitive" : "extractable");
+	if (!always || !never)
+		return esc_error(ctx, ESC_ERR_STATE,
+				 "key '%s' on token '%s' was once %s: it may exist outside the token; generate a "
+				 "new one",
+				 key->label, tok->label, !always ? "not sensitive" : "extractable");
+	return ESC_OK;
+}
+
+/* Read one variable-length attribute into a malloc'ed buffer. */
+static enum esc_err
+get_attr_alloc(struct esc_ctx *ctx, struct esc_token *tok, CK_OBJECT_HANDLE h, CK_ATTRIBUTE_TYPE type,
+	       unsigned char **out, size_t *outlen)
+{
+	CK_ATTRIBUTE a = {type, NULL, 0};
+	unsigned char *buf;
+	CK_RV rv;
+
+	if ((rv = tok->fl->C_GetAttributeValue(tok->session, h, &a, 1)) != CKR_OK)
+		return ckr_error(ctx, rv, "reading a key attribute");
+	if (a.ulValueLen == CK_UNAVAILABLE_INFORMATION || a.ulValueLen == 0 || a.ulValueLen > 8192)
+		return esc_error(ctx, ESC_ERR_PKCS11, "token returned no usable value for a public key attribute");
+	if ((buf = malloc(a.ulValueLen)) == NULL)
+		return esc_error(ctx, ESC_ERR_NOMEM, "out of memory");
+	a.pValue = buf;
+	if ((rv = tok->fl->C_GetAttributeValue(tok->session, h, &a, 1)) != CKR_OK) {
+		free(buf);
+		return ckr_error(ctx, rv, "reading a key attribute");
+	}
+	*out = buf;
+	*outlen = a.ulValueLen;
+	return ESC_OK;
+}
+
+static enum esc_err
+rsa_public(struct esc_ctx *ctx, struct esc_token *tok, CK_OBJECT_HANDLE h, EVP_PKEY **out)
+{
+	unsigned char *n = NULL, *e = NULL;
+	size_t nlen = 0, elen = 0;
+	BIGNUM *bn_n = NULL, *bn_e = NULL;
+	OSSL_PARAM_BLD *bld = NULL;
+	OSSL_PARAM *params = NULL;
+	EVP_PKEY_CTX *pctx = NULL;
+	EVP_PKEY *pkey = NULL;
+	enum esc_err r;
+
+	if ((r = get_attr_alloc(ctx, tok, h, CKA_MODULUS, &n, &nlen)) != ESC_OK ||
+	    (r = get_attr_alloc(ctx, tok, h, CKA_PUBLIC_EXPONENT, &e, &elen)) != ESC_OK)
+		goto out;
+	if ((bn_n = BN_bin2bn(n, (int)nlen, NULL)) == NULL || (bn_e = BN_bin2bn(e, (int)elen, NULL)) == NULL ||
+	    (bld = OSSL_PARAM_BLD_new()) == NULL || !OSSL_PARAM_BLD_push_BN(bld, OSSL_PKEY_PARAM_RSA_N, bn_n) ||
+	    !OSSL_PARAM_BLD_push_BN(bld, OSSL_PKEY_PARAM_RSA_E, bn_e) ||
+	    (params = OSSL_PARAM_BLD_to_param(bld)) == NULL ||
+	    (pctx = EVP_PKEY_CTX_new_from_name(NULL, "RSA", NULL)) == NULL || EVP_PKEY_fromdata_init(pctx) <= 0 ||
+	    EVP_PKEY_fromdata(pctx, &pkey, EVP_PKEY_PUBLIC_KEY, params) <= 0) {
+		r = esc_error_ossl(ctx, ESC_ERR_CRYPTO, "cannot build the RSA public key read from the token");
+		goto out;
+	}
+	*out = pkey;
+	r = ESC_OK;
+out:
+	EVP_PKEY_CTX_free(pctx);
+	OSSL_PARAM_free(params);
+	OSSL_PARAM_BLD_free(bld);
+	BN_free(bn_n);
+	BN_free(bn_e);
+	free(n);
+	free(e);
+	return r;
+}
+
+static enum esc_err
+ec_public(struct esc_ctx *ctx, struct esc_token *tok, const struct esc_token_key *key, CK_OBJECT_HANDLE h,
+	  EVP_PKEY **out)
+{
+	unsigned char *point = NULL;
+	const unsigned char *p;
+	ASN1_OCTET_STRING *os = NULL;
+	size_t plen = 0;
+	const char *group;
+	OSSL_PARAM params[3];
+	EVP_PKEY_CTX *pctx = NULL;
+	EVP_PKEY *pkey = NULL;
+	enum esc_err r;
+
+	if (strcmp(key->type_name, "ec-p256") == 0)
+		group = "P-256";
+	else if (strcmp(key->type_name, "ec-p384") == 0)
+		group = "P-384";
+	else {
+		r = esc_error(ctx, ESC_ERR_CRYPTO, "key '%s' is on an EC curve p11escrow does not support",
+			      key->label);
+		goto out;
+	}
+	if ((r = get_attr_alloc(ctx, tok, h, CKA_EC_POINT, &point, &plen)) != ESC_OK)
+		goto out;
+	/* CKA_EC_POINT is DER OCTET STRING per PKCS#11 2.40; accept raw too. */
+	p = point;
+	if ((os = d2i_ASN1_OCTET_STRING(NULL, &p, (long)plen)) != NULL && p == point + plen) {
+		params[1] = OSSL_PARAM_construct_octet_string(OSSL_PKEY_PARAM_PUB_KEY, os->data, (size_t)os->length);
+	} else {
+		params[1] = OSSL_PARAM_construct_octet_string(OSSL_PKEY_PARAM_PUB_KEY, point, plen);
+	}
+	params[0] = OSSL_PARAM_construct_utf8_string(OSSL_PKEY_PARAM_GROUP_NAME, (char *)group, 0);
+	params[2] = OSSL_PARAM_construct_end();
+	if ((pctx = EVP_PKEY_CTX_new_from_name(NULL, "EC", NULL)) == NULL || EVP_PKEY_fromdata_init(pctx) <= 0 ||
+	    EVP_PKEY_fromdata(pctx, &pkey, EVP_PKEY_PUBLIC_KEY, params) <= 0) {
+		r = esc_error_ossl(ctx, ESC_ERR_CRYPTO, "cannot build the EC public key read from the token");
+		goto out;
+	}
+	*out = pkey;
+	r = ESC_OK;
+out:
+	ERR_clear_error();
+	ASN1_OCTET_STRING_free(os);
+	EVP_PKEY_CTX_free(pctx);
+	free(point);
+	return r;
+}
+
+enum esc_err
+esc_token_key_public(struct esc_ctx *ctx, struct esc_token *tok, const struct esc_token_key *key, EVP_PKEY **out)
+{
+	if (key->key_type == CKK_RSA)
+		return rsa_public(ctx, tok, key->priv, out);
+	if (key->key_type == CKK_EC) {
+		if (key->pub == CK_INVALID_HANDLE)
+			return esc_error(ctx, ESC_ERR_KEY_NOT_FOUND,
+					 "EC key '%s' has no public key object on the token", key->label);
+		return ec_public(ctx, tok, key, key->pub, out);
+	}
+	return esc_error(ctx, ESC_ERR_CRYPTO, "key '%s' has a type p11escrow does not support", key->label);
+}
+
+enum esc_err
+esc_token_key_private(struct esc_ctx *ctx, struct esc_token *tok, const struct esc_token_key *key, EVP_PKEY **out)
+{
+	PKCS11_KEY *keys = NULL;
+	EVP_PKEY *pkey;
+	unsigned int n = 0, i;
+
+	if (PKCS11_enumerate_keys(tok->slot->token, &keys, &n) != 0)
+		return esc_error_ossl(ctx, ESC_ERR_PKCS11, "libp11 cannot list the keys of token '%s'", tok->label);
+	for (i = 0; i < n; i++) {
+		if (!keys[i].isPrivate || keys[i].id_len != key->id_len ||
+		    memcmp(keys[i].id, key->id, key->id_len) != 0)
+			continue;
+		if ((pkey = PKCS11_get_private_key(&keys[i])) == NULL)
+			return esc_error_ossl(ctx, ESC_ERR_PKCS11, "libp11 cannot use key '%s'", key->label);
+		*out = pkey;
+		return ESC_OK;
+	}
+	return esc_error(ctx, ESC_ERR_KEY_NOT_FOUND, "libp11 does not see key '%s' on token '%s' (not logged in?)",
+			 key->label, tok->label);
+}
+
+enum esc_err
+esc_token_key_uri(struct esc_ctx *ctx, const struct esc_token *tok, const struct esc_token_key *key, char **out)
+{
+	P11KitUri *u = NULL;
+	CK_TOKEN_INFO *ti;
+	CK_OBJECT_CLASS cls = CKO_PRIVATE_KEY;
+	CK_ATTRIBUTE a[2] = {
+		{CKA_CLASS, &cls, sizeof(cls)},
+		{CKA_ID, (void *)key->id, key->id_len},
+	};
+	char *s = NULL;
+	enum esc_err r;
+
+	if ((u = p11_kit_uri_new()) == NULL)
+		return esc_error(ctx, ESC_ERR_NOMEM, "out of memory");
+	ti = p11_kit_uri_get_token_info(u);
+	memcpy(ti->label, tok->info.label, sizeof(ti->label));
+	memcpy(ti->serialNumber, tok->info.serialNumber, sizeof(ti->serialNumber));
+	memcpy(ti->manufacturerID, tok->info.manufacturerID, sizeof(ti->manufacturerID));
+	memcpy(ti->model, tok->info.model, sizeof(ti->model));
+	if (p11_kit_uri_set_attributes(u, a, ESC_ARRAY_LEN(a)) != P11_KIT_URI_OK ||
+	    p11_kit_uri_format(u, P11_KIT_URI_FOR_OBJECT_ON_TOKEN, &s) != P11_KIT_URI_OK) {
+		r = esc_error(ctx, ESC_ERR_NOMEM, "cannot format the key's PKCS#11 URI");
+		goto out;
+	}
+	*out = s;
+	r = ESC_OK;
+out:
+	p11_kit_uri_free(u);
+	return r;
+}
