@@ -47,6 +47,7 @@ struct esc_setup_result {
 	int schema_from, schema_to;
 	struct esc_setup_key keys[3];
 	size_t nkeys;
+	char note[512];     /* key types changed to what the token offers; "" if none */
 };
 
 /*

@@ -60,6 +60,8 @@ print_result(const struct esc_setup_result *res)
 		printf("  schema:      migrated from version %d to %d\n", res->schema_from, res->schema_to);
 	else
 		printf("  schema:      version %d (current)\n", res->schema_to);
+	if (res->note[0] != '\0')
+		printf("  note:        %s\n", res->note);
 	for (i = 0; i < res->nkeys; i++)
 		printf("  key %-10s %s (%s)\n             %s\n", res->keys[i].role, res->keys[i].label, res->keys[i].type,
 		       res->keys[i].uri ? res->keys[i].uri : "");

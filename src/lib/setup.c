@@ -44,6 +44,7 @@ struct run {
 	struct esc_token *tok;
 	struct esc_token_key *keys[NROLES];
 	int generated[NROLES];
+	enum esc_key_type types[NROLES]; /* what is generated, after mechanism probing */
 	EVP_PKEY *pub[NROLES];
 	EVP_PKEY *signer;
 	X509 *ca_cert;
@@ -127,7 +128,7 @@ load_existing(struct run *run, int *found, char **state)
 
 	*found = 0;
 	if ((r = esc_store_exec(run->ctx, run->st,
-				"SELECT state, subject, fingerprint_sha256, certificate IS NOT NULL FROM ca WHERE id = 1",
+				"SELECT state, subject, fingerprint_sha256, encode(certificate, 'hex') FROM ca WHERE id = 1",
 				0, NULL, NULL, NULL, &pr)) != ESC_OK)
 		return r;
 	if (PQntuples(pr) == 0) {
@@ -140,6 +141,19 @@ load_existing(struct run *run, int *found, char **state)
 	    (r = dup_str(run->ctx, &res->subject, PQgetvalue(pr, 0, 1))) != ESC_OK ||
 	    (r = dup_str(run->ctx, &res->fingerprint, PQgetisnull(pr, 0, 2) ? NULL : PQgetvalue(pr, 0, 2))) != ESC_OK)
 		goto out;
+	if (!PQgetisnull(pr, 0, 3)) {
+		long len = 0;
+		unsigned char *der = OPENSSL_hexstr2buf(PQgetvalue(pr, 0, 3), &len);
+		const unsigned char *p = der;
+		X509 *x = der != NULL ? d2i_X509(NULL, &p, len) : NULL;
+
+		r = x != NULL ? pem_of_cert(run->ctx, x, &res->cert_pem)
+			      : esc_error_ossl(run->ctx, ESC_ERR_DB, "the stored CA certificate is unreadable");
+		X509_free(x);
+		OPENSSL_free(der);
+		if (r != ESC_OK)
+			goto out;
+	}
 	PQclear(pr);
 	pr = NULL;
 	if ((r = esc_store_exec(run->ctx, run->st,
@@ -183,6 +197,16 @@ role_type(const struct esc_setup_opts *o, enum role role)
 	return role == ROLE_SIGN ? o->ca_key_type : role == ROLE_TRANSPORT ? o->transport_key_type : o->storage_key_type;
 }
 
+static int
+strong_enough(const char *type)
+{
+	unsigned long bits = 0;
+
+	if (strcmp(type, "ec-p256") == 0 || strcmp(type, "ec-p384") == 0)
+		return 1;
+	return sscanf(type, "rsa%lu", &bits) == 1 && bits >= 3072;
+}
+
 /* Every mechanism check before the first key is generated: a token that cannot do the job is left untouched. */
 static enum esc_err
 check_mechanisms(struct run *run)
@@ -191,12 +215,42 @@ check_mechanisms(struct run *run)
 	int role;
 
 	for (role = 0; role < NROLES; role++) {
+		enum esc_key_type t = role_type(run->opts, role), alt;
+
+		run->types[role] = t;
 		if (role == ROLE_SIGN && run->opts->adopt_key_uri != NULL)
 			continue;
-		if ((r = esc_token_require_key_mechanisms(run->ctx, run->tok, role_type(run->opts, role),
-							  role == ROLE_SIGN ? ESC_KEY_USE_SIGN : ESC_KEY_USE_DECRYPT)) !=
+		if ((r = esc_token_require_key_mechanisms(run->ctx, run->tok, t,
+							  role == ROLE_SIGN ? ESC_KEY_USE_SIGN : ESC_KEY_USE_DECRYPT)) ==
 		    ESC_OK)
+			continue;
+		/*
+		 * Transport and storage keys only decrypt: where the token
+		 * cannot do that with the configured family (p11-kit's RPC
+		 * carries no ECDH), take the other family and say so.
+		 */
+		alt = (t == ESC_KEY_RSA3072 || t == ESC_KEY_RSA4096) ? ESC_KEY_EC_P256 : ESC_KEY_RSA3072;
+		if (r != ESC_ERR_MECHANISM || role == ROLE_SIGN ||
+		    esc_token_require_key_mechanisms(NULL, run->tok, alt, ESC_KEY_USE_DECRYPT) != ESC_OK)
 			return r;
+		run->types[role] = alt;
+		snprintf(run->res->note + strlen(run->res->note), sizeof(run->res->note) - strlen(run->res->note),
+			 "%s%s key is %s, not %s: %s", run->res->note[0] ? "; " : "", role_names[role],
+			 esc_key_type_name(alt), esc_key_type_name(t), esc_ctx_errmsg(run->ctx));
+		esc_ctx_clear_error(run->ctx);
+	}
+	/* The key to adopt must be exactly one, sensitive and never extractable. */
+	if (run->opts->adopt_key_uri != NULL && run->keys[ROLE_SIGN] == NULL) {
+		if ((r = esc_token_find_key(run->ctx, run->tok, run->opts->adopt_key_uri, &run->keys[ROLE_SIGN])) !=
+			    ESC_OK ||
+		    (r = esc_token_key_check_protected(run->ctx, run->tok, run->keys[ROLE_SIGN])) != ESC_OK)
+			return r;
+		if (!strong_enough(esc_token_key_type_name(run->keys[ROLE_SIGN])))
+			return esc_error(run->ctx, ESC_ERR_STATE,
+					 "key '%s' is %s: a CA signing key must be RSA of at least 3072 bits or EC "
+					 "P-256/P-384",
+					 esc_token_key_label(run->keys[ROLE_SIGN]),
+					 esc_token_key_type_name(run->keys[ROLE_SIGN]));
 	}
 	return ESC_OK;
 }
@@ -207,16 +261,10 @@ make_keys(struct run *run)
 	enum esc_err r;
 	int role;
 
-	if (run->opts->adopt_key_uri != NULL) {
-		if ((r = esc_token_find_key(run->ctx, run->tok, run->opts->adopt_key_uri, &run->keys[ROLE_SIGN])) !=
-			    ESC_OK ||
-		    (r = esc_token_key_check_protected(run->ctx, run->tok, run->keys[ROLE_SIGN])) != ESC_OK)
-			return r;
-	}
 	for (role = 0; role < NROLES; role++) {
 		if (run->keys[role] != NULL)
 			continue;
-		if ((r = esc_token_generate_key(run->ctx, run->tok, role_type(run->opts, role),
+		if ((r = esc_token_generate_key(run->ctx, run->tok, run->types[role],
 						role == ROLE_SIGN ? ESC_KEY_USE_SIGN : ESC_KEY_USE_DECRYPT,
 						role_labels[role], &run->keys[role])) != ESC_OK)
 			return r;
@@ -460,8 +508,9 @@ create_ca(struct run *run)
 {
 	enum esc_err r;
 
-	if ((r = open_token(run)) != ESC_OK || (r = check_mechanisms(run)) != ESC_OK ||
-	    (r = make_keys(run)) != ESC_OK)
+	if (run->tok == NULL && ((r = open_token(run)) != ESC_OK || (r = check_mechanisms(run)) != ESC_OK))
+		return r;
+	if ((r = make_keys(run)) != ESC_OK)
 		return r;
 	if (run->opts->csr_out != NULL) {
 		if ((r = esc_ca_make_csr(run->ctx, run->signer, run->pub[ROLE_SIGN], run->opts->subject, &run->csr)) !=
@@ -659,8 +708,24 @@ esc_setup_run(struct esc_ctx *ctx, const struct esc_setup_opts *opts, struct esc
 	run.opts = opts;
 	if ((run.res = calloc(1, sizeof(*run.res))) == NULL)
 		return esc_error(ctx, ESC_ERR_NOMEM, "out of memory");
+	/*
+	 * Look before touching anything: an existing CA is reported from a
+	 * current schema; for a new CA the token, PIN and mechanisms are
+	 * checked before the schema is migrated, so a wrong PIN or a missing
+	 * token leaves the database exactly as it was.
+	 */
 	if ((r = esc_store_connect(ctx, opts->conninfo, &run.st)) != ESC_OK ||
-	    (r = esc_store_migrate(ctx, run.st, &run.res->schema_from, &run.res->schema_to)) != ESC_OK ||
+	    (r = esc_store_schema_version(ctx, run.st, &run.res->schema_from)) != ESC_OK)
+		goto out;
+	if (run.res->schema_from > esc_store_known_version()) {
+		r = esc_store_check_schema(ctx, run.st);
+		goto out;
+	}
+	if (run.res->schema_from == 0 && opts->import_cert == NULL) {
+		if ((r = open_token(&run)) != ESC_OK || (r = check_mechanisms(&run)) != ESC_OK)
+			goto out;
+	}
+	if ((r = esc_store_migrate(ctx, run.st, NULL, &run.res->schema_to)) != ESC_OK ||
 	    (r = load_existing(&run, &found, &state)) != ESC_OK)
 		goto out;
 	if (opts->import_cert != NULL) {

@@ -212,8 +212,14 @@ apply_one(struct esc_ctx *ctx, struct esc_store *st, const struct esc_migration 
 	enum esc_err r;
 	int v = 0;
 
-	if ((r = esc_store_begin(ctx, st)) != ESC_OK)
+	/*
+	 * READ COMMITTED on purpose: every statement after the lock must see
+	 * what a concurrent migrator committed while we waited for it (a
+	 * SERIALIZABLE snapshot would be taken before the wait).
+	 */
+	if ((r = esc_store_exec(ctx, st, "BEGIN ISOLATION LEVEL READ COMMITTED", 0, NULL, NULL, NULL, NULL)) != ESC_OK)
 		return r;
+	st->in_tx = 1;
 	if ((r = esc_store_exec(ctx, st, "SELECT pg_advisory_xact_lock(" MIGRATION_LOCK ")", 0, NULL, NULL, NULL,
 				NULL)) != ESC_OK)
 		goto out;

@@ -46,6 +46,7 @@ struct esc_token {
 	CK_SLOT_ID slot_id;
 	CK_SESSION_HANDLE session;
 	int have_session;
+	int own_instance; /* our function list is not libp11's: finalise it, log in on both */
 	CK_TOKEN_INFO info;
 	char label[33];
 	char serial[17];
@@ -297,6 +298,7 @@ esc_token_open(struct esc_ctx *ctx, const char *module, const char *uri, struct 
 	struct esc_token *tok = NULL;
 	P11KitUri *u = NULL;
 	CK_C_GetFunctionList getfl;
+	CK_C_INITIALIZE_ARGS init_args;
 	CK_TOKEN_INFO ti;
 	CK_RV rv;
 	enum esc_err r;
@@ -326,6 +328,20 @@ esc_token_open(struct esc_ctx *ctx, const char *module, const char *uri, struct 
 	    getfl(&tok->fl) != CKR_OK) {
 		r = esc_error(ctx, ESC_ERR_MODULE, "PKCS#11 module '%s' has no usable C_GetFunctionList",
 			      tok->module_path);
+		goto out;
+	}
+	/*
+	 * Most modules hand out one instance, already initialised by libp11.
+	 * Some (p11-kit-client.so: one RPC connection per C_GetFunctionList)
+	 * give a fresh one that needs its own C_Initialize and its own login.
+	 */
+	memset(&init_args, 0, sizeof(init_args));
+	init_args.flags = CKF_OS_LOCKING_OK;
+	rv = tok->fl->C_Initialize(&init_args);
+	if (rv == CKR_OK) {
+		tok->own_instance = 1;
+	} else if (rv != CKR_CRYPTOKI_ALREADY_INITIALIZED) {
+		r = ckr_error(ctx, rv, "initialising the PKCS#11 module");
 		goto out;
 	}
 	if (PKCS11_enumerate_slots(tok->p11, &tok->slots, &tok->nslots) != 0) {
@@ -392,6 +408,8 @@ esc_token_free(struct esc_token *tok)
 		return;
 	if (tok->have_session)
 		tok->fl->C_CloseSession(tok->session);
+	if (tok->own_instance)
+		tok->fl->C_Finalize(NULL);
 	if (tok->slots != NULL)
 		PKCS11_release_all_slots(tok->p11, tok->slots, tok->nslots);
 	if (tok->p11 != NULL) {
@@ -412,10 +430,14 @@ esc_token_login(struct esc_ctx *ctx, struct esc_token *tok, const struct esc_sec
 
 	rv = tok->fl->C_Login(tok->session, CKU_USER, (CK_UTF8CHAR_PTR)esc_secret_str(pin),
 			      (CK_ULONG)esc_secret_len(pin));
-	if (rv == CKR_OK || rv == CKR_USER_ALREADY_LOGGED_IN)
-		return ESC_OK;
-	snprintf(what, sizeof(what), "login to token '%s'", tok->label);
-	return ckr_error(ctx, rv, what);
+	if (rv != CKR_OK && rv != CKR_USER_ALREADY_LOGGED_IN) {
+		snprintf(what, sizeof(what), "login to token '%s'", tok->label);
+		return ckr_error(ctx, rv, what);
+	}
+	/* libp11's instance shares our login unless the module gave us our own. */
+	if (tok->own_instance && PKCS11_login(tok->slot, 0, esc_secret_str(pin)) != 0)
+		return esc_error_ossl(ctx, ESC_ERR_PKCS11, "libp11 could not log in to token '%s'", tok->label);
+	return ESC_OK;
 }
 
 const char *
@@ -503,9 +525,20 @@ require_mech(struct esc_ctx *ctx, struct esc_token *tok, CK_MECHANISM_TYPE mech,
 	     unsigned long rsa_bits, const char *purpose)
 {
 	CK_MECHANISM_INFO mi;
+	CK_MECHANISM_TYPE list[512];
+	CK_ULONG n = ESC_ARRAY_LEN(list), i;
 	CK_RV rv;
 
-	rv = tok->fl->C_GetMechanismInfo(tok->slot_id, mech, &mi);
+	/*
+	 * The list is authoritative: some tokens (SoftHSM2 with
+	 * slots.mechanisms) answer C_GetMechanismInfo for mechanisms they
+	 * have disabled.
+	 */
+	if ((rv = tok->fl->C_GetMechanismList(tok->slot_id, list, &n)) != CKR_OK)
+		return ckr_error(ctx, rv, "C_GetMechanismList");
+	for (i = 0; i < n && list[i] != mech; i++)
+		;
+	rv = i == n ? CKR_MECHANISM_INVALID : tok->fl->C_GetMechanismInfo(tok->slot_id, mech, &mi);
 	if (rv == CKR_MECHANISM_INVALID)
 		return esc_error(ctx, ESC_ERR_MECHANISM, "token '%s' lacks %s, needed %s", tok->label,
 				 esc_ckm_name(mech), purpose);
@@ -534,7 +567,14 @@ esc_token_require_key_mechanisms(struct esc_ctx *ctx, struct esc_token *tok, enu
 			return r;
 		if (usage == ESC_KEY_USE_SIGN)
 			return require_mech(ctx, tok, CKM_RSA_PKCS, CKF_SIGN, 0, "to sign with the RSA key");
-		return require_mech(ctx, tok, CKM_RSA_PKCS_OAEP, CKF_DECRYPT, 0, "to decrypt with the RSA key");
+		/*
+		 * OAEP natively, or raw RSA with the OAEP padding checked in
+		 * software (what p11-kit's RPC and SoftHSM2's SHA-256 OAEP need).
+		 */
+		if (require_mech(NULL, tok, CKM_RSA_PKCS_OAEP, CKF_DECRYPT, 0, "") == ESC_OK)
+			return ESC_OK;
+		return require_mech(ctx, tok, CKM_RSA_X_509, CKF_DECRYPT, 0,
+				    "(or CKM_RSA_PKCS_OAEP) to decrypt with the RSA key");
 	}
 	if ((r = require_mech(ctx, tok, CKM_EC_KEY_PAIR_GEN, CKF_GENERATE_KEY_PAIR, 0, "to generate the EC key")) !=
 	    ESC_OK)

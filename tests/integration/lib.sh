@@ -1,0 +1,81 @@
+# Shared helpers for integration tests: a private temporary directory with
+# SoftHSM2 tokens and a throwaway PostgreSQL cluster, always cleaned up —
+# also when a test fails or is interrupted.  Servers are stopped by the PIDs
+# they recorded, never by name.
+set -euo pipefail
+
+: "${P11ESCROW_BIN:?set by meson}" "${P11ESCROW_SRC:?set by meson}"
+SRC=$P11ESCROW_SRC
+ESC=$P11ESCROW_BIN
+SOFTHSM=/usr/lib/softhsm/libsofthsm2.so
+TEST_NAME=${0##*/}
+
+T=$(mktemp -d "${TMPDIR:-/tmp}/p11escrow-test.XXXXXX")
+# The PostgreSQL test user must be able to reach its directory below T.
+chmod 0711 "$T"
+_pg_dirs=()
+_server_pidfiles=()
+
+cleanup() {
+    local rc=$? d f
+    set +e
+    for f in "${_server_pidfiles[@]}"; do
+        "$SRC/hsm/export-tokens" --stop --pidfile "$f" >/dev/null 2>&1
+    done
+    for d in "${_pg_dirs[@]}"; do
+        "$SRC/tests/harness/pg-cluster" stop "$d" >/dev/null 2>&1
+    done
+    rm -rf "$T"
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+fail() { echo "FAIL ($TEST_NAME): $*" >&2; [ -f "$T/out" ] && sed 's/^/  | /' "$T/out" >&2; exit 1; }
+note() { echo "# $*"; }
+
+# Test PINs: throwaway tokens only.
+export P11ESCROW_USER_PIN=${P11ESCROW_USER_PIN:-test-user-pin-4711}
+export P11ESCROW_SO_PIN=${P11ESCROW_SO_PIN:-test-so-pin-0815}
+unset P11ESCROW_CA_PIN P11ESCROW_DATABASE P11ESCROW_MODULE P11ESCROW_CA_TOKEN || true
+PIN_FILE=$T/user.pin
+( umask 077; printf '%s\n' "$P11ESCROW_USER_PIN" >"$PIN_FILE" )
+
+# provision_tokens DIR LABEL... [-- extra provision-tokens options]
+provision_tokens() {
+    local dir=$1; shift
+    local args=()
+    while (($#)) && [ "$1" != -- ]; do args+=(--token "$1"); shift; done
+    (($#)) && shift
+    "$SRC/hsm/provision-tokens" --dir "$dir" "${args[@]}" "$@" >"$T/provision.log" 2>&1 ||
+        { cat "$T/provision.log" >&2; fail "token provisioning failed"; }
+}
+
+# start_pg DIR: starts a cluster; sets DB to its connection string.
+start_pg() {
+    local dir=$1
+    _pg_dirs+=("$dir")
+    "$SRC/tests/harness/pg-cluster" start "$dir" >"$T/pg.log" 2>&1 ||
+        { cat "$T/pg.log" >&2; fail "PostgreSQL did not start"; }
+    DB=$(cat "$dir/conninfo")
+}
+
+# run_esc EXPECTED_RC ARGS...: run the CLI, output in $T/out, check the exit code.
+run_esc() {
+    local want=$1; shift
+    local rc=0
+    "$ESC" "$@" >"$T/out" 2>&1 </dev/null || rc=$?
+    [ "$rc" -eq "$want" ] || fail "p11escrow $* exited $rc, expected $want"
+}
+
+assert_out() { grep -qF -- "$1" "$T/out" || fail "output lacks '$1'"; }
+assert_not_out() { ! grep -qF -- "$1" "$T/out" || fail "output contains '$1'"; }
+
+# psql_val SQL: one value from the test database.
+psql_val() { psql "$DB" -XAtq -c "$1"; }
+
+# count_private_keys SOFTHSM2_CONF TOKEN_LABEL
+count_private_keys() {
+    SOFTHSM2_CONF=$1 GNUTLS_PIN=$P11ESCROW_USER_PIN p11tool --provider "$SOFTHSM" --login --only-urls \
+        --list-privkeys "pkcs11:token=$2" 2>/dev/null | grep -c '^pkcs11:' || true
+}
