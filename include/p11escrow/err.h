@@ -37,6 +37,8 @@ enum esc_err {
 	ESC_ERR_CRYPTO = -30,		/* OpenSSL operation failed */
 	ESC_ERR_BAD_INPUT = -31,	/* malformed certificate/CSR/key input */
 	ESC_ERR_MISMATCH = -32,		/* key does not match certificate */
+	ESC_ERR_TAMPERED = -33,		/* authenticated encryption failed: data altered */
+	ESC_ERR_NOT_RECIPIENT = -34,	/* this key is not a recipient of the envelope */
 	ESC_ERR_EXISTS = -40,		/* object already exists */
 	ESC_ERR_STATE = -41,		/* operation not valid in this state */
 };

@@ -1,0 +1,59 @@
+/*
+ * p11escrow — CMS AuthEnvelopedData (RFC 5083, AES-256-GCM) envelopes.
+ *
+ * The archive record's two layers are such envelopes: stock
+ * `openssl cms -decrypt` opens them with the right key.  RSA recipients use
+ * RSA-OAEP (key transport), EC recipients ECDH (key agreement, RFC 5753).
+ * Plaintext going in is the caller's; plaintext coming out lives in OpenSSL's
+ * secure heap and is wiped when freed with esc_envelope_plain_free().
+ */
+#ifndef P11ESCROW_ENVELOPE_H
+#define P11ESCROW_ENVELOPE_H
+
+#include <stddef.h>
+
+#include <openssl/evp.h>
+#include <openssl/x509.h>
+
+#include <p11escrow/ctx.h>
+#include <p11escrow/err.h>
+
+/* Largest envelope and plaintext we accept: bounds every parse. */
+#define ESC_ENVELOPE_MAX (256 * 1024)
+
+/* Hash for RSA-OAEP and its MGF1. */
+enum esc_oaep_hash {
+	ESC_OAEP_SHA1,   /* what tokens such as SoftHSM2 2.6 do natively */
+	ESC_OAEP_SHA256,
+};
+
+const char *esc_oaep_hash_name(enum esc_oaep_hash h);
+
+/*
+ * Seal in[0..inlen) to every certificate in recips (RSA: OAEP with hash;
+ * EC: ECDH).  *out is DER, malloc'ed; the caller frees it with free().
+ * Errors: USAGE (no recipient, unsupported key, too large), CRYPTO.
+ */
+enum esc_err esc_envelope_seal(struct esc_ctx *ctx, const unsigned char *in, size_t inlen, X509 *const *recips,
+			       size_t nrecips, enum esc_oaep_hash hash, unsigned char **out, size_t *outlen)
+	ESC_MUST_CHECK;
+
+/*
+ * Open a DER envelope with key (software or token-backed) for the
+ * recipient certificate cert.  *out is in secure memory: free it with
+ * esc_envelope_plain_free().  Errors: BAD_INPUT (not an AuthEnvelopedData,
+ * too large), NOT_RECIPIENT (cert is not among the recipients),
+ * TAMPERED (the recipient's key worked but the GCM tag did not verify),
+ * CRYPTO (the key could not decrypt its recipient info).
+ */
+enum esc_err esc_envelope_open(struct esc_ctx *ctx, const unsigned char *in, size_t inlen, EVP_PKEY *key, X509 *cert,
+			       unsigned char **out, size_t *outlen) ESC_MUST_CHECK;
+
+/* Is cert one of the envelope's recipients?  Errors: BAD_INPUT. */
+enum esc_err esc_envelope_has_recipient(struct esc_ctx *ctx, const unsigned char *in, size_t inlen, X509 *cert,
+					int *yes) ESC_MUST_CHECK;
+
+/* Wipe and free plaintext from esc_envelope_open(); accepts NULL. */
+void esc_envelope_plain_free(unsigned char *p, size_t len);
+
+#endif

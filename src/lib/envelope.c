@@ -1,0 +1,216 @@
+/*
+ * CMS AuthEnvelopedData (AES-256-GCM) envelopes through OpenSSL's CMS code:
+ * no cryptography of our own, only the choice of parameters and the checks
+ * around them.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/cms.h>
+#include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/rsa.h>
+
+#include <p11escrow/envelope.h>
+
+#include "internal.h"
+
+const char *
+esc_oaep_hash_name(enum esc_oaep_hash h)
+{
+	return h == ESC_OAEP_SHA256 ? "rsa-oaep-sha256" : "rsa-oaep-sha1";
+}
+
+void
+esc_envelope_plain_free(unsigned char *p, size_t len)
+{
+	if (p != NULL)
+		OPENSSL_secure_clear_free(p, len);
+}
+
+static enum esc_err
+add_recipient(struct esc_ctx *ctx, CMS_ContentInfo *cms, X509 *cert, enum esc_oaep_hash hash)
+{
+	EVP_PKEY *pub = X509_get0_pubkey(cert);
+	CMS_RecipientInfo *ri;
+	EVP_PKEY_CTX *pctx;
+	const EVP_MD *md = hash == ESC_OAEP_SHA256 ? EVP_sha256() : EVP_sha1();
+
+	if (pub == NULL)
+		return esc_error_ossl(ctx, ESC_ERR_BAD_INPUT, "recipient certificate has no usable public key");
+	if (EVP_PKEY_is_a(pub, "RSA")) {
+		/* CMS_KEY_PARAM: leave the context open so we can ask for OAEP. */
+		if ((ri = CMS_add1_recipient_cert(cms, cert, CMS_KEY_PARAM)) == NULL ||
+		    (pctx = CMS_RecipientInfo_get0_pkey_ctx(ri)) == NULL ||
+		    EVP_PKEY_CTX_set_rsa_padding(pctx, RSA_PKCS1_OAEP_PADDING) <= 0 ||
+		    EVP_PKEY_CTX_set_rsa_oaep_md(pctx, md) <= 0 || EVP_PKEY_CTX_set_rsa_mgf1_md(pctx, md) <= 0)
+			return esc_error_ossl(ctx, ESC_ERR_CRYPTO, "cannot add an RSA-OAEP recipient");
+		return ESC_OK;
+	}
+	if (EVP_PKEY_is_a(pub, "EC")) {
+		if (CMS_add1_recipient_cert(cms, cert, 0) == NULL)
+			return esc_error_ossl(ctx, ESC_ERR_CRYPTO, "cannot add an ECDH recipient");
+		return ESC_OK;
+	}
+	return esc_error(ctx, ESC_ERR_USAGE, "recipient keys must be RSA or EC");
+}
+
+enum esc_err
+esc_envelope_seal(struct esc_ctx *ctx, const unsigned char *in, size_t inlen, X509 *const *recips, size_t nrecips,
+		  enum esc_oaep_hash hash, unsigned char **out, size_t *outlen)
+{
+	CMS_ContentInfo *cms = NULL;
+	BIO *bin = NULL;
+	unsigned char *der = NULL;
+	enum esc_err r;
+	size_t i;
+	int n;
+
+	if (nrecips == 0)
+		return esc_error(ctx, ESC_ERR_USAGE, "an envelope needs at least one recipient");
+	if (inlen == 0 || inlen > ESC_ENVELOPE_MAX)
+		return esc_error(ctx, ESC_ERR_USAGE, "envelope content must be 1..%d bytes", ESC_ENVELOPE_MAX);
+	/* Content embedded, not detached (CMS_encrypt does the same). */
+	if ((cms = CMS_AuthEnvelopedData_create(EVP_aes_256_gcm())) == NULL || CMS_set_detached(cms, 0) != 1) {
+		r = esc_error_ossl(ctx, ESC_ERR_CRYPTO, "cannot create a CMS AuthEnvelopedData");
+		goto out;
+	}
+	for (i = 0; i < nrecips; i++)
+		if ((r = add_recipient(ctx, cms, recips[i], hash)) != ESC_OK)
+			goto out;
+	if ((bin = BIO_new_mem_buf(in, (int)inlen)) == NULL || CMS_final(cms, bin, NULL, CMS_BINARY) != 1) {
+		r = esc_error_ossl(ctx, ESC_ERR_CRYPTO, "cannot encrypt the envelope");
+		goto out;
+	}
+	if ((n = i2d_CMS_ContentInfo(cms, NULL)) <= 0 || (der = malloc((size_t)n)) == NULL) {
+		r = esc_error_ossl(ctx, ESC_ERR_CRYPTO, "cannot encode the envelope");
+		goto out;
+	}
+	{
+		unsigned char *p = der;
+
+		if (i2d_CMS_ContentInfo(cms, &p) != n) {
+			r = esc_error_ossl(ctx, ESC_ERR_CRYPTO, "cannot encode the envelope");
+			goto out;
+		}
+	}
+	*out = der;
+	*outlen = (size_t)n;
+	der = NULL; /* transferred */
+	r = ESC_OK;
+out:
+	free(der);
+	BIO_free(bin);
+	CMS_ContentInfo_free(cms);
+	return r;
+}
+
+static enum esc_err
+parse(struct esc_ctx *ctx, const unsigned char *in, size_t inlen, CMS_ContentInfo **out)
+{
+	const unsigned char *p = in;
+	CMS_ContentInfo *cms;
+
+	if (inlen == 0 || inlen > ESC_ENVELOPE_MAX)
+		return esc_error(ctx, ESC_ERR_BAD_INPUT, "an envelope must be 1..%d bytes", ESC_ENVELOPE_MAX);
+	if ((cms = d2i_CMS_ContentInfo(NULL, &p, (long)inlen)) == NULL || p != in + inlen) {
+		CMS_ContentInfo_free(cms);
+		return esc_error_ossl(ctx, ESC_ERR_BAD_INPUT, "not a DER CMS structure");
+	}
+	if (OBJ_obj2nid(CMS_get0_type(cms)) != NID_id_smime_ct_authEnvelopedData) {
+		CMS_ContentInfo_free(cms);
+		return esc_error(ctx, ESC_ERR_BAD_INPUT, "the CMS structure is not an AuthEnvelopedData");
+	}
+	*out = cms;
+	return ESC_OK;
+}
+
+static int
+is_recipient(CMS_ContentInfo *cms, X509 *cert)
+{
+	STACK_OF(CMS_RecipientInfo) *ris = CMS_get0_RecipientInfos(cms);
+	int i, j;
+
+	for (i = 0; i < sk_CMS_RecipientInfo_num(ris); i++) {
+		CMS_RecipientInfo *ri = sk_CMS_RecipientInfo_value(ris, i);
+		STACK_OF(CMS_RecipientEncryptedKey) *reks;
+
+		switch (CMS_RecipientInfo_type(ri)) {
+		case CMS_RECIPINFO_TRANS:
+			if (CMS_RecipientInfo_ktri_cert_cmp(ri, cert) == 0)
+				return 1;
+			break;
+		case CMS_RECIPINFO_AGREE:
+			reks = CMS_RecipientInfo_kari_get0_reks(ri);
+			for (j = 0; j < sk_CMS_RecipientEncryptedKey_num(reks); j++)
+				if (CMS_RecipientEncryptedKey_cert_cmp(sk_CMS_RecipientEncryptedKey_value(reks, j), cert) ==
+				    0)
+					return 1;
+			break;
+		default:
+			break;
+		}
+	}
+	return 0;
+}
+
+enum esc_err
+esc_envelope_has_recipient(struct esc_ctx *ctx, const unsigned char *in, size_t inlen, X509 *cert, int *yes)
+{
+	CMS_ContentInfo *cms = NULL;
+	enum esc_err r;
+
+	if ((r = parse(ctx, in, inlen, &cms)) != ESC_OK)
+		return r;
+	*yes = is_recipient(cms, cert);
+	CMS_ContentInfo_free(cms);
+	return ESC_OK;
+}
+
+enum esc_err
+esc_envelope_open(struct esc_ctx *ctx, const unsigned char *in, size_t inlen, EVP_PKEY *key, X509 *cert,
+		  unsigned char **out, size_t *outlen)
+{
+	CMS_ContentInfo *cms = NULL;
+	BIO *bout = NULL;
+	BUF_MEM *mem = NULL;
+	unsigned char *plain = NULL;
+	enum esc_err r;
+
+	if ((r = parse(ctx, in, inlen, &cms)) != ESC_OK)
+		return r;
+	if (!is_recipient(cms, cert)) {
+		r = esc_error(ctx, ESC_ERR_NOT_RECIPIENT, "the envelope is not addressed to this key");
+		goto out;
+	}
+	/* Two steps, so a key that fails and a ciphertext that fails are told apart. */
+	if (CMS_decrypt_set1_pkey_and_peer(cms, key, cert, NULL) != 1) {
+		r = esc_error_ossl(ctx, ESC_ERR_CRYPTO, "the key could not decrypt its part of the envelope");
+		goto out;
+	}
+	/* The plaintext is a private key: keep it in the secure heap. */
+	if ((bout = BIO_new(BIO_s_secmem())) == NULL) {
+		r = esc_error(ctx, ESC_ERR_NOMEM, "out of memory");
+		goto out;
+	}
+	if (CMS_decrypt(cms, NULL, NULL, NULL, bout, CMS_BINARY) != 1) {
+		r = esc_error_ossl(ctx, ESC_ERR_TAMPERED,
+				   "the envelope failed its integrity check (AES-GCM tag): it was altered or corrupted");
+		goto out;
+	}
+	BIO_get_mem_ptr(bout, &mem);
+	if (mem == NULL || mem->length == 0 || mem->length > ESC_ENVELOPE_MAX ||
+	    (plain = OPENSSL_secure_malloc(mem->length)) == NULL) {
+		r = esc_error(ctx, ESC_ERR_BAD_INPUT, "the envelope's content is empty or too large");
+		goto out;
+	}
+	memcpy(plain, mem->data, mem->length);
+	*out = plain;
+	*outlen = mem->length;
+	plain = NULL; /* transferred */
+	r = ESC_OK;
+out:
+	BIO_free(bout);
+	CMS_ContentInfo_free(cms);
+	return r;
+}
