@@ -70,7 +70,14 @@ enum esc_err esc_token_uri_check(struct esc_ctx *ctx, const char *uri) ESC_MUST_
  */
 enum esc_err esc_token_open(struct esc_ctx *ctx, const char *module, const char *uri, struct esc_token **out)
 	ESC_MUST_CHECK;
-/* Close the session, unload the module; accepts NULL. */
+/*
+ * Open another token of the module sibling was opened from, sharing the
+ * loaded module (and, as PKCS#11 has it, its login state per token).
+ * Errors: as esc_token_open.
+ */
+enum esc_err esc_token_open_sibling(struct esc_ctx *ctx, const struct esc_token *sibling, const char *uri,
+				    struct esc_token **out) ESC_MUST_CHECK;
+/* Close the session; unload the module when its last token goes; accepts NULL. */
 void esc_token_free(struct esc_token *tok);
 
 /* Log in as the token user.  Errors: PIN_INCORRECT, PIN_LOCKED, PKCS11. */

@@ -35,18 +35,28 @@
 #define MAX_FOUND 32
 #define KEY_ID_LEN 16
 
-struct esc_token {
-	char *module_path;
+/*
+ * One loaded module, shared by every token opened from it (a CA token and a
+ * KRA card on one module must not load and finalise it twice).
+ */
+struct module {
+	int refs;
+	char *path;
 	PKCS11_CTX *p11;
 	PKCS11_SLOT *slots;
 	unsigned int nslots;
-	PKCS11_SLOT *slot;
 	void *dl;
 	CK_FUNCTION_LIST_PTR fl;
+	int own_instance; /* our function list is not libp11's: finalise it, log in on both */
+};
+
+struct esc_token {
+	struct module *mod;
+	CK_FUNCTION_LIST_PTR fl; /* == mod->fl */
+	PKCS11_SLOT *slot;
 	CK_SLOT_ID slot_id;
 	CK_SESSION_HANDLE session;
 	int have_session;
-	int own_instance; /* our function list is not libp11's: finalise it, log in on both */
 	CK_TOKEN_INFO info;
 	char label[33];
 	char serial[17];
@@ -292,42 +302,52 @@ list_append(char *list, size_t len, const char *item)
 	snprintf(list + used, len - used, "%s%s", used ? ", " : "", item);
 }
 
-enum esc_err
-esc_token_open(struct esc_ctx *ctx, const char *module, const char *uri, struct esc_token **out)
+static void
+module_release(struct module *mod)
 {
-	struct esc_token *tok = NULL;
-	P11KitUri *u = NULL;
+	if (mod == NULL || --mod->refs > 0)
+		return;
+	if (mod->own_instance)
+		mod->fl->C_Finalize(NULL);
+	if (mod->slots != NULL)
+		PKCS11_release_all_slots(mod->p11, mod->slots, mod->nslots);
+	if (mod->p11 != NULL) {
+		PKCS11_CTX_unload(mod->p11);
+		PKCS11_CTX_free(mod->p11);
+	}
+	if (mod->dl != NULL)
+		dlclose(mod->dl);
+	free(mod->path);
+	free(mod);
+}
+
+static enum esc_err
+module_load(struct esc_ctx *ctx, const char *module, P11KitUri *u, struct module **out)
+{
+	struct module *mod;
 	CK_C_GetFunctionList getfl;
 	CK_C_INITIALIZE_ARGS init_args;
-	CK_TOKEN_INFO ti;
 	CK_RV rv;
 	enum esc_err r;
-	unsigned int i, nmatch = 0, npresent = 0;
-	char present[512] = "", matches[512] = "", desc[96];
 
-	if ((r = parse_uri(ctx, uri, &u)) != ESC_OK)
+	if ((mod = calloc(1, sizeof(*mod))) == NULL)
+		return esc_error(ctx, ESC_ERR_NOMEM, "out of memory");
+	mod->refs = 1;
+	if ((r = resolve_module(ctx, module, u, &mod->path)) != ESC_OK)
 		goto out;
-	if ((tok = calloc(1, sizeof(*tok))) == NULL) {
+	if ((mod->p11 = PKCS11_CTX_new()) == NULL) {
 		r = esc_error(ctx, ESC_ERR_NOMEM, "out of memory");
 		goto out;
 	}
-	if ((r = resolve_module(ctx, module, u, &tok->module_path)) != ESC_OK)
-		goto out;
-	if ((tok->p11 = PKCS11_CTX_new()) == NULL) {
-		r = esc_error(ctx, ESC_ERR_NOMEM, "out of memory");
-		goto out;
-	}
-	if (PKCS11_CTX_load(tok->p11, tok->module_path) != 0) {
-		r = esc_error_ossl(ctx, ESC_ERR_MODULE, "cannot load PKCS#11 module '%s'", tok->module_path);
-		PKCS11_CTX_free(tok->p11);
-		tok->p11 = NULL;
+	if (PKCS11_CTX_load(mod->p11, mod->path) != 0) {
+		r = esc_error_ossl(ctx, ESC_ERR_MODULE, "cannot load PKCS#11 module '%s'", mod->path);
+		PKCS11_CTX_free(mod->p11);
+		mod->p11 = NULL;
 		goto out;
 	}
-	if ((tok->dl = dlopen(tok->module_path, RTLD_NOW | RTLD_NOLOAD)) == NULL ||
-	    (getfl = (CK_C_GetFunctionList)dlsym(tok->dl, "C_GetFunctionList")) == NULL ||
-	    getfl(&tok->fl) != CKR_OK) {
-		r = esc_error(ctx, ESC_ERR_MODULE, "PKCS#11 module '%s' has no usable C_GetFunctionList",
-			      tok->module_path);
+	if ((mod->dl = dlopen(mod->path, RTLD_NOW | RTLD_NOLOAD)) == NULL ||
+	    (getfl = (CK_C_GetFunctionList)dlsym(mod->dl, "C_GetFunctionList")) == NULL || getfl(&mod->fl) != CKR_OK) {
+		r = esc_error(ctx, ESC_ERR_MODULE, "PKCS#11 module '%s' has no usable C_GetFunctionList", mod->path);
 		goto out;
 	}
 	/*
@@ -337,20 +357,43 @@ esc_token_open(struct esc_ctx *ctx, const char *module, const char *uri, struct 
 	 */
 	memset(&init_args, 0, sizeof(init_args));
 	init_args.flags = CKF_OS_LOCKING_OK;
-	rv = tok->fl->C_Initialize(&init_args);
+	rv = mod->fl->C_Initialize(&init_args);
 	if (rv == CKR_OK) {
-		tok->own_instance = 1;
+		mod->own_instance = 1;
 	} else if (rv != CKR_CRYPTOKI_ALREADY_INITIALIZED) {
 		r = ckr_error(ctx, rv, "initialising the PKCS#11 module");
 		goto out;
 	}
-	if (PKCS11_enumerate_slots(tok->p11, &tok->slots, &tok->nslots) != 0) {
-		r = esc_error_ossl(ctx, ESC_ERR_PKCS11, "cannot list the slots of PKCS#11 module '%s'",
-				   tok->module_path);
+	if (PKCS11_enumerate_slots(mod->p11, &mod->slots, &mod->nslots) != 0) {
+		r = esc_error_ossl(ctx, ESC_ERR_PKCS11, "cannot list the slots of PKCS#11 module '%s'", mod->path);
 		goto out;
 	}
-	for (i = 0; i < tok->nslots; i++) {
-		PKCS11_SLOT *s = &tok->slots[i];
+	*out = mod;
+	mod = NULL; /* transferred */
+	r = ESC_OK;
+out:
+	module_release(mod);
+	return r;
+}
+
+/* Select the one token of mod matching u and open a session on it. */
+static enum esc_err
+select_token(struct esc_ctx *ctx, struct module *mod, P11KitUri *u, const char *uri, struct esc_token **out)
+{
+	struct esc_token *tok;
+	CK_TOKEN_INFO ti;
+	CK_RV rv;
+	enum esc_err r;
+	unsigned int i, nmatch = 0, npresent = 0;
+	char present[512] = "", matches[512] = "", desc[96];
+
+	if ((tok = calloc(1, sizeof(*tok))) == NULL)
+		return esc_error(ctx, ESC_ERR_NOMEM, "out of memory");
+	tok->mod = mod;
+	mod->refs++;
+	tok->fl = mod->fl;
+	for (i = 0; i < mod->nslots; i++) {
+		PKCS11_SLOT *s = &mod->slots[i];
 		CK_SLOT_ID id;
 
 		if (s->token == NULL)
@@ -371,14 +414,13 @@ esc_token_open(struct esc_ctx *ctx, const char *module, const char *uri, struct 
 		}
 	}
 	if (nmatch == 0) {
-		r = esc_error(ctx, ESC_ERR_TOKEN_NOT_FOUND, "no token matches '%s' in module %s (%s%s)", uri,
-			      tok->module_path, npresent ? "tokens present: " : "the module reports no tokens",
-			      present);
+		r = esc_error(ctx, ESC_ERR_TOKEN_NOT_FOUND, "no token matches '%s' in module %s (%s%s)", uri, mod->path,
+			      npresent ? "tokens present: " : "the module reports no tokens", present);
 		goto out;
 	}
 	if (nmatch > 1) {
-		r = esc_error(ctx, ESC_ERR_AMBIGUOUS,
-			      "'%s' matches %u tokens: %s; name one by token= and serial=", uri, nmatch, matches);
+		r = esc_error(ctx, ESC_ERR_AMBIGUOUS, "'%s' matches %u tokens: %s; name one by token= and serial=", uri,
+			      nmatch, matches);
 		goto out;
 	}
 	field_to_str(tok->label, sizeof(tok->label), tok->info.label, sizeof(tok->info.label));
@@ -396,8 +438,36 @@ esc_token_open(struct esc_ctx *ctx, const char *module, const char *uri, struct 
 	tok = NULL; /* transferred */
 	r = ESC_OK;
 out:
-	p11_kit_uri_free(u);
 	esc_token_free(tok);
+	return r;
+}
+
+enum esc_err
+esc_token_open(struct esc_ctx *ctx, const char *module, const char *uri, struct esc_token **out)
+{
+	struct module *mod = NULL;
+	P11KitUri *u = NULL;
+	enum esc_err r;
+
+	if ((r = parse_uri(ctx, uri, &u)) != ESC_OK || (r = module_load(ctx, module, u, &mod)) != ESC_OK)
+		goto out;
+	r = select_token(ctx, mod, u, uri, out);
+out:
+	module_release(mod);
+	p11_kit_uri_free(u);
+	return r;
+}
+
+enum esc_err
+esc_token_open_sibling(struct esc_ctx *ctx, const struct esc_token *sibling, const char *uri, struct esc_token **out)
+{
+	P11KitUri *u = NULL;
+	enum esc_err r;
+
+	if ((r = parse_uri(ctx, uri, &u)) != ESC_OK)
+		return r;
+	r = select_token(ctx, sibling->mod, u, uri, out);
+	p11_kit_uri_free(u);
 	return r;
 }
 
@@ -408,17 +478,7 @@ esc_token_free(struct esc_token *tok)
 		return;
 	if (tok->have_session)
 		tok->fl->C_CloseSession(tok->session);
-	if (tok->own_instance)
-		tok->fl->C_Finalize(NULL);
-	if (tok->slots != NULL)
-		PKCS11_release_all_slots(tok->p11, tok->slots, tok->nslots);
-	if (tok->p11 != NULL) {
-		PKCS11_CTX_unload(tok->p11);
-		PKCS11_CTX_free(tok->p11);
-	}
-	if (tok->dl != NULL)
-		dlclose(tok->dl);
-	free(tok->module_path);
+	module_release(tok->mod);
 	free(tok);
 }
 
@@ -435,7 +495,7 @@ esc_token_login(struct esc_ctx *ctx, struct esc_token *tok, const struct esc_sec
 		return ckr_error(ctx, rv, what);
 	}
 	/* libp11's instance shares our login unless the module gave us our own. */
-	if (tok->own_instance && PKCS11_login(tok->slot, 0, esc_secret_str(pin)) != 0)
+	if (tok->mod->own_instance && PKCS11_login(tok->slot, 0, esc_secret_str(pin)) != 0)
 		return esc_error_ossl(ctx, ESC_ERR_PKCS11, "libp11 could not log in to token '%s'", tok->label);
 	return ESC_OK;
 }
@@ -467,7 +527,7 @@ esc_token_model(const struct esc_token *tok)
 const char *
 esc_token_module_path(const struct esc_token *tok)
 {
-	return tok->module_path;
+	return tok->mod->path;
 }
 
 enum esc_err
