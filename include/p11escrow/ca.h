@@ -43,7 +43,7 @@ enum esc_err esc_ca_make_csr(struct esc_ctx *ctx, EVP_PKEY *signer, EVP_PKEY *pu
 			     X509_REQ **out) ESC_MUST_CHECK;
 
 enum esc_cert_profile {
-	ESC_PROFILE_TRANSPORT, /* CA transport certificate: keyEncipherment or keyAgreement */
+	ESC_PROFILE_ENCRYPTION, /* transport and storage keys: keyEncipherment (RSA) or keyAgreement (EC) */
 };
 
 /*

@@ -267,7 +267,7 @@ esc_ca_issue(struct esc_ctx *ctx, X509 *ca_cert, EVP_PKEY *signer, EVP_PKEY *pub
 	if ((r = new_cert(ctx, pub, subject, days, &x)) != ESC_OK)
 		return r;
 	switch (profile) {
-	case ESC_PROFILE_TRANSPORT:
+	case ESC_PROFILE_ENCRYPTION:
 	default:
 		ku = EVP_PKEY_is_a(pub, "EC") ? "critical,keyAgreement" : "critical,keyEncipherment";
 		break;

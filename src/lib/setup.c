@@ -49,6 +49,7 @@ struct run {
 	EVP_PKEY *signer;
 	X509 *ca_cert;
 	X509 *transport_cert;
+	X509 *storage_cert;
 	X509_REQ *csr;
 	STACK_OF(X509) *chain;
 	int csr_written;
@@ -276,22 +277,37 @@ make_keys(struct run *run)
 	return esc_token_key_private(run->ctx, run->tok, run->keys[ROLE_SIGN], &run->signer);
 }
 
-/* Transport certificate subject: the CA's name plus OU=Key Archival Transport. */
+/*
+ * Certificates for the transport and storage keys: the CA's name plus an
+ * OU naming the role.  Clients encrypt to the transport certificate;
+ * archive records are sealed to the storage certificate, so that stock
+ * `openssl cms -decrypt` can open them with the token key.
+ */
 static enum esc_err
-issue_transport(struct run *run)
+issue_role_cert(struct run *run, enum role role, const char *ou, X509 **out)
 {
 	X509_NAME *name = X509_NAME_dup(X509_get_subject_name(run->ca_cert));
 	enum esc_err r;
 
-	if (name == NULL || !X509_NAME_add_entry_by_txt(name, "OU", MBSTRING_UTF8,
-							(const unsigned char *)"Key Archival Transport", -1, -1, 0)) {
+	if (name == NULL ||
+	    !X509_NAME_add_entry_by_txt(name, "OU", MBSTRING_UTF8, (const unsigned char *)ou, -1, -1, 0)) {
 		X509_NAME_free(name);
-		return esc_error_ossl(run->ctx, ESC_ERR_CRYPTO, "cannot build the transport certificate's name");
+		return esc_error_ossl(run->ctx, ESC_ERR_CRYPTO, "cannot build the %s certificate's name", ou);
 	}
-	r = esc_ca_issue(run->ctx, run->ca_cert, run->signer, run->pub[ROLE_TRANSPORT], name, run->opts->days,
-			 ESC_PROFILE_TRANSPORT, &run->transport_cert);
+	r = esc_ca_issue(run->ctx, run->ca_cert, run->signer, run->pub[role], name, run->opts->days,
+			 ESC_PROFILE_ENCRYPTION, out);
 	X509_NAME_free(name);
 	return r;
+}
+
+static enum esc_err
+issue_transport(struct run *run)
+{
+	enum esc_err r;
+
+	if ((r = issue_role_cert(run, ROLE_TRANSPORT, "Key Archival Transport", &run->transport_cert)) != ESC_OK)
+		return r;
+	return issue_role_cert(run, ROLE_STORAGE, "Key Archival Storage", &run->storage_cert);
 }
 
 /* Write the CSR as PEM atomically (temporary file + rename), mode 0644. */
@@ -479,11 +495,15 @@ store_new_ca(struct run *run, const char *state)
 				6, v, len, fmt, NULL)) != ESC_OK)
 		goto out;
 	for (role = 0; role < NROLES; role++)
-		if ((r = insert_key(run, role, role == ROLE_TRANSPORT ? run->transport_cert : NULL, &uris[role])) !=
-		    ESC_OK)
+		if ((r = insert_key(run, role,
+				    role == ROLE_TRANSPORT ? run->transport_cert
+				    : role == ROLE_STORAGE ? run->storage_cert
+							   : NULL,
+				    &uris[role])) != ESC_OK)
 			goto out;
 	if (run->ca_cert != NULL && ((r = insert_certificate(run, run->ca_cert, "ca")) != ESC_OK ||
-				     (r = insert_certificate(run, run->transport_cert, "transport")) != ESC_OK))
+				     (r = insert_certificate(run, run->transport_cert, "transport")) != ESC_OK ||
+				     (r = insert_certificate(run, run->storage_cert, "storage")) != ESC_OK))
 		goto out;
 	if ((r = esc_store_commit(run->ctx, run->st)) != ESC_OK)
 		goto out;
@@ -579,10 +599,10 @@ import_ca_cert(struct run *run)
 	PGresult *pr = NULL;
 	char *subject = NULL, *transport_uri = NULL;
 	char fp[ESC_FINGERPRINT_MAX];
-	unsigned char *cder = NULL, *tder = NULL, *chain = NULL;
+	unsigned char *cder = NULL, *tder = NULL, *sder = NULL, *chain = NULL;
 	size_t chainlen = 0;
 	const char *v[4];
-	int len[4] = {0}, fmt[4] = {0}, clen = 0, tlen = 0, i;
+	int len[4] = {0}, fmt[4] = {0}, clen = 0, tlen = 0, slen = 0, i;
 	enum esc_err r;
 
 	if ((r = read_cert_file(run, run->opts->import_cert)) != ESC_OK || (r = open_token(run)) != ESC_OK)
@@ -592,18 +612,22 @@ import_ca_cert(struct run *run)
 		goto out;
 	for (i = 0; i < PQntuples(pr); i++) {
 		const char *role = PQgetvalue(pr, i, 0);
-		int k = strcmp(role, "ca-sign") == 0 ? ROLE_SIGN : strcmp(role, "transport") == 0 ? ROLE_TRANSPORT : -1;
+		int k = strcmp(role, "ca-sign") == 0	   ? ROLE_SIGN
+			: strcmp(role, "transport") == 0 ? ROLE_TRANSPORT
+			: strcmp(role, "storage") == 0	   ? ROLE_STORAGE
+							   : -1;
 
 		if (k >= 0 && (r = esc_token_find_key(run->ctx, run->tok, PQgetvalue(pr, i, 1), &run->keys[k])) != ESC_OK)
 			goto out;
 	}
-	if (run->keys[ROLE_SIGN] == NULL || run->keys[ROLE_TRANSPORT] == NULL) {
+	if (run->keys[ROLE_SIGN] == NULL || run->keys[ROLE_TRANSPORT] == NULL || run->keys[ROLE_STORAGE] == NULL) {
 		r = esc_error(run->ctx, ESC_ERR_STATE, "the pending CA's key records are incomplete");
 		goto out;
 	}
 	if ((r = esc_token_key_public(run->ctx, run->tok, run->keys[ROLE_SIGN], &run->pub[ROLE_SIGN])) != ESC_OK ||
 	    (r = esc_token_key_public(run->ctx, run->tok, run->keys[ROLE_TRANSPORT], &run->pub[ROLE_TRANSPORT])) !=
-		    ESC_OK)
+		    ESC_OK ||
+	    (r = esc_token_key_public(run->ctx, run->tok, run->keys[ROLE_STORAGE], &run->pub[ROLE_STORAGE])) != ESC_OK)
 		goto out;
 	if (!esc_cert_matches_key(run->ca_cert, run->pub[ROLE_SIGN])) {
 		r = esc_error(run->ctx, ESC_ERR_MISMATCH,
@@ -636,7 +660,8 @@ import_ca_cert(struct run *run)
 	esc_cert_fingerprint(run->ca_cert, fp);
 	if ((subject = esc_name_to_string(X509_get_subject_name(run->ca_cert))) == NULL ||
 	    (r = der_of(run->ctx, run->ca_cert, NULL, &cder, &clen)) != ESC_OK ||
-	    (r = der_of(run->ctx, run->transport_cert, NULL, &tder, &tlen)) != ESC_OK)
+	    (r = der_of(run->ctx, run->transport_cert, NULL, &tder, &tlen)) != ESC_OK ||
+	    (r = der_of(run->ctx, run->storage_cert, NULL, &sder, &slen)) != ESC_OK)
 		goto out;
 	if ((r = esc_store_begin(run->ctx, run->st)) != ESC_OK)
 		goto out;
@@ -655,11 +680,16 @@ import_ca_cert(struct run *run)
 		goto out;
 	v[0] = (const char *)tder;
 	len[0] = tlen;
+	v[1] = (const char *)sder;
+	len[1] = slen;
+	fmt[1] = 1;
 	if ((r = esc_store_exec(run->ctx, run->st,
-				"UPDATE token_keys SET certificate = $1 WHERE role = 'transport'", 1, v, len, fmt, NULL)) !=
-		    ESC_OK ||
+				"UPDATE token_keys SET certificate = CASE role WHEN 'transport' THEN $1::bytea "
+				"ELSE $2::bytea END WHERE role IN ('transport', 'storage')",
+				2, v, len, fmt, NULL)) != ESC_OK ||
 	    (r = insert_certificate(run, run->ca_cert, "ca")) != ESC_OK ||
 	    (r = insert_certificate(run, run->transport_cert, "transport")) != ESC_OK ||
+	    (r = insert_certificate(run, run->storage_cert, "storage")) != ESC_OK ||
 	    (r = esc_store_commit(run->ctx, run->st)) != ESC_OK)
 		goto out;
 	if ((r = dup_str(run->ctx, &run->res->state, "active")) != ESC_OK ||
@@ -676,6 +706,7 @@ out:
 	free(transport_uri);
 	OPENSSL_free(cder);
 	OPENSSL_free(tder);
+	OPENSSL_free(sder);
 	free(chain);
 	return r;
 }
@@ -758,6 +789,7 @@ out:
 	EVP_PKEY_free(run.signer);
 	X509_free(run.ca_cert);
 	X509_free(run.transport_cert);
+	X509_free(run.storage_cert);
 	X509_REQ_free(run.csr);
 	sk_X509_pop_free(run.chain, X509_free);
 	esc_token_free(run.tok);

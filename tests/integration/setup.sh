@@ -31,7 +31,7 @@ note "the database holds the same certificate and key references, no PIN"
 dbfp=$(psql_val "SELECT fingerprint_sha256 FROM ca")
 [ "$dbfp" = "$fp" ] || fail "database fingerprint $dbfp differs"
 [ "$(psql_val "SELECT count(*) FROM token_keys")" = 3 ] || fail "expected 3 token_keys rows"
-[ "$(psql_val "SELECT count(*) FROM certificates")" = 2 ] || fail "expected CA + transport certificates"
+[ "$(psql_val "SELECT count(*) FROM certificates")" = 3 ] || fail "expected CA, transport and storage certificates"
 pg_dump "$DB" >"$T/dump.sql"
 ! grep -qF "$P11ESCROW_USER_PIN" "$T/dump.sql" || fail "the PIN reached the database"
 
@@ -40,6 +40,11 @@ psql_val "SELECT encode(certificate, 'base64') FROM token_keys WHERE role = 'tra
 openssl x509 -inform DER -in "$T/tr.der" -out "$T/tr.pem"
 openssl verify -CAfile "$T/ca.pem" "$T/tr.pem" >/dev/null || fail "transport certificate does not verify"
 openssl x509 -in "$T/tr.pem" -noout -text | grep -q "Key Agreement" || fail "EC transport cert lacks keyAgreement"
+psql_val "SELECT encode(certificate, 'base64') FROM token_keys WHERE role = 'storage'" | base64 -d >"$T/st.der"
+openssl x509 -inform DER -in "$T/st.der" -out "$T/st.pem"
+openssl verify -CAfile "$T/ca.pem" "$T/st.pem" >/dev/null || fail "storage certificate does not verify"
+openssl x509 -in "$T/st.pem" -noout -text | grep -q "Key Encipherment" || fail "RSA storage cert lacks keyEncipherment"
+openssl x509 -in "$T/st.pem" -noout -subject | grep -q "Key Archival Storage" || fail "storage cert subject"
 
 note "the private keys are sensitive and never extractable"
 GNUTLS_PIN=$P11ESCROW_USER_PIN p11tool --provider "$SOFTHSM" --login --list-privkeys 'pkcs11:token=CA' >"$T/keys.txt"
