@@ -41,6 +41,10 @@ enum esc_err {
 	ESC_ERR_NOT_RECIPIENT = -34,	/* this key is not a recipient of the envelope */
 	ESC_ERR_EXISTS = -40,		/* object already exists */
 	ESC_ERR_STATE = -41,		/* operation not valid in this state */
+	ESC_ERR_NOT_FOUND = -42,	/* no such object (serial, record, request, account) */
+	ESC_ERR_POLICY = -43,		/* refused by policy (signing key, foreign issuer, ...) */
+	ESC_ERR_AUTH = -50,		/* authentication failed */
+	ESC_ERR_DENIED = -51,		/* not permitted for this account or role (dual control) */
 };
 
 /* Stable short name of an error code, e.g. "token not found". Never NULL. */

@@ -43,6 +43,10 @@ static const struct err_row rows[] = {
 	{ESC_ERR_NOT_RECIPIENT, 34, "not a recipient"},
 	{ESC_ERR_EXISTS, 40, "already exists"},
 	{ESC_ERR_STATE, 41, "invalid state"},
+	{ESC_ERR_NOT_FOUND, 42, "not found"},
+	{ESC_ERR_POLICY, 43, "refused by policy"},
+	{ESC_ERR_AUTH, 50, "authentication failed"},
+	{ESC_ERR_DENIED, 51, "permission denied"},
 };
 
 static const struct err_row *

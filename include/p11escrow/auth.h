@@ -1,0 +1,74 @@
+/*
+ * p11escrow — accounts, roles and authentication.
+ *
+ * Roles: administrator, certificate manager, key recovery agent (bound to
+ * one registered KRA), auditor.  One account never holds both the
+ * certificate-manager and the KRA role (enforced here and by a database
+ * CHECK).  Passwords are hashed with Argon2id (libargon2) and never stored
+ * or logged in clear.
+ */
+#ifndef P11ESCROW_AUTH_H
+#define P11ESCROW_AUTH_H
+
+#include <p11escrow/ctx.h>
+#include <p11escrow/err.h>
+#include <p11escrow/pin.h>
+#include <p11escrow/store.h>
+
+enum esc_role {
+	ESC_ROLE_ADMIN = 1 << 0,
+	ESC_ROLE_CERT_MANAGER = 1 << 1,
+	ESC_ROLE_KRA = 1 << 2,
+	ESC_ROLE_AUDITOR = 1 << 3,
+};
+
+#define ESC_PASSWORD_MIN 12
+
+struct esc_account;
+
+/* Parse "admin,auditor" style role lists.  Errors: USAGE (unknown role, cert-manager+kra). */
+enum esc_err esc_roles_parse(struct esc_ctx *ctx, const char *text, unsigned *roles) ESC_MUST_CHECK;
+/* "admin,cert-manager" for a role set; static buffer owned by caller (len >= 64). */
+void esc_roles_format(unsigned roles, char *buf, size_t len);
+
+/* Argon2id-encoded hash of a password.  Caller frees.  Errors: USAGE (too short), NOMEM, CRYPTO. */
+enum esc_err esc_auth_hash_password(struct esc_ctx *ctx, const struct esc_secret *password, char **encoded)
+	ESC_MUST_CHECK;
+/* ESC_OK if password matches encoded, ESC_ERR_AUTH if not. */
+enum esc_err esc_auth_verify_password(struct esc_ctx *ctx, const char *encoded, const struct esc_secret *password)
+	ESC_MUST_CHECK;
+
+/*
+ * Authenticate name with password.  Unknown name, wrong password and a
+ * disabled account all give the same ESC_ERR_AUTH message, and take the
+ * same time (a dummy hash is verified for unknown names).
+ */
+enum esc_err esc_account_login(struct esc_ctx *ctx, struct esc_store *st, const char *name,
+			       const struct esc_secret *password, struct esc_account **out) ESC_MUST_CHECK;
+
+/*
+ * Create an account.  actor must be an administrator — or NULL, which is
+ * allowed only while no administrator exists (the first one, at setup).
+ * kra_name: the registered, active KRA a KRA account is bound to (required
+ * iff roles has ESC_ROLE_KRA).  Errors: DENIED, USAGE, EXISTS, NOT_FOUND
+ * (no such KRA), DB.
+ */
+enum esc_err esc_account_create(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor,
+				const char *name, unsigned roles, const char *kra_name,
+				const struct esc_secret *password) ESC_MUST_CHECK;
+
+/* Does any administrator exist?  Errors: DB. */
+enum esc_err esc_account_admin_exists(struct esc_ctx *ctx, struct esc_store *st, int *yes) ESC_MUST_CHECK;
+
+long long esc_account_id(const struct esc_account *a);
+const char *esc_account_name(const struct esc_account *a);
+unsigned esc_account_roles(const struct esc_account *a);
+/* The KRA id bound to a KRA account, 0 otherwise. */
+long long esc_account_kra_id(const struct esc_account *a);
+int esc_account_has_role(const struct esc_account *a, enum esc_role role);
+/* Fail with ESC_ERR_DENIED ("account 'x' is not a certificate manager") unless a has role. */
+enum esc_err esc_account_require(struct esc_ctx *ctx, const struct esc_account *a, enum esc_role role)
+	ESC_MUST_CHECK;
+void esc_account_free(struct esc_account *a);
+
+#endif
