@@ -30,12 +30,13 @@ enum esc_oaep_hash {
 const char *esc_oaep_hash_name(enum esc_oaep_hash h);
 
 /*
- * Seal in[0..inlen) to every certificate in recips (RSA: OAEP with hash;
- * EC: ECDH).  *out is DER, malloc'ed; the caller frees it with free().
+ * Seal in[0..inlen) to every certificate in recips (RSA: OAEP with
+ * hashes[i], or SHA-1 for all if hashes is NULL; EC: ECDH).  *out is DER,
+ * malloc'ed; the caller frees it with free().
  * Errors: USAGE (no recipient, unsupported key, too large), CRYPTO.
  */
 enum esc_err esc_envelope_seal(struct esc_ctx *ctx, const unsigned char *in, size_t inlen, X509 *const *recips,
-			       size_t nrecips, enum esc_oaep_hash hash, unsigned char **out, size_t *outlen)
+			       const enum esc_oaep_hash *hashes, size_t nrecips, unsigned char **out, size_t *outlen)
 	ESC_MUST_CHECK;
 
 /*

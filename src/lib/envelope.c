@@ -56,8 +56,8 @@ add_recipient(struct esc_ctx *ctx, CMS_ContentInfo *cms, X509 *cert, enum esc_oa
 }
 
 enum esc_err
-esc_envelope_seal(struct esc_ctx *ctx, const unsigned char *in, size_t inlen, X509 *const *recips, size_t nrecips,
-		  enum esc_oaep_hash hash, unsigned char **out, size_t *outlen)
+esc_envelope_seal(struct esc_ctx *ctx, const unsigned char *in, size_t inlen, X509 *const *recips,
+		  const enum esc_oaep_hash *hashes, size_t nrecips, unsigned char **out, size_t *outlen)
 {
 	CMS_ContentInfo *cms = NULL;
 	BIO *bin = NULL;
@@ -76,7 +76,7 @@ esc_envelope_seal(struct esc_ctx *ctx, const unsigned char *in, size_t inlen, X5
 		goto out;
 	}
 	for (i = 0; i < nrecips; i++)
-		if ((r = add_recipient(ctx, cms, recips[i], hash)) != ESC_OK)
+		if ((r = add_recipient(ctx, cms, recips[i], hashes != NULL ? hashes[i] : ESC_OAEP_SHA1)) != ESC_OK)
 			goto out;
 	if ((bin = BIO_new_mem_buf(in, (int)inlen)) == NULL || CMS_final(cms, bin, NULL, CMS_BINARY) != 1) {
 		r = esc_error_ossl(ctx, ESC_ERR_CRYPTO, "cannot encrypt the envelope");

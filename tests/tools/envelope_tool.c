@@ -91,7 +91,7 @@ main(int argc, char *argv[])
 	if ((in = read_all(&inlen)) == NULL)
 		return 2;
 	if (strcmp(argv[1], "seal") == 0) {
-		enum esc_oaep_hash hash = ESC_OAEP_SHA1;
+		enum esc_oaep_hash hash = ESC_OAEP_SHA1, hashes[8];
 		X509 *certs[8];
 		size_t n = 0;
 
@@ -101,7 +101,9 @@ main(int argc, char *argv[])
 			else if ((certs[n++] = load_cert(argv[i])) == NULL)
 				return 2;
 		}
-		if ((r = esc_envelope_seal(ctx, in, inlen, certs, n, hash, &out, &outlen)) != ESC_OK)
+		for (i = 0; i < 8; i++)
+			hashes[i] = hash;
+		if ((r = esc_envelope_seal(ctx, in, inlen, certs, hashes, n, &out, &outlen)) != ESC_OK)
 			return fail(ctx, r);
 		fwrite(out, 1, outlen, stdout);
 		return 0;
