@@ -5,6 +5,8 @@
 #include <string.h>
 
 #include <libpq-fe.h>
+#include <openssl/crypto.h>
+#include <openssl/x509.h>
 
 #include <p11escrow/store.h>
 
@@ -289,4 +291,65 @@ esc_store_migrate(struct esc_ctx *ctx, struct esc_store *st, int *from, int *to)
 	if (to != NULL)
 		*to = after;
 	return ESC_OK;
+}
+
+int
+esc_store_in_tx(const struct esc_store *st)
+{
+	return st->in_tx;
+}
+
+enum esc_err
+esc_store_get_cert(struct esc_ctx *ctx, struct esc_store *st, const char *what, const char *sql, int nparams,
+		   const char *const *values, X509 **out)
+{
+	PGresult *res = NULL;
+	unsigned char *der = NULL;
+	const unsigned char *p;
+	long len = 0;
+	X509 *x;
+	enum esc_err r;
+
+	if ((r = esc_store_exec(ctx, st, sql, nparams, values, NULL, NULL, &res)) != ESC_OK)
+		return r;
+	if (PQntuples(res) != 1 || PQgetisnull(res, 0, 0)) {
+		r = esc_error(ctx, ESC_ERR_NOT_FOUND, "%s not found", what);
+		goto out;
+	}
+	/* bytea in text form: "\x" then hex. */
+	if (strncmp(PQgetvalue(res, 0, 0), "\\x", 2) != 0 ||
+	    (der = OPENSSL_hexstr2buf(PQgetvalue(res, 0, 0) + 2, &len)) == NULL) {
+		r = esc_error(ctx, ESC_ERR_BAD_INPUT, "%s is not stored as bytea", what);
+		goto out;
+	}
+	p = der;
+	if ((x = d2i_X509(NULL, &p, len)) == NULL || p != der + len) {
+		X509_free(x);
+		r = esc_error(ctx, ESC_ERR_BAD_INPUT, "stored %s is not a DER certificate", what);
+		goto out;
+	}
+	*out = x;
+	r = ESC_OK;
+out:
+	OPENSSL_free(der);
+	PQclear(res);
+	return r;
+}
+
+enum esc_err
+esc_store_policy(struct esc_ctx *ctx, struct esc_store *st, const char *key, char **out)
+{
+	PGresult *res = NULL;
+	const char *v[1] = {key};
+	enum esc_err r;
+
+	if ((r = esc_store_exec(ctx, st, "SELECT value FROM policy WHERE key = $1", 1, v, NULL, NULL, &res)) !=
+	    ESC_OK)
+		return r;
+	if (PQntuples(res) != 1)
+		r = esc_error(ctx, ESC_ERR_NOT_FOUND, "policy '%s' is not set", key);
+	else if ((*out = strdup(PQgetvalue(res, 0, 0))) == NULL)
+		r = esc_error(ctx, ESC_ERR_NOMEM, "out of memory");
+	PQclear(res);
+	return r;
 }

@@ -3,6 +3,7 @@
 #define P11ESCROW_STORE_INTERNAL_H
 
 #include <libpq-fe.h>
+#include <openssl/x509.h>
 
 #include <p11escrow/store.h>
 
@@ -20,5 +21,20 @@ enum esc_err esc_store_begin(struct esc_ctx *ctx, struct esc_store *st) ESC_MUST
 enum esc_err esc_store_commit(struct esc_ctx *ctx, struct esc_store *st) ESC_MUST_CHECK;
 /* Roll back if a transaction is open; never fails loudly (used on error paths). */
 void esc_store_rollback(struct esc_store *st);
+
+/* Is a transaction open on st (begun with esc_store_begin)? */
+int esc_store_in_tx(const struct esc_store *st);
+
+/*
+ * Run a query whose first column of its one row is a DER certificate
+ * (bytea) and decode it.  Errors: NOT_FOUND (no row or NULL; message uses
+ * what), DB, BAD_INPUT (undecodable).
+ */
+enum esc_err esc_store_get_cert(struct esc_ctx *ctx, struct esc_store *st, const char *what, const char *sql,
+				int nparams, const char *const *values, X509 **out) ESC_MUST_CHECK;
+
+/* A policy value; *out is a copy the caller frees.  Errors: NOT_FOUND, DB. */
+enum esc_err esc_store_policy(struct esc_ctx *ctx, struct esc_store *st, const char *key, char **out)
+	ESC_MUST_CHECK;
 
 #endif

@@ -1,0 +1,67 @@
+/*
+ * p11escrow — archive records.
+ *
+ * A record is two CMS AuthEnvelopedData layers (AES-256-GCM):
+ *   outer, to the storage key's certificate (CA token), containing
+ *     EscrowRecord ::= SEQUENCE {
+ *         version     INTEGER (1),
+ *         recordId    UTF8String,    -- the row's id: records cannot be swapped
+ *         certSha256  OCTET STRING,  -- the certificate the key belongs to
+ *         inner       OCTET STRING } -- DER of the inner layer
+ *   inner, to every KRA of the record's KRA set, containing the user's
+ *   private key as PKCS#8.
+ * Archival needs only public data (no token login); opening the outer
+ * layer needs the CA token and happens only for an approved recovery.
+ */
+#ifndef P11ESCROW_ARCHIVE_H
+#define P11ESCROW_ARCHIVE_H
+
+#include <stddef.h>
+
+#include <openssl/evp.h>
+#include <openssl/x509.h>
+
+#include <p11escrow/ctx.h>
+#include <p11escrow/err.h>
+#include <p11escrow/store.h>
+#include <p11escrow/token.h>
+
+#define ESC_RECORD_ID_LEN 36 /* UUID text */
+
+enum esc_archive_source {
+	ESC_SOURCE_IMPORT,
+	ESC_SOURCE_ENROLL_CLIENT,
+	ESC_SOURCE_ENROLL_SERVER,
+};
+
+struct esc_archive_info {
+	char id[ESC_RECORD_ID_LEN + 1];
+	int foreign;          /* issued by another CA */
+	size_t nkras;         /* size of the KRA set */
+	char kras[256];       /* their names, comma-separated */
+};
+
+/*
+ * Archive key for cert.  Before anything is written: the key must match the
+ * certificate's public key (MISMATCH); the certificate must allow encryption
+ * — signing keys are never archived (POLICY); it must be ours or foreign
+ * issuers allowed by policy (POLICY); neither certificate nor key may be
+ * archived already (EXISTS, naming the record); enough active KRAs must exist
+ * (STATE).  Writes in its own transaction, or in the caller's if one is open.
+ * Errors: those, and DB, CRYPTO, SCHEMA_OLD.
+ */
+enum esc_err esc_archive_key(struct esc_ctx *ctx, struct esc_store *st, X509 *cert, EVP_PKEY *key,
+			     enum esc_archive_source source, struct esc_archive_info *info) ESC_MUST_CHECK;
+
+/*
+ * Open the outer layer of record id with the storage key on the CA token
+ * (logged in) and check that it belongs to that row.  *inner is the DER of
+ * the inner layer (ciphertext to the KRA set; malloc'ed, caller frees).
+ * Library-internal callers only do this for an approved recovery.
+ * Errors: NOT_FOUND, TAMPERED (GCM tag, or a record moved between rows),
+ * KEY_NOT_FOUND, PKCS11, DB.
+ */
+enum esc_err esc_archive_open_outer(struct esc_ctx *ctx, struct esc_store *st, struct esc_token *ca_tok,
+				    const char *id, unsigned char **inner, size_t *innerlen) ESC_MUST_CHECK;
+
+#endif

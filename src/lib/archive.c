@@ -1,0 +1,530 @@
+/*
+ * Archive records: checks, the two envelope layers, storage.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/asn1t.h>
+#include <openssl/crypto.h>
+#include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/rand.h>
+#include <openssl/x509.h>
+#include <openssl/x509v3.h>
+
+#include <p11escrow/archive.h>
+#include <p11escrow/ca.h>
+#include <p11escrow/envelope.h>
+
+#include "internal.h"
+#include "store_internal.h"
+
+#define RECORD_VERSION 1
+#define MAX_KRA_SET 16
+
+/* The outer layer's content; see archive.h. */
+typedef struct {
+	ASN1_INTEGER *version;
+	ASN1_UTF8STRING *record_id;
+	ASN1_OCTET_STRING *cert_sha256;
+	ASN1_OCTET_STRING *inner;
+} ESC_RECORD;
+
+DECLARE_ASN1_ITEM(ESC_RECORD)
+DECLARE_ASN1_FUNCTIONS(ESC_RECORD)
+
+ASN1_SEQUENCE(ESC_RECORD) = {
+	ASN1_SIMPLE(ESC_RECORD, version, ASN1_INTEGER),
+	ASN1_SIMPLE(ESC_RECORD, record_id, ASN1_UTF8STRING),
+	ASN1_SIMPLE(ESC_RECORD, cert_sha256, ASN1_OCTET_STRING),
+	ASN1_SIMPLE(ESC_RECORD, inner, ASN1_OCTET_STRING),
+} ASN1_SEQUENCE_END(ESC_RECORD)
+
+IMPLEMENT_ASN1_FUNCTIONS(ESC_RECORD)
+
+struct kra_set {
+	size_t n;
+	long long ids[MAX_KRA_SET];
+	char names[MAX_KRA_SET][65];
+	char recipient[MAX_KRA_SET][24];
+	X509 *certs[MAX_KRA_SET];
+	enum esc_oaep_hash hashes[MAX_KRA_SET];
+};
+
+static void
+kra_set_clear(struct kra_set *ks)
+{
+	size_t i;
+
+	for (i = 0; i < ks->n; i++)
+		X509_free(ks->certs[i]);
+	ks->n = 0;
+}
+
+static void
+hex_of(const unsigned char *in, size_t n, char *out)
+{
+	size_t i;
+
+	for (i = 0; i < n; i++)
+		snprintf(out + 2 * i, 3, "%02x", in[i]);
+}
+
+static enum esc_err
+new_uuid(struct esc_ctx *ctx, char out[ESC_RECORD_ID_LEN + 1])
+{
+	unsigned char b[16];
+
+	if (RAND_bytes(b, sizeof(b)) != 1)
+		return esc_error_ossl(ctx, ESC_ERR_CRYPTO, "cannot draw a record id");
+	b[6] = (unsigned char)((b[6] & 0x0f) | 0x40); /* version 4 */
+	b[8] = (unsigned char)((b[8] & 0x3f) | 0x80); /* RFC 4122 variant */
+	snprintf(out, ESC_RECORD_ID_LEN + 1,
+		 "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", b[0], b[1], b[2], b[3], b[4],
+		 b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15]);
+	return ESC_OK;
+}
+
+/* Refuse keys whose certificate only allows signing. */
+static enum esc_err
+check_usage(struct esc_ctx *ctx, X509 *cert)
+{
+	uint32_t ku = X509_get_key_usage(cert);
+	const uint32_t enc = KU_KEY_ENCIPHERMENT | KU_DATA_ENCIPHERMENT | KU_KEY_AGREEMENT;
+
+	/* UINT32_MAX: no keyUsage extension, every usage allowed. */
+	if (ku == UINT32_MAX || (ku & enc) != 0)
+		return ESC_OK;
+	return esc_error(ctx, ESC_ERR_POLICY,
+			 "signing keys are never archived: the certificate allows %s but no encryption",
+			 (ku & (KU_DIGITAL_SIGNATURE | KU_NON_REPUDIATION)) ? "digitalSignature/nonRepudiation"
+									     : "no encryption use");
+}
+
+/* Is cert issued (and signed) by our CA?  Foreign certificates need policy. */
+static enum esc_err
+check_issuer(struct esc_ctx *ctx, struct esc_store *st, X509 *cert, int *foreign)
+{
+	X509 *ca = NULL;
+	char *allow = NULL, *issuer = NULL;
+	enum esc_err r;
+
+	if ((r = esc_store_get_cert(ctx, st, "the CA certificate", "SELECT certificate FROM ca WHERE state = 'active'",
+				    0, NULL, &ca)) != ESC_OK)
+		return r == ESC_ERR_NOT_FOUND ? esc_error(ctx, ESC_ERR_STATE, "there is no active CA: run setup") : r;
+	*foreign = !(X509_check_issued(ca, cert) == X509_V_OK && X509_verify(cert, X509_get0_pubkey(ca)) == 1);
+	ERR_clear_error();
+	if (*foreign) {
+		if ((r = esc_store_policy(ctx, st, "allow_foreign_issuers", &allow)) != ESC_OK)
+			goto out;
+		if (strcmp(allow, "true") != 0) {
+			issuer = esc_name_to_string(X509_get_issuer_name(cert));
+			r = esc_error(ctx, ESC_ERR_POLICY,
+				      "the certificate was issued by '%s', not by this CA, and policy does not allow "
+				      "foreign issuers",
+				      issuer ? issuer : "?");
+			goto out;
+		}
+	}
+	r = ESC_OK;
+out:
+	free(allow);
+	free(issuer);
+	X509_free(ca);
+	return r;
+}
+
+/* Pick the record's KRA set: n of the active, unexpired KRAs, at random. */
+static enum esc_err
+choose_kras(struct esc_ctx *ctx, struct esc_store *st, struct kra_set *ks)
+{
+	PGresult *res = NULL;
+	char *size = NULL;
+	long want;
+	int i, rows, pick[64];
+	enum esc_err r;
+
+	if ((r = esc_store_policy(ctx, st, "kra_set_size", &size)) != ESC_OK)
+		return r;
+	want = strtol(size, NULL, 10);
+	free(size);
+	if (want < 1 || want > MAX_KRA_SET)
+		return esc_error(ctx, ESC_ERR_CONFIG, "policy kra_set_size must be 1..%d", MAX_KRA_SET);
+	if ((r = esc_store_exec(ctx, st,
+				"SELECT id, name, recipient, certificate FROM kras WHERE state = 'active' ORDER BY id "
+				"LIMIT 64",
+				0, NULL, NULL, NULL, &res)) != ESC_OK)
+		return r;
+	rows = PQntuples(res);
+	/* Keep only KRAs whose certificate is still valid. */
+	for (i = 0; i < rows; i++)
+		pick[i] = i;
+	if (rows < want) {
+		r = esc_error(ctx, ESC_ERR_STATE,
+			      "policy wraps each record to %ld KRA(s) but only %d active KRA(s) exist: enroll more "
+			      "with 'p11escrow kra enroll'",
+			      want, rows);
+		goto out;
+	}
+	/* Fisher-Yates with RAND_bytes. */
+	for (i = rows - 1; i > 0; i--) {
+		unsigned int rnd;
+		int j, t;
+
+		if (RAND_bytes((unsigned char *)&rnd, sizeof(rnd)) != 1) {
+			r = esc_error_ossl(ctx, ESC_ERR_CRYPTO, "no randomness");
+			goto out;
+		}
+		j = (int)(rnd % (unsigned int)(i + 1));
+		t = pick[i];
+		pick[i] = pick[j];
+		pick[j] = t;
+	}
+	for (i = 0; i < rows && ks->n < (size_t)want; i++) {
+		int row = pick[i];
+		const char *hex = PQgetvalue(res, row, 3);
+		long len = 0;
+		unsigned char *der = strncmp(hex, "\\x", 2) == 0 ? OPENSSL_hexstr2buf(hex + 2, &len) : NULL;
+		const unsigned char *p = der;
+		X509 *x = der != NULL ? d2i_X509(NULL, &p, len) : NULL;
+
+		OPENSSL_free(der);
+		if (x == NULL) {
+			r = esc_error(ctx, ESC_ERR_BAD_INPUT, "KRA '%s' has an unreadable certificate",
+				      PQgetvalue(res, row, 1));
+			goto out;
+		}
+		if (X509_cmp_current_time(X509_get0_notAfter(x)) <= 0) {
+			X509_free(x); /* expired: never a recipient */
+			continue;
+		}
+		ks->certs[ks->n] = x;
+		ks->ids[ks->n] = strtoll(PQgetvalue(res, row, 0), NULL, 10);
+		snprintf(ks->names[ks->n], sizeof(ks->names[0]), "%s", PQgetvalue(res, row, 1));
+		snprintf(ks->recipient[ks->n], sizeof(ks->recipient[0]), "%s", PQgetvalue(res, row, 2));
+		ks->hashes[ks->n] = strcmp(ks->recipient[ks->n], "rsa-oaep-sha256") == 0 ? ESC_OAEP_SHA256 : ESC_OAEP_SHA1;
+		ks->n++;
+	}
+	if (ks->n < (size_t)want) {
+		r = esc_error(ctx, ESC_ERR_STATE, "policy wraps each record to %ld KRA(s) but only %zu have a valid "
+						  "certificate", want, ks->n);
+		goto out;
+	}
+	r = ESC_OK;
+out:
+	PQclear(res);
+	return r;
+}
+
+/* PKCS#8 DER of key, in secure memory. */
+static enum esc_err
+pkcs8_of(struct esc_ctx *ctx, EVP_PKEY *key, unsigned char **out, size_t *outlen)
+{
+	PKCS8_PRIV_KEY_INFO *p8 = EVP_PKEY2PKCS8(key);
+	unsigned char *buf = NULL, *p;
+	int n;
+
+	if (p8 == NULL || (n = i2d_PKCS8_PRIV_KEY_INFO(p8, NULL)) <= 0 ||
+	    (buf = OPENSSL_secure_malloc((size_t)n)) == NULL) {
+		PKCS8_PRIV_KEY_INFO_free(p8);
+		return esc_error_ossl(ctx, ESC_ERR_CRYPTO, "cannot encode the private key as PKCS#8");
+	}
+	p = buf;
+	i2d_PKCS8_PRIV_KEY_INFO(p8, &p);
+	PKCS8_PRIV_KEY_INFO_free(p8); /* frees its key copy with cleansing */
+	*out = buf;
+	*outlen = (size_t)n;
+	return ESC_OK;
+}
+
+static enum esc_err
+digest_hex(struct esc_ctx *ctx, X509 *cert, EVP_PKEY *pub, char out[65], unsigned char raw[32])
+{
+	unsigned char md[EVP_MAX_MD_SIZE], *der = NULL;
+	unsigned int n = 0;
+	int len;
+
+	if (cert != NULL) {
+		if (!X509_digest(cert, EVP_sha256(), md, &n))
+			return esc_error_ossl(ctx, ESC_ERR_CRYPTO, "cannot hash the certificate");
+	} else {
+		if ((len = i2d_PUBKEY(pub, &der)) <= 0 || !EVP_Digest(der, (size_t)len, md, &n, EVP_sha256(), NULL)) {
+			OPENSSL_free(der);
+			return esc_error_ossl(ctx, ESC_ERR_CRYPTO, "cannot hash the public key");
+		}
+		OPENSSL_free(der);
+	}
+	hex_of(md, n, out);
+	if (raw != NULL)
+		memcpy(raw, md, 32);
+	return ESC_OK;
+}
+
+static enum esc_err
+check_not_archived(struct esc_ctx *ctx, struct esc_store *st, const char *cert_hash, const char *key_hash)
+{
+	PGresult *res = NULL;
+	const char *v[2] = {cert_hash, key_hash};
+	enum esc_err r;
+
+	if ((r = esc_store_exec(ctx, st,
+				"SELECT id, cert_sha256 = $1 FROM archive_records WHERE cert_sha256 = $1 OR "
+				"public_key_sha256 = $2",
+				2, v, NULL, NULL, &res)) != ESC_OK)
+		return r;
+	if (PQntuples(res) > 0)
+		r = esc_error(ctx, ESC_ERR_EXISTS, "already archived as record %s (same %s)", PQgetvalue(res, 0, 0),
+			      strcmp(PQgetvalue(res, 0, 1), "t") == 0 ? "certificate" : "key");
+	PQclear(res);
+	return r;
+}
+
+static const char *
+source_name(enum esc_archive_source s)
+{
+	return s == ESC_SOURCE_IMPORT ? "import" : s == ESC_SOURCE_ENROLL_CLIENT ? "enroll-client" : "enroll-server";
+}
+
+/* Build the outer layer's content (DER) binding id and certificate to inner. */
+static enum esc_err
+record_content(struct esc_ctx *ctx, const char *id, const unsigned char cert_sha[32], const unsigned char *inner,
+	       size_t innerlen, unsigned char **out, int *outlen)
+{
+	ESC_RECORD *rec = ESC_RECORD_new();
+	unsigned char *der = NULL;
+	int n;
+
+	if (rec == NULL || !ASN1_INTEGER_set(rec->version, RECORD_VERSION) ||
+	    !ASN1_STRING_set(rec->record_id, id, -1) || !ASN1_OCTET_STRING_set(rec->cert_sha256, cert_sha, 32) ||
+	    !ASN1_OCTET_STRING_set(rec->inner, inner, (int)innerlen) || (n = i2d_ESC_RECORD(rec, &der)) <= 0) {
+		ESC_RECORD_free(rec);
+		return esc_error_ossl(ctx, ESC_ERR_CRYPTO, "cannot encode the archive record");
+	}
+	ESC_RECORD_free(rec);
+	*out = der;
+	*outlen = n;
+	return ESC_OK;
+}
+
+static enum esc_err
+insert_record(struct esc_ctx *ctx, struct esc_store *st, const char *id, X509 *cert, const char *cert_hash,
+	      const char *key_hash, const char *key_type, int foreign, enum esc_archive_source source,
+	      const unsigned char *outer, size_t outerlen, const struct kra_set *ks)
+{
+	char *serial = esc_cert_serial_hex(cert), *issuer = esc_name_to_string(X509_get_issuer_name(cert)),
+	     *subject = esc_name_to_string(X509_get_subject_name(cert)), kid[24];
+	STACK_OF(OPENSSL_STRING) *emails = X509_get1_email(cert);
+	unsigned char *cder = NULL;
+	const char *v[12];
+	int len[12] = {0}, fmt[12] = {0}, clen, own_tx = !esc_store_in_tx(st);
+	enum esc_err r;
+	size_t i;
+
+	if (serial == NULL || issuer == NULL || subject == NULL || (clen = i2d_X509(cert, &cder)) <= 0) {
+		r = esc_error(ctx, ESC_ERR_NOMEM, "out of memory");
+		goto out;
+	}
+	if (own_tx && (r = esc_store_begin(ctx, st)) != ESC_OK)
+		goto out;
+	v[0] = id;
+	v[1] = serial;
+	v[2] = issuer;
+	v[3] = subject;
+	v[4] = sk_OPENSSL_STRING_num(emails) > 0 ? sk_OPENSSL_STRING_value(emails, 0) : NULL;
+	v[5] = cert_hash;
+	v[6] = key_hash;
+	v[7] = key_type;
+	v[8] = (const char *)cder;
+	len[8] = clen;
+	fmt[8] = 1;
+	v[9] = foreign ? "true" : "false";
+	v[10] = source_name(source);
+	v[11] = (const char *)outer;
+	len[11] = (int)outerlen;
+	fmt[11] = 1;
+	if ((r = esc_store_exec(ctx, st,
+				"INSERT INTO archive_records (id, cert_serial, issuer, subject, email, cert_sha256, "
+				"public_key_sha256, key_type, certificate, foreign_issuer, source, record) VALUES "
+				"($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12)",
+				12, v, len, fmt, NULL)) != ESC_OK)
+		goto out;
+	for (i = 0; i < ks->n; i++) {
+		snprintf(kid, sizeof(kid), "%lld", ks->ids[i]);
+		v[0] = id;
+		v[1] = kid;
+		v[2] = ks->recipient[i];
+		if ((r = esc_store_exec(ctx, st,
+					"INSERT INTO archive_record_kras (record_id, kra_id, recipient) VALUES ($1,$2,$3)",
+					3, v, NULL, NULL, NULL)) != ESC_OK)
+			goto out;
+	}
+	if (own_tx && (r = esc_store_commit(ctx, st)) != ESC_OK)
+		goto out;
+	r = ESC_OK;
+out:
+	if (own_tx)
+		esc_store_rollback(st);
+	X509_email_free(emails);
+	OPENSSL_free(cder);
+	free(serial);
+	free(issuer);
+	free(subject);
+	return r;
+}
+
+static const char *
+key_type_of(EVP_PKEY *key, char *buf, size_t len)
+{
+	if (EVP_PKEY_is_a(key, "RSA"))
+		snprintf(buf, len, "rsa%d", EVP_PKEY_get_bits(key));
+	else if (EVP_PKEY_is_a(key, "EC"))
+		snprintf(buf, len, "ec-p%d", EVP_PKEY_get_bits(key));
+	else
+		return NULL;
+	return buf;
+}
+
+enum esc_err
+esc_archive_key(struct esc_ctx *ctx, struct esc_store *st, X509 *cert, EVP_PKEY *key, enum esc_archive_source source,
+		struct esc_archive_info *info)
+{
+	struct kra_set ks;
+	X509 *storage = NULL;
+	unsigned char *p8 = NULL, *inner = NULL, *content = NULL, *outer = NULL, cert_raw[32];
+	size_t p8len = 0, innerlen = 0, outerlen = 0, i;
+	char cert_hash[65], key_hash[65], id[ESC_RECORD_ID_LEN + 1], ktype[16];
+	int contentlen = 0, foreign = 0;
+	enum esc_err r;
+
+	memset(&ks, 0, sizeof(ks));
+	if (key_type_of(key, ktype, sizeof(ktype)) == NULL) {
+		r = esc_error(ctx, ESC_ERR_BAD_INPUT, "only RSA and EC keys can be archived");
+		goto out;
+	}
+	if (X509_get0_pubkey(cert) == NULL || EVP_PKEY_eq(X509_get0_pubkey(cert), key) != 1) {
+		ERR_clear_error();
+		r = esc_error(ctx, ESC_ERR_MISMATCH, "the private key does not match the certificate's public key");
+		goto out;
+	}
+	if ((r = esc_store_check_schema(ctx, st)) != ESC_OK || (r = check_usage(ctx, cert)) != ESC_OK ||
+	    (r = check_issuer(ctx, st, cert, &foreign)) != ESC_OK ||
+	    (r = digest_hex(ctx, cert, NULL, cert_hash, cert_raw)) != ESC_OK ||
+	    (r = digest_hex(ctx, NULL, X509_get0_pubkey(cert), key_hash, NULL)) != ESC_OK ||
+	    (r = check_not_archived(ctx, st, cert_hash, key_hash)) != ESC_OK || (r = choose_kras(ctx, st, &ks)) != ESC_OK ||
+	    (r = esc_store_get_cert(ctx, st, "the storage certificate",
+				    "SELECT certificate FROM token_keys WHERE role = 'storage'", 0, NULL, &storage)) !=
+		    ESC_OK ||
+	    (r = new_uuid(ctx, id)) != ESC_OK)
+		goto out;
+	if ((r = pkcs8_of(ctx, key, &p8, &p8len)) != ESC_OK ||
+	    (r = esc_envelope_seal(ctx, p8, p8len, ks.certs, ks.hashes, ks.n, &inner, &innerlen)) != ESC_OK ||
+	    (r = record_content(ctx, id, cert_raw, inner, innerlen, &content, &contentlen)) != ESC_OK ||
+	    (r = esc_envelope_seal(ctx, content, (size_t)contentlen, &storage, NULL, 1, &outer, &outerlen)) != ESC_OK)
+		goto out;
+	if ((r = insert_record(ctx, st, id, cert, cert_hash, key_hash, ktype, foreign, source, outer, outerlen, &ks)) !=
+	    ESC_OK)
+		goto out;
+	if (info != NULL) {
+		memset(info, 0, sizeof(*info));
+		snprintf(info->id, sizeof(info->id), "%s", id);
+		info->foreign = foreign;
+		info->nkras = ks.n;
+		for (i = 0; i < ks.n; i++) {
+			size_t used = strlen(info->kras);
+
+			snprintf(info->kras + used, sizeof(info->kras) - used, "%s%s", i ? "," : "", ks.names[i]);
+		}
+	}
+	r = ESC_OK;
+out:
+	if (p8 != NULL)
+		OPENSSL_secure_clear_free(p8, p8len);
+	kra_set_clear(&ks);
+	X509_free(storage);
+	free(inner);
+	OPENSSL_free(content);
+	free(outer);
+	return r;
+}
+
+enum esc_err
+esc_archive_open_outer(struct esc_ctx *ctx, struct esc_store *st, struct esc_token *ca_tok, const char *id,
+		       unsigned char **inner, size_t *innerlen)
+{
+	PGresult *res = NULL;
+	const char *v[1] = {id};
+	struct esc_token_key *key = NULL;
+	EVP_PKEY *pkey = NULL;
+	X509 *storage = NULL;
+	ESC_RECORD *rec = NULL;
+	unsigned char *outer = NULL, *content = NULL, *out = NULL, cert_raw[32];
+	const unsigned char *p;
+	size_t outerlen = 0, contentlen = 0;
+	char cert_hash[65], uri[1024];
+	enum esc_err r;
+
+	if ((r = esc_store_exec(ctx, st,
+				"SELECT encode(record, 'hex'), cert_sha256, (SELECT uri FROM token_keys WHERE role = "
+				"'storage') FROM archive_records WHERE id::text = $1",
+				1, v, NULL, NULL, &res)) != ESC_OK)
+		return r;
+	if (PQntuples(res) != 1) {
+		r = esc_error(ctx, ESC_ERR_NOT_FOUND, "no archive record %s", id);
+		goto out;
+	}
+	snprintf(cert_hash, sizeof(cert_hash), "%s", PQgetvalue(res, 0, 1));
+	snprintf(uri, sizeof(uri), "%s", PQgetvalue(res, 0, 2));
+	{
+		long l = 0;
+
+		if ((outer = OPENSSL_hexstr2buf(PQgetvalue(res, 0, 0), &l)) == NULL) {
+			r = esc_error(ctx, ESC_ERR_BAD_INPUT, "record %s is unreadable", id);
+			goto out;
+		}
+		outerlen = (size_t)l;
+	}
+	if ((r = esc_store_get_cert(ctx, st, "the storage certificate",
+				    "SELECT certificate FROM token_keys WHERE role = 'storage'", 0, NULL, &storage)) !=
+		    ESC_OK ||
+	    (r = esc_token_find_key(ctx, ca_tok, uri, &key)) != ESC_OK ||
+	    (r = esc_token_key_private(ctx, ca_tok, key, &pkey)) != ESC_OK ||
+	    (r = esc_envelope_open(ctx, outer, outerlen, pkey, storage, &content, &contentlen)) != ESC_OK)
+		goto out;
+	p = content;
+	if ((rec = d2i_ESC_RECORD(NULL, &p, (long)contentlen)) == NULL || p != content + contentlen) {
+		r = esc_error(ctx, ESC_ERR_TAMPERED, "record %s does not hold an archive record", id);
+		goto out;
+	}
+	/* The row's identity must be the one sealed inside: no swapped records. */
+	if (ASN1_INTEGER_get(rec->version) != RECORD_VERSION ||
+	    (size_t)ASN1_STRING_length(rec->record_id) != strlen(id) ||
+	    memcmp(ASN1_STRING_get0_data(rec->record_id), id, strlen(id)) != 0 ||
+	    ASN1_STRING_length(rec->cert_sha256) != 32) {
+		r = esc_error(ctx, ESC_ERR_TAMPERED, "the record stored in row %s belongs to another row: tampering", id);
+		goto out;
+	}
+	hex_of(ASN1_STRING_get0_data(rec->cert_sha256), 32, (char *)uri);
+	(void)cert_raw;
+	if (strcmp(uri, cert_hash) != 0) {
+		r = esc_error(ctx, ESC_ERR_TAMPERED, "record %s was sealed for another certificate: tampering", id);
+		goto out;
+	}
+	if ((out = malloc((size_t)ASN1_STRING_length(rec->inner))) == NULL) {
+		r = esc_error(ctx, ESC_ERR_NOMEM, "out of memory");
+		goto out;
+	}
+	memcpy(out, ASN1_STRING_get0_data(rec->inner), (size_t)ASN1_STRING_length(rec->inner));
+	*inner = out;
+	*innerlen = (size_t)ASN1_STRING_length(rec->inner);
+	r = ESC_OK;
+out:
+	ESC_RECORD_free(rec);
+	esc_envelope_plain_free(content, contentlen);
+	OPENSSL_free(outer);
+	X509_free(storage);
+	EVP_PKEY_free(pkey);
+	esc_token_key_free(key);
+	PQclear(res);
+	return r;
+}
