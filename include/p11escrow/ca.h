@@ -44,6 +44,7 @@ enum esc_err esc_ca_make_csr(struct esc_ctx *ctx, EVP_PKEY *signer, EVP_PKEY *pu
 
 enum esc_cert_profile {
 	ESC_PROFILE_ENCRYPTION, /* transport and storage keys: keyEncipherment (RSA) or keyAgreement (EC) */
+	ESC_PROFILE_KRA,        /* Key Recovery Agent: as above plus EKU 1.3.6.1.4.1.311.21.6 */
 };
 
 /*
@@ -52,6 +53,8 @@ enum esc_cert_profile {
  */
 enum esc_err esc_ca_issue(struct esc_ctx *ctx, X509 *ca_cert, EVP_PKEY *signer, EVP_PKEY *pub,
 			  const X509_NAME *subject, int days, enum esc_cert_profile profile, X509 **out) ESC_MUST_CHECK;
+
+#define ESC_OID_KRA_EKU "1.3.6.1.4.1.311.21.6"
 
 /* Is cert's public key the same as pub? */
 int esc_cert_matches_key(X509 *cert, EVP_PKEY *pub);

@@ -18,6 +18,7 @@
 #include <stddef.h>
 
 #include <openssl/evp.h>
+#include <openssl/x509.h>
 
 #include <p11escrow/ctx.h>
 #include <p11escrow/err.h>
@@ -153,6 +154,19 @@ enum esc_err esc_token_key_public(struct esc_ctx *ctx, struct esc_token *tok, co
  */
 enum esc_err esc_token_key_private(struct esc_ctx *ctx, struct esc_token *tok, const struct esc_token_key *key,
 				   EVP_PKEY **out) ESC_MUST_CHECK;
+
+/*
+ * Does the token decrypt RSA-OAEP with SHA-256 (and MGF1-SHA-256) natively
+ * with this key?  Probed with a real decryption of random bytes encrypted
+ * to pub.  *yes = 0 for tokens limited to SHA-1 (SoftHSM2 2.6).
+ * Errors: CRYPTO (software encryption failed).
+ */
+enum esc_err esc_token_probe_oaep_sha256(struct esc_ctx *ctx, struct esc_token *tok, const struct esc_token_key *key,
+					 EVP_PKEY *pub, int *yes) ESC_MUST_CHECK;
+
+/* Store cert on the token next to key (same CKA_ID and label).  Errors: PKCS11. */
+enum esc_err esc_token_store_cert(struct esc_ctx *ctx, struct esc_token *tok, const struct esc_token_key *key,
+				  X509 *cert) ESC_MUST_CHECK;
 
 /*
  * RFC 7512 URI naming this key on this token (token label+serial, id,

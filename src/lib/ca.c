@@ -266,11 +266,10 @@ esc_ca_issue(struct esc_ctx *ctx, X509 *ca_cert, EVP_PKEY *signer, EVP_PKEY *pub
 
 	if ((r = new_cert(ctx, pub, subject, days, &x)) != ESC_OK)
 		return r;
-	switch (profile) {
-	case ESC_PROFILE_ENCRYPTION:
-	default:
-		ku = EVP_PKEY_is_a(pub, "EC") ? "critical,keyAgreement" : "critical,keyEncipherment";
-		break;
+	ku = EVP_PKEY_is_a(pub, "EC") ? "critical,keyAgreement" : "critical,keyEncipherment";
+	if (profile == ESC_PROFILE_KRA && !add_ext(ca_cert, x, NID_ext_key_usage, ESC_OID_KRA_EKU)) {
+		r = esc_error_ossl(ctx, ESC_ERR_CRYPTO, "cannot add the Key Recovery Agent extended key usage");
+		goto out;
 	}
 	if (!X509_set_issuer_name(x, X509_get_subject_name(ca_cert)) ||
 	    !add_ext(ca_cert, x, NID_basic_constraints, "critical,CA:FALSE") || !add_ext(ca_cert, x, NID_key_usage, ku) ||

@@ -23,6 +23,8 @@
 #include <openssl/evp.h>
 #include <openssl/param_build.h>
 #include <openssl/rand.h>
+#include <openssl/rsa.h>
+#include <openssl/x509.h>
 #include <p11-kit/p11-kit.h>
 #include <p11-kit/pkcs11.h>
 #include <p11-kit/uri.h>
@@ -1114,5 +1116,86 @@ esc_token_key_uri(struct esc_ctx *ctx, const struct esc_token *tok, const struct
 	r = ESC_OK;
 out:
 	p11_kit_uri_free(u);
+	return r;
+}
+
+enum esc_err
+esc_token_probe_oaep_sha256(struct esc_ctx *ctx, struct esc_token *tok, const struct esc_token_key *key, EVP_PKEY *pub,
+			    int *yes)
+{
+	CK_RSA_PKCS_OAEP_PARAMS params = {CKM_SHA256, CKG_MGF1_SHA256, CKZ_DATA_SPECIFIED, NULL, 0};
+	CK_MECHANISM mech = {CKM_RSA_PKCS_OAEP, &params, sizeof(params)};
+	unsigned char probe[32], ct[1024], pt[1024];
+	size_t ctlen = sizeof(ct);
+	CK_ULONG ptlen = sizeof(pt);
+	EVP_PKEY_CTX *pctx = NULL;
+	enum esc_err r;
+
+	*yes = 0;
+	if (RAND_bytes(probe, sizeof(probe)) != 1 || (pctx = EVP_PKEY_CTX_new(pub, NULL)) == NULL ||
+	    EVP_PKEY_encrypt_init(pctx) <= 0 || EVP_PKEY_CTX_set_rsa_padding(pctx, RSA_PKCS1_OAEP_PADDING) <= 0 ||
+	    EVP_PKEY_CTX_set_rsa_oaep_md(pctx, EVP_sha256()) <= 0 ||
+	    EVP_PKEY_CTX_set_rsa_mgf1_md(pctx, EVP_sha256()) <= 0 ||
+	    EVP_PKEY_encrypt(pctx, ct, &ctlen, probe, sizeof(probe)) <= 0) {
+		r = esc_error_ossl(ctx, ESC_ERR_CRYPTO, "cannot prepare the RSA-OAEP-SHA-256 probe");
+		goto out;
+	}
+	/* Any failure on the token means "not natively": SHA-1 is used instead. */
+	if (tok->fl->C_DecryptInit(tok->session, &mech, key->priv) == CKR_OK &&
+	    tok->fl->C_Decrypt(tok->session, ct, (CK_ULONG)ctlen, pt, &ptlen) == CKR_OK && ptlen == sizeof(probe) &&
+	    CRYPTO_memcmp(pt, probe, sizeof(probe)) == 0)
+		*yes = 1;
+	r = ESC_OK;
+out:
+	OPENSSL_cleanse(pt, sizeof(pt));
+	EVP_PKEY_CTX_free(pctx);
+	return r;
+}
+
+enum esc_err
+esc_token_store_cert(struct esc_ctx *ctx, struct esc_token *tok, const struct esc_token_key *key, X509 *cert)
+{
+	CK_OBJECT_CLASS cls = CKO_CERTIFICATE;
+	CK_CERTIFICATE_TYPE ctype = CKC_X_509;
+	CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
+	unsigned char *der = NULL, *subj = NULL, *issuer = NULL, *serial = NULL;
+	int dlen, slen, ilen, nlen;
+	CK_OBJECT_HANDLE h;
+	CK_RV rv;
+	enum esc_err r;
+
+	dlen = i2d_X509(cert, &der);
+	slen = i2d_X509_NAME(X509_get_subject_name(cert), &subj);
+	ilen = i2d_X509_NAME(X509_get_issuer_name(cert), &issuer);
+	nlen = i2d_ASN1_INTEGER(X509_get_serialNumber(cert), &serial);
+	if (dlen <= 0 || slen <= 0 || ilen <= 0 || nlen <= 0) {
+		r = esc_error_ossl(ctx, ESC_ERR_CRYPTO, "cannot encode the certificate for the token");
+		goto out;
+	}
+	{
+		CK_ATTRIBUTE t[] = {
+			{CKA_CLASS, &cls, sizeof(cls)},
+			{CKA_CERTIFICATE_TYPE, &ctype, sizeof(ctype)},
+			{CKA_TOKEN, &yes, sizeof(yes)},
+			{CKA_PRIVATE, &no, sizeof(no)},
+			{CKA_ID, (void *)key->id, key->id_len},
+			{CKA_LABEL, (void *)key->label, strlen(key->label)},
+			{CKA_VALUE, der, (CK_ULONG)dlen},
+			{CKA_SUBJECT, subj, (CK_ULONG)slen},
+			{CKA_ISSUER, issuer, (CK_ULONG)ilen},
+			{CKA_SERIAL_NUMBER, serial, (CK_ULONG)nlen},
+		};
+
+		if ((rv = tok->fl->C_CreateObject(tok->session, t, ESC_ARRAY_LEN(t), &h)) != CKR_OK) {
+			r = ckr_error(ctx, rv, "storing the certificate on the token");
+			goto out;
+		}
+	}
+	r = ESC_OK;
+out:
+	OPENSSL_free(der);
+	OPENSSL_free(subj);
+	OPENSSL_free(issuer);
+	OPENSSL_free(serial);
 	return r;
 }
