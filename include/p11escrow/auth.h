@@ -28,7 +28,7 @@ struct esc_account;
 
 /* Parse "admin,auditor" style role lists.  Errors: USAGE (unknown role, cert-manager+kra). */
 enum esc_err esc_roles_parse(struct esc_ctx *ctx, const char *text, unsigned *roles) ESC_MUST_CHECK;
-/* "admin,cert-manager" for a role set; static buffer owned by caller (len >= 64). */
+/* "admin,cert-manager" for a role set, into the caller's buffer (len >= 64). */
 void esc_roles_format(unsigned roles, char *buf, size_t len);
 
 /* Argon2id-encoded hash of a password.  Caller frees.  Errors: USAGE (too short), NOMEM, CRYPTO. */
@@ -70,5 +70,17 @@ int esc_account_has_role(const struct esc_account *a, enum esc_role role);
 enum esc_err esc_account_require(struct esc_ctx *ctx, const struct esc_account *a, enum esc_role role)
 	ESC_MUST_CHECK;
 void esc_account_free(struct esc_account *a);
+
+struct esc_account_info {
+	long long id;
+	char name[65];
+	unsigned roles;
+	char kra_name[65]; /* "" unless bound to a KRA */
+	int disabled;
+};
+
+/* Every account (for any authenticated actor).  *out is malloc'ed; caller frees.  Errors: DENIED, DB. */
+enum esc_err esc_account_list(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor,
+			      struct esc_account_info **out, size_t *n) ESC_MUST_CHECK;
 
 #endif

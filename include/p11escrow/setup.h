@@ -7,6 +7,7 @@
 #include <p11escrow/ctx.h>
 #include <p11escrow/err.h>
 #include <p11escrow/pin.h>
+#include <p11escrow/store.h>
 #include <p11escrow/token.h>
 
 struct esc_setup_opts {
@@ -60,5 +61,14 @@ struct esc_setup_result {
 enum esc_err esc_setup_run(struct esc_ctx *ctx, const struct esc_setup_opts *opts, struct esc_setup_result **out)
 	ESC_MUST_CHECK;
 void esc_setup_result_free(struct esc_setup_result *res);
+
+/*
+ * The PKCS#11 URI recorded at setup for a CA key role ("ca-sign",
+ * "transport", "storage"): it names the CA token by label and serial, so
+ * front-ends can open the right token without being told.  Caller frees.
+ * Errors: STATE (no such key: run setup), DB.
+ */
+enum esc_err esc_setup_key_uri(struct esc_ctx *ctx, struct esc_store *st, const char *role, char **out)
+	ESC_MUST_CHECK;
 
 #endif

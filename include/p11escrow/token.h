@@ -51,7 +51,7 @@ struct esc_mechanism {
 enum esc_err esc_key_type_parse(struct esc_ctx *ctx, const char *s, enum esc_key_type *out) ESC_MUST_CHECK;
 const char *esc_key_type_name(enum esc_key_type t);
 
-/* "CKR_PIN_INCORRECT" or "CKR_0x000000a0"; static storage for known codes. */
+/* "CKR_PIN_INCORRECT", or "CKR_VENDOR_OR_UNKNOWN" for codes not in PKCS#11 2.40. */
 const char *esc_ckr_name(unsigned long rv);
 /* "CKM_RSA_PKCS" or NULL if unknown. */
 const char *esc_ckm_name(unsigned long mech);

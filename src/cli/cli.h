@@ -2,14 +2,17 @@
 #ifndef P11ESCROW_CLI_H
 #define P11ESCROW_CLI_H
 
+#include <p11escrow/auth.h>
 #include <p11escrow/config.h>
 #include <p11escrow/ctx.h>
 #include <p11escrow/err.h>
+#include <p11escrow/store.h>
 
 #define PROG "p11escrow"
 
 int setup_main(int argc, char *argv[]);
 int db_main(int argc, char *argv[]);
+int account_main(int argc, char *argv[]);
 int token_main(int argc, char *argv[]);
 
 /* Print "p11escrow CMD: error: MSG" for err and return its exit code. */
@@ -24,6 +27,15 @@ int cli_usage_error(const char *cmd, const char *fmt, ...) __attribute__((format
 int cli_init(const char *cmd, const char *config_path, struct esc_ctx **ctx, struct esc_config **cfg);
 /* Set one config key from a command-line option; returns 0 or an exit code. */
 int cli_set(const char *cmd, struct esc_ctx *ctx, struct esc_config *cfg, const char *key, const char *value);
+
+/*
+ * Authenticate --user with a password from password_file, else
+ * $P11ESCROW_PASSWORD, else a prompt.  Returns 0 or an exit code (printed).
+ */
+int cli_login(const char *cmd, struct esc_ctx *ctx, struct esc_store *st, const char *user, const char *password_file,
+	      struct esc_account **out);
+int kra_main(int argc, char *argv[]);
+int recovery_main(int argc, char *argv[]);
 
 /* The EXIT STATUS table printed by --help. */
 void cli_print_exit_codes(void);

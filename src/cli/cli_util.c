@@ -1,8 +1,13 @@
 /*
  * Helpers shared by the subcommands: configuration, errors, exit codes.
  */
+#include <limits.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <p11escrow/pin.h>
@@ -36,8 +41,13 @@ cli_init(const char *cmd, const char *config_path, struct esc_ctx **ctx, struct 
 {
 	enum esc_err r;
 
+	struct rlimit nocore = {0, 0};
+
 	*ctx = NULL;
 	*cfg = NULL;
+	/* PINs, passwords and recovered keys pass through this process: no core dumps. */
+	(void)setrlimit(RLIMIT_CORE, &nocore);
+	(void)prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
 	/* Lock the secure heap before any secret is read; warn if we cannot. */
 	if (esc_secmem_init() != ESC_OK)
 		fprintf(stderr, "%s %s: warning: cannot lock memory for secrets (RLIMIT_MEMLOCK?)\n", PROG, cmd);
@@ -59,7 +69,18 @@ cli_init(const char *cmd, const char *config_path, struct esc_ctx **ctx, struct 
 int
 cli_set(const char *cmd, struct esc_ctx *ctx, struct esc_config *cfg, const char *key, const char *value)
 {
-	enum esc_err r = esc_config_set(ctx, cfg, key, value);
+	char abs[PATH_MAX];
+	enum esc_err r;
+
+	/* Paths from the command line may be relative; the configuration wants absolute ones. */
+	if (strcmp(key, "ca_pin_file") == 0 && value[0] != '/' && value[0] != '\0') {
+		if (realpath(value, abs) == NULL) {
+			fprintf(stderr, "%s %s: error: cannot find PIN file '%s'\n", PROG, cmd, value);
+			return esc_err_exit_code(ESC_ERR_IO);
+		}
+		value = abs;
+	}
+	r = esc_config_set(ctx, cfg, key, value);
 
 	return r == ESC_OK ? 0 : cli_fail(cmd, ctx, r);
 }
@@ -81,4 +102,22 @@ cli_print_exit_codes(void)
 	printf("\nExit status:\n  %3d  success\n", 0);
 	for (i = 0; i < sizeof(codes) / sizeof(codes[0]); i++)
 		printf("  %3d  %s\n", esc_err_exit_code(codes[i]), esc_strerror(codes[i]));
+}
+
+int
+cli_login(const char *cmd, struct esc_ctx *ctx, struct esc_store *st, const char *user, const char *password_file,
+	  struct esc_account **out)
+{
+	struct esc_secret *pw = NULL;
+	char prompt[128];
+	enum esc_err r;
+
+	if (user == NULL)
+		return cli_usage_error(cmd, "--user NAME is required: this action needs an authenticated account");
+	snprintf(prompt, sizeof(prompt), "Password for %s: ", user);
+	r = esc_secret_obtain(ctx, password_file, "P11ESCROW_PASSWORD", prompt, &pw);
+	if (r == ESC_OK)
+		r = esc_account_login(ctx, st, user, pw, out);
+	esc_secret_free(pw);
+	return r == ESC_OK ? 0 : cli_fail(cmd, ctx, r);
 }

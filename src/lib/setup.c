@@ -797,3 +797,21 @@ out:
 	esc_setup_result_free(run.res);
 	return r;
 }
+
+enum esc_err
+esc_setup_key_uri(struct esc_ctx *ctx, struct esc_store *st, const char *role, char **out)
+{
+	PGresult *res = NULL;
+	const char *v[1] = {role};
+	enum esc_err r;
+
+	if ((r = esc_store_exec(ctx, st, "SELECT uri FROM token_keys WHERE role = $1", 1, v, NULL, NULL, &res)) !=
+	    ESC_OK)
+		return r;
+	if (PQntuples(res) != 1)
+		r = esc_error(ctx, ESC_ERR_STATE, "no CA %s key is recorded: run 'p11escrow setup'", role);
+	else if ((*out = strdup(PQgetvalue(res, 0, 0))) == NULL)
+		r = esc_error(ctx, ESC_ERR_NOMEM, "out of memory");
+	PQclear(res);
+	return r;
+}

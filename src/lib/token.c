@@ -11,6 +11,7 @@
  */
 /* libp11.h uses APIs OpenSSL 3 deprecates; the compat level hides the warnings. */
 #define OPENSSL_API_COMPAT 10101
+#define _GNU_SOURCE /* strcasestr */
 
 #include <dlfcn.h>
 #include <stdio.h>
@@ -198,7 +199,7 @@ esc_token_uri_check(struct esc_ctx *ctx, const char *uri)
 		return esc_error(ctx, ESC_ERR_URI, "'%s' is not a PKCS#11 URI (it must start with 'pkcs11:')",
 				 uri ? uri : "(null)");
 	/* Refuse before parsing so no PIN is ever echoed in a message. */
-	if (strstr(uri, "pin-value") != NULL || strstr(uri, "pin-source") != NULL)
+	if (strcasestr(uri, "pin-value") != NULL || strcasestr(uri, "pin-source") != NULL)
 		return esc_error(ctx, ESC_ERR_URI,
 				 "PKCS#11 URI carries a PIN attribute: PINs never travel in URIs, use a PIN file, "
 				 "the environment or the prompt");

@@ -6,6 +6,7 @@
  *   envelope_tool seal [--sha256] CERT.pem... <plain >envelope.der
  *   envelope_tool open --token URI --key URI --cert CERT.pem --pin-file F [--module M] <envelope >plain
  *   envelope_tool genkey TOKEN-URI TYPE LABEL PIN-FILE </dev/null >public.pem
+ *   envelope_tool archive CONNINFO CERT.pem KEY.pem </dev/null   (esc_archive_key; prints the record id)
  *     (a decrypt-only key pair made by esc_token_generate_key, as KRA enrollment will)
  */
 #include <stdio.h>
@@ -15,6 +16,7 @@
 
 #include <openssl/pem.h>
 
+#include <p11escrow/archive.h>
 #include <p11escrow/ctx.h>
 #include <p11escrow/envelope.h>
 #include <p11escrow/pin.h>
@@ -85,6 +87,27 @@ main(int argc, char *argv[])
 		esc_token_key_free(k);
 		esc_secret_free(pin);
 		esc_token_free(tok);
+		esc_ctx_free(ctx);
+		return 0;
+	}
+	if (strcmp(argv[1], "archive") == 0 && argc == 5) {
+		struct esc_store *st = NULL;
+		struct esc_archive_info info;
+		X509 *x = load_cert(argv[3]);
+		FILE *f = fopen(argv[4], "r");
+		EVP_PKEY *k = f ? PEM_read_PrivateKey(f, NULL, NULL, NULL) : NULL;
+
+		if (f)
+			fclose(f);
+		if (x == NULL || k == NULL)
+			return 2;
+		if ((r = esc_store_connect(ctx, argv[2], &st)) != ESC_OK ||
+		    (r = esc_archive_key(ctx, st, x, k, ESC_SOURCE_IMPORT, &info)) != ESC_OK)
+			return fail(ctx, r);
+		printf("%s %s\n", info.id, info.kras);
+		EVP_PKEY_free(k);
+		X509_free(x);
+		esc_store_free(st);
 		esc_ctx_free(ctx);
 		return 0;
 	}

@@ -1,0 +1,256 @@
+/*
+ * p11escrow account — accounts and roles: add, list.
+ */
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <openssl/crypto.h>
+
+#include <p11escrow/auth.h>
+#include <p11escrow/pin.h>
+#include <p11escrow/store.h>
+
+#include "cli.h"
+
+#define CMD "account"
+#define NEW_PASSWORD_ENV "P11ESCROW_NEW_PASSWORD"
+
+static void
+help(void)
+{
+	printf("Usage: %s " CMD " add NAME --role ROLES [--kra KRA] [--user ADMIN] [OPTIONS]\n"
+	       "       %s " CMD " list --user NAME [OPTIONS]\n\n"
+	       "add   create an account with a password.  ROLES is a comma-separated list of admin,\n"
+	       "      cert-manager, kra and auditor; cert-manager and kra never go together.  A kra\n"
+	       "      account is bound to one registered, active KRA (--kra), and a KRA to one account.\n"
+	       "      Needs an administrator (--user) — except while no administrator exists: then\n"
+	       "      --user is left out and the account created must have the admin role.\n"
+	       "list  every account with its roles, KRA binding and whether it is disabled (any\n"
+	       "      authenticated account).\n\n"
+	       "Passwords are never taken from the command line.  The acting account's password comes\n"
+	       "from --password-file, else $P11ESCROW_PASSWORD, else a prompt; the new account's from\n"
+	       "--new-password-file, else $" NEW_PASSWORD_ENV ", else a prompt (asked twice).  Password\n"
+	       "files must not be accessible by other users.  At least %d characters.\n\n"
+	       "Options:\n"
+	       "  -c, --config FILE            configuration file\n"
+	       "  -d, --database CONNINFO      libpq connection string\n"
+	       "  -r, --role ROLES             roles of the new account (add)\n"
+	       "      --kra KRA                the KRA a kra account is bound to (add)\n"
+	       "  -u, --user NAME              the acting account\n"
+	       "      --password-file FILE     the acting account's password\n"
+	       "      --new-password-file FILE the new account's password (add)\n"
+	       "  -h, --help                   this text\n",
+	       PROG, PROG, ESC_PASSWORD_MIN);
+	cli_print_exit_codes();
+}
+
+struct opts {
+	const char *config, *database, *role, *kra, *user, *password_file, *new_password_file;
+};
+
+/* The new account's password: file, environment, or a prompt twice. */
+static int
+new_password(struct esc_ctx *ctx, const struct opts *o, const char *name, struct esc_secret **out)
+{
+	struct esc_secret *a = NULL, *b = NULL;
+	const char *env = getenv(NEW_PASSWORD_ENV);
+	char prompt[128];
+	enum esc_err r;
+	int rc;
+
+	if ((o->new_password_file != NULL && *o->new_password_file != '\0') || (env != NULL && *env != '\0')) {
+		if ((r = esc_secret_obtain(ctx, o->new_password_file, NEW_PASSWORD_ENV, NULL, out)) != ESC_OK)
+			return cli_fail(CMD, ctx, r);
+		return 0;
+	}
+	if (!isatty(STDIN_FILENO)) {
+		fprintf(stderr,
+			"%s %s: error: no password for the new account: use --new-password-file, set %s or run on a "
+			"terminal to be prompted\n",
+			PROG, CMD, NEW_PASSWORD_ENV);
+		return esc_err_exit_code(ESC_ERR_PIN_MISSING);
+	}
+	snprintf(prompt, sizeof(prompt), "New password for %s: ", name);
+	if ((r = esc_secret_prompt(ctx, prompt, &a)) != ESC_OK ||
+	    (r = esc_secret_prompt(ctx, "Repeat the new password: ", &b)) != ESC_OK) {
+		rc = cli_fail(CMD, ctx, r);
+		goto out;
+	}
+	if (esc_secret_len(a) != esc_secret_len(b) ||
+	    CRYPTO_memcmp(esc_secret_str(a), esc_secret_str(b), esc_secret_len(a)) != 0) {
+		fprintf(stderr, "%s %s: error: the two passwords differ\n", PROG, CMD);
+		rc = esc_err_exit_code(ESC_ERR_USAGE);
+		goto out;
+	}
+	*out = a;
+	a = NULL; /* transferred */
+	rc = 0;
+out:
+	esc_secret_free(a);
+	esc_secret_free(b);
+	return rc;
+}
+
+static int
+do_add(struct esc_ctx *ctx, struct esc_store *st, const struct opts *o, const char *name)
+{
+	struct esc_account *admin = NULL;
+	struct esc_secret *pw = NULL;
+	char roles_text[64];
+	unsigned roles = 0;
+	enum esc_err r;
+	int rc, exists = 0;
+
+	if (o->role == NULL)
+		return cli_usage_error(CMD, "add needs --role ROLES");
+	if ((r = esc_roles_parse(ctx, o->role, &roles)) != ESC_OK)
+		return cli_fail(CMD, ctx, r);
+	if (o->user == NULL) {
+		/* Only the very first administrator is created without one. */
+		if ((r = esc_account_admin_exists(ctx, st, &exists)) != ESC_OK)
+			return cli_fail(CMD, ctx, r);
+		if (exists)
+			return cli_usage_error(CMD, "--user ADMIN is required: an administrator already exists");
+		if (o->password_file != NULL)
+			return cli_usage_error(CMD, "--password-file is for the acting --user");
+	} else if ((rc = cli_login(CMD, ctx, st, o->user, o->password_file, &admin)) != 0) {
+		return rc;
+	}
+	if ((rc = new_password(ctx, o, name, &pw)) != 0)
+		goto out;
+	if ((r = esc_account_create(ctx, st, admin, name, roles, o->kra, pw)) != ESC_OK) {
+		rc = cli_fail(CMD, ctx, r);
+		goto out;
+	}
+	esc_roles_format(roles, roles_text, sizeof(roles_text));
+	printf("account '%s' created with roles %s", name, roles_text);
+	if (o->kra != NULL)
+		printf(", bound to KRA '%s'", o->kra);
+	printf("%s\n", admin == NULL ? " (the first administrator)" : "");
+	rc = 0;
+out:
+	esc_secret_free(pw);
+	esc_account_free(admin);
+	return rc;
+}
+
+static int
+do_list(struct esc_ctx *ctx, struct esc_store *st, const struct opts *o)
+{
+	struct esc_account *me = NULL;
+	struct esc_account_info *list = NULL;
+	char roles_text[64];
+	size_t n = 0, i;
+	enum esc_err r;
+	int rc;
+
+	if ((rc = cli_login(CMD, ctx, st, o->user, o->password_file, &me)) != 0)
+		return rc;
+	r = esc_account_list(ctx, st, me, &list, &n);
+	esc_account_free(me);
+	if (r != ESC_OK)
+		return cli_fail(CMD, ctx, r);
+	printf("%-24s %-30s %-20s %s\n", "NAME", "ROLES", "KRA", "DISABLED");
+	for (i = 0; i < n; i++) {
+		esc_roles_format(list[i].roles, roles_text, sizeof(roles_text));
+		printf("%-24s %-30s %-20s %s\n", list[i].name, roles_text, list[i].kra_name[0] ? list[i].kra_name : "-",
+		       list[i].disabled ? "yes" : "no");
+	}
+	free(list);
+	return 0;
+}
+
+int
+account_main(int argc, char *argv[])
+{
+	enum { OPT_KRA = 256, OPT_PASSWORD, OPT_NEW_PASSWORD };
+	static const struct option longopts[] = {
+		{"config", required_argument, NULL, 'c'},
+		{"database", required_argument, NULL, 'd'},
+		{"role", required_argument, NULL, 'r'},
+		{"kra", required_argument, NULL, OPT_KRA},
+		{"user", required_argument, NULL, 'u'},
+		{"password-file", required_argument, NULL, OPT_PASSWORD},
+		{"new-password-file", required_argument, NULL, OPT_NEW_PASSWORD},
+		{"help", no_argument, NULL, 'h'},
+		{NULL, 0, NULL, 0},
+	};
+	struct opts o = {0};
+	const char *action;
+	struct esc_ctx *ctx = NULL;
+	struct esc_config *cfg = NULL;
+	struct esc_store *st = NULL;
+	enum esc_err r;
+	int c, rc, add;
+
+	opterr = 0;
+	optind = 1;
+	while ((c = getopt_long(argc, argv, ":c:d:r:u:h", longopts, NULL)) != -1) {
+		switch (c) {
+		case 'h':
+			help();
+			return 0;
+		case 'c':
+			o.config = optarg;
+			break;
+		case 'd':
+			o.database = optarg;
+			break;
+		case 'r':
+			o.role = optarg;
+			break;
+		case OPT_KRA:
+			o.kra = optarg;
+			break;
+		case 'u':
+			o.user = optarg;
+			break;
+		case OPT_PASSWORD:
+			o.password_file = optarg;
+			break;
+		case OPT_NEW_PASSWORD:
+			o.new_password_file = optarg;
+			break;
+		case ':':
+			return cli_usage_error(CMD, "option '%s' needs a value", argv[optind - 1]);
+		default:
+			return cli_usage_error(CMD, "unknown option '%s'", argv[optind - 1]);
+		}
+	}
+	if (optind >= argc)
+		return cli_usage_error(CMD, "expected an action: add or list");
+	action = argv[optind];
+	if (strcmp(action, "add") == 0) {
+		add = 1;
+		if (optind + 2 != argc)
+			return cli_usage_error(CMD, "add takes one account NAME");
+	} else if (strcmp(action, "list") == 0) {
+		add = 0;
+		if (optind + 1 != argc)
+			return cli_usage_error(CMD, "list takes no arguments");
+		if (o.role != NULL || o.kra != NULL || o.new_password_file != NULL)
+			return cli_usage_error(CMD, "--role, --kra and --new-password-file are for add");
+		if (o.user == NULL)
+			return cli_usage_error(CMD, "list needs --user NAME");
+	} else {
+		return cli_usage_error(CMD, "unknown action '%s' (use add or list)", action);
+	}
+	if ((rc = cli_init(CMD, o.config, &ctx, &cfg)) != 0)
+		goto out;
+	if (o.database != NULL && (rc = cli_set(CMD, ctx, cfg, "database", o.database)) != 0)
+		goto out;
+	if ((r = esc_store_connect(ctx, esc_config_get(cfg, "database"), &st)) != ESC_OK ||
+	    (r = esc_store_check_schema(ctx, st)) != ESC_OK) {
+		rc = cli_fail(CMD, ctx, r);
+		goto out;
+	}
+	rc = add ? do_add(ctx, st, &o, argv[optind + 1]) : do_list(ctx, st, &o);
+out:
+	esc_store_free(st);
+	esc_config_free(cfg);
+	esc_ctx_free(ctx);
+	return rc;
+}

@@ -1,0 +1,239 @@
+/*
+ * p11escrow kra — Key Recovery Agents: enroll a card, list, retire.
+ */
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <p11escrow/kra.h>
+#include <p11escrow/pin.h>
+#include <p11escrow/setup.h>
+#include <p11escrow/token.h>
+
+#include "cli.h"
+
+#define CMD "kra"
+
+static void
+help(void)
+{
+	printf("Usage: %s " CMD " enroll --token URI --name NAME --user ADMIN [OPTIONS]\n"
+	       "       %s " CMD " list [OPTIONS]\n"
+	       "       %s " CMD " retire NAME --user ADMIN [OPTIONS]\n\n"
+	       "enroll  generate the KRA key pair on the card named by --token (decrypt-only, sensitive,\n"
+	       "        never extractable), have the CA issue its Key Recovery Agent certificate, store the\n"
+	       "        certificate on the card and register the KRA.  Needs the CA token's PIN and the\n"
+	       "        card's PIN, and an administrator account.\n"
+	       "list    every KRA with its state, key, recipient mechanism and number of records.\n"
+	       "retire  stop wrapping new records to a KRA; refused while a record would be left with no\n"
+	       "        active KRA able to recover it.\n\n"
+	       "Options:\n"
+	       "  -c, --config FILE          configuration file\n"
+	       "  -d, --database CONNINFO    libpq connection string\n"
+	       "  -m, --module MODULE        PKCS#11 module of the CA token (path or p11-kit:NAME)\n"
+	       "  -t, --ca-token URI         the CA token (default: configuration's ca_token)\n"
+	       "  -p, --pin-file FILE        CA token PIN (else $P11ESCROW_CA_PIN, else a prompt)\n"
+	       "      --token URI            the KRA card to enroll, e.g. 'pkcs11:token=KRA1'\n"
+	       "      --kra-module MODULE    the card's PKCS#11 module if not the CA token's\n"
+	       "      --kra-pin-file FILE    the card's PIN (else $P11ESCROW_KRA_PIN, else a prompt)\n"
+	       "  -n, --name NAME            the KRA's name (letters, digits, . _ -)\n"
+	       "  -k, --key-type TYPE        rsa3072 (default), rsa4096, ec-p256, ec-p384\n"
+	       "      --days N               KRA certificate validity (default 730)\n"
+	       "  -u, --user NAME            the acting administrator\n"
+	       "      --password-file FILE   their password (else $P11ESCROW_PASSWORD, else a prompt)\n"
+	       "  -h, --help                 this text\n",
+	       PROG, PROG, PROG);
+	cli_print_exit_codes();
+}
+
+struct opts {
+	const char *config, *database, *module, *ca_token, *pin_file, *token, *kra_module, *kra_pin_file, *name;
+	const char *key_type, *user, *password_file;
+	int days;
+};
+
+static int
+do_enroll(struct esc_ctx *ctx, struct esc_config *cfg, struct esc_store *st, const struct opts *o)
+{
+	struct esc_account *admin = NULL;
+	struct esc_token *ca = NULL, *card = NULL;
+	struct esc_secret *ca_pin = NULL, *card_pin = NULL;
+	char *ca_uri = NULL;
+	enum esc_key_type type = ESC_KEY_RSA3072;
+	struct esc_kra kra;
+	enum esc_err r;
+	int rc;
+
+	if (o->token == NULL || o->name == NULL)
+		return cli_usage_error(CMD, "enroll needs --token URI and --name NAME");
+	if ((o->key_type != NULL && (r = esc_key_type_parse(ctx, o->key_type, &type)) != ESC_OK) ||
+	    (r = esc_token_uri_check(ctx, o->token)) != ESC_OK)
+		return cli_fail(CMD, ctx, r);
+	if ((rc = cli_login(CMD, ctx, st, o->user, o->password_file, &admin)) != 0)
+		return rc;
+	/* The CA token the signing key was recorded on, unless --ca-token says otherwise. */
+	if ((r = esc_account_require(ctx, admin, ESC_ROLE_ADMIN)) != ESC_OK ||
+	    (o->ca_token == NULL && (r = esc_setup_key_uri(ctx, st, "ca-sign", &ca_uri)) != ESC_OK) ||
+	    (r = esc_secret_obtain(ctx, esc_config_get(cfg, "ca_pin_file"), "P11ESCROW_CA_PIN", "CA token PIN: ",
+				   &ca_pin)) != ESC_OK ||
+	    (r = esc_token_open(ctx, esc_config_get(cfg, "module"), ca_uri ? ca_uri : esc_config_get(cfg, "ca_token"),
+				&ca)) != ESC_OK ||
+	    (r = esc_token_login(ctx, ca, ca_pin)) != ESC_OK)
+		goto out;
+	/* A card on the CA token's module shares that loaded module. */
+	if (o->kra_module != NULL)
+		r = esc_token_open(ctx, o->kra_module, o->token, &card);
+	else
+		r = esc_token_open_sibling(ctx, ca, o->token, &card);
+	if (r != ESC_OK ||
+	    (r = esc_secret_obtain(ctx, o->kra_pin_file, "P11ESCROW_KRA_PIN", "KRA card PIN: ", &card_pin)) != ESC_OK ||
+	    (r = esc_token_login(ctx, card, card_pin)) != ESC_OK ||
+	    (r = esc_kra_enroll(ctx, st, admin, ca, card, o->name, type, o->days, &kra)) != ESC_OK)
+		goto out;
+	printf("KRA '%s' enrolled on card '%s' (serial %s)\n  key:         %s, recipient %s\n  certificate: serial %s\n"
+	       "  key URI:     %s\n",
+	       kra.name, kra.token_label, kra.token_serial, kra.key_type, kra.recipient, kra.cert_serial, kra.key_uri);
+out:
+	rc = r == ESC_OK ? 0 : cli_fail(CMD, ctx, r);
+	free(ca_uri);
+	esc_secret_free(ca_pin);
+	esc_secret_free(card_pin);
+	esc_token_free(card);
+	esc_token_free(ca);
+	esc_account_free(admin);
+	return rc;
+}
+
+static int
+do_list(struct esc_ctx *ctx, struct esc_store *st)
+{
+	struct esc_kra *k = NULL;
+	size_t n = 0, i;
+	enum esc_err r;
+
+	if ((r = esc_kra_list(ctx, st, &k, &n)) != ESC_OK)
+		return cli_fail(CMD, ctx, r);
+	printf("%-20s %-8s %-8s %-16s %-8s %s\n", "NAME", "STATE", "KEY", "RECIPIENT", "RECORDS", "CARD");
+	for (i = 0; i < n; i++)
+		printf("%-20s %-8s %-8s %-16s %-8lld %s (serial %s)\n", k[i].name, k[i].state, k[i].key_type,
+		       k[i].recipient, k[i].records, k[i].token_label, k[i].token_serial);
+	free(k);
+	return 0;
+}
+
+static int
+do_retire(struct esc_ctx *ctx, struct esc_store *st, const struct opts *o)
+{
+	struct esc_account *admin = NULL;
+	enum esc_err r;
+	int rc;
+
+	if ((rc = cli_login(CMD, ctx, st, o->user, o->password_file, &admin)) != 0)
+		return rc;
+	r = esc_kra_retire(ctx, st, admin, o->name);
+	esc_account_free(admin);
+	if (r != ESC_OK)
+		return cli_fail(CMD, ctx, r);
+	printf("KRA '%s' retired: no new record will be wrapped to it\n", o->name);
+	return 0;
+}
+
+int
+kra_main(int argc, char *argv[])
+{
+	enum { OPT_TOKEN = 256, OPT_KRA_MODULE, OPT_KRA_PIN, OPT_DAYS, OPT_PASSWORD };
+	static const struct option longopts[] = {
+		{"config", required_argument, NULL, 'c'},
+		{"database", required_argument, NULL, 'd'},
+		{"module", required_argument, NULL, 'm'},
+		{"ca-token", required_argument, NULL, 't'},
+		{"pin-file", required_argument, NULL, 'p'},
+		{"token", required_argument, NULL, OPT_TOKEN},
+		{"kra-module", required_argument, NULL, OPT_KRA_MODULE},
+		{"kra-pin-file", required_argument, NULL, OPT_KRA_PIN},
+		{"name", required_argument, NULL, 'n'},
+		{"key-type", required_argument, NULL, 'k'},
+		{"days", required_argument, NULL, OPT_DAYS},
+		{"user", required_argument, NULL, 'u'},
+		{"password-file", required_argument, NULL, OPT_PASSWORD},
+		{"help", no_argument, NULL, 'h'},
+		{NULL, 0, NULL, 0},
+	};
+	struct opts o;
+	struct esc_ctx *ctx = NULL;
+	struct esc_config *cfg = NULL;
+	struct esc_store *st = NULL;
+	const char *action;
+	enum esc_err r;
+	char *end;
+	int c, rc;
+
+	memset(&o, 0, sizeof(o));
+	o.days = 730;
+	opterr = 0;
+	optind = 1;
+	while ((c = getopt_long(argc, argv, ":c:d:m:t:p:n:k:u:h", longopts, NULL)) != -1) {
+		switch (c) {
+		case 'h':
+			help();
+			return 0;
+		case 'c': o.config = optarg; break;
+		case 'd': o.database = optarg; break;
+		case 'm': o.module = optarg; break;
+		case 't': o.ca_token = optarg; break;
+		case 'p': o.pin_file = optarg; break;
+		case OPT_TOKEN: o.token = optarg; break;
+		case OPT_KRA_MODULE: o.kra_module = optarg; break;
+		case OPT_KRA_PIN: o.kra_pin_file = optarg; break;
+		case 'n': o.name = optarg; break;
+		case 'k': o.key_type = optarg; break;
+		case 'u': o.user = optarg; break;
+		case OPT_PASSWORD: o.password_file = optarg; break;
+		case OPT_DAYS:
+			o.days = (int)strtol(optarg, &end, 10);
+			if (*optarg == '\0' || *end != '\0' || o.days < 1 || o.days > 36500)
+				return cli_usage_error(CMD, "--days must be 1..36500");
+			break;
+		case ':':
+			return cli_usage_error(CMD, "option '%s' needs a value", argv[optind - 1]);
+		default:
+			return cli_usage_error(CMD, "unknown option '%s'", argv[optind - 1]);
+		}
+	}
+	if (optind >= argc)
+		return cli_usage_error(CMD, "expected an action: enroll, list or retire");
+	action = argv[optind++];
+	if (strcmp(action, "retire") == 0) {
+		if (optind != argc - 1)
+			return cli_usage_error(CMD, "retire takes exactly one KRA name");
+		o.name = argv[optind++];
+	}
+	if (optind != argc)
+		return cli_usage_error(CMD, "unexpected argument '%s'", argv[optind]);
+	if (strcmp(action, "enroll") != 0 && strcmp(action, "list") != 0 && strcmp(action, "retire") != 0)
+		return cli_usage_error(CMD, "unknown action '%s' (use enroll, list or retire)", action);
+	if ((rc = cli_init(CMD, o.config, &ctx, &cfg)) != 0)
+		goto out;
+	if ((o.database && (rc = cli_set(CMD, ctx, cfg, "database", o.database)) != 0) ||
+	    (o.module && (rc = cli_set(CMD, ctx, cfg, "module", o.module)) != 0) ||
+	    (o.ca_token && (rc = cli_set(CMD, ctx, cfg, "ca_token", o.ca_token)) != 0) ||
+	    (o.pin_file && (rc = cli_set(CMD, ctx, cfg, "ca_pin_file", o.pin_file)) != 0))
+		goto out;
+	if ((r = esc_store_connect(ctx, esc_config_get(cfg, "database"), &st)) != ESC_OK ||
+	    (r = esc_store_check_schema(ctx, st)) != ESC_OK) {
+		rc = cli_fail(CMD, ctx, r);
+		goto out;
+	}
+	if (strcmp(action, "enroll") == 0)
+		rc = do_enroll(ctx, cfg, st, &o);
+	else if (strcmp(action, "list") == 0)
+		rc = do_list(ctx, st);
+	else
+		rc = do_retire(ctx, st, &o);
+out:
+	esc_store_free(st);
+	esc_config_free(cfg);
+	esc_ctx_free(ctx);
+	return rc;
+}

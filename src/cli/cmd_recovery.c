@@ -1,0 +1,347 @@
+/*
+ * p11escrow recovery — two-person key recovery from the command line.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <openssl/rand.h>
+
+#include <p11escrow/pin.h>
+#include <p11escrow/setup.h>
+#include <p11escrow/recovery.h>
+#include <p11escrow/token.h>
+
+#include "cli.h"
+
+#define CMD "recovery"
+
+static void
+help(void)
+{
+	printf("Usage: %s " CMD " ACTION [OPTIONS]\n\n"
+	       "Recovering a key takes two people: a certificate manager requests (and, if policy\n"
+	       "says so, other certificate managers approve); the holder of the CA token releases the\n"
+	       "package to the KRA named in the request; that KRA completes it with their card.\n\n"
+	       "Actions:\n"
+	       "  search  [--serial HEX] [--subject TEXT] [--email ADDR]   find archived keys\n"
+	       "  request (--serial HEX | --record ID) --reason TEXT [--kra NAME]\n"
+	       "                                  file a request (certificate manager)\n"
+	       "  approve ID                      approve another manager's request (certificate manager)\n"
+	       "  release ID                      strip the storage layer on the CA token and release the\n"
+	       "                                  package to the request's KRA (needs the CA token PIN)\n"
+	       "  complete ID --token URI --out FILE\n"
+	       "                                  decrypt on the KRA card, check the key against its\n"
+	       "                                  certificate, write a PKCS#12 (KRA account)\n"
+	       "  list [--state STATE]            recovery requests\n\n"
+	       "Options:\n"
+	       "  -c, --config FILE            configuration file\n"
+	       "  -d, --database CONNINFO      libpq connection string\n"
+	       "  -u, --user NAME              the acting account (not needed for release)\n"
+	       "      --password-file FILE     its password (else $P11ESCROW_PASSWORD, else a prompt)\n"
+	       "  -m, --module MODULE          PKCS#11 module of the CA token / the card\n"
+	       "  -t, --ca-token URI           the CA token (release; default: configuration's ca_token)\n"
+	       "  -p, --pin-file FILE          CA token PIN (release; else $P11ESCROW_CA_PIN, else a prompt)\n"
+	       "      --token URI              the KRA card (complete)\n"
+	       "      --kra-pin-file FILE      the card's PIN (else $P11ESCROW_KRA_PIN, else a prompt)\n"
+	       "  -o, --out FILE               where complete writes the PKCS#12 (created, mode 0600)\n"
+	       "      --p12-password-file FILE the PKCS#12 password (else $P11ESCROW_P12_PASSWORD, else one\n"
+	       "                               is generated and shown once)\n"
+	       "      --serial HEX, --subject TEXT, --email ADDR, --record ID, --reason TEXT, --kra NAME,\n"
+	       "      --state STATE            as above\n"
+	       "  -h, --help                   this text\n",
+	       PROG);
+	cli_print_exit_codes();
+}
+
+struct opts {
+	const char *config, *database, *user, *password_file, *module, *ca_token, *pin_file, *token, *kra_pin_file;
+	const char *out, *p12_password_file, *serial, *subject, *email, *record, *reason, *kra, *state;
+	long long id;
+};
+
+static int
+do_search(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *a, const struct opts *o)
+{
+	struct esc_record_summary *s = NULL;
+	size_t n = 0, i;
+	enum esc_err r;
+
+	if ((r = esc_archive_search(ctx, st, a, o->serial, o->subject, o->email, &s, &n)) != ESC_OK)
+		return cli_fail(CMD, ctx, r);
+	for (i = 0; i < n; i++)
+		printf("record %s\n  serial:  %s\n  subject: %s\n  email:   %s\n  issuer:  %s%s\n  KRAs:    %s\n"
+		       "  archived: %s\n",
+		       s[i].id, s[i].serial, s[i].subject, s[i].email, s[i].issuer, s[i].foreign ? " (foreign)" : "",
+		       s[i].kras, s[i].created);
+	printf("%zu record(s)\n", n);
+	free(s);
+	return 0;
+}
+
+/* A random 24-character password from a URL-safe alphabet. */
+static enum esc_err
+generate_password(struct esc_ctx *ctx, struct esc_secret **out)
+{
+	static const char abc[] = "ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz23456789-_";
+	unsigned char rnd[24];
+	char pw[25];
+	size_t i;
+	enum esc_err r;
+
+	if (RAND_bytes(rnd, sizeof(rnd)) != 1)
+		return ESC_ERR_CRYPTO;
+	/* 58 symbols: the small modulo bias is irrelevant at 24 characters. */
+	for (i = 0; i < sizeof(rnd); i++)
+		pw[i] = abc[rnd[i] % (sizeof(abc) - 1)];
+	pw[24] = '\0';
+	r = esc_secret_new(ctx, pw, 24, out);
+	OPENSSL_cleanse(pw, sizeof(pw));
+	OPENSSL_cleanse(rnd, sizeof(rnd));
+	return r;
+}
+
+static int
+do_complete(struct esc_ctx *ctx, struct esc_config *cfg, struct esc_store *st, const struct esc_account *a,
+	    const struct opts *o)
+{
+	struct esc_token *card = NULL;
+	struct esc_secret *pin = NULL, *pw = NULL;
+	unsigned char *p12 = NULL;
+	size_t p12len = 0, off = 0;
+	enum esc_err r;
+	int fd = -1, generated = 0, rc;
+	ssize_t w;
+
+	if (o->token == NULL || o->out == NULL)
+		return cli_usage_error(CMD, "complete needs --token URI (the KRA card) and --out FILE");
+	/* Refuse early and change nothing if the output cannot be created. */
+	if ((fd = open(o->out, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600)) == -1) {
+		fprintf(stderr, "%s %s: error: cannot create '%s': %s (nothing was changed)\n", PROG, CMD, o->out,
+			strerror(errno));
+		return esc_err_exit_code(ESC_ERR_IO);
+	}
+	if (o->p12_password_file != NULL || getenv("P11ESCROW_P12_PASSWORD") != NULL)
+		r = esc_secret_obtain(ctx, o->p12_password_file, "P11ESCROW_P12_PASSWORD", NULL, &pw);
+	else {
+		r = generate_password(ctx, &pw);
+		generated = 1;
+	}
+	if (r != ESC_OK ||
+	    (r = esc_token_open(ctx, esc_config_get(cfg, "module"), o->token, &card)) != ESC_OK ||
+	    (r = esc_secret_obtain(ctx, o->kra_pin_file, "P11ESCROW_KRA_PIN", "KRA card PIN: ", &pin)) != ESC_OK ||
+	    (r = esc_token_login(ctx, card, pin)) != ESC_OK ||
+	    (r = esc_recovery_complete(ctx, st, a, o->id, card, pw, &p12, &p12len)) != ESC_OK)
+		goto out;
+	while (off < p12len) {
+		if ((w = write(fd, p12 + off, p12len - off)) < 0 && errno == EINTR)
+			continue;
+		if (w <= 0)
+			break;
+		off += (size_t)w;
+	}
+	if (off < p12len || fsync(fd) != 0 || close(fd) != 0) {
+		/* The request is completed in the database: say so plainly. */
+		fprintf(stderr, "%s %s: error: writing '%s' failed: %s; request %lld is completed, file a new one\n",
+			PROG, CMD, o->out, strerror(errno), o->id);
+		rc = esc_err_exit_code(ESC_ERR_IO);
+		goto cleanup;
+	}
+	fd = -1;
+	printf("request %lld completed: the key matches its certificate; PKCS#12 written to %s\n", o->id, o->out);
+	if (generated)
+		printf("PKCS#12 password (shown once, give it to the key's owner by a separate channel): %s\n",
+		       esc_secret_str(pw));
+out:
+	rc = r == ESC_OK ? 0 : cli_fail(CMD, ctx, r);
+cleanup:
+	if (fd != -1) {
+		close(fd);
+		unlink(o->out); /* nothing half-written */
+	}
+	esc_recovery_p12_free(p12, p12len);
+	esc_secret_free(pin);
+	esc_secret_free(pw);
+	esc_token_free(card);
+	return rc;
+}
+
+static int
+do_release(struct esc_ctx *ctx, struct esc_config *cfg, struct esc_store *st, const struct opts *o)
+{
+	struct esc_token *ca = NULL;
+	struct esc_secret *pin = NULL;
+	char *uri = NULL;
+	enum esc_err r;
+
+	/* The CA token the storage key was recorded on, unless --ca-token says otherwise. */
+	if (o->ca_token == NULL && (r = esc_setup_key_uri(ctx, st, "storage", &uri)) != ESC_OK)
+		return cli_fail(CMD, ctx, r);
+	if ((r = esc_secret_obtain(ctx, esc_config_get(cfg, "ca_pin_file"), "P11ESCROW_CA_PIN", "CA token PIN: ",
+				   &pin)) == ESC_OK &&
+	    (r = esc_token_open(ctx, esc_config_get(cfg, "module"), uri ? uri : esc_config_get(cfg, "ca_token"), &ca)) ==
+		    ESC_OK &&
+	    (r = esc_token_login(ctx, ca, pin)) == ESC_OK && (r = esc_recovery_release(ctx, st, ca, o->id)) == ESC_OK)
+		printf("request %lld released to its KRA\n", o->id);
+	free(uri);
+	esc_secret_free(pin);
+	esc_token_free(ca);
+	return r == ESC_OK ? 0 : cli_fail(CMD, ctx, r);
+}
+
+static int
+do_list(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *a, const struct opts *o)
+{
+	struct esc_recovery *q = NULL;
+	size_t n = 0, i;
+	enum esc_err r;
+
+	if ((r = esc_recovery_list(ctx, st, a, o->state, &q, &n)) != ESC_OK)
+		return cli_fail(CMD, ctx, r);
+	for (i = 0; i < n; i++)
+		printf("request %lld  %-9s record %s serial %s\n  subject: %s\n  requested by %s at %s, KRA %s, "
+		       "approvals %d/%d\n  reason: %s\n",
+		       q[i].id, q[i].state, q[i].record_id, q[i].serial, q[i].subject, q[i].requester, q[i].created,
+		       q[i].kra, q[i].approvals, q[i].approvals_required, q[i].reason);
+	printf("%zu request(s)\n", n);
+	free(q);
+	return 0;
+}
+
+int
+recovery_main(int argc, char *argv[])
+{
+	enum {
+		OPT_PASSWORD = 256, OPT_TOKEN, OPT_KRA_PIN, OPT_P12, OPT_SERIAL, OPT_SUBJECT, OPT_EMAIL, OPT_RECORD,
+		OPT_REASON, OPT_KRA, OPT_STATE
+	};
+	static const struct option longopts[] = {
+		{"config", required_argument, NULL, 'c'},
+		{"database", required_argument, NULL, 'd'},
+		{"user", required_argument, NULL, 'u'},
+		{"password-file", required_argument, NULL, OPT_PASSWORD},
+		{"module", required_argument, NULL, 'm'},
+		{"ca-token", required_argument, NULL, 't'},
+		{"pin-file", required_argument, NULL, 'p'},
+		{"token", required_argument, NULL, OPT_TOKEN},
+		{"kra-pin-file", required_argument, NULL, OPT_KRA_PIN},
+		{"out", required_argument, NULL, 'o'},
+		{"p12-password-file", required_argument, NULL, OPT_P12},
+		{"serial", required_argument, NULL, OPT_SERIAL},
+		{"subject", required_argument, NULL, OPT_SUBJECT},
+		{"email", required_argument, NULL, OPT_EMAIL},
+		{"record", required_argument, NULL, OPT_RECORD},
+		{"reason", required_argument, NULL, OPT_REASON},
+		{"kra", required_argument, NULL, OPT_KRA},
+		{"state", required_argument, NULL, OPT_STATE},
+		{"help", no_argument, NULL, 'h'},
+		{NULL, 0, NULL, 0},
+	};
+	struct opts o;
+	struct esc_ctx *ctx = NULL;
+	struct esc_config *cfg = NULL;
+	struct esc_store *st = NULL;
+	struct esc_account *a = NULL;
+	const char *action;
+	enum esc_err r;
+	char *end;
+	int c, rc, needs_id;
+
+	memset(&o, 0, sizeof(o));
+	opterr = 0;
+	optind = 1;
+	while ((c = getopt_long(argc, argv, ":c:d:u:m:t:p:o:h", longopts, NULL)) != -1) {
+		switch (c) {
+		case 'h':
+			help();
+			return 0;
+		case 'c': o.config = optarg; break;
+		case 'd': o.database = optarg; break;
+		case 'u': o.user = optarg; break;
+		case OPT_PASSWORD: o.password_file = optarg; break;
+		case 'm': o.module = optarg; break;
+		case 't': o.ca_token = optarg; break;
+		case 'p': o.pin_file = optarg; break;
+		case OPT_TOKEN: o.token = optarg; break;
+		case OPT_KRA_PIN: o.kra_pin_file = optarg; break;
+		case 'o': o.out = optarg; break;
+		case OPT_P12: o.p12_password_file = optarg; break;
+		case OPT_SERIAL: o.serial = optarg; break;
+		case OPT_SUBJECT: o.subject = optarg; break;
+		case OPT_EMAIL: o.email = optarg; break;
+		case OPT_RECORD: o.record = optarg; break;
+		case OPT_REASON: o.reason = optarg; break;
+		case OPT_KRA: o.kra = optarg; break;
+		case OPT_STATE: o.state = optarg; break;
+		case ':':
+			return cli_usage_error(CMD, "option '%s' needs a value", argv[optind - 1]);
+		default:
+			return cli_usage_error(CMD, "unknown option '%s'", argv[optind - 1]);
+		}
+	}
+	if (optind >= argc)
+		return cli_usage_error(CMD, "expected an action: search, request, approve, release, complete or list");
+	action = argv[optind++];
+	needs_id = strcmp(action, "approve") == 0 || strcmp(action, "release") == 0 || strcmp(action, "complete") == 0;
+	if (!needs_id && strcmp(action, "search") != 0 && strcmp(action, "request") != 0 && strcmp(action, "list") != 0)
+		return cli_usage_error(CMD, "unknown action '%s'", action);
+	if (needs_id) {
+		if (optind >= argc)
+			return cli_usage_error(CMD, "%s needs a request id", action);
+		errno = 0;
+		o.id = strtoll(argv[optind], &end, 10);
+		if (*argv[optind] == '\0' || *end != '\0' || errno != 0 || o.id <= 0)
+			return cli_usage_error(CMD, "'%s' is not a request id", argv[optind]);
+		optind++;
+	}
+	if (optind != argc)
+		return cli_usage_error(CMD, "unexpected argument '%s'", argv[optind]);
+	if (strcmp(action, "request") == 0 && (o.serial != NULL) == (o.record != NULL))
+		return cli_usage_error(CMD, "request needs exactly one of --serial and --record");
+	if ((rc = cli_init(CMD, o.config, &ctx, &cfg)) != 0)
+		goto out;
+	if ((o.database && (rc = cli_set(CMD, ctx, cfg, "database", o.database)) != 0) ||
+	    (o.module && (rc = cli_set(CMD, ctx, cfg, "module", o.module)) != 0) ||
+	    (o.ca_token && (rc = cli_set(CMD, ctx, cfg, "ca_token", o.ca_token)) != 0) ||
+	    (o.pin_file && (rc = cli_set(CMD, ctx, cfg, "ca_pin_file", o.pin_file)) != 0))
+		goto out;
+	if ((r = esc_store_connect(ctx, esc_config_get(cfg, "database"), &st)) != ESC_OK ||
+	    (r = esc_store_check_schema(ctx, st)) != ESC_OK) {
+		rc = cli_fail(CMD, ctx, r);
+		goto out;
+	}
+	if (strcmp(action, "release") == 0) {
+		rc = do_release(ctx, cfg, st, &o);
+		goto out;
+	}
+	if ((rc = cli_login(CMD, ctx, st, o.user, o.password_file, &a)) != 0)
+		goto out;
+	if (strcmp(action, "search") == 0)
+		rc = do_search(ctx, st, a, &o);
+	else if (strcmp(action, "request") == 0) {
+		long long id = 0;
+
+		if ((r = esc_recovery_request(ctx, st, a, o.serial ? o.serial : o.record, o.kra, o.reason, &id)) != ESC_OK)
+			rc = cli_fail(CMD, ctx, r);
+		else
+			printf("recovery request %lld filed\n", id);
+	} else if (strcmp(action, "approve") == 0) {
+		if ((r = esc_recovery_approve(ctx, st, a, o.id)) != ESC_OK)
+			rc = cli_fail(CMD, ctx, r);
+		else
+			printf("request %lld approved by %s\n", o.id, esc_account_name(a));
+	} else if (strcmp(action, "complete") == 0)
+		rc = do_complete(ctx, cfg, st, a, &o);
+	else
+		rc = do_list(ctx, st, a, &o);
+out:
+	esc_account_free(a);
+	esc_store_free(st);
+	esc_config_free(cfg);
+	esc_ctx_free(ctx);
+	return rc;
+}

@@ -1,0 +1,598 @@
+/*
+ * Accounts, roles and password authentication.
+ *
+ * Passwords are hashed with Argon2id (libargon2) and only the encoded hash
+ * is stored.  Login gives one answer for every failure — unknown name,
+ * wrong password, disabled account — and verifies a dummy hash for unknown
+ * names, so neither the message nor the time tells whether a name exists.
+ * An account object keeps neither the password nor its hash.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <argon2.h>
+#include <libpq-fe.h>
+#include <openssl/crypto.h>
+#include <openssl/rand.h>
+
+#include <p11escrow/auth.h>
+
+#include "internal.h"
+#include "store_internal.h"
+
+/* Argon2id parameters for new hashes (RFC 9106's second recommendation). */
+#define ARGON_T 3
+#define ARGON_M_KIB 65536 /* 64 MiB */
+#define ARGON_P 1
+#define ARGON_SALT_LEN 16
+#define ARGON_HASH_LEN 32
+
+/*
+ * What a stored hash may ask for when verified: room to raise the
+ * parameters later, but a doctored row cannot make us allocate gigabytes
+ * or spin for minutes.
+ */
+#define ARGON_M_KIB_MAX (256 * 1024)
+#define ARGON_T_MAX 16
+#define ARGON_P_MAX 8
+#define ENCODED_MAX 256
+
+/*
+ * Verified for names that do not exist, so an unknown name costs the same
+ * Argon2id computation as a known one.  Made once with the parameters above
+ * from a random password that was then thrown away: nothing verifies
+ * against it.
+ */
+static const char dummy_hash[] =
+	"$argon2id$v=19$m=65536,t=3,p=1$P5wmCbQEAzI6So3pfYvqow$uxgZaf3XpJFJOZd9gouMEzPOg9JW/6dmh/aJEXhH1UM";
+
+#define NAME_MAX_LEN 64
+#define ROLES_TEXT_MAX 255
+
+#define SEPARATION_MSG "one identity cannot hold both the certificate-manager and the KRA role"
+
+struct esc_account {
+	long long id;
+	char name[NAME_MAX_LEN + 1];
+	unsigned roles;
+	long long kra_id;
+};
+
+
+static const struct {
+	enum esc_role role;
+	const char *name;
+	const char *title; /* for "account 'x' is not <title>" */
+} role_table[] = {
+	{ESC_ROLE_ADMIN, "admin", "an administrator"},
+	{ESC_ROLE_CERT_MANAGER, "cert-manager", "a certificate manager"},
+	{ESC_ROLE_KRA, "kra", "a key recovery agent"},
+	{ESC_ROLE_AUDITOR, "auditor", "an auditor"},
+};
+
+#define ALL_ROLES (ESC_ROLE_ADMIN | ESC_ROLE_CERT_MANAGER | ESC_ROLE_KRA | ESC_ROLE_AUDITOR)
+
+static unsigned
+role_bit(const char *s, size_t n)
+{
+	size_t i;
+
+	for (i = 0; i < ESC_ARRAY_LEN(role_table); i++)
+		if (strlen(role_table[i].name) == n && memcmp(role_table[i].name, s, n) == 0)
+			return (unsigned)role_table[i].role;
+	return 0;
+}
+
+/* Parse n bytes of "a,b,c" (no braces).  Messages quote at most 32 bytes of input. */
+static enum esc_err
+parse_list(struct esc_ctx *ctx, const char *s, size_t n, unsigned *out)
+{
+	const char *p = s, *end = s + n, *comma;
+	unsigned roles = 0, bit;
+	size_t len;
+
+	if (n == 0)
+		return esc_error(ctx, ESC_ERR_USAGE, "no role given (use admin, cert-manager, kra or auditor)");
+	if (n > ROLES_TEXT_MAX)
+		return esc_error(ctx, ESC_ERR_USAGE, "role list longer than %d bytes", ROLES_TEXT_MAX);
+	for (;;) {
+		comma = memchr(p, ',', (size_t)(end - p));
+		len = (size_t)((comma != NULL ? comma : end) - p);
+		if (len == 0)
+			return esc_error(ctx, ESC_ERR_USAGE, "empty role name in the role list");
+		if ((bit = role_bit(p, len)) == 0)
+			return esc_error(ctx, ESC_ERR_USAGE,
+					 "unknown role '%.*s' (use admin, cert-manager, kra or auditor)",
+					 (int)(len > 32 ? 32 : len), p);
+		roles |= bit;
+		if (comma == NULL)
+			break;
+		p = comma + 1;
+	}
+	if ((roles & ESC_ROLE_CERT_MANAGER) && (roles & ESC_ROLE_KRA))
+		return esc_error(ctx, ESC_ERR_USAGE, SEPARATION_MSG);
+	*out = roles;
+	return ESC_OK;
+}
+
+enum esc_err
+esc_roles_parse(struct esc_ctx *ctx, const char *text, unsigned *roles)
+{
+	if (text == NULL || roles == NULL)
+		return esc_error(ctx, ESC_ERR_INTERNAL, "esc_roles_parse: NULL argument");
+	return parse_list(ctx, text, strnlen(text, ROLES_TEXT_MAX + 1), roles);
+}
+
+void
+esc_roles_format(unsigned roles, char *buf, size_t len)
+{
+	size_t i, used = 0;
+	int n;
+
+	if (buf == NULL || len == 0)
+		return;
+	buf[0] = '\0';
+	for (i = 0; i < ESC_ARRAY_LEN(role_table); i++) {
+		if (!(roles & (unsigned)role_table[i].role))
+			continue;
+		n = snprintf(buf + used, len - used, "%s%s", used > 0 ? "," : "", role_table[i].name);
+		if (n < 0 || (size_t)n >= len - used)
+			return; /* truncated, still NUL-terminated */
+		used += (size_t)n;
+	}
+}
+
+/* PostgreSQL's text form of a text[] of role names: "{admin,auditor}". */
+static enum esc_err
+parse_pg_roles(struct esc_ctx *ctx, const char *text, unsigned *roles)
+{
+	size_t n = strnlen(text, ROLES_TEXT_MAX + 1);
+
+	if (n < 2 || n > ROLES_TEXT_MAX || text[0] != '{' || text[n - 1] != '}' ||
+	    parse_list(ctx, text + 1, n - 2, roles) != ESC_OK)
+		return esc_error(ctx, ESC_ERR_INTERNAL, "stored roles are malformed");
+	return ESC_OK;
+}
+
+static int
+valid_account_name(const char *name)
+{
+	size_t i, n = strnlen(name, NAME_MAX_LEN + 1);
+
+	if (n == 0 || n > NAME_MAX_LEN)
+		return 0;
+	for (i = 0; i < n; i++) {
+		char c = name[i];
+
+		if ((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9'))
+			continue;
+		if (i > 0 && (c == '.' || c == '_' || c == '-'))
+			continue;
+		return 0;
+	}
+	return 1;
+}
+
+/* A name from outside, fit for a one-line message: bounded, printable ASCII. */
+static const char *
+shown_name(char *buf, size_t len, const char *name)
+{
+	size_t i, n = strnlen(name, NAME_MAX_LEN + 1);
+
+	if (n > NAME_MAX_LEN)
+		n = NAME_MAX_LEN;
+	for (i = 0; i < n && i + 4 < len; i++)
+		buf[i] = (name[i] >= 0x20 && name[i] < 0x7f && name[i] != '\'') ? name[i] : '?';
+	if (name[i] != '\0' && i + 4 <= len) {
+		memcpy(buf + i, "...", 3);
+		i += 3;
+	}
+	buf[i] = '\0';
+	return buf;
+}
+
+enum esc_err
+esc_auth_hash_password(struct esc_ctx *ctx, const struct esc_secret *password, char **encoded)
+{
+	unsigned char salt[ARGON_SALT_LEN];
+	char *enc = NULL;
+	size_t elen;
+	enum esc_err r;
+	int ar;
+
+	if (password == NULL || encoded == NULL)
+		return esc_error(ctx, ESC_ERR_INTERNAL, "esc_auth_hash_password: NULL argument");
+	if (esc_secret_len(password) < ESC_PASSWORD_MIN)
+		return esc_error(ctx, ESC_ERR_USAGE, "the password is too short: use at least %d characters",
+				 ESC_PASSWORD_MIN);
+	if (RAND_bytes(salt, sizeof(salt)) != 1) {
+		r = esc_error_ossl(ctx, ESC_ERR_CRYPTO, "cannot draw a random salt");
+		goto out;
+	}
+	elen = argon2_encodedlen(ARGON_T, ARGON_M_KIB, ARGON_P, ARGON_SALT_LEN, ARGON_HASH_LEN, Argon2_id) + 1;
+	if ((enc = calloc(1, elen)) == NULL) {
+		r = esc_error(ctx, ESC_ERR_NOMEM, "out of memory");
+		goto out;
+	}
+	/* The password goes to libargon2 straight from secure memory: no copy to wipe. */
+	ar = argon2id_hash_encoded(ARGON_T, ARGON_M_KIB, ARGON_P, esc_secret_str(password), esc_secret_len(password),
+				   salt, sizeof(salt), ARGON_HASH_LEN, enc, elen);
+	if (ar != ARGON2_OK) {
+		r = esc_error(ctx, ar == ARGON2_MEMORY_ALLOCATION_ERROR ? ESC_ERR_NOMEM : ESC_ERR_CRYPTO,
+			      "argon2id hashing failed: %s", argon2_error_message(ar));
+		goto out;
+	}
+	*encoded = enc;
+	enc = NULL; /* transferred */
+	r = ESC_OK;
+out:
+	OPENSSL_cleanse(salt, sizeof(salt));
+	if (enc != NULL)
+		OPENSSL_cleanse(enc, elen);
+	free(enc);
+	return r;
+}
+
+/* Read "<key>=<decimal>" at *p, at most 10 digits; advance *p past it. */
+static int
+read_param(const char **p, const char *key, unsigned long *val)
+{
+	size_t klen = strlen(key), digits = 0;
+	unsigned long v = 0;
+
+	if (strncmp(*p, key, klen) != 0)
+		return 0;
+	*p += klen;
+	while (**p >= '0' && **p <= '9' && digits < 10) {
+		v = v * 10 + (unsigned long)(**p - '0');
+		(*p)++;
+		digits++;
+	}
+	if (digits == 0 || (**p >= '0' && **p <= '9'))
+		return 0;
+	*val = v;
+	return 1;
+}
+
+/* Is encoded an argon2id hash whose cost we are willing to pay? */
+static int
+acceptable_hash(const char *encoded)
+{
+	const char *p = encoded;
+	unsigned long m, t, par;
+
+	if (strnlen(encoded, ENCODED_MAX + 1) > ENCODED_MAX || strncmp(p, "$argon2id$v=19$", 15) != 0)
+		return 0;
+	p += 15;
+	if (!read_param(&p, "m=", &m) || *p++ != ',' || !read_param(&p, "t=", &t) || *p++ != ',' ||
+	    !read_param(&p, "p=", &par) || *p != '$')
+		return 0;
+	return m >= 8 && m <= ARGON_M_KIB_MAX && t >= 1 && t <= ARGON_T_MAX && par >= 1 && par <= ARGON_P_MAX;
+}
+
+enum esc_err
+esc_auth_verify_password(struct esc_ctx *ctx, const char *encoded, const struct esc_secret *password)
+{
+	int ar;
+
+	if (encoded == NULL || password == NULL)
+		return esc_error(ctx, ESC_ERR_INTERNAL, "esc_auth_verify_password: NULL argument");
+	if (!acceptable_hash(encoded))
+		return esc_error(ctx, ESC_ERR_BAD_INPUT,
+				 "not an argon2id password hash within the accepted parameters");
+	/* libargon2 compares the hashes in constant time. */
+	ar = argon2id_verify(encoded, esc_secret_str(password), esc_secret_len(password));
+	if (ar == ARGON2_OK)
+		return ESC_OK;
+	if (ar == ARGON2_VERIFY_MISMATCH)
+		return esc_error(ctx, ESC_ERR_AUTH, "the password does not match");
+	if (ar == ARGON2_MEMORY_ALLOCATION_ERROR)
+		return esc_error(ctx, ESC_ERR_NOMEM, "argon2id verification: out of memory");
+	return esc_error(ctx, ESC_ERR_BAD_INPUT, "argon2id verification failed: %s", argon2_error_message(ar));
+}
+
+enum esc_err
+esc_account_login(struct esc_ctx *ctx, struct esc_store *st, const char *name, const struct esc_secret *password,
+		  struct esc_account **out)
+{
+	struct esc_account *a = NULL;
+	PGresult *res = NULL;
+	const char *v[1], *hash = dummy_hash;
+	char shown[NAME_MAX_LEN + 8];
+	enum esc_err r, vr;
+	int found = 0, disabled = 0;
+
+	if (st == NULL || name == NULL || password == NULL || out == NULL)
+		return esc_error(ctx, ESC_ERR_INTERNAL, "esc_account_login: NULL argument");
+	shown_name(shown, sizeof(shown), name);
+	/* A name the schema would refuse cannot exist: skip the query, not the hash. */
+	if (valid_account_name(name)) {
+		v[0] = name;
+		if ((r = esc_store_exec(
+			     ctx, st, "SELECT id, roles, password_hash, kra_id, disabled FROM accounts WHERE name = $1",
+			     1, v, NULL, NULL, &res)) != ESC_OK)
+			goto out;
+		if (PQntuples(res) == 1) {
+			found = 1;
+			hash = PQgetvalue(res, 0, 2);
+			disabled = strcmp(PQgetvalue(res, 0, 4), "t") == 0;
+		}
+	}
+	vr = esc_auth_verify_password(ctx, hash, password);
+	if (vr == ESC_ERR_NOMEM) {
+		r = vr;
+		goto out;
+	}
+	if (found && vr != ESC_OK && vr != ESC_ERR_AUTH)
+		esc_log(ctx, ESC_LOG_WARN, "account '%s': the stored password hash is unusable (%s)", shown,
+			esc_ctx_errmsg(ctx));
+	if (!found || disabled || vr != ESC_OK) {
+		r = esc_error(ctx, ESC_ERR_AUTH, "authentication failed for account '%s'", shown);
+		goto out;
+	}
+	if ((a = calloc(1, sizeof(*a))) == NULL) {
+		r = esc_error(ctx, ESC_ERR_NOMEM, "out of memory");
+		goto out;
+	}
+	a->id = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
+	snprintf(a->name, sizeof(a->name), "%s", name);
+	if ((r = parse_pg_roles(ctx, PQgetvalue(res, 0, 1), &a->roles)) != ESC_OK) {
+		r = esc_error(ctx, ESC_ERR_INTERNAL, "account '%s': stored roles are malformed", shown);
+		goto out;
+	}
+	a->kra_id = PQgetisnull(res, 0, 3) ? 0 : strtoll(PQgetvalue(res, 0, 3), NULL, 10);
+	*out = a;
+	a = NULL; /* transferred */
+	r = ESC_OK;
+out:
+	/* The hash is not the password, but it is what an offline guesser wants. */
+	if (found)
+		OPENSSL_cleanse(PQgetvalue(res, 0, 2), (size_t)PQgetlength(res, 0, 2));
+	PQclear(res);
+	esc_account_free(a);
+	return r;
+}
+
+enum esc_err
+esc_account_admin_exists(struct esc_ctx *ctx, struct esc_store *st, int *yes)
+{
+	PGresult *res = NULL;
+	enum esc_err r;
+
+	/* Disabled administrators count: the actor-less path is for the very first one only. */
+	if ((r = esc_store_exec(ctx, st, "SELECT EXISTS (SELECT 1 FROM accounts WHERE 'admin' = ANY (roles))", 0, NULL,
+				NULL, NULL, &res)) != ESC_OK)
+		return r;
+	*yes = strcmp(PQgetvalue(res, 0, 0), "t") == 0;
+	PQclear(res);
+	return ESC_OK;
+}
+
+/* Inside the transaction: is actor still an enabled administrator, as it was at login? */
+static enum esc_err
+recheck_admin(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor)
+{
+	PGresult *res = NULL;
+	char id[32];
+	const char *v[1] = {id};
+	unsigned roles = 0;
+	enum esc_err r;
+
+	snprintf(id, sizeof(id), "%lld", actor->id);
+	if ((r = esc_store_exec(ctx, st, "SELECT roles FROM accounts WHERE id = $1 AND NOT disabled", 1, v, NULL, NULL,
+				&res)) != ESC_OK)
+		return r;
+	if (PQntuples(res) != 1 || parse_pg_roles(ctx, PQgetvalue(res, 0, 0), &roles) != ESC_OK ||
+	    !(roles & ESC_ROLE_ADMIN))
+		r = esc_error(ctx, ESC_ERR_DENIED, "account '%s' is no longer an enabled administrator", actor->name);
+	PQclear(res);
+	return r;
+}
+
+/* The id of the active KRA kra_name, refused if an account is already bound to it. */
+static enum esc_err
+free_kra(struct esc_ctx *ctx, struct esc_store *st, const char *kra_name, char *id, size_t idlen)
+{
+	PGresult *res = NULL;
+	const char *v[1] = {kra_name};
+	enum esc_err r;
+
+	if ((r = esc_store_exec(ctx, st, "SELECT id FROM kras WHERE name = $1 AND state = 'active'", 1, v, NULL, NULL,
+				&res)) != ESC_OK)
+		return r;
+	if (PQntuples(res) != 1) {
+		r = esc_error(ctx, ESC_ERR_NOT_FOUND, "no active KRA named '%.64s' (see 'p11escrow kra list')",
+			      kra_name);
+		goto out;
+	}
+	snprintf(id, idlen, "%s", PQgetvalue(res, 0, 0));
+	PQclear(res);
+	res = NULL;
+	v[0] = id;
+	if ((r = esc_store_exec(ctx, st, "SELECT name FROM accounts WHERE kra_id = $1", 1, v, NULL, NULL, &res)) !=
+	    ESC_OK)
+		goto out;
+	if (PQntuples(res) > 0)
+		r = esc_error(ctx, ESC_ERR_EXISTS, "KRA '%.64s' is already bound to account '%s'", kra_name,
+			      PQgetvalue(res, 0, 0));
+out:
+	PQclear(res);
+	return r;
+}
+
+enum esc_err
+esc_account_create(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor, const char *name,
+		   unsigned roles, const char *kra_name, const struct esc_secret *password)
+{
+	PGresult *res = NULL;
+	char *hash = NULL, shown[NAME_MAX_LEN + 8], list[64], array[72], kra_id[32];
+	const char *v[4];
+	enum esc_err r;
+	int admin_exists = 0;
+
+	if (st == NULL || name == NULL || password == NULL)
+		return esc_error(ctx, ESC_ERR_INTERNAL, "esc_account_create: NULL argument");
+	if (actor != NULL && (r = esc_account_require(ctx, actor, ESC_ROLE_ADMIN)) != ESC_OK)
+		return r;
+	if (!valid_account_name(name))
+		return esc_error(ctx, ESC_ERR_USAGE,
+				 "invalid account name '%s': 1 to 64 of a-z, 0-9, '.', '_', '-', starting with a "
+				 "letter or digit",
+				 shown_name(shown, sizeof(shown), name));
+	if (roles == 0 || (roles & ~(unsigned)ALL_ROLES) != 0)
+		return esc_error(ctx, ESC_ERR_USAGE,
+				 "an account needs one or more of the roles admin, cert-manager, "
+				 "kra and auditor");
+	if ((roles & ESC_ROLE_CERT_MANAGER) && (roles & ESC_ROLE_KRA))
+		return esc_error(ctx, ESC_ERR_USAGE, SEPARATION_MSG);
+	if ((roles & ESC_ROLE_KRA) && (kra_name == NULL || *kra_name == '\0'))
+		return esc_error(ctx, ESC_ERR_USAGE, "an account with the kra role must be bound to a registered KRA");
+	if (!(roles & ESC_ROLE_KRA) && kra_name != NULL)
+		return esc_error(ctx, ESC_ERR_USAGE, "only an account with the kra role is bound to a KRA");
+	if (actor == NULL && !(roles & ESC_ROLE_ADMIN))
+		return esc_error(ctx, ESC_ERR_DENIED,
+				 "no administrator exists yet: the first account must have the admin role");
+	/* Slow on purpose: before the transaction, so it holds no snapshot meanwhile. */
+	if ((r = esc_auth_hash_password(ctx, password, &hash)) != ESC_OK)
+		return r;
+
+	if ((r = esc_store_begin(ctx, st)) != ESC_OK)
+		goto out;
+	/*
+	 * SERIALIZABLE: two concurrent "first administrator" calls cannot both
+	 * see an empty table and both insert; one of them fails to commit.
+	 */
+	if (actor == NULL) {
+		if ((r = esc_account_admin_exists(ctx, st, &admin_exists)) != ESC_OK)
+			goto out;
+		if (admin_exists) {
+			r = esc_error(ctx, ESC_ERR_DENIED,
+				      "an administrator exists: only an administrator can create accounts");
+			goto out;
+		}
+	} else if ((r = recheck_admin(ctx, st, actor)) != ESC_OK)
+		goto out;
+	v[0] = name;
+	if ((r = esc_store_exec(ctx, st, "SELECT 1 FROM accounts WHERE name = $1", 1, v, NULL, NULL, &res)) != ESC_OK)
+		goto out;
+	if (PQntuples(res) > 0) {
+		r = esc_error(ctx, ESC_ERR_EXISTS, "account '%s' already exists", name);
+		goto out;
+	}
+	if ((roles & ESC_ROLE_KRA) && (r = free_kra(ctx, st, kra_name, kra_id, sizeof(kra_id))) != ESC_OK)
+		goto out;
+	/* A text[] parameter value built from the fixed role names only. */
+	esc_roles_format(roles, list, sizeof(list));
+	snprintf(array, sizeof(array), "{%s}", list);
+	v[1] = array;
+	v[2] = hash;
+	v[3] = (roles & ESC_ROLE_KRA) ? kra_id : NULL;
+	if ((r = esc_store_exec(ctx, st,
+				"INSERT INTO accounts (name, roles, password_hash, kra_id) "
+				"VALUES ($1, $2::text[], $3, $4::bigint)",
+				4, v, NULL, NULL, NULL)) != ESC_OK)
+		goto out;
+	r = esc_store_commit(ctx, st);
+out:
+	esc_store_rollback(st);
+	PQclear(res);
+	if (hash != NULL)
+		OPENSSL_cleanse(hash, strlen(hash));
+	free(hash);
+	return r;
+}
+
+enum esc_err
+esc_account_list(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor,
+		 struct esc_account_info **out, size_t *n)
+{
+	struct esc_account_info *list = NULL;
+	PGresult *res = NULL;
+	enum esc_err r;
+	int i, rows;
+
+	if (actor == NULL)
+		return esc_error(ctx, ESC_ERR_DENIED, "listing accounts needs an authenticated account");
+	if ((r = esc_store_exec(ctx, st,
+				"SELECT a.id, a.name, a.roles, coalesce(k.name, ''), a.disabled FROM accounts a "
+				"LEFT JOIN kras k ON k.id = a.kra_id ORDER BY a.id",
+				0, NULL, NULL, NULL, &res)) != ESC_OK)
+		return r;
+	rows = PQntuples(res);
+	if ((list = calloc((size_t)rows + 1, sizeof(*list))) == NULL) {
+		r = esc_error(ctx, ESC_ERR_NOMEM, "out of memory");
+		goto out;
+	}
+	for (i = 0; i < rows; i++) {
+		list[i].id = strtoll(PQgetvalue(res, i, 0), NULL, 10);
+		snprintf(list[i].name, sizeof(list[i].name), "%s", PQgetvalue(res, i, 1));
+		if ((r = parse_pg_roles(ctx, PQgetvalue(res, i, 2), &list[i].roles)) != ESC_OK) {
+			r = esc_error(ctx, ESC_ERR_INTERNAL, "account '%s': stored roles are malformed", list[i].name);
+			goto out;
+		}
+		snprintf(list[i].kra_name, sizeof(list[i].kra_name), "%s", PQgetvalue(res, i, 3));
+		list[i].disabled = strcmp(PQgetvalue(res, i, 4), "t") == 0;
+	}
+	*out = list;
+	*n = (size_t)rows;
+	list = NULL; /* transferred */
+	r = ESC_OK;
+out:
+	free(list);
+	PQclear(res);
+	return r;
+}
+
+long long
+esc_account_id(const struct esc_account *a)
+{
+	return a != NULL ? a->id : 0;
+}
+
+const char *
+esc_account_name(const struct esc_account *a)
+{
+	return a != NULL ? a->name : "";
+}
+
+unsigned
+esc_account_roles(const struct esc_account *a)
+{
+	return a != NULL ? a->roles : 0;
+}
+
+long long
+esc_account_kra_id(const struct esc_account *a)
+{
+	return a != NULL ? a->kra_id : 0;
+}
+
+int
+esc_account_has_role(const struct esc_account *a, enum esc_role role)
+{
+	return a != NULL && (a->roles & (unsigned)role) != 0;
+}
+
+enum esc_err
+esc_account_require(struct esc_ctx *ctx, const struct esc_account *a, enum esc_role role)
+{
+	const char *title = "permitted";
+	size_t i;
+
+	if (esc_account_has_role(a, role))
+		return ESC_OK;
+	for (i = 0; i < ESC_ARRAY_LEN(role_table); i++)
+		if (role_table[i].role == role)
+			title = role_table[i].title;
+	if (a == NULL)
+		return esc_error(ctx, ESC_ERR_DENIED, "not logged in: this needs %s", title);
+	return esc_error(ctx, ESC_ERR_DENIED, "account '%s' is not %s", a->name, title);
+}
+
+void
+esc_account_free(struct esc_account *a)
+{
+	/* Holds no secret: the password and its hash are never kept. */
+	free(a);
+}

@@ -1,0 +1,570 @@
+/*
+ * Two-person key recovery: request, approve, release, complete.
+ */
+#include <ctype.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/crypto.h>
+#include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/pkcs12.h>
+#include <openssl/x509.h>
+
+#include <p11escrow/envelope.h>
+#include <p11escrow/recovery.h>
+
+#include "internal.h"
+#include "store_internal.h"
+
+#define P12_ITER 600000 /* PBKDF2 iterations protecting the recovered key */
+
+static void
+copy(char *dst, size_t len, const char *src)
+{
+	snprintf(dst, len, "%s", src ? src : "");
+}
+
+static X509 *
+cert_from_hex(const char *hex)
+{
+	long len = 0;
+	unsigned char *der = strncmp(hex, "\\x", 2) == 0 ? OPENSSL_hexstr2buf(hex + 2, &len) : NULL;
+	const unsigned char *p = der;
+	X509 *x = der != NULL ? d2i_X509(NULL, &p, len) : NULL;
+
+	OPENSSL_free(der);
+	return x;
+}
+
+static int
+require_any(struct esc_ctx *ctx, const struct esc_account *a, unsigned roles, const char *what)
+{
+	if (a != NULL && (esc_account_roles(a) & roles) != 0)
+		return 0;
+	esc_error(ctx, ESC_ERR_DENIED, "account '%s' may not %s", a ? esc_account_name(a) : "(none)", what);
+	return -1;
+}
+
+/* Serial as the database keeps it: lower-case hex, no separators or leading zeros. */
+static enum esc_err
+normalise_serial(struct esc_ctx *ctx, const char *in, char *out, size_t len)
+{
+	size_t n = 0;
+
+	for (; *in == '0' || *in == ':'; in++)
+		;
+	for (; *in; in++) {
+		if (*in == ':')
+			continue;
+		if (!isxdigit((unsigned char)*in) || n + 1 >= len)
+			return esc_error(ctx, ESC_ERR_USAGE, "a serial number is hexadecimal");
+		out[n++] = (char)tolower((unsigned char)*in);
+	}
+	out[n] = '\0';
+	if (n == 0)
+		return esc_error(ctx, ESC_ERR_USAGE, "empty serial number");
+	return ESC_OK;
+}
+
+enum esc_err
+esc_archive_search(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor, const char *serial,
+		   const char *subject, const char *email, struct esc_record_summary **out, size_t *n)
+{
+	PGresult *res = NULL;
+	struct esc_record_summary *s = NULL;
+	char nserial[128];
+	const char *v[3];
+	enum esc_err r;
+	int i, rows;
+
+	if (require_any(ctx, actor, ESC_ROLE_CERT_MANAGER | ESC_ROLE_AUDITOR | ESC_ROLE_ADMIN, "search archived keys"))
+		return ESC_ERR_DENIED;
+	if (serial != NULL && (r = normalise_serial(ctx, serial, nserial, sizeof(nserial))) != ESC_OK)
+		return r;
+	v[0] = serial ? nserial : NULL;
+	v[1] = subject;
+	v[2] = email;
+	if ((r = esc_store_exec(ctx, st,
+				"SELECT a.id, a.cert_serial, a.subject, coalesce(a.email, ''), a.issuer, a.foreign_issuer, "
+				"to_char(a.created_at, 'YYYY-MM-DD HH24:MI:SS'), coalesce((SELECT string_agg(k.name, ',' "
+				"ORDER BY k.name) FROM archive_record_kras x JOIN kras k ON k.id = x.kra_id WHERE "
+				"x.record_id = a.id), '') FROM archive_records a WHERE ($1::text IS NULL OR "
+				"ltrim(a.cert_serial, '0') = $1) AND ($2::text IS NULL OR strpos(lower(a.subject), "
+				"lower($2)) > 0) AND ($3::text IS NULL OR lower(a.email) = lower($3)) ORDER BY "
+				"a.created_at DESC LIMIT 100",
+				3, v, NULL, NULL, &res)) != ESC_OK)
+		return r;
+	rows = PQntuples(res);
+	if ((s = calloc((size_t)rows + 1, sizeof(*s))) == NULL) {
+		r = esc_error(ctx, ESC_ERR_NOMEM, "out of memory");
+		goto out;
+	}
+	for (i = 0; i < rows; i++) {
+		copy(s[i].id, sizeof(s[i].id), PQgetvalue(res, i, 0));
+		copy(s[i].serial, sizeof(s[i].serial), PQgetvalue(res, i, 1));
+		copy(s[i].subject, sizeof(s[i].subject), PQgetvalue(res, i, 2));
+		copy(s[i].email, sizeof(s[i].email), PQgetvalue(res, i, 3));
+		copy(s[i].issuer, sizeof(s[i].issuer), PQgetvalue(res, i, 4));
+		s[i].foreign = strcmp(PQgetvalue(res, i, 5), "t") == 0;
+		copy(s[i].created, sizeof(s[i].created), PQgetvalue(res, i, 6));
+		copy(s[i].kras, sizeof(s[i].kras), PQgetvalue(res, i, 7));
+	}
+	*out = s;
+	*n = (size_t)rows;
+	s = NULL; /* transferred */
+	r = ESC_OK;
+out:
+	free(s);
+	PQclear(res);
+	return r;
+}
+
+/* A record named by id (UUID) or by certificate serial; exactly one. */
+static enum esc_err
+resolve_record(struct esc_ctx *ctx, struct esc_store *st, const char *record, char id[ESC_RECORD_ID_LEN + 1])
+{
+	PGresult *res = NULL;
+	char nserial[128], list[200] = "";
+	const char *v[1];
+	enum esc_err r;
+	int i, rows;
+
+	if (strlen(record) == ESC_RECORD_ID_LEN && record[8] == '-') {
+		v[0] = record;
+		r = esc_store_exec(ctx, st, "SELECT id FROM archive_records WHERE id::text = lower($1)", 1, v, NULL, NULL,
+				   &res);
+	} else {
+		if ((r = normalise_serial(ctx, record, nserial, sizeof(nserial))) != ESC_OK)
+			return r;
+		v[0] = nserial;
+		r = esc_store_exec(ctx, st, "SELECT id FROM archive_records WHERE ltrim(cert_serial, '0') = $1", 1, v,
+				   NULL, NULL, &res);
+	}
+	if (r != ESC_OK)
+		return r;
+	rows = PQntuples(res);
+	if (rows == 0)
+		r = esc_error(ctx, ESC_ERR_NOT_FOUND, "no archived key for '%s'", record);
+	else if (rows > 1) {
+		for (i = 0; i < rows && i < 3; i++)
+			snprintf(list + strlen(list), sizeof(list) - strlen(list), "%s%s", i ? ", " : "",
+				 PQgetvalue(res, i, 0));
+		r = esc_error(ctx, ESC_ERR_USAGE, "serial '%s' matches %d records (%s): name the record id", record,
+			      rows, list);
+	} else {
+		copy(id, ESC_RECORD_ID_LEN + 1, PQgetvalue(res, 0, 0));
+		r = ESC_OK;
+	}
+	PQclear(res);
+	return r;
+}
+
+static enum esc_err
+check_reason(struct esc_ctx *ctx, const char *reason)
+{
+	size_t i, n = reason ? strlen(reason) : 0;
+
+	if (n < 3 || n > ESC_REASON_MAX)
+		return esc_error(ctx, ESC_ERR_USAGE, "a reason of 3..%d characters is required", ESC_REASON_MAX);
+	for (i = 0; i < n; i++)
+		if ((unsigned char)reason[i] < 0x20 || reason[i] == 0x7f)
+			return esc_error(ctx, ESC_ERR_USAGE, "the reason may not hold control characters");
+	return ESC_OK;
+}
+
+/* Is this KRA certificate usable now? */
+static int
+kra_cert_valid(const char *hex)
+{
+	X509 *x = cert_from_hex(hex);
+	int ok = x != NULL && X509_cmp_current_time(X509_get0_notAfter(x)) > 0 &&
+		 X509_cmp_current_time(X509_get0_notBefore(x)) < 0;
+
+	X509_free(x);
+	return ok;
+}
+
+enum esc_err
+esc_recovery_request(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor, const char *record,
+		     const char *kra_name, const char *reason, long long *id)
+{
+	PGresult *res = NULL;
+	char rid[ESC_RECORD_ID_LEN + 1], kid[24] = "", set[256] = "", actor_id[24], *approvals = NULL;
+	const char *v[6];
+	enum esc_err r;
+	int i, rows, active = 0;
+
+	if ((r = esc_account_require(ctx, actor, ESC_ROLE_CERT_MANAGER)) != ESC_OK ||
+	    (r = check_reason(ctx, reason)) != ESC_OK || (r = resolve_record(ctx, st, record, rid)) != ESC_OK)
+		return r;
+	v[0] = rid;
+	if ((r = esc_store_exec(ctx, st,
+				"SELECT k.id, k.name, k.state, k.certificate FROM archive_record_kras x JOIN kras k ON "
+				"k.id = x.kra_id WHERE x.record_id::text = $1 ORDER BY k.name",
+				1, v, NULL, NULL, &res)) != ESC_OK)
+		return r;
+	rows = PQntuples(res);
+	for (i = 0; i < rows; i++) {
+		int usable = strcmp(PQgetvalue(res, i, 2), "active") == 0 && kra_cert_valid(PQgetvalue(res, i, 3));
+
+		snprintf(set + strlen(set), sizeof(set) - strlen(set), "%s%s%s", i ? ", " : "", PQgetvalue(res, i, 1),
+			 usable ? "" : " (retired or expired)");
+		if (kra_name != NULL && strcmp(kra_name, PQgetvalue(res, i, 1)) == 0) {
+			if (!usable) {
+				r = esc_error(ctx, ESC_ERR_STATE, "KRA '%s' is retired or its certificate expired",
+					      kra_name);
+				goto out;
+			}
+			copy(kid, sizeof(kid), PQgetvalue(res, i, 0));
+		}
+		if (kra_name == NULL && usable) {
+			active++;
+			copy(kid, sizeof(kid), PQgetvalue(res, i, 0));
+		}
+	}
+	if (kra_name != NULL && kid[0] == '\0') {
+		r = esc_error(ctx, ESC_ERR_STATE, "KRA '%s' cannot recover this record (its KRA set: %s)", kra_name, set);
+		goto out;
+	}
+	if (kra_name == NULL && active != 1) {
+		r = esc_error(ctx, active ? ESC_ERR_USAGE : ESC_ERR_STATE,
+			      active ? "choose the KRA to recover with --kra (the record's KRA set: %s)"
+				     : "no active KRA can recover this record (its KRA set: %s)",
+			      set);
+		goto out;
+	}
+	if ((r = esc_store_policy(ctx, st, "recovery_approvals", &approvals)) != ESC_OK)
+		goto out;
+	PQclear(res);
+	res = NULL;
+	snprintf(actor_id, sizeof(actor_id), "%lld", esc_account_id(actor));
+	v[0] = rid;
+	v[1] = actor_id;
+	v[2] = reason;
+	v[3] = kid;
+	v[4] = approvals;
+	if ((r = esc_store_exec(ctx, st,
+				"INSERT INTO recovery_requests (record_id, requested_by, reason, kra_id, state, "
+				"approvals_required) VALUES ($1::uuid, $2, $3, $4, CASE WHEN $5::int = 0 THEN "
+				"'approved' ELSE 'pending' END, $5::int) RETURNING id",
+				5, v, NULL, NULL, &res)) != ESC_OK)
+		goto out;
+	*id = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
+	r = ESC_OK;
+out:
+	free(approvals);
+	PQclear(res);
+	return r;
+}
+
+enum esc_err
+esc_recovery_approve(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor, long long id)
+{
+	PGresult *res = NULL;
+	char sid[24], aid[24];
+	const char *v[2] = {sid, aid};
+	enum esc_err r;
+	int required, have;
+
+	if ((r = esc_account_require(ctx, actor, ESC_ROLE_CERT_MANAGER)) != ESC_OK)
+		return r;
+	snprintf(sid, sizeof(sid), "%lld", id);
+	snprintf(aid, sizeof(aid), "%lld", esc_account_id(actor));
+	if ((r = esc_store_begin(ctx, st)) != ESC_OK)
+		return r;
+	if ((r = esc_store_exec(ctx, st,
+				"SELECT requested_by, state, approvals_required FROM recovery_requests WHERE id = $1 "
+				"FOR UPDATE",
+				1, v, NULL, NULL, &res)) != ESC_OK)
+		goto out;
+	if (PQntuples(res) != 1) {
+		r = esc_error(ctx, ESC_ERR_NOT_FOUND, "no recovery request %lld", id);
+		goto out;
+	}
+	if (strtoll(PQgetvalue(res, 0, 0), NULL, 10) == esc_account_id(actor)) {
+		r = esc_error(ctx, ESC_ERR_DENIED, "a requester cannot approve their own recovery request");
+		goto out;
+	}
+	if (strcmp(PQgetvalue(res, 0, 1), "pending") != 0) {
+		r = esc_error(ctx, ESC_ERR_STATE, "request %lld is %s, not pending", id, PQgetvalue(res, 0, 1));
+		goto out;
+	}
+	required = atoi(PQgetvalue(res, 0, 2));
+	PQclear(res);
+	res = NULL;
+	if ((r = esc_store_exec(ctx, st, "INSERT INTO recovery_approvals (request_id, approver) VALUES ($1, $2)", 2, v,
+				NULL, NULL, NULL)) != ESC_OK) {
+		if (r == ESC_ERR_EXISTS)
+			r = esc_error(ctx, ESC_ERR_EXISTS, "account '%s' already approved request %lld",
+				      esc_account_name(actor), id);
+		goto out;
+	}
+	if ((r = esc_store_exec(ctx, st, "SELECT count(*) FROM recovery_approvals WHERE request_id = $1", 1, v, NULL,
+				NULL, &res)) != ESC_OK)
+		goto out;
+	have = atoi(PQgetvalue(res, 0, 0));
+	if (have >= required &&
+	    (r = esc_store_exec(ctx, st, "UPDATE recovery_requests SET state = 'approved' WHERE id = $1", 1, v, NULL,
+				NULL, NULL)) != ESC_OK)
+		goto out;
+	r = esc_store_commit(ctx, st);
+out:
+	esc_store_rollback(st);
+	PQclear(res);
+	return r;
+}
+
+enum esc_err
+esc_recovery_release(struct esc_ctx *ctx, struct esc_store *st, struct esc_token *ca_tok, long long id)
+{
+	PGresult *res = NULL;
+	X509 *kra_cert = NULL;
+	unsigned char *inner = NULL;
+	size_t innerlen = 0;
+	char sid[24], rid[ESC_RECORD_ID_LEN + 1];
+	const char *v[2];
+	int len[2] = {0, 0}, fmt[2] = {0, 1}, yes = 0;
+	enum esc_err r;
+
+	snprintf(sid, sizeof(sid), "%lld", id);
+	v[0] = sid;
+	if ((r = esc_store_begin(ctx, st)) != ESC_OK)
+		return r;
+	if ((r = esc_store_exec(ctx, st,
+				"SELECT r.state, r.record_id, k.state, k.certificate, k.name FROM recovery_requests r "
+				"JOIN kras k ON k.id = r.kra_id WHERE r.id = $1 FOR UPDATE OF r",
+				1, v, NULL, NULL, &res)) != ESC_OK)
+		goto out;
+	if (PQntuples(res) != 1) {
+		r = esc_error(ctx, ESC_ERR_NOT_FOUND, "no recovery request %lld", id);
+		goto out;
+	}
+	if (strcmp(PQgetvalue(res, 0, 0), "approved") != 0) {
+		r = esc_error(ctx, ESC_ERR_STATE, "request %lld is %s: only an approved request is released", id,
+			      PQgetvalue(res, 0, 0));
+		goto out;
+	}
+	if (strcmp(PQgetvalue(res, 0, 2), "active") != 0 || !kra_cert_valid(PQgetvalue(res, 0, 3))) {
+		r = esc_error(ctx, ESC_ERR_STATE, "KRA '%s' is retired or its certificate expired: nothing released",
+			      PQgetvalue(res, 0, 4));
+		goto out;
+	}
+	copy(rid, sizeof(rid), PQgetvalue(res, 0, 1));
+	if ((kra_cert = cert_from_hex(PQgetvalue(res, 0, 3))) == NULL) {
+		r = esc_error(ctx, ESC_ERR_BAD_INPUT, "the KRA's stored certificate is unreadable");
+		goto out;
+	}
+	if ((r = esc_archive_open_outer(ctx, st, ca_tok, rid, &inner, &innerlen)) != ESC_OK ||
+	    (r = esc_envelope_has_recipient(ctx, inner, innerlen, kra_cert, &yes)) != ESC_OK)
+		goto out;
+	if (!yes) {
+		r = esc_error(ctx, ESC_ERR_TAMPERED, "record %s is not wrapped to the request's KRA", rid);
+		goto out;
+	}
+	v[1] = (const char *)inner;
+	len[1] = (int)innerlen;
+	if ((r = esc_store_exec(ctx, st,
+				"UPDATE recovery_requests SET state = 'released', package = $2, released_at = now() "
+				"WHERE id = $1",
+				2, v, len, fmt, NULL)) != ESC_OK ||
+	    (r = esc_store_commit(ctx, st)) != ESC_OK)
+		goto out;
+	r = ESC_OK;
+out:
+	esc_store_rollback(st);
+	free(inner);
+	X509_free(kra_cert);
+	PQclear(res);
+	return r;
+}
+
+/* A PKCS#12 of key and cert: AES-256-CBC with PBKDF2, SHA-256 MAC; DER in secure memory. */
+static enum esc_err
+make_p12(struct esc_ctx *ctx, EVP_PKEY *key, X509 *cert, const struct esc_secret *password, unsigned char **out,
+	 size_t *outlen)
+{
+	PKCS12 *p12 = NULL;
+	unsigned char *buf = NULL, *p;
+	enum esc_err r;
+	int n;
+
+	p12 = PKCS12_create(esc_secret_str(password), "recovered key", key, cert, NULL, NID_aes_256_cbc,
+			    NID_aes_256_cbc, P12_ITER, -1, 0);
+	if (p12 == NULL || !PKCS12_set_mac(p12, esc_secret_str(password), -1, NULL, 0, P12_ITER, EVP_sha256())) {
+		r = esc_error_ossl(ctx, ESC_ERR_CRYPTO, "cannot build the PKCS#12");
+		goto out;
+	}
+	if ((n = i2d_PKCS12(p12, NULL)) <= 0 || (buf = OPENSSL_secure_malloc((size_t)n)) == NULL) {
+		r = esc_error(ctx, ESC_ERR_NOMEM, "out of secure memory");
+		goto out;
+	}
+	p = buf;
+	i2d_PKCS12(p12, &p);
+	*out = buf;
+	*outlen = (size_t)n;
+	r = ESC_OK;
+out:
+	PKCS12_free(p12);
+	return r;
+}
+
+void
+esc_recovery_p12_free(unsigned char *p12, size_t len)
+{
+	if (p12 != NULL)
+		OPENSSL_secure_clear_free(p12, len);
+}
+
+enum esc_err
+esc_recovery_complete(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor, long long id,
+		      struct esc_token *card, const struct esc_secret *password, unsigned char **p12, size_t *p12len)
+{
+	PGresult *res = NULL;
+	struct esc_token_key *key = NULL;
+	EVP_PKEY *cardkey = NULL, *user = NULL;
+	PKCS8_PRIV_KEY_INFO *p8inf = NULL;
+	X509 *kra_cert = NULL, *user_cert = NULL;
+	unsigned char *package = NULL, *p8 = NULL, *out = NULL;
+	const unsigned char *p;
+	size_t p8len = 0, outlen = 0;
+	long pkglen = 0;
+	char sid[24];
+	const char *v[1] = {sid};
+	enum esc_err r;
+
+	if ((r = esc_account_require(ctx, actor, ESC_ROLE_KRA)) != ESC_OK)
+		return r;
+	snprintf(sid, sizeof(sid), "%lld", id);
+	if ((r = esc_store_begin(ctx, st)) != ESC_OK)
+		return r;
+	if ((r = esc_store_exec(ctx, st,
+				"SELECT r.state, r.kra_id, encode(r.package, 'hex'), k.state, k.certificate, k.key_uri, "
+				"a.certificate, k.name FROM recovery_requests r JOIN kras k ON k.id = r.kra_id JOIN "
+				"archive_records a ON a.id = r.record_id WHERE r.id = $1 FOR UPDATE OF r",
+				1, v, NULL, NULL, &res)) != ESC_OK)
+		goto out;
+	if (PQntuples(res) != 1) {
+		r = esc_error(ctx, ESC_ERR_NOT_FOUND, "no recovery request %lld", id);
+		goto out;
+	}
+	/* Only the KRA the request names; never another, never a retired one. */
+	if (strtoll(PQgetvalue(res, 0, 1), NULL, 10) != esc_account_kra_id(actor)) {
+		r = esc_error(ctx, ESC_ERR_DENIED, "request %lld is not addressed to account '%s' (its KRA is '%s')", id,
+			      esc_account_name(actor), PQgetvalue(res, 0, 7));
+		goto out;
+	}
+	if (strcmp(PQgetvalue(res, 0, 3), "active") != 0) {
+		r = esc_error(ctx, ESC_ERR_DENIED, "KRA '%s' is retired", PQgetvalue(res, 0, 7));
+		goto out;
+	}
+	if (strcmp(PQgetvalue(res, 0, 0), "released") != 0) {
+		r = esc_error(ctx, ESC_ERR_STATE, "request %lld is %s, not released%s", id, PQgetvalue(res, 0, 0),
+			      strcmp(PQgetvalue(res, 0, 0), "completed") == 0 ? ": a package completes once" : "");
+		goto out;
+	}
+	if ((kra_cert = cert_from_hex(PQgetvalue(res, 0, 4))) == NULL ||
+	    (user_cert = cert_from_hex(PQgetvalue(res, 0, 6))) == NULL ||
+	    (package = OPENSSL_hexstr2buf(PQgetvalue(res, 0, 2), &pkglen)) == NULL) {
+		r = esc_error(ctx, ESC_ERR_BAD_INPUT, "request %lld's stored data is unreadable", id);
+		goto out;
+	}
+	if (X509_cmp_current_time(X509_get0_notAfter(kra_cert)) <= 0) {
+		r = esc_error(ctx, ESC_ERR_DENIED, "KRA '%s''s certificate has expired", PQgetvalue(res, 0, 7));
+		goto out;
+	}
+	if ((r = esc_token_find_key(ctx, card, PQgetvalue(res, 0, 5), &key)) != ESC_OK) {
+		if (r == ESC_ERR_KEY_NOT_FOUND)
+			r = esc_error(ctx, ESC_ERR_KEY_NOT_FOUND, "card '%s' does not hold the key of KRA '%s'",
+				      esc_token_label(card), PQgetvalue(res, 0, 7));
+		goto out;
+	}
+	if ((r = esc_token_key_private(ctx, card, key, &cardkey)) != ESC_OK ||
+	    (r = esc_envelope_open(ctx, package, (size_t)pkglen, cardkey, kra_cert, &p8, &p8len)) != ESC_OK)
+		goto out;
+	p = p8;
+	if ((p8inf = d2i_PKCS8_PRIV_KEY_INFO(NULL, &p, (long)p8len)) == NULL || (user = EVP_PKCS82PKEY(p8inf)) == NULL) {
+		r = esc_error(ctx, ESC_ERR_TAMPERED, "the recovered data is not a private key");
+		goto out;
+	}
+	if (EVP_PKEY_eq(X509_get0_pubkey(user_cert), user) != 1) {
+		r = esc_error(ctx, ESC_ERR_MISMATCH, "the recovered key does not match the record's certificate");
+		goto out;
+	}
+	if ((r = make_p12(ctx, user, user_cert, password, &out, &outlen)) != ESC_OK)
+		goto out;
+	if ((r = esc_store_exec(ctx, st,
+				"UPDATE recovery_requests SET state = 'completed', package = NULL, completed_at = now() "
+				"WHERE id = $1 AND state = 'released'",
+				1, v, NULL, NULL, NULL)) != ESC_OK ||
+	    (r = esc_store_commit(ctx, st)) != ESC_OK)
+		goto out;
+	*p12 = out;
+	*p12len = outlen;
+	out = NULL; /* transferred */
+	r = ESC_OK;
+out:
+	esc_store_rollback(st);
+	ERR_clear_error();
+	esc_recovery_p12_free(out, outlen);
+	esc_envelope_plain_free(p8, p8len);
+	PKCS8_PRIV_KEY_INFO_free(p8inf);
+	EVP_PKEY_free(user);
+	EVP_PKEY_free(cardkey);
+	esc_token_key_free(key);
+	X509_free(kra_cert);
+	X509_free(user_cert);
+	OPENSSL_free(package);
+	PQclear(res);
+	return r;
+}
+
+enum esc_err
+esc_recovery_list(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor, const char *state,
+		  struct esc_recovery **out, size_t *n)
+{
+	PGresult *res = NULL;
+	struct esc_recovery *q = NULL;
+	const char *v[1] = {state};
+	enum esc_err r;
+	int i, rows;
+
+	if (actor == NULL)
+		return esc_error(ctx, ESC_ERR_DENIED, "listing requests needs an authenticated account");
+	if ((r = esc_store_exec(ctx, st,
+				"SELECT r.id, r.record_id, a.cert_serial, a.subject, r.state, u.name, k.name, r.reason, "
+				"(SELECT count(*) FROM recovery_approvals p WHERE p.request_id = r.id), "
+				"r.approvals_required, to_char(r.created_at, 'YYYY-MM-DD HH24:MI:SS') FROM "
+				"recovery_requests r JOIN archive_records a ON a.id = r.record_id JOIN accounts u ON u.id "
+				"= r.requested_by JOIN kras k ON k.id = r.kra_id WHERE ($1::text IS NULL OR r.state = $1) "
+				"ORDER BY r.id DESC LIMIT 200",
+				1, v, NULL, NULL, &res)) != ESC_OK)
+		return r;
+	rows = PQntuples(res);
+	if ((q = calloc((size_t)rows + 1, sizeof(*q))) == NULL) {
+		r = esc_error(ctx, ESC_ERR_NOMEM, "out of memory");
+		goto out;
+	}
+	for (i = 0; i < rows; i++) {
+		q[i].id = strtoll(PQgetvalue(res, i, 0), NULL, 10);
+		copy(q[i].record_id, sizeof(q[i].record_id), PQgetvalue(res, i, 1));
+		copy(q[i].serial, sizeof(q[i].serial), PQgetvalue(res, i, 2));
+		copy(q[i].subject, sizeof(q[i].subject), PQgetvalue(res, i, 3));
+		copy(q[i].state, sizeof(q[i].state), PQgetvalue(res, i, 4));
+		copy(q[i].requester, sizeof(q[i].requester), PQgetvalue(res, i, 5));
+		copy(q[i].kra, sizeof(q[i].kra), PQgetvalue(res, i, 6));
+		copy(q[i].reason, sizeof(q[i].reason), PQgetvalue(res, i, 7));
+		q[i].approvals = atoi(PQgetvalue(res, i, 8));
+		q[i].approvals_required = atoi(PQgetvalue(res, i, 9));
+		copy(q[i].created, sizeof(q[i].created), PQgetvalue(res, i, 10));
+	}
+	*out = q;
+	*n = (size_t)rows;
+	q = NULL; /* transferred */
+	r = ESC_OK;
+out:
+	free(q);
+	PQclear(res);
+	return r;
+}

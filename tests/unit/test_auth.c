@@ -1,0 +1,160 @@
+/*
+ * Unit tests for roles and password hashing (no database).
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include <p11escrow/auth.h>
+#include <p11escrow/ctx.h>
+#include <p11escrow/pin.h>
+
+static struct esc_secret *
+secret(struct esc_ctx *ctx, const char *s)
+{
+	struct esc_secret *out = NULL;
+
+	assert_int_equal(esc_secret_new(ctx, s, strlen(s), &out), ESC_OK);
+	return out;
+}
+
+static void
+test_roles_round_trip(void **state)
+{
+	static const char *const lists[] = {"admin",
+					    "cert-manager",
+					    "kra",
+					    "auditor",
+					    "admin,auditor",
+					    "admin,cert-manager,auditor",
+					    "admin,kra,auditor"};
+	struct esc_ctx *ctx = *state;
+	char buf[64];
+	unsigned roles, again;
+	size_t i;
+
+	for (i = 0; i < sizeof(lists) / sizeof(lists[0]); i++) {
+		assert_int_equal(esc_roles_parse(ctx, lists[i], &roles), ESC_OK);
+		esc_roles_format(roles, buf, sizeof(buf));
+		assert_string_equal(buf, lists[i]);
+		assert_int_equal(esc_roles_parse(ctx, buf, &again), ESC_OK);
+		assert_int_equal(again, roles);
+	}
+	/* Order of input does not matter; the canonical order is fixed. */
+	assert_int_equal(esc_roles_parse(ctx, "auditor,admin", &roles), ESC_OK);
+	assert_int_equal(roles, ESC_ROLE_ADMIN | ESC_ROLE_AUDITOR);
+	esc_roles_format(roles, buf, sizeof(buf));
+	assert_string_equal(buf, "admin,auditor");
+	esc_roles_format(0, buf, sizeof(buf));
+	assert_string_equal(buf, "");
+}
+
+static void
+test_roles_refused(void **state)
+{
+	static const char *const bad[] = {"",	   "root",	     "admin,",	    ",admin", "admin,,auditor",
+					  "Admin", "admin ,auditor", "cert_manager"};
+	struct esc_ctx *ctx = *state;
+	unsigned roles = 0x55;
+	size_t i;
+
+	assert_int_equal(esc_roles_parse(ctx, "cert-manager,kra", &roles), ESC_ERR_USAGE);
+	assert_non_null(
+		strstr(esc_ctx_errmsg(ctx), "one identity cannot hold both the certificate-manager and the KRA role"));
+	assert_int_equal(esc_roles_parse(ctx, "kra,admin,cert-manager", &roles), ESC_ERR_USAGE);
+	assert_int_equal(esc_roles_parse(ctx, "admin,root", &roles), ESC_ERR_USAGE);
+	assert_non_null(strstr(esc_ctx_errmsg(ctx), "unknown role 'root'"));
+	for (i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+		assert_int_equal(esc_roles_parse(ctx, bad[i], &roles), ESC_ERR_USAGE);
+	assert_int_equal(roles, 0x55); /* untouched on failure */
+}
+
+static void
+test_hash_and_verify(void **state)
+{
+	static const char pw_text[] = "correct horse battery";
+	struct esc_ctx *ctx = *state;
+	struct esc_secret *pw = secret(ctx, pw_text), *wrong = secret(ctx, "correct horse battery!");
+	char *h1 = NULL, *h2 = NULL;
+
+	assert_int_equal(esc_auth_hash_password(ctx, pw, &h1), ESC_OK);
+	assert_int_equal(esc_auth_hash_password(ctx, pw, &h2), ESC_OK);
+	assert_int_equal(strncmp(h1, "$argon2id$v=19$m=65536,t=3,p=1$", 31), 0);
+	assert_string_not_equal(h1, h2); /* a fresh salt each time */
+	assert_null(strstr(h1, pw_text));
+	assert_null(strstr(h1, "correct"));
+
+	assert_int_equal(esc_auth_verify_password(ctx, h1, pw), ESC_OK);
+	assert_int_equal(esc_auth_verify_password(ctx, h2, pw), ESC_OK);
+	assert_int_equal(esc_auth_verify_password(ctx, h1, wrong), ESC_ERR_AUTH);
+
+	/* Not an argon2id hash, or one asking for absurd cost: refused before any work. */
+	assert_int_not_equal(esc_auth_verify_password(ctx, "$argon2i$v=19$m=65536,t=3,p=1$c2FsdA$aGFzaA", pw), ESC_OK);
+	assert_int_not_equal(
+		esc_auth_verify_password(ctx, "$argon2id$v=19$m=4194304,t=3,p=1$c2FsdHNhbHRzYWx0$aGFzaGhhc2g", pw),
+		ESC_OK);
+	free(h1);
+	free(h2);
+	esc_secret_free(pw);
+	esc_secret_free(wrong);
+}
+
+static void
+test_short_password(void **state)
+{
+	struct esc_ctx *ctx = *state;
+	struct esc_secret *pw = secret(ctx, "elevenchars");
+	char *h = NULL;
+
+	assert_int_equal(ESC_PASSWORD_MIN, 12);
+	assert_int_equal(esc_auth_hash_password(ctx, pw, &h), ESC_ERR_USAGE);
+	assert_null(h);
+	esc_secret_free(pw);
+}
+
+static void
+test_require(void **state)
+{
+	struct esc_ctx *ctx = *state;
+
+	assert_int_equal(esc_account_require(ctx, NULL, ESC_ROLE_ADMIN), ESC_ERR_DENIED);
+	assert_int_equal(esc_account_has_role(NULL, ESC_ROLE_AUDITOR), 0);
+	esc_account_free(NULL);
+}
+
+static int
+setup(void **state)
+{
+	struct esc_ctx *ctx = NULL;
+
+	if (esc_ctx_new(&ctx) != ESC_OK)
+		return -1;
+	*state = ctx;
+	return 0;
+}
+
+static int
+teardown(void **state)
+{
+	esc_ctx_free(*state);
+	return 0;
+}
+
+int
+main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test_setup_teardown(test_roles_round_trip, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_roles_refused, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_hash_and_verify, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_short_password, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_require, setup, teardown),
+	};
+
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
