@@ -52,9 +52,11 @@ struct esc_setup_result {
 };
 
 /*
- * Run setup: migrate the schema, then create (or report) the CA.  On any
- * failure the database is unchanged and keys this call generated are
- * destroyed again.  Errors: everything the token, store and ca modules
+ * Run setup: migrate the schema, then create (or report) the CA.  On a
+ * fresh database the token, PIN, mechanisms and any key to adopt are
+ * checked before the schema is migrated; a failure after that leaves at
+ * most the migrated (empty) schema, never a CA row, and keys this call
+ * generated are destroyed again.  Errors: everything the token, store and ca modules
  * return; EXISTS when a concurrent setup won; STATE for an import without
  * a pending CA.
  */

@@ -36,6 +36,15 @@ cli_usage_error(const char *cmd, const char *fmt, ...)
 	return esc_err_exit_code(ESC_ERR_USAGE);
 }
 
+/* Library log lines (e.g. a failed clean-up) go to stderr; they never hold secrets. */
+static void
+log_stderr(void *arg, enum esc_log_level level, const char *msg)
+{
+	static const char *const names[] = {"error", "warning", "info", "debug"};
+
+	fprintf(stderr, "%s %s: %s: %s\n", PROG, (const char *)arg, names[level], msg);
+}
+
 int
 cli_init(const char *cmd, const char *config_path, struct esc_ctx **ctx, struct esc_config **cfg)
 {
@@ -55,6 +64,7 @@ cli_init(const char *cmd, const char *config_path, struct esc_ctx **ctx, struct 
 		fprintf(stderr, "%s %s: error: out of memory\n", PROG, cmd);
 		return esc_err_exit_code(ESC_ERR_NOMEM);
 	}
+	esc_ctx_set_log(*ctx, log_stderr, (void *)cmd);
 	if ((r = esc_config_new(*ctx, cfg)) != ESC_OK)
 		return cli_fail(cmd, *ctx, r);
 	if (config_path == NULL && access(ESC_CONFIG_DEFAULT_PATH, F_OK) == 0)

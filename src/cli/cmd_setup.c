@@ -20,7 +20,7 @@ help(void)
 	printf("Usage: %s " CMD " [OPTIONS]\n\n"
 	       "Migrate the database schema, then create the CA on the CA token: the signing key\n"
 	       "(or adopt an existing one), the transport key and the storage key, a self-signed CA\n"
-	       "certificate (or a CSR for an external CA) and the transport certificate. Key\n"
+	       "certificate (or a CSR for an external CA), the transport and storage certificates. Key\n"
 	       "references (PKCS#11 URIs, CKA_IDs) go to PostgreSQL; PINs never do. A second run\n"
 	       "creates nothing and reports the existing CA.\n\n"
 	       "Options (each overrides the configuration file and P11ESCROW_* environment):\n"

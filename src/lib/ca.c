@@ -266,6 +266,12 @@ esc_ca_issue(struct esc_ctx *ctx, X509 *ca_cert, EVP_PKEY *signer, EVP_PKEY *pub
 
 	if ((r = new_cert(ctx, pub, subject, days, &x)) != ESC_OK)
 		return r;
+	/* Never valid beyond the CA certificate itself (RFC 5280 path validation would fail). */
+	if (ASN1_TIME_compare(X509_get0_notAfter(x), X509_get0_notAfter(ca_cert)) > 0 &&
+	    !X509_set1_notAfter(x, X509_get0_notAfter(ca_cert))) {
+		r = esc_error_ossl(ctx, ESC_ERR_CRYPTO, "cannot limit the certificate's validity");
+		goto out;
+	}
 	ku = EVP_PKEY_is_a(pub, "EC") ? "critical,keyAgreement" : "critical,keyEncipherment";
 	if (profile == ESC_PROFILE_KRA && !add_ext(ca_cert, x, NID_ext_key_usage, ESC_OID_KRA_EKU)) {
 		r = esc_error_ossl(ctx, ESC_ERR_CRYPTO, "cannot add the Key Recovery Agent extended key usage");

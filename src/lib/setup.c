@@ -597,7 +597,7 @@ static enum esc_err
 import_ca_cert(struct run *run)
 {
 	PGresult *pr = NULL;
-	char *subject = NULL, *transport_uri = NULL;
+	char *subject = NULL;
 	char fp[ESC_FINGERPRINT_MAX];
 	unsigned char *cder = NULL, *tder = NULL, *sder = NULL, *chain = NULL;
 	size_t chainlen = 0;
@@ -635,6 +635,19 @@ import_ca_cert(struct run *run)
 			      run->opts->import_cert, esc_token_label(run->tok));
 		goto out;
 	}
+	/* With the issuer in the file, its signature must verify; without, say we could not check. */
+	if (sk_X509_num(run->chain) > 0 &&
+	    X509_verify(run->ca_cert, X509_get0_pubkey(sk_X509_value(run->chain, 0))) != 1) {
+		r = esc_error_ossl(run->ctx, ESC_ERR_BAD_INPUT,
+				   "the certificate in '%s' is not signed by the next certificate in the file",
+				   run->opts->import_cert);
+		goto out;
+	}
+	if (sk_X509_num(run->chain) == 0)
+		esc_log(run->ctx, ESC_LOG_WARN,
+			"'%s' holds no issuer certificate: its signature was not checked; verify its chain with "
+			"openssl verify",
+			run->opts->import_cert);
 	if (X509_check_ca(run->ca_cert) < 1) {
 		r = esc_error(run->ctx, ESC_ERR_BAD_INPUT, "the certificate in '%s' is not a CA certificate",
 			      run->opts->import_cert);
@@ -703,7 +716,6 @@ out:
 	esc_store_rollback(run->st);
 	PQclear(pr);
 	free(subject);
-	free(transport_uri);
 	OPENSSL_free(cder);
 	OPENSSL_free(tder);
 	OPENSSL_free(sder);

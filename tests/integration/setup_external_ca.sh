@@ -32,6 +32,11 @@ assert_out "is not for the CA signing key"
 printf 'garbage' >"$T/garbage.pem"
 run_esc 31 setup --database "$DB" --pin-file "$PIN_FILE" --token 'pkcs11:token=CA' --import-cert "$T/garbage.pem"
 
+note "a chain whose next certificate did not sign ours is refused"
+cat "$T/ca.pem" "$T/other.pem" >"$T/badchain.pem"
+run_esc 31 setup --database "$DB" --pin-file "$PIN_FILE" --token 'pkcs11:token=CA' --import-cert "$T/badchain.pem"
+assert_out "not signed by the next certificate"
+
 note "importing the right certificate activates the CA"
 cat "$T/ca.pem" "$T/root.pem" >"$T/chain.pem"
 run_esc 0 setup --database "$DB" --pin-file "$PIN_FILE" --token 'pkcs11:token=CA' --import-cert "$T/chain.pem"
