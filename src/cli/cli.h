@@ -35,7 +35,14 @@ int cli_set(const char *cmd, struct esc_ctx *ctx, struct esc_config *cfg, const 
 int cli_login(const char *cmd, struct esc_ctx *ctx, struct esc_store *st, const char *user, const char *password_file,
 	      struct esc_account **out);
 int kra_main(int argc, char *argv[]);
+int archive_main(int argc, char *argv[]);
 int recovery_main(int argc, char *argv[]);
+
+/* Apply the usual command-line overrides (each may be NULL).  Returns 0 or an exit code. */
+int cli_apply_common(const char *cmd, struct esc_ctx *ctx, struct esc_config *cfg, const char *database,
+		     const char *module, const char *ca_token, const char *pin_file);
+/* Connect to the configured database and require the current schema.  Returns 0 or an exit code. */
+int cli_open_store(const char *cmd, struct esc_ctx *ctx, struct esc_config *cfg, struct esc_store **st);
 
 /* The EXIT STATUS table printed by --help. */
 void cli_print_exit_codes(void);

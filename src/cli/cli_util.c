@@ -131,3 +131,28 @@ cli_login(const char *cmd, struct esc_ctx *ctx, struct esc_store *st, const char
 	esc_secret_free(pw);
 	return r == ESC_OK ? 0 : cli_fail(cmd, ctx, r);
 }
+
+int
+cli_apply_common(const char *cmd, struct esc_ctx *ctx, struct esc_config *cfg, const char *database,
+		 const char *module, const char *ca_token, const char *pin_file)
+{
+	int rc = 0;
+
+	if ((database && (rc = cli_set(cmd, ctx, cfg, "database", database)) != 0) ||
+	    (module && (rc = cli_set(cmd, ctx, cfg, "module", module)) != 0) ||
+	    (ca_token && (rc = cli_set(cmd, ctx, cfg, "ca_token", ca_token)) != 0) ||
+	    (pin_file && (rc = cli_set(cmd, ctx, cfg, "ca_pin_file", pin_file)) != 0))
+		return rc;
+	return 0;
+}
+
+int
+cli_open_store(const char *cmd, struct esc_ctx *ctx, struct esc_config *cfg, struct esc_store **st)
+{
+	enum esc_err r;
+
+	if ((r = esc_store_connect(ctx, esc_config_get(cfg, "database"), st)) != ESC_OK ||
+	    (r = esc_store_check_schema(ctx, *st)) != ESC_OK)
+		return cli_fail(cmd, ctx, r);
+	return 0;
+}

@@ -165,7 +165,6 @@ kra_main(int argc, char *argv[])
 	struct esc_config *cfg = NULL;
 	struct esc_store *st = NULL;
 	const char *action;
-	enum esc_err r;
 	char *end;
 	int c, rc;
 
@@ -215,16 +214,9 @@ kra_main(int argc, char *argv[])
 		return cli_usage_error(CMD, "unknown action '%s' (use enroll, list or retire)", action);
 	if ((rc = cli_init(CMD, o.config, &ctx, &cfg)) != 0)
 		goto out;
-	if ((o.database && (rc = cli_set(CMD, ctx, cfg, "database", o.database)) != 0) ||
-	    (o.module && (rc = cli_set(CMD, ctx, cfg, "module", o.module)) != 0) ||
-	    (o.ca_token && (rc = cli_set(CMD, ctx, cfg, "ca_token", o.ca_token)) != 0) ||
-	    (o.pin_file && (rc = cli_set(CMD, ctx, cfg, "ca_pin_file", o.pin_file)) != 0))
+	if ((rc = cli_apply_common(CMD, ctx, cfg, o.database, o.module, o.ca_token, o.pin_file)) != 0 ||
+	    (rc = cli_open_store(CMD, ctx, cfg, &st)) != 0)
 		goto out;
-	if ((r = esc_store_connect(ctx, esc_config_get(cfg, "database"), &st)) != ESC_OK ||
-	    (r = esc_store_check_schema(ctx, st)) != ESC_OK) {
-		rc = cli_fail(CMD, ctx, r);
-		goto out;
-	}
 	if (strcmp(action, "enroll") == 0)
 		rc = do_enroll(ctx, cfg, st, &o);
 	else if (strcmp(action, "list") == 0)

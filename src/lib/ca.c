@@ -185,6 +185,18 @@ out:
 	return r;
 }
 
+/* Sign x with signer and prove the signature verifies with verify_key. */
+static enum esc_err
+sign_and_check(struct esc_ctx *ctx, X509 *x, EVP_PKEY *signer, EVP_PKEY *verify_key, const char *what)
+{
+	if (X509_sign(x, signer, digest_for(verify_key)) <= 0)
+		return esc_error_ossl(ctx, ESC_ERR_CRYPTO, "the token could not sign the %s", what);
+	if (X509_verify(x, verify_key) != 1)
+		return esc_error_ossl(ctx, ESC_ERR_MISMATCH, "the %s's signature does not verify with the signing key's "
+							    "public half", what);
+	return ESC_OK;
+}
+
 enum esc_err
 esc_ca_self_sign(struct esc_ctx *ctx, EVP_PKEY *signer, EVP_PKEY *pub, const char *subject, int days, X509 **out)
 {
@@ -206,16 +218,9 @@ esc_ca_self_sign(struct esc_ctx *ctx, EVP_PKEY *signer, EVP_PKEY *pub, const cha
 		r = esc_error_ossl(ctx, ESC_ERR_CRYPTO, "cannot add the CA certificate's extensions");
 		goto out;
 	}
-	if (X509_sign(x, signer, digest_for(pub)) <= 0) {
-		r = esc_error_ossl(ctx, ESC_ERR_CRYPTO, "the token could not sign the CA certificate");
+	/* Proves the token key and the public key we certify belong together. */
+	if ((r = sign_and_check(ctx, x, signer, pub, "CA certificate")) != ESC_OK)
 		goto out;
-	}
-	/* Prove the token key and the public key we certify belong together. */
-	if (X509_verify(x, pub) != 1) {
-		r = esc_error_ossl(ctx, ESC_ERR_MISMATCH,
-				   "the CA certificate's signature does not verify with the key's public half");
-		goto out;
-	}
 	*out = x;
 	x = NULL; /* transferred */
 	r = ESC_OK;
@@ -284,14 +289,8 @@ esc_ca_issue(struct esc_ctx *ctx, X509 *ca_cert, EVP_PKEY *signer, EVP_PKEY *pub
 		r = esc_error_ossl(ctx, ESC_ERR_CRYPTO, "cannot add the certificate's extensions");
 		goto out;
 	}
-	if (X509_sign(x, signer, digest_for(ca_pub)) <= 0) {
-		r = esc_error_ossl(ctx, ESC_ERR_CRYPTO, "the token could not sign the certificate");
+	if ((r = sign_and_check(ctx, x, signer, ca_pub, "certificate")) != ESC_OK)
 		goto out;
-	}
-	if (X509_verify(x, ca_pub) != 1) {
-		r = esc_error_ossl(ctx, ESC_ERR_MISMATCH, "the issued certificate does not verify with the CA key");
-		goto out;
-	}
 	*out = x;
 	x = NULL; /* transferred */
 	r = ESC_OK;
