@@ -18,6 +18,8 @@ static const struct {
 	{"db", db_main, "database schema: migrate, status"},
 	{"token", token_main, "inspect a PKCS#11 token: info and mechanisms"},
 	{"kra", kra_main, "Key Recovery Agents: enroll a card, list, retire"},
+	{"archive", archive_main, "manual archival: import PKCS#12 or PEM keys with their certificates"},
+	{"policy", policy_main, "stored policy: show, set (administrators)"},
 	{"recovery", recovery_main, "two-person key recovery: search, request, approve, release, complete"},
 };
 

@@ -44,7 +44,11 @@ GNUTLS_PIN=$P11ESCROW_USER_PIN p11tool --provider "$SOFTHSM" --login --list-priv
 grep -q CKA_NEVER_EXTRACTABLE "$T/k.txt" && grep -q CKA_SENSITIVE "$T/k.txt" || fail "KRA key not protected"
 
 note "two user encryption keys, certified by the CA, archived to both KRAs"
-psql_val "UPDATE policy SET value = '2' WHERE key = 'kra_set_size'" >/dev/null
+as cm1 51 policy set kra_set_size 2
+as admin 2 policy set kra_set_size 99
+as admin 0 policy set kra_set_size 2
+run_esc 0 policy show
+assert_out "set by admin"
 CA_KEY="$(psql_val "SELECT uri FROM token_keys WHERE role = 'ca-sign'");pin-value=$P11ESCROW_USER_PIN"
 for u in alice bob; do
     printf 'keyUsage=critical,keyEncipherment\nsubjectAltName=email:%s@example.org\n' "$u" >"$T/enc.ext"
@@ -109,7 +113,7 @@ assert_out "completes once"
 [ "$(psql_val "SELECT package IS NULL FROM recovery_requests WHERE id = $REQ")" = t ] || fail "package kept"
 
 note "policy: one more approval, never by the requester"
-psql_val "UPDATE policy SET value = '1' WHERE key = 'recovery_approvals'" >/dev/null
+as admin 0 policy set recovery_approvals 1
 as cm1 0 recovery request --serial "$SERIAL" --reason "alice lost it again" --kra kra2
 REQ2=$(sed -n 's/^recovery request \([0-9]*\) filed$/\1/p' "$T/out")
 run_esc 41 recovery release "$REQ2" --pin-file "$PIN_FILE"
@@ -130,7 +134,7 @@ openssl pkcs12 -in "$T/alice2.p12" -passin pass:chosen-p12-password -nodes -noce
 cmp -s "$T/rec2.der" <(openssl pkey -in "$T/alice.key" -outform DER) || fail "EC-KRA recovery differs"
 
 note "a retired KRA gets nothing; retiring the last KRA of a record is refused"
-psql_val "UPDATE policy SET value = '0' WHERE key = 'recovery_approvals'" >/dev/null
+as admin 0 policy set recovery_approvals 0
 as cm1 0 recovery request --serial "$SERIAL" --reason "third time" --kra kra1
 REQ3=$(sed -n 's/^recovery request \([0-9]*\) filed$/\1/p' "$T/out")
 run_esc 0 recovery release "$REQ3" --pin-file "$PIN_FILE"

@@ -1,0 +1,36 @@
+/*
+ * p11escrow — stored policy, changed only by administrators.
+ *
+ *   kra_set_size           1..16   each record is wrapped to this many active KRAs
+ *   allow_foreign_issuers  true|false  archive certificates of other CAs
+ *   recovery_approvals     0..10   approvals needed beyond the request itself
+ */
+#ifndef P11ESCROW_POLICY_H
+#define P11ESCROW_POLICY_H
+
+#include <stddef.h>
+
+#include <p11escrow/auth.h>
+#include <p11escrow/ctx.h>
+#include <p11escrow/err.h>
+#include <p11escrow/store.h>
+
+struct esc_policy_item {
+	char key[32];
+	char value[32];
+	char updated_by[65];
+	char updated_at[32];
+};
+
+/* Every policy value.  *out is malloc'ed; caller frees.  Errors: DB. */
+enum esc_err esc_policy_list(struct esc_ctx *ctx, struct esc_store *st, struct esc_policy_item **out, size_t *n)
+	ESC_MUST_CHECK;
+
+/*
+ * Set one policy value after validating it.  actor must be an
+ * administrator.  Errors: DENIED, USAGE (unknown key, bad value), DB.
+ */
+enum esc_err esc_policy_set(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor,
+			    const char *key, const char *value) ESC_MUST_CHECK;
+
+#endif

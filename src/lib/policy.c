@@ -1,0 +1,90 @@
+/*
+ * Stored policy: validated values, administrators only.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <p11escrow/policy.h>
+
+#include "internal.h"
+#include "store_internal.h"
+
+static const struct {
+	const char *key;
+	long min, max; /* min > max: boolean */
+} known[] = {
+	{"kra_set_size", 1, 16},
+	{"allow_foreign_issuers", 1, 0},
+	{"recovery_approvals", 0, 10},
+};
+
+static enum esc_err
+validate(struct esc_ctx *ctx, const char *key, const char *value)
+{
+	size_t i;
+	char *end;
+	long v;
+
+	for (i = 0; i < ESC_ARRAY_LEN(known); i++) {
+		if (strcmp(key, known[i].key) != 0)
+			continue;
+		if (known[i].min > known[i].max) {
+			if (strcmp(value, "true") == 0 || strcmp(value, "false") == 0)
+				return ESC_OK;
+			return esc_error(ctx, ESC_ERR_USAGE, "policy %s is true or false", key);
+		}
+		v = strtol(value, &end, 10);
+		if (*value == '\0' || *end != '\0' || v < known[i].min || v > known[i].max)
+			return esc_error(ctx, ESC_ERR_USAGE, "policy %s is a whole number from %ld to %ld", key,
+					 known[i].min, known[i].max);
+		return ESC_OK;
+	}
+	return esc_error(ctx, ESC_ERR_USAGE,
+			 "unknown policy '%s' (kra_set_size, allow_foreign_issuers, recovery_approvals)", key);
+}
+
+enum esc_err
+esc_policy_set(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor, const char *key,
+	       const char *value)
+{
+	const char *v[3] = {key, value, NULL};
+	enum esc_err r;
+
+	if ((r = esc_account_require(ctx, actor, ESC_ROLE_ADMIN)) != ESC_OK || (r = validate(ctx, key, value)) != ESC_OK)
+		return r;
+	v[2] = esc_account_name(actor);
+	return esc_store_exec(ctx, st,
+			      "UPDATE policy SET value = $2, updated_at = now(), updated_by = $3 WHERE key = $1", 3, v,
+			      NULL, NULL, NULL);
+}
+
+enum esc_err
+esc_policy_list(struct esc_ctx *ctx, struct esc_store *st, struct esc_policy_item **out, size_t *n)
+{
+	PGresult *res = NULL;
+	struct esc_policy_item *p;
+	enum esc_err r;
+	int i, rows;
+
+	if ((r = esc_store_exec(ctx, st,
+				"SELECT key, value, coalesce(updated_by, ''), to_char(updated_at, 'YYYY-MM-DD "
+				"HH24:MI:SS') FROM policy ORDER BY key",
+				0, NULL, NULL, NULL, &res)) != ESC_OK)
+		return r;
+	rows = PQntuples(res);
+	if ((p = calloc((size_t)rows + 1, sizeof(*p))) == NULL) {
+		PQclear(res);
+		return esc_error(ctx, ESC_ERR_NOMEM, "out of memory");
+	}
+	for (i = 0; i < rows; i++) {
+		snprintf(p[i].key, sizeof(p[i].key), "%s", PQgetvalue(res, i, 0));
+		snprintf(p[i].value, sizeof(p[i].value), "%s", PQgetvalue(res, i, 1));
+		snprintf(p[i].updated_by, sizeof(p[i].updated_by), "%s", PQgetvalue(res, i, 2));
+		snprintf(p[i].updated_at, sizeof(p[i].updated_at), "%s", PQgetvalue(res, i, 3));
+	}
+	PQclear(res);
+	*out = p;
+	*n = (size_t)rows;
+	return ESC_OK;
+}
