@@ -147,6 +147,22 @@ as admin 41 kra retire kra2
 assert_out "recoverable by no active KRA"
 [ "$(psql_val "SELECT state FROM kras WHERE name = 'kra2'")" = active ] || fail "refused retire changed state"
 
+note "an expired KRA certificate gets nothing (the clock moved 800 days on with faketime)"
+as cm1 0 recovery request --serial "$SERIAL" --reason "after expiry" --kra kra2
+REQX=$(sed -n 's/^recovery request \([0-9]*\) filed$/\1/p' "$T/out")
+if [ -n "${ASAN_OPTIONS:-}" ]; then
+    note "skipped under ASan: libfaketime cannot be preloaded ahead of the sanitizer runtime"
+else
+    rc=0; faketime -f '+800d' "$ESC" recovery release "$REQX" --pin-file "$PIN_FILE" >"$T/out" 2>&1 || rc=$?
+    [ "$rc" = 41 ] || fail "release to an expired KRA: exit $rc, expected 41"
+    assert_out "expired"
+    run_esc 0 recovery release "$REQX" --pin-file "$PIN_FILE"
+    rc=0; faketime -f '+800d' "$ESC" recovery complete "$REQX" --token 'pkcs11:token=KRA2' \
+        --kra-pin-file "$PIN_FILE" --out "$T/late.p12" --user kim --password-file "$T/kim.pw" >"$T/out" 2>&1 || rc=$?
+    [ "$rc" = 51 ] || fail "completion with an expired KRA certificate: exit $rc, expected 51"
+    [ ! -e "$T/late.p12" ] || fail "a file was left by a refused completion"
+fi
+
 note "records cannot be swapped between rows, and tampering is reported"
 BOB=$(cut -d' ' -f1 "$T/bob.rec"); ALICE=$(cut -d' ' -f1 "$T/alice.rec")
 psql_val "UPDATE archive_records SET record = (SELECT record FROM archive_records WHERE id = '$ALICE') WHERE id = '$BOB'" >/dev/null
