@@ -30,14 +30,16 @@ CREATE TABLE kras (
     CHECK ((state = 'retired') = (retired_at IS NOT NULL))
 );
 
--- One identity never holds both the certificate-manager and the KRA role.
+-- One identity holds at most one of administrator, certificate manager and
+-- KRA (DESIGN §3): in particular a certificate manager is never a KRA.
 CREATE TABLE accounts (
     id             bigserial PRIMARY KEY,
     name           text NOT NULL UNIQUE CHECK (name ~ '^[a-z0-9][a-z0-9._-]{0,63}$'),
     roles          text[] NOT NULL CHECK (
                        cardinality(roles) > 0
                        AND roles <@ ARRAY['admin', 'cert-manager', 'kra', 'auditor']
-                       AND NOT (roles @> ARRAY['cert-manager', 'kra'])),
+                       AND ('admin' = ANY (roles))::int + ('cert-manager' = ANY (roles))::int
+                           + ('kra' = ANY (roles))::int <= 1),
     password_hash  text NOT NULL CHECK (password_hash LIKE '$argon2id$%'),
     kra_id         bigint UNIQUE REFERENCES kras (id),
     disabled       boolean NOT NULL DEFAULT false,

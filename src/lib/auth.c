@@ -50,7 +50,18 @@ static const char dummy_hash[] =
 #define NAME_MAX_LEN 64
 #define ROLES_TEXT_MAX 255
 
-#define SEPARATION_MSG "one identity cannot hold both the certificate-manager and the KRA role"
+#define SEPARATION_MSG                                                                                        \
+	"one identity holds at most one of the administrator, certificate-manager and KRA roles (a certificate "   \
+	"manager is never a KRA)"
+
+/* DESIGN §3: the three roles of a recovery are held by different identities. */
+static int
+separated(unsigned roles)
+{
+	unsigned r = roles & (ESC_ROLE_ADMIN | ESC_ROLE_CERT_MANAGER | ESC_ROLE_KRA);
+
+	return (r & (r - 1)) == 0;
+}
 
 struct esc_account {
 	long long id;
@@ -110,7 +121,7 @@ parse_list(struct esc_ctx *ctx, const char *s, size_t n, unsigned *out)
 			break;
 		p = comma + 1;
 	}
-	if ((roles & ESC_ROLE_CERT_MANAGER) && (roles & ESC_ROLE_KRA))
+	if (!separated(roles))
 		return esc_error(ctx, ESC_ERR_USAGE, SEPARATION_MSG);
 	*out = roles;
 	return ESC_OK;
@@ -444,7 +455,7 @@ esc_account_create(struct esc_ctx *ctx, struct esc_store *st, const struct esc_a
 		return esc_error(ctx, ESC_ERR_USAGE,
 				 "an account needs one or more of the roles admin, cert-manager, "
 				 "kra and auditor");
-	if ((roles & ESC_ROLE_CERT_MANAGER) && (roles & ESC_ROLE_KRA))
+	if (!separated(roles))
 		return esc_error(ctx, ESC_ERR_USAGE, SEPARATION_MSG);
 	if ((roles & ESC_ROLE_KRA) && (kra_name == NULL || *kra_name == '\0'))
 		return esc_error(ctx, ESC_ERR_USAGE, "an account with the kra role must be bound to a registered KRA");

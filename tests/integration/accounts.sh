@@ -59,7 +59,9 @@ run_esc 2 account add kent2 --role kra "${AS_ADMIN[@]}" --new-password-file "$T/
 
 note "certificate manager and KRA never in one identity: refused here and by the database"
 run_esc 2 account add both --role cert-manager,kra --kra kra2 "${AS_ADMIN[@]}" --new-password-file "$T/carol.pw" -d "$DB"
-assert_out "one identity cannot hold both the certificate-manager and the KRA role"
+assert_out "a certificate manager is never a KRA"
+run_esc 2 account add boss --role admin,cert-manager "${AS_ADMIN[@]}" --new-password-file "$T/carol.pw" -d "$DB"
+assert_out "at most one of the administrator, certificate-manager and KRA roles"
 if psql "$DB" -XAtq -c "INSERT INTO accounts (name, roles, password_hash, kra_id)
         VALUES ('both', '{cert-manager,kra}', '\$argon2id\$v=19\$x', (SELECT id FROM kras WHERE name = 'kra2'))" \
         >"$T/out" 2>&1; then
