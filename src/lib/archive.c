@@ -183,13 +183,8 @@ choose_kras(struct esc_ctx *ctx, struct esc_store *st, struct kra_set *ks)
 	}
 	for (i = 0; i < rows && ks->n < (size_t)want; i++) {
 		int row = pick[i];
-		const char *hex = PQgetvalue(res, row, 3);
-		long len = 0;
-		unsigned char *der = strncmp(hex, "\\x", 2) == 0 ? OPENSSL_hexstr2buf(hex + 2, &len) : NULL;
-		const unsigned char *p = der;
-		X509 *x = der != NULL ? d2i_X509(NULL, &p, len) : NULL;
+		X509 *x = esc_store_cert_from_text(PQgetvalue(res, row, 3));
 
-		OPENSSL_free(der);
 		if (x == NULL) {
 			r = esc_error(ctx, ESC_ERR_BAD_INPUT, "KRA '%s' has an unreadable certificate",
 				      PQgetvalue(res, row, 1));
@@ -458,10 +453,10 @@ esc_archive_open_outer(struct esc_ctx *ctx, struct esc_store *st, struct esc_tok
 	EVP_PKEY *pkey = NULL;
 	X509 *storage = NULL;
 	ESC_RECORD *rec = NULL;
-	unsigned char *outer = NULL, *content = NULL, *out = NULL, cert_raw[32];
+	unsigned char *outer = NULL, *content = NULL, *out = NULL;
 	const unsigned char *p;
 	size_t outerlen = 0, contentlen = 0;
-	char cert_hash[65], uri[1024];
+	char cert_hash[65], sealed_hash[65], uri[1024];
 	enum esc_err r;
 
 	if ((r = esc_store_exec(ctx, st,
@@ -504,9 +499,8 @@ esc_archive_open_outer(struct esc_ctx *ctx, struct esc_store *st, struct esc_tok
 		r = esc_error(ctx, ESC_ERR_TAMPERED, "the record stored in row %s belongs to another row: tampering", id);
 		goto out;
 	}
-	hex_of(ASN1_STRING_get0_data(rec->cert_sha256), 32, (char *)uri);
-	(void)cert_raw;
-	if (strcmp(uri, cert_hash) != 0) {
+	hex_of(ASN1_STRING_get0_data(rec->cert_sha256), 32, sealed_hash);
+	if (strcmp(sealed_hash, cert_hash) != 0) {
 		r = esc_error(ctx, ESC_ERR_TAMPERED, "record %s was sealed for another certificate: tampering", id);
 		goto out;
 	}

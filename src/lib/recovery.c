@@ -26,18 +26,6 @@ copy(char *dst, size_t len, const char *src)
 	snprintf(dst, len, "%s", src ? src : "");
 }
 
-static X509 *
-cert_from_hex(const char *hex)
-{
-	long len = 0;
-	unsigned char *der = strncmp(hex, "\\x", 2) == 0 ? OPENSSL_hexstr2buf(hex + 2, &len) : NULL;
-	const unsigned char *p = der;
-	X509 *x = der != NULL ? d2i_X509(NULL, &p, len) : NULL;
-
-	OPENSSL_free(der);
-	return x;
-}
-
 static int
 require_any(struct esc_ctx *ctx, const struct esc_account *a, unsigned roles, const char *what)
 {
@@ -178,7 +166,7 @@ check_reason(struct esc_ctx *ctx, const char *reason)
 static int
 kra_cert_valid(const char *hex)
 {
-	X509 *x = cert_from_hex(hex);
+	X509 *x = esc_store_cert_from_text(hex);
 	int ok = x != NULL && X509_cmp_current_time(X509_get0_notAfter(x)) > 0 &&
 		 X509_cmp_current_time(X509_get0_notBefore(x)) < 0;
 
@@ -352,7 +340,7 @@ esc_recovery_release(struct esc_ctx *ctx, struct esc_store *st, struct esc_token
 		goto out;
 	}
 	copy(rid, sizeof(rid), PQgetvalue(res, 0, 1));
-	if ((kra_cert = cert_from_hex(PQgetvalue(res, 0, 3))) == NULL) {
+	if ((kra_cert = esc_store_cert_from_text(PQgetvalue(res, 0, 3))) == NULL) {
 		r = esc_error(ctx, ESC_ERR_BAD_INPUT, "the KRA's stored certificate is unreadable");
 		goto out;
 	}
@@ -464,8 +452,8 @@ esc_recovery_complete(struct esc_ctx *ctx, struct esc_store *st, const struct es
 			      strcmp(PQgetvalue(res, 0, 0), "completed") == 0 ? ": a package completes once" : "");
 		goto out;
 	}
-	if ((kra_cert = cert_from_hex(PQgetvalue(res, 0, 4))) == NULL ||
-	    (user_cert = cert_from_hex(PQgetvalue(res, 0, 6))) == NULL ||
+	if ((kra_cert = esc_store_cert_from_text(PQgetvalue(res, 0, 4))) == NULL ||
+	    (user_cert = esc_store_cert_from_text(PQgetvalue(res, 0, 6))) == NULL ||
 	    (package = OPENSSL_hexstr2buf(PQgetvalue(res, 0, 2), &pkglen)) == NULL) {
 		r = esc_error(ctx, ESC_ERR_BAD_INPUT, "request %lld's stored data is unreadable", id);
 		goto out;

@@ -299,39 +299,38 @@ esc_store_in_tx(const struct esc_store *st)
 	return st->in_tx;
 }
 
+X509 *
+esc_store_cert_from_text(const char *value)
+{
+	long len = 0;
+	unsigned char *der = strncmp(value, "\\x", 2) == 0 ? OPENSSL_hexstr2buf(value + 2, &len) : NULL;
+	const unsigned char *p = der;
+	X509 *x = der != NULL ? d2i_X509(NULL, &p, len) : NULL;
+
+	if (x != NULL && p != der + len) {
+		X509_free(x); /* trailing bytes: not exactly one certificate */
+		x = NULL;
+	}
+	OPENSSL_free(der);
+	return x;
+}
+
 enum esc_err
 esc_store_get_cert(struct esc_ctx *ctx, struct esc_store *st, const char *what, const char *sql, int nparams,
 		   const char *const *values, X509 **out)
 {
 	PGresult *res = NULL;
-	unsigned char *der = NULL;
-	const unsigned char *p;
-	long len = 0;
 	X509 *x;
 	enum esc_err r;
 
 	if ((r = esc_store_exec(ctx, st, sql, nparams, values, NULL, NULL, &res)) != ESC_OK)
 		return r;
-	if (PQntuples(res) != 1 || PQgetisnull(res, 0, 0)) {
+	if (PQntuples(res) != 1 || PQgetisnull(res, 0, 0))
 		r = esc_error(ctx, ESC_ERR_NOT_FOUND, "%s not found", what);
-		goto out;
-	}
-	/* bytea in text form: "\x" then hex. */
-	if (strncmp(PQgetvalue(res, 0, 0), "\\x", 2) != 0 ||
-	    (der = OPENSSL_hexstr2buf(PQgetvalue(res, 0, 0) + 2, &len)) == NULL) {
-		r = esc_error(ctx, ESC_ERR_BAD_INPUT, "%s is not stored as bytea", what);
-		goto out;
-	}
-	p = der;
-	if ((x = d2i_X509(NULL, &p, len)) == NULL || p != der + len) {
-		X509_free(x);
+	else if ((x = esc_store_cert_from_text(PQgetvalue(res, 0, 0))) == NULL)
 		r = esc_error(ctx, ESC_ERR_BAD_INPUT, "stored %s is not a DER certificate", what);
-		goto out;
-	}
-	*out = x;
-	r = ESC_OK;
-out:
-	OPENSSL_free(der);
+	else
+		*out = x;
 	PQclear(res);
 	return r;
 }

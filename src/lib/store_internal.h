@@ -33,6 +33,9 @@ int esc_store_in_tx(const struct esc_store *st);
 enum esc_err esc_store_get_cert(struct esc_ctx *ctx, struct esc_store *st, const char *what, const char *sql,
 				int nparams, const char *const *values, X509 **out) ESC_MUST_CHECK;
 
+/* Decode a bytea column in libpq's text form ("\\x" + hex) holding a DER certificate; NULL if it is not one. */
+X509 *esc_store_cert_from_text(const char *value);
+
 /* A policy value; *out is a copy the caller frees.  Errors: NOT_FOUND, DB. */
 enum esc_err esc_store_policy(struct esc_ctx *ctx, struct esc_store *st, const char *key, char **out)
 	ESC_MUST_CHECK;
