@@ -22,12 +22,13 @@
 #include <p11escrow/ca.h>
 #include <p11escrow/ctx.h>
 #include <p11escrow/import.h>
+
+#include "testkeys.h"
 #include <p11escrow/pin.h>
 
 struct fixture {
 	struct esc_ctx *ctx;
-	EVP_PKEY *rsa, *ec, *other;
-	X509 *rsa_cert, *ec_cert, *other_cert;
+	struct test_keys k;
 	struct esc_secret *pass, *wrong, *empty;
 };
 
@@ -37,16 +38,6 @@ struct blob {
 	size_t len;
 };
 
-static X509 *
-self_signed(struct esc_ctx *ctx, EVP_PKEY *k, const char *cn)
-{
-	X509 *x = NULL;
-
-	if (esc_ca_self_sign(ctx, k, k, cn, 30, &x) != ESC_OK)
-		return NULL;
-	return x;
-}
-
 static int
 setup(void **state)
 {
@@ -54,15 +45,7 @@ setup(void **state)
 
 	if (f == NULL || esc_ctx_new(&f->ctx) != ESC_OK)
 		return -1;
-	f->rsa = EVP_PKEY_Q_keygen(NULL, NULL, "RSA", (size_t)2048);
-	f->ec = EVP_PKEY_Q_keygen(NULL, NULL, "EC", "P-256");
-	f->other = EVP_PKEY_Q_keygen(NULL, NULL, "EC", "P-256");
-	if (f->rsa == NULL || f->ec == NULL || f->other == NULL)
-		return -1;
-	f->rsa_cert = self_signed(f->ctx, f->rsa, "CN=user RSA");
-	f->ec_cert = self_signed(f->ctx, f->ec, "CN=user EC");
-	f->other_cert = self_signed(f->ctx, f->other, "CN=someone else");
-	if (f->rsa_cert == NULL || f->ec_cert == NULL || f->other_cert == NULL)
+	if (test_keys_make(f->ctx, &f->k, 2048, "CN=user RSA", "CN=user EC", "CN=someone else") != 0)
 		return -1;
 	if (esc_secret_new(f->ctx, "correct horse", 13, &f->pass) != ESC_OK ||
 	    esc_secret_new(f->ctx, "battery staple", 14, &f->wrong) != ESC_OK ||
@@ -77,12 +60,7 @@ teardown(void **state)
 {
 	struct fixture *f = *state;
 
-	X509_free(f->rsa_cert);
-	X509_free(f->ec_cert);
-	X509_free(f->other_cert);
-	EVP_PKEY_free(f->rsa);
-	EVP_PKEY_free(f->ec);
-	EVP_PKEY_free(f->other);
+	test_keys_free(&f->k);
 	esc_secret_free(f->pass);
 	esc_secret_free(f->wrong);
 	esc_secret_free(f->empty);
@@ -216,8 +194,8 @@ test_p12_rsa_ec(void **state)
 {
 	struct fixture *f = *state;
 
-	expect_ok(f, make_p12(f->rsa, f->rsa_cert, NULL, "correct horse"), f->pass, f->rsa, f->rsa_cert);
-	expect_ok(f, make_p12(f->ec, f->ec_cert, NULL, "correct horse"), f->pass, f->ec, f->ec_cert);
+	expect_ok(f, make_p12(f->k.rsa, f->k.rsa_cert, NULL, "correct horse"), f->pass, f->k.rsa, f->k.rsa_cert);
+	expect_ok(f, make_p12(f->k.ec, f->k.ec_cert, NULL, "correct horse"), f->pass, f->k.ec, f->k.ec_cert);
 }
 
 static void
@@ -225,13 +203,13 @@ test_p12_password(void **state)
 {
 	struct fixture *f = *state;
 
-	expect_err(f, make_p12(f->rsa, f->rsa_cert, NULL, "correct horse"), f->wrong, ESC_ERR_AUTH);
-	expect_err(f, make_p12(f->ec, f->ec_cert, NULL, "correct horse"), f->empty, ESC_ERR_AUTH);
+	expect_err(f, make_p12(f->k.rsa, f->k.rsa_cert, NULL, "correct horse"), f->wrong, ESC_ERR_AUTH);
+	expect_err(f, make_p12(f->k.ec, f->k.ec_cert, NULL, "correct horse"), f->empty, ESC_ERR_AUTH);
 	/* No password given: the caller is told one is needed, and can ask for it. */
-	expect_err(f, make_p12(f->rsa, f->rsa_cert, NULL, "correct horse"), NULL, ESC_ERR_PIN_MISSING);
+	expect_err(f, make_p12(f->k.rsa, f->k.rsa_cert, NULL, "correct horse"), NULL, ESC_ERR_PIN_MISSING);
 	/* Exported with the empty password: opens without asking. */
-	expect_ok(f, make_p12(f->ec, f->ec_cert, NULL, ""), NULL, f->ec, f->ec_cert);
-	expect_ok(f, make_p12(f->ec, f->ec_cert, NULL, ""), f->empty, f->ec, f->ec_cert);
+	expect_ok(f, make_p12(f->k.ec, f->k.ec_cert, NULL, ""), NULL, f->k.ec, f->k.ec_cert);
+	expect_ok(f, make_p12(f->k.ec, f->k.ec_cert, NULL, ""), f->empty, f->k.ec, f->k.ec_cert);
 }
 
 static void
@@ -244,7 +222,7 @@ test_p12_corrupt(void **state)
 
 	/* A byte changed in the middle (encrypted bags), in the MAC at the end, near the start. */
 	for (i = 0; i < sizeof(where) / sizeof(where[0]); i++) {
-		b = make_p12(f->rsa, f->rsa_cert, NULL, "correct horse");
+		b = make_p12(f->k.rsa, f->k.rsa_cert, NULL, "correct horse");
 		where[0] = b.len / 2;
 		where[1] = b.len - 2;
 		where[2] = b.len / 3;
@@ -253,12 +231,12 @@ test_p12_corrupt(void **state)
 		expect_err(f, b, f->pass, ESC_ERR_BAD_INPUT);
 	}
 	/* Truncated. */
-	b = make_p12(f->ec, f->ec_cert, NULL, "correct horse");
+	b = make_p12(f->k.ec, f->k.ec_cert, NULL, "correct horse");
 	b.len -= 100;
 	expect_err(f, b, f->pass, ESC_ERR_BAD_INPUT);
 	/* DER that is no PKCS#12: a certificate alone. */
 	b.data = NULL;
-	b.len = (size_t)i2d_X509(f->ec_cert, &b.data);
+	b.len = (size_t)i2d_X509(f->k.ec_cert, &b.data);
 	expect_err(f, b, f->pass, ESC_ERR_BAD_INPUT);
 	/* Neither DER nor PEM. */
 	b.data = (unsigned char *)strdup("just some text\n");
@@ -273,10 +251,10 @@ test_p12_several_certs(void **state)
 	STACK_OF(X509) *ca = sk_X509_new_null();
 
 	/* The certificate matching the key is picked, whatever the order. */
-	assert_true(sk_X509_push(ca, f->other_cert) && sk_X509_push(ca, f->ec_cert));
-	expect_ok(f, make_p12(f->rsa, f->rsa_cert, ca, "correct horse"), f->pass, f->rsa, f->rsa_cert);
+	assert_true(sk_X509_push(ca, f->k.other_cert) && sk_X509_push(ca, f->k.ec_cert));
+	expect_ok(f, make_p12(f->k.rsa, f->k.rsa_cert, ca, "correct horse"), f->pass, f->k.rsa, f->k.rsa_cert);
 	/* A key with only foreign certificates: two → mismatch, here. */
-	expect_err(f, make_p12(f->rsa, NULL, ca, "correct horse"), f->pass, ESC_ERR_MISMATCH);
+	expect_err(f, make_p12(f->k.rsa, NULL, ca, "correct horse"), f->pass, ESC_ERR_MISMATCH);
 	sk_X509_free(ca);
 }
 
@@ -289,9 +267,9 @@ test_p12_one_unmatched_cert(void **state)
 	X509 *cert = NULL;
 
 	/* One certificate that does not match: returned, for esc_archive_key to refuse. */
-	assert_true(sk_X509_push(ca, f->other_cert));
-	assert_int_equal(load(f, make_p12(f->rsa, NULL, ca, "correct horse"), f->pass, &key, &cert), ESC_OK);
-	assert_int_equal(X509_cmp(cert, f->other_cert), 0);
+	assert_true(sk_X509_push(ca, f->k.other_cert));
+	assert_int_equal(load(f, make_p12(f->k.rsa, NULL, ca, "correct horse"), f->pass, &key, &cert), ESC_OK);
+	assert_int_equal(X509_cmp(cert, f->k.other_cert), 0);
 	assert_false(esc_cert_matches_key(cert, key));
 	EVP_PKEY_free(key);
 	X509_free(cert);
@@ -303,19 +281,19 @@ test_pem_forms(void **state)
 {
 	struct fixture *f = *state;
 
-	expect_ok(f, make_pem(f->rsa, PKCS8, NULL, f->rsa_cert, NULL), NULL, f->rsa, f->rsa_cert);
-	expect_ok(f, make_pem(f->ec, PKCS8, NULL, f->ec_cert, NULL), NULL, f->ec, f->ec_cert);
-	expect_ok(f, make_pem(f->rsa, TRADITIONAL, NULL, f->rsa_cert, NULL), NULL, f->rsa, f->rsa_cert);
-	expect_ok(f, make_pem(f->ec, TRADITIONAL, NULL, f->ec_cert, NULL), NULL, f->ec, f->ec_cert);
+	expect_ok(f, make_pem(f->k.rsa, PKCS8, NULL, f->k.rsa_cert, NULL), NULL, f->k.rsa, f->k.rsa_cert);
+	expect_ok(f, make_pem(f->k.ec, PKCS8, NULL, f->k.ec_cert, NULL), NULL, f->k.ec, f->k.ec_cert);
+	expect_ok(f, make_pem(f->k.rsa, TRADITIONAL, NULL, f->k.rsa_cert, NULL), NULL, f->k.rsa, f->k.rsa_cert);
+	expect_ok(f, make_pem(f->k.ec, TRADITIONAL, NULL, f->k.ec_cert, NULL), NULL, f->k.ec, f->k.ec_cert);
 	/* A password given but not needed is ignored. */
-	expect_ok(f, make_pem(f->ec, PKCS8, NULL, f->ec_cert, NULL), f->wrong, f->ec, f->ec_cert);
+	expect_ok(f, make_pem(f->k.ec, PKCS8, NULL, f->k.ec_cert, NULL), f->wrong, f->k.ec, f->k.ec_cert);
 	/* Certificate first, then the key. */
 	{
 		BIO *bio = BIO_new(BIO_s_mem());
 
-		assert_true(PEM_write_bio_X509(bio, f->ec_cert));
-		write_key(bio, f->ec, PKCS8, NULL);
-		expect_ok(f, bio_blob(bio), NULL, f->ec, f->ec_cert);
+		assert_true(PEM_write_bio_X509(bio, f->k.ec_cert));
+		write_key(bio, f->k.ec, PKCS8, NULL);
+		expect_ok(f, bio_blob(bio), NULL, f->k.ec, f->k.ec_cert);
 	}
 }
 
@@ -324,15 +302,15 @@ test_pem_encrypted(void **state)
 {
 	struct fixture *f = *state;
 
-	expect_ok(f, make_pem(f->rsa, PKCS8_ENCRYPTED, "correct horse", f->rsa_cert, NULL), f->pass, f->rsa,
-		  f->rsa_cert);
-	expect_ok(f, make_pem(f->ec, TRADITIONAL_ENCRYPTED, "correct horse", f->ec_cert, NULL), f->pass, f->ec,
-		  f->ec_cert);
-	expect_err(f, make_pem(f->rsa, PKCS8_ENCRYPTED, "correct horse", f->rsa_cert, NULL), f->wrong, ESC_ERR_AUTH);
-	expect_err(f, make_pem(f->ec, TRADITIONAL_ENCRYPTED, "correct horse", f->ec_cert, NULL), f->wrong,
+	expect_ok(f, make_pem(f->k.rsa, PKCS8_ENCRYPTED, "correct horse", f->k.rsa_cert, NULL), f->pass, f->k.rsa,
+		  f->k.rsa_cert);
+	expect_ok(f, make_pem(f->k.ec, TRADITIONAL_ENCRYPTED, "correct horse", f->k.ec_cert, NULL), f->pass, f->k.ec,
+		  f->k.ec_cert);
+	expect_err(f, make_pem(f->k.rsa, PKCS8_ENCRYPTED, "correct horse", f->k.rsa_cert, NULL), f->wrong, ESC_ERR_AUTH);
+	expect_err(f, make_pem(f->k.ec, TRADITIONAL_ENCRYPTED, "correct horse", f->k.ec_cert, NULL), f->wrong,
 		   ESC_ERR_AUTH);
-	expect_err(f, make_pem(f->ec, PKCS8_ENCRYPTED, "correct horse", f->ec_cert, NULL), NULL, ESC_ERR_PIN_MISSING);
-	expect_err(f, make_pem(f->rsa, TRADITIONAL_ENCRYPTED, "correct horse", f->rsa_cert, NULL), NULL,
+	expect_err(f, make_pem(f->k.ec, PKCS8_ENCRYPTED, "correct horse", f->k.ec_cert, NULL), NULL, ESC_ERR_PIN_MISSING);
+	expect_err(f, make_pem(f->k.rsa, TRADITIONAL_ENCRYPTED, "correct horse", f->k.rsa_cert, NULL), NULL,
 		   ESC_ERR_PIN_MISSING);
 }
 
@@ -343,15 +321,15 @@ test_pem_incomplete(void **state)
 	struct blob b;
 
 	/* Without a key, without a certificate. */
-	expect_err(f, make_pem(NULL, NO_KEY, NULL, f->rsa_cert, NULL), NULL, ESC_ERR_BAD_INPUT);
-	expect_err(f, make_pem(f->rsa, PKCS8, NULL, NULL, NULL), NULL, ESC_ERR_BAD_INPUT);
+	expect_err(f, make_pem(NULL, NO_KEY, NULL, f->k.rsa_cert, NULL), NULL, ESC_ERR_BAD_INPUT);
+	expect_err(f, make_pem(f->k.rsa, PKCS8, NULL, NULL, NULL), NULL, ESC_ERR_BAD_INPUT);
 	/* Two keys. */
 	{
 		BIO *bio = BIO_new(BIO_s_mem());
 
-		write_key(bio, f->rsa, PKCS8, NULL);
-		write_key(bio, f->ec, PKCS8, NULL);
-		assert_true(PEM_write_bio_X509(bio, f->rsa_cert));
+		write_key(bio, f->k.rsa, PKCS8, NULL);
+		write_key(bio, f->k.ec, PKCS8, NULL);
+		assert_true(PEM_write_bio_X509(bio, f->k.rsa_cert));
 		expect_err(f, bio_blob(bio), NULL, ESC_ERR_BAD_INPUT);
 	}
 	/* A key type that is not archived. */
@@ -360,7 +338,7 @@ test_pem_incomplete(void **state)
 	b.len = strlen((char *)b.data);
 	expect_err(f, b, NULL, ESC_ERR_BAD_INPUT);
 	/* A damaged block. */
-	b = make_pem(f->ec, PKCS8, NULL, f->ec_cert, NULL);
+	b = make_pem(f->k.ec, PKCS8, NULL, f->k.ec_cert, NULL);
 	memcpy(b.data + 40, "!!!!", 4);
 	expect_err(f, b, NULL, ESC_ERR_BAD_INPUT);
 }
@@ -373,10 +351,10 @@ test_pem_chain(void **state)
 	X509 *cert = NULL;
 
 	/* Key with a chain: the matching certificate, wherever it is. */
-	expect_ok(f, make_pem(f->ec, PKCS8, NULL, f->other_cert, f->ec_cert), NULL, f->ec, f->ec_cert);
+	expect_ok(f, make_pem(f->k.ec, PKCS8, NULL, f->k.other_cert, f->k.ec_cert), NULL, f->k.ec, f->k.ec_cert);
 	/* No certificate matches: the first is returned for esc_archive_key to refuse. */
-	assert_int_equal(load(f, make_pem(f->ec, PKCS8, NULL, f->other_cert, f->rsa_cert), NULL, &key, &cert), ESC_OK);
-	assert_int_equal(X509_cmp(cert, f->other_cert), 0);
+	assert_int_equal(load(f, make_pem(f->k.ec, PKCS8, NULL, f->k.other_cert, f->k.rsa_cert), NULL, &key, &cert), ESC_OK);
+	assert_int_equal(X509_cmp(cert, f->k.other_cert), 0);
 	EVP_PKEY_free(key);
 	X509_free(cert);
 }
@@ -385,18 +363,18 @@ static void
 test_pair(void **state)
 {
 	struct fixture *f = *state;
-	struct blob k = make_pem(f->rsa, PKCS8_ENCRYPTED, "correct horse", NULL, NULL);
-	struct blob c = make_pem(NULL, NO_KEY, NULL, f->rsa_cert, NULL);
+	struct blob k = make_pem(f->k.rsa, PKCS8_ENCRYPTED, "correct horse", NULL, NULL);
+	struct blob c = make_pem(NULL, NO_KEY, NULL, f->k.rsa_cert, NULL);
 	unsigned char *der = NULL;
-	int derlen = i2d_X509(f->rsa_cert, &der);
+	int derlen = i2d_X509(f->k.rsa_cert, &der);
 	EVP_PKEY *key = NULL;
 	X509 *cert = NULL;
 
 	assert_int_equal(
 		esc_import_load_pair(f->ctx, k.data, k.len, "key.pem", c.data, c.len, "cert.pem", f->pass, &key, &cert),
 		ESC_OK);
-	assert_int_equal(EVP_PKEY_eq(key, f->rsa), 1);
-	assert_int_equal(X509_cmp(cert, f->rsa_cert), 0);
+	assert_int_equal(EVP_PKEY_eq(key, f->k.rsa), 1);
+	assert_int_equal(X509_cmp(cert, f->k.rsa_cert), 0);
 	EVP_PKEY_free(key);
 	X509_free(cert);
 	key = NULL;
@@ -405,7 +383,7 @@ test_pair(void **state)
 	assert_int_equal(esc_import_load_pair(f->ctx, k.data, k.len, "key.pem", der, (size_t)derlen, "cert.der",
 					      f->pass, &key, &cert),
 			 ESC_OK);
-	assert_int_equal(X509_cmp(cert, f->rsa_cert), 0);
+	assert_int_equal(X509_cmp(cert, f->k.rsa_cert), 0);
 	EVP_PKEY_free(key);
 	X509_free(cert);
 	key = NULL;
@@ -428,7 +406,7 @@ static void
 test_size_limits(void **state)
 {
 	struct fixture *f = *state;
-	struct blob pem = make_pem(f->ec, PKCS8, NULL, f->ec_cert, NULL);
+	struct blob pem = make_pem(f->k.ec, PKCS8, NULL, f->k.ec_cert, NULL);
 	struct blob b;
 
 	/* A valid PEM padded past the limit is refused before parsing. */
@@ -443,7 +421,7 @@ test_size_limits(void **state)
 	b.data = calloc(1, b.len);
 	memcpy(b.data, pem.data, pem.len);
 	memset(b.data + pem.len, '\n', b.len - pem.len);
-	expect_ok(f, b, NULL, f->ec, f->ec_cert);
+	expect_ok(f, b, NULL, f->k.ec, f->k.ec_cert);
 	/* Empty. */
 	b.data = malloc(1);
 	b.len = 0;
@@ -455,7 +433,7 @@ static void
 test_file_read(void **state)
 {
 	struct fixture *f = *state;
-	struct blob p12 = make_p12(f->ec, f->ec_cert, NULL, "correct horse");
+	struct blob p12 = make_p12(f->k.ec, f->k.ec_cert, NULL, "correct horse");
 	char dir[] = "/tmp/test_import.XXXXXX", path[64], big[64];
 	struct esc_import_file *file = NULL;
 	FILE *fp;
