@@ -61,6 +61,28 @@ done
 grep -q "kra1,kra2\|kra2,kra1" "$T/alice.rec" || fail "record not wrapped to both KRAs: $(cat "$T/alice.rec")"
 SERIAL=$(openssl x509 -in "$T/alice.pem" -noout -serial | sed 's/serial=//')
 
+note "an archive record opens with stock openssl: outer layer on the CA token, inner on a KRA card"
+ALICE_ID=$(cut -d' ' -f1 "$T/alice.rec")
+psql_val "SELECT encode(record, 'base64') FROM archive_records WHERE id = '$ALICE_ID'" | base64 -d >"$T/rec.der"
+psql_val "SELECT encode(certificate, 'base64') FROM token_keys WHERE role = 'storage'" | base64 -d |
+    openssl x509 -inform DER -out "$T/storage.pem"
+STORAGE_KEY="$(psql_val "SELECT uri FROM token_keys WHERE role = 'storage'");pin-value=$P11ESCROW_USER_PIN"
+KRA1_KEY="$(psql_val "SELECT key_uri FROM kras WHERE name = 'kra1'");pin-value=$P11ESCROW_USER_PIN"
+# (throwaway test tokens: the engine takes its PIN from the URI here)
+! openssl cms -decrypt -binary -inform DER -in "$T/rec.der" -recip "$T/kra1.pem" -engine pkcs11 -keyform engine \
+    -inkey "$KRA1_KEY" -out "$T/nothing" >/dev/null 2>&1 || fail "a KRA card opened the outer layer without the CA token"
+openssl cms -decrypt -binary -inform DER -in "$T/rec.der" -recip "$T/storage.pem" -engine pkcs11 -keyform engine \
+    -inkey "$STORAGE_KEY" -out "$T/content.der" 2>/dev/null || fail "openssl cannot open the outer layer"
+openssl asn1parse -inform DER -in "$T/content.der" >"$T/asn1.txt"
+grep -q "$ALICE_ID" "$T/asn1.txt" || fail "the outer layer does not carry the record id"
+off=$(awk -F: '/OCTET STRING/ { o = $1 } END { print o + 0 }' "$T/asn1.txt")
+openssl asn1parse -inform DER -in "$T/content.der" -strparse "$off" -noout -out "$T/inner.der" ||
+    fail "cannot extract the inner layer"
+openssl cms -decrypt -binary -inform DER -in "$T/inner.der" -recip "$T/kra1.pem" -engine pkcs11 -keyform engine \
+    -inkey "$KRA1_KEY" -out "$T/alice.p8" 2>/dev/null || fail "openssl cannot open the inner layer with KRA1"
+cmp -s "$T/alice.p8" <(openssl pkcs8 -topk8 -nocrypt -in "$T/alice.key" -outform DER) ||
+    fail "the inner layer is not alice's PKCS#8"
+
 note "search: certificate managers and auditors yes, KRAs no"
 as cm1 0 recovery search --serial "$SERIAL"
 assert_out "1 record(s)"
