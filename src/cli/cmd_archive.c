@@ -183,7 +183,8 @@ add_dir(struct items *it, const char *dir)
 		}
 		names[n++] = full;
 	}
-	qsort(names, n, sizeof(*names), cmp_str);
+	if (n > 0) /* qsort must not be handed NULL, even for zero items */
+		qsort(names, n, sizeof(*names), cmp_str);
 	for (i = 0; i < n && rc == 0; i++)
 		rc = items_add(it, names[i], NULL);
 out:
