@@ -71,6 +71,21 @@ enum esc_err esc_account_require(struct esc_ctx *ctx, const struct esc_account *
 	ESC_MUST_CHECK;
 void esc_account_free(struct esc_account *a);
 
+/*
+ * Disable or re-enable account name.  actor must be an administrator; the
+ * last enabled administrator cannot be disabled.  A disabled account cannot
+ * log in.  Errors: DENIED, NOT_FOUND, STATE, DB.
+ */
+enum esc_err esc_account_set_disabled(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor,
+				      const char *name, int disabled) ESC_MUST_CHECK;
+
+/*
+ * Set account name's password.  actor must be that account or an
+ * administrator.  Errors: DENIED, NOT_FOUND, USAGE (too short), DB.
+ */
+enum esc_err esc_account_set_password(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor,
+				      const char *name, const struct esc_secret *password) ESC_MUST_CHECK;
+
 struct esc_account_info {
 	long long id;
 	char name[65];

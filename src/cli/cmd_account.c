@@ -22,14 +22,21 @@ static void
 help(void)
 {
 	printf("Usage: %s " CMD " add NAME --role ROLES [--kra KRA] [--user ADMIN] [OPTIONS]\n"
-	       "       %s " CMD " list --user NAME [OPTIONS]\n\n"
+	       "       %s " CMD " list --user NAME [OPTIONS]\n"
+	       "       %s " CMD " disable|enable NAME --user ADMIN [OPTIONS]\n"
+	       "       %s " CMD " passwd [NAME] --user NAME [OPTIONS]\n\n"
 	       "add   create an account with a password.  ROLES is a comma-separated list of admin,\n"
-	       "      cert-manager, kra and auditor; cert-manager and kra never go together.  A kra\n"
+	       "      cert-manager, kra and auditor; one account holds at most one of admin, cert-manager\n"
+	       "      and kra (a certificate manager is never a KRA).  A kra\n"
 	       "      account is bound to one registered, active KRA (--kra), and a KRA to one account.\n"
 	       "      Needs an administrator (--user) — except while no administrator exists: then\n"
 	       "      --user is left out and the account created must have the admin role.\n"
 	       "list  every account with its roles, KRA binding and whether it is disabled (any\n"
-	       "      authenticated account).\n\n"
+	       "      authenticated account).\n"
+	       "disable, enable  stop or allow an account's logins (administrators; the last enabled\n"
+	       "      administrator stays enabled).\n"
+	       "passwd  set a new password: your own, or any account's as an administrator (the new\n"
+	       "      password comes like a new account's).\n\n"
 	       "Passwords are never taken from the command line.  The acting account's password comes\n"
 	       "from --password-file, else $P11ESCROW_PASSWORD, else a prompt; the new account's from\n"
 	       "--new-password-file, else $" NEW_PASSWORD_ENV ", else a prompt (asked twice).  Password\n"
@@ -43,7 +50,7 @@ help(void)
 	       "      --password-file FILE     the acting account's password\n"
 	       "      --new-password-file FILE the new account's password (add)\n"
 	       "  -h, --help                   this text\n",
-	       PROG, PROG, ESC_PASSWORD_MIN);
+	       PROG, PROG, PROG, PROG, ESC_PASSWORD_MIN);
 	cli_print_exit_codes();
 }
 
@@ -134,6 +141,40 @@ do_add(struct esc_ctx *ctx, struct esc_store *st, const struct opts *o, const ch
 out:
 	esc_secret_free(pw);
 	esc_account_free(admin);
+	return rc;
+}
+
+/* disable, enable, passwd: one account named on the command line. */
+static int
+do_change(struct esc_ctx *ctx, struct esc_store *st, const struct opts *o, const char *action, const char *name)
+{
+	struct esc_account *me = NULL;
+	struct esc_secret *pw = NULL;
+	enum esc_err r;
+	int rc;
+
+	if ((rc = cli_login(CMD, ctx, st, o->user, o->password_file, &me)) != 0)
+		return rc;
+	if (name == NULL)
+		name = esc_account_name(me);
+	if (strcmp(action, "passwd") == 0) {
+		if ((rc = new_password(ctx, o, name, &pw)) != 0)
+			goto out;
+		r = esc_account_set_password(ctx, st, me, name, pw);
+	} else {
+		r = esc_account_set_disabled(ctx, st, me, name, strcmp(action, "disable") == 0);
+	}
+	if (r != ESC_OK) {
+		rc = cli_fail(CMD, ctx, r);
+		goto out;
+	}
+	printf("account '%s': %s\n", name,
+	       strcmp(action, "passwd") == 0 ? "password changed"
+	       : strcmp(action, "disable") == 0 ? "disabled" : "enabled");
+	rc = 0;
+out:
+	esc_secret_free(pw);
+	esc_account_free(me);
 	return rc;
 }
 
@@ -235,8 +276,15 @@ account_main(int argc, char *argv[])
 			return cli_usage_error(CMD, "--role, --kra and --new-password-file are for add");
 		if (o.user == NULL)
 			return cli_usage_error(CMD, "list needs --user NAME");
+	} else if (strcmp(action, "disable") == 0 || strcmp(action, "enable") == 0 || strcmp(action, "passwd") == 0) {
+		add = 2;
+		if (optind + 2 < argc || (strcmp(action, "passwd") != 0 && optind + 2 != argc))
+			return cli_usage_error(CMD, "%s takes one account NAME%s", action,
+					       strcmp(action, "passwd") == 0 ? " (default: yourself)" : "");
+		if (o.user == NULL)
+			return cli_usage_error(CMD, "%s needs --user NAME", action);
 	} else {
-		return cli_usage_error(CMD, "unknown action '%s' (use add or list)", action);
+		return cli_usage_error(CMD, "unknown action '%s' (use add, list, disable, enable or passwd)", action);
 	}
 	if ((rc = cli_init(CMD, o.config, &ctx, &cfg)) != 0)
 		goto out;
@@ -247,7 +295,10 @@ account_main(int argc, char *argv[])
 		rc = cli_fail(CMD, ctx, r);
 		goto out;
 	}
-	rc = add ? do_add(ctx, st, &o, argv[optind + 1]) : do_list(ctx, st, &o);
+	if (add == 2)
+		rc = do_change(ctx, st, &o, action, optind + 1 < argc ? argv[optind + 1] : NULL);
+	else
+		rc = add ? do_add(ctx, st, &o, argv[optind + 1]) : do_list(ctx, st, &o);
 out:
 	esc_store_free(st);
 	esc_config_free(cfg);

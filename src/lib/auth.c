@@ -607,3 +607,67 @@ esc_account_free(struct esc_account *a)
 	/* Holds no secret: the password and its hash are never kept. */
 	free(a);
 }
+
+enum esc_err
+esc_account_set_disabled(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor, const char *name,
+			 int disabled)
+{
+	PGresult *res = NULL;
+	const char *v[2] = {name, disabled ? "true" : "false"};
+	enum esc_err r;
+
+	if ((r = esc_account_require(ctx, actor, ESC_ROLE_ADMIN)) != ESC_OK)
+		return r;
+	if ((r = esc_store_begin(ctx, st)) != ESC_OK)
+		return r;
+	/* Lock every administrator row: two concurrent disables cannot both pass the check. */
+	if ((r = recheck_admin(ctx, st, actor)) != ESC_OK ||
+	    (r = esc_store_exec(ctx, st, "SELECT id FROM accounts WHERE 'admin' = ANY (roles) FOR UPDATE", 0, NULL, NULL,
+				NULL, NULL)) != ESC_OK ||
+	    (r = esc_store_exec(ctx, st, "UPDATE accounts SET disabled = $2::boolean WHERE name = $1 RETURNING id", 2, v,
+				NULL, NULL, &res)) != ESC_OK)
+		goto out;
+	if (PQntuples(res) != 1) {
+		r = esc_error(ctx, ESC_ERR_NOT_FOUND, "no account named '%.64s'", name);
+		goto out;
+	}
+	PQclear(res);
+	res = NULL;
+	if ((r = esc_store_exec(ctx, st, "SELECT count(*) FROM accounts WHERE 'admin' = ANY (roles) AND NOT disabled", 0,
+				NULL, NULL, NULL, &res)) != ESC_OK)
+		goto out;
+	if (strcmp(PQgetvalue(res, 0, 0), "0") == 0) {
+		r = esc_error(ctx, ESC_ERR_STATE, "'%.64s' is the last enabled administrator: nothing was changed", name);
+		goto out;
+	}
+	r = esc_store_commit(ctx, st);
+out:
+	esc_store_rollback(st);
+	PQclear(res);
+	return r;
+}
+
+enum esc_err
+esc_account_set_password(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor, const char *name,
+			 const struct esc_secret *password)
+{
+	PGresult *res = NULL;
+	char *hash = NULL;
+	const char *v[2];
+	enum esc_err r;
+
+	if (actor == NULL || (strcmp(actor->name, name) != 0 && !(actor->roles & ESC_ROLE_ADMIN)))
+		return esc_error(ctx, ESC_ERR_DENIED, "only the account itself or an administrator sets its password");
+	if ((r = esc_auth_hash_password(ctx, password, &hash)) != ESC_OK)
+		return r;
+	v[0] = name;
+	v[1] = hash;
+	if ((r = esc_store_exec(ctx, st, "UPDATE accounts SET password_hash = $2 WHERE name = $1 RETURNING id", 2, v,
+				NULL, NULL, &res)) == ESC_OK &&
+	    PQntuples(res) != 1)
+		r = esc_error(ctx, ESC_ERR_NOT_FOUND, "no account named '%.64s'", name);
+	PQclear(res);
+	OPENSSL_cleanse(hash, strlen(hash));
+	free(hash);
+	return r;
+}

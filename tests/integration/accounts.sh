@@ -106,9 +106,27 @@ grep -qE '^kent +kra +kra1 +no$' "$T/out" || fail "list lacks kent and his KRA"
 grep -qE '^audrey +auditor +- +no$' "$T/out" || fail "list lacks audrey"
 
 note "a disabled account cannot log in, with the same message"
-psql_val "UPDATE accounts SET disabled = true WHERE name = 'audrey'" >/dev/null
+run_esc 51 account disable audrey --user carol --password-file "$T/carol.pw" -d "$DB"
+run_esc 0 account disable audrey "${AS_ADMIN[@]}" -d "$DB"
+assert_out "account 'audrey': disabled"
 run_esc 50 account list --user audrey --password-file "$T/audrey.pw" -d "$DB"
 assert_out "authentication failed for account 'audrey'"
+run_esc 0 account enable audrey "${AS_ADMIN[@]}" -d "$DB"
+run_esc 0 account list --user audrey --password-file "$T/audrey.pw" -d "$DB"
+run_esc 41 account disable first "${AS_ADMIN[@]}" -d "$DB"
+assert_out "last enabled administrator"
+run_esc 42 account disable nobody "${AS_ADMIN[@]}" -d "$DB"
+
+note "passwords change: one's own, or anyone's by an administrator; never another's otherwise"
+( umask 077; printf 'carol-new-password-42\n' >"$T/carol2.pw" )
+run_esc 51 account passwd audrey --user carol --password-file "$T/carol.pw" --new-password-file "$T/carol2.pw" -d "$DB"
+run_esc 0 account passwd --user carol --password-file "$T/carol.pw" --new-password-file "$T/carol2.pw" -d "$DB"
+run_esc 50 account list --user carol --password-file "$T/carol.pw" -d "$DB"
+run_esc 0 account list --user carol --password-file "$T/carol2.pw" -d "$DB"
+run_esc 0 account passwd carol "${AS_ADMIN[@]}" --new-password-file "$T/carol.pw" -d "$DB"
+run_esc 0 account list --user carol --password-file "$T/carol.pw" -d "$DB"
+( umask 077; printf 'short\n' >"$T/short.pw" )
+run_esc 2 account passwd --user carol --password-file "$T/carol.pw" --new-password-file "$T/short.pw" -d "$DB"
 
 note "the database holds Argon2id hashes, never a password"
 [ "$(psql_val "SELECT count(*) FROM accounts WHERE password_hash NOT LIKE '\$argon2id\$v=19\$m=65536,t=3,p=1\$%'")" = 0 ] ||
