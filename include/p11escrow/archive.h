@@ -21,6 +21,7 @@
 #include <openssl/evp.h>
 #include <openssl/x509.h>
 
+#include <p11escrow/auth.h>
 #include <p11escrow/ctx.h>
 #include <p11escrow/err.h>
 #include <p11escrow/store.h>
@@ -48,9 +49,11 @@ struct esc_archive_info {
  * issuers allowed by policy (POLICY); neither certificate nor key may be
  * archived already (EXISTS, naming the record); enough active KRAs must exist
  * (STATE).  Writes in its own transaction, or in the caller's if one is open.
+ * actor (an account name, or the enrollment client) is recorded in the audit
+ * trail with the outcome, refusals included.
  * Errors: those, and DB, CRYPTO, SCHEMA_OLD.
  */
-enum esc_err esc_archive_key(struct esc_ctx *ctx, struct esc_store *st, X509 *cert, EVP_PKEY *key,
+enum esc_err esc_archive_key(struct esc_ctx *ctx, struct esc_store *st, const char *actor, X509 *cert, EVP_PKEY *key,
 			     enum esc_archive_source source, struct esc_archive_info *info) ESC_MUST_CHECK;
 
 /*

@@ -75,6 +75,7 @@ struct items {
 struct batch {
 	struct esc_ctx *ctx;
 	struct esc_store *st;
+	const char *actor; /* the administrator, for the audit trail */
 	const char *password_file;
 	struct esc_secret *password; /* obtained once, when a file first needs it */
 	enum esc_err password_err;   /* ... or why it could not be: never asked twice */
@@ -308,7 +309,7 @@ archive_one(struct batch *b, const struct item *it, struct esc_archive_info *inf
 	if (r != ESC_OK)
 		goto out;
 	/* Every check (match, usage, issuer, duplicates, KRA set) is the library's. */
-	r = esc_archive_key(b->ctx, b->st, cert, key, ESC_SOURCE_IMPORT, info);
+	r = esc_archive_key(b->ctx, b->st, b->actor, cert, key, ESC_SOURCE_IMPORT, info);
 out:
 	if (r != ESC_OK && reason[0] == '\0')
 		snprintf(reason, rlen, "%s", *esc_ctx_errmsg(b->ctx) ? esc_ctx_errmsg(b->ctx) : esc_strerror(r));
@@ -357,7 +358,8 @@ report(struct batch *b, const struct item *it, enum esc_err r, const struct esc_
 }
 
 static int
-do_import(struct esc_ctx *ctx, struct esc_store *st, const struct items *items, const char *password_file)
+do_import(struct esc_ctx *ctx, struct esc_store *st, const char *actor, const struct items *items,
+	  const char *password_file)
 {
 	struct batch b;
 	struct esc_archive_info info;
@@ -368,6 +370,7 @@ do_import(struct esc_ctx *ctx, struct esc_store *st, const struct items *items, 
 	memset(&b, 0, sizeof(b));
 	b.ctx = ctx;
 	b.st = st;
+	b.actor = actor;
 	b.password_file = password_file;
 	b.tty = isatty(STDOUT_FILENO);
 	b.total = items->n;
@@ -504,7 +507,7 @@ archive_main(int argc, char *argv[])
 		rc = cli_fail(CMD, ctx, r);
 		goto out;
 	}
-	rc = do_import(ctx, st, &items, password_file);
+	rc = do_import(ctx, st, esc_account_name(admin), &items, password_file);
 out:
 	esc_account_free(admin);
 	esc_store_free(st);

@@ -14,6 +14,7 @@
 #include <openssl/x509v3.h>
 
 #include <p11escrow/archive.h>
+#include <p11escrow/audit.h>
 #include <p11escrow/ca.h>
 #include <p11escrow/envelope.h>
 
@@ -303,7 +304,8 @@ record_content(struct esc_ctx *ctx, const char *id, const unsigned char cert_sha
 }
 
 static enum esc_err
-insert_record(struct esc_ctx *ctx, struct esc_store *st, const char *id, X509 *cert, const char *cert_hash,
+insert_record(struct esc_ctx *ctx, struct esc_store *st, const char *actor, const char *id, X509 *cert,
+	      const char *cert_hash,
 	      const char *key_hash, const char *key_type, int foreign, enum esc_archive_source source,
 	      const unsigned char *outer, size_t outerlen, const struct kra_set *ks)
 {
@@ -344,6 +346,15 @@ insert_record(struct esc_ctx *ctx, struct esc_store *st, const char *id, X509 *c
 				"($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12)",
 				12, v, len, fmt, NULL)) != ESC_OK)
 		goto out;
+	{
+		char details[200];
+		struct esc_audit_event ev = {actor, "", "archive.store", serial, "ok", details};
+
+		snprintf(details, sizeof(details), "record %s, source %s, %s issuer, %zu KRA(s)", id, source_name(source),
+			 foreign ? "foreign" : "own", ks->n);
+		if ((r = esc_audit_append(ctx, st, &ev)) != ESC_OK)
+			goto out;
+	}
 	for (i = 0; i < ks->n; i++) {
 		snprintf(kid, sizeof(kid), "%lld", ks->ids[i]);
 		v[0] = id;
@@ -380,9 +391,9 @@ key_type_of(EVP_PKEY *key, char *buf, size_t len)
 	return buf;
 }
 
-enum esc_err
-esc_archive_key(struct esc_ctx *ctx, struct esc_store *st, X509 *cert, EVP_PKEY *key, enum esc_archive_source source,
-		struct esc_archive_info *info)
+static enum esc_err
+archive_impl(struct esc_ctx *ctx, struct esc_store *st, const char *actor, X509 *cert, EVP_PKEY *key,
+	     enum esc_archive_source source, struct esc_archive_info *info)
 {
 	struct kra_set ks;
 	X509 *storage = NULL;
@@ -417,8 +428,8 @@ esc_archive_key(struct esc_ctx *ctx, struct esc_store *st, X509 *cert, EVP_PKEY 
 	    (r = record_content(ctx, id, cert_raw, inner, innerlen, &content, &contentlen)) != ESC_OK ||
 	    (r = esc_envelope_seal(ctx, content, (size_t)contentlen, &storage, NULL, 1, &outer, &outerlen)) != ESC_OK)
 		goto out;
-	if ((r = insert_record(ctx, st, id, cert, cert_hash, key_hash, ktype, foreign, source, outer, outerlen, &ks)) !=
-	    ESC_OK)
+	if ((r = insert_record(ctx, st, actor, id, cert, cert_hash, key_hash, ktype, foreign, source, outer, outerlen,
+			       &ks)) != ESC_OK)
 		goto out;
 	if (info != NULL) {
 		memset(info, 0, sizeof(*info));
@@ -440,6 +451,24 @@ out:
 	free(inner);
 	OPENSSL_free(content);
 	free(outer);
+	return r;
+}
+
+enum esc_err
+esc_archive_key(struct esc_ctx *ctx, struct esc_store *st, const char *actor, X509 *cert, EVP_PKEY *key,
+		enum esc_archive_source source, struct esc_archive_info *info)
+{
+	enum esc_err r;
+	char *serial;
+
+	if (actor == NULL || *actor == '\0')
+		return esc_error(ctx, ESC_ERR_USAGE, "archival needs an actor for the audit trail");
+	if ((r = archive_impl(ctx, st, actor, cert, key, source, info)) != ESC_OK && !esc_store_in_tx(st)) {
+		/* Refusals are security events too ("signing keys are never archived"). */
+		serial = esc_cert_serial_hex(cert);
+		esc_audit_outcome(ctx, st, actor, "", "archive.store", serial ? serial : "?", r);
+		free(serial);
+	}
 	return r;
 }
 

@@ -16,6 +16,7 @@
 #include <openssl/crypto.h>
 #include <openssl/rand.h>
 
+#include <p11escrow/audit.h>
 #include <p11escrow/auth.h>
 
 #include "internal.h"
@@ -340,6 +341,9 @@ esc_account_login(struct esc_ctx *ctx, struct esc_store *st, const char *name, c
 			esc_ctx_errmsg(ctx));
 	if (!found || disabled || vr != ESC_OK) {
 		r = esc_error(ctx, ESC_ERR_AUTH, "authentication failed for account '%s'", shown);
+		/* The reason stays in the audit trail, not in the caller's message. */
+		esc_audit_outcome(ctx, st, shown, "unknown", "auth.login", shown, r);
+		(void)esc_error(ctx, ESC_ERR_AUTH, "authentication failed for account '%s'", shown);
 		goto out;
 	}
 	if ((a = calloc(1, sizeof(*a))) == NULL) {
@@ -432,9 +436,9 @@ out:
 	return r;
 }
 
-enum esc_err
-esc_account_create(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor, const char *name,
-		   unsigned roles, const char *kra_name, const struct esc_secret *password)
+static enum esc_err
+create_impl(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor, const char *name,
+	    unsigned roles, const char *kra_name, const struct esc_secret *password)
 {
 	PGresult *res = NULL;
 	char *hash = NULL, shown[NAME_MAX_LEN + 8], list[64], array[72], kra_id[32];
@@ -504,6 +508,18 @@ esc_account_create(struct esc_ctx *ctx, struct esc_store *st, const struct esc_a
 				"VALUES ($1, $2::text[], $3, $4::bigint)",
 				4, v, NULL, NULL, NULL)) != ESC_OK)
 		goto out;
+	{
+		char actor_roles[64] = "none", details[128];
+		struct esc_audit_event ev = {actor ? actor->name : "setup", actor_roles, "account.create", shown, "ok",
+					     details};
+
+		if (actor != NULL)
+			esc_roles_format(actor->roles, actor_roles, sizeof(actor_roles));
+		snprintf(details, sizeof(details), "roles %s%s%s", list, kra_name ? ", KRA " : "",
+			 kra_name ? kra_id : "");
+		if ((r = esc_audit_append(ctx, st, &ev)) != ESC_OK)
+			goto out;
+	}
 	r = esc_store_commit(ctx, st);
 out:
 	esc_store_rollback(st);
@@ -511,6 +527,23 @@ out:
 	if (hash != NULL)
 		OPENSSL_cleanse(hash, strlen(hash));
 	free(hash);
+	return r;
+}
+
+enum esc_err
+esc_account_create(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor, const char *name,
+		   unsigned roles, const char *kra_name, const struct esc_secret *password)
+{
+	char shown[NAME_MAX_LEN + 8];
+	enum esc_err r = create_impl(ctx, st, actor, name, roles, kra_name, password);
+
+	if (r != ESC_OK) {
+		shown_name(shown, sizeof(shown), name ? name : "");
+		if (actor != NULL)
+			esc_audit_outcome_by(ctx, st, actor, "account.create", shown, r);
+		else
+			esc_audit_outcome(ctx, st, "setup", "none", "account.create", shown, r);
+	}
 	return r;
 }
 
@@ -640,10 +673,21 @@ esc_account_set_disabled(struct esc_ctx *ctx, struct esc_store *st, const struct
 		r = esc_error(ctx, ESC_ERR_STATE, "'%.64s' is the last enabled administrator: nothing was changed", name);
 		goto out;
 	}
+	{
+		char roles[64];
+		struct esc_audit_event ev = {actor->name, roles, disabled ? "account.disable" : "account.enable", name,
+					     "ok", ""};
+
+		esc_roles_format(actor->roles, roles, sizeof(roles));
+		if ((r = esc_audit_append(ctx, st, &ev)) != ESC_OK)
+			goto out;
+	}
 	r = esc_store_commit(ctx, st);
 out:
 	esc_store_rollback(st);
 	PQclear(res);
+	if (r != ESC_OK)
+		esc_audit_outcome_by(ctx, st, actor, disabled ? "account.disable" : "account.enable", name, r);
 	return r;
 }
 
@@ -667,6 +711,7 @@ esc_account_set_password(struct esc_ctx *ctx, struct esc_store *st, const struct
 	    PQntuples(res) != 1)
 		r = esc_error(ctx, ESC_ERR_NOT_FOUND, "no account named '%.64s'", name);
 	PQclear(res);
+	esc_audit_outcome_by(ctx, st, actor, "account.passwd", name, r);
 	OPENSSL_cleanse(hash, strlen(hash));
 	free(hash);
 	return r;

@@ -7,6 +7,7 @@
 
 #include <openssl/x509.h>
 
+#include <p11escrow/audit.h>
 #include <p11escrow/ca.h>
 #include <p11escrow/kra.h>
 
@@ -92,9 +93,9 @@ out:
 	return r;
 }
 
-enum esc_err
-esc_kra_enroll(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor, struct esc_token *ca_tok,
-	       struct esc_token *kra_tok, const char *name, enum esc_key_type type, int days, struct esc_kra *out)
+static enum esc_err
+enroll_impl(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor, struct esc_token *ca_tok,
+	    struct esc_token *kra_tok, const char *name, enum esc_key_type type, int days, struct esc_kra *out)
 {
 	PGresult *res = NULL;
 	X509 *ca = NULL, *cert = NULL;
@@ -160,8 +161,19 @@ esc_kra_enroll(struct esc_ctx *ctx, struct esc_store *st, const struct esc_accou
 	if ((r = esc_ca_issue(ctx, ca, signer, pub, subject, days, ESC_PROFILE_KRA, &cert)) != ESC_OK ||
 	    (r = esc_token_key_uri(ctx, kra_tok, key, &uri)) != ESC_OK ||
 	    (r = esc_token_store_cert(ctx, kra_tok, key, cert)) != ESC_OK ||
+	    (r = esc_store_begin(ctx, st)) != ESC_OK ||
 	    (r = register_kra(ctx, st, name, cert, esc_token_key_type_name(key), recipient, kra_tok, uri)) != ESC_OK)
 		goto out;
+	{
+		char roles[64], details[256];
+		struct esc_audit_event ev = {esc_account_name(actor), roles, "kra.enroll", name, "ok", details};
+
+		esc_roles_format(esc_account_roles(actor), roles, sizeof(roles));
+		snprintf(details, sizeof(details), "card '%s' serial %s, %s key, recipient %s",
+			 esc_token_label(kra_tok), esc_token_serial(kra_tok), esc_token_key_type_name(key), recipient);
+		if ((r = esc_audit_append(ctx, st, &ev)) != ESC_OK || (r = esc_store_commit(ctx, st)) != ESC_OK)
+			goto out;
+	}
 	if (out != NULL) {
 		memset(out, 0, sizeof(*out));
 		snprintf(out->name, sizeof(out->name), "%s", name);
@@ -181,6 +193,7 @@ esc_kra_enroll(struct esc_ctx *ctx, struct esc_store *st, const struct esc_accou
 	generated = 0; /* keep the key: the KRA is registered */
 	r = ESC_OK;
 out:
+	esc_store_rollback(st);
 	/* Undo: a key whose KRA was not registered must not stay on the card. */
 	if (generated && esc_token_destroy_key(NULL, kra_tok, key) != ESC_OK)
 		esc_log(ctx, ESC_LOG_ERROR, "could not remove the generated key '%s' from card '%s'", label,
@@ -194,6 +207,17 @@ out:
 	EVP_PKEY_free(pub);
 	esc_token_key_free(ca_key);
 	esc_token_key_free(key);
+	return r;
+}
+
+enum esc_err
+esc_kra_enroll(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor, struct esc_token *ca_tok,
+	       struct esc_token *kra_tok, const char *name, enum esc_key_type type, int days, struct esc_kra *out)
+{
+	enum esc_err r = enroll_impl(ctx, st, actor, ca_tok, kra_tok, name, type, days, out);
+
+	if (r != ESC_OK)
+		esc_audit_outcome_by(ctx, st, actor, "kra.enroll", name, r);
 	return r;
 }
 
@@ -238,8 +262,8 @@ out:
 	return r;
 }
 
-enum esc_err
-esc_kra_retire(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor, const char *name)
+static enum esc_err
+retire_impl(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor, const char *name)
 {
 	PGresult *res = NULL;
 	const char *v[1] = {name};
@@ -281,13 +305,30 @@ esc_kra_retire(struct esc_ctx *ctx, struct esc_store *st, const struct esc_accou
 			      name, n, ids, n > 3 ? ", ..." : "");
 		goto out;
 	}
-	if ((r = esc_store_exec(ctx, st, "UPDATE kras SET state = 'retired', retired_at = now() WHERE name = $1", 1, v,
-				NULL, NULL, NULL)) != ESC_OK ||
-	    (r = esc_store_commit(ctx, st)) != ESC_OK)
-		goto out;
+	{
+		char roles[64];
+		struct esc_audit_event ev = {esc_account_name(actor), roles, "kra.retire", name, "ok",
+					     "no new record is wrapped to this KRA"};
+
+		esc_roles_format(esc_account_roles(actor), roles, sizeof(roles));
+		if ((r = esc_store_exec(ctx, st, "UPDATE kras SET state = 'retired', retired_at = now() WHERE name = $1",
+					1, v, NULL, NULL, NULL)) != ESC_OK ||
+		    (r = esc_audit_append(ctx, st, &ev)) != ESC_OK || (r = esc_store_commit(ctx, st)) != ESC_OK)
+			goto out;
+	}
 	r = ESC_OK;
 out:
 	esc_store_rollback(st);
 	PQclear(res);
+	return r;
+}
+
+enum esc_err
+esc_kra_retire(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor, const char *name)
+{
+	enum esc_err r = retire_impl(ctx, st, actor, name);
+
+	if (r != ESC_OK)
+		esc_audit_outcome_by(ctx, st, actor, "kra.retire", name, r);
 	return r;
 }

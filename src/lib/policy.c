@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <p11escrow/audit.h>
 #include <p11escrow/policy.h>
 
 #include "internal.h"
@@ -49,14 +50,27 @@ esc_policy_set(struct esc_ctx *ctx, struct esc_store *st, const struct esc_accou
 	       const char *value)
 {
 	const char *v[3] = {key, value, NULL};
+	char details[96], roles[64];
+	struct esc_audit_event ev = {NULL, roles, "policy.set", key, "ok", details};
 	enum esc_err r;
 
+	snprintf(details, sizeof(details), "%.31s = %.31s", key, value);
 	if ((r = esc_account_require(ctx, actor, ESC_ROLE_ADMIN)) != ESC_OK || (r = validate(ctx, key, value)) != ESC_OK)
-		return r;
-	v[2] = esc_account_name(actor);
-	return esc_store_exec(ctx, st,
-			      "UPDATE policy SET value = $2, updated_at = now(), updated_by = $3 WHERE key = $1", 3, v,
-			      NULL, NULL, NULL);
+		goto out;
+	v[2] = ev.actor = esc_account_name(actor);
+	esc_roles_format(esc_account_roles(actor), roles, sizeof(roles));
+	/* The change and its audit event commit together. */
+	if ((r = esc_store_begin(ctx, st)) != ESC_OK ||
+	    (r = esc_store_exec(ctx, st,
+				"UPDATE policy SET value = $2, updated_at = now(), updated_by = $3 WHERE key = $1", 3, v,
+				NULL, NULL, NULL)) != ESC_OK ||
+	    (r = esc_audit_append(ctx, st, &ev)) != ESC_OK || (r = esc_store_commit(ctx, st)) != ESC_OK)
+		goto out;
+out:
+	esc_store_rollback(st);
+	if (r != ESC_OK)
+		esc_audit_outcome_by(ctx, st, actor, "policy.set", details, r);
+	return r;
 }
 
 enum esc_err

@@ -12,6 +12,7 @@
 #include <openssl/pkcs12.h>
 #include <openssl/x509.h>
 
+#include <p11escrow/audit.h>
 #include <p11escrow/envelope.h>
 #include <p11escrow/recovery.h>
 
@@ -24,6 +25,21 @@ static void
 copy(char *dst, size_t len, const char *src)
 {
 	snprintf(dst, len, "%s", src ? src : "");
+}
+
+/* The success event, written inside the operation's transaction. */
+static enum esc_err
+audit_ok(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *a, const char *actor,
+	 const char *action, const char *object, const char *details)
+{
+	char roles[64] = "service";
+	struct esc_audit_event ev = {actor, roles, action, object, "ok", details};
+
+	if (a != NULL) {
+		esc_roles_format(esc_account_roles(a), roles, sizeof(roles));
+		ev.actor = esc_account_name(a);
+	}
+	return esc_audit_append(ctx, st, &ev);
 }
 
 static int
@@ -174,9 +190,9 @@ kra_cert_valid(const char *hex)
 	return ok;
 }
 
-enum esc_err
-esc_recovery_request(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor, const char *record,
-		     const char *kra_name, const char *reason, long long *id)
+static enum esc_err
+request_impl(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor, const char *record,
+	     const char *kra_name, const char *reason, long long *id)
 {
 	PGresult *res = NULL;
 	char rid[ESC_RECORD_ID_LEN + 1], kid[24] = "", set[256] = "", actor_id[24], *approvals = NULL;
@@ -233,22 +249,45 @@ esc_recovery_request(struct esc_ctx *ctx, struct esc_store *st, const struct esc
 	v[2] = reason;
 	v[3] = kid;
 	v[4] = approvals;
-	if ((r = esc_store_exec(ctx, st,
+	if ((r = esc_store_begin(ctx, st)) != ESC_OK ||
+	    (r = esc_store_exec(ctx, st,
 				"INSERT INTO recovery_requests (record_id, requested_by, reason, kra_id, state, "
 				"approvals_required) VALUES ($1::uuid, $2, $3, $4, CASE WHEN $5::int = 0 THEN "
 				"'approved' ELSE 'pending' END, $5::int) RETURNING id",
 				5, v, NULL, NULL, &res)) != ESC_OK)
 		goto out;
+	{
+		char obj[48], details[ESC_REASON_MAX + 128];
+
+		snprintf(obj, sizeof(obj), "request %s", PQgetvalue(res, 0, 0));
+		snprintf(details, sizeof(details), "record %s, KRA id %s, approvals needed %s, reason: %s", rid, kid,
+			 approvals, reason);
+		if ((r = audit_ok(ctx, st, actor, NULL, "recovery.request", obj, details)) != ESC_OK ||
+		    (r = esc_store_commit(ctx, st)) != ESC_OK)
+			goto out;
+	}
 	*id = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
 	r = ESC_OK;
 out:
+	esc_store_rollback(st);
 	free(approvals);
 	PQclear(res);
 	return r;
 }
 
 enum esc_err
-esc_recovery_approve(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor, long long id)
+esc_recovery_request(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor, const char *record,
+		     const char *kra_name, const char *reason, long long *id)
+{
+	enum esc_err r = request_impl(ctx, st, actor, record, kra_name, reason, id);
+
+	if (r != ESC_OK)
+		esc_audit_outcome_by(ctx, st, actor, "recovery.request", record, r);
+	return r;
+}
+
+static enum esc_err
+approve_impl(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor, long long id)
 {
 	PGresult *res = NULL;
 	char sid[24], aid[24];
@@ -297,6 +336,14 @@ esc_recovery_approve(struct esc_ctx *ctx, struct esc_store *st, const struct esc
 	    (r = esc_store_exec(ctx, st, "UPDATE recovery_requests SET state = 'approved' WHERE id = $1", 1, v, NULL,
 				NULL, NULL)) != ESC_OK)
 		goto out;
+	{
+		char obj[48], details[64];
+
+		snprintf(obj, sizeof(obj), "request %lld", id);
+		snprintf(details, sizeof(details), "approval %d of %d", have, required);
+		if ((r = audit_ok(ctx, st, actor, NULL, "recovery.approve", obj, details)) != ESC_OK)
+			goto out;
+	}
 	r = esc_store_commit(ctx, st);
 out:
 	esc_store_rollback(st);
@@ -304,14 +351,38 @@ out:
 	return r;
 }
 
+/* Failure events name the request like success events do. */
+static void
+audit_failed(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *a, const char *actor,
+	     const char *action, long long id, enum esc_err r)
+{
+	char obj[48];
+
+	snprintf(obj, sizeof(obj), "request %lld", id);
+	if (a != NULL)
+		esc_audit_outcome_by(ctx, st, a, action, obj, r);
+	else
+		esc_audit_outcome(ctx, st, actor, "service", action, obj, r);
+}
+
 enum esc_err
-esc_recovery_release(struct esc_ctx *ctx, struct esc_store *st, struct esc_token *ca_tok, long long id)
+esc_recovery_approve(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor, long long id)
+{
+	enum esc_err r = approve_impl(ctx, st, actor, id);
+
+	if (r != ESC_OK)
+		audit_failed(ctx, st, actor, NULL, "recovery.approve", id, r);
+	return r;
+}
+
+static enum esc_err
+release_impl(struct esc_ctx *ctx, struct esc_store *st, struct esc_token *ca_tok, long long id)
 {
 	PGresult *res = NULL;
 	X509 *kra_cert = NULL;
 	unsigned char *inner = NULL;
 	size_t innerlen = 0;
-	char sid[24], rid[ESC_RECORD_ID_LEN + 1];
+	char sid[24], rid[ESC_RECORD_ID_LEN + 1], kra_name[65];
 	const char *v[2];
 	int len[2] = {0, 0}, fmt[2] = {0, 1}, yes = 0;
 	enum esc_err r;
@@ -340,6 +411,7 @@ esc_recovery_release(struct esc_ctx *ctx, struct esc_store *st, struct esc_token
 		goto out;
 	}
 	copy(rid, sizeof(rid), PQgetvalue(res, 0, 1));
+	copy(kra_name, sizeof(kra_name), PQgetvalue(res, 0, 4));
 	if ((kra_cert = esc_store_cert_from_text(PQgetvalue(res, 0, 3))) == NULL) {
 		r = esc_error(ctx, ESC_ERR_BAD_INPUT, "the KRA's stored certificate is unreadable");
 		goto out;
@@ -356,15 +428,33 @@ esc_recovery_release(struct esc_ctx *ctx, struct esc_store *st, struct esc_token
 	if ((r = esc_store_exec(ctx, st,
 				"UPDATE recovery_requests SET state = 'released', package = $2, released_at = now() "
 				"WHERE id = $1",
-				2, v, len, fmt, NULL)) != ESC_OK ||
-	    (r = esc_store_commit(ctx, st)) != ESC_OK)
+				2, v, len, fmt, NULL)) != ESC_OK)
 		goto out;
+	{
+		char obj[48], details[128];
+
+		snprintf(obj, sizeof(obj), "request %lld", id);
+		snprintf(details, sizeof(details), "record %s released to KRA '%s'", rid, kra_name);
+		if ((r = audit_ok(ctx, st, NULL, "ca-token", "recovery.release", obj, details)) != ESC_OK ||
+		    (r = esc_store_commit(ctx, st)) != ESC_OK)
+			goto out;
+	}
 	r = ESC_OK;
 out:
 	esc_store_rollback(st);
 	free(inner);
 	X509_free(kra_cert);
 	PQclear(res);
+	return r;
+}
+
+enum esc_err
+esc_recovery_release(struct esc_ctx *ctx, struct esc_store *st, struct esc_token *ca_tok, long long id)
+{
+	enum esc_err r = release_impl(ctx, st, ca_tok, id);
+
+	if (r != ESC_OK)
+		audit_failed(ctx, st, NULL, "ca-token", "recovery.release", id, r);
 	return r;
 }
 
@@ -405,9 +495,9 @@ esc_recovery_p12_free(unsigned char *p12, size_t len)
 		OPENSSL_secure_clear_free(p12, len);
 }
 
-enum esc_err
-esc_recovery_complete(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor, long long id,
-		      struct esc_token *card, const struct esc_secret *password, unsigned char **p12, size_t *p12len)
+static enum esc_err
+complete_impl(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor, long long id,
+	      struct esc_token *card, const struct esc_secret *password, unsigned char **p12, size_t *p12len)
 {
 	PGresult *res = NULL;
 	struct esc_token_key *key = NULL;
@@ -485,9 +575,18 @@ esc_recovery_complete(struct esc_ctx *ctx, struct esc_store *st, const struct es
 	if ((r = esc_store_exec(ctx, st,
 				"UPDATE recovery_requests SET state = 'completed', package = NULL, completed_at = now() "
 				"WHERE id = $1 AND state = 'released'",
-				1, v, NULL, NULL, NULL)) != ESC_OK ||
-	    (r = esc_store_commit(ctx, st)) != ESC_OK)
+				1, v, NULL, NULL, NULL)) != ESC_OK)
 		goto out;
+	{
+		char obj[48];
+
+		snprintf(obj, sizeof(obj), "request %lld", id);
+		if ((r = audit_ok(ctx, st, actor, NULL, "recovery.complete", obj,
+				  "key decrypted on the KRA card, checked against its certificate, delivered as "
+				  "PKCS#12")) != ESC_OK ||
+		    (r = esc_store_commit(ctx, st)) != ESC_OK)
+			goto out;
+	}
 	*p12 = out;
 	*p12len = outlen;
 	out = NULL; /* transferred */
@@ -505,6 +604,17 @@ out:
 	X509_free(user_cert);
 	OPENSSL_free(package);
 	PQclear(res);
+	return r;
+}
+
+enum esc_err
+esc_recovery_complete(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor, long long id,
+		      struct esc_token *card, const struct esc_secret *password, unsigned char **p12, size_t *p12len)
+{
+	enum esc_err r = complete_impl(ctx, st, actor, id, card, password, p12, p12len);
+
+	if (r != ESC_OK)
+		audit_failed(ctx, st, actor, NULL, "recovery.complete", id, r);
 	return r;
 }
 

@@ -21,6 +21,7 @@
 #include <openssl/x509.h>
 #include <openssl/x509v3.h>
 
+#include <p11escrow/audit.h>
 #include <p11escrow/ca.h>
 #include <p11escrow/setup.h>
 #include <p11escrow/store.h>
@@ -505,6 +506,16 @@ store_new_ca(struct run *run, const char *state)
 				     (r = insert_certificate(run, run->transport_cert, "transport")) != ESC_OK ||
 				     (r = insert_certificate(run, run->storage_cert, "storage")) != ESC_OK))
 		goto out;
+	{
+		char details[ESC_FINGERPRINT_MAX + 160];
+		struct esc_audit_event ev = {"setup", "ca-admin", "setup.create", subject, "ok", details};
+
+		snprintf(details, sizeof(details), "state %s, token '%s' serial %s%s%s", state,
+			 esc_token_label(run->tok), esc_token_serial(run->tok), run->ca_cert ? ", fingerprint " : "",
+			 run->ca_cert ? fp : "");
+		if ((r = esc_audit_append(run->ctx, run->st, &ev)) != ESC_OK)
+			goto out;
+	}
 	if ((r = esc_store_commit(run->ctx, run->st)) != ESC_OK)
 		goto out;
 	if ((r = dup_str(run->ctx, &run->res->state, state)) != ESC_OK ||
@@ -702,9 +713,15 @@ import_ca_cert(struct run *run)
 				2, v, len, fmt, NULL)) != ESC_OK ||
 	    (r = insert_certificate(run, run->ca_cert, "ca")) != ESC_OK ||
 	    (r = insert_certificate(run, run->transport_cert, "transport")) != ESC_OK ||
-	    (r = insert_certificate(run, run->storage_cert, "storage")) != ESC_OK ||
-	    (r = esc_store_commit(run->ctx, run->st)) != ESC_OK)
+	    (r = insert_certificate(run, run->storage_cert, "storage")) != ESC_OK)
 		goto out;
+	{
+		struct esc_audit_event ev = {"setup", "ca-admin", "setup.import-certificate", subject, "ok", fp};
+
+		if ((r = esc_audit_append(run->ctx, run->st, &ev)) != ESC_OK ||
+		    (r = esc_store_commit(run->ctx, run->st)) != ESC_OK)
+			goto out;
+	}
 	if ((r = dup_str(run->ctx, &run->res->state, "active")) != ESC_OK ||
 	    (r = dup_str(run->ctx, &run->res->subject, subject)) != ESC_OK ||
 	    (r = dup_str(run->ctx, &run->res->fingerprint, fp)) != ESC_OK ||

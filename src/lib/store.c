@@ -299,6 +299,12 @@ esc_store_in_tx(const struct esc_store *st)
 	return st->in_tx;
 }
 
+void
+esc_store_mark_tx(struct esc_store *st)
+{
+	st->in_tx = 1;
+}
+
 X509 *
 esc_store_cert_from_text(const char *value)
 {

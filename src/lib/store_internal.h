@@ -24,6 +24,8 @@ void esc_store_rollback(struct esc_store *st);
 
 /* Is a transaction open on st (begun with esc_store_begin)? */
 int esc_store_in_tx(const struct esc_store *st);
+/* Record that the caller opened a transaction with its own BEGIN statement. */
+void esc_store_mark_tx(struct esc_store *st);
 
 /*
  * Run a query whose first column of its one row is a DER certificate

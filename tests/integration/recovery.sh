@@ -197,6 +197,57 @@ psql_val "UPDATE archive_records SET record = overlay(record placing '\\xff'::by
 run_esc 33 recovery release "$REQ4" --pin-file "$PIN_FILE"
 [ "$(psql_val "SELECT state FROM recovery_requests WHERE id = $REQ4")" = approved ] || fail "tampered release changed state"
 
+note "every step is in the audit trail; only auditors and administrators read it"
+run_esc 0 audit verify
+assert_out "audit trail intact"
+as audrey 0 audit show
+for a in setup.create account.create kra.enroll kra.retire policy.set archive.store recovery.request \
+    recovery.approve recovery.release recovery.complete; do
+    grep -q " $a " "$T/out" || fail "no $a event in the audit trail"
+done
+grep -q "cm1 (cert-manager) recovery.approve request $REQ2: refused - a requester cannot approve" "$T/out" ||
+    fail "the refused self-approval is not audited"
+grep -q "kent (kra) recovery.complete request $REQ3: refused" "$T/out" || fail "the retired KRA's refusal is not audited"
+grep -q "recovery.release request $REQ4: refused - .*belongs to another row" "$T/out" || fail "tampering not audited"
+as audrey 0 audit show --action recovery.complete --actor kent
+[ "$(grep -c 'recovery.complete' "$T/out")" -ge 2 ] || fail "filtering by action and actor"
+! grep -v "kent" "$T/out" | grep -q "recovery.complete" || fail "the actor filter let others through"
+as cm1 51 audit show
+as audrey 0 audit export
+python3 -c 'import json,sys; [json.loads(l) for l in open(sys.argv[1])]' "$T/out" || fail "export is not JSON lines"
+run_esc 50 audit show --user nobody --password-file "$T/cm1.pw"
+as audrey 0 audit show --action auth.login
+assert_out "auth.login nobody: refused"
+
+note "the database itself refuses to change or delete audit events, even for its superuser"
+! psql "$DB" -XAtqc "UPDATE audit_events SET details = 'x' WHERE id = 1" 2>/dev/null || fail "an audit event was updated"
+! psql "$DB" -XAtqc "DELETE FROM audit_events WHERE id = 1" 2>/dev/null || fail "an audit event was deleted"
+! psql "$DB" -XAtqc "TRUNCATE audit_events" 2>/dev/null || fail "the audit trail was truncated"
+
+note "tampering behind the triggers' back is found and named: altered, deleted, reordered"
+HOSTP="-h $(sed -n 's/.*host=\([^ ]*\).*/\1/p' <<<"$DB") -p $(sed -n 's/.*port=\([^ ]*\).*/\1/p' <<<"$DB") -U postgres"
+N=$(psql_val "SELECT count(*) FROM audit_events")
+for kind in alter delete reorder; do
+    # shellcheck disable=SC2086
+    createdb $HOSTP -T p11escrow "t_$kind"
+    D=${DB/dbname=p11escrow/dbname=t_$kind}
+    case $kind in
+    alter) sql="UPDATE audit_events SET details = 'nothing to see' WHERE id = 5" ;;
+    delete) sql="DELETE FROM audit_events WHERE id = 5" ;;
+    reorder) sql="UPDATE audit_events SET id = -5 WHERE id = 5; UPDATE audit_events SET id = 5 WHERE id = 6;
+                  UPDATE audit_events SET id = 6 WHERE id = -5" ;;
+    esac
+    psql "$D" -XAtq -c "ALTER TABLE audit_events DISABLE TRIGGER audit_no_update" -c "$sql" \
+        -c "ALTER TABLE audit_events ENABLE TRIGGER audit_no_update" >/dev/null || fail "could not tamper ($kind)"
+    run_esc 33 audit verify --database "$D"
+    case $kind in
+    alter) assert_out "audit event 5: its content does not match its hash" ;;
+    delete) assert_out "audit event 6: it does not follow the event before it (4)" ;;
+    reorder) assert_out "audit event 5:" ;;
+    esac
+done
+[ "$N" -gt 40 ] || fail "suspiciously few audit events: $N"
+
 note "no plaintext key, password or PIN in the database"
 pg_dump "$DB" | xxd -p | tr -d '\n' >"$T/dump.hex"
 for u in alice bob; do

@@ -108,7 +108,7 @@ main(int argc, char *argv[])
 		if (x == NULL || k == NULL)
 			return 2;
 		if ((r = esc_store_connect(ctx, argv[2], &st)) != ESC_OK ||
-		    (r = esc_archive_key(ctx, st, x, k, ESC_SOURCE_IMPORT, &info)) != ESC_OK)
+		    (r = esc_archive_key(ctx, st, "test-tool", x, k, ESC_SOURCE_IMPORT, &info)) != ESC_OK)
 			return fail(ctx, r);
 		printf("%s %s\n", info.id, info.kras);
 		EVP_PKEY_free(k);

@@ -1,0 +1,82 @@
+/*
+ * p11escrow — the audit trail.
+ *
+ * Every security event is appended to an append-only, hash-chained table:
+ * each event's hash covers its id, time, actor, role, action, object,
+ * outcome, details and the previous event's hash, so altering, deleting or
+ * reordering rows breaks the chain where it happened.  An event is written
+ * in the transaction of the operation it records when there is one, so both
+ * commit or neither.  Details never hold a secret.
+ */
+#ifndef P11ESCROW_AUDIT_H
+#define P11ESCROW_AUDIT_H
+
+#include <stddef.h>
+
+#include <p11escrow/auth.h>
+#include <p11escrow/ctx.h>
+#include <p11escrow/err.h>
+#include <p11escrow/store.h>
+
+struct esc_audit_event {
+	const char *actor;   /* account name, or "setup" / "ca-token" for the token holder */
+	const char *role;    /* the actor's roles */
+	const char *action;  /* e.g. "recovery.release" */
+	const char *object;  /* serial, record or request id, KRA or account name */
+	const char *outcome; /* "ok", "refused", "failed" */
+	const char *details; /* free text, never a secret; "" if none */
+};
+
+/* Append one event (in the open transaction, else in its own).  Errors: USAGE, DB. */
+enum esc_err esc_audit_append(struct esc_ctx *ctx, struct esc_store *st, const struct esc_audit_event *ev)
+	ESC_MUST_CHECK;
+
+/*
+ * Record the outcome of an operation that returned r, after the fact:
+ * "ok", or "refused"/"failed" with the ctx's message as details.  Never
+ * changes the ctx's error; a failure to write is logged.  For the failure
+ * paths of operations whose transaction was rolled back.
+ */
+void esc_audit_outcome(struct esc_ctx *ctx, struct esc_store *st, const char *actor, const char *role,
+		       const char *action, const char *object, enum esc_err r);
+
+/* The same for an authenticated account (actor name and roles taken from a; NULL: "unknown"). */
+void esc_audit_outcome_by(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *a, const char *action,
+			  const char *object, enum esc_err r);
+
+struct esc_audit_report {
+	long long events;
+	long long first_bad;   /* id of the first event that fails, 0 if none */
+	char problem[256];     /* what is wrong with it */
+};
+
+/*
+ * Recompute the whole chain.  ESC_OK with first_bad == 0 when intact; with
+ * a broken chain ESC_ERR_TAMPERED and the report names the first bad event.
+ * Errors: TAMPERED, DB.
+ */
+enum esc_err esc_audit_verify(struct esc_ctx *ctx, struct esc_store *st, struct esc_audit_report *rep)
+	ESC_MUST_CHECK;
+
+struct esc_audit_row {
+	long long id;
+	char at[40];
+	char actor[65];
+	char role[64];
+	char action[48];
+	char object[128];
+	char outcome[16];
+	char details[512];
+};
+
+/*
+ * Events matching every non-NULL filter (since/until: ISO times compared as
+ * text; actor, action, object exact), oldest first, at most limit.  actor
+ * must be an auditor or administrator.  *out is malloc'ed.
+ * Errors: DENIED, DB.
+ */
+enum esc_err esc_audit_list(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *reader,
+			    const char *since, const char *until, const char *actor, const char *action,
+			    const char *object, size_t limit, struct esc_audit_row **out, size_t *n) ESC_MUST_CHECK;
+
+#endif
