@@ -28,3 +28,23 @@ CREATE TRIGGER audit_no_update BEFORE UPDATE OR DELETE ON audit_events
     FOR EACH ROW EXECUTE FUNCTION audit_append_only();
 CREATE TRIGGER audit_no_truncate BEFORE TRUNCATE ON audit_events
     FOR EACH STATEMENT EXECUTE FUNCTION audit_append_only();
+
+-- The audit key: a fourth key on the CA token, signing checkpoints only.
+ALTER TABLE token_keys DROP CONSTRAINT token_keys_role_check;
+ALTER TABLE token_keys ADD CONSTRAINT token_keys_role_check
+    CHECK (role IN ('ca-sign', 'transport', 'storage', 'audit'));
+
+-- Checkpoints: the audit key on the CA token signs the hash of the newest
+-- event, so a database edited wholesale (chain recomputed) or cut short
+-- is caught by `p11escrow audit verify`.
+CREATE TABLE audit_checkpoints (
+    id          bigserial PRIMARY KEY,
+    event_id    bigint NOT NULL,
+    event_hash  bytea NOT NULL,
+    at          text NOT NULL,
+    signature   bytea NOT NULL
+);
+CREATE TRIGGER audit_checkpoints_no_update BEFORE UPDATE OR DELETE ON audit_checkpoints
+    FOR EACH ROW EXECUTE FUNCTION audit_append_only();
+CREATE TRIGGER audit_checkpoints_no_truncate BEFORE TRUNCATE ON audit_checkpoints
+    FOR EACH STATEMENT EXECUTE FUNCTION audit_append_only();

@@ -17,6 +17,7 @@
 #include <p11escrow/ctx.h>
 #include <p11escrow/err.h>
 #include <p11escrow/store.h>
+#include <p11escrow/token.h>
 
 struct esc_audit_event {
 	const char *actor;   /* account name, or "setup" / "ca-token" for the token holder */
@@ -46,12 +47,25 @@ void esc_audit_outcome_by(struct esc_ctx *ctx, struct esc_store *st, const struc
 
 struct esc_audit_report {
 	long long events;
+	long long checkpoints;
+	long long last_signed;  /* newest event covered by a checkpoint, 0 if none */
 	long long first_bad;   /* id of the first event that fails, 0 if none */
 	char problem[256];     /* what is wrong with it */
 };
 
 /*
- * Recompute the whole chain.  ESC_OK with first_bad == 0 when intact; with
+ * Sign the newest event's hash with the audit key on ca_tok (logged in) and
+ * store the checkpoint; *event_id is the event it covers.  The service does
+ * this every N events, every T seconds and at shutdown.
+ * Errors: STATE (no events, no audit key), KEY_NOT_FOUND, PKCS11, CRYPTO, DB.
+ */
+enum esc_err esc_audit_checkpoint(struct esc_ctx *ctx, struct esc_store *st, struct esc_token *ca_tok,
+				  long long *event_id) ESC_MUST_CHECK;
+
+/*
+ * Recompute the whole chain, then check every checkpoint: its signature
+ * under the audit certificate (which must chain to the CA certificate) and
+ * that the event it signed is still there, unchanged.  ESC_OK with first_bad == 0 when intact; with
  * a broken chain ESC_ERR_TAMPERED and the report names the first bad event.
  * Errors: TAMPERED, DB.
  */

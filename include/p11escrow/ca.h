@@ -45,6 +45,7 @@ enum esc_err esc_ca_make_csr(struct esc_ctx *ctx, EVP_PKEY *signer, EVP_PKEY *pu
 enum esc_cert_profile {
 	ESC_PROFILE_ENCRYPTION, /* transport and storage keys: keyEncipherment (RSA) or keyAgreement (EC) */
 	ESC_PROFILE_KRA,        /* Key Recovery Agent: as above plus EKU 1.3.6.1.4.1.311.21.6 */
+	ESC_PROFILE_AUDIT,      /* audit checkpoints: digitalSignature only */
 };
 
 /*

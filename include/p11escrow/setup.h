@@ -46,7 +46,7 @@ struct esc_setup_result {
 	char *fingerprint;  /* NULL while pending */
 	char *cert_pem;     /* CA certificate, NULL while pending */
 	int schema_from, schema_to;
-	struct esc_setup_key keys[3];
+	struct esc_setup_key keys[4];
 	size_t nkeys;
 	char note[512];     /* key types changed to what the token offers; "" if none */
 };

@@ -7,6 +7,9 @@
 #include <string.h>
 
 #include <p11escrow/audit.h>
+#include <p11escrow/pin.h>
+#include <p11escrow/setup.h>
+#include <p11escrow/token.h>
 
 #include "cli.h"
 
@@ -16,9 +19,13 @@ static void
 help(void)
 {
 	printf("Usage: %s " CMD " verify [OPTIONS]\n"
-	       "       %s " CMD " show|export --user NAME [FILTERS] [OPTIONS]\n\n"
-	       "verify  recompute the hash chain of every event and name the first that was altered,\n"
-	       "        removed or reordered (exit 33), else print the number of events.\n"
+	       "       %s " CMD " show|export --user NAME [FILTERS] [OPTIONS]\n"
+	       "       %s " CMD " checkpoint [OPTIONS]\n\n"
+	       "verify  recompute the hash chain of every event, check every checkpoint's signature\n"
+	       "        (audit certificate issued by the CA) and that the events it signed are still\n"
+	       "        there; name the first event altered, removed, reordered or cut (exit 33).\n"
+	       "checkpoint  sign the newest event's hash with the audit key on the CA token (needs\n"
+	       "        the CA token PIN: -p FILE, else $P11ESCROW_CA_PIN, else a prompt).\n"
 	       "show    events, oldest first, one per line (auditors and administrators).\n"
 	       "export  the same as JSON lines, for a SIEM.\n\n"
 	       "Filters:\n"
@@ -32,10 +39,33 @@ help(void)
 	       "  -c, --config FILE         configuration file\n"
 	       "  -d, --database CONNINFO   libpq connection string\n"
 	       "  -u, --user NAME           the reading account (auditor or administrator)\n"
+	       "  -p, --pin-file FILE       CA token PIN (checkpoint)\n"
+	       "  -m, --module MODULE       PKCS#11 module of the CA token (checkpoint)\n"
 	       "      --password-file FILE  its password (else $P11ESCROW_PASSWORD, else a prompt)\n"
 	       "  -h, --help                this text\n",
-	       PROG, PROG);
+	       PROG, PROG, PROG);
 	cli_print_exit_codes();
+}
+
+static int
+do_checkpoint(struct esc_ctx *ctx, struct esc_config *cfg, struct esc_store *st)
+{
+	struct esc_token *ca = NULL;
+	struct esc_secret *pin = NULL;
+	char *uri = NULL;
+	long long id = 0;
+	enum esc_err r;
+
+	if ((r = esc_setup_key_uri(ctx, st, "audit", &uri)) == ESC_OK &&
+	    (r = esc_secret_obtain(ctx, esc_config_get(cfg, "ca_pin_file"), "P11ESCROW_CA_PIN", "CA token PIN: ",
+				   &pin)) == ESC_OK &&
+	    (r = esc_token_open(ctx, esc_config_get(cfg, "module"), uri, &ca)) == ESC_OK &&
+	    (r = esc_token_login(ctx, ca, pin)) == ESC_OK && (r = esc_audit_checkpoint(ctx, st, ca, &id)) == ESC_OK)
+		printf("checkpoint signed: events up to %lld\n", id);
+	free(uri);
+	esc_secret_free(pin);
+	esc_token_free(ca);
+	return r == ESC_OK ? 0 : cli_fail(CMD, ctx, r);
 }
 
 /* JSON string body: the fields are printable ASCII already; escape quote and backslash. */
@@ -61,9 +91,11 @@ audit_main(int argc, char *argv[])
 		{"since", required_argument, NULL, OPT_SINCE}, {"until", required_argument, NULL, OPT_UNTIL},
 		{"actor", required_argument, NULL, OPT_ACTOR}, {"action", required_argument, NULL, OPT_ACTION},
 		{"object", required_argument, NULL, OPT_OBJECT}, {"limit", required_argument, NULL, OPT_LIMIT},
+		{"pin-file", required_argument, NULL, 'p'}, {"module", required_argument, NULL, 'm'},
 		{"help", no_argument, NULL, 'h'},	  {NULL, 0, NULL, 0},
 	};
 	const char *config = NULL, *database = NULL, *user = NULL, *password_file = NULL, *action;
+	const char *pin_file = NULL, *module = NULL;
 	const char *since = NULL, *until = NULL, *actor = NULL, *act = NULL, *object = NULL;
 	struct esc_ctx *ctx = NULL;
 	struct esc_config *cfg = NULL;
@@ -78,7 +110,7 @@ audit_main(int argc, char *argv[])
 
 	opterr = 0;
 	optind = 1;
-	while ((c = getopt_long(argc, argv, ":c:d:u:h", longopts, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, ":c:d:u:p:m:h", longopts, NULL)) != -1) {
 		switch (c) {
 		case 'h':
 			help();
@@ -86,6 +118,8 @@ audit_main(int argc, char *argv[])
 		case 'c': config = optarg; break;
 		case 'd': database = optarg; break;
 		case 'u': user = optarg; break;
+		case 'p': pin_file = optarg; break;
+		case 'm': module = optarg; break;
 		case OPT_PASSWORD: password_file = optarg; break;
 		case OPT_SINCE: since = optarg; break;
 		case OPT_UNTIL: until = optarg; break;
@@ -104,14 +138,19 @@ audit_main(int argc, char *argv[])
 		}
 	}
 	if (optind != argc - 1)
-		return cli_usage_error(CMD, "expected one action: verify, show or export");
+		return cli_usage_error(CMD, "expected one action: verify, show, export or checkpoint");
 	action = argv[optind];
-	if (strcmp(action, "verify") != 0 && strcmp(action, "show") != 0 && strcmp(action, "export") != 0)
-		return cli_usage_error(CMD, "unknown action '%s' (use verify, show or export)", action);
+	if (strcmp(action, "verify") != 0 && strcmp(action, "show") != 0 && strcmp(action, "export") != 0 &&
+	    strcmp(action, "checkpoint") != 0)
+		return cli_usage_error(CMD, "unknown action '%s' (use verify, show, export or checkpoint)", action);
 	if ((rc = cli_init(CMD, config, &ctx, &cfg)) != 0 ||
-	    (rc = cli_apply_common(CMD, ctx, cfg, database, NULL, NULL, NULL)) != 0 ||
+	    (rc = cli_apply_common(CMD, ctx, cfg, database, module, NULL, pin_file)) != 0 ||
 	    (rc = cli_open_store(CMD, ctx, cfg, &st)) != 0)
 		goto out;
+	if (strcmp(action, "checkpoint") == 0) {
+		rc = do_checkpoint(ctx, cfg, st);
+		goto out;
+	}
 	if (user != NULL && (rc = cli_login(CMD, ctx, st, user, password_file, &reader)) != 0)
 		goto out;
 	if (strcmp(action, "verify") == 0) {
@@ -123,7 +162,11 @@ audit_main(int argc, char *argv[])
 			rc = cli_fail(CMD, ctx, r);
 			goto out;
 		}
-		printf("audit trail intact: %lld event(s), every hash and link verified\n", rep.events);
+		printf("audit trail intact: %lld event(s), every hash and link verified; %lld checkpoint(s)", rep.events,
+		       rep.checkpoints);
+		if (rep.checkpoints > 0)
+			printf(", the newest signing events up to %lld", rep.last_signed);
+		printf("\n");
 		rc = 0;
 		goto out;
 	}

@@ -8,6 +8,7 @@
 
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
+#include <openssl/x509.h>
 
 #include <p11escrow/audit.h>
 
@@ -18,6 +19,7 @@
 #define AUDIT_LOCK "1882536289"
 #define ENCODING_TAG "p11escrow-audit-v1\n"
 #define HASH_LEN 32
+#define CHECKPOINT_TAG "p11escrow-audit-checkpoint-v1\n"
 
 struct fields {
 	char id[24];
@@ -226,6 +228,185 @@ esc_audit_outcome_by(struct esc_ctx *ctx, struct esc_store *st, const struct esc
 	esc_audit_outcome(ctx, st, a ? esc_account_name(a) : "unknown", roles, action, object, r);
 }
 
+/* What a checkpoint signs. */
+static void
+checkpoint_message(char *buf, size_t len, const char *event_id, const char *hash_hex, const char *at)
+{
+	snprintf(buf, len, CHECKPOINT_TAG "%s\n%s\n%s\n", event_id, hash_hex, at);
+}
+
+enum esc_err
+esc_audit_checkpoint(struct esc_ctx *ctx, struct esc_store *st, struct esc_token *ca_tok, long long *event_id)
+{
+	PGresult *res = NULL;
+	struct esc_token_key *key = NULL;
+	EVP_PKEY *pkey = NULL;
+	EVP_MD_CTX *md = NULL;
+	unsigned char *sig = NULL;
+	size_t siglen = 0;
+	char msg[256], at[40], id[24], hash_hex[2 * HASH_LEN + 1];
+	const char *v[4];
+	int len[4] = {0}, fmt[4] = {0};
+	enum esc_err r;
+
+	if ((r = esc_store_exec(ctx, st,
+				"SELECT (SELECT uri FROM token_keys WHERE role = 'audit'), id, encode(hash, 'hex') FROM "
+				"audit_events ORDER BY id DESC LIMIT 1",
+				0, NULL, NULL, NULL, &res)) != ESC_OK)
+		return r;
+	if (PQntuples(res) != 1 || PQgetisnull(res, 0, 0)) {
+		r = esc_error(ctx, ESC_ERR_STATE, PQntuples(res) != 1 ? "there is no audit event to sign"
+								  : "no audit key is recorded: this CA predates it");
+		goto out;
+	}
+	snprintf(id, sizeof(id), "%s", PQgetvalue(res, 0, 1));
+	snprintf(hash_hex, sizeof(hash_hex), "%s", PQgetvalue(res, 0, 2));
+	now_utc(at, sizeof(at));
+	checkpoint_message(msg, sizeof(msg), id, hash_hex, at);
+	if ((r = esc_token_find_key(ctx, ca_tok, PQgetvalue(res, 0, 0), &key)) != ESC_OK ||
+	    (r = esc_token_key_private(ctx, ca_tok, key, &pkey)) != ESC_OK)
+		goto out;
+	if ((md = EVP_MD_CTX_new()) == NULL || EVP_DigestSignInit(md, NULL, EVP_sha256(), NULL, pkey) != 1 ||
+	    EVP_DigestSign(md, NULL, &siglen, (const unsigned char *)msg, strlen(msg)) != 1 ||
+	    (sig = OPENSSL_malloc(siglen)) == NULL ||
+	    EVP_DigestSign(md, sig, &siglen, (const unsigned char *)msg, strlen(msg)) != 1) {
+		r = esc_error_ossl(ctx, ESC_ERR_PKCS11, "the audit key on token '%s' could not sign the checkpoint",
+				   esc_token_label(ca_tok));
+		goto out;
+	}
+	{
+		long l = 0;
+		unsigned char *h = OPENSSL_hexstr2buf(hash_hex, &l);
+
+		v[0] = id;
+		v[1] = (const char *)h;
+		len[1] = (int)l;
+		fmt[1] = 1;
+		v[2] = at;
+		v[3] = (const char *)sig;
+		len[3] = (int)siglen;
+		fmt[3] = 1;
+		r = h == NULL ? esc_error(ctx, ESC_ERR_NOMEM, "out of memory")
+			      : esc_store_exec(ctx, st,
+					       "INSERT INTO audit_checkpoints (event_id, event_hash, at, signature) "
+					       "VALUES ($1, $2, $3, $4)",
+					       4, v, len, fmt, NULL);
+		OPENSSL_free(h);
+		if (r != ESC_OK)
+			goto out;
+	}
+	{
+		char obj[40];
+		struct esc_audit_event ev = {"ca-token", "service", "audit.checkpoint", obj, "ok", at};
+
+		snprintf(obj, sizeof(obj), "event %s", id);
+		if ((r = esc_audit_append(ctx, st, &ev)) != ESC_OK)
+			goto out;
+	}
+	*event_id = strtoll(id, NULL, 10);
+	r = ESC_OK;
+out:
+	OPENSSL_free(sig);
+	EVP_MD_CTX_free(md);
+	EVP_PKEY_free(pkey);
+	esc_token_key_free(key);
+	PQclear(res);
+	return r;
+}
+
+/* Is this checkpoint's signature good under pub? */
+static int
+checkpoint_signed(EVP_PKEY *pub, const char *event_id, const char *hash_hex, const char *at, const unsigned char *sig,
+		  size_t siglen)
+{
+	EVP_MD_CTX *md = EVP_MD_CTX_new();
+	char msg[256];
+	int ok;
+
+	checkpoint_message(msg, sizeof(msg), event_id, hash_hex, at);
+	ok = md != NULL && EVP_DigestVerifyInit(md, NULL, EVP_sha256(), NULL, pub) == 1 &&
+	     EVP_DigestVerify(md, sig, siglen, (const unsigned char *)msg, strlen(msg)) == 1;
+	EVP_MD_CTX_free(md);
+	return ok;
+}
+
+/* Check every checkpoint against the chain in events (ordered by id). */
+static enum esc_err
+verify_checkpoints(struct esc_ctx *ctx, struct esc_store *st, PGresult *events, struct esc_audit_report *rep)
+{
+	PGresult *res = NULL;
+	X509 *ca = NULL, *auditor = NULL;
+	enum esc_err r;
+	int i, j = 0, rows, nev = PQntuples(events);
+	long long last = nev > 0 ? strtoll(PQgetvalue(events, nev - 1, 0), NULL, 10) : 0;
+
+	if ((r = esc_store_exec(ctx, st,
+				"SELECT id, event_id, encode(event_hash, 'hex'), at, encode(signature, 'hex') FROM "
+				"audit_checkpoints ORDER BY id",
+				0, NULL, NULL, NULL, &res)) != ESC_OK)
+		return r;
+	if ((rows = PQntuples(res)) == 0)
+		goto done;
+	if ((r = esc_store_get_cert(ctx, st, "the CA certificate", "SELECT certificate FROM ca", 0, NULL, &ca)) !=
+		    ESC_OK ||
+	    (r = esc_store_get_cert(ctx, st, "the audit certificate",
+				    "SELECT certificate FROM token_keys WHERE role = 'audit'", 0, NULL, &auditor)) !=
+		    ESC_OK)
+		goto out;
+	if (X509_verify(auditor, X509_get0_pubkey(ca)) != 1) {
+		r = esc_error(ctx, ESC_ERR_TAMPERED, "the stored audit certificate was not issued by the CA");
+		goto out;
+	}
+	for (i = 0; i < rows; i++) {
+		const char *eid = PQgetvalue(res, i, 1), *hh = PQgetvalue(res, i, 2);
+		long long e = strtoll(eid, NULL, 10);
+		long siglen = 0;
+		unsigned char *sig = OPENSSL_hexstr2buf(PQgetvalue(res, i, 4), &siglen);
+		int good = sig != NULL && checkpoint_signed(X509_get0_pubkey(auditor), eid, hh, PQgetvalue(res, i, 3),
+							     sig, (size_t)siglen);
+
+		OPENSSL_free(sig);
+		if (!good) {
+			snprintf(rep->problem, sizeof(rep->problem), "checkpoint %s's signature does not verify",
+				 PQgetvalue(res, i, 0));
+			rep->first_bad = e;
+			r = esc_error(ctx, ESC_ERR_TAMPERED, "audit checkpoint %s: its signature does not verify",
+				      PQgetvalue(res, i, 0));
+			goto out;
+		}
+		if (e > last) {
+			snprintf(rep->problem, sizeof(rep->problem), "events after %lld were removed", last);
+			rep->first_bad = last + 1;
+			r = esc_error(ctx, ESC_ERR_TAMPERED,
+				      "audit checkpoint %s signed event %lld, but the log ends at event %lld: events "
+				      "were cut from its end",
+				      PQgetvalue(res, i, 0), e, last);
+			goto out;
+		}
+		while (j < nev && strtoll(PQgetvalue(events, j, 0), NULL, 10) < e)
+			j++;
+		if (j >= nev || strtoll(PQgetvalue(events, j, 0), NULL, 10) != e ||
+		    strcmp(PQgetvalue(events, j, 9), hh) != 0) {
+			snprintf(rep->problem, sizeof(rep->problem), "the event checkpoint %s signed is gone or changed",
+				 PQgetvalue(res, i, 0));
+			rep->first_bad = e;
+			r = esc_error(ctx, ESC_ERR_TAMPERED,
+				      "audit event %lld: it is not the event checkpoint %s signed (the log was rewritten)",
+				      e, PQgetvalue(res, i, 0));
+			goto out;
+		}
+		rep->checkpoints++;
+		rep->last_signed = e;
+	}
+done:
+	r = ESC_OK;
+out:
+	X509_free(ca);
+	X509_free(auditor);
+	PQclear(res);
+	return r;
+}
+
 enum esc_err
 esc_audit_verify(struct esc_ctx *ctx, struct esc_store *st, struct esc_audit_report *rep)
 {
@@ -284,7 +465,7 @@ esc_audit_verify(struct esc_ctx *ctx, struct esc_store *st, struct esc_audit_rep
 		snprintf(expect_prev, sizeof(expect_prev), "%s", PQgetvalue(res, i, 9));
 		last_id = id;
 	}
-	r = ESC_OK;
+	r = verify_checkpoints(ctx, st, res, rep);
 out:
 	PQclear(res);
 	return r;

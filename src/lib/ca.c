@@ -277,7 +277,9 @@ esc_ca_issue(struct esc_ctx *ctx, X509 *ca_cert, EVP_PKEY *signer, EVP_PKEY *pub
 		r = esc_error_ossl(ctx, ESC_ERR_CRYPTO, "cannot limit the certificate's validity");
 		goto out;
 	}
-	ku = EVP_PKEY_is_a(pub, "EC") ? "critical,keyAgreement" : "critical,keyEncipherment";
+	ku = profile == ESC_PROFILE_AUDIT  ? "critical,digitalSignature"
+	     : EVP_PKEY_is_a(pub, "EC") ? "critical,keyAgreement"
+					: "critical,keyEncipherment";
 	if (profile == ESC_PROFILE_KRA && !add_ext(ca_cert, x, NID_ext_key_usage, ESC_OID_KRA_EKU)) {
 		r = esc_error_ossl(ctx, ESC_ERR_CRYPTO, "cannot add the Key Recovery Agent extended key usage");
 		goto out;

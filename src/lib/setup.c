@@ -32,11 +32,11 @@
 
 #define CERT_FILE_MAX (256 * 1024)
 
-enum role { ROLE_SIGN, ROLE_TRANSPORT, ROLE_STORAGE, NROLES };
+enum role { ROLE_SIGN, ROLE_TRANSPORT, ROLE_STORAGE, ROLE_AUDIT, NROLES };
 
-static const char *const role_names[NROLES] = {"ca-sign", "transport", "storage"};
+static const char *const role_names[NROLES] = {"ca-sign", "transport", "storage", "audit"};
 static const char *const role_labels[NROLES] = {"p11escrow CA signing key", "p11escrow transport key",
-						"p11escrow storage key"};
+						"p11escrow storage key", "p11escrow audit key"};
 
 struct run {
 	struct esc_ctx *ctx;
@@ -51,6 +51,7 @@ struct run {
 	X509 *ca_cert;
 	X509 *transport_cert;
 	X509 *storage_cert;
+	X509 *audit_cert;
 	X509_REQ *csr;
 	STACK_OF(X509) *chain;
 	int csr_written;
@@ -193,10 +194,26 @@ open_token(struct run *run)
 	return esc_token_login(run->ctx, run->tok, run->opts->pin);
 }
 
+/* Signing keys (CA, audit checkpoints) only sign; transport and storage keys only decrypt. */
+static enum esc_key_usage
+role_usage(int role)
+{
+	return role == ROLE_SIGN || role == ROLE_AUDIT ? ESC_KEY_USE_SIGN : ESC_KEY_USE_DECRYPT;
+}
+
 static enum esc_key_type
 role_type(const struct esc_setup_opts *o, enum role role)
 {
-	return role == ROLE_SIGN ? o->ca_key_type : role == ROLE_TRANSPORT ? o->transport_key_type : o->storage_key_type;
+	switch (role) {
+	case ROLE_SIGN:
+		return o->ca_key_type;
+	case ROLE_TRANSPORT:
+		return o->transport_key_type;
+	case ROLE_STORAGE:
+		return o->storage_key_type;
+	default:
+		return ESC_KEY_EC_P256; /* checkpoints are frequent: a cheap signature */
+	}
 }
 
 static int
@@ -222,18 +239,17 @@ check_mechanisms(struct run *run)
 		run->types[role] = t;
 		if (role == ROLE_SIGN && run->opts->adopt_key_uri != NULL)
 			continue;
-		if ((r = esc_token_require_key_mechanisms(run->ctx, run->tok, t,
-							  role == ROLE_SIGN ? ESC_KEY_USE_SIGN : ESC_KEY_USE_DECRYPT)) ==
-		    ESC_OK)
+		if ((r = esc_token_require_key_mechanisms(run->ctx, run->tok, t, role_usage(role))) == ESC_OK)
 			continue;
 		/*
-		 * Transport and storage keys only decrypt: where the token
-		 * cannot do that with the configured family (p11-kit's RPC
-		 * carries no ECDH), take the other family and say so.
+		 * Where the token cannot serve the transport, storage or audit
+		 * key with the configured family (p11-kit's RPC carries no
+		 * ECDH), take the other family and say so.  The CA key is as
+		 * the operator asked, or nothing.
 		 */
 		alt = (t == ESC_KEY_RSA3072 || t == ESC_KEY_RSA4096) ? ESC_KEY_EC_P256 : ESC_KEY_RSA3072;
 		if (r != ESC_ERR_MECHANISM || role == ROLE_SIGN ||
-		    esc_token_require_key_mechanisms(NULL, run->tok, alt, ESC_KEY_USE_DECRYPT) != ESC_OK)
+		    esc_token_require_key_mechanisms(NULL, run->tok, alt, role_usage(role)) != ESC_OK)
 			return r;
 		run->types[role] = alt;
 		snprintf(run->res->note + strlen(run->res->note), sizeof(run->res->note) - strlen(run->res->note),
@@ -266,8 +282,7 @@ make_keys(struct run *run)
 	for (role = 0; role < NROLES; role++) {
 		if (run->keys[role] != NULL)
 			continue;
-		if ((r = esc_token_generate_key(run->ctx, run->tok, run->types[role],
-						role == ROLE_SIGN ? ESC_KEY_USE_SIGN : ESC_KEY_USE_DECRYPT,
+		if ((r = esc_token_generate_key(run->ctx, run->tok, run->types[role], role_usage(role),
 						role_labels[role], &run->keys[role])) != ESC_OK)
 			return r;
 		run->generated[role] = 1;
@@ -287,6 +302,7 @@ make_keys(struct run *run)
 static enum esc_err
 issue_role_cert(struct run *run, enum role role, const char *ou, X509 **out)
 {
+	enum esc_cert_profile profile = role == ROLE_AUDIT ? ESC_PROFILE_AUDIT : ESC_PROFILE_ENCRYPTION;
 	X509_NAME *name = X509_NAME_dup(X509_get_subject_name(run->ca_cert));
 	enum esc_err r;
 
@@ -295,8 +311,7 @@ issue_role_cert(struct run *run, enum role role, const char *ou, X509 **out)
 		X509_NAME_free(name);
 		return esc_error_ossl(run->ctx, ESC_ERR_CRYPTO, "cannot build the %s certificate's name", ou);
 	}
-	r = esc_ca_issue(run->ctx, run->ca_cert, run->signer, run->pub[role], name, run->opts->days,
-			 ESC_PROFILE_ENCRYPTION, out);
+	r = esc_ca_issue(run->ctx, run->ca_cert, run->signer, run->pub[role], name, run->opts->days, profile, out);
 	X509_NAME_free(name);
 	return r;
 }
@@ -308,7 +323,9 @@ issue_transport(struct run *run)
 
 	if ((r = issue_role_cert(run, ROLE_TRANSPORT, "Key Archival Transport", &run->transport_cert)) != ESC_OK)
 		return r;
-	return issue_role_cert(run, ROLE_STORAGE, "Key Archival Storage", &run->storage_cert);
+	if ((r = issue_role_cert(run, ROLE_STORAGE, "Key Archival Storage", &run->storage_cert)) != ESC_OK)
+		return r;
+	return issue_role_cert(run, ROLE_AUDIT, "Audit", &run->audit_cert);
 }
 
 /* Write the CSR as PEM atomically (temporary file + rename), mode 0644. */
@@ -455,7 +472,7 @@ record_result_keys(struct run *run, char *uris[NROLES])
 static enum esc_err
 store_new_ca(struct run *run, const char *state)
 {
-	char *subject = NULL, *uris[NROLES] = {NULL, NULL, NULL};
+	char *subject = NULL, *uris[NROLES] = {NULL};
 	char fp[ESC_FINGERPRINT_MAX];
 	unsigned char *cert = NULL, *csr = NULL;
 	const char *v[7];
@@ -499,12 +516,14 @@ store_new_ca(struct run *run, const char *state)
 		if ((r = insert_key(run, role,
 				    role == ROLE_TRANSPORT ? run->transport_cert
 				    : role == ROLE_STORAGE ? run->storage_cert
+				    : role == ROLE_AUDIT   ? run->audit_cert
 							   : NULL,
 				    &uris[role])) != ESC_OK)
 			goto out;
 	if (run->ca_cert != NULL && ((r = insert_certificate(run, run->ca_cert, "ca")) != ESC_OK ||
 				     (r = insert_certificate(run, run->transport_cert, "transport")) != ESC_OK ||
-				     (r = insert_certificate(run, run->storage_cert, "storage")) != ESC_OK))
+				     (r = insert_certificate(run, run->storage_cert, "storage")) != ESC_OK ||
+				     (r = insert_certificate(run, run->audit_cert, "audit")) != ESC_OK))
 		goto out;
 	{
 		char details[ESC_FINGERPRINT_MAX + 160];
@@ -610,10 +629,10 @@ import_ca_cert(struct run *run)
 	PGresult *pr = NULL;
 	char *subject = NULL;
 	char fp[ESC_FINGERPRINT_MAX];
-	unsigned char *cder = NULL, *tder = NULL, *sder = NULL, *chain = NULL;
+	unsigned char *cder = NULL, *tder = NULL, *sder = NULL, *ader = NULL, *chain = NULL;
 	size_t chainlen = 0;
 	const char *v[4];
-	int len[4] = {0}, fmt[4] = {0}, clen = 0, tlen = 0, slen = 0, i;
+	int len[4] = {0}, fmt[4] = {0}, clen = 0, tlen = 0, slen = 0, alen = 0, i;
 	enum esc_err r;
 
 	if ((r = read_cert_file(run, run->opts->import_cert)) != ESC_OK || (r = open_token(run)) != ESC_OK)
@@ -626,19 +645,22 @@ import_ca_cert(struct run *run)
 		int k = strcmp(role, "ca-sign") == 0	   ? ROLE_SIGN
 			: strcmp(role, "transport") == 0 ? ROLE_TRANSPORT
 			: strcmp(role, "storage") == 0	   ? ROLE_STORAGE
+			: strcmp(role, "audit") == 0	   ? ROLE_AUDIT
 							   : -1;
 
 		if (k >= 0 && (r = esc_token_find_key(run->ctx, run->tok, PQgetvalue(pr, i, 1), &run->keys[k])) != ESC_OK)
 			goto out;
 	}
-	if (run->keys[ROLE_SIGN] == NULL || run->keys[ROLE_TRANSPORT] == NULL || run->keys[ROLE_STORAGE] == NULL) {
+	if (run->keys[ROLE_SIGN] == NULL || run->keys[ROLE_TRANSPORT] == NULL || run->keys[ROLE_STORAGE] == NULL ||
+	    run->keys[ROLE_AUDIT] == NULL) {
 		r = esc_error(run->ctx, ESC_ERR_STATE, "the pending CA's key records are incomplete");
 		goto out;
 	}
 	if ((r = esc_token_key_public(run->ctx, run->tok, run->keys[ROLE_SIGN], &run->pub[ROLE_SIGN])) != ESC_OK ||
 	    (r = esc_token_key_public(run->ctx, run->tok, run->keys[ROLE_TRANSPORT], &run->pub[ROLE_TRANSPORT])) !=
 		    ESC_OK ||
-	    (r = esc_token_key_public(run->ctx, run->tok, run->keys[ROLE_STORAGE], &run->pub[ROLE_STORAGE])) != ESC_OK)
+	    (r = esc_token_key_public(run->ctx, run->tok, run->keys[ROLE_STORAGE], &run->pub[ROLE_STORAGE])) != ESC_OK ||
+	    (r = esc_token_key_public(run->ctx, run->tok, run->keys[ROLE_AUDIT], &run->pub[ROLE_AUDIT])) != ESC_OK)
 		goto out;
 	if (!esc_cert_matches_key(run->ca_cert, run->pub[ROLE_SIGN])) {
 		r = esc_error(run->ctx, ESC_ERR_MISMATCH,
@@ -685,7 +707,8 @@ import_ca_cert(struct run *run)
 	if ((subject = esc_name_to_string(X509_get_subject_name(run->ca_cert))) == NULL ||
 	    (r = der_of(run->ctx, run->ca_cert, NULL, &cder, &clen)) != ESC_OK ||
 	    (r = der_of(run->ctx, run->transport_cert, NULL, &tder, &tlen)) != ESC_OK ||
-	    (r = der_of(run->ctx, run->storage_cert, NULL, &sder, &slen)) != ESC_OK)
+	    (r = der_of(run->ctx, run->storage_cert, NULL, &sder, &slen)) != ESC_OK ||
+	    (r = der_of(run->ctx, run->audit_cert, NULL, &ader, &alen)) != ESC_OK)
 		goto out;
 	if ((r = esc_store_begin(run->ctx, run->st)) != ESC_OK)
 		goto out;
@@ -707,13 +730,18 @@ import_ca_cert(struct run *run)
 	v[1] = (const char *)sder;
 	len[1] = slen;
 	fmt[1] = 1;
+	v[2] = (const char *)ader;
+	len[2] = alen;
+	fmt[2] = 1;
 	if ((r = esc_store_exec(run->ctx, run->st,
 				"UPDATE token_keys SET certificate = CASE role WHEN 'transport' THEN $1::bytea "
-				"ELSE $2::bytea END WHERE role IN ('transport', 'storage')",
-				2, v, len, fmt, NULL)) != ESC_OK ||
+				"WHEN 'storage' THEN $2::bytea ELSE $3::bytea END WHERE role IN ('transport', "
+				"'storage', 'audit')",
+				3, v, len, fmt, NULL)) != ESC_OK ||
 	    (r = insert_certificate(run, run->ca_cert, "ca")) != ESC_OK ||
 	    (r = insert_certificate(run, run->transport_cert, "transport")) != ESC_OK ||
-	    (r = insert_certificate(run, run->storage_cert, "storage")) != ESC_OK)
+	    (r = insert_certificate(run, run->storage_cert, "storage")) != ESC_OK ||
+	    (r = insert_certificate(run, run->audit_cert, "audit")) != ESC_OK)
 		goto out;
 	{
 		struct esc_audit_event ev = {"setup", "ca-admin", "setup.import-certificate", subject, "ok", fp};
@@ -736,6 +764,7 @@ out:
 	OPENSSL_free(cder);
 	OPENSSL_free(tder);
 	OPENSSL_free(sder);
+	OPENSSL_free(ader);
 	free(chain);
 	return r;
 }
@@ -819,6 +848,7 @@ out:
 	X509_free(run.ca_cert);
 	X509_free(run.transport_cert);
 	X509_free(run.storage_cert);
+	X509_free(run.audit_cert);
 	X509_REQ_free(run.csr);
 	sk_X509_pop_free(run.chain, X509_free);
 	esc_token_free(run.tok);

@@ -27,7 +27,7 @@ openssl verify -CAfile "$T/ca.pem" "$T/ca.pem" >/dev/null || fail "CA certificat
 
 note "the keys exist on the real token behind the server"
 "$SRC/hsm/export-tokens" --stop --pidfile "$T/p11kit.pid" >/dev/null
-[ "$(count_private_keys "$SOFTHSM2_CONF" CA)" = 3 ] || fail "keys not on the SoftHSM2 token"
+[ "$(count_private_keys "$SOFTHSM2_CONF" CA)" = 4 ] || fail "keys not on the SoftHSM2 token"
 
 note "server gone: the token is reported missing, not taken as success"
 run_esc 0 setup --database "$DB" --module "$CLIENT" --token 'pkcs11:token=CA'

@@ -248,6 +248,23 @@ for kind in alter delete reorder; do
 done
 [ "$N" -gt 40 ] || fail "suspiciously few audit events: $N"
 
+note "checkpoints signed on the CA token catch a log cut short"
+run_esc 0 audit checkpoint --pin-file "$PIN_FILE"
+assert_out "checkpoint signed: events up to $N"
+run_esc 0 audit verify
+assert_out "1 checkpoint(s), the newest signing events up to $N"
+# shellcheck disable=SC2086
+createdb $HOSTP -T p11escrow t_cut
+D=${DB/dbname=p11escrow/dbname=t_cut}
+psql "$D" -XAtq -c "ALTER TABLE audit_events DISABLE TRIGGER audit_no_update" \
+    -c "DELETE FROM audit_events WHERE id >= $((N - 1))" >/dev/null || fail "could not cut the log"
+run_esc 33 audit verify --database "$D"
+assert_out "events were cut from its end"
+psql "$D" -XAtq -c "ALTER TABLE audit_checkpoints DISABLE TRIGGER audit_checkpoints_no_update" \
+    -c "UPDATE audit_checkpoints SET at = 'yesterday'" >/dev/null || fail "could not alter the checkpoint"
+run_esc 33 audit verify --database "$D"
+assert_out "signature does not verify"
+
 note "no plaintext key, password or PIN in the database"
 pg_dump "$DB" | xxd -p | tr -d '\n' >"$T/dump.hex"
 for u in alice bob; do

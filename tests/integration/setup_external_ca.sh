@@ -47,7 +47,7 @@ openssl verify -CAfile "$T/root.pem" "$T/ca.pem" >/dev/null || fail "imported CA
 psql_val "SELECT encode(certificate, 'base64') FROM token_keys WHERE role = 'transport'" | base64 -d |
     openssl x509 -inform DER -out "$T/tr.pem"
 openssl verify -CAfile "$T/root.pem" -untrusted "$T/ca.pem" "$T/tr.pem" >/dev/null || fail "transport cert does not chain"
-[ "$(psql_val "SELECT count(*) FROM token_keys WHERE certificate IS NOT NULL")" = 2 ] || fail "transport/storage certs missing"
+[ "$(psql_val "SELECT count(*) FROM token_keys WHERE certificate IS NOT NULL")" = 3 ] || fail "transport/storage/audit certs missing"
 run_esc 41 setup --database "$DB" --pin-file "$PIN_FILE" --import-cert "$T/chain.pem"
 assert_out "already active"
 echo ok
