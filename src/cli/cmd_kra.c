@@ -32,7 +32,7 @@ help(void)
 	       "  -c, --config FILE          configuration file\n"
 	       "  -d, --database CONNINFO    libpq connection string\n"
 	       "  -m, --module MODULE        PKCS#11 module of the CA token (path or p11-kit:NAME)\n"
-	       "  -t, --ca-token URI         the CA token (default: configuration's ca_token)\n"
+	       "  -t, --ca-token URI         the CA token (default: the one recorded at setup)\n"
 	       "  -p, --pin-file FILE        CA token PIN (else $P11ESCROW_CA_PIN, else a prompt)\n"
 	       "      --token URI            the KRA card to enroll, e.g. 'pkcs11:token=KRA1'\n"
 	       "      --kra-module MODULE    the card's PKCS#11 module if not the CA token's\n"

@@ -44,7 +44,7 @@ help(void)
 	       "  -u, --user NAME              the acting account (not needed for release)\n"
 	       "      --password-file FILE     its password (else $P11ESCROW_PASSWORD, else a prompt)\n"
 	       "  -m, --module MODULE          PKCS#11 module of the CA token / the card\n"
-	       "  -t, --ca-token URI           the CA token (release; default: configuration's ca_token)\n"
+	       "  -t, --ca-token URI           the CA token (release; default: the one recorded at setup)\n"
 	       "  -p, --pin-file FILE          CA token PIN (release; else $P11ESCROW_CA_PIN, else a prompt)\n"
 	       "      --token URI              the KRA card (complete)\n"
 	       "      --kra-pin-file FILE      the card's PIN (else $P11ESCROW_KRA_PIN, else a prompt)\n"
