@@ -102,7 +102,7 @@ enroll_impl(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account 
 	X509_NAME *subject = NULL;
 	struct esc_token_key *ca_key = NULL, *key = NULL;
 	EVP_PKEY *signer = NULL, *pub = NULL;
-	char *uri = NULL, label[160], ca_uri[1024];
+	char *uri = NULL, label[160] = "", ca_uri[1024];
 	const char *recipient;
 	const char *v[1] = {name};
 	int sha256 = 0, generated = 0;
@@ -125,6 +125,23 @@ enroll_impl(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account 
 	}
 	PQclear(res);
 	res = NULL;
+	/* One card, one active KRA: a second key would only confuse whoever holds it. */
+	{
+		const char *c[2] = {esc_token_label(kra_tok), esc_token_serial(kra_tok)};
+
+		if ((r = esc_store_exec(ctx, st,
+					"SELECT name FROM kras WHERE token_label = $1 AND token_serial = $2 AND state = "
+					"'active'",
+					2, c, NULL, NULL, &res)) != ESC_OK)
+			goto out;
+		if (PQntuples(res) > 0) {
+			r = esc_error(ctx, ESC_ERR_EXISTS, "card '%s' (serial %s) is already enrolled as KRA '%s'",
+				      c[0], c[1], PQgetvalue(res, 0, 0));
+			goto out;
+		}
+		PQclear(res);
+		res = NULL;
+	}
 	if ((r = esc_store_get_cert(ctx, st, "the CA certificate", "SELECT certificate FROM ca WHERE state = 'active'",
 				    0, NULL, &ca)) != ESC_OK) {
 		if (r == ESC_ERR_NOT_FOUND)

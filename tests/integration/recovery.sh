@@ -27,6 +27,9 @@ as admin 0 kra enroll --ca-token 'pkcs11:token=CA' --pin-file "$PIN_FILE" --toke
 assert_out "recipient ecdh"
 as admin 40 kra enroll --ca-token 'pkcs11:token=CA' --pin-file "$PIN_FILE" --token 'pkcs11:token=KRA2' \
     --kra-pin-file "$PIN_FILE" --name kra2
+as admin 40 kra enroll --ca-token 'pkcs11:token=CA' --pin-file "$PIN_FILE" --token 'pkcs11:token=KRA2' \
+    --kra-pin-file "$PIN_FILE" --name kra3
+assert_out "already enrolled as KRA 'kra2'"
 run_esc 0 kra list
 assert_out "kra1"
 for who in cm1:cert-manager cm2:cert-manager audrey:auditor; do
