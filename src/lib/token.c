@@ -195,14 +195,15 @@ esc_token_uri_check(struct esc_ctx *ctx, const char *uri)
 	int rc;
 	enum esc_err r = ESC_OK;
 
-	if (uri == NULL || strncmp(uri, "pkcs11:", 7) != 0)
-		return esc_error(ctx, ESC_ERR_URI, "'%s' is not a PKCS#11 URI (it must start with 'pkcs11:')",
-				 uri ? uri : "(null)");
-	/* Refuse before parsing so no PIN is ever echoed in a message. */
+	if (uri == NULL)
+		return esc_error(ctx, ESC_ERR_URI, "no PKCS#11 URI given");
+	/* First of all, so no PIN is ever echoed in a message (found by fuzz_uri). */
 	if (strcasestr(uri, "pin-value") != NULL || strcasestr(uri, "pin-source") != NULL)
 		return esc_error(ctx, ESC_ERR_URI,
 				 "PKCS#11 URI carries a PIN attribute: PINs never travel in URIs, use a PIN file, "
 				 "the environment or the prompt");
+	if (strncmp(uri, "pkcs11:", 7) != 0)
+		return esc_error(ctx, ESC_ERR_URI, "'%s' is not a PKCS#11 URI (it must start with 'pkcs11:')", uri);
 	if ((u = p11_kit_uri_new()) == NULL)
 		return esc_error(ctx, ESC_ERR_NOMEM, "out of memory");
 	rc = p11_kit_uri_parse(uri, P11_KIT_URI_FOR_ANY, u);
