@@ -4,6 +4,7 @@
  *   kra_set_size           1..16   each record is wrapped to this many active KRAs
  *   allow_foreign_issuers  true|false  archive certificates of other CAs
  *   recovery_approvals     0..10   approvals needed beyond the request itself
+ *   revoke_before_recovery true|false  a key is recovered only once its certificate is revoked
  */
 #ifndef P11ESCROW_POLICY_H
 #define P11ESCROW_POLICY_H

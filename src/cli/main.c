@@ -20,6 +20,7 @@ static const struct {
 	{"kra", kra_main, "Key Recovery Agents: enroll a card, list, retire"},
 	{"archive", archive_main, "manual archival: import PKCS#12 or PEM keys with their certificates"},
 	{"audit", audit_main, "the audit trail: verify, show, export"},
+	{"cert", cert_main, "revoke certificates, sign CRLs on the CA token"},
 	{"policy", policy_main, "stored policy: show, set (administrators)"},
 	{"recovery", recovery_main, "two-person key recovery: search, request, approve, release, complete"},
 };

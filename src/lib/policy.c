@@ -18,6 +18,7 @@ static const struct {
 	{"kra_set_size", 1, 16},
 	{"allow_foreign_issuers", 1, 0},
 	{"recovery_approvals", 0, 10},
+	{"revoke_before_recovery", 1, 0},
 };
 
 static enum esc_err
@@ -42,7 +43,9 @@ validate(struct esc_ctx *ctx, const char *key, const char *value)
 		return ESC_OK;
 	}
 	return esc_error(ctx, ESC_ERR_USAGE,
-			 "unknown policy '%s' (kra_set_size, allow_foreign_issuers, recovery_approvals)", key);
+			 "unknown policy '%s' (kra_set_size, allow_foreign_issuers, recovery_approvals, "
+			 "revoke_before_recovery)",
+			 key);
 }
 
 enum esc_err

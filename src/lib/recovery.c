@@ -15,6 +15,7 @@
 #include <p11escrow/audit.h>
 #include <p11escrow/envelope.h>
 #include <p11escrow/recovery.h>
+#include <p11escrow/revoke.h>
 
 #include "internal.h"
 #include "store_internal.h"
@@ -238,6 +239,22 @@ request_impl(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account
 				     : "no active KRA can recover this record (its KRA set: %s)",
 			      set);
 		goto out;
+	}
+	/* Policy may demand that the certificate be revoked before its key comes back. */
+	{
+		char *must = NULL;
+		int revoked = 0;
+
+		if ((r = esc_store_policy(ctx, st, "revoke_before_recovery", &must)) != ESC_OK)
+			goto out;
+		if (strcmp(must, "true") == 0 && (r = esc_cert_record_revoked(ctx, st, rid, &revoked)) == ESC_OK &&
+		    !revoked)
+			r = esc_error(ctx, ESC_ERR_POLICY,
+				      "policy requires the certificate to be revoked before its key is recovered: "
+				      "run 'p11escrow cert revoke' first");
+		free(must);
+		if (r != ESC_OK)
+			goto out;
 	}
 	if ((r = esc_store_policy(ctx, st, "recovery_approvals", &approvals)) != ESC_OK)
 		goto out;

@@ -188,10 +188,29 @@ else
     [ ! -e "$T/late.p12" ] || fail "a file was left by a refused completion"
 fi
 
+note "policy: a certificate is revoked before its key is recovered; the CRL is signed on the CA token"
+BOBSERIAL=$(openssl x509 -in "$T/bob.pem" -noout -serial | sed 's/serial=//')
+as admin 0 policy set revoke_before_recovery true
+as cm1 43 recovery request --serial "$BOBSERIAL" --reason "bob left" --kra kra2
+assert_out "revoked before its key is recovered"
+as kent 51 cert revoke --serial "$BOBSERIAL" --reason keyCompromise
+as cm1 2 cert revoke --serial "$BOBSERIAL" --reason because
+as cm1 42 cert revoke --serial 00abcdef --reason keyCompromise
+as cm1 0 cert revoke --serial "$BOBSERIAL" --reason keyCompromise
+as cm1 40 cert revoke --serial "$BOBSERIAL" --reason superseded
+run_esc 0 cert crl --out "$T/ca.crl" --pin-file "$PIN_FILE"
+assert_out "1 revoked certificate(s)"
+openssl crl -in "$T/ca.crl" -CAfile "$T/ca.pem" -noout 2>&1 | grep -q "verify OK" || fail "the CRL does not verify"
+openssl crl -in "$T/ca.crl" -noout -text | grep -qi "Serial Number: $BOBSERIAL" || fail "bob is not on the CRL"
+openssl crl -in "$T/ca.crl" -noout -text | grep -q "Key Compromise" || fail "no reason code on the CRL"
+! openssl verify -crl_check -CRLfile "$T/ca.crl" -CAfile "$T/ca.pem" "$T/bob.pem" >/dev/null 2>&1 ||
+    fail "openssl still accepts bob's certificate"
+openssl verify -crl_check -CRLfile "$T/ca.crl" -CAfile "$T/ca.pem" "$T/alice.pem" >/dev/null ||
+    fail "alice's certificate should still verify"
+
 note "records cannot be swapped between rows, and tampering is reported"
 BOB=$(cut -d' ' -f1 "$T/bob.rec"); ALICE=$(cut -d' ' -f1 "$T/alice.rec")
 psql_val "UPDATE archive_records SET record = (SELECT record FROM archive_records WHERE id = '$ALICE') WHERE id = '$BOB'" >/dev/null
-BOBSERIAL=$(openssl x509 -in "$T/bob.pem" -noout -serial | sed 's/serial=//')
 as cm1 0 recovery request --serial "$BOBSERIAL" --reason "bob's key" --kra kra2
 REQ4=$(sed -n 's/^recovery request \([0-9]*\) filed$/\1/p' "$T/out")
 run_esc 33 recovery release "$REQ4" --pin-file "$PIN_FILE"
@@ -204,7 +223,7 @@ note "every step is in the audit trail; only auditors and administrators read it
 run_esc 0 audit verify
 assert_out "audit trail intact"
 as audrey 0 audit show
-for a in setup.create account.create kra.enroll kra.retire policy.set archive.store recovery.request \
+for a in setup.create account.create kra.enroll kra.retire policy.set archive.store cert.revoke recovery.request \
     recovery.approve recovery.release recovery.complete; do
     grep -q " $a " "$T/out" || fail "no $a event in the audit trail"
 done
