@@ -47,6 +47,16 @@ int cli_apply_common(const char *cmd, struct esc_ctx *ctx, struct esc_config *cf
 /* Connect to the configured database and require the current schema.  Returns 0 or an exit code. */
 int cli_open_store(const char *cmd, struct esc_ctx *ctx, struct esc_config *cfg, struct esc_store **st);
 
+struct esc_token;
+/*
+ * Open and log in to the CA token: the one recorded at setup for role
+ * ("ca-sign", "storage", "audit") unless explicit_uri names it; PIN from
+ * ca_pin_file, else $P11ESCROW_CA_PIN, else a prompt.  Returns 0 or an
+ * exit code (printed).
+ */
+int cli_open_ca_token(const char *cmd, struct esc_ctx *ctx, struct esc_config *cfg, struct esc_store *st,
+		      const char *role, const char *explicit_uri, struct esc_token **out);
+
 /* The EXIT STATUS table printed by --help. */
 void cli_print_exit_codes(void);
 

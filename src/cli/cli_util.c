@@ -11,6 +11,8 @@
 #include <unistd.h>
 
 #include <p11escrow/pin.h>
+#include <p11escrow/setup.h>
+#include <p11escrow/token.h>
 
 #include "cli.h"
 
@@ -154,5 +156,32 @@ cli_open_store(const char *cmd, struct esc_ctx *ctx, struct esc_config *cfg, str
 	if ((r = esc_store_connect(ctx, esc_config_get(cfg, "database"), st)) != ESC_OK ||
 	    (r = esc_store_check_schema(ctx, *st)) != ESC_OK)
 		return cli_fail(cmd, ctx, r);
+	return 0;
+}
+
+int
+cli_open_ca_token(const char *cmd, struct esc_ctx *ctx, struct esc_config *cfg, struct esc_store *st,
+		  const char *role, const char *explicit_uri, struct esc_token **out)
+{
+	struct esc_secret *pin = NULL;
+	struct esc_token *tok = NULL;
+	char *uri = NULL;
+	enum esc_err r;
+
+	/* The token the role's key was recorded on at setup, unless the caller names one. */
+	if ((explicit_uri == NULL && (r = esc_setup_key_uri(ctx, st, role, &uri)) != ESC_OK) ||
+	    (r = esc_secret_obtain(ctx, esc_config_get(cfg, "ca_pin_file"), "P11ESCROW_CA_PIN", "CA token PIN: ",
+				   &pin)) != ESC_OK ||
+	    (r = esc_token_open(ctx, esc_config_get(cfg, "module"), explicit_uri ? explicit_uri : uri, &tok)) !=
+		    ESC_OK ||
+	    (r = esc_token_login(ctx, tok, pin)) != ESC_OK) {
+		esc_token_free(tok);
+		tok = NULL;
+	}
+	free(uri);
+	esc_secret_free(pin);
+	if (tok == NULL)
+		return cli_fail(cmd, ctx, r);
+	*out = tok;
 	return 0;
 }

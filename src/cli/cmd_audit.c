@@ -7,8 +7,6 @@
 #include <string.h>
 
 #include <p11escrow/audit.h>
-#include <p11escrow/pin.h>
-#include <p11escrow/setup.h>
 #include <p11escrow/token.h>
 
 #include "cli.h"
@@ -51,19 +49,14 @@ static int
 do_checkpoint(struct esc_ctx *ctx, struct esc_config *cfg, struct esc_store *st)
 {
 	struct esc_token *ca = NULL;
-	struct esc_secret *pin = NULL;
-	char *uri = NULL;
 	long long id = 0;
 	enum esc_err r;
+	int rc;
 
-	if ((r = esc_setup_key_uri(ctx, st, "audit", &uri)) == ESC_OK &&
-	    (r = esc_secret_obtain(ctx, esc_config_get(cfg, "ca_pin_file"), "P11ESCROW_CA_PIN", "CA token PIN: ",
-				   &pin)) == ESC_OK &&
-	    (r = esc_token_open(ctx, esc_config_get(cfg, "module"), uri, &ca)) == ESC_OK &&
-	    (r = esc_token_login(ctx, ca, pin)) == ESC_OK && (r = esc_audit_checkpoint(ctx, st, ca, &id)) == ESC_OK)
+	if ((rc = cli_open_ca_token(CMD, ctx, cfg, st, "audit", NULL, &ca)) != 0)
+		return rc;
+	if ((r = esc_audit_checkpoint(ctx, st, ca, &id)) == ESC_OK)
 		printf("checkpoint signed: events up to %lld\n", id);
-	free(uri);
-	esc_secret_free(pin);
 	esc_token_free(ca);
 	return r == ESC_OK ? 0 : cli_fail(CMD, ctx, r);
 }

@@ -9,9 +9,7 @@
 
 #include <openssl/pem.h>
 
-#include <p11escrow/pin.h>
 #include <p11escrow/revoke.h>
-#include <p11escrow/setup.h>
 
 #include "cli.h"
 
@@ -48,18 +46,14 @@ static int
 do_crl(struct esc_ctx *ctx, struct esc_config *cfg, struct esc_store *st, const char *out, int days)
 {
 	struct esc_token *ca = NULL;
-	struct esc_secret *pin = NULL;
 	X509_CRL *crl = NULL;
-	char *uri = NULL;
 	FILE *f = NULL;
 	enum esc_err r;
-	int rc = 0;
+	int rc;
 
-	if ((r = esc_setup_key_uri(ctx, st, "ca-sign", &uri)) != ESC_OK ||
-	    (r = esc_secret_obtain(ctx, esc_config_get(cfg, "ca_pin_file"), "P11ESCROW_CA_PIN", "CA token PIN: ",
-				   &pin)) != ESC_OK ||
-	    (r = esc_token_open(ctx, esc_config_get(cfg, "module"), uri, &ca)) != ESC_OK ||
-	    (r = esc_token_login(ctx, ca, pin)) != ESC_OK || (r = esc_crl_build(ctx, st, ca, days, &crl)) != ESC_OK) {
+	if ((rc = cli_open_ca_token(CMD, ctx, cfg, st, "ca-sign", NULL, &ca)) != 0)
+		return rc;
+	if ((r = esc_crl_build(ctx, st, ca, days, &crl)) != ESC_OK) {
 		rc = cli_fail(CMD, ctx, r);
 		goto out;
 	}
@@ -77,8 +71,6 @@ out:
 		fclose(f);
 	X509_CRL_free(crl);
 	esc_token_free(ca);
-	esc_secret_free(pin);
-	free(uri);
 	return rc;
 }
 

@@ -8,7 +8,6 @@
 
 #include <p11escrow/kra.h>
 #include <p11escrow/pin.h>
-#include <p11escrow/setup.h>
 #include <p11escrow/token.h>
 
 #include "cli.h"
@@ -58,8 +57,7 @@ do_enroll(struct esc_ctx *ctx, struct esc_config *cfg, struct esc_store *st, con
 {
 	struct esc_account *admin = NULL;
 	struct esc_token *ca = NULL, *card = NULL;
-	struct esc_secret *ca_pin = NULL, *card_pin = NULL;
-	char *ca_uri = NULL;
+	struct esc_secret *card_pin = NULL;
 	enum esc_key_type type = ESC_KEY_RSA3072;
 	struct esc_kra kra;
 	enum esc_err r;
@@ -72,15 +70,13 @@ do_enroll(struct esc_ctx *ctx, struct esc_config *cfg, struct esc_store *st, con
 		return cli_fail(CMD, ctx, r);
 	if ((rc = cli_login(CMD, ctx, st, o->user, o->password_file, &admin)) != 0)
 		return rc;
-	/* The CA token the signing key was recorded on, unless --ca-token says otherwise. */
-	if ((r = esc_account_require(ctx, admin, ESC_ROLE_ADMIN)) != ESC_OK ||
-	    (o->ca_token == NULL && (r = esc_setup_key_uri(ctx, st, "ca-sign", &ca_uri)) != ESC_OK) ||
-	    (r = esc_secret_obtain(ctx, esc_config_get(cfg, "ca_pin_file"), "P11ESCROW_CA_PIN", "CA token PIN: ",
-				   &ca_pin)) != ESC_OK ||
-	    (r = esc_token_open(ctx, esc_config_get(cfg, "module"), ca_uri ? ca_uri : esc_config_get(cfg, "ca_token"),
-				&ca)) != ESC_OK ||
-	    (r = esc_token_login(ctx, ca, ca_pin)) != ESC_OK)
+	if ((r = esc_account_require(ctx, admin, ESC_ROLE_ADMIN)) != ESC_OK)
 		goto out;
+	if ((rc = cli_open_ca_token(CMD, ctx, cfg, st, "ca-sign", o->ca_token ? esc_config_get(cfg, "ca_token") : NULL,
+				    &ca)) != 0) {
+		esc_account_free(admin);
+		return rc;
+	}
 	/* A card on the CA token's module shares that loaded module. */
 	if (o->kra_module != NULL)
 		r = esc_token_open(ctx, o->kra_module, o->token, &card);
@@ -96,8 +92,6 @@ do_enroll(struct esc_ctx *ctx, struct esc_config *cfg, struct esc_store *st, con
 	       kra.name, kra.token_label, kra.token_serial, kra.key_type, kra.recipient, kra.cert_serial, kra.key_uri);
 out:
 	rc = r == ESC_OK ? 0 : cli_fail(CMD, ctx, r);
-	free(ca_uri);
-	esc_secret_free(ca_pin);
 	esc_secret_free(card_pin);
 	esc_token_free(card);
 	esc_token_free(ca);

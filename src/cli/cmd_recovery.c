@@ -12,7 +12,6 @@
 #include <openssl/rand.h>
 
 #include <p11escrow/pin.h>
-#include <p11escrow/setup.h>
 #include <p11escrow/recovery.h>
 #include <p11escrow/token.h>
 
@@ -174,21 +173,13 @@ static int
 do_release(struct esc_ctx *ctx, struct esc_config *cfg, struct esc_store *st, const struct opts *o)
 {
 	struct esc_token *ca = NULL;
-	struct esc_secret *pin = NULL;
-	char *uri = NULL;
 	enum esc_err r;
+	int rc;
 
-	/* The CA token the storage key was recorded on, unless --ca-token says otherwise. */
-	if (o->ca_token == NULL && (r = esc_setup_key_uri(ctx, st, "storage", &uri)) != ESC_OK)
-		return cli_fail(CMD, ctx, r);
-	if ((r = esc_secret_obtain(ctx, esc_config_get(cfg, "ca_pin_file"), "P11ESCROW_CA_PIN", "CA token PIN: ",
-				   &pin)) == ESC_OK &&
-	    (r = esc_token_open(ctx, esc_config_get(cfg, "module"), uri ? uri : esc_config_get(cfg, "ca_token"), &ca)) ==
-		    ESC_OK &&
-	    (r = esc_token_login(ctx, ca, pin)) == ESC_OK && (r = esc_recovery_release(ctx, st, ca, o->id)) == ESC_OK)
+	if ((rc = cli_open_ca_token(CMD, ctx, cfg, st, "storage", o->ca_token, &ca)) != 0)
+		return rc;
+	if ((r = esc_recovery_release(ctx, st, ca, o->id)) == ESC_OK)
 		printf("request %lld released to its KRA\n", o->id);
-	free(uri);
-	esc_secret_free(pin);
 	esc_token_free(ca);
 	return r == ESC_OK ? 0 : cli_fail(CMD, ctx, r);
 }

@@ -10,6 +10,7 @@
 
 #include <cmocka.h>
 
+#include "testctx.h"
 #include <p11escrow/auth.h>
 #include <p11escrow/ctx.h>
 #include <p11escrow/pin.h>
@@ -130,33 +131,15 @@ test_require(void **state)
 	esc_account_free(NULL);
 }
 
-static int
-setup(void **state)
-{
-	struct esc_ctx *ctx = NULL;
-
-	if (esc_ctx_new(&ctx) != ESC_OK)
-		return -1;
-	*state = ctx;
-	return 0;
-}
-
-static int
-teardown(void **state)
-{
-	esc_ctx_free(*state);
-	return 0;
-}
-
 int
 main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test_setup_teardown(test_roles_round_trip, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_roles_refused, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_hash_and_verify, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_short_password, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_require, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_roles_round_trip, test_ctx_setup, test_ctx_teardown),
+		cmocka_unit_test_setup_teardown(test_roles_refused, test_ctx_setup, test_ctx_teardown),
+		cmocka_unit_test_setup_teardown(test_hash_and_verify, test_ctx_setup, test_ctx_teardown),
+		cmocka_unit_test_setup_teardown(test_short_password, test_ctx_setup, test_ctx_teardown),
+		cmocka_unit_test_setup_teardown(test_require, test_ctx_setup, test_ctx_teardown),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

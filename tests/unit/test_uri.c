@@ -9,6 +9,7 @@
 #include <cmocka.h>
 #include <p11-kit/pkcs11.h>
 
+#include "testctx.h"
 #include <p11escrow/ctx.h>
 #include <p11escrow/token.h>
 
@@ -102,34 +103,16 @@ test_names(void **state)
 	assert_null(esc_ckm_name(0x7ffffff0UL));
 }
 
-static int
-setup(void **state)
-{
-	struct esc_ctx *ctx = NULL;
-
-	if (esc_ctx_new(&ctx) != ESC_OK)
-		return -1;
-	*state = ctx;
-	return 0;
-}
-
-static int
-teardown(void **state)
-{
-	esc_ctx_free(*state);
-	return 0;
-}
-
 int
 main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test_setup_teardown(test_valid_uris, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_bad_uris, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_pin_in_uri_refused_without_echo, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_unknown_module_name, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_key_types, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_names, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_valid_uris, test_ctx_setup, test_ctx_teardown),
+		cmocka_unit_test_setup_teardown(test_bad_uris, test_ctx_setup, test_ctx_teardown),
+		cmocka_unit_test_setup_teardown(test_pin_in_uri_refused_without_echo, test_ctx_setup, test_ctx_teardown),
+		cmocka_unit_test_setup_teardown(test_unknown_module_name, test_ctx_setup, test_ctx_teardown),
+		cmocka_unit_test_setup_teardown(test_key_types, test_ctx_setup, test_ctx_teardown),
+		cmocka_unit_test_setup_teardown(test_names, test_ctx_setup, test_ctx_teardown),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
