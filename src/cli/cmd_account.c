@@ -224,7 +224,6 @@ account_main(int argc, char *argv[])
 	struct esc_ctx *ctx = NULL;
 	struct esc_config *cfg = NULL;
 	struct esc_store *st = NULL;
-	enum esc_err r;
 	int c, rc, add;
 
 	opterr = 0;
@@ -288,13 +287,9 @@ account_main(int argc, char *argv[])
 	}
 	if ((rc = cli_init(CMD, o.config, &ctx, &cfg)) != 0)
 		goto out;
-	if (o.database != NULL && (rc = cli_set(CMD, ctx, cfg, "database", o.database)) != 0)
+	if ((rc = cli_apply_common(CMD, ctx, cfg, o.database, NULL, NULL, NULL)) != 0 ||
+	    (rc = cli_open_store(CMD, ctx, cfg, &st)) != 0)
 		goto out;
-	if ((r = esc_store_connect(ctx, esc_config_get(cfg, "database"), &st)) != ESC_OK ||
-	    (r = esc_store_check_schema(ctx, st)) != ESC_OK) {
-		rc = cli_fail(CMD, ctx, r);
-		goto out;
-	}
 	if (add == 2)
 		rc = do_change(ctx, st, &o, action, optind + 1 < argc ? argv[optind + 1] : NULL);
 	else

@@ -489,7 +489,7 @@ archive_main(int argc, char *argv[])
 	}
 	if ((rc = cli_init(CMD, config, &ctx, &cfg)) != 0)
 		goto out;
-	if (database != NULL && (rc = cli_set(CMD, ctx, cfg, "database", database)) != 0)
+	if ((rc = cli_apply_common(CMD, ctx, cfg, database, NULL, NULL, NULL)) != 0)
 		goto out;
 	/*
 	 * PKCS#12 files exported by older software (Windows, other CAs) often
