@@ -1,0 +1,111 @@
+/*
+ * p11escrow — EST (RFC 7030, RFC 8951) and CMC (RFC 5272) message codecs.
+ *
+ * Pure encoding and decoding: no database, no token.  Every decoder takes
+ * outside input, bounds it (ESC_EST_BODY_MAX) and fails with
+ * ESC_ERR_BAD_INPUT and a short reason that never quotes the input.
+ *
+ * Full PKI Request for archival (/fullcmc), as p11escrow builds and accepts it:
+ *
+ *   ContentInfo { signedData, SignedData {
+ *       eContentType id-cct-PKIData (1.3.6.1.5.5.7.12.2),
+ *       eContent PKIData {
+ *           controlSequence  {}                       -- any; ignored
+ *           reqSequence      { tcr [0] { bodyPartID, PKCS#10 } }   -- exactly one
+ *           cmsSequence      { { bodyPartID, ContentInfo EnvelopedData
+ *                                or AuthEnvelopedData to the CA transport
+ *                                certificate, holding the private key as
+ *                                PKCS#8 } }                           -- exactly one
+ *           otherMsgSequence {} } } }                  -- any; ignored
+ *
+ * Signer infos of the outer SignedData, if any, are not relied upon: the
+ * PKCS#10 signature proves possession of the key, the decrypted key is
+ * checked against it, and the enrollee is authenticated by TLS or HTTP.
+ */
+#ifndef P11ESCROW_EST_H
+#define P11ESCROW_EST_H
+
+#include <stddef.h>
+
+#include <openssl/evp.h>
+#include <openssl/x509.h>
+
+#include <p11escrow/ctx.h>
+#include <p11escrow/err.h>
+
+/* Largest request body the service reads and any decoder accepts. */
+#define ESC_EST_BODY_MAX (64 * 1024)
+
+/*
+ * Decode base64 as RFC 8951 has it: whitespace (space, tab, CR, LF) anywhere
+ * is skipped; any other character outside the alphabet, bad padding or a
+ * length over ESC_EST_BODY_MAX is BAD_INPUT.  *out is malloc'ed.
+ */
+enum esc_err esc_b64_decode(struct esc_ctx *ctx, const char *in, size_t inlen, unsigned char **out, size_t *outlen)
+	ESC_MUST_CHECK;
+
+/* Base64 with CRLF every 64 characters and a final CRLF; malloc'ed, NUL-terminated.  Errors: NOMEM. */
+enum esc_err esc_b64_encode(struct esc_ctx *ctx, const unsigned char *in, size_t inlen, char **out, size_t *outlen)
+	ESC_MUST_CHECK;
+
+/*
+ * Decode a DER PKCS#10 request and verify its self-signature.
+ * Errors: BAD_INPUT ("not a PKCS#10 request", trailing data),
+ * CRYPTO ("the request's signature does not verify").
+ */
+enum esc_err esc_csr_decode(struct esc_ctx *ctx, const unsigned char *der, size_t len, X509_REQ **out)
+	ESC_MUST_CHECK;
+
+/*
+ * The RFC 7030 §4.4.1.2 AsymmetricDecryptKeyIdentifier attribute of a
+ * serverkeygen request, if any: *kid (malloc'ed) and *kidlen, or *kid =
+ * NULL when absent.  Errors: BAD_INPUT (present but malformed).
+ */
+enum esc_err esc_csr_asymmetric_kid(struct esc_ctx *ctx, X509_REQ *req, unsigned char **kid, size_t *kidlen)
+	ESC_MUST_CHECK;
+
+/*
+ * Build a Full PKI Request (see above) carrying csr and key, the key sealed
+ * as PKCS#8 in a CMS EnvelopedData (AES-256-CBC) to transport_cert.  For
+ * clients (the CLI, tests, the benchmark).  *der is malloc'ed.
+ * Errors: USAGE (key does not match csr), CRYPTO.
+ */
+enum esc_err esc_cmc_request_build(struct esc_ctx *ctx, X509_REQ *csr, EVP_PKEY *key, X509 *transport_cert,
+				   unsigned char **der, size_t *derlen) ESC_MUST_CHECK;
+
+/*
+ * Decode a Full PKI Request: its one PKCS#10 (signature verified, as
+ * esc_csr_decode) and the DER ContentInfo of its one CMS envelope (not yet
+ * decrypted; *env malloc'ed).  Errors: BAD_INPUT (not a SignedData of
+ * PKIData, no or several requests/envelopes, CRMF requests), CRYPTO (CSR
+ * signature).
+ */
+enum esc_err esc_cmc_request_parse(struct esc_ctx *ctx, const unsigned char *der, size_t len, X509_REQ **csr,
+				   unsigned char **env, size_t *envlen) ESC_MUST_CHECK;
+
+/*
+ * A certs-only (degenerate) CMS SignedData holding certs in order: the EST
+ * /cacerts and /simpleenroll response and the CMC Simple PKI Response.
+ * *der is malloc'ed.  Errors: CRYPTO.
+ */
+enum esc_err esc_certs_only_build(struct esc_ctx *ctx, X509 *const *certs, size_t ncerts, unsigned char **der,
+				  size_t *derlen) ESC_MUST_CHECK;
+
+/*
+ * Decode a certs-only SignedData (client side: the CLI, tests).  *out is a
+ * new stack the caller frees with sk_X509_pop_free(, X509_free).
+ * Errors: BAD_INPUT.
+ */
+enum esc_err esc_certs_only_parse(struct esc_ctx *ctx, const unsigned char *der, size_t len, STACK_OF(X509) **out)
+	ESC_MUST_CHECK;
+
+/*
+ * CsrAttrs (RFC 7030 §4.5.2) for a profile: the OIDs listed (dotted text,
+ * e.g. "1.2.840.10045.2.1"), plus, when ec_curve is given, the attribute
+ * id-ecPublicKey with that curve ("prime256v1").  *der is malloc'ed.
+ * Errors: USAGE (bad OID or curve), CRYPTO.
+ */
+enum esc_err esc_csrattrs_build(struct esc_ctx *ctx, const char *const *oids, size_t noids, const char *ec_curve,
+				unsigned char **der, size_t *derlen) ESC_MUST_CHECK;
+
+#endif

@@ -1,0 +1,92 @@
+/*
+ * p11escrowd — internal interfaces between the service's parts:
+ * p11escrowd.c (process, TLS, workers), http.c (request/reply helpers over
+ * libevent's evhttp), est.c (EST endpoints), api.c (JSON API).
+ *
+ * Threads: each worker thread runs its own event loop and owns its own
+ * library context, database connection and CA token session (keeper).  A
+ * request is handled start to finish on one worker; handlers may block.
+ */
+#ifndef P11ESCROWD_SVC_H
+#define P11ESCROWD_SVC_H
+
+#include <stddef.h>
+
+#include <event2/http.h>
+#include <event2/keyvalq_struct.h>
+#include <openssl/x509.h>
+
+#include <p11escrow/config.h>
+#include <p11escrow/ctx.h>
+#include <p11escrow/enroll.h>
+#include <p11escrow/err.h>
+#include <p11escrow/pin.h>
+#include <p11escrow/store.h>
+
+struct svc;
+
+struct svc_worker {
+	int index;
+	struct svc *svc;
+	struct esc_ctx *ctx;
+	struct esc_store *st;         /* NULL while the database is unreachable */
+	struct esc_keeper *keeper;    /* NULL while the CA token is unavailable */
+};
+
+/*
+ * Ensure w->st and w->keeper are usable, reconnecting after a loss.
+ * Returns 0, or -1 after replying 503 with the reason to r.
+ */
+struct svc_request;
+int svc_worker_ready(struct svc_worker *w, struct svc_request *r);
+/* After a library call failed with a connection-class error (DB_CONNECT, PKCS11, TOKEN_NOT_FOUND), drop the connection so the next request reconnects. */
+void svc_worker_forget(struct svc_worker *w, enum esc_err e);
+
+struct svc_request {
+	struct svc_worker *w;
+	struct evhttp_request *ev;
+	enum evhttp_cmd_type method;
+	const char *method_name;      /* "GET", "POST", ... */
+	char *path;                   /* decoded path, without the query */
+	struct evkeyvalq query;       /* decoded query parameters */
+	unsigned char *body;          /* the body, NUL-terminated; NULL if none */
+	size_t bodylen;
+	X509 *client_cert;            /* TLS client certificate (verified against the CA), or NULL */
+	char id[17];                  /* request id for log lines */
+	int replied;
+};
+
+/* A request header, or NULL. */
+const char *svc_header(struct svc_request *r, const char *name);
+/* A query parameter, or NULL. */
+const char *svc_query(struct svc_request *r, const char *name);
+/* Does the Content-Type header's media type (before any ';') equal type, case-insensitively? */
+int svc_content_type_is(struct svc_request *r, const char *type);
+
+/* Add a response header (before the reply). */
+void svc_add_header(struct svc_request *r, const char *name, const char *value);
+/* Send the reply (once; later calls are ignored). */
+void svc_reply(struct svc_request *r, int status, const char *content_type, const void *body, size_t len);
+/* text/plain reply of one line: the reason, never a secret. */
+void svc_reply_error(struct svc_request *r, int status, const char *reason);
+/* Reply with the HTTP status for library error e and the context's message. */
+void svc_reply_esc(struct svc_request *r, enum esc_err e);
+/* The HTTP status for a library error (DENIED 403, AUTH 401, NOT_FOUND 404, STATE/EXISTS 409, ...). */
+int svc_http_status(enum esc_err e);
+
+/*
+ * HTTP Basic credentials: 1 and user (NUL-terminated, at most userlen-1
+ * bytes) plus *password (secure memory; free with esc_secret_free) if
+ * present and well-formed; 0 if absent; -1 if malformed.
+ */
+int svc_basic_auth(struct svc_request *r, char *user, size_t userlen, struct esc_secret **password);
+
+/* Structured log line on stderr: "level=info worker=1 req=... msg=..."; never a secret. */
+void svc_log(struct svc_worker *w, enum esc_log_level level, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+
+/* Endpoint families: each replies exactly once. */
+void svc_est_handle(struct svc_request *r, const char *label, const char *op);
+void svc_api_handle(struct svc_request *r, const char *subpath);
+
+#endif

@@ -1,0 +1,2 @@
+/* p11escrow — enroll (being implemented). */
+#include <p11escrow/enroll.h>

@@ -1,0 +1,2 @@
+/* p11escrow — est (being implemented). */
+#include <p11escrow/est.h>
