@@ -1,41 +1,524 @@
 /*
- * p11escrowd — the HTTPS service (EST + JSON API).
+ * p11escrowd — the HTTPS service: EST enrollment with key archival and the
+ * JSON API of the recovery workflow, thin over libp11escrow.
  *
- * This first version only validates its configuration, database schema and
- * CA token access (--check), so packaging and operators can rely on the
- * binary and its configuration now.  Serving requests is tracked in the
- * service issue; until then the daemon refuses to pretend it serves.
+ * Process model: the main thread reads the configuration and the CA PIN,
+ * checks database and token, opens the listening socket, starts the worker
+ * threads and then only waits for signals.  Each worker runs its own
+ * libevent loop over a duplicate of the listening socket and owns its own
+ * library context, database connection and CA token session (keeper); a
+ * request is handled start to finish on one worker.  SIGTERM/SIGINT: every
+ * worker stops accepting, finishes what it has in flight and exits; the
+ * process exits 0.  Runs in the foreground (systemd Type=exec), logs
+ * structured lines to stderr.
  */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
+#include <netdb.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/bufferevent_ssl.h>
+#include <event2/event.h>
+#include <event2/http.h>
+#include <openssl/err.h>
+#include <openssl/rand.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
 
 #include <p11escrow/config.h>
 #include <p11escrow/ctx.h>
+#include <p11escrow/enroll.h>
 #include <p11escrow/pin.h>
 #include <p11escrow/store.h>
 #include <p11escrow/token.h>
 
 #include "esc_build_config.h"
+#include "svc.h"
+
+struct slot {
+	struct svc_worker w;
+	pthread_t thread;
+	int started;
+	struct event_base *base;
+	struct evhttp *http;
+	struct evhttp_bound_socket *bound;
+	int stop_pipe[2];
+	struct event *stop_ev, *drain_ev;
+	int inflight;
+	int stopping;
+	struct timespec stop_since;
+};
+
+struct svc {
+	struct esc_config *cfg;
+	struct esc_secret *pin;
+	SSL_CTX *tls;
+	int listen_fd;
+	int nworkers;
+	struct slot *slots;
+	int log_level;
+	pthread_mutex_t log_lock;
+};
+
+static const char *const level_names[] = {"error", "warn", "info", "debug"};
+
+/* ---- logging ------------------------------------------------------------- */
+
+static void
+vlog_line(struct svc *s, int worker, enum esc_log_level level, const char *fmt, va_list ap)
+{
+	char ts[32], msg[1024];
+	struct timespec now;
+	struct tm tm;
+	size_t i;
+
+	if (s != NULL && (int)level > s->log_level)
+		return;
+	clock_gettime(CLOCK_REALTIME, &now);
+	gmtime_r(&now.tv_sec, &tm);
+	strftime(ts, sizeof(ts), "%Y-%m-%dT%H:%M:%S", &tm);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	/* One line per event: quotes and control characters cannot forge another. */
+	for (i = 0; msg[i] != '\0'; i++)
+		if ((unsigned char)msg[i] < 0x20 || msg[i] == '"' || msg[i] == 0x7f)
+			msg[i] = msg[i] == '"' ? '\'' : ' ';
+	if (s != NULL)
+		pthread_mutex_lock(&s->log_lock);
+	if (worker >= 0)
+		fprintf(stderr, "ts=%s.%03ldZ level=%s worker=%d msg=\"%s\"\n", ts, now.tv_nsec / 1000000L,
+			level_names[level], worker, msg);
+	else
+		fprintf(stderr, "ts=%s.%03ldZ level=%s msg=\"%s\"\n", ts, now.tv_nsec / 1000000L, level_names[level],
+			msg);
+	fflush(stderr);
+	if (s != NULL)
+		pthread_mutex_unlock(&s->log_lock);
+}
+
+static void __attribute__((format(printf, 3, 4)))
+mlog(struct svc *s, enum esc_log_level level, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	vlog_line(s, -1, level, fmt, ap);
+	va_end(ap);
+}
+
+void
+svc_log(struct svc_worker *w, enum esc_log_level level, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	vlog_line(w->svc, w->index, level, fmt, ap);
+	va_end(ap);
+}
+
+/* Library log lines of a worker's context. */
+static void
+lib_log(void *arg, enum esc_log_level level, const char *msg)
+{
+	svc_log(arg, level, "%s", msg);
+}
+
+/* ---- the worker's connections: database and CA token ------------------- */
+
+static enum esc_err
+worker_connect(struct svc_worker *w)
+{
+	struct svc *s = w->svc;
+	enum esc_err r;
+
+	if (w->st == NULL) {
+		if ((r = esc_store_connect(w->ctx, esc_config_get(s->cfg, "database"), &w->st)) != ESC_OK)
+			return r;
+		if ((r = esc_store_check_schema(w->ctx, w->st)) != ESC_OK) {
+			esc_store_free(w->st);
+			w->st = NULL;
+			return r;
+		}
+	}
+	if (w->keeper == NULL &&
+	    (r = esc_keeper_open(w->ctx, w->st, esc_config_get(s->cfg, "module"), s->pin, &w->keeper)) != ESC_OK)
+		return r;
+	return ESC_OK;
+}
+
+int
+svc_worker_ready(struct svc_worker *w, struct svc_request *r)
+{
+	int had_db = w->st != NULL, had_token = w->keeper != NULL;
+	enum esc_err e = worker_connect(w);
+
+	if (e == ESC_OK) {
+		if (!had_db || !had_token)
+			svc_log(w, ESC_LOG_INFO, "reconnected:%s%s", had_db ? "" : " database", had_token ? "" : " CA token");
+		return 0;
+	}
+	svc_log(w, ESC_LOG_ERROR, "req=%s unavailable: %s", r->id, esc_ctx_errmsg(w->ctx));
+	svc_worker_forget(w, e);
+	svc_add_header(r, "Retry-After", "5");
+	svc_reply_error(r, 503,
+			w->st == NULL ? "the database is unavailable; try again later"
+				      : "the CA token (HSM) is unavailable; try again later");
+	return -1;
+}
+
+void
+svc_worker_forget(struct svc_worker *w, enum esc_err e)
+{
+	switch (e) {
+	case ESC_ERR_DB_CONNECT:
+	case ESC_ERR_SCHEMA_OLD:
+	case ESC_ERR_SCHEMA_NEWER:
+		/* The keeper read its URIs from this database; it stays valid. */
+		esc_store_free(w->st);
+		w->st = NULL;
+		break;
+	case ESC_ERR_PKCS11:
+	case ESC_ERR_TOKEN_NOT_FOUND:
+	case ESC_ERR_MODULE:
+	case ESC_ERR_KEY_NOT_FOUND:
+	case ESC_ERR_PIN_INCORRECT:
+	case ESC_ERR_PIN_LOCKED:
+		esc_keeper_free(w->keeper);
+		w->keeper = NULL;
+		break;
+	default:
+		break;
+	}
+}
+
+/* ---- requests ------------------------------------------------------------- */
+
+static void
+on_complete(struct evhttp_request *req, void *arg)
+{
+	struct slot *sl = arg;
+
+	(void)req;
+	sl->inflight--;
+}
+
+static void
+on_request(struct evhttp_request *req, void *arg)
+{
+	struct slot *sl = arg;
+	struct svc_request r;
+	struct timespec t0, t1;
+
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	sl->inflight++;
+	evhttp_request_set_on_complete_cb(req, on_complete, sl);
+	if (sl->stopping)
+		evhttp_add_header(evhttp_request_get_output_headers(req), "Connection", "close");
+	if (svc_request_init(&r, &sl->w, req) == 0)
+		svc_http_dispatch(&r);
+	clock_gettime(CLOCK_MONOTONIC, &t1);
+	svc_log(&sl->w, ESC_LOG_INFO, "req=%s method=%s path=%s status=%d ms=%.1f client_cert=%s", r.id,
+		r.method_name, r.path != NULL ? r.path : "?", r.status,
+		(double)(t1.tv_sec - t0.tv_sec) * 1e3 + (double)(t1.tv_nsec - t0.tv_nsec) / 1e6,
+		r.client_cert != NULL ? "yes" : "no");
+	svc_request_done(&r);
+}
+
+/* TLS for every new connection. */
+static struct bufferevent *
+make_bev(struct event_base *base, void *arg)
+{
+	struct svc *s = arg;
+	SSL *ssl = SSL_new(s->tls);
+
+	if (ssl == NULL)
+		return NULL;
+	return bufferevent_openssl_socket_new(base, -1, ssl, BUFFEREVENT_SSL_ACCEPTING, BEV_OPT_CLOSE_ON_FREE);
+}
+
+/* ---- graceful stop ---------------------------------------------------------- */
+
+static double
+since(const struct timespec *t)
+{
+	struct timespec now;
+
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	return (double)(now.tv_sec - t->tv_sec) + (double)(now.tv_nsec - t->tv_nsec) / 1e9;
+}
+
+static void
+on_drain(evutil_socket_t fd, short what, void *arg)
+{
+	struct slot *sl = arg;
+	double grace = (double)esc_config_get_long(sl->w.svc->cfg, "shutdown_grace");
+
+	(void)fd;
+	(void)what;
+	/* Nothing in flight for a moment (a request whose body is still arriving gets that moment), or out of time. */
+	if ((sl->inflight <= 0 && since(&sl->stop_since) >= 0.5) || since(&sl->stop_since) >= grace) {
+		if (sl->inflight > 0)
+			svc_log(&sl->w, ESC_LOG_WARN, "shutdown grace of %.0f s over with %d request(s) in flight", grace,
+				sl->inflight);
+		event_base_loopexit(sl->base, NULL);
+	}
+}
+
+static void
+on_stop(evutil_socket_t fd, short what, void *arg)
+{
+	struct slot *sl = arg;
+	struct timeval tick = {0, 100000};
+	char b;
+
+	(void)what;
+	if (read(fd, &b, 1) < 0 || sl->stopping)
+		return;
+	sl->stopping = 1;
+	clock_gettime(CLOCK_MONOTONIC, &sl->stop_since);
+	if (sl->bound != NULL) {
+		evhttp_del_accept_socket(sl->http, sl->bound); /* closes our duplicate only */
+		sl->bound = NULL;
+	}
+	if ((sl->drain_ev = event_new(sl->base, -1, EV_PERSIST, on_drain, sl)) == NULL ||
+	    event_add(sl->drain_ev, &tick) != 0)
+		event_base_loopexit(sl->base, NULL);
+}
+
+static void *
+worker_main(void *arg)
+{
+	struct slot *sl = arg;
+
+	event_base_dispatch(sl->base);
+	/* Idle keep-alive connections are closed here. */
+	evhttp_free(sl->http);
+	sl->http = NULL;
+	return NULL;
+}
+
+static int
+worker_setup(struct svc *s, struct slot *sl)
+{
+	struct esc_config *cfg = s->cfg;
+	int fd;
+
+	if (pipe2(sl->stop_pipe, O_CLOEXEC) != 0)
+		return -1;
+	if ((sl->base = event_base_new()) == NULL || (sl->http = evhttp_new(sl->base)) == NULL)
+		return -1;
+	evhttp_set_bevcb(sl->http, make_bev, s);
+	evhttp_set_gencb(sl->http, on_request, sl);
+	evhttp_set_max_body_size(sl->http, esc_config_get_long(cfg, "max_body"));
+	evhttp_set_max_headers_size(sl->http, 16 * 1024);
+	evhttp_set_timeout(sl->http, (int)esc_config_get_long(cfg, "request_timeout"));
+	evhttp_set_allowed_methods(sl->http, EVHTTP_REQ_GET | EVHTTP_REQ_POST);
+	evhttp_set_default_content_type(sl->http, "text/plain; charset=utf-8");
+	if ((fd = fcntl(s->listen_fd, F_DUPFD_CLOEXEC, 0)) < 0)
+		return -1;
+	if ((sl->bound = evhttp_accept_socket_with_handle(sl->http, fd)) == NULL) {
+		close(fd);
+		return -1;
+	}
+	if ((sl->stop_ev = event_new(sl->base, sl->stop_pipe[0], EV_READ, on_stop, sl)) == NULL ||
+	    event_add(sl->stop_ev, NULL) != 0)
+		return -1;
+	return 0;
+}
+
+static void
+worker_teardown(struct slot *sl)
+{
+	if (sl->http != NULL)
+		evhttp_free(sl->http);
+	if (sl->stop_ev != NULL)
+		event_free(sl->stop_ev);
+	if (sl->drain_ev != NULL)
+		event_free(sl->drain_ev);
+	if (sl->base != NULL)
+		event_base_free(sl->base);
+	if (sl->stop_pipe[0] >= 0) {
+		close(sl->stop_pipe[0]);
+		close(sl->stop_pipe[1]);
+	}
+	esc_keeper_free(sl->w.keeper);
+	esc_store_free(sl->w.st);
+	esc_ctx_free(sl->w.ctx);
+}
+
+/* ---- TLS and the listening socket --------------------------------------- */
+
+static int
+tls_setup(struct svc *s, struct esc_ctx *ctx, struct esc_keeper *k)
+{
+	const char *cert = esc_config_get(s->cfg, "tls_cert"), *key = esc_config_get(s->cfg, "tls_key");
+	const char *mode = esc_config_get(s->cfg, "tls_client_auth");
+	STACK_OF(X509) *chain = esc_keeper_chain(k);
+	X509_STORE *store;
+	static const unsigned char sid_ctx[] = "p11escrowd";
+	unsigned long e;
+	int i;
+
+	(void)ctx;
+	if (*cert == '\0' || *key == '\0') {
+		mlog(s, ESC_LOG_ERROR, "tls_cert and tls_key must be set (p11escrow service-cert issues them)");
+		return 3;
+	}
+	if ((s->tls = SSL_CTX_new(TLS_server_method())) == NULL ||
+	    !SSL_CTX_set_min_proto_version(s->tls, TLS1_2_VERSION))
+		goto ossl;
+	SSL_CTX_set_options(s->tls, SSL_OP_NO_RENEGOTIATION | SSL_OP_CIPHER_SERVER_PREFERENCE | SSL_OP_NO_COMPRESSION);
+	if (SSL_CTX_use_certificate_chain_file(s->tls, cert) != 1) {
+		e = ERR_peek_last_error();
+		mlog(s, ESC_LOG_ERROR, "cannot load tls_cert '%s': %s", cert, ERR_reason_error_string(e));
+		return 3;
+	}
+	if (SSL_CTX_use_PrivateKey_file(s->tls, key, SSL_FILETYPE_PEM) != 1 || SSL_CTX_check_private_key(s->tls) != 1) {
+		e = ERR_peek_last_error();
+		mlog(s, ESC_LOG_ERROR, "cannot use tls_key '%s' with tls_cert: %s", key, ERR_reason_error_string(e));
+		return 3;
+	}
+	/* Client certificates: those of this CA, for TLS client use. */
+	if (strcmp(mode, "none") != 0) {
+		store = SSL_CTX_get_cert_store(s->tls);
+		if (X509_STORE_add_cert(store, esc_keeper_ca_cert(k)) != 1)
+			goto ossl;
+		for (i = 0; chain != NULL && i < sk_X509_num(chain); i++)
+			if (X509_STORE_add_cert(store, sk_X509_value(chain, i)) != 1)
+				goto ossl;
+		if (SSL_CTX_set_purpose(s->tls, X509_PURPOSE_SSL_CLIENT) != 1)
+			goto ossl;
+		SSL_CTX_set_verify(s->tls,
+				   SSL_VERIFY_PEER | (strcmp(mode, "require") == 0 ? SSL_VERIFY_FAIL_IF_NO_PEER_CERT : 0),
+				   NULL);
+		if (SSL_CTX_set_session_id_context(s->tls, sid_ctx, sizeof(sid_ctx) - 1) != 1)
+			goto ossl;
+		{
+			STACK_OF(X509_NAME) *names = sk_X509_NAME_new_null();
+			X509_NAME *n = X509_NAME_dup(X509_get_subject_name(esc_keeper_ca_cert(k)));
+
+			if (names == NULL || n == NULL || !sk_X509_NAME_push(names, n)) {
+				X509_NAME_free(n);
+				sk_X509_NAME_pop_free(names, X509_NAME_free);
+				goto ossl;
+			}
+			SSL_CTX_set_client_CA_list(s->tls, names);
+		}
+	}
+	return 0;
+ossl:
+	e = ERR_peek_last_error();
+	mlog(s, ESC_LOG_ERROR, "cannot set up TLS: %s", ERR_reason_error_string(e));
+	return 70;
+}
+
+static int
+listen_setup(struct svc *s)
+{
+	const char *spec = esc_config_get(s->cfg, "listen");
+	char host[256], port[16];
+	const char *colon;
+	struct addrinfo hints = {0}, *ai = NULL;
+	int fd = -1, one = 1, rc;
+	size_t hl;
+
+	/* HOST:PORT or [ADDRESS]:PORT (validated by the configuration). */
+	colon = strrchr(spec, ':');
+	if (colon == NULL || strlen(colon + 1) >= sizeof(port))
+		return -1;
+	hl = (size_t)(colon - spec);
+	if (hl >= 2 && spec[0] == '[' && spec[hl - 1] == ']') {
+		spec++;
+		hl -= 2;
+	}
+	if (hl >= sizeof(host))
+		return -1;
+	memcpy(host, spec, hl);
+	host[hl] = '\0';
+	strcpy(port, colon + 1);
+	hints.ai_family = AF_UNSPEC;
+	hints.ai_socktype = SOCK_STREAM;
+	hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+	if ((rc = getaddrinfo(*host ? host : NULL, port, &hints, &ai)) != 0) {
+		mlog(s, ESC_LOG_ERROR, "listen = %s: %s", esc_config_get(s->cfg, "listen"), gai_strerror(rc));
+		return -1;
+	}
+	if ((fd = socket(ai->ai_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0)) < 0 ||
+	    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) != 0 ||
+	    bind(fd, ai->ai_addr, ai->ai_addrlen) != 0 || listen(fd, 256) != 0) {
+		mlog(s, ESC_LOG_ERROR, "cannot listen on %s: %s", esc_config_get(s->cfg, "listen"), strerror(errno));
+		if (fd >= 0)
+			close(fd);
+		freeaddrinfo(ai);
+		return -1;
+	}
+	freeaddrinfo(ai);
+	s->listen_fd = fd;
+	return 0;
+}
+
+/* ---- main ------------------------------------------------------------------ */
 
 static void
 help(void)
 {
-	printf("Usage: p11escrowd [--config FILE] --check\n\n"
-	       "  -c, --config FILE   configuration (default %s)\n"
-	       "      --check         validate configuration, database schema and CA token, then exit\n"
+	printf("Usage: p11escrowd [--config FILE] [--check]\n\n"
+	       "Serves EST (RFC 7030) enrollment with key archival and the JSON API of the\n"
+	       "recovery workflow over HTTPS, in the foreground; stops on SIGTERM.\n\n"
+	       "  -c, --config FILE   configuration (default %s;\n"
+	       "                      P11ESCROW_<KEY> environment variables override it)\n"
+	       "      --check         validate configuration, database schema, CA token and TLS files, then exit\n"
 	       "  -V, --version       print the version\n"
-	       "  -h, --help          this text\n",
+	       "  -h, --help          this text\n\n"
+	       "The CA token PIN: ca_pin_file, else the systemd credential 'ca-pin'\n"
+	       "($CREDENTIALS_DIRECTORY/ca-pin), else P11ESCROW_CA_PIN. Never an argument.\n",
 	       ESC_CONFIG_DEFAULT_PATH);
 }
 
 static int
-fail(struct esc_ctx *ctx, enum esc_err r)
+fail(struct svc *s, struct esc_ctx *ctx, enum esc_err r)
 {
-	fprintf(stderr, "p11escrowd: error: %s\n", esc_ctx_errmsg(ctx));
+	mlog(s, ESC_LOG_ERROR, "%s", esc_ctx_errmsg(ctx));
 	return esc_err_exit_code(r);
+}
+
+static enum esc_err
+obtain_pin(struct svc *s, struct esc_ctx *ctx)
+{
+	const char *file = esc_config_get(s->cfg, "ca_pin_file"), *creds = getenv("CREDENTIALS_DIRECTORY");
+	char path[4096];
+
+	if (*file == '\0' && creds != NULL && *creds == '/') {
+		snprintf(path, sizeof(path), "%s/ca-pin", creds);
+		if (access(path, F_OK) == 0)
+			file = path;
+	}
+	return esc_secret_obtain(ctx, *file ? file : NULL, "P11ESCROW_CA_PIN", NULL, &s->pin);
+}
+
+static int
+log_level_of(const char *name)
+{
+	int i;
+
+	for (i = 0; i < 4; i++)
+		if (strcmp(name, level_names[i]) == 0)
+			return i;
+	return ESC_LOG_INFO;
 }
 
 int
@@ -48,16 +531,19 @@ main(int argc, char *argv[])
 	};
 	const char *config = ESC_CONFIG_DEFAULT_PATH;
 	struct rlimit nocore = {0, 0};
+	struct svc s;
 	struct esc_ctx *ctx = NULL;
-	struct esc_config *cfg = NULL;
-	struct esc_store *st = NULL;
-	struct esc_token *tok = NULL;
+	sigset_t sigs;
 	enum esc_err r;
-	int c, check = 0, rc = 1;
+	int c, check = 0, rc = 1, i, sig;
 
-	/* No core dumps: the process will hold PINs and key material. */
-	setrlimit(RLIMIT_CORE, &nocore);
-	prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
+	memset(&s, 0, sizeof(s));
+	s.listen_fd = -1;
+	s.log_level = ESC_LOG_INFO;
+	pthread_mutex_init(&s.log_lock, NULL);
+	/* No core dumps: the process holds the CA PIN and, briefly, private keys. */
+	(void)setrlimit(RLIMIT_CORE, &nocore);
+	(void)prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
 	opterr = 0;
 	while ((c = getopt_long(argc, argv, "c:Vh", longopts, NULL)) != -1) {
 		switch (c) {
@@ -79,29 +565,118 @@ main(int argc, char *argv[])
 			return 2;
 		}
 	}
-	if (!check) {
-		fprintf(stderr, "p11escrowd: this version can only --check its configuration; the HTTPS service "
-				"is not built yet\n");
+	if (optind < argc) {
+		fprintf(stderr, "p11escrowd: unexpected argument '%s' (see --help)\n", argv[optind]);
 		return 2;
 	}
 	(void)!esc_secmem_init();
 	if (esc_ctx_new(&ctx) != ESC_OK)
 		return 70;
-	if ((r = esc_config_new(ctx, &cfg)) != ESC_OK || (r = esc_config_load_file(ctx, cfg, config)) != ESC_OK ||
-	    (r = esc_config_apply_env(ctx, cfg)) != ESC_OK ||
-	    (r = esc_store_connect(ctx, esc_config_get(cfg, "database"), &st)) != ESC_OK ||
-	    (r = esc_store_check_schema(ctx, st)) != ESC_OK ||
-	    (r = esc_token_open(ctx, esc_config_get(cfg, "module"), esc_config_get(cfg, "ca_token"), &tok)) != ESC_OK) {
-		rc = fail(ctx, r);
+	/* Signals are taken by the main thread only (sigwait); workers inherit the mask. */
+	sigemptyset(&sigs);
+	sigaddset(&sigs, SIGTERM);
+	sigaddset(&sigs, SIGINT);
+	sigaddset(&sigs, SIGHUP);
+	pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+	signal(SIGPIPE, SIG_IGN);
+
+	if ((r = esc_config_new(ctx, &s.cfg)) != ESC_OK ||
+	    (access(config, F_OK) == 0 || strcmp(config, ESC_CONFIG_DEFAULT_PATH) != 0
+		     ? (r = esc_config_load_file(ctx, s.cfg, config)) != ESC_OK
+		     : 0) ||
+	    (r = esc_config_apply_env(ctx, s.cfg)) != ESC_OK) {
+		rc = fail(&s, ctx, r);
 		goto out;
 	}
-	printf("p11escrowd: configuration '%s' valid; schema current; CA token '%s' reachable\n", config,
-	       esc_token_label(tok));
+	s.log_level = log_level_of(esc_config_get(s.cfg, "log_level"));
+	s.nworkers = (int)esc_config_get_long(s.cfg, "workers");
+	if ((r = obtain_pin(&s, ctx)) != ESC_OK) {
+		rc = fail(&s, ctx, r);
+		goto out;
+	}
+	if ((s.slots = calloc((size_t)s.nworkers, sizeof(*s.slots))) == NULL) {
+		rc = 70;
+		goto out;
+	}
+	for (i = 0; i < s.nworkers; i++)
+		s.slots[i].stop_pipe[0] = s.slots[i].stop_pipe[1] = -1;
+	/* Every worker's database connection and token session, opened now so a bad setup fails at once. */
+	for (i = 0; i < s.nworkers; i++) {
+		struct svc_worker *w = &s.slots[i].w;
+
+		w->index = i;
+		w->svc = &s;
+		if (esc_ctx_new(&w->ctx) != ESC_OK) {
+			rc = 70;
+			goto out;
+		}
+		esc_ctx_set_log(w->ctx, lib_log, w);
+		if ((r = worker_connect(w)) != ESC_OK) {
+			rc = fail(&s, w->ctx, r);
+			goto out;
+		}
+	}
+	if ((rc = tls_setup(&s, ctx, s.slots[0].w.keeper)) != 0)
+		goto out;
+	if (check) {
+		printf("p11escrowd: configuration '%s' valid; schema current; CA token '%s' logged in; TLS "
+		       "certificate and key usable\n",
+		       config, esc_token_label(esc_keeper_token(s.slots[0].w.keeper)));
+		rc = 0;
+		goto out;
+	}
+	if (listen_setup(&s) != 0) {
+		rc = 4;
+		goto out;
+	}
+	for (i = 0; i < s.nworkers; i++) {
+		if (worker_setup(&s, &s.slots[i]) != 0) {
+			mlog(&s, ESC_LOG_ERROR, "cannot set up worker %d: %s", i, strerror(errno));
+			rc = 70;
+			goto stop;
+		}
+	}
+	for (i = 0; i < s.nworkers; i++) {
+		if (pthread_create(&s.slots[i].thread, NULL, worker_main, &s.slots[i]) != 0) {
+			mlog(&s, ESC_LOG_ERROR, "cannot start worker %d", i);
+			rc = 70;
+			goto stop;
+		}
+		s.slots[i].started = 1;
+	}
+	mlog(&s, ESC_LOG_INFO, "p11escrowd %s serving https://%s with %d worker(s); client certificates %s",
+	     ESC_VERSION, esc_config_get(s.cfg, "listen"), s.nworkers, esc_config_get(s.cfg, "tls_client_auth"));
+	for (;;) {
+		if (sigwait(&sigs, &sig) != 0)
+			continue;
+		if (sig == SIGHUP) {
+			mlog(&s, ESC_LOG_INFO, "SIGHUP ignored: restart the service to apply a new configuration");
+			continue;
+		}
+		mlog(&s, ESC_LOG_INFO, "%s: finishing requests in flight, then stopping",
+		     sig == SIGTERM ? "SIGTERM" : "SIGINT");
+		break;
+	}
 	rc = 0;
+stop:
+	for (i = 0; i < s.nworkers; i++)
+		if (s.slots[i].started && write(s.slots[i].stop_pipe[1], "x", 1) != 1)
+			mlog(&s, ESC_LOG_ERROR, "cannot signal worker %d", i);
+	for (i = 0; i < s.nworkers; i++)
+		if (s.slots[i].started)
+			pthread_join(s.slots[i].thread, NULL);
+	if (rc == 0)
+		mlog(&s, ESC_LOG_INFO, "stopped");
 out:
-	esc_token_free(tok);
-	esc_store_free(st);
-	esc_config_free(cfg);
+	for (i = 0; s.slots != NULL && i < s.nworkers; i++)
+		worker_teardown(&s.slots[i]);
+	free(s.slots);
+	if (s.listen_fd >= 0)
+		close(s.listen_fd);
+	SSL_CTX_free(s.tls);
+	esc_secret_free(s.pin);
+	esc_config_free(s.cfg);
 	esc_ctx_free(ctx);
+	pthread_mutex_destroy(&s.log_lock);
 	return rc;
 }

@@ -53,6 +53,7 @@ static const char *const key_types[] = {"rsa3072", "rsa4096", "ec-p256", "ec-p38
 /* The transport key does ECDH on every archival: EC first (see DESIGN §4). */
 static const char *const transport_types[] = {"ec-p256", "ec-p384", "rsa3072", NULL};
 static const char *const log_levels[] = {"error", "warn", "info", "debug", NULL};
+static const char *const client_auth_modes[] = {"optional", "require", "none", NULL};
 
 /* The order here is the order esc_config_key_name() reports. */
 static const struct key keys[] = {
@@ -67,6 +68,13 @@ static const struct key keys[] = {
 	{"ca_days", "3650", check_long, NULL, 1, 36500},
 	{"listen", "127.0.0.1:8443", check_listen, NULL, 0, 0},
 	{"log_level", "info", check_choice, log_levels, 0, 0},
+	{"workers", "2", check_long, NULL, 1, 64},
+	{"tls_cert", "", check_path, NULL, 0, 0},
+	{"tls_key", "", check_path, NULL, 0, 0},
+	{"tls_client_auth", "optional", check_choice, client_auth_modes, 0, 0},
+	{"max_body", "65536", check_long, NULL, 1024, 1048576},
+	{"request_timeout", "30", check_long, NULL, 1, 3600},
+	{"shutdown_grace", "30", check_long, NULL, 1, 3600},
 };
 
 #define NKEYS ESC_ARRAY_LEN(keys)

@@ -15,10 +15,14 @@ T=$(mktemp -d "${TMPDIR:-/tmp}/p11escrow-test.XXXXXX")
 chmod 0711 "$T"
 _pg_dirs=()
 _server_pidfiles=()
+_daemon_pids=()
 
 cleanup() {
     local rc=$? d f
     set +e
+    for f in "${_daemon_pids[@]}"; do
+        kill -TERM "$f" 2>/dev/null && wait "$f" 2>/dev/null
+    done
     for f in "${_server_pidfiles[@]}"; do
         "$SRC/hsm/export-tokens" --stop --pidfile "$f" >/dev/null 2>&1
     done
@@ -78,4 +82,53 @@ psql_val() { psql "$DB" -XAtq -c "$1"; }
 count_private_keys() {
     SOFTHSM2_CONF=$1 GNUTLS_PIN=$P11ESCROW_USER_PIN p11tool --provider "$SOFTHSM" --login --only-urls \
         --list-privkeys "pkcs11:token=$2" 2>/dev/null | grep -c '^pkcs11:' || true
+}
+
+# ca_pem OUT: the CA certificate from the database, as PEM.
+ca_pem() {
+    psql_val "SELECT encode(certificate, 'base64') FROM ca" | base64 -d | openssl x509 -inform DER -out "$1"
+}
+
+# start_daemon [WORKERS] [EXTRA_CONFIG_LINE...]: start p11escrowd against $DB and the
+# CA token set up in it (SOFTHSM2_CONF or p11-kit exported), with a TLS certificate the
+# CA issues for 127.0.0.1 (once per test; an administrator 'admin' with $T/admin.pw
+# must exist).  Sets URL, SERVER_CA, DAEMON_PID, DAEMON_LOG, DAEMON_CONF.  Stopped by
+# PID at exit, or by stop_daemon.
+start_daemon() {
+    local workers=${1:-2} port i
+    (($#)) && shift
+    : "${P11ESCROWD_BIN:?set by meson}"
+    if [ ! -f "$T/tls.key" ]; then
+        run_esc 0 service-cert --cert "$T/tls.pem" --key "$T/tls.key" --name 127.0.0.1 --name localhost \
+            --pin-file "$PIN_FILE" --user admin --password-file "$T/admin.pw"
+    fi
+    [ -f "$T/ca.pem" ] || ca_pem "$T/ca.pem"
+    port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    DAEMON_CONF=$T/p11escrowd.$port.conf
+    {
+        printf 'database = "%s"\nlisten = 127.0.0.1:%s\nca_pin_file = %s\n' "$DB" "$port" "$PIN_FILE"
+        printf 'tls_cert = %s\ntls_key = %s\nworkers = %s\nshutdown_grace = 10\n' "$T/tls.pem" "$T/tls.key" "$workers"
+        for i in "$@"; do printf '%s\n' "$i"; done
+    } >"$DAEMON_CONF"
+    DAEMON_LOG=$T/p11escrowd.$port.log
+    "$P11ESCROWD_BIN" --config "$DAEMON_CONF" 2>"$DAEMON_LOG" &
+    DAEMON_PID=$!
+    _daemon_pids+=("$DAEMON_PID")
+    URL=https://127.0.0.1:$port
+    SERVER_CA=$T/ca.pem
+    for i in $(seq 100); do
+        curl -sf --cacert "$SERVER_CA" "$URL/healthz" >/dev/null 2>&1 && return 0
+        kill -0 "$DAEMON_PID" 2>/dev/null || { cat "$DAEMON_LOG" >&2; fail "p11escrowd exited at start"; }
+        sleep 0.1
+    done
+    cat "$DAEMON_LOG" >&2
+    fail "p11escrowd did not answer on $URL within 10 s"
+}
+
+# stop_daemon: SIGTERM, wait; fails unless it exits 0.
+stop_daemon() {
+    local rc=0
+    kill -TERM "$DAEMON_PID"
+    wait "$DAEMON_PID" || rc=$?
+    [ "$rc" -eq 0 ] || { cat "$DAEMON_LOG" >&2; fail "p11escrowd exited $rc on SIGTERM"; }
 }

@@ -1,0 +1,383 @@
+/*
+ * p11escrowd — requests and replies over libevent's evhttp, and routing.
+ *
+ * Everything a handler reads from a request is prepared here: the decoded
+ * path (no NUL, no "..", bounded), the query, a NUL-terminated copy of the
+ * body (wiped after the request) and the TLS client certificate the
+ * handshake verified.  Replies always carry Cache-Control: no-store.
+ */
+#include <sys/queue.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/bufferevent_ssl.h>
+#include <event2/http.h>
+#include <event2/keyvalq_struct.h>
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/rand.h>
+#include <openssl/ssl.h>
+
+#include <p11escrow/pin.h>
+
+#include "svc.h"
+
+#define PATH_MAX_LEN 512
+#define EST_PREFIX "/.well-known/est/"
+#define API_PREFIX "/api/v1"
+
+static const char *
+method_name(enum evhttp_cmd_type m)
+{
+	switch (m) {
+	case EVHTTP_REQ_GET:
+		return "GET";
+	case EVHTTP_REQ_POST:
+		return "POST";
+	case EVHTTP_REQ_HEAD:
+		return "HEAD";
+	case EVHTTP_REQ_PUT:
+		return "PUT";
+	case EVHTTP_REQ_DELETE:
+		return "DELETE";
+	default:
+		return "OTHER";
+	}
+}
+
+int
+svc_request_init(struct svc_request *r, struct svc_worker *w, struct evhttp_request *req)
+{
+	const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
+	struct evbuffer *in = evhttp_request_get_input_buffer(req);
+	struct bufferevent *bev = evhttp_connection_get_bufferevent(evhttp_request_get_connection(req));
+	SSL *ssl = bev != NULL ? bufferevent_openssl_get_ssl(bev) : NULL;
+	unsigned char rnd[8];
+	const char *raw, *q;
+	size_t len, n, i;
+
+	memset(r, 0, sizeof(*r));
+	TAILQ_INIT(&r->query);
+	r->w = w;
+	r->ev = req;
+	r->method = evhttp_request_get_command(req);
+	r->method_name = method_name(r->method);
+	if (RAND_bytes(rnd, sizeof(rnd)) != 1)
+		memset(rnd, 0, sizeof(rnd));
+	for (i = 0; i < sizeof(rnd); i++)
+		snprintf(r->id + 2 * i, 3, "%02x", rnd[i]);
+	if (ssl != NULL && SSL_get_verify_result(ssl) == X509_V_OK)
+		r->client_cert = SSL_get1_peer_certificate(ssl);
+
+	raw = uri != NULL ? evhttp_uri_get_path(uri) : NULL;
+	if (raw == NULL || *raw != '/' || strlen(raw) > PATH_MAX_LEN ||
+	    (r->path = evhttp_uridecode(raw, 0, &n)) == NULL || strlen(r->path) != n || strstr(r->path, "..") != NULL) {
+		svc_reply_error(r, 400, "malformed request path");
+		return -1;
+	}
+	q = evhttp_uri_get_query(uri);
+	if (q != NULL && evhttp_parse_query_str(q, &r->query) != 0) {
+		svc_reply_error(r, 400, "malformed query string");
+		return -1;
+	}
+	len = evbuffer_get_length(in);
+	if (len > 0) {
+		if ((r->body = malloc(len + 1)) == NULL || evbuffer_remove(in, r->body, len) != (int)len) {
+			svc_reply_error(r, 503, "out of memory");
+			return -1;
+		}
+		r->body[len] = '\0';
+		r->bodylen = len;
+	}
+	return 0;
+}
+
+void
+svc_request_done(struct svc_request *r)
+{
+	if (r->body != NULL) {
+		OPENSSL_cleanse(r->body, r->bodylen);
+		free(r->body);
+	}
+	evhttp_clear_headers(&r->query);
+	free(r->path);
+	X509_free(r->client_cert);
+	memset(r, 0, sizeof(*r));
+}
+
+const char *
+svc_header(struct svc_request *r, const char *name)
+{
+	return evhttp_find_header(evhttp_request_get_input_headers(r->ev), name);
+}
+
+const char *
+svc_query(struct svc_request *r, const char *name)
+{
+	return evhttp_find_header(&r->query, name);
+}
+
+int
+svc_content_type_is(struct svc_request *r, const char *type)
+{
+	const char *ct = svc_header(r, "Content-Type");
+	size_t n = strlen(type);
+
+	if (ct == NULL)
+		return 0;
+	while (*ct == ' ')
+		ct++;
+	return strncasecmp(ct, type, n) == 0 && (ct[n] == '\0' || ct[n] == ';' || ct[n] == ' ');
+}
+
+void
+svc_add_header(struct svc_request *r, const char *name, const char *value)
+{
+	evhttp_add_header(evhttp_request_get_output_headers(r->ev), name, value);
+}
+
+static const char *
+reason_phrase(int status)
+{
+	switch (status) {
+	case 200:
+		return "OK";
+	case 201:
+		return "Created";
+	case 202:
+		return "Accepted";
+	case 400:
+		return "Bad Request";
+	case 401:
+		return "Unauthorized";
+	case 403:
+		return "Forbidden";
+	case 404:
+		return "Not Found";
+	case 405:
+		return "Method Not Allowed";
+	case 409:
+		return "Conflict";
+	case 413:
+		return "Payload Too Large";
+	case 415:
+		return "Unsupported Media Type";
+	case 500:
+		return "Internal Server Error";
+	case 503:
+		return "Service Unavailable";
+	default:
+		return "Status";
+	}
+}
+
+static void
+send_prepared(struct svc_request *r, int status, const char *content_type)
+{
+	struct evkeyvalq *h = evhttp_request_get_output_headers(r->ev);
+
+	evhttp_remove_header(h, "Content-Type");
+	evhttp_add_header(h, "Content-Type", content_type);
+	evhttp_add_header(h, "Cache-Control", "no-store");
+	evhttp_add_header(h, "X-Content-Type-Options", "nosniff");
+	evhttp_send_reply(r->ev, status, reason_phrase(status), NULL);
+	r->replied = 1;
+	r->status = status;
+}
+
+void
+svc_reply(struct svc_request *r, int status, const char *content_type, const void *body, size_t len)
+{
+	if (r->replied)
+		return;
+	if (len > 0 && evbuffer_add(evhttp_request_get_output_buffer(r->ev), body, len) != 0) {
+		evhttp_send_error(r->ev, 503, "out of memory");
+		r->replied = 1;
+		r->status = 503;
+		return;
+	}
+	send_prepared(r, status, content_type);
+}
+
+struct secret_ref {
+	unsigned char *p;
+	size_t len;
+};
+
+static void
+wipe_secret(const void *data, size_t len, void *arg)
+{
+	(void)data;
+	(void)len;
+	OPENSSL_secure_clear_free(arg, len);
+}
+
+void
+svc_reply_secret(struct svc_request *r, int status, const char *content_type, unsigned char *body, size_t len)
+{
+	if (r->replied) {
+		OPENSSL_secure_clear_free(body, len);
+		return;
+	}
+	/* By reference: libevent never copies the bytes into memory nobody wipes. */
+	if (evbuffer_add_reference(evhttp_request_get_output_buffer(r->ev), body, len, wipe_secret, body) != 0) {
+		OPENSSL_secure_clear_free(body, len);
+		svc_reply_error(r, 503, "out of memory");
+		return;
+	}
+	send_prepared(r, status, content_type);
+}
+
+void
+svc_reply_error(struct svc_request *r, int status, const char *reason)
+{
+	char line[600];
+	int n = snprintf(line, sizeof(line), "%s\n", reason);
+
+	if (n < 0 || (size_t)n >= sizeof(line))
+		n = (int)sizeof(line) - 1;
+	if (status == 401 && svc_header(r, "WWW-Authenticate") == NULL)
+		svc_add_header(r, "WWW-Authenticate", "Basic realm=\"p11escrow\", charset=\"UTF-8\"");
+	svc_reply(r, status, "text/plain; charset=utf-8", line, (size_t)n);
+}
+
+int
+svc_http_status(enum esc_err e)
+{
+	switch (e) {
+	case ESC_OK:
+		return 200;
+	case ESC_ERR_USAGE:
+	case ESC_ERR_BAD_INPUT:
+	case ESC_ERR_MISMATCH:
+	case ESC_ERR_TAMPERED:
+	case ESC_ERR_NOT_RECIPIENT:
+		return 400;
+	case ESC_ERR_AUTH:
+		return 401;
+	case ESC_ERR_DENIED:
+	case ESC_ERR_POLICY:
+		return 403;
+	case ESC_ERR_NOT_FOUND:
+		return 404;
+	case ESC_ERR_EXISTS:
+	case ESC_ERR_STATE:
+		return 409;
+	case ESC_ERR_NOMEM:
+	case ESC_ERR_DB_CONNECT:
+	case ESC_ERR_SCHEMA_OLD:
+	case ESC_ERR_SCHEMA_NEWER:
+	case ESC_ERR_PKCS11:
+	case ESC_ERR_TOKEN_NOT_FOUND:
+	case ESC_ERR_MODULE:
+	case ESC_ERR_PIN_INCORRECT:
+	case ESC_ERR_PIN_LOCKED:
+	case ESC_ERR_PIN_MISSING:
+	case ESC_ERR_KEY_NOT_FOUND:
+		return 503;
+	default:
+		return 500;
+	}
+}
+
+void
+svc_reply_esc(struct svc_request *r, enum esc_err e)
+{
+	int status = svc_http_status(e);
+	const char *msg = esc_ctx_errmsg(r->w->ctx);
+
+	if (status >= 500) {
+		/* The detail is for the operator's log, not for the client. */
+		svc_log(r->w, ESC_LOG_ERROR, "req=%s failed: %s", r->id, msg);
+		svc_worker_forget(r->w, e);
+		if (status == 503)
+			svc_add_header(r, "Retry-After", "5");
+		svc_reply_error(r, status,
+				status == 503 ? "service temporarily unavailable (database or HSM); try again later"
+					      : "internal error; the operator's log has the details");
+		return;
+	}
+	svc_log(r->w, ESC_LOG_INFO, "req=%s refused: %s", r->id, msg);
+	svc_reply_error(r, status, *msg ? msg : esc_strerror(e));
+}
+
+int
+svc_basic_auth(struct svc_request *r, char *user, size_t userlen, struct esc_secret **password)
+{
+	const char *h = svc_header(r, "Authorization"), *b64;
+	unsigned char *dec = NULL;
+	const unsigned char *colon;
+	size_t n, declen;
+	int len, rc = -1;
+
+	*password = NULL;
+	if (h == NULL)
+		return 0;
+	if (strncasecmp(h, "Basic ", 6) != 0)
+		return -1;
+	for (b64 = h + 6; *b64 == ' '; b64++)
+		;
+	n = strlen(b64);
+	while (n > 0 && b64[n - 1] == ' ')
+		n--;
+	if (n == 0 || n % 4 != 0 || n > 1024 || (dec = OPENSSL_secure_malloc(n / 4 * 3 + 1)) == NULL)
+		goto out;
+	if ((len = EVP_DecodeBlock(dec, (const unsigned char *)b64, (int)n)) < 0)
+		goto out;
+	declen = (size_t)len;
+	if (b64[n - 1] == '=')
+		declen--;
+	if (b64[n - 2] == '=')
+		declen--;
+	if ((colon = memchr(dec, ':', declen)) == NULL || (size_t)(colon - dec) >= userlen || colon == dec ||
+	    memchr(dec, '\0', declen) != NULL)
+		goto out;
+	memcpy(user, dec, (size_t)(colon - dec));
+	user[colon - dec] = '\0';
+	if (esc_secret_new(r->w->ctx, colon + 1, declen - (size_t)(colon - dec) - 1, password) != ESC_OK)
+		goto out;
+	rc = 1;
+out:
+	if (dec != NULL)
+		OPENSSL_secure_clear_free(dec, n / 4 * 3 + 1);
+	return rc;
+}
+
+void
+svc_http_dispatch(struct svc_request *r)
+{
+	const char *p = r->path;
+
+	if (strncmp(p, EST_PREFIX, sizeof(EST_PREFIX) - 1) == 0) {
+		char label[64];
+		const char *rest = p + sizeof(EST_PREFIX) - 1, *slash = strchr(rest, '/');
+
+		if (slash == NULL) {
+			svc_est_handle(r, NULL, rest);
+		} else if ((size_t)(slash - rest) < sizeof(label) && slash > rest && strchr(slash + 1, '/') == NULL) {
+			memcpy(label, rest, (size_t)(slash - rest));
+			label[slash - rest] = '\0';
+			svc_est_handle(r, label, slash + 1);
+		} else {
+			svc_reply_error(r, 404, "no such EST resource");
+		}
+	} else if (strncmp(p, API_PREFIX, sizeof(API_PREFIX) - 1) == 0 &&
+		   (p[sizeof(API_PREFIX) - 1] == '/' || p[sizeof(API_PREFIX) - 1] == '\0')) {
+		svc_api_handle(r, p + sizeof(API_PREFIX) - 1);
+	} else if (strcmp(p, "/healthz") == 0) {
+		if (r->method != EVHTTP_REQ_GET) {
+			svc_add_header(r, "Allow", "GET");
+			svc_reply_error(r, 405, "method not allowed");
+		} else if (svc_worker_ready(r->w, r) == 0) {
+			svc_reply(r, 200, "text/plain; charset=utf-8", "ok\n", 3);
+		}
+	} else {
+		svc_reply_error(r, 404, "no such resource");
+	}
+	if (!r->replied)
+		svc_reply_error(r, 500, "internal error: no reply");
+}
