@@ -54,7 +54,15 @@ struct svc_request {
 	X509 *client_cert;            /* TLS client certificate (verified against the CA), or NULL */
 	char id[17];                  /* request id for log lines */
 	int replied;
+	int status;                   /* the status replied, for the access log */
 };
+
+/* Set up r for req (0), or reply 400 and return -1. */
+int svc_request_init(struct svc_request *r, struct svc_worker *w, struct evhttp_request *req);
+/* Route r to its endpoint; replies exactly once. */
+void svc_http_dispatch(struct svc_request *r);
+/* Free what svc_request_init allocated (the body is wiped). */
+void svc_request_done(struct svc_request *r);
 
 /* A request header, or NULL. */
 const char *svc_header(struct svc_request *r, const char *name);
@@ -67,6 +75,12 @@ int svc_content_type_is(struct svc_request *r, const char *type);
 void svc_add_header(struct svc_request *r, const char *name, const char *value);
 /* Send the reply (once; later calls are ignored). */
 void svc_reply(struct svc_request *r, int status, const char *content_type, const void *body, size_t len);
+/*
+ * Send a reply whose body is secret (a private key): body must come from
+ * OPENSSL_secure_malloc; it is sent without being copied and wiped and
+ * freed when sent (or dropped).  Ownership passes to the reply.
+ */
+void svc_reply_secret(struct svc_request *r, int status, const char *content_type, unsigned char *body, size_t len);
 /* text/plain reply of one line: the reason, never a secret. */
 void svc_reply_error(struct svc_request *r, int status, const char *reason);
 /* Reply with the HTTP status for library error e and the context's message. */
