@@ -8,12 +8,21 @@
  * instance directly through its function list: dlopen(RTLD_NOLOAD) returns
  * the handle libp11 opened, so both share one C_Initialize and one login
  * state (PKCS#11 login is per application and token).
+ *
+ * A module is also loaded once per process: PKCS#11 initialisation is
+ * process-wide (C_Initialize once, C_Finalize ends every session of every
+ * caller), so tokens opened from the same module file — one keeper per
+ * worker thread, a CA token and a KRA card — share one loaded instance, and
+ * the last one closed finalises it.  That registry is the library's one
+ * piece of process-wide state, as the module's own state is; it is guarded
+ * by a mutex, as is libp11's key list of each module.
  */
 /* libp11.h uses APIs OpenSSL 3 deprecates; the compat level hides the warnings. */
 #define OPENSSL_API_COMPAT 10101
 #define _GNU_SOURCE /* strcasestr */
 
 #include <dlfcn.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -51,7 +60,13 @@ struct module {
 	void *dl;
 	CK_FUNCTION_LIST_PTR fl;
 	int own_instance; /* our function list is not libp11's: finalise it, log in on both */
+	pthread_mutex_t p11_lock; /* libp11's key enumeration of this module's tokens */
+	struct module *next;      /* in the process-wide registry */
 };
+
+/* Modules loaded in this process (see the top of this file); refs and the list under modules_lock. */
+static pthread_mutex_t modules_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct module *modules;
 
 struct esc_token {
 	struct module *mod;
@@ -306,11 +321,10 @@ list_append(char *list, size_t len, const char *item)
 	snprintf(list + used, len - used, "%s%s", used ? ", " : "", item);
 }
 
+/* Finalise and unload; caller holds modules_lock (or mod was never registered). */
 static void
-module_release(struct module *mod)
+module_free(struct module *mod)
 {
-	if (mod == NULL || --mod->refs > 0)
-		return;
 	if (mod->own_instance)
 		mod->fl->C_Finalize(NULL);
 	if (mod->slots != NULL)
@@ -321,8 +335,39 @@ module_release(struct module *mod)
 	}
 	if (mod->dl != NULL)
 		dlclose(mod->dl);
+	pthread_mutex_destroy(&mod->p11_lock);
 	free(mod->path);
 	free(mod);
+}
+
+/* Drop a reference; the last one finalises and unloads the module (under the lock, so a concurrent load waits). */
+static void
+module_release(struct module *mod)
+{
+	struct module **pp;
+
+	if (mod == NULL)
+		return;
+	pthread_mutex_lock(&modules_lock);
+	if (--mod->refs > 0) {
+		pthread_mutex_unlock(&modules_lock);
+		return;
+	}
+	for (pp = &modules; *pp != NULL; pp = &(*pp)->next)
+		if (*pp == mod) {
+			*pp = mod->next;
+			break;
+		}
+	module_free(mod);
+	pthread_mutex_unlock(&modules_lock);
+}
+
+static void
+module_ref(struct module *mod)
+{
+	pthread_mutex_lock(&modules_lock);
+	mod->refs++;
+	pthread_mutex_unlock(&modules_lock);
 }
 
 static enum esc_err
@@ -334,11 +379,29 @@ module_load(struct esc_ctx *ctx, const char *module, P11KitUri *u, struct module
 	CK_RV rv;
 	enum esc_err r;
 
-	if ((mod = calloc(1, sizeof(*mod))) == NULL)
-		return esc_error(ctx, ESC_ERR_NOMEM, "out of memory");
+	char *path = NULL;
+
+	if ((r = resolve_module(ctx, module, u, &path)) != ESC_OK)
+		return r;
+	pthread_mutex_lock(&modules_lock);
+	for (mod = modules; mod != NULL; mod = mod->next) {
+		if (strcmp(mod->path, path) == 0) {
+			/* Loaded already in this process: share it (and, as PKCS#11 has it, its logins). */
+			mod->refs++;
+			*out = mod;
+			r = ESC_OK;
+			mod = NULL;
+			goto unlock;
+		}
+	}
+	if ((mod = calloc(1, sizeof(*mod))) == NULL) {
+		r = esc_error(ctx, ESC_ERR_NOMEM, "out of memory");
+		goto unlock;
+	}
 	mod->refs = 1;
-	if ((r = resolve_module(ctx, module, u, &mod->path)) != ESC_OK)
-		goto out;
+	mod->path = path;
+	path = NULL; /* transferred */
+	pthread_mutex_init(&mod->p11_lock, NULL);
 	if ((mod->p11 = PKCS11_CTX_new()) == NULL) {
 		r = esc_error(ctx, ESC_ERR_NOMEM, "out of memory");
 		goto out;
@@ -372,11 +435,17 @@ module_load(struct esc_ctx *ctx, const char *module, P11KitUri *u, struct module
 		r = esc_error_ossl(ctx, ESC_ERR_PKCS11, "cannot list the slots of PKCS#11 module '%s'", mod->path);
 		goto out;
 	}
+	mod->next = modules;
+	modules = mod;
 	*out = mod;
 	mod = NULL; /* transferred */
 	r = ESC_OK;
 out:
-	module_release(mod);
+	if (mod != NULL)
+		module_free(mod); /* never registered */
+unlock:
+	pthread_mutex_unlock(&modules_lock);
+	free(path);
 	return r;
 }
 
@@ -394,7 +463,7 @@ select_token(struct esc_ctx *ctx, struct module *mod, P11KitUri *u, const char *
 	if ((tok = calloc(1, sizeof(*tok))) == NULL)
 		return esc_error(ctx, ESC_ERR_NOMEM, "out of memory");
 	tok->mod = mod;
-	mod->refs++;
+	module_ref(mod);
 	tok->fl = mod->fl;
 	for (i = 0; i < mod->nslots; i++) {
 		PKCS11_SLOT *s = &mod->slots[i];
@@ -499,8 +568,13 @@ esc_token_login(struct esc_ctx *ctx, struct esc_token *tok, const struct esc_sec
 		return ckr_error(ctx, rv, what);
 	}
 	/* libp11's instance shares our login unless the module gave us our own. */
-	if (tok->mod->own_instance && PKCS11_login(tok->slot, 0, esc_secret_str(pin)) != 0)
-		return esc_error_ossl(ctx, ESC_ERR_PKCS11, "libp11 could not log in to token '%s'", tok->label);
+	if (tok->mod->own_instance) {
+		pthread_mutex_lock(&tok->mod->p11_lock);
+		rv = PKCS11_login(tok->slot, 0, esc_secret_str(pin)) != 0;
+		pthread_mutex_unlock(&tok->mod->p11_lock);
+		if (rv)
+			return esc_error_ossl(ctx, ESC_ERR_PKCS11, "libp11 could not log in to token '%s'", tok->label);
+	}
 	return ESC_OK;
 }
 
@@ -1074,19 +1148,31 @@ esc_token_key_private(struct esc_ctx *ctx, struct esc_token *tok, const struct e
 	EVP_PKEY *pkey;
 	unsigned int n = 0, i;
 
-	if (PKCS11_enumerate_keys(tok->slot->token, &keys, &n) != 0)
-		return esc_error_ossl(ctx, ESC_ERR_PKCS11, "libp11 cannot list the keys of token '%s'", tok->label);
+	enum esc_err r;
+
+	/* libp11 keeps one key list per token: threads sharing the module take turns here. */
+	pthread_mutex_lock(&tok->mod->p11_lock);
+	if (PKCS11_enumerate_keys(tok->slot->token, &keys, &n) != 0) {
+		r = esc_error_ossl(ctx, ESC_ERR_PKCS11, "libp11 cannot list the keys of token '%s'", tok->label);
+		goto out;
+	}
 	for (i = 0; i < n; i++) {
 		if (!keys[i].isPrivate || keys[i].id_len != key->id_len ||
 		    memcmp(keys[i].id, key->id, key->id_len) != 0)
 			continue;
-		if ((pkey = PKCS11_get_private_key(&keys[i])) == NULL)
-			return esc_error_ossl(ctx, ESC_ERR_PKCS11, "libp11 cannot use key '%s'", key->label);
+		if ((pkey = PKCS11_get_private_key(&keys[i])) == NULL) {
+			r = esc_error_ossl(ctx, ESC_ERR_PKCS11, "libp11 cannot use key '%s'", key->label);
+			goto out;
+		}
 		*out = pkey;
-		return ESC_OK;
+		r = ESC_OK;
+		goto out;
 	}
-	return esc_error(ctx, ESC_ERR_KEY_NOT_FOUND, "libp11 does not see key '%s' on token '%s' (not logged in?)",
-			 key->label, tok->label);
+	r = esc_error(ctx, ESC_ERR_KEY_NOT_FOUND, "libp11 does not see key '%s' on token '%s' (not logged in?)",
+		      key->label, tok->label);
+out:
+	pthread_mutex_unlock(&tok->mod->p11_lock);
+	return r;
 }
 
 enum esc_err
