@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <time.h>
 
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
@@ -23,6 +24,7 @@
 #include <openssl/ssl.h>
 
 #include <p11escrow/pin.h>
+#include <p11escrow/revoke.h>
 
 #include "svc.h"
 
@@ -347,6 +349,54 @@ out:
 	return rc;
 }
 
+/*
+ * GET /crl: the CA's CRL (DER, application/pkix-crl), signed on the CA
+ * token.  Each worker signs a fresh one at most every CRL_REFRESH seconds,
+ * so unauthenticated clients cannot make the token sign at will; a
+ * revocation shows within that time.
+ */
+#define CRL_REFRESH 300
+#define CRL_DAYS 7
+
+static void
+serve_crl(struct svc_request *r)
+{
+	struct svc_worker *w = r->w;
+	struct timespec now;
+	X509_CRL *crl = NULL;
+	unsigned char *der = NULL, *p;
+	int len;
+	enum esc_err e;
+
+	if (r->method != EVHTTP_REQ_GET) {
+		svc_add_header(r, "Allow", "GET");
+		svc_reply_error(r, 405, "method not allowed");
+		return;
+	}
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	if (w->crl == NULL || now.tv_sec - w->crl_at >= CRL_REFRESH) {
+		if (svc_worker_ready(w, r) != 0)
+			return;
+		if ((e = esc_crl_build(w->ctx, w->st, esc_keeper_token(w->keeper), CRL_DAYS, &crl)) != ESC_OK) {
+			svc_reply_esc(r, e);
+			return;
+		}
+		if ((len = i2d_X509_CRL(crl, NULL)) <= 0 || (der = malloc((size_t)len)) == NULL) {
+			X509_CRL_free(crl);
+			svc_reply_error(r, 500, "cannot encode the CRL");
+			return;
+		}
+		p = der;
+		i2d_X509_CRL(crl, &p);
+		X509_CRL_free(crl);
+		free(w->crl);
+		w->crl = der;
+		w->crl_len = (size_t)len;
+		w->crl_at = now.tv_sec;
+	}
+	svc_reply(r, 200, "application/pkix-crl", w->crl, w->crl_len);
+}
+
 void
 svc_http_dispatch(struct svc_request *r)
 {
@@ -368,6 +418,8 @@ svc_http_dispatch(struct svc_request *r)
 	} else if (strncmp(p, API_PREFIX, sizeof(API_PREFIX) - 1) == 0 &&
 		   (p[sizeof(API_PREFIX) - 1] == '/' || p[sizeof(API_PREFIX) - 1] == '\0')) {
 		svc_api_handle(r, p + sizeof(API_PREFIX) - 1);
+	} else if (strcmp(p, "/crl") == 0) {
+		serve_crl(r);
 	} else if (strcmp(p, "/healthz") == 0) {
 		if (r->method != EVHTTP_REQ_GET) {
 			svc_add_header(r, "Allow", "GET");

@@ -355,6 +355,7 @@ worker_teardown(struct slot *sl)
 		close(sl->stop_pipe[0]);
 		close(sl->stop_pipe[1]);
 	}
+	free(sl->w.crl);
 	esc_keeper_free(sl->w.keeper);
 	esc_store_free(sl->w.st);
 	esc_ctx_free(sl->w.ctx);

@@ -31,6 +31,9 @@ struct svc_worker {
 	struct esc_ctx *ctx;
 	struct esc_store *st;         /* NULL while the database is unreachable */
 	struct esc_keeper *keeper;    /* NULL while the CA token is unavailable */
+	unsigned char *crl;           /* the last CRL this worker signed (DER), served for CRL_REFRESH seconds */
+	size_t crl_len;
+	long long crl_at;             /* monotonic seconds */
 };
 
 /*

@@ -1,0 +1,839 @@
+/*
+ * p11escrowd — the JSON API under /api/v1 for certificate managers, KRAs,
+ * auditors and administrators (docs/api.md).
+ *
+ * Thin over the library: every dual-control rule is the library's
+ * (recovery.h), so the API enforces exactly what the CLI does.  This file
+ * only authenticates the account (HTTP Basic, esc_account_login), routes by
+ * a table, checks request bodies strictly and turns results into JSON.
+ * The service is the holder of the CA token: an approved request is
+ * released at once with the worker's keeper.
+ */
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <jansson.h>
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/x509.h>
+
+#include <p11escrow/audit.h>
+#include <p11escrow/auth.h>
+#include <p11escrow/kra.h>
+#include <p11escrow/recovery.h>
+
+#include "svc.h"
+
+#define API_BODY_MAX (16 * 1024) /* the largest request is a reason of 1000 characters */
+#define API_FIELD_MAX 4096	 /* any string in a body; the library checks each one exactly */
+#define API_PARAM_MAX 256	 /* any query parameter */
+#define API_AUDIT_DEFAULT 1000
+#define API_AUDIT_MAX 10000
+#define API_USER_MAX 128
+
+struct api_call {
+	struct svc_request *r;
+	struct svc_worker *w;
+	struct esc_account *a; /* the authenticated account */
+	long long id;	       /* {id} of the path, 0 if none */
+};
+
+/* ---- replies -------------------------------------------------------------------------------------------------- */
+
+/*
+ * A JSON string of s.  jansson refuses invalid UTF-8, and text from the
+ * database or from a client's own input may hold some: such bytes become '?'.
+ */
+static json_t *
+jstr(const char *s)
+{
+	json_t *j;
+	char *copy;
+	size_t i;
+
+	if (s == NULL)
+		s = "";
+	if ((j = json_string(s)) != NULL)
+		return j;
+	if ((copy = strdup(s)) == NULL)
+		return NULL;
+	for (i = 0; copy[i]; i++)
+		if ((unsigned char)copy[i] >= 0x80)
+			copy[i] = '?';
+	j = json_string(copy);
+	free(copy);
+	return j;
+}
+
+/* Set obj[key] to v (consumed); -1 if v is NULL or out of memory. */
+static int
+put(json_t *obj, const char *key, json_t *v)
+{
+	return v == NULL ? -1 : json_object_set_new(obj, key, v);
+}
+
+/* Reply with obj (consumed); 500 if it could not be built. */
+static void
+reply_json(struct svc_request *r, int status, json_t *obj, int built)
+{
+	char *text = NULL;
+
+	if (obj != NULL && built == 0)
+		text = json_dumps(obj, JSON_COMPACT);
+	json_decref(obj);
+	/* Responses name keys, people and requests: no cache keeps them. */
+	svc_add_header(r, "Cache-Control", "no-store");
+	if (text == NULL) {
+		static const char oom[] = "{\"error\":\"internal error: cannot build the response\"}";
+
+		svc_log(r->w, ESC_LOG_ERROR, "req=%s cannot build a JSON response", r->id);
+		svc_reply(r, 500, "application/json", oom, sizeof(oom) - 1);
+		return;
+	}
+	svc_reply(r, status, "application/json", text, strlen(text));
+	free(text);
+}
+
+/* {"error": reason[, "code": esc_strerror(e)]} */
+static void
+reply_error(struct svc_request *r, int status, const char *reason, enum esc_err e)
+{
+	json_t *o = json_object();
+	int bad = o == NULL || put(o, "error", jstr(reason));
+
+	if (!bad && e != ESC_OK)
+		bad = put(o, "code", jstr(esc_strerror(e)));
+	reply_json(r, status, o, bad);
+}
+
+/* The reply for library error e, with the context's message; details of server faults stay in the log. */
+static void
+reply_esc(struct api_call *c, enum esc_err e)
+{
+	struct svc_request *r = c->r;
+	int status = svc_http_status(e);
+	const char *msg = esc_ctx_errmsg(c->w->ctx);
+
+	if (status >= 500) {
+		svc_log(c->w, ESC_LOG_ERROR, "req=%s failed: %s", r->id, msg);
+		svc_worker_forget(c->w, e);
+		if (status == 503)
+			svc_add_header(r, "Retry-After", "5");
+		reply_error(r, status,
+			    status == 503 ? "service temporarily unavailable (database or HSM); try again later"
+					  : "internal error; the operator's log has the details",
+			    e);
+		return;
+	}
+	svc_log(c->w, ESC_LOG_INFO, "req=%s refused: %s", r->id, msg);
+	reply_error(r, status, *msg ? msg : esc_strerror(e), e);
+}
+
+static void
+reply_unauthorized(struct svc_request *r)
+{
+	svc_add_header(r, "WWW-Authenticate", "Basic realm=\"p11escrow\", charset=\"UTF-8\"");
+	/* One message for an unknown name, a wrong password and a disabled account. */
+	reply_error(r, 401, "authentication required: a valid account name and password", ESC_ERR_AUTH);
+}
+
+/* ---- input ---------------------------------------------------------------------------------------------------- */
+
+/* Refuse (400) any query parameter not in allowed (NULL-terminated), a repeated one or an oversized one. */
+static int
+params_ok(struct api_call *c, const char *const *allowed)
+{
+	const struct evkeyval *kv, *other;
+	char msg[160];
+	size_t i;
+
+	for (kv = c->r->query.tqh_first; kv != NULL; kv = kv->next.tqe_next) {
+		for (i = 0; allowed[i] != NULL && strcmp(allowed[i], kv->key) != 0; i++)
+			;
+		if (allowed[i] == NULL) {
+			snprintf(msg, sizeof(msg), "unknown query parameter '%.64s'", kv->key);
+			reply_error(c->r, 400, msg, ESC_ERR_USAGE);
+			return 0;
+		}
+		for (other = kv->next.tqe_next; other != NULL; other = other->next.tqe_next)
+			if (strcmp(other->key, kv->key) == 0) {
+				snprintf(msg, sizeof(msg), "query parameter '%s' given twice", kv->key);
+				reply_error(c->r, 400, msg, ESC_ERR_USAGE);
+				return 0;
+			}
+		if (strlen(kv->value) > API_PARAM_MAX) {
+			snprintf(msg, sizeof(msg), "query parameter '%s' is longer than %d bytes", kv->key,
+				 API_PARAM_MAX);
+			reply_error(c->r, 400, msg, ESC_ERR_USAGE);
+			return 0;
+		}
+	}
+	return 1;
+}
+
+/* A query parameter; an empty one counts as absent. */
+static const char *
+param(struct api_call *c, const char *name)
+{
+	const char *v = svc_query(c->r, name);
+
+	return v != NULL && *v != '\0' ? v : NULL;
+}
+
+struct field {
+	const char *name;
+	int required;
+	int nullable;	  /* null is accepted and reads as absent */
+	const char **out; /* points into the parsed document */
+};
+
+/*
+ * Parse the body as one JSON object holding only the given string fields.
+ * Returns the document (the caller decrefs; *out values live as long) or
+ * NULL after replying 413, 415 or 400.  With no field required, an empty
+ * body is accepted as {}.
+ */
+static json_t *
+parse_body(struct api_call *c, struct field *f, size_t nf)
+{
+	struct svc_request *r = c->r;
+	json_error_t jerr;
+	json_t *doc, *v;
+	const char *key;
+	char msg[256];
+	size_t i, required = 0;
+
+	for (i = 0; i < nf; i++) {
+		*f[i].out = NULL;
+		required += f[i].required != 0;
+	}
+	if (r->bodylen > API_BODY_MAX) {
+		snprintf(msg, sizeof(msg), "the request body is larger than %d bytes", API_BODY_MAX);
+		reply_error(r, 413, msg, ESC_ERR_USAGE);
+		return NULL;
+	}
+	if (r->bodylen == 0 && required == 0)
+		return json_object();
+	if (!svc_content_type_is(r, "application/json")) {
+		reply_error(r, 415, "the request body must be application/json", ESC_ERR_USAGE);
+		return NULL;
+	}
+	if (r->body == NULL || r->bodylen == 0) {
+		reply_error(r, 400, "a JSON object is required", ESC_ERR_USAGE);
+		return NULL;
+	}
+	/* jansson refuses \u0000 in strings unless told otherwise: a field is always a C string. */
+	if ((doc = json_loadb((const char *)r->body, r->bodylen, JSON_REJECT_DUPLICATES, &jerr)) == NULL) {
+		snprintf(msg, sizeof(msg), "malformed JSON at line %d, column %d: %.120s", jerr.line, jerr.column,
+			 jerr.text);
+		reply_error(r, 400, msg, ESC_ERR_USAGE);
+		return NULL;
+	}
+	if (!json_is_object(doc)) {
+		reply_error(r, 400, "the request body must be a JSON object", ESC_ERR_USAGE);
+		goto fail;
+	}
+	json_object_foreach(doc, key, v)
+	{
+		for (i = 0; i < nf && strcmp(f[i].name, key) != 0; i++)
+			;
+		if (i == nf) {
+			snprintf(msg, sizeof(msg), "unknown field '%.64s'", key);
+			reply_error(r, 400, msg, ESC_ERR_USAGE);
+			goto fail;
+		}
+		if (json_is_null(v) && f[i].nullable)
+			continue;
+		if (!json_is_string(v)) {
+			snprintf(msg, sizeof(msg), "field '%s' must be a string%s", key,
+				 f[i].nullable ? " or null" : "");
+			reply_error(r, 400, msg, ESC_ERR_USAGE);
+			goto fail;
+		}
+		if (json_string_length(v) > API_FIELD_MAX) {
+			snprintf(msg, sizeof(msg), "field '%s' is longer than %d bytes", key, API_FIELD_MAX);
+			reply_error(r, 400, msg, ESC_ERR_USAGE);
+			goto fail;
+		}
+		*f[i].out = json_string_value(v);
+	}
+	for (i = 0; i < nf; i++)
+		if (f[i].required && *f[i].out == NULL) {
+			snprintf(msg, sizeof(msg), "field '%s' is required", f[i].name);
+			reply_error(r, 400, msg, ESC_ERR_USAGE);
+			goto fail;
+		}
+	return doc;
+fail:
+	json_decref(doc);
+	return NULL;
+}
+
+/* Action endpoints take no parameters and an empty body (or {}). */
+static int
+no_input(struct api_call *c)
+{
+	static const char *const none[] = {NULL};
+	json_t *doc;
+
+	if (!params_ok(c, none) || (doc = parse_body(c, NULL, 0)) == NULL)
+		return 0;
+	json_decref(doc);
+	return 1;
+}
+
+/* ---- JSON views of library results ---------------------------------------------------------------------------- */
+
+static const struct {
+	enum esc_role role;
+	const char *name;
+} role_names[] = {
+	{ESC_ROLE_ADMIN, "admin"},
+	{ESC_ROLE_CERT_MANAGER, "cert-manager"},
+	{ESC_ROLE_KRA, "kra"},
+	{ESC_ROLE_AUDITOR, "auditor"},
+};
+
+static json_t *
+request_json(const struct esc_recovery *q)
+{
+	json_t *o = json_object();
+
+	if (o == NULL || put(o, "id", json_integer(q->id)) || put(o, "record", jstr(q->record_id)) ||
+	    put(o, "serial", jstr(q->serial)) || put(o, "subject", jstr(q->subject)) ||
+	    put(o, "state", jstr(q->state)) || put(o, "requester", jstr(q->requester)) || put(o, "kra", jstr(q->kra)) ||
+	    put(o, "reason", jstr(q->reason)) || put(o, "approvals", json_integer(q->approvals)) ||
+	    put(o, "approvals_required", json_integer(q->approvals_required)) || put(o, "created", jstr(q->created))) {
+		json_decref(o);
+		return NULL;
+	}
+	return o;
+}
+
+/* Base64 (one line, no newlines) of len bytes. */
+static json_t *
+jb64(const unsigned char *der, size_t len)
+{
+	unsigned char *b64;
+	json_t *j;
+
+	if (len > INT_MAX / 2 || (b64 = malloc(len / 3 * 4 + 8)) == NULL)
+		return NULL;
+	EVP_EncodeBlock(b64, der, (int)len);
+	j = json_string((const char *)b64);
+	free(b64);
+	return j;
+}
+
+static json_t *
+cert_b64(X509 *x)
+{
+	unsigned char *der = NULL;
+	json_t *j;
+	int n;
+
+	if ((n = i2d_X509(x, &der)) <= 0)
+		return NULL;
+	j = jb64(der, (size_t)n);
+	OPENSSL_free(der);
+	return j;
+}
+
+/* ---- endpoints ------------------------------------------------------------------------------------------------ */
+
+static void
+api_whoami(struct api_call *c)
+{
+	static const char *const none[] = {NULL};
+	json_t *o = json_object(), *roles = json_array();
+	int bad = o == NULL || roles == NULL;
+	size_t i;
+
+	if (!params_ok(c, none)) {
+		json_decref(o);
+		json_decref(roles);
+		return;
+	}
+	for (i = 0; !bad && i < sizeof(role_names) / sizeof(role_names[0]); i++)
+		if (esc_account_has_role(c->a, role_names[i].role))
+			bad = json_array_append_new(roles, json_string(role_names[i].name));
+	bad = bad || put(o, "name", jstr(esc_account_name(c->a)));
+	if (bad)
+		json_decref(roles);
+	else
+		bad = put(o, "roles", roles);
+	reply_json(c->r, 200, o, bad);
+}
+
+static void
+api_records(struct api_call *c)
+{
+	static const char *const allowed[] = {"serial", "subject", "email", NULL};
+	struct esc_record_summary *s = NULL;
+	json_t *o = NULL, *list = NULL, *e, *kras;
+	size_t n = 0, i;
+	enum esc_err r;
+	int bad = 0;
+
+	if (!params_ok(c, allowed))
+		return;
+	if ((r = esc_archive_search(c->w->ctx, c->w->st, c->a, param(c, "serial"), param(c, "subject"),
+				    param(c, "email"), &s, &n)) != ESC_OK) {
+		reply_esc(c, r);
+		return;
+	}
+	bad = (o = json_object()) == NULL || (list = json_array()) == NULL;
+	for (i = 0; !bad && i < n; i++) {
+		char *k, *save = NULL;
+
+		e = json_object();
+		kras = json_array();
+		bad = e == NULL || kras == NULL;
+		for (k = strtok_r(s[i].kras, ",", &save); !bad && k != NULL; k = strtok_r(NULL, ",", &save))
+			bad = json_array_append_new(kras, jstr(k));
+		if (bad || put(e, "id", jstr(s[i].id)) || put(e, "serial", jstr(s[i].serial)) ||
+		    put(e, "subject", jstr(s[i].subject)) || put(e, "email", jstr(s[i].email)) ||
+		    put(e, "issuer", jstr(s[i].issuer)) || put(e, "foreign", json_boolean(s[i].foreign)) ||
+		    put(e, "created", jstr(s[i].created)) || put(e, "kras", json_incref(kras)) ||
+		    json_array_append(list, e))
+			bad = 1;
+		json_decref(kras);
+		json_decref(e);
+	}
+	if (!bad)
+		bad = put(o, "records", json_incref(list));
+	json_decref(list);
+	free(s);
+	reply_json(c->r, 200, o, bad);
+}
+
+static void
+api_kras(struct api_call *c)
+{
+	static const char *const none[] = {NULL};
+	struct esc_kra *k = NULL;
+	json_t *o = NULL, *list = NULL, *e;
+	size_t n = 0, i;
+	enum esc_err r;
+	int bad;
+
+	if (!params_ok(c, none))
+		return;
+	if ((r = esc_kra_list(c->w->ctx, c->w->st, &k, &n)) != ESC_OK) {
+		reply_esc(c, r);
+		return;
+	}
+	bad = (o = json_object()) == NULL || (list = json_array()) == NULL;
+	for (i = 0; !bad && i < n; i++) {
+		e = json_object();
+		if (e == NULL || put(e, "name", jstr(k[i].name)) || put(e, "state", jstr(k[i].state)) ||
+		    put(e, "key_type", jstr(k[i].key_type)) || put(e, "recipient", jstr(k[i].recipient)) ||
+		    put(e, "cert_serial", jstr(k[i].cert_serial)) || put(e, "not_after", jstr(k[i].not_after)) ||
+		    put(e, "token_label", jstr(k[i].token_label)) || put(e, "token_serial", jstr(k[i].token_serial)) ||
+		    put(e, "key_uri", jstr(k[i].key_uri)) || put(e, "records", json_integer(k[i].records)) ||
+		    json_array_append(list, e))
+			bad = 1;
+		json_decref(e);
+	}
+	if (!bad)
+		bad = put(o, "kras", json_incref(list));
+	json_decref(list);
+	free(k);
+	reply_json(c->r, 200, o, bad);
+}
+
+static void
+api_recoveries_list(struct api_call *c)
+{
+	static const char *const allowed[] = {"state", NULL};
+	static const char *const states[] = {"pending", "approved", "released", "completed", "denied", NULL};
+	struct esc_recovery *q = NULL;
+	const char *state;
+	json_t *o = NULL, *list = NULL;
+	size_t n = 0, i;
+	enum esc_err r;
+	int bad;
+
+	if (!params_ok(c, allowed))
+		return;
+	if ((state = param(c, "state")) != NULL) {
+		for (i = 0; states[i] != NULL && strcmp(states[i], state) != 0; i++)
+			;
+		if (states[i] == NULL) {
+			reply_error(c->r, 400, "state must be pending, approved, released, completed or denied",
+				    ESC_ERR_USAGE);
+			return;
+		}
+	}
+	if ((r = esc_recovery_list(c->w->ctx, c->w->st, c->a, state, &q, &n)) != ESC_OK) {
+		reply_esc(c, r);
+		return;
+	}
+	bad = (o = json_object()) == NULL || (list = json_array()) == NULL;
+	for (i = 0; !bad && i < n; i++)
+		bad = json_array_append_new(list, request_json(&q[i]));
+	if (!bad)
+		bad = put(o, "recoveries", json_incref(list));
+	json_decref(list);
+	free(q);
+	reply_json(c->r, 200, o, bad);
+}
+
+/*
+ * Reply with request id as it is now (status 200 or 201).  release_e/msg:
+ * a failed release to report with it (the request itself stands).
+ */
+static void
+reply_request(struct api_call *c, int status, enum esc_err release_e, const char *release_msg)
+{
+	struct esc_recovery q;
+	json_t *o;
+	enum esc_err r;
+	int bad;
+
+	if (c->w->st == NULL) {
+		reply_error(c->r, 503, "the database is unavailable; try again later", ESC_ERR_DB_CONNECT);
+		return;
+	}
+	if ((r = esc_recovery_get(c->w->ctx, c->w->st, c->a, c->id, &q)) != ESC_OK) {
+		reply_esc(c, r);
+		return;
+	}
+	bad = (o = request_json(&q)) == NULL;
+	if (!bad && release_e != ESC_OK)
+		bad = put(o, "release_error", jstr(release_msg)) ||
+		      put(o, "release_code", jstr(esc_strerror(release_e)));
+	if (status == 201) {
+		char loc[64];
+
+		snprintf(loc, sizeof(loc), "/api/v1/recoveries/%lld", c->id);
+		svc_add_header(c->r, "Location", loc);
+	}
+	reply_json(c->r, status, o, bad);
+}
+
+/*
+ * The service holds the CA token: release request c->id if it is approved
+ * now.  Returns ESC_OK if there was nothing to do or it was released, else
+ * the error with its message in msg (the request stays approved; a
+ * certificate manager retries with /release).
+ */
+static enum esc_err
+release_if_approved(struct api_call *c, char *msg, size_t msglen)
+{
+	struct esc_recovery q;
+	enum esc_err r;
+
+	if ((r = esc_recovery_get(c->w->ctx, c->w->st, c->a, c->id, &q)) != ESC_OK || strcmp(q.state, "approved") != 0)
+		return ESC_OK; /* reply_request reports the request as it is */
+	if (c->w->keeper == NULL)
+		r = ESC_ERR_TOKEN_NOT_FOUND; /* svc_worker_ready checked it; a lost token is a 503 next time */
+	else
+		r = esc_recovery_release(c->w->ctx, c->w->st, esc_keeper_token(c->w->keeper), c->id);
+	if (r == ESC_OK)
+		return ESC_OK;
+	snprintf(msg, msglen, "%s",
+		 svc_http_status(r) >= 500 ? "the CA token or database failed; retry the release"
+					   : esc_ctx_errmsg(c->w->ctx));
+	svc_log(c->w, svc_http_status(r) >= 500 ? ESC_LOG_ERROR : ESC_LOG_WARN, "req=%s release of request %lld: %s",
+		c->r->id, c->id, esc_ctx_errmsg(c->w->ctx));
+	return r;
+}
+
+/* After a failed release: answer with the request, then drop a broken connection. */
+static void
+reply_after_release(struct api_call *c, int status, enum esc_err e, const char *msg)
+{
+	enum esc_err forget = e;
+
+	/* The database connection is needed for the reply; the keeper is not. */
+	if (e == ESC_ERR_DB_CONNECT) {
+		reply_esc(c, e);
+		return;
+	}
+	reply_request(c, status, e, msg);
+	if (e != ESC_OK && svc_http_status(e) >= 500)
+		svc_worker_forget(c->w, forget);
+}
+
+static void
+api_recoveries_create(struct api_call *c)
+{
+	static const char *const none[] = {NULL};
+	const char *record, *kra, *reason;
+	struct field f[] = {
+		{"record", 1, 0, &record},
+		{"kra", 0, 1, &kra},
+		{"reason", 1, 0, &reason},
+	};
+	char msg[ESC_REASON_MAX + 256];
+	json_t *doc;
+	enum esc_err r;
+
+	if (!params_ok(c, none) || (doc = parse_body(c, f, sizeof(f) / sizeof(f[0]))) == NULL)
+		return;
+	r = esc_recovery_request(c->w->ctx, c->w->st, c->a, record, kra, reason, &c->id);
+	json_decref(doc);
+	if (r != ESC_OK) {
+		reply_esc(c, r);
+		return;
+	}
+	r = release_if_approved(c, msg, sizeof(msg));
+	reply_after_release(c, 201, r, msg);
+}
+
+static void
+api_recovery_get(struct api_call *c)
+{
+	static const char *const none[] = {NULL};
+
+	if (params_ok(c, none))
+		reply_request(c, 200, ESC_OK, NULL);
+}
+
+static void
+api_recovery_approve(struct api_call *c)
+{
+	char msg[ESC_REASON_MAX + 256];
+	enum esc_err r;
+
+	if (!no_input(c))
+		return;
+	if ((r = esc_recovery_approve(c->w->ctx, c->w->st, c->a, c->id)) != ESC_OK) {
+		reply_esc(c, r);
+		return;
+	}
+	r = release_if_approved(c, msg, sizeof(msg));
+	reply_after_release(c, 200, r, msg);
+}
+
+static void
+api_recovery_release(struct api_call *c)
+{
+	char obj[48];
+	enum esc_err r;
+
+	if (!no_input(c))
+		return;
+	/* The library's release has no account (the CA token holder does it); the API asks for one. */
+	if ((r = esc_account_require(c->w->ctx, c->a, ESC_ROLE_CERT_MANAGER)) != ESC_OK) {
+		snprintf(obj, sizeof(obj), "request %lld", c->id);
+		esc_audit_outcome_by(c->w->ctx, c->w->st, c->a, "recovery.release", obj, r);
+		reply_esc(c, r);
+		return;
+	}
+	if (c->w->keeper == NULL)
+		r = ESC_ERR_TOKEN_NOT_FOUND;
+	else
+		r = esc_recovery_release(c->w->ctx, c->w->st, esc_keeper_token(c->w->keeper), c->id);
+	if (r != ESC_OK) {
+		reply_esc(c, r);
+		return;
+	}
+	reply_request(c, 200, ESC_OK, NULL);
+}
+
+static void
+api_recovery_package(struct api_call *c)
+{
+	static const char *const none[] = {NULL};
+	struct esc_recovery_package *p = NULL;
+	const unsigned char *der;
+	json_t *o;
+	size_t len;
+	enum esc_err r;
+	int bad;
+
+	if (!params_ok(c, none))
+		return;
+	if ((r = esc_recovery_fetch(c->w->ctx, c->w->st, c->a, c->id, &p)) != ESC_OK) {
+		reply_esc(c, r);
+		return;
+	}
+	der = esc_recovery_package_der(p, &len);
+	bad = (o = json_object()) == NULL || put(o, "id", json_integer(c->id)) ||
+	      put(o, "kra", jstr(esc_recovery_package_kra_name(p))) || put(o, "package", jb64(der, len)) ||
+	      put(o, "certificate", cert_b64(esc_recovery_package_cert(p))) ||
+	      put(o, "kra_certificate", cert_b64(esc_recovery_package_kra_cert(p))) ||
+	      put(o, "kra_key_uri", jstr(esc_recovery_package_key_uri(p)));
+	esc_recovery_package_free(p);
+	reply_json(c->r, 200, o, bad);
+}
+
+static void
+api_recovery_complete(struct api_call *c)
+{
+	enum esc_err r;
+
+	if (!no_input(c))
+		return;
+	if ((r = esc_recovery_finish(c->w->ctx, c->w->st, c->a, c->id)) != ESC_OK) {
+		reply_esc(c, r);
+		return;
+	}
+	reply_request(c, 200, ESC_OK, NULL);
+}
+
+static void
+api_audit(struct api_call *c)
+{
+	static const char *const allowed[] = {"since", "until", "actor", "action", "object", "limit", NULL};
+	struct esc_audit_row *rows = NULL;
+	const char *lim = param(c, "limit");
+	json_t *o = NULL, *list = NULL, *e;
+	size_t n = 0, i, limit = API_AUDIT_DEFAULT;
+	enum esc_err r;
+	char *end;
+	int bad;
+
+	if (!params_ok(c, allowed))
+		return;
+	if (lim != NULL) {
+		unsigned long v = (*lim >= '0' && *lim <= '9') ? strtoul(lim, &end, 10) : 0;
+
+		if (v == 0 || *end != '\0' || v > API_AUDIT_MAX) {
+			reply_error(c->r, 400, "limit must be 1..10000", ESC_ERR_USAGE);
+			return;
+		}
+		limit = (size_t)v;
+	}
+	if ((r = esc_audit_list(c->w->ctx, c->w->st, c->a, param(c, "since"), param(c, "until"), param(c, "actor"),
+				param(c, "action"), param(c, "object"), limit, &rows, &n)) != ESC_OK) {
+		reply_esc(c, r);
+		return;
+	}
+	bad = (o = json_object()) == NULL || (list = json_array()) == NULL;
+	for (i = 0; !bad && i < n; i++) {
+		e = json_object();
+		if (e == NULL || put(e, "id", json_integer(rows[i].id)) || put(e, "time", jstr(rows[i].at)) ||
+		    put(e, "actor", jstr(rows[i].actor)) || put(e, "role", jstr(rows[i].role)) ||
+		    put(e, "action", jstr(rows[i].action)) || put(e, "object", jstr(rows[i].object)) ||
+		    put(e, "outcome", jstr(rows[i].outcome)) || put(e, "details", jstr(rows[i].details)) ||
+		    json_array_append(list, e))
+			bad = 1;
+		json_decref(e);
+	}
+	if (!bad)
+		bad = put(o, "events", json_incref(list));
+	json_decref(list);
+	free(rows);
+	reply_json(c->r, 200, o, bad);
+}
+
+/* ---- routing -------------------------------------------------------------------------------------------------- */
+
+static const struct route {
+	const char *pattern; /* "{id}" matches a request id */
+	enum evhttp_cmd_type method;
+	void (*fn)(struct api_call *c);
+} routes[] = {
+	{"/whoami", EVHTTP_REQ_GET, api_whoami},
+	{"/records", EVHTTP_REQ_GET, api_records},
+	{"/kras", EVHTTP_REQ_GET, api_kras},
+	{"/recoveries", EVHTTP_REQ_GET, api_recoveries_list},
+	{"/recoveries", EVHTTP_REQ_POST, api_recoveries_create},
+	{"/recoveries/{id}", EVHTTP_REQ_GET, api_recovery_get},
+	{"/recoveries/{id}/approve", EVHTTP_REQ_POST, api_recovery_approve},
+	{"/recoveries/{id}/release", EVHTTP_REQ_POST, api_recovery_release},
+	{"/recoveries/{id}/package", EVHTTP_REQ_GET, api_recovery_package},
+	{"/recoveries/{id}/complete", EVHTTP_REQ_POST, api_recovery_complete},
+	{"/audit", EVHTTP_REQ_GET, api_audit},
+};
+
+/* Does path match pattern?  "{id}" takes 1..18 digits without a leading zero. */
+static int
+route_match(const char *pattern, const char *path, long long *id)
+{
+	while (*pattern != '\0' && *path != '\0') {
+		if (strncmp(pattern, "{id}", 4) == 0) {
+			long long v = 0;
+			size_t n = 0;
+
+			if (*path == '0')
+				return 0;
+			for (; *path >= '0' && *path <= '9'; path++)
+				if (++n > 18)
+					return 0;
+				else
+					v = v * 10 + (*path - '0');
+			if (n == 0)
+				return 0;
+			*id = v;
+			pattern += 4;
+			continue;
+		}
+		if (*pattern++ != *path++)
+			return 0;
+	}
+	return *pattern == '\0' && *path == '\0';
+}
+
+static const char *
+method_label(enum evhttp_cmd_type m)
+{
+	return m == EVHTTP_REQ_GET ? "GET" : "POST";
+}
+
+void
+svc_api_handle(struct svc_request *r, const char *subpath)
+{
+	struct api_call c;
+	struct esc_secret *pw = NULL;
+	const struct route *hit = NULL;
+	char user[API_USER_MAX], allow[32] = "";
+	size_t i;
+	long long id;
+	enum esc_err e;
+	int auth, matched = 0;
+
+	memset(&c, 0, sizeof(c));
+	c.r = r;
+	c.w = r->w;
+	esc_ctx_clear_error(c.w->ctx);
+	if (svc_worker_ready(c.w, r) != 0)
+		return;
+	/* Every endpoint needs an account: nothing, not even a 404, before authentication. */
+	auth = svc_basic_auth(r, user, sizeof(user), &pw);
+	if (auth != 1) {
+		esc_secret_free(pw);
+		reply_unauthorized(r);
+		return;
+	}
+	e = esc_account_login(c.w->ctx, c.w->st, user, pw, &c.a);
+	esc_secret_free(pw);
+	if (e == ESC_ERR_AUTH) {
+		svc_log(c.w, ESC_LOG_INFO, "req=%s authentication failed", r->id);
+		reply_unauthorized(r);
+		return;
+	}
+	if (e != ESC_OK) {
+		reply_esc(&c, e);
+		return;
+	}
+	for (i = 0; i < sizeof(routes) / sizeof(routes[0]); i++) {
+		id = 0;
+		if (!route_match(routes[i].pattern, subpath, &id))
+			continue;
+		if (!matched)
+			c.id = id;
+		matched = 1;
+		snprintf(allow + strlen(allow), sizeof(allow) - strlen(allow), "%s%s", allow[0] ? ", " : "",
+			 method_label(routes[i].method));
+		if (routes[i].method == r->method)
+			hit = &routes[i];
+	}
+	if (!matched)
+		reply_error(r, 404, "no such API resource", ESC_ERR_NOT_FOUND);
+	else if (hit == NULL) {
+		svc_add_header(r, "Allow", allow);
+		reply_error(r, 405, "method not allowed", ESC_ERR_USAGE);
+	} else {
+		svc_log(c.w, ESC_LOG_DEBUG, "req=%s api %s %s by '%s'", r->id, r->method_name, hit->pattern,
+			esc_account_name(c.a));
+		hit->fn(&c);
+	}
+	esc_account_free(c.a);
+	OPENSSL_cleanse(user, sizeof(user));
+}
