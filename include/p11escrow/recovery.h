@@ -11,12 +11,19 @@
  *   4. That KRA — another account, with its card — decrypts, checks the key
  *      against the certificate and gets a password-protected PKCS#12
  *      (esc_recovery_complete).  A released package completes once.
+ *      Through the service the same step is split in three, with the same
+ *      checks: the service hands the package to the KRA account
+ *      (esc_recovery_fetch), the KRA's workstation opens it on the card
+ *      with no database (esc_recovery_open_package), and the service marks
+ *      the request completed and deletes the package (esc_recovery_finish).
  * Every rule is enforced here, not left to front-ends.
  */
 #ifndef P11ESCROW_RECOVERY_H
 #define P11ESCROW_RECOVERY_H
 
 #include <stddef.h>
+
+#include <openssl/x509.h>
 
 #include <p11escrow/archive.h>
 #include <p11escrow/auth.h>
@@ -99,9 +106,79 @@ enum esc_err esc_recovery_complete(struct esc_ctx *ctx, struct esc_store *st, co
 				   long long id, struct esc_token *card, const struct esc_secret *password,
 				   unsigned char **p12, size_t *p12len) ESC_MUST_CHECK;
 
-/* Requests, newest first; state NULL = all.  For any authenticated account.  Errors: DB. */
+/* Requests, newest first; state NULL = all.  For any authenticated account.  Errors: DENIED, DB. */
 enum esc_err esc_recovery_list(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor,
 			       const char *state, struct esc_recovery **out, size_t *n) ESC_MUST_CHECK;
+
+/* One request, as esc_recovery_list shows it.  For any authenticated account.  Errors: DENIED, NOT_FOUND, DB. */
+enum esc_err esc_recovery_get(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor,
+			      long long id, struct esc_recovery *out) ESC_MUST_CHECK;
+
+/*
+ * A released package as a KRA's workstation needs it: the inner envelope
+ * (still ciphertext to the record's KRA set), the record's certificate,
+ * the KRA's certificate and the URI of the KRA's key on its card.
+ */
+struct esc_recovery_package;
+
+/*
+ * The package of released request id, for actor — with exactly the checks
+ * of esc_recovery_complete: actor is the KRA account the request names,
+ * that KRA is active and its certificate unexpired, the request is
+ * released.  Changes nothing but the audit trail (recovery.fetch, refusals
+ * included); may be fetched again until the request is completed.
+ * *out is the caller's (esc_recovery_package_free).
+ * Errors: DENIED, STATE, NOT_FOUND, BAD_INPUT (stored data unreadable), DB.
+ */
+enum esc_err esc_recovery_fetch(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor,
+				long long id, struct esc_recovery_package **out) ESC_MUST_CHECK;
+
+/*
+ * A package from its parts as the service sends them (DER; kra_name and
+ * key_uri text), e.g. at a KRA's workstation.  Copies everything.
+ * Errors: BAD_INPUT (a certificate does not decode, empty or oversized
+ * package, key_uri not a PKCS#11 URI without a PIN), NOMEM.
+ */
+enum esc_err esc_recovery_package_new(struct esc_ctx *ctx, long long id, const unsigned char *package,
+				      size_t package_len, const unsigned char *cert, size_t cert_len,
+				      const unsigned char *kra_cert, size_t kra_cert_len, const char *kra_name,
+				      const char *key_uri, struct esc_recovery_package **out) ESC_MUST_CHECK;
+
+long long esc_recovery_package_id(const struct esc_recovery_package *p);
+/* The inner envelope (DER), owned by p. */
+const unsigned char *esc_recovery_package_der(const struct esc_recovery_package *p, size_t *len);
+/* The record's certificate and the KRA's certificate, owned by p. */
+X509 *esc_recovery_package_cert(const struct esc_recovery_package *p);
+X509 *esc_recovery_package_kra_cert(const struct esc_recovery_package *p);
+const char *esc_recovery_package_kra_name(const struct esc_recovery_package *p);
+const char *esc_recovery_package_key_uri(const struct esc_recovery_package *p);
+/* Accepts NULL. */
+void esc_recovery_package_free(struct esc_recovery_package *p);
+
+/*
+ * Open a package on the KRA's card (logged in), with no database: find the
+ * KRA's key on the card by the package's key URI, decrypt the inner
+ * envelope there, check the key against the record's certificate and
+ * return a PKCS#12 as esc_recovery_complete does (*p12 in secure memory;
+ * esc_recovery_p12_free).  Changes nothing anywhere: the caller reports
+ * completion (esc_recovery_finish, through the service).
+ * Errors: KEY_NOT_FOUND (card lacks the KRA key), NOT_RECIPIENT, TAMPERED,
+ * MISMATCH, PKCS11, CRYPTO.
+ */
+enum esc_err esc_recovery_open_package(struct esc_ctx *ctx, const struct esc_recovery_package *p,
+				       struct esc_token *card, const struct esc_secret *password, unsigned char **p12,
+				       size_t *p12len) ESC_MUST_CHECK;
+
+/*
+ * Mark released request id completed and delete its package, for actor,
+ * the KRA account the request names (after esc_recovery_open_package
+ * succeeded at its workstation).  One UPDATE that requires the request to
+ * be released and addressed to actor's KRA, so a package completes once:
+ * a second call fails with STATE.  Audited (recovery.complete, refusals
+ * included).  Errors: DENIED, STATE, NOT_FOUND, DB.
+ */
+enum esc_err esc_recovery_finish(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor,
+				 long long id) ESC_MUST_CHECK;
 
 /* Wipe and free a PKCS#12 from esc_recovery_complete; accepts NULL. */
 void esc_recovery_p12_free(unsigned char *p12, size_t len);

@@ -29,9 +29,14 @@ int cli_init(const char *cmd, const char *config_path, struct esc_ctx **ctx, str
 int cli_set(const char *cmd, struct esc_ctx *ctx, struct esc_config *cfg, const char *key, const char *value);
 
 /*
- * Authenticate --user with a password from password_file, else
- * $P11ESCROW_PASSWORD, else a prompt.  Returns 0 or an exit code (printed).
+ * The password of account user (--user): from password_file, else
+ * $P11ESCROW_PASSWORD, else a prompt.  *out is the caller's
+ * (esc_secret_free).  Returns 0 or an exit code (printed).
  */
+struct esc_secret;
+int cli_password(const char *cmd, struct esc_ctx *ctx, const char *user, const char *password_file,
+		 struct esc_secret **out);
+/* Authenticate --user with the password cli_password obtains.  Returns 0 or an exit code (printed). */
 int cli_login(const char *cmd, struct esc_ctx *ctx, struct esc_store *st, const char *user, const char *password_file,
 	      struct esc_account **out);
 int kra_main(int argc, char *argv[]);

@@ -117,19 +117,30 @@ cli_print_exit_codes(void)
 }
 
 int
-cli_login(const char *cmd, struct esc_ctx *ctx, struct esc_store *st, const char *user, const char *password_file,
-	  struct esc_account **out)
+cli_password(const char *cmd, struct esc_ctx *ctx, const char *user, const char *password_file,
+	     struct esc_secret **out)
 {
-	struct esc_secret *pw = NULL;
 	char prompt[128];
 	enum esc_err r;
 
 	if (user == NULL)
 		return cli_usage_error(cmd, "--user NAME is required: this action needs an authenticated account");
 	snprintf(prompt, sizeof(prompt), "Password for %s: ", user);
-	r = esc_secret_obtain(ctx, password_file, "P11ESCROW_PASSWORD", prompt, &pw);
-	if (r == ESC_OK)
-		r = esc_account_login(ctx, st, user, pw, out);
+	r = esc_secret_obtain(ctx, password_file, "P11ESCROW_PASSWORD", prompt, out);
+	return r == ESC_OK ? 0 : cli_fail(cmd, ctx, r);
+}
+
+int
+cli_login(const char *cmd, struct esc_ctx *ctx, struct esc_store *st, const char *user, const char *password_file,
+	  struct esc_account **out)
+{
+	struct esc_secret *pw = NULL;
+	enum esc_err r;
+	int rc;
+
+	if ((rc = cli_password(cmd, ctx, user, password_file, &pw)) != 0)
+		return rc;
+	r = esc_account_login(ctx, st, user, pw, out);
 	esc_secret_free(pw);
 	return r == ESC_OK ? 0 : cli_fail(cmd, ctx, r);
 }

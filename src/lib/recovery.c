@@ -512,33 +512,151 @@ esc_recovery_p12_free(unsigned char *p12, size_t len)
 		OPENSSL_secure_clear_free(p12, len);
 }
 
-static enum esc_err
-complete_impl(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor, long long id,
-	      struct esc_token *card, const struct esc_secret *password, unsigned char **p12, size_t *p12len)
+/* ---- Completion: the package, opened on the KRA's card ----------------------------------------------------- */
+
+#define PACKAGE_MAX (1024 * 1024) /* an inner envelope is a few KiB; anything near this is not one */
+
+struct esc_recovery_package {
+	long long id;
+	unsigned char *der; /* the inner envelope: ciphertext, not a secret */
+	size_t derlen;
+	X509 *cert;     /* the record's certificate */
+	X509 *kra_cert; /* the request's KRA */
+	char kra_name[65];
+	char key_uri[512];
+};
+
+void
+esc_recovery_package_free(struct esc_recovery_package *p)
 {
+	if (p == NULL)
+		return;
+	OPENSSL_free(p->der);
+	X509_free(p->cert);
+	X509_free(p->kra_cert);
+	free(p);
+}
+
+long long
+esc_recovery_package_id(const struct esc_recovery_package *p)
+{
+	return p->id;
+}
+
+const unsigned char *
+esc_recovery_package_der(const struct esc_recovery_package *p, size_t *len)
+{
+	*len = p->derlen;
+	return p->der;
+}
+
+X509 *
+esc_recovery_package_cert(const struct esc_recovery_package *p)
+{
+	return p->cert;
+}
+
+X509 *
+esc_recovery_package_kra_cert(const struct esc_recovery_package *p)
+{
+	return p->kra_cert;
+}
+
+const char *
+esc_recovery_package_kra_name(const struct esc_recovery_package *p)
+{
+	return p->kra_name;
+}
+
+const char *
+esc_recovery_package_key_uri(const struct esc_recovery_package *p)
+{
+	return p->key_uri;
+}
+
+static X509 *
+cert_from_der(const unsigned char *der, size_t len)
+{
+	const unsigned char *p = der;
+	X509 *x;
+
+	if (der == NULL || len == 0 || len > 64 * 1024)
+		return NULL;
+	/* The whole buffer must be the one certificate. */
+	if ((x = d2i_X509(NULL, &p, (long)len)) != NULL && p != der + len) {
+		X509_free(x);
+		x = NULL;
+	}
+	return x;
+}
+
+enum esc_err
+esc_recovery_package_new(struct esc_ctx *ctx, long long id, const unsigned char *package, size_t package_len,
+			 const unsigned char *cert, size_t cert_len, const unsigned char *kra_cert, size_t kra_cert_len,
+			 const char *kra_name, const char *key_uri, struct esc_recovery_package **out)
+{
+	struct esc_recovery_package *p = NULL;
+	enum esc_err r;
+
+	if (package == NULL || package_len == 0 || package_len > PACKAGE_MAX)
+		return esc_error(ctx, ESC_ERR_BAD_INPUT, "request %lld: the package is empty or too large", id);
+	if (kra_name == NULL || strlen(kra_name) >= sizeof(p->kra_name) || key_uri == NULL ||
+	    strlen(key_uri) >= sizeof(p->key_uri))
+		return esc_error(ctx, ESC_ERR_BAD_INPUT, "request %lld: the KRA's name or key URI is too long", id);
+	/* The URI only selects the key on the card; it must still be a clean one. */
+	if (esc_token_uri_check(ctx, key_uri) != ESC_OK)
+		return esc_error(ctx, ESC_ERR_BAD_INPUT, "request %lld: the KRA's key URI is not a valid PKCS#11 URI",
+				 id);
+	if ((p = calloc(1, sizeof(*p))) == NULL || (p->der = OPENSSL_malloc(package_len)) == NULL) {
+		r = esc_error(ctx, ESC_ERR_NOMEM, "out of memory");
+		goto out;
+	}
+	if ((p->cert = cert_from_der(cert, cert_len)) == NULL ||
+	    (p->kra_cert = cert_from_der(kra_cert, kra_cert_len)) == NULL) {
+		r = esc_error(ctx, ESC_ERR_BAD_INPUT, "request %lld: a certificate of the package does not decode", id);
+		goto out;
+	}
+	memcpy(p->der, package, package_len);
+	p->derlen = package_len;
+	p->id = id;
+	copy(p->kra_name, sizeof(p->kra_name), kra_name);
+	copy(p->key_uri, sizeof(p->key_uri), key_uri);
+	*out = p;
+	p = NULL; /* transferred */
+	r = ESC_OK;
+out:
+	ERR_clear_error();
+	esc_recovery_package_free(p);
+	return r;
+}
+
+/*
+ * Request id with every check completion makes: actor is the KRA account the
+ * request names, that KRA is active with an unexpired certificate, the
+ * request is released.  lock: inside the caller's transaction, lock the row.
+ */
+static enum esc_err
+load_released(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor, long long id, int lock,
+	      struct esc_recovery_package **out)
+{
+	static const char q[] = "SELECT r.state, r.kra_id, encode(r.package, 'hex'), k.state, k.certificate, "
+				"k.key_uri, a.certificate, k.name FROM recovery_requests r JOIN kras k ON k.id = "
+				"r.kra_id JOIN archive_records a ON a.id = r.record_id WHERE r.id = $1";
+	static const char q_lock[] = "SELECT r.state, r.kra_id, encode(r.package, 'hex'), k.state, k.certificate, "
+				     "k.key_uri, a.certificate, k.name FROM recovery_requests r JOIN kras k ON k.id = "
+				     "r.kra_id JOIN archive_records a ON a.id = r.record_id WHERE r.id = $1 FOR UPDATE "
+				     "OF r";
+	struct esc_recovery_package *p = NULL;
 	PGresult *res = NULL;
-	struct esc_token_key *key = NULL;
-	EVP_PKEY *cardkey = NULL, *user = NULL;
-	PKCS8_PRIV_KEY_INFO *p8inf = NULL;
-	X509 *kra_cert = NULL, *user_cert = NULL;
-	unsigned char *package = NULL, *p8 = NULL, *out = NULL;
-	const unsigned char *p;
-	size_t p8len = 0, outlen = 0;
-	long pkglen = 0;
 	char sid[24];
 	const char *v[1] = {sid};
+	long pkglen = 0;
 	enum esc_err r;
 
 	if ((r = esc_account_require(ctx, actor, ESC_ROLE_KRA)) != ESC_OK)
 		return r;
 	snprintf(sid, sizeof(sid), "%lld", id);
-	if ((r = esc_store_begin(ctx, st)) != ESC_OK)
-		return r;
-	if ((r = esc_store_exec(ctx, st,
-				"SELECT r.state, r.kra_id, encode(r.package, 'hex'), k.state, k.certificate, k.key_uri, "
-				"a.certificate, k.name FROM recovery_requests r JOIN kras k ON k.id = r.kra_id JOIN "
-				"archive_records a ON a.id = r.record_id WHERE r.id = $1 FOR UPDATE OF r",
-				1, v, NULL, NULL, &res)) != ESC_OK)
+	if ((r = esc_store_exec(ctx, st, lock ? q_lock : q, 1, v, NULL, NULL, &res)) != ESC_OK)
 		goto out;
 	if (PQntuples(res) != 1) {
 		r = esc_error(ctx, ESC_ERR_NOT_FOUND, "no recovery request %lld", id);
@@ -559,35 +677,99 @@ complete_impl(struct esc_ctx *ctx, struct esc_store *st, const struct esc_accoun
 			      strcmp(PQgetvalue(res, 0, 0), "completed") == 0 ? ": a package completes once" : "");
 		goto out;
 	}
-	if ((kra_cert = esc_store_cert_from_text(PQgetvalue(res, 0, 4))) == NULL ||
-	    (user_cert = esc_store_cert_from_text(PQgetvalue(res, 0, 6))) == NULL ||
-	    (package = OPENSSL_hexstr2buf(PQgetvalue(res, 0, 2), &pkglen)) == NULL) {
+	if ((p = calloc(1, sizeof(*p))) == NULL) {
+		r = esc_error(ctx, ESC_ERR_NOMEM, "out of memory");
+		goto out;
+	}
+	if ((p->kra_cert = esc_store_cert_from_text(PQgetvalue(res, 0, 4))) == NULL ||
+	    (p->cert = esc_store_cert_from_text(PQgetvalue(res, 0, 6))) == NULL ||
+	    (p->der = OPENSSL_hexstr2buf(PQgetvalue(res, 0, 2), &pkglen)) == NULL || pkglen <= 0) {
 		r = esc_error(ctx, ESC_ERR_BAD_INPUT, "request %lld's stored data is unreadable", id);
 		goto out;
 	}
-	if (X509_cmp_current_time(X509_get0_notAfter(kra_cert)) <= 0) {
+	p->derlen = (size_t)pkglen;
+	if (X509_cmp_current_time(X509_get0_notAfter(p->kra_cert)) <= 0) {
 		r = esc_error(ctx, ESC_ERR_DENIED, "KRA '%s''s certificate has expired", PQgetvalue(res, 0, 7));
 		goto out;
 	}
-	if ((r = esc_token_find_key(ctx, card, PQgetvalue(res, 0, 5), &key)) != ESC_OK) {
+	p->id = id;
+	copy(p->kra_name, sizeof(p->kra_name), PQgetvalue(res, 0, 7));
+	copy(p->key_uri, sizeof(p->key_uri), PQgetvalue(res, 0, 5));
+	*out = p;
+	p = NULL; /* transferred */
+	r = ESC_OK;
+out:
+	ERR_clear_error();
+	esc_recovery_package_free(p);
+	PQclear(res);
+	return r;
+}
+
+enum esc_err
+esc_recovery_open_package(struct esc_ctx *ctx, const struct esc_recovery_package *pkg, struct esc_token *card,
+			  const struct esc_secret *password, unsigned char **p12, size_t *p12len)
+{
+	struct esc_token_key *key = NULL;
+	EVP_PKEY *cardkey = NULL, *user = NULL;
+	PKCS8_PRIV_KEY_INFO *p8inf = NULL;
+	unsigned char *p8 = NULL, *out = NULL;
+	const unsigned char *p;
+	size_t p8len = 0, outlen = 0;
+	enum esc_err r;
+
+	if ((r = esc_token_find_key(ctx, card, pkg->key_uri, &key)) != ESC_OK) {
 		if (r == ESC_ERR_KEY_NOT_FOUND)
 			r = esc_error(ctx, ESC_ERR_KEY_NOT_FOUND, "card '%s' does not hold the key of KRA '%s'",
-				      esc_token_label(card), PQgetvalue(res, 0, 7));
+				      esc_token_label(card), pkg->kra_name);
 		goto out;
 	}
 	if ((r = esc_token_key_private(ctx, card, key, &cardkey)) != ESC_OK ||
-	    (r = esc_envelope_open(ctx, package, (size_t)pkglen, cardkey, kra_cert, &p8, &p8len)) != ESC_OK)
+	    (r = esc_envelope_open(ctx, pkg->der, pkg->derlen, cardkey, pkg->kra_cert, &p8, &p8len)) != ESC_OK)
 		goto out;
 	p = p8;
 	if ((p8inf = d2i_PKCS8_PRIV_KEY_INFO(NULL, &p, (long)p8len)) == NULL || (user = EVP_PKCS82PKEY(p8inf)) == NULL) {
 		r = esc_error(ctx, ESC_ERR_TAMPERED, "the recovered data is not a private key");
 		goto out;
 	}
-	if (EVP_PKEY_eq(X509_get0_pubkey(user_cert), user) != 1) {
+	if (EVP_PKEY_eq(X509_get0_pubkey(pkg->cert), user) != 1) {
 		r = esc_error(ctx, ESC_ERR_MISMATCH, "the recovered key does not match the record's certificate");
 		goto out;
 	}
-	if ((r = make_p12(ctx, user, user_cert, password, &out, &outlen)) != ESC_OK)
+	if ((r = make_p12(ctx, user, pkg->cert, password, &out, &outlen)) != ESC_OK)
+		goto out;
+	*p12 = out;
+	*p12len = outlen;
+	out = NULL; /* transferred */
+	r = ESC_OK;
+out:
+	ERR_clear_error();
+	esc_recovery_p12_free(out, outlen);
+	esc_envelope_plain_free(p8, p8len);
+	PKCS8_PRIV_KEY_INFO_free(p8inf);
+	EVP_PKEY_free(user);
+	EVP_PKEY_free(cardkey);
+	esc_token_key_free(key);
+	return r;
+}
+
+static enum esc_err
+complete_impl(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor, long long id,
+	      struct esc_token *card, const struct esc_secret *password, unsigned char **p12, size_t *p12len)
+{
+	struct esc_recovery_package *pkg = NULL;
+	unsigned char *out = NULL;
+	size_t outlen = 0;
+	char sid[24];
+	const char *v[1] = {sid};
+	enum esc_err r;
+
+	if ((r = esc_account_require(ctx, actor, ESC_ROLE_KRA)) != ESC_OK)
+		return r;
+	snprintf(sid, sizeof(sid), "%lld", id);
+	if ((r = esc_store_begin(ctx, st)) != ESC_OK)
+		return r;
+	if ((r = load_released(ctx, st, actor, id, 1, &pkg)) != ESC_OK ||
+	    (r = esc_recovery_open_package(ctx, pkg, card, password, &out, &outlen)) != ESC_OK)
 		goto out;
 	if ((r = esc_store_exec(ctx, st,
 				"UPDATE recovery_requests SET state = 'completed', package = NULL, completed_at = now() "
@@ -610,17 +792,8 @@ complete_impl(struct esc_ctx *ctx, struct esc_store *st, const struct esc_accoun
 	r = ESC_OK;
 out:
 	esc_store_rollback(st);
-	ERR_clear_error();
 	esc_recovery_p12_free(out, outlen);
-	esc_envelope_plain_free(p8, p8len);
-	PKCS8_PRIV_KEY_INFO_free(p8inf);
-	EVP_PKEY_free(user);
-	EVP_PKEY_free(cardkey);
-	esc_token_key_free(key);
-	X509_free(kra_cert);
-	X509_free(user_cert);
-	OPENSSL_free(package);
-	PQclear(res);
+	esc_recovery_package_free(pkg);
 	return r;
 }
 
@@ -635,13 +808,117 @@ esc_recovery_complete(struct esc_ctx *ctx, struct esc_store *st, const struct es
 	return r;
 }
 
+static enum esc_err
+fetch_impl(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor, long long id,
+	   struct esc_recovery_package **out)
+{
+	struct esc_recovery_package *pkg = NULL;
+	char obj[48], details[160];
+	enum esc_err r;
+
+	if ((r = load_released(ctx, st, actor, id, 0, &pkg)) != ESC_OK)
+		return r;
+	snprintf(obj, sizeof(obj), "request %lld", id);
+	snprintf(details, sizeof(details), "package fetched by KRA '%s' (still ciphertext to its card)", pkg->kra_name);
+	/* No event, no package. */
+	if ((r = audit_ok(ctx, st, actor, NULL, "recovery.fetch", obj, details)) != ESC_OK) {
+		esc_recovery_package_free(pkg);
+		return r;
+	}
+	*out = pkg;
+	return ESC_OK;
+}
+
 enum esc_err
-esc_recovery_list(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor, const char *state,
-		  struct esc_recovery **out, size_t *n)
+esc_recovery_fetch(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor, long long id,
+		   struct esc_recovery_package **out)
+{
+	enum esc_err r = fetch_impl(ctx, st, actor, id, out);
+
+	if (r != ESC_OK)
+		audit_failed(ctx, st, actor, NULL, "recovery.fetch", id, r);
+	return r;
+}
+
+static enum esc_err
+finish_impl(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor, long long id)
+{
+	PGresult *res = NULL;
+	char sid[24], kid[24];
+	const char *v[2] = {sid, kid};
+	enum esc_err r;
+
+	if ((r = esc_account_require(ctx, actor, ESC_ROLE_KRA)) != ESC_OK)
+		return r;
+	snprintf(sid, sizeof(sid), "%lld", id);
+	snprintf(kid, sizeof(kid), "%lld", esc_account_kra_id(actor));
+	if ((r = esc_store_begin(ctx, st)) != ESC_OK)
+		return r;
+	/* One statement decides: a second call, or another KRA, changes no row. */
+	if ((r = esc_store_exec(ctx, st,
+				"UPDATE recovery_requests SET state = 'completed', package = NULL, completed_at = now() "
+				"WHERE id = $1 AND state = 'released' AND kra_id = $2 RETURNING id",
+				2, v, NULL, NULL, &res)) != ESC_OK)
+		goto out;
+	if (PQntuples(res) != 1) {
+		/* Say why, from the row as it is now. */
+		PQclear(res);
+		res = NULL;
+		if ((r = esc_store_exec(ctx, st,
+					"SELECT r.state, r.kra_id, k.name FROM recovery_requests r JOIN kras k ON k.id "
+					"= r.kra_id WHERE r.id = $1",
+					1, v, NULL, NULL, &res)) != ESC_OK)
+			goto out;
+		if (PQntuples(res) != 1)
+			r = esc_error(ctx, ESC_ERR_NOT_FOUND, "no recovery request %lld", id);
+		else if (strcmp(PQgetvalue(res, 0, 1), kid) != 0)
+			r = esc_error(ctx, ESC_ERR_DENIED,
+				      "request %lld is not addressed to account '%s' (its KRA is '%s')", id,
+				      esc_account_name(actor), PQgetvalue(res, 0, 2));
+		else
+			r = esc_error(ctx, ESC_ERR_STATE, "request %lld is %s, not released%s", id,
+				      PQgetvalue(res, 0, 0),
+				      strcmp(PQgetvalue(res, 0, 0), "completed") == 0 ? ": a package completes once"
+										: "");
+		goto out;
+	}
+	{
+		char obj[48];
+
+		snprintf(obj, sizeof(obj), "request %lld", id);
+		if ((r = audit_ok(ctx, st, actor, NULL, "recovery.complete", obj,
+				  "key decrypted on the KRA card at its workstation, checked against its "
+				  "certificate, delivered as PKCS#12; package deleted")) != ESC_OK ||
+		    (r = esc_store_commit(ctx, st)) != ESC_OK)
+			goto out;
+	}
+	r = ESC_OK;
+out:
+	esc_store_rollback(st);
+	PQclear(res);
+	return r;
+}
+
+enum esc_err
+esc_recovery_finish(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor, long long id)
+{
+	enum esc_err r = finish_impl(ctx, st, actor, id);
+
+	if (r != ESC_OK)
+		audit_failed(ctx, st, actor, NULL, "recovery.complete", id, r);
+	return r;
+}
+
+/* ---- Listing ----------------------------------------------------------------------------------------------- */
+
+/* Requests with state (NULL: any) and id (NULL: any), newest first. */
+static enum esc_err
+query_requests(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor, const char *state,
+	       const char *id, struct esc_recovery **out, size_t *n)
 {
 	PGresult *res = NULL;
 	struct esc_recovery *q = NULL;
-	const char *v[1] = {state};
+	const char *v[2] = {state, id};
 	enum esc_err r;
 	int i, rows;
 
@@ -653,8 +930,8 @@ esc_recovery_list(struct esc_ctx *ctx, struct esc_store *st, const struct esc_ac
 				"r.approvals_required, to_char(r.created_at, 'YYYY-MM-DD HH24:MI:SS') FROM "
 				"recovery_requests r JOIN archive_records a ON a.id = r.record_id JOIN accounts u ON u.id "
 				"= r.requested_by JOIN kras k ON k.id = r.kra_id WHERE ($1::text IS NULL OR r.state = $1) "
-				"ORDER BY r.id DESC LIMIT 200",
-				1, v, NULL, NULL, &res)) != ESC_OK)
+				"AND ($2::bigint IS NULL OR r.id = $2::bigint) ORDER BY r.id DESC LIMIT 200",
+				2, v, NULL, NULL, &res)) != ESC_OK)
 		return r;
 	rows = PQntuples(res);
 	if ((q = calloc((size_t)rows + 1, sizeof(*q))) == NULL) {
@@ -681,5 +958,32 @@ esc_recovery_list(struct esc_ctx *ctx, struct esc_store *st, const struct esc_ac
 out:
 	free(q);
 	PQclear(res);
+	return r;
+}
+
+enum esc_err
+esc_recovery_list(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor, const char *state,
+		  struct esc_recovery **out, size_t *n)
+{
+	return query_requests(ctx, st, actor, state, NULL, out, n);
+}
+
+enum esc_err
+esc_recovery_get(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor, long long id,
+		 struct esc_recovery *out)
+{
+	struct esc_recovery *q = NULL;
+	size_t n = 0;
+	char sid[24];
+	enum esc_err r;
+
+	snprintf(sid, sizeof(sid), "%lld", id);
+	if ((r = query_requests(ctx, st, actor, NULL, sid, &q, &n)) != ESC_OK)
+		return r;
+	if (n != 1)
+		r = esc_error(ctx, ESC_ERR_NOT_FOUND, "no recovery request %lld", id);
+	else
+		*out = q[0];
+	free(q);
 	return r;
 }
