@@ -62,6 +62,7 @@ struct slot {
 	int inflight;
 	int stopping;
 	struct timespec stop_since;
+	struct timespec last_rx;  /* the last TLS record any connection of this worker received */
 };
 
 struct svc {
@@ -238,15 +239,36 @@ on_request(struct evhttp_request *req, void *arg)
 	svc_request_done(&r);
 }
 
+/*
+ * Every TLS record received notes the time on its worker: at shutdown a
+ * request still arriving (a slow upload) keeps the worker running, while
+ * idle keep-alive connections do not.
+ */
+static void
+on_tls_msg(int write_p, int version, int content_type, const void *buf, size_t len, SSL *ssl, void *arg)
+{
+	struct slot *sl = SSL_get_app_data(ssl);
+
+	(void)version;
+	(void)content_type;
+	(void)buf;
+	(void)len;
+	(void)arg;
+	if (!write_p && sl != NULL)
+		clock_gettime(CLOCK_MONOTONIC, &sl->last_rx);
+}
+
 /* TLS for every new connection. */
 static struct bufferevent *
 make_bev(struct event_base *base, void *arg)
 {
-	struct svc *s = arg;
-	SSL *ssl = SSL_new(s->tls);
+	struct slot *sl = arg;
+	SSL *ssl = SSL_new(sl->w.svc->tls);
 
 	if (ssl == NULL)
 		return NULL;
+	SSL_set_app_data(ssl, sl);
+	SSL_set_msg_callback(ssl, on_tls_msg);
 	return bufferevent_openssl_socket_new(base, -1, ssl, BUFFEREVENT_SSL_ACCEPTING, BEV_OPT_CLOSE_ON_FREE);
 }
 
@@ -269,8 +291,9 @@ on_drain(evutil_socket_t fd, short what, void *arg)
 
 	(void)fd;
 	(void)what;
-	/* Nothing in flight for a moment (a request whose body is still arriving gets that moment), or out of time. */
-	if ((sl->inflight <= 0 && since(&sl->stop_since) >= 0.5) || since(&sl->stop_since) >= grace) {
+	/* Nothing in flight and nothing arriving for a moment, or out of time. */
+	if ((sl->inflight <= 0 && since(&sl->stop_since) >= 0.5 && since(&sl->last_rx) >= 1.0) ||
+	    since(&sl->stop_since) >= grace) {
 		if (sl->inflight > 0)
 			svc_log(&sl->w, ESC_LOG_WARN, "shutdown grace of %.0f s over with %d request(s) in flight", grace,
 				sl->inflight);
@@ -321,7 +344,7 @@ worker_setup(struct svc *s, struct slot *sl)
 		return -1;
 	if ((sl->base = event_base_new()) == NULL || (sl->http = evhttp_new(sl->base)) == NULL)
 		return -1;
-	evhttp_set_bevcb(sl->http, make_bev, s);
+	evhttp_set_bevcb(sl->http, make_bev, sl);
 	evhttp_set_gencb(sl->http, on_request, sl);
 	evhttp_set_max_body_size(sl->http, esc_config_get_long(cfg, "max_body"));
 	evhttp_set_max_headers_size(sl->http, 16 * 1024);

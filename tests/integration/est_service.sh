@@ -1,0 +1,141 @@
+#!/bin/bash
+# p11escrowd under stress: bad input of every kind (right status, nothing
+# stored, still serving), SIGTERM while a request is still arriving, kill -9
+# at every step of an enrollment (certificate and archive record: both or
+# neither), and two processes sharing one database and one token set
+# through p11-kit server issuing concurrently (no duplicate serial, nothing lost).
+. "$(dirname "$0")/lib.sh"
+
+CLIENT=/usr/lib/x86_64-linux-gnu/pkcs11/p11-kit-client.so
+provision_tokens "$T/hsm" CA KRA1
+export SOFTHSM2_CONF=$T/hsm/softhsm2.conf
+start_pg "$T/pg"
+export P11ESCROW_DATABASE=$DB
+run_esc 0 setup --token 'pkcs11:token=CA' --pin-file "$PIN_FILE" --subject 'CN=Service Test CA'
+( umask 077; printf '%s\n' 'admin-password-0001' >"$T/admin.pw" )
+P11ESCROW_NEW_PASSWORD=admin-password-0001 run_esc 0 account add admin --role admin
+run_esc 0 kra enroll --ca-token 'pkcs11:token=CA' --pin-file "$PIN_FILE" --token 'pkcs11:token=KRA1' \
+    --kra-pin-file "$PIN_FILE" --name kra1 --user admin --password-file "$T/admin.pw"
+export P11ESCROW_PASSWORD=admin-password-0001
+start_daemon 2
+EST=$URL/.well-known/est
+
+# otp PROFILE: "name:password" of a new one-time password for CN=Test User
+otp() {
+    "$ESC" enroll-password create --subject 'CN=Test User,O=Example' --profile "$1" --user admin >"$T/otp.txt" ||
+        fail "enroll-password create"
+    printf '%s:%s' "$(awk '$1 == "name:" {print $2}' "$T/otp.txt")" "$(awk '$1 == "password:" {print $2}' "$T/otp.txt")"
+}
+rows() { psql_val "SELECT (SELECT count(*) FROM certificates) || ' ' || (SELECT count(*) FROM archive_records)"; }
+# post PATH CONTENT_TYPE BODY_FILE [curl args...]: prints the HTTP status; body in $T/resp
+post() {
+    local path=$1 ct=$2 body=$3; shift 3
+    curl -sS --cacert "$SERVER_CA" -o "$T/resp" -w '%{http_code}' -H "Content-Type: $ct" \
+        --data-binary @"$body" "$@" "$EST/$path"
+}
+
+note "a client certificate for the signing profile (used by the load below)"
+openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$T/client.key" \
+    -subj '/CN=Test User/O=Example' -outform DER 2>/dev/null | openssl base64 >"$T/sign.b64"
+[ "$(post signing/simpleenroll application/pkcs10 "$T/sign.b64" --user "$(otp signing)")" = 200 ] ||
+    fail "signing enrollment: $(cat "$T/resp")"
+openssl base64 -d -in "$T/resp" | openssl pkcs7 -inform DER -print_certs -out "$T/client.pem"
+CC=(--cert "$T/client.pem" --key "$T/client.key")
+openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$T/tmp.key" \
+    -subj '/CN=x' -outform DER 2>/dev/null >"$T/req.der"
+openssl base64 -in "$T/req.der" >"$T/req.b64"
+
+note "bad input: the right status and reason, nothing stored, still serving"
+before=$(rows)
+printf 'not base64 at all!' >"$T/bad.b64"
+[ "$(post serverkeygen application/pkcs10 "$T/bad.b64" "${CC[@]}")" = 400 ] || fail "malformed base64"
+head -c 300 /dev/urandom | openssl base64 >"$T/bad.b64"
+[ "$(post serverkeygen application/pkcs10 "$T/bad.b64" "${CC[@]}")" = 400 ] || fail "malformed DER"
+# A CSR whose signature fails: flip the last byte (inside the signature).
+python3 -c 'import sys; d=bytearray(open(sys.argv[1],"rb").read()); d[-1]^=1; open(sys.argv[2],"wb").write(d)' \
+    "$T/req.der" "$T/badsig.der"
+openssl base64 -in "$T/badsig.der" >"$T/badsig.b64"
+[ "$(post serverkeygen application/pkcs10 "$T/badsig.b64" "${CC[@]}")" = 400 ] || fail "bad CSR signature"
+grep -q "signature does not verify" "$T/resp" || fail "bad-signature reason: $(cat "$T/resp")"
+[ "$(post serverkeygen text/plain "$T/req.b64" "${CC[@]}")" = 415 ] || fail "wrong content type"
+[ "$(post fullcmc application/pkcs7-mime "$T/req.b64" "${CC[@]}")" = 400 ] || fail "a CSR is not a CMC request"
+head -c 200000 /dev/zero | tr '\0' 'A' >"$T/big.b64"
+[ "$(post serverkeygen application/pkcs10 "$T/big.b64" "${CC[@]}")" = 413 ] || fail "oversize body"
+[ "$(post nosuchop application/pkcs10 "$T/req.b64")" = 404 ] || fail "unknown operation"
+[ "$(post nolabel/serverkeygen application/pkcs10 "$T/req.b64")" = 404 ] || fail "unknown label"
+[ "$(post ../../etc/passwd application/pkcs10 "$T/req.b64")" = 400 ] || fail "path traversal"
+[ "$(post serverkeygen application/pkcs10 "$T/req.b64")" = 401 ] || fail "no credentials"
+[ "$(post serverkeygen application/pkcs10 "$T/req.b64" --user 'enroll-nobody:wrong-password-1')" = 401 ] ||
+    fail "wrong one-time password"
+[ "$(post simpleenroll application/pkcs10 "$T/req.b64" "${CC[@]}")" = 403 ] || fail "archival profile simpleenroll"
+grep -q "requires key archival" "$T/resp" || fail "archival reason: $(cat "$T/resp")"
+[ "$(post signing/serverkeygen application/pkcs10 "$T/req.b64" "${CC[@]}")" = 403 ] || fail "signing keygen"
+[ "$(post signing/simplereenroll application/pkcs10 "$T/req.b64" "${CC[@]}")" = 400 ] ||
+    fail "re-enrollment with another subject"
+# An RSA-1024 key is no profile's.
+openssl req -new -newkey rsa:1024 -nodes -keyout /dev/null -subj '/CN=Test User/O=Example' -outform DER \
+    2>/dev/null | openssl base64 >"$T/weak.b64"
+[ "$(post signing/simpleenroll application/pkcs10 "$T/weak.b64" "${CC[@]}")" = 403 ] || fail "RSA-1024 allowed"
+[ "$(rows)" = "$before" ] || fail "a refused request stored something: $before -> $(rows)"
+curl -sf --cacert "$SERVER_CA" "$URL/healthz" >/dev/null || fail "the service stopped serving"
+
+note "CRL served by the service, signed by the CA"
+curl -sf --cacert "$SERVER_CA" -o "$T/crl.der" "$URL/crl" || fail "GET /crl"
+openssl crl -inform DER -in "$T/crl.der" -CAfile "$SERVER_CA" -noout 2>&1 | grep -q "verify OK" || fail "CRL"
+
+note "SIGTERM while a request is still arriving: it completes, then the process exits 0"
+( printf '%s' "$(cat "$T/req.b64")"; head -c 30000 /dev/zero | tr '\0' '\n' ) >"$T/slow.b64"
+curl -sS --cacert "$SERVER_CA" -o "$T/slow.resp" -w '%{http_code}' -H 'Content-Type: application/pkcs10' \
+    --limit-rate 10K --data-binary @"$T/slow.b64" "${CC[@]}" "$EST/serverkeygen" >"$T/slow.code" &
+slow=$!
+sleep 1
+stop_daemon
+wait "$slow" || fail "the slow request was cut off"
+[ "$(cat "$T/slow.code")" = 200 ] || fail "the slow request got $(cat "$T/slow.code")"
+
+note "kill -9 at every step of an enrollment: both rows or neither"
+for point in after-sign after-cert-row after-archive after-commit; do
+    before=$(rows)
+    P11ESCROW_FAULT_KILL=$point start_daemon 1
+    code=$(post serverkeygen application/pkcs10 "$T/req.b64" "${CC[@]}" 2>/dev/null) || true
+    wait "$DAEMON_PID" 2>/dev/null || true
+    set -- $before
+    after=$(rows)
+    if [ "$point" = after-commit ]; then
+        [ "$after" = "$(($1 + 1)) $(($2 + 1))" ] || fail "$point: $before -> $after"
+    else
+        [ "$after" = "$before" ] || fail "$point: $before -> $after"
+        [ "$code" != 200 ] || fail "$point: a certificate was returned"
+    fi
+done
+[ "$(psql_val "SELECT count(*) FROM archive_records a LEFT JOIN certificates c ON c.serial = a.cert_serial
+               WHERE c.serial IS NULL")" = 0 ] || fail "an archive record without its certificate"
+
+note "two processes, one database, one token set through p11-kit server: concurrent issuance"
+_server_pidfiles+=("$T/p11kit.pid")
+"$SRC/hsm/export-tokens" --dir "$T/hsm" --socket "$T/p11kit.sock" --pidfile "$T/p11kit.pid" 'pkcs11:token=CA' \
+    >"$T/export.log" 2>&1 || { cat "$T/export.log" >&2; fail "p11-kit server did not start"; }
+export P11_KIT_SERVER_ADDRESS=unix:path=$T/p11kit.sock
+start_daemon 2 "module = $CLIENT"
+URL1=$URL
+start_daemon 2 "module = $CLIENT"
+URL2=$URL
+before=$(rows)
+for i in $(seq 12); do
+    for u in "$URL1" "$URL2"; do
+        curl -sS --cacert "$SERVER_CA" -o /dev/null -w '%{http_code}\n' -H 'Content-Type: application/pkcs10' \
+            --data-binary @"$T/req.b64" "${CC[@]}" "$u/.well-known/est/serverkeygen" >>"$T/codes" &
+    done
+done
+wait_jobs=$(jobs -p | grep -v -x -e "${_daemon_pids[@]/#/-e}" || true)
+for j in $(jobs -p); do
+    case " ${_daemon_pids[*]} " in *" $j "*) ;; *) wait "$j" || true ;; esac
+done
+ok=$(grep -cx 200 "$T/codes" || true)
+[ "$ok" = 24 ] || fail "only $ok of 24 concurrent enrollments succeeded: $(sort "$T/codes" | uniq -c)"
+set -- $before
+[ "$(rows)" = "$(($1 + 24)) $(($2 + 24))" ] || fail "rows: $before -> $(rows) after 24 enrollments"
+[ "$(psql_val "SELECT count(DISTINCT serial) FROM certificates")" = "$(psql_val "SELECT count(*) FROM certificates")" ] ||
+    fail "duplicate serials"
+grep -q 'worker=1' "$DAEMON_LOG" || note "(only one worker of the second process was used)"
+exit 0
