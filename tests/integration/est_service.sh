@@ -127,7 +127,6 @@ for i in $(seq 12); do
             --data-binary @"$T/req.b64" "${CC[@]}" "$u/.well-known/est/serverkeygen" >>"$T/codes" &
     done
 done
-wait_jobs=$(jobs -p | grep -v -x -e "${_daemon_pids[@]/#/-e}" || true)
 for j in $(jobs -p); do
     case " ${_daemon_pids[*]} " in *" $j "*) ;; *) wait "$j" || true ;; esac
 done
