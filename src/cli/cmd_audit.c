@@ -10,6 +10,7 @@
 #include <p11escrow/token.h>
 
 #include "cli.h"
+#include "http_client.h"
 
 #define CMD "audit"
 
@@ -25,7 +26,8 @@ help(void)
 	       "checkpoint  sign the newest event's hash with the audit key on the CA token (needs\n"
 	       "        the CA token PIN: -p FILE, else $P11ESCROW_CA_PIN, else a prompt).\n"
 	       "show    events, oldest first, one per line (auditors and administrators).\n"
-	       "export  the same as JSON lines, for a SIEM.\n\n"
+	       "export  the same as JSON lines, for a SIEM.\n"
+	       "show and export take --server URL to read through the service's JSON API (no database).\n\n"
 	       "Filters:\n"
 	       "      --since TIME          events at or after TIME (UTC, e.g. 2026-11-23T12:00:00)\n"
 	       "      --until TIME          events at or before TIME\n"
@@ -40,6 +42,8 @@ help(void)
 	       "  -p, --pin-file FILE       CA token PIN (checkpoint)\n"
 	       "  -m, --module MODULE       PKCS#11 module of the CA token (checkpoint)\n"
 	       "      --password-file FILE  its password (else $P11ESCROW_PASSWORD, else a prompt)\n"
+	       "      --server URL          show/export through the service, e.g. https://escrow.example.org:8443\n"
+	       "      --server-ca FILE      CA certificate(s) to verify the service with (else $P11ESCROW_SERVER_CA)\n"
 	       "  -h, --help                this text\n",
 	       PROG, PROG, PROG);
 	cli_print_exit_codes();
@@ -74,10 +78,63 @@ json_str(const char *key, const char *v, int last)
 	printf("\"%s", last ? "" : ",");
 }
 
+/* The events through the service's JSON API (at most 10000, as the service allows). */
+static int
+remote_list(struct esc_ctx *ctx, const char *server, const char *server_ca, const char *user,
+	    const char *password_file, const char *const filters[5], size_t limit, struct esc_audit_row **out,
+	    size_t *n)
+{
+	static const char *const names[5] = {"since", "until", "actor", "action", "object"};
+	struct cli_http *h = NULL;
+	struct esc_audit_row *rows = NULL;
+	char path[2048] = "/audit", lim[24];
+	const json_t *list, *e;
+	json_t *doc = NULL;
+	size_t i, count;
+	int rc;
+
+	snprintf(lim, sizeof(lim), "%zu", limit > 10000 ? (size_t)10000 : limit);
+	for (i = 0; i < 5; i++)
+		if (cli_http_query(path, sizeof(path), names[i], filters[i]) != 0)
+			return cli_usage_error(CMD, "filters too long");
+	if (cli_http_query(path, sizeof(path), "limit", lim) != 0)
+		return cli_usage_error(CMD, "filters too long");
+	if ((rc = cli_http_open(CMD, ctx, server, server_ca, user, password_file, &h)) != 0 ||
+	    (rc = cli_http_call(h, CLI_HTTP_GET, path, NULL, &doc)) != 0)
+		goto out;
+	list = json_object_get(doc, "events");
+	count = json_array_size(list);
+	if ((rows = calloc(count + 1, sizeof(*rows))) == NULL) {
+		rc = esc_err_exit_code(ESC_ERR_NOMEM);
+		goto out;
+	}
+	for (i = 0; i < count; i++) {
+		e = json_array_get(list, i);
+		rows[i].id = cli_json_int(e, "id");
+		cli_json_copy(rows[i].at, sizeof(rows[i].at), e, "time");
+		cli_json_copy(rows[i].actor, sizeof(rows[i].actor), e, "actor");
+		cli_json_copy(rows[i].role, sizeof(rows[i].role), e, "role");
+		cli_json_copy(rows[i].action, sizeof(rows[i].action), e, "action");
+		cli_json_copy(rows[i].object, sizeof(rows[i].object), e, "object");
+		cli_json_copy(rows[i].outcome, sizeof(rows[i].outcome), e, "outcome");
+		cli_json_copy(rows[i].details, sizeof(rows[i].details), e, "details");
+	}
+	*out = rows;
+	*n = count;
+	rows = NULL; /* transferred */
+	rc = 0;
+out:
+	free(rows);
+	json_decref(doc);
+	cli_http_free(h);
+	return rc;
+}
+
 int
 audit_main(int argc, char *argv[])
 {
-	enum { OPT_PASSWORD = 256, OPT_SINCE, OPT_UNTIL, OPT_ACTOR, OPT_ACTION, OPT_OBJECT, OPT_LIMIT };
+	enum { OPT_PASSWORD = 256, OPT_SINCE, OPT_UNTIL, OPT_ACTOR, OPT_ACTION, OPT_OBJECT, OPT_LIMIT, OPT_SERVER,
+	       OPT_SERVER_CA };
 	static const struct option longopts[] = {
 		{"config", required_argument, NULL, 'c'}, {"database", required_argument, NULL, 'd'},
 		{"user", required_argument, NULL, 'u'},	  {"password-file", required_argument, NULL, OPT_PASSWORD},
@@ -85,10 +142,11 @@ audit_main(int argc, char *argv[])
 		{"actor", required_argument, NULL, OPT_ACTOR}, {"action", required_argument, NULL, OPT_ACTION},
 		{"object", required_argument, NULL, OPT_OBJECT}, {"limit", required_argument, NULL, OPT_LIMIT},
 		{"pin-file", required_argument, NULL, 'p'}, {"module", required_argument, NULL, 'm'},
+		{"server", required_argument, NULL, OPT_SERVER}, {"server-ca", required_argument, NULL, OPT_SERVER_CA},
 		{"help", no_argument, NULL, 'h'},	  {NULL, 0, NULL, 0},
 	};
 	const char *config = NULL, *database = NULL, *user = NULL, *password_file = NULL, *action;
-	const char *pin_file = NULL, *module = NULL;
+	const char *pin_file = NULL, *module = NULL, *server = NULL, *server_ca = NULL;
 	const char *since = NULL, *until = NULL, *actor = NULL, *act = NULL, *object = NULL;
 	struct esc_ctx *ctx = NULL;
 	struct esc_config *cfg = NULL;
@@ -119,6 +177,8 @@ audit_main(int argc, char *argv[])
 		case OPT_ACTOR: actor = optarg; break;
 		case OPT_ACTION: act = optarg; break;
 		case OPT_OBJECT: object = optarg; break;
+		case OPT_SERVER: server = optarg; break;
+		case OPT_SERVER_CA: server_ca = optarg; break;
 		case OPT_LIMIT:
 			limit = (size_t)strtoul(optarg, &end, 10);
 			if (*optarg == '\0' || *end != '\0' || limit == 0 || limit > 100000)
@@ -136,8 +196,18 @@ audit_main(int argc, char *argv[])
 	if (strcmp(action, "verify") != 0 && strcmp(action, "show") != 0 && strcmp(action, "export") != 0 &&
 	    strcmp(action, "checkpoint") != 0)
 		return cli_usage_error(CMD, "unknown action '%s' (use verify, show, export or checkpoint)", action);
-	if ((rc = cli_init(CMD, config, &ctx, &cfg)) != 0 ||
-	    (rc = cli_apply_common(CMD, ctx, cfg, database, module, NULL, pin_file)) != 0 ||
+	if (server != NULL && strcmp(action, "show") != 0 && strcmp(action, "export") != 0)
+		return cli_usage_error(CMD, "--server is for show and export: verify and checkpoint need the database");
+	if ((rc = cli_init(CMD, config, &ctx, &cfg)) != 0)
+		goto out;
+	if (server != NULL) {
+		const char *filters[5] = {since, until, actor, act, object};
+
+		if ((rc = remote_list(ctx, server, server_ca, user, password_file, filters, limit, &rows, &n)) != 0)
+			goto out;
+		goto print;
+	}
+	if ((rc = cli_apply_common(CMD, ctx, cfg, database, module, NULL, pin_file)) != 0 ||
 	    (rc = cli_open_store(CMD, ctx, cfg, &st)) != 0)
 		goto out;
 	if (strcmp(action, "checkpoint") == 0) {
@@ -167,6 +237,7 @@ audit_main(int argc, char *argv[])
 		rc = cli_fail(CMD, ctx, r);
 		goto out;
 	}
+print:
 	for (i = 0; i < n; i++) {
 		if (strcmp(action, "show") == 0) {
 			printf("%lld %s %s (%s) %s %s: %s%s%s\n", rows[i].id, rows[i].at, rows[i].actor, rows[i].role,

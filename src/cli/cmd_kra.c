@@ -11,6 +11,7 @@
 #include <p11escrow/token.h>
 
 #include "cli.h"
+#include "http_client.h"
 
 #define CMD "kra"
 
@@ -19,6 +20,7 @@ help(void)
 {
 	printf("Usage: %s " CMD " enroll --token URI --name NAME --user ADMIN [OPTIONS]\n"
 	       "       %s " CMD " list [OPTIONS]\n"
+	       "       %s " CMD " list --server URL --user NAME [--server-ca FILE]\n"
 	       "       %s " CMD " retire NAME --user ADMIN [OPTIONS]\n\n"
 	       "enroll  generate the KRA key pair on the card named by --token (decrypt-only, sensitive,\n"
 	       "        never extractable), have the CA issue its Key Recovery Agent certificate, store the\n"
@@ -26,7 +28,8 @@ help(void)
 	       "        card's PIN, and an administrator account.\n"
 	       "list    every KRA with its state, key, recipient mechanism and number of records.\n"
 	       "retire  stop wrapping new records to a KRA; refused while a record would be left with no\n"
-	       "        active KRA able to recover it.\n\n"
+	       "        active KRA able to recover it.\n"
+	       "list --server URL  the same from the service's JSON API (any account; no database).\n\n"
 	       "Options:\n"
 	       "  -c, --config FILE          configuration file\n"
 	       "  -d, --database CONNINFO    libpq connection string\n"
@@ -41,16 +44,73 @@ help(void)
 	       "      --days N               KRA certificate validity (default 730)\n"
 	       "  -u, --user NAME            the acting administrator\n"
 	       "      --password-file FILE   their password (else $P11ESCROW_PASSWORD, else a prompt)\n"
+	       "      --server URL           list through the service, e.g. https://escrow.example.org:8443\n"
+	       "      --server-ca FILE       CA certificate(s) to verify the service with (else\n"
+	       "                             $P11ESCROW_SERVER_CA)\n"
 	       "  -h, --help                 this text\n",
-	       PROG, PROG, PROG);
+	       PROG, PROG, PROG, PROG);
 	cli_print_exit_codes();
 }
 
 struct opts {
 	const char *config, *database, *module, *ca_token, *pin_file, *token, *kra_module, *kra_pin_file, *name;
-	const char *key_type, *user, *password_file;
+	const char *key_type, *user, *password_file, *server, *server_ca;
 	int days;
 };
+
+static void
+print_kras(const struct esc_kra *k, size_t n)
+{
+	size_t i;
+
+	printf("%-20s %-8s %-8s %-16s %-8s %s\n", "NAME", "STATE", "KEY", "RECIPIENT", "RECORDS", "CARD");
+	for (i = 0; i < n; i++)
+		printf("%-20s %-8s %-8s %-16s %-8lld %s (serial %s)\n", k[i].name, k[i].state, k[i].key_type,
+		       k[i].recipient, k[i].records, k[i].token_label, k[i].token_serial);
+}
+
+/* kra list through the service's JSON API. */
+static int
+remote_list(struct esc_ctx *ctx, const struct opts *o)
+{
+	struct cli_http *h = NULL;
+	struct esc_kra *k = NULL;
+	const json_t *list, *e;
+	json_t *doc = NULL;
+	size_t n = 0, i;
+	int rc;
+
+	if ((rc = cli_http_open(CMD, ctx, o->server, o->server_ca, o->user, o->password_file, &h)) != 0 ||
+	    (rc = cli_http_call(h, CLI_HTTP_GET, "/kras", NULL, &doc)) != 0)
+		goto out;
+	list = json_object_get(doc, "kras");
+	n = json_array_size(list);
+	if ((k = calloc(n + 1, sizeof(*k))) == NULL) {
+		rc = esc_err_exit_code(ESC_ERR_NOMEM);
+		goto out;
+	}
+	for (i = 0; i < n; i++) {
+		e = json_array_get(list, i);
+		k[i].id = 0;
+		cli_json_copy(k[i].name, sizeof(k[i].name), e, "name");
+		cli_json_copy(k[i].state, sizeof(k[i].state), e, "state");
+		cli_json_copy(k[i].key_type, sizeof(k[i].key_type), e, "key_type");
+		cli_json_copy(k[i].recipient, sizeof(k[i].recipient), e, "recipient");
+		cli_json_copy(k[i].cert_serial, sizeof(k[i].cert_serial), e, "cert_serial");
+		cli_json_copy(k[i].not_after, sizeof(k[i].not_after), e, "not_after");
+		cli_json_copy(k[i].token_label, sizeof(k[i].token_label), e, "token_label");
+		cli_json_copy(k[i].token_serial, sizeof(k[i].token_serial), e, "token_serial");
+		cli_json_copy(k[i].key_uri, sizeof(k[i].key_uri), e, "key_uri");
+		k[i].records = cli_json_int(e, "records");
+	}
+	print_kras(k, n);
+	rc = 0;
+out:
+	free(k);
+	json_decref(doc);
+	cli_http_free(h);
+	return rc;
+}
 
 static int
 do_enroll(struct esc_ctx *ctx, struct esc_config *cfg, struct esc_store *st, const struct opts *o)
@@ -103,15 +163,12 @@ static int
 do_list(struct esc_ctx *ctx, struct esc_store *st)
 {
 	struct esc_kra *k = NULL;
-	size_t n = 0, i;
+	size_t n = 0;
 	enum esc_err r;
 
 	if ((r = esc_kra_list(ctx, st, &k, &n)) != ESC_OK)
 		return cli_fail(CMD, ctx, r);
-	printf("%-20s %-8s %-8s %-16s %-8s %s\n", "NAME", "STATE", "KEY", "RECIPIENT", "RECORDS", "CARD");
-	for (i = 0; i < n; i++)
-		printf("%-20s %-8s %-8s %-16s %-8lld %s (serial %s)\n", k[i].name, k[i].state, k[i].key_type,
-		       k[i].recipient, k[i].records, k[i].token_label, k[i].token_serial);
+	print_kras(k, n);
 	free(k);
 	return 0;
 }
@@ -136,7 +193,7 @@ do_retire(struct esc_ctx *ctx, struct esc_store *st, const struct opts *o)
 int
 kra_main(int argc, char *argv[])
 {
-	enum { OPT_TOKEN = 256, OPT_KRA_MODULE, OPT_KRA_PIN, OPT_DAYS, OPT_PASSWORD };
+	enum { OPT_TOKEN = 256, OPT_KRA_MODULE, OPT_KRA_PIN, OPT_DAYS, OPT_PASSWORD, OPT_SERVER, OPT_SERVER_CA };
 	static const struct option longopts[] = {
 		{"config", required_argument, NULL, 'c'},
 		{"database", required_argument, NULL, 'd'},
@@ -151,6 +208,8 @@ kra_main(int argc, char *argv[])
 		{"days", required_argument, NULL, OPT_DAYS},
 		{"user", required_argument, NULL, 'u'},
 		{"password-file", required_argument, NULL, OPT_PASSWORD},
+		{"server", required_argument, NULL, OPT_SERVER},
+		{"server-ca", required_argument, NULL, OPT_SERVER_CA},
 		{"help", no_argument, NULL, 'h'},
 		{NULL, 0, NULL, 0},
 	};
@@ -183,6 +242,8 @@ kra_main(int argc, char *argv[])
 		case 'k': o.key_type = optarg; break;
 		case 'u': o.user = optarg; break;
 		case OPT_PASSWORD: o.password_file = optarg; break;
+		case OPT_SERVER: o.server = optarg; break;
+		case OPT_SERVER_CA: o.server_ca = optarg; break;
 		case OPT_DAYS:
 			o.days = (int)strtol(optarg, &end, 10);
 			if (*optarg == '\0' || *end != '\0' || o.days < 1 || o.days > 36500)
@@ -206,8 +267,14 @@ kra_main(int argc, char *argv[])
 		return cli_usage_error(CMD, "unexpected argument '%s'", argv[optind]);
 	if (strcmp(action, "enroll") != 0 && strcmp(action, "list") != 0 && strcmp(action, "retire") != 0)
 		return cli_usage_error(CMD, "unknown action '%s' (use enroll, list or retire)", action);
+	if (o.server != NULL && strcmp(action, "list") != 0)
+		return cli_usage_error(CMD, "--server is for 'kra list': enroll and retire run with the CA token here");
 	if ((rc = cli_init(CMD, o.config, &ctx, &cfg)) != 0)
 		goto out;
+	if (o.server != NULL) {
+		rc = remote_list(ctx, &o);
+		goto out;
+	}
 	if ((rc = cli_apply_common(CMD, ctx, cfg, o.database, o.module, o.ca_token, o.pin_file)) != 0 ||
 	    (rc = cli_open_store(CMD, ctx, cfg, &st)) != 0)
 		goto out;

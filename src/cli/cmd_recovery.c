@@ -9,6 +9,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <openssl/evp.h>
 #include <openssl/rand.h>
 
 #include <p11escrow/pin.h>
@@ -16,6 +17,7 @@
 #include <p11escrow/token.h>
 
 #include "cli.h"
+#include "http_client.h"
 
 #define CMD "recovery"
 
@@ -37,7 +39,15 @@ help(void)
 	       "                                  decrypt on the KRA card, check the key against its\n"
 	       "                                  certificate, write a PKCS#12 (KRA account)\n"
 	       "  list [--state STATE]            recovery requests\n\n"
+	       "With --server URL every action goes through the service's JSON API instead of the\n"
+	       "database (no database options needed): the account logs in to the service; the service\n"
+	       "holds the CA token and releases an approved request itself (release --server is a\n"
+	       "certificate manager's retry); complete --server fetches the package, opens it on the\n"
+	       "card here, writes the PKCS#12 and reports the completion to the service.\n\n"
 	       "Options:\n"
+	       "      --server URL             the service, e.g. https://escrow.example.org:8443\n"
+	       "      --server-ca FILE         CA certificate(s) to verify the service with (else\n"
+	       "                               $P11ESCROW_SERVER_CA)\n"
 	       "  -c, --config FILE            configuration file\n"
 	       "  -d, --database CONNINFO      libpq connection string\n"
 	       "  -u, --user NAME              the acting account (not needed for release)\n"
@@ -60,24 +70,46 @@ help(void)
 struct opts {
 	const char *config, *database, *user, *password_file, *module, *ca_token, *pin_file, *token, *kra_pin_file;
 	const char *out, *p12_password_file, *serial, *subject, *email, *record, *reason, *kra, *state;
+	const char *server, *server_ca;
 	long long id;
 };
 
-static int
-do_search(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *a, const struct opts *o)
+static void
+print_records(const struct esc_record_summary *s, size_t n)
 {
-	struct esc_record_summary *s = NULL;
-	size_t n = 0, i;
-	enum esc_err r;
+	size_t i;
 
-	if ((r = esc_archive_search(ctx, st, a, o->serial, o->subject, o->email, &s, &n)) != ESC_OK)
-		return cli_fail(CMD, ctx, r);
 	for (i = 0; i < n; i++)
 		printf("record %s\n  serial:  %s\n  subject: %s\n  email:   %s\n  issuer:  %s%s\n  KRAs:    %s\n"
 		       "  archived: %s\n",
 		       s[i].id, s[i].serial, s[i].subject, s[i].email, s[i].issuer, s[i].foreign ? " (foreign)" : "",
 		       s[i].kras, s[i].created);
 	printf("%zu record(s)\n", n);
+}
+
+static void
+print_requests(const struct esc_recovery *q, size_t n)
+{
+	size_t i;
+
+	for (i = 0; i < n; i++)
+		printf("request %lld  %-9s record %s serial %s\n  subject: %s\n  requested by %s at %s, KRA %s, "
+		       "approvals %d/%d\n  reason: %s\n",
+		       q[i].id, q[i].state, q[i].record_id, q[i].serial, q[i].subject, q[i].requester, q[i].created,
+		       q[i].kra, q[i].approvals, q[i].approvals_required, q[i].reason);
+	printf("%zu request(s)\n", n);
+}
+
+static int
+do_search(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *a, const struct opts *o)
+{
+	struct esc_record_summary *s = NULL;
+	size_t n = 0;
+	enum esc_err r;
+
+	if ((r = esc_archive_search(ctx, st, a, o->serial, o->subject, o->email, &s, &n)) != ESC_OK)
+		return cli_fail(CMD, ctx, r);
+	print_records(s, n);
 	free(s);
 	return 0;
 }
@@ -104,15 +136,77 @@ generate_password(struct esc_ctx *ctx, struct esc_secret **out)
 	return r;
 }
 
+/* Base64 from the service, decoded; -1 if it is not base64 or larger than max bytes. */
+static int
+b64_decode(const char *in, size_t max, unsigned char **out, size_t *outlen)
+{
+	size_t n = in != NULL ? strlen(in) : 0, len;
+	unsigned char *buf;
+	int dec;
+
+	if (n == 0 || n % 4 != 0 || n / 4 * 3 > max || (buf = malloc(n / 4 * 3 + 1)) == NULL)
+		return -1;
+	if ((dec = EVP_DecodeBlock(buf, (const unsigned char *)in, (int)n)) < 0) {
+		free(buf);
+		return -1;
+	}
+	len = (size_t)dec - (in[n - 1] == '=') - (in[n - 2] == '=');
+	*out = buf;
+	*outlen = len;
+	return 0;
+}
+
+/* GET the package of request id (the service checks it is addressed to this KRA account and released). */
+static int
+remote_fetch(struct cli_http *h, struct esc_ctx *ctx, long long id, struct esc_recovery_package **out)
+{
+	static const char *const parts[] = {"package", "certificate", "kra_certificate"};
+	unsigned char *der[3] = {NULL, NULL, NULL};
+	size_t len[3] = {0, 0, 0}, i;
+	char path[64], kra[65], uri[512];
+	json_t *doc = NULL;
+	enum esc_err r;
+	int rc;
+
+	snprintf(path, sizeof(path), "/recoveries/%lld/package", id);
+	if ((rc = cli_http_call(h, CLI_HTTP_GET, path, NULL, &doc)) != 0)
+		return rc;
+	for (i = 0; i < 3; i++)
+		if (b64_decode(json_string_value(json_object_get(doc, parts[i])), 1024 * 1024, &der[i], &len[i]) != 0) {
+			fprintf(stderr, "%s %s: error: the service's answer has no valid '%s'\n", PROG, CMD, parts[i]);
+			rc = esc_err_exit_code(ESC_ERR_BAD_INPUT);
+			goto out;
+		}
+	cli_json_copy(kra, sizeof(kra), doc, "kra");
+	cli_json_copy(uri, sizeof(uri), doc, "kra_key_uri");
+	if ((r = esc_recovery_package_new(ctx, id, der[0], len[0], der[1], len[1], der[2], len[2], kra, uri, out)) !=
+	    ESC_OK)
+		rc = cli_fail(CMD, ctx, r);
+out:
+	for (i = 0; i < 3; i++)
+		free(der[i]);
+	json_decref(doc);
+	return rc;
+}
+
+/*
+ * Complete request o->id with the KRA card: locally (h NULL: the library
+ * checks, opens and marks it completed in one transaction) or through the
+ * service (h: fetch the package, open it on the card here, report the
+ * completion, then write the file).
+ */
 static int
 do_complete(struct esc_ctx *ctx, struct esc_config *cfg, struct esc_store *st, const struct esc_account *a,
-	    const struct opts *o)
+	    struct cli_http *h, const struct opts *o)
 {
+	struct esc_recovery_package *pkg = NULL;
 	struct esc_token *card = NULL;
 	struct esc_secret *pin = NULL, *pw = NULL;
 	unsigned char *p12 = NULL;
 	size_t p12len = 0, off = 0;
-	enum esc_err r;
+	json_t *done = NULL;
+	char path[64];
+	enum esc_err r = ESC_OK;
 	int fd = -1, generated = 0, rc;
 	ssize_t w;
 
@@ -124,18 +218,33 @@ do_complete(struct esc_ctx *ctx, struct esc_config *cfg, struct esc_store *st, c
 			strerror(errno));
 		return esc_err_exit_code(ESC_ERR_IO);
 	}
+	/* Through the service, ask for the package before anyone types a PIN. */
+	if (h != NULL && (rc = remote_fetch(h, ctx, o->id, &pkg)) != 0)
+		goto cleanup;
 	if (o->p12_password_file != NULL || getenv("P11ESCROW_P12_PASSWORD") != NULL)
 		r = esc_secret_obtain(ctx, o->p12_password_file, "P11ESCROW_P12_PASSWORD", NULL, &pw);
 	else {
 		r = generate_password(ctx, &pw);
 		generated = 1;
 	}
-	if (r != ESC_OK ||
-	    (r = esc_token_open(ctx, esc_config_get(cfg, "module"), o->token, &card)) != ESC_OK ||
+	if (r != ESC_OK || (r = esc_token_open(ctx, esc_config_get(cfg, "module"), o->token, &card)) != ESC_OK ||
 	    (r = esc_secret_obtain(ctx, o->kra_pin_file, "P11ESCROW_KRA_PIN", "KRA card PIN: ", &pin)) != ESC_OK ||
-	    (r = esc_token_login(ctx, card, pin)) != ESC_OK ||
-	    (r = esc_recovery_complete(ctx, st, a, o->id, card, pw, &p12, &p12len)) != ESC_OK)
+	    (r = esc_token_login(ctx, card, pin)) != ESC_OK)
 		goto out;
+	if (h == NULL)
+		r = esc_recovery_complete(ctx, st, a, o->id, card, pw, &p12, &p12len);
+	else
+		r = esc_recovery_open_package(ctx, pkg, card, pw, &p12, &p12len);
+	if (r != ESC_OK)
+		goto out;
+	/* The service records the completion (and deletes the package) before the file exists, as locally. */
+	snprintf(path, sizeof(path), "/recoveries/%lld/complete", o->id);
+	if (h != NULL && (rc = cli_http_call(h, CLI_HTTP_POST, path, NULL, &done)) != 0) {
+		fprintf(stderr, "%s %s: the service did not record the completion: nothing was written; request %lld "
+				"stays released, run the command again\n",
+			PROG, CMD, o->id);
+		goto cleanup;
+	}
 	while (off < p12len) {
 		if ((w = write(fd, p12 + off, p12len - off)) < 0 && errno == EINTR)
 			continue;
@@ -144,7 +253,7 @@ do_complete(struct esc_ctx *ctx, struct esc_config *cfg, struct esc_store *st, c
 		off += (size_t)w;
 	}
 	if (off < p12len || fsync(fd) != 0 || close(fd) != 0) {
-		/* The request is completed in the database: say so plainly. */
+		/* The request is completed: say so plainly. */
 		fprintf(stderr, "%s %s: error: writing '%s' failed: %s; request %lld is completed, file a new one\n",
 			PROG, CMD, o->out, strerror(errno), o->id);
 		rc = esc_err_exit_code(ESC_ERR_IO);
@@ -162,6 +271,8 @@ cleanup:
 		close(fd);
 		unlink(o->out); /* nothing half-written */
 	}
+	json_decref(done);
+	esc_recovery_package_free(pkg);
 	esc_recovery_p12_free(p12, p12len);
 	esc_secret_free(pin);
 	esc_secret_free(pw);
@@ -188,19 +299,176 @@ static int
 do_list(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *a, const struct opts *o)
 {
 	struct esc_recovery *q = NULL;
-	size_t n = 0, i;
+	size_t n = 0;
 	enum esc_err r;
 
 	if ((r = esc_recovery_list(ctx, st, a, o->state, &q, &n)) != ESC_OK)
 		return cli_fail(CMD, ctx, r);
-	for (i = 0; i < n; i++)
-		printf("request %lld  %-9s record %s serial %s\n  subject: %s\n  requested by %s at %s, KRA %s, "
-		       "approvals %d/%d\n  reason: %s\n",
-		       q[i].id, q[i].state, q[i].record_id, q[i].serial, q[i].subject, q[i].requester, q[i].created,
-		       q[i].kra, q[i].approvals, q[i].approvals_required, q[i].reason);
-	printf("%zu request(s)\n", n);
+	print_requests(q, n);
 	free(q);
 	return 0;
+}
+
+/* ---- through the service (--server) ------------------------------------------------------------------------- */
+
+static void
+request_from_json(struct esc_recovery *q, const json_t *o)
+{
+	memset(q, 0, sizeof(*q));
+	q->id = cli_json_int(o, "id");
+	cli_json_copy(q->record_id, sizeof(q->record_id), o, "record");
+	cli_json_copy(q->serial, sizeof(q->serial), o, "serial");
+	cli_json_copy(q->subject, sizeof(q->subject), o, "subject");
+	cli_json_copy(q->state, sizeof(q->state), o, "state");
+	cli_json_copy(q->requester, sizeof(q->requester), o, "requester");
+	cli_json_copy(q->kra, sizeof(q->kra), o, "kra");
+	cli_json_copy(q->reason, sizeof(q->reason), o, "reason");
+	q->approvals = (int)cli_json_int(o, "approvals");
+	q->approvals_required = (int)cli_json_int(o, "approvals_required");
+	cli_json_copy(q->created, sizeof(q->created), o, "created");
+}
+
+static int
+remote_search(struct cli_http *h, const struct opts *o)
+{
+	struct esc_record_summary *s = NULL;
+	char path[1024] = "/records";
+	const json_t *list, *e, *k;
+	json_t *doc = NULL;
+	size_t n, i, j, used;
+	int rc;
+
+	if (cli_http_query(path, sizeof(path), "serial", o->serial) != 0 ||
+	    cli_http_query(path, sizeof(path), "subject", o->subject) != 0 ||
+	    cli_http_query(path, sizeof(path), "email", o->email) != 0)
+		return cli_usage_error(CMD, "search criteria too long");
+	if ((rc = cli_http_call(h, CLI_HTTP_GET, path, NULL, &doc)) != 0)
+		return rc;
+	list = json_object_get(doc, "records");
+	n = json_array_size(list);
+	if ((s = calloc(n + 1, sizeof(*s))) == NULL) {
+		json_decref(doc);
+		return esc_err_exit_code(ESC_ERR_NOMEM);
+	}
+	for (i = 0; i < n; i++) {
+		e = json_array_get(list, i);
+		cli_json_copy(s[i].id, sizeof(s[i].id), e, "id");
+		cli_json_copy(s[i].serial, sizeof(s[i].serial), e, "serial");
+		cli_json_copy(s[i].subject, sizeof(s[i].subject), e, "subject");
+		cli_json_copy(s[i].email, sizeof(s[i].email), e, "email");
+		cli_json_copy(s[i].issuer, sizeof(s[i].issuer), e, "issuer");
+		cli_json_copy(s[i].created, sizeof(s[i].created), e, "created");
+		s[i].foreign = json_is_true(json_object_get(e, "foreign"));
+		for (j = 0, used = 0; (k = json_array_get(json_object_get(e, "kras"), j)) != NULL && json_is_string(k);
+		     j++) {
+			int w = snprintf(s[i].kras + used, sizeof(s[i].kras) - used, "%s%s", j ? "," : "",
+					 json_string_value(k));
+
+			if (w < 0 || (size_t)w >= sizeof(s[i].kras) - used)
+				break;
+			used += (size_t)w;
+		}
+	}
+	print_records(s, n);
+	free(s);
+	json_decref(doc);
+	return 0;
+}
+
+static int
+remote_list(struct cli_http *h, const struct opts *o)
+{
+	struct esc_recovery *q = NULL;
+	char path[512] = "/recoveries";
+	const json_t *list;
+	json_t *doc = NULL;
+	size_t n, i;
+	int rc;
+
+	if (cli_http_query(path, sizeof(path), "state", o->state) != 0)
+		return cli_usage_error(CMD, "--state too long");
+	if ((rc = cli_http_call(h, CLI_HTTP_GET, path, NULL, &doc)) != 0)
+		return rc;
+	list = json_object_get(doc, "recoveries");
+	n = json_array_size(list);
+	if ((q = calloc(n + 1, sizeof(*q))) == NULL) {
+		json_decref(doc);
+		return esc_err_exit_code(ESC_ERR_NOMEM);
+	}
+	for (i = 0; i < n; i++)
+		request_from_json(&q[i], json_array_get(list, i));
+	print_requests(q, n);
+	free(q);
+	json_decref(doc);
+	return 0;
+}
+
+/* What became of a request the service answered with (it releases an approved request itself). */
+static void
+report_state(const json_t *doc)
+{
+	struct esc_recovery q;
+	char err[512];
+
+	request_from_json(&q, doc);
+	cli_json_copy(err, sizeof(err), doc, "release_error");
+	if (strcmp(q.state, "released") == 0)
+		printf("request %lld released by the service to KRA '%s'\n", q.id, q.kra);
+	else if (strcmp(q.state, "pending") == 0)
+		printf("request %lld is pending: %d of %d approval(s)\n", q.id, q.approvals, q.approvals_required);
+	else
+		printf("request %lld is %s\n", q.id, q.state);
+	if (*err)
+		fprintf(stderr, "%s %s: warning: the service could not release request %lld: %s (a certificate manager "
+				"can retry with 'recovery release %lld --server URL')\n",
+			PROG, CMD, q.id, err, q.id);
+}
+
+/* Every action through the service's JSON API: no database, the service checks what the library checks. */
+static int
+remote_main(struct esc_ctx *ctx, struct esc_config *cfg, const struct opts *o, const char *action)
+{
+	struct cli_http *h = NULL;
+	json_t *body = NULL, *doc = NULL;
+	char path[96];
+	int rc;
+
+	if ((rc = cli_http_open(CMD, ctx, o->server, o->server_ca, o->user, o->password_file, &h)) != 0)
+		return rc;
+	if (strcmp(action, "search") == 0)
+		rc = remote_search(h, o);
+	else if (strcmp(action, "list") == 0)
+		rc = remote_list(h, o);
+	else if (strcmp(action, "complete") == 0)
+		rc = do_complete(ctx, cfg, NULL, NULL, h, o);
+	else if (strcmp(action, "request") == 0) {
+		if ((body = json_object()) == NULL ||
+		    json_object_set_new(body, "record", json_string(o->serial ? o->serial : o->record)) != 0 ||
+		    json_object_set_new(body, "reason", json_string(o->reason ? o->reason : "")) != 0 ||
+		    (o->kra != NULL && json_object_set_new(body, "kra", json_string(o->kra)) != 0)) {
+			rc = cli_usage_error(CMD, "--serial, --record, --kra and --reason must be UTF-8 text");
+			goto out;
+		}
+		if ((rc = cli_http_call(h, CLI_HTTP_POST, "/recoveries", body, &doc)) != 0)
+			goto out;
+		printf("recovery request %lld filed\n", cli_json_int(doc, "id"));
+		report_state(doc);
+	} else {
+		snprintf(path, sizeof(path), "/recoveries/%lld/%s", o->id, action);
+		if ((rc = cli_http_call(h, CLI_HTTP_POST, path, NULL, &doc)) != 0)
+			goto out;
+		if (strcmp(action, "approve") == 0) {
+			printf("request %lld approved by %s\n", o->id, o->user);
+			report_state(doc);
+		} else {
+			printf("request %lld released to its KRA\n", o->id);
+		}
+	}
+out:
+	json_decref(body);
+	json_decref(doc);
+	cli_http_free(h);
+	return rc;
 }
 
 int
@@ -208,7 +476,7 @@ recovery_main(int argc, char *argv[])
 {
 	enum {
 		OPT_PASSWORD = 256, OPT_TOKEN, OPT_KRA_PIN, OPT_P12, OPT_SERIAL, OPT_SUBJECT, OPT_EMAIL, OPT_RECORD,
-		OPT_REASON, OPT_KRA, OPT_STATE
+		OPT_REASON, OPT_KRA, OPT_STATE, OPT_SERVER, OPT_SERVER_CA
 	};
 	static const struct option longopts[] = {
 		{"config", required_argument, NULL, 'c'},
@@ -229,6 +497,8 @@ recovery_main(int argc, char *argv[])
 		{"reason", required_argument, NULL, OPT_REASON},
 		{"kra", required_argument, NULL, OPT_KRA},
 		{"state", required_argument, NULL, OPT_STATE},
+		{"server", required_argument, NULL, OPT_SERVER},
+		{"server-ca", required_argument, NULL, OPT_SERVER_CA},
 		{"help", no_argument, NULL, 'h'},
 		{NULL, 0, NULL, 0},
 	};
@@ -268,6 +538,8 @@ recovery_main(int argc, char *argv[])
 		case OPT_REASON: o.reason = optarg; break;
 		case OPT_KRA: o.kra = optarg; break;
 		case OPT_STATE: o.state = optarg; break;
+		case OPT_SERVER: o.server = optarg; break;
+		case OPT_SERVER_CA: o.server_ca = optarg; break;
 		case ':':
 			return cli_usage_error(CMD, "option '%s' needs a value", argv[optind - 1]);
 		default:
@@ -295,8 +567,13 @@ recovery_main(int argc, char *argv[])
 		return cli_usage_error(CMD, "request needs exactly one of --serial and --record");
 	if ((rc = cli_init(CMD, o.config, &ctx, &cfg)) != 0)
 		goto out;
-	if ((rc = cli_apply_common(CMD, ctx, cfg, o.database, o.module, o.ca_token, o.pin_file)) != 0 ||
-	    (rc = cli_open_store(CMD, ctx, cfg, &st)) != 0)
+	if ((rc = cli_apply_common(CMD, ctx, cfg, o.database, o.module, o.ca_token, o.pin_file)) != 0)
+		goto out;
+	if (o.server != NULL) {
+		rc = remote_main(ctx, cfg, &o, action);
+		goto out;
+	}
+	if ((rc = cli_open_store(CMD, ctx, cfg, &st)) != 0)
 		goto out;
 	if (strcmp(action, "release") == 0) {
 		rc = do_release(ctx, cfg, st, &o);
@@ -319,7 +596,7 @@ recovery_main(int argc, char *argv[])
 		else
 			printf("request %lld approved by %s\n", o.id, esc_account_name(a));
 	} else if (strcmp(action, "complete") == 0)
-		rc = do_complete(ctx, cfg, st, a, &o);
+		rc = do_complete(ctx, cfg, st, a, NULL, &o);
 	else
 		rc = do_list(ctx, st, a, &o);
 out:

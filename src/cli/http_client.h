@@ -1,0 +1,57 @@
+/*
+ * p11escrow CLI: a synchronous HTTPS client for the service's JSON API
+ * (docs/api.md), on libevent's evhttp client with bufferevent_openssl.
+ *
+ * The server is verified against a CA file (--server-ca FILE, else
+ * $P11ESCROW_SERVER_CA), its DNS name or IP address checked against its
+ * certificate, TLS 1.2 or newer.  The account authenticates with HTTP Basic;
+ * its password comes from cli_password (file, environment, prompt) and is
+ * never logged or printed.  Every request has a timeout and every response
+ * a maximum size.
+ */
+#ifndef P11ESCROW_CLI_HTTP_CLIENT_H
+#define P11ESCROW_CLI_HTTP_CLIENT_H
+
+#include <stddef.h>
+
+#include <jansson.h>
+
+#include <p11escrow/ctx.h>
+
+#define CLI_HTTP_RESPONSE_MAX (4 * 1024 * 1024) /* the largest answer: 10000 audit events */
+#define CLI_HTTP_TIMEOUT 30			/* seconds without progress */
+#define CLI_HTTP_DEADLINE 120			/* seconds for a whole request */
+
+struct cli_http;
+
+/*
+ * A client for the service at url ("https://HOST[:PORT][/PREFIX]"),
+ * trusting the CA certificates in ca_file (NULL: $P11ESCROW_SERVER_CA),
+ * authenticating as user with the password cli_password obtains.  Nothing
+ * is sent yet.  Returns 0 or an exit code (printed).
+ */
+int cli_http_open(const char *cmd, struct esc_ctx *ctx, const char *url, const char *ca_file, const char *user,
+		  const char *password_file, struct cli_http **out);
+/* Wipe the credentials and free; accepts NULL. */
+void cli_http_free(struct cli_http *h);
+
+enum cli_http_method { CLI_HTTP_GET, CLI_HTTP_POST };
+
+/*
+ * One API call: path below /api/v1 ("/recoveries", query already encoded,
+ * see cli_http_query), body a JSON object to POST or NULL.  On a 2xx
+ * answer *out is the JSON object answered (json_decref it).  Otherwise the
+ * server's reason, or why it could not be reached, is printed and the exit
+ * code of the matching library error returned (the server names it).
+ */
+int cli_http_call(struct cli_http *h, enum cli_http_method method, const char *path, json_t *body, json_t **out);
+
+/* Append "?key=value" or "&key=value" (URL-encoded) to buf unless value is NULL.  -1 if it does not fit. */
+int cli_http_query(char *buf, size_t len, const char *key, const char *value);
+
+/* Copy the string member key of o into dst (len bytes; "" if absent or not a string), control characters as '?'. */
+void cli_json_copy(char *dst, size_t len, const json_t *o, const char *key);
+/* The integer member key of o, 0 if absent or not an integer. */
+long long cli_json_int(const json_t *o, const char *key);
+
+#endif
