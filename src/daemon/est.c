@@ -10,7 +10,8 @@
  *
  * The label selects a certificate profile (esc_profile_find).  Enrollees
  * authenticate with a TLS client certificate of this CA or HTTP Basic with
- * a one-time enrollment password.  Bodies are base64 DER (RFC 8951);
+ * a one-time enrollment password; a request with neither gets a bare 401
+ * challenge with an empty body.  Bodies are base64 DER (RFC 8951);
  * single-part responses carry Content-Transfer-Encoding: base64, the
  * multipart /serverkeygen response only in its parts.
  */
@@ -145,8 +146,14 @@ est_authenticate(struct svc_request *r, const struct esc_profile *p, struct est_
 	}
 	rc = svc_basic_auth(r, user, sizeof(user), &pw);
 	if (rc == 0) {
-		svc_reply_error(r, 401, "authenticate with a TLS client certificate of this CA or a one-time "
-					"enrollment password (HTTP Basic)");
+		/*
+		 * The bare challenge has an empty body: Bouncy Castle's HttpAuth
+		 * (1.72) closes this response unread and fails on any body
+		 * ("Stream closed before limit fully read").  WWW-Authenticate
+		 * says what to do; refusals of credentials keep their reason.
+		 */
+		svc_add_header(r, "WWW-Authenticate", "Basic realm=\"p11escrow\", charset=\"UTF-8\"");
+		svc_reply(r, 401, "text/plain; charset=utf-8", "", 0);
 		return -1;
 	}
 	if (rc < 0) {
