@@ -67,7 +67,6 @@ import java.util.Collections;
 import java.util.HashMap;
 import java.util.List;
 import java.util.Map;
-import java.util.Properties;
 
 import javax.crypto.spec.OAEPParameterSpec;
 import javax.crypto.spec.PSource;
@@ -163,9 +162,11 @@ public final class EstInterop {
 	private void run() throws Exception {
 		String server = need("server");
 		String host = server.substring(0, server.lastIndexOf(':'));
-		Properties otps = new Properties();
-		try (InputStream in = new FileInputStream(need("otp-file"))) {
-			otps.load(in);
+		Map<String, String> otps = new HashMap<>();
+		for (String line : Files.readAllLines(Paths.get(need("otp-file")), StandardCharsets.UTF_8)) {
+			int eq = line.indexOf('=');
+			if (eq > 0)
+				otps.put(line.substring(0, eq).trim(), line.substring(eq + 1).trim());
 		}
 		String[] sign = otp(otps, "sign"), keygen = otp(otps, "keygen"), cmc = otp(otps, "cmc");
 
@@ -484,8 +485,8 @@ public final class EstInterop {
 		return v;
 	}
 
-	private static String[] otp(Properties otps, String name) {
-		String v = otps.getProperty(name, "");
+	private static String[] otp(Map<String, String> otps, String name) {
+		String v = otps.getOrDefault(name, "");
 		int colon = v.indexOf(':');
 		if (colon <= 0)
 			throw new IllegalArgumentException("the OTP file has no line " + name + "=NAME:PASSWORD");
