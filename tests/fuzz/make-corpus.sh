@@ -66,7 +66,7 @@ fi
 if command -v clang-format >/dev/null; then clang-format -i "$here/envelope_keys.h"; fi
 
 # Clear the generated seeds, never a crash-* file.
-for d in uri config envelope import; do
+for d in uri config envelope import est; do
     mkdir -p "$corpus/$d"
     find "$corpus/$d" -maxdepth 1 -type f ! -name 'crash-*' -delete
 done
@@ -226,6 +226,163 @@ openssl x509 -in "$tmp/ec.crt" -outform DER -out "$m/der-cert.der"
 printf 'not a key\n' >"$m/garbage.txt"
 printf '0-----BEGIN PRIVATE KEY-----\n' >"$m/pem-zero-start.pem"
 
+# --- est ------------------------------------------------------------------------
+# fuzz_est: the first byte picks the decoder (0 base64, 1 PKCS#10, 2 Full PKI
+# Request, 3 certs-only), the rest is its input.  The CMC requests are put
+# together byte by byte here (not with the library's encoder), with requests,
+# envelopes and signatures from stock openssl.
+s=$corpus/est
+openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$tmp/est-ec.key" \
+    -subj '/CN=enrollee EC' -outform DER -out "$tmp/csr-ec.der" 2>/dev/null
+openssl req -new -newkey rsa:2048 -nodes -keyout "$tmp/est-rsa.key" -subj '/CN=enrollee RSA' \
+    -addext 'subjectAltName=DNS:enrollee.example' -outform DER -out "$tmp/csr-rsa.der" 2>/dev/null
+openssl req -new -newkey ed25519 -nodes -keyout "$tmp/est-ed.key" -subj '/CN=enrollee Ed25519' \
+    -outform DER -out "$tmp/csr-ed25519.der" 2>/dev/null
+openssl pkey -in "$tmp/est-ec.key" -pubout -outform DER -out "$tmp/est-ec.spki"
+openssl pkcs8 -topk8 -nocrypt -in "$tmp/est-ec.key" -outform DER -out "$tmp/est-ec.p8"
+openssl req -x509 -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$tmp/transport-ec.key" \
+    -subj '/CN=transport EC' -days 30 -out "$tmp/transport-ec.crt" 2>/dev/null
+openssl req -x509 -new -newkey rsa:2048 -nodes -keyout "$tmp/transport-rsa.key" \
+    -subj '/CN=transport RSA' -days 30 -out "$tmp/transport-rsa.crt" 2>/dev/null
+enc() { openssl cms -encrypt -binary -outform DER -in "$tmp/est-ec.p8" "$@"; }
+enc -aes-256-cbc -recip "$tmp/transport-ec.crt" -out "$tmp/env-ec.der"
+enc -aes-256-cbc -recip "$tmp/transport-rsa.crt" -keyopt rsa_padding_mode:oaep -keyopt rsa_oaep_md:sha256 \
+    -keyopt rsa_mgf1_md:sha256 -out "$tmp/env-rsa.der"
+enc -aes-256-gcm -recip "$tmp/transport-ec.crt" -out "$tmp/env-gcm.der"
+cat "$tmp/transport-ec.crt" "$tmp/transport-rsa.crt" >"$tmp/chain.pem"
+openssl crl2pkcs7 -nocrl -certfile "$tmp/chain.pem" -outform DER -out "$tmp/certs-chain.der"
+openssl crl2pkcs7 -nocrl -certfile "$tmp/transport-ec.crt" -outform DER -out "$tmp/certs-one.der"
+printf 'certs-only' | openssl cms -sign -binary -outform DER -signer "$tmp/transport-ec.crt" \
+    -inkey "$tmp/transport-ec.key" -certfile "$tmp/transport-rsa.crt" -out "$tmp/certs-signed.der"
+python3 - "$tmp" "$s" <<'PY'
+import subprocess, sys
+tmp, out = sys.argv[1], sys.argv[2]
+
+def rd(name):
+    return open(f"{tmp}/{name}", "rb").read()
+
+def tlv(tag, *parts):
+    c = b"".join(parts)
+    n = len(c)
+    if n < 0x80:
+        hdr = bytes([n])
+    else:
+        b = n.to_bytes((n.bit_length() + 7) // 8, "big")
+        hdr = bytes([0x80 | len(b)]) + b
+    return bytes([tag]) + hdr + c
+
+def oid(dotted):
+    arcs = [int(a) for a in dotted.split(".")]
+    body = bytearray()
+    for a in [arcs[0] * 40 + arcs[1]] + arcs[2:]:
+        chunk = [a & 0x7F]
+        a >>= 7
+        while a:
+            chunk.append(0x80 | (a & 0x7F))
+            a >>= 7
+        body += bytes(reversed(chunk))
+    return tlv(0x06, bytes(body))
+
+def integer(v):
+    return tlv(0x02, v.to_bytes(max(1, (v.bit_length() + 8) // 8), "big"))
+
+SEQ, SET, OCT = 0x30, 0x31, 0x04
+PKIDATA, SIGNED, DATA = "1.3.6.1.5.5.7.12.2", "1.2.840.113549.1.7.2", "1.2.840.113549.1.7.1"
+KID = "1.2.840.113549.1.9.16.2.54"
+
+def seed(name, selector, data):
+    open(f"{out}/{name}", "wb").write(bytes([selector]) + data)
+
+def tcr(bpid, csr):  # [0] IMPLICIT TaggedCertificationRequest
+    return tlv(0xA0, integer(bpid), csr)
+
+def tci(bpid, ci):
+    return tlv(SEQ, integer(bpid), ci)
+
+def pkidata(controls=b"", reqs=b"", cms=b"", others=b""):
+    return tlv(SEQ, tlv(SEQ, controls), tlv(SEQ, reqs), tlv(SEQ, cms), tlv(SEQ, others))
+
+def signed(content, ctype=PKIDATA, embed=True):
+    eci = tlv(SEQ, oid(ctype), tlv(0xA0, tlv(OCT, content)) if embed else b"")
+    sd = tlv(SEQ, integer(3), tlv(SET), eci, tlv(SET))
+    return tlv(SEQ, oid(SIGNED), tlv(0xA0, sd))
+
+def signed_csr(attrs):
+    """A P-256 PKCS#10 with the given attributes, signed by openssl (ecdsa-with-SHA256)."""
+    name = tlv(SEQ, tlv(SET, tlv(SEQ, oid("2.5.4.3"), tlv(0x0C, b"enrollee kid"))))
+    cri = tlv(SEQ, integer(0), name, rd("est-ec.spki"), tlv(0xA0, *attrs))
+    open(f"{tmp}/cri.der", "wb").write(cri)
+    sig = subprocess.run(["openssl", "dgst", "-sha256", "-sign", f"{tmp}/est-ec.key", f"{tmp}/cri.der"],
+                         check=True, capture_output=True).stdout
+    return tlv(SEQ, cri, tlv(SEQ, oid("1.2.840.10045.4.3.2")), tlv(0x03, b"\x00" + sig))
+
+def flip_last(b):
+    return b[:-1] + bytes([b[-1] ^ 1])
+
+# base64 (0)
+csr_ec = rd("csr-ec.der")
+b64 = subprocess.run(["openssl", "base64", "-e"], input=csr_ec, check=True, capture_output=True).stdout
+seed("b64-csr-lf", 0, b64)
+seed("b64-csr-crlf", 0, b64.replace(b"\n", b"\r\n"))
+seed("b64-csr-oneline", 0, b64.replace(b"\n", b""))
+seed("b64-csr-blanks", 0, b" \t" + b64.replace(b"\n", b" \r\n\t"))
+for name, text in [("b64-short", b"TQ=="), ("b64-pad1", b"TWE="), ("b64-noncanonical", b"TR=="),
+                   ("b64-url-alphabet", b"TWF-"), ("b64-pad-inside", b"TQ==TQ=="), ("b64-unpadded", b"TWE"),
+                   ("b64-blank", b" \r\n\t"), ("b64-nul", b"TWFu\x00"), ("b64-empty", b"")]:
+    seed(name, 0, text)
+
+# PKCS#10 (1)
+kid_attr = tlv(SEQ, oid(KID), tlv(SET, tlv(OCT, bytes(range(1, 21)))))
+csr_kid = signed_csr([kid_attr])
+seed("csr-ec", 1, csr_ec)
+seed("csr-rsa-san", 1, rd("csr-rsa.der"))
+seed("csr-ed25519", 1, rd("csr-ed25519.der"))
+seed("csr-kid", 1, csr_kid)
+seed("csr-kid-twice", 1, signed_csr([kid_attr, kid_attr]))
+seed("csr-kid-two-values", 1, signed_csr([tlv(SEQ, oid(KID), tlv(SET, tlv(OCT, b"\x01"), tlv(OCT, b"\x02")))]))
+seed("csr-kid-utf8", 1, signed_csr([tlv(SEQ, oid(KID), tlv(SET, tlv(0x0C, b"key-1")))]))
+seed("csr-kid-empty", 1, signed_csr([tlv(SEQ, oid(KID), tlv(SET, tlv(OCT, b"")))]))
+seed("csr-bad-sig", 1, flip_last(csr_ec))
+seed("csr-trailing", 1, csr_ec + b"\x00")
+seed("csr-truncated", 1, csr_ec[: len(csr_ec) // 2])
+seed("csr-empty", 1, b"")
+
+# Full PKI Request (2)
+env_ec, env_rsa, env_gcm = rd("env-ec.der"), rd("env-rsa.der"), rd("env-gcm.der")
+good = pkidata(reqs=tcr(1, csr_ec), cms=tci(2, env_ec))
+seed("cmc-ec", 2, signed(good))
+seed("cmc-rsa-oaep", 2, signed(pkidata(reqs=tcr(1, csr_ec), cms=tci(2, env_rsa))))
+seed("cmc-authenveloped", 2, signed(pkidata(reqs=tcr(1, csr_ec), cms=tci(2, env_gcm))))
+seed("cmc-kid", 2, signed(pkidata(reqs=tcr(1, csr_kid), cms=tci(2, env_ec))))
+control = tlv(SEQ, integer(3), oid("1.3.6.1.5.5.7.7.1"), tlv(SET, tlv(SEQ)))
+other = tlv(SEQ, integer(4), oid("1.2.3.4"), tlv(0x05, b""))
+seed("cmc-controls-others", 2, signed(pkidata(control, tcr(1, csr_ec), tci(2, env_ec), other)))
+seed("cmc-two-tcr", 2, signed(pkidata(reqs=tcr(1, csr_ec) + tcr(3, csr_ec), cms=tci(2, env_ec))))
+seed("cmc-crm", 2, signed(pkidata(reqs=tlv(0xA1, tlv(SEQ, integer(0))), cms=tci(2, env_ec))))
+orm = tlv(0xA2, integer(5), oid("1.2.3.4"), tlv(0x05, b""))
+seed("cmc-orm", 2, signed(pkidata(reqs=tcr(1, csr_ec) + orm, cms=tci(2, env_ec))))
+seed("cmc-no-envelope", 2, signed(pkidata(reqs=tcr(1, csr_ec))))
+seed("cmc-two-envelopes", 2, signed(pkidata(reqs=tcr(1, csr_ec), cms=tci(2, env_ec) + tci(3, env_rsa))))
+seed("cmc-envelope-signed", 2, signed(pkidata(reqs=tcr(1, csr_ec), cms=tci(2, rd("certs-one.der")))))
+seed("cmc-bad-csr-sig", 2, signed(pkidata(reqs=tcr(1, flip_last(csr_ec)), cms=tci(2, env_ec))))
+seed("cmc-id-data", 2, signed(good, ctype=DATA))
+seed("cmc-detached", 2, signed(good, embed=False))
+seed("cmc-not-pkidata", 2, signed(tlv(SEQ, integer(1))))
+seed("cmc-trailing", 2, signed(good) + b"\x00")
+open(f"{tmp}/pkidata.der", "wb").write(good)
+PY
+# The same PKIData signed by a signer (the server ignores signer infos); certs-only responses (3).
+openssl cms -sign -binary -nodetach -outform DER -in "$tmp/pkidata.der" -econtent_type 1.3.6.1.5.5.7.12.2 \
+    -signer "$tmp/transport-ec.crt" -inkey "$tmp/transport-ec.key" -out "$tmp/cmc-signed.der"
+openssl crl2pkcs7 -nocrl -outform DER -out "$tmp/certs-none.der"
+{ printf '\002'; cat "$tmp/cmc-signed.der"; } >"$s/cmc-signed"
+for f in certs-chain certs-one certs-signed certs-none; do
+    { printf '\003'; cat "$tmp/$f.der"; } >"$s/$f"
+done
+{ printf '\003'; cat "$tmp/env-ec.der"; } >"$s/certs-enveloped"
+printf '\003\x30\x0b\x06\x09\x2a\x86\x48\x86\xf7\x0d\x01\x07\x02' >"$s/certs-no-content"
+printf '\003' >"$s/certs-empty"
+
 # openssl writes key files 0600; these are test data, readable like any source file.
 find "$corpus" "$keys" -type f ! -name 'crash-*' -exec chmod 0644 {} +
 
@@ -234,7 +391,7 @@ big=$(find "$corpus" -type f ! -name 'crash-*' -size +8k)
 [[ -z $big ]] || { echo "make-corpus.sh: seeds over 8 KiB: $big" >&2; exit 1; }
 total=$(find "$corpus" -type f ! -name 'crash-*' -printf '%s\n' | awk '{s += $1} END {print s}')
 ((total < 300 * 1024)) || { echo "make-corpus.sh: corpus is $total bytes, over 300 KiB" >&2; exit 1; }
-for d in uri config envelope import; do
+for d in uri config envelope import est; do
     printf '%-9s %3d seeds\n' "$d" "$(find "$corpus/$d" -type f ! -name 'crash-*' | wc -l)"
 done
 echo "total $total bytes"
