@@ -71,7 +71,8 @@ for k in sign keygen cmc; do
     openssl verify -CAfile "$SERVER_CA" "$T/bc/$k.pem" >/dev/null || fail "the $k certificate does not verify"
     openssl x509 -in "$T/bc/$k.pem" -noout -subject -nameopt RFC2253 | grep -qF "${SUBJECT[$k]}" ||
         fail "the $k certificate's subject is not the one-time password's: $(openssl x509 -in "$T/bc/$k.pem" -noout -subject)"
-    SERIAL[$k]=$(openssl x509 -in "$T/bc/$k.pem" -noout -serial | sed 's/^serial=//' | tr 'A-F' 'a-f')
+    # lower-case hex; leading zeros compared away on both sides
+    SERIAL[$k]=$(openssl x509 -in "$T/bc/$k.pem" -noout -serial | sed 's/^serial=//; s/^0*//' | tr 'A-F' 'a-f')
 done
 [ "$(stat -c %a "$T/bc/keygen.key")" = 600 ] || fail "the generated key was written readable by others"
 [ "$(openssl pkey -in "$T/bc/keygen.key" -pubout)" = "$(openssl x509 -in "$T/bc/keygen.pem" -noout -pubkey)" ] ||
@@ -82,18 +83,18 @@ openssl x509 -in "$SERVER_CA" -noout -fingerprint -sha256 >"$T/fp2"
 cmp -s "$T/fp1" "$T/fp2" || fail "/cacerts did not return the CA certificate first"
 
 note "the database: archival for the encryption keys only, the passwords used, the enrollments audited"
-rec() { psql_val "SELECT count(*) || ' ' || coalesce(min(source), '-') FROM archive_records WHERE cert_serial = '$1'"; }
+rec() { psql_val "SELECT count(*) || ' ' || coalesce(min(source), '-') FROM archive_records WHERE ltrim(cert_serial, '0') = '$1'"; }
 [ "$(rec "${SERIAL[keygen]}")" = "1 enroll-server" ] || fail "serverkeygen archive record: $(rec "${SERIAL[keygen]}")"
 [ "$(rec "${SERIAL[cmc]}")" = "1 enroll-client" ] || fail "fullcmc archive record: $(rec "${SERIAL[cmc]}")"
 [ "$(rec "${SERIAL[sign]}")" = "0 -" ] || fail "the signing key was archived"
 for k in sign keygen cmc; do
     want=encryption; [ "$k" = sign ] && want=signing
-    [ "$(psql_val "SELECT profile FROM certificates WHERE serial = '${SERIAL[$k]}'")" = "$want" ] ||
+    [ "$(psql_val "SELECT profile FROM certificates WHERE ltrim(serial, '0') = '${SERIAL[$k]}'")" = "$want" ] ||
         fail "the $k certificate is not recorded under profile $want"
     [ "$(psql_val "SELECT used_at IS NOT NULL FROM enrollment_passwords WHERE name = '${OTP[$k]}'")" = t ] ||
         fail "the $k one-time password is not marked used"
     [ "$(psql_val "SELECT count(*) FROM audit_events WHERE action = 'enroll.issue' AND outcome = 'ok'
-                   AND object = '${SERIAL[$k]}' AND actor = 'est:otp:${OTP[$k]}'")" = 1 ] ||
+                   AND ltrim(object, '0') = '${SERIAL[$k]}' AND actor = 'est:otp:${OTP[$k]}'")" = 1 ] ||
         fail "no enroll.issue audit event for the $k certificate ${SERIAL[$k]}"
 done
 [ "$(psql_val "SELECT count(*) FROM audit_events WHERE action = 'enroll.issue' AND outcome = 'ok'")" = 3 ] ||

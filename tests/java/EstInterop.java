@@ -60,7 +60,6 @@ import java.security.cert.TrustAnchor;
 import java.security.cert.X509Certificate;
 import java.security.interfaces.ECPublicKey;
 import java.security.spec.ECGenParameterSpec;
-import java.security.spec.MGF1ParameterSpec;
 import java.util.Base64;
 import java.util.Collection;
 import java.util.Collections;
@@ -68,8 +67,6 @@ import java.util.HashMap;
 import java.util.List;
 import java.util.Map;
 
-import javax.crypto.spec.OAEPParameterSpec;
-import javax.crypto.spec.PSource;
 import javax.net.ssl.HttpsURLConnection;
 import javax.net.ssl.SSLContext;
 import javax.net.ssl.SSLSocketFactory;
@@ -101,7 +98,6 @@ import org.bouncycastle.cms.CMSSignedData;
 import org.bouncycastle.cms.CMSSignedDataGenerator;
 import org.bouncycastle.cms.jcajce.JceCMSContentEncryptorBuilder;
 import org.bouncycastle.cms.jcajce.JceKeyAgreeRecipientInfoGenerator;
-import org.bouncycastle.cms.jcajce.JceKeyTransRecipientInfoGenerator;
 import org.bouncycastle.cms.jcajce.JcaSignerInfoGeneratorBuilder;
 import org.bouncycastle.est.CACertsResponse;
 import org.bouncycastle.est.CSRAttributesResponse;
@@ -121,7 +117,6 @@ import org.bouncycastle.operator.ContentSigner;
 import org.bouncycastle.operator.jcajce.JcaContentSignerBuilder;
 import org.bouncycastle.operator.jcajce.JcaContentVerifierProviderBuilder;
 import org.bouncycastle.operator.jcajce.JcaDigestCalculatorProviderBuilder;
-import org.bouncycastle.operator.jcajce.JceAsymmetricKeyWrapper;
 import org.bouncycastle.pkcs.PKCS10CertificationRequest;
 import org.bouncycastle.pkcs.jcajce.JcaPKCS10CertificationRequestBuilder;
 import org.bouncycastle.util.io.pem.PemObject;
@@ -309,19 +304,15 @@ public final class EstInterop {
 	private static byte[] fullPkiRequest(PKCS10CertificationRequest csr, KeyPair key, X509Certificate transport) throws Exception {
 		byte[] pkcs8 = PrivateKeyInfo.getInstance(key.getPrivate().getEncoded()).getEncoded("DER");
 		CMSEnvelopedDataGenerator eg = new CMSEnvelopedDataGenerator();
-		if (transport.getPublicKey() instanceof ECPublicKey) {
-			KeyPairGenerator kpg = KeyPairGenerator.getInstance("EC", "BC");
-			kpg.initialize(((ECPublicKey)transport.getPublicKey()).getParams(), new SecureRandom());
-			KeyPair eph = kpg.generateKeyPair();
-			JceKeyAgreeRecipientInfoGenerator kari = new JceKeyAgreeRecipientInfoGenerator(
-				CMSAlgorithm.ECDH_SHA256KDF, eph.getPrivate(), eph.getPublic(), CMSAlgorithm.AES256_WRAP);
-			kari.addRecipient(transport);
-			eg.addRecipientInfoGenerator(kari.setProvider("BC"));
-		} else {
-			OAEPParameterSpec oaep = new OAEPParameterSpec("SHA-256", "MGF1", MGF1ParameterSpec.SHA256, PSource.PSpecified.DEFAULT);
-			eg.addRecipientInfoGenerator(new JceKeyTransRecipientInfoGenerator(transport,
-				new JceAsymmetricKeyWrapper(oaep, transport.getPublicKey()).setProvider("BC")).setProvider("BC"));
-		}
+		if (!(transport.getPublicKey() instanceof ECPublicKey))
+			throw new IllegalStateException("the transport key is not EC: this client does ECDH (setup's default, EC P-256) only");
+		KeyPairGenerator kpg = KeyPairGenerator.getInstance("EC", "BC");
+		kpg.initialize(((ECPublicKey)transport.getPublicKey()).getParams(), new SecureRandom());
+		KeyPair eph = kpg.generateKeyPair();
+		JceKeyAgreeRecipientInfoGenerator kari = new JceKeyAgreeRecipientInfoGenerator(
+			CMSAlgorithm.ECDH_SHA256KDF, eph.getPrivate(), eph.getPublic(), CMSAlgorithm.AES256_WRAP);
+		kari.addRecipient(transport);
+		eg.addRecipientInfoGenerator(kari.setProvider("BC"));
 		CMSEnvelopedData env = eg.generate(new CMSProcessableByteArray(pkcs8),
 			new JceCMSContentEncryptorBuilder(CMSAlgorithm.AES256_CBC).setProvider("BC").build());
 		java.util.Arrays.fill(pkcs8, (byte)0);
