@@ -9,6 +9,7 @@
 
 #include <openssl/evp.h>
 #include <openssl/x509.h>
+#include <openssl/x509v3.h>
 
 #include <p11escrow/ctx.h>
 #include <p11escrow/err.h>
@@ -54,6 +55,31 @@ enum esc_cert_profile {
  */
 enum esc_err esc_ca_issue(struct esc_ctx *ctx, X509 *ca_cert, EVP_PKEY *signer, EVP_PKEY *pub,
 			  const X509_NAME *subject, int days, enum esc_cert_profile profile, X509 **out) ESC_MUST_CHECK;
+
+/* What an end-entity certificate carries besides the CA's own choices. */
+struct esc_ee_spec {
+	const X509_NAME *subject;   /* non-empty */
+	EVP_PKEY *pub;              /* the certified public key */
+	const GENERAL_NAMES *san;   /* subjectAltName entries; NULL or empty: no extension */
+	const char *key_usage;      /* keyUsage in OpenSSL's configuration syntax, e.g. "critical,keyAgreement" */
+	const char *ext_key_usage;  /* extendedKeyUsage, e.g. "emailProtection,clientAuth"; NULL: none */
+	int days;                   /* validity from now (1..36500), capped at the CA certificate's notAfter */
+};
+
+/*
+ * Issue an end-entity certificate for spec under ca_cert, signed by signer
+ * (the CA key on its token): a random 159-bit serial, basicConstraints
+ * CA:FALSE, keyUsage and extendedKeyUsage as given, subjectAltName,
+ * subject and authority key identifiers; notBefore 5 minutes back.  The
+ * signature is verified with ca_cert's public key before return, so a
+ * signer that is not ca_cert's key never yields a certificate.  Extensions
+ * a request asked for are never copied: the caller decides every one.
+ * Errors: USAGE (empty subject, validity, bad usage text), STATE (the CA
+ * certificate has expired), PKCS11 (the token did not sign), MISMATCH,
+ * CRYPTO.
+ */
+enum esc_err esc_ca_issue_ee(struct esc_ctx *ctx, X509 *ca_cert, EVP_PKEY *signer, const struct esc_ee_spec *spec,
+			     X509 **out) ESC_MUST_CHECK;
 
 #define ESC_OID_KRA_EKU "1.3.6.1.4.1.311.21.6"
 

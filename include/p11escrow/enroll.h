@@ -162,6 +162,26 @@ enum esc_err esc_otp_create(struct esc_ctx *ctx, struct esc_store *st, const str
 enum esc_err esc_otp_check(struct esc_ctx *ctx, struct esc_store *st, const char *name,
 			   const struct esc_secret *password, struct esc_otp_grant *grant) ESC_MUST_CHECK;
 
+struct esc_otp_info {
+	char name[65];
+	char subject[512];       /* RFC 2253 */
+	char profile[32];
+	char created_by[65];     /* account name */
+	char created[32];        /* "YYYY-MM-DD HH:MM:SSZ" (UTC) */
+	char expires[32];
+	char used[32];           /* "" while unused */
+	char state[12];          /* "unused", "used" or "expired" */
+};
+
+/*
+ * One-time enrollment passwords, newest first (at most 1000), or only the
+ * one called name (non-NULL).  Never a password or hash.  actor must be an
+ * administrator, certificate manager or auditor.  *out is malloc'ed (the
+ * caller frees it), *n its length.  Errors: DENIED, DB.
+ */
+enum esc_err esc_otp_list(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor,
+			  const char *name, struct esc_otp_info **out, size_t *n) ESC_MUST_CHECK;
+
 /* ---- The service's own TLS certificate -------------------------------------- */
 
 /*
@@ -173,5 +193,16 @@ enum esc_err esc_otp_check(struct esc_ctx *ctx, struct esc_store *st, const char
 enum esc_err esc_enroll_server_cert(struct esc_ctx *ctx, struct esc_store *st, struct esc_keeper *k,
 				    const char *const *names, size_t nnames, EVP_PKEY **key, X509 **cert)
 	ESC_MUST_CHECK;
+
+/*
+ * The same on behalf of an account (the CLI's service-cert), which must be
+ * an administrator (DENIED otherwise) and is named in the audit trail.
+ * actor NULL is esc_enroll_server_cert: the holder of the logged-in CA
+ * token ("ca-token"), as the service issuing its own certificate.
+ * Errors: DENIED, and those above.
+ */
+enum esc_err esc_enroll_server_cert_as(struct esc_ctx *ctx, struct esc_store *st, struct esc_keeper *k,
+				       const struct esc_account *actor, const char *const *names, size_t nnames,
+				       EVP_PKEY **key, X509 **cert) ESC_MUST_CHECK;
 
 #endif

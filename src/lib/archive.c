@@ -152,9 +152,14 @@ choose_kras(struct esc_ctx *ctx, struct esc_store *st, struct kra_set *ks)
 	free(size);
 	if (want < 1 || want > MAX_KRA_SET)
 		return esc_error(ctx, ESC_ERR_CONFIG, "policy kra_set_size must be 1..%d", MAX_KRA_SET);
+	/*
+	 * FOR SHARE: a KRA chosen here cannot be retired before this record
+	 * commits, and one being retired is waited for and then skipped (even
+	 * in a READ COMMITTED transaction, as enrollment's; see kra.c).
+	 */
 	if ((r = esc_store_exec(ctx, st,
 				"SELECT id, name, recipient, certificate FROM kras WHERE state = 'active' ORDER BY id "
-				"LIMIT 64",
+				"LIMIT 64 FOR SHARE",
 				0, NULL, NULL, NULL, &res)) != ESC_OK)
 		return r;
 	rows = PQntuples(res);

@@ -301,6 +301,65 @@ out:
 	return r;
 }
 
+enum esc_err
+esc_ca_issue_ee(struct esc_ctx *ctx, X509 *ca_cert, EVP_PKEY *signer, const struct esc_ee_spec *spec, X509 **out)
+{
+	X509 *x = NULL;
+	EVP_PKEY *ca_pub = X509_get0_pubkey(ca_cert);
+	enum esc_err r;
+
+	if (spec->subject == NULL || X509_NAME_entry_count(spec->subject) == 0)
+		return esc_error(ctx, ESC_ERR_USAGE, "an end-entity certificate needs a subject");
+	if (spec->key_usage == NULL || *spec->key_usage == '\0')
+		return esc_error(ctx, ESC_ERR_USAGE, "an end-entity certificate needs a key usage");
+	if (ca_pub == NULL)
+		return esc_error_ossl(ctx, ESC_ERR_BAD_INPUT, "the CA certificate has no usable public key");
+	if (X509_cmp_current_time(X509_get0_notAfter(ca_cert)) <= 0)
+		return esc_error(ctx, ESC_ERR_STATE, "the CA certificate has expired: it issues nothing more");
+	if ((r = new_cert(ctx, spec->pub, spec->subject, spec->days, &x)) != ESC_OK)
+		return r;
+	/* Never valid beyond the CA certificate itself (RFC 5280 path validation would fail). */
+	if (ASN1_TIME_compare(X509_get0_notAfter(x), X509_get0_notAfter(ca_cert)) > 0 &&
+	    !X509_set1_notAfter(x, X509_get0_notAfter(ca_cert))) {
+		r = esc_error_ossl(ctx, ESC_ERR_CRYPTO, "cannot limit the certificate's validity");
+		goto out;
+	}
+	if (!X509_set_issuer_name(x, X509_get_subject_name(ca_cert)) ||
+	    !add_ext(ca_cert, x, NID_basic_constraints, "critical,CA:FALSE") ||
+	    !add_ext(ca_cert, x, NID_subject_key_identifier, "hash") ||
+	    !add_ext(ca_cert, x, NID_authority_key_identifier, "keyid:always")) {
+		r = esc_error_ossl(ctx, ESC_ERR_CRYPTO, "cannot add the certificate's extensions");
+		goto out;
+	}
+	if (!add_ext(ca_cert, x, NID_key_usage, spec->key_usage) ||
+	    (spec->ext_key_usage != NULL && !add_ext(ca_cert, x, NID_ext_key_usage, spec->ext_key_usage))) {
+		r = esc_error_ossl(ctx, ESC_ERR_USAGE, "cannot add key usage '%s' / extended key usage '%s'",
+				   spec->key_usage, spec->ext_key_usage ? spec->ext_key_usage : "");
+		goto out;
+	}
+	if (spec->san != NULL && sk_GENERAL_NAME_num(spec->san) > 0 &&
+	    X509_add1_ext_i2d(x, NID_subject_alt_name, (void *)spec->san, 0, X509V3_ADD_APPEND) != 1) {
+		r = esc_error_ossl(ctx, ESC_ERR_CRYPTO, "cannot add the subject alternative names");
+		goto out;
+	}
+	if (X509_sign(x, signer, digest_for(ca_pub)) <= 0) {
+		r = esc_error_ossl(ctx, ESC_ERR_PKCS11, "the CA token could not sign the certificate");
+		goto out;
+	}
+	if (X509_verify(x, ca_pub) != 1) {
+		r = esc_error_ossl(ctx, ESC_ERR_MISMATCH,
+				   "the certificate's signature does not verify with the CA certificate: the token "
+				   "signed with another key");
+		goto out;
+	}
+	*out = x;
+	x = NULL; /* transferred */
+	r = ESC_OK;
+out:
+	X509_free(x);
+	return r;
+}
+
 int
 esc_cert_matches_key(X509 *cert, EVP_PKEY *pub)
 {

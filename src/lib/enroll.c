@@ -1,2 +1,1521 @@
-/* p11escrow — enroll (being implemented). */
+/*
+ * Enrollment: built-in certificate profiles, the keeper (one thread's
+ * logged-in CA token session), one-time enrollment passwords, and issuance
+ * that commits the certificate, its archive record and the audit event in
+ * one transaction.
+ *
+ * The keeper is the only holder of the CA signing and transport keys: it
+ * signs only certificates built here from a profile of the table below
+ * (never extensions a request asks for), and decrypts only CMS envelopes
+ * addressed to the transport certificate, whose content must be a PKCS#8
+ * private key.
+ */
+#include <arpa/inet.h>
+#include <ctype.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/cms.h>
+#include <openssl/core_names.h>
+#include <openssl/crypto.h>
+#include <openssl/ec.h>
+#include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/proverr.h>
+#include <openssl/rand.h>
+#include <openssl/rsa.h>
+#include <openssl/x509.h>
+#include <openssl/x509v3.h>
+
+#include <p11escrow/audit.h>
+#include <p11escrow/ca.h>
 #include <p11escrow/enroll.h>
+#include <p11escrow/envelope.h>
+#include <p11escrow/setup.h>
+
+#include "internal.h"
+#include "store_internal.h"
+
+/* Transactions that lose a race (audit chain, serialisation) are retried this often in all. */
+#define TX_ATTEMPTS 5
+/* A serial already taken is redrawn (and re-signed) at most this often: 159 random bits never collide. */
+#define SERIAL_DRAWS 3
+#define MAX_SERVER_NAMES 16
+#define DNS_NAME_MAX 253
+#define CN_MAX 64
+#define OTP_PASSWORD_LEN 20
+#define OTP_NAME_ATTEMPTS 3
+#define OTP_HOURS_MAX 720
+/* Unambiguous characters only: no 0/O/o, 1/l/I/i.  55 symbols, 20 of them: 115 bits. */
+#define OTP_ALPHABET "23456789abcdefghjkmnpqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ"
+
+/*
+ * Verified for unknown names, so an unknown enrollment password name costs
+ * the same Argon2id computation as a known one (as esc_account_login does).
+ * Made with the library's parameters from a random password then thrown
+ * away: nothing verifies against it.
+ */
+static const char dummy_hash[] =
+	"$argon2id$v=19$m=65536,t=3,p=1$1pxQta3u+As5ydCtgevAVQ$QjYh/VfSEpV8mwFCc+AbHJK+To20kP79f1X+hQ21zP4";
+
+/* ---- Profiles ------------------------------------------------------------ */
+
+struct profile_def {
+	struct esc_profile p; /* first: esc_profile_at() hands out &def->p */
+	const char *ku_rsa;   /* keyUsage for RSA keys */
+	const char *ku_ec;    /* ... for EC keys */
+	const char *eku;      /* extendedKeyUsage */
+	int email_san;        /* copy the subject's emailAddress into subjectAltName (S/MIME) */
+};
+
+#define ALL_KEYS (ESC_EKEY_RSA2048 | ESC_EKEY_RSA3072 | ESC_EKEY_RSA4096 | ESC_EKEY_EC_P256 | ESC_EKEY_EC_P384)
+
+static const struct profile_def profiles[] = {
+	{{"encryption", "encryption keys (S/MIME, files), archived at enrollment; server-generated keys are EC P-256",
+	  1, 0, ALL_KEYS, ESC_EKEY_EC_P256, 365, 1},
+	 "critical,keyEncipherment", "critical,keyAgreement", "emailProtection", 1},
+	{{"encryption-rsa", "as encryption, but server-generated keys are RSA-2048", 1, 0, ALL_KEYS, ESC_EKEY_RSA2048,
+	  365, 1},
+	 "critical,keyEncipherment", "critical,keyAgreement", "emailProtection", 1},
+	{{"signing", "signing keys (S/MIME signatures, TLS client authentication); never archived, never generated",
+	  0, 1, ALL_KEYS, 0, 365, 1},
+	 "critical,digitalSignature,nonRepudiation", "critical,digitalSignature,nonRepudiation",
+	 "emailProtection,clientAuth", 1},
+	{{"tls-server", "the service's own TLS server certificate (p11escrow service-cert); not enrollable", 0, 1,
+	  ESC_EKEY_EC_P256, ESC_EKEY_EC_P256, 825, 0},
+	 "critical,digitalSignature", "critical,digitalSignature", "serverAuth", 0},
+};
+
+static const struct {
+	unsigned type;
+	const char *name;
+} key_names[] = {
+	{ESC_EKEY_RSA2048, "rsa2048"}, {ESC_EKEY_RSA3072, "rsa3072"}, {ESC_EKEY_RSA4096, "rsa4096"},
+	{ESC_EKEY_EC_P256, "ec-p256"}, {ESC_EKEY_EC_P384, "ec-p384"},
+};
+
+const struct esc_profile *
+esc_profile_find(const char *name)
+{
+	size_t i;
+
+	if (name == NULL || *name == '\0')
+		name = ESC_PROFILE_DEFAULT;
+	for (i = 0; i < ESC_ARRAY_LEN(profiles); i++)
+		if (strcmp(profiles[i].p.name, name) == 0)
+			return &profiles[i].p;
+	return NULL;
+}
+
+const struct esc_profile *
+esc_profile_at(size_t i)
+{
+	return i < ESC_ARRAY_LEN(profiles) ? &profiles[i].p : NULL;
+}
+
+/*
+ * The table entry for p: the caller's pointer, or a profile of the same
+ * name — whose rules are then the table's, never the caller's copy.
+ */
+static const struct profile_def *
+def_of(const struct esc_profile *p)
+{
+	size_t i;
+
+	if (p == NULL || p->name == NULL)
+		return NULL;
+	for (i = 0; i < ESC_ARRAY_LEN(profiles); i++)
+		if (p == &profiles[i].p || strcmp(p->name, profiles[i].p.name) == 0)
+			return &profiles[i];
+	return NULL;
+}
+
+static const char *
+key_name(unsigned type)
+{
+	size_t i;
+
+	for (i = 0; i < ESC_ARRAY_LEN(key_names); i++)
+		if (key_names[i].type == type)
+			return key_names[i].name;
+	return NULL;
+}
+
+/* "rsa2048, ec-p256" for a set of key types. */
+static void
+key_list(unsigned types, char *buf, size_t len)
+{
+	size_t i, used = 0;
+
+	buf[0] = '\0';
+	for (i = 0; i < ESC_ARRAY_LEN(key_names); i++) {
+		if (!(types & key_names[i].type))
+			continue;
+		snprintf(buf + used, len - used, "%s%s", used ? ", " : "", key_names[i].name);
+		used = strlen(buf);
+	}
+}
+
+static int
+ec_curve_nid(EVP_PKEY *pub)
+{
+	char group[64];
+	size_t glen = 0;
+	int nid;
+
+	if (EVP_PKEY_get_utf8_string_param(pub, OSSL_PKEY_PARAM_GROUP_NAME, group, sizeof(group), &glen) != 1) {
+		ERR_clear_error();
+		return NID_undef;
+	}
+	if ((nid = OBJ_sn2nid(group)) == NID_undef)
+		nid = EC_curve_nist2nid(group);
+	return nid;
+}
+
+unsigned
+esc_enroll_key_type(EVP_PKEY *pub)
+{
+	BIGNUM *e = NULL;
+	unsigned type = 0;
+	int bits;
+
+	if (pub == NULL)
+		return 0;
+	if (EVP_PKEY_is_a(pub, "RSA")) {
+		/* An odd public exponent of at least 65537, as CAs require. */
+		if (EVP_PKEY_get_bn_param(pub, OSSL_PKEY_PARAM_RSA_E, &e) != 1 || !BN_is_odd(e) ||
+		    BN_num_bits(e) < 17) {
+			ERR_clear_error();
+			BN_free(e);
+			return 0;
+		}
+		BN_free(e);
+		bits = EVP_PKEY_get_bits(pub);
+		type = bits == 2048 ? ESC_EKEY_RSA2048 : bits == 3072 ? ESC_EKEY_RSA3072 : bits == 4096 ? ESC_EKEY_RSA4096 : 0;
+	} else if (EVP_PKEY_is_a(pub, "EC")) {
+		switch (ec_curve_nid(pub)) {
+		case NID_X9_62_prime256v1:
+			type = ESC_EKEY_EC_P256;
+			break;
+		case NID_secp384r1:
+			type = ESC_EKEY_EC_P384;
+			break;
+		default:
+			break;
+		}
+	}
+	return type;
+}
+
+/* What to call a key we do not accept, for the message. */
+static void
+describe_key(EVP_PKEY *pub, char *buf, size_t len)
+{
+	if (EVP_PKEY_is_a(pub, "RSA"))
+		snprintf(buf, len, "rsa%d (or an unusual public exponent)", EVP_PKEY_get_bits(pub));
+	else if (EVP_PKEY_is_a(pub, "EC"))
+		snprintf(buf, len, "EC on curve %s", OBJ_nid2sn(ec_curve_nid(pub)) ? OBJ_nid2sn(ec_curve_nid(pub)) : "?");
+	else
+		snprintf(buf, len, "%s", EVP_PKEY_get0_type_name(pub) ? EVP_PKEY_get0_type_name(pub) : "unknown type");
+}
+
+enum esc_err
+esc_profile_check_key(struct esc_ctx *ctx, const struct esc_profile *p, EVP_PKEY *pub)
+{
+	const struct profile_def *def = def_of(p);
+	unsigned type;
+	char found[64], allowed[96];
+
+	if (def == NULL)
+		return esc_error(ctx, ESC_ERR_USAGE, "unknown certificate profile");
+	if (pub == NULL)
+		return esc_error(ctx, ESC_ERR_USAGE, "no public key to check");
+	type = esc_enroll_key_type(pub);
+	if (type != 0 && (def->p.keys & type))
+		return ESC_OK;
+	key_list(def->p.keys, allowed, sizeof(allowed));
+	if (type != 0)
+		snprintf(found, sizeof(found), "%s", key_name(type));
+	else
+		describe_key(pub, found, sizeof(found));
+	return esc_error(ctx, ESC_ERR_POLICY, "profile '%s' does not allow %s keys (allowed: %s)", def->p.name, found,
+			 allowed);
+}
+
+enum esc_err
+esc_profile_generate_key(struct esc_ctx *ctx, const struct esc_profile *p, EVP_PKEY **out)
+{
+	const struct profile_def *def = def_of(p);
+	EVP_PKEY *key = NULL;
+
+	if (def == NULL)
+		return esc_error(ctx, ESC_ERR_USAGE, "unknown certificate profile");
+	switch (def->p.keygen) {
+	case ESC_EKEY_RSA2048:
+		key = EVP_RSA_gen(2048);
+		break;
+	case ESC_EKEY_RSA3072:
+		key = EVP_RSA_gen(3072);
+		break;
+	case ESC_EKEY_EC_P256:
+		key = EVP_EC_gen("P-256");
+		break;
+	case ESC_EKEY_EC_P384:
+		key = EVP_EC_gen("P-384");
+		break;
+	case 0:
+		return esc_error(ctx, ESC_ERR_POLICY,
+				 "profile '%s' has no server-generated keys%s", def->p.name,
+				 def->p.signing ? ": a signing key is made by its owner and never leaves them" : "");
+	default:
+		return esc_error(ctx, ESC_ERR_INTERNAL, "profile '%s' names an unknown key type", def->p.name);
+	}
+	if (key == NULL)
+		return esc_error_ossl(ctx, ESC_ERR_CRYPTO, "cannot generate a %s key", key_name(def->p.keygen));
+	*out = key;
+	return ESC_OK;
+}
+
+/* ---- The keeper ------------------------------------------------------------ */
+
+struct esc_keeper {
+	struct esc_token *tok;
+	EVP_PKEY *signer;    /* the CA signing key, operations on the token */
+	EVP_PKEY *transport; /* the transport private key, operations on the token */
+	X509 *ca_cert;
+	STACK_OF(X509) *chain;
+	X509 *transport_cert;
+};
+
+void
+esc_keeper_free(struct esc_keeper *k)
+{
+	if (k == NULL)
+		return;
+	/* The token-backed keys first: they must not outlive the token. */
+	EVP_PKEY_free(k->signer);
+	EVP_PKEY_free(k->transport);
+	esc_token_free(k->tok);
+	X509_free(k->ca_cert);
+	sk_X509_pop_free(k->chain, X509_free);
+	X509_free(k->transport_cert);
+	free(k);
+}
+
+X509 *
+esc_keeper_ca_cert(const struct esc_keeper *k)
+{
+	return k->ca_cert;
+}
+
+STACK_OF(X509) *esc_keeper_chain(const struct esc_keeper *k)
+{
+	return k->chain;
+}
+
+X509 *
+esc_keeper_transport_cert(const struct esc_keeper *k)
+{
+	return k->transport_cert;
+}
+
+struct esc_token *
+esc_keeper_token(struct esc_keeper *k)
+{
+	return k->tok;
+}
+
+/* The active CA's certificate and the chain above it (DER certificates, concatenated). */
+static enum esc_err
+load_ca(struct esc_ctx *ctx, struct esc_store *st, X509 **cert, STACK_OF(X509) **chain)
+{
+	PGresult *res = NULL;
+	STACK_OF(X509) *sk = NULL;
+	unsigned char *der = NULL;
+	const unsigned char *p, *end;
+	X509 *ca = NULL, *x;
+	long len = 0;
+	enum esc_err r;
+
+	if ((r = esc_store_exec(ctx, st, "SELECT certificate, chain FROM ca WHERE state = 'active'", 0, NULL, NULL, NULL,
+				&res)) != ESC_OK)
+		return r;
+	if (PQntuples(res) != 1 || PQgetisnull(res, 0, 0)) {
+		r = esc_error(ctx, ESC_ERR_STATE, "there is no active CA: run 'p11escrow setup'");
+		goto out;
+	}
+	if ((ca = esc_store_cert_from_text(PQgetvalue(res, 0, 0))) == NULL) {
+		r = esc_error(ctx, ESC_ERR_BAD_INPUT, "the stored CA certificate is not a DER certificate");
+		goto out;
+	}
+	if ((sk = sk_X509_new_null()) == NULL) {
+		r = esc_error(ctx, ESC_ERR_NOMEM, "out of memory");
+		goto out;
+	}
+	if (!PQgetisnull(res, 0, 1) && PQgetlength(res, 0, 1) > 2) {
+		const char *hex = PQgetvalue(res, 0, 1);
+
+		if (strncmp(hex, "\\x", 2) != 0 || (der = OPENSSL_hexstr2buf(hex + 2, &len)) == NULL) {
+			r = esc_error(ctx, ESC_ERR_BAD_INPUT, "the stored CA chain is unreadable");
+			goto out;
+		}
+		for (p = der, end = der + len; p < end;) {
+			if ((x = d2i_X509(NULL, &p, end - p)) == NULL) {
+				r = esc_error_ossl(ctx, ESC_ERR_BAD_INPUT, "the stored CA chain holds something else "
+									   "than DER certificates");
+				goto out;
+			}
+			if (!sk_X509_push(sk, x)) {
+				X509_free(x);
+				r = esc_error(ctx, ESC_ERR_NOMEM, "out of memory");
+				goto out;
+			}
+		}
+	}
+	*cert = ca;
+	*chain = sk;
+	ca = NULL;
+	sk = NULL; /* transferred */
+	r = ESC_OK;
+out:
+	OPENSSL_free(der);
+	X509_free(ca);
+	sk_X509_pop_free(sk, X509_free);
+	PQclear(res);
+	return r;
+}
+
+/* The private key recorded for role, on tok, after checking it is cert's key. */
+static enum esc_err
+keeper_key(struct esc_ctx *ctx, struct esc_token *tok, const char *uri, X509 *cert, const char *what, EVP_PKEY **out)
+{
+	struct esc_token_key *key = NULL;
+	EVP_PKEY *pub = NULL, *priv = NULL;
+	enum esc_err r;
+
+	if ((r = esc_token_find_key(ctx, tok, uri, &key)) != ESC_OK ||
+	    (r = esc_token_key_public(ctx, tok, key, &pub)) != ESC_OK)
+		goto out;
+	if (X509_get0_pubkey(cert) == NULL || EVP_PKEY_eq(X509_get0_pubkey(cert), pub) != 1) {
+		ERR_clear_error();
+		r = esc_error(ctx, ESC_ERR_MISMATCH, "the %s key on token '%s' is not the key of the %s certificate", what,
+			      esc_token_label(tok), what);
+		goto out;
+	}
+	if ((r = esc_token_key_private(ctx, tok, key, &priv)) != ESC_OK)
+		goto out;
+	*out = priv;
+	r = ESC_OK;
+out:
+	EVP_PKEY_free(pub);
+	esc_token_key_free(key);
+	return r;
+}
+
+enum esc_err
+esc_keeper_open(struct esc_ctx *ctx, struct esc_store *st, const char *module, const struct esc_secret *pin,
+		struct esc_keeper **out)
+{
+	struct esc_keeper *k = NULL;
+	char *sign_uri = NULL, *transport_uri = NULL;
+	enum esc_err r;
+
+	if (st == NULL || pin == NULL || out == NULL)
+		return esc_error(ctx, ESC_ERR_INTERNAL, "esc_keeper_open: NULL argument");
+	if ((k = calloc(1, sizeof(*k))) == NULL)
+		return esc_error(ctx, ESC_ERR_NOMEM, "out of memory");
+	/* Everything the database knows first: no token is touched for a CA that is not there. */
+	if ((r = load_ca(ctx, st, &k->ca_cert, &k->chain)) != ESC_OK ||
+	    (r = esc_setup_key_uri(ctx, st, "ca-sign", &sign_uri)) != ESC_OK ||
+	    (r = esc_setup_key_uri(ctx, st, "transport", &transport_uri)) != ESC_OK)
+		goto out;
+	if ((r = esc_store_get_cert(ctx, st, "the transport certificate",
+				    "SELECT certificate FROM token_keys WHERE role = 'transport'", 0, NULL,
+				    &k->transport_cert)) != ESC_OK) {
+		if (r == ESC_ERR_NOT_FOUND)
+			r = esc_error(ctx, ESC_ERR_STATE, "no transport certificate is recorded: run 'p11escrow setup'");
+		goto out;
+	}
+	/*
+	 * The token module is shared by every keeper of the process, and so is
+	 * the login: a second C_Login answers CKR_USER_ALREADY_LOGGED_IN, which
+	 * esc_token_login accepts.
+	 */
+	if ((r = esc_token_open(ctx, module, sign_uri, &k->tok)) != ESC_OK ||
+	    (r = esc_token_login(ctx, k->tok, pin)) != ESC_OK ||
+	    (r = keeper_key(ctx, k->tok, sign_uri, k->ca_cert, "CA", &k->signer)) != ESC_OK ||
+	    (r = keeper_key(ctx, k->tok, transport_uri, k->transport_cert, "transport", &k->transport)) != ESC_OK)
+		goto out;
+	*out = k;
+	k = NULL; /* transferred */
+	r = ESC_OK;
+out:
+	esc_keeper_free(k);
+	free(sign_uri);
+	free(transport_uri);
+	return r;
+}
+
+/* Is cert among the envelope's key-transport or key-agreement recipients? */
+static int
+addressed_to(CMS_ContentInfo *cms, X509 *cert)
+{
+	STACK_OF(CMS_RecipientInfo) *ris = CMS_get0_RecipientInfos(cms);
+	int i, j;
+
+	for (i = 0; i < sk_CMS_RecipientInfo_num(ris); i++) {
+		CMS_RecipientInfo *ri = sk_CMS_RecipientInfo_value(ris, i);
+		STACK_OF(CMS_RecipientEncryptedKey) *reks;
+
+		switch (CMS_RecipientInfo_type(ri)) {
+		case CMS_RECIPINFO_TRANS:
+			if (CMS_RecipientInfo_ktri_cert_cmp(ri, cert) == 0)
+				return 1;
+			break;
+		case CMS_RECIPINFO_AGREE:
+			reks = CMS_RecipientInfo_kari_get0_reks(ri);
+			for (j = 0; j < sk_CMS_RecipientEncryptedKey_num(reks); j++)
+				if (CMS_RecipientEncryptedKey_cert_cmp(sk_CMS_RecipientEncryptedKey_value(reks, j), cert) ==
+				    0)
+					return 1;
+			break;
+		default:
+			break;
+		}
+	}
+	return 0;
+}
+
+/*
+ * Empty OpenSSL's error queue: did the failure come from an integrity check
+ * (a wrapped key that does not unwrap)?  why gets the first reason.
+ */
+static int
+integrity_failure(char *why, size_t len)
+{
+	unsigned long e;
+	int unwrap = 0;
+
+	why[0] = '\0';
+	while ((e = ERR_get_error()) != 0) {
+		/* AES key unwrap: CMS says so, or the provider's integrity check failed under it. */
+		if ((ERR_GET_LIB(e) == ERR_LIB_CMS && ERR_GET_REASON(e) == CMS_R_UNWRAP_ERROR) ||
+		    (ERR_GET_LIB(e) == ERR_LIB_PROV && ERR_GET_REASON(e) == PROV_R_CIPHER_OPERATION_FAILED))
+			unwrap = 1;
+		if (why[0] == '\0' && ERR_reason_error_string(e) != NULL)
+			snprintf(why, len, ": %s", ERR_reason_error_string(e));
+	}
+	return unwrap;
+}
+
+enum esc_err
+esc_keeper_open_transport(struct esc_ctx *ctx, struct esc_keeper *k, const unsigned char *env, size_t envlen,
+			  EVP_PKEY **key)
+{
+	CMS_ContentInfo *cms = NULL;
+	PKCS8_PRIV_KEY_INFO *p8 = NULL;
+	EVP_PKEY *pkey = NULL;
+	BIO *bout = NULL;
+	BUF_MEM *mem = NULL;
+	const unsigned char *p = env;
+	char why[160];
+	int type;
+	enum esc_err r;
+
+	if (k == NULL || env == NULL || key == NULL)
+		return esc_error(ctx, ESC_ERR_INTERNAL, "esc_keeper_open_transport: NULL argument");
+	if (envlen == 0 || envlen > ESC_ENVELOPE_MAX)
+		return esc_error(ctx, ESC_ERR_BAD_INPUT, "an archival envelope must be 1..%d bytes", ESC_ENVELOPE_MAX);
+	if ((cms = d2i_CMS_ContentInfo(NULL, &p, (long)envlen)) == NULL || p != env + envlen) {
+		r = esc_error(ctx, ESC_ERR_BAD_INPUT, "the archival envelope is not one DER CMS structure");
+		goto out;
+	}
+	type = OBJ_obj2nid(CMS_get0_type(cms));
+	if (type != NID_pkcs7_enveloped && type != NID_id_smime_ct_authEnvelopedData) {
+		r = esc_error(ctx, ESC_ERR_BAD_INPUT,
+			      "the archival envelope is not a CMS EnvelopedData or AuthEnvelopedData");
+		goto out;
+	}
+	/* The one question the keeper answers: is this addressed to our transport certificate? */
+	if (!addressed_to(cms, k->transport_cert)) {
+		r = esc_error(ctx, ESC_ERR_NOT_RECIPIENT,
+			      "the archival envelope is not encrypted to this CA's transport certificate");
+		goto out;
+	}
+	/*
+	 * RSA key transport: OpenSSL answers success even when the token's
+	 * decryption fails and goes on with a random key (the countermeasure to
+	 * Bleichenbacher's attack), so a bad PKCS#1 v1.5 block shows only as
+	 * content that fails below, like any tampering.  ECDH: a wrapped key
+	 * that does not unwrap is tampering; anything else is the token's.
+	 */
+	if (CMS_decrypt_set1_pkey_and_peer(cms, k->transport, k->transport_cert, NULL) != 1) {
+		if (integrity_failure(why, sizeof(why)))
+			r = esc_error(ctx, ESC_ERR_TAMPERED, "the archival envelope's wrapped key fails its integrity "
+							     "check: it was altered");
+		else
+			r = esc_error(ctx, ESC_ERR_PKCS11,
+				      "the transport key on the CA token could not open the archival envelope%s", why);
+		goto out;
+	}
+	/* The plaintext is a private key: it stays in the secure heap. */
+	if ((bout = BIO_new(BIO_s_secmem())) == NULL) {
+		r = esc_error(ctx, ESC_ERR_NOMEM, "out of memory");
+		goto out;
+	}
+	if (CMS_decrypt(cms, NULL, NULL, NULL, bout, CMS_BINARY) != 1) {
+		ERR_clear_error();
+		r = esc_error(ctx, ESC_ERR_TAMPERED, "the archival envelope does not decrypt: it was altered, "
+						     "corrupted or not made for this key");
+		goto out;
+	}
+	BIO_get_mem_ptr(bout, &mem);
+	p = mem != NULL ? (const unsigned char *)mem->data : NULL;
+	if (p == NULL || mem->length == 0 || mem->length > ESC_ENVELOPE_MAX ||
+	    (p8 = d2i_PKCS8_PRIV_KEY_INFO(NULL, &p, (long)mem->length)) == NULL ||
+	    p != (const unsigned char *)mem->data + mem->length || (pkey = EVP_PKCS82PKEY(p8)) == NULL) {
+		ERR_clear_error();
+		r = esc_error(ctx, ESC_ERR_BAD_INPUT,
+			      "the archival envelope does not hold an unencrypted PKCS#8 private key");
+		goto out;
+	}
+	*key = pkey;
+	pkey = NULL; /* transferred */
+	r = ESC_OK;
+out:
+	EVP_PKEY_free(pkey);
+	PKCS8_PRIV_KEY_INFO_free(p8); /* cleanses its key octets */
+	BIO_free(bout);               /* a secure-heap buffer, cleansed when freed */
+	CMS_ContentInfo_free(cms);
+	return r;
+}
+
+/* ---- Issuance ------------------------------------------------------------ */
+
+/*
+ * Enrollment transactions run READ COMMITTED, not SERIALIZABLE: each
+ * appends to the audit chain, and under SERIALIZABLE every two concurrent
+ * appenders conflict (the later one read the chain's end before the earlier
+ * one committed), so a busy service would spend itself on retries (8
+ * workers: most transactions failed 5 attempts in a row).  READ COMMITTED
+ * reads the chain's end after taking the audit lock, as audit.c's own
+ * transactions do.  What SERIALIZABLE protected is held by constraints and
+ * locks instead: the password is consumed by one conditional UPDATE, the
+ * serial, certificate and key are UNIQUE, and the KRAs chosen for a record
+ * are locked FOR SHARE against retirement (archive.c, kra.c).
+ */
+static enum esc_err
+begin_tx(struct esc_ctx *ctx, struct esc_store *st)
+{
+	enum esc_err r;
+
+	if ((r = esc_store_exec(ctx, st, "BEGIN ISOLATION LEVEL READ COMMITTED", 0, NULL, NULL, NULL, NULL)) == ESC_OK)
+		esc_store_mark_tx(st);
+	return r;
+}
+
+/* Fault injection for the tests of esc_enroll_issue (enroll.h). */
+static void
+fault_point(const char *point)
+{
+	const char *f = getenv("P11ESCROW_FAULT_KILL");
+
+	if (f != NULL && strcmp(f, point) == 0)
+		raise(SIGKILL);
+}
+
+static int
+add_name(GENERAL_NAMES *gens, int type, const unsigned char *data, int len)
+{
+	GENERAL_NAME *gn = GENERAL_NAME_new();
+	ASN1_STRING *s = type == GEN_IPADD ? ASN1_OCTET_STRING_new() : ASN1_IA5STRING_new();
+
+	if (gn == NULL || s == NULL || !ASN1_STRING_set(s, data, len)) {
+		GENERAL_NAME_free(gn);
+		ASN1_STRING_free(s);
+		return 0;
+	}
+	GENERAL_NAME_set0_value(gn, type, s);
+	if (!sk_GENERAL_NAME_push(gens, gn)) {
+		GENERAL_NAME_free(gn);
+		return 0;
+	}
+	return 1;
+}
+
+/* A plain mail address: local@domain, printable ASCII without spaces, bounded. */
+static int
+mail_address(const unsigned char *s, int len)
+{
+	int i, at = -1;
+
+	if (len < 3 || len > 254)
+		return 0;
+	for (i = 0; i < len; i++) {
+		if (s[i] <= 0x20 || s[i] >= 0x7f || s[i] == ',' || s[i] == '<' || s[i] == '>')
+			return 0;
+		if (s[i] == '@') {
+			if (at >= 0)
+				return 0;
+			at = i;
+		}
+	}
+	return at > 0 && at < len - 1;
+}
+
+/* S/MIME: the subject's emailAddress attributes become rfc822Name alternative names. */
+static enum esc_err
+email_sans(struct esc_ctx *ctx, const X509_NAME *subject, GENERAL_NAMES **out)
+{
+	GENERAL_NAMES *gens = sk_GENERAL_NAME_new_null();
+	int i = -1;
+	enum esc_err r;
+
+	if (gens == NULL)
+		return esc_error(ctx, ESC_ERR_NOMEM, "out of memory");
+	while ((i = X509_NAME_get_index_by_NID(subject, NID_pkcs9_emailAddress, i)) >= 0) {
+		const ASN1_STRING *v = X509_NAME_ENTRY_get_data(X509_NAME_get_entry(subject, i));
+
+		if (!mail_address(ASN1_STRING_get0_data(v), ASN1_STRING_length(v))) {
+			r = esc_error(ctx, ESC_ERR_POLICY, "the subject's emailAddress is not a plain mail address");
+			goto out;
+		}
+		if (!add_name(gens, GEN_EMAIL, ASN1_STRING_get0_data(v), ASN1_STRING_length(v))) {
+			r = esc_error(ctx, ESC_ERR_NOMEM, "out of memory");
+			goto out;
+		}
+	}
+	*out = gens;
+	gens = NULL; /* transferred */
+	r = ESC_OK;
+out:
+	GENERAL_NAMES_free(gens);
+	return r;
+}
+
+/*
+ * The keeper's sign_certificate: a certificate of profile def for pub,
+ * built here (key usages, names) and signed with the CA key on the token.
+ */
+static enum esc_err
+keeper_sign(struct esc_ctx *ctx, struct esc_keeper *k, const struct profile_def *def, const X509_NAME *subject,
+	    EVP_PKEY *pub, const GENERAL_NAMES *san, X509 **out)
+{
+	struct esc_ee_spec spec;
+	enum esc_err r;
+
+	if ((r = esc_profile_check_key(ctx, &def->p, pub)) != ESC_OK)
+		return r;
+	memset(&spec, 0, sizeof(spec));
+	spec.subject = subject;
+	spec.pub = pub;
+	spec.san = san;
+	spec.key_usage = EVP_PKEY_is_a(pub, "EC") ? def->ku_ec : def->ku_rsa;
+	spec.ext_key_usage = def->eku;
+	spec.days = def->p.days;
+	return esc_ca_issue_ee(ctx, k->ca_cert, k->signer, &spec, out);
+}
+
+/*
+ * Record x in certificates; *inserted = 0 if its serial is taken (ON
+ * CONFLICT: the transaction stays usable, so the caller redraws).
+ */
+static enum esc_err
+insert_cert(struct esc_ctx *ctx, struct esc_store *st, X509 *x, const char *profile, int *inserted)
+{
+	PGresult *res = NULL;
+	struct tm tnb, tna;
+	char snb[32], sna[32];
+	char *serial = esc_cert_serial_hex(x), *subject = esc_name_to_string(X509_get_subject_name(x)),
+	     *issuer = esc_name_to_string(X509_get_issuer_name(x));
+	unsigned char *der = NULL;
+	const char *v[7];
+	int len[7] = {0}, fmt[7] = {0}, dlen;
+	enum esc_err r;
+
+	if (serial == NULL || subject == NULL || issuer == NULL || !ASN1_TIME_to_tm(X509_get0_notBefore(x), &tnb) ||
+	    !ASN1_TIME_to_tm(X509_get0_notAfter(x), &tna) || (dlen = i2d_X509(x, &der)) <= 0) {
+		r = esc_error(ctx, ESC_ERR_NOMEM, "cannot describe the certificate");
+		goto out;
+	}
+	strftime(snb, sizeof(snb), "%Y-%m-%d %H:%M:%S+00", &tnb);
+	strftime(sna, sizeof(sna), "%Y-%m-%d %H:%M:%S+00", &tna);
+	v[0] = serial;
+	v[1] = subject;
+	v[2] = issuer;
+	v[3] = snb;
+	v[4] = sna;
+	v[5] = profile;
+	v[6] = (const char *)der;
+	len[6] = dlen;
+	fmt[6] = 1;
+	if ((r = esc_store_exec(ctx, st,
+				"INSERT INTO certificates (serial, subject, issuer, not_before, not_after, profile, der) "
+				"VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (serial) DO NOTHING",
+				7, v, len, fmt, &res)) != ESC_OK)
+		goto out;
+	*inserted = strcmp(PQcmdTuples(res), "1") == 0;
+out:
+	PQclear(res);
+	OPENSSL_free(der);
+	free(serial);
+	free(subject);
+	free(issuer);
+	return r;
+}
+
+/*
+ * Sign (unless *x holds a certificate from an earlier attempt) and record
+ * it, redrawing the serial — a new signature — if it is taken.
+ */
+static enum esc_err
+sign_and_record(struct esc_ctx *ctx, struct esc_store *st, struct esc_keeper *k, const struct profile_def *def,
+		const X509_NAME *subject, EVP_PKEY *pub, const GENERAL_NAMES *san, X509 **x)
+{
+	enum esc_err r;
+	int draws, inserted = 0;
+
+	for (draws = 0; draws < SERIAL_DRAWS; draws++) {
+		if (*x == NULL) {
+			if ((r = keeper_sign(ctx, k, def, subject, pub, san, x)) != ESC_OK)
+				return r;
+			fault_point("after-sign");
+		}
+		if ((r = insert_cert(ctx, st, *x, def->p.name, &inserted)) != ESC_OK)
+			return r;
+		if (inserted)
+			return ESC_OK;
+		esc_log(ctx, ESC_LOG_WARN, "certificate serial already taken: drawing another");
+		X509_free(*x);
+		*x = NULL;
+	}
+	return esc_error(ctx, ESC_ERR_EXISTS, "%d random serial numbers in a row were taken already: the random "
+					      "number generator is not working", SERIAL_DRAWS);
+}
+
+static const char *
+source_name(enum esc_archive_source s)
+{
+	return s == ESC_SOURCE_IMPORT ? "import" : s == ESC_SOURCE_ENROLL_CLIENT ? "enroll-client" : "enroll-server";
+}
+
+/* Consume the one-time password in the open transaction; it must grant this subject and profile. */
+static enum esc_err
+consume_otp(struct esc_ctx *ctx, struct esc_store *st, const char *name, const char *subject, const char *profile)
+{
+	PGresult *res = NULL;
+	const char *v[1] = {name};
+	enum esc_err r;
+
+	if ((r = esc_store_exec(ctx, st,
+				"UPDATE enrollment_passwords SET used_at = now() WHERE name = $1 AND used_at IS NULL AND "
+				"expires_at > now() RETURNING subject, profile",
+				1, v, NULL, NULL, &res)) != ESC_OK)
+		return r;
+	if (PQntuples(res) != 1)
+		r = esc_error(ctx, ESC_ERR_AUTH, "the one-time enrollment password '%.64s' is unknown, used or expired",
+			      name);
+	else if (strcmp(PQgetvalue(res, 0, 1), profile) != 0)
+		r = esc_error(ctx, ESC_ERR_POLICY,
+			      "the one-time enrollment password '%.64s' is for profile '%s', not '%s'", name,
+			      PQgetvalue(res, 0, 1), profile);
+	else if (strcmp(PQgetvalue(res, 0, 0), subject) != 0)
+		r = esc_error(ctx, ESC_ERR_POLICY,
+			      "the one-time enrollment password '%.64s' is for subject '%.200s', not '%.200s'", name,
+			      PQgetvalue(res, 0, 0), subject);
+	PQclear(res);
+	return r;
+}
+
+struct issue_state {
+	X509 *cert;                     /* signed; kept across retries of the transaction */
+	struct esc_archive_info info;
+	char subject[512];
+};
+
+/* One attempt at the transaction: OTP, certificate, archive record, audit. */
+static enum esc_err
+issue_tx(struct esc_ctx *ctx, struct esc_store *st, struct esc_keeper *k, const struct profile_def *def,
+	 const struct esc_enroll_request *req, const GENERAL_NAMES *san, struct issue_state *is)
+{
+	char details[512], *serial = NULL;
+	struct esc_audit_event ev = {req->actor, "enrollee", "enroll.issue", NULL, "ok", details};
+	enum esc_err r;
+
+	memset(&is->info, 0, sizeof(is->info));
+	if ((r = begin_tx(ctx, st)) != ESC_OK)
+		goto out;
+	if (req->otp_name != NULL && (r = consume_otp(ctx, st, req->otp_name, is->subject, def->p.name)) != ESC_OK)
+		goto out;
+	if ((r = sign_and_record(ctx, st, k, def, req->subject, req->pub, san, &is->cert)) != ESC_OK)
+		goto out;
+	fault_point("after-cert-row");
+	if (def->p.archival) {
+		/* In this transaction: esc_archive_key joins it, so its rows commit with ours or not at all. */
+		if ((r = esc_archive_key(ctx, st, req->actor, is->cert, req->key, req->source, &is->info)) != ESC_OK)
+			goto out;
+		fault_point("after-archive");
+	}
+	if ((serial = esc_cert_serial_hex(is->cert)) == NULL) {
+		r = esc_error(ctx, ESC_ERR_NOMEM, "out of memory");
+		goto out;
+	}
+	ev.object = serial;
+	snprintf(details, sizeof(details), "profile %s, source %s, record %s, %s%s%ssubject %.300s", def->p.name,
+		 source_name(req->source), is->info.id[0] ? is->info.id : "none (not archived)",
+		 req->otp_name ? "one-time password " : "", req->otp_name ? req->otp_name : "",
+		 req->otp_name ? ", " : "", is->subject);
+	if ((r = esc_audit_append(ctx, st, &ev)) != ESC_OK || (r = esc_store_commit(ctx, st)) != ESC_OK)
+		goto out;
+out:
+	esc_store_rollback(st);
+	free(serial);
+	return r;
+}
+
+static enum esc_err
+issue_impl(struct esc_ctx *ctx, struct esc_store *st, struct esc_keeper *k, const struct esc_enroll_request *req,
+	   struct issue_state *is)
+{
+	const struct profile_def *def = def_of(req->profile);
+	GENERAL_NAMES *san = NULL;
+	char *subject = NULL;
+	enum esc_err r;
+	int attempt;
+
+	if (req->subject == NULL || X509_NAME_entry_count(req->subject) == 0 || req->pub == NULL)
+		return esc_error(ctx, ESC_ERR_USAGE, "an enrollment needs a subject and a public key");
+	if ((subject = esc_name_to_string(req->subject)) == NULL)
+		return esc_error(ctx, ESC_ERR_NOMEM, "out of memory");
+	snprintf(is->subject, sizeof(is->subject), "%s", subject);
+	free(subject);
+	if (def == NULL)
+		return esc_error(ctx, ESC_ERR_POLICY, "unknown certificate profile '%.32s'",
+				 req->profile && req->profile->name ? req->profile->name : "");
+	if (!def->p.enrollable)
+		return esc_error(ctx, ESC_ERR_POLICY, "profile '%s' is not available for enrollment", def->p.name);
+	if ((r = esc_profile_check_key(ctx, &def->p, req->pub)) != ESC_OK)
+		return r;
+	/* Before the token is touched: what the profile says about the private key. */
+	if (def->p.archival && req->key == NULL)
+		return esc_error(ctx, ESC_ERR_POLICY,
+				 "profile '%s' requires key archival: use /fullcmc or /serverkeygen", def->p.name);
+	if (!def->p.archival && req->key != NULL)
+		return esc_error(ctx, ESC_ERR_POLICY,
+				 "profile '%s' is a %s profile: its keys are never archived, so no private key may come "
+				 "with the request",
+				 def->p.name, def->p.signing ? "signing" : "non-archival");
+	if (req->key != NULL && EVP_PKEY_eq(req->key, req->pub) != 1) {
+		ERR_clear_error();
+		return esc_error(ctx, ESC_ERR_MISMATCH, "the private key does not match the request's public key");
+	}
+	if (def->email_san && (r = email_sans(ctx, req->subject, &san)) != ESC_OK)
+		return r;
+	for (attempt = 1;; attempt++) {
+		if ((r = issue_tx(ctx, st, k, def, req, san, is)) == ESC_OK)
+			break;
+		if (!esc_store_transient(st) || attempt >= TX_ATTEMPTS)
+			goto out;
+		esc_log(ctx, ESC_LOG_DEBUG, "enrollment transaction lost a race with another (%s): retrying",
+			esc_ctx_errmsg(ctx));
+	}
+	fault_point("after-commit");
+	r = ESC_OK;
+out:
+	GENERAL_NAMES_free(san);
+	return r;
+}
+
+enum esc_err
+esc_enroll_issue(struct esc_ctx *ctx, struct esc_store *st, struct esc_keeper *k, const struct esc_enroll_request *req,
+		 X509 **cert, struct esc_archive_info *info)
+{
+	struct issue_state is;
+	char *serial = NULL;
+	enum esc_err r;
+
+	if (st == NULL || k == NULL || req == NULL || cert == NULL)
+		return esc_error(ctx, ESC_ERR_INTERNAL, "esc_enroll_issue: NULL argument");
+	if (req->actor == NULL || *req->actor == '\0')
+		return esc_error(ctx, ESC_ERR_USAGE, "an enrollment needs an actor for the audit trail");
+	memset(&is, 0, sizeof(is));
+	if ((r = issue_impl(ctx, st, k, req, &is)) != ESC_OK) {
+		/* The transaction was rolled back: the refusal is recorded on its own. */
+		serial = is.cert != NULL ? esc_cert_serial_hex(is.cert) : NULL;
+		esc_audit_outcome(ctx, st, req->actor, "enrollee", "enroll.issue",
+				  serial        ? serial
+				  : req->otp_name ? req->otp_name
+				  : is.subject[0] ? is.subject
+						  : "?",
+				  r);
+		free(serial);
+		X509_free(is.cert);
+		return r;
+	}
+	*cert = is.cert;
+	if (info != NULL)
+		*info = is.info;
+	return ESC_OK;
+}
+
+/* ---- Client certificates ---------------------------------------------------- */
+
+static enum esc_err
+check_client_impl(struct esc_ctx *ctx, struct esc_store *st, X509 *cert, const char *serial)
+{
+	PGresult *res = NULL;
+	X509 *ca = NULL;
+	const struct esc_profile *p;
+	unsigned char *der = NULL, *stored = NULL;
+	const char *v[1] = {serial};
+	long slen = 0;
+	int dlen;
+	enum esc_err r;
+
+	if ((r = esc_store_get_cert(ctx, st, "the CA certificate", "SELECT certificate FROM ca WHERE state = 'active'",
+				    0, NULL, &ca)) != ESC_OK) {
+		if (r == ESC_ERR_NOT_FOUND)
+			r = esc_error(ctx, ESC_ERR_AUTH, "there is no active CA to check certificate %s against", serial);
+		return r;
+	}
+	if (X509_check_issued(ca, cert) != X509_V_OK || X509_verify(cert, X509_get0_pubkey(ca)) != 1) {
+		ERR_clear_error();
+		r = esc_error(ctx, ESC_ERR_AUTH, "certificate %s was not issued by this CA", serial);
+		goto out;
+	}
+	if ((r = esc_store_exec(ctx, st,
+				"SELECT c.der, c.profile, EXISTS (SELECT 1 FROM revocations v WHERE v.issuer = c.issuer "
+				"AND ltrim(v.serial, '0') = ltrim(c.serial, '0')) FROM certificates c WHERE c.serial = $1",
+				1, v, NULL, NULL, &res)) != ESC_OK)
+		goto out;
+	if (PQntuples(res) != 1) {
+		r = esc_error(ctx, ESC_ERR_AUTH, "certificate %s is not recorded as issued here", serial);
+		goto out;
+	}
+	/* The very certificate issued, not another one with its serial. */
+	if ((dlen = i2d_X509(cert, &der)) <= 0 || strncmp(PQgetvalue(res, 0, 0), "\\x", 2) != 0 ||
+	    (stored = OPENSSL_hexstr2buf(PQgetvalue(res, 0, 0) + 2, &slen)) == NULL || slen != dlen ||
+	    memcmp(stored, der, (size_t)dlen) != 0) {
+		r = esc_error(ctx, ESC_ERR_AUTH, "certificate %s differs from the one recorded with its serial", serial);
+		goto out;
+	}
+	/* Only certificates issued to enrollees authenticate enrollees (not the service's, not the CA's own keys). */
+	if ((p = esc_profile_find(PQgetvalue(res, 0, 1))) == NULL || !p->enrollable) {
+		r = esc_error(ctx, ESC_ERR_AUTH, "certificate %s (profile '%.32s') does not authenticate enrollees",
+			      serial, PQgetvalue(res, 0, 1));
+		goto out;
+	}
+	if (X509_cmp_current_time(X509_get0_notBefore(cert)) >= 0) {
+		r = esc_error(ctx, ESC_ERR_AUTH, "certificate %s is not valid yet", serial);
+		goto out;
+	}
+	if (X509_cmp_current_time(X509_get0_notAfter(cert)) <= 0) {
+		r = esc_error(ctx, ESC_ERR_AUTH, "certificate %s has expired", serial);
+		goto out;
+	}
+	if (strcmp(PQgetvalue(res, 0, 2), "t") == 0) {
+		r = esc_error(ctx, ESC_ERR_AUTH, "certificate %s is revoked", serial);
+		goto out;
+	}
+	r = ESC_OK;
+out:
+	OPENSSL_free(stored);
+	OPENSSL_free(der);
+	X509_free(ca);
+	PQclear(res);
+	return r;
+}
+
+enum esc_err
+esc_enroll_check_client_cert(struct esc_ctx *ctx, struct esc_store *st, X509 *cert)
+{
+	char *serial, actor[96];
+	enum esc_err r;
+
+	if (st == NULL || cert == NULL)
+		return esc_error(ctx, ESC_ERR_INTERNAL, "esc_enroll_check_client_cert: NULL argument");
+	if ((serial = esc_cert_serial_hex(cert)) == NULL)
+		return esc_error(ctx, ESC_ERR_NOMEM, "out of memory");
+	if ((r = check_client_impl(ctx, st, cert, serial)) != ESC_OK && r != ESC_ERR_DB_CONNECT) {
+		snprintf(actor, sizeof(actor), "est:cert:%.64s", serial);
+		esc_audit_outcome(ctx, st, actor, "enrollee", "enroll.client-cert", serial, r);
+	}
+	free(serial);
+	return r;
+}
+
+/* ---- One-time enrollment passwords ---------------------------------------- */
+
+static int
+valid_otp_name(const char *name)
+{
+	size_t i, n = strnlen(name, 65);
+
+	if (n < 15 || n > 39 || strncmp(name, "enroll-", 7) != 0)
+		return 0;
+	for (i = 7; i < n; i++)
+		if (!((name[i] >= '0' && name[i] <= '9') || (name[i] >= 'a' && name[i] <= 'f')))
+			return 0;
+	return 1;
+}
+
+/* A user-supplied name, fit for a message: bounded, printable, no quotes. */
+static void
+shown(char *buf, size_t len, const char *name)
+{
+	size_t i;
+
+	for (i = 0; name[i] != '\0' && i + 1 < len && i < 64; i++)
+		buf[i] = (name[i] >= 0x20 && name[i] < 0x7f && name[i] != '\'') ? name[i] : '?';
+	buf[i] = '\0';
+}
+
+/* OTP_PASSWORD_LEN characters of OTP_ALPHABET, drawn without bias, in secure memory. */
+static enum esc_err
+new_password(struct esc_ctx *ctx, struct esc_secret **out)
+{
+	const size_t nalpha = sizeof(OTP_ALPHABET) - 1;
+	const unsigned limit = 256 - 256 % (unsigned)nalpha;
+	unsigned char *buf = OPENSSL_secure_zalloc(OTP_PASSWORD_LEN + 1), rnd[64];
+	size_t n = 0, i;
+	enum esc_err r;
+
+	if (buf == NULL)
+		return esc_error(ctx, ESC_ERR_NOMEM, "out of secure memory");
+	while (n < OTP_PASSWORD_LEN) {
+		if (RAND_bytes(rnd, sizeof(rnd)) != 1) {
+			r = esc_error_ossl(ctx, ESC_ERR_CRYPTO, "no randomness for the password");
+			goto out;
+		}
+		for (i = 0; i < sizeof(rnd) && n < OTP_PASSWORD_LEN; i++)
+			if (rnd[i] < limit)
+				buf[n++] = (unsigned char)OTP_ALPHABET[rnd[i] % nalpha];
+	}
+	r = esc_secret_new(ctx, buf, OTP_PASSWORD_LEN, out);
+out:
+	OPENSSL_cleanse(rnd, sizeof(rnd));
+	OPENSSL_secure_clear_free(buf, OTP_PASSWORD_LEN + 1);
+	return r;
+}
+
+static enum esc_err
+otp_insert(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor, const char *name,
+	   const char *hash, const char *subject, const char *profile, int hours)
+{
+	PGresult *res = NULL;
+	char id[24], hrs[16], roles[64], details[700];
+	const char *v[6] = {name, hash, subject, profile, id, hrs};
+	struct esc_audit_event ev = {esc_account_name(actor), roles, "enroll.password.create", name, "ok", details};
+	enum esc_err r;
+
+	snprintf(id, sizeof(id), "%lld", esc_account_id(actor));
+	snprintf(hrs, sizeof(hrs), "%d", hours);
+	esc_roles_format(esc_account_roles(actor), roles, sizeof(roles));
+	if ((r = begin_tx(ctx, st)) != ESC_OK)
+		goto out;
+	/* Still an enabled administrator or certificate manager, as at login. */
+	if ((r = esc_store_exec(ctx, st,
+				"SELECT 1 FROM accounts WHERE id = $1 AND NOT disabled AND roles && "
+				"ARRAY['admin', 'cert-manager']",
+				1, v + 4, NULL, NULL, &res)) != ESC_OK)
+		goto out;
+	if (PQntuples(res) != 1) {
+		r = esc_error(ctx, ESC_ERR_DENIED, "account '%s' is no longer an enabled administrator or certificate "
+						   "manager", esc_account_name(actor));
+		goto out;
+	}
+	PQclear(res);
+	res = NULL;
+	if ((r = esc_store_exec(ctx, st,
+				"INSERT INTO enrollment_passwords (name, hash, subject, profile, created_by, expires_at) "
+				"VALUES ($1, $2, $3, $4, $5, now() + $6::integer * interval '1 hour') RETURNING "
+				"to_char(expires_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS') || 'Z'",
+				6, v, NULL, NULL, &res)) != ESC_OK)
+		goto out;
+	snprintf(details, sizeof(details), "subject %.400s, profile %s, expires %s", subject, profile,
+		 PQgetvalue(res, 0, 0));
+	if ((r = esc_audit_append(ctx, st, &ev)) != ESC_OK || (r = esc_store_commit(ctx, st)) != ESC_OK)
+		goto out;
+out:
+	esc_store_rollback(st);
+	PQclear(res);
+	return r;
+}
+
+static enum esc_err
+otp_create_impl(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor, const char *subject,
+		const char *profile, int hours, char *name, size_t namelen, struct esc_secret **password)
+{
+	const struct esc_profile *p;
+	X509_NAME *xn = NULL;
+	struct esc_secret *pw = NULL;
+	char *norm = NULL, *hash = NULL;
+	unsigned char rnd[4];
+	int attempt;
+	enum esc_err r;
+
+	if (actor == NULL || !(esc_account_roles(actor) & (ESC_ROLE_ADMIN | ESC_ROLE_CERT_MANAGER)))
+		return esc_error(ctx, ESC_ERR_DENIED,
+				 "account '%s' may not create enrollment passwords (administrators and certificate "
+				 "managers do)",
+				 actor ? esc_account_name(actor) : "(none)");
+	if ((p = esc_profile_find(profile)) == NULL || !p->enrollable)
+		return esc_error(ctx, ESC_ERR_USAGE, "'%.32s' is not a profile enrollees can use (see 'p11escrow profile "
+						     "list')",
+				 profile);
+	if (hours < 1 || hours > OTP_HOURS_MAX)
+		return esc_error(ctx, ESC_ERR_USAGE, "an enrollment password is valid for 1..%d hours", OTP_HOURS_MAX);
+	if ((r = esc_name_parse(ctx, subject, &xn)) != ESC_OK)
+		return r;
+	if ((norm = esc_name_to_string(xn)) == NULL) {
+		r = esc_error(ctx, ESC_ERR_NOMEM, "out of memory");
+		goto out;
+	}
+	if (strlen(norm) > 511) {
+		r = esc_error(ctx, ESC_ERR_USAGE, "the subject is longer than 511 characters");
+		goto out;
+	}
+	if ((r = new_password(ctx, &pw)) != ESC_OK || (r = esc_auth_hash_password(ctx, pw, &hash)) != ESC_OK)
+		goto out;
+	for (attempt = 1;; attempt++) {
+		if (RAND_bytes(rnd, sizeof(rnd)) != 1) {
+			r = esc_error_ossl(ctx, ESC_ERR_CRYPTO, "no randomness for the name");
+			goto out;
+		}
+		snprintf(name, namelen, "enroll-%02x%02x%02x%02x", rnd[0], rnd[1], rnd[2], rnd[3]);
+		if ((r = otp_insert(ctx, st, actor, name, hash, norm, p->name, hours)) == ESC_OK)
+			break;
+		/* A name taken already (1 in 2^32 per name in use), or a lost race: draw again. */
+		if ((r != ESC_ERR_EXISTS && !esc_store_transient(st)) || attempt >= OTP_NAME_ATTEMPTS)
+			goto out;
+	}
+	*password = pw;
+	pw = NULL; /* transferred */
+	r = ESC_OK;
+out:
+	esc_secret_free(pw);
+	if (hash != NULL)
+		OPENSSL_cleanse(hash, strlen(hash));
+	free(hash);
+	free(norm);
+	X509_NAME_free(xn);
+	return r;
+}
+
+enum esc_err
+esc_otp_create(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor, const char *subject,
+	       const char *profile, int hours, char **name, struct esc_secret **password)
+{
+	char nbuf[65] = "";
+	char *copy;
+	struct esc_secret *pw = NULL;
+	enum esc_err r;
+
+	if (st == NULL || name == NULL || password == NULL)
+		return esc_error(ctx, ESC_ERR_INTERNAL, "esc_otp_create: NULL argument");
+	if ((r = otp_create_impl(ctx, st, actor, subject, profile, hours, nbuf, sizeof(nbuf), &pw)) != ESC_OK) {
+		esc_audit_outcome_by(ctx, st, actor, "enroll.password.create", nbuf[0] ? nbuf : "-", r);
+		return r;
+	}
+	if ((copy = strdup(nbuf)) == NULL) {
+		esc_secret_free(pw);
+		return esc_error(ctx, ESC_ERR_NOMEM, "out of memory");
+	}
+	*name = copy;
+	*password = pw;
+	return ESC_OK;
+}
+
+enum esc_err
+esc_otp_check(struct esc_ctx *ctx, struct esc_store *st, const char *name, const struct esc_secret *password,
+	      struct esc_otp_grant *grant)
+{
+	PGresult *res = NULL;
+	const char *v[1] = {name}, *hash = dummy_hash, *why = "no such name";
+	char shown_name[72], actor[96];
+	int found = 0, used = 0, expired = 0;
+	enum esc_err r, vr;
+
+	if (st == NULL || name == NULL || password == NULL || grant == NULL)
+		return esc_error(ctx, ESC_ERR_INTERNAL, "esc_otp_check: NULL argument");
+	shown(shown_name, sizeof(shown_name), name);
+	/* A name that cannot exist skips the query, not the hash. */
+	if (valid_otp_name(name)) {
+		if ((r = esc_store_exec(ctx, st,
+					"SELECT hash, subject, profile, used_at IS NOT NULL, expires_at <= now() FROM "
+					"enrollment_passwords WHERE name = $1",
+					1, v, NULL, NULL, &res)) != ESC_OK)
+			return r;
+		if (PQntuples(res) == 1) {
+			found = 1;
+			hash = PQgetvalue(res, 0, 0);
+			used = strcmp(PQgetvalue(res, 0, 3), "t") == 0;
+			expired = strcmp(PQgetvalue(res, 0, 4), "t") == 0;
+		}
+	}
+	/* Always one Argon2id verification: neither the answer nor its time tells what was wrong. */
+	vr = esc_auth_verify_password(ctx, hash, password);
+	if (vr == ESC_ERR_NOMEM) {
+		r = vr;
+		goto out;
+	}
+	if (found)
+		why = vr != ESC_OK ? "wrong password" : used ? "already used" : expired ? "expired" : NULL;
+	if (why != NULL) {
+		/* The reason goes to the audit trail only. */
+		snprintf(actor, sizeof(actor), "est:otp:%s", shown_name);
+		r = esc_error(ctx, ESC_ERR_AUTH, "enrollment password '%s' refused: %s", shown_name, why);
+		esc_audit_outcome(ctx, st, actor, "enrollee", "enroll.password.check", shown_name, r);
+		r = esc_error(ctx, ESC_ERR_AUTH, "authentication failed for enrollment password '%s'", shown_name);
+		goto out;
+	}
+	memset(grant, 0, sizeof(*grant));
+	snprintf(grant->name, sizeof(grant->name), "%s", name);
+	snprintf(grant->subject, sizeof(grant->subject), "%s", PQgetvalue(res, 0, 1));
+	snprintf(grant->profile, sizeof(grant->profile), "%s", PQgetvalue(res, 0, 2));
+	r = ESC_OK;
+out:
+	/* The hash is not the password, but it is what an offline guesser wants. */
+	if (found)
+		OPENSSL_cleanse(PQgetvalue(res, 0, 0), (size_t)PQgetlength(res, 0, 0));
+	PQclear(res);
+	return r;
+}
+
+enum esc_err
+esc_otp_list(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor, const char *name,
+	     struct esc_otp_info **out, size_t *n)
+{
+	PGresult *res = NULL;
+	struct esc_otp_info *list = NULL;
+	const char *v[1] = {name};
+	int i, rows;
+	enum esc_err r;
+
+	if (st == NULL || out == NULL || n == NULL)
+		return esc_error(ctx, ESC_ERR_INTERNAL, "esc_otp_list: NULL argument");
+	if (actor == NULL ||
+	    !(esc_account_roles(actor) & (ESC_ROLE_ADMIN | ESC_ROLE_CERT_MANAGER | ESC_ROLE_AUDITOR)))
+		return esc_error(ctx, ESC_ERR_DENIED, "account '%s' may not list enrollment passwords",
+				 actor ? esc_account_name(actor) : "(none)");
+	if ((r = esc_store_exec(
+		     ctx, st,
+		     "SELECT e.name, e.subject, e.profile, a.name, "
+		     "to_char(e.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS') || 'Z', "
+		     "to_char(e.expires_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS') || 'Z', "
+		     "coalesce(to_char(e.used_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS') || 'Z', ''), "
+		     "CASE WHEN e.used_at IS NOT NULL THEN 'used' WHEN e.expires_at <= now() THEN 'expired' "
+		     "ELSE 'unused' END FROM enrollment_passwords e JOIN accounts a ON a.id = e.created_by "
+		     "WHERE $1::text IS NULL OR e.name = $1 ORDER BY e.id DESC LIMIT 1000",
+		     1, v, NULL, NULL, &res)) != ESC_OK)
+		return r;
+	rows = PQntuples(res);
+	if ((list = calloc((size_t)rows + 1, sizeof(*list))) == NULL) {
+		r = esc_error(ctx, ESC_ERR_NOMEM, "out of memory");
+		goto out;
+	}
+	for (i = 0; i < rows; i++) {
+		snprintf(list[i].name, sizeof(list[i].name), "%s", PQgetvalue(res, i, 0));
+		snprintf(list[i].subject, sizeof(list[i].subject), "%s", PQgetvalue(res, i, 1));
+		snprintf(list[i].profile, sizeof(list[i].profile), "%s", PQgetvalue(res, i, 2));
+		snprintf(list[i].created_by, sizeof(list[i].created_by), "%s", PQgetvalue(res, i, 3));
+		snprintf(list[i].created, sizeof(list[i].created), "%s", PQgetvalue(res, i, 4));
+		snprintf(list[i].expires, sizeof(list[i].expires), "%s", PQgetvalue(res, i, 5));
+		snprintf(list[i].used, sizeof(list[i].used), "%s", PQgetvalue(res, i, 6));
+		snprintf(list[i].state, sizeof(list[i].state), "%s", PQgetvalue(res, i, 7));
+	}
+	*out = list;
+	*n = (size_t)rows;
+	list = NULL; /* transferred */
+	r = ESC_OK;
+out:
+	free(list);
+	PQclear(res);
+	return r;
+}
+
+/* ---- The service's TLS certificate ------------------------------------------ */
+
+/* A DNS host name (RFC 1123 labels, no wildcard), lower-cased into buf. */
+static int
+dns_name(const char *in, char *buf, size_t len)
+{
+	size_t i, n = strlen(in), label = 0;
+
+	if (n == 0 || n > DNS_NAME_MAX || n >= len)
+		return 0;
+	for (i = 0; i < n; i++) {
+		unsigned char c = (unsigned char)in[i];
+
+		if (c == '.') {
+			if (label == 0 || in[i - 1] == '-')
+				return 0;
+			label = 0;
+		} else if (isalnum(c) || (c == '-' && label > 0)) {
+			if (++label > 63)
+				return 0;
+		} else {
+			return 0;
+		}
+		buf[i] = (char)tolower(c);
+	}
+	buf[n] = '\0';
+	return label > 0 && in[n - 1] != '-';
+}
+
+static enum esc_err
+server_names(struct esc_ctx *ctx, const char *const *names, size_t nnames, GENERAL_NAMES **san, X509_NAME **subject,
+	     char *list, size_t listlen)
+{
+	GENERAL_NAMES *gens = NULL;
+	X509_NAME *xn = NULL;
+	unsigned char ip[16];
+	char host[DNS_NAME_MAX + 1];
+	size_t i;
+	enum esc_err r;
+
+	if (names == NULL || nnames == 0 || nnames > MAX_SERVER_NAMES)
+		return esc_error(ctx, ESC_ERR_USAGE, "a server certificate needs 1..%d names", MAX_SERVER_NAMES);
+	for (i = 0; i < nnames; i++)
+		if (names[i] == NULL || *names[i] == '\0')
+			return esc_error(ctx, ESC_ERR_USAGE, "a server certificate's names may not be empty");
+	if (strlen(names[0]) > CN_MAX)
+		return esc_error(ctx, ESC_ERR_USAGE, "the first name becomes the common name: at most %d characters",
+				 CN_MAX);
+	if ((gens = sk_GENERAL_NAME_new_null()) == NULL || (xn = X509_NAME_new()) == NULL) {
+		r = esc_error(ctx, ESC_ERR_NOMEM, "out of memory");
+		goto out;
+	}
+	list[0] = '\0';
+	for (i = 0; i < nnames; i++) {
+		const char *nm = names[i];
+		int ok;
+
+		if (inet_pton(AF_INET, nm, ip) == 1)
+			ok = add_name(gens, GEN_IPADD, ip, 4);
+		else if (inet_pton(AF_INET6, nm, ip) == 1)
+			ok = add_name(gens, GEN_IPADD, ip, 16);
+		else if (dns_name(nm, host, sizeof(host)))
+			ok = add_name(gens, GEN_DNS, (const unsigned char *)host, (int)strlen(host));
+		else {
+			char s[72];
+
+			shown(s, sizeof(s), nm);
+			r = esc_error(ctx, ESC_ERR_USAGE, "'%s' is neither an IP address nor a DNS host name", s);
+			goto out;
+		}
+		if (!ok) {
+			r = esc_error(ctx, ESC_ERR_NOMEM, "out of memory");
+			goto out;
+		}
+		snprintf(list + strlen(list), listlen - strlen(list), "%s%s", i ? "," : "", nm);
+	}
+	if (!X509_NAME_add_entry_by_NID(xn, NID_commonName, MBSTRING_UTF8, (const unsigned char *)names[0], -1, -1,
+					0)) {
+		r = esc_error_ossl(ctx, ESC_ERR_USAGE, "'%s' cannot be a common name", names[0]);
+		goto out;
+	}
+	*san = gens;
+	*subject = xn;
+	gens = NULL;
+	xn = NULL; /* transferred */
+	r = ESC_OK;
+out:
+	GENERAL_NAMES_free(gens);
+	X509_NAME_free(xn);
+	return r;
+}
+
+static enum esc_err
+server_tx(struct esc_ctx *ctx, struct esc_store *st, struct esc_keeper *k, const char *actor, const char *roles,
+	  const X509_NAME *subject, EVP_PKEY *key, const GENERAL_NAMES *san, const char *list, X509 **x)
+{
+	const struct profile_def *def = def_of(esc_profile_find("tls-server"));
+	char details[600], *serial = NULL;
+	struct esc_audit_event ev = {actor, roles, "enroll.server-cert", NULL, "ok", details};
+	enum esc_err r;
+
+	if ((r = begin_tx(ctx, st)) != ESC_OK ||
+	    (r = sign_and_record(ctx, st, k, def, subject, key, san, x)) != ESC_OK)
+		goto out;
+	if ((serial = esc_cert_serial_hex(*x)) == NULL) {
+		r = esc_error(ctx, ESC_ERR_NOMEM, "out of memory");
+		goto out;
+	}
+	ev.object = serial;
+	snprintf(details, sizeof(details), "profile tls-server, names %.500s", list);
+	if ((r = esc_audit_append(ctx, st, &ev)) != ESC_OK || (r = esc_store_commit(ctx, st)) != ESC_OK)
+		goto out;
+out:
+	esc_store_rollback(st);
+	free(serial);
+	return r;
+}
+
+static enum esc_err
+server_cert_impl(struct esc_ctx *ctx, struct esc_store *st, struct esc_keeper *k, const char *actor,
+		 const char *roles, const char *const *names, size_t nnames, EVP_PKEY **keyp, X509 **certp)
+{
+	GENERAL_NAMES *san = NULL;
+	X509_NAME *subject = NULL;
+	EVP_PKEY *key = NULL;
+	X509 *x = NULL;
+	char list[700];
+	int attempt;
+	enum esc_err r;
+
+	if ((r = server_names(ctx, names, nnames, &san, &subject, list, sizeof(list))) != ESC_OK ||
+	    (r = esc_profile_generate_key(ctx, esc_profile_find("tls-server"), &key)) != ESC_OK)
+		goto out;
+	for (attempt = 1;; attempt++) {
+		if ((r = server_tx(ctx, st, k, actor, roles, subject, key, san, list, &x)) == ESC_OK)
+			break;
+		if (!esc_store_transient(st) || attempt >= TX_ATTEMPTS)
+			goto out;
+	}
+	*keyp = key;
+	*certp = x;
+	key = NULL;
+	x = NULL; /* transferred */
+	r = ESC_OK;
+out:
+	X509_free(x);
+	EVP_PKEY_free(key);
+	X509_NAME_free(subject);
+	GENERAL_NAMES_free(san);
+	return r;
+}
+
+enum esc_err
+esc_enroll_server_cert_as(struct esc_ctx *ctx, struct esc_store *st, struct esc_keeper *k,
+			  const struct esc_account *actor, const char *const *names, size_t nnames, EVP_PKEY **key,
+			  X509 **cert)
+{
+	const char *who = "ca-token";
+	char roles[64] = "service";
+	enum esc_err r;
+
+	if (st == NULL || k == NULL || key == NULL || cert == NULL)
+		return esc_error(ctx, ESC_ERR_INTERNAL, "esc_enroll_server_cert: NULL argument");
+	if (actor != NULL) {
+		who = esc_account_name(actor);
+		esc_roles_format(esc_account_roles(actor), roles, sizeof(roles));
+		if ((r = esc_account_require(ctx, actor, ESC_ROLE_ADMIN)) != ESC_OK)
+			goto out;
+	}
+	r = server_cert_impl(ctx, st, k, who, roles, names, nnames, key, cert);
+out:
+	if (r != ESC_OK)
+		esc_audit_outcome(ctx, st, who, roles, "enroll.server-cert",
+				  nnames > 0 && names != NULL && names[0] != NULL ? names[0] : "-", r);
+	return r;
+}
+
+enum esc_err
+esc_enroll_server_cert(struct esc_ctx *ctx, struct esc_store *st, struct esc_keeper *k, const char *const *names,
+		       size_t nnames, EVP_PKEY **key, X509 **cert)
+{
+	return esc_enroll_server_cert_as(ctx, st, k, NULL, names, nnames, key, cert);
+}

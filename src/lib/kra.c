@@ -292,6 +292,15 @@ retire_impl(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account 
 		return r;
 	if ((r = esc_store_begin(ctx, st)) != ESC_OK)
 		return r;
+	/*
+	 * Before this transaction's snapshot is taken (LOCK takes none): wait
+	 * for every archival that chose KRAs (FOR SHARE) to commit, and keep
+	 * new ones from choosing until we do.  Enrollment archives in READ
+	 * COMMITTED transactions, which serializable checking does not cover,
+	 * so the record-orphan check below must see all of them.
+	 */
+	if ((r = esc_store_exec(ctx, st, "LOCK TABLE kras IN EXCLUSIVE MODE", 0, NULL, NULL, NULL, NULL)) != ESC_OK)
+		goto out;
 	/* Lock the KRA row so no archival adds it to a set while we decide. */
 	if ((r = esc_store_exec(ctx, st, "SELECT id, state FROM kras WHERE name = $1 FOR UPDATE", 1, v, NULL, NULL,
 				&res)) != ESC_OK)

@@ -20,6 +20,7 @@
 struct esc_store {
 	PGconn *conn;
 	int in_tx;
+	int transient; /* the last failed statement lost a race: retrying the transaction may succeed */
 };
 
 /* libpq messages end in a newline; keep one line. */
@@ -84,6 +85,29 @@ esc_store_known_version(void)
 	return (int)esc_migrations_count;
 }
 
+/*
+ * Races a retry resolves: a serialisation failure or deadlock, and two
+ * audit events chained to the same predecessor (a SERIALIZABLE transaction
+ * read the chain's end before another appender committed; see audit.c).
+ */
+static int
+is_transient(const PGresult *res)
+{
+	const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+	const char *constraint = PQresultErrorField(res, PG_DIAG_CONSTRAINT_NAME);
+
+	if (state == NULL)
+		return 0;
+	return strcmp(state, "40001") == 0 || strcmp(state, "40P01") == 0 ||
+	       (strcmp(state, "23505") == 0 && constraint != NULL && strcmp(constraint, "audit_events_prev_hash_key") == 0);
+}
+
+int
+esc_store_transient(const struct esc_store *st)
+{
+	return st->transient;
+}
+
 enum esc_err
 esc_store_exec(struct esc_ctx *ctx, struct esc_store *st, const char *sql, int nparams, const char *const *values,
 	       const int *lengths, const int *formats, PGresult **out)
@@ -95,6 +119,7 @@ esc_store_exec(struct esc_ctx *ctx, struct esc_store *st, const char *sql, int n
 
 	res = PQexecParams(st->conn, sql, nparams, NULL, values, lengths, formats, 0);
 	status = PQresultStatus(res);
+	st->transient = 0;
 	if (status == PGRES_COMMAND_OK || status == PGRES_TUPLES_OK) {
 		if (out != NULL)
 			*out = res;
@@ -102,6 +127,7 @@ esc_store_exec(struct esc_ctx *ctx, struct esc_store *st, const char *sql, int n
 			PQclear(res);
 		return ESC_OK;
 	}
+	st->transient = is_transient(res);
 	if (PQstatus(st->conn) != CONNECTION_OK)
 		r = esc_error(ctx, ESC_ERR_DB_CONNECT, "lost the database connection: %s",
 			      one_line(msg, sizeof(msg), PQerrorMessage(st->conn)));

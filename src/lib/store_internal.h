@@ -17,6 +17,13 @@ enum esc_err esc_store_exec(struct esc_ctx *ctx, struct esc_store *st, const cha
 			    const char *const *values, const int *lengths, const int *formats, PGresult **res)
 	ESC_MUST_CHECK;
 
+/*
+ * Did the last failed statement lose a race with another transaction
+ * (serialisation failure, deadlock, two audit events on one predecessor)?
+ * Then the whole transaction may be retried.
+ */
+int esc_store_transient(const struct esc_store *st);
+
 enum esc_err esc_store_begin(struct esc_ctx *ctx, struct esc_store *st) ESC_MUST_CHECK;
 enum esc_err esc_store_commit(struct esc_ctx *ctx, struct esc_store *st) ESC_MUST_CHECK;
 /* Roll back if a transaction is open; never fails loudly (used on error paths). */
