@@ -16,8 +16,7 @@ for j in ${BCJARS//:/ }; do
 done
 command -v javac >/dev/null && command -v java >/dev/null || fail "no JDK (javac, java): Debian's default-jdk-headless"
 
-note "the client, compiled against Bouncy Castle $(unzip -p /usr/share/java/bcpkix.jar META-INF/MANIFEST.MF 2>/dev/null |
-    sed -n 's/^Bundle-Version: *\([^[:space:]]*\).*/\1/p')"
+note "the client, compiled against Bouncy Castle"
 mkdir "$T/java" "$T/bc"
 javac -Xlint:all,-path -d "$T/java" -cp "$BCJARS" "$SRC/tests/java/EstInterop.java" >"$T/out" 2>&1 ||
     fail "javac EstInterop.java"
@@ -69,8 +68,10 @@ note "openssl: the certificates verify, carry the one-time password's subject, t
 declare -A SERIAL
 for k in sign keygen cmc; do
     openssl verify -CAfile "$SERVER_CA" "$T/bc/$k.pem" >/dev/null || fail "the $k certificate does not verify"
-    openssl x509 -in "$T/bc/$k.pem" -noout -subject -nameopt RFC2253 | grep -qF "${SUBJECT[$k]}" ||
-        fail "the $k certificate's subject is not the one-time password's: $(openssl x509 -in "$T/bc/$k.pem" -noout -subject)"
+    # (the CSR asked for another subject; the order of the two RDNs is not this test's business)
+    openssl x509 -in "$T/bc/$k.pem" -noout -subject -nameopt sep_multiline,utf8,-space_eq >"$T/subject"
+    grep -qx "    CN=BC Interop $k" "$T/subject" && grep -qx "    O=Example" "$T/subject" && [ "$(grep -c "^    " "$T/subject")" = 2 ] ||
+        fail "the $k certificate's subject is not the one-time password's: $(cat "$T/subject")"
     # lower-case hex; leading zeros compared away on both sides
     SERIAL[$k]=$(openssl x509 -in "$T/bc/$k.pem" -noout -serial | sed 's/^serial=//; s/^0*//' | tr 'A-F' 'a-f')
 done

@@ -165,6 +165,7 @@ public final class EstInterop {
 		}
 		String[] sign = otp(otps, "sign"), keygen = otp(otps, "keygen"), cmc = otp(otps, "cmc");
 
+		System.out.println("ok client: " + Security.getProvider("BC").getInfo() + ", Java " + System.getProperty("java.version"));
 		checkHostnameAuthorizer(host);
 		ESTService est = service(server, null);
 		ESTService signing = service(server, "signing");
@@ -257,7 +258,9 @@ public final class EstInterop {
 		}
 		HttpsURLConnection again = fullCmcConnection(server, cmc, fullPkiRequest(cmcCsr, cmcKey, transport));
 		check(again.getResponseCode() == 401, "reused password (fullcmc): status " + again.getResponseCode());
-		System.out.println("ok reuse refused (fullcmc): 401 " + new String(readAll(again.getErrorStream()), StandardCharsets.UTF_8).trim());
+		String reason = new String(readAll(again.getErrorStream()), StandardCharsets.UTF_8).trim();
+		check(!reason.isEmpty(), "reused password (fullcmc): 401 without a reason");
+		System.out.println("ok reuse refused (fullcmc): 401 " + reason);
 	}
 
 	/* BC's default host name authorizer, shown to verify the service certificate for host and nothing else. */
@@ -346,7 +349,7 @@ public final class EstInterop {
 		c.setRequestProperty("Authorization", "Basic " + Base64.getEncoder().encodeToString(
 			(otp[0] + ":" + otp[1]).getBytes(StandardCharsets.UTF_8)));
 		byte[] body = Base64.getMimeEncoder(64, "\r\n".getBytes(StandardCharsets.US_ASCII)).encode(request);
-		c.setFixedLengthStreamingMode(body.length);
+		/* Not in streaming mode: then HttpURLConnection keeps a 401's body (getErrorStream). */
 		try (OutputStream os = c.getOutputStream()) {
 			os.write(body);
 		}
