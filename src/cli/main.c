@@ -23,6 +23,9 @@ static const struct {
 	{"cert", cert_main, "revoke certificates, sign CRLs on the CA token"},
 	{"policy", policy_main, "stored policy: show, set (administrators)"},
 	{"recovery", recovery_main, "two-person key recovery: search, request, approve, release, complete"},
+	{"enroll-password", enroll_password_main, "one-time passwords for EST enrollees: create, list"},
+	{"service-cert", service_cert_main, "issue the service's TLS server certificate on the CA token"},
+	{"profile", profile_main, "certificate profiles: list"},
 };
 
 static void

@@ -1149,7 +1149,7 @@ otp_create_impl(struct esc_ctx *ctx, struct esc_store *st, const struct esc_acco
 		const char *profile, int hours, char *name, size_t namelen, struct esc_secret **password)
 {
 	const struct esc_profile *p;
-	X509_NAME *xn = NULL;
+	X509_NAME *xn = NULL, *back = NULL;
 	struct esc_secret *pw = NULL;
 	char *norm = NULL, *hash = NULL;
 	unsigned char rnd[4];
@@ -1177,6 +1177,17 @@ otp_create_impl(struct esc_ctx *ctx, struct esc_store *st, const struct esc_acco
 		r = esc_error(ctx, ESC_ERR_USAGE, "the subject is longer than 511 characters");
 		goto out;
 	}
+	/*
+	 * The service parses the stored text back into the name it certifies
+	 * (and esc_enroll_issue compares the two): refuse a subject whose
+	 * escaped characters would not come back the same.
+	 */
+	if ((r = esc_name_parse(ctx, norm, &back)) != ESC_OK || X509_NAME_cmp(back, xn) != 0) {
+		r = esc_error(ctx, ESC_ERR_USAGE, "the subject '%.200s' holds characters that need escaping (, + ; < > \\ "
+						  "\" #): enrollment passwords cannot name it",
+			      norm);
+		goto out;
+	}
 	if ((r = new_password(ctx, &pw)) != ESC_OK || (r = esc_auth_hash_password(ctx, pw, &hash)) != ESC_OK)
 		goto out;
 	for (attempt = 1;; attempt++) {
@@ -1200,6 +1211,7 @@ out:
 		OPENSSL_cleanse(hash, strlen(hash));
 	free(hash);
 	free(norm);
+	X509_NAME_free(back);
 	X509_NAME_free(xn);
 	return r;
 }

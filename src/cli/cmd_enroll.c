@@ -1,0 +1,428 @@
+/*
+ * p11escrow enroll-password, service-cert, profile — what operators do for
+ * enrollment: one-time enrollment passwords for EST enrollees, the
+ * service's own TLS certificate, and the certificate profiles.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <openssl/pem.h>
+
+#include <p11escrow/audit.h>
+#include <p11escrow/ca.h>
+#include <p11escrow/enroll.h>
+#include <p11escrow/pin.h>
+
+#include "cli.h"
+
+#define DEFAULT_HOURS 24
+#define MAX_NAMES 16
+
+/* ---- enroll-password ------------------------------------------------------ */
+
+#define CMD_OTP "enroll-password"
+
+static void
+otp_help(void)
+{
+	printf("Usage: %s " CMD_OTP " create --subject DN [--profile NAME] [--hours N] --user NAME [OPTIONS]\n"
+	       "       %s " CMD_OTP " list --user NAME [OPTIONS]\n\n"
+	       "create  make a one-time enrollment password: an enrollee authenticates to the EST service\n"
+	       "        with it (HTTP Basic: the name as user, the password) and may enroll once, for\n"
+	       "        exactly this subject under exactly this profile, before it expires.  Prints\n"
+	       "        the name, the password (shown once: only its Argon2id hash is stored) and the\n"
+	       "        expiry.  Administrators and certificate managers.\n"
+	       "list    every enrollment password (newest first, at most 1000): name, state (unused,\n"
+	       "        used, expired), expiry, profile, subject, creator.  Never a password.\n"
+	       "        Administrators, certificate managers and auditors.\n\n"
+	       "Options:\n"
+	       "  -c, --config FILE          configuration file\n"
+	       "  -d, --database CONNINFO    libpq connection string\n"
+	       "  -s, --subject DN           the subject to enroll, e.g. 'CN=Alice,O=Example,emailAddress=\n"
+	       "                             alice@example.org' (an emailAddress also becomes the\n"
+	       "                             certificate's rfc822Name)\n"
+	       "      --profile NAME         the profile (default %s; see '%s profile list')\n"
+	       "      --hours N              validity, 1..720 (default %d)\n"
+	       "  -u, --user NAME            the acting account\n"
+	       "      --password-file FILE   its password (else $P11ESCROW_PASSWORD, else a prompt)\n"
+	       "  -h, --help                 this text\n",
+	       PROG, PROG, ESC_PROFILE_DEFAULT, PROG, DEFAULT_HOURS);
+	cli_print_exit_codes();
+}
+
+static int
+otp_create(struct esc_ctx *ctx, struct esc_store *st, struct esc_account *a, const char *subject,
+	   const char *profile, int hours)
+{
+	struct esc_secret *pw = NULL;
+	struct esc_otp_info *info = NULL;
+	char *name = NULL;
+	size_t n = 0;
+	enum esc_err r;
+
+	if ((r = esc_otp_create(ctx, st, a, subject, profile, hours, &name, &pw)) != ESC_OK)
+		return cli_fail(CMD_OTP, ctx, r);
+	/* The expiry as the database set it; the password is on stdout already if this fails. */
+	printf("name: %s\npassword: %s\n", name, esc_secret_str(pw));
+	esc_secret_free(pw);
+	if (esc_otp_list(ctx, st, a, name, &info, &n) == ESC_OK && n == 1)
+		printf("expires: %s\nprofile: %s\nsubject: %s\n", info[0].expires, info[0].profile, info[0].subject);
+	else
+		printf("expires: in %d hour(s)\n", hours);
+	fflush(stdout);
+	free(info);
+	free(name);
+	return 0;
+}
+
+static int
+otp_list(struct esc_ctx *ctx, struct esc_store *st, struct esc_account *a)
+{
+	struct esc_otp_info *info = NULL;
+	size_t n = 0, i;
+	enum esc_err r;
+
+	if ((r = esc_otp_list(ctx, st, a, NULL, &info, &n)) != ESC_OK)
+		return cli_fail(CMD_OTP, ctx, r);
+	printf("%zu enrollment password(s)\n", n);
+	if (n > 0)
+		printf("%-24s %-8s %-21s %-15s %-12s %s\n", "NAME", "STATE", "EXPIRES", "PROFILE", "CREATED BY",
+		       "SUBJECT");
+	for (i = 0; i < n; i++)
+		printf("%-24s %-8s %-21s %-15s %-12s %s\n", info[i].name, info[i].state, info[i].expires,
+		       info[i].profile, info[i].created_by, info[i].subject);
+	free(info);
+	return 0;
+}
+
+int
+enroll_password_main(int argc, char *argv[])
+{
+	enum { OPT_PASSWORD = 256, OPT_PROFILE, OPT_HOURS };
+	static const struct option longopts[] = {
+		{"config", required_argument, NULL, 'c'},	  {"database", required_argument, NULL, 'd'},
+		{"subject", required_argument, NULL, 's'},	  {"profile", required_argument, NULL, OPT_PROFILE},
+		{"hours", required_argument, NULL, OPT_HOURS},	  {"user", required_argument, NULL, 'u'},
+		{"password-file", required_argument, NULL, OPT_PASSWORD}, {"help", no_argument, NULL, 'h'},
+		{NULL, 0, NULL, 0},
+	};
+	const char *config = NULL, *database = NULL, *subject = NULL, *profile = NULL, *user = NULL;
+	const char *password_file = NULL, *action;
+	struct esc_ctx *ctx = NULL;
+	struct esc_config *cfg = NULL;
+	struct esc_store *st = NULL;
+	struct esc_account *a = NULL;
+	char *end;
+	int c, rc, hours = DEFAULT_HOURS;
+
+	opterr = 0;
+	optind = 1;
+	while ((c = getopt_long(argc, argv, ":c:d:s:u:h", longopts, NULL)) != -1) {
+		switch (c) {
+		case 'h':
+			otp_help();
+			return 0;
+		case 'c': config = optarg; break;
+		case 'd': database = optarg; break;
+		case 's': subject = optarg; break;
+		case OPT_PROFILE: profile = optarg; break;
+		case OPT_HOURS:
+			errno = 0;
+			hours = (int)strtol(optarg, &end, 10);
+			if (*optarg == '\0' || *end != '\0' || errno != 0 || hours < 1 || hours > 720)
+				return cli_usage_error(CMD_OTP, "--hours must be 1..720");
+			break;
+		case 'u': user = optarg; break;
+		case OPT_PASSWORD: password_file = optarg; break;
+		case ':':
+			return cli_usage_error(CMD_OTP, "option '%s' needs a value", argv[optind - 1]);
+		default:
+			return cli_usage_error(CMD_OTP, "unknown option '%s'", argv[optind - 1]);
+		}
+	}
+	if (optind != argc - 1)
+		return cli_usage_error(CMD_OTP, "expected one action: create or list");
+	action = argv[optind];
+	if (strcmp(action, "create") == 0) {
+		if (subject == NULL)
+			return cli_usage_error(CMD_OTP, "create needs --subject DN");
+		if (profile != NULL && esc_profile_find(profile) == NULL)
+			return cli_usage_error(CMD_OTP, "unknown profile '%s' (see '%s profile list')", profile, PROG);
+	} else if (strcmp(action, "list") != 0) {
+		return cli_usage_error(CMD_OTP, "unknown action '%s' (use create or list)", action);
+	} else if (subject != NULL || profile != NULL) {
+		return cli_usage_error(CMD_OTP, "--subject and --profile belong to create");
+	}
+	if (user == NULL)
+		return cli_usage_error(CMD_OTP, "--user NAME is required: this needs an authenticated account");
+	if ((rc = cli_init(CMD_OTP, config, &ctx, &cfg)) != 0 ||
+	    (rc = cli_apply_common(CMD_OTP, ctx, cfg, database, NULL, NULL, NULL)) != 0 ||
+	    (rc = cli_open_store(CMD_OTP, ctx, cfg, &st)) != 0 ||
+	    (rc = cli_login(CMD_OTP, ctx, st, user, password_file, &a)) != 0)
+		goto out;
+	if (strcmp(action, "create") == 0)
+		rc = otp_create(ctx, st, a, subject, profile, hours);
+	else
+		rc = otp_list(ctx, st, a);
+out:
+	esc_account_free(a);
+	esc_store_free(st);
+	esc_config_free(cfg);
+	esc_ctx_free(ctx);
+	return rc;
+}
+
+/* ---- service-cert ---------------------------------------------------------- */
+
+#define CMD_SVC "service-cert"
+
+static void
+svc_help(void)
+{
+	printf("Usage: %s " CMD_SVC " --cert FILE --key FILE --name NAME [--name NAME...] --user ADMIN [OPTIONS]\n\n"
+	       "Issue the service's TLS server certificate (profile tls-server: EC P-256 key made here,\n"
+	       "digitalSignature, serverAuth, 825 days at most, never beyond the CA certificate) signed\n"
+	       "with the CA key on the CA token.  Each --name becomes a subjectAltName: an IP address\n"
+	       "if it is one (IPv4 or IPv6), else a DNS host name; the first is also the common name.\n"
+	       "The certificate is recorded and audited.  Writes the private key (PEM, PKCS#8, mode\n"
+	       "0600) and the certificate followed by the CA certificate and any chain above it (PEM).\n"
+	       "Existing files are never overwritten.  Needs an administrator account and the CA\n"
+	       "token's PIN.\n\n"
+	       "Options:\n"
+	       "  -c, --config FILE          configuration file\n"
+	       "  -d, --database CONNINFO    libpq connection string\n"
+	       "  -m, --module MODULE        PKCS#11 module of the CA token (path or p11-kit:NAME)\n"
+	       "  -p, --pin-file FILE        CA token PIN (else $P11ESCROW_CA_PIN, else a prompt)\n"
+	       "  -n, --name NAME            a DNS name or IP address of the service (1..%d)\n"
+	       "      --cert FILE            where the certificate and chain go (must not exist)\n"
+	       "      --key FILE             where the private key goes (must not exist)\n"
+	       "  -u, --user NAME            the acting administrator\n"
+	       "      --password-file FILE   their password (else $P11ESCROW_PASSWORD, else a prompt)\n"
+	       "  -h, --help                 this text\n",
+	       PROG, MAX_NAMES);
+	cli_print_exit_codes();
+}
+
+/* Create path (never an existing file or link): the key's mode is 0600 from the start. */
+static int
+create_file(const char *path, mode_t mode, FILE **out)
+{
+	int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode);
+
+	if (fd < 0) {
+		fprintf(stderr, "%s %s: error: cannot create '%s': %s%s\n", PROG, CMD_SVC, path, strerror(errno),
+			errno == EEXIST ? " (existing files are never overwritten)" : "");
+		return esc_err_exit_code(errno == EEXIST ? ESC_ERR_EXISTS : ESC_ERR_IO);
+	}
+	if ((*out = fdopen(fd, "w")) == NULL) {
+		close(fd);
+		fprintf(stderr, "%s %s: error: cannot write '%s': %s\n", PROG, CMD_SVC, path, strerror(errno));
+		return esc_err_exit_code(ESC_ERR_IO);
+	}
+	return 0;
+}
+
+static int
+write_outputs(FILE *kf, FILE *cf, EVP_PKEY *key, X509 *cert, struct esc_keeper *k)
+{
+	STACK_OF(X509) *chain = esc_keeper_chain(k);
+	int i, ok;
+
+	ok = PEM_write_PrivateKey(kf, key, NULL, NULL, 0, NULL, NULL) && PEM_write_X509(cf, cert) &&
+	     PEM_write_X509(cf, esc_keeper_ca_cert(k));
+	for (i = 0; ok && i < sk_X509_num(chain); i++)
+		ok = PEM_write_X509(cf, sk_X509_value(chain, i));
+	return ok && fflush(kf) == 0 && fsync(fileno(kf)) == 0 && fflush(cf) == 0;
+}
+
+int
+service_cert_main(int argc, char *argv[])
+{
+	enum { OPT_PASSWORD = 256, OPT_CERT, OPT_KEY };
+	static const struct option longopts[] = {
+		{"config", required_argument, NULL, 'c'},   {"database", required_argument, NULL, 'd'},
+		{"module", required_argument, NULL, 'm'},   {"pin-file", required_argument, NULL, 'p'},
+		{"name", required_argument, NULL, 'n'},	    {"cert", required_argument, NULL, OPT_CERT},
+		{"key", required_argument, NULL, OPT_KEY},  {"user", required_argument, NULL, 'u'},
+		{"password-file", required_argument, NULL, OPT_PASSWORD}, {"help", no_argument, NULL, 'h'},
+		{NULL, 0, NULL, 0},
+	};
+	const char *config = NULL, *database = NULL, *module = NULL, *pin_file = NULL, *cert_path = NULL;
+	const char *key_path = NULL, *user = NULL, *password_file = NULL, *names[MAX_NAMES];
+	struct esc_ctx *ctx = NULL;
+	struct esc_config *cfg = NULL;
+	struct esc_store *st = NULL;
+	struct esc_account *a = NULL;
+	struct esc_secret *pin = NULL;
+	struct esc_keeper *k = NULL;
+	EVP_PKEY *key = NULL;
+	X509 *cert = NULL;
+	FILE *kf = NULL, *cf = NULL;
+	size_t nnames = 0, i;
+	char *serial = NULL;
+	enum esc_err r;
+	int c, rc, done = 0;
+
+	opterr = 0;
+	optind = 1;
+	while ((c = getopt_long(argc, argv, ":c:d:m:p:n:u:h", longopts, NULL)) != -1) {
+		switch (c) {
+		case 'h':
+			svc_help();
+			return 0;
+		case 'c': config = optarg; break;
+		case 'd': database = optarg; break;
+		case 'm': module = optarg; break;
+		case 'p': pin_file = optarg; break;
+		case 'n':
+			if (nnames == MAX_NAMES)
+				return cli_usage_error(CMD_SVC, "at most %d --name options", MAX_NAMES);
+			names[nnames++] = optarg;
+			break;
+		case OPT_CERT: cert_path = optarg; break;
+		case OPT_KEY: key_path = optarg; break;
+		case 'u': user = optarg; break;
+		case OPT_PASSWORD: password_file = optarg; break;
+		case ':':
+			return cli_usage_error(CMD_SVC, "option '%s' needs a value", argv[optind - 1]);
+		default:
+			return cli_usage_error(CMD_SVC, "unknown option '%s'", argv[optind - 1]);
+		}
+	}
+	if (optind != argc)
+		return cli_usage_error(CMD_SVC, "unexpected argument '%s'", argv[optind]);
+	if (cert_path == NULL || key_path == NULL || nnames == 0)
+		return cli_usage_error(CMD_SVC, "--cert FILE, --key FILE and at least one --name are required");
+	if (strcmp(cert_path, key_path) == 0)
+		return cli_usage_error(CMD_SVC, "--cert and --key must be different files");
+	if (user == NULL)
+		return cli_usage_error(CMD_SVC, "--user NAME is required: this needs an administrator account");
+	if ((rc = cli_init(CMD_SVC, config, &ctx, &cfg)) != 0 ||
+	    (rc = cli_apply_common(CMD_SVC, ctx, cfg, database, module, NULL, pin_file)) != 0 ||
+	    (rc = cli_open_store(CMD_SVC, ctx, cfg, &st)) != 0 ||
+	    (rc = cli_login(CMD_SVC, ctx, st, user, password_file, &a)) != 0)
+		goto out;
+	if ((r = esc_account_require(ctx, a, ESC_ROLE_ADMIN)) != ESC_OK) {
+		esc_audit_outcome_by(ctx, st, a, "enroll.server-cert", names[0], r);
+		rc = cli_fail(CMD_SVC, ctx, r);
+		goto out;
+	}
+	/* Both files exist (empty) before the CA signs anything: a refusal leaves no certificate behind. */
+	if ((rc = create_file(key_path, 0600, &kf)) != 0)
+		goto out;
+	if ((rc = create_file(cert_path, 0644, &cf)) != 0) {
+		fclose(kf);
+		kf = NULL;
+		unlink(key_path);
+		goto out;
+	}
+	if ((r = esc_secret_obtain(ctx, esc_config_get(cfg, "ca_pin_file"), "P11ESCROW_CA_PIN", "CA token PIN: ",
+				   &pin)) != ESC_OK ||
+	    (r = esc_keeper_open(ctx, st, esc_config_get(cfg, "module"), pin, &k)) != ESC_OK ||
+	    (r = esc_enroll_server_cert_as(ctx, st, k, a, names, nnames, &key, &cert)) != ESC_OK) {
+		rc = cli_fail(CMD_SVC, ctx, r);
+		goto out;
+	}
+	if (!write_outputs(kf, cf, key, cert, k)) {
+		fprintf(stderr, "%s %s: error: cannot write '%s' or '%s': %s\n", PROG, CMD_SVC, key_path, cert_path,
+			strerror(errno));
+		rc = esc_err_exit_code(ESC_ERR_IO);
+		goto out;
+	}
+	done = 1;
+	serial = esc_cert_serial_hex(cert);
+	printf("service certificate %s issued for", serial ? serial : "?");
+	for (i = 0; i < nnames; i++)
+		printf("%s %s", i ? "," : "", names[i]);
+	printf("\n  certificate and CA chain: %s\n  private key (mode 0600): %s\n", cert_path, key_path);
+	rc = 0;
+out:
+	if (kf != NULL && fclose(kf) != 0 && rc == 0)
+		rc = esc_err_exit_code(ESC_ERR_IO);
+	if (cf != NULL && fclose(cf) != 0 && rc == 0)
+		rc = esc_err_exit_code(ESC_ERR_IO);
+	if ((kf != NULL || cf != NULL) && !done) {
+		/* Only files this run created are removed. */
+		unlink(key_path);
+		unlink(cert_path);
+	}
+	free(serial);
+	X509_free(cert);
+	EVP_PKEY_free(key);
+	esc_keeper_free(k);
+	esc_secret_free(pin);
+	esc_account_free(a);
+	esc_store_free(st);
+	esc_config_free(cfg);
+	esc_ctx_free(ctx);
+	return rc;
+}
+
+/* ---- profile --------------------------------------------------------------- */
+
+#define CMD_PROFILE "profile"
+
+static void
+profile_help(void)
+{
+	printf("Usage: %s " CMD_PROFILE " list\n\n"
+	       "list  the built-in certificate profiles: the EST label that selects each (the default\n"
+	       "      profile, %s, has none), whether enrollees can use it, whether the key is archived\n"
+	       "      (then only /fullcmc and /serverkeygen) or is a signing key (never archived: only\n"
+	       "      /simpleenroll), the key types allowed and generated, and the validity in days.\n\n"
+	       "Options:\n"
+	       "  -h, --help   this text\n",
+	       PROG, ESC_PROFILE_DEFAULT);
+	cli_print_exit_codes();
+}
+
+static void
+key_types(unsigned types, char *buf, size_t len)
+{
+	static const struct {
+		unsigned t;
+		const char *n;
+	} names[] = {
+		{ESC_EKEY_RSA2048, "rsa2048"}, {ESC_EKEY_RSA3072, "rsa3072"}, {ESC_EKEY_RSA4096, "rsa4096"},
+		{ESC_EKEY_EC_P256, "ec-p256"}, {ESC_EKEY_EC_P384, "ec-p384"},
+	};
+	size_t i, used = 0;
+
+	snprintf(buf, len, "-");
+	for (i = 0; i < sizeof(names) / sizeof(names[0]); i++)
+		if (types & names[i].t) {
+			snprintf(buf + used, len - used, "%s%s", used ? "," : "", names[i].n);
+			used = strlen(buf);
+		}
+}
+
+int
+profile_main(int argc, char *argv[])
+{
+	const struct esc_profile *p;
+	char keys[96], keygen[32];
+	size_t i;
+
+	if (argc == 2 && (strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "--help") == 0)) {
+		profile_help();
+		return 0;
+	}
+	if (argc != 2 || strcmp(argv[1], "list") != 0)
+		return cli_usage_error(CMD_PROFILE, "expected the action: list");
+	printf("%-15s %-10s %-8s %-42s %-8s %-5s %s\n", "NAME", "ENROLL", "KEY", "KEY TYPES", "KEYGEN", "DAYS",
+	       "SUMMARY");
+	for (i = 0; (p = esc_profile_at(i)) != NULL; i++) {
+		key_types(p->keys, keys, sizeof(keys));
+		key_types(p->keygen, keygen, sizeof(keygen));
+		printf("%-15s %-10s %-8s %-42s %-8s %-5d %s%s\n", p->name, p->enrollable ? "yes" : "no",
+		       p->archival ? "archived" : p->signing ? "signing" : "-", keys, keygen, p->days, p->summary,
+		       strcmp(p->name, ESC_PROFILE_DEFAULT) == 0 ? " (default)" : "");
+	}
+	return 0;
+}
