@@ -24,11 +24,10 @@
 #include <p11escrow/kra.h>
 #include <p11escrow/recovery.h>
 
+#include "api_body.h"
 #include "svc.h"
 
-#define API_BODY_MAX (16 * 1024) /* the largest request is a reason of 1000 characters */
-#define API_FIELD_MAX 4096	 /* any string in a body; the library checks each one exactly */
-#define API_PARAM_MAX 256	 /* any query parameter */
+#define API_PARAM_MAX 256 /* any query parameter */
 #define API_AUDIT_DEFAULT 1000
 #define API_AUDIT_MAX 10000
 #define API_USER_MAX 128
@@ -182,92 +181,23 @@ param(struct api_call *c, const char *name)
 	return v != NULL && *v != '\0' ? v : NULL;
 }
 
-struct field {
-	const char *name;
-	int required;
-	int nullable;	  /* null is accepted and reads as absent */
-	const char **out; /* points into the parsed document */
-};
-
 /*
- * Parse the body as one JSON object holding only the given string fields.
- * Returns the document (the caller decrefs; *out values live as long) or
- * NULL after replying 413, 415 or 400.  With no field required, an empty
- * body is accepted as {}.
+ * The body as one JSON object of the fields f (api_body.h), or NULL after
+ * replying 413, 415 or 400.  The caller decrefs the document.
  */
 static json_t *
-parse_body(struct api_call *c, struct field *f, size_t nf)
+parse_body(struct api_call *c, struct api_field *f, size_t nf)
 {
 	struct svc_request *r = c->r;
-	json_error_t jerr;
-	json_t *doc, *v;
-	const char *key;
+	json_t *doc = NULL;
 	char msg[256];
-	size_t i, required = 0;
+	int status;
 
-	for (i = 0; i < nf; i++) {
-		*f[i].out = NULL;
-		required += f[i].required != 0;
-	}
-	if (r->bodylen > API_BODY_MAX) {
-		snprintf(msg, sizeof(msg), "the request body is larger than %d bytes", API_BODY_MAX);
-		reply_error(r, 413, msg, ESC_ERR_USAGE);
-		return NULL;
-	}
-	if (r->bodylen == 0 && required == 0)
-		return json_object();
-	if (!svc_content_type_is(r, "application/json")) {
-		reply_error(r, 415, "the request body must be application/json", ESC_ERR_USAGE);
-		return NULL;
-	}
-	if (r->body == NULL || r->bodylen == 0) {
-		reply_error(r, 400, "a JSON object is required", ESC_ERR_USAGE);
-		return NULL;
-	}
-	/* jansson refuses \u0000 in strings unless told otherwise: a field is always a C string. */
-	if ((doc = json_loadb((const char *)r->body, r->bodylen, JSON_REJECT_DUPLICATES, &jerr)) == NULL) {
-		snprintf(msg, sizeof(msg), "malformed JSON at line %d, column %d: %.120s", jerr.line, jerr.column,
-			 jerr.text);
-		reply_error(r, 400, msg, ESC_ERR_USAGE);
-		return NULL;
-	}
-	if (!json_is_object(doc)) {
-		reply_error(r, 400, "the request body must be a JSON object", ESC_ERR_USAGE);
-		goto fail;
-	}
-	json_object_foreach(doc, key, v)
-	{
-		for (i = 0; i < nf && strcmp(f[i].name, key) != 0; i++)
-			;
-		if (i == nf) {
-			snprintf(msg, sizeof(msg), "unknown field '%.64s'", key);
-			reply_error(r, 400, msg, ESC_ERR_USAGE);
-			goto fail;
-		}
-		if (json_is_null(v) && f[i].nullable)
-			continue;
-		if (!json_is_string(v)) {
-			snprintf(msg, sizeof(msg), "field '%s' must be a string%s", key,
-				 f[i].nullable ? " or null" : "");
-			reply_error(r, 400, msg, ESC_ERR_USAGE);
-			goto fail;
-		}
-		if (json_string_length(v) > API_FIELD_MAX) {
-			snprintf(msg, sizeof(msg), "field '%s' is longer than %d bytes", key, API_FIELD_MAX);
-			reply_error(r, 400, msg, ESC_ERR_USAGE);
-			goto fail;
-		}
-		*f[i].out = json_string_value(v);
-	}
-	for (i = 0; i < nf; i++)
-		if (f[i].required && *f[i].out == NULL) {
-			snprintf(msg, sizeof(msg), "field '%s' is required", f[i].name);
-			reply_error(r, 400, msg, ESC_ERR_USAGE);
-			goto fail;
-		}
-	return doc;
-fail:
-	json_decref(doc);
+	status = api_body_parse(r->body, r->bodylen, svc_content_type_is(r, "application/json"), f, nf, &doc, msg,
+				sizeof(msg));
+	if (status == 0)
+		return doc;
+	reply_error(r, status, msg, status == 500 ? ESC_ERR_NOMEM : ESC_ERR_USAGE);
 	return NULL;
 }
 
@@ -563,7 +493,7 @@ api_recoveries_create(struct api_call *c)
 {
 	static const char *const none[] = {NULL};
 	const char *record, *kra, *reason;
-	struct field f[] = {
+	struct api_field f[] = {
 		{"record", 1, 0, &record},
 		{"kra", 0, 1, &kra},
 		{"reason", 1, 0, &reason},
