@@ -44,13 +44,6 @@ done
 SERIAL=$(openssl x509 -in "$T/alice.pem" -noout -serial | sed 's/serial=//')
 BOBSERIAL=$(openssl x509 -in "$T/bob.pem" -noout -serial | sed 's/serial=//')
 
-if ! "$ESC" service-cert --help >/dev/null 2>&1; then   # TEMP until service-cert lands
-    printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n' >"$T/tls.ext"
-    openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$T/tls.key" -subj /CN=127.0.0.1 \
-        -out "$T/tls.csr" 2>/dev/null
-    openssl x509 -req -in "$T/tls.csr" -engine pkcs11 -CAkeyform engine -CAkey "$CA_KEY" -CA "$T/ca.pem" \
-        -set_serial "0x$(openssl rand -hex 16)" -days 30 -extfile "$T/tls.ext" -out "$T/tls.pem" >/dev/null 2>&1
-fi
 start_daemon 2
 API=$URL/api/v1
 
