@@ -214,7 +214,7 @@ cms_to_der(struct esc_ctx *ctx, CMS_ContentInfo *cms, const char *what, unsigned
 	return item_to_der(ctx, (const ASN1_VALUE *)cms, ASN1_ITEM_rptr(CMS_ContentInfo), what, der, derlen);
 }
 
-/* Decode a whole DER CMS ContentInfo: nothing may follow it. */
+/* Decode a whole CMS ContentInfo (DER, or BER as OpenSSL reads it): nothing may follow it. */
 static CMS_ContentInfo *
 cms_from_der(const unsigned char *der, size_t len)
 {
@@ -722,7 +722,8 @@ esc_cmc_request_parse(struct esc_ctx *ctx, const unsigned char *der, size_t len,
 	if (der == NULL || len == 0 || len > ESC_EST_BODY_MAX)
 		return esc_error(ctx, ESC_ERR_BAD_INPUT, "a Full PKI Request must be 1..%d bytes", ESC_EST_BODY_MAX);
 	if ((cms = cms_from_der(der, len)) == NULL) {
-		r = esc_error_ossl(ctx, ESC_ERR_BAD_INPUT, "the Full PKI Request is not a DER CMS structure");
+		r = esc_error_ossl(ctx, ESC_ERR_BAD_INPUT,
+				   "the Full PKI Request is not a CMS structure, or data follows it");
 		goto out;
 	}
 	if (OBJ_obj2nid(CMS_get0_type(cms)) != NID_pkcs7_signed) {
@@ -741,7 +742,8 @@ esc_cmc_request_parse(struct esc_ctx *ctx, const unsigned char *der, size_t len,
 	clen = ASN1_STRING_length(*content);
 	if (clen <= 0 || (pd = (PKI_DATA *)ASN1_item_d2i(NULL, &p, clen, ASN1_ITEM_rptr(PKI_DATA))) == NULL ||
 	    p != ASN1_STRING_get0_data(*content) + clen) {
-		r = esc_error_ossl(ctx, ESC_ERR_BAD_INPUT, "the SignedData's content is not a DER PKIData");
+		r = esc_error_ossl(ctx, ESC_ERR_BAD_INPUT,
+				   "the SignedData's content is not a PKIData, or data follows it");
 		goto out;
 	}
 	if (sk_TAGGED_ATTRIBUTE_num(pd->controls) > CMC_SEQ_MAX || sk_TAGGED_REQUEST_num(pd->reqs) > CMC_SEQ_MAX ||
@@ -848,7 +850,8 @@ esc_certs_only_parse(struct esc_ctx *ctx, const unsigned char *der, size_t len, 
 	if (der == NULL || len == 0 || len > ESC_EST_BODY_MAX)
 		return esc_error(ctx, ESC_ERR_BAD_INPUT, "a certs-only response must be 1..%d bytes", ESC_EST_BODY_MAX);
 	if ((p7 = d2i_PKCS7(NULL, &p, (long)len)) == NULL || p != der + len) {
-		r = esc_error_ossl(ctx, ESC_ERR_BAD_INPUT, "the certs-only response is not a DER PKCS#7/CMS structure");
+		r = esc_error_ossl(ctx, ESC_ERR_BAD_INPUT,
+				   "the certs-only response is not a PKCS#7/CMS structure, or data follows it");
 		goto out;
 	}
 	/* The signed content is [0] EXPLICIT OPTIONAL: a SignedData type may come without one. */
