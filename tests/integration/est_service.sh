@@ -18,7 +18,7 @@ run_esc 0 kra enroll --ca-token 'pkcs11:token=CA' --pin-file "$PIN_FILE" --token
     --kra-pin-file "$PIN_FILE" --name kra1 --user admin --password-file "$T/admin.pw"
 export P11ESCROW_PASSWORD=admin-password-0001
 start_daemon 2
-EST=$URL/.well-known/est
+
 
 # otp PROFILE: "name:password" of a new one-time password for CN=Test User
 otp() {
@@ -31,7 +31,7 @@ rows() { psql_val "SELECT (SELECT count(*) FROM certificates) || ' ' || (SELECT 
 post() {
     local path=$1 ct=$2 body=$3; shift 3
     curl -sS --cacert "$SERVER_CA" -o "$T/resp" -w '%{http_code}' -H "Content-Type: $ct" \
-        --data-binary @"$body" "$@" "$EST/$path"
+        --data-binary @"$body" "$@" "$URL/.well-known/est/$path"
 }
 
 note "a client certificate for the signing profile (used by the load below)"
@@ -63,7 +63,7 @@ head -c 200000 /dev/zero | tr '\0' 'A' >"$T/big.b64"
 [ "$(post serverkeygen application/pkcs10 "$T/big.b64" "${CC[@]}")" = 413 ] || fail "oversize body"
 [ "$(post nosuchop application/pkcs10 "$T/req.b64")" = 404 ] || fail "unknown operation"
 [ "$(post nolabel/serverkeygen application/pkcs10 "$T/req.b64")" = 404 ] || fail "unknown label"
-[ "$(post ../../etc/passwd application/pkcs10 "$T/req.b64")" = 400 ] || fail "path traversal"
+[ "$(post ../../etc/passwd application/pkcs10 "$T/req.b64" --path-as-is)" = 400 ] || fail "path traversal"
 [ "$(post serverkeygen application/pkcs10 "$T/req.b64")" = 401 ] || fail "no credentials"
 [ "$(post serverkeygen application/pkcs10 "$T/req.b64" --user 'enroll-nobody:wrong-password-1')" = 401 ] ||
     fail "wrong one-time password"
@@ -86,7 +86,7 @@ openssl crl -inform DER -in "$T/crl.der" -CAfile "$SERVER_CA" -noout 2>&1 | grep
 note "SIGTERM while a request is still arriving: it completes, then the process exits 0"
 ( printf '%s' "$(cat "$T/req.b64")"; head -c 30000 /dev/zero | tr '\0' '\n' ) >"$T/slow.b64"
 curl -sS --cacert "$SERVER_CA" -o "$T/slow.resp" -w '%{http_code}' -H 'Content-Type: application/pkcs10' \
-    --limit-rate 10K --data-binary @"$T/slow.b64" "${CC[@]}" "$EST/serverkeygen" >"$T/slow.code" &
+    --limit-rate 10K --data-binary @"$T/slow.b64" "${CC[@]}" "$URL/.well-known/est/serverkeygen" >"$T/slow.code" &
 slow=$!
 sleep 1
 stop_daemon
@@ -98,6 +98,8 @@ for point in after-sign after-cert-row after-archive after-commit; do
     before=$(rows)
     P11ESCROW_FAULT_KILL=$point start_daemon 1
     code=$(post serverkeygen application/pkcs10 "$T/req.b64" "${CC[@]}" 2>/dev/null) || true
+    for i in $(seq 100); do kill -0 "$DAEMON_PID" 2>/dev/null || break; sleep 0.1; done
+    kill -0 "$DAEMON_PID" 2>/dev/null && { cat "$DAEMON_LOG" >&2; fail "$point: the fault hook did not fire (HTTP $code)"; }
     wait "$DAEMON_PID" 2>/dev/null || true
     set -- $before
     after=$(rows)

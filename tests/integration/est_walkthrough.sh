@@ -32,8 +32,8 @@ assert_out "key matches"
 assert_out "alice-enc.pem: OK"
 assert_out "alice-sign.pem: OK"
 tail -n 1 "$T/out" | grep -qx 403 || fail "simpleenroll on the archival profile was not refused with 403"
-fp=$(grep -c 'SHA256 Fingerprint' "$T/out")
-[ "$fp" -eq 2 ] && [ "$(grep 'SHA256 Fingerprint' "$T/out" | sort -u | wc -l)" -eq 1 ] ||
+fp=$(grep -ci 'sha256 fingerprint' "$T/out")
+[ "$fp" -eq 2 ] && [ "$(grep -i 'sha256 fingerprint' "$T/out" | sort -u | wc -l)" -eq 1 ] ||
     fail "/cacerts did not return the CA certificate"
 
 note "archived: the server-generated encryption key, nothing else"
