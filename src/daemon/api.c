@@ -464,6 +464,10 @@ release_if_approved(struct api_call *c, char *msg, size_t msglen)
 		r = esc_recovery_release(c->w->ctx, c->w->st, esc_keeper_token(c->w->keeper), c->id);
 	if (r == ESC_OK)
 		return ESC_OK;
+	/* Another worker released it first (two approvals at once): nothing went wrong. */
+	if (r == ESC_ERR_STATE && esc_recovery_get(c->w->ctx, c->w->st, c->a, c->id, &q) == ESC_OK &&
+	    strcmp(q.state, "approved") != 0)
+		return ESC_OK;
 	snprintf(msg, msglen, "%s",
 		 svc_http_status(r) >= 500 ? "the CA token or database failed; retry the release"
 					   : esc_ctx_errmsg(c->w->ctx));
@@ -476,8 +480,6 @@ release_if_approved(struct api_call *c, char *msg, size_t msglen)
 static void
 reply_after_release(struct api_call *c, int status, enum esc_err e, const char *msg)
 {
-	enum esc_err forget = e;
-
 	/* The database connection is needed for the reply; the keeper is not. */
 	if (e == ESC_ERR_DB_CONNECT) {
 		reply_esc(c, e);
@@ -485,7 +487,7 @@ reply_after_release(struct api_call *c, int status, enum esc_err e, const char *
 	}
 	reply_request(c, status, e, msg);
 	if (e != ESC_OK && svc_http_status(e) >= 500)
-		svc_worker_forget(c->w, forget);
+		svc_worker_forget(c->w, e);
 }
 
 static void
