@@ -72,7 +72,7 @@ load(struct fixture *f, const char *text)
 
 /* Every key's current value, to prove a failed load changed nothing. */
 struct snapshot {
-	char val[16][1025]; /* values are at most 1024 bytes */
+	char val[32][1025]; /* values are at most 1024 bytes */
 };
 
 static void
@@ -135,6 +135,13 @@ test_defaults(void **state)
 	assert_string_equal(esc_config_get(f->cfg, "listen"), "127.0.0.1:8443");
 	assert_string_equal(esc_config_get(f->cfg, "log_level"), "info");
 	assert_int_equal(esc_config_get_long(f->cfg, "ca_days"), 3650);
+	assert_int_equal(esc_config_get_long(f->cfg, "workers"), 2);
+	assert_string_equal(esc_config_get(f->cfg, "tls_cert"), "");
+	assert_string_equal(esc_config_get(f->cfg, "tls_key"), "");
+	assert_string_equal(esc_config_get(f->cfg, "tls_client_auth"), "optional");
+	assert_int_equal(esc_config_get_long(f->cfg, "max_body"), 65536);
+	assert_int_equal(esc_config_get_long(f->cfg, "request_timeout"), 30);
+	assert_int_equal(esc_config_get_long(f->cfg, "shutdown_grace"), 30);
 
 	assert_null(esc_config_get(f->cfg, "nope"));
 	assert_null(esc_config_get(f->cfg, NULL));
@@ -143,7 +150,7 @@ test_defaults(void **state)
 
 	for (n = 0; esc_config_key_name(n) != NULL; n++)
 		assert_non_null(esc_config_get(f->cfg, esc_config_key_name(n)));
-	assert_int_equal(n, 11);
+	assert_int_equal(n, 18);
 	assert_string_equal(esc_config_key_name(0), "database");
 	assert_null(esc_config_key_name(1000));
 
@@ -399,6 +406,18 @@ test_set(void **state)
 	assert_int_equal(esc_config_set(f->ctx, f->cfg, "listen", "0.0.0.0:1"), ESC_OK);
 	assert_int_equal(esc_config_set(f->ctx, f->cfg, "listen", "localhost:65535"), ESC_OK);
 	assert_int_equal(esc_config_set(f->ctx, f->cfg, "listen", "[fe80::1%eth0]:8443"), ESC_OK);
+
+	/* The service's keys: ranges and choices. */
+	assert_int_equal(esc_config_set(f->ctx, f->cfg, "workers", "64"), ESC_OK);
+	assert_int_equal(esc_config_set(f->ctx, f->cfg, "workers", "0"), ESC_ERR_CONFIG);
+	assert_int_equal(esc_config_set(f->ctx, f->cfg, "workers", "65"), ESC_ERR_CONFIG);
+	assert_int_equal(esc_config_get_long(f->cfg, "workers"), 64);
+	assert_int_equal(esc_config_set(f->ctx, f->cfg, "tls_client_auth", "require"), ESC_OK);
+	assert_int_equal(esc_config_set(f->ctx, f->cfg, "tls_client_auth", "sometimes"), ESC_ERR_CONFIG);
+	assert_msg_contains(f, "tls_client_auth");
+	assert_int_equal(esc_config_set(f->ctx, f->cfg, "max_body", "1023"), ESC_ERR_CONFIG);
+	assert_int_equal(esc_config_set(f->ctx, f->cfg, "tls_key", "relative/key.pem"), ESC_ERR_CONFIG);
+	assert_int_equal(esc_config_set(f->ctx, f->cfg, "tls_key", "/etc/p11escrow/tls.key"), ESC_OK);
 
 	/* Values are bounded at 1024 bytes. */
 	memset(big, 'a', sizeof(big));
