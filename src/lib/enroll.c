@@ -889,6 +889,12 @@ issue_impl(struct esc_ctx *ctx, struct esc_store *st, struct esc_keeper *k, cons
 		return esc_error(ctx, ESC_ERR_USAGE, "an enrollment needs a subject and a public key");
 	if ((subject = esc_name_to_string(req->subject)) == NULL)
 		return esc_error(ctx, ESC_ERR_NOMEM, "out of memory");
+	/* Never cut short: a one-time password's subject is compared with this text. */
+	if (strlen(subject) >= sizeof(is->subject)) {
+		free(subject);
+		return esc_error(ctx, ESC_ERR_POLICY, "the subject is longer than %zu characters",
+				 sizeof(is->subject) - 1);
+	}
 	snprintf(is->subject, sizeof(is->subject), "%s", subject);
 	free(subject);
 	if (def == NULL)

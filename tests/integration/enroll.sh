@@ -139,6 +139,9 @@ grep -q "allowed: rsa2048, rsa3072, rsa4096, ec-p256, ec-p384" "$T/out" || fail 
 eckey p521 P-521
 tool 43 issue "$DB" "$PIN_FILE" signing 'CN=Carol' "$T/p521.key"
 tool 32 issue "$DB" "$PIN_FILE" encryption 'CN=Carol' "$T/bob.key" --key "$T/alice2.key"
+long="CN=Carol$(for i in $(seq 9); do printf ',OU=%060d' "$i"; done)"
+tool 43 issue "$DB" "$PIN_FILE" signing "$long" "$T/bob.key"
+assert_out "longer than 511 characters"
 [ "$(count certificates)" = "$before" ] || fail "a refused request left a certificate"
 [ "$(psql_val "SELECT count(*) FROM audit_events WHERE action = 'enroll.issue' AND outcome = 'refused'")" -ge 10 ] ||
     fail "refusals not audited"
@@ -279,7 +282,7 @@ tool 50 check-cert "$DB" "$T/svc.pem"
 note "three keepers in one process, on three threads at once; one closes, the others go on"
 tool 0 threads "$DB" "$PIN_FILE" 3 5
 assert_out "issued 25, verified 25, expected 25"
-tool 0 threads "$DB" "$PIN_FILE" 3 3 encryption
+tool 0 threads "$DB" "$PIN_FILE" 3 3 encryption "$T/env.der"
 assert_out "issued 15, verified 15, expected 15"
 
 note "the audit trail is intact; no secret in the database"

@@ -12,11 +12,12 @@
  *   enroll_tool check-cert CONNINFO CERT.pem         esc_enroll_check_client_cert
  *   enroll_tool otp-check CONNINFO NAME PASSWORD-FILE   esc_otp_check; prints the grant
  *   enroll_tool keygen PROFILE                       esc_profile_generate_key; PEM key on stdout
- *   enroll_tool threads CONNINFO PIN-FILE N M [PROFILE]
+ *   enroll_tool threads CONNINFO PIN-FILE N M [PROFILE [ENVELOPE.der]]
  *       N threads each open their own keeper (one process, one token) and issue M certificates
  *       (default profile signing; an archival profile archives each key) at the same time; then
  *       thread 0 closes its keeper and the others issue M more.  Every certificate must verify
- *       with the CA certificate.
+ *       with the CA certificate.  With ENVELOPE, each round also opens that archival envelope
+ *       with the thread's keeper (transport key on the token, concurrently).
  *
  * (The PIN file is read with esc_secret_from_file: mode 0600.)
  */
@@ -307,6 +308,8 @@ struct worker {
 	int index, rounds;
 	const char *conninfo, *pin_file;
 	const struct esc_profile *profile;
+	const unsigned char *env;
+	size_t envlen;
 	pthread_barrier_t *barrier;
 	X509 *ca;
 	int issued, verified, retries;
@@ -345,6 +348,13 @@ issue_some(struct worker *w, struct esc_ctx *ctx, struct esc_store *st, struct e
 		if (X509_verify(cert, X509_get0_pubkey(w->ca)) == 1)
 			w->verified++;
 		X509_free(cert);
+		if (w->env != NULL) {
+			EVP_PKEY *opened = NULL;
+
+			if ((w->err = esc_keeper_open_transport(ctx, k, w->env, w->envlen, &opened)) != ESC_OK)
+				return -1;
+			EVP_PKEY_free(opened);
+		}
 	}
 	return 0;
 }
@@ -405,11 +415,20 @@ cmd_threads(struct esc_ctx *ctx, int argc, char *argv[])
 	struct esc_keeper *k;
 	int n, m, i, total = 0, verified = 0, rc = 0;
 
-	const struct esc_profile *profile = esc_profile_find(argc == 7 ? argv[6] : "signing");
+	const struct esc_profile *profile = esc_profile_find(argc >= 7 ? argv[6] : "signing");
+	unsigned char *env = NULL;
+	size_t envlen = 0;
+	FILE *f;
 
-	if ((argc != 6 && argc != 7) || profile == NULL || (n = atoi(argv[4])) < 1 || n > MAX_THREADS ||
+	if (argc < 6 || argc > 8 || profile == NULL || (n = atoi(argv[4])) < 1 || n > MAX_THREADS ||
 	    (m = atoi(argv[5])) < 1)
 		return usage();
+	if (argc == 8) {
+		if ((env = malloc(ESC_ENVELOPE_MAX)) == NULL || (f = fopen(argv[7], "rb")) == NULL)
+			return usage();
+		envlen = fread(env, 1, ESC_ENVELOPE_MAX, f);
+		fclose(f);
+	}
 	if (esc_store_connect(ctx, argv[2], &st) != ESC_OK)
 		return fail(ctx, ESC_ERR_DB_CONNECT);
 	k = open_keeper(ctx, st, argv[3]); /* only for the CA certificate */
@@ -421,6 +440,8 @@ cmd_threads(struct esc_ctx *ctx, int argc, char *argv[])
 		w[i].conninfo = argv[2];
 		w[i].pin_file = argv[3];
 		w[i].profile = profile;
+		w[i].env = env;
+		w[i].envlen = envlen;
 		w[i].barrier = &barrier;
 		w[i].ca = esc_keeper_ca_cert(k);
 		if (pthread_create(&w[i].thread, NULL, worker_main, &w[i]) != 0)
@@ -439,6 +460,7 @@ cmd_threads(struct esc_ctx *ctx, int argc, char *argv[])
 	if (rc == 0 && (total != n * m + (n - 1) * m || verified != total))
 		rc = 1;
 	pthread_barrier_destroy(&barrier);
+	free(env);
 	esc_keeper_free(k);
 	esc_store_free(st);
 	return rc;
