@@ -57,8 +57,8 @@ otp_help(void)
 }
 
 static int
-otp_create(struct esc_ctx *ctx, struct esc_store *st, struct esc_account *a, const char *subject,
-	   const char *profile, int hours)
+otp_create(struct esc_ctx *ctx, struct esc_store *st, struct esc_account *a, const char *subject, const char *profile,
+	   int hours)
 {
 	struct esc_secret *pw = NULL;
 	struct esc_otp_info *info = NULL;
@@ -106,10 +106,14 @@ enroll_password_main(int argc, char *argv[])
 {
 	enum { OPT_PASSWORD = 256, OPT_PROFILE, OPT_HOURS };
 	static const struct option longopts[] = {
-		{"config", required_argument, NULL, 'c'},	  {"database", required_argument, NULL, 'd'},
-		{"subject", required_argument, NULL, 's'},	  {"profile", required_argument, NULL, OPT_PROFILE},
-		{"hours", required_argument, NULL, OPT_HOURS},	  {"user", required_argument, NULL, 'u'},
-		{"password-file", required_argument, NULL, OPT_PASSWORD}, {"help", no_argument, NULL, 'h'},
+		{"config", required_argument, NULL, 'c'},
+		{"database", required_argument, NULL, 'd'},
+		{"subject", required_argument, NULL, 's'},
+		{"profile", required_argument, NULL, OPT_PROFILE},
+		{"hours", required_argument, NULL, OPT_HOURS},
+		{"user", required_argument, NULL, 'u'},
+		{"password-file", required_argument, NULL, OPT_PASSWORD},
+		{"help", no_argument, NULL, 'h'},
 		{NULL, 0, NULL, 0},
 	};
 	const char *config = NULL, *database = NULL, *subject = NULL, *profile = NULL, *user = NULL;
@@ -128,18 +132,30 @@ enroll_password_main(int argc, char *argv[])
 		case 'h':
 			otp_help();
 			return 0;
-		case 'c': config = optarg; break;
-		case 'd': database = optarg; break;
-		case 's': subject = optarg; break;
-		case OPT_PROFILE: profile = optarg; break;
+		case 'c':
+			config = optarg;
+			break;
+		case 'd':
+			database = optarg;
+			break;
+		case 's':
+			subject = optarg;
+			break;
+		case OPT_PROFILE:
+			profile = optarg;
+			break;
 		case OPT_HOURS:
 			errno = 0;
 			hours = (int)strtol(optarg, &end, 10);
 			if (*optarg == '\0' || *end != '\0' || errno != 0 || hours < 1 || hours > 720)
 				return cli_usage_error(CMD_OTP, "--hours must be 1..720");
 			break;
-		case 'u': user = optarg; break;
-		case OPT_PASSWORD: password_file = optarg; break;
+		case 'u':
+			user = optarg;
+			break;
+		case OPT_PASSWORD:
+			password_file = optarg;
+			break;
 		case ':':
 			return cli_usage_error(CMD_OTP, "option '%s' needs a value", argv[optind - 1]);
 		default:
@@ -246,11 +262,16 @@ service_cert_main(int argc, char *argv[])
 {
 	enum { OPT_PASSWORD = 256, OPT_CERT, OPT_KEY };
 	static const struct option longopts[] = {
-		{"config", required_argument, NULL, 'c'},   {"database", required_argument, NULL, 'd'},
-		{"module", required_argument, NULL, 'm'},   {"pin-file", required_argument, NULL, 'p'},
-		{"name", required_argument, NULL, 'n'},	    {"cert", required_argument, NULL, OPT_CERT},
-		{"key", required_argument, NULL, OPT_KEY},  {"user", required_argument, NULL, 'u'},
-		{"password-file", required_argument, NULL, OPT_PASSWORD}, {"help", no_argument, NULL, 'h'},
+		{"config", required_argument, NULL, 'c'},
+		{"database", required_argument, NULL, 'd'},
+		{"module", required_argument, NULL, 'm'},
+		{"pin-file", required_argument, NULL, 'p'},
+		{"name", required_argument, NULL, 'n'},
+		{"cert", required_argument, NULL, OPT_CERT},
+		{"key", required_argument, NULL, OPT_KEY},
+		{"user", required_argument, NULL, 'u'},
+		{"password-file", required_argument, NULL, OPT_PASSWORD},
+		{"help", no_argument, NULL, 'h'},
 		{NULL, 0, NULL, 0},
 	};
 	const char *config = NULL, *database = NULL, *module = NULL, *pin_file = NULL, *cert_path = NULL;
@@ -276,19 +297,35 @@ service_cert_main(int argc, char *argv[])
 		case 'h':
 			svc_help();
 			return 0;
-		case 'c': config = optarg; break;
-		case 'd': database = optarg; break;
-		case 'm': module = optarg; break;
-		case 'p': pin_file = optarg; break;
+		case 'c':
+			config = optarg;
+			break;
+		case 'd':
+			database = optarg;
+			break;
+		case 'm':
+			module = optarg;
+			break;
+		case 'p':
+			pin_file = optarg;
+			break;
 		case 'n':
 			if (nnames == MAX_NAMES)
 				return cli_usage_error(CMD_SVC, "at most %d --name options", MAX_NAMES);
 			names[nnames++] = optarg;
 			break;
-		case OPT_CERT: cert_path = optarg; break;
-		case OPT_KEY: key_path = optarg; break;
-		case 'u': user = optarg; break;
-		case OPT_PASSWORD: password_file = optarg; break;
+		case OPT_CERT:
+			cert_path = optarg;
+			break;
+		case OPT_KEY:
+			key_path = optarg;
+			break;
+		case 'u':
+			user = optarg;
+			break;
+		case OPT_PASSWORD:
+			password_file = optarg;
+			break;
 		case ':':
 			return cli_usage_error(CMD_SVC, "option '%s' needs a value", argv[optind - 1]);
 		default:
@@ -322,8 +359,8 @@ service_cert_main(int argc, char *argv[])
 		unlink(key_path);
 		goto out;
 	}
-	if ((r = esc_secret_obtain(ctx, esc_config_get(cfg, "ca_pin_file"), "P11ESCROW_CA_PIN", "CA token PIN: ",
-				   &pin)) != ESC_OK ||
+	if ((r = esc_secret_obtain(ctx, esc_config_get(cfg, "ca_pin_file"), "P11ESCROW_CA_PIN",
+				   "CA token PIN: ", &pin)) != ESC_OK ||
 	    (r = esc_keeper_open(ctx, st, esc_config_get(cfg, "module"), pin, &k)) != ESC_OK ||
 	    (r = esc_enroll_server_cert_as(ctx, st, k, a, names, nnames, &key, &cert)) != ESC_OK) {
 		rc = cli_fail(CMD_SVC, ctx, r);
@@ -421,7 +458,10 @@ profile_main(int argc, char *argv[])
 		key_types(p->keys, keys, sizeof(keys));
 		key_types(p->keygen, keygen, sizeof(keygen));
 		printf("%-15s %-10s %-8s %-42s %-8s %-5d %s%s\n", p->name, p->enrollable ? "yes" : "no",
-		       p->archival ? "archived" : p->signing ? "signing" : "-", keys, keygen, p->days, p->summary,
+		       p->archival  ? "archived"
+		       : p->signing ? "signing"
+				    : "-",
+		       keys, keygen, p->days, p->summary,
 		       strcmp(p->name, ESC_PROFILE_DEFAULT) == 0 ? " (default)" : "");
 	}
 	return 0;

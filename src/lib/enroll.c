@@ -67,7 +67,7 @@ struct profile_def {
 	const char *ku_rsa;   /* keyUsage for RSA keys */
 	const char *ku_ec;    /* ... for EC keys */
 	const char *eku;      /* extendedKeyUsage */
-	int email_san;        /* copy the subject's emailAddress into subjectAltName (S/MIME) */
+	int email_san;	      /* copy the subject's emailAddress into subjectAltName (S/MIME) */
 };
 
 #define ALL_KEYS (ESC_EKEY_RSA2048 | ESC_EKEY_RSA3072 | ESC_EKEY_RSA4096 | ESC_EKEY_EC_P256 | ESC_EKEY_EC_P384)
@@ -75,17 +75,28 @@ struct profile_def {
 static const struct profile_def profiles[] = {
 	{{"encryption", "encryption keys (S/MIME, files), archived at enrollment; server-generated keys are EC P-256",
 	  1, 0, ALL_KEYS, ESC_EKEY_EC_P256, 365, 1},
-	 "critical,keyEncipherment", "critical,keyAgreement", "emailProtection", 1},
+	 "critical,keyEncipherment",
+	 "critical,keyAgreement",
+	 "emailProtection",
+	 1},
 	{{"encryption-rsa", "as encryption, but server-generated keys are RSA-2048", 1, 0, ALL_KEYS, ESC_EKEY_RSA2048,
 	  365, 1},
-	 "critical,keyEncipherment", "critical,keyAgreement", "emailProtection", 1},
-	{{"signing", "signing keys (S/MIME signatures, TLS client authentication); never archived, never generated",
-	  0, 1, ALL_KEYS, 0, 365, 1},
-	 "critical,digitalSignature,nonRepudiation", "critical,digitalSignature,nonRepudiation",
-	 "emailProtection,clientAuth", 1},
+	 "critical,keyEncipherment",
+	 "critical,keyAgreement",
+	 "emailProtection",
+	 1},
+	{{"signing", "signing keys (S/MIME signatures, TLS client authentication); never archived, never generated", 0,
+	  1, ALL_KEYS, 0, 365, 1},
+	 "critical,digitalSignature,nonRepudiation",
+	 "critical,digitalSignature,nonRepudiation",
+	 "emailProtection,clientAuth",
+	 1},
 	{{"tls-server", "the service's own TLS server certificate (p11escrow service-cert); not enrollable", 0, 1,
 	  ESC_EKEY_EC_P256, ESC_EKEY_EC_P256, 825, 0},
-	 "critical,digitalSignature", "critical,digitalSignature", "serverAuth", 0},
+	 "critical,digitalSignature",
+	 "critical,digitalSignature",
+	 "serverAuth",
+	 0},
 };
 
 static const struct {
@@ -193,7 +204,10 @@ esc_enroll_key_type(EVP_PKEY *pub)
 		}
 		BN_free(e);
 		bits = EVP_PKEY_get_bits(pub);
-		type = bits == 2048 ? ESC_EKEY_RSA2048 : bits == 3072 ? ESC_EKEY_RSA3072 : bits == 4096 ? ESC_EKEY_RSA4096 : 0;
+		type = bits == 2048   ? ESC_EKEY_RSA2048
+		       : bits == 3072 ? ESC_EKEY_RSA3072
+		       : bits == 4096 ? ESC_EKEY_RSA4096
+				      : 0;
 	} else if (EVP_PKEY_is_a(pub, "EC")) {
 		switch (ec_curve_nid(pub)) {
 		case NID_X9_62_prime256v1:
@@ -216,7 +230,8 @@ describe_key(EVP_PKEY *pub, char *buf, size_t len)
 	if (EVP_PKEY_is_a(pub, "RSA"))
 		snprintf(buf, len, "rsa%d (or an unusual public exponent)", EVP_PKEY_get_bits(pub));
 	else if (EVP_PKEY_is_a(pub, "EC"))
-		snprintf(buf, len, "EC on curve %s", OBJ_nid2sn(ec_curve_nid(pub)) ? OBJ_nid2sn(ec_curve_nid(pub)) : "?");
+		snprintf(buf, len, "EC on curve %s",
+			 OBJ_nid2sn(ec_curve_nid(pub)) ? OBJ_nid2sn(ec_curve_nid(pub)) : "?");
 	else
 		snprintf(buf, len, "%s", EVP_PKEY_get0_type_name(pub) ? EVP_PKEY_get0_type_name(pub) : "unknown type");
 }
@@ -266,8 +281,7 @@ esc_profile_generate_key(struct esc_ctx *ctx, const struct esc_profile *p, EVP_P
 		key = EVP_EC_gen("P-384");
 		break;
 	case 0:
-		return esc_error(ctx, ESC_ERR_POLICY,
-				 "profile '%s' has no server-generated keys%s", def->p.name,
+		return esc_error(ctx, ESC_ERR_POLICY, "profile '%s' has no server-generated keys%s", def->p.name,
 				 def->p.signing ? ": a signing key is made by its owner and never leaves them" : "");
 	default:
 		return esc_error(ctx, ESC_ERR_INTERNAL, "profile '%s' names an unknown key type", def->p.name);
@@ -310,7 +324,8 @@ esc_keeper_ca_cert(const struct esc_keeper *k)
 	return k->ca_cert;
 }
 
-STACK_OF(X509) *esc_keeper_chain(const struct esc_keeper *k)
+STACK_OF(X509) *
+esc_keeper_chain(const struct esc_keeper *k)
 {
 	return k->chain;
 }
@@ -339,8 +354,8 @@ load_ca(struct esc_ctx *ctx, struct esc_store *st, X509 **cert, STACK_OF(X509) *
 	long len = 0;
 	enum esc_err r;
 
-	if ((r = esc_store_exec(ctx, st, "SELECT certificate, chain FROM ca WHERE state = 'active'", 0, NULL, NULL, NULL,
-				&res)) != ESC_OK)
+	if ((r = esc_store_exec(ctx, st, "SELECT certificate, chain FROM ca WHERE state = 'active'", 0, NULL, NULL,
+				NULL, &res)) != ESC_OK)
 		return r;
 	if (PQntuples(res) != 1 || PQgetisnull(res, 0, 0)) {
 		r = esc_error(ctx, ESC_ERR_STATE, "there is no active CA: run 'p11escrow setup'");
@@ -363,8 +378,9 @@ load_ca(struct esc_ctx *ctx, struct esc_store *st, X509 **cert, STACK_OF(X509) *
 		}
 		for (p = der, end = der + len; p < end;) {
 			if ((x = d2i_X509(NULL, &p, end - p)) == NULL) {
-				r = esc_error_ossl(ctx, ESC_ERR_BAD_INPUT, "the stored CA chain holds something else "
-									   "than DER certificates");
+				r = esc_error_ossl(ctx, ESC_ERR_BAD_INPUT,
+						   "the stored CA chain holds something else "
+						   "than DER certificates");
 				goto out;
 			}
 			if (!sk_X509_push(sk, x)) {
@@ -400,8 +416,8 @@ keeper_key(struct esc_ctx *ctx, struct esc_token *tok, const char *uri, X509 *ce
 		goto out;
 	if (X509_get0_pubkey(cert) == NULL || EVP_PKEY_eq(X509_get0_pubkey(cert), pub) != 1) {
 		ERR_clear_error();
-		r = esc_error(ctx, ESC_ERR_MISMATCH, "the %s key on token '%s' is not the key of the %s certificate", what,
-			      esc_token_label(tok), what);
+		r = esc_error(ctx, ESC_ERR_MISMATCH, "the %s key on token '%s' is not the key of the %s certificate",
+			      what, esc_token_label(tok), what);
 		goto out;
 	}
 	if ((r = esc_token_key_private(ctx, tok, key, &priv)) != ESC_OK)
@@ -435,7 +451,8 @@ esc_keeper_open(struct esc_ctx *ctx, struct esc_store *st, const char *module, c
 				    "SELECT certificate FROM token_keys WHERE role = 'transport'", 0, NULL,
 				    &k->transport_cert)) != ESC_OK) {
 		if (r == ESC_ERR_NOT_FOUND)
-			r = esc_error(ctx, ESC_ERR_STATE, "no transport certificate is recorded: run 'p11escrow setup'");
+			r = esc_error(ctx, ESC_ERR_STATE,
+				      "no transport certificate is recorded: run 'p11escrow setup'");
 		goto out;
 	}
 	/*
@@ -477,8 +494,8 @@ addressed_to(CMS_ContentInfo *cms, X509 *cert)
 		case CMS_RECIPINFO_AGREE:
 			reks = CMS_RecipientInfo_kari_get0_reks(ri);
 			for (j = 0; j < sk_CMS_RecipientEncryptedKey_num(reks); j++)
-				if (CMS_RecipientEncryptedKey_cert_cmp(sk_CMS_RecipientEncryptedKey_value(reks, j), cert) ==
-				    0)
+				if (CMS_RecipientEncryptedKey_cert_cmp(sk_CMS_RecipientEncryptedKey_value(reks, j),
+								       cert) == 0)
 					return 1;
 			break;
 		default:
@@ -553,8 +570,9 @@ esc_keeper_open_transport(struct esc_ctx *ctx, struct esc_keeper *k, const unsig
 	 */
 	if (CMS_decrypt_set1_pkey_and_peer(cms, k->transport, k->transport_cert, NULL) != 1) {
 		if (integrity_failure(why, sizeof(why)))
-			r = esc_error(ctx, ESC_ERR_TAMPERED, "the archival envelope's wrapped key fails its integrity "
-							     "check: it was altered");
+			r = esc_error(ctx, ESC_ERR_TAMPERED,
+				      "the archival envelope's wrapped key fails its integrity "
+				      "check: it was altered");
 		else
 			r = esc_error(ctx, ESC_ERR_PKCS11,
 				      "the transport key on the CA token could not open the archival envelope%s", why);
@@ -567,8 +585,9 @@ esc_keeper_open_transport(struct esc_ctx *ctx, struct esc_keeper *k, const unsig
 	}
 	if (CMS_decrypt(cms, NULL, NULL, NULL, bout, CMS_BINARY) != 1) {
 		ERR_clear_error();
-		r = esc_error(ctx, ESC_ERR_TAMPERED, "the archival envelope does not decrypt: it was altered, "
-						     "corrupted or not made for this key");
+		r = esc_error(ctx, ESC_ERR_TAMPERED,
+			      "the archival envelope does not decrypt: it was altered, "
+			      "corrupted or not made for this key");
 		goto out;
 	}
 	BIO_get_mem_ptr(bout, &mem);
@@ -587,7 +606,7 @@ esc_keeper_open_transport(struct esc_ctx *ctx, struct esc_keeper *k, const unsig
 out:
 	EVP_PKEY_free(pkey);
 	PKCS8_PRIV_KEY_INFO_free(p8); /* cleanses its key octets */
-	BIO_free(bout);               /* a secure-heap buffer, cleansed when freed */
+	BIO_free(bout);		      /* a secure-heap buffer, cleansed when freed */
 	CMS_ContentInfo_free(cms);
 	return r;
 }
@@ -751,10 +770,11 @@ insert_cert(struct esc_ctx *ctx, struct esc_store *st, X509 *x, const char *prof
 	v[6] = (const char *)der;
 	len[6] = dlen;
 	fmt[6] = 1;
-	if ((r = esc_store_exec(ctx, st,
-				"INSERT INTO certificates (serial, subject, issuer, not_before, not_after, profile, der) "
-				"VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (serial) DO NOTHING",
-				7, v, len, fmt, &res)) != ESC_OK)
+	if ((r = esc_store_exec(
+		     ctx, st,
+		     "INSERT INTO certificates (serial, subject, issuer, not_before, not_after, profile, der) "
+		     "VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (serial) DO NOTHING",
+		     7, v, len, fmt, &res)) != ESC_OK)
 		goto out;
 	*inserted = strcmp(PQcmdTuples(res), "1") == 0;
 out:
@@ -791,8 +811,10 @@ sign_and_record(struct esc_ctx *ctx, struct esc_store *st, struct esc_keeper *k,
 		X509_free(*x);
 		*x = NULL;
 	}
-	return esc_error(ctx, ESC_ERR_EXISTS, "%d random serial numbers in a row were taken already: the random "
-					      "number generator is not working", SERIAL_DRAWS);
+	return esc_error(ctx, ESC_ERR_EXISTS,
+			 "%d random serial numbers in a row were taken already: the random "
+			 "number generator is not working",
+			 SERIAL_DRAWS);
 }
 
 static const char *
@@ -809,10 +831,11 @@ consume_otp(struct esc_ctx *ctx, struct esc_store *st, const char *name, const c
 	const char *v[1] = {name};
 	enum esc_err r;
 
-	if ((r = esc_store_exec(ctx, st,
-				"UPDATE enrollment_passwords SET used_at = now() WHERE name = $1 AND used_at IS NULL AND "
-				"expires_at > now() RETURNING subject, profile",
-				1, v, NULL, NULL, &res)) != ESC_OK)
+	if ((r = esc_store_exec(
+		     ctx, st,
+		     "UPDATE enrollment_passwords SET used_at = now() WHERE name = $1 AND used_at IS NULL AND "
+		     "expires_at > now() RETURNING subject, profile",
+		     1, v, NULL, NULL, &res)) != ESC_OK)
 		return r;
 	if (PQntuples(res) != 1)
 		r = esc_error(ctx, ESC_ERR_AUTH, "the one-time enrollment password '%.64s' is unknown, used or expired",
@@ -830,7 +853,7 @@ consume_otp(struct esc_ctx *ctx, struct esc_store *st, const char *name, const c
 }
 
 struct issue_state {
-	X509 *cert;                     /* signed; kept across retries of the transaction */
+	X509 *cert; /* signed; kept across retries of the transaction */
 	struct esc_archive_info info;
 	char subject[512];
 };
@@ -909,10 +932,11 @@ issue_impl(struct esc_ctx *ctx, struct esc_store *st, struct esc_keeper *k, cons
 		return esc_error(ctx, ESC_ERR_POLICY,
 				 "profile '%s' requires key archival: use /fullcmc or /serverkeygen", def->p.name);
 	if (!def->p.archival && req->key != NULL)
-		return esc_error(ctx, ESC_ERR_POLICY,
-				 "profile '%s' is a %s profile: its keys are never archived, so no private key may come "
-				 "with the request",
-				 def->p.name, def->p.signing ? "signing" : "non-archival");
+		return esc_error(
+			ctx, ESC_ERR_POLICY,
+			"profile '%s' is a %s profile: its keys are never archived, so no private key may come "
+			"with the request",
+			def->p.name, def->p.signing ? "signing" : "non-archival");
 	if (req->key != NULL && EVP_PKEY_eq(req->key, req->pub) != 1) {
 		ERR_clear_error();
 		return esc_error(ctx, ESC_ERR_MISMATCH, "the private key does not match the request's public key");
@@ -951,7 +975,7 @@ esc_enroll_issue(struct esc_ctx *ctx, struct esc_store *st, struct esc_keeper *k
 		/* The transaction was rolled back: the refusal is recorded on its own. */
 		serial = is.cert != NULL ? esc_cert_serial_hex(is.cert) : NULL;
 		esc_audit_outcome(ctx, st, req->actor, "enrollee", "enroll.issue",
-				  serial        ? serial
+				  serial	  ? serial
 				  : req->otp_name ? req->otp_name
 				  : is.subject[0] ? is.subject
 						  : "?",
@@ -983,7 +1007,8 @@ check_client_impl(struct esc_ctx *ctx, struct esc_store *st, X509 *cert, const c
 	if ((r = esc_store_get_cert(ctx, st, "the CA certificate", "SELECT certificate FROM ca WHERE state = 'active'",
 				    0, NULL, &ca)) != ESC_OK) {
 		if (r == ESC_ERR_NOT_FOUND)
-			r = esc_error(ctx, ESC_ERR_AUTH, "there is no active CA to check certificate %s against", serial);
+			r = esc_error(ctx, ESC_ERR_AUTH, "there is no active CA to check certificate %s against",
+				      serial);
 		return r;
 	}
 	if (X509_check_issued(ca, cert) != X509_V_OK || X509_verify(cert, X509_get0_pubkey(ca)) != 1) {
@@ -991,10 +1016,11 @@ check_client_impl(struct esc_ctx *ctx, struct esc_store *st, X509 *cert, const c
 		r = esc_error(ctx, ESC_ERR_AUTH, "certificate %s was not issued by this CA", serial);
 		goto out;
 	}
-	if ((r = esc_store_exec(ctx, st,
-				"SELECT c.der, c.profile, EXISTS (SELECT 1 FROM revocations v WHERE v.issuer = c.issuer "
-				"AND ltrim(v.serial, '0') = ltrim(c.serial, '0')) FROM certificates c WHERE c.serial = $1",
-				1, v, NULL, NULL, &res)) != ESC_OK)
+	if ((r = esc_store_exec(
+		     ctx, st,
+		     "SELECT c.der, c.profile, EXISTS (SELECT 1 FROM revocations v WHERE v.issuer = c.issuer "
+		     "AND ltrim(v.serial, '0') = ltrim(c.serial, '0')) FROM certificates c WHERE c.serial = $1",
+		     1, v, NULL, NULL, &res)) != ESC_OK)
 		goto out;
 	if (PQntuples(res) != 1) {
 		r = esc_error(ctx, ESC_ERR_AUTH, "certificate %s is not recorded as issued here", serial);
@@ -1004,7 +1030,8 @@ check_client_impl(struct esc_ctx *ctx, struct esc_store *st, X509 *cert, const c
 	if ((dlen = i2d_X509(cert, &der)) <= 0 || strncmp(PQgetvalue(res, 0, 0), "\\x", 2) != 0 ||
 	    (stored = OPENSSL_hexstr2buf(PQgetvalue(res, 0, 0) + 2, &slen)) == NULL || slen != dlen ||
 	    memcmp(stored, der, (size_t)dlen) != 0) {
-		r = esc_error(ctx, ESC_ERR_AUTH, "certificate %s differs from the one recorded with its serial", serial);
+		r = esc_error(ctx, ESC_ERR_AUTH, "certificate %s differs from the one recorded with its serial",
+			      serial);
 		goto out;
 	}
 	/* Only certificates issued to enrollees authenticate enrollees (not the service's, not the CA's own keys). */
@@ -1128,17 +1155,20 @@ otp_insert(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *
 				1, v + 4, NULL, NULL, &res)) != ESC_OK)
 		goto out;
 	if (PQntuples(res) != 1) {
-		r = esc_error(ctx, ESC_ERR_DENIED, "account '%s' is no longer an enabled administrator or certificate "
-						   "manager", esc_account_name(actor));
+		r = esc_error(ctx, ESC_ERR_DENIED,
+			      "account '%s' is no longer an enabled administrator or certificate "
+			      "manager",
+			      esc_account_name(actor));
 		goto out;
 	}
 	PQclear(res);
 	res = NULL;
-	if ((r = esc_store_exec(ctx, st,
-				"INSERT INTO enrollment_passwords (name, hash, subject, profile, created_by, expires_at) "
-				"VALUES ($1, $2, $3, $4, $5, now() + $6::integer * interval '1 hour') RETURNING "
-				"to_char(expires_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS') || 'Z'",
-				6, v, NULL, NULL, &res)) != ESC_OK)
+	if ((r = esc_store_exec(
+		     ctx, st,
+		     "INSERT INTO enrollment_passwords (name, hash, subject, profile, created_by, expires_at) "
+		     "VALUES ($1, $2, $3, $4, $5, now() + $6::integer * interval '1 hour') RETURNING "
+		     "to_char(expires_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS') || 'Z'",
+		     6, v, NULL, NULL, &res)) != ESC_OK)
 		goto out;
 	snprintf(details, sizeof(details), "subject %.400s, profile %s, expires %s", subject, profile,
 		 PQgetvalue(res, 0, 0));
@@ -1168,8 +1198,9 @@ otp_create_impl(struct esc_ctx *ctx, struct esc_store *st, const struct esc_acco
 				 "managers do)",
 				 actor ? esc_account_name(actor) : "(none)");
 	if ((p = esc_profile_find(profile)) == NULL || !p->enrollable)
-		return esc_error(ctx, ESC_ERR_USAGE, "'%.32s' is not a profile enrollees can use (see 'p11escrow profile "
-						     "list')",
+		return esc_error(ctx, ESC_ERR_USAGE,
+				 "'%.32s' is not a profile enrollees can use (see 'p11escrow profile "
+				 "list')",
 				 profile);
 	if (hours < 1 || hours > OTP_HOURS_MAX)
 		return esc_error(ctx, ESC_ERR_USAGE, "an enrollment password is valid for 1..%d hours", OTP_HOURS_MAX);
@@ -1189,8 +1220,9 @@ otp_create_impl(struct esc_ctx *ctx, struct esc_store *st, const struct esc_acco
 	 * escaped characters would not come back the same.
 	 */
 	if ((r = esc_name_parse(ctx, norm, &back)) != ESC_OK || X509_NAME_cmp(back, xn) != 0) {
-		r = esc_error(ctx, ESC_ERR_USAGE, "the subject '%.200s' holds characters that need escaping (, + ; < > \\ "
-						  "\" #): enrollment passwords cannot name it",
+		r = esc_error(ctx, ESC_ERR_USAGE,
+			      "the subject '%.200s' holds characters that need escaping (, + ; < > \\ "
+			      "\" #): enrollment passwords cannot name it",
 			      norm);
 		goto out;
 	}
@@ -1314,20 +1346,18 @@ esc_otp_list(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account
 
 	if (st == NULL || out == NULL || n == NULL)
 		return esc_error(ctx, ESC_ERR_INTERNAL, "esc_otp_list: NULL argument");
-	if (actor == NULL ||
-	    !(esc_account_roles(actor) & (ESC_ROLE_ADMIN | ESC_ROLE_CERT_MANAGER | ESC_ROLE_AUDITOR)))
+	if (actor == NULL || !(esc_account_roles(actor) & (ESC_ROLE_ADMIN | ESC_ROLE_CERT_MANAGER | ESC_ROLE_AUDITOR)))
 		return esc_error(ctx, ESC_ERR_DENIED, "account '%s' may not list enrollment passwords",
 				 actor ? esc_account_name(actor) : "(none)");
-	if ((r = esc_store_exec(
-		     ctx, st,
-		     "SELECT e.name, e.subject, e.profile, a.name, "
-		     "to_char(e.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS') || 'Z', "
-		     "to_char(e.expires_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS') || 'Z', "
-		     "coalesce(to_char(e.used_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS') || 'Z', ''), "
-		     "CASE WHEN e.used_at IS NOT NULL THEN 'used' WHEN e.expires_at <= now() THEN 'expired' "
-		     "ELSE 'unused' END FROM enrollment_passwords e JOIN accounts a ON a.id = e.created_by "
-		     "WHERE $1::text IS NULL OR e.name = $1 ORDER BY e.id DESC LIMIT 1000",
-		     1, v, NULL, NULL, &res)) != ESC_OK)
+	if ((r = esc_store_exec(ctx, st,
+				"SELECT e.name, e.subject, e.profile, a.name, "
+				"to_char(e.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS') || 'Z', "
+				"to_char(e.expires_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS') || 'Z', "
+				"coalesce(to_char(e.used_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS') || 'Z', ''), "
+				"CASE WHEN e.used_at IS NOT NULL THEN 'used' WHEN e.expires_at <= now() THEN 'expired' "
+				"ELSE 'unused' END FROM enrollment_passwords e JOIN accounts a ON a.id = e.created_by "
+				"WHERE $1::text IS NULL OR e.name = $1 ORDER BY e.id DESC LIMIT 1000",
+				1, v, NULL, NULL, &res)) != ESC_OK)
 		return r;
 	rows = PQntuples(res);
 	if ((list = calloc((size_t)rows + 1, sizeof(*list))) == NULL) {
@@ -1455,8 +1485,7 @@ server_tx(struct esc_ctx *ctx, struct esc_store *st, struct esc_keeper *k, const
 	struct esc_audit_event ev = {actor, roles, "enroll.server-cert", NULL, "ok", details};
 	enum esc_err r;
 
-	if ((r = begin_tx(ctx, st)) != ESC_OK ||
-	    (r = sign_and_record(ctx, st, k, def, subject, key, san, x)) != ESC_OK)
+	if ((r = begin_tx(ctx, st)) != ESC_OK || (r = sign_and_record(ctx, st, k, def, subject, key, san, x)) != ESC_OK)
 		goto out;
 	if ((serial = esc_cert_serial_hex(*x)) == NULL) {
 		r = esc_error(ctx, ESC_ERR_NOMEM, "out of memory");
@@ -1473,8 +1502,8 @@ out:
 }
 
 static enum esc_err
-server_cert_impl(struct esc_ctx *ctx, struct esc_store *st, struct esc_keeper *k, const char *actor,
-		 const char *roles, const char *const *names, size_t nnames, EVP_PKEY **keyp, X509 **certp)
+server_cert_impl(struct esc_ctx *ctx, struct esc_store *st, struct esc_keeper *k, const char *actor, const char *roles,
+		 const char *const *names, size_t nnames, EVP_PKEY **keyp, X509 **certp)
 {
 	GENERAL_NAMES *san = NULL;
 	X509_NAME *subject = NULL;

@@ -135,7 +135,8 @@ cmd_issue(struct esc_ctx *ctx, int argc, char *argv[])
 		} else if (strcmp(argv[i], "--otp") == 0) {
 			req.otp_name = argv[i + 1];
 		} else if (strcmp(argv[i], "--source") == 0) {
-			req.source = strcmp(argv[i + 1], "server") == 0 ? ESC_SOURCE_ENROLL_SERVER : ESC_SOURCE_ENROLL_CLIENT;
+			req.source = strcmp(argv[i + 1], "server") == 0 ? ESC_SOURCE_ENROLL_SERVER
+									: ESC_SOURCE_ENROLL_CLIENT;
 		} else if (strcmp(argv[i], "--out") == 0) {
 			out = argv[i + 1];
 		} else {
@@ -224,8 +225,8 @@ cmd_transport(struct esc_ctx *ctx, int argc, char *argv[])
 	if ((r = esc_keeper_open_transport(ctx, k, buf, n, &key)) != ESC_OK)
 		return fail(ctx, r);
 	if (expect != NULL) {
-		if (EVP_PKEY_eq(key, expect) != 1 || (na = pkcs8_der(key, &a)) <= 0 || (nb = pkcs8_der(expect, &b)) <= 0 ||
-		    na != nb || memcmp(a, b, (size_t)na) != 0) {
+		if (EVP_PKEY_eq(key, expect) != 1 || (na = pkcs8_der(key, &a)) <= 0 ||
+		    (nb = pkcs8_der(expect, &b)) <= 0 || na != nb || memcmp(a, b, (size_t)na) != 0) {
 			fprintf(stderr, "enroll_tool: the envelope's key is not the expected one\n");
 			return 1;
 		}
@@ -449,8 +450,8 @@ cmd_threads(struct esc_ctx *ctx, int argc, char *argv[])
 	}
 	for (i = 0; i < n; i++) {
 		pthread_join(w[i].thread, NULL);
-		printf("thread %d: issued %d, verified %d, transactions retried %d%s%s\n", i, w[i].issued, w[i].verified,
-		       w[i].retries, w[i].msg[0] ? ": " : "", w[i].msg);
+		printf("thread %d: issued %d, verified %d, transactions retried %d%s%s\n", i, w[i].issued,
+		       w[i].verified, w[i].retries, w[i].msg[0] ? ": " : "", w[i].msg);
 		total += w[i].issued;
 		verified += w[i].verified;
 		if (w[i].err != ESC_OK)
