@@ -197,7 +197,7 @@ cmd_transport(struct esc_ctx *ctx, int argc, char *argv[])
 	struct esc_store *st = NULL;
 	struct esc_keeper *k;
 	EVP_PKEY *key = NULL, *expect = NULL;
-	unsigned char *buf = malloc(ESC_ENVELOPE_MAX + 1), *a = NULL, *b = NULL;
+	unsigned char *buf, *a = NULL, *b = NULL;
 	const char *out = NULL;
 	size_t n;
 	FILE *f;
@@ -215,8 +215,8 @@ cmd_transport(struct esc_ctx *ctx, int argc, char *argv[])
 		}
 		return usage();
 	}
-	if (i != argc || buf == NULL || (f = fopen(argv[4], "rb")) == NULL)
-		return usage();
+	if (i != argc || (buf = malloc(ESC_ENVELOPE_MAX + 1)) == NULL || (f = fopen(argv[4], "rb")) == NULL)
+		return usage(); /* (a one-shot tool: nothing to free before exit) */
 	n = fread(buf, 1, ESC_ENVELOPE_MAX + 1, f);
 	fclose(f);
 	if ((r = esc_store_connect(ctx, argv[2], &st)) != ESC_OK)
