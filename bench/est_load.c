@@ -133,7 +133,9 @@ usage(FILE *f)
 		   "  --requests N       fullcmc: requests built before the clock starts (default 1000\n"
 		   "                     per second of measuring time); a thread stops when it has sent its share\n"
 		   "  --key-type T       serverkeygen: the key type the label must return (default: rsa2048 if\n"
-		   "                     the label contains 'rsa', else ec-p256)\n");
+		   "                     the label contains 'rsa', else ec-p256)\n"
+		   "  --start-file FILE  create FILE when the clock starts (requests built, connections up),\n"
+		   "                     so a caller can sample CPU counters over the measured time only\n");
 }
 
 static int
@@ -804,6 +806,7 @@ main(int argc, char *argv[])
 		{"seconds", required_argument, NULL, 's'},
 		{"requests", required_argument, NULL, 'r'},
 		{"key-type", required_argument, NULL, 'K'},
+		{"start-file", required_argument, NULL, 'S'},
 		{"help", no_argument, NULL, 'h'},
 		{NULL, 0, NULL, 0},
 	};
