@@ -353,6 +353,8 @@ service_cert_main(int argc, char *argv[])
 	/* Both files exist (empty) before the CA signs anything: a refusal leaves no certificate behind. */
 	if ((rc = create_file(key_path, 0600, &kf)) != 0)
 		goto out;
+	/* No stdio buffer for the key: OpenSSL wipes its own PEM buffers, libc would not. */
+	setvbuf(kf, NULL, _IONBF, 0);
 	if ((rc = create_file(cert_path, 0644, &cf)) != 0) {
 		fclose(kf);
 		kf = NULL;
