@@ -57,8 +57,14 @@ esc_store_connect(struct esc_ctx *ctx, const char *conninfo, struct esc_store **
 		esc_store_free(st);
 		return r;
 	}
-	/* A fixed search_path so no other schema can shadow our tables. */
-	res = PQexec(st->conn, "SET search_path = public; SET client_min_messages = warning");
+	/*
+	 * A fixed search_path so no other schema can shadow our tables; commits
+	 * durable before they are acknowledged, whatever the server's default:
+	 * a certificate is handed out only after its archive record commits, and
+	 * an asynchronous commit lost in a crash would leave it unrecorded.
+	 */
+	res = PQexec(st->conn, "SET search_path = public; SET client_min_messages = warning; "
+			       "SET synchronous_commit = on");
 	if (PQresultStatus(res) != PGRES_COMMAND_OK) {
 		PQclear(res);
 		esc_store_free(st);
@@ -102,6 +108,23 @@ is_transient(const PGresult *res)
 	       (strcmp(state, "23505") == 0 && constraint != NULL && strcmp(constraint, "audit_events_prev_hash_key") == 0);
 }
 
+/*
+ * Is the connection gone, whatever PQstatus says yet?  libpq may report a
+ * broken connection first as a failed statement (a write that met a reset,
+ * the server's FATAL notice read before the end of the stream) and mark the
+ * connection bad only later; an error libpq made itself (no SQLSTATE), a
+ * connection exception (class 08) and a server shutting down or restarting
+ * (57P01..57P03) all mean the session is lost.
+ */
+static int
+connection_lost(const struct esc_store *st, const PGresult *res)
+{
+	const char *state = res != NULL ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+
+	return PQstatus(st->conn) != CONNECTION_OK || state == NULL || strncmp(state, "08", 2) == 0 ||
+	       strcmp(state, "57P01") == 0 || strcmp(state, "57P02") == 0 || strcmp(state, "57P03") == 0;
+}
+
 int
 esc_store_transient(const struct esc_store *st)
 {
@@ -128,7 +151,7 @@ esc_store_exec(struct esc_ctx *ctx, struct esc_store *st, const char *sql, int n
 		return ESC_OK;
 	}
 	st->transient = is_transient(res);
-	if (PQstatus(st->conn) != CONNECTION_OK)
+	if (connection_lost(st, res))
 		r = esc_error(ctx, ESC_ERR_DB_CONNECT, "lost the database connection: %s",
 			      one_line(msg, sizeof(msg), PQerrorMessage(st->conn)));
 	else if (PQresultErrorField(res, PG_DIAG_SQLSTATE) != NULL &&
