@@ -36,6 +36,7 @@
 #include <strings.h>
 #include <sys/socket.h>
 #include <sys/time.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <openssl/crypto.h>
@@ -714,8 +715,19 @@ worker_main(void *arg)
 				break;
 			}
 	}
-	if (!w->failed && connect_tls(w) != 0)
-		w->failed = 1;
+	/*
+	 * One connection at a time: p11escrowd's workers accept in a loop, so a
+	 * burst of connections would all land on whichever worker woke first
+	 * and stay there (keep-alive).
+	 */
+	if (!w->failed) {
+		struct timespec pause = {0, 50L * 1000 * 1000 * w->index};
+
+		if (w->index < 20)
+			nanosleep(&pause, NULL);
+		if (connect_tls(w) != 0)
+			w->failed = 1;
+	}
 	pthread_barrier_wait(&sh->ready);
 	pthread_barrier_wait(&sh->go); /* the main thread set start and deadline in between */
 	if (w->failed)
