@@ -402,7 +402,9 @@ svc_http_dispatch(struct svc_request *r)
 {
 	const char *p = r->path;
 
-	if (strncmp(p, EST_PREFIX, sizeof(EST_PREFIX) - 1) == 0) {
+	if (r->w->require_cert && r->client_cert == NULL && strcmp(p, "/healthz") != 0) {
+		svc_reply_error(r, 403, "this service requires a TLS client certificate issued by its CA");
+	} else if (strncmp(p, EST_PREFIX, sizeof(EST_PREFIX) - 1) == 0) {
 		char label[64];
 		const char *rest = p + sizeof(EST_PREFIX) - 1, *slash = strchr(rest, '/');
 

@@ -426,9 +426,12 @@ tls_setup(struct svc *s, struct esc_ctx *ctx, struct esc_keeper *k)
 				goto ossl;
 		if (SSL_CTX_set_purpose(s->tls, X509_PURPOSE_SSL_CLIENT) != 1)
 			goto ossl;
-		SSL_CTX_set_verify(s->tls,
-				   SSL_VERIFY_PEER | (strcmp(mode, "require") == 0 ? SSL_VERIFY_FAIL_IF_NO_PEER_CERT : 0),
-				   NULL);
+		/*
+		 * Never fail the handshake for a missing certificate: with
+		 * "require" the request is answered 403 with the reason, which
+		 * a client can show (a failed handshake explains nothing).
+		 */
+		SSL_CTX_set_verify(s->tls, SSL_VERIFY_PEER, NULL);
 		if (SSL_CTX_set_session_id_context(s->tls, sid_ctx, sizeof(sid_ctx) - 1) != 1)
 			goto ossl;
 		{
@@ -630,6 +633,7 @@ main(int argc, char *argv[])
 
 		w->index = i;
 		w->svc = &s;
+		w->require_cert = strcmp(esc_config_get(s.cfg, "tls_client_auth"), "require") == 0;
 		if (esc_ctx_new(&w->ctx) != ESC_OK) {
 			rc = 70;
 			goto out;

@@ -34,6 +34,7 @@ struct svc_worker {
 	unsigned char *crl;           /* the last CRL this worker signed (DER), served for CRL_REFRESH seconds */
 	size_t crl_len;
 	long long crl_at;             /* monotonic seconds */
+	int require_cert;             /* tls_client_auth = require: no request without a client certificate */
 };
 
 /*

@@ -93,6 +93,19 @@ stop_daemon
 wait "$slow" || fail "the slow request was cut off"
 [ "$(cat "$T/slow.code")" = 200 ] || fail "the slow request got $(cat "$T/slow.code")"
 
+note "tls_client_auth = require: a missing client certificate is a 403 with its reason"
+start_daemon 1 "tls_client_auth = require"
+code=$(curl -sS --cacert "$SERVER_CA" -o "$T/resp" -w '%{http_code}' "$URL/.well-known/est/cacerts")
+[ "$code" = 403 ] && grep -q "requires a TLS client certificate" "$T/resp" || fail "no client cert: $code $(cat "$T/resp")"
+code=$(curl -sS --cacert "$SERVER_CA" "${CC[@]}" -o "$T/resp" -w '%{http_code}' "$URL/.well-known/est/cacerts")
+[ "$code" = 200 ] || fail "with a client certificate: $code"
+# A certificate of another CA does not get through the handshake.
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$T/other.key" -subj '/CN=other' \
+    -out "$T/other.pem" -days 1 2>/dev/null
+! curl -sS --cacert "$SERVER_CA" --cert "$T/other.pem" --key "$T/other.key" -o /dev/null \
+    "$URL/.well-known/est/cacerts" 2>/dev/null || fail "a foreign client certificate was accepted"
+stop_daemon
+
 note "kill -9 at every step of an enrollment: both rows or neither"
 for point in after-sign after-cert-row after-archive after-commit; do
     before=$(rows)
