@@ -63,6 +63,9 @@ struct slot {
 	int stopping;
 	struct timespec stop_since;
 	struct timespec last_rx;  /* the last TLS record any connection of this worker received */
+	int nudge_pipe[2];        /* another worker lost the CA token: let go of ours (O_NONBLOCK) */
+	struct event *nudge_ev;
+	atomic_int nudged;        /* a byte is in nudge_pipe already */
 };
 
 struct svc {
@@ -181,6 +184,49 @@ svc_worker_ready(struct svc_worker *w, struct svc_request *r)
 	return -1;
 }
 
+/*
+ * The CA token is lost to one worker, so it is to all: the module (one
+ * instance in the process, token.c) is finalised only when every token
+ * session of it is closed, and only a fresh C_Initialize reconnects (a
+ * p11-kit-client.so whose server went away stays disconnected until then).
+ * So every other worker is asked to let go of its session between requests,
+ * in its own thread; an idle worker would otherwise keep the dead module
+ * for ever and the busy ones could never reconnect.
+ */
+static void
+release_token_everywhere(struct svc_worker *w)
+{
+	struct svc *s = w->svc;
+	int i;
+
+	for (i = 0; s->slots != NULL && i < s->nworkers; i++) {
+		struct slot *sl = &s->slots[i];
+
+		if (i == w->index || sl->nudge_pipe[1] < 0 || atomic_exchange(&sl->nudged, 1))
+			continue;
+		/* Non-blocking: a full pipe has a nudge pending already. */
+		if (write(sl->nudge_pipe[1], "t", 1) < 0 && errno != EAGAIN)
+			atomic_store(&sl->nudged, 0);
+	}
+}
+
+static void
+on_nudge(evutil_socket_t fd, short what, void *arg)
+{
+	struct slot *sl = arg;
+	char buf[64];
+
+	(void)what;
+	atomic_store(&sl->nudged, 0);
+	while (read(fd, buf, sizeof(buf)) > 0)
+		;
+	if (sl->w.keeper != NULL) {
+		svc_log(&sl->w, ESC_LOG_INFO, "another worker lost the CA token: closing this worker's session too");
+		esc_keeper_free(sl->w.keeper);
+		sl->w.keeper = NULL;
+	}
+}
+
 void
 svc_worker_forget(struct svc_worker *w, enum esc_err e)
 {
@@ -200,6 +246,7 @@ svc_worker_forget(struct svc_worker *w, enum esc_err e)
 	case ESC_ERR_PIN_LOCKED:
 		esc_keeper_free(w->keeper);
 		w->keeper = NULL;
+		release_token_everywhere(w);
 		break;
 	default:
 		break;
@@ -340,7 +387,7 @@ worker_setup(struct svc *s, struct slot *sl)
 	struct esc_config *cfg = s->cfg;
 	int fd;
 
-	if (pipe2(sl->stop_pipe, O_CLOEXEC) != 0)
+	if (pipe2(sl->stop_pipe, O_CLOEXEC) != 0 || pipe2(sl->nudge_pipe, O_CLOEXEC | O_NONBLOCK) != 0)
 		return -1;
 	if ((sl->base = event_base_new()) == NULL || (sl->http = evhttp_new(sl->base)) == NULL)
 		return -1;
@@ -360,6 +407,9 @@ worker_setup(struct svc *s, struct slot *sl)
 	if ((sl->stop_ev = event_new(sl->base, sl->stop_pipe[0], EV_READ, on_stop, sl)) == NULL ||
 	    event_add(sl->stop_ev, NULL) != 0)
 		return -1;
+	if ((sl->nudge_ev = event_new(sl->base, sl->nudge_pipe[0], EV_READ | EV_PERSIST, on_nudge, sl)) == NULL ||
+	    event_add(sl->nudge_ev, NULL) != 0)
+		return -1;
 	return 0;
 }
 
@@ -372,11 +422,17 @@ worker_teardown(struct slot *sl)
 		event_free(sl->stop_ev);
 	if (sl->drain_ev != NULL)
 		event_free(sl->drain_ev);
+	if (sl->nudge_ev != NULL)
+		event_free(sl->nudge_ev);
 	if (sl->base != NULL)
 		event_base_free(sl->base);
 	if (sl->stop_pipe[0] >= 0) {
 		close(sl->stop_pipe[0]);
 		close(sl->stop_pipe[1]);
+	}
+	if (sl->nudge_pipe[0] >= 0) {
+		close(sl->nudge_pipe[0]);
+		close(sl->nudge_pipe[1]);
 	}
 	free(sl->w.crl);
 	esc_keeper_free(sl->w.keeper);
@@ -626,7 +682,7 @@ main(int argc, char *argv[])
 		goto out;
 	}
 	for (i = 0; i < s.nworkers; i++)
-		s.slots[i].stop_pipe[0] = s.slots[i].stop_pipe[1] = -1;
+		s.slots[i].stop_pipe[0] = s.slots[i].stop_pipe[1] = s.slots[i].nudge_pipe[0] = s.slots[i].nudge_pipe[1] = -1;
 	/* Every worker's database connection and token session, opened now so a bad setup fails at once. */
 	for (i = 0; i < s.nworkers; i++) {
 		struct svc_worker *w = &s.slots[i].w;
