@@ -55,8 +55,11 @@ struct esc_audit_report {
 
 /*
  * Sign the newest event's hash with the audit key on ca_tok (logged in) and
- * store the checkpoint; *event_id is the event it covers.  The service does
- * this every N events, every T seconds and at shutdown.
+ * store the checkpoint; *event_id is the event it covers.  The checkpoint
+ * is then recorded as an event of its own (audit.checkpoint), after the
+ * one it signs; a failure is recorded too (refused or failed, with the
+ * reason).  The service does this every N events, every T seconds and at
+ * shutdown (esc_audit_checkpoint_if_due).
  * Errors: STATE (no events, no audit key), KEY_NOT_FOUND, PKCS11, CRYPTO, DB.
  */
 enum esc_err esc_audit_checkpoint(struct esc_ctx *ctx, struct esc_store *st, struct esc_token *ca_tok,
@@ -83,14 +86,42 @@ struct esc_audit_row {
 	char details[512];
 };
 
+/* Filters of esc_audit_search: each NULL matches everything. */
+struct esc_audit_filter {
+	const char *since;  /* events at or after this UTC time, e.g. "2026-11-23T12:00:00" (compared as text) */
+	const char *until;  /* events at or before it ("2026-11-23" means its very start: use ...T23:59:59) */
+	const char *actor;  /* exact account (or "setup", "ca-token", ...) */
+	const char *action; /* exact, e.g. "recovery.release" */
+	const char *object; /* exact, e.g. "request 4" */
+	const char *serial; /* certificate serial (hex; colons, case and leading zeros ignored): events whose
+			       object is that serial (enrollment, archival, revocation) and every event of a
+			       recovery request of a record of that serial */
+	size_t limit;	    /* at most this many (0: 100000) */
+};
+
 /*
- * Events matching every non-NULL filter (since/until: ISO times compared as
- * text; actor, action, object exact), oldest first, at most limit.  actor
- * must be an auditor or administrator.  *out is malloc'ed.
- * Errors: DENIED, DB.
+ * Events matching every filter, oldest first.  reader must be an auditor or
+ * administrator.  *out is malloc'ed.  Errors: DENIED, USAGE (bad serial), DB.
  */
+enum esc_err esc_audit_search(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *reader,
+			      const struct esc_audit_filter *f, struct esc_audit_row **out, size_t *n) ESC_MUST_CHECK;
+
+/* esc_audit_search without a serial filter. */
 enum esc_err esc_audit_list(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *reader,
 			    const char *since, const char *until, const char *actor, const char *action,
 			    const char *object, size_t limit, struct esc_audit_row **out, size_t *n) ESC_MUST_CHECK;
+
+/*
+ * Sign a checkpoint (esc_audit_checkpoint) if one is due: when at least
+ * events events (0: never by count) follow the newest checkpoint, or when
+ * any does and the newest checkpoint is at least seconds old or there is
+ * none (seconds 0: never by age).  Checkpoint records themselves
+ * (audit.checkpoint) are not counted, so an idle log is not signed again
+ * and again.  *event_id: the event signed, 0 if none was due.  The service
+ * calls it after requests, on a timer and (events 1, seconds 0) at
+ * shutdown.  Errors: those of esc_audit_checkpoint.
+ */
+enum esc_err esc_audit_checkpoint_if_due(struct esc_ctx *ctx, struct esc_store *st, struct esc_token *ca_tok,
+					 long long events, long long seconds, long long *event_id) ESC_MUST_CHECK;
 
 #endif

@@ -34,6 +34,8 @@ help(void)
 	       "      --actor NAME          events by this account\n"
 	       "      --action ACTION       e.g. recovery.release, archive.store, auth.login\n"
 	       "      --object OBJECT       e.g. a certificate serial, 'request 4', a KRA or account name\n"
+	       "      --serial HEX          events of that certificate: enrollment, archival, revocation,\n"
+	       "                            and every step of a recovery of its key\n"
 	       "      --limit N             at most N events (default 10000)\n\n"
 	       "Options:\n"
 	       "  -c, --config FILE         configuration file\n"
@@ -57,7 +59,11 @@ do_checkpoint(struct esc_ctx *ctx, struct esc_config *cfg, struct esc_store *st)
 	enum esc_err r;
 	int rc;
 
-	if ((rc = cli_open_ca_token(CMD, ctx, cfg, st, "audit", NULL, &ca)) != 0)
+	/*
+	 * The CA token, as the service has it (setup keeps the audit key there):
+	 * a missing audit key is then esc_audit_checkpoint's clear, audited refusal.
+	 */
+	if ((rc = cli_open_ca_token(CMD, ctx, cfg, st, "ca-sign", NULL, &ca)) != 0)
 		return rc;
 	if ((r = esc_audit_checkpoint(ctx, st, ca, &id)) == ESC_OK)
 		printf("checkpoint signed: events up to %lld\n", id);
@@ -81,10 +87,10 @@ json_str(const char *key, const char *v, int last)
 /* The events through the service's JSON API (at most 10000, as the service allows). */
 static int
 remote_list(struct esc_ctx *ctx, const char *server, const char *server_ca, const char *user,
-	    const char *password_file, const char *const filters[5], size_t limit, struct esc_audit_row **out,
+	    const char *password_file, const char *const filters[6], size_t limit, struct esc_audit_row **out,
 	    size_t *n)
 {
-	static const char *const names[5] = {"since", "until", "actor", "action", "object"};
+	static const char *const names[6] = {"since", "until", "actor", "action", "object", "serial"};
 	struct cli_http *h = NULL;
 	struct esc_audit_row *rows = NULL;
 	char path[2048] = "/audit", lim[24];
@@ -94,7 +100,7 @@ remote_list(struct esc_ctx *ctx, const char *server, const char *server_ca, cons
 	int rc;
 
 	snprintf(lim, sizeof(lim), "%zu", limit > 10000 ? (size_t)10000 : limit);
-	for (i = 0; i < 5; i++)
+	for (i = 0; i < 6; i++)
 		if (cli_http_query(path, sizeof(path), names[i], filters[i]) != 0)
 			return cli_usage_error(CMD, "filters too long");
 	if (cli_http_query(path, sizeof(path), "limit", lim) != 0)
@@ -134,20 +140,21 @@ int
 audit_main(int argc, char *argv[])
 {
 	enum { OPT_PASSWORD = 256, OPT_SINCE, OPT_UNTIL, OPT_ACTOR, OPT_ACTION, OPT_OBJECT, OPT_LIMIT, OPT_SERVER,
-	       OPT_SERVER_CA };
+	       OPT_SERVER_CA, OPT_SERIAL };
 	static const struct option longopts[] = {
 		{"config", required_argument, NULL, 'c'}, {"database", required_argument, NULL, 'd'},
 		{"user", required_argument, NULL, 'u'},	  {"password-file", required_argument, NULL, OPT_PASSWORD},
 		{"since", required_argument, NULL, OPT_SINCE}, {"until", required_argument, NULL, OPT_UNTIL},
 		{"actor", required_argument, NULL, OPT_ACTOR}, {"action", required_argument, NULL, OPT_ACTION},
 		{"object", required_argument, NULL, OPT_OBJECT}, {"limit", required_argument, NULL, OPT_LIMIT},
+		{"serial", required_argument, NULL, OPT_SERIAL},
 		{"pin-file", required_argument, NULL, 'p'}, {"module", required_argument, NULL, 'm'},
 		{"server", required_argument, NULL, OPT_SERVER}, {"server-ca", required_argument, NULL, OPT_SERVER_CA},
 		{"help", no_argument, NULL, 'h'},	  {NULL, 0, NULL, 0},
 	};
 	const char *config = NULL, *database = NULL, *user = NULL, *password_file = NULL, *action;
 	const char *pin_file = NULL, *module = NULL, *server = NULL, *server_ca = NULL;
-	const char *since = NULL, *until = NULL, *actor = NULL, *act = NULL, *object = NULL;
+	const char *since = NULL, *until = NULL, *actor = NULL, *act = NULL, *object = NULL, *serial = NULL;
 	struct esc_ctx *ctx = NULL;
 	struct esc_config *cfg = NULL;
 	struct esc_store *st = NULL;
@@ -177,6 +184,7 @@ audit_main(int argc, char *argv[])
 		case OPT_ACTOR: actor = optarg; break;
 		case OPT_ACTION: act = optarg; break;
 		case OPT_OBJECT: object = optarg; break;
+		case OPT_SERIAL: serial = optarg; break;
 		case OPT_SERVER: server = optarg; break;
 		case OPT_SERVER_CA: server_ca = optarg; break;
 		case OPT_LIMIT:
@@ -201,7 +209,7 @@ audit_main(int argc, char *argv[])
 	if ((rc = cli_init(CMD, config, &ctx, &cfg)) != 0)
 		goto out;
 	if (server != NULL) {
-		const char *filters[5] = {since, until, actor, act, object};
+		const char *filters[6] = {since, until, actor, act, object, serial};
 
 		if ((rc = remote_list(ctx, server, server_ca, user, password_file, filters, limit, &rows, &n)) != 0)
 			goto out;
@@ -233,9 +241,13 @@ audit_main(int argc, char *argv[])
 		rc = 0;
 		goto out;
 	}
-	if ((r = esc_audit_list(ctx, st, reader, since, until, actor, act, object, limit, &rows, &n)) != ESC_OK) {
-		rc = cli_fail(CMD, ctx, r);
-		goto out;
+	{
+		struct esc_audit_filter f = {since, until, actor, act, object, serial, limit};
+
+		if ((r = esc_audit_search(ctx, st, reader, &f, &rows, &n)) != ESC_OK) {
+			rc = cli_fail(CMD, ctx, r);
+			goto out;
+		}
 	}
 print:
 	for (i = 0; i < n; i++) {

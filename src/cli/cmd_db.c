@@ -14,15 +14,22 @@
 static void
 help(void)
 {
-	printf("Usage: %s " CMD " migrate|status [OPTIONS]\n\n"
+	printf("Usage: %s " CMD " migrate|status [OPTIONS]\n"
+	       "       %s " CMD " grant-service ROLE [OPTIONS]\n\n"
 	       "  migrate   apply the schema migrations this program carries (idempotent; each in its\n"
 	       "            own transaction; a database newer than this program is refused)\n"
-	       "  status    print the database's schema version and this program's\n\n"
+	       "  status    print the database's schema version and this program's\n"
+	       "  grant-service  give the existing database role ROLE exactly what p11escrowd needs:\n"
+	       "            read, insert enrollment, archival, recovery and audit rows, update a\n"
+	       "            recovery's progress — never UPDATE, DELETE or TRUNCATE of audit rows.\n"
+	       "            Revokes anything else it had; idempotent; later migrations extend it.\n"
+	       "            Run as the owner of the tables; create the role first, e.g.\n"
+	       "            CREATE ROLE p11escrowd LOGIN; it may be neither a superuser nor the owner.\n\n"
 	       "Options:\n"
 	       "  -c, --config FILE          configuration file\n"
 	       "  -d, --database CONNINFO    libpq connection string\n"
 	       "  -h, --help                 this text\n",
-	       PROG);
+	       PROG, PROG);
 	cli_print_exit_codes();
 }
 
@@ -61,11 +68,14 @@ db_main(int argc, char *argv[])
 			return cli_usage_error(CMD, "unknown option '%s'", argv[optind - 1]);
 		}
 	}
-	if (optind != argc - 1)
-		return cli_usage_error(CMD, "expected one action: migrate or status");
+	if (optind >= argc)
+		return cli_usage_error(CMD, "expected one action: migrate, status or grant-service ROLE");
 	action = argv[optind];
-	if (strcmp(action, "migrate") != 0 && strcmp(action, "status") != 0)
-		return cli_usage_error(CMD, "unknown action '%s' (use migrate or status)", action);
+	if (strcmp(action, "migrate") != 0 && strcmp(action, "status") != 0 && strcmp(action, "grant-service") != 0)
+		return cli_usage_error(CMD, "unknown action '%s' (use migrate, status or grant-service ROLE)", action);
+	if (strcmp(action, "grant-service") == 0 ? optind + 2 != argc : optind + 1 != argc)
+		return cli_usage_error(CMD, "%s", strcmp(action, "grant-service") == 0 ? "grant-service takes one ROLE"
+										      : "expected one action");
 	if ((rc = cli_init(CMD, config, &ctx, &cfg)) != 0)
 		goto out;
 	if (database != NULL && (rc = cli_set(CMD, ctx, cfg, "database", database)) != 0)
@@ -74,7 +84,16 @@ db_main(int argc, char *argv[])
 		rc = cli_fail(CMD, ctx, r);
 		goto out;
 	}
-	if (strcmp(action, "migrate") == 0) {
+	if (strcmp(action, "grant-service") == 0) {
+		if ((r = esc_store_grant_service(ctx, st, argv[optind + 1])) != ESC_OK) {
+			rc = cli_fail(CMD, ctx, r);
+			goto out;
+		}
+		printf("database role '%s' granted the service's privileges: SELECT; INSERT on enrollment, archival, "
+		       "recovery, revocation and audit tables; UPDATE of a recovery's progress and a one-time "
+		       "password's use only; no UPDATE, DELETE or TRUNCATE of audit rows\n",
+		       argv[optind + 1]);
+	} else if (strcmp(action, "migrate") == 0) {
 		if ((r = esc_store_migrate(ctx, st, &from, &to)) != ESC_OK) {
 			rc = cli_fail(CMD, ctx, r);
 			goto out;

@@ -611,7 +611,7 @@ api_recovery_complete(struct api_call *c)
 static void
 api_audit(struct api_call *c)
 {
-	static const char *const allowed[] = {"since", "until", "actor", "action", "object", "limit", NULL};
+	static const char *const allowed[] = {"since", "until", "actor", "action", "object", "serial", "limit", NULL};
 	struct esc_audit_row *rows = NULL;
 	const char *lim = param(c, "limit");
 	json_t *o = NULL, *list = NULL, *e;
@@ -631,10 +631,14 @@ api_audit(struct api_call *c)
 		}
 		limit = (size_t)v;
 	}
-	if ((r = esc_audit_list(c->w->ctx, c->w->st, c->a, param(c, "since"), param(c, "until"), param(c, "actor"),
-				param(c, "action"), param(c, "object"), limit, &rows, &n)) != ESC_OK) {
-		reply_esc(c, r);
-		return;
+	{
+		struct esc_audit_filter f = {param(c, "since"), param(c, "until"), param(c, "actor"), param(c, "action"),
+					     param(c, "object"), param(c, "serial"), limit};
+
+		if ((r = esc_audit_search(c->w->ctx, c->w->st, c->a, &f, &rows, &n)) != ESC_OK) {
+			reply_esc(c, r);
+			return;
+		}
 	}
 	bad = (o = json_object()) == NULL || (list = json_array()) == NULL;
 	for (i = 0; !bad && i < n; i++) {

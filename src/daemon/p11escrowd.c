@@ -40,6 +40,7 @@
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
 
+#include <p11escrow/audit.h>
 #include <p11escrow/config.h>
 #include <p11escrow/ctx.h>
 #include <p11escrow/enroll.h>
@@ -66,6 +67,9 @@ struct slot {
 	int nudge_pipe[2];        /* another worker lost the CA token: let go of ours (O_NONBLOCK) */
 	struct event *nudge_ev;
 	atomic_int nudged;        /* a byte is in nudge_pipe already */
+	struct event *ckpt_ev;    /* worker 0: the audit checkpoint timer */
+	long long ckpt_retry;     /* worker 0: no checkpoint before this (monotonic seconds) after a failure */
+	int ckpt_backoff;         /* worker 0: seconds of the current back-off, 0 after a success */
 };
 
 struct svc {
@@ -253,6 +257,64 @@ svc_worker_forget(struct svc_worker *w, enum esc_err e)
 	}
 }
 
+/* ---- audit checkpoints ---------------------------------------------------- */
+
+#define CKPT_TICK 5            /* seconds between worker 0's timed checks */
+#define CKPT_BACKOFF_MIN 60    /* a failed checkpoint is retried after this, doubling ... */
+#define CKPT_BACKOFF_MAX 3600  /* ... up to this */
+
+/*
+ * Sign an audit checkpoint if checkpoint_events or checkpoint_seconds say
+ * one is due; final (at shutdown, the workers stopped): if any event
+ * follows the newest checkpoint.  Only worker 0 calls it (then the main
+ * thread with worker 0's connections), so a process never signs two at
+ * once.  A failure never fails a request: the library audits it, the log
+ * says it, and it is retried after a back-off.
+ */
+static void
+checkpoint_maybe(struct slot *sl, int final)
+{
+	struct svc_worker *w = &sl->w;
+	long long events = esc_config_get_long(w->svc->cfg, "checkpoint_events");
+	long long seconds = esc_config_get_long(w->svc->cfg, "checkpoint_seconds");
+	long long id = 0;
+	struct timespec now;
+	enum esc_err r;
+
+	if (events == 0 && seconds == 0)
+		return;
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	if (!final && now.tv_sec < sl->ckpt_retry)
+		return;
+	if ((r = worker_connect(w)) == ESC_OK)
+		r = esc_audit_checkpoint_if_due(w->ctx, w->st, esc_keeper_token(w->keeper), final ? 1 : events,
+						final ? 0 : seconds, &id);
+	if (r == ESC_OK) {
+		sl->ckpt_backoff = 0;
+		if (id > 0)
+			svc_log(w, ESC_LOG_INFO, "audit checkpoint signed: events up to %lld%s", id,
+				final ? " (at shutdown)" : "");
+		return;
+	}
+	sl->ckpt_backoff = sl->ckpt_backoff == 0 ? CKPT_BACKOFF_MIN
+			   : sl->ckpt_backoff >= CKPT_BACKOFF_MAX / 2 ? CKPT_BACKOFF_MAX
+								      : 2 * sl->ckpt_backoff;
+	sl->ckpt_retry = (long long)now.tv_sec + sl->ckpt_backoff;
+	svc_log(w, ESC_LOG_ERROR, "audit checkpoint failed%s: %s", final ? " at shutdown" : " (retried later)",
+		esc_ctx_errmsg(w->ctx));
+	/* A lost connection is dropped; a missing audit key (KEY_NOT_FOUND, STATE) is no reason to reopen the token. */
+	if (r == ESC_ERR_DB_CONNECT || r == ESC_ERR_PKCS11 || r == ESC_ERR_TOKEN_NOT_FOUND || r == ESC_ERR_MODULE)
+		svc_worker_forget(w, r);
+}
+
+static void
+on_checkpoint_tick(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	checkpoint_maybe(arg, 0);
+}
+
 /* ---- requests ------------------------------------------------------------- */
 
 static void
@@ -284,6 +346,8 @@ on_request(struct evhttp_request *req, void *arg)
 		(double)(t1.tv_sec - t0.tv_sec) * 1e3 + (double)(t1.tv_nsec - t0.tv_nsec) / 1e6,
 		r.client_cert != NULL ? "yes" : "no");
 	svc_request_done(&r);
+	if (sl->w.index == 0)
+		checkpoint_maybe(sl, 0);
 }
 
 /*
@@ -410,6 +474,16 @@ worker_setup(struct svc *s, struct slot *sl)
 	if ((sl->nudge_ev = event_new(sl->base, sl->nudge_pipe[0], EV_READ | EV_PERSIST, on_nudge, sl)) == NULL ||
 	    event_add(sl->nudge_ev, NULL) != 0)
 		return -1;
+	/* Audit checkpoints: worker 0 also checks on a timer, for events other workers or processes wrote. */
+	if (sl->w.index == 0 &&
+	    (esc_config_get_long(cfg, "checkpoint_events") > 0 || esc_config_get_long(cfg, "checkpoint_seconds") > 0)) {
+		long secs = esc_config_get_long(cfg, "checkpoint_seconds");
+		struct timeval tick = {secs > 0 && secs < CKPT_TICK ? secs : CKPT_TICK, 0};
+
+		if ((sl->ckpt_ev = event_new(sl->base, -1, EV_PERSIST, on_checkpoint_tick, sl)) == NULL ||
+		    event_add(sl->ckpt_ev, &tick) != 0)
+			return -1;
+	}
 	return 0;
 }
 
@@ -424,6 +498,8 @@ worker_teardown(struct slot *sl)
 		event_free(sl->drain_ev);
 	if (sl->nudge_ev != NULL)
 		event_free(sl->nudge_ev);
+	if (sl->ckpt_ev != NULL)
+		event_free(sl->ckpt_ev);
 	if (sl->base != NULL)
 		event_base_free(sl->base);
 	if (sl->stop_pipe[0] >= 0) {
@@ -749,6 +825,9 @@ stop:
 	for (i = 0; i < s.nworkers; i++)
 		if (s.slots[i].started)
 			pthread_join(s.slots[i].thread, NULL);
+	/* Drained: one last checkpoint covers every event of this run (worker 0's connections, its thread done). */
+	if (rc == 0)
+		checkpoint_maybe(&s.slots[0], 1);
 	if (rc == 0)
 		mlog(&s, ESC_LOG_INFO, "stopped");
 out:

@@ -235,8 +235,8 @@ checkpoint_message(char *buf, size_t len, const char *event_id, const char *hash
 	snprintf(buf, len, CHECKPOINT_TAG "%s\n%s\n%s\n", event_id, hash_hex, at);
 }
 
-enum esc_err
-esc_audit_checkpoint(struct esc_ctx *ctx, struct esc_store *st, struct esc_token *ca_tok, long long *event_id)
+static enum esc_err
+checkpoint_impl(struct esc_ctx *ctx, struct esc_store *st, struct esc_token *ca_tok, long long *event_id)
 {
 	PGresult *res = NULL;
 	struct esc_token_key *key = NULL;
@@ -312,6 +312,60 @@ out:
 	esc_token_key_free(key);
 	PQclear(res);
 	return r;
+}
+
+enum esc_err
+esc_audit_checkpoint(struct esc_ctx *ctx, struct esc_store *st, struct esc_token *ca_tok, long long *event_id)
+{
+	enum esc_err r;
+
+	if (st == NULL || ca_tok == NULL || event_id == NULL)
+		return esc_error(ctx, ESC_ERR_INTERNAL, "esc_audit_checkpoint: NULL argument");
+	/* A checkpoint that cannot be made (no audit key, token trouble) is a security event too. */
+	if ((r = checkpoint_impl(ctx, st, ca_tok, event_id)) != ESC_OK)
+		esc_audit_outcome(ctx, st, "ca-token", "service", "audit.checkpoint", "chain", r);
+	return r;
+}
+
+enum esc_err
+esc_audit_checkpoint_if_due(struct esc_ctx *ctx, struct esc_store *st, struct esc_token *ca_tok, long long events,
+			    long long seconds, long long *event_id)
+{
+	PGresult *res = NULL;
+	char since[24] = "0", want[24];
+	const char *v[2] = {since, want};
+	long long pending, age = -1;
+	enum esc_err r;
+
+	if (events <= 0 && seconds <= 0) {
+		*event_id = 0;
+		return ESC_OK;
+	}
+	if ((r = esc_store_exec(ctx, st,
+				"SELECT event_id, floor(extract(epoch FROM now() - at::timestamptz))::bigint FROM "
+				"audit_checkpoints ORDER BY id DESC LIMIT 1",
+				0, NULL, NULL, NULL, &res)) != ESC_OK)
+		return r;
+	if (PQntuples(res) == 1) {
+		snprintf(since, sizeof(since), "%s", PQgetvalue(res, 0, 0));
+		age = strtoll(PQgetvalue(res, 0, 1), NULL, 10);
+	}
+	PQclear(res);
+	res = NULL;
+	/* Count no further than needed: after a long pause this stays a short index scan. */
+	snprintf(want, sizeof(want), "%lld", events > 0 ? events : 1);
+	if ((r = esc_store_exec(ctx, st,
+				"SELECT count(*) FROM (SELECT 1 FROM audit_events WHERE id > $1::bigint AND action <> "
+				"'audit.checkpoint' ORDER BY id LIMIT $2::bigint) x",
+				2, v, NULL, NULL, &res)) != ESC_OK)
+		return r;
+	pending = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
+	PQclear(res);
+	if (pending == 0 || !((events > 0 && pending >= events) || (seconds > 0 && (age < 0 || age >= seconds)))) {
+		*event_id = 0;
+		return ESC_OK;
+	}
+	return esc_audit_checkpoint(ctx, st, ca_tok, event_id);
 }
 
 /* Is this checkpoint's signature good under pub? */
@@ -471,15 +525,46 @@ out:
 	return r;
 }
 
+/* A serial as the trail records it: lower-case hex without separators or leading zeros. */
+static enum esc_err
+serial_filter(struct esc_ctx *ctx, const char *in, char *out, size_t len)
+{
+	size_t n = 0;
+
+	for (; *in == '0' || *in == ':'; in++)
+		;
+	for (; *in != '\0'; in++) {
+		if (*in == ':')
+			continue;
+		if (!((*in >= '0' && *in <= '9') || (*in >= 'a' && *in <= 'f') || (*in >= 'A' && *in <= 'F')) ||
+		    n + 1 >= len)
+			return esc_error(ctx, ESC_ERR_USAGE, "--serial takes a certificate serial in hexadecimal");
+		out[n++] = (char)(*in >= 'A' && *in <= 'F' ? *in - 'A' + 'a' : *in);
+	}
+	out[n] = '\0';
+	if (n == 0)
+		return esc_error(ctx, ESC_ERR_USAGE, "--serial takes a certificate serial in hexadecimal");
+	return ESC_OK;
+}
+
 enum esc_err
 esc_audit_list(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *reader, const char *since,
 	       const char *until, const char *actor, const char *action, const char *object, size_t limit,
 	       struct esc_audit_row **out, size_t *n)
 {
+	struct esc_audit_filter f = {since, until, actor, action, object, NULL, limit};
+
+	return esc_audit_search(ctx, st, reader, &f, out, n);
+}
+
+enum esc_err
+esc_audit_search(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *reader,
+		 const struct esc_audit_filter *f, struct esc_audit_row **out, size_t *n)
+{
 	PGresult *res = NULL;
 	struct esc_audit_row *rows = NULL;
-	char lim[24];
-	const char *v[6] = {since, until, actor, action, object, lim};
+	char lim[24], serial[130];
+	const char *v[7] = {f->since, f->until, f->actor, f->action, f->object, NULL, lim};
 	enum esc_err r;
 	int i, count;
 
@@ -487,13 +572,29 @@ esc_audit_list(struct esc_ctx *ctx, struct esc_store *st, const struct esc_accou
 	    !(esc_account_roles(reader) & (ESC_ROLE_AUDITOR | ESC_ROLE_ADMIN)))
 		return esc_error(ctx, ESC_ERR_DENIED, "account '%s' may not read the audit trail",
 				 reader ? esc_account_name(reader) : "(none)");
-	snprintf(lim, sizeof(lim), "%zu", limit == 0 || limit > 100000 ? 100000 : limit);
+	if (f->serial != NULL) {
+		if ((r = serial_filter(ctx, f->serial, serial, sizeof(serial))) != ESC_OK)
+			return r;
+		v[5] = serial;
+	}
+	snprintf(lim, sizeof(lim), "%zu", f->limit == 0 || f->limit > 100000 ? 100000 : f->limit);
+	/*
+	 * A serial is stored as the certificate's hex (one leading zero when its
+	 * first byte is below 0x10, none after a revocation's normalisation);
+	 * recovery events name their request, so the requests of the records of
+	 * that serial (and the record ids, as a refused request may name one)
+	 * are matched too.  Every alternative is an exact object, so the object
+	 * index serves it.
+	 */
 	if ((r = esc_store_exec(ctx, st,
 				"SELECT id, at, actor, role, action, object, outcome, details FROM audit_events WHERE "
 				"($1::text IS NULL OR at >= $1) AND ($2::text IS NULL OR at <= $2) AND ($3::text IS NULL "
 				"OR actor = $3) AND ($4::text IS NULL OR action = $4) AND ($5::text IS NULL OR object = "
-				"$5) ORDER BY id LIMIT $6::bigint",
-				6, v, NULL, NULL, &res)) != ESC_OK)
+				"$5) AND ($6::text IS NULL OR object = ANY (ARRAY[$6, '0' || $6] || ARRAY(SELECT "
+				"'request ' || q.id FROM recovery_requests q JOIN archive_records a ON a.id = q.record_id "
+				"WHERE ltrim(a.cert_serial, '0') = $6) || ARRAY(SELECT a.id::text FROM archive_records a "
+				"WHERE ltrim(a.cert_serial, '0') = $6))) ORDER BY id LIMIT $7::bigint",
+				7, v, NULL, NULL, &res)) != ESC_OK)
 		return r;
 	count = PQntuples(res);
 	if ((rows = calloc((size_t)count + 1, sizeof(*rows))) == NULL) {

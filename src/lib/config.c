@@ -75,6 +75,9 @@ static const struct key keys[] = {
 	{"max_body", "65536", check_long, NULL, 1024, 1048576},
 	{"request_timeout", "30", check_long, NULL, 1, 3600},
 	{"shutdown_grace", "30", check_long, NULL, 1, 3600},
+	/* Audit checkpoints signed by the service: every N events, every T seconds (0 = off). */
+	{"checkpoint_events", "1000", check_long, NULL, 0, 10000000},
+	{"checkpoint_seconds", "3600", check_long, NULL, 0, 31622400},
 };
 
 #define NKEYS ESC_ARRAY_LEN(keys)

@@ -142,6 +142,8 @@ test_defaults(void **state)
 	assert_int_equal(esc_config_get_long(f->cfg, "max_body"), 65536);
 	assert_int_equal(esc_config_get_long(f->cfg, "request_timeout"), 30);
 	assert_int_equal(esc_config_get_long(f->cfg, "shutdown_grace"), 30);
+	assert_int_equal(esc_config_get_long(f->cfg, "checkpoint_events"), 1000);
+	assert_int_equal(esc_config_get_long(f->cfg, "checkpoint_seconds"), 3600);
 
 	assert_null(esc_config_get(f->cfg, "nope"));
 	assert_null(esc_config_get(f->cfg, NULL));
@@ -150,7 +152,7 @@ test_defaults(void **state)
 
 	for (n = 0; esc_config_key_name(n) != NULL; n++)
 		assert_non_null(esc_config_get(f->cfg, esc_config_key_name(n)));
-	assert_int_equal(n, 18);
+	assert_int_equal(n, 20);
 	assert_string_equal(esc_config_key_name(0), "database");
 	assert_null(esc_config_key_name(1000));
 
@@ -418,6 +420,17 @@ test_set(void **state)
 	assert_int_equal(esc_config_set(f->ctx, f->cfg, "max_body", "1023"), ESC_ERR_CONFIG);
 	assert_int_equal(esc_config_set(f->ctx, f->cfg, "tls_key", "relative/key.pem"), ESC_ERR_CONFIG);
 	assert_int_equal(esc_config_set(f->ctx, f->cfg, "tls_key", "/etc/p11escrow/tls.key"), ESC_OK);
+	/* Audit checkpoints: 0 turns each trigger off; no negative or absurd values. */
+	assert_int_equal(esc_config_set(f->ctx, f->cfg, "checkpoint_events", "0"), ESC_OK);
+	assert_int_equal(esc_config_set(f->ctx, f->cfg, "checkpoint_events", "5"), ESC_OK);
+	assert_int_equal(esc_config_set(f->ctx, f->cfg, "checkpoint_events", "-1"), ESC_ERR_CONFIG);
+	assert_int_equal(esc_config_set(f->ctx, f->cfg, "checkpoint_events", "10000001"), ESC_ERR_CONFIG);
+	assert_msg_contains(f, "checkpoint_events");
+	assert_int_equal(esc_config_get_long(f->cfg, "checkpoint_events"), 5);
+	assert_int_equal(esc_config_set(f->ctx, f->cfg, "checkpoint_seconds", "0"), ESC_OK);
+	assert_int_equal(esc_config_set(f->ctx, f->cfg, "checkpoint_seconds", "1h"), ESC_ERR_CONFIG);
+	assert_int_equal(esc_config_set(f->ctx, f->cfg, "checkpoint_seconds", "31622401"), ESC_ERR_CONFIG);
+	assert_int_equal(esc_config_get_long(f->cfg, "checkpoint_seconds"), 0);
 
 	/* Values are bounded at 1024 bytes. */
 	memset(big, 'a', sizeof(big));
