@@ -92,10 +92,50 @@ struct esc_account_info {
 	unsigned roles;
 	char kra_name[65]; /* "" unless bound to a KRA */
 	int disabled;
+	char scope[512];   /* "" if unscoped, else e.g. "profile encryption, group Sales" (may be cut short) */
 };
 
 /* Every account (for any authenticated actor).  *out is malloc'ed; caller frees.  Errors: DENIED, DB. */
 enum esc_err esc_account_list(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor,
 			      struct esc_account_info **out, size_t *n) ESC_MUST_CHECK;
+
+/* ---- Certificate managers' scopes ------------------------------------------------------------------------ */
+
+#define ESC_SCOPE_MAX 16       /* profiles, and groups, per account */
+#define ESC_SCOPE_VALUE_MAX 64 /* characters of one profile or group */
+/* The profile of an archive record without one (manual archival, foreign certificates). */
+#define ESC_SCOPE_PROFILE_IMPORTED "imported"
+
+/*
+ * Set the scope of certificate-manager account name, replacing any earlier
+ * one.  A scoped manager searches, requests recovery of and approves only
+ * records in scope: the record's profile is one of profiles (if any are
+ * given) AND one of the record's groups — the O and OU values of its
+ * subject, compared without regard to case — is one of groups (if any are
+ * given).  A record issued by this CA has the profile it was issued under;
+ * any other record has the profile "imported".  Profiles must be archival
+ * profiles or "imported".  No profiles and no groups: unscoped again (every
+ * record, as an account never scoped).  actor must be an enabled
+ * administrator.  Audited (account.scope, refusals included).
+ * Errors: DENIED, NOT_FOUND (no such account), USAGE (not a certificate
+ * manager, unknown or non-archival profile, bad or repeated value, more
+ * than ESC_SCOPE_MAX), DB.
+ */
+enum esc_err esc_account_set_scope(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor,
+				   const char *name, const char *const *profiles, size_t nprofiles,
+				   const char *const *groups, size_t ngroups) ESC_MUST_CHECK;
+
+struct esc_scope_item {
+	char kind[8]; /* "profile" or "group" */
+	char value[ESC_SCOPE_VALUE_MAX + 1];
+};
+
+/*
+ * The scope of account name (*n == 0: unscoped), for any authenticated
+ * actor.  *out is malloc'ed; the caller frees it.  Errors: DENIED,
+ * NOT_FOUND, DB.
+ */
+enum esc_err esc_account_get_scope(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor,
+				   const char *name, struct esc_scope_item **out, size_t *n) ESC_MUST_CHECK;
 
 #endif

@@ -116,6 +116,13 @@ struct esc_enroll_request {
  * store the certificate, archive the key (esc_archive_key, all its checks),
  * audit; the certificate is returned only after that transaction commits,
  * so an interruption at any point leaves both rows or neither.
+ * Policy one_key_per_subject, for archival profiles, in that transaction:
+ * 'refuse' fails with POLICY ("subject already has a valid archived
+ * encryption key (serial ...)") before the token is touched if the subject
+ * has an unexpired, unrevoked certificate of this profile whose key is
+ * archived; 'supersede' revokes each such certificate (reason superseded,
+ * on the CRL; a cert.revoke event each).  Enrollments of one subject and
+ * profile wait for each other then, so two at once cannot both pass.
  *
  * Fault hook for tests: when the environment variable
  * P11ESCROW_FAULT_KILL names a point — "after-sign", "after-cert-row",

@@ -5,6 +5,12 @@
  *   allow_foreign_issuers  true|false  archive certificates of other CAs
  *   recovery_approvals     0..10   approvals needed beyond the request itself
  *   revoke_before_recovery true|false  a key is recovered only once its certificate is revoked
+ *   one_key_per_subject    off|supersede|refuse  at most one valid archived encryption key per
+ *                          subject and profile: a new enrollment revokes the older certificate
+ *                          (superseded) or is refused (esc_enroll_issue)
+ *
+ * A change by anyone but an enabled administrator is refused (DENIED) and
+ * audited (policy.set ... refused), as is an invalid value.
  */
 #ifndef P11ESCROW_POLICY_H
 #define P11ESCROW_POLICY_H

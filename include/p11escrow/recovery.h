@@ -63,7 +63,9 @@ struct esc_recovery {
 /*
  * Archived records matching every given criterion (NULL = any): serial
  * (hex), subject (substring), email (exact).  At most 100.  For certificate
- * managers, auditors and administrators.  Errors: DENIED, USAGE, DB.
+ * managers, auditors and administrators; a scoped certificate manager
+ * (esc_account_set_scope) sees only the records in scope.
+ * Errors: DENIED, USAGE, DB.
  */
 enum esc_err esc_archive_search(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor,
 				const char *serial, const char *subject, const char *email,
@@ -72,15 +74,21 @@ enum esc_err esc_archive_search(struct esc_ctx *ctx, struct esc_store *st, const
 /*
  * File a recovery request for record (a record id or a certificate serial
  * in hex) to be recovered by KRA kra_name (NULL: the record's only active
- * KRA).  actor must be a certificate manager.
- * Errors: DENIED, NOT_FOUND, USAGE (reason, ambiguous KRA), STATE (KRA not
- * active / not in the record's set), DB.
+ * KRA).  actor must be a certificate manager whose scope, if any, holds the
+ * record.  Audited, refusals included (a serial as the object).
+ * Errors: DENIED (role, out of scope), NOT_FOUND, USAGE (reason, ambiguous
+ * KRA), STATE (KRA not active / not in the record's set), POLICY (not yet
+ * revoked, revoke_before_recovery), DB.
  */
 enum esc_err esc_recovery_request(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor,
 				  const char *record, const char *kra_name, const char *reason, long long *id)
 	ESC_MUST_CHECK;
 
-/* Approve a pending request.  Errors: DENIED (not a certificate manager, own request), STATE, EXISTS, NOT_FOUND. */
+/*
+ * Approve a pending request, as a certificate manager other than the
+ * requester whose scope, if any, holds the request's record.
+ * Errors: DENIED (not a certificate manager, own request, out of scope), STATE, EXISTS, NOT_FOUND.
+ */
 enum esc_err esc_recovery_approve(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor,
 				  long long id) ESC_MUST_CHECK;
 
@@ -106,7 +114,11 @@ enum esc_err esc_recovery_complete(struct esc_ctx *ctx, struct esc_store *st, co
 				   long long id, struct esc_token *card, const struct esc_secret *password,
 				   unsigned char **p12, size_t *p12len) ESC_MUST_CHECK;
 
-/* Requests, newest first; state NULL = all.  For any authenticated account.  Errors: DENIED, DB. */
+/*
+ * Requests, newest first; state NULL = all.  For any authenticated account;
+ * a scoped certificate manager sees only those of records in scope (so
+ * esc_recovery_get answers NOT_FOUND for the others).  Errors: DENIED, DB.
+ */
 enum esc_err esc_recovery_list(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor,
 			       const char *state, struct esc_recovery **out, size_t *n) ESC_MUST_CHECK;
 

@@ -1,5 +1,5 @@
 /*
- * p11escrow account — accounts and roles: add, list.
+ * p11escrow account — accounts and roles: add, list, disable, enable, passwd, scope.
  */
 #include <getopt.h>
 #include <stdio.h>
@@ -24,7 +24,8 @@ help(void)
 	printf("Usage: %s " CMD " add NAME --role ROLES [--kra KRA] [--user ADMIN] [OPTIONS]\n"
 	       "       %s " CMD " list --user NAME [OPTIONS]\n"
 	       "       %s " CMD " disable|enable NAME --user ADMIN [OPTIONS]\n"
-	       "       %s " CMD " passwd [NAME] --user NAME [OPTIONS]\n\n"
+	       "       %s " CMD " passwd [NAME] --user NAME [OPTIONS]\n"
+	       "       %s " CMD " scope NAME [--profile P]... [--group G]... | --clear --user ADMIN [OPTIONS]\n\n"
 	       "add   create an account with a password.  ROLES is a comma-separated list of admin,\n"
 	       "      cert-manager, kra and auditor; one account holds at most one of admin, cert-manager\n"
 	       "      and kra (a certificate manager is never a KRA).  A kra\n"
@@ -36,7 +37,13 @@ help(void)
 	       "disable, enable  stop or allow an account's logins (administrators; the last enabled\n"
 	       "      administrator stays enabled).\n"
 	       "passwd  set a new password: your own, or any account's as an administrator (the new\n"
-	       "      password comes like a new account's).\n\n"
+	       "      password comes like a new account's).\n"
+	       "scope  limit a certificate manager to some records (administrators; replaces the earlier\n"
+	       "      scope): it then searches, requests recovery of and approves only records whose\n"
+	       "      profile is one of the --profile values (if any are given) and whose subject has an O\n"
+	       "      or OU value among the --group values (if any; compared without regard to case).\n"
+	       "      Records archived without a profile (imports, foreign certificates) have the profile\n"
+	       "      '%s'.  --clear: unscoped again (every record).  Without options: show the scope.\n\n"
 	       "Passwords are never taken from the command line.  The acting account's password comes\n"
 	       "from --password-file, else $P11ESCROW_PASSWORD, else a prompt; the new account's from\n"
 	       "--new-password-file, else $" NEW_PASSWORD_ENV ", else a prompt (asked twice).  Password\n"
@@ -49,13 +56,19 @@ help(void)
 	       "  -u, --user NAME              the acting account\n"
 	       "      --password-file FILE     the acting account's password\n"
 	       "      --new-password-file FILE the new account's password (add)\n"
+	       "      --profile PROFILE        a profile of the scope; repeat for more (scope)\n"
+	       "      --group GROUP            an O or OU value of the scope; repeat for more (scope)\n"
+	       "      --clear                  remove the scope (scope)\n"
 	       "  -h, --help                   this text\n",
-	       PROG, PROG, PROG, PROG, ESC_PASSWORD_MIN);
+	       PROG, PROG, PROG, PROG, PROG, ESC_SCOPE_PROFILE_IMPORTED, ESC_PASSWORD_MIN);
 	cli_print_exit_codes();
 }
 
 struct opts {
 	const char *config, *database, *role, *kra, *user, *password_file, *new_password_file;
+	const char *profiles[ESC_SCOPE_MAX + 1], *groups[ESC_SCOPE_MAX + 1];
+	size_t nprofiles, ngroups;
+	int clear;
 };
 
 /* The new account's password: file, environment, or a prompt twice. */
@@ -178,6 +191,45 @@ out:
 	return rc;
 }
 
+/* scope NAME: set, clear or (no options) show a certificate manager's scope. */
+static int
+do_scope(struct esc_ctx *ctx, struct esc_store *st, const struct opts *o, const char *name)
+{
+	struct esc_account *me = NULL;
+	struct esc_scope_item *items = NULL;
+	size_t n = 0, i;
+	enum esc_err r;
+	int rc;
+
+	if ((rc = cli_login(CMD, ctx, st, o->user, o->password_file, &me)) != 0)
+		return rc;
+	if (o->clear || o->nprofiles > 0 || o->ngroups > 0) {
+		if ((r = esc_account_set_scope(ctx, st, me, name, o->profiles, o->nprofiles, o->groups, o->ngroups)) !=
+		    ESC_OK) {
+			rc = cli_fail(CMD, ctx, r);
+			goto out;
+		}
+		if (o->clear) {
+			printf("account '%s': scope cleared (every record)\n", name);
+			rc = 0;
+			goto out;
+		}
+	}
+	if ((r = esc_account_get_scope(ctx, st, me, name, &items, &n)) != ESC_OK) {
+		rc = cli_fail(CMD, ctx, r);
+		goto out;
+	}
+	if (n == 0)
+		printf("account '%s': unscoped (every record)\n", name);
+	for (i = 0; i < n; i++)
+		printf("account '%s': %s %s\n", name, items[i].kind, items[i].value);
+	rc = 0;
+out:
+	free(items);
+	esc_account_free(me);
+	return rc;
+}
+
 static int
 do_list(struct esc_ctx *ctx, struct esc_store *st, const struct opts *o)
 {
@@ -194,11 +246,17 @@ do_list(struct esc_ctx *ctx, struct esc_store *st, const struct opts *o)
 	esc_account_free(me);
 	if (r != ESC_OK)
 		return cli_fail(CMD, ctx, r);
-	printf("%-24s %-30s %-20s %s\n", "NAME", "ROLES", "KRA", "DISABLED");
+	printf("%-24s %-30s %-20s %-8s %s\n", "NAME", "ROLES", "KRA", "DISABLED", "SCOPE (if any)");
 	for (i = 0; i < n; i++) {
 		esc_roles_format(list[i].roles, roles_text, sizeof(roles_text));
-		printf("%-24s %-30s %-20s %s\n", list[i].name, roles_text, list[i].kra_name[0] ? list[i].kra_name : "-",
-		       list[i].disabled ? "yes" : "no");
+		/* Only a scoped certificate manager's line goes on to SCOPE: others end at DISABLED, as they always did. */
+		if (list[i].scope[0] != '\0')
+			printf("%-24s %-30s %-20s %-8s %s\n", list[i].name, roles_text,
+			       list[i].kra_name[0] ? list[i].kra_name : "-", list[i].disabled ? "yes" : "no",
+			       list[i].scope);
+		else
+			printf("%-24s %-30s %-20s %s\n", list[i].name, roles_text,
+			       list[i].kra_name[0] ? list[i].kra_name : "-", list[i].disabled ? "yes" : "no");
 	}
 	free(list);
 	return 0;
@@ -207,7 +265,7 @@ do_list(struct esc_ctx *ctx, struct esc_store *st, const struct opts *o)
 int
 account_main(int argc, char *argv[])
 {
-	enum { OPT_KRA = 256, OPT_PASSWORD, OPT_NEW_PASSWORD };
+	enum { OPT_KRA = 256, OPT_PASSWORD, OPT_NEW_PASSWORD, OPT_PROFILE, OPT_GROUP, OPT_CLEAR };
 	static const struct option longopts[] = {
 		{"config", required_argument, NULL, 'c'},
 		{"database", required_argument, NULL, 'd'},
@@ -216,6 +274,9 @@ account_main(int argc, char *argv[])
 		{"user", required_argument, NULL, 'u'},
 		{"password-file", required_argument, NULL, OPT_PASSWORD},
 		{"new-password-file", required_argument, NULL, OPT_NEW_PASSWORD},
+		{"profile", required_argument, NULL, OPT_PROFILE},
+		{"group", required_argument, NULL, OPT_GROUP},
+		{"clear", no_argument, NULL, OPT_CLEAR},
 		{"help", no_argument, NULL, 'h'},
 		{NULL, 0, NULL, 0},
 	};
@@ -254,6 +315,19 @@ account_main(int argc, char *argv[])
 		case OPT_NEW_PASSWORD:
 			o.new_password_file = optarg;
 			break;
+		case OPT_PROFILE:
+			if (o.nprofiles > ESC_SCOPE_MAX)
+				return cli_usage_error(CMD, "at most %d --profile options", ESC_SCOPE_MAX);
+			o.profiles[o.nprofiles++] = optarg;
+			break;
+		case OPT_GROUP:
+			if (o.ngroups > ESC_SCOPE_MAX)
+				return cli_usage_error(CMD, "at most %d --group options", ESC_SCOPE_MAX);
+			o.groups[o.ngroups++] = optarg;
+			break;
+		case OPT_CLEAR:
+			o.clear = 1;
+			break;
 		case ':':
 			return cli_usage_error(CMD, "option '%s' needs a value", argv[optind - 1]);
 		default:
@@ -263,7 +337,17 @@ account_main(int argc, char *argv[])
 	if (optind >= argc)
 		return cli_usage_error(CMD, "expected an action: add or list");
 	action = argv[optind];
-	if (strcmp(action, "add") == 0) {
+	if (strcmp(action, "scope") != 0 && (o.nprofiles > 0 || o.ngroups > 0 || o.clear))
+		return cli_usage_error(CMD, "--profile, --group and --clear are for scope");
+	if (strcmp(action, "scope") == 0) {
+		add = 3;
+		if (optind + 2 != argc)
+			return cli_usage_error(CMD, "scope takes one account NAME");
+		if (o.clear && (o.nprofiles > 0 || o.ngroups > 0))
+			return cli_usage_error(CMD, "--clear takes no --profile or --group");
+		if (o.user == NULL)
+			return cli_usage_error(CMD, "scope needs --user NAME");
+	} else if (strcmp(action, "add") == 0) {
 		add = 1;
 		if (optind + 2 != argc)
 			return cli_usage_error(CMD, "add takes one account NAME");
@@ -283,14 +367,17 @@ account_main(int argc, char *argv[])
 		if (o.user == NULL)
 			return cli_usage_error(CMD, "%s needs --user NAME", action);
 	} else {
-		return cli_usage_error(CMD, "unknown action '%s' (use add, list, disable, enable or passwd)", action);
+		return cli_usage_error(CMD, "unknown action '%s' (use add, list, disable, enable, passwd or scope)",
+				       action);
 	}
 	if ((rc = cli_init(CMD, o.config, &ctx, &cfg)) != 0)
 		goto out;
 	if ((rc = cli_apply_common(CMD, ctx, cfg, o.database, NULL, NULL, NULL)) != 0 ||
 	    (rc = cli_open_store(CMD, ctx, cfg, &st)) != 0)
 		goto out;
-	if (add == 2)
+	if (add == 3)
+		rc = do_scope(ctx, st, &o, argv[optind + 1]);
+	else if (add == 2)
 		rc = do_change(ctx, st, &o, action, optind + 1 < argc ? argv[optind + 1] : NULL);
 	else
 		rc = add ? do_add(ctx, st, &o, argv[optind + 1]) : do_list(ctx, st, &o);

@@ -74,8 +74,9 @@ db_main(int argc, char *argv[])
 	if (strcmp(action, "migrate") != 0 && strcmp(action, "status") != 0 && strcmp(action, "grant-service") != 0)
 		return cli_usage_error(CMD, "unknown action '%s' (use migrate, status or grant-service ROLE)", action);
 	if (strcmp(action, "grant-service") == 0 ? optind + 2 != argc : optind + 1 != argc)
-		return cli_usage_error(CMD, "%s", strcmp(action, "grant-service") == 0 ? "grant-service takes one ROLE"
-										      : "expected one action");
+		return cli_usage_error(CMD, "%s",
+				       strcmp(action, "grant-service") == 0 ? "grant-service takes one ROLE"
+									    : "expected one action");
 	if ((rc = cli_init(CMD, config, &ctx, &cfg)) != 0)
 		goto out;
 	if (database != NULL && (rc = cli_set(CMD, ctx, cfg, "database", database)) != 0)

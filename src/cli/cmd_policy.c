@@ -24,7 +24,13 @@ help(void)
 	       "  recovery_approvals     0..10       approvals by other certificate managers a recovery\n"
 	       "                                     request needs; default 0\n"
 	       "  revoke_before_recovery true|false  recover a key only once its certificate is revoked\n"
-	       "                                     ('p11escrow cert revoke'); default false\n\n"
+	       "                                     ('p11escrow cert revoke'); default false\n"
+	       "  one_key_per_subject    off|supersede|refuse  at most one valid archived encryption key\n"
+	       "                                     per subject and profile: a new enrollment revokes the\n"
+	       "                                     older certificate (reason superseded) or is refused;\n"
+	       "                                     default off\n\n"
+	       "Only an administrator changes policy; every change, and every refused attempt, is an\n"
+	       "audit event (policy.set).\n\n"
 	       "Options:\n"
 	       "  -c, --config FILE          configuration file\n"
 	       "  -d, --database CONNINFO    libpq connection string\n"
@@ -95,10 +101,10 @@ policy_main(int argc, char *argv[])
 		}
 		for (i = 0; i < n; i++) {
 			if (items[i].updated_by[0] != '\0')
-				printf("%-22s %-6s set by %s at %s\n", items[i].key, items[i].value, items[i].updated_by,
+				printf("%-22s %-9s set by %s at %s\n", items[i].key, items[i].value, items[i].updated_by,
 				       items[i].updated_at);
 			else
-				printf("%-22s %-6s default\n", items[i].key, items[i].value);
+				printf("%-22s %-9s default\n", items[i].key, items[i].value);
 		}
 	}
 	rc = 0;

@@ -14,8 +14,8 @@ static const struct {
 	const char *summary;
 } commands[] = {
 	{"setup", setup_main, "create the CA: schema, keys on the CA token, CA certificate"},
-	{"account", account_main, "accounts and roles: add, list, disable, enable, passwd"},
-	{"db", db_main, "database schema: migrate, status"},
+	{"account", account_main, "accounts and roles: add, list, disable, enable, passwd, scope"},
+	{"db", db_main, "database schema: migrate, status, grant-service"},
 	{"token", token_main, "inspect a PKCS#11 token: info and mechanisms"},
 	{"kra", kra_main, "Key Recovery Agents: enroll a card, list, retire"},
 	{"archive", archive_main, "manual archival: import PKCS#12 or PEM keys with their certificates"},

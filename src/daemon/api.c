@@ -632,8 +632,13 @@ api_audit(struct api_call *c)
 		limit = (size_t)v;
 	}
 	{
-		struct esc_audit_filter f = {param(c, "since"), param(c, "until"), param(c, "actor"), param(c, "action"),
-					     param(c, "object"), param(c, "serial"), limit};
+		struct esc_audit_filter f = {param(c, "since"),
+					     param(c, "until"),
+					     param(c, "actor"),
+					     param(c, "action"),
+					     param(c, "object"),
+					     param(c, "serial"),
+					     limit};
 
 		if ((r = esc_audit_search(c->w->ctx, c->w->st, c->a, &f, &rows, &n)) != ESC_OK) {
 			reply_esc(c, r);

@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include <argon2.h>
 #include <libpq-fe.h>
@@ -18,6 +19,7 @@
 
 #include <p11escrow/audit.h>
 #include <p11escrow/auth.h>
+#include <p11escrow/enroll.h>
 
 #include "internal.h"
 #include "store_internal.h"
@@ -559,8 +561,10 @@ esc_account_list(struct esc_ctx *ctx, struct esc_store *st, const struct esc_acc
 	if (actor == NULL)
 		return esc_error(ctx, ESC_ERR_DENIED, "listing accounts needs an authenticated account");
 	if ((r = esc_store_exec(ctx, st,
-				"SELECT a.id, a.name, a.roles, coalesce(k.name, ''), a.disabled FROM accounts a "
-				"LEFT JOIN kras k ON k.id = a.kra_id ORDER BY a.id",
+				"SELECT a.id, a.name, a.roles, coalesce(k.name, ''), a.disabled, coalesce((SELECT "
+				"string_agg(s.kind || ' ' || s.value, ', ' ORDER BY s.kind DESC, lower(s.value)) FROM "
+				"manager_scopes s WHERE s.account_id = a.id), '') FROM accounts a LEFT JOIN kras k ON "
+				"k.id = a.kra_id ORDER BY a.id",
 				0, NULL, NULL, NULL, &res)) != ESC_OK)
 		return r;
 	rows = PQntuples(res);
@@ -577,6 +581,7 @@ esc_account_list(struct esc_ctx *ctx, struct esc_store *st, const struct esc_acc
 		}
 		snprintf(list[i].kra_name, sizeof(list[i].kra_name), "%s", PQgetvalue(res, i, 3));
 		list[i].disabled = strcmp(PQgetvalue(res, i, 4), "t") == 0;
+		snprintf(list[i].scope, sizeof(list[i].scope), "%s", PQgetvalue(res, i, 5));
 	}
 	*out = list;
 	*n = (size_t)rows;
@@ -714,5 +719,192 @@ esc_account_set_password(struct esc_ctx *ctx, struct esc_store *st, const struct
 	esc_audit_outcome_by(ctx, st, actor, "account.passwd", name, r);
 	OPENSSL_cleanse(hash, strlen(hash));
 	free(hash);
+	return r;
+}
+
+/* ---- Certificate managers' scopes ------------------------------------------------------------------------ */
+
+/* A scope value: 1..ESC_SCOPE_VALUE_MAX printable characters (UTF-8 allowed), none of them control characters. */
+static int
+valid_scope_value(const char *v)
+{
+	size_t i, n = strnlen(v, ESC_SCOPE_VALUE_MAX + 1);
+
+	if (n == 0 || n > ESC_SCOPE_VALUE_MAX)
+		return 0;
+	for (i = 0; i < n; i++)
+		if ((unsigned char)v[i] < 0x20 || v[i] == 0x7f)
+			return 0;
+	return 1;
+}
+
+/* Check one kind of scope values; profiles must name an archival profile or "imported". */
+static enum esc_err
+check_scope_values(struct esc_ctx *ctx, const char *kind, const char *const *vals, size_t n)
+{
+	const struct esc_profile *p;
+	size_t i, j;
+
+	if (n > ESC_SCOPE_MAX)
+		return esc_error(ctx, ESC_ERR_USAGE, "a scope holds at most %d %ss", ESC_SCOPE_MAX, kind);
+	for (i = 0; i < n; i++) {
+		if (vals[i] == NULL || !valid_scope_value(vals[i]))
+			return esc_error(ctx, ESC_ERR_USAGE, "a %s in a scope has 1 to %d characters, no control characters",
+					 kind, ESC_SCOPE_VALUE_MAX);
+		if (kind[0] == 'p' && strcmp(vals[i], ESC_SCOPE_PROFILE_IMPORTED) != 0) {
+			if ((p = esc_profile_find(vals[i])) == NULL || strcmp(p->name, vals[i]) != 0)
+				return esc_error(ctx, ESC_ERR_USAGE,
+						 "unknown profile '%.64s' (see 'p11escrow profile list'; '" ESC_SCOPE_PROFILE_IMPORTED
+						 "' stands for records archived without one)",
+						 vals[i]);
+			if (!p->archival)
+				return esc_error(ctx, ESC_ERR_USAGE,
+						 "profile '%s' never archives keys: a scope of it would match no record",
+						 p->name);
+		}
+		for (j = 0; j < i; j++)
+			if (kind[0] == 'p' ? strcmp(vals[i], vals[j]) == 0 : strcasecmp(vals[i], vals[j]) == 0)
+				return esc_error(ctx, ESC_ERR_USAGE, "%s '%.64s' is given twice", kind, vals[i]);
+	}
+	return ESC_OK;
+}
+
+static enum esc_err
+scope_impl(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor, const char *name,
+	   const char *const *profiles, size_t np, const char *const *groups, size_t ng, char *details, size_t dlen)
+{
+	PGresult *res = NULL;
+	char id[24], roles[64];
+	const char *v[4];
+	unsigned target_roles = 0;
+	struct esc_audit_event ev = {NULL, roles, "account.scope", name, "ok", details};
+	enum esc_err r;
+	size_t i, used;
+
+	if ((r = esc_account_require(ctx, actor, ESC_ROLE_ADMIN)) != ESC_OK ||
+	    (r = check_scope_values(ctx, "profile", profiles, np)) != ESC_OK ||
+	    (r = check_scope_values(ctx, "group", groups, ng)) != ESC_OK)
+		return r;
+	if ((r = esc_store_begin(ctx, st)) != ESC_OK)
+		return r;
+	if ((r = recheck_admin(ctx, st, actor)) != ESC_OK)
+		goto out;
+	v[0] = name;
+	if ((r = esc_store_exec(ctx, st, "SELECT id, roles FROM accounts WHERE name = $1 FOR UPDATE", 1, v, NULL, NULL,
+				&res)) != ESC_OK)
+		goto out;
+	if (PQntuples(res) != 1) {
+		r = esc_error(ctx, ESC_ERR_NOT_FOUND, "no account named '%.64s'", name);
+		goto out;
+	}
+	snprintf(id, sizeof(id), "%s", PQgetvalue(res, 0, 0));
+	if ((r = parse_pg_roles(ctx, PQgetvalue(res, 0, 1), &target_roles)) != ESC_OK)
+		goto out;
+	if ((np > 0 || ng > 0) && !(target_roles & ESC_ROLE_CERT_MANAGER)) {
+		r = esc_error(ctx, ESC_ERR_USAGE, "account '%.64s' is not a certificate manager: only they have a scope",
+			      name);
+		goto out;
+	}
+	v[0] = id;
+	if ((r = esc_store_exec(ctx, st, "DELETE FROM manager_scopes WHERE account_id = $1", 1, v, NULL, NULL, NULL)) !=
+	    ESC_OK)
+		goto out;
+	v[3] = actor->name;
+	for (i = 0; i < np + ng; i++) {
+		v[1] = i < np ? "profile" : "group";
+		v[2] = i < np ? profiles[i] : groups[i - np];
+		if ((r = esc_store_exec(ctx, st,
+					"INSERT INTO manager_scopes (account_id, kind, value, created_by) VALUES ($1, $2, $3, "
+					"$4)",
+					4, v, NULL, NULL, NULL)) != ESC_OK)
+			goto out;
+	}
+	/* The details name the whole new scope (values are bounded: at most 2 x 16 x 64 characters, cut here). */
+	if (np == 0 && ng == 0)
+		snprintf(details, dlen, "unscoped: every record");
+	else {
+		snprintf(details, dlen, "profiles:");
+		for (i = 0; i < np; i++) {
+			used = strlen(details);
+			snprintf(details + used, dlen - used, "%s%s", i ? "," : " ", profiles[i]);
+		}
+		used = strlen(details);
+		snprintf(details + used, dlen - used, "%s; groups:", np ? "" : " any");
+		for (i = 0; i < ng; i++) {
+			used = strlen(details);
+			snprintf(details + used, dlen - used, "%s%s", i ? "," : " ", groups[i]);
+		}
+		if (ng == 0) {
+			used = strlen(details);
+			snprintf(details + used, dlen - used, " any");
+		}
+	}
+	ev.actor = actor->name;
+	esc_roles_format(actor->roles, roles, sizeof(roles));
+	if ((r = esc_audit_append(ctx, st, &ev)) != ESC_OK)
+		goto out;
+	r = esc_store_commit(ctx, st);
+out:
+	esc_store_rollback(st);
+	PQclear(res);
+	return r;
+}
+
+enum esc_err
+esc_account_set_scope(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor, const char *name,
+		      const char *const *profiles, size_t nprofiles, const char *const *groups, size_t ngroups)
+{
+	char shown[NAME_MAX_LEN + 8], details[512] = "";
+	enum esc_err r;
+
+	if (st == NULL || name == NULL || (nprofiles > 0 && profiles == NULL) || (ngroups > 0 && groups == NULL))
+		return esc_error(ctx, ESC_ERR_INTERNAL, "esc_account_set_scope: NULL argument");
+	shown_name(shown, sizeof(shown), name);
+	r = scope_impl(ctx, st, actor, shown, profiles, nprofiles, groups, ngroups, details, sizeof(details));
+	if (r != ESC_OK)
+		esc_audit_outcome_by(ctx, st, actor, "account.scope", shown, r);
+	return r;
+}
+
+enum esc_err
+esc_account_get_scope(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor, const char *name,
+		      struct esc_scope_item **out, size_t *n)
+{
+	struct esc_scope_item *items = NULL;
+	PGresult *res = NULL;
+	const char *v[1] = {name};
+	enum esc_err r;
+	size_t count = 0;
+	int i, rows;
+
+	if (actor == NULL)
+		return esc_error(ctx, ESC_ERR_DENIED, "reading a scope needs an authenticated account");
+	if ((r = esc_store_exec(ctx, st,
+				"SELECT s.kind, s.value FROM accounts a LEFT JOIN manager_scopes s ON s.account_id = a.id "
+				"WHERE a.name = $1 ORDER BY s.kind DESC, lower(s.value)",
+				1, v, NULL, NULL, &res)) != ESC_OK)
+		return r;
+	if ((rows = PQntuples(res)) == 0) {
+		r = esc_error(ctx, ESC_ERR_NOT_FOUND, "no account named '%.64s'", name);
+		goto out;
+	}
+	if ((items = calloc((size_t)rows + 1, sizeof(*items))) == NULL) {
+		r = esc_error(ctx, ESC_ERR_NOMEM, "out of memory");
+		goto out;
+	}
+	for (i = 0; i < rows; i++) {
+		if (PQgetisnull(res, i, 0))
+			continue; /* the account's row, without a scope */
+		snprintf(items[count].kind, sizeof(items[count].kind), "%s", PQgetvalue(res, i, 0));
+		snprintf(items[count].value, sizeof(items[count].value), "%s", PQgetvalue(res, i, 1));
+		count++;
+	}
+	*out = items;
+	*n = count;
+	items = NULL; /* transferred */
+	r = ESC_OK;
+out:
+	free(items);
+	PQclear(res);
 	return r;
 }

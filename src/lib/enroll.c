@@ -856,7 +856,100 @@ struct issue_state {
 	X509 *cert; /* signed; kept across retries of the transaction */
 	struct esc_archive_info info;
 	char subject[512];
+	int supersede;	/* policy one_key_per_subject = supersede, for this attempt */
+	int superseded; /* certificates this attempt revoked */
 };
+
+/* Serialises enrollments of one subject and profile while the policy is on ("p11o", with a hash of both). */
+#define ONE_KEY_LOCK "1882337647"
+
+/*
+ * Policy one_key_per_subject, in the open transaction, before the token is
+ * touched: with 'refuse', fail if the subject already has a valid
+ * (unexpired, unrevoked) certificate of this profile whose key is archived;
+ * with 'supersede', note that such certificates are revoked once the new
+ * one is recorded (supersede_prior).  Enrollments of the same subject and
+ * profile wait for each other until commit, so two at once cannot both
+ * see none.
+ */
+static enum esc_err
+one_key_check(struct esc_ctx *ctx, struct esc_store *st, const char *profile, struct issue_state *is)
+{
+	PGresult *res = NULL;
+	const char *v[2] = {is->subject, profile};
+	char *mode = NULL;
+	enum esc_err r;
+
+	is->supersede = 0;
+	if ((r = esc_store_policy(ctx, st, "one_key_per_subject", &mode)) != ESC_OK)
+		return r;
+	if (strcmp(mode, "off") == 0)
+		goto out;
+	if ((r = esc_store_exec(ctx, st, "SELECT pg_advisory_xact_lock(" ONE_KEY_LOCK ", hashtext($1 || E'\\n' || $2))",
+				2, v, NULL, NULL, NULL)) != ESC_OK)
+		goto out;
+	if (strcmp(mode, "supersede") == 0) {
+		is->supersede = 1;
+		goto out;
+	}
+	if ((r = esc_store_exec(ctx, st,
+				"SELECT a.cert_serial FROM archive_records a JOIN certificates c ON c.serial = "
+				"a.cert_serial WHERE NOT a.foreign_issuer AND c.subject = $1 AND c.profile = $2 AND "
+				"c.not_after > now() AND NOT EXISTS (SELECT 1 FROM revocations v WHERE v.issuer = "
+				"a.issuer AND ltrim(v.serial, '0') = ltrim(a.cert_serial, '0')) ORDER BY c.issued_at "
+				"LIMIT 1",
+				2, v, NULL, NULL, &res)) != ESC_OK)
+		goto out;
+	if (PQntuples(res) > 0)
+		r = esc_error(ctx, ESC_ERR_POLICY,
+			      "subject already has a valid archived encryption key (serial %s) under profile '%s': "
+			      "policy one_key_per_subject is 'refuse' (revoke that certificate first)",
+			      PQgetvalue(res, 0, 0), profile);
+out:
+	PQclear(res);
+	free(mode);
+	return r;
+}
+
+/*
+ * Policy one_key_per_subject = supersede, after the new certificate
+ * (serial) and its archive record are in the transaction: revoke every
+ * other valid certificate of the subject and profile whose key is archived
+ * (reason superseded, on the CRL), each an audit event.
+ */
+static enum esc_err
+supersede_prior(struct esc_ctx *ctx, struct esc_store *st, const char *profile, const char *actor, const char *serial,
+		struct issue_state *is)
+{
+	PGresult *res = NULL;
+	const char *v[4] = {is->subject, profile, serial, actor};
+	char details[160];
+	struct esc_audit_event ev = {actor, "enrollee", "cert.revoke", NULL, "ok", details};
+	enum esc_err r;
+	int i;
+
+	if ((r = esc_store_exec(
+		     ctx, st,
+		     "INSERT INTO revocations (serial, issuer, own, reason, revoked_by) SELECT a.cert_serial, "
+		     "a.issuer, true, 'superseded', $4 FROM archive_records a JOIN certificates c ON c.serial = "
+		     "a.cert_serial WHERE NOT a.foreign_issuer AND c.subject = $1 AND c.profile = $2 AND "
+		     "c.serial <> $3 AND c.not_after > now() AND NOT EXISTS (SELECT 1 FROM revocations v WHERE "
+		     "v.issuer = a.issuer AND ltrim(v.serial, '0') = ltrim(a.cert_serial, '0')) RETURNING serial",
+		     4, v, NULL, NULL, &res)) != ESC_OK)
+		return r;
+	snprintf(details, sizeof(details),
+		 "reason superseded by %.64s (policy one_key_per_subject = supersede), on the CRL", serial);
+	for (i = 0; i < PQntuples(res); i++) {
+		ev.object = PQgetvalue(res, i, 0);
+		if ((r = esc_audit_append(ctx, st, &ev)) != ESC_OK)
+			goto out;
+	}
+	is->superseded = PQntuples(res);
+	r = ESC_OK;
+out:
+	PQclear(res);
+	return r;
+}
 
 /* One attempt at the transaction: OTP, certificate, archive record, audit. */
 static enum esc_err
@@ -868,9 +961,13 @@ issue_tx(struct esc_ctx *ctx, struct esc_store *st, struct esc_keeper *k, const 
 	enum esc_err r;
 
 	memset(&is->info, 0, sizeof(is->info));
+	is->superseded = 0;
 	if ((r = begin_tx(ctx, st)) != ESC_OK)
 		goto out;
 	if (req->otp_name != NULL && (r = consume_otp(ctx, st, req->otp_name, is->subject, def->p.name)) != ESC_OK)
+		goto out;
+	/* One valid archived encryption key per subject and profile, if policy says so. */
+	if (def->p.archival && (r = one_key_check(ctx, st, def->p.name, is)) != ESC_OK)
 		goto out;
 	if ((r = sign_and_record(ctx, st, k, def, req->subject, req->pub, san, &is->cert)) != ESC_OK)
 		goto out;
@@ -886,10 +983,13 @@ issue_tx(struct esc_ctx *ctx, struct esc_store *st, struct esc_keeper *k, const 
 		goto out;
 	}
 	ev.object = serial;
-	snprintf(details, sizeof(details), "profile %s, source %s, record %s, %s%s%ssubject %.300s", def->p.name,
+	if (is->supersede && (r = supersede_prior(ctx, st, def->p.name, req->actor, serial, is)) != ESC_OK)
+		goto out;
+	snprintf(details, sizeof(details), "profile %s, source %s, record %s, %s%s%s%ssubject %.300s", def->p.name,
 		 source_name(req->source), is->info.id[0] ? is->info.id : "none (not archived)",
 		 req->otp_name ? "one-time password " : "", req->otp_name ? req->otp_name : "",
-		 req->otp_name ? ", " : "", is->subject);
+		 req->otp_name ? ", " : "", is->superseded > 0 ? "superseding older certificate(s), " : "",
+		 is->subject);
 	if ((r = esc_audit_append(ctx, st, &ev)) != ESC_OK || (r = esc_store_commit(ctx, st)) != ESC_OK)
 		goto out;
 out:

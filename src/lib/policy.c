@@ -11,14 +11,18 @@
 #include "internal.h"
 #include "store_internal.h"
 
+static const char *const one_key_choices[] = {"off", "supersede", "refuse", NULL};
+
 static const struct {
 	const char *key;
-	long min, max; /* min > max: boolean */
+	long min, max;		    /* min > max: boolean */
+	const char *const *choices; /* non-NULL: one of these words */
 } known[] = {
-	{"kra_set_size", 1, 16},
-	{"allow_foreign_issuers", 1, 0},
-	{"recovery_approvals", 0, 10},
-	{"revoke_before_recovery", 1, 0},
+	{"kra_set_size", 1, 16, NULL},
+	{"allow_foreign_issuers", 1, 0, NULL},
+	{"recovery_approvals", 0, 10, NULL},
+	{"revoke_before_recovery", 1, 0, NULL},
+	{"one_key_per_subject", 0, 0, one_key_choices},
 };
 
 static enum esc_err
@@ -31,6 +35,14 @@ validate(struct esc_ctx *ctx, const char *key, const char *value)
 	for (i = 0; i < ESC_ARRAY_LEN(known); i++) {
 		if (strcmp(key, known[i].key) != 0)
 			continue;
+		if (known[i].choices != NULL) {
+			const char *const *c;
+
+			for (c = known[i].choices; *c != NULL; c++)
+				if (strcmp(value, *c) == 0)
+					return ESC_OK;
+			return esc_error(ctx, ESC_ERR_USAGE, "policy %s is off, supersede or refuse", key);
+		}
 		if (known[i].min > known[i].max) {
 			if (strcmp(value, "true") == 0 || strcmp(value, "false") == 0)
 				return ESC_OK;
@@ -43,8 +55,8 @@ validate(struct esc_ctx *ctx, const char *key, const char *value)
 		return ESC_OK;
 	}
 	return esc_error(ctx, ESC_ERR_USAGE,
-			 "unknown policy '%s' (kra_set_size, allow_foreign_issuers, recovery_approvals, "
-			 "revoke_before_recovery)",
+			 "unknown policy '%.32s' (kra_set_size, allow_foreign_issuers, recovery_approvals, "
+			 "revoke_before_recovery, one_key_per_subject)",
 			 key);
 }
 

@@ -79,8 +79,8 @@ esc_archive_search(struct esc_ctx *ctx, struct esc_store *st, const struct esc_a
 {
 	PGresult *res = NULL;
 	struct esc_record_summary *s = NULL;
-	char nserial[128];
-	const char *v[3];
+	char nserial[128], aid[24];
+	const char *v[4];
 	enum esc_err r;
 	int i, rows;
 
@@ -88,18 +88,22 @@ esc_archive_search(struct esc_ctx *ctx, struct esc_store *st, const struct esc_a
 		return ESC_ERR_DENIED;
 	if (serial != NULL && (r = normalise_serial(ctx, serial, nserial, sizeof(nserial))) != ESC_OK)
 		return r;
+	snprintf(aid, sizeof(aid), "%lld", esc_account_id(actor));
 	v[0] = serial ? nserial : NULL;
 	v[1] = subject;
 	v[2] = email;
+	v[3] = aid;
+	/* A scoped certificate manager sees only the records in scope (sql/006); anyone else every record. */
 	if ((r = esc_store_exec(ctx, st,
 				"SELECT a.id, a.cert_serial, a.subject, coalesce(a.email, ''), a.issuer, a.foreign_issuer, "
 				"to_char(a.created_at, 'YYYY-MM-DD HH24:MI:SS'), coalesce((SELECT string_agg(k.name, ',' "
 				"ORDER BY k.name) FROM archive_record_kras x JOIN kras k ON k.id = x.kra_id WHERE "
 				"x.record_id = a.id), '') FROM archive_records a WHERE ($1::text IS NULL OR "
 				"ltrim(a.cert_serial, '0') = $1) AND ($2::text IS NULL OR strpos(lower(a.subject), "
-				"lower($2)) > 0) AND ($3::text IS NULL OR lower(a.email) = lower($3)) ORDER BY "
-				"a.created_at DESC LIMIT 100",
-				3, v, NULL, NULL, &res)) != ESC_OK)
+				"lower($2)) > 0) AND ($3::text IS NULL OR lower(a.email) = lower($3)) AND (NOT EXISTS "
+				"(SELECT 1 FROM manager_scopes WHERE account_id = $4::bigint) OR "
+				"p11escrow_record_in_scope(a.id, $4::bigint)) ORDER BY a.created_at DESC LIMIT 100",
+				4, v, NULL, NULL, &res)) != ESC_OK)
 		return r;
 	rows = PQntuples(res);
 	if ((s = calloc((size_t)rows + 1, sizeof(*s))) == NULL) {
@@ -166,6 +170,33 @@ resolve_record(struct esc_ctx *ctx, struct esc_store *st, const char *record, ch
 	return r;
 }
 
+/*
+ * Is record rid within actor's scope (always true for an unscoped account)?
+ * DENIED otherwise — naming neither the record's profile nor its groups,
+ * which a manager outside the scope has no business learning.
+ */
+static enum esc_err
+check_scope(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor, const char *rid,
+	    const char *shown)
+{
+	PGresult *res = NULL;
+	char aid[24];
+	const char *v[2] = {rid, aid};
+	enum esc_err r;
+
+	snprintf(aid, sizeof(aid), "%lld", esc_account_id(actor));
+	if ((r = esc_store_exec(ctx, st, "SELECT p11escrow_record_in_scope($1::uuid, $2::bigint)", 2, v, NULL, NULL,
+				&res)) != ESC_OK)
+		return r;
+	if (PQntuples(res) != 1 || strcmp(PQgetvalue(res, 0, 0), "t") != 0)
+		r = esc_error(ctx, ESC_ERR_DENIED,
+			      "%s is outside the scope of account '%s' (its profiles and groups: 'p11escrow account "
+			      "list')",
+			      shown, esc_account_name(actor));
+	PQclear(res);
+	return r;
+}
+
 static enum esc_err
 check_reason(struct esc_ctx *ctx, const char *reason)
 {
@@ -204,6 +235,13 @@ request_impl(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account
 	if ((r = esc_account_require(ctx, actor, ESC_ROLE_CERT_MANAGER)) != ESC_OK ||
 	    (r = check_reason(ctx, reason)) != ESC_OK || (r = resolve_record(ctx, st, record, rid)) != ESC_OK)
 		return r;
+	{
+		char shown[80];
+
+		snprintf(shown, sizeof(shown), "the archived key of '%.40s'", record);
+		if ((r = check_scope(ctx, st, actor, rid, shown)) != ESC_OK)
+			return r;
+	}
 	v[0] = rid;
 	if ((r = esc_store_exec(ctx, st,
 				"SELECT k.id, k.name, k.state, k.certificate FROM archive_record_kras x JOIN kras k ON "
@@ -297,9 +335,21 @@ esc_recovery_request(struct esc_ctx *ctx, struct esc_store *st, const struct esc
 		     const char *kra_name, const char *reason, long long *id)
 {
 	enum esc_err r = request_impl(ctx, st, actor, record, kra_name, reason, id);
+	char nserial[128];
 
-	if (r != ESC_OK)
-		esc_audit_outcome_by(ctx, st, actor, "recovery.request", record, r);
+	if (r != ESC_OK) {
+		/* A serial as the trail records serials elsewhere, so 'audit show --serial' finds the refusal. */
+		const char *obj = record != NULL ? record : "?";
+		char saved[ESC_ERRMSG_MAX];
+		enum esc_err code = esc_ctx_errcode(ctx);
+
+		snprintf(saved, sizeof(saved), "%s", esc_ctx_errmsg(ctx));
+		if (record != NULL && !(strlen(record) == ESC_RECORD_ID_LEN && record[8] == '-') &&
+		    normalise_serial(ctx, record, nserial, sizeof(nserial)) == ESC_OK)
+			obj = nserial;
+		(void)esc_error(ctx, code, "%s", saved);
+		esc_audit_outcome_by(ctx, st, actor, "recovery.request", obj, r);
+	}
 	return r;
 }
 
@@ -319,13 +369,20 @@ approve_impl(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account
 	if ((r = esc_store_begin(ctx, st)) != ESC_OK)
 		return r;
 	if ((r = esc_store_exec(ctx, st,
-				"SELECT requested_by, state, approvals_required FROM recovery_requests WHERE id = $1 "
-				"FOR UPDATE",
+				"SELECT requested_by, state, approvals_required, record_id FROM recovery_requests WHERE "
+				"id = $1 FOR UPDATE",
 				1, v, NULL, NULL, &res)) != ESC_OK)
 		goto out;
 	if (PQntuples(res) != 1) {
 		r = esc_error(ctx, ESC_ERR_NOT_FOUND, "no recovery request %lld", id);
 		goto out;
+	}
+	{
+		char shown[64];
+
+		snprintf(shown, sizeof(shown), "the key of request %lld", id);
+		if ((r = check_scope(ctx, st, actor, PQgetvalue(res, 0, 3), shown)) != ESC_OK)
+			goto out;
 	}
 	if (strtoll(PQgetvalue(res, 0, 0), NULL, 10) == esc_account_id(actor)) {
 		r = esc_error(ctx, ESC_ERR_DENIED, "a requester cannot approve their own recovery request");
@@ -918,20 +975,25 @@ query_requests(struct esc_ctx *ctx, struct esc_store *st, const struct esc_accou
 {
 	PGresult *res = NULL;
 	struct esc_recovery *q = NULL;
-	const char *v[2] = {state, id};
+	char aid[24];
+	const char *v[3] = {state, id, aid};
 	enum esc_err r;
 	int i, rows;
 
 	if (actor == NULL)
 		return esc_error(ctx, ESC_ERR_DENIED, "listing requests needs an authenticated account");
+	/* A scoped certificate manager sees only the requests of records in scope. */
+	snprintf(aid, sizeof(aid), "%lld", esc_account_id(actor));
 	if ((r = esc_store_exec(ctx, st,
 				"SELECT r.id, r.record_id, a.cert_serial, a.subject, r.state, u.name, k.name, r.reason, "
 				"(SELECT count(*) FROM recovery_approvals p WHERE p.request_id = r.id), "
 				"r.approvals_required, to_char(r.created_at, 'YYYY-MM-DD HH24:MI:SS') FROM "
 				"recovery_requests r JOIN archive_records a ON a.id = r.record_id JOIN accounts u ON u.id "
 				"= r.requested_by JOIN kras k ON k.id = r.kra_id WHERE ($1::text IS NULL OR r.state = $1) "
-				"AND ($2::bigint IS NULL OR r.id = $2::bigint) ORDER BY r.id DESC LIMIT 200",
-				2, v, NULL, NULL, &res)) != ESC_OK)
+				"AND ($2::bigint IS NULL OR r.id = $2::bigint) AND (NOT EXISTS (SELECT 1 FROM "
+				"manager_scopes WHERE account_id = $3::bigint) OR p11escrow_record_in_scope(r.record_id, "
+				"$3::bigint)) ORDER BY r.id DESC LIMIT 200",
+				3, v, NULL, NULL, &res)) != ESC_OK)
 		return r;
 	rows = PQntuples(res);
 	if ((q = calloc((size_t)rows + 1, sizeof(*q))) == NULL) {
