@@ -16,6 +16,7 @@ chmod 0711 "$T"
 _pg_dirs=()
 _server_pidfiles=()
 _daemon_pids=()
+_mounts=()   # unmounted after the servers stop (a test's tmpfs under $T)
 
 cleanup() {
     local rc=$? d f
@@ -28,6 +29,9 @@ cleanup() {
     done
     for d in "${_pg_dirs[@]}"; do
         "$SRC/tests/harness/pg-cluster" stop "$d" >/dev/null 2>&1
+    done
+    for d in "${_mounts[@]}"; do
+        umount "$d" 2>/dev/null || umount -l "$d" 2>/dev/null
     done
     rm -rf "$T"
     exit "$rc"
