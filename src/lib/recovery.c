@@ -232,6 +232,8 @@ request_impl(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account
 	enum esc_err r;
 	int i, rows, active = 0;
 
+	if (record == NULL)
+		return esc_error(ctx, ESC_ERR_USAGE, "name the record: a record id or a certificate serial");
 	if ((r = esc_account_require(ctx, actor, ESC_ROLE_CERT_MANAGER)) != ESC_OK ||
 	    (r = check_reason(ctx, reason)) != ESC_OK || (r = resolve_record(ctx, st, record, rid)) != ESC_OK)
 		return r;
