@@ -279,6 +279,18 @@ expect 200 audrey GET "/audit?action=recovery.release&limit=2"
 run_esc 0 audit verify
 assert_out "audit trail intact"
 
+note "path traversal: in the URL (raw and percent-encoded) and in the CLI's file options"
+code=$(curl -sS --cacert "$SERVER_CA" -K "$T/cm1.curl" -o /dev/null -w '%{http_code}' --path-as-is \
+    "$API/../../../etc/passwd")
+[ "$code" = 400 ] || fail "raw ../ in the path: HTTP $code"
+expect 400 cm1 GET "/recoveries/..%2F..%2F..%2Fetc%2Fpasswd"
+expect 400 cm1 GET "/records%2F..%2F..%2Fkras"
+# --out never follows a planted symlink or replaces an existing file (O_EXCL): nothing written through it.
+ln -s "$T/victim" "$T/link.p12"
+srv kent 4 recovery complete "$REQ" --token 'pkcs11:token=KRA1' --kra-pin-file "$PIN_FILE" --out "$T/link.p12"
+[ ! -e "$T/victim" ] || fail "--out followed a symlink"
+run_esc 4 recovery list --server "$URL" --server-ca "../../../nonexistent/ca.pem" --user cm1 --password-file "$T/cm1.pw"
+
 note "no password, PIN or key in the service's log"
 for s in admin-password-0001 cm1-password-00001 cm2-password-00002 kent-password-0003 kim-password-000004 \
     audrey-password-05 "$P12PW" "$P11ESCROW_USER_PIN" "$(printf 'kent:kent-password-0003' | base64)"; do
