@@ -212,7 +212,7 @@ esc_audit_outcome(struct esc_ctx *ctx, struct esc_store *st, const char *actor, 
 		esc_log(ctx, ESC_LOG_ERROR, "could not write the audit event %s %s: %s", action, object,
 			esc_ctx_errmsg(ctx));
 	if (code != ESC_OK)
-		esc_error(ctx, code, "%s", saved);
+		(void)esc_error(ctx, code, "%s", saved);
 	else
 		esc_ctx_clear_error(ctx);
 }

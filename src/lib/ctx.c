@@ -71,21 +71,20 @@ set_msg(struct esc_ctx *ctx, enum esc_err code, const char *fmt, va_list ap)
 	vsnprintf(ctx->errmsg, sizeof(ctx->errmsg), fmt, ap);
 }
 
-enum esc_err
-esc_error(struct esc_ctx *ctx, enum esc_err code, const char *fmt, ...)
+void
+esc_error_set(struct esc_ctx *ctx, enum esc_err code, const char *fmt, ...)
 {
 	va_list ap;
 
 	if (ctx == NULL)
-		return code;
+		return;
 	va_start(ap, fmt);
 	set_msg(ctx, code, fmt, ap);
 	va_end(ap);
-	return code;
 }
 
-enum esc_err
-esc_error_ossl(struct esc_ctx *ctx, enum esc_err code, const char *fmt, ...)
+void
+esc_error_ossl_set(struct esc_ctx *ctx, enum esc_err code, const char *fmt, ...)
 {
 	va_list ap;
 	unsigned long e;
@@ -97,14 +96,13 @@ esc_error_ossl(struct esc_ctx *ctx, enum esc_err code, const char *fmt, ...)
 		ERR_error_string_n(e, reason, sizeof(reason));
 	ERR_clear_error();
 	if (ctx == NULL)
-		return code;
+		return;
 	va_start(ap, fmt);
 	set_msg(ctx, code, fmt, ap);
 	va_end(ap);
 	len = strlen(ctx->errmsg);
 	if (reason[0] != '\0' && len < sizeof(ctx->errmsg))
 		snprintf(ctx->errmsg + len, sizeof(ctx->errmsg) - len, " (OpenSSL: %s)", reason);
-	return code;
 }
 
 void

@@ -13,18 +13,24 @@
 #define ESC_ERRMSG_MAX 1024
 
 /*
- * Record a failure in ctx with a printf-style sentence and return code, so
+ * Record a failure in ctx with a printf-style sentence and yield code, so
  * callers can write `r = esc_error(ctx, ESC_ERR_X, "...", ...); goto out;`.
  * The message must never contain a secret.
+ *
+ * A macro, not a function returning code: the value is then visible where
+ * it is used, so static analysis (scripts/lint) knows that a failure path
+ * never yields ESC_OK without having set its outputs.  code is evaluated
+ * twice: pass a constant or a plain variable.
  */
-enum esc_err esc_error(struct esc_ctx *ctx, enum esc_err code, const char *fmt, ...)
-	__attribute__((format(printf, 3, 4)));
+#define esc_error(ctx, code, ...) (esc_error_set((ctx), (code), __VA_ARGS__), (code))
+void esc_error_set(struct esc_ctx *ctx, enum esc_err code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 
 /*
- * Like esc_error, then appends ": <OpenSSL reason>" from the OpenSSL error
+ * Like esc_error, then appends " (OpenSSL: <reason>)" from the OpenSSL error
  * queue (which it empties).
  */
-enum esc_err esc_error_ossl(struct esc_ctx *ctx, enum esc_err code, const char *fmt, ...)
+#define esc_error_ossl(ctx, code, ...) (esc_error_ossl_set((ctx), (code), __VA_ARGS__), (code))
+void esc_error_ossl_set(struct esc_ctx *ctx, enum esc_err code, const char *fmt, ...)
 	__attribute__((format(printf, 3, 4)));
 
 /* Emit a log line through the context's sink (no-op without one). */

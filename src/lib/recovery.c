@@ -48,7 +48,7 @@ require_any(struct esc_ctx *ctx, const struct esc_account *a, unsigned roles, co
 {
 	if (a != NULL && (esc_account_roles(a) & roles) != 0)
 		return 0;
-	esc_error(ctx, ESC_ERR_DENIED, "account '%s' may not %s", a ? esc_account_name(a) : "(none)", what);
+	(void)esc_error(ctx, ESC_ERR_DENIED, "account '%s' may not %s", a ? esc_account_name(a) : "(none)", what);
 	return -1;
 }
 
