@@ -456,7 +456,7 @@ release_if_approved(struct api_call *c, char *msg, size_t msglen)
 	struct esc_recovery q;
 	enum esc_err r;
 
-	if ((r = esc_recovery_get(c->w->ctx, c->w->st, c->a, c->id, &q)) != ESC_OK || strcmp(q.state, "approved") != 0)
+	if (esc_recovery_get(c->w->ctx, c->w->st, c->a, c->id, &q) != ESC_OK || strcmp(q.state, "approved") != 0)
 		return ESC_OK; /* reply_request reports the request as it is */
 	if (c->w->keeper == NULL)
 		r = ESC_ERR_TOKEN_NOT_FOUND; /* svc_worker_ready checked it; a lost token is a 503 next time */

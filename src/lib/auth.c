@@ -354,7 +354,7 @@ esc_account_login(struct esc_ctx *ctx, struct esc_store *st, const char *name, c
 	}
 	a->id = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
 	snprintf(a->name, sizeof(a->name), "%s", name);
-	if ((r = parse_pg_roles(ctx, PQgetvalue(res, 0, 1), &a->roles)) != ESC_OK) {
+	if (parse_pg_roles(ctx, PQgetvalue(res, 0, 1), &a->roles) != ESC_OK) {
 		r = esc_error(ctx, ESC_ERR_INTERNAL, "account '%s': stored roles are malformed", shown);
 		goto out;
 	}
@@ -575,7 +575,7 @@ esc_account_list(struct esc_ctx *ctx, struct esc_store *st, const struct esc_acc
 	for (i = 0; i < rows; i++) {
 		list[i].id = strtoll(PQgetvalue(res, i, 0), NULL, 10);
 		snprintf(list[i].name, sizeof(list[i].name), "%s", PQgetvalue(res, i, 1));
-		if ((r = parse_pg_roles(ctx, PQgetvalue(res, i, 2), &list[i].roles)) != ESC_OK) {
+		if (parse_pg_roles(ctx, PQgetvalue(res, i, 2), &list[i].roles) != ESC_OK) {
 			r = esc_error(ctx, ESC_ERR_INTERNAL, "account '%s': stored roles are malformed", list[i].name);
 			goto out;
 		}

@@ -1319,7 +1319,7 @@ otp_create_impl(struct esc_ctx *ctx, struct esc_store *st, const struct esc_acco
 	 * (and esc_enroll_issue compares the two): refuse a subject whose
 	 * escaped characters would not come back the same.
 	 */
-	if ((r = esc_name_parse(ctx, norm, &back)) != ESC_OK || X509_NAME_cmp(back, xn) != 0) {
+	if (esc_name_parse(ctx, norm, &back) != ESC_OK || X509_NAME_cmp(back, xn) != 0) {
 		r = esc_error(ctx, ESC_ERR_USAGE,
 			      "the subject '%.200s' holds characters that need escaping (, + ; < > \\ "
 			      "\" #): enrollment passwords cannot name it",
