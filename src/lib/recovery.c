@@ -394,7 +394,8 @@ approve_impl(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account
 		r = esc_error(ctx, ESC_ERR_STATE, "request %lld is %s, not pending", id, PQgetvalue(res, 0, 1));
 		goto out;
 	}
-	required = atoi(PQgetvalue(res, 0, 2));
+	if ((r = esc_store_get_int(ctx, res, 0, 2, &required)) != ESC_OK)
+		goto out;
 	PQclear(res);
 	res = NULL;
 	if ((r = esc_store_exec(ctx, st, "INSERT INTO recovery_approvals (request_id, approver) VALUES ($1, $2)", 2, v,
@@ -407,7 +408,8 @@ approve_impl(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account
 	if ((r = esc_store_exec(ctx, st, "SELECT count(*) FROM recovery_approvals WHERE request_id = $1", 1, v, NULL,
 				NULL, &res)) != ESC_OK)
 		goto out;
-	have = atoi(PQgetvalue(res, 0, 0));
+	if ((r = esc_store_get_int(ctx, res, 0, 0, &have)) != ESC_OK)
+		goto out;
 	if (have >= required &&
 	    (r = esc_store_exec(ctx, st, "UPDATE recovery_requests SET state = 'approved' WHERE id = $1", 1, v, NULL,
 				NULL, NULL)) != ESC_OK)
@@ -1011,8 +1013,9 @@ query_requests(struct esc_ctx *ctx, struct esc_store *st, const struct esc_accou
 		copy(q[i].requester, sizeof(q[i].requester), PQgetvalue(res, i, 5));
 		copy(q[i].kra, sizeof(q[i].kra), PQgetvalue(res, i, 6));
 		copy(q[i].reason, sizeof(q[i].reason), PQgetvalue(res, i, 7));
-		q[i].approvals = atoi(PQgetvalue(res, i, 8));
-		q[i].approvals_required = atoi(PQgetvalue(res, i, 9));
+		if ((r = esc_store_get_int(ctx, res, i, 8, &q[i].approvals)) != ESC_OK ||
+		    (r = esc_store_get_int(ctx, res, i, 9, &q[i].approvals_required)) != ESC_OK)
+			goto out;
 		copy(q[i].created, sizeof(q[i].created), PQgetvalue(res, i, 10));
 	}
 	*out = q;

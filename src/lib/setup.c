@@ -216,14 +216,20 @@ role_type(const struct esc_setup_opts *o, enum role role)
 	}
 }
 
+/* type as esc_token_key_type_name gives it: "ec-p256", "ec-p384", "rsa<bits>", ... */
 static int
 strong_enough(const char *type)
 {
-	unsigned long bits = 0;
+	unsigned long bits;
+	char *end;
 
 	if (strcmp(type, "ec-p256") == 0 || strcmp(type, "ec-p384") == 0)
 		return 1;
-	return sscanf(type, "rsa%lu", &bits) == 1 && bits >= 3072;
+	if (strncmp(type, "rsa", 3) != 0 || type[3] < '1' || type[3] > '9')
+		return 0;
+	errno = 0;
+	bits = strtoul(type + 3, &end, 10);
+	return errno == 0 && *end == '\0' && bits >= 3072;
 }
 
 /* Every mechanism check before the first key is generated: a token that cannot do the job is left untouched. */

@@ -1,6 +1,8 @@
 /*
  * PostgreSQL storage through libpq.
  */
+#include <errno.h>
+#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -217,9 +219,9 @@ read_version(struct esc_ctx *ctx, struct esc_store *st, int *version)
 	if ((r = esc_store_exec(ctx, st, "SELECT coalesce(max(version), 0) FROM p11escrow_schema", 0, NULL, NULL,
 				NULL, &res)) != ESC_OK)
 		return r;
-	*version = atoi(PQgetvalue(res, 0, 0));
+	r = esc_store_get_int(ctx, res, 0, 0, version);
 	PQclear(res);
-	return ESC_OK;
+	return r;
 }
 
 enum esc_err
@@ -422,6 +424,22 @@ void
 esc_store_mark_tx(struct esc_store *st)
 {
 	st->in_tx = 1;
+}
+
+enum esc_err
+esc_store_get_int(struct esc_ctx *ctx, const PGresult *res, int row, int col, int *out)
+{
+	const char *s = PQgetvalue(res, row, col);
+	char *end;
+	long v;
+
+	errno = 0;
+	v = strtol(s, &end, 10);
+	if (PQgetisnull(res, row, col) || end == s || *end != '\0' || errno != 0 || v < INT_MIN || v > INT_MAX)
+		return esc_error(ctx, ESC_ERR_DB, "the database answered '%.32s' where column '%s' needs an integer", s,
+				 PQfname(res, col));
+	*out = (int)v;
+	return ESC_OK;
 }
 
 X509 *

@@ -42,6 +42,14 @@ void esc_store_mark_tx(struct esc_store *st);
 enum esc_err esc_store_get_cert(struct esc_ctx *ctx, struct esc_store *st, const char *what, const char *sql,
 				int nparams, const char *const *values, X509 **out) ESC_MUST_CHECK;
 
+/*
+ * The integer in column col of row row of res (an integer or bigint column
+ * in PostgreSQL's text form) into *out.  Errors: DB if it is NULL, not a
+ * decimal number or outside int: a count or a threshold that cannot be read
+ * must fail, not read as 0.
+ */
+enum esc_err esc_store_get_int(struct esc_ctx *ctx, const PGresult *res, int row, int col, int *out) ESC_MUST_CHECK;
+
 /* Decode a bytea column in libpq's text form ("\\x" + hex) holding a DER certificate; NULL if it is not one. */
 X509 *esc_store_cert_from_text(const char *value);
 
