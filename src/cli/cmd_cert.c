@@ -94,7 +94,7 @@ cert_main(int argc, char *argv[])
 	struct esc_account *a = NULL;
 	enum esc_err r;
 	char *end;
-	int c, rc, days = 7;
+	int c, rc, crl, days = 7;
 
 	opterr = 0;
 	optind = 1;
@@ -126,15 +126,15 @@ cert_main(int argc, char *argv[])
 	if (optind != argc - 1)
 		return cli_usage_error(CMD, "expected one action: revoke or crl");
 	action = argv[optind];
-	if (strcmp(action, "revoke") == 0 ? (serial == NULL || reason == NULL)
-	    : strcmp(action, "crl") == 0  ? out == NULL
-					  : 1)
+	/* Decided once: the crl path below relies on out having been checked here. */
+	crl = strcmp(action, "crl") == 0;
+	if (crl ? out == NULL : (strcmp(action, "revoke") != 0 || serial == NULL || reason == NULL))
 		return cli_usage_error(CMD, "use 'cert revoke --serial HEX --reason REASON' or 'cert crl --out FILE'");
 	if ((rc = cli_init(CMD, config, &ctx, &cfg)) != 0 ||
 	    (rc = cli_apply_common(CMD, ctx, cfg, database, module, NULL, pin_file)) != 0 ||
 	    (rc = cli_open_store(CMD, ctx, cfg, &st)) != 0)
 		goto out;
-	if (strcmp(action, "crl") == 0) {
+	if (crl) {
 		rc = do_crl(ctx, cfg, st, out, days);
 		goto out;
 	}
