@@ -472,11 +472,17 @@ parse_line(struct esc_ctx *ctx, char *line, const char *origin, size_t lineno, c
 	}
 	if ((r = validate(ctx, k, val, origin, lineno)) != ESC_OK)
 		goto out;
+	/*
+	 * staged[i] is NULL here: a duplicate was refused above.  clang's
+	 * analyzer cannot tell this staged[i] from an earlier line's (a store at
+	 * a symbolic index drops what it knew of the others) and reports that
+	 * earlier copy as leaked on the next statement.
+	 */
 	if ((staged[i] = strdup(val)) == NULL) {
 		r = esc_error(ctx, ESC_ERR_NOMEM, "out of memory");
 		goto out;
 	}
-	seen[i] = lineno;
+	seen[i] = lineno; // NOLINT(clang-analyzer-unix.Malloc): false leak, see above
 	r = ESC_OK;
 out:
 	return r;
