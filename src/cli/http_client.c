@@ -106,7 +106,8 @@ make_auth(struct cli_http *h, const char *user, const struct esc_secret *pw)
 	if ((raw = OPENSSL_secure_malloc(rawlen)) == NULL || (h->auth = OPENSSL_secure_zalloc(6 + b64len + 1)) == NULL)
 		goto out;
 	h->authlen = 6 + b64len + 1;
-	memcpy(raw, user, ulen);
+	/* raw is the base64 input, rawlen bytes: "user:" and the password, no NUL. */
+	memcpy(raw, user, ulen); // NOLINT(bugprone-not-null-terminated-result): not a C string
 	raw[ulen] = ':';
 	memcpy(raw + ulen + 1, esc_secret_str(pw), plen);
 	memcpy(h->auth, "Basic ", 6);
