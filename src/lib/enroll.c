@@ -35,6 +35,7 @@
 #include <p11escrow/envelope.h>
 #include <p11escrow/setup.h>
 
+#include "envelope_internal.h"
 #include "internal.h"
 #include "store_internal.h"
 
@@ -475,36 +476,6 @@ out:
 	return r;
 }
 
-/* Is cert among the envelope's key-transport or key-agreement recipients? */
-static int
-addressed_to(CMS_ContentInfo *cms, X509 *cert)
-{
-	STACK_OF(CMS_RecipientInfo) *ris = CMS_get0_RecipientInfos(cms);
-	int i, j;
-
-	for (i = 0; i < sk_CMS_RecipientInfo_num(ris); i++) {
-		CMS_RecipientInfo *ri = sk_CMS_RecipientInfo_value(ris, i);
-		STACK_OF(CMS_RecipientEncryptedKey) *reks;
-
-		switch (CMS_RecipientInfo_type(ri)) {
-		case CMS_RECIPINFO_TRANS:
-			if (CMS_RecipientInfo_ktri_cert_cmp(ri, cert) == 0)
-				return 1;
-			break;
-		case CMS_RECIPINFO_AGREE:
-			reks = CMS_RecipientInfo_kari_get0_reks(ri);
-			for (j = 0; j < sk_CMS_RecipientEncryptedKey_num(reks); j++)
-				if (CMS_RecipientEncryptedKey_cert_cmp(sk_CMS_RecipientEncryptedKey_value(reks, j),
-								       cert) == 0)
-					return 1;
-			break;
-		default:
-			break;
-		}
-	}
-	return 0;
-}
-
 /*
  * Empty OpenSSL's error queue: did the failure come from an integrity check
  * (a wrapped key that does not unwrap)?  why gets the first reason.
@@ -556,7 +527,7 @@ esc_keeper_open_transport(struct esc_ctx *ctx, struct esc_keeper *k, const unsig
 		goto out;
 	}
 	/* The one question the keeper answers: is this addressed to our transport certificate? */
-	if (!addressed_to(cms, k->transport_cert)) {
+	if (!esc_envelope_cms_addressed_to(cms, k->transport_cert)) {
 		r = esc_error(ctx, ESC_ERR_NOT_RECIPIENT,
 			      "the archival envelope is not encrypted to this CA's transport certificate");
 		goto out;

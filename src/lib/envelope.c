@@ -13,6 +13,7 @@
 
 #include <p11escrow/envelope.h>
 
+#include "envelope_internal.h"
 #include "internal.h"
 
 const char *
@@ -125,8 +126,8 @@ parse(struct esc_ctx *ctx, const unsigned char *in, size_t inlen, CMS_ContentInf
 	return ESC_OK;
 }
 
-static int
-is_recipient(CMS_ContentInfo *cms, X509 *cert)
+int
+esc_envelope_cms_addressed_to(CMS_ContentInfo *cms, X509 *cert)
 {
 	STACK_OF(CMS_RecipientInfo) *ris = CMS_get0_RecipientInfos(cms);
 	int i, j;
@@ -162,7 +163,7 @@ esc_envelope_has_recipient(struct esc_ctx *ctx, const unsigned char *in, size_t 
 
 	if ((r = parse(ctx, in, inlen, &cms)) != ESC_OK)
 		return r;
-	*yes = is_recipient(cms, cert);
+	*yes = esc_envelope_cms_addressed_to(cms, cert);
 	CMS_ContentInfo_free(cms);
 	return ESC_OK;
 }
@@ -179,7 +180,7 @@ esc_envelope_open(struct esc_ctx *ctx, const unsigned char *in, size_t inlen, EV
 
 	if ((r = parse(ctx, in, inlen, &cms)) != ESC_OK)
 		return r;
-	if (!is_recipient(cms, cert)) {
+	if (!esc_envelope_cms_addressed_to(cms, cert)) {
 		r = esc_error(ctx, ESC_ERR_NOT_RECIPIENT, "the envelope is not addressed to this key");
 		goto out;
 	}
