@@ -42,10 +42,10 @@
 #define ENCODED_MAX 256
 
 /*
- * Verified for names that do not exist, so an unknown name costs the same
- * Argon2id computation as a known one.  Made once with the parameters above
- * from a random password that was then thrown away: nothing verifies
- * against it.
+ * Verified for names that do not exist (accounts, enrollment passwords), so
+ * an unknown name costs the same Argon2id computation as a known one.  Made
+ * once with the parameters above from a random password that was then
+ * thrown away: nothing verifies against it.
  */
 static const char dummy_hash[] =
 	"$argon2id$v=19$m=65536,t=3,p=1$P5wmCbQEAzI6So3pfYvqow$uxgZaf3XpJFJOZd9gouMEzPOg9JW/6dmh/aJEXhH1UM";
@@ -307,12 +307,18 @@ esc_auth_verify_password(struct esc_ctx *ctx, const char *encoded, const struct 
 }
 
 enum esc_err
+esc_auth_verify_or_dummy(struct esc_ctx *ctx, const char *encoded, const struct esc_secret *password)
+{
+	return esc_auth_verify_password(ctx, encoded != NULL ? encoded : dummy_hash, password);
+}
+
+enum esc_err
 esc_account_login(struct esc_ctx *ctx, struct esc_store *st, const char *name, const struct esc_secret *password,
 		  struct esc_account **out)
 {
 	struct esc_account *a = NULL;
 	PGresult *res = NULL;
-	const char *v[1], *hash = dummy_hash;
+	const char *v[1], *hash = NULL;
 	char shown[NAME_MAX_LEN + 8];
 	enum esc_err r, vr;
 	int found = 0, disabled = 0;
@@ -333,7 +339,7 @@ esc_account_login(struct esc_ctx *ctx, struct esc_store *st, const char *name, c
 			disabled = strcmp(PQgetvalue(res, 0, 4), "t") == 0;
 		}
 	}
-	vr = esc_auth_verify_password(ctx, hash, password);
+	vr = esc_auth_verify_or_dummy(ctx, hash, password);
 	if (vr == ESC_ERR_NOMEM) {
 		r = vr;
 		goto out;

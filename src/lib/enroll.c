@@ -52,15 +52,6 @@
 /* Unambiguous characters only: no 0/O/o, 1/l/I/i.  55 symbols, 20 of them: 115 bits. */
 #define OTP_ALPHABET "23456789abcdefghjkmnpqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ"
 
-/*
- * Verified for unknown names, so an unknown enrollment password name costs
- * the same Argon2id computation as a known one (as esc_account_login does).
- * Made with the library's parameters from a random password then thrown
- * away: nothing verifies against it.
- */
-static const char dummy_hash[] =
-	"$argon2id$v=19$m=65536,t=3,p=1$1pxQta3u+As5ydCtgevAVQ$QjYh/VfSEpV8mwFCc+AbHJK+To20kP79f1X+hQ21zP4";
-
 /* ---- Profiles ------------------------------------------------------------ */
 
 struct profile_def {
@@ -1354,7 +1345,7 @@ esc_otp_check(struct esc_ctx *ctx, struct esc_store *st, const char *name, const
 	      struct esc_otp_grant *grant)
 {
 	PGresult *res = NULL;
-	const char *v[1] = {name}, *hash = dummy_hash, *why = "no such name";
+	const char *v[1] = {name}, *hash = NULL, *why = "no such name";
 	char shown_name[72], actor[96];
 	int found = 0, used = 0, expired = 0;
 	enum esc_err r, vr;
@@ -1377,7 +1368,7 @@ esc_otp_check(struct esc_ctx *ctx, struct esc_store *st, const char *name, const
 		}
 	}
 	/* Always one Argon2id verification: neither the answer nor its time tells what was wrong. */
-	vr = esc_auth_verify_password(ctx, hash, password);
+	vr = esc_auth_verify_or_dummy(ctx, hash, password);
 	if (vr == ESC_ERR_NOMEM) {
 		r = vr;
 		goto out;

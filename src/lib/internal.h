@@ -37,6 +37,18 @@ void esc_error_ossl_set(struct esc_ctx *ctx, enum esc_err code, const char *fmt,
 void esc_log(struct esc_ctx *ctx, enum esc_log_level level, const char *fmt, ...)
 	__attribute__((format(printf, 3, 4)));
 
+struct esc_secret;
+
+/*
+ * Always one Argon2id verification, so that the time of an answer does not
+ * tell an unknown name from a wrong password: password against encoded, the
+ * stored hash of the name looked up, or with encoded NULL (no such name)
+ * against a dummy hash of the same cost, whose result the caller ignores
+ * but for ESC_ERR_NOMEM.  Errors: as esc_auth_verify_password.
+ */
+enum esc_err esc_auth_verify_or_dummy(struct esc_ctx *ctx, const char *encoded,
+				      const struct esc_secret *password) ESC_MUST_CHECK;
+
 #define ESC_ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
 
 #endif
