@@ -369,44 +369,7 @@ write_csr(struct run *run)
 static enum esc_err
 insert_certificate(struct run *run, X509 *x, const char *profile)
 {
-	const ASN1_TIME *nb = X509_get0_notBefore(x), *na = X509_get0_notAfter(x);
-	struct tm tnb, tna;
-	char snb[32], sna[32];
-	char *serial = esc_cert_serial_hex(x), *subject = esc_name_to_string(X509_get_subject_name(x)),
-	     *issuer = esc_name_to_string(X509_get_issuer_name(x));
-	unsigned char *der = NULL;
-	const char *v[7];
-	int len[7] = {0}, fmt[7] = {0}, dlen = 0;
-	enum esc_err r;
-
-	if (serial == NULL || subject == NULL || issuer == NULL || !ASN1_TIME_to_tm(nb, &tnb) ||
-	    !ASN1_TIME_to_tm(na, &tna)) {
-		r = esc_error(run->ctx, ESC_ERR_NOMEM, "cannot describe the certificate");
-		goto out;
-	}
-	strftime(snb, sizeof(snb), "%Y-%m-%d %H:%M:%S+00", &tnb);
-	strftime(sna, sizeof(sna), "%Y-%m-%d %H:%M:%S+00", &tna);
-	if ((r = der_of(run->ctx, x, NULL, &der, &dlen)) != ESC_OK)
-		goto out;
-	v[0] = serial;
-	v[1] = subject;
-	v[2] = issuer;
-	v[3] = snb;
-	v[4] = sna;
-	v[5] = profile;
-	v[6] = (const char *)der;
-	len[6] = dlen;
-	fmt[6] = 1;
-	r = esc_store_exec(run->ctx, run->st,
-			   "INSERT INTO certificates (serial, subject, issuer, not_before, not_after, profile, der) "
-			   "VALUES ($1, $2, $3, $4, $5, $6, $7)",
-			   7, v, len, fmt, NULL);
-out:
-	OPENSSL_free(der);
-	free(serial);
-	free(subject);
-	free(issuer);
-	return r;
+	return esc_store_insert_cert(run->ctx, run->st, x, profile, NULL);
 }
 
 static enum esc_err

@@ -5,12 +5,14 @@
 #include <limits.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <libpq-fe.h>
 #include <openssl/crypto.h>
 #include <openssl/x509.h>
 
 #include <p11escrow/audit.h>
+#include <p11escrow/ca.h>
 #include <p11escrow/store.h>
 
 #include "internal.h"
@@ -440,6 +442,53 @@ esc_store_get_int(struct esc_ctx *ctx, const PGresult *res, int row, int col, in
 				 PQfname(res, col));
 	*out = (int)v;
 	return ESC_OK;
+}
+
+enum esc_err
+esc_store_insert_cert(struct esc_ctx *ctx, struct esc_store *st, X509 *x, const char *profile, int *inserted)
+{
+	static const char q[] = "INSERT INTO certificates (serial, subject, issuer, not_before, not_after, "
+				"profile, der) VALUES ($1, $2, $3, $4, $5, $6, $7)";
+	static const char q_or_skip[] = "INSERT INTO certificates (serial, subject, issuer, not_before, not_after, "
+					"profile, der) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (serial) DO "
+					"NOTHING";
+	PGresult *res = NULL;
+	struct tm tnb, tna;
+	char snb[32], sna[32];
+	char *serial = esc_cert_serial_hex(x), *subject = esc_name_to_string(X509_get_subject_name(x)),
+	     *issuer = esc_name_to_string(X509_get_issuer_name(x));
+	unsigned char *der = NULL;
+	const char *v[7];
+	int len[7] = {0}, fmt[7] = {0}, dlen;
+	enum esc_err r;
+
+	if (serial == NULL || subject == NULL || issuer == NULL || !ASN1_TIME_to_tm(X509_get0_notBefore(x), &tnb) ||
+	    !ASN1_TIME_to_tm(X509_get0_notAfter(x), &tna) || (dlen = i2d_X509(x, &der)) <= 0) {
+		r = esc_error(ctx, ESC_ERR_NOMEM, "cannot describe the certificate");
+		goto out;
+	}
+	strftime(snb, sizeof(snb), "%Y-%m-%d %H:%M:%S+00", &tnb);
+	strftime(sna, sizeof(sna), "%Y-%m-%d %H:%M:%S+00", &tna);
+	v[0] = serial;
+	v[1] = subject;
+	v[2] = issuer;
+	v[3] = snb;
+	v[4] = sna;
+	v[5] = profile;
+	v[6] = (const char *)der;
+	len[6] = dlen;
+	fmt[6] = 1;
+	if ((r = esc_store_exec(ctx, st, inserted != NULL ? q_or_skip : q, 7, v, len, fmt, &res)) != ESC_OK)
+		goto out;
+	if (inserted != NULL)
+		*inserted = strcmp(PQcmdTuples(res), "1") == 0;
+out:
+	PQclear(res);
+	OPENSSL_free(der);
+	free(serial);
+	free(subject);
+	free(issuer);
+	return r;
 }
 
 X509 *

@@ -50,6 +50,16 @@ enum esc_err esc_store_get_cert(struct esc_ctx *ctx, struct esc_store *st, const
  */
 enum esc_err esc_store_get_int(struct esc_ctx *ctx, const PGresult *res, int row, int col, int *out) ESC_MUST_CHECK;
 
+/*
+ * Record certificate x, issued by this CA, in certificates under profile.
+ * With inserted NULL a serial already there is an error (EXISTS); else
+ * *inserted says whether the row went in (ON CONFLICT DO NOTHING: the
+ * transaction stays usable, so the caller can redraw).  Errors: NOMEM, DB,
+ * EXISTS.
+ */
+enum esc_err esc_store_insert_cert(struct esc_ctx *ctx, struct esc_store *st, X509 *x, const char *profile,
+				   int *inserted) ESC_MUST_CHECK;
+
 /* Decode a bytea column in libpq's text form ("\\x" + hex) holding a DER certificate; NULL if it is not one. */
 X509 *esc_store_cert_from_text(const char *value);
 
