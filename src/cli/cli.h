@@ -21,6 +21,12 @@ int cli_fail(const char *cmd, struct esc_ctx *ctx, enum esc_err err);
 int cli_usage_error(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 /*
+ * The value arg of integer option opt ("--days"): decimal, min..max.
+ * Returns 0, or prints "OPT must be MIN..MAX" and returns the usage exit code.
+ */
+int cli_int_option(const char *cmd, const char *opt, const char *arg, int min, int max, int *out);
+
+/*
  * Create a context and load the configuration: the file given (must exist),
  * else the default path if it exists; then environment overrides.
  */

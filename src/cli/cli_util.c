@@ -1,6 +1,7 @@
 /*
  * Helpers shared by the subcommands: configuration, errors, exit codes.
  */
+#include <errno.h>
 #include <limits.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -36,6 +37,20 @@ cli_usage_error(const char *cmd, const char *fmt, ...)
 	va_end(ap);
 	fprintf(stderr, " (see '%s %s --help')\n", PROG, cmd);
 	return esc_err_exit_code(ESC_ERR_USAGE);
+}
+
+int
+cli_int_option(const char *cmd, const char *opt, const char *arg, int min, int max, int *out)
+{
+	char *end;
+	long v;
+
+	errno = 0;
+	v = strtol(arg, &end, 10);
+	if (*arg == '\0' || *end != '\0' || errno != 0 || v < min || v > max)
+		return cli_usage_error(cmd, "%s must be %d..%d", opt, min, max);
+	*out = (int)v;
+	return 0;
 }
 
 /* Library log lines (e.g. a failed clean-up) go to stderr; they never hold secrets. */

@@ -163,8 +163,7 @@ audit_main(int argc, char *argv[])
 	struct esc_audit_report rep;
 	size_t n = 0, i, limit = 10000;
 	enum esc_err r;
-	char *end;
-	int c, rc;
+	int c, rc, nlimit;
 
 	opterr = 0;
 	optind = 1;
@@ -188,9 +187,9 @@ audit_main(int argc, char *argv[])
 		case OPT_SERVER: server = optarg; break;
 		case OPT_SERVER_CA: server_ca = optarg; break;
 		case OPT_LIMIT:
-			limit = (size_t)strtoul(optarg, &end, 10);
-			if (*optarg == '\0' || *end != '\0' || limit == 0 || limit > 100000)
-				return cli_usage_error(CMD, "--limit must be 1..100000");
+			if ((rc = cli_int_option(CMD, "--limit", optarg, 1, 100000, &nlimit)) != 0)
+				return rc;
+			limit = (size_t)nlimit;
 			break;
 		case ':':
 			return cli_usage_error(CMD, "option '%s' needs a value", argv[optind - 1]);

@@ -93,7 +93,6 @@ cert_main(int argc, char *argv[])
 	struct esc_store *st = NULL;
 	struct esc_account *a = NULL;
 	enum esc_err r;
-	char *end;
 	int c, rc, crl, days = 7;
 
 	opterr = 0;
@@ -113,9 +112,8 @@ cert_main(int argc, char *argv[])
 		case OPT_REASON: reason = optarg; break;
 		case 'o': out = optarg; break;
 		case OPT_DAYS:
-			days = (int)strtol(optarg, &end, 10);
-			if (*optarg == '\0' || *end != '\0' || days < 1 || days > 366)
-				return cli_usage_error(CMD, "--days must be 1..366");
+			if ((rc = cli_int_option(CMD, "--days", optarg, 1, 366, &days)) != 0)
+				return rc;
 			break;
 		case ':':
 			return cli_usage_error(CMD, "option '%s' needs a value", argv[optind - 1]);

@@ -122,7 +122,6 @@ enroll_password_main(int argc, char *argv[])
 	struct esc_config *cfg = NULL;
 	struct esc_store *st = NULL;
 	struct esc_account *a = NULL;
-	char *end;
 	int c, rc, hours = DEFAULT_HOURS;
 
 	opterr = 0;
@@ -145,10 +144,8 @@ enroll_password_main(int argc, char *argv[])
 			profile = optarg;
 			break;
 		case OPT_HOURS:
-			errno = 0;
-			hours = (int)strtol(optarg, &end, 10);
-			if (*optarg == '\0' || *end != '\0' || errno != 0 || hours < 1 || hours > 720)
-				return cli_usage_error(CMD_OTP, "--hours must be 1..720");
+			if ((rc = cli_int_option(CMD_OTP, "--hours", optarg, 1, 720, &hours)) != 0)
+				return rc;
 			break;
 		case 'u':
 			user = optarg;

@@ -218,7 +218,6 @@ kra_main(int argc, char *argv[])
 	struct esc_config *cfg = NULL;
 	struct esc_store *st = NULL;
 	const char *action;
-	char *end;
 	int c, rc;
 
 	memset(&o, 0, sizeof(o));
@@ -245,9 +244,8 @@ kra_main(int argc, char *argv[])
 		case OPT_SERVER: o.server = optarg; break;
 		case OPT_SERVER_CA: o.server_ca = optarg; break;
 		case OPT_DAYS:
-			o.days = (int)strtol(optarg, &end, 10);
-			if (*optarg == '\0' || *end != '\0' || o.days < 1 || o.days > 36500)
-				return cli_usage_error(CMD, "--days must be 1..36500");
+			if ((rc = cli_int_option(CMD, "--days", optarg, 1, 36500, &o.days)) != 0)
+				return rc;
 			break;
 		case ':':
 			return cli_usage_error(CMD, "option '%s' needs a value", argv[optind - 1]);
