@@ -185,6 +185,28 @@ out:
 	return r;
 }
 
+/* new_cert, never valid beyond ca_cert itself (RFC 5280 path validation would fail). */
+static enum esc_err
+new_cert_under(struct esc_ctx *ctx, X509 *ca_cert, EVP_PKEY *pub, const X509_NAME *name, int days, X509 **out)
+{
+	X509 *x = NULL;
+	enum esc_err r;
+
+	if ((r = new_cert(ctx, pub, name, days, &x)) != ESC_OK)
+		return r;
+	if (ASN1_TIME_compare(X509_get0_notAfter(x), X509_get0_notAfter(ca_cert)) > 0 &&
+	    !X509_set1_notAfter(x, X509_get0_notAfter(ca_cert))) {
+		r = esc_error_ossl(ctx, ESC_ERR_CRYPTO, "cannot limit the certificate's validity");
+		goto out;
+	}
+	*out = x;
+	x = NULL; /* transferred */
+	r = ESC_OK;
+out:
+	X509_free(x);
+	return r;
+}
+
 /* Sign x with signer and prove the signature verifies with verify_key. */
 static enum esc_err
 sign_and_check(struct esc_ctx *ctx, X509 *x, EVP_PKEY *signer, EVP_PKEY *verify_key, const char *what)
@@ -269,14 +291,8 @@ esc_ca_issue(struct esc_ctx *ctx, X509 *ca_cert, EVP_PKEY *signer, EVP_PKEY *pub
 	const char *ku;
 	enum esc_err r;
 
-	if ((r = new_cert(ctx, pub, subject, days, &x)) != ESC_OK)
+	if ((r = new_cert_under(ctx, ca_cert, pub, subject, days, &x)) != ESC_OK)
 		return r;
-	/* Never valid beyond the CA certificate itself (RFC 5280 path validation would fail). */
-	if (ASN1_TIME_compare(X509_get0_notAfter(x), X509_get0_notAfter(ca_cert)) > 0 &&
-	    !X509_set1_notAfter(x, X509_get0_notAfter(ca_cert))) {
-		r = esc_error_ossl(ctx, ESC_ERR_CRYPTO, "cannot limit the certificate's validity");
-		goto out;
-	}
 	ku = profile == ESC_PROFILE_AUDIT  ? "critical,digitalSignature"
 	     : EVP_PKEY_is_a(pub, "EC") ? "critical,keyAgreement"
 					: "critical,keyEncipherment";
@@ -316,14 +332,8 @@ esc_ca_issue_ee(struct esc_ctx *ctx, X509 *ca_cert, EVP_PKEY *signer, const stru
 		return esc_error_ossl(ctx, ESC_ERR_BAD_INPUT, "the CA certificate has no usable public key");
 	if (X509_cmp_current_time(X509_get0_notAfter(ca_cert)) <= 0)
 		return esc_error(ctx, ESC_ERR_STATE, "the CA certificate has expired: it issues nothing more");
-	if ((r = new_cert(ctx, spec->pub, spec->subject, spec->days, &x)) != ESC_OK)
+	if ((r = new_cert_under(ctx, ca_cert, spec->pub, spec->subject, spec->days, &x)) != ESC_OK)
 		return r;
-	/* Never valid beyond the CA certificate itself (RFC 5280 path validation would fail). */
-	if (ASN1_TIME_compare(X509_get0_notAfter(x), X509_get0_notAfter(ca_cert)) > 0 &&
-	    !X509_set1_notAfter(x, X509_get0_notAfter(ca_cert))) {
-		r = esc_error_ossl(ctx, ESC_ERR_CRYPTO, "cannot limit the certificate's validity");
-		goto out;
-	}
 	if (!X509_set_issuer_name(x, X509_get_subject_name(ca_cert)) ||
 	    !add_ext(ca_cert, x, NID_basic_constraints, "critical,CA:FALSE") ||
 	    !add_ext(ca_cert, x, NID_subject_key_identifier, "hash") ||
