@@ -8,9 +8,10 @@
  * and the login shared) and signs from it until the time is up:
  *
  *   cert    (default) whole certificates, as issuance makes them:
- *           esc_ca_issue builds an end-entity certificate for a P-256 key,
- *           signs it on the token (RSA: PKCS#1 v1.5 with SHA-256) and checks
- *           the signature with the CA's public key.
+ *           esc_ca_issue_ee builds an end-entity certificate for a P-256 key
+ *           as the "encryption" profile has it (keyAgreement,
+ *           emailProtection), signs it on the token (RSA: PKCS#1 v1.5 with
+ *           SHA-256) and checks the signature with the CA's public key.
  *   digest  only the token operation: EVP_PKEY_sign of a SHA-256 digest
  *           (RSA: PKCS#1 v1.5, i.e. CKM_RSA_PKCS on the DigestInfo).
  *
@@ -140,10 +141,16 @@ ready:
 				break;
 			}
 		} else {
+			struct esc_ee_spec spec;
 			X509 *x = NULL;
 
-			if (esc_ca_issue(ctx, esc_keeper_ca_cert(k), signer, pub, subject, 30, ESC_PROFILE_ENCRYPTION,
-					 &x) != ESC_OK) {
+			memset(&spec, 0, sizeof(spec));
+			spec.subject = subject;
+			spec.pub = pub;
+			spec.key_usage = "critical,keyAgreement";
+			spec.ext_key_usage = "emailProtection";
+			spec.days = 365;
+			if (esc_ca_issue_ee(ctx, esc_keeper_ca_cert(k), signer, &spec, &x) != ESC_OK) {
 				fprintf(stderr, PROG ": thread %d: %s\n", w->index, esc_ctx_errmsg(ctx));
 				w->failed = 1;
 				break;
