@@ -51,7 +51,8 @@ enum esc_err esc_store_get_cert(struct esc_ctx *ctx, struct esc_store *st, const
 enum esc_err esc_store_get_int(struct esc_ctx *ctx, const PGresult *res, int row, int col, int *out) ESC_MUST_CHECK;
 
 /*
- * Record certificate x, issued by this CA, in certificates under profile.
+ * Record certificate x (one this CA issued, or at setup the CA's own and
+ * its keys') in certificates under profile.
  * With inserted NULL a serial already there is an error (EXISTS); else
  * *inserted says whether the row went in (ON CONFLICT DO NOTHING: the
  * transaction stays usable, so the caller can redraw).  Errors: NOMEM, DB,
