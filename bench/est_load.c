@@ -442,18 +442,19 @@ exchange(struct worker *w, const struct item *it, struct response *resp)
 	while ((end = find_crlfcrlf(w->buf, used)) == NULL) {
 		if (used > HDR_MAX)
 			return -2;
-		if ((k = read_more(w, &used)) <= 0)
+		if (read_more(w, &used) <= 0)
 			return used == 0 ? -1 : -2;
 	}
 	head = (size_t)(end - (const char *)w->buf) + 4;
 	resp->used = used;
+	/* "HTTP/1.x NNN ..." */
 	{
-		char status[64];
+		const unsigned char *b = w->buf;
 
-		snprintf(status, sizeof(status), "%.*s", (int)(head < sizeof(status) ? head : sizeof(status) - 1),
-			 (const char *)w->buf);
-		if (sscanf(status, "HTTP/1.%*1d %3d", &resp->status) != 1)
+		if (head < 13 || memcmp(b, "HTTP/1.", 7) != 0 || b[8] != ' ' || b[9] < '1' || b[9] > '5' ||
+		    b[10] < '0' || b[10] > '9' || b[11] < '0' || b[11] > '9' || (b[12] != ' ' && b[12] != '\r'))
 			return -2;
+		resp->status = (b[9] - '0') * 100 + (b[10] - '0') * 10 + (b[11] - '0');
 	}
 	/* Header lines: Content-Length, Content-Type, Connection. */
 	line = memmem(w->buf, head, "\r\n", 2);
