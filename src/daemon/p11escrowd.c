@@ -17,6 +17,8 @@
 #include <fcntl.h>
 #include <getopt.h>
 #include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -465,6 +467,8 @@ worker_setup(struct svc *s, struct slot *sl)
 	evhttp_set_max_headers_size(sl->http, 16 * 1024);
 	evhttp_set_timeout(sl->http, (int)esc_config_get_long(cfg, "request_timeout"));
 	evhttp_set_allowed_methods(sl->http, EVHTTP_REQ_GET | EVHTTP_REQ_POST);
+	/* An oversize body is answered 413 and the rest read and dropped, so the client sees the 413, not a reset. */
+	evhttp_set_flags(sl->http, EVHTTP_SERVER_LINGERING_CLOSE);
 	evhttp_set_default_content_type(sl->http, "text/plain; charset=utf-8");
 	if ((fd = fcntl(s->listen_fd, F_DUPFD_CLOEXEC, 0)) < 0)
 		return -1;
@@ -622,6 +626,13 @@ listen_setup(struct svc *s)
 	}
 	if ((fd = socket(ai->ai_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0)) < 0 ||
 	    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) != 0 ||
+	    /*
+	     * Replies leave as two TLS records (headers, body): without
+	     * TCP_NODELAY the second waits for the client's delayed ACK, ~40 ms
+	     * a response (docs/performance.md).  Linux passes it on to accepted
+	     * sockets.
+	     */
+	    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)) != 0 ||
 	    bind(fd, ai->ai_addr, ai->ai_addrlen) != 0 || listen(fd, 256) != 0) {
 		mlog(s, ESC_LOG_ERROR, "cannot listen on %s: %s", esc_config_get(s->cfg, "listen"), strerror(errno));
 		if (fd >= 0)
