@@ -44,6 +44,10 @@
 enum esc_err esc_b64_decode(struct esc_ctx *ctx, const char *in, size_t inlen, unsigned char **out, size_t *outlen)
 	ESC_MUST_CHECK;
 
+/* The same with another bound on the decoded length (e.g. base64 in the service's JSON answers). */
+enum esc_err esc_b64_decode_max(struct esc_ctx *ctx, const char *in, size_t inlen, size_t max, unsigned char **out,
+				size_t *outlen) ESC_MUST_CHECK;
+
 /* Base64 with CRLF every 64 characters and a final CRLF; malloc'ed, NUL-terminated.  Errors: NOMEM. */
 enum esc_err esc_b64_encode(struct esc_ctx *ctx, const unsigned char *in, size_t inlen, char **out, size_t *outlen)
 	ESC_MUST_CHECK;

@@ -13,6 +13,7 @@
 #include <openssl/rand.h>
 
 #include <p11escrow/pin.h>
+#include <p11escrow/est.h>
 #include <p11escrow/recovery.h>
 #include <p11escrow/token.h>
 
@@ -136,26 +137,6 @@ generate_password(struct esc_ctx *ctx, struct esc_secret **out)
 	return r;
 }
 
-/* Base64 from the service, decoded; -1 if it is not base64 or larger than max bytes. */
-static int
-b64_decode(const char *in, size_t max, unsigned char **out, size_t *outlen)
-{
-	size_t n = in != NULL ? strlen(in) : 0, len;
-	unsigned char *buf;
-	int dec;
-
-	if (n == 0 || n % 4 != 0 || n / 4 * 3 > max || (buf = malloc(n / 4 * 3 + 1)) == NULL)
-		return -1;
-	if ((dec = EVP_DecodeBlock(buf, (const unsigned char *)in, (int)n)) < 0) {
-		free(buf);
-		return -1;
-	}
-	len = (size_t)dec - (in[n - 1] == '=') - (in[n - 2] == '=');
-	*out = buf;
-	*outlen = len;
-	return 0;
-}
-
 /* GET the package of request id (the service checks it is addressed to this KRA account and released). */
 static int
 remote_fetch(struct cli_http *h, struct esc_ctx *ctx, long long id, struct esc_recovery_package **out)
@@ -171,12 +152,17 @@ remote_fetch(struct cli_http *h, struct esc_ctx *ctx, long long id, struct esc_r
 	snprintf(path, sizeof(path), "/recoveries/%lld/package", id);
 	if ((rc = cli_http_call(h, CLI_HTTP_GET, path, NULL, &doc)) != 0)
 		return rc;
-	for (i = 0; i < 3; i++)
-		if (b64_decode(json_string_value(json_object_get(doc, parts[i])), 1024 * 1024, &der[i], &len[i]) != 0) {
-			fprintf(stderr, "%s %s: error: the service's answer has no valid '%s'\n", PROG, CMD, parts[i]);
+	for (i = 0; i < 3; i++) {
+		const char *b64 = json_string_value(json_object_get(doc, parts[i]));
+
+		if (esc_b64_decode_max(ctx, b64, b64 != NULL ? strlen(b64) : 0, 1024 * 1024, &der[i], &len[i]) !=
+		    ESC_OK) {
+			fprintf(stderr, "%s %s: error: the service's answer has no valid '%s': %s\n", PROG, CMD, parts[i],
+				esc_ctx_errmsg(ctx));
 			rc = esc_err_exit_code(ESC_ERR_BAD_INPUT);
 			goto out;
 		}
+	}
 	cli_json_copy(kra, sizeof(kra), doc, "kra");
 	cli_json_copy(uri, sizeof(uri), doc, "kra_key_uri");
 	if ((r = esc_recovery_package_new(ctx, id, der[0], len[0], der[1], len[1], der[2], len[2], kra, uri, out)) !=

@@ -258,8 +258,15 @@ b64_value(unsigned char c)
 enum esc_err
 esc_b64_decode(struct esc_ctx *ctx, const char *in, size_t inlen, unsigned char **out, size_t *outlen)
 {
-	/* At most this many non-blank characters can decode to ESC_EST_BODY_MAX bytes. */
-	const size_t chars_max = (ESC_EST_BODY_MAX + 2) / 3 * 4;
+	return esc_b64_decode_max(ctx, in, inlen, ESC_EST_BODY_MAX, out, outlen);
+}
+
+enum esc_err
+esc_b64_decode_max(struct esc_ctx *ctx, const char *in, size_t inlen, size_t max, unsigned char **out,
+		   size_t *outlen)
+{
+	/* At most this many non-blank characters can decode to max bytes. */
+	const size_t chars_max = (max + 2) / 3 * 4;
 	unsigned char *chars = NULL, *buf = NULL;
 	size_t i, n = 0, pad = 0, len;
 	enum esc_err r;
@@ -277,8 +284,8 @@ esc_b64_decode(struct esc_ctx *ctx, const char *in, size_t inlen, unsigned char 
 			return esc_error(ctx, ESC_ERR_BAD_INPUT,
 					 "the base64 text has a character outside the alphabet");
 		if (++n > chars_max)
-			return esc_error(ctx, ESC_ERR_BAD_INPUT, "the base64 text decodes to more than %d bytes",
-					 ESC_EST_BODY_MAX);
+			return esc_error(ctx, ESC_ERR_BAD_INPUT, "the base64 text decodes to more than %zu bytes",
+					 max);
 	}
 	if (n == 0)
 		return esc_error(ctx, ESC_ERR_BAD_INPUT, "the base64 text is empty");
@@ -314,9 +321,8 @@ esc_b64_decode(struct esc_ctx *ctx, const char *in, size_t inlen, unsigned char 
 		r = esc_error(ctx, ESC_ERR_BAD_INPUT, "the base64 text is empty");
 		goto out;
 	}
-	if (len > ESC_EST_BODY_MAX) {
-		r = esc_error(ctx, ESC_ERR_BAD_INPUT, "the base64 text decodes to more than %d bytes",
-			      ESC_EST_BODY_MAX);
+	if (len > max) {
+		r = esc_error(ctx, ESC_ERR_BAD_INPUT, "the base64 text decodes to more than %zu bytes", max);
 		goto out;
 	}
 	if ((buf = malloc(n / 4 * 3)) == NULL) {

@@ -282,6 +282,18 @@ test_b64_sizes(void **state)
 	assert_int_equal(esc_b64_encode(f->ctx, data, ESC_EST_BODY_MAX + 3, &text, &len), ESC_OK);
 	assert_int_equal(esc_b64_decode(f->ctx, text, len, &out, &outlen), ESC_ERR_BAD_INPUT);
 	assert_null(out);
+	/* Another bound, given: the same text decodes under a larger one, and 10 bytes are the limit at 10. */
+	assert_int_equal(esc_b64_decode_max(f->ctx, text, len, ESC_EST_BODY_MAX + 3, &out, &outlen), ESC_OK);
+	assert_int_equal(outlen, ESC_EST_BODY_MAX + 3);
+	free(out);
+	out = NULL;
+	free(text);
+	assert_int_equal(esc_b64_encode(f->ctx, data, 10, &text, &len), ESC_OK);
+	assert_int_equal(esc_b64_decode_max(f->ctx, text, len, 10, &out, &outlen), ESC_OK);
+	free(out);
+	out = NULL;
+	assert_int_equal(esc_b64_decode_max(f->ctx, text, len, 9, &out, &outlen), ESC_ERR_BAD_INPUT);
+	assert_null(out);
 	free(text);
 	free(data);
 	/* Nothing but blanks, or nothing at all. */
