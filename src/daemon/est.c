@@ -51,18 +51,19 @@ auth_clear(struct est_auth *a)
 	memset(a, 0, sizeof(*a));
 }
 
-/* Reply with a certs-only response (single part, base64). */
+/*
+ * Reply 200 with der as a single-part base64 body (RFC 8951), or with the
+ * error e that building der failed with.  Frees der.
+ */
 static void
-reply_certs(struct svc_request *r, const char *ctype, X509 *const *certs, size_t n)
+reply_der(struct svc_request *r, enum esc_err e, const char *ctype, unsigned char *der, size_t derlen)
 {
-	struct esc_ctx *ctx = r->w->ctx;
-	unsigned char *der = NULL;
 	char *b64 = NULL;
-	size_t derlen = 0, b64len = 0;
-	enum esc_err e;
+	size_t b64len = 0;
 
-	if ((e = esc_certs_only_build(ctx, certs, n, &der, &derlen)) != ESC_OK ||
-	    (e = esc_b64_encode(ctx, der, derlen, &b64, &b64len)) != ESC_OK) {
+	if (e == ESC_OK)
+		e = esc_b64_encode(r->w->ctx, der, derlen, &b64, &b64len);
+	if (e != ESC_OK) {
 		svc_reply_esc(r, e);
 	} else {
 		svc_add_header(r, "Content-Transfer-Encoding", "base64");
@@ -70,6 +71,17 @@ reply_certs(struct svc_request *r, const char *ctype, X509 *const *certs, size_t
 	}
 	free(der);
 	free(b64);
+}
+
+/* Reply with a certs-only response (single part, base64). */
+static void
+reply_certs(struct svc_request *r, const char *ctype, X509 *const *certs, size_t n)
+{
+	unsigned char *der = NULL;
+	size_t derlen = 0;
+	enum esc_err e = esc_certs_only_build(r->w->ctx, certs, n, &der, &derlen);
+
+	reply_der(r, e, ctype, der, derlen);
 }
 
 static void
@@ -91,25 +103,15 @@ est_csrattrs(struct svc_request *r, const struct esc_profile *p)
 {
 	static const char *const ec_oids[] = {"1.2.840.10045.4.3.2"};  /* ecdsa-with-SHA256 */
 	static const char *const rsa_oids[] = {"1.2.840.113549.1.1.11"}; /* sha256WithRSAEncryption */
-	struct esc_ctx *ctx = r->w->ctx;
 	unsigned char *der = NULL;
-	char *b64 = NULL;
-	size_t derlen = 0, b64len = 0;
+	size_t derlen = 0;
 	int ec = (p->keygen & (ESC_EKEY_EC_P256 | ESC_EKEY_EC_P384)) != 0 ||
 		 (p->keygen == 0 && (p->keys & (ESC_EKEY_EC_P256 | ESC_EKEY_EC_P384)) != 0);
-	enum esc_err e;
+	enum esc_err e = esc_csrattrs_build(r->w->ctx, ec ? ec_oids : rsa_oids, 1,
+					    ec ? ((p->keygen & ESC_EKEY_EC_P384) ? "secp384r1" : "prime256v1") : NULL,
+					    &der, &derlen);
 
-	if ((e = esc_csrattrs_build(ctx, ec ? ec_oids : rsa_oids, 1,
-				    ec ? ((p->keygen & ESC_EKEY_EC_P384) ? "secp384r1" : "prime256v1") : NULL, &der,
-				    &derlen)) != ESC_OK ||
-	    (e = esc_b64_encode(ctx, der, derlen, &b64, &b64len)) != ESC_OK) {
-		svc_reply_esc(r, e);
-	} else {
-		svc_add_header(r, "Content-Transfer-Encoding", "base64");
-		svc_reply(r, 200, "application/csrattrs", b64, b64len);
-	}
-	free(der);
-	free(b64);
+	reply_der(r, e, "application/csrattrs", der, derlen);
 }
 
 /*
@@ -358,6 +360,20 @@ sappend(unsigned char *buf, size_t cap, size_t *len, const void *s, size_t n)
 	return 0;
 }
 
+/* Append one base64 part of a multipart/mixed body. */
+static int
+sappend_part(unsigned char *buf, size_t cap, size_t *len, const char *boundary, const char *ctype, const char *b64,
+	     size_t b64len)
+{
+	char hdr[256];
+	int n = snprintf(hdr, sizeof(hdr), "--%s\r\nContent-Type: %s\r\nContent-Transfer-Encoding: base64\r\n\r\n",
+			 boundary, ctype);
+
+	if (n < 0 || (size_t)n >= sizeof(hdr))
+		return -1;
+	return sappend(buf, cap, len, hdr, (size_t)n) != 0 || sappend(buf, cap, len, b64, b64len) != 0 ? -1 : 0;
+}
+
 /* The client certificate's subject key identifier equals kid? */
 static int
 client_kid_matches(X509 *cert, const unsigned char *kid, size_t kidlen)
@@ -466,13 +482,9 @@ est_serverkeygen(struct svc_request *r, const struct esc_profile *p)
 		svc_reply_error(r, 503, "out of memory");
 		goto out;
 	}
-	snprintf(hdr, sizeof(hdr), "--%s\r\nContent-Type: %s\r\nContent-Transfer-Encoding: base64\r\n\r\n", boundary,
-		 kid != NULL ? CT_SERVER_KEY : "application/pkcs8");
-	if (sappend(body, cap, &len, hdr, strlen(hdr)) != 0 || sappend(body, cap, &len, keyb64, keyb64len) != 0)
-		goto toolong;
-	snprintf(hdr, sizeof(hdr), "--%s\r\nContent-Type: %s\r\nContent-Transfer-Encoding: base64\r\n\r\n", boundary,
-		 CT_CERTS);
-	if (sappend(body, cap, &len, hdr, strlen(hdr)) != 0 || sappend(body, cap, &len, certsb64, certsb64len) != 0)
+	if (sappend_part(body, cap, &len, boundary, kid != NULL ? CT_SERVER_KEY : "application/pkcs8", keyb64,
+			 keyb64len) != 0 ||
+	    sappend_part(body, cap, &len, boundary, CT_CERTS, certsb64, certsb64len) != 0)
 		goto toolong;
 	snprintf(hdr, sizeof(hdr), "--%s--\r\n", boundary);
 	if (sappend(body, cap, &len, hdr, strlen(hdr)) != 0)
