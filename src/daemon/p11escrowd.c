@@ -527,7 +527,7 @@ worker_teardown(struct slot *sl)
 /* ---- TLS and the listening socket --------------------------------------- */
 
 static int
-tls_setup(struct svc *s, struct esc_ctx *ctx, struct esc_keeper *k)
+tls_setup(struct svc *s, struct esc_keeper *k)
 {
 	const char *cert = esc_config_get(s->cfg, "tls_cert"), *key = esc_config_get(s->cfg, "tls_key");
 	const char *mode = esc_config_get(s->cfg, "tls_client_auth");
@@ -537,7 +537,6 @@ tls_setup(struct svc *s, struct esc_ctx *ctx, struct esc_keeper *k)
 	unsigned long e;
 	int i;
 
-	(void)ctx;
 	if (*cert == '\0' || *key == '\0') {
 		mlog(s, ESC_LOG_ERROR, "tls_cert and tls_key must be set (p11escrow service-cert issues them)");
 		return 3;
@@ -791,7 +790,7 @@ main(int argc, char *argv[])
 			goto out;
 		}
 	}
-	if ((rc = tls_setup(&s, ctx, s.slots[0].w.keeper)) != 0)
+	if ((rc = tls_setup(&s, s.slots[0].w.keeper)) != 0)
 		goto out;
 	if (check) {
 		printf("p11escrowd: configuration '%s' valid; schema current; CA token '%s' logged in; TLS "
