@@ -189,7 +189,7 @@ choose_kras(struct esc_ctx *ctx, struct esc_store *st, struct kra_set *ks)
 	}
 	for (i = 0; i < rows && ks->n < (size_t)want; i++) {
 		int row = pick[i];
-		X509 *x = esc_store_cert_from_text(PQgetvalue(res, row, 3));
+		X509 *x = esc_store_cert_cached(st, PQgetvalue(res, row, 3));
 
 		if (x == NULL) {
 			r = esc_error(ctx, ESC_ERR_BAD_INPUT, "KRA '%s' has an unreadable certificate",

@@ -121,19 +121,28 @@ esc_audit_append(struct esc_ctx *ctx, struct esc_store *st, const struct esc_aud
 			return r;
 		esc_store_mark_tx(st);
 	}
-	if ((r = esc_store_exec(ctx, st, "SELECT pg_advisory_xact_lock(" AUDIT_LOCK ")", 0, NULL, NULL, NULL, NULL)) !=
-		    ESC_OK ||
-	    (r = esc_store_exec(ctx, st,
-				"SELECT encode(hash, 'hex'), nextval('audit_events_id_seq') FROM (SELECT hash FROM "
-				"audit_events ORDER BY id DESC LIMIT 1) last RIGHT JOIN (SELECT 1) one ON true",
-				0, NULL, NULL, NULL, &res)) != ESC_OK)
-		goto out;
-	memset(prev, 0, sizeof(prev)); /* the first event links to 32 zero bytes */
-	if (PQgetisnull(res, 0, 0))
+	if (esc_store_audit_tail(st, prev)) {
+		/* This transaction holds the lock and appended last: its own event is the chain's end. */
+		if ((r = esc_store_exec(ctx, st, "SELECT nextval('audit_events_id_seq')", 0, NULL, NULL, NULL, &res)) !=
+		    ESC_OK)
+			goto out;
 		hex_of(prev, HASH_LEN, f.prev_hex);
-	else
-		snprintf(f.prev_hex, sizeof(f.prev_hex), "%s", PQgetvalue(res, 0, 0));
-	snprintf(f.id, sizeof(f.id), "%s", PQgetvalue(res, 0, 1));
+		snprintf(f.id, sizeof(f.id), "%s", PQgetvalue(res, 0, 0));
+	} else {
+		if ((r = esc_store_exec(ctx, st, "SELECT pg_advisory_xact_lock(" AUDIT_LOCK ")", 0, NULL, NULL, NULL,
+					NULL)) != ESC_OK ||
+		    (r = esc_store_exec(ctx, st,
+					"SELECT encode(hash, 'hex'), nextval('audit_events_id_seq') FROM (SELECT hash "
+					"FROM audit_events ORDER BY id DESC LIMIT 1) last RIGHT JOIN (SELECT 1) one ON true",
+					0, NULL, NULL, NULL, &res)) != ESC_OK)
+			goto out;
+		memset(prev, 0, sizeof(prev)); /* the first event links to 32 zero bytes */
+		if (PQgetisnull(res, 0, 0))
+			hex_of(prev, HASH_LEN, f.prev_hex);
+		else
+			snprintf(f.prev_hex, sizeof(f.prev_hex), "%s", PQgetvalue(res, 0, 0));
+		snprintf(f.id, sizeof(f.id), "%s", PQgetvalue(res, 0, 1));
+	}
 	now_utc(f.at, sizeof(f.at));
 	{
 		long l = 0;
@@ -166,6 +175,7 @@ esc_audit_append(struct esc_ctx *ctx, struct esc_store *st, const struct esc_aud
 				"prev_hash, hash) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
 				10, v, len, fmt, NULL)) != ESC_OK)
 		goto out;
+	esc_store_set_audit_tail(st, hash);
 	if (own && (r = esc_store_commit(ctx, st)) != ESC_OK)
 		goto out;
 	r = ESC_OK;

@@ -22,10 +22,39 @@
 /* Arbitrary constant naming p11escrow's migration lock ("p11e"). */
 #define MIGRATION_LOCK "1882536293"
 
+/* Statements this connection has seen, prepared on their second use. */
+#define STMT_SLOTS 128
+/* Decoded certificates kept per connection, keyed on their stored bytes. */
+#define CERT_SLOTS 16
+/* A schema version found right is trusted this long on one connection. */
+#define SCHEMA_TRUST_SECONDS 10
+
+struct stmt {
+	unsigned long hash;
+	char *sql;
+	int prepared;
+};
+
+struct cert_slot {
+	char *text; /* the bytea column as libpq gave it ("\\x" + hex) */
+	size_t len;
+	X509 *x;
+};
+
 struct esc_store {
 	PGconn *conn;
 	int in_tx;
 	int transient; /* the last failed statement lost a race: retrying the transaction may succeed */
+	/* Prepared statements: "p11e_<generation>_<slot>"; a new generation forgets every older one. */
+	struct stmt stmts[STMT_SLOTS];
+	size_t nstmts;
+	unsigned generation;
+	struct cert_slot certs[CERT_SLOTS];
+	size_t next_cert;
+	struct timespec schema_ok; /* when the schema version was last found right; 0: never */
+	/* The audit chain's end as this transaction left it (esc_store_audit_tail). */
+	unsigned char audit_tail[32];
+	int audit_tail_set;
 };
 
 /* libpq messages end in a newline; keep one line. */
@@ -80,13 +109,32 @@ esc_store_connect(struct esc_ctx *ctx, const char *conninfo, struct esc_store **
 	return ESC_OK;
 }
 
+static void
+forget_statements(struct esc_store *st)
+{
+	size_t i;
+
+	for (i = 0; i < st->nstmts; i++)
+		free(st->stmts[i].sql);
+	memset(st->stmts, 0, sizeof(st->stmts));
+	st->nstmts = 0;
+	st->generation++;
+}
+
 void
 esc_store_free(struct esc_store *st)
 {
+	size_t i;
+
 	if (st == NULL)
 		return;
 	if (st->conn != NULL)
 		PQfinish(st->conn);
+	forget_statements(st);
+	for (i = 0; i < CERT_SLOTS; i++) {
+		free(st->certs[i].text);
+		X509_free(st->certs[i].x);
+	}
 	free(st);
 }
 
@@ -136,6 +184,81 @@ esc_store_transient(const struct esc_store *st)
 	return st->transient;
 }
 
+/* FNV-1a: a cheap first comparison before strcmp. */
+static unsigned long
+sql_hash(const char *sql)
+{
+	unsigned long h = 2166136261UL;
+
+	for (; *sql; sql++)
+		h = (h ^ (unsigned char)*sql) * 16777619UL;
+	return h;
+}
+
+/*
+ * The slot of sql, a new one if there is room (NULL when the table is full:
+ * the statement then runs unprepared, as every statement's first use does).
+ */
+static struct stmt *
+stmt_slot(struct esc_store *st, const char *sql, int *fresh)
+{
+	unsigned long h = sql_hash(sql);
+	size_t i;
+
+	*fresh = 0;
+	for (i = 0; i < st->nstmts; i++)
+		if (st->stmts[i].hash == h && strcmp(st->stmts[i].sql, sql) == 0)
+			return &st->stmts[i];
+	if (st->nstmts == STMT_SLOTS || (st->stmts[st->nstmts].sql = strdup(sql)) == NULL)
+		return NULL;
+	st->stmts[st->nstmts].hash = h;
+	*fresh = 1;
+	return &st->stmts[st->nstmts++];
+}
+
+/*
+ * Run sql: a statement seen before on this connection runs as a prepared
+ * statement (parsed and planned once per connection, not on every call);
+ * the first use runs unnamed, so one-off statements (a CLI command's) cost
+ * no extra round trip.
+ */
+static PGresult *
+run(struct esc_store *st, const char *sql, int nparams, const char *const *values, const int *lengths,
+    const int *formats, int *prepared)
+{
+	struct stmt *s;
+	PGresult *pr;
+	char name[32];
+	int fresh;
+
+	*prepared = 0;
+	if ((s = stmt_slot(st, sql, &fresh)) == NULL || fresh)
+		return PQexecParams(st->conn, sql, nparams, NULL, values, lengths, formats, 0);
+	snprintf(name, sizeof(name), "p11e_%u_%zu", st->generation, (size_t)(s - st->stmts));
+	if (!s->prepared) {
+		pr = PQprepare(st->conn, name, sql, nparams, NULL);
+		if (PQresultStatus(pr) != PGRES_COMMAND_OK)
+			return pr; /* its error is the statement's: a closed connection, an aborted transaction */
+		PQclear(pr);
+		s->prepared = 1;
+	}
+	*prepared = 1;
+	return PQexecPrepared(st->conn, name, nparams, values, lengths, formats, 0);
+}
+
+/*
+ * A prepared statement the server no longer has, or whose result columns
+ * a schema change altered: forget them all (the next use prepares afresh
+ * under a new name) and let the caller's transaction retry.
+ */
+static int
+stale_statement(const PGresult *res)
+{
+	const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+
+	return state != NULL && (strcmp(state, "26000") == 0 || strcmp(state, "0A000") == 0);
+}
+
 enum esc_err
 esc_store_exec(struct esc_ctx *ctx, struct esc_store *st, const char *sql, int nparams, const char *const *values,
 	       const int *lengths, const int *formats, PGresult **out)
@@ -143,9 +266,10 @@ esc_store_exec(struct esc_ctx *ctx, struct esc_store *st, const char *sql, int n
 	PGresult *res;
 	ExecStatusType status;
 	char msg[512];
+	int prepared;
 	enum esc_err r;
 
-	res = PQexecParams(st->conn, sql, nparams, NULL, values, lengths, formats, 0);
+	res = run(st, sql, nparams, values, lengths, formats, &prepared);
 	status = PQresultStatus(res);
 	st->transient = 0;
 	if (status == PGRES_COMMAND_OK || status == PGRES_TUPLES_OK) {
@@ -156,6 +280,10 @@ esc_store_exec(struct esc_ctx *ctx, struct esc_store *st, const char *sql, int n
 		return ESC_OK;
 	}
 	st->transient = is_transient(res);
+	if (prepared && stale_statement(res)) {
+		forget_statements(st);
+		st->transient = 1;
+	}
 	if (connection_lost(st, res))
 		r = esc_error(ctx, ESC_ERR_DB_CONNECT, "lost the database connection: %s",
 			      one_line(msg, sizeof(msg), PQerrorMessage(st->conn)));
@@ -177,7 +305,7 @@ esc_store_begin(struct esc_ctx *ctx, struct esc_store *st)
 
 	if ((r = esc_store_exec(ctx, st, "BEGIN ISOLATION LEVEL SERIALIZABLE", 0, NULL, NULL, NULL, NULL)) ==
 	    ESC_OK)
-		st->in_tx = 1;
+		esc_store_mark_tx(st);
 	return r;
 }
 
@@ -187,6 +315,7 @@ esc_store_commit(struct esc_ctx *ctx, struct esc_store *st)
 	enum esc_err r = esc_store_exec(ctx, st, "COMMIT", 0, NULL, NULL, NULL, NULL);
 
 	st->in_tx = 0;
+	st->audit_tail_set = 0;
 	return r;
 }
 
@@ -200,6 +329,7 @@ esc_store_rollback(struct esc_store *st)
 	res = PQexec(st->conn, "ROLLBACK");
 	PQclear(res);
 	st->in_tx = 0;
+	st->audit_tail_set = 0;
 }
 
 static enum esc_err
@@ -241,12 +371,29 @@ newer_error(struct esc_ctx *ctx, int version)
 			 version, esc_store_known_version());
 }
 
+/*
+ * Checked on this connection less than SCHEMA_TRUST_SECONDS ago?  A
+ * service checks before every archival; a migration by a newer program is
+ * noticed within that time, and 'db migrate' itself never relies on this.
+ */
+static int
+schema_recently_ok(const struct esc_store *st, struct timespec *now)
+{
+	if (clock_gettime(CLOCK_MONOTONIC, now) != 0)
+		return 0;
+	return (st->schema_ok.tv_sec != 0 || st->schema_ok.tv_nsec != 0) &&
+	       now->tv_sec - st->schema_ok.tv_sec < SCHEMA_TRUST_SECONDS;
+}
+
 enum esc_err
 esc_store_check_schema(struct esc_ctx *ctx, struct esc_store *st)
 {
+	struct timespec now = {0, 0};
 	enum esc_err r;
 	int v = 0;
 
+	if (schema_recently_ok(st, &now))
+		return ESC_OK;
 	if ((r = read_version(ctx, st, &v)) != ESC_OK)
 		return r;
 	if (v > esc_store_known_version())
@@ -255,6 +402,7 @@ esc_store_check_schema(struct esc_ctx *ctx, struct esc_store *st)
 		return esc_error(ctx, ESC_ERR_SCHEMA_OLD,
 				 "the database schema is version %d, this program needs %d: run 'p11escrow db migrate'",
 				 v, esc_store_known_version());
+	st->schema_ok = now;
 	return ESC_OK;
 }
 
@@ -275,7 +423,7 @@ apply_one(struct esc_ctx *ctx, struct esc_store *st, const struct esc_migration 
 	 */
 	if ((r = esc_store_exec(ctx, st, "BEGIN ISOLATION LEVEL READ COMMITTED", 0, NULL, NULL, NULL, NULL)) != ESC_OK)
 		return r;
-	st->in_tx = 1;
+	esc_store_mark_tx(st);
 	if ((r = esc_store_exec(ctx, st, "SELECT pg_advisory_xact_lock(" MIGRATION_LOCK ")", 0, NULL, NULL, NULL,
 				NULL)) != ESC_OK)
 		goto out;
@@ -426,6 +574,25 @@ void
 esc_store_mark_tx(struct esc_store *st)
 {
 	st->in_tx = 1;
+	st->audit_tail_set = 0;
+}
+
+int
+esc_store_audit_tail(const struct esc_store *st, unsigned char hash[32])
+{
+	if (!st->in_tx || !st->audit_tail_set)
+		return 0;
+	memcpy(hash, st->audit_tail, sizeof(st->audit_tail));
+	return 1;
+}
+
+void
+esc_store_set_audit_tail(struct esc_store *st, const unsigned char hash[32])
+{
+	if (!st->in_tx)
+		return;
+	memcpy(st->audit_tail, hash, sizeof(st->audit_tail));
+	st->audit_tail_set = 1;
 }
 
 enum esc_err
@@ -507,6 +674,34 @@ esc_store_cert_from_text(const char *value)
 	return x;
 }
 
+X509 *
+esc_store_cert_cached(struct esc_store *st, const char *value)
+{
+	size_t i, len = strlen(value);
+	struct cert_slot *slot;
+	X509 *x;
+
+	for (i = 0; i < CERT_SLOTS; i++) {
+		slot = &st->certs[i];
+		if (slot->x != NULL && slot->len == len && memcmp(slot->text, value, len) == 0)
+			return X509_up_ref(slot->x) ? slot->x : NULL;
+	}
+	if ((x = esc_store_cert_from_text(value)) == NULL)
+		return NULL;
+	/* Round robin: the certificates a service reads over and over are few (CA, storage, transport, KRAs). */
+	slot = &st->certs[st->next_cert];
+	st->next_cert = (st->next_cert + 1) % CERT_SLOTS;
+	free(slot->text);
+	X509_free(slot->x);
+	slot->x = NULL;
+	if ((slot->text = malloc(len + 1)) != NULL && X509_up_ref(x)) {
+		memcpy(slot->text, value, len + 1);
+		slot->len = len;
+		slot->x = x;
+	}
+	return x;
+}
+
 enum esc_err
 esc_store_get_cert(struct esc_ctx *ctx, struct esc_store *st, const char *what, const char *sql, int nparams,
 		   const char *const *values, X509 **out)
@@ -519,7 +714,7 @@ esc_store_get_cert(struct esc_ctx *ctx, struct esc_store *st, const char *what, 
 		return r;
 	if (PQntuples(res) != 1 || PQgetisnull(res, 0, 0))
 		r = esc_error(ctx, ESC_ERR_NOT_FOUND, "%s not found", what);
-	else if ((x = esc_store_cert_from_text(PQgetvalue(res, 0, 0))) == NULL)
+	else if ((x = esc_store_cert_cached(st, PQgetvalue(res, 0, 0))) == NULL)
 		r = esc_error(ctx, ESC_ERR_BAD_INPUT, "stored %s is not a DER certificate", what);
 	else
 		*out = x;

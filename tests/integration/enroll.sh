@@ -203,6 +203,23 @@ python3 -c 'import sys; d = bytearray(open(sys.argv[1], "rb").read()); d[-20] ^=
 tool 33 transport "$DB" "$PIN_FILE" "$T/tampered.der"
 printf 'not a key' | openssl cms -encrypt -recip "$T/transport.pem" -aes256 -binary -outform DER -out "$T/nokey.der"
 tool 31 transport "$DB" "$PIN_FILE" "$T/nokey.der"
+# A PKCS#8 structure whose key octets are no EC private key: the structure parses, the key does not.
+cat >"$T/badkey.cnf" <<'EOF'
+asn1 = SEQUENCE:p8
+[p8]
+version = INT:0
+alg = SEQUENCE:alg
+key = FORMAT:HEX,OCTETSTRING:3003020101
+[alg]
+oid = OID:id-ecPublicKey
+curve = OID:prime256v1
+EOF
+openssl asn1parse -genconf "$T/badkey.cnf" -out "$T/badkey.p8" >/dev/null
+openssl cms -encrypt -recip "$T/transport.pem" -aes256 -binary -outform DER -in "$T/badkey.p8" -out "$T/badkey.der"
+note "one keeper, one envelope after another: a key that does not decode spoils none of the next"
+tool 0 transport-seq "$DB" "$PIN_FILE" "$T/dave.key" "$T/env.der:0" "$T/badkey.der:31" "$T/envg.der:0" \
+    "$T/nokey.der:31" "$T/tampered.der:33" "$T/env.der:0"
+assert_out "badkey.der: 31 the archival envelope does not hold an unencrypted PKCS#8 private key"
 
 note "... and RSA key transport (PKCS#1 v1.5 and OAEP) with an RSA transport key"
 createdb -h "$(sed -n 's/.*host=\([^ ]*\).*/\1/p' <<<"$DB")" -p "$(sed -n 's/.*port=\([^ ]*\).*/\1/p' <<<"$DB")" \

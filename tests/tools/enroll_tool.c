@@ -9,6 +9,8 @@
  *       esc_enroll_issue; prints "serial HEX record ID" (ID "-" when not archived)
  *   enroll_tool transport CONNINFO PIN-FILE ENVELOPE.der [--expect KEY.pem] [--out KEY.pem]
  *       esc_keeper_open_transport; with --expect, checks it is that key, PKCS#8 byte for byte
+ *   enroll_tool transport-seq CONNINFO PIN-FILE KEY.pem ENVELOPE.der:CODE...
+ *       one keeper opens each envelope in turn; each must end with exit code CODE (0: and hold KEY)
  *   enroll_tool check-cert CONNINFO CERT.pem         esc_enroll_check_client_cert
  *   enroll_tool otp-check CONNINFO NAME PASSWORD-FILE   esc_otp_check; prints the grant
  *   enroll_tool keygen PROFILE                       esc_profile_generate_key; PEM key on stdout
@@ -250,6 +252,67 @@ cmd_transport(struct esc_ctx *ctx, int argc, char *argv[])
 	return 0;
 }
 
+/* Read an envelope file (at most ESC_ENVELOPE_MAX + 1 bytes, so an oversize one stays oversize). */
+static unsigned char *
+read_envelope(const char *path, size_t *n)
+{
+	unsigned char *buf = malloc(ESC_ENVELOPE_MAX + 1);
+	FILE *f;
+
+	if (buf == NULL || (f = fopen(path, "rb")) == NULL) {
+		free(buf);
+		return NULL;
+	}
+	*n = fread(buf, 1, ESC_ENVELOPE_MAX + 1, f);
+	fclose(f);
+	return buf;
+}
+
+/* The keeper keeps state between envelopes (its PKCS#8 decoder): one that failed must not spoil the next. */
+static int
+cmd_transport_seq(struct esc_ctx *ctx, int argc, char *argv[])
+{
+	struct esc_store *st = NULL;
+	struct esc_keeper *k;
+	EVP_PKEY *key, *expect;
+	unsigned char *buf;
+	char path[4096], *colon;
+	size_t n;
+	enum esc_err r;
+	int i, want, got, bad = 0;
+
+	if (argc < 6 || (expect = load_key(argv[4], 1)) == NULL)
+		return usage();
+	if ((r = esc_store_connect(ctx, argv[2], &st)) != ESC_OK)
+		return fail(ctx, r);
+	k = open_keeper(ctx, st, argv[3]);
+	for (i = 5; i < argc; i++) {
+		snprintf(path, sizeof(path), "%s", argv[i]);
+		if ((colon = strrchr(path, ':')) == NULL)
+			return usage();
+		*colon = '\0';
+		want = atoi(colon + 1);
+		if ((buf = read_envelope(path, &n)) == NULL)
+			return usage();
+		key = NULL;
+		r = esc_keeper_open_transport(ctx, k, buf, n, &key);
+		got = r == ESC_OK ? 0 : esc_err_exit_code(r);
+		if (r == ESC_OK && EVP_PKEY_eq(key, expect) != 1)
+			got = 1;
+		printf("%s: %d%s%s\n", path, got, r != ESC_OK ? " " : "", r != ESC_OK ? esc_ctx_errmsg(ctx) : "");
+		if (got != want) {
+			fprintf(stderr, "enroll_tool: %s ended with %d, not %d\n", path, got, want);
+			bad = 1;
+		}
+		EVP_PKEY_free(key);
+		free(buf);
+	}
+	EVP_PKEY_free(expect);
+	esc_keeper_free(k);
+	esc_store_free(st);
+	return bad;
+}
+
 static int
 cmd_check_cert(struct esc_ctx *ctx, int argc, char *argv[])
 {
@@ -479,6 +542,8 @@ main(int argc, char *argv[])
 		rc = cmd_issue(ctx, argc, argv);
 	else if (strcmp(argv[1], "transport") == 0)
 		rc = cmd_transport(ctx, argc, argv);
+	else if (strcmp(argv[1], "transport-seq") == 0)
+		rc = cmd_transport_seq(ctx, argc, argv);
 	else if (strcmp(argv[1], "check-cert") == 0)
 		rc = cmd_check_cert(ctx, argc, argv);
 	else if (strcmp(argv[1], "otp-check") == 0)
