@@ -133,9 +133,12 @@ est_authenticate(struct svc_request *r, const struct esc_profile *p, struct est_
 	if (r->client_cert != NULL) {
 		char *serial;
 
-		if ((e = esc_enroll_check_client_cert(ctx, r->w->st, r->client_cert)) != ESC_OK) {
-			svc_reply_esc(r, e);
-			return -1;
+		if (!svc_client_cert_fresh(r)) {
+			if ((e = esc_enroll_check_client_cert(ctx, r->w->st, r->client_cert)) != ESC_OK) {
+				svc_reply_esc(r, e);
+				return -1;
+			}
+			svc_client_cert_checked(r);
 		}
 		serial = esc_cert_serial_hex(r->client_cert);
 		snprintf(a->actor, sizeof(a->actor), "est:cert:%s", serial != NULL ? serial : "?");

@@ -7,6 +7,7 @@
  * handshake verified.  Replies always carry Cache-Control: no-store.
  */
 #include <sys/queue.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -51,6 +52,76 @@ method_name(enum evhttp_cmd_type m)
 	}
 }
 
+/* ---- Client certificates checked once per connection ---------------------- */
+
+struct cert_check {
+	X509 *cert;	 /* the certificate checked (renegotiation is off; compared anyway) */
+	long long at;	 /* monotonic seconds */
+};
+
+static int check_index = -1;
+static pthread_once_t check_once = PTHREAD_ONCE_INIT;
+
+static void
+check_free(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int idx, long argl, void *argp)
+{
+	struct cert_check *c = ptr;
+
+	(void)parent, (void)ad, (void)idx, (void)argl, (void)argp;
+	if (c != NULL) {
+		X509_free(c->cert);
+		free(c);
+	}
+}
+
+static void
+check_index_new(void)
+{
+	check_index = SSL_get_ex_new_index(0, NULL, NULL, NULL, check_free);
+}
+
+static long long
+mono_seconds(void)
+{
+	struct timespec ts;
+
+	return clock_gettime(CLOCK_MONOTONIC, &ts) == 0 ? (long long)ts.tv_sec : 0;
+}
+
+int
+svc_client_cert_fresh(struct svc_request *r)
+{
+	struct cert_check *c;
+
+	if (r->ssl == NULL || r->client_cert == NULL || pthread_once(&check_once, check_index_new) != 0 ||
+	    check_index < 0 || (c = SSL_get_ex_data(r->ssl, check_index)) == NULL)
+		return 0;
+	return X509_cmp(c->cert, r->client_cert) == 0 && mono_seconds() - c->at < r->w->client_cert_recheck;
+}
+
+void
+svc_client_cert_checked(struct svc_request *r)
+{
+	struct cert_check *c;
+
+	if (r->ssl == NULL || r->client_cert == NULL || pthread_once(&check_once, check_index_new) != 0 ||
+	    check_index < 0)
+		return;
+	if ((c = SSL_get_ex_data(r->ssl, check_index)) == NULL) {
+		if ((c = calloc(1, sizeof(*c))) == NULL)
+			return;
+		if (!SSL_set_ex_data(r->ssl, check_index, c)) {
+			free(c);
+			return;
+		}
+	}
+	if (!X509_up_ref(r->client_cert))
+		return;
+	X509_free(c->cert);
+	c->cert = r->client_cert;
+	c->at = mono_seconds();
+}
+
 int
 svc_request_init(struct svc_request *r, struct svc_worker *w, struct evhttp_request *req)
 {
@@ -72,6 +143,7 @@ svc_request_init(struct svc_request *r, struct svc_worker *w, struct evhttp_requ
 		memset(rnd, 0, sizeof(rnd));
 	for (i = 0; i < sizeof(rnd); i++)
 		snprintf(r->id + 2 * i, 3, "%02x", rnd[i]);
+	r->ssl = ssl;
 	if (ssl != NULL && SSL_get_verify_result(ssl) == X509_V_OK)
 		r->client_cert = SSL_get1_peer_certificate(ssl);
 

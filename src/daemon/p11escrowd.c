@@ -780,6 +780,7 @@ main(int argc, char *argv[])
 		w->index = i;
 		w->svc = &s;
 		w->require_cert = strcmp(esc_config_get(s.cfg, "tls_client_auth"), "require") == 0;
+		w->client_cert_recheck = esc_config_get_long(s.cfg, "client_cert_recheck");
 		if (esc_ctx_new(&w->ctx) != ESC_OK) {
 			rc = 70;
 			goto out;

@@ -14,6 +14,7 @@
 
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
+#include <openssl/ssl.h>
 #include <openssl/x509.h>
 
 #include <p11escrow/config.h>
@@ -35,6 +36,7 @@ struct svc_worker {
 	size_t crl_len;
 	long long crl_at;             /* monotonic seconds */
 	int require_cert;             /* tls_client_auth = require: no request without a client certificate */
+	long long client_cert_recheck; /* seconds a checked client certificate stays accepted on its connection */
 };
 
 /*
@@ -56,10 +58,21 @@ struct svc_request {
 	unsigned char *body;          /* the body, NUL-terminated; NULL if none */
 	size_t bodylen;
 	X509 *client_cert;            /* TLS client certificate (verified against the CA), or NULL */
+	SSL *ssl;                     /* the request's TLS connection (not owned), or NULL */
 	char id[17];                  /* request id for log lines */
 	int replied;
 	int status;                   /* the status replied, for the access log */
 };
+
+/*
+ * Was r's client certificate checked against the database (issued here, an
+ * enrollee's, not revoked) on this TLS connection less than
+ * client_cert_recheck seconds ago?  svc_client_cert_checked records a
+ * check that passed.  A keep-alive connection then skips the database for
+ * its later requests; a revocation reaches it within that time.
+ */
+int svc_client_cert_fresh(struct svc_request *r);
+void svc_client_cert_checked(struct svc_request *r);
 
 /* Set up r for req (0), or reply 400 and return -1. */
 int svc_request_init(struct svc_request *r, struct svc_worker *w, struct evhttp_request *req);

@@ -72,6 +72,7 @@ static const struct key keys[] = {
 	{"tls_cert", "", check_path, NULL, 0, 0},
 	{"tls_key", "", check_path, NULL, 0, 0},
 	{"tls_client_auth", "optional", check_choice, client_auth_modes, 0, 0},
+	{"client_cert_recheck", "30", check_long, NULL, 0, 3600},
 	{"max_body", "65536", check_long, NULL, 1024, 1048576},
 	{"request_timeout", "30", check_long, NULL, 1, 3600},
 	{"shutdown_grace", "30", check_long, NULL, 1, 3600},

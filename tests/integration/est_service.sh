@@ -106,6 +106,69 @@ openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$T
     "$URL/.well-known/est/cacerts" 2>/dev/null || fail "a foreign client certificate was accepted"
 stop_daemon
 
+note "a client certificate is checked once per connection (client_cert_recheck); a new connection always"
+# keepalive CERT KEY N: N /serverkeygen requests on one TLS connection with CERT, after the
+# first of which the file $T/go-revoke is made and $T/revoked awaited; prints the statuses.
+keepalive() {
+    python3 - "$URL" "$SERVER_CA" "$1" "$2" "$3" "$T/req.b64" "$T" <<'EOF'
+import http.client, os, ssl, sys, time, urllib.parse
+url, ca, cert, key, n, req, tmp = sys.argv[1:]
+u = urllib.parse.urlsplit(url)
+ctx = ssl.create_default_context(cafile=ca)
+ctx.load_cert_chain(cert, key)
+c = http.client.HTTPSConnection(u.hostname, u.port, context=ctx)
+body = open(req, "rb").read()
+out = []
+for i in range(int(n)):
+    c.request("POST", "/.well-known/est/serverkeygen", body=body, headers={"Content-Type": "application/pkcs10"})
+    r = c.getresponse()
+    r.read()
+    out.append(str(r.status))
+    if i == 0:
+        open(os.path.join(tmp, "go-revoke"), "w").close()
+        for _ in range(300):
+            if os.path.exists(os.path.join(tmp, "revoked")):
+                break
+            time.sleep(0.1)
+print(" ".join(out))
+EOF
+}
+# revoke_when_asked SERIAL: revokes SERIAL once keepalive asks, then says so
+revoke_when_asked() {
+    for i in $(seq 300); do [ -e "$T/go-revoke" ] && break; sleep 0.1; done
+    "$ESC" cert revoke --serial "$1" --reason keyCompromise --user admin >/dev/null || fail "revoke $1"
+    touch "$T/revoked"
+}
+# client_cert NAME: a new signing-profile client certificate $T/NAME.pem (key $T/NAME.key); prints its serial
+client_cert() {
+    openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$T/$1.key" \
+        -subj '/CN=Test User/O=Example' -outform DER 2>/dev/null | openssl base64 >"$T/$1.b64"
+    [ "$(post signing/simpleenroll application/pkcs10 "$T/$1.b64" --user "$(otp signing)")" = 200 ] ||
+        fail "signing enrollment: $(cat "$T/resp")"
+    openssl base64 -d -in "$T/resp" | openssl pkcs7 -inform DER -print_certs -out "$T/$1.pem"
+    openssl x509 -in "$T/$1.pem" -noout -serial | cut -d= -f2
+}
+start_daemon 1
+serial=$(client_cert keep30)
+rm -f "$T/go-revoke" "$T/revoked"
+revoke_when_asked "$serial" &
+st=$(keepalive "$T/keep30.pem" "$T/keep30.key" 2)
+wait $!
+[ "$st" = "200 200" ] || fail "default recheck: a revoked certificate on its checked connection got '$st'"
+code=$(post serverkeygen application/pkcs10 "$T/req.b64" --cert "$T/keep30.pem" --key "$T/keep30.key")
+[ "$code" = 401 ] || [ "$code" = 403 ] || fail "a revoked certificate on a new connection got $code"
+grep -q "revoked" "$T/resp" || fail "revoked reason: $(cat "$T/resp")"
+stop_daemon
+start_daemon 1 "client_cert_recheck = 0"
+serial=$(client_cert keep0)
+rm -f "$T/go-revoke" "$T/revoked"
+revoke_when_asked "$serial" &
+st=$(keepalive "$T/keep0.pem" "$T/keep0.key" 2)
+wait $!
+[ "$st" = "200 401" ] || [ "$st" = "200 403" ] ||
+    fail "client_cert_recheck = 0: a certificate revoked mid-connection got '$st'"
+stop_daemon
+
 note "kill -9 at every step of an enrollment: both rows or neither"
 for point in after-sign after-cert-row after-archive after-commit; do
     before=$(rows)

@@ -139,6 +139,7 @@ test_defaults(void **state)
 	assert_string_equal(esc_config_get(f->cfg, "tls_cert"), "");
 	assert_string_equal(esc_config_get(f->cfg, "tls_key"), "");
 	assert_string_equal(esc_config_get(f->cfg, "tls_client_auth"), "optional");
+	assert_int_equal(esc_config_get_long(f->cfg, "client_cert_recheck"), 30);
 	assert_int_equal(esc_config_get_long(f->cfg, "max_body"), 65536);
 	assert_int_equal(esc_config_get_long(f->cfg, "request_timeout"), 30);
 	assert_int_equal(esc_config_get_long(f->cfg, "shutdown_grace"), 30);
@@ -152,7 +153,7 @@ test_defaults(void **state)
 
 	for (n = 0; esc_config_key_name(n) != NULL; n++)
 		assert_non_null(esc_config_get(f->cfg, esc_config_key_name(n)));
-	assert_int_equal(n, 20);
+	assert_int_equal(n, 21);
 	assert_string_equal(esc_config_key_name(0), "database");
 	assert_null(esc_config_key_name(1000));
 
@@ -418,6 +419,8 @@ test_set(void **state)
 	assert_int_equal(esc_config_set(f->ctx, f->cfg, "tls_client_auth", "sometimes"), ESC_ERR_CONFIG);
 	assert_msg_contains(f, "tls_client_auth");
 	assert_int_equal(esc_config_set(f->ctx, f->cfg, "max_body", "1023"), ESC_ERR_CONFIG);
+	assert_int_equal(esc_config_set(f->ctx, f->cfg, "client_cert_recheck", "0"), ESC_OK);
+	assert_int_equal(esc_config_set(f->ctx, f->cfg, "client_cert_recheck", "3601"), ESC_ERR_CONFIG);
 	assert_int_equal(esc_config_set(f->ctx, f->cfg, "tls_key", "relative/key.pem"), ESC_ERR_CONFIG);
 	assert_int_equal(esc_config_set(f->ctx, f->cfg, "tls_key", "/etc/p11escrow/tls.key"), ESC_OK);
 	/* Audit checkpoints: 0 turns each trigger off; no negative or absurd values. */
