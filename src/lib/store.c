@@ -249,7 +249,9 @@ run(struct esc_store *st, const char *sql, int nparams, const char *const *value
 /*
  * A prepared statement the server no longer has, or whose result columns
  * a schema change altered: forget them all (the next use prepares afresh
- * under a new name) and let the caller's transaction retry.
+ * under a new name).  Outside a transaction the statement simply runs
+ * again; inside one, the transaction is aborted and its caller may retry it
+ * (the error is transient).
  */
 static int
 stale_statement(const PGresult *res)
@@ -270,6 +272,12 @@ esc_store_exec(struct esc_ctx *ctx, struct esc_store *st, const char *sql, int n
 	enum esc_err r;
 
 	res = run(st, sql, nparams, values, lengths, formats, &prepared);
+	if (prepared && !st->in_tx && stale_statement(res)) {
+		/* Outside a transaction nothing was aborted: run it again, parsed afresh. */
+		PQclear(res);
+		forget_statements(st);
+		res = run(st, sql, nparams, values, lengths, formats, &prepared);
+	}
 	status = PQresultStatus(res);
 	st->transient = 0;
 	if (status == PGRES_COMMAND_OK || status == PGRES_TUPLES_OK) {

@@ -216,6 +216,9 @@ curve = OID:prime256v1
 EOF
 openssl asn1parse -genconf "$T/badkey.cnf" -out "$T/badkey.p8" >/dev/null
 openssl cms -encrypt -recip "$T/transport.pem" -aes256 -binary -outform DER -in "$T/badkey.p8" -out "$T/badkey.der"
+note "prepared statements the server dropped or a schema change altered: one transient failure, then they work"
+tool 0 store-stale "$DB"
+
 note "one keeper, one envelope after another: a key that does not decode spoils none of the next"
 tool 0 transport-seq "$DB" "$PIN_FILE" "$T/dave.key" "$T/env.der:0" "$T/badkey.der:31" "$T/envg.der:0" \
     "$T/nokey.der:31" "$T/tampered.der:33" "$T/env.der:0"

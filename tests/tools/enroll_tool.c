@@ -11,6 +11,9 @@
  *       esc_keeper_open_transport; with --expect, checks it is that key, PKCS#8 byte for byte
  *   enroll_tool transport-seq CONNINFO PIN-FILE KEY.pem ENVELOPE.der:CODE...
  *       one keeper opens each envelope in turn; each must end with exit code CODE (0: and hold KEY)
+ *   enroll_tool store-stale CONNINFO
+ *       prepared statements of a connection that the server dropped or a schema change altered:
+ *       the statement fails once as a transient error (the transaction may be retried), then works
  *   enroll_tool check-cert CONNINFO CERT.pem         esc_enroll_check_client_cert
  *   enroll_tool otp-check CONNINFO NAME PASSWORD-FILE   esc_otp_check; prints the grant
  *   enroll_tool keygen PROFILE                       esc_profile_generate_key; PEM key on stdout
@@ -38,6 +41,8 @@
 #include <p11escrow/envelope.h>
 #include <p11escrow/pin.h>
 #include <p11escrow/store.h>
+
+#include "store_internal.h"
 
 #define MAX_THREADS 16
 
@@ -250,6 +255,77 @@ cmd_transport(struct esc_ctx *ctx, int argc, char *argv[])
 	esc_keeper_free(k);
 	esc_store_free(st);
 	return 0;
+}
+
+/* Run sql on st: want 0 = must succeed (and, with expect, give that first value), 1 = must fail transiently. */
+static int
+stale_step(struct esc_ctx *ctx, struct esc_store *st, const char *sql, int nparams, const char *const *v,
+	   int want_fail, const char *expect)
+{
+	PGresult *res = NULL;
+	enum esc_err r = esc_store_exec(ctx, st, sql, nparams, v, NULL, NULL, &res);
+	int ok;
+
+	if (want_fail)
+		ok = r == ESC_ERR_DB && esc_store_transient(st);
+	else
+		ok = r == ESC_OK && (expect == NULL || (PQntuples(res) == 1 && strcmp(PQgetvalue(res, 0, 0), expect) == 0));
+	printf("%s: %s%s%s\n", sql, r == ESC_OK ? "ok" : "error", r == ESC_OK ? "" : " ",
+	       r == ESC_OK ? "" : esc_ctx_errmsg(ctx));
+	PQclear(res);
+	if (!ok)
+		fprintf(stderr, "enroll_tool: '%s' did not %s\n", sql, want_fail ? "fail transiently" : "succeed as expected");
+	return ok ? 0 : 1;
+}
+
+static int
+cmd_store_stale(struct esc_ctx *ctx, int argc, char *argv[])
+{
+	struct esc_store *st = NULL;
+	const char *v[1] = {"41"};
+	const char *add = "SELECT $1::int + 1";
+	const char *all = "SELECT * FROM stale_t";
+	enum esc_err r;
+	int bad = 0;
+
+	if (argc != 3)
+		return usage();
+	if ((r = esc_store_connect(ctx, argv[2], &st)) != ESC_OK)
+		return fail(ctx, r);
+	/*
+	 * First use unnamed, second prepared; the server forgets it.  In a
+	 * transaction: one transient failure (the caller retries the
+	 * transaction), then it works; outside one it just works.
+	 */
+	bad |= stale_step(ctx, st, add, 1, v, 0, "42");
+	bad |= stale_step(ctx, st, add, 1, v, 0, "42");
+	bad |= stale_step(ctx, st, "DEALLOCATE ALL", 0, NULL, 0, NULL);
+	if ((r = esc_store_begin(ctx, st)) != ESC_OK)
+		return fail(ctx, r);
+	bad |= stale_step(ctx, st, add, 1, v, 1, NULL);
+	esc_store_rollback(st);
+	bad |= stale_step(ctx, st, add, 1, v, 0, "42");
+	bad |= stale_step(ctx, st, add, 1, v, 0, "42");
+	bad |= stale_step(ctx, st, "DEALLOCATE ALL", 0, NULL, 0, NULL);
+	bad |= stale_step(ctx, st, add, 1, v, 0, "42");
+	bad |= stale_step(ctx, st, add, 1, v, 0, "42");
+	/* A schema change alters a prepared statement's result columns: the same, in and out of a transaction. */
+	bad |= stale_step(ctx, st, "CREATE TEMP TABLE stale_t (a int)", 0, NULL, 0, NULL);
+	bad |= stale_step(ctx, st, "INSERT INTO stale_t VALUES (7)", 0, NULL, 0, NULL);
+	bad |= stale_step(ctx, st, all, 0, NULL, 0, "7");
+	bad |= stale_step(ctx, st, all, 0, NULL, 0, "7");
+	bad |= stale_step(ctx, st, "ALTER TABLE stale_t ADD COLUMN b int", 0, NULL, 0, NULL);
+	if ((r = esc_store_begin(ctx, st)) != ESC_OK)
+		return fail(ctx, r);
+	bad |= stale_step(ctx, st, all, 0, NULL, 1, NULL);
+	esc_store_rollback(st);
+	bad |= stale_step(ctx, st, all, 0, NULL, 0, "7");
+	bad |= stale_step(ctx, st, all, 0, NULL, 0, "7");
+	bad |= stale_step(ctx, st, "ALTER TABLE stale_t ADD COLUMN c int", 0, NULL, 0, NULL);
+	bad |= stale_step(ctx, st, all, 0, NULL, 0, "7");
+	bad |= stale_step(ctx, st, add, 1, v, 0, "42");
+	esc_store_free(st);
+	return bad;
 }
 
 /* Read an envelope file (at most ESC_ENVELOPE_MAX + 1 bytes, so an oversize one stays oversize). */
@@ -542,6 +618,8 @@ main(int argc, char *argv[])
 		rc = cmd_issue(ctx, argc, argv);
 	else if (strcmp(argv[1], "transport") == 0)
 		rc = cmd_transport(ctx, argc, argv);
+	else if (strcmp(argv[1], "store-stale") == 0)
+		rc = cmd_store_stale(ctx, argc, argv);
 	else if (strcmp(argv[1], "transport-seq") == 0)
 		rc = cmd_transport_seq(ctx, argc, argv);
 	else if (strcmp(argv[1], "check-cert") == 0)
