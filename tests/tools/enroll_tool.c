@@ -278,52 +278,71 @@ stale_step(struct esc_ctx *ctx, struct esc_store *st, const char *sql, int npara
 	return ok ? 0 : 1;
 }
 
+/*
+ * Prepared statements the server forgot (DEALLOCATE) or whose result
+ * columns a schema change altered.  A statement runs unnamed on first use,
+ * prepared from its second.  In a transaction the stale statement fails
+ * once as transient (its caller retries the transaction), then works;
+ * outside one it just works.  "begin"/"rollback" steps open and end a
+ * transaction; want 1 = must fail transiently.
+ */
+static const struct {
+	const char *sql;
+	int want_fail;
+	const char *expect;
+} stale_steps[] = {
+	{"SELECT $1::int + 1", 0, "42"},
+	{"SELECT $1::int + 1", 0, "42"},
+	{"DEALLOCATE ALL", 0, NULL},
+	{"begin", 0, NULL},
+	{"SELECT $1::int + 1", 1, NULL},
+	{"rollback", 0, NULL},
+	{"SELECT $1::int + 1", 0, "42"},
+	{"SELECT $1::int + 1", 0, "42"},
+	{"DEALLOCATE ALL", 0, NULL},
+	{"SELECT $1::int + 1", 0, "42"},
+	{"SELECT $1::int + 1", 0, "42"},
+	{"CREATE TEMP TABLE stale_t (a int)", 0, NULL},
+	{"INSERT INTO stale_t VALUES (7)", 0, NULL},
+	{"SELECT * FROM stale_t", 0, "7"},
+	{"SELECT * FROM stale_t", 0, "7"},
+	{"ALTER TABLE stale_t ADD COLUMN b int", 0, NULL},
+	{"begin", 0, NULL},
+	{"SELECT * FROM stale_t", 1, NULL},
+	{"rollback", 0, NULL},
+	{"SELECT * FROM stale_t", 0, "7"},
+	{"SELECT * FROM stale_t", 0, "7"},
+	{"ALTER TABLE stale_t ADD COLUMN c int", 0, NULL},
+	{"SELECT * FROM stale_t", 0, "7"},
+	{"SELECT $1::int + 1", 0, "42"},
+};
+
 static int
 cmd_store_stale(struct esc_ctx *ctx, int argc, char *argv[])
 {
 	struct esc_store *st = NULL;
 	const char *v[1] = {"41"};
-	const char *add = "SELECT $1::int + 1";
-	const char *all = "SELECT * FROM stale_t";
 	enum esc_err r;
+	size_t i;
 	int bad = 0;
 
 	if (argc != 3)
 		return usage();
 	if ((r = esc_store_connect(ctx, argv[2], &st)) != ESC_OK)
 		return fail(ctx, r);
-	/*
-	 * First use unnamed, second prepared; the server forgets it.  In a
-	 * transaction: one transient failure (the caller retries the
-	 * transaction), then it works; outside one it just works.
-	 */
-	bad |= stale_step(ctx, st, add, 1, v, 0, "42");
-	bad |= stale_step(ctx, st, add, 1, v, 0, "42");
-	bad |= stale_step(ctx, st, "DEALLOCATE ALL", 0, NULL, 0, NULL);
-	if ((r = esc_store_begin(ctx, st)) != ESC_OK)
-		return fail(ctx, r);
-	bad |= stale_step(ctx, st, add, 1, v, 1, NULL);
-	esc_store_rollback(st);
-	bad |= stale_step(ctx, st, add, 1, v, 0, "42");
-	bad |= stale_step(ctx, st, add, 1, v, 0, "42");
-	bad |= stale_step(ctx, st, "DEALLOCATE ALL", 0, NULL, 0, NULL);
-	bad |= stale_step(ctx, st, add, 1, v, 0, "42");
-	bad |= stale_step(ctx, st, add, 1, v, 0, "42");
-	/* A schema change alters a prepared statement's result columns: the same, in and out of a transaction. */
-	bad |= stale_step(ctx, st, "CREATE TEMP TABLE stale_t (a int)", 0, NULL, 0, NULL);
-	bad |= stale_step(ctx, st, "INSERT INTO stale_t VALUES (7)", 0, NULL, 0, NULL);
-	bad |= stale_step(ctx, st, all, 0, NULL, 0, "7");
-	bad |= stale_step(ctx, st, all, 0, NULL, 0, "7");
-	bad |= stale_step(ctx, st, "ALTER TABLE stale_t ADD COLUMN b int", 0, NULL, 0, NULL);
-	if ((r = esc_store_begin(ctx, st)) != ESC_OK)
-		return fail(ctx, r);
-	bad |= stale_step(ctx, st, all, 0, NULL, 1, NULL);
-	esc_store_rollback(st);
-	bad |= stale_step(ctx, st, all, 0, NULL, 0, "7");
-	bad |= stale_step(ctx, st, all, 0, NULL, 0, "7");
-	bad |= stale_step(ctx, st, "ALTER TABLE stale_t ADD COLUMN c int", 0, NULL, 0, NULL);
-	bad |= stale_step(ctx, st, all, 0, NULL, 0, "7");
-	bad |= stale_step(ctx, st, add, 1, v, 0, "42");
+	for (i = 0; i < sizeof(stale_steps) / sizeof(stale_steps[0]); i++) {
+		const char *sql = stale_steps[i].sql;
+
+		if (strcmp(sql, "begin") == 0) {
+			if ((r = esc_store_begin(ctx, st)) != ESC_OK)
+				return fail(ctx, r);
+		} else if (strcmp(sql, "rollback") == 0) {
+			esc_store_rollback(st);
+		} else {
+			bad |= stale_step(ctx, st, sql, strchr(sql, '$') != NULL ? 1 : 0, v, stale_steps[i].want_fail,
+					  stale_steps[i].expect);
+		}
+	}
 	esc_store_free(st);
 	return bad;
 }
