@@ -1,6 +1,7 @@
 /*
  * Archive records: checks, the two envelope layers, storage.
  */
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,6 +19,7 @@
 #include <p11escrow/ca.h>
 #include <p11escrow/envelope.h>
 
+#include "archive_internal.h"
 #include "internal.h"
 #include "store_internal.h"
 
@@ -478,6 +480,51 @@ esc_archive_key(struct esc_ctx *ctx, struct esc_store *st, const char *actor, X5
 }
 
 enum esc_err
+esc_record_parse(struct esc_ctx *ctx, const unsigned char *content, size_t contentlen, const char *id,
+		 const char *cert_hash, unsigned char **inner, size_t *innerlen)
+{
+	ESC_RECORD *rec = NULL;
+	const unsigned char *p = content;
+	unsigned char *out = NULL;
+	char sealed_hash[65];
+	size_t idlen = strlen(id);
+	enum esc_err r;
+
+	if (contentlen == 0 || contentlen > LONG_MAX || (rec = d2i_ESC_RECORD(NULL, &p, (long)contentlen)) == NULL ||
+	    p != content + contentlen) {
+		r = esc_error(ctx, ESC_ERR_TAMPERED, "record %s does not hold an archive record", id);
+		goto out;
+	}
+	/* The row's identity must be the one sealed inside: no swapped records. */
+	if (ASN1_INTEGER_get(rec->version) != RECORD_VERSION || (size_t)ASN1_STRING_length(rec->record_id) != idlen ||
+	    memcmp(ASN1_STRING_get0_data(rec->record_id), id, idlen) != 0 ||
+	    ASN1_STRING_length(rec->cert_sha256) != 32) {
+		r = esc_error(ctx, ESC_ERR_TAMPERED, "the record stored in row %s belongs to another row: tampering", id);
+		goto out;
+	}
+	hex_of(ASN1_STRING_get0_data(rec->cert_sha256), 32, sealed_hash);
+	if (strcmp(sealed_hash, cert_hash) != 0) {
+		r = esc_error(ctx, ESC_ERR_TAMPERED, "record %s was sealed for another certificate: tampering", id);
+		goto out;
+	}
+	if (ASN1_STRING_length(rec->inner) <= 0) {
+		r = esc_error(ctx, ESC_ERR_TAMPERED, "record %s has an empty inner layer: tampering", id);
+		goto out;
+	}
+	if ((out = malloc((size_t)ASN1_STRING_length(rec->inner))) == NULL) {
+		r = esc_error(ctx, ESC_ERR_NOMEM, "out of memory");
+		goto out;
+	}
+	memcpy(out, ASN1_STRING_get0_data(rec->inner), (size_t)ASN1_STRING_length(rec->inner));
+	*inner = out;
+	*innerlen = (size_t)ASN1_STRING_length(rec->inner);
+	r = ESC_OK;
+out:
+	ESC_RECORD_free(rec);
+	return r;
+}
+
+enum esc_err
 esc_archive_open_outer(struct esc_ctx *ctx, struct esc_store *st, struct esc_token *ca_tok, const char *id,
 		       unsigned char **inner, size_t *innerlen)
 {
@@ -486,11 +533,9 @@ esc_archive_open_outer(struct esc_ctx *ctx, struct esc_store *st, struct esc_tok
 	struct esc_token_key *key = NULL;
 	EVP_PKEY *pkey = NULL;
 	X509 *storage = NULL;
-	ESC_RECORD *rec = NULL;
-	unsigned char *outer = NULL, *content = NULL, *out = NULL;
-	const unsigned char *p;
+	unsigned char *outer = NULL, *content = NULL;
 	size_t outerlen = 0, contentlen = 0;
-	char cert_hash[65], sealed_hash[65], uri[1024];
+	char cert_hash[65], uri[1024];
 	enum esc_err r;
 
 	if ((r = esc_store_exec(ctx, st,
@@ -520,34 +565,10 @@ esc_archive_open_outer(struct esc_ctx *ctx, struct esc_store *st, struct esc_tok
 	    (r = esc_token_key_private(ctx, ca_tok, key, &pkey)) != ESC_OK ||
 	    (r = esc_envelope_open(ctx, outer, outerlen, pkey, storage, &content, &contentlen)) != ESC_OK)
 		goto out;
-	p = content;
-	if ((rec = d2i_ESC_RECORD(NULL, &p, (long)contentlen)) == NULL || p != content + contentlen) {
-		r = esc_error(ctx, ESC_ERR_TAMPERED, "record %s does not hold an archive record", id);
+	if ((r = esc_record_parse(ctx, content, contentlen, id, cert_hash, inner, innerlen)) != ESC_OK)
 		goto out;
-	}
-	/* The row's identity must be the one sealed inside: no swapped records. */
-	if (ASN1_INTEGER_get(rec->version) != RECORD_VERSION ||
-	    (size_t)ASN1_STRING_length(rec->record_id) != strlen(id) ||
-	    memcmp(ASN1_STRING_get0_data(rec->record_id), id, strlen(id)) != 0 ||
-	    ASN1_STRING_length(rec->cert_sha256) != 32) {
-		r = esc_error(ctx, ESC_ERR_TAMPERED, "the record stored in row %s belongs to another row: tampering", id);
-		goto out;
-	}
-	hex_of(ASN1_STRING_get0_data(rec->cert_sha256), 32, sealed_hash);
-	if (strcmp(sealed_hash, cert_hash) != 0) {
-		r = esc_error(ctx, ESC_ERR_TAMPERED, "record %s was sealed for another certificate: tampering", id);
-		goto out;
-	}
-	if ((out = malloc((size_t)ASN1_STRING_length(rec->inner))) == NULL) {
-		r = esc_error(ctx, ESC_ERR_NOMEM, "out of memory");
-		goto out;
-	}
-	memcpy(out, ASN1_STRING_get0_data(rec->inner), (size_t)ASN1_STRING_length(rec->inner));
-	*inner = out;
-	*innerlen = (size_t)ASN1_STRING_length(rec->inner);
 	r = ESC_OK;
 out:
-	ESC_RECORD_free(rec);
 	esc_envelope_plain_free(content, contentlen);
 	OPENSSL_free(outer);
 	X509_free(storage);
