@@ -9,8 +9,9 @@
 # The recipient keys are kept when they exist (--new-keys makes new ones,
 # and then envelope_keys.h changes too): the envelope seeds are addressed to
 # them, so seeds and keys must match.  Every other key here is a throwaway.
-# Seeds are small real inputs plus edge cases, each under 8 KiB; crash-*
-# files (known crashers, see docs/testing.md) are left alone.
+# Seeds are small real inputs plus edge cases, each under 8 KiB; crash-* and
+# regress-* files (known crashers, kept reproducers, see docs/testing.md) are
+# left alone.
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -65,10 +66,10 @@ fi
 # In the repository's style (.clang-format), like every other source file.
 if command -v clang-format >/dev/null; then clang-format -i "$here/envelope_keys.h"; fi
 
-# Clear the generated seeds, never a crash-* file.
+# Clear the generated seeds, never a crash-* or regress-* file (kept reproducers).
 for d in uri config envelope import est; do
     mkdir -p "$corpus/$d"
-    find "$corpus/$d" -maxdepth 1 -type f ! -name 'crash-*' -delete
+    find "$corpus/$d" -maxdepth 1 -type f ! -name 'crash-*' ! -name 'regress-*' -delete
 done
 
 # --- uri ------------------------------------------------------------------------
@@ -180,6 +181,12 @@ open(f"{d}/bad-content.der", "wb").write(env[:i] + bytes([env[i] ^ 1]) + env[i +
 open(f"{d}/bad-truncated.der", "wb").write(env[: len(env) // 2])
 open(f"{d}/bad-trailing.der", "wb").write(env + b"\0")
 open(f"{d}/bad-indefinite.der", "wb").write(b"\x30\x80\x06\x0b\x2a\x86\x48\x86\xf7\x0d\x01\x09\x10\x01\x17\x00\x00")
+# Open finding (docs/testing.md): the ECDH key wrap id-aes256-wrap (2.16.840.1.101.3.4.1.45)
+# turned into id-aes256-wrap-pad (.48). The unwrap fails, and OpenSSL < 3.0.22 then wipes
+# 8 bytes past its heap buffer. A crash-* name until the library refuses such envelopes.
+wrap = b"\x06\x09\x60\x86\x48\x01\x65\x03\x04\x01"
+assert env.count(wrap + b"\x2d") == 1
+open(f"{d}/crash-kari-aes-wrap-pad.der", "wb").write(env.replace(wrap + b"\x2d", wrap + b"\x30"))
 PY
 : >"$e/empty"
 
