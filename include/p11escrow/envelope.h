@@ -43,7 +43,8 @@ enum esc_err esc_envelope_seal(struct esc_ctx *ctx, const unsigned char *in, siz
  * Open a DER envelope with key (software or token-backed) for the
  * recipient certificate cert.  *out is in secure memory: free it with
  * esc_envelope_plain_free().  Errors: BAD_INPUT (not an AuthEnvelopedData,
- * too large), NOT_RECIPIENT (cert is not among the recipients),
+ * too large, a key agreement wrapping with other than AES key wrap without
+ * padding), NOT_RECIPIENT (cert is not among the recipients),
  * TAMPERED (the recipient's key worked but the GCM tag did not verify),
  * CRYPTO (the key could not decrypt its recipient info).
  */

@@ -557,6 +557,11 @@ esc_keeper_open_transport(struct esc_ctx *ctx, struct esc_keeper *k, const unsig
 			      "the archival envelope is not encrypted to this CA's transport certificate");
 		goto out;
 	}
+	if (!esc_envelope_cms_kari_wrap_ok(cms)) {
+		r = esc_error(ctx, ESC_ERR_BAD_INPUT,
+			      "the archival envelope's key agreement uses a key wrap other than AES key wrap (RFC 3394)");
+		goto out;
+	}
 	/*
 	 * RSA key transport: OpenSSL answers success even when the token's
 	 * decryption fails and goes on with a random key (the countermeasure to

@@ -155,6 +155,42 @@ esc_envelope_cms_addressed_to(CMS_ContentInfo *cms, X509 *cert)
 	return 0;
 }
 
+int
+esc_envelope_cms_kari_wrap_ok(CMS_ContentInfo *cms)
+{
+	STACK_OF(CMS_RecipientInfo) *ris = CMS_get0_RecipientInfos(cms);
+	int i;
+
+	for (i = 0; i < sk_CMS_RecipientInfo_num(ris); i++) {
+		CMS_RecipientInfo *ri = sk_CMS_RecipientInfo_value(ris, i);
+		X509_ALGOR *alg = NULL, *wrap;
+		ASN1_OCTET_STRING *ukm = NULL;
+		const ASN1_OBJECT *obj, *wobj;
+		const void *pval;
+		const ASN1_STRING *seq;
+		const unsigned char *p;
+		int ptype, nid;
+
+		if (CMS_RecipientInfo_type(ri) != CMS_RECIPINFO_AGREE)
+			continue;
+		if (CMS_RecipientInfo_kari_get0_alg(ri, &alg, &ukm) != 1 || alg == NULL)
+			return 0;
+		/* keyEncryptionAlgorithm's parameter is the KeyWrapAlgorithm, parsed as OpenSSL does (RFC 5753). */
+		X509_ALGOR_get0(&obj, &ptype, &pval, alg);
+		if (ptype != V_ASN1_SEQUENCE || (seq = pval) == NULL)
+			return 0;
+		p = ASN1_STRING_get0_data(seq);
+		if ((wrap = d2i_X509_ALGOR(NULL, &p, ASN1_STRING_length(seq))) == NULL)
+			return 0;
+		X509_ALGOR_get0(&wobj, NULL, NULL, wrap);
+		nid = OBJ_obj2nid(wobj);
+		X509_ALGOR_free(wrap);
+		if (nid != NID_id_aes128_wrap && nid != NID_id_aes192_wrap && nid != NID_id_aes256_wrap)
+			return 0;
+	}
+	return 1;
+}
+
 enum esc_err
 esc_envelope_has_recipient(struct esc_ctx *ctx, const unsigned char *in, size_t inlen, X509 *cert, int *yes)
 {
@@ -182,6 +218,11 @@ esc_envelope_open(struct esc_ctx *ctx, const unsigned char *in, size_t inlen, EV
 		return r;
 	if (!esc_envelope_cms_addressed_to(cms, cert)) {
 		r = esc_error(ctx, ESC_ERR_NOT_RECIPIENT, "the envelope is not addressed to this key");
+		goto out;
+	}
+	if (!esc_envelope_cms_kari_wrap_ok(cms)) {
+		r = esc_error(ctx, ESC_ERR_BAD_INPUT,
+			      "the envelope's key agreement uses a key wrap other than AES key wrap (RFC 3394)");
 		goto out;
 	}
 	/* Two steps, so a key that fails and a ciphertext that fails are told apart. */

@@ -186,7 +186,7 @@ open(f"{d}/bad-indefinite.der", "wb").write(b"\x30\x80\x06\x0b\x2a\x86\x48\x86\x
 # 8 bytes past its heap buffer. A crash-* name until the library refuses such envelopes.
 wrap = b"\x06\x09\x60\x86\x48\x01\x65\x03\x04\x01"
 assert env.count(wrap + b"\x2d") == 1
-open(f"{d}/crash-kari-aes-wrap-pad.der", "wb").write(env.replace(wrap + b"\x2d", wrap + b"\x30"))
+open(f"{d}/regress-kari-aes-wrap-pad.der", "wb").write(env.replace(wrap + b"\x2d", wrap + b"\x30"))
 PY
 : >"$e/empty"
 

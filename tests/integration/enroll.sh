@@ -203,6 +203,15 @@ python3 -c 'import sys; d = bytearray(open(sys.argv[1], "rb").read()); d[-20] ^=
 tool 33 transport "$DB" "$PIN_FILE" "$T/tampered.der"
 printf 'not a key' | openssl cms -encrypt -recip "$T/transport.pem" -aes256 -binary -outform DER -out "$T/nokey.der"
 tool 31 transport "$DB" "$PIN_FILE" "$T/nokey.der"
+# AES key wrap with padding (RFC 5649) for the ECDH recipient: refused before any decryption (OpenSSL
+# before 3.0.22 writes past a heap buffer when such a wrapped key does not unwrap: CVE-2026-63072).
+openssl cms -encrypt -recip "$T/transport.pem" -aes256 -wrap id-aes256-wrap-pad -binary -outform DER \
+    -in "$T/dave.p8" -out "$T/wrappad.der"
+tool 31 transport "$DB" "$PIN_FILE" "$T/wrappad.der"
+assert_out "uses a key wrap other than AES key wrap (RFC 3394)"
+python3 -c 'import sys; d = bytearray(open(sys.argv[1], "rb").read()); d[-40] ^= 1; open(sys.argv[2], "wb").write(d)' \
+    "$T/wrappad.der" "$T/wrappad-bad.der"
+tool 31 transport "$DB" "$PIN_FILE" "$T/wrappad-bad.der"
 # A PKCS#8 structure whose key octets are no EC private key: the structure parses, the key does not.
 cat >"$T/badkey.cnf" <<'EOF'
 asn1 = SEQUENCE:p8

@@ -10,6 +10,8 @@
 #include <string.h>
 
 #include <cmocka.h>
+#include <openssl/bio.h>
+#include <openssl/cms.h>
 #include <openssl/evp.h>
 #include <openssl/x509.h>
 
@@ -126,6 +128,40 @@ test_tampered(void **state)
 	free(env);
 }
 
+/*
+ * An AuthEnvelopedData to the EC key whose ECDH recipient wraps the content
+ * key with AES key wrap *with padding* (RFC 5649), as openssl cms -wrap
+ * id-aes256-wrap-pad makes it; damaged, it would make OpenSSL before 3.0.22
+ * write past a heap buffer (CVE-2026-63072).  Refused before decryption.
+ */
+static void
+test_kari_wrap_pad(void **state)
+{
+	struct fixture *f = *state;
+	CMS_ContentInfo *cms;
+	CMS_RecipientInfo *ri;
+	BIO *in;
+	unsigned char *env = NULL, *plain = NULL;
+	size_t plainlen = 0;
+	int envlen;
+
+	assert_non_null(in = BIO_new_mem_buf(secret, sizeof(secret)));
+	assert_non_null(cms = CMS_encrypt(NULL, NULL, EVP_aes_256_gcm(), CMS_BINARY | CMS_PARTIAL));
+	assert_non_null(ri = CMS_add1_recipient_cert(cms, f->k.ec_cert, CMS_KEY_PARAM));
+	assert_int_equal(EVP_EncryptInit_ex(CMS_RecipientInfo_kari_get0_ctx(ri), EVP_aes_256_wrap_pad(), NULL, NULL,
+					    NULL),
+			 1);
+	assert_int_equal(CMS_final(cms, in, NULL, CMS_BINARY), 1);
+	assert_true((envlen = i2d_CMS_ContentInfo(cms, &env)) > 0);
+	assert_int_equal(esc_envelope_open(f->ctx, env, (size_t)envlen, f->k.ec, f->k.ec_cert, &plain, &plainlen),
+			 ESC_ERR_BAD_INPUT);
+	assert_non_null(strstr(esc_ctx_errmsg(f->ctx), "key wrap other than AES key wrap"));
+	assert_null(plain);
+	OPENSSL_free(env);
+	CMS_ContentInfo_free(cms);
+	BIO_free(in);
+}
+
 static void
 test_bad_input(void **state)
 {
@@ -152,6 +188,7 @@ main(void)
 		cmocka_unit_test(test_roundtrip_sha256),
 		cmocka_unit_test(test_not_recipient),
 		cmocka_unit_test(test_tampered),
+		cmocka_unit_test(test_kari_wrap_pad),
 		cmocka_unit_test(test_bad_input),
 	};
 
