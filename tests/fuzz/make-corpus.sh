@@ -67,7 +67,7 @@ fi
 if command -v clang-format >/dev/null; then clang-format -i "$here/envelope_keys.h"; fi
 
 # Clear the generated seeds, never a crash-* or regress-* file (kept reproducers).
-for d in uri config envelope import est; do
+for d in uri config envelope import est record; do
     mkdir -p "$corpus/$d"
     find "$corpus/$d" -maxdepth 1 -type f ! -name 'crash-*' ! -name 'regress-*' -delete
 done
@@ -181,9 +181,9 @@ open(f"{d}/bad-content.der", "wb").write(env[:i] + bytes([env[i] ^ 1]) + env[i +
 open(f"{d}/bad-truncated.der", "wb").write(env[: len(env) // 2])
 open(f"{d}/bad-trailing.der", "wb").write(env + b"\0")
 open(f"{d}/bad-indefinite.der", "wb").write(b"\x30\x80\x06\x0b\x2a\x86\x48\x86\xf7\x0d\x01\x09\x10\x01\x17\x00\x00")
-# Open finding (docs/testing.md): the ECDH key wrap id-aes256-wrap (2.16.840.1.101.3.4.1.45)
-# turned into id-aes256-wrap-pad (.48). The unwrap fails, and OpenSSL < 3.0.22 then wipes
-# 8 bytes past its heap buffer. A crash-* name until the library refuses such envelopes.
+# Finding of issue #6 (docs/testing.md): the ECDH key wrap id-aes256-wrap (2.16.840.1.101.3.4.1.45)
+# turned into id-aes256-wrap-pad (.48). The unwrap would fail, and OpenSSL < 3.0.22 then wipes
+# 8 bytes past its heap buffer; the library refuses such envelopes before decrypting.
 wrap = b"\x06\x09\x60\x86\x48\x01\x65\x03\x04\x01"
 assert env.count(wrap + b"\x2d") == 1
 open(f"{d}/regress-kari-aes-wrap-pad.der", "wb").write(env.replace(wrap + b"\x2d", wrap + b"\x30"))
@@ -390,6 +390,30 @@ done
 printf '\003\x30\x0b\x06\x09\x2a\x86\x48\x86\xf7\x0d\x01\x07\x02' >"$s/certs-no-content"
 printf '\003' >"$s/certs-empty"
 
+# --- record ---------------------------------------------------------------------
+# fuzz_record: an archive record's sealed content (EscrowRecord, archive.c), checked against the
+# row ROW_ID / ROW_HASH of fuzz_record.c: one that matches, and one wrong in each way.
+r=$corpus/record
+row_id=00000000-0000-4000-8000-000000000001
+row_hash=0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef
+inner=3080060b2a864886f70d0109100117a0800000000000 # the start of an AuthEnvelopedData
+# record NAME VERSION ID HASH-HEX INNER-HEX
+record() {
+    printf 'asn1 = SEQUENCE:rec\n[rec]\nversion = INT:%s\nid = UTF8:%s\nhash = FORMAT:HEX,OCTETSTRING:%s\n' \
+        "$2" "$3" "$4" >"$tmp/rec.cnf"
+    if [[ -n $5 ]]; then printf 'inner = FORMAT:HEX,OCTETSTRING:%s\n' "$5"; else printf 'inner = OCTETSTRING:\n'; fi \
+        >>"$tmp/rec.cnf"
+    openssl asn1parse -genconf "$tmp/rec.cnf" -out "$r/$1.der" >/dev/null
+}
+record ok 1 "$row_id" "$row_hash" "$inner"
+record other-row 1 "${row_id%1}2" "$row_hash" 3003020101
+record other-cert 1 "$row_id" "fff3${row_hash#0123}" 3003020101
+record version2 2 "$row_id" "$row_hash" 3003020101
+record short-hash 1 "$row_id" 0123456789abcdef 3003020101
+record empty-inner 1 "$row_id" "$row_hash" ""
+{ cat "$r/ok.der"; printf '\0'; } >"$r/trailing.der"
+head -c 40 "$r/ok.der" >"$r/truncated.der"
+
 # openssl writes key files 0600; these are test data, readable like any source file.
 find "$corpus" "$keys" -type f ! -name 'crash-*' -exec chmod 0644 {} +
 
@@ -398,7 +422,7 @@ big=$(find "$corpus" -type f ! -name 'crash-*' -size +8k)
 [[ -z $big ]] || { echo "make-corpus.sh: seeds over 8 KiB: $big" >&2; exit 1; }
 total=$(find "$corpus" -type f ! -name 'crash-*' -printf '%s\n' | awk '{s += $1} END {print s}')
 ((total < 300 * 1024)) || { echo "make-corpus.sh: corpus is $total bytes, over 300 KiB" >&2; exit 1; }
-for d in uri config envelope import est; do
+for d in uri config envelope import est record; do
     printf '%-9s %3d seeds\n' "$d" "$(find "$corpus/$d" -type f ! -name 'crash-*' | wc -l)"
 done
 echo "total $total bytes"
