@@ -742,8 +742,15 @@ svc_api_handle(struct svc_request *r, const char *subpath)
 		reply_unauthorized(r);
 		return;
 	}
+	if (svc_login_allowed(r, user) != 0) {
+		esc_secret_free(pw);
+		OPENSSL_cleanse(user, sizeof(user));
+		return;
+	}
 	e = esc_account_login(c.w->ctx, c.w->st, user, pw, &c.a);
 	esc_secret_free(pw);
+	if (e == ESC_OK || e == ESC_ERR_AUTH)
+		svc_login_result(r, user, e == ESC_OK);
 	if (e == ESC_ERR_AUTH) {
 		svc_log(c.w, ESC_LOG_INFO, "req=%s authentication failed", r->id);
 		reply_unauthorized(r);

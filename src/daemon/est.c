@@ -165,8 +165,14 @@ est_authenticate(struct svc_request *r, const struct esc_profile *p, struct est_
 		svc_reply_error(r, 400, "malformed Authorization header");
 		return -1;
 	}
+	if (svc_login_allowed(r, user) != 0) {
+		esc_secret_free(pw);
+		return -1;
+	}
 	e = esc_otp_check(ctx, r->w->st, user, pw, &grant);
 	esc_secret_free(pw);
+	if (e == ESC_OK || e == ESC_ERR_AUTH)
+		svc_login_result(r, user, e == ESC_OK);
 	if (e != ESC_OK) {
 		svc_reply_esc(r, e);
 		return -1;

@@ -24,6 +24,7 @@
 #include <openssl/rand.h>
 #include <openssl/ssl.h>
 
+#include <p11escrow/audit.h>
 #include <p11escrow/pin.h>
 #include <p11escrow/revoke.h>
 
@@ -122,6 +123,64 @@ svc_client_cert_checked(struct svc_request *r)
 	c->at = mono_seconds();
 }
 
+/* ---- Failed logins ---------------------------------------------------------- */
+
+/* name as it may appear in a log line: printable ASCII, at most 64 characters. */
+static void
+loggable(char *dst, size_t len, const char *name)
+{
+	size_t i;
+
+	for (i = 0; i + 1 < len && i < 64 && name[i] != '\0'; i++)
+		dst[i] = name[i] >= 0x20 && name[i] < 0x7f ? name[i] : '?';
+	dst[i] = '\0';
+}
+
+int
+svc_login_allowed(struct svc_request *r, const char *name)
+{
+	long long wait = svc_guard_blocked(r->w->guard, r->peer[0] ? r->peer : NULL, name);
+	char secs[24], msg[160];
+
+	if (wait <= 0)
+		return 0;
+	snprintf(secs, sizeof(secs), "%lld", wait);
+	snprintf(msg, sizeof(msg), "too many failed logins for this name or from this address: try again in %lld s",
+		 wait);
+	svc_add_header(r, "Retry-After", secs);
+	svc_reply_error(r, 429, msg);
+	return -1;
+}
+
+void
+svc_login_result(struct svc_request *r, const char *name, int ok)
+{
+	struct svc_worker *w = r->w;
+	char shown[72], details[320];
+	int reached;
+
+	if (ok) {
+		svc_guard_succeeded(w->guard, name);
+		return;
+	}
+	if ((reached = svc_guard_failed(w->guard, r->peer[0] ? r->peer : NULL, name)) == 0)
+		return;
+	loggable(shown, sizeof(shown), name != NULL ? name : "");
+	snprintf(details, sizeof(details), "too many failed logins %s%s%s%s%s: further attempts refused for a while",
+		 (reached & SVC_GUARD_NAME) ? "for '" : "", (reached & SVC_GUARD_NAME) ? shown : "",
+		 (reached & SVC_GUARD_NAME) ? "'" : "", (reached & SVC_GUARD_ADDRESS) ? " from " : "",
+		 (reached & SVC_GUARD_ADDRESS) ? r->peer : "");
+	svc_log(w, ESC_LOG_WARN, "req=%s %s", r->id, details);
+	if (w->st != NULL) {
+		struct esc_audit_event ev = {"p11escrowd", "service", "auth.throttle",
+					     (reached & SVC_GUARD_NAME) ? shown : r->peer, "refused", details};
+
+		if (esc_audit_append(w->ctx, w->st, &ev) != ESC_OK)
+			svc_log(w, ESC_LOG_ERROR, "req=%s could not audit the login throttle: %s", r->id,
+				esc_ctx_errmsg(w->ctx));
+	}
+}
+
 int
 svc_request_init(struct svc_request *r, struct svc_worker *w, struct evhttp_request *req)
 {
@@ -144,6 +203,13 @@ svc_request_init(struct svc_request *r, struct svc_worker *w, struct evhttp_requ
 	for (i = 0; i < sizeof(rnd); i++)
 		snprintf(r->id + 2 * i, 3, "%02x", rnd[i]);
 	r->ssl = ssl;
+	{
+		char *host = NULL;
+		ev_uint16_t port = 0;
+
+		evhttp_connection_get_peer(evhttp_request_get_connection(req), &host, &port);
+		snprintf(r->peer, sizeof(r->peer), "%s", host != NULL ? host : "");
+	}
 	if (ssl != NULL && SSL_get_verify_result(ssl) == X509_V_OK)
 		r->client_cert = SSL_get1_peer_certificate(ssl);
 

@@ -84,6 +84,7 @@ struct svc {
 	struct slot *slots;
 	int log_level;
 	pthread_mutex_t log_lock;
+	struct svc_guard *guard; /* failed logins, for every worker */
 };
 
 static const char *const level_names[] = {"error", "warn", "info", "debug"};
@@ -776,7 +777,10 @@ main(int argc, char *argv[])
 		rc = fail(&s, ctx, r);
 		goto out;
 	}
-	if ((s.slots = calloc((size_t)s.nworkers, sizeof(*s.slots))) == NULL) {
+	if ((s.slots = calloc((size_t)s.nworkers, sizeof(*s.slots))) == NULL ||
+	    (s.guard = svc_guard_new(esc_config_get_long(s.cfg, "auth_fail_limit"),
+				     esc_config_get_long(s.cfg, "auth_fail_limit_address"),
+				     esc_config_get_long(s.cfg, "auth_fail_window"))) == NULL) {
 		rc = 70;
 		goto out;
 	}
@@ -790,6 +794,7 @@ main(int argc, char *argv[])
 		w->svc = &s;
 		w->require_cert = strcmp(esc_config_get(s.cfg, "tls_client_auth"), "require") == 0;
 		w->client_cert_recheck = esc_config_get_long(s.cfg, "client_cert_recheck");
+		w->guard = s.guard;
 		if (esc_ctx_new(&w->ctx) != ESC_OK) {
 			rc = 70;
 			goto out;
@@ -858,6 +863,7 @@ out:
 	for (i = 0; s.slots != NULL && i < s.nworkers; i++)
 		worker_teardown(&s.slots[i]);
 	free(s.slots);
+	svc_guard_free(s.guard);
 	if (s.listen_fd >= 0)
 		close(s.listen_fd);
 	SSL_CTX_free(s.tls);

@@ -37,6 +37,7 @@ struct svc_worker {
 	long long crl_at;             /* monotonic seconds */
 	int require_cert;             /* tls_client_auth = require: no request without a client certificate */
 	long long client_cert_recheck; /* seconds a checked client certificate stays accepted on its connection */
+	struct svc_guard *guard;      /* failed logins, shared by the process's workers (guard.c) */
 };
 
 /*
@@ -59,6 +60,7 @@ struct svc_request {
 	size_t bodylen;
 	X509 *client_cert;            /* TLS client certificate (verified against the CA), or NULL */
 	SSL *ssl;                     /* the request's TLS connection (not owned), or NULL */
+	char peer[64];                /* the client's address, "" if unknown */
 	char id[17];                  /* request id for log lines */
 	int replied;
 	int status;                   /* the status replied, for the access log */
@@ -73,6 +75,32 @@ struct svc_request {
  */
 int svc_client_cert_fresh(struct svc_request *r);
 void svc_client_cert_checked(struct svc_request *r);
+
+/*
+ * Failed logins (guard.c): per name (an account, a one-time password's
+ * name) and per client address, within a window of seconds; a limit of 0
+ * turns that count off.
+ */
+struct svc_guard;
+#define SVC_GUARD_NAME 1
+#define SVC_GUARD_ADDRESS 2
+struct svc_guard *svc_guard_new(long long limit_name, long long limit_address, long long window);
+void svc_guard_free(struct svc_guard *g);
+/* Seconds further attempts for name or from address are refused (0: not refused). */
+long long svc_guard_blocked(struct svc_guard *g, const char *address, const char *name);
+/* Count a failure; returns which limits (SVC_GUARD_*) this failure reached. */
+int svc_guard_failed(struct svc_guard *g, const char *address, const char *name);
+/* A success: forget name's failures. */
+void svc_guard_succeeded(struct svc_guard *g, const char *name);
+
+/*
+ * Before a password of name is checked: 0, or -1 after replying 429 with
+ * Retry-After (too many failures for name or from r's address; the
+ * password is not even checked).  After the check, svc_login_result counts
+ * a failure (logged, and audited when it reaches a limit) or clears name's.
+ */
+int svc_login_allowed(struct svc_request *r, const char *name);
+void svc_login_result(struct svc_request *r, const char *name, int ok);
 
 /* Set up r for req (0), or reply 400 and return -1. */
 int svc_request_init(struct svc_request *r, struct svc_worker *w, struct evhttp_request *req);

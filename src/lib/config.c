@@ -73,6 +73,10 @@ static const struct key keys[] = {
 	{"tls_key", "", check_path, NULL, 0, 0},
 	{"tls_client_auth", "optional", check_choice, client_auth_modes, 0, 0},
 	{"client_cert_recheck", "30", check_long, NULL, 0, 3600},
+	/* Failed logins (accounts, one-time passwords) before 429: per name, per client address; 0 = off. */
+	{"auth_fail_limit", "10", check_long, NULL, 0, 1000000},
+	{"auth_fail_limit_address", "50", check_long, NULL, 0, 1000000},
+	{"auth_fail_window", "300", check_long, NULL, 1, 86400},
 	{"max_body", "65536", check_long, NULL, 1024, 1048576},
 	{"request_timeout", "30", check_long, NULL, 1, 3600},
 	{"shutdown_grace", "30", check_long, NULL, 1, 3600},

@@ -297,4 +297,28 @@ for s in admin-password-0001 cm1-password-00001 cm2-password-00002 kent-password
     ! grep -qF -- "$s" "$DAEMON_LOG" || fail "a secret is in the service's log"
 done
 stop_daemon
+
+note "failed logins: past the limit for a name or an address, 429 at once, the password not even checked"
+start_daemon 1 "auth_fail_limit = 3" "auth_fail_limit_address = 6" "auth_fail_window = 60"
+API=$URL/api/v1
+for n in cm2 x1 x2 x3; do printf 'user = "%s:not-the-password"\n' "$n" >"$T/bad-$n.curl"; done
+for i in 1 2 3; do expect 401 bad-cm2 GET /whoami; done
+expect 429 cm2 GET /whoami
+grep -qiE '^retry-after: [0-9]+' "$T/headers" || fail "no Retry-After on 429"
+grep -q "too many failed logins" "$T/body" || fail "429 reason: $(cat "$T/body")"
+expect 200 cm1 GET /whoami
+# Three more failures from this address (other names): 6 in all, the address's limit.
+for n in x1 x2 x3; do expect 401 "bad-$n" GET /whoami; done
+expect 429 cm1 GET /whoami
+[ "$(psql_val "SELECT count(*) FROM audit_events WHERE action = 'auth.throttle' AND outcome = 'refused'")" = 2 ] ||
+    fail "the two throttles are not audited: $(psql_val "SELECT string_agg(object || ' ' || details, '; ') FROM audit_events WHERE action = 'auth.throttle'")"
+grep -q "too many failed logins for 'cm2'" "$DAEMON_LOG" || fail "the name's throttle is not logged"
+grep -q "too many failed logins *from 127.0.0.1" "$DAEMON_LOG" || fail "the address's throttle is not logged"
+! grep -qF "not-the-password" "$DAEMON_LOG" || fail "a tried password is in the service's log"
+stop_daemon
+# The counts live in the process: a restarted service starts afresh.
+start_daemon 1 "auth_fail_limit = 3" "auth_fail_limit_address = 6" "auth_fail_window = 60"
+API=$URL/api/v1
+expect 200 cm2 GET /whoami
+stop_daemon
 echo ok

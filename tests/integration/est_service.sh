@@ -169,6 +169,17 @@ wait $!
     fail "client_cert_recheck = 0: a certificate revoked mid-connection got '$st'"
 stop_daemon
 
+note "one-time passwords: past auth_fail_limit failures for one name, 429 even with the right password"
+start_daemon 1 "auth_fail_limit = 2"
+cred=$(otp encryption)
+for i in 1 2; do
+    code=$(post encryption/serverkeygen application/pkcs10 "$T/req.b64" --user "${cred%%:*}:wrong-password-0000000")
+    [ "$code" = 401 ] || fail "a wrong one-time password got $code: $(cat "$T/resp")"
+done
+code=$(post encryption/serverkeygen application/pkcs10 "$T/req.b64" --user "$cred")
+[ "$code" = 429 ] && grep -q "too many failed logins" "$T/resp" || fail "after 2 failures: $code $(cat "$T/resp")"
+stop_daemon
+
 note "kill -9 at every step of an enrollment: both rows or neither"
 for point in after-sign after-cert-row after-archive after-commit; do
     before=$(rows)

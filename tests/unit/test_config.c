@@ -140,6 +140,9 @@ test_defaults(void **state)
 	assert_string_equal(esc_config_get(f->cfg, "tls_key"), "");
 	assert_string_equal(esc_config_get(f->cfg, "tls_client_auth"), "optional");
 	assert_int_equal(esc_config_get_long(f->cfg, "client_cert_recheck"), 30);
+	assert_int_equal(esc_config_get_long(f->cfg, "auth_fail_limit"), 10);
+	assert_int_equal(esc_config_get_long(f->cfg, "auth_fail_limit_address"), 50);
+	assert_int_equal(esc_config_get_long(f->cfg, "auth_fail_window"), 300);
 	assert_int_equal(esc_config_get_long(f->cfg, "max_body"), 65536);
 	assert_int_equal(esc_config_get_long(f->cfg, "request_timeout"), 30);
 	assert_int_equal(esc_config_get_long(f->cfg, "shutdown_grace"), 30);
@@ -153,7 +156,7 @@ test_defaults(void **state)
 
 	for (n = 0; esc_config_key_name(n) != NULL; n++)
 		assert_non_null(esc_config_get(f->cfg, esc_config_key_name(n)));
-	assert_int_equal(n, 21);
+	assert_int_equal(n, 24);
 	assert_string_equal(esc_config_key_name(0), "database");
 	assert_null(esc_config_key_name(1000));
 
@@ -421,6 +424,8 @@ test_set(void **state)
 	assert_int_equal(esc_config_set(f->ctx, f->cfg, "max_body", "1023"), ESC_ERR_CONFIG);
 	assert_int_equal(esc_config_set(f->ctx, f->cfg, "client_cert_recheck", "0"), ESC_OK);
 	assert_int_equal(esc_config_set(f->ctx, f->cfg, "client_cert_recheck", "3601"), ESC_ERR_CONFIG);
+	assert_int_equal(esc_config_set(f->ctx, f->cfg, "auth_fail_limit", "0"), ESC_OK);
+	assert_int_equal(esc_config_set(f->ctx, f->cfg, "auth_fail_window", "0"), ESC_ERR_CONFIG);
 	assert_int_equal(esc_config_set(f->ctx, f->cfg, "tls_key", "relative/key.pem"), ESC_ERR_CONFIG);
 	assert_int_equal(esc_config_set(f->ctx, f->cfg, "tls_key", "/etc/p11escrow/tls.key"), ESC_OK);
 	/* Audit checkpoints: 0 turns each trigger off; no negative or absurd values. */

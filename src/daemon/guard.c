@@ -1,0 +1,199 @@
+/*
+ * p11escrowd — failed logins counted per account and per client address.
+ *
+ * Passwords (accounts of the JSON API) and one-time enrollment passwords
+ * (EST) are checked with Argon2id, so each guess costs the service about
+ * 100 ms of CPU and 64 MiB: unlimited guessing would be slow for an attacker
+ * and ruinous for the service.  After auth_fail_limit failures for one name
+ * (an account or a one-time password's name), or auth_fail_limit_address
+ * failures from one address, within auth_fail_window seconds, further
+ * attempts for that name or from that address are answered 429 at once,
+ * without checking the password, until auth_fail_window seconds after the
+ * last failure.  A success clears the name's count.
+ *
+ * The table is per process, shared by its workers, bounded (GUARD_SLOTS),
+ * and forgets on restart: several processes each count their own.
+ */
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "svc.h"
+
+#define GUARD_SLOTS 4096
+#define GUARD_PROBE 16
+#define GUARD_KEY_MAX 96
+
+struct guard_slot {
+	char key[GUARD_KEY_MAX]; /* "a:" + account or password name, "p:" + address; "" = free */
+	unsigned fails;
+	long long first;	 /* monotonic seconds of the first failure counted */
+	long long last;		 /* ... of the latest */
+};
+
+struct svc_guard {
+	pthread_mutex_t lock;
+	long long limit_name, limit_address, window;
+	struct guard_slot slots[GUARD_SLOTS];
+};
+
+static long long
+now_seconds(void)
+{
+	struct timespec ts;
+
+	return clock_gettime(CLOCK_MONOTONIC, &ts) == 0 ? (long long)ts.tv_sec : 0;
+}
+
+struct svc_guard *
+svc_guard_new(long long limit_name, long long limit_address, long long window)
+{
+	struct svc_guard *g = calloc(1, sizeof(*g));
+
+	if (g == NULL)
+		return NULL;
+	if (pthread_mutex_init(&g->lock, NULL) != 0) {
+		free(g);
+		return NULL;
+	}
+	g->limit_name = limit_name;
+	g->limit_address = limit_address;
+	g->window = window;
+	return g;
+}
+
+void
+svc_guard_free(struct svc_guard *g)
+{
+	if (g == NULL)
+		return;
+	pthread_mutex_destroy(&g->lock);
+	free(g);
+}
+
+static unsigned long
+key_hash(const char *key)
+{
+	unsigned long h = 2166136261UL;
+
+	for (; *key; key++)
+		h = (h ^ (unsigned char)*key) * 16777619UL;
+	return h;
+}
+
+/* Has this slot's count run out (its last failure a window ago)? */
+static int
+expired(const struct svc_guard *g, const struct guard_slot *s, long long now)
+{
+	return s->key[0] == '\0' || now - s->last >= g->window;
+}
+
+/*
+ * The slot of key (locked), or with create a fresh one: a free or expired
+ * slot of its probe run, else the one whose last failure is oldest.  NULL if
+ * absent and not created.
+ */
+static struct guard_slot *
+find(struct svc_guard *g, const char *key, int create, long long now)
+{
+	unsigned long h = key_hash(key);
+	struct guard_slot *s, *spare = NULL;
+	size_t i;
+
+	for (i = 0; i < GUARD_PROBE; i++) {
+		s = &g->slots[(h + i) % GUARD_SLOTS];
+		if (strcmp(s->key, key) == 0) {
+			if (expired(g, s, now)) {
+				s->fails = 0;
+				s->first = s->last = now;
+			}
+			return s;
+		}
+		if (spare == NULL || (!expired(g, spare, now) && (expired(g, s, now) || s->last < spare->last)))
+			spare = s;
+	}
+	if (!create)
+		return NULL;
+	snprintf(spare->key, sizeof(spare->key), "%s", key);
+	spare->fails = 0;
+	spare->first = spare->last = now;
+	return spare;
+}
+
+static void
+make_key(char *buf, size_t len, char kind, const char *value)
+{
+	snprintf(buf, len, "%c:%s", kind, value != NULL ? value : "");
+}
+
+/* Seconds key stays blocked (0: it is not), under the lock. */
+static long long
+blocked_for(struct svc_guard *g, const char *key, long long limit, long long now)
+{
+	struct guard_slot *s;
+
+	if (limit <= 0 || (s = find(g, key, 0, now)) == NULL || s->fails < limit)
+		return 0;
+	return g->window - (now - s->last);
+}
+
+long long
+svc_guard_blocked(struct svc_guard *g, const char *address, const char *name)
+{
+	char kn[GUARD_KEY_MAX], ka[GUARD_KEY_MAX];
+	long long now = now_seconds(), a, n;
+
+	if (g == NULL)
+		return 0;
+	make_key(kn, sizeof(kn), 'a', name);
+	make_key(ka, sizeof(ka), 'p', address);
+	pthread_mutex_lock(&g->lock);
+	n = name != NULL ? blocked_for(g, kn, g->limit_name, now) : 0;
+	a = address != NULL ? blocked_for(g, ka, g->limit_address, now) : 0;
+	pthread_mutex_unlock(&g->lock);
+	return n > a ? n : a;
+}
+
+int
+svc_guard_failed(struct svc_guard *g, const char *address, const char *name)
+{
+	char kn[GUARD_KEY_MAX], ka[GUARD_KEY_MAX];
+	struct guard_slot *s;
+	long long now = now_seconds();
+	int reached = 0;
+
+	if (g == NULL)
+		return 0;
+	make_key(kn, sizeof(kn), 'a', name);
+	make_key(ka, sizeof(ka), 'p', address);
+	pthread_mutex_lock(&g->lock);
+	if (name != NULL && g->limit_name > 0 && (s = find(g, kn, 1, now)) != NULL) {
+		s->last = now;
+		if (++s->fails == (unsigned)g->limit_name)
+			reached |= SVC_GUARD_NAME;
+	}
+	if (address != NULL && g->limit_address > 0 && (s = find(g, ka, 1, now)) != NULL) {
+		s->last = now;
+		if (++s->fails == (unsigned)g->limit_address)
+			reached |= SVC_GUARD_ADDRESS;
+	}
+	pthread_mutex_unlock(&g->lock);
+	return reached;
+}
+
+void
+svc_guard_succeeded(struct svc_guard *g, const char *name)
+{
+	char kn[GUARD_KEY_MAX];
+	struct guard_slot *s;
+
+	if (g == NULL || name == NULL)
+		return;
+	make_key(kn, sizeof(kn), 'a', name);
+	pthread_mutex_lock(&g->lock);
+	if ((s = find(g, kn, 0, now_seconds())) != NULL)
+		memset(s, 0, sizeof(*s));
+	pthread_mutex_unlock(&g->lock);
+}
