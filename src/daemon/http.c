@@ -129,9 +129,9 @@ svc_client_cert_checked(struct svc_request *r)
 static void
 loggable(char *dst, size_t len, const char *name)
 {
-	size_t i;
+	size_t i, n = name != NULL ? strnlen(name, 64) : 0;
 
-	for (i = 0; i + 1 < len && i < 64 && name[i] != '\0'; i++)
+	for (i = 0; i < n && i + 1 < len; i++)
 		dst[i] = name[i] >= 0x20 && name[i] < 0x7f ? name[i] : '?';
 	dst[i] = '\0';
 }
@@ -165,7 +165,7 @@ svc_login_result(struct svc_request *r, const char *name, int ok)
 	}
 	if ((reached = svc_guard_failed(w->guard, r->peer[0] ? r->peer : NULL, name)) == 0)
 		return;
-	loggable(shown, sizeof(shown), name != NULL ? name : "");
+	loggable(shown, sizeof(shown), name);
 	snprintf(details, sizeof(details), "too many failed logins %s%s%s%s%s: further attempts refused for a while",
 		 (reached & SVC_GUARD_NAME) ? "for '" : "", (reached & SVC_GUARD_NAME) ? shown : "",
 		 (reached & SVC_GUARD_NAME) ? "'" : "", (reached & SVC_GUARD_ADDRESS) ? " from " : "",
