@@ -20,6 +20,8 @@
 #include <string.h>
 #include <time.h>
 
+#include <openssl/lhash.h>
+
 #include "svc.h"
 
 #define GUARD_SLOTS 4096
@@ -73,16 +75,6 @@ svc_guard_free(struct svc_guard *g)
 	free(g);
 }
 
-static unsigned long
-key_hash(const char *key)
-{
-	unsigned long h = 2166136261UL;
-
-	for (; *key; key++)
-		h = (h ^ (unsigned char)*key) * 16777619UL;
-	return h;
-}
-
 /* Has this slot's count run out (its last failure a window ago)? */
 static int
 expired(const struct svc_guard *g, const struct guard_slot *s, long long now)
@@ -98,7 +90,7 @@ expired(const struct svc_guard *g, const struct guard_slot *s, long long now)
 static struct guard_slot *
 find(struct svc_guard *g, const char *key, int create, long long now)
 {
-	unsigned long h = key_hash(key);
+	unsigned long h = OPENSSL_LH_strhash(key);
 	struct guard_slot *s, *spare = NULL;
 	size_t i;
 

@@ -9,6 +9,7 @@
 
 #include <libpq-fe.h>
 #include <openssl/crypto.h>
+#include <openssl/lhash.h>
 #include <openssl/x509.h>
 
 #include <p11escrow/audit.h>
@@ -184,17 +185,6 @@ esc_store_transient(const struct esc_store *st)
 	return st->transient;
 }
 
-/* FNV-1a: a cheap first comparison before strcmp. */
-static unsigned long
-sql_hash(const char *sql)
-{
-	unsigned long h = 2166136261UL;
-
-	for (; *sql; sql++)
-		h = (h ^ (unsigned char)*sql) * 16777619UL;
-	return h;
-}
-
 /*
  * The slot of sql, a new one if there is room (NULL when the table is full:
  * the statement then runs unprepared, as every statement's first use does).
@@ -202,7 +192,7 @@ sql_hash(const char *sql)
 static struct stmt *
 stmt_slot(struct esc_store *st, const char *sql, int *fresh)
 {
-	unsigned long h = sql_hash(sql);
+	unsigned long h = OPENSSL_LH_strhash(sql);
 	size_t i;
 
 	*fresh = 0;
