@@ -82,10 +82,22 @@ expired(const struct svc_guard *g, const struct guard_slot *s, long long now)
 	return s->key[0] == '\0' || now - s->last >= g->window;
 }
 
+/* Which slot to give up first: free or expired (0), counting (1), holding a name or address off (2). */
+static int
+rank(const struct svc_guard *g, const struct guard_slot *s, long long now)
+{
+	long long limit = s->key[0] == 'a' ? g->limit_name : g->limit_address;
+
+	if (expired(g, s, now))
+		return 0;
+	return limit > 0 && s->fails >= (unsigned long long)limit ? 2 : 1;
+}
+
 /*
- * The slot of key (locked), or with create a fresh one: a free or expired
- * slot of its probe run, else the one whose last failure is oldest.  NULL if
- * absent and not created.
+ * The slot of key (locked), or with create a fresh one: of its probe run,
+ * the lowest rank, and among those the one whose last failure is oldest —
+ * so a flood of new names pushes out counts before it pushes out a name
+ * or address held off.  NULL if absent and not created.
  */
 static struct guard_slot *
 find(struct svc_guard *g, const char *key, int create, long long now)
@@ -103,7 +115,8 @@ find(struct svc_guard *g, const char *key, int create, long long now)
 			}
 			return s;
 		}
-		if (spare == NULL || (!expired(g, spare, now) && (expired(g, s, now) || s->last < spare->last)))
+		if (spare == NULL || rank(g, s, now) < rank(g, spare, now) ||
+		    (rank(g, s, now) == rank(g, spare, now) && s->last < spare->last))
 			spare = s;
 	}
 	if (!create)
