@@ -300,6 +300,7 @@ error_for(int status, const char *code)
 	case 415:
 		return ESC_ERR_USAGE;
 	case 401:
+	case 429:
 		return ESC_ERR_AUTH;
 	case 403:
 		return ESC_ERR_DENIED;

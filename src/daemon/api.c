@@ -723,7 +723,7 @@ svc_api_handle(struct svc_request *r, const char *subpath)
 	struct api_call c;
 	struct esc_secret *pw = NULL;
 	const struct route *hit = NULL;
-	char user[API_USER_MAX], allow[32] = "";
+	char user[API_USER_MAX], allow[32] = "", msg[160];
 	size_t i;
 	long long id;
 	enum esc_err e;
@@ -742,9 +742,10 @@ svc_api_handle(struct svc_request *r, const char *subpath)
 		reply_unauthorized(r);
 		return;
 	}
-	if (svc_login_allowed(r, user) != 0) {
+	if (svc_login_wait(r, user, msg, sizeof(msg)) > 0) {
 		esc_secret_free(pw);
 		OPENSSL_cleanse(user, sizeof(user));
+		reply_error(r, 429, msg, ESC_ERR_AUTH);
 		return;
 	}
 	e = esc_account_login(c.w->ctx, c.w->st, user, pw, &c.a);

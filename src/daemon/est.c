@@ -125,7 +125,7 @@ est_authenticate(struct svc_request *r, const struct esc_profile *p, struct est_
 	struct esc_ctx *ctx = r->w->ctx;
 	struct esc_otp_grant grant;
 	struct esc_secret *pw = NULL;
-	char user[65];
+	char user[65], msg[160];
 	enum esc_err e;
 	int rc;
 
@@ -165,8 +165,9 @@ est_authenticate(struct svc_request *r, const struct esc_profile *p, struct est_
 		svc_reply_error(r, 400, "malformed Authorization header");
 		return -1;
 	}
-	if (svc_login_allowed(r, user) != 0) {
+	if (svc_login_wait(r, user, msg, sizeof(msg)) > 0) {
 		esc_secret_free(pw);
+		svc_reply_error(r, 429, msg);
 		return -1;
 	}
 	e = esc_otp_check(ctx, r->w->st, user, pw, &grant);
@@ -178,8 +179,6 @@ est_authenticate(struct svc_request *r, const struct esc_profile *p, struct est_
 		return -1;
 	}
 	if (strcmp(grant.profile, p->name) != 0) {
-		char msg[160];
-
 		snprintf(msg, sizeof(msg), "this enrollment password is for profile '%s', not '%s'", grant.profile,
 			 p->name);
 		svc_reply_error(r, 403, msg);

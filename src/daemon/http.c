@@ -136,20 +136,18 @@ loggable(char *dst, size_t len, const char *name)
 	dst[i] = '\0';
 }
 
-int
-svc_login_allowed(struct svc_request *r, const char *name)
+long long
+svc_login_wait(struct svc_request *r, const char *name, char *msg, size_t msglen)
 {
 	long long wait = svc_guard_blocked(r->w->guard, r->peer[0] ? r->peer : NULL, name);
-	char secs[24], msg[160];
+	char secs[24];
 
 	if (wait <= 0)
 		return 0;
 	snprintf(secs, sizeof(secs), "%lld", wait);
-	snprintf(msg, sizeof(msg), "too many failed logins for this name or from this address: try again in %lld s",
-		 wait);
+	snprintf(msg, msglen, "too many failed logins for this name or from this address: try again in %lld s", wait);
 	svc_add_header(r, "Retry-After", secs);
-	svc_reply_error(r, 429, msg);
-	return -1;
+	return wait;
 }
 
 void

@@ -94,12 +94,14 @@ int svc_guard_failed(struct svc_guard *g, const char *address, const char *name)
 void svc_guard_succeeded(struct svc_guard *g, const char *name);
 
 /*
- * Before a password of name is checked: 0, or -1 after replying 429 with
- * Retry-After (too many failures for name or from r's address; the
- * password is not even checked).  After the check, svc_login_result counts
- * a failure (logged, and audited when it reaches a limit) or clears name's.
+ * Before a password of name is checked: 0 if it may be, else the seconds
+ * until it may (too many failures for name or from r's address), with
+ * Retry-After set and msg the reason for the caller's 429 (its own format:
+ * JSON for the API, text for EST); the password is then not even checked.
+ * After the check, svc_login_result counts a failure (logged, and audited
+ * when it reaches a limit) or clears name's.
  */
-int svc_login_allowed(struct svc_request *r, const char *name);
+long long svc_login_wait(struct svc_request *r, const char *name, char *msg, size_t msglen);
 void svc_login_result(struct svc_request *r, const char *name, int ok);
 
 /* Set up r for req (0), or reply 400 and return -1. */
