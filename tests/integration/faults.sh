@@ -91,16 +91,6 @@ load_stop() {
     touch "$LD/stop"
     for p in "${_loaders[@]}"; do wait "$p" || true; done
     _loaders=()
-# The clients stop first, at any exit (each ends within its --max-time).
-stop_loaders_then_cleanup() {
-    local rc=$? p
-    set +e
-    [ -n "${LD:-}" ] && [ -d "$LD" ] && touch "$LD/stop"
-    for p in "${_loaders[@]}"; do wait "$p" 2>/dev/null; done
-    (exit "$rc")    # cleanup takes the test's status from $?
-    cleanup
-}
-trap stop_loaders_then_cleanup EXIT
 }
 # count STATUS [AFTER_MS]: responses with STATUS that started after AFTER_MS
 count() { awk -v s="$1" -v a="${2:-0}" '$4 == s && $2 > a' "$LD/codes" | wc -l; }
