@@ -15,10 +15,8 @@ export P11ESCROW_DATABASE=$DB
 run_esc 0 setup --token 'pkcs11:token=CA' --pin-file "$PIN_FILE" --subject 'CN=API Test CA,O=Example'
 ca_pem "$T/ca.pem"
 
-pw() { ( umask 077; printf '%s\n' "$2" >"$T/$1.pw"; printf 'user = "%s:%s"\n' "$1" "$2" >"$T/$1.curl" ); }
 pw admin 'admin-password-0001'; pw cm1 'cm1-password-00001'; pw cm2 'cm2-password-00002'
 pw kent 'kent-password-0003'; pw kim 'kim-password-000004'; pw audrey 'audrey-password-05'
-as() { local u=$1 want=$2; shift 2; run_esc "$want" "$@" --user "$u" --password-file "$T/$u.pw"; }
 
 note "accounts, two KRA cards, an archived key"
 P11ESCROW_NEW_PASSWORD=admin-password-0001 run_esc 0 account add admin --role admin
@@ -176,12 +174,6 @@ expect 409 cm1 POST "/recoveries/$RQ/release"
 [ "$(psql_val "SELECT state FROM recovery_requests WHERE id = $RQ")" = pending ] || fail "state changed"
 
 note "the whole recovery through the service with the CLI alone (an unreachable database proves it)"
-# srv USER EXPECTED_RC ARGS...: the CLI with --server, its database unreachable
-srv() {
-    local u=$1 want=$2; shift 2
-    P11ESCROW_DATABASE='host=/nonexistent dbname=none connect_timeout=1' \
-        run_esc "$want" "$@" --server "$URL" --server-ca "$SERVER_CA" --user "$u" --password-file "$T/$u.pw"
-}
 srv cm1 0 recovery search --serial "$SERIAL"
 assert_out "1 record(s)"
 assert_out "CN=alice"

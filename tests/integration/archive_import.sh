@@ -14,7 +14,6 @@ sed -n '/BEGIN CERTIFICATE/,/END CERTIFICATE/p' "$T/out" >"$T/ca.pem"
 [ -s "$T/ca.pem" ] || psql_val "SELECT encode(certificate, 'base64') FROM ca WHERE state = 'active'" | base64 -d |
     openssl x509 -inform DER -out "$T/ca.pem"
 
-pw() { ( umask 077; printf '%s\n' "$2" >"$T/$1.pw" ); }
 pw admin 'admin-password-0001'
 pw cm 'cm-password-0000002'
 pw p12 'p12-transport-secret'

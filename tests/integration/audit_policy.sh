@@ -14,8 +14,6 @@ start_pg "$T/pg"
 export P11ESCROW_DATABASE=$DB
 run_esc 0 setup --token 'pkcs11:token=CA' --pin-file "$PIN_FILE" --subject 'CN=Policy Test CA,O=Example'
 
-pw() { ( umask 077; printf '%s\n' "$2" >"$T/$1.pw" ); }
-as() { local u=$1 want=$2; shift 2; run_esc "$want" "$@" --user "$u" --password-file "$T/$u.pw"; }
 pw admin 'admin-password-0001'
 P11ESCROW_NEW_PASSWORD=admin-password-0001 run_esc 0 account add admin --role admin
 as admin 0 kra enroll --ca-token 'pkcs11:token=CA' --pin-file "$PIN_FILE" --token 'pkcs11:token=KRA1' \
@@ -125,11 +123,6 @@ as cm2 0 recovery approve "$REQ_BOB"
 
 note "the same through the service's API (CLI --server)"
 start_daemon 1
-srv() {
-    local u=$1 want=$2; shift 2
-    P11ESCROW_DATABASE='host=/nonexistent dbname=none connect_timeout=1' \
-        run_esc "$want" "$@" --server "$URL" --server-ca "$SERVER_CA" --user "$u" --password-file "$T/$u.pw"
-}
 srv cmsales 0 recovery search --subject 'CN='
 assert_out "3 record(s)"
 assert_not_out "CN=Bob"

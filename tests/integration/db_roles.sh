@@ -14,9 +14,7 @@ start_pg "$T/pg"
 export P11ESCROW_DATABASE=$DB
 run_esc 0 setup --token 'pkcs11:token=CA' --pin-file "$PIN_FILE" --subject 'CN=DB Role Test CA,O=Example'
 
-pw() { ( umask 077; printf '%s\n' "$2" >"$T/$1.pw" ); }
 pw admin 'admin-password-0001'; pw cm1 'cm1-password-00001'; pw kent 'kent-password-0003'; pw audrey 'audrey-password-05'
-as() { local u=$1 want=$2; shift 2; run_esc "$want" "$@" --user "$u" --password-file "$T/$u.pw"; }
 P11ESCROW_NEW_PASSWORD=admin-password-0001 run_esc 0 account add admin --role admin
 as admin 0 kra enroll --ca-token 'pkcs11:token=CA' --pin-file "$PIN_FILE" --token 'pkcs11:token=KRA1' \
     --kra-pin-file "$PIN_FILE" --name kra1
@@ -122,11 +120,6 @@ grep -q "audit checkpoint signed: events up to" "$DAEMON_LOG" || fail "the check
     fail "the checkpoint is not an audit event"
 
 note "a recovery through the API and the CRL, under the service role"
-srv() {
-    local u=$1 want=$2; shift 2
-    P11ESCROW_DATABASE='host=/nonexistent dbname=none connect_timeout=1' \
-        run_esc "$want" "$@" --server "$URL" --server-ca "$SERVER_CA" --user "$u" --password-file "$T/$u.pw"
-}
 SERIAL=$(psql_val "SELECT cert_serial FROM archive_records ORDER BY created_at LIMIT 1")
 srv cm1 0 recovery request --serial "$SERIAL" --reason "user 1 lost the laptop" --kra kra1
 REQ=$(sed -n 's/^recovery request \([0-9]*\) filed$/\1/p' "$T/out")

@@ -16,9 +16,7 @@ export P11ESCROW_DATABASE=$DB
 run_esc 0 setup --token 'pkcs11:token=CA' --pin-file "$PIN_FILE" --subject 'CN=Enroll Test CA,O=Example'
 ca_pem "$T/ca.pem"
 
-pw() { ( umask 077; printf '%s\n' "$2" >"$T/$1.pw" ); }
 pw admin 'admin-password-0001'; pw cm 'cm-password-000002'; pw aud 'aud-password-00003'
-as() { local u=$1 want=$2; shift 2; run_esc "$want" "$@" --user "$u" --password-file "$T/$u.pw"; }
 P11ESCROW_NEW_PASSWORD=admin-password-0001 run_esc 0 account add admin --role admin
 P11ESCROW_NEW_PASSWORD=cm-password-000002 as admin 0 account add cm --role cert-manager
 P11ESCROW_NEW_PASSWORD=aud-password-00003 as admin 0 account add aud --role auditor

@@ -79,6 +79,17 @@ run_esc() {
 assert_out() { grep -qF -- "$1" "$T/out" || fail "output lacks '$1'"; }
 assert_not_out() { ! grep -qF -- "$1" "$T/out" || fail "output contains '$1'"; }
 
+# pw NAME PASSWORD: NAME's password in $T/NAME.pw (for --password-file) and $T/NAME.curl (curl -K)
+pw() { ( umask 077; printf '%s\n' "$2" >"$T/$1.pw"; printf 'user = "%s:%s"\n' "$1" "$2" >"$T/$1.curl" ); }
+# as USER EXPECTED_RC ARGS...: run_esc as account USER (password from pw)
+as() { local u=$1 want=$2; shift 2; run_esc "$want" "$@" --user "$u" --password-file "$T/$u.pw"; }
+# srv USER EXPECTED_RC ARGS...: the same through the running service (--server), its database unreachable
+srv() {
+    local u=$1 want=$2; shift 2
+    P11ESCROW_DATABASE='host=/nonexistent dbname=none connect_timeout=1' \
+        run_esc "$want" "$@" --server "$URL" --server-ca "$SERVER_CA" --user "$u" --password-file "$T/$u.pw"
+}
+
 # psql_val SQL: one value from the test database.
 psql_val() { psql "$DB" -XAtq -c "$1"; }
 

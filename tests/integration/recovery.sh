@@ -12,10 +12,8 @@ export P11ESCROW_DATABASE=$DB
 run_esc 0 setup --token 'pkcs11:token=CA' --pin-file "$PIN_FILE" --subject 'CN=Recovery Test CA,O=Example'
 sed -n '/BEGIN CERTIFICATE/,/END CERTIFICATE/p' "$T/out" >"$T/ca.pem"
 
-pw() { ( umask 077; printf '%s\n' "$2" >"$T/$1.pw" ); }
 pw admin 'admin-password-0001'; pw cm1 'cm1-password-00001'; pw cm2 'cm2-password-00002'
 pw kent 'kent-password-0003'; pw kim 'kim-password-000004'; pw audrey 'audrey-password-05'
-as() { local u=$1 want=$2; shift 2; run_esc "$want" "$@" --user "$u" --password-file "$T/$u.pw"; }
 
 note "the first administrator, two KRA cards, and the people"
 P11ESCROW_NEW_PASSWORD=admin-password-0001 run_esc 0 account add admin --role admin

@@ -40,7 +40,6 @@ cli() {
     [ "$rc" -eq "$want" ] || fail "p11escrow $* exited $rc, expected $want"
     LAST=$f
 }
-pw() { ( umask 077; printf '%s\n' "$2" >"$T/$1.pw"; printf 'user = "%s:%s"\n' "$1" "$2" >"$T/$1.curl" ); }
 pw admin 'admin-Pw-8hT2qLm4zR'
 pw cm1 'cm1-Pw-3kV9wXp6cN'
 pw cm2 'cm2-Pw-5rB7yGd2fJ'
