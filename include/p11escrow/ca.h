@@ -83,6 +83,9 @@ enum esc_err esc_ca_issue_ee(struct esc_ctx *ctx, X509 *ca_cert, EVP_PKEY *signe
 
 #define ESC_OID_KRA_EKU "1.3.6.1.4.1.311.21.6"
 
+/* Did ca issue cert: ca's subject and key identifiers match cert's issuer, and cert's signature verifies with ca's key? */
+int esc_cert_issued_by(X509 *cert, X509 *ca);
+
 /* Is cert's public key the same as pub? */
 int esc_cert_matches_key(X509 *cert, EVP_PKEY *pub);
 

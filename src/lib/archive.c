@@ -113,11 +113,9 @@ check_issuer(struct esc_ctx *ctx, struct esc_store *st, X509 *cert, int *foreign
 	char *allow = NULL, *issuer = NULL;
 	enum esc_err r;
 
-	if ((r = esc_store_get_cert(ctx, st, "the CA certificate", "SELECT certificate FROM ca WHERE state = 'active'",
-				    0, NULL, &ca)) != ESC_OK)
-		return r == ESC_ERR_NOT_FOUND ? esc_error(ctx, ESC_ERR_STATE, "there is no active CA: run setup") : r;
-	*foreign = !(X509_check_issued(ca, cert) == X509_V_OK && X509_verify(cert, X509_get0_pubkey(ca)) == 1);
-	ERR_clear_error();
+	if ((r = esc_store_active_ca(ctx, st, &ca)) != ESC_OK)
+		return r;
+	*foreign = !esc_cert_issued_by(cert, ca);
 	if (*foreign) {
 		if ((r = esc_store_policy(ctx, st, "allow_foreign_issuers", &allow)) != ESC_OK)
 			goto out;
@@ -283,8 +281,8 @@ check_not_archived(struct esc_ctx *ctx, struct esc_store *st, const char *cert_h
 	return r;
 }
 
-static const char *
-source_name(enum esc_archive_source s)
+const char *
+esc_archive_source_name(enum esc_archive_source s)
 {
 	return s == ESC_SOURCE_IMPORT ? "import" : s == ESC_SOURCE_ENROLL_CLIENT ? "enroll-client" : "enroll-server";
 }
@@ -343,7 +341,7 @@ insert_record(struct esc_ctx *ctx, struct esc_store *st, const char *actor, cons
 	len[8] = clen;
 	fmt[8] = 1;
 	v[9] = foreign ? "true" : "false";
-	v[10] = source_name(source);
+	v[10] = esc_archive_source_name(source);
 	v[11] = (const char *)outer;
 	len[11] = (int)outerlen;
 	fmt[11] = 1;
@@ -357,7 +355,7 @@ insert_record(struct esc_ctx *ctx, struct esc_store *st, const char *actor, cons
 		char details[200];
 		struct esc_audit_event ev = {actor, "", "archive.store", serial, "ok", details};
 
-		snprintf(details, sizeof(details), "record %s, source %s, %s issuer, %zu KRA(s)", id, source_name(source),
+		snprintf(details, sizeof(details), "record %s, source %s, %s issuer, %zu KRA(s)", id, esc_archive_source_name(source),
 			 foreign ? "foreign" : "own", ks->n);
 		if ((r = esc_audit_append(ctx, st, &ev)) != ESC_OK)
 			goto out;

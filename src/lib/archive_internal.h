@@ -4,8 +4,12 @@
 
 #include <stddef.h>
 
+#include <p11escrow/archive.h>
 #include <p11escrow/ctx.h>
 #include <p11escrow/err.h>
+
+/* The source's name as records and audit events spell it: "import", "enroll-client", "enroll-server". */
+const char *esc_archive_source_name(enum esc_archive_source s);
 
 /*
  * Check the content of a record's outer layer (DER EscrowRecord, decrypted

@@ -371,6 +371,15 @@ out:
 }
 
 int
+esc_cert_issued_by(X509 *cert, X509 *ca)
+{
+	int yes = X509_check_issued(ca, cert) == X509_V_OK && X509_verify(cert, X509_get0_pubkey(ca)) == 1;
+
+	ERR_clear_error();
+	return yes;
+}
+
+int
 esc_cert_matches_key(X509 *cert, EVP_PKEY *pub)
 {
 	EVP_PKEY *cpub = X509_get0_pubkey(cert);

@@ -36,6 +36,7 @@
 #include <p11escrow/envelope.h>
 #include <p11escrow/setup.h>
 
+#include "archive_internal.h"
 #include "envelope_internal.h"
 #include "internal.h"
 #include "store_internal.h"
@@ -771,12 +772,6 @@ sign_and_record(struct esc_ctx *ctx, struct esc_store *st, struct esc_keeper *k,
 			 SERIAL_DRAWS);
 }
 
-static const char *
-source_name(enum esc_archive_source s)
-{
-	return s == ESC_SOURCE_IMPORT ? "import" : s == ESC_SOURCE_ENROLL_CLIENT ? "enroll-client" : "enroll-server";
-}
-
 /* Consume the one-time password in the open transaction; it must grant this subject and profile. */
 static enum esc_err
 consume_otp(struct esc_ctx *ctx, struct esc_store *st, const char *name, const char *subject, const char *profile)
@@ -940,7 +935,7 @@ issue_tx(struct esc_ctx *ctx, struct esc_store *st, struct esc_keeper *k, const 
 	if (is->supersede && (r = supersede_prior(ctx, st, def->p.name, req->actor, serial, is)) != ESC_OK)
 		goto out;
 	snprintf(details, sizeof(details), "profile %s, source %s, record %s, %s%s%s%ssubject %.300s", def->p.name,
-		 source_name(req->source), is->info.id[0] ? is->info.id : "none (not archived)",
+		 esc_archive_source_name(req->source), is->info.id[0] ? is->info.id : "none (not archived)",
 		 req->otp_name ? "one-time password " : "", req->otp_name ? req->otp_name : "",
 		 req->otp_name ? ", " : "", is->superseded > 0 ? "superseding older certificate(s), " : "",
 		 is->subject);
@@ -1058,15 +1053,13 @@ check_client_impl(struct esc_ctx *ctx, struct esc_store *st, X509 *cert, const c
 	int dlen;
 	enum esc_err r;
 
-	if ((r = esc_store_get_cert(ctx, st, "the CA certificate", "SELECT certificate FROM ca WHERE state = 'active'",
-				    0, NULL, &ca)) != ESC_OK) {
-		if (r == ESC_ERR_NOT_FOUND)
+	if ((r = esc_store_active_ca(ctx, st, &ca)) != ESC_OK) {
+		if (r == ESC_ERR_STATE)
 			r = esc_error(ctx, ESC_ERR_AUTH, "there is no active CA to check certificate %s against",
 				      serial);
 		return r;
 	}
-	if (X509_check_issued(ca, cert) != X509_V_OK || X509_verify(cert, X509_get0_pubkey(ca)) != 1) {
-		ERR_clear_error();
+	if (!esc_cert_issued_by(cert, ca)) {
 		r = esc_error(ctx, ESC_ERR_AUTH, "certificate %s was not issued by this CA", serial);
 		goto out;
 	}

@@ -142,12 +142,8 @@ enroll_impl(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account 
 		PQclear(res);
 		res = NULL;
 	}
-	if ((r = esc_store_get_cert(ctx, st, "the CA certificate", "SELECT certificate FROM ca WHERE state = 'active'",
-				    0, NULL, &ca)) != ESC_OK) {
-		if (r == ESC_ERR_NOT_FOUND)
-			r = esc_error(ctx, ESC_ERR_STATE, "there is no active CA: run 'p11escrow setup' first");
+	if ((r = esc_store_active_ca(ctx, st, &ca)) != ESC_OK)
 		goto out;
-	}
 	if ((r = esc_store_exec(ctx, st, "SELECT uri FROM token_keys WHERE role = 'ca-sign'", 0, NULL, NULL, NULL,
 				&res)) !=
 		    ESC_OK)

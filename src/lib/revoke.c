@@ -177,9 +177,8 @@ esc_crl_build(struct esc_ctx *ctx, struct esc_store *st, struct esc_token *ca_to
 
 	if (days < 1 || days > 366)
 		return esc_error(ctx, ESC_ERR_USAGE, "a CRL is valid for 1..366 days");
-	if ((r = esc_store_get_cert(ctx, st, "the CA certificate", "SELECT certificate FROM ca WHERE state = 'active'",
-				    0, NULL, &ca)) != ESC_OK)
-		return r == ESC_ERR_NOT_FOUND ? esc_error(ctx, ESC_ERR_STATE, "there is no active CA") : r;
+	if ((r = esc_store_active_ca(ctx, st, &ca)) != ESC_OK)
+		return r;
 	if ((r = esc_store_exec(ctx, st, "SELECT uri FROM token_keys WHERE role = 'ca-sign'", 0, NULL, NULL, NULL,
 				&res)) != ESC_OK)
 		goto out;

@@ -721,6 +721,16 @@ esc_store_get_cert(struct esc_ctx *ctx, struct esc_store *st, const char *what, 
 }
 
 enum esc_err
+esc_store_active_ca(struct esc_ctx *ctx, struct esc_store *st, X509 **out)
+{
+	enum esc_err r = esc_store_get_cert(ctx, st, "the CA certificate",
+					    "SELECT certificate FROM ca WHERE state = 'active'", 0, NULL, out);
+
+	return r == ESC_ERR_NOT_FOUND ? esc_error(ctx, ESC_ERR_STATE, "there is no active CA: run 'p11escrow setup'")
+				      : r;
+}
+
+enum esc_err
 esc_store_policy(struct esc_ctx *ctx, struct esc_store *st, const char *key, char **out)
 {
 	PGresult *res = NULL;

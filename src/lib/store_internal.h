@@ -58,6 +58,12 @@ enum esc_err esc_store_get_cert(struct esc_ctx *ctx, struct esc_store *st, const
 				int nparams, const char *const *values, X509 **out) ESC_MUST_CHECK;
 
 /*
+ * The active CA's certificate (esc_store_get_cert; shared, read only).
+ * Errors: STATE (there is none: setup has not run), DB, BAD_INPUT.
+ */
+enum esc_err esc_store_active_ca(struct esc_ctx *ctx, struct esc_store *st, X509 **out) ESC_MUST_CHECK;
+
+/*
  * The integer in column col of row row of res (an integer or bigint column
  * in PostgreSQL's text form) into *out.  Errors: DB if it is NULL, not a
  * decimal number or outside int: a count or a threshold that cannot be read
