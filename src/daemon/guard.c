@@ -41,14 +41,6 @@ struct svc_guard {
 	struct guard_slot slots[GUARD_SLOTS];
 };
 
-static long long
-now_seconds(void)
-{
-	struct timespec ts;
-
-	return clock_gettime(CLOCK_MONOTONIC, &ts) == 0 ? (long long)ts.tv_sec : 0;
-}
-
 struct svc_guard *
 svc_guard_new(long long limit_name, long long limit_address, long long window)
 {
@@ -148,7 +140,7 @@ long long
 svc_guard_blocked(struct svc_guard *g, const char *address, const char *name)
 {
 	char kn[GUARD_KEY_MAX], ka[GUARD_KEY_MAX];
-	long long now = now_seconds(), a, n;
+	long long now = svc_mono_seconds(), a, n;
 
 	if (g == NULL)
 		return 0;
@@ -166,7 +158,7 @@ svc_guard_failed(struct svc_guard *g, const char *address, const char *name)
 {
 	char kn[GUARD_KEY_MAX], ka[GUARD_KEY_MAX];
 	struct guard_slot *s;
-	long long now = now_seconds();
+	long long now = svc_mono_seconds();
 	int reached = 0;
 
 	if (g == NULL)
@@ -198,7 +190,7 @@ svc_guard_succeeded(struct svc_guard *g, const char *name)
 		return;
 	make_key(kn, sizeof(kn), 'a', name);
 	pthread_mutex_lock(&g->lock);
-	if ((s = find(g, kn, 0, now_seconds())) != NULL)
+	if ((s = find(g, kn, 0, svc_mono_seconds())) != NULL)
 		memset(s, 0, sizeof(*s));
 	pthread_mutex_unlock(&g->lock);
 }

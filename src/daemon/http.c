@@ -81,14 +81,6 @@ check_index_new(void)
 	check_index = SSL_get_ex_new_index(0, NULL, NULL, NULL, check_free);
 }
 
-static long long
-mono_seconds(void)
-{
-	struct timespec ts;
-
-	return clock_gettime(CLOCK_MONOTONIC, &ts) == 0 ? (long long)ts.tv_sec : 0;
-}
-
 int
 svc_client_cert_fresh(struct svc_request *r)
 {
@@ -97,7 +89,7 @@ svc_client_cert_fresh(struct svc_request *r)
 	if (r->ssl == NULL || r->client_cert == NULL || pthread_once(&check_once, check_index_new) != 0 ||
 	    check_index < 0 || (c = SSL_get_ex_data(r->ssl, check_index)) == NULL)
 		return 0;
-	return X509_cmp(c->cert, r->client_cert) == 0 && mono_seconds() - c->at < r->w->client_cert_recheck;
+	return X509_cmp(c->cert, r->client_cert) == 0 && svc_mono_seconds() - c->at < r->w->client_cert_recheck;
 }
 
 void
@@ -120,7 +112,7 @@ svc_client_cert_checked(struct svc_request *r)
 		return;
 	X509_free(c->cert);
 	c->cert = r->client_cert;
-	c->at = mono_seconds();
+	c->at = svc_mono_seconds();
 }
 
 /* ---- Failed logins ---------------------------------------------------------- */
@@ -498,7 +490,7 @@ static void
 serve_crl(struct svc_request *r)
 {
 	struct svc_worker *w = r->w;
-	struct timespec now;
+	long long now;
 	X509_CRL *crl = NULL;
 	unsigned char *der = NULL, *p;
 	int len;
@@ -509,8 +501,8 @@ serve_crl(struct svc_request *r)
 		svc_reply_error(r, 405, "method not allowed");
 		return;
 	}
-	clock_gettime(CLOCK_MONOTONIC, &now);
-	if (w->crl == NULL || now.tv_sec - w->crl_at >= CRL_REFRESH) {
+	now = svc_mono_seconds();
+	if (w->crl == NULL || now - w->crl_at >= CRL_REFRESH) {
 		if (svc_worker_ready(w, r) != 0)
 			return;
 		if ((e = esc_crl_build(w->ctx, w->st, esc_keeper_token(w->keeper), CRL_DAYS, &crl)) != ESC_OK) {
@@ -528,7 +520,7 @@ serve_crl(struct svc_request *r)
 		free(w->crl);
 		w->crl = der;
 		w->crl_len = (size_t)len;
-		w->crl_at = now.tv_sec;
+		w->crl_at = now;
 	}
 	svc_reply(r, 200, "application/pkix-crl", w->crl, w->crl_len);
 }

@@ -11,6 +11,7 @@
 #define P11ESCROWD_SVC_H
 
 #include <stddef.h>
+#include <time.h>
 
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
@@ -25,6 +26,15 @@
 #include <p11escrow/store.h>
 
 struct svc;
+
+/* Monotonic seconds (0 if the clock fails): for windows and lifetimes within one process. */
+static inline long long
+svc_mono_seconds(void)
+{
+	struct timespec ts;
+
+	return clock_gettime(CLOCK_MONOTONIC, &ts) == 0 ? (long long)ts.tv_sec : 0;
+}
 
 struct svc_worker {
 	int index;
