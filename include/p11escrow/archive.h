@@ -47,7 +47,7 @@ struct esc_archive_info {
  * certificate's public key (MISMATCH); the certificate must allow encryption
  * — signing keys are never archived (POLICY); it must be ours or foreign
  * issuers allowed by policy (POLICY); neither certificate nor key may be
- * archived already (EXISTS, naming the record); enough active KRAs must exist
+ * archived already (ARCHIVED, naming the record); enough active KRAs must exist
  * (STATE).  Writes in its own transaction, or in the caller's if one is open.
  * actor (an account name, or the enrollment client) is recorded in the audit
  * trail with the outcome, refusals included.

@@ -34,6 +34,7 @@ enum esc_err {
 	ESC_ERR_DB = -21,		/* database statement failed */
 	ESC_ERR_SCHEMA_NEWER = -22,	/* database schema newer than binary */
 	ESC_ERR_SCHEMA_OLD = -23,	/* schema not migrated */
+	ESC_ERR_BUSY = -24,		/* a transaction kept losing races with concurrent ones */
 	ESC_ERR_CRYPTO = -30,		/* OpenSSL operation failed */
 	ESC_ERR_BAD_INPUT = -31,	/* malformed certificate/CSR/key input */
 	ESC_ERR_MISMATCH = -32,		/* key does not match certificate */
@@ -43,6 +44,7 @@ enum esc_err {
 	ESC_ERR_STATE = -41,		/* operation not valid in this state */
 	ESC_ERR_NOT_FOUND = -42,	/* no such object (serial, record, request, account) */
 	ESC_ERR_POLICY = -43,		/* refused by policy (signing key, foreign issuer, ...) */
+	ESC_ERR_ARCHIVED = -44,		/* this certificate or key is archived already */
 	ESC_ERR_AUTH = -50,		/* authentication failed */
 	ESC_ERR_DENIED = -51,		/* not permitted for this account or role (dual control) */
 };

@@ -53,12 +53,18 @@ cli_int_option(const char *cmd, const char *opt, const char *arg, int min, int m
 	return 0;
 }
 
-/* Library log lines (e.g. a failed clean-up) go to stderr; they never hold secrets. */
+/*
+ * Library log lines (e.g. a failed clean-up) go to stderr; they never hold
+ * secrets.  Debug lines (e.g. a transaction retried after a lost race) only
+ * with P11ESCROW_DEBUG set.
+ */
 static void
 log_stderr(void *arg, enum esc_log_level level, const char *msg)
 {
 	static const char *const names[] = {"error", "warning", "info", "debug"};
 
+	if (level == ESC_LOG_DEBUG && getenv("P11ESCROW_DEBUG") == NULL)
+		return;
 	fprintf(stderr, "%s %s: %s: %s\n", PROG, (const char *)arg, names[level], msg);
 }
 
@@ -120,8 +126,9 @@ cli_print_exit_codes(void)
 		ESC_ERR_PIN_INCORRECT,	 ESC_ERR_PIN_LOCKED,	 ESC_ERR_TOKEN_NOT_FOUND, ESC_ERR_KEY_NOT_FOUND,
 		ESC_ERR_AMBIGUOUS,	 ESC_ERR_MECHANISM,	 ESC_ERR_PKCS11,    ESC_ERR_MODULE,
 		ESC_ERR_URI,		 ESC_ERR_DB_CONNECT,	 ESC_ERR_DB,	    ESC_ERR_SCHEMA_NEWER,
-		ESC_ERR_SCHEMA_OLD,	 ESC_ERR_CRYPTO,	 ESC_ERR_BAD_INPUT, ESC_ERR_MISMATCH, ESC_ERR_TAMPERED, ESC_ERR_NOT_RECIPIENT,
+		ESC_ERR_SCHEMA_OLD,	 ESC_ERR_BUSY,		 ESC_ERR_CRYPTO,	 ESC_ERR_BAD_INPUT, ESC_ERR_MISMATCH, ESC_ERR_TAMPERED, ESC_ERR_NOT_RECIPIENT,
 		ESC_ERR_EXISTS,		 ESC_ERR_STATE,		 ESC_ERR_NOT_FOUND, ESC_ERR_POLICY,
+		ESC_ERR_ARCHIVED,
 		ESC_ERR_AUTH,		 ESC_ERR_DENIED,	 ESC_ERR_INTERNAL,
 	};
 	size_t i;

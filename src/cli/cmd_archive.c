@@ -333,7 +333,8 @@ report(struct batch *b, const struct item *it, enum esc_err r, const struct esc_
 			printf("archived %s: record %s (KRAs: %s)%s\n", it->path, info->id, info->kras,
 			       info->foreign ? ", foreign issuer" : "");
 	} else {
-		if (r == ESC_ERR_EXISTS) {
+		/* Only the library's own "already archived": any other failure is a failure, whatever its text. */
+		if (r == ESC_ERR_ARCHIVED) {
 			b->already++;
 			/* "already archived as record X (same key)": say it once. */
 			if (strncmp(reason, prefix, strlen(prefix)) == 0)
@@ -343,11 +344,11 @@ report(struct batch *b, const struct item *it, enum esc_err r, const struct esc_
 		} else {
 			b->failed++;
 		}
-		if (r != ESC_ERR_EXISTS && b->rc == 0)
+		if (r != ESC_ERR_ARCHIVED && b->rc == 0)
 			b->rc = esc_err_exit_code(r);
 		clear_bar(b);
 		fprintf(out, "%s %s: %s\n",
-			r == ESC_ERR_EXISTS			       ? "already archived"
+			r == ESC_ERR_ARCHIVED			       ? "already archived"
 			: r == ESC_ERR_POLICY || r == ESC_ERR_MISMATCH ? "refused"
 								       : "failed",
 			it->path, reason);

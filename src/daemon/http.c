@@ -395,10 +395,12 @@ svc_http_status(enum esc_err e)
 	case ESC_ERR_NOT_FOUND:
 		return 404;
 	case ESC_ERR_EXISTS:
+	case ESC_ERR_ARCHIVED:
 	case ESC_ERR_STATE:
 		return 409;
 	case ESC_ERR_NOMEM:
 	case ESC_ERR_DB_CONNECT:
+	case ESC_ERR_BUSY:
 	case ESC_ERR_SCHEMA_OLD:
 	case ESC_ERR_SCHEMA_NEWER:
 	case ESC_ERR_PKCS11:

@@ -275,7 +275,7 @@ check_not_archived(struct esc_ctx *ctx, struct esc_store *st, const char *cert_h
 				2, v, NULL, NULL, &res)) != ESC_OK)
 		return r;
 	if (PQntuples(res) > 0)
-		r = esc_error(ctx, ESC_ERR_EXISTS, "already archived as record %s (same %s)", PQgetvalue(res, 0, 0),
+		r = esc_error(ctx, ESC_ERR_ARCHIVED, "already archived as record %s (same %s)", PQgetvalue(res, 0, 0),
 			      strcmp(PQgetvalue(res, 0, 1), "t") == 0 ? "certificate" : "key");
 	PQclear(res);
 	return r;
@@ -463,12 +463,17 @@ enum esc_err
 esc_archive_key(struct esc_ctx *ctx, struct esc_store *st, const char *actor, X509 *cert, EVP_PKEY *key,
 		enum esc_archive_source source, struct esc_archive_info *info)
 {
+	struct esc_store_retry t = {0};
 	enum esc_err r;
 	char *serial;
 
 	if (actor == NULL || *actor == '\0')
 		return esc_error(ctx, ESC_ERR_USAGE, "archival needs an actor for the audit trail");
-	if ((r = archive_impl(ctx, st, actor, cert, key, source, info)) != ESC_OK && !esc_store_in_tx(st)) {
+	/* In a caller's transaction (enrollment) the caller retries all of it; esc_store_retry knows. */
+	do
+		r = archive_impl(ctx, st, actor, cert, key, source, info);
+	while (esc_store_retry(ctx, st, &t, &r));
+	if (r != ESC_OK && !esc_store_in_tx(st)) {
 		/* Refusals are security events too ("signing keys are never archived"). */
 		serial = esc_cert_serial_hex(cert);
 		esc_audit_outcome(ctx, st, actor, "", "archive.store", serial ? serial : "?", r);

@@ -16,7 +16,6 @@
 #include "store_internal.h"
 
 /* Serialises appenders so each event links to the one before ("p11a"). */
-#define AUDIT_LOCK "1882536289"
 #define ENCODING_TAG "p11escrow-audit-v1\n"
 #define HASH_LEN 32
 #define CHECKPOINT_TAG "p11escrow-audit-checkpoint-v1\n"
@@ -129,7 +128,7 @@ esc_audit_append(struct esc_ctx *ctx, struct esc_store *st, const struct esc_aud
 		hex_of(prev, HASH_LEN, f.prev_hex);
 		snprintf(f.id, sizeof(f.id), "%s", PQgetvalue(res, 0, 0));
 	} else {
-		if ((r = esc_store_exec(ctx, st, "SELECT pg_advisory_xact_lock(" AUDIT_LOCK ")", 0, NULL, NULL, NULL,
+		if ((r = esc_store_exec(ctx, st, "SELECT pg_advisory_xact_lock(" ESC_STORE_AUDIT_LOCK ")", 0, NULL, NULL, NULL,
 					NULL)) != ESC_OK ||
 		    (r = esc_store_exec(ctx, st,
 					"SELECT encode(hash, 'hex'), nextval('audit_events_id_seq') FROM (SELECT hash "
@@ -197,6 +196,7 @@ outcome_of(enum esc_err r)
 	case ESC_ERR_POLICY:
 	case ESC_ERR_STATE:
 	case ESC_ERR_EXISTS:
+	case ESC_ERR_ARCHIVED:
 	case ESC_ERR_MISMATCH:
 	case ESC_ERR_NOT_FOUND:
 	case ESC_ERR_USAGE:

@@ -543,8 +543,12 @@ esc_account_create(struct esc_ctx *ctx, struct esc_store *st, const struct esc_a
 		   unsigned roles, const char *kra_name, const struct esc_secret *password)
 {
 	char shown[NAME_MAX_LEN + 8];
-	enum esc_err r = create_impl(ctx, st, actor, name, roles, kra_name, password);
+	struct esc_store_retry t = {0};
+	enum esc_err r;
 
+	do
+		r = create_impl(ctx, st, actor, name, roles, kra_name, password);
+	while (esc_store_retry(ctx, st, &t, &r));
 	if (r != ESC_OK) {
 		shown_name(shown, sizeof(shown), name ? name : "");
 		if (actor != NULL)
@@ -652,9 +656,9 @@ esc_account_free(struct esc_account *a)
 	free(a);
 }
 
-enum esc_err
-esc_account_set_disabled(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor, const char *name,
-			 int disabled)
+static enum esc_err
+disabled_impl(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor, const char *name,
+	      int disabled)
 {
 	PGresult *res = NULL;
 	const char *v[2] = {name, disabled ? "true" : "false"};
@@ -697,6 +701,19 @@ esc_account_set_disabled(struct esc_ctx *ctx, struct esc_store *st, const struct
 out:
 	esc_store_rollback(st);
 	PQclear(res);
+	return r;
+}
+
+enum esc_err
+esc_account_set_disabled(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor, const char *name,
+			 int disabled)
+{
+	struct esc_store_retry t = {0};
+	enum esc_err r;
+
+	do
+		r = disabled_impl(ctx, st, actor, name, disabled);
+	while (esc_store_retry(ctx, st, &t, &r));
 	if (r != ESC_OK)
 		esc_audit_outcome_by(ctx, st, actor, disabled ? "account.disable" : "account.enable", name, r);
 	return r;
@@ -861,12 +878,15 @@ esc_account_set_scope(struct esc_ctx *ctx, struct esc_store *st, const struct es
 		      const char *const *profiles, size_t nprofiles, const char *const *groups, size_t ngroups)
 {
 	char shown[NAME_MAX_LEN + 8], details[512] = "";
+	struct esc_store_retry t = {0};
 	enum esc_err r;
 
 	if (st == NULL || name == NULL || (nprofiles > 0 && profiles == NULL) || (ngroups > 0 && groups == NULL))
 		return esc_error(ctx, ESC_ERR_INTERNAL, "esc_account_set_scope: NULL argument");
 	shown_name(shown, sizeof(shown), name);
-	r = scope_impl(ctx, st, actor, shown, profiles, nprofiles, groups, ngroups, details, sizeof(details));
+	do
+		r = scope_impl(ctx, st, actor, shown, profiles, nprofiles, groups, ngroups, details, sizeof(details));
+	while (esc_store_retry(ctx, st, &t, &r));
 	if (r != ESC_OK)
 		esc_audit_outcome_by(ctx, st, actor, "account.scope", shown, r);
 	return r;

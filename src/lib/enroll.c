@@ -41,8 +41,6 @@
 #include "internal.h"
 #include "store_internal.h"
 
-/* Transactions that lose a race (audit chain, serialisation) are retried this often in all. */
-#define TX_ATTEMPTS 5
 /* A serial already taken is redrawn (and re-signed) at most this often: 159 random bits never collide. */
 #define SERIAL_DRAWS 3
 #define MAX_SERVER_NAMES 16
@@ -955,7 +953,7 @@ issue_impl(struct esc_ctx *ctx, struct esc_store *st, struct esc_keeper *k, cons
 	GENERAL_NAMES *san = NULL;
 	char *subject = NULL;
 	enum esc_err r;
-	int attempt;
+	struct esc_store_retry t = {0};
 
 	if (req->subject == NULL || X509_NAME_entry_count(req->subject) == 0 || req->pub == NULL)
 		return esc_error(ctx, ESC_ERR_USAGE, "an enrollment needs a subject and a public key");
@@ -992,14 +990,11 @@ issue_impl(struct esc_ctx *ctx, struct esc_store *st, struct esc_keeper *k, cons
 	}
 	if (def->email_san && (r = email_sans(ctx, req->subject, &san)) != ESC_OK)
 		return r;
-	for (attempt = 1;; attempt++) {
-		if ((r = issue_tx(ctx, st, k, def, req, san, is)) == ESC_OK)
-			break;
-		if (!esc_store_transient(st) || attempt >= TX_ATTEMPTS)
-			goto out;
-		esc_log(ctx, ESC_LOG_DEBUG, "enrollment transaction lost a race with another (%s): retrying",
-			esc_ctx_errmsg(ctx));
-	}
+	do
+		r = issue_tx(ctx, st, k, def, req, san, is);
+	while (esc_store_retry(ctx, st, &t, &r));
+	if (r != ESC_OK)
+		goto out;
 	fault_point("after-commit");
 	r = ESC_OK;
 out:
@@ -1284,7 +1279,7 @@ otp_create_impl(struct esc_ctx *ctx, struct esc_store *st, const struct esc_acco
 		if ((r = otp_insert(ctx, st, actor, name, hash, norm, p->name, hours)) == ESC_OK)
 			break;
 		/* A name taken already (1 in 2^32 per name in use), or a lost race: draw again. */
-		if ((r != ESC_ERR_EXISTS && !esc_store_transient(st)) || attempt >= OTP_NAME_ATTEMPTS)
+		if ((r != ESC_ERR_EXISTS && r != ESC_ERR_BUSY) || attempt >= OTP_NAME_ATTEMPTS)
 			goto out;
 	}
 	*password = pw;
@@ -1557,18 +1552,17 @@ server_cert_impl(struct esc_ctx *ctx, struct esc_store *st, struct esc_keeper *k
 	EVP_PKEY *key = NULL;
 	X509 *x = NULL;
 	char list[700];
-	int attempt;
+	struct esc_store_retry t = {0};
 	enum esc_err r;
 
 	if ((r = server_names(ctx, names, nnames, &san, &subject, list, sizeof(list))) != ESC_OK ||
 	    (r = esc_profile_generate_key(ctx, esc_profile_find("tls-server"), &key)) != ESC_OK)
 		goto out;
-	for (attempt = 1;; attempt++) {
-		if ((r = server_tx(ctx, st, k, actor, roles, subject, key, san, list, &x)) == ESC_OK)
-			break;
-		if (!esc_store_transient(st) || attempt >= TX_ATTEMPTS)
-			goto out;
-	}
+	do
+		r = server_tx(ctx, st, k, actor, roles, subject, key, san, list, &x);
+	while (esc_store_retry(ctx, st, &t, &r));
+	if (r != ESC_OK)
+		goto out;
 	*keyp = key;
 	*certp = x;
 	key = NULL;

@@ -36,6 +36,7 @@ static const struct err_row rows[] = {
 	{ESC_ERR_DB, 21, "database error"},
 	{ESC_ERR_SCHEMA_NEWER, 22, "database schema newer than this program"},
 	{ESC_ERR_SCHEMA_OLD, 23, "database schema not migrated"},
+	{ESC_ERR_BUSY, 24, "database busy: try again"},
 	{ESC_ERR_CRYPTO, 30, "cryptographic operation failed"},
 	{ESC_ERR_BAD_INPUT, 31, "malformed input"},
 	{ESC_ERR_MISMATCH, 32, "key does not match certificate"},
@@ -45,6 +46,7 @@ static const struct err_row rows[] = {
 	{ESC_ERR_STATE, 41, "invalid state"},
 	{ESC_ERR_NOT_FOUND, 42, "not found"},
 	{ESC_ERR_POLICY, 43, "refused by policy"},
+	{ESC_ERR_ARCHIVED, 44, "already archived"},
 	{ESC_ERR_AUTH, 50, "authentication failed"},
 	{ESC_ERR_DENIED, 51, "permission denied"},
 };

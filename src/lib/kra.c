@@ -227,8 +227,13 @@ enum esc_err
 esc_kra_enroll(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor, struct esc_token *ca_tok,
 	       struct esc_token *kra_tok, const char *name, enum esc_key_type type, int days, struct esc_kra *out)
 {
-	enum esc_err r = enroll_impl(ctx, st, actor, ca_tok, kra_tok, name, type, days, out);
+	struct esc_store_retry t = {0};
+	enum esc_err r;
 
+	/* A retry generates the card's key afresh: a failed attempt removed its own. */
+	do
+		r = enroll_impl(ctx, st, actor, ca_tok, kra_tok, name, type, days, out);
+	while (esc_store_retry(ctx, st, &t, &r));
 	if (r != ESC_OK)
 		esc_audit_outcome_by(ctx, st, actor, "kra.enroll", name, r);
 	return r;
@@ -348,8 +353,12 @@ out:
 enum esc_err
 esc_kra_retire(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor, const char *name)
 {
-	enum esc_err r = retire_impl(ctx, st, actor, name);
+	struct esc_store_retry t = {0};
+	enum esc_err r;
 
+	do
+		r = retire_impl(ctx, st, actor, name);
+	while (esc_store_retry(ctx, st, &t, &r));
 	if (r != ESC_OK)
 		esc_audit_outcome_by(ctx, st, actor, "kra.retire", name, r);
 	return r;

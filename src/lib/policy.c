@@ -60,16 +60,15 @@ validate(struct esc_ctx *ctx, const char *key, const char *value)
 			 key);
 }
 
-enum esc_err
-esc_policy_set(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor, const char *key,
-	       const char *value)
+static enum esc_err
+set_impl(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor, const char *key,
+	 const char *value, const char *details)
 {
 	const char *v[3] = {key, value, NULL};
-	char details[96], roles[64];
+	char roles[64];
 	struct esc_audit_event ev = {NULL, roles, "policy.set", key, "ok", details};
 	enum esc_err r;
 
-	snprintf(details, sizeof(details), "%.31s = %.31s", key, value);
 	if ((r = esc_account_require(ctx, actor, ESC_ROLE_ADMIN)) != ESC_OK || (r = validate(ctx, key, value)) != ESC_OK)
 		goto out;
 	v[2] = ev.actor = esc_account_name(actor);
@@ -83,6 +82,21 @@ esc_policy_set(struct esc_ctx *ctx, struct esc_store *st, const struct esc_accou
 		goto out;
 out:
 	esc_store_rollback(st);
+	return r;
+}
+
+enum esc_err
+esc_policy_set(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor, const char *key,
+	       const char *value)
+{
+	struct esc_store_retry t = {0};
+	char details[96];
+	enum esc_err r;
+
+	snprintf(details, sizeof(details), "%.31s = %.31s", key, value);
+	do
+		r = set_impl(ctx, st, actor, key, value, details);
+	while (esc_store_retry(ctx, st, &t, &r));
 	if (r != ESC_OK)
 		esc_audit_outcome_by(ctx, st, actor, "policy.set", details, r);
 	return r;

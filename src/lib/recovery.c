@@ -336,9 +336,13 @@ enum esc_err
 esc_recovery_request(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor, const char *record,
 		     const char *kra_name, const char *reason, long long *id)
 {
-	enum esc_err r = request_impl(ctx, st, actor, record, kra_name, reason, id);
+	struct esc_store_retry t = {0};
 	char nserial[128];
+	enum esc_err r;
 
+	do
+		r = request_impl(ctx, st, actor, record, kra_name, reason, id);
+	while (esc_store_retry(ctx, st, &t, &r));
 	if (r != ESC_OK) {
 		/* A serial as the trail records serials elsewhere, so 'audit show --serial' finds the refusal. */
 		const char *obj = record != NULL ? record : "?";
@@ -446,8 +450,12 @@ audit_failed(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account
 enum esc_err
 esc_recovery_approve(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor, long long id)
 {
-	enum esc_err r = approve_impl(ctx, st, actor, id);
+	struct esc_store_retry t = {0};
+	enum esc_err r;
 
+	do
+		r = approve_impl(ctx, st, actor, id);
+	while (esc_store_retry(ctx, st, &t, &r));
 	if (r != ESC_OK)
 		audit_failed(ctx, st, actor, NULL, "recovery.approve", id, r);
 	return r;
@@ -529,8 +537,12 @@ out:
 enum esc_err
 esc_recovery_release(struct esc_ctx *ctx, struct esc_store *st, struct esc_token *ca_tok, long long id)
 {
-	enum esc_err r = release_impl(ctx, st, ca_tok, id);
+	struct esc_store_retry t = {0};
+	enum esc_err r;
 
+	do
+		r = release_impl(ctx, st, ca_tok, id);
+	while (esc_store_retry(ctx, st, &t, &r));
 	if (r != ESC_OK)
 		audit_failed(ctx, st, NULL, "ca-token", "recovery.release", id, r);
 	return r;
@@ -862,8 +874,13 @@ enum esc_err
 esc_recovery_complete(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor, long long id,
 		      struct esc_token *card, const struct esc_secret *password, unsigned char **p12, size_t *p12len)
 {
-	enum esc_err r = complete_impl(ctx, st, actor, id, card, password, p12, p12len);
+	struct esc_store_retry t = {0};
+	enum esc_err r;
 
+	/* A retry decrypts on the card again: nothing of a failed attempt is kept. */
+	do
+		r = complete_impl(ctx, st, actor, id, card, password, p12, p12len);
+	while (esc_store_retry(ctx, st, &t, &r));
 	if (r != ESC_OK)
 		audit_failed(ctx, st, actor, NULL, "recovery.complete", id, r);
 	return r;
@@ -963,8 +980,12 @@ out:
 enum esc_err
 esc_recovery_finish(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor, long long id)
 {
-	enum esc_err r = finish_impl(ctx, st, actor, id);
+	struct esc_store_retry t = {0};
+	enum esc_err r;
 
+	do
+		r = finish_impl(ctx, st, actor, id);
+	while (esc_store_retry(ctx, st, &t, &r));
 	if (r != ESC_OK)
 		audit_failed(ctx, st, actor, NULL, "recovery.complete", id, r);
 	return r;

@@ -108,7 +108,12 @@ esc_cert_revoke(struct esc_ctx *ctx, struct esc_store *st, const struct esc_acco
 		const char *reason)
 {
 	char nserial[128] = "";
-	enum esc_err r = revoke_impl(ctx, st, actor, serial, reason, nserial, sizeof(nserial));
+	struct esc_store_retry t = {0};
+	enum esc_err r;
+
+	do
+		r = revoke_impl(ctx, st, actor, serial, reason, nserial, sizeof(nserial));
+	while (esc_store_retry(ctx, st, &t, &r));
 
 	if (r != ESC_OK)
 		esc_audit_outcome_by(ctx, st, actor, "cert.revoke", nserial[0] ? nserial : serial, r);

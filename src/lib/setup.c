@@ -439,7 +439,7 @@ record_result_keys(struct run *run, char *uris[NROLES])
 }
 
 static enum esc_err
-store_new_ca(struct run *run, const char *state)
+store_new_ca_once(struct run *run, const char *state)
 {
 	char *subject = NULL, *uris[NROLES] = {NULL};
 	char fp[ESC_FINGERPRINT_MAX];
@@ -522,6 +522,19 @@ out:
 	return r;
 }
 
+/* The CA's rows and their audit event in one transaction, again if it lost a race. */
+static enum esc_err
+store_new_ca(struct run *run, const char *state)
+{
+	struct esc_store_retry t = {0};
+	enum esc_err r;
+
+	do
+		r = store_new_ca_once(run, state);
+	while (esc_store_retry(run->ctx, run->st, &t, &r));
+	return r;
+}
+
 static enum esc_err
 create_ca(struct run *run)
 {
@@ -593,7 +606,7 @@ out:
 }
 
 static enum esc_err
-import_ca_cert(struct run *run)
+import_ca_cert_once(struct run *run)
 {
 	PGresult *pr = NULL;
 	char *subject = NULL;
@@ -793,7 +806,11 @@ esc_setup_run(struct esc_ctx *ctx, const struct esc_setup_opts *opts, struct esc
 					    : "there is no pending CA: run setup with --csr first");
 			goto out;
 		}
-		r = import_ca_cert(&run);
+		struct esc_store_retry t = {0};
+
+		do
+			r = import_ca_cert_once(&run);
+		while (esc_store_retry(ctx, run.st, &t, &r));
 	} else if (found) {
 		run.res->outcome = strcmp(state, "active") == 0 ? ESC_SETUP_EXISTS : ESC_SETUP_PENDING;
 		r = ESC_OK;

@@ -10,6 +10,7 @@
 #include <libpq-fe.h>
 #include <openssl/crypto.h>
 #include <openssl/lhash.h>
+#include <openssl/rand.h>
 #include <openssl/x509.h>
 
 #include <p11escrow/audit.h>
@@ -145,6 +146,16 @@ esc_store_known_version(void)
 	return (int)esc_migrations_count;
 }
 
+/* Is res a unique violation of constraint? */
+static int
+unique_violation(const PGresult *res, const char *constraint)
+{
+	const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+	const char *c = PQresultErrorField(res, PG_DIAG_CONSTRAINT_NAME);
+
+	return state != NULL && strcmp(state, "23505") == 0 && (constraint == NULL || (c != NULL && strcmp(c, constraint) == 0));
+}
+
 /*
  * Races a retry resolves: a serialisation failure or deadlock, and two
  * audit events chained to the same predecessor (a SERIALIZABLE transaction
@@ -154,12 +165,11 @@ static int
 is_transient(const PGresult *res)
 {
 	const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
-	const char *constraint = PQresultErrorField(res, PG_DIAG_CONSTRAINT_NAME);
 
 	if (state == NULL)
 		return 0;
 	return strcmp(state, "40001") == 0 || strcmp(state, "40P01") == 0 ||
-	       (strcmp(state, "23505") == 0 && constraint != NULL && strcmp(constraint, "audit_events_prev_hash_key") == 0);
+	       unique_violation(res, "audit_events_prev_hash_key") || unique_violation(res, "audit_events_hash_key");
 }
 
 /*
@@ -177,12 +187,6 @@ connection_lost(const struct esc_store *st, const PGresult *res)
 
 	return PQstatus(st->conn) != CONNECTION_OK || state == NULL || strncmp(state, "08", 2) == 0 ||
 	       strcmp(state, "57P01") == 0 || strcmp(state, "57P02") == 0 || strcmp(state, "57P03") == 0;
-}
-
-int
-esc_store_transient(const struct esc_store *st)
-{
-	return st->transient;
 }
 
 /*
@@ -282,11 +286,23 @@ esc_store_exec(struct esc_ctx *ctx, struct esc_store *st, const char *sql, int n
 		forget_statements(st);
 		st->transient = 1;
 	}
+	/*
+	 * A unique violation is classified by its constraint: a key or
+	 * certificate archived meanwhile by another transaction is "already
+	 * archived", a lost race on the audit chain is transient (never
+	 * "exists"), anything else names what exists.
+	 */
 	if (connection_lost(st, res))
 		r = esc_error(ctx, ESC_ERR_DB_CONNECT, "lost the database connection: %s",
 			      one_line(msg, sizeof(msg), PQerrorMessage(st->conn)));
-	else if (PQresultErrorField(res, PG_DIAG_SQLSTATE) != NULL &&
-		 strcmp(PQresultErrorField(res, PG_DIAG_SQLSTATE), "23505") == 0)
+	else if (st->transient)
+		r = esc_error(ctx, ESC_ERR_BUSY, "a concurrent transaction changed what this one read: %s",
+			      one_line(msg, sizeof(msg), PQresultErrorMessage(res)));
+	else if (unique_violation(res, "archive_records_cert_sha256_key"))
+		r = esc_error(ctx, ESC_ERR_ARCHIVED, "already archived (same certificate, archived concurrently)");
+	else if (unique_violation(res, "archive_records_public_key_sha256_key"))
+		r = esc_error(ctx, ESC_ERR_ARCHIVED, "already archived (same key, archived concurrently)");
+	else if (unique_violation(res, NULL))
 		r = esc_error(ctx, ESC_ERR_EXISTS, "already recorded: %s",
 			      one_line(msg, sizeof(msg), PQresultErrorMessage(res)));
 	else
@@ -294,6 +310,63 @@ esc_store_exec(struct esc_ctx *ctx, struct esc_store *st, const char *sql, int n
 			      one_line(msg, sizeof(msg), PQresultErrorMessage(res)));
 	PQclear(res);
 	return r;
+}
+
+/* Take (lock) or release the audit lock for this session; the result only matters when taking it. */
+static enum esc_err
+session_audit_lock(struct esc_ctx *ctx, struct esc_store *st, int lock)
+{
+	return esc_store_exec(ctx, st,
+			      lock ? "SELECT pg_advisory_lock(" ESC_STORE_AUDIT_LOCK ")"
+				   : "SELECT pg_advisory_unlock(" ESC_STORE_AUDIT_LOCK ")",
+			      0, NULL, NULL, NULL, NULL);
+}
+
+int
+esc_store_retry(struct esc_ctx *ctx, struct esc_store *st, struct esc_store_retry *t, enum esc_err *r)
+{
+	char saved[ESC_ERRMSG_MAX];
+	unsigned char rnd;
+	struct timespec pause;
+
+	t->attempt++;
+	if (t->locked) {
+		/* Keep the operation's own error: unlocking can only fail on a lost connection, then unlocked anyway. */
+		snprintf(saved, sizeof(saved), "%s", esc_ctx_errmsg(ctx));
+		(void)session_audit_lock(ctx, st, 0);
+		t->locked = 0;
+		if (*r != ESC_OK)
+			(void)esc_error(ctx, *r, "%s", saved);
+		else
+			esc_ctx_clear_error(ctx);
+	}
+	if (*r != ESC_ERR_BUSY || st->in_tx)
+		return 0;
+	if (t->attempt >= ESC_STORE_TX_ATTEMPTS) {
+		snprintf(saved, sizeof(saved), "%s", esc_ctx_errmsg(ctx));
+		*r = esc_error(ctx, ESC_ERR_BUSY, "gave up after %d attempts, each undone by a concurrent transaction (%s)",
+			       t->attempt, saved);
+		return 0;
+	}
+	esc_log(ctx, ESC_LOG_DEBUG, "transaction lost a race with another (%s): attempt %d of %d",
+		esc_ctx_errmsg(ctx), t->attempt + 1, ESC_STORE_TX_ATTEMPTS);
+	/* 0..(2^attempt) ms, at most 64: concurrent losers do not come back in step. */
+	if (RAND_bytes(&rnd, 1) != 1)
+		rnd = 0;
+	pause.tv_sec = 0;
+	pause.tv_nsec = (long)(rnd % (1u << (t->attempt < 6 ? t->attempt : 6))) * 1000000L;
+	nanosleep(&pause, NULL);
+	/*
+	 * Holding the audit lock across the transaction inverts the usual order
+	 * (row locks first, the audit lock last), so waiting for it can end in a
+	 * deadlock PostgreSQL breaks (BUSY): then this attempt runs without it.
+	 */
+	if ((*r = session_audit_lock(ctx, st, 1)) == ESC_OK)
+		t->locked = 1;
+	else if (*r != ESC_ERR_BUSY)
+		return 0;
+	*r = ESC_ERR_BUSY;
+	return 1;
 }
 
 enum esc_err
@@ -555,8 +628,13 @@ esc_store_grant_service(struct esc_ctx *ctx, struct esc_store *st, const char *r
 	for (i = 0; r == ESC_OK && i < n; i++)
 		if ((unsigned char)role[i] < 0x20 || role[i] == 0x7f)
 			r = esc_error(ctx, ESC_ERR_USAGE, "a database role name may not hold control characters");
-	if (r == ESC_OK)
-		r = grant_impl(ctx, st, role, actor);
+	if (r == ESC_OK) {
+		struct esc_store_retry t = {0};
+
+		do
+			r = grant_impl(ctx, st, role, actor);
+		while (esc_store_retry(ctx, st, &t, &r));
+	}
 	if (r != ESC_OK)
 		esc_audit_outcome(ctx, st, actor, "db-owner", "db.grant-service", role != NULL ? role : "?", r);
 	return r;

@@ -22,11 +22,38 @@ enum esc_err esc_store_exec(struct esc_ctx *ctx, struct esc_store *st, const cha
 	ESC_MUST_CHECK;
 
 /*
- * Did the last failed statement lose a race with another transaction
- * (serialisation failure, deadlock, two audit events on one predecessor)?
- * Then the whole transaction may be retried.
+ * The advisory lock that orders appends to the audit chain (audit.c takes
+ * it per transaction; esc_store_retry holds it per session on a retry).
  */
-int esc_store_transient(const struct esc_store *st);
+#define ESC_STORE_AUDIT_LOCK "1882536289"
+
+/*
+ * Bounded retry of a whole operation whose transaction lost a race with a
+ * concurrent one (ESC_ERR_BUSY: a serialisation failure, a deadlock, two
+ * audit events chained to the same predecessor, a prepared statement gone
+ * stale).  Every operation that writes in its own transaction runs as
+ *
+ *	struct esc_store_retry t = {0};
+ *	do
+ *		r = op_impl(ctx, st, ...);	// begins, commits or rolls back itself
+ *	while (esc_store_retry(ctx, st, &t, &r));
+ *
+ * It answers 1 (run the operation again) only when *r is BUSY, no caller's
+ * transaction is open (then the caller retries the whole of it) and fewer
+ * than ESC_STORE_TX_ATTEMPTS attempts were made.  A retry waits a short
+ * random time and runs holding the audit lock for the whole transaction,
+ * taken before its snapshot: no appender can then move the chain's end under
+ * it, so an audit conflict is not repeated.  When the attempts are used up,
+ * *r stays BUSY with a message that says so.  Always releases the lock it
+ * took.  The operation must be safe to run again after a rollback (it is:
+ * nothing it did before the failure committed).
+ */
+#define ESC_STORE_TX_ATTEMPTS 8
+struct esc_store_retry {
+	int attempt; /* attempts made so far */
+	int locked;  /* this session holds the audit lock */
+};
+int esc_store_retry(struct esc_ctx *ctx, struct esc_store *st, struct esc_store_retry *t, enum esc_err *r);
 
 enum esc_err esc_store_begin(struct esc_ctx *ctx, struct esc_store *st) ESC_MUST_CHECK;
 enum esc_err esc_store_commit(struct esc_ctx *ctx, struct esc_store *st) ESC_MUST_CHECK;

@@ -14,6 +14,9 @@
  *   enroll_tool store-stale CONNINFO
  *       prepared statements of a connection that the server dropped or a schema change altered:
  *       the statement fails once as a transient error (the transaction may be retried), then works
+ *   enroll_tool audit-flood CONNINFO STOP-FILE
+ *       append audit events (esc_audit_append, each in its own transaction) as fast as one
+ *       connection can until STOP-FILE exists; prints "appended N"; fails on the first error
  *   enroll_tool check-cert CONNINFO CERT.pem         esc_enroll_check_client_cert
  *   enroll_tool otp-check CONNINFO NAME PASSWORD-FILE   esc_otp_check; prints the grant
  *   enroll_tool keygen PROFILE                       esc_profile_generate_key; PEM key on stdout
@@ -35,6 +38,7 @@
 #include <openssl/pem.h>
 #include <openssl/x509.h>
 
+#include <p11escrow/audit.h>
 #include <p11escrow/ca.h>
 #include <p11escrow/ctx.h>
 #include <p11escrow/enroll.h>
@@ -267,7 +271,7 @@ stale_step(struct esc_ctx *ctx, struct esc_store *st, const char *sql, int npara
 	int ok;
 
 	if (want_fail)
-		ok = r == ESC_ERR_DB && esc_store_transient(st);
+		ok = r == ESC_ERR_BUSY; /* transient: the caller retries its transaction */
 	else
 		ok = r == ESC_OK && (expect == NULL || (PQntuples(res) == 1 && strcmp(PQgetvalue(res, 0, 0), expect) == 0));
 	printf("%s: %s%s%s\n", sql, r == ESC_OK ? "ok" : "error", r == ESC_OK ? "" : " ",
@@ -316,6 +320,29 @@ static const struct {
 	{"SELECT * FROM stale_t", 0, "7"},
 	{"SELECT $1::int + 1", 0, "42"},
 };
+
+/* A concurrent audit writer at full speed, for the tests of retried transactions. */
+static int
+cmd_audit_flood(struct esc_ctx *ctx, int argc, char *argv[])
+{
+	struct esc_store *st = NULL;
+	struct esc_audit_event ev = {"audit-flood", "test", "test.flood", "chain", "ok", ""};
+	unsigned long n = 0;
+	enum esc_err r;
+
+	if (argc != 4)
+		return usage();
+	if ((r = esc_store_connect(ctx, argv[2], &st)) != ESC_OK)
+		return fail(ctx, r);
+	while (access(argv[3], F_OK) != 0) {
+		if ((r = esc_audit_append(ctx, st, &ev)) != ESC_OK)
+			return fail(ctx, r);
+		n++;
+	}
+	printf("appended %lu\n", n);
+	esc_store_free(st);
+	return 0;
+}
 
 static int
 cmd_store_stale(struct esc_ctx *ctx, int argc, char *argv[])
@@ -641,6 +668,8 @@ main(int argc, char *argv[])
 		rc = cmd_store_stale(ctx, argc, argv);
 	else if (strcmp(argv[1], "transport-seq") == 0)
 		rc = cmd_transport_seq(ctx, argc, argv);
+	else if (strcmp(argv[1], "audit-flood") == 0)
+		rc = cmd_audit_flood(ctx, argc, argv);
 	else if (strcmp(argv[1], "check-cert") == 0)
 		rc = cmd_check_cert(ctx, argc, argv);
 	else if (strcmp(argv[1], "otp-check") == 0)
