@@ -55,6 +55,17 @@ enum esc_err esc_envelope_open(struct esc_ctx *ctx, const unsigned char *in, siz
 enum esc_err esc_envelope_has_recipient(struct esc_ctx *ctx, const unsigned char *in, size_t inlen, X509 *cert,
 					int *yes) ESC_MUST_CHECK;
 
+/*
+ * The envelope in[0..inlen) with every recipient but cert removed (and, in
+ * a key agreement, every other recipient's encrypted key), so that no
+ * other key can open it.  The content and its GCM tag are unchanged: the
+ * recipient infos are not authenticated (RFC 5083).  *out is DER,
+ * malloc'ed (free()).  Errors: BAD_INPUT (not an envelope, or addressed to
+ * cert more than once), NOT_RECIPIENT (not addressed to cert), CRYPTO, NOMEM.
+ */
+enum esc_err esc_envelope_keep_recipient(struct esc_ctx *ctx, const unsigned char *in, size_t inlen, X509 *cert,
+					 unsigned char **out, size_t *outlen) ESC_MUST_CHECK;
+
 /* Wipe and free plaintext from esc_envelope_open(); accepts NULL. */
 void esc_envelope_plain_free(unsigned char *p, size_t len);
 

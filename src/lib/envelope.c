@@ -126,32 +126,36 @@ parse(struct esc_ctx *ctx, const unsigned char *in, size_t inlen, CMS_ContentInf
 	return ESC_OK;
 }
 
+/* Is recipient info ri addressed to cert (key transport to it, or key agreement with one key for it)? */
+static int
+ri_addressed_to(CMS_RecipientInfo *ri, X509 *cert)
+{
+	STACK_OF(CMS_RecipientEncryptedKey) *reks;
+	int j;
+
+	switch (CMS_RecipientInfo_type(ri)) {
+	case CMS_RECIPINFO_TRANS:
+		return CMS_RecipientInfo_ktri_cert_cmp(ri, cert) == 0;
+	case CMS_RECIPINFO_AGREE:
+		reks = CMS_RecipientInfo_kari_get0_reks(ri);
+		for (j = 0; j < sk_CMS_RecipientEncryptedKey_num(reks); j++)
+			if (CMS_RecipientEncryptedKey_cert_cmp(sk_CMS_RecipientEncryptedKey_value(reks, j), cert) == 0)
+				return 1;
+		return 0;
+	default:
+		return 0;
+	}
+}
+
 int
 esc_envelope_cms_addressed_to(CMS_ContentInfo *cms, X509 *cert)
 {
 	STACK_OF(CMS_RecipientInfo) *ris = CMS_get0_RecipientInfos(cms);
-	int i, j;
+	int i;
 
-	for (i = 0; i < sk_CMS_RecipientInfo_num(ris); i++) {
-		CMS_RecipientInfo *ri = sk_CMS_RecipientInfo_value(ris, i);
-		STACK_OF(CMS_RecipientEncryptedKey) *reks;
-
-		switch (CMS_RecipientInfo_type(ri)) {
-		case CMS_RECIPINFO_TRANS:
-			if (CMS_RecipientInfo_ktri_cert_cmp(ri, cert) == 0)
-				return 1;
-			break;
-		case CMS_RECIPINFO_AGREE:
-			reks = CMS_RecipientInfo_kari_get0_reks(ri);
-			for (j = 0; j < sk_CMS_RecipientEncryptedKey_num(reks); j++)
-				if (CMS_RecipientEncryptedKey_cert_cmp(sk_CMS_RecipientEncryptedKey_value(reks, j), cert) ==
-				    0)
-					return 1;
-			break;
-		default:
-			break;
-		}
-	}
+	for (i = 0; i < sk_CMS_RecipientInfo_num(ris); i++)
+		if (ri_addressed_to(sk_CMS_RecipientInfo_value(ris, i), cert))
+			return 1;
 	return 0;
 }
 
@@ -202,6 +206,86 @@ esc_envelope_has_recipient(struct esc_ctx *ctx, const unsigned char *in, size_t 
 	*yes = esc_envelope_cms_addressed_to(cms, cert);
 	CMS_ContentInfo_free(cms);
 	return ESC_OK;
+}
+
+/*
+ * OpenSSL has no public destructor for a recipient info or an encrypted
+ * key, so those taken out of the envelope for its encoding are put back
+ * afterwards, and CMS_ContentInfo_free frees them with the rest.
+ */
+enum esc_err
+esc_envelope_keep_recipient(struct esc_ctx *ctx, const unsigned char *in, size_t inlen, X509 *cert,
+			    unsigned char **out, size_t *outlen)
+{
+	CMS_ContentInfo *cms = NULL;
+	STACK_OF(CMS_RecipientInfo) *ris, *away_ri = NULL;
+	STACK_OF(CMS_RecipientEncryptedKey) *reks = NULL, *away_rek = NULL;
+	unsigned char *der = NULL, *copy = NULL;
+	int i, n, kept = 0;
+	enum esc_err r;
+
+	if ((r = parse(ctx, in, inlen, &cms)) != ESC_OK)
+		return r;
+	ris = CMS_get0_RecipientInfos(cms);
+	if ((away_ri = sk_CMS_RecipientInfo_new_null()) == NULL ||
+	    (away_rek = sk_CMS_RecipientEncryptedKey_new_null()) == NULL) {
+		r = esc_error(ctx, ESC_ERR_NOMEM, "out of memory");
+		goto out;
+	}
+	for (i = sk_CMS_RecipientInfo_num(ris) - 1; i >= 0; i--) {
+		CMS_RecipientInfo *ri = sk_CMS_RecipientInfo_value(ris, i);
+
+		if (ri_addressed_to(ri, cert)) {
+			kept++;
+			continue;
+		}
+		if (!sk_CMS_RecipientInfo_push(away_ri, ri)) {
+			r = esc_error(ctx, ESC_ERR_NOMEM, "out of memory");
+			goto out;
+		}
+		(void)sk_CMS_RecipientInfo_delete(ris, i);
+	}
+	if (kept != 1) {
+		r = kept == 0 ? esc_error(ctx, ESC_ERR_NOT_RECIPIENT, "the envelope is not addressed to this key")
+			      : esc_error(ctx, ESC_ERR_BAD_INPUT, "the envelope is addressed to this key %d times", kept);
+		goto out;
+	}
+	/* One key agreement may carry keys for several recipients: keep only this one's. */
+	if (CMS_RecipientInfo_type(sk_CMS_RecipientInfo_value(ris, 0)) == CMS_RECIPINFO_AGREE) {
+		reks = CMS_RecipientInfo_kari_get0_reks(sk_CMS_RecipientInfo_value(ris, 0));
+		for (i = sk_CMS_RecipientEncryptedKey_num(reks) - 1; i >= 0; i--) {
+			CMS_RecipientEncryptedKey *rek = sk_CMS_RecipientEncryptedKey_value(reks, i);
+
+			if (CMS_RecipientEncryptedKey_cert_cmp(rek, cert) == 0)
+				continue;
+			if (!sk_CMS_RecipientEncryptedKey_push(away_rek, rek)) {
+				r = esc_error(ctx, ESC_ERR_NOMEM, "out of memory");
+				goto out;
+			}
+			(void)sk_CMS_RecipientEncryptedKey_delete(reks, i);
+		}
+	}
+	if ((n = i2d_CMS_ContentInfo(cms, &der)) <= 0 || (copy = malloc((size_t)n)) == NULL) {
+		r = esc_error_ossl(ctx, ESC_ERR_CRYPTO, "cannot encode the envelope");
+		goto out;
+	}
+	memcpy(copy, der, (size_t)n);
+	*out = copy;
+	*outlen = (size_t)n;
+	copy = NULL; /* transferred */
+	r = ESC_OK;
+out:
+	/* Back where CMS_ContentInfo_free finds them (see above); pushing into a stack with room cannot fail. */
+	while (away_rek != NULL && sk_CMS_RecipientEncryptedKey_num(away_rek) > 0)
+		(void)sk_CMS_RecipientEncryptedKey_push(reks, sk_CMS_RecipientEncryptedKey_pop(away_rek));
+	while (away_ri != NULL && sk_CMS_RecipientInfo_num(away_ri) > 0)
+		(void)sk_CMS_RecipientInfo_push(ris, sk_CMS_RecipientInfo_pop(away_ri));
+	sk_CMS_RecipientEncryptedKey_free(away_rek);
+	sk_CMS_RecipientInfo_free(away_ri);
+	OPENSSL_free(der);
+	free(copy);
+	CMS_ContentInfo_free(cms);
+	return r;
 }
 
 enum esc_err

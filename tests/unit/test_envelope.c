@@ -89,6 +89,62 @@ test_roundtrip_sha256(void **state)
 	roundtrip(*state, ESC_OAEP_SHA256);
 }
 
+/*
+ * esc_envelope_keep_recipient: the envelope to RSA and EC keeps exactly the
+ * named recipient; it still opens with that key, byte for byte, and no
+ * longer with the other, whose recipient info is gone (not merely unused).
+ */
+static void
+keep_one(struct fixture *f, X509 *keep_cert, EVP_PKEY *keep_key, X509 *drop_cert, EVP_PKEY *drop_key)
+{
+	X509 *recips[2] = {f->k.rsa_cert, f->k.ec_cert};
+	unsigned char *env = NULL, *one = NULL, *plain = NULL;
+	size_t envlen = 0, onelen = 0, plainlen = 0;
+	int yes = 0;
+
+	assert_int_equal(esc_envelope_seal(f->ctx, secret, sizeof(secret), recips, NULL, 2, &env, &envlen), ESC_OK);
+	assert_int_equal(esc_envelope_keep_recipient(f->ctx, env, envlen, keep_cert, &one, &onelen), ESC_OK);
+	assert_true(onelen < envlen);
+	assert_int_equal(esc_envelope_has_recipient(f->ctx, one, onelen, keep_cert, &yes), ESC_OK);
+	assert_true(yes);
+	assert_int_equal(esc_envelope_has_recipient(f->ctx, one, onelen, drop_cert, &yes), ESC_OK);
+	assert_false(yes);
+	assert_int_equal(esc_envelope_open(f->ctx, one, onelen, keep_key, keep_cert, &plain, &plainlen), ESC_OK);
+	assert_int_equal(plainlen, sizeof(secret));
+	assert_memory_equal(plain, secret, sizeof(secret));
+	esc_envelope_plain_free(plain, plainlen);
+	plain = NULL;
+	assert_int_equal(esc_envelope_open(f->ctx, one, onelen, drop_key, drop_cert, &plain, &plainlen),
+			 ESC_ERR_NOT_RECIPIENT);
+	assert_null(plain);
+	/* Kept again: nothing more to remove, the same bytes. */
+	{
+		unsigned char *again = NULL;
+		size_t againlen = 0;
+
+		assert_int_equal(esc_envelope_keep_recipient(f->ctx, one, onelen, keep_cert, &again, &againlen), ESC_OK);
+		assert_int_equal(againlen, onelen);
+		assert_memory_equal(again, one, onelen);
+		free(again);
+	}
+	/* Not a recipient: refused, nothing returned. */
+	free(one);
+	one = NULL;
+	assert_int_equal(esc_envelope_keep_recipient(f->ctx, env, envlen, f->k.other_cert, &one, &onelen),
+			 ESC_ERR_NOT_RECIPIENT);
+	assert_null(one);
+	free(env);
+}
+
+static void
+test_keep_recipient(void **state)
+{
+	struct fixture *f = *state;
+
+	keep_one(f, f->k.rsa_cert, f->k.rsa, f->k.ec_cert, f->k.ec);
+	keep_one(f, f->k.ec_cert, f->k.ec, f->k.rsa_cert, f->k.rsa);
+}
+
 static void
 test_not_recipient(void **state)
 {
@@ -187,6 +243,7 @@ main(void)
 		cmocka_unit_test(test_roundtrip_sha1),
 		cmocka_unit_test(test_roundtrip_sha256),
 		cmocka_unit_test(test_not_recipient),
+		cmocka_unit_test(test_keep_recipient),
 		cmocka_unit_test(test_tampered),
 		cmocka_unit_test(test_kari_wrap_pad),
 		cmocka_unit_test(test_bad_input),
