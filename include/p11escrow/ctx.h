@@ -2,7 +2,8 @@
  * p11escrow — library context.
  *
  * A struct esc_ctx carries the state one caller (one CLI run, one daemon
- * worker thread) needs: the last error's detail and an optional log sink.
+ * worker thread) needs: the last error's detail, an optional log sink and
+ * the PKCS#11 modules this caller may load (local configuration only).
  * There are no mutable globals in the library; pass the context explicitly.
  * A context is not thread-safe: use one per thread.
  */
@@ -23,6 +24,21 @@ enum esc_err esc_ctx_new(struct esc_ctx **out) ESC_MUST_CHECK;
 /* Frees a context; accepts NULL. */
 void esc_ctx_free(struct esc_ctx *ctx);
 void esc_ctx_set_log(struct esc_ctx *ctx, esc_log_fn fn, void *arg);
+
+#define ESC_MODULE_ALLOW_MAX 1024
+
+/*
+ * The PKCS#11 module files this context may load (the `module_allow`
+ * setting): a ':'-separated list of absolute paths, each a directory (a
+ * module file directly inside it) or a module file.  Compared after
+ * realpath(3), see esc_token_module_resolve.  allow is copied; NULL restores
+ * the build default (meson option default_module_allow), which is also what
+ * a new context has, so a caller that never sets it gets the narrow default.
+ * Errors: CONFIG (longer than ESC_MODULE_ALLOW_MAX bytes).
+ */
+enum esc_err esc_ctx_set_module_allow(struct esc_ctx *ctx, const char *allow) ESC_MUST_CHECK;
+/* The list in force: what was set, else the build default.  Owned by ctx. */
+const char *esc_ctx_module_allow(const struct esc_ctx *ctx);
 
 /*
  * The sentence describing the last failure recorded in ctx, e.g.

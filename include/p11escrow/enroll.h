@@ -66,8 +66,9 @@ enum esc_err esc_profile_generate_key(struct esc_ctx *ctx, const struct esc_prof
 struct esc_keeper;
 
 /*
- * Open the CA token recorded at setup through module (NULL/"": the
- * recorded URI's own module attributes, else the build default), log in
+ * Open the CA token recorded at setup through module (NULL/"": the build
+ * default; never a module the recorded URI names: such a URI is refused,
+ * and the module must pass ctx's module allow-list), log in
  * with pin, and load what issuance needs: the CA certificate (and any chain
  * above it), the CA signing key and the transport key and certificate.
  * Several keepers may be open in one process (one per worker thread): the

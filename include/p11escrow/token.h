@@ -4,11 +4,15 @@
  *
  * A struct esc_token is one loaded module with one selected token and one
  * read-write session.  Modules are loaded by path or by the name p11-kit
- * knows them under ("p11-kit:NAME").  Tokens and keys are selected only by
+ * knows them under ("p11-kit:NAME"), as local configuration names them, and
+ * only from the files and directories the context's module allow-list
+ * names (esc_ctx_set_module_allow).  Tokens and keys are selected only by
  * RFC 7512 URIs (token label/serial/manufacturer/model, object label, id,
  * type), parsed with p11-kit's URI API; never by slot number, which
  * renumbers.  PINs are never part of a URI: a URI holding pin-value or
- * pin-source is refused.
+ * pin-source is refused.  Nor is a module: URIs are stored in the database
+ * and received from the service, so a URI holding module-path or
+ * module-name is refused too.
  *
  * Errors carry the CK_RV name, e.g. "CKR_PIN_INCORRECT", in the ctx message.
  */
@@ -58,16 +62,31 @@ const char *esc_ckm_name(unsigned long mech);
 
 /*
  * Check that uri is a syntactically valid PKCS#11 URI without PIN
- * attributes.  Errors: URI.
+ * attributes (pin-value, pin-source) and without module attributes
+ * (module-path, module-name).  Every function here taking a URI checks it
+ * so.  Errors: URI (the message names the attribute, never a PIN).
  */
 enum esc_err esc_token_uri_check(struct esc_ctx *ctx, const char *uri) ESC_MUST_CHECK;
 
 /*
- * Load the module and select the one token matching uri.  module: an
- * absolute path, "p11-kit:NAME", or NULL/"" for the URI's module-path or
- * module-name query attribute, else the build default.
- * Errors: URI, MODULE, TOKEN_NOT_FOUND (message lists tokens present),
- * AMBIGUOUS (message lists candidates), PKCS11.
+ * The module file module names, checked against ctx's module allow-list
+ * (esc_ctx_module_allow): module is an absolute path, "p11-kit:NAME" (the
+ * file p11-kit's module configuration names) or NULL/"" for the build
+ * default.  The file is resolved with realpath(3) and must be an allowed
+ * file or lie directly in an allowed directory (entries resolved too), so a
+ * symlink out of an allowed directory is refused.  *out is the resolved
+ * path, malloc'ed: the caller frees it; it is what esc_token_open loads.
+ * Errors: MODULE (relative, missing, unknown p11-kit name), CONFIG (not
+ * allowed, or a malformed allow-list: the message says what to set), NOMEM.
+ */
+enum esc_err esc_token_module_resolve(struct esc_ctx *ctx, const char *module, char **out) ESC_MUST_CHECK;
+
+/*
+ * Load the module (esc_token_module_resolve) and select the one token
+ * matching uri.  The URI never selects the module (esc_token_uri_check).
+ * Errors: URI, MODULE, CONFIG (module not allowed), TOKEN_NOT_FOUND
+ * (message lists tokens present), AMBIGUOUS (message lists candidates),
+ * PKCS11.
  */
 enum esc_err esc_token_open(struct esc_ctx *ctx, const char *module, const char *uri, struct esc_token **out)
 	ESC_MUST_CHECK;
@@ -89,6 +108,7 @@ const char *esc_token_label(const struct esc_token *tok);
 const char *esc_token_serial(const struct esc_token *tok);
 const char *esc_token_manufacturer(const struct esc_token *tok);
 const char *esc_token_model(const struct esc_token *tok);
+/* The module file loaded, as esc_token_module_resolve resolved it. */
 const char *esc_token_module_path(const struct esc_token *tok);
 
 /*

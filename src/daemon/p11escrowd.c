@@ -767,7 +767,8 @@ main(int argc, char *argv[])
 	    (access(config, F_OK) == 0 || strcmp(config, ESC_CONFIG_DEFAULT_PATH) != 0
 		     ? (r = esc_config_load_file(ctx, s.cfg, config)) != ESC_OK
 		     : 0) ||
-	    (r = esc_config_apply_env(ctx, s.cfg)) != ESC_OK) {
+	    (r = esc_config_apply_env(ctx, s.cfg)) != ESC_OK ||
+	    (r = esc_ctx_set_module_allow(ctx, esc_config_get(s.cfg, "module_allow"))) != ESC_OK) {
 		rc = fail(&s, ctx, r);
 		goto out;
 	}
@@ -800,7 +801,9 @@ main(int argc, char *argv[])
 			goto out;
 		}
 		esc_ctx_set_log(w->ctx, lib_log, w);
-		if ((r = worker_connect(w)) != ESC_OK) {
+		/* The worker loads the CA token's module: only from where module_allow says. */
+		if ((r = esc_ctx_set_module_allow(w->ctx, esc_config_get(s.cfg, "module_allow"))) != ESC_OK ||
+		    (r = worker_connect(w)) != ESC_OK) {
 			rc = fail(&s, w->ctx, r);
 			goto out;
 		}

@@ -18,6 +18,7 @@
 
 #include <p11escrow/config.h>
 
+#include "esc_build_config.h"
 #include "internal.h"
 
 /* No value needs more; the bound keeps copies and messages small. */
@@ -42,6 +43,7 @@ struct key {
 
 static int check_any(const struct key *, const char *, char *, size_t);
 static int check_module(const struct key *, const char *, char *, size_t);
+static int check_module_allow(const struct key *, const char *, char *, size_t);
 static int check_uri(const struct key *, const char *, char *, size_t);
 static int check_path(const struct key *, const char *, char *, size_t);
 static int check_choice(const struct key *, const char *, char *, size_t);
@@ -59,6 +61,8 @@ static const char *const client_auth_modes[] = {"optional", "require", "none", N
 static const struct key keys[] = {
 	{"database", "", check_any, NULL, 0, 0},
 	{"module", "", check_module, NULL, 0, 0},
+	/* Where modules may be loaded from (esc_ctx_set_module_allow); the default is the build's. */
+	{"module_allow", ESC_DEFAULT_MODULE_ALLOW, check_module_allow, NULL, 0, 0},
 	{"ca_token", "pkcs11:token=p11escrow-ca", check_uri, NULL, 0, 0},
 	{"ca_pin_file", "", check_path, NULL, 0, 0},
 	{"ca_key_type", "rsa3072", check_choice, key_types, 0, 0},
@@ -135,6 +139,24 @@ check_module(const struct key *k, const char *v, char *why, size_t whylen)
 	return -1;
 }
 
+/* A ':'-separated list of absolute paths, at least one. */
+static int
+check_module_allow(const struct key *k, const char *v, char *why, size_t whylen)
+{
+	const char *p = v;
+
+	(void)k;
+	do {
+		if (*p != '/') {
+			snprintf(why, whylen,
+				 "must be a ':'-separated list of absolute paths (directories or module files)");
+			return -1;
+		}
+		p += strcspn(p, ":");
+	} while (*p++ != '\0');
+	return 0;
+}
+
 static int
 contains_nocase(const char *hay, const char *needle)
 {
@@ -159,6 +181,14 @@ check_uri(const struct key *k, const char *v, char *why, size_t whylen)
 		snprintf(why, whylen,
 			 "must not contain pin-value or pin-source: PINs never travel in URIs "
 			 "(use P11ESCROW_CA_PIN, ca_pin_file or the prompt)");
+		return -1;
+	}
+	/* Only the module setting chooses the module (see esc_token_uri_check); the query follows '?'. */
+	if (strchr(v, '?') != NULL &&
+	    (contains_nocase(strchr(v, '?'), "module-path") || contains_nocase(strchr(v, '?'), "module-name"))) {
+		snprintf(why, whylen,
+			 "must not contain module-path or module-name: the PKCS#11 module is chosen by the module "
+			 "setting (P11ESCROW_MODULE, --module)");
 		return -1;
 	}
 	return 0;

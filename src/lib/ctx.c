@@ -9,6 +9,7 @@
 
 #include <p11escrow/ctx.h>
 
+#include "esc_build_config.h"
 #include "internal.h"
 
 struct esc_ctx {
@@ -16,6 +17,8 @@ struct esc_ctx {
 	char errmsg[ESC_ERRMSG_MAX];
 	esc_log_fn log_fn;
 	void *log_arg;
+	int module_allow_set; /* else ESC_DEFAULT_MODULE_ALLOW */
+	char module_allow[ESC_MODULE_ALLOW_MAX + 1];
 };
 
 enum esc_err
@@ -40,6 +43,27 @@ esc_ctx_set_log(struct esc_ctx *ctx, esc_log_fn fn, void *arg)
 {
 	ctx->log_fn = fn;
 	ctx->log_arg = arg;
+}
+
+enum esc_err
+esc_ctx_set_module_allow(struct esc_ctx *ctx, const char *allow)
+{
+	if (allow == NULL) {
+		ctx->module_allow_set = 0;
+		ctx->module_allow[0] = '\0';
+		return ESC_OK;
+	}
+	if (strlen(allow) > ESC_MODULE_ALLOW_MAX)
+		return esc_error(ctx, ESC_ERR_CONFIG, "module_allow is longer than %d bytes", ESC_MODULE_ALLOW_MAX);
+	memcpy(ctx->module_allow, allow, strlen(allow) + 1);
+	ctx->module_allow_set = 1;
+	return ESC_OK;
+}
+
+const char *
+esc_ctx_module_allow(const struct esc_ctx *ctx)
+{
+	return ctx->module_allow_set ? ctx->module_allow : ESC_DEFAULT_MODULE_ALLOW;
 }
 
 const char *

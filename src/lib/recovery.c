@@ -676,10 +676,17 @@ esc_recovery_package_new(struct esc_ctx *ctx, long long id, const unsigned char 
 	if (kra_name == NULL || strlen(kra_name) >= sizeof(p->kra_name) || key_uri == NULL ||
 	    strlen(key_uri) >= sizeof(p->key_uri))
 		return esc_error(ctx, ESC_ERR_BAD_INPUT, "request %lld: the KRA's name or key URI is too long", id);
-	/* The URI only selects the key on the card; it must still be a clean one. */
-	if (esc_token_uri_check(ctx, key_uri) != ESC_OK)
-		return esc_error(ctx, ESC_ERR_BAD_INPUT, "request %lld: the KRA's key URI is not a valid PKCS#11 URI",
-				 id);
+	/*
+	 * The URI only selects the key on the card; it must still be a clean one
+	 * (no PIN, no module: esc_token_uri_check's message says which, and
+	 * never holds a PIN).
+	 */
+	if (esc_token_uri_check(ctx, key_uri) != ESC_OK) {
+		char why[ESC_ERRMSG_MAX];
+
+		snprintf(why, sizeof(why), "%s", esc_ctx_errmsg(ctx));
+		return esc_error(ctx, ESC_ERR_BAD_INPUT, "request %lld: the KRA's key URI is refused: %s", id, why);
+	}
 	if ((p = calloc(1, sizeof(*p))) == NULL || (p->der = OPENSSL_malloc(package_len)) == NULL) {
 		r = esc_error(ctx, ESC_ERR_NOMEM, "out of memory");
 		goto out;

@@ -22,10 +22,13 @@
 #define _GNU_SOURCE /* strcasestr */
 
 #include <dlfcn.h>
+#include <errno.h>
+#include <limits.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include <libp11.h>
 #include <openssl/core_names.h>
@@ -227,6 +230,18 @@ esc_token_uri_check(struct esc_ctx *ctx, const char *uri)
 	else if (p11_kit_uri_any_unrecognized(u))
 		r = esc_error(ctx, ESC_ERR_URI, "PKCS#11 URI '%s' has attributes this program does not understand",
 			      uri);
+	/*
+	 * A URI may come from the database (token_keys, kras) or the network (a
+	 * recovery package): if it could name the module, whoever writes those
+	 * would choose the shared object loaded next to the CA PIN.  Modules
+	 * come from local configuration only (esc_token_module_resolve).
+	 */
+	else if (p11_kit_uri_get_module_path(u) != NULL || p11_kit_uri_get_module_name(u) != NULL)
+		r = esc_error(
+			ctx, ESC_ERR_URI,
+			"PKCS#11 URI '%s' names a module (%s): modules are chosen only by the module setting "
+			"(configuration file, P11ESCROW_MODULE or --module), never by a URI; remove the attribute",
+			uri, p11_kit_uri_get_module_path(u) != NULL ? "module-path" : "module-name");
 	p11_kit_uri_free(u);
 	return r;
 }
@@ -277,27 +292,88 @@ out:
 	return r;
 }
 
-static enum esc_err
-resolve_module(struct esc_ctx *ctx, const char *module, P11KitUri *u, char **out)
+/*
+ * Is real (a realpath) allowed by entry (one module_allow entry): the file
+ * itself, or a file directly inside the directory?  Entries are resolved
+ * too, so /usr/lib/softhsm/libsofthsm2.so (a symlink) names the file it
+ * points to; an entry that does not exist on this system allows nothing.
+ */
+static int
+allow_entry_matches(const char *entry, const char *real)
 {
-	const char *m = module;
-	char *path;
+	char ereal[PATH_MAX];
+	const char *slash = strrchr(real, '/');
+	size_t dirlen;
+	struct stat sb;
 
-	if (m == NULL || *m == '\0')
-		m = p11_kit_uri_get_module_path(u);
-	if ((m == NULL || *m == '\0') && p11_kit_uri_get_module_name(u) != NULL)
-		return resolve_p11kit_name(ctx, p11_kit_uri_get_module_name(u), out);
-	if (m == NULL || *m == '\0')
-		m = ESC_DEFAULT_MODULE;
-	if (strncmp(m, "p11-kit:", 8) == 0)
-		return resolve_p11kit_name(ctx, m + 8, out);
-	if (m[0] != '/')
-		return esc_error(ctx, ESC_ERR_MODULE, "PKCS#11 module '%s' must be an absolute path or p11-kit:NAME",
-				 m);
-	if ((path = strdup(m)) == NULL)
-		return esc_error(ctx, ESC_ERR_NOMEM, "out of memory");
-	*out = path;
-	return ESC_OK;
+	if (realpath(entry, ereal) == NULL || stat(ereal, &sb) != 0)
+		return 0;
+	if (!S_ISDIR(sb.st_mode))
+		return strcmp(ereal, real) == 0;
+	dirlen = slash == real ? 1 : (size_t)(slash - real); /* "/x.so" is directly in "/" */
+	return strlen(ereal) == dirlen && strncmp(ereal, real, dirlen) == 0;
+}
+
+/* Check real against ctx's module_allow.  Errors: CONFIG. */
+static enum esc_err
+check_module_allowed(struct esc_ctx *ctx, const char *module, const char *real)
+{
+	const char *allow = esc_ctx_module_allow(ctx), *p = allow, *colon;
+	char entry[PATH_MAX];
+	size_t n;
+
+	while (*p != '\0') {
+		colon = strchr(p, ':');
+		n = colon != NULL ? (size_t)(colon - p) : strlen(p);
+		if (n == 0 || n >= sizeof(entry) || p[0] != '/')
+			return esc_error(ctx, ESC_ERR_CONFIG,
+					 "module_allow '%s' must be a ':'-separated list of absolute paths", allow);
+		memcpy(entry, p, n);
+		entry[n] = '\0';
+		if (allow_entry_matches(entry, real))
+			return ESC_OK;
+		p += n + (colon != NULL);
+	}
+	return esc_error(ctx, ESC_ERR_CONFIG,
+			 "PKCS#11 module '%s' (the file %s) is not in module_allow (%s); to allow it, set "
+			 "module_allow = %s%s%s in the configuration file (or P11ESCROW_MODULE_ALLOW)",
+			 module, real, *allow ? allow : "empty", allow, *allow ? ":" : "", real);
+}
+
+enum esc_err
+esc_token_module_resolve(struct esc_ctx *ctx, const char *module, char **out)
+{
+	const char *m = module != NULL && *module != '\0' ? module : ESC_DEFAULT_MODULE;
+	char *named = NULL, *real = NULL;
+	enum esc_err r;
+
+	if (strncmp(m, "p11-kit:", 8) == 0) {
+		if ((r = resolve_p11kit_name(ctx, m + 8, &named)) != ESC_OK)
+			goto out;
+	} else if ((named = strdup(m)) == NULL) {
+		r = esc_error(ctx, ESC_ERR_NOMEM, "out of memory");
+		goto out;
+	}
+	if (named[0] != '/') {
+		r = esc_error(ctx, ESC_ERR_MODULE, "PKCS#11 module '%s' must be an absolute path or p11-kit:NAME",
+			      named);
+		goto out;
+	}
+	/* The file itself, past every symlink: what is checked is what is loaded. */
+	if ((real = realpath(named, NULL)) == NULL) {
+		r = esc_error(ctx, errno == ENOMEM ? ESC_ERR_NOMEM : ESC_ERR_MODULE,
+			      "cannot load PKCS#11 module '%s': %s", named, strerror(errno));
+		goto out;
+	}
+	if ((r = check_module_allowed(ctx, m, real)) != ESC_OK)
+		goto out;
+	*out = real;
+	real = NULL; /* transferred */
+	r = ESC_OK;
+out:
+	free(real);
+	free(named);
+	return r;
 }
 
 static void
@@ -371,7 +447,7 @@ module_ref(struct module *mod)
 }
 
 static enum esc_err
-module_load(struct esc_ctx *ctx, const char *module, P11KitUri *u, struct module **out)
+module_load(struct esc_ctx *ctx, const char *module, struct module **out)
 {
 	struct module *mod;
 	CK_C_GetFunctionList getfl;
@@ -381,7 +457,7 @@ module_load(struct esc_ctx *ctx, const char *module, P11KitUri *u, struct module
 
 	char *path = NULL;
 
-	if ((r = resolve_module(ctx, module, u, &path)) != ESC_OK)
+	if ((r = esc_token_module_resolve(ctx, module, &path)) != ESC_OK)
 		return r;
 	pthread_mutex_lock(&modules_lock);
 	for (mod = modules; mod != NULL; mod = mod->next) {
@@ -522,7 +598,7 @@ esc_token_open(struct esc_ctx *ctx, const char *module, const char *uri, struct 
 	P11KitUri *u = NULL;
 	enum esc_err r;
 
-	if ((r = parse_uri(ctx, uri, &u)) != ESC_OK || (r = module_load(ctx, module, u, &mod)) != ESC_OK)
+	if ((r = parse_uri(ctx, uri, &u)) != ESC_OK || (r = module_load(ctx, module, &mod)) != ESC_OK)
 		goto out;
 	r = select_token(ctx, mod, u, uri, out);
 out:

@@ -125,6 +125,9 @@ test_defaults(void **state)
 
 	assert_string_equal(esc_config_get(f->cfg, "database"), "");
 	assert_string_equal(esc_config_get(f->cfg, "module"), "");
+	/* module_allow: the build's default list, never empty. */
+	assert_string_equal(esc_config_get(f->cfg, "module_allow"), esc_ctx_module_allow(f->ctx));
+	assert_true(esc_config_get(f->cfg, "module_allow")[0] == '/');
 	assert_string_equal(esc_config_get(f->cfg, "ca_token"), "pkcs11:token=p11escrow-ca");
 	assert_string_equal(esc_config_get(f->cfg, "ca_pin_file"), "");
 	assert_string_equal(esc_config_get(f->cfg, "ca_key_type"), "rsa3072");
@@ -156,7 +159,7 @@ test_defaults(void **state)
 
 	for (n = 0; esc_config_key_name(n) != NULL; n++)
 		assert_non_null(esc_config_get(f->cfg, esc_config_key_name(n)));
-	assert_int_equal(n, 24);
+	assert_int_equal(n, 25);
 	assert_string_equal(esc_config_key_name(0), "database");
 	assert_null(esc_config_key_name(1000));
 
@@ -247,6 +250,12 @@ static const struct bad_case bad_cases[] = {
 	{"ca_days = 10\nca_subject = \"CN=\x1b[2J\"\n", "t.conf:2:", "control"},
 	{"ca_days = 10\nmodule = libsofthsm2.so\n", "t.conf:2:", "module"},
 	{"ca_days = 10\nmodule = p11-kit:\n", "t.conf:2:", "module"},
+	{"ca_days = 10\nmodule_allow =\n", "t.conf:2:", "module_allow must be a ':'-separated list of absolute"},
+	{"ca_days = 10\nmodule_allow = lib/pkcs11\n", "t.conf:2:", "module_allow must be"},
+	{"ca_days = 10\nmodule_allow = /usr/lib::/opt/hsm\n", "t.conf:2:", "module_allow must be"},
+	{"ca_days = 10\nmodule_allow = /usr/lib:\n", "t.conf:2:", "module_allow must be"},
+	{"ca_days = 10\nca_token = pkcs11:token=CA?module-path=/tmp/evil.so\n", "t.conf:2:", "module-path"},
+	{"ca_days = 10\nca_token = pkcs11:token=CA?MODULE-NAME=softhsm2\n", "t.conf:2:", "module setting"},
 	{"ca_days = 10\nca_pin_file = ca.pin\n", "t.conf:2:", "absolute"},
 	{"ca_days = 10\nlisten = 127.0.0.1\n", "t.conf:2:", "HOST:PORT"},
 	{"ca_days = 10\nlisten = 127.0.0.1:0\n", "t.conf:2:", "HOST:PORT"},
@@ -409,6 +418,11 @@ test_set(void **state)
 
 	assert_int_equal(esc_config_set(f->ctx, f->cfg, "module", "/usr/lib/softhsm/libsofthsm2.so"), ESC_OK);
 	assert_int_equal(esc_config_set(f->ctx, f->cfg, "module", ""), ESC_OK);
+	assert_int_equal(esc_config_set(f->ctx, f->cfg, "module_allow", "/opt/hsm/lib:/usr/lib/x/m.so"), ESC_OK);
+	assert_string_equal(esc_config_get(f->cfg, "module_allow"), "/opt/hsm/lib:/usr/lib/x/m.so");
+	assert_int_equal(esc_config_set(f->ctx, f->cfg, "module_allow", "/opt/hsm/lib:relative"), ESC_ERR_CONFIG);
+	/* A label may well read "module-path": only the query (after '?') names a module. */
+	assert_int_equal(esc_config_set(f->ctx, f->cfg, "ca_token", "pkcs11:token=module-path"), ESC_OK);
 	assert_int_equal(esc_config_set(f->ctx, f->cfg, "listen", "0.0.0.0:1"), ESC_OK);
 	assert_int_equal(esc_config_set(f->ctx, f->cfg, "listen", "localhost:65535"), ESC_OK);
 	assert_int_equal(esc_config_set(f->ctx, f->cfg, "listen", "[fe80::1%eth0]:8443"), ESC_OK);

@@ -98,6 +98,15 @@ test_package_new(void **state)
 						  (size_t)kra.n, "kra1", URI "?pin-value=secret-4711", &p),
 			 ESC_ERR_BAD_INPUT);
 	assert_null(strstr(esc_ctx_errmsg(ctx), "secret-4711"));
+	/* A received URI never chooses the module the workstation loads. */
+	assert_int_equal(esc_recovery_package_new(ctx, 7, pkg, sizeof(pkg), user.p, (size_t)user.n, kra.p,
+						  (size_t)kra.n, "kra1", URI "?module-path=/tmp/evil.so", &p),
+			 ESC_ERR_BAD_INPUT);
+	assert_non_null(strstr(esc_ctx_errmsg(ctx), "names a module (module-path)"));
+	assert_int_equal(esc_recovery_package_new(ctx, 7, pkg, sizeof(pkg), user.p, (size_t)user.n, kra.p,
+						  (size_t)kra.n, "kra1", URI "?module-name=evil", &p),
+			 ESC_ERR_BAD_INPUT);
+	assert_non_null(strstr(esc_ctx_errmsg(ctx), "names a module (module-name)"));
 	{
 		char name[200];
 

@@ -22,7 +22,7 @@ test_valid_uris(void **state)
 		"pkcs11:token=My%20CA;serial=1e01cd751c91349c",
 		"pkcs11:token=CA;object=p11escrow%20CA%20signing%20key;type=private",
 		"pkcs11:id=%01%02%03;type=private",
-		"pkcs11:token=CA?module-name=softhsm2",
+		"pkcs11:token=module-path",
 		"pkcs11:",
 	};
 	size_t i;
@@ -58,6 +58,32 @@ test_pin_in_uri_refused_without_echo(void **state)
 	assert_null(strstr(esc_ctx_errmsg(ctx), "s3cr3tPIN"));
 	assert_int_equal(esc_token_uri_check(ctx, "pkcs11:token=CA?pin-source=file:/tmp/pin"), ESC_ERR_URI);
 	assert_null(strstr(esc_ctx_errmsg(ctx), "/tmp/pin"));
+}
+
+/* Stored (token_keys, kras) and received (recovery package) URIs never choose the module. */
+static void
+test_module_in_uri_refused(void **state)
+{
+	struct esc_ctx *ctx = *state;
+	static const char *const bad[] = {
+		"pkcs11:token=CA?module-path=/tmp/evil.so",
+		"pkcs11:token=CA?module-name=softhsm2",
+		"pkcs11:token=CA;id=%01;type=private?module-path=%2Ftmp%2Fevil.so",
+		"pkcs11:?module-name=p11-kit-trust&module-path=/usr/lib/softhsm/libsofthsm2.so",
+		/* A module attribute can't hide behind a PIN refusal either: both refused. */
+		"pkcs11:token=CA?module-path=/tmp/evil.so&pin-value=1234",
+	};
+	size_t i;
+
+	for (i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		assert_int_equal(esc_token_uri_check(ctx, bad[i]), ESC_ERR_URI);
+		assert_null(strstr(esc_ctx_errmsg(ctx), "1234"));
+	}
+	assert_int_equal(esc_token_uri_check(ctx, bad[0]), ESC_ERR_URI);
+	assert_non_null(strstr(esc_ctx_errmsg(ctx), "names a module (module-path)"));
+	assert_non_null(strstr(esc_ctx_errmsg(ctx), "only by the module setting"));
+	assert_int_equal(esc_token_uri_check(ctx, bad[1]), ESC_ERR_URI);
+	assert_non_null(strstr(esc_ctx_errmsg(ctx), "names a module (module-name)"));
 }
 
 static void
@@ -110,6 +136,7 @@ main(void)
 		cmocka_unit_test_setup_teardown(test_valid_uris, test_ctx_setup, test_ctx_teardown),
 		cmocka_unit_test_setup_teardown(test_bad_uris, test_ctx_setup, test_ctx_teardown),
 		cmocka_unit_test_setup_teardown(test_pin_in_uri_refused_without_echo, test_ctx_setup, test_ctx_teardown),
+		cmocka_unit_test_setup_teardown(test_module_in_uri_refused, test_ctx_setup, test_ctx_teardown),
 		cmocka_unit_test_setup_teardown(test_unknown_module_name, test_ctx_setup, test_ctx_teardown),
 		cmocka_unit_test_setup_teardown(test_key_types, test_ctx_setup, test_ctx_teardown),
 		cmocka_unit_test_setup_teardown(test_names, test_ctx_setup, test_ctx_teardown),
