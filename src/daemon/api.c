@@ -87,12 +87,24 @@ reply_error(struct svc_request *r, int status, const char *reason, enum esc_err 
 	svc_reply_error_code(r, status, reason, e);
 }
 
+/*
+ * The API's status for library error e: svc_http_status, except that
+ * TAMPERED is 409.  Here it means a stored record failed its integrity
+ * check — nothing the client sent was malformed (EST keeps 400: there the
+ * client's own envelope is broken).
+ */
+static int
+api_status(enum esc_err e)
+{
+	return e == ESC_ERR_TAMPERED ? 409 : svc_http_status(e);
+}
+
 /* The reply for library error e, with the context's message; details of server faults stay in the log. */
 static void
 reply_esc(struct api_call *c, enum esc_err e)
 {
 	struct svc_request *r = c->r;
-	int status = svc_http_status(e);
+	int status = api_status(e);
 	const char *msg = esc_ctx_errmsg(c->w->ctx);
 
 	if (status >= 500) {
