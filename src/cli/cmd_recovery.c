@@ -389,25 +389,38 @@ remote_list(struct cli_http *h, const struct opts *o)
 	return 0;
 }
 
-/* What became of a request the service answered with (it releases an approved request itself). */
-static void
+/*
+ * What became of a request the service answered with (it releases an
+ * approved request itself).  Returns 0, or the exit code of the release
+ * error the answer carries: the request stands, but the command did not
+ * do all it was asked (docs/api.md).
+ */
+static int
 report_state(const json_t *doc)
 {
 	struct esc_recovery q;
-	char err[512];
+	char err[512], code[64];
+	enum esc_err e;
 
 	request_from_json(&q, doc);
 	cli_json_copy(err, sizeof(err), doc, "release_error");
+	cli_json_copy(code, sizeof(code), doc, "release_code");
 	if (strcmp(q.state, "released") == 0)
 		printf("request %lld released by the service to KRA '%s'\n", q.id, q.kra);
 	else if (strcmp(q.state, "pending") == 0)
 		printf("request %lld is pending: %d of %d approval(s)\n", q.id, q.approvals, q.approvals_required);
 	else
 		printf("request %lld is %s\n", q.id, q.state);
-	if (*err)
-		fprintf(stderr, "%s %s: warning: the service could not release request %lld: %s (a certificate manager "
-				"can retry with 'recovery release %lld --server URL')\n",
-			PROG, CMD, q.id, err, q.id);
+	if (!*err && !*code)
+		return 0;
+	/* An answer that names no known error still reports a failed release: a server fault. */
+	if ((e = cli_http_error_named(code)) == ESC_OK)
+		e = ESC_ERR_INTERNAL;
+	fprintf(stderr,
+		"%s %s: error: the service could not release request %lld: %s (the request stays approved; a "
+		"certificate manager can retry with 'recovery release %lld --server URL')\n",
+		PROG, CMD, q.id, *err ? err : esc_strerror(e), q.id);
+	return esc_err_exit_code(e);
 }
 
 /* Every action through the service's JSON API: no database, the service checks what the library checks. */
@@ -438,14 +451,14 @@ remote_main(struct esc_ctx *ctx, struct esc_config *cfg, const struct opts *o, c
 		if ((rc = cli_http_call(h, CLI_HTTP_POST, "/recoveries", body, &doc)) != 0)
 			goto out;
 		printf("recovery request %lld filed\n", cli_json_int(doc, "id"));
-		report_state(doc);
+		rc = report_state(doc);
 	} else {
 		snprintf(path, sizeof(path), "/recoveries/%lld/%s", o->id, action);
 		if ((rc = cli_http_call(h, CLI_HTTP_POST, path, NULL, &doc)) != 0)
 			goto out;
 		if (strcmp(action, "approve") == 0) {
 			printf("request %lld approved by %s\n", o->id, o->user);
-			report_state(doc);
+			rc = report_state(doc);
 		} else {
 			printf("request %lld released to its KRA\n", o->id);
 		}

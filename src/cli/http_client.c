@@ -279,9 +279,8 @@ printable(char *dst, size_t len, const char *src, size_t max)
 	dst[i] = '\0';
 }
 
-/* The library error the server named ("code"), else the closest one for the status. */
-static enum esc_err
-error_for(int status, const char *code)
+enum esc_err
+cli_http_error_named(const char *code)
 {
 	enum esc_err e;
 	int i;
@@ -293,6 +292,17 @@ error_for(int status, const char *code)
 			if (strcmp(esc_strerror(e), "unknown error") != 0 && strcmp(esc_strerror(e), code) == 0)
 				return e;
 		}
+	return ESC_OK;
+}
+
+/* The library error the server named ("code"), else the closest one for the status. */
+static enum esc_err
+error_for(int status, const char *code)
+{
+	enum esc_err e = cli_http_error_named(code);
+
+	if (e != ESC_OK)
+		return e;
 	switch (status) {
 	case 400:
 	case 405:

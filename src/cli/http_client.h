@@ -17,6 +17,7 @@
 #include <jansson.h>
 
 #include <p11escrow/ctx.h>
+#include <p11escrow/err.h>
 
 #define CLI_HTTP_RESPONSE_MAX (4 * 1024 * 1024) /* the largest answer: 10000 audit events */
 #define CLI_HTTP_TIMEOUT 30			/* seconds without progress */
@@ -45,6 +46,13 @@ enum cli_http_method { CLI_HTTP_GET, CLI_HTTP_POST };
  * code of the matching library error returned (the server names it).
  */
 int cli_http_call(struct cli_http *h, enum cli_http_method method, const char *path, json_t *body, json_t **out);
+
+/*
+ * The library error whose esc_strerror name is code (the "code" and
+ * "release_code" members of the API's answers), ESC_OK if code is NULL or
+ * names none.
+ */
+enum esc_err cli_http_error_named(const char *code);
 
 /* Append "?key=value" or "&key=value" (URL-encoded) to buf unless value is NULL.  -1 if it does not fit. */
 int cli_http_query(char *buf, size_t len, const char *key, const char *value);

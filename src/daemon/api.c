@@ -48,22 +48,7 @@ struct api_call {
 static json_t *
 jstr(const char *s)
 {
-	json_t *j;
-	char *copy;
-	size_t i;
-
-	if (s == NULL)
-		s = "";
-	if ((j = json_string(s)) != NULL)
-		return j;
-	if ((copy = strdup(s)) == NULL)
-		return NULL;
-	for (i = 0; copy[i]; i++)
-		if ((unsigned char)copy[i] >= 0x80)
-			copy[i] = '?';
-	j = json_string(copy);
-	free(copy);
-	return j;
+	return svc_json_text(s);
 }
 
 /* Set obj[key] to v (consumed); -1 if v is NULL or out of memory. */
@@ -95,16 +80,23 @@ reply_json(struct svc_request *r, int status, json_t *obj, int built)
 	free(text);
 }
 
-/* {"error": reason[, "code": esc_strerror(e)]} */
+/* {"error": reason, "code": esc_strerror(e)}: the one error format of every /api/v1 answer (http.c). */
 static void
 reply_error(struct svc_request *r, int status, const char *reason, enum esc_err e)
 {
-	json_t *o = json_object();
-	int bad = o == NULL || put(o, "error", jstr(reason));
+	svc_reply_error_code(r, status, reason, e);
+}
 
-	if (!bad && e != ESC_OK)
-		bad = put(o, "code", jstr(esc_strerror(e)));
-	reply_json(r, status, o, bad);
+/*
+ * The API's status for library error e: svc_http_status, except that
+ * TAMPERED is 409.  Here it means a stored record failed its integrity
+ * check — nothing the client sent was malformed (EST keeps 400: there the
+ * client's own envelope is broken).
+ */
+static int
+api_status(enum esc_err e)
+{
+	return e == ESC_ERR_TAMPERED ? 409 : svc_http_status(e);
 }
 
 /* The reply for library error e, with the context's message; details of server faults stay in the log. */
@@ -112,7 +104,7 @@ static void
 reply_esc(struct api_call *c, enum esc_err e)
 {
 	struct svc_request *r = c->r;
-	int status = svc_http_status(e);
+	int status = api_status(e);
 	const char *msg = esc_ctx_errmsg(c->w->ctx);
 
 	if (status >= 500) {

@@ -19,6 +19,7 @@
 #include <event2/bufferevent_ssl.h>
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
+#include <jansson.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/rand.h>
@@ -34,6 +35,7 @@
 #define EST_PREFIX "/.well-known/est/"
 #define API_PREFIX "/api/v1"
 
+/* The method's name; NULL for a method libevent does not know (p11escrowd.c lets those through too). */
 static const char *
 method_name(enum evhttp_cmd_type m)
 {
@@ -48,9 +50,26 @@ method_name(enum evhttp_cmd_type m)
 		return "PUT";
 	case EVHTTP_REQ_DELETE:
 		return "DELETE";
+	case EVHTTP_REQ_OPTIONS:
+		return "OPTIONS";
+	case EVHTTP_REQ_TRACE:
+		return "TRACE";
+	case EVHTTP_REQ_CONNECT:
+		return "CONNECT";
+	case EVHTTP_REQ_PATCH:
+		return "PATCH";
 	default:
-		return "OTHER";
+		return NULL;
 	}
+}
+
+/* Is path (raw or decoded) under /api/v1? */
+static int
+is_api_path(const char *path)
+{
+	size_t n = sizeof(API_PREFIX) - 1;
+
+	return strncmp(path, API_PREFIX, n) == 0 && (path[n] == '/' || path[n] == '\0');
 }
 
 /* ---- Client certificates checked once per connection ---------------------- */
@@ -187,7 +206,7 @@ svc_request_init(struct svc_request *r, struct svc_worker *w, struct evhttp_requ
 	r->w = w;
 	r->ev = req;
 	r->method = evhttp_request_get_command(req);
-	r->method_name = method_name(r->method);
+	r->method_name = method_name(r->method) != NULL ? method_name(r->method) : "OTHER";
 	if (RAND_bytes(rnd, sizeof(rnd)) != 1)
 		memset(rnd, 0, sizeof(rnd));
 	for (i = 0; i < sizeof(rnd); i++)
@@ -204,17 +223,28 @@ svc_request_init(struct svc_request *r, struct svc_worker *w, struct evhttp_requ
 		r->client_cert = SSL_get1_peer_certificate(ssl);
 
 	raw = uri != NULL ? evhttp_uri_get_path(uri) : NULL;
+	/* Even a malformed API path gets its refusal in JSON; the decoded path decides below. */
+	r->api = raw != NULL && is_api_path(raw);
 	if (raw == NULL || *raw != '/' || strlen(raw) > PATH_MAX_LEN ||
 	    (r->path = evhttp_uridecode(raw, 0, &n)) == NULL || strlen(r->path) != n || strstr(r->path, "..") != NULL) {
 		svc_reply_error(r, 400, "malformed request path");
 		return -1;
 	}
+	r->api = is_api_path(r->path); /* as svc_http_dispatch routes it */
 	q = evhttp_uri_get_query(uri);
 	if (q != NULL && evhttp_parse_query_str(q, &r->query) != 0) {
 		svc_reply_error(r, 400, "malformed query string");
 		return -1;
 	}
 	len = evbuffer_get_length(in);
+	if (len > w->max_body) {
+		char msg[96];
+
+		/* Never copied: evhttp holds at most its own, higher limit (p11escrowd.c). */
+		snprintf(msg, sizeof(msg), "request body larger than %zu bytes", w->max_body);
+		svc_reply_error(r, 413, msg);
+		return -1;
+	}
 	if (len > 0) {
 		if ((r->body = malloc(len + 1)) == NULL || evbuffer_remove(in, r->body, len) != (int)len) {
 			svc_reply_error(r, 503, "out of memory");
@@ -296,8 +326,12 @@ reason_phrase(int status)
 		return "Payload Too Large";
 	case 415:
 		return "Unsupported Media Type";
+	case 429:
+		return "Too Many Requests";
 	case 500:
 		return "Internal Server Error";
+	case 501:
+		return "Not Implemented";
 	case 503:
 		return "Service Unavailable";
 	default:
@@ -325,9 +359,10 @@ svc_reply(struct svc_request *r, int status, const char *content_type, const voi
 	if (r->replied)
 		return;
 	if (len > 0 && evbuffer_add(evhttp_request_get_output_buffer(r->ev), body, len) != 0) {
-		evhttp_send_error(r->ev, 503, "out of memory");
-		r->replied = 1;
-		r->status = 503;
+		/* Not libevent's HTML page (evhttp_send_error): an empty 503 is all that memory allows. */
+		evbuffer_drain(evhttp_request_get_output_buffer(r->ev), (size_t)-1);
+		svc_add_header(r, "Retry-After", "5");
+		send_prepared(r, 503, "text/plain; charset=utf-8");
 		return;
 	}
 	send_prepared(r, status, content_type);
@@ -362,17 +397,83 @@ svc_reply_secret(struct svc_request *r, int status, const char *content_type, un
 	send_prepared(r, status, content_type);
 }
 
+json_t *
+svc_json_text(const char *s)
+{
+	json_t *j;
+	char *copy;
+	size_t i;
+
+	if (s == NULL)
+		s = "";
+	if ((j = json_string(s)) != NULL)
+		return j;
+	if ((copy = strdup(s)) == NULL)
+		return NULL;
+	for (i = 0; copy[i]; i++)
+		if ((unsigned char)copy[i] >= 0x80)
+			copy[i] = '?';
+	j = json_string(copy);
+	free(copy);
+	return j;
+}
+
+/* The library error an error reply without one names (the CLI maps it back to an exit code, as for 4xx). */
+static enum esc_err
+error_for_status(int status)
+{
+	switch (status) {
+	case 401:
+	case 429:
+		return ESC_ERR_AUTH;
+	case 403:
+		return ESC_ERR_DENIED;
+	case 404:
+		return ESC_ERR_NOT_FOUND;
+	case 409:
+		return ESC_ERR_STATE;
+	case 503:
+		return ESC_ERR_DB_CONNECT;
+	default:
+		return status >= 500 ? ESC_ERR_INTERNAL : ESC_ERR_USAGE;
+	}
+}
+
 void
 svc_reply_error(struct svc_request *r, int status, const char *reason)
 {
-	char line[600];
-	int n = snprintf(line, sizeof(line), "%s\n", reason);
+	svc_reply_error_code(r, status, reason, error_for_status(status));
+}
 
-	if (n < 0 || (size_t)n >= sizeof(line))
-		n = (int)sizeof(line) - 1;
+void
+svc_reply_error_code(struct svc_request *r, int status, const char *reason, enum esc_err e)
+{
+	char line[600], *text = NULL;
+	json_t *o;
+	int n;
+
 	if (status == 401 && svc_header(r, "WWW-Authenticate") == NULL)
 		svc_add_header(r, "WWW-Authenticate", "Basic realm=\"p11escrow\", charset=\"UTF-8\"");
-	svc_reply(r, status, "text/plain; charset=utf-8", line, (size_t)n);
+	if (!r->api) {
+		n = snprintf(line, sizeof(line), "%s\n", reason);
+		if (n < 0 || (size_t)n >= sizeof(line))
+			n = (int)sizeof(line) - 1;
+		svc_reply(r, status, "text/plain; charset=utf-8", line, (size_t)n);
+		return;
+	}
+	if ((o = json_object()) != NULL && json_object_set_new(o, "error", svc_json_text(reason)) == 0 &&
+	    json_object_set_new(o, "code", json_string(esc_strerror(e))) == 0)
+		text = json_dumps(o, JSON_COMPACT);
+	json_decref(o);
+	if (text == NULL) {
+		static const char oom[] = "{\"error\":\"internal error: cannot build the response\"}";
+
+		svc_log(r->w, ESC_LOG_ERROR, "req=%s cannot build a JSON response", r->id);
+		svc_reply(r, 500, "application/json", oom, sizeof(oom) - 1);
+		return;
+	}
+	svc_reply(r, status, "application/json", text, strlen(text));
+	free(text);
 }
 
 int
@@ -428,13 +529,15 @@ svc_reply_esc(struct svc_request *r, enum esc_err e)
 		svc_worker_forget(r->w, e);
 		if (status == 503)
 			svc_add_header(r, "Retry-After", "5");
-		svc_reply_error(r, status,
-				status == 503 ? "service temporarily unavailable (database or HSM); try again later"
-					      : "internal error; the operator's log has the details");
+		svc_reply_error_code(r, status,
+				     status == 503
+					     ? "service temporarily unavailable (database or HSM); try again later"
+					     : "internal error; the operator's log has the details",
+				     e);
 		return;
 	}
 	svc_log(r->w, ESC_LOG_INFO, "req=%s refused: %s", r->id, msg);
-	svc_reply_error(r, status, *msg ? msg : esc_strerror(e));
+	svc_reply_error_code(r, status, *msg ? msg : esc_strerror(e), e);
 }
 
 int
@@ -532,7 +635,15 @@ svc_http_dispatch(struct svc_request *r)
 {
 	const char *p = r->path;
 
-	if (r->w->require_cert && r->client_cert == NULL && strcmp(p, "/healthz") != 0) {
+	if (method_name(r->method) == NULL) {
+		/*
+		 * A method libevent cannot name (it let it through, p11escrowd.c):
+		 * 501 as HTTP has it.  libevent reads no body for such a method,
+		 * so one sent anyway would be taken for the next request: close.
+		 */
+		svc_add_header(r, "Connection", "close");
+		svc_reply_error(r, 501, "method not implemented");
+	} else if (r->w->require_cert && r->client_cert == NULL && strcmp(p, "/healthz") != 0) {
 		svc_reply_error(r, 403, "this service requires a TLS client certificate issued by its CA");
 	} else if (strncmp(p, EST_PREFIX, sizeof(EST_PREFIX) - 1) == 0) {
 		char label[64];
@@ -547,8 +658,7 @@ svc_http_dispatch(struct svc_request *r)
 		} else {
 			svc_reply_error(r, 404, "no such EST resource");
 		}
-	} else if (strncmp(p, API_PREFIX, sizeof(API_PREFIX) - 1) == 0 &&
-		   (p[sizeof(API_PREFIX) - 1] == '/' || p[sizeof(API_PREFIX) - 1] == '\0')) {
+	} else if (r->api) {
 		svc_api_handle(r, p + sizeof(API_PREFIX) - 1);
 	} else if (strcmp(p, "/crl") == 0) {
 		serve_crl(r);

@@ -186,9 +186,10 @@ svc_worker_ready(struct svc_worker *w, struct svc_request *r)
 	svc_log(w, ESC_LOG_ERROR, "req=%s unavailable: %s", r->id, esc_ctx_errmsg(w->ctx));
 	svc_worker_forget(w, e);
 	svc_add_header(r, "Retry-After", "5");
-	svc_reply_error(r, 503,
-			w->st == NULL ? "the database is unavailable; try again later"
-				      : "the CA token (HSM) is unavailable; try again later");
+	svc_reply_error_code(r, 503,
+			     w->st == NULL ? "the database is unavailable; try again later"
+					   : "the CA token (HSM) is unavailable; try again later",
+			     w->st == NULL ? ESC_ERR_DB_CONNECT : ESC_ERR_TOKEN_NOT_FOUND);
 	return -1;
 }
 
@@ -470,11 +471,24 @@ worker_setup(struct svc *s, struct slot *sl)
 		return -1;
 	evhttp_set_bevcb(sl->http, make_bev, sl);
 	evhttp_set_gencb(sl->http, on_request, sl);
-	evhttp_set_max_body_size(sl->http, esc_config_get_long(cfg, "max_body"));
+	/*
+	 * Bodies: a handler sees at most max_body bytes (svc_request_init answers
+	 * 413 in the endpoint's format above that).  evhttp's own limit, twice
+	 * that, only bounds the memory a request holds: libevent 2.1 has no hook
+	 * before it answers its own HTML 413, so it must rarely be reached.
+	 */
+	sl->w.max_body = (size_t)esc_config_get_long(cfg, "max_body");
+	evhttp_set_max_body_size(sl->http, 2 * (ev_ssize_t)sl->w.max_body);
 	evhttp_set_max_headers_size(sl->http, 16 * 1024);
 	evhttp_set_timeout(sl->http, (int)esc_config_get_long(cfg, "request_timeout"));
-	evhttp_set_allowed_methods(sl->http, EVHTTP_REQ_GET | EVHTTP_REQ_POST);
-	/* An oversize body is answered 413 and the rest read and dropped, so the client sees the 413, not a reset. */
+	/*
+	 * Every method reaches svc_http_dispatch, which answers 405 with Allow
+	 * (or 501 for a method libevent cannot name: it gives those a type
+	 * outside its enum, which 0xffff covers) in the endpoint's format, not
+	 * libevent's HTML 501.
+	 */
+	evhttp_set_allowed_methods(sl->http, 0xffff);
+	/* A body over evhttp's limit is answered 413 and the rest read and dropped, so the client sees the 413, not a reset. */
 	evhttp_set_flags(sl->http, EVHTTP_SERVER_LINGERING_CLOSE);
 	evhttp_set_default_content_type(sl->http, "text/plain; charset=utf-8");
 	if ((fd = fcntl(s->listen_fd, F_DUPFD_CLOEXEC, 0)) < 0)

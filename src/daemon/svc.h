@@ -48,6 +48,7 @@ struct svc_worker {
 	int require_cert;             /* tls_client_auth = require: no request without a client certificate */
 	long long client_cert_recheck; /* seconds a checked client certificate stays accepted on its connection */
 	struct svc_guard *guard;      /* failed logins, shared by the process's workers (guard.c) */
+	size_t max_body;              /* the largest body a handler sees (max_body); evhttp's own limit is higher */
 };
 
 /*
@@ -72,6 +73,7 @@ struct svc_request {
 	SSL *ssl;                     /* the request's TLS connection (not owned), or NULL */
 	char peer[64];                /* the client's address, "" if unknown */
 	char id[17];                  /* request id for log lines */
+	int api;                      /* the path is under /api/v1: errors are JSON, not text */
 	int replied;
 	int status;                   /* the status replied, for the access log */
 };
@@ -114,7 +116,11 @@ void svc_guard_succeeded(struct svc_guard *g, const char *name);
 long long svc_login_wait(struct svc_request *r, const char *name, char *msg, size_t msglen);
 void svc_login_result(struct svc_request *r, const char *name, int ok);
 
-/* Set up r for req (0), or reply 400 and return -1. */
+/*
+ * Set up r for req (0), or reply and return -1: 400 for a malformed path or
+ * query, 413 for a body over w->max_body (evhttp, whose own limit is higher,
+ * has read it: the client sees this answer, not a reset).
+ */
 int svc_request_init(struct svc_request *r, struct svc_worker *w, struct evhttp_request *req);
 /* Route r to its endpoint; replies exactly once. */
 void svc_http_dispatch(struct svc_request *r);
@@ -138,11 +144,26 @@ void svc_reply(struct svc_request *r, int status, const char *content_type, cons
  * freed when sent (or dropped).  Ownership passes to the reply.
  */
 void svc_reply_secret(struct svc_request *r, int status, const char *content_type, unsigned char *body, size_t len);
-/* text/plain reply of one line: the reason, never a secret. */
+/*
+ * An error reply in the format of r's endpoint family (docs/api.md,
+ * docs/est.md): under /api/v1 {"error": reason, "code": esc_strerror(e)},
+ * elsewhere one text/plain line with the reason.  The reason is never a
+ * secret.  svc_reply_error takes e from the status (400 USAGE, 404
+ * NOT_FOUND, ...).
+ */
 void svc_reply_error(struct svc_request *r, int status, const char *reason);
+void svc_reply_error_code(struct svc_request *r, int status, const char *reason, enum esc_err e);
+/* A JSON string of s (a new reference, NULL if out of memory); bytes jansson refuses (invalid UTF-8) become '?'. */
+struct json_t;
+struct json_t *svc_json_text(const char *s);
 /* Reply with the HTTP status for library error e and the context's message. */
 void svc_reply_esc(struct svc_request *r, enum esc_err e);
-/* The HTTP status for a library error (DENIED 403, AUTH 401, NOT_FOUND 404, STATE/EXISTS 409, ...). */
+/*
+ * The HTTP status for a library error (DENIED 403, AUTH 401, NOT_FOUND 404,
+ * STATE/EXISTS 409, ...).  TAMPERED is 400 here, as EST has it: the
+ * client's own envelope is broken.  The JSON API answers 409 for it (a
+ * stored record failed its integrity check), see api.c.
+ */
 int svc_http_status(enum esc_err e);
 
 /*

@@ -102,6 +102,28 @@ grep -qi '^Allow: POST' "$T/headers" || fail "405 without Allow: POST"
 expect 405 cm1 POST /whoami
 grep -qi '^Allow: GET' "$T/headers" || fail "405 without Allow: GET"
 expect 404 cm1 GET /recoveries/999999
+# is_json_error: the body is {"error": ..., "code": ...} with Content-Type application/json
+is_json_error() {
+    grep -qi '^Content-Type: application/json' "$T/headers" || fail "$1: not application/json: $(cat "$T/headers")"
+    python3 -c 'import json,sys; d=json.load(sys.stdin); assert isinstance(d["error"], str) and d["code"]' \
+        <"$T/body" || fail "$1: not a JSON error: $(head -c 400 "$T/body")"
+}
+# Every method reaches the router (libevent answered 501 with its HTML page for these).
+for m in DELETE PUT PATCH OPTIONS; do
+    expect 405 cm1 "$m" /recoveries
+    grep -qi '^Allow: GET, POST' "$T/headers" || fail "$m: 405 without Allow: GET, POST"
+    is_json_error "$m /recoveries"
+done
+expect 405 cm1 DELETE /recoveries/1
+grep -qi '^Allow: GET' "$T/headers" || fail "DELETE /recoveries/1: no Allow: GET"
+is_json_error "DELETE /recoveries/1"
+expect 405 cm1 PUT /recoveries "$(body '{"record":"1","reason":"abc"}')"
+is_json_error "PUT /recoveries with a body"
+# A method libevent cannot name: 501, still JSON, and the connection closed.
+expect 501 cm1 FROB /recoveries
+is_json_error "FROB /recoveries"
+grep -qi '^Connection: close' "$T/headers" || fail "FROB: connection not closed"
+expect 200 cm1 GET /whoami
 
 note "strict bodies: 415, 400 (malformed, not an object, unknown field, wrong type, duplicates, NUL), 413"
 before=$(rows)
@@ -119,6 +141,15 @@ expect 400 cm1 POST /recoveries "$(body "{\"record\":\"$SERIAL\"}")"
 jget 'd["error"]' | grep -q "field 'reason' is required" || fail "missing-field reason: $(cat "$T/body")"
 python3 -c 'import json,sys; print(json.dumps({"record": sys.argv[1], "reason": "x" * 20000}))' "$SERIAL" >"$T/big.json"
 expect 413 cm1 POST /recoveries "$T/big.json"
+is_json_error "a body over 16 KiB"
+# Over max_body (64 KiB): refused before authentication, in JSON too (it was libevent's HTML page).
+python3 -c 'import json,sys; print(json.dumps({"record": sys.argv[1], "reason": "x" * 100000}))' "$SERIAL" >"$T/huge.json"
+expect 413 - POST /recoveries "$T/huge.json"
+is_json_error "a body over max_body"
+expect 413 cm1 POST /recoveries "$T/huge.json" application/json -H 'Transfer-Encoding: chunked'
+is_json_error "a chunked body over max_body"
+expect 413 cm1 PUT /recoveries "$T/huge.json"
+is_json_error "PUT with a body over max_body"
 expect 400 cm1 POST /recoveries/1/approve "$(body '{"x":1}')"
 expect 400 cm1 GET '/records?colour=blue'
 expect 400 cm1 GET '/records?serial=1&serial=2'
@@ -251,6 +282,34 @@ openssl cms -cmsout -inform DER -in "$T/pkg.der" -print 2>/dev/null | grep -qi "
 expect 200 kim POST "/recoveries/$R2/complete"
 [ "$(jget 'd["state"]')" = completed ] || fail "complete: $(cat "$T/body")"
 expect 409 kim POST "/recoveries/$R2/complete"
+
+note "a tampered record: the request stands, the release is refused, 409 and exit 33 (TAMPERED)"
+# Swap the two records' sealed envelopes: each row now holds the other's (bound to its row: TAMPERED).
+swap_records() {
+    psql_val "UPDATE archive_records a SET record = (SELECT b.record FROM archive_records b WHERE b.id <> a.id)" >/dev/null
+}
+swap_records
+srv cm1 33 recovery request --serial "$SERIAL" --reason "alice's key again" --kra kra1
+R3=$(sed -n 's/^recovery request \([0-9]*\) filed$/\1/p' "$T/out")
+[ -n "$R3" ] || fail "no request id printed for a request whose release failed"
+assert_out "could not release request $R3"
+assert_out "belongs to another row"
+[ "$(psql_val "SELECT state FROM recovery_requests WHERE id = $R3")" = approved ] || fail "request $R3 not left approved"
+expect 409 cm1 POST "/recoveries/$R3/release"
+[ "$(jget 'd["code"]')" = "integrity check failed: data was altered" ] || fail "release of a tampered record: $(cat "$T/body")"
+srv cm1 33 recovery release "$R3"
+expect 201 cm1 POST /recoveries "$(inj record "$SERIAL" reason "and once more" kra kra1)"
+[ "$(jget 'd["state"], d["release_code"]')" = "('approved', 'integrity check failed: data was altered')" ] ||
+    fail "201 with a failed release: $(cat "$T/body")"
+# The same when an approval triggers the release.
+as admin 0 policy set recovery_approvals 1
+srv cm1 0 recovery request --serial "$SERIAL" --reason "alice, approved this time" --kra kra1
+R4=$(sed -n 's/^recovery request \([0-9]*\) filed$/\1/p' "$T/out")
+srv cm2 33 recovery approve "$R4"
+assert_out "request $R4 approved by cm2"
+assert_out "could not release request $R4"
+swap_records
+as admin 0 policy set recovery_approvals 0
 
 note "the audit trail has every step, refusals included; auditors read it through the service"
 srv audrey 0 audit show --object "request $REQ"

@@ -61,6 +61,32 @@ grep -q "signature does not verify" "$T/resp" || fail "bad-signature reason: $(c
 [ "$(post fullcmc application/pkcs7-mime "$T/req.b64" "${CC[@]}")" = 400 ] || fail "a CSR is not a CMC request"
 head -c 200000 /dev/zero | tr '\0' 'A' >"$T/big.b64"
 [ "$(post serverkeygen application/pkcs10 "$T/big.b64" "${CC[@]}")" = 413 ] || fail "oversize body"
+# est_text_error WHAT: the answer ($T/resp, headers $T/resp.h) is one line of text/plain, not HTML
+est_text_error() {
+    grep -qi '^Content-Type: text/plain' "$T/resp.h" || fail "$1: not text/plain: $(cat "$T/resp.h")"
+    [ "$(wc -l <"$T/resp")" = 1 ] && ! grep -qi '<html' "$T/resp" || fail "$1: not one line: $(head -c 300 "$T/resp")"
+}
+# Over max_body (64 KiB) but within evhttp's own limit (twice that): our 413, not libevent's HTML page.
+head -c 100000 /dev/zero | tr '\0' 'A' >"$T/big.b64"
+[ "$(post serverkeygen application/pkcs10 "$T/big.b64" "${CC[@]}" -D "$T/resp.h")" = 413 ] || fail "oversize body"
+est_text_error "a body over max_body"
+grep -q "larger than 65536 bytes" "$T/resp" || fail "oversize reason: $(cat "$T/resp")"
+[ "$(post serverkeygen application/pkcs10 "$T/big.b64" "${CC[@]}" -D "$T/resp.h" -H 'Transfer-Encoding: chunked')" = 413 ] ||
+    fail "oversize chunked body"
+est_text_error "a chunked body over max_body"
+# Every method reaches the EST router: 405 with Allow (libevent answered 501 with its HTML page).
+for m in DELETE PUT PATCH; do
+    code=$(curl -sS --cacert "$SERVER_CA" -o "$T/resp" -D "$T/resp.h" -w '%{http_code}' -X "$m" "$URL/.well-known/est/cacerts")
+    [ "$code" = 405 ] || fail "$m cacerts: HTTP $code"
+    grep -qi '^Allow: GET' "$T/resp.h" || fail "$m cacerts: no Allow: GET"
+    est_text_error "$m cacerts"
+done
+[ "$(post serverkeygen application/pkcs10 "$T/req.b64" -X PUT -D "$T/resp.h")" = 405 ] || fail "PUT serverkeygen"
+grep -qi '^Allow: POST' "$T/resp.h" || fail "PUT serverkeygen: no Allow: POST"
+est_text_error "PUT serverkeygen"
+code=$(curl -sS --cacert "$SERVER_CA" -o "$T/resp" -D "$T/resp.h" -w '%{http_code}' -X FROB "$URL/.well-known/est/cacerts")
+[ "$code" = 501 ] || fail "unknown method: HTTP $code"
+est_text_error "an unknown method"
 [ "$(post nosuchop application/pkcs10 "$T/req.b64")" = 404 ] || fail "unknown operation"
 [ "$(post nolabel/serverkeygen application/pkcs10 "$T/req.b64")" = 404 ] || fail "unknown label"
 [ "$(post ../../etc/passwd application/pkcs10 "$T/req.b64" --path-as-is)" = 400 ] || fail "path traversal"
