@@ -142,7 +142,6 @@ assert_not_out "the key matches its certificate"
 [ "$(refusals recovery.complete "object = 'request $REQ_DONE'")" = $((n0 + 1)) ] || fail "refused completion not audited"
 [ "$(refusals recovery.fetch "object = 'request $REQ_DONE'")" -ge 1 ] || fail "refused fetch not audited"
 
-note "swap the certificate and its hash between carol's and dave's rows: refused at release"
 swap() { # swap COLUMN...: exchange these columns between carol's and dave's rows (unique ones via a detour)
     local set="" c
     for c in "$@"; do set+="${set:+, }$c = s.$c"; done
@@ -156,9 +155,17 @@ UPDATE archive_records a SET public_key_sha256 = s.public_key_sha256 FROM s WHER
 COMMIT;
 EOF
 }
-swap certificate cert_sha256
+note "swap the certificate alone between carol's and dave's rows: refused at release (its hash is not the column's)"
+swap certificate
 as cm1 0 recovery search --subject carol
 grep -q "^record $CAROL  TAMPERED" "$T/out" || fail "carol's row with dave's certificate is not flagged"
+run_esc 33 recovery release "$REQ_SWAP" --pin-file "$PIN_FILE"
+assert_out "cert_sha256"
+[ "$(psql_val "SELECT state FROM recovery_requests WHERE id = $REQ_SWAP")" = approved ] || fail "released anyway"
+note "... the certificate with its hash: refused at release (serial, subject, email are carol's)"
+swap cert_sha256
+as cm1 0 recovery search --subject carol
+grep -q "^record $CAROL  TAMPERED" "$T/out" || fail "carol's row with dave's certificate and hash is not flagged"
 run_esc 33 recovery release "$REQ_SWAP" --pin-file "$PIN_FILE"
 assert_out "was altered"
 [ "$(psql_val "SELECT state FROM recovery_requests WHERE id = $REQ_SWAP")" = approved ] || fail "released anyway"
@@ -169,7 +176,7 @@ swap cert_serial subject email public_key_sha256
 run_esc 33 recovery release "$REQ_SWAP" --pin-file "$PIN_FILE"
 assert_out "sealed for another certificate"
 [ "$(psql_val "SELECT state FROM recovery_requests WHERE id = $REQ_SWAP")" = approved ] || fail "released anyway"
-[ "$(refusals recovery.release "object = 'request $REQ_SWAP'")" = 2 ] || fail "refused releases not audited"
+[ "$(refusals recovery.release "object = 'request $REQ_SWAP'")" = 3 ] || fail "refused releases not audited"
 
 note "the audit trail is intact and names the certificate's serial in request events"
 run_esc 0 audit verify
