@@ -35,6 +35,13 @@
 
 #define ESC_REASON_MAX 1000
 
+/*
+ * serial, subject, email and issuer are read from the record's certificate,
+ * never from the columns stored beside it.  tampered: those columns (or the
+ * certificate hashes) disagree with the certificate, or the certificate does
+ * not decode (then the four are empty) — a database writer altered the row,
+ * and request, approval, release and completion refuse it (TAMPERED).
+ */
 struct esc_record_summary {
 	char id[ESC_RECORD_ID_LEN + 1];
 	char serial[64];
@@ -43,14 +50,17 @@ struct esc_record_summary {
 	char issuer[256];
 	char kras[256];
 	int foreign;
+	int tampered;
 	char created[32];
 };
 
+/* serial and subject are the record's certificate's; tampered as in esc_record_summary. */
 struct esc_recovery {
 	long long id;
 	char record_id[ESC_RECORD_ID_LEN + 1];
 	char serial[64];
 	char subject[256];
+	int tampered;
 	char state[16];
 	char requester[65];
 	char kra[65];
@@ -64,8 +74,10 @@ struct esc_recovery {
  * Archived records matching every given criterion (NULL = any): serial
  * (hex), subject (substring), email (exact).  At most 100.  For certificate
  * managers, auditors and administrators; a scoped certificate manager
- * (esc_account_set_scope) sees only the records in scope.
- * Errors: DENIED, USAGE, DB.
+ * (esc_account_set_scope) sees only the records in scope.  The criteria
+ * match the stored columns; what is returned is each record's certificate's,
+ * and a row whose columns disagree with it is returned flagged (tampered).
+ * Errors: DENIED, USAGE, NOMEM, DB.
  */
 enum esc_err esc_archive_search(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor,
 				const char *serial, const char *subject, const char *email,
@@ -75,10 +87,12 @@ enum esc_err esc_archive_search(struct esc_ctx *ctx, struct esc_store *st, const
  * File a recovery request for record (a record id or a certificate serial
  * in hex) to be recovered by KRA kra_name (NULL: the record's only active
  * KRA).  actor must be a certificate manager whose scope, if any, holds the
- * record.  Audited, refusals included (a serial as the object).
+ * record.  The record's row must match its certificate.  Audited, refusals
+ * included (a serial as the object); the event names the serial and subject
+ * read from the certificate.
  * Errors: DENIED (role, out of scope), NOT_FOUND, USAGE (reason, ambiguous
  * KRA), STATE (KRA not active / not in the record's set), POLICY (not yet
- * revoked, revoke_before_recovery), DB.
+ * revoked, revoke_before_recovery), TAMPERED (the row was altered), DB.
  */
 enum esc_err esc_recovery_request(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor,
 				  const char *record, const char *kra_name, const char *reason, long long *id)
@@ -86,8 +100,10 @@ enum esc_err esc_recovery_request(struct esc_ctx *ctx, struct esc_store *st, con
 
 /*
  * Approve a pending request, as a certificate manager other than the
- * requester whose scope, if any, holds the request's record.
- * Errors: DENIED (not a certificate manager, own request, out of scope), STATE, EXISTS, NOT_FOUND.
+ * requester whose scope, if any, holds the request's record, and whose row
+ * must still match its certificate.
+ * Errors: DENIED (not a certificate manager, own request, out of scope), STATE, EXISTS, NOT_FOUND,
+ * TAMPERED.
  */
 enum esc_err esc_recovery_approve(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor,
 				  long long id) ESC_MUST_CHECK;
@@ -95,8 +111,10 @@ enum esc_err esc_recovery_approve(struct esc_ctx *ctx, struct esc_store *st, con
 /*
  * Release an approved request: open the record's outer layer with the
  * storage key on ca_tok (logged in) and hand the inner envelope to the
- * request's KRA.  Errors: STATE (not approved, KRA retired or expired),
- * NOT_FOUND, TAMPERED, PKCS11, DB.
+ * request's KRA (esc_archive_open_outer: the row must match its certificate,
+ * and that certificate be the one sealed in the record).
+ * Errors: STATE (not approved, KRA retired or expired), NOT_FOUND, TAMPERED,
+ * PKCS11, DB.
  */
 enum esc_err esc_recovery_release(struct esc_ctx *ctx, struct esc_store *st, struct esc_token *ca_tok, long long id)
 	ESC_MUST_CHECK;
@@ -105,7 +123,8 @@ enum esc_err esc_recovery_release(struct esc_ctx *ctx, struct esc_store *st, str
  * Complete a released request with the KRA's card (logged in): decrypt the
  * package on the card, check the key against the record's certificate and
  * return a PKCS#12 (AES-256-CBC, PBKDF2, SHA-256 MAC) protected by password.
- * actor must be the KRA account the request names.  Marks the request
+ * actor must be the KRA account the request names; the record's row must
+ * still match its certificate (TAMPERED otherwise, nothing returned).  Marks the request
  * completed in the same transaction that reads the package.
  * Errors: DENIED (not the request's KRA, retired), STATE (not released),
  * NOT_FOUND, KEY_NOT_FOUND (card lacks the KRA key), TAMPERED, MISMATCH, DB.
@@ -117,7 +136,9 @@ enum esc_err esc_recovery_complete(struct esc_ctx *ctx, struct esc_store *st, co
 /*
  * Requests, newest first; state NULL = all.  For any authenticated account;
  * a scoped certificate manager sees only those of records in scope (so
- * esc_recovery_get answers NOT_FOUND for the others).  Errors: DENIED, DB.
+ * esc_recovery_get answers NOT_FOUND for the others).  A request whose
+ * record's row disagrees with its certificate is listed, flagged tampered.
+ * Errors: DENIED, NOMEM, DB.
  */
 enum esc_err esc_recovery_list(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor,
 			       const char *state, struct esc_recovery **out, size_t *n) ESC_MUST_CHECK;
@@ -137,10 +158,12 @@ struct esc_recovery_package;
  * The package of released request id, for actor — with exactly the checks
  * of esc_recovery_complete: actor is the KRA account the request names,
  * that KRA is active and its certificate unexpired, the request is
- * released.  Changes nothing but the audit trail (recovery.fetch, refusals
- * included); may be fetched again until the request is completed.
+ * released, the record's row still matches its certificate.  Changes nothing
+ * but the audit trail (recovery.fetch, refusals included); may be fetched
+ * again until the request is completed.
  * *out is the caller's (esc_recovery_package_free).
- * Errors: DENIED, STATE, NOT_FOUND, BAD_INPUT (stored data unreadable), DB.
+ * Errors: DENIED, STATE, NOT_FOUND, TAMPERED, BAD_INPUT (stored data
+ * unreadable), DB.
  */
 enum esc_err esc_recovery_fetch(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor,
 				long long id, struct esc_recovery_package **out) ESC_MUST_CHECK;

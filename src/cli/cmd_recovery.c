@@ -81,10 +81,12 @@ print_records(const struct esc_record_summary *s, size_t n)
 	size_t i;
 
 	for (i = 0; i < n; i++)
-		printf("record %s\n  serial:  %s\n  subject: %s\n  email:   %s\n  issuer:  %s%s\n  KRAs:    %s\n"
+		printf("record %s%s\n  serial:  %s\n  subject: %s\n  email:   %s\n  issuer:  %s%s\n  KRAs:    %s\n"
 		       "  archived: %s\n",
-		       s[i].id, s[i].serial, s[i].subject, s[i].email, s[i].issuer, s[i].foreign ? " (foreign)" : "",
-		       s[i].kras, s[i].created);
+		       s[i].id,
+		       s[i].tampered ? "  TAMPERED: its database row does not match its certificate (shown)" : "",
+		       s[i].serial, s[i].subject, s[i].email, s[i].issuer, s[i].foreign ? " (foreign)" : "", s[i].kras,
+		       s[i].created);
 	printf("%zu record(s)\n", n);
 }
 
@@ -94,10 +96,12 @@ print_requests(const struct esc_recovery *q, size_t n)
 	size_t i;
 
 	for (i = 0; i < n; i++)
-		printf("request %lld  %-9s record %s serial %s\n  subject: %s\n  requested by %s at %s, KRA %s, "
+		printf("request %lld  %-9s record %s serial %s\n  subject: %s\n%s  requested by %s at %s, KRA %s, "
 		       "approvals %d/%d\n  reason: %s\n",
-		       q[i].id, q[i].state, q[i].record_id, q[i].serial, q[i].subject, q[i].requester, q[i].created,
-		       q[i].kra, q[i].approvals, q[i].approvals_required, q[i].reason);
+		       q[i].id, q[i].state, q[i].record_id, q[i].serial, q[i].subject,
+		       q[i].tampered ? "  TAMPERED: the record's database row does not match its certificate (shown)\n"
+				     : "",
+		       q[i].requester, q[i].created, q[i].kra, q[i].approvals, q[i].approvals_required, q[i].reason);
 	printf("%zu request(s)\n", n);
 }
 
@@ -305,6 +309,7 @@ request_from_json(struct esc_recovery *q, const json_t *o)
 	cli_json_copy(q->record_id, sizeof(q->record_id), o, "record");
 	cli_json_copy(q->serial, sizeof(q->serial), o, "serial");
 	cli_json_copy(q->subject, sizeof(q->subject), o, "subject");
+	q->tampered = json_is_true(json_object_get(o, "tampered"));
 	cli_json_copy(q->state, sizeof(q->state), o, "state");
 	cli_json_copy(q->requester, sizeof(q->requester), o, "requester");
 	cli_json_copy(q->kra, sizeof(q->kra), o, "kra");
@@ -345,6 +350,7 @@ remote_search(struct cli_http *h, const struct opts *o)
 		cli_json_copy(s[i].issuer, sizeof(s[i].issuer), e, "issuer");
 		cli_json_copy(s[i].created, sizeof(s[i].created), e, "created");
 		s[i].foreign = json_is_true(json_object_get(e, "foreign"));
+		s[i].tampered = json_is_true(json_object_get(e, "tampered"));
 		for (j = 0, used = 0; (k = json_array_get(json_object_get(e, "kras"), j)) != NULL && json_is_string(k);
 		     j++) {
 			int w = snprintf(s[i].kras + used, sizeof(s[i].kras) - used, "%s%s", j ? "," : "",

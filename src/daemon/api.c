@@ -225,7 +225,8 @@ request_json(const struct esc_recovery *q)
 
 	if (o == NULL || put(o, "id", json_integer(q->id)) || put(o, "record", jstr(q->record_id)) ||
 	    put(o, "serial", jstr(q->serial)) || put(o, "subject", jstr(q->subject)) ||
-	    put(o, "state", jstr(q->state)) || put(o, "requester", jstr(q->requester)) || put(o, "kra", jstr(q->kra)) ||
+	    put(o, "tampered", json_boolean(q->tampered)) || put(o, "state", jstr(q->state)) ||
+	    put(o, "requester", jstr(q->requester)) || put(o, "kra", jstr(q->kra)) ||
 	    put(o, "reason", jstr(q->reason)) || put(o, "approvals", json_integer(q->approvals)) ||
 	    put(o, "approvals_required", json_integer(q->approvals_required)) || put(o, "created", jstr(q->created))) {
 		json_decref(o);
@@ -318,8 +319,8 @@ api_records(struct api_call *c)
 		if (bad || put(e, "id", jstr(s[i].id)) || put(e, "serial", jstr(s[i].serial)) ||
 		    put(e, "subject", jstr(s[i].subject)) || put(e, "email", jstr(s[i].email)) ||
 		    put(e, "issuer", jstr(s[i].issuer)) || put(e, "foreign", json_boolean(s[i].foreign)) ||
-		    put(e, "created", jstr(s[i].created)) || put(e, "kras", json_incref(kras)) ||
-		    json_array_append(list, e))
+		    put(e, "tampered", json_boolean(s[i].tampered)) || put(e, "created", jstr(s[i].created)) ||
+		    put(e, "kras", json_incref(kras)) || json_array_append(list, e))
 			bad = 1;
 		json_decref(kras);
 		json_decref(e);

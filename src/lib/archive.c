@@ -262,6 +262,136 @@ digest_hex(struct esc_ctx *ctx, X509 *cert, EVP_PKEY *pub, char out[65], unsigne
 	return ESC_OK;
 }
 
+enum esc_err
+esc_archive_fields_of(struct esc_ctx *ctx, X509 *cert, struct esc_archive_fields *out)
+{
+	struct esc_archive_fields f;
+	STACK_OF(OPENSSL_STRING) *emails = NULL;
+	enum esc_err r;
+
+	memset(&f, 0, sizeof(f));
+	if ((f.serial = esc_cert_serial_hex(cert)) == NULL ||
+	    (f.issuer = esc_name_to_string(X509_get_issuer_name(cert))) == NULL ||
+	    (f.subject = esc_name_to_string(X509_get_subject_name(cert))) == NULL) {
+		r = esc_error(ctx, ESC_ERR_NOMEM, "out of memory");
+		goto out;
+	}
+	/* The first address only, as archival has always stored it (the column is for searching). */
+	emails = X509_get1_email(cert);
+	if (sk_OPENSSL_STRING_num(emails) > 0 && (f.email = strdup(sk_OPENSSL_STRING_value(emails, 0))) == NULL) {
+		r = esc_error(ctx, ESC_ERR_NOMEM, "out of memory");
+		goto out;
+	}
+	if ((r = digest_hex(ctx, cert, NULL, f.cert_sha256, f.cert_sha256_raw)) != ESC_OK)
+		goto out;
+	/* A key that does not decode has no hash: "" then, which no stored row holds (archival refuses such keys). */
+	if (X509_get0_pubkey(cert) == NULL)
+		ERR_clear_error();
+	else if ((r = digest_hex(ctx, NULL, X509_get0_pubkey(cert), f.public_key_sha256, NULL)) != ESC_OK)
+		goto out;
+	*out = f;
+	memset(&f, 0, sizeof(f)); /* transferred */
+	r = ESC_OK;
+out:
+	X509_email_free(emails);
+	esc_archive_fields_clear(&f);
+	return r;
+}
+
+void
+esc_archive_fields_clear(struct esc_archive_fields *f)
+{
+	if (f == NULL)
+		return;
+	free(f->serial);
+	free(f->issuer);
+	free(f->subject);
+	free(f->email);
+	memset(f, 0, sizeof(*f));
+}
+
+void
+esc_archive_row_get(const PGresult *res, int row, int col, struct esc_archive_row *out)
+{
+	out->id = PQgetvalue(res, row, col);
+	out->serial = PQgetvalue(res, row, col + 1);
+	out->issuer = PQgetvalue(res, row, col + 2);
+	out->subject = PQgetvalue(res, row, col + 3);
+	out->email = PQgetisnull(res, row, col + 4) ? NULL : PQgetvalue(res, row, col + 4);
+	out->cert_sha256 = PQgetvalue(res, row, col + 5);
+	out->public_key_sha256 = PQgetvalue(res, row, col + 6);
+	out->certificate = PQgetvalue(res, row, col + 7);
+}
+
+/* Add name to the list in cols (", "-separated) when the column's value is not want. */
+static void
+differs(char *cols, size_t len, const char *name, const char *have, const char *want)
+{
+	size_t used = strlen(cols);
+
+	if (have == NULL && want == NULL)
+		return;
+	if (have != NULL && want != NULL && strcmp(have, want) == 0)
+		return;
+	snprintf(cols + used, len - used, "%s%s", used ? ", " : "", name);
+}
+
+enum esc_err
+esc_archive_row_compare(struct esc_ctx *ctx, const struct esc_archive_row *row, const struct esc_archive_fields *f)
+{
+	char cols[128] = "";
+
+	/* Not secrets: plain comparisons.  Every column is named, so the message says what was changed. */
+	differs(cols, sizeof(cols), "cert_serial", row->serial, f->serial);
+	differs(cols, sizeof(cols), "issuer", row->issuer, f->issuer);
+	differs(cols, sizeof(cols), "subject", row->subject, f->subject);
+	differs(cols, sizeof(cols), "email", row->email, f->email);
+	differs(cols, sizeof(cols), "cert_sha256", row->cert_sha256, f->cert_sha256);
+	differs(cols, sizeof(cols), "public_key_sha256", row->public_key_sha256, f->public_key_sha256);
+	if (cols[0] != '\0')
+		return esc_error(ctx, ESC_ERR_TAMPERED,
+				 "archive record %s was altered: its %s %s not match its certificate (serial %s, "
+				 "subject '%s'): tampering",
+				 row->id ? row->id : "?", cols, strchr(cols, ',') ? "do" : "does", f->serial,
+				 f->subject);
+	return ESC_OK;
+}
+
+enum esc_err
+esc_archive_row_check(struct esc_ctx *ctx, const struct esc_archive_row *row, X509 **cert,
+		      struct esc_archive_fields *truth)
+{
+	struct esc_archive_fields f;
+	X509 *x = NULL;
+	enum esc_err r;
+
+	memset(&f, 0, sizeof(f));
+	/* Not the per-connection cache: a user's certificate is read once, and would push out the CA's and the KRAs'. */
+	if (row->certificate == NULL || (x = esc_store_cert_from_text(row->certificate)) == NULL) {
+		ERR_clear_error();
+		r = esc_error(ctx, ESC_ERR_TAMPERED,
+			      "archive record %s was altered: its certificate column does not hold one certificate: "
+			      "tampering",
+			      row->id ? row->id : "?");
+		goto out;
+	}
+	if ((r = esc_archive_fields_of(ctx, x, &f)) != ESC_OK || (r = esc_archive_row_compare(ctx, row, &f)) != ESC_OK)
+		goto out;
+	if (cert != NULL) {
+		*cert = x;
+		x = NULL; /* transferred */
+	}
+	if (truth != NULL) {
+		*truth = f;
+		memset(&f, 0, sizeof(f)); /* transferred */
+	}
+	r = ESC_OK;
+out:
+	esc_archive_fields_clear(&f);
+	X509_free(x);
+	return r;
+}
+
 static enum esc_err
 check_not_archived(struct esc_ctx *ctx, struct esc_store *st, const char *cert_hash, const char *key_hash)
 {
@@ -308,34 +438,32 @@ record_content(struct esc_ctx *ctx, const char *id, const unsigned char cert_sha
 	return ESC_OK;
 }
 
+/* The derived columns are f's (esc_archive_fields_of): the same derivation that reading a row checks them with. */
 static enum esc_err
 insert_record(struct esc_ctx *ctx, struct esc_store *st, const char *actor, const char *id, X509 *cert,
-	      const char *cert_hash,
-	      const char *key_hash, const char *key_type, int foreign, enum esc_archive_source source,
+	      const struct esc_archive_fields *f, const char *key_type, int foreign, enum esc_archive_source source,
 	      const unsigned char *outer, size_t outerlen, const struct kra_set *ks)
 {
-	char *serial = esc_cert_serial_hex(cert), *issuer = esc_name_to_string(X509_get_issuer_name(cert)),
-	     *subject = esc_name_to_string(X509_get_subject_name(cert)), kid[24];
-	STACK_OF(OPENSSL_STRING) *emails = X509_get1_email(cert);
+	char kid[24];
 	unsigned char *cder = NULL;
 	const char *v[12];
 	int len[12] = {0}, fmt[12] = {0}, clen, own_tx = !esc_store_in_tx(st);
 	enum esc_err r;
 	size_t i;
 
-	if (serial == NULL || issuer == NULL || subject == NULL || (clen = i2d_X509(cert, &cder)) <= 0) {
+	if ((clen = i2d_X509(cert, &cder)) <= 0) {
 		r = esc_error(ctx, ESC_ERR_NOMEM, "out of memory");
 		goto out;
 	}
 	if (own_tx && (r = esc_store_begin(ctx, st)) != ESC_OK)
 		goto out;
 	v[0] = id;
-	v[1] = serial;
-	v[2] = issuer;
-	v[3] = subject;
-	v[4] = sk_OPENSSL_STRING_num(emails) > 0 ? sk_OPENSSL_STRING_value(emails, 0) : NULL;
-	v[5] = cert_hash;
-	v[6] = key_hash;
+	v[1] = f->serial;
+	v[2] = f->issuer;
+	v[3] = f->subject;
+	v[4] = f->email;
+	v[5] = f->cert_sha256;
+	v[6] = f->public_key_sha256;
 	v[7] = key_type;
 	v[8] = (const char *)cder;
 	len[8] = clen;
@@ -353,7 +481,7 @@ insert_record(struct esc_ctx *ctx, struct esc_store *st, const char *actor, cons
 		goto out;
 	{
 		char details[200];
-		struct esc_audit_event ev = {actor, "", "archive.store", serial, "ok", details};
+		struct esc_audit_event ev = {actor, "", "archive.store", f->serial, "ok", details};
 
 		snprintf(details, sizeof(details), "record %s, source %s, %s issuer, %zu KRA(s)", id, esc_archive_source_name(source),
 			 foreign ? "foreign" : "own", ks->n);
@@ -376,11 +504,7 @@ insert_record(struct esc_ctx *ctx, struct esc_store *st, const char *actor, cons
 out:
 	if (own_tx)
 		esc_store_rollback(st);
-	X509_email_free(emails);
 	OPENSSL_free(cder);
-	free(serial);
-	free(issuer);
-	free(subject);
 	return r;
 }
 
@@ -401,14 +525,16 @@ archive_impl(struct esc_ctx *ctx, struct esc_store *st, const char *actor, X509 
 	     enum esc_archive_source source, struct esc_archive_info *info)
 {
 	struct kra_set ks;
+	struct esc_archive_fields f;
 	X509 *storage = NULL;
-	unsigned char *p8 = NULL, *inner = NULL, *content = NULL, *outer = NULL, cert_raw[32];
+	unsigned char *p8 = NULL, *inner = NULL, *content = NULL, *outer = NULL;
 	size_t p8len = 0, innerlen = 0, outerlen = 0, i;
-	char cert_hash[65], key_hash[65], id[ESC_RECORD_ID_LEN + 1], ktype[16];
+	char id[ESC_RECORD_ID_LEN + 1], ktype[16];
 	int contentlen = 0, foreign = 0;
 	enum esc_err r;
 
 	memset(&ks, 0, sizeof(ks));
+	memset(&f, 0, sizeof(f));
 	if (key_type_of(key, ktype, sizeof(ktype)) == NULL) {
 		r = esc_error(ctx, ESC_ERR_BAD_INPUT, "only RSA and EC keys can be archived");
 		goto out;
@@ -420,9 +546,9 @@ archive_impl(struct esc_ctx *ctx, struct esc_store *st, const char *actor, X509 
 	}
 	if ((r = esc_store_check_schema(ctx, st)) != ESC_OK || (r = check_usage(ctx, cert)) != ESC_OK ||
 	    (r = check_issuer(ctx, st, cert, &foreign)) != ESC_OK ||
-	    (r = digest_hex(ctx, cert, NULL, cert_hash, cert_raw)) != ESC_OK ||
-	    (r = digest_hex(ctx, NULL, X509_get0_pubkey(cert), key_hash, NULL)) != ESC_OK ||
-	    (r = check_not_archived(ctx, st, cert_hash, key_hash)) != ESC_OK || (r = choose_kras(ctx, st, &ks)) != ESC_OK ||
+	    (r = esc_archive_fields_of(ctx, cert, &f)) != ESC_OK ||
+	    (r = check_not_archived(ctx, st, f.cert_sha256, f.public_key_sha256)) != ESC_OK ||
+	    (r = choose_kras(ctx, st, &ks)) != ESC_OK ||
 	    (r = esc_store_get_cert(ctx, st, "the storage certificate",
 				    "SELECT certificate FROM token_keys WHERE role = 'storage'", 0, NULL, &storage)) !=
 		    ESC_OK ||
@@ -430,11 +556,10 @@ archive_impl(struct esc_ctx *ctx, struct esc_store *st, const char *actor, X509 
 		goto out;
 	if ((r = pkcs8_of(ctx, key, &p8, &p8len)) != ESC_OK ||
 	    (r = esc_envelope_seal(ctx, p8, p8len, ks.certs, ks.hashes, ks.n, &inner, &innerlen)) != ESC_OK ||
-	    (r = record_content(ctx, id, cert_raw, inner, innerlen, &content, &contentlen)) != ESC_OK ||
+	    (r = record_content(ctx, id, f.cert_sha256_raw, inner, innerlen, &content, &contentlen)) != ESC_OK ||
 	    (r = esc_envelope_seal(ctx, content, (size_t)contentlen, &storage, NULL, 1, &outer, &outerlen)) != ESC_OK)
 		goto out;
-	if ((r = insert_record(ctx, st, actor, id, cert, cert_hash, key_hash, ktype, foreign, source, outer, outerlen,
-			       &ks)) != ESC_OK)
+	if ((r = insert_record(ctx, st, actor, id, cert, &f, ktype, foreign, source, outer, outerlen, &ks)) != ESC_OK)
 		goto out;
 	if (info != NULL) {
 		memset(info, 0, sizeof(*info));
@@ -452,6 +577,7 @@ out:
 	if (p8 != NULL)
 		OPENSSL_secure_clear_free(p8, p8len);
 	kra_set_clear(&ks);
+	esc_archive_fields_clear(&f);
 	X509_free(storage);
 	free(inner);
 	OPENSSL_free(content);
@@ -534,24 +660,31 @@ esc_archive_open_outer(struct esc_ctx *ctx, struct esc_store *st, struct esc_tok
 	PGresult *res = NULL;
 	const char *v[1] = {id};
 	struct esc_token_key *key = NULL;
+	struct esc_archive_row row;
+	struct esc_archive_fields truth;
 	EVP_PKEY *pkey = NULL;
 	X509 *storage = NULL;
 	unsigned char *outer = NULL, *content = NULL;
 	size_t outerlen = 0, contentlen = 0;
-	char cert_hash[65], uri[1024];
+	char uri[1024];
 	enum esc_err r;
 
-	if ((r = esc_store_exec(ctx, st,
-				"SELECT encode(record, 'hex'), cert_sha256, (SELECT uri FROM token_keys WHERE role = "
-				"'storage') FROM archive_records WHERE id::text = $1",
-				1, v, NULL, NULL, &res)) != ESC_OK)
+	memset(&truth, 0, sizeof(truth));
+	if ((r = esc_store_exec(
+		     ctx, st,
+		     "SELECT encode(a.record, 'hex'), (SELECT uri FROM token_keys WHERE role = 'storage'), " ESC_ARCHIVE_ROW_SQL
+		     " FROM archive_records a WHERE a.id::text = $1",
+		     1, v, NULL, NULL, &res)) != ESC_OK)
 		return r;
 	if (PQntuples(res) != 1) {
 		r = esc_error(ctx, ESC_ERR_NOT_FOUND, "no archive record %s", id);
 		goto out;
 	}
-	snprintf(cert_hash, sizeof(cert_hash), "%s", PQgetvalue(res, 0, 1));
-	snprintf(uri, sizeof(uri), "%s", PQgetvalue(res, 0, 2));
+	/* The row must be its certificate's, before anything is opened for it. */
+	esc_archive_row_get(res, 0, 2, &row);
+	if ((r = esc_archive_row_check(ctx, &row, NULL, &truth)) != ESC_OK)
+		goto out;
+	snprintf(uri, sizeof(uri), "%s", PQgetvalue(res, 0, 1));
 	{
 		long l = 0;
 
@@ -568,10 +701,16 @@ esc_archive_open_outer(struct esc_ctx *ctx, struct esc_store *st, struct esc_tok
 	    (r = esc_token_key_private(ctx, ca_tok, key, &pkey)) != ESC_OK ||
 	    (r = esc_envelope_open(ctx, outer, outerlen, pkey, storage, &content, &contentlen)) != ESC_OK)
 		goto out;
-	if ((r = esc_record_parse(ctx, content, contentlen, id, cert_hash, inner, innerlen)) != ESC_OK)
+	/*
+	 * The sealed hash against the hash of the certificate column itself
+	 * (computed above), not the cert_sha256 column: a certificate moved
+	 * here from another row with all its columns is another certificate.
+	 */
+	if ((r = esc_record_parse(ctx, content, contentlen, id, truth.cert_sha256, inner, innerlen)) != ESC_OK)
 		goto out;
 	r = ESC_OK;
 out:
+	esc_archive_fields_clear(&truth);
 	esc_envelope_plain_free(content, contentlen);
 	OPENSSL_free(outer);
 	X509_free(storage);

@@ -4,6 +4,9 @@
 
 #include <stddef.h>
 
+#include <libpq-fe.h>
+#include <openssl/x509.h>
+
 #include <p11escrow/archive.h>
 #include <p11escrow/ctx.h>
 #include <p11escrow/err.h>
@@ -22,5 +25,70 @@ const char *esc_archive_source_name(enum esc_archive_source s);
  */
 enum esc_err esc_record_parse(struct esc_ctx *ctx, const unsigned char *content, size_t contentlen, const char *id,
 			      const char *cert_hash, unsigned char **inner, size_t *innerlen) ESC_MUST_CHECK;
+
+/*
+ * What archival derives from a certificate and stores beside it in
+ * archive_records, computed exactly as archival computes it (archival itself
+ * uses this): cert_serial (esc_cert_serial_hex), issuer and subject
+ * (esc_name_to_string), email (the first X509_get1_email address, NULL if
+ * none), cert_sha256 (SHA-256 of the DER certificate) and
+ * public_key_sha256 (SHA-256 of the DER SubjectPublicKeyInfo), as lower-case
+ * hex.  Everything a person sees or decides on comes from these, never from
+ * the columns, which any database writer can change.
+ */
+struct esc_archive_fields {
+	char *serial, *issuer, *subject, *email; /* malloc'd; email NULL if the certificate has none */
+	char cert_sha256[65], public_key_sha256[65];
+	unsigned char cert_sha256_raw[32];
+};
+
+/* Derive *f from cert.  On failure *f is all NULL.  Errors: NOMEM, CRYPTO. */
+enum esc_err esc_archive_fields_of(struct esc_ctx *ctx, X509 *cert, struct esc_archive_fields *f) ESC_MUST_CHECK;
+/* Free what *f holds and zero it; accepts a zeroed or cleared *f. */
+void esc_archive_fields_clear(struct esc_archive_fields *f);
+
+/*
+ * One archive_records row as a query returned it (libpq text values, owned
+ * by the result): the id, the derived columns and the certificate (bytea in
+ * libpq's text form).  email is NULL when the column is.
+ */
+struct esc_archive_row {
+	const char *id, *serial, *issuer, *subject, *email, *cert_sha256, *public_key_sha256, *certificate;
+};
+
+/*
+ * The columns a query selects for esc_archive_row_get, in its order, from
+ * archive_records aliased "a".  Keep the two together.
+ */
+#define ESC_ARCHIVE_ROW_SQL \
+	"a.id, a.cert_serial, a.issuer, a.subject, a.email, a.cert_sha256, a.public_key_sha256, a.certificate"
+#define ESC_ARCHIVE_ROW_NCOLS 8
+
+/* Row row of res, whose columns col .. col + ESC_ARCHIVE_ROW_NCOLS - 1 are ESC_ARCHIVE_ROW_SQL. */
+void esc_archive_row_get(const PGresult *res, int row, int col, struct esc_archive_row *out);
+
+/*
+ * Compare the derived columns of row with f, derived from the row's
+ * certificate (esc_archive_fields_of).  No database, no token.
+ * Errors: TAMPERED, naming the record and every column that disagrees.
+ */
+enum esc_err esc_archive_row_compare(struct esc_ctx *ctx, const struct esc_archive_row *row,
+				     const struct esc_archive_fields *f) ESC_MUST_CHECK;
+
+/*
+ * Decode row's certificate, derive its fields and compare the row with
+ * them (esc_archive_row_compare): a row relabelled by a database writer —
+ * serial, subject, email or issuer of another certificate, or another
+ * certificate with the old hashes — is refused here.  On success,
+ * optionally, *cert is the decoded certificate (caller X509_frees) and
+ * *truth what it says (caller esc_archive_fields_clear); both come from the
+ * certificate, never from the columns.  This checks the row against its
+ * own certificate only; that the certificate is the one the key was sealed
+ * with is esc_archive_open_outer's check (it needs the storage key).
+ * Errors: TAMPERED (columns disagree, certificate column not one DER
+ * certificate), NOMEM, CRYPTO.
+ */
+enum esc_err esc_archive_row_check(struct esc_ctx *ctx, const struct esc_archive_row *row, X509 **cert,
+				   struct esc_archive_fields *truth) ESC_MUST_CHECK;
 
 #endif

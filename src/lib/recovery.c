@@ -17,6 +17,7 @@
 #include <p11escrow/recovery.h>
 #include <p11escrow/revoke.h>
 
+#include "archive_internal.h"
 #include "internal.h"
 #include "store_internal.h"
 
@@ -73,6 +74,63 @@ normalise_serial(struct esc_ctx *ctx, const char *in, char *out, size_t len)
 	return ESC_OK;
 }
 
+/*
+ * What row's certificate says, for showing (*f, cleared by the caller),
+ * and whether the row disagrees with it (*tampered).  A certificate that
+ * does not decode leaves *f empty and counts as tampering.  Only running
+ * out of memory (or OpenSSL failing) is an error: a listing shows
+ * tampered rows, it does not fail on them.
+ */
+static enum esc_err
+row_truth(struct esc_ctx *ctx, const struct esc_archive_row *row, struct esc_archive_fields *f, int *tampered)
+{
+	X509 *x = esc_store_cert_from_text(row->certificate);
+	enum esc_err r;
+
+	memset(f, 0, sizeof(*f));
+	*tampered = 1;
+	if (x == NULL) {
+		ERR_clear_error();
+		return ESC_OK;
+	}
+	r = esc_archive_fields_of(ctx, x, f);
+	X509_free(x);
+	if (r != ESC_OK)
+		return r;
+	if (esc_archive_row_compare(ctx, row, f) == ESC_OK)
+		*tampered = 0;
+	else
+		esc_ctx_clear_error(ctx); /* shown as a flag, not a failure of the listing */
+	return ESC_OK;
+}
+
+/*
+ * Archive record rid, checked against its certificate (esc_archive_row_check);
+ * *truth (optional; esc_archive_fields_clear) is what the certificate says.
+ * Errors: NOT_FOUND, TAMPERED, NOMEM, CRYPTO, DB.
+ */
+static enum esc_err
+checked_record(struct esc_ctx *ctx, struct esc_store *st, const char *rid, struct esc_archive_fields *truth)
+{
+	PGresult *res = NULL;
+	struct esc_archive_row row;
+	const char *v[1] = {rid};
+	enum esc_err r;
+
+	if ((r = esc_store_exec(ctx, st, "SELECT " ESC_ARCHIVE_ROW_SQL " FROM archive_records a WHERE a.id::text = $1",
+				1, v, NULL, NULL, &res)) != ESC_OK)
+		return r;
+	if (PQntuples(res) != 1) {
+		r = esc_error(ctx, ESC_ERR_NOT_FOUND, "no archive record %s", rid);
+		goto out;
+	}
+	esc_archive_row_get(res, 0, 0, &row);
+	r = esc_archive_row_check(ctx, &row, NULL, truth);
+out:
+	PQclear(res);
+	return r;
+}
+
 enum esc_err
 esc_archive_search(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor, const char *serial,
 		   const char *subject, const char *email, struct esc_record_summary **out, size_t *n)
@@ -93,16 +151,21 @@ esc_archive_search(struct esc_ctx *ctx, struct esc_store *st, const struct esc_a
 	v[1] = subject;
 	v[2] = email;
 	v[3] = aid;
-	/* A scoped certificate manager sees only the records in scope (sql/006); anyone else every record. */
+	/*
+	 * A scoped certificate manager sees only the records in scope (sql/006); anyone else every record.
+	 * The criteria select rows by their columns (indexed); what is shown comes from each row's
+	 * certificate, and a row whose columns disagree with it is flagged, not hidden: a relabelled row
+	 * found under someone else's serial shows its true owner and the mark.
+	 */
 	if ((r = esc_store_exec(ctx, st,
-				"SELECT a.id, a.cert_serial, a.subject, coalesce(a.email, ''), a.issuer, a.foreign_issuer, "
-				"to_char(a.created_at, 'YYYY-MM-DD HH24:MI:SS'), coalesce((SELECT string_agg(k.name, ',' "
-				"ORDER BY k.name) FROM archive_record_kras x JOIN kras k ON k.id = x.kra_id WHERE "
-				"x.record_id = a.id), '') FROM archive_records a WHERE ($1::text IS NULL OR "
-				"ltrim(a.cert_serial, '0') = $1) AND ($2::text IS NULL OR strpos(lower(a.subject), "
-				"lower($2)) > 0) AND ($3::text IS NULL OR lower(a.email) = lower($3)) AND (NOT EXISTS "
-				"(SELECT 1 FROM manager_scopes WHERE account_id = $4::bigint) OR "
-				"p11escrow_record_in_scope(a.id, $4::bigint)) ORDER BY a.created_at DESC LIMIT 100",
+				"SELECT " ESC_ARCHIVE_ROW_SQL ", a.foreign_issuer, to_char(a.created_at, 'YYYY-MM-DD "
+				"HH24:MI:SS'), coalesce((SELECT string_agg(k.name, ',' ORDER BY k.name) FROM "
+				"archive_record_kras x JOIN kras k ON k.id = x.kra_id WHERE x.record_id = a.id), '') FROM "
+				"archive_records a WHERE ($1::text IS NULL OR ltrim(a.cert_serial, '0') = $1) AND "
+				"($2::text IS NULL OR strpos(lower(a.subject), lower($2)) > 0) AND ($3::text IS NULL OR "
+				"lower(a.email) = lower($3)) AND (NOT EXISTS (SELECT 1 FROM manager_scopes WHERE "
+				"account_id = $4::bigint) OR p11escrow_record_in_scope(a.id, $4::bigint)) ORDER BY "
+				"a.created_at DESC LIMIT 100",
 				4, v, NULL, NULL, &res)) != ESC_OK)
 		return r;
 	rows = PQntuples(res);
@@ -111,14 +174,22 @@ esc_archive_search(struct esc_ctx *ctx, struct esc_store *st, const struct esc_a
 		goto out;
 	}
 	for (i = 0; i < rows; i++) {
-		copy(s[i].id, sizeof(s[i].id), PQgetvalue(res, i, 0));
-		copy(s[i].serial, sizeof(s[i].serial), PQgetvalue(res, i, 1));
-		copy(s[i].subject, sizeof(s[i].subject), PQgetvalue(res, i, 2));
-		copy(s[i].email, sizeof(s[i].email), PQgetvalue(res, i, 3));
-		copy(s[i].issuer, sizeof(s[i].issuer), PQgetvalue(res, i, 4));
-		s[i].foreign = strcmp(PQgetvalue(res, i, 5), "t") == 0;
-		copy(s[i].created, sizeof(s[i].created), PQgetvalue(res, i, 6));
-		copy(s[i].kras, sizeof(s[i].kras), PQgetvalue(res, i, 7));
+		struct esc_archive_row row;
+		struct esc_archive_fields f;
+		const int c = ESC_ARCHIVE_ROW_NCOLS;
+
+		esc_archive_row_get(res, i, 0, &row);
+		copy(s[i].id, sizeof(s[i].id), row.id);
+		if ((r = row_truth(ctx, &row, &f, &s[i].tampered)) != ESC_OK)
+			goto out;
+		copy(s[i].serial, sizeof(s[i].serial), f.serial);
+		copy(s[i].subject, sizeof(s[i].subject), f.subject);
+		copy(s[i].email, sizeof(s[i].email), f.email);
+		copy(s[i].issuer, sizeof(s[i].issuer), f.issuer);
+		esc_archive_fields_clear(&f);
+		s[i].foreign = strcmp(PQgetvalue(res, i, c), "t") == 0;
+		copy(s[i].created, sizeof(s[i].created), PQgetvalue(res, i, c + 1));
+		copy(s[i].kras, sizeof(s[i].kras), PQgetvalue(res, i, c + 2));
 	}
 	*out = s;
 	*n = (size_t)rows;
@@ -227,11 +298,13 @@ request_impl(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account
 	     const char *kra_name, const char *reason, long long *id)
 {
 	PGresult *res = NULL;
+	struct esc_archive_fields truth;
 	char rid[ESC_RECORD_ID_LEN + 1], kid[24] = "", set[256] = "", actor_id[24], *approvals = NULL;
 	const char *v[6];
 	enum esc_err r;
 	int i, rows, active = 0;
 
+	memset(&truth, 0, sizeof(truth));
 	if (record == NULL)
 		return esc_error(ctx, ESC_ERR_USAGE, "name the record: a record id or a certificate serial");
 	if ((r = esc_account_require(ctx, actor, ESC_ROLE_CERT_MANAGER)) != ESC_OK ||
@@ -244,12 +317,15 @@ request_impl(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account
 		if ((r = check_scope(ctx, st, actor, rid, shown)) != ESC_OK)
 			return r;
 	}
+	/* What the requester decides on is the certificate's, so the row must be the certificate's. */
+	if ((r = checked_record(ctx, st, rid, &truth)) != ESC_OK)
+		return r;
 	v[0] = rid;
 	if ((r = esc_store_exec(ctx, st,
 				"SELECT k.id, k.name, k.state, k.certificate FROM archive_record_kras x JOIN kras k ON "
 				"k.id = x.kra_id WHERE x.record_id::text = $1 ORDER BY k.name",
 				1, v, NULL, NULL, &res)) != ESC_OK)
-		return r;
+		goto out;
 	rows = PQntuples(res);
 	for (i = 0; i < rows; i++) {
 		int usable = strcmp(PQgetvalue(res, i, 2), "active") == 0 && kra_cert_valid(PQgetvalue(res, i, 3));
@@ -314,11 +390,12 @@ request_impl(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account
 				5, v, NULL, NULL, &res)) != ESC_OK)
 		goto out;
 	{
-		char obj[48], details[ESC_REASON_MAX + 128];
+		char obj[48], details[ESC_REASON_MAX + 512];
 
 		snprintf(obj, sizeof(obj), "request %s", PQgetvalue(res, 0, 0));
-		snprintf(details, sizeof(details), "record %s, KRA id %s, approvals needed %s, reason: %s", rid, kid,
-			 approvals, reason);
+		snprintf(details, sizeof(details),
+			 "record %s (serial %s, subject '%.200s'), KRA id %s, approvals needed %s, reason: %s", rid,
+			 truth.serial, truth.subject, kid, approvals, reason);
 		if ((r = audit_ok(ctx, st, actor, NULL, "recovery.request", obj, details)) != ESC_OK ||
 		    (r = esc_store_commit(ctx, st)) != ESC_OK)
 			goto out;
@@ -327,6 +404,7 @@ request_impl(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account
 	r = ESC_OK;
 out:
 	esc_store_rollback(st);
+	esc_archive_fields_clear(&truth);
 	free(approvals);
 	PQclear(res);
 	return r;
@@ -388,6 +466,9 @@ approve_impl(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account
 
 		snprintf(shown, sizeof(shown), "the key of request %lld", id);
 		if ((r = check_scope(ctx, st, actor, PQgetvalue(res, 0, 3), shown)) != ESC_OK)
+			goto out;
+		/* An approval is a decision on the record too: never on a row relabelled since the request. */
+		if ((r = checked_record(ctx, st, PQgetvalue(res, 0, 3), NULL)) != ESC_OK)
 			goto out;
 	}
 	if (strtoll(PQgetvalue(res, 0, 0), NULL, 10) == esc_account_id(actor)) {
@@ -720,12 +801,13 @@ load_released(struct esc_ctx *ctx, struct esc_store *st, const struct esc_accoun
 	      struct esc_recovery_package **out)
 {
 	static const char q[] = "SELECT r.state, r.kra_id, encode(r.package, 'hex'), k.state, k.certificate, "
-				"k.key_uri, a.certificate, k.name FROM recovery_requests r JOIN kras k ON k.id = "
-				"r.kra_id JOIN archive_records a ON a.id = r.record_id WHERE r.id = $1";
+				"k.key_uri, k.name, " ESC_ARCHIVE_ROW_SQL " FROM recovery_requests r JOIN kras k ON "
+				"k.id = r.kra_id JOIN archive_records a ON a.id = r.record_id WHERE r.id = $1";
 	static const char q_lock[] = "SELECT r.state, r.kra_id, encode(r.package, 'hex'), k.state, k.certificate, "
-				     "k.key_uri, a.certificate, k.name FROM recovery_requests r JOIN kras k ON k.id = "
-				     "r.kra_id JOIN archive_records a ON a.id = r.record_id WHERE r.id = $1 FOR UPDATE "
-				     "OF r";
+				     "k.key_uri, k.name, " ESC_ARCHIVE_ROW_SQL " FROM recovery_requests r JOIN kras k "
+				     "ON k.id = r.kra_id JOIN archive_records a ON a.id = r.record_id WHERE r.id = $1 "
+				     "FOR UPDATE OF r";
+	struct esc_archive_row row;
 	struct esc_recovery_package *p = NULL;
 	PGresult *res = NULL;
 	char sid[24];
@@ -745,11 +827,11 @@ load_released(struct esc_ctx *ctx, struct esc_store *st, const struct esc_accoun
 	/* Only the KRA the request names; never another, never a retired one. */
 	if (strtoll(PQgetvalue(res, 0, 1), NULL, 10) != esc_account_kra_id(actor)) {
 		r = esc_error(ctx, ESC_ERR_DENIED, "request %lld is not addressed to account '%s' (its KRA is '%s')", id,
-			      esc_account_name(actor), PQgetvalue(res, 0, 7));
+			      esc_account_name(actor), PQgetvalue(res, 0, 6));
 		goto out;
 	}
 	if (strcmp(PQgetvalue(res, 0, 3), "active") != 0) {
-		r = esc_error(ctx, ESC_ERR_DENIED, "KRA '%s' is retired", PQgetvalue(res, 0, 7));
+		r = esc_error(ctx, ESC_ERR_DENIED, "KRA '%s' is retired", PQgetvalue(res, 0, 6));
 		goto out;
 	}
 	if (strcmp(PQgetvalue(res, 0, 0), "released") != 0) {
@@ -761,19 +843,22 @@ load_released(struct esc_ctx *ctx, struct esc_store *st, const struct esc_accoun
 		r = esc_error(ctx, ESC_ERR_NOMEM, "out of memory");
 		goto out;
 	}
+	/* The key goes to the KRA with this certificate: the row must still be the certificate's. */
+	esc_archive_row_get(res, 0, 7, &row);
+	if ((r = esc_archive_row_check(ctx, &row, &p->cert, NULL)) != ESC_OK)
+		goto out;
 	if ((p->kra_cert = esc_store_cert_from_text(PQgetvalue(res, 0, 4))) == NULL ||
-	    (p->cert = esc_store_cert_from_text(PQgetvalue(res, 0, 6))) == NULL ||
 	    (p->der = OPENSSL_hexstr2buf(PQgetvalue(res, 0, 2), &pkglen)) == NULL || pkglen <= 0) {
 		r = esc_error(ctx, ESC_ERR_BAD_INPUT, "request %lld's stored data is unreadable", id);
 		goto out;
 	}
 	p->derlen = (size_t)pkglen;
 	if (X509_cmp_current_time(X509_get0_notAfter(p->kra_cert)) <= 0) {
-		r = esc_error(ctx, ESC_ERR_DENIED, "KRA '%s''s certificate has expired", PQgetvalue(res, 0, 7));
+		r = esc_error(ctx, ESC_ERR_DENIED, "KRA '%s''s certificate has expired", PQgetvalue(res, 0, 6));
 		goto out;
 	}
 	p->id = id;
-	copy(p->kra_name, sizeof(p->kra_name), PQgetvalue(res, 0, 7));
+	copy(p->kra_name, sizeof(p->kra_name), PQgetvalue(res, 0, 6));
 	copy(p->key_uri, sizeof(p->key_uri), PQgetvalue(res, 0, 5));
 	*out = p;
 	p = NULL; /* transferred */
@@ -1017,9 +1102,9 @@ query_requests(struct esc_ctx *ctx, struct esc_store *st, const struct esc_accou
 	/* A scoped certificate manager sees only the requests of records in scope. */
 	snprintf(aid, sizeof(aid), "%lld", esc_account_id(actor));
 	if ((r = esc_store_exec(ctx, st,
-				"SELECT r.id, r.record_id, a.cert_serial, a.subject, r.state, u.name, k.name, r.reason, "
-				"(SELECT count(*) FROM recovery_approvals p WHERE p.request_id = r.id), "
-				"r.approvals_required, to_char(r.created_at, 'YYYY-MM-DD HH24:MI:SS') FROM "
+				"SELECT r.id, r.record_id, r.state, u.name, k.name, r.reason, (SELECT count(*) FROM "
+				"recovery_approvals p WHERE p.request_id = r.id), r.approvals_required, "
+				"to_char(r.created_at, 'YYYY-MM-DD HH24:MI:SS'), " ESC_ARCHIVE_ROW_SQL " FROM "
 				"recovery_requests r JOIN archive_records a ON a.id = r.record_id JOIN accounts u ON u.id "
 				"= r.requested_by JOIN kras k ON k.id = r.kra_id WHERE ($1::text IS NULL OR r.state = $1) "
 				"AND ($2::bigint IS NULL OR r.id = $2::bigint) AND (NOT EXISTS (SELECT 1 FROM "
@@ -1033,18 +1118,36 @@ query_requests(struct esc_ctx *ctx, struct esc_store *st, const struct esc_accou
 		goto out;
 	}
 	for (i = 0; i < rows; i++) {
+		int j;
+
 		q[i].id = strtoll(PQgetvalue(res, i, 0), NULL, 10);
 		copy(q[i].record_id, sizeof(q[i].record_id), PQgetvalue(res, i, 1));
-		copy(q[i].serial, sizeof(q[i].serial), PQgetvalue(res, i, 2));
-		copy(q[i].subject, sizeof(q[i].subject), PQgetvalue(res, i, 3));
-		copy(q[i].state, sizeof(q[i].state), PQgetvalue(res, i, 4));
-		copy(q[i].requester, sizeof(q[i].requester), PQgetvalue(res, i, 5));
-		copy(q[i].kra, sizeof(q[i].kra), PQgetvalue(res, i, 6));
-		copy(q[i].reason, sizeof(q[i].reason), PQgetvalue(res, i, 7));
-		if ((r = esc_store_get_int(ctx, res, i, 8, &q[i].approvals)) != ESC_OK ||
-		    (r = esc_store_get_int(ctx, res, i, 9, &q[i].approvals_required)) != ESC_OK)
+		copy(q[i].state, sizeof(q[i].state), PQgetvalue(res, i, 2));
+		copy(q[i].requester, sizeof(q[i].requester), PQgetvalue(res, i, 3));
+		copy(q[i].kra, sizeof(q[i].kra), PQgetvalue(res, i, 4));
+		copy(q[i].reason, sizeof(q[i].reason), PQgetvalue(res, i, 5));
+		if ((r = esc_store_get_int(ctx, res, i, 6, &q[i].approvals)) != ESC_OK ||
+		    (r = esc_store_get_int(ctx, res, i, 7, &q[i].approvals_required)) != ESC_OK)
 			goto out;
-		copy(q[i].created, sizeof(q[i].created), PQgetvalue(res, i, 10));
+		copy(q[i].created, sizeof(q[i].created), PQgetvalue(res, i, 8));
+		/* Serial and subject from the certificate; a record's several requests decode it once. */
+		for (j = 0; j < i && strcmp(q[j].record_id, q[i].record_id) != 0; j++)
+			;
+		if (j < i) {
+			copy(q[i].serial, sizeof(q[i].serial), q[j].serial);
+			copy(q[i].subject, sizeof(q[i].subject), q[j].subject);
+			q[i].tampered = q[j].tampered;
+		} else {
+			struct esc_archive_row row;
+			struct esc_archive_fields f;
+
+			esc_archive_row_get(res, i, 9, &row);
+			if ((r = row_truth(ctx, &row, &f, &q[i].tampered)) != ESC_OK)
+				goto out;
+			copy(q[i].serial, sizeof(q[i].serial), f.serial);
+			copy(q[i].subject, sizeof(q[i].subject), f.subject);
+			esc_archive_fields_clear(&f);
+		}
 	}
 	*out = q;
 	*n = (size_t)rows;
