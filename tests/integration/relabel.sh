@@ -105,8 +105,7 @@ srv cm1 33 recovery request --record "$ALICE" --reason "bob lost his laptop" --k
 printf '{"record":"%s","reason":"bob lost his laptop","kra":"kra1"}' "$ALICE" >"$T/req.json"
 code=$(curl -sS --cacert "$SERVER_CA" -K "$T/cm1.curl" -o "$T/body" -w '%{http_code}' -X POST \
     -H 'Content-Type: application/json' --data-binary @"$T/req.json" "$API/recoveries") || fail "curl"
-# 409 once TAMPERED maps to it in http.c; 400 until then.
-[ "$code" = 409 ] || [ "$code" = 400 ] || fail "POST /recoveries for a relabelled row: HTTP $code"
+[ "$code" = 409 ] || fail "POST /recoveries for a relabelled row: HTTP $code, expected 409"
 python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); assert d["code"] == "integrity check failed: data was altered", d' \
     "$T/body" || fail "POST /recoveries error: $(cat "$T/body")"
 [ "$(refusals recovery.request "object = '$ALICE'")" = $((n0 + 3)) ] || fail "the refused requests are not audited"
