@@ -89,8 +89,8 @@ now_utc(char *buf, size_t len)
 	snprintf(buf, len, "%.19s.%06dZ", base, (int)(ts.tv_nsec / 1000) % 1000000);
 }
 
-enum esc_err
-esc_audit_append(struct esc_ctx *ctx, struct esc_store *st, const struct esc_audit_event *ev)
+static enum esc_err
+append_impl(struct esc_ctx *ctx, struct esc_store *st, const struct esc_audit_event *ev)
 {
 	PGresult *res = NULL;
 	struct fields f;
@@ -182,6 +182,24 @@ out:
 	if (own)
 		esc_store_rollback(st);
 	PQclear(res);
+	return r;
+}
+
+enum esc_err
+esc_audit_append(struct esc_ctx *ctx, struct esc_store *st, const struct esc_audit_event *ev)
+{
+	struct esc_store_retry t = {0};
+	enum esc_err r;
+
+	/*
+	 * In its own transaction an append can still lose a race: PostgreSQL
+	 * may break a deadlock with a transaction that holds the audit lock
+	 * through a retry (esc_store_retry) by cancelling this one.  In the
+	 * caller's transaction, the caller retries.
+	 */
+	do
+		r = append_impl(ctx, st, ev);
+	while (esc_store_retry(ctx, st, &t, &r));
 	return r;
 }
 
