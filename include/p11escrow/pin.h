@@ -20,10 +20,19 @@ struct esc_secret;
 
 /*
  * Set up the process-wide secure heap.  Call once at start of main(), before
- * threads.  Returns ESC_ERR_NOMEM if the heap cannot be locked (e.g.
- * RLIMIT_MEMLOCK too low): the caller decides whether to go on.
+ * threads.  Returns ESC_ERR_NOMEM if there is no secure heap, and also if
+ * OpenSSL made one it could not lock in memory (mlock failed, e.g.
+ * RLIMIT_MEMLOCK too low: secrets could then be swapped out): the caller
+ * decides whether to go on.
  */
 enum esc_err esc_secmem_init(void) ESC_MUST_CHECK;
+
+/*
+ * Overwrite the value of environment variable var in place, then remove it,
+ * so neither getenv() nor /proc/PID/environ shows the secret it held any
+ * more.  Call before any thread starts.  Nothing happens if it is unset.
+ */
+void esc_env_wipe(const char *var);
 
 /*
  * Read a secret from a file: one line, trailing newline stripped, at most

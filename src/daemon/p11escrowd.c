@@ -698,13 +698,17 @@ obtain_pin(struct svc *s, struct esc_ctx *ctx)
 {
 	const char *file = esc_config_get(s->cfg, "ca_pin_file"), *creds = getenv("CREDENTIALS_DIRECTORY");
 	char path[4096];
+	enum esc_err r;
 
 	if (*file == '\0' && creds != NULL && *creds == '/') {
 		snprintf(path, sizeof(path), "%s/ca-pin", creds);
 		if (access(path, F_OK) == 0)
 			file = path;
 	}
-	return esc_secret_obtain(ctx, *file ? file : NULL, "P11ESCROW_CA_PIN", NULL, &s->pin);
+	r = esc_secret_obtain(ctx, *file ? file : NULL, "P11ESCROW_CA_PIN", NULL, &s->pin);
+	/* Copied into the secure heap (or not needed): gone from the environment, before any thread starts. */
+	esc_env_wipe("P11ESCROW_CA_PIN");
+	return r;
 }
 
 static int
@@ -766,7 +770,22 @@ main(int argc, char *argv[])
 		fprintf(stderr, "p11escrowd: unexpected argument '%s' (see --help)\n", argv[optind]);
 		return 2;
 	}
-	(void)!esc_secmem_init();
+	/*
+	 * The CA PIN and, briefly, private keys live in the secure heap: without
+	 * locked memory they could reach swap, so the service does not start.
+	 */
+	if (esc_secmem_init() != ESC_OK) {
+		struct rlimit ml;
+
+		(void)getrlimit(RLIMIT_MEMLOCK, &ml);
+		fprintf(stderr,
+			"p11escrowd: cannot lock the secure heap for the CA PIN in memory (mlock failed; "
+			"RLIMIT_MEMLOCK is %llu bytes, 1 MiB is needed): raise it (systemd: LimitMEMLOCK=8M, "
+			"shell: ulimit -l 8192)\n",
+			(unsigned long long)ml.rlim_cur);
+		esc_env_wipe("P11ESCROW_CA_PIN");
+		return 70;
+	}
 	if (esc_ctx_new(&ctx) != ESC_OK)
 		return 70;
 	/* Signals are taken by the main thread only (sigwait); workers inherit the mask. */

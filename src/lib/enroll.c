@@ -637,7 +637,13 @@ begin_tx(struct esc_ctx *ctx, struct esc_store *st)
 	return r;
 }
 
-/* Fault injection for the tests of esc_enroll_issue (enroll.h). */
+/*
+ * Fault injection for the tests of esc_enroll_issue (enroll.h): only in
+ * builds configured with -Dtest_hooks=true (scripts/test does), never in a
+ * default or packaged build, where an environment variable must not be able
+ * to kill the service.
+ */
+#ifdef ESC_TEST_HOOKS
 static void
 fault_point(const char *point)
 {
@@ -646,6 +652,13 @@ fault_point(const char *point)
 	if (f != NULL && strcmp(f, point) == 0)
 		raise(SIGKILL);
 }
+#else
+static void
+fault_point(const char *point)
+{
+	(void)point;
+}
+#endif
 
 static int
 add_name(GENERAL_NAMES *gens, int type, const unsigned char *data, int len)

@@ -29,9 +29,28 @@ esc_secmem_init(void)
 {
 	if (CRYPTO_secure_malloc_initialized())
 		return ESC_OK;
-	if (CRYPTO_secure_malloc_init(SECURE_HEAP_SIZE, SECURE_HEAP_MIN) == 0)
+	/* 2: a heap exists, but neither mlock nor madvise protected it. */
+	if (CRYPTO_secure_malloc_init(SECURE_HEAP_SIZE, SECURE_HEAP_MIN) != 1)
 		return ESC_ERR_NOMEM;
 	return ESC_OK;
+}
+
+void
+esc_env_wipe(const char *var)
+{
+	char *v = getenv(var);
+	size_t n = strlen(var);
+
+	/*
+	 * getenv points into the string "VAR=value" that environ holds (for the
+	 * first environment: on the process's stack, which /proc/PID/environ
+	 * shows).  Overwrite all of it, name included, then drop the variable.
+	 */
+	if (v != NULL && strncmp(v - n - 1, var, n) == 0 && v[-1] == '=')
+		OPENSSL_cleanse(v - n - 1, n + 1 + strlen(v));
+	else if (v != NULL)
+		OPENSSL_cleanse(v, strlen(v));
+	(void)unsetenv(var);
 }
 
 static enum esc_err

@@ -57,6 +57,13 @@ note "exactly the privileges the service needs: INSERT and SELECT only on the au
 [ "$(psql_val "SELECT count(*) FROM information_schema.role_table_grants WHERE grantee = 'p11escrowd'
                AND privilege_type IN ('DELETE', 'TRUNCATE', 'TRIGGER', 'REFERENCES')")" = 0 ] ||
     fail "the service role may delete, truncate or add triggers somewhere"
+note "the service role owns nothing: no table, sequence, function, type or schema, and no role membership"
+[ "$(psql_val "SELECT (SELECT count(*) FROM pg_class WHERE relowner = r.oid) + (SELECT count(*) FROM pg_proc WHERE proowner = r.oid)
+               + (SELECT count(*) FROM pg_type WHERE typowner = r.oid) + (SELECT count(*) FROM pg_namespace WHERE nspowner = r.oid)
+               + (SELECT count(*) FROM pg_auth_members WHERE member = r.oid)
+               FROM pg_roles r WHERE r.rolname = 'p11escrowd'")" = 0 ] || fail "the service role owns objects or belongs to a role"
+[ "$(psql_val "SELECT rolsuper OR rolcreaterole OR rolcreatedb OR rolreplication OR rolbypassrls FROM pg_roles WHERE rolname = 'p11escrowd'")" = f ] ||
+    fail "the service role has a role attribute it does not need"
 
 note "as the service role, through the library: an audit event is inserted"
 before=$(psql_val "SELECT max(id) FROM audit_events")

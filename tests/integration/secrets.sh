@@ -127,6 +127,26 @@ note "the service may not dump core"
 grep -E '^Max core file size +0 +0 ' "/proc/$DAEMON_PID/limits" >/dev/null ||
     fail "p11escrowd may dump core: $(grep 'core file' "/proc/$DAEMON_PID/limits")"
 stop_daemon
+
+note "a CA PIN from the environment: gone from the running service's environment (/proc/PID/environ)"
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+grep -v '^ca_pin_file\|^listen' "$DAEMON_CONF" >"$T/envpin.conf"
+printf 'listen = 127.0.0.1:%s\n' "$port" >>"$T/envpin.conf"
+P11ESCROW_CA_PIN=$(cat "$PIN_FILE") "$P11ESCROWD_BIN" --config "$T/envpin.conf" 2>"$T/envpin.log" &
+ENVPIN_PID=$!
+_daemon_pids+=("$ENVPIN_PID")
+for i in $(seq 100); do
+    curl -sf --cacert "$SERVER_CA" "https://127.0.0.1:$port/healthz" >/dev/null 2>&1 && break
+    kill -0 "$ENVPIN_PID" 2>/dev/null || { cat "$T/envpin.log" >&2; fail "p11escrowd with the PIN in its environment did not start"; }
+    sleep 0.1
+done
+tr '\0' '\n' <"/proc/$ENVPIN_PID/environ" >"$T/envpin.environ"
+! grep -q '^P11ESCROW_CA_PIN=' "$T/envpin.environ" || fail "P11ESCROW_CA_PIN is still in the service's environment"
+! grep -qF "$(cat "$PIN_FILE")" "$T/envpin.environ" || fail "the CA PIN is still readable in /proc/PID/environ"
+grep -q '^PATH=' "$T/envpin.environ" || fail "reading /proc/PID/environ did not work"
+kill -TERM "$ENVPIN_PID"; wait "$ENVPIN_PID" || fail "p11escrowd (PIN from the environment) did not stop cleanly"
+rm -f "$T/envpin.environ"
+
 pg_dump "$DB" >"$T/dump.sql" || fail "pg_dump"
 grep -q 'COPY public.archive_records' "$T/dump.sql" || fail "the dump has no archive records"
 
