@@ -7,7 +7,8 @@
  *      never by the requester (esc_recovery_approve).
  *   3. The holder of the CA token (the service) strips the storage layer of
  *      an approved request and releases the inner envelope to the request's
- *      KRA (esc_recovery_release).  Nobody receives it in clear.
+ *      KRA, with every other KRA's recipient removed (esc_recovery_release).
+ *      Nobody receives it in clear.
  *   4. That KRA — another account, with its card — decrypts, checks the key
  *      against the certificate and gets a password-protected PKCS#12
  *      (esc_recovery_complete).  A released package completes once.
@@ -112,7 +113,10 @@ enum esc_err esc_recovery_approve(struct esc_ctx *ctx, struct esc_store *st, con
  * Release an approved request: open the record's outer layer with the
  * storage key on ca_tok (logged in) and hand the inner envelope to the
  * request's KRA (esc_archive_open_outer: the row must match its certificate,
- * and that certificate be the one sealed in the record).
+ * and that certificate be the one sealed in the record).  The package keeps
+ * only that KRA's recipient (esc_envelope_keep_recipient): no other card of
+ * the record's KRA set can open it.  It waits release_ttl_hours for its KRA
+ * (esc_recovery_expire).
  * Errors: STATE (not approved, KRA retired or expired), NOT_FOUND, TAMPERED,
  * PKCS11, DB.
  */
@@ -149,7 +153,7 @@ enum esc_err esc_recovery_get(struct esc_ctx *ctx, struct esc_store *st, const s
 
 /*
  * A released package as a KRA's workstation needs it: the inner envelope
- * (still ciphertext to the record's KRA set), the record's certificate,
+ * (ciphertext to the request's KRA alone), the record's certificate,
  * the KRA's certificate and the URI of the KRA's key on its card.
  */
 struct esc_recovery_package;

@@ -547,8 +547,8 @@ release_impl(struct esc_ctx *ctx, struct esc_store *st, struct esc_token *ca_tok
 {
 	PGresult *res = NULL;
 	X509 *kra_cert = NULL;
-	unsigned char *inner = NULL;
-	size_t innerlen = 0;
+	unsigned char *inner = NULL, *pkg = NULL;
+	size_t innerlen = 0, pkglen = 0;
 	char sid[24], rid[ESC_RECORD_ID_LEN + 1], kra_name[65];
 	const char *v[2];
 	int len[2] = {0, 0}, fmt[2] = {0, 1}, yes = 0;
@@ -590,18 +590,25 @@ release_impl(struct esc_ctx *ctx, struct esc_store *st, struct esc_token *ca_tok
 		r = esc_error(ctx, ESC_ERR_TAMPERED, "record %s is not wrapped to the request's KRA", rid);
 		goto out;
 	}
-	v[1] = (const char *)inner;
-	len[1] = (int)innerlen;
+	/*
+	 * The package is for the request's KRA alone: every other recipient of
+	 * the record's KRA set is removed, so no other card opens it (the
+	 * record itself is unchanged).
+	 */
+	if ((r = esc_envelope_keep_recipient(ctx, inner, innerlen, kra_cert, &pkg, &pkglen)) != ESC_OK)
+		goto out;
+	v[1] = (const char *)pkg;
+	len[1] = (int)pkglen;
 	if ((r = esc_store_exec(ctx, st,
 				"UPDATE recovery_requests SET state = 'released', package = $2, released_at = now() "
 				"WHERE id = $1",
 				2, v, len, fmt, NULL)) != ESC_OK)
 		goto out;
 	{
-		char obj[48], details[128];
+		char obj[48], details[192];
 
 		snprintf(obj, sizeof(obj), "request %lld", id);
-		snprintf(details, sizeof(details), "record %s released to KRA '%s'", rid, kra_name);
+		snprintf(details, sizeof(details), "record %s released to KRA '%s' (its recipient only)", rid, kra_name);
 		if ((r = audit_ok(ctx, st, NULL, "ca-token", "recovery.release", obj, details)) != ESC_OK ||
 		    (r = esc_store_commit(ctx, st)) != ESC_OK)
 			goto out;
@@ -610,6 +617,7 @@ release_impl(struct esc_ctx *ctx, struct esc_store *st, struct esc_token *ca_tok
 out:
 	esc_store_rollback(st);
 	free(inner);
+	free(pkg);
 	X509_free(kra_cert);
 	PQclear(res);
 	return r;
