@@ -8,6 +8,8 @@
  *   one_key_per_subject    off|supersede|refuse  at most one valid archived encryption key per
  *                          subject and profile: a new enrollment revokes the older certificate
  *                          (superseded) or is refused (esc_enroll_issue)
+ *   release_ttl_hours      1..720  hours a released package waits for its KRA: past it the
+ *                          package is refused and deleted (esc_recovery_expire)
  *
  * A change by anyone but an enabled administrator is refused (DENIED) and
  * audited (policy.set ... refused), as is an invalid value.

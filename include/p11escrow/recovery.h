@@ -7,7 +7,8 @@
  *      never by the requester (esc_recovery_approve).
  *   3. The holder of the CA token (the service) strips the storage layer of
  *      an approved request and releases the inner envelope to the request's
- *      KRA (esc_recovery_release).  Nobody receives it in clear.
+ *      KRA, with every other KRA's recipient removed (esc_recovery_release).
+ *      Nobody receives it in clear.
  *   4. That KRA — another account, with its card — decrypts, checks the key
  *      against the certificate and gets a password-protected PKCS#12
  *      (esc_recovery_complete).  A released package completes once.
@@ -112,7 +113,10 @@ enum esc_err esc_recovery_approve(struct esc_ctx *ctx, struct esc_store *st, con
  * Release an approved request: open the record's outer layer with the
  * storage key on ca_tok (logged in) and hand the inner envelope to the
  * request's KRA (esc_archive_open_outer: the row must match its certificate,
- * and that certificate be the one sealed in the record).
+ * and that certificate be the one sealed in the record).  The package keeps
+ * only that KRA's recipient (esc_envelope_keep_recipient): no other card of
+ * the record's KRA set can open it.  It waits release_ttl_hours for its KRA
+ * (esc_recovery_expire).
  * Errors: STATE (not approved, KRA retired or expired), NOT_FOUND, TAMPERED,
  * PKCS11, DB.
  */
@@ -126,8 +130,9 @@ enum esc_err esc_recovery_release(struct esc_ctx *ctx, struct esc_store *st, str
  * actor must be the KRA account the request names; the record's row must
  * still match its certificate (TAMPERED otherwise, nothing returned).  Marks the request
  * completed in the same transaction that reads the package.
- * Errors: DENIED (not the request's KRA, retired), STATE (not released),
- * NOT_FOUND, KEY_NOT_FOUND (card lacks the KRA key), TAMPERED, MISMATCH, DB.
+ * Errors: DENIED (not the request's KRA, retired), STATE (not released, or
+ * released longer than release_ttl_hours ago), NOT_FOUND, KEY_NOT_FOUND
+ * (card lacks the KRA key), TAMPERED, MISMATCH, DB.
  */
 enum esc_err esc_recovery_complete(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor,
 				   long long id, struct esc_token *card, const struct esc_secret *password,
@@ -149,7 +154,7 @@ enum esc_err esc_recovery_get(struct esc_ctx *ctx, struct esc_store *st, const s
 
 /*
  * A released package as a KRA's workstation needs it: the inner envelope
- * (still ciphertext to the record's KRA set), the record's certificate,
+ * (ciphertext to the request's KRA alone), the record's certificate,
  * the KRA's certificate and the URI of the KRA's key on its card.
  */
 struct esc_recovery_package;
@@ -158,7 +163,8 @@ struct esc_recovery_package;
  * The package of released request id, for actor — with exactly the checks
  * of esc_recovery_complete: actor is the KRA account the request names,
  * that KRA is active and its certificate unexpired, the request is
- * released, the record's row still matches its certificate.  Changes nothing
+ * released (less than release_ttl_hours ago), the record's row still
+ * matches its certificate.  Changes nothing
  * but the audit trail (recovery.fetch, refusals included); may be fetched
  * again until the request is completed.
  * *out is the caller's (esc_recovery_package_free).
@@ -208,12 +214,47 @@ enum esc_err esc_recovery_open_package(struct esc_ctx *ctx, const struct esc_rec
  * Mark released request id completed and delete its package, for actor,
  * the KRA account the request names (after esc_recovery_open_package
  * succeeded at its workstation).  One UPDATE that requires the request to
- * be released and addressed to actor's KRA, so a package completes once:
- * a second call fails with STATE.  Audited (recovery.complete, refusals
+ * be released (less than release_ttl_hours ago) and addressed to actor's
+ * KRA, so a package completes once: a second call fails with STATE.  Audited (recovery.complete, refusals
  * included).  Errors: DENIED, STATE, NOT_FOUND, DB.
  */
 enum esc_err esc_recovery_finish(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor,
 				 long long id) ESC_MUST_CHECK;
+
+/*
+ * End request id without a recovery.  reason: 3..1000 characters, no
+ * control characters (as a request's); kept with the request (end_reason)
+ * and in the audit event.
+ *
+ * esc_recovery_deny: a pending or approved request, by a certificate
+ * manager other than the requester whose scope, if any, holds the
+ * request's record, or by an administrator.  Never by a KRA or an auditor.
+ * esc_recovery_cancel: a pending, approved or released request, by its
+ * requester or an administrator; a released package is deleted with it.
+ *
+ * One locked row decides; state, end and audit event (recovery.deny,
+ * recovery.cancel; refusals included) commit together.  A completed,
+ * denied, cancelled or expired request stays as it is (STATE).
+ * Errors: DENIED (role, the requester denying, someone else cancelling,
+ * out of scope), USAGE (reason), STATE, NOT_FOUND, DB.
+ */
+enum esc_err esc_recovery_deny(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor,
+			       long long id, const char *reason) ESC_MUST_CHECK;
+enum esc_err esc_recovery_cancel(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor,
+				 long long id, const char *reason) ESC_MUST_CHECK;
+
+/*
+ * Expire every released request whose package has waited longer than
+ * policy release_ttl_hours: state expired, package deleted, one
+ * recovery.expire event each, all in one transaction; *n is how many.
+ * actor NULL: the service (p11escrowd's periodic sweep, audited as
+ * 'service'); else a certificate manager or an administrator (the CLI's
+ * 'recovery expire', for installations without the service).  Fetch and
+ * completion refuse an overdue package (STATE) whether or not this ran.
+ * Errors: DENIED (actor's role), DB.
+ */
+enum esc_err esc_recovery_expire(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor,
+				 int *n) ESC_MUST_CHECK;
 
 /* Wipe and free a PKCS#12 from esc_recovery_complete; accepts NULL. */
 void esc_recovery_p12_free(unsigned char *p12, size_t len);

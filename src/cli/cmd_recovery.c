@@ -39,7 +39,14 @@ help(void)
 	       "  complete ID --token URI --out FILE\n"
 	       "                                  decrypt on the KRA card, check the key against its\n"
 	       "                                  certificate, write a PKCS#12 (KRA account)\n"
-	       "  list [--state STATE]            recovery requests\n\n"
+	       "  deny ID --reason TEXT           deny a pending or approved request (another certificate\n"
+	       "                                  manager, or an administrator)\n"
+	       "  cancel ID --reason TEXT         cancel a pending, approved or released request (its\n"
+	       "                                  requester, or an administrator); a package is deleted\n"
+	       "  expire                          expire released packages older than the policy\n"
+	       "                                  release_ttl_hours (the service does it by itself)\n"
+	       "  list [--state STATE]            recovery requests (pending, approved, released,\n"
+	       "                                  completed, denied, cancelled, expired)\n\n"
 	       "With --server URL every action goes through the service's JSON API instead of the\n"
 	       "database (no database options needed): the account logs in to the service; the service\n"
 	       "holds the CA token and releases an approved request itself (release --server is a\n"
@@ -458,6 +465,16 @@ remote_main(struct esc_ctx *ctx, struct esc_config *cfg, const struct opts *o, c
 			goto out;
 		printf("recovery request %lld filed\n", cli_json_int(doc, "id"));
 		rc = report_state(doc);
+	} else if (strcmp(action, "deny") == 0 || strcmp(action, "cancel") == 0) {
+		if ((body = json_object()) == NULL ||
+		    json_object_set_new(body, "reason", json_string(o->reason)) != 0) {
+			rc = cli_usage_error(CMD, "--reason must be UTF-8 text");
+			goto out;
+		}
+		snprintf(path, sizeof(path), "/recoveries/%lld/%s", o->id, action);
+		if ((rc = cli_http_call(h, CLI_HTTP_POST, path, body, &doc)) != 0)
+			goto out;
+		printf("request %lld %s by %s\n", o->id, strcmp(action, "deny") == 0 ? "denied" : "cancelled", o->user);
 	} else {
 		snprintf(path, sizeof(path), "/recoveries/%lld/%s", o->id, action);
 		if ((rc = cli_http_call(h, CLI_HTTP_POST, path, NULL, &doc)) != 0)
@@ -515,7 +532,7 @@ recovery_main(int argc, char *argv[])
 	const char *action;
 	enum esc_err r;
 	char *end;
-	int c, rc, needs_id;
+	int c, rc, needs_id, ends;
 
 	memset(&o, 0, sizeof(o));
 	opterr = 0;
@@ -552,10 +569,14 @@ recovery_main(int argc, char *argv[])
 		}
 	}
 	if (optind >= argc)
-		return cli_usage_error(CMD, "expected an action: search, request, approve, release, complete or list");
+		return cli_usage_error(CMD, "expected an action: search, request, approve, release, complete, deny, "
+					    "cancel, expire or list");
 	action = argv[optind++];
-	needs_id = strcmp(action, "approve") == 0 || strcmp(action, "release") == 0 || strcmp(action, "complete") == 0;
-	if (!needs_id && strcmp(action, "search") != 0 && strcmp(action, "request") != 0 && strcmp(action, "list") != 0)
+	ends = strcmp(action, "deny") == 0 || strcmp(action, "cancel") == 0;
+	needs_id = strcmp(action, "approve") == 0 || strcmp(action, "release") == 0 ||
+		   strcmp(action, "complete") == 0 || ends;
+	if (!needs_id && strcmp(action, "search") != 0 && strcmp(action, "request") != 0 &&
+	    strcmp(action, "list") != 0 && strcmp(action, "expire") != 0)
 		return cli_usage_error(CMD, "unknown action '%s'", action);
 	if (needs_id) {
 		if (optind >= argc)
@@ -570,6 +591,11 @@ recovery_main(int argc, char *argv[])
 		return cli_usage_error(CMD, "unexpected argument '%s'", argv[optind]);
 	if (strcmp(action, "request") == 0 && (o.serial != NULL) == (o.record != NULL))
 		return cli_usage_error(CMD, "request needs exactly one of --serial and --record");
+	if (ends && o.reason == NULL)
+		return cli_usage_error(CMD, "%s needs --reason TEXT", action);
+	if (strcmp(action, "expire") == 0 && o.server != NULL)
+		return cli_usage_error(CMD,
+				       "the service expires released packages itself: expire runs without --server");
 	if ((rc = cli_init(CMD, o.config, &ctx, &cfg)) != 0)
 		goto out;
 	if ((rc = cli_apply_common(CMD, ctx, cfg, o.database, o.module, o.ca_token, o.pin_file)) != 0)
@@ -602,7 +628,23 @@ recovery_main(int argc, char *argv[])
 			printf("request %lld approved by %s\n", o.id, esc_account_name(a));
 	} else if (strcmp(action, "complete") == 0)
 		rc = do_complete(ctx, cfg, st, a, NULL, &o);
-	else
+	else if (ends) {
+		int deny = strcmp(action, "deny") == 0;
+
+		r = deny ? esc_recovery_deny(ctx, st, a, o.id, o.reason)
+			 : esc_recovery_cancel(ctx, st, a, o.id, o.reason);
+		if (r != ESC_OK)
+			rc = cli_fail(CMD, ctx, r);
+		else
+			printf("request %lld %s by %s\n", o.id, deny ? "denied" : "cancelled", esc_account_name(a));
+	} else if (strcmp(action, "expire") == 0) {
+		int n = 0;
+
+		if ((r = esc_recovery_expire(ctx, st, a, &n)) != ESC_OK)
+			rc = cli_fail(CMD, ctx, r);
+		else
+			printf("%d released package(s) expired\n", n);
+	} else
 		rc = do_list(ctx, st, a, &o);
 out:
 	esc_account_free(a);

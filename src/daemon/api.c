@@ -371,7 +371,8 @@ static void
 api_recoveries_list(struct api_call *c)
 {
 	static const char *const allowed[] = {"state", NULL};
-	static const char *const states[] = {"pending", "approved", "released", "completed", "denied", NULL};
+	static const char *const states[] = {"pending", "approved",  "released", "completed",
+					     "denied",	"cancelled", "expired",	 NULL};
 	struct esc_recovery *q = NULL;
 	const char *state;
 	json_t *o = NULL, *list = NULL;
@@ -385,7 +386,8 @@ api_recoveries_list(struct api_call *c)
 		for (i = 0; states[i] != NULL && strcmp(states[i], state) != 0; i++)
 			;
 		if (states[i] == NULL) {
-			reply_error(c->r, 400, "state must be pending, approved, released, completed or denied",
+			reply_error(c->r, 400,
+				    "state must be pending, approved, released, completed, denied, cancelled or expired",
 				    ESC_ERR_USAGE);
 			return;
 		}
@@ -601,6 +603,44 @@ api_recovery_complete(struct api_call *c)
 	reply_request(c, 200, ESC_OK, NULL);
 }
 
+/* Deny or cancel request c->id: body {"reason": "..."}; the library decides who may (recovery.h). */
+static void
+api_recovery_end(struct api_call *c, int cancel)
+{
+	static const char *const none[] = {NULL};
+	const char *reason;
+	struct api_field f[] = {
+		{"reason", 1, 0, &reason},
+	};
+	json_t *doc;
+	enum esc_err r;
+
+	if (!params_ok(c, none) || (doc = parse_body(c, f, sizeof(f) / sizeof(f[0]))) == NULL)
+		return;
+	if (cancel)
+		r = esc_recovery_cancel(c->w->ctx, c->w->st, c->a, c->id, reason);
+	else
+		r = esc_recovery_deny(c->w->ctx, c->w->st, c->a, c->id, reason);
+	json_decref(doc);
+	if (r != ESC_OK) {
+		reply_esc(c, r);
+		return;
+	}
+	reply_request(c, 200, ESC_OK, NULL);
+}
+
+static void
+api_recovery_deny(struct api_call *c)
+{
+	api_recovery_end(c, 0);
+}
+
+static void
+api_recovery_cancel(struct api_call *c)
+{
+	api_recovery_end(c, 1);
+}
+
 static void
 api_audit(struct api_call *c)
 {
@@ -673,6 +713,8 @@ static const struct route {
 	{"/recoveries/{id}/release", EVHTTP_REQ_POST, api_recovery_release},
 	{"/recoveries/{id}/package", EVHTTP_REQ_GET, api_recovery_package},
 	{"/recoveries/{id}/complete", EVHTTP_REQ_POST, api_recovery_complete},
+	{"/recoveries/{id}/deny", EVHTTP_REQ_POST, api_recovery_deny},
+	{"/recoveries/{id}/cancel", EVHTTP_REQ_POST, api_recovery_cancel},
 	{"/audit", EVHTTP_REQ_GET, api_audit},
 };
 

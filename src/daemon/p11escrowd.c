@@ -47,6 +47,7 @@
 #include <p11escrow/ctx.h>
 #include <p11escrow/enroll.h>
 #include <p11escrow/pin.h>
+#include <p11escrow/recovery.h>
 #include <p11escrow/store.h>
 #include <p11escrow/token.h>
 
@@ -73,6 +74,7 @@ struct slot {
 	struct event *ckpt_soon;  /* worker 0: a check CKPT_AFTER_REQUEST after requests (one for a burst) */
 	long long ckpt_retry;     /* worker 0: no checkpoint before this (monotonic seconds) after a failure */
 	int ckpt_backoff;         /* worker 0: seconds of the current back-off, 0 after a success */
+	struct event *expire_ev;  /* worker 0: the sweep of released packages past release_ttl_hours */
 };
 
 struct svc {
@@ -321,6 +323,49 @@ on_checkpoint_tick(evutil_socket_t fd, short what, void *arg)
 	checkpoint_maybe(arg, 0);
 }
 
+/* ---- released packages that nobody completed ------------------------------ */
+
+#define EXPIRE_TICK 60 /* seconds between worker 0's sweeps (and one at start) */
+
+/*
+ * Expire every released package older than the policy release_ttl_hours
+ * (esc_recovery_expire, audited as 'service').  Only worker 0, at start and
+ * once a minute: fetch and completion refuse an overdue package by
+ * themselves, so the sweep only decides how soon it is deleted.  A failure
+ * never stops the service; the next tick tries again.
+ */
+static void
+expire_sweep(struct slot *sl)
+{
+	struct svc_worker *w = &sl->w;
+	enum esc_err r;
+	int n = 0;
+
+	/* Only the database is needed; a missing CA token is the requests' business. */
+	if (w->st == NULL && worker_connect(w) != ESC_OK && w->st == NULL) {
+		svc_log(w, ESC_LOG_ERROR, "expiring released packages: %s (retried in %d s)", esc_ctx_errmsg(w->ctx),
+			EXPIRE_TICK);
+		return;
+	}
+	if ((r = esc_recovery_expire(w->ctx, w->st, NULL, &n)) == ESC_OK) {
+		if (n > 0)
+			svc_log(w, ESC_LOG_INFO, "%d released package(s) expired (policy release_ttl_hours)", n);
+		return;
+	}
+	svc_log(w, ESC_LOG_ERROR, "expiring released packages failed (retried in %d s): %s", EXPIRE_TICK,
+		esc_ctx_errmsg(w->ctx));
+	if (r == ESC_ERR_DB_CONNECT)
+		svc_worker_forget(w, r);
+}
+
+static void
+on_expire_tick(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	expire_sweep(arg);
+}
+
 /* ---- requests ------------------------------------------------------------- */
 
 static void
@@ -452,6 +497,9 @@ worker_main(void *arg)
 {
 	struct slot *sl = arg;
 
+	/* Worker 0 expires overdue packages at once, then on its timer. */
+	if (sl->expire_ev != NULL)
+		expire_sweep(sl);
 	event_base_dispatch(sl->base);
 	/* Idle keep-alive connections are closed here. */
 	evhttp_free(sl->http);
@@ -514,6 +562,13 @@ worker_setup(struct svc *s, struct slot *sl)
 		    (sl->ckpt_soon = evtimer_new(sl->base, on_checkpoint_tick, sl)) == NULL)
 			return -1;
 	}
+	if (sl->w.index == 0) {
+		struct timeval tick = {EXPIRE_TICK, 0};
+
+		if ((sl->expire_ev = event_new(sl->base, -1, EV_PERSIST, on_expire_tick, sl)) == NULL ||
+		    event_add(sl->expire_ev, &tick) != 0)
+			return -1;
+	}
 	return 0;
 }
 
@@ -532,6 +587,8 @@ worker_teardown(struct slot *sl)
 		event_free(sl->ckpt_ev);
 	if (sl->ckpt_soon != NULL)
 		event_free(sl->ckpt_soon);
+	if (sl->expire_ev != NULL)
+		event_free(sl->expire_ev);
 	if (sl->base != NULL)
 		event_base_free(sl->base);
 	if (sl->stop_pipe[0] >= 0) {

@@ -1,6 +1,7 @@
 /*
  * Stored policy: validated values, administrators only.
  */
+#include <ctype.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,6 +24,7 @@ static const struct {
 	{"recovery_approvals", 0, 10, NULL},
 	{"revoke_before_recovery", 1, 0, NULL},
 	{"one_key_per_subject", 0, 0, one_key_choices},
+	{"release_ttl_hours", 1, 720, NULL}, /* hours a released package waits for its KRA */
 };
 
 static enum esc_err
@@ -48,15 +50,16 @@ validate(struct esc_ctx *ctx, const char *key, const char *value)
 				return ESC_OK;
 			return esc_error(ctx, ESC_ERR_USAGE, "policy %s is true or false", key);
 		}
+		/* Digits only: no sign or blank, which strtol would skip but SQL reading the value need not. */
 		v = strtol(value, &end, 10);
-		if (*value == '\0' || *end != '\0' || v < known[i].min || v > known[i].max)
+		if (!isdigit((unsigned char)*value) || *end != '\0' || v < known[i].min || v > known[i].max)
 			return esc_error(ctx, ESC_ERR_USAGE, "policy %s is a whole number from %ld to %ld", key,
 					 known[i].min, known[i].max);
 		return ESC_OK;
 	}
 	return esc_error(ctx, ESC_ERR_USAGE,
 			 "unknown policy '%.32s' (kra_set_size, allow_foreign_issuers, recovery_approvals, "
-			 "revoke_before_recovery, one_key_per_subject)",
+			 "revoke_before_recovery, one_key_per_subject, release_ttl_hours)",
 			 key);
 }
 

@@ -23,6 +23,15 @@
 
 #define P12_ITER 600000 /* PBKDF2 iterations protecting the recovered key */
 
+/*
+ * The hours a released package waits for its KRA (policy release_ttl_hours;
+ * sql/007 keeps it a number from 1 to 720), 24 if the row is missing.  SQL
+ * text, no values.
+ */
+#define TTL_HOURS_SQL "coalesce((SELECT p.value::int FROM policy p WHERE p.key = 'release_ttl_hours'), 24)"
+/* Is released request r's package past its time? */
+#define OVERDUE_SQL "(r.released_at + make_interval(hours => " TTL_HOURS_SQL ") <= now())"
+
 static void
 copy(char *dst, size_t len, const char *src)
 {
@@ -547,8 +556,8 @@ release_impl(struct esc_ctx *ctx, struct esc_store *st, struct esc_token *ca_tok
 {
 	PGresult *res = NULL;
 	X509 *kra_cert = NULL;
-	unsigned char *inner = NULL;
-	size_t innerlen = 0;
+	unsigned char *inner = NULL, *pkg = NULL;
+	size_t innerlen = 0, pkglen = 0;
 	char sid[24], rid[ESC_RECORD_ID_LEN + 1], kra_name[65];
 	const char *v[2];
 	int len[2] = {0, 0}, fmt[2] = {0, 1}, yes = 0;
@@ -590,18 +599,25 @@ release_impl(struct esc_ctx *ctx, struct esc_store *st, struct esc_token *ca_tok
 		r = esc_error(ctx, ESC_ERR_TAMPERED, "record %s is not wrapped to the request's KRA", rid);
 		goto out;
 	}
-	v[1] = (const char *)inner;
-	len[1] = (int)innerlen;
+	/*
+	 * The package is for the request's KRA alone: every other recipient of
+	 * the record's KRA set is removed, so no other card opens it (the
+	 * record itself is unchanged).
+	 */
+	if ((r = esc_envelope_keep_recipient(ctx, inner, innerlen, kra_cert, &pkg, &pkglen)) != ESC_OK)
+		goto out;
+	v[1] = (const char *)pkg;
+	len[1] = (int)pkglen;
 	if ((r = esc_store_exec(ctx, st,
 				"UPDATE recovery_requests SET state = 'released', package = $2, released_at = now() "
 				"WHERE id = $1",
 				2, v, len, fmt, NULL)) != ESC_OK)
 		goto out;
 	{
-		char obj[48], details[128];
+		char obj[48], details[192];
 
 		snprintf(obj, sizeof(obj), "request %lld", id);
-		snprintf(details, sizeof(details), "record %s released to KRA '%s'", rid, kra_name);
+		snprintf(details, sizeof(details), "record %s released to KRA '%s' (its recipient only)", rid, kra_name);
 		if ((r = audit_ok(ctx, st, NULL, "ca-token", "recovery.release", obj, details)) != ESC_OK ||
 		    (r = esc_store_commit(ctx, st)) != ESC_OK)
 			goto out;
@@ -610,6 +626,7 @@ release_impl(struct esc_ctx *ctx, struct esc_store *st, struct esc_token *ca_tok
 out:
 	esc_store_rollback(st);
 	free(inner);
+	free(pkg);
 	X509_free(kra_cert);
 	PQclear(res);
 	return r;
@@ -801,10 +818,12 @@ load_released(struct esc_ctx *ctx, struct esc_store *st, const struct esc_accoun
 	      struct esc_recovery_package **out)
 {
 	static const char q[] = "SELECT r.state, r.kra_id, encode(r.package, 'hex'), k.state, k.certificate, "
-				"k.key_uri, k.name, " ESC_ARCHIVE_ROW_SQL " FROM recovery_requests r JOIN kras k ON "
+				"k.key_uri, k.name, coalesce(" OVERDUE_SQL ", false), " TTL_HOURS_SQL
+				", " ESC_ARCHIVE_ROW_SQL " FROM recovery_requests r JOIN kras k ON "
 				"k.id = r.kra_id JOIN archive_records a ON a.id = r.record_id WHERE r.id = $1";
 	static const char q_lock[] = "SELECT r.state, r.kra_id, encode(r.package, 'hex'), k.state, k.certificate, "
-				     "k.key_uri, k.name, " ESC_ARCHIVE_ROW_SQL " FROM recovery_requests r JOIN kras k "
+				     "k.key_uri, k.name, coalesce(" OVERDUE_SQL ", false), " TTL_HOURS_SQL
+				     ", " ESC_ARCHIVE_ROW_SQL " FROM recovery_requests r JOIN kras k "
 				     "ON k.id = r.kra_id JOIN archive_records a ON a.id = r.record_id WHERE r.id = $1 "
 				     "FOR UPDATE OF r";
 	struct esc_archive_row row;
@@ -839,12 +858,20 @@ load_released(struct esc_ctx *ctx, struct esc_store *st, const struct esc_accoun
 			      strcmp(PQgetvalue(res, 0, 0), "completed") == 0 ? ": a package completes once" : "");
 		goto out;
 	}
+	/* Past its time the package is refused even before the sweep (esc_recovery_expire) deletes it. */
+	if (strcmp(PQgetvalue(res, 0, 7), "t") == 0) {
+		r = esc_error(ctx, ESC_ERR_STATE,
+			      "request %lld's package expired: released more than %s hour(s) ago (policy "
+			      "release_ttl_hours); file a new request",
+			      id, PQgetvalue(res, 0, 8));
+		goto out;
+	}
 	if ((p = calloc(1, sizeof(*p))) == NULL) {
 		r = esc_error(ctx, ESC_ERR_NOMEM, "out of memory");
 		goto out;
 	}
 	/* The key goes to the KRA with this certificate: the row must still be the certificate's. */
-	esc_archive_row_get(res, 0, 7, &row);
+	esc_archive_row_get(res, 0, 9, &row);
 	if ((r = esc_archive_row_check(ctx, &row, &p->cert, NULL)) != ESC_OK)
 		goto out;
 	if ((p->kra_cert = esc_store_cert_from_text(PQgetvalue(res, 0, 4))) == NULL ||
@@ -1026,8 +1053,9 @@ finish_impl(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account 
 		return r;
 	/* One statement decides: a second call, or another KRA, changes no row. */
 	if ((r = esc_store_exec(ctx, st,
-				"UPDATE recovery_requests SET state = 'completed', package = NULL, completed_at = now() "
-				"WHERE id = $1 AND state = 'released' AND kra_id = $2 RETURNING id",
+				"UPDATE recovery_requests r SET state = 'completed', package = NULL, completed_at = now() "
+				"WHERE r.id = $1 AND r.state = 'released' AND r.kra_id = $2 AND NOT " OVERDUE_SQL
+				" RETURNING r.id",
 				2, v, NULL, NULL, &res)) != ESC_OK)
 		goto out;
 	if (PQntuples(res) != 1) {
@@ -1035,8 +1063,8 @@ finish_impl(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account 
 		PQclear(res);
 		res = NULL;
 		if ((r = esc_store_exec(ctx, st,
-					"SELECT r.state, r.kra_id, k.name FROM recovery_requests r JOIN kras k ON k.id "
-					"= r.kra_id WHERE r.id = $1",
+					"SELECT r.state, r.kra_id, k.name, coalesce(" OVERDUE_SQL ", false), " TTL_HOURS_SQL
+					" FROM recovery_requests r JOIN kras k ON k.id = r.kra_id WHERE r.id = $1",
 					1, v, NULL, NULL, &res)) != ESC_OK)
 			goto out;
 		if (PQntuples(res) != 1)
@@ -1045,6 +1073,11 @@ finish_impl(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account 
 			r = esc_error(ctx, ESC_ERR_DENIED,
 				      "request %lld is not addressed to account '%s' (its KRA is '%s')", id,
 				      esc_account_name(actor), PQgetvalue(res, 0, 2));
+		else if (strcmp(PQgetvalue(res, 0, 0), "released") == 0 && strcmp(PQgetvalue(res, 0, 3), "t") == 0)
+			r = esc_error(ctx, ESC_ERR_STATE,
+				      "request %lld's package expired: released more than %s hour(s) ago (policy "
+				      "release_ttl_hours); file a new request",
+				      id, PQgetvalue(res, 0, 4));
 		else
 			r = esc_error(ctx, ESC_ERR_STATE, "request %lld is %s, not released%s", id,
 				      PQgetvalue(res, 0, 0),
@@ -1080,6 +1113,194 @@ esc_recovery_finish(struct esc_ctx *ctx, struct esc_store *st, const struct esc_
 	while (esc_store_retry(ctx, st, &t, &r));
 	if (r != ESC_OK)
 		audit_failed(ctx, st, actor, NULL, "recovery.complete", id, r);
+	return r;
+}
+
+/* ---- Requests that end without completing: denied, cancelled, expired ------------------------------------- */
+
+enum end_kind { END_DENY, END_CANCEL };
+
+/*
+ * Deny (a certificate manager other than the requester, in scope; or an
+ * administrator) or cancel (the requester or an administrator) request id.
+ * One locked row decides; its package, if any, is deleted with the state
+ * change (sql/002's CHECK: a package exists only while released).
+ */
+static enum esc_err
+end_impl(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor, long long id, const char *reason,
+	 enum end_kind kind)
+{
+	static const char *const deny_from[] = {"pending", "approved", NULL};
+	static const char *const cancel_from[] = {"pending", "approved", "released", NULL};
+	const char *const *from = kind == END_DENY ? deny_from : cancel_from;
+	PGresult *res = NULL;
+	char sid[24], was[16];
+	const char *v[4] = {sid, kind == END_DENY ? "denied" : "cancelled", NULL, reason};
+	int admin, requester, had_package, i;
+	enum esc_err r;
+
+	/* Never a KRA or an auditor: the roles are exclusive of certificate manager and administrator. */
+	if (require_any(ctx, actor, ESC_ROLE_CERT_MANAGER | ESC_ROLE_ADMIN,
+			kind == END_DENY ? "deny recovery requests" : "cancel recovery requests"))
+		return ESC_ERR_DENIED;
+	if ((r = check_reason(ctx, reason)) != ESC_OK)
+		return r;
+	admin = esc_account_has_role(actor, ESC_ROLE_ADMIN);
+	v[2] = esc_account_name(actor);
+	snprintf(sid, sizeof(sid), "%lld", id);
+	if ((r = esc_store_begin(ctx, st)) != ESC_OK)
+		return r;
+	if ((r = esc_store_exec(ctx, st,
+				"SELECT requested_by, state, record_id, package IS NOT NULL FROM recovery_requests "
+				"WHERE id = $1 FOR UPDATE",
+				1, v, NULL, NULL, &res)) != ESC_OK)
+		goto out;
+	if (PQntuples(res) != 1) {
+		r = esc_error(ctx, ESC_ERR_NOT_FOUND, "no recovery request %lld", id);
+		goto out;
+	}
+	requester = strtoll(PQgetvalue(res, 0, 0), NULL, 10) == esc_account_id(actor);
+	copy(was, sizeof(was), PQgetvalue(res, 0, 1));
+	had_package = strcmp(PQgetvalue(res, 0, 3), "t") == 0;
+	if (kind == END_DENY && !admin) {
+		char shown[64];
+
+		snprintf(shown, sizeof(shown), "the key of request %lld", id);
+		if ((r = check_scope(ctx, st, actor, PQgetvalue(res, 0, 2), shown)) != ESC_OK)
+			goto out;
+		/* A denial is another person's decision; the requester withdraws their own. */
+		if (requester) {
+			r = esc_error(ctx, ESC_ERR_DENIED,
+				      "a requester does not deny their own request: cancel it ('recovery cancel')");
+			goto out;
+		}
+	}
+	if (kind == END_CANCEL && !admin && !requester) {
+		r = esc_error(ctx, ESC_ERR_DENIED,
+			      "only the requester of request %lld or an administrator may cancel it (a certificate "
+			      "manager denies: 'recovery deny')",
+			      id);
+		goto out;
+	}
+	for (i = 0; from[i] != NULL && strcmp(from[i], was) != 0; i++)
+		;
+	if (from[i] == NULL) {
+		r = esc_error(ctx, ESC_ERR_STATE, "request %lld is %s: only a pending%s request can be %s", id, was,
+			      kind == END_DENY ? " or approved" : ", approved or released",
+			      kind == END_DENY ? "denied" : "cancelled");
+		goto out;
+	}
+	PQclear(res);
+	res = NULL;
+	if ((r = esc_store_exec(ctx, st,
+				"UPDATE recovery_requests SET state = $2, package = NULL, ended_at = now(), ended_by = "
+				"$3, end_reason = $4 WHERE id = $1",
+				4, v, NULL, NULL, NULL)) != ESC_OK)
+		goto out;
+	{
+		char obj[48], details[ESC_REASON_MAX + 128];
+
+		snprintf(obj, sizeof(obj), "request %lld", id);
+		snprintf(details, sizeof(details), "%s request %s%s; reason: %s", was,
+			 kind == END_DENY ? "denied" : "cancelled", had_package ? ", its package deleted" : "", reason);
+		if ((r = audit_ok(ctx, st, actor, NULL, kind == END_DENY ? "recovery.deny" : "recovery.cancel", obj,
+				  details)) != ESC_OK)
+			goto out;
+	}
+	r = esc_store_commit(ctx, st);
+out:
+	esc_store_rollback(st);
+	PQclear(res);
+	return r;
+}
+
+static enum esc_err
+end_request(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor, long long id,
+	    const char *reason, enum end_kind kind)
+{
+	struct esc_store_retry t = {0};
+	enum esc_err r;
+
+	do
+		r = end_impl(ctx, st, actor, id, reason, kind);
+	while (esc_store_retry(ctx, st, &t, &r));
+	if (r != ESC_OK)
+		audit_failed(ctx, st, actor, NULL, kind == END_DENY ? "recovery.deny" : "recovery.cancel", id, r);
+	return r;
+}
+
+enum esc_err
+esc_recovery_deny(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor, long long id,
+		  const char *reason)
+{
+	return end_request(ctx, st, actor, id, reason, END_DENY);
+}
+
+enum esc_err
+esc_recovery_cancel(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor, long long id,
+		    const char *reason)
+{
+	return end_request(ctx, st, actor, id, reason, END_CANCEL);
+}
+
+/* Every overdue released request expired, its package deleted, one event each; all in one transaction. */
+static enum esc_err
+expire_impl(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor, int *n)
+{
+	PGresult *res = NULL;
+	const char *v[1] = {actor != NULL ? esc_account_name(actor) : "service"};
+	enum esc_err r;
+	int i, rows;
+
+	if (actor != NULL &&
+	    require_any(ctx, actor, ESC_ROLE_CERT_MANAGER | ESC_ROLE_ADMIN, "expire released recovery packages"))
+		return ESC_ERR_DENIED;
+	if ((r = esc_store_begin(ctx, st)) != ESC_OK)
+		return r;
+	if ((r = esc_store_exec(ctx, st,
+				"UPDATE recovery_requests r SET state = 'expired', package = NULL, ended_at = now(), "
+				"ended_by = $1, end_reason = 'not completed within ' || " TTL_HOURS_SQL
+				" || ' hour(s) of its release (policy release_ttl_hours)' FROM kras k WHERE k.id = "
+				"r.kra_id AND r.state = 'released' AND " OVERDUE_SQL " RETURNING r.id, k.name, "
+				"to_char(r.released_at, 'YYYY-MM-DD HH24:MI:SS'), r.end_reason",
+				1, v, NULL, NULL, &res)) != ESC_OK)
+		goto out;
+	rows = PQntuples(res);
+	for (i = 0; i < rows; i++) {
+		char obj[48], details[ESC_REASON_MAX + 256];
+
+		snprintf(obj, sizeof(obj), "request %s", PQgetvalue(res, i, 0));
+		snprintf(details, sizeof(details), "released to KRA '%s' at %s, %s; its package deleted",
+			 PQgetvalue(res, i, 1), PQgetvalue(res, i, 2), PQgetvalue(res, i, 3));
+		if ((r = audit_ok(ctx, st, actor, actor != NULL ? NULL : "service", "recovery.expire", obj, details)) !=
+		    ESC_OK)
+			goto out;
+	}
+	if ((r = esc_store_commit(ctx, st)) != ESC_OK)
+		goto out;
+	*n = rows;
+	r = ESC_OK;
+out:
+	esc_store_rollback(st);
+	PQclear(res);
+	return r;
+}
+
+enum esc_err
+esc_recovery_expire(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor, int *n)
+{
+	struct esc_store_retry t = {0};
+	enum esc_err r;
+
+	do
+		r = expire_impl(ctx, st, actor, n);
+	while (esc_store_retry(ctx, st, &t, &r));
+	if (r != ESC_OK) {
+		if (actor != NULL)
+			esc_audit_outcome_by(ctx, st, actor, "recovery.expire", "released requests", r);
+		else
+			esc_audit_outcome(ctx, st, "service", "service", "recovery.expire", "released requests", r);
+	}
 	return r;
 }
 
