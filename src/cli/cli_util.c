@@ -157,13 +157,20 @@ int
 cli_login(const char *cmd, struct esc_ctx *ctx, struct esc_store *st, const char *user, const char *password_file,
 	  struct esc_account **out)
 {
+	return cli_login_flags(cmd, ctx, st, user, password_file, 0, out);
+}
+
+int
+cli_login_flags(const char *cmd, struct esc_ctx *ctx, struct esc_store *st, const char *user,
+		const char *password_file, unsigned flags, struct esc_account **out)
+{
 	struct esc_secret *pw = NULL;
 	enum esc_err r;
 	int rc;
 
 	if ((rc = cli_password(cmd, ctx, user, password_file, &pw)) != 0)
 		return rc;
-	r = esc_account_login(ctx, st, user, pw, out);
+	r = esc_account_login_ex(ctx, st, user, pw, flags, out);
 	esc_secret_free(pw);
 	return r == ESC_OK ? 0 : cli_fail(cmd, ctx, r);
 }
