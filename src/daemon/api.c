@@ -980,4 +980,11 @@ svc_api_handle(struct svc_request *r, const char *subpath)
 out:
 	esc_account_free(c.a);
 	OPENSSL_cleanse(user, sizeof(user));
+	/* The password or token in libevent's copy of the header: no longer needed (libevent frees it unwiped). */
+	{
+		const char *h = svc_header(r, "Authorization");
+
+		if (h != NULL)
+			OPENSSL_cleanse((char *)(uintptr_t)h, strlen(h));
+	}
 }
