@@ -22,7 +22,7 @@
 #include <p11escrow/store.h>
 
 #define ESC_SESSION_TOKEN_BYTES 32
-#define ESC_SESSION_TOKEN_LEN 43 /* base64url characters of a token */
+#define ESC_SESSION_TOKEN_LEN 43   /* base64url characters of a token */
 #define ESC_SESSION_EXPIRES_LEN 32 /* room for "2026-01-31T23:59:59Z" */
 
 /*
@@ -44,8 +44,8 @@ int esc_session_token_decode(const char *text, size_t len, unsigned char raw[ESC
  * BUSY.
  */
 enum esc_err esc_session_open(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *a,
-			      long long lifetime, struct esc_secret **token, char expires[ESC_SESSION_EXPIRES_LEN])
-	ESC_MUST_CHECK;
+			      long long lifetime, struct esc_secret **token,
+			      char expires[ESC_SESSION_EXPIRES_LEN]) ESC_MUST_CHECK;
 
 /*
  * The account the session of token (as the client sent it, len bytes)

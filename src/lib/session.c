@@ -130,13 +130,14 @@ open_impl(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *a
 	v[1] = esc_account_pw_stamp(a);
 	v[2] = (const char *)hash;
 	v[3] = life;
-	if ((r = esc_store_exec(ctx, st,
-				"INSERT INTO sessions (token_hash, account_id, expires_at) "
-				"SELECT $3, a.id, now() + $4::bigint * interval '1 second' FROM accounts a "
-				"WHERE a.id = $1::bigint AND a.password_changed_at = $2::timestamptz AND NOT a.disabled "
-				"AND NOT a.must_change_password "
-				"RETURNING to_char(expires_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')",
-				4, v, lens, fmts, &res)) != ESC_OK)
+	if ((r = esc_store_exec(
+		     ctx, st,
+		     "INSERT INTO sessions (token_hash, account_id, expires_at) "
+		     "SELECT $3, a.id, now() + $4::bigint * interval '1 second' FROM accounts a "
+		     "WHERE a.id = $1::bigint AND a.password_changed_at = $2::timestamptz AND NOT a.disabled "
+		     "AND NOT a.must_change_password "
+		     "RETURNING to_char(expires_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')",
+		     4, v, lens, fmts, &res)) != ESC_OK)
 		goto out;
 	if (PQntuples(res) != 1) {
 		r = esc_error(ctx, ESC_ERR_AUTH, "account '%s' changed since it logged in: log in again",
@@ -258,9 +259,10 @@ esc_session_resume(struct esc_ctx *ctx, struct esc_store *st, const char *token,
 	if (strcmp(PQgetvalue(res, 0, 6), "t") == 0) {
 		const char *w[1] = {sid};
 
-		if ((r = esc_store_exec(ctx, st,
-					"UPDATE sessions SET last_used_at = now() WHERE id = $1::bigint AND ended_at IS NULL",
-					1, w, NULL, NULL, NULL)) != ESC_OK)
+		if ((r = esc_store_exec(
+			     ctx, st,
+			     "UPDATE sessions SET last_used_at = now() WHERE id = $1::bigint AND ended_at IS NULL", 1,
+			     w, NULL, NULL, NULL)) != ESC_OK)
 			goto out;
 	}
 	r = esc_account_make(ctx, strtoll(PQgetvalue(res, 0, 1), NULL, 10), PQgetvalue(res, 0, 2),
@@ -278,8 +280,8 @@ close_impl(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *
 	char id[32], roles[64];
 	const char *v[2] = {(const char *)hash, id};
 	int lens[2] = {32, 0}, fmts[2] = {1, 0};
-	struct esc_audit_event ev = {esc_account_name(a), roles, "auth.logout", esc_account_name(a), "ok",
-				     "session ended"};
+	struct esc_audit_event ev = {esc_account_name(a), roles, "auth.logout",
+				     esc_account_name(a), "ok",	 "session ended"};
 	enum esc_err r;
 
 	snprintf(id, sizeof(id), "%lld", esc_account_id(a));
@@ -305,8 +307,7 @@ out:
 }
 
 enum esc_err
-esc_session_close(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *a, const char *token,
-		  size_t len)
+esc_session_close(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *a, const char *token, size_t len)
 {
 	struct esc_store_retry t = {0};
 	unsigned char hash[32];
