@@ -47,6 +47,23 @@ enum esc_err esc_account_login(struct esc_ctx *ctx, struct esc_store *st, const 
 			       const struct esc_secret *password, struct esc_account **out) ESC_MUST_CHECK;
 
 /*
+ * esc_account_login's answer for the right password of an account whose
+ * password an administrator set (reset) and that has not changed it since:
+ * ESC_ERR_PASSWORD_CHANGE, audited (auth.login refused, "password change
+ * required").  With ESC_LOGIN_PASSWORD_CHANGE in flags the login succeeds
+ * instead (audited as auth.login ok with the same words), for the one thing
+ * such an account may do: change its own password (esc_account_set_password
+ * on itself, esc_account_change_password).  esc_account_must_change then
+ * says so; such an account acts in no role until it has.
+ */
+#define ESC_LOGIN_PASSWORD_CHANGE 1u
+enum esc_err esc_account_login_ex(struct esc_ctx *ctx, struct esc_store *st, const char *name,
+				  const struct esc_secret *password, unsigned flags, struct esc_account **out)
+	ESC_MUST_CHECK;
+/* Did a's login find a password it must change (esc_account_login_ex)? */
+int esc_account_must_change(const struct esc_account *a);
+
+/*
  * Create an account.  actor must be an administrator — or NULL, which is
  * allowed only while no administrator exists (the first one, at setup).
  * kra_name: the registered, active KRA a KRA account is bound to (required
@@ -74,17 +91,36 @@ void esc_account_free(struct esc_account *a);
 /*
  * Disable or re-enable account name.  actor must be an administrator; the
  * last enabled administrator cannot be disabled.  A disabled account cannot
- * log in.  Errors: DENIED, NOT_FOUND, STATE, DB.
+ * log in, and disabling it ends its sessions (same transaction).  Errors: DENIED, NOT_FOUND, STATE, DB.
  */
 enum esc_err esc_account_set_disabled(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor,
 				      const char *name, int disabled) ESC_MUST_CHECK;
 
 /*
  * Set account name's password.  actor must be that account or an
- * administrator.  Errors: DENIED, NOT_FOUND, USAGE (too short), DB.
+ * administrator.  An administrator setting another account's password
+ * resets it: that account must change it at its next login (see
+ * esc_account_login_ex).  The account itself changing it clears that; a
+ * password it must change cannot be "changed" to itself.  Either way every
+ * session of the account ends, in the transaction of the change and of its
+ * audit event (account.passwd, "reset by administrator" / "changed by
+ * self").  An actor that must change its own password sets no other.
+ * Errors: DENIED, NOT_FOUND, USAGE (too short, the same as the reset one),
+ * STATE (changed meanwhile), DB, BUSY.
  */
 enum esc_err esc_account_set_password(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor,
 				      const char *name, const struct esc_secret *password) ESC_MUST_CHECK;
+
+/*
+ * actor's own password changed, after current is verified against the
+ * stored one (the JSON API's POST /account/password, where the caller may
+ * hold only a session).  As esc_account_set_password on itself otherwise.
+ * A wrong current password: ESC_ERR_AUTH, audited.  Errors: AUTH, and those
+ * of esc_account_set_password.
+ */
+enum esc_err esc_account_change_password(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor,
+					 const struct esc_secret *current, const struct esc_secret *password)
+	ESC_MUST_CHECK;
 
 struct esc_account_info {
 	long long id;

@@ -47,6 +47,7 @@ enum esc_err {
 	ESC_ERR_ARCHIVED = -44,		/* this certificate or key is archived already */
 	ESC_ERR_AUTH = -50,		/* authentication failed */
 	ESC_ERR_DENIED = -51,		/* not permitted for this account or role (dual control) */
+	ESC_ERR_PASSWORD_CHANGE = -52,	/* the account must change its password (an administrator set it) first */
 };
 
 /* Stable short name of an error code, e.g. "token not found". Never NULL. */

@@ -45,6 +45,9 @@ int cli_password(const char *cmd, struct esc_ctx *ctx, const char *user, const c
 /* Authenticate --user with the password cli_password obtains.  Returns 0 or an exit code (printed). */
 int cli_login(const char *cmd, struct esc_ctx *ctx, struct esc_store *st, const char *user, const char *password_file,
 	      struct esc_account **out);
+/* cli_login with esc_account_login_ex's flags (ESC_LOGIN_PASSWORD_CHANGE: for 'account passwd' on oneself). */
+int cli_login_flags(const char *cmd, struct esc_ctx *ctx, struct esc_store *st, const char *user,
+		    const char *password_file, unsigned flags, struct esc_account **out);
 int kra_main(int argc, char *argv[]);
 int archive_main(int argc, char *argv[]);
 int recovery_main(int argc, char *argv[]);

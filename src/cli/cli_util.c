@@ -130,7 +130,7 @@ cli_print_exit_codes(void)
 		ESC_ERR_SCHEMA_OLD,	 ESC_ERR_BUSY,		 ESC_ERR_CRYPTO,	 ESC_ERR_BAD_INPUT, ESC_ERR_MISMATCH, ESC_ERR_TAMPERED, ESC_ERR_NOT_RECIPIENT,
 		ESC_ERR_EXISTS,		 ESC_ERR_STATE,		 ESC_ERR_NOT_FOUND, ESC_ERR_POLICY,
 		ESC_ERR_ARCHIVED,
-		ESC_ERR_AUTH,		 ESC_ERR_DENIED,	 ESC_ERR_INTERNAL,
+		ESC_ERR_AUTH,		 ESC_ERR_DENIED,	 ESC_ERR_PASSWORD_CHANGE, ESC_ERR_INTERNAL,
 	};
 	size_t i;
 
@@ -157,13 +157,20 @@ int
 cli_login(const char *cmd, struct esc_ctx *ctx, struct esc_store *st, const char *user, const char *password_file,
 	  struct esc_account **out)
 {
+	return cli_login_flags(cmd, ctx, st, user, password_file, 0, out);
+}
+
+int
+cli_login_flags(const char *cmd, struct esc_ctx *ctx, struct esc_store *st, const char *user,
+		const char *password_file, unsigned flags, struct esc_account **out)
+{
 	struct esc_secret *pw = NULL;
 	enum esc_err r;
 	int rc;
 
 	if ((rc = cli_password(cmd, ctx, user, password_file, &pw)) != 0)
 		return rc;
-	r = esc_account_login(ctx, st, user, pw, out);
+	r = esc_account_login_ex(ctx, st, user, pw, flags, out);
 	esc_secret_free(pw);
 	return r == ESC_OK ? 0 : cli_fail(cmd, ctx, r);
 }

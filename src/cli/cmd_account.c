@@ -37,7 +37,9 @@ help(void)
 	       "disable, enable  stop or allow an account's logins (administrators; the last enabled\n"
 	       "      administrator stays enabled).\n"
 	       "passwd  set a new password: your own, or any account's as an administrator (the new\n"
-	       "      password comes like a new account's).\n"
+	       "      password comes like a new account's).  A password an administrator sets for\n"
+	       "      another account is single-use: that account's next login (here or through the\n"
+	       "      service) may only change it.  Every session of the account ends.\n"
 	       "scope  limit a certificate manager to some records (administrators; replaces the earlier\n"
 	       "      scope): it then searches, requests recovery of and approves only records whose\n"
 	       "      profile is one of the --profile values (if any are given) and whose subject has an O\n"
@@ -164,9 +166,11 @@ do_change(struct esc_ctx *ctx, struct esc_store *st, const struct opts *o, const
 	struct esc_account *me = NULL;
 	struct esc_secret *pw = NULL;
 	enum esc_err r;
-	int rc;
+	int rc, self = name == NULL || strcmp(name, o->user) == 0;
 
-	if ((rc = cli_login(CMD, ctx, st, o->user, o->password_file, &me)) != 0)
+	/* A password an administrator set logs in for one thing: its owner changing it. */
+	if ((rc = cli_login_flags(CMD, ctx, st, o->user, o->password_file,
+				  strcmp(action, "passwd") == 0 && self ? ESC_LOGIN_PASSWORD_CHANGE : 0, &me)) != 0)
 		return rc;
 	if (name == NULL)
 		name = esc_account_name(me);
@@ -182,8 +186,10 @@ do_change(struct esc_ctx *ctx, struct esc_store *st, const struct opts *o, const
 		goto out;
 	}
 	printf("account '%s': %s\n", name,
-	       strcmp(action, "passwd") == 0 ? "password changed"
-	       : strcmp(action, "disable") == 0 ? "disabled" : "enabled");
+	       strcmp(action, "passwd") == 0
+		       ? (self ? "password changed" : "password reset: it must be changed at the account's next login")
+	       : strcmp(action, "disable") == 0 ? "disabled"
+						: "enabled");
 	rc = 0;
 out:
 	esc_secret_free(pw);

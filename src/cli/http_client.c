@@ -5,6 +5,7 @@
  */
 #include <arpa/inet.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -43,8 +44,11 @@ struct cli_http {
 	char *prefix;	/* the URL's path before /api/v1, no trailing '/' */
 	int port;
 	int host_is_ip;
-	char *auth; /* "Basic ..." in secure memory */
+	char *auth; /* "Basic ..." in secure memory, until a session replaces it */
 	size_t authlen;
+	char *bearer; /* "Bearer TOKEN" in secure memory once logged in (POST /session) */
+	size_t bearerlen;
+	int login_tried; /* POST /session was sent (once per client, i.e. per command) */
 };
 
 /* One request in flight. */
@@ -77,11 +81,22 @@ fail(const struct cli_http *h, enum esc_err e, const char *fmt, ...)
 	return esc_err_exit_code(e);
 }
 
+static int call(struct cli_http *h, enum cli_http_method method, const char *path, json_t *body, json_t **out,
+		int *status);
+
 void
 cli_http_free(struct cli_http *h)
 {
+	json_t *doc = NULL;
+	int status = 0;
+
 	if (h == NULL)
 		return;
+	/* Log out: the token ends now rather than at its idle timeout.  A failure is printed, nothing more. */
+	if (h->bearer != NULL && h->base != NULL && call(h, CLI_HTTP_DELETE, "/session", NULL, &doc, &status) == 0)
+		json_decref(doc);
+	if (h->bearer != NULL)
+		OPENSSL_secure_clear_free(h->bearer, h->bearerlen);
 	if (h->auth != NULL)
 		OPENSSL_secure_clear_free(h->auth, h->authlen);
 	SSL_CTX_free(h->tls);
@@ -371,8 +386,13 @@ cli_http_query(char *buf, size_t len, const char *key, const char *value)
 	return 0;
 }
 
-int
-cli_http_call(struct cli_http *h, enum cli_http_method method, const char *path, json_t *body, json_t **out)
+/*
+ * One exchange, authenticated with the session's token once there is one,
+ * else with Basic.  *status: the HTTP status answered (0 if none).  A 404
+ * to POST /session (a service without sessions) is not printed.
+ */
+static int
+call(struct cli_http *h, enum cli_http_method method, const char *path, json_t *body, json_t **out, int *status)
 {
 	struct exchange x;
 	struct bufferevent *bev = NULL;
@@ -445,7 +465,7 @@ cli_http_call(struct cli_http *h, enum cli_http_method method, const char *path,
 	evhttp_add_header(hdrs, "User-Agent", "p11escrow/" ESC_VERSION);
 	evhttp_add_header(hdrs, "Accept", "application/json");
 	evhttp_add_header(hdrs, "Connection", "close");
-	evhttp_add_header(hdrs, "Authorization", h->auth);
+	evhttp_add_header(hdrs, "Authorization", h->bearer != NULL ? h->bearer : h->auth);
 	if (text != NULL) {
 		evhttp_add_header(hdrs, "Content-Type", "application/json");
 		evbuffer_add(evhttp_request_get_output_buffer(x.req), text, strlen(text));
@@ -456,7 +476,11 @@ cli_http_call(struct cli_http *h, enum cli_http_method method, const char *path,
 		rc = fail(h, ESC_ERR_NOMEM, "out of memory");
 		goto out;
 	}
-	if (evhttp_make_request(evcon, x.req, method == CLI_HTTP_POST ? EVHTTP_REQ_POST : EVHTTP_REQ_GET, uri) != 0) {
+	if (evhttp_make_request(evcon, x.req,
+				method == CLI_HTTP_POST	    ? EVHTTP_REQ_POST
+				: method == CLI_HTTP_DELETE ? EVHTTP_REQ_DELETE
+							    : EVHTTP_REQ_GET,
+				uri) != 0) {
 		x.req = NULL; /* freed by evhttp_make_request on failure */
 		rc = no_answer(h, &x, bev);
 		goto out;
@@ -477,8 +501,13 @@ cli_http_call(struct cli_http *h, enum cli_http_method method, const char *path,
 		rc = no_answer(h, &x, bev);
 		goto out;
 	}
+	*status = x.status;
 	if (x.bodylen > 0)
 		doc = json_loadb((const char *)x.body, x.bodylen, JSON_REJECT_DUPLICATES, &perr);
+	if (x.status == 404 && method == CLI_HTTP_POST && strcmp(path, "/session") == 0) {
+		rc = esc_err_exit_code(ESC_ERR_NOT_FOUND);
+		goto out;
+	}
 	if (x.status >= 200 && x.status < 300) {
 		if (doc == NULL || !json_is_object(doc)) {
 			rc = fail(h, ESC_ERR_BAD_INPUT, "the answer of %s is not a JSON object (HTTP %d)", h->url,
@@ -514,6 +543,57 @@ out:
 	free(text);
 	free(uri);
 	return rc;
+}
+
+/*
+ * Log in once: POST /session with the password (Basic); every later call
+ * of this client sends the token instead, and the password is wiped.  A
+ * service that has no sessions (404) keeps getting Basic.
+ */
+static int
+login(struct cli_http *h)
+{
+	json_t *doc = NULL, *tok;
+	size_t n;
+	int rc, status = 0;
+
+	h->login_tried = 1;
+	if ((rc = call(h, CLI_HTTP_POST, "/session", NULL, &doc, &status)) != 0)
+		return status == 404 ? 0 : rc;
+	tok = json_object_get(doc, "token");
+	n = json_is_string(tok) ? json_string_length(tok) : 0;
+	if (n < 16 || n > 256 || strspn(json_string_value(tok), "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+								 "0123456789-_") != n) {
+		rc = fail(h, ESC_ERR_BAD_INPUT, "the answer of %s to the login holds no usable session token", h->url);
+		goto out;
+	}
+	h->bearerlen = 7 + n + 1;
+	if ((h->bearer = OPENSSL_secure_zalloc(h->bearerlen)) == NULL) {
+		rc = fail(h, ESC_ERR_NOMEM, "out of secure memory");
+		goto out;
+	}
+	memcpy(h->bearer, "Bearer ", 7);
+	memcpy(h->bearer + 7, json_string_value(tok), n);
+	/* The password is needed no more. */
+	OPENSSL_secure_clear_free(h->auth, h->authlen);
+	h->auth = NULL;
+	h->authlen = 0;
+	rc = 0;
+out:
+	if (json_is_string(tok))
+		OPENSSL_cleanse((char *)(uintptr_t)json_string_value(tok), json_string_length(tok));
+	json_decref(doc);
+	return rc;
+}
+
+int
+cli_http_call(struct cli_http *h, enum cli_http_method method, const char *path, json_t *body, json_t **out)
+{
+	int rc, status = 0;
+
+	if (!h->login_tried && (rc = login(h)) != 0)
+		return rc;
+	return call(h, method, path, body, out, &status);
 }
 
 void

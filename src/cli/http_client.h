@@ -4,9 +4,11 @@
  *
  * The server is verified against a CA file (--server-ca FILE, else
  * $P11ESCROW_SERVER_CA), its DNS name or IP address checked against its
- * certificate, TLS 1.2 or newer.  The account authenticates with HTTP Basic;
- * its password comes from cli_password (file, environment, prompt) and is
- * never logged or printed.  Every request has a timeout and every response
+ * certificate, TLS 1.2 or newer.  The account logs in once per client (one
+ * command) with HTTP Basic — POST /session — and every call after that
+ * sends the session's token; cli_http_free logs out.  The password comes
+ * from cli_password (file, environment, prompt), is wiped once the session
+ * is open and is never logged or printed.  Every request has a timeout and every response
  * a maximum size.
  */
 #ifndef P11ESCROW_CLI_HTTP_CLIENT_H
@@ -33,10 +35,10 @@ struct cli_http;
  */
 int cli_http_open(const char *cmd, struct esc_ctx *ctx, const char *url, const char *ca_file, const char *user,
 		  const char *password_file, struct cli_http **out);
-/* Wipe the credentials and free; accepts NULL. */
+/* Log out (if logged in), wipe the credentials and free; accepts NULL. */
 void cli_http_free(struct cli_http *h);
 
-enum cli_http_method { CLI_HTTP_GET, CLI_HTTP_POST };
+enum cli_http_method { CLI_HTTP_GET, CLI_HTTP_POST, CLI_HTTP_DELETE };
 
 /*
  * One API call: path below /api/v1 ("/recoveries", query already encoded,

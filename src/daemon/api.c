@@ -4,15 +4,18 @@
  *
  * Thin over the library: every dual-control rule is the library's
  * (recovery.h), so the API enforces exactly what the CLI does.  This file
- * only authenticates the account (HTTP Basic, esc_account_login), routes by
- * a table, checks request bodies strictly and turns results into JSON.
+ * only authenticates the account (HTTP Basic, esc_account_login, or a
+ * session's bearer token, esc_session_resume), routes by a table, checks
+ * request bodies strictly and turns results into JSON.
  * The service is the holder of the CA token: an approved request is
  * released at once with the worker's keeper.
  */
 #include <limits.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include <jansson.h>
 #include <openssl/crypto.h>
@@ -23,6 +26,7 @@
 #include <p11escrow/auth.h>
 #include <p11escrow/kra.h>
 #include <p11escrow/recovery.h>
+#include <p11escrow/session.h>
 
 #include "api_body.h"
 #include "svc.h"
@@ -37,6 +41,9 @@ struct api_call {
 	struct svc_worker *w;
 	struct esc_account *a; /* the authenticated account */
 	long long id;	       /* {id} of the path, 0 if none */
+	int by_password;       /* authenticated with HTTP Basic (not a session) */
+	const char *token;     /* the session's bearer token as sent (a request header), or NULL */
+	size_t token_len;
 };
 
 /* ---- replies -------------------------------------------------------------------------------------------------- */
@@ -123,11 +130,18 @@ reply_esc(struct api_call *c, enum esc_err e)
 }
 
 static void
-reply_unauthorized(struct svc_request *r)
+reply_unauthorized(struct svc_request *r, int bearer)
 {
 	svc_add_header(r, "WWW-Authenticate", "Basic realm=\"p11escrow\", charset=\"UTF-8\"");
-	/* One message for an unknown name, a wrong password and a disabled account. */
-	reply_error(r, 401, "authentication required: a valid account name and password", ESC_ERR_AUTH);
+	/* One message for an unknown name, a wrong password and a disabled account; one for every bad token. */
+	if (bearer) {
+		svc_add_header(r, "WWW-Authenticate", "Bearer realm=\"p11escrow\", error=\"invalid_token\"");
+		reply_error(r, 401, "authentication required: the session token is not valid (ended, expired or unknown)",
+			    ESC_ERR_AUTH);
+		return;
+	}
+	reply_error(r, 401, "authentication required: a valid account name and password, or a session token",
+		    ESC_ERR_AUTH);
 }
 
 /* ---- input ---------------------------------------------------------------------------------------------------- */
@@ -696,6 +710,136 @@ api_audit(struct api_call *c)
 	reply_json(c->r, 200, o, bad);
 }
 
+/* ---- sessions and passwords ---------------------------------------------------------------------------------- */
+
+/*
+ * POST /session: a token for the account that logged in with its password.
+ * The answer holds the token: built in secure memory and sent from there.
+ */
+static void
+api_session_open(struct api_call *c)
+{
+	struct esc_secret *token = NULL;
+	char expires[ESC_SESSION_EXPIRES_LEN];
+	unsigned char *body = NULL;
+	size_t cap = 160 + ESC_SESSION_TOKEN_LEN;
+	enum esc_err r;
+	int n;
+
+	if (!no_input(c))
+		return;
+	if (!c->by_password) {
+		reply_error(c->r, 400, "a session is opened with the account's name and password (HTTP Basic), not a token",
+			    ESC_ERR_USAGE);
+		return;
+	}
+	if ((r = esc_session_open(c->w->ctx, c->w->st, c->a, c->w->session_lifetime, &token, expires)) != ESC_OK) {
+		reply_esc(c, r);
+		return;
+	}
+	if ((body = OPENSSL_secure_malloc(cap)) == NULL) {
+		esc_secret_free(token);
+		reply_error(c->r, 500, "internal error: cannot build the response", ESC_ERR_NOMEM);
+		return;
+	}
+	/* The token is base64url and expires a timestamp: neither needs escaping in JSON. */
+	n = snprintf((char *)body, cap, "{\"token\":\"%s\",\"expires\":\"%s\",\"idle_timeout\":%lld}",
+		     esc_secret_str(token), expires, c->w->session_idle);
+	esc_secret_free(token);
+	if (n < 0 || (size_t)n >= cap) {
+		OPENSSL_secure_clear_free(body, cap);
+		reply_error(c->r, 500, "internal error: cannot build the response", ESC_ERR_INTERNAL);
+		return;
+	}
+	svc_log(c->w, ESC_LOG_INFO, "req=%s session opened for '%s'", c->r->id, esc_account_name(c->a));
+	svc_add_header(c->r, "Cache-Control", "no-store");
+	svc_reply_secret(c->r, 201, "application/json", body, (size_t)n);
+}
+
+/* DELETE /session: end the session whose token authenticated this request (logout). */
+static void
+api_session_close(struct api_call *c)
+{
+	json_t *o;
+	enum esc_err r;
+
+	if (!no_input(c))
+		return;
+	if (c->token == NULL) {
+		reply_error(c->r, 400, "DELETE /session ends the session whose token it is sent with (Authorization: Bearer)",
+			    ESC_ERR_USAGE);
+		return;
+	}
+	if ((r = esc_session_close(c->w->ctx, c->w->st, c->a, c->token, c->token_len)) != ESC_OK) {
+		reply_esc(c, r);
+		return;
+	}
+	svc_log(c->w, ESC_LOG_INFO, "req=%s session of '%s' ended (logout)", c->r->id, esc_account_name(c->a));
+	o = json_object();
+	reply_json(c->r, 200, o, o == NULL || put(o, "ended", json_true()));
+}
+
+/* Wipe a password field of a parsed body (the document owns the string). */
+static void
+wipe_field(const char *v)
+{
+	if (v != NULL)
+		OPENSSL_cleanse((char *)(uintptr_t)v, strlen(v));
+}
+
+/*
+ * POST /account/password {"current", "new"}: the authenticated account
+ * changes its own password, proving the current one (a session holder too),
+ * counted with the failed logins.  The one call an account whose password
+ * an administrator set may make.  Every session of the account ends.
+ */
+static void
+api_account_password(struct api_call *c)
+{
+	static const char *const none[] = {NULL};
+	const char *cur = NULL, *neu = NULL;
+	struct api_field f[] = {
+		{"current", 1, 0, &cur},
+		{"new", 1, 0, &neu},
+	};
+	struct esc_secret *scur = NULL, *snew = NULL;
+	const char *name = esc_account_name(c->a);
+	json_t *doc, *o;
+	char msg[160];
+	enum esc_err r;
+
+	if (!params_ok(c, none) || (doc = parse_body(c, f, sizeof(f) / sizeof(f[0]))) == NULL)
+		return;
+	r = esc_secret_new(c->w->ctx, cur, strlen(cur), &scur);
+	if (r == ESC_OK)
+		r = esc_secret_new(c->w->ctx, neu, strlen(neu), &snew);
+	wipe_field(cur);
+	wipe_field(neu);
+	json_decref(doc);
+	if (r != ESC_OK) {
+		reply_esc(c, r);
+		goto out;
+	}
+	if (svc_login_wait(c->r, name, msg, sizeof(msg)) > 0) {
+		reply_error(c->r, 429, msg, ESC_ERR_AUTH);
+		goto out;
+	}
+	r = esc_account_change_password(c->w->ctx, c->w->st, c->a, scur, snew);
+	if (r == ESC_OK || r == ESC_ERR_AUTH)
+		svc_login_result(c->r, name, r == ESC_OK);
+	if (r != ESC_OK) {
+		reply_esc(c, r);
+		goto out;
+	}
+	o = json_object();
+	reply_json(c->r, 200, o,
+		   o == NULL || put(o, "name", jstr(name)) || put(o, "password_changed", json_true()) ||
+			   put(o, "sessions_ended", json_true()));
+out:
+	esc_secret_free(scur);
+	esc_secret_free(snew);
+}
+
 /* ---- routing -------------------------------------------------------------------------------------------------- */
 
 static const struct route {
@@ -704,6 +848,9 @@ static const struct route {
 	void (*fn)(struct api_call *c);
 } routes[] = {
 	{"/whoami", EVHTTP_REQ_GET, api_whoami},
+	{"/session", EVHTTP_REQ_POST, api_session_open},
+	{"/session", EVHTTP_REQ_DELETE, api_session_close},
+	{"/account/password", EVHTTP_REQ_POST, api_account_password},
 	{"/records", EVHTTP_REQ_GET, api_records},
 	{"/kras", EVHTTP_REQ_GET, api_kras},
 	{"/recoveries", EVHTTP_REQ_GET, api_recoveries_list},
@@ -749,20 +896,97 @@ route_match(const char *pattern, const char *path, long long *id)
 static const char *
 method_label(enum evhttp_cmd_type m)
 {
-	return m == EVHTTP_REQ_GET ? "GET" : "POST";
+	return m == EVHTTP_REQ_GET ? "GET" : m == EVHTTP_REQ_DELETE ? "DELETE" : "POST";
+}
+
+/*
+ * The account of request c->r into c->a: a session's bearer token, or
+ * HTTP Basic (failed-login limits, esc_account_login).  An account whose
+ * password an administrator set logs in only to POST /account/password;
+ * for anything else it is answered 403 "password change required".
+ * ESC_OK, or an error after replying.
+ */
+static enum esc_err
+authenticate(struct api_call *c, const char *subpath, char *user, size_t userlen)
+{
+	struct svc_request *r = c->r;
+	struct esc_secret *pw = NULL;
+	const char *h = svc_header(r, "Authorization");
+	char msg[160];
+	unsigned flags = 0;
+	size_t n;
+	enum esc_err e;
+	int auth;
+
+	if (h != NULL && strncasecmp(h, "Bearer ", 7) == 0) {
+		for (h += 7; *h == ' '; h++)
+			;
+		for (n = strnlen(h, ESC_SESSION_TOKEN_LEN + 2); n > 0 && h[n - 1] == ' '; n--)
+			;
+		/* A bad token costs no password check: only the client's address is counted. */
+		if (svc_login_wait(r, NULL, msg, sizeof(msg)) > 0) {
+			reply_error(r, 429, msg, ESC_ERR_AUTH);
+			return ESC_ERR_AUTH;
+		}
+		e = esc_session_resume(c->w->ctx, c->w->st, h, n, c->w->session_idle, c->w->session_lifetime, &c->a);
+		if (e == ESC_ERR_AUTH) {
+			svc_login_result(r, NULL, 0);
+			svc_log(c->w, ESC_LOG_INFO, "req=%s session token refused", r->id);
+			reply_unauthorized(r, 1);
+			return e;
+		}
+		if (e != ESC_OK) {
+			reply_esc(c, e);
+			return e;
+		}
+		c->token = h;
+		c->token_len = n;
+		svc_log(c->w, ESC_LOG_DEBUG, "req=%s authenticated '%s' by session", r->id, esc_account_name(c->a));
+		return ESC_OK;
+	}
+	auth = svc_basic_auth(r, user, userlen, &pw);
+	if (auth != 1) {
+		esc_secret_free(pw);
+		reply_unauthorized(r, 0);
+		return ESC_ERR_AUTH;
+	}
+	if (svc_login_wait(r, user, msg, sizeof(msg)) > 0) {
+		esc_secret_free(pw);
+		reply_error(r, 429, msg, ESC_ERR_AUTH);
+		return ESC_ERR_AUTH;
+	}
+	/* Only the password change takes a password that must be changed (no 404 is revealed by this). */
+	if (r->method == EVHTTP_REQ_POST && strcmp(subpath, "/account/password") == 0)
+		flags = ESC_LOGIN_PASSWORD_CHANGE;
+	e = esc_account_login_ex(c->w->ctx, c->w->st, user, pw, flags, &c->a);
+	esc_secret_free(pw);
+	if (e == ESC_OK || e == ESC_ERR_AUTH || e == ESC_ERR_PASSWORD_CHANGE)
+		svc_login_result(r, user, e != ESC_ERR_AUTH);
+	if (e == ESC_ERR_AUTH) {
+		svc_log(c->w, ESC_LOG_INFO, "req=%s authentication failed", r->id);
+		reply_unauthorized(r, 0);
+		return e;
+	}
+	if (e != ESC_OK) {
+		reply_esc(c, e); /* PASSWORD_CHANGE: 403 with its code */
+		return e;
+	}
+	c->by_password = 1;
+	/* One line per password verification: what a client that logs in once per task saves. */
+	svc_log(c->w, ESC_LOG_INFO, "req=%s password verified for '%s'", r->id, esc_account_name(c->a));
+	return ESC_OK;
 }
 
 void
 svc_api_handle(struct svc_request *r, const char *subpath)
 {
 	struct api_call c;
-	struct esc_secret *pw = NULL;
 	const struct route *hit = NULL;
-	char user[API_USER_MAX], allow[32] = "", msg[160];
+	char user[API_USER_MAX], allow[32] = "";
 	size_t i;
 	long long id;
 	enum esc_err e;
-	int auth, matched = 0;
+	int matched = 0;
 
 	memset(&c, 0, sizeof(c));
 	c.r = r;
@@ -771,31 +995,8 @@ svc_api_handle(struct svc_request *r, const char *subpath)
 	if (svc_worker_ready(c.w, r) != 0)
 		return;
 	/* Every endpoint needs an account: nothing, not even a 404, before authentication. */
-	auth = svc_basic_auth(r, user, sizeof(user), &pw);
-	if (auth != 1) {
-		esc_secret_free(pw);
-		reply_unauthorized(r);
-		return;
-	}
-	if (svc_login_wait(r, user, msg, sizeof(msg)) > 0) {
-		esc_secret_free(pw);
-		OPENSSL_cleanse(user, sizeof(user));
-		reply_error(r, 429, msg, ESC_ERR_AUTH);
-		return;
-	}
-	e = esc_account_login(c.w->ctx, c.w->st, user, pw, &c.a);
-	esc_secret_free(pw);
-	if (e == ESC_OK || e == ESC_ERR_AUTH)
-		svc_login_result(r, user, e == ESC_OK);
-	if (e == ESC_ERR_AUTH) {
-		svc_log(c.w, ESC_LOG_INFO, "req=%s authentication failed", r->id);
-		reply_unauthorized(r);
-		return;
-	}
-	if (e != ESC_OK) {
-		reply_esc(&c, e);
-		return;
-	}
+	if ((e = authenticate(&c, subpath, user, sizeof(user))) != ESC_OK)
+		goto out;
 	for (i = 0; i < sizeof(routes) / sizeof(routes[0]); i++) {
 		id = 0;
 		if (!route_match(routes[i].pattern, subpath, &id))
@@ -818,6 +1019,14 @@ svc_api_handle(struct svc_request *r, const char *subpath)
 			esc_account_name(c.a));
 		hit->fn(&c);
 	}
+out:
 	esc_account_free(c.a);
 	OPENSSL_cleanse(user, sizeof(user));
+	/* The password or token in libevent's copy of the header: no longer needed (libevent frees it unwiped). */
+	{
+		const char *h = svc_header(r, "Authorization");
+
+		if (h != NULL)
+			OPENSSL_cleanse((char *)(uintptr_t)h, strlen(h));
+	}
 }

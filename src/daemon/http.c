@@ -492,6 +492,7 @@ svc_http_status(enum esc_err e)
 		return 401;
 	case ESC_ERR_DENIED:
 	case ESC_ERR_POLICY:
+	case ESC_ERR_PASSWORD_CHANGE:
 		return 403;
 	case ESC_ERR_NOT_FOUND:
 		return 404;

@@ -886,6 +886,8 @@ main(int argc, char *argv[])
 		w->require_cert = strcmp(esc_config_get(s.cfg, "tls_client_auth"), "require") == 0;
 		w->client_cert_recheck = esc_config_get_long(s.cfg, "client_cert_recheck");
 		w->guard = s.guard;
+		w->session_idle = esc_config_get_long(s.cfg, "session_idle_timeout");
+		w->session_lifetime = esc_config_get_long(s.cfg, "session_lifetime");
 		if (esc_ctx_new(&w->ctx) != ESC_OK) {
 			rc = 70;
 			goto out;

@@ -49,6 +49,8 @@ struct svc_worker {
 	long long client_cert_recheck; /* seconds a checked client certificate stays accepted on its connection */
 	struct svc_guard *guard;      /* failed logins, shared by the process's workers (guard.c) */
 	size_t max_body;              /* the largest body a handler sees (max_body); evhttp's own limit is higher */
+	long long session_idle;       /* session_idle_timeout: seconds a JSON API session may go unused */
+	long long session_lifetime;   /* session_lifetime: seconds a JSON API session lasts at most */
 };
 
 /*

@@ -21,6 +21,7 @@
 #include <p11escrow/auth.h>
 #include <p11escrow/enroll.h>
 
+#include "auth_internal.h"
 #include "internal.h"
 #include "store_internal.h"
 
@@ -71,6 +72,8 @@ struct esc_account {
 	char name[NAME_MAX_LEN + 1];
 	unsigned roles;
 	long long kra_id;
+	int must_change;   /* logged in with a password an administrator set: may only change it */
+	char pw_stamp[48]; /* accounts.password_changed_at at the password login, "" otherwise */
 };
 
 
@@ -316,12 +319,19 @@ enum esc_err
 esc_account_login(struct esc_ctx *ctx, struct esc_store *st, const char *name, const struct esc_secret *password,
 		  struct esc_account **out)
 {
+	return esc_account_login_ex(ctx, st, name, password, 0, out);
+}
+
+enum esc_err
+esc_account_login_ex(struct esc_ctx *ctx, struct esc_store *st, const char *name, const struct esc_secret *password,
+		     unsigned flags, struct esc_account **out)
+{
 	struct esc_account *a = NULL;
 	PGresult *res = NULL;
 	const char *v[1], *hash = NULL;
-	char shown[NAME_MAX_LEN + 8];
+	char shown[NAME_MAX_LEN + 8], roles[64];
 	enum esc_err r, vr;
-	int found = 0, disabled = 0;
+	int found = 0, disabled = 0, must_change = 0;
 
 	if (st == NULL || name == NULL || password == NULL || out == NULL)
 		return esc_error(ctx, ESC_ERR_INTERNAL, "esc_account_login: NULL argument");
@@ -329,14 +339,16 @@ esc_account_login(struct esc_ctx *ctx, struct esc_store *st, const char *name, c
 	/* A name the schema would refuse cannot exist: skip the query, not the hash. */
 	if (valid_account_name(name)) {
 		v[0] = name;
-		if ((r = esc_store_exec(
-			     ctx, st, "SELECT id, roles, password_hash, kra_id, disabled FROM accounts WHERE name = $1",
-			     1, v, NULL, NULL, &res)) != ESC_OK)
+		if ((r = esc_store_exec(ctx, st,
+					"SELECT id, roles, password_hash, kra_id, disabled, must_change_password, "
+					"password_changed_at FROM accounts WHERE name = $1",
+					1, v, NULL, NULL, &res)) != ESC_OK)
 			goto out;
 		if (PQntuples(res) == 1) {
 			found = 1;
 			hash = PQgetvalue(res, 0, 2);
 			disabled = strcmp(PQgetvalue(res, 0, 4), "t") == 0;
+			must_change = strcmp(PQgetvalue(res, 0, 5), "t") == 0;
 		}
 	}
 	vr = esc_auth_verify_or_dummy(ctx, hash, password);
@@ -365,6 +377,27 @@ esc_account_login(struct esc_ctx *ctx, struct esc_store *st, const char *name, c
 		goto out;
 	}
 	a->kra_id = PQgetisnull(res, 0, 3) ? 0 : strtoll(PQgetvalue(res, 0, 3), NULL, 10);
+	snprintf(a->pw_stamp, sizeof(a->pw_stamp), "%s", PQgetvalue(res, 0, 6));
+	if (must_change) {
+		/* The right password, set by an administrator: good for changing it, for nothing else. */
+		struct esc_audit_event ev = {shown, roles, "auth.login", shown,
+					     (flags & ESC_LOGIN_PASSWORD_CHANGE) ? "ok" : "refused",
+					     (flags & ESC_LOGIN_PASSWORD_CHANGE)
+						     ? "password change required: logged in to change it"
+						     : "password change required"};
+
+		esc_roles_format(a->roles, roles, sizeof(roles));
+		if ((r = esc_audit_append(ctx, st, &ev)) != ESC_OK)
+			goto out;
+		if (!(flags & ESC_LOGIN_PASSWORD_CHANGE)) {
+			r = esc_error(ctx, ESC_ERR_PASSWORD_CHANGE,
+				      "account '%s' must change its password first: an administrator set it "
+				      "('p11escrow account passwd --user %s', or POST /api/v1/account/password)",
+				      shown, shown);
+			goto out;
+		}
+		a->must_change = 1;
+	}
 	*out = a;
 	a = NULL; /* transferred */
 	r = ESC_OK;
@@ -375,6 +408,37 @@ out:
 	PQclear(res);
 	esc_account_free(a);
 	return r;
+}
+
+enum esc_err
+esc_account_make(struct esc_ctx *ctx, long long id, const char *name, const char *pg_roles, long long kra_id,
+		 struct esc_account **out)
+{
+	struct esc_account *a;
+
+	if ((a = calloc(1, sizeof(*a))) == NULL)
+		return esc_error(ctx, ESC_ERR_NOMEM, "out of memory");
+	a->id = id;
+	snprintf(a->name, sizeof(a->name), "%s", name);
+	a->kra_id = kra_id;
+	if (parse_pg_roles(ctx, pg_roles, &a->roles) != ESC_OK) {
+		free(a);
+		return esc_error(ctx, ESC_ERR_INTERNAL, "account '%.64s': stored roles are malformed", name);
+	}
+	*out = a;
+	return ESC_OK;
+}
+
+const char *
+esc_account_pw_stamp(const struct esc_account *a)
+{
+	return a != NULL ? a->pw_stamp : "";
+}
+
+int
+esc_account_must_change(const struct esc_account *a)
+{
+	return a != NULL && a->must_change;
 }
 
 enum esc_err
@@ -630,7 +694,8 @@ esc_account_kra_id(const struct esc_account *a)
 int
 esc_account_has_role(const struct esc_account *a, enum esc_role role)
 {
-	return a != NULL && (a->roles & (unsigned)role) != 0;
+	/* Logged in only to change a password an administrator set: no role until it has. */
+	return a != NULL && !a->must_change && (a->roles & (unsigned)role) != 0;
 }
 
 enum esc_err
@@ -679,6 +744,16 @@ disabled_impl(struct esc_ctx *ctx, struct esc_store *st, const struct esc_accoun
 		r = esc_error(ctx, ESC_ERR_NOT_FOUND, "no account named '%.64s'", name);
 		goto out;
 	}
+	/* Its sessions end with it (the service also checks accounts.disabled at every use). */
+	if (disabled) {
+		const char *id[1] = {PQgetvalue(res, 0, 0)};
+
+		if ((r = esc_store_exec(ctx, st,
+					"UPDATE sessions SET ended_at = now(), end_reason = 'account disabled' "
+					"WHERE account_id = $1 AND ended_at IS NULL",
+					1, id, NULL, NULL, NULL)) != ESC_OK)
+			goto out;
+	}
 	PQclear(res);
 	res = NULL;
 	if ((r = esc_store_exec(ctx, st, "SELECT count(*) FROM accounts WHERE 'admin' = ANY (roles) AND NOT disabled", 0,
@@ -719,30 +794,175 @@ esc_account_set_disabled(struct esc_ctx *ctx, struct esc_store *st, const struct
 	return r;
 }
 
+/* The stored hash of account name and whether it must be changed, read before the slow checks.  *hash: caller frees (wipe). */
+static enum esc_err
+read_password(struct esc_ctx *ctx, struct esc_store *st, const char *name, char **hash, int *must_change)
+{
+	PGresult *res = NULL;
+	const char *v[1] = {name};
+	enum esc_err r;
+
+	if ((r = esc_store_exec(ctx, st, "SELECT password_hash, must_change_password FROM accounts WHERE name = $1", 1, v,
+				NULL, NULL, &res)) != ESC_OK)
+		return r;
+	if (PQntuples(res) != 1) {
+		r = esc_error(ctx, ESC_ERR_NOT_FOUND, "no account named '%.64s'", name);
+		goto out;
+	}
+	if ((*hash = strdup(PQgetvalue(res, 0, 0))) == NULL) {
+		r = esc_error(ctx, ESC_ERR_NOMEM, "out of memory");
+		goto out;
+	}
+	*must_change = strcmp(PQgetvalue(res, 0, 1), "t") == 0;
+	r = ESC_OK;
+out:
+	if (PQntuples(res) == 1)
+		OPENSSL_cleanse(PQgetvalue(res, 0, 0), (size_t)PQgetlength(res, 0, 0));
+	PQclear(res);
+	return r;
+}
+
+/*
+ * One transaction: the new hash, the must-change flag (reset: set; else
+ * cleared), every session of the account ended, the audit event.  seen: the
+ * hash the slow checks before ran against; if it is no longer the stored
+ * one, nothing changes (STATE).
+ */
+static enum esc_err
+passwd_impl(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor, const char *name,
+	    const char *hash, const char *seen, int reset)
+{
+	PGresult *res = NULL;
+	char id[32], roles[64], details[160];
+	const char *v[3];
+	struct esc_audit_event ev = {actor->name, roles, "account.passwd", name, "ok", details};
+	enum esc_err r;
+	int same;
+
+	if ((r = esc_store_begin(ctx, st)) != ESC_OK)
+		return r;
+	if (reset && (r = recheck_admin(ctx, st, actor)) != ESC_OK)
+		goto out;
+	v[0] = name;
+	if ((r = esc_store_exec(ctx, st, "SELECT id, password_hash FROM accounts WHERE name = $1 FOR UPDATE", 1, v, NULL,
+				NULL, &res)) != ESC_OK)
+		goto out;
+	if (PQntuples(res) != 1) {
+		r = esc_error(ctx, ESC_ERR_NOT_FOUND, "no account named '%.64s'", name);
+		goto out;
+	}
+	snprintf(id, sizeof(id), "%s", PQgetvalue(res, 0, 0));
+	same = seen == NULL || strcmp(seen, PQgetvalue(res, 0, 1)) == 0;
+	OPENSSL_cleanse(PQgetvalue(res, 0, 1), (size_t)PQgetlength(res, 0, 1));
+	PQclear(res);
+	res = NULL;
+	if (!same) {
+		r = esc_error(ctx, ESC_ERR_STATE, "the password of '%.64s' changed meanwhile: nothing was changed", name);
+		goto out;
+	}
+	v[0] = id;
+	v[1] = hash;
+	v[2] = reset ? "true" : "false";
+	/* clock_timestamp(): later than the start of any session opened before this commits. */
+	if ((r = esc_store_exec(ctx, st,
+				"UPDATE accounts SET password_hash = $2, must_change_password = $3::boolean, "
+				"password_changed_at = clock_timestamp() WHERE id = $1",
+				3, v, NULL, NULL, NULL)) != ESC_OK ||
+	    (r = esc_store_exec(ctx, st,
+				"UPDATE sessions SET ended_at = now(), end_reason = 'password changed' "
+				"WHERE account_id = $1 AND ended_at IS NULL",
+				1, v, NULL, NULL, &res)) != ESC_OK)
+		goto out;
+	snprintf(details, sizeof(details), "%s; %s session(s) ended",
+		 reset ? "reset by administrator: to be changed at the next login" : "changed by self",
+		 PQcmdTuples(res));
+	esc_roles_format(actor->roles, roles, sizeof(roles));
+	if ((r = esc_audit_append(ctx, st, &ev)) != ESC_OK)
+		goto out;
+	r = esc_store_commit(ctx, st);
+out:
+	esc_store_rollback(st);
+	PQclear(res);
+	return r;
+}
+
+/*
+ * Set name's password to password: the checks, then passwd_impl in the
+ * retry loop.  current: verify it first (esc_account_change_password).
+ */
+static enum esc_err
+set_password(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor, const char *name,
+	     const struct esc_secret *current, const struct esc_secret *password)
+{
+	struct esc_store_retry t = {0};
+	char *hash = NULL, *stored = NULL, shown[NAME_MAX_LEN + 8];
+	enum esc_err r, vr;
+	int self, must_change = 0;
+
+	if (actor == NULL || st == NULL || name == NULL || password == NULL)
+		return esc_error(ctx, ESC_ERR_DENIED, "only the account itself or an administrator sets its password");
+	shown_name(shown, sizeof(shown), name);
+	self = strcmp(actor->name, name) == 0;
+	/* has_role is false while the actor must change its own password: then it sets no other. */
+	if (!self && !esc_account_has_role(actor, ESC_ROLE_ADMIN)) {
+		r = esc_error(ctx, ESC_ERR_DENIED, "only the account itself or an administrator sets its password");
+		goto out;
+	}
+	if ((r = esc_auth_hash_password(ctx, password, &hash)) != ESC_OK ||
+	    (r = read_password(ctx, st, shown, &stored, &must_change)) != ESC_OK)
+		goto out;
+	/* Slow checks, before the transaction (no snapshot held meanwhile). */
+	if (current != NULL) {
+		vr = esc_auth_verify_password(ctx, stored, current);
+		if (vr != ESC_OK) {
+			r = vr == ESC_ERR_NOMEM ? vr
+						: esc_error(ctx, ESC_ERR_AUTH, "the current password of '%s' is not right",
+							    shown);
+			goto out;
+		}
+	}
+	if (self && must_change) {
+		/* Keeping the administrator's password would leave it known to the administrator. */
+		vr = esc_auth_verify_password(ctx, stored, password);
+		if (vr == ESC_OK) {
+			r = esc_error(ctx, ESC_ERR_USAGE,
+				      "choose a new password: this is the one the administrator set");
+			goto out;
+		}
+		if (vr == ESC_ERR_NOMEM) {
+			r = vr;
+			goto out;
+		}
+	}
+	do
+		r = passwd_impl(ctx, st, actor, shown, hash, stored, !self);
+	while (esc_store_retry(ctx, st, &t, &r));
+out:
+	if (r != ESC_OK)
+		esc_audit_outcome_by(ctx, st, actor, "account.passwd", shown, r);
+	if (hash != NULL)
+		OPENSSL_cleanse(hash, strlen(hash));
+	if (stored != NULL)
+		OPENSSL_cleanse(stored, strlen(stored));
+	free(hash);
+	free(stored);
+	return r;
+}
+
 enum esc_err
 esc_account_set_password(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor, const char *name,
 			 const struct esc_secret *password)
 {
-	PGresult *res = NULL;
-	char *hash = NULL;
-	const char *v[2];
-	enum esc_err r;
+	return set_password(ctx, st, actor, name, NULL, password);
+}
 
-	if (actor == NULL || (strcmp(actor->name, name) != 0 && !(actor->roles & ESC_ROLE_ADMIN)))
-		return esc_error(ctx, ESC_ERR_DENIED, "only the account itself or an administrator sets its password");
-	if ((r = esc_auth_hash_password(ctx, password, &hash)) != ESC_OK)
-		return r;
-	v[0] = name;
-	v[1] = hash;
-	if ((r = esc_store_exec(ctx, st, "UPDATE accounts SET password_hash = $2 WHERE name = $1 RETURNING id", 2, v,
-				NULL, NULL, &res)) == ESC_OK &&
-	    PQntuples(res) != 1)
-		r = esc_error(ctx, ESC_ERR_NOT_FOUND, "no account named '%.64s'", name);
-	PQclear(res);
-	esc_audit_outcome_by(ctx, st, actor, "account.passwd", name, r);
-	OPENSSL_cleanse(hash, strlen(hash));
-	free(hash);
-	return r;
+enum esc_err
+esc_account_change_password(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor,
+			    const struct esc_secret *current, const struct esc_secret *password)
+{
+	if (actor == NULL || current == NULL)
+		return esc_error(ctx, ESC_ERR_DENIED, "changing a password needs the account and its current password");
+	return set_password(ctx, st, actor, actor->name, current, password);
 }
 
 /* ---- Certificate managers' scopes ------------------------------------------------------------------------ */

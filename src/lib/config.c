@@ -81,6 +81,9 @@ static const struct key keys[] = {
 	{"auth_fail_limit", "10", check_long, NULL, 0, 1000000},
 	{"auth_fail_limit_address", "50", check_long, NULL, 0, 1000000},
 	{"auth_fail_window", "300", check_long, NULL, 1, 86400},
+	/* JSON API sessions (POST /api/v1/session): seconds without use, and in all, before one ends. */
+	{"session_idle_timeout", "900", check_long, NULL, 1, 86400},
+	{"session_lifetime", "28800", check_long, NULL, 1, 604800},
 	{"max_body", "65536", check_long, NULL, 1024, 1048576},
 	{"request_timeout", "30", check_long, NULL, 1, 3600},
 	{"shutdown_grace", "30", check_long, NULL, 1, 3600},

@@ -49,6 +49,7 @@ static const struct err_row rows[] = {
 	{ESC_ERR_ARCHIVED, 44, "already archived"},
 	{ESC_ERR_AUTH, 50, "authentication failed"},
 	{ESC_ERR_DENIED, 51, "permission denied"},
+	{ESC_ERR_PASSWORD_CHANGE, 52, "password change required"},
 };
 
 static const struct err_row *

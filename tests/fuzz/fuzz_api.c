@@ -3,8 +3,12 @@
  * src/daemon/api_body.c) for both shapes the API takes: a recovery request
  * (record, reason required; kra string or null) and an action's empty
  * object.  The first input byte says whether the Content-Type was JSON.
+ * The whole input is also offered as a session's bearer token
+ * (esc_session_token_decode, what every Authorization: Bearer meets first).
  */
 #include <string.h>
+
+#include <p11escrow/session.h>
 
 #include "api_body.h"
 #include "fuzz.h"
@@ -54,6 +58,17 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	};
 	int is_json;
 
+	unsigned char raw[ESC_SESSION_TOKEN_BYTES];
+
+	/* A token is exactly 43 base64url characters; anything else is refused without reading past size. */
+	if (esc_session_token_decode((const char *)data, size, raw) == 0) {
+		static const char alphabet[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+		size_t k;
+
+		FUZZ_CHECK(size == ESC_SESSION_TOKEN_LEN);
+		for (k = 0; k < size; k++)
+			FUZZ_CHECK(data[k] != '\0' && strchr(alphabet, data[k]) != NULL);
+	}
 	if (size == 0)
 		return 0;
 	is_json = data[0] != 'T';

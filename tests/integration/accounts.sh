@@ -124,9 +124,18 @@ run_esc 0 account passwd --user carol --password-file "$T/carol.pw" --new-passwo
 run_esc 50 account list --user carol --password-file "$T/carol.pw" -d "$DB"
 run_esc 0 account list --user carol --password-file "$T/carol2.pw" -d "$DB"
 run_esc 0 account passwd carol "${AS_ADMIN[@]}" --new-password-file "$T/carol.pw" -d "$DB"
-run_esc 0 account list --user carol --password-file "$T/carol.pw" -d "$DB"
+assert_out "password reset"
+note "an administrator's reset is single-use: carol may only change it"
+run_esc 52 account list --user carol --password-file "$T/carol.pw" -d "$DB"
+assert_out "must change its password first"
 ( umask 077; printf 'short\n' >"$T/short.pw" )
 run_esc 2 account passwd --user carol --password-file "$T/carol.pw" --new-password-file "$T/short.pw" -d "$DB"
+run_esc 2 account passwd --user carol --password-file "$T/carol.pw" --new-password-file "$T/carol.pw" -d "$DB"
+assert_out "the one the administrator set"
+( umask 077; printf 'carol-own-password-314\n' >"$T/carol.pw.new" )
+run_esc 0 account passwd --user carol --password-file "$T/carol.pw" --new-password-file "$T/carol.pw.new" -d "$DB"
+mv "$T/carol.pw.new" "$T/carol.pw"
+run_esc 0 account list --user carol --password-file "$T/carol.pw" -d "$DB"
 
 note "the database holds Argon2id hashes, never a password"
 [ "$(psql_val "SELECT count(*) FROM accounts WHERE password_hash NOT LIKE '\$argon2id\$v=19\$m=65536,t=3,p=1\$%'")" = 0 ] ||

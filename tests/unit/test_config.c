@@ -146,6 +146,8 @@ test_defaults(void **state)
 	assert_int_equal(esc_config_get_long(f->cfg, "auth_fail_limit"), 10);
 	assert_int_equal(esc_config_get_long(f->cfg, "auth_fail_limit_address"), 50);
 	assert_int_equal(esc_config_get_long(f->cfg, "auth_fail_window"), 300);
+	assert_int_equal(esc_config_get_long(f->cfg, "session_idle_timeout"), 900);
+	assert_int_equal(esc_config_get_long(f->cfg, "session_lifetime"), 28800);
 	assert_int_equal(esc_config_get_long(f->cfg, "max_body"), 65536);
 	assert_int_equal(esc_config_get_long(f->cfg, "request_timeout"), 30);
 	assert_int_equal(esc_config_get_long(f->cfg, "shutdown_grace"), 30);
@@ -159,7 +161,7 @@ test_defaults(void **state)
 
 	for (n = 0; esc_config_key_name(n) != NULL; n++)
 		assert_non_null(esc_config_get(f->cfg, esc_config_key_name(n)));
-	assert_int_equal(n, 25);
+	assert_int_equal(n, 27);
 	assert_string_equal(esc_config_key_name(0), "database");
 	assert_null(esc_config_key_name(1000));
 
