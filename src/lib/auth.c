@@ -520,13 +520,15 @@ create_impl(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account 
 
 	if (st == NULL || name == NULL || password == NULL)
 		return esc_error(ctx, ESC_ERR_INTERNAL, "esc_account_create: NULL argument");
+	/* The name as messages and the audit event show it (the success event too). */
+	shown_name(shown, sizeof(shown), name);
 	if (actor != NULL && (r = esc_account_require(ctx, actor, ESC_ROLE_ADMIN)) != ESC_OK)
 		return r;
 	if (!valid_account_name(name))
 		return esc_error(ctx, ESC_ERR_USAGE,
 				 "invalid account name '%s': 1 to 64 of a-z, 0-9, '.', '_', '-', starting with a "
 				 "letter or digit",
-				 shown_name(shown, sizeof(shown), name));
+				 shown);
 	if (roles == 0 || (roles & ~(unsigned)ALL_ROLES) != 0)
 		return esc_error(ctx, ESC_ERR_USAGE,
 				 "an account needs one or more of the roles admin, cert-manager, "

@@ -50,6 +50,10 @@ assert_out "bound to KRA 'kra1'"
 run_esc 0 account add audrey --role auditor "${AS_ADMIN[@]}" --new-password-file "$T/audrey.pw" -d "$DB"
 run_esc 40 account add carol --role auditor "${AS_ADMIN[@]}" --new-password-file "$T/audrey.pw" -d "$DB"
 assert_out "account 'carol' already exists"
+# The success events name the account created (their object was uninitialised memory once).
+[ "$(psql_val "SELECT string_agg(object, ',' ORDER BY id) FROM audit_events WHERE action = 'account.create' AND outcome = 'ok'
+               AND object IN ('carol', 'kent', 'audrey')")" = carol,kent,audrey ] ||
+    fail "account.create events do not name the accounts: $(psql_val "SELECT string_agg(object, ',') FROM audit_events WHERE action = 'account.create'")"
 
 note "one KRA, one account"
 P11ESCROW_NEW_PASSWORD=$KENT_PW run_esc 40 account add kent2 --role kra --kra kra1 "${AS_ADMIN[@]}" -d "$DB"
