@@ -12,6 +12,7 @@
  * by svc_request_done.  An enrollment password is answered with
  * svc_reply_secret.
  */
+#include <malloc.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -36,6 +37,22 @@
 #define N(a) (sizeof(a) / sizeof((a)[0]))
 
 static const char *const no_params[] = {NULL};
+
+/* jansson's free: wipe the whole block (malloc'ed by malloc itself, so free() of json_dumps' result stays right). */
+static void
+wiping_free(void *p)
+{
+	if (p == NULL)
+		return;
+	OPENSSL_cleanse(p, malloc_usable_size(p));
+	free(p);
+}
+
+void
+api_json_wipe_on_free(void)
+{
+	json_set_alloc_funcs(malloc, wiping_free);
+}
 
 /* Overwrite the string member key of doc (a secret the client sent) before the document is freed. */
 static void

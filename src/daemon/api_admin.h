@@ -55,6 +55,13 @@ json_t *api_jb64(const unsigned char *der, size_t len);
 /* The names of roles ("admin,kra") as a JSON array. */
 json_t *api_roles_json(unsigned roles);
 
+/*
+ * Make jansson wipe every block it frees (request bodies carry passwords and
+ * key files; the parser's scratch buffers held them too).  Call once, first
+ * thing in main, before any JSON is parsed or built.
+ */
+void api_json_wipe_on_free(void);
+
 /* ---- the handlers (api_admin.c) ---- */
 void api_accounts_list(struct api_call *c);
 void api_accounts_create(struct api_call *c);
