@@ -104,7 +104,7 @@ remote(struct esc_ctx *ctx, const char *server, const char *server_ca, const cha
 	unsigned char *der = NULL;
 	const unsigned char *p;
 	X509_CRL *crl = NULL;
-	char path[256], ndays[16];
+	char path[256] = "", ndays[16];
 	const char *b64, *s;
 	size_t len = 0;
 	enum esc_err r;

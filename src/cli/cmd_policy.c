@@ -79,7 +79,7 @@ remote(struct esc_ctx *ctx, const char *server, const char *server_ca, const cha
 	struct cli_http *h = NULL;
 	struct esc_policy_item *items = NULL;
 	json_t *body = NULL, *doc = NULL;
-	char path[128];
+	char path[128] = "";
 	const char *p;
 	size_t n, i;
 	int rc;

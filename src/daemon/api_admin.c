@@ -158,8 +158,7 @@ set_disabled(struct api_call *c, int disabled)
 
 	if (!api_no_input(c))
 		return;
-	if ((r = esc_account_set_disabled(w->ctx, w->st, api_call_account(c), api_call_name(c), disabled)) !=
-	    ESC_OK) {
+	if ((r = esc_account_set_disabled(w->ctx, w->st, api_call_account(c), api_call_name(c), disabled)) != ESC_OK) {
 		api_reply_esc(c, r);
 		return;
 	}
@@ -405,8 +404,8 @@ api_archive(struct api_call *c)
 	const struct esc_account *a = api_call_account(c);
 	const char *name, *file, *cert_name, *cert_file, *password;
 	struct api_field f[] = {
-		{"name", 1, 0, &name},		{"file", 1, 0, &file},		   {"cert_name", 0, 1, &cert_name},
-		{"cert", 0, 1, &cert_file},	{"password", 0, 1, &password},
+		{"name", 1, 0, &name},	    {"file", 1, 0, &file},	   {"cert_name", 0, 1, &cert_name},
+		{"cert", 0, 1, &cert_file}, {"password", 0, 1, &password},
 	};
 	/* One file per request, up to the service's max_body: the body's own limit here. */
 	struct api_body_spec spec = {w->max_body, "file", w->max_body, NULL, 0};
@@ -634,8 +633,7 @@ api_enroll_passwords_create(struct api_call *c)
 	    (text = json_dumps(o, JSON_COMPACT)) == NULL || (len = strlen(text)) == 0 ||
 	    (body = OPENSSL_secure_malloc(len)) == NULL) {
 		/* The password exists (hashed) but cannot be shown: it is useless, nobody knows it. */
-		svc_log(w, ESC_LOG_ERROR, "req=%s enrollment password %s created but not answered", rq->id,
-			name);
+		svc_log(w, ESC_LOG_ERROR, "req=%s enrollment password %s created but not answered", rq->id, name);
 		api_reply_json(c, 500, NULL, 1);
 		goto out;
 	}
@@ -720,9 +718,9 @@ api_profiles(struct api_call *c)
 		e = json_object();
 		if (e == NULL || api_put(e, "name", api_jstr(p->name)) || api_put(e, "summary", api_jstr(p->summary)) ||
 		    api_put(e, "enrollable", json_boolean(p->enrollable)) ||
-		    api_put(e, "archival", json_boolean(p->archival)) || api_put(e, "signing", json_boolean(p->signing)) ||
-		    api_put(e, "keys", key_types_json(p->keys)) || api_put(e, "keygen", key_types_json(p->keygen)) ||
-		    api_put(e, "days", json_integer(p->days)) ||
+		    api_put(e, "archival", json_boolean(p->archival)) ||
+		    api_put(e, "signing", json_boolean(p->signing)) || api_put(e, "keys", key_types_json(p->keys)) ||
+		    api_put(e, "keygen", key_types_json(p->keygen)) || api_put(e, "days", json_integer(p->days)) ||
 		    api_put(e, "default", json_boolean(strcmp(p->name, ESC_PROFILE_DEFAULT) == 0)) ||
 		    json_array_append(arr, e))
 			bad = 1;
