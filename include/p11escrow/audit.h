@@ -64,6 +64,14 @@ struct esc_audit_report {
  */
 enum esc_err esc_audit_checkpoint(struct esc_ctx *ctx, struct esc_store *st, struct esc_token *ca_tok,
 				  long long *event_id) ESC_MUST_CHECK;
+/*
+ * esc_audit_checkpoint on behalf of account actor (the service's API):
+ * only an administrator or an auditor may ask; a refusal is DENIED and
+ * audited (audit.checkpoint by actor).  The checkpoint itself is recorded
+ * as esc_audit_checkpoint records it.  Errors: DENIED, and its.
+ */
+enum esc_err esc_audit_checkpoint_by(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor,
+				     struct esc_token *ca_tok, long long *event_id) ESC_MUST_CHECK;
 
 /*
  * Recompute the whole chain, then check every checkpoint: its signature

@@ -36,5 +36,12 @@ enum esc_err esc_cert_record_revoked(struct esc_ctx *ctx, struct esc_store *st, 
  */
 enum esc_err esc_crl_build(struct esc_ctx *ctx, struct esc_store *st, struct esc_token *ca_tok, int days,
 			   X509_CRL **out) ESC_MUST_CHECK;
+/*
+ * esc_crl_build on behalf of account actor (the service's API): only an
+ * administrator or a certificate manager may ask (DENIED, audited as
+ * cert.crl refused).  Errors: DENIED, and esc_crl_build's.
+ */
+enum esc_err esc_crl_build_by(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor,
+			      struct esc_token *ca_tok, int days, X509_CRL **out) ESC_MUST_CHECK;
 
 #endif

@@ -61,8 +61,37 @@ int profile_main(int argc, char *argv[]);
 /* Apply the usual command-line overrides (each may be NULL).  Returns 0 or an exit code. */
 int cli_apply_common(const char *cmd, struct esc_ctx *ctx, struct esc_config *cfg, const char *database,
 		     const char *module, const char *ca_token, const char *pin_file);
-/* Connect to the configured database and require the current schema.  Returns 0 or an exit code. */
+/*
+ * Connect to the configured database and require the current schema.  Returns 0 or an exit code.
+ * Only for setup and db on the service host: every other command uses cli_open_store_local.
+ */
 int cli_open_store(const char *cmd, struct esc_ctx *ctx, struct esc_config *cfg, struct esc_store **st);
+
+/*
+ * Direct database mode is break-glass (docs/operator-guide.md): every
+ * command but setup and db goes through the service (--server URL) unless
+ * given --local, or $P11ESCROW_LOCAL=1 (the same, e.g. for scripts on the
+ * service host).
+ */
+#define CLI_LOCAL_ENV "P11ESCROW_LOCAL"
+#define CLI_LOCAL_HINT "use --server URL (or --local for break-glass direct database access)"
+/*
+ * May this command run?  server: --server's value (NULL if not given);
+ * local_flag: --local was given.  Returns 0 (through the service if server
+ * is set, else break-glass), or prints why not and returns the usage exit
+ * code: neither was given, both were, or $P11ESCROW_LOCAL is neither "",
+ * "0" nor "1".
+ */
+int cli_check_mode(const char *cmd, const char *server, int local_flag);
+/*
+ * cli_open_store for a break-glass command, then record the break-glass
+ * use as one audit event (break-glass.local; object: what, e.g. "account
+ * add"; details: the OS user and host — never an argument or a secret)
+ * before anything else happens.  If the event cannot be written the
+ * command is refused: break-glass is audited or does not happen.
+ */
+int cli_open_store_local(const char *cmd, const char *what, struct esc_ctx *ctx, struct esc_config *cfg,
+			 struct esc_store **st);
 
 struct esc_token;
 /*

@@ -11,6 +11,9 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
+#include <pwd.h>
+
+#include <p11escrow/audit.h>
 #include <p11escrow/pin.h>
 #include <p11escrow/setup.h>
 #include <p11escrow/token.h>
@@ -197,6 +200,61 @@ cli_open_store(const char *cmd, struct esc_ctx *ctx, struct esc_config *cfg, str
 	if ((r = esc_store_connect(ctx, esc_config_get(cfg, "database"), st)) != ESC_OK ||
 	    (r = esc_store_check_schema(ctx, *st)) != ESC_OK)
 		return cli_fail(cmd, ctx, r);
+	return 0;
+}
+
+int
+cli_check_mode(const char *cmd, const char *server, int local_flag)
+{
+	const char *env = getenv(CLI_LOCAL_ENV);
+	int env_local;
+
+	if (env != NULL && *env != '\0' && strcmp(env, "0") != 0 && strcmp(env, "1") != 0)
+		return cli_usage_error(cmd, "$%s must be 1 (break-glass direct database access), 0 or empty", CLI_LOCAL_ENV);
+	env_local = env != NULL && strcmp(env, "1") == 0;
+	if (server != NULL && local_flag)
+		return cli_usage_error(cmd, "--server and --local exclude each other");
+	/* --server wins over the environment: a script on the service host may still use the service. */
+	if (server != NULL || local_flag || env_local)
+		return 0;
+	fprintf(stderr, "%s %s: %s: direct database mode is for setup and db on the service host\n", PROG, cmd,
+		CLI_LOCAL_HINT);
+	return esc_err_exit_code(ESC_ERR_USAGE);
+}
+
+int
+cli_open_store_local(const char *cmd, const char *what, struct esc_ctx *ctx, struct esc_config *cfg,
+		     struct esc_store **st)
+{
+	struct passwd *pw = getpwuid(geteuid());
+	char host[256] = "", details[512], actor[80];
+	struct esc_audit_event ev;
+	enum esc_err r;
+	int rc;
+
+	if ((rc = cli_open_store(cmd, ctx, cfg, st)) != 0)
+		return rc;
+	if (gethostname(host, sizeof(host) - 1) != 0)
+		snprintf(host, sizeof(host), "unknown");
+	host[sizeof(host) - 1] = '\0';
+	snprintf(actor, sizeof(actor), "os:%.64s", pw != NULL ? pw->pw_name : "unknown");
+	snprintf(details, sizeof(details),
+		 "break-glass (--local): '%s %s' straight on the database, not through the service; OS user uid %ld "
+		 "on host %.128s",
+		 PROG, what, (long)geteuid(), host);
+	ev.actor = actor;
+	ev.role = "break-glass";
+	ev.action = "break-glass.local";
+	ev.object = what;
+	ev.outcome = "ok";
+	ev.details = details;
+	if ((r = esc_audit_append(ctx, *st, &ev)) != ESC_OK) {
+		rc = cli_fail(cmd, ctx, r);
+		fprintf(stderr, "%s %s: break-glass use cannot be audited: nothing was done\n", PROG, cmd);
+		esc_store_free(*st);
+		*st = NULL;
+		return rc;
+	}
 	return 0;
 }
 

@@ -14,6 +14,7 @@
 #include <p11escrow/store.h>
 
 #include "cli.h"
+#include "http_client.h"
 
 #define CMD "account"
 #define NEW_PASSWORD_ENV "P11ESCROW_NEW_PASSWORD"
@@ -46,13 +47,20 @@ help(void)
 	       "      or OU value among the --group values (if any; compared without regard to case).\n"
 	       "      Records archived without a profile (imports, foreign certificates) have the profile\n"
 	       "      '%s'.  --clear: unscoped again (every record).  Without options: show the scope.\n\n"
+	       "Every action but passwd goes through the service with --server URL (the service checks\n"
+	       "what the library checks; no database credentials here).  Straight on the database only\n"
+	       "with --local (or $" CLI_LOCAL_ENV "=1): break-glass, audited as such; passwd and creating\n"
+	       "the first administrator (add without --user) are local only.\n\n"
 	       "Passwords are never taken from the command line.  The acting account's password comes\n"
 	       "from --password-file, else $P11ESCROW_PASSWORD, else a prompt; the new account's from\n"
 	       "--new-password-file, else $" NEW_PASSWORD_ENV ", else a prompt (asked twice).  Password\n"
 	       "files must not be accessible by other users.  At least %d characters.\n\n"
 	       "Options:\n"
+	       "      --server URL             the service, e.g. https://escrow.example.org:8443\n"
+	       "      --server-ca FILE         CA certificate(s) to verify it with (else $P11ESCROW_SERVER_CA)\n"
+	       "      --local                  break-glass: straight on the database (audited)\n"
 	       "  -c, --config FILE            configuration file\n"
-	       "  -d, --database CONNINFO      libpq connection string\n"
+	       "  -d, --database CONNINFO      libpq connection string (--local)\n"
 	       "  -r, --role ROLES             roles of the new account (add)\n"
 	       "      --kra KRA                the KRA a kra account is bound to (add)\n"
 	       "  -u, --user NAME              the acting account\n"
@@ -68,9 +76,10 @@ help(void)
 
 struct opts {
 	const char *config, *database, *role, *kra, *user, *password_file, *new_password_file;
+	const char *server, *server_ca;
 	const char *profiles[ESC_SCOPE_MAX + 1], *groups[ESC_SCOPE_MAX + 1];
 	size_t nprofiles, ngroups;
-	int clear;
+	int clear, local;
 };
 
 /* The new account's password: file, environment, or a prompt twice. */
@@ -268,10 +277,209 @@ do_list(struct esc_ctx *ctx, struct esc_store *st, const struct opts *o)
 	return 0;
 }
 
+/* ---- through the service (--server) ------------------------------------------------------------------------- */
+
+/* A JSON array of n strings; NULL if one is not UTF-8 or out of memory. */
+static json_t *
+str_array(const char *const *v, size_t n)
+{
+	json_t *a = json_array();
+	size_t i;
+
+	for (i = 0; a != NULL && i < n; i++)
+		if (json_array_append_new(a, json_string(v[i])) != 0) {
+			json_decref(a);
+			return NULL;
+		}
+	return a;
+}
+
+/* "admin,kra" from the service's array of role names. */
+static void
+roles_text(const json_t *roles, char *buf, size_t len)
+{
+	const json_t *r;
+	size_t i, used = 0;
+
+	buf[0] = '\0';
+	json_array_foreach(roles, i, r)
+	{
+		char one[32];
+
+		cli_json_copy_value(one, sizeof(one), r);
+		if (used + strlen(one) + 2 >= len)
+			break;
+		snprintf(buf + used, len - used, "%s%s", used ? "," : "", one);
+		used = strlen(buf);
+	}
+}
+
+static int
+remote_add(struct esc_ctx *ctx, struct cli_http *h, const struct opts *o, const char *name)
+{
+	struct esc_secret *pw = NULL;
+	json_t *body = NULL, *doc = NULL;
+	char roles[64], kra[72];
+	int rc;
+
+	if ((rc = new_password(ctx, o, name, &pw)) != 0)
+		return rc;
+	if ((body = json_object()) == NULL || json_object_set_new(body, "name", json_string(name)) != 0 ||
+	    json_object_set_new(body, "roles", json_string(o->role)) != 0 ||
+	    (o->kra != NULL && json_object_set_new(body, "kra", json_string(o->kra)) != 0) ||
+	    json_object_set_new(body, "password", json_stringn(esc_secret_str(pw), esc_secret_len(pw))) != 0) {
+		rc = cli_usage_error(CMD, "the name, roles, KRA and password must be UTF-8 text");
+		goto out;
+	}
+	if ((rc = cli_http_call(h, CLI_HTTP_POST, "/accounts", body, &doc)) != 0)
+		goto out;
+	roles_text(json_object_get(doc, "roles"), roles, sizeof(roles));
+	cli_json_copy(kra, sizeof(kra), doc, "kra");
+	printf("account '%s' created with roles %s", name, roles);
+	if (kra[0] != '\0')
+		printf(", bound to KRA '%s'", kra);
+	printf("\n");
+out:
+	if (body != NULL) {
+		json_t *v = json_object_get(body, "password");
+
+		if (json_is_string(v))
+			OPENSSL_cleanse((void *)json_string_value(v), json_string_length(v));
+	}
+	json_decref(body);
+	json_decref(doc);
+	esc_secret_free(pw);
+	return rc;
+}
+
+static int
+remote_list(struct cli_http *h)
+{
+	const json_t *list, *e;
+	json_t *doc = NULL;
+	char name[72], roles[64], kra[72], scope[512];
+	size_t i;
+	int rc, disabled;
+
+	if ((rc = cli_http_call(h, CLI_HTTP_GET, "/accounts", NULL, &doc)) != 0)
+		return rc;
+	list = json_object_get(doc, "accounts");
+	printf("%-24s %-30s %-20s %-8s %s\n", "NAME", "ROLES", "KRA", "DISABLED", "SCOPE (if any)");
+	json_array_foreach(list, i, e)
+	{
+		cli_json_copy(name, sizeof(name), e, "name");
+		roles_text(json_object_get(e, "roles"), roles, sizeof(roles));
+		cli_json_copy(kra, sizeof(kra), e, "kra");
+		cli_json_copy(scope, sizeof(scope), e, "scope");
+		disabled = json_is_true(json_object_get(e, "disabled"));
+		if (scope[0] != '\0')
+			printf("%-24s %-30s %-20s %-8s %s\n", name, roles, kra[0] ? kra : "-", disabled ? "yes" : "no",
+			       scope);
+		else
+			printf("%-24s %-30s %-20s %s\n", name, roles, kra[0] ? kra : "-", disabled ? "yes" : "no");
+	}
+	json_decref(doc);
+	return 0;
+}
+
+/* "/accounts/NAME/what": the service takes letters, digits and . _ @ : + - in a name only. */
+static int
+path_for(char *buf, size_t len, const char *name, const char *what)
+{
+	const char *p;
+
+	for (p = name; *p; p++)
+		if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
+		      strchr("._@:+-", *p) != NULL))
+			return cli_usage_error(CMD, "'%s' is not a valid account name", name);
+	if (*name == '\0' || strlen(name) > 128 || (size_t)snprintf(buf, len, "/accounts/%s/%s", name, what) >= len)
+		return cli_usage_error(CMD, "'%s' is not a valid account name", name);
+	return 0;
+}
+
+static int
+remote_scope(struct cli_http *h, const struct opts *o, const char *name)
+{
+	json_t *body = NULL, *doc = NULL, *profiles = NULL, *groups = NULL;
+	const json_t *v;
+	char path[200], value[ESC_SCOPE_VALUE_MAX * 4 + 1];
+	size_t i;
+	int rc;
+
+	if ((rc = path_for(path, sizeof(path), name, "scope")) != 0)
+		return rc;
+	if (o->clear || o->nprofiles > 0 || o->ngroups > 0) {
+		if ((body = json_object()) == NULL || (profiles = str_array(o->profiles, o->nprofiles)) == NULL ||
+		    (groups = str_array(o->groups, o->ngroups)) == NULL ||
+		    json_object_set_new(body, "profiles", profiles) != 0 ||
+		    json_object_set_new(body, "groups", groups) != 0) {
+			json_decref(body);
+			return cli_usage_error(CMD, "--profile and --group must be UTF-8 text");
+		}
+		rc = cli_http_call(h, CLI_HTTP_POST, path, body, &doc);
+		json_decref(body);
+		if (rc != 0)
+			return rc;
+		if (o->clear) {
+			printf("account '%s': scope cleared (every record)\n", name);
+			json_decref(doc);
+			return 0;
+		}
+	} else if ((rc = cli_http_call(h, CLI_HTTP_GET, path, NULL, &doc)) != 0) {
+		return rc;
+	}
+	if (!json_is_true(json_object_get(doc, "scoped")))
+		printf("account '%s': unscoped (every record)\n", name);
+	json_array_foreach(json_object_get(doc, "profiles"), i, v)
+	{
+		cli_json_copy_value(value, sizeof(value), v);
+		printf("account '%s': profile %s\n", name, value);
+	}
+	json_array_foreach(json_object_get(doc, "groups"), i, v)
+	{
+		cli_json_copy_value(value, sizeof(value), v);
+		printf("account '%s': group %s\n", name, value);
+	}
+	json_decref(doc);
+	return 0;
+}
+
+static int
+remote_main(struct esc_ctx *ctx, const struct opts *o, const char *action, const char *name)
+{
+	struct cli_http *h = NULL;
+	json_t *doc = NULL;
+	char path[200];
+	int rc;
+
+	if (strcmp(action, "passwd") == 0)
+		return cli_usage_error(CMD, "passwd does not go through the service yet: use --local on the service host");
+	if (strcmp(action, "add") == 0 && o->user == NULL)
+		return cli_usage_error(CMD, "--user ADMIN is required with --server (the first administrator is "
+					    "created with --local on the service host)");
+	if (name != NULL && strcmp(action, "add") != 0 &&
+	    (rc = path_for(path, sizeof(path), name, action)) != 0)
+		return rc;
+	if ((rc = cli_http_open(CMD, ctx, o->server, o->server_ca, o->user, o->password_file, &h)) != 0)
+		return rc;
+	if (strcmp(action, "add") == 0)
+		rc = remote_add(ctx, h, o, name);
+	else if (strcmp(action, "list") == 0)
+		rc = remote_list(h);
+	else if (strcmp(action, "scope") == 0)
+		rc = remote_scope(h, o, name);
+	else if ((rc = cli_http_call(h, CLI_HTTP_POST, path, NULL, &doc)) == 0)
+		printf("account '%s': %s\n", name, strcmp(action, "disable") == 0 ? "disabled" : "enabled");
+	json_decref(doc);
+	cli_http_free(h);
+	return rc;
+}
+
 int
 account_main(int argc, char *argv[])
 {
-	enum { OPT_KRA = 256, OPT_PASSWORD, OPT_NEW_PASSWORD, OPT_PROFILE, OPT_GROUP, OPT_CLEAR };
+	enum { OPT_KRA = 256, OPT_PASSWORD, OPT_NEW_PASSWORD, OPT_PROFILE, OPT_GROUP, OPT_CLEAR, OPT_SERVER,
+	       OPT_SERVER_CA, OPT_LOCAL };
 	static const struct option longopts[] = {
 		{"config", required_argument, NULL, 'c'},
 		{"database", required_argument, NULL, 'd'},
@@ -283,6 +491,9 @@ account_main(int argc, char *argv[])
 		{"profile", required_argument, NULL, OPT_PROFILE},
 		{"group", required_argument, NULL, OPT_GROUP},
 		{"clear", no_argument, NULL, OPT_CLEAR},
+		{"server", required_argument, NULL, OPT_SERVER},
+		{"server-ca", required_argument, NULL, OPT_SERVER_CA},
+		{"local", no_argument, NULL, OPT_LOCAL},
 		{"help", no_argument, NULL, 'h'},
 		{NULL, 0, NULL, 0},
 	};
@@ -334,6 +545,15 @@ account_main(int argc, char *argv[])
 		case OPT_CLEAR:
 			o.clear = 1;
 			break;
+		case OPT_SERVER:
+			o.server = optarg;
+			break;
+		case OPT_SERVER_CA:
+			o.server_ca = optarg;
+			break;
+		case OPT_LOCAL:
+			o.local = 1;
+			break;
 		case ':':
 			return cli_usage_error(CMD, "option '%s' needs a value", argv[optind - 1]);
 		default:
@@ -376,11 +596,22 @@ account_main(int argc, char *argv[])
 		return cli_usage_error(CMD, "unknown action '%s' (use add, list, disable, enable, passwd or scope)",
 				       action);
 	}
+	if ((rc = cli_check_mode(CMD, o.server, o.local)) != 0)
+		return rc;
 	if ((rc = cli_init(CMD, o.config, &ctx, &cfg)) != 0)
 		goto out;
-	if ((rc = cli_apply_common(CMD, ctx, cfg, o.database, NULL, NULL, NULL)) != 0 ||
-	    (rc = cli_open_store(CMD, ctx, cfg, &st)) != 0)
+	if (o.server != NULL) {
+		rc = remote_main(ctx, &o, action, optind + 1 < argc ? argv[optind + 1] : NULL);
 		goto out;
+	}
+	{
+		char what[32];
+
+		snprintf(what, sizeof(what), "%s %s", CMD, action);
+		if ((rc = cli_apply_common(CMD, ctx, cfg, o.database, NULL, NULL, NULL)) != 0 ||
+		    (rc = cli_open_store_local(CMD, what, ctx, cfg, &st)) != 0)
+			goto out;
+	}
 	if (add == 3)
 		rc = do_scope(ctx, st, &o, argv[optind + 1]);
 	else if (add == 2)

@@ -12,7 +12,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <openssl/crypto.h>
 #include <openssl/err.h>
+#include <openssl/evp.h>
 #include <openssl/provider.h>
 
 #include <p11escrow/archive.h>
@@ -20,6 +22,7 @@
 #include <p11escrow/pin.h>
 
 #include "cli.h"
+#include "http_client.h"
 
 #define CMD "archive"
 #define MAX_ITEMS 100000   /* files in one run */
@@ -43,9 +46,17 @@ help(void)
 	       "        archived in its own transaction; a refused or failed file never stops the batch.\n"
 	       "        On a terminal a progress bar is shown, otherwise one line per file; a summary ends.\n"
 	       "        Needs an administrator account.\n\n"
+	       "With --server URL each file is sent to the service over TLS, one per request (its bytes\n"
+	       "base64 in JSON, the password with it when a file needs one); the service parses and\n"
+	       "archives it with the same checks, and its max_body bounds a file.  Straight on the\n"
+	       "database only with --local (or $" CLI_LOCAL_ENV "=1): break-glass, audited as such.\n\n"
 	       "Options:\n"
+	       "      --server URL                 the service, e.g. https://escrow.example.org:8443\n"
+	       "      --server-ca FILE             CA certificate(s) to verify it with (else\n"
+	       "                                   $P11ESCROW_SERVER_CA)\n"
+	       "      --local                      break-glass: straight on the database (audited)\n"
 	       "  -c, --config FILE                configuration file\n"
-	       "  -d, --database CONNINFO          libpq connection string\n"
+	       "  -d, --database CONNINFO          libpq connection string (--local)\n"
 	       "  -l, --list FILE                  read paths from FILE, one per line ('-' for stdin;\n"
 	       "                                   empty lines and lines starting with '#' are skipped)\n"
 	       "      --key FILE                   a PEM private key ...\n"
@@ -75,6 +86,7 @@ struct items {
 struct batch {
 	struct esc_ctx *ctx;
 	struct esc_store *st;
+	struct cli_http *h; /* through the service (--server), else NULL */
 	const char *actor; /* the administrator, for the audit trail */
 	const char *password_file;
 	struct esc_secret *password; /* obtained once, when a file first needs it */
@@ -82,7 +94,8 @@ struct batch {
 	char password_why[512];
 	int tty, bar_shown;
 	size_t total, done, archived, already, refused, failed;
-	int rc; /* exit code of the first file refused or failed */
+	int rc;	       /* exit code of the first file refused or failed */
+	int no_answer; /* the service did not answer the last file */
 };
 
 static void
@@ -268,6 +281,125 @@ clear_bar(struct batch *b)
 	}
 }
 
+/*
+ * The first file that needs a password: ask for it once, for all files.
+ * Returns ESC_OK once b->password is there, else why not (reason set).
+ */
+static enum esc_err
+obtain_password(struct batch *b, const struct item *it, char *reason, size_t rlen)
+{
+	if (b->password_err == ESC_OK && b->password == NULL) {
+		clear_bar(b);
+		if ((b->password_err = esc_secret_obtain(b->ctx, b->password_file, "P11ESCROW_P12_PASSWORD",
+							 "Password of the PKCS#12 files / encrypted keys: ",
+							 &b->password)) != ESC_OK)
+			snprintf(b->password_why, sizeof(b->password_why), "%s", esc_ctx_errmsg(b->ctx));
+	}
+	if (b->password_err != ESC_OK)
+		snprintf(reason, rlen, "'%s' is protected by a password and none is available (%s)", it->path,
+			 b->password_why);
+	return b->password_err;
+}
+
+/* Base64 (one line) of f's bytes, in secure memory: a PEM file may hold an unencrypted key. */
+static char *
+b64_secure(const struct esc_import_file *f, size_t *size)
+{
+	size_t len = esc_import_file_len(f), n = (len + 2) / 3 * 4 + 1;
+	char *out = OPENSSL_secure_malloc(n);
+
+	if (out != NULL)
+		EVP_EncodeBlock((unsigned char *)out, esc_import_file_data(f), (int)len);
+	*size = n;
+	return out;
+}
+
+/* Overwrite the string member key of o before it is freed. */
+static void
+wipe_member(json_t *o, const char *key)
+{
+	json_t *v = json_object_get(o, key);
+
+	if (json_is_string(v))
+		OPENSSL_cleanse((void *)json_string_value(v), json_string_length(v));
+}
+
+/*
+ * Send one item to the service (POST /archive), which parses and archives
+ * it with the library's checks; reason gets the service's sentence.
+ */
+static enum esc_err
+archive_remote(struct batch *b, const struct item *it, struct esc_archive_info *info, char *reason, size_t rlen)
+{
+	struct esc_import_file *kf = NULL, *cf = NULL;
+	char *kb64 = NULL, *cb64 = NULL, name[512];
+	size_t kn = 0, cn = 0;
+	json_t *body = NULL, *doc = NULL;
+	enum esc_err r;
+	int attempt, status = 0;
+
+	if ((r = esc_import_file_read(b->ctx, it->path, &kf)) != ESC_OK ||
+	    (it->cert != NULL && (r = esc_import_file_read(b->ctx, it->cert, &cf)) != ESC_OK))
+		goto out;
+	if ((kb64 = b64_secure(kf, &kn)) == NULL || (cf != NULL && (cb64 = b64_secure(cf, &cn)) == NULL)) {
+		r = ESC_ERR_NOMEM;
+		snprintf(reason, rlen, "out of secure memory");
+		goto out;
+	}
+	for (attempt = 0; attempt < 2; attempt++) {
+		/* The service names the file in its messages: the path, or its printable form if not UTF-8. */
+		if ((body = json_object()) == NULL ||
+		    (json_object_set_new(body, "name", json_string(it->path)) != 0 &&
+		     (snprintf(name, sizeof(name), "file %zu", b->done + 1),
+		      json_object_set_new(body, "name", json_string(name)) != 0)) ||
+		    json_object_set_new(body, "file", json_string(kb64)) != 0 ||
+		    (cb64 != NULL && (json_object_set_new(body, "cert", json_string(cb64)) != 0 ||
+				      json_object_set_new(body, "cert_name", json_string("certificate file")) != 0)) ||
+		    (b->password != NULL &&
+		     json_object_set_new(body, "password",
+					 json_stringn(esc_secret_str(b->password), esc_secret_len(b->password))) != 0)) {
+			r = ESC_ERR_BAD_INPUT;
+			snprintf(reason, rlen, "'%s' cannot be sent (the password is not UTF-8 text?)", it->path);
+			goto out;
+		}
+		cli_http_call_quiet(b->h, CLI_HTTP_POST, "/archive", body, &doc, &status, &r, reason, rlen);
+		wipe_member(body, "password");
+		wipe_member(body, "file");
+		json_decref(body);
+		body = NULL;
+		b->no_answer = r != ESC_OK && status == 0;
+		if (status == 413) {
+			r = ESC_ERR_BAD_INPUT;
+			snprintf(reason, rlen,
+				 "'%s' is larger than the service takes in one request (its max_body): import it on the "
+				 "service host with --local",
+				 it->path);
+		}
+		if (r != ESC_ERR_PIN_MISSING || b->password != NULL)
+			break;
+		if ((r = obtain_password(b, it, reason, rlen)) != ESC_OK)
+			goto out;
+		reason[0] = '\0';
+	}
+	if (r == ESC_OK) {
+		cli_json_copy(info->id, sizeof(info->id), doc, "record");
+		cli_json_copy(info->kras, sizeof(info->kras), doc, "kras");
+		info->foreign = json_is_true(json_object_get(doc, "foreign"));
+	}
+out:
+	if (r != ESC_OK && reason[0] == '\0')
+		snprintf(reason, rlen, "%s", *esc_ctx_errmsg(b->ctx) ? esc_ctx_errmsg(b->ctx) : esc_strerror(r));
+	json_decref(body);
+	json_decref(doc);
+	if (kb64 != NULL)
+		OPENSSL_secure_clear_free(kb64, kn);
+	if (cb64 != NULL)
+		OPENSSL_secure_clear_free(cb64, cn);
+	esc_import_file_free(kf);
+	esc_import_file_free(cf);
+	return r;
+}
+
 /* Read, parse and archive one item; reason gets the sentence for a failure. */
 static enum esc_err
 archive_one(struct batch *b, const struct item *it, struct esc_archive_info *info, char *reason, size_t rlen)
@@ -278,6 +410,8 @@ archive_one(struct batch *b, const struct item *it, struct esc_archive_info *inf
 	enum esc_err r;
 	int attempt;
 
+	if (b->h != NULL)
+		return archive_remote(b, it, info, reason, rlen);
 	if ((r = esc_import_file_read(b->ctx, it->path, &kf)) != ESC_OK ||
 	    (it->cert != NULL && (r = esc_import_file_read(b->ctx, it->cert, &cf)) != ESC_OK))
 		goto out;
@@ -291,20 +425,8 @@ archive_one(struct batch *b, const struct item *it, struct esc_archive_info *inf
 					    b->password, &key, &cert);
 		if (r != ESC_ERR_PIN_MISSING || b->password != NULL)
 			break;
-		/* The first file that needs a password: ask for it once, for all files. */
-		if (b->password_err == ESC_OK) {
-			clear_bar(b);
-			if ((b->password_err = esc_secret_obtain(
-				     b->ctx, b->password_file, "P11ESCROW_P12_PASSWORD",
-				     "Password of the PKCS#12 files / encrypted keys: ", &b->password)) != ESC_OK)
-				snprintf(b->password_why, sizeof(b->password_why), "%s", esc_ctx_errmsg(b->ctx));
-		}
-		if (b->password_err != ESC_OK) {
-			r = b->password_err;
-			snprintf(reason, rlen, "'%s' is protected by a password and none is available (%s)", it->path,
-				 b->password_why);
+		if ((r = obtain_password(b, it, reason, rlen)) != ESC_OK)
 			goto out;
-		}
 	}
 	if (r != ESC_OK)
 		goto out;
@@ -359,7 +481,7 @@ report(struct batch *b, const struct item *it, enum esc_err r, const struct esc_
 }
 
 static int
-do_import(struct esc_ctx *ctx, struct esc_store *st, const char *actor, const struct items *items,
+do_import(struct esc_ctx *ctx, struct esc_store *st, struct cli_http *h, const char *actor, const struct items *items,
 	  const char *password_file)
 {
 	struct batch b;
@@ -371,6 +493,7 @@ do_import(struct esc_ctx *ctx, struct esc_store *st, const char *actor, const st
 	memset(&b, 0, sizeof(b));
 	b.ctx = ctx;
 	b.st = st;
+	b.h = h;
 	b.actor = actor;
 	b.password_file = password_file;
 	b.tty = isatty(STDOUT_FILENO);
@@ -391,6 +514,13 @@ do_import(struct esc_ctx *ctx, struct esc_store *st, const char *actor, const st
 			b.failed += items->n - i - 1;
 			break;
 		}
+		if (b.no_answer && i + 1 < items->n) {
+			clear_bar(&b);
+			fprintf(stderr, "%s %s: error: the service does not answer: %zu file(s) not attempted\n", PROG,
+				CMD, items->n - i - 1);
+			b.failed += items->n - i - 1;
+			break;
+		}
 	}
 	clear_bar(&b);
 	printf("archived %zu, already archived %zu, refused %zu, failed %zu\n", b.archived, b.already, b.refused,
@@ -402,7 +532,7 @@ do_import(struct esc_ctx *ctx, struct esc_store *st, const char *actor, const st
 int
 archive_main(int argc, char *argv[])
 {
-	enum { OPT_KEY = 256, OPT_CERT, OPT_PASSWORD, OPT_ACCOUNT_PASSWORD };
+	enum { OPT_KEY = 256, OPT_CERT, OPT_PASSWORD, OPT_ACCOUNT_PASSWORD, OPT_SERVER, OPT_SERVER_CA, OPT_LOCAL };
 	static const struct option longopts[] = {
 		{"config", required_argument, NULL, 'c'},
 		{"database", required_argument, NULL, 'd'},
@@ -412,19 +542,24 @@ archive_main(int argc, char *argv[])
 		{"password-file", required_argument, NULL, OPT_PASSWORD},
 		{"user", required_argument, NULL, 'u'},
 		{"account-password-file", required_argument, NULL, OPT_ACCOUNT_PASSWORD},
+		{"server", required_argument, NULL, OPT_SERVER},
+		{"server-ca", required_argument, NULL, OPT_SERVER_CA},
+		{"local", no_argument, NULL, OPT_LOCAL},
 		{"help", no_argument, NULL, 'h'},
 		{NULL, 0, NULL, 0},
 	};
 	const char *config = NULL, *database = NULL, *list = NULL, *key = NULL, *cert = NULL, *password_file = NULL;
-	const char *user = NULL, *account_password_file = NULL, *action;
+	const char *user = NULL, *account_password_file = NULL, *action, *server = NULL, *server_ca = NULL;
 	struct items items = {NULL, 0, 0};
 	struct esc_ctx *ctx = NULL;
 	struct esc_config *cfg = NULL;
 	struct esc_store *st = NULL;
 	struct esc_account *admin = NULL;
 	OSSL_PROVIDER *legacy = NULL, *deflt = NULL;
+	struct cli_http *h = NULL;
+	json_t *who = NULL;
 	enum esc_err r;
-	int c, rc = 0;
+	int c, rc = 0, local = 0;
 
 	opterr = 0;
 	optind = 1;
@@ -457,6 +592,15 @@ archive_main(int argc, char *argv[])
 		case OPT_ACCOUNT_PASSWORD:
 			account_password_file = optarg;
 			break;
+		case OPT_SERVER:
+			server = optarg;
+			break;
+		case OPT_SERVER_CA:
+			server_ca = optarg;
+			break;
+		case OPT_LOCAL:
+			local = 1;
+			break;
 		case ':':
 			return cli_usage_error(CMD, "option '%s' needs a value", argv[optind - 1]);
 		default:
@@ -474,6 +618,8 @@ archive_main(int argc, char *argv[])
 		return cli_usage_error(CMD, "import needs files or directories, --list FILE, or --key and --cert");
 	if (user == NULL)
 		return cli_usage_error(CMD, "--user NAME is required: importing needs an administrator account");
+	if ((rc = cli_check_mode(CMD, server, local)) != 0)
+		return rc;
 	/* Collect the work first: a bad list or directory is reported before any login. */
 	for (; optind < argc && rc == 0; optind++)
 		rc = add_path(&items, argv[optind]);
@@ -490,6 +636,27 @@ archive_main(int argc, char *argv[])
 	}
 	if ((rc = cli_init(CMD, config, &ctx, &cfg)) != 0)
 		goto out;
+	if (server != NULL) {
+		/* Log in once before the batch, as locally: a wrong password or a non-administrator stops here. */
+		if ((rc = cli_http_open(CMD, ctx, server, server_ca, user, account_password_file, &h)) != 0 ||
+		    (rc = cli_http_call(h, CLI_HTTP_GET, "/whoami", NULL, &who)) != 0)
+			goto out;
+		{
+			const json_t *role;
+			size_t i;
+			int is_admin = 0;
+
+			json_array_foreach(json_object_get(who, "roles"), i, role)
+				is_admin |= json_is_string(role) && strcmp(json_string_value(role), "admin") == 0;
+			if (!is_admin) {
+				fprintf(stderr, "%s %s: error: account '%s' is not an administrator\n", PROG, CMD, user);
+				rc = esc_err_exit_code(ESC_ERR_DENIED);
+				goto out;
+			}
+		}
+		rc = do_import(ctx, NULL, h, user, &items, password_file);
+		goto out;
+	}
 	if ((rc = cli_apply_common(CMD, ctx, cfg, database, NULL, NULL, NULL)) != 0)
 		goto out;
 	/*
@@ -501,15 +668,17 @@ archive_main(int argc, char *argv[])
 	if ((legacy = OSSL_PROVIDER_load(NULL, "legacy")) != NULL)
 		deflt = OSSL_PROVIDER_load(NULL, "default");
 	ERR_clear_error();
-	if ((rc = cli_open_store(CMD, ctx, cfg, &st)) != 0 ||
+	if ((rc = cli_open_store_local(CMD, "archive import", ctx, cfg, &st)) != 0 ||
 	    (rc = cli_login(CMD, ctx, st, user, account_password_file, &admin)) != 0)
 		goto out;
 	if ((r = esc_account_require(ctx, admin, ESC_ROLE_ADMIN)) != ESC_OK) {
 		rc = cli_fail(CMD, ctx, r);
 		goto out;
 	}
-	rc = do_import(ctx, st, esc_account_name(admin), &items, password_file);
+	rc = do_import(ctx, st, NULL, esc_account_name(admin), &items, password_file);
 out:
+	json_decref(who);
+	cli_http_free(h);
 	esc_account_free(admin);
 	esc_store_free(st);
 	OSSL_PROVIDER_unload(deflt);

@@ -27,7 +27,10 @@ help(void)
 	       "        the CA token PIN: -p FILE, else $P11ESCROW_CA_PIN, else a prompt).\n"
 	       "show    events, oldest first, one per line (auditors and administrators).\n"
 	       "export  the same as JSON lines, for a SIEM.\n"
-	       "show and export take --server URL to read through the service's JSON API (no database).\n\n"
+	       "show, export and checkpoint take --server URL: through the service's JSON API (no\n"
+	       "database, no PIN here; checkpoint: administrators and auditors, the service signs).\n"
+	       "verify reads the whole chain: --local only.  --local (or $" CLI_LOCAL_ENV "=1) is\n"
+	       "break-glass, audited as such.\n\n"
 	       "Filters:\n"
 	       "      --since TIME          events at or after TIME (UTC, e.g. 2026-11-23T12:00:00)\n"
 	       "      --until TIME          events at or before TIME\n"
@@ -44,7 +47,8 @@ help(void)
 	       "  -p, --pin-file FILE       CA token PIN (checkpoint)\n"
 	       "  -m, --module MODULE       PKCS#11 module of the CA token (checkpoint)\n"
 	       "      --password-file FILE  its password (else $P11ESCROW_PASSWORD, else a prompt)\n"
-	       "      --server URL          show/export through the service, e.g. https://escrow.example.org:8443\n"
+	       "      --server URL          through the service, e.g. https://escrow.example.org:8443\n"
+	       "      --local               break-glass: straight on the database (audited)\n"
 	       "      --server-ca FILE      CA certificate(s) to verify the service with (else $P11ESCROW_SERVER_CA)\n"
 	       "  -h, --help                this text\n",
 	       PROG, PROG, PROG);
@@ -69,6 +73,23 @@ do_checkpoint(struct esc_ctx *ctx, struct esc_config *cfg, struct esc_store *st)
 		printf("checkpoint signed: events up to %lld\n", id);
 	esc_token_free(ca);
 	return r == ESC_OK ? 0 : cli_fail(CMD, ctx, r);
+}
+
+/* checkpoint through the service: it signs with the audit key on its CA token. */
+static int
+remote_checkpoint(struct esc_ctx *ctx, const char *server, const char *server_ca, const char *user,
+		  const char *password_file)
+{
+	struct cli_http *h = NULL;
+	json_t *doc = NULL;
+	int rc;
+
+	if ((rc = cli_http_open(CMD, ctx, server, server_ca, user, password_file, &h)) == 0 &&
+	    (rc = cli_http_call(h, CLI_HTTP_POST, "/audit/checkpoint", NULL, &doc)) == 0)
+		printf("checkpoint signed: events up to %lld\n", cli_json_int(doc, "event"));
+	json_decref(doc);
+	cli_http_free(h);
+	return rc;
 }
 
 /* JSON string body: the fields are printable ASCII already; escape quote and backslash. */
@@ -140,7 +161,7 @@ int
 audit_main(int argc, char *argv[])
 {
 	enum { OPT_PASSWORD = 256, OPT_SINCE, OPT_UNTIL, OPT_ACTOR, OPT_ACTION, OPT_OBJECT, OPT_LIMIT, OPT_SERVER,
-	       OPT_SERVER_CA, OPT_SERIAL };
+	       OPT_SERVER_CA, OPT_SERIAL, OPT_LOCAL };
 	static const struct option longopts[] = {
 		{"config", required_argument, NULL, 'c'}, {"database", required_argument, NULL, 'd'},
 		{"user", required_argument, NULL, 'u'},	  {"password-file", required_argument, NULL, OPT_PASSWORD},
@@ -150,6 +171,7 @@ audit_main(int argc, char *argv[])
 		{"serial", required_argument, NULL, OPT_SERIAL},
 		{"pin-file", required_argument, NULL, 'p'}, {"module", required_argument, NULL, 'm'},
 		{"server", required_argument, NULL, OPT_SERVER}, {"server-ca", required_argument, NULL, OPT_SERVER_CA},
+		{"local", no_argument, NULL, OPT_LOCAL},
 		{"help", no_argument, NULL, 'h'},	  {NULL, 0, NULL, 0},
 	};
 	const char *config = NULL, *database = NULL, *user = NULL, *password_file = NULL, *action;
@@ -163,7 +185,7 @@ audit_main(int argc, char *argv[])
 	struct esc_audit_report rep;
 	size_t n = 0, i, limit = 10000;
 	enum esc_err r;
-	int c, rc, nlimit;
+	int c, rc, nlimit, local = 0;
 
 	opterr = 0;
 	optind = 1;
@@ -186,6 +208,7 @@ audit_main(int argc, char *argv[])
 		case OPT_SERIAL: serial = optarg; break;
 		case OPT_SERVER: server = optarg; break;
 		case OPT_SERVER_CA: server_ca = optarg; break;
+		case OPT_LOCAL: local = 1; break;
 		case OPT_LIMIT:
 			if ((rc = cli_int_option(CMD, "--limit", optarg, 1, 100000, &nlimit)) != 0)
 				return rc;
@@ -203,10 +226,16 @@ audit_main(int argc, char *argv[])
 	if (strcmp(action, "verify") != 0 && strcmp(action, "show") != 0 && strcmp(action, "export") != 0 &&
 	    strcmp(action, "checkpoint") != 0)
 		return cli_usage_error(CMD, "unknown action '%s' (use verify, show, export or checkpoint)", action);
-	if (server != NULL && strcmp(action, "show") != 0 && strcmp(action, "export") != 0)
-		return cli_usage_error(CMD, "--server is for show and export: verify and checkpoint need the database");
+	if (server != NULL && strcmp(action, "verify") == 0)
+		return cli_usage_error(CMD, "verify reads the whole chain from the database: use --local");
+	if ((rc = cli_check_mode(CMD, server, local)) != 0)
+		return rc;
 	if ((rc = cli_init(CMD, config, &ctx, &cfg)) != 0)
 		goto out;
+	if (server != NULL && strcmp(action, "checkpoint") == 0) {
+		rc = remote_checkpoint(ctx, server, server_ca, user, password_file);
+		goto out;
+	}
 	if (server != NULL) {
 		const char *filters[6] = {since, until, actor, act, object, serial};
 
@@ -214,9 +243,14 @@ audit_main(int argc, char *argv[])
 			goto out;
 		goto print;
 	}
-	if ((rc = cli_apply_common(CMD, ctx, cfg, database, module, NULL, pin_file)) != 0 ||
-	    (rc = cli_open_store(CMD, ctx, cfg, &st)) != 0)
-		goto out;
+	{
+		char what[32];
+
+		snprintf(what, sizeof(what), "%s %s", CMD, action);
+		if ((rc = cli_apply_common(CMD, ctx, cfg, database, module, NULL, pin_file)) != 0 ||
+		    (rc = cli_open_store_local(CMD, what, ctx, cfg, &st)) != 0)
+			goto out;
+	}
 	if (strcmp(action, "checkpoint") == 0) {
 		rc = do_checkpoint(ctx, cfg, st);
 		goto out;

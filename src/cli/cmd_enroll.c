@@ -20,6 +20,7 @@
 #include <p11escrow/pin.h>
 
 #include "cli.h"
+#include "http_client.h"
 
 #define DEFAULT_HOURS 24
 #define MAX_NAMES 16
@@ -41,9 +42,14 @@ otp_help(void)
 	       "list    every enrollment password (newest first, at most 1000): name, state (unused,\n"
 	       "        used, expired), expiry, profile, subject, creator.  Never a password.\n"
 	       "        Administrators, certificate managers and auditors.\n\n"
+	       "With --server URL both go through the service.  Straight on the database only with\n"
+	       "--local (or $" CLI_LOCAL_ENV "=1): break-glass, audited as such.\n\n"
 	       "Options:\n"
+	       "      --server URL           the service, e.g. https://escrow.example.org:8443\n"
+	       "      --server-ca FILE       CA certificate(s) to verify it with (else $P11ESCROW_SERVER_CA)\n"
+	       "      --local                break-glass: straight on the database (audited)\n"
 	       "  -c, --config FILE          configuration file\n"
-	       "  -d, --database CONNINFO    libpq connection string\n"
+	       "  -d, --database CONNINFO    libpq connection string (--local)\n"
 	       "  -s, --subject DN           the subject to enroll, e.g. 'CN=Alice,O=Example,emailAddress=\n"
 	       "                             alice@example.org' (an emailAddress also becomes the\n"
 	       "                             certificate's rfc822Name)\n"
@@ -101,10 +107,88 @@ otp_list(struct esc_ctx *ctx, struct esc_store *st, struct esc_account *a)
 	return 0;
 }
 
+static void
+otp_from_json(struct esc_otp_info *p, const json_t *e)
+{
+	memset(p, 0, sizeof(*p));
+	cli_json_copy(p->name, sizeof(p->name), e, "name");
+	cli_json_copy(p->subject, sizeof(p->subject), e, "subject");
+	cli_json_copy(p->profile, sizeof(p->profile), e, "profile");
+	cli_json_copy(p->created_by, sizeof(p->created_by), e, "created_by");
+	cli_json_copy(p->created, sizeof(p->created), e, "created");
+	cli_json_copy(p->expires, sizeof(p->expires), e, "expires");
+	cli_json_copy(p->used, sizeof(p->used), e, "used");
+	cli_json_copy(p->state, sizeof(p->state), e, "state");
+}
+
+/* create / list through the service. */
+static int
+otp_remote(struct esc_ctx *ctx, const char *server, const char *server_ca, const char *user,
+	   const char *password_file, int create, const char *subject, const char *profile, int hours)
+{
+	struct cli_http *h = NULL;
+	struct esc_otp_info info;
+	json_t *body = NULL, *doc = NULL, *pw;
+	char nhours[16];
+	size_t i, n;
+	int rc;
+
+	if (create) {
+		snprintf(nhours, sizeof(nhours), "%d", hours);
+		if ((body = json_object()) == NULL || json_object_set_new(body, "subject", json_string(subject)) != 0 ||
+		    (profile != NULL && json_object_set_new(body, "profile", json_string(profile)) != 0) ||
+		    json_object_set_new(body, "hours", json_string(nhours)) != 0) {
+			json_decref(body);
+			return cli_usage_error(CMD_OTP, "--subject and --profile must be UTF-8 text");
+		}
+	}
+	if ((rc = cli_http_open(CMD_OTP, ctx, server, server_ca, user, password_file, &h)) != 0 ||
+	    (rc = cli_http_call(h, create ? CLI_HTTP_POST : CLI_HTTP_GET, "/enroll-passwords", body, &doc)) != 0)
+		goto out;
+	if (create) {
+		otp_from_json(&info, doc);
+		pw = json_object_get(doc, "password");
+		if (!json_is_string(pw) || json_string_length(pw) == 0) {
+			fprintf(stderr, "%s %s: error: the service's answer holds no password\n", PROG, CMD_OTP);
+			rc = esc_err_exit_code(ESC_ERR_BAD_INPUT);
+			goto out;
+		}
+		/* The password is printed as the service made it: printable ASCII (checked), shown once. */
+		for (i = 0; i < json_string_length(pw); i++)
+			if (json_string_value(pw)[i] <= 0x20 || json_string_value(pw)[i] >= 0x7f)
+				break;
+		if (i != json_string_length(pw)) {
+			fprintf(stderr, "%s %s: error: the service's password is not printable\n", PROG, CMD_OTP);
+			rc = esc_err_exit_code(ESC_ERR_BAD_INPUT);
+			goto out;
+		}
+		printf("name: %s\npassword: %s\nexpires: %s\nprofile: %s\nsubject: %s\n", info.name,
+		       json_string_value(pw), info.expires, info.profile, info.subject);
+		fflush(stdout);
+		OPENSSL_cleanse((void *)json_string_value(pw), json_string_length(pw));
+		goto out;
+	}
+	n = json_array_size(json_object_get(doc, "enroll_passwords"));
+	printf("%zu enrollment password(s)\n", n);
+	if (n > 0)
+		printf("%-24s %-8s %-21s %-15s %-12s %s\n", "NAME", "STATE", "EXPIRES", "PROFILE", "CREATED BY",
+		       "SUBJECT");
+	for (i = 0; i < n; i++) {
+		otp_from_json(&info, json_array_get(json_object_get(doc, "enroll_passwords"), i));
+		printf("%-24s %-8s %-21s %-15s %-12s %s\n", info.name, info.state, info.expires, info.profile,
+		       info.created_by, info.subject);
+	}
+out:
+	json_decref(body);
+	json_decref(doc);
+	cli_http_free(h);
+	return rc;
+}
+
 int
 enroll_password_main(int argc, char *argv[])
 {
-	enum { OPT_PASSWORD = 256, OPT_PROFILE, OPT_HOURS };
+	enum { OPT_PASSWORD = 256, OPT_PROFILE, OPT_HOURS, OPT_SERVER, OPT_SERVER_CA, OPT_LOCAL };
 	static const struct option longopts[] = {
 		{"config", required_argument, NULL, 'c'},
 		{"database", required_argument, NULL, 'd'},
@@ -113,16 +197,19 @@ enroll_password_main(int argc, char *argv[])
 		{"hours", required_argument, NULL, OPT_HOURS},
 		{"user", required_argument, NULL, 'u'},
 		{"password-file", required_argument, NULL, OPT_PASSWORD},
+		{"server", required_argument, NULL, OPT_SERVER},
+		{"server-ca", required_argument, NULL, OPT_SERVER_CA},
+		{"local", no_argument, NULL, OPT_LOCAL},
 		{"help", no_argument, NULL, 'h'},
 		{NULL, 0, NULL, 0},
 	};
 	const char *config = NULL, *database = NULL, *subject = NULL, *profile = NULL, *user = NULL;
-	const char *password_file = NULL, *action;
+	const char *password_file = NULL, *action, *server = NULL, *server_ca = NULL;
 	struct esc_ctx *ctx = NULL;
 	struct esc_config *cfg = NULL;
 	struct esc_store *st = NULL;
 	struct esc_account *a = NULL;
-	int c, rc, hours = DEFAULT_HOURS;
+	int c, rc, hours = DEFAULT_HOURS, local = 0;
 
 	opterr = 0;
 	optind = 1;
@@ -153,6 +240,15 @@ enroll_password_main(int argc, char *argv[])
 		case OPT_PASSWORD:
 			password_file = optarg;
 			break;
+		case OPT_SERVER:
+			server = optarg;
+			break;
+		case OPT_SERVER_CA:
+			server_ca = optarg;
+			break;
+		case OPT_LOCAL:
+			local = 1;
+			break;
 		case ':':
 			return cli_usage_error(CMD_OTP, "option '%s' needs a value", argv[optind - 1]);
 		default:
@@ -174,9 +270,19 @@ enroll_password_main(int argc, char *argv[])
 	}
 	if (user == NULL)
 		return cli_usage_error(CMD_OTP, "--user NAME is required: this needs an authenticated account");
-	if ((rc = cli_init(CMD_OTP, config, &ctx, &cfg)) != 0 ||
-	    (rc = cli_apply_common(CMD_OTP, ctx, cfg, database, NULL, NULL, NULL)) != 0 ||
-	    (rc = cli_open_store(CMD_OTP, ctx, cfg, &st)) != 0 ||
+	if ((rc = cli_check_mode(CMD_OTP, server, local)) != 0)
+		return rc;
+	if ((rc = cli_init(CMD_OTP, config, &ctx, &cfg)) != 0)
+		goto out;
+	if (server != NULL) {
+		rc = otp_remote(ctx, server, server_ca, user, password_file, strcmp(action, "create") == 0, subject, profile,
+				hours);
+		goto out;
+	}
+	if ((rc = cli_apply_common(CMD_OTP, ctx, cfg, database, NULL, NULL, NULL)) != 0 ||
+	    (rc = cli_open_store_local(CMD_OTP, strcmp(action, "create") == 0 ? "enroll-password create"
+									   : "enroll-password list",
+				       ctx, cfg, &st)) != 0 ||
 	    (rc = cli_login(CMD_OTP, ctx, st, user, password_file, &a)) != 0)
 		goto out;
 	if (strcmp(action, "create") == 0)
@@ -407,11 +513,13 @@ out:
 static void
 profile_help(void)
 {
-	printf("Usage: %s " CMD_PROFILE " list\n\n"
+	printf("Usage: %s " CMD_PROFILE " list [--server URL [--server-ca FILE] --user NAME [--password-file FILE]]\n\n"
 	       "list  the built-in certificate profiles: the EST label that selects each (the default\n"
 	       "      profile, %s, has none), whether enrollees can use it, whether the key is archived\n"
 	       "      (then only /fullcmc and /serverkeygen) or is a signing key (never archived: only\n"
-	       "      /simpleenroll), the key types allowed and generated, and the validity in days.\n\n"
+	       "      /simpleenroll), the key types allowed and generated, and the validity in days.\n"
+	       "      With --server URL: the service's profiles, through its JSON API (any account);\n"
+	       "      without: this program's built-in ones (no database either way).\n\n"
 	       "Options:\n"
 	       "  -h, --help   this text\n",
 	       PROG, ESC_PROFILE_DEFAULT);
@@ -438,6 +546,94 @@ key_types(unsigned types, char *buf, size_t len)
 		}
 }
 
+/* "rsa2048,ec-p256" from the service's array of key type names ("-" if none). */
+static void
+names_text(const json_t *a, char *buf, size_t len)
+{
+	const json_t *v;
+	char one[32];
+	size_t i, used = 0;
+
+	snprintf(buf, len, "-");
+	json_array_foreach(a, i, v)
+	{
+		cli_json_copy_value(one, sizeof(one), v);
+		if (used + strlen(one) + 2 >= len)
+			break;
+		snprintf(buf + used, len - used, "%s%s", used ? "," : "", one);
+		used = strlen(buf);
+	}
+}
+
+static int
+profile_remote(int argc, char *argv[])
+{
+	enum { OPT_PASSWORD = 256, OPT_SERVER, OPT_SERVER_CA };
+	static const struct option longopts[] = {
+		{"user", required_argument, NULL, 'u'},
+		{"password-file", required_argument, NULL, OPT_PASSWORD},
+		{"server", required_argument, NULL, OPT_SERVER},
+		{"server-ca", required_argument, NULL, OPT_SERVER_CA},
+		{"config", required_argument, NULL, 'c'},
+		{NULL, 0, NULL, 0},
+	};
+	const char *user = NULL, *password_file = NULL, *server = NULL, *server_ca = NULL, *config = NULL;
+	struct esc_ctx *ctx = NULL;
+	struct esc_config *cfg = NULL;
+	struct cli_http *h = NULL;
+	json_t *doc = NULL;
+	const json_t *e;
+	char name[32], summary[256], keys[96], keygen[32];
+	size_t i;
+	int c, rc;
+
+	opterr = 0;
+	optind = 1;
+	while ((c = getopt_long(argc, argv, ":u:c:", longopts, NULL)) != -1) {
+		switch (c) {
+		case 'u': user = optarg; break;
+		case 'c': config = optarg; break;
+		case OPT_PASSWORD: password_file = optarg; break;
+		case OPT_SERVER: server = optarg; break;
+		case OPT_SERVER_CA: server_ca = optarg; break;
+		case ':':
+			return cli_usage_error(CMD_PROFILE, "option '%s' needs a value", argv[optind - 1]);
+		default:
+			return cli_usage_error(CMD_PROFILE, "unknown option '%s'", argv[optind - 1]);
+		}
+	}
+	if (optind != argc - 1 || strcmp(argv[optind], "list") != 0)
+		return cli_usage_error(CMD_PROFILE, "expected the action: list");
+	if (server == NULL)
+		return cli_usage_error(CMD_PROFILE, "--user, --password-file and --server-ca go with --server URL");
+	if ((rc = cli_init(CMD_PROFILE, config, &ctx, &cfg)) != 0 ||
+	    (rc = cli_http_open(CMD_PROFILE, ctx, server, server_ca, user, password_file, &h)) != 0 ||
+	    (rc = cli_http_call(h, CLI_HTTP_GET, "/profiles", NULL, &doc)) != 0)
+		goto out;
+	printf("%-15s %-10s %-8s %-42s %-8s %-5s %s\n", "NAME", "ENROLL", "KEY", "KEY TYPES", "KEYGEN", "DAYS",
+	       "SUMMARY");
+	json_array_foreach(json_object_get(doc, "profiles"), i, e)
+	{
+		cli_json_copy(name, sizeof(name), e, "name");
+		cli_json_copy(summary, sizeof(summary), e, "summary");
+		names_text(json_object_get(e, "keys"), keys, sizeof(keys));
+		names_text(json_object_get(e, "keygen"), keygen, sizeof(keygen));
+		printf("%-15s %-10s %-8s %-42s %-8s %-5lld %s%s\n", name,
+		       json_is_true(json_object_get(e, "enrollable")) ? "yes" : "no",
+		       json_is_true(json_object_get(e, "archival"))  ? "archived"
+		       : json_is_true(json_object_get(e, "signing")) ? "signing"
+								      : "-",
+		       keys, keygen, cli_json_int(e, "days"), summary,
+		       json_is_true(json_object_get(e, "default")) ? " (default)" : "");
+	}
+out:
+	json_decref(doc);
+	cli_http_free(h);
+	esc_config_free(cfg);
+	esc_ctx_free(ctx);
+	return rc;
+}
+
 int
 profile_main(int argc, char *argv[])
 {
@@ -449,6 +645,8 @@ profile_main(int argc, char *argv[])
 		profile_help();
 		return 0;
 	}
+	if (argc > 2)
+		return profile_remote(argc, argv);
 	if (argc != 2 || strcmp(argv[1], "list") != 0)
 		return cli_usage_error(CMD_PROFILE, "expected the action: list");
 	printf("%-15s %-10s %-8s %-42s %-8s %-5s %s\n", "NAME", "ENROLL", "KEY", "KEY TYPES", "KEYGEN", "DAYS",

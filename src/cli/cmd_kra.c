@@ -29,7 +29,9 @@ help(void)
 	       "list    every KRA with its state, key, recipient mechanism and number of records.\n"
 	       "retire  stop wrapping new records to a KRA; refused while a record would be left with no\n"
 	       "        active KRA able to recover it.\n"
-	       "list --server URL  the same from the service's JSON API (any account; no database).\n\n"
+	       "list and retire take --server URL: through the service's JSON API (no database here;\n"
+	       "list: any account).  enroll needs the CA token and the card here: --local only, on the\n"
+	       "service host.  --local (or $" CLI_LOCAL_ENV "=1) is break-glass, audited as such.\n\n"
 	       "Options:\n"
 	       "  -c, --config FILE          configuration file\n"
 	       "  -d, --database CONNINFO    libpq connection string\n"
@@ -44,7 +46,8 @@ help(void)
 	       "      --days N               KRA certificate validity (default 730)\n"
 	       "  -u, --user NAME            the acting administrator\n"
 	       "      --password-file FILE   their password (else $P11ESCROW_PASSWORD, else a prompt)\n"
-	       "      --server URL           list through the service, e.g. https://escrow.example.org:8443\n"
+	       "      --server URL           through the service, e.g. https://escrow.example.org:8443\n"
+	       "      --local                break-glass: straight on the database (audited)\n"
 	       "      --server-ca FILE       CA certificate(s) to verify the service with (else\n"
 	       "                             $P11ESCROW_SERVER_CA)\n"
 	       "  -h, --help                 this text\n",
@@ -55,7 +58,7 @@ help(void)
 struct opts {
 	const char *config, *database, *module, *ca_token, *pin_file, *token, *kra_module, *kra_pin_file, *name;
 	const char *key_type, *user, *password_file, *server, *server_ca;
-	int days;
+	int days, local;
 };
 
 static void
@@ -67,6 +70,33 @@ print_kras(const struct esc_kra *k, size_t n)
 	for (i = 0; i < n; i++)
 		printf("%-20s %-8s %-8s %-16s %-8lld %s (serial %s)\n", k[i].name, k[i].state, k[i].key_type,
 		       k[i].recipient, k[i].records, k[i].token_label, k[i].token_serial);
+}
+
+/* kra retire through the service's JSON API. */
+static int
+remote_retire(struct esc_ctx *ctx, const struct opts *o)
+{
+	struct cli_http *h = NULL;
+	json_t *doc = NULL;
+	char path[256];
+	const char *p;
+	int rc;
+
+	for (p = o->name; *p; p++)
+		if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
+		      strchr("._-", *p) != NULL))
+			break;
+	if (*p != '\0' || *o->name == '\0' || strlen(o->name) > 64)
+		return cli_usage_error(CMD, "'%s' is not a KRA name (letters, digits, . _ -)", o->name);
+	snprintf(path, sizeof(path), "/kras/%s/retire", o->name);
+	if ((rc = cli_http_open(CMD, ctx, o->server, o->server_ca, o->user, o->password_file, &h)) != 0 ||
+	    (rc = cli_http_call(h, CLI_HTTP_POST, path, NULL, &doc)) != 0)
+		goto out;
+	printf("KRA '%s' retired: no new record will be wrapped to it\n", o->name);
+out:
+	json_decref(doc);
+	cli_http_free(h);
+	return rc;
 }
 
 /* kra list through the service's JSON API. */
@@ -193,7 +223,7 @@ do_retire(struct esc_ctx *ctx, struct esc_store *st, const struct opts *o)
 int
 kra_main(int argc, char *argv[])
 {
-	enum { OPT_TOKEN = 256, OPT_KRA_MODULE, OPT_KRA_PIN, OPT_DAYS, OPT_PASSWORD, OPT_SERVER, OPT_SERVER_CA };
+	enum { OPT_TOKEN = 256, OPT_KRA_MODULE, OPT_KRA_PIN, OPT_DAYS, OPT_PASSWORD, OPT_SERVER, OPT_SERVER_CA, OPT_LOCAL };
 	static const struct option longopts[] = {
 		{"config", required_argument, NULL, 'c'},
 		{"database", required_argument, NULL, 'd'},
@@ -210,6 +240,7 @@ kra_main(int argc, char *argv[])
 		{"password-file", required_argument, NULL, OPT_PASSWORD},
 		{"server", required_argument, NULL, OPT_SERVER},
 		{"server-ca", required_argument, NULL, OPT_SERVER_CA},
+		{"local", no_argument, NULL, OPT_LOCAL},
 		{"help", no_argument, NULL, 'h'},
 		{NULL, 0, NULL, 0},
 	};
@@ -243,6 +274,7 @@ kra_main(int argc, char *argv[])
 		case OPT_PASSWORD: o.password_file = optarg; break;
 		case OPT_SERVER: o.server = optarg; break;
 		case OPT_SERVER_CA: o.server_ca = optarg; break;
+		case OPT_LOCAL: o.local = 1; break;
 		case OPT_DAYS:
 			if ((rc = cli_int_option(CMD, "--days", optarg, 1, 36500, &o.days)) != 0)
 				return rc;
@@ -265,17 +297,25 @@ kra_main(int argc, char *argv[])
 		return cli_usage_error(CMD, "unexpected argument '%s'", argv[optind]);
 	if (strcmp(action, "enroll") != 0 && strcmp(action, "list") != 0 && strcmp(action, "retire") != 0)
 		return cli_usage_error(CMD, "unknown action '%s' (use enroll, list or retire)", action);
-	if (o.server != NULL && strcmp(action, "list") != 0)
-		return cli_usage_error(CMD, "--server is for 'kra list': enroll and retire run with the CA token here");
+	if (o.server != NULL && strcmp(action, "enroll") == 0)
+		return cli_usage_error(CMD, "enroll does not go through the service yet (it needs proof of possession "
+					    "of the card's key): use --local on the service host");
+	if ((rc = cli_check_mode(CMD, o.server, o.local)) != 0)
+		return rc;
 	if ((rc = cli_init(CMD, o.config, &ctx, &cfg)) != 0)
 		goto out;
 	if (o.server != NULL) {
-		rc = remote_list(ctx, &o);
+		rc = strcmp(action, "list") == 0 ? remote_list(ctx, &o) : remote_retire(ctx, &o);
 		goto out;
 	}
-	if ((rc = cli_apply_common(CMD, ctx, cfg, o.database, o.module, o.ca_token, o.pin_file)) != 0 ||
-	    (rc = cli_open_store(CMD, ctx, cfg, &st)) != 0)
-		goto out;
+	{
+		char what[32];
+
+		snprintf(what, sizeof(what), "%s %s", CMD, action);
+		if ((rc = cli_apply_common(CMD, ctx, cfg, o.database, o.module, o.ca_token, o.pin_file)) != 0 ||
+		    (rc = cli_open_store_local(CMD, what, ctx, cfg, &st)) != 0)
+			goto out;
+	}
 	if (strcmp(action, "enroll") == 0)
 		rc = do_enroll(ctx, cfg, st, &o);
 	else if (strcmp(action, "list") == 0)

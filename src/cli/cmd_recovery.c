@@ -54,6 +54,8 @@ help(void)
 	       "card here, reports the completion to the service, then writes the PKCS#12.\n\n"
 	       "Options:\n"
 	       "      --server URL             the service, e.g. https://escrow.example.org:8443\n"
+	       "      --local                  break-glass: straight on the database (or $" CLI_LOCAL_ENV "=1;\n"
+	       "                               audited as such)\n"
 	       "      --server-ca FILE         CA certificate(s) to verify the service with (else\n"
 	       "                               $P11ESCROW_SERVER_CA)\n"
 	       "  -c, --config FILE            configuration file\n"
@@ -498,7 +500,7 @@ recovery_main(int argc, char *argv[])
 {
 	enum {
 		OPT_PASSWORD = 256, OPT_TOKEN, OPT_KRA_PIN, OPT_P12, OPT_SERIAL, OPT_SUBJECT, OPT_EMAIL, OPT_RECORD,
-		OPT_REASON, OPT_KRA, OPT_STATE, OPT_SERVER, OPT_SERVER_CA
+		OPT_REASON, OPT_KRA, OPT_STATE, OPT_SERVER, OPT_SERVER_CA, OPT_LOCAL
 	};
 	static const struct option longopts[] = {
 		{"config", required_argument, NULL, 'c'},
@@ -521,6 +523,7 @@ recovery_main(int argc, char *argv[])
 		{"state", required_argument, NULL, OPT_STATE},
 		{"server", required_argument, NULL, OPT_SERVER},
 		{"server-ca", required_argument, NULL, OPT_SERVER_CA},
+		{"local", no_argument, NULL, OPT_LOCAL},
 		{"help", no_argument, NULL, 'h'},
 		{NULL, 0, NULL, 0},
 	};
@@ -532,7 +535,7 @@ recovery_main(int argc, char *argv[])
 	const char *action;
 	enum esc_err r;
 	char *end;
-	int c, rc, needs_id, ends;
+	int c, rc, needs_id, ends, local = 0;
 
 	memset(&o, 0, sizeof(o));
 	opterr = 0;
@@ -562,6 +565,7 @@ recovery_main(int argc, char *argv[])
 		case OPT_STATE: o.state = optarg; break;
 		case OPT_SERVER: o.server = optarg; break;
 		case OPT_SERVER_CA: o.server_ca = optarg; break;
+		case OPT_LOCAL: local = 1; break;
 		case ':':
 			return cli_usage_error(CMD, "option '%s' needs a value", argv[optind - 1]);
 		default:
@@ -596,6 +600,8 @@ recovery_main(int argc, char *argv[])
 	if (strcmp(action, "expire") == 0 && o.server != NULL)
 		return cli_usage_error(CMD,
 				       "the service expires released packages itself: expire runs without --server");
+	if ((rc = cli_check_mode(CMD, o.server, local)) != 0)
+		return rc;
 	if ((rc = cli_init(CMD, o.config, &ctx, &cfg)) != 0)
 		goto out;
 	if ((rc = cli_apply_common(CMD, ctx, cfg, o.database, o.module, o.ca_token, o.pin_file)) != 0)
@@ -604,8 +610,13 @@ recovery_main(int argc, char *argv[])
 		rc = remote_main(ctx, cfg, &o, action);
 		goto out;
 	}
-	if ((rc = cli_open_store(CMD, ctx, cfg, &st)) != 0)
-		goto out;
+	{
+		char what[32];
+
+		snprintf(what, sizeof(what), "%s %s", CMD, action);
+		if ((rc = cli_open_store_local(CMD, what, ctx, cfg, &st)) != 0)
+			goto out;
+	}
 	if (strcmp(action, "release") == 0) {
 		rc = do_release(ctx, cfg, st, &o);
 		goto out;

@@ -49,6 +49,10 @@ struct cli_http {
 	char *bearer; /* "Bearer TOKEN" in secure memory once logged in (POST /session) */
 	size_t bearerlen;
 	int login_tried; /* POST /session was sent (once per client, i.e. per command) */
+	int quiet;		/* cli_http_call_quiet: keep the reason instead of printing it */
+	int last_status;	/* the HTTP status of the last failed call, 0 if none came */
+	enum esc_err last_err;
+	char last_msg[512];
 };
 
 /* One request in flight. */
@@ -65,14 +69,21 @@ struct exchange {
 	char ctype[128];
 };
 
-static int fail(const struct cli_http *h, enum esc_err e, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static int fail(struct cli_http *h, enum esc_err e, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 
-/* Print "p11escrow CMD: error: ..." and return e's exit code. */
+/* Print "p11escrow CMD: error: ..." (quiet: keep it) and return e's exit code. */
 static int
-fail(const struct cli_http *h, enum esc_err e, const char *fmt, ...)
+fail(struct cli_http *h, enum esc_err e, const char *fmt, ...)
 {
 	va_list ap;
 
+	h->last_err = e;
+	if (h->quiet) {
+		va_start(ap, fmt);
+		vsnprintf(h->last_msg, sizeof(h->last_msg), fmt, ap);
+		va_end(ap);
+		return esc_err_exit_code(e);
+	}
 	fprintf(stderr, "%s %s: error: ", PROG, h->cmd);
 	va_start(ap, fmt);
 	vfprintf(stderr, fmt, ap);
@@ -235,6 +246,14 @@ wipe_auth_header(struct evhttp_request *req)
 	for (kv = hdrs->tqh_first; kv != NULL; kv = kv->next.tqe_next)
 		if (strcasecmp(kv->key, "Authorization") == 0)
 			OPENSSL_cleanse(kv->value, strlen(kv->value));
+}
+
+/* A body may hold a secret (a password, a private key file): libevent reads it from our buffer and wipes nothing. */
+static void
+wipe_ref(const void *data, size_t len, void *arg)
+{
+	(void)arg;
+	OPENSSL_cleanse((void *)data, len);
 }
 
 static void
@@ -408,6 +427,9 @@ call(struct cli_http *h, enum cli_http_method method, const char *path, json_t *
 
 	memset(&x, 0, sizeof(x));
 	x.h = h;
+	h->last_status = 0;
+	h->last_err = ESC_OK;
+	h->last_msg[0] = '\0';
 	urilen = strlen(h->prefix) + strlen("/api/v1") + strlen(path) + 1;
 	if ((uri = malloc(urilen)) == NULL || (body != NULL && (text = json_dumps(body, JSON_COMPACT)) == NULL)) {
 		rc = fail(h, ESC_ERR_NOMEM, "out of memory");
@@ -468,7 +490,14 @@ call(struct cli_http *h, enum cli_http_method method, const char *path, json_t *
 	evhttp_add_header(hdrs, "Authorization", h->bearer != NULL ? h->bearer : h->auth);
 	if (text != NULL) {
 		evhttp_add_header(hdrs, "Content-Type", "application/json");
-		evbuffer_add(evhttp_request_get_output_buffer(x.req), text, strlen(text));
+		/* Referenced, not copied: the one copy is wiped when libevent lets go of it and again below. */
+		if (evbuffer_add_reference(evhttp_request_get_output_buffer(x.req), text, strlen(text), wipe_ref,
+					   NULL) != 0) {
+			evhttp_request_free(x.req);
+			x.req = NULL;
+			rc = fail(h, ESC_ERR_NOMEM, "out of memory");
+			goto out;
+		}
 	}
 	if ((deadline = evtimer_new(h->base, on_deadline, &x)) == NULL || evtimer_add(deadline, &all) != 0) {
 		evhttp_request_free(x.req);
@@ -520,6 +549,7 @@ call(struct cli_http *h, enum cli_http_method method, const char *path, json_t *
 		goto out;
 	}
 	/* An error: the server's reason, from {"error": ...} or a plain-text line. */
+	h->last_status = x.status;
 	if (doc != NULL && json_is_object(doc) && json_is_string(jerr = json_object_get(doc, "error"))) {
 		const json_t *code = json_object_get(doc, "code");
 
@@ -540,7 +570,10 @@ out:
 		free(x.body);
 	}
 	json_decref(doc);
-	free(text);
+	if (text != NULL) {
+		OPENSSL_cleanse(text, strlen(text));
+		free(text);
+	}
 	free(uri);
 	return rc;
 }
@@ -596,11 +629,32 @@ cli_http_call(struct cli_http *h, enum cli_http_method method, const char *path,
 	return call(h, method, path, body, out, &status);
 }
 
+int
+cli_http_call_quiet(struct cli_http *h, enum cli_http_method method, const char *path, json_t *body, json_t **out,
+		    int *status, enum esc_err *err, char *msg, size_t msglen)
+{
+	int rc;
+
+	h->quiet = 1;
+	rc = cli_http_call(h, method, path, body, out);
+	h->quiet = 0;
+	*status = h->last_status;
+	*err = rc == 0 ? ESC_OK : h->last_err;
+	snprintf(msg, msglen, "%s", rc == 0 ? "" : h->last_msg);
+	return rc;
+}
+
 void
 cli_json_copy(char *dst, size_t len, const json_t *o, const char *key)
 {
 	const json_t *v = json_object_get(o, key);
 
+	printable(dst, len, json_is_string(v) ? json_string_value(v) : "", len);
+}
+
+void
+cli_json_copy_value(char *dst, size_t len, const json_t *v)
+{
 	printable(dst, len, json_is_string(v) ? json_string_value(v) : "", len);
 }
 

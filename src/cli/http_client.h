@@ -50,6 +50,14 @@ enum cli_http_method { CLI_HTTP_GET, CLI_HTTP_POST, CLI_HTTP_DELETE };
 int cli_http_call(struct cli_http *h, enum cli_http_method method, const char *path, json_t *body, json_t **out);
 
 /*
+ * cli_http_call without printing: on failure *status is the HTTP status
+ * (0 if no answer came), *err the library error and msg the reason that
+ * would have been printed.  For batches that report per item.
+ */
+int cli_http_call_quiet(struct cli_http *h, enum cli_http_method method, const char *path, json_t *body, json_t **out,
+			int *status, enum esc_err *err, char *msg, size_t msglen);
+
+/*
  * The library error whose esc_strerror name is code (the "code" and
  * "release_code" members of the API's answers), ESC_OK if code is NULL or
  * names none.
@@ -61,6 +69,8 @@ int cli_http_query(char *buf, size_t len, const char *key, const char *value);
 
 /* Copy the string member key of o into dst (len bytes; "" if absent or not a string), control characters as '?'. */
 void cli_json_copy(char *dst, size_t len, const json_t *o, const char *key);
+/* The same for a JSON string v itself (an array's entry). */
+void cli_json_copy_value(char *dst, size_t len, const json_t *v);
 /* The integer member key of o, 0 if absent or not an integer. */
 long long cli_json_int(const json_t *o, const char *key);
 

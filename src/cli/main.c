@@ -2,8 +2,13 @@
  * p11escrow — command-line front-end.  One file per subcommand; this file
  * only dispatches.
  */
+#include <malloc.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+
+#include <jansson.h>
+#include <openssl/crypto.h>
 
 #include "cli.h"
 #include "esc_build_config.h"
@@ -28,6 +33,21 @@ static const struct {
 	{"profile", profile_main, "certificate profiles: list"},
 };
 
+/*
+ * jansson's free: wipe the whole block.  Bodies sent to the service hold
+ * passwords and key files, answers enrollment passwords; jansson's scratch
+ * buffers held them too.  Blocks come from malloc itself, so free() of
+ * json_dumps' result stays right.
+ */
+static void
+wiping_free(void *p)
+{
+	if (p == NULL)
+		return;
+	OPENSSL_cleanse(p, malloc_usable_size(p));
+	free(p);
+}
+
 static void
 usage(FILE *f)
 {
@@ -48,6 +68,7 @@ main(int argc, char *argv[])
 {
 	size_t i;
 
+	json_set_alloc_funcs(malloc, wiping_free);
 	if (argc < 2) {
 		usage(stderr);
 		return 2;

@@ -28,6 +28,7 @@
 #include <p11escrow/recovery.h>
 #include <p11escrow/session.h>
 
+#include "api_admin.h"
 #include "api_body.h"
 #include "svc.h"
 
@@ -44,6 +45,7 @@ struct api_call {
 	int by_password;       /* authenticated with HTTP Basic (not a session) */
 	const char *token;     /* the session's bearer token as sent (a request header), or NULL */
 	size_t token_len;
+	char name[API_NAME_MAX + 1]; /* {name} of the path, "" if none (api_admin.c) */
 };
 
 /* ---- replies -------------------------------------------------------------------------------------------------- */
@@ -863,13 +865,55 @@ static const struct route {
 	{"/recoveries/{id}/deny", EVHTTP_REQ_POST, api_recovery_deny},
 	{"/recoveries/{id}/cancel", EVHTTP_REQ_POST, api_recovery_cancel},
 	{"/audit", EVHTTP_REQ_GET, api_audit},
+	/* Administration (api_admin.c). */
+	{"/accounts", EVHTTP_REQ_GET, api_accounts_list},
+	{"/accounts", EVHTTP_REQ_POST, api_accounts_create},
+	{"/accounts/{name}/disable", EVHTTP_REQ_POST, api_account_disable},
+	{"/accounts/{name}/enable", EVHTTP_REQ_POST, api_account_enable},
+	{"/accounts/{name}/scope", EVHTTP_REQ_GET, api_account_scope_get},
+	{"/accounts/{name}/scope", EVHTTP_REQ_POST, api_account_scope_set},
+	{"/kras/{name}/retire", EVHTTP_REQ_POST, api_kra_retire},
+	{"/policy", EVHTTP_REQ_GET, api_policy_get},
+	{"/policy/{name}", EVHTTP_REQ_POST, api_policy_set},
+	{"/archive", EVHTTP_REQ_POST, api_archive},
+	{"/certificates/{name}/revoke", EVHTTP_REQ_POST, api_certificate_revoke},
+	{"/crl", EVHTTP_REQ_POST, api_crl},
+	{"/enroll-passwords", EVHTTP_REQ_GET, api_enroll_passwords_list},
+	{"/enroll-passwords", EVHTTP_REQ_POST, api_enroll_passwords_create},
+	{"/audit/checkpoint", EVHTTP_REQ_POST, api_audit_checkpoint},
+	{"/profiles", EVHTTP_REQ_GET, api_profiles},
 };
 
-/* Does path match pattern?  "{id}" takes 1..18 digits without a leading zero. */
+/* A {name} character: letters, digits and . _ @ : + - (no '/', '%', space or control character). */
 static int
-route_match(const char *pattern, const char *path, long long *id)
+name_char(char ch)
+{
+	return (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+	       strchr("._@:+-", ch) != NULL;
+}
+
+/*
+ * Does path match pattern?  "{id}" takes 1..18 digits without a leading
+ * zero, "{name}" 1..API_NAME_MAX name characters (copied to name).
+ */
+static int
+route_match(const char *pattern, const char *path, long long *id, char *name)
 {
 	while (*pattern != '\0' && *path != '\0') {
+		if (strncmp(pattern, "{name}", 6) == 0) {
+			size_t n = 0;
+
+			for (; *path != '\0' && name_char(*path); path++)
+				if (n >= API_NAME_MAX)
+					return 0;
+				else
+					name[n++] = *path;
+			if (n == 0)
+				return 0;
+			name[n] = '\0';
+			pattern += 6;
+			continue;
+		}
 		if (strncmp(pattern, "{id}", 4) == 0) {
 			long long v = 0;
 			size_t n = 0;
@@ -985,6 +1029,7 @@ svc_api_handle(struct svc_request *r, const char *subpath)
 	char user[API_USER_MAX], allow[32] = "";
 	size_t i;
 	long long id;
+	char name[API_NAME_MAX + 1];
 	enum esc_err e;
 	int matched = 0;
 
@@ -999,10 +1044,13 @@ svc_api_handle(struct svc_request *r, const char *subpath)
 		goto out;
 	for (i = 0; i < sizeof(routes) / sizeof(routes[0]); i++) {
 		id = 0;
-		if (!route_match(routes[i].pattern, subpath, &id))
+		name[0] = '\0';
+		if (!route_match(routes[i].pattern, subpath, &id, name))
 			continue;
-		if (!matched)
+		if (!matched) {
 			c.id = id;
+			memcpy(c.name, name, sizeof(c.name));
+		}
 		matched = 1;
 		snprintf(allow + strlen(allow), sizeof(allow) - strlen(allow), "%s%s", allow[0] ? ", " : "",
 			 method_label(routes[i].method));
@@ -1029,4 +1077,114 @@ out:
 		if (h != NULL)
 			OPENSSL_cleanse((char *)(uintptr_t)h, strlen(h));
 	}
+}
+
+/* ---- for the administrative handlers (api_admin.h) ------------------------------------------------------------ */
+
+struct svc_request *
+api_call_request(struct api_call *c)
+{
+	return c->r;
+}
+
+struct svc_worker *
+api_call_worker(struct api_call *c)
+{
+	return c->w;
+}
+
+const struct esc_account *
+api_call_account(struct api_call *c)
+{
+	return c->a;
+}
+
+const char *
+api_call_name(struct api_call *c)
+{
+	return c->name;
+}
+
+void
+api_reply_json(struct api_call *c, int status, json_t *obj, int built)
+{
+	reply_json(c->r, status, obj, built);
+}
+
+void
+api_reply_error(struct api_call *c, int status, const char *reason, enum esc_err e)
+{
+	reply_error(c->r, status, reason, e);
+}
+
+void
+api_reply_esc(struct api_call *c, enum esc_err e)
+{
+	reply_esc(c, e);
+}
+
+int
+api_params_ok(struct api_call *c, const char *const *allowed)
+{
+	return params_ok(c, allowed);
+}
+
+const char *
+api_param(struct api_call *c, const char *name)
+{
+	return param(c, name);
+}
+
+json_t *
+api_parse_body(struct api_call *c, const struct api_body_spec *spec, struct api_field *f, size_t nf)
+{
+	struct svc_request *r = c->r;
+	json_t *doc = NULL;
+	char msg[256];
+	int status;
+
+	status = api_body_parse_spec(r->body, r->bodylen, svc_content_type_is(r, "application/json"), spec, f, nf,
+				     &doc, msg, sizeof(msg));
+	if (status == 0)
+		return doc;
+	reply_error(r, status, msg, status == 500 ? ESC_ERR_NOMEM : ESC_ERR_USAGE);
+	return NULL;
+}
+
+int
+api_no_input(struct api_call *c)
+{
+	return no_input(c);
+}
+
+json_t *
+api_jstr(const char *s)
+{
+	return jstr(s);
+}
+
+int
+api_put(json_t *obj, const char *key, json_t *v)
+{
+	return put(obj, key, v);
+}
+
+json_t *
+api_jb64(const unsigned char *der, size_t len)
+{
+	return jb64(der, len);
+}
+
+json_t *
+api_roles_json(unsigned roles)
+{
+	json_t *a = json_array();
+	size_t i;
+
+	for (i = 0; a != NULL && i < sizeof(role_names) / sizeof(role_names[0]); i++)
+		if ((roles & role_names[i].role) && json_array_append_new(a, json_string(role_names[i].name)) != 0) {
+			json_decref(a);
+			return NULL;
+		}
+	return a;
 }

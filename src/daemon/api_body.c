@@ -10,18 +10,73 @@ int
 api_body_parse(const unsigned char *body, size_t len, int is_json, struct api_field *f, size_t nf, json_t **doc,
 	       char *msg, size_t msglen)
 {
+	return api_body_parse_spec(body, len, is_json, NULL, f, nf, doc, msg, msglen);
+}
+
+/* Clear every output of the fields and lists. */
+static void
+clear_outputs(struct api_field *f, size_t nf, const struct api_body_spec *spec)
+{
+	size_t i;
+
+	for (i = 0; i < nf; i++)
+		*f[i].out = NULL;
+	for (i = 0; spec != NULL && i < spec->nlists; i++) {
+		*spec->lists[i].n = 0;
+		*spec->lists[i].present = 0;
+	}
+}
+
+/* Check list field l's value v and set its outputs; 0, or -1 with the reason in msg. */
+static int
+take_list(const struct api_list *l, json_t *v, char *msg, size_t msglen)
+{
+	json_t *e;
+	size_t i;
+
+	if (!json_is_array(v)) {
+		snprintf(msg, msglen, "field '%s' must be an array of strings", l->name);
+		return -1;
+	}
+	if (json_array_size(v) > l->max || l->max > API_LIST_MAX) {
+		snprintf(msg, msglen, "field '%s' has more than %zu entries", l->name, l->max);
+		return -1;
+	}
+	json_array_foreach(v, i, e)
+	{
+		if (!json_is_string(e)) {
+			snprintf(msg, msglen, "field '%s' must be an array of strings", l->name);
+			return -1;
+		}
+		if (json_string_length(e) > API_FIELD_MAX || strlen(json_string_value(e)) != json_string_length(e)) {
+			snprintf(msg, msglen, "an entry of field '%s' is longer than %d bytes or holds a NUL", l->name,
+				 API_FIELD_MAX);
+			return -1;
+		}
+		l->out[i] = json_string_value(e);
+	}
+	*l->n = json_array_size(v);
+	*l->present = 1;
+	return 0;
+}
+
+int
+api_body_parse_spec(const unsigned char *body, size_t len, int is_json, const struct api_body_spec *spec,
+		    struct api_field *f, size_t nf, json_t **doc, char *msg, size_t msglen)
+{
 	json_error_t jerr;
 	json_t *d = NULL, *v;
 	const char *key;
-	size_t i, required = 0;
+	size_t i, required = 0, body_max = API_BODY_MAX, field_max;
 	int status = 400;
 
-	for (i = 0; i < nf; i++) {
-		*f[i].out = NULL;
+	clear_outputs(f, nf, spec);
+	for (i = 0; i < nf; i++)
 		required += f[i].required != 0;
-	}
-	if (len > API_BODY_MAX) {
-		snprintf(msg, msglen, "the request body is larger than %d bytes", API_BODY_MAX);
+	if (spec != NULL && spec->body_max > 0)
+		body_max = spec->body_max;
+	if (len > body_max) {
+		snprintf(msg, msglen, "the request body is larger than %zu bytes", body_max);
 		return 413;
 	}
 	if (len == 0 && required == 0) {
@@ -51,6 +106,13 @@ api_body_parse(const unsigned char *body, size_t len, int is_json, struct api_fi
 	}
 	json_object_foreach(d, key, v)
 	{
+		for (i = 0; spec != NULL && i < spec->nlists && strcmp(spec->lists[i].name, key) != 0; i++)
+			;
+		if (spec != NULL && i < spec->nlists) {
+			if (take_list(&spec->lists[i], v, msg, msglen) != 0)
+				goto fail;
+			continue;
+		}
 		for (i = 0; i < nf && strcmp(f[i].name, key) != 0; i++)
 			;
 		if (i == nf) {
@@ -63,8 +125,10 @@ api_body_parse(const unsigned char *body, size_t len, int is_json, struct api_fi
 			snprintf(msg, msglen, "field '%s' must be a string%s", key, f[i].nullable ? " or null" : "");
 			goto fail;
 		}
-		if (json_string_length(v) > API_FIELD_MAX || strlen(json_string_value(v)) != json_string_length(v)) {
-			snprintf(msg, msglen, "field '%s' is longer than %d bytes or holds a NUL", key, API_FIELD_MAX);
+		field_max = spec != NULL && spec->large != NULL && strcmp(spec->large, key) == 0 ? spec->large_max
+											     : API_FIELD_MAX;
+		if (json_string_length(v) > field_max || strlen(json_string_value(v)) != json_string_length(v)) {
+			snprintf(msg, msglen, "field '%s' is longer than %zu bytes or holds a NUL", key, field_max);
 			goto fail;
 		}
 		*f[i].out = json_string_value(v);
@@ -77,8 +141,7 @@ api_body_parse(const unsigned char *body, size_t len, int is_json, struct api_fi
 	*doc = d;
 	return 0;
 fail:
-	for (i = 0; i < nf; i++)
-		*f[i].out = NULL;
+	clear_outputs(f, nf, spec);
 	json_decref(d);
 	return status;
 }

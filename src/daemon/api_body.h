@@ -34,4 +34,36 @@ struct api_field {
 int api_body_parse(const unsigned char *body, size_t len, int is_json, struct api_field *f, size_t nf, json_t **doc,
 		   char *msg, size_t msglen);
 
+#define API_LIST_MAX 16 /* items of a list field (an account's scope: ESC_SCOPE_MAX) */
+
+/* A field that is an array of at most max (<= API_LIST_MAX) strings, each of at most API_FIELD_MAX bytes. */
+struct api_list {
+	const char *name;
+	size_t max;
+	const char **out; /* out[0..*n-1]: the strings (owned by the document); max entries */
+	size_t *n;	  /* 0 if absent */
+	int *present;	  /* set to 1 if the field was given (even as []), else 0 */
+};
+
+/*
+ * The shapes api_body_parse does not take: list fields, and one "large"
+ * string field (an uploaded file, base64) of up to large_max bytes in a
+ * body of up to body_max bytes (both 0: API_BODY_MAX and no large field).
+ */
+struct api_body_spec {
+	size_t body_max;
+	const char *large; /* the one field allowed up to large_max bytes, or NULL */
+	size_t large_max;
+	struct api_list *lists;
+	size_t nlists;
+};
+
+/*
+ * As api_body_parse, with spec (NULL: api_body_parse's limits).  A list
+ * field must be an array of strings (no null, no other type, no NUL, at
+ * most its max entries).  Returns 0 or 413/415/400 as api_body_parse.
+ */
+int api_body_parse_spec(const unsigned char *body, size_t len, int is_json, const struct api_body_spec *spec,
+			struct api_field *f, size_t nf, json_t **doc, char *msg, size_t msglen);
+
 #endif

@@ -52,6 +52,7 @@
 #include <p11escrow/token.h>
 
 #include "esc_build_config.h"
+#include "api_admin.h"
 #include "svc.h"
 
 struct slot {
@@ -794,6 +795,9 @@ main(int argc, char *argv[])
 	sigset_t sigs;
 	enum esc_err r;
 	int c, check = 0, rc = 1, i, sig;
+
+	/* Before any JSON: bodies carry passwords and key files (api_admin.c). */
+	api_json_wipe_on_free();
 
 	memset(&s, 0, sizeof(s));
 	s.listen_fd = -1;

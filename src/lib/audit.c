@@ -356,6 +356,24 @@ esc_audit_checkpoint(struct esc_ctx *ctx, struct esc_store *st, struct esc_token
 }
 
 enum esc_err
+esc_audit_checkpoint_by(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor,
+			struct esc_token *ca_tok, long long *event_id)
+{
+	enum esc_err r;
+
+	if (actor == NULL ||
+	    (!esc_account_has_role(actor, ESC_ROLE_ADMIN) && !esc_account_has_role(actor, ESC_ROLE_AUDITOR))) {
+		r = esc_error(ctx, ESC_ERR_DENIED,
+			      "account '%s' is neither an administrator nor an auditor: it cannot have the audit trail "
+			      "checkpointed",
+			      actor ? esc_account_name(actor) : "unknown");
+		esc_audit_outcome_by(ctx, st, actor, "audit.checkpoint", "chain", r);
+		return r;
+	}
+	return esc_audit_checkpoint(ctx, st, ca_tok, event_id);
+}
+
+enum esc_err
 esc_audit_checkpoint_if_due(struct esc_ctx *ctx, struct esc_store *st, struct esc_token *ca_tok, long long events,
 			    long long seconds, long long *event_id)
 {

@@ -121,6 +121,24 @@ esc_cert_revoke(struct esc_ctx *ctx, struct esc_store *st, const struct esc_acco
 }
 
 enum esc_err
+esc_crl_build_by(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor, struct esc_token *ca_tok,
+		 int days, X509_CRL **out)
+{
+	enum esc_err r;
+
+	if (actor == NULL ||
+	    (!esc_account_has_role(actor, ESC_ROLE_ADMIN) && !esc_account_has_role(actor, ESC_ROLE_CERT_MANAGER))) {
+		r = esc_error(ctx, ESC_ERR_DENIED,
+			      "account '%s' is neither an administrator nor a certificate manager: it cannot have a CRL "
+			      "signed",
+			      actor ? esc_account_name(actor) : "unknown");
+		esc_audit_outcome_by(ctx, st, actor, "cert.crl", "crl", r);
+		return r;
+	}
+	return esc_crl_build(ctx, st, ca_tok, days, out);
+}
+
+enum esc_err
 esc_cert_record_revoked(struct esc_ctx *ctx, struct esc_store *st, const char *record_id, int *yes)
 {
 	PGresult *res = NULL;

@@ -2,9 +2,11 @@
  * Fuzz target: the JSON API's request bodies (api_body_parse in
  * src/daemon/api_body.c) for both shapes the API takes: a recovery request
  * (record, reason required; kra string or null) and an action's empty
- * object.  The first input byte says whether the Content-Type was JSON.
- * The whole input is also offered as a session's bearer token
- * (esc_session_token_decode, what every Authorization: Bearer meets first).
+ * object; and api_body_parse_spec for an account's scope (two lists) and
+ * an uploaded file (one large field in a larger body).  The first input
+ * byte says whether the Content-Type was JSON.  The whole input is also
+ * offered as a session's bearer token (esc_session_token_decode, what every
+ * Authorization: Bearer meets first).
  */
 #include <string.h>
 
@@ -47,6 +49,53 @@ check(const uint8_t *data, size_t size, int is_json, struct api_field *f, size_t
 	json_decref(doc);
 }
 
+/* The shapes only api_body_parse_spec takes. */
+static void
+check_spec(const uint8_t *data, size_t size, int is_json)
+{
+	const char *profiles[API_LIST_MAX], *groups[API_LIST_MAX], *name, *file, *password;
+	size_t np = 99, ng = 99, i;
+	int hp = 7, hg = 7, status;
+	struct api_list lists[] = {
+		{"profiles", 16, profiles, &np, &hp},
+		{"groups", 16, groups, &ng, &hg},
+	};
+	struct api_field f[] = {
+		{"name", 1, 0, &name},
+		{"file", 1, 0, &file},
+		{"password", 0, 1, &password},
+	};
+	struct api_body_spec scope = {0, NULL, 0, lists, 2}, upload = {64 * 1024, "file", 64 * 1024, NULL, 0};
+	json_t *doc = NULL;
+	char msg[256];
+
+	status = api_body_parse_spec(data, size, is_json, &scope, NULL, 0, &doc, msg, sizeof(msg));
+	if (status != 0) {
+		FUZZ_CHECK(status == 400 || status == 413 || status == 415);
+		FUZZ_CHECK(np == 0 && ng == 0 && hp == 0 && hg == 0);
+	} else {
+		FUZZ_CHECK(json_is_object(doc) && np <= 16 && ng <= 16);
+		FUZZ_CHECK(hp == (json_object_get(doc, "profiles") != NULL));
+		FUZZ_CHECK(hg == (json_object_get(doc, "groups") != NULL));
+		for (i = 0; i < np; i++)
+			FUZZ_CHECK(profiles[i] != NULL && strlen(profiles[i]) <= API_FIELD_MAX);
+		for (i = 0; i < ng; i++)
+			FUZZ_CHECK(groups[i] != NULL && strlen(groups[i]) <= API_FIELD_MAX);
+		json_decref(doc);
+	}
+	doc = NULL;
+	status = api_body_parse_spec(data, size, is_json, &upload, f, 3, &doc, msg, sizeof(msg));
+	if (status != 0) {
+		FUZZ_CHECK(status == 400 || status == 413 || status == 415);
+		FUZZ_CHECK(name == NULL && file == NULL && password == NULL);
+		FUZZ_CHECK(size <= 64 * 1024 || status == 413);
+		return;
+	}
+	FUZZ_CHECK(name != NULL && file != NULL && strlen(name) <= API_FIELD_MAX && strlen(file) <= 64 * 1024);
+	FUZZ_CHECK(password == NULL || strlen(password) <= API_FIELD_MAX);
+	json_decref(doc);
+}
+
 int
 LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
@@ -74,5 +123,6 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	is_json = data[0] != 'T';
 	check(data + 1, size - 1, is_json, request, sizeof(request) / sizeof(request[0]));
 	check(data + 1, size - 1, is_json, NULL, 0);
+	check_spec(data + 1, size - 1, is_json);
 	return 0;
 }

@@ -46,6 +46,10 @@ note() { echo "# $*"; }
 export P11ESCROW_USER_PIN=${P11ESCROW_USER_PIN:-test-user-pin-4711}
 export P11ESCROW_SO_PIN=${P11ESCROW_SO_PIN:-test-so-pin-0815}
 unset P11ESCROW_CA_PIN P11ESCROW_DATABASE P11ESCROW_MODULE P11ESCROW_CA_TOKEN || true
+# Tests drive the library straight on their throwaway database: break-glass mode (--local),
+# audited as such.  Through the service they pass --server (srv), which wins over this.
+# admin_server.sh unsets it to check the refusal without it.
+export P11ESCROW_LOCAL=1
 PIN_FILE=$T/user.pin
 ( umask 077; printf '%s\n' "$P11ESCROW_USER_PIN" >"$PIN_FILE" )
 

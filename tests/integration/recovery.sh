@@ -269,6 +269,7 @@ done
 [ "$N" -gt 40 ] || fail "suspiciously few audit events: $N"
 
 note "checkpoints signed on the CA token catch a log cut short"
+N=$((N + 1)) # the local checkpoint's own break-glass.local event comes first
 run_esc 0 audit checkpoint --pin-file "$PIN_FILE"
 assert_out "checkpoint signed: events up to $N"
 run_esc 0 audit verify
@@ -279,7 +280,9 @@ D=${DB/dbname=p11escrow/dbname=t_cut}
 psql "$D" -XAtq -c "ALTER TABLE audit_events DISABLE TRIGGER audit_no_update" \
     -c "DELETE FROM audit_events WHERE id >= $((N - 1))" >/dev/null || fail "could not cut the log"
 run_esc 33 audit verify --database "$D"
-assert_out "events were cut from its end"
+# The local verify's own break-glass.local event comes first and lands where the cut events were:
+# the checkpoint then names it as not the event it signed.
+grep -qE "events were cut from its end|it is not the event checkpoint 1 signed" "$T/out" || fail "the cut is not named"
 psql "$D" -XAtq -c "ALTER TABLE audit_checkpoints DISABLE TRIGGER audit_checkpoints_no_update" \
     -c "UPDATE audit_checkpoints SET at = 'yesterday'" >/dev/null || fail "could not alter the checkpoint"
 run_esc 33 audit verify --database "$D"
