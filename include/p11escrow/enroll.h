@@ -96,6 +96,18 @@ struct esc_token *esc_keeper_token(struct esc_keeper *k);
 enum esc_err esc_keeper_open_transport(struct esc_ctx *ctx, struct esc_keeper *k, const unsigned char *env,
 				       size_t envlen, EVP_PKEY **key) ESC_MUST_CHECK;
 
+/*
+ * A key this CA generated, for its enrollee, encrypted to recipient as RFC
+ * 7030 §4.4.2 has it (esc_est_key_package_seal): signed with the CA key on
+ * the token.  The keeper signs only what that means: key must be the key
+ * of cert, and cert a certificate this CA issued; recipient must be able
+ * to receive keys (esc_est_key_recipient_check).  *der is malloc'ed.
+ * Errors: USAGE (key and cert do not go together, cert not issued here),
+ * BAD_INPUT (recipient), CRYPTO, PKCS11.
+ */
+enum esc_err esc_keeper_seal_server_key(struct esc_ctx *ctx, struct esc_keeper *k, EVP_PKEY *key, X509 *cert,
+					X509 *recipient, unsigned char **der, size_t *derlen) ESC_MUST_CHECK;
+
 /* ---- Issuance ----------------------------------------------------------- */
 
 struct esc_enroll_request {

@@ -104,12 +104,70 @@ enum esc_err esc_certs_only_parse(struct esc_ctx *ctx, const unsigned char *der,
 	ESC_MUST_CHECK;
 
 /*
- * CsrAttrs (RFC 7030 §4.5.2) for a profile: the OIDs listed (dotted text,
- * e.g. "1.2.840.10045.2.1"), plus, when ec_curve is given, the attribute
- * id-ecPublicKey with that curve ("prime256v1").  *der is malloc'ed.
- * Errors: USAGE (bad OID or curve), CRYPTO.
+ * The RFC 7030 §4.4.1.1 DecryptKeyIdentifier attribute (the key asked for
+ * encrypted with a symmetric key shared with the server): *yes = 1 if the
+ * request carries one, in any form.  p11escrow has no such keys, so the
+ * service refuses these requests rather than return the key unencrypted.
+ * Errors: USAGE.
  */
-enum esc_err esc_csrattrs_build(struct esc_ctx *ctx, const char *const *oids, size_t noids, const char *ec_curve,
-				unsigned char **der, size_t *derlen) ESC_MUST_CHECK;
+enum esc_err esc_csr_wants_symmetric(struct esc_ctx *ctx, X509_REQ *req, int *yes) ESC_MUST_CHECK;
+
+/*
+ * May a server-generated key be encrypted to cert (RFC 7030 §4.4.2)?  Its
+ * key usage must allow it: keyEncipherment for an RSA key (key transport),
+ * keyAgreement for an EC key; a certificate without the keyUsage extension
+ * allows both.  Other key types cannot receive keys.
+ * Errors: BAD_INPUT ("the TLS client certificate cannot receive encrypted
+ * keys: ...", naming what is missing).
+ */
+enum esc_err esc_est_key_recipient_check(struct esc_ctx *ctx, X509 *cert) ESC_MUST_CHECK;
+
+/*
+ * A server-generated key as RFC 7030 §4.4.2 returns it when the request
+ * asked for it encrypted to an asymmetric key: the key as an
+ * AsymmetricKeyPackage (RFC 5958: SEQUENCE OF OneAsymmetricKey, here one
+ * PKCS#8 PrivateKeyInfo) in a CMS SignedData of content type
+ * id-ct-KP-aKeyPackage (2.16.840.1.101.2.1.2.78.5), signed by signer_key
+ * (its certificate signer_cert and chain, may be NULL, included), in a CMS
+ * EnvelopedData (AES-256-CBC) to recipient: RSA-OAEP with SHA-256 (ktri)
+ * for an RSA certificate, ECDH (kari) for an EC one.  Checks recipient with
+ * esc_est_key_recipient_check first.  The plaintext copies are made in
+ * secure memory and wiped.  *der is malloc'ed.
+ * Errors: BAD_INPUT (recipient), USAGE, CRYPTO (signing, also on a token).
+ */
+enum esc_err esc_est_key_package_seal(struct esc_ctx *ctx, X509 *signer_cert, STACK_OF(X509) *chain,
+				      EVP_PKEY *signer_key, EVP_PKEY *key, X509 *recipient, unsigned char **der,
+				      size_t *derlen) ESC_MUST_CHECK;
+
+/*
+ * What a CsrAttrs (RFC 7030 §4.5.2, as RFC 9908 clarifies it) lists: the
+ * OIDs (dotted text, e.g. "1.2.840.10045.4.3.2"), then one attribute
+ * id-ecPublicKey with a value per allowed curve ("prime256v1", "P-384") if
+ * there are curves, then one attribute rsaEncryption with an INTEGER per
+ * allowed modulus size in bits if there are sizes.
+ */
+struct esc_csrattrs {
+	const char *const *oids;
+	size_t noids;
+	const char *const *curves;
+	size_t ncurves;
+	const int *rsa_bits;
+	size_t nrsa;
+};
+
+/* CsrAttrs DER for spec; *der is malloc'ed.  Errors: USAGE (bad OID, curve or size), CRYPTO. */
+enum esc_err esc_csrattrs_build(struct esc_ctx *ctx, const struct esc_csrattrs *spec, unsigned char **der,
+				size_t *derlen) ESC_MUST_CHECK;
+
+struct esc_profile;
+
+/*
+ * The CsrAttrs of a certificate profile: what its requests may carry — a
+ * signature algorithm per key family it accepts (ecdsa-with-SHA256,
+ * sha256WithRSAEncryption), its curves and its RSA sizes (enroll.h's
+ * profile keys).  *der is malloc'ed.  Errors: USAGE, CRYPTO.
+ */
+enum esc_err esc_csrattrs_for_profile(struct esc_ctx *ctx, const struct esc_profile *p, unsigned char **der,
+				      size_t *derlen) ESC_MUST_CHECK;
 
 #endif

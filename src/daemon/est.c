@@ -101,15 +101,9 @@ est_cacerts(struct svc_request *r)
 static void
 est_csrattrs(struct svc_request *r, const struct esc_profile *p)
 {
-	static const char *const ec_oids[] = {"1.2.840.10045.4.3.2"};  /* ecdsa-with-SHA256 */
-	static const char *const rsa_oids[] = {"1.2.840.113549.1.1.11"}; /* sha256WithRSAEncryption */
 	unsigned char *der = NULL;
 	size_t derlen = 0;
-	int ec = (p->keygen & (ESC_EKEY_EC_P256 | ESC_EKEY_EC_P384)) != 0 ||
-		 (p->keygen == 0 && (p->keys & (ESC_EKEY_EC_P256 | ESC_EKEY_EC_P384)) != 0);
-	enum esc_err e = esc_csrattrs_build(r->w->ctx, ec ? ec_oids : rsa_oids, 1,
-					    ec ? ((p->keygen & ESC_EKEY_EC_P384) ? "secp384r1" : "prime256v1") : NULL,
-					    &der, &derlen);
+	enum esc_err e = esc_csrattrs_for_profile(r->w->ctx, p, &der, &derlen);
 
 	reply_der(r, e, "application/csrattrs", der, derlen);
 }
@@ -403,12 +397,9 @@ est_serverkeygen(struct svc_request *r, const struct esc_profile *p)
 	unsigned char *kid = NULL, *p8 = NULL, *keyder = NULL, *certsder = NULL, *body = NULL;
 	char *keyb64 = NULL, *certsb64 = NULL, boundary[40], hdr[256], ctype[128], msg[200];
 	size_t kidlen = 0, keyderlen = 0, certsderlen = 0, keyb64len = 0, certsb64len = 0, cap = 0, len = 0;
-	int p8len, i;
+	int p8len = 0, i, symmetric = 0;
 	unsigned char rnd[12];
 	enum esc_err e;
-	BIO *in = NULL, *out = NULL;
-	CMS_ContentInfo *cms = NULL;
-	STACK_OF(X509) *recips = NULL;
 
 	memset(&a, 0, sizeof(a));
 	if (p->keygen == 0) {
@@ -419,6 +410,21 @@ est_serverkeygen(struct svc_request *r, const struct esc_profile *p)
 	}
 	if (est_authenticate(r, p, &a) != 0 || est_csr(r, &csr) != 0)
 		goto out;
+	/*
+	 * Everything that can refuse the request is decided before the key is
+	 * generated and the certificate issued: a refusal stores nothing.
+	 */
+	if ((e = esc_csr_wants_symmetric(ctx, csr, &symmetric)) != ESC_OK) {
+		svc_reply_esc(r, e);
+		goto out;
+	}
+	if (symmetric) {
+		/* RFC 7030 §4.4.1.1: no key shared with this server, and never the key in clear instead. */
+		svc_reply_error(r, 400, "the request asks for the key encrypted with a symmetric key "
+					"(DecryptKeyIdentifier): this service has no keys shared with clients; ask "
+					"without it, or with AsymmetricDecryptKeyIdentifier");
+		goto out;
+	}
 	if ((e = esc_csr_asymmetric_kid(ctx, csr, &kid, &kidlen)) != ESC_OK) {
 		svc_reply_esc(r, e);
 		goto out;
@@ -428,6 +434,10 @@ est_serverkeygen(struct svc_request *r, const struct esc_profile *p)
 					"the TLS client certificate's");
 		goto out;
 	}
+	if (kid != NULL && (e = esc_est_key_recipient_check(ctx, r->client_cert)) != ESC_OK) {
+		svc_reply_esc(r, e);
+		goto out;
+	}
 	if ((e = esc_profile_generate_key(ctx, p, &key)) != ESC_OK) {
 		svc_reply_esc(r, e);
 		goto out;
@@ -435,9 +445,17 @@ est_serverkeygen(struct svc_request *r, const struct esc_profile *p)
 	if (issue(r, p, &a, key, key, ESC_SOURCE_ENROLL_SERVER, &cert) != 0)
 		goto out;
 
-	/* The key as PKCS#8 DER, in secure memory. */
-	{
+	if (kid != NULL) {
+		/* RFC 7030 §4.4.2: EnvelopedData { SignedData by the CA { AsymmetricKeyPackage } } to the client. */
+		if ((e = esc_keeper_seal_server_key(ctx, r->w->keeper, key, cert, r->client_cert, &keyder,
+						    &keyderlen)) != ESC_OK) {
+			svc_reply_esc(r, e);
+			goto out;
+		}
+	} else {
+		/* The key as PKCS#8 DER, in secure memory. */
 		PKCS8_PRIV_KEY_INFO *inf = EVP_PKEY2PKCS8(key);
+		unsigned char *q;
 
 		if (inf == NULL || (p8len = i2d_PKCS8_PRIV_KEY_INFO(inf, NULL)) <= 0 ||
 		    (p8 = OPENSSL_secure_malloc((size_t)p8len)) == NULL) {
@@ -445,31 +463,9 @@ est_serverkeygen(struct svc_request *r, const struct esc_profile *p)
 			svc_reply_error(r, 500, "cannot encode the generated key");
 			goto out;
 		}
-		keyder = p8;
-		i2d_PKCS8_PRIV_KEY_INFO(inf, &keyder);
-		keyder = NULL;
+		q = p8;
+		i2d_PKCS8_PRIV_KEY_INFO(inf, &q);
 		PKCS8_PRIV_KEY_INFO_free(inf);
-	}
-	if (kid != NULL) {
-		/* RFC 7030 4.4.2: the key in a CMS EnvelopedData to the client's certificate. */
-		if ((in = BIO_new_mem_buf(p8, p8len)) == NULL || (recips = sk_X509_new_null()) == NULL ||
-		    !sk_X509_push(recips, r->client_cert) ||
-		    (cms = CMS_encrypt(recips, in, EVP_aes_256_cbc(), CMS_BINARY)) == NULL ||
-		    (out = BIO_new(BIO_s_mem())) == NULL || i2d_CMS_bio(out, cms) != 1) {
-			svc_reply_error(r, 400, "cannot encrypt the key to the TLS client certificate");
-			goto out;
-		}
-		{
-			char *data;
-			long n = BIO_get_mem_data(out, &data);
-
-			if ((keyder = malloc((size_t)n)) == NULL) {
-				svc_reply_error(r, 503, "out of memory");
-				goto out;
-			}
-			memcpy(keyder, data, (size_t)n);
-			keyderlen = (size_t)n;
-		}
 	}
 	if ((e = esc_b64_encode(ctx, kid != NULL ? keyder : p8, kid != NULL ? keyderlen : (size_t)p8len, &keyb64,
 				&keyb64len)) != ESC_OK ||
@@ -514,10 +510,6 @@ out:
 	}
 	if (p8 != NULL)
 		OPENSSL_secure_clear_free(p8, (size_t)p8len);
-	BIO_free(in);
-	BIO_free(out);
-	CMS_ContentInfo_free(cms);
-	sk_X509_free(recips);
 	free(keyder);
 	free(certsder);
 	free(certsb64);

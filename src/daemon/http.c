@@ -207,6 +207,16 @@ svc_request_init(struct svc_request *r, struct svc_worker *w, struct evhttp_requ
 	r->ev = req;
 	r->method = evhttp_request_get_command(req);
 	r->method_name = method_name(r->method) != NULL ? method_name(r->method) : "OTHER";
+	/*
+	 * HEAD is GET without the body (RFC 9110 §9.3.2): every handler sees a
+	 * GET, so HEAD works wherever GET does and is refused where GET is;
+	 * send_prepared keeps the GET body's Content-Length and libevent drops
+	 * the body of a reply to HEAD.
+	 */
+	if (r->method == EVHTTP_REQ_HEAD) {
+		r->head = 1;
+		r->method = EVHTTP_REQ_GET;
+	}
 	if (RAND_bytes(rnd, sizeof(rnd)) != 1)
 		memset(rnd, 0, sizeof(rnd));
 	for (i = 0; i < sizeof(rnd); i++)
@@ -339,11 +349,49 @@ reason_phrase(int status)
 	}
 }
 
+/* Does the Allow list a (comma-separated, as svc handlers write it) name method? */
+static int
+allow_lists(const char *allow, const char *method)
+{
+	size_t n = strlen(method);
+	const char *p = allow;
+
+	while ((p = strstr(p, method)) != NULL) {
+		if ((p == allow || p[-1] == ' ' || p[-1] == ',') && (p[n] == '\0' || p[n] == ',' || p[n] == ' '))
+			return 1;
+		p += n;
+	}
+	return 0;
+}
+
 static void
 send_prepared(struct svc_request *r, int status, const char *content_type)
 {
 	struct evkeyvalq *h = evhttp_request_get_output_headers(r->ev);
+	const char *allow = evhttp_find_header(h, "Allow");
+	char buf[128];
 
+	/* Wherever GET is allowed, so is HEAD (svc_request_init serves one as the other). */
+	if (allow != NULL && allow_lists(allow, "GET") && !allow_lists(allow, "HEAD") &&
+	    (size_t)snprintf(buf, sizeof(buf), "%s, HEAD", allow) < sizeof(buf)) {
+		evhttp_remove_header(h, "Allow");
+		evhttp_add_header(h, "Allow", buf);
+	}
+	/*
+	 * A reply to HEAD: the Content-Length of the body a GET gets (libevent
+	 * adds none for HEAD), and no body.  libevent 2.1 would write the body
+	 * anyway (evhttp_make_header appends whatever the output buffer holds),
+	 * which the client would read as the start of the next response: it is
+	 * dropped here (a secret body's cleanup wipes it).
+	 */
+	if (r->head) {
+		struct evbuffer *out = evhttp_request_get_output_buffer(r->ev);
+
+		snprintf(buf, sizeof(buf), "%zu", evbuffer_get_length(out));
+		evhttp_remove_header(h, "Content-Length");
+		evhttp_add_header(h, "Content-Length", buf);
+		evbuffer_drain(out, evbuffer_get_length(out));
+	}
 	evhttp_remove_header(h, "Content-Type");
 	evhttp_add_header(h, "Content-Type", content_type);
 	evhttp_add_header(h, "Cache-Control", "no-store");

@@ -65,8 +65,9 @@ void svc_worker_forget(struct svc_worker *w, enum esc_err e);
 struct svc_request {
 	struct svc_worker *w;
 	struct evhttp_request *ev;
-	enum evhttp_cmd_type method;
-	const char *method_name;      /* "GET", "POST", ... */
+	enum evhttp_cmd_type method;  /* HEAD is served as GET: this says GET, head says HEAD */
+	const char *method_name;      /* "GET", "POST", "HEAD", ... as the client sent it */
+	int head;                     /* a HEAD request: the GET answer's status and headers, no body */
 	char *path;                   /* decoded path, without the query */
 	struct evkeyvalq query;       /* decoded query parameters */
 	unsigned char *body;          /* the body, NUL-terminated; NULL if none */

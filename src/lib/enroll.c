@@ -33,6 +33,7 @@
 #include <p11escrow/audit.h>
 #include <p11escrow/ca.h>
 #include <p11escrow/enroll.h>
+#include <p11escrow/est.h>
 #include <p11escrow/envelope.h>
 #include <p11escrow/setup.h>
 
@@ -475,6 +476,22 @@ out:
 	free(sign_uri);
 	free(transport_uri);
 	return r;
+}
+
+enum esc_err
+esc_keeper_seal_server_key(struct esc_ctx *ctx, struct esc_keeper *k, EVP_PKEY *key, X509 *cert, X509 *recipient,
+			   unsigned char **der, size_t *derlen)
+{
+	if (k == NULL || key == NULL || cert == NULL || recipient == NULL || der == NULL || derlen == NULL)
+		return esc_error(ctx, ESC_ERR_INTERNAL, "esc_keeper_seal_server_key: NULL argument");
+	/* The CA vouches for a key it generated for a certificate it issued, and nothing else. */
+	if (!esc_cert_issued_by(cert, k->ca_cert))
+		return esc_error(ctx, ESC_ERR_USAGE, "the key's certificate was not issued by this CA");
+	if (X509_get0_pubkey(cert) == NULL || EVP_PKEY_eq(X509_get0_pubkey(cert), key) != 1) {
+		ERR_clear_error();
+		return esc_error(ctx, ESC_ERR_USAGE, "the key is not the key of its certificate");
+	}
+	return esc_est_key_package_seal(ctx, k->ca_cert, k->chain, k->signer, key, recipient, der, derlen);
 }
 
 /*

@@ -22,7 +22,9 @@
 #include <openssl/pkcs7.h>
 #include <openssl/rsa.h>
 #include <openssl/x509.h>
+#include <openssl/x509v3.h>
 
+#include <p11escrow/enroll.h>
 #include <p11escrow/est.h>
 
 #include "internal.h"
@@ -33,6 +35,10 @@
 #define KID_MAX 256
 /* id-aa-asymmDecryptKeyID (RFC 7030 §4.4.1.2): OpenSSL has no NID for it. */
 #define OID_ASYMM_DECRYPT_KEY_ID "1.2.840.113549.1.9.16.2.54"
+/* id-aa-decryptKeyID (RFC 7030 §4.4.1.1): a symmetric key shared with the server. */
+#define OID_DECRYPT_KEY_ID "1.2.840.113549.1.9.16.2.37"
+/* id-ct-KP-aKeyPackage (RFC 5958 §3): the eContentType of an asymmetric key package. */
+#define OID_A_KEY_PACKAGE "2.16.840.1.101.2.1.2.78.5"
 
 /* bodyPartIDs of what esc_cmc_request_build puts into the PKIData. */
 #define BODY_PART_TCR 1
@@ -464,6 +470,21 @@ out:
 	return r;
 }
 
+enum esc_err
+esc_csr_wants_symmetric(struct esc_ctx *ctx, X509_REQ *req, int *yes)
+{
+	ASN1_OBJECT *oid;
+
+	if (req == NULL || yes == NULL)
+		return esc_error(ctx, ESC_ERR_USAGE, "no request");
+	if ((oid = OBJ_txt2obj(OID_DECRYPT_KEY_ID, 1)) == NULL)
+		return esc_error_ossl(ctx, ESC_ERR_NOMEM, "cannot make the id-aa-decryptKeyID object identifier");
+	/* Present in any form, well-formed or not: either way the key must not go out in clear. */
+	*yes = X509_REQ_get_attr_by_OBJ(req, oid, -1) >= 0;
+	ASN1_OBJECT_free(oid);
+	return ESC_OK;
+}
+
 /* ---- CMC Full PKI Request ------------------------------------------------------------- */
 
 /* PKCS#8 DER of key in secure memory (as archive.c makes it). */
@@ -495,13 +516,14 @@ pkcs8_encode(struct esc_ctx *ctx, EVP_PKEY *key, unsigned char **out, size_t *ou
 }
 
 /*
- * The private key (PKCS#8) in an EnvelopedData, AES-256-CBC, to the CA
- * transport certificate: RSA-OAEP with SHA-256 for an RSA key (as
- * esc_envelope_seal does with ESC_OAEP_SHA256), OpenSSL's ECDH key
- * agreement for an EC one.
+ * content (of type content_nid) in an EnvelopedData, AES-256-CBC, to cert:
+ * RSA-OAEP with SHA-256 for an RSA key (as esc_envelope_seal does with
+ * ESC_OAEP_SHA256), OpenSSL's ECDH key agreement for an EC one.  what names
+ * the certificate in errors.
  */
 static enum esc_err
-seal_key(struct esc_ctx *ctx, const unsigned char *p8, size_t p8len, X509 *cert, unsigned char **env, size_t *envlen)
+seal_content(struct esc_ctx *ctx, const unsigned char *content, size_t len, int content_nid, X509 *cert,
+	     const char *what, unsigned char **env, size_t *envlen)
 {
 	CMS_ContentInfo *cms = NULL;
 	CMS_RecipientInfo *ri;
@@ -510,12 +532,15 @@ seal_key(struct esc_ctx *ctx, const unsigned char *p8, size_t p8len, X509 *cert,
 	BIO *cmsbio = NULL;
 	enum esc_err r;
 
+	if (len > INT_MAX)
+		return esc_error(ctx, ESC_ERR_USAGE, "content too large to encrypt");
 	if (pub == NULL)
-		return esc_error_ossl(ctx, ESC_ERR_USAGE, "the transport certificate has no usable public key");
+		return esc_error_ossl(ctx, ESC_ERR_USAGE, "the %s has no usable public key", what);
 	if (!EVP_PKEY_is_a(pub, "RSA") && !EVP_PKEY_is_a(pub, "EC"))
-		return esc_error(ctx, ESC_ERR_USAGE, "the transport certificate's key must be RSA or EC");
+		return esc_error(ctx, ESC_ERR_USAGE, "the %s's key must be RSA or EC", what);
 	/* Content embedded, not detached (CMS_encrypt does the same). */
-	if ((cms = CMS_EnvelopedData_create(EVP_aes_256_cbc())) == NULL || CMS_set_detached(cms, 0) != 1) {
+	if ((cms = CMS_EnvelopedData_create(EVP_aes_256_cbc())) == NULL || CMS_set_detached(cms, 0) != 1 ||
+	    (content_nid != NID_pkcs7_data && CMS_set1_eContentType(cms, OBJ_nid2obj(content_nid)) != 1)) {
 		r = esc_error_ossl(ctx, ESC_ERR_CRYPTO, "cannot create a CMS EnvelopedData");
 		goto out;
 	}
@@ -526,12 +551,11 @@ seal_key(struct esc_ctx *ctx, const unsigned char *p8, size_t p8len, X509 *cert,
 		    EVP_PKEY_CTX_set_rsa_padding(pctx, RSA_PKCS1_OAEP_PADDING) <= 0 ||
 		    EVP_PKEY_CTX_set_rsa_oaep_md(pctx, EVP_sha256()) <= 0 ||
 		    EVP_PKEY_CTX_set_rsa_mgf1_md(pctx, EVP_sha256()) <= 0) {
-			r = esc_error_ossl(ctx, ESC_ERR_CRYPTO,
-					   "cannot add the transport certificate (RSA-OAEP) as recipient");
+			r = esc_error_ossl(ctx, ESC_ERR_CRYPTO, "cannot add the %s (RSA-OAEP) as recipient", what);
 			goto out;
 		}
 	} else if (CMS_add1_recipient_cert(cms, cert, 0) == NULL) {
-		r = esc_error_ossl(ctx, ESC_ERR_CRYPTO, "cannot add the transport certificate (ECDH) as recipient");
+		r = esc_error_ossl(ctx, ESC_ERR_CRYPTO, "cannot add the %s (ECDH) as recipient", what);
 		goto out;
 	}
 	/*
@@ -539,9 +563,9 @@ seal_key(struct esc_ctx *ctx, const unsigned char *p8, size_t p8len, X509 *cert,
 	 * the cipher BIO (which wipes its buffer when freed), not through
 	 * CMS_final's unwiped stack and buffer-BIO copies.
 	 */
-	if ((cmsbio = CMS_dataInit(cms, NULL)) == NULL || BIO_write(cmsbio, p8, (int)p8len) != (int)p8len ||
+	if ((cmsbio = CMS_dataInit(cms, NULL)) == NULL || BIO_write(cmsbio, content, (int)len) != (int)len ||
 	    BIO_flush(cmsbio) != 1 || CMS_dataFinal(cms, cmsbio) != 1) {
-		r = esc_error_ossl(ctx, ESC_ERR_CRYPTO, "cannot encrypt the private key to the transport certificate");
+		r = esc_error_ossl(ctx, ESC_ERR_CRYPTO, "cannot encrypt the private key to the %s", what);
 		goto out;
 	}
 	r = cms_to_der(ctx, cms, "key envelope", env, envlen);
@@ -670,7 +694,8 @@ esc_cmc_request_build(struct esc_ctx *ctx, X509_REQ *csr, EVP_PKEY *key, X509 *t
 		return esc_error(ctx, ESC_ERR_USAGE, "the private key does not match the request's public key");
 	}
 	if ((r = pkcs8_encode(ctx, key, &p8, &p8len)) != ESC_OK ||
-	    (r = seal_key(ctx, p8, p8len, transport_cert, &env, &envlen)) != ESC_OK ||
+	    (r = seal_content(ctx, p8, p8len, NID_pkcs7_data, transport_cert, "transport certificate", &env,
+			      &envlen)) != ESC_OK ||
 	    (r = pki_data_encode(ctx, csr, env, envlen, &pki, &pkilen)) != ESC_OK)
 		goto out;
 	r = pki_data_wrap(ctx, pki, pkilen, der, derlen);
@@ -806,6 +831,155 @@ out:
 	return r;
 }
 
+/* ---- Server-generated key, encrypted (RFC 7030 §4.4.2) --------------------------------- */
+
+enum esc_err
+esc_est_key_recipient_check(struct esc_ctx *ctx, X509 *cert)
+{
+	EVP_PKEY *pub = cert != NULL ? X509_get0_pubkey(cert) : NULL;
+	uint32_t ku;
+
+	if (pub == NULL) {
+		ERR_clear_error();
+		return esc_error(ctx, ESC_ERR_BAD_INPUT,
+				 "the TLS client certificate cannot receive encrypted keys: no usable public key");
+	}
+	/* UINT32_MAX: no keyUsage extension, so no restriction (RFC 5280 §4.2.1.3). */
+	ku = X509_get_key_usage(cert);
+	if (EVP_PKEY_is_a(pub, "RSA")) {
+		if (ku != UINT32_MAX && (ku & KU_KEY_ENCIPHERMENT) == 0)
+			return esc_error(ctx, ESC_ERR_BAD_INPUT,
+					 "the TLS client certificate cannot receive encrypted keys: its key usage "
+					 "lacks keyEncipherment (RSA); ask for the key without "
+					 "AsymmetricDecryptKeyIdentifier, over TLS only");
+		return ESC_OK;
+	}
+	if (EVP_PKEY_is_a(pub, "EC")) {
+		if (ku != UINT32_MAX && (ku & KU_KEY_AGREEMENT) == 0)
+			return esc_error(ctx, ESC_ERR_BAD_INPUT,
+					 "the TLS client certificate cannot receive encrypted keys: its key usage "
+					 "lacks keyAgreement (EC); ask for the key without "
+					 "AsymmetricDecryptKeyIdentifier, over TLS only");
+		return ESC_OK;
+	}
+	return esc_error(ctx, ESC_ERR_BAD_INPUT,
+			 "the TLS client certificate cannot receive encrypted keys: its key is neither RSA nor EC");
+}
+
+/*
+ * AsymmetricKeyPackage ::= SEQUENCE SIZE (1..MAX) OF OneAsymmetricKey (RFC
+ * 5958 §2) holding the one PKCS#8 p8, in secure memory.
+ */
+static enum esc_err
+key_package_encode(struct esc_ctx *ctx, const unsigned char *p8, size_t p8len, unsigned char **out, size_t *outlen)
+{
+	unsigned char *buf, *p;
+	int total;
+
+	if (p8len > INT_MAX / 2 || (total = ASN1_object_size(1, (int)p8len, V_ASN1_SEQUENCE)) <= 0)
+		return esc_error(ctx, ESC_ERR_USAGE, "private key too large");
+	if ((buf = OPENSSL_secure_malloc((size_t)total)) == NULL)
+		return esc_error(ctx, ESC_ERR_NOMEM, "out of secure memory");
+	p = buf;
+	ASN1_put_object(&p, 1, (int)p8len, V_ASN1_SEQUENCE, V_ASN1_UNIVERSAL);
+	memcpy(p, p8, p8len);
+	*out = buf;
+	*outlen = (size_t)total;
+	return ESC_OK;
+}
+
+/*
+ * pkg in a SignedData { id-ct-KP-aKeyPackage } signed by key (certificate
+ * cert, chain added), as DER in secure memory.  Through CMS_dataInit as
+ * seal_content does: CMS_final would copy the key through unwiped buffers.
+ * The eContent OpenSSL keeps (the memory BIO's buffer, grown with
+ * BUF_MEM_grow_clean) is wiped before the structure is freed.
+ */
+static enum esc_err
+key_package_sign(struct esc_ctx *ctx, X509 *cert, STACK_OF(X509) *chain, EVP_PKEY *key, const unsigned char *pkg,
+		 size_t pkglen, unsigned char **out, size_t *outlen)
+{
+	CMS_ContentInfo *cms = NULL;
+	ASN1_OCTET_STRING **content;
+	ASN1_OBJECT *type = NULL;
+	BIO *cmsbio = NULL;
+	unsigned char *buf = NULL, *p;
+	enum esc_err r;
+	int n;
+
+	if (pkglen > INT_MAX)
+		return esc_error(ctx, ESC_ERR_USAGE, "key package too large");
+	if ((type = OBJ_txt2obj(OID_A_KEY_PACKAGE, 1)) == NULL) {
+		r = esc_error_ossl(ctx, ESC_ERR_NOMEM, "cannot make the id-ct-KP-aKeyPackage object identifier");
+		goto out;
+	}
+	/* Signed attributes (content type, digest, time) are kept: RFC 5652 wants them for this content type. */
+	if ((cms = CMS_sign(cert, key, chain, NULL, CMS_BINARY | CMS_PARTIAL | CMS_NOSMIMECAP)) == NULL ||
+	    CMS_set1_eContentType(cms, type) != 1 || CMS_set_detached(cms, 0) != 1) {
+		r = esc_error_ossl(ctx, ESC_ERR_CRYPTO, "cannot create the key package's SignedData");
+		goto out;
+	}
+	if ((cmsbio = CMS_dataInit(cms, NULL)) == NULL || BIO_write(cmsbio, pkg, (int)pkglen) != (int)pkglen ||
+	    BIO_flush(cmsbio) != 1 || CMS_dataFinal(cms, cmsbio) != 1) {
+		r = esc_error_ossl(ctx, ESC_ERR_CRYPTO, "cannot sign the key package with the CA key");
+		goto out;
+	}
+	if ((n = i2d_CMS_ContentInfo(cms, NULL)) <= 0) {
+		r = esc_error_ossl(ctx, ESC_ERR_CRYPTO, "cannot encode the key package's SignedData");
+		goto out;
+	}
+	if ((buf = OPENSSL_secure_malloc((size_t)n)) == NULL) {
+		r = esc_error(ctx, ESC_ERR_NOMEM, "out of secure memory");
+		goto out;
+	}
+	p = buf;
+	if (i2d_CMS_ContentInfo(cms, &p) != n) {
+		r = esc_error_ossl(ctx, ESC_ERR_CRYPTO, "cannot encode the key package's SignedData");
+		goto out;
+	}
+	*out = buf;
+	*outlen = (size_t)n;
+	buf = NULL; /* transferred */
+	r = ESC_OK;
+out:
+	if (buf != NULL)
+		OPENSSL_secure_clear_free(buf, (size_t)n);
+	BIO_free_all(cmsbio);
+	if (cms != NULL && (content = CMS_get0_content(cms)) != NULL && *content != NULL &&
+	    ASN1_STRING_length(*content) > 0)
+		OPENSSL_cleanse((*content)->data, (size_t)(*content)->length);
+	CMS_ContentInfo_free(cms);
+	ASN1_OBJECT_free(type);
+	return r;
+}
+
+enum esc_err
+esc_est_key_package_seal(struct esc_ctx *ctx, X509 *signer_cert, STACK_OF(X509) *chain, EVP_PKEY *signer_key,
+			 EVP_PKEY *key, X509 *recipient, unsigned char **der, size_t *derlen)
+{
+	unsigned char *p8 = NULL, *pkg = NULL, *sd = NULL;
+	size_t p8len = 0, pkglen = 0, sdlen = 0;
+	enum esc_err r;
+
+	if (signer_cert == NULL || signer_key == NULL || key == NULL || recipient == NULL)
+		return esc_error(ctx, ESC_ERR_USAGE, "a key package needs a signer, its certificate, a key and a recipient");
+	if ((r = esc_est_key_recipient_check(ctx, recipient)) != ESC_OK)
+		return r;
+	if ((r = pkcs8_encode(ctx, key, &p8, &p8len)) != ESC_OK ||
+	    (r = key_package_encode(ctx, p8, p8len, &pkg, &pkglen)) != ESC_OK ||
+	    (r = key_package_sign(ctx, signer_cert, chain, signer_key, pkg, pkglen, &sd, &sdlen)) != ESC_OK)
+		goto out;
+	r = seal_content(ctx, sd, sdlen, NID_pkcs7_signed, recipient, "TLS client certificate", der, derlen);
+out:
+	if (sd != NULL)
+		OPENSSL_secure_clear_free(sd, sdlen);
+	if (pkg != NULL)
+		OPENSSL_secure_clear_free(pkg, pkglen);
+	if (p8 != NULL)
+		OPENSSL_secure_clear_free(p8, p8len);
+	return r;
+}
+
 /* ---- certs-only SignedData ---------------------------------------------------------- */
 
 /*
@@ -925,24 +1099,95 @@ csrattrs_push(struct esc_ctx *ctx, CSR_ATTRS *attrs, ATTR_OR_OID *a)
 	return ESC_OK;
 }
 
+/* Attribute { type, SET { values } } appended to attrs; takes attr. */
+static enum esc_err
+csrattrs_push_attribute(struct esc_ctx *ctx, CSR_ATTRS *attrs, X509_ATTRIBUTE *attr)
+{
+	ATTR_OR_OID *a;
+
+	if ((a = (ATTR_OR_OID *)ASN1_item_new(ASN1_ITEM_rptr(ATTR_OR_OID))) == NULL) {
+		X509_ATTRIBUTE_free(attr);
+		return esc_error(ctx, ESC_ERR_NOMEM, "out of memory");
+	}
+	a->type = ATTR_OR_OID_ATTRIBUTE;
+	a->value.attribute = attr;
+	return csrattrs_push(ctx, attrs, a);
+}
+
+/* id-ecPublicKey with one curve OID per allowed curve (RFC 7030 §4.5.2's example has one). */
+static enum esc_err
+csrattrs_curves(struct esc_ctx *ctx, CSR_ATTRS *attrs, const char *const *curves, size_t n)
+{
+	X509_ATTRIBUTE *attr;
+	size_t i;
+	int nid;
+
+	if ((attr = X509_ATTRIBUTE_new()) == NULL ||
+	    X509_ATTRIBUTE_set1_object(attr, OBJ_nid2obj(NID_X9_62_id_ecPublicKey)) != 1) {
+		X509_ATTRIBUTE_free(attr);
+		return esc_error_ossl(ctx, ESC_ERR_CRYPTO, "cannot make the id-ecPublicKey attribute");
+	}
+	for (i = 0; i < n; i++) {
+		if (curves[i] == NULL || (nid = curve_nid(curves[i])) == NID_undef) {
+			X509_ATTRIBUTE_free(attr);
+			return esc_error(ctx, ESC_ERR_USAGE, "'%s' is not an elliptic curve OpenSSL knows",
+					 curves[i] != NULL ? curves[i] : "(null)");
+		}
+		if (X509_ATTRIBUTE_set1_data(attr, V_ASN1_OBJECT, OBJ_nid2obj(nid), -1) != 1) {
+			X509_ATTRIBUTE_free(attr);
+			return esc_error_ossl(ctx, ESC_ERR_CRYPTO, "cannot make the id-ecPublicKey attribute");
+		}
+	}
+	return csrattrs_push_attribute(ctx, attrs, attr);
+}
+
+/* rsaEncryption with one INTEGER (modulus bits) per allowed size, as RFC 9908's examples give a size. */
+static enum esc_err
+csrattrs_rsa(struct esc_ctx *ctx, CSR_ATTRS *attrs, const int *bits, size_t n)
+{
+	X509_ATTRIBUTE *attr;
+	ASN1_INTEGER *v = NULL;
+	size_t i;
+
+	if ((attr = X509_ATTRIBUTE_new()) == NULL ||
+	    X509_ATTRIBUTE_set1_object(attr, OBJ_nid2obj(NID_rsaEncryption)) != 1) {
+		X509_ATTRIBUTE_free(attr);
+		return esc_error_ossl(ctx, ESC_ERR_CRYPTO, "cannot make the rsaEncryption attribute");
+	}
+	for (i = 0; i < n; i++) {
+		if (bits[i] < 1024 || bits[i] > 16384) {
+			X509_ATTRIBUTE_free(attr);
+			return esc_error(ctx, ESC_ERR_USAGE, "%d is not an RSA key size", bits[i]);
+		}
+		if ((v = ASN1_INTEGER_new()) == NULL || ASN1_INTEGER_set(v, bits[i]) != 1 ||
+		    X509_ATTRIBUTE_set1_data(attr, V_ASN1_INTEGER, v, -1) != 1) {
+			ASN1_INTEGER_free(v);
+			X509_ATTRIBUTE_free(attr);
+			return esc_error_ossl(ctx, ESC_ERR_CRYPTO, "cannot make the rsaEncryption attribute");
+		}
+		ASN1_INTEGER_free(v);
+		v = NULL;
+	}
+	return csrattrs_push_attribute(ctx, attrs, attr);
+}
+
 enum esc_err
-esc_csrattrs_build(struct esc_ctx *ctx, const char *const *oids, size_t noids, const char *ec_curve,
-		   unsigned char **der, size_t *derlen)
+esc_csrattrs_build(struct esc_ctx *ctx, const struct esc_csrattrs *spec, unsigned char **der, size_t *derlen)
 {
 	CSR_ATTRS *attrs = NULL;
 	ATTR_OR_OID *a;
 	ASN1_OBJECT *obj;
 	enum esc_err r;
 	size_t i;
-	int nid;
 
-	if (oids == NULL && noids > 0)
-		return esc_error(ctx, ESC_ERR_USAGE, "no OID list");
+	if (spec == NULL || (spec->oids == NULL && spec->noids > 0) || (spec->curves == NULL && spec->ncurves > 0) ||
+	    (spec->rsa_bits == NULL && spec->nrsa > 0))
+		return esc_error(ctx, ESC_ERR_USAGE, "no CSR attribute list");
 	if ((attrs = sk_ATTR_OR_OID_new_null()) == NULL)
 		return esc_error(ctx, ESC_ERR_NOMEM, "out of memory");
-	for (i = 0; i < noids; i++) {
+	for (i = 0; i < spec->noids; i++) {
 		/* no_name = 1: dotted numbers only, as documented. */
-		if (oids[i] == NULL || (obj = OBJ_txt2obj(oids[i], 1)) == NULL) {
+		if (spec->oids[i] == NULL || (obj = OBJ_txt2obj(spec->oids[i], 1)) == NULL) {
 			ERR_clear_error();
 			r = esc_error(ctx, ESC_ERR_USAGE, "CSR attribute %zu is not a dotted object identifier", i + 1);
 			goto out;
@@ -957,30 +1202,50 @@ esc_csrattrs_build(struct esc_ctx *ctx, const char *const *oids, size_t noids, c
 		if ((r = csrattrs_push(ctx, attrs, a)) != ESC_OK)
 			goto out;
 	}
-	if (ec_curve != NULL) {
-		X509_ATTRIBUTE *attr;
-
-		/* Attribute { id-ecPublicKey, SET { curve OID } }, as in RFC 7030 §4.5.2's example. */
-		if ((nid = curve_nid(ec_curve)) == NID_undef) {
-			r = esc_error(ctx, ESC_ERR_USAGE, "'%s' is not an elliptic curve OpenSSL knows", ec_curve);
-			goto out;
-		}
-		if ((attr = X509_ATTRIBUTE_create(NID_X9_62_id_ecPublicKey, V_ASN1_OBJECT, OBJ_nid2obj(nid))) == NULL) {
-			r = esc_error_ossl(ctx, ESC_ERR_CRYPTO, "cannot make the id-ecPublicKey attribute");
-			goto out;
-		}
-		if ((a = (ATTR_OR_OID *)ASN1_item_new(ASN1_ITEM_rptr(ATTR_OR_OID))) == NULL) {
-			X509_ATTRIBUTE_free(attr);
-			r = esc_error(ctx, ESC_ERR_NOMEM, "out of memory");
-			goto out;
-		}
-		a->type = ATTR_OR_OID_ATTRIBUTE;
-		a->value.attribute = attr;
-		if ((r = csrattrs_push(ctx, attrs, a)) != ESC_OK)
-			goto out;
-	}
+	if (spec->ncurves > 0 && (r = csrattrs_curves(ctx, attrs, spec->curves, spec->ncurves)) != ESC_OK)
+		goto out;
+	if (spec->nrsa > 0 && (r = csrattrs_rsa(ctx, attrs, spec->rsa_bits, spec->nrsa)) != ESC_OK)
+		goto out;
 	r = item_to_der(ctx, (const ASN1_VALUE *)attrs, ASN1_ITEM_rptr(CSR_ATTRS), "CsrAttrs", der, derlen);
 out:
 	ASN1_item_free((ASN1_VALUE *)attrs, ASN1_ITEM_rptr(CSR_ATTRS));
 	return r;
+}
+
+enum esc_err
+esc_csrattrs_for_profile(struct esc_ctx *ctx, const struct esc_profile *p, unsigned char **der, size_t *derlen)
+{
+	static const struct {
+		unsigned type;
+		const char *curve;
+		int bits;
+	} keys[] = {
+		{ESC_EKEY_EC_P256, "prime256v1", 0}, {ESC_EKEY_EC_P384, "secp384r1", 0}, {ESC_EKEY_RSA2048, NULL, 2048},
+		{ESC_EKEY_RSA3072, NULL, 3072},	     {ESC_EKEY_RSA4096, NULL, 4096},
+	};
+	const char *oids[2], *curves[ESC_ARRAY_LEN(keys)];
+	int bits[ESC_ARRAY_LEN(keys)];
+	struct esc_csrattrs spec;
+	size_t i;
+
+	if (p == NULL)
+		return esc_error(ctx, ESC_ERR_USAGE, "no profile");
+	memset(&spec, 0, sizeof(spec));
+	spec.oids = oids;
+	spec.curves = curves;
+	spec.rsa_bits = bits;
+	for (i = 0; i < ESC_ARRAY_LEN(keys); i++) {
+		if ((p->keys & keys[i].type) == 0)
+			continue;
+		if (keys[i].curve != NULL)
+			curves[spec.ncurves++] = keys[i].curve;
+		else
+			bits[spec.nrsa++] = keys[i].bits;
+	}
+	/* The signature each family's request is expected to carry, before the key attributes (RFC 7030 §4.5.2). */
+	if (spec.ncurves > 0)
+		oids[spec.noids++] = "1.2.840.10045.4.3.2"; /* ecdsa-with-SHA256 */
+	if (spec.nrsa > 0)
+		oids[spec.noids++] = "1.2.840.113549.1.1.11"; /* sha256WithRSAEncryption */
+	return esc_csrattrs_build(ctx, &spec, der, derlen);
 }

@@ -18,6 +18,10 @@
  *       append audit events (esc_audit_append, each in its own transaction) as fast as one
  *       connection can until STOP-FILE exists; prints "appended N"; fails on the first error
  *   enroll_tool check-cert CONNINFO CERT.pem         esc_enroll_check_client_cert
+ *   enroll_tool client-cert CONNINFO PIN-FILE KEY-USAGE SUBJECT PUB.pem OUT.pem
+ *       a TLS client certificate (clientAuth) with keyUsage KEY-USAGE, signed with the CA
+ *       key and recorded under profile signing: what no profile issues (a client certificate that
+ *       can receive encrypted keys), for testing what the service does with one
  *   enroll_tool otp-check CONNINFO NAME PASSWORD-FILE   esc_otp_check; prints the grant
  *   enroll_tool keygen PROFILE                       esc_profile_generate_key; PEM key on stdout
  *   enroll_tool threads CONNINFO PIN-FILE N M [PROFILE [ENVELOPE.der]]
@@ -44,7 +48,9 @@
 #include <p11escrow/enroll.h>
 #include <p11escrow/envelope.h>
 #include <p11escrow/pin.h>
+#include <p11escrow/setup.h>
 #include <p11escrow/store.h>
+#include <p11escrow/token.h>
 
 #include "store_internal.h"
 
@@ -186,6 +192,53 @@ cmd_issue(struct esc_ctx *ctx, int argc, char *argv[])
 	X509_NAME_free(subject);
 	EVP_PKEY_free(pub);
 	EVP_PKEY_free(key);
+	esc_keeper_free(k);
+	esc_store_free(st);
+	return 0;
+}
+
+static int
+cmd_client_cert(struct esc_ctx *ctx, int argc, char *argv[])
+{
+	struct esc_ee_spec spec;
+	struct esc_store *st = NULL;
+	struct esc_keeper *k;
+	struct esc_token_key *tk = NULL;
+	X509_NAME *subject = NULL;
+	EVP_PKEY *pub, *signer = NULL;
+	X509 *cert = NULL;
+	char *uri = NULL;
+	enum esc_err r;
+
+	if (argc != 8 || (pub = load_key(argv[6], 0)) == NULL)
+		return usage();
+	if ((r = esc_store_connect(ctx, argv[2], &st)) != ESC_OK)
+		return fail(ctx, r);
+	k = open_keeper(ctx, st, argv[3]);
+	if ((r = esc_name_parse(ctx, argv[5], &subject)) != ESC_OK ||
+	    (r = esc_setup_key_uri(ctx, st, "ca-sign", &uri)) != ESC_OK ||
+	    (r = esc_token_find_key(ctx, esc_keeper_token(k), uri, &tk)) != ESC_OK ||
+	    (r = esc_token_key_private(ctx, esc_keeper_token(k), tk, &signer)) != ESC_OK)
+		return fail(ctx, r);
+	memset(&spec, 0, sizeof(spec));
+	spec.subject = subject;
+	spec.pub = pub;
+	spec.key_usage = argv[4];
+	spec.ext_key_usage = "clientAuth";
+	spec.days = 30;
+	if ((r = esc_ca_issue_ee(ctx, esc_keeper_ca_cert(k), signer, &spec, &cert)) != ESC_OK ||
+	    (r = esc_store_insert_cert(ctx, st, cert, "signing", NULL)) != ESC_OK)
+		return fail(ctx, r);
+	if (!write_cert(argv[7], cert)) {
+		fprintf(stderr, "enroll_tool: cannot write %s\n", argv[7]);
+		return 4;
+	}
+	X509_free(cert);
+	EVP_PKEY_free(signer);
+	esc_token_key_free(tk);
+	free(uri);
+	X509_NAME_free(subject);
+	EVP_PKEY_free(pub);
 	esc_keeper_free(k);
 	esc_store_free(st);
 	return 0;
@@ -670,6 +723,8 @@ main(int argc, char *argv[])
 		rc = cmd_transport_seq(ctx, argc, argv);
 	else if (strcmp(argv[1], "audit-flood") == 0)
 		rc = cmd_audit_flood(ctx, argc, argv);
+	else if (strcmp(argv[1], "client-cert") == 0)
+		rc = cmd_client_cert(ctx, argc, argv);
 	else if (strcmp(argv[1], "check-cert") == 0)
 		rc = cmd_check_cert(ctx, argc, argv);
 	else if (strcmp(argv[1], "otp-check") == 0)

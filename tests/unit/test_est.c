@@ -2,7 +2,9 @@
  * Unit tests: EST and CMC codecs (est.h) with software keys: base64 as RFC
  * 8951 has it, PKCS#10 decoding, the Full PKI Request for archival built and
  * parsed back (and its envelope opened with stock CMS_decrypt), certs-only
- * responses and CsrAttrs.
+ * responses, CsrAttrs (also what each profile's say), and the encrypted
+ * server-generated key of RFC 7030 §4.4.2 opened and verified with stock
+ * CMS_decrypt and CMS_verify.
  */
 #define _GNU_SOURCE
 #include <setjmp.h>
@@ -20,13 +22,17 @@
 #include <openssl/objects.h>
 #include <openssl/pkcs7.h>
 #include <openssl/x509.h>
+#include <openssl/x509v3.h>
 
 #include <p11escrow/ctx.h>
+#include <p11escrow/enroll.h>
 #include <p11escrow/est.h>
 
 #include "testkeys.h"
 
 #define OID_KID "1.2.840.113549.1.9.16.2.54"
+#define OID_SYMMETRIC_KID "1.2.840.113549.1.9.16.2.37"
+#define OID_A_KEY_PACKAGE "2.16.840.1.101.2.1.2.78.5"
 
 struct fixture {
 	struct esc_ctx *ctx;
@@ -974,18 +980,25 @@ test_csrattrs(void **state)
 	X509_ATTRIBUTE *attr;
 	ASN1_TYPE *t;
 	BIO *mem;
+	const char *p256[] = {"prime256v1"}, *nist[] = {"P-256"}, *p384[] = {"secp384r1"}, *nocurve[] = {"sha256"},
+		   *unknown[] = {"no-such-curve"};
+	static const int tiny[] = {512};
+	struct esc_csrattrs spec = {oids, 1, p256, 1, NULL, 0};
 
-	assert_int_equal(esc_csrattrs_build(f->ctx, oids, 1, "prime256v1", &der, &derlen), ESC_OK);
+	assert_int_equal(esc_csrattrs_build(f->ctx, &spec, &der, &derlen), ESC_OK);
 	assert_int_equal(derlen, sizeof(want));
 	assert_memory_equal(der, want, sizeof(want));
 	free(der);
 	/* NIST name, same curve. */
-	assert_int_equal(esc_csrattrs_build(f->ctx, oids, 1, "P-256", &der, &derlen), ESC_OK);
+	spec.curves = nist;
+	assert_int_equal(esc_csrattrs_build(f->ctx, &spec, &der, &derlen), ESC_OK);
 	assert_memory_equal(der, want, sizeof(want));
 	free(der);
 
 	/* RFC 7030's example shape: OID, OID, then the attribute (secp384r1); it decodes generically. */
-	assert_int_equal(esc_csrattrs_build(f->ctx, oids, 2, "secp384r1", &der, &derlen), ESC_OK);
+	spec.noids = 2;
+	spec.curves = p384;
+	assert_int_equal(esc_csrattrs_build(f->ctx, &spec, &der, &derlen), ESC_OK);
 	mem = BIO_new(BIO_s_mem());
 	assert_int_equal(ASN1_parse(mem, der, (long)derlen, 0), 1);
 	BIO_free(mem);
@@ -1012,7 +1025,8 @@ test_csrattrs(void **state)
 	free(der);
 
 	/* Nothing asked for: an empty sequence. */
-	assert_int_equal(esc_csrattrs_build(f->ctx, NULL, 0, NULL, &der, &derlen), ESC_OK);
+	memset(&spec, 0, sizeof(spec));
+	assert_int_equal(esc_csrattrs_build(f->ctx, &spec, &der, &derlen), ESC_OK);
 	assert_int_equal(derlen, 2);
 	assert_int_equal(der[0], 0x30);
 	assert_int_equal(der[1], 0x00);
@@ -1020,12 +1034,362 @@ test_csrattrs(void **state)
 
 	/* Names or nonsense instead of dotted OIDs; hashes or nonsense instead of curves. */
 	der = NULL;
-	for (i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
-		assert_int_equal(esc_csrattrs_build(f->ctx, &bad[i], 1, NULL, &der, &derlen), ESC_ERR_USAGE);
-	assert_int_equal(esc_csrattrs_build(f->ctx, oids, 1, "sha256", &der, &derlen), ESC_ERR_USAGE);
-	assert_int_equal(esc_csrattrs_build(f->ctx, oids, 1, "no-such-curve", &der, &derlen), ESC_ERR_USAGE);
-	assert_int_equal(esc_csrattrs_build(f->ctx, NULL, 1, NULL, &der, &derlen), ESC_ERR_USAGE);
+	for (i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		struct esc_csrattrs one = {&bad[i], 1, NULL, 0, NULL, 0};
+
+		assert_int_equal(esc_csrattrs_build(f->ctx, &one, &der, &derlen), ESC_ERR_USAGE);
+	}
+	spec = (struct esc_csrattrs){oids, 1, nocurve, 1, NULL, 0};
+	assert_int_equal(esc_csrattrs_build(f->ctx, &spec, &der, &derlen), ESC_ERR_USAGE);
+	spec.curves = unknown;
+	assert_int_equal(esc_csrattrs_build(f->ctx, &spec, &der, &derlen), ESC_ERR_USAGE);
+	spec = (struct esc_csrattrs){NULL, 1, NULL, 0, NULL, 0};
+	assert_int_equal(esc_csrattrs_build(f->ctx, &spec, &der, &derlen), ESC_ERR_USAGE);
+	spec = (struct esc_csrattrs){NULL, 0, NULL, 0, tiny, 1};
+	assert_int_equal(esc_csrattrs_build(f->ctx, &spec, &der, &derlen), ESC_ERR_USAGE);
+	assert_int_equal(esc_csrattrs_build(f->ctx, NULL, &der, &derlen), ESC_ERR_USAGE);
 	assert_null(der);
+}
+
+/* The values of the attribute of type nid in the CsrAttrs seq (NULL if absent): caller frees. */
+static X509_ATTRIBUTE *
+csrattrs_attribute(ASN1_SEQUENCE_ANY *seq, int nid)
+{
+	const unsigned char *p;
+	X509_ATTRIBUTE *attr;
+	int i;
+
+	for (i = 0; i < sk_ASN1_TYPE_num(seq); i++) {
+		ASN1_TYPE *t = sk_ASN1_TYPE_value(seq, i);
+
+		if (ASN1_TYPE_get(t) != V_ASN1_SEQUENCE)
+			continue;
+		p = t->value.sequence->data;
+		attr = d2i_X509_ATTRIBUTE(NULL, &p, t->value.sequence->length);
+		assert_non_null(attr);
+		if (OBJ_obj2nid(X509_ATTRIBUTE_get0_object(attr)) == nid)
+			return attr;
+		X509_ATTRIBUTE_free(attr);
+	}
+	return NULL;
+}
+
+static int
+csrattrs_has_oid(ASN1_SEQUENCE_ANY *seq, int nid)
+{
+	int i;
+
+	for (i = 0; i < sk_ASN1_TYPE_num(seq); i++)
+		if (ASN1_TYPE_get(sk_ASN1_TYPE_value(seq, i)) == V_ASN1_OBJECT &&
+		    OBJ_obj2nid(sk_ASN1_TYPE_value(seq, i)->value.object) == nid)
+			return 1;
+	return 0;
+}
+
+/*
+ * Each profile's CsrAttrs names every key it accepts: the signing profile
+ * takes RSA as well as EC (its CsrAttrs used to offer EC P-256 only).
+ */
+static void
+test_csrattrs_profiles(void **state)
+{
+	struct fixture *f = *state;
+	const struct esc_profile *p;
+	unsigned char *der = NULL;
+	const unsigned char *q;
+	size_t derlen = 0, i;
+	ASN1_SEQUENCE_ANY *seq;
+	X509_ATTRIBUTE *attr;
+	long bits[3];
+	int j;
+
+	for (i = 0; (p = esc_profile_at(i)) != NULL; i++) {
+		int ec = (p->keys & (ESC_EKEY_EC_P256 | ESC_EKEY_EC_P384)) != 0;
+		int rsa = (p->keys & (ESC_EKEY_RSA2048 | ESC_EKEY_RSA3072 | ESC_EKEY_RSA4096)) != 0;
+
+		assert_int_equal(esc_csrattrs_for_profile(f->ctx, p, &der, &derlen), ESC_OK);
+		q = der;
+		seq = d2i_ASN1_SEQUENCE_ANY(NULL, &q, (long)derlen);
+		assert_non_null(seq);
+		assert_ptr_equal(q, der + derlen);
+		assert_int_equal(csrattrs_has_oid(seq, NID_ecdsa_with_SHA256), ec);
+		assert_int_equal(csrattrs_has_oid(seq, NID_sha256WithRSAEncryption), rsa);
+		attr = csrattrs_attribute(seq, NID_X9_62_id_ecPublicKey);
+		assert_int_equal(attr != NULL, ec);
+		if (attr != NULL) {
+			int want = ((p->keys & ESC_EKEY_EC_P256) != 0) + ((p->keys & ESC_EKEY_EC_P384) != 0);
+
+			assert_int_equal(X509_ATTRIBUTE_count(attr), want);
+			for (j = 0; j < X509_ATTRIBUTE_count(attr); j++) {
+				ASN1_TYPE *t = X509_ATTRIBUTE_get0_type(attr, j);
+				int nid = OBJ_obj2nid(t->value.object);
+
+				assert_int_equal(ASN1_TYPE_get(t), V_ASN1_OBJECT);
+				assert_true((nid == NID_X9_62_prime256v1 && (p->keys & ESC_EKEY_EC_P256)) ||
+					    (nid == NID_secp384r1 && (p->keys & ESC_EKEY_EC_P384)));
+			}
+			X509_ATTRIBUTE_free(attr);
+		}
+		attr = csrattrs_attribute(seq, NID_rsaEncryption);
+		assert_int_equal(attr != NULL, rsa);
+		if (attr != NULL) {
+			assert_true(X509_ATTRIBUTE_count(attr) <= 3);
+			for (j = 0; j < X509_ATTRIBUTE_count(attr); j++) {
+				ASN1_TYPE *t = X509_ATTRIBUTE_get0_type(attr, j);
+
+				assert_int_equal(ASN1_TYPE_get(t), V_ASN1_INTEGER);
+				bits[j] = ASN1_INTEGER_get(t->value.integer);
+				assert_true((bits[j] == 2048 && (p->keys & ESC_EKEY_RSA2048)) ||
+					    (bits[j] == 3072 && (p->keys & ESC_EKEY_RSA3072)) ||
+					    (bits[j] == 4096 && (p->keys & ESC_EKEY_RSA4096)));
+			}
+			X509_ATTRIBUTE_free(attr);
+		}
+		sk_ASN1_TYPE_pop_free(seq, ASN1_TYPE_free);
+		free(der);
+		der = NULL;
+	}
+	/* The case of the issue: signing accepts RSA-2048..4096 and EC P-256/P-384, and says so. */
+	p = esc_profile_find("signing");
+	assert_non_null(p);
+	assert_int_equal(esc_csrattrs_for_profile(f->ctx, p, &der, &derlen), ESC_OK);
+	q = der;
+	seq = d2i_ASN1_SEQUENCE_ANY(NULL, &q, (long)derlen);
+	assert_non_null(seq);
+	attr = csrattrs_attribute(seq, NID_rsaEncryption);
+	assert_non_null(attr);
+	assert_int_equal(X509_ATTRIBUTE_count(attr), 3);
+	X509_ATTRIBUTE_free(attr);
+	attr = csrattrs_attribute(seq, NID_X9_62_id_ecPublicKey);
+	assert_non_null(attr);
+	assert_int_equal(X509_ATTRIBUTE_count(attr), 2);
+	X509_ATTRIBUTE_free(attr);
+	sk_ASN1_TYPE_pop_free(seq, ASN1_TYPE_free);
+	free(der);
+}
+
+/* ---- Server-generated key, encrypted (RFC 7030 §4.4.2) --------------------------------- */
+
+/* A certificate for key, signed by issuer_key as issuer_cert (or self-signed), with keyUsage ku (NULL: none). */
+static X509 *
+cert_with_ku(EVP_PKEY *key, const char *cn, const char *ku, X509 *issuer_cert, EVP_PKEY *issuer_key)
+{
+	X509 *x = X509_new();
+	X509_NAME *name = X509_NAME_new();
+	X509_EXTENSION *ext = NULL;
+	X509V3_CTX v3;
+
+	assert_non_null(x);
+	assert_non_null(name);
+	assert_int_equal(X509_set_version(x, 2), 1);
+	assert_int_equal(ASN1_INTEGER_set(X509_get_serialNumber(x), 7), 1);
+	assert_int_equal(X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_UTF8, (const unsigned char *)cn, -1, -1, 0), 1);
+	assert_int_equal(X509_set_subject_name(x, name), 1);
+	assert_int_equal(
+		X509_set_issuer_name(x, issuer_cert != NULL ? X509_get_subject_name(issuer_cert) : name), 1);
+	assert_non_null(X509_gmtime_adj(X509_getm_notBefore(x), -60));
+	assert_non_null(X509_gmtime_adj(X509_getm_notAfter(x), 3600));
+	assert_int_equal(X509_set_pubkey(x, key), 1);
+	X509V3_set_ctx(&v3, issuer_cert != NULL ? issuer_cert : x, x, NULL, NULL, 0);
+	assert_non_null(ext = X509V3_EXT_conf_nid(NULL, &v3, NID_subject_key_identifier, "hash"));
+	assert_int_equal(X509_add_ext(x, ext, -1), 1);
+	X509_EXTENSION_free(ext);
+	if (ku != NULL) {
+		assert_non_null(ext = X509V3_EXT_conf_nid(NULL, &v3, NID_key_usage, ku));
+		assert_int_equal(X509_add_ext(x, ext, -1), 1);
+		X509_EXTENSION_free(ext);
+	}
+	assert_true(X509_sign(x, issuer_key != NULL ? issuer_key : key, EVP_sha256()) > 0);
+	X509_NAME_free(name);
+	return x;
+}
+
+static void
+test_key_recipient(void **state)
+{
+	struct fixture *f = *state;
+	static const struct {
+		int rsa;
+		const char *ku;
+		enum esc_err want;
+	} cases[] = {
+		{1, "critical,keyEncipherment", ESC_OK},
+		{1, "critical,digitalSignature,keyEncipherment", ESC_OK},
+		{1, NULL, ESC_OK},
+		{1, "critical,digitalSignature,nonRepudiation", ESC_ERR_BAD_INPUT},
+		{1, "critical,keyAgreement", ESC_ERR_BAD_INPUT},
+		{0, "critical,keyAgreement", ESC_OK},
+		{0, NULL, ESC_OK},
+		{0, "critical,digitalSignature,nonRepudiation", ESC_ERR_BAD_INPUT},
+		{0, "critical,keyEncipherment", ESC_ERR_BAD_INPUT},
+	};
+	size_t i;
+
+	for (i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		X509 *x = cert_with_ku(cases[i].rsa ? f->k.rsa : f->k.ec, "client", cases[i].ku, NULL, NULL);
+
+		assert_int_equal(esc_est_key_recipient_check(f->ctx, x), cases[i].want);
+		if (cases[i].want != ESC_OK)
+			assert_non_null(strstr(esc_ctx_errmsg(f->ctx), "cannot receive encrypted keys"));
+		X509_free(x);
+	}
+	assert_int_equal(esc_est_key_recipient_check(f->ctx, NULL), ESC_ERR_BAD_INPUT);
+}
+
+/* Open an encrypted server-generated key as a client would, with stock CMS; returns the key. */
+static EVP_PKEY *
+open_key_package(const unsigned char *der, size_t len, EVP_PKEY *rkey, X509 *rcert, X509 *ca)
+{
+	const unsigned char *p = der;
+	CMS_ContentInfo *env, *sd;
+	BIO *dec = BIO_new(BIO_s_mem()), *pkg = BIO_new(BIO_s_mem());
+	X509_STORE *store = X509_STORE_new();
+	ASN1_OBJECT *akp = OBJ_txt2obj(OID_A_KEY_PACKAGE, 1);
+	unsigned char *data;
+	long n;
+	STACK_OF(ASN1_TYPE) *keys;
+	PKCS8_PRIV_KEY_INFO *p8;
+	EVP_PKEY *key;
+	const unsigned char *q;
+
+	assert_non_null(dec);
+	assert_non_null(pkg);
+	assert_non_null(store);
+	assert_non_null(akp);
+	env = d2i_CMS_ContentInfo(NULL, &p, (long)len);
+	assert_non_null(env);
+	assert_ptr_equal(p, der + len);
+	assert_int_equal(OBJ_obj2nid(CMS_get0_type(env)), NID_pkcs7_enveloped);
+	/* The EnvelopedData says what it holds: a SignedData. */
+	assert_int_equal(OBJ_obj2nid(CMS_get0_eContentType(env)), NID_pkcs7_signed);
+	assert_int_equal(CMS_decrypt(env, rkey, rcert, NULL, dec, CMS_BINARY), 1);
+	n = BIO_get_mem_data(dec, &data);
+	q = data;
+	sd = d2i_CMS_ContentInfo(NULL, &q, n);
+	assert_non_null(sd);
+	assert_ptr_equal(q, data + n);
+	assert_int_equal(OBJ_obj2nid(CMS_get0_type(sd)), NID_pkcs7_signed);
+	assert_int_equal(OBJ_cmp(CMS_get0_eContentType(sd), akp), 0);
+	/* Signed by the CA: verifies against it as the only trust anchor (its key usage is its own business). */
+	assert_int_equal(X509_STORE_add_cert(store, ca), 1);
+	assert_int_equal(X509_VERIFY_PARAM_set_purpose(X509_STORE_get0_param(store), X509_PURPOSE_ANY), 1);
+	assert_int_equal(CMS_verify(sd, NULL, store, NULL, pkg, CMS_BINARY), 1);
+	n = BIO_get_mem_data(pkg, &data);
+	q = data;
+	/* AsymmetricKeyPackage: SEQUENCE OF OneAsymmetricKey, here exactly one. */
+	keys = d2i_ASN1_SEQUENCE_ANY(NULL, &q, n);
+	assert_non_null(keys);
+	assert_ptr_equal(q, data + n);
+	assert_int_equal(sk_ASN1_TYPE_num(keys), 1);
+	assert_int_equal(ASN1_TYPE_get(sk_ASN1_TYPE_value(keys, 0)), V_ASN1_SEQUENCE);
+	q = sk_ASN1_TYPE_value(keys, 0)->value.sequence->data;
+	p8 = d2i_PKCS8_PRIV_KEY_INFO(NULL, &q, sk_ASN1_TYPE_value(keys, 0)->value.sequence->length);
+	assert_non_null(p8);
+	key = EVP_PKCS82PKEY(p8);
+	assert_non_null(key);
+	PKCS8_PRIV_KEY_INFO_free(p8);
+	sk_ASN1_TYPE_pop_free(keys, ASN1_TYPE_free);
+	CMS_ContentInfo_free(sd);
+	CMS_ContentInfo_free(env);
+	ASN1_OBJECT_free(akp);
+	X509_STORE_free(store);
+	BIO_free(dec);
+	BIO_free(pkg);
+	return key;
+}
+
+static void
+test_key_package(void **state)
+{
+	struct fixture *f = *state;
+	/* The CA: the EC transport test key standing in for the token's; recipients of either kind. */
+	X509 *ca = f->k.ec_cert;
+	X509 *rsa_client = cert_with_ku(f->k.rsa, "rsa client", "critical,digitalSignature,keyEncipherment", ca,
+					f->k.ec);
+	X509 *ec_client = cert_with_ku(f->k.other, "ec client", "critical,digitalSignature,keyAgreement", ca, f->k.ec);
+	X509 *signing_only = cert_with_ku(f->k.other, "signer", "critical,digitalSignature,nonRepudiation", ca,
+					  f->k.ec);
+	unsigned char *der = NULL;
+	size_t derlen = 0;
+	EVP_PKEY *got;
+
+	/* RSA recipient (ktri, OAEP), an EC server-generated key. */
+	assert_int_equal(esc_est_key_package_seal(f->ctx, ca, NULL, f->k.ec, f->enrollee, rsa_client, &der, &derlen),
+			 ESC_OK);
+	got = open_key_package(der, derlen, f->k.rsa, rsa_client, ca);
+	assert_int_equal(EVP_PKEY_eq(got, f->enrollee), 1);
+	EVP_PKEY_free(got);
+	/* Not the bare PKCS#8 inside the EnvelopedData, as before. */
+	{
+		const unsigned char *p = der;
+		CMS_ContentInfo *env = d2i_CMS_ContentInfo(NULL, &p, (long)derlen);
+		BIO *dec = BIO_new(BIO_s_mem());
+		unsigned char *data;
+		const unsigned char *q;
+		long n;
+		PKCS8_PRIV_KEY_INFO *p8;
+
+		assert_int_equal(CMS_decrypt(env, f->k.rsa, rsa_client, NULL, dec, CMS_BINARY), 1);
+		n = BIO_get_mem_data(dec, &data);
+		q = data;
+		p8 = d2i_PKCS8_PRIV_KEY_INFO(NULL, &q, n);
+		assert_true(p8 == NULL || q != data + n);
+		PKCS8_PRIV_KEY_INFO_free(p8);
+		ERR_clear_error();
+		BIO_free(dec);
+		CMS_ContentInfo_free(env);
+	}
+	free(der);
+	der = NULL;
+
+	/* EC recipient (kari), an RSA server-generated key. */
+	assert_int_equal(
+		esc_est_key_package_seal(f->ctx, ca, NULL, f->k.ec, f->enrollee_rsa, ec_client, &der, &derlen), ESC_OK);
+	got = open_key_package(der, derlen, f->k.other, ec_client, ca);
+	assert_int_equal(EVP_PKEY_eq(got, f->enrollee_rsa), 1);
+	EVP_PKEY_free(got);
+	free(der);
+	der = NULL;
+
+	/* A signing-only certificate is no recipient: refused, nothing made. */
+	assert_int_equal(
+		esc_est_key_package_seal(f->ctx, ca, NULL, f->k.ec, f->enrollee, signing_only, &der, &derlen),
+		ESC_ERR_BAD_INPUT);
+	assert_null(der);
+	assert_non_null(strstr(esc_ctx_errmsg(f->ctx), "cannot receive encrypted keys"));
+	X509_free(rsa_client);
+	X509_free(ec_client);
+	X509_free(signing_only);
+}
+
+/* DecryptKeyIdentifier (symmetric) is seen, whatever its form, so the service can refuse it. */
+static void
+test_csr_symmetric(void **state)
+{
+	struct fixture *f = *state;
+	static const unsigned char kid[] = {1, 2, 3, 4};
+	X509_REQ *req;
+	int yes = -1;
+
+	assert_int_equal(esc_csr_wants_symmetric(f->ctx, f->csr, &yes), ESC_OK);
+	assert_int_equal(yes, 0);
+	req = make_csr(f->enrollee, V_ASN1_OCTET_STRING, kid, sizeof(kid));
+	assert_non_null(req);
+	assert_int_equal(esc_csr_wants_symmetric(f->ctx, req, &yes), ESC_OK);
+	assert_int_equal(yes, 0); /* the asymmetric one is another attribute */
+	X509_REQ_free(req);
+	req = X509_REQ_dup(f->csr);
+	assert_non_null(req);
+	assert_int_equal(X509_REQ_add1_attr_by_txt(req, OID_SYMMETRIC_KID, V_ASN1_OCTET_STRING, kid, sizeof(kid)), 1);
+	assert_int_equal(esc_csr_wants_symmetric(f->ctx, req, &yes), ESC_OK);
+	assert_int_equal(yes, 1);
+	X509_REQ_free(req);
+	req = X509_REQ_dup(f->csr);
+	assert_non_null(req);
+	assert_int_equal(X509_REQ_add1_attr_by_txt(req, OID_SYMMETRIC_KID, V_ASN1_UTF8STRING, kid, sizeof(kid)), 1);
+	assert_int_equal(esc_csr_wants_symmetric(f->ctx, req, &yes), ESC_OK);
+	assert_int_equal(yes, 1);
+	X509_REQ_free(req);
 }
 
 int
@@ -1040,6 +1404,8 @@ main(void)
 		cmocka_unit_test(test_cmc_key_mismatch), cmocka_unit_test(test_cmc_variants),
 		cmocka_unit_test(test_cmc_bad_outer),	 cmocka_unit_test(test_certs_only),
 		cmocka_unit_test(test_certs_only_bad),	 cmocka_unit_test(test_csrattrs),
+		cmocka_unit_test(test_csrattrs_profiles), cmocka_unit_test(test_key_recipient),
+		cmocka_unit_test(test_key_package),	 cmocka_unit_test(test_csr_symmetric),
 	};
 
 	return cmocka_run_group_tests(tests, setup, teardown);
