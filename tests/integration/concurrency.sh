@@ -24,10 +24,11 @@ ca_pem "$T/ca.pem"
 
 pw admin 'admin-password-0001'; pw cm1 'cm1-password-00001'; pw cm2 'cm2-password-00002'
 pw kent 'kent-password-0003'; pw audrey 'audrey-password-05'; pw p12 'recovered-p12-pass'
+pw aud2 'aud2-password-000006'
 P11ESCROW_NEW_PASSWORD=admin-password-0001 run_esc 0 account add admin --role admin
 as admin 0 kra enroll --ca-token 'pkcs11:token=CA' --pin-file "$PIN_FILE" --token 'pkcs11:token=KRA1' \
     --kra-pin-file "$PIN_FILE" --name kra1 --key-type ec-p256
-for who in cm1:cert-manager cm2:cert-manager audrey:auditor; do
+for who in cm1:cert-manager cm2:cert-manager audrey:auditor aud2:auditor; do
     P11ESCROW_NEW_PASSWORD=$(cat "$T/${who%%:*}.pw") as admin 0 account add "${who%%:*}" --role "${who#*:}"
 done
 P11ESCROW_NEW_PASSWORD=$(cat "$T/kent.pw") as admin 0 account add kent --role kra --kra kra1
@@ -115,7 +116,7 @@ bg kra 0 admin kra enroll --ca-token 'pkcs11:token=CA' --pin-file "$PIN_FILE" --
 bg revoke 0 cm1 cert revoke --serial "$(openssl x509 -in "$T/keys/pre/k999998.pem" -noout -serial | sed 's/serial=//')" \
     --reason affiliationChanged
 bg grant 0 - db grant-service svc_concurrency
-bg passwd 0 admin account passwd audrey --new-password-file "$T/audrey.pw"
+bg passwd 0 admin account passwd aud2 --new-password-file "$T/audrey.pw"
 bg policy 0 cm1 recovery request --serial "$PRE_SERIAL" --reason "concurrency test" --kra kra1
 start_ops
 wait_ops

@@ -79,7 +79,9 @@ note "... a session cannot open another one"
 expect 400 "bearer:$TOK" POST /session
 
 note "wrong, malformed and unknown tokens: 401, one answer"
-expect 401 "bearer:${TOK:0:42}A" GET /whoami
+# Another last character (the last of 32 bytes in base64url is one of 16; 'A' is among them).
+if [ "${TOK:42:1}" = A ]; then OTHER=${TOK:0:42}E; else OTHER=${TOK:0:42}A; fi
+expect 401 "bearer:$OTHER" GET /whoami
 grep -qi '^WWW-Authenticate: Bearer' "$T/headers" || fail "no Bearer challenge"
 cp "$T/body" "$T/body.unknown"
 expect 401 "bearer:${TOK}x" GET /whoami
