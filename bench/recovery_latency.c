@@ -182,7 +182,7 @@ main(int argc, char *argv[])
 			fprintf(stderr, PROG ": account '%s' is not bound to a KRA\n", a->account_name);
 			goto out;
 		}
-		if (esc_token_open_sibling(ctx, esc_keeper_token(keeper), a->token_uri, &a->card) != ESC_OK ||
+		if (esc_token_open(ctx, module, a->token_uri, &a->card) != ESC_OK ||
 		    esc_token_login(ctx, a->card, pin) != ESC_OK) {
 			rc = fail(ctx, a->token_uri);
 			goto out;
@@ -213,7 +213,7 @@ main(int argc, char *argv[])
 			goto out;
 		}
 		t1 = bench_now();
-		if (esc_recovery_release(ctx, st, esc_keeper_token(keeper), id) != ESC_OK) {
+		if (esc_keeper_release(ctx, keeper, st, id) != ESC_OK) {
 			rc = fail(ctx, "release");
 			goto out;
 		}

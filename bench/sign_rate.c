@@ -5,7 +5,9 @@
  *
  * Like p11escrowd's workers, each thread opens its own keeper
  * (esc_keeper_open: one token session per thread, the module loaded once
- * and the login shared) and signs from it until the time is up:
+ * and the login shared) for the CA certificate, and its own session of the
+ * CA token for the signing key (the keeper hands out no token), and signs
+ * until the time is up:
  *
  *   cert    (default) whole certificates, as issuance makes them:
  *           esc_ca_issue_ee builds an end-entity certificate for a P-256 key
@@ -100,6 +102,7 @@ worker_main(void *arg)
 	struct esc_ctx *ctx = NULL;
 	struct esc_store *st = NULL;
 	struct esc_keeper *k = NULL;
+	struct esc_token *tok = NULL;
 	struct esc_token_key *tk = NULL;
 	EVP_PKEY *signer = NULL, *pub = NULL;
 	X509_NAME *subject = NULL;
@@ -111,8 +114,9 @@ worker_main(void *arg)
 		goto ready;
 	if (esc_store_connect(ctx, sh->database, &st) != ESC_OK ||
 	    esc_keeper_open(ctx, st, sh->module, sh->pin, &k) != ESC_OK ||
-	    esc_token_find_key(ctx, esc_keeper_token(k), sh->key_uri, &tk) != ESC_OK ||
-	    esc_token_key_private(ctx, esc_keeper_token(k), tk, &signer) != ESC_OK) {
+	    esc_token_open(ctx, sh->module, sh->key_uri, &tok) != ESC_OK || esc_token_login(ctx, tok, sh->pin) != ESC_OK ||
+	    esc_token_find_key(ctx, tok, sh->key_uri, &tk) != ESC_OK ||
+	    esc_token_key_private(ctx, tok, tk, &signer) != ESC_OK) {
 		fprintf(stderr, PROG ": thread %d: %s\n", w->index, esc_ctx_errmsg(ctx));
 		goto ready;
 	}
@@ -166,6 +170,7 @@ ready:
 	EVP_PKEY_free(pub);
 	EVP_PKEY_free(signer);
 	esc_token_key_free(tk);
+	esc_token_free(tok);
 	esc_keeper_free(k);
 	esc_store_free(st);
 	esc_ctx_free(ctx);

@@ -56,21 +56,5 @@ struct esc_archive_info {
 enum esc_err esc_archive_key(struct esc_ctx *ctx, struct esc_store *st, const char *actor, X509 *cert, EVP_PKEY *key,
 			     enum esc_archive_source source, struct esc_archive_info *info) ESC_MUST_CHECK;
 
-/*
- * Open the outer layer of record id with the storage key on the CA token
- * (logged in) and check that it belongs to that row.  First the row must
- * match its certificate column (serial, issuer, subject, email and both
- * hashes as archival derived them); then the certificate hash sealed in the
- * record must be the hash of that certificate column itself, so neither
- * relabelled columns nor a certificate moved in from another row pass.
- * *inner is the DER of the inner layer (ciphertext to the KRA set;
- * malloc'ed, caller frees).  Library-internal callers only do this for an
- * approved recovery.
- * Errors: NOT_FOUND, TAMPERED (GCM tag, a record moved between rows, a row
- * that does not match its certificate, a certificate other than the sealed
- * one), KEY_NOT_FOUND, PKCS11, NOMEM, CRYPTO, DB.
- */
-enum esc_err esc_archive_open_outer(struct esc_ctx *ctx, struct esc_store *st, struct esc_token *ca_tok,
-				    const char *id, unsigned char **inner, size_t *innerlen) ESC_MUST_CHECK;
 
 #endif

@@ -1,7 +1,8 @@
 /*
- * p11escrow — enrollment: certificate profiles, the keeper (the one holder
- * of a logged-in CA token session), one-time enrollment passwords, and
- * issuance that commits the certificate and its archive record together.
+ * p11escrow — enrollment: one-time enrollment passwords, client
+ * certificate checks, the service's TLS certificate, and issuance that
+ * commits the certificate and its archive record together.  Profiles are
+ * profile.h's; the signature is the keeper's (keeper.h).
  */
 #ifndef P11ESCROW_ENROLL_H
 #define P11ESCROW_ENROLL_H
@@ -15,98 +16,11 @@
 #include <p11escrow/auth.h>
 #include <p11escrow/ctx.h>
 #include <p11escrow/err.h>
+#include <p11escrow/keeper.h>
 #include <p11escrow/pin.h>
+#include <p11escrow/profile.h>
 #include <p11escrow/store.h>
 #include <p11escrow/token.h>
-
-/* ---- Profiles (built in; the EST label selects one) ---------------------- */
-
-/* Key types a profile may allow (bit set). */
-enum esc_enroll_key {
-	ESC_EKEY_RSA2048 = 1 << 0,
-	ESC_EKEY_RSA3072 = 1 << 1,
-	ESC_EKEY_RSA4096 = 1 << 2,
-	ESC_EKEY_EC_P256 = 1 << 3,
-	ESC_EKEY_EC_P384 = 1 << 4,
-};
-
-struct esc_profile {
-	const char *name;      /* also the EST label: /.well-known/est/<name>/... */
-	const char *summary;   /* one line for help and docs */
-	int archival;          /* the key must be archived: /simpleenroll refused, /fullcmc and /serverkeygen only */
-	int signing;           /* a signing profile: never archived, /serverkeygen and /fullcmc refused */
-	unsigned keys;         /* allowed enrollee key types (ESC_EKEY_*) */
-	unsigned keygen;       /* the one type /serverkeygen generates (0: none) */
-	int days;              /* validity (capped at the CA's notAfter) */
-	int enrollable;        /* reachable through EST (tls-server is not) */
-};
-
-/* The default EST profile (no label): "encryption". */
-#define ESC_PROFILE_DEFAULT "encryption"
-
-/* The profile named name (NULL or "" = the default), or NULL if unknown. */
-const struct esc_profile *esc_profile_find(const char *name);
-/* The i-th built-in profile, NULL past the end. */
-const struct esc_profile *esc_profile_at(size_t i);
-/* The ESC_EKEY_* type of pub, or 0 if no profile could allow it. */
-unsigned esc_enroll_key_type(EVP_PKEY *pub);
-
-/*
- * Does profile p allow a certificate for public key pub?  Errors: POLICY
- * (names the key type found and those allowed).
- */
-enum esc_err esc_profile_check_key(struct esc_ctx *ctx, const struct esc_profile *p, EVP_PKEY *pub) ESC_MUST_CHECK;
-
-/* Generate the profile's /serverkeygen key in software.  Errors: POLICY (profile has none), CRYPTO. */
-enum esc_err esc_profile_generate_key(struct esc_ctx *ctx, const struct esc_profile *p, EVP_PKEY **out)
-	ESC_MUST_CHECK;
-
-/* ---- The keeper: the CA token session of one thread ----------------------- */
-
-struct esc_keeper;
-
-/*
- * Open the CA token recorded at setup through module (NULL/"": the build
- * default; never a module the recorded URI names: such a URI is refused,
- * and the module must pass ctx's module allow-list), log in
- * with pin, and load what issuance needs: the CA certificate (and any chain
- * above it), the CA signing key and the transport key and certificate.
- * Several keepers may be open in one process (one per worker thread): the
- * module is loaded once and the login is shared, as PKCS#11 has it.
- * Errors: STATE (no active CA), those of esc_token_open/login, DB.
- */
-enum esc_err esc_keeper_open(struct esc_ctx *ctx, struct esc_store *st, const char *module,
-			     const struct esc_secret *pin, struct esc_keeper **out) ESC_MUST_CHECK;
-void esc_keeper_free(struct esc_keeper *k);
-
-X509 *esc_keeper_ca_cert(const struct esc_keeper *k);
-/* Certificates above the CA certificate (external CA), possibly empty; owned by k. */
-STACK_OF(X509) *esc_keeper_chain(const struct esc_keeper *k);
-X509 *esc_keeper_transport_cert(const struct esc_keeper *k);
-/* The logged-in CA token (for recovery release, audit checkpoints, CRLs). */
-struct esc_token *esc_keeper_token(struct esc_keeper *k);
-
-/*
- * Decrypt a client's archival envelope (DER ContentInfo: CMS EnvelopedData
- * or AuthEnvelopedData) with the transport key on the token, and decode the
- * PKCS#8 inside.  The plaintext is wiped.  Errors: BAD_INPUT (not an
- * envelope, not a private key), NOT_RECIPIENT (not sealed to the transport
- * certificate), TAMPERED, PKCS11.
- */
-enum esc_err esc_keeper_open_transport(struct esc_ctx *ctx, struct esc_keeper *k, const unsigned char *env,
-				       size_t envlen, EVP_PKEY **key) ESC_MUST_CHECK;
-
-/*
- * A key this CA generated, for its enrollee, encrypted to recipient as RFC
- * 7030 §4.4.2 has it (esc_est_key_package_seal): signed with the CA key on
- * the token.  The keeper signs only what that means: key must be the key
- * of cert, and cert a certificate this CA issued; recipient must be able
- * to receive keys (esc_est_key_recipient_check).  *der is malloc'ed.
- * Errors: USAGE (key and cert do not go together, cert not issued here),
- * BAD_INPUT (recipient), CRYPTO, PKCS11.
- */
-enum esc_err esc_keeper_seal_server_key(struct esc_ctx *ctx, struct esc_keeper *k, EVP_PKEY *key, X509 *cert,
-					X509 *recipient, unsigned char **der, size_t *derlen) ESC_MUST_CHECK;
 
 /* ---- Issuance ----------------------------------------------------------- */
 

@@ -103,6 +103,16 @@ struct esc_token;
 int cli_open_ca_token(const char *cmd, struct esc_ctx *ctx, struct esc_config *cfg, struct esc_store *st,
 		      const char *role, const char *explicit_uri, struct esc_token **out);
 
+struct esc_keeper;
+/*
+ * Open the keeper (keeper.h) on the CA token recorded at setup, as
+ * p11escrowd does: the local mode's release, CRL and checkpoint then run
+ * the same code as the service's.  PIN as cli_open_ca_token.  Returns 0 or
+ * an exit code (printed).
+ */
+int cli_open_keeper(const char *cmd, struct esc_ctx *ctx, struct esc_config *cfg, struct esc_store *st,
+		    struct esc_keeper **out);
+
 /* The EXIT STATUS table printed by --help. */
 void cli_print_exit_codes(void);
 

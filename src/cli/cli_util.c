@@ -14,6 +14,7 @@
 #include <pwd.h>
 
 #include <p11escrow/audit.h>
+#include <p11escrow/keeper.h>
 #include <p11escrow/pin.h>
 #include <p11escrow/setup.h>
 #include <p11escrow/token.h>
@@ -255,6 +256,24 @@ cli_open_store_local(const char *cmd, const char *what, struct esc_ctx *ctx, str
 		*st = NULL;
 		return rc;
 	}
+	return 0;
+}
+
+int
+cli_open_keeper(const char *cmd, struct esc_ctx *ctx, struct esc_config *cfg, struct esc_store *st,
+		struct esc_keeper **out)
+{
+	struct esc_secret *pin = NULL;
+	struct esc_keeper *k = NULL;
+	enum esc_err r;
+
+	if ((r = esc_secret_obtain(ctx, esc_config_get(cfg, "ca_pin_file"), "P11ESCROW_CA_PIN", "CA token PIN: ",
+				   &pin)) == ESC_OK)
+		r = esc_keeper_open(ctx, st, esc_config_get(cfg, "module"), pin, &k);
+	esc_secret_free(pin);
+	if (r != ESC_OK)
+		return cli_fail(cmd, ctx, r);
+	*out = k;
 	return 0;
 }
 

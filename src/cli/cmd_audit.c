@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include <p11escrow/audit.h>
+#include <p11escrow/keeper.h>
 #include <p11escrow/token.h>
 
 #include "cli.h"
@@ -58,20 +59,20 @@ help(void)
 static int
 do_checkpoint(struct esc_ctx *ctx, struct esc_config *cfg, struct esc_store *st)
 {
-	struct esc_token *ca = NULL;
+	struct esc_keeper *k = NULL;
 	long long id = 0;
 	enum esc_err r;
 	int rc;
 
 	/*
-	 * The CA token, as the service has it (setup keeps the audit key there):
-	 * a missing audit key is then esc_audit_checkpoint's clear, audited refusal.
+	 * The keeper, as the service has it (setup keeps the audit key on the CA
+	 * token): a missing audit key is then the library's clear, audited refusal.
 	 */
-	if ((rc = cli_open_ca_token(CMD, ctx, cfg, st, "ca-sign", NULL, &ca)) != 0)
+	if ((rc = cli_open_keeper(CMD, ctx, cfg, st, &k)) != 0)
 		return rc;
-	if ((r = esc_audit_checkpoint(ctx, st, ca, &id)) == ESC_OK)
+	if ((r = esc_keeper_checkpoint(ctx, k, st, NULL, 0, 0, &id)) == ESC_OK)
 		printf("checkpoint signed: events up to %lld\n", id);
-	esc_token_free(ca);
+	esc_keeper_free(k);
 	return r == ESC_OK ? 0 : cli_fail(CMD, ctx, r);
 }
 

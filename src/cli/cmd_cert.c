@@ -12,6 +12,7 @@
 #include <openssl/pem.h>
 
 #include <p11escrow/est.h>
+#include <p11escrow/keeper.h>
 
 #include <p11escrow/revoke.h>
 
@@ -76,21 +77,21 @@ write_crl(const char *out, X509_CRL *crl)
 static int
 do_crl(struct esc_ctx *ctx, struct esc_config *cfg, struct esc_store *st, const char *out, int days)
 {
-	struct esc_token *ca = NULL;
+	struct esc_keeper *k = NULL;
 	X509_CRL *crl = NULL;
 	enum esc_err r;
 	int rc;
 
-	if ((rc = cli_open_ca_token(CMD, ctx, cfg, st, "ca-sign", NULL, &ca)) != 0)
+	if ((rc = cli_open_keeper(CMD, ctx, cfg, st, &k)) != 0)
 		return rc;
-	if ((r = esc_crl_build(ctx, st, ca, days, &crl)) != ESC_OK) {
+	if ((r = esc_keeper_sign_crl(ctx, k, st, NULL, days, &crl)) != ESC_OK) {
 		rc = cli_fail(CMD, ctx, r);
 		goto out;
 	}
 	rc = write_crl(out, crl);
 out:
 	X509_CRL_free(crl);
-	esc_token_free(ca);
+	esc_keeper_free(k);
 	return rc;
 }
 

@@ -12,8 +12,9 @@
 #include <openssl/evp.h>
 #include <openssl/rand.h>
 
-#include <p11escrow/pin.h>
 #include <p11escrow/est.h>
+#include <p11escrow/keeper.h>
+#include <p11escrow/pin.h>
 #include <p11escrow/recovery.h>
 #include <p11escrow/token.h>
 
@@ -63,7 +64,6 @@ help(void)
 	       "  -u, --user NAME              the acting account (not needed for a local release)\n"
 	       "      --password-file FILE     its password (else $P11ESCROW_PASSWORD, else a prompt)\n"
 	       "  -m, --module MODULE          PKCS#11 module of the CA token / the card\n"
-	       "  -t, --ca-token URI           the CA token (release; default: the one recorded at setup)\n"
 	       "  -p, --pin-file FILE          CA token PIN (release; else $P11ESCROW_CA_PIN, else a prompt)\n"
 	       "      --token URI              the KRA card (complete)\n"
 	       "      --kra-pin-file FILE      the card's PIN (else $P11ESCROW_KRA_PIN, else a prompt)\n"
@@ -78,7 +78,7 @@ help(void)
 }
 
 struct opts {
-	const char *config, *database, *user, *password_file, *module, *ca_token, *pin_file, *token, *kra_pin_file;
+	const char *config, *database, *user, *password_file, *module, *pin_file, *token, *kra_pin_file;
 	const char *out, *p12_password_file, *serial, *subject, *email, *record, *reason, *kra, *state;
 	const char *server, *server_ca;
 	long long id;
@@ -282,15 +282,16 @@ cleanup:
 static int
 do_release(struct esc_ctx *ctx, struct esc_config *cfg, struct esc_store *st, const struct opts *o)
 {
-	struct esc_token *ca = NULL;
+	struct esc_keeper *k = NULL;
 	enum esc_err r;
 	int rc;
 
-	if ((rc = cli_open_ca_token(CMD, ctx, cfg, st, "storage", o->ca_token, &ca)) != 0)
+	/* The same keeper as the service's, on the CA token recorded at setup. */
+	if ((rc = cli_open_keeper(CMD, ctx, cfg, st, &k)) != 0)
 		return rc;
-	if ((r = esc_recovery_release(ctx, st, ca, o->id)) == ESC_OK)
+	if ((r = esc_keeper_release(ctx, k, st, o->id)) == ESC_OK)
 		printf("request %lld released to its KRA\n", o->id);
-	esc_token_free(ca);
+	esc_keeper_free(k);
 	return r == ESC_OK ? 0 : cli_fail(CMD, ctx, r);
 }
 
@@ -508,7 +509,6 @@ recovery_main(int argc, char *argv[])
 		{"user", required_argument, NULL, 'u'},
 		{"password-file", required_argument, NULL, OPT_PASSWORD},
 		{"module", required_argument, NULL, 'm'},
-		{"ca-token", required_argument, NULL, 't'},
 		{"pin-file", required_argument, NULL, 'p'},
 		{"token", required_argument, NULL, OPT_TOKEN},
 		{"kra-pin-file", required_argument, NULL, OPT_KRA_PIN},
@@ -540,7 +540,7 @@ recovery_main(int argc, char *argv[])
 	memset(&o, 0, sizeof(o));
 	opterr = 0;
 	optind = 1;
-	while ((c = getopt_long(argc, argv, ":c:d:u:m:t:p:o:h", longopts, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, ":c:d:u:m:p:o:h", longopts, NULL)) != -1) {
 		switch (c) {
 		case 'h':
 			help();
@@ -550,7 +550,6 @@ recovery_main(int argc, char *argv[])
 		case 'u': o.user = optarg; break;
 		case OPT_PASSWORD: o.password_file = optarg; break;
 		case 'm': o.module = optarg; break;
-		case 't': o.ca_token = optarg; break;
 		case 'p': o.pin_file = optarg; break;
 		case OPT_TOKEN: o.token = optarg; break;
 		case OPT_KRA_PIN: o.kra_pin_file = optarg; break;
@@ -604,7 +603,7 @@ recovery_main(int argc, char *argv[])
 		return rc;
 	if ((rc = cli_init(CMD, o.config, &ctx, &cfg)) != 0)
 		goto out;
-	if ((rc = cli_apply_common(CMD, ctx, cfg, o.database, o.module, o.ca_token, o.pin_file)) != 0)
+	if ((rc = cli_apply_common(CMD, ctx, cfg, o.database, o.module, NULL, o.pin_file)) != 0)
 		goto out;
 	if (o.server != NULL) {
 		rc = remote_main(ctx, cfg, &o, action);

@@ -472,7 +472,7 @@ release_if_approved(struct api_call *c, char *msg, size_t msglen)
 	if (c->w->keeper == NULL)
 		r = ESC_ERR_TOKEN_NOT_FOUND; /* svc_worker_ready checked it; a lost token is a 503 next time */
 	else
-		r = esc_recovery_release(c->w->ctx, c->w->st, esc_keeper_token(c->w->keeper), c->id);
+		r = esc_keeper_release(c->w->ctx, c->w->keeper, c->w->st, c->id);
 	if (r == ESC_OK)
 		return ESC_OK;
 	/* Another worker released it first (two approvals at once): nothing went wrong. */
@@ -570,7 +570,7 @@ api_recovery_release(struct api_call *c)
 	if (c->w->keeper == NULL)
 		r = ESC_ERR_TOKEN_NOT_FOUND;
 	else
-		r = esc_recovery_release(c->w->ctx, c->w->st, esc_keeper_token(c->w->keeper), c->id);
+		r = esc_keeper_release(c->w->ctx, c->w->keeper, c->w->st, c->id);
 	if (r != ESC_OK) {
 		reply_esc(c, r);
 		return;

@@ -535,7 +535,7 @@ api_crl(struct api_call *c)
 	if (w->keeper == NULL)
 		r = ESC_ERR_TOKEN_NOT_FOUND; /* svc_worker_ready checked it; a lost token is a 503 */
 	else
-		r = esc_crl_build_by(w->ctx, w->st, api_call_account(c), esc_keeper_token(w->keeper), days, &crl);
+		r = esc_keeper_sign_crl(w->ctx, w->keeper, w->st, api_call_account(c), days, &crl);
 	if (r != ESC_OK) {
 		api_reply_esc(c, r);
 		return;
@@ -671,7 +671,7 @@ api_audit_checkpoint(struct api_call *c)
 	if (w->keeper == NULL)
 		r = ESC_ERR_TOKEN_NOT_FOUND; /* svc_worker_ready checked it; a lost token is a 503 */
 	else
-		r = esc_audit_checkpoint_by(w->ctx, w->st, api_call_account(c), esc_keeper_token(w->keeper), &id);
+		r = esc_keeper_checkpoint(w->ctx, w->keeper, w->st, api_call_account(c), 0, 0, &id);
 	if (r != ESC_OK) {
 		api_reply_esc(c, r);
 		return;

@@ -659,7 +659,7 @@ serve_crl(struct svc_request *r)
 	if (w->crl == NULL || now - w->crl_at >= CRL_REFRESH) {
 		if (svc_worker_ready(w, r) != 0)
 			return;
-		if ((e = esc_crl_build(w->ctx, w->st, esc_keeper_token(w->keeper), CRL_DAYS, &crl)) != ESC_OK) {
+		if ((e = esc_keeper_sign_crl(w->ctx, w->keeper, w->st, NULL, CRL_DAYS, &crl)) != ESC_OK) {
 			svc_reply_esc(r, e);
 			return;
 		}

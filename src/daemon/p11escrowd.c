@@ -296,8 +296,8 @@ checkpoint_maybe(struct slot *sl, int final)
 	if (!final && now.tv_sec < sl->ckpt_retry)
 		return;
 	if ((r = worker_connect(w)) == ESC_OK)
-		r = esc_audit_checkpoint_if_due(w->ctx, w->st, esc_keeper_token(w->keeper), final ? 1 : events,
-						final ? 0 : seconds, &id);
+		r = esc_keeper_checkpoint(w->ctx, w->keeper, w->st, NULL, final ? 1 : events, final ? 0 : seconds,
+					  &id);
 	if (r == ESC_OK) {
 		sl->ckpt_backoff = 0;
 		if (id > 0)
@@ -909,7 +909,7 @@ main(int argc, char *argv[])
 	if (check) {
 		printf("p11escrowd: configuration '%s' valid; schema current; CA token '%s' logged in; TLS "
 		       "certificate and key usable\n",
-		       config, esc_token_label(esc_keeper_token(s.slots[0].w.keeper)));
+		       config, esc_keeper_token_label(s.slots[0].w.keeper));
 		rc = 0;
 		goto out;
 	}

@@ -67,7 +67,7 @@ fi
 if command -v clang-format >/dev/null; then clang-format -i "$here/envelope_keys.h"; fi
 
 # Clear the generated seeds, never a crash-* or regress-* file (kept reproducers).
-for d in uri config envelope import est record; do
+for d in uri config envelope import est record keeper; do
     mkdir -p "$corpus/$d"
     find "$corpus/$d" -maxdepth 1 -type f ! -name 'crash-*' ! -name 'regress-*' -delete
 done
@@ -414,6 +414,38 @@ record empty-inner 1 "$row_id" "$row_hash" ""
 { cat "$r/ok.der"; printf '\0'; } >"$r/trailing.der"
 head -c 40 "$r/ok.der" >"$r/truncated.der"
 
+# --- keeper ---------------------------------------------------------------------
+# fuzz_keeper: one keeper protocol message without its length field (keeper_proto.h): version 1,
+# type, seq (4 bytes), then fields of tag (1 byte), length (4 bytes), bytes.
+k=$corpus/keeper
+# msg NAME TYPE-HEX [FIELD-HEX...]: each FIELD-HEX is the tag byte then the value, in hex.
+msg() {
+    local name=$1 type=$2 hex f v
+    shift 2
+    hex="01${type}00000001"
+    for f in "$@"; do
+        v=${f:2}
+        hex+="${f:0:2}$(printf '%08x' $((${#v} / 2)))$v"
+    done
+    printf '%s' "$hex" | xxd -r -p >"$k/$name"
+}
+msg hello 01
+msg issue 02 "01$(printf encryption | xxd -p)" 023000 03300d810b6140622e6578616d706c65 \
+    04305930130607 050000016d
+msg open-transport 03 "01$(printf encryption | xxd -p)" 073080060b2a864886f70d010910011
+msg release 04 090000000000000007
+msg sign-crl 05 0500000007
+msg checkpoint 06 0b00000005 0c0000003c 0d00000000
+msg hello-reply 81 0f3003020101 10 113003020102
+msg issue-reply 82 063003020101
+msg transport-reply 83 08300502010004
+msg error ff 12ffffffcd "13$(printf 'request 7 is not approved' | xxd -p)"
+msg dup-field 04 090000000000000007 090000000000000008
+msg unknown-field 01 2a00
+msg wrong-width 04 0900000007
+{ cat "$k/release"; printf '\x09'; } >"$k/trailing"
+head -c 9 "$k/issue" >"$k/truncated"
+
 # openssl writes key files 0600; these are test data, readable like any source file.
 find "$corpus" "$keys" -type f ! -name 'crash-*' -exec chmod 0644 {} +
 
@@ -422,7 +454,7 @@ big=$(find "$corpus" -type f ! -name 'crash-*' -size +8k)
 [[ -z $big ]] || { echo "make-corpus.sh: seeds over 8 KiB: $big" >&2; exit 1; }
 total=$(find "$corpus" -type f ! -name 'crash-*' -printf '%s\n' | awk '{s += $1} END {print s}')
 ((total < 300 * 1024)) || { echo "make-corpus.sh: corpus is $total bytes, over 300 KiB" >&2; exit 1; }
-for d in uri config envelope import est record; do
+for d in uri config envelope import est record keeper; do
     printf '%-9s %3d seeds\n' "$d" "$(find "$corpus/$d" -type f ! -name 'crash-*' | wc -l)"
 done
 echo "total $total bytes"

@@ -203,7 +203,9 @@ cmd_client_cert(struct esc_ctx *ctx, int argc, char *argv[])
 	struct esc_ee_spec spec;
 	struct esc_store *st = NULL;
 	struct esc_keeper *k;
+	struct esc_token *tok = NULL;
 	struct esc_token_key *tk = NULL;
+	struct esc_secret *pin = NULL;
 	X509_NAME *subject = NULL;
 	EVP_PKEY *pub, *signer = NULL;
 	X509 *cert = NULL;
@@ -217,8 +219,10 @@ cmd_client_cert(struct esc_ctx *ctx, int argc, char *argv[])
 	k = open_keeper(ctx, st, argv[3]);
 	if ((r = esc_name_parse(ctx, argv[5], &subject)) != ESC_OK ||
 	    (r = esc_setup_key_uri(ctx, st, "ca-sign", &uri)) != ESC_OK ||
-	    (r = esc_token_find_key(ctx, esc_keeper_token(k), uri, &tk)) != ESC_OK ||
-	    (r = esc_token_key_private(ctx, esc_keeper_token(k), tk, &signer)) != ESC_OK)
+	    /* A client certificate no profile issues (test data): signed with the CA key directly, not by the keeper. */
+	    (r = esc_secret_from_file(ctx, argv[3], &pin)) != ESC_OK || (r = esc_token_open(ctx, NULL, uri, &tok)) != ESC_OK ||
+	    (r = esc_token_login(ctx, tok, pin)) != ESC_OK || (r = esc_token_find_key(ctx, tok, uri, &tk)) != ESC_OK ||
+	    (r = esc_token_key_private(ctx, tok, tk, &signer)) != ESC_OK)
 		return fail(ctx, r);
 	memset(&spec, 0, sizeof(spec));
 	spec.subject = subject;
@@ -236,6 +240,8 @@ cmd_client_cert(struct esc_ctx *ctx, int argc, char *argv[])
 	X509_free(cert);
 	EVP_PKEY_free(signer);
 	esc_token_key_free(tk);
+	esc_token_free(tok);
+	esc_secret_free(pin);
 	free(uri);
 	X509_NAME_free(subject);
 	EVP_PKEY_free(pub);

@@ -1,0 +1,104 @@
+/*
+ * p11escrow — the keeper: the one holder of a logged-in CA token session.
+ *
+ * Nothing else touches the CA's private keys, and the keeper hands out no
+ * token: it answers typed requests and decides on their meaning before the
+ * token is used (DESIGN.md §2).  It signs only certificates it builds
+ * itself from a profile (enroll.c's issuance calls it), opens only
+ * envelopes addressed to the transport certificate and holding a private
+ * key, releases only an approved recovery request it reads itself, and
+ * signs only the CRL and audit checkpoints it builds from the database.
+ * The CLI's local mode and p11escrowd use this same code.
+ */
+#ifndef P11ESCROW_KEEPER_H
+#define P11ESCROW_KEEPER_H
+
+#include <stddef.h>
+
+#include <openssl/evp.h>
+#include <openssl/x509.h>
+
+#include <p11escrow/auth.h>
+#include <p11escrow/ctx.h>
+#include <p11escrow/err.h>
+#include <p11escrow/pin.h>
+#include <p11escrow/store.h>
+
+/* ---- The keeper: the CA token session of one thread ----------------------- */
+
+struct esc_keeper;
+
+/*
+ * Open the CA token recorded at setup through module (NULL/"": the build
+ * default; never a module the recorded URI names: such a URI is refused,
+ * and the module must pass ctx's module allow-list), log in
+ * with pin, and load what issuance needs: the CA certificate (and any chain
+ * above it), the CA signing key and the transport key and certificate.
+ * Several keepers may be open in one process (one per worker thread): the
+ * module is loaded once and the login is shared, as PKCS#11 has it.
+ * Errors: STATE (no active CA), those of esc_token_open/login, DB.
+ */
+enum esc_err esc_keeper_open(struct esc_ctx *ctx, struct esc_store *st, const char *module,
+			     const struct esc_secret *pin, struct esc_keeper **out) ESC_MUST_CHECK;
+void esc_keeper_free(struct esc_keeper *k);
+
+X509 *esc_keeper_ca_cert(const struct esc_keeper *k);
+/* Certificates above the CA certificate (external CA), possibly empty; owned by k. */
+STACK_OF(X509) *esc_keeper_chain(const struct esc_keeper *k);
+X509 *esc_keeper_transport_cert(const struct esc_keeper *k);
+/* The CA token's label, for log lines. */
+const char *esc_keeper_token_label(const struct esc_keeper *k);
+
+/*
+ * Release approved recovery request id (esc_recovery_release): the request
+ * is read and locked in st, and only an approved one is released, its
+ * record's storage layer opened with the storage key on the token.
+ * Errors: those of esc_recovery_release.
+ */
+enum esc_err esc_keeper_release(struct esc_ctx *ctx, struct esc_keeper *k, struct esc_store *st, long long id)
+	ESC_MUST_CHECK;
+
+/*
+ * Sign the CRL built from st's revocations (esc_crl_build), valid days;
+ * on behalf of account by (esc_crl_build_by: its role is checked and a
+ * refusal audited), or of the service when by is NULL.  *out is the
+ * caller's.  Errors: those of esc_crl_build(_by).
+ */
+enum esc_err esc_keeper_sign_crl(struct esc_ctx *ctx, struct esc_keeper *k, struct esc_store *st,
+				 const struct esc_account *by, int days, X509_CRL **out) ESC_MUST_CHECK;
+
+/*
+ * Sign an audit checkpoint of the chain's end in st with the audit key.
+ * by non-NULL: now, for that account (esc_audit_checkpoint_by).  by NULL
+ * with events and seconds 0: now, for the holder of the CA token PIN
+ * (esc_audit_checkpoint).  Else the service's, if one is due
+ * (esc_audit_checkpoint_if_due with events and seconds).  *event_id: the
+ * event signed, 0 if none was due.
+ */
+enum esc_err esc_keeper_checkpoint(struct esc_ctx *ctx, struct esc_keeper *k, struct esc_store *st,
+				   const struct esc_account *by, long long events, long long seconds,
+				   long long *event_id) ESC_MUST_CHECK;
+
+/*
+ * Decrypt a client's archival envelope (DER ContentInfo: CMS EnvelopedData
+ * or AuthEnvelopedData) with the transport key on the token, and decode the
+ * PKCS#8 inside.  The plaintext is wiped.  Errors: BAD_INPUT (not an
+ * envelope, not a private key), NOT_RECIPIENT (not sealed to the transport
+ * certificate), TAMPERED, PKCS11.
+ */
+enum esc_err esc_keeper_open_transport(struct esc_ctx *ctx, struct esc_keeper *k, const unsigned char *env,
+				       size_t envlen, EVP_PKEY **key) ESC_MUST_CHECK;
+
+/*
+ * A key this CA generated, for its enrollee, encrypted to recipient as RFC
+ * 7030 §4.4.2 has it (esc_est_key_package_seal): signed with the CA key on
+ * the token.  The keeper signs only what that means: key must be the key
+ * of cert, and cert a certificate this CA issued; recipient must be able
+ * to receive keys (esc_est_key_recipient_check).  *der is malloc'ed.
+ * Errors: USAGE (key and cert do not go together, cert not issued here),
+ * BAD_INPUT (recipient), CRYPTO, PKCS11.
+ */
+enum esc_err esc_keeper_seal_server_key(struct esc_ctx *ctx, struct esc_keeper *k, EVP_PKEY *key, X509 *cert,
+					X509 *recipient, unsigned char **der, size_t *derlen) ESC_MUST_CHECK;
+
+#endif
