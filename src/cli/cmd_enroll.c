@@ -565,6 +565,29 @@ names_text(const json_t *a, char *buf, size_t len)
 	}
 }
 
+/* The built-in profiles of this program (no database, no service). */
+static int
+profile_list_local(void)
+{
+	const struct esc_profile *p;
+	char keys[96], keygen[32];
+	size_t i;
+
+	printf("%-15s %-10s %-8s %-42s %-8s %-5s %s\n", "NAME", "ENROLL", "KEY", "KEY TYPES", "KEYGEN", "DAYS",
+	       "SUMMARY");
+	for (i = 0; (p = esc_profile_at(i)) != NULL; i++) {
+		key_types(p->keys, keys, sizeof(keys));
+		key_types(p->keygen, keygen, sizeof(keygen));
+		printf("%-15s %-10s %-8s %-42s %-8s %-5d %s%s\n", p->name, p->enrollable ? "yes" : "no",
+		       p->archival  ? "archived"
+		       : p->signing ? "signing"
+				    : "-",
+		       keys, keygen, p->days, p->summary,
+		       strcmp(p->name, ESC_PROFILE_DEFAULT) == 0 ? " (default)" : "");
+	}
+	return 0;
+}
+
 static int
 profile_remote(int argc, char *argv[])
 {
@@ -604,8 +627,12 @@ profile_remote(int argc, char *argv[])
 	}
 	if (optind != argc - 1 || strcmp(argv[optind], "list") != 0)
 		return cli_usage_error(CMD_PROFILE, "expected the action: list");
-	if (server == NULL)
-		return cli_usage_error(CMD_PROFILE, "--user, --password-file and --server-ca go with --server URL");
+	if (server == NULL) {
+		if (user != NULL || password_file != NULL || server_ca != NULL)
+			return cli_usage_error(CMD_PROFILE, "--user, --password-file and --server-ca go with --server URL");
+		/* --config alone: the built-in table needs none of it. */
+		return profile_list_local();
+	}
 	if ((rc = cli_init(CMD_PROFILE, config, &ctx, &cfg)) != 0 ||
 	    (rc = cli_http_open(CMD_PROFILE, ctx, server, server_ca, user, password_file, &h)) != 0 ||
 	    (rc = cli_http_call(h, CLI_HTTP_GET, "/profiles", NULL, &doc)) != 0)
@@ -637,10 +664,6 @@ out:
 int
 profile_main(int argc, char *argv[])
 {
-	const struct esc_profile *p;
-	char keys[96], keygen[32];
-	size_t i;
-
 	if (argc == 2 && (strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "--help") == 0)) {
 		profile_help();
 		return 0;
@@ -649,17 +672,5 @@ profile_main(int argc, char *argv[])
 		return profile_remote(argc, argv);
 	if (argc != 2 || strcmp(argv[1], "list") != 0)
 		return cli_usage_error(CMD_PROFILE, "expected the action: list");
-	printf("%-15s %-10s %-8s %-42s %-8s %-5s %s\n", "NAME", "ENROLL", "KEY", "KEY TYPES", "KEYGEN", "DAYS",
-	       "SUMMARY");
-	for (i = 0; (p = esc_profile_at(i)) != NULL; i++) {
-		key_types(p->keys, keys, sizeof(keys));
-		key_types(p->keygen, keygen, sizeof(keygen));
-		printf("%-15s %-10s %-8s %-42s %-8s %-5d %s%s\n", p->name, p->enrollable ? "yes" : "no",
-		       p->archival  ? "archived"
-		       : p->signing ? "signing"
-				    : "-",
-		       keys, keygen, p->days, p->summary,
-		       strcmp(p->name, ESC_PROFILE_DEFAULT) == 0 ? " (default)" : "");
-	}
-	return 0;
+	return profile_list_local();
 }

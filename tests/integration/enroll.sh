@@ -38,6 +38,14 @@ for p in encryption encryption-rsa signing tls-server; do assert_out "$p"; done
 assert_out "(default)"
 run_esc 0 profile --help
 run_esc 2 profile frob
+# A configuration file changes nothing of the built-in list (it once made 'list' an error).
+printf 'log_level = info\n' >"$T/profile.conf"
+run_esc 0 profile list
+cp "$T/out" "$T/profiles.builtin"
+run_esc 0 profile list --config "$T/profile.conf"
+cmp -s "$T/out" "$T/profiles.builtin" || fail "profile list --config lists other profiles"
+run_esc 2 profile list --user admin
+assert_out "go with --server URL"
 
 note "one-time enrollment passwords: created by administrators and certificate managers only"
 as cm 0 enroll-password create --subject 'CN=Alice,O=Example,emailAddress=alice@example.org' --hours 2
