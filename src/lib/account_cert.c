@@ -452,7 +452,10 @@ esc_account_cert_add(struct esc_ctx *ctx, struct esc_store *st, const struct esc
 		goto out;
 	}
 	if ((r = esc_account_cert_usable(ctx, cert)) != ESC_OK) {
-		r = esc_error(ctx, ESC_ERR_USAGE, "certificate SHA256:%s cannot log in: %s", c.fp, esc_ctx_errmsg(ctx));
+		char why[160]; /* the message is rewritten from itself: copy it first */
+
+		snprintf(why, sizeof(why), "%s", esc_ctx_errmsg(ctx));
+		r = esc_error(ctx, ESC_ERR_USAGE, "certificate SHA256:%s cannot log in: %s", c.fp, why);
 		goto out;
 	}
 	if ((r = verify_chain(ctx, st, cert, untrusted, ca_path)) != ESC_OK)
