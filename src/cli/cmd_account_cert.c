@@ -112,15 +112,31 @@ account_cert_main(int argc, char *argv[])
 	optind = 1;
 	while ((c = getopt_long(argc, argv, ":c:d:u:h", longopts, NULL)) != -1) {
 		switch (c) {
-		case 'h': help(); return 0;
-		case 'c': config = optarg; break;
-		case 'd': database = optarg; break;
-		case 'u': user = optarg; break;
-		case OPT_PASSWORD: password_file = optarg; break;
-		case OPT_CERT: cert_file = optarg; break;
-		case OPT_SHA256: sha256 = optarg; break;
-		case ':': return cli_usage_error(CMD, "option '%s' needs a value", argv[optind - 1]);
-		default: return cli_usage_error(CMD, "unknown option '%s'", argv[optind - 1]);
+		case 'h':
+			help();
+			return 0;
+		case 'c':
+			config = optarg;
+			break;
+		case 'd':
+			database = optarg;
+			break;
+		case 'u':
+			user = optarg;
+			break;
+		case OPT_PASSWORD:
+			password_file = optarg;
+			break;
+		case OPT_CERT:
+			cert_file = optarg;
+			break;
+		case OPT_SHA256:
+			sha256 = optarg;
+			break;
+		case ':':
+			return cli_usage_error(CMD, "option '%s' needs a value", argv[optind - 1]);
+		default:
+			return cli_usage_error(CMD, "unknown option '%s'", argv[optind - 1]);
 		}
 	}
 	if (optind + 2 != argc)

@@ -89,8 +89,8 @@ json_str(const char *key, const char *v, int last)
 /* The events through the service's JSON API (at most 10000, as the service allows). */
 static int
 remote_list(struct esc_ctx *ctx, const char *server, const char *server_ca, const char *const client[2],
-	    const char *user, const char *password_file, const char *const filters[6], size_t limit, struct esc_audit_row **out,
-	    size_t *n)
+	    const char *user, const char *password_file, const char *const filters[6], size_t limit,
+	    struct esc_audit_row **out, size_t *n)
 {
 	static const char *const names[6] = {"since", "until", "actor", "action", "object", "serial"};
 	struct cli_http *h = NULL;
@@ -107,7 +107,8 @@ remote_list(struct esc_ctx *ctx, const char *server, const char *server_ca, cons
 			return cli_usage_error(CMD, "filters too long");
 	if (cli_http_query(path, sizeof(path), "limit", lim) != 0)
 		return cli_usage_error(CMD, "filters too long");
-	if ((rc = cli_http_open_cert(CMD, ctx, server, server_ca, user, password_file, client[0], client[1], &h)) != 0 ||
+	if ((rc = cli_http_open_cert(CMD, ctx, server, server_ca, user, password_file, client[0], client[1],
+				     &h)) != 0 ||
 	    (rc = cli_http_call(h, CLI_HTTP_GET, path, NULL, &doc)) != 0)
 		goto out;
 	list = json_object_get(doc, "events");
@@ -141,8 +142,8 @@ out:
 int
 audit_main(int argc, char *argv[])
 {
-	enum { OPT_PASSWORD = 256, OPT_SINCE, OPT_UNTIL, OPT_ACTOR, OPT_ACTION, OPT_OBJECT, OPT_LIMIT, OPT_SERVER, OPT_CLIENT_CERT, OPT_CLIENT_KEY,
-	       OPT_SERVER_CA, OPT_SERIAL };
+	enum { OPT_PASSWORD = 256, OPT_SINCE, OPT_UNTIL, OPT_ACTOR, OPT_ACTION, OPT_OBJECT, OPT_LIMIT, OPT_SERVER,
+	       OPT_SERVER_CA, OPT_SERIAL, OPT_CLIENT_CERT, OPT_CLIENT_KEY };
 	static const struct option longopts[] = {
 		{"config", required_argument, NULL, 'c'}, {"database", required_argument, NULL, 'd'},
 		{"user", required_argument, NULL, 'u'},	  {"password-file", required_argument, NULL, OPT_PASSWORD},
@@ -152,7 +153,8 @@ audit_main(int argc, char *argv[])
 		{"serial", required_argument, NULL, OPT_SERIAL},
 		{"pin-file", required_argument, NULL, 'p'}, {"module", required_argument, NULL, 'm'},
 		{"server", required_argument, NULL, OPT_SERVER}, {"server-ca", required_argument, NULL, OPT_SERVER_CA},
-		{"client-cert", required_argument, NULL, OPT_CLIENT_CERT}, {"client-key", required_argument, NULL, OPT_CLIENT_KEY},
+		{"client-cert", required_argument, NULL, OPT_CLIENT_CERT},
+		{"client-key", required_argument, NULL, OPT_CLIENT_KEY},
 		{"help", no_argument, NULL, 'h'},	  {NULL, 0, NULL, 0},
 	};
 	const char *config = NULL, *database = NULL, *user = NULL, *password_file = NULL, *action;

@@ -54,7 +54,7 @@ struct cli_http {
 	char *bearer; /* "Bearer TOKEN" in secure memory once logged in (POST /session) */
 	size_t bearerlen;
 	int login_tried; /* POST /session was sent (once per client, i.e. per command) */
-	int by_cert;     /* a TLS client certificate logs the account in: no password */
+	int by_cert;	 /* a TLS client certificate logs the account in: no password */
 	char account[65]; /* the account: --user, or the client certificate's (GET /whoami) */
 };
 
@@ -176,8 +176,9 @@ use_client_cert(struct cli_http *h, const char *cert_file, const char *key_file)
 		goto out;
 	}
 	if ((sb.st_mode & 077) != 0 || sb.st_uid != geteuid()) {
-		rc = cli_usage_error(h->cmd, "the client key '%s' must be yours and not accessible by other users "
-					     "(chmod 600)",
+		rc = cli_usage_error(h->cmd,
+				     "the client key '%s' must be yours and not accessible by other users "
+				     "(chmod 600)",
 				     key_file);
 		goto out;
 	}
@@ -712,8 +713,8 @@ login(struct cli_http *h)
 		cli_json_copy(name, sizeof(name), me, "name");
 		json_decref(me);
 		if (h->account[0] != '\0' && strcmp(name, h->account) != 0) {
-			rc = fail(h, ESC_ERR_AUTH, "the client certificate logs in account '%s', not '%s' (--user)", name,
-				  h->account);
+			rc = fail(h, ESC_ERR_AUTH, "the client certificate logs in account '%s', not '%s' (--user)",
+				  name, h->account);
 			goto out;
 		}
 		snprintf(h->account, sizeof(h->account), "%s", name);

@@ -43,7 +43,7 @@ struct api_call {
 	struct esc_account *a; /* the authenticated account */
 	long long id;	       /* {id} of the path, 0 if none */
 	int by_password;       /* authenticated with HTTP Basic (not a session) */
-	int by_cert;           /* authenticated with a TLS client certificate bound to the account */
+	int by_cert;	       /* authenticated with a TLS client certificate bound to the account */
 	const char *token;     /* the session's bearer token as sent (a request header), or NULL */
 	size_t token_len;
 };
@@ -935,7 +935,8 @@ authenticate_cert(struct api_call *c)
 				   audit ? ESC_CERT_LOGIN_AUDIT_OK : 0, &c->a);
 	if (e == ESC_ERR_AUTH) {
 		svc_login_result(r, NULL, 0);
-		svc_log(c->w, ESC_LOG_INFO, "req=%s client certificate refused (the audit trail has the reason)", r->id);
+		svc_log(c->w, ESC_LOG_INFO, "req=%s client certificate refused (the audit trail has the reason)",
+			r->id);
 		reply_unauthorized(r, 2);
 		return e;
 	}

@@ -657,7 +657,8 @@ tls_setup(struct svc *s, struct esc_keeper *k)
 				goto ossl;
 		if (*acct_ca != '\0' && X509_STORE_load_file(store, acct_ca) != 1) {
 			e = ERR_peek_last_error();
-			mlog(s, ESC_LOG_ERROR, "cannot load account_cert_ca '%s': %s", acct_ca, ERR_reason_error_string(e));
+			mlog(s, ESC_LOG_ERROR, "cannot load account_cert_ca '%s': %s", acct_ca,
+			     ERR_reason_error_string(e));
 			return 3;
 		}
 		/* An enterprise issuing CA listed without its root is a trust anchor of its own. */
@@ -929,7 +930,8 @@ main(int argc, char *argv[])
 	/* The enterprise CAs' CRLs: verified now, so a wrong file stops the start, not a login. */
 	if (*esc_config_get(s.cfg, "account_cert_crl") != '\0') {
 		if ((r = esc_account_cert_crls_load(ctx, esc_config_get(s.cfg, "account_cert_crl"),
-						    esc_config_get(s.cfg, "account_cert_ca"), &s.account_crls)) != ESC_OK) {
+						    esc_config_get(s.cfg, "account_cert_ca"), &s.account_crls)) !=
+		    ESC_OK) {
 			rc = fail(&s, ctx, r);
 			goto out;
 		}

@@ -74,7 +74,7 @@ struct esc_account {
 	long long kra_id;
 	int must_change;   /* logged in with a password an administrator set: may only change it */
 	char pw_stamp[48]; /* accounts.password_changed_at at the password login, "" otherwise */
-	char cert[65];     /* SHA-256 (hex) of the client certificate it logged in with, "" otherwise */
+	char cert[65];	   /* SHA-256 (hex) of the client certificate it logged in with, "" otherwise */
 };
 
 
@@ -161,7 +161,6 @@ esc_roles_parse_set(struct esc_ctx *ctx, const char *text, unsigned *roles)
 	}
 	return parse_roles(ctx, text, n, 0, roles);
 }
-
 
 void
 esc_roles_format(unsigned roles, char *buf, size_t len)
@@ -524,7 +523,6 @@ esc_account_recheck_admin(struct esc_ctx *ctx, struct esc_store *st, const struc
 {
 	return recheck_admin(ctx, st, actor);
 }
-
 
 int
 esc_account_must_change(const struct esc_account *a)
