@@ -205,6 +205,8 @@ assert_out "chmod 600"
 note "policy cert_login_roles = cert-manager: a manager's password is refused by the service (403), not locally"
 as admin 2 policy set cert_login_roles bogus
 as admin 2 policy set cert_login_roles cert-manager,cert-manager
+! psql "$DB" -XAtqc "UPDATE policy SET value = 'root' WHERE key = 'cert_login_roles'" 2>/dev/null ||
+    fail "the database accepted cert_login_roles root"
 as admin 0 policy set cert_login_roles cert-manager
 expect 403 basic:cm1 GET /whoami
 [ "$(jget 'd["code"]')" = "permission denied" ] || fail "403 code: $(cat "$T/body")"
