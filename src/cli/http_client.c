@@ -324,6 +324,11 @@ cli_http_open_cert(const char *cmd, struct esc_ctx *ctx, const char *url, const 
 		h = NULL; /* transferred */
 		goto out;
 	}
+	if (user == NULL) {
+		rc = cli_usage_error(cmd, "--user NAME is required: this action needs an authenticated account (or "
+					  "--client-cert FILE and --client-key FILE)");
+		goto out;
+	}
 	if ((rc = cli_password(cmd, ctx, user, password_file, &pw)) != 0)
 		goto out;
 	if (strchr(user, ':') != NULL) {

@@ -356,7 +356,7 @@ password_allowed(struct esc_ctx *ctx, struct esc_store *st, const struct esc_acc
 	}
 	if (r != ESC_OK)
 		return r;
-	if ((r = esc_roles_parse_set(ctx, value, &set)) != ESC_OK) {
+	if (esc_roles_parse_set(ctx, value, &set) != ESC_OK) {
 		r = esc_error(ctx, ESC_ERR_INTERNAL, "policy cert_login_roles is malformed");
 		goto out;
 	}
