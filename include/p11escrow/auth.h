@@ -10,6 +10,8 @@
 #ifndef P11ESCROW_AUTH_H
 #define P11ESCROW_AUTH_H
 
+#include <openssl/x509.h>
+
 #include <p11escrow/ctx.h>
 #include <p11escrow/err.h>
 #include <p11escrow/pin.h>
@@ -28,6 +30,11 @@ struct esc_account;
 
 /* Parse "admin,auditor" style role lists.  Errors: USAGE (unknown role, cert-manager+kra). */
 enum esc_err esc_roles_parse(struct esc_ctx *ctx, const char *text, unsigned *roles) ESC_MUST_CHECK;
+/*
+ * Parse a set of roles as a policy names them ("cert-manager,kra"): any
+ * combination, no role twice; "" is the empty set.  Errors: USAGE.
+ */
+enum esc_err esc_roles_parse_set(struct esc_ctx *ctx, const char *text, unsigned *roles) ESC_MUST_CHECK;
 /* "admin,cert-manager" for a role set, into the caller's buffer (len >= 64). */
 void esc_roles_format(unsigned roles, char *buf, size_t len);
 
@@ -57,6 +64,14 @@ enum esc_err esc_account_login(struct esc_ctx *ctx, struct esc_store *st, const 
  * says so; such an account acts in no role until it has.
  */
 #define ESC_LOGIN_PASSWORD_CHANGE 1u
+/*
+ * ESC_LOGIN_REMOTE: the login comes through the service (the JSON API), so
+ * policy cert_login_roles applies: an account holding one of its roles is
+ * refused with the right password (ESC_ERR_DENIED, "a client certificate is
+ * required", audited auth.login refused).  The CLI's local logins leave it
+ * out (break-glass access with the database's credentials).
+ */
+#define ESC_LOGIN_REMOTE 2u
 enum esc_err esc_account_login_ex(struct esc_ctx *ctx, struct esc_store *st, const char *name,
 				  const struct esc_secret *password, unsigned flags, struct esc_account **out)
 	ESC_MUST_CHECK;
@@ -73,6 +88,9 @@ int esc_account_must_change(const struct esc_account *a);
 enum esc_err esc_account_create(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor,
 				const char *name, unsigned roles, const char *kra_name,
 				const struct esc_secret *password) ESC_MUST_CHECK;
+
+/* The SHA-256 (hex) of the client certificate a logged in with; "" if it did not (password, session). */
+const char *esc_account_cert_sha256(const struct esc_account *a);
 
 /* Does any administrator exist?  Errors: DB. */
 enum esc_err esc_account_admin_exists(struct esc_ctx *ctx, struct esc_store *st, int *yes) ESC_MUST_CHECK;
@@ -173,5 +191,100 @@ struct esc_scope_item {
  */
 enum esc_err esc_account_get_scope(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor,
 				   const char *name, struct esc_scope_item **out, size_t *n) ESC_MUST_CHECK;
+
+/* ---- Client certificates bound to accounts (account_cert.c) ------------------------------------------------ */
+
+#define ESC_CERT_SHA256_HEX 64 /* hex digits of a certificate's SHA-256 fingerprint */
+
+/*
+ * Normalise a fingerprint as a person writes it ("SHA256:AB:CD:...", "abcd...",
+ * with or without colons) into 64 lower-case hex digits.  Returns 0, or -1
+ * if it is no SHA-256 fingerprint.
+ */
+int esc_cert_sha256_parse(const char *text, char out[ESC_CERT_SHA256_HEX + 1]);
+/* The SHA-256 of cert's DER encoding, lower-case hex.  Returns 0 or -1. */
+int esc_cert_sha256_hex(X509 *cert, char out[ESC_CERT_SHA256_HEX + 1]);
+
+/*
+ * May cert log an account in, as a certificate (its chain is the caller's
+ * business)?  Within its validity now; a keyUsage extension with
+ * digitalSignature; an extendedKeyUsage, if present, with clientAuth; not a
+ * CA.  Errors: AUTH (why, in the message).
+ */
+enum esc_err esc_account_cert_usable(struct esc_ctx *ctx, X509 *cert) ESC_MUST_CHECK;
+
+/*
+ * Load the CRLs of PEM file crl_path, each signed by a certificate of the
+ * PEM bundle ca_path (account_cert_ca) with the CRL's issuer name: a CRL
+ * that is not is an error, so a misconfiguration is found at start, not at
+ * a login.  *out: the caller frees (sk_X509_CRL_pop_free).  Errors: IO,
+ * BAD_INPUT, CRYPTO, NOMEM.
+ */
+enum esc_err esc_account_cert_crls_load(struct esc_ctx *ctx, const char *crl_path, const char *ca_path,
+					STACK_OF(X509_CRL) **out) ESC_MUST_CHECK;
+
+/*
+ * Log in with TLS client certificate cert, whose chain the caller verified
+ * (p11escrowd's TLS: this CA or account_cert_ca).  The account it is bound
+ * to (esc_account_cert_add), if enabled; cert must be usable
+ * (esc_account_cert_usable) and not revoked: for every issuer, not in the
+ * table revocations (this CA's revocations, and any other recorded there);
+ * for an issuer other than this CA, when crls is non-NULL (account_cert_crl,
+ * from esc_account_cert_crls_load): a current CRL of its issuer must be
+ * among them and must not list it.  Every refusal is ESC_ERR_AUTH with one
+ * message (as a wrong password), audited (auth.login refused, details
+ * "client certificate SHA256:<hex>: <reason>"); a success is audited only
+ * with ESC_CERT_LOGIN_AUDIT_OK in flags.  The account may open a session
+ * (esc_session_open).  *out: the caller frees.  Errors: AUTH, NOMEM, DB.
+ */
+#define ESC_CERT_LOGIN_AUDIT_OK 1u
+enum esc_err esc_account_cert_login(struct esc_ctx *ctx, struct esc_store *st, X509 *cert,
+				    const STACK_OF(X509_CRL) *crls, unsigned flags,
+				    struct esc_account **out) ESC_MUST_CHECK;
+
+/*
+ * Bind certificate cert to account name: afterwards it logs that account
+ * in to the service.  actor must be an enabled administrator.  untrusted:
+ * intermediate certificates to build the chain with (may be NULL).  The
+ * certificate must verify (chain, validity, purpose TLS client) against
+ * this CA (and its chain) or a certificate of the PEM bundle ca_path (the
+ * configuration's account_cert_ca; NULL or "": this CA only), be usable
+ * (esc_account_cert_usable) and not be revoked (table revocations).  One
+ * certificate is bound to one account; an account may have several.
+ * Audited (account.cert-add, refusals included).  *sha256 (may be NULL):
+ * its fingerprint.  Errors: DENIED, NOT_FOUND (no such account), USAGE (does
+ * not verify, unusable, revoked), EXISTS (already bound), IO, DB, BUSY.
+ */
+enum esc_err esc_account_cert_add(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor,
+				  const char *name, X509 *cert, STACK_OF(X509) *untrusted, const char *ca_path,
+				  char sha256[ESC_CERT_SHA256_HEX + 1]) ESC_MUST_CHECK;
+
+/*
+ * Unbind the certificate whose fingerprint is sha256 (esc_cert_sha256_parse
+ * forms) from account name.  Every session opened with it ends in the same
+ * transaction.  actor must be an enabled administrator.  Audited
+ * (account.cert-remove).  Errors: DENIED, USAGE (no fingerprint), NOT_FOUND
+ * (no such account or binding), DB, BUSY.
+ */
+enum esc_err esc_account_cert_remove(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor,
+				     const char *name, const char *sha256) ESC_MUST_CHECK;
+
+struct esc_account_cert {
+	char sha256[ESC_CERT_SHA256_HEX + 1];
+	char subject[256]; /* RFC 2253, may be cut short */
+	char issuer[256];
+	char serial[72];    /* lower-case hex */
+	char not_after[24]; /* "YYYY-MM-DD HH:MM:SS" UTC */
+	char added_at[24];
+	char added_by[65];
+};
+
+/*
+ * The certificates bound to account name (administrators, and the account
+ * itself).  *out is malloc'ed; the caller frees it.  Errors: DENIED,
+ * NOT_FOUND, DB.
+ */
+enum esc_err esc_account_cert_list(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor,
+				   const char *name, struct esc_account_cert **out, size_t *n) ESC_MUST_CHECK;
 
 #endif

@@ -13,6 +13,7 @@
 int setup_main(int argc, char *argv[]);
 int db_main(int argc, char *argv[]);
 int account_main(int argc, char *argv[]);
+int account_cert_main(int argc, char *argv[]);
 int token_main(int argc, char *argv[]);
 
 /* Print "p11escrow CMD: error: MSG" for err and return its exit code. */

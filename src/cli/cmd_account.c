@@ -26,7 +26,8 @@ help(void)
 	       "       %s " CMD " list --user NAME [OPTIONS]\n"
 	       "       %s " CMD " disable|enable NAME --user ADMIN [OPTIONS]\n"
 	       "       %s " CMD " passwd [NAME] --user NAME [OPTIONS]\n"
-	       "       %s " CMD " scope NAME [--profile P]... [--group G]... | --clear --user ADMIN [OPTIONS]\n\n"
+	       "       %s " CMD " scope NAME [--profile P]... [--group G]... | --clear --user ADMIN [OPTIONS]\n"
+	       "       %s " CMD " cert add|list|remove NAME ... (see '%s " CMD " cert --help')\n\n"
 	       "add   create an account with a password.  ROLES is a comma-separated list of admin,\n"
 	       "      cert-manager, kra and auditor; one account holds at most one of admin, cert-manager\n"
 	       "      and kra (a certificate manager is never a KRA).  A kra\n"
@@ -70,7 +71,7 @@ help(void)
 	       "      --group GROUP            an O or OU value of the scope; repeat for more (scope)\n"
 	       "      --clear                  remove the scope (scope)\n"
 	       "  -h, --help                   this text\n",
-	       PROG, PROG, PROG, PROG, PROG, ESC_SCOPE_PROFILE_IMPORTED, ESC_PASSWORD_MIN);
+	       PROG, PROG, PROG, PROG, PROG, PROG, PROG, ESC_SCOPE_PROFILE_IMPORTED, ESC_PASSWORD_MIN);
 	cli_print_exit_codes();
 }
 
@@ -504,6 +505,9 @@ account_main(int argc, char *argv[])
 	struct esc_store *st = NULL;
 	int c, rc, add;
 
+	/* Client certificates bound to accounts: their own subcommand (cmd_account_cert.c). */
+	if (argc >= 2 && strcmp(argv[1], "cert") == 0)
+		return account_cert_main(argc - 1, argv + 1);
 	opterr = 0;
 	optind = 1;
 	while ((c = getopt_long(argc, argv, ":c:d:r:u:h", longopts, NULL)) != -1) {

@@ -51,6 +51,8 @@ help(void)
 	       "      --server URL          through the service, e.g. https://escrow.example.org:8443\n"
 	       "      --local               break-glass: straight on the database (audited)\n"
 	       "      --server-ca FILE      CA certificate(s) to verify the service with (else $P11ESCROW_SERVER_CA)\n"
+	       "      --client-cert FILE    with --client-key FILE: log in to the service with this TLS client\n"
+	       "                            certificate and no password (else $P11ESCROW_CLIENT_CERT/_KEY)\n"
 	       "  -h, --help                this text\n",
 	       PROG, PROG, PROG);
 	cli_print_exit_codes();
@@ -108,9 +110,9 @@ json_str(const char *key, const char *v, int last)
 
 /* The events through the service's JSON API (at most 10000, as the service allows). */
 static int
-remote_list(struct esc_ctx *ctx, const char *server, const char *server_ca, const char *user,
-	    const char *password_file, const char *const filters[6], size_t limit, struct esc_audit_row **out,
-	    size_t *n)
+remote_list(struct esc_ctx *ctx, const char *server, const char *server_ca, const char *const client[2],
+	    const char *user, const char *password_file, const char *const filters[6], size_t limit,
+	    struct esc_audit_row **out, size_t *n)
 {
 	static const char *const names[6] = {"since", "until", "actor", "action", "object", "serial"};
 	struct cli_http *h = NULL;
@@ -127,7 +129,8 @@ remote_list(struct esc_ctx *ctx, const char *server, const char *server_ca, cons
 			return cli_usage_error(CMD, "filters too long");
 	if (cli_http_query(path, sizeof(path), "limit", lim) != 0)
 		return cli_usage_error(CMD, "filters too long");
-	if ((rc = cli_http_open(CMD, ctx, server, server_ca, user, password_file, &h)) != 0 ||
+	if ((rc = cli_http_open_cert(CMD, ctx, server, server_ca, user, password_file, client[0], client[1],
+				     &h)) != 0 ||
 	    (rc = cli_http_call(h, CLI_HTTP_GET, path, NULL, &doc)) != 0)
 		goto out;
 	list = json_object_get(doc, "events");
@@ -162,7 +165,7 @@ int
 audit_main(int argc, char *argv[])
 {
 	enum { OPT_PASSWORD = 256, OPT_SINCE, OPT_UNTIL, OPT_ACTOR, OPT_ACTION, OPT_OBJECT, OPT_LIMIT, OPT_SERVER,
-	       OPT_SERVER_CA, OPT_SERIAL, OPT_LOCAL };
+	       OPT_SERVER_CA, OPT_SERIAL, OPT_LOCAL, OPT_CLIENT_CERT, OPT_CLIENT_KEY };
 	static const struct option longopts[] = {
 		{"config", required_argument, NULL, 'c'}, {"database", required_argument, NULL, 'd'},
 		{"user", required_argument, NULL, 'u'},	  {"password-file", required_argument, NULL, OPT_PASSWORD},
@@ -173,10 +176,13 @@ audit_main(int argc, char *argv[])
 		{"pin-file", required_argument, NULL, 'p'}, {"module", required_argument, NULL, 'm'},
 		{"server", required_argument, NULL, OPT_SERVER}, {"server-ca", required_argument, NULL, OPT_SERVER_CA},
 		{"local", no_argument, NULL, OPT_LOCAL},
+		{"client-cert", required_argument, NULL, OPT_CLIENT_CERT},
+		{"client-key", required_argument, NULL, OPT_CLIENT_KEY},
 		{"help", no_argument, NULL, 'h'},	  {NULL, 0, NULL, 0},
 	};
 	const char *config = NULL, *database = NULL, *user = NULL, *password_file = NULL, *action;
 	const char *pin_file = NULL, *module = NULL, *server = NULL, *server_ca = NULL;
+	const char *client[2] = {NULL, NULL};
 	const char *since = NULL, *until = NULL, *actor = NULL, *act = NULL, *object = NULL, *serial = NULL;
 	struct esc_ctx *ctx = NULL;
 	struct esc_config *cfg = NULL;
@@ -210,6 +216,8 @@ audit_main(int argc, char *argv[])
 		case OPT_SERVER: server = optarg; break;
 		case OPT_SERVER_CA: server_ca = optarg; break;
 		case OPT_LOCAL: local = 1; break;
+		case OPT_CLIENT_CERT: client[0] = optarg; break;
+		case OPT_CLIENT_KEY: client[1] = optarg; break;
 		case OPT_LIMIT:
 			if ((rc = cli_int_option(CMD, "--limit", optarg, 1, 100000, &nlimit)) != 0)
 				return rc;
@@ -240,7 +248,7 @@ audit_main(int argc, char *argv[])
 	if (server != NULL) {
 		const char *filters[6] = {since, until, actor, act, object, serial};
 
-		if ((rc = remote_list(ctx, server, server_ca, user, password_file, filters, limit, &rows, &n)) != 0)
+		if ((rc = remote_list(ctx, server, server_ca, client, user, password_file, filters, limit, &rows, &n)) != 0)
 			goto out;
 		goto print;
 	}

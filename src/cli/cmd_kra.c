@@ -50,6 +50,8 @@ help(void)
 	       "      --local                break-glass: straight on the database (audited)\n"
 	       "      --server-ca FILE       CA certificate(s) to verify the service with (else\n"
 	       "                             $P11ESCROW_SERVER_CA)\n"
+	       "      --client-cert FILE     with --client-key FILE: log in to the service with this TLS client\n"
+	       "                             certificate and no password (else $P11ESCROW_CLIENT_CERT/_KEY)\n"
 	       "  -h, --help                 this text\n",
 	       PROG, PROG, PROG, PROG);
 	cli_print_exit_codes();
@@ -57,7 +59,7 @@ help(void)
 
 struct opts {
 	const char *config, *database, *module, *ca_token, *pin_file, *token, *kra_module, *kra_pin_file, *name;
-	const char *key_type, *user, *password_file, *server, *server_ca;
+	const char *key_type, *user, *password_file, *server, *server_ca, *client_cert, *client_key;
 	int days, local;
 };
 
@@ -110,7 +112,8 @@ remote_list(struct esc_ctx *ctx, const struct opts *o)
 	size_t n = 0, i;
 	int rc;
 
-	if ((rc = cli_http_open(CMD, ctx, o->server, o->server_ca, o->user, o->password_file, &h)) != 0 ||
+	if ((rc = cli_http_open_cert(CMD, ctx, o->server, o->server_ca, o->user, o->password_file, o->client_cert,
+				      o->client_key, &h)) != 0 ||
 	    (rc = cli_http_call(h, CLI_HTTP_GET, "/kras", NULL, &doc)) != 0)
 		goto out;
 	list = json_object_get(doc, "kras");
@@ -223,7 +226,8 @@ do_retire(struct esc_ctx *ctx, struct esc_store *st, const struct opts *o)
 int
 kra_main(int argc, char *argv[])
 {
-	enum { OPT_TOKEN = 256, OPT_KRA_MODULE, OPT_KRA_PIN, OPT_DAYS, OPT_PASSWORD, OPT_SERVER, OPT_SERVER_CA, OPT_LOCAL };
+	enum { OPT_TOKEN = 256, OPT_KRA_MODULE, OPT_KRA_PIN, OPT_DAYS, OPT_PASSWORD, OPT_SERVER, OPT_SERVER_CA, OPT_LOCAL,
+	       OPT_CLIENT_CERT, OPT_CLIENT_KEY };
 	static const struct option longopts[] = {
 		{"config", required_argument, NULL, 'c'},
 		{"database", required_argument, NULL, 'd'},
@@ -241,6 +245,8 @@ kra_main(int argc, char *argv[])
 		{"server", required_argument, NULL, OPT_SERVER},
 		{"server-ca", required_argument, NULL, OPT_SERVER_CA},
 		{"local", no_argument, NULL, OPT_LOCAL},
+		{"client-cert", required_argument, NULL, OPT_CLIENT_CERT},
+		{"client-key", required_argument, NULL, OPT_CLIENT_KEY},
 		{"help", no_argument, NULL, 'h'},
 		{NULL, 0, NULL, 0},
 	};
@@ -275,6 +281,8 @@ kra_main(int argc, char *argv[])
 		case OPT_SERVER: o.server = optarg; break;
 		case OPT_SERVER_CA: o.server_ca = optarg; break;
 		case OPT_LOCAL: o.local = 1; break;
+		case OPT_CLIENT_CERT: o.client_cert = optarg; break;
+		case OPT_CLIENT_KEY: o.client_key = optarg; break;
 		case OPT_DAYS:
 			if ((rc = cli_int_option(CMD, "--days", optarg, 1, 36500, &o.days)) != 0)
 				return rc;

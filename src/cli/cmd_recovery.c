@@ -59,6 +59,9 @@ help(void)
 	       "                               audited as such)\n"
 	       "      --server-ca FILE         CA certificate(s) to verify the service with (else\n"
 	       "                               $P11ESCROW_SERVER_CA)\n"
+	       "      --client-cert FILE       with --client-key FILE (PEM, chmod 600): log in to the service\n"
+	       "                               with this TLS client certificate, bound to the account, and\n"
+	       "                               no password (else $P11ESCROW_CLIENT_CERT, $P11ESCROW_CLIENT_KEY)\n"
 	       "  -c, --config FILE            configuration file\n"
 	       "  -d, --database CONNINFO      libpq connection string\n"
 	       "  -u, --user NAME              the acting account (not needed for a local release)\n"
@@ -80,7 +83,7 @@ help(void)
 struct opts {
 	const char *config, *database, *user, *password_file, *module, *pin_file, *token, *kra_pin_file;
 	const char *out, *p12_password_file, *serial, *subject, *email, *record, *reason, *kra, *state;
-	const char *server, *server_ca;
+	const char *server, *server_ca, *client_cert, *client_key;
 	long long id;
 };
 
@@ -448,7 +451,8 @@ remote_main(struct esc_ctx *ctx, struct esc_config *cfg, const struct opts *o, c
 	char path[96];
 	int rc;
 
-	if ((rc = cli_http_open(CMD, ctx, o->server, o->server_ca, o->user, o->password_file, &h)) != 0)
+	if ((rc = cli_http_open_cert(CMD, ctx, o->server, o->server_ca, o->user, o->password_file, o->client_cert,
+				      o->client_key, &h)) != 0)
 		return rc;
 	if (strcmp(action, "search") == 0)
 		rc = remote_search(h, o);
@@ -477,13 +481,14 @@ remote_main(struct esc_ctx *ctx, struct esc_config *cfg, const struct opts *o, c
 		snprintf(path, sizeof(path), "/recoveries/%lld/%s", o->id, action);
 		if ((rc = cli_http_call(h, CLI_HTTP_POST, path, body, &doc)) != 0)
 			goto out;
-		printf("request %lld %s by %s\n", o->id, strcmp(action, "deny") == 0 ? "denied" : "cancelled", o->user);
+		printf("request %lld %s by %s\n", o->id, strcmp(action, "deny") == 0 ? "denied" : "cancelled",
+		       cli_http_account(h));
 	} else {
 		snprintf(path, sizeof(path), "/recoveries/%lld/%s", o->id, action);
 		if ((rc = cli_http_call(h, CLI_HTTP_POST, path, NULL, &doc)) != 0)
 			goto out;
 		if (strcmp(action, "approve") == 0) {
-			printf("request %lld approved by %s\n", o->id, o->user);
+			printf("request %lld approved by %s\n", o->id, cli_http_account(h));
 			rc = report_state(doc);
 		} else {
 			printf("request %lld released to its KRA\n", o->id);
@@ -501,7 +506,7 @@ recovery_main(int argc, char *argv[])
 {
 	enum {
 		OPT_PASSWORD = 256, OPT_TOKEN, OPT_KRA_PIN, OPT_P12, OPT_SERIAL, OPT_SUBJECT, OPT_EMAIL, OPT_RECORD,
-		OPT_REASON, OPT_KRA, OPT_STATE, OPT_SERVER, OPT_SERVER_CA, OPT_LOCAL
+		OPT_REASON, OPT_KRA, OPT_STATE, OPT_SERVER, OPT_SERVER_CA, OPT_LOCAL, OPT_CLIENT_CERT, OPT_CLIENT_KEY
 	};
 	static const struct option longopts[] = {
 		{"config", required_argument, NULL, 'c'},
@@ -524,6 +529,8 @@ recovery_main(int argc, char *argv[])
 		{"server", required_argument, NULL, OPT_SERVER},
 		{"server-ca", required_argument, NULL, OPT_SERVER_CA},
 		{"local", no_argument, NULL, OPT_LOCAL},
+		{"client-cert", required_argument, NULL, OPT_CLIENT_CERT},
+		{"client-key", required_argument, NULL, OPT_CLIENT_KEY},
 		{"help", no_argument, NULL, 'h'},
 		{NULL, 0, NULL, 0},
 	};
@@ -565,6 +572,8 @@ recovery_main(int argc, char *argv[])
 		case OPT_SERVER: o.server = optarg; break;
 		case OPT_SERVER_CA: o.server_ca = optarg; break;
 		case OPT_LOCAL: local = 1; break;
+		case OPT_CLIENT_CERT: o.client_cert = optarg; break;
+		case OPT_CLIENT_KEY: o.client_key = optarg; break;
 		case ':':
 			return cli_usage_error(CMD, "option '%s' needs a value", argv[optind - 1]);
 		default:

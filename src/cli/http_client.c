@@ -10,7 +10,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/stat.h>
 #include <sys/time.h>
+#include <fcntl.h>
+#include <unistd.h>
 
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
@@ -21,6 +24,7 @@
 #include <openssl/crypto.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
+#include <openssl/pem.h>
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
 
@@ -32,6 +36,7 @@
 #include "http_client.h"
 
 #define HEADERS_MAX (64 * 1024)
+#define CLIENT_KEY_MAX (64 * 1024) /* a PEM private key file */
 
 struct cli_http {
 	const char *cmd;
@@ -53,6 +58,8 @@ struct cli_http {
 	int last_status;	/* the HTTP status of the last failed call, 0 if none came */
 	enum esc_err last_err;
 	char last_msg[512];
+	int by_cert;	 /* a TLS client certificate logs the account in: no password */
+	char account[65]; /* the account: --user, or the client certificate's (GET /whoami) */
 };
 
 /* One request in flight. */
@@ -145,9 +152,98 @@ out:
 	return rc;
 }
 
+/* No passphrase prompt: an encrypted key is refused (the callback gives none). */
+static int
+no_passphrase(char *buf, int size, int rwflag, void *u)
+{
+	(void)buf, (void)size, (void)rwflag, (void)u;
+	return -1;
+}
+
+/*
+ * The client certificate (and chain) of cert_file and the private key of
+ * key_file for h->tls.  The key file must be a regular file only its owner
+ * may read or write, like a PIN file; it is read into secure memory and
+ * wiped there.
+ */
+static int
+use_client_cert(struct cli_http *h, const char *cert_file, const char *key_file)
+{
+	unsigned char *buf = NULL;
+	EVP_PKEY *pkey = NULL;
+	struct stat sb;
+	BIO *b = NULL;
+	size_t len = 0;
+	ssize_t got;
+	int fd, rc;
+
+	if ((fd = open(key_file, O_RDONLY | O_CLOEXEC | O_NOFOLLOW)) == -1) {
+		rc = fail(h, ESC_ERR_IO, "cannot open the client key '%s'", key_file);
+		goto out;
+	}
+	if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode) || sb.st_size > CLIENT_KEY_MAX) {
+		rc = fail(h, ESC_ERR_IO, "the client key '%s' is not a regular file of at most %d bytes", key_file,
+			  CLIENT_KEY_MAX);
+		goto out;
+	}
+	if ((sb.st_mode & 077) != 0 || sb.st_uid != geteuid()) {
+		rc = cli_usage_error(h->cmd,
+				     "the client key '%s' must be yours and not accessible by other users "
+				     "(chmod 600)",
+				     key_file);
+		goto out;
+	}
+	if ((buf = OPENSSL_secure_malloc((size_t)sb.st_size + 1)) == NULL) {
+		rc = fail(h, ESC_ERR_NOMEM, "out of secure memory");
+		goto out;
+	}
+	while (len < (size_t)sb.st_size && (got = read(fd, buf + len, (size_t)sb.st_size - len)) > 0)
+		len += (size_t)got;
+	if ((b = BIO_new_mem_buf(buf, (int)len)) == NULL ||
+	    (pkey = PEM_read_bio_PrivateKey(b, NULL, no_passphrase, NULL)) == NULL) {
+		ERR_clear_error();
+		rc = fail(h, ESC_ERR_BAD_INPUT, "'%s' holds no unencrypted PEM private key", key_file);
+		goto out;
+	}
+	if (SSL_CTX_use_certificate_chain_file(h->tls, cert_file) != 1) {
+		ERR_clear_error();
+		rc = fail(h, ESC_ERR_IO, "cannot read the client certificate(s) from '%s'", cert_file);
+		goto out;
+	}
+	if (SSL_CTX_use_PrivateKey(h->tls, pkey) != 1 || SSL_CTX_check_private_key(h->tls) != 1) {
+		ERR_clear_error();
+		rc = fail(h, ESC_ERR_USAGE, "the client key '%s' does not belong to the certificate '%s'", key_file,
+			  cert_file);
+		goto out;
+	}
+	h->by_cert = 1;
+	rc = 0;
+out:
+	EVP_PKEY_free(pkey);
+	BIO_free(b);
+	if (buf != NULL)
+		OPENSSL_secure_clear_free(buf, (size_t)sb.st_size + 1);
+	if (fd != -1)
+		close(fd);
+	return rc;
+}
+
 int
 cli_http_open(const char *cmd, struct esc_ctx *ctx, const char *url, const char *ca_file, const char *user,
 	      const char *password_file, struct cli_http **out)
+{
+	return cli_http_open_cert(cmd, ctx, url, ca_file, user, password_file, NULL, NULL, out);
+}
+
+const char *
+cli_http_account(const struct cli_http *h)
+{
+	return h->account[0] != '\0' ? h->account : "?";
+}
+
+int
+cli_http_open_cert(const char *cmd, struct esc_ctx *ctx, const char *url, const char *ca_file, const char *user,
+		   const char *password_file, const char *client_cert, const char *client_key, struct cli_http **out)
 {
 	struct cli_http *h = NULL;
 	struct evhttp_uri *u = NULL;
@@ -211,6 +307,37 @@ cli_http_open(const char *cmd, struct esc_ctx *ctx, const char *url, const char 
 	}
 	if ((h->base = event_base_new()) == NULL) {
 		rc = fail(h, ESC_ERR_NOMEM, "cannot create an event base");
+		goto out;
+	}
+	if (client_cert == NULL || *client_cert == '\0')
+		client_cert = getenv("P11ESCROW_CLIENT_CERT");
+	if (client_key == NULL || *client_key == '\0')
+		client_key = getenv("P11ESCROW_CLIENT_KEY");
+	if (client_cert != NULL && *client_cert == '\0')
+		client_cert = NULL;
+	if (client_key != NULL && *client_key == '\0')
+		client_key = NULL;
+	if ((client_cert == NULL) != (client_key == NULL)) {
+		rc = cli_usage_error(cmd, "--client-cert FILE and --client-key FILE go together");
+		goto out;
+	}
+	if (user != NULL)
+		snprintf(h->account, sizeof(h->account), "%s", user);
+	if (client_cert != NULL) {
+		/* The certificate logs the account in: no password is asked for, held or sent. */
+		if (password_file != NULL) {
+			rc = cli_usage_error(cmd, "--password-file is not used with --client-cert");
+			goto out;
+		}
+		if ((rc = use_client_cert(h, client_cert, client_key)) != 0)
+			goto out;
+		*out = h;
+		h = NULL; /* transferred */
+		goto out;
+	}
+	if (user == NULL) {
+		rc = cli_usage_error(cmd, "--user NAME is required: this action needs an authenticated account (or "
+					  "--client-cert FILE and --client-key FILE)");
 		goto out;
 	}
 	if ((rc = cli_password(cmd, ctx, user, password_file, &pw)) != 0)
@@ -487,7 +614,9 @@ call(struct cli_http *h, enum cli_http_method method, const char *path, json_t *
 	evhttp_add_header(hdrs, "User-Agent", "p11escrow/" ESC_VERSION);
 	evhttp_add_header(hdrs, "Accept", "application/json");
 	evhttp_add_header(hdrs, "Connection", "close");
-	evhttp_add_header(hdrs, "Authorization", h->bearer != NULL ? h->bearer : h->auth);
+	/* A client certificate's login sends no Authorization header until it has a session. */
+	if (h->bearer != NULL || h->auth != NULL)
+		evhttp_add_header(hdrs, "Authorization", h->bearer != NULL ? h->bearer : h->auth);
 	if (text != NULL) {
 		evhttp_add_header(hdrs, "Content-Type", "application/json");
 		/* Referenced, not copied: the one copy is wiped when libevent lets go of it and again below. */
@@ -608,9 +737,26 @@ login(struct cli_http *h)
 	memcpy(h->bearer, "Bearer ", 7);
 	memcpy(h->bearer + 7, json_string_value(tok), n);
 	/* The password is needed no more. */
-	OPENSSL_secure_clear_free(h->auth, h->authlen);
+	if (h->auth != NULL)
+		OPENSSL_secure_clear_free(h->auth, h->authlen);
 	h->auth = NULL;
 	h->authlen = 0;
+	if (h->by_cert) {
+		/* Which account did the certificate log in?  It must be --user's, if that was given. */
+		json_t *me = NULL;
+		char name[65];
+
+		if ((rc = call(h, CLI_HTTP_GET, "/whoami", NULL, &me, &status)) != 0)
+			goto out;
+		cli_json_copy(name, sizeof(name), me, "name");
+		json_decref(me);
+		if (h->account[0] != '\0' && strcmp(name, h->account) != 0) {
+			rc = fail(h, ESC_ERR_AUTH, "the client certificate logs in account '%s', not '%s' (--user)",
+				  name, h->account);
+			goto out;
+		}
+		snprintf(h->account, sizeof(h->account), "%s", name);
+	}
 	rc = 0;
 out:
 	if (json_is_string(tok))

@@ -5,8 +5,11 @@
  * The server is verified against a CA file (--server-ca FILE, else
  * $P11ESCROW_SERVER_CA), its DNS name or IP address checked against its
  * certificate, TLS 1.2 or newer.  The account logs in once per client (one
- * command) with HTTP Basic — POST /session — and every call after that
- * sends the session's token; cli_http_free logs out.  The password comes
+ * command) with HTTP Basic — POST /session — or, given a TLS client
+ * certificate bound to it (--client-cert/--client-key, else
+ * $P11ESCROW_CLIENT_CERT/$P11ESCROW_CLIENT_KEY), with that certificate and
+ * no password; every call after that sends the session's token;
+ * cli_http_free logs out.  The password comes
  * from cli_password (file, environment, prompt), is wiped once the session
  * is open and is never logged or printed.  Every request has a timeout and every response
  * a maximum size.
@@ -35,6 +38,21 @@ struct cli_http;
  */
 int cli_http_open(const char *cmd, struct esc_ctx *ctx, const char *url, const char *ca_file, const char *user,
 		  const char *password_file, struct cli_http **out);
+
+/*
+ * cli_http_open with a TLS client certificate: client_cert (PEM, may be
+ * followed by its chain) and client_key (PEM, unencrypted, a regular file
+ * no other user may access: chmod 600), each else from
+ * $P11ESCROW_CLIENT_CERT and $P11ESCROW_CLIENT_KEY.  With a certificate no
+ * password is asked for or sent: the certificate bound to the account logs
+ * it in, and user (may be NULL) is checked against the account it logs in.
+ * Without one, as cli_http_open.  Returns 0 or an exit code (printed).
+ */
+int cli_http_open_cert(const char *cmd, struct esc_ctx *ctx, const char *url, const char *ca_file, const char *user,
+		       const char *password_file, const char *client_cert, const char *client_key,
+		       struct cli_http **out);
+/* The account the client acts as: --user, or the one its client certificate logged in (after the first call). */
+const char *cli_http_account(const struct cli_http *h);
 /* Log out (if logged in), wipe the credentials and free; accepts NULL. */
 void cli_http_free(struct cli_http *h);
 

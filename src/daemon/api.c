@@ -4,8 +4,9 @@
  *
  * Thin over the library: every dual-control rule is the library's
  * (recovery.h), so the API enforces exactly what the CLI does.  This file
- * only authenticates the account (HTTP Basic, esc_account_login, or a
- * session's bearer token, esc_session_resume), routes by a table, checks
+ * only authenticates the account (HTTP Basic, esc_account_login, a
+ * session's bearer token, esc_session_resume, or a TLS client certificate
+ * bound to it, esc_account_cert_login), routes by a table, checks
  * request bodies strictly and turns results into JSON.
  * The service is the holder of the CA token: an approved request is
  * released at once with the worker's keeper.
@@ -43,6 +44,7 @@ struct api_call {
 	struct esc_account *a; /* the authenticated account */
 	long long id;	       /* {id} of the path, 0 if none */
 	int by_password;       /* authenticated with HTTP Basic (not a session) */
+	int by_cert;	       /* authenticated with a TLS client certificate bound to the account */
 	const char *token;     /* the session's bearer token as sent (a request header), or NULL */
 	size_t token_len;
 	char name[API_NAME_MAX + 1]; /* {name} of the path, "" if none (api_admin.c) */
@@ -135,6 +137,14 @@ static void
 reply_unauthorized(struct svc_request *r, int bearer)
 {
 	svc_add_header(r, "WWW-Authenticate", "Basic realm=\"p11escrow\", charset=\"UTF-8\"");
+	/* One message for an unbound certificate, a disabled account's, a revoked one. */
+	if (bearer == 2) {
+		reply_error(r, 401,
+			    "authentication failed: the TLS client certificate does not log in any account (not bound, "
+			    "account disabled or certificate revoked)",
+			    ESC_ERR_AUTH);
+		return;
+	}
 	/* One message for an unknown name, a wrong password and a disabled account; one for every bad token. */
 	if (bearer) {
 		svc_add_header(r, "WWW-Authenticate", "Bearer realm=\"p11escrow\", error=\"invalid_token\"");
@@ -730,8 +740,10 @@ api_session_open(struct api_call *c)
 
 	if (!no_input(c))
 		return;
-	if (!c->by_password) {
-		reply_error(c->r, 400, "a session is opened with the account's name and password (HTTP Basic), not a token",
+	if (!c->by_password && !c->by_cert) {
+		reply_error(c->r, 400,
+			    "a session is opened with the account's name and password (HTTP Basic) or its TLS client "
+			    "certificate, not a token",
 			    ESC_ERR_USAGE);
 		return;
 	}
@@ -944,8 +956,51 @@ method_label(enum evhttp_cmd_type m)
 }
 
 /*
- * The account of request c->r into c->a: a session's bearer token, or
- * HTTP Basic (failed-login limits, esc_account_login).  An account whose
+ * The account of request c->r's TLS client certificate (no Authorization
+ * header was sent): esc_account_cert_login, counted by the failed-login
+ * limit of the client's address like a bad token.  Its success is audited
+ * once per connection and client_cert_recheck seconds (not per request);
+ * the binding and the account are read at every request.  ESC_OK, or an
+ * error after replying.
+ */
+static enum esc_err
+authenticate_cert(struct api_call *c)
+{
+	struct svc_request *r = c->r;
+	int audit = svc_account_cert_audit_due(r);
+	char msg[160];
+	enum esc_err e;
+
+	if (svc_login_wait(r, NULL, msg, sizeof(msg)) > 0) {
+		reply_error(r, 429, msg, ESC_ERR_AUTH);
+		return ESC_ERR_AUTH;
+	}
+	e = esc_account_cert_login(c->w->ctx, c->w->st, r->client_cert, c->w->account_crls,
+				   audit ? ESC_CERT_LOGIN_AUDIT_OK : 0, &c->a);
+	if (e == ESC_ERR_AUTH) {
+		svc_login_result(r, NULL, 0);
+		svc_log(c->w, ESC_LOG_INFO, "req=%s client certificate refused (the audit trail has the reason)",
+			r->id);
+		reply_unauthorized(r, 2);
+		return e;
+	}
+	if (e != ESC_OK) {
+		reply_esc(c, e);
+		return e;
+	}
+	if (audit)
+		svc_account_cert_audited(r);
+	c->by_cert = 1;
+	svc_log(c->w, audit ? ESC_LOG_INFO : ESC_LOG_DEBUG, "req=%s client certificate SHA256:%s logs in '%s'", r->id,
+		esc_account_cert_sha256(c->a), esc_account_name(c->a));
+	return ESC_OK;
+}
+
+/*
+ * The account of request c->r into c->a: a session's bearer token, HTTP
+ * Basic (failed-login limits, esc_account_login; policy cert_login_roles
+ * may refuse it: 403), or, without an Authorization header, a TLS client
+ * certificate bound to the account (authenticate_cert).  An account whose
  * password an administrator set logs in only to POST /account/password;
  * for anything else it is answered 403 "password change required".
  * ESC_OK, or an error after replying.
@@ -957,7 +1012,7 @@ authenticate(struct api_call *c, const char *subpath, char *user, size_t userlen
 	struct esc_secret *pw = NULL;
 	const char *h = svc_header(r, "Authorization");
 	char msg[160];
-	unsigned flags = 0;
+	unsigned flags = ESC_LOGIN_REMOTE; /* policy cert_login_roles applies to the service's logins */
 	size_t n;
 	enum esc_err e;
 	int auth;
@@ -988,6 +1043,8 @@ authenticate(struct api_call *c, const char *subpath, char *user, size_t userlen
 		svc_log(c->w, ESC_LOG_DEBUG, "req=%s authenticated '%s' by session", r->id, esc_account_name(c->a));
 		return ESC_OK;
 	}
+	if (h == NULL && r->client_cert != NULL)
+		return authenticate_cert(c);
 	auth = svc_basic_auth(r, user, userlen, &pw);
 	if (auth != 1) {
 		esc_secret_free(pw);
@@ -1001,7 +1058,7 @@ authenticate(struct api_call *c, const char *subpath, char *user, size_t userlen
 	}
 	/* Only the password change takes a password that must be changed (no 404 is revealed by this). */
 	if (r->method == EVHTTP_REQ_POST && strcmp(subpath, "/account/password") == 0)
-		flags = ESC_LOGIN_PASSWORD_CHANGE;
+		flags |= ESC_LOGIN_PASSWORD_CHANGE;
 	e = esc_account_login_ex(c->w->ctx, c->w->st, user, pw, flags, &c->a);
 	esc_secret_free(pw);
 	if (e == ESC_OK || e == ESC_ERR_AUTH || e == ESC_ERR_PASSWORD_CHANGE)
@@ -1012,7 +1069,7 @@ authenticate(struct api_call *c, const char *subpath, char *user, size_t userlen
 		return e;
 	}
 	if (e != ESC_OK) {
-		reply_esc(c, e); /* PASSWORD_CHANGE: 403 with its code */
+		reply_esc(c, e); /* PASSWORD_CHANGE, DENIED (cert_login_roles): 403 with its code */
 		return e;
 	}
 	c->by_password = 1;

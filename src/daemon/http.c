@@ -77,6 +77,8 @@ is_api_path(const char *path)
 struct cert_check {
 	X509 *cert;	 /* the certificate checked (renegotiation is off; compared anyway) */
 	long long at;	 /* monotonic seconds */
+	X509 *login_cert; /* the certificate whose account login was audited */
+	long long login_at;
 };
 
 static int check_index = -1;
@@ -90,6 +92,7 @@ check_free(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int idx, long argl, void
 	(void)parent, (void)ad, (void)idx, (void)argl, (void)argp;
 	if (c != NULL) {
 		X509_free(c->cert);
+		X509_free(c->login_cert);
 		free(c);
 	}
 }
@@ -132,6 +135,41 @@ svc_client_cert_checked(struct svc_request *r)
 	X509_free(c->cert);
 	c->cert = r->client_cert;
 	c->at = svc_mono_seconds();
+}
+
+int
+svc_account_cert_audit_due(struct svc_request *r)
+{
+	struct cert_check *c;
+
+	if (r->ssl == NULL || r->client_cert == NULL || pthread_once(&check_once, check_index_new) != 0 ||
+	    check_index < 0 || (c = SSL_get_ex_data(r->ssl, check_index)) == NULL || c->login_cert == NULL)
+		return 1;
+	return X509_cmp(c->login_cert, r->client_cert) != 0 ||
+	       svc_mono_seconds() - c->login_at >= r->w->client_cert_recheck;
+}
+
+void
+svc_account_cert_audited(struct svc_request *r)
+{
+	struct cert_check *c;
+
+	if (r->ssl == NULL || r->client_cert == NULL || pthread_once(&check_once, check_index_new) != 0 ||
+	    check_index < 0)
+		return;
+	if ((c = SSL_get_ex_data(r->ssl, check_index)) == NULL) {
+		if ((c = calloc(1, sizeof(*c))) == NULL)
+			return;
+		if (!SSL_set_ex_data(r->ssl, check_index, c)) {
+			free(c);
+			return;
+		}
+	}
+	if (!X509_up_ref(r->client_cert))
+		return;
+	X509_free(c->login_cert);
+	c->login_cert = r->client_cert;
+	c->login_at = svc_mono_seconds();
 }
 
 /* ---- Failed logins ---------------------------------------------------------- */

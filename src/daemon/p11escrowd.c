@@ -43,6 +43,7 @@
 #include <openssl/x509v3.h>
 
 #include <p11escrow/audit.h>
+#include <p11escrow/auth.h>
 #include <p11escrow/config.h>
 #include <p11escrow/ctx.h>
 #include <p11escrow/enroll.h>
@@ -88,6 +89,7 @@ struct svc {
 	int log_level;
 	pthread_mutex_t log_lock;
 	struct svc_guard *guard; /* failed logins, for every worker */
+	STACK_OF(X509_CRL) *account_crls; /* account_cert_crl, or NULL */
 };
 
 static const char *const level_names[] = {"error", "warn", "info", "debug"};
@@ -613,6 +615,7 @@ tls_setup(struct svc *s, struct esc_keeper *k)
 {
 	const char *cert = esc_config_get(s->cfg, "tls_cert"), *key = esc_config_get(s->cfg, "tls_key");
 	const char *mode = esc_config_get(s->cfg, "tls_client_auth");
+	const char *acct_ca = esc_config_get(s->cfg, "account_cert_ca");
 	STACK_OF(X509) *chain = esc_keeper_chain(k);
 	X509_STORE *store;
 	static const unsigned char sid_ctx[] = "p11escrowd";
@@ -637,7 +640,15 @@ tls_setup(struct svc *s, struct esc_keeper *k)
 		mlog(s, ESC_LOG_ERROR, "cannot use tls_key '%s' with tls_cert: %s", key, ERR_reason_error_string(e));
 		return 3;
 	}
-	/* Client certificates: those of this CA, for TLS client use. */
+	if (strcmp(mode, "none") == 0 && *acct_ca != '\0') {
+		mlog(s, ESC_LOG_ERROR, "account_cert_ca needs tls_client_auth optional or require (it is none)");
+		return 3;
+	}
+	/*
+	 * Client certificates: those of this CA (enrollees, accounts) and of
+	 * the enterprise CAs of account_cert_ca (accounts only: EST checks
+	 * that an enrollee's is this CA's), for TLS client use.
+	 */
 	if (strcmp(mode, "none") != 0) {
 		store = SSL_CTX_get_cert_store(s->tls);
 		if (X509_STORE_add_cert(store, esc_keeper_ca_cert(k)) != 1)
@@ -645,6 +656,15 @@ tls_setup(struct svc *s, struct esc_keeper *k)
 		for (i = 0; chain != NULL && i < sk_X509_num(chain); i++)
 			if (X509_STORE_add_cert(store, sk_X509_value(chain, i)) != 1)
 				goto ossl;
+		if (*acct_ca != '\0' && X509_STORE_load_file(store, acct_ca) != 1) {
+			e = ERR_peek_last_error();
+			mlog(s, ESC_LOG_ERROR, "cannot load account_cert_ca '%s': %s", acct_ca,
+			     ERR_reason_error_string(e));
+			return 3;
+		}
+		/* An enterprise issuing CA listed without its root is a trust anchor of its own. */
+		if (*acct_ca != '\0' && X509_STORE_set_flags(store, X509_V_FLAG_PARTIAL_CHAIN) != 1)
+			goto ossl;
 		if (SSL_CTX_set_purpose(s->tls, X509_PURPOSE_SSL_CLIENT) != 1)
 			goto ossl;
 		/*
@@ -661,6 +681,11 @@ tls_setup(struct svc *s, struct esc_keeper *k)
 
 			if (names == NULL || n == NULL || !sk_X509_NAME_push(names, n)) {
 				X509_NAME_free(n);
+				sk_X509_NAME_pop_free(names, X509_NAME_free);
+				goto ossl;
+			}
+			/* The enterprise CAs too, so a client picks a certificate of theirs. */
+			if (*acct_ca != '\0' && SSL_add_file_cert_subjects_to_stack(names, acct_ca) != 1) {
 				sk_X509_NAME_pop_free(names, X509_NAME_free);
 				goto ossl;
 			}
@@ -906,6 +931,17 @@ main(int argc, char *argv[])
 	}
 	if ((rc = tls_setup(&s, s.slots[0].w.keeper)) != 0)
 		goto out;
+	/* The enterprise CAs' CRLs: verified now, so a wrong file stops the start, not a login. */
+	if (*esc_config_get(s.cfg, "account_cert_crl") != '\0') {
+		if ((r = esc_account_cert_crls_load(ctx, esc_config_get(s.cfg, "account_cert_crl"),
+						    esc_config_get(s.cfg, "account_cert_ca"), &s.account_crls)) !=
+		    ESC_OK) {
+			rc = fail(&s, ctx, r);
+			goto out;
+		}
+		for (i = 0; i < s.nworkers; i++)
+			s.slots[i].w.account_crls = s.account_crls;
+	}
 	if (check) {
 		printf("p11escrowd: configuration '%s' valid; schema current; CA token '%s' logged in; TLS "
 		       "certificate and key usable\n",
@@ -966,6 +1002,7 @@ out:
 	if (s.listen_fd >= 0)
 		close(s.listen_fd);
 	SSL_CTX_free(s.tls);
+	sk_X509_CRL_pop_free(s.account_crls, X509_CRL_free);
 	esc_secret_free(s.pin);
 	esc_config_free(s.cfg);
 	esc_ctx_free(ctx);

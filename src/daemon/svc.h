@@ -51,6 +51,7 @@ struct svc_worker {
 	size_t max_body;              /* the largest body a handler sees (max_body); evhttp's own limit is higher */
 	long long session_idle;       /* session_idle_timeout: seconds a JSON API session may go unused */
 	long long session_lifetime;   /* session_lifetime: seconds a JSON API session lasts at most */
+	const STACK_OF(X509_CRL) *account_crls; /* account_cert_crl, verified at start (shared, read only), or NULL */
 };
 
 /*
@@ -90,6 +91,16 @@ struct svc_request {
  */
 int svc_client_cert_fresh(struct svc_request *r);
 void svc_client_cert_checked(struct svc_request *r);
+
+/*
+ * Was a login of an account with r's client certificate audited on this
+ * TLS connection less than client_cert_recheck seconds ago
+ * (svc_account_cert_audited records one)?  Only the audit event is saved:
+ * the binding and the account are read at every request.  Kept apart from
+ * the EST check above, which is a different check.
+ */
+int svc_account_cert_audit_due(struct svc_request *r);
+void svc_account_cert_audited(struct svc_request *r);
 
 /*
  * Failed logins (guard.c): per name (an account, a one-time password's

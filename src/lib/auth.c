@@ -74,6 +74,7 @@ struct esc_account {
 	long long kra_id;
 	int must_change;   /* logged in with a password an administrator set: may only change it */
 	char pw_stamp[48]; /* accounts.password_changed_at at the password login, "" otherwise */
+	char cert[65];	   /* SHA-256 (hex) of the client certificate it logged in with, "" otherwise */
 };
 
 
@@ -101,9 +102,13 @@ role_bit(const char *s, size_t n)
 	return 0;
 }
 
-/* Parse n bytes of "a,b,c" (no braces).  Messages quote at most 32 bytes of input. */
+/*
+ * Parse n bytes of "a,b,c" (no braces).  Messages quote at most 32 bytes of
+ * input.  separate: the roles of one account (DESIGN §3 applies); else a
+ * set of roles as a policy names them (any combination).
+ */
 static enum esc_err
-parse_list(struct esc_ctx *ctx, const char *s, size_t n, unsigned *out)
+parse_roles(struct esc_ctx *ctx, const char *s, size_t n, int separate, unsigned *out)
 {
 	const char *p = s, *end = s + n, *comma;
 	unsigned roles = 0, bit;
@@ -122,12 +127,14 @@ parse_list(struct esc_ctx *ctx, const char *s, size_t n, unsigned *out)
 			return esc_error(ctx, ESC_ERR_USAGE,
 					 "unknown role '%.*s' (use admin, cert-manager, kra or auditor)",
 					 (int)(len > 32 ? 32 : len), p);
+		if (!separate && (roles & bit))
+			return esc_error(ctx, ESC_ERR_USAGE, "role '%.*s' is named twice", (int)len, p);
 		roles |= bit;
 		if (comma == NULL)
 			break;
 		p = comma + 1;
 	}
-	if (!separated(roles))
+	if (separate && !separated(roles))
 		return esc_error(ctx, ESC_ERR_USAGE, SEPARATION_MSG);
 	*out = roles;
 	return ESC_OK;
@@ -138,7 +145,21 @@ esc_roles_parse(struct esc_ctx *ctx, const char *text, unsigned *roles)
 {
 	if (text == NULL || roles == NULL)
 		return esc_error(ctx, ESC_ERR_INTERNAL, "esc_roles_parse: NULL argument");
-	return parse_list(ctx, text, strnlen(text, ROLES_TEXT_MAX + 1), roles);
+	return parse_roles(ctx, text, strnlen(text, ROLES_TEXT_MAX + 1), 1, roles);
+}
+
+enum esc_err
+esc_roles_parse_set(struct esc_ctx *ctx, const char *text, unsigned *roles)
+{
+	size_t n;
+
+	if (text == NULL || roles == NULL)
+		return esc_error(ctx, ESC_ERR_INTERNAL, "esc_roles_parse_set: NULL argument");
+	if ((n = strnlen(text, ROLES_TEXT_MAX + 1)) == 0) {
+		*roles = 0;
+		return ESC_OK;
+	}
+	return parse_roles(ctx, text, n, 0, roles);
 }
 
 void
@@ -167,7 +188,7 @@ parse_pg_roles(struct esc_ctx *ctx, const char *text, unsigned *roles)
 	size_t n = strnlen(text, ROLES_TEXT_MAX + 1);
 
 	if (n < 2 || n > ROLES_TEXT_MAX || text[0] != '{' || text[n - 1] != '}' ||
-	    parse_list(ctx, text + 1, n - 2, roles) != ESC_OK)
+	    parse_roles(ctx, text + 1, n - 2, 1, roles) != ESC_OK)
 		return esc_error(ctx, ESC_ERR_INTERNAL, "stored roles are malformed");
 	return ESC_OK;
 }
@@ -315,6 +336,51 @@ esc_auth_verify_or_dummy(struct esc_ctx *ctx, const char *encoded, const struct 
 	return esc_auth_verify_password(ctx, encoded != NULL ? encoded : dummy_hash, password);
 }
 
+/*
+ * May account a (password verified) log in to the service with its
+ * password?  Not if it holds a role of policy cert_login_roles: those log
+ * in with a client certificate only.  Refusals are audited (auth.login).
+ */
+static enum esc_err
+password_allowed(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *a, const char *shown)
+{
+	char *value = NULL, roles[64], held[64], details[160];
+	struct esc_audit_event ev = {shown, roles, "auth.login", shown, "refused", details};
+	unsigned set = 0;
+	enum esc_err r;
+
+	r = esc_store_policy(ctx, st, "cert_login_roles", &value);
+	if (r == ESC_ERR_NOT_FOUND) {
+		esc_ctx_clear_error(ctx);
+		return ESC_OK; /* not in the schema's policy: nothing is restricted */
+	}
+	if (r != ESC_OK)
+		return r;
+	if (esc_roles_parse_set(ctx, value, &set) != ESC_OK) {
+		r = esc_error(ctx, ESC_ERR_INTERNAL, "policy cert_login_roles is malformed");
+		goto out;
+	}
+	if ((a->roles & set) == 0) {
+		r = ESC_OK;
+		goto out;
+	}
+	esc_roles_format(a->roles, roles, sizeof(roles));
+	esc_roles_format(a->roles & set, held, sizeof(held));
+	snprintf(details, sizeof(details),
+		 "password refused: role %s logs in with a client certificate only "
+		 "(policy cert_login_roles)",
+		 held);
+	if ((r = esc_audit_append(ctx, st, &ev)) != ESC_OK)
+		goto out;
+	r = esc_error(ctx, ESC_ERR_DENIED,
+		      "account '%s' holds the role %s, which logs in to the service with a TLS client certificate "
+		      "only (policy cert_login_roles): a client certificate is required",
+		      shown, held);
+out:
+	free(value);
+	return r;
+}
+
 enum esc_err
 esc_account_login(struct esc_ctx *ctx, struct esc_store *st, const char *name, const struct esc_secret *password,
 		  struct esc_account **out)
@@ -378,6 +444,9 @@ esc_account_login_ex(struct esc_ctx *ctx, struct esc_store *st, const char *name
 	}
 	a->kra_id = PQgetisnull(res, 0, 3) ? 0 : strtoll(PQgetvalue(res, 0, 3), NULL, 10);
 	snprintf(a->pw_stamp, sizeof(a->pw_stamp), "%s", PQgetvalue(res, 0, 6));
+	/* After the password is verified: a 403 here tells only its holder that it is right. */
+	if ((flags & ESC_LOGIN_REMOTE) && (r = password_allowed(ctx, st, a, shown)) != ESC_OK)
+		goto out;
 	if (must_change) {
 		/* The right password, set by an administrator: good for changing it, for nothing else. */
 		struct esc_audit_event ev = {shown, roles, "auth.login", shown,
@@ -429,10 +498,30 @@ esc_account_make(struct esc_ctx *ctx, long long id, const char *name, const char
 	return ESC_OK;
 }
 
+static enum esc_err recheck_admin(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor);
+
 const char *
 esc_account_pw_stamp(const struct esc_account *a)
 {
 	return a != NULL ? a->pw_stamp : "";
+}
+
+const char *
+esc_account_cert_sha256(const struct esc_account *a)
+{
+	return a != NULL ? a->cert : "";
+}
+
+void
+esc_account_set_cert(struct esc_account *a, const char *sha256)
+{
+	snprintf(a->cert, sizeof(a->cert), "%s", sha256);
+}
+
+enum esc_err
+esc_account_recheck_admin(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor)
+{
+	return recheck_admin(ctx, st, actor);
 }
 
 int

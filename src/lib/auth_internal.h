@@ -21,4 +21,11 @@ enum esc_err esc_account_make(struct esc_ctx *ctx, long long id, const char *nam
  */
 const char *esc_account_pw_stamp(const struct esc_account *a);
 
+/* Mark a (from esc_account_make) as logged in with the client certificate whose SHA-256 (hex) is sha256. */
+void esc_account_set_cert(struct esc_account *a, const char *sha256);
+
+/* Inside the caller's transaction: is actor still an enabled administrator?  Errors: DENIED, DB. */
+enum esc_err esc_account_recheck_admin(struct esc_ctx *ctx, struct esc_store *st,
+				       const struct esc_account *actor) ESC_MUST_CHECK;
+
 #endif

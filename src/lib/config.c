@@ -77,6 +77,9 @@ static const struct key keys[] = {
 	{"tls_key", "", check_path, NULL, 0, 0},
 	{"tls_client_auth", "optional", check_choice, client_auth_modes, 0, 0},
 	{"client_cert_recheck", "30", check_long, NULL, 0, 3600},
+	/* Accounts' client certificates: enterprise CAs (PEM bundle) besides this CA, and their CRLs (PEM). */
+	{"account_cert_ca", "", check_path, NULL, 0, 0},
+	{"account_cert_crl", "", check_path, NULL, 0, 0},
 	/* Failed logins (accounts, one-time passwords) before 429: per name, per client address; 0 = off. */
 	{"auth_fail_limit", "10", check_long, NULL, 0, 1000000},
 	{"auth_fail_limit_address", "50", check_long, NULL, 0, 1000000},

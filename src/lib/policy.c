@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include <p11escrow/audit.h>
+#include <p11escrow/auth.h>
 #include <p11escrow/policy.h>
 
 #include "internal.h"
@@ -25,6 +26,7 @@ static const struct {
 	{"revoke_before_recovery", 1, 0, NULL},
 	{"one_key_per_subject", 0, 0, one_key_choices},
 	{"release_ttl_hours", 1, 720, NULL}, /* hours a released package waits for its KRA */
+	{"cert_login_roles", 0, 0, NULL},    /* roles that log in to the service with a client certificate only */
 };
 
 static enum esc_err
@@ -37,6 +39,15 @@ validate(struct esc_ctx *ctx, const char *key, const char *value)
 	for (i = 0; i < ESC_ARRAY_LEN(known); i++) {
 		if (strcmp(key, known[i].key) != 0)
 			continue;
+		if (strcmp(key, "cert_login_roles") == 0) {
+			unsigned roles;
+
+			if (esc_roles_parse_set(ctx, value, &roles) != ESC_OK)
+				return esc_error(ctx, ESC_ERR_USAGE,
+						 "policy cert_login_roles is empty or a comma-separated list of admin, "
+						 "cert-manager, kra and auditor, none twice");
+			return ESC_OK;
+		}
 		if (known[i].choices != NULL) {
 			const char *const *c;
 
@@ -59,7 +70,7 @@ validate(struct esc_ctx *ctx, const char *key, const char *value)
 	}
 	return esc_error(ctx, ESC_ERR_USAGE,
 			 "unknown policy '%.32s' (kra_set_size, allow_foreign_issuers, recovery_approvals, "
-			 "revoke_before_recovery, one_key_per_subject, release_ttl_hours)",
+			 "revoke_before_recovery, one_key_per_subject, release_ttl_hours, cert_login_roles)",
 			 key);
 }
 

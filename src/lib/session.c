@@ -111,8 +111,9 @@ open_impl(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *a
 	  const unsigned char hash[32], char *expires, size_t explen)
 {
 	PGresult *res = NULL;
-	char id[32], life[32], roles[64], details[96];
+	char id[32], life[32], roles[64], details[192];
 	const char *v[4];
+	int by_cert = *esc_account_cert_sha256(a) != '\0';
 	int lens[4] = {0, 0, 32, 0}, fmts[4] = {0, 0, 1, 0};
 	struct esc_audit_event ev = {esc_account_name(a), roles, "auth.login", esc_account_name(a), "ok", details};
 	enum esc_err r;
@@ -123,20 +124,28 @@ open_impl(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *a
 		return r;
 	/*
 	 * The account as it was at the password login: still enabled, not
-	 * reset, the same password.  (SERIALIZABLE: a change committing
-	 * meanwhile makes one of the two transactions fail and retry.)
+	 * reset, the same password; or at the certificate login: still
+	 * enabled, the certificate still bound and not revoked.
+	 * (SERIALIZABLE: a change committing meanwhile makes one of the two
+	 * transactions fail and retry.)
 	 */
 	v[0] = id;
-	v[1] = esc_account_pw_stamp(a);
+	v[1] = by_cert ? esc_account_cert_sha256(a) : esc_account_pw_stamp(a);
 	v[2] = (const char *)hash;
 	v[3] = life;
 	if ((r = esc_store_exec(
 		     ctx, st,
-		     "INSERT INTO sessions (token_hash, account_id, expires_at) "
-		     "SELECT $3, a.id, now() + $4::bigint * interval '1 second' FROM accounts a "
-		     "WHERE a.id = $1::bigint AND a.password_changed_at = $2::timestamptz AND NOT a.disabled "
-		     "AND NOT a.must_change_password "
-		     "RETURNING to_char(expires_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')",
+		     by_cert ? "INSERT INTO sessions (token_hash, account_id, expires_at, cert_sha256) "
+			       "SELECT $3, a.id, now() + $4::bigint * interval '1 second', c.sha256 FROM accounts a "
+			       "JOIN account_certs c ON c.account_id = a.id AND c.sha256 = $2 "
+			       "WHERE a.id = $1::bigint AND NOT a.disabled AND NOT EXISTS (SELECT 1 FROM revocations v "
+			       "WHERE v.issuer = c.issuer AND ltrim(v.serial, '0') = ltrim(c.serial, '0')) "
+			       "RETURNING to_char(expires_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')"
+			     : "INSERT INTO sessions (token_hash, account_id, expires_at) "
+			       "SELECT $3, a.id, now() + $4::bigint * interval '1 second' FROM accounts a "
+			       "WHERE a.id = $1::bigint AND a.password_changed_at = $2::timestamptz AND NOT a.disabled "
+			       "AND NOT a.must_change_password "
+			       "RETURNING to_char(expires_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')",
 		     4, v, lens, fmts, &res)) != ESC_OK)
 		goto out;
 	if (PQntuples(res) != 1) {
@@ -145,7 +154,12 @@ open_impl(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *a
 		goto out;
 	}
 	snprintf(expires, explen, "%s", PQgetvalue(res, 0, 0));
-	snprintf(details, sizeof(details), "session opened, ends by %s at the latest", expires);
+	if (by_cert)
+		snprintf(details, sizeof(details),
+			 "session opened, ends by %s at the latest; client certificate SHA256:%s", expires,
+			 esc_account_cert_sha256(a));
+	else
+		snprintf(details, sizeof(details), "session opened, ends by %s at the latest", expires);
 	esc_roles_format(esc_account_roles(a), roles, sizeof(roles));
 	if ((r = esc_audit_append(ctx, st, &ev)) != ESC_OK)
 		goto out;
@@ -171,8 +185,9 @@ esc_session_open(struct esc_ctx *ctx, struct esc_store *st, const struct esc_acc
 		return esc_error(ctx, ESC_ERR_INTERNAL, "esc_session_open: NULL argument");
 	if (lifetime < 1 || lifetime > LIFETIME_MAX)
 		return esc_error(ctx, ESC_ERR_USAGE, "a session lasts 1 to %lld seconds", LIFETIME_MAX);
-	if (*esc_account_pw_stamp(a) == '\0' || esc_account_must_change(a))
-		return esc_error(ctx, ESC_ERR_DENIED, "a session is opened with the account's password only");
+	if ((*esc_account_pw_stamp(a) == '\0' && *esc_account_cert_sha256(a) == '\0') || esc_account_must_change(a))
+		return esc_error(ctx, ESC_ERR_DENIED,
+				 "a session is opened with the account's password or client certificate only");
 	if (RAND_bytes(raw, sizeof(raw)) != 1) {
 		r = esc_error_ossl(ctx, ESC_ERR_CRYPTO, "cannot draw a random session token");
 		goto out;
@@ -237,7 +252,13 @@ esc_session_resume(struct esc_ctx *ctx, struct esc_store *st, const char *token,
 		     ctx, st,
 		     "SELECT s.id, a.id, a.name, a.roles, coalesce(a.kra_id, 0), "
 		     "CASE WHEN a.disabled THEN 'account disabled' "
-		     "WHEN a.must_change_password OR a.password_changed_at > s.created_at THEN 'password changed' "
+		     "WHEN s.cert_sha256 IS NOT NULL AND NOT EXISTS (SELECT 1 FROM account_certs c "
+		     "WHERE c.sha256 = s.cert_sha256 AND c.account_id = a.id) THEN 'certificate removed' "
+		     "WHEN s.cert_sha256 IS NOT NULL AND EXISTS (SELECT 1 FROM account_certs c JOIN revocations v "
+		     "ON v.issuer = c.issuer AND ltrim(v.serial, '0') = ltrim(c.serial, '0') "
+		     "WHERE c.sha256 = s.cert_sha256) THEN 'certificate revoked' "
+		     "WHEN (s.cert_sha256 IS NULL AND a.must_change_password) OR a.password_changed_at > s.created_at "
+		     "THEN 'password changed' "
 		     "WHEN now() >= least(s.expires_at, s.created_at + $3::bigint * interval '1 second') THEN 'lifetime' "
 		     "WHEN now() >= s.last_used_at + $2::bigint * interval '1 second' THEN 'idle' END, "
 		     "now() >= s.last_used_at + $4::bigint * interval '1 second' "

@@ -5,6 +5,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -78,6 +79,51 @@ test_roles_refused(void **state)
 	assert_int_equal(roles, 0x55); /* untouched on failure */
 }
 
+/* Policy role sets (cert_login_roles): any combination, none twice, "" empty. */
+static void
+test_role_sets(void **state)
+{
+	struct esc_ctx *ctx = *state;
+	unsigned roles = 99;
+
+	assert_int_equal(esc_roles_parse_set(ctx, "", &roles), ESC_OK);
+	assert_int_equal(roles, 0);
+	assert_int_equal(esc_roles_parse_set(ctx, "admin,cert-manager,kra", &roles), ESC_OK);
+	assert_int_equal(roles, ESC_ROLE_ADMIN | ESC_ROLE_CERT_MANAGER | ESC_ROLE_KRA);
+	assert_int_equal(esc_roles_parse_set(ctx, "auditor", &roles), ESC_OK);
+	assert_int_equal(roles, ESC_ROLE_AUDITOR);
+	assert_int_equal(esc_roles_parse_set(ctx, "kra,kra", &roles), ESC_ERR_USAGE);
+	assert_int_equal(esc_roles_parse_set(ctx, "kra,", &roles), ESC_ERR_USAGE);
+	assert_int_equal(esc_roles_parse_set(ctx, ",", &roles), ESC_ERR_USAGE);
+	assert_int_equal(esc_roles_parse_set(ctx, "root", &roles), ESC_ERR_USAGE);
+	assert_int_equal(esc_roles_parse_set(ctx, "Admin", &roles), ESC_ERR_USAGE);
+}
+
+/* Fingerprints as people write them, normalised; anything else refused. */
+static void
+test_cert_sha256_parse(void **state)
+{
+	static const char hex[] = "3fa9000000000000000000000000000000000000000000000000000000000abc";
+	char out[ESC_CERT_SHA256_HEX + 1], colons[200] = "SHA256:";
+	size_t i;
+
+	(void)state;
+	assert_int_equal(esc_cert_sha256_parse(hex, out), 0);
+	assert_string_equal(out, hex);
+	for (i = 0; i < 64; i += 2)
+		snprintf(colons + strlen(colons), sizeof(colons) - strlen(colons), "%s%c%c", i ? ":" : "",
+			 hex[i] - (hex[i] >= 'a' ? 32 : 0), hex[i + 1] - (hex[i + 1] >= 'a' ? 32 : 0));
+	assert_int_equal(esc_cert_sha256_parse(colons, out), 0);
+	assert_string_equal(out, hex);
+	assert_int_equal(esc_cert_sha256_parse("3fa9", out), -1);
+	assert_int_equal(
+		esc_cert_sha256_parse("3fa900000000000000000000000000000000000000000000000000000000000abcd", out), -1);
+	assert_int_equal(esc_cert_sha256_parse("3fa90000000000000000000000000000000000000000000000000000000000xy", out),
+			 -1);
+	assert_int_equal(esc_cert_sha256_parse("", out), -1);
+	assert_int_equal(esc_cert_sha256_parse(NULL, out), -1);
+}
+
 static void
 test_hash_and_verify(void **state)
 {
@@ -137,6 +183,8 @@ main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test_setup_teardown(test_roles_round_trip, test_ctx_setup, test_ctx_teardown),
 		cmocka_unit_test_setup_teardown(test_roles_refused, test_ctx_setup, test_ctx_teardown),
+		cmocka_unit_test_setup_teardown(test_role_sets, test_ctx_setup, test_ctx_teardown),
+		cmocka_unit_test(test_cert_sha256_parse),
 		cmocka_unit_test_setup_teardown(test_hash_and_verify, test_ctx_setup, test_ctx_teardown),
 		cmocka_unit_test_setup_teardown(test_short_password, test_ctx_setup, test_ctx_teardown),
 		cmocka_unit_test_setup_teardown(test_require, test_ctx_setup, test_ctx_teardown),
