@@ -40,6 +40,15 @@ enum esc_err esc_envelope_seal(struct esc_ctx *ctx, const unsigned char *in, siz
 	ESC_MUST_CHECK;
 
 /*
+ * Seal in[0..inlen) to the public key pub, which has no certificate yet
+ * (RSA: OAEP with hash; EC: ECDH).  The recipient is named by its subject
+ * key identifier, the SHA-1 of the public key (RFC 5280 4.2.1.2 method 1).
+ * *out as esc_envelope_seal.  Errors: as esc_envelope_seal.
+ */
+enum esc_err esc_envelope_seal_to_key(struct esc_ctx *ctx, const unsigned char *in, size_t inlen, EVP_PKEY *pub,
+				      enum esc_oaep_hash hash, unsigned char **out, size_t *outlen) ESC_MUST_CHECK;
+
+/*
  * Open a DER envelope with key (software or token-backed) for the
  * recipient certificate cert.  *out is in secure memory: free it with
  * esc_envelope_plain_free().  Errors: BAD_INPUT (not an AuthEnvelopedData,
@@ -50,6 +59,14 @@ enum esc_err esc_envelope_seal(struct esc_ctx *ctx, const unsigned char *in, siz
  */
 enum esc_err esc_envelope_open(struct esc_ctx *ctx, const unsigned char *in, size_t inlen, EVP_PKEY *key, X509 *cert,
 			       unsigned char **out, size_t *outlen) ESC_MUST_CHECK;
+
+/*
+ * Open an envelope of esc_envelope_seal_to_key with key, the private half
+ * of pub (software or token-backed).  As esc_envelope_open: *out in secure
+ * memory (esc_envelope_plain_free), the same errors.
+ */
+enum esc_err esc_envelope_open_with_key(struct esc_ctx *ctx, const unsigned char *in, size_t inlen, EVP_PKEY *key,
+					EVP_PKEY *pub, unsigned char **out, size_t *outlen) ESC_MUST_CHECK;
 
 /* Is cert one of the envelope's recipients?  Errors: BAD_INPUT. */
 enum esc_err esc_envelope_has_recipient(struct esc_ctx *ctx, const unsigned char *in, size_t inlen, X509 *cert,

@@ -67,6 +67,19 @@ enum esc_err esc_keeper_release(struct esc_ctx *ctx, struct esc_keeper *k, struc
 enum esc_err esc_keeper_sign_crl(struct esc_ctx *ctx, struct esc_keeper *k, struct esc_store *st,
 				 const struct esc_account *by, int days, X509_CRL **out) ESC_MUST_CHECK;
 
+struct esc_kra;
+/*
+ * Certify a KRA key whose possession a challenge proves
+ * (esc_kra_enroll_prove): the challenge is read and used up in st, and only
+ * the right answer, in time, by the administrator actor it was issued to,
+ * gets the KRA certificate signed with the CA key.  Errors: those of
+ * esc_kra_enroll_prove.
+ */
+enum esc_err esc_keeper_kra_prove(struct esc_ctx *ctx, struct esc_keeper *k, struct esc_store *st,
+				  const struct esc_account *actor, const char *name, long long id,
+				  const unsigned char *secret, size_t secret_len, struct esc_kra *out, unsigned char **cert,
+				  size_t *cert_len) ESC_MUST_CHECK;
+
 /*
  * Sign an audit checkpoint of the chain's end in st with the audit key.
  * by non-NULL: now, for that account (esc_audit_checkpoint_by).  by NULL

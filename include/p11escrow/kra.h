@@ -44,6 +44,115 @@ enum esc_err esc_kra_enroll(struct esc_ctx *ctx, struct esc_store *st, const str
 			    struct esc_token *ca_tok, struct esc_token *kra_tok, const char *name,
 			    enum esc_key_type type, int days, struct esc_kra *out) ESC_MUST_CHECK;
 
+/*
+ * ---- Enrollment through the service, with proof of possession ----
+ *
+ * At the security officer's workstation, esc_kra_card_generate makes the
+ * key pair on the card exactly as esc_kra_enroll does and describes it.
+ * The service's esc_kra_enroll_begin checks that description and answers
+ * a challenge: ESC_KRA_SECRET_LEN random bytes sealed (esc_envelope.h) to
+ * the card's public key.  The workstation opens it on the card
+ * (esc_kra_card_answer) and the service's esc_kra_enroll_prove compares
+ * the answer; only then does the CA certify the key and the KRA get
+ * registered.  Whatever fails, the workstation removes the key again
+ * (esc_kra_card_discard).  docs/security-officer-guide.md has the steps.
+ */
+#define ESC_KRA_SECRET_LEN 32
+#define ESC_KRA_CHALLENGE_SECONDS 300 /* a challenge is answered within this, once */
+#define ESC_KRA_PUBLIC_KEY_MAX 2048   /* SubjectPublicKeyInfo DER: RSA-4096 takes 550 bytes */
+
+/* A key pair generated on a KRA card for enrollment through the service. */
+struct esc_kra_card;
+
+/*
+ * Generate the KRA key pair of KRA name on card (logged in): decrypt-only,
+ * sensitive, never extractable, label "p11escrow KRA name"; read its public
+ * key, its URI and (RSA) whether the card decrypts OAEP with SHA-256.
+ * *out borrows card, which must outlive it.  Nothing is registered.
+ * Errors: USAGE (name, type), MECHANISM, PKCS11, CRYPTO, NOMEM; on an error
+ * nothing stays on the card.
+ */
+enum esc_err esc_kra_card_generate(struct esc_ctx *ctx, struct esc_token *card, const char *name,
+				   enum esc_key_type type, struct esc_kra_card **out) ESC_MUST_CHECK;
+/* What the service needs to know of the key (owned by k): "rsa3072"..., "rsa-oaep-sha256"/"-sha1"/"ecdh", URI. */
+const char *esc_kra_card_key_type(const struct esc_kra_card *k);
+const char *esc_kra_card_recipient(const struct esc_kra_card *k);
+const char *esc_kra_card_key_uri(const struct esc_kra_card *k);
+/* The public key as SubjectPublicKeyInfo DER (owned by k). */
+const unsigned char *esc_kra_card_public_key(const struct esc_kra_card *k, size_t *len);
+
+/*
+ * Open the challenge (an envelope of esc_kra_enroll_begin) with the card's
+ * private key, on the card.  *secret is in secure memory: free it with
+ * esc_envelope_plain_free.  Errors: as esc_envelope_open_with_key, PKCS11.
+ */
+enum esc_err esc_kra_card_answer(struct esc_ctx *ctx, struct esc_kra_card *k, const unsigned char *challenge,
+				 size_t len, unsigned char **secret, size_t *secretlen) ESC_MUST_CHECK;
+
+/*
+ * The KRA certificate the service issued (DER), checked to certify the
+ * card's key (BAD_INPUT, MISMATCH), then stored on the card next to the
+ * key.  *stored is 1 if the card took it, 0 if it refused (a read-only
+ * card: the service keeps the certificate anyway; the reason is the
+ * context's message).  Errors: BAD_INPUT, MISMATCH, NOMEM.
+ */
+enum esc_err esc_kra_card_store_cert(struct esc_ctx *ctx, struct esc_kra_card *k, const unsigned char *der, size_t len,
+				     int *stored) ESC_MUST_CHECK;
+
+/* Remove the generated key pair from the card again (the enrollment failed).  Errors: PKCS11. */
+enum esc_err esc_kra_card_discard(struct esc_ctx *ctx, struct esc_kra_card *k) ESC_MUST_CHECK;
+
+/* Free k (the key stays on the card unless discarded); accepts NULL. */
+void esc_kra_card_free(struct esc_kra_card *k);
+
+/* A KRA card's key as a workstation describes it to the service (POST /api/v1/kras). */
+struct esc_kra_offer {
+	const char *name;
+	const char *token_label;	 /* the card's label, 1..32 bytes */
+	const char *token_serial;	 /* its serial, 1..16 bytes */
+	const char *key_uri;		 /* pkcs11: URI of the key, no PIN or module attribute */
+	const char *key_type;		 /* rsa3072, rsa4096, ec-p256, ec-p384 */
+	const char *recipient;		 /* rsa-oaep-sha256 or rsa-oaep-sha1 (RSA), ecdh (EC) */
+	const unsigned char *public_key; /* SubjectPublicKeyInfo DER of that type */
+	size_t public_key_len;
+	int days; /* the certificate's validity, 1..36500 */
+};
+
+/*
+ * Check an offer and answer a challenge for it: name free, card not an
+ * active KRA, key type allowed, public key well-formed and of that type,
+ * recipient fitting it, URI acceptable (esc_token_uri_check), an active CA.
+ * The challenge is ESC_KRA_SECRET_LEN random bytes sealed to the public key
+ * (RSA-OAEP with the recipient's hash, or ECDH); its SHA-256 and the offer
+ * are kept (kra_challenges) for ESC_KRA_CHALLENGE_SECONDS, for actor alone.
+ * *id names it; *challenge is DER, malloc'ed (free()); expires (at least 40
+ * bytes) gets its expiry.  Audited (kra.enroll.challenge), refusals too.
+ * actor must be an administrator.
+ * Errors: DENIED, USAGE, BAD_INPUT (public key), URI, EXISTS, STATE (no
+ * active CA), CRYPTO, DB.
+ */
+enum esc_err esc_kra_enroll_begin(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor,
+				  const struct esc_kra_offer *offer, long long *id, unsigned char **challenge,
+				  size_t *challenge_len, char *expires, size_t expires_len) ESC_MUST_CHECK;
+
+/*
+ * Answer challenge id of KRA name with secret.  Only if its SHA-256 matches
+ * the challenge's (constant time), within its lifetime, at its first
+ * answer, by the administrator it was issued to, does the CA (ca_tok, logged
+ * in) issue the KRA certificate and the KRA get registered as active, in
+ * one transaction with its audit event (kra.enroll).  A wrong secret uses
+ * the challenge up.  *cert is the certificate's DER, malloc'ed (free());
+ * out (if non-NULL) the KRA.  Audited, refusals too.
+ * Errors: DENIED (not an administrator, another administrator's challenge,
+ * a wrong secret), NOT_FOUND (no such challenge for this name), STATE
+ * (answered already, expired, no active CA), EXISTS (the name or the card
+ * was taken meanwhile), PKCS11, CRYPTO, DB.
+ */
+enum esc_err esc_kra_enroll_prove(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor,
+				  struct esc_token *ca_tok, const char *name, long long id, const unsigned char *secret,
+				  size_t secret_len, struct esc_kra *out, unsigned char **cert,
+				  size_t *cert_len) ESC_MUST_CHECK;
+
 /* All KRAs, oldest first.  *out is malloc'ed (caller frees).  Errors: DB. */
 enum esc_err esc_kra_list(struct esc_ctx *ctx, struct esc_store *st, struct esc_kra **out, size_t *n)
 	ESC_MUST_CHECK;

@@ -6,6 +6,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+
+#include <p11escrow/envelope.h>
+#include <p11escrow/est.h>
 #include <p11escrow/kra.h>
 #include <p11escrow/pin.h>
 #include <p11escrow/token.h>
@@ -19,6 +24,7 @@ static void
 help(void)
 {
 	printf("Usage: %s " CMD " enroll --token URI --name NAME --user ADMIN [OPTIONS]\n"
+	       "       %s " CMD " enroll --server URL --token URI --name NAME --user ADMIN [--kra-pin-file F]\n"
 	       "       %s " CMD " list [OPTIONS]\n"
 	       "       %s " CMD " list --server URL --user NAME [--server-ca FILE]\n"
 	       "       %s " CMD " retire NAME --user ADMIN [OPTIONS]\n\n"
@@ -29,9 +35,13 @@ help(void)
 	       "list    every KRA with its state, key, recipient mechanism and number of records.\n"
 	       "retire  stop wrapping new records to a KRA; refused while a record would be left with no\n"
 	       "        active KRA able to recover it.\n"
-	       "list and retire take --server URL: through the service's JSON API (no database here;\n"
-	       "list: any account).  enroll needs the CA token and the card here: --local only, on the\n"
-	       "service host.  --local (or $" CLI_LOCAL_ENV "=1) is break-glass, audited as such.\n\n"
+	       "With --server URL each action goes through the service's JSON API (no database here;\n"
+	       "list: any account).  enroll --server runs at the security officer's workstation: the key\n"
+	       "pair is generated on the card here (--kra-module, else --module, names its module), the\n"
+	       "service challenges the card to decrypt a secret sealed to its public key and only then\n"
+	       "has the CA certify it and registers the KRA; no CA token PIN here.  On any failure the\n"
+	       "generated key is removed from the card.  Without --server, enroll needs the CA token and\n"
+	       "the card on the service host.  --local (or $" CLI_LOCAL_ENV "=1) is break-glass, audited as such.\n\n"
 	       "Options:\n"
 	       "  -c, --config FILE          configuration file\n"
 	       "  -d, --database CONNINFO    libpq connection string\n"
@@ -39,7 +49,8 @@ help(void)
 	       "  -t, --ca-token URI         the CA token (default: the one recorded at setup)\n"
 	       "  -p, --pin-file FILE        CA token PIN (else $P11ESCROW_CA_PIN, else a prompt)\n"
 	       "      --token URI            the KRA card to enroll, e.g. 'pkcs11:token=KRA1'\n"
-	       "      --kra-module MODULE    the card's PKCS#11 module if not the CA token's\n"
+	       "      --kra-module MODULE    the card's PKCS#11 module if not the CA token's (--server: if\n"
+	       "                             not --module's)\n"
 	       "      --kra-pin-file FILE    the card's PIN (else $P11ESCROW_KRA_PIN, else a prompt)\n"
 	       "  -n, --name NAME            the KRA's name (letters, digits, . _ -)\n"
 	       "  -k, --key-type TYPE        rsa3072 (default), rsa4096, ec-p256, ec-p384\n"
@@ -53,7 +64,7 @@ help(void)
 	       "      --client-cert FILE     with --client-key FILE: log in to the service with this TLS client\n"
 	       "                             certificate and no password (else $P11ESCROW_CLIENT_CERT/_KEY)\n"
 	       "  -h, --help                 this text\n",
-	       PROG, PROG, PROG, PROG);
+	       PROG, PROG, PROG, PROG, PROG);
 	cli_print_exit_codes();
 }
 
@@ -141,6 +152,221 @@ remote_list(struct esc_ctx *ctx, const struct opts *o)
 out:
 	free(k);
 	json_decref(doc);
+	cli_http_free(h);
+	return rc;
+}
+
+/* One-line base64 of in (malloc'ed, or secure memory if secure), NULL if out of memory; *len its size. */
+static char *
+b64_line(const unsigned char *in, size_t inlen, int secure, size_t *len)
+{
+	size_t n = (inlen + 2) / 3 * 4 + 1;
+	char *out = secure ? OPENSSL_secure_malloc(n) : malloc(n);
+
+	if (out == NULL)
+		return NULL;
+	EVP_EncodeBlock((unsigned char *)out, in, (int)inlen);
+	*len = n;
+	return out;
+}
+
+/* POST /kras with the card's key: *id and the challenge (malloc'ed) on success, else an exit code (printed). */
+static int
+offer_key(struct cli_http *h, struct esc_ctx *ctx, const struct opts *o, struct esc_token *card,
+	  const struct esc_kra_card *k, char *id, size_t idlen, unsigned char **challenge, size_t *challenge_len)
+{
+	const unsigned char *spki;
+	size_t spki_len, n = 0;
+	char *b64 = NULL, days[16];
+	json_t *body = NULL, *doc = NULL;
+	enum esc_err r;
+	int rc;
+
+	spki = esc_kra_card_public_key(k, &spki_len);
+	snprintf(days, sizeof(days), "%d", o->days);
+	if ((b64 = b64_line(spki, spki_len, 0, &n)) == NULL ||
+	    (body = json_pack("{ss ss ss ss ss ss ss ss}", "name", o->name, "token_label", esc_token_label(card),
+			      "token_serial", esc_token_serial(card), "key_uri", esc_kra_card_key_uri(k), "key_type",
+			      esc_kra_card_key_type(k), "recipient", esc_kra_card_recipient(k), "public_key", b64,
+			      "days", days)) == NULL) {
+		fprintf(stderr, "%s %s: error: out of memory\n", PROG, CMD);
+		rc = esc_err_exit_code(ESC_ERR_NOMEM);
+		goto out;
+	}
+	if ((rc = cli_http_call(h, CLI_HTTP_POST, "/kras", body, &doc)) != 0)
+		goto out;
+	cli_json_copy(id, idlen, doc, "challenge_id");
+	{
+		const char *c = json_string_value(json_object_get(doc, "challenge"));
+
+		if (*id == '\0' || (r = esc_b64_decode_max(ctx, c, c != NULL ? strlen(c) : 0, ESC_ENVELOPE_MAX,
+							   challenge, challenge_len)) != ESC_OK) {
+			fprintf(stderr, "%s %s: error: the service answered no challenge\n", PROG, CMD);
+			rc = esc_err_exit_code(ESC_ERR_BAD_INPUT);
+			goto out;
+		}
+	}
+	rc = 0;
+out:
+	free(b64);
+	json_decref(body);
+	json_decref(doc);
+	return rc;
+}
+
+/*
+ * POST /kras/NAME/prove with the secret the card opened: the certificate
+ * (malloc'ed DER) and the KRA on success, else an exit code (printed).  The
+ * secret is in secure memory here; jansson's copies are wiped when freed
+ * (main.c), the body's text by the HTTP client.
+ */
+static int
+prove(struct cli_http *h, struct esc_ctx *ctx, const char *name, const char *id, const unsigned char *secret,
+      size_t secret_len, struct esc_kra *kra, unsigned char **cert, size_t *cert_len, int *refused)
+{
+	char path[128], *b64 = NULL, msg[512];
+	size_t n = 0;
+	json_t *body = NULL, *doc = NULL;
+	const char *c;
+	enum esc_err e;
+	int rc, status = 0;
+
+	snprintf(path, sizeof(path), "/kras/%s/prove", name);
+	if ((b64 = b64_line(secret, secret_len, 1, &n)) == NULL ||
+	    (body = json_pack("{ss ss}", "challenge_id", id, "secret", b64)) == NULL) {
+		fprintf(stderr, "%s %s: error: out of memory\n", PROG, CMD);
+		rc = esc_err_exit_code(ESC_ERR_NOMEM);
+		goto out;
+	}
+	if ((rc = cli_http_call_quiet(h, CLI_HTTP_POST, path, body, &doc, &status, &e, msg, sizeof(msg))) != 0) {
+		fprintf(stderr, "%s %s: error: %s\n", PROG, CMD, msg);
+		/* Only a refusal says that nothing was registered; no answer or a server fault leaves it open. */
+		*refused = status >= 400 && status < 500;
+		goto out;
+	}
+	memset(kra, 0, sizeof(*kra));
+	cli_json_copy(kra->name, sizeof(kra->name), doc, "name");
+	cli_json_copy(kra->key_type, sizeof(kra->key_type), doc, "key_type");
+	cli_json_copy(kra->recipient, sizeof(kra->recipient), doc, "recipient");
+	cli_json_copy(kra->cert_serial, sizeof(kra->cert_serial), doc, "cert_serial");
+	cli_json_copy(kra->token_label, sizeof(kra->token_label), doc, "token_label");
+	cli_json_copy(kra->token_serial, sizeof(kra->token_serial), doc, "token_serial");
+	cli_json_copy(kra->key_uri, sizeof(kra->key_uri), doc, "key_uri");
+	c = json_string_value(json_object_get(doc, "certificate"));
+	if (esc_b64_decode_max(ctx, c, c != NULL ? strlen(c) : 0, 64 * 1024, cert, cert_len) != ESC_OK)
+		*cert = NULL; /* registered all the same: the caller says so */
+	rc = 0;
+out:
+	if (body != NULL) {
+		json_t *v = json_object_get(body, "secret");
+
+		if (json_is_string(v))
+			OPENSSL_cleanse((void *)json_string_value(v), json_string_length(v));
+	}
+	json_decref(body);
+	json_decref(doc);
+	if (b64 != NULL)
+		OPENSSL_secure_clear_free(b64, n);
+	return rc;
+}
+
+/*
+ * kra enroll --server: at the security officer's workstation.  The key pair
+ * is generated on the card here; the service checks the offer, challenges
+ * the card to prove it holds the key and only then has the CA certify it and
+ * registers the KRA.  No CA token and no database here.
+ */
+static int
+remote_enroll(struct esc_ctx *ctx, struct esc_config *cfg, const struct opts *o)
+{
+	struct cli_http *h = NULL;
+	struct esc_token *card = NULL;
+	struct esc_secret *pin = NULL;
+	struct esc_kra_card *k = NULL;
+	enum esc_key_type type = ESC_KEY_RSA3072;
+	unsigned char *challenge = NULL, *secret = NULL, *cert = NULL;
+	size_t challenge_len = 0, secret_len = 0, cert_len = 0;
+	struct esc_kra kra;
+	json_t *who = NULL;
+	char id[24] = "";
+	enum esc_err r;
+	int rc, stored = 0, registered = 0, refused = 0;
+
+	if (o->token == NULL || o->name == NULL)
+		return cli_usage_error(CMD, "enroll needs --token URI and --name NAME");
+	if ((o->key_type != NULL && (r = esc_key_type_parse(ctx, o->key_type, &type)) != ESC_OK) ||
+	    (r = esc_token_uri_check(ctx, o->token)) != ESC_OK)
+		return cli_fail(CMD, ctx, r);
+	/* Log in before the card is touched: a wrong password costs no key. */
+	if ((rc = cli_http_open(CMD, ctx, o->server, o->server_ca, o->user, o->password_file, &h)) != 0 ||
+	    (rc = cli_http_call(h, CLI_HTTP_GET, "/whoami", NULL, &who)) != 0)
+		goto out;
+	if ((r = esc_token_open(ctx, o->kra_module ? o->kra_module : esc_config_get(cfg, "module"), o->token, &card)) !=
+		    ESC_OK ||
+	    (r = esc_secret_obtain(ctx, o->kra_pin_file, "P11ESCROW_KRA_PIN", "KRA card PIN: ", &pin)) != ESC_OK ||
+	    (r = esc_token_login(ctx, card, pin)) != ESC_OK ||
+	    (r = esc_kra_card_generate(ctx, card, o->name, type, &k)) != ESC_OK) {
+		rc = cli_fail(CMD, ctx, r);
+		goto out;
+	}
+	if ((rc = offer_key(h, ctx, o, card, k, id, sizeof(id), &challenge, &challenge_len)) != 0)
+		goto out;
+	if ((r = esc_kra_card_answer(ctx, k, challenge, challenge_len, &secret, &secret_len)) != ESC_OK) {
+		rc = cli_fail(CMD, ctx, r);
+		goto out;
+	}
+	rc = prove(h, ctx, o->name, id, secret, secret_len, &kra, &cert, &cert_len, &refused);
+	esc_envelope_plain_free(secret, secret_len);
+	secret = NULL;
+	if (rc != 0 && !refused) {
+		/* The KRA may be registered: its key must stay. */
+		fprintf(stderr,
+			"%s %s: the service's answer is unknown, KRA '%s' may be registered: the key stays on the card; "
+			"if 'kra list' does not show the KRA, delete the objects labelled 'p11escrow KRA %s' from the "
+			"card\n",
+			PROG, CMD, o->name, o->name);
+		registered = 1;
+	}
+	if (rc != 0)
+		goto out;
+	registered = 1;
+	/* The service keeps the certificate; the card gets a copy where it takes one. */
+	if (cert == NULL || (r = esc_kra_card_store_cert(ctx, k, cert, cert_len, &stored)) != ESC_OK) {
+		fprintf(stderr,
+			"%s %s: error: KRA '%s' is registered, but the service's answer holds no certificate for the "
+			"card's key: %s.  Check 'kra list' and retire the KRA if in doubt\n",
+			PROG, CMD, o->name, cert == NULL ? "none or not base64" : esc_ctx_errmsg(ctx));
+		rc = esc_err_exit_code(cert == NULL ? ESC_ERR_BAD_INPUT : r);
+		goto out;
+	}
+	if (!stored)
+		fprintf(stderr,
+			"%s %s: warning: the card did not take the KRA certificate (%s); the service keeps it\n", PROG,
+			CMD, esc_ctx_errmsg(ctx));
+	printf("KRA '%s' enrolled on card '%s' (serial %s) through the service, possession proven\n"
+	       "  key:         %s, recipient %s\n  certificate: serial %s%s\n  key URI:     %s\n",
+	       kra.name, kra.token_label, kra.token_serial, kra.key_type, kra.recipient, kra.cert_serial,
+	       stored ? "" : " (not on the card)", kra.key_uri);
+	rc = 0;
+out:
+	/* Undo: a key whose KRA was not registered must not stay on the card. */
+	if (k != NULL && !registered) {
+		if (esc_kra_card_discard(ctx, k) == ESC_OK)
+			fprintf(stderr, "%s %s: the key generated on card '%s' was removed again\n", PROG, CMD,
+				esc_token_label(card));
+		else
+			fprintf(stderr,
+				"%s %s: error: could not remove the key generated on card '%s' (%s): delete "
+				"the objects labelled 'p11escrow KRA %s' by hand\n",
+				PROG, CMD, esc_token_label(card), esc_ctx_errmsg(ctx), o->name);
+	}
+	esc_envelope_plain_free(secret, secret_len);
+	free(challenge);
+	free(cert);
+	esc_kra_card_free(k);
+	esc_secret_free(pin);
+	esc_token_free(card);
+	json_decref(who);
 	cli_http_free(h);
 	return rc;
 }
@@ -305,15 +531,18 @@ kra_main(int argc, char *argv[])
 		return cli_usage_error(CMD, "unexpected argument '%s'", argv[optind]);
 	if (strcmp(action, "enroll") != 0 && strcmp(action, "list") != 0 && strcmp(action, "retire") != 0)
 		return cli_usage_error(CMD, "unknown action '%s' (use enroll, list or retire)", action);
-	if (o.server != NULL && strcmp(action, "enroll") == 0)
-		return cli_usage_error(CMD, "enroll does not go through the service yet (it needs proof of possession "
-					    "of the card's key): use --local on the service host");
 	if ((rc = cli_check_mode(CMD, o.server, o.local)) != 0)
 		return rc;
 	if ((rc = cli_init(CMD, o.config, &ctx, &cfg)) != 0)
 		goto out;
 	if (o.server != NULL) {
-		rc = strcmp(action, "list") == 0 ? remote_list(ctx, &o) : remote_retire(ctx, &o);
+		/* Only the card's module (--kra-module, else --module) is used here: no CA token, no database. */
+		if (o.module != NULL && (rc = cli_set(CMD, ctx, cfg, "module", o.module)) != 0)
+			goto out;
+		if (strcmp(action, "enroll") == 0)
+			rc = remote_enroll(ctx, cfg, &o);
+		else
+			rc = strcmp(action, "list") == 0 ? remote_list(ctx, &o) : remote_retire(ctx, &o);
 		goto out;
 	}
 	{

@@ -884,6 +884,8 @@ static const struct route {
 	{"/accounts/{name}/enable", EVHTTP_REQ_POST, api_account_enable},
 	{"/accounts/{name}/scope", EVHTTP_REQ_GET, api_account_scope_get},
 	{"/accounts/{name}/scope", EVHTTP_REQ_POST, api_account_scope_set},
+	{"/kras", EVHTTP_REQ_POST, api_kras_enroll},
+	{"/kras/{name}/prove", EVHTTP_REQ_POST, api_kra_prove},
 	{"/kras/{name}/retire", EVHTTP_REQ_POST, api_kra_retire},
 	{"/policy", EVHTTP_REQ_GET, api_policy_get},
 	{"/policy/{name}", EVHTTP_REQ_POST, api_policy_set},

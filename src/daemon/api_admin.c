@@ -38,6 +38,22 @@
 
 static const char *const no_params[] = {NULL};
 
+/* A decimal in min..max, else -1. */
+static int
+small_int(const char *s, int min, int max)
+{
+	long v = 0;
+
+	if (*s == '\0' || strlen(s) > 6)
+		return -1;
+	for (; *s; s++)
+		if (*s < '0' || *s > '9')
+			return -1;
+		else
+			v = v * 10 + (*s - '0');
+	return v < min || v > max ? -1 : (int)v;
+}
+
 /* jansson's free: wipe the whole block (malloc'ed by malloc itself, so free() of json_dumps' result stays right). */
 static void
 wiping_free(void *p)
@@ -470,6 +486,137 @@ out:
 	json_decref(doc);
 }
 
+/* ---- KRA enrollment through the service ----------------------------------------------------------------------- */
+
+/* A challenge id as the API carries it: a decimal string of a positive bigint; -1 if it is not one. */
+static long long
+challenge_id(const char *s)
+{
+	long long v = 0;
+
+	if (*s == '\0' || strlen(s) > 18 || *s == '0')
+		return -1;
+	for (; *s; s++)
+		if (*s < '0' || *s > '9')
+			return -1;
+		else
+			v = v * 10 + (*s - '0');
+	return v;
+}
+
+/*
+ * POST /kras: an administrator offers a key generated on a KRA card; the
+ * answer is a challenge sealed to it (esc_kra_enroll_begin).  Nothing is
+ * certified or registered yet.
+ */
+void
+api_kras_enroll(struct api_call *c)
+{
+	struct svc_worker *w = api_call_worker(c);
+	const char *name, *label, *serial, *uri, *key_type, *recipient, *public_key, *days_text;
+	struct api_field f[] = {
+		{"name", 1, 0, &name},
+		{"token_label", 1, 0, &label},
+		{"token_serial", 1, 0, &serial},
+		{"key_uri", 1, 0, &uri},
+		{"key_type", 1, 0, &key_type},
+		{"recipient", 1, 0, &recipient},
+		{"public_key", 1, 0, &public_key},
+		{"days", 0, 1, &days_text},
+	};
+	struct esc_kra_offer offer;
+	unsigned char *spki = NULL, *challenge = NULL;
+	size_t spki_len = 0, challenge_len = 0;
+	char expires[40] = "", idtext[24];
+	long long id = 0;
+	json_t *doc, *o = NULL;
+	enum esc_err r;
+	int days = 730, bad;
+
+	if (!api_params_ok(c, no_params) || (doc = api_parse_body(c, NULL, f, N(f))) == NULL)
+		return;
+	if (days_text != NULL && (days = small_int(days_text, 1, 36500)) < 0) {
+		api_reply_error(c, 400, "days must be 1..36500", ESC_ERR_USAGE);
+		goto out;
+	}
+	if (b64_secure(c, "public_key", public_key, &spki, &spki_len) != 0)
+		goto out;
+	offer = (struct esc_kra_offer){name, label, serial, uri, key_type, recipient, spki, spki_len, days};
+	if ((r = esc_kra_enroll_begin(w->ctx, w->st, api_call_account(c), &offer, &id, &challenge, &challenge_len,
+				      expires, sizeof(expires))) != ESC_OK) {
+		/* The key URI is the client's input here, not the service's configuration: 400, not 500. */
+		if (r == ESC_ERR_URI)
+			api_reply_error(c, 400, esc_ctx_errmsg(w->ctx), r);
+		else
+			api_reply_esc(c, r);
+		goto out;
+	}
+	snprintf(idtext, sizeof(idtext), "%lld", id);
+	bad = (o = json_object()) == NULL || api_put(o, "name", api_jstr(name)) ||
+	      api_put(o, "challenge_id", api_jstr(idtext)) ||
+	      api_put(o, "challenge", api_jb64(challenge, challenge_len)) || api_put(o, "expires", api_jstr(expires));
+	api_reply_json(c, 201, o, bad);
+out:
+	free(challenge);
+	b64_secure_free(spki, spki_len);
+	json_decref(doc);
+}
+
+/*
+ * POST /kras/{name}/prove: the challenge's secret, opened on the card.
+ * Only a right answer has the CA (this worker's keeper) certify the key
+ * and registers the KRA (esc_kra_enroll_prove); the answer carries the
+ * certificate for the card.
+ */
+void
+api_kra_prove(struct api_call *c)
+{
+	struct svc_worker *w = api_call_worker(c);
+	const char *id_text, *secret_text;
+	struct api_field f[] = {
+		{"challenge_id", 1, 0, &id_text},
+		{"secret", 1, 0, &secret_text},
+	};
+	unsigned char *secret = NULL, *cert = NULL;
+	size_t secret_len = 0, cert_len = 0;
+	struct esc_kra k;
+	long long id;
+	json_t *doc, *o = NULL;
+	enum esc_err r;
+	int bad;
+
+	if (!api_params_ok(c, no_params) || (doc = api_parse_body(c, NULL, f, N(f))) == NULL)
+		return;
+	if ((id = challenge_id(id_text)) < 0) {
+		api_reply_error(c, 400, "challenge_id must be the decimal number POST /kras answered", ESC_ERR_USAGE);
+		goto out;
+	}
+	if (b64_secure(c, "secret", secret_text, &secret, &secret_len) != 0)
+		goto out;
+	/* Certified on this worker's CA token session, as a CRL is signed. */
+	if (w->keeper == NULL)
+		r = ESC_ERR_TOKEN_NOT_FOUND; /* svc_worker_ready checked it; a lost token is a 503 */
+	else
+		r = esc_keeper_kra_prove(w->ctx, w->keeper, w->st, api_call_account(c), api_call_name(c), id, secret,
+					 secret_len, &k, &cert, &cert_len);
+	if (r != ESC_OK) {
+		api_reply_esc(c, r);
+		goto out;
+	}
+	bad = (o = json_object()) == NULL || api_put(o, "name", api_jstr(k.name)) ||
+	      api_put(o, "state", api_jstr(k.state)) || api_put(o, "key_type", api_jstr(k.key_type)) ||
+	      api_put(o, "recipient", api_jstr(k.recipient)) || api_put(o, "cert_serial", api_jstr(k.cert_serial)) ||
+	      api_put(o, "token_label", api_jstr(k.token_label)) ||
+	      api_put(o, "token_serial", api_jstr(k.token_serial)) || api_put(o, "key_uri", api_jstr(k.key_uri)) ||
+	      api_put(o, "certificate", api_jb64(cert, cert_len));
+	api_reply_json(c, 201, o, bad);
+out:
+	free(cert);
+	b64_secure_free(secret, secret_len);
+	wipe_member(doc, "secret");
+	json_decref(doc);
+}
+
 /* ---- revocation and CRLs -------------------------------------------------------------------------------------- */
 
 void
@@ -493,22 +640,6 @@ api_certificate_revoke(struct api_call *c)
 	      api_put(o, "reason", api_jstr(reason));
 	json_decref(doc);
 	api_reply_json(c, 200, o, bad);
-}
-
-/* A decimal in min..max, else -1. */
-static int
-small_int(const char *s, int min, int max)
-{
-	long v = 0;
-
-	if (*s == '\0' || strlen(s) > 6)
-		return -1;
-	for (; *s; s++)
-		if (*s < '0' || *s > '9')
-			return -1;
-		else
-			v = v * 10 + (*s - '0');
-	return v < min || v > max ? -1 : (int)v;
 }
 
 void

@@ -10,6 +10,7 @@
 #include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/rsa.h>
+#include <openssl/x509v3.h>
 
 #include <p11escrow/envelope.h>
 
@@ -29,8 +30,9 @@ esc_envelope_plain_free(unsigned char *p, size_t len)
 		OPENSSL_secure_clear_free(p, len);
 }
 
+/* flags: 0, or CMS_USE_KEYID to name the recipient by its subject key identifier. */
 static enum esc_err
-add_recipient(struct esc_ctx *ctx, CMS_ContentInfo *cms, X509 *cert, enum esc_oaep_hash hash)
+add_recipient(struct esc_ctx *ctx, CMS_ContentInfo *cms, X509 *cert, enum esc_oaep_hash hash, unsigned int flags)
 {
 	EVP_PKEY *pub = X509_get0_pubkey(cert);
 	CMS_RecipientInfo *ri;
@@ -41,7 +43,7 @@ add_recipient(struct esc_ctx *ctx, CMS_ContentInfo *cms, X509 *cert, enum esc_oa
 		return esc_error_ossl(ctx, ESC_ERR_BAD_INPUT, "recipient certificate has no usable public key");
 	if (EVP_PKEY_is_a(pub, "RSA")) {
 		/* CMS_KEY_PARAM: leave the context open so we can ask for OAEP. */
-		if ((ri = CMS_add1_recipient_cert(cms, cert, CMS_KEY_PARAM)) == NULL ||
+		if ((ri = CMS_add1_recipient_cert(cms, cert, CMS_KEY_PARAM | flags)) == NULL ||
 		    (pctx = CMS_RecipientInfo_get0_pkey_ctx(ri)) == NULL ||
 		    EVP_PKEY_CTX_set_rsa_padding(pctx, RSA_PKCS1_OAEP_PADDING) <= 0 ||
 		    EVP_PKEY_CTX_set_rsa_oaep_md(pctx, md) <= 0 || EVP_PKEY_CTX_set_rsa_mgf1_md(pctx, md) <= 0)
@@ -49,16 +51,16 @@ add_recipient(struct esc_ctx *ctx, CMS_ContentInfo *cms, X509 *cert, enum esc_oa
 		return ESC_OK;
 	}
 	if (EVP_PKEY_is_a(pub, "EC")) {
-		if (CMS_add1_recipient_cert(cms, cert, 0) == NULL)
+		if (CMS_add1_recipient_cert(cms, cert, flags) == NULL)
 			return esc_error_ossl(ctx, ESC_ERR_CRYPTO, "cannot add an ECDH recipient");
 		return ESC_OK;
 	}
 	return esc_error(ctx, ESC_ERR_USAGE, "recipient keys must be RSA or EC");
 }
 
-enum esc_err
-esc_envelope_seal(struct esc_ctx *ctx, const unsigned char *in, size_t inlen, X509 *const *recips,
-		  const enum esc_oaep_hash *hashes, size_t nrecips, unsigned char **out, size_t *outlen)
+static enum esc_err
+seal(struct esc_ctx *ctx, const unsigned char *in, size_t inlen, X509 *const *recips, const enum esc_oaep_hash *hashes,
+     size_t nrecips, unsigned int flags, unsigned char **out, size_t *outlen)
 {
 	CMS_ContentInfo *cms = NULL;
 	BIO *bin = NULL;
@@ -77,7 +79,8 @@ esc_envelope_seal(struct esc_ctx *ctx, const unsigned char *in, size_t inlen, X5
 		goto out;
 	}
 	for (i = 0; i < nrecips; i++)
-		if ((r = add_recipient(ctx, cms, recips[i], hashes != NULL ? hashes[i] : ESC_OAEP_SHA1)) != ESC_OK)
+		if ((r = add_recipient(ctx, cms, recips[i], hashes != NULL ? hashes[i] : ESC_OAEP_SHA1, flags)) !=
+		    ESC_OK)
 			goto out;
 	if ((bin = BIO_new_mem_buf(in, (int)inlen)) == NULL || CMS_final(cms, bin, NULL, CMS_BINARY) != 1) {
 		r = esc_error_ossl(ctx, ESC_ERR_CRYPTO, "cannot encrypt the envelope");
@@ -103,6 +106,75 @@ out:
 	free(der);
 	BIO_free(bin);
 	CMS_ContentInfo_free(cms);
+	return r;
+}
+
+enum esc_err
+esc_envelope_seal(struct esc_ctx *ctx, const unsigned char *in, size_t inlen, X509 *const *recips,
+		  const enum esc_oaep_hash *hashes, size_t nrecips, unsigned char **out, size_t *outlen)
+{
+	return seal(ctx, in, inlen, recips, hashes, nrecips, 0, out, outlen);
+}
+
+/*
+ * OpenSSL's CMS takes recipients only as certificates.  A key that has none
+ * yet (a KRA key before its certificate is issued) is wrapped in a holder:
+ * a certificate that carries pub and its subject key identifier (SHA-1 of
+ * the public key, RFC 5280 4.2.1.2 method 1), signed by a throwaway key so
+ * that it is well-formed.  The envelope names its recipient by that key
+ * identifier alone (CMS_USE_KEYID): nothing of the holder but the key is
+ * in it, and the opener builds the same identifier from the same key.
+ * Nothing ever verifies the holder's signature.
+ */
+static enum esc_err
+key_holder(struct esc_ctx *ctx, EVP_PKEY *pub, X509 **out)
+{
+	X509 *x = NULL;
+	X509_NAME *name = NULL;
+	EVP_PKEY *throwaway = NULL;
+	ASN1_OCTET_STRING *skid = NULL;
+	unsigned char md[EVP_MAX_MD_SIZE];
+	unsigned int mdlen = 0;
+	enum esc_err r;
+
+	if (!EVP_PKEY_is_a(pub, "RSA") && !EVP_PKEY_is_a(pub, "EC"))
+		return esc_error(ctx, ESC_ERR_USAGE, "recipient keys must be RSA or EC");
+	if ((x = X509_new()) == NULL || (name = X509_NAME_new()) == NULL || (skid = ASN1_OCTET_STRING_new()) == NULL ||
+	    (throwaway = EVP_PKEY_Q_keygen(NULL, NULL, "ED25519")) == NULL || X509_set_version(x, 2) != 1 ||
+	    ASN1_INTEGER_set(X509_get_serialNumber(x), 1) != 1 ||
+	    X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC, (const unsigned char *)"p11escrow key holder", -1, -1,
+				       0) != 1 ||
+	    X509_set_subject_name(x, name) != 1 || X509_set_issuer_name(x, name) != 1 ||
+	    X509_gmtime_adj(X509_getm_notBefore(x), 0) == NULL ||
+	    X509_gmtime_adj(X509_getm_notAfter(x), 3600) == NULL || X509_set_pubkey(x, pub) != 1 ||
+	    X509_pubkey_digest(x, EVP_sha1(), md, &mdlen) != 1 || ASN1_OCTET_STRING_set(skid, md, (int)mdlen) != 1 ||
+	    X509_add1_ext_i2d(x, NID_subject_key_identifier, skid, 0, X509V3_ADD_DEFAULT) != 1 ||
+	    X509_sign(x, throwaway, NULL) <= 0) {
+		r = esc_error_ossl(ctx, ESC_ERR_CRYPTO, "cannot name the recipient key");
+		goto out;
+	}
+	*out = x;
+	x = NULL; /* transferred */
+	r = ESC_OK;
+out:
+	ASN1_OCTET_STRING_free(skid);
+	EVP_PKEY_free(throwaway);
+	X509_NAME_free(name);
+	X509_free(x);
+	return r;
+}
+
+enum esc_err
+esc_envelope_seal_to_key(struct esc_ctx *ctx, const unsigned char *in, size_t inlen, EVP_PKEY *pub,
+			 enum esc_oaep_hash hash, unsigned char **out, size_t *outlen)
+{
+	X509 *holder = NULL;
+	enum esc_err r;
+
+	if ((r = key_holder(ctx, pub, &holder)) != ESC_OK)
+		return r;
+	r = seal(ctx, in, inlen, &holder, &hash, 1, CMS_USE_KEYID, out, outlen);
+	X509_free(holder);
 	return r;
 }
 
@@ -338,5 +410,19 @@ esc_envelope_open(struct esc_ctx *ctx, const unsigned char *in, size_t inlen, EV
 out:
 	BIO_free(bout);
 	CMS_ContentInfo_free(cms);
+	return r;
+}
+
+enum esc_err
+esc_envelope_open_with_key(struct esc_ctx *ctx, const unsigned char *in, size_t inlen, EVP_PKEY *key, EVP_PKEY *pub,
+			   unsigned char **out, size_t *outlen)
+{
+	X509 *holder = NULL;
+	enum esc_err r;
+
+	if ((r = key_holder(ctx, pub, &holder)) != ESC_OK)
+		return r;
+	r = esc_envelope_open(ctx, in, inlen, key, holder, out, outlen);
+	X509_free(holder);
 	return r;
 }

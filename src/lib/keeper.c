@@ -23,6 +23,7 @@
 #include <p11escrow/est.h>
 #include <p11escrow/envelope.h>
 #include <p11escrow/keeper.h>
+#include <p11escrow/kra.h>
 #include <p11escrow/recovery.h>
 #include <p11escrow/revoke.h>
 #include <p11escrow/setup.h>
@@ -113,6 +114,16 @@ esc_keeper_sign_crl(struct esc_ctx *ctx, struct esc_keeper *k, struct esc_store 
 	if (k == NULL || st == NULL || out == NULL)
 		return esc_error(ctx, ESC_ERR_INTERNAL, "esc_keeper_sign_crl: NULL argument");
 	return by != NULL ? esc_crl_build_by(ctx, st, by, k->tok, days, out) : esc_crl_build(ctx, st, k->tok, days, out);
+}
+
+enum esc_err
+esc_keeper_kra_prove(struct esc_ctx *ctx, struct esc_keeper *k, struct esc_store *st, const struct esc_account *actor,
+		     const char *name, long long id, const unsigned char *secret, size_t secret_len, struct esc_kra *out,
+		     unsigned char **cert, size_t *cert_len)
+{
+	if (k == NULL || st == NULL)
+		return esc_error(ctx, ESC_ERR_INTERNAL, "esc_keeper_kra_prove: NULL argument");
+	return esc_kra_enroll_prove(ctx, st, actor, k->tok, name, id, secret, secret_len, out, cert, cert_len);
 }
 
 enum esc_err

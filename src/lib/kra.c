@@ -1,14 +1,20 @@
 /*
- * Key Recovery Agents: enrollment on a card, listing, retirement.
+ * Key Recovery Agents: enrollment on a card (locally, or through the
+ * service with proof of possession), listing, retirement.
  */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include <openssl/crypto.h>
+#include <openssl/core_names.h>
+#include <openssl/evp.h>
+#include <openssl/rand.h>
 #include <openssl/x509.h>
 
 #include <p11escrow/audit.h>
 #include <p11escrow/ca.h>
+#include <p11escrow/envelope.h>
 #include <p11escrow/kra.h>
 
 #include "internal.h"
@@ -57,9 +63,10 @@ fail:
 	return esc_error_ossl(ctx, ESC_ERR_CRYPTO, "cannot build the KRA certificate's name");
 }
 
+/* Insert the KRA row (in the caller's transaction). */
 static enum esc_err
 register_kra(struct esc_ctx *ctx, struct esc_store *st, const char *name, X509 *cert, const char *key_type,
-	     const char *recipient, struct esc_token *tok, const char *uri)
+	     const char *recipient, const char *token_label, const char *token_serial, const char *uri)
 {
 	char *serial = esc_cert_serial_hex(cert), fp[ESC_FINGERPRINT_MAX];
 	unsigned char *der = NULL;
@@ -80,8 +87,8 @@ register_kra(struct esc_ctx *ctx, struct esc_store *st, const char *name, X509 *
 	v[3] = fp;
 	v[4] = key_type;
 	v[5] = recipient;
-	v[6] = esc_token_label(tok);
-	v[7] = esc_token_serial(tok);
+	v[6] = token_label;
+	v[7] = token_serial;
 	v[8] = uri;
 	r = esc_store_exec(ctx, st,
 			   "INSERT INTO kras (name, state, certificate, cert_serial, cert_sha256, key_type, recipient, "
@@ -93,19 +100,163 @@ out:
 	return r;
 }
 
+/* EXISTS unless the name is free and the card is no active KRA. */
+static enum esc_err
+check_free(struct esc_ctx *ctx, struct esc_store *st, const char *name, const char *label, const char *serial)
+{
+	PGresult *res = NULL;
+	const char *v[1] = {name};
+	const char *c[2] = {label, serial};
+	enum esc_err r;
+
+	if ((r = esc_store_exec(ctx, st, "SELECT 1 FROM kras WHERE name = $1", 1, v, NULL, NULL, &res)) != ESC_OK)
+		return r;
+	if (PQntuples(res) > 0) {
+		r = esc_error(ctx, ESC_ERR_EXISTS, "a KRA named '%s' is already enrolled", name);
+		goto out;
+	}
+	PQclear(res);
+	res = NULL;
+	/* One card, one active KRA: a second key would only confuse whoever holds it. */
+	if ((r = esc_store_exec(
+		     ctx, st, "SELECT name FROM kras WHERE token_label = $1 AND token_serial = $2 AND state = 'active'",
+		     2, c, NULL, NULL, &res)) != ESC_OK)
+		goto out;
+	if (PQntuples(res) > 0) {
+		r = esc_error(ctx, ESC_ERR_EXISTS, "card '%s' (serial %s) is already enrolled as KRA '%s'", label,
+			      serial, PQgetvalue(res, 0, 0));
+		goto out;
+	}
+	r = ESC_OK;
+out:
+	PQclear(res);
+	return r;
+}
+
+/* The active CA's certificate (shared: read only) and its signing key on ca_tok (logged in). */
+static enum esc_err
+ca_signer(struct esc_ctx *ctx, struct esc_store *st, struct esc_token *ca_tok, X509 **ca, EVP_PKEY **signer)
+{
+	PGresult *res = NULL;
+	struct esc_token_key *ca_key = NULL;
+	X509 *cert = NULL;
+	EVP_PKEY *key = NULL;
+	enum esc_err r;
+
+	if ((r = esc_store_active_ca(ctx, st, &cert)) != ESC_OK)
+		return r;
+	if ((r = esc_store_exec(ctx, st, "SELECT uri FROM token_keys WHERE role = 'ca-sign'", 0, NULL, NULL, NULL,
+				&res)) != ESC_OK)
+		goto out;
+	if (PQntuples(res) != 1) {
+		r = esc_error(ctx, ESC_ERR_STATE, "the CA signing key is not registered");
+		goto out;
+	}
+	if ((r = esc_token_find_key(ctx, ca_tok, PQgetvalue(res, 0, 0), &ca_key)) != ESC_OK ||
+	    (r = esc_token_key_private(ctx, ca_tok, ca_key, &key)) != ESC_OK)
+		goto out;
+	*ca = cert;
+	*signer = key;
+	cert = NULL; /* transferred */
+	key = NULL;
+	r = ESC_OK;
+out:
+	PQclear(res);
+	X509_free(cert);
+	EVP_PKEY_free(key);
+	esc_token_key_free(ca_key);
+	return r;
+}
+
+/*
+ * Generate the KRA key pair on the card and read what the CA and the
+ * archival need of it.  On an error nothing stays on the card.
+ */
+static enum esc_err
+card_generate(struct esc_ctx *ctx, struct esc_token *card, const char *name, enum esc_key_type type,
+	      struct esc_token_key **key_out, EVP_PKEY **pub_out, const char **recipient_out)
+{
+	struct esc_token_key *key = NULL;
+	EVP_PKEY *pub = NULL;
+	char label[160];
+	int sha256 = 0;
+	enum esc_err r;
+
+	if (!valid_name(name))
+		return esc_error(ctx, ESC_ERR_USAGE, "a KRA name is 1..64 letters, digits, '.', '_' or '-'");
+	if (type != ESC_KEY_RSA3072 && type != ESC_KEY_RSA4096 && type != ESC_KEY_EC_P256 && type != ESC_KEY_EC_P384)
+		return esc_error(ctx, ESC_ERR_USAGE, "unsupported KRA key type");
+	if ((r = esc_token_require_key_mechanisms(ctx, card, type, ESC_KEY_USE_DECRYPT)) != ESC_OK)
+		return r;
+	snprintf(label, sizeof(label), "p11escrow KRA %s", name);
+	if ((r = esc_token_generate_key(ctx, card, type, ESC_KEY_USE_DECRYPT, label, &key)) != ESC_OK)
+		return r;
+	if ((r = esc_token_key_public(ctx, card, key, &pub)) != ESC_OK)
+		goto out;
+	if (EVP_PKEY_is_a(pub, "RSA")) {
+		if ((r = esc_token_probe_oaep_sha256(ctx, card, key, pub, &sha256)) != ESC_OK)
+			goto out;
+		*recipient_out = sha256 ? "rsa-oaep-sha256" : "rsa-oaep-sha1";
+	} else {
+		*recipient_out = "ecdh";
+	}
+	*key_out = key;
+	*pub_out = pub;
+	key = NULL; /* transferred */
+	pub = NULL;
+	r = ESC_OK;
+out:
+	/* Undo: a key whose KRA cannot be registered must not stay on the card. */
+	if (key != NULL && esc_token_destroy_key(NULL, card, key) != ESC_OK)
+		esc_log(ctx, ESC_LOG_ERROR, "could not remove the generated key '%s' from card '%s'", label,
+			esc_token_label(card));
+	esc_token_key_free(key);
+	EVP_PKEY_free(pub);
+	return r;
+}
+
+/* The audit event of a registration, in the open transaction. */
+static enum esc_err
+audit_enrolled(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor, const char *name,
+	       const char *how, const char *label, const char *serial, const char *key_type, const char *recipient)
+{
+	char roles[64], details[320];
+	struct esc_audit_event ev = {esc_account_name(actor), roles, "kra.enroll", name, "ok", details};
+
+	esc_roles_format(esc_account_roles(actor), roles, sizeof(roles));
+	snprintf(details, sizeof(details), "%scard '%s' serial %s, %s key, recipient %s", how, label, serial, key_type,
+		 recipient);
+	return esc_audit_append(ctx, st, &ev);
+}
+
+static void
+fill_kra(struct esc_kra *out, const char *name, const char *key_type, const char *recipient, const char *label,
+	 const char *serial, const char *uri, X509 *cert)
+{
+	char *s = esc_cert_serial_hex(cert);
+
+	memset(out, 0, sizeof(*out));
+	snprintf(out->name, sizeof(out->name), "%s", name);
+	snprintf(out->state, sizeof(out->state), "active");
+	snprintf(out->key_type, sizeof(out->key_type), "%s", key_type);
+	snprintf(out->recipient, sizeof(out->recipient), "%s", recipient);
+	snprintf(out->token_label, sizeof(out->token_label), "%s", label);
+	snprintf(out->token_serial, sizeof(out->token_serial), "%s", serial);
+	snprintf(out->key_uri, sizeof(out->key_uri), "%s", uri);
+	snprintf(out->cert_serial, sizeof(out->cert_serial), "%s", s ? s : "");
+	free(s);
+}
+
 static enum esc_err
 enroll_impl(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor, struct esc_token *ca_tok,
 	    struct esc_token *kra_tok, const char *name, enum esc_key_type type, int days, struct esc_kra *out)
 {
-	PGresult *res = NULL;
 	X509 *ca = NULL, *cert = NULL;
 	X509_NAME *subject = NULL;
-	struct esc_token_key *ca_key = NULL, *key = NULL;
+	struct esc_token_key *key = NULL;
 	EVP_PKEY *signer = NULL, *pub = NULL;
-	char *uri = NULL, label[160] = "", ca_uri[1024];
-	const char *recipient;
-	const char *v[1] = {name};
-	int sha256 = 0, generated = 0;
+	char *uri = NULL;
+	const char *recipient = NULL;
 	enum esc_err r;
 
 	if ((r = esc_account_require(ctx, actor, ESC_ROLE_ADMIN)) != ESC_OK)
@@ -115,110 +266,37 @@ enroll_impl(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account 
 	if (type != ESC_KEY_RSA3072 && type != ESC_KEY_RSA4096 && type != ESC_KEY_EC_P256 && type != ESC_KEY_EC_P384)
 		return esc_error(ctx, ESC_ERR_USAGE, "unsupported KRA key type");
 	/* Everything that can be checked without changing anything, first. */
-	if ((r = esc_store_check_schema(ctx, st)) != ESC_OK)
-		return r;
-	if ((r = esc_store_exec(ctx, st, "SELECT 1 FROM kras WHERE name = $1", 1, v, NULL, NULL, &res)) != ESC_OK)
-		return r;
-	if (PQntuples(res) > 0) {
-		PQclear(res);
-		return esc_error(ctx, ESC_ERR_EXISTS, "a KRA named '%s' is already enrolled", name);
-	}
-	PQclear(res);
-	res = NULL;
-	/* One card, one active KRA: a second key would only confuse whoever holds it. */
-	{
-		const char *c[2] = {esc_token_label(kra_tok), esc_token_serial(kra_tok)};
-
-		if ((r = esc_store_exec(ctx, st,
-					"SELECT name FROM kras WHERE token_label = $1 AND token_serial = $2 AND state = "
-					"'active'",
-					2, c, NULL, NULL, &res)) != ESC_OK)
-			goto out;
-		if (PQntuples(res) > 0) {
-			r = esc_error(ctx, ESC_ERR_EXISTS, "card '%s' (serial %s) is already enrolled as KRA '%s'",
-				      c[0], c[1], PQgetvalue(res, 0, 0));
-			goto out;
-		}
-		PQclear(res);
-		res = NULL;
-	}
-	if ((r = esc_store_active_ca(ctx, st, &ca)) != ESC_OK)
+	if ((r = esc_store_check_schema(ctx, st)) != ESC_OK ||
+	    (r = check_free(ctx, st, name, esc_token_label(kra_tok), esc_token_serial(kra_tok))) != ESC_OK ||
+	    (r = ca_signer(ctx, st, ca_tok, &ca, &signer)) != ESC_OK ||
+	    (r = kra_subject(ctx, ca, name, &subject)) != ESC_OK ||
+	    (r = card_generate(ctx, kra_tok, name, type, &key, &pub, &recipient)) != ESC_OK)
 		goto out;
-	if ((r = esc_store_exec(ctx, st, "SELECT uri FROM token_keys WHERE role = 'ca-sign'", 0, NULL, NULL, NULL,
-				&res)) !=
-		    ESC_OK)
-		goto out;
-	if (PQntuples(res) != 1) {
-		r = esc_error(ctx, ESC_ERR_STATE, "the CA signing key is not registered");
-		goto out;
-	}
-	snprintf(ca_uri, sizeof(ca_uri), "%s", PQgetvalue(res, 0, 0));
-	if ((r = esc_token_find_key(ctx, ca_tok, ca_uri, &ca_key)) != ESC_OK ||
-	    (r = esc_token_key_private(ctx, ca_tok, ca_key, &signer)) != ESC_OK ||
-	    (r = esc_token_require_key_mechanisms(ctx, kra_tok, type, ESC_KEY_USE_DECRYPT)) != ESC_OK ||
-	    (r = kra_subject(ctx, ca, name, &subject)) != ESC_OK)
-		goto out;
-	snprintf(label, sizeof(label), "p11escrow KRA %s", name);
-	if ((r = esc_token_generate_key(ctx, kra_tok, type, ESC_KEY_USE_DECRYPT, label, &key)) != ESC_OK)
-		goto out;
-	generated = 1;
-	if ((r = esc_token_key_public(ctx, kra_tok, key, &pub)) != ESC_OK)
-		goto out;
-	if (EVP_PKEY_is_a(pub, "RSA")) {
-		if ((r = esc_token_probe_oaep_sha256(ctx, kra_tok, key, pub, &sha256)) != ESC_OK)
-			goto out;
-		recipient = sha256 ? "rsa-oaep-sha256" : "rsa-oaep-sha1";
-	} else {
-		recipient = "ecdh";
-	}
 	if ((r = esc_ca_issue(ctx, ca, signer, pub, subject, days, ESC_PROFILE_KRA, &cert)) != ESC_OK ||
 	    (r = esc_token_key_uri(ctx, kra_tok, key, &uri)) != ESC_OK ||
-	    (r = esc_token_store_cert(ctx, kra_tok, key, cert)) != ESC_OK ||
-	    (r = esc_store_begin(ctx, st)) != ESC_OK ||
-	    (r = register_kra(ctx, st, name, cert, esc_token_key_type_name(key), recipient, kra_tok, uri)) != ESC_OK)
+	    (r = esc_token_store_cert(ctx, kra_tok, key, cert)) != ESC_OK || (r = esc_store_begin(ctx, st)) != ESC_OK ||
+	    (r = register_kra(ctx, st, name, cert, esc_token_key_type_name(key), recipient, esc_token_label(kra_tok),
+			      esc_token_serial(kra_tok), uri)) != ESC_OK ||
+	    (r = audit_enrolled(ctx, st, actor, name, "", esc_token_label(kra_tok), esc_token_serial(kra_tok),
+				esc_token_key_type_name(key), recipient)) != ESC_OK ||
+	    (r = esc_store_commit(ctx, st)) != ESC_OK)
 		goto out;
-	{
-		char roles[64], details[256];
-		struct esc_audit_event ev = {esc_account_name(actor), roles, "kra.enroll", name, "ok", details};
-
-		esc_roles_format(esc_account_roles(actor), roles, sizeof(roles));
-		snprintf(details, sizeof(details), "card '%s' serial %s, %s key, recipient %s",
-			 esc_token_label(kra_tok), esc_token_serial(kra_tok), esc_token_key_type_name(key), recipient);
-		if ((r = esc_audit_append(ctx, st, &ev)) != ESC_OK || (r = esc_store_commit(ctx, st)) != ESC_OK)
-			goto out;
-	}
-	if (out != NULL) {
-		memset(out, 0, sizeof(*out));
-		snprintf(out->name, sizeof(out->name), "%s", name);
-		snprintf(out->state, sizeof(out->state), "active");
-		snprintf(out->key_type, sizeof(out->key_type), "%s", esc_token_key_type_name(key));
-		snprintf(out->recipient, sizeof(out->recipient), "%s", recipient);
-		snprintf(out->token_label, sizeof(out->token_label), "%s", esc_token_label(kra_tok));
-		snprintf(out->token_serial, sizeof(out->token_serial), "%s", esc_token_serial(kra_tok));
-		snprintf(out->key_uri, sizeof(out->key_uri), "%s", uri);
-		{
-			char *s = esc_cert_serial_hex(cert);
-
-			snprintf(out->cert_serial, sizeof(out->cert_serial), "%s", s ? s : "");
-			free(s);
-		}
-	}
-	generated = 0; /* keep the key: the KRA is registered */
+	if (out != NULL)
+		fill_kra(out, name, esc_token_key_type_name(key), recipient, esc_token_label(kra_tok),
+			 esc_token_serial(kra_tok), uri, cert);
 	r = ESC_OK;
 out:
 	esc_store_rollback(st);
 	/* Undo: a key whose KRA was not registered must not stay on the card. */
-	if (generated && esc_token_destroy_key(NULL, kra_tok, key) != ESC_OK)
-		esc_log(ctx, ESC_LOG_ERROR, "could not remove the generated key '%s' from card '%s'", label,
-			esc_token_label(kra_tok));
-	PQclear(res);
+	if (r != ESC_OK && key != NULL && esc_token_destroy_key(NULL, kra_tok, key) != ESC_OK)
+		esc_log(ctx, ESC_LOG_ERROR, "could not remove the generated key '%s' from card '%s'",
+			esc_token_key_label(key), esc_token_label(kra_tok));
 	free(uri);
 	X509_free(ca);
 	X509_free(cert);
 	X509_NAME_free(subject);
 	EVP_PKEY_free(signer);
 	EVP_PKEY_free(pub);
-	esc_token_key_free(ca_key);
 	esc_token_key_free(key);
 	return r;
 }
@@ -236,6 +314,511 @@ esc_kra_enroll(struct esc_ctx *ctx, struct esc_store *st, const struct esc_accou
 	while (esc_store_retry(ctx, st, &t, &r));
 	if (r != ESC_OK)
 		esc_audit_outcome_by(ctx, st, actor, "kra.enroll", name, r);
+	return r;
+}
+
+/* ---- Through the service: the workstation's half ------------------------------------------------------------ */
+
+struct esc_kra_card {
+	struct esc_token *card; /* borrowed */
+	struct esc_token_key *key;
+	EVP_PKEY *pub;
+	const char *recipient; /* static */
+	char *uri;
+	unsigned char *spki;
+	size_t spki_len;
+};
+
+enum esc_err
+esc_kra_card_generate(struct esc_ctx *ctx, struct esc_token *card, const char *name, enum esc_key_type type,
+		      struct esc_kra_card **out)
+{
+	struct esc_kra_card *k;
+	unsigned char *der = NULL;
+	int n;
+	enum esc_err r;
+
+	if ((k = calloc(1, sizeof(*k))) == NULL)
+		return esc_error(ctx, ESC_ERR_NOMEM, "out of memory");
+	k->card = card;
+	if ((r = card_generate(ctx, card, name, type, &k->key, &k->pub, &k->recipient)) != ESC_OK) {
+		free(k);
+		return r;
+	}
+	if ((r = esc_token_key_uri(ctx, card, k->key, &k->uri)) != ESC_OK)
+		goto out;
+	if ((n = i2d_PUBKEY(k->pub, &der)) <= 0 || (k->spki = malloc((size_t)n)) == NULL) {
+		r = esc_error_ossl(ctx, ESC_ERR_CRYPTO, "cannot encode the card's public key");
+		goto out;
+	}
+	memcpy(k->spki, der, (size_t)n);
+	k->spki_len = (size_t)n;
+	*out = k;
+	k = NULL; /* transferred */
+	r = ESC_OK;
+out:
+	OPENSSL_free(der);
+	if (k != NULL) {
+		if (esc_kra_card_discard(NULL, k) != ESC_OK)
+			esc_log(ctx, ESC_LOG_ERROR, "could not remove the generated key '%s' from card '%s'",
+				esc_token_key_label(k->key), esc_token_label(card));
+		esc_kra_card_free(k);
+	}
+	return r;
+}
+
+const char *
+esc_kra_card_key_type(const struct esc_kra_card *k)
+{
+	return esc_token_key_type_name(k->key);
+}
+
+const char *
+esc_kra_card_recipient(const struct esc_kra_card *k)
+{
+	return k->recipient;
+}
+
+const char *
+esc_kra_card_key_uri(const struct esc_kra_card *k)
+{
+	return k->uri;
+}
+
+const unsigned char *
+esc_kra_card_public_key(const struct esc_kra_card *k, size_t *len)
+{
+	*len = k->spki_len;
+	return k->spki;
+}
+
+enum esc_err
+esc_kra_card_answer(struct esc_ctx *ctx, struct esc_kra_card *k, const unsigned char *challenge, size_t len,
+		    unsigned char **secret, size_t *secretlen)
+{
+	EVP_PKEY *priv = NULL;
+	enum esc_err r;
+
+	if ((r = esc_token_key_private(ctx, k->card, k->key, &priv)) != ESC_OK)
+		return r;
+	r = esc_envelope_open_with_key(ctx, challenge, len, priv, k->pub, secret, secretlen);
+	EVP_PKEY_free(priv);
+	return r;
+}
+
+enum esc_err
+esc_kra_card_store_cert(struct esc_ctx *ctx, struct esc_kra_card *k, const unsigned char *der, size_t len, int *stored)
+{
+	const unsigned char *p = der;
+	X509 *cert = NULL;
+	enum esc_err r;
+
+	if (len == 0 || len > 64 * 1024 || (cert = d2i_X509(NULL, &p, (long)len)) == NULL || p != der + len) {
+		r = esc_error_ossl(ctx, ESC_ERR_BAD_INPUT, "the service's answer is not a DER certificate");
+		goto out;
+	}
+	if (!esc_cert_matches_key(cert, k->pub)) {
+		r = esc_error(ctx, ESC_ERR_MISMATCH, "the certificate the service issued is not for the card's key");
+		goto out;
+	}
+	*stored = esc_token_store_cert(ctx, k->card, k->key, cert) == ESC_OK;
+	r = ESC_OK;
+out:
+	X509_free(cert);
+	return r;
+}
+
+enum esc_err
+esc_kra_card_discard(struct esc_ctx *ctx, struct esc_kra_card *k)
+{
+	return esc_token_destroy_key(ctx, k->card, k->key);
+}
+
+void
+esc_kra_card_free(struct esc_kra_card *k)
+{
+	if (k == NULL)
+		return;
+	esc_token_key_free(k->key);
+	EVP_PKEY_free(k->pub);
+	free(k->uri);
+	free(k->spki);
+	free(k);
+}
+
+/* ---- Through the service: the service's half ---------------------------------------------------------------- */
+
+/* 1..max bytes of printable ASCII, as a card's label or serial is. */
+static int
+printable(const char *s, size_t max)
+{
+	size_t i, n = strlen(s);
+
+	if (n == 0 || n > max)
+		return 0;
+	for (i = 0; i < n; i++)
+		if ((unsigned char)s[i] < 0x20 || (unsigned char)s[i] > 0x7e)
+			return 0;
+	return 1;
+}
+
+/* The offer's public key, decoded and checked to be of key type t (strict DER). */
+static enum esc_err
+offer_key(struct esc_ctx *ctx, const struct esc_kra_offer *o, enum esc_key_type t, EVP_PKEY **out)
+{
+	const unsigned char *p = o->public_key;
+	unsigned char *der = NULL;
+	EVP_PKEY *pub = NULL;
+	char group[64] = "";
+	int n, ok;
+	enum esc_err r;
+
+	if (o->public_key_len == 0 || o->public_key_len > ESC_KRA_PUBLIC_KEY_MAX)
+		return esc_error(ctx, ESC_ERR_BAD_INPUT, "the public key must be 1..%d bytes of DER",
+				 ESC_KRA_PUBLIC_KEY_MAX);
+	if ((pub = d2i_PUBKEY(NULL, &p, (long)o->public_key_len)) == NULL || p != o->public_key + o->public_key_len ||
+	    (n = i2d_PUBKEY(pub, &der)) <= 0 || (size_t)n != o->public_key_len ||
+	    memcmp(der, o->public_key, (size_t)n) != 0) {
+		r = esc_error_ossl(ctx, ESC_ERR_BAD_INPUT, "the public key is not a DER SubjectPublicKeyInfo");
+		goto out;
+	}
+	switch (t) {
+	case ESC_KEY_RSA3072:
+	case ESC_KEY_RSA4096:
+		ok = EVP_PKEY_is_a(pub, "RSA") && EVP_PKEY_get_bits(pub) == (t == ESC_KEY_RSA3072 ? 3072 : 4096);
+		break;
+	case ESC_KEY_EC_P256:
+	case ESC_KEY_EC_P384:
+		ok = EVP_PKEY_is_a(pub, "EC") &&
+		     EVP_PKEY_get_utf8_string_param(pub, OSSL_PKEY_PARAM_GROUP_NAME, group, sizeof(group), NULL) == 1 &&
+		     strcmp(group, t == ESC_KEY_EC_P256 ? "prime256v1" : "secp384r1") == 0;
+		break;
+	default:
+		ok = 0;
+	}
+	if (!ok) {
+		r = esc_error(ctx, ESC_ERR_BAD_INPUT, "the public key is not an %s key", esc_key_type_name(t));
+		goto out;
+	}
+	*out = pub;
+	pub = NULL; /* transferred */
+	r = ESC_OK;
+out:
+	OPENSSL_free(der);
+	EVP_PKEY_free(pub);
+	return r;
+}
+
+/* Everything an offer must be before the database is asked; *type and *pub on success. */
+static enum esc_err
+check_offer(struct esc_ctx *ctx, const struct esc_kra_offer *o, enum esc_key_type *type, EVP_PKEY **pub)
+{
+	enum esc_key_type t;
+	int rsa;
+	enum esc_err r;
+
+	if (!valid_name(o->name))
+		return esc_error(ctx, ESC_ERR_USAGE, "a KRA name is 1..64 letters, digits, '.', '_' or '-'");
+	if (!printable(o->token_label, 32) || !printable(o->token_serial, 16))
+		return esc_error(ctx, ESC_ERR_USAGE,
+				 "a card's label is 1..32 and its serial 1..16 printable characters");
+	if (o->days < 1 || o->days > 36500)
+		return esc_error(ctx, ESC_ERR_USAGE, "days must be 1..36500");
+	if ((r = esc_key_type_parse(ctx, o->key_type, &t)) != ESC_OK)
+		return r;
+	if (t != ESC_KEY_RSA3072 && t != ESC_KEY_RSA4096 && t != ESC_KEY_EC_P256 && t != ESC_KEY_EC_P384)
+		return esc_error(ctx, ESC_ERR_USAGE, "unsupported KRA key type '%s'", o->key_type);
+	rsa = t == ESC_KEY_RSA3072 || t == ESC_KEY_RSA4096;
+	if (rsa ? strcmp(o->recipient, "rsa-oaep-sha256") != 0 && strcmp(o->recipient, "rsa-oaep-sha1") != 0
+		: strcmp(o->recipient, "ecdh") != 0)
+		return esc_error(ctx, ESC_ERR_USAGE, "recipient '%s' does not fit a %s key (%s)", o->recipient,
+				 o->key_type, rsa ? "rsa-oaep-sha256 or rsa-oaep-sha1" : "ecdh");
+	if (strncmp(o->key_uri, "pkcs11:", 7) != 0 || strlen(o->key_uri) >= sizeof(((struct esc_kra *)0)->key_uri))
+		return esc_error(ctx, ESC_ERR_URI, "the key URI must be a pkcs11: URI shorter than %zu bytes",
+				 sizeof(((struct esc_kra *)0)->key_uri));
+	if ((r = esc_token_uri_check(ctx, o->key_uri)) != ESC_OK)
+		return r;
+	if ((r = offer_key(ctx, o, t, pub)) != ESC_OK)
+		return r;
+	*type = t;
+	return ESC_OK;
+}
+
+static enum esc_err
+begin_impl(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor, const struct esc_kra_offer *o,
+	   long long *id, unsigned char **challenge, size_t *challenge_len, char *expires, size_t expires_len)
+{
+	PGresult *res = NULL;
+	EVP_PKEY *pub = NULL;
+	X509 *ca = NULL;
+	enum esc_key_type type;
+	unsigned char *secret = NULL, hash[32], *env = NULL;
+	unsigned int hlen = 0;
+	size_t envlen = 0;
+	char days[16], secs[16], details[320], roles[64];
+	const char *v[11];
+	int len[11] = {0}, fmt[11] = {0};
+	enum esc_err r;
+
+	if ((r = esc_account_require(ctx, actor, ESC_ROLE_ADMIN)) != ESC_OK ||
+	    (r = check_offer(ctx, o, &type, &pub)) != ESC_OK)
+		goto out;
+	if ((r = esc_store_check_schema(ctx, st)) != ESC_OK ||
+	    (r = check_free(ctx, st, o->name, o->token_label, o->token_serial)) != ESC_OK ||
+	    (r = esc_store_active_ca(ctx, st, &ca)) != ESC_OK)
+		goto out;
+	/* The secret lives only here and, sealed, in the answer: the database keeps its hash. */
+	if ((secret = OPENSSL_secure_malloc(ESC_KRA_SECRET_LEN)) == NULL) {
+		r = esc_error(ctx, ESC_ERR_NOMEM, "out of memory");
+		goto out;
+	}
+	if (RAND_priv_bytes(secret, ESC_KRA_SECRET_LEN) != 1 ||
+	    EVP_Digest(secret, ESC_KRA_SECRET_LEN, hash, &hlen, EVP_sha256(), NULL) != 1 || hlen != sizeof(hash)) {
+		r = esc_error_ossl(ctx, ESC_ERR_CRYPTO, "cannot make a challenge");
+		goto out;
+	}
+	if ((r = esc_envelope_seal_to_key(
+		     ctx, secret, ESC_KRA_SECRET_LEN, pub,
+		     strcmp(o->recipient, "rsa-oaep-sha256") == 0 ? ESC_OAEP_SHA256 : ESC_OAEP_SHA1, &env, &envlen)) !=
+	    ESC_OK)
+		goto out;
+	snprintf(days, sizeof(days), "%d", o->days);
+	snprintf(secs, sizeof(secs), "%d", ESC_KRA_CHALLENGE_SECONDS);
+	v[0] = (const char *)hash;
+	len[0] = sizeof(hash);
+	fmt[0] = 1;
+	v[1] = o->name;
+	v[2] = esc_key_type_name(type);
+	v[3] = o->recipient;
+	v[4] = (const char *)o->public_key;
+	len[4] = (int)o->public_key_len;
+	fmt[4] = 1;
+	v[5] = o->token_label;
+	v[6] = o->token_serial;
+	v[7] = o->key_uri;
+	v[8] = days;
+	v[9] = esc_account_name(actor);
+	v[10] = secs;
+	if ((r = esc_store_begin(ctx, st)) != ESC_OK ||
+	    (r = esc_store_exec(
+		     ctx, st,
+		     "INSERT INTO kra_challenges (secret_sha256, name, key_type, recipient, public_key, "
+		     "token_label, token_serial, key_uri, days, created_by, expires_at) VALUES ($1, $2, $3, "
+		     "$4, $5, $6, $7, $8, $9::integer, $10, now() + $11::integer * interval '1 second') "
+		     "RETURNING id, to_char(expires_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')",
+		     11, v, len, fmt, &res)) != ESC_OK)
+		goto out;
+	{
+		struct esc_audit_event ev = {
+			esc_account_name(actor), roles, "kra.enroll.challenge", o->name, "ok", details};
+
+		esc_roles_format(esc_account_roles(actor), roles, sizeof(roles));
+		snprintf(details, sizeof(details),
+			 "challenge %s to card '%s' serial %s, %s key, recipient %s; possession to be proven by %s",
+			 PQgetvalue(res, 0, 0), o->token_label, o->token_serial, esc_key_type_name(type), o->recipient,
+			 PQgetvalue(res, 0, 1));
+		if ((r = esc_audit_append(ctx, st, &ev)) != ESC_OK || (r = esc_store_commit(ctx, st)) != ESC_OK)
+			goto out;
+	}
+	*id = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
+	snprintf(expires, expires_len, "%s", PQgetvalue(res, 0, 1));
+	*challenge = env;
+	*challenge_len = envlen;
+	env = NULL; /* transferred */
+	r = ESC_OK;
+out:
+	esc_store_rollback(st);
+	PQclear(res);
+	if (secret != NULL)
+		OPENSSL_secure_clear_free(secret, ESC_KRA_SECRET_LEN);
+	OPENSSL_cleanse(hash, sizeof(hash));
+	free(env);
+	X509_free(ca);
+	EVP_PKEY_free(pub);
+	return r;
+}
+
+enum esc_err
+esc_kra_enroll_begin(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor,
+		     const struct esc_kra_offer *offer, long long *id, unsigned char **challenge, size_t *challenge_len,
+		     char *expires, size_t expires_len)
+{
+	struct esc_store_retry t = {0};
+	enum esc_err r;
+
+	do
+		r = begin_impl(ctx, st, actor, offer, id, challenge, challenge_len, expires, expires_len);
+	while (esc_store_retry(ctx, st, &t, &r));
+	if (r != ESC_OK)
+		esc_audit_outcome_by(ctx, st, actor, "kra.enroll.challenge",
+				     valid_name(offer->name) ? offer->name : "-", r);
+	return r;
+}
+
+/* The challenge's columns prove_impl reads, in this order. */
+#define CHALLENGE_COLUMNS                                                                                              \
+	"name, created_by, secret_sha256, key_type, recipient, public_key, token_label, token_serial, key_uri, days, " \
+	"used_at IS NOT NULL, outcome, expires_at <= now(), "                                                          \
+	"to_char(expires_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')"
+
+/* A bytea column in libpq's text form ("\\x" + hex) into buf; its length, or -1. */
+static long
+bytea_value(const char *text, unsigned char *buf, size_t max)
+{
+	size_t n = strlen(text), i;
+
+	if (n < 2 || text[0] != '\\' || text[1] != 'x' || (n - 2) % 2 != 0 || (n - 2) / 2 > max)
+		return -1;
+	for (i = 0; i < (n - 2) / 2; i++) {
+		int hi = OPENSSL_hexchar2int((unsigned char)text[2 + 2 * i]);
+		int lo = OPENSSL_hexchar2int((unsigned char)text[3 + 2 * i]);
+
+		if (hi < 0 || lo < 0)
+			return -1;
+		buf[i] = (unsigned char)(hi << 4 | lo);
+	}
+	return (long)((n - 2) / 2);
+}
+
+static enum esc_err
+prove_impl(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor, struct esc_token *ca_tok,
+	   const char *name, long long id, const unsigned char *secret, size_t secret_len, struct esc_kra *out,
+	   unsigned char **cert_out, size_t *cert_len)
+{
+	PGresult *res = NULL;
+	X509 *ca = NULL, *cert = NULL;
+	X509_NAME *subject = NULL;
+	EVP_PKEY *signer = NULL, *pub = NULL;
+	unsigned char want[32], got[32], spki[ESC_KRA_PUBLIC_KEY_MAX], *der = NULL, *copy = NULL;
+	unsigned int glen = 0;
+	char idtext[24], how[96];
+	const char *v[2] = {idtext, name};
+	const unsigned char *p;
+	long wlen, slen;
+	int days = 0, dlen;
+	enum esc_err r;
+
+	if ((r = esc_account_require(ctx, actor, ESC_ROLE_ADMIN)) != ESC_OK)
+		return r;
+	if (!valid_name(name))
+		return esc_error(ctx, ESC_ERR_USAGE, "a KRA name is 1..64 letters, digits, '.', '_' or '-'");
+	if (secret_len > 1024)
+		return esc_error(ctx, ESC_ERR_USAGE, "the answer must be at most 1024 bytes");
+	snprintf(idtext, sizeof(idtext), "%lld", id);
+	if ((r = esc_store_check_schema(ctx, st)) != ESC_OK || (r = esc_store_begin(ctx, st)) != ESC_OK)
+		goto out;
+	/* FOR UPDATE: two answers to one challenge are one after the other, and the second sees it used. */
+	if ((r = esc_store_exec(ctx, st,
+				"SELECT " CHALLENGE_COLUMNS " FROM kra_challenges WHERE id = $1::bigint AND name = $2 "
+				"FOR UPDATE",
+				2, v, NULL, NULL, &res)) != ESC_OK)
+		goto out;
+	if (PQntuples(res) != 1) {
+		r = esc_error(ctx, ESC_ERR_NOT_FOUND, "no challenge %lld for KRA '%s'", id, name);
+		goto out;
+	}
+	if (strcmp(PQgetvalue(res, 0, 1), esc_account_name(actor)) != 0) {
+		r = esc_error(ctx, ESC_ERR_DENIED,
+			      "challenge %lld was issued to another administrator: the one who started the "
+			      "enrollment answers it",
+			      id);
+		goto out;
+	}
+	if (strcmp(PQgetvalue(res, 0, 10), "t") == 0) {
+		r = esc_error(ctx, ESC_ERR_STATE,
+			      "challenge %lld was answered already (%s): a challenge is answered once; start the "
+			      "enrollment again",
+			      id, PQgetvalue(res, 0, 11));
+		goto out;
+	}
+	if (strcmp(PQgetvalue(res, 0, 12), "t") == 0) {
+		r = esc_error(ctx, ESC_ERR_STATE, "challenge %lld expired at %s; start the enrollment again", id,
+			      PQgetvalue(res, 0, 13));
+		goto out;
+	}
+	wlen = bytea_value(PQgetvalue(res, 0, 2), want, sizeof(want));
+	if (wlen != (long)sizeof(want) || EVP_Digest(secret, secret_len, got, &glen, EVP_sha256(), NULL) != 1 ||
+	    glen != sizeof(got)) {
+		r = esc_error_ossl(ctx, ESC_ERR_CRYPTO, "cannot check the answer to challenge %lld", id);
+		goto out;
+	}
+	if (CRYPTO_memcmp(want, got, sizeof(want)) != 0) {
+		/* Used up, so that nobody can try again with it; nothing else changes. */
+		if ((r = esc_store_exec(
+			     ctx, st,
+			     "UPDATE kra_challenges SET used_at = now(), outcome = 'wrong secret' WHERE id = "
+			     "$1::bigint",
+			     1, v, NULL, NULL, NULL)) != ESC_OK ||
+		    (r = esc_store_commit(ctx, st)) != ESC_OK)
+			goto out;
+		r = esc_error(ctx, ESC_ERR_DENIED,
+			      "the answer to challenge %lld is wrong: the card did not prove that it holds the key; "
+			      "nothing was registered",
+			      id);
+		goto out;
+	}
+	/* Possession proven.  The name or the card may have been taken since the challenge. */
+	if ((r = check_free(ctx, st, name, PQgetvalue(res, 0, 6), PQgetvalue(res, 0, 7))) != ESC_OK)
+		goto out;
+	if ((slen = bytea_value(PQgetvalue(res, 0, 5), spki, sizeof(spki))) <= 0 ||
+	    (p = spki, (pub = d2i_PUBKEY(NULL, &p, slen)) == NULL)) {
+		r = esc_error_ossl(ctx, ESC_ERR_DB, "challenge %lld holds no readable public key", id);
+		goto out;
+	}
+	days = atoi(PQgetvalue(res, 0, 9));
+	snprintf(how, sizeof(how), "through the service, possession proven (challenge %lld); ", id);
+	if ((r = ca_signer(ctx, st, ca_tok, &ca, &signer)) != ESC_OK ||
+	    (r = kra_subject(ctx, ca, name, &subject)) != ESC_OK ||
+	    (r = esc_ca_issue(ctx, ca, signer, pub, subject, days, ESC_PROFILE_KRA, &cert)) != ESC_OK ||
+	    (r = register_kra(ctx, st, name, cert, PQgetvalue(res, 0, 3), PQgetvalue(res, 0, 4), PQgetvalue(res, 0, 6),
+			      PQgetvalue(res, 0, 7), PQgetvalue(res, 0, 8))) != ESC_OK ||
+	    (r = esc_store_exec(ctx, st,
+				"UPDATE kra_challenges SET used_at = now(), outcome = 'enrolled' WHERE id = $1::bigint",
+				1, v, NULL, NULL, NULL)) != ESC_OK ||
+	    (r = audit_enrolled(ctx, st, actor, name, how, PQgetvalue(res, 0, 6), PQgetvalue(res, 0, 7),
+				PQgetvalue(res, 0, 3), PQgetvalue(res, 0, 4))) != ESC_OK)
+		goto out;
+	if ((dlen = i2d_X509(cert, &der)) <= 0 || (copy = malloc((size_t)dlen)) == NULL) {
+		r = esc_error(ctx, ESC_ERR_NOMEM, "out of memory");
+		goto out;
+	}
+	if ((r = esc_store_commit(ctx, st)) != ESC_OK)
+		goto out;
+	memcpy(copy, der, (size_t)dlen);
+	if (out != NULL)
+		fill_kra(out, name, PQgetvalue(res, 0, 3), PQgetvalue(res, 0, 4), PQgetvalue(res, 0, 6),
+			 PQgetvalue(res, 0, 7), PQgetvalue(res, 0, 8), cert);
+	*cert_out = copy;
+	*cert_len = (size_t)dlen;
+	copy = NULL; /* transferred */
+	r = ESC_OK;
+out:
+	esc_store_rollback(st);
+	OPENSSL_cleanse(got, sizeof(got));
+	PQclear(res);
+	OPENSSL_free(der);
+	free(copy);
+	X509_free(ca);
+	X509_free(cert);
+	X509_NAME_free(subject);
+	EVP_PKEY_free(signer);
+	EVP_PKEY_free(pub);
+	return r;
+}
+
+enum esc_err
+esc_kra_enroll_prove(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor,
+		     struct esc_token *ca_tok, const char *name, long long id, const unsigned char *secret,
+		     size_t secret_len, struct esc_kra *out, unsigned char **cert, size_t *cert_len)
+{
+	struct esc_store_retry t = {0};
+	enum esc_err r;
+
+	do
+		r = prove_impl(ctx, st, actor, ca_tok, name, id, secret, secret_len, out, cert, cert_len);
+	while (esc_store_retry(ctx, st, &t, &r));
+	if (r != ESC_OK)
+		esc_audit_outcome_by(ctx, st, actor, "kra.enroll", valid_name(name) ? name : "-", r);
 	return r;
 }
 

@@ -99,11 +99,21 @@ check_spec(const uint8_t *data, size_t size, int is_json)
 int
 LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-	const char *record, *kra, *reason;
+	const char *record, *kra, *reason, *name, *label, *serial, *uri, *type, *recipient, *pub, *days, *id, *secret;
 	struct api_field request[] = {
 		{"record", 1, 0, &record},
 		{"kra", 0, 1, &kra},
 		{"reason", 1, 0, &reason},
+	};
+	/* POST /kras and POST /kras/{name}/prove (api_admin.c). */
+	struct api_field offer[] = {
+		{"name", 1, 0, &name},	    {"token_label", 1, 0, &label}, {"token_serial", 1, 0, &serial},
+		{"key_uri", 1, 0, &uri},    {"key_type", 1, 0, &type},	   {"recipient", 1, 0, &recipient},
+		{"public_key", 1, 0, &pub}, {"days", 0, 1, &days},
+	};
+	struct api_field prove[] = {
+		{"challenge_id", 1, 0, &id},
+		{"secret", 1, 0, &secret},
 	};
 	int is_json;
 
@@ -123,6 +133,8 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	is_json = data[0] != 'T';
 	check(data + 1, size - 1, is_json, request, sizeof(request) / sizeof(request[0]));
 	check(data + 1, size - 1, is_json, NULL, 0);
+	check(data + 1, size - 1, is_json, offer, sizeof(offer) / sizeof(offer[0]));
+	check(data + 1, size - 1, is_json, prove, sizeof(prove) / sizeof(prove[0]));
 	check_spec(data + 1, size - 1, is_json);
 	return 0;
 }

@@ -125,8 +125,9 @@ srv audrey 0 kra list
 assert_out "kra1"; assert_out "kra2"
 srv cm1 51 kra retire kra2
 srv admin 42 kra retire nokra
-srv admin 2 kra enroll --token 'pkcs11:token=KRA2' --name x
-assert_out "--local"
+srv admin 40 kra enroll --token 'pkcs11:token=KRA2' --kra-pin-file "$PIN_FILE" --name x
+assert_out "is already enrolled as KRA 'kra2'"
+assert_out "was removed again"
 
 note "archive import: PKCS#12 with its password, PEM, a bad file; per-file lines, summary, exit code"
 CA_KEY="$(psql_val "SELECT uri FROM token_keys WHERE role = 'ca-sign'");pin-value=$P11ESCROW_USER_PIN"

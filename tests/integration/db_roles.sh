@@ -8,7 +8,7 @@
 # checks; a missing audit key is a clear, audited refusal.
 . "$(dirname "$0")/lib.sh"
 
-provision_tokens "$T/hsm" CA KRA1
+provision_tokens "$T/hsm" CA KRA1 KRA2
 export SOFTHSM2_CONF=$T/hsm/softhsm2.conf
 start_pg "$T/pg"
 export P11ESCROW_DATABASE=$DB
@@ -86,7 +86,12 @@ denied "CREATE TABLE public.shadow (x int)"
 note "... nor anything an administrator does"
 denied "UPDATE policy SET value = '0' WHERE key = 'recovery_approvals'"
 denied "UPDATE accounts SET roles = '{admin}' WHERE name = 'cm1'"
-denied "INSERT INTO kras (name, state, certificate, cert_serial, cert_sha256, key_type, recipient, token_label, token_serial, key_uri) SELECT 'x', state, certificate, 'x', 'x', key_type, recipient, token_label, token_serial, key_uri FROM kras"
+denied "UPDATE kras SET state = 'retired', retired_at = now()"
+denied "DELETE FROM kras"
+note "... and of KRA enrollment challenges (sql/010) only what the service does: insert, mark used"
+denied "UPDATE kra_challenges SET expires_at = now() + interval '1 year'"
+denied "UPDATE kra_challenges SET secret_sha256 = sha256('x')"
+denied "DELETE FROM kra_challenges"
 denied "DELETE FROM archive_records"
 denied "UPDATE recovery_requests SET approvals_required = 0"
 denied "SELECT p11escrow_grant_service('p11escrowd')"
@@ -137,6 +142,10 @@ srv kent 0 recovery complete "$REQ" --token 'pkcs11:token=KRA1' --kra-pin-file "
 [ "$(psql_val "SELECT state FROM recovery_requests WHERE id = $REQ")" = completed ] || fail "not completed"
 openssl pkcs12 -in "$T/user1.p12" -passin file:"$T/p12.pw" -nodes -noout 2>/dev/null || fail "the PKCS#12 does not open"
 curl -sf --cacert "$SERVER_CA" -o "$T/crl.der" "$URL/crl" || fail "GET /crl under the service role"
+note "a KRA enrolled through the service under the service role (challenge, proof, registration)"
+srv admin 0 kra enroll --token 'pkcs11:token=KRA2' --kra-pin-file "$PIN_FILE" --name kra2 --key-type ec-p256
+assert_out "possession proven"
+[ "$(psql_val "SELECT state FROM kras WHERE name = 'kra2'")" = active ] || fail "kra2 not registered"
 srv audrey 0 audit show --serial "$SERIAL"
 for a in archive.store enroll.issue recovery.request recovery.release recovery.fetch recovery.complete; do
     grep -q " $a " "$T/out" || fail "audit show --serial lacks $a: $(cat "$T/out")"

@@ -236,17 +236,46 @@ test_bad_input(void **state)
 	assert_null(env);
 }
 
+/* Sealed to a bare public key (no certificate): opened with its private half only, by key identifier. */
+static void
+test_seal_to_key(void **state)
+{
+	struct fixture *f = *state;
+	EVP_PKEY *keys[2] = {f->k.rsa, f->k.ec};
+	enum esc_oaep_hash hashes[2] = {ESC_OAEP_SHA256, ESC_OAEP_SHA1};
+	unsigned char *env = NULL, *plain = NULL;
+	size_t envlen = 0, plainlen = 0, i;
+	int yes = 1;
+
+	for (i = 0; i < 2; i++) {
+		assert_int_equal(
+			esc_envelope_seal_to_key(f->ctx, secret, sizeof(secret), keys[i], hashes[i], &env, &envlen),
+			ESC_OK);
+		assert_null(memmem(env, envlen, secret, sizeof(secret) - 1));
+		assert_int_equal(esc_envelope_open_with_key(f->ctx, env, envlen, keys[i], keys[i], &plain, &plainlen),
+				 ESC_OK);
+		assert_int_equal(plainlen, sizeof(secret));
+		assert_memory_equal(plain, secret, sizeof(secret));
+		esc_envelope_plain_free(plain, plainlen);
+		/* The other key is no recipient; nor is a certificate of the same key (named by issuer and serial). */
+		assert_int_equal(
+			esc_envelope_open_with_key(f->ctx, env, envlen, keys[1 - i], keys[1 - i], &plain, &plainlen),
+			ESC_ERR_NOT_RECIPIENT);
+		assert_int_equal(esc_envelope_has_recipient(f->ctx, env, envlen, f->k.other_cert, &yes), ESC_OK);
+		assert_false(yes);
+		free(env);
+		env = NULL;
+	}
+}
+
 int
 main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_roundtrip_sha1),
-		cmocka_unit_test(test_roundtrip_sha256),
-		cmocka_unit_test(test_not_recipient),
-		cmocka_unit_test(test_keep_recipient),
-		cmocka_unit_test(test_tampered),
-		cmocka_unit_test(test_kari_wrap_pad),
-		cmocka_unit_test(test_bad_input),
+		cmocka_unit_test(test_roundtrip_sha1), cmocka_unit_test(test_roundtrip_sha256),
+		cmocka_unit_test(test_not_recipient),  cmocka_unit_test(test_keep_recipient),
+		cmocka_unit_test(test_tampered),       cmocka_unit_test(test_kari_wrap_pad),
+		cmocka_unit_test(test_bad_input),      cmocka_unit_test(test_seal_to_key),
 	};
 
 	return cmocka_run_group_tests(tests, setup, teardown);
