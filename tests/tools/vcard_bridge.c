@@ -88,7 +88,7 @@ read_full(int fd, unsigned char *buf, size_t len)
 	int one = 1;
 
 	while (done < len) {
-		/* vpcd 0.8 writes a message's length and its body separately, and
+		/* Debian 12's vpcd writes a message's length and its body separately, and
 		 * with Nagle's algorithm the body waits for our ACK of the length:
 		 * acknowledge at once (the kernel drops back to delayed ACKs after
 		 * a while, so ask again before every read). */
