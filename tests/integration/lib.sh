@@ -17,6 +17,7 @@ _pg_dirs=()
 _server_pidfiles=()
 _daemon_pids=()
 _mounts=()   # unmounted after the servers stop (a test's tmpfs under $T)
+_vcard_dirs=()
 
 cleanup() {
     local rc=$? d f
@@ -30,6 +31,9 @@ cleanup() {
     for d in "${_pg_dirs[@]}"; do
         "$SRC/tests/harness/pg-cluster" stop "$d" >/dev/null 2>&1
     done
+    for d in "${_vcard_dirs[@]}"; do
+        "$SRC/tests/harness/vcard" stop "$d" >/dev/null 2>&1
+    done
     for d in "${_mounts[@]}"; do
         umount "$d" 2>/dev/null || umount -l "$d" 2>/dev/null
     done
@@ -41,6 +45,8 @@ trap 'exit 130' INT TERM
 
 fail() { echo "FAIL ($TEST_NAME): $*" >&2; [ -f "$T/out" ] && sed 's/^/  | /' "$T/out" >&2; exit 1; }
 note() { echo "# $*"; }
+# skip REASON: the test cannot run on this machine (meson counts exit status 77 as skipped).
+skip() { echo "SKIP ($TEST_NAME): $*"; exit 77; }
 
 # Test PINs: throwaway tokens only.
 export P11ESCROW_USER_PIN=${P11ESCROW_USER_PIN:-test-user-pin-4711}
@@ -70,6 +76,22 @@ start_pg() {
     "$SRC/tests/harness/pg-cluster" start "$dir" >"$T/pg.log" 2>&1 ||
         { cat "$T/pg.log" >&2; fail "PostgreSQL did not start"; }
     DB=$(cat "$dir/conninfo")
+}
+
+# start_vcard DIR [tests/harness/vcard start options]: a virtual smart card behind a private
+# pcscd, reached through OpenSC's PKCS#11 module.  Exports PCSCLITE_CSOCK_NAME and OPENSC_CONF
+# (so OpenSC finds that pcscd) and sets VCARD_MODULE, VCARD_TOKEN (its URI) and VCARD_PIN_FILE;
+# the certificates are DIR/cert1.pem..cert3.pem.  Skips the test (77) with the harness's reason
+# if this machine lacks a piece.  Stopped by PID at exit.
+start_vcard() {
+    local dir=$1 rc=0
+    shift
+    _vcard_dirs+=("$dir")
+    VCARD_BRIDGE=${VCARD_BRIDGE:-} "$SRC/tests/harness/vcard" start "$dir" "$@" >"$T/vcard.env" 2>"$T/vcard.log" ||
+        rc=$?
+    if ((rc == 77)); then skip "$(tail -n 1 "$T/vcard.log")"; fi
+    ((rc == 0)) || { cat "$T/vcard.log" >&2; fail "the virtual smart card did not start"; }
+    eval "$(cat "$T/vcard.env")"
 }
 
 # run_esc EXPECTED_RC ARGS...: run the CLI, output in $T/out, check the exit code.
