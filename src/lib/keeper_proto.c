@@ -41,6 +41,8 @@ static const struct {
 	[ESC_KP_T_TRANSPORT] = {0, DER_MAX, 0},
 	[ESC_KP_T_CODE] = {NUM32, 0, 0},
 	[ESC_KP_T_MESSAGE] = {0, TEXT_MAX, 0},
+	[ESC_KP_T_RECIPIENT] = {0, DER_MAX, 0},
+	[ESC_KP_T_ACCOUNT] = {0, 64, 0},
 };
 
 /* Per message type: the fields it may carry and those it must. */
@@ -49,25 +51,30 @@ static const struct {
 	const char *name;
 	uint32_t allowed;
 	uint32_t required;
+	int secret; /* carries a private key: framed in secure memory */
 } types[] = {
-	{ESC_KP_HELLO, "hello", 0, 0},
+	{ESC_KP_HELLO, "hello", 0, 0, 0},
 	{ESC_KP_HELLO | ESC_KP_REPLY, "hello reply", F(ESC_KP_T_CA) | F(ESC_KP_T_CHAIN) | F(ESC_KP_T_TRANSPORT),
-	 F(ESC_KP_T_CA) | F(ESC_KP_T_CHAIN) | F(ESC_KP_T_TRANSPORT)},
+	 F(ESC_KP_T_CA) | F(ESC_KP_T_CHAIN) | F(ESC_KP_T_TRANSPORT), 0},
 	{ESC_KP_ISSUE, "issue",
 	 F(ESC_KP_T_PROFILE) | F(ESC_KP_T_SUBJECT) | F(ESC_KP_T_SAN) | F(ESC_KP_T_SPKI) | F(ESC_KP_T_DAYS),
-	 F(ESC_KP_T_PROFILE) | F(ESC_KP_T_SUBJECT) | F(ESC_KP_T_SPKI)},
-	{ESC_KP_ISSUE | ESC_KP_REPLY, "issue reply", F(ESC_KP_T_CERT), F(ESC_KP_T_CERT)},
-	{ESC_KP_OPEN_TRANSPORT, "open-transport", F(ESC_KP_T_PROFILE) | F(ESC_KP_T_ENVELOPE),
-	 F(ESC_KP_T_PROFILE) | F(ESC_KP_T_ENVELOPE)},
-	{ESC_KP_OPEN_TRANSPORT | ESC_KP_REPLY, "open-transport reply", F(ESC_KP_T_PKCS8), F(ESC_KP_T_PKCS8)},
-	{ESC_KP_RELEASE, "release", F(ESC_KP_T_ID), F(ESC_KP_T_ID)},
-	{ESC_KP_RELEASE | ESC_KP_REPLY, "release reply", 0, 0},
-	{ESC_KP_SIGN_CRL, "sign-crl", F(ESC_KP_T_DAYS), F(ESC_KP_T_DAYS)},
-	{ESC_KP_SIGN_CRL | ESC_KP_REPLY, "sign-crl reply", F(ESC_KP_T_CRL), F(ESC_KP_T_CRL)},
-	{ESC_KP_CHECKPOINT, "checkpoint", F(ESC_KP_T_EVENTS) | F(ESC_KP_T_SECONDS) | F(ESC_KP_T_FINAL),
-	 F(ESC_KP_T_EVENTS) | F(ESC_KP_T_SECONDS) | F(ESC_KP_T_FINAL)},
-	{ESC_KP_CHECKPOINT | ESC_KP_REPLY, "checkpoint reply", F(ESC_KP_T_EVENT_ID), F(ESC_KP_T_EVENT_ID)},
-	{ESC_KP_ERROR, "error", F(ESC_KP_T_CODE) | F(ESC_KP_T_MESSAGE), F(ESC_KP_T_CODE) | F(ESC_KP_T_MESSAGE)},
+	 F(ESC_KP_T_PROFILE) | F(ESC_KP_T_SUBJECT) | F(ESC_KP_T_SPKI), 0},
+	{ESC_KP_ISSUE | ESC_KP_REPLY, "issue reply", F(ESC_KP_T_CERT), F(ESC_KP_T_CERT), 0},
+	/* The profile is optional: when named, it must be an archival one. */
+	{ESC_KP_OPEN_TRANSPORT, "open-transport", F(ESC_KP_T_PROFILE) | F(ESC_KP_T_ENVELOPE), F(ESC_KP_T_ENVELOPE), 0},
+	{ESC_KP_OPEN_TRANSPORT | ESC_KP_REPLY, "open-transport reply", F(ESC_KP_T_PKCS8), F(ESC_KP_T_PKCS8), 1},
+	{ESC_KP_RELEASE, "release", F(ESC_KP_T_ID), F(ESC_KP_T_ID), 0},
+	{ESC_KP_RELEASE | ESC_KP_REPLY, "release reply", 0, 0, 0},
+	{ESC_KP_SIGN_CRL, "sign-crl", F(ESC_KP_T_DAYS) | F(ESC_KP_T_ACCOUNT), F(ESC_KP_T_DAYS), 0},
+	{ESC_KP_SIGN_CRL | ESC_KP_REPLY, "sign-crl reply", F(ESC_KP_T_CRL), F(ESC_KP_T_CRL), 0},
+	{ESC_KP_CHECKPOINT, "checkpoint",
+	 F(ESC_KP_T_EVENTS) | F(ESC_KP_T_SECONDS) | F(ESC_KP_T_FINAL) | F(ESC_KP_T_ACCOUNT),
+	 F(ESC_KP_T_EVENTS) | F(ESC_KP_T_SECONDS) | F(ESC_KP_T_FINAL), 0},
+	{ESC_KP_CHECKPOINT | ESC_KP_REPLY, "checkpoint reply", F(ESC_KP_T_EVENT_ID), F(ESC_KP_T_EVENT_ID), 0},
+	{ESC_KP_SEAL_KEY, "seal-key", F(ESC_KP_T_PKCS8) | F(ESC_KP_T_CERT) | F(ESC_KP_T_RECIPIENT),
+	 F(ESC_KP_T_PKCS8) | F(ESC_KP_T_CERT) | F(ESC_KP_T_RECIPIENT), 1},
+	{ESC_KP_SEAL_KEY | ESC_KP_REPLY, "seal-key reply", F(ESC_KP_T_ENVELOPE), F(ESC_KP_T_ENVELOPE), 0},
+	{ESC_KP_ERROR, "error", F(ESC_KP_T_CODE) | F(ESC_KP_T_MESSAGE), F(ESC_KP_T_CODE) | F(ESC_KP_T_MESSAGE), 0},
 };
 
 static int
@@ -79,6 +86,14 @@ type_index(uint8_t type)
 		if (types[i].type == type)
 			return (int)i;
 	return -1;
+}
+
+int
+esc_kp_type_secret(uint8_t type)
+{
+	int i = type_index(type);
+
+	return i >= 0 && types[i].secret;
 }
 
 const char *
