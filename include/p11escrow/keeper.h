@@ -75,10 +75,19 @@ int esc_keeper_lost(const struct esc_keeper *k);
  * frame that cannot be read (length out of bounds, a cut stream) ends the
  * connection.  Replies holding a private key are built in the secure heap
  * and wiped.  fd stays the caller's.  ctx, k and st serve this connection
- * only (one thread each).  Returns OK when the peer closed the connection,
- * BAD_INPUT after a framing error, IO when a reply could not be written.
+ * only (one thread each); k keeps the connection's state (numbering,
+ * greeting).  st may be NULL (the database is lost): requests that need
+ * it are answered DB_CONNECT.
+ * Returns OK when the peer closed the connection, BAD_INPUT after a
+ * framing error, IO when a reply could not be written (the connection is
+ * over), or, after answering a request that failed because the keeper
+ * lost its database or token (DB_CONNECT, PKCS11, TOKEN_NOT_FOUND, MODULE,
+ * KEY_NOT_FOUND, PIN_*), that error: the caller mends what it can (a new
+ * st; a check that the token is still there) and calls again with the
+ * same k and fd to go on with the connection.
  */
-enum esc_err esc_keeper_serve(struct esc_ctx *ctx, struct esc_keeper *k, struct esc_store *st, int fd) ESC_MUST_CHECK;
+enum esc_err esc_keeper_serve(struct esc_ctx *ctx, struct esc_keeper *k, struct esc_store *st, int fd)
+	ESC_MUST_CHECK;
 
 X509 *esc_keeper_ca_cert(const struct esc_keeper *k);
 /* Certificates above the CA certificate (external CA), possibly empty; owned by k. */

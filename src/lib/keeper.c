@@ -61,6 +61,9 @@ struct esc_keeper {
 	int remote;
 	int fd;	      /* -1 once the connection is lost */
 	uint32_t seq; /* the last request's number */
+	/* A local keeper serving a connection (esc_keeper_serve): kept across calls. */
+	uint32_t served_seq; /* the last request's number */
+	int greeted;	     /* HELLO answered */
 };
 
 void
@@ -957,12 +960,6 @@ remote_checkpoint(struct esc_ctx *ctx, struct esc_keeper *k, const struct esc_ac
 
 /* ---- the keeper process's end ---- */
 
-/* One connection's state: requests are numbered, HELLO comes first and once. */
-struct serve_conn {
-	uint32_t last_seq;
-	int greeted;
-};
-
 /* An encoded reply, waiting to be written. */
 struct serve_reply {
 	unsigned char *buf;
@@ -1189,6 +1186,8 @@ serve_release(struct esc_ctx *ctx, struct esc_keeper *k, struct esc_store *st, c
 	struct esc_kp_msg rep;
 	enum esc_err r;
 
+	if (st == NULL)
+		return esc_error(ctx, ESC_ERR_DB_CONNECT, "keeper: its database connection is lost");
 	if (id == 0 || id > INT64_MAX)
 		return esc_error(ctx, ESC_ERR_NOT_FOUND, "keeper: no such recovery request");
 	/* esc_recovery_release reads and locks the request in the keeper's database: only an approved one goes. */
@@ -1209,6 +1208,8 @@ serve_sign_crl(struct esc_ctx *ctx, struct esc_keeper *k, struct esc_store *st, 
 	size_t derlen = 0;
 	enum esc_err r;
 
+	if (st == NULL)
+		return esc_error(ctx, ESC_ERR_DB_CONNECT, "keeper: its database connection is lost");
 	if (m->f[ESC_KP_T_ACCOUNT].p != NULL && (r = account_reread(ctx, st, &m->f[ESC_KP_T_ACCOUNT], &by)) != ESC_OK)
 		goto out;
 	if ((r = esc_keeper_sign_crl(ctx, k, st, by,
@@ -1247,6 +1248,8 @@ serve_checkpoint(struct esc_ctx *ctx, struct esc_keeper *k, struct esc_store *st
 	unsigned char idb[8];
 	enum esc_err r;
 
+	if (st == NULL)
+		return esc_error(ctx, ESC_ERR_DB_CONNECT, "keeper: its database connection is lost");
 	if (esc_kp_get32(m, ESC_KP_T_FINAL) != 0) {
 		events = 1;
 		seconds = 0;
@@ -1290,8 +1293,8 @@ error_reply(struct esc_ctx *ctx, uint32_t seq, enum esc_err code, struct serve_r
 
 /* Decide on one frame: *out is the reply to write (an ERROR for anything refused). */
 static enum esc_err
-serve_one(struct esc_ctx *ctx, struct esc_keeper *k, struct esc_store *st, struct serve_conn *c,
-	  const unsigned char *buf, size_t len, struct serve_reply *out)
+serve_one(struct esc_ctx *ctx, struct esc_keeper *k, struct esc_store *st, const unsigned char *buf, size_t len,
+	  struct serve_reply *out, enum esc_err *refused)
 {
 	struct esc_kp_msg m;
 	uint32_t seq = len >= ESC_KP_HEADER ? (uint32_t)buf[2] << 24 | (uint32_t)buf[3] << 16 | (uint32_t)buf[4] << 8 |
@@ -1306,13 +1309,13 @@ serve_one(struct esc_ctx *ctx, struct esc_keeper *k, struct esc_store *st, struc
 	else if (m.type & ESC_KP_REPLY)
 		r = esc_error(ctx, ESC_ERR_BAD_INPUT, "keeper message '%s' is not a request", esc_kp_type_name(m.type)),
 		violation = "not a request";
-	else if ((r = esc_kp_next_seq(ctx, &c->last_seq, m.seq)) != ESC_OK)
+	else if ((r = esc_kp_next_seq(ctx, &k->served_seq, m.seq)) != ESC_OK)
 		violation = "out of order or replayed";
-	else if (!c->greeted && m.type != ESC_KP_HELLO)
+	else if (!k->greeted && m.type != ESC_KP_HELLO)
 		r = esc_error(ctx, ESC_ERR_BAD_INPUT, "keeper request '%s' before the greeting",
 			      esc_kp_type_name(m.type)),
 		violation = "before the greeting";
-	else if (c->greeted && m.type == ESC_KP_HELLO)
+	else if (k->greeted && m.type == ESC_KP_HELLO)
 		r = esc_error(ctx, ESC_ERR_BAD_INPUT, "a second keeper greeting on one connection"),
 		violation = "a second greeting";
 	if (violation != NULL) {
@@ -1322,7 +1325,7 @@ serve_one(struct esc_ctx *ctx, struct esc_keeper *k, struct esc_store *st, struc
 	switch (m.type) {
 	case ESC_KP_HELLO:
 		if ((r = serve_hello(ctx, k, &m, out)) == ESC_OK)
-			c->greeted = 1;
+			k->greeted = 1;
 		break;
 	case ESC_KP_ISSUE:
 		r = serve_issue(ctx, k, &m, out);
@@ -1349,24 +1352,43 @@ serve_one(struct esc_ctx *ctx, struct esc_keeper *k, struct esc_store *st, struc
 	}
 	if (r == ESC_OK)
 		return ESC_OK;
+	*refused = r;
 	esc_log(ctx, ESC_LOG_INFO, "keeper: %s refused: %s", esc_kp_type_name(m.type), esc_ctx_errmsg(ctx));
 	return error_reply(ctx, m.seq, r, out);
+}
+
+/* Did a request fail because a connection of the keeper's is lost (database, token)? */
+static int
+connection_lost(enum esc_err e)
+{
+	switch (e) {
+	case ESC_ERR_DB_CONNECT:
+	case ESC_ERR_PKCS11:
+	case ESC_ERR_TOKEN_NOT_FOUND:
+	case ESC_ERR_MODULE:
+	case ESC_ERR_KEY_NOT_FOUND:
+	case ESC_ERR_PIN_INCORRECT:
+	case ESC_ERR_PIN_LOCKED:
+		return 1;
+	default:
+		return 0;
+	}
 }
 
 enum esc_err
 esc_keeper_serve(struct esc_ctx *ctx, struct esc_keeper *k, struct esc_store *st, int fd)
 {
-	struct serve_conn c = {0, 0};
 	unsigned char *buf = NULL;
 	size_t len = 0;
 	const char *why = NULL;
 	int sec = 0, rc;
 	enum esc_err r;
 
-	if (k == NULL || st == NULL || k->remote || fd < 0)
+	if (k == NULL || k->remote || fd < 0)
 		return esc_error(ctx, ESC_ERR_INTERNAL, "esc_keeper_serve: bad argument");
 	for (;;) {
 		struct serve_reply out = {NULL, 0, 0};
+		enum esc_err refused = ESC_OK;
 		int w;
 
 		if ((rc = frame_read(fd, -1, &buf, &len, &sec, &why)) == 1)
@@ -1376,7 +1398,7 @@ esc_keeper_serve(struct esc_ctx *ctx, struct esc_keeper *k, struct esc_store *st
 			esc_log(ctx, ESC_LOG_WARN, "%s", esc_ctx_errmsg(ctx));
 			return r;
 		}
-		r = serve_one(ctx, k, st, &c, buf, len, &out);
+		r = serve_one(ctx, k, st, buf, len, &out, &refused);
 		esc_kp_free(buf, len, sec); /* a request holding a key is wiped here */
 		buf = NULL;
 		if (r != ESC_OK) {
@@ -1387,5 +1409,8 @@ esc_keeper_serve(struct esc_ctx *ctx, struct esc_keeper *k, struct esc_store *st
 		esc_kp_free(out.buf, out.len, out.secure);
 		if (w != 0)
 			return esc_error(ctx, ESC_ERR_IO, "keeper: the worker closed the connection before its reply");
+		/* Answered; the caller mends what is lost and calls again to go on with this connection. */
+		if (connection_lost(refused))
+			return refused;
 	}
 }
