@@ -36,8 +36,8 @@
 struct guard_slot {
 	char key[GUARD_KEY_MAX]; /* "a:" + account or password name, "p:" + address; "" = free */
 	unsigned fails;
-	long long first;	 /* monotonic seconds of the first failure counted */
-	long long last;		 /* ... of the latest */
+	long long first; /* monotonic seconds of the first failure counted */
+	long long last;	 /* ... of the latest */
 };
 
 struct svc_guard {

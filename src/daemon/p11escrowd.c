@@ -76,25 +76,25 @@ struct slot {
 	struct evhttp *http;
 	struct evhttp_bound_socket *bound;
 	struct event *term_ev, *int_ev, *drain_ev;
-	struct event *ctl_ev;	  /* the supervisor's control socket: new keeper connections */
+	struct event *ctl_ev; /* the supervisor's control socket: new keeper connections */
 	int inflight;
 	int stopping;
 	struct timespec stop_since;
-	struct timespec last_rx;  /* the last TLS record any connection of this worker received */
-	struct event *ckpt_ev;	  /* worker 0: the audit checkpoint timer */
-	struct event *ckpt_soon;  /* worker 0: a check CKPT_AFTER_REQUEST after requests (one for a burst) */
-	long long ckpt_retry;	  /* worker 0: no checkpoint before this (monotonic seconds) after a failure */
-	int ckpt_backoff;	  /* worker 0: seconds of the current back-off, 0 after a success */
-	struct event *expire_ev;  /* worker 0: the sweep of released packages past release_ttl_hours */
+	struct timespec last_rx; /* the last TLS record any connection of this worker received */
+	struct event *ckpt_ev;	 /* worker 0: the audit checkpoint timer */
+	struct event *ckpt_soon; /* worker 0: a check CKPT_AFTER_REQUEST after requests (one for a burst) */
+	long long ckpt_retry;	 /* worker 0: no checkpoint before this (monotonic seconds) after a failure */
+	int ckpt_backoff;	 /* worker 0: seconds of the current back-off, 0 after a success */
+	struct event *expire_ev; /* worker 0: the sweep of released packages past release_ttl_hours */
 };
 
 /* A child process of the supervisor: the keeper, or a worker. */
 struct proc {
-	pid_t pid;		/* 0: not running */
-	int ctl;		/* the supervisor's end of its control socket, -1 if none */
-	long long started;	/* monotonic seconds */
-	long long respawn_at;	/* monotonic seconds: fork it again then (0: not due) */
-	int backoff;		/* seconds before the next respawn after a quick death */
+	pid_t pid;	      /* 0: not running */
+	int ctl;	      /* the supervisor's end of its control socket, -1 if none */
+	long long started;    /* monotonic seconds */
+	long long respawn_at; /* monotonic seconds: fork it again then (0: not due) */
+	int backoff;	      /* seconds before the next respawn after a quick death */
 };
 
 struct svc {
@@ -110,12 +110,12 @@ struct svc {
 	/* The supervisor's view. */
 	struct proc keeper;
 	struct proc *workers;
-	uid_t run_uid;		 /* workers become this user when started as root ... */
+	uid_t run_uid; /* workers become this user when started as root ... */
 	gid_t run_gid;
-	int drop;		 /* ... if set */
+	int drop; /* ... if set */
 	/* A worker process's own. */
 	struct slot *slot;
-	int ctl_fd;		 /* its control socket to the supervisor */
+	int ctl_fd; /* its control socket to the supervisor */
 };
 
 static const char *const level_names[] = {"error", "warn", "info", "debug"};
@@ -156,8 +156,7 @@ vlog_line(struct svc *s, int worker, enum esc_log_level level, const char *fmt, 
 		pthread_mutex_unlock(&s->log_lock);
 }
 
-static void __attribute__((format(printf, 3, 4)))
-mlog(struct svc *s, enum esc_log_level level, const char *fmt, ...)
+static void __attribute__((format(printf, 3, 4))) mlog(struct svc *s, enum esc_log_level level, const char *fmt, ...)
 {
 	va_list ap;
 
@@ -264,10 +263,10 @@ svc_worker_forget(struct svc_worker *w, enum esc_err e)
 
 /* ---- audit checkpoints ---------------------------------------------------- */
 
-#define CKPT_TICK 5            /* seconds between worker 0's timed checks */
-#define CKPT_AFTER_REQUEST 1   /* seconds after a request (the first of a burst) that worker 0 checks */
-#define CKPT_BACKOFF_MIN 60    /* a failed checkpoint is retried after this, doubling ... */
-#define CKPT_BACKOFF_MAX 3600  /* ... up to this */
+#define CKPT_TICK 5	      /* seconds between worker 0's timed checks */
+#define CKPT_AFTER_REQUEST 1  /* seconds after a request (the first of a burst) that worker 0 checks */
+#define CKPT_BACKOFF_MIN 60   /* a failed checkpoint is retried after this, doubling ... */
+#define CKPT_BACKOFF_MAX 3600 /* ... up to this */
 
 /*
  * Ask the keeper to sign an audit checkpoint if checkpoint_events or
@@ -302,7 +301,7 @@ checkpoint_maybe(struct slot *sl)
 	/* The keeper restarting is no failure of the checkpoint: the next tick asks again. */
 	if (w->keeper == NULL)
 		return;
-	sl->ckpt_backoff = sl->ckpt_backoff == 0 ? CKPT_BACKOFF_MIN
+	sl->ckpt_backoff = sl->ckpt_backoff == 0		      ? CKPT_BACKOFF_MIN
 			   : sl->ckpt_backoff >= CKPT_BACKOFF_MAX / 2 ? CKPT_BACKOFF_MAX
 								      : 2 * sl->ckpt_backoff;
 	sl->ckpt_retry = (long long)now.tv_sec + sl->ckpt_backoff;
@@ -387,8 +386,8 @@ on_request(struct evhttp_request *req, void *arg)
 	if (svc_request_init(&r, &sl->w, req) == 0)
 		svc_http_dispatch(&r);
 	clock_gettime(CLOCK_MONOTONIC, &t1);
-	svc_log(&sl->w, ESC_LOG_INFO, "req=%s method=%s path=%s status=%d ms=%.1f client_cert=%s", r.id,
-		r.method_name, r.path != NULL ? r.path : "?", r.status,
+	svc_log(&sl->w, ESC_LOG_INFO, "req=%s method=%s path=%s status=%d ms=%.1f client_cert=%s", r.id, r.method_name,
+		r.path != NULL ? r.path : "?", r.status,
 		(double)(t1.tv_sec - t0.tv_sec) * 1e3 + (double)(t1.tv_nsec - t0.tv_nsec) / 1e6,
 		r.client_cert != NULL ? "yes" : "no");
 	svc_request_done(&r);
@@ -460,8 +459,8 @@ on_drain(evutil_socket_t fd, short what, void *arg)
 	if ((sl->inflight <= 0 && since(&sl->stop_since) >= 0.5 && since(&sl->last_rx) >= 1.0) ||
 	    since(&sl->stop_since) >= grace) {
 		if (sl->inflight > 0)
-			svc_log(&sl->w, ESC_LOG_WARN, "shutdown grace of %.0f s over with %d request(s) in flight", grace,
-				sl->inflight);
+			svc_log(&sl->w, ESC_LOG_WARN, "shutdown grace of %.0f s over with %d request(s) in flight",
+				grace, sl->inflight);
 		event_base_loopexit(sl->base, NULL);
 	}
 }
@@ -614,8 +613,9 @@ worker_setup(struct svc *s, struct slot *sl)
 	if ((sl->bound = evhttp_accept_socket_with_handle(sl->http, s->listen_fd)) == NULL)
 		return -1;
 	s->listen_fd = -1; /* the bound socket's now */
-	if ((sl->term_ev = evsignal_new(sl->base, SIGTERM, on_signal, sl)) == NULL || event_add(sl->term_ev, NULL) != 0 ||
-	    (sl->int_ev = evsignal_new(sl->base, SIGINT, on_signal, sl)) == NULL || event_add(sl->int_ev, NULL) != 0)
+	if ((sl->term_ev = evsignal_new(sl->base, SIGTERM, on_signal, sl)) == NULL ||
+	    event_add(sl->term_ev, NULL) != 0 || (sl->int_ev = evsignal_new(sl->base, SIGINT, on_signal, sl)) == NULL ||
+	    event_add(sl->int_ev, NULL) != 0)
 		return -1;
 	if ((sl->ctl_ev = event_new(sl->base, s->ctl_fd, EV_READ | EV_PERSIST, on_ctl, sl)) == NULL ||
 	    event_add(sl->ctl_ev, NULL) != 0)
@@ -939,7 +939,8 @@ keeper_final_checkpoint(struct svc *s, struct esc_ctx *ctx, struct esc_store *st
 {
 	long long id = 0;
 
-	if (esc_config_get_long(s->cfg, "checkpoint_events") == 0 && esc_config_get_long(s->cfg, "checkpoint_seconds") == 0)
+	if (esc_config_get_long(s->cfg, "checkpoint_events") == 0 &&
+	    esc_config_get_long(s->cfg, "checkpoint_seconds") == 0)
 		return;
 	if (esc_keeper_checkpoint(ctx, k, st, NULL, 1, 0, &id) != ESC_OK)
 		mlog(s, ESC_LOG_ERROR, "audit checkpoint failed at shutdown: %s", esc_ctx_errmsg(ctx));
@@ -966,15 +967,17 @@ keeper_main(struct svc *s, int ctl, int ready)
 
 	s->proc_name = "keeper";
 	if (esc_secmem_init() != ESC_OK) {
-		mlog(s, ESC_LOG_ERROR, "cannot lock the secure heap for the CA PIN in memory (raise RLIMIT_MEMLOCK: "
-				       "systemd LimitMEMLOCK=8M, shell ulimit -l 8192)");
+		mlog(s, ESC_LOG_ERROR,
+		     "cannot lock the secure heap for the CA PIN in memory (raise RLIMIT_MEMLOCK: "
+		     "systemd LimitMEMLOCK=8M, shell ulimit -l 8192)");
 		esc_env_wipe("P11ESCROW_CA_PIN");
 		return 70;
 	}
 	if (keeper_ctx(s, &ctx) != ESC_OK)
 		return 70;
 	/* Only here: the PIN file, the systemd credential or P11ESCROW_CA_PIN (then wiped). */
-	if ((r = obtain_pin(s, ctx)) != ESC_OK || (r = esc_store_connect(ctx, esc_config_get(s->cfg, "database"), &st)) != ESC_OK ||
+	if ((r = obtain_pin(s, ctx)) != ESC_OK ||
+	    (r = esc_store_connect(ctx, esc_config_get(s->cfg, "database"), &st)) != ESC_OK ||
 	    (r = esc_store_check_schema(ctx, st)) != ESC_OK ||
 	    (r = esc_keeper_open(ctx, st, esc_config_get(s->cfg, "module"), s->pin, &k)) != ESC_OK) {
 		rc = fail(s, ctx, r);
@@ -1210,6 +1213,10 @@ spawn_keeper(struct svc *s)
 	fflush(NULL);
 	if ((pid = fork()) < 0) {
 		mlog(s, ESC_LOG_ERROR, "cannot fork the keeper: %s", strerror(errno));
+		close(ctl[0]);
+		close(ctl[1]);
+		close(ready[0]);
+		close(ready[1]);
 		return 70;
 	}
 	if (pid == 0) {
@@ -1268,6 +1275,14 @@ spawn_worker(struct svc *s, int i, int wait)
 	fflush(NULL);
 	if ((pid = fork()) < 0) {
 		mlog(s, ESC_LOG_ERROR, "cannot fork worker %d: %s", i, strerror(errno));
+		close(ctl[0]);
+		close(ctl[1]);
+		if (kfd >= 0)
+			close(kfd);
+		if (ready[0] >= 0) {
+			close(ready[0]);
+			close(ready[1]);
+		}
 		return 70;
 	}
 	if (pid == 0) {
@@ -1338,8 +1353,9 @@ reap(struct svc *s, int *fatal)
 			}
 			s->keeper.backoff = next_backoff(s->keeper.backoff, mono() - s->keeper.started);
 			s->keeper.respawn_at = mono() + s->keeper.backoff;
-			mlog(s, ESC_LOG_ERROR, "the keeper (pid %d) %s: restarting it in %d s; until then the workers "
-					       "answer 503",
+			mlog(s, ESC_LOG_ERROR,
+			     "the keeper (pid %d) %s: restarting it in %d s; until then the workers "
+			     "answer 503",
 			     (int)pid, how, s->keeper.backoff);
 			continue;
 		}
@@ -1353,7 +1369,8 @@ reap(struct svc *s, int *fatal)
 			p->ctl = -1;
 			p->backoff = next_backoff(p->backoff, mono() - p->started);
 			p->respawn_at = mono() + p->backoff;
-			mlog(s, ESC_LOG_ERROR, "worker %d (pid %d) %s: restarting it in %d s", i, (int)pid, how, p->backoff);
+			mlog(s, ESC_LOG_ERROR, "worker %d (pid %d) %s: restarting it in %d s", i, (int)pid, how,
+			     p->backoff);
 		}
 	}
 	return 0;
@@ -1408,7 +1425,8 @@ wait_child(struct svc *s, pid_t pid, long long deadline, const char *what)
 
 	while ((r = waitpid(pid, &st, WNOHANG)) == 0) {
 		if (mono() >= deadline) {
-			mlog(s, ESC_LOG_WARN, "%s (pid %d) still running at the end of the grace: killed", what, (int)pid);
+			mlog(s, ESC_LOG_WARN, "%s (pid %d) still running at the end of the grace: killed", what,
+			     (int)pid);
 			kill(pid, SIGKILL);
 			waitpid(pid, &st, 0);
 			return -1;
@@ -1467,10 +1485,12 @@ check_main(struct svc *s, struct esc_ctx *ctx, const char *config)
 	int rc;
 
 	if (esc_secmem_init() != ESC_OK) {
-		fprintf(stderr, "p11escrowd: cannot lock the secure heap for the CA PIN in memory (raise RLIMIT_MEMLOCK)\n");
+		fprintf(stderr,
+			"p11escrowd: cannot lock the secure heap for the CA PIN in memory (raise RLIMIT_MEMLOCK)\n");
 		return 70;
 	}
-	if ((r = obtain_pin(s, ctx)) != ESC_OK || (r = esc_store_connect(ctx, esc_config_get(s->cfg, "database"), &st)) != ESC_OK ||
+	if ((r = obtain_pin(s, ctx)) != ESC_OK ||
+	    (r = esc_store_connect(ctx, esc_config_get(s->cfg, "database"), &st)) != ESC_OK ||
 	    (r = esc_store_check_schema(ctx, st)) != ESC_OK ||
 	    (r = esc_keeper_open(ctx, st, esc_config_get(s->cfg, "module"), s->pin, &k)) != ESC_OK) {
 		rc = fail(s, ctx, r);
@@ -1492,8 +1512,10 @@ int
 main(int argc, char *argv[])
 {
 	static const struct option longopts[] = {
-		{"config", required_argument, NULL, 'c'}, {"check", no_argument, NULL, 'C'},
-		{"version", no_argument, NULL, 'V'},	  {"help", no_argument, NULL, 'h'},
+		{"config", required_argument, NULL, 'c'},
+		{"check", no_argument, NULL, 'C'},
+		{"version", no_argument, NULL, 'V'},
+		{"help", no_argument, NULL, 'h'},
 		{NULL, 0, NULL, 0},
 	};
 	const char *config = ESC_CONFIG_DEFAULT_PATH;
@@ -1610,9 +1632,8 @@ main(int argc, char *argv[])
 		}
 	}
 	mlog(&s, ESC_LOG_INFO,
-	     "p11escrowd %s serving https://%s with %d worker(s); client certificates %s; keeper pid %d",
-	     ESC_VERSION, esc_config_get(s.cfg, "listen"), s.nworkers, esc_config_get(s.cfg, "tls_client_auth"),
-	     (int)s.keeper.pid);
+	     "p11escrowd %s serving https://%s with %d worker(s); client certificates %s; keeper pid %d", ESC_VERSION,
+	     esc_config_get(s.cfg, "listen"), s.nworkers, esc_config_get(s.cfg, "tls_client_auth"), (int)s.keeper.pid);
 	for (;;) {
 		sig = sigtimedwait(&sigs, &si, &tick);
 		if (sig == SIGHUP) {

@@ -257,7 +257,8 @@ check_user(const struct key *k, const char *v, char *why, size_t whylen)
 
 	(void)k;
 	for (i = 0; i < n; i++)
-		if (!((v[i] >= 'a' && v[i] <= 'z') || v[i] == '_' || (i > 0 && ((v[i] >= '0' && v[i] <= '9') || v[i] == '-'))))
+		if (!((v[i] >= 'a' && v[i] <= 'z') || v[i] == '_' ||
+		      (i > 0 && ((v[i] >= '0' && v[i] <= '9') || v[i] == '-'))))
 			break;
 	if (i == n && n <= 32)
 		return 0;
