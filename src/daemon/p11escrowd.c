@@ -114,7 +114,6 @@ struct svc {
 	gid_t run_gid;
 	int drop; /* ... if set */
 	/* A worker process's own. */
-	struct slot *slot;
 	int ctl_fd; /* its control socket to the supervisor */
 };
 
@@ -1086,7 +1085,6 @@ worker_proc_main(struct svc *s, int index, int kfd, int ctl, int ready)
 	int rc = 70;
 
 	memset(&sl, 0, sizeof(sl));
-	s->slot = &sl;
 	s->ctl_fd = ctl;
 	/* No way back to the credential the keeper reads (the PIN itself was never in this process). */
 	unsetenv("CREDENTIALS_DIRECTORY");
