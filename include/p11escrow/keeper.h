@@ -42,11 +42,58 @@ enum esc_err esc_keeper_open(struct esc_ctx *ctx, struct esc_store *st, const ch
 			     const struct esc_secret *pin, struct esc_keeper **out) ESC_MUST_CHECK;
 void esc_keeper_free(struct esc_keeper *k);
 
+/*
+ * A keeper in another process, reached over the connected stream socket
+ * fd (a socketpair end; k owns it from now on, on failure too, and closes
+ * it when freed).  Sends HELLO and keeps the CA certificate, chain and
+ * transport certificate of the reply, so esc_keeper_ca_cert & co. answer
+ * locally.  Every typed operation below then sends one request of the
+ * keeper protocol (keeper_proto.h) and waits for its reply: callers need
+ * no change.  Such a keeper holds no token and no PIN; one thread at a
+ * time may use it.  When the keeper process is gone (end of stream, a
+ * broken or malformed reply, no reply within two minutes) the socket is
+ * closed and this and every later operation fails with TOKEN_NOT_FOUND,
+ * "the keeper is unavailable" (a 503 for the service): connect anew.
+ * Errors: TOKEN_NOT_FOUND, NOMEM, and an error the keeper answered.
+ */
+enum esc_err esc_keeper_connect(struct esc_ctx *ctx, int fd, struct esc_keeper **out) ESC_MUST_CHECK;
+
+/* Is k a keeper in another process (esc_keeper_connect) whose connection has been lost? */
+int esc_keeper_lost(const struct esc_keeper *k);
+
+/*
+ * The keeper process's side of one connection: read requests from fd and
+ * answer each with the local keeper k (esc_keeper_open) and st, until the
+ * peer closes it.  Default deny: only the request types of
+ * keeper_proto.h, HELLO first and once, numbered in order; each decided
+ * from the keeper's own tables and database (ISSUE names a profile and
+ * carries subject, alternative names and public key: the certificate is
+ * built here; accounts named by SIGN_CRL and CHECKPOINT are re-read from
+ * st, never taken from the request).  A malformed, out-of-order or
+ * replayed request, or one the keeper refuses, gets an ERROR reply (code
+ * and message) and is logged through ctx; the connection goes on.  A
+ * frame that cannot be read (length out of bounds, a cut stream) ends the
+ * connection.  Replies holding a private key are built in the secure heap
+ * and wiped.  fd stays the caller's.  ctx, k and st serve this connection
+ * only (one thread each); k keeps the connection's state (numbering,
+ * greeting).  st may be NULL (the database is lost): requests that need
+ * it are answered DB_CONNECT.
+ * Returns OK when the peer closed the connection, BAD_INPUT after a
+ * framing error, IO when a reply could not be written (the connection is
+ * over), or, after answering a request that failed because the keeper
+ * lost its database or token (DB_CONNECT, PKCS11, TOKEN_NOT_FOUND, MODULE,
+ * KEY_NOT_FOUND, PIN_*), that error: the caller mends what it can (a new
+ * st; a check that the token is still there) and calls again with the
+ * same k and fd to go on with the connection.
+ */
+enum esc_err esc_keeper_serve(struct esc_ctx *ctx, struct esc_keeper *k, struct esc_store *st, int fd)
+	ESC_MUST_CHECK;
+
 X509 *esc_keeper_ca_cert(const struct esc_keeper *k);
 /* Certificates above the CA certificate (external CA), possibly empty; owned by k. */
 STACK_OF(X509) *esc_keeper_chain(const struct esc_keeper *k);
 X509 *esc_keeper_transport_cert(const struct esc_keeper *k);
-/* The CA token's label, for log lines. */
+/* The CA token's label, for log lines ("keeper process" for a remote keeper). */
 const char *esc_keeper_token_label(const struct esc_keeper *k);
 
 /*
@@ -55,8 +102,8 @@ const char *esc_keeper_token_label(const struct esc_keeper *k);
  * record's storage layer opened with the storage key on the token.
  * Errors: those of esc_recovery_release.
  */
-enum esc_err esc_keeper_release(struct esc_ctx *ctx, struct esc_keeper *k, struct esc_store *st, long long id)
-	ESC_MUST_CHECK;
+enum esc_err esc_keeper_release(struct esc_ctx *ctx, struct esc_keeper *k, struct esc_store *st,
+				long long id) ESC_MUST_CHECK;
 
 /*
  * Sign the CRL built from st's revocations (esc_crl_build), valid days;

@@ -11,13 +11,18 @@
  * without checking the password, until auth_fail_window seconds after the
  * last failure.  A success clears the name's count.
  *
- * The table is per process, shared by its workers, bounded (GUARD_SLOTS),
- * and forgets on restart: several processes each count their own.
+ * The table is shared by every worker process of one p11escrowd: a
+ * MAP_SHARED anonymous mapping made by the supervisor before it forks them,
+ * locked by a process-shared, robust mutex (a worker that dies holding it
+ * does not stop the others).  It is bounded (GUARD_SLOTS) and forgets when
+ * the service restarts: several services each count their own.
  */
+#include <errno.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <time.h>
 
 #include <openssl/lhash.h>
@@ -31,8 +36,8 @@
 struct guard_slot {
 	char key[GUARD_KEY_MAX]; /* "a:" + account or password name, "p:" + address; "" = free */
 	unsigned fails;
-	long long first;	 /* monotonic seconds of the first failure counted */
-	long long last;		 /* ... of the latest */
+	long long first; /* monotonic seconds of the first failure counted */
+	long long last;	 /* ... of the latest */
 };
 
 struct svc_guard {
@@ -44,12 +49,20 @@ struct svc_guard {
 struct svc_guard *
 svc_guard_new(long long limit_name, long long limit_address, long long window)
 {
-	struct svc_guard *g = calloc(1, sizeof(*g));
+	pthread_mutexattr_t attr;
+	struct svc_guard *g;
+	int ok;
 
-	if (g == NULL)
+	/* Zero-filled, and seen by every process forked after this. */
+	g = mmap(NULL, sizeof(*g), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	if (g == MAP_FAILED)
 		return NULL;
-	if (pthread_mutex_init(&g->lock, NULL) != 0) {
-		free(g);
+	ok = pthread_mutexattr_init(&attr) == 0;
+	ok = ok && pthread_mutexattr_setpshared(&attr, PTHREAD_PROCESS_SHARED) == 0 &&
+	     pthread_mutexattr_setrobust(&attr, PTHREAD_MUTEX_ROBUST) == 0 && pthread_mutex_init(&g->lock, &attr) == 0;
+	pthread_mutexattr_destroy(&attr);
+	if (!ok) {
+		munmap(g, sizeof(*g));
 		return NULL;
 	}
 	g->limit_name = limit_name;
@@ -64,7 +77,15 @@ svc_guard_free(struct svc_guard *g)
 	if (g == NULL)
 		return;
 	pthread_mutex_destroy(&g->lock);
-	free(g);
+	munmap(g, sizeof(*g));
+}
+
+/* Lock the table; a worker that died holding the lock left at worst one slot half-written: counts only. */
+static void
+guard_lock(struct svc_guard *g)
+{
+	if (pthread_mutex_lock(&g->lock) == EOWNERDEAD)
+		pthread_mutex_consistent(&g->lock);
 }
 
 /* Has this slot's count run out (its last failure a window ago)? */
@@ -146,7 +167,7 @@ svc_guard_blocked(struct svc_guard *g, const char *address, const char *name)
 		return 0;
 	make_key(kn, sizeof(kn), 'a', name);
 	make_key(ka, sizeof(ka), 'p', address);
-	pthread_mutex_lock(&g->lock);
+	guard_lock(g);
 	n = name != NULL ? blocked_for(g, kn, g->limit_name, now) : 0;
 	a = address != NULL ? blocked_for(g, ka, g->limit_address, now) : 0;
 	pthread_mutex_unlock(&g->lock);
@@ -165,7 +186,7 @@ svc_guard_failed(struct svc_guard *g, const char *address, const char *name)
 		return 0;
 	make_key(kn, sizeof(kn), 'a', name);
 	make_key(ka, sizeof(ka), 'p', address);
-	pthread_mutex_lock(&g->lock);
+	guard_lock(g);
 	if (name != NULL && g->limit_name > 0 && (s = find(g, kn, 1, now)) != NULL) {
 		s->last = now;
 		if (++s->fails == (unsigned)g->limit_name)
@@ -189,7 +210,7 @@ svc_guard_succeeded(struct svc_guard *g, const char *name)
 	if (g == NULL || name == NULL)
 		return;
 	make_key(kn, sizeof(kn), 'a', name);
-	pthread_mutex_lock(&g->lock);
+	guard_lock(g);
 	if ((s = find(g, kn, 0, svc_mono_seconds())) != NULL)
 		memset(s, 0, sizeof(*s));
 	pthread_mutex_unlock(&g->lock);

@@ -2,15 +2,24 @@
  * p11escrowd — the HTTPS service: EST enrollment with key archival and the
  * JSON API of the recovery workflow, thin over libp11escrow.
  *
- * Process model: the main thread reads the configuration and the CA PIN,
- * checks database and token, opens the listening socket, starts the worker
- * threads and then only waits for signals.  Each worker runs its own
- * libevent loop over a duplicate of the listening socket and owns its own
- * library context, database connection and CA token session (keeper); a
- * request is handled start to finish on one worker.  SIGTERM/SIGINT: every
- * worker stops accepting, finishes what it has in flight and exits; the
- * process exits 0.  Runs in the foreground (systemd Type=exec), logs
- * structured lines to stderr.
+ * Process model (docs/architecture.md, "Process model"): the main process
+ * is a supervisor.  It reads the configuration, opens the listening socket
+ * and forks the keeper first: the only process that obtains the CA PIN,
+ * loads the PKCS#11 module and logs in; it serves each worker's socketpair
+ * on a thread of its own with its own token session and database
+ * connection (esc_keeper_serve).  Then the supervisor builds the TLS
+ * context (from the keeper's HELLO: CA certificate and chain) and forks N
+ * worker processes, each running one libevent loop over the inherited
+ * listening socket, with its own database connection and a remote keeper
+ * (esc_keeper_connect) instead of a token.  Workers never see the PIN and
+ * never load the module; started as root they become the configured
+ * `user` and set no_new_privs.  A worker that dies is forked again; a
+ * keeper that dies (or loses the token) is forked again and every worker
+ * gets its new connection over its control socket (SCM_RIGHTS); meanwhile
+ * the workers answer 503 with Retry-After.  SIGTERM/SIGINT: the workers
+ * stop accepting, finish what is in flight and exit; then the keeper signs
+ * the last audit checkpoint and exits; the supervisor exits 0.  Runs in
+ * the foreground (systemd Type=exec), logs structured lines to stderr.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -26,9 +35,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <grp.h>
+#include <poll.h>
+#include <pwd.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
+#include <sys/signalfd.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -47,6 +61,7 @@
 #include <p11escrow/config.h>
 #include <p11escrow/ctx.h>
 #include <p11escrow/enroll.h>
+#include <p11escrow/keeper.h>
 #include <p11escrow/pin.h>
 #include <p11escrow/recovery.h>
 #include <p11escrow/store.h>
@@ -58,38 +73,50 @@
 
 struct slot {
 	struct svc_worker w;
-	pthread_t thread;
-	int started;
 	struct event_base *base;
 	struct evhttp *http;
 	struct evhttp_bound_socket *bound;
-	int stop_pipe[2];
-	struct event *stop_ev, *drain_ev;
+	struct event *term_ev, *int_ev, *drain_ev;
+	struct event *ctl_ev; /* the supervisor's control socket: new keeper connections */
 	int inflight;
 	int stopping;
 	struct timespec stop_since;
-	struct timespec last_rx;  /* the last TLS record any connection of this worker received */
-	int nudge_pipe[2];        /* another worker lost the CA token: let go of ours (O_NONBLOCK) */
-	struct event *nudge_ev;
-	atomic_int nudged;        /* a byte is in nudge_pipe already */
-	struct event *ckpt_ev;    /* worker 0: the audit checkpoint timer */
-	struct event *ckpt_soon;  /* worker 0: a check CKPT_AFTER_REQUEST after requests (one for a burst) */
-	long long ckpt_retry;     /* worker 0: no checkpoint before this (monotonic seconds) after a failure */
-	int ckpt_backoff;         /* worker 0: seconds of the current back-off, 0 after a success */
-	struct event *expire_ev;  /* worker 0: the sweep of released packages past release_ttl_hours */
+	struct timespec last_rx; /* the last TLS record any connection of this worker received */
+	struct event *ckpt_ev;	 /* worker 0: the audit checkpoint timer */
+	struct event *ckpt_soon; /* worker 0: a check CKPT_AFTER_REQUEST after requests (one for a burst) */
+	long long ckpt_retry;	 /* worker 0: no checkpoint before this (monotonic seconds) after a failure */
+	int ckpt_backoff;	 /* worker 0: seconds of the current back-off, 0 after a success */
+	struct event *expire_ev; /* worker 0: the sweep of released packages past release_ttl_hours */
+};
+
+/* A child process of the supervisor: the keeper, or a worker. */
+struct proc {
+	pid_t pid;	      /* 0: not running */
+	int ctl;	      /* the supervisor's end of its control socket, -1 if none */
+	long long started;    /* monotonic seconds */
+	long long respawn_at; /* monotonic seconds: fork it again then (0: not due) */
+	int backoff;	      /* seconds before the next respawn after a quick death */
 };
 
 struct svc {
 	struct esc_config *cfg;
-	struct esc_secret *pin;
+	struct esc_secret *pin; /* the keeper process's only */
 	SSL_CTX *tls;
 	int listen_fd;
 	int nworkers;
-	struct slot *slots;
 	int log_level;
 	pthread_mutex_t log_lock;
-	struct svc_guard *guard; /* failed logins, for every worker */
-	STACK_OF(X509_CRL) *account_crls; /* account_cert_crl, or NULL */
+	struct svc_guard *guard; /* failed logins, in memory shared by every worker process */
+	const char *proc_name;	 /* "keeper" in the keeper process, NULL elsewhere */
+	/* The supervisor's view. */
+	struct proc keeper;
+	struct proc *workers;
+	uid_t run_uid; /* workers become this user when started as root ... */
+	gid_t run_gid;
+	int drop; /* ... if set */
+	/* A worker process's own. */
+	int ctl_fd; /* its control socket to the supervisor */
+	STACK_OF(X509_CRL) *account_crls; /* account_cert_crl, or NULL: loaded by the supervisor, inherited */
 };
 
 static const char *const level_names[] = {"error", "warn", "info", "debug"};
@@ -119,6 +146,9 @@ vlog_line(struct svc *s, int worker, enum esc_log_level level, const char *fmt, 
 	if (worker >= 0)
 		fprintf(stderr, "ts=%s.%03ldZ level=%s worker=%d msg=\"%s\"\n", ts, now.tv_nsec / 1000000L,
 			level_names[level], worker, msg);
+	else if (s != NULL && s->proc_name != NULL)
+		fprintf(stderr, "ts=%s.%03ldZ level=%s proc=%s msg=\"%s\"\n", ts, now.tv_nsec / 1000000L,
+			level_names[level], s->proc_name, msg);
 	else
 		fprintf(stderr, "ts=%s.%03ldZ level=%s msg=\"%s\"\n", ts, now.tv_nsec / 1000000L, level_names[level],
 			msg);
@@ -127,8 +157,7 @@ vlog_line(struct svc *s, int worker, enum esc_log_level level, const char *fmt, 
 		pthread_mutex_unlock(&s->log_lock);
 }
 
-static void __attribute__((format(printf, 3, 4)))
-mlog(struct svc *s, enum esc_log_level level, const char *fmt, ...)
+static void __attribute__((format(printf, 3, 4))) mlog(struct svc *s, enum esc_log_level level, const char *fmt, ...)
 {
 	va_list ap;
 
@@ -154,8 +183,14 @@ lib_log(void *arg, enum esc_log_level level, const char *msg)
 	svc_log(arg, level, "%s", msg);
 }
 
-/* ---- the worker's connections: database and CA token ------------------- */
+/* ---- the worker's connections: database and keeper ------------------------ */
 
+/*
+ * The database is reconnected here after a loss.  The keeper is not: a
+ * worker cannot reach it by itself (no path, no address); a lost keeper
+ * stays lost until the supervisor sends the new keeper's connection
+ * (on_ctl), and requests meanwhile get 503.
+ */
 static enum esc_err
 worker_connect(struct svc_worker *w)
 {
@@ -171,24 +206,28 @@ worker_connect(struct svc_worker *w)
 			return r;
 		}
 	}
-	if (w->keeper == NULL &&
-	    (r = esc_keeper_open(w->ctx, w->st, esc_config_get(s->cfg, "module"), s->pin, &w->keeper)) != ESC_OK)
-		return r;
-	return ESC_OK;
+	if (w->keeper != NULL && esc_keeper_lost(w->keeper)) {
+		esc_keeper_free(w->keeper);
+		w->keeper = NULL;
+	}
+	return w->keeper != NULL ? ESC_OK : ESC_ERR_TOKEN_NOT_FOUND;
 }
 
 int
 svc_worker_ready(struct svc_worker *w, struct svc_request *r)
 {
-	int had_db = w->st != NULL, had_token = w->keeper != NULL;
+	int had_db = w->st != NULL;
 	enum esc_err e = worker_connect(w);
 
 	if (e == ESC_OK) {
-		if (!had_db || !had_token)
-			svc_log(w, ESC_LOG_INFO, "reconnected:%s%s", had_db ? "" : " database", had_token ? "" : " CA token");
+		if (!had_db)
+			svc_log(w, ESC_LOG_INFO, "reconnected: database");
 		return 0;
 	}
-	svc_log(w, ESC_LOG_ERROR, "req=%s unavailable: %s", r->id, esc_ctx_errmsg(w->ctx));
+	svc_log(w, ESC_LOG_ERROR, "req=%s unavailable: %s", r->id,
+		w->keeper == NULL && e == ESC_ERR_TOKEN_NOT_FOUND
+			? "the keeper is unavailable (the CA token's process is restarting)"
+			: esc_ctx_errmsg(w->ctx));
 	svc_worker_forget(w, e);
 	svc_add_header(r, "Retry-After", "5");
 	svc_reply_error_code(r, 503,
@@ -199,48 +238,11 @@ svc_worker_ready(struct svc_worker *w, struct svc_request *r)
 }
 
 /*
- * The CA token is lost to one worker, so it is to all: the module (one
- * instance in the process, token.c) is finalised only when every token
- * session of it is closed, and only a fresh C_Initialize reconnects (a
- * p11-kit-client.so whose server went away stays disconnected until then).
- * So every other worker is asked to let go of its session between requests,
- * in its own thread; an idle worker would otherwise keep the dead module
- * for ever and the busy ones could never reconnect.
+ * After a connection-class error: drop a lost database connection so the
+ * next request reconnects.  The keeper's token errors are the keeper's to
+ * mend (it checks the token and restarts if it is gone); only a keeper
+ * connection that is itself lost is dropped.
  */
-static void
-release_token_everywhere(struct svc_worker *w)
-{
-	struct svc *s = w->svc;
-	int i;
-
-	for (i = 0; s->slots != NULL && i < s->nworkers; i++) {
-		struct slot *sl = &s->slots[i];
-
-		if (i == w->index || sl->nudge_pipe[1] < 0 || atomic_exchange(&sl->nudged, 1))
-			continue;
-		/* Non-blocking: a full pipe has a nudge pending already. */
-		if (write(sl->nudge_pipe[1], "t", 1) < 0 && errno != EAGAIN)
-			atomic_store(&sl->nudged, 0);
-	}
-}
-
-static void
-on_nudge(evutil_socket_t fd, short what, void *arg)
-{
-	struct slot *sl = arg;
-	char buf[64];
-
-	(void)what;
-	atomic_store(&sl->nudged, 0);
-	while (read(fd, buf, sizeof(buf)) > 0)
-		;
-	if (sl->w.keeper != NULL) {
-		svc_log(&sl->w, ESC_LOG_INFO, "another worker lost the CA token: closing this worker's session too");
-		esc_keeper_free(sl->w.keeper);
-		sl->w.keeper = NULL;
-	}
-}
-
 void
 svc_worker_forget(struct svc_worker *w, enum esc_err e)
 {
@@ -248,42 +250,34 @@ svc_worker_forget(struct svc_worker *w, enum esc_err e)
 	case ESC_ERR_DB_CONNECT:
 	case ESC_ERR_SCHEMA_OLD:
 	case ESC_ERR_SCHEMA_NEWER:
-		/* The keeper read its URIs from this database; it stays valid. */
 		esc_store_free(w->st);
 		w->st = NULL;
 		break;
-	case ESC_ERR_PKCS11:
-	case ESC_ERR_TOKEN_NOT_FOUND:
-	case ESC_ERR_MODULE:
-	case ESC_ERR_KEY_NOT_FOUND:
-	case ESC_ERR_PIN_INCORRECT:
-	case ESC_ERR_PIN_LOCKED:
-		esc_keeper_free(w->keeper);
-		w->keeper = NULL;
-		release_token_everywhere(w);
-		break;
 	default:
+		if (w->keeper != NULL && esc_keeper_lost(w->keeper)) {
+			esc_keeper_free(w->keeper);
+			w->keeper = NULL;
+		}
 		break;
 	}
 }
 
 /* ---- audit checkpoints ---------------------------------------------------- */
 
-#define CKPT_TICK 5            /* seconds between worker 0's timed checks */
-#define CKPT_AFTER_REQUEST 1   /* seconds after a request (the first of a burst) that worker 0 checks */
-#define CKPT_BACKOFF_MIN 60    /* a failed checkpoint is retried after this, doubling ... */
-#define CKPT_BACKOFF_MAX 3600  /* ... up to this */
+#define CKPT_TICK 5	      /* seconds between worker 0's timed checks */
+#define CKPT_AFTER_REQUEST 1  /* seconds after a request (the first of a burst) that worker 0 checks */
+#define CKPT_BACKOFF_MIN 60   /* a failed checkpoint is retried after this, doubling ... */
+#define CKPT_BACKOFF_MAX 3600 /* ... up to this */
 
 /*
- * Sign an audit checkpoint if checkpoint_events or checkpoint_seconds say
- * one is due; final (at shutdown, the workers stopped): if any event
- * follows the newest checkpoint.  Only worker 0 calls it (then the main
- * thread with worker 0's connections), so a process never signs two at
- * once.  A failure never fails a request: the library audits it, the log
- * says it, and it is retried after a back-off.
+ * Ask the keeper to sign an audit checkpoint if checkpoint_events or
+ * checkpoint_seconds say one is due.  Only worker 0 asks, so the service
+ * never signs two at once; the last one, at shutdown, is the keeper's own
+ * (keeper_main).  A failure never fails a request: the keeper audits it,
+ * the log says it, and it is retried after a back-off.
  */
 static void
-checkpoint_maybe(struct slot *sl, int final)
+checkpoint_maybe(struct slot *sl)
 {
 	struct svc_worker *w = &sl->w;
 	long long events = esc_config_get_long(w->svc->cfg, "checkpoint_events");
@@ -295,27 +289,25 @@ checkpoint_maybe(struct slot *sl, int final)
 	if (events == 0 && seconds == 0)
 		return;
 	clock_gettime(CLOCK_MONOTONIC, &now);
-	if (!final && now.tv_sec < sl->ckpt_retry)
+	if (now.tv_sec < sl->ckpt_retry)
 		return;
 	if ((r = worker_connect(w)) == ESC_OK)
-		r = esc_keeper_checkpoint(w->ctx, w->keeper, w->st, NULL, final ? 1 : events, final ? 0 : seconds,
-					  &id);
+		r = esc_keeper_checkpoint(w->ctx, w->keeper, w->st, NULL, events, seconds, &id);
 	if (r == ESC_OK) {
 		sl->ckpt_backoff = 0;
 		if (id > 0)
-			svc_log(w, ESC_LOG_INFO, "audit checkpoint signed: events up to %lld%s", id,
-				final ? " (at shutdown)" : "");
+			svc_log(w, ESC_LOG_INFO, "audit checkpoint signed: events up to %lld", id);
 		return;
 	}
-	sl->ckpt_backoff = sl->ckpt_backoff == 0 ? CKPT_BACKOFF_MIN
+	/* The keeper restarting is no failure of the checkpoint: the next tick asks again. */
+	if (w->keeper == NULL)
+		return;
+	sl->ckpt_backoff = sl->ckpt_backoff == 0		      ? CKPT_BACKOFF_MIN
 			   : sl->ckpt_backoff >= CKPT_BACKOFF_MAX / 2 ? CKPT_BACKOFF_MAX
 								      : 2 * sl->ckpt_backoff;
 	sl->ckpt_retry = (long long)now.tv_sec + sl->ckpt_backoff;
-	svc_log(w, ESC_LOG_ERROR, "audit checkpoint failed%s: %s", final ? " at shutdown" : " (retried later)",
-		esc_ctx_errmsg(w->ctx));
-	/* A lost connection is dropped; a missing audit key (KEY_NOT_FOUND, STATE) is no reason to reopen the token. */
-	if (r == ESC_ERR_DB_CONNECT || r == ESC_ERR_PKCS11 || r == ESC_ERR_TOKEN_NOT_FOUND || r == ESC_ERR_MODULE)
-		svc_worker_forget(w, r);
+	svc_log(w, ESC_LOG_ERROR, "audit checkpoint failed (retried later): %s", esc_ctx_errmsg(w->ctx));
+	svc_worker_forget(w, r);
 }
 
 static void
@@ -323,7 +315,7 @@ on_checkpoint_tick(evutil_socket_t fd, short what, void *arg)
 {
 	(void)fd;
 	(void)what;
-	checkpoint_maybe(arg, 0);
+	checkpoint_maybe(arg);
 }
 
 /* ---- released packages that nobody completed ------------------------------ */
@@ -395,8 +387,8 @@ on_request(struct evhttp_request *req, void *arg)
 	if (svc_request_init(&r, &sl->w, req) == 0)
 		svc_http_dispatch(&r);
 	clock_gettime(CLOCK_MONOTONIC, &t1);
-	svc_log(&sl->w, ESC_LOG_INFO, "req=%s method=%s path=%s status=%d ms=%.1f client_cert=%s", r.id,
-		r.method_name, r.path != NULL ? r.path : "?", r.status,
+	svc_log(&sl->w, ESC_LOG_INFO, "req=%s method=%s path=%s status=%d ms=%.1f client_cert=%s", r.id, r.method_name,
+		r.path != NULL ? r.path : "?", r.status,
 		(double)(t1.tv_sec - t0.tv_sec) * 1e3 + (double)(t1.tv_nsec - t0.tv_nsec) / 1e6,
 		r.client_cert != NULL ? "yes" : "no");
 	svc_request_done(&r);
@@ -468,21 +460,19 @@ on_drain(evutil_socket_t fd, short what, void *arg)
 	if ((sl->inflight <= 0 && since(&sl->stop_since) >= 0.5 && since(&sl->last_rx) >= 1.0) ||
 	    since(&sl->stop_since) >= grace) {
 		if (sl->inflight > 0)
-			svc_log(&sl->w, ESC_LOG_WARN, "shutdown grace of %.0f s over with %d request(s) in flight", grace,
-				sl->inflight);
+			svc_log(&sl->w, ESC_LOG_WARN, "shutdown grace of %.0f s over with %d request(s) in flight",
+				grace, sl->inflight);
 		event_base_loopexit(sl->base, NULL);
 	}
 }
 
+/* Stop accepting; the loop ends once what is in flight is done (on_drain). */
 static void
-on_stop(evutil_socket_t fd, short what, void *arg)
+begin_stop(struct slot *sl)
 {
-	struct slot *sl = arg;
 	struct timeval tick = {0, 100000};
-	char b;
 
-	(void)what;
-	if (read(fd, &b, 1) < 0 || sl->stopping)
+	if (sl->stopping)
 		return;
 	sl->stopping = 1;
 	clock_gettime(CLOCK_MONOTONIC, &sl->stop_since);
@@ -495,29 +485,107 @@ on_stop(evutil_socket_t fd, short what, void *arg)
 		event_base_loopexit(sl->base, NULL);
 }
 
-static void *
-worker_main(void *arg)
+static void
+on_signal(evutil_socket_t sig, short what, void *arg)
+{
+	(void)what;
+	svc_log(&((struct slot *)arg)->w, ESC_LOG_INFO, "%s: finishing requests in flight, then stopping",
+		sig == SIGTERM ? "SIGTERM" : "SIGINT");
+	begin_stop(arg);
+}
+
+/*
+ * Receive one descriptor sent with SCM_RIGHTS on fd (a SOCK_SEQPACKET
+ * socket): the descriptor, or -1 at the end of the stream or on error
+ * (*eof says which).
+ */
+static int
+recv_fd(int fd, int *eof)
+{
+	char byte, cbuf[CMSG_SPACE(sizeof(int))];
+	struct iovec iov = {&byte, 1};
+	struct msghdr msg = {0};
+	struct cmsghdr *c;
+	ssize_t n;
+	int got = -1;
+
+	msg.msg_iov = &iov;
+	msg.msg_iovlen = 1;
+	msg.msg_control = cbuf;
+	msg.msg_controllen = sizeof(cbuf);
+	*eof = 0;
+	do
+		n = recvmsg(fd, &msg, MSG_CMSG_CLOEXEC);
+	while (n < 0 && errno == EINTR);
+	if (n <= 0) {
+		*eof = n == 0;
+		return -1;
+	}
+	for (c = CMSG_FIRSTHDR(&msg); c != NULL; c = CMSG_NXTHDR(&msg, c))
+		if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS && c->cmsg_len == CMSG_LEN(sizeof(int)))
+			memcpy(&got, CMSG_DATA(c), sizeof(int));
+	return got;
+}
+
+/* Send descriptor pass over fd with SCM_RIGHTS; 0 or -1. */
+static int
+send_fd(int fd, int pass)
+{
+	char byte = 'k', cbuf[CMSG_SPACE(sizeof(int))];
+	struct iovec iov = {&byte, 1};
+	struct msghdr msg = {0};
+	struct cmsghdr *c;
+	ssize_t n;
+
+	memset(cbuf, 0, sizeof(cbuf));
+	msg.msg_iov = &iov;
+	msg.msg_iovlen = 1;
+	msg.msg_control = cbuf;
+	msg.msg_controllen = sizeof(cbuf);
+	c = CMSG_FIRSTHDR(&msg);
+	c->cmsg_level = SOL_SOCKET;
+	c->cmsg_type = SCM_RIGHTS;
+	c->cmsg_len = CMSG_LEN(sizeof(int));
+	memcpy(CMSG_DATA(c), &pass, sizeof(int));
+	do
+		n = sendmsg(fd, &msg, MSG_NOSIGNAL);
+	while (n < 0 && errno == EINTR);
+	return n == 1 ? 0 : -1;
+}
+
+/* The supervisor sent a new keeper's connection (the keeper was restarted), or went away. */
+static void
+on_ctl(evutil_socket_t fd, short what, void *arg)
 {
 	struct slot *sl = arg;
+	struct svc_worker *w = &sl->w;
+	struct esc_keeper *k = NULL;
+	int kfd, eof;
 
-	/* Worker 0 expires overdue packages at once, then on its timer. */
-	if (sl->expire_ev != NULL)
-		expire_sweep(sl);
-	event_base_dispatch(sl->base);
-	/* Idle keep-alive connections are closed here. */
-	evhttp_free(sl->http);
-	sl->http = NULL;
-	return NULL;
+	(void)what;
+	if ((kfd = recv_fd(fd, &eof)) < 0) {
+		if (eof) {
+			svc_log(w, ESC_LOG_ERROR, "the supervisor is gone: stopping");
+			event_del(sl->ctl_ev);
+			begin_stop(sl);
+		}
+		return;
+	}
+	esc_keeper_free(w->keeper);
+	w->keeper = NULL;
+	if (esc_keeper_connect(w->ctx, kfd, &k) != ESC_OK) {
+		svc_log(w, ESC_LOG_ERROR, "cannot greet the new keeper: %s", esc_ctx_errmsg(w->ctx));
+		return;
+	}
+	w->keeper = k;
+	svc_log(w, ESC_LOG_INFO, "reconnected: CA token (a new keeper process)");
 }
 
 static int
 worker_setup(struct svc *s, struct slot *sl)
 {
 	struct esc_config *cfg = s->cfg;
-	int fd;
 
-	if (pipe2(sl->stop_pipe, O_CLOEXEC) != 0 || pipe2(sl->nudge_pipe, O_CLOEXEC | O_NONBLOCK) != 0)
-		return -1;
 	if ((sl->base = event_base_new()) == NULL || (sl->http = evhttp_new(sl->base)) == NULL)
 		return -1;
 	evhttp_set_bevcb(sl->http, make_bev, sl);
@@ -542,17 +610,16 @@ worker_setup(struct svc *s, struct slot *sl)
 	/* A body over evhttp's limit is answered 413 and the rest read and dropped, so the client sees the 413, not a reset. */
 	evhttp_set_flags(sl->http, EVHTTP_SERVER_LINGERING_CLOSE);
 	evhttp_set_default_content_type(sl->http, "text/plain; charset=utf-8");
-	if ((fd = fcntl(s->listen_fd, F_DUPFD_CLOEXEC, 0)) < 0)
+	/* The listening socket, inherited from the supervisor: the worker processes share its queue. */
+	if ((sl->bound = evhttp_accept_socket_with_handle(sl->http, s->listen_fd)) == NULL)
 		return -1;
-	if ((sl->bound = evhttp_accept_socket_with_handle(sl->http, fd)) == NULL) {
-		close(fd);
+	s->listen_fd = -1; /* the bound socket's now */
+	if ((sl->term_ev = evsignal_new(sl->base, SIGTERM, on_signal, sl)) == NULL ||
+	    event_add(sl->term_ev, NULL) != 0 || (sl->int_ev = evsignal_new(sl->base, SIGINT, on_signal, sl)) == NULL ||
+	    event_add(sl->int_ev, NULL) != 0)
 		return -1;
-	}
-	if ((sl->stop_ev = event_new(sl->base, sl->stop_pipe[0], EV_READ, on_stop, sl)) == NULL ||
-	    event_add(sl->stop_ev, NULL) != 0)
-		return -1;
-	if ((sl->nudge_ev = event_new(sl->base, sl->nudge_pipe[0], EV_READ | EV_PERSIST, on_nudge, sl)) == NULL ||
-	    event_add(sl->nudge_ev, NULL) != 0)
+	if ((sl->ctl_ev = event_new(sl->base, s->ctl_fd, EV_READ | EV_PERSIST, on_ctl, sl)) == NULL ||
+	    event_add(sl->ctl_ev, NULL) != 0)
 		return -1;
 	/* Audit checkpoints: worker 0 also checks on a timer, for events other workers or processes wrote. */
 	if (sl->w.index == 0 &&
@@ -580,12 +647,14 @@ worker_teardown(struct slot *sl)
 {
 	if (sl->http != NULL)
 		evhttp_free(sl->http);
-	if (sl->stop_ev != NULL)
-		event_free(sl->stop_ev);
+	if (sl->term_ev != NULL)
+		event_free(sl->term_ev);
+	if (sl->int_ev != NULL)
+		event_free(sl->int_ev);
+	if (sl->ctl_ev != NULL)
+		event_free(sl->ctl_ev);
 	if (sl->drain_ev != NULL)
 		event_free(sl->drain_ev);
-	if (sl->nudge_ev != NULL)
-		event_free(sl->nudge_ev);
 	if (sl->ckpt_ev != NULL)
 		event_free(sl->ckpt_ev);
 	if (sl->ckpt_soon != NULL)
@@ -594,14 +663,6 @@ worker_teardown(struct slot *sl)
 		event_free(sl->expire_ev);
 	if (sl->base != NULL)
 		event_base_free(sl->base);
-	if (sl->stop_pipe[0] >= 0) {
-		close(sl->stop_pipe[0]);
-		close(sl->stop_pipe[1]);
-	}
-	if (sl->nudge_pipe[0] >= 0) {
-		close(sl->nudge_pipe[0]);
-		close(sl->nudge_pipe[1]);
-	}
 	free(sl->w.crl);
 	esc_keeper_free(sl->w.keeper);
 	esc_store_free(sl->w.st);
@@ -805,30 +866,718 @@ log_level_of(const char *name)
 	return ESC_LOG_INFO;
 }
 
+/* ---- the keeper process ------------------------------------------------------- */
+
+/* Exit status of a keeper that lost the CA token: the supervisor forks a new one (fresh C_Initialize). */
+#define EXIT_TOKEN_LOST 75
+/* Exit statuses after which a keeper is not forked again: configuration, PIN missing, incorrect, locked. */
+#define KEEPER_FATAL(st) ((st) == 3 || (st) == 10 || (st) == 11 || (st) == 12)
+
+struct conn_arg {
+	struct svc *s;
+	int fd;
+};
+
+static void
+keeper_log(void *arg, enum esc_log_level level, const char *msg)
+{
+	struct svc *s = arg;
+
+	mlog(s, level, "%s", msg);
+}
+
+static enum esc_err
+keeper_ctx(struct svc *s, struct esc_ctx **out)
+{
+	struct esc_ctx *ctx = NULL;
+	enum esc_err r;
+
+	if ((r = esc_ctx_new(&ctx)) != ESC_OK)
+		return r;
+	esc_ctx_set_log(ctx, keeper_log, s);
+	if ((r = esc_ctx_set_module_allow(ctx, esc_config_get(s->cfg, "module_allow"))) != ESC_OK) {
+		esc_ctx_free(ctx);
+		return r;
+	}
+	*out = ctx;
+	return ESC_OK;
+}
+
+/*
+ * One worker's connection, on a thread of its own with its own token
+ * session and database connection: the token never waits on another
+ * worker's requests, only on the token itself.  A lost database is
+ * reconnected at the next request that needs it; a token error is checked
+ * with a fresh session: if the token is gone, the whole keeper exits and
+ * the supervisor forks a new one (a fresh C_Initialize is the only
+ * reconnection every PKCS#11 module supports).
+ */
+static void *
+keeper_conn(void *p)
+{
+	struct conn_arg *a = p;
+	struct svc *s = a->s;
+	struct esc_ctx *ctx = NULL;
+	struct esc_store *st = NULL;
+	struct esc_keeper *k = NULL, *probe;
+	const char *db = esc_config_get(s->cfg, "database"), *module = esc_config_get(s->cfg, "module");
+	enum esc_err r;
+
+	if (keeper_ctx(s, &ctx) != ESC_OK)
+		_exit(70);
+	if (esc_store_connect(ctx, db, &st) != ESC_OK || esc_keeper_open(ctx, st, module, s->pin, &k) != ESC_OK) {
+		mlog(s, ESC_LOG_ERROR, "cannot open a token session for a worker: %s: restarting the keeper",
+		     esc_ctx_errmsg(ctx));
+		_exit(EXIT_TOKEN_LOST);
+	}
+	for (;;) {
+		r = esc_keeper_serve(ctx, k, st, a->fd);
+		if (r == ESC_OK || r == ESC_ERR_BAD_INPUT || r == ESC_ERR_IO)
+			break;
+		if (r == ESC_ERR_DB_CONNECT || st == NULL) {
+			esc_store_free(st);
+			if (esc_store_connect(ctx, db, &st) != ESC_OK)
+				st = NULL; /* requests that need it get DB_CONNECT; tried again at the next */
+			if (r == ESC_ERR_DB_CONNECT)
+				continue;
+		}
+		/* A token error: the request's own, or is the token gone? */
+		if (st != NULL && esc_keeper_open(ctx, st, module, s->pin, &probe) == ESC_OK) {
+			esc_keeper_free(probe);
+			continue;
+		}
+		mlog(s, ESC_LOG_ERROR, "the CA token is lost (%s): restarting the keeper", esc_ctx_errmsg(ctx));
+		_exit(EXIT_TOKEN_LOST);
+	}
+	close(a->fd);
+	esc_keeper_free(k);
+	esc_store_free(st);
+	esc_ctx_free(ctx);
+	free(a);
+	return NULL;
+}
+
+/* The final audit checkpoint, at shutdown: if any event follows the newest one. */
+static void
+keeper_final_checkpoint(struct svc *s, struct esc_ctx *ctx, struct esc_store *st, struct esc_keeper *k)
+{
+	long long id = 0;
+
+	if (esc_config_get_long(s->cfg, "checkpoint_events") == 0 &&
+	    esc_config_get_long(s->cfg, "checkpoint_seconds") == 0)
+		return;
+	if (esc_keeper_checkpoint(ctx, k, st, NULL, 1, 0, &id) != ESC_OK)
+		mlog(s, ESC_LOG_ERROR, "audit checkpoint failed at shutdown: %s", esc_ctx_errmsg(ctx));
+	else if (id > 0)
+		mlog(s, ESC_LOG_INFO, "audit checkpoint signed: events up to %lld (at shutdown)", id);
+}
+
+/*
+ * The keeper: PIN, module, login, then a thread per worker connection the
+ * supervisor sends over ctl.  Writes one byte to ready once the CA token is
+ * logged in.  Never touches the network: the listening socket was closed
+ * before this.  Returns the process's exit status.
+ */
+static int
+keeper_main(struct svc *s, int ctl, int ready)
+{
+	struct esc_ctx *ctx = NULL;
+	struct esc_store *st = NULL;
+	struct esc_keeper *k = NULL;
+	struct pollfd pfd[2];
+	sigset_t sigs;
+	enum esc_err r;
+	int sfd, rc = 70;
+
+	s->proc_name = "keeper";
+	if (esc_secmem_init() != ESC_OK) {
+		mlog(s, ESC_LOG_ERROR,
+		     "cannot lock the secure heap for the CA PIN in memory (raise RLIMIT_MEMLOCK: "
+		     "systemd LimitMEMLOCK=8M, shell ulimit -l 8192)");
+		esc_env_wipe("P11ESCROW_CA_PIN");
+		return 70;
+	}
+	if (keeper_ctx(s, &ctx) != ESC_OK)
+		return 70;
+	/* Only here: the PIN file, the systemd credential or P11ESCROW_CA_PIN (then wiped). */
+	if ((r = obtain_pin(s, ctx)) != ESC_OK ||
+	    (r = esc_store_connect(ctx, esc_config_get(s->cfg, "database"), &st)) != ESC_OK ||
+	    (r = esc_store_check_schema(ctx, st)) != ESC_OK ||
+	    (r = esc_keeper_open(ctx, st, esc_config_get(s->cfg, "module"), s->pin, &k)) != ESC_OK) {
+		rc = fail(s, ctx, r);
+		goto out;
+	}
+	mlog(s, ESC_LOG_INFO, "CA token '%s' logged in", esc_keeper_token_label(k));
+	if (write(ready, "r", 1) != 1)
+		goto out;
+	close(ready);
+	/* SIGTERM (from the supervisor, after the workers stopped) through a signalfd; SIGINT is the supervisor's. */
+	sigemptyset(&sigs);
+	sigaddset(&sigs, SIGTERM);
+	if ((sfd = signalfd(-1, &sigs, SFD_CLOEXEC)) < 0)
+		goto out;
+	pfd[0].fd = ctl;
+	pfd[0].events = POLLIN;
+	pfd[1].fd = sfd;
+	pfd[1].events = POLLIN;
+	for (;;) {
+		struct conn_arg *a;
+		pthread_attr_t attr;
+		pthread_t t;
+		int fd, eof;
+
+		if (poll(pfd, 2, -1) < 0) {
+			if (errno == EINTR)
+				continue;
+			break;
+		}
+		if (pfd[1].revents & POLLIN) {
+			keeper_final_checkpoint(s, ctx, st, k);
+			rc = 0;
+			break;
+		}
+		if (!(pfd[0].revents & (POLLIN | POLLHUP)))
+			continue;
+		if ((fd = recv_fd(ctl, &eof)) < 0) {
+			if (eof) {
+				mlog(s, ESC_LOG_ERROR, "the supervisor is gone: stopping");
+				keeper_final_checkpoint(s, ctx, st, k);
+				rc = 0;
+				break;
+			}
+			continue;
+		}
+		if ((a = calloc(1, sizeof(*a))) == NULL) {
+			close(fd);
+			continue;
+		}
+		a->s = s;
+		a->fd = fd;
+		pthread_attr_init(&attr);
+		pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+		if (pthread_create(&t, &attr, keeper_conn, a) != 0) {
+			mlog(s, ESC_LOG_ERROR, "cannot start a thread for a worker's connection");
+			close(fd);
+			free(a);
+		}
+		pthread_attr_destroy(&attr);
+	}
+out:
+	/* The serving threads still hold their sessions: _exit, not a teardown under their feet. */
+	fflush(NULL);
+	_exit(rc);
+}
+
+/* ---- a worker process --------------------------------------------------------- */
+
+/*
+ * Drop what a worker does not need: started as root, become the configured
+ * user (all groups set, then the uid, checked irreversible); in any case
+ * no_new_privs, so nothing it could exec gains privileges.  0 or -1.
+ */
+static int
+drop_privileges(struct svc *s, struct svc_worker *w)
+{
+	if (s->drop) {
+		if (setgroups(1, &s->run_gid) != 0 || setgid(s->run_gid) != 0 || setuid(s->run_uid) != 0) {
+			svc_log(w, ESC_LOG_ERROR, "cannot become uid %u: %s", (unsigned)s->run_uid, strerror(errno));
+			return -1;
+		}
+		if (setuid(0) == 0 || geteuid() == 0) {
+			svc_log(w, ESC_LOG_ERROR, "could become root again after dropping privileges");
+			return -1;
+		}
+	}
+	if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) {
+		svc_log(w, ESC_LOG_ERROR, "cannot set no_new_privs: %s", strerror(errno));
+		return -1;
+	}
+	return 0;
+}
+
+/*
+ * Worker index: the event loop over the inherited listening socket, a
+ * remote keeper on kfd (-1: the keeper is down; one comes over ctl), the
+ * supervisor's control socket ctl.  Writes one byte to ready (if not -1)
+ * when serving.  Returns the process's exit status.
+ */
+static int
+worker_proc_main(struct svc *s, int index, int kfd, int ctl, int ready)
+{
+	struct slot sl;
+	struct svc_worker *w = &sl.w;
+	sigset_t sigs;
+	int rc = 70;
+
+	memset(&sl, 0, sizeof(sl));
+	s->ctl_fd = ctl;
+	/* No way back to the credential the keeper reads (the PIN itself was never in this process). */
+	unsetenv("CREDENTIALS_DIRECTORY");
+	if (esc_secmem_init() != ESC_OK) {
+		mlog(s, ESC_LOG_ERROR, "worker %d: cannot lock the secure heap (raise RLIMIT_MEMLOCK)", index);
+		return 70;
+	}
+	w->index = index;
+	w->svc = s;
+	w->require_cert = strcmp(esc_config_get(s->cfg, "tls_client_auth"), "require") == 0;
+	w->client_cert_recheck = esc_config_get_long(s->cfg, "client_cert_recheck");
+	w->guard = s->guard;
+	w->session_idle = esc_config_get_long(s->cfg, "session_idle_timeout");
+	w->session_lifetime = esc_config_get_long(s->cfg, "session_lifetime");
+	w->account_crls = s->account_crls;
+	if (esc_ctx_new(&w->ctx) != ESC_OK)
+		return 70;
+	esc_ctx_set_log(w->ctx, lib_log, w);
+	/* The keeper's connection (greeted now: the CA's certificates), the database; both mended later if lost. */
+	if (kfd >= 0 && esc_keeper_connect(w->ctx, kfd, &w->keeper) != ESC_OK)
+		svc_log(w, ESC_LOG_ERROR, "cannot greet the keeper: %s", esc_ctx_errmsg(w->ctx));
+	if (esc_store_connect(w->ctx, esc_config_get(s->cfg, "database"), &w->st) != ESC_OK) {
+		svc_log(w, ESC_LOG_ERROR, "database: %s (reconnected at the next request)", esc_ctx_errmsg(w->ctx));
+		w->st = NULL;
+	}
+	if (worker_setup(s, &sl) != 0) {
+		svc_log(w, ESC_LOG_ERROR, "cannot set up the event loop: %s", strerror(errno));
+		goto out;
+	}
+	if (drop_privileges(s, w) != 0)
+		goto out;
+	/* The supervisor's signals were blocked for it; the loop takes SIGTERM and SIGINT itself. */
+	sigemptyset(&sigs);
+	sigaddset(&sigs, SIGTERM);
+	sigaddset(&sigs, SIGINT);
+	sigprocmask(SIG_UNBLOCK, &sigs, NULL);
+	if (ready >= 0) {
+		if (write(ready, "r", 1) != 1)
+			goto out;
+		close(ready);
+	}
+	/* Worker 0 expires overdue packages at once, then on its timer. */
+	if (sl.expire_ev != NULL)
+		expire_sweep(&sl);
+	event_base_dispatch(sl.base);
+	rc = 0;
+out:
+	worker_teardown(&sl);
+	return rc;
+}
+
+/* ---- the supervisor ------------------------------------------------------------- */
+
+static long long
+mono(void)
+{
+	return svc_mono_seconds();
+}
+
+/* Close in a child what belongs to the supervisor and the other children. */
+static void
+close_others(struct svc *s, int keep_listen)
+{
+	int i;
+
+	if (!keep_listen && s->listen_fd >= 0) {
+		close(s->listen_fd);
+		s->listen_fd = -1;
+	}
+	if (s->keeper.ctl >= 0)
+		close(s->keeper.ctl);
+	for (i = 0; s->workers != NULL && i < s->nworkers; i++)
+		if (s->workers[i].ctl >= 0)
+			close(s->workers[i].ctl);
+}
+
+/* In a child: end with the supervisor, and never with a signal handler of its. */
+static void
+child_init(pid_t parent)
+{
+	(void)prctl(PR_SET_PDEATHSIG, SIGTERM, 0, 0, 0);
+	if (getppid() != parent)
+		_exit(0);
+}
+
+/*
+ * Wait for the byte a child writes on ready when it is up: 0; or its exit
+ * status (waited for) if it ended first; -1 if it did neither within
+ * timeout_ms (it is killed).
+ */
+static int
+wait_ready(pid_t pid, int ready, int timeout_ms)
+{
+	struct pollfd pfd = {ready, POLLIN, 0};
+	char b;
+	int st = 0, n;
+
+	while ((n = poll(&pfd, 1, timeout_ms)) < 0 && errno == EINTR)
+		;
+	if (n > 0 && read(ready, &b, 1) == 1) {
+		close(ready);
+		return 0;
+	}
+	close(ready);
+	if (n == 0)
+		kill(pid, SIGKILL);
+	while (waitpid(pid, &st, 0) < 0 && errno == EINTR)
+		;
+	if (n == 0)
+		return -1;
+	return WIFEXITED(st) && WEXITSTATUS(st) != 0 ? WEXITSTATUS(st) : 70;
+}
+
+/* Fork the keeper and wait until it is logged in: 0, or the exit status it failed with. */
+static int
+spawn_keeper(struct svc *s)
+{
+	int ctl[2], ready[2], rc;
+	pid_t pid, parent = getpid();
+
+	if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, ctl) != 0 || pipe2(ready, O_CLOEXEC) != 0) {
+		mlog(s, ESC_LOG_ERROR, "cannot make the keeper's sockets: %s", strerror(errno));
+		return 70;
+	}
+	fflush(NULL);
+	if ((pid = fork()) < 0) {
+		mlog(s, ESC_LOG_ERROR, "cannot fork the keeper: %s", strerror(errno));
+		close(ctl[0]);
+		close(ctl[1]);
+		close(ready[0]);
+		close(ready[1]);
+		return 70;
+	}
+	if (pid == 0) {
+		child_init(parent);
+		close(ctl[0]);
+		close(ready[0]);
+		close_others(s, 0);
+		_exit(keeper_main(s, ctl[1], ready[1]));
+	}
+	close(ctl[1]);
+	close(ready[1]);
+	/* Logging in can take a network HSM a while. */
+	if ((rc = wait_ready(pid, ready[0], 60 * 1000)) != 0) {
+		close(ctl[0]);
+		return rc < 0 ? 70 : rc;
+	}
+	s->keeper.pid = pid;
+	s->keeper.ctl = ctl[0];
+	s->keeper.started = mono();
+	return 0;
+}
+
+/*
+ * A new connection to the keeper: its end sent to the keeper, which
+ * serves it on a new thread; the other end returned (-1 if the keeper is
+ * not running or the sending failed).
+ */
+static int
+keeper_connection(struct svc *s)
+{
+	int sp[2];
+
+	if (s->keeper.pid == 0 || socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sp) != 0)
+		return -1;
+	if (send_fd(s->keeper.ctl, sp[1]) != 0) {
+		close(sp[0]);
+		close(sp[1]);
+		return -1;
+	}
+	close(sp[1]);
+	return sp[0];
+}
+
+/* Fork worker i; with wait, until it serves: 0, or its exit status. */
+static int
+spawn_worker(struct svc *s, int i, int wait)
+{
+	int ctl[2], ready[2] = {-1, -1}, kfd, rc;
+	pid_t pid, parent = getpid();
+
+	if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, ctl) != 0 || (wait && pipe2(ready, O_CLOEXEC) != 0)) {
+		mlog(s, ESC_LOG_ERROR, "cannot make worker %d's sockets: %s", i, strerror(errno));
+		return 70;
+	}
+	kfd = keeper_connection(s);
+	fflush(NULL);
+	if ((pid = fork()) < 0) {
+		mlog(s, ESC_LOG_ERROR, "cannot fork worker %d: %s", i, strerror(errno));
+		close(ctl[0]);
+		close(ctl[1]);
+		if (kfd >= 0)
+			close(kfd);
+		if (ready[0] >= 0) {
+			close(ready[0]);
+			close(ready[1]);
+		}
+		return 70;
+	}
+	if (pid == 0) {
+		child_init(parent);
+		close(ctl[0]);
+		if (ready[0] >= 0)
+			close(ready[0]);
+		close_others(s, 1);
+		_exit(worker_proc_main(s, i, kfd, ctl[1], ready[1]));
+	}
+	if (kfd >= 0)
+		close(kfd);
+	close(ctl[1]);
+	s->workers[i].pid = pid;
+	s->workers[i].ctl = ctl[0];
+	s->workers[i].started = mono();
+	s->workers[i].respawn_at = 0;
+	if (!wait)
+		return 0;
+	close(ready[1]);
+	if ((rc = wait_ready(pid, ready[0], 120 * 1000)) != 0) {
+		s->workers[i].pid = 0;
+		close(s->workers[i].ctl);
+		s->workers[i].ctl = -1;
+		return rc < 0 ? 70 : rc;
+	}
+	return 0;
+}
+
+/* How a child ended, for the log. */
+static void
+describe_end(int st, char *buf, size_t len)
+{
+	if (WIFSIGNALED(st))
+		snprintf(buf, len, "was killed by signal %d", WTERMSIG(st));
+	else
+		snprintf(buf, len, "exited with status %d", WEXITSTATUS(st));
+}
+
+/* The next back-off after a child lived `lived` seconds: 1 s, doubling while it dies young, at most 8 s. */
+static int
+next_backoff(int prev, long long lived)
+{
+	if (lived >= 10 || prev == 0)
+		return 1;
+	return prev >= 4 ? 8 : 2 * prev;
+}
+
+/* Reap every child that ended; plan its respawn.  -1: a keeper that must not be restarted (its status). */
+static int
+reap(struct svc *s, int *fatal)
+{
+	char how[64];
+	pid_t pid;
+	int st, i;
+
+	*fatal = 0;
+	while ((pid = waitpid(-1, &st, WNOHANG)) > 0) {
+		describe_end(st, how, sizeof(how));
+		if (pid == s->keeper.pid) {
+			s->keeper.pid = 0;
+			close(s->keeper.ctl);
+			s->keeper.ctl = -1;
+			if (WIFEXITED(st) && KEEPER_FATAL(WEXITSTATUS(st))) {
+				mlog(s, ESC_LOG_ERROR, "the keeper %s: not restarted", how);
+				*fatal = WEXITSTATUS(st);
+				return -1;
+			}
+			s->keeper.backoff = next_backoff(s->keeper.backoff, mono() - s->keeper.started);
+			s->keeper.respawn_at = mono() + s->keeper.backoff;
+			mlog(s, ESC_LOG_ERROR,
+			     "the keeper (pid %d) %s: restarting it in %d s; until then the workers "
+			     "answer 503",
+			     (int)pid, how, s->keeper.backoff);
+			continue;
+		}
+		for (i = 0; i < s->nworkers; i++) {
+			struct proc *p = &s->workers[i];
+
+			if (p->pid != pid)
+				continue;
+			p->pid = 0;
+			close(p->ctl);
+			p->ctl = -1;
+			p->backoff = next_backoff(p->backoff, mono() - p->started);
+			p->respawn_at = mono() + p->backoff;
+			mlog(s, ESC_LOG_ERROR, "worker %d (pid %d) %s: restarting it in %d s", i, (int)pid, how,
+			     p->backoff);
+		}
+	}
+	return 0;
+}
+
+/* Respawn what is due: the keeper first, then its new connections to every running worker. */
+static int
+respawn(struct svc *s, int *fatal)
+{
+	long long now = mono();
+	int i, rc, kfd;
+
+	*fatal = 0;
+	if (s->keeper.pid == 0 && s->keeper.respawn_at != 0 && now >= s->keeper.respawn_at) {
+		if ((rc = spawn_keeper(s)) != 0) {
+			if (KEEPER_FATAL(rc)) {
+				*fatal = rc;
+				return -1;
+			}
+			s->keeper.backoff = next_backoff(s->keeper.backoff, 0);
+			s->keeper.respawn_at = mono() + s->keeper.backoff;
+			mlog(s, ESC_LOG_ERROR, "the keeper did not start (status %d): trying again in %d s", rc,
+			     s->keeper.backoff);
+		} else {
+			s->keeper.respawn_at = 0;
+			mlog(s, ESC_LOG_INFO, "keeper restarted (pid %d): handing each worker its new connection",
+			     (int)s->keeper.pid);
+			for (i = 0; i < s->nworkers; i++) {
+				if (s->workers[i].pid == 0 || (kfd = keeper_connection(s)) < 0)
+					continue;
+				if (send_fd(s->workers[i].ctl, kfd) != 0)
+					mlog(s, ESC_LOG_ERROR, "cannot hand worker %d its keeper connection", i);
+				close(kfd);
+			}
+		}
+	}
+	for (i = 0; i < s->nworkers; i++) {
+		struct proc *p = &s->workers[i];
+
+		if (p->pid == 0 && p->respawn_at != 0 && now >= p->respawn_at && spawn_worker(s, i, 0) == 0)
+			mlog(s, ESC_LOG_INFO, "worker %d restarted (pid %d)", i, (int)p->pid);
+	}
+	return 0;
+}
+
+/* Wait for pid's end, at most until deadline (monotonic seconds), then SIGKILL it. */
+static int
+wait_child(struct svc *s, pid_t pid, long long deadline, const char *what)
+{
+	int st = 0;
+	pid_t r;
+
+	while ((r = waitpid(pid, &st, WNOHANG)) == 0) {
+		if (mono() >= deadline) {
+			mlog(s, ESC_LOG_WARN, "%s (pid %d) still running at the end of the grace: killed", what,
+			     (int)pid);
+			kill(pid, SIGKILL);
+			waitpid(pid, &st, 0);
+			return -1;
+		}
+		usleep(50000);
+	}
+	return r == pid && WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+/*
+ * The account workers run as, when started as root: `user`, or p11escrow
+ * if that account exists; never root unless `user = root` says so.
+ */
+static int
+resolve_user(struct svc *s)
+{
+	const char *name = esc_config_get(s->cfg, "user");
+	struct passwd *pw;
+
+	if (geteuid() != 0) {
+		if (*name != '\0' && ((pw = getpwnam(name)) == NULL || pw->pw_uid != geteuid()))
+			mlog(s, ESC_LOG_WARN, "user = %s: ignored (not started as root: the workers keep uid %u)", name,
+			     (unsigned)geteuid());
+		return 0;
+	}
+	if (strcmp(name, "root") == 0) {
+		mlog(s, ESC_LOG_WARN, "user = root: the workers, which parse the network, run as root");
+		return 0;
+	}
+	if ((pw = getpwnam(*name != '\0' ? name : "p11escrow")) == NULL) {
+		if (*name != '\0')
+			mlog(s, ESC_LOG_ERROR, "user = %s: no such account", name);
+		else
+			mlog(s, ESC_LOG_ERROR,
+			     "started as root and no account 'p11escrow' exists: set user to the account the workers "
+			     "run as (or user = root to keep them root)");
+		return -1;
+	}
+	if (pw->pw_uid == 0) {
+		mlog(s, ESC_LOG_ERROR, "user = %s is uid 0: say user = root if that is meant", name);
+		return -1;
+	}
+	s->run_uid = pw->pw_uid;
+	s->run_gid = pw->pw_gid;
+	s->drop = 1;
+	return 0;
+}
+
+/* --check: everything in this one process, as before privilege separation: nothing is served. */
+/* account_cert_crl, checked against account_cert_ca: 0, or the exit code after saying why. */
+static int
+account_crls_load(struct svc *s, struct esc_ctx *ctx)
+{
+	enum esc_err r;
+
+	if (*esc_config_get(s->cfg, "account_cert_crl") == '\0')
+		return 0;
+	if ((r = esc_account_cert_crls_load(ctx, esc_config_get(s->cfg, "account_cert_crl"),
+					    esc_config_get(s->cfg, "account_cert_ca"), &s->account_crls)) != ESC_OK)
+		return fail(s, ctx, r);
+	return 0;
+}
+
+static int
+check_main(struct svc *s, struct esc_ctx *ctx, const char *config)
+{
+	struct esc_store *st = NULL;
+	struct esc_keeper *k = NULL;
+	enum esc_err r;
+	int rc;
+
+	if (esc_secmem_init() != ESC_OK) {
+		fprintf(stderr,
+			"p11escrowd: cannot lock the secure heap for the CA PIN in memory (raise RLIMIT_MEMLOCK)\n");
+		return 70;
+	}
+	if ((r = obtain_pin(s, ctx)) != ESC_OK ||
+	    (r = esc_store_connect(ctx, esc_config_get(s->cfg, "database"), &st)) != ESC_OK ||
+	    (r = esc_store_check_schema(ctx, st)) != ESC_OK ||
+	    (r = esc_keeper_open(ctx, st, esc_config_get(s->cfg, "module"), s->pin, &k)) != ESC_OK) {
+		rc = fail(s, ctx, r);
+		goto out;
+	}
+	if ((rc = tls_setup(s, k)) != 0 || (rc = account_crls_load(s, ctx)) != 0)
+		goto out;
+	printf("p11escrowd: configuration '%s' valid; schema current; CA token '%s' logged in; TLS "
+	       "certificate and key usable\n",
+	       config, esc_keeper_token_label(k));
+	rc = 0;
+out:
+	esc_keeper_free(k);
+	esc_store_free(st);
+	return rc;
+}
+
 int
 main(int argc, char *argv[])
 {
 	static const struct option longopts[] = {
-		{"config", required_argument, NULL, 'c'}, {"check", no_argument, NULL, 'C'},
-		{"version", no_argument, NULL, 'V'},	  {"help", no_argument, NULL, 'h'},
+		{"config", required_argument, NULL, 'c'},
+		{"check", no_argument, NULL, 'C'},
+		{"version", no_argument, NULL, 'V'},
+		{"help", no_argument, NULL, 'h'},
 		{NULL, 0, NULL, 0},
 	};
 	const char *config = ESC_CONFIG_DEFAULT_PATH;
 	struct rlimit nocore = {0, 0};
+	struct esc_keeper *hello = NULL;
 	struct svc s;
 	struct esc_ctx *ctx = NULL;
 	sigset_t sigs;
+	siginfo_t si;
+	struct timespec tick = {0, 200 * 1000000L};
 	enum esc_err r;
-	int c, check = 0, rc = 1, i, sig;
+	int c, check = 0, rc = 1, i, sig, fatal = 0, kfd;
+	long long deadline;
 
 	/* Before any JSON: bodies carry passwords and key files (api_admin.c). */
 	api_json_wipe_on_free();
 
 	memset(&s, 0, sizeof(s));
 	s.listen_fd = -1;
+	s.ctl_fd = -1;
+	s.keeper.ctl = -1;
 	s.log_level = ESC_LOG_INFO;
 	pthread_mutex_init(&s.log_lock, NULL);
-	/* No core dumps: the process holds the CA PIN and, briefly, private keys. */
+	/* No core dumps, in any process (inherited): the keeper holds the CA PIN, workers briefly private keys. */
 	(void)setrlimit(RLIMIT_CORE, &nocore);
 	(void)prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
 	opterr = 0;
@@ -856,30 +1605,15 @@ main(int argc, char *argv[])
 		fprintf(stderr, "p11escrowd: unexpected argument '%s' (see --help)\n", argv[optind]);
 		return 2;
 	}
-	/*
-	 * The CA PIN and, briefly, private keys live in the secure heap: without
-	 * locked memory they could reach swap, so the service does not start.
-	 */
-	if (esc_secmem_init() != ESC_OK) {
-		struct rlimit ml;
-
-		(void)getrlimit(RLIMIT_MEMLOCK, &ml);
-		fprintf(stderr,
-			"p11escrowd: cannot lock the secure heap for the CA PIN in memory (mlock failed; "
-			"RLIMIT_MEMLOCK is %llu bytes, 1 MiB is needed): raise it (systemd: LimitMEMLOCK=8M, "
-			"shell: ulimit -l 8192)\n",
-			(unsigned long long)ml.rlim_cur);
-		esc_env_wipe("P11ESCROW_CA_PIN");
-		return 70;
-	}
 	if (esc_ctx_new(&ctx) != ESC_OK)
 		return 70;
-	/* Signals are taken by the main thread only (sigwait); workers inherit the mask. */
+	/* Signals are taken by the supervisor with sigtimedwait; every child starts with them blocked. */
 	sigemptyset(&sigs);
 	sigaddset(&sigs, SIGTERM);
 	sigaddset(&sigs, SIGINT);
 	sigaddset(&sigs, SIGHUP);
-	pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+	sigaddset(&sigs, SIGCHLD);
+	sigprocmask(SIG_BLOCK, &sigs, NULL);
 	signal(SIGPIPE, SIG_IGN);
 
 	if ((r = esc_config_new(ctx, &s.cfg)) != ESC_OK ||
@@ -893,11 +1627,15 @@ main(int argc, char *argv[])
 	}
 	s.log_level = log_level_of(esc_config_get(s.cfg, "log_level"));
 	s.nworkers = (int)esc_config_get_long(s.cfg, "workers");
-	if ((r = obtain_pin(&s, ctx)) != ESC_OK) {
-		rc = fail(&s, ctx, r);
+	if (check) {
+		rc = check_main(&s, ctx, config);
 		goto out;
 	}
-	if ((s.slots = calloc((size_t)s.nworkers, sizeof(*s.slots))) == NULL ||
+	if (resolve_user(&s) != 0) {
+		rc = 3;
+		goto out;
+	}
+	if ((s.workers = calloc((size_t)s.nworkers, sizeof(*s.workers))) == NULL ||
 	    (s.guard = svc_guard_new(esc_config_get_long(s.cfg, "auth_fail_limit"),
 				     esc_config_get_long(s.cfg, "auth_fail_limit_address"),
 				     esc_config_get_long(s.cfg, "auth_fail_window"))) == NULL) {
@@ -905,99 +1643,78 @@ main(int argc, char *argv[])
 		goto out;
 	}
 	for (i = 0; i < s.nworkers; i++)
-		s.slots[i].stop_pipe[0] = s.slots[i].stop_pipe[1] = s.slots[i].nudge_pipe[0] = s.slots[i].nudge_pipe[1] = -1;
-	/* Every worker's database connection and token session, opened now so a bad setup fails at once. */
-	for (i = 0; i < s.nworkers; i++) {
-		struct svc_worker *w = &s.slots[i].w;
-
-		w->index = i;
-		w->svc = &s;
-		w->require_cert = strcmp(esc_config_get(s.cfg, "tls_client_auth"), "require") == 0;
-		w->client_cert_recheck = esc_config_get_long(s.cfg, "client_cert_recheck");
-		w->guard = s.guard;
-		w->session_idle = esc_config_get_long(s.cfg, "session_idle_timeout");
-		w->session_lifetime = esc_config_get_long(s.cfg, "session_lifetime");
-		if (esc_ctx_new(&w->ctx) != ESC_OK) {
-			rc = 70;
-			goto out;
-		}
-		esc_ctx_set_log(w->ctx, lib_log, w);
-		/* The worker loads the CA token's module: only from where module_allow says. */
-		if ((r = esc_ctx_set_module_allow(w->ctx, esc_config_get(s.cfg, "module_allow"))) != ESC_OK ||
-		    (r = worker_connect(w)) != ESC_OK) {
-			rc = fail(&s, w->ctx, r);
-			goto out;
-		}
-	}
-	if ((rc = tls_setup(&s, s.slots[0].w.keeper)) != 0)
+		s.workers[i].ctl = -1;
+	/* The keeper first: the only process that reads the PIN and loads the module. */
+	if ((rc = spawn_keeper(&s)) != 0)
 		goto out;
-	/* The enterprise CAs' CRLs: verified now, so a wrong file stops the start, not a login. */
-	if (*esc_config_get(s.cfg, "account_cert_crl") != '\0') {
-		if ((r = esc_account_cert_crls_load(ctx, esc_config_get(s.cfg, "account_cert_crl"),
-						    esc_config_get(s.cfg, "account_cert_ca"), &s.account_crls)) !=
-		    ESC_OK) {
-			rc = fail(&s, ctx, r);
-			goto out;
-		}
-		for (i = 0; i < s.nworkers; i++)
-			s.slots[i].w.account_crls = s.account_crls;
+	/* Never read here: gone from this environment before any worker is forked. */
+	esc_env_wipe("P11ESCROW_CA_PIN");
+	/* TLS from the keeper's greeting (the CA's certificates): built once, inherited by every worker. */
+	if ((kfd = keeper_connection(&s)) < 0 || esc_keeper_connect(ctx, kfd, &hello) != ESC_OK) {
+		mlog(&s, ESC_LOG_ERROR, "cannot greet the keeper: %s", esc_ctx_errmsg(ctx));
+		rc = 70;
+		goto stop;
 	}
-	if (check) {
-		printf("p11escrowd: configuration '%s' valid; schema current; CA token '%s' logged in; TLS "
-		       "certificate and key usable\n",
-		       config, esc_keeper_token_label(s.slots[0].w.keeper));
-		rc = 0;
-		goto out;
-	}
+	rc = tls_setup(&s, hello);
+	esc_keeper_free(hello);
+	if (rc != 0)
+		goto stop;
+	/* The enterprise CAs' CRLs: verified now, so a wrong file stops the start, not a login; inherited by workers. */
+	if ((rc = account_crls_load(&s, ctx)) != 0)
+		goto stop;
 	if (listen_setup(&s) != 0) {
 		rc = 4;
-		goto out;
+		goto stop;
 	}
 	for (i = 0; i < s.nworkers; i++) {
-		if (worker_setup(&s, &s.slots[i]) != 0) {
-			mlog(&s, ESC_LOG_ERROR, "cannot set up worker %d: %s", i, strerror(errno));
-			rc = 70;
+		if ((rc = spawn_worker(&s, i, 1)) != 0) {
+			mlog(&s, ESC_LOG_ERROR, "worker %d did not start (status %d)", i, rc);
 			goto stop;
 		}
 	}
-	for (i = 0; i < s.nworkers; i++) {
-		if (pthread_create(&s.slots[i].thread, NULL, worker_main, &s.slots[i]) != 0) {
-			mlog(&s, ESC_LOG_ERROR, "cannot start worker %d", i);
-			rc = 70;
-			goto stop;
-		}
-		s.slots[i].started = 1;
-	}
-	mlog(&s, ESC_LOG_INFO, "p11escrowd %s serving https://%s with %d worker(s); client certificates %s",
-	     ESC_VERSION, esc_config_get(s.cfg, "listen"), s.nworkers, esc_config_get(s.cfg, "tls_client_auth"));
+	mlog(&s, ESC_LOG_INFO,
+	     "p11escrowd %s serving https://%s with %d worker(s); client certificates %s; keeper pid %d", ESC_VERSION,
+	     esc_config_get(s.cfg, "listen"), s.nworkers, esc_config_get(s.cfg, "tls_client_auth"), (int)s.keeper.pid);
 	for (;;) {
-		if (sigwait(&sigs, &sig) != 0)
-			continue;
+		sig = sigtimedwait(&sigs, &si, &tick);
 		if (sig == SIGHUP) {
 			mlog(&s, ESC_LOG_INFO, "SIGHUP ignored: restart the service to apply a new configuration");
 			continue;
 		}
-		mlog(&s, ESC_LOG_INFO, "%s: finishing requests in flight, then stopping",
-		     sig == SIGTERM ? "SIGTERM" : "SIGINT");
-		break;
+		if (sig == SIGTERM || sig == SIGINT) {
+			mlog(&s, ESC_LOG_INFO, "%s: finishing requests in flight, then stopping",
+			     sig == SIGTERM ? "SIGTERM" : "SIGINT");
+			break;
+		}
+		if (reap(&s, &fatal) != 0 || respawn(&s, &fatal) != 0) {
+			rc = fatal;
+			goto stop;
+		}
 	}
 	rc = 0;
 stop:
-	for (i = 0; i < s.nworkers; i++)
-		if (s.slots[i].started && write(s.slots[i].stop_pipe[1], "x", 1) != 1)
-			mlog(&s, ESC_LOG_ERROR, "cannot signal worker %d", i);
-	for (i = 0; i < s.nworkers; i++)
-		if (s.slots[i].started)
-			pthread_join(s.slots[i].thread, NULL);
-	/* Drained: one last checkpoint covers every event of this run (worker 0's connections, its thread done). */
-	if (rc == 0)
-		checkpoint_maybe(&s.slots[0], 1);
+	/* The workers drain first (their last requests may need the keeper), then the keeper signs the last checkpoint. */
+	for (i = 0; s.workers != NULL && i < s.nworkers; i++)
+		if (s.workers[i].pid > 0)
+			kill(s.workers[i].pid, SIGTERM);
+	deadline = mono() + esc_config_get_long(s.cfg, "shutdown_grace") + 5;
+	for (i = 0; s.workers != NULL && i < s.nworkers; i++)
+		if (s.workers[i].pid > 0 && wait_child(&s, s.workers[i].pid, deadline, "a worker") != 0 && rc == 0)
+			mlog(&s, ESC_LOG_WARN, "worker %d did not stop cleanly", i);
+	if (s.keeper.pid > 0) {
+		kill(s.keeper.pid, SIGTERM);
+		if (wait_child(&s, s.keeper.pid, mono() + 30, "the keeper") != 0 && rc == 0)
+			mlog(&s, ESC_LOG_WARN, "the keeper did not stop cleanly");
+	}
 	if (rc == 0)
 		mlog(&s, ESC_LOG_INFO, "stopped");
 out:
-	for (i = 0; s.slots != NULL && i < s.nworkers; i++)
-		worker_teardown(&s.slots[i]);
-	free(s.slots);
+	for (i = 0; s.workers != NULL && i < s.nworkers; i++)
+		if (s.workers[i].ctl >= 0)
+			close(s.workers[i].ctl);
+	if (s.keeper.ctl >= 0)
+		close(s.keeper.ctl);
+	free(s.workers);
 	svc_guard_free(s.guard);
 	if (s.listen_fd >= 0)
 		close(s.listen_fd);

@@ -3,9 +3,10 @@
  * p11escrowd.c (process, TLS, workers), http.c (request/reply helpers over
  * libevent's evhttp), est.c (EST endpoints), api.c (JSON API).
  *
- * Threads: each worker thread runs its own event loop and owns its own
- * library context, database connection and CA token session (keeper).  A
- * request is handled start to finish on one worker; handlers may block.
+ * Processes: each worker process runs one event loop and owns its library
+ * context, database connection and a remote keeper (esc_keeper_connect:
+ * the CA token lives in the keeper process, p11escrowd.c).  A request is
+ * handled start to finish on one worker; handlers may block.
  */
 #ifndef P11ESCROWD_SVC_H
 #define P11ESCROWD_SVC_H
@@ -41,13 +42,13 @@ struct svc_worker {
 	struct svc *svc;
 	struct esc_ctx *ctx;
 	struct esc_store *st;         /* NULL while the database is unreachable */
-	struct esc_keeper *keeper;    /* NULL while the CA token is unavailable */
+	struct esc_keeper *keeper;    /* remote; NULL while the keeper process is unavailable */
 	unsigned char *crl;           /* the last CRL this worker signed (DER), served for CRL_REFRESH seconds */
 	size_t crl_len;
 	long long crl_at;             /* monotonic seconds */
 	int require_cert;             /* tls_client_auth = require: no request without a client certificate */
 	long long client_cert_recheck; /* seconds a checked client certificate stays accepted on its connection */
-	struct svc_guard *guard;      /* failed logins, shared by the process's workers (guard.c) */
+	struct svc_guard *guard;      /* failed logins, shared by every worker process (guard.c) */
 	size_t max_body;              /* the largest body a handler sees (max_body); evhttp's own limit is higher */
 	long long session_idle;       /* session_idle_timeout: seconds a JSON API session may go unused */
 	long long session_lifetime;   /* session_lifetime: seconds a JSON API session lasts at most */
@@ -55,12 +56,13 @@ struct svc_worker {
 };
 
 /*
- * Ensure w->st and w->keeper are usable, reconnecting after a loss.
- * Returns 0, or -1 after replying 503 with the reason to r.
+ * Ensure w->st and w->keeper are usable, reconnecting the database after a
+ * loss (the keeper's new connection comes from the supervisor).  Returns 0,
+ * or -1 after replying 503 with the reason and Retry-After to r.
  */
 struct svc_request;
 int svc_worker_ready(struct svc_worker *w, struct svc_request *r);
-/* After a library call failed with a connection-class error (DB_CONNECT, PKCS11, TOKEN_NOT_FOUND), drop the connection so the next request reconnects. */
+/* After a library call failed with a connection-class error: drop a lost database connection (reconnected at the next request) or a lost keeper connection. */
 void svc_worker_forget(struct svc_worker *w, enum esc_err e);
 
 struct svc_request {

@@ -50,6 +50,7 @@ static int check_choice(const struct key *, const char *, char *, size_t);
 static int check_nonempty(const struct key *, const char *, char *, size_t);
 static int check_long(const struct key *, const char *, char *, size_t);
 static int check_listen(const struct key *, const char *, char *, size_t);
+static int check_user(const struct key *, const char *, char *, size_t);
 
 static const char *const key_types[] = {"rsa3072", "rsa4096", "ec-p256", "ec-p384", NULL};
 /* The transport key does ECDH on every archival: EC first (see DESIGN §4). */
@@ -73,6 +74,7 @@ static const struct key keys[] = {
 	{"listen", "127.0.0.1:8443", check_listen, NULL, 0, 0},
 	{"log_level", "info", check_choice, log_levels, 0, 0},
 	{"workers", "2", check_long, NULL, 1, 64},
+	{"user", "", check_user, NULL, 0, 0},
 	{"tls_cert", "", check_path, NULL, 0, 0},
 	{"tls_key", "", check_path, NULL, 0, 0},
 	{"tls_client_auth", "optional", check_choice, client_auth_modes, 0, 0},
@@ -250,6 +252,23 @@ check_long(const struct key *k, const char *v, char *why, size_t whylen)
 }
 
 /* HOST:PORT; an IPv6 host needs brackets, else its colons are ambiguous. */
+/* An account name as useradd takes it: [a-z_][a-z0-9_-]*, at most 32 characters; empty: the default. */
+static int
+check_user(const struct key *k, const char *v, char *why, size_t whylen)
+{
+	size_t i, n = strlen(v);
+
+	(void)k;
+	for (i = 0; i < n; i++)
+		if (!((v[i] >= 'a' && v[i] <= 'z') || v[i] == '_' ||
+		      (i > 0 && ((v[i] >= '0' && v[i] <= '9') || v[i] == '-'))))
+			break;
+	if (i == n && n <= 32)
+		return 0;
+	snprintf(why, whylen, "not an account name ([a-z_][a-z0-9_-]*, at most 32 characters)");
+	return -1;
+}
+
 static int
 check_listen(const struct key *k, const char *v, char *why, size_t whylen)
 {

@@ -136,9 +136,9 @@ mail_address(const unsigned char *s, int len)
 	return at > 0 && at < len - 1;
 }
 
-/* S/MIME: the subject's emailAddress attributes become rfc822Name alternative names. */
-static enum esc_err
-email_sans(struct esc_ctx *ctx, const X509_NAME *subject, GENERAL_NAMES **out)
+/* S/MIME: the subject's emailAddress attributes become rfc822Name alternative names (keeper_internal.h). */
+enum esc_err
+esc_enroll_email_sans(struct esc_ctx *ctx, const X509_NAME *subject, GENERAL_NAMES **out)
 {
 	GENERAL_NAMES *gens = sk_GENERAL_NAME_new_null();
 	int i = -1;
@@ -416,7 +416,7 @@ issue_impl(struct esc_ctx *ctx, struct esc_store *st, struct esc_keeper *k, cons
 		ERR_clear_error();
 		return esc_error(ctx, ESC_ERR_MISMATCH, "the private key does not match the request's public key");
 	}
-	if (def->email_san && (r = email_sans(ctx, req->subject, &san)) != ESC_OK)
+	if (def->email_san && (r = esc_enroll_email_sans(ctx, req->subject, &san)) != ESC_OK)
 		return r;
 	do
 		r = issue_tx(ctx, st, k, def, req, san, is);

@@ -6,9 +6,14 @@
  * signs only the CRL and audit checkpoints it builds itself.  It hands out
  * no token.
  */
+#include <errno.h>
+#include <poll.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <openssl/cms.h>
 #include <openssl/crypto.h>
@@ -31,7 +36,9 @@
 
 #include "envelope_internal.h"
 #include "internal.h"
+#include "auth_internal.h"
 #include "keeper_internal.h"
+#include "keeper_proto.h"
 #include "profile_internal.h"
 #include "store_internal.h"
 
@@ -51,6 +58,13 @@ struct esc_keeper {
 	 */
 	OSSL_DECODER_CTX *p8_dec;
 	EVP_PKEY *p8_out;
+	/* A remote keeper (esc_keeper_connect): no token, a socket to the keeper process. */
+	int remote;
+	int fd;	      /* -1 once the connection is lost */
+	uint32_t seq; /* the last request's number */
+	/* A local keeper serving a connection (esc_keeper_serve): kept across calls. */
+	uint32_t served_seq; /* the last request's number */
+	int greeted;	     /* HELLO answered */
 };
 
 void
@@ -62,6 +76,8 @@ esc_keeper_free(struct esc_keeper *k)
 	EVP_PKEY_free(k->signer);
 	EVP_PKEY_free(k->transport);
 	esc_token_free(k->tok);
+	if (k->remote && k->fd >= 0)
+		close(k->fd);
 	OSSL_DECODER_CTX_free(k->p8_dec);
 	X509_free(k->ca_cert);
 	sk_X509_pop_free(k->chain, X509_free);
@@ -90,8 +106,31 @@ esc_keeper_transport_cert(const struct esc_keeper *k)
 const char *
 esc_keeper_token_label(const struct esc_keeper *k)
 {
-	return esc_token_label(k->tok);
+	return k->remote ? "keeper process" : esc_token_label(k->tok);
 }
+
+int
+esc_keeper_lost(const struct esc_keeper *k)
+{
+	return k != NULL && k->remote && k->fd < 0;
+}
+
+/* The remote forms of the typed operations (below, with the protocol). */
+static enum esc_err remote_release(struct esc_ctx *ctx, struct esc_keeper *k, long long id);
+static enum esc_err remote_kra_prove(struct esc_ctx *ctx, struct esc_keeper *k, struct esc_store *st,
+				     const struct esc_account *actor, const char *name, long long id,
+				     const unsigned char *secret, size_t secret_len, struct esc_kra *out, unsigned char **cert,
+				     size_t *cert_len);
+static enum esc_err remote_sign_crl(struct esc_ctx *ctx, struct esc_keeper *k, const struct esc_account *by, int days,
+				    X509_CRL **out);
+static enum esc_err remote_checkpoint(struct esc_ctx *ctx, struct esc_keeper *k, const struct esc_account *by,
+				      long long events, long long seconds, long long *event_id);
+static enum esc_err remote_seal(struct esc_ctx *ctx, struct esc_keeper *k, EVP_PKEY *key, X509 *cert, X509 *recipient,
+				unsigned char **der, size_t *derlen);
+static enum esc_err remote_open_transport(struct esc_ctx *ctx, struct esc_keeper *k, const unsigned char *env,
+					  size_t envlen, EVP_PKEY **key);
+static enum esc_err remote_issue(struct esc_ctx *ctx, struct esc_keeper *k, const struct profile_def *def,
+				 const X509_NAME *subject, EVP_PKEY *pub, const GENERAL_NAMES *san, X509 **out);
 
 /*
  * The typed operations below hand the token to exactly one library
@@ -102,8 +141,10 @@ esc_keeper_token_label(const struct esc_keeper *k)
 enum esc_err
 esc_keeper_release(struct esc_ctx *ctx, struct esc_keeper *k, struct esc_store *st, long long id)
 {
-	if (k == NULL || st == NULL)
+	if (k == NULL || (st == NULL && !k->remote))
 		return esc_error(ctx, ESC_ERR_INTERNAL, "esc_keeper_release: NULL argument");
+	if (k->remote)
+		return remote_release(ctx, k, id);
 	return esc_recovery_release(ctx, st, k->tok, id);
 }
 
@@ -111,9 +152,12 @@ enum esc_err
 esc_keeper_sign_crl(struct esc_ctx *ctx, struct esc_keeper *k, struct esc_store *st, const struct esc_account *by,
 		    int days, X509_CRL **out)
 {
-	if (k == NULL || st == NULL || out == NULL)
+	if (k == NULL || out == NULL || (st == NULL && !k->remote))
 		return esc_error(ctx, ESC_ERR_INTERNAL, "esc_keeper_sign_crl: NULL argument");
-	return by != NULL ? esc_crl_build_by(ctx, st, by, k->tok, days, out) : esc_crl_build(ctx, st, k->tok, days, out);
+	if (k->remote)
+		return remote_sign_crl(ctx, k, by, days, out);
+	return by != NULL ? esc_crl_build_by(ctx, st, by, k->tok, days, out)
+			  : esc_crl_build(ctx, st, k->tok, days, out);
 }
 
 enum esc_err
@@ -123,6 +167,8 @@ esc_keeper_kra_prove(struct esc_ctx *ctx, struct esc_keeper *k, struct esc_store
 {
 	if (k == NULL || st == NULL)
 		return esc_error(ctx, ESC_ERR_INTERNAL, "esc_keeper_kra_prove: NULL argument");
+	if (k->remote)
+		return remote_kra_prove(ctx, k, st, actor, name, id, secret, secret_len, out, cert, cert_len);
 	return esc_kra_enroll_prove(ctx, st, actor, k->tok, name, id, secret, secret_len, out, cert, cert_len);
 }
 
@@ -130,8 +176,10 @@ enum esc_err
 esc_keeper_checkpoint(struct esc_ctx *ctx, struct esc_keeper *k, struct esc_store *st, const struct esc_account *by,
 		      long long events, long long seconds, long long *event_id)
 {
-	if (k == NULL || st == NULL || event_id == NULL)
+	if (k == NULL || event_id == NULL || (st == NULL && !k->remote))
 		return esc_error(ctx, ESC_ERR_INTERNAL, "esc_keeper_checkpoint: NULL argument");
+	if (k->remote)
+		return remote_checkpoint(ctx, k, by, events, seconds, event_id);
 	if (by != NULL)
 		return esc_audit_checkpoint_by(ctx, st, by, k->tok, event_id);
 	if (events == 0 && seconds == 0)
@@ -285,6 +333,9 @@ esc_keeper_seal_server_key(struct esc_ctx *ctx, struct esc_keeper *k, EVP_PKEY *
 		ERR_clear_error();
 		return esc_error(ctx, ESC_ERR_USAGE, "the key is not the key of its certificate");
 	}
+	/* The same checks again in the keeper process, on what it receives. */
+	if (k->remote)
+		return remote_seal(ctx, k, key, cert, recipient, der, derlen);
 	return esc_est_key_package_seal(ctx, k->ca_cert, k->chain, k->signer, key, recipient, der, derlen);
 }
 
@@ -316,9 +367,8 @@ pkcs8_decode(struct esc_keeper *k, const unsigned char *der, size_t len)
 {
 	EVP_PKEY *pkey;
 
-	if (k->p8_dec == NULL &&
-	    (k->p8_dec = OSSL_DECODER_CTX_new_for_pkey(&k->p8_out, "DER", "PrivateKeyInfo", NULL, EVP_PKEY_KEYPAIR,
-						       NULL, NULL)) == NULL)
+	if (k->p8_dec == NULL && (k->p8_dec = OSSL_DECODER_CTX_new_for_pkey(&k->p8_out, "DER", "PrivateKeyInfo", NULL,
+									    EVP_PKEY_KEYPAIR, NULL, NULL)) == NULL)
 		return NULL;
 	k->p8_out = NULL;
 	if (!OSSL_DECODER_from_data(k->p8_dec, &der, &len) || k->p8_out == NULL || len != 0) {
@@ -351,6 +401,8 @@ esc_keeper_open_transport(struct esc_ctx *ctx, struct esc_keeper *k, const unsig
 		return esc_error(ctx, ESC_ERR_INTERNAL, "esc_keeper_open_transport: NULL argument");
 	if (envlen == 0 || envlen > ESC_ENVELOPE_MAX)
 		return esc_error(ctx, ESC_ERR_BAD_INPUT, "an archival envelope must be 1..%d bytes", ESC_ENVELOPE_MAX);
+	if (k->remote)
+		return remote_open_transport(ctx, k, env, envlen, key);
 	if ((cms = d2i_CMS_ContentInfo(NULL, &p, (long)envlen)) == NULL || p != env + envlen) {
 		r = esc_error(ctx, ESC_ERR_BAD_INPUT, "the archival envelope is not one DER CMS structure");
 		goto out;
@@ -368,8 +420,9 @@ esc_keeper_open_transport(struct esc_ctx *ctx, struct esc_keeper *k, const unsig
 		goto out;
 	}
 	if (!esc_envelope_cms_kari_wrap_ok(cms)) {
-		r = esc_error(ctx, ESC_ERR_BAD_INPUT,
-			      "the archival envelope's key agreement uses a key wrap other than AES key wrap (RFC 3394)");
+		r = esc_error(
+			ctx, ESC_ERR_BAD_INPUT,
+			"the archival envelope's key agreement uses a key wrap other than AES key wrap (RFC 3394)");
 		goto out;
 	}
 	/*
@@ -426,13 +479,15 @@ out:
 
 enum esc_err
 esc_keeper_issue(struct esc_ctx *ctx, struct esc_keeper *k, const struct profile_def *def, const X509_NAME *subject,
-	    EVP_PKEY *pub, const GENERAL_NAMES *san, X509 **out)
+		 EVP_PKEY *pub, const GENERAL_NAMES *san, X509 **out)
 {
 	struct esc_ee_spec spec;
 	enum esc_err r;
 
 	if ((r = esc_profile_check_key(ctx, &def->p, pub)) != ESC_OK)
 		return r;
+	if (k->remote)
+		return remote_issue(ctx, k, def, subject, pub, san, out);
 	memset(&spec, 0, sizeof(spec));
 	spec.subject = subject;
 	spec.pub = pub;
@@ -441,4 +496,1029 @@ esc_keeper_issue(struct esc_ctx *ctx, struct esc_keeper *k, const struct profile
 	spec.ext_key_usage = def->eku;
 	spec.days = def->p.days;
 	return esc_ca_issue_ee(ctx, k->ca_cert, k->signer, &spec, out);
+}
+
+/* ---- The keeper in another process: the protocol's two ends ---------------- */
+
+/* A worker waits this long for a reply (a token operation, or its queue), then gives the keeper up. */
+#define REPLY_TIMEOUT_MS (120 * 1000)
+/*
+ * Frames of a type that carries a private key are read into the secure
+ * heap (1 MiB, pin.c), so they are bounded far below ESC_KP_MAX: a PKCS#8
+ * key and two certificates fit many times over.
+ */
+#define SECRET_FRAME_MAX (64 * 1024)
+
+/* Write all of buf; 0, or -1 (the peer is gone).  MSG_NOSIGNAL: a closed peer is EPIPE, not SIGPIPE. */
+static int
+write_full(int fd, const unsigned char *buf, size_t n)
+{
+	ssize_t w;
+
+	while (n > 0) {
+		if ((w = send(fd, buf, n, MSG_NOSIGNAL)) < 0) {
+			if (errno == EINTR)
+				continue;
+			return -1;
+		}
+		buf += w;
+		n -= (size_t)w;
+	}
+	return 0;
+}
+
+/*
+ * Read exactly n bytes, waiting at most timeout_ms for each (-1: for
+ * ever).  0: read; 1: the stream ended before the first byte and eof_ok;
+ * -1: it ended early, failed or timed out.
+ */
+static int
+read_full(int fd, unsigned char *buf, size_t n, int eof_ok, int timeout_ms)
+{
+	struct pollfd pfd = {fd, POLLIN, 0};
+	size_t got = 0;
+	ssize_t rd;
+	int pr;
+
+	while (got < n) {
+		if ((pr = poll(&pfd, 1, timeout_ms)) < 0 && errno == EINTR)
+			continue;
+		if (pr <= 0)
+			return -1;
+		if ((rd = read(fd, buf + got, n - got)) < 0) {
+			if (errno == EINTR || errno == EAGAIN)
+				continue;
+			return -1;
+		}
+		if (rd == 0)
+			return got == 0 && eof_ok ? 1 : -1;
+		got += (size_t)rd;
+	}
+	return 0;
+}
+
+/*
+ * Read one frame: *buf holds the message after its length field (*len
+ * bytes), from the secure heap if its type carries a private key
+ * (*secure); free it with esc_kp_free(*buf, *len, *secure).  0; 1 at a
+ * clean end of stream; -1 on a frame that cannot be read, *why saying why
+ * (the connection cannot go on: its next message boundary is unknown).
+ */
+static int
+frame_read(int fd, int timeout_ms, unsigned char **buf, size_t *len, int *secure, const char **why)
+{
+	unsigned char hdr[4 + ESC_KP_HEADER], *b;
+	size_t flen;
+	int rc, sec;
+
+	if ((rc = read_full(fd, hdr, 4, 1, timeout_ms)) != 0) {
+		*why = "the connection broke or timed out";
+		return rc;
+	}
+	if ((flen = esc_kp_frame_length(hdr)) == 0) {
+		*why = "a frame length out of bounds";
+		return -1;
+	}
+	if (read_full(fd, hdr + 4, ESC_KP_HEADER, 0, timeout_ms) != 0) {
+		*why = "the connection broke within a frame";
+		return -1;
+	}
+	/* The type decides where the frame lives, before its body is read. */
+	sec = esc_kp_type_secret(hdr[5]);
+	if (sec && flen > SECRET_FRAME_MAX) {
+		*why = "a frame carrying a private key is longer than such frames may be";
+		return -1;
+	}
+	if ((b = sec ? OPENSSL_secure_malloc(flen) : OPENSSL_malloc(flen)) == NULL) {
+		*why = "out of memory";
+		return -1;
+	}
+	memcpy(b, hdr + 4, ESC_KP_HEADER);
+	if (read_full(fd, b + ESC_KP_HEADER, flen - ESC_KP_HEADER, 0, timeout_ms) != 0) {
+		esc_kp_free(b, flen, sec);
+		*why = "the connection broke within a frame";
+		return -1;
+	}
+	*buf = b;
+	*len = flen;
+	*secure = sec;
+	return 0;
+}
+
+/*
+ * DER of obj by OpenSSL's fn (i2d_X509, i2d_PUBKEY, ...), OPENSSL_malloc'ed,
+ * its length in *lenp; NULL on failure.  A macro, so each i2d keeps its
+ * own type.
+ */
+#define DER_OF(fn, obj, lenp)                                                                    \
+	({                                                                                       \
+		unsigned char *d_ = NULL;                                                        \
+		int n_ = fn((obj), &d_);                                                         \
+		n_ > 0 ? (*(lenp) = (size_t)n_, d_) : (OPENSSL_free(d_), (unsigned char *)NULL); \
+	})
+
+/* A field holding exactly one DER certificate. */
+static X509 *
+field_cert(const struct esc_kp_field *f)
+{
+	const unsigned char *p = f->p;
+	X509 *x;
+
+	if (p == NULL || f->len > LONG_MAX || (x = d2i_X509(NULL, &p, (long)f->len)) == NULL)
+		return NULL;
+	if (p != f->p + f->len) {
+		X509_free(x);
+		return NULL;
+	}
+	return x;
+}
+
+/* A text field as a C string in out (cap bytes); 0, or -1 if too long or holding a NUL. */
+static int
+field_text(const struct esc_kp_field *f, char *out, size_t cap)
+{
+	if (f->p == NULL || f->len >= cap || memchr(f->p, '\0', f->len) != NULL)
+		return -1;
+	memcpy(out, f->p, f->len);
+	out[f->len] = '\0';
+	return 0;
+}
+
+/* ---- the worker's end ---- */
+
+/* The keeper is gone, or spoke out of turn: nothing more goes over this connection. */
+static enum esc_err
+lost(struct esc_ctx *ctx, struct esc_keeper *k, const char *why)
+{
+	if (k->fd >= 0) {
+		close(k->fd);
+		k->fd = -1;
+	}
+	return esc_error(ctx, ESC_ERR_TOKEN_NOT_FOUND, "the keeper is unavailable: %s", why);
+}
+
+/*
+ * Send request m (numbered here, encoded in the secure heap when secure)
+ * and read its reply into *rep, which points into *rbuf (free with
+ * esc_kp_free(*rbuf, *rlen, *rsec)).  An ERROR reply becomes its code and
+ * message; anything but the reply to this request loses the connection.
+ */
+static enum esc_err
+call(struct esc_ctx *ctx, struct esc_keeper *k, struct esc_kp_msg *m, int secure, struct esc_kp_msg *rep,
+     unsigned char **rbuf, size_t *rlen, int *rsec)
+{
+	unsigned char *out = NULL, *in = NULL;
+	size_t outlen = 0, inlen = 0;
+	const char *why = NULL;
+	int sec = 0, w;
+	enum esc_err r;
+
+	if (k->fd < 0)
+		return esc_error(ctx, ESC_ERR_TOKEN_NOT_FOUND, "the keeper is unavailable");
+	m->seq = ++k->seq;
+	if ((r = esc_kp_encode(ctx, m, secure, &out, &outlen)) != ESC_OK)
+		return r;
+	w = write_full(k->fd, out, outlen);
+	esc_kp_free(out, outlen, secure);
+	if (w != 0)
+		return lost(ctx, k, "it closed the connection");
+	if (frame_read(k->fd, REPLY_TIMEOUT_MS, &in, &inlen, &sec, &why) != 0)
+		return lost(ctx, k, why);
+	if (esc_kp_decode(ctx, in, inlen, rep) != ESC_OK || rep->seq != m->seq) {
+		esc_kp_free(in, inlen, sec);
+		return lost(ctx, k, "its reply is malformed or answers another request");
+	}
+	if (rep->type == ESC_KP_ERROR) {
+		int32_t code = (int32_t)esc_kp_get32(rep, ESC_KP_T_CODE);
+		const struct esc_kp_field *msg = &rep->f[ESC_KP_T_MESSAGE];
+
+		/* The keeper's own codes, each negative; anything else is its bug. */
+		r = code < 0 && code > -100 && strcmp(esc_strerror((enum esc_err)code), "unknown error") != 0
+			    ? (enum esc_err)code
+			    : ESC_ERR_INTERNAL;
+		esc_error_set(ctx, r, "%.*s", (int)msg->len, (const char *)msg->p);
+		esc_kp_free(in, inlen, sec);
+		return r;
+	}
+	if (rep->type != (m->type | ESC_KP_REPLY)) {
+		esc_kp_free(in, inlen, sec);
+		return lost(ctx, k, "it answered with another type of message");
+	}
+	*rbuf = in;
+	*rlen = inlen;
+	*rsec = sec;
+	return ESC_OK;
+}
+
+enum esc_err
+esc_keeper_connect(struct esc_ctx *ctx, int fd, struct esc_keeper **out)
+{
+	struct esc_keeper *k = NULL;
+	struct esc_kp_msg m, rep;
+	unsigned char *in = NULL;
+	const unsigned char *p, *end;
+	size_t inlen = 0;
+	int sec = 0;
+	X509 *x;
+	enum esc_err r;
+
+	if (out == NULL || fd < 0) {
+		if (fd >= 0)
+			close(fd);
+		return esc_error(ctx, ESC_ERR_INTERNAL, "esc_keeper_connect: bad argument");
+	}
+	if ((k = calloc(1, sizeof(*k))) == NULL) {
+		close(fd);
+		return esc_error(ctx, ESC_ERR_NOMEM, "out of memory");
+	}
+	k->remote = 1;
+	k->fd = fd;
+	esc_kp_init(&m, ESC_KP_HELLO, 0);
+	if ((r = call(ctx, k, &m, 0, &rep, &in, &inlen, &sec)) != ESC_OK)
+		goto out;
+	if ((k->ca_cert = field_cert(&rep.f[ESC_KP_T_CA])) == NULL ||
+	    (k->transport_cert = field_cert(&rep.f[ESC_KP_T_TRANSPORT])) == NULL ||
+	    (k->chain = sk_X509_new_null()) == NULL) {
+		r = lost(ctx, k, "its greeting does not hold the CA's certificates");
+		goto out;
+	}
+	p = rep.f[ESC_KP_T_CHAIN].p;
+	for (end = p + rep.f[ESC_KP_T_CHAIN].len; p < end;) {
+		if ((x = d2i_X509(NULL, &p, end - p)) == NULL || !sk_X509_push(k->chain, x)) {
+			X509_free(x);
+			r = lost(ctx, k, "its greeting holds a malformed chain");
+			goto out;
+		}
+	}
+	*out = k;
+	k = NULL; /* transferred */
+	r = ESC_OK;
+out:
+	ERR_clear_error();
+	esc_kp_free(in, inlen, sec);
+	esc_keeper_free(k);
+	return r;
+}
+
+static enum esc_err
+remote_issue(struct esc_ctx *ctx, struct esc_keeper *k, const struct profile_def *def, const X509_NAME *subject,
+	     EVP_PKEY *pub, const GENERAL_NAMES *san, X509 **out)
+{
+	unsigned char *name = NULL, *spki = NULL, *gens = NULL, *in = NULL;
+	size_t namelen = 0, spkilen = 0, genslen = 0, inlen = 0;
+	struct esc_kp_msg m, rep;
+	int sec = 0;
+	X509 *x = NULL;
+	enum esc_err r;
+
+	if ((name = DER_OF(i2d_X509_NAME, subject, &namelen)) == NULL ||
+	    (spki = DER_OF(i2d_PUBKEY, pub, &spkilen)) == NULL ||
+	    (san != NULL && sk_GENERAL_NAME_num(san) > 0 &&
+	     (gens = DER_OF(i2d_GENERAL_NAMES, san, &genslen)) == NULL)) {
+		r = esc_error_ossl(ctx, ESC_ERR_CRYPTO, "cannot encode the certificate request for the keeper");
+		goto out;
+	}
+	/* The profile's name, never its rules: the keeper applies its own table. */
+	esc_kp_init(&m, ESC_KP_ISSUE, 0);
+	esc_kp_set(&m, ESC_KP_T_PROFILE, def->p.name, strlen(def->p.name));
+	esc_kp_set(&m, ESC_KP_T_SUBJECT, name, namelen);
+	esc_kp_set(&m, ESC_KP_T_SPKI, spki, spkilen);
+	if (gens != NULL)
+		esc_kp_set(&m, ESC_KP_T_SAN, gens, genslen);
+	if ((r = call(ctx, k, &m, 0, &rep, &in, &inlen, &sec)) != ESC_OK)
+		goto out;
+	if ((x = field_cert(&rep.f[ESC_KP_T_CERT])) == NULL || X509_get0_pubkey(x) == NULL ||
+	    EVP_PKEY_eq(X509_get0_pubkey(x), pub) != 1) {
+		r = lost(ctx, k, "it answered a certificate that is not the one asked for");
+		goto out;
+	}
+	*out = x;
+	x = NULL; /* transferred */
+	r = ESC_OK;
+out:
+	ERR_clear_error();
+	X509_free(x);
+	OPENSSL_free(name);
+	OPENSSL_free(spki);
+	OPENSSL_free(gens);
+	esc_kp_free(in, inlen, sec);
+	return r;
+}
+
+static enum esc_err
+remote_open_transport(struct esc_ctx *ctx, struct esc_keeper *k, const unsigned char *env, size_t envlen,
+		      EVP_PKEY **key)
+{
+	struct esc_kp_msg m, rep;
+	unsigned char *in = NULL;
+	size_t inlen = 0;
+	int sec = 0;
+	EVP_PKEY *pkey;
+	enum esc_err r;
+
+	esc_kp_init(&m, ESC_KP_OPEN_TRANSPORT, 0);
+	esc_kp_set(&m, ESC_KP_T_ENVELOPE, env, envlen);
+	if ((r = call(ctx, k, &m, 0, &rep, &in, &inlen, &sec)) != ESC_OK)
+		return r;
+	/* The reply was read into the secure heap (its type says it holds a key) and is wiped when freed. */
+	if ((pkey = pkcs8_decode(k, rep.f[ESC_KP_T_PKCS8].p, rep.f[ESC_KP_T_PKCS8].len)) == NULL) {
+		ERR_clear_error();
+		r = lost(ctx, k, "it answered something else than a PKCS#8 private key");
+	} else {
+		*key = pkey;
+		r = ESC_OK;
+	}
+	esc_kp_free(in, inlen, sec);
+	return r;
+}
+
+/* key as PKCS#8 DER in the secure heap (*der, *len; free with OPENSSL_secure_clear_free). */
+static enum esc_err
+pkcs8_secure(struct esc_ctx *ctx, EVP_PKEY *key, unsigned char **der, size_t *len)
+{
+	PKCS8_PRIV_KEY_INFO *inf = EVP_PKEY2PKCS8(key);
+	unsigned char *buf = NULL, *q;
+	int n;
+
+	if (inf == NULL || (n = i2d_PKCS8_PRIV_KEY_INFO(inf, NULL)) <= 0 ||
+	    (buf = OPENSSL_secure_malloc((size_t)n)) == NULL) {
+		PKCS8_PRIV_KEY_INFO_free(inf);
+		return esc_error_ossl(ctx, ESC_ERR_CRYPTO, "cannot encode a private key as PKCS#8");
+	}
+	q = buf;
+	i2d_PKCS8_PRIV_KEY_INFO(inf, &q);
+	PKCS8_PRIV_KEY_INFO_free(inf); /* cleanses its key octets */
+	*der = buf;
+	*len = (size_t)n;
+	return ESC_OK;
+}
+
+static enum esc_err
+remote_seal(struct esc_ctx *ctx, struct esc_keeper *k, EVP_PKEY *key, X509 *cert, X509 *recipient, unsigned char **der,
+	    size_t *derlen)
+{
+	unsigned char *p8 = NULL, *certder = NULL, *rcpt = NULL, *in = NULL, *copy = NULL;
+	size_t p8len = 0, certlen = 0, rcptlen = 0, inlen = 0;
+	struct esc_kp_msg m, rep;
+	int sec = 0;
+	enum esc_err r;
+
+	if ((r = pkcs8_secure(ctx, key, &p8, &p8len)) != ESC_OK)
+		goto out;
+	if ((certder = DER_OF(i2d_X509, cert, &certlen)) == NULL ||
+	    (rcpt = DER_OF(i2d_X509, recipient, &rcptlen)) == NULL) {
+		r = esc_error_ossl(ctx, ESC_ERR_CRYPTO, "cannot encode a certificate for the keeper");
+		goto out;
+	}
+	esc_kp_init(&m, ESC_KP_SEAL_KEY, 0);
+	esc_kp_set(&m, ESC_KP_T_PKCS8, p8, p8len);
+	esc_kp_set(&m, ESC_KP_T_CERT, certder, certlen);
+	esc_kp_set(&m, ESC_KP_T_RECIPIENT, rcpt, rcptlen);
+	if ((r = call(ctx, k, &m, 1, &rep, &in, &inlen, &sec)) != ESC_OK)
+		goto out;
+	if ((copy = malloc(rep.f[ESC_KP_T_ENVELOPE].len)) == NULL) {
+		r = esc_error(ctx, ESC_ERR_NOMEM, "out of memory");
+		goto out;
+	}
+	memcpy(copy, rep.f[ESC_KP_T_ENVELOPE].p, rep.f[ESC_KP_T_ENVELOPE].len);
+	*der = copy;
+	*derlen = rep.f[ESC_KP_T_ENVELOPE].len;
+	r = ESC_OK;
+out:
+	if (p8 != NULL)
+		OPENSSL_secure_clear_free(p8, p8len);
+	OPENSSL_free(certder);
+	OPENSSL_free(rcpt);
+	esc_kp_free(in, inlen, sec);
+	return r;
+}
+
+static enum esc_err
+remote_release(struct esc_ctx *ctx, struct esc_keeper *k, long long id)
+{
+	struct esc_kp_msg m, rep;
+	unsigned char idb[8], *in = NULL;
+	size_t inlen = 0;
+	int sec = 0;
+	enum esc_err r;
+
+	if (id <= 0)
+		return esc_error(ctx, ESC_ERR_NOT_FOUND, "there is no recovery request %lld", id);
+	esc_kp_put64(idb, (uint64_t)id);
+	esc_kp_init(&m, ESC_KP_RELEASE, 0);
+	esc_kp_set(&m, ESC_KP_T_ID, idb, sizeof(idb));
+	if ((r = call(ctx, k, &m, 0, &rep, &in, &inlen, &sec)) == ESC_OK)
+		esc_kp_free(in, inlen, sec);
+	return r;
+}
+
+/*
+ * KRA_PROVE: the account's name, the KRA's, the challenge and its answer;
+ * the keeper re-reads the account and decides (esc_kra_enroll_prove in its
+ * own database).  The reply is the certificate; out is then read back from
+ * st (the KRA the keeper registered).
+ */
+static enum esc_err
+remote_kra_prove(struct esc_ctx *ctx, struct esc_keeper *k, struct esc_store *st, const struct esc_account *actor,
+		 const char *name, long long id, const unsigned char *secret, size_t secret_len, struct esc_kra *out,
+		 unsigned char **cert, size_t *cert_len)
+{
+	struct esc_kp_msg m, rep;
+	struct esc_kra *kras = NULL;
+	unsigned char idb[8], *in = NULL, *der = NULL;
+	size_t inlen = 0, n = 0, i;
+	int sec = 0;
+	enum esc_err r;
+
+	if (actor == NULL || name == NULL || secret == NULL || secret_len == 0 || id <= 0)
+		return esc_error(ctx, ESC_ERR_USAGE, "a KRA's proof needs an account, a name, a challenge and its answer");
+	esc_kp_put64(idb, (uint64_t)id);
+	esc_kp_init(&m, ESC_KP_KRA_PROVE, 0);
+	esc_kp_set(&m, ESC_KP_T_ACCOUNT, esc_account_name(actor), strlen(esc_account_name(actor)));
+	esc_kp_set(&m, ESC_KP_T_NAME, name, strlen(name));
+	esc_kp_set(&m, ESC_KP_T_ID, idb, sizeof(idb));
+	esc_kp_set(&m, ESC_KP_T_SECRET, secret, secret_len);
+	/* The answer is a secret until it is used up: the request is framed in the secure heap. */
+	if ((r = call(ctx, k, &m, 1, &rep, &in, &inlen, &sec)) != ESC_OK)
+		return r;
+	if ((der = malloc(rep.f[ESC_KP_T_CERT].len)) == NULL) {
+		r = esc_error(ctx, ESC_ERR_NOMEM, "out of memory");
+		goto out;
+	}
+	memcpy(der, rep.f[ESC_KP_T_CERT].p, rep.f[ESC_KP_T_CERT].len);
+	if (out != NULL) {
+		if ((r = esc_kra_list(ctx, st, &kras, &n)) != ESC_OK)
+			goto out;
+		for (i = 0; i < n && strcmp(kras[i].name, name) != 0; i++)
+			;
+		if (i == n) {
+			r = esc_error(ctx, ESC_ERR_STATE, "KRA '%.64s' was certified but is not registered", name);
+			goto out;
+		}
+		*out = kras[i];
+	}
+	*cert = der;
+	*cert_len = rep.f[ESC_KP_T_CERT].len;
+	der = NULL; /* transferred */
+	r = ESC_OK;
+out:
+	free(der);
+	free(kras);
+	esc_kp_free(in, inlen, sec);
+	return r;
+}
+
+static enum esc_err
+remote_sign_crl(struct esc_ctx *ctx, struct esc_keeper *k, const struct esc_account *by, int days, X509_CRL **out)
+{
+	struct esc_kp_msg m, rep;
+	unsigned char db[4], *in = NULL;
+	const unsigned char *p;
+	size_t inlen = 0;
+	int sec = 0;
+	X509_CRL *crl = NULL;
+	enum esc_err r;
+
+	if (days < 1 || days > 366)
+		return esc_error(ctx, ESC_ERR_USAGE, "a CRL is valid for 1..366 days");
+	esc_kp_put32(db, (uint32_t)days);
+	esc_kp_init(&m, ESC_KP_SIGN_CRL, 0);
+	esc_kp_set(&m, ESC_KP_T_DAYS, db, sizeof(db));
+	/* The account's name only: the keeper reads its roles itself. */
+	if (by != NULL)
+		esc_kp_set(&m, ESC_KP_T_ACCOUNT, esc_account_name(by), strlen(esc_account_name(by)));
+	if ((r = call(ctx, k, &m, 0, &rep, &in, &inlen, &sec)) != ESC_OK)
+		return r;
+	p = rep.f[ESC_KP_T_CRL].p;
+	if ((crl = d2i_X509_CRL(NULL, &p, (long)rep.f[ESC_KP_T_CRL].len)) == NULL ||
+	    p != rep.f[ESC_KP_T_CRL].p + rep.f[ESC_KP_T_CRL].len) {
+		ERR_clear_error();
+		X509_CRL_free(crl);
+		r = lost(ctx, k, "it answered something else than a CRL");
+	} else {
+		*out = crl;
+		r = ESC_OK;
+	}
+	esc_kp_free(in, inlen, sec);
+	return r;
+}
+
+static enum esc_err
+remote_checkpoint(struct esc_ctx *ctx, struct esc_keeper *k, const struct esc_account *by, long long events,
+		  long long seconds, long long *event_id)
+{
+	struct esc_kp_msg m, rep;
+	unsigned char eb[4], sb[4], fb[4], *in = NULL;
+	size_t inlen = 0;
+	int sec = 0;
+	enum esc_err r;
+
+	if (events < 0 || seconds < 0 || events > UINT32_MAX || seconds > UINT32_MAX)
+		return esc_error(ctx, ESC_ERR_USAGE, "checkpoint thresholds out of range");
+	esc_kp_put32(eb, (uint32_t)events);
+	esc_kp_put32(sb, (uint32_t)seconds);
+	esc_kp_put32(fb, 0);
+	esc_kp_init(&m, ESC_KP_CHECKPOINT, 0);
+	esc_kp_set(&m, ESC_KP_T_EVENTS, eb, 4);
+	esc_kp_set(&m, ESC_KP_T_SECONDS, sb, 4);
+	esc_kp_set(&m, ESC_KP_T_FINAL, fb, 4);
+	if (by != NULL)
+		esc_kp_set(&m, ESC_KP_T_ACCOUNT, esc_account_name(by), strlen(esc_account_name(by)));
+	if ((r = call(ctx, k, &m, 0, &rep, &in, &inlen, &sec)) != ESC_OK)
+		return r;
+	*event_id = (long long)esc_kp_get64(&rep, ESC_KP_T_EVENT_ID);
+	esc_kp_free(in, inlen, sec);
+	return ESC_OK;
+}
+
+/* ---- the keeper process's end ---- */
+
+/* An encoded reply, waiting to be written. */
+struct serve_reply {
+	unsigned char *buf;
+	size_t len;
+	int secure;
+};
+
+/*
+ * The account a request names, as the keeper's database has it now:
+ * enabled, with its roles.  The worker's view of it (roles, a session) is
+ * not taken on trust.  Errors: DENIED (unknown or disabled), DB.
+ */
+static enum esc_err
+account_reread(struct esc_ctx *ctx, struct esc_store *st, const struct esc_kp_field *f, struct esc_account **out)
+{
+	char name[65];
+	const char *v[1] = {name};
+	PGresult *res = NULL;
+	enum esc_err r;
+
+	if (field_text(f, name, sizeof(name)) != 0)
+		return esc_error(ctx, ESC_ERR_BAD_INPUT, "keeper request: an account name that is not text");
+	if ((r = esc_store_exec(ctx, st,
+				"SELECT id, name, roles, coalesce(kra_id, 0) FROM accounts WHERE name = $1 AND NOT "
+				"disabled",
+				1, v, NULL, NULL, &res)) != ESC_OK)
+		return r;
+	if (PQntuples(res) != 1)
+		r = esc_error(ctx, ESC_ERR_DENIED, "account '%.64s' is unknown or disabled", name);
+	else
+		r = esc_account_make(ctx, strtoll(PQgetvalue(res, 0, 0), NULL, 10), PQgetvalue(res, 0, 1),
+				     PQgetvalue(res, 0, 2), strtoll(PQgetvalue(res, 0, 3), NULL, 10), out);
+	PQclear(res);
+	return r;
+}
+
+static enum esc_err
+serve_hello(struct esc_ctx *ctx, struct esc_keeper *k, const struct esc_kp_msg *m, struct serve_reply *out)
+{
+	unsigned char *ca = NULL, *tr = NULL, *chain = NULL, *q;
+	size_t calen = 0, trlen = 0, chainlen = 0;
+	struct esc_kp_msg rep;
+	int i, n;
+	enum esc_err r;
+
+	for (i = 0; i < sk_X509_num(k->chain); i++)
+		if ((n = i2d_X509(sk_X509_value(k->chain, i), NULL)) > 0)
+			chainlen += (size_t)n;
+	if ((ca = DER_OF(i2d_X509, k->ca_cert, &calen)) == NULL ||
+	    (tr = DER_OF(i2d_X509, k->transport_cert, &trlen)) == NULL ||
+	    (chain = OPENSSL_malloc(chainlen + 1)) == NULL) {
+		r = esc_error(ctx, ESC_ERR_NOMEM, "out of memory");
+		goto out;
+	}
+	for (q = chain, i = 0; i < sk_X509_num(k->chain); i++)
+		i2d_X509(sk_X509_value(k->chain, i), &q);
+	esc_kp_init(&rep, ESC_KP_HELLO | ESC_KP_REPLY, m->seq);
+	esc_kp_set(&rep, ESC_KP_T_CA, ca, calen);
+	esc_kp_set(&rep, ESC_KP_T_TRANSPORT, tr, trlen);
+	esc_kp_set(&rep, ESC_KP_T_CHAIN, chain, chainlen);
+	r = esc_kp_encode(ctx, &rep, 0, &out->buf, &out->len);
+out:
+	OPENSSL_free(ca);
+	OPENSSL_free(tr);
+	OPENSSL_free(chain);
+	return r;
+}
+
+/*
+ * ISSUE: the keeper's sign_certificate.  The profile is looked up in the
+ * keeper's own table and must be one enrollees may use; key type,
+ * validity, key usages and extensions are that profile's; alternative
+ * names are derived again from the subject (profiles with email_san) or
+ * refused (the others).  What the worker checked in its transaction (the
+ * one-time password or client certificate, one key per subject) is its.
+ */
+static enum esc_err
+serve_issue(struct esc_ctx *ctx, struct esc_keeper *k, const struct esc_kp_msg *m, struct serve_reply *out)
+{
+	const struct esc_profile *p;
+	const struct profile_def *def;
+	char profile[33];
+	const unsigned char *q;
+	X509_NAME *subject = NULL;
+	EVP_PKEY *pub = NULL;
+	GENERAL_NAMES *san = NULL;
+	unsigned char *want = NULL, *der = NULL;
+	size_t wantlen = 0, derlen = 0;
+	struct esc_kp_msg rep;
+	X509 *x = NULL;
+	enum esc_err r;
+
+	if (field_text(&m->f[ESC_KP_T_PROFILE], profile, sizeof(profile)) != 0 ||
+	    (p = esc_profile_find(profile)) == NULL || (def = esc_profile_def(p)) == NULL) {
+		r = esc_error(ctx, ESC_ERR_POLICY, "keeper: unknown certificate profile");
+		goto out;
+	}
+	if (!def->p.enrollable) {
+		r = esc_error(ctx, ESC_ERR_POLICY, "keeper: profile '%s' is not available for enrollment", def->p.name);
+		goto out;
+	}
+	if (m->f[ESC_KP_T_DAYS].p != NULL && esc_kp_get32(m, ESC_KP_T_DAYS) != (uint32_t)def->p.days) {
+		r = esc_error(ctx, ESC_ERR_POLICY, "keeper: profile '%s' certificates are valid %d days, no other",
+			      def->p.name, def->p.days);
+		goto out;
+	}
+	q = m->f[ESC_KP_T_SUBJECT].p;
+	if ((subject = d2i_X509_NAME(NULL, &q, (long)m->f[ESC_KP_T_SUBJECT].len)) == NULL ||
+	    q != m->f[ESC_KP_T_SUBJECT].p + m->f[ESC_KP_T_SUBJECT].len || X509_NAME_entry_count(subject) == 0) {
+		r = esc_error(ctx, ESC_ERR_BAD_INPUT, "keeper: the subject is not one non-empty DER name");
+		goto out;
+	}
+	q = m->f[ESC_KP_T_SPKI].p;
+	if ((pub = d2i_PUBKEY(NULL, &q, (long)m->f[ESC_KP_T_SPKI].len)) == NULL ||
+	    q != m->f[ESC_KP_T_SPKI].p + m->f[ESC_KP_T_SPKI].len) {
+		r = esc_error(ctx, ESC_ERR_BAD_INPUT, "keeper: the public key is not one DER SubjectPublicKeyInfo");
+		goto out;
+	}
+	if (def->email_san) {
+		if ((r = esc_enroll_email_sans(ctx, subject, &san)) != ESC_OK)
+			goto out;
+		if (sk_GENERAL_NAME_num(san) > 0 && (want = DER_OF(i2d_GENERAL_NAMES, san, &wantlen)) == NULL) {
+			r = esc_error(ctx, ESC_ERR_NOMEM, "out of memory");
+			goto out;
+		}
+	}
+	/* The names asked for must be exactly those the profile derives (none for most). */
+	if (m->f[ESC_KP_T_SAN].p != NULL ? want == NULL || wantlen != m->f[ESC_KP_T_SAN].len ||
+						   memcmp(want, m->f[ESC_KP_T_SAN].p, wantlen) != 0
+					 : want != NULL) {
+		r = esc_error(ctx, ESC_ERR_POLICY,
+			      "keeper: the alternative names asked for are not those profile '%s' derives from the "
+			      "subject",
+			      def->p.name);
+		goto out;
+	}
+	if ((r = esc_keeper_issue(ctx, k, def, subject, pub, san, &x)) != ESC_OK)
+		goto out;
+	if ((der = DER_OF(i2d_X509, x, &derlen)) == NULL) {
+		r = esc_error(ctx, ESC_ERR_NOMEM, "out of memory");
+		goto out;
+	}
+	esc_kp_init(&rep, ESC_KP_ISSUE | ESC_KP_REPLY, m->seq);
+	esc_kp_set(&rep, ESC_KP_T_CERT, der, derlen);
+	r = esc_kp_encode(ctx, &rep, 0, &out->buf, &out->len);
+out:
+	ERR_clear_error();
+	X509_NAME_free(subject);
+	EVP_PKEY_free(pub);
+	GENERAL_NAMES_free(san);
+	OPENSSL_free(want);
+	OPENSSL_free(der);
+	X509_free(x);
+	return r;
+}
+
+static enum esc_err
+serve_open_transport(struct esc_ctx *ctx, struct esc_keeper *k, const struct esc_kp_msg *m, struct serve_reply *out)
+{
+	const struct esc_profile *p;
+	struct esc_kp_msg rep;
+	unsigned char *p8 = NULL;
+	size_t p8len = 0;
+	char profile[33];
+	EVP_PKEY *key = NULL;
+	enum esc_err r;
+
+	if (m->f[ESC_KP_T_PROFILE].p != NULL &&
+	    (field_text(&m->f[ESC_KP_T_PROFILE], profile, sizeof(profile)) != 0 ||
+	     (p = esc_profile_find(profile)) == NULL || !p->archival || !p->enrollable))
+		return esc_error(ctx, ESC_ERR_POLICY, "keeper: envelopes are opened only for archival profiles");
+	if ((r = esc_keeper_open_transport(ctx, k, m->f[ESC_KP_T_ENVELOPE].p, m->f[ESC_KP_T_ENVELOPE].len, &key)) !=
+		    ESC_OK ||
+	    (r = pkcs8_secure(ctx, key, &p8, &p8len)) != ESC_OK)
+		goto out;
+	esc_kp_init(&rep, ESC_KP_OPEN_TRANSPORT | ESC_KP_REPLY, m->seq);
+	esc_kp_set(&rep, ESC_KP_T_PKCS8, p8, p8len);
+	if ((r = esc_kp_encode(ctx, &rep, 1, &out->buf, &out->len)) == ESC_OK)
+		out->secure = 1;
+out:
+	if (p8 != NULL)
+		OPENSSL_secure_clear_free(p8, p8len);
+	EVP_PKEY_free(key);
+	return r;
+}
+
+static enum esc_err
+serve_seal_key(struct esc_ctx *ctx, struct esc_keeper *k, const struct esc_kp_msg *m, struct serve_reply *out)
+{
+	struct esc_kp_msg rep;
+	EVP_PKEY *key = NULL;
+	X509 *cert = NULL, *rcpt = NULL;
+	unsigned char *der = NULL;
+	size_t derlen = 0;
+	enum esc_err r;
+
+	/* The key was read into the secure heap with its frame; the decoder's copy is OpenSSL's, freed below. */
+	if ((key = pkcs8_decode(k, m->f[ESC_KP_T_PKCS8].p, m->f[ESC_KP_T_PKCS8].len)) == NULL ||
+	    (cert = field_cert(&m->f[ESC_KP_T_CERT])) == NULL ||
+	    (rcpt = field_cert(&m->f[ESC_KP_T_RECIPIENT])) == NULL) {
+		ERR_clear_error();
+		r = esc_error(ctx, ESC_ERR_BAD_INPUT,
+			      "keeper: a sealed key needs a PKCS#8 key and two DER certificates");
+		goto out;
+	}
+	if ((r = esc_keeper_seal_server_key(ctx, k, key, cert, rcpt, &der, &derlen)) != ESC_OK)
+		goto out;
+	esc_kp_init(&rep, ESC_KP_SEAL_KEY | ESC_KP_REPLY, m->seq);
+	esc_kp_set(&rep, ESC_KP_T_ENVELOPE, der, derlen);
+	r = esc_kp_encode(ctx, &rep, 0, &out->buf, &out->len);
+out:
+	EVP_PKEY_free(key);
+	X509_free(cert);
+	X509_free(rcpt);
+	free(der);
+	return r;
+}
+
+static enum esc_err
+serve_release(struct esc_ctx *ctx, struct esc_keeper *k, struct esc_store *st, const struct esc_kp_msg *m,
+	      struct serve_reply *out)
+{
+	uint64_t id = esc_kp_get64(m, ESC_KP_T_ID);
+	struct esc_kp_msg rep;
+	enum esc_err r;
+
+	if (st == NULL)
+		return esc_error(ctx, ESC_ERR_DB_CONNECT, "keeper: its database connection is lost");
+	if (id == 0 || id > INT64_MAX)
+		return esc_error(ctx, ESC_ERR_NOT_FOUND, "keeper: no such recovery request");
+	/* esc_recovery_release reads and locks the request in the keeper's database: only an approved one goes. */
+	if ((r = esc_keeper_release(ctx, k, st, (long long)id)) != ESC_OK)
+		return r;
+	esc_kp_init(&rep, ESC_KP_RELEASE | ESC_KP_REPLY, m->seq);
+	return esc_kp_encode(ctx, &rep, 0, &out->buf, &out->len);
+}
+
+/* KRA_PROVE: the account re-read here; the challenge read, checked and used up in the keeper's database. */
+static enum esc_err
+serve_kra_prove(struct esc_ctx *ctx, struct esc_keeper *k, struct esc_store *st, const struct esc_kp_msg *m,
+		struct serve_reply *out)
+{
+	struct esc_account *by = NULL;
+	struct esc_kp_msg rep;
+	unsigned char *cert = NULL;
+	size_t cert_len = 0;
+	uint64_t id = esc_kp_get64(m, ESC_KP_T_ID);
+	char name[65];
+	enum esc_err r;
+
+	if (st == NULL)
+		return esc_error(ctx, ESC_ERR_DB_CONNECT, "keeper: its database connection is lost");
+	if (field_text(&m->f[ESC_KP_T_NAME], name, sizeof(name)) != 0)
+		return esc_error(ctx, ESC_ERR_BAD_INPUT, "keeper request: a KRA name that is not text");
+	if (id == 0 || id > INT64_MAX)
+		return esc_error(ctx, ESC_ERR_NOT_FOUND, "keeper: no such challenge");
+	if ((r = account_reread(ctx, st, &m->f[ESC_KP_T_ACCOUNT], &by)) != ESC_OK ||
+	    (r = esc_keeper_kra_prove(ctx, k, st, by, name, (long long)id, m->f[ESC_KP_T_SECRET].p,
+				      m->f[ESC_KP_T_SECRET].len, NULL, &cert, &cert_len)) != ESC_OK)
+		goto out;
+	esc_kp_init(&rep, ESC_KP_KRA_PROVE | ESC_KP_REPLY, m->seq);
+	esc_kp_set(&rep, ESC_KP_T_CERT, cert, cert_len);
+	r = esc_kp_encode(ctx, &rep, 0, &out->buf, &out->len);
+out:
+	esc_account_free(by);
+	free(cert);
+	return r;
+}
+
+static enum esc_err
+serve_sign_crl(struct esc_ctx *ctx, struct esc_keeper *k, struct esc_store *st, const struct esc_kp_msg *m,
+	       struct serve_reply *out)
+{
+	struct esc_account *by = NULL;
+	struct esc_kp_msg rep;
+	X509_CRL *crl = NULL;
+	unsigned char *der = NULL;
+	size_t derlen = 0;
+	enum esc_err r;
+
+	if (st == NULL)
+		return esc_error(ctx, ESC_ERR_DB_CONNECT, "keeper: its database connection is lost");
+	if (m->f[ESC_KP_T_ACCOUNT].p != NULL && (r = account_reread(ctx, st, &m->f[ESC_KP_T_ACCOUNT], &by)) != ESC_OK)
+		goto out;
+	if ((r = esc_keeper_sign_crl(ctx, k, st, by,
+				     (int)esc_kp_get32(m, ESC_KP_T_DAYS) > 0 ? (int)esc_kp_get32(m, ESC_KP_T_DAYS) : 0,
+				     &crl)) != ESC_OK)
+		goto out;
+	if ((der = DER_OF(i2d_X509_CRL, crl, &derlen)) == NULL) {
+		r = esc_error(ctx, ESC_ERR_NOMEM, "out of memory");
+		goto out;
+	}
+	esc_kp_init(&rep, ESC_KP_SIGN_CRL | ESC_KP_REPLY, m->seq);
+	esc_kp_set(&rep, ESC_KP_T_CRL, der, derlen);
+	r = esc_kp_encode(ctx, &rep, 0, &out->buf, &out->len);
+out:
+	esc_account_free(by);
+	X509_CRL_free(crl);
+	OPENSSL_free(der);
+	return r;
+}
+
+/*
+ * CHECKPOINT: for an account (re-read here; esc_audit_checkpoint_by checks
+ * its role), or the service's if one is due by the thresholds given (FINAL:
+ * if any event follows the newest checkpoint).  A checkpoint signs the
+ * chain's end the keeper reads itself, so a worker's thresholds decide
+ * only how often.  "Now, for the PIN holder" (no account, no threshold) is
+ * the CLI's, never a worker's.
+ */
+static enum esc_err
+serve_checkpoint(struct esc_ctx *ctx, struct esc_keeper *k, struct esc_store *st, const struct esc_kp_msg *m,
+		 struct serve_reply *out)
+{
+	long long events = esc_kp_get32(m, ESC_KP_T_EVENTS), seconds = esc_kp_get32(m, ESC_KP_T_SECONDS), id = 0;
+	struct esc_account *by = NULL;
+	struct esc_kp_msg rep;
+	unsigned char idb[8];
+	enum esc_err r;
+
+	if (st == NULL)
+		return esc_error(ctx, ESC_ERR_DB_CONNECT, "keeper: its database connection is lost");
+	if (esc_kp_get32(m, ESC_KP_T_FINAL) != 0) {
+		events = 1;
+		seconds = 0;
+	}
+	if (m->f[ESC_KP_T_ACCOUNT].p != NULL) {
+		if ((r = account_reread(ctx, st, &m->f[ESC_KP_T_ACCOUNT], &by)) != ESC_OK)
+			goto out;
+	} else if (events == 0 && seconds == 0) {
+		r = esc_error(ctx, ESC_ERR_DENIED, "keeper: a checkpoint on demand is signed for an account only");
+		goto out;
+	}
+	if ((r = esc_keeper_checkpoint(ctx, k, st, by, events, seconds, &id)) != ESC_OK)
+		goto out;
+	esc_kp_put64(idb, (uint64_t)id);
+	esc_kp_init(&rep, ESC_KP_CHECKPOINT | ESC_KP_REPLY, m->seq);
+	esc_kp_set(&rep, ESC_KP_T_EVENT_ID, idb, sizeof(idb));
+	r = esc_kp_encode(ctx, &rep, 0, &out->buf, &out->len);
+out:
+	esc_account_free(by);
+	return r;
+}
+
+/* An ERROR reply to request seq: code and the context's message (never a secret). */
+static enum esc_err
+error_reply(struct esc_ctx *ctx, uint32_t seq, enum esc_err code, struct serve_reply *out)
+{
+	const char *msg = esc_ctx_errmsg(ctx);
+	unsigned char cb[4];
+	struct esc_kp_msg rep;
+	size_t len;
+
+	if (msg == NULL || *msg == '\0')
+		msg = esc_strerror(code);
+	len = strlen(msg) > 1024 ? 1024 : strlen(msg);
+	esc_kp_put32(cb, (uint32_t)(int32_t)code);
+	esc_kp_init(&rep, ESC_KP_ERROR, seq);
+	esc_kp_set(&rep, ESC_KP_T_CODE, cb, 4);
+	esc_kp_set(&rep, ESC_KP_T_MESSAGE, msg, len);
+	return esc_kp_encode(ctx, &rep, 0, &out->buf, &out->len);
+}
+
+/* Decide on one frame: *out is the reply to write (an ERROR for anything refused). */
+static enum esc_err
+serve_one(struct esc_ctx *ctx, struct esc_keeper *k, struct esc_store *st, const unsigned char *buf, size_t len,
+	  struct serve_reply *out, enum esc_err *refused)
+{
+	struct esc_kp_msg m;
+	uint32_t seq = len >= ESC_KP_HEADER ? (uint32_t)buf[2] << 24 | (uint32_t)buf[3] << 16 | (uint32_t)buf[4] << 8 |
+						      (uint32_t)buf[5]
+					    : 0;
+	const char *violation = NULL;
+	enum esc_err r;
+
+	/* What a healthy worker never sends: logged as a warning, refused, and the connection goes on. */
+	if ((r = esc_kp_decode(ctx, buf, len, &m)) != ESC_OK)
+		violation = "malformed";
+	else if (m.type & ESC_KP_REPLY)
+		r = esc_error(ctx, ESC_ERR_BAD_INPUT, "keeper message '%s' is not a request", esc_kp_type_name(m.type)),
+		violation = "not a request";
+	else if ((r = esc_kp_next_seq(ctx, &k->served_seq, m.seq)) != ESC_OK)
+		violation = "out of order or replayed";
+	else if (!k->greeted && m.type != ESC_KP_HELLO)
+		r = esc_error(ctx, ESC_ERR_BAD_INPUT, "keeper request '%s' before the greeting",
+			      esc_kp_type_name(m.type)),
+		violation = "before the greeting";
+	else if (k->greeted && m.type == ESC_KP_HELLO)
+		r = esc_error(ctx, ESC_ERR_BAD_INPUT, "a second keeper greeting on one connection"),
+		violation = "a second greeting";
+	if (violation != NULL) {
+		esc_log(ctx, ESC_LOG_WARN, "keeper: refused a request (%s): %s", violation, esc_ctx_errmsg(ctx));
+		return error_reply(ctx, seq, r, out);
+	}
+	switch (m.type) {
+	case ESC_KP_HELLO:
+		if ((r = serve_hello(ctx, k, &m, out)) == ESC_OK)
+			k->greeted = 1;
+		break;
+	case ESC_KP_ISSUE:
+		r = serve_issue(ctx, k, &m, out);
+		break;
+	case ESC_KP_OPEN_TRANSPORT:
+		r = serve_open_transport(ctx, k, &m, out);
+		break;
+	case ESC_KP_SEAL_KEY:
+		r = serve_seal_key(ctx, k, &m, out);
+		break;
+	case ESC_KP_RELEASE:
+		r = serve_release(ctx, k, st, &m, out);
+		break;
+	case ESC_KP_SIGN_CRL:
+		r = serve_sign_crl(ctx, k, st, &m, out);
+		break;
+	case ESC_KP_KRA_PROVE:
+		r = serve_kra_prove(ctx, k, st, &m, out);
+		break;
+	case ESC_KP_CHECKPOINT:
+		r = serve_checkpoint(ctx, k, st, &m, out);
+		break;
+	default:
+		r = esc_error(ctx, ESC_ERR_BAD_INPUT, "keeper message '%s' is not a request", esc_kp_type_name(m.type));
+		esc_log(ctx, ESC_LOG_WARN, "keeper: refused a request: %s", esc_ctx_errmsg(ctx));
+		break;
+	}
+	if (r == ESC_OK)
+		return ESC_OK;
+	*refused = r;
+	esc_log(ctx, ESC_LOG_INFO, "keeper: %s refused: %s", esc_kp_type_name(m.type), esc_ctx_errmsg(ctx));
+	return error_reply(ctx, m.seq, r, out);
+}
+
+/* Did a request fail because a connection of the keeper's is lost (database, token)? */
+static int
+connection_lost(enum esc_err e)
+{
+	switch (e) {
+	case ESC_ERR_DB_CONNECT:
+	case ESC_ERR_PKCS11:
+	case ESC_ERR_TOKEN_NOT_FOUND:
+	case ESC_ERR_MODULE:
+	case ESC_ERR_KEY_NOT_FOUND:
+	case ESC_ERR_PIN_INCORRECT:
+	case ESC_ERR_PIN_LOCKED:
+		return 1;
+	default:
+		return 0;
+	}
+}
+
+enum esc_err
+esc_keeper_serve(struct esc_ctx *ctx, struct esc_keeper *k, struct esc_store *st, int fd)
+{
+	unsigned char *buf = NULL;
+	size_t len = 0;
+	const char *why = NULL;
+	int sec = 0, rc;
+	enum esc_err r;
+
+	if (k == NULL || k->remote || fd < 0)
+		return esc_error(ctx, ESC_ERR_INTERNAL, "esc_keeper_serve: bad argument");
+	for (;;) {
+		struct serve_reply out = {NULL, 0, 0};
+		enum esc_err refused = ESC_OK;
+		int w;
+
+		if ((rc = frame_read(fd, -1, &buf, &len, &sec, &why)) == 1)
+			return ESC_OK;
+		if (rc < 0) {
+			r = esc_error(ctx, ESC_ERR_BAD_INPUT, "keeper: connection ended: %s", why);
+			esc_log(ctx, ESC_LOG_WARN, "%s", esc_ctx_errmsg(ctx));
+			return r;
+		}
+		r = serve_one(ctx, k, st, buf, len, &out, &refused);
+		esc_kp_free(buf, len, sec); /* a request holding a key is wiped here */
+		buf = NULL;
+		if (r != ESC_OK) {
+			esc_log(ctx, ESC_LOG_ERROR, "keeper: cannot build a reply: %s", esc_ctx_errmsg(ctx));
+			return esc_error(ctx, ESC_ERR_IO, "keeper: cannot build a reply");
+		}
+		w = write_full(fd, out.buf, out.len);
+		esc_kp_free(out.buf, out.len, out.secure);
+		if (w != 0)
+			return esc_error(ctx, ESC_ERR_IO, "keeper: the worker closed the connection before its reply");
+		/* Answered; the caller mends what is lost and calls again to go on with this connection. */
+		if (connection_lost(refused))
+			return refused;
+	}
 }

@@ -12,8 +12,8 @@
 #define F(tag) (1u << (tag))
 #define NUM32 4
 #define NUM64 8
-#define DER_MAX (64 * 1024)   /* a certificate, a name, a key */
-#define TEXT_MAX 1024         /* a profile name, an error message */
+#define DER_MAX (64 * 1024) /* a certificate, a name, a key */
+#define TEXT_MAX 1024	    /* a profile name, an error message */
 #define ENVELOPE_MAX (256 * 1024)
 
 /* What each field may hold: exactly `exact` bytes if non-zero, else 1..max (0 allowed where empty_ok). */
@@ -41,33 +41,94 @@ static const struct {
 	[ESC_KP_T_TRANSPORT] = {0, DER_MAX, 0},
 	[ESC_KP_T_CODE] = {NUM32, 0, 0},
 	[ESC_KP_T_MESSAGE] = {0, TEXT_MAX, 0},
+	[ESC_KP_T_RECIPIENT] = {0, DER_MAX, 0},
+	[ESC_KP_T_ACCOUNT] = {0, 64, 0},
+	[ESC_KP_T_NAME] = {0, 64, 0},
+	[ESC_KP_T_SECRET] = {0, 64, 0},
 };
 
 /* Per message type: the fields it may carry and those it must. */
 static const struct {
-	uint8_t type;
 	const char *name;
 	uint32_t allowed;
 	uint32_t required;
+	uint8_t type;
+	uint8_t secret; /* carries a private key: framed in secure memory */
 } types[] = {
-	{ESC_KP_HELLO, "hello", 0, 0},
-	{ESC_KP_HELLO | ESC_KP_REPLY, "hello reply", F(ESC_KP_T_CA) | F(ESC_KP_T_CHAIN) | F(ESC_KP_T_TRANSPORT),
-	 F(ESC_KP_T_CA) | F(ESC_KP_T_CHAIN) | F(ESC_KP_T_TRANSPORT)},
-	{ESC_KP_ISSUE, "issue",
-	 F(ESC_KP_T_PROFILE) | F(ESC_KP_T_SUBJECT) | F(ESC_KP_T_SAN) | F(ESC_KP_T_SPKI) | F(ESC_KP_T_DAYS),
-	 F(ESC_KP_T_PROFILE) | F(ESC_KP_T_SUBJECT) | F(ESC_KP_T_SPKI)},
-	{ESC_KP_ISSUE | ESC_KP_REPLY, "issue reply", F(ESC_KP_T_CERT), F(ESC_KP_T_CERT)},
-	{ESC_KP_OPEN_TRANSPORT, "open-transport", F(ESC_KP_T_PROFILE) | F(ESC_KP_T_ENVELOPE),
-	 F(ESC_KP_T_PROFILE) | F(ESC_KP_T_ENVELOPE)},
-	{ESC_KP_OPEN_TRANSPORT | ESC_KP_REPLY, "open-transport reply", F(ESC_KP_T_PKCS8), F(ESC_KP_T_PKCS8)},
-	{ESC_KP_RELEASE, "release", F(ESC_KP_T_ID), F(ESC_KP_T_ID)},
-	{ESC_KP_RELEASE | ESC_KP_REPLY, "release reply", 0, 0},
-	{ESC_KP_SIGN_CRL, "sign-crl", F(ESC_KP_T_DAYS), F(ESC_KP_T_DAYS)},
-	{ESC_KP_SIGN_CRL | ESC_KP_REPLY, "sign-crl reply", F(ESC_KP_T_CRL), F(ESC_KP_T_CRL)},
-	{ESC_KP_CHECKPOINT, "checkpoint", F(ESC_KP_T_EVENTS) | F(ESC_KP_T_SECONDS) | F(ESC_KP_T_FINAL),
-	 F(ESC_KP_T_EVENTS) | F(ESC_KP_T_SECONDS) | F(ESC_KP_T_FINAL)},
-	{ESC_KP_CHECKPOINT | ESC_KP_REPLY, "checkpoint reply", F(ESC_KP_T_EVENT_ID), F(ESC_KP_T_EVENT_ID)},
-	{ESC_KP_ERROR, "error", F(ESC_KP_T_CODE) | F(ESC_KP_T_MESSAGE), F(ESC_KP_T_CODE) | F(ESC_KP_T_MESSAGE)},
+	{.type = ESC_KP_HELLO, .name = "hello", .allowed = 0, .required = 0, .secret = 0},
+	{.type = ESC_KP_HELLO | ESC_KP_REPLY,
+	 .name = "hello reply",
+	 .allowed = F(ESC_KP_T_CA) | F(ESC_KP_T_CHAIN) | F(ESC_KP_T_TRANSPORT),
+	 .required = F(ESC_KP_T_CA) | F(ESC_KP_T_CHAIN) | F(ESC_KP_T_TRANSPORT),
+	 .secret = 0},
+	{.type = ESC_KP_ISSUE,
+	 .name = "issue",
+	 .allowed = F(ESC_KP_T_PROFILE) | F(ESC_KP_T_SUBJECT) | F(ESC_KP_T_SAN) | F(ESC_KP_T_SPKI) | F(ESC_KP_T_DAYS),
+	 .required = F(ESC_KP_T_PROFILE) | F(ESC_KP_T_SUBJECT) | F(ESC_KP_T_SPKI),
+	 .secret = 0},
+	{.type = ESC_KP_ISSUE | ESC_KP_REPLY,
+	 .name = "issue reply",
+	 .allowed = F(ESC_KP_T_CERT),
+	 .required = F(ESC_KP_T_CERT),
+	 .secret = 0},
+	/* The profile is optional: when named, it must be an archival one. */
+	{.type = ESC_KP_OPEN_TRANSPORT,
+	 .name = "open-transport",
+	 .allowed = F(ESC_KP_T_PROFILE) | F(ESC_KP_T_ENVELOPE),
+	 .required = F(ESC_KP_T_ENVELOPE),
+	 .secret = 0},
+	{.type = ESC_KP_OPEN_TRANSPORT | ESC_KP_REPLY,
+	 .name = "open-transport reply",
+	 .allowed = F(ESC_KP_T_PKCS8),
+	 .required = F(ESC_KP_T_PKCS8),
+	 .secret = 1},
+	{.type = ESC_KP_RELEASE, .name = "release", .allowed = F(ESC_KP_T_ID), .required = F(ESC_KP_T_ID), .secret = 0},
+	{.type = ESC_KP_RELEASE | ESC_KP_REPLY, .name = "release reply", .allowed = 0, .required = 0, .secret = 0},
+	{.type = ESC_KP_SIGN_CRL,
+	 .name = "sign-crl",
+	 .allowed = F(ESC_KP_T_DAYS) | F(ESC_KP_T_ACCOUNT),
+	 .required = F(ESC_KP_T_DAYS),
+	 .secret = 0},
+	{.type = ESC_KP_SIGN_CRL | ESC_KP_REPLY,
+	 .name = "sign-crl reply",
+	 .allowed = F(ESC_KP_T_CRL),
+	 .required = F(ESC_KP_T_CRL),
+	 .secret = 0},
+	{.type = ESC_KP_CHECKPOINT,
+	 .name = "checkpoint",
+	 .allowed = F(ESC_KP_T_EVENTS) | F(ESC_KP_T_SECONDS) | F(ESC_KP_T_FINAL) | F(ESC_KP_T_ACCOUNT),
+	 .required = F(ESC_KP_T_EVENTS) | F(ESC_KP_T_SECONDS) | F(ESC_KP_T_FINAL),
+	 .secret = 0},
+	{.type = ESC_KP_CHECKPOINT | ESC_KP_REPLY,
+	 .name = "checkpoint reply",
+	 .allowed = F(ESC_KP_T_EVENT_ID),
+	 .required = F(ESC_KP_T_EVENT_ID),
+	 .secret = 0},
+	{.type = ESC_KP_SEAL_KEY,
+	 .name = "seal-key",
+	 .allowed = F(ESC_KP_T_PKCS8) | F(ESC_KP_T_CERT) | F(ESC_KP_T_RECIPIENT),
+	 .required = F(ESC_KP_T_PKCS8) | F(ESC_KP_T_CERT) | F(ESC_KP_T_RECIPIENT),
+	 .secret = 1},
+	{.type = ESC_KP_SEAL_KEY | ESC_KP_REPLY,
+	 .name = "seal-key reply",
+	 .allowed = F(ESC_KP_T_ENVELOPE),
+	 .required = F(ESC_KP_T_ENVELOPE),
+	 .secret = 0},
+	{.type = ESC_KP_KRA_PROVE,
+	 .name = "kra-prove",
+	 .allowed = F(ESC_KP_T_ACCOUNT) | F(ESC_KP_T_NAME) | F(ESC_KP_T_ID) | F(ESC_KP_T_SECRET),
+	 .required = F(ESC_KP_T_ACCOUNT) | F(ESC_KP_T_NAME) | F(ESC_KP_T_ID) | F(ESC_KP_T_SECRET),
+	 .secret = 1},
+	{.type = ESC_KP_KRA_PROVE | ESC_KP_REPLY,
+	 .name = "kra-prove reply",
+	 .allowed = F(ESC_KP_T_CERT),
+	 .required = F(ESC_KP_T_CERT),
+	 .secret = 0},
+	{.type = ESC_KP_ERROR,
+	 .name = "error",
+	 .allowed = F(ESC_KP_T_CODE) | F(ESC_KP_T_MESSAGE),
+	 .required = F(ESC_KP_T_CODE) | F(ESC_KP_T_MESSAGE),
+	 .secret = 0},
 };
 
 static int
@@ -79,6 +140,14 @@ type_index(uint8_t type)
 		if (types[i].type == type)
 			return (int)i;
 	return -1;
+}
+
+int
+esc_kp_type_secret(uint8_t type)
+{
+	int i = type_index(type);
+
+	return i >= 0 && types[i].secret;
 }
 
 const char *
@@ -215,8 +284,8 @@ esc_kp_decode(struct esc_ctx *ctx, const unsigned char *buf, size_t len, struct 
 			memset(m, 0, sizeof(*m));
 			return esc_error(ctx, ESC_ERR_BAD_INPUT, "keeper message '%s': %s", types[ti].name,
 					 tag == 0 || tag > ESC_KP_T_MAX ? "an unknown field"
-					 : flen > len - off	  ? "a field runs past the end"
-								  : "a field given twice");
+					 : flen > len - off		? "a field runs past the end"
+									: "a field given twice");
 		}
 		esc_kp_set(m, tag, buf + off, flen);
 		off += flen;
@@ -284,8 +353,8 @@ enum esc_err
 esc_kp_next_seq(struct esc_ctx *ctx, uint32_t *last, uint32_t seq)
 {
 	if (seq == 0 || seq != *last + 1)
-		return esc_error(ctx, ESC_ERR_BAD_INPUT, "keeper message number %u where %u was due: replayed or reordered",
-				 seq, *last + 1);
+		return esc_error(ctx, ESC_ERR_BAD_INPUT,
+				 "keeper message number %u where %u was due: replayed or reordered", seq, *last + 1);
 	*last = seq;
 	return ESC_OK;
 }

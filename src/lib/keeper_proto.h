@@ -42,7 +42,9 @@ enum esc_kp_type {
 	ESC_KP_OPEN_TRANSPORT = 3, /* open an archival envelope to the transport certificate */
 	ESC_KP_RELEASE = 4,        /* release an approved recovery request */
 	ESC_KP_SIGN_CRL = 5,       /* sign the CRL the keeper builds from the database */
-	ESC_KP_CHECKPOINT = 6,     /* sign an audit checkpoint if one is due */
+	ESC_KP_CHECKPOINT = 6,     /* sign an audit checkpoint if one is due, or for an account */
+	ESC_KP_SEAL_KEY = 7,       /* a generated key to its enrollee, signed by the CA (RFC 7030 §4.4.2) */
+	ESC_KP_KRA_PROVE = 8,      /* certify a KRA key whose possession a challenge's answer proves */
 	/* Replies, keeper to worker: the request's type with this bit, or ERROR. */
 	ESC_KP_REPLY = 0x80,
 	ESC_KP_ERROR = 0xff,
@@ -68,7 +70,11 @@ enum esc_kp_tag {
 	ESC_KP_T_TRANSPORT = 17, /* DER certificate: the transport certificate */
 	ESC_KP_T_CODE = 18,     /* int32: an enum esc_err */
 	ESC_KP_T_MESSAGE = 19,  /* text: the error's message (never a secret) */
-	ESC_KP_T_MAX = 19,
+	ESC_KP_T_RECIPIENT = 20, /* DER certificate: whom a sealed key is encrypted to */
+	ESC_KP_T_ACCOUNT = 21,  /* text: an account's name, re-read by the keeper */
+	ESC_KP_T_NAME = 22,     /* text: a KRA's name */
+	ESC_KP_T_SECRET = 23,   /* bytes: a challenge's answer (secret) */
+	ESC_KP_T_MAX = 23,
 };
 
 struct esc_kp_field {
@@ -125,6 +131,13 @@ size_t esc_kp_frame_length(const unsigned char hdr[4]);
  * *last becomes seq.  No (replayed, reordered, skipped): BAD_INPUT.
  */
 enum esc_err esc_kp_next_seq(struct esc_ctx *ctx, uint32_t *last, uint32_t seq) ESC_MUST_CHECK;
+
+/*
+ * Does a message of type carry a private key (OPEN_TRANSPORT's reply,
+ * SEAL_KEY)?  A reader that sees such a type in the header allocates the
+ * frame with OPENSSL_secure_malloc, and an encoder passes secure = 1.
+ */
+int esc_kp_type_secret(uint8_t type);
 
 /* The name of a message type, for logs ("issue", "issue reply", "error"); "unknown" otherwise. */
 const char *esc_kp_type_name(uint8_t type);

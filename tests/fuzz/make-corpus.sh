@@ -443,6 +443,13 @@ msg error ff 12ffffffcd "13$(printf 'request 7 is not approved' | xxd -p)"
 msg dup-field 04 090000000000000007 090000000000000008
 msg unknown-field 01 2a00
 msg wrong-width 04 0900000007
+msg seal-key 07 08300502010004 063003020101 143003020102
+msg seal-key-reply 87 073080060b2a864886f70d010910011
+msg sign-crl-account 05 0500000007 "15$(printf admin | xxd -p)"
+msg checkpoint-account 06 0b00000000 0c00000000 0d00000000 "15$(printf auditor | xxd -p)"
+msg kra-prove 08 "15$(printf admin | xxd -p)" "16$(printf kra1 | xxd -p)" 090000000000000003 \
+    170102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f20
+msg kra-prove-reply 88 063003020101
 { cat "$k/release"; printf '\x09'; } >"$k/trailing"
 head -c 9 "$k/issue" >"$k/truncated"
 

@@ -150,6 +150,8 @@ start_daemon() {
         printf 'database = "%s"\nlisten = 127.0.0.1:%s\nca_pin_file = %s\n' "$DB" "$port" "$PIN_FILE"
         printf 'tls_cert = %s\ntls_key = %s\nworkers = %s\nshutdown_grace = 10\n' "$T/tls.pem" "$T/tls.key" "$workers"
         for i in "$@"; do printf '%s\n' "$i"; done
+        # Tests run as root without a p11escrow account: the workers stay root unless a test says otherwise.
+        if [ "$(id -u)" = 0 ] && ! printf '%s\n' "$@" | grep -q '^user *='; then printf 'user = root\n'; fi
     } >"$DAEMON_CONF"
     DAEMON_LOG=$T/p11escrowd.$port.log
     "$P11ESCROWD_BIN" --config "$DAEMON_CONF" 2>"$DAEMON_LOG" &

@@ -155,6 +155,7 @@ test_defaults(void **state)
 	assert_int_equal(esc_config_get_long(f->cfg, "checkpoint_seconds"), 3600);
 	assert_string_equal(esc_config_get(f->cfg, "account_cert_ca"), "");
 	assert_string_equal(esc_config_get(f->cfg, "account_cert_crl"), "");
+	assert_string_equal(esc_config_get(f->cfg, "user"), "");
 
 	assert_null(esc_config_get(f->cfg, "nope"));
 	assert_null(esc_config_get(f->cfg, NULL));
@@ -163,7 +164,7 @@ test_defaults(void **state)
 
 	for (n = 0; esc_config_key_name(n) != NULL; n++)
 		assert_non_null(esc_config_get(f->cfg, esc_config_key_name(n)));
-	assert_int_equal(n, 29);
+	assert_int_equal(n, 30);
 	assert_string_equal(esc_config_key_name(0), "database");
 	assert_null(esc_config_key_name(1000));
 
@@ -414,6 +415,15 @@ test_set(void **state)
 	assert_int_equal(esc_config_set(f->ctx, f->cfg, "ca_days", " 2"), ESC_ERR_CONFIG);
 	assert_int_equal(esc_config_set(f->ctx, f->cfg, "ca_days", "+2"), ESC_ERR_CONFIG);
 	assert_int_equal(esc_config_get_long(f->cfg, "ca_days"), 1);
+	/* user: an account name, or empty (the default). */
+	assert_int_equal(esc_config_set(f->ctx, f->cfg, "user", "p11escrow"), ESC_OK);
+	assert_int_equal(esc_config_set(f->ctx, f->cfg, "user", "_svc-1"), ESC_OK);
+	assert_int_equal(esc_config_set(f->ctx, f->cfg, "user", "root"), ESC_OK);
+	assert_int_equal(esc_config_set(f->ctx, f->cfg, "user", "1abc"), ESC_ERR_CONFIG);
+	assert_int_equal(esc_config_set(f->ctx, f->cfg, "user", "Root"), ESC_ERR_CONFIG);
+	assert_int_equal(esc_config_set(f->ctx, f->cfg, "user", "a b"), ESC_ERR_CONFIG);
+	assert_int_equal(esc_config_set(f->ctx, f->cfg, "user", "abcdefghijabcdefghijabcdefghijabc"), ESC_ERR_CONFIG);
+	assert_int_equal(esc_config_set(f->ctx, f->cfg, "user", ""), ESC_OK);
 
 	assert_int_equal(esc_config_set(f->ctx, f->cfg, "bogus", "1"), ESC_ERR_CONFIG);
 	assert_msg_contains(f, "bogus");

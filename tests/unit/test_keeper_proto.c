@@ -231,6 +231,48 @@ teardown(void **state)
 	return 0;
 }
 
+/* Types that carry a private key are known before their body is read; SEAL_KEY and the account field. */
+static void
+test_secret_types(void **state)
+{
+	struct esc_ctx *ctx = *state;
+	struct esc_kp_msg m, d;
+	unsigned char *buf = NULL, days[4];
+	size_t len = 0;
+
+	assert_int_equal(esc_kp_type_secret(ESC_KP_OPEN_TRANSPORT | ESC_KP_REPLY), 1);
+	assert_int_equal(esc_kp_type_secret(ESC_KP_SEAL_KEY), 1);
+	assert_int_equal(esc_kp_type_secret(ESC_KP_OPEN_TRANSPORT), 0);
+	assert_int_equal(esc_kp_type_secret(ESC_KP_ISSUE), 0);
+	assert_int_equal(esc_kp_type_secret(0x42), 0);
+	esc_kp_init(&m, ESC_KP_SEAL_KEY, 3);
+	esc_kp_set(&m, ESC_KP_T_PKCS8, name, sizeof(name));
+	esc_kp_set(&m, ESC_KP_T_CERT, name, sizeof(name));
+	esc_kp_set(&m, ESC_KP_T_RECIPIENT, name, sizeof(name));
+	assert_int_equal(esc_kp_encode(ctx, &m, 1, &buf, &len), ESC_OK);
+	assert_int_equal(esc_kp_decode(ctx, buf + 4, len - 4, &d), ESC_OK);
+	assert_int_equal(d.f[ESC_KP_T_RECIPIENT].len, sizeof(name));
+	esc_kp_free(buf, len, 1);
+	/* A sealed key without its recipient is no message. */
+	esc_kp_init(&m, ESC_KP_SEAL_KEY, 3);
+	esc_kp_set(&m, ESC_KP_T_PKCS8, name, sizeof(name));
+	esc_kp_set(&m, ESC_KP_T_CERT, name, sizeof(name));
+	assert_int_equal(esc_kp_encode(ctx, &m, 1, &buf, &len), ESC_ERR_USAGE);
+	/* An account name: at most 64 bytes, only where a request may act for an account. */
+	esc_kp_put32(days, 7);
+	esc_kp_init(&m, ESC_KP_SIGN_CRL, 4);
+	esc_kp_set(&m, ESC_KP_T_DAYS, days, 4);
+	esc_kp_set(&m, ESC_KP_T_ACCOUNT, "admin", 5);
+	assert_int_equal(esc_kp_encode(ctx, &m, 0, &buf, &len), ESC_OK);
+	esc_kp_free(buf, len, 0);
+	esc_kp_set(&m, ESC_KP_T_ACCOUNT, "an-account-name-longer-than-sixty-four-bytes-is-refused-by-the-table", 68);
+	assert_int_equal(esc_kp_encode(ctx, &m, 0, &buf, &len), ESC_ERR_USAGE);
+	esc_kp_init(&m, ESC_KP_RELEASE, 5);
+	esc_kp_set(&m, ESC_KP_T_ID, "12345678", 8);
+	esc_kp_set(&m, ESC_KP_T_ACCOUNT, "admin", 5);
+	assert_int_equal(esc_kp_encode(ctx, &m, 0, &buf, &len), ESC_ERR_USAGE);
+}
+
 int
 main(void)
 {
@@ -238,6 +280,7 @@ main(void)
 		cmocka_unit_test(test_roundtrip),   cmocka_unit_test(test_numbers),
 		cmocka_unit_test(test_malformed),   cmocka_unit_test(test_frame_length),
 		cmocka_unit_test(test_sequence),    cmocka_unit_test(test_error_reply),
+		cmocka_unit_test(test_secret_types),
 	};
 
 	return cmocka_run_group_tests(tests, setup, teardown);
