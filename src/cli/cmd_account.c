@@ -389,6 +389,8 @@ path_for(char *buf, size_t len, const char *name, const char *what)
 {
 	const char *p;
 
+	if (name == NULL || *name == '\0')
+		return cli_usage_error(CMD, "an account NAME is needed");
 	for (p = name; *p; p++)
 		if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
 		      strchr("._@:+-", *p) != NULL))

@@ -108,7 +108,6 @@ remote(struct esc_ctx *ctx, const char *server, const char *server_ca, const cha
 	char path[256] = "", ndays[16];
 	const char *b64, *s;
 	size_t len = 0;
-	enum esc_err r;
 	int rc;
 
 	if (serial != NULL) {
@@ -138,7 +137,7 @@ remote(struct esc_ctx *ctx, const char *server, const char *server_ca, const cha
 		goto out;
 	}
 	b64 = json_string_value(json_object_get(doc, "crl"));
-	if ((r = esc_b64_decode_max(ctx, b64, b64 ? strlen(b64) : 0, 4 * 1024 * 1024, &der, &len)) != ESC_OK ||
+	if (esc_b64_decode_max(ctx, b64, b64 ? strlen(b64) : 0, 4 * 1024 * 1024, &der, &len) != ESC_OK ||
 	    len > LONG_MAX || (p = der, crl = d2i_X509_CRL(NULL, &p, (long)len)) == NULL || p != der + len) {
 		fprintf(stderr, "%s %s: error: the service's answer holds no valid CRL\n", PROG, CMD);
 		rc = esc_err_exit_code(ESC_ERR_BAD_INPUT);

@@ -95,6 +95,8 @@ remote_retire(struct esc_ctx *ctx, const struct opts *o)
 	const char *p;
 	int rc;
 
+	if (o->name == NULL || *o->name == '\0')
+		return cli_usage_error(CMD, "retire needs the KRA's NAME");
 	for (p = o->name; *p; p++)
 		if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
 		      strchr("._-", *p) != NULL))
@@ -179,7 +181,6 @@ offer_key(struct cli_http *h, struct esc_ctx *ctx, const struct opts *o, struct 
 	size_t spki_len, n = 0;
 	char *b64 = NULL, days[16];
 	json_t *body = NULL, *doc = NULL;
-	enum esc_err r;
 	int rc;
 
 	spki = esc_kra_card_public_key(k, &spki_len);
@@ -199,8 +200,8 @@ offer_key(struct cli_http *h, struct esc_ctx *ctx, const struct opts *o, struct 
 	{
 		const char *c = json_string_value(json_object_get(doc, "challenge"));
 
-		if (*id == '\0' || (r = esc_b64_decode_max(ctx, c, c != NULL ? strlen(c) : 0, ESC_ENVELOPE_MAX,
-							   challenge, challenge_len)) != ESC_OK) {
+		if (*id == '\0' || esc_b64_decode_max(ctx, c, c != NULL ? strlen(c) : 0, ESC_ENVELOPE_MAX, challenge,
+						       challenge_len) != ESC_OK) {
 			fprintf(stderr, "%s %s: error: the service answered no challenge\n", PROG, CMD);
 			rc = esc_err_exit_code(ESC_ERR_BAD_INPUT);
 			goto out;

@@ -1089,7 +1089,6 @@ svc_api_handle(struct svc_request *r, const char *subpath)
 	size_t i;
 	long long id;
 	char name[API_NAME_MAX + 1];
-	enum esc_err e;
 	int matched = 0;
 
 	memset(&c, 0, sizeof(c));
@@ -1099,7 +1098,7 @@ svc_api_handle(struct svc_request *r, const char *subpath)
 	if (svc_worker_ready(c.w, r) != 0)
 		return;
 	/* Every endpoint needs an account: nothing, not even a 404, before authentication. */
-	if ((e = authenticate(&c, subpath, user, sizeof(user))) != ESC_OK)
+	if (authenticate(&c, subpath, user, sizeof(user)) != ESC_OK)
 		goto out;
 	for (i = 0; i < sizeof(routes) / sizeof(routes[0]); i++) {
 		id = 0;

@@ -1216,12 +1216,12 @@ enum esc_err
 esc_csrattrs_for_profile(struct esc_ctx *ctx, const struct esc_profile *p, unsigned char **der, size_t *derlen)
 {
 	static const struct {
-		unsigned type;
 		const char *curve;
+		unsigned type;
 		int bits;
 	} keys[] = {
-		{ESC_EKEY_EC_P256, "prime256v1", 0}, {ESC_EKEY_EC_P384, "secp384r1", 0}, {ESC_EKEY_RSA2048, NULL, 2048},
-		{ESC_EKEY_RSA3072, NULL, 3072},	     {ESC_EKEY_RSA4096, NULL, 4096},
+		{"prime256v1", ESC_EKEY_EC_P256, 0}, {"secp384r1", ESC_EKEY_EC_P384, 0}, {NULL, ESC_EKEY_RSA2048, 2048},
+		{NULL, ESC_EKEY_RSA3072, 3072},	     {NULL, ESC_EKEY_RSA4096, 4096},
 	};
 	const char *oids[2], *curves[ESC_ARRAY_LEN(keys)];
 	int bits[ESC_ARRAY_LEN(keys)];

@@ -765,7 +765,16 @@ prove_impl(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *
 		r = esc_error_ossl(ctx, ESC_ERR_DB, "challenge %lld holds no readable public key", id);
 		goto out;
 	}
-	days = atoi(PQgetvalue(res, 0, 9));
+	{
+		char *end;
+		long d = strtol(PQgetvalue(res, 0, 9), &end, 10);
+
+		if (*end != '\0' || d < 1 || d > 36500) {
+			r = esc_error(ctx, ESC_ERR_DB, "challenge %lld holds no valid validity in days", id);
+			goto out;
+		}
+		days = (int)d;
+	}
 	snprintf(how, sizeof(how), "through the service, possession proven (challenge %lld); ", id);
 	if ((r = ca_signer(ctx, st, ca_tok, &ca, &signer)) != ESC_OK ||
 	    (r = kra_subject(ctx, ca, name, &subject)) != ESC_OK ||
