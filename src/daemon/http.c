@@ -74,11 +74,15 @@ is_api_path(const char *path)
 
 /* ---- Client certificates checked once per connection ---------------------- */
 
+/* A check of the client certificate that passed on this connection, and when. */
+struct cert_seen {
+	X509 *cert; /* renegotiation is off; compared anyway */
+	long long at; /* monotonic seconds */
+};
+
 struct cert_check {
-	X509 *cert;	 /* the certificate checked (renegotiation is off; compared anyway) */
-	long long at;	 /* monotonic seconds */
-	X509 *login_cert; /* the certificate whose account login was audited */
-	long long login_at;
+	struct cert_seen checked; /* against the database (svc_client_cert_checked) */
+	struct cert_seen login;	  /* its account login audited (svc_account_cert_audited) */
 };
 
 static int check_index = -1;
@@ -91,8 +95,8 @@ check_free(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int idx, long argl, void
 
 	(void)parent, (void)ad, (void)idx, (void)argl, (void)argp;
 	if (c != NULL) {
-		X509_free(c->cert);
-		X509_free(c->login_cert);
+		X509_free(c->checked.cert);
+		X509_free(c->login.cert);
 		free(c);
 	}
 }
@@ -103,73 +107,75 @@ check_index_new(void)
 	check_index = SSL_get_ex_new_index(0, NULL, NULL, NULL, check_free);
 }
 
-int
-svc_client_cert_fresh(struct svc_request *r)
+/* r's connection's record of passed checks (made on first use when create), or NULL. */
+static struct cert_check *
+check_of(struct svc_request *r, int create)
 {
 	struct cert_check *c;
 
 	if (r->ssl == NULL || r->client_cert == NULL || pthread_once(&check_once, check_index_new) != 0 ||
-	    check_index < 0 || (c = SSL_get_ex_data(r->ssl, check_index)) == NULL)
-		return 0;
-	return X509_cmp(c->cert, r->client_cert) == 0 && svc_mono_seconds() - c->at < r->w->client_cert_recheck;
+	    check_index < 0)
+		return NULL;
+	if ((c = SSL_get_ex_data(r->ssl, check_index)) != NULL || !create)
+		return c;
+	if ((c = calloc(1, sizeof(*c))) != NULL && !SSL_set_ex_data(r->ssl, check_index, c)) {
+		free(c);
+		c = NULL;
+	}
+	return c;
+}
+
+/* Did r's client certificate pass the check s records less than client_cert_recheck seconds ago? */
+static int
+seen_fresh(const struct svc_request *r, const struct cert_seen *s)
+{
+	return s->cert != NULL && X509_cmp(s->cert, r->client_cert) == 0 &&
+	       svc_mono_seconds() - s->at < r->w->client_cert_recheck;
+}
+
+/* Record in s that r's client certificate passed now.  Failing quietly only means checking again next time. */
+static void
+seen_now(const struct svc_request *r, struct cert_seen *s)
+{
+	if (!X509_up_ref(r->client_cert))
+		return;
+	X509_free(s->cert);
+	s->cert = r->client_cert;
+	s->at = svc_mono_seconds();
+}
+
+int
+svc_client_cert_fresh(struct svc_request *r)
+{
+	struct cert_check *c = check_of(r, 0);
+
+	return c != NULL && seen_fresh(r, &c->checked);
 }
 
 void
 svc_client_cert_checked(struct svc_request *r)
 {
-	struct cert_check *c;
+	struct cert_check *c = check_of(r, 1);
 
-	if (r->ssl == NULL || r->client_cert == NULL || pthread_once(&check_once, check_index_new) != 0 ||
-	    check_index < 0)
-		return;
-	if ((c = SSL_get_ex_data(r->ssl, check_index)) == NULL) {
-		if ((c = calloc(1, sizeof(*c))) == NULL)
-			return;
-		if (!SSL_set_ex_data(r->ssl, check_index, c)) {
-			free(c);
-			return;
-		}
-	}
-	if (!X509_up_ref(r->client_cert))
-		return;
-	X509_free(c->cert);
-	c->cert = r->client_cert;
-	c->at = svc_mono_seconds();
+	if (c != NULL)
+		seen_now(r, &c->checked);
 }
 
 int
 svc_account_cert_audit_due(struct svc_request *r)
 {
-	struct cert_check *c;
+	struct cert_check *c = check_of(r, 0);
 
-	if (r->ssl == NULL || r->client_cert == NULL || pthread_once(&check_once, check_index_new) != 0 ||
-	    check_index < 0 || (c = SSL_get_ex_data(r->ssl, check_index)) == NULL || c->login_cert == NULL)
-		return 1;
-	return X509_cmp(c->login_cert, r->client_cert) != 0 ||
-	       svc_mono_seconds() - c->login_at >= r->w->client_cert_recheck;
+	return c == NULL || !seen_fresh(r, &c->login);
 }
 
 void
 svc_account_cert_audited(struct svc_request *r)
 {
-	struct cert_check *c;
+	struct cert_check *c = check_of(r, 1);
 
-	if (r->ssl == NULL || r->client_cert == NULL || pthread_once(&check_once, check_index_new) != 0 ||
-	    check_index < 0)
-		return;
-	if ((c = SSL_get_ex_data(r->ssl, check_index)) == NULL) {
-		if ((c = calloc(1, sizeof(*c))) == NULL)
-			return;
-		if (!SSL_set_ex_data(r->ssl, check_index, c)) {
-			free(c);
-			return;
-		}
-	}
-	if (!X509_up_ref(r->client_cert))
-		return;
-	X509_free(c->login_cert);
-	c->login_cert = r->client_cert;
-	c->login_at = svc_mono_seconds();
+	if (c != NULL)
+		seen_now(r, &c->login);
 }
 
 /* ---- Failed logins ---------------------------------------------------------- */
