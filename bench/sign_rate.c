@@ -114,8 +114,8 @@ worker_main(void *arg)
 		goto ready;
 	if (esc_store_connect(ctx, sh->database, &st) != ESC_OK ||
 	    esc_keeper_open(ctx, st, sh->module, sh->pin, &k) != ESC_OK ||
-	    esc_token_open(ctx, sh->module, sh->key_uri, &tok) != ESC_OK || esc_token_login(ctx, tok, sh->pin) != ESC_OK ||
-	    esc_token_find_key(ctx, tok, sh->key_uri, &tk) != ESC_OK ||
+	    esc_token_open(ctx, sh->module, sh->key_uri, &tok) != ESC_OK ||
+	    esc_token_login(ctx, tok, sh->pin) != ESC_OK || esc_token_find_key(ctx, tok, sh->key_uri, &tk) != ESC_OK ||
 	    esc_token_key_private(ctx, tok, tk, &signer) != ESC_OK) {
 		fprintf(stderr, PROG ": thread %d: %s\n", w->index, esc_ctx_errmsg(ctx));
 		goto ready;

@@ -37,9 +37,9 @@ enum esc_archive_source {
 
 struct esc_archive_info {
 	char id[ESC_RECORD_ID_LEN + 1];
-	int foreign;          /* issued by another CA */
-	size_t nkras;         /* size of the KRA set */
-	char kras[256];       /* their names, comma-separated */
+	int foreign;	/* issued by another CA */
+	size_t nkras;	/* size of the KRA set */
+	char kras[256]; /* their names, comma-separated */
 };
 
 /*
@@ -55,6 +55,5 @@ struct esc_archive_info {
  */
 enum esc_err esc_archive_key(struct esc_ctx *ctx, struct esc_store *st, const char *actor, X509 *cert, EVP_PKEY *key,
 			     enum esc_archive_source source, struct esc_archive_info *info) ESC_MUST_CHECK;
-
 
 #endif

@@ -29,8 +29,8 @@ struct esc_audit_event {
 };
 
 /* Append one event (in the open transaction, else in its own).  Errors: USAGE, DB. */
-enum esc_err esc_audit_append(struct esc_ctx *ctx, struct esc_store *st, const struct esc_audit_event *ev)
-	ESC_MUST_CHECK;
+enum esc_err esc_audit_append(struct esc_ctx *ctx, struct esc_store *st,
+			      const struct esc_audit_event *ev) ESC_MUST_CHECK;
 
 /*
  * Record the outcome of an operation that returned r, after the fact:
@@ -48,7 +48,7 @@ void esc_audit_outcome_by(struct esc_ctx *ctx, struct esc_store *st, const struc
 struct esc_audit_report {
 	long long events;
 	long long checkpoints;
-	long long last_signed;  /* newest event covered by a checkpoint, 0 if none */
+	long long last_signed; /* newest event covered by a checkpoint, 0 if none */
 	long long first_bad;   /* id of the first event that fails, 0 if none */
 	char problem[256];     /* what is wrong with it */
 };
@@ -80,8 +80,7 @@ enum esc_err esc_audit_checkpoint_by(struct esc_ctx *ctx, struct esc_store *st, 
  * a broken chain ESC_ERR_TAMPERED and the report names the first bad event.
  * Errors: TAMPERED, DB.
  */
-enum esc_err esc_audit_verify(struct esc_ctx *ctx, struct esc_store *st, struct esc_audit_report *rep)
-	ESC_MUST_CHECK;
+enum esc_err esc_audit_verify(struct esc_ctx *ctx, struct esc_store *st, struct esc_audit_report *rep) ESC_MUST_CHECK;
 
 struct esc_audit_row {
 	long long id;

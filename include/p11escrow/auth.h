@@ -39,11 +39,11 @@ enum esc_err esc_roles_parse_set(struct esc_ctx *ctx, const char *text, unsigned
 void esc_roles_format(unsigned roles, char *buf, size_t len);
 
 /* Argon2id-encoded hash of a password.  Caller frees.  Errors: USAGE (too short), NOMEM, CRYPTO. */
-enum esc_err esc_auth_hash_password(struct esc_ctx *ctx, const struct esc_secret *password, char **encoded)
-	ESC_MUST_CHECK;
+enum esc_err esc_auth_hash_password(struct esc_ctx *ctx, const struct esc_secret *password,
+				    char **encoded) ESC_MUST_CHECK;
 /* ESC_OK if password matches encoded, ESC_ERR_AUTH if not. */
-enum esc_err esc_auth_verify_password(struct esc_ctx *ctx, const char *encoded, const struct esc_secret *password)
-	ESC_MUST_CHECK;
+enum esc_err esc_auth_verify_password(struct esc_ctx *ctx, const char *encoded,
+				      const struct esc_secret *password) ESC_MUST_CHECK;
 
 /*
  * Authenticate name with password.  Unknown name, wrong password and a
@@ -73,8 +73,8 @@ enum esc_err esc_account_login(struct esc_ctx *ctx, struct esc_store *st, const 
  */
 #define ESC_LOGIN_REMOTE 2u
 enum esc_err esc_account_login_ex(struct esc_ctx *ctx, struct esc_store *st, const char *name,
-				  const struct esc_secret *password, unsigned flags, struct esc_account **out)
-	ESC_MUST_CHECK;
+				  const struct esc_secret *password, unsigned flags,
+				  struct esc_account **out) ESC_MUST_CHECK;
 /* Did a's login find a password it must change (esc_account_login_ex)? */
 int esc_account_must_change(const struct esc_account *a);
 
@@ -102,8 +102,7 @@ unsigned esc_account_roles(const struct esc_account *a);
 long long esc_account_kra_id(const struct esc_account *a);
 int esc_account_has_role(const struct esc_account *a, enum esc_role role);
 /* Fail with ESC_ERR_DENIED ("account 'x' is not a certificate manager") unless a has role. */
-enum esc_err esc_account_require(struct esc_ctx *ctx, const struct esc_account *a, enum esc_role role)
-	ESC_MUST_CHECK;
+enum esc_err esc_account_require(struct esc_ctx *ctx, const struct esc_account *a, enum esc_role role) ESC_MUST_CHECK;
 void esc_account_free(struct esc_account *a);
 
 /*
@@ -137,8 +136,8 @@ enum esc_err esc_account_set_password(struct esc_ctx *ctx, struct esc_store *st,
  * of esc_account_set_password.
  */
 enum esc_err esc_account_change_password(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor,
-					 const struct esc_secret *current, const struct esc_secret *password)
-	ESC_MUST_CHECK;
+					 const struct esc_secret *current,
+					 const struct esc_secret *password) ESC_MUST_CHECK;
 
 struct esc_account_info {
 	long long id;
@@ -146,7 +145,7 @@ struct esc_account_info {
 	unsigned roles;
 	char kra_name[65]; /* "" unless bound to a KRA */
 	int disabled;
-	char scope[512];   /* "" if unscoped, else e.g. "profile encryption, group Sales" (may be cut short) */
+	char scope[512]; /* "" if unscoped, else e.g. "profile encryption, group Sales" (may be cut short) */
 };
 
 /* Every account (for any authenticated actor).  *out is malloc'ed; caller frees.  Errors: DENIED, DB. */

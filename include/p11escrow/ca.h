@@ -45,25 +45,25 @@ enum esc_err esc_ca_make_csr(struct esc_ctx *ctx, EVP_PKEY *signer, EVP_PKEY *pu
 
 enum esc_cert_profile {
 	ESC_PROFILE_ENCRYPTION, /* transport and storage keys: keyEncipherment (RSA) or keyAgreement (EC) */
-	ESC_PROFILE_KRA,        /* Key Recovery Agent: as above plus EKU 1.3.6.1.4.1.311.21.6 */
-	ESC_PROFILE_AUDIT,      /* audit checkpoints: digitalSignature only */
+	ESC_PROFILE_KRA,	/* Key Recovery Agent: as above plus EKU 1.3.6.1.4.1.311.21.6 */
+	ESC_PROFILE_AUDIT,	/* audit checkpoints: digitalSignature only */
 };
 
 /*
  * Issue a certificate for pub under ca_cert, signed by signer.
  * Errors: USAGE, CRYPTO.
  */
-enum esc_err esc_ca_issue(struct esc_ctx *ctx, X509 *ca_cert, EVP_PKEY *signer, EVP_PKEY *pub,
-			  const X509_NAME *subject, int days, enum esc_cert_profile profile, X509 **out) ESC_MUST_CHECK;
+enum esc_err esc_ca_issue(struct esc_ctx *ctx, X509 *ca_cert, EVP_PKEY *signer, EVP_PKEY *pub, const X509_NAME *subject,
+			  int days, enum esc_cert_profile profile, X509 **out) ESC_MUST_CHECK;
 
 /* What an end-entity certificate carries besides the CA's own choices. */
 struct esc_ee_spec {
-	const X509_NAME *subject;   /* non-empty */
-	EVP_PKEY *pub;              /* the certified public key */
-	const GENERAL_NAMES *san;   /* subjectAltName entries; NULL or empty: no extension */
-	const char *key_usage;      /* keyUsage in OpenSSL's configuration syntax, e.g. "critical,keyAgreement" */
-	const char *ext_key_usage;  /* extendedKeyUsage, e.g. "emailProtection,clientAuth"; NULL: none */
-	int days;                   /* validity from now (1..36500), capped at the CA certificate's notAfter */
+	const X509_NAME *subject;  /* non-empty */
+	EVP_PKEY *pub;		   /* the certified public key */
+	const GENERAL_NAMES *san;  /* subjectAltName entries; NULL or empty: no extension */
+	const char *key_usage;	   /* keyUsage in OpenSSL's configuration syntax, e.g. "critical,keyAgreement" */
+	const char *ext_key_usage; /* extendedKeyUsage, e.g. "emailProtection,clientAuth"; NULL: none */
+	int days;		   /* validity from now (1..36500), capped at the CA certificate's notAfter */
 };
 
 /*

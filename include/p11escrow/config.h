@@ -44,8 +44,8 @@ enum esc_err esc_config_load_buffer(struct esc_ctx *ctx, struct esc_config *cfg,
 enum esc_err esc_config_apply_env(struct esc_ctx *ctx, struct esc_config *cfg) ESC_MUST_CHECK;
 
 /* Set one key after validating its value.  Errors: CONFIG (unknown key, bad value). */
-enum esc_err esc_config_set(struct esc_ctx *ctx, struct esc_config *cfg, const char *key, const char *value)
-	ESC_MUST_CHECK;
+enum esc_err esc_config_set(struct esc_ctx *ctx, struct esc_config *cfg, const char *key,
+			    const char *value) ESC_MUST_CHECK;
 
 /* The value of key (default if never set), or NULL for an unknown key.  Owned by cfg. */
 const char *esc_config_get(const struct esc_config *cfg, const char *key);

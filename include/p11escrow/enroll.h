@@ -26,12 +26,12 @@
 
 struct esc_enroll_request {
 	const struct esc_profile *profile;
-	const char *actor;            /* audit actor, e.g. "est:otp:alice-7f3a" or "est:cert:<serial>" */
-	const X509_NAME *subject;     /* subject of the certificate to issue */
-	EVP_PKEY *pub;                /* the enrollee's public key (from its verified CSR) */
-	EVP_PKEY *key;                /* the private key to archive: required iff profile->archival, else NULL */
+	const char *actor;	  /* audit actor, e.g. "est:otp:alice-7f3a" or "est:cert:<serial>" */
+	const X509_NAME *subject; /* subject of the certificate to issue */
+	EVP_PKEY *pub;		  /* the enrollee's public key (from its verified CSR) */
+	EVP_PKEY *key;		  /* the private key to archive: required iff profile->archival, else NULL */
 	enum esc_archive_source source;
-	const char *otp_name;         /* one-time password consumed in the same transaction, or NULL */
+	const char *otp_name; /* one-time password consumed in the same transaction, or NULL */
 };
 
 /*
@@ -58,8 +58,8 @@ struct esc_enroll_request {
  * Errors: POLICY, AUTH, EXISTS, STATE, MISMATCH, PKCS11, DB, DB_CONNECT.
  */
 enum esc_err esc_enroll_issue(struct esc_ctx *ctx, struct esc_store *st, struct esc_keeper *k,
-			      const struct esc_enroll_request *req, X509 **cert, struct esc_archive_info *info)
-	ESC_MUST_CHECK;
+			      const struct esc_enroll_request *req, X509 **cert,
+			      struct esc_archive_info *info) ESC_MUST_CHECK;
 
 /*
  * Check a TLS client certificate presented to the service (already verified
@@ -73,7 +73,7 @@ enum esc_err esc_enroll_check_client_cert(struct esc_ctx *ctx, struct esc_store 
 
 struct esc_otp_grant {
 	char name[65];
-	char subject[512];       /* RFC 2253 */
+	char subject[512]; /* RFC 2253 */
 	char profile[32];
 };
 
@@ -98,13 +98,13 @@ enum esc_err esc_otp_check(struct esc_ctx *ctx, struct esc_store *st, const char
 
 struct esc_otp_info {
 	char name[65];
-	char subject[512];       /* RFC 2253 */
+	char subject[512]; /* RFC 2253 */
 	char profile[32];
-	char created_by[65];     /* account name */
-	char created[32];        /* "YYYY-MM-DD HH:MM:SSZ" (UTC) */
+	char created_by[65]; /* account name */
+	char created[32];    /* "YYYY-MM-DD HH:MM:SSZ" (UTC) */
 	char expires[32];
-	char used[32];           /* "" while unused */
-	char state[12];          /* "unused", "used" or "expired" */
+	char used[32];	/* "" while unused */
+	char state[12]; /* "unused", "used" or "expired" */
 };
 
 /*
@@ -113,8 +113,8 @@ struct esc_otp_info {
  * administrator, certificate manager or auditor.  *out is malloc'ed (the
  * caller frees it), *n its length.  Errors: DENIED, DB.
  */
-enum esc_err esc_otp_list(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor,
-			  const char *name, struct esc_otp_info **out, size_t *n) ESC_MUST_CHECK;
+enum esc_err esc_otp_list(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor, const char *name,
+			  struct esc_otp_info **out, size_t *n) ESC_MUST_CHECK;
 
 /* ---- The service's own TLS certificate -------------------------------------- */
 
@@ -125,8 +125,8 @@ enum esc_err esc_otp_list(struct esc_ctx *ctx, struct esc_store *st, const struc
  * PKCS11, DB.
  */
 enum esc_err esc_enroll_server_cert(struct esc_ctx *ctx, struct esc_store *st, struct esc_keeper *k,
-				    const char *const *names, size_t nnames, EVP_PKEY **key, X509 **cert)
-	ESC_MUST_CHECK;
+				    const char *const *names, size_t nnames, EVP_PKEY **key,
+				    X509 **cert) ESC_MUST_CHECK;
 
 /*
  * The same on behalf of an account (the CLI's service-cert), which must be

@@ -23,7 +23,7 @@
 
 /* Hash for RSA-OAEP and its MGF1. */
 enum esc_oaep_hash {
-	ESC_OAEP_SHA1,   /* what tokens such as SoftHSM2 2.6 do natively */
+	ESC_OAEP_SHA1, /* what tokens such as SoftHSM2 2.6 do natively */
 	ESC_OAEP_SHA256,
 };
 
@@ -36,8 +36,8 @@ const char *esc_oaep_hash_name(enum esc_oaep_hash h);
  * Errors: USAGE (no recipient, unsupported key, too large), CRYPTO.
  */
 enum esc_err esc_envelope_seal(struct esc_ctx *ctx, const unsigned char *in, size_t inlen, X509 *const *recips,
-			       const enum esc_oaep_hash *hashes, size_t nrecips, unsigned char **out, size_t *outlen)
-	ESC_MUST_CHECK;
+			       const enum esc_oaep_hash *hashes, size_t nrecips, unsigned char **out,
+			       size_t *outlen) ESC_MUST_CHECK;
 
 /*
  * Seal in[0..inlen) to the public key pub, which has no certificate yet

@@ -41,32 +41,31 @@
  * is skipped; any other character outside the alphabet, bad padding or a
  * length over ESC_EST_BODY_MAX is BAD_INPUT.  *out is malloc'ed.
  */
-enum esc_err esc_b64_decode(struct esc_ctx *ctx, const char *in, size_t inlen, unsigned char **out, size_t *outlen)
-	ESC_MUST_CHECK;
+enum esc_err esc_b64_decode(struct esc_ctx *ctx, const char *in, size_t inlen, unsigned char **out,
+			    size_t *outlen) ESC_MUST_CHECK;
 
 /* The same with another bound on the decoded length (e.g. base64 in the service's JSON answers). */
 enum esc_err esc_b64_decode_max(struct esc_ctx *ctx, const char *in, size_t inlen, size_t max, unsigned char **out,
 				size_t *outlen) ESC_MUST_CHECK;
 
 /* Base64 with CRLF every 64 characters and a final CRLF; malloc'ed, NUL-terminated.  Errors: NOMEM. */
-enum esc_err esc_b64_encode(struct esc_ctx *ctx, const unsigned char *in, size_t inlen, char **out, size_t *outlen)
-	ESC_MUST_CHECK;
+enum esc_err esc_b64_encode(struct esc_ctx *ctx, const unsigned char *in, size_t inlen, char **out,
+			    size_t *outlen) ESC_MUST_CHECK;
 
 /*
  * Decode a DER PKCS#10 request and verify its self-signature.
  * Errors: BAD_INPUT ("not a PKCS#10 request", trailing data),
  * CRYPTO ("the request's signature does not verify").
  */
-enum esc_err esc_csr_decode(struct esc_ctx *ctx, const unsigned char *der, size_t len, X509_REQ **out)
-	ESC_MUST_CHECK;
+enum esc_err esc_csr_decode(struct esc_ctx *ctx, const unsigned char *der, size_t len, X509_REQ **out) ESC_MUST_CHECK;
 
 /*
  * The RFC 7030 §4.4.1.2 AsymmetricDecryptKeyIdentifier attribute of a
  * serverkeygen request, if any: *kid (malloc'ed) and *kidlen, or *kid =
  * NULL when absent.  Errors: BAD_INPUT (present but malformed).
  */
-enum esc_err esc_csr_asymmetric_kid(struct esc_ctx *ctx, X509_REQ *req, unsigned char **kid, size_t *kidlen)
-	ESC_MUST_CHECK;
+enum esc_err esc_csr_asymmetric_kid(struct esc_ctx *ctx, X509_REQ *req, unsigned char **kid,
+				    size_t *kidlen) ESC_MUST_CHECK;
 
 /*
  * Build a Full PKI Request (see above) carrying csr and key, the key sealed
@@ -100,8 +99,8 @@ enum esc_err esc_certs_only_build(struct esc_ctx *ctx, X509 *const *certs, size_
  * new stack the caller frees with sk_X509_pop_free(, X509_free).
  * Errors: BAD_INPUT.
  */
-enum esc_err esc_certs_only_parse(struct esc_ctx *ctx, const unsigned char *der, size_t len, STACK_OF(X509) **out)
-	ESC_MUST_CHECK;
+enum esc_err esc_certs_only_parse(struct esc_ctx *ctx, const unsigned char *der, size_t len,
+				  STACK_OF(X509) **out) ESC_MUST_CHECK;
 
 /*
  * The RFC 7030 §4.4.1.1 DecryptKeyIdentifier attribute (the key asked for

@@ -86,8 +86,7 @@ int esc_keeper_lost(const struct esc_keeper *k);
  * st; a check that the token is still there) and calls again with the
  * same k and fd to go on with the connection.
  */
-enum esc_err esc_keeper_serve(struct esc_ctx *ctx, struct esc_keeper *k, struct esc_store *st, int fd)
-	ESC_MUST_CHECK;
+enum esc_err esc_keeper_serve(struct esc_ctx *ctx, struct esc_keeper *k, struct esc_store *st, int fd) ESC_MUST_CHECK;
 
 X509 *esc_keeper_ca_cert(const struct esc_keeper *k);
 /* Certificates above the CA certificate (external CA), possibly empty; owned by k. */
@@ -124,8 +123,8 @@ struct esc_kra;
  */
 enum esc_err esc_keeper_kra_prove(struct esc_ctx *ctx, struct esc_keeper *k, struct esc_store *st,
 				  const struct esc_account *actor, const char *name, long long id,
-				  const unsigned char *secret, size_t secret_len, struct esc_kra *out, unsigned char **cert,
-				  size_t *cert_len) ESC_MUST_CHECK;
+				  const unsigned char *secret, size_t secret_len, struct esc_kra *out,
+				  unsigned char **cert, size_t *cert_len) ESC_MUST_CHECK;
 
 /*
  * Sign an audit checkpoint of the chain's end in st with the audit key.

@@ -20,15 +20,15 @@
 struct esc_kra {
 	long long id;
 	char name[65];
-	char state[16];        /* active, retired */
+	char state[16]; /* active, retired */
 	char key_type[16];
-	char recipient[24];    /* rsa-oaep-sha1, rsa-oaep-sha256, ecdh */
+	char recipient[24]; /* rsa-oaep-sha1, rsa-oaep-sha256, ecdh */
 	char cert_serial[64];
 	char not_after[32];
 	char token_label[33];
 	char token_serial[17];
 	char key_uri[512];
-	long long records;     /* records this KRA can recover */
+	long long records; /* records this KRA can recover */
 };
 
 /*
@@ -154,8 +154,7 @@ enum esc_err esc_kra_enroll_prove(struct esc_ctx *ctx, struct esc_store *st, con
 				  size_t *cert_len) ESC_MUST_CHECK;
 
 /* All KRAs, oldest first.  *out is malloc'ed (caller frees).  Errors: DB. */
-enum esc_err esc_kra_list(struct esc_ctx *ctx, struct esc_store *st, struct esc_kra **out, size_t *n)
-	ESC_MUST_CHECK;
+enum esc_err esc_kra_list(struct esc_ctx *ctx, struct esc_store *st, struct esc_kra **out, size_t *n) ESC_MUST_CHECK;
 
 /*
  * Retire a KRA.  Refused (STATE, naming records) while any record would be

@@ -59,8 +59,7 @@ enum esc_err esc_secret_obtain(struct esc_ctx *ctx, const char *path, const char
 			       struct esc_secret **out) ESC_MUST_CHECK;
 
 /* Copy len bytes into a new secret.  Errors: NOMEM, USAGE (too long). */
-enum esc_err esc_secret_new(struct esc_ctx *ctx, const void *data, size_t len, struct esc_secret **out)
-	ESC_MUST_CHECK;
+enum esc_err esc_secret_new(struct esc_ctx *ctx, const void *data, size_t len, struct esc_secret **out) ESC_MUST_CHECK;
 
 /* NUL-terminated bytes of the secret (owned by it). */
 const char *esc_secret_str(const struct esc_secret *s);

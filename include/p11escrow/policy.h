@@ -32,14 +32,14 @@ struct esc_policy_item {
 };
 
 /* Every policy value.  *out is malloc'ed; caller frees.  Errors: DB. */
-enum esc_err esc_policy_list(struct esc_ctx *ctx, struct esc_store *st, struct esc_policy_item **out, size_t *n)
-	ESC_MUST_CHECK;
+enum esc_err esc_policy_list(struct esc_ctx *ctx, struct esc_store *st, struct esc_policy_item **out,
+			     size_t *n) ESC_MUST_CHECK;
 
 /*
  * Set one policy value after validating it.  actor must be an
  * administrator.  Errors: DENIED, USAGE (unknown key, bad value), DB.
  */
-enum esc_err esc_policy_set(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor,
-			    const char *key, const char *value) ESC_MUST_CHECK;
+enum esc_err esc_policy_set(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor, const char *key,
+			    const char *value) ESC_MUST_CHECK;
 
 #endif

@@ -26,14 +26,14 @@ enum esc_enroll_key {
 };
 
 struct esc_profile {
-	const char *name;      /* also the EST label: /.well-known/est/<name>/... */
-	const char *summary;   /* one line for help and docs */
-	int archival;          /* the key must be archived: /simpleenroll refused, /fullcmc and /serverkeygen only */
-	int signing;           /* a signing profile: never archived, /serverkeygen and /fullcmc refused */
-	unsigned keys;         /* allowed enrollee key types (ESC_EKEY_*) */
-	unsigned keygen;       /* the one type /serverkeygen generates (0: none) */
-	int days;              /* validity (capped at the CA's notAfter) */
-	int enrollable;        /* reachable through EST (tls-server is not) */
+	const char *name;    /* also the EST label: /.well-known/est/<name>/... */
+	const char *summary; /* one line for help and docs */
+	int archival;	     /* the key must be archived: /simpleenroll refused, /fullcmc and /serverkeygen only */
+	int signing;	     /* a signing profile: never archived, /serverkeygen and /fullcmc refused */
+	unsigned keys;	     /* allowed enrollee key types (ESC_EKEY_*) */
+	unsigned keygen;     /* the one type /serverkeygen generates (0: none) */
+	int days;	     /* validity (capped at the CA's notAfter) */
+	int enrollable;	     /* reachable through EST (tls-server is not) */
 };
 
 /* The default EST profile (no label): "encryption". */
@@ -53,7 +53,6 @@ unsigned esc_enroll_key_type(EVP_PKEY *pub);
 enum esc_err esc_profile_check_key(struct esc_ctx *ctx, const struct esc_profile *p, EVP_PKEY *pub) ESC_MUST_CHECK;
 
 /* Generate the profile's /serverkeygen key in software.  Errors: POLICY (profile has none), CRYPTO. */
-enum esc_err esc_profile_generate_key(struct esc_ctx *ctx, const struct esc_profile *p, EVP_PKEY **out)
-	ESC_MUST_CHECK;
+enum esc_err esc_profile_generate_key(struct esc_ctx *ctx, const struct esc_profile *p, EVP_PKEY **out) ESC_MUST_CHECK;
 
 #endif

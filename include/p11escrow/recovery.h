@@ -96,8 +96,8 @@ enum esc_err esc_archive_search(struct esc_ctx *ctx, struct esc_store *st, const
  * revoked, revoke_before_recovery), TAMPERED (the row was altered), DB.
  */
 enum esc_err esc_recovery_request(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor,
-				  const char *record, const char *kra_name, const char *reason, long long *id)
-	ESC_MUST_CHECK;
+				  const char *record, const char *kra_name, const char *reason,
+				  long long *id) ESC_MUST_CHECK;
 
 /*
  * Approve a pending request, as a certificate manager other than the
@@ -120,8 +120,8 @@ enum esc_err esc_recovery_approve(struct esc_ctx *ctx, struct esc_store *st, con
  * Errors: STATE (not approved, KRA retired or expired), NOT_FOUND, TAMPERED,
  * PKCS11, DB.
  */
-enum esc_err esc_recovery_release(struct esc_ctx *ctx, struct esc_store *st, struct esc_token *ca_tok, long long id)
-	ESC_MUST_CHECK;
+enum esc_err esc_recovery_release(struct esc_ctx *ctx, struct esc_store *st, struct esc_token *ca_tok,
+				  long long id) ESC_MUST_CHECK;
 
 /*
  * Complete a released request with the KRA's card (logged in): decrypt the
@@ -149,8 +149,8 @@ enum esc_err esc_recovery_list(struct esc_ctx *ctx, struct esc_store *st, const 
 			       const char *state, struct esc_recovery **out, size_t *n) ESC_MUST_CHECK;
 
 /* One request, as esc_recovery_list shows it.  For any authenticated account.  Errors: DENIED, NOT_FOUND, DB. */
-enum esc_err esc_recovery_get(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor,
-			      long long id, struct esc_recovery *out) ESC_MUST_CHECK;
+enum esc_err esc_recovery_get(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor, long long id,
+			      struct esc_recovery *out) ESC_MUST_CHECK;
 
 /*
  * A released package as a KRA's workstation needs it: the inner envelope
@@ -238,8 +238,8 @@ enum esc_err esc_recovery_finish(struct esc_ctx *ctx, struct esc_store *st, cons
  * Errors: DENIED (role, the requester denying, someone else cancelling,
  * out of scope), USAGE (reason), STATE, NOT_FOUND, DB.
  */
-enum esc_err esc_recovery_deny(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor,
-			       long long id, const char *reason) ESC_MUST_CHECK;
+enum esc_err esc_recovery_deny(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor, long long id,
+			       const char *reason) ESC_MUST_CHECK;
 enum esc_err esc_recovery_cancel(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor,
 				 long long id, const char *reason) ESC_MUST_CHECK;
 

@@ -26,8 +26,8 @@ enum esc_err esc_cert_revoke(struct esc_ctx *ctx, struct esc_store *st, const st
 /*
  * Is the certificate of archive record id revoked?  Errors: NOT_FOUND, DB.
  */
-enum esc_err esc_cert_record_revoked(struct esc_ctx *ctx, struct esc_store *st, const char *record_id, int *yes)
-	ESC_MUST_CHECK;
+enum esc_err esc_cert_record_revoked(struct esc_ctx *ctx, struct esc_store *st, const char *record_id,
+				     int *yes) ESC_MUST_CHECK;
 
 /*
  * Build and sign (CA key on ca_tok, logged in) a CRL of every revoked

@@ -11,25 +11,25 @@
 #include <p11escrow/token.h>
 
 struct esc_setup_opts {
-	const char *conninfo;          /* libpq connection string */
-	const char *module;            /* PKCS#11 module path or p11-kit:NAME; NULL: default */
-	const char *token_uri;         /* the CA token */
-	const struct esc_secret *pin;  /* CA token user PIN (needed unless the CA exists) */
+	const char *conninfo;	      /* libpq connection string */
+	const char *module;	      /* PKCS#11 module path or p11-kit:NAME; NULL: default */
+	const char *token_uri;	      /* the CA token */
+	const struct esc_secret *pin; /* CA token user PIN (needed unless the CA exists) */
 	enum esc_key_type ca_key_type;
 	enum esc_key_type transport_key_type;
 	enum esc_key_type storage_key_type;
-	const char *adopt_key_uri;     /* use this existing signing key instead of generating one */
+	const char *adopt_key_uri; /* use this existing signing key instead of generating one */
 	const char *subject;
 	int days;
-	const char *csr_out;           /* external CA: write the CSR (PEM) here instead of self-signing */
-	const char *import_cert;       /* external CA: the signed certificate (PEM, chain may follow) */
+	const char *csr_out;	 /* external CA: write the CSR (PEM) here instead of self-signing */
+	const char *import_cert; /* external CA: the signed certificate (PEM, chain may follow) */
 };
 
 enum esc_setup_outcome {
-	ESC_SETUP_CREATED,   /* a new, active CA */
-	ESC_SETUP_EXISTS,    /* a CA existed: nothing changed */
-	ESC_SETUP_PENDING,   /* keys created, CSR written, waiting for the signed certificate */
-	ESC_SETUP_IMPORTED,  /* the external CA's certificate was imported: CA active */
+	ESC_SETUP_CREATED,  /* a new, active CA */
+	ESC_SETUP_EXISTS,   /* a CA existed: nothing changed */
+	ESC_SETUP_PENDING,  /* keys created, CSR written, waiting for the signed certificate */
+	ESC_SETUP_IMPORTED, /* the external CA's certificate was imported: CA active */
 };
 
 struct esc_setup_key {
@@ -41,14 +41,14 @@ struct esc_setup_key {
 
 struct esc_setup_result {
 	enum esc_setup_outcome outcome;
-	char *state;        /* "active" or "pending-certificate" */
+	char *state; /* "active" or "pending-certificate" */
 	char *subject;
-	char *fingerprint;  /* NULL while pending */
-	char *cert_pem;     /* CA certificate, NULL while pending */
+	char *fingerprint; /* NULL while pending */
+	char *cert_pem;	   /* CA certificate, NULL while pending */
 	int schema_from, schema_to;
 	struct esc_setup_key keys[4];
 	size_t nkeys;
-	char note[512];     /* key types changed to what the token offers; "" if none */
+	char note[512]; /* key types changed to what the token offers; "" if none */
 };
 
 /*
@@ -60,8 +60,8 @@ struct esc_setup_result {
  * return; EXISTS when a concurrent setup won; STATE for an import without
  * a pending CA.
  */
-enum esc_err esc_setup_run(struct esc_ctx *ctx, const struct esc_setup_opts *opts, struct esc_setup_result **out)
-	ESC_MUST_CHECK;
+enum esc_err esc_setup_run(struct esc_ctx *ctx, const struct esc_setup_opts *opts,
+			   struct esc_setup_result **out) ESC_MUST_CHECK;
 void esc_setup_result_free(struct esc_setup_result *res);
 
 /*
@@ -70,7 +70,6 @@ void esc_setup_result_free(struct esc_setup_result *res);
  * front-ends can open the right token without being told.  Caller frees.
  * Errors: STATE (no such key: run setup), DB.
  */
-enum esc_err esc_setup_key_uri(struct esc_ctx *ctx, struct esc_store *st, const char *role, char **out)
-	ESC_MUST_CHECK;
+enum esc_err esc_setup_key_uri(struct esc_ctx *ctx, struct esc_store *st, const char *role, char **out) ESC_MUST_CHECK;
 
 #endif

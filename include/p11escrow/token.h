@@ -45,10 +45,10 @@ enum esc_key_usage {
 };
 
 struct esc_mechanism {
-	unsigned long type;    /* CKM_* */
+	unsigned long type; /* CKM_* */
 	unsigned long min_bits;
 	unsigned long max_bits;
-	unsigned long flags;   /* CKF_* */
+	unsigned long flags; /* CKF_* */
 };
 
 /* Parse "rsa3072", "rsa4096", "ec-p256", "ec-p384".  Errors: USAGE. */
@@ -88,8 +88,8 @@ enum esc_err esc_token_module_resolve(struct esc_ctx *ctx, const char *module, c
  * (message lists tokens present), AMBIGUOUS (message lists candidates),
  * PKCS11.
  */
-enum esc_err esc_token_open(struct esc_ctx *ctx, const char *module, const char *uri, struct esc_token **out)
-	ESC_MUST_CHECK;
+enum esc_err esc_token_open(struct esc_ctx *ctx, const char *module, const char *uri,
+			    struct esc_token **out) ESC_MUST_CHECK;
 /*
  * Open another token of the module sibling was opened from, sharing the
  * loaded module (and, as PKCS#11 has it, its login state per token).
@@ -101,8 +101,7 @@ enum esc_err esc_token_open_sibling(struct esc_ctx *ctx, const struct esc_token 
 void esc_token_free(struct esc_token *tok);
 
 /* Log in as the token user.  Errors: PIN_INCORRECT, PIN_LOCKED, PKCS11. */
-enum esc_err esc_token_login(struct esc_ctx *ctx, struct esc_token *tok, const struct esc_secret *pin)
-	ESC_MUST_CHECK;
+enum esc_err esc_token_login(struct esc_ctx *ctx, struct esc_token *tok, const struct esc_secret *pin) ESC_MUST_CHECK;
 
 const char *esc_token_label(const struct esc_token *tok);
 const char *esc_token_serial(const struct esc_token *tok);
@@ -132,8 +131,8 @@ enum esc_err esc_token_require_key_mechanisms(struct esc_ctx *ctx, struct esc_to
  * given.  Errors: MECHANISM, PKCS11, NOMEM.
  */
 enum esc_err esc_token_generate_key(struct esc_ctx *ctx, struct esc_token *tok, enum esc_key_type type,
-				    enum esc_key_usage usage, const char *label, struct esc_token_key **out)
-	ESC_MUST_CHECK;
+				    enum esc_key_usage usage, const char *label,
+				    struct esc_token_key **out) ESC_MUST_CHECK;
 
 /*
  * Find the one private key matching uri (object label and/or id; the token
@@ -144,8 +143,8 @@ enum esc_err esc_token_find_key(struct esc_ctx *ctx, struct esc_token *tok, cons
 				struct esc_token_key **out) ESC_MUST_CHECK;
 
 /* Destroy both halves of a key pair on the token (undo of a generation). */
-enum esc_err esc_token_destroy_key(struct esc_ctx *ctx, struct esc_token *tok, const struct esc_token_key *key)
-	ESC_MUST_CHECK;
+enum esc_err esc_token_destroy_key(struct esc_ctx *ctx, struct esc_token *tok,
+				   const struct esc_token_key *key) ESC_MUST_CHECK;
 
 void esc_token_key_free(struct esc_token_key *key);
 

@@ -127,14 +127,38 @@ void
 cli_print_exit_codes(void)
 {
 	static const enum esc_err codes[] = {
-		ESC_ERR_USAGE,		 ESC_ERR_CONFIG,	 ESC_ERR_IO,	    ESC_ERR_PIN_MISSING,
-		ESC_ERR_PIN_INCORRECT,	 ESC_ERR_PIN_LOCKED,	 ESC_ERR_TOKEN_NOT_FOUND, ESC_ERR_KEY_NOT_FOUND,
-		ESC_ERR_AMBIGUOUS,	 ESC_ERR_MECHANISM,	 ESC_ERR_PKCS11,    ESC_ERR_MODULE,
-		ESC_ERR_URI,		 ESC_ERR_DB_CONNECT,	 ESC_ERR_DB,	    ESC_ERR_SCHEMA_NEWER,
-		ESC_ERR_SCHEMA_OLD,	 ESC_ERR_BUSY,		 ESC_ERR_CRYPTO,	 ESC_ERR_BAD_INPUT, ESC_ERR_MISMATCH, ESC_ERR_TAMPERED, ESC_ERR_NOT_RECIPIENT,
-		ESC_ERR_EXISTS,		 ESC_ERR_STATE,		 ESC_ERR_NOT_FOUND, ESC_ERR_POLICY,
+		ESC_ERR_USAGE,
+		ESC_ERR_CONFIG,
+		ESC_ERR_IO,
+		ESC_ERR_PIN_MISSING,
+		ESC_ERR_PIN_INCORRECT,
+		ESC_ERR_PIN_LOCKED,
+		ESC_ERR_TOKEN_NOT_FOUND,
+		ESC_ERR_KEY_NOT_FOUND,
+		ESC_ERR_AMBIGUOUS,
+		ESC_ERR_MECHANISM,
+		ESC_ERR_PKCS11,
+		ESC_ERR_MODULE,
+		ESC_ERR_URI,
+		ESC_ERR_DB_CONNECT,
+		ESC_ERR_DB,
+		ESC_ERR_SCHEMA_NEWER,
+		ESC_ERR_SCHEMA_OLD,
+		ESC_ERR_BUSY,
+		ESC_ERR_CRYPTO,
+		ESC_ERR_BAD_INPUT,
+		ESC_ERR_MISMATCH,
+		ESC_ERR_TAMPERED,
+		ESC_ERR_NOT_RECIPIENT,
+		ESC_ERR_EXISTS,
+		ESC_ERR_STATE,
+		ESC_ERR_NOT_FOUND,
+		ESC_ERR_POLICY,
 		ESC_ERR_ARCHIVED,
-		ESC_ERR_AUTH,		 ESC_ERR_DENIED,	 ESC_ERR_PASSWORD_CHANGE, ESC_ERR_INTERNAL,
+		ESC_ERR_AUTH,
+		ESC_ERR_DENIED,
+		ESC_ERR_PASSWORD_CHANGE,
+		ESC_ERR_INTERNAL,
 	};
 	size_t i;
 
@@ -144,8 +168,7 @@ cli_print_exit_codes(void)
 }
 
 int
-cli_password(const char *cmd, struct esc_ctx *ctx, const char *user, const char *password_file,
-	     struct esc_secret **out)
+cli_password(const char *cmd, struct esc_ctx *ctx, const char *user, const char *password_file, struct esc_secret **out)
 {
 	char prompt[128];
 	enum esc_err r;
@@ -165,8 +188,8 @@ cli_login(const char *cmd, struct esc_ctx *ctx, struct esc_store *st, const char
 }
 
 int
-cli_login_flags(const char *cmd, struct esc_ctx *ctx, struct esc_store *st, const char *user,
-		const char *password_file, unsigned flags, struct esc_account **out)
+cli_login_flags(const char *cmd, struct esc_ctx *ctx, struct esc_store *st, const char *user, const char *password_file,
+		unsigned flags, struct esc_account **out)
 {
 	struct esc_secret *pw = NULL;
 	enum esc_err r;
@@ -180,8 +203,8 @@ cli_login_flags(const char *cmd, struct esc_ctx *ctx, struct esc_store *st, cons
 }
 
 int
-cli_apply_common(const char *cmd, struct esc_ctx *ctx, struct esc_config *cfg, const char *database,
-		 const char *module, const char *ca_token, const char *pin_file)
+cli_apply_common(const char *cmd, struct esc_ctx *ctx, struct esc_config *cfg, const char *database, const char *module,
+		 const char *ca_token, const char *pin_file)
 {
 	int rc = 0;
 
@@ -211,7 +234,8 @@ cli_check_mode(const char *cmd, const char *server, int local_flag)
 	int env_local;
 
 	if (env != NULL && *env != '\0' && strcmp(env, "0") != 0 && strcmp(env, "1") != 0)
-		return cli_usage_error(cmd, "$%s must be 1 (break-glass direct database access), 0 or empty", CLI_LOCAL_ENV);
+		return cli_usage_error(cmd, "$%s must be 1 (break-glass direct database access), 0 or empty",
+				       CLI_LOCAL_ENV);
 	env_local = env != NULL && strcmp(env, "1") == 0;
 	if (server != NULL && local_flag)
 		return cli_usage_error(cmd, "--server and --local exclude each other");
@@ -267,8 +291,8 @@ cli_open_keeper(const char *cmd, struct esc_ctx *ctx, struct esc_config *cfg, st
 	struct esc_keeper *k = NULL;
 	enum esc_err r;
 
-	if ((r = esc_secret_obtain(ctx, esc_config_get(cfg, "ca_pin_file"), "P11ESCROW_CA_PIN", "CA token PIN: ",
-				   &pin)) == ESC_OK)
+	if ((r = esc_secret_obtain(ctx, esc_config_get(cfg, "ca_pin_file"), "P11ESCROW_CA_PIN",
+				   "CA token PIN: ", &pin)) == ESC_OK)
 		r = esc_keeper_open(ctx, st, esc_config_get(cfg, "module"), pin, &k);
 	esc_secret_free(pin);
 	if (r != ESC_OK)
@@ -278,8 +302,8 @@ cli_open_keeper(const char *cmd, struct esc_ctx *ctx, struct esc_config *cfg, st
 }
 
 int
-cli_open_ca_token(const char *cmd, struct esc_ctx *ctx, struct esc_config *cfg, struct esc_store *st,
-		  const char *role, const char *explicit_uri, struct esc_token **out)
+cli_open_ca_token(const char *cmd, struct esc_ctx *ctx, struct esc_config *cfg, struct esc_store *st, const char *role,
+		  const char *explicit_uri, struct esc_token **out)
 {
 	struct esc_secret *pin = NULL;
 	struct esc_token *tok = NULL;
@@ -288,8 +312,8 @@ cli_open_ca_token(const char *cmd, struct esc_ctx *ctx, struct esc_config *cfg, 
 
 	/* The token the role's key was recorded on at setup, unless the caller names one. */
 	if ((explicit_uri == NULL && (r = esc_setup_key_uri(ctx, st, role, &uri)) != ESC_OK) ||
-	    (r = esc_secret_obtain(ctx, esc_config_get(cfg, "ca_pin_file"), "P11ESCROW_CA_PIN", "CA token PIN: ",
-				   &pin)) != ESC_OK ||
+	    (r = esc_secret_obtain(ctx, esc_config_get(cfg, "ca_pin_file"), "P11ESCROW_CA_PIN",
+				   "CA token PIN: ", &pin)) != ESC_OK ||
 	    (r = esc_token_open(ctx, esc_config_get(cfg, "module"), explicit_uri ? explicit_uri : uri, &tok)) !=
 		    ESC_OK ||
 	    (r = esc_token_login(ctx, tok, pin)) != ESC_OK) {

@@ -456,12 +456,12 @@ remote_main(struct esc_ctx *ctx, const struct opts *o, const char *action, const
 	int rc;
 
 	if (strcmp(action, "passwd") == 0)
-		return cli_usage_error(CMD, "passwd does not go through the service yet: use --local on the service host");
+		return cli_usage_error(CMD,
+				       "passwd does not go through the service yet: use --local on the service host");
 	if (strcmp(action, "add") == 0 && o->user == NULL)
 		return cli_usage_error(CMD, "--user ADMIN is required with --server (the first administrator is "
 					    "created with --local on the service host)");
-	if (name != NULL && strcmp(action, "add") != 0 &&
-	    (rc = path_for(path, sizeof(path), name, action)) != 0)
+	if (name != NULL && strcmp(action, "add") != 0 && (rc = path_for(path, sizeof(path), name, action)) != 0)
 		return rc;
 	if ((rc = cli_http_open(CMD, ctx, o->server, o->server_ca, o->user, o->password_file, &h)) != 0)
 		return rc;
@@ -481,8 +481,17 @@ remote_main(struct esc_ctx *ctx, const struct opts *o, const char *action, const
 int
 account_main(int argc, char *argv[])
 {
-	enum { OPT_KRA = 256, OPT_PASSWORD, OPT_NEW_PASSWORD, OPT_PROFILE, OPT_GROUP, OPT_CLEAR, OPT_SERVER,
-	       OPT_SERVER_CA, OPT_LOCAL };
+	enum {
+		OPT_KRA = 256,
+		OPT_PASSWORD,
+		OPT_NEW_PASSWORD,
+		OPT_PROFILE,
+		OPT_GROUP,
+		OPT_CLEAR,
+		OPT_SERVER,
+		OPT_SERVER_CA,
+		OPT_LOCAL
+	};
 	static const struct option longopts[] = {
 		{"config", required_argument, NULL, 'c'},
 		{"database", required_argument, NULL, 'd'},

@@ -167,9 +167,10 @@ account_cert_main(int argc, char *argv[])
 	if ((rc = cli_init(CMD, config, &ctx, &cfg)) != 0)
 		goto out;
 	if ((rc = cli_apply_common(CMD, ctx, cfg, database, NULL, NULL, NULL)) != 0 ||
-	    (rc = cli_open_store_local(CMD, strcmp(action, "add") == 0	    ? "account cert add"
-					   : strcmp(action, "remove") == 0 ? "account cert remove"
-									   : "account cert list",
+	    (rc = cli_open_store_local(CMD,
+				       strcmp(action, "add") == 0      ? "account cert add"
+				       : strcmp(action, "remove") == 0 ? "account cert remove"
+								       : "account cert list",
 				       ctx, cfg, &st)) != 0 ||
 	    (rc = cli_login(CMD, ctx, st, user, password_file, &actor)) != 0)
 		goto out;

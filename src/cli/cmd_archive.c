@@ -87,7 +87,7 @@ struct batch {
 	struct esc_ctx *ctx;
 	struct esc_store *st;
 	struct cli_http *h; /* through the service (--server), else NULL */
-	const char *actor; /* the administrator, for the audit trail */
+	const char *actor;  /* the administrator, for the audit trail */
 	const char *password_file;
 	struct esc_secret *password; /* obtained once, when a file first needs it */
 	enum esc_err password_err;   /* ... or why it could not be: never asked twice */
@@ -290,9 +290,9 @@ obtain_password(struct batch *b, const struct item *it, char *reason, size_t rle
 {
 	if (b->password_err == ESC_OK && b->password == NULL) {
 		clear_bar(b);
-		if ((b->password_err = esc_secret_obtain(b->ctx, b->password_file, "P11ESCROW_P12_PASSWORD",
-							 "Password of the PKCS#12 files / encrypted keys: ",
-							 &b->password)) != ESC_OK)
+		if ((b->password_err = esc_secret_obtain(
+			     b->ctx, b->password_file, "P11ESCROW_P12_PASSWORD",
+			     "Password of the PKCS#12 files / encrypted keys: ", &b->password)) != ESC_OK)
 			snprintf(b->password_why, sizeof(b->password_why), "%s", esc_ctx_errmsg(b->ctx));
 	}
 	if (b->password_err != ESC_OK)
@@ -355,9 +355,9 @@ archive_remote(struct batch *b, const struct item *it, struct esc_archive_info *
 		    json_object_set_new(body, "file", json_string(kb64)) != 0 ||
 		    (cb64 != NULL && (json_object_set_new(body, "cert", json_string(cb64)) != 0 ||
 				      json_object_set_new(body, "cert_name", json_string("certificate file")) != 0)) ||
-		    (b->password != NULL &&
-		     json_object_set_new(body, "password",
-					 json_stringn(esc_secret_str(b->password), esc_secret_len(b->password))) != 0)) {
+		    (b->password != NULL && json_object_set_new(body, "password",
+								json_stringn(esc_secret_str(b->password),
+									     esc_secret_len(b->password))) != 0)) {
 			r = ESC_ERR_BAD_INPUT;
 			snprintf(reason, rlen, "'%s' cannot be sent (the password is not UTF-8 text?)", it->path);
 			goto out;
@@ -370,10 +370,11 @@ archive_remote(struct batch *b, const struct item *it, struct esc_archive_info *
 		b->no_answer = r != ESC_OK && status == 0;
 		if (status == 413) {
 			r = ESC_ERR_BAD_INPUT;
-			snprintf(reason, rlen,
-				 "'%s' is larger than the service takes in one request (its max_body): import it on the "
-				 "service host with --local",
-				 it->path);
+			snprintf(
+				reason, rlen,
+				"'%s' is larger than the service takes in one request (its max_body): import it on the "
+				"service host with --local",
+				it->path);
 		}
 		if (r != ESC_ERR_PIN_MISSING || b->password != NULL)
 			break;
@@ -646,10 +647,11 @@ archive_main(int argc, char *argv[])
 			size_t i;
 			int is_admin = 0;
 
-			json_array_foreach(json_object_get(who, "roles"), i, role)
-				is_admin |= json_is_string(role) && strcmp(json_string_value(role), "admin") == 0;
+			json_array_foreach(json_object_get(who, "roles"), i, role) is_admin |=
+				json_is_string(role) && strcmp(json_string_value(role), "admin") == 0;
 			if (!is_admin) {
-				fprintf(stderr, "%s %s: error: account '%s' is not an administrator\n", PROG, CMD, user);
+				fprintf(stderr, "%s %s: error: account '%s' is not an administrator\n", PROG, CMD,
+					user);
 				rc = esc_err_exit_code(ESC_ERR_DENIED);
 				goto out;
 			}

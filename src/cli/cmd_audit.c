@@ -129,8 +129,8 @@ remote_list(struct esc_ctx *ctx, const char *server, const char *server_ca, cons
 			return cli_usage_error(CMD, "filters too long");
 	if (cli_http_query(path, sizeof(path), "limit", lim) != 0)
 		return cli_usage_error(CMD, "filters too long");
-	if ((rc = cli_http_open_cert(CMD, ctx, server, server_ca, user, password_file, client[0], client[1],
-				     &h)) != 0 ||
+	if ((rc = cli_http_open_cert(CMD, ctx, server, server_ca, user, password_file, client[0], client[1], &h)) !=
+		    0 ||
 	    (rc = cli_http_call(h, CLI_HTTP_GET, path, NULL, &doc)) != 0)
 		goto out;
 	list = json_object_get(doc, "events");
@@ -164,21 +164,42 @@ out:
 int
 audit_main(int argc, char *argv[])
 {
-	enum { OPT_PASSWORD = 256, OPT_SINCE, OPT_UNTIL, OPT_ACTOR, OPT_ACTION, OPT_OBJECT, OPT_LIMIT, OPT_SERVER,
-	       OPT_SERVER_CA, OPT_SERIAL, OPT_LOCAL, OPT_CLIENT_CERT, OPT_CLIENT_KEY };
+	enum {
+		OPT_PASSWORD = 256,
+		OPT_SINCE,
+		OPT_UNTIL,
+		OPT_ACTOR,
+		OPT_ACTION,
+		OPT_OBJECT,
+		OPT_LIMIT,
+		OPT_SERVER,
+		OPT_SERVER_CA,
+		OPT_SERIAL,
+		OPT_LOCAL,
+		OPT_CLIENT_CERT,
+		OPT_CLIENT_KEY
+	};
 	static const struct option longopts[] = {
-		{"config", required_argument, NULL, 'c'}, {"database", required_argument, NULL, 'd'},
-		{"user", required_argument, NULL, 'u'},	  {"password-file", required_argument, NULL, OPT_PASSWORD},
-		{"since", required_argument, NULL, OPT_SINCE}, {"until", required_argument, NULL, OPT_UNTIL},
-		{"actor", required_argument, NULL, OPT_ACTOR}, {"action", required_argument, NULL, OPT_ACTION},
-		{"object", required_argument, NULL, OPT_OBJECT}, {"limit", required_argument, NULL, OPT_LIMIT},
+		{"config", required_argument, NULL, 'c'},
+		{"database", required_argument, NULL, 'd'},
+		{"user", required_argument, NULL, 'u'},
+		{"password-file", required_argument, NULL, OPT_PASSWORD},
+		{"since", required_argument, NULL, OPT_SINCE},
+		{"until", required_argument, NULL, OPT_UNTIL},
+		{"actor", required_argument, NULL, OPT_ACTOR},
+		{"action", required_argument, NULL, OPT_ACTION},
+		{"object", required_argument, NULL, OPT_OBJECT},
+		{"limit", required_argument, NULL, OPT_LIMIT},
 		{"serial", required_argument, NULL, OPT_SERIAL},
-		{"pin-file", required_argument, NULL, 'p'}, {"module", required_argument, NULL, 'm'},
-		{"server", required_argument, NULL, OPT_SERVER}, {"server-ca", required_argument, NULL, OPT_SERVER_CA},
+		{"pin-file", required_argument, NULL, 'p'},
+		{"module", required_argument, NULL, 'm'},
+		{"server", required_argument, NULL, OPT_SERVER},
+		{"server-ca", required_argument, NULL, OPT_SERVER_CA},
 		{"local", no_argument, NULL, OPT_LOCAL},
 		{"client-cert", required_argument, NULL, OPT_CLIENT_CERT},
 		{"client-key", required_argument, NULL, OPT_CLIENT_KEY},
-		{"help", no_argument, NULL, 'h'},	  {NULL, 0, NULL, 0},
+		{"help", no_argument, NULL, 'h'},
+		{NULL, 0, NULL, 0},
 	};
 	const char *config = NULL, *database = NULL, *user = NULL, *password_file = NULL, *action;
 	const char *pin_file = NULL, *module = NULL, *server = NULL, *server_ca = NULL;
@@ -201,23 +222,57 @@ audit_main(int argc, char *argv[])
 		case 'h':
 			help();
 			return 0;
-		case 'c': config = optarg; break;
-		case 'd': database = optarg; break;
-		case 'u': user = optarg; break;
-		case 'p': pin_file = optarg; break;
-		case 'm': module = optarg; break;
-		case OPT_PASSWORD: password_file = optarg; break;
-		case OPT_SINCE: since = optarg; break;
-		case OPT_UNTIL: until = optarg; break;
-		case OPT_ACTOR: actor = optarg; break;
-		case OPT_ACTION: act = optarg; break;
-		case OPT_OBJECT: object = optarg; break;
-		case OPT_SERIAL: serial = optarg; break;
-		case OPT_SERVER: server = optarg; break;
-		case OPT_SERVER_CA: server_ca = optarg; break;
-		case OPT_LOCAL: local = 1; break;
-		case OPT_CLIENT_CERT: client[0] = optarg; break;
-		case OPT_CLIENT_KEY: client[1] = optarg; break;
+		case 'c':
+			config = optarg;
+			break;
+		case 'd':
+			database = optarg;
+			break;
+		case 'u':
+			user = optarg;
+			break;
+		case 'p':
+			pin_file = optarg;
+			break;
+		case 'm':
+			module = optarg;
+			break;
+		case OPT_PASSWORD:
+			password_file = optarg;
+			break;
+		case OPT_SINCE:
+			since = optarg;
+			break;
+		case OPT_UNTIL:
+			until = optarg;
+			break;
+		case OPT_ACTOR:
+			actor = optarg;
+			break;
+		case OPT_ACTION:
+			act = optarg;
+			break;
+		case OPT_OBJECT:
+			object = optarg;
+			break;
+		case OPT_SERIAL:
+			serial = optarg;
+			break;
+		case OPT_SERVER:
+			server = optarg;
+			break;
+		case OPT_SERVER_CA:
+			server_ca = optarg;
+			break;
+		case OPT_LOCAL:
+			local = 1;
+			break;
+		case OPT_CLIENT_CERT:
+			client[0] = optarg;
+			break;
+		case OPT_CLIENT_KEY:
+			client[1] = optarg;
+			break;
 		case OPT_LIMIT:
 			if ((rc = cli_int_option(CMD, "--limit", optarg, 1, 100000, &nlimit)) != 0)
 				return rc;
@@ -248,7 +303,8 @@ audit_main(int argc, char *argv[])
 	if (server != NULL) {
 		const char *filters[6] = {since, until, actor, act, object, serial};
 
-		if ((rc = remote_list(ctx, server, server_ca, client, user, password_file, filters, limit, &rows, &n)) != 0)
+		if ((rc = remote_list(ctx, server, server_ca, client, user, password_file, filters, limit, &rows,
+				      &n)) != 0)
 			goto out;
 		goto print;
 	}
@@ -269,14 +325,14 @@ audit_main(int argc, char *argv[])
 	if (strcmp(action, "verify") == 0) {
 		r = esc_audit_verify(ctx, st, &rep);
 		/* The verification itself is an event, after the chain it checked. */
-		esc_audit_outcome(ctx, st, reader ? esc_account_name(reader) : "cli", "auditor", "audit.verify", "chain",
-				  r);
+		esc_audit_outcome(ctx, st, reader ? esc_account_name(reader) : "cli", "auditor", "audit.verify",
+				  "chain", r);
 		if (r != ESC_OK) {
 			rc = cli_fail(CMD, ctx, r);
 			goto out;
 		}
-		printf("audit trail intact: %lld event(s), every hash and link verified; %lld checkpoint(s)", rep.events,
-		       rep.checkpoints);
+		printf("audit trail intact: %lld event(s), every hash and link verified; %lld checkpoint(s)",
+		       rep.events, rep.checkpoints);
 		if (rep.checkpoints > 0)
 			printf(", the newest signing events up to %lld", rep.last_signed);
 		printf("\n");

@@ -66,8 +66,8 @@ write_crl(const char *out, X509_CRL *crl)
 		fprintf(stderr, "%s %s: error: cannot write '%s': %s\n", PROG, CMD, out, strerror(errno));
 		rc = esc_err_exit_code(ESC_ERR_IO);
 	} else if (strcmp(out, "-") != 0) {
-		printf("CRL with %d revoked certificate(s) written to %s\n", sk_X509_REVOKED_num(X509_CRL_get_REVOKED(crl)),
-		       out);
+		printf("CRL with %d revoked certificate(s) written to %s\n",
+		       sk_X509_REVOKED_num(X509_CRL_get_REVOKED(crl)), out);
 	}
 	if (f != NULL && f != stdout)
 		fclose(f);
@@ -111,8 +111,8 @@ remote(struct esc_ctx *ctx, const char *server, const char *server_ca, const cha
 	int rc;
 
 	if (serial != NULL) {
-		for (s = serial; *s && ((*s >= '0' && *s <= '9') || (*s >= 'a' && *s <= 'f') || (*s >= 'A' && *s <= 'F') ||
-					*s == ':');
+		for (s = serial; *s && ((*s >= '0' && *s <= '9') || (*s >= 'a' && *s <= 'f') ||
+					(*s >= 'A' && *s <= 'F') || *s == ':');
 		     s++)
 			;
 		if (*s != '\0' || *serial == '\0' || strlen(serial) > 128)
@@ -158,14 +158,21 @@ cert_main(int argc, char *argv[])
 {
 	enum { OPT_PASSWORD = 256, OPT_SERIAL, OPT_REASON, OPT_DAYS, OPT_SERVER, OPT_SERVER_CA, OPT_LOCAL };
 	static const struct option longopts[] = {
-		{"config", required_argument, NULL, 'c'},	{"database", required_argument, NULL, 'd'},
-		{"user", required_argument, NULL, 'u'},		{"password-file", required_argument, NULL, OPT_PASSWORD},
-		{"module", required_argument, NULL, 'm'},	{"pin-file", required_argument, NULL, 'p'},
-		{"serial", required_argument, NULL, OPT_SERIAL}, {"reason", required_argument, NULL, OPT_REASON},
-		{"out", required_argument, NULL, 'o'},		{"days", required_argument, NULL, OPT_DAYS},
-		{"server", required_argument, NULL, OPT_SERVER}, {"server-ca", required_argument, NULL, OPT_SERVER_CA},
+		{"config", required_argument, NULL, 'c'},
+		{"database", required_argument, NULL, 'd'},
+		{"user", required_argument, NULL, 'u'},
+		{"password-file", required_argument, NULL, OPT_PASSWORD},
+		{"module", required_argument, NULL, 'm'},
+		{"pin-file", required_argument, NULL, 'p'},
+		{"serial", required_argument, NULL, OPT_SERIAL},
+		{"reason", required_argument, NULL, OPT_REASON},
+		{"out", required_argument, NULL, 'o'},
+		{"days", required_argument, NULL, OPT_DAYS},
+		{"server", required_argument, NULL, OPT_SERVER},
+		{"server-ca", required_argument, NULL, OPT_SERVER_CA},
 		{"local", no_argument, NULL, OPT_LOCAL},
-		{"help", no_argument, NULL, 'h'},		{NULL, 0, NULL, 0},
+		{"help", no_argument, NULL, 'h'},
+		{NULL, 0, NULL, 0},
 	};
 	const char *config = NULL, *database = NULL, *user = NULL, *password_file = NULL, *module = NULL;
 	const char *pin_file = NULL, *serial = NULL, *reason = NULL, *out = NULL, *action;
@@ -184,18 +191,42 @@ cert_main(int argc, char *argv[])
 		case 'h':
 			help();
 			return 0;
-		case 'c': config = optarg; break;
-		case 'd': database = optarg; break;
-		case 'u': user = optarg; break;
-		case OPT_PASSWORD: password_file = optarg; break;
-		case 'm': module = optarg; break;
-		case 'p': pin_file = optarg; break;
-		case OPT_SERIAL: serial = optarg; break;
-		case OPT_REASON: reason = optarg; break;
-		case 'o': out = optarg; break;
-		case OPT_SERVER: server = optarg; break;
-		case OPT_SERVER_CA: server_ca = optarg; break;
-		case OPT_LOCAL: local = 1; break;
+		case 'c':
+			config = optarg;
+			break;
+		case 'd':
+			database = optarg;
+			break;
+		case 'u':
+			user = optarg;
+			break;
+		case OPT_PASSWORD:
+			password_file = optarg;
+			break;
+		case 'm':
+			module = optarg;
+			break;
+		case 'p':
+			pin_file = optarg;
+			break;
+		case OPT_SERIAL:
+			serial = optarg;
+			break;
+		case OPT_REASON:
+			reason = optarg;
+			break;
+		case 'o':
+			out = optarg;
+			break;
+		case OPT_SERVER:
+			server = optarg;
+			break;
+		case OPT_SERVER_CA:
+			server_ca = optarg;
+			break;
+		case OPT_LOCAL:
+			local = 1;
+			break;
 		case OPT_DAYS:
 			if ((rc = cli_int_option(CMD, "--days", optarg, 1, 366, &days)) != 0)
 				return rc;

@@ -123,8 +123,8 @@ otp_from_json(struct esc_otp_info *p, const json_t *e)
 
 /* create / list through the service. */
 static int
-otp_remote(struct esc_ctx *ctx, const char *server, const char *server_ca, const char *user,
-	   const char *password_file, int create, const char *subject, const char *profile, int hours)
+otp_remote(struct esc_ctx *ctx, const char *server, const char *server_ca, const char *user, const char *password_file,
+	   int create, const char *subject, const char *profile, int hours)
 {
 	struct cli_http *h = NULL;
 	struct esc_otp_info info;
@@ -275,14 +275,14 @@ enroll_password_main(int argc, char *argv[])
 	if ((rc = cli_init(CMD_OTP, config, &ctx, &cfg)) != 0)
 		goto out;
 	if (server != NULL) {
-		rc = otp_remote(ctx, server, server_ca, user, password_file, strcmp(action, "create") == 0, subject, profile,
-				hours);
+		rc = otp_remote(ctx, server, server_ca, user, password_file, strcmp(action, "create") == 0, subject,
+				profile, hours);
 		goto out;
 	}
 	if ((rc = cli_apply_common(CMD_OTP, ctx, cfg, database, NULL, NULL, NULL)) != 0 ||
-	    (rc = cli_open_store_local(CMD_OTP, strcmp(action, "create") == 0 ? "enroll-password create"
-									   : "enroll-password list",
-				       ctx, cfg, &st)) != 0 ||
+	    (rc = cli_open_store_local(
+		     CMD_OTP, strcmp(action, "create") == 0 ? "enroll-password create" : "enroll-password list", ctx,
+		     cfg, &st)) != 0 ||
 	    (rc = cli_login(CMD_OTP, ctx, st, user, password_file, &a)) != 0)
 		goto out;
 	if (strcmp(action, "create") == 0)
@@ -614,11 +614,21 @@ profile_remote(int argc, char *argv[])
 	optind = 1;
 	while ((c = getopt_long(argc, argv, ":u:c:", longopts, NULL)) != -1) {
 		switch (c) {
-		case 'u': user = optarg; break;
-		case 'c': config = optarg; break;
-		case OPT_PASSWORD: password_file = optarg; break;
-		case OPT_SERVER: server = optarg; break;
-		case OPT_SERVER_CA: server_ca = optarg; break;
+		case 'u':
+			user = optarg;
+			break;
+		case 'c':
+			config = optarg;
+			break;
+		case OPT_PASSWORD:
+			password_file = optarg;
+			break;
+		case OPT_SERVER:
+			server = optarg;
+			break;
+		case OPT_SERVER_CA:
+			server_ca = optarg;
+			break;
 		case ':':
 			return cli_usage_error(CMD_PROFILE, "option '%s' needs a value", argv[optind - 1]);
 		default:
@@ -629,7 +639,8 @@ profile_remote(int argc, char *argv[])
 		return cli_usage_error(CMD_PROFILE, "expected the action: list");
 	if (server == NULL) {
 		if (user != NULL || password_file != NULL || server_ca != NULL)
-			return cli_usage_error(CMD_PROFILE, "--user, --password-file and --server-ca go with --server URL");
+			return cli_usage_error(CMD_PROFILE,
+					       "--user, --password-file and --server-ca go with --server URL");
 		/* --config alone: the built-in table needs none of it. */
 		return profile_list_local();
 	}
@@ -649,7 +660,7 @@ profile_remote(int argc, char *argv[])
 		       json_is_true(json_object_get(e, "enrollable")) ? "yes" : "no",
 		       json_is_true(json_object_get(e, "archival"))  ? "archived"
 		       : json_is_true(json_object_get(e, "signing")) ? "signing"
-								      : "-",
+								     : "-",
 		       keys, keygen, cli_json_int(e, "days"), summary,
 		       json_is_true(json_object_get(e, "default")) ? " (default)" : "");
 	}

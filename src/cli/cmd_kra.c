@@ -126,7 +126,7 @@ remote_list(struct esc_ctx *ctx, const struct opts *o)
 	int rc;
 
 	if ((rc = cli_http_open_cert(CMD, ctx, o->server, o->server_ca, o->user, o->password_file, o->client_cert,
-				      o->client_key, &h)) != 0 ||
+				     o->client_key, &h)) != 0 ||
 	    (rc = cli_http_call(h, CLI_HTTP_GET, "/kras", NULL, &doc)) != 0)
 		goto out;
 	list = json_object_get(doc, "kras");
@@ -201,7 +201,7 @@ offer_key(struct cli_http *h, struct esc_ctx *ctx, const struct opts *o, struct 
 		const char *c = json_string_value(json_object_get(doc, "challenge"));
 
 		if (*id == '\0' || esc_b64_decode_max(ctx, c, c != NULL ? strlen(c) : 0, ESC_ENVELOPE_MAX, challenge,
-						       challenge_len) != ESC_OK) {
+						      challenge_len) != ESC_OK) {
 			fprintf(stderr, "%s %s: error: the service answered no challenge\n", PROG, CMD);
 			rc = esc_err_exit_code(ESC_ERR_BAD_INPUT);
 			goto out;
@@ -453,8 +453,18 @@ do_retire(struct esc_ctx *ctx, struct esc_store *st, const struct opts *o)
 int
 kra_main(int argc, char *argv[])
 {
-	enum { OPT_TOKEN = 256, OPT_KRA_MODULE, OPT_KRA_PIN, OPT_DAYS, OPT_PASSWORD, OPT_SERVER, OPT_SERVER_CA, OPT_LOCAL,
-	       OPT_CLIENT_CERT, OPT_CLIENT_KEY };
+	enum {
+		OPT_TOKEN = 256,
+		OPT_KRA_MODULE,
+		OPT_KRA_PIN,
+		OPT_DAYS,
+		OPT_PASSWORD,
+		OPT_SERVER,
+		OPT_SERVER_CA,
+		OPT_LOCAL,
+		OPT_CLIENT_CERT,
+		OPT_CLIENT_KEY
+	};
 	static const struct option longopts[] = {
 		{"config", required_argument, NULL, 'c'},
 		{"database", required_argument, NULL, 'd'},
@@ -493,23 +503,57 @@ kra_main(int argc, char *argv[])
 		case 'h':
 			help();
 			return 0;
-		case 'c': o.config = optarg; break;
-		case 'd': o.database = optarg; break;
-		case 'm': o.module = optarg; break;
-		case 't': o.ca_token = optarg; break;
-		case 'p': o.pin_file = optarg; break;
-		case OPT_TOKEN: o.token = optarg; break;
-		case OPT_KRA_MODULE: o.kra_module = optarg; break;
-		case OPT_KRA_PIN: o.kra_pin_file = optarg; break;
-		case 'n': o.name = optarg; break;
-		case 'k': o.key_type = optarg; break;
-		case 'u': o.user = optarg; break;
-		case OPT_PASSWORD: o.password_file = optarg; break;
-		case OPT_SERVER: o.server = optarg; break;
-		case OPT_SERVER_CA: o.server_ca = optarg; break;
-		case OPT_LOCAL: o.local = 1; break;
-		case OPT_CLIENT_CERT: o.client_cert = optarg; break;
-		case OPT_CLIENT_KEY: o.client_key = optarg; break;
+		case 'c':
+			o.config = optarg;
+			break;
+		case 'd':
+			o.database = optarg;
+			break;
+		case 'm':
+			o.module = optarg;
+			break;
+		case 't':
+			o.ca_token = optarg;
+			break;
+		case 'p':
+			o.pin_file = optarg;
+			break;
+		case OPT_TOKEN:
+			o.token = optarg;
+			break;
+		case OPT_KRA_MODULE:
+			o.kra_module = optarg;
+			break;
+		case OPT_KRA_PIN:
+			o.kra_pin_file = optarg;
+			break;
+		case 'n':
+			o.name = optarg;
+			break;
+		case 'k':
+			o.key_type = optarg;
+			break;
+		case 'u':
+			o.user = optarg;
+			break;
+		case OPT_PASSWORD:
+			o.password_file = optarg;
+			break;
+		case OPT_SERVER:
+			o.server = optarg;
+			break;
+		case OPT_SERVER_CA:
+			o.server_ca = optarg;
+			break;
+		case OPT_LOCAL:
+			o.local = 1;
+			break;
+		case OPT_CLIENT_CERT:
+			o.client_cert = optarg;
+			break;
+		case OPT_CLIENT_KEY:
+			o.client_key = optarg;
+			break;
 		case OPT_DAYS:
 			if ((rc = cli_int_option(CMD, "--days", optarg, 1, 36500, &o.days)) != 0)
 				return rc;

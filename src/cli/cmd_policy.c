@@ -129,11 +129,15 @@ policy_main(int argc, char *argv[])
 {
 	enum { OPT_PASSWORD = 256, OPT_SERVER, OPT_SERVER_CA, OPT_LOCAL };
 	static const struct option longopts[] = {
-		{"config", required_argument, NULL, 'c'}, {"database", required_argument, NULL, 'd'},
-		{"user", required_argument, NULL, 'u'},	  {"password-file", required_argument, NULL, OPT_PASSWORD},
-		{"server", required_argument, NULL, OPT_SERVER}, {"server-ca", required_argument, NULL, OPT_SERVER_CA},
+		{"config", required_argument, NULL, 'c'},
+		{"database", required_argument, NULL, 'd'},
+		{"user", required_argument, NULL, 'u'},
+		{"password-file", required_argument, NULL, OPT_PASSWORD},
+		{"server", required_argument, NULL, OPT_SERVER},
+		{"server-ca", required_argument, NULL, OPT_SERVER_CA},
 		{"local", no_argument, NULL, OPT_LOCAL},
-		{"help", no_argument, NULL, 'h'},	  {NULL, 0, NULL, 0},
+		{"help", no_argument, NULL, 'h'},
+		{NULL, 0, NULL, 0},
 	};
 	const char *config = NULL, *database = NULL, *user = NULL, *password_file = NULL, *action;
 	const char *server = NULL, *server_ca = NULL;
@@ -153,13 +157,27 @@ policy_main(int argc, char *argv[])
 		case 'h':
 			help();
 			return 0;
-		case 'c': config = optarg; break;
-		case 'd': database = optarg; break;
-		case 'u': user = optarg; break;
-		case OPT_PASSWORD: password_file = optarg; break;
-		case OPT_SERVER: server = optarg; break;
-		case OPT_SERVER_CA: server_ca = optarg; break;
-		case OPT_LOCAL: local = 1; break;
+		case 'c':
+			config = optarg;
+			break;
+		case 'd':
+			database = optarg;
+			break;
+		case 'u':
+			user = optarg;
+			break;
+		case OPT_PASSWORD:
+			password_file = optarg;
+			break;
+		case OPT_SERVER:
+			server = optarg;
+			break;
+		case OPT_SERVER_CA:
+			server_ca = optarg;
+			break;
+		case OPT_LOCAL:
+			local = 1;
+			break;
 		case ':':
 			return cli_usage_error(CMD, "option '%s' needs a value", argv[optind - 1]);
 		default:
@@ -176,13 +194,14 @@ policy_main(int argc, char *argv[])
 	if ((rc = cli_init(CMD, config, &ctx, &cfg)) != 0)
 		goto out;
 	if (server != NULL) {
-		rc = remote(ctx, server, server_ca, user, password_file, strcmp(action, "set") == 0 ? argv[optind] : NULL,
+		rc = remote(ctx, server, server_ca, user, password_file,
+			    strcmp(action, "set") == 0 ? argv[optind] : NULL,
 			    strcmp(action, "set") == 0 ? argv[optind + 1] : NULL);
 		goto out;
 	}
 	if ((rc = cli_apply_common(CMD, ctx, cfg, database, NULL, NULL, NULL)) != 0 ||
-	    (rc = cli_open_store_local(CMD, strcmp(action, "set") == 0 ? "policy set" : "policy show", ctx, cfg, &st)) !=
-		    0)
+	    (rc = cli_open_store_local(CMD, strcmp(action, "set") == 0 ? "policy set" : "policy show", ctx, cfg,
+				       &st)) != 0)
 		goto out;
 	if (strcmp(action, "set") == 0) {
 		if ((rc = cli_login(CMD, ctx, st, user, password_file, &admin)) != 0)

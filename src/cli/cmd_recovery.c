@@ -173,8 +173,8 @@ remote_fetch(struct cli_http *h, struct esc_ctx *ctx, long long id, struct esc_r
 
 		if (esc_b64_decode_max(ctx, b64, b64 != NULL ? strlen(b64) : 0, 1024 * 1024, &der[i], &len[i]) !=
 		    ESC_OK) {
-			fprintf(stderr, "%s %s: error: the service's answer has no valid '%s': %s\n", PROG, CMD, parts[i],
-				esc_ctx_errmsg(ctx));
+			fprintf(stderr, "%s %s: error: the service's answer has no valid '%s': %s\n", PROG, CMD,
+				parts[i], esc_ctx_errmsg(ctx));
 			rc = esc_err_exit_code(ESC_ERR_BAD_INPUT);
 			goto out;
 		}
@@ -242,8 +242,9 @@ do_complete(struct esc_ctx *ctx, struct esc_config *cfg, struct esc_store *st, c
 	/* The service records the completion (and deletes the package) before the file exists, as locally. */
 	snprintf(path, sizeof(path), "/recoveries/%lld/complete", o->id);
 	if (h != NULL && (rc = cli_http_call(h, CLI_HTTP_POST, path, NULL, &done)) != 0) {
-		fprintf(stderr, "%s %s: the service did not record the completion: nothing was written; request %lld "
-				"stays released, run the command again\n",
+		fprintf(stderr,
+			"%s %s: the service did not record the completion: nothing was written; request %lld "
+			"stays released, run the command again\n",
 			PROG, CMD, o->id);
 		goto cleanup;
 	}
@@ -452,7 +453,7 @@ remote_main(struct esc_ctx *ctx, struct esc_config *cfg, const struct opts *o, c
 	int rc;
 
 	if ((rc = cli_http_open_cert(CMD, ctx, o->server, o->server_ca, o->user, o->password_file, o->client_cert,
-				      o->client_key, &h)) != 0)
+				     o->client_key, &h)) != 0)
 		return rc;
 	if (strcmp(action, "search") == 0)
 		rc = remote_search(h, o);
@@ -505,8 +506,22 @@ int
 recovery_main(int argc, char *argv[])
 {
 	enum {
-		OPT_PASSWORD = 256, OPT_TOKEN, OPT_KRA_PIN, OPT_P12, OPT_SERIAL, OPT_SUBJECT, OPT_EMAIL, OPT_RECORD,
-		OPT_REASON, OPT_KRA, OPT_STATE, OPT_SERVER, OPT_SERVER_CA, OPT_LOCAL, OPT_CLIENT_CERT, OPT_CLIENT_KEY
+		OPT_PASSWORD = 256,
+		OPT_TOKEN,
+		OPT_KRA_PIN,
+		OPT_P12,
+		OPT_SERIAL,
+		OPT_SUBJECT,
+		OPT_EMAIL,
+		OPT_RECORD,
+		OPT_REASON,
+		OPT_KRA,
+		OPT_STATE,
+		OPT_SERVER,
+		OPT_SERVER_CA,
+		OPT_LOCAL,
+		OPT_CLIENT_CERT,
+		OPT_CLIENT_KEY
 	};
 	static const struct option longopts[] = {
 		{"config", required_argument, NULL, 'c'},
@@ -552,28 +567,72 @@ recovery_main(int argc, char *argv[])
 		case 'h':
 			help();
 			return 0;
-		case 'c': o.config = optarg; break;
-		case 'd': o.database = optarg; break;
-		case 'u': o.user = optarg; break;
-		case OPT_PASSWORD: o.password_file = optarg; break;
-		case 'm': o.module = optarg; break;
-		case 'p': o.pin_file = optarg; break;
-		case OPT_TOKEN: o.token = optarg; break;
-		case OPT_KRA_PIN: o.kra_pin_file = optarg; break;
-		case 'o': o.out = optarg; break;
-		case OPT_P12: o.p12_password_file = optarg; break;
-		case OPT_SERIAL: o.serial = optarg; break;
-		case OPT_SUBJECT: o.subject = optarg; break;
-		case OPT_EMAIL: o.email = optarg; break;
-		case OPT_RECORD: o.record = optarg; break;
-		case OPT_REASON: o.reason = optarg; break;
-		case OPT_KRA: o.kra = optarg; break;
-		case OPT_STATE: o.state = optarg; break;
-		case OPT_SERVER: o.server = optarg; break;
-		case OPT_SERVER_CA: o.server_ca = optarg; break;
-		case OPT_LOCAL: local = 1; break;
-		case OPT_CLIENT_CERT: o.client_cert = optarg; break;
-		case OPT_CLIENT_KEY: o.client_key = optarg; break;
+		case 'c':
+			o.config = optarg;
+			break;
+		case 'd':
+			o.database = optarg;
+			break;
+		case 'u':
+			o.user = optarg;
+			break;
+		case OPT_PASSWORD:
+			o.password_file = optarg;
+			break;
+		case 'm':
+			o.module = optarg;
+			break;
+		case 'p':
+			o.pin_file = optarg;
+			break;
+		case OPT_TOKEN:
+			o.token = optarg;
+			break;
+		case OPT_KRA_PIN:
+			o.kra_pin_file = optarg;
+			break;
+		case 'o':
+			o.out = optarg;
+			break;
+		case OPT_P12:
+			o.p12_password_file = optarg;
+			break;
+		case OPT_SERIAL:
+			o.serial = optarg;
+			break;
+		case OPT_SUBJECT:
+			o.subject = optarg;
+			break;
+		case OPT_EMAIL:
+			o.email = optarg;
+			break;
+		case OPT_RECORD:
+			o.record = optarg;
+			break;
+		case OPT_REASON:
+			o.reason = optarg;
+			break;
+		case OPT_KRA:
+			o.kra = optarg;
+			break;
+		case OPT_STATE:
+			o.state = optarg;
+			break;
+		case OPT_SERVER:
+			o.server = optarg;
+			break;
+		case OPT_SERVER_CA:
+			o.server_ca = optarg;
+			break;
+		case OPT_LOCAL:
+			local = 1;
+			break;
+		case OPT_CLIENT_CERT:
+			o.client_cert = optarg;
+			break;
+		case OPT_CLIENT_KEY:
+			o.client_key = optarg;
+			break;
 		case ':':
 			return cli_usage_error(CMD, "option '%s' needs a value", argv[optind - 1]);
 		default:
@@ -636,7 +695,8 @@ recovery_main(int argc, char *argv[])
 	else if (strcmp(action, "request") == 0) {
 		long long id = 0;
 
-		if ((r = esc_recovery_request(ctx, st, a, o.serial ? o.serial : o.record, o.kra, o.reason, &id)) != ESC_OK)
+		if ((r = esc_recovery_request(ctx, st, a, o.serial ? o.serial : o.record, o.kra, o.reason, &id)) !=
+		    ESC_OK)
 			rc = cli_fail(CMD, ctx, r);
 		else
 			printf("recovery request %lld filed\n", id);

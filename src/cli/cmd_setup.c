@@ -63,8 +63,8 @@ print_result(const struct esc_setup_result *res)
 	if (res->note[0] != '\0')
 		printf("  note:        %s\n", res->note);
 	for (i = 0; i < res->nkeys; i++)
-		printf("  key %-10s %s (%s)\n             %s\n", res->keys[i].role, res->keys[i].label, res->keys[i].type,
-		       res->keys[i].uri ? res->keys[i].uri : "");
+		printf("  key %-10s %s (%s)\n             %s\n", res->keys[i].role, res->keys[i].label,
+		       res->keys[i].type, res->keys[i].uri ? res->keys[i].uri : "");
 }
 
 int
@@ -92,9 +92,15 @@ setup_main(int argc, char *argv[])
 		int opt;
 		const char *key;
 	} keyed[] = {
-		{'d', "database"},	  {'m', "module"},	     {'t', "ca_token"},	 {'p', "ca_pin_file"},
-		{'k', "ca_key_type"},	  {OPT_TRANSPORT, "transport_key_type"}, {OPT_STORAGE, "storage_key_type"},
-		{'s', "ca_subject"},	  {OPT_DAYS, "ca_days"},
+		{'d', "database"},
+		{'m', "module"},
+		{'t', "ca_token"},
+		{'p', "ca_pin_file"},
+		{'k', "ca_key_type"},
+		{OPT_TRANSPORT, "transport_key_type"},
+		{OPT_STORAGE, "storage_key_type"},
+		{'s', "ca_subject"},
+		{OPT_DAYS, "ca_days"},
 	};
 	const char *set[sizeof(keyed) / sizeof(keyed[0])] = {NULL};
 	const char *config = NULL;

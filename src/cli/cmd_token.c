@@ -38,10 +38,17 @@ print_flags(unsigned long f)
 		unsigned long flag;
 		const char *name;
 	} names[] = {
-		{CKF_HW, "hw"},	       {CKF_ENCRYPT, "encrypt"}, {CKF_DECRYPT, "decrypt"},
-		{CKF_DIGEST, "digest"}, {CKF_SIGN, "sign"},	 {CKF_VERIFY, "verify"},
-		{CKF_GENERATE, "generate"}, {CKF_GENERATE_KEY_PAIR, "generate-key-pair"},
-		{CKF_WRAP, "wrap"},     {CKF_UNWRAP, "unwrap"},	 {CKF_DERIVE, "derive"},
+		{CKF_HW, "hw"},
+		{CKF_ENCRYPT, "encrypt"},
+		{CKF_DECRYPT, "decrypt"},
+		{CKF_DIGEST, "digest"},
+		{CKF_SIGN, "sign"},
+		{CKF_VERIFY, "verify"},
+		{CKF_GENERATE, "generate"},
+		{CKF_GENERATE_KEY_PAIR, "generate-key-pair"},
+		{CKF_WRAP, "wrap"},
+		{CKF_UNWRAP, "unwrap"},
+		{CKF_DERIVE, "derive"},
 	};
 	size_t i;
 	int first = 1;
@@ -60,9 +67,11 @@ describe_key(struct esc_ctx *ctx, struct esc_token *tok, const char *uri)
 	char *kuri = NULL;
 	enum esc_err r;
 
-	if ((r = esc_token_find_key(ctx, tok, uri, &key)) != ESC_OK || (r = esc_token_key_uri(ctx, tok, key, &kuri)) != ESC_OK)
+	if ((r = esc_token_find_key(ctx, tok, uri, &key)) != ESC_OK ||
+	    (r = esc_token_key_uri(ctx, tok, key, &kuri)) != ESC_OK)
 		goto out;
-	printf("key:          %s (%s)\n  uri:        %s\n", esc_token_key_label(key), esc_token_key_type_name(key), kuri);
+	printf("key:          %s (%s)\n  uri:        %s\n", esc_token_key_label(key), esc_token_key_type_name(key),
+	       kuri);
 	r = esc_token_key_check_protected(ctx, tok, key);
 	printf("  protection: %s\n", r == ESC_OK ? "sensitive, never extractable" : esc_ctx_errmsg(ctx));
 out:
@@ -76,9 +85,9 @@ token_main(int argc, char *argv[])
 {
 	enum { OPT_KEY = 256 };
 	static const struct option longopts[] = {
-		{"config", required_argument, NULL, 'c'}, {"module", required_argument, NULL, 'm'},
+		{"config", required_argument, NULL, 'c'},  {"module", required_argument, NULL, 'm'},
 		{"key", required_argument, NULL, OPT_KEY}, {"pin-file", required_argument, NULL, 'p'},
-		{"help", no_argument, NULL, 'h'},	  {NULL, 0, NULL, 0},
+		{"help", no_argument, NULL, 'h'},	   {NULL, 0, NULL, 0},
 	};
 	const char *config = NULL, *module = NULL, *key_uri = NULL, *pin_file = NULL;
 	struct esc_ctx *ctx = NULL;

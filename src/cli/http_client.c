@@ -54,11 +54,11 @@ struct cli_http {
 	char *bearer; /* "Bearer TOKEN" in secure memory once logged in (POST /session) */
 	size_t bearerlen;
 	int login_tried; /* POST /session was sent (once per client, i.e. per command) */
-	int quiet;		/* cli_http_call_quiet: keep the reason instead of printing it */
-	int last_status;	/* the HTTP status of the last failed call, 0 if none came */
+	int quiet;	 /* cli_http_call_quiet: keep the reason instead of printing it */
+	int last_status; /* the HTTP status of the last failed call, 0 if none came */
 	enum esc_err last_err;
 	char last_msg[512];
-	int by_cert;	 /* a TLS client certificate logs the account in: no password */
+	int by_cert;	  /* a TLS client certificate logs the account in: no password */
 	char account[65]; /* the account: --user, or the client certificate's (GET /whoami) */
 };
 
@@ -724,8 +724,9 @@ login(struct cli_http *h)
 		return status == 404 ? 0 : rc;
 	tok = json_object_get(doc, "token");
 	n = json_is_string(tok) ? json_string_length(tok) : 0;
-	if (n < 16 || n > 256 || strspn(json_string_value(tok), "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
-								 "0123456789-_") != n) {
+	if (n < 16 || n > 256 ||
+	    strspn(json_string_value(tok), "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+					   "0123456789-_") != n) {
 		rc = fail(h, ESC_ERR_BAD_INPUT, "the answer of %s to the login holds no usable session token", h->url);
 		goto out;
 	}

@@ -53,13 +53,15 @@ usage(FILE *f)
 {
 	size_t i;
 
-	fprintf(f, "Usage: %s COMMAND [OPTIONS]\n\n"
-		   "p11escrow %s: key archival and two-person recovery with PKCS#11 tokens.\n\nCommands:\n",
+	fprintf(f,
+		"Usage: %s COMMAND [OPTIONS]\n\n"
+		"p11escrow %s: key archival and two-person recovery with PKCS#11 tokens.\n\nCommands:\n",
 		PROG, ESC_VERSION);
 	for (i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
 		fprintf(f, "  %-8s %s\n", commands[i].name, commands[i].summary);
-	fprintf(f, "\nRun '%s COMMAND --help' for a command's options.\n"
-		   "Options:\n  -h, --help     this text\n  -V, --version  print the version\n",
+	fprintf(f,
+		"\nRun '%s COMMAND --help' for a command's options.\n"
+		"Options:\n  -h, --help     this text\n  -V, --version  print the version\n",
 		PROG);
 }
 

@@ -148,7 +148,8 @@ reply_unauthorized(struct svc_request *r, int bearer)
 	/* One message for an unknown name, a wrong password and a disabled account; one for every bad token. */
 	if (bearer) {
 		svc_add_header(r, "WWW-Authenticate", "Bearer realm=\"p11escrow\", error=\"invalid_token\"");
-		reply_error(r, 401, "authentication required: the session token is not valid (ended, expired or unknown)",
+		reply_error(r, 401,
+			    "authentication required: the session token is not valid (ended, expired or unknown)",
 			    ESC_ERR_AUTH);
 		return;
 	}
@@ -412,9 +413,10 @@ api_recoveries_list(struct api_call *c)
 		for (i = 0; states[i] != NULL && strcmp(states[i], state) != 0; i++)
 			;
 		if (states[i] == NULL) {
-			reply_error(c->r, 400,
-				    "state must be pending, approved, released, completed, denied, cancelled or expired",
-				    ESC_ERR_USAGE);
+			reply_error(
+				c->r, 400,
+				"state must be pending, approved, released, completed, denied, cancelled or expired",
+				ESC_ERR_USAGE);
 			return;
 		}
 	}
@@ -780,7 +782,8 @@ api_session_close(struct api_call *c)
 	if (!no_input(c))
 		return;
 	if (c->token == NULL) {
-		reply_error(c->r, 400, "DELETE /session ends the session whose token it is sent with (Authorization: Bearer)",
+		reply_error(c->r, 400,
+			    "DELETE /session ends the session whose token it is sent with (Authorization: Bearer)",
 			    ESC_ERR_USAGE);
 		return;
 	}
@@ -1201,8 +1204,8 @@ api_parse_body(struct api_call *c, const struct api_body_spec *spec, struct api_
 	char msg[256];
 	int status;
 
-	status = api_body_parse_spec(r->body, r->bodylen, svc_content_type_is(r, "application/json"), spec, f, nf,
-				     &doc, msg, sizeof(msg));
+	status = api_body_parse_spec(r->body, r->bodylen, svc_content_type_is(r, "application/json"), spec, f, nf, &doc,
+				     msg, sizeof(msg));
 	if (status == 0)
 		return doc;
 	reply_error(r, status, msg, status == 500 ? ESC_ERR_NOMEM : ESC_ERR_USAGE);

@@ -126,7 +126,7 @@ api_body_parse_spec(const unsigned char *body, size_t len, int is_json, const st
 			goto fail;
 		}
 		field_max = spec != NULL && spec->large != NULL && strcmp(spec->large, key) == 0 ? spec->large_max
-											     : API_FIELD_MAX;
+												 : API_FIELD_MAX;
 		if (json_string_length(v) > field_max || strlen(json_string_value(v)) != json_string_length(v)) {
 			snprintf(msg, msglen, "field '%s' is longer than %zu bytes or holds a NUL", key, field_max);
 			goto fail;

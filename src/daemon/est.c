@@ -286,7 +286,8 @@ est_simpleenroll(struct svc_request *r, const struct esc_profile *p, int reenrol
 	if (est_authenticate(r, p, &a) != 0 || est_csr(r, &csr) != 0)
 		goto out;
 	if (reenroll && X509_NAME_cmp(X509_REQ_get_subject_name(csr), a.subject) != 0) {
-		svc_reply_error(r, 400, "a re-enrollment request must carry the subject of the certificate being renewed");
+		svc_reply_error(r, 400,
+				"a re-enrollment request must carry the subject of the certificate being renewed");
 		goto out;
 	}
 	if (issue(r, p, &a, X509_REQ_get0_pubkey(csr), NULL, ESC_SOURCE_ENROLL_CLIENT, &cert) != 0)
@@ -313,7 +314,8 @@ est_fullcmc(struct svc_request *r, const struct esc_profile *p)
 
 	memset(&a, 0, sizeof(a));
 	if (p->signing) {
-		snprintf(msg, sizeof(msg), "profile '%s' is a signing profile: signing keys are never archived", p->name);
+		snprintf(msg, sizeof(msg), "profile '%s' is a signing profile: signing keys are never archived",
+			 p->name);
 		svc_reply_error(r, 403, msg);
 		return;
 	}
@@ -335,7 +337,8 @@ est_fullcmc(struct svc_request *r, const struct esc_profile *p)
 		goto out;
 	}
 	if (EVP_PKEY_eq(X509_REQ_get0_pubkey(csr), key) != 1) {
-		svc_reply_error(r, 400, "the encrypted private key does not match the certification request's public key");
+		svc_reply_error(r, 400,
+				"the encrypted private key does not match the certification request's public key");
 		goto out;
 	}
 	if (issue(r, p, &a, X509_REQ_get0_pubkey(csr), key, ESC_SOURCE_ENROLL_CLIENT, &cert) != 0)
@@ -420,9 +423,10 @@ est_serverkeygen(struct svc_request *r, const struct esc_profile *p)
 	}
 	if (symmetric) {
 		/* RFC 7030 §4.4.1.1: no key shared with this server, and never the key in clear instead. */
-		svc_reply_error(r, 400, "the request asks for the key encrypted with a symmetric key "
-					"(DecryptKeyIdentifier): this service has no keys shared with clients; ask "
-					"without it, or with AsymmetricDecryptKeyIdentifier");
+		svc_reply_error(r, 400,
+				"the request asks for the key encrypted with a symmetric key "
+				"(DecryptKeyIdentifier): this service has no keys shared with clients; ask "
+				"without it, or with AsymmetricDecryptKeyIdentifier");
 		goto out;
 	}
 	if ((e = esc_csr_asymmetric_kid(ctx, csr, &kid, &kidlen)) != ESC_OK) {
@@ -430,8 +434,9 @@ est_serverkeygen(struct svc_request *r, const struct esc_profile *p)
 		goto out;
 	}
 	if (kid != NULL && !client_kid_matches(r->client_cert, kid, kidlen)) {
-		svc_reply_error(r, 400, "the request asks for the key encrypted to a key identifier that is not "
-					"the TLS client certificate's");
+		svc_reply_error(r, 400,
+				"the request asks for the key encrypted to a key identifier that is not "
+				"the TLS client certificate's");
 		goto out;
 	}
 	if (kid != NULL && (e = esc_est_key_recipient_check(ctx, r->client_cert)) != ESC_OK) {

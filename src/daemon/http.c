@@ -76,7 +76,7 @@ is_api_path(const char *path)
 
 /* A check of the client certificate that passed on this connection, and when. */
 struct cert_seen {
-	X509 *cert; /* renegotiation is off; compared anyway */
+	X509 *cert;   /* renegotiation is off; compared anyway */
 	long long at; /* monotonic seconds */
 };
 
@@ -225,8 +225,9 @@ svc_login_result(struct svc_request *r, const char *name, int ok)
 		 (reached & SVC_GUARD_ADDRESS) ? r->peer : "");
 	svc_log(w, ESC_LOG_WARN, "req=%s %s", r->id, details);
 	if (w->st != NULL) {
-		struct esc_audit_event ev = {"p11escrowd", "service", "auth.throttle",
-					     (reached & SVC_GUARD_NAME) ? shown : r->peer, "refused", details};
+		struct esc_audit_event ev = {"p11escrowd",    "service",
+					     "auth.throttle", (reached & SVC_GUARD_NAME) ? shown : r->peer,
+					     "refused",	      details};
 
 		if (esc_audit_append(w->ctx, w->st, &ev) != ESC_OK)
 			svc_log(w, ESC_LOG_ERROR, "req=%s could not audit the login throttle: %s", r->id,

@@ -115,7 +115,7 @@ struct svc {
 	gid_t run_gid;
 	int drop; /* ... if set */
 	/* A worker process's own. */
-	int ctl_fd; /* its control socket to the supervisor */
+	int ctl_fd;			  /* its control socket to the supervisor */
 	STACK_OF(X509_CRL) *account_crls; /* account_cert_crl, or NULL: loaded by the supervisor, inherited */
 };
 

@@ -41,17 +41,17 @@ struct svc_worker {
 	int index;
 	struct svc *svc;
 	struct esc_ctx *ctx;
-	struct esc_store *st;         /* NULL while the database is unreachable */
-	struct esc_keeper *keeper;    /* remote; NULL while the keeper process is unavailable */
-	unsigned char *crl;           /* the last CRL this worker signed (DER), served for CRL_REFRESH seconds */
+	struct esc_store *st;	   /* NULL while the database is unreachable */
+	struct esc_keeper *keeper; /* remote; NULL while the keeper process is unavailable */
+	unsigned char *crl;	   /* the last CRL this worker signed (DER), served for CRL_REFRESH seconds */
 	size_t crl_len;
-	long long crl_at;             /* monotonic seconds */
-	int require_cert;             /* tls_client_auth = require: no request without a client certificate */
+	long long crl_at;	       /* monotonic seconds */
+	int require_cert;	       /* tls_client_auth = require: no request without a client certificate */
 	long long client_cert_recheck; /* seconds a checked client certificate stays accepted on its connection */
-	struct svc_guard *guard;      /* failed logins, shared by every worker process (guard.c) */
-	size_t max_body;              /* the largest body a handler sees (max_body); evhttp's own limit is higher */
-	long long session_idle;       /* session_idle_timeout: seconds a JSON API session may go unused */
-	long long session_lifetime;   /* session_lifetime: seconds a JSON API session lasts at most */
+	struct svc_guard *guard;       /* failed logins, shared by every worker process (guard.c) */
+	size_t max_body;	       /* the largest body a handler sees (max_body); evhttp's own limit is higher */
+	long long session_idle;	       /* session_idle_timeout: seconds a JSON API session may go unused */
+	long long session_lifetime;    /* session_lifetime: seconds a JSON API session lasts at most */
 	const STACK_OF(X509_CRL) *account_crls; /* account_cert_crl, verified at start (shared, read only), or NULL */
 };
 
@@ -68,20 +68,20 @@ void svc_worker_forget(struct svc_worker *w, enum esc_err e);
 struct svc_request {
 	struct svc_worker *w;
 	struct evhttp_request *ev;
-	enum evhttp_cmd_type method;  /* HEAD is served as GET: this says GET, head says HEAD */
-	const char *method_name;      /* "GET", "POST", "HEAD", ... as the client sent it */
-	int head;                     /* a HEAD request: the GET answer's status and headers, no body */
-	char *path;                   /* decoded path, without the query */
-	struct evkeyvalq query;       /* decoded query parameters */
-	unsigned char *body;          /* the body, NUL-terminated; NULL if none */
+	enum evhttp_cmd_type method; /* HEAD is served as GET: this says GET, head says HEAD */
+	const char *method_name;     /* "GET", "POST", "HEAD", ... as the client sent it */
+	int head;		     /* a HEAD request: the GET answer's status and headers, no body */
+	char *path;		     /* decoded path, without the query */
+	struct evkeyvalq query;	     /* decoded query parameters */
+	unsigned char *body;	     /* the body, NUL-terminated; NULL if none */
 	size_t bodylen;
-	X509 *client_cert;            /* TLS client certificate (verified against the CA), or NULL */
-	SSL *ssl;                     /* the request's TLS connection (not owned), or NULL */
-	char peer[64];                /* the client's address, "" if unknown */
-	char id[17];                  /* request id for log lines */
-	int api;                      /* the path is under /api/v1: errors are JSON, not text */
+	X509 *client_cert; /* TLS client certificate (verified against the CA), or NULL */
+	SSL *ssl;	   /* the request's TLS connection (not owned), or NULL */
+	char peer[64];	   /* the client's address, "" if unknown */
+	char id[17];	   /* request id for log lines */
+	int api;	   /* the path is under /api/v1: errors are JSON, not text */
 	int replied;
-	int status;                   /* the status replied, for the access log */
+	int status; /* the status replied, for the access log */
 };
 
 /*

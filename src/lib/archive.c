@@ -37,16 +37,17 @@ typedef struct {
 DECLARE_ASN1_ITEM(ESC_RECORD)
 DECLARE_ASN1_FUNCTIONS(ESC_RECORD)
 
-ASN1_SEQUENCE(ESC_RECORD) = {
-	ASN1_SIMPLE(ESC_RECORD, version, ASN1_INTEGER),
-	ASN1_SIMPLE(ESC_RECORD, record_id, ASN1_UTF8STRING),
-	ASN1_SIMPLE(ESC_RECORD, cert_sha256, ASN1_OCTET_STRING),
-	ASN1_SIMPLE(ESC_RECORD, inner, ASN1_OCTET_STRING),
+ASN1_SEQUENCE(ESC_RECORD) =
+	{
+		ASN1_SIMPLE(ESC_RECORD, version, ASN1_INTEGER),
+		ASN1_SIMPLE(ESC_RECORD, record_id, ASN1_UTF8STRING),
+		ASN1_SIMPLE(ESC_RECORD, cert_sha256, ASN1_OCTET_STRING),
+		ASN1_SIMPLE(ESC_RECORD, inner, ASN1_OCTET_STRING),
 } ASN1_SEQUENCE_END(ESC_RECORD)
 
-IMPLEMENT_ASN1_FUNCTIONS(ESC_RECORD)
+		IMPLEMENT_ASN1_FUNCTIONS(ESC_RECORD)
 
-struct kra_set {
+			struct kra_set {
 	size_t n;
 	long long ids[MAX_KRA_SET];
 	char names[MAX_KRA_SET][65];
@@ -83,9 +84,8 @@ new_uuid(struct esc_ctx *ctx, char out[ESC_RECORD_ID_LEN + 1])
 		return esc_error_ossl(ctx, ESC_ERR_CRYPTO, "cannot draw a record id");
 	b[6] = (unsigned char)((b[6] & 0x0f) | 0x40); /* version 4 */
 	b[8] = (unsigned char)((b[8] & 0x3f) | 0x80); /* RFC 4122 variant */
-	snprintf(out, ESC_RECORD_ID_LEN + 1,
-		 "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", b[0], b[1], b[2], b[3], b[4],
-		 b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15]);
+	snprintf(out, ESC_RECORD_ID_LEN + 1, "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x",
+		 b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15]);
 	return ESC_OK;
 }
 
@@ -102,7 +102,7 @@ check_usage(struct esc_ctx *ctx, X509 *cert)
 	return esc_error(ctx, ESC_ERR_POLICY,
 			 "signing keys are never archived: the certificate allows %s but no encryption",
 			 (ku & (KU_DIGITAL_SIGNATURE | KU_NON_REPUDIATION)) ? "digitalSignature/nonRepudiation"
-									     : "no encryption use");
+									    : "no encryption use");
 }
 
 /* Is cert issued (and signed) by our CA?  Foreign certificates need policy. */
@@ -204,12 +204,15 @@ choose_kras(struct esc_ctx *ctx, struct esc_store *st, struct kra_set *ks)
 		ks->ids[ks->n] = strtoll(PQgetvalue(res, row, 0), NULL, 10);
 		snprintf(ks->names[ks->n], sizeof(ks->names[0]), "%s", PQgetvalue(res, row, 1));
 		snprintf(ks->recipient[ks->n], sizeof(ks->recipient[0]), "%s", PQgetvalue(res, row, 2));
-		ks->hashes[ks->n] = strcmp(ks->recipient[ks->n], "rsa-oaep-sha256") == 0 ? ESC_OAEP_SHA256 : ESC_OAEP_SHA1;
+		ks->hashes[ks->n] =
+			strcmp(ks->recipient[ks->n], "rsa-oaep-sha256") == 0 ? ESC_OAEP_SHA256 : ESC_OAEP_SHA1;
 		ks->n++;
 	}
 	if (ks->n < (size_t)want) {
-		r = esc_error(ctx, ESC_ERR_STATE, "policy wraps each record to %ld KRA(s) but only %zu have a valid "
-						  "certificate", want, ks->n);
+		r = esc_error(ctx, ESC_ERR_STATE,
+			      "policy wraps each record to %ld KRA(s) but only %zu have a valid "
+			      "certificate",
+			      want, ks->n);
 		goto out;
 	}
 	r = ESC_OK;
@@ -483,8 +486,8 @@ insert_record(struct esc_ctx *ctx, struct esc_store *st, const char *actor, cons
 		char details[200];
 		struct esc_audit_event ev = {actor, "", "archive.store", f->serial, "ok", details};
 
-		snprintf(details, sizeof(details), "record %s, source %s, %s issuer, %zu KRA(s)", id, esc_archive_source_name(source),
-			 foreign ? "foreign" : "own", ks->n);
+		snprintf(details, sizeof(details), "record %s, source %s, %s issuer, %zu KRA(s)", id,
+			 esc_archive_source_name(source), foreign ? "foreign" : "own", ks->n);
 		if ((r = esc_audit_append(ctx, st, &ev)) != ESC_OK)
 			goto out;
 	}
@@ -493,9 +496,10 @@ insert_record(struct esc_ctx *ctx, struct esc_store *st, const char *actor, cons
 		v[0] = id;
 		v[1] = kid;
 		v[2] = ks->recipient[i];
-		if ((r = esc_store_exec(ctx, st,
-					"INSERT INTO archive_record_kras (record_id, kra_id, recipient) VALUES ($1,$2,$3)",
-					3, v, NULL, NULL, NULL)) != ESC_OK)
+		if ((r = esc_store_exec(
+			     ctx, st,
+			     "INSERT INTO archive_record_kras (record_id, kra_id, recipient) VALUES ($1,$2,$3)", 3, v,
+			     NULL, NULL, NULL)) != ESC_OK)
 			goto out;
 	}
 	if (own_tx && (r = esc_store_commit(ctx, st)) != ESC_OK)
@@ -628,7 +632,8 @@ esc_record_parse(struct esc_ctx *ctx, const unsigned char *content, size_t conte
 	if (ASN1_INTEGER_get(rec->version) != RECORD_VERSION || (size_t)ASN1_STRING_length(rec->record_id) != idlen ||
 	    memcmp(ASN1_STRING_get0_data(rec->record_id), id, idlen) != 0 ||
 	    ASN1_STRING_length(rec->cert_sha256) != 32) {
-		r = esc_error(ctx, ESC_ERR_TAMPERED, "the record stored in row %s belongs to another row: tampering", id);
+		r = esc_error(ctx, ESC_ERR_TAMPERED, "the record stored in row %s belongs to another row: tampering",
+			      id);
 		goto out;
 	}
 	hex_of(ASN1_STRING_get0_data(rec->cert_sha256), 32, sealed_hash);

@@ -105,7 +105,7 @@ enum esc_err esc_archive_row_check(struct esc_ctx *ctx, const struct esc_archive
  * that does not match its certificate, a certificate other than the sealed
  * one), KEY_NOT_FOUND, PKCS11, NOMEM, CRYPTO, DB.
  */
-enum esc_err esc_archive_open_outer(struct esc_ctx *ctx, struct esc_store *st, struct esc_token *ca_tok,
-				    const char *id, unsigned char **inner, size_t *innerlen) ESC_MUST_CHECK;
+enum esc_err esc_archive_open_outer(struct esc_ctx *ctx, struct esc_store *st, struct esc_token *ca_tok, const char *id,
+				    unsigned char **inner, size_t *innerlen) ESC_MUST_CHECK;
 
 #endif

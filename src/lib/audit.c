@@ -56,8 +56,8 @@ hex_of(const unsigned char *in, size_t n, char *out)
 static int
 event_hash(const struct fields *f, unsigned char out[HASH_LEN])
 {
-	const char *parts[] = {f->id, f->at, f->actor, f->role, f->action, f->object, f->outcome, f->details,
-			       f->prev_hex};
+	const char *parts[] = {f->id,	  f->at,      f->actor,	  f->role,    f->action,
+			       f->object, f->outcome, f->details, f->prev_hex};
 	EVP_MD_CTX *md = EVP_MD_CTX_new();
 	unsigned int n = 0;
 	char len[24];
@@ -128,12 +128,13 @@ append_impl(struct esc_ctx *ctx, struct esc_store *st, const struct esc_audit_ev
 		hex_of(prev, HASH_LEN, f.prev_hex);
 		snprintf(f.id, sizeof(f.id), "%s", PQgetvalue(res, 0, 0));
 	} else {
-		if ((r = esc_store_exec(ctx, st, "SELECT pg_advisory_xact_lock(" ESC_STORE_AUDIT_LOCK ")", 0, NULL, NULL, NULL,
-					NULL)) != ESC_OK ||
-		    (r = esc_store_exec(ctx, st,
-					"SELECT encode(hash, 'hex'), nextval('audit_events_id_seq') FROM (SELECT hash "
-					"FROM audit_events ORDER BY id DESC LIMIT 1) last RIGHT JOIN (SELECT 1) one ON true",
-					0, NULL, NULL, NULL, &res)) != ESC_OK)
+		if ((r = esc_store_exec(ctx, st, "SELECT pg_advisory_xact_lock(" ESC_STORE_AUDIT_LOCK ")", 0, NULL,
+					NULL, NULL, NULL)) != ESC_OK ||
+		    (r = esc_store_exec(
+			     ctx, st,
+			     "SELECT encode(hash, 'hex'), nextval('audit_events_id_seq') FROM (SELECT hash "
+			     "FROM audit_events ORDER BY id DESC LIMIT 1) last RIGHT JOIN (SELECT 1) one ON true",
+			     0, NULL, NULL, NULL, &res)) != ESC_OK)
 			goto out;
 		memset(prev, 0, sizeof(prev)); /* the first event links to 32 zero bytes */
 		if (PQgetisnull(res, 0, 0))
@@ -277,14 +278,16 @@ checkpoint_impl(struct esc_ctx *ctx, struct esc_store *st, struct esc_token *ca_
 	int len[4] = {0}, fmt[4] = {0};
 	enum esc_err r;
 
-	if ((r = esc_store_exec(ctx, st,
-				"SELECT (SELECT uri FROM token_keys WHERE role = 'audit'), id, encode(hash, 'hex') FROM "
-				"audit_events ORDER BY id DESC LIMIT 1",
-				0, NULL, NULL, NULL, &res)) != ESC_OK)
+	if ((r = esc_store_exec(
+		     ctx, st,
+		     "SELECT (SELECT uri FROM token_keys WHERE role = 'audit'), id, encode(hash, 'hex') FROM "
+		     "audit_events ORDER BY id DESC LIMIT 1",
+		     0, NULL, NULL, NULL, &res)) != ESC_OK)
 		return r;
 	if (PQntuples(res) != 1 || PQgetisnull(res, 0, 0)) {
-		r = esc_error(ctx, ESC_ERR_STATE, PQntuples(res) != 1 ? "there is no audit event to sign"
-								  : "no audit key is recorded: this CA predates it");
+		r = esc_error(ctx, ESC_ERR_STATE,
+			      PQntuples(res) != 1 ? "there is no audit event to sign"
+						  : "no audit key is recorded: this CA predates it");
 		goto out;
 	}
 	snprintf(id, sizeof(id), "%s", PQgetvalue(res, 0, 1));
@@ -463,7 +466,7 @@ verify_checkpoints(struct esc_ctx *ctx, struct esc_store *st, PGresult *events, 
 		long siglen = 0;
 		unsigned char *sig = OPENSSL_hexstr2buf(PQgetvalue(res, i, 4), &siglen);
 		int good = sig != NULL && checkpoint_signed(X509_get0_pubkey(auditor), eid, hh, PQgetvalue(res, i, 3),
-							     sig, (size_t)siglen);
+							    sig, (size_t)siglen);
 
 		OPENSSL_free(sig);
 		if (!good) {
@@ -487,12 +490,13 @@ verify_checkpoints(struct esc_ctx *ctx, struct esc_store *st, PGresult *events, 
 			j++;
 		if (j >= nev || strtoll(PQgetvalue(events, j, 0), NULL, 10) != e ||
 		    strcmp(PQgetvalue(events, j, 9), hh) != 0) {
-			snprintf(rep->problem, sizeof(rep->problem), "the event checkpoint %s signed is gone or changed",
-				 PQgetvalue(res, i, 0));
+			snprintf(rep->problem, sizeof(rep->problem),
+				 "the event checkpoint %s signed is gone or changed", PQgetvalue(res, i, 0));
 			rep->first_bad = e;
-			r = esc_error(ctx, ESC_ERR_TAMPERED,
-				      "audit event %lld: it is not the event checkpoint %s signed (the log was rewritten)",
-				      e, PQgetvalue(res, i, 0));
+			r = esc_error(
+				ctx, ESC_ERR_TAMPERED,
+				"audit event %lld: it is not the event checkpoint %s signed (the log was rewritten)", e,
+				PQgetvalue(res, i, 0));
 			goto out;
 		}
 		rep->checkpoints++;
@@ -519,10 +523,11 @@ esc_audit_verify(struct esc_ctx *ctx, struct esc_store *st, struct esc_audit_rep
 	int i, rows;
 
 	memset(rep, 0, sizeof(*rep));
-	if ((r = esc_store_exec(ctx, st,
-				"SELECT id, at, actor, role, action, object, outcome, details, encode(prev_hash, 'hex'), "
-				"encode(hash, 'hex') FROM audit_events ORDER BY id",
-				0, NULL, NULL, NULL, &res)) != ESC_OK)
+	if ((r = esc_store_exec(
+		     ctx, st,
+		     "SELECT id, at, actor, role, action, object, outcome, details, encode(prev_hash, 'hex'), "
+		     "encode(hash, 'hex') FROM audit_events ORDER BY id",
+		     0, NULL, NULL, NULL, &res)) != ESC_OK)
 		return r;
 	rows = PQntuples(res);
 	memset(expect_prev, '0', 2 * HASH_LEN);
@@ -614,8 +619,7 @@ esc_audit_search(struct esc_ctx *ctx, struct esc_store *st, const struct esc_acc
 	enum esc_err r;
 	int i, count;
 
-	if (reader == NULL ||
-	    !(esc_account_roles(reader) & (ESC_ROLE_AUDITOR | ESC_ROLE_ADMIN)))
+	if (reader == NULL || !(esc_account_roles(reader) & (ESC_ROLE_AUDITOR | ESC_ROLE_ADMIN)))
 		return esc_error(ctx, ESC_ERR_DENIED, "account '%s' may not read the audit trail",
 				 reader ? esc_account_name(reader) : "(none)");
 	if (f->serial != NULL) {
@@ -632,15 +636,16 @@ esc_audit_search(struct esc_ctx *ctx, struct esc_store *st, const struct esc_acc
 	 * are matched too.  Every alternative is an exact object, so the object
 	 * index serves it.
 	 */
-	if ((r = esc_store_exec(ctx, st,
-				"SELECT id, at, actor, role, action, object, outcome, details FROM audit_events WHERE "
-				"($1::text IS NULL OR at >= $1) AND ($2::text IS NULL OR at <= $2) AND ($3::text IS NULL "
-				"OR actor = $3) AND ($4::text IS NULL OR action = $4) AND ($5::text IS NULL OR object = "
-				"$5) AND ($6::text IS NULL OR object = ANY (ARRAY[$6, '0' || $6] || ARRAY(SELECT "
-				"'request ' || q.id FROM recovery_requests q JOIN archive_records a ON a.id = q.record_id "
-				"WHERE ltrim(a.cert_serial, '0') = $6) || ARRAY(SELECT a.id::text FROM archive_records a "
-				"WHERE ltrim(a.cert_serial, '0') = $6))) ORDER BY id LIMIT $7::bigint",
-				7, v, NULL, NULL, &res)) != ESC_OK)
+	if ((r = esc_store_exec(
+		     ctx, st,
+		     "SELECT id, at, actor, role, action, object, outcome, details FROM audit_events WHERE "
+		     "($1::text IS NULL OR at >= $1) AND ($2::text IS NULL OR at <= $2) AND ($3::text IS NULL "
+		     "OR actor = $3) AND ($4::text IS NULL OR action = $4) AND ($5::text IS NULL OR object = "
+		     "$5) AND ($6::text IS NULL OR object = ANY (ARRAY[$6, '0' || $6] || ARRAY(SELECT "
+		     "'request ' || q.id FROM recovery_requests q JOIN archive_records a ON a.id = q.record_id "
+		     "WHERE ltrim(a.cert_serial, '0') = $6) || ARRAY(SELECT a.id::text FROM archive_records a "
+		     "WHERE ltrim(a.cert_serial, '0') = $6))) ORDER BY id LIMIT $7::bigint",
+		     7, v, NULL, NULL, &res)) != ESC_OK)
 		return r;
 	count = PQntuples(res);
 	if ((rows = calloc((size_t)count + 1, sizeof(*rows))) == NULL) {

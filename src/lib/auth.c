@@ -54,8 +54,8 @@ static const char dummy_hash[] =
 #define NAME_MAX_LEN 64
 #define ROLES_TEXT_MAX 255
 
-#define SEPARATION_MSG                                                                                        \
-	"one identity holds at most one of the administrator, certificate-manager and KRA roles (a certificate "   \
+#define SEPARATION_MSG                                                                                           \
+	"one identity holds at most one of the administrator, certificate-manager and KRA roles (a certificate " \
 	"manager is never a KRA)"
 
 /* DESIGN §3: the three roles of a recovery are held by different identities. */
@@ -76,7 +76,6 @@ struct esc_account {
 	char pw_stamp[48]; /* accounts.password_changed_at at the password login, "" otherwise */
 	char cert[65];	   /* SHA-256 (hex) of the client certificate it logged in with, "" otherwise */
 };
-
 
 static const struct {
 	enum esc_role role;
@@ -449,7 +448,10 @@ esc_account_login_ex(struct esc_ctx *ctx, struct esc_store *st, const char *name
 		goto out;
 	if (must_change) {
 		/* The right password, set by an administrator: good for changing it, for nothing else. */
-		struct esc_audit_event ev = {shown, roles, "auth.login", shown,
+		struct esc_audit_event ev = {shown,
+					     roles,
+					     "auth.login",
+					     shown,
 					     (flags & ESC_LOGIN_PASSWORD_CHANGE) ? "ok" : "refused",
 					     (flags & ESC_LOGIN_PASSWORD_CHANGE)
 						     ? "password change required: logged in to change it"
@@ -673,8 +675,8 @@ create_impl(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account 
 		goto out;
 	{
 		char actor_roles[64] = "none", details[128];
-		struct esc_audit_event ev = {actor ? actor->name : "setup", actor_roles, "account.create", shown, "ok",
-					     details};
+		struct esc_audit_event ev = {
+			actor ? actor->name : "setup", actor_roles, "account.create", shown, "ok", details};
 
 		if (actor != NULL)
 			esc_roles_format(actor->roles, actor_roles, sizeof(actor_roles));
@@ -826,10 +828,10 @@ disabled_impl(struct esc_ctx *ctx, struct esc_store *st, const struct esc_accoun
 		return r;
 	/* Lock every administrator row: two concurrent disables cannot both pass the check. */
 	if ((r = recheck_admin(ctx, st, actor)) != ESC_OK ||
-	    (r = esc_store_exec(ctx, st, "SELECT id FROM accounts WHERE 'admin' = ANY (roles) FOR UPDATE", 0, NULL, NULL,
-				NULL, NULL)) != ESC_OK ||
-	    (r = esc_store_exec(ctx, st, "UPDATE accounts SET disabled = $2::boolean WHERE name = $1 RETURNING id", 2, v,
-				NULL, NULL, &res)) != ESC_OK)
+	    (r = esc_store_exec(ctx, st, "SELECT id FROM accounts WHERE 'admin' = ANY (roles) FOR UPDATE", 0, NULL,
+				NULL, NULL, NULL)) != ESC_OK ||
+	    (r = esc_store_exec(ctx, st, "UPDATE accounts SET disabled = $2::boolean WHERE name = $1 RETURNING id", 2,
+				v, NULL, NULL, &res)) != ESC_OK)
 		goto out;
 	if (PQntuples(res) != 1) {
 		r = esc_error(ctx, ESC_ERR_NOT_FOUND, "no account named '%.64s'", name);
@@ -847,17 +849,18 @@ disabled_impl(struct esc_ctx *ctx, struct esc_store *st, const struct esc_accoun
 	}
 	PQclear(res);
 	res = NULL;
-	if ((r = esc_store_exec(ctx, st, "SELECT count(*) FROM accounts WHERE 'admin' = ANY (roles) AND NOT disabled", 0,
-				NULL, NULL, NULL, &res)) != ESC_OK)
+	if ((r = esc_store_exec(ctx, st, "SELECT count(*) FROM accounts WHERE 'admin' = ANY (roles) AND NOT disabled",
+				0, NULL, NULL, NULL, &res)) != ESC_OK)
 		goto out;
 	if (strcmp(PQgetvalue(res, 0, 0), "0") == 0) {
-		r = esc_error(ctx, ESC_ERR_STATE, "'%.64s' is the last enabled administrator: nothing was changed", name);
+		r = esc_error(ctx, ESC_ERR_STATE, "'%.64s' is the last enabled administrator: nothing was changed",
+			      name);
 		goto out;
 	}
 	{
 		char roles[64];
-		struct esc_audit_event ev = {actor->name, roles, disabled ? "account.disable" : "account.enable", name,
-					     "ok", ""};
+		struct esc_audit_event ev = {actor->name, roles, disabled ? "account.disable" : "account.enable",
+					     name,	  "ok",	 ""};
 
 		esc_roles_format(actor->roles, roles, sizeof(roles));
 		if ((r = esc_audit_append(ctx, st, &ev)) != ESC_OK)
@@ -893,8 +896,8 @@ read_password(struct esc_ctx *ctx, struct esc_store *st, const char *name, char 
 	const char *v[1] = {name};
 	enum esc_err r;
 
-	if ((r = esc_store_exec(ctx, st, "SELECT password_hash, must_change_password FROM accounts WHERE name = $1", 1, v,
-				NULL, NULL, &res)) != ESC_OK)
+	if ((r = esc_store_exec(ctx, st, "SELECT password_hash, must_change_password FROM accounts WHERE name = $1", 1,
+				v, NULL, NULL, &res)) != ESC_OK)
 		return r;
 	if (PQntuples(res) != 1) {
 		r = esc_error(ctx, ESC_ERR_NOT_FOUND, "no account named '%.64s'", name);
@@ -935,8 +938,8 @@ passwd_impl(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account 
 	if (reset && (r = recheck_admin(ctx, st, actor)) != ESC_OK)
 		goto out;
 	v[0] = name;
-	if ((r = esc_store_exec(ctx, st, "SELECT id, password_hash FROM accounts WHERE name = $1 FOR UPDATE", 1, v, NULL,
-				NULL, &res)) != ESC_OK)
+	if ((r = esc_store_exec(ctx, st, "SELECT id, password_hash FROM accounts WHERE name = $1 FOR UPDATE", 1, v,
+				NULL, NULL, &res)) != ESC_OK)
 		goto out;
 	if (PQntuples(res) != 1) {
 		r = esc_error(ctx, ESC_ERR_NOT_FOUND, "no account named '%.64s'", name);
@@ -948,7 +951,8 @@ passwd_impl(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account 
 	PQclear(res);
 	res = NULL;
 	if (!same) {
-		r = esc_error(ctx, ESC_ERR_STATE, "the password of '%.64s' changed meanwhile: nothing was changed", name);
+		r = esc_error(ctx, ESC_ERR_STATE, "the password of '%.64s' changed meanwhile: nothing was changed",
+			      name);
 		goto out;
 	}
 	v[0] = id;
@@ -1006,9 +1010,9 @@ set_password(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account
 	if (current != NULL) {
 		vr = esc_auth_verify_password(ctx, stored, current);
 		if (vr != ESC_OK) {
-			r = vr == ESC_ERR_NOMEM ? vr
-						: esc_error(ctx, ESC_ERR_AUTH, "the current password of '%s' is not right",
-							    shown);
+			r = vr == ESC_ERR_NOMEM
+				    ? vr
+				    : esc_error(ctx, ESC_ERR_AUTH, "the current password of '%s' is not right", shown);
 			goto out;
 		}
 	}
@@ -1083,18 +1087,21 @@ check_scope_values(struct esc_ctx *ctx, const char *kind, const char *const *val
 		return esc_error(ctx, ESC_ERR_USAGE, "a scope holds at most %d %ss", ESC_SCOPE_MAX, kind);
 	for (i = 0; i < n; i++) {
 		if (vals[i] == NULL || !valid_scope_value(vals[i]))
-			return esc_error(ctx, ESC_ERR_USAGE, "a %s in a scope has 1 to %d characters, no control characters",
-					 kind, ESC_SCOPE_VALUE_MAX);
+			return esc_error(ctx, ESC_ERR_USAGE,
+					 "a %s in a scope has 1 to %d characters, no control characters", kind,
+					 ESC_SCOPE_VALUE_MAX);
 		if (kind[0] == 'p' && strcmp(vals[i], ESC_SCOPE_PROFILE_IMPORTED) != 0) {
 			if ((p = esc_profile_find(vals[i])) == NULL || strcmp(p->name, vals[i]) != 0)
-				return esc_error(ctx, ESC_ERR_USAGE,
-						 "unknown profile '%.64s' (see 'p11escrow profile list'; '" ESC_SCOPE_PROFILE_IMPORTED
-						 "' stands for records archived without one)",
-						 vals[i]);
+				return esc_error(
+					ctx, ESC_ERR_USAGE,
+					"unknown profile '%.64s' (see 'p11escrow profile list'; '" ESC_SCOPE_PROFILE_IMPORTED
+					"' stands for records archived without one)",
+					vals[i]);
 			if (!p->archival)
-				return esc_error(ctx, ESC_ERR_USAGE,
-						 "profile '%s' never archives keys: a scope of it would match no record",
-						 p->name);
+				return esc_error(
+					ctx, ESC_ERR_USAGE,
+					"profile '%s' never archives keys: a scope of it would match no record",
+					p->name);
 		}
 		for (j = 0; j < i; j++)
 			if (kind[0] == 'p' ? strcmp(vals[i], vals[j]) == 0 : strcasecmp(vals[i], vals[j]) == 0)
@@ -1135,8 +1142,8 @@ scope_impl(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *
 	if ((r = parse_pg_roles(ctx, PQgetvalue(res, 0, 1), &target_roles)) != ESC_OK)
 		goto out;
 	if ((np > 0 || ng > 0) && !(target_roles & ESC_ROLE_CERT_MANAGER)) {
-		r = esc_error(ctx, ESC_ERR_USAGE, "account '%.64s' is not a certificate manager: only they have a scope",
-			      name);
+		r = esc_error(ctx, ESC_ERR_USAGE,
+			      "account '%.64s' is not a certificate manager: only they have a scope", name);
 		goto out;
 	}
 	v[0] = id;
@@ -1147,10 +1154,11 @@ scope_impl(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *
 	for (i = 0; i < np + ng; i++) {
 		v[1] = i < np ? "profile" : "group";
 		v[2] = i < np ? profiles[i] : groups[i - np];
-		if ((r = esc_store_exec(ctx, st,
-					"INSERT INTO manager_scopes (account_id, kind, value, created_by) VALUES ($1, $2, $3, "
-					"$4)",
-					4, v, NULL, NULL, NULL)) != ESC_OK)
+		if ((r = esc_store_exec(
+			     ctx, st,
+			     "INSERT INTO manager_scopes (account_id, kind, value, created_by) VALUES ($1, $2, $3, "
+			     "$4)",
+			     4, v, NULL, NULL, NULL)) != ESC_OK)
 			goto out;
 	}
 	/* The details name the whole new scope (values are bounded: at most 2 x 16 x 64 characters, cut here). */
@@ -1216,10 +1224,11 @@ esc_account_get_scope(struct esc_ctx *ctx, struct esc_store *st, const struct es
 
 	if (actor == NULL)
 		return esc_error(ctx, ESC_ERR_DENIED, "reading a scope needs an authenticated account");
-	if ((r = esc_store_exec(ctx, st,
-				"SELECT s.kind, s.value FROM accounts a LEFT JOIN manager_scopes s ON s.account_id = a.id "
-				"WHERE a.name = $1 ORDER BY s.kind DESC, lower(s.value)",
-				1, v, NULL, NULL, &res)) != ESC_OK)
+	if ((r = esc_store_exec(
+		     ctx, st,
+		     "SELECT s.kind, s.value FROM accounts a LEFT JOIN manager_scopes s ON s.account_id = a.id "
+		     "WHERE a.name = $1 ORDER BY s.kind DESC, lower(s.value)",
+		     1, v, NULL, NULL, &res)) != ESC_OK)
 		return r;
 	if ((rows = PQntuples(res)) == 0) {
 		r = esc_error(ctx, ESC_ERR_NOT_FOUND, "no account named '%.64s'", name);

@@ -214,8 +214,10 @@ sign_and_check(struct esc_ctx *ctx, X509 *x, EVP_PKEY *signer, EVP_PKEY *verify_
 	if (X509_sign(x, signer, digest_for(verify_key)) <= 0)
 		return esc_error_ossl(ctx, ESC_ERR_CRYPTO, "the token could not sign the %s", what);
 	if (X509_verify(x, verify_key) != 1)
-		return esc_error_ossl(ctx, ESC_ERR_MISMATCH, "the %s's signature does not verify with the signing key's "
-							    "public half", what);
+		return esc_error_ossl(ctx, ESC_ERR_MISMATCH,
+				      "the %s's signature does not verify with the signing key's "
+				      "public half",
+				      what);
 	return ESC_OK;
 }
 
@@ -283,8 +285,8 @@ out:
 }
 
 enum esc_err
-esc_ca_issue(struct esc_ctx *ctx, X509 *ca_cert, EVP_PKEY *signer, EVP_PKEY *pub, const X509_NAME *subject,
-	     int days, enum esc_cert_profile profile, X509 **out)
+esc_ca_issue(struct esc_ctx *ctx, X509 *ca_cert, EVP_PKEY *signer, EVP_PKEY *pub, const X509_NAME *subject, int days,
+	     enum esc_cert_profile profile, X509 **out)
 {
 	X509 *x = NULL;
 	EVP_PKEY *ca_pub = X509_get0_pubkey(ca_cert);
@@ -293,16 +295,16 @@ esc_ca_issue(struct esc_ctx *ctx, X509 *ca_cert, EVP_PKEY *signer, EVP_PKEY *pub
 
 	if ((r = new_cert_under(ctx, ca_cert, pub, subject, days, &x)) != ESC_OK)
 		return r;
-	ku = profile == ESC_PROFILE_AUDIT  ? "critical,digitalSignature"
-	     : EVP_PKEY_is_a(pub, "EC") ? "critical,keyAgreement"
-					: "critical,keyEncipherment";
+	ku = profile == ESC_PROFILE_AUDIT ? "critical,digitalSignature"
+	     : EVP_PKEY_is_a(pub, "EC")	  ? "critical,keyAgreement"
+					  : "critical,keyEncipherment";
 	if (profile == ESC_PROFILE_KRA && !add_ext(ca_cert, x, NID_ext_key_usage, ESC_OID_KRA_EKU)) {
 		r = esc_error_ossl(ctx, ESC_ERR_CRYPTO, "cannot add the Key Recovery Agent extended key usage");
 		goto out;
 	}
 	if (!X509_set_issuer_name(x, X509_get_subject_name(ca_cert)) ||
-	    !add_ext(ca_cert, x, NID_basic_constraints, "critical,CA:FALSE") || !add_ext(ca_cert, x, NID_key_usage, ku) ||
-	    !add_ext(ca_cert, x, NID_subject_key_identifier, "hash") ||
+	    !add_ext(ca_cert, x, NID_basic_constraints, "critical,CA:FALSE") ||
+	    !add_ext(ca_cert, x, NID_key_usage, ku) || !add_ext(ca_cert, x, NID_subject_key_identifier, "hash") ||
 	    !add_ext(ca_cert, x, NID_authority_key_identifier, "keyid:always")) {
 		r = esc_error_ossl(ctx, ESC_ERR_CRYPTO, "cannot add the certificate's extensions");
 		goto out;

@@ -166,7 +166,6 @@ out:
 	return r;
 }
 
-
 /*
  * Sign (unless *x holds a certificate from an earlier attempt) and record
  * it, redrawing the serial — a new signature — if it is taken.

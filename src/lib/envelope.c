@@ -286,8 +286,8 @@ esc_envelope_has_recipient(struct esc_ctx *ctx, const unsigned char *in, size_t 
  * afterwards, and CMS_ContentInfo_free frees them with the rest.
  */
 enum esc_err
-esc_envelope_keep_recipient(struct esc_ctx *ctx, const unsigned char *in, size_t inlen, X509 *cert,
-			    unsigned char **out, size_t *outlen)
+esc_envelope_keep_recipient(struct esc_ctx *ctx, const unsigned char *in, size_t inlen, X509 *cert, unsigned char **out,
+			    size_t *outlen)
 {
 	CMS_ContentInfo *cms = NULL;
 	STACK_OF(CMS_RecipientInfo) *ris, *away_ri = NULL;
@@ -318,8 +318,9 @@ esc_envelope_keep_recipient(struct esc_ctx *ctx, const unsigned char *in, size_t
 		(void)sk_CMS_RecipientInfo_delete(ris, i);
 	}
 	if (kept != 1) {
-		r = kept == 0 ? esc_error(ctx, ESC_ERR_NOT_RECIPIENT, "the envelope is not addressed to this key")
-			      : esc_error(ctx, ESC_ERR_BAD_INPUT, "the envelope is addressed to this key %d times", kept);
+		r = kept == 0
+			    ? esc_error(ctx, ESC_ERR_NOT_RECIPIENT, "the envelope is not addressed to this key")
+			    : esc_error(ctx, ESC_ERR_BAD_INPUT, "the envelope is addressed to this key %d times", kept);
 		goto out;
 	}
 	/* One key agreement may carry keys for several recipients: keep only this one's. */
@@ -392,8 +393,9 @@ esc_envelope_open(struct esc_ctx *ctx, const unsigned char *in, size_t inlen, EV
 		goto out;
 	}
 	if (CMS_decrypt(cms, NULL, NULL, NULL, bout, CMS_BINARY) != 1) {
-		r = esc_error_ossl(ctx, ESC_ERR_TAMPERED,
-				   "the envelope failed its integrity check (AES-GCM tag): it was altered or corrupted");
+		r = esc_error_ossl(
+			ctx, ESC_ERR_TAMPERED,
+			"the envelope failed its integrity check (AES-GCM tag): it was altered or corrupted");
 		goto out;
 	}
 	BIO_get_mem_ptr(bout, &mem);

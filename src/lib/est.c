@@ -268,8 +268,7 @@ esc_b64_decode(struct esc_ctx *ctx, const char *in, size_t inlen, unsigned char 
 }
 
 enum esc_err
-esc_b64_decode_max(struct esc_ctx *ctx, const char *in, size_t inlen, size_t max, unsigned char **out,
-		   size_t *outlen)
+esc_b64_decode_max(struct esc_ctx *ctx, const char *in, size_t inlen, size_t max, unsigned char **out, size_t *outlen)
 {
 	/* At most this many non-blank characters can decode to max bytes. */
 	const size_t chars_max = (max + 2) / 3 * 4;
@@ -290,8 +289,7 @@ esc_b64_decode_max(struct esc_ctx *ctx, const char *in, size_t inlen, size_t max
 			return esc_error(ctx, ESC_ERR_BAD_INPUT,
 					 "the base64 text has a character outside the alphabet");
 		if (++n > chars_max)
-			return esc_error(ctx, ESC_ERR_BAD_INPUT, "the base64 text decodes to more than %zu bytes",
-					 max);
+			return esc_error(ctx, ESC_ERR_BAD_INPUT, "the base64 text decodes to more than %zu bytes", max);
 	}
 	if (n == 0)
 		return esc_error(ctx, ESC_ERR_BAD_INPUT, "the base64 text is empty");
@@ -962,7 +960,8 @@ esc_est_key_package_seal(struct esc_ctx *ctx, X509 *signer_cert, STACK_OF(X509) 
 	enum esc_err r;
 
 	if (signer_cert == NULL || signer_key == NULL || key == NULL || recipient == NULL)
-		return esc_error(ctx, ESC_ERR_USAGE, "a key package needs a signer, its certificate, a key and a recipient");
+		return esc_error(ctx, ESC_ERR_USAGE,
+				 "a key package needs a signer, its certificate, a key and a recipient");
 	if ((r = esc_est_key_recipient_check(ctx, recipient)) != ESC_OK)
 		return r;
 	if ((r = pkcs8_encode(ctx, key, &p8, &p8len)) != ESC_OK ||

@@ -34,8 +34,7 @@ void esc_error_ossl_set(struct esc_ctx *ctx, enum esc_err code, const char *fmt,
 	__attribute__((format(printf, 3, 4)));
 
 /* Emit a log line through the context's sink (no-op without one). */
-void esc_log(struct esc_ctx *ctx, enum esc_log_level level, const char *fmt, ...)
-	__attribute__((format(printf, 3, 4)));
+void esc_log(struct esc_ctx *ctx, enum esc_log_level level, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 
 struct esc_secret;
 

@@ -119,8 +119,8 @@ esc_keeper_lost(const struct esc_keeper *k)
 static enum esc_err remote_release(struct esc_ctx *ctx, struct esc_keeper *k, long long id);
 static enum esc_err remote_kra_prove(struct esc_ctx *ctx, struct esc_keeper *k, struct esc_store *st,
 				     const struct esc_account *actor, const char *name, long long id,
-				     const unsigned char *secret, size_t secret_len, struct esc_kra *out, unsigned char **cert,
-				     size_t *cert_len);
+				     const unsigned char *secret, size_t secret_len, struct esc_kra *out,
+				     unsigned char **cert, size_t *cert_len);
 static enum esc_err remote_sign_crl(struct esc_ctx *ctx, struct esc_keeper *k, const struct esc_account *by, int days,
 				    X509_CRL **out);
 static enum esc_err remote_checkpoint(struct esc_ctx *ctx, struct esc_keeper *k, const struct esc_account *by,
@@ -162,8 +162,8 @@ esc_keeper_sign_crl(struct esc_ctx *ctx, struct esc_keeper *k, struct esc_store 
 
 enum esc_err
 esc_keeper_kra_prove(struct esc_ctx *ctx, struct esc_keeper *k, struct esc_store *st, const struct esc_account *actor,
-		     const char *name, long long id, const unsigned char *secret, size_t secret_len, struct esc_kra *out,
-		     unsigned char **cert, size_t *cert_len)
+		     const char *name, long long id, const unsigned char *secret, size_t secret_len,
+		     struct esc_kra *out, unsigned char **cert, size_t *cert_len)
 {
 	if (k == NULL || st == NULL)
 		return esc_error(ctx, ESC_ERR_INTERNAL, "esc_keeper_kra_prove: NULL argument");
@@ -931,7 +931,8 @@ remote_kra_prove(struct esc_ctx *ctx, struct esc_keeper *k, struct esc_store *st
 	enum esc_err r;
 
 	if (actor == NULL || name == NULL || secret == NULL || secret_len == 0 || id <= 0)
-		return esc_error(ctx, ESC_ERR_USAGE, "a KRA's proof needs an account, a name, a challenge and its answer");
+		return esc_error(ctx, ESC_ERR_USAGE,
+				 "a KRA's proof needs an account, a name, a challenge and its answer");
 	esc_kp_put64(idb, (uint64_t)id);
 	esc_kp_init(&m, ESC_KP_KRA_PROVE, 0);
 	esc_kp_set(&m, ESC_KP_T_ACCOUNT, esc_account_name(actor), strlen(esc_account_name(actor)));

@@ -16,8 +16,8 @@
  * token.  Errors: POLICY (the profile does not allow pub), CRYPTO, PKCS11.
  */
 enum esc_err esc_keeper_issue(struct esc_ctx *ctx, struct esc_keeper *k, const struct profile_def *def,
-			      const X509_NAME *subject, EVP_PKEY *pub, const GENERAL_NAMES *san, X509 **out)
-	ESC_MUST_CHECK;
+			      const X509_NAME *subject, EVP_PKEY *pub, const GENERAL_NAMES *san,
+			      X509 **out) ESC_MUST_CHECK;
 
 /*
  * The alternative names a profile with email_san derives from subject: its

@@ -37,43 +37,43 @@
 
 enum esc_kp_type {
 	/* Requests, worker to keeper. */
-	ESC_KP_HELLO = 1,          /* the CA's public certificates (no fields) */
-	ESC_KP_ISSUE = 2,          /* sign a certificate the keeper builds from a profile */
+	ESC_KP_HELLO = 1,	   /* the CA's public certificates (no fields) */
+	ESC_KP_ISSUE = 2,	   /* sign a certificate the keeper builds from a profile */
 	ESC_KP_OPEN_TRANSPORT = 3, /* open an archival envelope to the transport certificate */
-	ESC_KP_RELEASE = 4,        /* release an approved recovery request */
-	ESC_KP_SIGN_CRL = 5,       /* sign the CRL the keeper builds from the database */
-	ESC_KP_CHECKPOINT = 6,     /* sign an audit checkpoint if one is due, or for an account */
-	ESC_KP_SEAL_KEY = 7,       /* a generated key to its enrollee, signed by the CA (RFC 7030 §4.4.2) */
-	ESC_KP_KRA_PROVE = 8,      /* certify a KRA key whose possession a challenge's answer proves */
+	ESC_KP_RELEASE = 4,	   /* release an approved recovery request */
+	ESC_KP_SIGN_CRL = 5,	   /* sign the CRL the keeper builds from the database */
+	ESC_KP_CHECKPOINT = 6,	   /* sign an audit checkpoint if one is due, or for an account */
+	ESC_KP_SEAL_KEY = 7,	   /* a generated key to its enrollee, signed by the CA (RFC 7030 §4.4.2) */
+	ESC_KP_KRA_PROVE = 8,	   /* certify a KRA key whose possession a challenge's answer proves */
 	/* Replies, keeper to worker: the request's type with this bit, or ERROR. */
 	ESC_KP_REPLY = 0x80,
 	ESC_KP_ERROR = 0xff,
 };
 
 enum esc_kp_tag {
-	ESC_KP_T_PROFILE = 1,   /* text: a profile name */
-	ESC_KP_T_SUBJECT = 2,   /* DER X509_NAME */
-	ESC_KP_T_SAN = 3,       /* DER GeneralNames */
-	ESC_KP_T_SPKI = 4,      /* DER SubjectPublicKeyInfo */
-	ESC_KP_T_DAYS = 5,      /* uint32 */
-	ESC_KP_T_CERT = 6,      /* DER certificate */
-	ESC_KP_T_ENVELOPE = 7,  /* DER CMS ContentInfo */
-	ESC_KP_T_PKCS8 = 8,     /* DER PKCS#8: a private key (secret) */
-	ESC_KP_T_ID = 9,        /* uint64: a recovery request id */
-	ESC_KP_T_CRL = 10,      /* DER CRL */
-	ESC_KP_T_EVENTS = 11,   /* uint32: events since the last checkpoint that make one due */
-	ESC_KP_T_SECONDS = 12,  /* uint32: age of the newest checkpoint that makes one due */
-	ESC_KP_T_FINAL = 13,    /* uint32 0/1: a last checkpoint at shutdown */
-	ESC_KP_T_EVENT_ID = 14, /* uint64: the event a checkpoint signed (0: none due) */
-	ESC_KP_T_CA = 15,       /* DER certificate: the CA's */
-	ESC_KP_T_CHAIN = 16,    /* DER certificates above the CA's, concatenated (may be empty) */
+	ESC_KP_T_PROFILE = 1,	 /* text: a profile name */
+	ESC_KP_T_SUBJECT = 2,	 /* DER X509_NAME */
+	ESC_KP_T_SAN = 3,	 /* DER GeneralNames */
+	ESC_KP_T_SPKI = 4,	 /* DER SubjectPublicKeyInfo */
+	ESC_KP_T_DAYS = 5,	 /* uint32 */
+	ESC_KP_T_CERT = 6,	 /* DER certificate */
+	ESC_KP_T_ENVELOPE = 7,	 /* DER CMS ContentInfo */
+	ESC_KP_T_PKCS8 = 8,	 /* DER PKCS#8: a private key (secret) */
+	ESC_KP_T_ID = 9,	 /* uint64: a recovery request id */
+	ESC_KP_T_CRL = 10,	 /* DER CRL */
+	ESC_KP_T_EVENTS = 11,	 /* uint32: events since the last checkpoint that make one due */
+	ESC_KP_T_SECONDS = 12,	 /* uint32: age of the newest checkpoint that makes one due */
+	ESC_KP_T_FINAL = 13,	 /* uint32 0/1: a last checkpoint at shutdown */
+	ESC_KP_T_EVENT_ID = 14,	 /* uint64: the event a checkpoint signed (0: none due) */
+	ESC_KP_T_CA = 15,	 /* DER certificate: the CA's */
+	ESC_KP_T_CHAIN = 16,	 /* DER certificates above the CA's, concatenated (may be empty) */
 	ESC_KP_T_TRANSPORT = 17, /* DER certificate: the transport certificate */
-	ESC_KP_T_CODE = 18,     /* int32: an enum esc_err */
-	ESC_KP_T_MESSAGE = 19,  /* text: the error's message (never a secret) */
+	ESC_KP_T_CODE = 18,	 /* int32: an enum esc_err */
+	ESC_KP_T_MESSAGE = 19,	 /* text: the error's message (never a secret) */
 	ESC_KP_T_RECIPIENT = 20, /* DER certificate: whom a sealed key is encrypted to */
-	ESC_KP_T_ACCOUNT = 21,  /* text: an account's name, re-read by the keeper */
-	ESC_KP_T_NAME = 22,     /* text: a KRA's name */
-	ESC_KP_T_SECRET = 23,   /* bytes: a challenge's answer (secret) */
+	ESC_KP_T_ACCOUNT = 21,	 /* text: an account's name, re-read by the keeper */
+	ESC_KP_T_NAME = 22,	 /* text: a KRA's name */
+	ESC_KP_T_SECRET = 23,	 /* bytes: a challenge's answer (secret) */
 	ESC_KP_T_MAX = 23,
 };
 
@@ -93,8 +93,8 @@ struct esc_kp_msg {
  * fields then point into buf.  Errors: BAD_INPUT, with a message naming
  * what is wrong (never a field's bytes).
  */
-enum esc_err esc_kp_decode(struct esc_ctx *ctx, const unsigned char *buf, size_t len, struct esc_kp_msg *m)
-	ESC_MUST_CHECK;
+enum esc_err esc_kp_decode(struct esc_ctx *ctx, const unsigned char *buf, size_t len,
+			   struct esc_kp_msg *m) ESC_MUST_CHECK;
 
 /*
  * Encode *m as one message, length field included, into a buffer of

@@ -839,11 +839,12 @@ esc_kra_list(struct esc_ctx *ctx, struct esc_store *st, struct esc_kra **out, si
 	enum esc_err r;
 	int i, rows;
 
-	if ((r = esc_store_exec(ctx, st,
-				"SELECT k.id, k.name, k.state, k.key_type, k.recipient, k.cert_serial, k.token_label, "
-				"k.token_serial, k.key_uri, (SELECT count(*) FROM archive_record_kras a WHERE a.kra_id = "
-				"k.id) FROM kras k ORDER BY k.id",
-				0, NULL, NULL, NULL, &res)) != ESC_OK)
+	if ((r = esc_store_exec(
+		     ctx, st,
+		     "SELECT k.id, k.name, k.state, k.key_type, k.recipient, k.cert_serial, k.token_label, "
+		     "k.token_serial, k.key_uri, (SELECT count(*) FROM archive_record_kras a WHERE a.kra_id = "
+		     "k.id) FROM kras k ORDER BY k.id",
+		     0, NULL, NULL, NULL, &res)) != ESC_OK)
 		return r;
 	rows = PQntuples(res);
 	if ((k = calloc((size_t)rows + 1, sizeof(*k))) == NULL) {
@@ -917,7 +918,8 @@ retire_impl(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account 
 		goto out;
 	if ((n = PQntuples(res)) > 0) {
 		for (i = 0; i < n && i < 3; i++)
-			snprintf(ids + strlen(ids), sizeof(ids) - strlen(ids), "%s%s", i ? ", " : "", PQgetvalue(res, i, 0));
+			snprintf(ids + strlen(ids), sizeof(ids) - strlen(ids), "%s%s", i ? ", " : "",
+				 PQgetvalue(res, i, 0));
 		r = esc_error(ctx, ESC_ERR_STATE,
 			      "retiring KRA '%s' would leave %d record(s) recoverable by no active KRA (%s%s); "
 			      "nothing was changed",
@@ -926,12 +928,17 @@ retire_impl(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account 
 	}
 	{
 		char roles[64];
-		struct esc_audit_event ev = {esc_account_name(actor), roles, "kra.retire", name, "ok",
+		struct esc_audit_event ev = {esc_account_name(actor),
+					     roles,
+					     "kra.retire",
+					     name,
+					     "ok",
 					     "no new record is wrapped to this KRA"};
 
 		esc_roles_format(esc_account_roles(actor), roles, sizeof(roles));
-		if ((r = esc_store_exec(ctx, st, "UPDATE kras SET state = 'retired', retired_at = now() WHERE name = $1",
-					1, v, NULL, NULL, NULL)) != ESC_OK ||
+		if ((r = esc_store_exec(ctx, st,
+					"UPDATE kras SET state = 'retired', retired_at = now() WHERE name = $1", 1, v,
+					NULL, NULL, NULL)) != ESC_OK ||
 		    (r = esc_audit_append(ctx, st, &ev)) != ESC_OK || (r = esc_store_commit(ctx, st)) != ESC_OK)
 			goto out;
 	}

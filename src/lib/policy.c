@@ -75,23 +75,24 @@ validate(struct esc_ctx *ctx, const char *key, const char *value)
 }
 
 static enum esc_err
-set_impl(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor, const char *key,
-	 const char *value, const char *details)
+set_impl(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor, const char *key, const char *value,
+	 const char *details)
 {
 	const char *v[3] = {key, value, NULL};
 	char roles[64];
 	struct esc_audit_event ev = {NULL, roles, "policy.set", key, "ok", details};
 	enum esc_err r;
 
-	if ((r = esc_account_require(ctx, actor, ESC_ROLE_ADMIN)) != ESC_OK || (r = validate(ctx, key, value)) != ESC_OK)
+	if ((r = esc_account_require(ctx, actor, ESC_ROLE_ADMIN)) != ESC_OK ||
+	    (r = validate(ctx, key, value)) != ESC_OK)
 		goto out;
 	v[2] = ev.actor = esc_account_name(actor);
 	esc_roles_format(esc_account_roles(actor), roles, sizeof(roles));
 	/* The change and its audit event commit together. */
 	if ((r = esc_store_begin(ctx, st)) != ESC_OK ||
 	    (r = esc_store_exec(ctx, st,
-				"UPDATE policy SET value = $2, updated_at = now(), updated_by = $3 WHERE key = $1", 3, v,
-				NULL, NULL, NULL)) != ESC_OK ||
+				"UPDATE policy SET value = $2, updated_at = now(), updated_by = $3 WHERE key = $1", 3,
+				v, NULL, NULL, NULL)) != ESC_OK ||
 	    (r = esc_audit_append(ctx, st, &ev)) != ESC_OK || (r = esc_store_commit(ctx, st)) != ESC_OK)
 		goto out;
 out:

@@ -18,7 +18,6 @@
 #include "internal.h"
 #include "profile_internal.h"
 
-
 #define ALL_KEYS (ESC_EKEY_RSA2048 | ESC_EKEY_RSA3072 | ESC_EKEY_RSA4096 | ESC_EKEY_EC_P256 | ESC_EKEY_EC_P384)
 
 static const struct profile_def profiles[] = {

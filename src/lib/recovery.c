@@ -40,8 +40,8 @@ copy(char *dst, size_t len, const char *src)
 
 /* The success event, written inside the operation's transaction. */
 static enum esc_err
-audit_ok(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *a, const char *actor,
-	 const char *action, const char *object, const char *details)
+audit_ok(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *a, const char *actor, const char *action,
+	 const char *object, const char *details)
 {
 	char roles[64] = "service";
 	struct esc_audit_event ev = {actor, roles, action, object, "ok", details};
@@ -166,16 +166,17 @@ esc_archive_search(struct esc_ctx *ctx, struct esc_store *st, const struct esc_a
 	 * certificate, and a row whose columns disagree with it is flagged, not hidden: a relabelled row
 	 * found under someone else's serial shows its true owner and the mark.
 	 */
-	if ((r = esc_store_exec(ctx, st,
-				"SELECT " ESC_ARCHIVE_ROW_SQL ", a.foreign_issuer, to_char(a.created_at, 'YYYY-MM-DD "
-				"HH24:MI:SS'), coalesce((SELECT string_agg(k.name, ',' ORDER BY k.name) FROM "
-				"archive_record_kras x JOIN kras k ON k.id = x.kra_id WHERE x.record_id = a.id), '') FROM "
-				"archive_records a WHERE ($1::text IS NULL OR ltrim(a.cert_serial, '0') = $1) AND "
-				"($2::text IS NULL OR strpos(lower(a.subject), lower($2)) > 0) AND ($3::text IS NULL OR "
-				"lower(a.email) = lower($3)) AND (NOT EXISTS (SELECT 1 FROM manager_scopes WHERE "
-				"account_id = $4::bigint) OR p11escrow_record_in_scope(a.id, $4::bigint)) ORDER BY "
-				"a.created_at DESC LIMIT 100",
-				4, v, NULL, NULL, &res)) != ESC_OK)
+	if ((r = esc_store_exec(
+		     ctx, st,
+		     "SELECT " ESC_ARCHIVE_ROW_SQL ", a.foreign_issuer, to_char(a.created_at, 'YYYY-MM-DD "
+		     "HH24:MI:SS'), coalesce((SELECT string_agg(k.name, ',' ORDER BY k.name) FROM "
+		     "archive_record_kras x JOIN kras k ON k.id = x.kra_id WHERE x.record_id = a.id), '') FROM "
+		     "archive_records a WHERE ($1::text IS NULL OR ltrim(a.cert_serial, '0') = $1) AND "
+		     "($2::text IS NULL OR strpos(lower(a.subject), lower($2)) > 0) AND ($3::text IS NULL OR "
+		     "lower(a.email) = lower($3)) AND (NOT EXISTS (SELECT 1 FROM manager_scopes WHERE "
+		     "account_id = $4::bigint) OR p11escrow_record_in_scope(a.id, $4::bigint)) ORDER BY "
+		     "a.created_at DESC LIMIT 100",
+		     4, v, NULL, NULL, &res)) != ESC_OK)
 		return r;
 	rows = PQntuples(res);
 	if ((s = calloc((size_t)rows + 1, sizeof(*s))) == NULL) {
@@ -222,8 +223,8 @@ resolve_record(struct esc_ctx *ctx, struct esc_store *st, const char *record, ch
 
 	if (strlen(record) == ESC_RECORD_ID_LEN && record[8] == '-') {
 		v[0] = record;
-		r = esc_store_exec(ctx, st, "SELECT id FROM archive_records WHERE id::text = lower($1)", 1, v, NULL, NULL,
-				   &res);
+		r = esc_store_exec(ctx, st, "SELECT id FROM archive_records WHERE id::text = lower($1)", 1, v, NULL,
+				   NULL, &res);
 	} else {
 		if ((r = normalise_serial(ctx, record, nserial, sizeof(nserial))) != ESC_OK)
 			return r;
@@ -355,7 +356,8 @@ request_impl(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account
 		}
 	}
 	if (kra_name != NULL && kid[0] == '\0') {
-		r = esc_error(ctx, ESC_ERR_STATE, "KRA '%s' cannot recover this record (its KRA set: %s)", kra_name, set);
+		r = esc_error(ctx, ESC_ERR_STATE, "KRA '%s' cannot recover this record (its KRA set: %s)", kra_name,
+			      set);
 		goto out;
 	}
 	if (kra_name == NULL && active != 1) {
@@ -461,10 +463,11 @@ approve_impl(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account
 	snprintf(aid, sizeof(aid), "%lld", esc_account_id(actor));
 	if ((r = esc_store_begin(ctx, st)) != ESC_OK)
 		return r;
-	if ((r = esc_store_exec(ctx, st,
-				"SELECT requested_by, state, approvals_required, record_id FROM recovery_requests WHERE "
-				"id = $1 FOR UPDATE",
-				1, v, NULL, NULL, &res)) != ESC_OK)
+	if ((r = esc_store_exec(
+		     ctx, st,
+		     "SELECT requested_by, state, approvals_required, record_id FROM recovery_requests WHERE "
+		     "id = $1 FOR UPDATE",
+		     1, v, NULL, NULL, &res)) != ESC_OK)
 		goto out;
 	if (PQntuples(res) != 1) {
 		r = esc_error(ctx, ESC_ERR_NOT_FOUND, "no recovery request %lld", id);
@@ -617,7 +620,8 @@ release_impl(struct esc_ctx *ctx, struct esc_store *st, struct esc_token *ca_tok
 		char obj[48], details[192];
 
 		snprintf(obj, sizeof(obj), "request %lld", id);
-		snprintf(details, sizeof(details), "record %s released to KRA '%s' (its recipient only)", rid, kra_name);
+		snprintf(details, sizeof(details), "record %s released to KRA '%s' (its recipient only)", rid,
+			 kra_name);
 		if ((r = audit_ok(ctx, st, NULL, "ca-token", "recovery.release", obj, details)) != ESC_OK ||
 		    (r = esc_store_commit(ctx, st)) != ESC_OK)
 			goto out;
@@ -691,7 +695,7 @@ struct esc_recovery_package {
 	long long id;
 	unsigned char *der; /* the inner envelope: ciphertext, not a secret */
 	size_t derlen;
-	X509 *cert;     /* the record's certificate */
+	X509 *cert;	/* the record's certificate */
 	X509 *kra_cert; /* the request's KRA */
 	char kra_name[65];
 	char key_uri[512];
@@ -845,8 +849,8 @@ load_released(struct esc_ctx *ctx, struct esc_store *st, const struct esc_accoun
 	}
 	/* Only the KRA the request names; never another, never a retired one. */
 	if (strtoll(PQgetvalue(res, 0, 1), NULL, 10) != esc_account_kra_id(actor)) {
-		r = esc_error(ctx, ESC_ERR_DENIED, "request %lld is not addressed to account '%s' (its KRA is '%s')", id,
-			      esc_account_name(actor), PQgetvalue(res, 0, 6));
+		r = esc_error(ctx, ESC_ERR_DENIED, "request %lld is not addressed to account '%s' (its KRA is '%s')",
+			      id, esc_account_name(actor), PQgetvalue(res, 0, 6));
 		goto out;
 	}
 	if (strcmp(PQgetvalue(res, 0, 3), "active") != 0) {
@@ -919,7 +923,8 @@ esc_recovery_open_package(struct esc_ctx *ctx, const struct esc_recovery_package
 	    (r = esc_envelope_open(ctx, pkg->der, pkg->derlen, cardkey, pkg->kra_cert, &p8, &p8len)) != ESC_OK)
 		goto out;
 	p = p8;
-	if ((p8inf = d2i_PKCS8_PRIV_KEY_INFO(NULL, &p, (long)p8len)) == NULL || (user = EVP_PKCS82PKEY(p8inf)) == NULL) {
+	if ((p8inf = d2i_PKCS8_PRIV_KEY_INFO(NULL, &p, (long)p8len)) == NULL ||
+	    (user = EVP_PKCS82PKEY(p8inf)) == NULL) {
 		r = esc_error(ctx, ESC_ERR_TAMPERED, "the recovered data is not a private key");
 		goto out;
 	}
@@ -963,10 +968,11 @@ complete_impl(struct esc_ctx *ctx, struct esc_store *st, const struct esc_accoun
 	if ((r = load_released(ctx, st, actor, id, 1, &pkg)) != ESC_OK ||
 	    (r = esc_recovery_open_package(ctx, pkg, card, password, &out, &outlen)) != ESC_OK)
 		goto out;
-	if ((r = esc_store_exec(ctx, st,
-				"UPDATE recovery_requests SET state = 'completed', package = NULL, completed_at = now() "
-				"WHERE id = $1 AND state = 'released'",
-				1, v, NULL, NULL, NULL)) != ESC_OK)
+	if ((r = esc_store_exec(
+		     ctx, st,
+		     "UPDATE recovery_requests SET state = 'completed', package = NULL, completed_at = now() "
+		     "WHERE id = $1 AND state = 'released'",
+		     1, v, NULL, NULL, NULL)) != ESC_OK)
 		goto out;
 	{
 		char obj[48];
@@ -1052,18 +1058,20 @@ finish_impl(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account 
 	if ((r = esc_store_begin(ctx, st)) != ESC_OK)
 		return r;
 	/* One statement decides: a second call, or another KRA, changes no row. */
-	if ((r = esc_store_exec(ctx, st,
-				"UPDATE recovery_requests r SET state = 'completed', package = NULL, completed_at = now() "
-				"WHERE r.id = $1 AND r.state = 'released' AND r.kra_id = $2 AND NOT " OVERDUE_SQL
-				" RETURNING r.id",
-				2, v, NULL, NULL, &res)) != ESC_OK)
+	if ((r = esc_store_exec(
+		     ctx, st,
+		     "UPDATE recovery_requests r SET state = 'completed', package = NULL, completed_at = now() "
+		     "WHERE r.id = $1 AND r.state = 'released' AND r.kra_id = $2 AND NOT " OVERDUE_SQL
+		     " RETURNING r.id",
+		     2, v, NULL, NULL, &res)) != ESC_OK)
 		goto out;
 	if (PQntuples(res) != 1) {
 		/* Say why, from the row as it is now. */
 		PQclear(res);
 		res = NULL;
 		if ((r = esc_store_exec(ctx, st,
-					"SELECT r.state, r.kra_id, k.name, coalesce(" OVERDUE_SQL ", false), " TTL_HOURS_SQL
+					"SELECT r.state, r.kra_id, k.name, coalesce(" OVERDUE_SQL
+					", false), " TTL_HOURS_SQL
 					" FROM recovery_requests r JOIN kras k ON k.id = r.kra_id WHERE r.id = $1",
 					1, v, NULL, NULL, &res)) != ESC_OK)
 			goto out;
@@ -1079,10 +1087,9 @@ finish_impl(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account 
 				      "release_ttl_hours); file a new request",
 				      id, PQgetvalue(res, 0, 4));
 		else
-			r = esc_error(ctx, ESC_ERR_STATE, "request %lld is %s, not released%s", id,
-				      PQgetvalue(res, 0, 0),
-				      strcmp(PQgetvalue(res, 0, 0), "completed") == 0 ? ": a package completes once"
-										: "");
+			r = esc_error(
+				ctx, ESC_ERR_STATE, "request %lld is %s, not released%s", id, PQgetvalue(res, 0, 0),
+				strcmp(PQgetvalue(res, 0, 0), "completed") == 0 ? ": a package completes once" : "");
 		goto out;
 	}
 	{
@@ -1322,16 +1329,17 @@ query_requests(struct esc_ctx *ctx, struct esc_store *st, const struct esc_accou
 		return esc_error(ctx, ESC_ERR_DENIED, "listing requests needs an authenticated account");
 	/* A scoped certificate manager sees only the requests of records in scope. */
 	snprintf(aid, sizeof(aid), "%lld", esc_account_id(actor));
-	if ((r = esc_store_exec(ctx, st,
-				"SELECT r.id, r.record_id, r.state, u.name, k.name, r.reason, (SELECT count(*) FROM "
-				"recovery_approvals p WHERE p.request_id = r.id), r.approvals_required, "
-				"to_char(r.created_at, 'YYYY-MM-DD HH24:MI:SS'), " ESC_ARCHIVE_ROW_SQL " FROM "
-				"recovery_requests r JOIN archive_records a ON a.id = r.record_id JOIN accounts u ON u.id "
-				"= r.requested_by JOIN kras k ON k.id = r.kra_id WHERE ($1::text IS NULL OR r.state = $1) "
-				"AND ($2::bigint IS NULL OR r.id = $2::bigint) AND (NOT EXISTS (SELECT 1 FROM "
-				"manager_scopes WHERE account_id = $3::bigint) OR p11escrow_record_in_scope(r.record_id, "
-				"$3::bigint)) ORDER BY r.id DESC LIMIT 200",
-				3, v, NULL, NULL, &res)) != ESC_OK)
+	if ((r = esc_store_exec(
+		     ctx, st,
+		     "SELECT r.id, r.record_id, r.state, u.name, k.name, r.reason, (SELECT count(*) FROM "
+		     "recovery_approvals p WHERE p.request_id = r.id), r.approvals_required, "
+		     "to_char(r.created_at, 'YYYY-MM-DD HH24:MI:SS'), " ESC_ARCHIVE_ROW_SQL " FROM "
+		     "recovery_requests r JOIN archive_records a ON a.id = r.record_id JOIN accounts u ON u.id "
+		     "= r.requested_by JOIN kras k ON k.id = r.kra_id WHERE ($1::text IS NULL OR r.state = $1) "
+		     "AND ($2::bigint IS NULL OR r.id = $2::bigint) AND (NOT EXISTS (SELECT 1 FROM "
+		     "manager_scopes WHERE account_id = $3::bigint) OR p11escrow_record_in_scope(r.record_id, "
+		     "$3::bigint)) ORDER BY r.id DESC LIMIT 200",
+		     3, v, NULL, NULL, &res)) != ESC_OK)
 		return r;
 	rows = PQntuples(res);
 	if ((q = calloc((size_t)rows + 1, sizeof(*q))) == NULL) {

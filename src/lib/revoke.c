@@ -54,8 +54,9 @@ revoke_impl(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account 
 		return esc_error(ctx, ESC_ERR_DENIED, "account '%s' may not revoke certificates",
 				 actor ? esc_account_name(actor) : "(none)");
 	if (reason_code(reason) < 0)
-		return esc_error(ctx, ESC_ERR_USAGE, "reason must be unspecified, keyCompromise, affiliationChanged, "
-						     "superseded or cessationOfOperation");
+		return esc_error(ctx, ESC_ERR_USAGE,
+				 "reason must be unspecified, keyCompromise, affiliationChanged, "
+				 "superseded or cessationOfOperation");
 	for (; *serial == '0' || *serial == ':'; serial++)
 		;
 	for (; *serial && n + 1 < nlen; serial++) {
@@ -128,10 +129,11 @@ esc_crl_build_by(struct esc_ctx *ctx, struct esc_store *st, const struct esc_acc
 
 	if (actor == NULL ||
 	    (!esc_account_has_role(actor, ESC_ROLE_ADMIN) && !esc_account_has_role(actor, ESC_ROLE_CERT_MANAGER))) {
-		r = esc_error(ctx, ESC_ERR_DENIED,
-			      "account '%s' is neither an administrator nor a certificate manager: it cannot have a CRL "
-			      "signed",
-			      actor ? esc_account_name(actor) : "unknown");
+		r = esc_error(
+			ctx, ESC_ERR_DENIED,
+			"account '%s' is neither an administrator nor a certificate manager: it cannot have a CRL "
+			"signed",
+			actor ? esc_account_name(actor) : "unknown");
 		esc_audit_outcome_by(ctx, st, actor, "cert.crl", "crl", r);
 		return r;
 	}
@@ -145,11 +147,12 @@ esc_cert_record_revoked(struct esc_ctx *ctx, struct esc_store *st, const char *r
 	const char *v[1] = {record_id};
 	enum esc_err r;
 
-	if ((r = esc_store_exec(ctx, st,
-				"SELECT EXISTS (SELECT 1 FROM revocations v WHERE v.issuer = a.issuer AND "
-				"ltrim(v.serial, '0') = ltrim(a.cert_serial, '0')) FROM archive_records a WHERE a.id::text "
-				"= $1",
-				1, v, NULL, NULL, &res)) != ESC_OK)
+	if ((r = esc_store_exec(
+		     ctx, st,
+		     "SELECT EXISTS (SELECT 1 FROM revocations v WHERE v.issuer = a.issuer AND "
+		     "ltrim(v.serial, '0') = ltrim(a.cert_serial, '0')) FROM archive_records a WHERE a.id::text "
+		     "= $1",
+		     1, v, NULL, NULL, &res)) != ESC_OK)
 		return r;
 	if (PQntuples(res) != 1)
 		r = esc_error(ctx, ESC_ERR_NOT_FOUND, "no archive record %s", record_id);
@@ -215,11 +218,12 @@ esc_crl_build(struct esc_ctx *ctx, struct esc_store *st, struct esc_token *ca_to
 	    (r = esc_token_key_private(ctx, ca_tok, key, &signer)) != ESC_OK)
 		goto out;
 	/* Times in the form ASN1_TIME_set_string_X509 takes: YYYYMMDDHHMMSSZ. */
-	if ((r = esc_store_exec(ctx, st,
-				"SELECT r.serial, to_char(r.revoked_at AT TIME ZONE 'UTC', 'YYYYMMDDHH24MISS') || 'Z', "
-				"r.reason, n.num FROM (SELECT nextval('crl_number') AS num) n LEFT JOIN revocations r ON "
-				"r.own ORDER BY r.revoked_at",
-				0, NULL, NULL, NULL, &res)) != ESC_OK)
+	if ((r = esc_store_exec(
+		     ctx, st,
+		     "SELECT r.serial, to_char(r.revoked_at AT TIME ZONE 'UTC', 'YYYYMMDDHH24MISS') || 'Z', "
+		     "r.reason, n.num FROM (SELECT nextval('crl_number') AS num) n LEFT JOIN revocations r ON "
+		     "r.own ORDER BY r.revoked_at",
+		     0, NULL, NULL, NULL, &res)) != ESC_OK)
 		goto out;
 	if ((crl = X509_CRL_new()) == NULL || !X509_CRL_set_version(crl, X509_CRL_VERSION_2) ||
 	    !X509_CRL_set_issuer_name(crl, X509_get_subject_name(ca)) || (now = X509_gmtime_adj(NULL, 0)) == NULL ||
@@ -240,7 +244,8 @@ esc_crl_build(struct esc_ctx *ctx, struct esc_store *st, struct esc_token *ca_to
 		if (PQgetisnull(res, i, 0))
 			continue; /* the row that carries only the CRL number */
 		if (!add_revoked(crl, PQgetvalue(res, i, 0), PQgetvalue(res, i, 1), PQgetvalue(res, i, 2))) {
-			r = esc_error_ossl(ctx, ESC_ERR_CRYPTO, "cannot list serial %s on the CRL", PQgetvalue(res, i, 0));
+			r = esc_error_ossl(ctx, ESC_ERR_CRYPTO, "cannot list serial %s on the CRL",
+					   PQgetvalue(res, i, 0));
 			goto out;
 		}
 	}
@@ -249,7 +254,8 @@ esc_crl_build(struct esc_ctx *ctx, struct esc_store *st, struct esc_token *ca_to
 		goto out;
 	}
 	if (X509_CRL_verify(crl, X509_get0_pubkey(ca)) != 1) {
-		r = esc_error_ossl(ctx, ESC_ERR_MISMATCH, "the CRL's signature does not verify with the CA certificate");
+		r = esc_error_ossl(ctx, ESC_ERR_MISMATCH,
+				   "the CRL's signature does not verify with the CA certificate");
 		goto out;
 	}
 	*out = crl;

@@ -130,9 +130,10 @@ load_existing(struct run *run, int *found, char **state)
 	int i, n;
 
 	*found = 0;
-	if ((r = esc_store_exec(run->ctx, run->st,
-				"SELECT state, subject, fingerprint_sha256, encode(certificate, 'hex') FROM ca WHERE id = 1",
-				0, NULL, NULL, NULL, &pr)) != ESC_OK)
+	if ((r = esc_store_exec(
+		     run->ctx, run->st,
+		     "SELECT state, subject, fingerprint_sha256, encode(certificate, 'hex') FROM ca WHERE id = 1", 0,
+		     NULL, NULL, NULL, &pr)) != ESC_OK)
 		return r;
 	if (PQntuples(pr) == 0) {
 		PQclear(pr);
@@ -187,8 +188,9 @@ open_token(struct run *run)
 	enum esc_err r;
 
 	if (run->opts->pin == NULL)
-		return esc_error(run->ctx, ESC_ERR_PIN_MISSING,
-				 "the CA token's PIN is needed: give a PIN file, set P11ESCROW_CA_PIN or run on a terminal");
+		return esc_error(
+			run->ctx, ESC_ERR_PIN_MISSING,
+			"the CA token's PIN is needed: give a PIN file, set P11ESCROW_CA_PIN or run on a terminal");
 	if ((r = esc_token_open(run->ctx, run->opts->module, run->opts->token_uri, &run->tok)) != ESC_OK)
 		return r;
 	return esc_token_login(run->ctx, run->tok, run->opts->pin);
@@ -583,8 +585,8 @@ read_cert_file(struct run *run, const char *path)
 		ERR_clear_error();
 		(void)BIO_reset(b);
 		if ((run->ca_cert = d2i_X509_bio(b, NULL)) == NULL) {
-			r = esc_error_ossl(run->ctx, ESC_ERR_BAD_INPUT,
-					   "'%s' holds no certificate in PEM or DER form", path);
+			r = esc_error_ossl(run->ctx, ESC_ERR_BAD_INPUT, "'%s' holds no certificate in PEM or DER form",
+					   path);
 			goto out;
 		}
 	}
@@ -624,13 +626,14 @@ import_ca_cert_once(struct run *run)
 		goto out;
 	for (i = 0; i < PQntuples(pr); i++) {
 		const char *role = PQgetvalue(pr, i, 0);
-		int k = strcmp(role, "ca-sign") == 0	   ? ROLE_SIGN
+		int k = strcmp(role, "ca-sign") == 0	 ? ROLE_SIGN
 			: strcmp(role, "transport") == 0 ? ROLE_TRANSPORT
-			: strcmp(role, "storage") == 0	   ? ROLE_STORAGE
-			: strcmp(role, "audit") == 0	   ? ROLE_AUDIT
-							   : -1;
+			: strcmp(role, "storage") == 0	 ? ROLE_STORAGE
+			: strcmp(role, "audit") == 0	 ? ROLE_AUDIT
+							 : -1;
 
-		if (k >= 0 && (r = esc_token_find_key(run->ctx, run->tok, PQgetvalue(pr, i, 1), &run->keys[k])) != ESC_OK)
+		if (k >= 0 &&
+		    (r = esc_token_find_key(run->ctx, run->tok, PQgetvalue(pr, i, 1), &run->keys[k])) != ESC_OK)
 			goto out;
 	}
 	if (run->keys[ROLE_SIGN] == NULL || run->keys[ROLE_TRANSPORT] == NULL || run->keys[ROLE_STORAGE] == NULL ||
@@ -641,7 +644,8 @@ import_ca_cert_once(struct run *run)
 	if ((r = esc_token_key_public(run->ctx, run->tok, run->keys[ROLE_SIGN], &run->pub[ROLE_SIGN])) != ESC_OK ||
 	    (r = esc_token_key_public(run->ctx, run->tok, run->keys[ROLE_TRANSPORT], &run->pub[ROLE_TRANSPORT])) !=
 		    ESC_OK ||
-	    (r = esc_token_key_public(run->ctx, run->tok, run->keys[ROLE_STORAGE], &run->pub[ROLE_STORAGE])) != ESC_OK ||
+	    (r = esc_token_key_public(run->ctx, run->tok, run->keys[ROLE_STORAGE], &run->pub[ROLE_STORAGE])) !=
+		    ESC_OK ||
 	    (r = esc_token_key_public(run->ctx, run->tok, run->keys[ROLE_AUDIT], &run->pub[ROLE_AUDIT])) != ESC_OK)
 		goto out;
 	if (!esc_cert_matches_key(run->ca_cert, run->pub[ROLE_SIGN])) {
@@ -702,10 +706,11 @@ import_ca_cert_once(struct run *run)
 	v[3] = (const char *)chain;
 	len[3] = (int)chainlen;
 	fmt[3] = 1;
-	if ((r = esc_store_exec(run->ctx, run->st,
-				"UPDATE ca SET state = 'active', certificate = $1, fingerprint_sha256 = $2, subject = $3, "
-				"chain = $4, updated_at = now() WHERE id = 1 AND state = 'pending-certificate'",
-				4, v, len, fmt, NULL)) != ESC_OK)
+	if ((r = esc_store_exec(
+		     run->ctx, run->st,
+		     "UPDATE ca SET state = 'active', certificate = $1, fingerprint_sha256 = $2, subject = $3, "
+		     "chain = $4, updated_at = now() WHERE id = 1 AND state = 'pending-certificate'",
+		     4, v, len, fmt, NULL)) != ESC_OK)
 		goto out;
 	v[0] = (const char *)tder;
 	len[0] = tlen;

@@ -86,10 +86,11 @@ esc_store_connect(struct esc_ctx *ctx, const char *conninfo, struct esc_store **
 		return esc_error(ctx, ESC_ERR_NOMEM, "out of memory");
 	st->conn = PQconnectdb(conninfo ? conninfo : "");
 	if (st->conn == NULL || PQstatus(st->conn) != CONNECTION_OK) {
-		enum esc_err r = esc_error(ctx, ESC_ERR_DB_CONNECT,
-					   "cannot connect to the database: %s (check 'database' in the "
-					   "configuration or P11ESCROW_DATABASE)",
-					   one_line(msg, sizeof(msg), st->conn ? PQerrorMessage(st->conn) : "out of memory"));
+		enum esc_err r =
+			esc_error(ctx, ESC_ERR_DB_CONNECT,
+				  "cannot connect to the database: %s (check 'database' in the "
+				  "configuration or P11ESCROW_DATABASE)",
+				  one_line(msg, sizeof(msg), st->conn ? PQerrorMessage(st->conn) : "out of memory"));
 		esc_store_free(st);
 		return r;
 	}
@@ -153,7 +154,8 @@ unique_violation(const PGresult *res, const char *constraint)
 	const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
 	const char *c = PQresultErrorField(res, PG_DIAG_CONSTRAINT_NAME);
 
-	return state != NULL && strcmp(state, "23505") == 0 && (constraint == NULL || (c != NULL && strcmp(c, constraint) == 0));
+	return state != NULL && strcmp(state, "23505") == 0 &&
+	       (constraint == NULL || (c != NULL && strcmp(c, constraint) == 0));
 }
 
 /*
@@ -344,12 +346,13 @@ esc_store_retry(struct esc_ctx *ctx, struct esc_store *st, struct esc_store_retr
 		return 0;
 	if (t->attempt >= ESC_STORE_TX_ATTEMPTS) {
 		snprintf(saved, sizeof(saved), "%s", esc_ctx_errmsg(ctx));
-		*r = esc_error(ctx, ESC_ERR_BUSY, "gave up after %d attempts, each undone by a concurrent transaction (%s)",
-			       t->attempt, saved);
+		*r = esc_error(ctx, ESC_ERR_BUSY,
+			       "gave up after %d attempts, each undone by a concurrent transaction (%s)", t->attempt,
+			       saved);
 		return 0;
 	}
-	esc_log(ctx, ESC_LOG_DEBUG, "transaction lost a race with another (%s): attempt %d of %d",
-		esc_ctx_errmsg(ctx), t->attempt + 1, ESC_STORE_TX_ATTEMPTS);
+	esc_log(ctx, ESC_LOG_DEBUG, "transaction lost a race with another (%s): attempt %d of %d", esc_ctx_errmsg(ctx),
+		t->attempt + 1, ESC_STORE_TX_ATTEMPTS);
 	/* 0..(2^attempt) ms, at most 64: concurrent losers do not come back in step. */
 	if (RAND_bytes(&rnd, 1) != 1)
 		rnd = 0;
@@ -374,8 +377,7 @@ esc_store_begin(struct esc_ctx *ctx, struct esc_store *st)
 {
 	enum esc_err r;
 
-	if ((r = esc_store_exec(ctx, st, "BEGIN ISOLATION LEVEL SERIALIZABLE", 0, NULL, NULL, NULL, NULL)) ==
-	    ESC_OK)
+	if ((r = esc_store_exec(ctx, st, "BEGIN ISOLATION LEVEL SERIALIZABLE", 0, NULL, NULL, NULL, NULL)) == ESC_OK)
 		esc_store_mark_tx(st);
 	return r;
 }
@@ -419,8 +421,8 @@ read_version(struct esc_ctx *ctx, struct esc_store *st, int *version)
 		return ESC_OK;
 	}
 	PQclear(res);
-	if ((r = esc_store_exec(ctx, st, "SELECT coalesce(max(version), 0) FROM p11escrow_schema", 0, NULL, NULL,
-				NULL, &res)) != ESC_OK)
+	if ((r = esc_store_exec(ctx, st, "SELECT coalesce(max(version), 0) FROM p11escrow_schema", 0, NULL, NULL, NULL,
+				&res)) != ESC_OK)
 		return r;
 	r = esc_store_get_int(ctx, res, 0, 0, version);
 	PQclear(res);
@@ -815,8 +817,7 @@ esc_store_policy(struct esc_ctx *ctx, struct esc_store *st, const char *key, cha
 	const char *v[1] = {key};
 	enum esc_err r;
 
-	if ((r = esc_store_exec(ctx, st, "SELECT value FROM policy WHERE key = $1", 1, v, NULL, NULL, &res)) !=
-	    ESC_OK)
+	if ((r = esc_store_exec(ctx, st, "SELECT value FROM policy WHERE key = $1", 1, v, NULL, NULL, &res)) != ESC_OK)
 		return r;
 	if (PQntuples(res) != 1)
 		r = esc_error(ctx, ESC_ERR_NOT_FOUND, "policy '%s' is not set", key);

@@ -18,8 +18,8 @@
  * sql never holds values (they are parameters), so its text is a fair key.
  */
 enum esc_err esc_store_exec(struct esc_ctx *ctx, struct esc_store *st, const char *sql, int nparams,
-			    const char *const *values, const int *lengths, const int *formats, PGresult **res)
-	ESC_MUST_CHECK;
+			    const char *const *values, const int *lengths, const int *formats,
+			    PGresult **res) ESC_MUST_CHECK;
 
 /*
  * The advisory lock that orders appends to the audit chain (audit.c takes
@@ -121,7 +121,6 @@ X509 *esc_store_cert_from_text(const char *value);
 X509 *esc_store_cert_cached(struct esc_store *st, const char *value);
 
 /* A policy value; *out is a copy the caller frees.  Errors: NOT_FOUND, DB. */
-enum esc_err esc_store_policy(struct esc_ctx *ctx, struct esc_store *st, const char *key, char **out)
-	ESC_MUST_CHECK;
+enum esc_err esc_store_policy(struct esc_ctx *ctx, struct esc_store *st, const char *key, char **out) ESC_MUST_CHECK;
 
 #endif

@@ -62,9 +62,9 @@ struct module {
 	unsigned int nslots;
 	void *dl;
 	CK_FUNCTION_LIST_PTR fl;
-	int own_instance; /* our function list is not libp11's: finalise it, log in on both */
+	int own_instance;	  /* our function list is not libp11's: finalise it, log in on both */
 	pthread_mutex_t p11_lock; /* libp11's key enumeration of this module's tokens */
-	struct module *next;      /* in the process-wide registry */
+	struct module *next;	  /* in the process-wide registry */
 };
 
 /* Modules loaded in this process (see the top of this file); refs and the list under modules_lock. */
@@ -277,8 +277,7 @@ resolve_p11kit_name(struct esc_ctx *ctx, const char *name, char **out)
 		return esc_error(ctx, ESC_ERR_MODULE, "p11-kit cannot load its configured modules: %s",
 				 p11_kit_message() ? p11_kit_message() : "unknown reason");
 	if ((mod = p11_kit_module_for_name(mods, name)) == NULL) {
-		r = esc_error(ctx, ESC_ERR_MODULE, "p11-kit has no module named '%s' (see p11-kit list-modules)",
-			      name);
+		r = esc_error(ctx, ESC_ERR_MODULE, "p11-kit has no module named '%s' (see p11-kit list-modules)", name);
 		goto out;
 	}
 	if ((path = p11_kit_module_get_filename(mod)) == NULL) {
@@ -735,8 +734,8 @@ out:
  * tokens, so only RSA sizes are checked).
  */
 static enum esc_err
-require_mech(struct esc_ctx *ctx, struct esc_token *tok, CK_MECHANISM_TYPE mech, CK_FLAGS flag,
-	     unsigned long rsa_bits, const char *purpose)
+require_mech(struct esc_ctx *ctx, struct esc_token *tok, CK_MECHANISM_TYPE mech, CK_FLAGS flag, unsigned long rsa_bits,
+	     const char *purpose)
 {
 	CK_MECHANISM_INFO mi;
 	CK_MECHANISM_TYPE list[512];
@@ -934,8 +933,9 @@ esc_token_find_key(struct esc_ctx *ctx, struct esc_token *tok, const char *uri, 
 			snprintf(item, sizeof(item), "object='%s' id=%s (%s)", key->label, idhex, key->type_name);
 			list_append(list, sizeof(list), item);
 		}
-		r = esc_error(ctx, ESC_ERR_AMBIGUOUS, "'%s' matches %lu private keys on token '%s': %s; add id= to the URI",
-			      uri, (unsigned long)nfound, tok->label, list);
+		r = esc_error(ctx, ESC_ERR_AMBIGUOUS,
+			      "'%s' matches %lu private keys on token '%s': %s; add id= to the URI", uri,
+			      (unsigned long)nfound, tok->label, list);
 		goto out;
 	}
 	if ((r = load_key_attrs(ctx, tok, found[0], key)) != ESC_OK)
@@ -951,8 +951,8 @@ out:
 }
 
 enum esc_err
-esc_token_generate_key(struct esc_ctx *ctx, struct esc_token *tok, enum esc_key_type type,
-		       enum esc_key_usage usage, const char *label, struct esc_token_key **out)
+esc_token_generate_key(struct esc_ctx *ctx, struct esc_token *tok, enum esc_key_type type, enum esc_key_usage usage,
+		       const char *label, struct esc_token_key **out)
 {
 	struct esc_token_key *key = NULL;
 	CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
@@ -1173,8 +1173,7 @@ ec_public(struct esc_ctx *ctx, struct esc_token *tok, const struct esc_token_key
 	else if (strcmp(key->type_name, "ec-p384") == 0)
 		group = "P-384";
 	else {
-		r = esc_error(ctx, ESC_ERR_CRYPTO, "key '%s' is on an EC curve p11escrow does not support",
-			      key->label);
+		r = esc_error(ctx, ESC_ERR_CRYPTO, "key '%s' is on an EC curve p11escrow does not support", key->label);
 		goto out;
 	}
 	if ((r = get_attr_alloc(ctx, tok, h, CKA_EC_POINT, &point, &plen)) != ESC_OK)
@@ -1338,16 +1337,11 @@ esc_token_store_cert(struct esc_ctx *ctx, struct esc_token *tok, const struct es
 	}
 	{
 		CK_ATTRIBUTE t[] = {
-			{CKA_CLASS, &cls, sizeof(cls)},
-			{CKA_CERTIFICATE_TYPE, &ctype, sizeof(ctype)},
-			{CKA_TOKEN, &yes, sizeof(yes)},
-			{CKA_PRIVATE, &no, sizeof(no)},
-			{CKA_ID, (void *)key->id, key->id_len},
-			{CKA_LABEL, (void *)key->label, strlen(key->label)},
-			{CKA_VALUE, der, (CK_ULONG)dlen},
-			{CKA_SUBJECT, subj, (CK_ULONG)slen},
-			{CKA_ISSUER, issuer, (CK_ULONG)ilen},
-			{CKA_SERIAL_NUMBER, serial, (CK_ULONG)nlen},
+			{CKA_CLASS, &cls, sizeof(cls)},		{CKA_CERTIFICATE_TYPE, &ctype, sizeof(ctype)},
+			{CKA_TOKEN, &yes, sizeof(yes)},		{CKA_PRIVATE, &no, sizeof(no)},
+			{CKA_ID, (void *)key->id, key->id_len}, {CKA_LABEL, (void *)key->label, strlen(key->label)},
+			{CKA_VALUE, der, (CK_ULONG)dlen},	{CKA_SUBJECT, subj, (CK_ULONG)slen},
+			{CKA_ISSUER, issuer, (CK_ULONG)ilen},	{CKA_SERIAL_NUMBER, serial, (CK_ULONG)nlen},
 		};
 
 		if ((rv = tok->fl->C_CreateObject(tok->session, t, ESC_ARRAY_LEN(t), &h)) != CKR_OK) {

@@ -220,8 +220,9 @@ cmd_client_cert(struct esc_ctx *ctx, int argc, char *argv[])
 	if ((r = esc_name_parse(ctx, argv[5], &subject)) != ESC_OK ||
 	    (r = esc_setup_key_uri(ctx, st, "ca-sign", &uri)) != ESC_OK ||
 	    /* A client certificate no profile issues (test data): signed with the CA key directly, not by the keeper. */
-	    (r = esc_secret_from_file(ctx, argv[3], &pin)) != ESC_OK || (r = esc_token_open(ctx, NULL, uri, &tok)) != ESC_OK ||
-	    (r = esc_token_login(ctx, tok, pin)) != ESC_OK || (r = esc_token_find_key(ctx, tok, uri, &tk)) != ESC_OK ||
+	    (r = esc_secret_from_file(ctx, argv[3], &pin)) != ESC_OK ||
+	    (r = esc_token_open(ctx, NULL, uri, &tok)) != ESC_OK || (r = esc_token_login(ctx, tok, pin)) != ESC_OK ||
+	    (r = esc_token_find_key(ctx, tok, uri, &tk)) != ESC_OK ||
 	    (r = esc_token_key_private(ctx, tok, tk, &signer)) != ESC_OK)
 		return fail(ctx, r);
 	memset(&spec, 0, sizeof(spec));
@@ -322,8 +323,8 @@ cmd_transport(struct esc_ctx *ctx, int argc, char *argv[])
 
 /* Run sql on st: want 0 = must succeed (and, with expect, give that first value), 1 = must fail transiently. */
 static int
-stale_step(struct esc_ctx *ctx, struct esc_store *st, const char *sql, int nparams, const char *const *v,
-	   int want_fail, const char *expect)
+stale_step(struct esc_ctx *ctx, struct esc_store *st, const char *sql, int nparams, const char *const *v, int want_fail,
+	   const char *expect)
 {
 	PGresult *res = NULL;
 	enum esc_err r = esc_store_exec(ctx, st, sql, nparams, v, NULL, NULL, &res);
@@ -332,12 +333,14 @@ stale_step(struct esc_ctx *ctx, struct esc_store *st, const char *sql, int npara
 	if (want_fail)
 		ok = r == ESC_ERR_BUSY; /* transient: the caller retries its transaction */
 	else
-		ok = r == ESC_OK && (expect == NULL || (PQntuples(res) == 1 && strcmp(PQgetvalue(res, 0, 0), expect) == 0));
+		ok = r == ESC_OK &&
+		     (expect == NULL || (PQntuples(res) == 1 && strcmp(PQgetvalue(res, 0, 0), expect) == 0));
 	printf("%s: %s%s%s\n", sql, r == ESC_OK ? "ok" : "error", r == ESC_OK ? "" : " ",
 	       r == ESC_OK ? "" : esc_ctx_errmsg(ctx));
 	PQclear(res);
 	if (!ok)
-		fprintf(stderr, "enroll_tool: '%s' did not %s\n", sql, want_fail ? "fail transiently" : "succeed as expected");
+		fprintf(stderr, "enroll_tool: '%s' did not %s\n", sql,
+			want_fail ? "fail transiently" : "succeed as expected");
 	return ok ? 0 : 1;
 }
 

@@ -166,7 +166,8 @@ main(int argc, char *argv[])
 			return 2;
 		if ((r = esc_token_open(ctx, module, token, &tok)) != ESC_OK ||
 		    (r = esc_secret_from_file(ctx, pin_file, &pin)) != ESC_OK ||
-		    (r = esc_token_login(ctx, tok, pin)) != ESC_OK || (r = esc_token_find_key(ctx, tok, key, &k)) != ESC_OK ||
+		    (r = esc_token_login(ctx, tok, pin)) != ESC_OK ||
+		    (r = esc_token_find_key(ctx, tok, key, &k)) != ESC_OK ||
 		    (r = esc_token_key_private(ctx, tok, k, &pkey)) != ESC_OK ||
 		    (r = esc_envelope_open(ctx, in, inlen, pkey, x, &out, &outlen)) != ESC_OK)
 			return fail(ctx, r);

@@ -42,8 +42,8 @@ bytea_text(X509 *x)
 static struct esc_archive_row
 row_of(const struct esc_archive_fields *f, const char *cert)
 {
-	struct esc_archive_row row = {ID, f->serial, f->issuer, f->subject, f->email, f->cert_sha256,
-				      f->public_key_sha256, cert};
+	struct esc_archive_row row = {
+		ID, f->serial, f->issuer, f->subject, f->email, f->cert_sha256, f->public_key_sha256, cert};
 
 	return row;
 }

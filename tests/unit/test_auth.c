@@ -28,13 +28,8 @@ secret(struct esc_ctx *ctx, const char *s)
 static void
 test_roles_round_trip(void **state)
 {
-	static const char *const lists[] = {"admin",
-					    "cert-manager",
-					    "kra",
-					    "auditor",
-					    "admin,auditor",
-					    "cert-manager,auditor",
-					    "kra,auditor"};
+	static const char *const lists[] = {"admin",	     "cert-manager",	     "kra",	   "auditor",
+					    "admin,auditor", "cert-manager,auditor", "kra,auditor"};
 	struct esc_ctx *ctx = *state;
 	char buf[64];
 	unsigned roles, again;

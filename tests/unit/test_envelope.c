@@ -122,7 +122,8 @@ keep_one(struct fixture *f, X509 *keep_cert, EVP_PKEY *keep_key, X509 *drop_cert
 		unsigned char *again = NULL;
 		size_t againlen = 0;
 
-		assert_int_equal(esc_envelope_keep_recipient(f->ctx, one, onelen, keep_cert, &again, &againlen), ESC_OK);
+		assert_int_equal(esc_envelope_keep_recipient(f->ctx, one, onelen, keep_cert, &again, &againlen),
+				 ESC_OK);
 		assert_int_equal(againlen, onelen);
 		assert_memory_equal(again, one, onelen);
 		free(again);
@@ -153,8 +154,7 @@ test_not_recipient(void **state)
 	unsigned char *env = NULL, *plain = NULL;
 	size_t envlen = 0, plainlen = 0;
 
-	assert_int_equal(esc_envelope_seal(f->ctx, secret, sizeof(secret), recips, NULL, 1, &env, &envlen),
-			 ESC_OK);
+	assert_int_equal(esc_envelope_seal(f->ctx, secret, sizeof(secret), recips, NULL, 1, &env, &envlen), ESC_OK);
 	assert_int_equal(esc_envelope_open(f->ctx, env, envlen, f->k.other, f->k.other_cert, &plain, &plainlen),
 			 ESC_ERR_NOT_RECIPIENT);
 	assert_null(plain);
@@ -172,15 +172,16 @@ test_tampered(void **state)
 	unsigned char *env = NULL, *plain = NULL;
 	size_t envlen = 0, plainlen = 0;
 
-	assert_int_equal(esc_envelope_seal(f->ctx, secret, sizeof(secret), recips, NULL, 1, &env, &envlen),
-			 ESC_OK);
+	assert_int_equal(esc_envelope_seal(f->ctx, secret, sizeof(secret), recips, NULL, 1, &env, &envlen), ESC_OK);
 	/* The encrypted content sits just before the 16-byte GCM tag at the end. */
 	env[envlen - 40] ^= 0x01;
-	assert_int_equal(esc_envelope_open(f->ctx, env, envlen, f->k.ec, f->k.ec_cert, &plain, &plainlen), ESC_ERR_TAMPERED);
+	assert_int_equal(esc_envelope_open(f->ctx, env, envlen, f->k.ec, f->k.ec_cert, &plain, &plainlen),
+			 ESC_ERR_TAMPERED);
 	assert_null(plain);
 	env[envlen - 40] ^= 0x01;
 	env[envlen - 1] ^= 0x80; /* the tag itself */
-	assert_int_equal(esc_envelope_open(f->ctx, env, envlen, f->k.ec, f->k.ec_cert, &plain, &plainlen), ESC_ERR_TAMPERED);
+	assert_int_equal(esc_envelope_open(f->ctx, env, envlen, f->k.ec, f->k.ec_cert, &plain, &plainlen),
+			 ESC_ERR_TAMPERED);
 	free(env);
 }
 
@@ -204,9 +205,8 @@ test_kari_wrap_pad(void **state)
 	assert_non_null(in = BIO_new_mem_buf(secret, sizeof(secret)));
 	assert_non_null(cms = CMS_encrypt(NULL, NULL, EVP_aes_256_gcm(), CMS_BINARY | CMS_PARTIAL));
 	assert_non_null(ri = CMS_add1_recipient_cert(cms, f->k.ec_cert, CMS_KEY_PARAM));
-	assert_int_equal(EVP_EncryptInit_ex(CMS_RecipientInfo_kari_get0_ctx(ri), EVP_aes_256_wrap_pad(), NULL, NULL,
-					    NULL),
-			 1);
+	assert_int_equal(
+		EVP_EncryptInit_ex(CMS_RecipientInfo_kari_get0_ctx(ri), EVP_aes_256_wrap_pad(), NULL, NULL, NULL), 1);
 	assert_int_equal(CMS_final(cms, in, NULL, CMS_BINARY), 1);
 	assert_true((envlen = i2d_CMS_ContentInfo(cms, &env)) > 0);
 	assert_int_equal(esc_envelope_open(f->ctx, env, (size_t)envlen, f->k.ec, f->k.ec_cert, &plain, &plainlen),
@@ -229,7 +229,8 @@ test_bad_input(void **state)
 
 	assert_int_equal(esc_envelope_open(f->ctx, junk, sizeof(junk), f->k.ec, f->k.ec_cert, &plain, &plainlen),
 			 ESC_ERR_BAD_INPUT);
-	assert_int_equal(esc_envelope_open(f->ctx, junk, 0, f->k.ec, f->k.ec_cert, &plain, &plainlen), ESC_ERR_BAD_INPUT);
+	assert_int_equal(esc_envelope_open(f->ctx, junk, 0, f->k.ec, f->k.ec_cert, &plain, &plainlen),
+			 ESC_ERR_BAD_INPUT);
 	assert_int_equal(esc_envelope_seal(f->ctx, secret, sizeof(secret), recips, NULL, 0, &env, &envlen),
 			 ESC_ERR_USAGE);
 	assert_int_equal(esc_envelope_seal(f->ctx, secret, 0, recips, NULL, 1, &env, &envlen), ESC_ERR_USAGE);

@@ -90,14 +90,14 @@ test_exit_codes(void **state)
 	 * share one code (70, EX_SOFTWARE): neither is something to react to.
 	 */
 	static const enum esc_err distinct[] = {
-		ESC_ERR_INTERNAL, ESC_ERR_USAGE, ESC_ERR_CONFIG, ESC_ERR_IO,
-		ESC_ERR_PIN_MISSING, ESC_ERR_PIN_INCORRECT, ESC_ERR_PIN_LOCKED, ESC_ERR_TOKEN_NOT_FOUND,
-		ESC_ERR_KEY_NOT_FOUND, ESC_ERR_AMBIGUOUS, ESC_ERR_MECHANISM, ESC_ERR_PKCS11,
-		ESC_ERR_MODULE, ESC_ERR_URI, ESC_ERR_DB_CONNECT, ESC_ERR_DB,
-		ESC_ERR_SCHEMA_NEWER, ESC_ERR_SCHEMA_OLD, ESC_ERR_BUSY, ESC_ERR_CRYPTO, ESC_ERR_BAD_INPUT,
-		ESC_ERR_MISMATCH, ESC_ERR_TAMPERED, ESC_ERR_NOT_RECIPIENT, ESC_ERR_EXISTS, ESC_ERR_STATE,
-		ESC_ERR_NOT_FOUND, ESC_ERR_POLICY, ESC_ERR_ARCHIVED, ESC_ERR_AUTH, ESC_ERR_DENIED,
-		ESC_ERR_PASSWORD_CHANGE,
+		ESC_ERR_INTERNAL,      ESC_ERR_USAGE,	      ESC_ERR_CONFIG,	  ESC_ERR_IO,
+		ESC_ERR_PIN_MISSING,   ESC_ERR_PIN_INCORRECT, ESC_ERR_PIN_LOCKED, ESC_ERR_TOKEN_NOT_FOUND,
+		ESC_ERR_KEY_NOT_FOUND, ESC_ERR_AMBIGUOUS,     ESC_ERR_MECHANISM,  ESC_ERR_PKCS11,
+		ESC_ERR_MODULE,	       ESC_ERR_URI,	      ESC_ERR_DB_CONNECT, ESC_ERR_DB,
+		ESC_ERR_SCHEMA_NEWER,  ESC_ERR_SCHEMA_OLD,    ESC_ERR_BUSY,	  ESC_ERR_CRYPTO,
+		ESC_ERR_BAD_INPUT,     ESC_ERR_MISMATCH,      ESC_ERR_TAMPERED,	  ESC_ERR_NOT_RECIPIENT,
+		ESC_ERR_EXISTS,	       ESC_ERR_STATE,	      ESC_ERR_NOT_FOUND,  ESC_ERR_POLICY,
+		ESC_ERR_ARCHIVED,      ESC_ERR_AUTH,	      ESC_ERR_DENIED,	  ESC_ERR_PASSWORD_CHANGE,
 	};
 	size_t i, j;
 	int a;
@@ -127,9 +127,9 @@ static void
 test_unknown_code(void **state)
 {
 	(void)state;
-	assert_string_equal(esc_strerror((enum esc_err)-999), "unknown error");
+	assert_string_equal(esc_strerror((enum esc_err) - 999), "unknown error");
 	assert_string_equal(esc_strerror((enum esc_err)7), "unknown error");
-	assert_int_equal(esc_err_exit_code((enum esc_err)-999), 1);
+	assert_int_equal(esc_err_exit_code((enum esc_err) - 999), 1);
 	assert_int_equal(esc_err_exit_code((enum esc_err)7), 1);
 }
 
@@ -144,9 +144,9 @@ test_esc_error(void **state)
 	assert_string_equal(esc_ctx_errmsg(ctx), "");
 	assert_int_equal(esc_ctx_errcode(ctx), ESC_OK);
 
-	assert_int_equal(esc_error(ctx, ESC_ERR_TOKEN_NOT_FOUND, "no token matches '%s' (%d slots)", "pkcs11:token=x",
-				   3),
-			 ESC_ERR_TOKEN_NOT_FOUND);
+	assert_int_equal(
+		esc_error(ctx, ESC_ERR_TOKEN_NOT_FOUND, "no token matches '%s' (%d slots)", "pkcs11:token=x", 3),
+		ESC_ERR_TOKEN_NOT_FOUND);
 	assert_int_equal(esc_ctx_errcode(ctx), ESC_ERR_TOKEN_NOT_FOUND);
 	assert_string_equal(esc_ctx_errmsg(ctx), "no token matches 'pkcs11:token=x' (3 slots)");
 
@@ -256,12 +256,9 @@ int
 main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_names),
-		cmocka_unit_test(test_exit_codes),
-		cmocka_unit_test(test_unknown_code),
-		cmocka_unit_test(test_esc_error),
-		cmocka_unit_test(test_esc_error_ossl),
-		cmocka_unit_test(test_log),
+		cmocka_unit_test(test_names),	       cmocka_unit_test(test_exit_codes),
+		cmocka_unit_test(test_unknown_code),   cmocka_unit_test(test_esc_error),
+		cmocka_unit_test(test_esc_error_ossl), cmocka_unit_test(test_log),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -1183,10 +1183,10 @@ cert_with_ku(EVP_PKEY *key, const char *cn, const char *ku, X509 *issuer_cert, E
 	assert_non_null(name);
 	assert_int_equal(X509_set_version(x, 2), 1);
 	assert_int_equal(ASN1_INTEGER_set(X509_get_serialNumber(x), 7), 1);
-	assert_int_equal(X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_UTF8, (const unsigned char *)cn, -1, -1, 0), 1);
+	assert_int_equal(X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_UTF8, (const unsigned char *)cn, -1, -1, 0),
+			 1);
 	assert_int_equal(X509_set_subject_name(x, name), 1);
-	assert_int_equal(
-		X509_set_issuer_name(x, issuer_cert != NULL ? X509_get_subject_name(issuer_cert) : name), 1);
+	assert_int_equal(X509_set_issuer_name(x, issuer_cert != NULL ? X509_get_subject_name(issuer_cert) : name), 1);
 	assert_non_null(X509_gmtime_adj(X509_getm_notBefore(x), -60));
 	assert_non_null(X509_gmtime_adj(X509_getm_notAfter(x), 3600));
 	assert_int_equal(X509_set_pubkey(x, key), 1);
@@ -1304,11 +1304,11 @@ test_key_package(void **state)
 	struct fixture *f = *state;
 	/* The CA: the EC transport test key standing in for the token's; recipients of either kind. */
 	X509 *ca = f->k.ec_cert;
-	X509 *rsa_client = cert_with_ku(f->k.rsa, "rsa client", "critical,digitalSignature,keyEncipherment", ca,
-					f->k.ec);
+	X509 *rsa_client =
+		cert_with_ku(f->k.rsa, "rsa client", "critical,digitalSignature,keyEncipherment", ca, f->k.ec);
 	X509 *ec_client = cert_with_ku(f->k.other, "ec client", "critical,digitalSignature,keyAgreement", ca, f->k.ec);
-	X509 *signing_only = cert_with_ku(f->k.other, "signer", "critical,digitalSignature,nonRepudiation", ca,
-					  f->k.ec);
+	X509 *signing_only =
+		cert_with_ku(f->k.other, "signer", "critical,digitalSignature,nonRepudiation", ca, f->k.ec);
 	unsigned char *der = NULL;
 	size_t derlen = 0;
 	EVP_PKEY *got;
@@ -1343,8 +1343,8 @@ test_key_package(void **state)
 	der = NULL;
 
 	/* EC recipient (kari), an RSA server-generated key. */
-	assert_int_equal(
-		esc_est_key_package_seal(f->ctx, ca, NULL, f->k.ec, f->enrollee_rsa, ec_client, &der, &derlen), ESC_OK);
+	assert_int_equal(esc_est_key_package_seal(f->ctx, ca, NULL, f->k.ec, f->enrollee_rsa, ec_client, &der, &derlen),
+			 ESC_OK);
 	got = open_key_package(der, derlen, f->k.other, ec_client, ca);
 	assert_int_equal(EVP_PKEY_eq(got, f->enrollee_rsa), 1);
 	EVP_PKEY_free(got);
@@ -1352,9 +1352,8 @@ test_key_package(void **state)
 	der = NULL;
 
 	/* A signing-only certificate is no recipient: refused, nothing made. */
-	assert_int_equal(
-		esc_est_key_package_seal(f->ctx, ca, NULL, f->k.ec, f->enrollee, signing_only, &der, &derlen),
-		ESC_ERR_BAD_INPUT);
+	assert_int_equal(esc_est_key_package_seal(f->ctx, ca, NULL, f->k.ec, f->enrollee, signing_only, &der, &derlen),
+			 ESC_ERR_BAD_INPUT);
 	assert_null(der);
 	assert_non_null(strstr(esc_ctx_errmsg(f->ctx), "cannot receive encrypted keys"));
 	X509_free(rsa_client);
@@ -1396,16 +1395,16 @@ int
 main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_b64_roundtrip),	 cmocka_unit_test(test_b64_whitespace),
-		cmocka_unit_test(test_b64_bad_chars),	 cmocka_unit_test(test_b64_bad_padding),
-		cmocka_unit_test(test_b64_sizes),	 cmocka_unit_test(test_csr_good),
-		cmocka_unit_test(test_csr_bad),		 cmocka_unit_test(test_csr_kid),
-		cmocka_unit_test(test_cmc_roundtrip_ec), cmocka_unit_test(test_cmc_roundtrip_rsa),
-		cmocka_unit_test(test_cmc_key_mismatch), cmocka_unit_test(test_cmc_variants),
-		cmocka_unit_test(test_cmc_bad_outer),	 cmocka_unit_test(test_certs_only),
-		cmocka_unit_test(test_certs_only_bad),	 cmocka_unit_test(test_csrattrs),
+		cmocka_unit_test(test_b64_roundtrip),	  cmocka_unit_test(test_b64_whitespace),
+		cmocka_unit_test(test_b64_bad_chars),	  cmocka_unit_test(test_b64_bad_padding),
+		cmocka_unit_test(test_b64_sizes),	  cmocka_unit_test(test_csr_good),
+		cmocka_unit_test(test_csr_bad),		  cmocka_unit_test(test_csr_kid),
+		cmocka_unit_test(test_cmc_roundtrip_ec),  cmocka_unit_test(test_cmc_roundtrip_rsa),
+		cmocka_unit_test(test_cmc_key_mismatch),  cmocka_unit_test(test_cmc_variants),
+		cmocka_unit_test(test_cmc_bad_outer),	  cmocka_unit_test(test_certs_only),
+		cmocka_unit_test(test_certs_only_bad),	  cmocka_unit_test(test_csrattrs),
 		cmocka_unit_test(test_csrattrs_profiles), cmocka_unit_test(test_key_recipient),
-		cmocka_unit_test(test_key_package),	 cmocka_unit_test(test_csr_symmetric),
+		cmocka_unit_test(test_key_package),	  cmocka_unit_test(test_csr_symmetric),
 	};
 
 	return cmocka_run_group_tests(tests, setup, teardown);

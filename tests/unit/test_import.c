@@ -306,10 +306,12 @@ test_pem_encrypted(void **state)
 		  f->k.rsa_cert);
 	expect_ok(f, make_pem(f->k.ec, TRADITIONAL_ENCRYPTED, "correct horse", f->k.ec_cert, NULL), f->pass, f->k.ec,
 		  f->k.ec_cert);
-	expect_err(f, make_pem(f->k.rsa, PKCS8_ENCRYPTED, "correct horse", f->k.rsa_cert, NULL), f->wrong, ESC_ERR_AUTH);
+	expect_err(f, make_pem(f->k.rsa, PKCS8_ENCRYPTED, "correct horse", f->k.rsa_cert, NULL), f->wrong,
+		   ESC_ERR_AUTH);
 	expect_err(f, make_pem(f->k.ec, TRADITIONAL_ENCRYPTED, "correct horse", f->k.ec_cert, NULL), f->wrong,
 		   ESC_ERR_AUTH);
-	expect_err(f, make_pem(f->k.ec, PKCS8_ENCRYPTED, "correct horse", f->k.ec_cert, NULL), NULL, ESC_ERR_PIN_MISSING);
+	expect_err(f, make_pem(f->k.ec, PKCS8_ENCRYPTED, "correct horse", f->k.ec_cert, NULL), NULL,
+		   ESC_ERR_PIN_MISSING);
 	expect_err(f, make_pem(f->k.rsa, TRADITIONAL_ENCRYPTED, "correct horse", f->k.rsa_cert, NULL), NULL,
 		   ESC_ERR_PIN_MISSING);
 }
@@ -353,7 +355,8 @@ test_pem_chain(void **state)
 	/* Key with a chain: the matching certificate, wherever it is. */
 	expect_ok(f, make_pem(f->k.ec, PKCS8, NULL, f->k.other_cert, f->k.ec_cert), NULL, f->k.ec, f->k.ec_cert);
 	/* No certificate matches: the first is returned for esc_archive_key to refuse. */
-	assert_int_equal(load(f, make_pem(f->k.ec, PKCS8, NULL, f->k.other_cert, f->k.rsa_cert), NULL, &key, &cert), ESC_OK);
+	assert_int_equal(load(f, make_pem(f->k.ec, PKCS8, NULL, f->k.other_cert, f->k.rsa_cert), NULL, &key, &cert),
+			 ESC_OK);
 	assert_int_equal(X509_cmp(cert, f->k.other_cert), 0);
 	EVP_PKEY_free(key);
 	X509_free(cert);

@@ -277,9 +277,9 @@ int
 main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_roundtrip),   cmocka_unit_test(test_numbers),
-		cmocka_unit_test(test_malformed),   cmocka_unit_test(test_frame_length),
-		cmocka_unit_test(test_sequence),    cmocka_unit_test(test_error_reply),
+		cmocka_unit_test(test_roundtrip),    cmocka_unit_test(test_numbers),
+		cmocka_unit_test(test_malformed),    cmocka_unit_test(test_frame_length),
+		cmocka_unit_test(test_sequence),     cmocka_unit_test(test_error_reply),
 		cmocka_unit_test(test_secret_types),
 	};
 

@@ -66,9 +66,9 @@ test_package_new(void **state)
 
 	/* Refused, with nothing returned: an empty or huge package, bad certificates, names, URIs. */
 	p = NULL;
-	assert_int_equal(esc_recovery_package_new(ctx, 7, pkg, 0, user.p, (size_t)user.n, kra.p, (size_t)kra.n, "kra1",
-						  URI, &p),
-			 ESC_ERR_BAD_INPUT);
+	assert_int_equal(
+		esc_recovery_package_new(ctx, 7, pkg, 0, user.p, (size_t)user.n, kra.p, (size_t)kra.n, "kra1", URI, &p),
+		ESC_ERR_BAD_INPUT);
 	assert_non_null(big = calloc(1, 1024 * 1024 + 1));
 	assert_int_equal(esc_recovery_package_new(ctx, 7, big, 1024 * 1024 + 1, user.p, (size_t)user.n, kra.p,
 						  (size_t)kra.n, "kra1", URI, &p),
@@ -87,9 +87,9 @@ test_package_new(void **state)
 	assert_int_equal(esc_recovery_package_new(ctx, 7, pkg, sizeof(pkg), pkg, sizeof(pkg), kra.p, (size_t)kra.n,
 						  "kra1", URI, &p),
 			 ESC_ERR_BAD_INPUT);
-	assert_int_equal(esc_recovery_package_new(ctx, 7, pkg, sizeof(pkg), user.p, (size_t)user.n, NULL, 0, "kra1",
-						  URI, &p),
-			 ESC_ERR_BAD_INPUT);
+	assert_int_equal(
+		esc_recovery_package_new(ctx, 7, pkg, sizeof(pkg), user.p, (size_t)user.n, NULL, 0, "kra1", URI, &p),
+		ESC_ERR_BAD_INPUT);
 	assert_int_equal(esc_recovery_package_new(ctx, 7, pkg, sizeof(pkg), user.p, (size_t)user.n, kra.p,
 						  (size_t)kra.n, "kra1", "not a uri", &p),
 			 ESC_ERR_BAD_INPUT);

@@ -135,7 +135,8 @@ main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test_setup_teardown(test_valid_uris, test_ctx_setup, test_ctx_teardown),
 		cmocka_unit_test_setup_teardown(test_bad_uris, test_ctx_setup, test_ctx_teardown),
-		cmocka_unit_test_setup_teardown(test_pin_in_uri_refused_without_echo, test_ctx_setup, test_ctx_teardown),
+		cmocka_unit_test_setup_teardown(test_pin_in_uri_refused_without_echo, test_ctx_setup,
+						test_ctx_teardown),
 		cmocka_unit_test_setup_teardown(test_module_in_uri_refused, test_ctx_setup, test_ctx_teardown),
 		cmocka_unit_test_setup_teardown(test_unknown_module_name, test_ctx_setup, test_ctx_teardown),
 		cmocka_unit_test_setup_teardown(test_key_types, test_ctx_setup, test_ctx_teardown),
