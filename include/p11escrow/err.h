@@ -59,4 +59,12 @@ const char *esc_strerror(enum esc_err err);
  */
 int esc_err_exit_code(enum esc_err err);
 
+/*
+ * The i-th code of the library's table, ESC_OK first, in the order of
+ * their exit codes (NOMEM and INTERNAL, which share 70, right after
+ * ESC_OK); 1 and *out set, or 0 past the end.  For listing every code
+ * (the CLI's EXIT STATUS table) without a copy of the table.
+ */
+int esc_err_at(size_t i, enum esc_err *out);
+
 #endif

@@ -78,3 +78,12 @@ esc_err_exit_code(enum esc_err err)
 
 	return row != NULL ? row->exit_code : 1;
 }
+
+int
+esc_err_at(size_t i, enum esc_err *out)
+{
+	if (i >= ESC_ARRAY_LEN(rows))
+		return 0;
+	*out = rows[i].code;
+	return 1;
+}

@@ -123,6 +123,32 @@ test_exit_codes(void **state)
 	assert_int_not_equal(esc_err_exit_code(ESC_ERR_TOKEN_NOT_FOUND), esc_err_exit_code(ESC_ERR_DB_CONNECT));
 }
 
+/* esc_err_at walks the whole table: every declared code once, ESC_OK first, exit codes never decreasing. */
+static void
+test_table_walk(void **state)
+{
+	enum esc_err e;
+	size_t i, j, seen = 0;
+	int last = -1;
+
+	(void)state;
+	for (i = 0; esc_err_at(i, &e); i++) {
+		if (i == 0)
+			assert_int_equal(e, ESC_OK);
+		for (j = 0; j < NCODES; j++)
+			if (all_codes[j] == e)
+				seen++;
+		/* NOMEM and INTERNAL (70) come right after OK; the rest in exit-code order. */
+		if (e != ESC_ERR_NOMEM && e != ESC_ERR_INTERNAL) {
+			assert_true(esc_err_exit_code(e) >= last);
+			last = esc_err_exit_code(e);
+		}
+	}
+	assert_int_equal(i, NCODES);
+	assert_int_equal(seen, NCODES);
+	assert_false(esc_err_at(i, &e));
+}
+
 static void
 test_unknown_code(void **state)
 {
@@ -256,9 +282,10 @@ int
 main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_names),	       cmocka_unit_test(test_exit_codes),
-		cmocka_unit_test(test_unknown_code),   cmocka_unit_test(test_esc_error),
-		cmocka_unit_test(test_esc_error_ossl), cmocka_unit_test(test_log),
+		cmocka_unit_test(test_names),	     cmocka_unit_test(test_exit_codes),
+		cmocka_unit_test(test_unknown_code), cmocka_unit_test(test_table_walk),
+		cmocka_unit_test(test_esc_error),    cmocka_unit_test(test_esc_error_ossl),
+		cmocka_unit_test(test_log),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
