@@ -69,6 +69,7 @@
 
 #include "esc_build_config.h"
 #include "api_admin.h"
+#include "sandbox.h"
 #include "svc.h"
 
 struct slot {
@@ -1141,6 +1142,14 @@ worker_proc_main(struct svc *s, int index, int kfd, int ctl, int ready)
 	}
 	if (drop_privileges(s, w) != 0)
 		goto out;
+	{
+		char why[160];
+
+		if (svc_sandbox_worker(why, sizeof(why)) != 0) {
+			svc_log(w, ESC_LOG_ERROR, "cannot install the seccomp filter: %s", why);
+			goto out;
+		}
+	}
 	/* The supervisor's signals were blocked for it; the loop takes SIGTERM and SIGINT itself. */
 	sigemptyset(&sigs);
 	sigaddset(&sigs, SIGTERM);
@@ -1151,6 +1160,22 @@ worker_proc_main(struct svc *s, int index, int kfd, int ctl, int ready)
 			goto out;
 		close(ready);
 	}
+#ifdef ESC_TEST_HOOKS
+	/* Test builds: P11ESCROW_FAULT_EXEC=FILE makes the first worker to create FILE try to run a program. */
+	{
+		const char *f = getenv("P11ESCROW_FAULT_EXEC");
+		int fd;
+
+		if (f != NULL && (fd = open(f, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600)) >= 0) {
+			char *const args[] = {(char *)"/bin/true", NULL};
+
+			close(fd);
+			(void)execve(args[0], args, environ);
+			svc_log(w, ESC_LOG_ERROR, "the seccomp filter let execve through: %s", strerror(errno));
+			_exit(71);
+		}
+	}
+#endif
 	/* Worker 0 expires overdue packages at once, then on its timer. */
 	if (sl.expire_ev != NULL)
 		expire_sweep(&sl);
