@@ -3,7 +3,9 @@
 # filter (Seccomp: 2 in /proc) with no_new_privs; a worker that tries to run
 # a program (the test hook P11ESCROW_FAULT_EXEC makes the first one try
 # execve) is killed by SIGSYS before the program runs, the supervisor logs it
-# and starts a new worker, and the service goes on answering.
+# and starts a new worker, and the service goes on answering.  A daemon
+# whose CA PIN came from the environment (wiped once read) says at start
+# that a keeper cannot be restarted, and stops with exit 10 when it dies.
 . "$(dirname "$0")/lib.sh"
 
 provision_tokens "$T/hsm" CA
@@ -55,4 +57,20 @@ done
 stop_daemon
 grep -q "killed by signal 31" <(grep -v "was killed by signal 31" "$DAEMON_LOG" | grep "signal 31") &&
     fail "a second worker was killed"
+
+note "the CA PIN from the environment: said at start; a dead keeper stops the daemon (exit 10), saying why"
+unset P11ESCROW_FAULT_EXEC
+DAEMON_PIN_ENV=1 start_daemon 1 "user = $WUSER"
+grep -q 'the CA PIN came from P11ESCROW_CA_PIN: should the keeper die, p11escrowd stops' "$DAEMON_LOG" ||
+    fail "no warning about the PIN from the environment"
+KEEPER=$(for p in $(children); do maps_module "$p" && echo "$p"; done; true)
+[ -n "$KEEPER" ] || fail "no keeper"
+grep -qa P11ESCROW_CA_PIN= "/proc/$DAEMON_PID/environ" && fail "the PIN is still in the supervisor's environment"
+kill -KILL "$KEEPER"
+rc=0
+timeout 20 tail --pid="$DAEMON_PID" -f /dev/null || fail "p11escrowd did not stop after its keeper died"
+wait "$DAEMON_PID" || rc=$?
+[ "$rc" = 10 ] || { cat "$DAEMON_LOG" >&2; fail "p11escrowd exited $rc, expected 10"; }
+grep -q "the keeper (pid $KEEPER) was killed by signal 9 and cannot be restarted: the CA PIN came from" \
+    "$DAEMON_LOG" || { cat "$DAEMON_LOG" >&2; fail "the reason is not logged"; }
 note "ok"
