@@ -484,17 +484,11 @@ esc_keeper_issue(struct esc_ctx *ctx, struct esc_keeper *k, const struct profile
 	struct esc_ee_spec spec;
 	enum esc_err r;
 
-	if ((r = esc_profile_check_key(ctx, &def->p, pub)) != ESC_OK)
+	/* The profile's rules first, also for a remote keeper: a certificate it must refuse is not asked for. */
+	if ((r = esc_profile_ee_spec(ctx, def, subject, pub, san, &spec)) != ESC_OK)
 		return r;
 	if (k->remote)
 		return remote_issue(ctx, k, def, subject, pub, san, out);
-	memset(&spec, 0, sizeof(spec));
-	spec.subject = subject;
-	spec.pub = pub;
-	spec.san = san;
-	spec.key_usage = EVP_PKEY_is_a(pub, "EC") ? def->ku_ec : def->ku_rsa;
-	spec.ext_key_usage = def->eku;
-	spec.days = def->p.days;
 	return esc_ca_issue_ee(ctx, k->ca_cert, k->signer, &spec, out);
 }
 
@@ -1153,7 +1147,7 @@ serve_issue(struct esc_ctx *ctx, struct esc_keeper *k, const struct esc_kp_msg *
 		goto out;
 	}
 	if (def->email_san) {
-		if ((r = esc_enroll_email_sans(ctx, subject, &san)) != ESC_OK)
+		if ((r = esc_profile_email_sans(ctx, subject, &san)) != ESC_OK)
 			goto out;
 		if (sk_GENERAL_NAME_num(san) > 0 && (want = DER_OF(i2d_GENERAL_NAMES, san, &wantlen)) == NULL) {
 			r = esc_error(ctx, ESC_ERR_NOMEM, "out of memory");

@@ -19,12 +19,4 @@ enum esc_err esc_keeper_issue(struct esc_ctx *ctx, struct esc_keeper *k, const s
 			      const X509_NAME *subject, EVP_PKEY *pub, const GENERAL_NAMES *san,
 			      X509 **out) ESC_MUST_CHECK;
 
-/*
- * The alternative names a profile with email_san derives from subject: its
- * emailAddress attributes as rfc822Names (possibly none).  The keeper
- * process derives them again rather than signing a worker's list.
- * *out is the caller's.  Errors: POLICY (not a plain mail address), NOMEM.
- */
-enum esc_err esc_enroll_email_sans(struct esc_ctx *ctx, const X509_NAME *subject, GENERAL_NAMES **out) ESC_MUST_CHECK;
-
 #endif
