@@ -118,8 +118,8 @@ no_token(struct esc_ctx *ctx, const char *what)
 }
 
 enum esc_err
-esc_keeper_from_keys(struct esc_ctx *ctx, X509 *ca_cert, STACK_OF(X509) *chain, EVP_PKEY *signer,
-		     EVP_PKEY *transport, X509 *transport_cert, struct esc_keeper **out)
+esc_keeper_from_keys(struct esc_ctx *ctx, X509 *ca_cert, STACK_OF(X509) *chain, EVP_PKEY *signer, EVP_PKEY *transport,
+		     X509 *transport_cert, struct esc_keeper **out)
 {
 	struct esc_keeper *k = NULL;
 	enum esc_err r;
