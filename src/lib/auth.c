@@ -1298,7 +1298,8 @@ enum esc_err
 esc_audit_search(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *reader,
 		 const struct esc_audit_filter *f, struct esc_audit_row **out, size_t *n)
 {
-	if (reader == NULL || !(esc_account_roles(reader) & (ESC_ROLE_AUDITOR | ESC_ROLE_ADMIN)))
+	/* As every role check: an account that must first change its password has no role yet. */
+	if (!esc_account_has_role(reader, ESC_ROLE_AUDITOR) && !esc_account_has_role(reader, ESC_ROLE_ADMIN))
 		return esc_error(ctx, ESC_ERR_DENIED, "account '%s' may not read the audit trail",
 				 reader ? esc_account_name(reader) : "(none)");
 	return esc_audit_query(ctx, st, f, out, n);
