@@ -19,6 +19,7 @@
 #include <openssl/x509v3.h>
 
 #include <p11escrow/audit.h>
+#include <p11escrow/ca.h>
 #include <p11escrow/envelope.h>
 #include <p11escrow/recovery.h>
 #include <p11escrow/revoke.h>
@@ -987,27 +988,16 @@ esc_recovery_output_token(struct esc_ctx *ctx, struct esc_token *target, const c
 	return ESC_OK;
 }
 
-/* "CN=Alice,O=Example (SHA-256 AB:CD:...)": a certificate as the audit trail names it. */
+/* "'CN=Alice,O=Example' (SHA256:AB:CD:...)": a certificate as the audit trail names it. */
 static void
 cert_destination(X509 *x, char *buf, size_t len)
 {
-	unsigned char md[EVP_MAX_MD_SIZE];
-	unsigned int mdlen = 0, i;
-	char subject[300] = "", fp[3 * EVP_MAX_MD_SIZE + 1] = "";
-	BIO *b = BIO_new(BIO_s_mem());
-	int n;
+	char fp[ESC_FINGERPRINT_MAX], *subject = esc_name_to_string(X509_get_subject_name(x));
 
-	if (b != NULL &&
-	    X509_NAME_print_ex(b, X509_get_subject_name(x), 0, XN_FLAG_RFC2253 & ~ASN1_STRFLGS_ESC_MSB) >= 0 &&
-	    (n = BIO_read(b, subject, sizeof(subject) - 1)) > 0)
-		subject[n] = '\0';
-	BIO_free(b);
-	if (X509_digest(x, EVP_sha256(), md, &mdlen) == 1)
-		for (i = 0; i < mdlen; i++)
-			snprintf(fp + (i ? 3 * i - 1 : 0), sizeof(fp) - (i ? 3 * i - 1 : 0), "%s%02X", i ? ":" : "",
-				 md[i]);
+	esc_cert_fingerprint(x, fp);
 	ERR_clear_error();
-	snprintf(buf, len, "'%s' (SHA-256 %s)", subject, fp);
+	snprintf(buf, len, "'%.300s' (%s)", subject != NULL ? subject : "?", fp);
+	free(subject);
 }
 
 enum esc_err
