@@ -272,9 +272,9 @@ const unsigned char *esc_recovery_output_data(const struct esc_recovery_output *
 
 /*
  * After a completion, where the key went, as the audit event names it:
- * "" for a PKCS#12; for a token the RFC 7512 URI of the key written (no
- * PIN) with the token's serial and the label; for a certificate its
- * subject and SHA-256 fingerprint.  Owned by o.
+ * "" for a PKCS#12; for a token "serial S, key label 'L', key URI" (the
+ * RFC 7512 URI of the key written, never a PIN); for a certificate
+ * "SHA256:…, subject '…'".  Owned by o.
  */
 const char *esc_recovery_output_destination(const struct esc_recovery_output *o);
 

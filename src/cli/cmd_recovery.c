@@ -423,8 +423,8 @@ do_complete(struct esc_ctx *ctx, struct esc_config *cfg, struct esc_store *st, c
 	}
 	if (esc_recovery_output_form(dest) == ESC_RECOVERY_TOKEN) {
 		printf("request %lld completed: the key matches its certificate; key and certificate written onto "
-		       "token '%s' (serial %s): %s\n",
-		       o->id, esc_token_label(target), esc_token_serial(target), esc_recovery_output_destination(dest));
+		       "token '%s': %s\n",
+		       o->id, esc_token_label(target), esc_recovery_output_destination(dest));
 		goto out;
 	}
 	data = esc_recovery_output_data(dest, &len);
@@ -444,8 +444,8 @@ do_complete(struct esc_ctx *ctx, struct esc_config *cfg, struct esc_store *st, c
 	}
 	fd = -1;
 	if (esc_recovery_output_form(dest) == ESC_RECOVERY_CERT) {
-		printf("request %lld completed: the key matches its certificate; CMS (%s) encrypted to %s written to "
-		       "%s\n",
+		printf("request %lld completed: the key matches its certificate; CMS (%s) encrypted to certificate %s "
+		       "written to %s\n",
 		       o->id, wants_pem(o) ? "PEM" : "DER", esc_recovery_output_destination(dest), o->out);
 		goto out;
 	}

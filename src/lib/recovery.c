@@ -988,7 +988,11 @@ esc_recovery_output_token(struct esc_ctx *ctx, struct esc_token *target, const c
 	return ESC_OK;
 }
 
-/* "'CN=Alice,O=Example' (SHA256:AB:CD:...)": a certificate as the audit trail names it. */
+/*
+ * "SHA256:AB:CD:…, subject 'CN=Alice,O=Example'": a certificate as the
+ * audit trail names it.  What identifies it comes first: the trail keeps
+ * an event's first 511 characters.
+ */
 static void
 cert_destination(X509 *x, char *buf, size_t len)
 {
@@ -996,7 +1000,7 @@ cert_destination(X509 *x, char *buf, size_t len)
 
 	esc_cert_fingerprint(x, fp);
 	ERR_clear_error();
-	snprintf(buf, len, "'%.300s' (%s)", subject != NULL ? subject : "?", fp);
+	snprintf(buf, len, "%s, subject '%.200s'", fp, subject != NULL ? subject : "?");
 	free(subject);
 }
 
@@ -1172,8 +1176,9 @@ deliver_token(struct esc_ctx *ctx, struct esc_recovery_output *o, EVP_PKEY *user
 		undo_after_failure(ctx, o);
 		return r;
 	}
-	snprintf(o->destination, sizeof(o->destination), "%.480s (token serial %s, label '%.80s')", uri,
-		 esc_token_serial(o->target), label);
+	/* Serial and label first: the audit trail keeps an event's first 511 characters. */
+	snprintf(o->destination, sizeof(o->destination), "serial %s, key label '%.64s', key %.480s",
+		 esc_token_serial(o->target), label, uri);
 	free(uri);
 	return ESC_OK;
 }
@@ -1248,7 +1253,7 @@ deliver(struct esc_ctx *ctx, struct esc_recovery_output *o, EVP_PKEY *user, cons
 	return make_p12(ctx, user, cert, o->password, &o->data, &o->datalen);
 }
 
-/* "as PKCS#12", "onto token …", "as CMS to certificate …": the audit event's words for a delivery. */
+/* "as PKCS#12", "onto token serial …", "as CMS … to certificate SHA256:…": the audit event's words. */
 static void
 delivered_words(enum esc_recovery_form form, const char *destination, char *buf, size_t len)
 {
@@ -1454,7 +1459,8 @@ esc_recovery_fetch(struct esc_ctx *ctx, struct esc_store *st, const struct esc_a
 }
 
 static enum esc_err
-finish_impl(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor, long long id, const char *words)
+finish_impl(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor, long long id,
+	    const char *details)
 {
 	PGresult *res = NULL;
 	char sid[24], kid[24];
@@ -1503,13 +1509,9 @@ finish_impl(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account 
 		goto out;
 	}
 	{
-		char obj[48], details[DESTINATION_MAX + 256];
+		char obj[48];
 
 		snprintf(obj, sizeof(obj), "request %lld", id);
-		snprintf(details, sizeof(details),
-			 "key decrypted on the KRA card at its workstation, checked against its certificate, "
-			 "delivered %s; package deleted",
-			 words);
 		if ((r = audit_ok(ctx, st, actor, NULL, "recovery.complete", obj, details)) != ESC_OK ||
 		    (r = esc_store_commit(ctx, st)) != ESC_OK)
 			goto out;
@@ -1522,15 +1524,16 @@ out:
 }
 
 /*
- * The words of a completion the workstation reports (esc_recovery_finish_to):
- * a known form, and a destination the audit trail can carry.
+ * The audit event's details of a completion the workstation reports
+ * (esc_recovery_finish_to): a known form, and a destination the audit trail
+ * can carry.
  */
 static enum esc_err
-reported_words(struct esc_ctx *ctx, const char *form, const char *destination, char *buf, size_t len)
+reported_details(struct esc_ctx *ctx, const char *form, const char *destination, char *buf, size_t len)
 {
 	static const enum esc_recovery_form forms[] = {ESC_RECOVERY_P12, ESC_RECOVERY_TOKEN, ESC_RECOVERY_CERT};
 	size_t i, n = destination != NULL ? strlen(destination) : 0;
-	char reported[DESTINATION_MAX + 32];
+	char words[DESTINATION_MAX + 96];
 
 	for (i = 0; i < ESC_ARRAY_LEN(forms); i++)
 		if (strcmp(form != NULL ? form : "p12", esc_recovery_form_name(forms[i])) == 0)
@@ -1546,8 +1549,17 @@ reported_words(struct esc_ctx *ctx, const char *form, const char *destination, c
 				 "a completion onto a token or to a certificate names its destination: 1..%d "
 				 "characters, no control characters, no PIN",
 				 DESTINATION_MAX);
-	snprintf(reported, sizeof(reported), "%s (as the workstation reports)", n ? destination : "");
-	delivered_words(forms[i], reported, buf, len);
+	delivered_words(forms[i], n ? destination : "", words, sizeof(words));
+	if (forms[i] == ESC_RECOVERY_P12)
+		snprintf(buf, len,
+			 "key decrypted on the KRA card at its workstation, checked against its certificate, "
+			 "delivered %s; package deleted",
+			 words);
+	else
+		snprintf(buf, len,
+			 "key decrypted on the KRA card at its workstation, checked against its certificate, package "
+			 "deleted; delivered, as the workstation reports, %s",
+			 words);
 	return ESC_OK;
 }
 
@@ -1556,12 +1568,12 @@ esc_recovery_finish_to(struct esc_ctx *ctx, struct esc_store *st, const struct e
 		       const char *form, const char *destination)
 {
 	struct esc_store_retry t = {0};
-	char words[DESTINATION_MAX + 128];
+	char details[DESTINATION_MAX + 256];
 	enum esc_err r;
 
-	if ((r = reported_words(ctx, form, destination, words, sizeof(words))) == ESC_OK) {
+	if ((r = reported_details(ctx, form, destination, details, sizeof(details))) == ESC_OK) {
 		do
-			r = finish_impl(ctx, st, actor, id, words);
+			r = finish_impl(ctx, st, actor, id, details);
 		while (esc_store_retry(ctx, st, &t, &r));
 	}
 	if (r != ESC_OK)

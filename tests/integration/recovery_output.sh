@@ -166,7 +166,7 @@ note "the completion is audited with the token's URI (no PIN) and serial"
 D=$(complete_details "$REQ")
 ALICE_SERIAL=$(p11 --list-token-slots | awk '/token label *: ALICE$/ { t = 1 } t && /serial num/ { print $NF; exit }')
 case $D in
-*"delivered onto token pkcs11:"*"token=ALICE"*"id=%"*"type=private (token serial $ALICE_SERIAL, label 'alice')") ;;
+"key decrypted on the KRA card, checked against its certificate, delivered onto token serial $ALICE_SERIAL, key label 'alice', key pkcs11:"*";token=ALICE;id=%"*";type=private") ;;
 *) fail "completion event: $D" ;;
 esac
 case $D in *pin-*|*"$P11ESCROW_USER_PIN"*) fail "a PIN in the audit trail: $D" ;; esac
@@ -246,7 +246,8 @@ assert_out "does not allow key encipherment"
 note "--to-cert (RSA-OAEP SHA-256, PEM by extension): openssl cms -decrypt gives alice's PKCS#8 and certificate"
 as kent 0 recovery complete "$ALICE_REQ" --token 'pkcs11:token=KRA1' --kra-pin-file "$PIN_FILE" \
     --to-cert "$T/rcpt-rsa.pem" --out "$T/alice.cms.pem"
-assert_out "CMS (PEM) encrypted to 'CN=rcpt-rsa,O=Example'"
+assert_out "CMS (PEM) encrypted to certificate SHA256:"
+assert_out "subject 'CN=rcpt-rsa,O=Example' written to $T/alice.cms.pem"
 [ "$(stat -c %a "$T/alice.cms.pem")" = 600 ] || fail "CMS not mode 0600"
 head -n 1 "$T/alice.cms.pem" | grep -q "^-----BEGIN CMS-----$" || fail "not PEM CMS"
 openssl cms -cmsout -print -inform PEM -in "$T/alice.cms.pem" >"$T/cms.txt"
@@ -263,7 +264,7 @@ cmp -s <(openssl pkey -in "$T/alice.content" -pubout -outform DER) <(openssl x50
 cmp -s <(openssl x509 -in "$T/alice.content" -outform DER) "$T/alice.der" || fail "the certificate in the CMS is not alice's"
 D=$(complete_details "$ALICE_REQ")
 FP=SHA256:$(openssl x509 -in "$T/rcpt-rsa.pem" -noout -fingerprint -sha256 | sed 's/.*=//')
-[ "$D" = "key decrypted on the KRA card, checked against its certificate, delivered as CMS AuthEnvelopedData encrypted to certificate 'CN=rcpt-rsa,O=Example' ($FP)" ] ||
+[ "$D" = "key decrypted on the KRA card, checked against its certificate, delivered as CMS AuthEnvelopedData encrypted to certificate $FP, subject 'CN=rcpt-rsa,O=Example'" ] ||
     fail "completion event: $D"
 
 note "through the service: --to-cert to an EC recipient (ECDH, DER by extension), audited as reported"
@@ -279,7 +280,7 @@ openssl cms -decrypt -inform DER -in "$T/alice.p7m" -recip "$T/rcpt-ec.pem" -ink
 cmp -s <(openssl pkey -in "$T/alice.content2" -outform DER) <(openssl pkey -in "$T/alice.key" -outform DER) ||
     fail "the key in the ECDH CMS differs from the archived key"
 FP=SHA256:$(openssl x509 -in "$T/rcpt-ec.pem" -noout -fingerprint -sha256 | sed 's/.*=//')
-[ "$(complete_details "$REQ")" = "key decrypted on the KRA card at its workstation, checked against its certificate, delivered as CMS AuthEnvelopedData encrypted to certificate 'CN=rcpt-ec,O=Example' ($FP) (as the workstation reports); package deleted" ] ||
+[ "$(complete_details "$REQ")" = "key decrypted on the KRA card at its workstation, checked against its certificate, package deleted; delivered, as the workstation reports, as CMS AuthEnvelopedData encrypted to certificate $FP, subject 'CN=rcpt-ec,O=Example'" ] ||
     fail "service completion event: $(complete_details "$REQ")"
 
 note "through the service: the service refuses the report (cancelled meanwhile): the key comes off the token again"
@@ -327,7 +328,7 @@ srv kent 0 recovery complete "$REQ" --token 'pkcs11:token=KRA1' --kra-pin-file "
     --to-token 'pkcs11:token=ALICE' --to-token-pin-file "$PIN_FILE"
 [ "$(count_id ALICE "$BOB_ID")" = 3 ] || fail "bob's key is not on the token"
 case $(complete_details "$REQ") in
-*"at its workstation"*"delivered onto token pkcs11:"*"token=ALICE"*"(token serial $ALICE_SERIAL, label 'bob') (as the workstation reports); package deleted") ;;
+"key decrypted on the KRA card at its workstation, checked against its certificate, package deleted; delivered, as the workstation reports, onto token serial $ALICE_SERIAL, key label 'bob', key pkcs11:"*";token=ALICE;id=%"*";type=private") ;;
 *) fail "service completion event: $(complete_details "$REQ")" ;;
 esac
 
