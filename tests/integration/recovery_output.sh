@@ -337,4 +337,7 @@ as audrey 0 audit show --action recovery.complete
 [ "$(grep -c 'kent (kra) recovery.complete request [0-9]*: ok' "$T/out")" = 5 ] || fail "five completions: $(cat "$T/out")"
 grep -q "recovery.complete request $ALICE_REQ: refused" "$T/out" || fail "refusals not audited"
 run_esc 0 audit verify
+! grep -rqF "$P11ESCROW_USER_PIN" "$DAEMON_LOG" "$T/pty.log" "$T/out" || fail "a token PIN in a log or an output"
+[ "$(psql_val "SELECT count(*) FROM audit_events WHERE details LIKE '%$P11ESCROW_USER_PIN%' OR details ILIKE '%pin-value%'")" = 0 ] ||
+    fail "a PIN in the audit trail"
 echo ok

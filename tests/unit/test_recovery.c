@@ -198,7 +198,8 @@ test_output_cert(void **state)
 	/* Expired, or not valid yet. */
 	assert_int_equal(try_cert(ctx, recipient(rsa, -30, -1, "keyEncipherment")), ESC_ERR_STATE);
 	assert_non_null(strstr(esc_ctx_errmsg(ctx), "has expired"));
-	assert_non_null(strstr(esc_ctx_errmsg(ctx), "'CN=rcpt' (SHA256:"));
+	assert_non_null(strstr(esc_ctx_errmsg(ctx), "certificate SHA256:"));
+	assert_non_null(strstr(esc_ctx_errmsg(ctx), ", subject 'CN=rcpt' has expired"));
 	assert_int_equal(try_cert(ctx, recipient(rsa, 1, 30, "keyEncipherment")), ESC_ERR_STATE);
 	assert_non_null(strstr(esc_ctx_errmsg(ctx), "not valid yet"));
 	/* keyUsage that forbids it, a small RSA key, a key that is neither RSA nor EC. */
