@@ -32,6 +32,7 @@
 
 #include <p11escrow/ctx.h>
 #include <p11escrow/err.h>
+#include <p11escrow/pin.h>
 
 /* Largest request body the service reads and any decoder accepts. */
 #define ESC_EST_BODY_MAX (64 * 1024)
@@ -231,5 +232,26 @@ enum esc_err esc_est_cert_check(struct esc_ctx *ctx, X509 *cert, STACK_OF(X509) 
  * extension is required).  Errors: BAD_INPUT naming what fails, USAGE.
  */
 enum esc_err esc_est_transport_check(struct esc_ctx *ctx, X509 *transport, STACK_OF(X509) *cacerts) ESC_MUST_CHECK;
+
+/* PBKDF2 (HMAC-SHA-256) iterations of the key files below, as for a recovered key's PKCS#12. */
+#define ESC_EST_KDF_ITER 600000
+
+/*
+ * key as an encrypted PKCS#8 PEM ("ENCRYPTED PRIVATE KEY": PBES2,
+ * AES-256-CBC, PBKDF2 with HMAC-SHA-256, ESC_EST_KDF_ITER) under
+ * password, which `openssl pkey` opens.  *pem is malloc'ed and
+ * NUL-terminated.  Errors: USAGE (empty password), CRYPTO.
+ */
+enum esc_err esc_est_key_pem(struct esc_ctx *ctx, EVP_PKEY *key, const struct esc_secret *password, char **pem,
+			     size_t *len) ESC_MUST_CHECK;
+
+/*
+ * key with cert and chain (may be NULL; the CA certificates) as a PKCS#12
+ * under password: AES-256-CBC with PBKDF2, a SHA-256 MAC, ESC_EST_KDF_ITER
+ * each; name its friendly name (may be NULL).  *der is malloc'ed.
+ * Errors: USAGE (empty password, key not cert's), CRYPTO.
+ */
+enum esc_err esc_est_key_p12(struct esc_ctx *ctx, EVP_PKEY *key, X509 *cert, STACK_OF(X509) *chain, const char *name,
+			     const struct esc_secret *password, unsigned char **der, size_t *len) ESC_MUST_CHECK;
 
 #endif

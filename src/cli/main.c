@@ -32,6 +32,7 @@ static const struct {
 	{"enroll-password", enroll_password_main, "one-time passwords for EST enrollees: create, list"},
 	{"service-cert", service_cert_main, "issue the service's TLS server certificate on the CA token"},
 	{"profile", profile_main, "certificate profiles: list"},
+	{"est", est_main, "EST client: enroll (key archived via /fullcmc or /serverkeygen), transport-cert, cacerts"},
 };
 
 /*

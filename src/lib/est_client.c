@@ -12,6 +12,8 @@
 #include <openssl/crypto.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/pkcs12.h>
 #include <openssl/x509.h>
 #include <openssl/x509v3.h>
 
@@ -407,4 +409,88 @@ esc_est_transport_check(struct esc_ctx *ctx, X509 *transport, STACK_OF(X509) *ca
 	if (!EVP_PKEY_is_a(pub, "RSA") && !EVP_PKEY_is_a(pub, "EC"))
 		return esc_error(ctx, ESC_ERR_BAD_INPUT, "the transport certificate's key is neither RSA nor EC");
 	return ESC_OK;
+}
+
+enum esc_err
+esc_est_key_pem(struct esc_ctx *ctx, EVP_PKEY *key, const struct esc_secret *password, char **pem, size_t *len)
+{
+	PKCS8_PRIV_KEY_INFO *p8 = NULL;
+	X509_ALGOR *pbe = NULL;
+	X509_SIG *enc = NULL;
+	BIO *b = NULL;
+	BUF_MEM *mem = NULL;
+	char *buf = NULL;
+	enum esc_err r;
+
+	if (key == NULL || password == NULL || esc_secret_len(password) == 0)
+		return esc_error(ctx, ESC_ERR_USAGE, "a key file needs a key and a password that is not empty");
+	if ((p8 = EVP_PKEY2PKCS8(key)) == NULL ||
+	    (pbe = PKCS5_pbe2_set_iv(EVP_aes_256_cbc(), ESC_EST_KDF_ITER, NULL, 0, NULL, NID_hmacWithSHA256)) == NULL) {
+		r = esc_error_ossl(ctx, ESC_ERR_CRYPTO, "cannot encrypt the private key");
+		goto out;
+	}
+	/* Takes pbe on success only. */
+	if ((enc = PKCS8_set0_pbe(esc_secret_str(password), (int)esc_secret_len(password), p8, pbe)) == NULL) {
+		r = esc_error_ossl(ctx, ESC_ERR_CRYPTO, "cannot encrypt the private key");
+		goto out;
+	}
+	pbe = NULL;
+	if ((b = BIO_new(BIO_s_mem())) == NULL || PEM_write_bio_PKCS8(b, enc) != 1 || BIO_get_mem_ptr(b, &mem) != 1 ||
+	    mem == NULL || (buf = malloc(mem->length + 1)) == NULL) {
+		r = esc_error_ossl(ctx, ESC_ERR_CRYPTO, "cannot write the encrypted private key");
+		goto out;
+	}
+	memcpy(buf, mem->data, mem->length);
+	buf[mem->length] = '\0';
+	*pem = buf;
+	*len = mem->length;
+	buf = NULL; /* transferred */
+	r = ESC_OK;
+out:
+	free(buf);
+	BIO_free(b);
+	X509_SIG_free(enc);
+	X509_ALGOR_free(pbe);
+	PKCS8_PRIV_KEY_INFO_free(p8); /* frees its key copy with cleansing */
+	return r;
+}
+
+enum esc_err
+esc_est_key_p12(struct esc_ctx *ctx, EVP_PKEY *key, X509 *cert, STACK_OF(X509) *chain, const char *name,
+		const struct esc_secret *password, unsigned char **der, size_t *len)
+{
+	PKCS12 *p12 = NULL;
+	unsigned char *buf = NULL, *p;
+	enum esc_err r;
+	int n;
+
+	if (key == NULL || cert == NULL || password == NULL || esc_secret_len(password) == 0)
+		return esc_error(ctx, ESC_ERR_USAGE,
+				 "a PKCS#12 needs a key, its certificate and a password that is not empty");
+	if (!esc_cert_matches_key(cert, key))
+		return esc_error(ctx, ESC_ERR_USAGE, "the key is not the certificate's");
+	p12 = PKCS12_create(esc_secret_str(password), name, key, cert, chain, NID_aes_256_cbc, NID_aes_256_cbc,
+			    ESC_EST_KDF_ITER, -1, 0);
+	if (p12 == NULL ||
+	    !PKCS12_set_mac(p12, esc_secret_str(password), -1, NULL, 0, ESC_EST_KDF_ITER, EVP_sha256())) {
+		r = esc_error_ossl(ctx, ESC_ERR_CRYPTO, "cannot build the PKCS#12");
+		goto out;
+	}
+	if ((n = i2d_PKCS12(p12, NULL)) <= 0 || (buf = malloc((size_t)n)) == NULL) {
+		r = esc_error_ossl(ctx, ESC_ERR_CRYPTO, "cannot encode the PKCS#12");
+		goto out;
+	}
+	p = buf;
+	if (i2d_PKCS12(p12, &p) != n) {
+		r = esc_error_ossl(ctx, ESC_ERR_CRYPTO, "cannot encode the PKCS#12");
+		goto out;
+	}
+	*der = buf;
+	*len = (size_t)n;
+	buf = NULL; /* transferred */
+	r = ESC_OK;
+out:
+	free(buf);
+	PKCS12_free(p12);
+	return r;
 }
