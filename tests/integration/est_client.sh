@@ -7,7 +7,8 @@
 # simplereenroll with that certificate (same key, then --new-key), fullcmc
 # authenticated by that client certificate — each certificate verified with
 # stock openssl against /cacerts, each key file encrypted and matching its
-# certificate; the archive records found through `recovery search --server`.
+# certificate; the archive records found through `recovery search --server`;
+# the walkthrough of docs/archival.md run as written.
 # Through a CONNECT proxy (tests/tools/connect_proxy.py): --proxy and
 # https_proxy (no_proxy honoured), one tunnel per command (connection reuse,
 # also for the JSON API client).  Refusals with their exit codes: a wrong or
@@ -221,6 +222,26 @@ assert_out "exclude each other"
 run_esc 2 est enroll "${EST[@]}" --label ../api --otp x --out-p12 "$T/x.p12"
 run_esc 2 est transport-cert --server "http://127.0.0.1:${URL##*:}" --server-ca "$SERVER_CA"
 [ ! -e "$T/x.p12" ] && [ ! -e "$T/x.pem" ] || fail "a usage error left files"
+
+note "docs/archival.md's walkthrough, block by block as written"
+mkdir "$T/walk" "$T/bin"
+awk '/^<!-- walkthrough:/ { on = 1 } /^<!-- walkthrough end/ { on = 0 }
+     on && /^```sh$/ { sh = 1; next } /^```/ { sh = 0 } on && sh' "$SRC/docs/archival.md" >"$T/walk/walkthrough.sh"
+[ "$(grep -c 'p11escrow est enroll' "$T/walk/walkthrough.sh")" = 2 ] || fail "no walkthrough found in docs/archival.md"
+ln -s "$ESC" "$T/bin/p11escrow"
+cp "$T/admin.pw" "$T/cm1.pw" "$T/walk/"
+(
+    cd "$T/walk"
+    export PATH=$T/bin:$PATH SERVER=$URL CACERT=$SERVER_CA
+    bash -euo pipefail walkthrough.sh
+) >"$T/out" 2>&1 || fail "the walkthrough failed"
+assert_out "key matches"
+assert_out "alice.pem: OK"
+assert_out "alice-2.pem: OK"
+[ "$(records "$T/walk/alice.pem" enroll-client)" = 1 ] || fail "the walkthrough's fullcmc key is not archived"
+[ "$(records "$T/walk/alice-2.pem" enroll-server)" = 1 ] || fail "the walkthrough's serverkeygen key is not archived"
+assert_out "$(serial_of "$T/walk/alice.pem")"
+assert_out "$(serial_of "$T/walk/alice-2.pem")"
 
 stop_daemon
 exit 0
