@@ -266,9 +266,10 @@ static int
 key_password(struct esc_ctx *ctx, const char *file, struct esc_secret **out)
 {
 	struct esc_secret *a = NULL, *b = NULL;
+	const char *env = getenv(KEY_PASSWORD_ENV);
 	enum esc_err e;
 
-	if ((file != NULL && *file != '\0') || (getenv(KEY_PASSWORD_ENV) != NULL && *getenv(KEY_PASSWORD_ENV))) {
+	if ((file != NULL && *file != '\0') || (env != NULL && *env != '\0')) {
 		if ((e = esc_secret_obtain(ctx, file, KEY_PASSWORD_ENV, NULL, &a)) != ESC_OK)
 			return cli_fail(CMD, ctx, e);
 	} else {
@@ -466,7 +467,7 @@ do_enroll(struct esc_ctx *ctx, const struct opts *o)
 	/* Everything that can be refused without the network first, then the files, then the service. */
 	if (type == 0)
 		return cli_usage_error(CMD, "--key-type must be ec-p256, ec-p384, rsa2048, rsa3072 or rsa4096");
-	if (o->subject != NULL && (e = esc_name_parse(ctx, o->subject, &subject)) != ESC_OK)
+	if (o->subject != NULL && esc_name_parse(ctx, o->subject, &subject) != ESC_OK)
 		return cli_usage_error(CMD, "--subject: %s", esc_ctx_errmsg(ctx));
 	if (writes_key && o->out_p12 == NULL && o->out_key == NULL) {
 		rc = cli_usage_error(CMD,

@@ -451,6 +451,7 @@ http_new(const char *cmd, struct esc_ctx *ctx, const char *url, const char *ca_f
 	struct cli_http *h = NULL;
 	int rc;
 
+	*out = NULL;
 	if ((h = calloc(1, sizeof(*h))) == NULL) {
 		fprintf(stderr, "%s %s: error: out of memory\n", PROG, cmd);
 		return esc_err_exit_code(ESC_ERR_NOMEM);
@@ -554,8 +555,8 @@ cli_http_open_cert(const char *cmd, struct esc_ctx *ctx, const char *url, const 
 	struct esc_secret *pw = NULL;
 	int rc;
 
-	if ((rc = http_new(cmd, ctx, url, ca_file, &h)) != 0)
-		return rc;
+	if ((rc = http_new(cmd, ctx, url, ca_file, &h)) != 0 || h == NULL)
+		return rc != 0 ? rc : esc_err_exit_code(ESC_ERR_INTERNAL);
 	if (client_cert == NULL || *client_cert == '\0')
 		client_cert = getenv("P11ESCROW_CLIENT_CERT");
 	if (client_key == NULL || *client_key == '\0')
@@ -613,8 +614,8 @@ cli_http_open_anonymous(const char *cmd, struct esc_ctx *ctx, const char *url, c
 	struct cli_http *h = NULL;
 	int rc;
 
-	if ((rc = http_new(cmd, ctx, url, ca_file, &h)) != 0)
-		return rc;
+	if ((rc = http_new(cmd, ctx, url, ca_file, &h)) != 0 || h == NULL)
+		return rc != 0 ? rc : esc_err_exit_code(ESC_ERR_INTERNAL);
 	h->login_tried = 1; /* no account: no session */
 	*out = h;
 	return 0;
