@@ -66,6 +66,9 @@ grep -q "BEGIN CERTIFICATE" "$T/out" || fail "no PEM on standard output"
 [ "$(curl -sS --cacert "$SERVER_CA" -o /dev/null -w '%{http_code} %{content_type}' -I \
     "$URL/.well-known/est/transportcert")" = "200 application/pkcs7-mime; smime-type=certs-only" ] ||
     fail "HEAD /transportcert is not answered as GET"
+[ "$(curl -sS --cacert "$SERVER_CA" -o /dev/null -D "$T/headers" -w '%{http_code}' -X POST \
+    "$URL/.well-known/est/transportcert")" = 405 ] && grep -qi '^Allow: GET, HEAD' "$T/headers" ||
+    fail "POST /transportcert is not refused with 405 and Allow: GET, HEAD"
 run_esc 0 est cacerts "${EST[@]}" -o "$T/cacerts.pem"
 cmp -s <(openssl x509 -in "$T/cacerts.pem" -outform DER) <(openssl x509 -in "$SERVER_CA" -outform DER) ||
     fail "/cacerts is not the CA certificate"
