@@ -554,71 +554,18 @@ check_fullcmc(struct worker *w, const struct item *it, const struct response *re
 	return rc;
 }
 
-/* The content of the multipart part whose Content-Type starts with ctype (NULL if none). */
-static const unsigned char *
-find_part(const struct response *resp, const char *boundary, const char *ctype, size_t *len)
-{
-	const unsigned char *b = resp->body, *end = b + resp->bodylen, *p, *hend, *next;
-	char delim[96];
-	size_t dl;
-
-	dl = (size_t)snprintf(delim, sizeof(delim), "--%s", boundary);
-	for (p = memmem(b, resp->bodylen, delim, dl); p != NULL; p = next) {
-		p += dl;
-		if (end - p >= 2 && p[0] == '-' && p[1] == '-')
-			return NULL; /* the closing delimiter */
-		if ((hend = (const unsigned char *)find_crlfcrlf(p, (size_t)(end - p))) == NULL)
-			return NULL;
-		next = memmem(hend, (size_t)(end - hend), delim, dl);
-		if (next == NULL)
-			return NULL;
-		{
-			const char *h = memmem(p, (size_t)(hend - p), "Content-Type:", 13);
-
-			if (h != NULL) {
-				h += 13;
-				while (*h == ' ')
-					h++;
-				if (strncasecmp(h, ctype, strlen(ctype)) == 0) {
-					*len = (size_t)(next - (hend + 4));
-					return hend + 4;
-				}
-			}
-		}
-	}
-	return NULL;
-}
-
+/* The key and certificate of the multipart answer (esc_est_serverkeygen_parse, as p11escrow est reads it). */
 static int
 check_serverkeygen(struct worker *w, const struct response *resp)
 {
 	const struct opts *o = w->sh->o;
-	const unsigned char *part, *p;
-	const char *bnd;
-	char boundary[72];
-	unsigned char *der = NULL;
-	size_t len = 0, derlen = 0;
-	PKCS8_PRIV_KEY_INFO *inf = NULL;
+	STACK_OF(X509) *certs = NULL;
 	EVP_PKEY *key = NULL;
-	X509 *cert = NULL;
+	X509 *cert;
 	int rc = -1, want_rsa = strcmp(o->key_type, "rsa2048") == 0;
 
-	if (strncasecmp(resp->ctype, "multipart/mixed", 15) != 0 || (bnd = strstr(resp->ctype, "boundary=")) == NULL) {
-		report_error(w, "serverkeygen response is '%s', not multipart/mixed with a boundary", resp->ctype);
-		goto out;
-	}
-	snprintf(boundary, sizeof(boundary), "%.*s", (int)strcspn(bnd + 9, "; \""), bnd + 9);
-	if ((part = find_part(resp, boundary, "application/pkcs8", &len)) == NULL) {
-		report_error(w, "serverkeygen response lacks the application/pkcs8 part");
-		goto out;
-	}
-	if (esc_b64_decode(w->ctx, (const char *)part, len, &der, &derlen) != ESC_OK) {
-		report_error(w, "the key part is not base64: %s", esc_ctx_errmsg(w->ctx));
-		goto out;
-	}
-	p = der;
-	if ((inf = d2i_PKCS8_PRIV_KEY_INFO(NULL, &p, (long)derlen)) == NULL || (key = EVP_PKCS82PKEY(inf)) == NULL) {
-		report_error(w, "the key part is not a PKCS#8 private key");
+	if (esc_est_serverkeygen_parse(w->ctx, resp->ctype, resp->body, resp->bodylen, &key, &certs) != ESC_OK) {
+		report_error(w, "serverkeygen response: %s", esc_ctx_errmsg(w->ctx));
 		goto out;
 	}
 	if (want_rsa ? !(EVP_PKEY_is_a(key, "RSA") && EVP_PKEY_get_bits(key) == 2048)
@@ -627,12 +574,11 @@ check_serverkeygen(struct worker *w, const struct response *resp)
 			     EVP_PKEY_get_bits(key), o->key_type);
 		goto out;
 	}
-	if ((part = find_part(resp, boundary, "application/pkcs7-mime", &len)) == NULL) {
-		report_error(w, "serverkeygen response lacks the certs-only part");
+	cert = sk_X509_value(certs, 0);
+	if (X509_NAME_cmp(X509_get_issuer_name(cert), w->sh->ca_name) != 0) {
+		report_error(w, "the certificate returned is not issued by the CA");
 		goto out;
 	}
-	if ((cert = certs_only_cert(w, part, len)) == NULL)
-		goto out;
 	if (EVP_PKEY_eq(X509_get0_pubkey(cert), key) != 1) {
 		report_error(w, "the certificate's public key is not the key returned");
 		goto out;
@@ -640,13 +586,8 @@ check_serverkeygen(struct worker *w, const struct response *resp)
 	rc = 0;
 out:
 	ERR_clear_error();
-	if (der != NULL) {
-		OPENSSL_cleanse(der, derlen);
-		free(der);
-	}
-	PKCS8_PRIV_KEY_INFO_free(inf);
 	EVP_PKEY_free(key);
-	X509_free(cert);
+	sk_X509_pop_free(certs, X509_free);
 	return rc;
 }
 

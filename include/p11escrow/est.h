@@ -32,6 +32,7 @@
 
 #include <p11escrow/ctx.h>
 #include <p11escrow/err.h>
+#include <p11escrow/pin.h>
 
 /* Largest request body the service reads and any decoder accepts. */
 #define ESC_EST_BODY_MAX (64 * 1024)
@@ -47,6 +48,14 @@ enum esc_err esc_b64_decode(struct esc_ctx *ctx, const char *in, size_t inlen, u
 /* The same with another bound on the decoded length (e.g. base64 in the service's JSON answers). */
 enum esc_err esc_b64_decode_max(struct esc_ctx *ctx, const char *in, size_t inlen, size_t max, unsigned char **out,
 				size_t *outlen) ESC_MUST_CHECK;
+
+/*
+ * esc_b64_decode_max for a secret (a private key): the copy of the text it
+ * makes and *out are in the secure heap; free *out with
+ * OPENSSL_secure_clear_free(*out, *outlen).
+ */
+enum esc_err esc_b64_decode_secure(struct esc_ctx *ctx, const char *in, size_t inlen, size_t max, unsigned char **out,
+				   size_t *outlen) ESC_MUST_CHECK;
 
 /* Base64 with CRLF every 64 characters and a final CRLF; malloc'ed, NUL-terminated.  Errors: NOMEM. */
 enum esc_err esc_b64_encode(struct esc_ctx *ctx, const unsigned char *in, size_t inlen, char **out,
@@ -168,5 +177,81 @@ struct esc_profile;
  */
 enum esc_err esc_csrattrs_for_profile(struct esc_ctx *ctx, const struct esc_profile *p, unsigned char **der,
 				      size_t *derlen) ESC_MUST_CHECK;
+
+/* ---- Client side: p11escrow est, the benchmark ---------------------------- */
+
+/* Largest answer a client parses (a /serverkeygen answer: key and certificate, base64, in parts). */
+#define ESC_EST_REPLY_MAX (256 * 1024)
+
+/*
+ * A PKCS#10 request for key with subject (NULL: an empty one), signed with
+ * key: SHA-384 for an EC P-384 key, SHA-256 otherwise (what the profiles'
+ * CsrAttrs name).  Errors: USAGE, NOMEM, CRYPTO.
+ */
+enum esc_err esc_est_csr_build(struct esc_ctx *ctx, EVP_PKEY *key, const X509_NAME *subject,
+			       X509_REQ **out) ESC_MUST_CHECK;
+
+/*
+ * A base64 certs-only answer (/cacerts, /simpleenroll, /fullcmc's Simple
+ * PKI Response): esc_b64_decode, then esc_certs_only_parse.  Errors:
+ * BAD_INPUT.
+ */
+enum esc_err esc_est_certs_decode(struct esc_ctx *ctx, const char *b64, size_t len,
+				  STACK_OF(X509) **out) ESC_MUST_CHECK;
+
+/*
+ * The answer of /serverkeygen (RFC 7030 §4.4.2) to a request that did not
+ * ask for the key encrypted: ctype its Content-Type (multipart/mixed with a
+ * boundary), body at most ESC_EST_REPLY_MAX bytes.  *key is the private key
+ * of its application/pkcs8 part (base64 and DER decoded in the secure
+ * heap), *certs the certificates of its certs-only part (sk_X509_pop_free).
+ * Parts of other types are ignored; one key part and one certificate part,
+ * base64 (or no Content-Transfer-Encoding), are required.  Errors:
+ * BAD_INPUT (not multipart, malformed, a part missing or twice, the key
+ * encrypted (server-generated-key), not base64, not PKCS#8, not
+ * certs-only), USAGE.
+ */
+enum esc_err esc_est_serverkeygen_parse(struct esc_ctx *ctx, const char *ctype, const unsigned char *body, size_t len,
+					EVP_PKEY **key, STACK_OF(X509) **certs) ESC_MUST_CHECK;
+
+/*
+ * Check a certificate the server issued against cacerts (as /cacerts
+ * answers them, the CA certificate first): it verifies, valid now, with
+ * those certificates as trust anchors, is issued by the first of them
+ * (esc_cert_issued_by), and, if key is given, certifies that key.
+ * Errors: BAD_INPUT (does not verify: OpenSSL's reason; another issuer),
+ * MISMATCH (another key), USAGE.
+ */
+enum esc_err esc_est_cert_check(struct esc_ctx *ctx, X509 *cert, STACK_OF(X509) *cacerts, EVP_PKEY *key) ESC_MUST_CHECK;
+
+/*
+ * May a client encrypt its key to transport, the CA's transport certificate
+ * (/transportcert)?  Checked as esc_est_cert_check (issued by the CA of
+ * cacerts, valid now), not a CA certificate, and a key usage for receiving
+ * keys: keyEncipherment for an RSA key, keyAgreement for an EC key (the
+ * extension is required).  Errors: BAD_INPUT naming what fails, USAGE.
+ */
+enum esc_err esc_est_transport_check(struct esc_ctx *ctx, X509 *transport, STACK_OF(X509) *cacerts) ESC_MUST_CHECK;
+
+/* PBKDF2 (HMAC-SHA-256) iterations of the key files below, as for a recovered key's PKCS#12. */
+#define ESC_EST_KDF_ITER 600000
+
+/*
+ * key as an encrypted PKCS#8 PEM ("ENCRYPTED PRIVATE KEY": PBES2,
+ * AES-256-CBC, PBKDF2 with HMAC-SHA-256, ESC_EST_KDF_ITER) under
+ * password, which `openssl pkey` opens.  *pem is malloc'ed and
+ * NUL-terminated.  Errors: USAGE (empty password), CRYPTO.
+ */
+enum esc_err esc_est_key_pem(struct esc_ctx *ctx, EVP_PKEY *key, const struct esc_secret *password, char **pem,
+			     size_t *len) ESC_MUST_CHECK;
+
+/*
+ * key with cert and chain (may be NULL; the CA certificates) as a PKCS#12
+ * under password: AES-256-CBC with PBKDF2, a SHA-256 MAC, ESC_EST_KDF_ITER
+ * each; name its friendly name (may be NULL).  *der is malloc'ed.
+ * Errors: USAGE (empty password, key not cert's), CRYPTO.
+ */
+enum esc_err esc_est_key_p12(struct esc_ctx *ctx, EVP_PKEY *key, X509 *cert, STACK_OF(X509) *chain, const char *name,
+			     const struct esc_secret *password, unsigned char **der, size_t *len) ESC_MUST_CHECK;
 
 #endif

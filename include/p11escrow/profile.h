@@ -46,6 +46,13 @@ const struct esc_profile *esc_profile_at(size_t i);
 /* The ESC_EKEY_* type of pub, or 0 if no profile could allow it. */
 unsigned esc_enroll_key_type(EVP_PKEY *pub);
 
+/* The ESC_EKEY_* type named "rsa2048", "rsa3072", "rsa4096", "ec-p256" or "ec-p384", 0 if none. */
+unsigned esc_enroll_key_parse(const char *name);
+/* The name of an ESC_EKEY_* type, NULL if none. */
+const char *esc_enroll_key_name(unsigned type);
+/* Generate a software key of ESC_EKEY_* type (an enrollee's own).  Errors: USAGE (no such type), CRYPTO. */
+enum esc_err esc_enroll_key_generate(struct esc_ctx *ctx, unsigned type, EVP_PKEY **out) ESC_MUST_CHECK;
+
 /*
  * Does profile p allow a certificate for public key pub?  Errors: POLICY
  * (names the key type found and those allowed).

@@ -58,6 +58,7 @@ int cert_main(int argc, char *argv[]);
 int enroll_password_main(int argc, char *argv[]);
 int service_cert_main(int argc, char *argv[]);
 int profile_main(int argc, char *argv[]);
+int est_main(int argc, char *argv[]);
 
 /* Apply the usual command-line overrides (each may be NULL).  Returns 0 or an exit code. */
 int cli_apply_common(const char *cmd, struct esc_ctx *ctx, struct esc_config *cfg, const char *database,

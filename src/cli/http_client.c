@@ -1,9 +1,15 @@
 /*
- * A synchronous HTTPS client for the service's JSON API: one TLS
- * connection per request (evhttp_connection over bufferevent_openssl), the
- * event base run until the request completes or its deadline passes.
+ * A synchronous HTTPS client for the service, on libcurl (OpenSSL backend):
+ * one easy handle per client, so the requests of one command share a
+ * kept-alive TLS connection.  libcurl verifies the server with the trust
+ * store built here from --server-ca (installed into each TLS context by the
+ * SSL_CTX callback, so the system's CA certificates never count) and checks
+ * the host name; the TLS client certificate and key are loaded here, the
+ * key into the secure heap, and handed to OpenSSL the same way.  libcurl's
+ * own heap blocks are wiped when freed (main.c's curl_global_init_mem), and
+ * it is never made verbose: neither the Authorization header nor a body is
+ * ever logged.
  */
-#include <arpa/inet.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -11,21 +17,16 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/stat.h>
-#include <sys/time.h>
 #include <fcntl.h>
 #include <unistd.h>
 
-#include <event2/buffer.h>
-#include <event2/bufferevent.h>
-#include <event2/bufferevent_ssl.h>
-#include <event2/event.h>
-#include <event2/http.h>
-#include <event2/keyvalq_struct.h>
+#include <curl/curl.h>
 #include <openssl/crypto.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/pem.h>
 #include <openssl/ssl.h>
+#include <openssl/x509.h>
 #include <openssl/x509v3.h>
 
 #include <p11escrow/err.h>
@@ -35,23 +36,24 @@
 #include "esc_build_config.h"
 #include "http_client.h"
 
-#define HEADERS_MAX (64 * 1024)
 #define CLIENT_KEY_MAX (64 * 1024) /* a PEM private key file */
+#define URL_MAX 2048
 
 struct cli_http {
 	const char *cmd;
 	struct esc_ctx *ctx;
-	struct event_base *base;
-	SSL_CTX *tls;
-	char *url;	/* as given, for messages */
-	char *host;	/* without brackets: what is connected to and checked in the certificate */
-	char *host_hdr; /* the Host header */
-	char *prefix;	/* the URL's path before /api/v1, no trailing '/' */
-	int port;
-	int host_is_ip;
-	char *auth; /* "Basic ..." in secure memory, until a session replaces it */
+	CURL *curl;
+	X509_STORE *trust; /* the --server-ca certificates: the only ones trusted */
+	X509 *client_cert; /* the TLS client certificate, its chain and key (secure heap), if any */
+	STACK_OF(X509) *client_chain;
+	EVP_PKEY *client_key;
+	char *url;   /* as given, for messages */
+	char *base;  /* scheme, host and port, and the URL's path without a trailing '/' */
+	char *host;  /* for messages */
+	char *proxy; /* --proxy, else NULL: libcurl reads https_proxy, no_proxy */
+	char *auth;  /* "Authorization: Basic ..." in secure memory, until a session replaces it */
 	size_t authlen;
-	char *bearer; /* "Bearer TOKEN" in secure memory once logged in (POST /session) */
+	char *bearer; /* "Authorization: Bearer TOKEN" in secure memory once logged in (POST /session) */
 	size_t bearerlen;
 	int login_tried; /* POST /session was sent (once per client, i.e. per command) */
 	int quiet;	 /* cli_http_call_quiet: keep the reason instead of printing it */
@@ -60,20 +62,16 @@ struct cli_http {
 	char last_msg[512];
 	int by_cert;	  /* a TLS client certificate logs the account in: no password */
 	char account[65]; /* the account: --user, or the client certificate's (GET /whoami) */
+	char errbuf[CURL_ERROR_SIZE];
 };
 
-/* One request in flight. */
-struct exchange {
-	struct cli_http *h;
-	struct evhttp_request *req;
-	SSL *ssl;
-	int done;
-	int timed_out;
-	int status; /* 0: no answer */
-	int error;  /* an evhttp_request_error + 1, 0 if none */
-	unsigned char *body;
-	size_t bodylen;
-	char ctype[128];
+/* The answer being received. */
+struct sink {
+	unsigned char *buf;
+	size_t len, cap, max;
+	int secure;  /* buf is in the secure heap */
+	int too_big; /* more than max bytes came */
+	int no_memory;
 };
 
 static int fail(struct cli_http *h, enum esc_err e, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
@@ -99,6 +97,81 @@ fail(struct cli_http *h, enum esc_err e, const char *fmt, ...)
 	return esc_err_exit_code(e);
 }
 
+static void
+sink_free(struct sink *s)
+{
+	if (s->buf == NULL)
+		return;
+	if (s->secure)
+		OPENSSL_secure_clear_free(s->buf, s->cap);
+	else
+		OPENSSL_clear_free(s->buf, s->cap);
+	s->buf = NULL;
+	s->len = s->cap = 0;
+}
+
+/* libcurl's write callback: append to the sink, at most max bytes; a block that grows is copied and wiped. */
+static size_t
+on_data(char *data, size_t size, size_t nmemb, void *arg)
+{
+	struct sink *s = arg;
+	size_t n = size * nmemb, cap;
+	unsigned char *nb;
+
+	if (n > s->max - s->len) {
+		s->too_big = 1;
+		return 0; /* libcurl stops: CURLE_WRITE_ERROR */
+	}
+	if (s->len + n + 1 > s->cap) {
+		cap = s->cap > 0 ? s->cap : 4096;
+		while (cap < s->len + n + 1)
+			cap *= 2;
+		if (cap > s->max + 1)
+			cap = s->max + 1;
+		nb = s->secure ? OPENSSL_secure_zalloc(cap) : OPENSSL_zalloc(cap);
+		if (nb == NULL) {
+			s->no_memory = 1;
+			return 0;
+		}
+		if (s->buf != NULL)
+			memcpy(nb, s->buf, s->len);
+		sink_free(&(struct sink){.buf = s->buf, .cap = s->cap, .secure = s->secure});
+		s->buf = nb;
+		s->cap = cap;
+	}
+	memcpy(s->buf + s->len, data, n);
+	s->len += n;
+	s->buf[s->len] = '\0';
+	return n;
+}
+
+/*
+ * libcurl's SSL_CTX callback, run for each new TLS connection before the
+ * handshake: only the --server-ca certificates are trusted, TLS 1.2 or
+ * newer, and the client certificate (with its chain) and key, if any.
+ */
+static CURLcode
+on_ssl_ctx(CURL *curl, void *sslctx, void *arg)
+{
+	struct cli_http *h = arg;
+	SSL_CTX *ctx = sslctx;
+	int i;
+
+	(void)curl;
+	SSL_CTX_set1_cert_store(ctx, h->trust);
+	if (SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION) != 1)
+		return CURLE_SSL_CERTPROBLEM;
+	if (h->client_cert == NULL)
+		return CURLE_OK;
+	if (SSL_CTX_use_certificate(ctx, h->client_cert) != 1 || SSL_CTX_use_PrivateKey(ctx, h->client_key) != 1 ||
+	    SSL_CTX_check_private_key(ctx) != 1)
+		return CURLE_SSL_CERTPROBLEM;
+	for (i = 0; i < sk_X509_num(h->client_chain); i++)
+		if (SSL_CTX_add1_chain_cert(ctx, sk_X509_value(h->client_chain, i)) != 1)
+			return CURLE_SSL_CERTPROBLEM;
+	return CURLE_OK;
+}
+
 static int call(struct cli_http *h, enum cli_http_method method, const char *path, json_t *body, json_t **out,
 		int *status);
 
@@ -111,40 +184,48 @@ cli_http_free(struct cli_http *h)
 	if (h == NULL)
 		return;
 	/* Log out: the token ends now rather than at its idle timeout.  A failure is printed, nothing more. */
-	if (h->bearer != NULL && h->base != NULL && call(h, CLI_HTTP_DELETE, "/session", NULL, &doc, &status) == 0)
+	if (h->bearer != NULL && h->curl != NULL && call(h, CLI_HTTP_DELETE, "/session", NULL, &doc, &status) == 0)
 		json_decref(doc);
 	if (h->bearer != NULL)
 		OPENSSL_secure_clear_free(h->bearer, h->bearerlen);
 	if (h->auth != NULL)
 		OPENSSL_secure_clear_free(h->auth, h->authlen);
-	SSL_CTX_free(h->tls);
-	if (h->base != NULL)
-		event_base_free(h->base);
+	if (h->curl != NULL)
+		curl_easy_cleanup(h->curl);
+	X509_STORE_free(h->trust);
+	X509_free(h->client_cert);
+	sk_X509_pop_free(h->client_chain, X509_free);
+	EVP_PKEY_free(h->client_key);
 	free(h->url);
+	free(h->base);
 	free(h->host);
-	free(h->host_hdr);
-	free(h->prefix);
+	free(h->proxy);
 	free(h);
 }
 
-/* "Basic base64(user:password)", built and kept in secure memory. */
+/* "Authorization: Basic base64(user:password)", built and kept in secure memory. */
 static int
 make_auth(struct cli_http *h, const char *user, const struct esc_secret *pw)
 {
-	size_t ulen = strlen(user), plen = esc_secret_len(pw), rawlen = ulen + 1 + plen, b64len;
+	static const char prefix[] = "Authorization: Basic ";
+	size_t ulen = strlen(user), plen = esc_secret_len(pw), rawlen = ulen + 1 + plen, b64len,
+	       pl = sizeof(prefix) - 1;
 	unsigned char *raw = NULL;
 	int rc = -1;
 
+	if (h->auth != NULL)
+		OPENSSL_secure_clear_free(h->auth, h->authlen);
+	h->auth = NULL;
 	b64len = (rawlen + 2) / 3 * 4;
-	if ((raw = OPENSSL_secure_malloc(rawlen)) == NULL || (h->auth = OPENSSL_secure_zalloc(6 + b64len + 1)) == NULL)
+	if ((raw = OPENSSL_secure_malloc(rawlen)) == NULL || (h->auth = OPENSSL_secure_zalloc(pl + b64len + 1)) == NULL)
 		goto out;
-	h->authlen = 6 + b64len + 1;
+	h->authlen = pl + b64len + 1;
 	/* raw is the base64 input, rawlen bytes: "user:" and the password, no NUL. */
 	memcpy(raw, user, ulen); // NOLINT(bugprone-not-null-terminated-result): not a C string
 	raw[ulen] = ':';
 	memcpy(raw + ulen + 1, esc_secret_str(pw), plen);
-	memcpy(h->auth, "Basic ", 6);
-	EVP_EncodeBlock((unsigned char *)h->auth + 6, raw, (int)rawlen);
+	memcpy(h->auth, prefix, pl);
+	EVP_EncodeBlock((unsigned char *)h->auth + pl, raw, (int)rawlen);
 	rc = 0;
 out:
 	if (raw != NULL)
@@ -152,22 +233,47 @@ out:
 	return rc;
 }
 
-/* No passphrase prompt: an encrypted key is refused (the callback gives none). */
+/* Where the password of an encrypted client key comes from (NULL: an encrypted key is refused). */
+struct key_password {
+	struct cli_http *h;
+	const char *file;
+	const char *key_file;
+	int asked;
+};
+
+/* OpenSSL's PEM password callback: the key's password from file, environment or prompt, once. */
 static int
-no_passphrase(char *buf, int size, int rwflag, void *u)
+key_password_cb(char *buf, int size, int rwflag, void *u)
 {
-	(void)buf, (void)size, (void)rwflag, (void)u;
-	return -1;
+	struct key_password *kp = u;
+	struct esc_secret *pw = NULL;
+	char prompt[512];
+	size_t n;
+
+	(void)rwflag;
+	if (kp == NULL || kp->asked)
+		return -1;
+	kp->asked = 1;
+	snprintf(prompt, sizeof(prompt), "Password of the key '%s': ", kp->key_file);
+	if (esc_secret_obtain(kp->h->ctx, kp->file, CLI_CLIENT_KEY_PASSWORD_ENV, prompt, &pw) != ESC_OK)
+		return -1;
+	n = esc_secret_len(pw);
+	if (n > (size_t)size) {
+		esc_secret_free(pw);
+		return -1;
+	}
+	memcpy(buf, esc_secret_str(pw), n);
+	esc_secret_free(pw);
+	return (int)n;
 }
 
 /*
- * The client certificate (and chain) of cert_file and the private key of
- * key_file for h->tls.  The key file must be a regular file only its owner
- * may read or write, like a PIN file; it is read into secure memory and
- * wiped there.
+ * Read the private key of key_file into the secure heap: a regular file
+ * only its owner may read or write, like a PIN file.  An encrypted PEM key
+ * needs kp (its password source), else it is refused.
  */
 static int
-use_client_cert(struct cli_http *h, const char *cert_file, const char *key_file)
+load_key_file(struct cli_http *h, const char *key_file, struct key_password *kp, EVP_PKEY **out)
 {
 	unsigned char *buf = NULL;
 	EVP_PKEY *pkey = NULL;
@@ -177,6 +283,7 @@ use_client_cert(struct cli_http *h, const char *cert_file, const char *key_file)
 	ssize_t got;
 	int fd, rc;
 
+	memset(&sb, 0, sizeof(sb));
 	if ((fd = open(key_file, O_RDONLY | O_CLOEXEC | O_NOFOLLOW)) == -1) {
 		rc = fail(h, ESC_ERR_IO, "cannot open the client key '%s'", key_file);
 		goto out;
@@ -200,23 +307,18 @@ use_client_cert(struct cli_http *h, const char *cert_file, const char *key_file)
 	while (len < (size_t)sb.st_size && (got = read(fd, buf + len, (size_t)sb.st_size - len)) > 0)
 		len += (size_t)got;
 	if ((b = BIO_new_mem_buf(buf, (int)len)) == NULL ||
-	    (pkey = PEM_read_bio_PrivateKey(b, NULL, no_passphrase, NULL)) == NULL) {
+	    (pkey = PEM_read_bio_PrivateKey(b, NULL, key_password_cb, kp)) == NULL) {
 		ERR_clear_error();
-		rc = fail(h, ESC_ERR_BAD_INPUT, "'%s' holds no unencrypted PEM private key", key_file);
+		if (kp != NULL && kp->asked)
+			rc = fail(h, ESC_ERR_AUTH, "cannot decrypt the client key '%s' (wrong or no password?)",
+				  key_file);
+		else
+			rc = fail(h, ESC_ERR_BAD_INPUT, "'%s' holds no %sPEM private key", key_file,
+				  kp != NULL ? "" : "unencrypted ");
 		goto out;
 	}
-	if (SSL_CTX_use_certificate_chain_file(h->tls, cert_file) != 1) {
-		ERR_clear_error();
-		rc = fail(h, ESC_ERR_IO, "cannot read the client certificate(s) from '%s'", cert_file);
-		goto out;
-	}
-	if (SSL_CTX_use_PrivateKey(h->tls, pkey) != 1 || SSL_CTX_check_private_key(h->tls) != 1) {
-		ERR_clear_error();
-		rc = fail(h, ESC_ERR_USAGE, "the client key '%s' does not belong to the certificate '%s'", key_file,
-			  cert_file);
-		goto out;
-	}
-	h->by_cert = 1;
+	*out = pkey;
+	pkey = NULL; /* transferred */
 	rc = 0;
 out:
 	EVP_PKEY_free(pkey);
@@ -225,6 +327,56 @@ out:
 		OPENSSL_secure_clear_free(buf, (size_t)sb.st_size + 1);
 	if (fd != -1)
 		close(fd);
+	return rc;
+}
+
+/* The certificate and chain of cert_file (PEM) and the key of key_file, checked to belong together. */
+static int
+use_client_cert(struct cli_http *h, const char *cert_file, const char *key_file, struct key_password *kp)
+{
+	STACK_OF(X509) *chain = NULL;
+	EVP_PKEY *pkey = NULL;
+	X509 *cert = NULL, *x;
+	BIO *b = NULL;
+	int rc;
+
+	if ((rc = load_key_file(h, key_file, kp, &pkey)) != 0)
+		goto out;
+	if ((b = BIO_new_file(cert_file, "r")) == NULL || (cert = PEM_read_bio_X509(b, NULL, NULL, NULL)) == NULL ||
+	    (chain = sk_X509_new_null()) == NULL) {
+		ERR_clear_error();
+		rc = fail(h, ESC_ERR_IO, "cannot read the client certificate(s) from '%s'", cert_file);
+		goto out;
+	}
+	while ((x = PEM_read_bio_X509(b, NULL, NULL, NULL)) != NULL)
+		if (sk_X509_push(chain, x) <= 0) {
+			X509_free(x);
+			rc = fail(h, ESC_ERR_NOMEM, "out of memory");
+			goto out;
+		}
+	ERR_clear_error(); /* the end of the file */
+	if (X509_check_private_key(cert, pkey) != 1) {
+		ERR_clear_error();
+		rc = fail(h, ESC_ERR_USAGE, "the client key '%s' does not belong to the certificate '%s'", key_file,
+			  cert_file);
+		goto out;
+	}
+	X509_free(h->client_cert);
+	sk_X509_pop_free(h->client_chain, X509_free);
+	EVP_PKEY_free(h->client_key);
+	h->client_cert = cert;
+	h->client_chain = chain;
+	h->client_key = pkey;
+	cert = NULL;
+	chain = NULL;
+	pkey = NULL; /* transferred */
+	h->by_cert = 1;
+	rc = 0;
+out:
+	X509_free(cert);
+	sk_X509_pop_free(chain, X509_free);
+	EVP_PKEY_free(pkey);
+	BIO_free(b);
 	return rc;
 }
 
@@ -241,18 +393,65 @@ cli_http_account(const struct cli_http *h)
 	return h->account[0] != '\0' ? h->account : "?";
 }
 
-int
-cli_http_open_cert(const char *cmd, struct esc_ctx *ctx, const char *url, const char *ca_file, const char *user,
-		   const char *password_file, const char *client_cert, const char *client_key, struct cli_http **out)
+/* The parts of url a client needs, or a usage error: https only, no credentials, query or fragment. */
+static int
+parse_url(struct cli_http *h, const char *url)
 {
-	struct cli_http *h = NULL;
-	struct evhttp_uri *u = NULL;
-	struct esc_secret *pw = NULL;
-	const char *scheme, *host, *path;
-	unsigned char addr[16];
-	size_t n;
+	CURLU *u = NULL;
+	char *scheme = NULL, *host = NULL, *port = NULL, *path = NULL, *user = NULL, *query = NULL, *frag = NULL;
+	size_t n, baselen;
 	int rc;
 
+	if (strlen(url) > URL_MAX || (u = curl_url()) == NULL ||
+	    curl_url_set(u, CURLUPART_URL, url, CURLU_NON_SUPPORT_SCHEME) != CURLUE_OK ||
+	    curl_url_get(u, CURLUPART_SCHEME, &scheme, 0) != CURLUE_OK || strcasecmp(scheme, "https") != 0 ||
+	    curl_url_get(u, CURLUPART_HOST, &host, 0) != CURLUE_OK || *host == '\0' ||
+	    curl_url_get(u, CURLUPART_USER, &user, 0) != CURLUE_NO_USER ||
+	    curl_url_get(u, CURLUPART_QUERY, &query, 0) != CURLUE_NO_QUERY ||
+	    curl_url_get(u, CURLUPART_FRAGMENT, &frag, 0) != CURLUE_NO_FRAGMENT) {
+		rc = cli_usage_error(h->cmd, "--server wants https://HOST[:PORT][/PATH], without credentials, query "
+					     "or fragment");
+		goto out;
+	}
+	if (curl_url_get(u, CURLUPART_PORT, &port, CURLU_DEFAULT_PORT) != CURLUE_OK ||
+	    curl_url_get(u, CURLUPART_PATH, &path, 0) != CURLUE_OK) {
+		rc = fail(h, ESC_ERR_NOMEM, "out of memory");
+		goto out;
+	}
+	for (n = strlen(path); n > 0 && path[n - 1] == '/'; n--)
+		path[n - 1] = '\0';
+	/* The host keeps the brackets of an IPv6 address, as a URL has them. */
+	baselen = strlen("https://") + strlen(host) + 1 + strlen(port) + strlen(path) + 1;
+	if ((h->base = malloc(baselen)) == NULL || (h->host = strdup(host)) == NULL || (h->url = strdup(url)) == NULL) {
+		rc = fail(h, ESC_ERR_NOMEM, "out of memory");
+		goto out;
+	}
+	snprintf(h->base, baselen, "https://%s:%s%s", host, port, path);
+	rc = 0;
+out:
+	curl_free(scheme);
+	curl_free(host);
+	curl_free(port);
+	curl_free(path);
+	curl_free(user);
+	curl_free(query);
+	curl_free(frag);
+	curl_url_cleanup(u);
+	return rc;
+}
+
+/*
+ * What every client has: the URL, the trust store of ca_file (NULL:
+ * $P11ESCROW_SERVER_CA) and an easy handle set up as the header comment
+ * says.
+ */
+static int
+http_new(const char *cmd, struct esc_ctx *ctx, const char *url, const char *ca_file, struct cli_http **out)
+{
+	struct cli_http *h = NULL;
+	int rc;
+
+	*out = NULL;
 	if ((h = calloc(1, sizeof(*h))) == NULL) {
 		fprintf(stderr, "%s %s: error: out of memory\n", PROG, cmd);
 		return esc_err_exit_code(ESC_ERR_NOMEM);
@@ -266,49 +465,98 @@ cli_http_open_cert(const char *cmd, struct esc_ctx *ctx, const char *url, const 
 					  "--server-ca FILE or $P11ESCROW_SERVER_CA");
 		goto out;
 	}
-	if (strlen(url) > 2048 || (u = evhttp_uri_parse(url)) == NULL || (scheme = evhttp_uri_get_scheme(u)) == NULL ||
-	    strcasecmp(scheme, "https") != 0 || (host = evhttp_uri_get_host(u)) == NULL || *host == '\0' ||
-	    evhttp_uri_get_userinfo(u) != NULL || evhttp_uri_get_query(u) != NULL ||
-	    evhttp_uri_get_fragment(u) != NULL) {
-		rc = cli_usage_error(cmd, "--server wants https://HOST[:PORT][/PATH], without credentials, query or "
-					  "fragment");
+	if ((rc = parse_url(h, url)) != 0)
 		goto out;
-	}
-	h->port = evhttp_uri_get_port(u) > 0 ? evhttp_uri_get_port(u) : 443;
-	n = strlen(host);
-	if (host[0] == '[' && n > 2 && host[n - 1] == ']')
-		h->host = strndup(host + 1, n - 2);
-	else
-		h->host = strdup(host);
-	path = evhttp_uri_get_path(u) != NULL ? evhttp_uri_get_path(u) : "";
-	h->prefix = strdup(path);
-	h->url = strdup(url);
-	if (h->host == NULL || h->prefix == NULL || h->url == NULL ||
-	    (h->host_hdr = malloc(strlen(host) + 8)) == NULL) {
-		rc = fail(h, ESC_ERR_NOMEM, "out of memory");
-		goto out;
-	}
-	/* The Host header keeps the brackets of an IPv6 address. */
-	snprintf(h->host_hdr, strlen(host) + 8, "%s:%d", host, h->port);
-	for (n = strlen(h->prefix); n > 0 && h->prefix[n - 1] == '/'; n--)
-		h->prefix[n - 1] = '\0';
-	h->host_is_ip = inet_pton(AF_INET, h->host, addr) == 1 || inet_pton(AF_INET6, h->host, addr) == 1;
-
-	if ((h->tls = SSL_CTX_new(TLS_client_method())) == NULL ||
-	    SSL_CTX_set_min_proto_version(h->tls, TLS1_2_VERSION) != 1) {
-		rc = fail(h, ESC_ERR_CRYPTO, "cannot set up TLS");
-		goto out;
-	}
-	SSL_CTX_set_verify(h->tls, SSL_VERIFY_PEER, NULL);
-	if (SSL_CTX_load_verify_locations(h->tls, ca_file, NULL) != 1) {
+	if ((h->trust = X509_STORE_new()) == NULL || X509_STORE_load_file(h->trust, ca_file) != 1) {
 		ERR_clear_error();
 		rc = fail(h, ESC_ERR_IO, "cannot read the service's CA certificate(s) from '%s'", ca_file);
 		goto out;
 	}
-	if ((h->base = event_base_new()) == NULL) {
-		rc = fail(h, ESC_ERR_NOMEM, "cannot create an event base");
+	if ((h->curl = curl_easy_init()) == NULL) {
+		rc = fail(h, ESC_ERR_NOMEM, "cannot set up the HTTPS client");
 		goto out;
 	}
+	/* Options that cannot fail but for lack of memory or an old libcurl: checked all at once. */
+	if (curl_easy_setopt(h->curl, CURLOPT_PROTOCOLS_STR, "https") != CURLE_OK ||
+	    curl_easy_setopt(h->curl, CURLOPT_REDIR_PROTOCOLS_STR, "https") != CURLE_OK ||
+	    curl_easy_setopt(h->curl, CURLOPT_FOLLOWLOCATION, 0L) != CURLE_OK ||
+	    curl_easy_setopt(h->curl, CURLOPT_NOSIGNAL, 1L) != CURLE_OK ||
+	    curl_easy_setopt(h->curl, CURLOPT_VERBOSE, 0L) != CURLE_OK ||
+	    curl_easy_setopt(h->curl, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_1_1) != CURLE_OK ||
+	    curl_easy_setopt(h->curl, CURLOPT_SSLVERSION, (long)CURL_SSLVERSION_TLSv1_2) != CURLE_OK ||
+	    curl_easy_setopt(h->curl, CURLOPT_SSL_VERIFYPEER, 1L) != CURLE_OK ||
+	    curl_easy_setopt(h->curl, CURLOPT_SSL_VERIFYHOST, 2L) != CURLE_OK ||
+	    /* The file for libcurl's own checks; the SSL_CTX callback replaces the store with ours, no CA path. */
+	    curl_easy_setopt(h->curl, CURLOPT_CAINFO, ca_file) != CURLE_OK ||
+	    curl_easy_setopt(h->curl, CURLOPT_CAPATH, NULL) != CURLE_OK ||
+	    curl_easy_setopt(h->curl, CURLOPT_SSL_CTX_FUNCTION, on_ssl_ctx) != CURLE_OK ||
+	    curl_easy_setopt(h->curl, CURLOPT_SSL_CTX_DATA, h) != CURLE_OK ||
+	    curl_easy_setopt(h->curl, CURLOPT_CONNECTTIMEOUT, (long)CLI_HTTP_TIMEOUT) != CURLE_OK ||
+	    curl_easy_setopt(h->curl, CURLOPT_LOW_SPEED_LIMIT, 1L) != CURLE_OK ||
+	    curl_easy_setopt(h->curl, CURLOPT_LOW_SPEED_TIME, (long)CLI_HTTP_TIMEOUT) != CURLE_OK ||
+	    curl_easy_setopt(h->curl, CURLOPT_TIMEOUT, (long)CLI_HTTP_DEADLINE) != CURLE_OK ||
+	    curl_easy_setopt(h->curl, CURLOPT_USERAGENT, "p11escrow/" ESC_VERSION) != CURLE_OK ||
+	    curl_easy_setopt(h->curl, CURLOPT_ERRORBUFFER, h->errbuf) != CURLE_OK ||
+	    curl_easy_setopt(h->curl, CURLOPT_WRITEFUNCTION, on_data) != CURLE_OK) {
+		rc = fail(h, ESC_ERR_INTERNAL, "cannot set up the HTTPS client (libcurl %s)", curl_version());
+		goto out;
+	}
+	*out = h;
+	h = NULL; /* transferred */
+	rc = 0;
+out:
+	cli_http_free(h);
+	return rc;
+}
+
+int
+cli_http_set_proxy(struct cli_http *h, const char *proxy)
+{
+	CURLU *u = NULL;
+	char *user = NULL, *scheme = NULL;
+	int rc;
+
+	if (proxy == NULL)
+		return 0;
+	/* Credentials do not belong in argv: a proxy that needs them is given by https_proxy. */
+	if (strlen(proxy) > URL_MAX || (u = curl_url()) == NULL ||
+	    curl_url_set(u, CURLUPART_URL, proxy, CURLU_NON_SUPPORT_SCHEME | CURLU_GUESS_SCHEME) != CURLUE_OK ||
+	    curl_url_get(u, CURLUPART_SCHEME, &scheme, 0) != CURLUE_OK ||
+	    (strcasecmp(scheme, "http") != 0 && strcasecmp(scheme, "https") != 0) ||
+	    curl_url_get(u, CURLUPART_USER, &user, 0) != CURLUE_NO_USER) {
+		rc = cli_usage_error(h->cmd, "--proxy wants http[s]://HOST[:PORT], without credentials (give a proxy "
+					     "that needs them in $https_proxy)");
+		goto out;
+	}
+	free(h->proxy);
+	if ((h->proxy = strdup(proxy)) == NULL) {
+		rc = fail(h, ESC_ERR_NOMEM, "out of memory");
+		goto out;
+	}
+	/* This proxy for every host: no_proxy of the environment does not apply to an explicit one. */
+	if (curl_easy_setopt(h->curl, CURLOPT_PROXY, h->proxy) != CURLE_OK ||
+	    curl_easy_setopt(h->curl, CURLOPT_NOPROXY, "") != CURLE_OK) {
+		rc = fail(h, ESC_ERR_INTERNAL, "cannot set the proxy");
+		goto out;
+	}
+	rc = 0;
+out:
+	curl_free(user);
+	curl_free(scheme);
+	curl_url_cleanup(u);
+	return rc;
+}
+
+int
+cli_http_open_cert(const char *cmd, struct esc_ctx *ctx, const char *url, const char *ca_file, const char *user,
+		   const char *password_file, const char *client_cert, const char *client_key, struct cli_http **out)
+{
+	struct cli_http *h = NULL;
+	struct esc_secret *pw = NULL;
+	int rc;
+
+	if ((rc = http_new(cmd, ctx, url, ca_file, &h)) != 0 || h == NULL)
+		return rc != 0 ? rc : esc_err_exit_code(ESC_ERR_INTERNAL);
 	if (client_cert == NULL || *client_cert == '\0')
 		client_cert = getenv("P11ESCROW_CLIENT_CERT");
 	if (client_key == NULL || *client_key == '\0')
@@ -329,7 +577,7 @@ cli_http_open_cert(const char *cmd, struct esc_ctx *ctx, const char *url, const 
 			rc = cli_usage_error(cmd, "--password-file is not used with --client-cert");
 			goto out;
 		}
-		if ((rc = use_client_cert(h, client_cert, client_key)) != 0)
+		if ((rc = use_client_cert(h, client_cert, client_key, NULL)) != 0)
 			goto out;
 		*out = h;
 		h = NULL; /* transferred */
@@ -355,78 +603,52 @@ cli_http_open_cert(const char *cmd, struct esc_ctx *ctx, const char *url, const 
 	rc = 0;
 out:
 	esc_secret_free(pw);
-	if (u != NULL)
-		evhttp_uri_free(u);
 	cli_http_free(h);
 	return rc;
 }
 
-/* Wipe the credentials libevent copied into the request's headers (as far as it still holds them). */
-static void
-wipe_auth_header(struct evhttp_request *req)
+int
+cli_http_open_anonymous(const char *cmd, struct esc_ctx *ctx, const char *url, const char *ca_file,
+			struct cli_http **out)
 {
-	struct evkeyvalq *hdrs = req != NULL ? evhttp_request_get_output_headers(req) : NULL;
-	struct evkeyval *kv;
+	struct cli_http *h = NULL;
+	int rc;
 
-	if (hdrs == NULL)
-		return;
-	for (kv = hdrs->tqh_first; kv != NULL; kv = kv->next.tqe_next)
-		if (strcasecmp(kv->key, "Authorization") == 0)
-			OPENSSL_cleanse(kv->value, strlen(kv->value));
+	if ((rc = http_new(cmd, ctx, url, ca_file, &h)) != 0 || h == NULL)
+		return rc != 0 ? rc : esc_err_exit_code(ESC_ERR_INTERNAL);
+	h->login_tried = 1; /* no account: no session */
+	*out = h;
+	return 0;
 }
 
-/* A body may hold a secret (a password, a private key file): libevent reads it from our buffer and wipes nothing. */
-static void
-wipe_ref(const void *data, size_t len, void *arg)
+int
+cli_http_set_client_cert(struct cli_http *h, const char *cert_file, const char *key_file, const char *key_password_file)
 {
-	(void)arg;
-	OPENSSL_cleanse((void *)data, len);
+	struct key_password kp = {h, key_password_file, key_file, 0};
+
+	return use_client_cert(h, cert_file, key_file, &kp);
 }
 
-static void
-on_error(enum evhttp_request_error err, void *arg)
+int
+cli_http_set_basic(struct cli_http *h, const char *user, const struct esc_secret *pw)
 {
-	struct exchange *x = arg;
-
-	x->error = (int)err + 1;
+	if (strchr(user, ':') != NULL)
+		return cli_usage_error(h->cmd, "a user name for HTTP Basic cannot contain ':'");
+	if (make_auth(h, user, pw) != 0)
+		return fail(h, ESC_ERR_NOMEM, "out of secure memory");
+	return 0;
 }
 
-static void
-on_done(struct evhttp_request *req, void *arg)
+EVP_PKEY *
+cli_http_client_key(const struct cli_http *h)
 {
-	struct exchange *x = arg;
-	struct evbuffer *in;
-	const char *ct;
-	size_t len;
-
-	x->done = 1;
-	x->req = NULL; /* libevent frees it */
-	if (req == NULL || (x->status = evhttp_request_get_response_code(req)) == 0) {
-		event_base_loopbreak(x->h->base);
-		return;
-	}
-	wipe_auth_header(req);
-	if ((ct = evhttp_find_header(evhttp_request_get_input_headers(req), "Content-Type")) != NULL)
-		snprintf(x->ctype, sizeof(x->ctype), "%s", ct);
-	in = evhttp_request_get_input_buffer(req);
-	len = evbuffer_get_length(in);
-	if (len > CLI_HTTP_RESPONSE_MAX) {
-		x->error = (int)EVREQ_HTTP_DATA_TOO_LONG + 1;
-	} else if ((x->body = malloc(len + 1)) != NULL) {
-		evbuffer_remove(in, x->body, len);
-		x->body[len] = '\0';
-		x->bodylen = len;
-	}
-	event_base_loopbreak(x->h->base);
+	return h->client_key;
 }
 
-static void
-on_deadline(evutil_socket_t fd, short what, void *arg)
+X509 *
+cli_http_client_cert(const struct cli_http *h)
 {
-	struct exchange *x = arg;
-
-	x->timed_out = 1;
-	event_base_loopbreak(x->h->base);
+	return h->client_cert;
 }
 
 /* Text from the server, safe for a terminal: at most max bytes, one line, control characters as '?'. */
@@ -435,7 +657,7 @@ printable(char *dst, size_t len, const char *src, size_t max)
 {
 	size_t i;
 
-	for (i = 0; i + 1 < len && i < max && src[i] != '\0' && src[i] != '\n'; i++)
+	for (i = 0; i + 1 < len && i < max && src[i] != '\0' && src[i] != '\n' && src[i] != '\r'; i++)
 		dst[i] = ((unsigned char)src[i] < 0x20 || src[i] == 0x7f) ? '?' : src[i];
 	dst[i] = '\0';
 }
@@ -486,30 +708,54 @@ error_for(int status, const char *code)
 	}
 }
 
-/* Why a request got no answer. */
-static int
-no_answer(struct cli_http *h, struct exchange *x, struct bufferevent *bev)
+/* libcurl's error text, one line for a terminal, or its generic one for code. */
+static const char *
+curl_reason(struct cli_http *h, CURLcode code, char *buf, size_t len)
 {
-	unsigned long ossl = bev != NULL ? bufferevent_get_openssl_error(bev) : 0;
-	long vr = x->ssl != NULL ? SSL_get_verify_result(x->ssl) : X509_V_OK;
-	char why[256];
+	printable(buf, len, h->errbuf[0] != '\0' ? h->errbuf : curl_easy_strerror(code), len);
+	return buf;
+}
 
-	if (x->timed_out || x->error == (int)EVREQ_HTTP_TIMEOUT + 1)
-		return fail(h, ESC_ERR_IO, "%s did not answer in time", h->url);
-	if (vr != X509_V_OK)
+/* Why a request got no answer: one line, and the exit code of the matching error. */
+static int
+no_answer(struct cli_http *h, CURLcode code, const struct sink *s)
+{
+	long vr = X509_V_OK;
+	char why[CURL_ERROR_SIZE];
+	const char *via = h->proxy != NULL ? " through the proxy " : "", *proxy = h->proxy != NULL ? h->proxy : "";
+
+	if (s->too_big || code == CURLE_FILESIZE_EXCEEDED)
+		return fail(h, ESC_ERR_BAD_INPUT, "the answer of %s is larger than %zu bytes", h->url, s->max);
+	if (s->no_memory || code == CURLE_OUT_OF_MEMORY)
+		return fail(h, ESC_ERR_NOMEM, "out of memory receiving the answer of %s", h->url);
+	switch (code) {
+	case CURLE_OPERATION_TIMEDOUT:
+		return fail(h, ESC_ERR_IO, "%s did not answer in time%s%s", h->url, via, proxy);
+	case CURLE_PEER_FAILED_VERIFICATION:
+	case CURLE_SSL_CACERT_BADFILE:
+		if (curl_easy_getinfo(h->curl, CURLINFO_SSL_VERIFYRESULT, &vr) == CURLE_OK && vr != X509_V_OK)
+			return fail(h, ESC_ERR_AUTH,
+				    "the service at %s is not trusted: %s (checked against the --server-ca "
+				    "certificates and the name '%s')",
+				    h->url, X509_verify_cert_error_string(vr), h->host);
 		return fail(h, ESC_ERR_AUTH,
-			    "the service at %s is not trusted: %s (checked against the --server-ca "
-			    "certificates and the name '%s')",
-			    h->url, X509_verify_cert_error_string(vr), h->host);
-	if (x->error == (int)EVREQ_HTTP_DATA_TOO_LONG + 1)
-		return fail(h, ESC_ERR_BAD_INPUT, "the answer of %s is larger than %d bytes", h->url,
-			    CLI_HTTP_RESPONSE_MAX);
-	/* libevent also queues socket errors here, with no OpenSSL library: those are no TLS failure. */
-	if (ossl != 0 && ERR_GET_LIB(ossl) != 0) {
-		ERR_error_string_n(ossl, why, sizeof(why));
-		return fail(h, ESC_ERR_IO, "TLS with %s failed: %s", h->url, why);
+			    "the service at %s is not trusted: %s (checked against the --server-ca certificates "
+			    "and the name '%s')",
+			    h->url, curl_reason(h, code, why, sizeof(why)), h->host);
+	case CURLE_SSL_CONNECT_ERROR:
+	case CURLE_SSL_CERTPROBLEM:
+	case CURLE_SSL_CIPHER:
+	case CURLE_USE_SSL_FAILED:
+		return fail(h, ESC_ERR_IO, "TLS with %s failed: %s", h->url, curl_reason(h, code, why, sizeof(why)));
+	case CURLE_COULDNT_RESOLVE_PROXY:
+	case CURLE_PROXY:
+		return fail(h, ESC_ERR_IO, "the proxy%s%s for %s failed: %s", *proxy ? " " : "", proxy, h->url,
+			    curl_reason(h, code, why, sizeof(why)));
+	default:
+		/* Refused, reset, closed, unresolvable: libcurl's line names host and port (never credentials). */
+		return fail(h, ESC_ERR_IO, "no answer from %s%s%s: %s", h->url, via, proxy,
+			    curl_reason(h, code, why, sizeof(why)));
 	}
-	return fail(h, ESC_ERR_IO, "no answer from %s (connection refused, reset or closed)", h->url);
 }
 
 int
@@ -521,10 +767,11 @@ cli_http_query(char *buf, size_t len, const char *key, const char *value)
 
 	if (value == NULL)
 		return 0;
-	if ((enc = evhttp_uriencode(value, -1, 0)) == NULL)
+	/* curl_easy_escape ignores its handle (libcurl >= 7.82): letters, digits and -._~ stay, the rest %XX. */
+	if ((enc = curl_easy_escape(NULL, value, 0)) == NULL)
 		return -1;
 	n = snprintf(buf + used, len - used, "%c%s=%s", strchr(buf, '?') ? '&' : '?', key, enc);
-	free(enc);
+	curl_free(enc);
 	if (n < 0 || (size_t)n >= len - used) {
 		buf[used] = '\0';
 		return -1;
@@ -533,143 +780,139 @@ cli_http_query(char *buf, size_t len, const char *key, const char *value)
 }
 
 /*
- * One exchange, authenticated with the session's token once there is one,
+ * One exchange on h's connection: method on path (below the URL's path),
+ * body of type ctype (NULL: none), accept the media type to ask for.  The
+ * answer goes to s.  Returns 0 with *status and *ctype_out set (an HTTP
+ * answer came, of any status), or the exit code after printing why none
+ * came.
+ */
+static int
+exchange(struct cli_http *h, enum cli_http_method method, const char *path, const char *ctype, const void *body,
+	 size_t bodylen, const char *accept, struct sink *s, int *status, char *ctype_out, size_t ctype_len)
+{
+	struct curl_slist *hdrs = NULL, *t;
+	char *url = NULL, line[160];
+	const char *ct = NULL;
+	size_t urllen;
+	long code = 0;
+	CURLcode res;
+	int rc;
+
+	urllen = strlen(h->base) + strlen(path) + 1;
+	if ((url = malloc(urllen)) == NULL) {
+		rc = fail(h, ESC_ERR_NOMEM, "out of memory");
+		goto out;
+	}
+	snprintf(url, urllen, "%s%s", h->base, path);
+	snprintf(line, sizeof(line), "Accept: %s", accept);
+	/* No Expect: 100-continue: the body goes at once. */
+	if ((t = curl_slist_append(hdrs, line)) == NULL ||
+	    (hdrs = t, (t = curl_slist_append(hdrs, "Expect:")) == NULL)) {
+		rc = fail(h, ESC_ERR_NOMEM, "out of memory");
+		goto out;
+	}
+	hdrs = t;
+	if (ctype != NULL) {
+		snprintf(line, sizeof(line), "Content-Type: %s", ctype);
+		if ((t = curl_slist_append(hdrs, line)) == NULL) {
+			rc = fail(h, ESC_ERR_NOMEM, "out of memory");
+			goto out;
+		}
+		hdrs = t;
+	}
+	/*
+	 * A client certificate's login sends no Authorization header until it
+	 * has a session.  libcurl copies the line into blocks wiped when freed.
+	 */
+	if (h->bearer != NULL || h->auth != NULL) {
+		if ((t = curl_slist_append(hdrs, h->bearer != NULL ? h->bearer : h->auth)) == NULL) {
+			rc = fail(h, ESC_ERR_NOMEM, "out of memory");
+			goto out;
+		}
+		hdrs = t;
+	}
+	h->errbuf[0] = '\0';
+	/* Each request sets what the last one may have changed: the method, the body, the headers. */
+	if (curl_easy_setopt(h->curl, CURLOPT_URL, url) != CURLE_OK ||
+	    curl_easy_setopt(h->curl, CURLOPT_HTTPHEADER, hdrs) != CURLE_OK ||
+	    curl_easy_setopt(h->curl, CURLOPT_WRITEDATA, s) != CURLE_OK ||
+	    curl_easy_setopt(h->curl, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)s->max) != CURLE_OK ||
+	    curl_easy_setopt(h->curl, CURLOPT_CUSTOMREQUEST, NULL) != CURLE_OK ||
+	    curl_easy_setopt(h->curl, CURLOPT_HTTPGET, 1L) != CURLE_OK) {
+		rc = fail(h, ESC_ERR_INTERNAL, "cannot set up the request");
+		goto out;
+	}
+	if (method == CLI_HTTP_POST &&
+	    /* Referenced, not copied: the body stays in the caller's (possibly secure) memory. */
+	    (curl_easy_setopt(h->curl, CURLOPT_POST, 1L) != CURLE_OK ||
+	     curl_easy_setopt(h->curl, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)bodylen) != CURLE_OK ||
+	     curl_easy_setopt(h->curl, CURLOPT_POSTFIELDS, body != NULL ? body : "") != CURLE_OK)) {
+		rc = fail(h, ESC_ERR_INTERNAL, "cannot set up the request");
+		goto out;
+	}
+	if (method == CLI_HTTP_DELETE && curl_easy_setopt(h->curl, CURLOPT_CUSTOMREQUEST, "DELETE") != CURLE_OK) {
+		rc = fail(h, ESC_ERR_INTERNAL, "cannot set up the request");
+		goto out;
+	}
+	if ((res = curl_easy_perform(h->curl)) != CURLE_OK) {
+		rc = no_answer(h, res, s);
+		goto out;
+	}
+	if (curl_easy_getinfo(h->curl, CURLINFO_RESPONSE_CODE, &code) != CURLE_OK || code < 100 || code > 599) {
+		rc = fail(h, ESC_ERR_BAD_INPUT, "no HTTP answer from %s", h->url);
+		goto out;
+	}
+	if (curl_easy_getinfo(h->curl, CURLINFO_CONTENT_TYPE, &ct) != CURLE_OK || ct == NULL)
+		ct = "";
+	printable(ctype_out, ctype_len, ct, ctype_len);
+	*status = (int)code;
+	rc = 0;
+out:
+	/* The header list held the Authorization line: nothing may point at it any more. */
+	(void)curl_easy_setopt(h->curl, CURLOPT_HTTPHEADER, NULL);
+	(void)curl_easy_setopt(h->curl, CURLOPT_POSTFIELDS, NULL);
+	curl_slist_free_all(hdrs); /* libcurl's free: wiped (main.c) */
+	free(url);
+	return rc;
+}
+
+/*
+ * One API call, authenticated with the session's token once there is one,
  * else with Basic.  *status: the HTTP status answered (0 if none).  A 404
  * to POST /session (a service without sessions) is not printed.
  */
 static int
 call(struct cli_http *h, enum cli_http_method method, const char *path, json_t *body, json_t **out, int *status)
 {
-	struct exchange x;
-	struct bufferevent *bev = NULL;
-	struct evhttp_connection *evcon = NULL;
-	struct evkeyvalq *hdrs;
-	struct event *deadline = NULL;
-	struct timeval io = {CLI_HTTP_TIMEOUT, 0}, all = {CLI_HTTP_DEADLINE, 0};
-	char *text = NULL, *uri = NULL, msg[512];
+	struct sink s = {.max = CLI_HTTP_RESPONSE_MAX};
+	char *text = NULL, *apipath = NULL, msg[512], ctype[128];
 	json_t *doc = NULL, *jerr;
 	json_error_t perr;
-	size_t urilen;
-	int rc;
+	size_t len;
+	int rc, st = 0;
 
-	memset(&x, 0, sizeof(x));
-	x.h = h;
 	h->last_status = 0;
 	h->last_err = ESC_OK;
 	h->last_msg[0] = '\0';
-	urilen = strlen(h->prefix) + strlen("/api/v1") + strlen(path) + 1;
-	if ((uri = malloc(urilen)) == NULL || (body != NULL && (text = json_dumps(body, JSON_COMPACT)) == NULL)) {
+	len = strlen("/api/v1") + strlen(path) + 1;
+	if ((apipath = malloc(len)) == NULL || (body != NULL && (text = json_dumps(body, JSON_COMPACT)) == NULL)) {
 		rc = fail(h, ESC_ERR_NOMEM, "out of memory");
 		goto out;
 	}
-	snprintf(uri, urilen, "%s/api/v1%s", h->prefix, path);
-	if ((x.ssl = SSL_new(h->tls)) == NULL) {
-		rc = fail(h, ESC_ERR_CRYPTO, "cannot set up TLS");
+	snprintf(apipath, len, "/api/v1%s", path);
+	if ((rc = exchange(h, method, apipath, text != NULL ? "application/json" : NULL, text,
+			   text != NULL ? strlen(text) : 0, "application/json", &s, &st, ctype, sizeof(ctype))) != 0)
 		goto out;
-	}
-	/* The certificate must name the host we asked for: its DNS name or its IP address. */
-	if (h->host_is_ip) {
-		if (X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(x.ssl), h->host) != 1) {
-			SSL_free(x.ssl);
-			x.ssl = NULL;
-			rc = fail(h, ESC_ERR_USAGE, "'%s' is not an IP address", h->host);
-			goto out;
-		}
-	} else {
-		SSL_set_hostflags(x.ssl, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
-		if (SSL_set1_host(x.ssl, h->host) != 1 || SSL_set_tlsext_host_name(x.ssl, h->host) != 1) {
-			SSL_free(x.ssl);
-			x.ssl = NULL;
-			rc = fail(h, ESC_ERR_CRYPTO, "cannot set the expected server name '%s'", h->host);
-			goto out;
-		}
-	}
-	/* bev owns ssl from here, evcon owns bev. */
-	if ((bev = bufferevent_openssl_socket_new(h->base, -1, x.ssl, BUFFEREVENT_SSL_CONNECTING,
-						  BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS)) == NULL) {
-		SSL_free(x.ssl);
-		x.ssl = NULL;
-		rc = fail(h, ESC_ERR_NOMEM, "cannot create a TLS connection");
-		goto out;
-	}
-	/* The answer ends with the connection (Connection: close); a missing close_notify is no truncation here. */
-	bufferevent_openssl_set_allow_dirty_shutdown(bev, 1);
-	if ((evcon = evhttp_connection_base_bufferevent_new(h->base, NULL, bev, h->host, (unsigned short)h->port)) ==
-	    NULL) {
-		bufferevent_free(bev);
-		rc = fail(h, ESC_ERR_NOMEM, "cannot create an HTTP connection");
-		goto out;
-	}
-	evhttp_connection_set_timeout_tv(evcon, &io);
-	evhttp_connection_set_retries(evcon, 0);
-	evhttp_connection_set_max_body_size(evcon, CLI_HTTP_RESPONSE_MAX);
-	evhttp_connection_set_max_headers_size(evcon, HEADERS_MAX);
-	if ((x.req = evhttp_request_new(on_done, &x)) == NULL) {
-		rc = fail(h, ESC_ERR_NOMEM, "out of memory");
-		goto out;
-	}
-	evhttp_request_set_error_cb(x.req, on_error);
-	hdrs = evhttp_request_get_output_headers(x.req);
-	evhttp_add_header(hdrs, "Host", h->host_hdr);
-	evhttp_add_header(hdrs, "User-Agent", "p11escrow/" ESC_VERSION);
-	evhttp_add_header(hdrs, "Accept", "application/json");
-	evhttp_add_header(hdrs, "Connection", "close");
-	/* A client certificate's login sends no Authorization header until it has a session. */
-	if (h->bearer != NULL || h->auth != NULL)
-		evhttp_add_header(hdrs, "Authorization", h->bearer != NULL ? h->bearer : h->auth);
-	if (text != NULL) {
-		evhttp_add_header(hdrs, "Content-Type", "application/json");
-		/* Referenced, not copied: the one copy is wiped when libevent lets go of it and again below. */
-		if (evbuffer_add_reference(evhttp_request_get_output_buffer(x.req), text, strlen(text), wipe_ref,
-					   NULL) != 0) {
-			evhttp_request_free(x.req);
-			x.req = NULL;
-			rc = fail(h, ESC_ERR_NOMEM, "out of memory");
-			goto out;
-		}
-	}
-	if ((deadline = evtimer_new(h->base, on_deadline, &x)) == NULL || evtimer_add(deadline, &all) != 0) {
-		evhttp_request_free(x.req);
-		x.req = NULL;
-		rc = fail(h, ESC_ERR_NOMEM, "out of memory");
-		goto out;
-	}
-	if (evhttp_make_request(evcon, x.req,
-				method == CLI_HTTP_POST	    ? EVHTTP_REQ_POST
-				: method == CLI_HTTP_DELETE ? EVHTTP_REQ_DELETE
-							    : EVHTTP_REQ_GET,
-				uri) != 0) {
-		x.req = NULL; /* freed by evhttp_make_request on failure */
-		rc = no_answer(h, &x, bev);
-		goto out;
-	}
-	while (!x.done && !x.timed_out)
-		if (event_base_loop(h->base, EVLOOP_ONCE) != 0)
-			break;
-	if (!x.done) {
-		/* Still pending: wipe what we can; freeing the connection frees the request. */
-		wipe_auth_header(x.req);
-		x.req = NULL;
-	}
-	if (x.status == 0) {
-		rc = no_answer(h, &x, bev);
-		goto out;
-	}
-	if (x.error != 0 || x.body == NULL) {
-		rc = no_answer(h, &x, bev);
-		goto out;
-	}
-	*status = x.status;
-	if (x.bodylen > 0)
-		doc = json_loadb((const char *)x.body, x.bodylen, JSON_REJECT_DUPLICATES, &perr);
-	if (x.status == 404 && method == CLI_HTTP_POST && strcmp(path, "/session") == 0) {
+	*status = st;
+	if (s.len > 0)
+		doc = json_loadb((const char *)s.buf, s.len, JSON_REJECT_DUPLICATES, &perr);
+	if (st == 404 && method == CLI_HTTP_POST && strcmp(path, "/session") == 0) {
 		rc = esc_err_exit_code(ESC_ERR_NOT_FOUND);
 		goto out;
 	}
-	if (x.status >= 200 && x.status < 300) {
+	if (st >= 200 && st < 300) {
 		if (doc == NULL || !json_is_object(doc)) {
-			rc = fail(h, ESC_ERR_BAD_INPUT, "the answer of %s is not a JSON object (HTTP %d)", h->url,
-				  x.status);
+			rc = fail(h, ESC_ERR_BAD_INPUT, "the answer of %s is not a JSON object (HTTP %d)", h->url, st);
 			goto out;
 		}
 		*out = doc;
@@ -678,33 +921,72 @@ call(struct cli_http *h, enum cli_http_method method, const char *path, json_t *
 		goto out;
 	}
 	/* An error: the server's reason, from {"error": ...} or a plain-text line. */
-	h->last_status = x.status;
+	h->last_status = st;
 	if (doc != NULL && json_is_object(doc) && json_is_string(jerr = json_object_get(doc, "error"))) {
 		const json_t *code = json_object_get(doc, "code");
 
 		printable(msg, sizeof(msg), json_string_value(jerr), 400);
-		rc = fail(h, error_for(x.status, json_is_string(code) ? json_string_value(code) : NULL), "%s", msg);
+		rc = fail(h, error_for(st, json_is_string(code) ? json_string_value(code) : NULL), "%s", msg);
 	} else {
-		printable(msg, sizeof(msg), x.bodylen > 0 ? (const char *)x.body : "", 400);
-		rc = fail(h, error_for(x.status, NULL), "%s answered HTTP %d%s%s", h->url, x.status, *msg ? ": " : "",
-			  msg);
+		printable(msg, sizeof(msg), s.len > 0 ? (const char *)s.buf : "", 400);
+		rc = fail(h, error_for(st, NULL), "%s answered HTTP %d%s%s", h->url, st, *msg ? ": " : "", msg);
 	}
 out:
-	if (deadline != NULL)
-		event_free(deadline);
-	if (evcon != NULL)
-		evhttp_connection_free(evcon); /* frees bev and ssl */
-	if (x.body != NULL) {
-		OPENSSL_cleanse(x.body, x.bodylen); /* a package is ciphertext, but no need to leave it around */
-		free(x.body);
-	}
+	sink_free(&s); /* a package is ciphertext, but no need to leave it around */
 	json_decref(doc);
 	if (text != NULL) {
 		OPENSSL_cleanse(text, strlen(text));
 		free(text);
 	}
-	free(uri);
+	free(apipath);
 	return rc;
+}
+
+int
+cli_http_send(struct cli_http *h, enum cli_http_method method, const char *path, const char *ctype, const void *body,
+	      size_t len, const char *accept, int secret, struct cli_http_reply *out)
+{
+	struct sink s = {.max = secret ? CLI_HTTP_SECRET_REPLY_MAX : CLI_HTTP_RESPONSE_MAX, .secure = secret};
+	char msg[512];
+	int rc, st = 0;
+
+	memset(out, 0, sizeof(*out));
+	h->last_status = 0;
+	h->last_err = ESC_OK;
+	if ((rc = exchange(h, method, path, ctype, body, len, accept, &s, &st, out->ctype, sizeof(out->ctype))) != 0)
+		goto out;
+	out->status = st;
+	if (st < 200 || st > 299) {
+		/* EST refusals are one line of text/plain: the reason, printed as it came (made printable). */
+		h->last_status = st;
+		printable(msg, sizeof(msg), s.len > 0 ? (const char *)s.buf : "", 400);
+		rc = fail(h, error_for(st, NULL), "%s answered HTTP %d%s%s", h->url, st, *msg ? ": " : "", msg);
+		goto out;
+	}
+	if (s.buf == NULL && (s.buf = secret ? OPENSSL_secure_zalloc(1) : OPENSSL_zalloc(1)) != NULL)
+		s.cap = 1;
+	if (s.buf == NULL) {
+		rc = fail(h, ESC_ERR_NOMEM, "out of memory");
+		goto out;
+	}
+	out->body = s.buf;
+	out->len = s.len;
+	out->cap = s.cap;
+	out->secure = s.secure;
+	s.buf = NULL; /* transferred */
+	rc = 0;
+out:
+	sink_free(&s);
+	return rc;
+}
+
+void
+cli_http_reply_clear(struct cli_http_reply *r)
+{
+	if (r == NULL)
+		return;
+	sink_free(&(struct sink){.buf = r->body, .cap = r->cap, .secure = r->secure});
+	memset(r, 0, sizeof(*r));
 }
 
 /*
@@ -715,8 +997,9 @@ out:
 static int
 login(struct cli_http *h)
 {
-	json_t *doc = NULL, *tok;
-	size_t n;
+	static const char prefix[] = "Authorization: Bearer ";
+	json_t *doc = NULL, *tok = NULL;
+	size_t n, pl = sizeof(prefix) - 1;
 	int rc, status = 0;
 
 	h->login_tried = 1;
@@ -730,13 +1013,13 @@ login(struct cli_http *h)
 		rc = fail(h, ESC_ERR_BAD_INPUT, "the answer of %s to the login holds no usable session token", h->url);
 		goto out;
 	}
-	h->bearerlen = 7 + n + 1;
+	h->bearerlen = pl + n + 1;
 	if ((h->bearer = OPENSSL_secure_zalloc(h->bearerlen)) == NULL) {
 		rc = fail(h, ESC_ERR_NOMEM, "out of secure memory");
 		goto out;
 	}
-	memcpy(h->bearer, "Bearer ", 7);
-	memcpy(h->bearer + 7, json_string_value(tok), n);
+	memcpy(h->bearer, prefix, pl);
+	memcpy(h->bearer + pl, json_string_value(tok), n);
 	/* The password is needed no more. */
 	if (h->auth != NULL)
 		OPENSSL_secure_clear_free(h->auth, h->authlen);

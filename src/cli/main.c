@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <curl/curl.h>
 #include <jansson.h>
 #include <openssl/crypto.h>
 
@@ -31,6 +32,7 @@ static const struct {
 	{"enroll-password", enroll_password_main, "one-time passwords for EST enrollees: create, list"},
 	{"service-cert", service_cert_main, "issue the service's TLS server certificate on the CA token"},
 	{"profile", profile_main, "certificate profiles: list"},
+	{"est", est_main, "EST client: enroll (key archived via /fullcmc or /serverkeygen), transport-cert, cacerts"},
 };
 
 /*
@@ -46,6 +48,42 @@ wiping_free(void *p)
 		return;
 	OPENSSL_cleanse(p, malloc_usable_size(p));
 	free(p);
+}
+
+/*
+ * libcurl's allocator: the same wiping free, and a realloc that moves the
+ * block and wipes the old one.  libcurl copies the Authorization header
+ * and small request bodies (passwords, key files) into its own buffers.
+ */
+static void *
+wiping_realloc(void *p, size_t n)
+{
+	size_t old;
+	void *q;
+
+	if (p == NULL)
+		return malloc(n);
+	if (n == 0) {
+		wiping_free(p);
+		return NULL;
+	}
+	old = malloc_usable_size(p);
+	if ((q = malloc(n)) == NULL)
+		return NULL;
+	memcpy(q, p, old < n ? old : n);
+	wiping_free(p);
+	return q;
+}
+
+static char *
+curl_strdup(const char *s)
+{
+	size_t n = strlen(s) + 1;
+	char *p = malloc(n);
+
+	if (p != NULL)
+		memcpy(p, s, n);
+	return p;
 }
 
 static void
@@ -69,8 +107,15 @@ int
 main(int argc, char *argv[])
 {
 	size_t i;
+	int rc;
 
 	json_set_alloc_funcs(malloc, wiping_free);
+	/* Before any thread exists, as libcurl requires; the --server client (http_client.c) uses it. */
+	if (curl_global_init_mem(CURL_GLOBAL_DEFAULT, malloc, wiping_free, wiping_realloc, curl_strdup, calloc) !=
+	    CURLE_OK) {
+		fprintf(stderr, "%s: error: cannot initialise libcurl\n", PROG);
+		return 70;
+	}
 	if (argc < 2) {
 		usage(stderr);
 		return 2;
@@ -85,8 +130,11 @@ main(int argc, char *argv[])
 		return 0;
 	}
 	for (i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
-		if (strcmp(argv[1], commands[i].name) == 0)
-			return commands[i].main(argc - 1, argv + 1);
+		if (strcmp(argv[1], commands[i].name) == 0) {
+			rc = commands[i].main(argc - 1, argv + 1);
+			curl_global_cleanup();
+			return rc;
+		}
 	fprintf(stderr, "%s: unknown command '%s' (see '%s --help')\n", PROG, argv[1], PROG);
 	return 2;
 }

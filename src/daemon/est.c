@@ -3,6 +3,7 @@
  *
  *   GET  /.well-known/est[/<label>]/cacerts        CA certificates (no authentication)
  *   GET  /.well-known/est[/<label>]/csrattrs       what the profile wants in a CSR
+ *   GET  /.well-known/est[/<label>]/transportcert  the CA transport certificate /fullcmc encrypts keys to
  *   POST /.well-known/est[/<label>]/simpleenroll   non-archival profiles only
  *   POST /.well-known/est[/<label>]/simplereenroll TLS client certificate; same subject
  *   POST /.well-known/est[/<label>]/serverkeygen   key generated here, archived, then returned
@@ -96,6 +97,23 @@ est_cacerts(struct svc_request *r)
 	for (i = 0; chain != NULL && i < sk_X509_num(chain) && n < 16; i++)
 		certs[n++] = sk_X509_value(chain, i);
 	reply_certs(r, CT_CERTS, certs, n);
+}
+
+/*
+ * The transport certificate, certs-only like /cacerts: public data a
+ * /fullcmc client needs and checks itself (issued by the CA of /cacerts,
+ * a key usage for receiving keys).  Not an RFC 7030 operation.
+ */
+static void
+est_transportcert(struct svc_request *r)
+{
+	X509 *cert = esc_keeper_transport_cert(r->w->keeper);
+
+	if (cert == NULL) {
+		svc_reply_error(r, 503, "the transport certificate is not loaded");
+		return;
+	}
+	reply_certs(r, CT_CERTS, &cert, 1);
 }
 
 static void
@@ -529,7 +547,7 @@ void
 svc_est_handle(struct svc_request *r, const char *label, const char *op)
 {
 	const struct esc_profile *p = esc_profile_find(label);
-	int get = strcmp(op, "cacerts") == 0 || strcmp(op, "csrattrs") == 0;
+	int get = strcmp(op, "cacerts") == 0 || strcmp(op, "csrattrs") == 0 || strcmp(op, "transportcert") == 0;
 	int post = strcmp(op, "simpleenroll") == 0 || strcmp(op, "simplereenroll") == 0 ||
 		   strcmp(op, "serverkeygen") == 0 || strcmp(op, "fullcmc") == 0;
 
@@ -552,6 +570,8 @@ svc_est_handle(struct svc_request *r, const char *label, const char *op)
 		est_cacerts(r);
 	else if (strcmp(op, "csrattrs") == 0)
 		est_csrattrs(r, p);
+	else if (strcmp(op, "transportcert") == 0)
+		est_transportcert(r);
 	else if (strcmp(op, "simpleenroll") == 0)
 		est_simpleenroll(r, p, 0);
 	else if (strcmp(op, "simplereenroll") == 0)

@@ -267,8 +267,38 @@ esc_b64_decode(struct esc_ctx *ctx, const char *in, size_t inlen, unsigned char 
 	return esc_b64_decode_max(ctx, in, inlen, ESC_EST_BODY_MAX, out, outlen);
 }
 
+/* Free what b64_decode allocated (n bytes), wiping it. */
+static void
+b64_free(void *p, size_t n, int secure)
+{
+	if (p == NULL)
+		return;
+	if (secure)
+		OPENSSL_secure_clear_free(p, n);
+	else
+		free(p);
+}
+
+static enum esc_err b64_decode(struct esc_ctx *ctx, const char *in, size_t inlen, size_t max, int secure,
+			       unsigned char **out, size_t *outlen);
+
 enum esc_err
 esc_b64_decode_max(struct esc_ctx *ctx, const char *in, size_t inlen, size_t max, unsigned char **out, size_t *outlen)
+{
+	return b64_decode(ctx, in, inlen, max, 0, out, outlen);
+}
+
+enum esc_err
+esc_b64_decode_secure(struct esc_ctx *ctx, const char *in, size_t inlen, size_t max, unsigned char **out,
+		      size_t *outlen)
+{
+	return b64_decode(ctx, in, inlen, max, 1, out, outlen);
+}
+
+/* secure: the copy of the text and the result in the secure heap (a key), both wiped when freed. */
+static enum esc_err
+b64_decode(struct esc_ctx *ctx, const char *in, size_t inlen, size_t max, int secure, unsigned char **out,
+	   size_t *outlen)
 {
 	/* At most this many non-blank characters can decode to max bytes. */
 	const size_t chars_max = (max + 2) / 3 * 4;
@@ -295,7 +325,7 @@ esc_b64_decode_max(struct esc_ctx *ctx, const char *in, size_t inlen, size_t max
 		return esc_error(ctx, ESC_ERR_BAD_INPUT, "the base64 text is empty");
 	if (n % 4 != 0)
 		return esc_error(ctx, ESC_ERR_BAD_INPUT, "the base64 text is truncated or not padded");
-	if ((chars = malloc(n + 1)) == NULL)
+	if ((chars = secure ? OPENSSL_secure_malloc(n + 1) : malloc(n + 1)) == NULL)
 		return esc_error(ctx, ESC_ERR_NOMEM, "out of memory");
 	for (i = 0, n = 0; i < inlen; i++)
 		if (!b64_is_space((unsigned char)in[i]))
@@ -329,7 +359,7 @@ esc_b64_decode_max(struct esc_ctx *ctx, const char *in, size_t inlen, size_t max
 		r = esc_error(ctx, ESC_ERR_BAD_INPUT, "the base64 text decodes to more than %zu bytes", max);
 		goto out;
 	}
-	if ((buf = malloc(n / 4 * 3)) == NULL) {
+	if ((buf = secure ? OPENSSL_secure_malloc(n / 4 * 3) : malloc(n / 4 * 3)) == NULL) {
 		r = esc_error(ctx, ESC_ERR_NOMEM, "out of memory");
 		goto out;
 	}
@@ -342,8 +372,8 @@ esc_b64_decode_max(struct esc_ctx *ctx, const char *in, size_t inlen, size_t max
 	buf = NULL; /* transferred */
 	r = ESC_OK;
 out:
-	free(buf);
-	free(chars);
+	b64_free(buf, n / 4 * 3, secure);
+	b64_free(chars, n + 1, secure);
 	return r;
 }
 

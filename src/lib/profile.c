@@ -207,20 +207,37 @@ esc_profile_check_key(struct esc_ctx *ctx, const struct esc_profile *p, EVP_PKEY
 			 allowed);
 }
 
-enum esc_err
-esc_profile_generate_key(struct esc_ctx *ctx, const struct esc_profile *p, EVP_PKEY **out)
+unsigned
+esc_enroll_key_parse(const char *name)
 {
-	const struct profile_def *def = esc_profile_def(p);
+	size_t i;
+
+	for (i = 0; name != NULL && i < ESC_ARRAY_LEN(key_names); i++)
+		if (strcmp(key_names[i].name, name) == 0)
+			return key_names[i].type;
+	return 0;
+}
+
+const char *
+esc_enroll_key_name(unsigned type)
+{
+	return key_name(type);
+}
+
+enum esc_err
+esc_enroll_key_generate(struct esc_ctx *ctx, unsigned type, EVP_PKEY **out)
+{
 	EVP_PKEY *key = NULL;
 
-	if (def == NULL)
-		return esc_error(ctx, ESC_ERR_USAGE, "unknown certificate profile");
-	switch (def->p.keygen) {
+	switch (type) {
 	case ESC_EKEY_RSA2048:
 		key = EVP_RSA_gen(2048);
 		break;
 	case ESC_EKEY_RSA3072:
 		key = EVP_RSA_gen(3072);
+		break;
+	case ESC_EKEY_RSA4096:
+		key = EVP_RSA_gen(4096);
 		break;
 	case ESC_EKEY_EC_P256:
 		key = EVP_EC_gen("P-256");
@@ -228,16 +245,28 @@ esc_profile_generate_key(struct esc_ctx *ctx, const struct esc_profile *p, EVP_P
 	case ESC_EKEY_EC_P384:
 		key = EVP_EC_gen("P-384");
 		break;
-	case 0:
-		return esc_error(ctx, ESC_ERR_POLICY, "profile '%s' has no server-generated keys%s", def->p.name,
-				 def->p.signing ? ": a signing key is made by its owner and never leaves them" : "");
 	default:
-		return esc_error(ctx, ESC_ERR_INTERNAL, "profile '%s' names an unknown key type", def->p.name);
+		return esc_error(ctx, ESC_ERR_USAGE, "unknown key type");
 	}
 	if (key == NULL)
-		return esc_error_ossl(ctx, ESC_ERR_CRYPTO, "cannot generate a %s key", key_name(def->p.keygen));
+		return esc_error_ossl(ctx, ESC_ERR_CRYPTO, "cannot generate a %s key", key_name(type));
 	*out = key;
 	return ESC_OK;
+}
+
+enum esc_err
+esc_profile_generate_key(struct esc_ctx *ctx, const struct esc_profile *p, EVP_PKEY **out)
+{
+	const struct profile_def *def = esc_profile_def(p);
+
+	if (def == NULL)
+		return esc_error(ctx, ESC_ERR_USAGE, "unknown certificate profile");
+	if (def->p.keygen == 0)
+		return esc_error(ctx, ESC_ERR_POLICY, "profile '%s' has no server-generated keys%s", def->p.name,
+				 def->p.signing ? ": a signing key is made by its owner and never leaves them" : "");
+	if (key_name(def->p.keygen) == NULL)
+		return esc_error(ctx, ESC_ERR_INTERNAL, "profile '%s' names an unknown key type", def->p.name);
+	return esc_enroll_key_generate(ctx, def->p.keygen, out);
 }
 
 /* ---- What the keeper builds from a profile ---------------------------------- */

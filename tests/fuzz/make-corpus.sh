@@ -67,7 +67,7 @@ fi
 if command -v clang-format >/dev/null; then clang-format -i "$here/envelope_keys.h"; fi
 
 # Clear the generated seeds, never a crash-* or regress-* file (kept reproducers).
-for d in uri config envelope import est record keeper; do
+for d in uri config envelope import est est_reply record keeper; do
     mkdir -p "$corpus/$d"
     find "$corpus/$d" -maxdepth 1 -type f ! -name 'crash-*' ! -name 'regress-*' -delete
 done
@@ -453,6 +453,49 @@ msg kra-prove-reply 88 063003020101
 { cat "$k/release"; printf '\x09'; } >"$k/trailing"
 head -c 9 "$k/issue" >"$k/truncated"
 
+# --- est_reply -----------------------------------------------------------------
+# fuzz_est_reply: an EST server's answer to a client, "CONTENT-TYPE\nBODY":
+# /serverkeygen multipart answers (as p11escrowd writes them, and variants a
+# server may send) and base64 certs-only answers.
+s=$corpus/est_reply
+openssl req -x509 -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$tmp/skg-ca.key" \
+    -subj '/CN=reply CA' -days 30 -out "$tmp/skg-ca.crt" 2>/dev/null
+openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$tmp/skg.key" \
+    -subj '/CN=enrollee' -out "$tmp/skg.csr" 2>/dev/null
+openssl x509 -req -in "$tmp/skg.csr" -CA "$tmp/skg-ca.crt" -CAkey "$tmp/skg-ca.key" -days 30 \
+    -out "$tmp/skg.crt" 2>/dev/null
+openssl pkcs8 -topk8 -nocrypt -in "$tmp/skg.key" -outform DER | openssl base64 >"$tmp/skg-key.b64"
+openssl crl2pkcs7 -nocrl -certfile "$tmp/skg.crt" -outform DER | openssl base64 >"$tmp/skg-cert.b64"
+cat "$tmp/skg.crt" "$tmp/skg-ca.crt" >"$tmp/skg-chain.pem"
+openssl crl2pkcs7 -nocrl -certfile "$tmp/skg-chain.pem" -outform DER | openssl base64 >"$tmp/skg-chain.b64"
+# skg NAME NL KEY-CTYPE CERT-CTYPE [CTYPE-LINE]: a multipart answer with line breaks NL
+skg() {
+    local name=$1 nl=$2 kct=$3 cct=$4 ct=${5:-multipart/mixed; boundary=esc-00112233aabbccdd}
+    {
+        printf '%s\n' "$ct"
+        printf -- '--esc-00112233aabbccdd%bContent-Type: %s%bContent-Transfer-Encoding: base64%b%b' \
+            "$nl" "$kct" "$nl" "$nl" "$nl"
+        if [[ $nl == '\r\n' ]]; then sed 's/$/\r/' "$tmp/skg-key.b64"; else cat "$tmp/skg-key.b64"; fi
+        printf -- '--esc-00112233aabbccdd%bContent-Type: %s%bContent-Transfer-Encoding: base64%b%b' \
+            "$nl" "$cct" "$nl" "$nl" "$nl"
+        cat "$tmp/skg-cert.b64"
+        printf -- '--esc-00112233aabbccdd--%b' "$nl"
+    } >"$s/$name"
+}
+CERTS='application/pkcs7-mime; smime-type=certs-only'
+skg skg-crlf '\r\n' application/pkcs8 "$CERTS"
+skg skg-lf '\n' application/pkcs8 "$CERTS"
+skg skg-quoted '\r\n' application/pkcs8 "$CERTS" 'multipart/mixed; boundary="esc-00112233aabbccdd"'
+skg skg-encrypted '\r\n' 'application/pkcs7-mime; smime-type=server-generated-key' "$CERTS"
+skg skg-two-keys '\r\n' application/pkcs8 application/pkcs8
+skg skg-wrong-boundary '\r\n' application/pkcs8 "$CERTS" 'multipart/mixed; boundary=other'
+head -c 600 "$s/skg-crlf" >"$s/skg-truncated"
+{ printf '%s\n' "$CERTS"; cat "$tmp/skg-cert.b64"; } >"$s/certs-one"
+{ printf '%s\n' "$CERTS"; cat "$tmp/skg-chain.b64"; } >"$s/certs-chain"
+{ printf '%s\n' "$CERTS"; tr -d '\n' <"$tmp/skg-chain.b64"; } >"$s/certs-oneline"
+printf 'text/plain\nnot an answer\n' >"$s/text"
+printf 'multipart/mixed; boundary=x' >"$s/no-body"
+
 # openssl writes key files 0600; these are test data, readable like any source file.
 find "$corpus" "$keys" -type f ! -name 'crash-*' -exec chmod 0644 {} +
 
@@ -461,7 +504,7 @@ big=$(find "$corpus" -type f ! -name 'crash-*' -size +8k)
 [[ -z $big ]] || { echo "make-corpus.sh: seeds over 8 KiB: $big" >&2; exit 1; }
 total=$(find "$corpus" -type f ! -name 'crash-*' -printf '%s\n' | awk '{s += $1} END {print s}')
 ((total < 300 * 1024)) || { echo "make-corpus.sh: corpus is $total bytes, over 300 KiB" >&2; exit 1; }
-for d in uri config envelope import est record keeper; do
+for d in uri config envelope import est est_reply record keeper; do
     printf '%-9s %3d seeds\n' "$d" "$(find "$corpus/$d" -type f ! -name 'crash-*' | wc -l)"
 done
 echo "total $total bytes"

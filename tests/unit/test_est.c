@@ -1391,6 +1391,225 @@ test_csr_symmetric(void **state)
 	X509_REQ_free(req);
 }
 
+/* ---- client side (est.h "Client side") ----------------------------------------- */
+
+static void
+test_client_csr(void **state)
+{
+	struct fixture *f = *state;
+	EVP_PKEY *p384 = EVP_PKEY_Q_keygen(NULL, NULL, "EC", "P-384");
+	X509_NAME *name = X509_NAME_new();
+	X509_REQ *req = NULL, *back = NULL;
+	unsigned char *der;
+	size_t len;
+
+	assert_non_null(p384);
+	assert_non_null(name);
+	/* No subject: an empty one (the service takes it from the password or the client certificate). */
+	assert_int_equal(esc_est_csr_build(f->ctx, f->enrollee, NULL, &req), ESC_OK);
+	assert_int_equal(X509_NAME_entry_count(X509_REQ_get_subject_name(req)), 0);
+	assert_int_equal(X509_REQ_get_signature_nid(req), NID_ecdsa_with_SHA256);
+	der = req_der(req, &len);
+	assert_int_equal(esc_csr_decode(f->ctx, der, len, &back), ESC_OK);
+	assert_int_equal(EVP_PKEY_eq(X509_REQ_get0_pubkey(back), f->enrollee), 1);
+	free(der);
+	X509_REQ_free(back);
+	X509_REQ_free(req);
+	req = NULL;
+	assert_int_equal(
+		X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_UTF8, (const unsigned char *)"Alice", -1, -1, 0), 1);
+	assert_int_equal(esc_est_csr_build(f->ctx, p384, name, &req), ESC_OK);
+	assert_int_equal(X509_NAME_cmp(X509_REQ_get_subject_name(req), name), 0);
+	assert_int_equal(X509_REQ_get_signature_nid(req), NID_ecdsa_with_SHA384);
+	X509_REQ_free(req);
+	req = NULL;
+	assert_int_equal(esc_est_csr_build(f->ctx, f->enrollee_rsa, name, &req), ESC_OK);
+	assert_int_equal(X509_REQ_get_signature_nid(req), NID_sha256WithRSAEncryption);
+	assert_int_equal(X509_REQ_verify(req, f->enrollee_rsa), 1);
+	X509_REQ_free(req);
+	req = NULL;
+	assert_int_equal(esc_est_csr_build(f->ctx, NULL, name, &req), ESC_ERR_USAGE);
+	assert_null(req);
+	X509_NAME_free(name);
+	EVP_PKEY_free(p384);
+}
+
+/* The base64 (one line per 64 characters, CRLF) of der, as a malloc'ed string. */
+static char *
+b64_of(struct fixture *f, const unsigned char *der, size_t len)
+{
+	char *b64 = NULL;
+	size_t n = 0;
+
+	assert_int_equal(esc_b64_encode(f->ctx, der, len, &b64, &n), ESC_OK);
+	return b64;
+}
+
+/* A /serverkeygen answer as p11escrowd writes it, with a line break nl ("\r\n" or "\n"); cte NULL: no such header. */
+static char *
+skg_body(const char *nl, const char *boundary, const char *key_ctype, const char *key_b64, const char *cert_ctype,
+	 const char *cert_b64, const char *cte)
+{
+	char *out = NULL, cte_line[64] = "";
+	int n;
+
+	if (cte != NULL)
+		snprintf(cte_line, sizeof(cte_line), "Content-Transfer-Encoding: %s%s", cte, nl);
+	n = asprintf(&out,
+		     "preamble%s"
+		     "--%s%sContent-Type: %s%s%s%s%s"
+		     "--%s%sContent-Type: %s%sContent-Transfer-Encoding: base64%s%s%s"
+		     "--%s--%s",
+		     nl, boundary, nl, key_ctype, nl, cte_line, nl, key_b64, boundary, nl, cert_ctype, nl, nl, nl,
+		     cert_b64, boundary, nl);
+	assert_true(n > 0);
+	return out;
+}
+
+static void
+test_serverkeygen_parse(void **state)
+{
+	struct fixture *f = *state;
+	PKCS8_PRIV_KEY_INFO *p8 = EVP_PKEY2PKCS8(f->enrollee);
+	unsigned char *p8der = NULL, *certs_der = NULL;
+	int p8len = i2d_PKCS8_PRIV_KEY_INFO(p8, &p8der);
+	size_t certs_len = 0;
+	X509 *certs[1] = {f->k.ec_cert};
+	char *key_b64, *cert_b64, *body;
+	STACK_OF(X509) *got = NULL;
+	EVP_PKEY *key = NULL;
+	static const char ct[] = "multipart/mixed; boundary=esc-0123abcd";
+	static const char ct_quoted[] = "multipart/mixed; charset=x; boundary=\"esc-0123abcd\"";
+	static const char key_ct[] = "application/pkcs8";
+	static const char cert_ct[] = "application/pkcs7-mime; smime-type=certs-only";
+	size_t i;
+
+	assert_true(p8len > 0);
+	assert_int_equal(esc_certs_only_build(f->ctx, certs, 1, &certs_der, &certs_len), ESC_OK);
+	key_b64 = b64_of(f, p8der, (size_t)p8len);
+	cert_b64 = b64_of(f, certs_der, certs_len);
+
+	/* As the service sends it (CRLF, the key's Content-Transfer-Encoding), and with LF, quoted boundary. */
+	for (i = 0; i < 3; i++) {
+		body = skg_body(i == 1 ? "\n" : "\r\n", "esc-0123abcd", key_ct, key_b64, cert_ct, cert_b64,
+				i == 2 ? NULL : "base64");
+		assert_int_equal(esc_est_serverkeygen_parse(f->ctx, i == 2 ? ct_quoted : ct,
+							    (const unsigned char *)body, strlen(body), &key, &got),
+				 ESC_OK);
+		assert_int_equal(EVP_PKEY_eq(key, f->enrollee), 1);
+		assert_int_equal(EVP_PKEY_get_bits(key), 256);
+		assert_int_equal(sk_X509_num(got), 1);
+		assert_int_equal(X509_cmp(sk_X509_value(got, 0), f->k.ec_cert), 0);
+		EVP_PKEY_free(key);
+		sk_X509_pop_free(got, X509_free);
+		key = NULL;
+		got = NULL;
+		free(body);
+	}
+
+	/* Refused, nothing returned: each with BAD_INPUT. */
+	{
+		const struct {
+			const char *ctype, *key_ct, *key_b64, *cert_ct, *cert_b64, *cte, *boundary;
+		} bad[] = {
+			{"application/pkcs7-mime", key_ct, key_b64, cert_ct, cert_b64, "base64", "esc-0123abcd"},
+			{"multipart/mixed", key_ct, key_b64, cert_ct, cert_b64, "base64", "esc-0123abcd"},
+			{ct, key_ct, key_b64, cert_ct, cert_b64, "base64", "other-boundary"},
+			{ct, "application/pkcs7-mime; smime-type=server-generated-key", key_b64, cert_ct, cert_b64,
+			 "base64", "esc-0123abcd"},
+			{ct, "text/plain", key_b64, cert_ct, cert_b64, "base64", "esc-0123abcd"},
+			{ct, key_ct, key_b64, "text/plain", cert_b64, "base64", "esc-0123abcd"},
+			{ct, key_ct, key_b64, key_ct, key_b64, "base64", "esc-0123abcd"},
+			{ct, key_ct, key_b64, cert_ct, cert_b64, "8bit", "esc-0123abcd"},
+			{ct, key_ct, cert_b64, cert_ct, cert_b64, "base64", "esc-0123abcd"},
+			{ct, key_ct, key_b64, cert_ct, key_b64, "base64", "esc-0123abcd"},
+			{ct, key_ct, "not base64!", cert_ct, cert_b64, "base64", "esc-0123abcd"},
+		};
+
+		for (i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+			body = skg_body("\r\n", bad[i].boundary, bad[i].key_ct, bad[i].key_b64, bad[i].cert_ct,
+					bad[i].cert_b64, bad[i].cte);
+			assert_int_equal(esc_est_serverkeygen_parse(f->ctx, bad[i].ctype, (const unsigned char *)body,
+								    strlen(body), &key, &got),
+					 ESC_ERR_BAD_INPUT);
+			assert_null(key);
+			assert_null(got);
+			free(body);
+		}
+	}
+	/* Cut anywhere before the close delimiter: refused, never read past the end. */
+	body = skg_body("\r\n", "esc-0123abcd", key_ct, key_b64, cert_ct, cert_b64, "base64");
+	for (i = 0; i + 19 < strlen(body); i += 7)
+		assert_int_equal(esc_est_serverkeygen_parse(f->ctx, ct, (const unsigned char *)body, i, &key, &got),
+				 ESC_ERR_BAD_INPUT);
+	assert_null(key);
+	free(body);
+	assert_int_equal(
+		esc_est_serverkeygen_parse(f->ctx, ct, (const unsigned char *)"x", ESC_EST_REPLY_MAX + 1, &key, &got),
+		ESC_ERR_BAD_INPUT);
+	free(key_b64);
+	free(cert_b64);
+	free(certs_der);
+	OPENSSL_free(p8der);
+	PKCS8_PRIV_KEY_INFO_free(p8);
+}
+
+/* A certificate for pub issued by ca (key signer) with esc_ca_issue's profile. */
+static X509 *
+issue(struct fixture *f, X509 *ca, EVP_PKEY *signer, EVP_PKEY *pub, enum esc_cert_profile profile)
+{
+	X509_NAME *name = X509_NAME_new();
+	X509 *x = NULL;
+
+	assert_non_null(name);
+	assert_int_equal(
+		X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_UTF8, (const unsigned char *)"leaf", -1, -1, 0), 1);
+	assert_int_equal(esc_ca_issue(f->ctx, ca, signer, pub, name, 30, profile, &x), ESC_OK);
+	X509_NAME_free(name);
+	return x;
+}
+
+static void
+test_cert_checks(void **state)
+{
+	struct fixture *f = *state;
+	STACK_OF(X509) *cacerts = sk_X509_new_null(), *others = sk_X509_new_null();
+	X509 *ec_leaf, *rsa_leaf, *audit_leaf, *foreign;
+
+	/* The EC test key plays the CA; the RSA one another CA. */
+	assert_non_null(cacerts);
+	assert_non_null(others);
+	assert_true(sk_X509_push(cacerts, f->k.ec_cert) > 0);
+	assert_true(sk_X509_push(others, f->k.rsa_cert) > 0);
+	ec_leaf = issue(f, f->k.ec_cert, f->k.ec, f->enrollee, ESC_PROFILE_ENCRYPTION);
+	rsa_leaf = issue(f, f->k.ec_cert, f->k.ec, f->enrollee_rsa, ESC_PROFILE_ENCRYPTION);
+	audit_leaf = issue(f, f->k.ec_cert, f->k.ec, f->enrollee, ESC_PROFILE_AUDIT);
+	foreign = issue(f, f->k.rsa_cert, f->k.rsa, f->enrollee, ESC_PROFILE_ENCRYPTION);
+
+	assert_int_equal(esc_est_cert_check(f->ctx, ec_leaf, cacerts, f->enrollee), ESC_OK);
+	assert_int_equal(esc_est_cert_check(f->ctx, ec_leaf, cacerts, NULL), ESC_OK);
+	assert_int_equal(esc_est_cert_check(f->ctx, ec_leaf, cacerts, f->enrollee_rsa), ESC_ERR_MISMATCH);
+	assert_int_equal(esc_est_cert_check(f->ctx, foreign, cacerts, f->enrollee), ESC_ERR_BAD_INPUT);
+	assert_non_null(strstr(esc_ctx_errmsg(f->ctx), "does not verify"));
+	assert_int_equal(esc_est_cert_check(f->ctx, ec_leaf, others, f->enrollee), ESC_ERR_BAD_INPUT);
+	assert_int_equal(esc_est_cert_check(f->ctx, NULL, cacerts, NULL), ESC_ERR_USAGE);
+
+	/* Transport: keyAgreement (EC), keyEncipherment (RSA); not signing-only, not the CA, not another CA's. */
+	assert_int_equal(esc_est_transport_check(f->ctx, ec_leaf, cacerts), ESC_OK);
+	assert_int_equal(esc_est_transport_check(f->ctx, rsa_leaf, cacerts), ESC_OK);
+	assert_int_equal(esc_est_transport_check(f->ctx, audit_leaf, cacerts), ESC_ERR_BAD_INPUT);
+	assert_non_null(strstr(esc_ctx_errmsg(f->ctx), "keyAgreement"));
+	assert_int_equal(esc_est_transport_check(f->ctx, f->k.ec_cert, cacerts), ESC_ERR_BAD_INPUT);
+	assert_int_equal(esc_est_transport_check(f->ctx, foreign, cacerts), ESC_ERR_BAD_INPUT);
+
+	X509_free(ec_leaf);
+	X509_free(rsa_leaf);
+	X509_free(audit_leaf);
+	X509_free(foreign);
+	sk_X509_free(cacerts);
+	sk_X509_free(others);
+}
+
 int
 main(void)
 {
@@ -1405,6 +1624,8 @@ main(void)
 		cmocka_unit_test(test_certs_only_bad),	  cmocka_unit_test(test_csrattrs),
 		cmocka_unit_test(test_csrattrs_profiles), cmocka_unit_test(test_key_recipient),
 		cmocka_unit_test(test_key_package),	  cmocka_unit_test(test_csr_symmetric),
+		cmocka_unit_test(test_client_csr),	  cmocka_unit_test(test_serverkeygen_parse),
+		cmocka_unit_test(test_cert_checks),
 	};
 
 	return cmocka_run_group_tests(tests, setup, teardown);
