@@ -228,7 +228,7 @@ run_esc 2 est transport-cert --server "http://127.0.0.1:${URL##*:}" --server-ca 
 
 note "docs/archival.md's walkthrough, block by block as written"
 mkdir "$T/walk" "$T/bin"
-awk '/^<!-- walkthrough:/ { on = 1 } /^<!-- walkthrough end/ { on = 0 }
+awk '/^<!-- walkthrough:.*est_client\.sh/ { on = 1 } /^<!-- walkthrough end/ { on = 0 }
      on && /^```sh$/ { sh = 1; next } /^```/ { sh = 0 } on && sh' "$SRC/docs/archival.md" >"$T/walk/walkthrough.sh"
 [ "$(grep -c 'p11escrow est enroll' "$T/walk/walkthrough.sh")" = 2 ] || fail "no walkthrough found in docs/archival.md"
 ln -s "$ESC" "$T/bin/p11escrow"
