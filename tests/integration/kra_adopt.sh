@@ -108,6 +108,12 @@ n=$(kras)
 ws OAEPONLY admin 16 kra enroll --key 'pkcs11:token=OAEPONLY;id=%51' --kra-pin-file "$PIN_FILE" --name oaeponly
 assert_out "decrypts RSA-OAEP itself but not raw RSA (CKM_RSA_X_509)"
 [ "$(kras)" = "$n" ] || fail "the OAEP-only card was registered"
+# Nor is a key generated there: p11escrow could not decrypt with it (before, it was registered, and its
+# records failed to open on the card as if tampered with).  The generated key is removed again.
+ws OAEPONLY admin 16 kra enroll --token 'pkcs11:token=OAEPONLY' --kra-pin-file "$PIN_FILE" --name oaepgen
+assert_out "decrypts RSA-OAEP itself but not raw RSA (CKM_RSA_X_509)"
+[ "$(kras)" = "$n" ] || fail "a key generated on the OAEP-only card was registered"
+[ "$(count_private_keys "$T/OAEPONLY/softhsm2.conf" OAEPONLY)" = 1 ] || fail "the generated key stayed on OAEPONLY"
 
 note "a PKCS#1 v1.5-only card: refused by default (43), adopted once policy accepts it"
 card P1 "-CKM_RSA_PKCS_OAEP,CKM_RSA_X_509"
