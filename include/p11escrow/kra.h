@@ -33,8 +33,8 @@ struct esc_kra {
 	char token_label[33];
 	char token_serial[17];
 	char key_uri[512];
-	long long records; /* records this KRA can recover */
-	char origin[12];   /* generated (on the card by p11escrow), adopted (the card held it) */
+	long long records;	    /* records this KRA can recover */
+	char origin[12];	    /* generated (on the card by p11escrow), adopted (the card held it) */
 	char recipient_reason[304]; /* why that recipient form: the card's probe ("" before schema 11) */
 };
 

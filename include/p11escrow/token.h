@@ -179,15 +179,6 @@ enum esc_err esc_token_key_public(struct esc_ctx *ctx, struct esc_token *tok, co
 enum esc_err esc_token_key_private(struct esc_ctx *ctx, struct esc_token *tok, const struct esc_token_key *key,
 				   EVP_PKEY **out) ESC_MUST_CHECK;
 
-/*
- * Does the token decrypt RSA-OAEP with SHA-256 (and MGF1-SHA-256) natively
- * with this key?  Probed with a real decryption of random bytes encrypted
- * to pub.  *yes = 0 for tokens limited to SHA-1 (SoftHSM2 2.6).
- * Errors: CRYPTO (software encryption failed).
- */
-enum esc_err esc_token_probe_oaep_sha256(struct esc_ctx *ctx, struct esc_token *tok, const struct esc_token_key *key,
-					 EVP_PKEY *pub, int *yes) ESC_MUST_CHECK;
-
 /* What a private key object says of itself (1 = CK_TRUE). */
 struct esc_token_key_attrs {
 	int decrypt;	       /* CKA_DECRYPT */

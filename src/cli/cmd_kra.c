@@ -26,7 +26,8 @@ help(void)
 {
 	printf("Usage: %s " CMD " enroll --token URI --name NAME --user ADMIN [OPTIONS]\n"
 	       "       %s " CMD " enroll --key URI --name NAME --user ADMIN [OPTIONS]\n"
-	       "       %s " CMD " enroll --server URL --token URI|--key URI --name NAME --user ADMIN [--kra-pin-file F]\n"
+	       "       %s " CMD
+	       " enroll --server URL --token URI|--key URI --name NAME --user ADMIN [--kra-pin-file F]\n"
 	       "       %s " CMD " list [OPTIONS]\n"
 	       "       %s " CMD " list --server URL --user NAME [--server-ca FILE]\n"
 	       "       %s " CMD " retire NAME --user ADMIN [OPTIONS]\n\n"
@@ -473,7 +474,8 @@ adopt_local(struct esc_ctx *ctx, struct esc_store *st, struct esc_account *admin
 	if ((r = esc_kra_enroll_card(ctx, st, admin, ca, k, o->name, o->days, &kra, &cert, &cert_len)) != ESC_OK)
 		goto out;
 	if ((r = esc_kra_card_store_cert(ctx, k, cert, cert_len, &stored)) != ESC_OK) {
-		fprintf(stderr, "%s %s: error: KRA '%s' is registered, but its certificate is not for the card's key: %s\n",
+		fprintf(stderr,
+			"%s %s: error: KRA '%s' is registered, but its certificate is not for the card's key: %s\n",
 			PROG, CMD, o->name, esc_ctx_errmsg(ctx));
 		*rc = esc_err_exit_code(r);
 		goto out;

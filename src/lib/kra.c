@@ -101,11 +101,12 @@ esc_kra_choose_recipient(struct esc_ctx *ctx, const char *card, const struct esc
 		return ESC_OK;
 	}
 	if (p->pkcs1)
-		return esc_error(ctx, ESC_ERR_POLICY,
-				 "card '%s' decrypts RSA only with PKCS#1 v1.5 (CKM_RSA_PKCS)%s: refused by policy "
-				 "kra_allow_rsa_pkcs1v15 (false); an administrator may accept such cards with 'p11escrow "
-				 "policy set kra_allow_rsa_pkcs1v15 true', which is weaker (docs/threat-model.md)",
-				 card, p->oaep_sha256 || p->oaep_sha1 ? " and OAEP, but not raw RSA" : "");
+		return esc_error(
+			ctx, ESC_ERR_POLICY,
+			"card '%s' decrypts RSA only with PKCS#1 v1.5 (CKM_RSA_PKCS)%s: refused by policy "
+			"kra_allow_rsa_pkcs1v15 (false); an administrator may accept such cards with 'p11escrow "
+			"policy set kra_allow_rsa_pkcs1v15 true', which is weaker (docs/threat-model.md)",
+			card, p->oaep_sha256 || p->oaep_sha1 ? " and OAEP, but not raw RSA" : "");
 	if (p->oaep_sha256 || p->oaep_sha1)
 		return esc_error(ctx, ESC_ERR_MECHANISM,
 				 "card '%s' decrypts RSA-OAEP itself but not raw RSA (CKM_RSA_X_509), which "
@@ -165,10 +166,11 @@ check_key_policy(struct esc_ctx *ctx, struct esc_store *st, const char *key_type
 				 "%d') for cards that hold no larger key",
 				 key_type, min_rsa, bits);
 	if (!rsa && bits < min_ec)
-		return esc_error(ctx, ESC_ERR_POLICY,
-				 "the KRA key is %s, smaller than policy kra_min_ec_bits (%ld) allows: use a P-%ld key, "
-				 "or an administrator lowers the policy ('p11escrow policy set kra_min_ec_bits %d')",
-				 key_type, min_ec, min_ec, bits);
+		return esc_error(
+			ctx, ESC_ERR_POLICY,
+			"the KRA key is %s, smaller than policy kra_min_ec_bits (%ld) allows: use a P-%ld key, "
+			"or an administrator lowers the policy ('p11escrow policy set kra_min_ec_bits %d')",
+			key_type, min_ec, min_ec, bits);
 	if (recipient != NULL && strcmp(recipient, "rsa-pkcs1v15") == 0 && !pkcs1)
 		return esc_error(ctx, ESC_ERR_POLICY,
 				 "the card decrypts RSA only with PKCS#1 v1.5: refused by policy "
@@ -202,8 +204,8 @@ check_key_unused(struct esc_ctx *ctx, struct esc_store *st, EVP_PKEY *pub)
 		X509_free(x);
 		if (same) {
 			r = esc_error(ctx, ESC_ERR_EXISTS,
-				      "this key is already the key of KRA '%s' (%s): one key is one KRA", PQgetvalue(res, i, 0),
-				      PQgetvalue(res, i, 2));
+				      "this key is already the key of KRA '%s' (%s): one key is one KRA",
+				      PQgetvalue(res, i, 0), PQgetvalue(res, i, 2));
 			goto out;
 		}
 	}
@@ -273,11 +275,12 @@ register_kra(struct esc_ctx *ctx, struct esc_store *st, const char *name, X509 *
 	v[8] = uri;
 	v[9] = origin;
 	v[10] = reason != NULL && *reason != '\0' ? reason : NULL;
-	r = esc_store_exec(ctx, st,
-			   "INSERT INTO kras (name, state, certificate, cert_serial, cert_sha256, key_type, recipient, "
-			   "token_label, token_serial, key_uri, key_origin, recipient_reason) VALUES ($1, 'active', $2, "
-			   "$3, $4, $5, $6, $7, $8, $9, $10, $11)",
-			   11, v, len, fmt, NULL);
+	r = esc_store_exec(
+		ctx, st,
+		"INSERT INTO kras (name, state, certificate, cert_serial, cert_sha256, key_type, recipient, "
+		"token_label, token_serial, key_uri, key_origin, recipient_reason) VALUES ($1, 'active', $2, "
+		"$3, $4, $5, $6, $7, $8, $9, $10, $11)",
+		11, v, len, fmt, NULL);
 out:
 	OPENSSL_free(der);
 	free(serial);
@@ -814,7 +817,7 @@ check_offer(struct esc_ctx *ctx, const struct esc_kra_offer *o, EVP_PKEY **pub)
 				 "unsupported KRA key type '%s' (rsa2048, rsa3072, rsa4096, ec-p256 or ec-p384)",
 				 o->key_type);
 	if (rsa ? strcmp(o->recipient, "rsa-oaep-sha256") != 0 && strcmp(o->recipient, "rsa-oaep-sha1") != 0 &&
-			  strcmp(o->recipient, "rsa-pkcs1v15") != 0
+			    strcmp(o->recipient, "rsa-pkcs1v15") != 0
 		: strcmp(o->recipient, "ecdh") != 0)
 		return esc_error(ctx, ESC_ERR_USAGE, "recipient '%s' does not fit a %s key (%s)", o->recipient,
 				 o->key_type, rsa ? "rsa-oaep-sha256, rsa-oaep-sha1 or rsa-pkcs1v15" : "ecdh");
@@ -845,7 +848,8 @@ begin_impl(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *
 	int len[13] = {0}, fmt[13] = {0};
 	enum esc_err r;
 
-	if ((r = esc_account_require(ctx, actor, ESC_ROLE_ADMIN)) != ESC_OK || (r = check_offer(ctx, o, &pub)) != ESC_OK)
+	if ((r = esc_account_require(ctx, actor, ESC_ROLE_ADMIN)) != ESC_OK ||
+	    (r = check_offer(ctx, o, &pub)) != ESC_OK)
 		goto out;
 	if ((r = esc_store_check_schema(ctx, st)) != ESC_OK ||
 	    (r = check_key_policy(ctx, st, o->key_type, o->recipient)) != ESC_OK ||
@@ -863,8 +867,8 @@ begin_impl(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *
 		goto out;
 	}
 	/* Sealed in the recipient form archival will use: the answer proves the card opens that. */
-	if ((r = esc_envelope_seal_to_key(ctx, secret, ESC_KRA_SECRET_LEN, pub, esc_oaep_hash_of_recipient(o->recipient),
-					  &env, &envlen)) != ESC_OK)
+	if ((r = esc_envelope_seal_to_key(ctx, secret, ESC_KRA_SECRET_LEN, pub,
+					  esc_oaep_hash_of_recipient(o->recipient), &env, &envlen)) != ESC_OK)
 		goto out;
 	snprintf(days, sizeof(days), "%d", o->days);
 	snprintf(secs, sizeof(secs), "%d", ESC_KRA_CHALLENGE_SECONDS);
@@ -946,7 +950,7 @@ esc_kra_enroll_begin(struct esc_ctx *ctx, struct esc_store *st, const struct esc
 #define CHALLENGE_COLUMNS                                                                                              \
 	"name, created_by, secret_sha256, key_type, recipient, public_key, token_label, token_serial, key_uri, days, " \
 	"used_at IS NOT NULL, outcome, expires_at <= now(), "                                                          \
-	"to_char(expires_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), key_origin, "                           \
+	"to_char(expires_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), key_origin, "                       \
 	"coalesce(recipient_reason, '')"
 
 /* A bytea column in libpq's text form ("\\x" + hex) into buf; its length, or -1. */
@@ -1090,7 +1094,8 @@ prove_impl(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *
 	memcpy(copy, der, (size_t)dlen);
 	if (out != NULL)
 		fill_kra(out, name, PQgetvalue(res, 0, 3), PQgetvalue(res, 0, 4), PQgetvalue(res, 0, 6),
-			 PQgetvalue(res, 0, 7), PQgetvalue(res, 0, 8), cert, PQgetvalue(res, 0, 14), PQgetvalue(res, 0, 15));
+			 PQgetvalue(res, 0, 7), PQgetvalue(res, 0, 8), cert, PQgetvalue(res, 0, 14),
+			 PQgetvalue(res, 0, 15));
 	*cert_out = copy;
 	*cert_len = (size_t)dlen;
 	copy = NULL; /* transferred */
@@ -1132,10 +1137,17 @@ esc_kra_enroll_card(struct esc_ctx *ctx, struct esc_store *st, const struct esc_
 		    unsigned char **cert, size_t *cert_len)
 {
 	struct esc_store_retry t = {0};
-	struct esc_kra_offer offer = {name,	    esc_token_label(k->card),	esc_token_serial(k->card),
-				      k->uri,	    esc_kra_card_key_type(k),	k->recipient,
-				      k->spki,	    k->spki_len,		days,
-				      k->adopted ? "adopted" : "generated", k->reason[0] ? k->reason : NULL};
+	struct esc_kra_offer offer = {name,
+				      esc_token_label(k->card),
+				      esc_token_serial(k->card),
+				      k->uri,
+				      esc_kra_card_key_type(k),
+				      k->recipient,
+				      k->spki,
+				      k->spki_len,
+				      days,
+				      k->adopted ? "adopted" : "generated",
+				      k->reason[0] ? k->reason : NULL};
 	unsigned char *challenge = NULL, *secret = NULL;
 	size_t challenge_len = 0, secret_len = 0;
 	char expires[40];

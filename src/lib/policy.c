@@ -62,7 +62,9 @@ validate(struct esc_ctx *ctx, const char *key, const char *value)
 					return ESC_OK;
 			for (c = known[i].choices; *c != NULL; c++)
 				snprintf(list + strlen(list), sizeof(list) - strlen(list), "%s%s", *c,
-					 c[1] == NULL ? "" : c[2] == NULL ? " or " : ", ");
+					 c[1] == NULL	? ""
+					 : c[2] == NULL ? " or "
+							: ", ");
 			return esc_error(ctx, ESC_ERR_USAGE, "policy %s is %s", key, list);
 		}
 		if (known[i].min > known[i].max) {

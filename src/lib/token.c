@@ -1278,9 +1278,12 @@ esc_token_key_attributes(struct esc_ctx *ctx, struct esc_token *tok, const struc
 {
 	CK_BBOOL v[7] = {CK_FALSE, CK_FALSE, CK_FALSE, CK_FALSE, CK_FALSE, CK_FALSE, CK_FALSE};
 	CK_ATTRIBUTE a[] = {
-		{CKA_DECRYPT, &v[0], sizeof(v[0])},	      {CKA_DERIVE, &v[1], sizeof(v[1])},
-		{CKA_SIGN, &v[2], sizeof(v[2])},	      {CKA_SENSITIVE, &v[3], sizeof(v[3])},
-		{CKA_EXTRACTABLE, &v[4], sizeof(v[4])},	      {CKA_ALWAYS_SENSITIVE, &v[5], sizeof(v[5])},
+		{CKA_DECRYPT, &v[0], sizeof(v[0])},
+		{CKA_DERIVE, &v[1], sizeof(v[1])},
+		{CKA_SIGN, &v[2], sizeof(v[2])},
+		{CKA_SENSITIVE, &v[3], sizeof(v[3])},
+		{CKA_EXTRACTABLE, &v[4], sizeof(v[4])},
+		{CKA_ALWAYS_SENSITIVE, &v[5], sizeof(v[5])},
 		{CKA_NEVER_EXTRACTABLE, &v[6], sizeof(v[6])},
 	};
 	CK_RV rv;
@@ -1413,8 +1416,7 @@ esc_token_probe_decrypt(struct esc_ctx *ctx, struct esc_token *tok, const struct
 	}
 	if (mech_listed(tok, CKM_RSA_PKCS, CKF_DECRYPT)) {
 		ctlen = sizeof(ct);
-		if ((r = probe_encrypt(ctx, pub, RSA_PKCS1_PADDING, NULL, probe, sizeof(probe), ct, &ctlen)) !=
-		    ESC_OK)
+		if ((r = probe_encrypt(ctx, pub, RSA_PKCS1_PADDING, NULL, probe, sizeof(probe), ct, &ctlen)) != ESC_OK)
 			goto out;
 		out->pkcs1 = probe_decrypt_one(tok, key, &pkcs1, ct, ctlen, probe, sizeof(probe));
 	}
@@ -1488,39 +1490,6 @@ esc_token_key_uri(struct esc_ctx *ctx, const struct esc_token *tok, const struct
 	r = ESC_OK;
 out:
 	p11_kit_uri_free(u);
-	return r;
-}
-
-enum esc_err
-esc_token_probe_oaep_sha256(struct esc_ctx *ctx, struct esc_token *tok, const struct esc_token_key *key, EVP_PKEY *pub,
-			    int *yes)
-{
-	CK_RSA_PKCS_OAEP_PARAMS params = {CKM_SHA256, CKG_MGF1_SHA256, CKZ_DATA_SPECIFIED, NULL, 0};
-	CK_MECHANISM mech = {CKM_RSA_PKCS_OAEP, &params, sizeof(params)};
-	unsigned char probe[32], ct[1024], pt[1024];
-	size_t ctlen = sizeof(ct);
-	CK_ULONG ptlen = sizeof(pt);
-	EVP_PKEY_CTX *pctx = NULL;
-	enum esc_err r;
-
-	*yes = 0;
-	if (RAND_bytes(probe, sizeof(probe)) != 1 || (pctx = EVP_PKEY_CTX_new(pub, NULL)) == NULL ||
-	    EVP_PKEY_encrypt_init(pctx) <= 0 || EVP_PKEY_CTX_set_rsa_padding(pctx, RSA_PKCS1_OAEP_PADDING) <= 0 ||
-	    EVP_PKEY_CTX_set_rsa_oaep_md(pctx, EVP_sha256()) <= 0 ||
-	    EVP_PKEY_CTX_set_rsa_mgf1_md(pctx, EVP_sha256()) <= 0 ||
-	    EVP_PKEY_encrypt(pctx, ct, &ctlen, probe, sizeof(probe)) <= 0) {
-		r = esc_error_ossl(ctx, ESC_ERR_CRYPTO, "cannot prepare the RSA-OAEP-SHA-256 probe");
-		goto out;
-	}
-	/* Any failure on the token means "not natively": SHA-1 is used instead. */
-	if (tok->fl->C_DecryptInit(tok->session, &mech, key->priv) == CKR_OK &&
-	    tok->fl->C_Decrypt(tok->session, ct, (CK_ULONG)ctlen, pt, &ptlen) == CKR_OK && ptlen == sizeof(probe) &&
-	    CRYPTO_memcmp(pt, probe, sizeof(probe)) == 0)
-		*yes = 1;
-	r = ESC_OK;
-out:
-	OPENSSL_cleanse(pt, sizeof(pt));
-	EVP_PKEY_CTX_free(pctx);
 	return r;
 }
 

@@ -318,8 +318,9 @@ test_pkcs1v15(void **state)
 		int want[3] = {NID_rsaEncryption, NID_rsaesOaep, NID_rsaesOaep}, i;
 
 		for (i = 0; i < 3; i++) {
-			assert_int_equal(esc_envelope_seal(f->ctx, secret, sizeof(secret), recips, &h[i], 1, &env, &envlen),
-					 ESC_OK);
+			assert_int_equal(
+				esc_envelope_seal(f->ctx, secret, sizeof(secret), recips, &h[i], 1, &env, &envlen),
+				ESC_OK);
 			assert_int_equal(ktri_alg(env, envlen), want[i]);
 			free(env);
 			env = NULL;
@@ -329,7 +330,8 @@ test_pkcs1v15(void **state)
 		esc_envelope_seal_to_key(f->ctx, secret, sizeof(secret), f->k.rsa, ESC_RSA_PKCS1V15, &env, &envlen),
 		ESC_OK);
 	assert_int_equal(ktri_alg(env, envlen), NID_rsaEncryption);
-	assert_int_equal(esc_envelope_open_with_key(f->ctx, env, envlen, f->k.rsa, f->k.rsa, &plain, &plainlen), ESC_OK);
+	assert_int_equal(esc_envelope_open_with_key(f->ctx, env, envlen, f->k.rsa, f->k.rsa, &plain, &plainlen),
+			 ESC_OK);
 	assert_memory_equal(plain, secret, sizeof(secret));
 	esc_envelope_plain_free(plain, plainlen);
 	free(env);

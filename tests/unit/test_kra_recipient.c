@@ -51,12 +51,13 @@ test_rsa_all_combinations(void **state)
 							    .pkcs1 = (bits & 8) != 0};
 			const char *recipient = NULL;
 			char why[304] = "";
-			enum esc_err r = esc_kra_choose_recipient(ctx, "C", &p, (int)allow, &recipient, why, sizeof(why));
+			enum esc_err r =
+				esc_kra_choose_recipient(ctx, "C", &p, (int)allow, &recipient, why, sizeof(why));
 
 			if (p.raw) {
 				assert_int_equal(r, ESC_OK);
 				assert_string_equal(recipient, p.oaep_sha1 && !p.oaep_sha256 ? "rsa-oaep-sha1"
-												: "rsa-oaep-sha256");
+											     : "rsa-oaep-sha256");
 				assert_non_null(strstr(why, "CKM_RSA_X_509"));
 			} else if (p.pkcs1 && allow) {
 				assert_int_equal(r, ESC_OK);
@@ -96,8 +97,7 @@ test_rsa_reasons(void **state)
 	assert_string_equal(recipient, "rsa-oaep-sha256");
 	assert_non_null(strstr(why, "no RSA-OAEP probe itself, only raw RSA"));
 	recipient = NULL;
-	assert_int_equal(esc_kra_choose_recipient(ctx, "C", &oaep, 1, &recipient, why, sizeof(why)),
-			 ESC_ERR_MECHANISM);
+	assert_int_equal(esc_kra_choose_recipient(ctx, "C", &oaep, 1, &recipient, why, sizeof(why)), ESC_ERR_MECHANISM);
 	assert_non_null(strstr(esc_ctx_errmsg(ctx), "not raw RSA"));
 }
 
