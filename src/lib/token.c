@@ -1226,7 +1226,8 @@ cert_public(struct esc_ctx *ctx, struct esc_token *tok, const struct esc_token_k
 	const char *want = strcmp(key->type_name, "ec-p256") == 0 ? "prime256v1" : "secp384r1";
 	enum esc_err r;
 
-	if (key->id_len == 0 || (r = find_objects(ctx, tok, t, ESC_ARRAY_LEN(t), found, &n)) != ESC_OK || n != 1) {
+	/* Any failure to find exactly one such certificate reads as "none". */
+	if (key->id_len == 0 || find_objects(NULL, tok, t, ESC_ARRAY_LEN(t), found, &n) != ESC_OK || n != 1) {
 		r = esc_error(ctx, ESC_ERR_KEY_NOT_FOUND,
 			      "EC key '%s' has neither a public key object nor a certificate on the token", key->label);
 		goto out;

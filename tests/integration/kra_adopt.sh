@@ -12,7 +12,8 @@
 # otherwise, then adopted, archived to with PKCS#1 v1.5 key transport and
 # recovered on, byte for byte, where the token decrypts nothing but
 # CKM_RSA_PKCS.  Also: generated keys meet kra_min_rsa_bits/kra_min_ec_bits,
-# a sign-only key and an EC key already on a card.
+# a sign-only key, an EC key already on a card, and one whose card holds a
+# certificate but no public key object.
 . "$(dirname "$0")/lib.sh"
 : "${ENVELOPE_TOOL:?set by meson}"
 
@@ -84,7 +85,24 @@ assert_out "probe:       CKM_ECDH1_DERIVE yes"
 assert_out "recipient:   ecdh: EC key; the card derives with CKM_ECDH1_DERIVE"
 assert_out "ec-p256, recipient ecdh, adopted from the card"
 as admin 0 kra retire ec-card
-[ "$(count_private_keys "$SOFTHSM2_CONF" EC)" = 1 ] || fail "the EC card lost its key"
+
+note "an EC key whose card holds its certificate but no public key object (as cards issued by a CMS do)"
+P11="pkcs11-tool --module $SOFTHSM --token-label EC --login --pin env:P11ESCROW_USER_PIN"
+$P11 --keypairgen --key-type EC:prime256v1 --id 52 --label ec-nopub --usage-derive >"$T/out" 2>&1 || fail "keygen 52"
+$P11 --read-object --type pubkey --id 52 -o "$T/ec52.der" >"$T/out" 2>&1 || fail "reading public key 52"
+openssl pkey -pubin -inform DER -in "$T/ec52.der" -out "$T/ec52.pem" || fail "public key 52"
+openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$T/issuer.key"
+openssl req -new -key "$T/issuer.key" -subj /CN=ec-nopub -out "$T/ec52.csr"
+openssl x509 -req -in "$T/ec52.csr" -signkey "$T/issuer.key" -force_pubkey "$T/ec52.pem" -days 30 -outform DER \
+    -out "$T/ec52.crt" 2>/dev/null || fail "certificate for key 52"
+$P11 --write-object "$T/ec52.crt" --type cert --id 52 --label ec-nopub >"$T/out" 2>&1 || fail "writing certificate 52"
+$P11 --delete-object --type pubkey --id 52 >"$T/out" 2>&1 || fail "deleting public key 52"
+enroll 0 --key 'pkcs11:token=EC;id=%52' --name ec-nopub
+assert_out "ec-p256, recipient ecdh, adopted from the card"
+psql_val "SELECT encode(certificate, 'base64') FROM kras WHERE name = 'ec-nopub'" | base64 -d |
+    openssl x509 -inform DER -noout -pubkey | cmp -s - "$T/ec52.pem" || fail "ec-nopub is not certified for key 52"
+as admin 0 kra retire ec-nopub
+[ "$(count_private_keys "$SOFTHSM2_CONF" EC)" = 2 ] || fail "the EC card lost a key"
 
 note "cards that decrypt less, at a security officer's workstation (their own SoftHSM2 configuration)"
 start_daemon 1
