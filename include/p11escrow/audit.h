@@ -7,13 +7,18 @@
  * reordering rows breaks the chain where it happened.  An event is written
  * in the transaction of the operation it records when there is one, so both
  * commit or neither.  Details never hold a secret.
+ *
+ * This module knows no accounts: an actor is a name and a roles string.
+ * What is done on behalf of a logged-in account (esc_audit_outcome_by,
+ * esc_audit_checkpoint_by) and reading the trail, which only an auditor or
+ * an administrator may (esc_audit_search, esc_audit_list), are declared in
+ * auth.h: the account layer sits above the audit trail.
  */
 #ifndef P11ESCROW_AUDIT_H
 #define P11ESCROW_AUDIT_H
 
 #include <stddef.h>
 
-#include <p11escrow/auth.h>
 #include <p11escrow/ctx.h>
 #include <p11escrow/err.h>
 #include <p11escrow/store.h>
@@ -41,10 +46,6 @@ enum esc_err esc_audit_append(struct esc_ctx *ctx, struct esc_store *st,
 void esc_audit_outcome(struct esc_ctx *ctx, struct esc_store *st, const char *actor, const char *role,
 		       const char *action, const char *object, enum esc_err r);
 
-/* The same for an authenticated account (actor name and roles taken from a; NULL: "unknown"). */
-void esc_audit_outcome_by(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *a, const char *action,
-			  const char *object, enum esc_err r);
-
 struct esc_audit_report {
 	long long events;
 	long long checkpoints;
@@ -64,15 +65,6 @@ struct esc_audit_report {
  */
 enum esc_err esc_audit_checkpoint(struct esc_ctx *ctx, struct esc_store *st, struct esc_token *ca_tok,
 				  long long *event_id) ESC_MUST_CHECK;
-/*
- * esc_audit_checkpoint on behalf of account actor (the service's API):
- * only an administrator or an auditor may ask; a refusal is DENIED and
- * audited (audit.checkpoint by actor).  The checkpoint itself is recorded
- * as esc_audit_checkpoint records it.  Errors: DENIED, and its.
- */
-enum esc_err esc_audit_checkpoint_by(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor,
-				     struct esc_token *ca_tok, long long *event_id) ESC_MUST_CHECK;
-
 /*
  * Recompute the whole chain, then check every checkpoint: its signature
  * under the audit certificate (which must chain to the CA certificate) and
@@ -105,18 +97,6 @@ struct esc_audit_filter {
 			       recovery request of a record of that serial */
 	size_t limit;	    /* at most this many (0: 100000) */
 };
-
-/*
- * Events matching every filter, oldest first.  reader must be an auditor or
- * administrator.  *out is malloc'ed.  Errors: DENIED, USAGE (bad serial), DB.
- */
-enum esc_err esc_audit_search(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *reader,
-			      const struct esc_audit_filter *f, struct esc_audit_row **out, size_t *n) ESC_MUST_CHECK;
-
-/* esc_audit_search without a serial filter. */
-enum esc_err esc_audit_list(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *reader,
-			    const char *since, const char *until, const char *actor, const char *action,
-			    const char *object, size_t limit, struct esc_audit_row **out, size_t *n) ESC_MUST_CHECK;
 
 /*
  * Sign a checkpoint (esc_audit_checkpoint) if one is due: when at least

@@ -286,4 +286,41 @@ struct esc_account_cert {
 enum esc_err esc_account_cert_list(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor,
 				   const char *name, struct esc_account_cert **out, size_t *n) ESC_MUST_CHECK;
 
+/*
+ * ---- The audit trail on behalf of an account (auth.c) ----------------------
+ *
+ * audit.h knows actors only as name and roles strings; these take an
+ * account, and do the role checks of reading the trail and of asking for a
+ * checkpoint.  The account layer sits above the audit trail.
+ */
+struct esc_audit_filter;
+struct esc_audit_row;
+struct esc_token;
+
+/* esc_audit_outcome for an authenticated account (actor name and roles taken from a; NULL: "unknown", "none"). */
+void esc_audit_outcome_by(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *a, const char *action,
+			  const char *object, enum esc_err r);
+
+/*
+ * esc_audit_checkpoint on behalf of account actor (the service's API):
+ * only an administrator or an auditor may ask; a refusal is DENIED and
+ * audited (audit.checkpoint by actor).  The checkpoint itself is recorded
+ * as esc_audit_checkpoint records it.  Errors: DENIED, and its.
+ */
+enum esc_err esc_audit_checkpoint_by(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor,
+				     struct esc_token *ca_tok, long long *event_id) ESC_MUST_CHECK;
+
+/*
+ * Events matching every filter (audit.h), oldest first.  reader must be an
+ * auditor or administrator.  *out is malloc'ed.  Errors: DENIED, USAGE (bad
+ * serial), DB.
+ */
+enum esc_err esc_audit_search(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *reader,
+			      const struct esc_audit_filter *f, struct esc_audit_row **out, size_t *n) ESC_MUST_CHECK;
+
+/* esc_audit_search without a serial filter. */
+enum esc_err esc_audit_list(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *reader,
+			    const char *since, const char *until, const char *actor, const char *action,
+			    const char *object, size_t limit, struct esc_audit_row **out, size_t *n) ESC_MUST_CHECK;
+
 #endif

@@ -72,4 +72,22 @@ void esc_setup_result_free(struct esc_setup_result *res);
  */
 enum esc_err esc_setup_key_uri(struct esc_ctx *ctx, struct esc_store *st, const char *role, char **out) ESC_MUST_CHECK;
 
+#define ESC_DB_ROLE_MAX 63 /* PostgreSQL's NAMEDATALEN - 1 */
+
+/*
+ * `p11escrow db grant-service`: grant the existing database role `role`
+ * exactly the privileges p11escrowd needs on this database (sql/006: it
+ * reads what it serves, inserts enrollment, archival, recovery and audit
+ * rows, updates only a recovery's progress and a one-time password's use;
+ * INSERT and SELECT only on the audit tables), after revoking whatever it
+ * had; record it so later migrations grant it what they add.  Run by the
+ * owner of the tables.  Audited (db.grant-service by "db:<current_user>",
+ * role "db-owner", refusals included); the grants and their event commit
+ * together.
+ * Errors: USAGE (bad role name), NOT_FOUND (no such role), POLICY (the role
+ * is a superuser or the owner: it could bypass the grants), DENIED (the
+ * caller is not the owner), SCHEMA_OLD, DB.
+ */
+enum esc_err esc_setup_grant_service(struct esc_ctx *ctx, struct esc_store *st, const char *role) ESC_MUST_CHECK;
+
 #endif

@@ -38,20 +38,4 @@ enum esc_err esc_store_migrate(struct esc_ctx *ctx, struct esc_store *st, int *f
 /* Fail with SCHEMA_OLD or SCHEMA_NEWER unless the schema is exactly current. */
 enum esc_err esc_store_check_schema(struct esc_ctx *ctx, struct esc_store *st) ESC_MUST_CHECK;
 
-#define ESC_DB_ROLE_MAX 63 /* PostgreSQL's NAMEDATALEN - 1 */
-
-/*
- * Grant the existing database role `role` exactly the privileges p11escrowd
- * needs on this database (sql/006: it reads what it serves, inserts
- * enrollment, archival, recovery and audit rows, updates only a recovery's
- * progress and a one-time password's use; INSERT and SELECT only on the
- * audit tables), after revoking whatever it had; record it so later
- * migrations grant it what they add.  Run by the owner of the tables.
- * Audited (db.grant-service, refusals included).
- * Errors: USAGE (bad role name), NOT_FOUND (no such role), POLICY (the role
- * is a superuser or the owner: it could bypass the grants), DENIED (the
- * caller is not the owner), SCHEMA_OLD, DB.
- */
-enum esc_err esc_store_grant_service(struct esc_ctx *ctx, struct esc_store *st, const char *role) ESC_MUST_CHECK;
-
 #endif

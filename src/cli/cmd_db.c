@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include <p11escrow/setup.h>
 #include <p11escrow/store.h>
 
 #include "cli.h"
@@ -86,7 +87,7 @@ db_main(int argc, char *argv[])
 		goto out;
 	}
 	if (strcmp(action, "grant-service") == 0) {
-		if ((r = esc_store_grant_service(ctx, st, argv[optind + 1])) != ESC_OK) {
+		if ((r = esc_setup_grant_service(ctx, st, argv[optind + 1])) != ESC_OK) {
 			rc = cli_fail(CMD, ctx, r);
 			goto out;
 		}

@@ -69,6 +69,7 @@
 
 #include "esc_build_config.h"
 #include "api_admin.h"
+#include "sandbox.h"
 #include "svc.h"
 
 struct slot {
@@ -101,6 +102,7 @@ struct proc {
 struct svc {
 	struct esc_config *cfg;
 	struct esc_secret *pin; /* the keeper process's only */
+	int pin_from_env;	/* the PIN came from P11ESCROW_CA_PIN, wiped once read: no keeper restart */
 	SSL_CTX *tls;
 	int listen_fd;
 	int nworkers;
@@ -837,19 +839,30 @@ fail(struct svc *s, struct esc_ctx *ctx, enum esc_err r)
 	return esc_err_exit_code(r);
 }
 
+/* Where the keeper reads the PIN: the file (in path, returned), or NULL: the environment. */
+static const char *
+pin_file(struct svc *s, char *path, size_t len)
+{
+	const char *file = esc_config_get(s->cfg, "ca_pin_file"), *creds = getenv("CREDENTIALS_DIRECTORY");
+
+	if (*file != '\0')
+		return file;
+	if (creds != NULL && *creds == '/') {
+		snprintf(path, len, "%s/ca-pin", creds);
+		if (access(path, F_OK) == 0)
+			return path;
+	}
+	return NULL;
+}
+
 static enum esc_err
 obtain_pin(struct svc *s, struct esc_ctx *ctx)
 {
-	const char *file = esc_config_get(s->cfg, "ca_pin_file"), *creds = getenv("CREDENTIALS_DIRECTORY");
 	char path[4096];
+	const char *file = pin_file(s, path, sizeof(path));
 	enum esc_err r;
 
-	if (*file == '\0' && creds != NULL && *creds == '/') {
-		snprintf(path, sizeof(path), "%s/ca-pin", creds);
-		if (access(path, F_OK) == 0)
-			file = path;
-	}
-	r = esc_secret_obtain(ctx, *file ? file : NULL, "P11ESCROW_CA_PIN", NULL, &s->pin);
+	r = esc_secret_obtain(ctx, file, "P11ESCROW_CA_PIN", NULL, &s->pin);
 	/* Copied into the secure heap (or not needed): gone from the environment, before any thread starts. */
 	esc_env_wipe("P11ESCROW_CA_PIN");
 	return r;
@@ -1141,6 +1154,14 @@ worker_proc_main(struct svc *s, int index, int kfd, int ctl, int ready)
 	}
 	if (drop_privileges(s, w) != 0)
 		goto out;
+	{
+		char why[160];
+
+		if (svc_sandbox_worker(why, sizeof(why)) != 0) {
+			svc_log(w, ESC_LOG_ERROR, "cannot install the seccomp filter: %s", why);
+			goto out;
+		}
+	}
 	/* The supervisor's signals were blocked for it; the loop takes SIGTERM and SIGINT itself. */
 	sigemptyset(&sigs);
 	sigaddset(&sigs, SIGTERM);
@@ -1151,6 +1172,22 @@ worker_proc_main(struct svc *s, int index, int kfd, int ctl, int ready)
 			goto out;
 		close(ready);
 	}
+#ifdef ESC_TEST_HOOKS
+	/* Test builds: P11ESCROW_FAULT_EXEC=FILE makes the first worker to create FILE try to run a program. */
+	{
+		const char *f = getenv("P11ESCROW_FAULT_EXEC");
+		int fd;
+
+		if (f != NULL && (fd = open(f, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600)) >= 0) {
+			char *const args[] = {(char *)"/bin/true", NULL};
+
+			close(fd);
+			(void)execve(args[0], args, environ);
+			svc_log(w, ESC_LOG_ERROR, "the seccomp filter let execve through: %s", strerror(errno));
+			_exit(71);
+		}
+	}
+#endif
 	/* Worker 0 expires overdue packages at once, then on its timer. */
 	if (sl.expire_ev != NULL)
 		expire_sweep(&sl);
@@ -1373,6 +1410,16 @@ reap(struct svc *s, int *fatal)
 			if (WIFEXITED(st) && KEEPER_FATAL(WEXITSTATUS(st))) {
 				mlog(s, ESC_LOG_ERROR, "the keeper %s: not restarted", how);
 				*fatal = WEXITSTATUS(st);
+				return -1;
+			}
+			if (s->pin_from_env) {
+				/* A new keeper would find no PIN: stop now, saying why, not after a failed login. */
+				mlog(s, ESC_LOG_ERROR,
+				     "the keeper (pid %d) %s and cannot be restarted: the CA PIN came from "
+				     "P11ESCROW_CA_PIN, which was wiped once read; stopping (set ca_pin_file or a "
+				     "systemd credential 'ca-pin' so that a keeper can be restarted)",
+				     (int)pid, how);
+				*fatal = 10;
 				return -1;
 			}
 			s->keeper.backoff = next_backoff(s->keeper.backoff, mono() - s->keeper.started);
@@ -1645,8 +1692,17 @@ main(int argc, char *argv[])
 	for (i = 0; i < s.nworkers; i++)
 		s.workers[i].ctl = -1;
 	/* The keeper first: the only process that reads the PIN and loads the module. */
+	{
+		char path[4096];
+
+		s.pin_from_env = pin_file(&s, path, sizeof(path)) == NULL;
+	}
 	if ((rc = spawn_keeper(&s)) != 0)
 		goto out;
+	if (s.pin_from_env)
+		mlog(&s, ESC_LOG_WARN,
+		     "the CA PIN came from P11ESCROW_CA_PIN: should the keeper die, p11escrowd stops (exit 10) "
+		     "instead of restarting it; set ca_pin_file or a systemd credential 'ca-pin'");
 	/* Never read here: gone from this environment before any worker is forked. */
 	esc_env_wipe("P11ESCROW_CA_PIN");
 	/* TLS from the keeper's greeting (the CA's certificates): built once, inherited by every worker. */

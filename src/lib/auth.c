@@ -21,6 +21,7 @@
 #include <p11escrow/auth.h>
 #include <p11escrow/enroll.h>
 
+#include "audit_internal.h"
 #include "auth_internal.h"
 #include "internal.h"
 #include "store_internal.h"
@@ -1253,4 +1254,63 @@ out:
 	free(items);
 	PQclear(res);
 	return r;
+}
+
+/*
+ * ---- The audit trail on behalf of an account ------------------------------
+ *
+ * audit.c knows actors only as strings and has no role checks: these
+ * wrappers (names kept from when audit.c held them) turn an account into
+ * its name and roles, and check who may read the trail or ask for a
+ * checkpoint.  auth -> audit is the layering's direction, never back.
+ */
+
+void
+esc_audit_outcome_by(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *a, const char *action,
+		     const char *object, enum esc_err r)
+{
+	char roles[64] = "none";
+
+	if (a != NULL)
+		esc_roles_format(esc_account_roles(a), roles, sizeof(roles));
+	esc_audit_outcome(ctx, st, a ? esc_account_name(a) : "unknown", roles, action, object, r);
+}
+
+enum esc_err
+esc_audit_checkpoint_by(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor,
+			struct esc_token *ca_tok, long long *event_id)
+{
+	enum esc_err r;
+
+	if (actor == NULL ||
+	    (!esc_account_has_role(actor, ESC_ROLE_ADMIN) && !esc_account_has_role(actor, ESC_ROLE_AUDITOR))) {
+		r = esc_error(ctx, ESC_ERR_DENIED,
+			      "account '%s' is neither an administrator nor an auditor: it cannot have the audit trail "
+			      "checkpointed",
+			      actor ? esc_account_name(actor) : "unknown");
+		esc_audit_outcome_by(ctx, st, actor, "audit.checkpoint", "chain", r);
+		return r;
+	}
+	return esc_audit_checkpoint(ctx, st, ca_tok, event_id);
+}
+
+enum esc_err
+esc_audit_search(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *reader,
+		 const struct esc_audit_filter *f, struct esc_audit_row **out, size_t *n)
+{
+	/* As every role check: an account that must first change its password has no role yet. */
+	if (!esc_account_has_role(reader, ESC_ROLE_AUDITOR) && !esc_account_has_role(reader, ESC_ROLE_ADMIN))
+		return esc_error(ctx, ESC_ERR_DENIED, "account '%s' may not read the audit trail",
+				 reader ? esc_account_name(reader) : "(none)");
+	return esc_audit_query(ctx, st, f, out, n);
+}
+
+enum esc_err
+esc_audit_list(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *reader, const char *since,
+	       const char *until, const char *actor, const char *action, const char *object, size_t limit,
+	       struct esc_audit_row **out, size_t *n)
+{
+	struct esc_audit_filter f = {since, until, actor, action, object, NULL, limit};
+
+	return esc_audit_search(ctx, st, reader, &f, out, n);
 }

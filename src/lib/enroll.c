@@ -97,75 +97,6 @@ fault_point(const char *point)
 }
 #endif
 
-static int
-add_name(GENERAL_NAMES *gens, int type, const unsigned char *data, int len)
-{
-	GENERAL_NAME *gn = GENERAL_NAME_new();
-	ASN1_STRING *s = type == GEN_IPADD ? ASN1_OCTET_STRING_new() : ASN1_IA5STRING_new();
-
-	if (gn == NULL || s == NULL || !ASN1_STRING_set(s, data, len)) {
-		GENERAL_NAME_free(gn);
-		ASN1_STRING_free(s);
-		return 0;
-	}
-	GENERAL_NAME_set0_value(gn, type, s);
-	if (!sk_GENERAL_NAME_push(gens, gn)) {
-		GENERAL_NAME_free(gn);
-		return 0;
-	}
-	return 1;
-}
-
-/* A plain mail address: local@domain, printable ASCII without spaces, bounded. */
-static int
-mail_address(const unsigned char *s, int len)
-{
-	int i, at = -1;
-
-	if (len < 3 || len > 254)
-		return 0;
-	for (i = 0; i < len; i++) {
-		if (s[i] <= 0x20 || s[i] >= 0x7f || s[i] == ',' || s[i] == '<' || s[i] == '>')
-			return 0;
-		if (s[i] == '@') {
-			if (at >= 0)
-				return 0;
-			at = i;
-		}
-	}
-	return at > 0 && at < len - 1;
-}
-
-/* S/MIME: the subject's emailAddress attributes become rfc822Name alternative names (keeper_internal.h). */
-enum esc_err
-esc_enroll_email_sans(struct esc_ctx *ctx, const X509_NAME *subject, GENERAL_NAMES **out)
-{
-	GENERAL_NAMES *gens = sk_GENERAL_NAME_new_null();
-	int i = -1;
-	enum esc_err r;
-
-	if (gens == NULL)
-		return esc_error(ctx, ESC_ERR_NOMEM, "out of memory");
-	while ((i = X509_NAME_get_index_by_NID(subject, NID_pkcs9_emailAddress, i)) >= 0) {
-		const ASN1_STRING *v = X509_NAME_ENTRY_get_data(X509_NAME_get_entry(subject, i));
-
-		if (!mail_address(ASN1_STRING_get0_data(v), ASN1_STRING_length(v))) {
-			r = esc_error(ctx, ESC_ERR_POLICY, "the subject's emailAddress is not a plain mail address");
-			goto out;
-		}
-		if (!add_name(gens, GEN_EMAIL, ASN1_STRING_get0_data(v), ASN1_STRING_length(v))) {
-			r = esc_error(ctx, ESC_ERR_NOMEM, "out of memory");
-			goto out;
-		}
-	}
-	*out = gens;
-	gens = NULL; /* transferred */
-	r = ESC_OK;
-out:
-	GENERAL_NAMES_free(gens);
-	return r;
-}
-
 /*
  * Sign (unless *x holds a certificate from an earlier attempt) and record
  * it, redrawing the serial — a new signature — if it is taken.
@@ -415,7 +346,7 @@ issue_impl(struct esc_ctx *ctx, struct esc_store *st, struct esc_keeper *k, cons
 		ERR_clear_error();
 		return esc_error(ctx, ESC_ERR_MISMATCH, "the private key does not match the request's public key");
 	}
-	if (def->email_san && (r = esc_enroll_email_sans(ctx, req->subject, &san)) != ESC_OK)
+	if (def->email_san && (r = esc_profile_email_sans(ctx, req->subject, &san)) != ESC_OK)
 		return r;
 	do
 		r = issue_tx(ctx, st, k, def, req, san, is);
@@ -911,11 +842,11 @@ server_names(struct esc_ctx *ctx, const char *const *names, size_t nnames, GENER
 		int ok;
 
 		if (inet_pton(AF_INET, nm, ip) == 1)
-			ok = add_name(gens, GEN_IPADD, ip, 4);
+			ok = esc_profile_add_name(gens, GEN_IPADD, ip, 4);
 		else if (inet_pton(AF_INET6, nm, ip) == 1)
-			ok = add_name(gens, GEN_IPADD, ip, 16);
+			ok = esc_profile_add_name(gens, GEN_IPADD, ip, 16);
 		else if (dns_name(nm, host, sizeof(host)))
-			ok = add_name(gens, GEN_DNS, (const unsigned char *)host, (int)strlen(host));
+			ok = esc_profile_add_name(gens, GEN_DNS, (const unsigned char *)host, (int)strlen(host));
 		else {
 			char s[72];
 

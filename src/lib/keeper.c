@@ -106,7 +106,52 @@ esc_keeper_transport_cert(const struct esc_keeper *k)
 const char *
 esc_keeper_token_label(const struct esc_keeper *k)
 {
-	return k->remote ? "keeper process" : esc_token_label(k->tok);
+	return k->remote ? "keeper process" : k->tok != NULL ? esc_token_label(k->tok) : "software keys";
+}
+
+/* A keeper over software keys (esc_keeper_from_keys) has no token for what reads the database and signs on it. */
+static enum esc_err
+no_token(struct esc_ctx *ctx, const char *what)
+{
+	return esc_error(ctx, ESC_ERR_TOKEN_NOT_FOUND, "keeper: %s needs the CA token, and this keeper holds none",
+			 what);
+}
+
+enum esc_err
+esc_keeper_from_keys(struct esc_ctx *ctx, X509 *ca_cert, STACK_OF(X509) *chain, EVP_PKEY *signer, EVP_PKEY *transport,
+		     X509 *transport_cert, struct esc_keeper **out)
+{
+	struct esc_keeper *k = NULL;
+	enum esc_err r;
+	int i;
+
+	if (ca_cert == NULL || signer == NULL || transport == NULL || transport_cert == NULL || out == NULL)
+		return esc_error(ctx, ESC_ERR_INTERNAL, "esc_keeper_from_keys: NULL argument");
+	if ((k = calloc(1, sizeof(*k))) == NULL || (k->chain = sk_X509_new_null()) == NULL) {
+		r = esc_error(ctx, ESC_ERR_NOMEM, "out of memory");
+		goto out;
+	}
+	for (i = 0; i < sk_X509_num(chain); i++) {
+		if (!sk_X509_push(k->chain, sk_X509_value(chain, i))) {
+			r = esc_error(ctx, ESC_ERR_NOMEM, "out of memory");
+			goto out;
+		}
+		X509_up_ref(sk_X509_value(chain, i));
+	}
+	X509_up_ref(ca_cert);
+	k->ca_cert = ca_cert;
+	X509_up_ref(transport_cert);
+	k->transport_cert = transport_cert;
+	EVP_PKEY_up_ref(signer);
+	k->signer = signer;
+	EVP_PKEY_up_ref(transport);
+	k->transport = transport;
+	*out = k;
+	k = NULL; /* transferred */
+	r = ESC_OK;
+out:
+	esc_keeper_free(k);
+	return r;
 }
 
 int
@@ -145,6 +190,8 @@ esc_keeper_release(struct esc_ctx *ctx, struct esc_keeper *k, struct esc_store *
 		return esc_error(ctx, ESC_ERR_INTERNAL, "esc_keeper_release: NULL argument");
 	if (k->remote)
 		return remote_release(ctx, k, id);
+	if (k->tok == NULL)
+		return no_token(ctx, "a release");
 	return esc_recovery_release(ctx, st, k->tok, id);
 }
 
@@ -156,6 +203,8 @@ esc_keeper_sign_crl(struct esc_ctx *ctx, struct esc_keeper *k, struct esc_store 
 		return esc_error(ctx, ESC_ERR_INTERNAL, "esc_keeper_sign_crl: NULL argument");
 	if (k->remote)
 		return remote_sign_crl(ctx, k, by, days, out);
+	if (k->tok == NULL)
+		return no_token(ctx, "a CRL");
 	return by != NULL ? esc_crl_build_by(ctx, st, by, k->tok, days, out)
 			  : esc_crl_build(ctx, st, k->tok, days, out);
 }
@@ -169,6 +218,8 @@ esc_keeper_kra_prove(struct esc_ctx *ctx, struct esc_keeper *k, struct esc_store
 		return esc_error(ctx, ESC_ERR_INTERNAL, "esc_keeper_kra_prove: NULL argument");
 	if (k->remote)
 		return remote_kra_prove(ctx, k, st, actor, name, id, secret, secret_len, out, cert, cert_len);
+	if (k->tok == NULL)
+		return no_token(ctx, "a KRA certificate");
 	return esc_kra_enroll_prove(ctx, st, actor, k->tok, name, id, secret, secret_len, out, cert, cert_len);
 }
 
@@ -180,6 +231,8 @@ esc_keeper_checkpoint(struct esc_ctx *ctx, struct esc_keeper *k, struct esc_stor
 		return esc_error(ctx, ESC_ERR_INTERNAL, "esc_keeper_checkpoint: NULL argument");
 	if (k->remote)
 		return remote_checkpoint(ctx, k, by, events, seconds, event_id);
+	if (k->tok == NULL)
+		return no_token(ctx, "an audit checkpoint");
 	if (by != NULL)
 		return esc_audit_checkpoint_by(ctx, st, by, k->tok, event_id);
 	if (events == 0 && seconds == 0)
@@ -484,17 +537,11 @@ esc_keeper_issue(struct esc_ctx *ctx, struct esc_keeper *k, const struct profile
 	struct esc_ee_spec spec;
 	enum esc_err r;
 
-	if ((r = esc_profile_check_key(ctx, &def->p, pub)) != ESC_OK)
+	/* The profile's rules first, also for a remote keeper: a certificate it must refuse is not asked for. */
+	if ((r = esc_profile_ee_spec(ctx, def, subject, pub, san, &spec)) != ESC_OK)
 		return r;
 	if (k->remote)
 		return remote_issue(ctx, k, def, subject, pub, san, out);
-	memset(&spec, 0, sizeof(spec));
-	spec.subject = subject;
-	spec.pub = pub;
-	spec.san = san;
-	spec.key_usage = EVP_PKEY_is_a(pub, "EC") ? def->ku_ec : def->ku_rsa;
-	spec.ext_key_usage = def->eku;
-	spec.days = def->p.days;
 	return esc_ca_issue_ee(ctx, k->ca_cert, k->signer, &spec, out);
 }
 
@@ -1153,7 +1200,7 @@ serve_issue(struct esc_ctx *ctx, struct esc_keeper *k, const struct esc_kp_msg *
 		goto out;
 	}
 	if (def->email_san) {
-		if ((r = esc_enroll_email_sans(ctx, subject, &san)) != ESC_OK)
+		if ((r = esc_profile_email_sans(ctx, subject, &san)) != ESC_OK)
 			goto out;
 		if (sk_GENERAL_NAME_num(san) > 0 && (want = DER_OF(i2d_GENERAL_NAMES, san, &wantlen)) == NULL) {
 			r = esc_error(ctx, ESC_ERR_NOMEM, "out of memory");

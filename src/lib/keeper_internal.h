@@ -20,11 +20,16 @@ enum esc_err esc_keeper_issue(struct esc_ctx *ctx, struct esc_keeper *k, const s
 			      X509 **out) ESC_MUST_CHECK;
 
 /*
- * The alternative names a profile with email_san derives from subject: its
- * emailAddress attributes as rfc822Names (possibly none).  The keeper
- * process derives them again rather than signing a worker's list.
- * *out is the caller's.  Errors: POLICY (not a plain mail address), NOMEM.
+ * A local keeper over keys the caller already holds, without a token: the
+ * CA certificate and the chain above it (may be NULL), the CA signing key,
+ * the transport key and its certificate (each referenced, not copied).  It
+ * builds, signs, opens and seals exactly as a keeper on the CA token does
+ * (issue, open_transport, seal_server_key, esc_keeper_serve); what needs
+ * the token itself (release, CRL, KRA certificate, checkpoint) it answers
+ * TOKEN_NOT_FOUND.  It gives its holder nothing the keys did not: the unit
+ * tests use it.  Errors: INTERNAL (a NULL argument), NOMEM.
  */
-enum esc_err esc_enroll_email_sans(struct esc_ctx *ctx, const X509_NAME *subject, GENERAL_NAMES **out) ESC_MUST_CHECK;
+enum esc_err esc_keeper_from_keys(struct esc_ctx *ctx, X509 *ca_cert, STACK_OF(X509) *chain, EVP_PKEY *signer,
+				  EVP_PKEY *transport, X509 *transport_cert, struct esc_keeper **out) ESC_MUST_CHECK;
 
 #endif

@@ -1,7 +1,9 @@
 /*
  * Certificate profiles: the built-in table (profile.h).  What a profile
  * allows is decided here and nowhere else: enrollment checks requests
- * against it and the keeper builds certificates from it.
+ * against it and the keeper builds certificates from it (the alternative
+ * names a profile derives, esc_profile_email_sans, and the end-entity
+ * specification, esc_profile_ee_spec).  Pure: no token, no database.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -12,6 +14,8 @@
 #include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/rsa.h>
+#include <openssl/x509.h>
+#include <openssl/x509v3.h>
 
 #include <p11escrow/profile.h>
 
@@ -233,5 +237,96 @@ esc_profile_generate_key(struct esc_ctx *ctx, const struct esc_profile *p, EVP_P
 	if (key == NULL)
 		return esc_error_ossl(ctx, ESC_ERR_CRYPTO, "cannot generate a %s key", key_name(def->p.keygen));
 	*out = key;
+	return ESC_OK;
+}
+
+/* ---- What the keeper builds from a profile ---------------------------------- */
+
+int
+esc_profile_add_name(GENERAL_NAMES *gens, int type, const unsigned char *data, int len)
+{
+	GENERAL_NAME *gn = GENERAL_NAME_new();
+	ASN1_STRING *s = type == GEN_IPADD ? ASN1_OCTET_STRING_new() : ASN1_IA5STRING_new();
+
+	if (gn == NULL || s == NULL || !ASN1_STRING_set(s, data, len)) {
+		GENERAL_NAME_free(gn);
+		ASN1_STRING_free(s);
+		return 0;
+	}
+	GENERAL_NAME_set0_value(gn, type, s);
+	if (!sk_GENERAL_NAME_push(gens, gn)) {
+		GENERAL_NAME_free(gn);
+		return 0;
+	}
+	return 1;
+}
+
+/* A plain mail address: local@domain, printable ASCII without spaces, bounded. */
+static int
+mail_address(const unsigned char *s, int len)
+{
+	int i, at = -1;
+
+	if (len < 3 || len > 254)
+		return 0;
+	for (i = 0; i < len; i++) {
+		if (s[i] <= 0x20 || s[i] >= 0x7f || s[i] == ',' || s[i] == '<' || s[i] == '>')
+			return 0;
+		if (s[i] == '@') {
+			if (at >= 0)
+				return 0;
+			at = i;
+		}
+	}
+	return at > 0 && at < len - 1;
+}
+
+/* S/MIME: the subject's emailAddress attributes become rfc822Name alternative names (profile_internal.h). */
+enum esc_err
+esc_profile_email_sans(struct esc_ctx *ctx, const X509_NAME *subject, GENERAL_NAMES **out)
+{
+	GENERAL_NAMES *gens = sk_GENERAL_NAME_new_null();
+	int i = -1;
+	enum esc_err r;
+
+	if (gens == NULL)
+		return esc_error(ctx, ESC_ERR_NOMEM, "out of memory");
+	while ((i = X509_NAME_get_index_by_NID(subject, NID_pkcs9_emailAddress, i)) >= 0) {
+		const ASN1_STRING *v = X509_NAME_ENTRY_get_data(X509_NAME_get_entry(subject, i));
+
+		if (!mail_address(ASN1_STRING_get0_data(v), ASN1_STRING_length(v))) {
+			r = esc_error(ctx, ESC_ERR_POLICY, "the subject's emailAddress is not a plain mail address");
+			goto out;
+		}
+		if (!esc_profile_add_name(gens, GEN_EMAIL, ASN1_STRING_get0_data(v), ASN1_STRING_length(v))) {
+			r = esc_error(ctx, ESC_ERR_NOMEM, "out of memory");
+			goto out;
+		}
+	}
+	*out = gens;
+	gens = NULL; /* transferred */
+	r = ESC_OK;
+out:
+	GENERAL_NAMES_free(gens);
+	return r;
+}
+
+enum esc_err
+esc_profile_ee_spec(struct esc_ctx *ctx, const struct profile_def *def, const X509_NAME *subject, EVP_PKEY *pub,
+		    const GENERAL_NAMES *san, struct esc_ee_spec *spec)
+{
+	enum esc_err r;
+
+	if (def == NULL || spec == NULL)
+		return esc_error(ctx, ESC_ERR_INTERNAL, "esc_profile_ee_spec: NULL argument");
+	if ((r = esc_profile_check_key(ctx, &def->p, pub)) != ESC_OK)
+		return r;
+	memset(spec, 0, sizeof(*spec));
+	spec->subject = subject;
+	spec->pub = pub;
+	spec->san = san;
+	spec->key_usage = EVP_PKEY_is_a(pub, "EC") ? def->ku_ec : def->ku_rsa;
+	spec->ext_key_usage = def->eku;
+	spec->days = def->p.days;
 	return ESC_OK;
 }

@@ -554,6 +554,67 @@ esc_recovery_approve(struct esc_ctx *ctx, struct esc_store *st, const struct esc
 	return r;
 }
 
+/*
+ * The state column says "approved", but a state is only what the last
+ * writer left: the workers that write it parse the network. Before the
+ * CA token opens anything the decision is counted again from what it is
+ * made of: a requester who is an enabled certificate manager, and at
+ * least as many approvals as the request recorded and the policy now
+ * demands, each by an enabled certificate manager other than the
+ * requester (a certificate manager is never a KRA: the accounts table's
+ * CHECK). Run inside the release's transaction, after the row lock.
+ */
+static enum esc_err
+recount_decision(struct esc_ctx *ctx, struct esc_store *st, long long id)
+{
+	static const char *const q = "SELECT (SELECT NOT a.disabled AND 'cert-manager' = ANY (a.roles) FROM accounts a "
+				     "WHERE a.id = r.requested_by), "
+				     "(SELECT count(*) FROM recovery_approvals p JOIN accounts a ON a.id = p.approver "
+				     "WHERE p.request_id = r.id AND p.approver <> r.requested_by AND NOT a.disabled "
+				     "AND 'cert-manager' = ANY (a.roles)), "
+				     "r.approvals_required, "
+				     "(SELECT count(*) FROM recovery_approvals p WHERE p.request_id = r.id) "
+				     "FROM recovery_requests r WHERE r.id = $1";
+	PGresult *res = NULL;
+	char sid[24], *policy = NULL;
+	const char *v[1] = {sid};
+	int valid = 0, recorded = 0, all = 0, now = 0, need;
+	enum esc_err r;
+
+	snprintf(sid, sizeof(sid), "%lld", id);
+	if ((r = esc_store_exec(ctx, st, q, 1, v, NULL, NULL, &res)) != ESC_OK)
+		return r;
+	if (PQntuples(res) != 1) {
+		r = esc_error(ctx, ESC_ERR_NOT_FOUND, "no recovery request %lld", id);
+		goto out;
+	}
+	if (strcmp(PQgetvalue(res, 0, 0), "t") != 0) {
+		r = esc_error(ctx, ESC_ERR_DENIED,
+			      "request %lld: its requester is not an enabled certificate manager: nothing released",
+			      id);
+		goto out;
+	}
+	if ((r = esc_store_get_int(ctx, res, 0, 1, &valid)) != ESC_OK ||
+	    (r = esc_store_get_int(ctx, res, 0, 2, &recorded)) != ESC_OK ||
+	    (r = esc_store_get_int(ctx, res, 0, 3, &all)) != ESC_OK ||
+	    (r = esc_store_policy(ctx, st, "recovery_approvals", &policy)) != ESC_OK)
+		goto out;
+	now = (int)strtol(policy, NULL, 10);
+	need = recorded > now ? recorded : now;
+	if (valid < need) {
+		r = esc_error(ctx, ESC_ERR_DENIED,
+			      "request %lld is marked approved but has %d valid approval(s) of the %d required "
+			      "(%d recorded; policy recovery_approvals is %d now): nothing released",
+			      id, valid, need, all, now);
+		goto out;
+	}
+	r = ESC_OK;
+out:
+	free(policy);
+	PQclear(res);
+	return r;
+}
+
 static enum esc_err
 release_impl(struct esc_ctx *ctx, struct esc_store *st, struct esc_token *ca_tok, long long id)
 {
@@ -584,6 +645,8 @@ release_impl(struct esc_ctx *ctx, struct esc_store *st, struct esc_token *ca_tok
 			      PQgetvalue(res, 0, 0));
 		goto out;
 	}
+	if ((r = recount_decision(ctx, st, id)) != ESC_OK)
+		goto out;
 	if (strcmp(PQgetvalue(res, 0, 2), "active") != 0 || !kra_cert_valid(PQgetvalue(res, 0, 3))) {
 		r = esc_error(ctx, ESC_ERR_STATE, "KRA '%s' is retired or its certificate expired: nothing released",
 			      PQgetvalue(res, 0, 4));

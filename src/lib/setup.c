@@ -865,3 +865,56 @@ esc_setup_key_uri(struct esc_ctx *ctx, struct esc_store *st, const char *role, c
 	PQclear(res);
 	return r;
 }
+
+/* The grants and their audit event, in one transaction. */
+static enum esc_err
+grant_impl(struct esc_ctx *ctx, struct esc_store *st, const char *role, const char *actor)
+{
+	char details[160];
+	struct esc_audit_event ev = {actor, "db-owner", "db.grant-service", role, "ok", details};
+	enum esc_err r;
+
+	snprintf(details, sizeof(details), "role %.63s may read, insert audit events and never change or delete them",
+		 role);
+	if ((r = esc_store_begin(ctx, st)) != ESC_OK)
+		return r;
+	if ((r = esc_store_grant_role(ctx, st, role)) != ESC_OK || (r = esc_audit_append(ctx, st, &ev)) != ESC_OK)
+		goto out;
+	r = esc_store_commit(ctx, st);
+out:
+	esc_store_rollback(st);
+	return r;
+}
+
+enum esc_err
+esc_setup_grant_service(struct esc_ctx *ctx, struct esc_store *st, const char *role)
+{
+	PGresult *res = NULL;
+	char actor[80] = "db:?";
+	size_t i, n = role != NULL ? strnlen(role, ESC_DB_ROLE_MAX + 1) : 0;
+	enum esc_err r;
+
+	if ((r = esc_store_check_schema(ctx, st)) != ESC_OK)
+		return r;
+	/* The audit trail names the database account that granted. */
+	if ((r = esc_store_exec(ctx, st, "SELECT current_user", 0, NULL, NULL, NULL, &res)) != ESC_OK)
+		return r;
+	snprintf(actor, sizeof(actor), "db:%.64s", PQgetvalue(res, 0, 0));
+	PQclear(res);
+	/* Any identifier PostgreSQL takes is quoted by the migration's format('%I'); bound it and keep it printable. */
+	if (n == 0 || n > ESC_DB_ROLE_MAX)
+		r = esc_error(ctx, ESC_ERR_USAGE, "a database role name has 1 to %d characters", ESC_DB_ROLE_MAX);
+	for (i = 0; r == ESC_OK && i < n; i++)
+		if ((unsigned char)role[i] < 0x20 || role[i] == 0x7f)
+			r = esc_error(ctx, ESC_ERR_USAGE, "a database role name may not hold control characters");
+	if (r == ESC_OK) {
+		struct esc_store_retry t = {0};
+
+		do
+			r = grant_impl(ctx, st, role, actor);
+		while (esc_store_retry(ctx, st, &t, &r));
+	}
+	if (r != ESC_OK)
+		esc_audit_outcome(ctx, st, actor, "db-owner", "db.grant-service", role != NULL ? role : "?", r);
+	return r;
+}

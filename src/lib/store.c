@@ -13,7 +13,6 @@
 #include <openssl/rand.h>
 #include <openssl/x509.h>
 
-#include <p11escrow/audit.h>
 #include <p11escrow/ca.h>
 #include <p11escrow/store.h>
 
@@ -568,20 +567,15 @@ esc_store_migrate(struct esc_ctx *ctx, struct esc_store *st, int *from, int *to)
 	return ESC_OK;
 }
 
-static enum esc_err
-grant_impl(struct esc_ctx *ctx, struct esc_store *st, const char *role, const char *actor)
+enum esc_err
+esc_store_grant_role(struct esc_ctx *ctx, struct esc_store *st, const char *role)
 {
 	PGresult *res = NULL;
 	const char *v[1] = {role};
-	char details[160], msg[512];
-	struct esc_audit_event ev = {actor, "db-owner", "db.grant-service", role, "ok", details};
-	enum esc_err r;
+	char msg[512];
+	enum esc_err r = ESC_OK;
 
-	snprintf(details, sizeof(details), "role %.63s may read, insert audit events and never change or delete them",
-		 role);
-	/* The grants and their audit event commit together. */
-	if ((r = esc_store_begin(ctx, st)) != ESC_OK)
-		return r;
+	/* Not through esc_store_exec: the function's SQLSTATE and primary message say why it refused. */
 	res = PQexecParams(st->conn, "SELECT p11escrow_grant_service($1)", 1, NULL, v, NULL, NULL, 0);
 	if (PQresultStatus(res) != PGRES_TUPLES_OK) {
 		/* The function says why in its primary message: no such role, a superuser, not the owner. */
@@ -598,47 +592,8 @@ grant_impl(struct esc_ctx *ctx, struct esc_store *st, const char *role, const ch
 				      : strcmp(state, "0LP01") == 0 ? ESC_ERR_POLICY
 								    : ESC_ERR_DB,
 				      "cannot grant the service role: %s", one_line(msg, sizeof(msg), primary));
-		goto out;
 	}
-	if ((r = esc_audit_append(ctx, st, &ev)) != ESC_OK)
-		goto out;
-	r = esc_store_commit(ctx, st);
-out:
 	PQclear(res);
-	esc_store_rollback(st);
-	return r;
-}
-
-enum esc_err
-esc_store_grant_service(struct esc_ctx *ctx, struct esc_store *st, const char *role)
-{
-	PGresult *res = NULL;
-	char actor[80] = "db:?";
-	size_t i, n = role != NULL ? strnlen(role, ESC_DB_ROLE_MAX + 1) : 0;
-	enum esc_err r;
-
-	if ((r = esc_store_check_schema(ctx, st)) != ESC_OK)
-		return r;
-	/* The audit trail names the database account that granted. */
-	if ((r = esc_store_exec(ctx, st, "SELECT current_user", 0, NULL, NULL, NULL, &res)) != ESC_OK)
-		return r;
-	snprintf(actor, sizeof(actor), "db:%.64s", PQgetvalue(res, 0, 0));
-	PQclear(res);
-	/* Any identifier PostgreSQL takes is quoted by the migration's format('%I'); bound it and keep it printable. */
-	if (n == 0 || n > ESC_DB_ROLE_MAX)
-		r = esc_error(ctx, ESC_ERR_USAGE, "a database role name has 1 to %d characters", ESC_DB_ROLE_MAX);
-	for (i = 0; r == ESC_OK && i < n; i++)
-		if ((unsigned char)role[i] < 0x20 || role[i] == 0x7f)
-			r = esc_error(ctx, ESC_ERR_USAGE, "a database role name may not hold control characters");
-	if (r == ESC_OK) {
-		struct esc_store_retry t = {0};
-
-		do
-			r = grant_impl(ctx, st, role, actor);
-		while (esc_store_retry(ctx, st, &t, &r));
-	}
-	if (r != ESC_OK)
-		esc_audit_outcome(ctx, st, actor, "db-owner", "db.grant-service", role != NULL ? role : "?", r);
 	return r;
 }
 

@@ -120,6 +120,15 @@ X509 *esc_store_cert_from_text(const char *value);
  */
 X509 *esc_store_cert_cached(struct esc_store *st, const char *value);
 
+/*
+ * Grant the existing database role `role` the service's privileges
+ * (sql/006's p11escrow_grant_service), in the caller's transaction; no
+ * audit event (esc_setup_grant_service writes it).  Errors: NOT_FOUND (no
+ * such role), DENIED (the caller is not the owner), POLICY (a superuser or
+ * the owner), DB_CONNECT, DB; the message is the function's own.
+ */
+enum esc_err esc_store_grant_role(struct esc_ctx *ctx, struct esc_store *st, const char *role) ESC_MUST_CHECK;
+
 /* A policy value; *out is a copy the caller frees.  Errors: NOT_FOUND, DB. */
 enum esc_err esc_store_policy(struct esc_ctx *ctx, struct esc_store *st, const char *key, char **out) ESC_MUST_CHECK;
 

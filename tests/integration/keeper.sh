@@ -75,7 +75,32 @@ RID=$(sed -n 's/^recovery request \([0-9]*\) filed$/\1/p' "$T/out")
 keeper 41 release "$DB" "$PIN_FILE" "$RID"
 assert_out "only an approved request is released"
 [ "$(psql_val "SELECT state FROM recovery_requests WHERE id = $RID")" = pending ] || fail "the request changed"
+note "a state written by a worker is not the decision: the keeper counts the approvals again"
+# What a compromised worker could write with the service's database rights: the state alone.
+psql_val "UPDATE recovery_requests SET state = 'approved' WHERE id = $RID" >/dev/null
+keeper 51 release "$DB" "$PIN_FILE" "$RID"
+assert_out "is marked approved but has 0 valid approval(s) of the 1 required"
+[ "$(psql_val "SELECT package IS NULL FROM recovery_requests WHERE id = $RID")" = t ] || fail "a package was stored"
+psql_val "UPDATE recovery_requests SET state = 'pending' WHERE id = $RID" >/dev/null
 as cm2 0 recovery approve "$RID"
+# ... a request that asks for no approval, under a policy that demands one;
+psql_val "UPDATE recovery_requests SET approvals_required = 0 WHERE id = $RID" >/dev/null
+as admin 0 policy set recovery_approvals 2
+keeper 51 release "$DB" "$PIN_FILE" "$RID"
+assert_out "has 1 valid approval(s) of the 2 required (1 recorded; policy recovery_approvals is 2 now)"
+as admin 0 policy set recovery_approvals 1
+# ... an approver disabled since, and a requester disabled since.
+as admin 0 account disable cm2
+keeper 51 release "$DB" "$PIN_FILE" "$RID"
+assert_out "has 0 valid approval(s) of the 1 required"
+as admin 0 account enable cm2
+as admin 0 account disable cm
+keeper 51 release "$DB" "$PIN_FILE" "$RID"
+assert_out "its requester is not an enabled certificate manager"
+as admin 0 account enable cm
+[ "$(psql_val "SELECT state FROM recovery_requests WHERE id = $RID")" = approved ] || fail "the request changed"
+[ "$(psql_val "SELECT count(*) FROM audit_events WHERE action = 'recovery.release' AND outcome <> 'ok'")" -ge 4 ] ||
+    fail "the refused releases were not audited"
 keeper 0 release "$DB" "$PIN_FILE" "$RID"
 [ "$(psql_val "SELECT state FROM recovery_requests WHERE id = $RID")" = released ] || fail "not released"
 keeper 41 release "$DB" "$PIN_FILE" "$RID"

@@ -147,14 +147,20 @@ start_daemon() {
     port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
     DAEMON_CONF=$T/p11escrowd.$port.conf
     {
-        printf 'database = "%s"\nlisten = 127.0.0.1:%s\nca_pin_file = %s\n' "$DB" "$port" "$PIN_FILE"
+        printf 'database = "%s"\nlisten = 127.0.0.1:%s\n' "$DB" "$port"
+        [ -n "${DAEMON_PIN_ENV:-}" ] || printf 'ca_pin_file = %s\n' "$PIN_FILE"
         printf 'tls_cert = %s\ntls_key = %s\nworkers = %s\nshutdown_grace = 10\n' "$T/tls.pem" "$T/tls.key" "$workers"
         for i in "$@"; do printf '%s\n' "$i"; done
         # Tests run as root without a p11escrow account: the workers stay root unless a test says otherwise.
         if [ "$(id -u)" = 0 ] && ! printf '%s\n' "$@" | grep -q '^user *='; then printf 'user = root\n'; fi
     } >"$DAEMON_CONF"
     DAEMON_LOG=$T/p11escrowd.$port.log
-    "$P11ESCROWD_BIN" --config "$DAEMON_CONF" 2>"$DAEMON_LOG" &
+    # DAEMON_PIN_ENV=1: the CA PIN in P11ESCROW_CA_PIN (the daemon's environment only), no ca_pin_file.
+    if [ -n "${DAEMON_PIN_ENV:-}" ]; then
+        P11ESCROW_CA_PIN=$(head -n 1 "$PIN_FILE") "$P11ESCROWD_BIN" --config "$DAEMON_CONF" 2>"$DAEMON_LOG" &
+    else
+        "$P11ESCROWD_BIN" --config "$DAEMON_CONF" 2>"$DAEMON_LOG" &
+    fi
     DAEMON_PID=$!
     _daemon_pids+=("$DAEMON_PID")
     URL=https://127.0.0.1:$port
