@@ -211,6 +211,110 @@ enum esc_err esc_recovery_open_package(struct esc_ctx *ctx, const struct esc_rec
 				       size_t *p12len) ESC_MUST_CHECK;
 
 /*
+ * Where a completion puts the recovered key: exactly one of three forms.
+ *   ESC_RECOVERY_P12    a PKCS#12 (key and certificate) protected by a
+ *                       password, as esc_recovery_complete makes it;
+ *   ESC_RECOVERY_TOKEN  the key and its certificate written onto a PKCS#11
+ *                       token, the user's replacement card
+ *                       (esc_token_import_key: sensitive, never extractable);
+ *   ESC_RECOVERY_CERT   a CMS AuthEnvelopedData (AES-256-GCM) encrypted to a
+ *                       recipient certificate (RSA-OAEP SHA-256, or ECDH),
+ *                       whose content is the PKCS#8 private key and the
+ *                       certificate, both PEM (docs/recovery.md).
+ * An output serves one completion (esc_recovery_complete_to,
+ * esc_recovery_open_package_to); a failed completion leaves nothing in it
+ * and nothing on its token.
+ */
+enum esc_recovery_form {
+	ESC_RECOVERY_P12,
+	ESC_RECOVERY_TOKEN,
+	ESC_RECOVERY_CERT,
+};
+
+struct esc_recovery_output;
+
+/* "p12", "token", "cert": the names the service's API and the audit trail use. */
+const char *esc_recovery_form_name(enum esc_recovery_form f);
+
+/* A PKCS#12 protected by password (borrowed: it must outlive *out).  Errors: NOMEM. */
+enum esc_err esc_recovery_output_p12(struct esc_ctx *ctx, const struct esc_secret *password,
+				     struct esc_recovery_output **out) ESC_MUST_CHECK;
+
+/*
+ * Onto target, a token the caller opened and logged in to as its user
+ * (borrowed: it must outlive *out), with CKA_LABEL label (NULL: the
+ * certificate's common name, else "recovered key").
+ * Errors: USAGE (label empty, longer than 128 bytes, or with control
+ * characters), NOMEM.
+ */
+enum esc_err esc_recovery_output_token(struct esc_ctx *ctx, struct esc_token *target, const char *label,
+				       struct esc_recovery_output **out) ESC_MUST_CHECK;
+
+/*
+ * Encrypted to recipient (copied), written as PEM ("-----BEGIN CMS-----")
+ * if pem, else DER.  The certificate is checked now: valid today, an RSA
+ * key of at least 2048 bits whose keyUsage (if any) has keyEncipherment, or
+ * an EC key whose keyUsage (if any) has keyAgreement.
+ * Errors: STATE (expired or not yet valid), BAD_INPUT (key type or size,
+ * keyUsage), NOMEM.
+ */
+enum esc_err esc_recovery_output_cert(struct esc_ctx *ctx, X509 *recipient, int pem,
+				      struct esc_recovery_output **out) ESC_MUST_CHECK;
+
+enum esc_recovery_form esc_recovery_output_form(const struct esc_recovery_output *o);
+
+/*
+ * After a completion: the bytes to write for ESC_RECOVERY_P12 (DER, in
+ * secure memory) and ESC_RECOVERY_CERT (PEM or DER), owned by o; NULL
+ * (*len 0) before, and for a token.
+ */
+const unsigned char *esc_recovery_output_data(const struct esc_recovery_output *o, size_t *len);
+
+/*
+ * After a completion, where the key went, as the audit event names it:
+ * "" for a PKCS#12; for a token "serial S, key label 'L', key URI" (the
+ * RFC 7512 URI of the key written, never a PIN); for a certificate
+ * "SHA256:…, subject '…'".  Owned by o.
+ */
+const char *esc_recovery_output_destination(const struct esc_recovery_output *o);
+
+/*
+ * Take back a delivery the completion was not recorded for (the service
+ * refused esc_recovery_finish_to): the objects written to the token are
+ * destroyed, the bytes of a file form dropped.  Errors: PKCS11 (an object
+ * could not be destroyed: the message says which).
+ */
+enum esc_err esc_recovery_output_undo(struct esc_ctx *ctx, struct esc_recovery_output *o) ESC_MUST_CHECK;
+
+/* Wipe and free; accepts NULL.  Never touches the token (esc_recovery_output_undo does). */
+void esc_recovery_output_free(struct esc_recovery_output *o);
+
+/*
+ * esc_recovery_complete, delivering to out instead of a PKCS#12: the same
+ * checks, then (for a token, before the card decrypts anything) whether the
+ * target can take the key (esc_token_import_check), then the key is written
+ * or sealed, and only then is the request marked completed — in the same
+ * transaction as the recovery.complete event, which names the form and the
+ * destination.  If anything fails after the key was written to the token,
+ * it is removed again.  A token that is the KRA card itself is refused.
+ * Errors: those of esc_recovery_complete; for a token also
+ * esc_token_import_key's (EXISTS, MECHANISM, PKCS11).
+ */
+enum esc_err esc_recovery_complete_to(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor,
+				      long long id, struct esc_token *card,
+				      struct esc_recovery_output *out) ESC_MUST_CHECK;
+
+/*
+ * esc_recovery_open_package, delivering to out: at a KRA's workstation
+ * through the service.  The caller then reports the completion
+ * (esc_recovery_finish_to) and, if that fails, takes the delivery back
+ * (esc_recovery_output_undo).  Errors: as esc_recovery_open_package, and
+ * for a token those of esc_token_import_key.
+ */
+enum esc_err esc_recovery_open_package_to(struct esc_ctx *ctx, const struct esc_recovery_package *p,
+					  struct esc_token *card, struct esc_recovery_output *out) ESC_MUST_CHECK;
+
+/*
  * Mark released request id completed and delete its package, for actor,
  * the KRA account the request names (after esc_recovery_open_package
  * succeeded at its workstation).  One UPDATE that requires the request to
@@ -220,6 +324,17 @@ enum esc_err esc_recovery_open_package(struct esc_ctx *ctx, const struct esc_rec
  */
 enum esc_err esc_recovery_finish(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor,
 				 long long id) ESC_MUST_CHECK;
+
+/*
+ * esc_recovery_finish for a completion that delivered in form ("p12",
+ * "token", "cert"; NULL: "p12") to destination, as the KRA's workstation
+ * reports it (esc_recovery_output_destination): the recovery.complete
+ * event names both.  destination: none for "p12", else 1..600 bytes of
+ * text without control characters or PIN attributes.
+ * Errors: USAGE (form, destination), and those of esc_recovery_finish.
+ */
+enum esc_err esc_recovery_finish_to(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor,
+				    long long id, const char *form, const char *destination) ESC_MUST_CHECK;
 
 /*
  * End request id without a recovery.  reason: 3..1000 characters, no

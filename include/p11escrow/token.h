@@ -142,9 +142,44 @@ enum esc_err esc_token_generate_key(struct esc_ctx *ctx, struct esc_token *tok, 
 enum esc_err esc_token_find_key(struct esc_ctx *ctx, struct esc_token *tok, const char *uri,
 				struct esc_token_key **out) ESC_MUST_CHECK;
 
-/* Destroy both halves of a key pair on the token (undo of a generation). */
+/*
+ * Destroy both halves of a key pair on the token (undo of a generation),
+ * and the certificate esc_token_import_key wrote with it.
+ */
 enum esc_err esc_token_destroy_key(struct esc_ctx *ctx, struct esc_token *tok,
 				   const struct esc_token_key *key) ESC_MUST_CHECK;
+
+/*
+ * Write key, a private key held in software (a recovered one), and cert,
+ * its certificate, onto the token (logged in as its user) with
+ * C_CreateObject: the private key (CKA_TOKEN, CKA_PRIVATE, CKA_SENSITIVE,
+ * not CKA_EXTRACTABLE), its public key and the certificate, all three with
+ * CKA_ID = SHA-1 of the certificate's subjectPublicKey (RFC 5280 4.2.1.2
+ * method 1) and CKA_LABEL label (1..128 bytes).  Usage: RSA CKA_DECRYPT and
+ * CKA_UNWRAP, EC CKA_DERIVE; CKA_SIGN only where cert's keyUsage has
+ * digitalSignature or nonRepudiation.  The key's private values pass only
+ * through secure memory and are wiped.  Checked first, before anything is
+ * written (esc_token_import_check).  Nothing is left half-written: if an
+ * object cannot be created, those already created are destroyed.  *out
+ * names the three objects (esc_token_destroy_key removes them; caller
+ * frees with esc_token_key_free).
+ * Errors: USAGE (label), MISMATCH (key is not cert's), EXISTS (an object
+ * with that CKA_ID is on the token), MECHANISM (the token cannot hold or use
+ * a key of this type and size), PKCS11 (write-protected, not logged in, the
+ * token failed), CRYPTO, NOMEM.
+ */
+enum esc_err esc_token_import_key(struct esc_ctx *ctx, struct esc_token *tok, EVP_PKEY *key, X509 *cert,
+				  const char *label, struct esc_token_key **out) ESC_MUST_CHECK;
+
+/*
+ * Could esc_token_import_key write the key of cert here: the session
+ * logged in as the user and writable, the token not write-protected, no
+ * object with the key's CKA_ID yet, and a mechanism that uses a key of its
+ * type and size (RSA decryption, EC key derivation)?  Needs only the
+ * certificate: a caller checks before it decrypts anything.
+ * Errors: as esc_token_import_key.
+ */
+enum esc_err esc_token_import_check(struct esc_ctx *ctx, struct esc_token *tok, X509 *cert) ESC_MUST_CHECK;
 
 void esc_token_key_free(struct esc_token_key *key);
 

@@ -7,10 +7,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <unistd.h>
 
+#include <openssl/err.h>
 #include <openssl/evp.h>
+#include <openssl/pem.h>
 #include <openssl/rand.h>
+#include <openssl/x509.h>
 
 #include <p11escrow/est.h>
 #include <p11escrow/keeper.h>
@@ -37,9 +41,13 @@ help(void)
 	       "  approve ID                      approve another manager's request (certificate manager)\n"
 	       "  release ID                      strip the storage layer on the CA token and release the\n"
 	       "                                  package to the request's KRA (needs the CA token PIN)\n"
-	       "  complete ID --token URI --out FILE\n"
+	       "  complete ID --token URI (--out FILE | --to-token URI | --to-cert FILE --out FILE)\n"
 	       "                                  decrypt on the KRA card, check the key against its\n"
-	       "                                  certificate, write a PKCS#12 (KRA account)\n"
+	       "                                  certificate and deliver it, one way only (KRA account):\n"
+	       "                                  --out: a password-protected PKCS#12; --to-token: key and\n"
+	       "                                  certificate onto the user's replacement token (sensitive,\n"
+	       "                                  never extractable); --to-cert: CMS encrypted to that\n"
+	       "                                  certificate, holding the PKCS#8 key and the certificate\n"
 	       "  deny ID --reason TEXT           deny a pending or approved request (another certificate\n"
 	       "                                  manager, or an administrator)\n"
 	       "  cancel ID --reason TEXT         cancel a pending, approved or released request (its\n"
@@ -52,7 +60,8 @@ help(void)
 	       "database (no database options needed): the account logs in to the service; the service\n"
 	       "holds the CA token and releases an approved request itself (release --server is a\n"
 	       "certificate manager's retry); complete --server fetches the package, opens it on the\n"
-	       "card here, reports the completion to the service, then writes the PKCS#12.\n\n"
+	       "card here, delivers the key, reports the completion to the service (a key written to a\n"
+	       "token is taken off it again if the service does not record it), then writes the file.\n\n"
 	       "Options:\n"
 	       "      --server URL             the service, e.g. https://escrow.example.org:8443\n"
 	       "      --local                  break-glass: straight on the database (or $" CLI_LOCAL_ENV "=1;\n"
@@ -70,9 +79,19 @@ help(void)
 	       "  -p, --pin-file FILE          CA token PIN (release; else $P11ESCROW_CA_PIN, else a prompt)\n"
 	       "      --token URI              the KRA card (complete)\n"
 	       "      --kra-pin-file FILE      the card's PIN (else $P11ESCROW_KRA_PIN, else a prompt)\n"
-	       "  -o, --out FILE               where complete writes the PKCS#12 (created, mode 0600)\n"
+	       "  -o, --out FILE               where complete writes the PKCS#12 or the CMS (created, mode\n"
+	       "                               0600)\n"
 	       "      --p12-password-file FILE the PKCS#12 password (else $P11ESCROW_P12_PASSWORD, else one\n"
 	       "                               is generated and shown once)\n"
+	       "      --to-token URI           complete onto this token (the user's replacement card) instead\n"
+	       "      --to-token-module MODULE its PKCS#11 module (else --module / the configured module)\n"
+	       "      --to-token-pin-file FILE its user PIN (else $P11ESCROW_TO_TOKEN_PIN, else a prompt)\n"
+	       "      --label TEXT             CKA_LABEL of the key and certificate written there (else the\n"
+	       "                               certificate's common name)\n"
+	       "      --to-cert FILE           complete as CMS encrypted to this certificate (PEM or DER;\n"
+	       "                               valid today, keyUsage keyEncipherment (RSA, 2048 bits or\n"
+	       "                               more) or keyAgreement (EC)) instead of a PKCS#12\n"
+	       "      --outform pem|der        the CMS's encoding (else PEM if --out ends in .pem, else DER)\n"
 	       "      --serial HEX, --subject TEXT, --email ADDR, --record ID, --reason TEXT, --kra NAME,\n"
 	       "      --state STATE            as above\n"
 	       "  -h, --help                   this text\n",
@@ -84,6 +103,7 @@ struct opts {
 	const char *config, *database, *user, *password_file, *module, *pin_file, *token, *kra_pin_file;
 	const char *out, *p12_password_file, *serial, *subject, *email, *record, *reason, *kra, *state;
 	const char *server, *server_ca, *client_cert, *client_key;
+	const char *to_token, *to_token_module, *to_token_pin_file, *label, *to_cert, *outform;
 	long long id;
 };
 
@@ -128,6 +148,46 @@ do_search(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *a
 		return cli_fail(CMD, ctx, r);
 	print_records(s, n);
 	free(s);
+	return 0;
+}
+
+/*
+ * complete delivers the key one way: a PKCS#12 (--out), onto a token
+ * (--to-token) or to a certificate (--to-cert with --out); the options of
+ * one way are refused with another, and outside complete.
+ */
+static int
+check_complete_options(const struct opts *o, const char *action)
+{
+	if (strcmp(action, "complete") != 0) {
+		if (o->to_token || o->to_cert || o->to_token_module || o->to_token_pin_file || o->label || o->outform)
+			return cli_usage_error(CMD, "--to-token, --to-token-module, --to-token-pin-file, --label, "
+						    "--to-cert and --outform are options of complete");
+		return 0;
+	}
+	if (o->token == NULL)
+		return cli_usage_error(CMD, "complete needs --token URI (the KRA card)");
+	if (o->to_token != NULL && o->to_cert != NULL)
+		return cli_usage_error(CMD, "complete delivers the key one way: --out FILE (PKCS#12), --to-token URI "
+					    "or --to-cert FILE with --out FILE, not both --to-token and --to-cert");
+	if (o->to_token != NULL) {
+		if (o->out != NULL || o->p12_password_file != NULL || o->outform != NULL)
+			return cli_usage_error(CMD, "--to-token writes the key onto the token: no --out, "
+						    "--p12-password-file or --outform");
+		return 0;
+	}
+	if (o->out == NULL)
+		return cli_usage_error(CMD,
+				       "complete needs --out FILE (PKCS#12, or the CMS of --to-cert) or --to-token "
+				       "URI");
+	if (o->to_token_module != NULL || o->to_token_pin_file != NULL || o->label != NULL)
+		return cli_usage_error(CMD, "--to-token-module, --to-token-pin-file and --label go with --to-token");
+	if (o->to_cert != NULL && o->p12_password_file != NULL)
+		return cli_usage_error(CMD, "--to-cert encrypts to the certificate: no --p12-password-file");
+	if (o->to_cert == NULL && o->outform != NULL)
+		return cli_usage_error(CMD, "--outform goes with --to-cert");
+	if (o->outform != NULL && strcmp(o->outform, "pem") != 0 && strcmp(o->outform, "der") != 0)
+		return cli_usage_error(CMD, "--outform is pem or der");
 	return 0;
 }
 
@@ -191,71 +251,191 @@ out:
 	return rc;
 }
 
+/* The recipient certificate of --to-cert: one certificate, PEM or DER, at most 64 KiB. */
+static int
+read_recipient(const char *path, X509 **out)
+{
+	unsigned char buf[64 * 1024];
+	const unsigned char *p = buf;
+	size_t n = 0;
+	BIO *b = NULL;
+	X509 *x = NULL;
+	FILE *f;
+
+	if ((f = fopen(path, "rb")) == NULL) {
+		fprintf(stderr, "%s %s: error: cannot read '%s': %s (nothing was changed)\n", PROG, CMD, path,
+			strerror(errno));
+		return esc_err_exit_code(ESC_ERR_IO);
+	}
+	n = fread(buf, 1, sizeof(buf), f);
+	if (n == sizeof(buf) || ferror(f)) {
+		fclose(f);
+		fprintf(stderr, "%s %s: error: '%s' is not one certificate of at most %zu bytes\n", PROG, CMD, path,
+			sizeof(buf) - 1);
+		return esc_err_exit_code(ESC_ERR_BAD_INPUT);
+	}
+	fclose(f);
+	if ((b = BIO_new_mem_buf(buf, (int)n)) != NULL)
+		x = PEM_read_bio_X509(b, NULL, NULL, NULL);
+	BIO_free(b);
+	if (x == NULL && ((x = d2i_X509(NULL, &p, (long)n)) == NULL || p != buf + n)) {
+		X509_free(x);
+		x = NULL;
+	}
+	ERR_clear_error();
+	if (x == NULL) {
+		fprintf(stderr, "%s %s: error: '%s' holds no X.509 certificate (PEM or DER)\n", PROG, CMD, path);
+		return esc_err_exit_code(ESC_ERR_BAD_INPUT);
+	}
+	*out = x;
+	return 0;
+}
+
+/* --outform, else the file's extension: ".pem" is PEM, anything else DER (.p7m, .der). */
+static int
+wants_pem(const struct opts *o)
+{
+	size_t n = o->out != NULL ? strlen(o->out) : 0;
+
+	if (o->outform != NULL)
+		return strcmp(o->outform, "pem") == 0;
+	return n >= 4 && strcasecmp(o->out + n - 4, ".pem") == 0;
+}
+
+/*
+ * The output form of a PKCS#12 (--out) or of the user's replacement token
+ * (--to-token, opened and logged in to here; *target and *target_pin are
+ * the caller's).  --to-cert's is made first, in do_complete.
+ */
+static enum esc_err
+make_output(struct esc_ctx *ctx, struct esc_config *cfg, const struct opts *o, const struct esc_secret *pw,
+	    struct esc_token **target, struct esc_secret **target_pin, struct esc_recovery_output **out)
+{
+	enum esc_err r;
+
+	if (o->to_token == NULL)
+		return esc_recovery_output_p12(ctx, pw, out);
+	if ((r = esc_token_open(ctx, o->to_token_module ? o->to_token_module : esc_config_get(cfg, "module"),
+				o->to_token, target)) != ESC_OK ||
+	    (r = esc_secret_obtain(ctx, o->to_token_pin_file, "P11ESCROW_TO_TOKEN_PIN",
+				   "Replacement token PIN: ", target_pin)) != ESC_OK ||
+	    (r = esc_token_login(ctx, *target, *target_pin)) != ESC_OK)
+		return r;
+	return esc_recovery_output_token(ctx, *target, o->label, out);
+}
+
+/*
+ * Report a completion through the service: POST …/complete, with the form
+ * and destination when the key did not become a PKCS#12 (so the audit
+ * event names them).  Returns 0 or the exit code (printed).
+ */
+static int
+remote_report(struct cli_http *h, long long id, const struct esc_recovery_output *dest)
+{
+	enum esc_recovery_form form = esc_recovery_output_form(dest);
+	json_t *body = NULL, *done = NULL;
+	char path[64];
+	int rc;
+
+	snprintf(path, sizeof(path), "/recoveries/%lld/complete", id);
+	if (form != ESC_RECOVERY_P12 &&
+	    ((body = json_object()) == NULL ||
+	     json_object_set_new(body, "output", json_string(esc_recovery_form_name(form))) != 0 ||
+	     json_object_set_new(body, "destination", json_string(esc_recovery_output_destination(dest))) != 0)) {
+		json_decref(body);
+		fprintf(stderr, "%s %s: error: out of memory\n", PROG, CMD);
+		return esc_err_exit_code(ESC_ERR_NOMEM);
+	}
+	rc = cli_http_call(h, CLI_HTTP_POST, path, body, &done);
+	json_decref(body);
+	json_decref(done);
+	return rc;
+}
+
 /*
  * Complete request o->id with the KRA card: locally (h NULL: the library
- * checks, opens and marks it completed in one transaction) or through the
- * service (h: fetch the package, open it on the card here, report the
- * completion, then write the file).
+ * checks, opens, delivers and marks it completed in one transaction) or
+ * through the service (h: fetch the package, open it on the card here,
+ * deliver, report the completion — taking the delivery back if the
+ * service does not record it — then write the file).
  */
 static int
 do_complete(struct esc_ctx *ctx, struct esc_config *cfg, struct esc_store *st, const struct esc_account *a,
 	    struct cli_http *h, const struct opts *o)
 {
 	struct esc_recovery_package *pkg = NULL;
-	struct esc_token *card = NULL;
-	struct esc_secret *pin = NULL, *pw = NULL;
-	unsigned char *p12 = NULL;
-	size_t p12len = 0, off = 0;
-	json_t *done = NULL;
-	char path[64];
+	struct esc_recovery_output *dest = NULL;
+	struct esc_token *card = NULL, *target = NULL;
+	struct esc_secret *pin = NULL, *pw = NULL, *target_pin = NULL;
+	X509 *recipient = NULL;
+	const unsigned char *data;
+	size_t len = 0, off = 0;
 	enum esc_err r = ESC_OK;
 	int fd = -1, generated = 0, rc;
 	ssize_t w;
 
-	if (o->token == NULL || o->out == NULL)
-		return cli_usage_error(CMD, "complete needs --token URI (the KRA card) and --out FILE");
+	/* A recipient certificate that will not do is refused before anything else. */
+	if (o->to_cert != NULL && (rc = read_recipient(o->to_cert, &recipient)) != 0)
+		return rc;
+	if (recipient != NULL && (r = esc_recovery_output_cert(ctx, recipient, wants_pem(o), &dest)) != ESC_OK)
+		goto out;
 	/* Refuse early and change nothing if the output cannot be created. */
-	if ((fd = open(o->out, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600)) == -1) {
+	if (o->out != NULL && (fd = open(o->out, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600)) == -1) {
 		fprintf(stderr, "%s %s: error: cannot create '%s': %s (nothing was changed)\n", PROG, CMD, o->out,
 			strerror(errno));
-		return esc_err_exit_code(ESC_ERR_IO);
+		rc = esc_err_exit_code(ESC_ERR_IO);
+		goto cleanup;
 	}
 	/* Through the service, ask for the package before anyone types a PIN. */
 	if (h != NULL && (rc = remote_fetch(h, ctx, o->id, &pkg)) != 0)
 		goto cleanup;
-	if (o->p12_password_file != NULL || getenv("P11ESCROW_P12_PASSWORD") != NULL)
-		r = esc_secret_obtain(ctx, o->p12_password_file, "P11ESCROW_P12_PASSWORD", NULL, &pw);
-	else {
-		r = generate_password(ctx, &pw);
-		generated = 1;
+	if (o->to_token == NULL && o->to_cert == NULL) {
+		if (o->p12_password_file != NULL || getenv("P11ESCROW_P12_PASSWORD") != NULL)
+			r = esc_secret_obtain(ctx, o->p12_password_file, "P11ESCROW_P12_PASSWORD", NULL, &pw);
+		else {
+			r = generate_password(ctx, &pw);
+			generated = 1;
+		}
 	}
 	if (r != ESC_OK || (r = esc_token_open(ctx, esc_config_get(cfg, "module"), o->token, &card)) != ESC_OK ||
 	    (r = esc_secret_obtain(ctx, o->kra_pin_file, "P11ESCROW_KRA_PIN", "KRA card PIN: ", &pin)) != ESC_OK ||
-	    (r = esc_token_login(ctx, card, pin)) != ESC_OK)
+	    (r = esc_token_login(ctx, card, pin)) != ESC_OK ||
+	    (dest == NULL && (r = make_output(ctx, cfg, o, pw, &target, &target_pin, &dest)) != ESC_OK))
 		goto out;
 	if (h == NULL)
-		r = esc_recovery_complete(ctx, st, a, o->id, card, pw, &p12, &p12len);
+		r = esc_recovery_complete_to(ctx, st, a, o->id, card, dest);
 	else
-		r = esc_recovery_open_package(ctx, pkg, card, pw, &p12, &p12len);
+		r = esc_recovery_open_package_to(ctx, pkg, card, dest);
 	if (r != ESC_OK)
 		goto out;
 	/* The service records the completion (and deletes the package) before the file exists, as locally. */
-	snprintf(path, sizeof(path), "/recoveries/%lld/complete", o->id);
-	if (h != NULL && (rc = cli_http_call(h, CLI_HTTP_POST, path, NULL, &done)) != 0) {
+	if (h != NULL && (rc = remote_report(h, o->id, dest)) != 0) {
+		if (esc_recovery_output_undo(ctx, dest) != ESC_OK)
+			fprintf(stderr, "%s %s: error: %s\n", PROG, CMD, esc_ctx_errmsg(ctx));
 		fprintf(stderr,
-			"%s %s: the service did not record the completion: nothing was written; request %lld "
-			"stays released, run the command again\n",
-			PROG, CMD, o->id);
+			"%s %s: the service did not record the completion: %s; request %lld stays released, run "
+			"the command again\n",
+			PROG, CMD,
+			esc_recovery_output_form(dest) == ESC_RECOVERY_TOKEN ? "the key was taken off the token again"
+									     : "nothing was written",
+			o->id);
 		goto cleanup;
 	}
-	while (off < p12len) {
-		if ((w = write(fd, p12 + off, p12len - off)) < 0 && errno == EINTR)
+	if (esc_recovery_output_form(dest) == ESC_RECOVERY_TOKEN) {
+		printf("request %lld completed: the key matches its certificate; key and certificate written onto "
+		       "token '%s': %s\n",
+		       o->id, esc_token_label(target), esc_recovery_output_destination(dest));
+		goto out;
+	}
+	data = esc_recovery_output_data(dest, &len);
+	while (off < len) {
+		if ((w = write(fd, data + off, len - off)) < 0 && errno == EINTR)
 			continue;
 		if (w <= 0)
 			break;
 		off += (size_t)w;
 	}
-	if (off < p12len || fsync(fd) != 0 || close(fd) != 0) {
+	if (off < len || fsync(fd) != 0 || close(fd) != 0) {
 		/* The request is completed: say so plainly. */
 		fprintf(stderr, "%s %s: error: writing '%s' failed: %s; request %lld is completed, file a new one\n",
 			PROG, CMD, o->out, strerror(errno), o->id);
@@ -263,6 +443,12 @@ do_complete(struct esc_ctx *ctx, struct esc_config *cfg, struct esc_store *st, c
 		goto cleanup;
 	}
 	fd = -1;
+	if (esc_recovery_output_form(dest) == ESC_RECOVERY_CERT) {
+		printf("request %lld completed: the key matches its certificate; CMS (%s) encrypted to certificate %s "
+		       "written to %s\n",
+		       o->id, wants_pem(o) ? "PEM" : "DER", esc_recovery_output_destination(dest), o->out);
+		goto out;
+	}
 	printf("request %lld completed: the key matches its certificate; PKCS#12 written to %s\n", o->id, o->out);
 	if (generated)
 		printf("PKCS#12 password (shown once, give it to the key's owner by a separate channel): %s\n",
@@ -274,11 +460,13 @@ cleanup:
 		close(fd);
 		unlink(o->out); /* nothing half-written */
 	}
-	json_decref(done);
+	esc_recovery_output_free(dest);
 	esc_recovery_package_free(pkg);
-	esc_recovery_p12_free(p12, p12len);
+	X509_free(recipient);
 	esc_secret_free(pin);
+	esc_secret_free(target_pin);
 	esc_secret_free(pw);
+	esc_token_free(target);
 	esc_token_free(card);
 	return rc;
 }
@@ -521,7 +709,13 @@ recovery_main(int argc, char *argv[])
 		OPT_SERVER_CA,
 		OPT_LOCAL,
 		OPT_CLIENT_CERT,
-		OPT_CLIENT_KEY
+		OPT_CLIENT_KEY,
+		OPT_TO_TOKEN,
+		OPT_TO_TOKEN_MODULE,
+		OPT_TO_TOKEN_PIN,
+		OPT_LABEL,
+		OPT_TO_CERT,
+		OPT_OUTFORM
 	};
 	static const struct option longopts[] = {
 		{"config", required_argument, NULL, 'c'},
@@ -546,6 +740,12 @@ recovery_main(int argc, char *argv[])
 		{"local", no_argument, NULL, OPT_LOCAL},
 		{"client-cert", required_argument, NULL, OPT_CLIENT_CERT},
 		{"client-key", required_argument, NULL, OPT_CLIENT_KEY},
+		{"to-token", required_argument, NULL, OPT_TO_TOKEN},
+		{"to-token-module", required_argument, NULL, OPT_TO_TOKEN_MODULE},
+		{"to-token-pin-file", required_argument, NULL, OPT_TO_TOKEN_PIN},
+		{"label", required_argument, NULL, OPT_LABEL},
+		{"to-cert", required_argument, NULL, OPT_TO_CERT},
+		{"outform", required_argument, NULL, OPT_OUTFORM},
 		{"help", no_argument, NULL, 'h'},
 		{NULL, 0, NULL, 0},
 	};
@@ -633,6 +833,24 @@ recovery_main(int argc, char *argv[])
 		case OPT_CLIENT_KEY:
 			o.client_key = optarg;
 			break;
+		case OPT_TO_TOKEN:
+			o.to_token = optarg;
+			break;
+		case OPT_TO_TOKEN_MODULE:
+			o.to_token_module = optarg;
+			break;
+		case OPT_TO_TOKEN_PIN:
+			o.to_token_pin_file = optarg;
+			break;
+		case OPT_LABEL:
+			o.label = optarg;
+			break;
+		case OPT_TO_CERT:
+			o.to_cert = optarg;
+			break;
+		case OPT_OUTFORM:
+			o.outform = optarg;
+			break;
 		case ':':
 			return cli_usage_error(CMD, "option '%s' needs a value", argv[optind - 1]);
 		default:
@@ -664,6 +882,8 @@ recovery_main(int argc, char *argv[])
 		return cli_usage_error(CMD, "request needs exactly one of --serial and --record");
 	if (ends && o.reason == NULL)
 		return cli_usage_error(CMD, "%s needs --reason TEXT", action);
+	if ((rc = check_complete_options(&o, action)) != 0)
+		return rc;
 	if (strcmp(action, "expire") == 0 && o.server != NULL)
 		return cli_usage_error(CMD,
 				       "the service expires released packages itself: expire runs without --server");

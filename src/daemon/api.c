@@ -618,14 +618,28 @@ api_recovery_package(struct api_call *c)
 	reply_json(c->r, 200, o, bad);
 }
 
+/*
+ * The KRA's report: body {} (a PKCS#12), or {"output": "token"|"cert",
+ * "destination": "..."} naming where its workstation put the key; the
+ * library checks both and the audit event carries them.
+ */
 static void
 api_recovery_complete(struct api_call *c)
 {
+	static const char *const none[] = {NULL};
+	const char *output, *destination;
+	struct api_field f[] = {
+		{"output", 0, 1, &output},
+		{"destination", 0, 1, &destination},
+	};
+	json_t *doc;
 	enum esc_err r;
 
-	if (!no_input(c))
+	if (!params_ok(c, none) || (doc = parse_body(c, f, sizeof(f) / sizeof(f[0]))) == NULL)
 		return;
-	if ((r = esc_recovery_finish(c->w->ctx, c->w->st, c->a, c->id)) != ESC_OK) {
+	r = esc_recovery_finish_to(c->w->ctx, c->w->st, c->a, c->id, output, destination);
+	json_decref(doc);
+	if (r != ESC_OK) {
 		reply_esc(c, r);
 		return;
 	}

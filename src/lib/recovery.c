@@ -1,18 +1,25 @@
 /*
  * Two-person key recovery: request, approve, release, complete.
  */
+#define _GNU_SOURCE /* strcasestr */
+
 #include <ctype.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include <openssl/buffer.h>
 #include <openssl/crypto.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
+#include <openssl/pem.h>
 #include <openssl/pkcs12.h>
 #include <openssl/x509.h>
+#include <openssl/x509v3.h>
 
 #include <p11escrow/audit.h>
+#include <p11escrow/ca.h>
 #include <p11escrow/envelope.h>
 #include <p11escrow/recovery.h>
 #include <p11escrow/revoke.h>
@@ -964,18 +971,394 @@ out:
 	return r;
 }
 
+/* ---- Where the key goes: a PKCS#12, a token, or an envelope to a certificate ------------------------------- */
+
+#define LABEL_MAX 128	    /* CKA_LABEL of a key written to a token (esc_token_import_key) */
+#define DESTINATION_MAX 600 /* what the audit event says about the destination */
+
+struct esc_recovery_output {
+	enum esc_recovery_form form;
+	const struct esc_secret *password; /* P12, borrowed */
+	struct esc_token *target;	   /* TOKEN, borrowed */
+	char label[LABEL_MAX + 1];	   /* TOKEN; "" = the certificate's common name */
+	struct esc_token_key *written;	   /* TOKEN: the objects written, until taken back */
+	X509 *recipient;		   /* CERT */
+	int pem;			   /* CERT */
+	unsigned char *data;		   /* P12, CERT: secure memory */
+	size_t datalen;
+	char destination[DESTINATION_MAX + 1];
+};
+
+const char *
+esc_recovery_form_name(enum esc_recovery_form f)
+{
+	switch (f) {
+	case ESC_RECOVERY_TOKEN:
+		return "token";
+	case ESC_RECOVERY_CERT:
+		return "cert";
+	case ESC_RECOVERY_P12:
+		break;
+	}
+	return "p12";
+}
+
+static enum esc_err
+output_new(struct esc_ctx *ctx, enum esc_recovery_form form, struct esc_recovery_output **out)
+{
+	struct esc_recovery_output *o;
+
+	if ((o = calloc(1, sizeof(*o))) == NULL)
+		return esc_error(ctx, ESC_ERR_NOMEM, "out of memory");
+	o->form = form;
+	*out = o;
+	return ESC_OK;
+}
+
 enum esc_err
-esc_recovery_open_package(struct esc_ctx *ctx, const struct esc_recovery_package *pkg, struct esc_token *card,
-			  const struct esc_secret *password, unsigned char **p12, size_t *p12len)
+esc_recovery_output_p12(struct esc_ctx *ctx, const struct esc_secret *password, struct esc_recovery_output **out)
+{
+	enum esc_err r;
+
+	if ((r = output_new(ctx, ESC_RECOVERY_P12, out)) == ESC_OK)
+		(*out)->password = password;
+	return r;
+}
+
+/* Text the audit trail and a token may carry: no control characters. */
+static int
+printable(const char *s)
+{
+	for (; *s; s++)
+		if ((unsigned char)*s < 0x20 || *s == 0x7f)
+			return 0;
+	return 1;
+}
+
+enum esc_err
+esc_recovery_output_token(struct esc_ctx *ctx, struct esc_token *target, const char *label,
+			  struct esc_recovery_output **out)
+{
+	enum esc_err r;
+
+	if (label != NULL && (*label == '\0' || strlen(label) > LABEL_MAX || !printable(label)))
+		return esc_error(ctx, ESC_ERR_USAGE, "a key label has 1..%d bytes and no control characters",
+				 LABEL_MAX);
+	if ((r = output_new(ctx, ESC_RECOVERY_TOKEN, out)) != ESC_OK)
+		return r;
+	(*out)->target = target;
+	copy((*out)->label, sizeof((*out)->label), label);
+	return ESC_OK;
+}
+
+/*
+ * "SHA256:AB:CD:…, subject 'CN=Alice,O=Example'": a certificate as the
+ * audit trail names it.  What identifies it comes first: the trail keeps
+ * an event's first 511 characters.
+ */
+static void
+cert_destination(X509 *x, char *buf, size_t len)
+{
+	char fp[ESC_FINGERPRINT_MAX], *subject = esc_name_to_string(X509_get_subject_name(x));
+
+	esc_cert_fingerprint(x, fp);
+	ERR_clear_error();
+	snprintf(buf, len, "%s, subject '%.200s'", fp, subject != NULL ? subject : "?");
+	free(subject);
+}
+
+enum esc_err
+esc_recovery_output_cert(struct esc_ctx *ctx, X509 *recipient, int pem, struct esc_recovery_output **out)
+{
+	EVP_PKEY *pub = X509_get0_pubkey(recipient);
+	uint32_t ku = X509_get_key_usage(recipient);
+	char who[DESTINATION_MAX + 1];
+	enum esc_err r;
+
+	ERR_clear_error();
+	cert_destination(recipient, who, sizeof(who));
+	if (X509_cmp_current_time(X509_get0_notAfter(recipient)) <= 0)
+		return esc_error(ctx, ESC_ERR_STATE,
+				 "the recipient certificate %s has expired: nothing is encrypted to it", who);
+	if (X509_cmp_current_time(X509_get0_notBefore(recipient)) >= 0)
+		return esc_error(ctx, ESC_ERR_STATE, "the recipient certificate %s is not valid yet", who);
+	if (pub != NULL && EVP_PKEY_is_a(pub, "RSA")) {
+		if (EVP_PKEY_get_bits(pub) < 2048)
+			return esc_error(ctx, ESC_ERR_BAD_INPUT,
+					 "the recipient certificate %s has an RSA key of %d bits: at least 2048 are "
+					 "needed",
+					 who, EVP_PKEY_get_bits(pub));
+		/* No keyUsage extension (ku all ones) allows every use (RFC 5280 4.2.1.3). */
+		if ((ku & KU_KEY_ENCIPHERMENT) == 0)
+			return esc_error(ctx, ESC_ERR_BAD_INPUT,
+					 "the recipient certificate %s does not allow key encipherment (keyUsage)",
+					 who);
+	} else if (pub != NULL && EVP_PKEY_is_a(pub, "EC")) {
+		if ((ku & KU_KEY_AGREEMENT) == 0)
+			return esc_error(ctx, ESC_ERR_BAD_INPUT,
+					 "the recipient certificate %s does not allow key agreement (keyUsage)", who);
+	} else {
+		ERR_clear_error();
+		return esc_error(ctx, ESC_ERR_BAD_INPUT,
+				 "the recipient certificate %s has neither an RSA nor an EC key", who);
+	}
+	if ((r = output_new(ctx, ESC_RECOVERY_CERT, out)) != ESC_OK)
+		return r;
+	X509_up_ref(recipient);
+	(*out)->recipient = recipient;
+	(*out)->pem = pem != 0;
+	return ESC_OK;
+}
+
+enum esc_recovery_form
+esc_recovery_output_form(const struct esc_recovery_output *o)
+{
+	return o->form;
+}
+
+const unsigned char *
+esc_recovery_output_data(const struct esc_recovery_output *o, size_t *len)
+{
+	*len = o->datalen;
+	return o->data;
+}
+
+const char *
+esc_recovery_output_destination(const struct esc_recovery_output *o)
+{
+	return o->destination;
+}
+
+enum esc_err
+esc_recovery_output_undo(struct esc_ctx *ctx, struct esc_recovery_output *o)
+{
+	enum esc_err r = ESC_OK;
+
+	if (o->data != NULL)
+		OPENSSL_secure_clear_free(o->data, o->datalen);
+	o->data = NULL;
+	o->datalen = 0;
+	if (o->written != NULL) {
+		char idhex[2 * 64 + 1] = "";
+		const unsigned char *id;
+		size_t idlen = 0, i;
+
+		id = esc_token_key_id(o->written, &idlen);
+		for (i = 0; i < idlen && i < 64; i++)
+			snprintf(idhex + 2 * i, sizeof(idhex) - 2 * i, "%02x", id[i]);
+		if ((r = esc_token_destroy_key(ctx, o->target, o->written)) != ESC_OK) {
+			char why[ESC_ERRMSG_MAX];
+
+			snprintf(why, sizeof(why), "%s", esc_ctx_errmsg(ctx));
+			r = esc_error(ctx, r,
+				      "the key written to token '%s' could not be removed again (%.300s): remove the "
+				      "objects with CKA_ID %s by hand",
+				      esc_token_label(o->target), why, idhex);
+		}
+		esc_token_key_free(o->written);
+		o->written = NULL;
+	}
+	o->destination[0] = '\0';
+	return r;
+}
+
+void
+esc_recovery_output_free(struct esc_recovery_output *o)
+{
+	if (o == NULL)
+		return;
+	if (o->data != NULL)
+		OPENSSL_secure_clear_free(o->data, o->datalen);
+	esc_token_key_free(o->written);
+	X509_free(o->recipient);
+	free(o);
+}
+
+/*
+ * A delivery failed after the key reached its destination: take it back,
+ * keeping the first failure's code, and saying so if that failed too.
+ */
+static void
+undo_after_failure(struct esc_ctx *ctx, struct esc_recovery_output *o)
+{
+	char first[ESC_ERRMSG_MAX];
+	enum esc_err code = esc_ctx_errcode(ctx);
+
+	snprintf(first, sizeof(first), "%s", esc_ctx_errmsg(ctx));
+	if (esc_recovery_output_undo(ctx, o) != ESC_OK) {
+		char second[ESC_ERRMSG_MAX];
+
+		snprintf(second, sizeof(second), "%s", esc_ctx_errmsg(ctx));
+		(void)esc_error(ctx, code, "%.400s; %.500s", first, second);
+	} else
+		(void)esc_error(ctx, code, "%s", first);
+}
+
+/* The label a token gets without --label: the certificate's common name, else "recovered key". */
+static void
+default_label(X509 *cert, char *buf, size_t len)
+{
+	X509_NAME *n = X509_get_subject_name(cert);
+	int i = X509_NAME_get_index_by_NID(n, NID_commonName, -1);
+	unsigned char *utf8 = NULL;
+	int ulen;
+
+	snprintf(buf, len, "recovered key");
+	if (i < 0 || (ulen = ASN1_STRING_to_UTF8(&utf8, X509_NAME_ENTRY_get_data(X509_NAME_get_entry(n, i)))) <= 0) {
+		ERR_clear_error();
+		return;
+	}
+	/* Cut at a character boundary; a name with control characters is not used. */
+	if ((size_t)ulen >= len) {
+		ulen = (int)len - 1;
+		while (ulen > 0 && (utf8[ulen] & 0xc0) == 0x80)
+			ulen--;
+	}
+	utf8[ulen] = '\0';
+	if (ulen > 0 && printable((const char *)utf8))
+		snprintf(buf, len, "%s", (const char *)utf8);
+	OPENSSL_free(utf8);
+}
+
+/* The key and its certificate onto o's token. */
+static enum esc_err
+deliver_token(struct esc_ctx *ctx, struct esc_recovery_output *o, EVP_PKEY *user, X509 *cert)
+{
+	struct esc_token_key *k = NULL;
+	char label[LABEL_MAX + 1], *uri = NULL;
+	enum esc_err r;
+
+	if (o->label[0] != '\0')
+		copy(label, sizeof(label), o->label);
+	else
+		default_label(cert, label, sizeof(label));
+	if ((r = esc_token_import_key(ctx, o->target, user, cert, label, &k)) != ESC_OK)
+		return r;
+	o->written = k;
+	if ((r = esc_token_key_uri(ctx, o->target, k, &uri)) != ESC_OK) {
+		undo_after_failure(ctx, o);
+		return r;
+	}
+	/* Serial and label first: the audit trail keeps an event's first 511 characters. */
+	snprintf(o->destination, sizeof(o->destination), "serial %s, key label '%.64s', key %.480s",
+		 esc_token_serial(o->target), label, uri);
+	free(uri);
+	return ESC_OK;
+}
+
+/*
+ * The PKCS#8 key (as it was archived) and its certificate, both PEM, sealed
+ * to o's recipient: RSA-OAEP with SHA-256, or ECDH (esc_envelope_seal).
+ */
+static enum esc_err
+deliver_cert(struct esc_ctx *ctx, struct esc_recovery_output *o, const unsigned char *p8, size_t p8len, X509 *cert)
+{
+	const enum esc_oaep_hash hash = ESC_OAEP_SHA256;
+	BIO *plain = NULL, *pem = NULL;
+	BUF_MEM *mem = NULL;
+	unsigned char *der = NULL, *buf = NULL;
+	size_t derlen = 0, len;
+	enum esc_err r;
+
+	/* The content is the key in clear: written only to the secure heap (BIO_s_secmem). */
+	if ((plain = BIO_new(BIO_s_secmem())) == NULL ||
+	    PEM_write_bio(plain, PEM_STRING_PKCS8INF, "", p8, (long)p8len) <= 0 ||
+	    PEM_write_bio_X509(plain, cert) != 1) {
+		r = esc_error_ossl(ctx, ESC_ERR_CRYPTO, "cannot write the key and its certificate as PEM");
+		goto out;
+	}
+	BIO_get_mem_ptr(plain, &mem);
+	if ((r = esc_envelope_seal(ctx, (const unsigned char *)mem->data, mem->length, &o->recipient, &hash, 1, &der,
+				   &derlen)) != ESC_OK)
+		goto out;
+	if (o->pem) {
+		BUF_MEM *pm = NULL;
+
+		if ((pem = BIO_new(BIO_s_mem())) == NULL || PEM_write_bio(pem, "CMS", "", der, (long)derlen) <= 0) {
+			r = esc_error_ossl(ctx, ESC_ERR_CRYPTO, "cannot write the envelope as PEM");
+			goto out;
+		}
+		BIO_get_mem_ptr(pem, &pm);
+		len = pm->length;
+		if ((buf = OPENSSL_secure_malloc(len)) != NULL)
+			memcpy(buf, pm->data, len);
+	} else if ((buf = OPENSSL_secure_malloc(len = derlen)) != NULL)
+		memcpy(buf, der, len);
+	if (buf == NULL) {
+		r = esc_error(ctx, ESC_ERR_NOMEM, "out of secure memory");
+		goto out;
+	}
+	o->data = buf;
+	o->datalen = len;
+	cert_destination(o->recipient, o->destination, sizeof(o->destination));
+	r = ESC_OK;
+out:
+	BIO_free(pem);
+	BIO_free(plain);
+	free(der);
+	return r;
+}
+
+/* Deliver the checked key user (p8: its PKCS#8 as archived) with its certificate to o. */
+static enum esc_err
+deliver(struct esc_ctx *ctx, struct esc_recovery_output *o, EVP_PKEY *user, const unsigned char *p8, size_t p8len,
+	X509 *cert)
+{
+	switch (o->form) {
+	case ESC_RECOVERY_TOKEN:
+		return deliver_token(ctx, o, user, cert);
+	case ESC_RECOVERY_CERT:
+		return deliver_cert(ctx, o, p8, p8len, cert);
+	case ESC_RECOVERY_P12:
+		break;
+	}
+	o->destination[0] = '\0';
+	return make_p12(ctx, user, cert, o->password, &o->data, &o->datalen);
+}
+
+/* "as PKCS#12", "onto token serial …", "as CMS … to certificate SHA256:…": the audit event's words. */
+static void
+delivered_words(enum esc_recovery_form form, const char *destination, char *buf, size_t len)
+{
+	switch (form) {
+	case ESC_RECOVERY_TOKEN:
+		snprintf(buf, len, "onto token %s", destination);
+		return;
+	case ESC_RECOVERY_CERT:
+		snprintf(buf, len, "as CMS AuthEnvelopedData encrypted to certificate %s", destination);
+		return;
+	case ESC_RECOVERY_P12:
+		break;
+	}
+	snprintf(buf, len, "as PKCS#12");
+}
+
+enum esc_err
+esc_recovery_open_package_to(struct esc_ctx *ctx, const struct esc_recovery_package *pkg, struct esc_token *card,
+			     struct esc_recovery_output *o)
 {
 	struct esc_token_key *key = NULL;
 	EVP_PKEY *cardkey = NULL, *user = NULL;
 	PKCS8_PRIV_KEY_INFO *p8inf = NULL;
-	unsigned char *p8 = NULL, *out = NULL;
+	unsigned char *p8 = NULL;
 	const unsigned char *p;
-	size_t p8len = 0, outlen = 0;
+	size_t p8len = 0;
 	enum esc_err r;
 
+	if (o->data != NULL || o->written != NULL)
+		return esc_error(ctx, ESC_ERR_USAGE, "an output serves one completion");
+	if (o->form == ESC_RECOVERY_TOKEN) {
+		/* The user's key never goes onto the KRA's own card. */
+		if (strcmp(esc_token_module_path(o->target), esc_token_module_path(card)) == 0 &&
+		    strcmp(esc_token_serial(o->target), esc_token_serial(card)) == 0 &&
+		    strcmp(esc_token_label(o->target), esc_token_label(card)) == 0)
+			return esc_error(ctx, ESC_ERR_USAGE,
+					 "the target token '%s' is the KRA card: the key goes onto the user's token",
+					 esc_token_label(card));
+		/* Refused before the card decrypts anything: a duplicate, a read-only or unsuitable token. */
+		if ((r = esc_token_import_check(ctx, o->target, pkg->cert)) != ESC_OK)
+			return r;
+	}
 	if ((r = esc_token_find_key(ctx, card, pkg->key_uri, &key)) != ESC_OK) {
 		if (r == ESC_ERR_KEY_NOT_FOUND)
 			r = esc_error(ctx, ESC_ERR_KEY_NOT_FOUND, "card '%s' does not hold the key of KRA '%s'",
@@ -995,15 +1378,9 @@ esc_recovery_open_package(struct esc_ctx *ctx, const struct esc_recovery_package
 		r = esc_error(ctx, ESC_ERR_MISMATCH, "the recovered key does not match the record's certificate");
 		goto out;
 	}
-	if ((r = make_p12(ctx, user, pkg->cert, password, &out, &outlen)) != ESC_OK)
-		goto out;
-	*p12 = out;
-	*p12len = outlen;
-	out = NULL; /* transferred */
-	r = ESC_OK;
+	r = deliver(ctx, o, user, p8, p8len, pkg->cert);
 out:
 	ERR_clear_error();
-	esc_recovery_p12_free(out, outlen);
 	esc_envelope_plain_free(p8, p8len);
 	PKCS8_PRIV_KEY_INFO_free(p8inf);
 	EVP_PKEY_free(user);
@@ -1012,15 +1389,38 @@ out:
 	return r;
 }
 
+/* Move a PKCS#12 output's bytes to the caller (esc_recovery_p12_free). */
+static void
+take_p12(struct esc_recovery_output *o, unsigned char **p12, size_t *p12len)
+{
+	*p12 = o->data;
+	*p12len = o->datalen;
+	o->data = NULL; /* transferred */
+	o->datalen = 0;
+}
+
+enum esc_err
+esc_recovery_open_package(struct esc_ctx *ctx, const struct esc_recovery_package *pkg, struct esc_token *card,
+			  const struct esc_secret *password, unsigned char **p12, size_t *p12len)
+{
+	struct esc_recovery_output *o = NULL;
+	enum esc_err r;
+
+	if ((r = esc_recovery_output_p12(ctx, password, &o)) == ESC_OK &&
+	    (r = esc_recovery_open_package_to(ctx, pkg, card, o)) == ESC_OK)
+		take_p12(o, p12, p12len);
+	esc_recovery_output_free(o);
+	return r;
+}
+
 static enum esc_err
 complete_impl(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor, long long id,
-	      struct esc_token *card, const struct esc_secret *password, unsigned char **p12, size_t *p12len)
+	      struct esc_token *card, struct esc_recovery_output *o)
 {
 	struct esc_recovery_package *pkg = NULL;
-	unsigned char *out = NULL;
-	size_t outlen = 0;
 	char sid[24];
 	const char *v[1] = {sid};
+	int delivered = 0;
 	enum esc_err r;
 
 	if ((r = esc_account_require(ctx, actor, ESC_ROLE_KRA)) != ESC_OK)
@@ -1029,8 +1429,9 @@ complete_impl(struct esc_ctx *ctx, struct esc_store *st, const struct esc_accoun
 	if ((r = esc_store_begin(ctx, st)) != ESC_OK)
 		return r;
 	if ((r = load_released(ctx, st, actor, id, 1, &pkg)) != ESC_OK ||
-	    (r = esc_recovery_open_package(ctx, pkg, card, password, &out, &outlen)) != ESC_OK)
+	    (r = esc_recovery_open_package_to(ctx, pkg, card, o)) != ESC_OK)
 		goto out;
+	delivered = 1;
 	if ((r = esc_store_exec(
 		     ctx, st,
 		     "UPDATE recovery_requests SET state = 'completed', package = NULL, completed_at = now() "
@@ -1038,23 +1439,39 @@ complete_impl(struct esc_ctx *ctx, struct esc_store *st, const struct esc_accoun
 		     1, v, NULL, NULL, NULL)) != ESC_OK)
 		goto out;
 	{
-		char obj[48];
+		char obj[48], words[DESTINATION_MAX + 96], details[DESTINATION_MAX + 256];
 
 		snprintf(obj, sizeof(obj), "request %lld", id);
-		if ((r = audit_ok(ctx, st, actor, NULL, "recovery.complete", obj,
-				  "key decrypted on the KRA card, checked against its certificate, delivered as "
-				  "PKCS#12")) != ESC_OK ||
+		delivered_words(o->form, o->destination, words, sizeof(words));
+		snprintf(details, sizeof(details),
+			 "key decrypted on the KRA card, checked against its certificate, delivered %s", words);
+		if ((r = audit_ok(ctx, st, actor, NULL, "recovery.complete", obj, details)) != ESC_OK ||
 		    (r = esc_store_commit(ctx, st)) != ESC_OK)
 			goto out;
 	}
-	*p12 = out;
-	*p12len = outlen;
-	out = NULL; /* transferred */
 	r = ESC_OK;
 out:
 	esc_store_rollback(st);
-	esc_recovery_p12_free(out, outlen);
+	/* Not completed, so not delivered: the token gets its objects back, the bytes are dropped. */
+	if (r != ESC_OK && delivered)
+		undo_after_failure(ctx, o);
 	esc_recovery_package_free(pkg);
+	return r;
+}
+
+enum esc_err
+esc_recovery_complete_to(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor, long long id,
+			 struct esc_token *card, struct esc_recovery_output *o)
+{
+	struct esc_store_retry t = {0};
+	enum esc_err r;
+
+	/* A retry decrypts on the card again: nothing of a failed attempt is kept. */
+	do
+		r = complete_impl(ctx, st, actor, id, card, o);
+	while (esc_store_retry(ctx, st, &t, &r));
+	if (r != ESC_OK)
+		audit_failed(ctx, st, actor, NULL, "recovery.complete", id, r);
 	return r;
 }
 
@@ -1062,15 +1479,13 @@ enum esc_err
 esc_recovery_complete(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor, long long id,
 		      struct esc_token *card, const struct esc_secret *password, unsigned char **p12, size_t *p12len)
 {
-	struct esc_store_retry t = {0};
+	struct esc_recovery_output *o = NULL;
 	enum esc_err r;
 
-	/* A retry decrypts on the card again: nothing of a failed attempt is kept. */
-	do
-		r = complete_impl(ctx, st, actor, id, card, password, p12, p12len);
-	while (esc_store_retry(ctx, st, &t, &r));
-	if (r != ESC_OK)
-		audit_failed(ctx, st, actor, NULL, "recovery.complete", id, r);
+	if ((r = esc_recovery_output_p12(ctx, password, &o)) == ESC_OK &&
+	    (r = esc_recovery_complete_to(ctx, st, actor, id, card, o)) == ESC_OK)
+		take_p12(o, p12, p12len);
+	esc_recovery_output_free(o);
 	return r;
 }
 
@@ -1107,7 +1522,8 @@ esc_recovery_fetch(struct esc_ctx *ctx, struct esc_store *st, const struct esc_a
 }
 
 static enum esc_err
-finish_impl(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor, long long id)
+finish_impl(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor, long long id,
+	    const char *details)
 {
 	PGresult *res = NULL;
 	char sid[24], kid[24];
@@ -1159,9 +1575,7 @@ finish_impl(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account 
 		char obj[48];
 
 		snprintf(obj, sizeof(obj), "request %lld", id);
-		if ((r = audit_ok(ctx, st, actor, NULL, "recovery.complete", obj,
-				  "key decrypted on the KRA card at its workstation, checked against its "
-				  "certificate, delivered as PKCS#12; package deleted")) != ESC_OK ||
+		if ((r = audit_ok(ctx, st, actor, NULL, "recovery.complete", obj, details)) != ESC_OK ||
 		    (r = esc_store_commit(ctx, st)) != ESC_OK)
 			goto out;
 	}
@@ -1172,18 +1586,68 @@ out:
 	return r;
 }
 
+/*
+ * The audit event's details of a completion the workstation reports
+ * (esc_recovery_finish_to): a known form, and a destination the audit trail
+ * can carry.
+ */
+static enum esc_err
+reported_details(struct esc_ctx *ctx, const char *form, const char *destination, char *buf, size_t len)
+{
+	static const enum esc_recovery_form forms[] = {ESC_RECOVERY_P12, ESC_RECOVERY_TOKEN, ESC_RECOVERY_CERT};
+	size_t i, n = destination != NULL ? strlen(destination) : 0;
+	char words[DESTINATION_MAX + 96];
+
+	for (i = 0; i < ESC_ARRAY_LEN(forms); i++)
+		if (strcmp(form != NULL ? form : "p12", esc_recovery_form_name(forms[i])) == 0)
+			break;
+	if (i == ESC_ARRAY_LEN(forms))
+		return esc_error(ctx, ESC_ERR_USAGE, "a completion's output is p12, token or cert");
+	if (forms[i] == ESC_RECOVERY_P12) {
+		if (n != 0)
+			return esc_error(ctx, ESC_ERR_USAGE, "a PKCS#12 completion has no destination");
+	} else if (n == 0 || n > DESTINATION_MAX || !printable(destination) ||
+		   strcasestr(destination, "pin-value") != NULL || strcasestr(destination, "pin-source") != NULL)
+		return esc_error(ctx, ESC_ERR_USAGE,
+				 "a completion onto a token or to a certificate names its destination: 1..%d "
+				 "characters, no control characters, no PIN",
+				 DESTINATION_MAX);
+	delivered_words(forms[i], n ? destination : "", words, sizeof(words));
+	if (forms[i] == ESC_RECOVERY_P12)
+		snprintf(buf, len,
+			 "key decrypted on the KRA card at its workstation, checked against its certificate, "
+			 "delivered %s; package deleted",
+			 words);
+	else
+		snprintf(buf, len,
+			 "key decrypted on the KRA card at its workstation, checked against its certificate, package "
+			 "deleted; delivered, as the workstation reports, %s",
+			 words);
+	return ESC_OK;
+}
+
 enum esc_err
-esc_recovery_finish(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor, long long id)
+esc_recovery_finish_to(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor, long long id,
+		       const char *form, const char *destination)
 {
 	struct esc_store_retry t = {0};
+	char details[DESTINATION_MAX + 256];
 	enum esc_err r;
 
-	do
-		r = finish_impl(ctx, st, actor, id);
-	while (esc_store_retry(ctx, st, &t, &r));
+	if ((r = reported_details(ctx, form, destination, details, sizeof(details))) == ESC_OK) {
+		do
+			r = finish_impl(ctx, st, actor, id, details);
+		while (esc_store_retry(ctx, st, &t, &r));
+	}
 	if (r != ESC_OK)
 		audit_failed(ctx, st, actor, NULL, "recovery.complete", id, r);
 	return r;
+}
+
+enum esc_err
+esc_recovery_finish(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor, long long id)
+{
+	return esc_recovery_finish_to(ctx, st, actor, id, NULL, NULL);
 }
 
 /* ---- Requests that end without completing: denied, cancelled, expired ------------------------------------- */

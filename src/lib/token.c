@@ -25,6 +25,7 @@
 #include <errno.h>
 #include <limits.h>
 #include <pthread.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -32,12 +33,15 @@
 
 #include <libp11.h>
 #include <openssl/core_names.h>
+#include <openssl/ec.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
+#include <openssl/objects.h>
 #include <openssl/param_build.h>
 #include <openssl/rand.h>
 #include <openssl/rsa.h>
 #include <openssl/x509.h>
+#include <openssl/x509v3.h>
 #include <p11-kit/p11-kit.h>
 #include <p11-kit/pkcs11.h>
 #include <p11-kit/uri.h>
@@ -92,7 +96,8 @@ struct esc_token_key {
 	char type_name[16];
 	CK_KEY_TYPE key_type;
 	CK_OBJECT_HANDLE priv;
-	CK_OBJECT_HANDLE pub; /* CK_INVALID_HANDLE if the token has no public object */
+	CK_OBJECT_HANDLE pub;  /* CK_INVALID_HANDLE if the token has no public object */
+	CK_OBJECT_HANDLE cert; /* the certificate written with the key (esc_token_import_key), else CK_INVALID_HANDLE */
 };
 
 static const unsigned char oid_p256[] = {0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07};
@@ -199,6 +204,10 @@ ckr_error(struct esc_ctx *ctx, CK_RV rv, const char *what)
 		break;
 	case CKR_USER_NOT_LOGGED_IN:
 		hint = " (log in first)";
+		break;
+	case CKR_TOKEN_WRITE_PROTECTED:
+	case CKR_SESSION_READ_ONLY:
+		hint = " (the token is write-protected: nothing can be written to it)";
 		break;
 	default:
 		break;
@@ -1027,8 +1036,10 @@ out:
 enum esc_err
 esc_token_destroy_key(struct esc_ctx *ctx, struct esc_token *tok, const struct esc_token_key *key)
 {
-	CK_RV rv = CKR_OK, rv2 = CKR_OK;
+	CK_RV rv = CKR_OK, rv2 = CKR_OK, rv3 = CKR_OK;
 
+	if (key->cert != CK_INVALID_HANDLE)
+		rv3 = tok->fl->C_DestroyObject(tok->session, key->cert);
 	if (key->pub != CK_INVALID_HANDLE)
 		rv2 = tok->fl->C_DestroyObject(tok->session, key->pub);
 	rv = tok->fl->C_DestroyObject(tok->session, key->priv);
@@ -1036,6 +1047,8 @@ esc_token_destroy_key(struct esc_ctx *ctx, struct esc_token *tok, const struct e
 		return ckr_error(ctx, rv, "destroying the private key");
 	if (rv2 != CKR_OK)
 		return ckr_error(ctx, rv2, "destroying the public key");
+	if (rv3 != CKR_OK)
+		return ckr_error(ctx, rv3, "destroying the certificate");
 	return ESC_OK;
 }
 
@@ -1494,15 +1507,16 @@ out:
 	return r;
 }
 
-enum esc_err
-esc_token_store_cert(struct esc_ctx *ctx, struct esc_token *tok, const struct esc_token_key *key, X509 *cert)
+/* Write cert as a token object with CKA_ID id and CKA_LABEL label; *h is its handle. */
+static enum esc_err
+create_cert_object(struct esc_ctx *ctx, struct esc_token *tok, const unsigned char *id, size_t idlen, const char *label,
+		   X509 *cert, CK_OBJECT_HANDLE *h)
 {
 	CK_OBJECT_CLASS cls = CKO_CERTIFICATE;
 	CK_CERTIFICATE_TYPE ctype = CKC_X_509;
 	CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
 	unsigned char *der = NULL, *subj = NULL, *issuer = NULL, *serial = NULL;
 	int dlen, slen, ilen, nlen;
-	CK_OBJECT_HANDLE h;
 	CK_RV rv;
 	enum esc_err r;
 
@@ -1516,14 +1530,14 @@ esc_token_store_cert(struct esc_ctx *ctx, struct esc_token *tok, const struct es
 	}
 	{
 		CK_ATTRIBUTE t[] = {
-			{CKA_CLASS, &cls, sizeof(cls)},		{CKA_CERTIFICATE_TYPE, &ctype, sizeof(ctype)},
-			{CKA_TOKEN, &yes, sizeof(yes)},		{CKA_PRIVATE, &no, sizeof(no)},
-			{CKA_ID, (void *)key->id, key->id_len}, {CKA_LABEL, (void *)key->label, strlen(key->label)},
-			{CKA_VALUE, der, (CK_ULONG)dlen},	{CKA_SUBJECT, subj, (CK_ULONG)slen},
-			{CKA_ISSUER, issuer, (CK_ULONG)ilen},	{CKA_SERIAL_NUMBER, serial, (CK_ULONG)nlen},
+			{CKA_CLASS, &cls, sizeof(cls)},	      {CKA_CERTIFICATE_TYPE, &ctype, sizeof(ctype)},
+			{CKA_TOKEN, &yes, sizeof(yes)},	      {CKA_PRIVATE, &no, sizeof(no)},
+			{CKA_ID, (void *)id, idlen},	      {CKA_LABEL, (void *)label, strlen(label)},
+			{CKA_VALUE, der, (CK_ULONG)dlen},     {CKA_SUBJECT, subj, (CK_ULONG)slen},
+			{CKA_ISSUER, issuer, (CK_ULONG)ilen}, {CKA_SERIAL_NUMBER, serial, (CK_ULONG)nlen},
 		};
 
-		if ((rv = tok->fl->C_CreateObject(tok->session, t, ESC_ARRAY_LEN(t), &h)) != CKR_OK) {
+		if ((rv = tok->fl->C_CreateObject(tok->session, t, ESC_ARRAY_LEN(t), h)) != CKR_OK) {
 			r = ckr_error(ctx, rv, "storing the certificate on the token");
 			goto out;
 		}
@@ -1534,5 +1548,388 @@ out:
 	OPENSSL_free(subj);
 	OPENSSL_free(issuer);
 	OPENSSL_free(serial);
+	return r;
+}
+
+enum esc_err
+esc_token_store_cert(struct esc_ctx *ctx, struct esc_token *tok, const struct esc_token_key *key, X509 *cert)
+{
+	CK_OBJECT_HANDLE h;
+
+	return create_cert_object(ctx, tok, key->id, key->id_len, key->label, cert, &h);
+}
+
+/* ---- Putting a software key on a token (a recovered key onto its owner's new card) -------------------------- */
+
+/*
+ * libp11 has PKCS11_store_private_key and PKCS11_store_certificate, but its
+ * private key template is fixed: CKA_SIGN, CKA_DECRYPT and CKA_UNWRAP all
+ * true, CKA_EXTRACTABLE left to the token's default, RSA keys only, and the
+ * key's values copied through ordinary heap memory.  The recovered key needs
+ * exact attributes (never CKA_SIGN unless the certificate allows signing,
+ * never extractable), EC keys too, and its private values in secure memory
+ * only, so it is written here with C_CreateObject on the module libp11
+ * loaded.  (C_UnwrapKey would need a wrapping key already on the token,
+ * which a new card does not have: the key would cross in clear anyway.)
+ */
+
+#define IMPORT_ID_LEN 20   /* SHA-1 */
+#define IMPORT_INT_MAX 512 /* a big integer of an RSA key up to 4096 bits */
+
+/* A big integer of a key in secure memory: PKCS#11's form, unsigned, most significant byte first. */
+struct secint {
+	unsigned char *p;
+	size_t len;   /* of the value */
+	size_t alloc; /* of p */
+};
+
+static void
+secint_clear(struct secint *s)
+{
+	if (s->p != NULL)
+		OPENSSL_secure_clear_free(s->p, s->alloc);
+	memset(s, 0, sizeof(*s));
+}
+
+/*
+ * Parameter name of params (from EVP_PKEY_todata) as a big integer in
+ * secure memory: without leading zero bytes, or, with pad, exactly pad bytes.
+ */
+static enum esc_err
+secint_of(struct esc_ctx *ctx, const OSSL_PARAM *params, const char *name, size_t pad, struct secint *out)
+{
+	static const int one = 1;
+	const OSSL_PARAM *p = OSSL_PARAM_locate_const(params, name);
+	const unsigned char *v;
+	size_t n, i, skip = 0;
+
+	if (p == NULL || p->data_type != OSSL_PARAM_UNSIGNED_INTEGER || p->data_size == 0 ||
+	    p->data_size > IMPORT_INT_MAX)
+		return esc_error(ctx, ESC_ERR_CRYPTO, "the key has no usable '%s' value", name);
+	v = p->data;
+	n = p->data_size;
+	out->alloc = pad > n ? pad : n;
+	if ((out->p = OPENSSL_secure_zalloc(out->alloc)) == NULL)
+		return esc_error(ctx, ESC_ERR_NOMEM, "out of secure memory");
+	/* OSSL_PARAM integers are in the host's byte order; right-aligned in p, most significant byte first. */
+	for (i = 0; i < n; i++)
+		out->p[out->alloc - n + i] = *(const char *)&one ? v[n - 1 - i] : v[i];
+	/* Leading zero bytes: all of them dropped, or as many as make the value pad bytes long. */
+	while (skip + 1 < out->alloc && out->p[skip] == 0 && (pad == 0 || out->alloc - skip > pad))
+		skip++;
+	if (pad != 0 && out->alloc - skip != pad) {
+		secint_clear(out);
+		return esc_error(ctx, ESC_ERR_CRYPTO, "the key's '%s' value is too large", name);
+	}
+	memmove(out->p, out->p + skip, out->alloc - skip);
+	out->len = out->alloc - skip;
+	return ESC_OK;
+}
+
+/* Wipe every value of an EVP_PKEY_todata array (OSSL_PARAM_free does not wipe all of them), then free it. */
+static void
+params_clear_free(OSSL_PARAM *params)
+{
+	OSSL_PARAM *p;
+
+	if (params == NULL)
+		return;
+	for (p = params; p->key != NULL; p++)
+		if (p->data != NULL && p->data_size > 0)
+			OPENSSL_cleanse(p->data, p->data_size);
+	OSSL_PARAM_free(params);
+}
+
+/* CKA_ID of a key written with cert: SHA-1 of its subjectPublicKey (RFC 5280 4.2.1.2, method 1). */
+static enum esc_err
+import_id(struct esc_ctx *ctx, X509 *cert, unsigned char id[IMPORT_ID_LEN])
+{
+	unsigned int len = 0;
+
+	if (X509_pubkey_digest(cert, EVP_sha1(), id, &len) != 1 || len != IMPORT_ID_LEN)
+		return esc_error_ossl(ctx, ESC_ERR_CRYPTO, "cannot hash the certificate's public key");
+	return ESC_OK;
+}
+
+/* The DER OID of an EC key's named curve (CKA_EC_PARAMS), malloc'ed. */
+static enum esc_err
+ec_params_der(struct esc_ctx *ctx, EVP_PKEY *pub, unsigned char **out, int *outlen)
+{
+	char group[64];
+	size_t glen = 0;
+	int nid, n;
+	ASN1_OBJECT *obj;
+
+	if (EVP_PKEY_get_utf8_string_param(pub, OSSL_PKEY_PARAM_GROUP_NAME, group, sizeof(group), &glen) != 1 ||
+	    ((nid = OBJ_sn2nid(group)) == NID_undef && (nid = EC_curve_nist2nid(group)) == NID_undef) ||
+	    (obj = OBJ_nid2obj(nid)) == NULL || OBJ_length(obj) == 0) {
+		ERR_clear_error();
+		return esc_error(ctx, ESC_ERR_MECHANISM,
+				 "the EC key is not on a named curve a token can be told about");
+	}
+	*out = NULL;
+	if ((n = i2d_ASN1_OBJECT(obj, out)) <= 0)
+		return esc_error_ossl(ctx, ESC_ERR_CRYPTO, "cannot encode the EC key's curve");
+	*outlen = n;
+	return ESC_OK;
+}
+
+/*
+ * Can tok take a key written with cert: logged in as the user on a
+ * writable token, no object with its CKA_ID yet, and a mechanism that uses
+ * a key of its type and size (RSA decryption, EC key derivation)?
+ */
+static enum esc_err
+import_check(struct esc_ctx *ctx, struct esc_token *tok, X509 *cert, const unsigned char id[IMPORT_ID_LEN])
+{
+	static const CK_MECHANISM_TYPE rsa_mechs[] = {CKM_RSA_PKCS_OAEP, CKM_RSA_PKCS, CKM_RSA_X_509};
+	static const CK_MECHANISM_TYPE ec_mechs[] = {CKM_ECDH1_DERIVE, CKM_ECDH1_COFACTOR_DERIVE};
+	EVP_PKEY *pub = X509_get0_pubkey(cert);
+	CK_TOKEN_INFO ti;
+	CK_SESSION_INFO si;
+	CK_ATTRIBUTE t[] = {{CKA_ID, (void *)id, IMPORT_ID_LEN}};
+	CK_OBJECT_HANDLE found[MAX_FOUND];
+	CK_ULONG nfound = 0;
+	CK_RV rv;
+	size_t i;
+	enum esc_err r;
+	char idhex[2 * IMPORT_ID_LEN + 1];
+	int bits;
+
+	if ((rv = tok->fl->C_GetTokenInfo(tok->slot_id, &ti)) != CKR_OK)
+		return ckr_error(ctx, rv, "reading the token's state");
+	if (ti.flags & CKF_WRITE_PROTECTED)
+		return esc_error(ctx, ESC_ERR_PKCS11,
+				 "token '%s' is write-protected (CKF_WRITE_PROTECTED): no key can be written to it",
+				 tok->label);
+	if ((rv = tok->fl->C_GetSessionInfo(tok->session, &si)) != CKR_OK)
+		return ckr_error(ctx, rv, "reading the session's state");
+	if (si.state != CKS_RW_USER_FUNCTIONS)
+		return esc_error(ctx, ESC_ERR_PKCS11, "token '%s': %s", tok->label,
+				 si.state == CKS_RO_USER_FUNCTIONS ? "the session is read-only"
+								   : "not logged in as its user (log in first)");
+	hex_id(idhex, sizeof(idhex), id, IMPORT_ID_LEN);
+	/* Any class: a certificate or public key with this id belongs to this key already. */
+	if ((r = find_objects(ctx, tok, t, ESC_ARRAY_LEN(t), found, &nfound)) != ESC_OK)
+		return r;
+	if (nfound > 0)
+		return esc_error(ctx, ESC_ERR_EXISTS,
+				 "token '%s' already holds %lu object(s) with CKA_ID %s, the id of this key: the key "
+				 "is there already, or another object uses its id; nothing was written",
+				 tok->label, (unsigned long)nfound, idhex);
+	if (pub == NULL)
+		return esc_error_ossl(ctx, ESC_ERR_BAD_INPUT, "the certificate has no usable public key");
+	bits = EVP_PKEY_get_bits(pub);
+	if (EVP_PKEY_is_a(pub, "RSA")) {
+		for (i = 0; i < ESC_ARRAY_LEN(rsa_mechs); i++)
+			if (require_mech(NULL, tok, rsa_mechs[i], CKF_DECRYPT, (unsigned long)bits, "") == ESC_OK)
+				return ESC_OK;
+		return esc_error(ctx, ESC_ERR_MECHANISM,
+				 "token '%s' cannot use an RSA %d-bit key: it offers none of CKM_RSA_PKCS_OAEP, "
+				 "CKM_RSA_PKCS and CKM_RSA_X_509 for decryption with keys of that size",
+				 tok->label, bits);
+	}
+	if (EVP_PKEY_is_a(pub, "EC")) {
+		for (i = 0; i < ESC_ARRAY_LEN(ec_mechs); i++)
+			if (require_mech(NULL, tok, ec_mechs[i], CKF_DERIVE, 0, "") == ESC_OK)
+				return ESC_OK;
+		return esc_error(ctx, ESC_ERR_MECHANISM,
+				 "token '%s' cannot use an EC key: it offers neither CKM_ECDH1_DERIVE nor "
+				 "CKM_ECDH1_COFACTOR_DERIVE",
+				 tok->label);
+	}
+	return esc_error(ctx, ESC_ERR_MECHANISM, "only RSA and EC keys are written to tokens, not %s keys",
+			 EVP_PKEY_get0_type_name(pub) != NULL ? EVP_PKEY_get0_type_name(pub) : "these");
+}
+
+enum esc_err
+esc_token_import_check(struct esc_ctx *ctx, struct esc_token *tok, X509 *cert)
+{
+	unsigned char id[IMPORT_ID_LEN];
+	enum esc_err r;
+
+	if ((r = import_id(ctx, cert, id)) != ESC_OK)
+		return r;
+	return import_check(ctx, tok, cert, id);
+}
+
+/* C_CreateObject's answers to a template the token cannot hold, told apart from other failures. */
+static enum esc_err
+create_error(struct esc_ctx *ctx, struct esc_token *tok, CK_RV rv, const char *what)
+{
+	switch (rv) {
+	case CKR_ATTRIBUTE_TYPE_INVALID:
+	case CKR_ATTRIBUTE_VALUE_INVALID:
+	case CKR_TEMPLATE_INCONSISTENT:
+	case CKR_TEMPLATE_INCOMPLETE:
+	case CKR_KEY_SIZE_RANGE:
+	case CKR_CURVE_NOT_SUPPORTED:
+	case CKR_DOMAIN_PARAMS_INVALID:
+		return esc_error(ctx, ESC_ERR_MECHANISM, "token '%s' cannot hold this key: %s failed: %s", tok->label,
+				 what, esc_ckr_name(rv));
+	default:
+		return ckr_error(ctx, rv, what);
+	}
+}
+
+/* The attributes both halves share; returns how many were set in a[]. */
+static CK_ULONG
+common_attrs(CK_ATTRIBUTE *a, const CK_OBJECT_CLASS *cls, const CK_KEY_TYPE *kt, const CK_BBOOL *yes,
+	     const unsigned char *id, const char *label, const unsigned char *subj, int slen)
+{
+	CK_ULONG n = 0;
+
+	a[n++] = (CK_ATTRIBUTE){CKA_CLASS, (void *)cls, sizeof(*cls)};
+	a[n++] = (CK_ATTRIBUTE){CKA_KEY_TYPE, (void *)kt, sizeof(*kt)};
+	a[n++] = (CK_ATTRIBUTE){CKA_TOKEN, (void *)yes, sizeof(*yes)};
+	a[n++] = (CK_ATTRIBUTE){CKA_ID, (void *)id, IMPORT_ID_LEN};
+	a[n++] = (CK_ATTRIBUTE){CKA_LABEL, (void *)label, strlen(label)};
+	a[n++] = (CK_ATTRIBUTE){CKA_SUBJECT, (void *)subj, (CK_ULONG)slen};
+	return n;
+}
+
+enum esc_err
+esc_token_import_key(struct esc_ctx *ctx, struct esc_token *tok, EVP_PKEY *key, X509 *cert, const char *label,
+		     struct esc_token_key **out)
+{
+	static const char *const rsa_names[] = {
+		OSSL_PKEY_PARAM_RSA_N,	       OSSL_PKEY_PARAM_RSA_E,
+		OSSL_PKEY_PARAM_RSA_D,	       OSSL_PKEY_PARAM_RSA_FACTOR1,
+		OSSL_PKEY_PARAM_RSA_FACTOR2,   OSSL_PKEY_PARAM_RSA_EXPONENT1,
+		OSSL_PKEY_PARAM_RSA_EXPONENT2, OSSL_PKEY_PARAM_RSA_COEFFICIENT1,
+	};
+	static const CK_ATTRIBUTE_TYPE rsa_attrs[] = {
+		CKA_MODULUS, CKA_PUBLIC_EXPONENT, CKA_PRIVATE_EXPONENT, CKA_PRIME_1,
+		CKA_PRIME_2, CKA_EXPONENT_1,	  CKA_EXPONENT_2,	CKA_COEFFICIENT,
+	};
+	struct esc_token_key *k = NULL;
+	struct secint v[ESC_ARRAY_LEN(rsa_names)];
+	OSSL_PARAM *params = NULL;
+	CK_OBJECT_CLASS priv_cls = CKO_PRIVATE_KEY, pub_cls = CKO_PUBLIC_KEY;
+	CK_KEY_TYPE kt;
+	CK_BBOOL yes = CK_TRUE, no = CK_FALSE, sign, is_rsa_key;
+	CK_ATTRIBUTE priv[32], pub[16];
+	CK_ULONG npriv, npub;
+	CK_OBJECT_HANDLE hpriv = CK_INVALID_HANDLE, hpub = CK_INVALID_HANDLE, hcert = CK_INVALID_HANDLE;
+	unsigned char id[IMPORT_ID_LEN], *subj = NULL, *ecparams = NULL, *ecpoint = NULL;
+	const void *point = NULL;
+	ASN1_OCTET_STRING *os = NULL;
+	size_t llen = label != NULL ? strlen(label) : 0, i, pointlen = 0;
+	uint32_t ku = X509_get_key_usage(cert);
+	int slen, eclen = 0, ecpointlen = 0;
+	CK_RV rv;
+	enum esc_err r;
+
+	memset(v, 0, sizeof(v));
+	if (llen == 0 || llen > 128)
+		return esc_error(ctx, ESC_ERR_USAGE, "key label must be 1..128 bytes");
+	if (EVP_PKEY_eq(X509_get0_pubkey(cert), key) != 1) {
+		ERR_clear_error();
+		return esc_error(ctx, ESC_ERR_MISMATCH, "the key does not match the certificate written with it");
+	}
+	if ((r = import_id(ctx, cert, id)) != ESC_OK || (r = import_check(ctx, tok, cert, id)) != ESC_OK)
+		return r;
+	is_rsa_key = EVP_PKEY_is_a(key, "RSA") ? CK_TRUE : CK_FALSE;
+	kt = is_rsa_key ? CKK_RSA : CKK_EC;
+	/* Signing only where the certificate says so: no keyUsage extension (ku all ones) does not. */
+	sign = ku != UINT32_MAX && (ku & (KU_DIGITAL_SIGNATURE | KU_NON_REPUDIATION)) != 0 ? CK_TRUE : CK_FALSE;
+	if ((slen = i2d_X509_NAME(X509_get_subject_name(cert), &subj)) <= 0) {
+		r = esc_error_ossl(ctx, ESC_ERR_CRYPTO, "cannot encode the certificate's subject");
+		goto out;
+	}
+	/* Every private value goes from the key to secure memory, and is wiped wherever else it was. */
+	if (EVP_PKEY_todata(key, EVP_PKEY_KEYPAIR, &params) != 1) {
+		r = esc_error_ossl(ctx, ESC_ERR_CRYPTO, "cannot read the key's values");
+		goto out;
+	}
+	npriv = common_attrs(priv, &priv_cls, &kt, &yes, id, label, subj, slen);
+	npub = common_attrs(pub, &pub_cls, &kt, &yes, id, label, subj, slen);
+	priv[npriv++] = (CK_ATTRIBUTE){CKA_PRIVATE, &yes, sizeof(yes)};
+	priv[npriv++] = (CK_ATTRIBUTE){CKA_SENSITIVE, &yes, sizeof(yes)};
+	priv[npriv++] = (CK_ATTRIBUTE){CKA_EXTRACTABLE, &no, sizeof(no)};
+	priv[npriv++] = (CK_ATTRIBUTE){CKA_SIGN, &sign, sizeof(sign)};
+	priv[npriv++] = (CK_ATTRIBUTE){CKA_SIGN_RECOVER, &no, sizeof(no)};
+	priv[npriv++] = (CK_ATTRIBUTE){CKA_DECRYPT, is_rsa_key ? &yes : &no, sizeof(yes)};
+	priv[npriv++] = (CK_ATTRIBUTE){CKA_UNWRAP, is_rsa_key ? &yes : &no, sizeof(yes)};
+	priv[npriv++] = (CK_ATTRIBUTE){CKA_DERIVE, is_rsa_key ? &no : &yes, sizeof(yes)};
+	pub[npub++] = (CK_ATTRIBUTE){CKA_PRIVATE, &no, sizeof(no)};
+	pub[npub++] = (CK_ATTRIBUTE){CKA_VERIFY, &sign, sizeof(sign)};
+	pub[npub++] = (CK_ATTRIBUTE){CKA_ENCRYPT, is_rsa_key ? &yes : &no, sizeof(yes)};
+	pub[npub++] = (CK_ATTRIBUTE){CKA_WRAP, is_rsa_key ? &yes : &no, sizeof(yes)};
+	if (is_rsa_key) {
+		/* Two primes only: a multi-prime key has further factors PKCS#11 cannot carry. */
+		if (OSSL_PARAM_locate(params, OSSL_PKEY_PARAM_RSA_FACTOR3) != NULL) {
+			r = esc_error(ctx, ESC_ERR_MECHANISM, "a multi-prime RSA key cannot be written to a token");
+			goto out;
+		}
+		for (i = 0; i < ESC_ARRAY_LEN(rsa_names); i++) {
+			if ((r = secint_of(ctx, params, rsa_names[i], 0, &v[i])) != ESC_OK)
+				goto out;
+			priv[npriv++] = (CK_ATTRIBUTE){rsa_attrs[i], v[i].p, v[i].len};
+		}
+		pub[npub++] = (CK_ATTRIBUTE){CKA_MODULUS, v[0].p, v[0].len};
+		pub[npub++] = (CK_ATTRIBUTE){CKA_PUBLIC_EXPONENT, v[1].p, v[1].len};
+	} else {
+		const OSSL_PARAM *pp = OSSL_PARAM_locate_const(params, OSSL_PKEY_PARAM_PUB_KEY);
+
+		if ((r = ec_params_der(ctx, key, &ecparams, &eclen)) != ESC_OK ||
+		    (r = secint_of(ctx, params, OSSL_PKEY_PARAM_PRIV_KEY, ((size_t)EVP_PKEY_get_bits(key) + 7) / 8,
+				   &v[0])) != ESC_OK)
+			goto out;
+		/* CKA_EC_POINT: the uncompressed point in a DER OCTET STRING (PKCS#11 2.40). */
+		if (pp == NULL || OSSL_PARAM_get_octet_string_ptr(pp, &point, &pointlen) != 1 ||
+		    (os = ASN1_OCTET_STRING_new()) == NULL || ASN1_OCTET_STRING_set(os, point, (int)pointlen) != 1 ||
+		    (ecpointlen = i2d_ASN1_OCTET_STRING(os, &ecpoint)) <= 0) {
+			r = esc_error_ossl(ctx, ESC_ERR_CRYPTO, "cannot encode the EC key's public point");
+			goto out;
+		}
+		priv[npriv++] = (CK_ATTRIBUTE){CKA_EC_PARAMS, ecparams, (CK_ULONG)eclen};
+		priv[npriv++] = (CK_ATTRIBUTE){CKA_VALUE, v[0].p, v[0].len};
+		pub[npub++] = (CK_ATTRIBUTE){CKA_EC_PARAMS, ecparams, (CK_ULONG)eclen};
+		pub[npub++] = (CK_ATTRIBUTE){CKA_EC_POINT, ecpoint, (CK_ULONG)ecpointlen};
+	}
+	/* Private key first: if the token refuses it, nothing at all was written. */
+	if ((rv = tok->fl->C_CreateObject(tok->session, priv, npriv, &hpriv)) != CKR_OK) {
+		hpriv = CK_INVALID_HANDLE;
+		r = create_error(ctx, tok, rv, "writing the private key");
+		goto out;
+	}
+	if ((rv = tok->fl->C_CreateObject(tok->session, pub, npub, &hpub)) != CKR_OK) {
+		hpub = CK_INVALID_HANDLE;
+		r = create_error(ctx, tok, rv, "writing the public key");
+		goto out;
+	}
+	if ((r = create_cert_object(ctx, tok, id, IMPORT_ID_LEN, label, cert, &hcert)) != ESC_OK) {
+		hcert = CK_INVALID_HANDLE;
+		goto out;
+	}
+	if ((k = calloc(1, sizeof(*k))) == NULL) {
+		r = esc_error(ctx, ESC_ERR_NOMEM, "out of memory");
+		goto out;
+	}
+	if ((r = load_key_attrs(ctx, tok, hpriv, k)) != ESC_OK)
+		goto out;
+	k->pub = hpub;
+	k->cert = hcert;
+	*out = k;
+	k = NULL; /* transferred */
+	hpriv = hpub = hcert = CK_INVALID_HANDLE;
+	r = ESC_OK;
+out:
+	/* Nothing half-written: whatever was created of a failed write goes again. */
+	if (hcert != CK_INVALID_HANDLE)
+		(void)tok->fl->C_DestroyObject(tok->session, hcert);
+	if (hpub != CK_INVALID_HANDLE)
+		(void)tok->fl->C_DestroyObject(tok->session, hpub);
+	if (hpriv != CK_INVALID_HANDLE)
+		(void)tok->fl->C_DestroyObject(tok->session, hpriv);
+	for (i = 0; i < ESC_ARRAY_LEN(v); i++)
+		secint_clear(&v[i]);
+	params_clear_free(params);
+	ASN1_OCTET_STRING_free(os);
+	OPENSSL_free(ecpoint);
+	OPENSSL_free(ecparams);
+	OPENSSL_free(subj);
+	free(k);
 	return r;
 }

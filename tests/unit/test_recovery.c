@@ -1,8 +1,10 @@
 /*
  * Unit tests for recovery packages as a KRA's workstation receives them from
- * the service (esc_recovery_package_new: no database, no token).  The
- * workflow itself runs against real tokens and PostgreSQL in
- * tests/integration/recovery.sh and api.sh.
+ * the service (esc_recovery_package_new: no database, no token), and for
+ * the checks a completion's output makes before anything is decrypted
+ * (esc_recovery_output_cert, esc_recovery_output_token).  The workflow
+ * itself runs against real tokens and PostgreSQL in
+ * tests/integration/recovery.sh, recovery_output.sh and api.sh.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -12,6 +14,8 @@
 #include <string.h>
 
 #include <cmocka.h>
+
+#include <openssl/x509v3.h>
 
 #include "testctx.h"
 #include "testkeys.h"
@@ -122,11 +126,140 @@ test_package_new(void **state)
 	test_keys_free(&k);
 }
 
+/*
+ * A self-signed certificate for key, valid from `from` to `to` days from
+ * now, with keyUsage ku ("critical,keyEncipherment"; NULL: no extension).
+ */
+static X509 *
+recipient(EVP_PKEY *key, long from, long to, const char *ku)
+{
+	X509 *x = X509_new();
+	X509_NAME *n = X509_get_subject_name(x);
+	X509_EXTENSION *e = NULL;
+
+	assert_non_null(x);
+	assert_int_equal(X509_set_version(x, 2), 1);
+	assert_int_equal(ASN1_INTEGER_set(X509_get_serialNumber(x), 7), 1);
+	assert_int_equal(X509_NAME_add_entry_by_txt(n, "CN", MBSTRING_ASC, (const unsigned char *)"rcpt", -1, -1, 0),
+			 1);
+	assert_int_equal(X509_set_issuer_name(x, n), 1);
+	assert_non_null(X509_gmtime_adj(X509_getm_notBefore(x), from * 86400));
+	assert_non_null(X509_gmtime_adj(X509_getm_notAfter(x), to * 86400));
+	assert_int_equal(X509_set_pubkey(x, key), 1);
+	if (ku != NULL) {
+		assert_non_null(e = X509V3_EXT_conf_nid(NULL, NULL, NID_key_usage, ku));
+		assert_int_equal(X509_add_ext(x, e, -1), 1);
+		X509_EXTENSION_free(e);
+	}
+	assert_true(X509_sign(x, key, EVP_PKEY_is_a(key, "ED25519") ? NULL : EVP_sha256()) > 0);
+	return x;
+}
+
+/* esc_recovery_output_cert(ctx, x) with x freed; the output too, if one was made. */
+static enum esc_err
+try_cert(struct esc_ctx *ctx, X509 *x)
+{
+	struct esc_recovery_output *o = NULL;
+	enum esc_err r = esc_recovery_output_cert(ctx, x, 1, &o);
+	size_t len = 1;
+
+	X509_free(x); /* the output holds its own reference */
+	if (r == ESC_OK) {
+		assert_int_equal(esc_recovery_output_form(o), ESC_RECOVERY_CERT);
+		assert_null(esc_recovery_output_data(o, &len));
+		assert_int_equal(len, 0);
+		assert_string_equal(esc_recovery_output_destination(o), "");
+		assert_int_equal(esc_recovery_output_undo(ctx, o), ESC_OK);
+	} else
+		assert_null(o);
+	esc_recovery_output_free(o);
+	return r;
+}
+
+static void
+test_output_cert(void **state)
+{
+	struct esc_ctx *ctx = *state;
+	EVP_PKEY *rsa = EVP_PKEY_Q_keygen(NULL, NULL, "RSA", (size_t)2048);
+	EVP_PKEY *small = EVP_PKEY_Q_keygen(NULL, NULL, "RSA", (size_t)1024);
+	EVP_PKEY *ec = EVP_PKEY_Q_keygen(NULL, NULL, "EC", "P-384");
+	EVP_PKEY *ed = EVP_PKEY_Q_keygen(NULL, NULL, "ED25519");
+
+	assert_non_null(rsa);
+	assert_non_null(small);
+	assert_non_null(ec);
+	assert_non_null(ed);
+	/* Valid today, and allowed to carry a key: RSA key encipherment, EC key agreement, or no keyUsage at all. */
+	assert_int_equal(try_cert(ctx, recipient(rsa, -1, 30, "critical,keyEncipherment")), ESC_OK);
+	assert_int_equal(try_cert(ctx, recipient(rsa, -1, 30, "digitalSignature,keyEncipherment")), ESC_OK);
+	assert_int_equal(try_cert(ctx, recipient(rsa, -1, 30, NULL)), ESC_OK);
+	assert_int_equal(try_cert(ctx, recipient(ec, -1, 30, "critical,keyAgreement")), ESC_OK);
+	assert_int_equal(try_cert(ctx, recipient(ec, -1, 30, NULL)), ESC_OK);
+	/* Expired, or not valid yet. */
+	assert_int_equal(try_cert(ctx, recipient(rsa, -30, -1, "keyEncipherment")), ESC_ERR_STATE);
+	assert_non_null(strstr(esc_ctx_errmsg(ctx), "has expired"));
+	assert_non_null(strstr(esc_ctx_errmsg(ctx), "certificate SHA256:"));
+	assert_non_null(strstr(esc_ctx_errmsg(ctx), ", subject 'CN=rcpt' has expired"));
+	assert_int_equal(try_cert(ctx, recipient(rsa, 1, 30, "keyEncipherment")), ESC_ERR_STATE);
+	assert_non_null(strstr(esc_ctx_errmsg(ctx), "not valid yet"));
+	/* keyUsage that forbids it, a small RSA key, a key that is neither RSA nor EC. */
+	assert_int_equal(try_cert(ctx, recipient(rsa, -1, 30, "critical,digitalSignature")), ESC_ERR_BAD_INPUT);
+	assert_non_null(strstr(esc_ctx_errmsg(ctx), "does not allow key encipherment"));
+	assert_int_equal(try_cert(ctx, recipient(rsa, -1, 30, "critical,keyAgreement")), ESC_ERR_BAD_INPUT);
+	assert_int_equal(try_cert(ctx, recipient(ec, -1, 30, "critical,keyEncipherment")), ESC_ERR_BAD_INPUT);
+	assert_non_null(strstr(esc_ctx_errmsg(ctx), "does not allow key agreement"));
+	assert_int_equal(try_cert(ctx, recipient(ec, -1, 30, "critical,digitalSignature")), ESC_ERR_BAD_INPUT);
+	assert_int_equal(try_cert(ctx, recipient(small, -1, 30, "keyEncipherment")), ESC_ERR_BAD_INPUT);
+	assert_non_null(strstr(esc_ctx_errmsg(ctx), "1024 bits"));
+	assert_int_equal(try_cert(ctx, recipient(ed, -1, 30, NULL)), ESC_ERR_BAD_INPUT);
+	EVP_PKEY_free(rsa);
+	EVP_PKEY_free(small);
+	EVP_PKEY_free(ec);
+	EVP_PKEY_free(ed);
+}
+
+static void
+test_output_forms(void **state)
+{
+	struct esc_ctx *ctx = *state;
+	struct esc_recovery_output *o = NULL;
+	char label[130];
+
+	assert_string_equal(esc_recovery_form_name(ESC_RECOVERY_P12), "p12");
+	assert_string_equal(esc_recovery_form_name(ESC_RECOVERY_TOKEN), "token");
+	assert_string_equal(esc_recovery_form_name(ESC_RECOVERY_CERT), "cert");
+	/* A token output takes no token work until a completion: the label alone is checked here. */
+	assert_int_equal(esc_recovery_output_token(ctx, NULL, NULL, &o), ESC_OK);
+	assert_int_equal(esc_recovery_output_form(o), ESC_RECOVERY_TOKEN);
+	assert_int_equal(esc_recovery_output_undo(ctx, o), ESC_OK); /* nothing written: nothing to take back */
+	esc_recovery_output_free(o);
+	o = NULL;
+	assert_int_equal(esc_recovery_output_token(ctx, NULL, "Alice's mail key", &o), ESC_OK);
+	esc_recovery_output_free(o);
+	o = NULL;
+	memset(label, 'a', sizeof(label) - 1);
+	label[sizeof(label) - 1] = '\0';
+	assert_int_equal(esc_recovery_output_token(ctx, NULL, label, &o), ESC_ERR_USAGE);
+	label[128] = '\0';
+	assert_int_equal(esc_recovery_output_token(ctx, NULL, label, &o), ESC_OK);
+	esc_recovery_output_free(o);
+	o = NULL;
+	assert_int_equal(esc_recovery_output_token(ctx, NULL, "", &o), ESC_ERR_USAGE);
+	assert_int_equal(esc_recovery_output_token(ctx, NULL, "two\nlines", &o), ESC_ERR_USAGE);
+	assert_null(o);
+	assert_int_equal(esc_recovery_output_p12(ctx, NULL, &o), ESC_OK);
+	assert_int_equal(esc_recovery_output_form(o), ESC_RECOVERY_P12);
+	esc_recovery_output_free(o);
+	esc_recovery_output_free(NULL);
+}
+
 int
 main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test_setup_teardown(test_package_new, test_ctx_setup, test_ctx_teardown),
+		cmocka_unit_test_setup_teardown(test_output_cert, test_ctx_setup, test_ctx_teardown),
+		cmocka_unit_test_setup_teardown(test_output_forms, test_ctx_setup, test_ctx_teardown),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
