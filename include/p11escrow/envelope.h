@@ -21,17 +21,28 @@
 /* Largest envelope and plaintext we accept: bounds every parse. */
 #define ESC_ENVELOPE_MAX (256 * 1024)
 
-/* Hash for RSA-OAEP and its MGF1. */
+/* Hash for RSA-OAEP and its MGF1 — or, for cards that decrypt nothing else, no OAEP at all. */
 enum esc_oaep_hash {
 	ESC_OAEP_SHA1, /* what tokens such as SoftHSM2 2.6 do natively */
 	ESC_OAEP_SHA256,
+	/*
+	 * Not OAEP: PKCS#1 v1.5 key transport (rsaEncryption, CMS's default),
+	 * for KRA cards that decrypt only that, where policy
+	 * kra_allow_rsa_pkcs1v15 accepts them.  Weaker: a card that answers
+	 * padding errors differently is a Bleichenbacher oracle.
+	 */
+	ESC_RSA_PKCS1V15,
 };
 
+/* The recipient form's name: "rsa-oaep-sha1", "rsa-oaep-sha256", "rsa-pkcs1v15". */
 const char *esc_oaep_hash_name(enum esc_oaep_hash h);
+/* The form a KRA's recipient column names ("rsa-oaep-sha256", "rsa-pkcs1v15", else SHA-1; ecdh ignores it). */
+enum esc_oaep_hash esc_oaep_hash_of_recipient(const char *recipient);
 
 /*
  * Seal in[0..inlen) to every certificate in recips (RSA: OAEP with
- * hashes[i], or SHA-1 for all if hashes is NULL; EC: ECDH).  *out is DER,
+ * hashes[i], or SHA-1 for all if hashes is NULL, or PKCS#1 v1.5 where
+ * hashes[i] says so; EC: ECDH).  *out is DER,
  * malloc'ed; the caller frees it with free().
  * Errors: USAGE (no recipient, unsupported key, too large), CRYPTO.
  */

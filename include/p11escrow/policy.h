@@ -10,6 +10,11 @@
  *                          (superseded) or is refused (esc_enroll_issue)
  *   release_ttl_hours      1..720  hours a released package waits for its KRA: past it the
  *                          package is refused and deleted (esc_recovery_expire)
+ *   cert_login_roles       roles that log in to the service with a client certificate only
+ *   kra_min_rsa_bits       2048|3072|4096  the smallest RSA key a KRA may have (default 3072)
+ *   kra_min_ec_bits        256|384  the smallest EC curve of a KRA key (default 256: P-256)
+ *   kra_allow_rsa_pkcs1v15 true|false  a card that decrypts RSA only with PKCS#1 v1.5 may be a KRA
+ *                          (weaker: docs/threat-model.md; default false)
  *
  * A change by anyone but an enabled administrator is refused (DENIED) and
  * audited (policy.set ... refused), as is an invalid value.

@@ -197,7 +197,12 @@ const char *esc_token_key_type_name(const struct esc_token_key *key);
 enum esc_err esc_token_key_check_protected(struct esc_ctx *ctx, struct esc_token *tok,
 					   const struct esc_token_key *key) ESC_MUST_CHECK;
 
-/* The public key read from the token.  Caller frees.  Errors: PKCS11, CRYPTO. */
+/*
+ * The public key read from the token: RSA from the private object's
+ * modulus, EC from the public key object with the same CKA_ID or, where a
+ * card has none, from the certificate object with that CKA_ID.  Caller
+ * frees.  Errors: KEY_NOT_FOUND (EC: neither object), PKCS11, CRYPTO.
+ */
 enum esc_err esc_token_key_public(struct esc_ctx *ctx, struct esc_token *tok, const struct esc_token_key *key,
 				  EVP_PKEY **out) ESC_MUST_CHECK;
 
@@ -209,14 +214,48 @@ enum esc_err esc_token_key_public(struct esc_ctx *ctx, struct esc_token *tok, co
 enum esc_err esc_token_key_private(struct esc_ctx *ctx, struct esc_token *tok, const struct esc_token_key *key,
 				   EVP_PKEY **out) ESC_MUST_CHECK;
 
+/* What a private key object says of itself (1 = CK_TRUE). */
+struct esc_token_key_attrs {
+	int decrypt;	       /* CKA_DECRYPT */
+	int derive;	       /* CKA_DERIVE */
+	int sign;	       /* CKA_SIGN */
+	int sensitive;	       /* CKA_SENSITIVE */
+	int extractable;       /* CKA_EXTRACTABLE */
+	int always_sensitive;  /* CKA_ALWAYS_SENSITIVE */
+	int never_extractable; /* CKA_NEVER_EXTRACTABLE */
+};
+
 /*
- * Does the token decrypt RSA-OAEP with SHA-256 (and MGF1-SHA-256) natively
- * with this key?  Probed with a real decryption of random bytes encrypted
- * to pub.  *yes = 0 for tokens limited to SHA-1 (SoftHSM2 2.6).
- * Errors: CRYPTO (software encryption failed).
+ * Read the usage and protection attributes of key's private object (an
+ * attribute the token does not report reads as 0).  Errors: PKCS11.
  */
-enum esc_err esc_token_probe_oaep_sha256(struct esc_ctx *ctx, struct esc_token *tok, const struct esc_token_key *key,
-					 EVP_PKEY *pub, int *yes) ESC_MUST_CHECK;
+enum esc_err esc_token_key_attributes(struct esc_ctx *ctx, struct esc_token *tok, const struct esc_token_key *key,
+				      struct esc_token_key_attrs *out) ESC_MUST_CHECK;
+
+/*
+ * What a key can decrypt with on this token.  RSA: each mechanism the
+ * token lists for decryption is tried with a real decryption of random
+ * bytes encrypted to pub — RSA-OAEP with SHA-256 (and MGF1-SHA-256) and
+ * with SHA-1 (CKM_RSA_PKCS_OAEP), raw RSA (CKM_RSA_X_509) and PKCS#1 v1.5
+ * (CKM_RSA_PKCS) — and counts only if the bytes come back.  EC: whether
+ * CKM_ECDH1_DERIVE and CKM_ECDH1_COFACTOR_DERIVE are listed for derive
+ * (the proof of possession then derives for real).  Requires login.
+ */
+struct esc_token_decrypt_probe {
+	int rsa;	   /* 1 for an RSA key, 0 for EC */
+	int oaep_sha256;   /* CKM_RSA_PKCS_OAEP, SHA-256: decrypted the probe */
+	int oaep_sha1;	   /* CKM_RSA_PKCS_OAEP, SHA-1 */
+	int raw;	   /* CKM_RSA_X_509 */
+	int pkcs1;	   /* CKM_RSA_PKCS */
+	int ecdh;	   /* CKM_ECDH1_DERIVE listed for derive */
+	int ecdh_cofactor; /* CKM_ECDH1_COFACTOR_DERIVE listed for derive */
+};
+/* Errors: CRYPTO (the software half of a probe failed), PKCS11. */
+enum esc_err esc_token_probe_decrypt(struct esc_ctx *ctx, struct esc_token *tok, const struct esc_token_key *key,
+				     EVP_PKEY *pub, struct esc_token_decrypt_probe *out) ESC_MUST_CHECK;
+
+/* Does the token say it is write-protected (CKF_WRITE_PROTECTED)? */
+int esc_token_write_protected(const struct esc_token *tok);
 
 /* Store cert on the token next to key (same CKA_ID and label).  Errors: PKCS11. */
 enum esc_err esc_token_store_cert(struct esc_ctx *ctx, struct esc_token *tok, const struct esc_token_key *key,

@@ -1,5 +1,6 @@
 /*
- * p11escrow kra — Key Recovery Agents: enroll a card, list, retire.
+ * p11escrow kra — Key Recovery Agents: enroll a card (a key generated on it,
+ * or adopted from it), list, retire.
  */
 #include <getopt.h>
 #include <stdio.h>
@@ -24,7 +25,9 @@ static void
 help(void)
 {
 	printf("Usage: %s " CMD " enroll --token URI --name NAME --user ADMIN [OPTIONS]\n"
-	       "       %s " CMD " enroll --server URL --token URI --name NAME --user ADMIN [--kra-pin-file F]\n"
+	       "       %s " CMD " enroll --key URI --name NAME --user ADMIN [OPTIONS]\n"
+	       "       %s " CMD
+	       " enroll --server URL --token URI|--key URI --name NAME --user ADMIN [--kra-pin-file F]\n"
 	       "       %s " CMD " list [OPTIONS]\n"
 	       "       %s " CMD " list --server URL --user NAME [--server-ca FILE]\n"
 	       "       %s " CMD " retire NAME --user ADMIN [OPTIONS]\n\n"
@@ -32,6 +35,16 @@ help(void)
 	       "        never extractable), have the CA issue its Key Recovery Agent certificate, store the\n"
 	       "        certificate on the card and register the KRA.  Needs the CA token's PIN and the\n"
 	       "        card's PIN, and an administrator account.\n"
+	       "        With --key URI instead, adopt the decryption key the card holds already (its\n"
+	       "        URI names the card by token= and the key by id= and/or object=): it must be\n"
+	       "        sensitive and not extractable; the card proves it holds it by decrypting a\n"
+	       "        challenge, the CA certifies it, the certificate goes onto the card where the\n"
+	       "        card takes it (a read-only card: the service keeps it; said in one line).  An\n"
+	       "        adopted key is never removed from the card.\n"
+	       "        Either way the card is probed (real decryptions) and the recipient form chosen\n"
+	       "        and printed with why: RSA-OAEP SHA-256 or SHA-1, ECDH, or PKCS#1 v1.5 for a card\n"
+	       "        that does nothing else, refused unless policy kra_allow_rsa_pkcs1v15 is true.\n"
+	       "        Policy kra_min_rsa_bits (default 3072) and kra_min_ec_bits bound the key size.\n"
 	       "list    every KRA with its state, key, recipient mechanism and number of records.\n"
 	       "retire  stop wrapping new records to a KRA; refused while a record would be left with no\n"
 	       "        active KRA able to recover it.\n"
@@ -41,7 +54,8 @@ help(void)
 	       "service challenges the card to decrypt a secret sealed to its public key and only then\n"
 	       "has the CA certify it and registers the KRA; no CA token PIN here.  On any failure the\n"
 	       "generated key is removed from the card.  Without --server, enroll needs the CA token and\n"
-	       "the card on the service host.  --local (or $" CLI_LOCAL_ENV "=1) is break-glass, audited as such.\n\n"
+	       "the card on the service host.  --local (or $" CLI_LOCAL_ENV "=1) is break-glass, audited as such.\n"
+	       "An adopted key (--key) is never removed, whatever fails.\n\n"
 	       "Options:\n"
 	       "  -c, --config FILE          configuration file\n"
 	       "  -d, --database CONNINFO    libpq connection string\n"
@@ -49,6 +63,8 @@ help(void)
 	       "  -t, --ca-token URI         the CA token (default: the one recorded at setup)\n"
 	       "  -p, --pin-file FILE        CA token PIN (else $P11ESCROW_CA_PIN, else a prompt)\n"
 	       "      --token URI            the KRA card to enroll, e.g. 'pkcs11:token=KRA1'\n"
+	       "      --key URI              adopt this key already on the card, e.g.\n"
+	       "                             'pkcs11:token=KRA%%20card%%20one;id=%%00%%01' (no --key-type)\n"
 	       "      --kra-module MODULE    the card's PKCS#11 module if not the CA token's (--server: if\n"
 	       "                             not --module's)\n"
 	       "      --kra-pin-file FILE    the card's PIN (else $P11ESCROW_KRA_PIN, else a prompt)\n"
@@ -64,12 +80,12 @@ help(void)
 	       "      --client-cert FILE     with --client-key FILE: log in to the service with this TLS client\n"
 	       "                             certificate and no password (else $P11ESCROW_CLIENT_CERT/_KEY)\n"
 	       "  -h, --help                 this text\n",
-	       PROG, PROG, PROG, PROG, PROG);
+	       PROG, PROG, PROG, PROG, PROG, PROG);
 	cli_print_exit_codes();
 }
 
 struct opts {
-	const char *config, *database, *module, *ca_token, *pin_file, *token, *kra_module, *kra_pin_file, *name;
+	const char *config, *database, *module, *ca_token, *pin_file, *token, *key, *kra_module, *kra_pin_file, *name;
 	const char *key_type, *user, *password_file, *server, *server_ca, *client_cert, *client_key;
 	int days, local;
 };
@@ -83,6 +99,65 @@ print_kras(const struct esc_kra *k, size_t n)
 	for (i = 0; i < n; i++)
 		printf("%-20s %-8s %-8s %-16s %-8lld %s (serial %s)\n", k[i].name, k[i].state, k[i].key_type,
 		       k[i].recipient, k[i].records, k[i].token_label, k[i].token_serial);
+}
+
+/* What probing the card found, and the recipient form chosen (the card's key of k). */
+static void
+print_probe(const struct esc_token *card, const struct esc_kra_card *k)
+{
+	const struct esc_token_decrypt_probe *p = esc_kra_card_probe(k);
+	const char *yes = "yes", *no = "no";
+
+	printf("card '%s' (serial %s), key '%s' (%s, %s)\n", esc_token_label(card), esc_token_serial(card),
+	       esc_kra_card_key_label(k), esc_kra_card_key_type(k), esc_kra_card_origin(k));
+	if (p->rsa)
+		printf("  probe:       CKM_RSA_PKCS_OAEP SHA-256 %s, SHA-1 %s; CKM_RSA_X_509 %s; CKM_RSA_PKCS %s\n",
+		       p->oaep_sha256 ? yes : no, p->oaep_sha1 ? yes : no, p->raw ? yes : no, p->pkcs1 ? yes : no);
+	else
+		printf("  probe:       CKM_ECDH1_DERIVE %s; CKM_ECDH1_COFACTOR_DERIVE %s\n", p->ecdh ? yes : no,
+		       p->ecdh_cofactor ? yes : no);
+	printf("  recipient:   %s: %s\n", esc_kra_card_recipient(k), esc_kra_card_reason(k));
+	if (esc_kra_card_imported(k))
+		printf("  note:        the key was once extractable or not sensitive (imported onto the card): "
+		       "copies of it may exist off the card\n");
+	fflush(stdout);
+}
+
+/* Open the card of --token (or --key's token) and log in; card on the CA token's module unless --kra-module. */
+static enum esc_err
+open_card(struct esc_ctx *ctx, struct esc_config *cfg, const struct esc_token *ca, const struct opts *o,
+	  struct esc_token **card, struct esc_secret **pin)
+{
+	const char *uri = o->token != NULL ? o->token : o->key;
+	enum esc_err r;
+
+	if (o->kra_module != NULL || ca == NULL)
+		r = esc_token_open(ctx, o->kra_module ? o->kra_module : esc_config_get(cfg, "module"), uri, card);
+	else
+		r = esc_token_open_sibling(ctx, ca, uri, card); /* shares the CA token's loaded module */
+	if (r != ESC_OK ||
+	    (r = esc_secret_obtain(ctx, o->kra_pin_file, "P11ESCROW_KRA_PIN", "KRA card PIN: ", pin)) != ESC_OK)
+		return r;
+	return esc_token_login(ctx, *card, *pin);
+}
+
+/* The enroll options make sense: --name, --token or --key (not --key-type with --key), clean URIs. */
+static int
+check_enroll_opts(struct esc_ctx *ctx, const struct opts *o, enum esc_key_type *type)
+{
+	enum esc_err r;
+
+	if (o->name == NULL || (o->token == NULL && o->key == NULL))
+		return cli_usage_error(CMD,
+				       "enroll needs --name NAME and --token URI (generate the key on the card) or "
+				       "--key URI (adopt a key the card holds)");
+	if (o->key != NULL && o->key_type != NULL)
+		return cli_usage_error(CMD, "--key-type is for a generated key: an adopted key is what the card holds");
+	if ((o->key_type != NULL && (r = esc_key_type_parse(ctx, o->key_type, type)) != ESC_OK) ||
+	    (o->token != NULL && (r = esc_token_uri_check(ctx, o->token)) != ESC_OK) ||
+	    (o->key != NULL && (r = esc_token_uri_check(ctx, o->key)) != ESC_OK))
+		return cli_fail(CMD, ctx, r);
+	return 0;
 }
 
 /* kra retire through the service's JSON API. */
@@ -186,10 +261,11 @@ offer_key(struct cli_http *h, struct esc_ctx *ctx, const struct opts *o, struct 
 	spki = esc_kra_card_public_key(k, &spki_len);
 	snprintf(days, sizeof(days), "%d", o->days);
 	if ((b64 = b64_line(spki, spki_len, 0, &n)) == NULL ||
-	    (body = json_pack("{ss ss ss ss ss ss ss ss}", "name", o->name, "token_label", esc_token_label(card),
+	    (body = json_pack("{ss ss ss ss ss ss ss ss ss ss}", "name", o->name, "token_label", esc_token_label(card),
 			      "token_serial", esc_token_serial(card), "key_uri", esc_kra_card_key_uri(k), "key_type",
 			      esc_kra_card_key_type(k), "recipient", esc_kra_card_recipient(k), "public_key", b64,
-			      "days", days)) == NULL) {
+			      "days", days, "origin", esc_kra_card_origin(k), "recipient_reason",
+			      esc_kra_card_reason(k))) == NULL) {
 		fprintf(stderr, "%s %s: error: out of memory\n", PROG, CMD);
 		rc = esc_err_exit_code(ESC_ERR_NOMEM);
 		goto out;
@@ -273,9 +349,10 @@ out:
 
 /*
  * kra enroll --server: at the security officer's workstation.  The key pair
- * is generated on the card here; the service checks the offer, challenges
- * the card to prove it holds the key and only then has the CA certify it and
- * registers the KRA.  No CA token and no database here.
+ * is generated on the card here (or, --key, the card's own key adopted);
+ * the service checks the offer, challenges the card to prove it holds the
+ * key and only then has the CA certify it and registers the KRA.  No CA
+ * token and no database here.  An adopted key is never removed.
  */
 static int
 remote_enroll(struct esc_ctx *ctx, struct esc_config *cfg, const struct opts *o)
@@ -293,23 +370,19 @@ remote_enroll(struct esc_ctx *ctx, struct esc_config *cfg, const struct opts *o)
 	enum esc_err r;
 	int rc, stored = 0, registered = 0, refused = 0;
 
-	if (o->token == NULL || o->name == NULL)
-		return cli_usage_error(CMD, "enroll needs --token URI and --name NAME");
-	if ((o->key_type != NULL && (r = esc_key_type_parse(ctx, o->key_type, &type)) != ESC_OK) ||
-	    (r = esc_token_uri_check(ctx, o->token)) != ESC_OK)
-		return cli_fail(CMD, ctx, r);
+	if ((rc = check_enroll_opts(ctx, o, &type)) != 0)
+		return rc;
 	/* Log in before the card is touched: a wrong password costs no key. */
 	if ((rc = cli_http_open(CMD, ctx, o->server, o->server_ca, o->user, o->password_file, &h)) != 0 ||
 	    (rc = cli_http_call(h, CLI_HTTP_GET, "/whoami", NULL, &who)) != 0)
 		goto out;
-	if ((r = esc_token_open(ctx, o->kra_module ? o->kra_module : esc_config_get(cfg, "module"), o->token, &card)) !=
-		    ESC_OK ||
-	    (r = esc_secret_obtain(ctx, o->kra_pin_file, "P11ESCROW_KRA_PIN", "KRA card PIN: ", &pin)) != ESC_OK ||
-	    (r = esc_token_login(ctx, card, pin)) != ESC_OK ||
-	    (r = esc_kra_card_generate(ctx, card, o->name, type, &k)) != ESC_OK) {
+	if ((r = open_card(ctx, cfg, NULL, o, &card, &pin)) != ESC_OK ||
+	    (r = o->key != NULL ? esc_kra_card_adopt(ctx, card, o->key, &k)
+				: esc_kra_card_generate(ctx, card, o->name, type, &k)) != ESC_OK) {
 		rc = cli_fail(CMD, ctx, r);
 		goto out;
 	}
+	print_probe(card, k);
 	if ((rc = offer_key(h, ctx, o, card, k, id, sizeof(id), &challenge, &challenge_len)) != 0)
 		goto out;
 	if ((r = esc_kra_card_answer(ctx, k, challenge, challenge_len, &secret, &secret_len)) != ESC_OK) {
@@ -319,7 +392,7 @@ remote_enroll(struct esc_ctx *ctx, struct esc_config *cfg, const struct opts *o)
 	rc = prove(h, ctx, o->name, id, secret, secret_len, &kra, &cert, &cert_len, &refused);
 	esc_envelope_plain_free(secret, secret_len);
 	secret = NULL;
-	if (rc != 0 && !refused) {
+	if (rc != 0 && !refused && o->key == NULL) {
 		/* The KRA may be registered: its key must stay. */
 		fprintf(stderr,
 			"%s %s: the service's answer is unknown, KRA '%s' may be registered: the key stays on the card; "
@@ -327,6 +400,9 @@ remote_enroll(struct esc_ctx *ctx, struct esc_config *cfg, const struct opts *o)
 			"card\n",
 			PROG, CMD, o->name, o->name);
 		registered = 1;
+	} else if (rc != 0 && !refused) {
+		fprintf(stderr, "%s %s: the service's answer is unknown, KRA '%s' may be registered: see 'kra list'\n",
+			PROG, CMD, o->name);
 	}
 	if (rc != 0)
 		goto out;
@@ -340,18 +416,21 @@ remote_enroll(struct esc_ctx *ctx, struct esc_config *cfg, const struct opts *o)
 		rc = esc_err_exit_code(cert == NULL ? ESC_ERR_BAD_INPUT : r);
 		goto out;
 	}
-	if (!stored)
+	if (!stored && o->key == NULL)
 		fprintf(stderr,
 			"%s %s: warning: the card did not take the KRA certificate (%s); the service keeps it\n", PROG,
 			CMD, esc_ctx_errmsg(ctx));
 	printf("KRA '%s' enrolled on card '%s' (serial %s) through the service, possession proven\n"
-	       "  key:         %s, recipient %s\n  certificate: serial %s%s\n  key URI:     %s\n",
-	       kra.name, kra.token_label, kra.token_serial, kra.key_type, kra.recipient, kra.cert_serial,
+	       "  key:         %s, recipient %s, %s\n  certificate: serial %s%s\n  key URI:     %s\n",
+	       kra.name, kra.token_label, kra.token_serial, kra.key_type, kra.recipient,
+	       o->key != NULL ? "adopted from the card" : "generated on the card", kra.cert_serial,
 	       stored ? "" : " (not on the card)", kra.key_uri);
+	if (!stored && o->key != NULL)
+		printf("the card did not take the certificate (%s): the service keeps it\n", esc_ctx_errmsg(ctx));
 	rc = 0;
 out:
-	/* Undo: a key whose KRA was not registered must not stay on the card. */
-	if (k != NULL && !registered) {
+	/* Undo: a generated key whose KRA was not registered must not stay on the card; an adopted one always stays. */
+	if (k != NULL && !registered && o->key == NULL) {
 		if (esc_kra_card_discard(ctx, k) == ESC_OK)
 			fprintf(stderr, "%s %s: the key generated on card '%s' was removed again\n", PROG, CMD,
 				esc_token_label(card));
@@ -372,6 +451,49 @@ out:
 	return rc;
 }
 
+/*
+ * kra enroll --key on the service host: adopt the card's key, prove
+ * possession, certify, register; the certificate onto the card where it
+ * takes it.  The key is never removed, whatever fails.
+ */
+static enum esc_err
+adopt_local(struct esc_ctx *ctx, struct esc_store *st, struct esc_account *admin, struct esc_token *ca,
+	    struct esc_token *card, const struct opts *o, int *rc)
+{
+	struct esc_kra_card *k = NULL;
+	unsigned char *cert = NULL;
+	size_t cert_len = 0;
+	struct esc_kra kra;
+	int stored = 0;
+	enum esc_err r;
+
+	*rc = 0;
+	if ((r = esc_kra_card_adopt(ctx, card, o->key, &k)) != ESC_OK)
+		goto out;
+	print_probe(card, k);
+	if ((r = esc_kra_enroll_card(ctx, st, admin, ca, k, o->name, o->days, &kra, &cert, &cert_len)) != ESC_OK)
+		goto out;
+	if ((r = esc_kra_card_store_cert(ctx, k, cert, cert_len, &stored)) != ESC_OK) {
+		fprintf(stderr,
+			"%s %s: error: KRA '%s' is registered, but its certificate is not for the card's key: %s\n",
+			PROG, CMD, o->name, esc_ctx_errmsg(ctx));
+		*rc = esc_err_exit_code(r);
+		goto out;
+	}
+	printf("KRA '%s' enrolled on card '%s' (serial %s), possession proven\n"
+	       "  key:         %s, recipient %s, adopted from the card\n  certificate: serial %s%s\n"
+	       "  key URI:     %s\n",
+	       kra.name, kra.token_label, kra.token_serial, kra.key_type, kra.recipient, kra.cert_serial,
+	       stored ? "" : " (not on the card)", kra.key_uri);
+	if (!stored)
+		printf("the card did not take the certificate (%s): the service keeps it\n", esc_ctx_errmsg(ctx));
+	r = ESC_OK;
+out:
+	free(cert);
+	esc_kra_card_free(k);
+	return r;
+}
+
 static int
 do_enroll(struct esc_ctx *ctx, struct esc_config *cfg, struct esc_store *st, const struct opts *o)
 {
@@ -383,11 +505,8 @@ do_enroll(struct esc_ctx *ctx, struct esc_config *cfg, struct esc_store *st, con
 	enum esc_err r;
 	int rc;
 
-	if (o->token == NULL || o->name == NULL)
-		return cli_usage_error(CMD, "enroll needs --token URI and --name NAME");
-	if ((o->key_type != NULL && (r = esc_key_type_parse(ctx, o->key_type, &type)) != ESC_OK) ||
-	    (r = esc_token_uri_check(ctx, o->token)) != ESC_OK)
-		return cli_fail(CMD, ctx, r);
+	if ((rc = check_enroll_opts(ctx, o, &type)) != 0)
+		return rc;
 	if ((rc = cli_login(CMD, ctx, st, o->user, o->password_file, &admin)) != 0)
 		return rc;
 	if ((r = esc_account_require(ctx, admin, ESC_ROLE_ADMIN)) != ESC_OK)
@@ -397,21 +516,23 @@ do_enroll(struct esc_ctx *ctx, struct esc_config *cfg, struct esc_store *st, con
 		esc_account_free(admin);
 		return rc;
 	}
-	/* A card on the CA token's module shares that loaded module. */
-	if (o->kra_module != NULL)
-		r = esc_token_open(ctx, o->kra_module, o->token, &card);
-	else
-		r = esc_token_open_sibling(ctx, ca, o->token, &card);
-	if (r != ESC_OK ||
-	    (r = esc_secret_obtain(ctx, o->kra_pin_file, "P11ESCROW_KRA_PIN", "KRA card PIN: ", &card_pin)) != ESC_OK ||
-	    (r = esc_token_login(ctx, card, card_pin)) != ESC_OK ||
-	    (r = esc_kra_enroll(ctx, st, admin, ca, card, o->name, type, o->days, &kra)) != ESC_OK)
+	if ((r = open_card(ctx, cfg, ca, o, &card, &card_pin)) != ESC_OK)
+		goto out;
+	if (o->key != NULL) {
+		r = adopt_local(ctx, st, admin, ca, card, o, &rc);
+		if (rc != 0)
+			goto done;
+		goto out;
+	}
+	if ((r = esc_kra_enroll(ctx, st, admin, ca, card, o->name, type, o->days, &kra)) != ESC_OK)
 		goto out;
 	printf("KRA '%s' enrolled on card '%s' (serial %s)\n  key:         %s, recipient %s\n  certificate: serial %s\n"
-	       "  key URI:     %s\n",
-	       kra.name, kra.token_label, kra.token_serial, kra.key_type, kra.recipient, kra.cert_serial, kra.key_uri);
+	       "  key URI:     %s\n  recipient:   %s\n",
+	       kra.name, kra.token_label, kra.token_serial, kra.key_type, kra.recipient, kra.cert_serial, kra.key_uri,
+	       kra.recipient_reason);
 out:
 	rc = r == ESC_OK ? 0 : cli_fail(CMD, ctx, r);
+done:
 	esc_secret_free(card_pin);
 	esc_token_free(card);
 	esc_token_free(ca);
@@ -455,6 +576,7 @@ kra_main(int argc, char *argv[])
 {
 	enum {
 		OPT_TOKEN = 256,
+		OPT_KEY,
 		OPT_KRA_MODULE,
 		OPT_KRA_PIN,
 		OPT_DAYS,
@@ -472,6 +594,7 @@ kra_main(int argc, char *argv[])
 		{"ca-token", required_argument, NULL, 't'},
 		{"pin-file", required_argument, NULL, 'p'},
 		{"token", required_argument, NULL, OPT_TOKEN},
+		{"key", required_argument, NULL, OPT_KEY},
 		{"kra-module", required_argument, NULL, OPT_KRA_MODULE},
 		{"kra-pin-file", required_argument, NULL, OPT_KRA_PIN},
 		{"name", required_argument, NULL, 'n'},
@@ -520,6 +643,9 @@ kra_main(int argc, char *argv[])
 			break;
 		case OPT_TOKEN:
 			o.token = optarg;
+			break;
+		case OPT_KEY:
+			o.key = optarg;
 			break;
 		case OPT_KRA_MODULE:
 			o.kra_module = optarg;

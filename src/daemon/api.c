@@ -383,6 +383,7 @@ api_kras(struct api_call *c)
 		    put(e, "cert_serial", jstr(k[i].cert_serial)) || put(e, "not_after", jstr(k[i].not_after)) ||
 		    put(e, "token_label", jstr(k[i].token_label)) || put(e, "token_serial", jstr(k[i].token_serial)) ||
 		    put(e, "key_uri", jstr(k[i].key_uri)) || put(e, "records", json_integer(k[i].records)) ||
+		    put(e, "origin", jstr(k[i].origin)) || put(e, "recipient_reason", jstr(k[i].recipient_reason)) ||
 		    json_array_append(list, e))
 			bad = 1;
 		json_decref(e);

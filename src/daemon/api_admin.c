@@ -505,15 +505,16 @@ challenge_id(const char *s)
 }
 
 /*
- * POST /kras: an administrator offers a key generated on a KRA card; the
- * answer is a challenge sealed to it (esc_kra_enroll_begin).  Nothing is
- * certified or registered yet.
+ * POST /kras: an administrator offers a key generated on a KRA card, or one
+ * the card held already (origin "adopted"); the answer is a challenge
+ * sealed to it (esc_kra_enroll_begin).  Nothing is certified or registered
+ * yet.
  */
 void
 api_kras_enroll(struct api_call *c)
 {
 	struct svc_worker *w = api_call_worker(c);
-	const char *name, *label, *serial, *uri, *key_type, *recipient, *public_key, *days_text;
+	const char *name, *label, *serial, *uri, *key_type, *recipient, *public_key, *days_text, *origin, *reason;
 	struct api_field f[] = {
 		{"name", 1, 0, &name},
 		{"token_label", 1, 0, &label},
@@ -523,6 +524,8 @@ api_kras_enroll(struct api_call *c)
 		{"recipient", 1, 0, &recipient},
 		{"public_key", 1, 0, &public_key},
 		{"days", 0, 1, &days_text},
+		{"origin", 0, 1, &origin},
+		{"recipient_reason", 0, 1, &reason},
 	};
 	struct esc_kra_offer offer;
 	unsigned char *spki = NULL, *challenge = NULL;
@@ -541,7 +544,8 @@ api_kras_enroll(struct api_call *c)
 	}
 	if (b64_secure(c, "public_key", public_key, &spki, &spki_len) != 0)
 		goto out;
-	offer = (struct esc_kra_offer){name, label, serial, uri, key_type, recipient, spki, spki_len, days};
+	offer = (struct esc_kra_offer){name, label,    serial, uri,    key_type, recipient,
+				       spki, spki_len, days,   origin, reason};
 	if ((r = esc_kra_enroll_begin(w->ctx, w->st, api_call_account(c), &offer, &id, &challenge, &challenge_len,
 				      expires, sizeof(expires))) != ESC_OK) {
 		/* The key URI is the client's input here, not the service's configuration: 400, not 500. */
@@ -606,6 +610,8 @@ api_kra_prove(struct api_call *c)
 	bad = (o = json_object()) == NULL || api_put(o, "name", api_jstr(k.name)) ||
 	      api_put(o, "state", api_jstr(k.state)) || api_put(o, "key_type", api_jstr(k.key_type)) ||
 	      api_put(o, "recipient", api_jstr(k.recipient)) || api_put(o, "cert_serial", api_jstr(k.cert_serial)) ||
+	      api_put(o, "origin", api_jstr(k.origin)) ||
+	      api_put(o, "recipient_reason", api_jstr(k.recipient_reason)) ||
 	      api_put(o, "token_label", api_jstr(k.token_label)) ||
 	      api_put(o, "token_serial", api_jstr(k.token_serial)) || api_put(o, "key_uri", api_jstr(k.key_uri)) ||
 	      api_put(o, "certificate", api_jb64(cert, cert_len));

@@ -204,8 +204,7 @@ choose_kras(struct esc_ctx *ctx, struct esc_store *st, struct kra_set *ks)
 		ks->ids[ks->n] = strtoll(PQgetvalue(res, row, 0), NULL, 10);
 		snprintf(ks->names[ks->n], sizeof(ks->names[0]), "%s", PQgetvalue(res, row, 1));
 		snprintf(ks->recipient[ks->n], sizeof(ks->recipient[0]), "%s", PQgetvalue(res, row, 2));
-		ks->hashes[ks->n] =
-			strcmp(ks->recipient[ks->n], "rsa-oaep-sha256") == 0 ? ESC_OAEP_SHA256 : ESC_OAEP_SHA1;
+		ks->hashes[ks->n] = esc_oaep_hash_of_recipient(ks->recipient[ks->n]);
 		ks->n++;
 	}
 	if (ks->n < (size_t)want) {

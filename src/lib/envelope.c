@@ -20,7 +20,17 @@
 const char *
 esc_oaep_hash_name(enum esc_oaep_hash h)
 {
-	return h == ESC_OAEP_SHA256 ? "rsa-oaep-sha256" : "rsa-oaep-sha1";
+	return h == ESC_OAEP_SHA256 ? "rsa-oaep-sha256" : h == ESC_RSA_PKCS1V15 ? "rsa-pkcs1v15" : "rsa-oaep-sha1";
+}
+
+enum esc_oaep_hash
+esc_oaep_hash_of_recipient(const char *recipient)
+{
+	if (strcmp(recipient, "rsa-oaep-sha256") == 0)
+		return ESC_OAEP_SHA256;
+	if (strcmp(recipient, "rsa-pkcs1v15") == 0)
+		return ESC_RSA_PKCS1V15;
+	return ESC_OAEP_SHA1;
 }
 
 void
@@ -41,6 +51,12 @@ add_recipient(struct esc_ctx *ctx, CMS_ContentInfo *cms, X509 *cert, enum esc_oa
 
 	if (pub == NULL)
 		return esc_error_ossl(ctx, ESC_ERR_BAD_INPUT, "recipient certificate has no usable public key");
+	if (EVP_PKEY_is_a(pub, "RSA") && hash == ESC_RSA_PKCS1V15) {
+		/* CMS's default for RSA: rsaEncryption, PKCS#1 v1.5 (a card that does nothing else, by policy). */
+		if (CMS_add1_recipient_cert(cms, cert, flags) == NULL)
+			return esc_error_ossl(ctx, ESC_ERR_CRYPTO, "cannot add an RSA PKCS#1 v1.5 recipient");
+		return ESC_OK;
+	}
 	if (EVP_PKEY_is_a(pub, "RSA")) {
 		/* CMS_KEY_PARAM: leave the context open so we can ask for OAEP. */
 		if ((ri = CMS_add1_recipient_cert(cms, cert, CMS_KEY_PARAM | flags)) == NULL ||

@@ -1,6 +1,7 @@
 /*
- * Key Recovery Agents: enrollment on a card (locally, or through the
- * service with proof of possession), listing, retirement.
+ * Key Recovery Agents: enrollment of a key generated on a card or adopted
+ * from it (locally, or through the service with proof of possession), the
+ * card's probe and the KRA key policy, listing, retirement.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -8,6 +9,7 @@
 
 #include <openssl/crypto.h>
 #include <openssl/core_names.h>
+#include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/rand.h>
 #include <openssl/x509.h>
@@ -32,6 +34,186 @@ valid_name(const char *name)
 		      (name[i] >= '0' && name[i] <= '9') || name[i] == '.' || name[i] == '_' || name[i] == '-'))
 			return 0;
 	return 1;
+}
+
+/* A KRA key type: RSA (*rsa = 1) of *bits, or EC on a curve of *bits.  0 if it is none p11escrow takes. */
+static int
+kra_key_size(const char *type, int *rsa, int *bits)
+{
+	static const struct {
+		const char *name;
+		int rsa, bits;
+	} types[] = {
+		{"rsa2048", 1, 2048}, {"rsa3072", 1, 3072}, {"rsa4096", 1, 4096},
+		{"ec-p256", 0, 256},  {"ec-p384", 0, 384},
+	};
+	size_t i;
+
+	for (i = 0; i < ESC_ARRAY_LEN(types); i++)
+		if (strcmp(type, types[i].name) == 0) {
+			*rsa = types[i].rsa;
+			*bits = types[i].bits;
+			return 1;
+		}
+	return 0;
+}
+
+enum esc_err
+esc_kra_choose_recipient(struct esc_ctx *ctx, const char *card, const struct esc_token_decrypt_probe *p,
+			 int allow_pkcs1v15, const char **recipient, char *why, size_t whylen)
+{
+	if (!p->rsa) {
+		if (!p->ecdh && !p->ecdh_cofactor)
+			return esc_error(ctx, ESC_ERR_MECHANISM,
+					 "card '%s' lists neither CKM_ECDH1_DERIVE nor CKM_ECDH1_COFACTOR_DERIVE for "
+					 "derive: an EC KRA key needs ECDH",
+					 card);
+		snprintf(why, whylen, "EC key; the card derives with %s",
+			 p->ecdh && p->ecdh_cofactor ? "CKM_ECDH1_DERIVE and CKM_ECDH1_COFACTOR_DERIVE"
+			 : p->ecdh		     ? "CKM_ECDH1_DERIVE"
+						     : "CKM_ECDH1_COFACTOR_DERIVE (the same on P-256 and P-384)");
+		*recipient = "ecdh";
+		return ESC_OK;
+	}
+	/* OAEP envelopes are opened on cards as raw RSA (see kra.h): no OAEP form without it. */
+	if (p->raw) {
+		if (p->oaep_sha256)
+			snprintf(why, whylen,
+				 "the card decrypted RSA-OAEP with SHA-256 (CKM_RSA_PKCS_OAEP) and raw RSA "
+				 "(CKM_RSA_X_509) probes");
+		else if (p->oaep_sha1)
+			snprintf(why, whylen,
+				 "the card decrypted RSA-OAEP only with SHA-1 (CKM_RSA_PKCS_OAEP), and raw RSA "
+				 "(CKM_RSA_X_509) probes: SHA-1, which its own OAEP opens too");
+		else
+			snprintf(why, whylen,
+				 "the card decrypted no RSA-OAEP probe itself, only raw RSA (CKM_RSA_X_509): "
+				 "OAEP with SHA-256, its padding checked in software");
+		*recipient = p->oaep_sha256 || !p->oaep_sha1 ? "rsa-oaep-sha256" : "rsa-oaep-sha1";
+		return ESC_OK;
+	}
+	if (p->pkcs1 && allow_pkcs1v15) {
+		snprintf(why, whylen,
+			 "the card decrypted RSA only with PKCS#1 v1.5 (CKM_RSA_PKCS)%s: weaker (Bleichenbacher-style "
+			 "oracles), enrolled only where policy kra_allow_rsa_pkcs1v15 is true",
+			 p->oaep_sha256 || p->oaep_sha1 ? " and OAEP, but not raw RSA" : "");
+		*recipient = "rsa-pkcs1v15";
+		return ESC_OK;
+	}
+	if (p->pkcs1)
+		return esc_error(
+			ctx, ESC_ERR_POLICY,
+			"card '%s' decrypts RSA only with PKCS#1 v1.5 (CKM_RSA_PKCS)%s: refused by policy "
+			"kra_allow_rsa_pkcs1v15 (false); an administrator may accept such cards with 'p11escrow "
+			"policy set kra_allow_rsa_pkcs1v15 true', which is weaker (docs/threat-model.md)",
+			card, p->oaep_sha256 || p->oaep_sha1 ? " and OAEP, but not raw RSA" : "");
+	if (p->oaep_sha256 || p->oaep_sha1)
+		return esc_error(ctx, ESC_ERR_MECHANISM,
+				 "card '%s' decrypts RSA-OAEP itself but not raw RSA (CKM_RSA_X_509), which "
+				 "p11escrow's decryption on cards (through libp11) needs",
+				 card);
+	return esc_error(ctx, ESC_ERR_MECHANISM,
+			 "card '%s' decrypted none of the probes with this key (RSA-OAEP SHA-256 and SHA-1, raw RSA, "
+			 "PKCS#1 v1.5)",
+			 card);
+}
+
+/* A policy value read as a whole number; dflt where unset (an older schema). */
+static enum esc_err
+policy_number(struct esc_ctx *ctx, struct esc_store *st, const char *key, long dflt, long *out)
+{
+	char *v = NULL, *end;
+	enum esc_err r = esc_store_policy(ctx, st, key, &v);
+
+	if (r == ESC_ERR_NOT_FOUND) {
+		*out = dflt;
+		return ESC_OK;
+	}
+	if (r != ESC_OK)
+		return r;
+	if (strcmp(v, "true") == 0 || strcmp(v, "false") == 0)
+		*out = strcmp(v, "true") == 0;
+	else if ((*out = strtol(v, &end, 10)) <= 0 || *end != '\0')
+		r = esc_error(ctx, ESC_ERR_DB, "policy %s holds '%s', not a number", key, v);
+	free(v);
+	return r;
+}
+
+/*
+ * The KRA key policy: key_type at least kra_min_rsa_bits / kra_min_ec_bits,
+ * recipient rsa-pkcs1v15 only with kra_allow_rsa_pkcs1v15 (recipient may
+ * be NULL: not chosen yet).  Errors: USAGE (a key type p11escrow does not
+ * take), POLICY (naming the policy to change), DB.
+ */
+static enum esc_err
+check_key_policy(struct esc_ctx *ctx, struct esc_store *st, const char *key_type, const char *recipient)
+{
+	long min_rsa = 3072, min_ec = 256, pkcs1 = 0;
+	int rsa = 0, bits = 0;
+	enum esc_err r;
+
+	if (!kra_key_size(key_type, &rsa, &bits))
+		return esc_error(ctx, ESC_ERR_USAGE,
+				 "a KRA key is RSA 2048, 3072 or 4096 bits or EC P-256 or P-384, not %s", key_type);
+	if ((r = policy_number(ctx, st, "kra_min_rsa_bits", 3072, &min_rsa)) != ESC_OK ||
+	    (r = policy_number(ctx, st, "kra_min_ec_bits", 256, &min_ec)) != ESC_OK ||
+	    (r = policy_number(ctx, st, "kra_allow_rsa_pkcs1v15", 0, &pkcs1)) != ESC_OK)
+		return r;
+	if (rsa && bits < min_rsa)
+		return esc_error(ctx, ESC_ERR_POLICY,
+				 "the KRA key is %s, smaller than policy kra_min_rsa_bits (%ld) allows: use a larger "
+				 "key, or an administrator lowers the policy ('p11escrow policy set kra_min_rsa_bits "
+				 "%d') for cards that hold no larger key",
+				 key_type, min_rsa, bits);
+	if (!rsa && bits < min_ec)
+		return esc_error(
+			ctx, ESC_ERR_POLICY,
+			"the KRA key is %s, smaller than policy kra_min_ec_bits (%ld) allows: use a P-%ld key, "
+			"or an administrator lowers the policy ('p11escrow policy set kra_min_ec_bits %d')",
+			key_type, min_ec, min_ec, bits);
+	if (recipient != NULL && strcmp(recipient, "rsa-pkcs1v15") == 0 && !pkcs1)
+		return esc_error(ctx, ESC_ERR_POLICY,
+				 "the card decrypts RSA only with PKCS#1 v1.5: refused by policy "
+				 "kra_allow_rsa_pkcs1v15 (false); an administrator may accept such cards with "
+				 "'p11escrow policy set kra_allow_rsa_pkcs1v15 true', which is weaker "
+				 "(docs/threat-model.md)");
+	return ESC_OK;
+}
+
+/*
+ * EXISTS if pub is the key of a KRA already (active or retired, under any
+ * name): one key, one KRA, or one card's records would answer to two.
+ */
+static enum esc_err
+check_key_unused(struct esc_ctx *ctx, struct esc_store *st, EVP_PKEY *pub)
+{
+	PGresult *res = NULL;
+	X509 *x;
+	enum esc_err r;
+	int i, same;
+
+	if ((r = esc_store_exec(ctx, st, "SELECT name, certificate, state FROM kras ORDER BY id", 0, NULL, NULL, NULL,
+				&res)) != ESC_OK)
+		return r;
+	for (i = 0; i < PQntuples(res); i++) {
+		if ((x = esc_store_cert_cached(st, PQgetvalue(res, i, 1))) == NULL) {
+			r = esc_error(ctx, ESC_ERR_DB, "KRA '%s' holds no readable certificate", PQgetvalue(res, i, 0));
+			goto out;
+		}
+		same = X509_get0_pubkey(x) != NULL && EVP_PKEY_eq(X509_get0_pubkey(x), pub) == 1;
+		X509_free(x);
+		if (same) {
+			r = esc_error(ctx, ESC_ERR_EXISTS,
+				      "this key is already the key of KRA '%s' (%s): one key is one KRA",
+				      PQgetvalue(res, i, 0), PQgetvalue(res, i, 2));
+			goto out;
+		}
+	}
+	r = ESC_OK;
+out:
+	ERR_clear_error();
+	PQclear(res);
+	return r;
 }
 
 /* KRA certificate subject: the CA's name without its CN, OU=Key Recovery Agents, CN=name. */
@@ -66,12 +248,13 @@ fail:
 /* Insert the KRA row (in the caller's transaction). */
 static enum esc_err
 register_kra(struct esc_ctx *ctx, struct esc_store *st, const char *name, X509 *cert, const char *key_type,
-	     const char *recipient, const char *token_label, const char *token_serial, const char *uri)
+	     const char *recipient, const char *token_label, const char *token_serial, const char *uri,
+	     const char *origin, const char *reason)
 {
 	char *serial = esc_cert_serial_hex(cert), fp[ESC_FINGERPRINT_MAX];
 	unsigned char *der = NULL;
-	const char *v[9];
-	int len[9] = {0}, fmt[9] = {0}, dlen;
+	const char *v[11];
+	int len[11] = {0}, fmt[11] = {0}, dlen;
 	enum esc_err r;
 
 	esc_cert_fingerprint(cert, fp);
@@ -90,10 +273,14 @@ register_kra(struct esc_ctx *ctx, struct esc_store *st, const char *name, X509 *
 	v[6] = token_label;
 	v[7] = token_serial;
 	v[8] = uri;
-	r = esc_store_exec(ctx, st,
-			   "INSERT INTO kras (name, state, certificate, cert_serial, cert_sha256, key_type, recipient, "
-			   "token_label, token_serial, key_uri) VALUES ($1, 'active', $2, $3, $4, $5, $6, $7, $8, $9)",
-			   9, v, len, fmt, NULL);
+	v[9] = origin;
+	v[10] = reason != NULL && *reason != '\0' ? reason : NULL;
+	r = esc_store_exec(
+		ctx, st,
+		"INSERT INTO kras (name, state, certificate, cert_serial, cert_sha256, key_type, recipient, "
+		"token_label, token_serial, key_uri, key_origin, recipient_reason) VALUES ($1, 'active', $2, "
+		"$3, $4, $5, $6, $7, $8, $9, $10, $11)",
+		11, v, len, fmt, NULL);
 out:
 	OPENSSL_free(der);
 	free(serial);
@@ -174,12 +361,12 @@ out:
  */
 static enum esc_err
 card_generate(struct esc_ctx *ctx, struct esc_token *card, const char *name, enum esc_key_type type,
-	      struct esc_token_key **key_out, EVP_PKEY **pub_out, const char **recipient_out)
+	      struct esc_token_key **key_out, EVP_PKEY **pub_out, const char **recipient_out,
+	      struct esc_token_decrypt_probe *probe, char *why, size_t whylen)
 {
 	struct esc_token_key *key = NULL;
 	EVP_PKEY *pub = NULL;
 	char label[160];
-	int sha256 = 0;
 	enum esc_err r;
 
 	if (!valid_name(name))
@@ -191,15 +378,11 @@ card_generate(struct esc_ctx *ctx, struct esc_token *card, const char *name, enu
 	snprintf(label, sizeof(label), "p11escrow KRA %s", name);
 	if ((r = esc_token_generate_key(ctx, card, type, ESC_KEY_USE_DECRYPT, label, &key)) != ESC_OK)
 		return r;
-	if ((r = esc_token_key_public(ctx, card, key, &pub)) != ESC_OK)
+	/* The card made the key for OAEP or ECDH: PKCS#1 v1.5 is never chosen for it. */
+	if ((r = esc_token_key_public(ctx, card, key, &pub)) != ESC_OK ||
+	    (r = esc_token_probe_decrypt(ctx, card, key, pub, probe)) != ESC_OK ||
+	    (r = esc_kra_choose_recipient(ctx, esc_token_label(card), probe, 0, recipient_out, why, whylen)) != ESC_OK)
 		goto out;
-	if (EVP_PKEY_is_a(pub, "RSA")) {
-		if ((r = esc_token_probe_oaep_sha256(ctx, card, key, pub, &sha256)) != ESC_OK)
-			goto out;
-		*recipient_out = sha256 ? "rsa-oaep-sha256" : "rsa-oaep-sha1";
-	} else {
-		*recipient_out = "ecdh";
-	}
 	*key_out = key;
 	*pub_out = pub;
 	key = NULL; /* transferred */
@@ -218,20 +401,22 @@ out:
 /* The audit event of a registration, in the open transaction. */
 static enum esc_err
 audit_enrolled(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor, const char *name,
-	       const char *how, const char *label, const char *serial, const char *key_type, const char *recipient)
+	       const char *how, const char *label, const char *serial, const char *key_type, const char *recipient,
+	       const char *origin, const char *reason)
 {
-	char roles[64], details[320];
+	char roles[64], details[512];
 	struct esc_audit_event ev = {esc_account_name(actor), roles, "kra.enroll", name, "ok", details};
 
 	esc_roles_format(esc_account_roles(actor), roles, sizeof(roles));
-	snprintf(details, sizeof(details), "%scard '%s' serial %s, %s key, recipient %s", how, label, serial, key_type,
-		 recipient);
+	snprintf(details, sizeof(details), "%scard '%s' serial %s, %s key %s, recipient %s%s%s%s", how, label, serial,
+		 key_type, strcmp(origin, "adopted") == 0 ? "adopted from the card" : "generated on the card",
+		 recipient, *reason ? " (" : "", reason, *reason ? ")" : "");
 	return esc_audit_append(ctx, st, &ev);
 }
 
 static void
 fill_kra(struct esc_kra *out, const char *name, const char *key_type, const char *recipient, const char *label,
-	 const char *serial, const char *uri, X509 *cert)
+	 const char *serial, const char *uri, X509 *cert, const char *origin, const char *reason)
 {
 	char *s = esc_cert_serial_hex(cert);
 
@@ -244,6 +429,8 @@ fill_kra(struct esc_kra *out, const char *name, const char *key_type, const char
 	snprintf(out->token_serial, sizeof(out->token_serial), "%s", serial);
 	snprintf(out->key_uri, sizeof(out->key_uri), "%s", uri);
 	snprintf(out->cert_serial, sizeof(out->cert_serial), "%s", s ? s : "");
+	snprintf(out->origin, sizeof(out->origin), "%s", origin);
+	snprintf(out->recipient_reason, sizeof(out->recipient_reason), "%s", reason);
 	free(s);
 }
 
@@ -255,7 +442,8 @@ enroll_impl(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account 
 	X509_NAME *subject = NULL;
 	struct esc_token_key *key = NULL;
 	EVP_PKEY *signer = NULL, *pub = NULL;
-	char *uri = NULL;
+	struct esc_token_decrypt_probe probe;
+	char *uri = NULL, why[304] = "";
 	const char *recipient = NULL;
 	enum esc_err r;
 
@@ -267,23 +455,24 @@ enroll_impl(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account 
 		return esc_error(ctx, ESC_ERR_USAGE, "unsupported KRA key type");
 	/* Everything that can be checked without changing anything, first. */
 	if ((r = esc_store_check_schema(ctx, st)) != ESC_OK ||
+	    (r = check_key_policy(ctx, st, esc_key_type_name(type), NULL)) != ESC_OK ||
 	    (r = check_free(ctx, st, name, esc_token_label(kra_tok), esc_token_serial(kra_tok))) != ESC_OK ||
 	    (r = ca_signer(ctx, st, ca_tok, &ca, &signer)) != ESC_OK ||
 	    (r = kra_subject(ctx, ca, name, &subject)) != ESC_OK ||
-	    (r = card_generate(ctx, kra_tok, name, type, &key, &pub, &recipient)) != ESC_OK)
+	    (r = card_generate(ctx, kra_tok, name, type, &key, &pub, &recipient, &probe, why, sizeof(why))) != ESC_OK)
 		goto out;
 	if ((r = esc_ca_issue(ctx, ca, signer, pub, subject, days, ESC_PROFILE_KRA, &cert)) != ESC_OK ||
 	    (r = esc_token_key_uri(ctx, kra_tok, key, &uri)) != ESC_OK ||
 	    (r = esc_token_store_cert(ctx, kra_tok, key, cert)) != ESC_OK || (r = esc_store_begin(ctx, st)) != ESC_OK ||
 	    (r = register_kra(ctx, st, name, cert, esc_token_key_type_name(key), recipient, esc_token_label(kra_tok),
-			      esc_token_serial(kra_tok), uri)) != ESC_OK ||
+			      esc_token_serial(kra_tok), uri, "generated", why)) != ESC_OK ||
 	    (r = audit_enrolled(ctx, st, actor, name, "", esc_token_label(kra_tok), esc_token_serial(kra_tok),
-				esc_token_key_type_name(key), recipient)) != ESC_OK ||
+				esc_token_key_type_name(key), recipient, "generated", why)) != ESC_OK ||
 	    (r = esc_store_commit(ctx, st)) != ESC_OK)
 		goto out;
 	if (out != NULL)
 		fill_kra(out, name, esc_token_key_type_name(key), recipient, esc_token_label(kra_tok),
-			 esc_token_serial(kra_tok), uri, cert);
+			 esc_token_serial(kra_tok), uri, cert, "generated", why);
 	r = ESC_OK;
 out:
 	esc_store_rollback(st);
@@ -327,37 +516,50 @@ struct esc_kra_card {
 	char *uri;
 	unsigned char *spki;
 	size_t spki_len;
+	int adopted;  /* the card held the key before: never removed */
+	int imported; /* adopted, and once extractable or not sensitive */
+	struct esc_token_decrypt_probe probe;
+	char reason[304];
 };
+
+/* The key's SubjectPublicKeyInfo into k->spki. */
+static enum esc_err
+card_spki(struct esc_ctx *ctx, struct esc_kra_card *k)
+{
+	unsigned char *der = NULL;
+	int n;
+
+	if ((n = i2d_PUBKEY(k->pub, &der)) <= 0 || (k->spki = malloc((size_t)n)) == NULL) {
+		OPENSSL_free(der);
+		return esc_error_ossl(ctx, ESC_ERR_CRYPTO, "cannot encode the card's public key");
+	}
+	memcpy(k->spki, der, (size_t)n);
+	k->spki_len = (size_t)n;
+	OPENSSL_free(der);
+	return ESC_OK;
+}
 
 enum esc_err
 esc_kra_card_generate(struct esc_ctx *ctx, struct esc_token *card, const char *name, enum esc_key_type type,
 		      struct esc_kra_card **out)
 {
 	struct esc_kra_card *k;
-	unsigned char *der = NULL;
-	int n;
 	enum esc_err r;
 
 	if ((k = calloc(1, sizeof(*k))) == NULL)
 		return esc_error(ctx, ESC_ERR_NOMEM, "out of memory");
 	k->card = card;
-	if ((r = card_generate(ctx, card, name, type, &k->key, &k->pub, &k->recipient)) != ESC_OK) {
+	if ((r = card_generate(ctx, card, name, type, &k->key, &k->pub, &k->recipient, &k->probe, k->reason,
+			       sizeof(k->reason))) != ESC_OK) {
 		free(k);
 		return r;
 	}
-	if ((r = esc_token_key_uri(ctx, card, k->key, &k->uri)) != ESC_OK)
+	if ((r = esc_token_key_uri(ctx, card, k->key, &k->uri)) != ESC_OK || (r = card_spki(ctx, k)) != ESC_OK)
 		goto out;
-	if ((n = i2d_PUBKEY(k->pub, &der)) <= 0 || (k->spki = malloc((size_t)n)) == NULL) {
-		r = esc_error_ossl(ctx, ESC_ERR_CRYPTO, "cannot encode the card's public key");
-		goto out;
-	}
-	memcpy(k->spki, der, (size_t)n);
-	k->spki_len = (size_t)n;
 	*out = k;
 	k = NULL; /* transferred */
 	r = ESC_OK;
 out:
-	OPENSSL_free(der);
 	if (k != NULL) {
 		if (esc_kra_card_discard(NULL, k) != ESC_OK)
 			esc_log(ctx, ESC_LOG_ERROR, "could not remove the generated key '%s' from card '%s'",
@@ -365,6 +567,91 @@ out:
 		esc_kra_card_free(k);
 	}
 	return r;
+}
+
+enum esc_err
+esc_kra_card_adopt(struct esc_ctx *ctx, struct esc_token *card, const char *key_uri, struct esc_kra_card **out)
+{
+	struct esc_kra_card *k;
+	struct esc_token_key_attrs a;
+	const char *label = esc_token_label(card), *type;
+	int rsa = 0, bits = 0;
+	enum esc_err r;
+
+	if ((k = calloc(1, sizeof(*k))) == NULL)
+		return esc_error(ctx, ESC_ERR_NOMEM, "out of memory");
+	k->card = card;
+	k->adopted = 1;
+	/* Nothing below writes to the card, and nothing on any path removes the key from it. */
+	if ((r = esc_token_find_key(ctx, card, key_uri, &k->key)) != ESC_OK ||
+	    (r = esc_token_key_attributes(ctx, card, k->key, &a)) != ESC_OK)
+		goto out;
+	type = esc_token_key_type_name(k->key);
+	if (!kra_key_size(type, &rsa, &bits)) {
+		r = esc_error(ctx, ESC_ERR_USAGE,
+			      "key '%s' on card '%s' is %s: a KRA key is RSA 2048, 3072 or 4096 bits or EC P-256 or "
+			      "P-384",
+			      esc_token_key_label(k->key), label, type);
+		goto out;
+	}
+	if (rsa ? !a.decrypt : !a.derive) {
+		r = esc_error(ctx, ESC_ERR_STATE,
+			      "key '%s' on card '%s' is not a decryption key (%s is false%s): adopt the card's "
+			      "encryption (key management) key",
+			      esc_token_key_label(k->key), label, rsa ? "CKA_DECRYPT" : "CKA_DERIVE",
+			      a.sign ? "; it is a signing key" : "");
+		goto out;
+	}
+	if (!a.sensitive || a.extractable) {
+		r = esc_error(ctx, ESC_ERR_STATE,
+			      "key '%s' on card '%s' is %s: a KRA key must be sensitive and never leave the card",
+			      esc_token_key_label(k->key), label, !a.sensitive ? "not sensitive" : "extractable");
+		goto out;
+	}
+	k->imported = !a.always_sensitive || !a.never_extractable;
+	if ((r = esc_token_key_public(ctx, card, k->key, &k->pub)) != ESC_OK ||
+	    (r = esc_token_probe_decrypt(ctx, card, k->key, k->pub, &k->probe)) != ESC_OK ||
+	    /* PKCS#1 v1.5 is offered where it is all the card does: enrollment decides by policy. */
+	    (r = esc_kra_choose_recipient(ctx, label, &k->probe, 1, &k->recipient, k->reason, sizeof(k->reason))) !=
+		    ESC_OK ||
+	    (r = esc_token_key_uri(ctx, card, k->key, &k->uri)) != ESC_OK || (r = card_spki(ctx, k)) != ESC_OK)
+		goto out;
+	*out = k;
+	k = NULL; /* transferred */
+	r = ESC_OK;
+out:
+	esc_kra_card_free(k);
+	return r;
+}
+
+const char *
+esc_kra_card_origin(const struct esc_kra_card *k)
+{
+	return k->adopted ? "adopted" : "generated";
+}
+
+const char *
+esc_kra_card_reason(const struct esc_kra_card *k)
+{
+	return k->reason;
+}
+
+const char *
+esc_kra_card_key_label(const struct esc_kra_card *k)
+{
+	return esc_token_key_label(k->key);
+}
+
+const struct esc_token_decrypt_probe *
+esc_kra_card_probe(const struct esc_kra_card *k)
+{
+	return &k->probe;
+}
+
+int
+esc_kra_card_imported(const struct esc_kra_card *k)
+{
+	return k->imported;
 }
 
 const char *
@@ -421,7 +708,13 @@ esc_kra_card_store_cert(struct esc_ctx *ctx, struct esc_kra_card *k, const unsig
 		r = esc_error(ctx, ESC_ERR_MISMATCH, "the certificate the service issued is not for the card's key");
 		goto out;
 	}
-	*stored = esc_token_store_cert(ctx, k->card, k->key, cert) == ESC_OK;
+	if (esc_token_write_protected(k->card)) {
+		esc_error_set(ctx, ESC_ERR_PKCS11, "card '%s' is write-protected (CKF_WRITE_PROTECTED)",
+			      esc_token_label(k->card));
+		*stored = 0;
+	} else {
+		*stored = esc_token_store_cert(ctx, k->card, k->key, cert) == ESC_OK;
+	}
 	r = ESC_OK;
 out:
 	X509_free(cert);
@@ -431,6 +724,10 @@ out:
 enum esc_err
 esc_kra_card_discard(struct esc_ctx *ctx, struct esc_kra_card *k)
 {
+	/* The card held it before us, and may hold the only copy: p11escrow never removes it. */
+	if (k->adopted)
+		return esc_error(ctx, ESC_ERR_STATE, "key '%s' was adopted from card '%s': it is never removed",
+				 esc_token_key_label(k->key), esc_token_label(k->card));
 	return esc_token_destroy_key(ctx, k->card, k->key);
 }
 
@@ -462,9 +759,9 @@ printable(const char *s, size_t max)
 	return 1;
 }
 
-/* The offer's public key, decoded and checked to be of key type t (strict DER). */
+/* The offer's public key, decoded and checked to be of its key type, RSA (rsa) or EC of bits (strict DER). */
 static enum esc_err
-offer_key(struct esc_ctx *ctx, const struct esc_kra_offer *o, enum esc_key_type t, EVP_PKEY **out)
+offer_key(struct esc_ctx *ctx, const struct esc_kra_offer *o, int rsa, int bits, EVP_PKEY **out)
 {
 	const unsigned char *p = o->public_key;
 	unsigned char *der = NULL;
@@ -482,22 +779,14 @@ offer_key(struct esc_ctx *ctx, const struct esc_kra_offer *o, enum esc_key_type 
 		r = esc_error_ossl(ctx, ESC_ERR_BAD_INPUT, "the public key is not a DER SubjectPublicKeyInfo");
 		goto out;
 	}
-	switch (t) {
-	case ESC_KEY_RSA3072:
-	case ESC_KEY_RSA4096:
-		ok = EVP_PKEY_is_a(pub, "RSA") && EVP_PKEY_get_bits(pub) == (t == ESC_KEY_RSA3072 ? 3072 : 4096);
-		break;
-	case ESC_KEY_EC_P256:
-	case ESC_KEY_EC_P384:
+	if (rsa)
+		ok = EVP_PKEY_is_a(pub, "RSA") && EVP_PKEY_get_bits(pub) == bits;
+	else
 		ok = EVP_PKEY_is_a(pub, "EC") &&
 		     EVP_PKEY_get_utf8_string_param(pub, OSSL_PKEY_PARAM_GROUP_NAME, group, sizeof(group), NULL) == 1 &&
-		     strcmp(group, t == ESC_KEY_EC_P256 ? "prime256v1" : "secp384r1") == 0;
-		break;
-	default:
-		ok = 0;
-	}
+		     strcmp(group, bits == 256 ? "prime256v1" : "secp384r1") == 0;
 	if (!ok) {
-		r = esc_error(ctx, ESC_ERR_BAD_INPUT, "the public key is not an %s key", esc_key_type_name(t));
+		r = esc_error(ctx, ESC_ERR_BAD_INPUT, "the public key is not an %s key", o->key_type);
 		goto out;
 	}
 	*out = pub;
@@ -509,12 +798,11 @@ out:
 	return r;
 }
 
-/* Everything an offer must be before the database is asked; *type and *pub on success. */
+/* Everything an offer must be before the database is asked; *pub on success. */
 static enum esc_err
-check_offer(struct esc_ctx *ctx, const struct esc_kra_offer *o, enum esc_key_type *type, EVP_PKEY **pub)
+check_offer(struct esc_ctx *ctx, const struct esc_kra_offer *o, EVP_PKEY **pub)
 {
-	enum esc_key_type t;
-	int rsa;
+	int rsa = 0, bits = 0;
 	enum esc_err r;
 
 	if (!valid_name(o->name))
@@ -524,24 +812,25 @@ check_offer(struct esc_ctx *ctx, const struct esc_kra_offer *o, enum esc_key_typ
 				 "a card's label is 1..32 and its serial 1..16 printable characters");
 	if (o->days < 1 || o->days > 36500)
 		return esc_error(ctx, ESC_ERR_USAGE, "days must be 1..36500");
-	if ((r = esc_key_type_parse(ctx, o->key_type, &t)) != ESC_OK)
-		return r;
-	if (t != ESC_KEY_RSA3072 && t != ESC_KEY_RSA4096 && t != ESC_KEY_EC_P256 && t != ESC_KEY_EC_P384)
-		return esc_error(ctx, ESC_ERR_USAGE, "unsupported KRA key type '%s'", o->key_type);
-	rsa = t == ESC_KEY_RSA3072 || t == ESC_KEY_RSA4096;
-	if (rsa ? strcmp(o->recipient, "rsa-oaep-sha256") != 0 && strcmp(o->recipient, "rsa-oaep-sha1") != 0
+	if (!kra_key_size(o->key_type, &rsa, &bits))
+		return esc_error(ctx, ESC_ERR_USAGE,
+				 "unsupported KRA key type '%s' (rsa2048, rsa3072, rsa4096, ec-p256 or ec-p384)",
+				 o->key_type);
+	if (rsa ? strcmp(o->recipient, "rsa-oaep-sha256") != 0 && strcmp(o->recipient, "rsa-oaep-sha1") != 0 &&
+			    strcmp(o->recipient, "rsa-pkcs1v15") != 0
 		: strcmp(o->recipient, "ecdh") != 0)
 		return esc_error(ctx, ESC_ERR_USAGE, "recipient '%s' does not fit a %s key (%s)", o->recipient,
-				 o->key_type, rsa ? "rsa-oaep-sha256 or rsa-oaep-sha1" : "ecdh");
+				 o->key_type, rsa ? "rsa-oaep-sha256, rsa-oaep-sha1 or rsa-pkcs1v15" : "ecdh");
+	if (o->origin != NULL && strcmp(o->origin, "generated") != 0 && strcmp(o->origin, "adopted") != 0)
+		return esc_error(ctx, ESC_ERR_USAGE, "a KRA key's origin is generated or adopted, not '%s'", o->origin);
+	if (o->reason != NULL && !printable(o->reason, 300))
+		return esc_error(ctx, ESC_ERR_USAGE, "the probe's reason is 1..300 printable characters");
 	if (strncmp(o->key_uri, "pkcs11:", 7) != 0 || strlen(o->key_uri) >= sizeof(((struct esc_kra *)0)->key_uri))
 		return esc_error(ctx, ESC_ERR_URI, "the key URI must be a pkcs11: URI shorter than %zu bytes",
 				 sizeof(((struct esc_kra *)0)->key_uri));
 	if ((r = esc_token_uri_check(ctx, o->key_uri)) != ESC_OK)
 		return r;
-	if ((r = offer_key(ctx, o, t, pub)) != ESC_OK)
-		return r;
-	*type = t;
-	return ESC_OK;
+	return offer_key(ctx, o, rsa, bits, pub);
 }
 
 static enum esc_err
@@ -551,21 +840,21 @@ begin_impl(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *
 	PGresult *res = NULL;
 	EVP_PKEY *pub = NULL;
 	X509 *ca = NULL;
-	enum esc_key_type type;
 	unsigned char *secret = NULL, hash[32], *env = NULL;
 	unsigned int hlen = 0;
 	size_t envlen = 0;
-	char days[16], secs[16], details[320], roles[64];
-	const char *v[11];
-	int len[11] = {0}, fmt[11] = {0};
+	char days[16], secs[16], details[512], roles[64];
+	const char *v[13], *origin = o->origin != NULL ? o->origin : "generated";
+	int len[13] = {0}, fmt[13] = {0};
 	enum esc_err r;
 
 	if ((r = esc_account_require(ctx, actor, ESC_ROLE_ADMIN)) != ESC_OK ||
-	    (r = check_offer(ctx, o, &type, &pub)) != ESC_OK)
+	    (r = check_offer(ctx, o, &pub)) != ESC_OK)
 		goto out;
 	if ((r = esc_store_check_schema(ctx, st)) != ESC_OK ||
+	    (r = check_key_policy(ctx, st, o->key_type, o->recipient)) != ESC_OK ||
 	    (r = check_free(ctx, st, o->name, o->token_label, o->token_serial)) != ESC_OK ||
-	    (r = esc_store_active_ca(ctx, st, &ca)) != ESC_OK)
+	    (r = check_key_unused(ctx, st, pub)) != ESC_OK || (r = esc_store_active_ca(ctx, st, &ca)) != ESC_OK)
 		goto out;
 	/* The secret lives only here and, sealed, in the answer: the database keeps its hash. */
 	if ((secret = OPENSSL_secure_malloc(ESC_KRA_SECRET_LEN)) == NULL) {
@@ -577,10 +866,9 @@ begin_impl(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *
 		r = esc_error_ossl(ctx, ESC_ERR_CRYPTO, "cannot make a challenge");
 		goto out;
 	}
-	if ((r = esc_envelope_seal_to_key(
-		     ctx, secret, ESC_KRA_SECRET_LEN, pub,
-		     strcmp(o->recipient, "rsa-oaep-sha256") == 0 ? ESC_OAEP_SHA256 : ESC_OAEP_SHA1, &env, &envlen)) !=
-	    ESC_OK)
+	/* Sealed in the recipient form archival will use: the answer proves the card opens that. */
+	if ((r = esc_envelope_seal_to_key(ctx, secret, ESC_KRA_SECRET_LEN, pub,
+					  esc_oaep_hash_of_recipient(o->recipient), &env, &envlen)) != ESC_OK)
 		goto out;
 	snprintf(days, sizeof(days), "%d", o->days);
 	snprintf(secs, sizeof(secs), "%d", ESC_KRA_CHALLENGE_SECONDS);
@@ -588,7 +876,7 @@ begin_impl(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *
 	len[0] = sizeof(hash);
 	fmt[0] = 1;
 	v[1] = o->name;
-	v[2] = esc_key_type_name(type);
+	v[2] = o->key_type;
 	v[3] = o->recipient;
 	v[4] = (const char *)o->public_key;
 	len[4] = (int)o->public_key_len;
@@ -599,14 +887,17 @@ begin_impl(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *
 	v[8] = days;
 	v[9] = esc_account_name(actor);
 	v[10] = secs;
+	v[11] = origin;
+	v[12] = o->reason;
 	if ((r = esc_store_begin(ctx, st)) != ESC_OK ||
 	    (r = esc_store_exec(
 		     ctx, st,
 		     "INSERT INTO kra_challenges (secret_sha256, name, key_type, recipient, public_key, "
-		     "token_label, token_serial, key_uri, days, created_by, expires_at) VALUES ($1, $2, $3, "
-		     "$4, $5, $6, $7, $8, $9::integer, $10, now() + $11::integer * interval '1 second') "
+		     "token_label, token_serial, key_uri, days, created_by, expires_at, key_origin, recipient_reason) "
+		     "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::integer, $10, now() + $11::integer * interval '1 "
+		     "second', $12, $13) "
 		     "RETURNING id, to_char(expires_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')",
-		     11, v, len, fmt, &res)) != ESC_OK)
+		     13, v, len, fmt, &res)) != ESC_OK)
 		goto out;
 	{
 		struct esc_audit_event ev = {
@@ -614,8 +905,8 @@ begin_impl(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *
 
 		esc_roles_format(esc_account_roles(actor), roles, sizeof(roles));
 		snprintf(details, sizeof(details),
-			 "challenge %s to card '%s' serial %s, %s key, recipient %s; possession to be proven by %s",
-			 PQgetvalue(res, 0, 0), o->token_label, o->token_serial, esc_key_type_name(type), o->recipient,
+			 "challenge %s to card '%s' serial %s, %s key %s, recipient %s; possession to be proven by %s",
+			 PQgetvalue(res, 0, 0), o->token_label, o->token_serial, o->key_type, origin, o->recipient,
 			 PQgetvalue(res, 0, 1));
 		if ((r = esc_audit_append(ctx, st, &ev)) != ESC_OK || (r = esc_store_commit(ctx, st)) != ESC_OK)
 			goto out;
@@ -659,7 +950,8 @@ esc_kra_enroll_begin(struct esc_ctx *ctx, struct esc_store *st, const struct esc
 #define CHALLENGE_COLUMNS                                                                                              \
 	"name, created_by, secret_sha256, key_type, recipient, public_key, token_label, token_serial, key_uri, days, " \
 	"used_at IS NOT NULL, outcome, expires_at <= now(), "                                                          \
-	"to_char(expires_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')"
+	"to_char(expires_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), key_origin, "                       \
+	"coalesce(recipient_reason, '')"
 
 /* A bytea column in libpq's text form ("\\x" + hex) into buf; its length, or -1. */
 static long
@@ -682,8 +974,8 @@ bytea_value(const char *text, unsigned char *buf, size_t max)
 
 static enum esc_err
 prove_impl(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor, struct esc_token *ca_tok,
-	   const char *name, long long id, const unsigned char *secret, size_t secret_len, struct esc_kra *out,
-	   unsigned char **cert_out, size_t *cert_len)
+	   const char *via, const char *name, long long id, const unsigned char *secret, size_t secret_len,
+	   struct esc_kra *out, unsigned char **cert_out, size_t *cert_len)
 {
 	PGresult *res = NULL;
 	X509 *ca = NULL, *cert = NULL;
@@ -691,7 +983,7 @@ prove_impl(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *
 	EVP_PKEY *signer = NULL, *pub = NULL;
 	unsigned char want[32], got[32], spki[ESC_KRA_PUBLIC_KEY_MAX], *der = NULL, *copy = NULL;
 	unsigned int glen = 0;
-	char idtext[24], how[96];
+	char idtext[24], how[128];
 	const char *v[2] = {idtext, name};
 	const unsigned char *p;
 	long wlen, slen;
@@ -757,7 +1049,7 @@ prove_impl(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *
 			      id);
 		goto out;
 	}
-	/* Possession proven.  The name or the card may have been taken since the challenge. */
+	/* Possession proven.  The name, the card or the key may have been taken since the challenge. */
 	if ((r = check_free(ctx, st, name, PQgetvalue(res, 0, 6), PQgetvalue(res, 0, 7))) != ESC_OK)
 		goto out;
 	if ((slen = bytea_value(PQgetvalue(res, 0, 5), spki, sizeof(spki))) <= 0 ||
@@ -765,6 +1057,10 @@ prove_impl(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *
 		r = esc_error_ossl(ctx, ESC_ERR_DB, "challenge %lld holds no readable public key", id);
 		goto out;
 	}
+	/* And policy may have changed: it holds when the CA certifies. */
+	if ((r = check_key_unused(ctx, st, pub)) != ESC_OK ||
+	    (r = check_key_policy(ctx, st, PQgetvalue(res, 0, 3), PQgetvalue(res, 0, 4))) != ESC_OK)
+		goto out;
 	{
 		char *end;
 		long d = strtol(PQgetvalue(res, 0, 9), &end, 10);
@@ -775,17 +1071,19 @@ prove_impl(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *
 		}
 		days = (int)d;
 	}
-	snprintf(how, sizeof(how), "through the service, possession proven (challenge %lld); ", id);
+	snprintf(how, sizeof(how), "%s, possession proven (challenge %lld); ", via, id);
 	if ((r = ca_signer(ctx, st, ca_tok, &ca, &signer)) != ESC_OK ||
 	    (r = kra_subject(ctx, ca, name, &subject)) != ESC_OK ||
 	    (r = esc_ca_issue(ctx, ca, signer, pub, subject, days, ESC_PROFILE_KRA, &cert)) != ESC_OK ||
 	    (r = register_kra(ctx, st, name, cert, PQgetvalue(res, 0, 3), PQgetvalue(res, 0, 4), PQgetvalue(res, 0, 6),
-			      PQgetvalue(res, 0, 7), PQgetvalue(res, 0, 8))) != ESC_OK ||
+			      PQgetvalue(res, 0, 7), PQgetvalue(res, 0, 8), PQgetvalue(res, 0, 14),
+			      PQgetvalue(res, 0, 15))) != ESC_OK ||
 	    (r = esc_store_exec(ctx, st,
 				"UPDATE kra_challenges SET used_at = now(), outcome = 'enrolled' WHERE id = $1::bigint",
 				1, v, NULL, NULL, NULL)) != ESC_OK ||
 	    (r = audit_enrolled(ctx, st, actor, name, how, PQgetvalue(res, 0, 6), PQgetvalue(res, 0, 7),
-				PQgetvalue(res, 0, 3), PQgetvalue(res, 0, 4))) != ESC_OK)
+				PQgetvalue(res, 0, 3), PQgetvalue(res, 0, 4), PQgetvalue(res, 0, 14),
+				PQgetvalue(res, 0, 15))) != ESC_OK)
 		goto out;
 	if ((dlen = i2d_X509(cert, &der)) <= 0 || (copy = malloc((size_t)dlen)) == NULL) {
 		r = esc_error(ctx, ESC_ERR_NOMEM, "out of memory");
@@ -796,7 +1094,8 @@ prove_impl(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *
 	memcpy(copy, der, (size_t)dlen);
 	if (out != NULL)
 		fill_kra(out, name, PQgetvalue(res, 0, 3), PQgetvalue(res, 0, 4), PQgetvalue(res, 0, 6),
-			 PQgetvalue(res, 0, 7), PQgetvalue(res, 0, 8), cert);
+			 PQgetvalue(res, 0, 7), PQgetvalue(res, 0, 8), cert, PQgetvalue(res, 0, 14),
+			 PQgetvalue(res, 0, 15));
 	*cert_out = copy;
 	*cert_len = (size_t)dlen;
 	copy = NULL; /* transferred */
@@ -824,10 +1123,51 @@ esc_kra_enroll_prove(struct esc_ctx *ctx, struct esc_store *st, const struct esc
 	enum esc_err r;
 
 	do
-		r = prove_impl(ctx, st, actor, ca_tok, name, id, secret, secret_len, out, cert, cert_len);
+		r = prove_impl(ctx, st, actor, ca_tok, "through the service", name, id, secret, secret_len, out, cert,
+			       cert_len);
 	while (esc_store_retry(ctx, st, &t, &r));
 	if (r != ESC_OK)
 		esc_audit_outcome_by(ctx, st, actor, "kra.enroll", valid_name(name) ? name : "-", r);
+	return r;
+}
+
+enum esc_err
+esc_kra_enroll_card(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor,
+		    struct esc_token *ca_tok, struct esc_kra_card *k, const char *name, int days, struct esc_kra *out,
+		    unsigned char **cert, size_t *cert_len)
+{
+	struct esc_store_retry t = {0};
+	struct esc_kra_offer offer = {name,
+				      esc_token_label(k->card),
+				      esc_token_serial(k->card),
+				      k->uri,
+				      esc_kra_card_key_type(k),
+				      k->recipient,
+				      k->spki,
+				      k->spki_len,
+				      days,
+				      k->adopted ? "adopted" : "generated",
+				      k->reason[0] ? k->reason : NULL};
+	unsigned char *challenge = NULL, *secret = NULL;
+	size_t challenge_len = 0, secret_len = 0;
+	char expires[40];
+	long long id = 0;
+	enum esc_err r;
+
+	/* The service's two steps, here: the card answers between them, as at a workstation. */
+	if ((r = esc_kra_enroll_begin(ctx, st, actor, &offer, &id, &challenge, &challenge_len, expires,
+				      sizeof(expires))) != ESC_OK ||
+	    (r = esc_kra_card_answer(ctx, k, challenge, challenge_len, &secret, &secret_len)) != ESC_OK)
+		goto out;
+	do
+		r = prove_impl(ctx, st, actor, ca_tok, "on the service host", name, id, secret, secret_len, out, cert,
+			       cert_len);
+	while (esc_store_retry(ctx, st, &t, &r));
+	if (r != ESC_OK)
+		esc_audit_outcome_by(ctx, st, actor, "kra.enroll", valid_name(name) ? name : "-", r);
+out:
+	esc_envelope_plain_free(secret, secret_len);
+	free(challenge);
 	return r;
 }
 
@@ -843,7 +1183,7 @@ esc_kra_list(struct esc_ctx *ctx, struct esc_store *st, struct esc_kra **out, si
 		     ctx, st,
 		     "SELECT k.id, k.name, k.state, k.key_type, k.recipient, k.cert_serial, k.token_label, "
 		     "k.token_serial, k.key_uri, (SELECT count(*) FROM archive_record_kras a WHERE a.kra_id = "
-		     "k.id) FROM kras k ORDER BY k.id",
+		     "k.id), k.key_origin, coalesce(k.recipient_reason, '') FROM kras k ORDER BY k.id",
 		     0, NULL, NULL, NULL, &res)) != ESC_OK)
 		return r;
 	rows = PQntuples(res);
@@ -862,6 +1202,8 @@ esc_kra_list(struct esc_ctx *ctx, struct esc_store *st, struct esc_kra **out, si
 		snprintf(k[i].token_serial, sizeof(k[i].token_serial), "%s", PQgetvalue(res, i, 7));
 		snprintf(k[i].key_uri, sizeof(k[i].key_uri), "%s", PQgetvalue(res, i, 8));
 		k[i].records = strtoll(PQgetvalue(res, i, 9), NULL, 10);
+		snprintf(k[i].origin, sizeof(k[i].origin), "%s", PQgetvalue(res, i, 10));
+		snprintf(k[i].recipient_reason, sizeof(k[i].recipient_reason), "%s", PQgetvalue(res, i, 11));
 	}
 	*out = k;
 	*n = (size_t)rows;

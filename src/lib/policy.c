@@ -14,6 +14,8 @@
 #include "store_internal.h"
 
 static const char *const one_key_choices[] = {"off", "supersede", "refuse", NULL};
+static const char *const rsa_bits_choices[] = {"2048", "3072", "4096", NULL};
+static const char *const ec_bits_choices[] = {"256", "384", NULL};
 
 static const struct {
 	const char *key;
@@ -27,6 +29,9 @@ static const struct {
 	{"one_key_per_subject", 0, 0, one_key_choices},
 	{"release_ttl_hours", 1, 720, NULL}, /* hours a released package waits for its KRA */
 	{"cert_login_roles", 0, 0, NULL},    /* roles that log in to the service with a client certificate only */
+	{"kra_min_rsa_bits", 0, 0, rsa_bits_choices}, /* the smallest RSA KRA key enrolled */
+	{"kra_min_ec_bits", 0, 0, ec_bits_choices},   /* the smallest EC curve of a KRA key: P-256 or P-384 */
+	{"kra_allow_rsa_pkcs1v15", 1, 0, NULL},	      /* a card that decrypts only PKCS#1 v1.5 may be a KRA */
 };
 
 static enum esc_err
@@ -50,11 +55,17 @@ validate(struct esc_ctx *ctx, const char *key, const char *value)
 		}
 		if (known[i].choices != NULL) {
 			const char *const *c;
+			char list[64] = "";
 
 			for (c = known[i].choices; *c != NULL; c++)
 				if (strcmp(value, *c) == 0)
 					return ESC_OK;
-			return esc_error(ctx, ESC_ERR_USAGE, "policy %s is off, supersede or refuse", key);
+			for (c = known[i].choices; *c != NULL; c++)
+				snprintf(list + strlen(list), sizeof(list) - strlen(list), "%s%s", *c,
+					 c[1] == NULL	? ""
+					 : c[2] == NULL ? " or "
+							: ", ");
+			return esc_error(ctx, ESC_ERR_USAGE, "policy %s is %s", key, list);
 		}
 		if (known[i].min > known[i].max) {
 			if (strcmp(value, "true") == 0 || strcmp(value, "false") == 0)
@@ -70,7 +81,8 @@ validate(struct esc_ctx *ctx, const char *key, const char *value)
 	}
 	return esc_error(ctx, ESC_ERR_USAGE,
 			 "unknown policy '%.32s' (kra_set_size, allow_foreign_issuers, recovery_approvals, "
-			 "revoke_before_recovery, one_key_per_subject, release_ttl_hours, cert_login_roles)",
+			 "revoke_before_recovery, one_key_per_subject, release_ttl_hours, cert_login_roles, "
+			 "kra_min_rsa_bits, kra_min_ec_bits, kra_allow_rsa_pkcs1v15)",
 			 key);
 }
 

@@ -1215,18 +1215,230 @@ out:
 	return r;
 }
 
+/*
+ * The public key of the certificate object with key's CKA_ID: cards issued
+ * by a card-management system often carry a key's certificate but no
+ * public key object.  The key must be of key's type and curve.
+ */
+static enum esc_err
+cert_public(struct esc_ctx *ctx, struct esc_token *tok, const struct esc_token_key *key, EVP_PKEY **out)
+{
+	CK_OBJECT_CLASS cls = CKO_CERTIFICATE;
+	CK_ATTRIBUTE t[] = {
+		{CKA_CLASS, &cls, sizeof(cls)},
+		{CKA_ID, (void *)key->id, key->id_len},
+	};
+	CK_OBJECT_HANDLE found[MAX_FOUND];
+	CK_ULONG n = 0;
+	unsigned char *der = NULL;
+	const unsigned char *p;
+	size_t dlen = 0;
+	X509 *x = NULL;
+	EVP_PKEY *pub;
+	char group[64] = "";
+	const char *want = strcmp(key->type_name, "ec-p256") == 0 ? "prime256v1" : "secp384r1";
+	enum esc_err r;
+
+	/* Any failure to find exactly one such certificate reads as "none". */
+	if (key->id_len == 0 || find_objects(NULL, tok, t, ESC_ARRAY_LEN(t), found, &n) != ESC_OK || n != 1) {
+		r = esc_error(ctx, ESC_ERR_KEY_NOT_FOUND,
+			      "EC key '%s' has neither a public key object nor a certificate on the token", key->label);
+		goto out;
+	}
+	if ((r = get_attr_alloc(ctx, tok, found[0], CKA_VALUE, &der, &dlen)) != ESC_OK)
+		goto out;
+	p = der;
+	if ((x = d2i_X509(NULL, &p, (long)dlen)) == NULL || (pub = X509_get0_pubkey(x)) == NULL ||
+	    !EVP_PKEY_is_a(pub, "EC") ||
+	    EVP_PKEY_get_utf8_string_param(pub, OSSL_PKEY_PARAM_GROUP_NAME, group, sizeof(group), NULL) != 1 ||
+	    strcmp(group, want) != 0) {
+		ERR_clear_error();
+		r = esc_error(ctx, ESC_ERR_CRYPTO, "the certificate next to EC key '%s' does not hold its public key",
+			      key->label);
+		goto out;
+	}
+	if (!EVP_PKEY_up_ref(pub)) {
+		r = esc_error(ctx, ESC_ERR_NOMEM, "out of memory");
+		goto out;
+	}
+	*out = pub;
+	r = ESC_OK;
+out:
+	X509_free(x);
+	free(der);
+	return r;
+}
+
 enum esc_err
 esc_token_key_public(struct esc_ctx *ctx, struct esc_token *tok, const struct esc_token_key *key, EVP_PKEY **out)
 {
 	if (key->key_type == CKK_RSA)
 		return rsa_public(ctx, tok, key->priv, out);
 	if (key->key_type == CKK_EC) {
-		if (key->pub == CK_INVALID_HANDLE)
-			return esc_error(ctx, ESC_ERR_KEY_NOT_FOUND,
-					 "EC key '%s' has no public key object on the token", key->label);
+		if (key->pub == CK_INVALID_HANDLE) {
+			if (strcmp(key->type_name, "ec-p256") != 0 && strcmp(key->type_name, "ec-p384") != 0)
+				return esc_error(ctx, ESC_ERR_CRYPTO,
+						 "key '%s' is on an EC curve p11escrow does not support", key->label);
+			return cert_public(ctx, tok, key, out);
+		}
 		return ec_public(ctx, tok, key, key->pub, out);
 	}
 	return esc_error(ctx, ESC_ERR_CRYPTO, "key '%s' has a type p11escrow does not support", key->label);
+}
+
+enum esc_err
+esc_token_key_attributes(struct esc_ctx *ctx, struct esc_token *tok, const struct esc_token_key *key,
+			 struct esc_token_key_attrs *out)
+{
+	CK_BBOOL v[7] = {CK_FALSE, CK_FALSE, CK_FALSE, CK_FALSE, CK_FALSE, CK_FALSE, CK_FALSE};
+	CK_ATTRIBUTE a[] = {
+		{CKA_DECRYPT, &v[0], sizeof(v[0])},
+		{CKA_DERIVE, &v[1], sizeof(v[1])},
+		{CKA_SIGN, &v[2], sizeof(v[2])},
+		{CKA_SENSITIVE, &v[3], sizeof(v[3])},
+		{CKA_EXTRACTABLE, &v[4], sizeof(v[4])},
+		{CKA_ALWAYS_SENSITIVE, &v[5], sizeof(v[5])},
+		{CKA_NEVER_EXTRACTABLE, &v[6], sizeof(v[6])},
+	};
+	CK_RV rv;
+	size_t i;
+
+	/* An attribute the token does not have comes back unavailable; the others are still filled in. */
+	rv = tok->fl->C_GetAttributeValue(tok->session, key->priv, a, ESC_ARRAY_LEN(a));
+	if (rv != CKR_OK && rv != CKR_ATTRIBUTE_TYPE_INVALID && rv != CKR_ATTRIBUTE_SENSITIVE)
+		return ckr_error(ctx, rv, "reading the key's attributes");
+	for (i = 0; i < ESC_ARRAY_LEN(a); i++)
+		if (a[i].ulValueLen != sizeof(CK_BBOOL))
+			v[i] = CK_FALSE;
+	out->decrypt = v[0] == CK_TRUE;
+	out->derive = v[1] == CK_TRUE;
+	out->sign = v[2] == CK_TRUE;
+	out->sensitive = v[3] == CK_TRUE;
+	out->extractable = v[4] == CK_TRUE;
+	out->always_sensitive = v[5] == CK_TRUE;
+	out->never_extractable = v[6] == CK_TRUE;
+	return ESC_OK;
+}
+
+int
+esc_token_write_protected(const struct esc_token *tok)
+{
+	return (tok->info.flags & CKF_WRITE_PROTECTED) != 0;
+}
+
+/*
+ * Decrypt ct on the token with mech: 1 if what comes back is want.  Raw
+ * RSA may come back without want's leading zero bytes (the value is the
+ * same), so the comparison is right-aligned over zeros.
+ */
+static int
+probe_decrypt_one(struct esc_token *tok, const struct esc_token_key *key, CK_MECHANISM *mech, const unsigned char *ct,
+		  size_t ctlen, const unsigned char *want, size_t wantlen)
+{
+	unsigned char pt[1024];
+	CK_ULONG ptlen = sizeof(pt);
+	size_t skip, i;
+	int ok = 0;
+
+	if (tok->fl->C_DecryptInit(tok->session, mech, key->priv) == CKR_OK &&
+	    tok->fl->C_Decrypt(tok->session, (CK_BYTE_PTR)ct, (CK_ULONG)ctlen, pt, &ptlen) == CKR_OK &&
+	    ptlen <= wantlen && ptlen > 0) {
+		skip = wantlen - (size_t)ptlen;
+		for (i = 0; i < skip && want[i] == 0; i++)
+			;
+		ok = i == skip && CRYPTO_memcmp(pt, want + skip, (size_t)ptlen) == 0;
+	}
+	OPENSSL_cleanse(pt, sizeof(pt));
+	return ok;
+}
+
+/* Encrypt in to pub in software with padding (and OAEP's hash md): the probe's ciphertext. */
+static enum esc_err
+probe_encrypt(struct esc_ctx *ctx, EVP_PKEY *pub, int padding, const EVP_MD *md, const unsigned char *in, size_t inlen,
+	      unsigned char *ct, size_t *ctlen)
+{
+	EVP_PKEY_CTX *pctx = NULL;
+	enum esc_err r = ESC_OK;
+
+	if ((pctx = EVP_PKEY_CTX_new(pub, NULL)) == NULL || EVP_PKEY_encrypt_init(pctx) <= 0 ||
+	    EVP_PKEY_CTX_set_rsa_padding(pctx, padding) <= 0 ||
+	    (md != NULL &&
+	     (EVP_PKEY_CTX_set_rsa_oaep_md(pctx, md) <= 0 || EVP_PKEY_CTX_set_rsa_mgf1_md(pctx, md) <= 0)) ||
+	    EVP_PKEY_encrypt(pctx, ct, ctlen, in, inlen) <= 0)
+		r = esc_error_ossl(ctx, ESC_ERR_CRYPTO, "cannot prepare the card's decryption probe");
+	EVP_PKEY_CTX_free(pctx);
+	return r;
+}
+
+static int
+mech_listed(struct esc_token *tok, CK_MECHANISM_TYPE mech, CK_FLAGS flag)
+{
+	return require_mech(NULL, tok, mech, flag, 0, "") == ESC_OK;
+}
+
+enum esc_err
+esc_token_probe_decrypt(struct esc_ctx *ctx, struct esc_token *tok, const struct esc_token_key *key, EVP_PKEY *pub,
+			struct esc_token_decrypt_probe *out)
+{
+	CK_RSA_PKCS_OAEP_PARAMS p256 = {CKM_SHA256, CKG_MGF1_SHA256, CKZ_DATA_SPECIFIED, NULL, 0};
+	CK_RSA_PKCS_OAEP_PARAMS p1 = {CKM_SHA_1, CKG_MGF1_SHA1, CKZ_DATA_SPECIFIED, NULL, 0};
+	CK_MECHANISM oaep256 = {CKM_RSA_PKCS_OAEP, &p256, sizeof(p256)};
+	CK_MECHANISM oaep1 = {CKM_RSA_PKCS_OAEP, &p1, sizeof(p1)};
+	CK_MECHANISM raw = {CKM_RSA_X_509, NULL, 0};
+	CK_MECHANISM pkcs1 = {CKM_RSA_PKCS, NULL, 0};
+	unsigned char probe[32], block[1024], ct[1024];
+	size_t ctlen, k;
+	enum esc_err r;
+
+	memset(out, 0, sizeof(*out));
+	if (key->key_type == CKK_EC) {
+		out->ecdh = mech_listed(tok, CKM_ECDH1_DERIVE, CKF_DERIVE);
+		out->ecdh_cofactor = mech_listed(tok, CKM_ECDH1_COFACTOR_DERIVE, CKF_DERIVE);
+		return ESC_OK;
+	}
+	if (key->key_type != CKK_RSA || !EVP_PKEY_is_a(pub, "RSA"))
+		return esc_error(ctx, ESC_ERR_CRYPTO, "key '%s' is neither RSA nor EC", key->label);
+	out->rsa = 1;
+	k = (size_t)EVP_PKEY_get_size(pub);
+	if (k < 128 || k > sizeof(block))
+		return esc_error(ctx, ESC_ERR_CRYPTO, "key '%s' has an RSA size p11escrow does not support",
+				 key->label);
+	if (RAND_bytes(probe, sizeof(probe)) != 1 || RAND_bytes(block, (int)k) != 1) {
+		r = esc_error_ossl(ctx, ESC_ERR_CRYPTO, "cannot draw the probe's random bytes");
+		goto out;
+	}
+	/* Raw RSA: a value below the modulus (top byte zero, the next one not). */
+	block[0] = 0;
+	block[1] |= 1;
+	if (mech_listed(tok, CKM_RSA_PKCS_OAEP, CKF_DECRYPT)) {
+		ctlen = sizeof(ct);
+		if ((r = probe_encrypt(ctx, pub, RSA_PKCS1_OAEP_PADDING, EVP_sha256(), probe, sizeof(probe), ct,
+				       &ctlen)) != ESC_OK)
+			goto out;
+		out->oaep_sha256 = probe_decrypt_one(tok, key, &oaep256, ct, ctlen, probe, sizeof(probe));
+		ctlen = sizeof(ct);
+		if ((r = probe_encrypt(ctx, pub, RSA_PKCS1_OAEP_PADDING, EVP_sha1(), probe, sizeof(probe), ct,
+				       &ctlen)) != ESC_OK)
+			goto out;
+		out->oaep_sha1 = probe_decrypt_one(tok, key, &oaep1, ct, ctlen, probe, sizeof(probe));
+	}
+	if (mech_listed(tok, CKM_RSA_X_509, CKF_DECRYPT)) {
+		ctlen = sizeof(ct);
+		if ((r = probe_encrypt(ctx, pub, RSA_NO_PADDING, NULL, block, k, ct, &ctlen)) != ESC_OK)
+			goto out;
+		out->raw = probe_decrypt_one(tok, key, &raw, ct, ctlen, block, k);
+	}
+	if (mech_listed(tok, CKM_RSA_PKCS, CKF_DECRYPT)) {
+		ctlen = sizeof(ct);
+		if ((r = probe_encrypt(ctx, pub, RSA_PKCS1_PADDING, NULL, probe, sizeof(probe), ct, &ctlen)) != ESC_OK)
+			goto out;
+		out->pkcs1 = probe_decrypt_one(tok, key, &pkcs1, ct, ctlen, probe, sizeof(probe));
+	}
+	r = ESC_OK;
+out:
+	OPENSSL_cleanse(probe, sizeof(probe));
+	OPENSSL_cleanse(block, sizeof(block));
+	return r;
 }
 
 enum esc_err
@@ -1292,39 +1504,6 @@ esc_token_key_uri(struct esc_ctx *ctx, const struct esc_token *tok, const struct
 	r = ESC_OK;
 out:
 	p11_kit_uri_free(u);
-	return r;
-}
-
-enum esc_err
-esc_token_probe_oaep_sha256(struct esc_ctx *ctx, struct esc_token *tok, const struct esc_token_key *key, EVP_PKEY *pub,
-			    int *yes)
-{
-	CK_RSA_PKCS_OAEP_PARAMS params = {CKM_SHA256, CKG_MGF1_SHA256, CKZ_DATA_SPECIFIED, NULL, 0};
-	CK_MECHANISM mech = {CKM_RSA_PKCS_OAEP, &params, sizeof(params)};
-	unsigned char probe[32], ct[1024], pt[1024];
-	size_t ctlen = sizeof(ct);
-	CK_ULONG ptlen = sizeof(pt);
-	EVP_PKEY_CTX *pctx = NULL;
-	enum esc_err r;
-
-	*yes = 0;
-	if (RAND_bytes(probe, sizeof(probe)) != 1 || (pctx = EVP_PKEY_CTX_new(pub, NULL)) == NULL ||
-	    EVP_PKEY_encrypt_init(pctx) <= 0 || EVP_PKEY_CTX_set_rsa_padding(pctx, RSA_PKCS1_OAEP_PADDING) <= 0 ||
-	    EVP_PKEY_CTX_set_rsa_oaep_md(pctx, EVP_sha256()) <= 0 ||
-	    EVP_PKEY_CTX_set_rsa_mgf1_md(pctx, EVP_sha256()) <= 0 ||
-	    EVP_PKEY_encrypt(pctx, ct, &ctlen, probe, sizeof(probe)) <= 0) {
-		r = esc_error_ossl(ctx, ESC_ERR_CRYPTO, "cannot prepare the RSA-OAEP-SHA-256 probe");
-		goto out;
-	}
-	/* Any failure on the token means "not natively": SHA-1 is used instead. */
-	if (tok->fl->C_DecryptInit(tok->session, &mech, key->priv) == CKR_OK &&
-	    tok->fl->C_Decrypt(tok->session, ct, (CK_ULONG)ctlen, pt, &ptlen) == CKR_OK && ptlen == sizeof(probe) &&
-	    CRYPTO_memcmp(pt, probe, sizeof(probe)) == 0)
-		*yes = 1;
-	r = ESC_OK;
-out:
-	OPENSSL_cleanse(pt, sizeof(pt));
-	EVP_PKEY_CTX_free(pctx);
 	return r;
 }
 

@@ -5,9 +5,10 @@
  *
  *   envelope_tool seal [--sha256] CERT.pem... <plain >envelope.der
  *   envelope_tool open --token URI --key URI --cert CERT.pem --pin-file F [--module M] <envelope >plain
- *   envelope_tool genkey TOKEN-URI TYPE LABEL PIN-FILE </dev/null >public.pem
+ *   envelope_tool genkey TOKEN-URI TYPE LABEL PIN-FILE [sign] </dev/null >public.pem
  *   envelope_tool archive CONNINFO CERT.pem KEY.pem </dev/null   (esc_archive_key; prints the record id)
- *     (a decrypt-only key pair made by esc_token_generate_key, as KRA enrollment will)
+ *     (a decrypt-only key pair made by esc_token_generate_key, as KRA enrollment will;
+ *     with "sign", a sign-only one: no CKA_DECRYPT, no CKA_DERIVE)
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -74,7 +75,7 @@ main(int argc, char *argv[])
 
 	if (argc < 2 || esc_secmem_init() != ESC_OK || esc_ctx_new(&ctx) != ESC_OK)
 		return 2;
-	if (strcmp(argv[1], "genkey") == 0 && argc == 6) {
+	if (strcmp(argv[1], "genkey") == 0 && (argc == 6 || (argc == 7 && strcmp(argv[6], "sign") == 0))) {
 		struct esc_token *tok = NULL;
 		struct esc_token_key *k = NULL;
 		struct esc_secret *pin = NULL;
@@ -85,7 +86,8 @@ main(int argc, char *argv[])
 		    (r = esc_token_open(ctx, NULL, argv[2], &tok)) != ESC_OK ||
 		    (r = esc_secret_from_file(ctx, argv[5], &pin)) != ESC_OK ||
 		    (r = esc_token_login(ctx, tok, pin)) != ESC_OK ||
-		    (r = esc_token_generate_key(ctx, tok, type, ESC_KEY_USE_DECRYPT, argv[4], &k)) != ESC_OK ||
+		    (r = esc_token_generate_key(ctx, tok, type, argc == 7 ? ESC_KEY_USE_SIGN : ESC_KEY_USE_DECRYPT,
+						argv[4], &k)) != ESC_OK ||
 		    (r = esc_token_key_public(ctx, tok, k, &pub)) != ESC_OK)
 			return fail(ctx, r);
 		PEM_write_PUBKEY(stdout, pub);

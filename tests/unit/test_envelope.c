@@ -269,6 +269,74 @@ test_seal_to_key(void **state)
 	}
 }
 
+/* The keyEncryptionAlgorithm of the envelope's RSA key transport recipient (a NID), or NID_undef. */
+static int
+ktri_alg(const unsigned char *env, size_t envlen)
+{
+	const unsigned char *p = env;
+	CMS_ContentInfo *cms = d2i_CMS_ContentInfo(NULL, &p, (long)envlen);
+	STACK_OF(CMS_RecipientInfo) *ris;
+	X509_ALGOR *alg = NULL;
+	const ASN1_OBJECT *obj = NULL;
+	int i, nid = NID_undef;
+
+	assert_non_null(cms);
+	ris = CMS_get0_RecipientInfos(cms);
+	for (i = 0; i < sk_CMS_RecipientInfo_num(ris); i++) {
+		CMS_RecipientInfo *ri = sk_CMS_RecipientInfo_value(ris, i);
+
+		if (CMS_RecipientInfo_type(ri) != CMS_RECIPINFO_TRANS)
+			continue;
+		assert_int_equal(CMS_RecipientInfo_ktri_get0_algs(ri, NULL, NULL, &alg), 1);
+		X509_ALGOR_get0(&obj, NULL, NULL, alg);
+		nid = OBJ_obj2nid(obj);
+	}
+	CMS_ContentInfo_free(cms);
+	return nid;
+}
+
+/*
+ * The PKCS#1 v1.5 recipient form (KRA cards that do nothing else, by
+ * policy): CMS's rsaEncryption key transport, where the other forms are
+ * RSAES-OAEP; it opens with the key, as a sealed-to-key challenge does.
+ */
+static void
+test_pkcs1v15(void **state)
+{
+	struct fixture *f = *state;
+	unsigned char *env = NULL, *plain = NULL;
+	size_t envlen = 0, plainlen = 0;
+
+	assert_string_equal(esc_oaep_hash_name(ESC_RSA_PKCS1V15), "rsa-pkcs1v15");
+	assert_int_equal(esc_oaep_hash_of_recipient("rsa-pkcs1v15"), ESC_RSA_PKCS1V15);
+	assert_int_equal(esc_oaep_hash_of_recipient("rsa-oaep-sha256"), ESC_OAEP_SHA256);
+	assert_int_equal(esc_oaep_hash_of_recipient("rsa-oaep-sha1"), ESC_OAEP_SHA1);
+	roundtrip(f, ESC_RSA_PKCS1V15);
+	{
+		X509 *recips[1] = {f->k.rsa_cert};
+		enum esc_oaep_hash h[3] = {ESC_RSA_PKCS1V15, ESC_OAEP_SHA256, ESC_OAEP_SHA1};
+		int want[3] = {NID_rsaEncryption, NID_rsaesOaep, NID_rsaesOaep}, i;
+
+		for (i = 0; i < 3; i++) {
+			assert_int_equal(
+				esc_envelope_seal(f->ctx, secret, sizeof(secret), recips, &h[i], 1, &env, &envlen),
+				ESC_OK);
+			assert_int_equal(ktri_alg(env, envlen), want[i]);
+			free(env);
+			env = NULL;
+		}
+	}
+	assert_int_equal(
+		esc_envelope_seal_to_key(f->ctx, secret, sizeof(secret), f->k.rsa, ESC_RSA_PKCS1V15, &env, &envlen),
+		ESC_OK);
+	assert_int_equal(ktri_alg(env, envlen), NID_rsaEncryption);
+	assert_int_equal(esc_envelope_open_with_key(f->ctx, env, envlen, f->k.rsa, f->k.rsa, &plain, &plainlen),
+			 ESC_OK);
+	assert_memory_equal(plain, secret, sizeof(secret));
+	esc_envelope_plain_free(plain, plainlen);
+	free(env);
+}
+
 int
 main(void)
 {
@@ -277,6 +345,7 @@ main(void)
 		cmocka_unit_test(test_not_recipient),  cmocka_unit_test(test_keep_recipient),
 		cmocka_unit_test(test_tampered),       cmocka_unit_test(test_kari_wrap_pad),
 		cmocka_unit_test(test_bad_input),      cmocka_unit_test(test_seal_to_key),
+		cmocka_unit_test(test_pkcs1v15),
 	};
 
 	return cmocka_run_group_tests(tests, setup, teardown);
