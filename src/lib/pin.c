@@ -250,6 +250,12 @@ esc_secret_obtain(struct esc_ctx *ctx, const char *path, const char *env_var, co
 		return esc_secret_from_env(ctx, env_var, out);
 	if (prompt != NULL && isatty(STDIN_FILENO))
 		return esc_secret_prompt(ctx, prompt, out);
-	return esc_error(ctx, ESC_ERR_PIN_MISSING, "no PIN given: use a PIN file%s%s%s", env_var ? ", set " : "",
-			 env_var ? env_var : "", prompt ? " or run on a terminal to be prompted" : "");
+	/* Say which kind of secret is missing: an account's or a file's password is not a PIN. */
+	{
+		const char *what = env_var != NULL && strstr(env_var, "PASSWORD") != NULL ? "password" : "PIN";
+
+		return esc_error(ctx, ESC_ERR_PIN_MISSING, "no %s given: use a %s file%s%s%s", what, what,
+				 env_var ? ", set " : "", env_var ? env_var : "",
+				 prompt ? " or run on a terminal to be prompted" : "");
+	}
 }
