@@ -158,8 +158,9 @@ choose_kras(struct esc_ctx *ctx, struct esc_store *st, struct kra_set *ks)
 	 * in a READ COMMITTED transaction, as enrollment's; see kra.c).
 	 */
 	if ((r = esc_store_exec(ctx, st,
-				"SELECT id, name, recipient, certificate FROM kras WHERE state = 'active' ORDER BY id "
-				"LIMIT 64 FOR SHARE",
+				"SELECT id, name, recipient, certificate FROM kras k WHERE state = 'active' AND NOT "
+				"EXISTS (SELECT 1 FROM revocations v WHERE v.own AND ltrim(v.serial, '0') = "
+				"ltrim(k.cert_serial, '0')) ORDER BY id LIMIT 64 FOR SHARE",
 				0, NULL, NULL, NULL, &res)) != ESC_OK)
 		return r;
 	rows = PQntuples(res);
@@ -168,8 +169,8 @@ choose_kras(struct esc_ctx *ctx, struct esc_store *st, struct kra_set *ks)
 		pick[i] = i;
 	if (rows < want) {
 		r = esc_error(ctx, ESC_ERR_STATE,
-			      "policy wraps each record to %ld KRA(s) but only %d active KRA(s) exist: enroll more "
-			      "with 'p11escrow kra enroll'",
+			      "policy wraps each record to %ld KRA(s) but only %d active KRA(s) with an unrevoked "
+			      "certificate exist: enroll more with 'p11escrow kra enroll'",
 			      want, rows);
 		goto out;
 	}

@@ -339,19 +339,27 @@ request_impl(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account
 		return r;
 	v[0] = rid;
 	if ((r = esc_store_exec(ctx, st,
-				"SELECT k.id, k.name, k.state, k.certificate FROM archive_record_kras x JOIN kras k ON "
-				"k.id = x.kra_id WHERE x.record_id::text = $1 ORDER BY k.name",
+				"SELECT k.id, k.name, k.state, k.certificate, EXISTS (SELECT 1 FROM revocations v "
+				"WHERE v.own AND ltrim(v.serial, '0') = ltrim(k.cert_serial, '0')) FROM "
+				"archive_record_kras x JOIN kras k ON k.id = x.kra_id WHERE x.record_id::text = $1 "
+				"ORDER BY k.name",
 				1, v, NULL, NULL, &res)) != ESC_OK)
 		goto out;
 	rows = PQntuples(res);
 	for (i = 0; i < rows; i++) {
-		int usable = strcmp(PQgetvalue(res, i, 2), "active") == 0 && kra_cert_valid(PQgetvalue(res, i, 3));
+		int revoked = strcmp(PQgetvalue(res, i, 4), "t") == 0;
+		int usable = strcmp(PQgetvalue(res, i, 2), "active") == 0 && kra_cert_valid(PQgetvalue(res, i, 3)) &&
+			     !revoked;
 
 		snprintf(set + strlen(set), sizeof(set) - strlen(set), "%s%s%s", i ? ", " : "", PQgetvalue(res, i, 1),
-			 usable ? "" : " (retired or expired)");
+			 usable	   ? ""
+			 : revoked ? " (certificate revoked)"
+				   : " (retired or expired)");
 		if (kra_name != NULL && strcmp(kra_name, PQgetvalue(res, i, 1)) == 0) {
 			if (!usable) {
-				r = esc_error(ctx, ESC_ERR_STATE, "KRA '%s' is retired or its certificate expired",
+				r = esc_error(ctx, ESC_ERR_STATE,
+					      revoked ? "KRA '%s''s certificate is revoked"
+						      : "KRA '%s' is retired or its certificate expired",
 					      kra_name);
 				goto out;
 			}
@@ -638,10 +646,12 @@ release_impl(struct esc_ctx *ctx, struct esc_store *st, struct esc_token *ca_tok
 	v[0] = sid;
 	if ((r = esc_store_begin(ctx, st)) != ESC_OK)
 		return r;
-	if ((r = esc_store_exec(ctx, st,
-				"SELECT r.state, r.record_id, k.state, k.certificate, k.name FROM recovery_requests r "
-				"JOIN kras k ON k.id = r.kra_id WHERE r.id = $1 FOR UPDATE OF r",
-				1, v, NULL, NULL, &res)) != ESC_OK)
+	if ((r = esc_store_exec(
+		     ctx, st,
+		     "SELECT r.state, r.record_id, k.state, k.certificate, k.name, EXISTS (SELECT 1 FROM "
+		     "revocations v WHERE v.own AND ltrim(v.serial, '0') = ltrim(k.cert_serial, '0')) "
+		     "FROM recovery_requests r JOIN kras k ON k.id = r.kra_id WHERE r.id = $1 FOR UPDATE OF r",
+		     1, v, NULL, NULL, &res)) != ESC_OK)
 		goto out;
 	if (PQntuples(res) != 1) {
 		r = esc_error(ctx, ESC_ERR_NOT_FOUND, "no recovery request %lld", id);
@@ -656,6 +666,12 @@ release_impl(struct esc_ctx *ctx, struct esc_store *st, struct esc_token *ca_tok
 		goto out;
 	if (strcmp(PQgetvalue(res, 0, 2), "active") != 0 || !kra_cert_valid(PQgetvalue(res, 0, 3))) {
 		r = esc_error(ctx, ESC_ERR_STATE, "KRA '%s' is retired or its certificate expired: nothing released",
+			      PQgetvalue(res, 0, 4));
+		goto out;
+	}
+	/* A revoked KRA certificate: its card is lost or compromised; no package goes to it. */
+	if (strcmp(PQgetvalue(res, 0, 5), "t") == 0) {
+		r = esc_error(ctx, ESC_ERR_STATE, "KRA '%s''s certificate is revoked: nothing released",
 			      PQgetvalue(res, 0, 4));
 		goto out;
 	}
@@ -758,6 +774,11 @@ esc_recovery_p12_free(unsigned char *p12, size_t len)
 }
 
 /* ---- Completion: the package, opened on the KRA's card ----------------------------------------------------- */
+
+/* A KRA's state as completion sees it: 'revoked' when this CA revoked its certificate (a lost card). */
+#define KRA_STATE_SQL                                                                           \
+	"CASE WHEN EXISTS (SELECT 1 FROM revocations v WHERE v.own AND ltrim(v.serial, '0') = " \
+	"ltrim(k.cert_serial, '0')) THEN 'revoked' ELSE k.state END"
 
 #define PACKAGE_MAX (1024 * 1024) /* an inner envelope is a few KiB; anything near this is not one */
 
@@ -891,15 +912,16 @@ static enum esc_err
 load_released(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor, long long id, int lock,
 	      struct esc_recovery_package **out)
 {
-	static const char q[] = "SELECT r.state, r.kra_id, encode(r.package, 'hex'), k.state, k.certificate, "
+	static const char q[] = "SELECT r.state, r.kra_id, encode(r.package, 'hex'), " KRA_STATE_SQL ", k.certificate, "
 				"k.key_uri, k.name, coalesce(" OVERDUE_SQL ", false), " TTL_HOURS_SQL
 				", " ESC_ARCHIVE_ROW_SQL " FROM recovery_requests r JOIN kras k ON "
 				"k.id = r.kra_id JOIN archive_records a ON a.id = r.record_id WHERE r.id = $1";
-	static const char q_lock[] = "SELECT r.state, r.kra_id, encode(r.package, 'hex'), k.state, k.certificate, "
-				     "k.key_uri, k.name, coalesce(" OVERDUE_SQL ", false), " TTL_HOURS_SQL
-				     ", " ESC_ARCHIVE_ROW_SQL " FROM recovery_requests r JOIN kras k "
-				     "ON k.id = r.kra_id JOIN archive_records a ON a.id = r.record_id WHERE r.id = $1 "
-				     "FOR UPDATE OF r";
+	static const char q_lock[] =
+		"SELECT r.state, r.kra_id, encode(r.package, 'hex'), " KRA_STATE_SQL ", k.certificate, "
+		"k.key_uri, k.name, coalesce(" OVERDUE_SQL ", false), " TTL_HOURS_SQL ", " ESC_ARCHIVE_ROW_SQL
+		" FROM recovery_requests r JOIN kras k "
+		"ON k.id = r.kra_id JOIN archive_records a ON a.id = r.record_id WHERE r.id = $1 "
+		"FOR UPDATE OF r";
 	struct esc_archive_row row;
 	struct esc_recovery_package *p = NULL;
 	PGresult *res = NULL;
@@ -924,7 +946,10 @@ load_released(struct esc_ctx *ctx, struct esc_store *st, const struct esc_accoun
 		goto out;
 	}
 	if (strcmp(PQgetvalue(res, 0, 3), "active") != 0) {
-		r = esc_error(ctx, ESC_ERR_DENIED, "KRA '%s' is retired", PQgetvalue(res, 0, 6));
+		r = esc_error(ctx, ESC_ERR_DENIED,
+			      strcmp(PQgetvalue(res, 0, 3), "revoked") == 0 ? "KRA '%s''s certificate is revoked"
+									    : "KRA '%s' is retired",
+			      PQgetvalue(res, 0, 6));
 		goto out;
 	}
 	if (strcmp(PQgetvalue(res, 0, 0), "released") != 0) {

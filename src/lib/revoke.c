@@ -70,9 +70,11 @@ revoke_impl(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account 
 	if (n == 0)
 		return esc_error(ctx, ESC_ERR_USAGE, "empty serial number");
 	v[0] = nserial;
-	/* Our own issued certificates, and archived ones (own or foreign). */
+	/* Our own issued certificates, KRA certificates (ours too), and archived ones (own or foreign). */
 	if ((r = esc_store_exec(ctx, st,
 				"SELECT issuer, false FROM certificates WHERE ltrim(serial, '0') = $1 UNION "
+				"SELECT c.subject, false FROM kras k, ca c WHERE c.id = 1 AND "
+				"ltrim(k.cert_serial, '0') = $1 UNION "
 				"SELECT issuer, foreign_issuer FROM archive_records WHERE ltrim(cert_serial, '0') = $1",
 				1, v, NULL, NULL, &res)) != ESC_OK)
 		return r;

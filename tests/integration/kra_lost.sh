@@ -10,6 +10,8 @@
 #     refused (41), naming the records, and the guide's query lists exactly
 #     them: they can no longer be recovered.
 #   - The lost card itself: token info answers "token not found" (13).
+#   - Its certificate revoked (cert revoke knows KRA certificates): new
+#     records are not wrapped to it, no request names it, it is on the CRL.
 . "$(dirname "$0")/lib.sh"
 : "${ENVELOPE_TOOL:?set by meson}"
 
@@ -27,14 +29,15 @@ enroll() {
         --kra-pin-file "$PIN_FILE" --name "$2"
 }
 CA_KEY="$(psql_val "SELECT uri FROM token_keys WHERE role = 'ca-sign'");pin-value=$P11ESCROW_USER_PIN"
-# archive USER: a CA-issued encryption key archived; its record id in $T/USER.id, serial in $T/USER.serial
+# archive USER [may-fail]: a CA-issued encryption key archived; its record id in $T/USER.id, serial in $T/USER.serial
 archive() {
     printf 'keyUsage=critical,keyEncipherment\nsubjectAltName=email:%s@example.org\n' "$1" >"$T/enc.ext"
     openssl req -new -newkey rsa:2048 -nodes -keyout "$T/$1.key" -subj "/CN=$1/O=Example" -out "$T/$1.csr" 2>/dev/null
     PKCS11_MODULE_PATH=$SOFTHSM openssl x509 -req -in "$T/$1.csr" -engine pkcs11 -CAkeyform engine -CAkey "$CA_KEY" \
         -CA "$T/ca.pem" -set_serial "0x$(openssl rand -hex 16)" -days 30 -extfile "$T/enc.ext" -out "$T/$1.pem" \
         >/dev/null 2>&1 || fail "issuing $1's certificate"
-    "$ENVELOPE_TOOL" archive "$DB" "$T/$1.pem" "$T/$1.key" >"$T/$1.rec" 2>"$T/out" || fail "archiving $1"
+    "$ENVELOPE_TOOL" archive "$DB" "$T/$1.pem" "$T/$1.key" >"$T/$1.rec" 2>"$T/out" ||
+        { [ "${2:-}" = may-fail ] && return 1; fail "archiving $1"; }
     cut -d' ' -f1 "$T/$1.rec" >"$T/$1.id"
     openssl x509 -in "$T/$1.pem" -noout -serial | sed 's/serial=//' >"$T/$1.serial"
 }
@@ -114,5 +117,22 @@ assert_out "retiring KRA 'kra2' would leave 2 record(s) recoverable by no active
 assert_out "$(cat "$T/alice.id")"
 assert_out "$(cat "$T/bob.id")"
 assert_out "nothing was changed"
+
+note "kra2's certificate revoked: no new record goes to it, no request names it, it is on the CRL"
+K2SERIAL=$(psql_val "SELECT cert_serial FROM kras WHERE name = 'kra2'")
+as admin 0 cert revoke --serial "$K2SERIAL" --reason keyCompromise
+archive dave may-fail && fail "dave archived with kra_set_size 2 and one usable KRA"
+[ "$(psql_val "SELECT count(*) FROM archive_records WHERE subject LIKE '%CN=dave%'")" = 0 ] ||
+    fail "dave archived with kra_set_size 2 and one usable KRA"
+grep -q "only 1 active KRA(s) with an unrevoked certificate" "$T/out" || fail "the refusal does not say why"
+as admin 0 policy set kra_set_size 1
+archive erin
+[ "$(kras_of erin)" = "kra3" ] || fail "erin's KRA set: $(kras_of erin)"
+as cm1 41 recovery request --serial "$(cat "$T/alice.serial")" --reason "after the loss" --kra kra2
+assert_out "KRA 'kra2''s certificate is revoked"
+run_esc 0 cert crl --out "$T/crl.pem" --pin-file "$PIN_FILE" --user admin --password-file "$T/admin.pw"
+openssl crl -in "$T/crl.pem" -noout -text >"$T/crl.txt"
+grep -qi "serial number: $(echo "$K2SERIAL" | sed 's/^0*//')" "$T/crl.txt" ||
+    fail "kra2's certificate is not on the CRL"
 run_esc 0 audit verify
 note "kra_lost: ok"
