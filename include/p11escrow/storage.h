@@ -36,17 +36,17 @@
 /* One storage key generation, as esc_storage_list reports it. */
 struct esc_storage_gen {
 	int generation;
-	int current;	     /* the key new records are sealed to */
-	char key_type[16];   /* "ec-p256", "rsa3072", ... */
-	char key_label[72];  /* CKA_LABEL */
-	char key_id[72];     /* CKA_ID, lower-case hex */
+	int current;	    /* the key new records are sealed to */
+	char key_type[16];  /* "ec-p256", "rsa3072", ... */
+	char key_label[72]; /* CKA_LABEL */
+	char key_id[72];    /* CKA_ID, lower-case hex */
 	char token_label[40];
-	char uri[1024];	     /* RFC 7512, no PIN */
+	char uri[1024];			       /* RFC 7512, no PIN */
 	char fingerprint[ESC_FINGERPRINT_MAX]; /* of its certificate */
-	char created[32];    /* when it became current, UTC */
-	char retired[32];    /* when it was replaced, UTC; "" for the current one */
-	char retired_by[65]; /* who rotated it out; "" for the current one */
-	long long records;   /* archive records sealed to it now */
+	char created[32];		       /* when it became current, UTC */
+	char retired[32];		       /* when it was replaced, UTC; "" for the current one */
+	char retired_by[65];		       /* who rotated it out; "" for the current one */
+	long long records;		       /* archive records sealed to it now */
 };
 
 /*

@@ -157,7 +157,8 @@ one_batch(struct job *j, const char *after, struct esc_reseal_batch *b)
 		if (len > ESC_RESEAL_BATCH_MAX || (b->skips = calloc(len, sizeof(*b->skips))) == NULL) {
 			json_decref(doc);
 			clear_bar(j);
-			fprintf(stderr, "%s %s: error: the service's answer lists too many skipped records\n", PROG, CMD);
+			fprintf(stderr, "%s %s: error: the service's answer lists too many skipped records\n", PROG,
+				CMD);
 			return esc_err_exit_code(ESC_ERR_BAD_INPUT);
 		}
 		for (i = 0; i < len; i++) {

@@ -897,8 +897,10 @@ api_storage_keys(struct api_call *c)
 		json_t *e = json_object();
 
 		bad = e == NULL || api_put(e, "generation", json_integer(g[i].generation)) ||
-		      api_put(e, "current", json_boolean(g[i].current)) || api_put(e, "key_type", api_jstr(g[i].key_type)) ||
-		      api_put(e, "key_label", api_jstr(g[i].key_label)) || api_put(e, "key_id", api_jstr(g[i].key_id)) ||
+		      api_put(e, "current", json_boolean(g[i].current)) ||
+		      api_put(e, "key_type", api_jstr(g[i].key_type)) ||
+		      api_put(e, "key_label", api_jstr(g[i].key_label)) ||
+		      api_put(e, "key_id", api_jstr(g[i].key_id)) ||
 		      api_put(e, "token_label", api_jstr(g[i].token_label)) || api_put(e, "uri", api_jstr(g[i].uri)) ||
 		      api_put(e, "fingerprint", api_jstr(g[i].fingerprint)) ||
 		      api_put(e, "created", api_jstr(g[i].created)) ||

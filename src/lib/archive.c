@@ -595,7 +595,7 @@ archive_impl(struct esc_ctx *ctx, struct esc_store *st, const char *actor, X509 
 	    (r = esc_envelope_seal(ctx, content, (size_t)contentlen, &storage, NULL, 1, &outer, &outerlen)) != ESC_OK)
 		goto out;
 	if ((r = insert_record(ctx, st, actor, id, cert, &f, ktype, foreign, source, outer, outerlen, generation,
-				&ks)) != ESC_OK)
+			       &ks)) != ESC_OK)
 		goto out;
 	if (info != NULL) {
 		memset(info, 0, sizeof(*info));

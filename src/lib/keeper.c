@@ -244,8 +244,8 @@ esc_keeper_checkpoint(struct esc_ctx *ctx, struct esc_keeper *k, struct esc_stor
 }
 
 enum esc_err
-esc_keeper_rotate_storage(struct esc_ctx *ctx, struct esc_keeper *k, struct esc_store *st,
-			  const struct esc_account *by, const char *type, int days, struct esc_storage_rotation *out)
+esc_keeper_rotate_storage(struct esc_ctx *ctx, struct esc_keeper *k, struct esc_store *st, const struct esc_account *by,
+			  const char *type, int days, struct esc_storage_rotation *out)
 {
 	if (k == NULL || st == NULL || out == NULL)
 		return esc_error(ctx, ESC_ERR_INTERNAL, "esc_keeper_rotate_storage: NULL argument");
@@ -1135,7 +1135,8 @@ skips_parse(const unsigned char *p, size_t len, struct esc_reseal_batch *out)
 		struct esc_reseal_skip *s = &out->skips[n];
 		long code;
 
-		if ((nl = memchr(p, '\n', (size_t)(end - p))) == NULL || (t1 = memchr(p, '\t', (size_t)(nl - p))) == NULL ||
+		if ((nl = memchr(p, '\n', (size_t)(end - p))) == NULL ||
+		    (t1 = memchr(p, '\t', (size_t)(nl - p))) == NULL ||
 		    (t2 = memchr(t1 + 1, '\t', (size_t)(nl - t1 - 1))) == NULL || t1 - p != ESC_RECORD_ID_LEN ||
 		    t2 - t1 - 1 < 2 || t2 - t1 - 1 > 4)
 			return -1;

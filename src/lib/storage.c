@@ -105,17 +105,21 @@ audit_failure(struct esc_ctx *ctx, struct esc_store *st, const struct esc_accoun
 
 /* ---- the list ------------------------------------------------------------------------------------------------- */
 
-#define TIME_SQL(col) "to_char(" col " AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS\"Z\"')"
-#define COUNT_SQL(gen) "(SELECT count(*) FROM archive_records a WHERE a.storage_generation = " gen ")"
-
-/* Every generation, newest first: the current key (token_keys) and the earlier ones. */
+/*
+ * Every generation, newest first: the current key (token_keys) and the
+ * earlier ones, each with the records sealed to it and its times in UTC.
+ */
 static const char list_sql[] =
 	"SELECT t.generation, true, t.key_type, t.key_label, encode(t.key_id, 'hex'), t.token_label, t.uri, "
-	"t.certificate, " TIME_SQL("t.created_at") ", '', '', " COUNT_SQL("t.generation") " FROM token_keys t "
-	"WHERE t.role = 'storage' UNION ALL "
+	"t.certificate, to_char(t.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS\"Z\"'), '', '', "
+	"(SELECT count(*) FROM archive_records a WHERE a.storage_generation = t.generation) "
+	"FROM token_keys t WHERE t.role = 'storage' "
+	"UNION ALL "
 	"SELECT r.generation, false, r.key_type, r.key_label, encode(r.key_id, 'hex'), r.token_label, r.uri, "
-	"r.certificate, " TIME_SQL("r.created_at") ", " TIME_SQL("r.retired_at") ", r.retired_by, " COUNT_SQL(
-		"r.generation") " FROM retired_storage_keys r ORDER BY 1 DESC";
+	"r.certificate, to_char(r.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS\"Z\"'), "
+	"to_char(r.retired_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS\"Z\"'), r.retired_by, "
+	"(SELECT count(*) FROM archive_records a WHERE a.storage_generation = r.generation) "
+	"FROM retired_storage_keys r ORDER BY 1 DESC";
 
 enum esc_err
 esc_storage_list(struct esc_ctx *ctx, struct esc_store *st, struct esc_storage_gen **out, size_t *n)
@@ -223,8 +227,8 @@ storage_cert(struct esc_ctx *ctx, X509 *ca_cert, EVP_PKEY *signer, EVP_PKEY *pub
 	X509_NAME *name = X509_NAME_dup(X509_get_subject_name(ca_cert));
 	enum esc_err r;
 
-	if (name == NULL || !X509_NAME_add_entry_by_txt(name, "OU", MBSTRING_UTF8, (const unsigned char *)STORAGE_OU,
-							-1, -1, 0)) {
+	if (name == NULL ||
+	    !X509_NAME_add_entry_by_txt(name, "OU", MBSTRING_UTF8, (const unsigned char *)STORAGE_OU, -1, -1, 0)) {
 		X509_NAME_free(name);
 		return esc_error_ossl(ctx, ESC_ERR_CRYPTO, "cannot build the storage certificate's name");
 	}
@@ -265,8 +269,8 @@ rotate_tx(struct esc_ctx *ctx, struct esc_store *st, struct rotation *rot, int *
 	 */
 	if ((r = esc_store_exec(ctx, st, "LOCK TABLE archive_records IN SHARE MODE", 0, NULL, NULL, NULL, NULL)) !=
 		    ESC_OK ||
-	    (r = esc_store_exec(ctx, st, "SELECT generation FROM token_keys WHERE role = 'storage' FOR UPDATE", 0,
-				NULL, NULL, NULL, &res)) != ESC_OK)
+	    (r = esc_store_exec(ctx, st, "SELECT generation FROM token_keys WHERE role = 'storage' FOR UPDATE", 0, NULL,
+				NULL, NULL, &res)) != ESC_OK)
 		goto out;
 	if (PQntuples(res) != 1 || (r = esc_store_get_int(ctx, res, 0, 0, &gen)) != ESC_OK || gen != rot->from) {
 		r = esc_error(ctx, ESC_ERR_STATE,
@@ -303,11 +307,12 @@ rotate_tx(struct esc_ctx *ctx, struct esc_store *st, struct rotation *rot, int *
 	fmt[7] = 1;
 	v[8] = from;
 	v[9] = to;
-	if ((r = esc_store_exec(ctx, st,
-				"UPDATE token_keys SET token_label = $1, token_serial = $2, key_id = $3, key_label = $4, "
-				"key_type = $5, uri = $6, public_key = $7, certificate = $8, generated = true, "
-				"created_at = now(), generation = $10 WHERE role = 'storage' AND generation = $9",
-				10, v, len, fmt, NULL)) != ESC_OK ||
+	if ((r = esc_store_exec(
+		     ctx, st,
+		     "UPDATE token_keys SET token_label = $1, token_serial = $2, key_id = $3, key_label = $4, "
+		     "key_type = $5, uri = $6, public_key = $7, certificate = $8, generated = true, "
+		     "created_at = now(), generation = $10 WHERE role = 'storage' AND generation = $9",
+		     10, v, len, fmt, NULL)) != ESC_OK ||
 	    (r = esc_store_insert_cert(ctx, st, rot->cert, "storage", NULL)) != ESC_OK)
 		goto out;
 	snprintf(details, sizeof(details),
@@ -418,8 +423,9 @@ fail:
 
 			snprintf(saved, sizeof(saved), "%s", esc_ctx_errmsg(ctx));
 			if (esc_token_destroy_key(ctx, tok, rot.key) != ESC_OK)
-				esc_log(ctx, ESC_LOG_ERROR, "could not remove the new storage key '%s' from the token: %s",
-					label, esc_ctx_errmsg(ctx));
+				esc_log(ctx, ESC_LOG_ERROR,
+					"could not remove the new storage key '%s' from the token: %s", label,
+					esc_ctx_errmsg(ctx));
 			esc_error_set(ctx, r, "%s", saved);
 		}
 	}
@@ -673,8 +679,7 @@ audit_batch(struct reseal *rs, const struct esc_account *by, const struct esc_re
 }
 
 static enum esc_err
-reseal_impl(struct reseal *rs, const struct esc_account *by, const char *after, size_t n,
-	    struct esc_reseal_batch *out)
+reseal_impl(struct reseal *rs, const struct esc_account *by, const char *after, size_t n, struct esc_reseal_batch *out)
 {
 	struct esc_ctx *ctx = rs->ctx;
 	struct esc_reseal_batch b;
@@ -764,15 +769,16 @@ valid_after(const char *s)
 	if (strlen(s) != ESC_RECORD_ID_LEN)
 		return 0;
 	for (i = 0; i < ESC_RECORD_ID_LEN; i++)
-		if ((i == 8 || i == 13 || i == 18 || i == 23) ? s[i] != '-'
-							      : !((s[i] >= '0' && s[i] <= '9') || (s[i] >= 'a' && s[i] <= 'f')))
+		if ((i == 8 || i == 13 || i == 18 || i == 23)
+			    ? s[i] != '-'
+			    : !((s[i] >= '0' && s[i] <= '9') || (s[i] >= 'a' && s[i] <= 'f')))
 			return 0;
 	return 1;
 }
 
 enum esc_err
-esc_storage_reseal_batch(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *by,
-			 struct esc_token *tok, const char *after, size_t n, struct esc_reseal_batch *out)
+esc_storage_reseal_batch(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *by, struct esc_token *tok,
+			 const char *after, size_t n, struct esc_reseal_batch *out)
 {
 	struct esc_store_retry t = {0};
 	struct reseal rs;
