@@ -272,7 +272,7 @@ rotate_tx(struct esc_ctx *ctx, struct esc_store *st, struct rotation *rot, int *
 	    (r = esc_store_exec(ctx, st, "SELECT generation FROM token_keys WHERE role = 'storage' FOR UPDATE", 0, NULL,
 				NULL, NULL, &res)) != ESC_OK)
 		goto out;
-	if (PQntuples(res) != 1 || (r = esc_store_get_int(ctx, res, 0, 0, &gen)) != ESC_OK || gen != rot->from) {
+	if (PQntuples(res) != 1 || esc_store_get_int(ctx, res, 0, 0, &gen) != ESC_OK || gen != rot->from) {
 		r = esc_error(ctx, ESC_ERR_STATE,
 			      "the storage key was rotated meanwhile (generation %d, not %d): nothing was changed", gen,
 			      rot->from);
