@@ -138,6 +138,32 @@ enum esc_err esc_keeper_checkpoint(struct esc_ctx *ctx, struct esc_keeper *k, st
 				   const struct esc_account *by, long long events, long long seconds,
 				   long long *event_id) ESC_MUST_CHECK;
 
+struct esc_storage_rotation;
+struct esc_reseal_batch;
+/*
+ * Rotate the storage key (esc_storage_rotate) for administrator by, with
+ * this keeper's token, CA certificate and CA key.  Only a keeper of this
+ * process: the keeper process offers no rotation to its workers, whose
+ * database role may not change the storage key (sql/012).
+ * Errors: DENIED (a remote keeper, not an administrator), those of
+ * esc_storage_rotate.
+ */
+enum esc_err esc_keeper_rotate_storage(struct esc_ctx *ctx, struct esc_keeper *k, struct esc_store *st,
+				       const struct esc_account *by, const char *type, int days,
+				       struct esc_storage_rotation *out) ESC_MUST_CHECK;
+
+/*
+ * One batch of the storage re-seal job (esc_storage_reseal_batch) for
+ * administrator by (NULL: the PIN holder, local keepers only): up to n
+ * records after record id after, picked by the keeper in its own
+ * database.  Through a remote keeper by is sent by name and re-read there.
+ * *out is the caller's (esc_reseal_batch_clear).  Errors: those of
+ * esc_storage_reseal_batch.
+ */
+enum esc_err esc_keeper_reseal(struct esc_ctx *ctx, struct esc_keeper *k, struct esc_store *st,
+			       const struct esc_account *by, const char *after, size_t n,
+			       struct esc_reseal_batch *out) ESC_MUST_CHECK;
+
 /*
  * Decrypt a client's archival envelope (DER ContentInfo: CMS EnvelopedData
  * or AuthEnvelopedData) with the transport key on the token, and decode the

@@ -59,6 +59,18 @@ int enroll_password_main(int argc, char *argv[]);
 int service_cert_main(int argc, char *argv[]);
 int profile_main(int argc, char *argv[]);
 int est_main(int argc, char *argv[]);
+int storage_key_main(int argc, char *argv[]);
+int rewrap_main(int argc, char *argv[]);
+
+/* Storage key generations (cmd_storage_key.c), shared with rewrap. */
+struct esc_storage_gen;
+struct cli_http;
+/* Print the generations as a table. */
+void cli_storage_print(const struct esc_storage_gen *g, size_t n);
+/* For each retired generation no record uses any more: that it may be destroyed, and the commands. */
+void cli_storage_destroy_hint(const struct esc_storage_gen *g, size_t n, const char *module);
+/* GET /storage-keys into *out (malloc'ed, free()), *n entries.  0 or an exit code (printed). */
+int cli_storage_fetch(struct cli_http *h, struct esc_storage_gen **out, size_t *n);
 
 /* Apply the usual command-line overrides (each may be NULL).  Returns 0 or an exit code. */
 int cli_apply_common(const char *cmd, struct esc_ctx *ctx, struct esc_config *cfg, const char *database,

@@ -33,6 +33,8 @@ static const struct {
 	{"service-cert", service_cert_main, "issue the service's TLS server certificate on the CA token"},
 	{"profile", profile_main, "certificate profiles: list"},
 	{"est", est_main, "EST client: enroll (key archived via /fullcmc or /serverkeygen), transport-cert, cacerts"},
+	{"storage-key", storage_key_main, "the storage key on the CA token: rotate, list its generations"},
+	{"rewrap", rewrap_main, "re-seal archive records: --storage, to the current storage key"},
 };
 
 /*
@@ -96,7 +98,7 @@ usage(FILE *f)
 		"p11escrow %s: key archival and two-person recovery with PKCS#11 tokens.\n\nCommands:\n",
 		PROG, ESC_VERSION);
 	for (i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
-		fprintf(f, "  %-8s %s\n", commands[i].name, commands[i].summary);
+		fprintf(f, "  %-15s %s\n", commands[i].name, commands[i].summary);
 	fprintf(f,
 		"\nRun '%s COMMAND --help' for a command's options.\n"
 		"Options:\n  -h, --help     this text\n  -V, --version  print the version\n",

@@ -914,6 +914,8 @@ static const struct route {
 	{"/enroll-passwords", EVHTTP_REQ_POST, api_enroll_passwords_create},
 	{"/audit/checkpoint", EVHTTP_REQ_POST, api_audit_checkpoint},
 	{"/profiles", EVHTTP_REQ_GET, api_profiles},
+	{"/storage-keys", EVHTTP_REQ_GET, api_storage_keys},
+	{"/storage-keys/reseal", EVHTTP_REQ_POST, api_storage_reseal},
 };
 
 /* A {name} character: letters, digits and . _ @ : + - (no '/', '%', space or control character). */

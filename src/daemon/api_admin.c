@@ -31,6 +31,7 @@
 #include <p11escrow/pin.h>
 #include <p11escrow/policy.h>
 #include <p11escrow/revoke.h>
+#include <p11escrow/storage.h>
 
 #include "api_admin.h"
 
@@ -866,5 +867,129 @@ api_profiles(struct api_call *c)
 	if (!bad)
 		bad = put_list(o, "profiles", json_incref(arr));
 	json_decref(arr);
+	api_reply_json(c, 200, o, bad);
+}
+
+/* ---- storage key generations ---------------------------------------------------------------------------------- */
+
+/*
+ * GET /storage-keys: every storage key generation, the current one first,
+ * with the number of records sealed to each (administrators and auditors:
+ * public data only, URIs and certificate fingerprints).
+ */
+void
+api_storage_keys(struct api_call *c)
+{
+	struct svc_worker *w = api_call_worker(c);
+	const struct esc_account *a = api_call_account(c);
+	struct esc_storage_gen *g = NULL;
+	size_t n = 0, i;
+	json_t *o = NULL, *list = NULL;
+	enum esc_err r;
+	int bad;
+
+	if (!api_params_ok(c, no_params))
+		return;
+	if (!esc_account_has_role(a, ESC_ROLE_ADMIN) && !esc_account_has_role(a, ESC_ROLE_AUDITOR)) {
+		api_reply_error(c, 403, "only administrators and auditors see the storage keys", ESC_ERR_DENIED);
+		return;
+	}
+	if ((r = esc_storage_list(w->ctx, w->st, &g, &n)) != ESC_OK) {
+		api_reply_esc(c, r);
+		return;
+	}
+	bad = (o = json_object()) == NULL || (list = json_array()) == NULL;
+	for (i = 0; !bad && i < n; i++) {
+		json_t *e = json_object();
+
+		bad = e == NULL || api_put(e, "generation", json_integer(g[i].generation)) ||
+		      api_put(e, "current", json_boolean(g[i].current)) ||
+		      api_put(e, "key_type", api_jstr(g[i].key_type)) ||
+		      api_put(e, "key_label", api_jstr(g[i].key_label)) ||
+		      api_put(e, "key_id", api_jstr(g[i].key_id)) ||
+		      api_put(e, "token_label", api_jstr(g[i].token_label)) || api_put(e, "uri", api_jstr(g[i].uri)) ||
+		      api_put(e, "fingerprint", api_jstr(g[i].fingerprint)) ||
+		      api_put(e, "created", api_jstr(g[i].created)) ||
+		      api_put(e, "retired", g[i].retired[0] ? api_jstr(g[i].retired) : json_null()) ||
+		      api_put(e, "retired_by", g[i].retired_by[0] ? api_jstr(g[i].retired_by) : json_null()) ||
+		      api_put(e, "records", json_integer(g[i].records));
+		if (bad)
+			json_decref(e);
+		else
+			bad = json_array_append_new(list, e) != 0; /* takes e, also when it fails */
+	}
+	if (!bad) {
+		bad = json_object_set_new(o, "generations", list) != 0;
+		list = NULL;
+	}
+	json_decref(list);
+	free(g);
+	api_reply_json(c, 200, o, bad);
+}
+
+/*
+ * POST /storage-keys/reseal: one batch of the re-seal job (administrators),
+ * run by this worker's keeper, which holds the CA token and picks the
+ * records itself: {"batch": "N", "after": "<record id>"} (both optional;
+ * after: the "last" of the previous answer).  The answer counts what the
+ * batch did and names the records it left as they were.
+ */
+void
+api_storage_reseal(struct api_call *c)
+{
+	struct svc_worker *w = api_call_worker(c);
+	const char *batch_text, *after;
+	struct api_field f[] = {
+		{"batch", 0, 1, &batch_text},
+		{"after", 0, 1, &after},
+	};
+	struct esc_reseal_batch b;
+	json_t *doc, *o = NULL, *skips = NULL;
+	enum esc_err r;
+	size_t i;
+	int n = 100, bad;
+
+	memset(&b, 0, sizeof(b));
+	if (!api_params_ok(c, no_params) || (doc = api_parse_body(c, NULL, f, N(f))) == NULL)
+		return;
+	if (batch_text != NULL && (n = small_int(batch_text, 1, ESC_RESEAL_BATCH_MAX)) < 0) {
+		json_decref(doc);
+		api_reply_error(c, 400, "batch must be 1..1000", ESC_ERR_USAGE);
+		return;
+	}
+	/* The keeper re-reads the account and checks its role; a refusal is audited there. */
+	if (w->keeper == NULL)
+		r = ESC_ERR_TOKEN_NOT_FOUND; /* svc_worker_ready checked it; a lost keeper is a 503 */
+	else
+		r = esc_keeper_reseal(w->ctx, w->keeper, w->st, api_call_account(c), after, (size_t)n, &b);
+	json_decref(doc);
+	if (r != ESC_OK) {
+		api_reply_esc(c, r);
+		return;
+	}
+	bad = (o = json_object()) == NULL || (skips = json_array()) == NULL;
+	for (i = 0; !bad && i < b.skipped; i++) {
+		json_t *e = json_object();
+
+		bad = e == NULL || api_put(e, "id", api_jstr(b.skips[i].id)) ||
+		      api_put(e, "code", api_jstr(esc_strerror(b.skips[i].code))) ||
+		      api_put(e, "reason", api_jstr(b.skips[i].reason));
+		if (bad)
+			json_decref(e);
+		else
+			bad = json_array_append_new(skips, e) != 0; /* takes e, also when it fails */
+	}
+	if (!bad) {
+		bad = api_put(o, "skipped", skips); /* takes skips, also when it fails */
+		skips = NULL;
+		bad = bad || api_put(o, "resealed", json_integer((json_int_t)b.resealed)) ||
+		      api_put(o, "generation", json_integer(b.to)) ||
+		      api_put(o, "from_low", json_integer(b.from_low)) ||
+		      api_put(o, "from_high", json_integer(b.from_high)) ||
+		      api_put(o, "last", b.last[0] ? api_jstr(b.last) : json_null()) ||
+		      api_put(o, "remaining", json_integer(b.remaining));
+	}
+	json_decref(skips);
+	esc_reseal_batch_clear(&b);
 	api_reply_json(c, 200, o, bad);
 }

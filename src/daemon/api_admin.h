@@ -81,5 +81,7 @@ void api_enroll_passwords_list(struct api_call *c);
 void api_enroll_passwords_create(struct api_call *c);
 void api_audit_checkpoint(struct api_call *c);
 void api_profiles(struct api_call *c);
+void api_storage_keys(struct api_call *c);
+void api_storage_reseal(struct api_call *c);
 
 #endif

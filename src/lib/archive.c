@@ -445,12 +445,12 @@ record_content(struct esc_ctx *ctx, const char *id, const unsigned char cert_sha
 static enum esc_err
 insert_record(struct esc_ctx *ctx, struct esc_store *st, const char *actor, const char *id, X509 *cert,
 	      const struct esc_archive_fields *f, const char *key_type, int foreign, enum esc_archive_source source,
-	      const unsigned char *outer, size_t outerlen, const struct kra_set *ks)
+	      const unsigned char *outer, size_t outerlen, const char *generation, const struct kra_set *ks)
 {
 	char kid[24];
 	unsigned char *cder = NULL;
-	const char *v[12];
-	int len[12] = {0}, fmt[12] = {0}, clen, own_tx = !esc_store_in_tx(st);
+	const char *v[13];
+	int len[13] = {0}, fmt[13] = {0}, clen, own_tx = !esc_store_in_tx(st);
 	enum esc_err r;
 	size_t i;
 
@@ -476,11 +476,13 @@ insert_record(struct esc_ctx *ctx, struct esc_store *st, const char *actor, cons
 	v[11] = (const char *)outer;
 	len[11] = (int)outerlen;
 	fmt[11] = 1;
+	v[12] = generation;
+	/* A rotation committed since the generation was read: 40001, BUSY, retried (sql/012's trigger). */
 	if ((r = esc_store_exec(ctx, st,
 				"INSERT INTO archive_records (id, cert_serial, issuer, subject, email, cert_sha256, "
-				"public_key_sha256, key_type, certificate, foreign_issuer, source, record) VALUES "
-				"($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12)",
-				12, v, len, fmt, NULL)) != ESC_OK)
+				"public_key_sha256, key_type, certificate, foreign_issuer, source, record, "
+				"storage_generation) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13)",
+				13, v, len, fmt, NULL)) != ESC_OK)
 		goto out;
 	{
 		char details[200];
@@ -512,6 +514,37 @@ out:
 	return r;
 }
 
+/*
+ * The current storage certificate and its generation (decimal), read in
+ * one statement, so the record is sealed to the certificate of the
+ * generation written beside it.
+ */
+static enum esc_err
+current_storage(struct esc_ctx *ctx, struct esc_store *st, X509 **cert, char *generation, size_t len)
+{
+	PGresult *res = NULL;
+	X509 *x;
+	enum esc_err r;
+
+	if ((r = esc_store_exec(ctx, st, "SELECT certificate, generation FROM token_keys WHERE role = 'storage'", 0,
+				NULL, NULL, NULL, &res)) != ESC_OK)
+		return r;
+	if (PQntuples(res) != 1 || PQgetisnull(res, 0, 0)) {
+		r = esc_error(ctx, ESC_ERR_STATE, "no storage certificate is recorded: run 'p11escrow setup'");
+		goto out;
+	}
+	if ((x = esc_store_cert_cached(st, PQgetvalue(res, 0, 0))) == NULL) {
+		r = esc_error(ctx, ESC_ERR_BAD_INPUT, "the stored storage certificate is not a DER certificate");
+		goto out;
+	}
+	snprintf(generation, len, "%s", PQgetvalue(res, 0, 1));
+	*cert = x;
+	r = ESC_OK;
+out:
+	PQclear(res);
+	return r;
+}
+
 static const char *
 key_type_of(EVP_PKEY *key, char *buf, size_t len)
 {
@@ -533,7 +566,7 @@ archive_impl(struct esc_ctx *ctx, struct esc_store *st, const char *actor, X509 
 	X509 *storage = NULL;
 	unsigned char *p8 = NULL, *inner = NULL, *content = NULL, *outer = NULL;
 	size_t p8len = 0, innerlen = 0, outerlen = 0, i;
-	char id[ESC_RECORD_ID_LEN + 1], ktype[16];
+	char id[ESC_RECORD_ID_LEN + 1], ktype[16], generation[16];
 	int contentlen = 0, foreign = 0;
 	enum esc_err r;
 
@@ -553,9 +586,7 @@ archive_impl(struct esc_ctx *ctx, struct esc_store *st, const char *actor, X509 
 	    (r = esc_archive_fields_of(ctx, cert, &f)) != ESC_OK ||
 	    (r = check_not_archived(ctx, st, f.cert_sha256, f.public_key_sha256)) != ESC_OK ||
 	    (r = choose_kras(ctx, st, &ks)) != ESC_OK ||
-	    (r = esc_store_get_cert(ctx, st, "the storage certificate",
-				    "SELECT certificate FROM token_keys WHERE role = 'storage'", 0, NULL, &storage)) !=
-		    ESC_OK ||
+	    (r = current_storage(ctx, st, &storage, generation, sizeof(generation))) != ESC_OK ||
 	    (r = new_uuid(ctx, id)) != ESC_OK)
 		goto out;
 	if ((r = pkcs8_of(ctx, key, &p8, &p8len)) != ESC_OK ||
@@ -563,7 +594,8 @@ archive_impl(struct esc_ctx *ctx, struct esc_store *st, const char *actor, X509 
 	    (r = record_content(ctx, id, f.cert_sha256_raw, inner, innerlen, &content, &contentlen)) != ESC_OK ||
 	    (r = esc_envelope_seal(ctx, content, (size_t)contentlen, &storage, NULL, 1, &outer, &outerlen)) != ESC_OK)
 		goto out;
-	if ((r = insert_record(ctx, st, actor, id, cert, &f, ktype, foreign, source, outer, outerlen, &ks)) != ESC_OK)
+	if ((r = insert_record(ctx, st, actor, id, cert, &f, ktype, foreign, source, outer, outerlen, generation,
+			       &ks)) != ESC_OK)
 		goto out;
 	if (info != NULL) {
 		memset(info, 0, sizeof(*info));
@@ -659,6 +691,47 @@ out:
 }
 
 enum esc_err
+esc_archive_storage_key(struct esc_ctx *ctx, struct esc_store *st, int generation, char *uri, size_t urilen,
+			X509 **cert)
+{
+	PGresult *res = NULL;
+	char g[16];
+	const char *v[1] = {g};
+	X509 *x;
+	enum esc_err r;
+
+	snprintf(g, sizeof(g), "%d", generation);
+	if ((r = esc_store_exec(ctx, st,
+				"SELECT uri, certificate FROM token_keys WHERE role = 'storage' AND generation = $1 "
+				"UNION ALL SELECT uri, certificate FROM retired_storage_keys WHERE generation = $1",
+				1, v, NULL, NULL, &res)) != ESC_OK)
+		return r;
+	if (PQntuples(res) != 1 || PQgetisnull(res, 0, 1)) {
+		r = esc_error(ctx, ESC_ERR_KEY_NOT_FOUND,
+			      "no storage key of generation %d is recorded (token_keys, retired_storage_keys)",
+			      generation);
+		goto out;
+	}
+	if ((x = esc_store_cert_cached(st, PQgetvalue(res, 0, 1))) == NULL) {
+		r = esc_error(ctx, ESC_ERR_BAD_INPUT,
+			      "the stored certificate of storage key generation %d is not a DER certificate",
+			      generation);
+		goto out;
+	}
+	if (strlen(PQgetvalue(res, 0, 0)) >= urilen) {
+		X509_free(x);
+		r = esc_error(ctx, ESC_ERR_BAD_INPUT, "the URI of storage key generation %d is too long", generation);
+		goto out;
+	}
+	snprintf(uri, urilen, "%s", PQgetvalue(res, 0, 0));
+	*cert = x;
+	r = ESC_OK;
+out:
+	PQclear(res);
+	return r;
+}
+
+enum esc_err
 esc_archive_open_outer(struct esc_ctx *ctx, struct esc_store *st, struct esc_token *ca_tok, const char *id,
 		       unsigned char **inner, size_t *innerlen)
 {
@@ -672,14 +745,14 @@ esc_archive_open_outer(struct esc_ctx *ctx, struct esc_store *st, struct esc_tok
 	unsigned char *outer = NULL, *content = NULL;
 	size_t outerlen = 0, contentlen = 0;
 	char uri[1024];
+	int generation = 0;
 	enum esc_err r;
 
 	memset(&truth, 0, sizeof(truth));
-	if ((r = esc_store_exec(
-		     ctx, st,
-		     "SELECT encode(a.record, 'hex'), (SELECT uri FROM token_keys WHERE role = 'storage'), " ESC_ARCHIVE_ROW_SQL
-		     " FROM archive_records a WHERE a.id::text = $1",
-		     1, v, NULL, NULL, &res)) != ESC_OK)
+	if ((r = esc_store_exec(ctx, st,
+				"SELECT encode(a.record, 'hex'), a.storage_generation, " ESC_ARCHIVE_ROW_SQL
+				" FROM archive_records a WHERE a.id::text = $1",
+				1, v, NULL, NULL, &res)) != ESC_OK)
 		return r;
 	if (PQntuples(res) != 1) {
 		r = esc_error(ctx, ESC_ERR_NOT_FOUND, "no archive record %s", id);
@@ -687,9 +760,9 @@ esc_archive_open_outer(struct esc_ctx *ctx, struct esc_store *st, struct esc_tok
 	}
 	/* The row must be its certificate's, before anything is opened for it. */
 	esc_archive_row_get(res, 0, 2, &row);
-	if ((r = esc_archive_row_check(ctx, &row, NULL, &truth)) != ESC_OK)
+	if ((r = esc_archive_row_check(ctx, &row, NULL, &truth)) != ESC_OK ||
+	    (r = esc_store_get_int(ctx, res, 0, 1, &generation)) != ESC_OK)
 		goto out;
-	snprintf(uri, sizeof(uri), "%s", PQgetvalue(res, 0, 1));
 	{
 		long l = 0;
 
@@ -699,9 +772,13 @@ esc_archive_open_outer(struct esc_ctx *ctx, struct esc_store *st, struct esc_tok
 		}
 		outerlen = (size_t)l;
 	}
-	if ((r = esc_store_get_cert(ctx, st, "the storage certificate",
-				    "SELECT certificate FROM token_keys WHERE role = 'storage'", 0, NULL, &storage)) !=
-		    ESC_OK ||
+	/*
+	 * The key of the record's generation: the current storage key, or an
+	 * earlier one the record was sealed to before a rotation and has not
+	 * been re-sealed from yet.  A generation column changed by a database
+	 * writer only names a key that is not a recipient (NOT_RECIPIENT).
+	 */
+	if ((r = esc_archive_storage_key(ctx, st, generation, uri, sizeof(uri), &storage)) != ESC_OK ||
 	    (r = esc_token_find_key(ctx, ca_tok, uri, &key)) != ESC_OK ||
 	    (r = esc_token_key_private(ctx, ca_tok, key, &pkey)) != ESC_OK ||
 	    (r = esc_envelope_open(ctx, outer, outerlen, pkey, storage, &content, &contentlen)) != ESC_OK)

@@ -92,8 +92,9 @@ enum esc_err esc_archive_row_check(struct esc_ctx *ctx, const struct esc_archive
 				   struct esc_archive_fields *truth) ESC_MUST_CHECK;
 
 /*
- * Open the outer layer of record id with the storage key on the CA token
- * (logged in) and check that it belongs to that row.  First the row must
+ * Open the outer layer of record id with the storage key of the record's
+ * generation (esc_archive_storage_key) on the CA token (logged in) and
+ * check that it belongs to that row.  First the row must
  * match its certificate column (serial, issuer, subject, email and both
  * hashes as archival derived them); then the certificate hash sealed in the
  * record must be the hash of that certificate column itself, so neither
@@ -103,9 +104,22 @@ enum esc_err esc_archive_row_check(struct esc_ctx *ctx, const struct esc_archive
  * approved recovery.
  * Errors: NOT_FOUND, TAMPERED (GCM tag, a record moved between rows, a row
  * that does not match its certificate, a certificate other than the sealed
- * one), KEY_NOT_FOUND, PKCS11, NOMEM, CRYPTO, DB.
+ * one), NOT_RECIPIENT (the generation column names another key),
+ * KEY_NOT_FOUND, PKCS11, NOMEM, CRYPTO, DB.
  */
 enum esc_err esc_archive_open_outer(struct esc_ctx *ctx, struct esc_store *st, struct esc_token *ca_tok, const char *id,
 				    unsigned char **inner, size_t *innerlen) ESC_MUST_CHECK;
+
+/*
+ * The storage key of generation (sql/012): its RFC 7512 URI on the CA
+ * token into uri (urilen bytes) and its certificate (*cert: a new
+ * reference, shared with st's certificate cache: read it, never change
+ * it; X509_free it).  The current key is token_keys' 'storage' row, an
+ * earlier one a row of retired_storage_keys.  Errors: KEY_NOT_FOUND (no
+ * such generation recorded), BAD_INPUT (unreadable certificate, URI too
+ * long), DB.
+ */
+enum esc_err esc_archive_storage_key(struct esc_ctx *ctx, struct esc_store *st, int generation, char *uri,
+				     size_t urilen, X509 **cert) ESC_MUST_CHECK;
 
 #endif

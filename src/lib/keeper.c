@@ -32,6 +32,7 @@
 #include <p11escrow/recovery.h>
 #include <p11escrow/revoke.h>
 #include <p11escrow/setup.h>
+#include <p11escrow/storage.h>
 #include <p11escrow/token.h>
 
 #include "envelope_internal.h"
@@ -166,6 +167,8 @@ static enum esc_err remote_kra_prove(struct esc_ctx *ctx, struct esc_keeper *k, 
 				     const struct esc_account *actor, const char *name, long long id,
 				     const unsigned char *secret, size_t secret_len, struct esc_kra *out,
 				     unsigned char **cert, size_t *cert_len);
+static enum esc_err remote_reseal(struct esc_ctx *ctx, struct esc_keeper *k, const struct esc_account *by,
+				  const char *after, size_t n, struct esc_reseal_batch *out);
 static enum esc_err remote_sign_crl(struct esc_ctx *ctx, struct esc_keeper *k, const struct esc_account *by, int days,
 				    X509_CRL **out);
 static enum esc_err remote_checkpoint(struct esc_ctx *ctx, struct esc_keeper *k, const struct esc_account *by,
@@ -238,6 +241,30 @@ esc_keeper_checkpoint(struct esc_ctx *ctx, struct esc_keeper *k, struct esc_stor
 	if (events == 0 && seconds == 0)
 		return esc_audit_checkpoint(ctx, st, k->tok, event_id);
 	return esc_audit_checkpoint_if_due(ctx, st, k->tok, events, seconds, event_id);
+}
+
+enum esc_err
+esc_keeper_rotate_storage(struct esc_ctx *ctx, struct esc_keeper *k, struct esc_store *st, const struct esc_account *by,
+			  const char *type, int days, struct esc_storage_rotation *out)
+{
+	if (k == NULL || st == NULL || out == NULL)
+		return esc_error(ctx, ESC_ERR_INTERNAL, "esc_keeper_rotate_storage: NULL argument");
+	if (k->remote)
+		return esc_error(ctx, ESC_ERR_DENIED,
+				 "the service does not rotate the storage key: run 'p11escrow storage-key rotate "
+				 "--local' on the service host");
+	return esc_storage_rotate(ctx, st, by, k->tok, k->ca_cert, k->signer, type, days, out);
+}
+
+enum esc_err
+esc_keeper_reseal(struct esc_ctx *ctx, struct esc_keeper *k, struct esc_store *st, const struct esc_account *by,
+		  const char *after, size_t n, struct esc_reseal_batch *out)
+{
+	if (k == NULL || out == NULL || (st == NULL && !k->remote))
+		return esc_error(ctx, ESC_ERR_INTERNAL, "esc_keeper_reseal: NULL argument");
+	if (k->remote)
+		return remote_reseal(ctx, k, by, after, n, out);
+	return esc_storage_reseal_batch(ctx, st, by, k->tok, after, n, out);
 }
 
 /* The active CA's certificate and the chain above it (DER certificates, concatenated). */
@@ -1079,6 +1106,108 @@ remote_checkpoint(struct esc_ctx *ctx, struct esc_keeper *k, const struct esc_ac
 	return ESC_OK;
 }
 
+/* The reply's TALLY: five numbers of 4 bytes, then one of 8. */
+#define TALLY_LEN (5 * 4 + 8)
+
+static uint32_t
+get32_at(const unsigned char *p)
+{
+	return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | (uint32_t)p[3];
+}
+
+/*
+ * The SKIPS field (id TAB code TAB reason, a line each) into out's skips;
+ * -1 if it is not what the keeper writes.
+ */
+static int
+skips_parse(const unsigned char *p, size_t len, struct esc_reseal_batch *out)
+{
+	const unsigned char *end = p + len, *nl, *t1, *t2;
+	size_t n = 0, cap = 0;
+
+	for (const unsigned char *q = p; q < end; q++)
+		cap += *q == '\n';
+	if (cap == 0)
+		return len == 0 ? 0 : -1;
+	if ((out->skips = calloc(cap, sizeof(*out->skips))) == NULL)
+		return -1;
+	for (; p < end; p = nl + 1) {
+		struct esc_reseal_skip *s = &out->skips[n];
+		long code;
+
+		if ((nl = memchr(p, '\n', (size_t)(end - p))) == NULL ||
+		    (t1 = memchr(p, '\t', (size_t)(nl - p))) == NULL ||
+		    (t2 = memchr(t1 + 1, '\t', (size_t)(nl - t1 - 1))) == NULL || t1 - p != ESC_RECORD_ID_LEN ||
+		    t2 - t1 - 1 < 2 || t2 - t1 - 1 > 4)
+			return -1;
+		memcpy(s->id, p, ESC_RECORD_ID_LEN);
+		s->id[ESC_RECORD_ID_LEN] = '\0';
+		code = strtol((const char *)t1 + 1, NULL, 10);
+		s->code = code < 0 && code > -100 ? (enum esc_err)code : ESC_ERR_TAMPERED;
+		snprintf(s->reason, sizeof(s->reason), "%.*s", (int)(nl - t2 - 1), (const char *)t2 + 1);
+		n++;
+	}
+	out->skipped = n;
+	return 0;
+}
+
+/*
+ * RESEAL: the account's name (the keeper reads its roles itself), the
+ * batch size and where the previous batch ended.  The reply counts what
+ * the keeper did and names the records it left as they were.
+ */
+static enum esc_err
+remote_reseal(struct esc_ctx *ctx, struct esc_keeper *k, const struct esc_account *by, const char *after, size_t n,
+	      struct esc_reseal_batch *out)
+{
+	struct esc_kp_msg m, rep;
+	struct esc_reseal_batch b;
+	unsigned char nb[4], *in = NULL;
+	const unsigned char *t;
+	size_t inlen = 0;
+	int sec = 0;
+	enum esc_err r;
+
+	memset(&b, 0, sizeof(b));
+	if (by == NULL)
+		return esc_error(ctx, ESC_ERR_DENIED, "the keeper process re-seals records for an administrator only");
+	if (n < 1 || n > ESC_RESEAL_BATCH_MAX)
+		return esc_error(ctx, ESC_ERR_USAGE, "a re-seal batch is 1..%d records", ESC_RESEAL_BATCH_MAX);
+	if (after != NULL && *after != '\0' && strlen(after) != ESC_RECORD_ID_LEN)
+		return esc_error(ctx, ESC_ERR_USAGE, "a re-seal batch starts after a record id (a UUID)");
+	esc_kp_put32(nb, (uint32_t)n);
+	esc_kp_init(&m, ESC_KP_RESEAL, 0);
+	esc_kp_set(&m, ESC_KP_T_ACCOUNT, esc_account_name(by), strlen(esc_account_name(by)));
+	esc_kp_set(&m, ESC_KP_T_COUNT, nb, sizeof(nb));
+	if (after != NULL && *after != '\0')
+		esc_kp_set(&m, ESC_KP_T_RECORD, after, strlen(after));
+	if ((r = call(ctx, k, &m, 0, &rep, &in, &inlen, &sec)) != ESC_OK)
+		return r;
+	t = rep.f[ESC_KP_T_TALLY].p;
+	b.resealed = get32_at(t);
+	b.to = (int)get32_at(t + 8);
+	b.from_low = (int)get32_at(t + 12);
+	b.from_high = (int)get32_at(t + 16);
+	b.remaining = (long long)(((uint64_t)get32_at(t + 20) << 32) | get32_at(t + 24));
+	if (rep.f[ESC_KP_T_RECORD].p != NULL) {
+		memcpy(b.last, rep.f[ESC_KP_T_RECORD].p, ESC_RECORD_ID_LEN);
+		b.last[ESC_RECORD_ID_LEN] = '\0';
+	}
+	if ((rep.f[ESC_KP_T_SKIPS].p != NULL &&
+	     skips_parse(rep.f[ESC_KP_T_SKIPS].p, rep.f[ESC_KP_T_SKIPS].len, &b) != 0) ||
+	    b.skipped != get32_at(t + 4) || b.resealed > n || b.skipped > n) {
+		r = lost(ctx, k, "its re-seal reply does not add up");
+		goto out;
+	}
+	*out = b;
+	memset(&b, 0, sizeof(b)); /* transferred */
+	r = ESC_OK;
+out:
+	esc_reseal_batch_clear(&b);
+	esc_kp_free(in, inlen, sec);
+	return r;
+}
+
 /* ---- the keeper process's end ---- */
 
 /* An encoded reply, waiting to be written. */
@@ -1425,6 +1554,71 @@ out:
 	return r;
 }
 
+/*
+ * RESEAL: one batch of the storage re-seal job for an account re-read
+ * here (esc_storage_reseal_batch checks that it is an administrator).  The
+ * keeper picks the records itself in its own database; the worker says
+ * only how many and after which record id.  Nothing of a record leaves
+ * the keeper: the reply is counts, the last id and the skipped ids.
+ */
+static enum esc_err
+serve_reseal(struct esc_ctx *ctx, struct esc_keeper *k, struct esc_store *st, const struct esc_kp_msg *m,
+	     struct serve_reply *out)
+{
+	struct esc_account *by = NULL;
+	struct esc_reseal_batch b;
+	struct esc_kp_msg rep;
+	unsigned char tally[TALLY_LEN];
+	char after[ESC_RECORD_ID_LEN + 1] = "", *skips = NULL;
+	size_t used = 0, cap, i;
+	enum esc_err r;
+
+	memset(&b, 0, sizeof(b));
+	if (st == NULL)
+		return esc_error(ctx, ESC_ERR_DB_CONNECT, "keeper: its database connection is lost");
+	if (m->f[ESC_KP_T_RECORD].p != NULL && field_text(&m->f[ESC_KP_T_RECORD], after, sizeof(after)) != 0)
+		return esc_error(ctx, ESC_ERR_BAD_INPUT, "keeper request: a record id that is not text");
+	if ((r = account_reread(ctx, st, &m->f[ESC_KP_T_ACCOUNT], &by)) != ESC_OK ||
+	    (r = esc_keeper_reseal(ctx, k, st, by, after, esc_kp_get32(m, ESC_KP_T_COUNT), &b)) != ESC_OK)
+		goto out;
+	/* A reason is cut to 160 bytes on the wire: a full batch of skips fits in its field. */
+	cap = b.skipped * (ESC_RECORD_ID_LEN + 8 + 160) + 1;
+	if (b.skipped > 0 && (skips = malloc(cap)) == NULL) {
+		r = esc_error(ctx, ESC_ERR_NOMEM, "out of memory");
+		goto out;
+	}
+	for (i = 0; i < b.skipped; i++) {
+		char reason[161];
+		size_t j;
+
+		/* Text on one line: no TAB, no newline inside a reason. */
+		snprintf(reason, sizeof(reason), "%.160s", b.skips[i].reason);
+		for (j = 0; reason[j] != '\0'; j++)
+			if (reason[j] == '\t' || reason[j] == '\n')
+				reason[j] = ' ';
+		used += (size_t)snprintf(skips + used, cap - used, "%s\t%d\t%s\n", b.skips[i].id, (int)b.skips[i].code,
+					 reason);
+	}
+	esc_kp_put32(tally, (uint32_t)b.resealed);
+	esc_kp_put32(tally + 4, (uint32_t)b.skipped);
+	esc_kp_put32(tally + 8, (uint32_t)b.to);
+	esc_kp_put32(tally + 12, (uint32_t)b.from_low);
+	esc_kp_put32(tally + 16, (uint32_t)b.from_high);
+	esc_kp_put64(tally + 20, (uint64_t)b.remaining);
+	esc_kp_init(&rep, ESC_KP_RESEAL | ESC_KP_REPLY, m->seq);
+	esc_kp_set(&rep, ESC_KP_T_TALLY, tally, sizeof(tally));
+	if (b.last[0] != '\0')
+		esc_kp_set(&rep, ESC_KP_T_RECORD, b.last, strlen(b.last));
+	if (used > 0)
+		esc_kp_set(&rep, ESC_KP_T_SKIPS, skips, used);
+	r = esc_kp_encode(ctx, &rep, 0, &out->buf, &out->len);
+out:
+	free(skips);
+	esc_reseal_batch_clear(&b);
+	esc_account_free(by);
+	return r;
+}
+
 /* An ERROR reply to request seq: code and the context's message (never a secret). */
 static enum esc_err
 error_reply(struct esc_ctx *ctx, uint32_t seq, enum esc_err code, struct serve_reply *out)
@@ -1500,6 +1694,9 @@ serve_one(struct esc_ctx *ctx, struct esc_keeper *k, struct esc_store *st, const
 		break;
 	case ESC_KP_CHECKPOINT:
 		r = serve_checkpoint(ctx, k, st, &m, out);
+		break;
+	case ESC_KP_RESEAL:
+		r = serve_reseal(ctx, k, st, &m, out);
 		break;
 	default:
 		r = esc_error(ctx, ESC_ERR_BAD_INPUT, "keeper message '%s' is not a request", esc_kp_type_name(m.type));

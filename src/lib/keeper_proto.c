@@ -45,6 +45,10 @@ static const struct {
 	[ESC_KP_T_ACCOUNT] = {0, 64, 0},
 	[ESC_KP_T_NAME] = {0, 64, 0},
 	[ESC_KP_T_SECRET] = {0, 64, 0},
+	[ESC_KP_T_RECORD] = {36, 0, 0},
+	[ESC_KP_T_COUNT] = {NUM32, 0, 0},
+	[ESC_KP_T_SKIPS] = {0, ENVELOPE_MAX, 0},
+	[ESC_KP_T_TALLY] = {5 * NUM32 + NUM64, 0, 0},
 };
 
 /* Per message type: the fields it may carry and those it must. */
@@ -123,6 +127,17 @@ static const struct {
 	 .name = "kra-prove reply",
 	 .allowed = F(ESC_KP_T_CERT),
 	 .required = F(ESC_KP_T_CERT),
+	 .secret = 0},
+	/* For an account, re-read by the keeper; RECORD: the last record of the previous batch. */
+	{.type = ESC_KP_RESEAL,
+	 .name = "reseal",
+	 .allowed = F(ESC_KP_T_ACCOUNT) | F(ESC_KP_T_RECORD) | F(ESC_KP_T_COUNT),
+	 .required = F(ESC_KP_T_ACCOUNT) | F(ESC_KP_T_COUNT),
+	 .secret = 0},
+	{.type = ESC_KP_RESEAL | ESC_KP_REPLY,
+	 .name = "reseal reply",
+	 .allowed = F(ESC_KP_T_TALLY) | F(ESC_KP_T_RECORD) | F(ESC_KP_T_SKIPS),
+	 .required = F(ESC_KP_T_TALLY),
 	 .secret = 0},
 	{.type = ESC_KP_ERROR,
 	 .name = "error",

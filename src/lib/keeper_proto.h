@@ -45,6 +45,7 @@ enum esc_kp_type {
 	ESC_KP_CHECKPOINT = 6,	   /* sign an audit checkpoint if one is due, or for an account */
 	ESC_KP_SEAL_KEY = 7,	   /* a generated key to its enrollee, signed by the CA (RFC 7030 §4.4.2) */
 	ESC_KP_KRA_PROVE = 8,	   /* certify a KRA key whose possession a challenge's answer proves */
+	ESC_KP_RESEAL = 9,	   /* re-seal a batch of archive records to the current storage key */
 	/* Replies, keeper to worker: the request's type with this bit, or ERROR. */
 	ESC_KP_REPLY = 0x80,
 	ESC_KP_ERROR = 0xff,
@@ -74,7 +75,11 @@ enum esc_kp_tag {
 	ESC_KP_T_ACCOUNT = 21,	 /* text: an account's name, re-read by the keeper */
 	ESC_KP_T_NAME = 22,	 /* text: a KRA's name */
 	ESC_KP_T_SECRET = 23,	 /* bytes: a challenge's answer (secret) */
-	ESC_KP_T_MAX = 23,
+	ESC_KP_T_RECORD = 24,	 /* text: an archive record id (a UUID, 36 characters) */
+	ESC_KP_T_COUNT = 25,	 /* uint32: how many records */
+	ESC_KP_T_SKIPS = 26,	 /* text: records left as they were, one a line: id TAB code TAB reason */
+	ESC_KP_T_TALLY = 27,	 /* 5 x uint32 (resealed, skipped, to, from low, from high), uint64 remaining */
+	ESC_KP_T_MAX = 27,
 };
 
 struct esc_kp_field {

@@ -450,6 +450,10 @@ msg checkpoint-account 06 0b00000000 0c00000000 0d00000000 "15$(printf auditor |
 msg kra-prove 08 "15$(printf admin | xxd -p)" "16$(printf kra1 | xxd -p)" 090000000000000003 \
     170102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f20
 msg kra-prove-reply 88 063003020101
+msg reseal 09 "15$(printf admin | xxd -p)" 1900000032 "18$(printf 0f0e0d0c-0b0a-4908-8706-050403020100 | xxd -p)"
+msg reseal-reply 89 1b000000310000000100000002000000010000000100000000000000fa \
+    "18$(printf 0f0e0d0c-0b0a-4908-8706-050403020100 | xxd -p)" \
+    "1a$(printf '0f0e0d0c-0b0a-4908-8706-050403020100\t-33\tthe envelope failed its integrity check\n' | xxd -p | tr -d '\n')"
 { cat "$k/release"; printf '\x09'; } >"$k/trailing"
 head -c 9 "$k/issue" >"$k/truncated"
 

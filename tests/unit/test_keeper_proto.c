@@ -273,6 +273,51 @@ test_secret_types(void **state)
 	assert_int_equal(esc_kp_encode(ctx, &m, 0, &buf, &len), ESC_ERR_USAGE);
 }
 
+/*
+ * RESEAL: a worker names an account, a count and where the last batch
+ * ended, never a record to act on or a key; the reply is counts only, of
+ * fixed width.
+ */
+static void
+test_reseal(void **state)
+{
+	struct esc_ctx *ctx = *state;
+	static const char id[] = "0f0e0d0c-0b0a-4908-8706-050403020100";
+	struct esc_kp_msg m, d;
+	unsigned char n[4], tally[28] = {0}, *buf = NULL;
+	size_t len = 0;
+
+	esc_kp_put32(n, 50);
+	esc_kp_init(&m, ESC_KP_RESEAL, 1);
+	esc_kp_set(&m, ESC_KP_T_COUNT, n, 4);
+	/* No account: refused (a worker never asks for itself). */
+	assert_int_equal(esc_kp_encode(ctx, &m, 0, &buf, &len), ESC_ERR_USAGE);
+	esc_kp_set(&m, ESC_KP_T_ACCOUNT, "admin", 5);
+	/* A record id is exactly a UUID's 36 characters. */
+	esc_kp_set(&m, ESC_KP_T_RECORD, id, 35);
+	assert_int_equal(esc_kp_encode(ctx, &m, 0, &buf, &len), ESC_ERR_USAGE);
+	esc_kp_set(&m, ESC_KP_T_RECORD, id, 36);
+	assert_int_equal(esc_kp_encode(ctx, &m, 0, &buf, &len), ESC_OK);
+	assert_int_equal(esc_kp_decode(ctx, buf + 4, len - 4, &d), ESC_OK);
+	assert_int_equal(esc_kp_get32(&d, ESC_KP_T_COUNT), 50);
+	assert_memory_equal(d.f[ESC_KP_T_RECORD].p, id, 36);
+	assert_string_equal(esc_kp_type_name(d.type), "reseal");
+	assert_false(esc_kp_type_secret(ESC_KP_RESEAL));
+	esc_kp_free(buf, len, 0);
+	/* A request may not carry what a reply does. */
+	esc_kp_set(&m, ESC_KP_T_TALLY, tally, sizeof(tally));
+	assert_int_equal(esc_kp_encode(ctx, &m, 0, &buf, &len), ESC_ERR_USAGE);
+
+	esc_kp_init(&m, ESC_KP_RESEAL | ESC_KP_REPLY, 1);
+	esc_kp_set(&m, ESC_KP_T_TALLY, tally, 27);
+	assert_int_equal(esc_kp_encode(ctx, &m, 0, &buf, &len), ESC_ERR_USAGE);
+	esc_kp_set(&m, ESC_KP_T_TALLY, tally, 28);
+	assert_int_equal(esc_kp_encode(ctx, &m, 0, &buf, &len), ESC_OK);
+	assert_int_equal(esc_kp_decode(ctx, buf + 4, len - 4, &d), ESC_OK);
+	assert_null(d.f[ESC_KP_T_SKIPS].p);
+	esc_kp_free(buf, len, 0);
+}
+
 int
 main(void)
 {
@@ -280,7 +325,7 @@ main(void)
 		cmocka_unit_test(test_roundtrip),    cmocka_unit_test(test_numbers),
 		cmocka_unit_test(test_malformed),    cmocka_unit_test(test_frame_length),
 		cmocka_unit_test(test_sequence),     cmocka_unit_test(test_error_reply),
-		cmocka_unit_test(test_secret_types),
+		cmocka_unit_test(test_secret_types), cmocka_unit_test(test_reseal),
 	};
 
 	return cmocka_run_group_tests(tests, setup, teardown);
