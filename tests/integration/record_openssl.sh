@@ -58,6 +58,21 @@ for k in kra1 kra2; do
     done
 done
 
+note "after a storage key rotation: an old record opens with the retired key, a new one with the current"
+as admin 0 storage-key rotate --pin-file "$PIN_FILE"
+openssl req -x509 -newkey rsa:2048 -nodes -keyout "$T/carol.key" -subj /CN=Carol -days 30 \
+    -addext keyUsage=critical,keyEncipherment -out "$T/carol.pem" 2>/dev/null
+run_esc 0 archive import --user admin --account-password-file "$T/admin.pw" --key "$T/carol.key" --cert "$T/carol.pem"
+CAROL=$(rec_of Carol)
+[ "$(psql_val "SELECT storage_generation FROM archive_records WHERE id = '$CAROL'")" = 2 ] || fail "carol not in gen 2"
+for u in alice carol; do
+    r=$ALICE; [ $u = carol ] && r=$CAROL
+    walk "$r" kra2
+    assert_out "key matches the certificate"
+    cmp -s <(openssl pkey -in "$T/walk/key.pem" -outform DER) <(openssl pkey -in "$T/$u.key" -outform DER) ||
+        fail "$u's key after the rotation differs from the archived one"
+done
+
 note "alice's record copied into bob's row: step 3 says so"
 psql_val "UPDATE archive_records SET record = (SELECT record FROM archive_records WHERE id = '$ALICE') \
     WHERE id = '$BOB'" >/dev/null
