@@ -23,6 +23,7 @@ static const struct {
 	const char *const *choices; /* non-NULL: one of these words */
 } known[] = {
 	{"kra_set_size", 1, 16, NULL},
+	{"kra_threshold", 1, 16, NULL}, /* KRAs needed to recover a record (k of kra_set_size) */
 	{"allow_foreign_issuers", 1, 0, NULL},
 	{"recovery_approvals", 0, 10, NULL},
 	{"revoke_before_recovery", 1, 0, NULL},
@@ -79,11 +80,48 @@ validate(struct esc_ctx *ctx, const char *key, const char *value)
 					 known[i].min, known[i].max);
 		return ESC_OK;
 	}
-	return esc_error(ctx, ESC_ERR_USAGE,
-			 "unknown policy '%.32s' (kra_set_size, allow_foreign_issuers, recovery_approvals, "
-			 "revoke_before_recovery, one_key_per_subject, release_ttl_hours, cert_login_roles, "
-			 "kra_min_rsa_bits, kra_min_ec_bits, kra_allow_rsa_pkcs1v15)",
-			 key);
+	return esc_error(
+		ctx, ESC_ERR_USAGE,
+		"unknown policy '%.32s' (kra_set_size, kra_threshold, allow_foreign_issuers, recovery_approvals, "
+		"revoke_before_recovery, one_key_per_subject, release_ttl_hours, cert_login_roles, "
+		"kra_min_rsa_bits, kra_min_ec_bits, kra_allow_rsa_pkcs1v15)",
+		key);
+}
+
+/*
+ * k of n: kra_threshold (k) never above kra_set_size (n), whichever of the
+ * two is being changed.  Read in the changing transaction, after the
+ * UPDATE, so the check sees the new value.
+ */
+static enum esc_err
+check_threshold(struct esc_ctx *ctx, struct esc_store *st)
+{
+	PGresult *res = NULL;
+	long k, n;
+	enum esc_err r;
+
+	if ((r = esc_store_exec(ctx, st,
+				"SELECT (SELECT value FROM policy WHERE key = 'kra_threshold'), (SELECT value FROM "
+				"policy WHERE key = 'kra_set_size')",
+				0, NULL, NULL, NULL, &res)) != ESC_OK)
+		return r;
+	if (PQntuples(res) != 1 || PQgetisnull(res, 0, 0) || PQgetisnull(res, 0, 1)) {
+		r = esc_error(ctx, ESC_ERR_SCHEMA_OLD, "policy kra_threshold is missing: run 'p11escrow db migrate'");
+		goto out;
+	}
+	k = strtol(PQgetvalue(res, 0, 0), NULL, 10);
+	n = strtol(PQgetvalue(res, 0, 1), NULL, 10);
+	if (k > n) {
+		r = esc_error(ctx, ESC_ERR_USAGE,
+			      "policy kra_threshold (%ld) may not exceed kra_set_size (%ld): a record needs k of "
+			      "its n KRAs; lower kra_threshold or raise kra_set_size first",
+			      k, n);
+		goto out;
+	}
+	r = ESC_OK;
+out:
+	PQclear(res);
+	return r;
 }
 
 static enum esc_err
@@ -105,7 +143,8 @@ set_impl(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *ac
 	    (r = esc_store_exec(ctx, st,
 				"UPDATE policy SET value = $2, updated_at = now(), updated_by = $3 WHERE key = $1", 3,
 				v, NULL, NULL, NULL)) != ESC_OK ||
-	    (r = esc_audit_append(ctx, st, &ev)) != ESC_OK || (r = esc_store_commit(ctx, st)) != ESC_OK)
+	    (r = check_threshold(ctx, st)) != ESC_OK || (r = esc_audit_append(ctx, st, &ev)) != ESC_OK ||
+	    (r = esc_store_commit(ctx, st)) != ESC_OK)
 		goto out;
 out:
 	esc_store_rollback(st);
