@@ -37,9 +37,10 @@ enum esc_archive_source {
 
 struct esc_archive_info {
 	char id[ESC_RECORD_ID_LEN + 1];
-	int foreign;	/* issued by another CA */
-	size_t nkras;	/* size of the KRA set */
-	char kras[256]; /* their names, comma-separated */
+	int foreign;	    /* issued by another CA */
+	size_t nkras;	    /* size of the KRA set */
+	unsigned threshold; /* KRAs of the set needed to recover it (policy kra_threshold; 1: any one) */
+	char kras[256];	    /* their names, comma-separated */
 };
 
 /*

@@ -94,6 +94,29 @@ enum esc_err esc_envelope_has_recipient(struct esc_ctx *ctx, const unsigned char
 enum esc_err esc_envelope_keep_recipient(struct esc_ctx *ctx, const unsigned char *in, size_t inlen, X509 *cert,
 					 unsigned char **out, size_t *outlen) ESC_MUST_CHECK;
 
+/*
+ * Seal in[0..inlen) under the symmetric key kek (32 bytes, AES-256 key
+ * wrap) named keyid (1..64 bytes): a CMS AuthEnvelopedData (AES-256-GCM)
+ * with one KEKRecipientInfo, which `openssl cms -decrypt -secretkey HEX
+ * -secretkeyid HEX` opens.  *out is DER, malloc'ed (free()).
+ * Errors: USAGE (sizes), CRYPTO.
+ */
+enum esc_err esc_envelope_seal_kek(struct esc_ctx *ctx, const unsigned char *in, size_t inlen, const unsigned char *kek,
+				   const unsigned char *keyid, size_t keyidlen, unsigned char **out,
+				   size_t *outlen) ESC_MUST_CHECK;
+
+/*
+ * Open an envelope of esc_envelope_seal_kek with kek (32 bytes) for keyid.
+ * *out in secure memory (esc_envelope_plain_free).  Errors: BAD_INPUT (not
+ * an AuthEnvelopedData with exactly one KEKRecipientInfo wrapping with
+ * id-aes256-wrap), NOT_RECIPIENT (another key id), TAMPERED (the key does
+ * not unwrap the content key, or the GCM tag does not verify: a wrong KEK
+ * or altered content).
+ */
+enum esc_err esc_envelope_open_kek(struct esc_ctx *ctx, const unsigned char *in, size_t inlen, const unsigned char *kek,
+				   const unsigned char *keyid, size_t keyidlen, unsigned char **out,
+				   size_t *outlen) ESC_MUST_CHECK;
+
 /* Wipe and free plaintext from esc_envelope_open(); accepts NULL. */
 void esc_envelope_plain_free(unsigned char *p, size_t len);
 

@@ -2,6 +2,7 @@
  * Archive records: checks, the two envelope layers, storage.
  */
 #include <limits.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,17 +22,59 @@
 
 #include "archive_internal.h"
 #include "internal.h"
+#include "shamir_internal.h"
 #include "store_internal.h"
 
 #define RECORD_VERSION 1
+#define RECORD_VERSION_SHARES 2
 #define MAX_KRA_SET 16
 
-/* The outer layer's content; see archive.h. */
+/*
+ * The outer layer's content; see archive.h and docs/archival.md.  Version
+ * 1: inner is the CMS envelope to the KRA set.  Version 2 (k of n): inner
+ * is the CMS envelope to the record's KEK, and shares [0] holds k and the
+ * KEK's shares, each sealed to one KRA of the set.
+ */
 typedef struct {
+	ASN1_OCTET_STRING *kra_cert_sha256;
+	ASN1_INTEGER *x;
+	ASN1_OCTET_STRING *commitment; /* SHA-256 of the share's plaintext (ESC_SHARE_PLAIN DER) */
+	ASN1_OCTET_STRING *sealed;     /* CMS AuthEnvelopedData of that plaintext to the KRA */
+} ESC_SEALED_SHARE;
+
+DECLARE_ASN1_ITEM(ESC_SEALED_SHARE)
+DECLARE_ASN1_FUNCTIONS(ESC_SEALED_SHARE)
+DEFINE_STACK_OF(ESC_SEALED_SHARE)
+
+ASN1_SEQUENCE(ESC_SEALED_SHARE) =
+	{
+		ASN1_SIMPLE(ESC_SEALED_SHARE, kra_cert_sha256, ASN1_OCTET_STRING),
+		ASN1_SIMPLE(ESC_SEALED_SHARE, x, ASN1_INTEGER),
+		ASN1_SIMPLE(ESC_SEALED_SHARE, commitment, ASN1_OCTET_STRING),
+		ASN1_SIMPLE(ESC_SEALED_SHARE, sealed, ASN1_OCTET_STRING),
+} ASN1_SEQUENCE_END(ESC_SEALED_SHARE)
+
+		IMPLEMENT_ASN1_FUNCTIONS(ESC_SEALED_SHARE)
+
+			typedef struct {
+	ASN1_INTEGER *threshold;
+	STACK_OF(ESC_SEALED_SHARE) *shares;
+} ESC_SHARES;
+
+DECLARE_ASN1_ITEM(ESC_SHARES)
+
+ASN1_SEQUENCE(ESC_SHARES) =
+	{
+		ASN1_SIMPLE(ESC_SHARES, threshold, ASN1_INTEGER),
+		ASN1_SEQUENCE_OF(ESC_SHARES, shares, ESC_SEALED_SHARE),
+} ASN1_SEQUENCE_END(ESC_SHARES)
+
+		typedef struct {
 	ASN1_INTEGER *version;
 	ASN1_UTF8STRING *record_id;
 	ASN1_OCTET_STRING *cert_sha256;
 	ASN1_OCTET_STRING *inner;
+	ESC_SHARES *shares;
 } ESC_RECORD;
 
 DECLARE_ASN1_ITEM(ESC_RECORD)
@@ -43,9 +86,31 @@ ASN1_SEQUENCE(ESC_RECORD) =
 		ASN1_SIMPLE(ESC_RECORD, record_id, ASN1_UTF8STRING),
 		ASN1_SIMPLE(ESC_RECORD, cert_sha256, ASN1_OCTET_STRING),
 		ASN1_SIMPLE(ESC_RECORD, inner, ASN1_OCTET_STRING),
+		ASN1_EXP_OPT(ESC_RECORD, shares, ESC_SHARES, 0),
 } ASN1_SEQUENCE_END(ESC_RECORD)
 
 		IMPLEMENT_ASN1_FUNCTIONS(ESC_RECORD)
+
+	/* A share's plaintext, bound to its record, index and threshold. */
+	typedef struct {
+	ASN1_UTF8STRING *record_id;
+	ASN1_INTEGER *x;
+	ASN1_INTEGER *threshold;
+	ASN1_OCTET_STRING *share;
+} ESC_SHARE_PLAIN;
+
+DECLARE_ASN1_ITEM(ESC_SHARE_PLAIN)
+DECLARE_ASN1_FUNCTIONS(ESC_SHARE_PLAIN)
+
+ASN1_SEQUENCE(ESC_SHARE_PLAIN) =
+	{
+		ASN1_SIMPLE(ESC_SHARE_PLAIN, record_id, ASN1_UTF8STRING),
+		ASN1_SIMPLE(ESC_SHARE_PLAIN, x, ASN1_INTEGER),
+		ASN1_SIMPLE(ESC_SHARE_PLAIN, threshold, ASN1_INTEGER),
+		ASN1_SIMPLE(ESC_SHARE_PLAIN, share, ASN1_OCTET_STRING),
+} ASN1_SEQUENCE_END(ESC_SHARE_PLAIN)
+
+		IMPLEMENT_ASN1_FUNCTIONS(ESC_SHARE_PLAIN)
 
 			struct kra_set {
 	size_t n;
@@ -420,32 +485,219 @@ esc_archive_source_name(enum esc_archive_source s)
 	return s == ESC_SOURCE_IMPORT ? "import" : s == ESC_SOURCE_ENROLL_CLIENT ? "enroll-client" : "enroll-server";
 }
 
-/* Build the outer layer's content (DER) binding id and certificate to inner. */
-static enum esc_err
-record_content(struct esc_ctx *ctx, const char *id, const unsigned char cert_sha[32], const unsigned char *inner,
-	       size_t innerlen, unsigned char **out, int *outlen)
+void
+esc_record_shares_free(struct esc_record_shares *sh)
+{
+	size_t i;
+
+	if (sh == NULL)
+		return;
+	for (i = 0; i < sh->n; i++)
+		free(sh->share[i].sealed);
+	free(sh);
+}
+
+/* Set os to len bytes of p; 1 on success (ASN1_OCTET_STRING_set's int length). */
+static int
+os_set(ASN1_OCTET_STRING *os, const unsigned char *p, size_t len)
+{
+	return len <= INT_MAX && ASN1_OCTET_STRING_set(os, p, (int)len);
+}
+
+enum esc_err
+esc_record_encode(struct esc_ctx *ctx, const char *id, const unsigned char cert_sha[32], const unsigned char *inner,
+		  size_t innerlen, const struct esc_record_shares *sh, unsigned char **out, int *outlen)
 {
 	ESC_RECORD *rec = ESC_RECORD_new();
+	ESC_SEALED_SHARE *ss = NULL;
 	unsigned char *der = NULL;
+	enum esc_err r = ESC_ERR_CRYPTO;
+	size_t i;
 	int n;
 
-	if (rec == NULL || !ASN1_INTEGER_set(rec->version, RECORD_VERSION) ||
-	    !ASN1_STRING_set(rec->record_id, id, -1) || !ASN1_OCTET_STRING_set(rec->cert_sha256, cert_sha, 32) ||
-	    !ASN1_OCTET_STRING_set(rec->inner, inner, (int)innerlen) || (n = i2d_ESC_RECORD(rec, &der)) <= 0) {
-		ESC_RECORD_free(rec);
-		return esc_error_ossl(ctx, ESC_ERR_CRYPTO, "cannot encode the archive record");
+	if (rec == NULL || !ASN1_INTEGER_set(rec->version, sh != NULL ? RECORD_VERSION_SHARES : RECORD_VERSION) ||
+	    !ASN1_STRING_set(rec->record_id, id, -1) || !os_set(rec->cert_sha256, cert_sha, 32) ||
+	    !os_set(rec->inner, inner, innerlen))
+		goto out;
+	if (sh != NULL) {
+		if ((rec->shares = (ESC_SHARES *)ASN1_item_new(ASN1_ITEM_rptr(ESC_SHARES))) == NULL ||
+		    !ASN1_INTEGER_set(rec->shares->threshold, (long)sh->threshold))
+			goto out;
+		for (i = 0; i < sh->n; i++) {
+			const struct esc_record_share *e = &sh->share[i];
+
+			if ((ss = ESC_SEALED_SHARE_new()) == NULL ||
+			    !os_set(ss->kra_cert_sha256, e->kra_cert_sha256, 32) ||
+			    !ASN1_INTEGER_set(ss->x, (long)e->x) || !os_set(ss->commitment, e->commitment, 32) ||
+			    !os_set(ss->sealed, e->sealed, e->sealedlen) ||
+			    !sk_ESC_SEALED_SHARE_push(rec->shares->shares, ss))
+				goto out;
+			ss = NULL; /* transferred */
+		}
 	}
-	ESC_RECORD_free(rec);
+	if ((n = i2d_ESC_RECORD(rec, &der)) <= 0)
+		goto out;
 	*out = der;
 	*outlen = n;
-	return ESC_OK;
+	r = ESC_OK;
+out:
+	if (r != ESC_OK)
+		r = esc_error_ossl(ctx, ESC_ERR_CRYPTO, "cannot encode the archive record");
+	ESC_SEALED_SHARE_free(ss);
+	ESC_RECORD_free(rec);
+	return r;
+}
+
+/* A small non-negative ASN.1 INTEGER, or -1. */
+static long
+small_int(const ASN1_INTEGER *a, long max)
+{
+	int64_t v;
+
+	if (a == NULL || ASN1_INTEGER_get_int64(&v, a) != 1) {
+		ERR_clear_error();
+		return -1;
+	}
+	return v < 0 || v > max ? -1 : (long)v;
+}
+
+/* Version 2's shares: 2 <= k <= n <= 16, x distinct in 1..255, hashes 32 bytes, sealed shares bounded. */
+static enum esc_err
+shares_of(struct esc_ctx *ctx, const ESC_SHARES *in, const char *id, struct esc_record_shares **out)
+{
+	struct esc_record_shares *sh = NULL;
+	long k, x;
+	int i, n = sk_ESC_SEALED_SHARE_num(in->shares);
+	size_t j;
+	enum esc_err r;
+
+	k = small_int(in->threshold, ESC_SHAMIR_MAX_SHARES);
+	if (k < 2 || n < k || n > ESC_SHAMIR_MAX_SHARES) {
+		r = esc_error(ctx, ESC_ERR_TAMPERED,
+			      "record %s is version 2 but its threshold (%ld) and share count (%d) are not 2 <= k "
+			      "<= n <= %d: tampering",
+			      id, k, n, ESC_SHAMIR_MAX_SHARES);
+		goto out;
+	}
+	if ((sh = calloc(1, sizeof(*sh))) == NULL) {
+		r = esc_error(ctx, ESC_ERR_NOMEM, "out of memory");
+		goto out;
+	}
+	sh->threshold = (unsigned)k;
+	for (i = 0; i < n; i++) {
+		const ESC_SEALED_SHARE *ss = sk_ESC_SEALED_SHARE_value(in->shares, i);
+		struct esc_record_share *e = &sh->share[i];
+		int slen = ASN1_STRING_length(ss->sealed);
+
+		x = small_int(ss->x, 255);
+		if (x < 1 || ASN1_STRING_length(ss->kra_cert_sha256) != 32 ||
+		    ASN1_STRING_length(ss->commitment) != 32 || slen <= 0 || slen > ESC_ENVELOPE_MAX) {
+			r = esc_error(ctx, ESC_ERR_TAMPERED, "record %s has a malformed share (number %d): tampering",
+				      id, i + 1);
+			goto out;
+		}
+		for (j = 0; j < (size_t)i; j++)
+			if (sh->share[j].x == (unsigned)x) {
+				r = esc_error(ctx, ESC_ERR_TAMPERED, "record %s has two shares at x = %ld: tampering",
+					      id, x);
+				goto out;
+			}
+		e->x = (unsigned)x;
+		memcpy(e->kra_cert_sha256, ASN1_STRING_get0_data(ss->kra_cert_sha256), 32);
+		memcpy(e->commitment, ASN1_STRING_get0_data(ss->commitment), 32);
+		if ((e->sealed = malloc((size_t)slen)) == NULL) {
+			r = esc_error(ctx, ESC_ERR_NOMEM, "out of memory");
+			goto out;
+		}
+		memcpy(e->sealed, ASN1_STRING_get0_data(ss->sealed), (size_t)slen);
+		e->sealedlen = (size_t)slen;
+		sh->n++;
+	}
+	*out = sh;
+	sh = NULL; /* transferred */
+	r = ESC_OK;
+out:
+	esc_record_shares_free(sh);
+	return r;
+}
+
+enum esc_err
+esc_share_plain_encode(struct esc_ctx *ctx, const char *id, unsigned x, unsigned k, const unsigned char *share,
+		       size_t sharelen, unsigned char **out, size_t *outlen)
+{
+	ESC_SHARE_PLAIN *sp = ESC_SHARE_PLAIN_new();
+	unsigned char *buf = NULL, *p;
+	enum esc_err r;
+	int n;
+
+	if (sp == NULL || !ASN1_STRING_set(sp->record_id, id, -1) || !ASN1_INTEGER_set(sp->x, (long)x) ||
+	    !ASN1_INTEGER_set(sp->threshold, (long)k) || !os_set(sp->share, share, sharelen) ||
+	    (n = i2d_ESC_SHARE_PLAIN(sp, NULL)) <= 0) {
+		r = esc_error_ossl(ctx, ESC_ERR_CRYPTO, "cannot encode a key share");
+		goto out;
+	}
+	/* The share is a secret: its encoding goes straight into secure memory. */
+	if ((buf = OPENSSL_secure_malloc((size_t)n)) == NULL) {
+		r = esc_error(ctx, ESC_ERR_NOMEM, "out of memory");
+		goto out;
+	}
+	p = buf;
+	if (i2d_ESC_SHARE_PLAIN(sp, &p) != n) {
+		OPENSSL_secure_clear_free(buf, (size_t)n);
+		r = esc_error_ossl(ctx, ESC_ERR_CRYPTO, "cannot encode a key share");
+		goto out;
+	}
+	*out = buf;
+	*outlen = (size_t)n;
+	r = ESC_OK;
+out:
+	if (sp != NULL && ASN1_STRING_length(sp->share) > 0)
+		OPENSSL_cleanse((void *)ASN1_STRING_get0_data(sp->share), (size_t)ASN1_STRING_length(sp->share));
+	ESC_SHARE_PLAIN_free(sp);
+	return r;
+}
+
+enum esc_err
+esc_share_plain_parse(struct esc_ctx *ctx, const unsigned char *plain, size_t plainlen, const char *id, unsigned x,
+		      unsigned k, unsigned char share[ESC_KEK_LEN])
+{
+	ESC_SHARE_PLAIN *sp = NULL;
+	const unsigned char *p = plain;
+	size_t idlen = strlen(id);
+	enum esc_err r;
+
+	if (plainlen == 0 || plainlen > 1024 || (sp = d2i_ESC_SHARE_PLAIN(NULL, &p, (long)plainlen)) == NULL ||
+	    p != plain + plainlen || ASN1_STRING_length(sp->share) != ESC_KEK_LEN) {
+		ERR_clear_error();
+		r = esc_error(ctx, ESC_ERR_TAMPERED, "a share of record %s is not a key share: tampering", id);
+		goto out;
+	}
+	if ((size_t)ASN1_STRING_length(sp->record_id) != idlen ||
+	    memcmp(ASN1_STRING_get0_data(sp->record_id), id, idlen) != 0) {
+		r = esc_error(ctx, ESC_ERR_TAMPERED, "the share given for record %s is another record's: tampering",
+			      id);
+		goto out;
+	}
+	if (small_int(sp->x, 255) != (long)x || small_int(sp->threshold, ESC_SHAMIR_MAX_SHARES) != (long)k) {
+		r = esc_error(ctx, ESC_ERR_TAMPERED,
+			      "the share given for record %s as number %u of %u needed is another share: tampering", id,
+			      x, k);
+		goto out;
+	}
+	memcpy(share, ASN1_STRING_get0_data(sp->share), ESC_KEK_LEN);
+	r = ESC_OK;
+out:
+	if (sp != NULL && ASN1_STRING_length(sp->share) > 0)
+		OPENSSL_cleanse((void *)ASN1_STRING_get0_data(sp->share), (size_t)ASN1_STRING_length(sp->share));
+	ESC_SHARE_PLAIN_free(sp);
+	return r;
 }
 
 /* The derived columns are f's (esc_archive_fields_of): the same derivation that reading a row checks them with. */
 static enum esc_err
 insert_record(struct esc_ctx *ctx, struct esc_store *st, const char *actor, const char *id, X509 *cert,
 	      const struct esc_archive_fields *f, const char *key_type, int foreign, enum esc_archive_source source,
-	      const unsigned char *outer, size_t outerlen, const char *generation, const struct kra_set *ks)
+	      const unsigned char *outer, size_t outerlen, const char *generation, const struct kra_set *ks, unsigned k)
 {
 	char kid[24];
 	unsigned char *cder = NULL;
@@ -488,8 +740,8 @@ insert_record(struct esc_ctx *ctx, struct esc_store *st, const char *actor, cons
 		char details[200];
 		struct esc_audit_event ev = {actor, "", "archive.store", f->serial, "ok", details};
 
-		snprintf(details, sizeof(details), "record %s, source %s, %s issuer, %zu KRA(s)", id,
-			 esc_archive_source_name(source), foreign ? "foreign" : "own", ks->n);
+		snprintf(details, sizeof(details), "record %s, source %s, %s issuer, %zu KRA(s), %u needed", id,
+			 esc_archive_source_name(source), foreign ? "foreign" : "own", ks->n, k);
 		if ((r = esc_audit_append(ctx, st, &ev)) != ESC_OK)
 			goto out;
 	}
@@ -557,6 +809,100 @@ key_type_of(EVP_PKEY *key, char *buf, size_t len)
 	return buf;
 }
 
+/* Policy kra_threshold (k): 1 for a database where it is unset (never after sql/013), refused above the set. */
+static enum esc_err
+record_threshold(struct esc_ctx *ctx, struct esc_store *st, size_t nkras, unsigned *k)
+{
+	char *v = NULL;
+	long t;
+	enum esc_err r;
+
+	if ((r = esc_store_policy(ctx, st, "kra_threshold", &v)) != ESC_OK)
+		return r;
+	t = strtol(v, NULL, 10);
+	free(v);
+	if (t < 1 || (size_t)t > nkras)
+		return esc_error(ctx, ESC_ERR_CONFIG,
+				 "policy kra_threshold (%ld) must be 1..kra_set_size (%zu): set it with 'p11escrow "
+				 "policy set kra_threshold K'",
+				 t, nkras);
+	*k = (unsigned)t;
+	return ESC_OK;
+}
+
+/*
+ * Version 2's inner layer and shares: a fresh KEK seals the PKCS#8 key
+ * (KEKRecipientInfo, key id the record id), and is split k of n; share i
+ * (x = i + 1, the KRA's place in the set) is bound to the record, x and k
+ * (ShareInfo), committed to (SHA-256 of that plaintext) and sealed to KRA
+ * i alone, in its recipient form.  The KEK and the shares never leave
+ * secure memory and are wiped before returning.
+ */
+static enum esc_err
+seal_shares(struct esc_ctx *ctx, const char *id, const unsigned char *p8, size_t p8len, const struct kra_set *ks,
+	    unsigned k, unsigned char **inner, size_t *innerlen, struct esc_record_shares **out)
+{
+	struct esc_record_shares *sh = NULL;
+	unsigned char *kek = NULL, *sbuf = NULL, *shares[ESC_SHAMIR_MAX_SHARES], xs[ESC_SHAMIR_MAX_SHARES];
+	unsigned char *plain = NULL, *in = NULL;
+	size_t plainlen = 0, inlen = 0, i, n = ks->n;
+	unsigned int mdlen;
+	enum esc_err r;
+
+	if ((sh = calloc(1, sizeof(*sh))) == NULL || (kek = OPENSSL_secure_malloc(ESC_KEK_LEN)) == NULL ||
+	    (sbuf = OPENSSL_secure_zalloc(n * ESC_KEK_LEN)) == NULL) {
+		r = esc_error(ctx, ESC_ERR_NOMEM, "out of memory");
+		goto out;
+	}
+	if (RAND_priv_bytes(kek, ESC_KEK_LEN) != 1) {
+		r = esc_error_ossl(ctx, ESC_ERR_CRYPTO, "cannot draw a record KEK");
+		goto out;
+	}
+	for (i = 0; i < n; i++) {
+		xs[i] = (unsigned char)(i + 1);
+		shares[i] = sbuf + i * ESC_KEK_LEN;
+	}
+	if ((r = esc_envelope_seal_kek(ctx, p8, p8len, kek, (const unsigned char *)id, strlen(id), &in, &inlen)) !=
+		    ESC_OK ||
+	    (r = esc_shamir_split(ctx, kek, ESC_KEK_LEN, k, (unsigned)n, xs, shares)) != ESC_OK)
+		goto out;
+	sh->threshold = k;
+	for (i = 0; i < n; i++) {
+		struct esc_record_share *e = &sh->share[i];
+
+		e->x = xs[i];
+		if ((r = esc_share_plain_encode(ctx, id, e->x, k, shares[i], ESC_KEK_LEN, &plain, &plainlen)) != ESC_OK)
+			goto out;
+		if (!EVP_Digest(plain, plainlen, e->commitment, &mdlen, EVP_sha256(), NULL) ||
+		    !X509_digest(ks->certs[i], EVP_sha256(), e->kra_cert_sha256, &mdlen)) {
+			r = esc_error_ossl(ctx, ESC_ERR_CRYPTO, "cannot hash a key share");
+			goto out;
+		}
+		if ((r = esc_envelope_seal(ctx, plain, plainlen, &ks->certs[i], &ks->hashes[i], 1, &e->sealed,
+					   &e->sealedlen)) != ESC_OK)
+			goto out;
+		sh->n++;
+		OPENSSL_secure_clear_free(plain, plainlen);
+		plain = NULL;
+	}
+	*inner = in;
+	*innerlen = inlen;
+	in = NULL; /* transferred */
+	*out = sh;
+	sh = NULL;
+	r = ESC_OK;
+out:
+	if (plain != NULL)
+		OPENSSL_secure_clear_free(plain, plainlen);
+	if (sbuf != NULL)
+		OPENSSL_secure_clear_free(sbuf, n * ESC_KEK_LEN);
+	if (kek != NULL)
+		OPENSSL_secure_clear_free(kek, ESC_KEK_LEN);
+	free(in);
+	esc_record_shares_free(sh);
+	return r;
+}
+
 static enum esc_err
 archive_impl(struct esc_ctx *ctx, struct esc_store *st, const char *actor, X509 *cert, EVP_PKEY *key,
 	     enum esc_archive_source source, struct esc_archive_info *info)
@@ -568,6 +914,8 @@ archive_impl(struct esc_ctx *ctx, struct esc_store *st, const char *actor, X509 
 	size_t p8len = 0, innerlen = 0, outerlen = 0, i;
 	char id[ESC_RECORD_ID_LEN + 1], ktype[16], generation[16];
 	int contentlen = 0, foreign = 0;
+	unsigned k = 1;
+	struct esc_record_shares *sh = NULL;
 	enum esc_err r;
 
 	memset(&ks, 0, sizeof(ks));
@@ -589,19 +937,26 @@ archive_impl(struct esc_ctx *ctx, struct esc_store *st, const char *actor, X509 
 	    (r = current_storage(ctx, st, &storage, generation, sizeof(generation))) != ESC_OK ||
 	    (r = new_uuid(ctx, id)) != ESC_OK)
 		goto out;
-	if ((r = pkcs8_of(ctx, key, &p8, &p8len)) != ESC_OK ||
-	    (r = esc_envelope_seal(ctx, p8, p8len, ks.certs, ks.hashes, ks.n, &inner, &innerlen)) != ESC_OK ||
-	    (r = record_content(ctx, id, f.cert_sha256_raw, inner, innerlen, &content, &contentlen)) != ESC_OK ||
+	if ((r = record_threshold(ctx, st, ks.n, &k)) != ESC_OK || (r = pkcs8_of(ctx, key, &p8, &p8len)) != ESC_OK)
+		goto out;
+	/* k = 1: version 1, the key sealed to every KRA of the set, as always.  k > 1: version 2. */
+	if (k == 1)
+		r = esc_envelope_seal(ctx, p8, p8len, ks.certs, ks.hashes, ks.n, &inner, &innerlen);
+	else
+		r = seal_shares(ctx, id, p8, p8len, &ks, k, &inner, &innerlen, &sh);
+	if (r != ESC_OK ||
+	    (r = esc_record_encode(ctx, id, f.cert_sha256_raw, inner, innerlen, sh, &content, &contentlen)) != ESC_OK ||
 	    (r = esc_envelope_seal(ctx, content, (size_t)contentlen, &storage, NULL, 1, &outer, &outerlen)) != ESC_OK)
 		goto out;
-	if ((r = insert_record(ctx, st, actor, id, cert, &f, ktype, foreign, source, outer, outerlen, generation,
-			       &ks)) != ESC_OK)
+	if ((r = insert_record(ctx, st, actor, id, cert, &f, ktype, foreign, source, outer, outerlen, generation, &ks,
+			       k)) != ESC_OK)
 		goto out;
 	if (info != NULL) {
 		memset(info, 0, sizeof(*info));
 		snprintf(info->id, sizeof(info->id), "%s", id);
 		info->foreign = foreign;
 		info->nkras = ks.n;
+		info->threshold = k;
 		for (i = 0; i < ks.n; i++) {
 			size_t used = strlen(info->kras);
 
@@ -613,6 +968,7 @@ out:
 	if (p8 != NULL)
 		OPENSSL_secure_clear_free(p8, p8len);
 	kra_set_clear(&ks);
+	esc_record_shares_free(sh);
 	esc_archive_fields_clear(&f);
 	X509_free(storage);
 	free(inner);
@@ -646,26 +1002,37 @@ esc_archive_key(struct esc_ctx *ctx, struct esc_store *st, const char *actor, X5
 
 enum esc_err
 esc_record_parse(struct esc_ctx *ctx, const unsigned char *content, size_t contentlen, const char *id,
-		 const char *cert_hash, unsigned char **inner, size_t *innerlen)
+		 const char *cert_hash, unsigned char **inner, size_t *innerlen, struct esc_record_shares **shares)
 {
 	ESC_RECORD *rec = NULL;
+	struct esc_record_shares *sh = NULL;
 	const unsigned char *p = content;
 	unsigned char *out = NULL;
 	char sealed_hash[65];
 	size_t idlen = strlen(id);
+	long version;
 	enum esc_err r;
 
 	if (contentlen == 0 || contentlen > LONG_MAX || (rec = d2i_ESC_RECORD(NULL, &p, (long)contentlen)) == NULL ||
 	    p != content + contentlen) {
+		ERR_clear_error();
 		r = esc_error(ctx, ESC_ERR_TAMPERED, "record %s does not hold an archive record", id);
 		goto out;
 	}
 	/* The row's identity must be the one sealed inside: no swapped records. */
-	if (ASN1_INTEGER_get(rec->version) != RECORD_VERSION || (size_t)ASN1_STRING_length(rec->record_id) != idlen ||
+	version = small_int(rec->version, 255);
+	if ((version != RECORD_VERSION && version != RECORD_VERSION_SHARES) ||
+	    (size_t)ASN1_STRING_length(rec->record_id) != idlen ||
 	    memcmp(ASN1_STRING_get0_data(rec->record_id), id, idlen) != 0 ||
 	    ASN1_STRING_length(rec->cert_sha256) != 32) {
 		r = esc_error(ctx, ESC_ERR_TAMPERED, "the record stored in row %s belongs to another row: tampering",
 			      id);
+		goto out;
+	}
+	/* Version 1 has no shares, version 2 must: a record is never read as the other version. */
+	if ((version == RECORD_VERSION) != (rec->shares == NULL)) {
+		r = esc_error(ctx, ESC_ERR_TAMPERED, "record %s is version %ld but %s key shares: tampering", id,
+			      version, rec->shares == NULL ? "has no" : "carries");
 		goto out;
 	}
 	hex_of(ASN1_STRING_get0_data(rec->cert_sha256), 32, sealed_hash);
@@ -677,6 +1044,8 @@ esc_record_parse(struct esc_ctx *ctx, const unsigned char *content, size_t conte
 		r = esc_error(ctx, ESC_ERR_TAMPERED, "record %s has an empty inner layer: tampering", id);
 		goto out;
 	}
+	if (rec->shares != NULL && (r = shares_of(ctx, rec->shares, id, &sh)) != ESC_OK)
+		goto out;
 	if ((out = malloc((size_t)ASN1_STRING_length(rec->inner))) == NULL) {
 		r = esc_error(ctx, ESC_ERR_NOMEM, "out of memory");
 		goto out;
@@ -684,8 +1053,13 @@ esc_record_parse(struct esc_ctx *ctx, const unsigned char *content, size_t conte
 	memcpy(out, ASN1_STRING_get0_data(rec->inner), (size_t)ASN1_STRING_length(rec->inner));
 	*inner = out;
 	*innerlen = (size_t)ASN1_STRING_length(rec->inner);
+	if (shares != NULL) {
+		*shares = sh;
+		sh = NULL; /* transferred */
+	}
 	r = ESC_OK;
 out:
+	esc_record_shares_free(sh);
 	ESC_RECORD_free(rec);
 	return r;
 }
@@ -733,7 +1107,7 @@ out:
 
 enum esc_err
 esc_archive_open_outer(struct esc_ctx *ctx, struct esc_store *st, struct esc_token *ca_tok, const char *id,
-		       unsigned char **inner, size_t *innerlen)
+		       unsigned char **inner, size_t *innerlen, struct esc_record_shares **shares)
 {
 	PGresult *res = NULL;
 	const char *v[1] = {id};
@@ -742,8 +1116,9 @@ esc_archive_open_outer(struct esc_ctx *ctx, struct esc_store *st, struct esc_tok
 	struct esc_archive_fields truth;
 	EVP_PKEY *pkey = NULL;
 	X509 *storage = NULL;
-	unsigned char *outer = NULL, *content = NULL;
-	size_t outerlen = 0, contentlen = 0;
+	struct esc_record_shares *sh = NULL;
+	unsigned char *outer = NULL, *content = NULL, *in = NULL;
+	size_t outerlen = 0, contentlen = 0, inlen = 0;
 	char uri[1024];
 	int generation = 0;
 	enum esc_err r;
@@ -788,10 +1163,27 @@ esc_archive_open_outer(struct esc_ctx *ctx, struct esc_store *st, struct esc_tok
 	 * (computed above), not the cert_sha256 column: a certificate moved
 	 * here from another row with all its columns is another certificate.
 	 */
-	if ((r = esc_record_parse(ctx, content, contentlen, id, truth.cert_sha256, inner, innerlen)) != ESC_OK)
+	if ((r = esc_record_parse(ctx, content, contentlen, id, truth.cert_sha256, &in, &inlen, &sh)) != ESC_OK)
 		goto out;
+	/* A caller that cannot take shares (it hands the inner layer to one KRA) is told why, not given a KEK box. */
+	if (sh != NULL && shares == NULL) {
+		r = esc_error(ctx, ESC_ERR_STATE,
+			      "record %s is recovered by %u of its %zu KRAs (record version 2), not by one: see "
+			      "docs/recovery.md, \"k of n\"",
+			      id, sh->threshold, sh->n);
+		goto out;
+	}
+	*inner = in;
+	*innerlen = inlen;
+	in = NULL; /* transferred */
+	if (shares != NULL) {
+		*shares = sh;
+		sh = NULL; /* transferred */
+	}
 	r = ESC_OK;
 out:
+	esc_record_shares_free(sh);
+	free(in);
 	esc_archive_fields_clear(&truth);
 	esc_envelope_plain_free(content, contentlen);
 	OPENSSL_free(outer);

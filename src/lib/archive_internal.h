@@ -14,17 +14,70 @@
 /* The source's name as records and audit events spell it: "import", "enroll-client", "enroll-server". */
 const char *esc_archive_source_name(enum esc_archive_source s);
 
+#define ESC_KEK_LEN 32 /* a version 2 record's KEK, and so each of its shares */
+
+/* One share of a version 2 record (docs/archival.md, "Record version 2"). */
+struct esc_record_share {
+	unsigned char kra_cert_sha256[32]; /* SHA-256 of the DER certificate of the KRA it is sealed to */
+	unsigned x;			   /* its gfshare coefficient: 1..255 */
+	unsigned char commitment[32];	   /* SHA-256 of its plaintext (esc_share_plain_encode) */
+	unsigned char *sealed;		   /* malloc'd: CMS AuthEnvelopedData of the plaintext to the KRA */
+	size_t sealedlen;
+};
+
+/* k and the n shares of a version 2 record; 2 <= threshold <= n <= 16. */
+struct esc_record_shares {
+	unsigned threshold;
+	size_t n;
+	struct esc_record_share share[16];
+};
+
+/* Free sh and its sealed shares; accepts NULL. */
+void esc_record_shares_free(struct esc_record_shares *sh);
+
 /*
  * Check the content of a record's outer layer (DER EscrowRecord, decrypted
- * with the storage key) against the row it was read from — version 1, the
- * row's id, the row's certificate hash (64 lower-case hex digits) — and
- * copy out the inner layer (the CMS envelope to the KRAs) into *inner
- * (malloc'd; the caller frees it).  Anyone holding the storage certificate
- * can seal content, so this is outside input.  Errors: TAMPERED (not one
- * DER EscrowRecord, another row's or another certificate's), NOMEM.
+ * with the storage key) against the row it was read from — version 1 or 2,
+ * the row's id, the row's certificate hash (64 lower-case hex digits) — and
+ * copy out the inner layer into *inner (malloc'd; the caller frees it):
+ * version 1, the CMS envelope to the KRAs; version 2, the CMS envelope to
+ * the record's KEK.  A version 2 record's shares go to *shares (malloc'd,
+ * esc_record_shares_free) when shares is non-NULL, which is then NULL for
+ * version 1; they are checked whether or not the caller takes them.
+ * Anyone holding the storage certificate can seal content, so this is
+ * outside input.  Errors: TAMPERED (not one DER EscrowRecord, another
+ * row's or another certificate's, a version 1 with shares or a version 2
+ * without, shares out of bounds or at one x twice), NOMEM.
  */
 enum esc_err esc_record_parse(struct esc_ctx *ctx, const unsigned char *content, size_t contentlen, const char *id,
-			      const char *cert_hash, unsigned char **inner, size_t *innerlen) ESC_MUST_CHECK;
+			      const char *cert_hash, unsigned char **inner, size_t *innerlen,
+			      struct esc_record_shares **shares) ESC_MUST_CHECK;
+
+/*
+ * The DER EscrowRecord binding id and the certificate hash (32 bytes) to
+ * inner: version 1 when sh is NULL, else version 2 carrying sh.  *out is
+ * OPENSSL_malloc'd (OPENSSL_free).  Errors: CRYPTO.
+ */
+enum esc_err esc_record_encode(struct esc_ctx *ctx, const char *id, const unsigned char cert_sha[32],
+			       const unsigned char *inner, size_t innerlen, const struct esc_record_shares *sh,
+			       unsigned char **out, int *outlen) ESC_MUST_CHECK;
+
+/*
+ * A share's plaintext: DER ShareInfo {recordId, x, threshold, share}, in
+ * secure memory (*out: OPENSSL_secure_clear_free).  Errors: CRYPTO, NOMEM.
+ */
+enum esc_err esc_share_plain_encode(struct esc_ctx *ctx, const char *id, unsigned x, unsigned k,
+				    const unsigned char *share, size_t sharelen, unsigned char **out,
+				    size_t *outlen) ESC_MUST_CHECK;
+
+/*
+ * Parse a decrypted share's plaintext and check that it is record id's
+ * share at x for threshold k; copy its ESC_KEK_LEN share bytes to share
+ * (the caller's secure memory).  Errors: TAMPERED (malformed, another
+ * record's, another x or k).
+ */
+enum esc_err esc_share_plain_parse(struct esc_ctx *ctx, const unsigned char *plain, size_t plainlen, const char *id,
+				   unsigned x, unsigned k, unsigned char share[ESC_KEK_LEN]) ESC_MUST_CHECK;
 
 /*
  * What archival derives from a certificate and stores beside it in
@@ -101,14 +154,16 @@ enum esc_err esc_archive_row_check(struct esc_ctx *ctx, const struct esc_archive
  * relabelled columns nor a certificate moved in from another row pass.
  * *inner is the DER of the inner layer (ciphertext to the KRA set;
  * malloc'ed, caller frees).  Library-internal callers only do this for an
- * approved recovery.
+ * approved recovery.  A version 2 record's shares go to *shares (NULL for
+ * version 1); with shares NULL a version 2 record is refused (STATE).
  * Errors: NOT_FOUND, TAMPERED (GCM tag, a record moved between rows, a row
  * that does not match its certificate, a certificate other than the sealed
  * one), NOT_RECIPIENT (the generation column names another key),
  * KEY_NOT_FOUND, PKCS11, NOMEM, CRYPTO, DB.
  */
 enum esc_err esc_archive_open_outer(struct esc_ctx *ctx, struct esc_store *st, struct esc_token *ca_tok, const char *id,
-				    unsigned char **inner, size_t *innerlen) ESC_MUST_CHECK;
+				    unsigned char **inner, size_t *innerlen,
+				    struct esc_record_shares **shares) ESC_MUST_CHECK;
 
 /*
  * The storage key of generation (sql/012): its RFC 7512 URI on the CA

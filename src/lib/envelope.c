@@ -444,3 +444,130 @@ esc_envelope_open_with_key(struct esc_ctx *ctx, const unsigned char *in, size_t 
 	X509_free(holder);
 	return r;
 }
+
+#define KEK_LEN 32
+#define KEYID_MAX 64
+
+enum esc_err
+esc_envelope_seal_kek(struct esc_ctx *ctx, const unsigned char *in, size_t inlen, const unsigned char *kek,
+		      const unsigned char *keyid, size_t keyidlen, unsigned char **out, size_t *outlen)
+{
+	CMS_ContentInfo *cms = NULL;
+	BIO *bin = NULL;
+	unsigned char *key = NULL, *id = NULL, *der = NULL;
+	enum esc_err r;
+	int n;
+
+	if (inlen == 0 || inlen > ESC_ENVELOPE_MAX || keyidlen == 0 || keyidlen > KEYID_MAX)
+		return esc_error(ctx, ESC_ERR_USAGE, "envelope content must be 1..%d bytes, its key id 1..%d",
+				 ESC_ENVELOPE_MAX, KEYID_MAX);
+	if ((cms = CMS_AuthEnvelopedData_create(EVP_aes_256_gcm())) == NULL || CMS_set_detached(cms, 0) != 1) {
+		r = esc_error_ossl(ctx, ESC_ERR_CRYPTO, "cannot create a CMS AuthEnvelopedData");
+		goto out;
+	}
+	/* CMS_add0_recipient_key takes both buffers (it frees the key with OPENSSL_clear_free). */
+	if ((key = OPENSSL_secure_malloc(KEK_LEN)) == NULL || (id = OPENSSL_malloc(keyidlen)) == NULL) {
+		r = esc_error(ctx, ESC_ERR_NOMEM, "out of memory");
+		goto out;
+	}
+	memcpy(key, kek, KEK_LEN);
+	memcpy(id, keyid, keyidlen);
+	if (CMS_add0_recipient_key(cms, NID_id_aes256_wrap, key, KEK_LEN, id, keyidlen, NULL, NULL, NULL) == NULL) {
+		r = esc_error_ossl(ctx, ESC_ERR_CRYPTO, "cannot add a KEK recipient");
+		goto out;
+	}
+	key = id = NULL; /* transferred */
+	if ((bin = BIO_new_mem_buf(in, (int)inlen)) == NULL || CMS_final(cms, bin, NULL, CMS_BINARY) != 1) {
+		r = esc_error_ossl(ctx, ESC_ERR_CRYPTO, "cannot encrypt the envelope");
+		goto out;
+	}
+	if ((n = i2d_CMS_ContentInfo(cms, &der)) <= 0) {
+		r = esc_error_ossl(ctx, ESC_ERR_CRYPTO, "cannot encode the envelope");
+		goto out;
+	}
+	if ((*out = malloc((size_t)n)) == NULL) {
+		r = esc_error(ctx, ESC_ERR_NOMEM, "out of memory");
+		goto out;
+	}
+	memcpy(*out, der, (size_t)n);
+	*outlen = (size_t)n;
+	r = ESC_OK;
+out:
+	if (key != NULL)
+		OPENSSL_secure_clear_free(key, KEK_LEN);
+	OPENSSL_free(id);
+	OPENSSL_free(der);
+	BIO_free(bin);
+	CMS_ContentInfo_free(cms);
+	return r;
+}
+
+enum esc_err
+esc_envelope_open_kek(struct esc_ctx *ctx, const unsigned char *in, size_t inlen, const unsigned char *kek,
+		      const unsigned char *keyid, size_t keyidlen, unsigned char **out, size_t *outlen)
+{
+	CMS_ContentInfo *cms = NULL;
+	STACK_OF(CMS_RecipientInfo) *ris;
+	CMS_RecipientInfo *ri;
+	X509_ALGOR *alg = NULL;
+	ASN1_OCTET_STRING *id = NULL;
+	const ASN1_OBJECT *obj;
+	BIO *bout = NULL;
+	BUF_MEM *mem = NULL;
+	unsigned char *plain = NULL;
+	enum esc_err r;
+
+	if (keyidlen == 0 || keyidlen > KEYID_MAX)
+		return esc_error(ctx, ESC_ERR_USAGE, "a key id is 1..%d bytes", KEYID_MAX);
+	if ((r = parse(ctx, in, inlen, &cms)) != ESC_OK)
+		return r;
+	ris = CMS_get0_RecipientInfos(cms);
+	if (sk_CMS_RecipientInfo_num(ris) != 1 ||
+	    CMS_RecipientInfo_type(ri = sk_CMS_RecipientInfo_value(ris, 0)) != CMS_RECIPINFO_KEK ||
+	    CMS_RecipientInfo_kekri_get0_id(ri, &alg, &id, NULL, NULL, NULL) != 1 || alg == NULL) {
+		r = esc_error(ctx, ESC_ERR_BAD_INPUT, "the envelope is not addressed to one KEK");
+		goto out;
+	}
+	/* Checked before any unwrapping: AES key wrap with padding is CVE-2026-63072's path (see kari_wrap_ok). */
+	X509_ALGOR_get0(&obj, NULL, NULL, alg);
+	if (OBJ_obj2nid(obj) != NID_id_aes256_wrap) {
+		r = esc_error(ctx, ESC_ERR_BAD_INPUT, "the envelope's KEK wraps with other than id-aes256-wrap");
+		goto out;
+	}
+	if (CMS_RecipientInfo_kekri_id_cmp(ri, keyid, keyidlen) != 0) {
+		r = esc_error(ctx, ESC_ERR_NOT_RECIPIENT, "the envelope is addressed to another KEK");
+		goto out;
+	}
+	if (CMS_RecipientInfo_set0_key(ri, (unsigned char *)kek, KEK_LEN) != 1 ||
+	    CMS_RecipientInfo_decrypt(cms, ri) != 1) {
+		(void)CMS_RecipientInfo_set0_key(ri, NULL, 0); /* borrowed: never freed by the envelope */
+		r = esc_error_ossl(ctx, ESC_ERR_TAMPERED, "the KEK does not unwrap the envelope's key: a wrong KEK");
+		goto out;
+	}
+	(void)CMS_RecipientInfo_set0_key(ri, NULL, 0);
+	if ((bout = BIO_new(BIO_s_secmem())) == NULL) {
+		r = esc_error(ctx, ESC_ERR_NOMEM, "out of memory");
+		goto out;
+	}
+	/* The content key is set; CMS_decrypt with no key and no certificate uses it. */
+	if (CMS_decrypt(cms, NULL, NULL, NULL, bout, CMS_BINARY) != 1) {
+		r = esc_error_ossl(
+			ctx, ESC_ERR_TAMPERED,
+			"the envelope failed its integrity check (AES-GCM tag): it was altered or corrupted");
+		goto out;
+	}
+	BIO_get_mem_ptr(bout, &mem);
+	if (mem == NULL || mem->length == 0 || mem->length > ESC_ENVELOPE_MAX ||
+	    (plain = OPENSSL_secure_malloc(mem->length)) == NULL) {
+		r = esc_error(ctx, ESC_ERR_BAD_INPUT, "the envelope's content is empty or too large");
+		goto out;
+	}
+	memcpy(plain, mem->data, mem->length);
+	*out = plain;
+	*outlen = mem->length;
+	r = ESC_OK;
+out:
+	BIO_free(bout);
+	CMS_ContentInfo_free(cms);
+	return r;
+}

@@ -681,7 +681,7 @@ release_impl(struct esc_ctx *ctx, struct esc_store *st, struct esc_token *ca_tok
 		r = esc_error(ctx, ESC_ERR_BAD_INPUT, "the KRA's stored certificate is unreadable");
 		goto out;
 	}
-	if ((r = esc_archive_open_outer(ctx, st, ca_tok, rid, &inner, &innerlen)) != ESC_OK ||
+	if ((r = esc_archive_open_outer(ctx, st, ca_tok, rid, &inner, &innerlen, NULL)) != ESC_OK ||
 	    (r = esc_envelope_has_recipient(ctx, inner, innerlen, kra_cert, &yes)) != ESC_OK)
 		goto out;
 	if (!yes) {

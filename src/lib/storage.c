@@ -606,7 +606,8 @@ reseal_row(struct reseal *rs, PGresult *res, int i, struct esc_reseal_skip *skip
 		goto out;
 	}
 	if ((r = esc_envelope_open(ctx, outer, (size_t)outerlen, k->pkey, k->cert, &content, &contentlen)) != ESC_OK ||
-	    (r = esc_record_parse(ctx, content, contentlen, row.id, truth.cert_sha256, &inner, &innerlen)) != ESC_OK)
+	    (r = esc_record_parse(ctx, content, contentlen, row.id, truth.cert_sha256, &inner, &innerlen, NULL)) !=
+		    ESC_OK)
 		goto out;
 	/* The same EscrowRecord, byte for byte, to the current key: id and certificate stay bound. */
 	if ((r = esc_envelope_seal(ctx, content, contentlen, &rs->current, NULL, 1, &sealed, &sealedlen)) != ESC_OK)

@@ -31,7 +31,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
 	if (esc_ctx_new(&ctx) != ESC_OK)
 		abort();
-	r = esc_record_parse(ctx, data, size, ROW_ID, ROW_HASH, &inner, &innerlen);
+	r = esc_record_parse(ctx, data, size, ROW_ID, ROW_HASH, &inner, &innerlen, NULL);
 	/* Content that is not this row's record is tampering, never anything else (NOMEM aside). */
 	FUZZ_CHECK(r == ESC_OK || r == ESC_ERR_TAMPERED);
 	FUZZ_CHECK(r == ESC_OK || esc_ctx_errmsg(ctx)[0] != '\0');
