@@ -453,6 +453,7 @@ esc_envelope_seal_kek(struct esc_ctx *ctx, const unsigned char *in, size_t inlen
 		      const unsigned char *keyid, size_t keyidlen, unsigned char **out, size_t *outlen)
 {
 	CMS_ContentInfo *cms = NULL;
+	CMS_RecipientInfo *ri = NULL;
 	BIO *bin = NULL;
 	unsigned char *key = NULL, *id = NULL, *der = NULL;
 	enum esc_err r;
@@ -465,18 +466,23 @@ esc_envelope_seal_kek(struct esc_ctx *ctx, const unsigned char *in, size_t inlen
 		r = esc_error_ossl(ctx, ESC_ERR_CRYPTO, "cannot create a CMS AuthEnvelopedData");
 		goto out;
 	}
-	/* CMS_add0_recipient_key takes both buffers (it frees the key with OPENSSL_clear_free). */
+	/*
+	 * CMS_add0_recipient_key takes both buffers and would free the key with
+	 * OPENSSL_clear_free, not from the secure heap: the key is lent, and
+	 * taken back (set0_key NULL) before the envelope is freed.
+	 */
 	if ((key = OPENSSL_secure_malloc(KEK_LEN)) == NULL || (id = OPENSSL_malloc(keyidlen)) == NULL) {
 		r = esc_error(ctx, ESC_ERR_NOMEM, "out of memory");
 		goto out;
 	}
 	memcpy(key, kek, KEK_LEN);
 	memcpy(id, keyid, keyidlen);
-	if (CMS_add0_recipient_key(cms, NID_id_aes256_wrap, key, KEK_LEN, id, keyidlen, NULL, NULL, NULL) == NULL) {
+	if ((ri = CMS_add0_recipient_key(cms, NID_id_aes256_wrap, key, KEK_LEN, id, keyidlen, NULL, NULL, NULL)) ==
+	    NULL) {
 		r = esc_error_ossl(ctx, ESC_ERR_CRYPTO, "cannot add a KEK recipient");
 		goto out;
 	}
-	key = id = NULL; /* transferred */
+	id = NULL; /* transferred; key only lent */
 	if ((bin = BIO_new_mem_buf(in, (int)inlen)) == NULL || CMS_final(cms, bin, NULL, CMS_BINARY) != 1) {
 		r = esc_error_ossl(ctx, ESC_ERR_CRYPTO, "cannot encrypt the envelope");
 		goto out;
@@ -493,6 +499,8 @@ esc_envelope_seal_kek(struct esc_ctx *ctx, const unsigned char *in, size_t inlen
 	*outlen = (size_t)n;
 	r = ESC_OK;
 out:
+	if (ri != NULL)
+		(void)CMS_RecipientInfo_set0_key(ri, NULL, 0);
 	if (key != NULL)
 		OPENSSL_secure_clear_free(key, KEK_LEN);
 	OPENSSL_free(id);
