@@ -15,5 +15,41 @@ ALTER TABLE policy ADD CONSTRAINT policy_kra_threshold_check CHECK (
     key <> 'kra_threshold' OR value ~ '^([1-9]|1[0-6])$');
 INSERT INTO policy (key, value) VALUES ('kra_threshold', '1');
 
--- The service's database role reads policy with the table-wide privilege
--- of 006 and never changes it: nothing new to grant.
+-- ---- k-of-n recovery (docs/recovery.md, "k of n"): the shares of a
+-- released version 2 record, one row per KRA of its set.  Release copies
+-- each KRA's sealed share out of the record (ciphertext to that KRA's card);
+-- a contributing KRA opens its own on its card and stores it re-sealed to
+-- the completing KRA (the one the request names).  The service never holds
+-- a share in clear.  Rows live only while the request is released: they are
+-- deleted when it completes, ends or expires.
+CREATE TABLE recovery_shares (
+    request_id      bigint NOT NULL REFERENCES recovery_requests (id),
+    kra_id          bigint NOT NULL REFERENCES kras (id),
+    x               integer NOT NULL CHECK (x BETWEEN 1 AND 255),
+    threshold       integer NOT NULL CHECK (threshold BETWEEN 2 AND 16),
+    commitment      bytea NOT NULL CHECK (length(commitment) = 32),
+    sealed          bytea NOT NULL,          -- the share sealed to kra_id's card, from the record
+    contributed     bytea,                   -- the share re-sealed to the request's KRA by kra_id
+    contributed_by  bigint REFERENCES accounts (id),
+    contributed_at  timestamptz,
+    PRIMARY KEY (request_id, kra_id),
+    UNIQUE (request_id, x),
+    CHECK ((contributed IS NULL) = (contributed_by IS NULL) AND (contributed IS NULL) = (contributed_at IS NULL))
+);
+
+-- ---- The service's role: policy as before (read only, 006's grant);
+-- recovery_shares written at release, contribution and completion.  As in
+-- 012, the earlier function is kept under another name and called first.
+ALTER FUNCTION p11escrow_grant_service(text) RENAME TO p11escrow_grant_service_prev_013;
+
+CREATE FUNCTION p11escrow_grant_service(service text) RETURNS void
+    LANGUAGE plpgsql SET search_path = public, pg_catalog AS $$
+BEGIN
+    PERFORM p11escrow_grant_service_prev_013(service);
+    EXECUTE format('GRANT SELECT, INSERT, DELETE ON recovery_shares TO %I', service);
+    EXECUTE format('GRANT UPDATE (contributed, contributed_by, contributed_at) ON recovery_shares TO %I', service);
+END $$;
+REVOKE ALL ON FUNCTION p11escrow_grant_service(text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION p11escrow_grant_service_prev_013(text) FROM PUBLIC;
+
+SELECT p11escrow_regrant_services();

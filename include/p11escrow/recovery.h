@@ -290,6 +290,21 @@ enum esc_err esc_recovery_output_undo(struct esc_ctx *ctx, struct esc_recovery_o
 void esc_recovery_output_free(struct esc_recovery_output *o);
 
 /*
+ * k of n (record version 2, docs/recovery.md "k of n"): actor, a KRA
+ * account whose KRA holds a share of the released request id's record and
+ * is not the request's KRA (who completes), opens that share on its card
+ * (logged in), checks it against the record's commitment and its binding,
+ * re-seals it to the request's KRA and stores that.  *have and *need
+ * (either may be NULL): the shares the completer can now open, and k.
+ * Errors: DENIED (not a KRA account, KRA retired or revoked), STATE (no
+ * share of this KRA, not released, the completer's own, already
+ * contributed: a KRA counts once), KEY_NOT_FOUND (another card), TAMPERED
+ * (commitment or binding fails, GCM), BAD_INPUT, PKCS11, CRYPTO, DB.
+ */
+enum esc_err esc_recovery_contribute(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor,
+				     long long id, struct esc_token *card, int *have, int *need) ESC_MUST_CHECK;
+
+/*
  * esc_recovery_complete, delivering to out instead of a PKCS#12: the same
  * checks, then (for a token, before the card decrypts anything) whether the
  * target can take the key (esc_token_import_check), then the key is written

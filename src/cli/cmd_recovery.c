@@ -41,6 +41,9 @@ help(void)
 	       "  approve ID                      approve another manager's request (certificate manager)\n"
 	       "  release ID                      strip the storage layer on the CA token and release the\n"
 	       "                                  package to the request's KRA (needs the CA token PIN)\n"
+	       "  contribute ID --token URI      k of n (record version 2): open this KRA's share on its card\n"
+	       "                                  and re-seal it to the request's KRA, who completes (KRA\n"
+	       "                                  account; each of k - 1 other KRAs of the record's set)\n"
 	       "  complete ID --token URI (--out FILE | --to-token URI | --to-cert FILE --out FILE)\n"
 	       "                                  decrypt on the KRA card, check the key against its\n"
 	       "                                  certificate and deliver it, one way only (KRA account):\n"
@@ -471,6 +474,29 @@ cleanup:
 	return rc;
 }
 
+/* k of n: this KRA's share, opened on its card, re-sealed to the request's KRA (docs/recovery.md). */
+static int
+do_contribute(struct esc_ctx *ctx, struct esc_config *cfg, struct esc_store *st, const struct esc_account *a,
+	      const struct opts *o)
+{
+	struct esc_token *card = NULL;
+	struct esc_secret *pin = NULL;
+	int have = 0, need = 0, rc = 0;
+	enum esc_err r;
+
+	if ((r = esc_token_open(ctx, esc_config_get(cfg, "module"), o->token, &card)) != ESC_OK ||
+	    (r = esc_secret_obtain(ctx, o->kra_pin_file, "P11ESCROW_KRA_PIN", "KRA card PIN: ", &pin)) != ESC_OK ||
+	    (r = esc_token_login(ctx, card, pin)) != ESC_OK ||
+	    (r = esc_recovery_contribute(ctx, st, a, o->id, card, &have, &need)) != ESC_OK)
+		rc = cli_fail(CMD, ctx, r);
+	else
+		printf("request %lld: share contributed, re-sealed to the request's KRA; %d of %d share(s) in%s\n",
+		       o->id, have, need, have >= need ? ": it can complete" : "");
+	esc_secret_free(pin);
+	esc_token_free(card);
+	return rc;
+}
+
 static int
 do_release(struct esc_ctx *ctx, struct esc_config *cfg, struct esc_store *st, const struct opts *o)
 {
@@ -858,12 +884,12 @@ recovery_main(int argc, char *argv[])
 		}
 	}
 	if (optind >= argc)
-		return cli_usage_error(CMD, "expected an action: search, request, approve, release, complete, deny, "
-					    "cancel, expire or list");
+		return cli_usage_error(CMD, "expected an action: search, request, approve, release, contribute, "
+					    "complete, deny, cancel, expire or list");
 	action = argv[optind++];
 	ends = strcmp(action, "deny") == 0 || strcmp(action, "cancel") == 0;
 	needs_id = strcmp(action, "approve") == 0 || strcmp(action, "release") == 0 ||
-		   strcmp(action, "complete") == 0 || ends;
+		   strcmp(action, "complete") == 0 || strcmp(action, "contribute") == 0 || ends;
 	if (!needs_id && strcmp(action, "search") != 0 && strcmp(action, "request") != 0 &&
 	    strcmp(action, "list") != 0 && strcmp(action, "expire") != 0)
 		return cli_usage_error(CMD, "unknown action '%s'", action);
@@ -884,6 +910,10 @@ recovery_main(int argc, char *argv[])
 		return cli_usage_error(CMD, "%s needs --reason TEXT", action);
 	if ((rc = check_complete_options(&o, action)) != 0)
 		return rc;
+	if (strcmp(action, "contribute") == 0 && o.token == NULL)
+		return cli_usage_error(CMD, "contribute needs --token URI (the KRA card)");
+	if (strcmp(action, "contribute") == 0 && o.server != NULL)
+		return cli_usage_error(CMD, "contribute runs on the service host (without --server), for now");
 	if (strcmp(action, "expire") == 0 && o.server != NULL)
 		return cli_usage_error(CMD,
 				       "the service expires released packages itself: expire runs without --server");
@@ -927,6 +957,8 @@ recovery_main(int argc, char *argv[])
 			printf("request %lld approved by %s\n", o.id, esc_account_name(a));
 	} else if (strcmp(action, "complete") == 0)
 		rc = do_complete(ctx, cfg, st, a, NULL, &o);
+	else if (strcmp(action, "contribute") == 0)
+		rc = do_contribute(ctx, cfg, st, a, &o);
 	else if (ends) {
 		int deny = strcmp(action, "deny") == 0;
 

@@ -26,6 +26,7 @@
 
 #include "archive_internal.h"
 #include "internal.h"
+#include "shamir_internal.h"
 #include "store_internal.h"
 
 #define P12_ITER 600000 /* PBKDF2 iterations protecting the recovered key */
@@ -630,11 +631,92 @@ out:
 	return r;
 }
 
+/*
+ * Release of a version 2 record: one recovery_shares row per share, each
+ * matched by its KRA certificate's hash to a KRA of the record's set (a
+ * share for a KRA outside the set is tampering), still sealed to that
+ * KRA's card.  The request's KRA, who completes, must hold one of them.
+ */
+static enum esc_err
+release_shares(struct esc_ctx *ctx, struct esc_store *st, long long id, const char *rid, X509 *completer,
+	       const struct esc_record_shares *sh)
+{
+	PGresult *res = NULL;
+	unsigned char md[32];
+	unsigned int mdlen = 0;
+	char sid[24], kid[24], x[8], k[8];
+	const char *v[6];
+	int len[6] = {0}, fmt[6] = {0, 0, 0, 0, 1, 1}, rows, j, mine = 0;
+	size_t i;
+	enum esc_err r;
+
+	v[0] = rid;
+	if ((r = esc_store_exec(ctx, st,
+				"SELECT k.id, k.certificate FROM archive_record_kras x JOIN kras k ON k.id = x.kra_id "
+				"WHERE x.record_id::text = $1",
+				1, v, NULL, NULL, &res)) != ESC_OK)
+		return r;
+	rows = PQntuples(res);
+	if (!X509_digest(completer, EVP_sha256(), md, &mdlen)) {
+		r = esc_error_ossl(ctx, ESC_ERR_CRYPTO, "cannot hash the KRA certificate");
+		goto out;
+	}
+	snprintf(sid, sizeof(sid), "%lld", id);
+	snprintf(k, sizeof(k), "%u", sh->threshold);
+	for (i = 0; i < sh->n; i++) {
+		const struct esc_record_share *e = &sh->share[i];
+
+		kid[0] = '\0';
+		for (j = 0; j < rows && kid[0] == '\0'; j++) {
+			X509 *c = esc_store_cert_cached(st, PQgetvalue(res, j, 1));
+			unsigned char cmd[32];
+			unsigned int cl = 0;
+
+			if (c != NULL && X509_digest(c, EVP_sha256(), cmd, &cl) &&
+			    memcmp(cmd, e->kra_cert_sha256, 32) == 0)
+				copy(kid, sizeof(kid), PQgetvalue(res, j, 0));
+			X509_free(c);
+		}
+		if (kid[0] == '\0') {
+			r = esc_error(ctx, ESC_ERR_TAMPERED,
+				      "record %s has a share (x = %u) for a KRA outside its KRA set: tampering", rid,
+				      e->x);
+			goto out;
+		}
+		mine += memcmp(md, e->kra_cert_sha256, 32) == 0;
+		snprintf(x, sizeof(x), "%u", e->x);
+		v[0] = sid;
+		v[1] = kid;
+		v[2] = x;
+		v[3] = k;
+		v[4] = (const char *)e->commitment;
+		len[4] = 32;
+		v[5] = (const char *)e->sealed;
+		len[5] = (int)e->sealedlen;
+		if ((r = esc_store_exec(
+			     ctx, st,
+			     "INSERT INTO recovery_shares (request_id, kra_id, x, threshold, commitment, sealed) "
+			     "VALUES ($1, $2, $3, $4, $5, $6)",
+			     6, v, len, fmt, NULL)) != ESC_OK)
+			goto out;
+	}
+	if (mine != 1) {
+		r = esc_error(ctx, ESC_ERR_TAMPERED, "record %s holds %s share for the request's KRA: tampering", rid,
+			      mine ? "more than one" : "no");
+		goto out;
+	}
+	r = ESC_OK;
+out:
+	PQclear(res);
+	return r;
+}
+
 static enum esc_err
 release_impl(struct esc_ctx *ctx, struct esc_store *st, struct esc_token *ca_tok, long long id)
 {
 	PGresult *res = NULL;
 	X509 *kra_cert = NULL;
+	struct esc_record_shares *shares = NULL;
 	unsigned char *inner = NULL, *pkg = NULL;
 	size_t innerlen = 0, pkglen = 0;
 	char sid[24], rid[ESC_RECORD_ID_LEN + 1], kra_name[65];
@@ -681,8 +763,18 @@ release_impl(struct esc_ctx *ctx, struct esc_store *st, struct esc_token *ca_tok
 		r = esc_error(ctx, ESC_ERR_BAD_INPUT, "the KRA's stored certificate is unreadable");
 		goto out;
 	}
-	if ((r = esc_archive_open_outer(ctx, st, ca_tok, rid, &inner, &innerlen, NULL)) != ESC_OK ||
-	    (r = esc_envelope_has_recipient(ctx, inner, innerlen, kra_cert, &yes)) != ESC_OK)
+	if ((r = esc_archive_open_outer(ctx, st, ca_tok, rid, &inner, &innerlen, &shares)) != ESC_OK)
+		goto out;
+	if (shares != NULL) {
+		/* k of n: the KEK's envelope as the package, every KRA's sealed share beside it. */
+		if ((r = release_shares(ctx, st, id, rid, kra_cert, shares)) != ESC_OK)
+			goto out;
+		pkg = inner;
+		pkglen = innerlen;
+		inner = NULL; /* moved */
+		goto store;
+	}
+	if ((r = esc_envelope_has_recipient(ctx, inner, innerlen, kra_cert, &yes)) != ESC_OK)
 		goto out;
 	if (!yes) {
 		r = esc_error(ctx, ESC_ERR_TAMPERED, "record %s is not wrapped to the request's KRA", rid);
@@ -695,6 +787,7 @@ release_impl(struct esc_ctx *ctx, struct esc_store *st, struct esc_token *ca_tok
 	 */
 	if ((r = esc_envelope_keep_recipient(ctx, inner, innerlen, kra_cert, &pkg, &pkglen)) != ESC_OK)
 		goto out;
+store:
 	v[1] = (const char *)pkg;
 	len[1] = (int)pkglen;
 	if ((r = esc_store_exec(ctx, st,
@@ -706,8 +799,13 @@ release_impl(struct esc_ctx *ctx, struct esc_store *st, struct esc_token *ca_tok
 		char obj[48], details[192];
 
 		snprintf(obj, sizeof(obj), "request %lld", id);
-		snprintf(details, sizeof(details), "record %s released to KRA '%s' (its recipient only)", rid,
-			 kra_name);
+		if (shares != NULL)
+			snprintf(details, sizeof(details),
+				 "record %s released for KRA '%s' to complete with %u of its %zu KRAs' shares", rid,
+				 kra_name, shares->threshold, shares->n);
+		else
+			snprintf(details, sizeof(details), "record %s released to KRA '%s' (its recipient only)", rid,
+				 kra_name);
 		if ((r = audit_ok(ctx, st, NULL, "ca-token", "recovery.release", obj, details)) != ESC_OK ||
 		    (r = esc_store_commit(ctx, st)) != ESC_OK)
 			goto out;
@@ -715,6 +813,7 @@ release_impl(struct esc_ctx *ctx, struct esc_store *st, struct esc_token *ca_tok
 	r = ESC_OK;
 out:
 	esc_store_rollback(st);
+	esc_record_shares_free(shares);
 	free(inner);
 	free(pkg);
 	X509_free(kra_cert);
@@ -790,13 +889,27 @@ struct esc_recovery_package {
 	X509 *kra_cert; /* the request's KRA */
 	char kra_name[65];
 	char key_uri[512];
+	/* Version 2 (k of n): the completer's own share and those contributed, all sealed to its card. */
+	char record_id[ESC_RECORD_ID_LEN + 1];
+	unsigned threshold; /* 0: version 1 */
+	size_t nshares;
+	struct {
+		unsigned x;
+		unsigned char commitment[32];
+		unsigned char *sealed;
+		size_t sealedlen;
+	} share[ESC_SHAMIR_MAX_SHARES];
 };
 
 void
 esc_recovery_package_free(struct esc_recovery_package *p)
 {
+	size_t i;
+
 	if (p == NULL)
 		return;
+	for (i = 0; i < p->nshares; i++)
+		OPENSSL_free(p->share[i].sealed);
 	OPENSSL_free(p->der);
 	X509_free(p->cert);
 	X509_free(p->kra_cert);
@@ -904,6 +1017,75 @@ out:
 }
 
 /*
+ * A released version 2 request's shares that its KRA can open: its own
+ * (sealed to its card by archival) and those contributed (re-sealed to it).
+ * None: a version 1 request.  Fewer than k: refused, saying how many are in.
+ */
+static enum esc_err
+load_shares(struct esc_ctx *ctx, struct esc_store *st, struct esc_recovery_package *p)
+{
+	PGresult *res = NULL;
+	char sid[24];
+	const char *v[1] = {sid};
+	int i, rows, total;
+	long len = 0;
+	enum esc_err r;
+
+	snprintf(sid, sizeof(sid), "%lld", p->id);
+	if ((r = esc_store_exec(ctx, st,
+				"SELECT s.x, s.threshold, encode(s.commitment, 'hex'), encode(coalesce(s.contributed, "
+				"s.sealed), 'hex'), s.kra_id = r.kra_id OR s.contributed IS NOT NULL, (SELECT count(*) "
+				"FROM recovery_shares t WHERE t.request_id = r.id) FROM recovery_shares s JOIN "
+				"recovery_requests r ON r.id = s.request_id WHERE s.request_id = $1 ORDER BY s.x",
+				1, v, NULL, NULL, &res)) != ESC_OK)
+		return r;
+	rows = PQntuples(res);
+	if (rows == 0) {
+		r = ESC_OK;
+		goto out;
+	}
+	total = atoi(PQgetvalue(res, 0, 5));
+	p->threshold = (unsigned)atoi(PQgetvalue(res, 0, 1));
+	if (p->threshold < 2 || p->threshold > ESC_SHAMIR_MAX_SHARES || rows > ESC_SHAMIR_MAX_SHARES) {
+		r = esc_error(ctx, ESC_ERR_TAMPERED, "request %lld's shares are malformed: tampering", p->id);
+		goto out;
+	}
+	for (i = 0; i < rows; i++) {
+		unsigned char *c;
+
+		if (strcmp(PQgetvalue(res, i, 4), "t") != 0)
+			continue;
+		p->share[p->nshares].x = (unsigned)atoi(PQgetvalue(res, i, 0));
+		if ((c = OPENSSL_hexstr2buf(PQgetvalue(res, i, 2), &len)) == NULL || len != 32) {
+			OPENSSL_free(c);
+			r = esc_error(ctx, ESC_ERR_BAD_INPUT, "request %lld's stored shares are unreadable", p->id);
+			goto out;
+		}
+		memcpy(p->share[p->nshares].commitment, c, 32);
+		OPENSSL_free(c);
+		if ((p->share[p->nshares].sealed = OPENSSL_hexstr2buf(PQgetvalue(res, i, 3), &len)) == NULL ||
+		    len <= 0) {
+			r = esc_error(ctx, ESC_ERR_BAD_INPUT, "request %lld's stored shares are unreadable", p->id);
+			goto out;
+		}
+		p->share[p->nshares++].sealedlen = (size_t)len;
+	}
+	if (p->nshares < p->threshold) {
+		r = esc_error(ctx, ESC_ERR_STATE,
+			      "request %lld has %zu of the %u shares it needs (its KRA's own included; %d KRAs hold "
+			      "one): %zu more KRA(s) of the record's set must run 'p11escrow recovery contribute "
+			      "%lld' first",
+			      p->id, p->nshares, p->threshold, total, p->threshold - p->nshares, p->id);
+		goto out;
+	}
+	r = ESC_OK;
+out:
+	ERR_clear_error();
+	PQclear(res);
+	return r;
+}
+
+/*
  * Request id with every check completion makes: actor is the KRA account the
  * request names, that KRA is active with an unexpired certificate, the
  * request is released.  lock: inside the caller's transaction, lock the row.
@@ -986,6 +1168,9 @@ load_released(struct esc_ctx *ctx, struct esc_store *st, const struct esc_accoun
 	p->id = id;
 	copy(p->kra_name, sizeof(p->kra_name), PQgetvalue(res, 0, 6));
 	copy(p->key_uri, sizeof(p->key_uri), PQgetvalue(res, 0, 5));
+	copy(p->record_id, sizeof(p->record_id), row.id);
+	if ((r = load_shares(ctx, st, p)) != ESC_OK)
+		goto out;
 	*out = p;
 	p = NULL; /* transferred */
 	r = ESC_OK;
@@ -1358,6 +1543,71 @@ delivered_words(enum esc_recovery_form form, const char *destination, char *buf,
 	snprintf(buf, len, "as PKCS#12");
 }
 
+/*
+ * k of n, on the completer's card: open each share (its own and those
+ * contributed, all sealed to this card), check it against its commitment
+ * and its binding (this record, its x, k) before anything is combined,
+ * combine k of them into the KEK and open the inner layer with it.  Shares
+ * and KEK live in secure memory only, wiped on every path.
+ */
+static enum esc_err
+open_shares(struct esc_ctx *ctx, const struct esc_recovery_package *pkg, EVP_PKEY *cardkey, unsigned char **p8,
+	    size_t *p8len)
+{
+	unsigned char *buf = NULL, *kek = NULL, *plain = NULL, *shares[ESC_SHAMIR_MAX_SHARES],
+		      xs[ESC_SHAMIR_MAX_SHARES], md[32];
+	size_t i, plainlen = 0, n = pkg->threshold;
+	unsigned int mdlen = 0;
+	enum esc_err r;
+
+	if ((buf = OPENSSL_secure_zalloc(n * ESC_KEK_LEN)) == NULL ||
+	    (kek = OPENSSL_secure_zalloc(ESC_KEK_LEN)) == NULL) {
+		r = esc_error(ctx, ESC_ERR_NOMEM, "out of memory");
+		goto out;
+	}
+	for (i = 0; i < n; i++) {
+		if ((r = esc_envelope_open(ctx, pkg->share[i].sealed, pkg->share[i].sealedlen, cardkey, pkg->kra_cert,
+					   &plain, &plainlen)) != ESC_OK) {
+			char why[256];
+
+			snprintf(why, sizeof(why), "%s", esc_ctx_errmsg(ctx));
+			r = esc_error(ctx, r, "share x = %u of request %lld does not open on this card: %s",
+				      pkg->share[i].x, pkg->id, why);
+			goto out;
+		}
+		if (!EVP_Digest(plain, plainlen, md, &mdlen, EVP_sha256(), NULL)) {
+			r = esc_error_ossl(ctx, ESC_ERR_CRYPTO, "cannot hash a share");
+			goto out;
+		}
+		if (CRYPTO_memcmp(md, pkg->share[i].commitment, 32) != 0) {
+			r = esc_error(ctx, ESC_ERR_TAMPERED,
+				      "share x = %u of request %lld does not match the record's commitment: damaged or "
+				      "swapped; nothing combined",
+				      pkg->share[i].x, pkg->id);
+			goto out;
+		}
+		shares[i] = buf + i * ESC_KEK_LEN;
+		xs[i] = (unsigned char)pkg->share[i].x;
+		if ((r = esc_share_plain_parse(ctx, plain, plainlen, pkg->record_id, pkg->share[i].x, pkg->threshold,
+					       shares[i])) != ESC_OK)
+			goto out;
+		esc_envelope_plain_free(plain, plainlen);
+		plain = NULL;
+	}
+	if ((r = esc_shamir_combine(ctx, xs, shares, (unsigned)n, ESC_KEK_LEN, kek)) != ESC_OK ||
+	    (r = esc_envelope_open_kek(ctx, pkg->der, pkg->derlen, kek, (const unsigned char *)pkg->record_id,
+				       strlen(pkg->record_id), p8, p8len)) != ESC_OK)
+		goto out;
+	r = ESC_OK;
+out:
+	esc_envelope_plain_free(plain, plainlen);
+	if (buf != NULL)
+		OPENSSL_secure_clear_free(buf, n * ESC_KEK_LEN);
+	if (kek != NULL)
+		OPENSSL_secure_clear_free(kek, ESC_KEK_LEN);
+	return r;
+}
+
 enum esc_err
 esc_recovery_open_package_to(struct esc_ctx *ctx, const struct esc_recovery_package *pkg, struct esc_token *card,
 			     struct esc_recovery_output *o)
@@ -1390,8 +1640,13 @@ esc_recovery_open_package_to(struct esc_ctx *ctx, const struct esc_recovery_pack
 				      esc_token_label(card), pkg->kra_name);
 		goto out;
 	}
-	if ((r = esc_token_key_private(ctx, card, key, &cardkey)) != ESC_OK ||
-	    (r = esc_envelope_open(ctx, pkg->der, pkg->derlen, cardkey, pkg->kra_cert, &p8, &p8len)) != ESC_OK)
+	if ((r = esc_token_key_private(ctx, card, key, &cardkey)) != ESC_OK)
+		goto out;
+	if (pkg->threshold > 1)
+		r = open_shares(ctx, pkg, cardkey, &p8, &p8len);
+	else
+		r = esc_envelope_open(ctx, pkg->der, pkg->derlen, cardkey, pkg->kra_cert, &p8, &p8len);
+	if (r != ESC_OK)
 		goto out;
 	p = p8;
 	if ((p8inf = d2i_PKCS8_PRIV_KEY_INFO(NULL, &p, (long)p8len)) == NULL ||
@@ -1461,7 +1716,9 @@ complete_impl(struct esc_ctx *ctx, struct esc_store *st, const struct esc_accoun
 		     ctx, st,
 		     "UPDATE recovery_requests SET state = 'completed', package = NULL, completed_at = now() "
 		     "WHERE id = $1 AND state = 'released'",
-		     1, v, NULL, NULL, NULL)) != ESC_OK)
+		     1, v, NULL, NULL, NULL)) != ESC_OK ||
+	    (r = esc_store_exec(ctx, st, "DELETE FROM recovery_shares WHERE request_id = $1", 1, v, NULL, NULL,
+				NULL)) != ESC_OK)
 		goto out;
 	{
 		char obj[48], words[DESTINATION_MAX + 96], details[DESTINATION_MAX + 256];
@@ -1482,6 +1739,179 @@ out:
 		undo_after_failure(ctx, o);
 	esc_recovery_package_free(pkg);
 	return r;
+}
+
+/*
+ * A contributing KRA (not the one the request names): open its own share
+ * of a released k-of-n request on its card, check it (commitment, binding
+ * to the record, its x and k), re-seal it to the request's KRA and store
+ * that.  The plaintext share exists only in secure memory, here.
+ */
+static enum esc_err
+contribute_impl(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor, long long id,
+		struct esc_token *card, int *have, int *need)
+{
+	PGresult *res = NULL;
+	struct esc_token_key *key = NULL;
+	EVP_PKEY *cardkey = NULL;
+	X509 *own = NULL, *completer = NULL;
+	unsigned char *sealed = NULL, *commit = NULL, *plain = NULL, *resealed = NULL, md[32], share[ESC_KEK_LEN];
+	size_t plainlen = 0, resealedlen = 0;
+	long sealedlen = 0, commitlen = 0;
+	unsigned int mdlen = 0;
+	enum esc_oaep_hash hash;
+	char sid[24], kid[24], aid[24], rid[ESC_RECORD_ID_LEN + 1], kra_name[65], completer_name[65];
+	const char *v[4];
+	int len[4] = {0}, fmt[4] = {0, 0, 1, 0};
+	unsigned x, k;
+	enum esc_err r;
+
+	if ((r = esc_account_require(ctx, actor, ESC_ROLE_KRA)) != ESC_OK)
+		return r;
+	snprintf(sid, sizeof(sid), "%lld", id);
+	snprintf(kid, sizeof(kid), "%lld", esc_account_kra_id(actor));
+	snprintf(aid, sizeof(aid), "%lld", esc_account_id(actor));
+	v[0] = sid;
+	v[1] = kid;
+	if ((r = esc_store_begin(ctx, st)) != ESC_OK ||
+	    (r = esc_store_exec(
+		     ctx, st,
+		     "SELECT r.state, r.kra_id = s.kra_id, s.contributed IS NOT NULL, s.x, s.threshold, "
+		     "encode(s.commitment, 'hex'), encode(s.sealed, 'hex'), " KRA_STATE_SQL ", k.certificate, "
+		     "k.key_uri, k.name, ck.certificate, ck.recipient, ck.name, r.record_id, coalesce(" OVERDUE_SQL
+		     ", false) FROM recovery_requests r JOIN recovery_shares s ON s.request_id = r.id AND s.kra_id = "
+		     "$2 JOIN kras k ON k.id = s.kra_id JOIN kras ck ON ck.id = r.kra_id WHERE r.id = $1 FOR UPDATE "
+		     "OF s",
+		     2, v, NULL, NULL, &res)) != ESC_OK)
+		goto out;
+	if (PQntuples(res) != 1) {
+		r = esc_error(ctx, ESC_ERR_STATE,
+			      "request %lld holds no share for account '%s''s KRA: it is not released, not a k-of-n "
+			      "recovery, or the record's KRA set does not include this KRA",
+			      id, esc_account_name(actor));
+		goto out;
+	}
+	copy(kra_name, sizeof(kra_name), PQgetvalue(res, 0, 10));
+	copy(completer_name, sizeof(completer_name), PQgetvalue(res, 0, 13));
+	copy(rid, sizeof(rid), PQgetvalue(res, 0, 14));
+	x = (unsigned)atoi(PQgetvalue(res, 0, 3));
+	k = (unsigned)atoi(PQgetvalue(res, 0, 4));
+	if (strcmp(PQgetvalue(res, 0, 0), "released") != 0 || strcmp(PQgetvalue(res, 0, 15), "t") == 0) {
+		r = esc_error(
+			ctx, ESC_ERR_STATE, "request %lld is %s: shares are contributed to a released request only", id,
+			strcmp(PQgetvalue(res, 0, 15), "t") == 0 ? "past its release time" : PQgetvalue(res, 0, 0));
+		goto out;
+	}
+	if (strcmp(PQgetvalue(res, 0, 1), "t") == 0) {
+		r = esc_error(ctx, ESC_ERR_STATE,
+			      "KRA '%s' completes request %lld: its own share is opened at completion, not contributed",
+			      kra_name, id);
+		goto out;
+	}
+	if (strcmp(PQgetvalue(res, 0, 2), "t") == 0) {
+		r = esc_error(ctx, ESC_ERR_STATE,
+			      "KRA '%s' has already contributed its share to request %lld: a KRA counts once", kra_name,
+			      id);
+		goto out;
+	}
+	if (strcmp(PQgetvalue(res, 0, 7), "active") != 0) {
+		r = esc_error(ctx, ESC_ERR_DENIED, "KRA '%s' is %s: it contributes nothing", kra_name,
+			      strcmp(PQgetvalue(res, 0, 7), "revoked") == 0 ? "revoked" : "retired");
+		goto out;
+	}
+	if ((own = esc_store_cert_from_text(PQgetvalue(res, 0, 8))) == NULL ||
+	    (completer = esc_store_cert_from_text(PQgetvalue(res, 0, 11))) == NULL ||
+	    (commit = OPENSSL_hexstr2buf(PQgetvalue(res, 0, 5), &commitlen)) == NULL || commitlen != 32 ||
+	    (sealed = OPENSSL_hexstr2buf(PQgetvalue(res, 0, 6), &sealedlen)) == NULL || sealedlen <= 0) {
+		r = esc_error(ctx, ESC_ERR_BAD_INPUT, "request %lld's stored share is unreadable", id);
+		goto out;
+	}
+	hash = esc_oaep_hash_of_recipient(PQgetvalue(res, 0, 12));
+	if ((r = esc_token_find_key(ctx, card, PQgetvalue(res, 0, 9), &key)) != ESC_OK) {
+		if (r == ESC_ERR_KEY_NOT_FOUND)
+			r = esc_error(ctx, ESC_ERR_KEY_NOT_FOUND, "card '%s' does not hold the key of KRA '%s'",
+				      esc_token_label(card), kra_name);
+		goto out;
+	}
+	if ((r = esc_token_key_private(ctx, card, key, &cardkey)) != ESC_OK ||
+	    (r = esc_envelope_open(ctx, sealed, (size_t)sealedlen, cardkey, own, &plain, &plainlen)) != ESC_OK)
+		goto out;
+	if (!EVP_Digest(plain, plainlen, md, &mdlen, EVP_sha256(), NULL) || CRYPTO_memcmp(md, commit, 32) != 0) {
+		r = esc_error(ctx, ESC_ERR_TAMPERED,
+			      "KRA '%s''s share of request %lld does not match the record's commitment: damaged or "
+			      "swapped; nothing contributed",
+			      kra_name, id);
+		goto out;
+	}
+	if ((r = esc_share_plain_parse(ctx, plain, plainlen, rid, x, k, share)) != ESC_OK)
+		goto out;
+	if ((r = esc_envelope_seal(ctx, plain, plainlen, &completer, &hash, 1, &resealed, &resealedlen)) != ESC_OK)
+		goto out;
+	v[2] = (const char *)resealed;
+	len[2] = (int)resealedlen;
+	v[3] = aid;
+	if ((r = esc_store_exec(ctx, st,
+				"UPDATE recovery_shares SET contributed = $3, contributed_by = $4, contributed_at = "
+				"now() WHERE request_id = $1 AND kra_id = $2 AND contributed IS NULL",
+				4, v, len, fmt, NULL)) != ESC_OK)
+		goto out;
+	PQclear(res);
+	res = NULL;
+	if ((r = esc_store_exec(ctx, st,
+				"SELECT count(*) FILTER (WHERE s.contributed IS NOT NULL OR s.kra_id = r.kra_id) FROM "
+				"recovery_shares s JOIN recovery_requests r ON r.id = s.request_id WHERE r.id = $1",
+				1, v, NULL, NULL, &res)) != ESC_OK)
+		goto out;
+	*have = atoi(PQgetvalue(res, 0, 0));
+	*need = (int)k;
+	{
+		char obj[48], details[256];
+
+		snprintf(obj, sizeof(obj), "request %lld", id);
+		snprintf(details, sizeof(details),
+			 "KRA '%s' opened its share (x = %u) on its card and re-sealed it to KRA '%s'; %d of %u in",
+			 kra_name, x, completer_name, *have, k);
+		if ((r = audit_ok(ctx, st, actor, NULL, "recovery.contribute", obj, details)) != ESC_OK ||
+		    (r = esc_store_commit(ctx, st)) != ESC_OK)
+			goto out;
+	}
+	r = ESC_OK;
+out:
+	esc_store_rollback(st);
+	OPENSSL_cleanse(share, sizeof(share));
+	esc_envelope_plain_free(plain, plainlen);
+	free(resealed);
+	OPENSSL_free(sealed);
+	OPENSSL_free(commit);
+	X509_free(own);
+	X509_free(completer);
+	EVP_PKEY_free(cardkey);
+	esc_token_key_free(key);
+	PQclear(res);
+	ERR_clear_error();
+	return r;
+}
+
+enum esc_err
+esc_recovery_contribute(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor, long long id,
+			struct esc_token *card, int *have, int *need)
+{
+	struct esc_store_retry t = {0};
+	int h = 0, n = 0;
+	enum esc_err r;
+
+	do
+		r = contribute_impl(ctx, st, actor, id, card, &h, &n);
+	while (esc_store_retry(ctx, st, &t, &r));
+	if (r != ESC_OK) {
+		audit_failed(ctx, st, actor, NULL, "recovery.contribute", id, r);
+		return r;
+	}
+	if (have != NULL)
+		*have = h;
+	if (need != NULL)
+		*need = n;
+	return ESC_OK;
 }
 
 enum esc_err
@@ -1524,6 +1954,13 @@ fetch_impl(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *
 
 	if ((r = load_released(ctx, st, actor, id, 0, &pkg)) != ESC_OK)
 		return r;
+	if (pkg->threshold > 1) {
+		esc_recovery_package_free(pkg);
+		return esc_error(ctx, ESC_ERR_STATE,
+				 "request %lld is a k-of-n recovery: it completes on the service host only "
+				 "('p11escrow recovery complete' without --server), for now",
+				 id);
+	}
 	snprintf(obj, sizeof(obj), "request %lld", id);
 	snprintf(details, sizeof(details), "package fetched by KRA '%s' (still ciphertext to its card)", pkg->kra_name);
 	/* No event, no package. */
@@ -1754,7 +2191,9 @@ end_impl(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *ac
 	if ((r = esc_store_exec(ctx, st,
 				"UPDATE recovery_requests SET state = $2, package = NULL, ended_at = now(), ended_by = "
 				"$3, end_reason = $4 WHERE id = $1",
-				4, v, NULL, NULL, NULL)) != ESC_OK)
+				4, v, NULL, NULL, NULL)) != ESC_OK ||
+	    (r = esc_store_exec(ctx, st, "DELETE FROM recovery_shares WHERE request_id = $1", 1, v, NULL, NULL,
+				NULL)) != ESC_OK)
 		goto out;
 	{
 		char obj[48], details[ESC_REASON_MAX + 128];
@@ -1822,7 +2261,11 @@ expire_impl(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account 
 				" || ' hour(s) of its release (policy release_ttl_hours)' FROM kras k WHERE k.id = "
 				"r.kra_id AND r.state = 'released' AND " OVERDUE_SQL " RETURNING r.id, k.name, "
 				"to_char(r.released_at, 'YYYY-MM-DD HH24:MI:SS'), r.end_reason",
-				1, v, NULL, NULL, &res)) != ESC_OK)
+				1, v, NULL, NULL, &res)) != ESC_OK ||
+	    (r = esc_store_exec(ctx, st,
+				"DELETE FROM recovery_shares s USING recovery_requests r WHERE r.id = s.request_id AND "
+				"r.state = 'expired'",
+				0, NULL, NULL, NULL, NULL)) != ESC_OK)
 		goto out;
 	rows = PQntuples(res);
 	for (i = 0; i < rows; i++) {

@@ -1,13 +1,15 @@
 #!/bin/bash
-# k of n KRAs (issue #14, stage 1): policy kra_threshold and its bounds,
-# records of version 2 with kra_threshold 2 / kra_set_size 3, opened with
-# stock tools as docs/archival.md shows ("Opening a version 2 record with
-# stock tools": each share on its own card, gfcombine, openssl cms
+# k of n KRAs (issue #14): policy kra_threshold and its bounds; records of
+# version 2 with kra_threshold 2 / kra_set_size 3, opened with stock tools as
+# docs/archival.md shows (each share on its own card, gfcombine, openssl cms
 # -secretkey): any 2 of the 3 KRAs get the key back byte for byte, one KRA
 # gets nothing, a damaged share and a share swapped in from another record
-# are detected before combining; p11escrow's release refuses a version 2
-# record with a clear message (service-side k-of-n recovery is the next
-# stage); k = 1 records are still version 1.
+# are detected before combining.  Then through p11escrow (local mode):
+# release stores the sealed shares, another KRA contributes its share
+# re-sealed to the completer, completion with fewer than k is refused saying
+# how many are in, the same KRA counts once, damaged and swapped shares are
+# refused before combining, 2 KRAs recover byte for byte.  k = 1 records are
+# still version 1.
 . "$(dirname "$0")/lib.sh"
 command -v gfcombine >/dev/null || skip "gfcombine (libgfshare-bin) is not installed"
 
@@ -122,14 +124,75 @@ assert_out "SHARE OF kra1 IS ANOTHER RECORD'S"
 rm -f "$T/bob-share.der"
 cp "$T/walkthrough.good" "$T/walkthrough.sh"
 
-note "p11escrow's release of a version 2 record to one KRA: refused, saying why"
-pw cm1 'cm1-password-00001' && pw kent 'kent-password-0001'
+note "through p11escrow (local): request names the completing KRA, release stores every sealed share"
+pw cm1 'cm1-password-00001'
 P11ESCROW_NEW_PASSWORD=$(cat "$T/cm1.pw") as admin 0 account add cm1 --role cert-manager
+for k in 1 2 3; do
+    pw "kra$k-acct" "kra$k-password-0001"
+    P11ESCROW_NEW_PASSWORD=$(cat "$T/kra$k-acct.pw") as admin 0 account add "kra$k-acct" --role kra --kra "kra$k"
+done
 as cm1 0 recovery request --record "$ALICE" --reason "lost laptop" --kra kra1
 REQ=$(psql_val "SELECT max(id) FROM recovery_requests")
-run_esc 41 recovery release "$REQ" --pin-file "$PIN_FILE"
-assert_out "is recovered by 2 of its 3 KRAs (record version 2)"
-[ "$(psql_val "SELECT state FROM recovery_requests WHERE id = $REQ")" = approved ] || fail "request changed"
+run_esc 0 recovery release "$REQ" --pin-file "$PIN_FILE"
+[ "$(psql_val "SELECT count(*) FROM recovery_shares WHERE request_id = $REQ AND contributed IS NULL")" = 3 ] ||
+    fail "release did not store the three sealed shares"
+psql_val "SELECT details FROM audit_events WHERE action = 'recovery.release' ORDER BY id DESC LIMIT 1" >"$T/out"
+assert_out "to complete with 2 of its 3 KRAs' shares"
+# The service holds ciphertext only: no share plaintext (ShareInfo with the record id) in the database.
+psql_val "SELECT encode(sealed, 'hex') FROM recovery_shares WHERE request_id = $REQ" >"$T/out"
+assert_not_out "$(printf %s "$ALICE" | xxd -p -c 64)"
+
+note "fewer than k shares: completion refused, saying how many are in"
+as kra1-acct 41 recovery complete "$REQ" --token 'pkcs11:token=KRA1' --kra-pin-file "$PIN_FILE" --out "$T/a0.p12"
+assert_out "has 1 of the 2 shares it needs"
+[ ! -e "$T/a0.p12" ] || fail "a refused completion left its output"
+note "the completer cannot contribute its own share; a KRA outside the request cannot contribute twice"
+as kra1-acct 41 recovery contribute "$REQ" --token 'pkcs11:token=KRA1' --kra-pin-file "$PIN_FILE"
+assert_out "its own share is opened at completion"
+as cm1 51 recovery contribute "$REQ" --token 'pkcs11:token=KRA2' --kra-pin-file "$PIN_FILE"
+as kra2-acct 14 recovery contribute "$REQ" --token 'pkcs11:token=KRA3' --kra-pin-file "$PIN_FILE"
+as kra2-acct 0 recovery contribute "$REQ" --token 'pkcs11:token=KRA2' --kra-pin-file "$PIN_FILE"
+assert_out "2 of 2 share(s) in: it can complete"
+as kra2-acct 41 recovery contribute "$REQ" --token 'pkcs11:token=KRA2' --kra-pin-file "$PIN_FILE"
+assert_out "already contributed its share to request $REQ: a KRA counts once"
+[ "$(psql_val "SELECT count(*) FROM recovery_shares WHERE request_id = $REQ AND contributed IS NOT NULL")" = 1 ] ||
+    fail "the same KRA counted twice"
+
+note "a damaged contributed share is detected before combining"
+psql_val "UPDATE recovery_shares SET contributed = overlay(contributed placing '\\xff'::bytea from length(contributed) - 5 for 1)
+          WHERE request_id = $REQ AND contributed IS NOT NULL" >/dev/null
+as kra1-acct 33 recovery complete "$REQ" --token 'pkcs11:token=KRA1' --kra-pin-file "$PIN_FILE" --out "$T/a1.p12"
+assert_out "does not open on this card"
+note "a share swapped from another record: its binding refuses it before combining"
+# kra3's contributed share of bob's request (and its commitment and x) moved into alice's request.
+as cm1 0 recovery request --record "$BOB" --reason "lost phone" --kra kra1
+REQB=$(psql_val "SELECT max(id) FROM recovery_requests")
+run_esc 0 recovery release "$REQB" --pin-file "$PIN_FILE"
+as kra3-acct 0 recovery contribute "$REQB" --token 'pkcs11:token=KRA3' --kra-pin-file "$PIN_FILE"
+psql_val "UPDATE recovery_shares a SET contributed = b.contributed, commitment = b.commitment, x = b.x
+          FROM recovery_shares b WHERE a.request_id = $REQ AND a.kra_id = (SELECT id FROM kras WHERE name = 'kra2')
+          AND b.request_id = $REQB AND b.kra_id = (SELECT id FROM kras WHERE name = 'kra3')" >/dev/null
+as kra1-acct 33 recovery complete "$REQ" --token 'pkcs11:token=KRA1' --kra-pin-file "$PIN_FILE" --out "$T/a2.p12"
+assert_out "is another record's"
+note "bob's request completes with kra1 (completer) and kra3: the key byte for byte"
+as kra1-acct 0 recovery complete "$REQB" --token 'pkcs11:token=KRA1' --kra-pin-file "$PIN_FILE" --out "$T/bob.p12" \
+    --p12-password-file "$T/cm1.pw"
+openssl pkcs12 -in "$T/bob.p12" -nocerts -nodes -passin "file:$T/cm1.pw" 2>/dev/null | openssl pkey -outform DER >"$T/bob.got"
+cmp -s "$T/bob.got" <(openssl pkey -in "$T/bob.key" -outform DER) || fail "bob's recovered key differs"
+[ "$(psql_val "SELECT count(*) FROM recovery_shares WHERE request_id = $REQB")" = 0 ] || fail "shares kept after completion"
+[ "$(psql_val "SELECT state FROM recovery_requests WHERE id = $REQB")" = completed ] || fail "not completed"
+note "alice's: a fresh request, kra2 completing with kra3's share"
+as cm1 0 recovery cancel "$REQ" --reason "shares tampered with in the test"
+[ "$(psql_val "SELECT count(*) FROM recovery_shares WHERE request_id = $REQ")" = 0 ] || fail "shares kept after cancel"
+as cm1 0 recovery request --record "$ALICE" --reason "lost laptop again" --kra kra2
+REQ=$(psql_val "SELECT max(id) FROM recovery_requests")
+run_esc 0 recovery release "$REQ" --pin-file "$PIN_FILE"
+as kra3-acct 0 recovery contribute "$REQ" --token 'pkcs11:token=KRA3' --kra-pin-file "$PIN_FILE"
+as kra2-acct 0 recovery complete "$REQ" --token 'pkcs11:token=KRA2' --kra-pin-file "$PIN_FILE" --out "$T/alice.p12" \
+    --p12-password-file "$T/cm1.pw"
+openssl pkcs12 -in "$T/alice.p12" -nocerts -nodes -passin "file:$T/cm1.pw" 2>/dev/null |
+    openssl pkey -outform DER >"$T/alice.got"
+cmp -s "$T/alice.got" <(openssl pkey -in "$T/alice.key" -outform DER) || fail "alice's recovered key differs"
 
 note "k = 1 again: new records are version 1, recovered by one KRA as always"
 as admin 0 policy set kra_threshold 1
