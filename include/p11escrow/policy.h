@@ -2,6 +2,7 @@
  * p11escrow — stored policy, changed only by administrators.
  *
  *   kra_set_size           1..16   each record is wrapped to this many active KRAs
+ *   kra_threshold          1..16   KRAs of the set needed to recover (<= kra_set_size; > 1: record v2)
  *   allow_foreign_issuers  true|false  archive certificates of other CAs
  *   recovery_approvals     0..10   approvals needed beyond the request itself
  *   revoke_before_recovery true|false  a key is recovered only once its certificate is revoked

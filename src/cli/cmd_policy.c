@@ -20,6 +20,8 @@ help(void)
 	       "       %s " CMD " set KEY VALUE --user ADMIN [OPTIONS]\n\n"
 	       "Policies:\n"
 	       "  kra_set_size           1..16       each archived key is wrapped to this many active KRAs\n"
+	       "  kra_threshold          1..16       KRAs of a record's set needed to recover it (never above\n"
+	       "                                     kra_set_size; above 1: k-of-n, recovery contribute)\n"
 	       "                                     (any one of them can recover it); default 1\n"
 	       "  allow_foreign_issuers  true|false  archive certificates issued by other CAs; default false\n"
 	       "  recovery_approvals     0..10       approvals by other certificate managers a recovery\n"
