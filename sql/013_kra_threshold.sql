@@ -20,21 +20,23 @@ INSERT INTO policy (key, value) VALUES ('kra_threshold', '1');
 -- each KRA's sealed share out of the record (ciphertext to that KRA's card);
 -- a contributing KRA opens its own on its card and stores it re-sealed to
 -- the completing KRA (the one the request names).  The service never holds
--- a share in clear.  Rows live only while the request is released: they are
--- deleted when it completes, ends or expires.
+-- a share in clear.  The shares stay only while the request is released:
+-- sealed and contributed are cleared (NULL) when it completes, ends or
+-- expires; who contributed when stays.  The service deletes nothing.
 CREATE TABLE recovery_shares (
     request_id      bigint NOT NULL REFERENCES recovery_requests (id),
     kra_id          bigint NOT NULL REFERENCES kras (id),
     x               integer NOT NULL CHECK (x BETWEEN 1 AND 255),
     threshold       integer NOT NULL CHECK (threshold BETWEEN 2 AND 16),
     commitment      bytea NOT NULL CHECK (length(commitment) = 32),
-    sealed          bytea NOT NULL,          -- the share sealed to kra_id's card, from the record
+    sealed          bytea,                   -- the share sealed to kra_id's card, from the record
     contributed     bytea,                   -- the share re-sealed to the request's KRA by kra_id
     contributed_by  bigint REFERENCES accounts (id),
     contributed_at  timestamptz,
     PRIMARY KEY (request_id, kra_id),
     UNIQUE (request_id, x),
-    CHECK ((contributed IS NULL) = (contributed_by IS NULL) AND (contributed IS NULL) = (contributed_at IS NULL))
+    CHECK ((contributed_by IS NULL) = (contributed_at IS NULL)),
+    CHECK (contributed IS NULL OR contributed_by IS NOT NULL)
 );
 
 -- ---- The service's role: policy as before (read only, 006's grant);
@@ -46,8 +48,9 @@ CREATE FUNCTION p11escrow_grant_service(service text) RETURNS void
     LANGUAGE plpgsql SET search_path = public, pg_catalog AS $$
 BEGIN
     PERFORM p11escrow_grant_service_prev_013(service);
-    EXECUTE format('GRANT SELECT, INSERT, DELETE ON recovery_shares TO %I', service);
-    EXECUTE format('GRANT UPDATE (contributed, contributed_by, contributed_at) ON recovery_shares TO %I', service);
+    EXECUTE format('GRANT SELECT, INSERT ON recovery_shares TO %I', service);
+    EXECUTE format('GRANT UPDATE (sealed, contributed, contributed_by, contributed_at) ON recovery_shares TO %I',
+                   service);
 END $$;
 REVOKE ALL ON FUNCTION p11escrow_grant_service(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION p11escrow_grant_service_prev_013(text) FROM PUBLIC;

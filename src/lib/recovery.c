@@ -1717,8 +1717,9 @@ complete_impl(struct esc_ctx *ctx, struct esc_store *st, const struct esc_accoun
 		     "UPDATE recovery_requests SET state = 'completed', package = NULL, completed_at = now() "
 		     "WHERE id = $1 AND state = 'released'",
 		     1, v, NULL, NULL, NULL)) != ESC_OK ||
-	    (r = esc_store_exec(ctx, st, "DELETE FROM recovery_shares WHERE request_id = $1", 1, v, NULL, NULL,
-				NULL)) != ESC_OK)
+	    (r = esc_store_exec(ctx, st,
+				"UPDATE recovery_shares SET sealed = NULL, contributed = NULL WHERE request_id = $1", 1,
+				v, NULL, NULL, NULL)) != ESC_OK)
 		goto out;
 	{
 		char obj[48], words[DESTINATION_MAX + 96], details[DESTINATION_MAX + 256];
@@ -2192,8 +2193,9 @@ end_impl(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *ac
 				"UPDATE recovery_requests SET state = $2, package = NULL, ended_at = now(), ended_by = "
 				"$3, end_reason = $4 WHERE id = $1",
 				4, v, NULL, NULL, NULL)) != ESC_OK ||
-	    (r = esc_store_exec(ctx, st, "DELETE FROM recovery_shares WHERE request_id = $1", 1, v, NULL, NULL,
-				NULL)) != ESC_OK)
+	    (r = esc_store_exec(ctx, st,
+				"UPDATE recovery_shares SET sealed = NULL, contributed = NULL WHERE request_id = $1", 1,
+				v, NULL, NULL, NULL)) != ESC_OK)
 		goto out;
 	{
 		char obj[48], details[ESC_REASON_MAX + 128];
@@ -2262,10 +2264,12 @@ expire_impl(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account 
 				"r.kra_id AND r.state = 'released' AND " OVERDUE_SQL " RETURNING r.id, k.name, "
 				"to_char(r.released_at, 'YYYY-MM-DD HH24:MI:SS'), r.end_reason",
 				1, v, NULL, NULL, &res)) != ESC_OK ||
-	    (r = esc_store_exec(ctx, st,
-				"DELETE FROM recovery_shares s USING recovery_requests r WHERE r.id = s.request_id AND "
-				"r.state = 'expired'",
-				0, NULL, NULL, NULL, NULL)) != ESC_OK)
+	    (r = esc_store_exec(
+		     ctx, st,
+		     "UPDATE recovery_shares s SET sealed = NULL, contributed = NULL FROM recovery_requests r "
+		     "WHERE r.id = s.request_id AND r.state = 'expired' AND (s.sealed IS NOT NULL OR "
+		     "s.contributed IS NOT NULL)",
+		     0, NULL, NULL, NULL, NULL)) != ESC_OK)
 		goto out;
 	rows = PQntuples(res);
 	for (i = 0; i < rows; i++) {
