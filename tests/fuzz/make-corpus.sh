@@ -411,6 +411,25 @@ record other-cert 1 "$row_id" "fff3${row_hash#0123}" 3003020101
 record version2 2 "$row_id" "$row_hash" 3003020101
 record short-hash 1 "$row_id" 0123456789abcdef 3003020101
 record empty-inner 1 "$row_id" "$row_hash" ""
+# record2 NAME K X1 X2: a version 2 record (k of n) with two shares at X1 and X2 (docs/archival.md).
+record2() {
+    local h32=00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff
+    printf 'asn1 = SEQUENCE:rec\n[rec]\nversion = INT:2\nid = UTF8:%s\nhash = FORMAT:HEX,OCTETSTRING:%s\n' \
+        "$row_id" "$row_hash" >"$tmp/rec.cnf"
+    printf 'inner = FORMAT:HEX,OCTETSTRING:%s\nshares = EXPLICIT:0,SEQUENCE:shares\n' "$inner" >>"$tmp/rec.cnf"
+    printf '[shares]\nk = INT:%s\nlist = SEQUENCE:list\n[list]\ns1 = SEQUENCE:s1\ns2 = SEQUENCE:s2\n' "$2" >>"$tmp/rec.cnf"
+    for i in 1 2; do
+        local x=$3; [ $i = 2 ] && x=$4
+        printf '[s%s]\nkra = FORMAT:HEX,OCTETSTRING:%s\nx = INT:%s\nc = FORMAT:HEX,OCTETSTRING:%s\n' \
+            "$i" "$h32" "$x" "$h32" >>"$tmp/rec.cnf"
+        printf 'sealed = FORMAT:HEX,OCTETSTRING:%s\n' "$inner" >>"$tmp/rec.cnf"
+    done
+    openssl asn1parse -genconf "$tmp/rec.cnf" -out "$r/$1.der" >/dev/null
+}
+record2 v2-ok 2 1 2
+record2 v2-k-above-n 3 1 2
+record2 v2-same-x 2 1 1
+record2 v2-x-zero 2 0 2
 { cat "$r/ok.der"; printf '\0'; } >"$r/trailing.der"
 head -c 40 "$r/ok.der" >"$r/truncated.der"
 
