@@ -1044,8 +1044,8 @@ load_shares(struct esc_ctx *ctx, struct esc_store *st, struct esc_recovery_packa
 		r = ESC_OK;
 		goto out;
 	}
-	total = atoi(PQgetvalue(res, 0, 5));
-	p->threshold = (unsigned)atoi(PQgetvalue(res, 0, 1));
+	total = (int)strtol(PQgetvalue(res, 0, 5), NULL, 10);
+	p->threshold = (unsigned)strtoul(PQgetvalue(res, 0, 1), NULL, 10);
 	if (p->threshold < 2 || p->threshold > ESC_SHAMIR_MAX_SHARES || rows > ESC_SHAMIR_MAX_SHARES) {
 		r = esc_error(ctx, ESC_ERR_TAMPERED, "request %lld's shares are malformed: tampering", p->id);
 		goto out;
@@ -1055,7 +1055,7 @@ load_shares(struct esc_ctx *ctx, struct esc_store *st, struct esc_recovery_packa
 
 		if (strcmp(PQgetvalue(res, i, 4), "t") != 0)
 			continue;
-		p->share[p->nshares].x = (unsigned)atoi(PQgetvalue(res, i, 0));
+		p->share[p->nshares].x = (unsigned)strtoul(PQgetvalue(res, i, 0), NULL, 10);
 		if ((c = OPENSSL_hexstr2buf(PQgetvalue(res, i, 2), &len)) == NULL || len != 32) {
 			OPENSSL_free(c);
 			r = esc_error(ctx, ESC_ERR_BAD_INPUT, "request %lld's stored shares are unreadable", p->id);
@@ -1795,8 +1795,8 @@ contribute_impl(struct esc_ctx *ctx, struct esc_store *st, const struct esc_acco
 	copy(kra_name, sizeof(kra_name), PQgetvalue(res, 0, 10));
 	copy(completer_name, sizeof(completer_name), PQgetvalue(res, 0, 13));
 	copy(rid, sizeof(rid), PQgetvalue(res, 0, 14));
-	x = (unsigned)atoi(PQgetvalue(res, 0, 3));
-	k = (unsigned)atoi(PQgetvalue(res, 0, 4));
+	x = (unsigned)strtoul(PQgetvalue(res, 0, 3), NULL, 10);
+	k = (unsigned)strtoul(PQgetvalue(res, 0, 4), NULL, 10);
 	if (strcmp(PQgetvalue(res, 0, 0), "released") != 0 || strcmp(PQgetvalue(res, 0, 15), "t") == 0) {
 		r = esc_error(
 			ctx, ESC_ERR_STATE, "request %lld is %s: shares are contributed to a released request only", id,
@@ -1863,7 +1863,7 @@ contribute_impl(struct esc_ctx *ctx, struct esc_store *st, const struct esc_acco
 				"recovery_shares s JOIN recovery_requests r ON r.id = s.request_id WHERE r.id = $1",
 				1, v, NULL, NULL, &res)) != ESC_OK)
 		goto out;
-	*have = atoi(PQgetvalue(res, 0, 0));
+	*have = (int)strtol(PQgetvalue(res, 0, 0), NULL, 10);
 	*need = (int)k;
 	{
 		char obj[48], details[256];

@@ -94,10 +94,16 @@ rc=0; walk "$ALICE" "kra2" || rc=$?
 assert_out "Insufficient input files"
 
 note "a damaged share: its commitment no longer matches (detected before combining)"
-# The walkthrough's step 6 with one byte of kra1's decrypted share flipped, as a damaged card or file would.
-sed 's/^\( *\)rm -f kra.pin.raw$/&\n\1[ "$KRA" != kra1 ] || printf "\\x01" | dd of=share.der bs=1 seek=$(($(stat -c %s share.der) - 5)) conv=notrunc 2>\/dev\/null/' \
-    "$T/walkthrough.sh" >"$T/damaged.sh"
-grep -q 'seek=' "$T/damaged.sh" || fail "could not prepare the damaged-share run"
+# The walkthrough's step 6 with one byte of kra1's decrypted share flipped (XOR 1, in the share bytes),
+# as a damaged card or file would.
+cat >"$T/flip.sh" <<'FLIP'
+off=$(($(stat -c %s "$1") - 5))
+b=$(od -An -tu1 -j "$off" -N1 "$1" | tr -d ' ')
+printf "\\x$(printf %02x $((b ^ 1)))" | dd of="$1" bs=1 seek="$off" conv=notrunc 2>/dev/null
+FLIP
+sed 's|^\( *\)rm -f kra.pin.raw$|&\n\1[ "$KRA" != kra1 ] \|\| bash "$FLIP" share.der|' "$T/walkthrough.sh" >"$T/damaged.sh"
+grep -q 'FLIP' "$T/damaged.sh" || fail "could not prepare the damaged-share run"
+export FLIP=$T/flip.sh
 cp "$T/walkthrough.sh" "$T/walkthrough.good" && cp "$T/damaged.sh" "$T/walkthrough.sh"
 rc=0; walk "$ALICE" "kra1 kra2" || rc=$?
 [ "$rc" -ne 0 ] || fail "a damaged share did not stop the walkthrough"
