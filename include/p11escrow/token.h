@@ -181,6 +181,16 @@ enum esc_err esc_token_import_key(struct esc_ctx *ctx, struct esc_token *tok, EV
  */
 enum esc_err esc_token_import_check(struct esc_ctx *ctx, struct esc_token *tok, X509 *cert) ESC_MUST_CHECK;
 
+/*
+ * The same check before there is a certificate, from the public key pub
+ * the certificate will hold (the CKA_ID is the same SHA-1 of its
+ * subjectPublicKey): a client checks the token before it enrolls the key.
+ * pub NULL (the key is not known yet, the service makes it): only the
+ * session and the token's write protection are checked.
+ * Errors: as esc_token_import_check.
+ */
+enum esc_err esc_token_import_check_key(struct esc_ctx *ctx, struct esc_token *tok, EVP_PKEY *pub) ESC_MUST_CHECK;
+
 void esc_token_key_free(struct esc_token_key *key);
 
 /* Key identity. */
