@@ -666,6 +666,96 @@ to_token(struct esc_ctx *ctx, const struct opts *o, struct esc_token *tok, EVP_P
 	return 0;
 }
 
+/*
+ * --simpleenroll --to-token: the key is made on the token (C_GenerateKeyPair:
+ * sensitive, never extractable, CKA_SIGN only) and the request signed there;
+ * it never exists anywhere else.  *tkey names it on the token (undone by the
+ * caller if the enrollment fails), *key is its EVP_PKEY (operations on the
+ * token; freed before tok).  Labelled provisionally until the certificate
+ * names it.
+ */
+static int
+token_keygen(struct esc_ctx *ctx, struct esc_token *tok, unsigned type, struct esc_token_key **tkey,
+	     EVP_PKEY **key)
+{
+	enum esc_key_type tt;
+	enum esc_err e;
+
+	switch (type) {
+	case ESC_EKEY_EC_P256:
+		tt = ESC_KEY_EC_P256;
+		break;
+	case ESC_EKEY_EC_P384:
+		tt = ESC_KEY_EC_P384;
+		break;
+	case ESC_EKEY_RSA3072:
+		tt = ESC_KEY_RSA3072;
+		break;
+	case ESC_EKEY_RSA4096:
+		tt = ESC_KEY_RSA4096;
+		break;
+	default:
+		return cli_usage_error(CMD, "--to-token makes ec-p256, ec-p384, rsa3072 or rsa4096 keys");
+	}
+	if ((e = esc_token_generate_key(ctx, tok, tt, ESC_KEY_USE_SIGN, "p11escrow est: enrolling", tkey)) !=
+	    ESC_OK)
+		return fail_lib(ctx, e, "--to-token (nothing was sent)");
+	if ((e = esc_token_key_private(ctx, tok, *tkey, key)) != ESC_OK) {
+		if (esc_token_destroy_key(ctx, tok, *tkey) != ESC_OK)
+			fprintf(stderr, "%s %s: error: %s\n", PROG, CMD, esc_ctx_errmsg(ctx));
+		esc_token_key_free(*tkey);
+		*tkey = NULL;
+		return fail_lib(ctx, e, "--to-token (nothing was sent)");
+	}
+	return 0;
+}
+
+/*
+ * The certificate of the key made on the token next to it (same CKA_ID),
+ * both labelled --to-token-label or the certificate's CN.  If that fails
+ * the key stays (it is certified) and the certificate goes to
+ * ./p11escrow-est-SERIAL.pem, named in the error.
+ */
+static int
+token_store_cert(struct esc_ctx *ctx, const struct opts *o, struct esc_token *tok, struct esc_token_key *tkey,
+		 X509 *cert)
+{
+	struct outfile f = {NULL, -1, 0};
+	STACK_OF(X509) *one = NULL;
+	char label[TOKEN_LABEL_MAX + 1], *uri = NULL, *serial = NULL, path[128];
+	enum esc_err e;
+	int rc;
+
+	if (o->to_token_label != NULL)
+		snprintf(label, sizeof(label), "%s", o->to_token_label);
+	else
+		default_label(cert, label, sizeof(label));
+	if ((e = esc_token_key_relabel(ctx, tok, tkey, label)) == ESC_OK &&
+	    (e = esc_token_store_cert(ctx, tok, tkey, cert)) == ESC_OK) {
+		if (esc_token_key_uri(ctx, tok, tkey, &uri) != ESC_OK)
+			uri = NULL;
+		printf("key made on token '%s' (sensitive, never extractable), certificate stored with it, label "
+		       "'%s': %s\n",
+		       esc_token_label(tok), label, uri != NULL ? uri : "?");
+		free(uri);
+		return 0;
+	}
+	fprintf(stderr, "%s %s: error: the certificate could not be stored on the token: %s\n", PROG, CMD,
+		esc_ctx_errmsg(ctx));
+	serial = esc_cert_serial_hex(cert);
+	snprintf(path, sizeof(path), "p11escrow-est-%.64s.pem", serial != NULL ? serial : "unknown");
+	free(serial);
+	if ((one = sk_X509_new_null()) != NULL && sk_X509_push(one, cert) > 0 && X509_up_ref(cert) == 1 &&
+	    out_create(&f, path, 0644) == 0 && out_certs(&f, one) == 0 && out_close(&f) == 0)
+		fprintf(stderr, "%s %s: the key is on the token (label '%s'); its certificate is in '%s'\n", PROG,
+			CMD, tkey != NULL ? esc_token_key_label(tkey) : "?", path);
+	else
+		(void)out_close(&f);
+	sk_X509_pop_free(one, X509_free);
+	rc = esc_err_exit_code(e);
+	return rc;
+}
+
 /* "serial: ...", "subject: ...", "not after: ..." of cert on standard output. */
 static void
 print_cert(X509 *cert, const char *what)
@@ -692,6 +782,7 @@ do_enroll(struct esc_ctx *ctx, struct esc_config *cfg, const struct opts *o)
 	struct outfile f_cert = {NULL, -1, 0}, f_key = {NULL, -1, 0}, f_p12 = {NULL, -1, 0}, f_ca = {NULL, -1, 0};
 	struct cli_http *h = NULL;
 	struct esc_token *tok = NULL;
+	struct esc_token_key *tkey = NULL; /* simpleenroll --to-token: the key made on the token */
 	struct esc_secret *otp = NULL, *kpw = NULL;
 	STACK_OF(X509) *cacerts = NULL, *one = NULL;
 	X509_NAME *subject = NULL;
@@ -714,9 +805,9 @@ do_enroll(struct esc_ctx *ctx, struct esc_config *cfg, const struct opts *o)
 						  "--out-p12), not both");
 			goto out;
 		}
-		if (o->mode != MODE_FULLCMC && o->mode != MODE_SERVERKEYGEN) {
-			rc = cli_usage_error(CMD, "--to-token goes with --fullcmc or --serverkeygen (--simpleenroll and "
-						  "--simplereenroll write files)");
+		if (reenroll) {
+			rc = cli_usage_error(CMD, "--to-token goes with --fullcmc, --serverkeygen or --simpleenroll "
+						  "(--simplereenroll writes files)");
 			goto out;
 		}
 		if (l != NULL && (*l == '\0' || strlen(l) > TOKEN_LABEL_MAX || !printable(l))) {
@@ -730,7 +821,7 @@ do_enroll(struct esc_ctx *ctx, struct esc_config *cfg, const struct opts *o)
 					  "--to-token");
 		goto out;
 	}
-	if (o->to_token != NULL) {
+	if (o->to_token != NULL && o->mode != MODE_SIMPLEENROLL) {
 		/* The fallback file's password, if one is given; else one is made if it is needed. */
 		const char *env = getenv(KEY_PASSWORD_ENV);
 
@@ -793,6 +884,9 @@ do_enroll(struct esc_ctx *ctx, struct esc_config *cfg, const struct opts *o)
 		if (reenroll && !o->new_key) {
 			key = cli_http_client_key(h);
 			EVP_PKEY_up_ref(key);
+		} else if (tok != NULL && o->mode == MODE_SIMPLEENROLL) {
+			if ((rc = token_keygen(ctx, tok, type, &tkey, &key)) != 0)
+				goto out;
 		} else if ((rc = new_key(ctx, type, &key)) != 0) {
 			goto out;
 		}
@@ -803,7 +897,7 @@ do_enroll(struct esc_ctx *ctx, struct esc_config *cfg, const struct opts *o)
 	 * the one-time password is spent only on a key that will get there.
 	 * For serverkeygen the key is not known yet: the state only.
 	 */
-	if (tok != NULL && (e = esc_token_import_check_key(ctx, tok, key)) != ESC_OK) {
+	if (tok != NULL && tkey == NULL && (e = esc_token_import_check_key(ctx, tok, key)) != ESC_OK) {
 		rc = fail_lib(ctx, e, "--to-token (nothing was sent)");
 		goto out;
 	}
@@ -824,6 +918,14 @@ do_enroll(struct esc_ctx *ctx, struct esc_config *cfg, const struct opts *o)
 	}
 	if (f_ca.fd != -1 && (rc = out_certs(&f_ca, cacerts)) != 0)
 		goto out;
+	if (tkey != NULL) {
+		print_cert(cert, "enrolled");
+		/* Certified: the key stays on the token whatever happens to its certificate now. */
+		rc = fflush(stdout) != 0 ? esc_err_exit_code(ESC_ERR_IO) : token_store_cert(ctx, o, tok, tkey, cert);
+		esc_token_key_free(tkey);
+		tkey = NULL;
+		goto out;
+	}
 	if (tok != NULL) {
 		print_cert(cert, o->mode == MODE_FULLCMC ? "enrolled; key archived by the service (fullcmc)"
 							 : "enrolled; key made and archived by the service (serverkeygen)");
@@ -886,6 +988,11 @@ out:
 	EVP_PKEY_free(issued_key);
 	X509_free(cert);
 	cli_http_free(h);
+	/* A key made on the token for an enrollment that failed is taken off again. */
+	if (tkey != NULL && esc_token_destroy_key(ctx, tok, tkey) != ESC_OK)
+		fprintf(stderr, "%s %s: error: the key made on the token could not be removed again: %s\n", PROG, CMD,
+			esc_ctx_errmsg(ctx));
+	esc_token_key_free(tkey);
 	esc_token_free(tok);
 	return rc;
 }

@@ -1034,6 +1034,26 @@ out:
 }
 
 enum esc_err
+esc_token_key_relabel(struct esc_ctx *ctx, struct esc_token *tok, struct esc_token_key *key, const char *label)
+{
+	size_t llen = strlen(label);
+	CK_ATTRIBUTE a = {CKA_LABEL, (void *)label, (CK_ULONG)llen};
+	CK_RV rv;
+
+	if (llen == 0 || llen >= sizeof(key->label))
+		return esc_error(ctx, ESC_ERR_USAGE, "key label must be 1..128 bytes");
+	if ((rv = tok->fl->C_SetAttributeValue(tok->session, key->priv, &a, 1)) != CKR_OK)
+		return ckr_error(ctx, rv, "labelling the private key");
+	if (key->pub != CK_INVALID_HANDLE && (rv = tok->fl->C_SetAttributeValue(tok->session, key->pub, &a, 1)) != CKR_OK)
+		return ckr_error(ctx, rv, "labelling the public key");
+	if (key->cert != CK_INVALID_HANDLE &&
+	    (rv = tok->fl->C_SetAttributeValue(tok->session, key->cert, &a, 1)) != CKR_OK)
+		return ckr_error(ctx, rv, "labelling the certificate");
+	memcpy(key->label, label, llen + 1);
+	return ESC_OK;
+}
+
+enum esc_err
 esc_token_destroy_key(struct esc_ctx *ctx, struct esc_token *tok, const struct esc_token_key *key)
 {
 	CK_RV rv = CKR_OK, rv2 = CKR_OK, rv3 = CKR_OK;

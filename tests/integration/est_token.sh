@@ -9,8 +9,10 @@
 # sent: a wrong token PIN (11) and a CKA_ID already on the token (40) are
 # refused and the one-time password then still works.  A write that fails
 # after the enrollment leaves an encrypted PKCS#12 named in the error.
-# Usage errors (2): --to-token with files, with --simpleenroll, its options
-# without it.
+# simpleenroll (signing): the key made on the token (always sensitive, never
+# extractable, sign only), the request signed there, the certificate stored
+# beside it; a refused enrollment takes the key off again.  Usage errors (2):
+# --to-token with files, with --simplereenroll, its options without it.
 . "$(dirname "$0")/lib.sh"
 unset P11ESCROW_KEY_PASSWORD P11ESCROW_OTP_PASSWORD P11ESCROW_TO_TOKEN_PIN P11ESCROW_SERVER_CA \
     https_proxy HTTPS_PROXY all_proxy ALL_PROXY no_proxy NO_PROXY || true
@@ -96,12 +98,13 @@ no_secret_out() {
 EST=(est enroll --server "$URL" --server-ca "$SERVER_CA")
 TOK=(--to-token 'pkcs11:token=ALICE' --to-token-pin-file "$PIN_FILE")
 
-note "usage errors (2): --to-token with files, with --simpleenroll; its options without it"
+note "usage errors (2): --to-token with files, with --simplereenroll; its options without it"
 run_esc 2 "${EST[@]}" --otp x "${TOK[@]}" --out-cert "$T/x.pem"
 assert_out "--to-token URI or files"
 run_esc 2 "${EST[@]}" --otp x "${TOK[@]}" --out-p12 "$T/x.p12"
-run_esc 2 "${EST[@]}" --otp x "${TOK[@]}" --simpleenroll --label signing
-assert_out "--to-token goes with --fullcmc or --serverkeygen"
+run_esc 2 est enroll --simplereenroll --server "$URL" --server-ca "$SERVER_CA" --client-cert "$T/x.pem" \
+    --client-key "$T/x.key" "${TOK[@]}"
+assert_out "--to-token goes with --fullcmc, --serverkeygen or --simpleenroll"
 run_esc 2 "${EST[@]}" --otp x --out-p12 "$T/x.p12" --to-token-pin-file "$PIN_FILE"
 assert_out "go with --to-token"
 run_esc 2 "${EST[@]}" --otp x "${TOK[@]}" --to-token-label "$(printf 'a\tb')"
@@ -181,6 +184,40 @@ otp encryption-rsa 'CN=Bob Example,O=Example'
 run_esc 11 "${EST[@]}" --serverkeygen --label encryption-rsa --otp "$OTP" --otp-file "$T/otp.pw" \
     --to-token 'pkcs11:token=ALICE' --to-token-pin-file "$T/bad.pin"
 [ "$(otp_state "$OTP")" = f ] || fail "a wrong token PIN spent the one-time password"
+
+note "simpleenroll --to-token (signing): the key made on the token, the request signed there, never archived"
+otp signing 'CN=Carol Signer,O=Example'
+before=$(psql_val "SELECT count(*) FROM archive_records")
+n0=$(count_all)
+run_esc 50 "${EST[@]}" --simpleenroll --label signing --otp "$OTP" --otp-file "$T/bad.pin" "${TOK[@]}"
+assert_out "answered HTTP 401"
+[ "$(count_all)" = "$n0" ] || fail "a refused enrollment left its key on the token: $(objects)"
+run_esc 2 "${EST[@]}" --simpleenroll --label signing --key-type rsa2048 --otp "$OTP" --otp-file "$T/otp.pw" "${TOK[@]}"
+assert_out "ec-p256, ec-p384, rsa3072 or rsa4096"
+run_esc 0 "${EST[@]}" --simpleenroll --label signing --otp "$OTP" --otp-file "$T/otp.pw" "${TOK[@]}"
+assert_out "key made on token 'ALICE' (sensitive, never extractable), certificate stored with it, label 'Carol Signer'"
+no_secret_out
+no_files
+SERIAL=$(awk '$1 == "serial:" {print $2}' "$T/out" | tr A-F a-f | sed 's/^0*//')
+ID=$(grep -o 'id=%[0-9A-Fa-f%]*' "$T/out" | head -n 1 | sed 's/^id=//; s/%//g' | tr A-F a-f)
+[ "$(count_id "$ID")" = 3 ] || fail "not key, public key and certificate with id $ID: $(objects)"
+p11 --token-label ALICE --read-object --type cert --id "$ID" -o "$T/carol-sign.der" || fail "no certificate"
+openssl x509 -inform DER -in "$T/carol-sign.der" -out "$T/carol-sign.pem"
+openssl verify -CAfile "$SERVER_CA" "$T/carol-sign.pem" >/dev/null || fail "the signing certificate does not verify"
+openssl x509 -in "$T/carol-sign.pem" -noout -ext keyUsage | grep -q "Digital Signature" || fail "not a signing certificate"
+privkey_block "$ID" >"$T/priv.txt"
+grep -q "label: *Carol Signer$" "$T/priv.txt" || fail "label: $(cat "$T/priv.txt")"
+grep -q "Usage: *sign$" "$T/priv.txt" || fail "usage: $(grep Usage "$T/priv.txt")"
+grep -q "Access:.*always sensitive, never extractable, local" "$T/priv.txt" ||
+    fail "not generated on the token: $(grep Access "$T/priv.txt")"
+[ "$(psql_val "SELECT count(*) FROM archive_records")" = "$before" ] || fail "a signing key was archived"
+openssl rand 64 | openssl dgst -sha256 -binary >"$T/digest"
+pkcs11-tool --module "$SOFTHSM" --token-label ALICE --login --pin "$P11ESCROW_USER_PIN" --sign -m ECDSA \
+    --signature-format openssl --id "$ID" -i "$T/digest" -o "$T/digest.sig" >"$T/sign.log" 2>&1 ||
+    fail "the key does not sign on the token: $(cat "$T/sign.log")"
+openssl x509 -in "$T/carol-sign.pem" -noout -pubkey >"$T/carol-sign.pub"
+openssl pkeyutl -verify -pubin -inkey "$T/carol-sign.pub" -in "$T/digest" -sigfile "$T/digest.sig" >/dev/null ||
+    fail "the token's signature does not verify with the certificate"
 
 note "the write fails after the enrollment: key and certificate kept in an encrypted PKCS#12 named in the error"
 before=$(count_all)
