@@ -616,23 +616,25 @@ fallback_p12(struct esc_ctx *ctx, EVP_PKEY *key, X509 *cert, STACK_OF(X509) *cac
 	unsigned char *der = NULL;
 	size_t len = 0;
 	enum esc_err e = ESC_OK;
-	int rc;
+	int ok = 0;
 
 	fprintf(stderr, "%s %s: error: the key and certificate could not be written onto the token: %s\n", PROG, CMD,
 		whymsg);
 	snprintf(path, sizeof(path), "p11escrow-est-%.64s.p12", serial != NULL ? serial : "unknown");
 	if (kpw == NULL && (e = generate_password(ctx, &gen)) == ESC_OK)
 		kpw = gen;
-	if (e == ESC_OK)
-		e = esc_est_key_p12(ctx, key, cert, cacerts, "p11escrow est", kpw, &der, &len);
-	if (e != ESC_OK) {
-		fprintf(stderr, "%s %s: error: the key is lost: no PKCS#12 either (%s)\n", PROG, CMD,
-			esc_strerror(e));
-	} else if ((rc = out_create(&f, path, 0600)) != 0 || (rc = out_write(&f, der, len)) != 0 ||
-		   ((f.written = 1), (rc = out_close(&f))) != 0) {
-		f.written = 0;
-		(void)out_close(&f);
-		fprintf(stderr, "%s %s: error: the key is lost: the PKCS#12 could not be written either\n", PROG, CMD);
+	if (e == ESC_OK && (e = esc_est_key_p12(ctx, key, cert, cacerts, "p11escrow est", kpw, &der, &len)) == ESC_OK &&
+	    out_create(&f, path, 0600) == 0) {
+		if (out_write(&f, der, len) == 0)
+			f.written = 1;
+		ok = out_close(&f) == 0 && f.written;
+	}
+	if (!ok) {
+		/* The service archived the key: it can still be recovered. */
+		fprintf(stderr,
+			"%s %s: error: no PKCS#12 could be written either%s%s%s; the key is archived: a recovery "
+			"request brings it back\n",
+			PROG, CMD, e != ESC_OK ? " (" : "", e != ESC_OK ? esc_strerror(e) : "", e != ESC_OK ? ")" : "");
 	} else {
 		fprintf(stderr,
 			"%s %s: the enrolled key and its certificate are in '%s' (encrypted PKCS#12, %s); import "
@@ -691,8 +693,7 @@ to_token(struct esc_ctx *ctx, const struct opts *o, struct esc_token *tok, EVP_P
  * names it.
  */
 static int
-token_keygen(struct esc_ctx *ctx, struct esc_token *tok, unsigned type, struct esc_token_key **tkey,
-	     EVP_PKEY **key)
+token_keygen(struct esc_ctx *ctx, struct esc_token *tok, unsigned type, struct esc_token_key **tkey, EVP_PKEY **key)
 {
 	enum esc_key_type tt;
 	enum esc_err e;
@@ -713,8 +714,7 @@ token_keygen(struct esc_ctx *ctx, struct esc_token *tok, unsigned type, struct e
 	default:
 		return cli_usage_error(CMD, "--to-token makes ec-p256, ec-p384, rsa3072 or rsa4096 keys");
 	}
-	if ((e = esc_token_generate_key(ctx, tok, tt, ESC_KEY_USE_SIGN, "p11escrow est: enrolling", tkey)) !=
-	    ESC_OK)
+	if ((e = esc_token_generate_key(ctx, tok, tt, ESC_KEY_USE_SIGN, "p11escrow est: enrolling", tkey)) != ESC_OK)
 		return fail_lib(ctx, e, "--to-token (nothing was sent)");
 	if ((e = esc_token_key_private(ctx, tok, *tkey, key)) != ESC_OK) {
 		if (esc_token_destroy_key(ctx, tok, *tkey) != ESC_OK)
@@ -763,8 +763,8 @@ token_store_cert(struct esc_ctx *ctx, const struct opts *o, struct esc_token *to
 	free(serial);
 	if ((one = sk_X509_new_null()) != NULL && sk_X509_push(one, cert) > 0 && X509_up_ref(cert) == 1 &&
 	    out_create(&f, path, 0644) == 0 && out_certs(&f, one) == 0 && out_close(&f) == 0)
-		fprintf(stderr, "%s %s: the key is on the token (label '%s'); its certificate is in '%s'\n", PROG,
-			CMD, tkey != NULL ? esc_token_key_label(tkey) : "?", path);
+		fprintf(stderr, "%s %s: the key is on the token (label '%s'); its certificate is in '%s'\n", PROG, CMD,
+			tkey != NULL ? esc_token_key_label(tkey) : "?", path);
 	else
 		(void)out_close(&f);
 	sk_X509_pop_free(one, X509_free);
@@ -817,8 +817,9 @@ do_enroll(struct esc_ctx *ctx, struct esc_config *cfg, const struct opts *o)
 		const char *l = o->to_token_label;
 
 		if (o->out_cert != NULL || o->out_key != NULL || o->out_p12 != NULL) {
-			rc = cli_usage_error(CMD, "the key goes one way: --to-token URI or files (--out-cert, --out-key, "
-						  "--out-p12), not both");
+			rc = cli_usage_error(CMD,
+					     "the key goes one way: --to-token URI or files (--out-cert, --out-key, "
+					     "--out-p12), not both");
 			goto out;
 		}
 		if (reenroll) {
@@ -841,7 +842,8 @@ do_enroll(struct esc_ctx *ctx, struct esc_config *cfg, const struct opts *o)
 		/* The fallback file's password, if one is given; else one is made if it is needed. */
 		const char *env = getenv(KEY_PASSWORD_ENV);
 
-		if (((o->key_password_file != NULL && *o->key_password_file != '\0') || (env != NULL && *env != '\0')) &&
+		if (((o->key_password_file != NULL && *o->key_password_file != '\0') ||
+		     (env != NULL && *env != '\0')) &&
 		    (rc = key_password(ctx, o->key_password_file, &kpw)) != 0)
 			goto out;
 	} else if (writes_key && o->out_p12 == NULL && o->out_key == NULL) {
@@ -943,8 +945,9 @@ do_enroll(struct esc_ctx *ctx, struct esc_config *cfg, const struct opts *o)
 		goto out;
 	}
 	if (tok != NULL) {
-		print_cert(cert, o->mode == MODE_FULLCMC ? "enrolled; key archived by the service (fullcmc)"
-							 : "enrolled; key made and archived by the service (serverkeygen)");
+		print_cert(cert, o->mode == MODE_FULLCMC
+					 ? "enrolled; key archived by the service (fullcmc)"
+					 : "enrolled; key made and archived by the service (serverkeygen)");
 		if (fflush(stdout) != 0 || (rc = to_token(ctx, o, tok, issued_key, cert, cacerts, kpw)) != 0)
 			goto out;
 		rc = 0;

@@ -1044,7 +1044,8 @@ esc_token_key_relabel(struct esc_ctx *ctx, struct esc_token *tok, struct esc_tok
 		return esc_error(ctx, ESC_ERR_USAGE, "key label must be 1..128 bytes");
 	if ((rv = tok->fl->C_SetAttributeValue(tok->session, key->priv, &a, 1)) != CKR_OK)
 		return ckr_error(ctx, rv, "labelling the private key");
-	if (key->pub != CK_INVALID_HANDLE && (rv = tok->fl->C_SetAttributeValue(tok->session, key->pub, &a, 1)) != CKR_OK)
+	if (key->pub != CK_INVALID_HANDLE &&
+	    (rv = tok->fl->C_SetAttributeValue(tok->session, key->pub, &a, 1)) != CKR_OK)
 		return ckr_error(ctx, rv, "labelling the public key");
 	if (key->cert != CK_INVALID_HANDLE &&
 	    (rv = tok->fl->C_SetAttributeValue(tok->session, key->cert, &a, 1)) != CKR_OK)
