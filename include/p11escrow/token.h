@@ -159,6 +159,13 @@ enum esc_err esc_token_key_relabel(struct esc_ctx *ctx, struct esc_token *tok, s
 				   const char *label) ESC_MUST_CHECK;
 
 /*
+ * The label a key written for cert gets when none is given: the
+ * certificate's common name (cut to len - 1 bytes at a character boundary),
+ * else fallback; a name with control characters is not used.
+ */
+void esc_token_default_label(X509 *cert, const char *fallback, char *buf, size_t len);
+
+/*
  * Write key, a private key held in software (a recovered one), and cert,
  * its certificate, onto the token (logged in as its user) with
  * C_CreateObject: the private key (CKA_TOKEN, CKA_PRIVATE, CKA_SENSITIVE,

@@ -553,53 +553,6 @@ printable(const char *s)
 	return 1;
 }
 
-/* The objects' label without --to-token-label: the certificate's common name, else "enrolled key". */
-static void
-default_label(X509 *cert, char *buf, size_t len)
-{
-	X509_NAME *n = X509_get_subject_name(cert);
-	int i = X509_NAME_get_index_by_NID(n, NID_commonName, -1);
-	unsigned char *utf8 = NULL;
-	int ulen;
-
-	snprintf(buf, len, "enrolled key");
-	if (i < 0 || (ulen = ASN1_STRING_to_UTF8(&utf8, X509_NAME_ENTRY_get_data(X509_NAME_get_entry(n, i)))) <= 0) {
-		ERR_clear_error();
-		return;
-	}
-	/* Cut at a character boundary; a name with control characters is not used. */
-	if ((size_t)ulen >= len) {
-		ulen = (int)len - 1;
-		while (ulen > 0 && (utf8[ulen] & 0xc0) == 0x80)
-			ulen--;
-	}
-	utf8[ulen] = '\0';
-	if (ulen > 0 && printable((const char *)utf8))
-		snprintf(buf, len, "%s", (const char *)utf8);
-	OPENSSL_free(utf8);
-}
-
-/* A random password for the fallback file when none was given: 24 of 58 symbols. */
-static enum esc_err
-generate_password(struct esc_ctx *ctx, struct esc_secret **out)
-{
-	static const char abc[] = "ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz23456789-_";
-	unsigned char rnd[24];
-	char pw[25];
-	size_t i;
-	enum esc_err r;
-
-	if (RAND_bytes(rnd, sizeof(rnd)) != 1)
-		return ESC_ERR_CRYPTO;
-	for (i = 0; i < sizeof(rnd); i++)
-		pw[i] = abc[rnd[i] % (sizeof(abc) - 1)];
-	pw[24] = '\0';
-	r = esc_secret_new(ctx, pw, 24, out);
-	OPENSSL_cleanse(pw, sizeof(pw));
-	OPENSSL_cleanse(rnd, sizeof(rnd));
-	return r;
-}
-
 /*
  * The enrollment succeeded but the key did not get onto the token: keep
  * key and certificate in an encrypted PKCS#12, ./p11escrow-est-SERIAL.p12
@@ -621,7 +574,7 @@ fallback_p12(struct esc_ctx *ctx, EVP_PKEY *key, X509 *cert, STACK_OF(X509) *cac
 	fprintf(stderr, "%s %s: error: the key and certificate could not be written onto the token: %s\n", PROG, CMD,
 		whymsg);
 	snprintf(path, sizeof(path), "p11escrow-est-%.64s.p12", serial != NULL ? serial : "unknown");
-	if (kpw == NULL && (e = generate_password(ctx, &gen)) == ESC_OK)
+	if (kpw == NULL && (e = cli_random_password(ctx, &gen)) == ESC_OK)
 		kpw = gen;
 	if (e == ESC_OK && (e = esc_est_key_p12(ctx, key, cert, cacerts, "p11escrow est", kpw, &der, &len)) == ESC_OK &&
 	    out_create(&f, path, 0600) == 0) {
@@ -665,7 +618,7 @@ to_token(struct esc_ctx *ctx, const struct opts *o, struct esc_token *tok, EVP_P
 	if (o->to_token_label != NULL)
 		snprintf(label, sizeof(label), "%s", o->to_token_label);
 	else
-		default_label(cert, label, sizeof(label));
+		esc_token_default_label(cert, "enrolled key", label, sizeof(label));
 	if (fault("est-token-write")) {
 		snprintf(why, sizeof(why), "test fault est-token-write");
 		return fallback_p12(ctx, key, cert, cacerts, kpw, ESC_ERR_PKCS11, why);
@@ -745,7 +698,7 @@ token_store_cert(struct esc_ctx *ctx, const struct opts *o, struct esc_token *to
 	if (o->to_token_label != NULL)
 		snprintf(label, sizeof(label), "%s", o->to_token_label);
 	else
-		default_label(cert, label, sizeof(label));
+		esc_token_default_label(cert, "enrolled key", label, sizeof(label));
 	if ((e = esc_token_key_relabel(ctx, tok, tkey, label)) == ESC_OK &&
 	    (e = esc_token_store_cert(ctx, tok, tkey, cert)) == ESC_OK) {
 		if (esc_token_key_uri(ctx, tok, tkey, &uri) != ESC_OK)

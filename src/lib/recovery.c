@@ -1219,32 +1219,6 @@ undo_after_failure(struct esc_ctx *ctx, struct esc_recovery_output *o)
 		(void)esc_error(ctx, code, "%s", first);
 }
 
-/* The label a token gets without --label: the certificate's common name, else "recovered key". */
-static void
-default_label(X509 *cert, char *buf, size_t len)
-{
-	X509_NAME *n = X509_get_subject_name(cert);
-	int i = X509_NAME_get_index_by_NID(n, NID_commonName, -1);
-	unsigned char *utf8 = NULL;
-	int ulen;
-
-	snprintf(buf, len, "recovered key");
-	if (i < 0 || (ulen = ASN1_STRING_to_UTF8(&utf8, X509_NAME_ENTRY_get_data(X509_NAME_get_entry(n, i)))) <= 0) {
-		ERR_clear_error();
-		return;
-	}
-	/* Cut at a character boundary; a name with control characters is not used. */
-	if ((size_t)ulen >= len) {
-		ulen = (int)len - 1;
-		while (ulen > 0 && (utf8[ulen] & 0xc0) == 0x80)
-			ulen--;
-	}
-	utf8[ulen] = '\0';
-	if (ulen > 0 && printable((const char *)utf8))
-		snprintf(buf, len, "%s", (const char *)utf8);
-	OPENSSL_free(utf8);
-}
-
 /* The key and its certificate onto o's token. */
 static enum esc_err
 deliver_token(struct esc_ctx *ctx, struct esc_recovery_output *o, EVP_PKEY *user, X509 *cert)
@@ -1256,7 +1230,7 @@ deliver_token(struct esc_ctx *ctx, struct esc_recovery_output *o, EVP_PKEY *user
 	if (o->label[0] != '\0')
 		copy(label, sizeof(label), o->label);
 	else
-		default_label(cert, label, sizeof(label));
+		esc_token_default_label(cert, "recovered key", label, sizeof(label));
 	if ((r = esc_token_import_key(ctx, o->target, user, cert, label, &k)) != ESC_OK)
 		return r;
 	o->written = k;

@@ -1986,3 +1986,32 @@ out:
 	free(k);
 	return r;
 }
+
+void
+esc_token_default_label(X509 *cert, const char *fallback, char *buf, size_t len)
+{
+	X509_NAME *n = X509_get_subject_name(cert);
+	int i = X509_NAME_get_index_by_NID(n, NID_commonName, -1), ok = 1;
+	unsigned char *utf8 = NULL;
+	int ulen, k;
+
+	snprintf(buf, len, "%s", fallback);
+	if (len < 2 || i < 0 ||
+	    (ulen = ASN1_STRING_to_UTF8(&utf8, X509_NAME_ENTRY_get_data(X509_NAME_get_entry(n, i)))) <= 0) {
+		ERR_clear_error();
+		return;
+	}
+	/* Cut at a character boundary; a name with control characters is not used. */
+	if ((size_t)ulen >= len) {
+		ulen = (int)len - 1;
+		while (ulen > 0 && (utf8[ulen] & 0xc0) == 0x80)
+			ulen--;
+	}
+	utf8[ulen] = '\0';
+	for (k = 0; k < ulen; k++)
+		if (utf8[k] < 0x20 || utf8[k] == 0x7f)
+			ok = 0;
+	if (ulen > 0 && ok)
+		snprintf(buf, len, "%s", (const char *)utf8);
+	OPENSSL_free(utf8);
+}
