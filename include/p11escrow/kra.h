@@ -16,6 +16,8 @@
 
 #include <stddef.h>
 
+#include <openssl/x509.h>
+
 #include <p11escrow/auth.h>
 #include <p11escrow/ctx.h>
 #include <p11escrow/err.h>
@@ -274,6 +276,19 @@ enum esc_err esc_kra_renew_begin(struct esc_ctx *ctx, struct esc_store *st, cons
 enum esc_err esc_kra_renew_card(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor,
 				struct esc_token *ca_tok, struct esc_kra_card *k, const char *name, int days,
 				struct esc_kra *out, unsigned char **cert, size_t *cert_len) ESC_MUST_CHECK;
+
+/*
+ * The certificate of KRA name (current: its certificate now) that envelope
+ * env (a record's inner layer, or a recovery package) names as a recipient:
+ * current if it does, else the earlier certificate of the same key that a
+ * renewal replaced (kra_certificates), the one records wrapped before the
+ * renewal name by issuer and serial.  *out is a new reference (X509_free)
+ * to it, or to current if none is named (*yes = 0).
+ * Errors: BAD_INPUT (env), DB.
+ */
+enum esc_err esc_kra_envelope_cert(struct esc_ctx *ctx, struct esc_store *st, const char *name,
+				   const unsigned char *env, size_t envlen, X509 *current, X509 **out,
+				   int *yes) ESC_MUST_CHECK;
 
 /* ---- Warnings before KRAs lapse ---- */
 

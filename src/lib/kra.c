@@ -1081,6 +1081,12 @@ replace_cert(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account
 	fmt[1] = 1;
 	v[2] = serial;
 	v[3] = fp;
+	/* Kept: records wrapped before name it (issuer and serial) as their recipient. */
+	if ((r = esc_store_exec(ctx, st,
+				"INSERT INTO kra_certificates (kra_id, certificate, cert_serial, cert_sha256) SELECT id, "
+				"certificate, cert_serial, cert_sha256 FROM kras WHERE name = $1 AND state = 'active'",
+				1, v, NULL, NULL, NULL)) != ESC_OK)
+		goto out;
 	/* The FROM list is read before the update: o.cert_serial is the serial replaced. */
 	if ((r = esc_store_exec(ctx, st,
 				"UPDATE kras k SET certificate = $2, cert_serial = $3, cert_sha256 = $4 FROM (SELECT "
@@ -1632,5 +1638,53 @@ esc_kra_health(struct esc_ctx *ctx, struct esc_store *st, const struct esc_kra *
 out:
 	PQclear(res);
 	free(ids);
+	return r;
+}
+
+enum esc_err
+esc_kra_envelope_cert(struct esc_ctx *ctx, struct esc_store *st, const char *name, const unsigned char *env,
+		      size_t envlen, X509 *current, X509 **out, int *yes)
+{
+	PGresult *res = NULL;
+	const char *v[1] = {name};
+	X509 *x = NULL;
+	enum esc_err r;
+	int i, found = 0;
+
+	if ((r = esc_envelope_has_recipient(ctx, env, envlen, current, &found)) != ESC_OK)
+		return r;
+	if (found) {
+		X509_up_ref(current);
+		*out = current;
+		*yes = 1;
+		return ESC_OK;
+	}
+	if ((r = esc_store_exec(ctx, st,
+				"SELECT c.certificate FROM kra_certificates c JOIN kras k ON k.id = c.kra_id WHERE "
+				"k.name = $1 ORDER BY c.replaced_at DESC",
+				1, v, NULL, NULL, &res)) != ESC_OK)
+		return r;
+	for (i = 0; i < PQntuples(res) && !found; i++) {
+		if ((x = esc_store_cert_from_text(PQgetvalue(res, i, 0))) == NULL) {
+			r = esc_error(ctx, ESC_ERR_DB, "an earlier certificate of KRA '%s' is unreadable", name);
+			goto out;
+		}
+		/* Only a certificate of the KRA's key now: the card must open what it names. */
+		if (EVP_PKEY_eq(X509_get0_pubkey(x), X509_get0_pubkey(current)) == 1 &&
+		    (r = esc_envelope_has_recipient(ctx, env, envlen, x, &found)) != ESC_OK)
+			goto out;
+		if (!found) {
+			X509_free(x);
+			x = NULL;
+		}
+	}
+	X509_up_ref(found ? x : current);
+	*out = found ? x : current;
+	*yes = found;
+	r = ESC_OK;
+out:
+	ERR_clear_error();
+	X509_free(x);
+	PQclear(res);
 	return r;
 }
