@@ -1497,6 +1497,21 @@ esc_kra_renew_begin(struct esc_ctx *ctx, struct esc_store *st, const struct esc_
 		r = esc_error(ctx, ESC_ERR_NOT_FOUND, "no KRA named '%s'", name);
 		goto out;
 	}
+	/* Another key (of another type, too) is a mismatch before it is anything else. */
+	{
+		const unsigned char *p = public_key;
+		EVP_PKEY *pub = NULL;
+
+		if (public_key_len == 0 || public_key_len > ESC_KRA_PUBLIC_KEY_MAX ||
+		    (pub = d2i_PUBKEY(NULL, &p, (long)public_key_len)) == NULL) {
+			r = esc_error_ossl(ctx, ESC_ERR_BAD_INPUT, "the public key is not a DER SubjectPublicKeyInfo");
+			goto out;
+		}
+		r = check_renewable(ctx, st, name, pub, 0);
+		EVP_PKEY_free(pub);
+		if (r != ESC_OK)
+			goto out;
+	}
 	memset(&o, 0, sizeof(o));
 	o.name = name;
 	o.key_type = PQgetvalue(res, 0, 0);
