@@ -296,16 +296,16 @@ enum esc_err esc_kra_envelope_cert(struct esc_ctx *ctx, struct esc_store *st, co
 #define ESC_KRA_EXPIRY_WARNING_DAYS 60
 
 struct esc_kra_health {
-	int threshold;		   /* k: usable KRAs a record needs (policy kra_threshold; 1 where it is unset) */
-	int warn_days;		   /* as asked */
-	size_t active;		   /* active KRAs */
-	size_t usable;		   /* active KRAs whose certificate has not expired */
-	size_t expiring;	   /* active KRAs whose certificate expires within warn_days */
-	size_t expired;		   /* active KRAs whose certificate has expired */
-	long long records;	   /* archive records */
-	long long records_short;   /* records whose KRA set holds fewer than threshold usable KRAs */
-	long long records_none;	   /* of those, records no usable KRA can recover (k = 1: unrecoverable) */
-	char first_short[40];	   /* one such record's id, "" if none */
+	int threshold;		 /* k: usable KRAs a record needs (policy kra_threshold; 1 where it is unset) */
+	int warn_days;		 /* as asked */
+	size_t active;		 /* active KRAs */
+	size_t usable;		 /* active KRAs whose certificate has not expired */
+	size_t expiring;	 /* active KRAs whose certificate expires within warn_days */
+	size_t expired;		 /* active KRAs whose certificate has expired */
+	long long records;	 /* archive records */
+	long long records_short; /* records whose KRA set holds fewer than threshold usable KRAs */
+	long long records_none;	 /* of those, records no usable KRA can recover (k = 1: unrecoverable) */
+	char first_short[40];	 /* one such record's id, "" if none */
 };
 
 /*
@@ -313,8 +313,8 @@ struct esc_kra_health {
  * their expiry (within warn_days, or past) and the records whose set holds
  * fewer than k usable (active, unexpired) KRAs.  Read only.  Errors: DB.
  */
-enum esc_err esc_kra_health(struct esc_ctx *ctx, struct esc_store *st, const struct esc_kra *k, size_t n,
-			    int warn_days, struct esc_kra_health *out) ESC_MUST_CHECK;
+enum esc_err esc_kra_health(struct esc_ctx *ctx, struct esc_store *st, const struct esc_kra *k, size_t n, int warn_days,
+			    struct esc_kra_health *out) ESC_MUST_CHECK;
 
 /* 1 if KRA k deserves a warning (active and expired, or expiring within warn_days), with why in buf. */
 int esc_kra_warning(const struct esc_kra *k, int warn_days, char *buf, size_t len);

@@ -123,7 +123,10 @@ print_kras(const struct esc_kra *k, size_t n, int warn_days, char (*warnings)[25
 		int w = warnings != NULL ? warnings[i][0] != '\0' : esc_kra_warning(&k[i], warn_days, why, sizeof(why));
 
 		printf("%-20s %-8s %-8s %-16s %-8lld %-20s %-7s %s (serial %s)\n", k[i].name, k[i].state, k[i].key_type,
-		       k[i].recipient, k[i].records, k[i].not_after, !w ? "-" : k[i].expired ? "EXPIRED" : "SOON",
+		       k[i].recipient, k[i].records, k[i].not_after,
+		       !w	      ? "-"
+		       : k[i].expired ? "EXPIRED"
+				      : "SOON",
 		       k[i].token_label, k[i].token_serial);
 	}
 	for (i = 0; i < n; i++) {
@@ -707,8 +710,9 @@ remote_renew(struct esc_ctx *ctx, struct esc_config *cfg, struct opts *o)
 	rc = prove(h, ctx, o->name, id, secret, secret_len, &kra, &cert, &cert_len, &refused);
 	if (rc != 0) {
 		if (!refused)
-			fprintf(stderr, "%s %s: the service's answer is unknown: see 'kra list' for KRA '%s''s serial\n",
-				PROG, CMD, o->name);
+			fprintf(stderr,
+				"%s %s: the service's answer is unknown: see 'kra list' for KRA '%s''s serial\n", PROG,
+				CMD, o->name);
 		goto out;
 	}
 	/* prove() reads no validity: the certificate says it. */
@@ -760,7 +764,8 @@ do_renew(struct esc_ctx *ctx, struct esc_config *cfg, struct esc_store *st, stru
 		return rc;
 	if ((rc = cli_login(CMD, ctx, st, o->user, o->password_file, &admin)) != 0)
 		return rc;
-	if ((r = esc_account_require(ctx, admin, ESC_ROLE_ADMIN)) != ESC_OK || (r = esc_kra_list(ctx, st, &list, &n)) != ESC_OK)
+	if ((r = esc_account_require(ctx, admin, ESC_ROLE_ADMIN)) != ESC_OK ||
+	    (r = esc_kra_list(ctx, st, &list, &n)) != ESC_OK)
 		goto out;
 	for (i = 0; i < n && strcmp(list[i].name, o->name) != 0; i++)
 		;

@@ -386,7 +386,8 @@ api_kras(struct api_call *c)
 		    put(e, "token_label", jstr(k[i].token_label)) || put(e, "token_serial", jstr(k[i].token_serial)) ||
 		    put(e, "key_uri", jstr(k[i].key_uri)) || put(e, "records", json_integer(k[i].records)) ||
 		    put(e, "origin", jstr(k[i].origin)) || put(e, "recipient_reason", jstr(k[i].recipient_reason)) ||
-		    put(e, "days_left", json_integer(k[i].days_left)) || put(e, "expired", json_boolean(k[i].expired)) ||
+		    put(e, "days_left", json_integer(k[i].days_left)) ||
+		    put(e, "expired", json_boolean(k[i].expired)) ||
 		    (esc_kra_warning(&k[i], warn_days, why, sizeof(why)) && put(e, "warning", jstr(why))) ||
 		    json_array_append(list, e))
 			bad = 1;
@@ -432,8 +433,9 @@ api_kras_health(struct api_call *c)
 			continue;
 		e = json_object();
 		if (e == NULL || put(e, "name", jstr(k[i].name)) || put(e, "not_after", jstr(k[i].not_after)) ||
-		    put(e, "days_left", json_integer(k[i].days_left)) || put(e, "expired", json_boolean(k[i].expired)) ||
-		    put(e, "warning", jstr(why)) || json_array_append(list, e))
+		    put(e, "days_left", json_integer(k[i].days_left)) ||
+		    put(e, "expired", json_boolean(k[i].expired)) || put(e, "warning", jstr(why)) ||
+		    json_array_append(list, e))
 			bad = 1;
 		json_decref(e);
 	}
@@ -443,7 +445,8 @@ api_kras_health(struct api_call *c)
 		      put(o, "active", json_integer((json_int_t)h.active)) ||
 		      put(o, "usable", json_integer((json_int_t)h.usable)) ||
 		      put(o, "expiring", json_integer((json_int_t)h.expiring)) ||
-		      put(o, "expired", json_integer((json_int_t)h.expired)) || put(o, "records", json_integer(h.records)) ||
+		      put(o, "expired", json_integer((json_int_t)h.expired)) ||
+		      put(o, "records", json_integer(h.records)) ||
 		      put(o, "records_below_threshold", json_integer(h.records_short)) ||
 		      put(o, "records_without_usable_kra", json_integer(h.records_none)) ||
 		      (h.first_short[0] != '\0' && put(o, "first_record_below_threshold", jstr(h.first_short))) ||

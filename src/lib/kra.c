@@ -1082,10 +1082,11 @@ replace_cert(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account
 	v[2] = serial;
 	v[3] = fp;
 	/* Kept: records wrapped before name it (issuer and serial) as their recipient. */
-	if ((r = esc_store_exec(ctx, st,
-				"INSERT INTO kra_certificates (kra_id, certificate, cert_serial, cert_sha256) SELECT id, "
-				"certificate, cert_serial, cert_sha256 FROM kras WHERE name = $1 AND state = 'active'",
-				1, v, NULL, NULL, NULL)) != ESC_OK)
+	if ((r = esc_store_exec(
+		     ctx, st,
+		     "INSERT INTO kra_certificates (kra_id, certificate, cert_serial, cert_sha256) SELECT id, "
+		     "certificate, cert_serial, cert_sha256 FROM kras WHERE name = $1 AND state = 'active'",
+		     1, v, NULL, NULL, NULL)) != ESC_OK)
 		goto out;
 	/* The FROM list is read before the update: o.cert_serial is the serial replaced. */
 	if ((r = esc_store_exec(ctx, st,
@@ -1228,15 +1229,16 @@ prove_impl(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *
 			     "UPDATE kra_challenges SET used_at = now(), outcome = 'renewed' WHERE id = $1::bigint", 1,
 			     v, NULL, NULL, NULL)) != ESC_OK)
 			goto out;
-	} else if ((r = register_kra(ctx, st, name, cert, PQgetvalue(res, 0, 3), PQgetvalue(res, 0, 4), PQgetvalue(res, 0, 6),
-			      PQgetvalue(res, 0, 7), PQgetvalue(res, 0, 8), PQgetvalue(res, 0, 14),
-			      PQgetvalue(res, 0, 15))) != ESC_OK ||
-	    (r = esc_store_exec(ctx, st,
-				"UPDATE kra_challenges SET used_at = now(), outcome = 'enrolled' WHERE id = $1::bigint",
-				1, v, NULL, NULL, NULL)) != ESC_OK ||
-	    (r = audit_enrolled(ctx, st, actor, name, how, PQgetvalue(res, 0, 6), PQgetvalue(res, 0, 7),
-				PQgetvalue(res, 0, 3), PQgetvalue(res, 0, 4), PQgetvalue(res, 0, 14),
-				PQgetvalue(res, 0, 15))) != ESC_OK)
+	} else if ((r = register_kra(ctx, st, name, cert, PQgetvalue(res, 0, 3), PQgetvalue(res, 0, 4),
+				     PQgetvalue(res, 0, 6), PQgetvalue(res, 0, 7), PQgetvalue(res, 0, 8),
+				     PQgetvalue(res, 0, 14), PQgetvalue(res, 0, 15))) != ESC_OK ||
+		   (r = esc_store_exec(
+			    ctx, st,
+			    "UPDATE kra_challenges SET used_at = now(), outcome = 'enrolled' WHERE id = $1::bigint", 1,
+			    v, NULL, NULL, NULL)) != ESC_OK ||
+		   (r = audit_enrolled(ctx, st, actor, name, how, PQgetvalue(res, 0, 6), PQgetvalue(res, 0, 7),
+				       PQgetvalue(res, 0, 3), PQgetvalue(res, 0, 4), PQgetvalue(res, 0, 14),
+				       PQgetvalue(res, 0, 15))) != ESC_OK)
 		goto out;
 	if ((dlen = i2d_X509(cert, &der)) <= 0 || (copy = malloc((size_t)dlen)) == NULL) {
 		r = esc_error(ctx, ESC_ERR_NOMEM, "out of memory");
@@ -1535,9 +1537,9 @@ out:
 }
 
 enum esc_err
-esc_kra_renew_card(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor,
-		   struct esc_token *ca_tok, struct esc_kra_card *k, const char *name, int days, struct esc_kra *out,
-		   unsigned char **cert, size_t *cert_len)
+esc_kra_renew_card(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor, struct esc_token *ca_tok,
+		   struct esc_kra_card *k, const char *name, int days, struct esc_kra *out, unsigned char **cert,
+		   size_t *cert_len)
 {
 	struct esc_store_retry t = {0};
 	unsigned char *challenge = NULL, *secret = NULL;
@@ -1546,8 +1548,8 @@ esc_kra_renew_card(struct esc_ctx *ctx, struct esc_store *st, const struct esc_a
 	long long id = 0;
 	enum esc_err r;
 
-	if ((r = esc_kra_renew_begin(ctx, st, actor, name, k->spki, k->spki_len, days, &id, &challenge,
-				     &challenge_len, expires, sizeof(expires))) != ESC_OK ||
+	if ((r = esc_kra_renew_begin(ctx, st, actor, name, k->spki, k->spki_len, days, &id, &challenge, &challenge_len,
+				     expires, sizeof(expires))) != ESC_OK ||
 	    (r = esc_kra_card_answer(ctx, k, challenge, challenge_len, &secret, &secret_len)) != ESC_OK)
 		goto out;
 	do
