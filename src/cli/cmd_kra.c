@@ -120,8 +120,12 @@ print_kras(const struct esc_kra *k, size_t n, int warn_days, char (*warnings)[25
 	printf("%-20s %-8s %-8s %-16s %-8s %-20s %-7s %s\n", "NAME", "STATE", "KEY", "RECIPIENT", "RECORDS",
 	       "NOT AFTER", "WARN", "CARD");
 	for (i = 0; i < n; i++) {
-		int w = warnings != NULL ? warnings[i][0] != '\0' : esc_kra_warning(&k[i], warn_days, why, sizeof(why));
+		int w;
 
+		if (warnings != NULL)
+			w = warnings[i][0] != '\0';
+		else
+			w = esc_kra_warning(&k[i], warn_days, why, sizeof(why));
 		printf("%-20s %-8s %-8s %-16s %-8lld %-20s %-7s %s (serial %s)\n", k[i].name, k[i].state, k[i].key_type,
 		       k[i].recipient, k[i].records, k[i].not_after,
 		       !w	      ? "-"
@@ -130,13 +134,15 @@ print_kras(const struct esc_kra *k, size_t n, int warn_days, char (*warnings)[25
 		       k[i].token_label, k[i].token_serial);
 	}
 	for (i = 0; i < n; i++) {
-		if (warnings != NULL ? warnings[i][0] != '\0' && snprintf(why, sizeof(why), "%s", warnings[i]) >= 0
-				     : esc_kra_warning(&k[i], warn_days, why, sizeof(why)))
+		if (warnings != NULL && warnings[i][0] != '\0')
+			printf("warning: KRA '%s': %s\n", k[i].name, warnings[i]);
+		else if (warnings == NULL && esc_kra_warning(&k[i], warn_days, why, sizeof(why)))
 			printf("warning: KRA '%s': %s\n", k[i].name, why);
 	}
 	if (h != NULL && h->records_short > 0)
-		printf("warning: %lld of %lld record(s) have fewer than %d usable (active, unexpired) KRA(s) in their set, "
-		       "%lld of them none: not recoverable until a KRA of their set is renewed (first: record %s)\n",
+		printf("warning: %lld of %lld record(s) have fewer than %d usable (active, unexpired) KRA(s) in their "
+		       "set, %lld of them none: not recoverable until a KRA of their set is renewed (first: record "
+		       "%s)\n",
 		       h->records_short, h->records, h->threshold, h->records_none, h->first_short);
 }
 
