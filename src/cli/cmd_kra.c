@@ -629,6 +629,8 @@ check_renew_opts(struct esc_ctx *ctx, const struct opts *o)
 {
 	enum esc_err r;
 
+	if (o->name == NULL || *o->name == '\0')
+		return cli_usage_error(CMD, "renew needs the KRA's NAME");
 	if (o->token != NULL || o->key_type != NULL)
 		return cli_usage_error(CMD, "renew certifies the KRA's own key again: no --token or --key-type (--key "
 					    "URI names the key if the card moved)");
@@ -644,7 +646,7 @@ check_renew_opts(struct esc_ctx *ctx, const struct opts *o)
  * the CA issue the new certificate.  Nothing is generated or removed.
  */
 static int
-remote_renew(struct esc_ctx *ctx, struct esc_config *cfg, struct opts *o)
+remote_renew(struct esc_ctx *ctx, struct esc_config *cfg, const struct opts *o)
 {
 	struct cli_http *h = NULL;
 	struct esc_token *card = NULL;
@@ -657,11 +659,12 @@ remote_renew(struct esc_ctx *ctx, struct esc_config *cfg, struct opts *o)
 	const json_t *list = NULL, *e = NULL;
 	json_t *doc = NULL, *body = NULL, *ch = NULL;
 	char id[24] = "", old_serial[64] = "", key_uri[512] = "", path[128], days[16], *b64 = NULL;
+	struct opts oc;
 	enum esc_err r;
 	int rc, refused = 0;
 
-	if ((rc = check_renew_opts(ctx, o)) != 0)
-		return rc;
+	if (o->name == NULL || (rc = check_renew_opts(ctx, o)) != 0)
+		return o->name == NULL ? cli_usage_error(CMD, "renew needs the KRA's NAME") : rc;
 	if ((rc = cli_http_open(CMD, ctx, o->server, o->server_ca, o->user, o->password_file, &h)) != 0 ||
 	    (rc = cli_http_call(h, CLI_HTTP_GET, "/kras", NULL, &doc)) != 0)
 		goto out;
@@ -680,10 +683,12 @@ remote_renew(struct esc_ctx *ctx, struct esc_config *cfg, struct opts *o)
 	}
 	cli_json_copy(old_serial, sizeof(old_serial), e, "cert_serial");
 	cli_json_copy(key_uri, sizeof(key_uri), e, "key_uri");
-	if (o->key == NULL)
-		o->key = key_uri;
-	if ((r = open_card(ctx, cfg, NULL, o, &card, &pin)) != ESC_OK ||
-	    (r = esc_kra_card_adopt(ctx, card, o->key, &k)) != ESC_OK) {
+	/* The card and the key: the KRA's own URI unless --key names them. */
+	oc = *o;
+	if (oc.key == NULL)
+		oc.key = key_uri;
+	if ((r = open_card(ctx, cfg, NULL, &oc, &card, &pin)) != ESC_OK ||
+	    (r = esc_kra_card_adopt(ctx, card, oc.key, &k)) != ESC_OK) {
 		rc = cli_fail(CMD, ctx, r);
 		goto out;
 	}
@@ -753,7 +758,7 @@ out:
 
 /* kra renew on the service host: the CA token and the KRA's card here. */
 static int
-do_renew(struct esc_ctx *ctx, struct esc_config *cfg, struct esc_store *st, struct opts *o)
+do_renew(struct esc_ctx *ctx, struct esc_config *cfg, struct esc_store *st, const struct opts *o)
 {
 	struct esc_account *admin = NULL;
 	struct esc_token *ca = NULL, *card = NULL;
@@ -763,11 +768,12 @@ do_renew(struct esc_ctx *ctx, struct esc_config *cfg, struct esc_store *st, stru
 	unsigned char *cert = NULL;
 	size_t cert_len = 0, n = 0, i;
 	char old_serial[64] = "", key_uri[512] = "";
+	struct opts oc;
 	enum esc_err r;
 	int rc;
 
-	if ((rc = check_renew_opts(ctx, o)) != 0)
-		return rc;
+	if (o->name == NULL || (rc = check_renew_opts(ctx, o)) != 0)
+		return o->name == NULL ? cli_usage_error(CMD, "renew needs the KRA's NAME") : rc;
 	if ((rc = cli_login(CMD, ctx, st, o->user, o->password_file, &admin)) != 0)
 		return rc;
 	if ((r = esc_account_require(ctx, admin, ESC_ROLE_ADMIN)) != ESC_OK ||
@@ -782,13 +788,15 @@ do_renew(struct esc_ctx *ctx, struct esc_config *cfg, struct esc_store *st, stru
 	}
 	snprintf(old_serial, sizeof(old_serial), "%s", list[i].cert_serial);
 	snprintf(key_uri, sizeof(key_uri), "%s", list[i].key_uri);
-	if (o->key == NULL)
-		o->key = key_uri;
+	/* The card and the key: the KRA's own URI unless --key names them. */
+	oc = *o;
+	if (oc.key == NULL)
+		oc.key = key_uri;
 	if ((rc = cli_open_ca_token(CMD, ctx, cfg, st, "ca-sign", o->ca_token ? esc_config_get(cfg, "ca_token") : NULL,
 				    &ca)) != 0)
 		goto done;
-	if ((r = open_card(ctx, cfg, ca, o, &card, &card_pin)) != ESC_OK ||
-	    (r = esc_kra_card_adopt(ctx, card, o->key, &k)) != ESC_OK ||
+	if ((r = open_card(ctx, cfg, ca, &oc, &card, &card_pin)) != ESC_OK ||
+	    (r = esc_kra_card_adopt(ctx, card, oc.key, &k)) != ESC_OK ||
 	    (r = esc_kra_renew_card(ctx, st, admin, ca, k, o->name, o->days, &kra, &cert, &cert_len)) != ESC_OK)
 		goto out;
 	rc = renewed(ctx, k, o->name, old_serial, &kra, cert, cert_len, "");
