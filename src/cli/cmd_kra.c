@@ -663,8 +663,10 @@ remote_renew(struct esc_ctx *ctx, struct esc_config *cfg, const struct opts *o)
 	enum esc_err r;
 	int rc, refused = 0;
 
-	if (o->name == NULL || (rc = check_renew_opts(ctx, o)) != 0)
-		return o->name == NULL ? cli_usage_error(CMD, "renew needs the KRA's NAME") : rc;
+	if (o->name == NULL)
+		return cli_usage_error(CMD, "renew needs the KRA's NAME");
+	if ((rc = check_renew_opts(ctx, o)) != 0)
+		return rc;
 	if ((rc = cli_http_open(CMD, ctx, o->server, o->server_ca, o->user, o->password_file, &h)) != 0 ||
 	    (rc = cli_http_call(h, CLI_HTTP_GET, "/kras", NULL, &doc)) != 0)
 		goto out;
@@ -772,8 +774,10 @@ do_renew(struct esc_ctx *ctx, struct esc_config *cfg, struct esc_store *st, cons
 	enum esc_err r;
 	int rc;
 
-	if (o->name == NULL || (rc = check_renew_opts(ctx, o)) != 0)
-		return o->name == NULL ? cli_usage_error(CMD, "renew needs the KRA's NAME") : rc;
+	if (o->name == NULL)
+		return cli_usage_error(CMD, "renew needs the KRA's NAME");
+	if ((rc = check_renew_opts(ctx, o)) != 0)
+		return rc;
 	if ((rc = cli_login(CMD, ctx, st, o->user, o->password_file, &admin)) != 0)
 		return rc;
 	if ((r = esc_account_require(ctx, admin, ESC_ROLE_ADMIN)) != ESC_OK ||
