@@ -21,6 +21,7 @@
 #include <p11escrow/audit.h>
 #include <p11escrow/ca.h>
 #include <p11escrow/envelope.h>
+#include <p11escrow/kra.h>
 #include <p11escrow/recovery.h>
 #include <p11escrow/revoke.h>
 
@@ -681,9 +682,17 @@ release_impl(struct esc_ctx *ctx, struct esc_store *st, struct esc_token *ca_tok
 		r = esc_error(ctx, ESC_ERR_BAD_INPUT, "the KRA's stored certificate is unreadable");
 		goto out;
 	}
-	if ((r = esc_archive_open_outer(ctx, st, ca_tok, rid, &inner, &innerlen)) != ESC_OK ||
-	    (r = esc_envelope_has_recipient(ctx, inner, innerlen, kra_cert, &yes)) != ESC_OK)
+	if ((r = esc_archive_open_outer(ctx, st, ca_tok, rid, &inner, &innerlen)) != ESC_OK)
 		goto out;
+	/* A record wrapped before the KRA's certificate was renewed names the earlier one (the same key). */
+	{
+		X509 *named = NULL;
+
+		if ((r = esc_kra_envelope_cert(ctx, st, kra_name, inner, innerlen, kra_cert, &named, &yes)) != ESC_OK)
+			goto out;
+		X509_free(kra_cert);
+		kra_cert = named;
+	}
 	if (!yes) {
 		r = esc_error(ctx, ESC_ERR_TAMPERED, "record %s is not wrapped to the request's KRA", rid);
 		goto out;
@@ -982,6 +991,17 @@ load_released(struct esc_ctx *ctx, struct esc_store *st, const struct esc_accoun
 	if (X509_cmp_current_time(X509_get0_notAfter(p->kra_cert)) <= 0) {
 		r = esc_error(ctx, ESC_ERR_DENIED, "KRA '%s''s certificate has expired", PQgetvalue(res, 0, 6));
 		goto out;
+	}
+	/* Released before the KRA's certificate was renewed: addressed to the earlier one (the same key). */
+	{
+		X509 *named = NULL;
+		int yes = 0;
+
+		if ((r = esc_kra_envelope_cert(ctx, st, PQgetvalue(res, 0, 6), p->der, p->derlen, p->kra_cert, &named,
+					       &yes)) != ESC_OK)
+			goto out;
+		X509_free(p->kra_cert);
+		p->kra_cert = named;
 	}
 	p->id = id;
 	copy(p->kra_name, sizeof(p->kra_name), PQgetvalue(res, 0, 6));
