@@ -16,6 +16,8 @@
 
 #include <stddef.h>
 
+#include <openssl/x509.h>
+
 #include <p11escrow/auth.h>
 #include <p11escrow/ctx.h>
 #include <p11escrow/err.h>
@@ -29,13 +31,15 @@ struct esc_kra {
 	char key_type[16];
 	char recipient[24]; /* rsa-oaep-sha1, rsa-oaep-sha256, rsa-pkcs1v15, ecdh */
 	char cert_serial[64];
-	char not_after[32];
+	char not_after[32]; /* the certificate's, YYYY-MM-DDTHH:MM:SSZ */
 	char token_label[33];
 	char token_serial[17];
 	char key_uri[512];
 	long long records;	    /* records this KRA can recover */
 	char origin[12];	    /* generated (on the card by p11escrow), adopted (the card held it) */
 	char recipient_reason[304]; /* why that recipient form: the card's probe ("" before schema 11) */
+	int days_left;		    /* whole days until not_after; negative once it has passed */
+	int expired;		    /* the certificate's not_after has passed */
 };
 
 /*
@@ -238,5 +242,81 @@ enum esc_err esc_kra_list(struct esc_ctx *ctx, struct esc_store *st, struct esc_
  */
 enum esc_err esc_kra_retire(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor,
 			    const char *name) ESC_MUST_CHECK;
+
+/*
+ * ---- Renewal: a new certificate for the same card key ----
+ *
+ * esc_kra_renew_begin takes the public key the card holds (SubjectPublicKeyInfo
+ * DER, as esc_kra_card_public_key gives it), checks that it is the key of KRA
+ * name's certificate (MISMATCH otherwise) and that the KRA is active (STATE
+ * when retired), and answers a challenge exactly as esc_kra_enroll_begin
+ * does, marked as a renewal (kra_challenges.renews).  esc_kra_enroll_prove
+ * (and the keeper's KRA_PROVE) answers it: possession proven, the CA issues
+ * a certificate for the same key and subject for days, and the KRA row's
+ * certificate, serial and fingerprint are replaced in one transaction with
+ * the audit event kra.renew, whose details keep the old serial.  The KRA's
+ * id, name, key, card and records stay; records wrapped to the old
+ * certificate open with the same key on the card.  Audited
+ * (kra.renew.challenge), refusals too.
+ * Errors: DENIED, USAGE, NOT_FOUND (no such KRA), STATE (retired, no active
+ * CA), BAD_INPUT (public key), MISMATCH, POLICY, CRYPTO, DB.
+ */
+enum esc_err esc_kra_renew_begin(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor,
+				 const char *name, const unsigned char *public_key, size_t public_key_len, int days,
+				 long long *id, unsigned char **challenge, size_t *challenge_len, char *expires,
+				 size_t expires_len) ESC_MUST_CHECK;
+
+/*
+ * Renew KRA name's certificate on the service host with the key of k (the
+ * card logged in, the key found by the KRA's URI or another: adopted, so
+ * never removed): esc_kra_renew_begin, the challenge opened on the card,
+ * the answer (with ca_tok) in one call.  *cert is the new certificate's DER
+ * (free()); out the renewed KRA.  Errors: as esc_kra_renew_begin and esc_kra_enroll_prove.
+ */
+enum esc_err esc_kra_renew_card(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor,
+				struct esc_token *ca_tok, struct esc_kra_card *k, const char *name, int days,
+				struct esc_kra *out, unsigned char **cert, size_t *cert_len) ESC_MUST_CHECK;
+
+/*
+ * The certificate of KRA name (current: its certificate now) that envelope
+ * env (a record's inner layer, or a recovery package) names as a recipient:
+ * current if it does, else the earlier certificate of the same key that a
+ * renewal replaced (kra_certificates), the one records wrapped before the
+ * renewal name by issuer and serial.  *out is a new reference (X509_free)
+ * to it, or to current if none is named (*yes = 0).
+ * Errors: BAD_INPUT (env), DB.
+ */
+enum esc_err esc_kra_envelope_cert(struct esc_ctx *ctx, struct esc_store *st, const char *name,
+				   const unsigned char *env, size_t envlen, X509 *current, X509 **out,
+				   int *yes) ESC_MUST_CHECK;
+
+/* ---- Warnings before KRAs lapse ---- */
+
+/* The default of kra_expiry_warning_days (p11escrow.conf): warn this many days before a KRA certificate expires. */
+#define ESC_KRA_EXPIRY_WARNING_DAYS 60
+
+struct esc_kra_health {
+	int threshold;		 /* k: usable KRAs a record needs (policy kra_threshold; 1 where it is unset) */
+	int warn_days;		 /* as asked */
+	size_t active;		 /* active KRAs */
+	size_t usable;		 /* active KRAs whose certificate has not expired */
+	size_t expiring;	 /* active KRAs whose certificate expires within warn_days */
+	size_t expired;		 /* active KRAs whose certificate has expired */
+	long long records;	 /* archive records */
+	long long records_short; /* records whose KRA set holds fewer than threshold usable KRAs */
+	long long records_none;	 /* of those, records no usable KRA can recover (k = 1: unrecoverable) */
+	char first_short[40];	 /* one such record's id, "" if none */
+};
+
+/*
+ * Whether the KRAs k[0..n) (esc_kra_list) stay able to recover the records:
+ * their expiry (within warn_days, or past) and the records whose set holds
+ * fewer than k usable (active, unexpired) KRAs.  Read only.  Errors: DB.
+ */
+enum esc_err esc_kra_health(struct esc_ctx *ctx, struct esc_store *st, const struct esc_kra *k, size_t n, int warn_days,
+			    struct esc_kra_health *out) ESC_MUST_CHECK;
+
+/* 1 if KRA k deserves a warning (active and expired, or expiring within warn_days), with why in buf. */
+int esc_kra_warning(const struct esc_kra *k, int warn_days, char *buf, size_t len);
 
 #endif

@@ -150,6 +150,22 @@ enum esc_err esc_token_destroy_key(struct esc_ctx *ctx, struct esc_token *tok,
 				   const struct esc_token_key *key) ESC_MUST_CHECK;
 
 /*
+ * Set CKA_LABEL of key's objects (private, public, the certificate written
+ * with it) to label (1..128 bytes), e.g. once its certificate names it.
+ * Errors: USAGE (label), PKCS11 (the token refuses: some objects may then
+ * carry the new label, some the old).
+ */
+enum esc_err esc_token_key_relabel(struct esc_ctx *ctx, struct esc_token *tok, struct esc_token_key *key,
+				   const char *label) ESC_MUST_CHECK;
+
+/*
+ * The label a key written for cert gets when none is given: the
+ * certificate's common name (cut to len - 1 bytes at a character boundary),
+ * else fallback; a name with control characters is not used.
+ */
+void esc_token_default_label(X509 *cert, const char *fallback, char *buf, size_t len);
+
+/*
  * Write key, a private key held in software (a recovered one), and cert,
  * its certificate, onto the token (logged in as its user) with
  * C_CreateObject: the private key (CKA_TOKEN, CKA_PRIVATE, CKA_SENSITIVE,
@@ -180,6 +196,16 @@ enum esc_err esc_token_import_key(struct esc_ctx *ctx, struct esc_token *tok, EV
  * Errors: as esc_token_import_key.
  */
 enum esc_err esc_token_import_check(struct esc_ctx *ctx, struct esc_token *tok, X509 *cert) ESC_MUST_CHECK;
+
+/*
+ * The same check before there is a certificate, from the public key pub
+ * the certificate will hold (the CKA_ID is the same SHA-1 of its
+ * subjectPublicKey): a client checks the token before it enrolls the key.
+ * pub NULL (the key is not known yet, the service makes it): only the
+ * session and the token's write protection are checked.
+ * Errors: as esc_token_import_check.
+ */
+enum esc_err esc_token_import_check_key(struct esc_ctx *ctx, struct esc_token *tok, EVP_PKEY *pub) ESC_MUST_CHECK;
 
 void esc_token_key_free(struct esc_token_key *key);
 

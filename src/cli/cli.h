@@ -41,6 +41,9 @@ int cli_set(const char *cmd, struct esc_ctx *ctx, struct esc_config *cfg, const 
  * (esc_secret_free).  Returns 0 or an exit code (printed).
  */
 struct esc_secret;
+
+/* A random 24-character password (58-symbol URL-safe alphabet) in the secure heap, for a file the CLI writes. */
+enum esc_err cli_random_password(struct esc_ctx *ctx, struct esc_secret **out);
 int cli_password(const char *cmd, struct esc_ctx *ctx, const char *user, const char *password_file,
 		 struct esc_secret **out);
 /* Authenticate --user with the password cli_password obtains.  Returns 0 or an exit code (printed). */

@@ -13,6 +13,9 @@
 
 #include <pwd.h>
 
+#include <openssl/crypto.h>
+#include <openssl/rand.h>
+
 #include <p11escrow/audit.h>
 #include <p11escrow/keeper.h>
 #include <p11escrow/pin.h>
@@ -296,4 +299,25 @@ cli_open_ca_token(const char *cmd, struct esc_ctx *ctx, struct esc_config *cfg, 
 		return cli_fail(cmd, ctx, r);
 	*out = tok;
 	return 0;
+}
+
+enum esc_err
+cli_random_password(struct esc_ctx *ctx, struct esc_secret **out)
+{
+	static const char abc[] = "ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz23456789-_";
+	unsigned char rnd[24];
+	char pw[25];
+	size_t i;
+	enum esc_err r;
+
+	if (RAND_bytes(rnd, sizeof(rnd)) != 1)
+		return ESC_ERR_CRYPTO;
+	/* 58 symbols: the small modulo bias is irrelevant at 24 characters. */
+	for (i = 0; i < sizeof(rnd); i++)
+		pw[i] = abc[rnd[i] % (sizeof(abc) - 1)];
+	pw[24] = '\0';
+	r = esc_secret_new(ctx, pw, 24, out);
+	OPENSSL_cleanse(pw, sizeof(pw));
+	OPENSSL_cleanse(rnd, sizeof(rnd));
+	return r;
 }

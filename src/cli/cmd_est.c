@@ -19,6 +19,7 @@
 #include <openssl/crypto.h>
 #include <openssl/err.h>
 #include <openssl/pem.h>
+#include <openssl/rand.h>
 #include <openssl/x509.h>
 #include <openssl/x509v3.h>
 
@@ -26,6 +27,7 @@
 #include <p11escrow/est.h>
 #include <p11escrow/pin.h>
 #include <p11escrow/profile.h>
+#include <p11escrow/token.h>
 
 #include "cli.h"
 #include "http_client.h"
@@ -34,6 +36,8 @@
 #define EST_PATH "/.well-known/est"
 #define OTP_PASSWORD_ENV "P11ESCROW_OTP_PASSWORD"
 #define KEY_PASSWORD_ENV "P11ESCROW_KEY_PASSWORD"
+#define TO_TOKEN_PIN_ENV "P11ESCROW_TO_TOKEN_PIN"
+#define TOKEN_LABEL_MAX 128 /* CKA_LABEL (esc_token_import_key) */
 #define DEFAULT_KEY_TYPE "ec-p256"
 
 #define CT_PKCS10 "application/pkcs10"
@@ -50,6 +54,7 @@ struct opts {
 	const char *client_key_password_file;
 	const char *subject, *key_type;
 	const char *out, *out_cert, *out_key, *out_p12, *out_ca, *key_password_file;
+	const char *to_token, *to_token_module, *to_token_pin_file, *to_token_label; /* the key onto a token */
 	enum mode mode;
 	int modes;   /* how many mode options were given */
 	int new_key; /* simplereenroll: a new key instead of the current one */
@@ -60,7 +65,7 @@ help(void)
 {
 	printf("Usage: %s " CMD " enroll --server URL [--label LABEL] [--fullcmc|--serverkeygen|--simpleenroll]\n"
 	       "                 (--otp NAME [--otp-file FILE] | --client-cert FILE --client-key FILE)\n"
-	       "                 (--out-cert FILE --out-key FILE | --out-p12 FILE) [OPTIONS]\n"
+	       "                 (--out-cert FILE --out-key FILE | --out-p12 FILE | --to-token URI) [OPTIONS]\n"
 	       "       %s " CMD " enroll --simplereenroll --server URL [--label LABEL] --client-cert FILE\n"
 	       "                 --client-key FILE --out-cert FILE [--new-key --out-key FILE] [OPTIONS]\n"
 	       "       %s " CMD " transport-cert --server URL [-o FILE] [OPTIONS]\n"
@@ -89,6 +94,17 @@ help(void)
 	       "                Output files must not exist yet; they are created before anything is\n"
 	       "                sent and removed again if the enrollment fails.  Prints the serial,\n"
 	       "                subject and expiry of the certificate.\n"
+	       "                --to-token URI instead writes key and certificate onto that token\n"
+	       "                (same CKA_ID; the key sensitive, never extractable).  The token is\n"
+	       "                opened, logged in to and checked (writable, no object with the key's\n"
+	       "                CKA_ID) before anything is sent, so a wrong PIN costs no one-time\n"
+	       "                password.  fullcmc and serverkeygen: the key exists in software (the\n"
+	       "                secure heap) for the enrollment, as archival needs, then goes onto the\n"
+	       "                token and is wiped here; if that write fails, key and certificate are\n"
+	       "                kept in ./p11escrow-est-SERIAL.p12 (encrypted: --key-password-file or\n"
+	       "                $" KEY_PASSWORD_ENV ", else a generated password printed once) and the\n"
+	       "                error names it.  simpleenroll: the key is made on the token and the\n"
+	       "                request signed there; it never leaves it.\n"
 	       "transport-cert  fetch the CA's transport certificate (public; what /fullcmc encrypts keys\n"
 	       "                to), check it is issued by the CA of /cacerts, is no CA and may receive\n"
 	       "                keys (keyEncipherment for RSA, keyAgreement for EC), and print it as PEM\n"
@@ -118,6 +134,11 @@ help(void)
 	       "      --out-ca FILE             also the CA certificates of /cacerts (PEM)\n"
 	       "      --key-password-file FILE  the password for --out-key/--out-p12 (else\n"
 	       "                                $" KEY_PASSWORD_ENV ", else a prompt)\n"
+	       "      --to-token URI            key and certificate onto this token (pkcs11: URI, no PIN)\n"
+	       "      --to-token-module MODULE  its PKCS#11 module (else the configured module)\n"
+	       "      --to-token-pin-file FILE  its user PIN (else $" TO_TOKEN_PIN_ENV ", else a prompt)\n"
+	       "      --to-token-label TEXT     CKA_LABEL of the objects written (else the certificate's CN;\n"
+	       "                                --label is the EST label)\n"
 	       "  -o, --out FILE                transport-cert, cacerts: where the PEM goes (default: standard\n"
 	       "                                output)\n"
 	       "  -c, --config FILE             configuration file\n"
@@ -430,6 +451,280 @@ out:
 	return rc;
 }
 
+/* ---- --to-token ---------------------------------------------------------------- */
+
+/*
+ * Test hooks, only in builds configured with -Dtest_hooks=true (never in a
+ * packaged build): P11ESCROW_TEST_EST_KEY=FILE makes the key "generated"
+ * here the PEM key in FILE (so a test can enroll a key whose CKA_ID is on
+ * the token already), P11ESCROW_FAULT_FAIL=est-token-write fails the write
+ * onto the token after the enrollment (so a test sees the fallback file).
+ */
+#ifdef ESC_TEST_HOOKS
+/* 1: no hook; 0: *out is the hook's key; else the exit code (printed). */
+static int
+test_key(EVP_PKEY **out)
+{
+	const char *f = getenv("P11ESCROW_TEST_EST_KEY");
+	FILE *fp;
+
+	if (f == NULL || *f == '\0')
+		return 1;
+	if ((fp = fopen(f, "r")) != NULL) {
+		*out = PEM_read_PrivateKey(fp, NULL, NULL, NULL);
+		fclose(fp);
+		if (*out != NULL)
+			return 0;
+	}
+	ERR_clear_error();
+	fprintf(stderr, "%s %s: error: P11ESCROW_TEST_EST_KEY: no key in '%s'\n", PROG, CMD, f);
+	return esc_err_exit_code(ESC_ERR_BAD_INPUT);
+}
+
+static int
+fault(const char *point)
+{
+	const char *f = getenv("P11ESCROW_FAULT_FAIL");
+
+	return f != NULL && strcmp(f, point) == 0;
+}
+#else
+static int
+test_key(EVP_PKEY **out)
+{
+	(void)out;
+	return 1;
+}
+
+static int
+fault(const char *point)
+{
+	(void)point;
+	return 0;
+}
+#endif
+
+/* A new key of type made here (in the secure heap), or the test hook's.  Returns 0 or the exit code (printed). */
+static int
+new_key(struct esc_ctx *ctx, unsigned type, EVP_PKEY **out)
+{
+	int rc = test_key(out);
+	enum esc_err e;
+
+	if (rc != 1)
+		return rc;
+	if ((e = esc_enroll_key_generate(ctx, type, out)) != ESC_OK)
+		return cli_fail(CMD, ctx, e);
+	return 0;
+}
+
+/*
+ * Open --to-token, log in with its PIN (--to-token-pin-file, else
+ * $P11ESCROW_TO_TOKEN_PIN, else a prompt) and keep the session: before
+ * anything is sent, so a wrong PIN costs no one-time password.
+ */
+static int
+token_open(struct esc_ctx *ctx, struct esc_config *cfg, const struct opts *o, struct esc_token **out)
+{
+	struct esc_token *tok = NULL;
+	struct esc_secret *pin = NULL;
+	enum esc_err e;
+
+	if ((e = esc_token_open(ctx, o->to_token_module != NULL ? o->to_token_module : esc_config_get(cfg, "module"),
+				o->to_token, &tok)) != ESC_OK ||
+	    (e = esc_secret_obtain(ctx, o->to_token_pin_file, TO_TOKEN_PIN_ENV, "Token PIN: ", &pin)) != ESC_OK ||
+	    (e = esc_token_login(ctx, tok, pin)) != ESC_OK) {
+		esc_secret_free(pin);
+		esc_token_free(tok);
+		return fail_lib(ctx, e, "--to-token");
+	}
+	esc_secret_free(pin);
+	*out = tok;
+	return 0;
+}
+
+/* Text a token label may carry: no control characters. */
+static int
+printable(const char *s)
+{
+	for (; *s; s++)
+		if ((unsigned char)*s < 0x20 || *s == 0x7f)
+			return 0;
+	return 1;
+}
+
+/*
+ * The enrollment succeeded but the key did not get onto the token: keep
+ * key and certificate in an encrypted PKCS#12, ./p11escrow-est-SERIAL.p12
+ * (never overwritten), under the key password given, else a generated one
+ * printed once on standard error.  Returns the exit code of why (printed).
+ */
+static int
+fallback_p12(struct esc_ctx *ctx, EVP_PKEY *key, X509 *cert, STACK_OF(X509) *cacerts, const struct esc_secret *kpw,
+	     enum esc_err why, const char *whymsg)
+{
+	struct outfile f = {NULL, -1, 0};
+	struct esc_secret *gen = NULL;
+	char *serial = esc_cert_serial_hex(cert), path[128];
+	unsigned char *der = NULL;
+	size_t len = 0;
+	enum esc_err e = ESC_OK;
+	int ok = 0;
+
+	fprintf(stderr, "%s %s: error: the key and certificate could not be written onto the token: %s\n", PROG, CMD,
+		whymsg);
+	snprintf(path, sizeof(path), "p11escrow-est-%.64s.p12", serial != NULL ? serial : "unknown");
+	if (kpw == NULL && (e = cli_random_password(ctx, &gen)) == ESC_OK)
+		kpw = gen;
+	if (e == ESC_OK && (e = esc_est_key_p12(ctx, key, cert, cacerts, "p11escrow est", kpw, &der, &len)) == ESC_OK &&
+	    out_create(&f, path, 0600) == 0) {
+		if (out_write(&f, der, len) == 0)
+			f.written = 1;
+		ok = out_close(&f) == 0 && f.written;
+	}
+	if (!ok) {
+		/* The service archived the key: it can still be recovered. */
+		fprintf(stderr,
+			"%s %s: error: no PKCS#12 could be written either%s%s%s; the key is archived: a recovery "
+			"request brings it back\n",
+			PROG, CMD, e != ESC_OK ? " (" : "", e != ESC_OK ? esc_strerror(e) : "", e != ESC_OK ? ")" : "");
+	} else {
+		fprintf(stderr,
+			"%s %s: the enrolled key and its certificate are in '%s' (encrypted PKCS#12, %s); import "
+			"them from there\n",
+			PROG, CMD, path, gen == NULL ? "the key password given" : "password below");
+		if (gen != NULL)
+			fprintf(stderr, "%s %s: PKCS#12 password (shown once): %s\n", PROG, CMD, esc_secret_str(gen));
+	}
+	free(der); /* ciphertext */
+	esc_secret_free(gen);
+	free(serial);
+	return esc_err_exit_code(why);
+}
+
+/*
+ * Write the enrolled key and its certificate onto tok: sensitive, never
+ * extractable from then on (esc_token_import_key).  The software copy is
+ * the caller's, freed (wiped) when it returns.
+ */
+static int
+to_token(struct esc_ctx *ctx, const struct opts *o, struct esc_token *tok, EVP_PKEY *key, X509 *cert,
+	 STACK_OF(X509) *cacerts, const struct esc_secret *kpw)
+{
+	struct esc_token_key *k = NULL;
+	char label[TOKEN_LABEL_MAX + 1], *uri = NULL, why[512];
+	enum esc_err e;
+
+	if (o->to_token_label != NULL)
+		snprintf(label, sizeof(label), "%s", o->to_token_label);
+	else
+		esc_token_default_label(cert, "enrolled key", label, sizeof(label));
+	if (fault("est-token-write")) {
+		snprintf(why, sizeof(why), "test fault est-token-write");
+		return fallback_p12(ctx, key, cert, cacerts, kpw, ESC_ERR_PKCS11, why);
+	}
+	if ((e = esc_token_import_check(ctx, tok, cert)) != ESC_OK ||
+	    (e = esc_token_import_key(ctx, tok, key, cert, label, &k)) != ESC_OK) {
+		snprintf(why, sizeof(why), "%s", esc_ctx_errmsg(ctx));
+		return fallback_p12(ctx, key, cert, cacerts, kpw, e, why);
+	}
+	if (esc_token_key_uri(ctx, tok, k, &uri) != ESC_OK)
+		uri = NULL;
+	printf("key and certificate written onto token '%s' (sensitive, not extractable), label '%s': %s\n",
+	       esc_token_label(tok), label, uri != NULL ? uri : "?");
+	free(uri);
+	esc_token_key_free(k);
+	return 0;
+}
+
+/*
+ * --simpleenroll --to-token: the key is made on the token (C_GenerateKeyPair:
+ * sensitive, never extractable, CKA_SIGN only) and the request signed there;
+ * it never exists anywhere else.  *tkey names it on the token (undone by the
+ * caller if the enrollment fails), *key is its EVP_PKEY (operations on the
+ * token; freed before tok).  Labelled provisionally until the certificate
+ * names it.
+ */
+static int
+token_keygen(struct esc_ctx *ctx, struct esc_token *tok, unsigned type, struct esc_token_key **tkey, EVP_PKEY **key)
+{
+	enum esc_key_type tt;
+	enum esc_err e;
+
+	switch (type) {
+	case ESC_EKEY_EC_P256:
+		tt = ESC_KEY_EC_P256;
+		break;
+	case ESC_EKEY_EC_P384:
+		tt = ESC_KEY_EC_P384;
+		break;
+	case ESC_EKEY_RSA3072:
+		tt = ESC_KEY_RSA3072;
+		break;
+	case ESC_EKEY_RSA4096:
+		tt = ESC_KEY_RSA4096;
+		break;
+	default:
+		return cli_usage_error(CMD, "--to-token makes ec-p256, ec-p384, rsa3072 or rsa4096 keys");
+	}
+	if ((e = esc_token_generate_key(ctx, tok, tt, ESC_KEY_USE_SIGN, "p11escrow est: enrolling", tkey)) != ESC_OK)
+		return fail_lib(ctx, e, "--to-token (nothing was sent)");
+	if ((e = esc_token_key_private(ctx, tok, *tkey, key)) != ESC_OK) {
+		if (esc_token_destroy_key(ctx, tok, *tkey) != ESC_OK)
+			fprintf(stderr, "%s %s: error: %s\n", PROG, CMD, esc_ctx_errmsg(ctx));
+		esc_token_key_free(*tkey);
+		*tkey = NULL;
+		return fail_lib(ctx, e, "--to-token (nothing was sent)");
+	}
+	return 0;
+}
+
+/*
+ * The certificate of the key made on the token next to it (same CKA_ID),
+ * both labelled --to-token-label or the certificate's CN.  If that fails
+ * the key stays (it is certified) and the certificate goes to
+ * ./p11escrow-est-SERIAL.pem, named in the error.
+ */
+static int
+token_store_cert(struct esc_ctx *ctx, const struct opts *o, struct esc_token *tok, struct esc_token_key *tkey,
+		 X509 *cert)
+{
+	struct outfile f = {NULL, -1, 0};
+	STACK_OF(X509) *one = NULL;
+	char label[TOKEN_LABEL_MAX + 1], *uri = NULL, *serial = NULL, path[128];
+	enum esc_err e;
+	int rc;
+
+	if (o->to_token_label != NULL)
+		snprintf(label, sizeof(label), "%s", o->to_token_label);
+	else
+		esc_token_default_label(cert, "enrolled key", label, sizeof(label));
+	if ((e = esc_token_key_relabel(ctx, tok, tkey, label)) == ESC_OK &&
+	    (e = esc_token_store_cert(ctx, tok, tkey, cert)) == ESC_OK) {
+		if (esc_token_key_uri(ctx, tok, tkey, &uri) != ESC_OK)
+			uri = NULL;
+		printf("key made on token '%s' (sensitive, never extractable), certificate stored with it, label "
+		       "'%s': %s\n",
+		       esc_token_label(tok), label, uri != NULL ? uri : "?");
+		free(uri);
+		return 0;
+	}
+	fprintf(stderr, "%s %s: error: the certificate could not be stored on the token: %s\n", PROG, CMD,
+		esc_ctx_errmsg(ctx));
+	serial = esc_cert_serial_hex(cert);
+	snprintf(path, sizeof(path), "p11escrow-est-%.64s.pem", serial != NULL ? serial : "unknown");
+	free(serial);
+	if ((one = sk_X509_new_null()) != NULL && sk_X509_push(one, cert) > 0 && X509_up_ref(cert) == 1 &&
+	    out_create(&f, path, 0644) == 0 && out_certs(&f, one) == 0 && out_close(&f) == 0)
+		fprintf(stderr, "%s %s: the key is on the token (label '%s'); its certificate is in '%s'\n", PROG, CMD,
+			tkey != NULL ? esc_token_key_label(tkey) : "?", path);
+	else
+		(void)out_close(&f);
+	sk_X509_pop_free(one, X509_free);
+	rc = esc_err_exit_code(e);
+	return rc;
+}
+
 /* "serial: ...", "subject: ...", "not after: ..." of cert on standard output. */
 static void
 print_cert(X509 *cert, const char *what)
@@ -451,10 +746,12 @@ print_cert(X509 *cert, const char *what)
 }
 
 static int
-do_enroll(struct esc_ctx *ctx, const struct opts *o)
+do_enroll(struct esc_ctx *ctx, struct esc_config *cfg, const struct opts *o)
 {
 	struct outfile f_cert = {NULL, -1, 0}, f_key = {NULL, -1, 0}, f_p12 = {NULL, -1, 0}, f_ca = {NULL, -1, 0};
 	struct cli_http *h = NULL;
+	struct esc_token *tok = NULL;
+	struct esc_token_key *tkey = NULL; /* simpleenroll --to-token: the key made on the token */
 	struct esc_secret *otp = NULL, *kpw = NULL;
 	STACK_OF(X509) *cacerts = NULL, *one = NULL;
 	X509_NAME *subject = NULL;
@@ -469,13 +766,46 @@ do_enroll(struct esc_ctx *ctx, const struct opts *o)
 		return cli_usage_error(CMD, "--key-type must be ec-p256, ec-p384, rsa2048, rsa3072 or rsa4096");
 	if (o->subject != NULL && esc_name_parse(ctx, o->subject, &subject) != ESC_OK)
 		return cli_usage_error(CMD, "--subject: %s", esc_ctx_errmsg(ctx));
-	if (writes_key && o->out_p12 == NULL && o->out_key == NULL) {
+	if (o->to_token != NULL) {
+		const char *l = o->to_token_label;
+
+		if (o->out_cert != NULL || o->out_key != NULL || o->out_p12 != NULL) {
+			rc = cli_usage_error(CMD,
+					     "the key goes one way: --to-token URI or files (--out-cert, --out-key, "
+					     "--out-p12), not both");
+			goto out;
+		}
+		if (reenroll) {
+			rc = cli_usage_error(CMD, "--to-token goes with --fullcmc, --serverkeygen or --simpleenroll "
+						  "(--simplereenroll writes files)");
+			goto out;
+		}
+		if (l != NULL && (*l == '\0' || strlen(l) > TOKEN_LABEL_MAX || !printable(l))) {
+			rc = cli_usage_error(CMD, "--to-token-label has 1..%d bytes and no control characters",
+					     TOKEN_LABEL_MAX);
+			goto out;
+		}
+		writes_key = 0;
+	} else if (o->to_token_module != NULL || o->to_token_pin_file != NULL || o->to_token_label != NULL) {
+		rc = cli_usage_error(CMD, "--to-token-module, --to-token-pin-file and --to-token-label go with "
+					  "--to-token");
+		goto out;
+	}
+	if (o->to_token != NULL && o->mode != MODE_SIMPLEENROLL) {
+		/* The fallback file's password, if one is given; else one is made if it is needed. */
+		const char *env = getenv(KEY_PASSWORD_ENV);
+
+		if (((o->key_password_file != NULL && *o->key_password_file != '\0') ||
+		     (env != NULL && *env != '\0')) &&
+		    (rc = key_password(ctx, o->key_password_file, &kpw)) != 0)
+			goto out;
+	} else if (writes_key && o->out_p12 == NULL && o->out_key == NULL) {
 		rc = cli_usage_error(CMD,
 				     "where does the key go? --out-key FILE (with --out-cert FILE) or --out-p12 FILE");
 		goto out;
 	}
-	if (o->out_p12 == NULL && o->out_cert == NULL) {
-		rc = cli_usage_error(CMD, "--out-cert FILE is needed (or --out-p12 FILE)");
+	if (o->to_token == NULL && o->out_p12 == NULL && o->out_cert == NULL) {
+		rc = cli_usage_error(CMD, "--out-cert FILE is needed (or --out-p12 FILE, or --to-token URI)");
 		goto out;
 	}
 	if (!writes_key && (o->out_key != NULL || o->out_p12 != NULL)) {
@@ -496,6 +826,8 @@ do_enroll(struct esc_ctx *ctx, const struct opts *o)
 	}
 	if ((rc = out_create(&f_cert, o->out_cert, 0644)) != 0 || (rc = out_create(&f_key, o->out_key, 0600)) != 0 ||
 	    (rc = out_create(&f_p12, o->out_p12, 0600)) != 0 || (rc = out_create(&f_ca, o->out_ca, 0644)) != 0)
+		goto out;
+	if (o->to_token != NULL && (rc = token_open(ctx, cfg, o, &tok)) != 0)
 		goto out;
 
 	if ((rc = cli_http_open_anonymous(CMD, ctx, o->server, o->server_ca, &h)) != 0 ||
@@ -523,10 +855,22 @@ do_enroll(struct esc_ctx *ctx, const struct opts *o)
 		if (reenroll && !o->new_key) {
 			key = cli_http_client_key(h);
 			EVP_PKEY_up_ref(key);
-		} else if ((e = esc_enroll_key_generate(ctx, type, &key)) != ESC_OK) {
-			rc = cli_fail(CMD, ctx, e);
+		} else if (tok != NULL && o->mode == MODE_SIMPLEENROLL) {
+			if ((rc = token_keygen(ctx, tok, type, &tkey, &key)) != 0)
+				goto out;
+		} else if ((rc = new_key(ctx, type, &key)) != 0) {
 			goto out;
 		}
+	}
+	/*
+	 * The token takes the key (logged in, writable, no object with its
+	 * CKA_ID, a mechanism for it)?  Asked before the request is sent:
+	 * the one-time password is spent only on a key that will get there.
+	 * For serverkeygen the key is not known yet: the state only.
+	 */
+	if (tok != NULL && tkey == NULL && (e = esc_token_import_check_key(ctx, tok, key)) != ESC_OK) {
+		rc = fail_lib(ctx, e, "--to-token (nothing was sent)");
+		goto out;
 	}
 	/* Also the one connection to the service: every request below reuses it. */
 	if ((rc = get_certs(ctx, h, o->label, "cacerts", &cacerts)) != 0)
@@ -545,6 +889,23 @@ do_enroll(struct esc_ctx *ctx, const struct opts *o)
 	}
 	if (f_ca.fd != -1 && (rc = out_certs(&f_ca, cacerts)) != 0)
 		goto out;
+	if (tkey != NULL) {
+		print_cert(cert, "enrolled");
+		/* Certified: the key stays on the token whatever happens to its certificate now. */
+		rc = fflush(stdout) != 0 ? esc_err_exit_code(ESC_ERR_IO) : token_store_cert(ctx, o, tok, tkey, cert);
+		esc_token_key_free(tkey);
+		tkey = NULL;
+		goto out;
+	}
+	if (tok != NULL) {
+		print_cert(cert, o->mode == MODE_FULLCMC
+					 ? "enrolled; key archived by the service (fullcmc)"
+					 : "enrolled; key made and archived by the service (serverkeygen)");
+		if (fflush(stdout) != 0 || (rc = to_token(ctx, o, tok, issued_key, cert, cacerts, kpw)) != 0)
+			goto out;
+		rc = 0;
+		goto out;
+	}
 	if (f_key.fd != -1) {
 		char *pem = NULL;
 		size_t len = 0;
@@ -599,6 +960,12 @@ out:
 	EVP_PKEY_free(issued_key);
 	X509_free(cert);
 	cli_http_free(h);
+	/* A key made on the token for an enrollment that failed is taken off again. */
+	if (tkey != NULL && esc_token_destroy_key(ctx, tok, tkey) != ESC_OK)
+		fprintf(stderr, "%s %s: error: the key made on the token could not be removed again: %s\n", PROG, CMD,
+			esc_ctx_errmsg(ctx));
+	esc_token_key_free(tkey);
+	esc_token_free(tok);
 	return rc;
 }
 
@@ -702,6 +1069,10 @@ est_main(int argc, char *argv[])
 		OPT_OUT_P12,
 		OPT_OUT_CA,
 		OPT_KEY_PW,
+		OPT_TO_TOKEN,
+		OPT_TO_TOKEN_MODULE,
+		OPT_TO_TOKEN_PIN,
+		OPT_TO_TOKEN_LABEL,
 	};
 	static const struct option longopts[] = {
 		{"config", required_argument, NULL, 'c'},
@@ -726,6 +1097,10 @@ est_main(int argc, char *argv[])
 		{"out-p12", required_argument, NULL, OPT_OUT_P12},
 		{"out-ca", required_argument, NULL, OPT_OUT_CA},
 		{"key-password-file", required_argument, NULL, OPT_KEY_PW},
+		{"to-token", required_argument, NULL, OPT_TO_TOKEN},
+		{"to-token-module", required_argument, NULL, OPT_TO_TOKEN_MODULE},
+		{"to-token-pin-file", required_argument, NULL, OPT_TO_TOKEN_PIN},
+		{"to-token-label", required_argument, NULL, OPT_TO_TOKEN_LABEL},
 		{"out", required_argument, NULL, 'o'},
 		{"help", no_argument, NULL, 'h'},
 		{NULL, 0, NULL, 0},
@@ -813,6 +1188,18 @@ est_main(int argc, char *argv[])
 		case OPT_KEY_PW:
 			o.key_password_file = optarg;
 			break;
+		case OPT_TO_TOKEN:
+			o.to_token = optarg;
+			break;
+		case OPT_TO_TOKEN_MODULE:
+			o.to_token_module = optarg;
+			break;
+		case OPT_TO_TOKEN_PIN:
+			o.to_token_pin_file = optarg;
+			break;
+		case OPT_TO_TOKEN_LABEL:
+			o.to_token_label = optarg;
+			break;
 		case ':':
 			return cli_usage_error(CMD, "option '%s' needs a value", argv[optind - 1]);
 		default:
@@ -830,7 +1217,8 @@ est_main(int argc, char *argv[])
 		return cli_usage_error(CMD, "--label wants a profile name (letters, digits, '-', '_', '.')");
 	if (strcmp(action, "enroll") != 0) {
 		if (o.modes > 0 || o.otp || o.client_cert || o.out_cert || o.out_key || o.out_p12 || o.out_ca ||
-		    o.new_key || o.subject || o.key_type)
+		    o.new_key || o.subject || o.key_type || o.to_token || o.to_token_module || o.to_token_pin_file ||
+		    o.to_token_label)
 			return cli_usage_error(CMD, "%s takes --server, --server-ca, --proxy, --label and -o only",
 					       action);
 	} else {
@@ -865,7 +1253,7 @@ est_main(int argc, char *argv[])
 	if ((rc = cli_init(CMD, o.config, &ctx, &cfg)) != 0)
 		goto out;
 	if (strcmp(action, "enroll") == 0)
-		rc = do_enroll(ctx, &o);
+		rc = do_enroll(ctx, cfg, &o);
 	else
 		rc = do_fetch(ctx, &o, strcmp(action, "transport-cert") == 0);
 out:

@@ -7,8 +7,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <time.h>
+
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
+#include <openssl/x509.h>
 
 #include <p11escrow/envelope.h>
 #include <p11escrow/est.h>
@@ -28,6 +31,8 @@ help(void)
 	       "       %s " CMD " enroll --key URI --name NAME --user ADMIN [OPTIONS]\n"
 	       "       %s " CMD
 	       " enroll --server URL --token URI|--key URI --name NAME --user ADMIN [--kra-pin-file F]\n"
+	       "       %s " CMD " renew NAME --user ADMIN [--days N] [--key URI] [OPTIONS]\n"
+	       "       %s " CMD " renew NAME --server URL --user ADMIN [--days N] [--kra-pin-file F]\n"
 	       "       %s " CMD " list [OPTIONS]\n"
 	       "       %s " CMD " list --server URL --user NAME [--server-ca FILE]\n"
 	       "       %s " CMD " retire NAME --user ADMIN [OPTIONS]\n\n"
@@ -45,7 +50,17 @@ help(void)
 	       "        and printed with why: RSA-OAEP SHA-256 or SHA-1, ECDH, or PKCS#1 v1.5 for a card\n"
 	       "        that does nothing else, refused unless policy kra_allow_rsa_pkcs1v15 is true.\n"
 	       "        Policy kra_min_rsa_bits (default 3072) and kra_min_ec_bits bound the key size.\n"
-	       "list    every KRA with its state, key, recipient mechanism and number of records.\n"
+	       "renew   a new KRA certificate for the SAME key, after the card proves again that it holds\n"
+	       "        it (it decrypts a challenge sealed to the key; the KRA's card and its PIN needed).\n"
+	       "        The key is found on the card by the KRA's key URI (--key URI if it moved); a key\n"
+	       "        that is not the KRA's is refused (exit code of a mismatch), as is a retired KRA.\n"
+	       "        The KRA keeps its name, key and records; its certificate, serial and validity\n"
+	       "        (--days, default 730) are replaced, the old serial kept in the audit trail.\n"
+	       "        Records wrapped before the renewal open with the same card key.\n"
+	       "list    every KRA with its state, key, recipient mechanism, number of records, its\n"
+	       "        certificate's expiry and a WARN column: SOON (within kra_expiry_warning_days,\n"
+	       "        default 60) or EXPIRED (recovery refuses it), each explained in a warning line,\n"
+	       "        and a warning when records have fewer usable KRAs than they need.\n"
 	       "retire  stop wrapping new records to a KRA; refused while a record would be left with no\n"
 	       "        active KRA able to recover it.\n"
 	       "With --server URL each action goes through the service's JSON API (no database here;\n"
@@ -80,7 +95,7 @@ help(void)
 	       "      --client-cert FILE     with --client-key FILE: log in to the service with this TLS client\n"
 	       "                             certificate and no password (else $P11ESCROW_CLIENT_CERT/_KEY)\n"
 	       "  -h, --help                 this text\n",
-	       PROG, PROG, PROG, PROG, PROG, PROG);
+	       PROG, PROG, PROG, PROG, PROG, PROG, PROG, PROG);
 	cli_print_exit_codes();
 }
 
@@ -90,15 +105,45 @@ struct opts {
 	int days, local;
 };
 
+/*
+ * The KRAs, a WARN column (EXPIRED, or SOON within warn_days) and a line
+ * per warning after the table; warnings[i] is the service's where it said
+ * (--server), else NULL and worked out here.  Then the records whose KRA
+ * set is short of usable KRAs, where h is known (not NULL).
+ */
 static void
-print_kras(const struct esc_kra *k, size_t n)
+print_kras(const struct esc_kra *k, size_t n, int warn_days, char (*warnings)[256], const struct esc_kra_health *h)
 {
+	char why[256];
 	size_t i;
 
-	printf("%-20s %-8s %-8s %-16s %-8s %s\n", "NAME", "STATE", "KEY", "RECIPIENT", "RECORDS", "CARD");
-	for (i = 0; i < n; i++)
-		printf("%-20s %-8s %-8s %-16s %-8lld %s (serial %s)\n", k[i].name, k[i].state, k[i].key_type,
-		       k[i].recipient, k[i].records, k[i].token_label, k[i].token_serial);
+	printf("%-20s %-8s %-8s %-16s %-8s %-20s %-7s %s\n", "NAME", "STATE", "KEY", "RECIPIENT", "RECORDS",
+	       "NOT AFTER", "WARN", "CARD");
+	for (i = 0; i < n; i++) {
+		int w;
+
+		if (warnings != NULL)
+			w = warnings[i][0] != '\0';
+		else
+			w = esc_kra_warning(&k[i], warn_days, why, sizeof(why));
+		printf("%-20s %-8s %-8s %-16s %-8lld %-20s %-7s %s (serial %s)\n", k[i].name, k[i].state, k[i].key_type,
+		       k[i].recipient, k[i].records, k[i].not_after,
+		       !w	      ? "-"
+		       : k[i].expired ? "EXPIRED"
+				      : "SOON",
+		       k[i].token_label, k[i].token_serial);
+	}
+	for (i = 0; i < n; i++) {
+		if (warnings != NULL && warnings[i][0] != '\0')
+			printf("warning: KRA '%s': %s\n", k[i].name, warnings[i]);
+		else if (warnings == NULL && esc_kra_warning(&k[i], warn_days, why, sizeof(why)))
+			printf("warning: KRA '%s': %s\n", k[i].name, why);
+	}
+	if (h != NULL && h->records_short > 0)
+		printf("warning: %lld of %lld record(s) have fewer than %d usable (active, unexpired) KRA(s) in their "
+		       "set, %lld of them none: not recoverable until a KRA of their set is renewed (first: record "
+		       "%s)\n",
+		       h->records_short, h->records, h->threshold, h->records_none, h->first_short);
 }
 
 /* What probing the card found, and the recipient form chosen (the card's key of k). */
@@ -195,8 +240,10 @@ remote_list(struct esc_ctx *ctx, const struct opts *o)
 {
 	struct cli_http *h = NULL;
 	struct esc_kra *k = NULL;
+	struct esc_kra_health health;
+	char(*warnings)[256] = NULL;
 	const json_t *list, *e;
-	json_t *doc = NULL;
+	json_t *doc = NULL, *hdoc = NULL;
 	size_t n = 0, i;
 	int rc;
 
@@ -206,7 +253,7 @@ remote_list(struct esc_ctx *ctx, const struct opts *o)
 		goto out;
 	list = json_object_get(doc, "kras");
 	n = json_array_size(list);
-	if ((k = calloc(n + 1, sizeof(*k))) == NULL) {
+	if ((k = calloc(n + 1, sizeof(*k))) == NULL || (warnings = calloc(n + 1, sizeof(*warnings))) == NULL) {
 		rc = esc_err_exit_code(ESC_ERR_NOMEM);
 		goto out;
 	}
@@ -223,11 +270,23 @@ remote_list(struct esc_ctx *ctx, const struct opts *o)
 		cli_json_copy(k[i].token_serial, sizeof(k[i].token_serial), e, "token_serial");
 		cli_json_copy(k[i].key_uri, sizeof(k[i].key_uri), e, "key_uri");
 		k[i].records = cli_json_int(e, "records");
+		k[i].expired = json_is_true(json_object_get(e, "expired"));
+		cli_json_copy(warnings[i], sizeof(warnings[i]), e, "warning");
 	}
-	print_kras(k, n);
+	if ((rc = cli_http_call(h, CLI_HTTP_GET, "/kras/health", NULL, &hdoc)) != 0)
+		goto out;
+	memset(&health, 0, sizeof(health));
+	health.threshold = (int)cli_json_int(hdoc, "threshold");
+	health.records = cli_json_int(hdoc, "records");
+	health.records_short = cli_json_int(hdoc, "records_below_threshold");
+	health.records_none = cli_json_int(hdoc, "records_without_usable_kra");
+	cli_json_copy(health.first_short, sizeof(health.first_short), hdoc, "first_record_below_threshold");
+	print_kras(k, n, 0, warnings, &health);
 	rc = 0;
 out:
 	free(k);
+	free(warnings);
+	json_decref(hdoc);
 	json_decref(doc);
 	cli_http_free(h);
 	return rc;
@@ -540,16 +599,239 @@ done:
 	return rc;
 }
 
+/* The renewal's outcome, one way for both modes: the certificate onto the card where it takes it. */
 static int
-do_list(struct esc_ctx *ctx, struct esc_store *st)
+renewed(struct esc_ctx *ctx, struct esc_kra_card *k, const char *name, const char *old_serial,
+	const struct esc_kra *kra, const unsigned char *cert, size_t cert_len, const char *how)
+{
+	enum esc_err r;
+	int stored = 0;
+
+	if (cert == NULL || (r = esc_kra_card_store_cert(ctx, k, cert, cert_len, &stored)) != ESC_OK) {
+		fprintf(stderr,
+			"%s %s: error: KRA '%s' was renewed, but the answer holds no certificate for the card's key: "
+			"%s.  Check 'kra list'\n",
+			PROG, CMD, name, cert == NULL ? "none or not base64" : esc_ctx_errmsg(ctx));
+		return esc_err_exit_code(cert == NULL ? ESC_ERR_BAD_INPUT : r);
+	}
+	printf("KRA '%s' renewed%s, possession proven: the same key on card '%s' (serial %s)\n"
+	       "  certificate: serial %s%s, replacing serial %s\n  not after:   %s\n",
+	       name, how, kra->token_label, kra->token_serial, kra->cert_serial, stored ? "" : " (not on the card)",
+	       old_serial, kra->not_after);
+	if (!stored)
+		printf("the card did not take the certificate (%s): the service keeps it\n", esc_ctx_errmsg(ctx));
+	return 0;
+}
+
+/* The renew options: a KRA name; --key, if given, a clean URI.  No --token or --key-type: the key is the KRA's. */
+static int
+check_renew_opts(struct esc_ctx *ctx, const struct opts *o)
+{
+	enum esc_err r;
+
+	if (o->name == NULL || *o->name == '\0')
+		return cli_usage_error(CMD, "renew needs the KRA's NAME");
+	if (o->token != NULL || o->key_type != NULL)
+		return cli_usage_error(CMD, "renew certifies the KRA's own key again: no --token or --key-type (--key "
+					    "URI names the key if the card moved)");
+	if (o->key != NULL && (r = esc_token_uri_check(ctx, o->key)) != ESC_OK)
+		return cli_fail(CMD, ctx, r);
+	return 0;
+}
+
+/*
+ * kra renew --server: at the security officer's workstation, with the
+ * KRA's card.  The key (the KRA's URI, or --key) is found on the card, the
+ * service checks it is the KRA's and challenges the card; only then does
+ * the CA issue the new certificate.  Nothing is generated or removed.
+ */
+static int
+remote_renew(struct esc_ctx *ctx, struct esc_config *cfg, const struct opts *o)
+{
+	struct cli_http *h = NULL;
+	struct esc_token *card = NULL;
+	struct esc_secret *pin = NULL;
+	struct esc_kra_card *k = NULL;
+	unsigned char *challenge = NULL, *secret = NULL, *cert = NULL;
+	size_t challenge_len = 0, secret_len = 0, cert_len = 0, n = 0, i, spki_len = 0;
+	const unsigned char *spki;
+	struct esc_kra kra;
+	const json_t *list = NULL, *e = NULL;
+	json_t *doc = NULL, *body = NULL, *ch = NULL;
+	char id[24] = "", old_serial[64] = "", key_uri[512] = "", path[128], days[16], *b64 = NULL;
+	struct opts oc;
+	enum esc_err r;
+	int rc, refused = 0;
+
+	if (o->name == NULL)
+		return cli_usage_error(CMD, "renew needs the KRA's NAME");
+	if ((rc = check_renew_opts(ctx, o)) != 0)
+		return rc;
+	if ((rc = cli_http_open(CMD, ctx, o->server, o->server_ca, o->user, o->password_file, &h)) != 0 ||
+	    (rc = cli_http_call(h, CLI_HTTP_GET, "/kras", NULL, &doc)) != 0)
+		goto out;
+	list = json_object_get(doc, "kras");
+	n = json_array_size(list);
+	for (i = 0; i < n; i++) {
+		e = json_array_get(list, i);
+		if (json_is_string(json_object_get(e, "name")) &&
+		    strcmp(json_string_value(json_object_get(e, "name")), o->name) == 0)
+			break;
+	}
+	if (i == n) {
+		fprintf(stderr, "%s %s: error: no KRA named '%s'\n", PROG, CMD, o->name);
+		rc = esc_err_exit_code(ESC_ERR_NOT_FOUND);
+		goto out;
+	}
+	cli_json_copy(old_serial, sizeof(old_serial), e, "cert_serial");
+	cli_json_copy(key_uri, sizeof(key_uri), e, "key_uri");
+	/* The card and the key: the KRA's own URI unless --key names them. */
+	oc = *o;
+	if (oc.key == NULL)
+		oc.key = key_uri;
+	if ((r = open_card(ctx, cfg, NULL, &oc, &card, &pin)) != ESC_OK ||
+	    (r = esc_kra_card_adopt(ctx, card, oc.key, &k)) != ESC_OK) {
+		rc = cli_fail(CMD, ctx, r);
+		goto out;
+	}
+	spki = esc_kra_card_public_key(k, &spki_len);
+	snprintf(days, sizeof(days), "%d", o->days);
+	snprintf(path, sizeof(path), "/kras/%s/renew", o->name);
+	if ((b64 = b64_line(spki, spki_len, 0, &n)) == NULL ||
+	    (body = json_pack("{ss ss}", "public_key", b64, "days", days)) == NULL) {
+		fprintf(stderr, "%s %s: error: out of memory\n", PROG, CMD);
+		rc = esc_err_exit_code(ESC_ERR_NOMEM);
+		goto out;
+	}
+	if ((rc = cli_http_call(h, CLI_HTTP_POST, path, body, &ch)) != 0)
+		goto out;
+	cli_json_copy(id, sizeof(id), ch, "challenge_id");
+	{
+		const char *c = json_string_value(json_object_get(ch, "challenge"));
+
+		if (*id == '\0' || esc_b64_decode_max(ctx, c, c != NULL ? strlen(c) : 0, ESC_ENVELOPE_MAX, &challenge,
+						      &challenge_len) != ESC_OK) {
+			fprintf(stderr, "%s %s: error: the service answered no challenge\n", PROG, CMD);
+			rc = esc_err_exit_code(ESC_ERR_BAD_INPUT);
+			goto out;
+		}
+	}
+	if ((r = esc_kra_card_answer(ctx, k, challenge, challenge_len, &secret, &secret_len)) != ESC_OK) {
+		rc = cli_fail(CMD, ctx, r);
+		goto out;
+	}
+	rc = prove(h, ctx, o->name, id, secret, secret_len, &kra, &cert, &cert_len, &refused);
+	if (rc != 0) {
+		if (!refused)
+			fprintf(stderr,
+				"%s %s: the service's answer is unknown: see 'kra list' for KRA '%s''s serial\n", PROG,
+				CMD, o->name);
+		goto out;
+	}
+	/* prove() reads no validity: the certificate says it. */
+	{
+		const unsigned char *p = cert;
+		X509 *x = cert != NULL ? d2i_X509(NULL, &p, (long)cert_len) : NULL;
+
+		if (x != NULL) {
+			const ASN1_TIME *na = X509_get0_notAfter(x);
+			struct tm tm;
+
+			if (ASN1_TIME_to_tm(na, &tm) == 1)
+				strftime(kra.not_after, sizeof(kra.not_after), "%Y-%m-%dT%H:%M:%SZ", &tm);
+			X509_free(x);
+		}
+	}
+	rc = renewed(ctx, k, o->name, old_serial, &kra, cert, cert_len, " through the service");
+out:
+	esc_envelope_plain_free(secret, secret_len);
+	free(b64);
+	free(challenge);
+	free(cert);
+	esc_kra_card_free(k);
+	esc_secret_free(pin);
+	esc_token_free(card);
+	json_decref(body);
+	json_decref(ch);
+	json_decref(doc);
+	cli_http_free(h);
+	return rc;
+}
+
+/* kra renew on the service host: the CA token and the KRA's card here. */
+static int
+do_renew(struct esc_ctx *ctx, struct esc_config *cfg, struct esc_store *st, const struct opts *o)
+{
+	struct esc_account *admin = NULL;
+	struct esc_token *ca = NULL, *card = NULL;
+	struct esc_secret *card_pin = NULL;
+	struct esc_kra_card *k = NULL;
+	struct esc_kra *list = NULL, kra;
+	unsigned char *cert = NULL;
+	size_t cert_len = 0, n = 0, i;
+	char old_serial[64] = "", key_uri[512] = "";
+	struct opts oc;
+	enum esc_err r;
+	int rc;
+
+	if (o->name == NULL)
+		return cli_usage_error(CMD, "renew needs the KRA's NAME");
+	if ((rc = check_renew_opts(ctx, o)) != 0)
+		return rc;
+	if ((rc = cli_login(CMD, ctx, st, o->user, o->password_file, &admin)) != 0)
+		return rc;
+	if ((r = esc_account_require(ctx, admin, ESC_ROLE_ADMIN)) != ESC_OK ||
+	    (r = esc_kra_list(ctx, st, &list, &n)) != ESC_OK)
+		goto out;
+	for (i = 0; i < n && strcmp(list[i].name, o->name) != 0; i++)
+		;
+	if (i == n) {
+		fprintf(stderr, "%s %s: error: no KRA named '%s'\n", PROG, CMD, o->name);
+		rc = esc_err_exit_code(ESC_ERR_NOT_FOUND);
+		goto done;
+	}
+	snprintf(old_serial, sizeof(old_serial), "%s", list[i].cert_serial);
+	snprintf(key_uri, sizeof(key_uri), "%s", list[i].key_uri);
+	/* The card and the key: the KRA's own URI unless --key names them. */
+	oc = *o;
+	if (oc.key == NULL)
+		oc.key = key_uri;
+	if ((rc = cli_open_ca_token(CMD, ctx, cfg, st, "ca-sign", o->ca_token ? esc_config_get(cfg, "ca_token") : NULL,
+				    &ca)) != 0)
+		goto done;
+	if ((r = open_card(ctx, cfg, ca, &oc, &card, &card_pin)) != ESC_OK ||
+	    (r = esc_kra_card_adopt(ctx, card, oc.key, &k)) != ESC_OK ||
+	    (r = esc_kra_renew_card(ctx, st, admin, ca, k, o->name, o->days, &kra, &cert, &cert_len)) != ESC_OK)
+		goto out;
+	rc = renewed(ctx, k, o->name, old_serial, &kra, cert, cert_len, "");
+	goto done;
+out:
+	rc = r == ESC_OK ? 0 : cli_fail(CMD, ctx, r);
+done:
+	free(cert);
+	free(list);
+	esc_kra_card_free(k);
+	esc_secret_free(card_pin);
+	esc_token_free(card);
+	esc_token_free(ca);
+	esc_account_free(admin);
+	return rc;
+}
+
+static int
+do_list(struct esc_ctx *ctx, struct esc_config *cfg, struct esc_store *st)
 {
 	struct esc_kra *k = NULL;
+	struct esc_kra_health h;
+	int days = (int)esc_config_get_long(cfg, "kra_expiry_warning_days");
 	size_t n = 0;
 	enum esc_err r;
 
-	if ((r = esc_kra_list(ctx, st, &k, &n)) != ESC_OK)
+	if ((r = esc_kra_list(ctx, st, &k, &n)) != ESC_OK || (r = esc_kra_health(ctx, st, k, n, days, &h)) != ESC_OK) {
+		free(k);
 		return cli_fail(CMD, ctx, r);
-	print_kras(k, n);
+	}
+	print_kras(k, n, days, NULL, &h);
 	free(k);
 	return 0;
 }
@@ -691,17 +973,18 @@ kra_main(int argc, char *argv[])
 		}
 	}
 	if (optind >= argc)
-		return cli_usage_error(CMD, "expected an action: enroll, list or retire");
+		return cli_usage_error(CMD, "expected an action: enroll, renew, list or retire");
 	action = argv[optind++];
-	if (strcmp(action, "retire") == 0) {
+	if (strcmp(action, "retire") == 0 || strcmp(action, "renew") == 0) {
 		if (optind != argc - 1)
-			return cli_usage_error(CMD, "retire takes exactly one KRA name");
+			return cli_usage_error(CMD, "%s takes exactly one KRA name", action);
 		o.name = argv[optind++];
 	}
 	if (optind != argc)
 		return cli_usage_error(CMD, "unexpected argument '%s'", argv[optind]);
-	if (strcmp(action, "enroll") != 0 && strcmp(action, "list") != 0 && strcmp(action, "retire") != 0)
-		return cli_usage_error(CMD, "unknown action '%s' (use enroll, list or retire)", action);
+	if (strcmp(action, "enroll") != 0 && strcmp(action, "list") != 0 && strcmp(action, "retire") != 0 &&
+	    strcmp(action, "renew") != 0)
+		return cli_usage_error(CMD, "unknown action '%s' (use enroll, renew, list or retire)", action);
 	if ((rc = cli_check_mode(CMD, o.server, o.local)) != 0)
 		return rc;
 	if ((rc = cli_init(CMD, o.config, &ctx, &cfg)) != 0)
@@ -712,6 +995,8 @@ kra_main(int argc, char *argv[])
 			goto out;
 		if (strcmp(action, "enroll") == 0)
 			rc = remote_enroll(ctx, cfg, &o);
+		else if (strcmp(action, "renew") == 0)
+			rc = remote_renew(ctx, cfg, &o);
 		else
 			rc = strcmp(action, "list") == 0 ? remote_list(ctx, &o) : remote_retire(ctx, &o);
 		goto out;
@@ -726,8 +1011,10 @@ kra_main(int argc, char *argv[])
 	}
 	if (strcmp(action, "enroll") == 0)
 		rc = do_enroll(ctx, cfg, st, &o);
+	else if (strcmp(action, "renew") == 0)
+		rc = do_renew(ctx, cfg, st, &o);
 	else if (strcmp(action, "list") == 0)
-		rc = do_list(ctx, st);
+		rc = do_list(ctx, cfg, st);
 	else
 		rc = do_retire(ctx, st, &o);
 out:

@@ -194,28 +194,6 @@ check_complete_options(const struct opts *o, const char *action)
 	return 0;
 }
 
-/* A random 24-character password from a URL-safe alphabet. */
-static enum esc_err
-generate_password(struct esc_ctx *ctx, struct esc_secret **out)
-{
-	static const char abc[] = "ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz23456789-_";
-	unsigned char rnd[24];
-	char pw[25];
-	size_t i;
-	enum esc_err r;
-
-	if (RAND_bytes(rnd, sizeof(rnd)) != 1)
-		return ESC_ERR_CRYPTO;
-	/* 58 symbols: the small modulo bias is irrelevant at 24 characters. */
-	for (i = 0; i < sizeof(rnd); i++)
-		pw[i] = abc[rnd[i] % (sizeof(abc) - 1)];
-	pw[24] = '\0';
-	r = esc_secret_new(ctx, pw, 24, out);
-	OPENSSL_cleanse(pw, sizeof(pw));
-	OPENSSL_cleanse(rnd, sizeof(rnd));
-	return r;
-}
-
 /* GET the package of request id (the service checks it is addressed to this KRA account and released). */
 static int
 remote_fetch(struct cli_http *h, struct esc_ctx *ctx, long long id, struct esc_recovery_package **out)
@@ -396,7 +374,7 @@ do_complete(struct esc_ctx *ctx, struct esc_config *cfg, struct esc_store *st, c
 		if (o->p12_password_file != NULL || getenv("P11ESCROW_P12_PASSWORD") != NULL)
 			r = esc_secret_obtain(ctx, o->p12_password_file, "P11ESCROW_P12_PASSWORD", NULL, &pw);
 		else {
-			r = generate_password(ctx, &pw);
+			r = cli_random_password(ctx, &pw);
 			generated = 1;
 		}
 	}

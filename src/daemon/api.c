@@ -366,6 +366,8 @@ api_kras(struct api_call *c)
 	struct esc_kra *k = NULL;
 	json_t *o = NULL, *list = NULL, *e;
 	size_t n = 0, i;
+	char why[256];
+	int warn_days = c->w->kra_warning_days;
 	enum esc_err r;
 	int bad;
 
@@ -384,12 +386,71 @@ api_kras(struct api_call *c)
 		    put(e, "token_label", jstr(k[i].token_label)) || put(e, "token_serial", jstr(k[i].token_serial)) ||
 		    put(e, "key_uri", jstr(k[i].key_uri)) || put(e, "records", json_integer(k[i].records)) ||
 		    put(e, "origin", jstr(k[i].origin)) || put(e, "recipient_reason", jstr(k[i].recipient_reason)) ||
+		    put(e, "days_left", json_integer(k[i].days_left)) ||
+		    put(e, "expired", json_boolean(k[i].expired)) ||
+		    (esc_kra_warning(&k[i], warn_days, why, sizeof(why)) && put(e, "warning", jstr(why))) ||
 		    json_array_append(list, e))
 			bad = 1;
 		json_decref(e);
 	}
 	if (!bad)
 		bad = put(o, "kras", json_incref(list));
+	json_decref(list);
+	free(k);
+	reply_json(c->r, 200, o, bad);
+}
+
+/*
+ * GET /kras/health: what would leave records unrecoverable, before it does
+ * (esc_kra_health): KRA certificates expiring within
+ * kra_expiry_warning_days or expired, records with fewer than k usable
+ * KRAs.  "status" is "ok" or "warn".  Any account, as GET /kras.
+ */
+static void
+api_kras_health(struct api_call *c)
+{
+	static const char *const none[] = {NULL};
+	struct esc_kra *k = NULL;
+	struct esc_kra_health h;
+	json_t *o = NULL, *list = NULL, *e;
+	size_t n = 0, i;
+	char why[256];
+	int warn_days = c->w->kra_warning_days, bad, warn;
+	enum esc_err r;
+
+	if (!params_ok(c, none))
+		return;
+	if ((r = esc_kra_list(c->w->ctx, c->w->st, &k, &n)) != ESC_OK ||
+	    (r = esc_kra_health(c->w->ctx, c->w->st, k, n, warn_days, &h)) != ESC_OK) {
+		free(k);
+		reply_esc(c, r);
+		return;
+	}
+	warn = h.records_short > 0 || h.expiring > 0 || h.expired > 0;
+	bad = (o = json_object()) == NULL || (list = json_array()) == NULL;
+	for (i = 0; !bad && i < n; i++) {
+		if (!esc_kra_warning(&k[i], warn_days, why, sizeof(why)))
+			continue;
+		e = json_object();
+		if (e == NULL || put(e, "name", jstr(k[i].name)) || put(e, "not_after", jstr(k[i].not_after)) ||
+		    put(e, "days_left", json_integer(k[i].days_left)) ||
+		    put(e, "expired", json_boolean(k[i].expired)) || put(e, "warning", jstr(why)) ||
+		    json_array_append(list, e))
+			bad = 1;
+		json_decref(e);
+	}
+	if (!bad)
+		bad = put(o, "status", jstr(warn ? "warn" : "ok")) || put(o, "warning_days", json_integer(warn_days)) ||
+		      put(o, "threshold", json_integer(h.threshold)) ||
+		      put(o, "active", json_integer((json_int_t)h.active)) ||
+		      put(o, "usable", json_integer((json_int_t)h.usable)) ||
+		      put(o, "expiring", json_integer((json_int_t)h.expiring)) ||
+		      put(o, "expired", json_integer((json_int_t)h.expired)) ||
+		      put(o, "records", json_integer(h.records)) ||
+		      put(o, "records_below_threshold", json_integer(h.records_short)) ||
+		      put(o, "records_without_usable_kra", json_integer(h.records_none)) ||
+		      (h.first_short[0] != '\0' && put(o, "first_record_below_threshold", jstr(h.first_short))) ||
+		      put(o, "kras", json_incref(list));
 	json_decref(list);
 	free(k);
 	reply_json(c->r, 200, o, bad);
@@ -885,6 +946,7 @@ static const struct route {
 	{"/account/password", EVHTTP_REQ_POST, api_account_password},
 	{"/records", EVHTTP_REQ_GET, api_records},
 	{"/kras", EVHTTP_REQ_GET, api_kras},
+	{"/kras/health", EVHTTP_REQ_GET, api_kras_health},
 	{"/recoveries", EVHTTP_REQ_GET, api_recoveries_list},
 	{"/recoveries", EVHTTP_REQ_POST, api_recoveries_create},
 	{"/recoveries/{id}", EVHTTP_REQ_GET, api_recovery_get},
@@ -904,6 +966,7 @@ static const struct route {
 	{"/accounts/{name}/scope", EVHTTP_REQ_POST, api_account_scope_set},
 	{"/kras", EVHTTP_REQ_POST, api_kras_enroll},
 	{"/kras/{name}/prove", EVHTTP_REQ_POST, api_kra_prove},
+	{"/kras/{name}/renew", EVHTTP_REQ_POST, api_kra_renew},
 	{"/kras/{name}/retire", EVHTTP_REQ_POST, api_kra_retire},
 	{"/policy", EVHTTP_REQ_GET, api_policy_get},
 	{"/policy/{name}", EVHTTP_REQ_POST, api_policy_set},

@@ -568,6 +568,53 @@ out:
 }
 
 /*
+ * POST /kras/{name}/renew: an administrator offers the public key on KRA
+ * name's card for a new certificate for the same key; the answer is a
+ * challenge sealed to it (esc_kra_renew_begin), answered at
+ * POST /kras/{name}/prove as an enrollment's.  Nothing changes yet.
+ */
+void
+api_kra_renew(struct api_call *c)
+{
+	struct svc_worker *w = api_call_worker(c);
+	const char *public_key, *days_text;
+	struct api_field f[] = {
+		{"public_key", 1, 0, &public_key},
+		{"days", 0, 1, &days_text},
+	};
+	unsigned char *spki = NULL, *challenge = NULL;
+	size_t spki_len = 0, challenge_len = 0;
+	char expires[40] = "", idtext[24];
+	long long id = 0;
+	json_t *doc, *o = NULL;
+	enum esc_err r;
+	int days = 730, bad;
+
+	if (!api_params_ok(c, no_params) || (doc = api_parse_body(c, NULL, f, N(f))) == NULL)
+		return;
+	if (days_text != NULL && (days = small_int(days_text, 1, 36500)) < 0) {
+		api_reply_error(c, 400, "days must be 1..36500", ESC_ERR_USAGE);
+		goto out;
+	}
+	if (b64_secure(c, "public_key", public_key, &spki, &spki_len) != 0)
+		goto out;
+	if ((r = esc_kra_renew_begin(w->ctx, w->st, api_call_account(c), api_call_name(c), spki, spki_len, days, &id,
+				     &challenge, &challenge_len, expires, sizeof(expires))) != ESC_OK) {
+		api_reply_esc(c, r);
+		goto out;
+	}
+	snprintf(idtext, sizeof(idtext), "%lld", id);
+	bad = (o = json_object()) == NULL || api_put(o, "name", api_jstr(api_call_name(c))) ||
+	      api_put(o, "challenge_id", api_jstr(idtext)) ||
+	      api_put(o, "challenge", api_jb64(challenge, challenge_len)) || api_put(o, "expires", api_jstr(expires));
+	api_reply_json(c, 201, o, bad);
+out:
+	free(challenge);
+	b64_secure_free(spki, spki_len);
+	json_decref(doc);
+}
+
+/*
  * POST /kras/{name}/prove: the challenge's secret, opened on the card.
  * Only a right answer has the CA (this worker's keeper) certify the key
  * and registers the KRA (esc_kra_enroll_prove); the answer carries the
@@ -611,7 +658,7 @@ api_kra_prove(struct api_call *c)
 	bad = (o = json_object()) == NULL || api_put(o, "name", api_jstr(k.name)) ||
 	      api_put(o, "state", api_jstr(k.state)) || api_put(o, "key_type", api_jstr(k.key_type)) ||
 	      api_put(o, "recipient", api_jstr(k.recipient)) || api_put(o, "cert_serial", api_jstr(k.cert_serial)) ||
-	      api_put(o, "origin", api_jstr(k.origin)) ||
+	      api_put(o, "not_after", api_jstr(k.not_after)) || api_put(o, "origin", api_jstr(k.origin)) ||
 	      api_put(o, "recipient_reason", api_jstr(k.recipient_reason)) ||
 	      api_put(o, "token_label", api_jstr(k.token_label)) ||
 	      api_put(o, "token_serial", api_jstr(k.token_serial)) || api_put(o, "key_uri", api_jstr(k.key_uri)) ||

@@ -72,6 +72,7 @@ void api_account_scope_set(struct api_call *c);
 void api_kra_retire(struct api_call *c);
 void api_kras_enroll(struct api_call *c);
 void api_kra_prove(struct api_call *c);
+void api_kra_renew(struct api_call *c);
 void api_policy_get(struct api_call *c);
 void api_policy_set(struct api_call *c);
 void api_archive(struct api_call *c);

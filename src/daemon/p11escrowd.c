@@ -63,6 +63,7 @@
 #include <p11escrow/enroll.h>
 #include <p11escrow/keeper.h>
 #include <p11escrow/pin.h>
+#include <p11escrow/kra.h>
 #include <p11escrow/recovery.h>
 #include <p11escrow/store.h>
 #include <p11escrow/token.h>
@@ -88,6 +89,7 @@ struct slot {
 	long long ckpt_retry;	 /* worker 0: no checkpoint before this (monotonic seconds) after a failure */
 	int ckpt_backoff;	 /* worker 0: seconds of the current back-off, 0 after a success */
 	struct event *expire_ev; /* worker 0: the sweep of released packages past release_ttl_hours */
+	long long kra_checked;	 /* worker 0: when the KRAs' health was last logged (monotonic seconds), 0: never */
 };
 
 /* A child process of the supervisor: the keeper, or a worker. */
@@ -355,12 +357,65 @@ expire_sweep(struct slot *sl)
 		svc_worker_forget(w, r);
 }
 
+#define KRA_HEALTH_EVERY 86400 /* seconds between worker 0's log lines on the KRAs' health (and at start) */
+
+/*
+ * Log what would make records unrecoverable before it happens: a KRA
+ * certificate that expires within kra_expiry_warning_days or has expired,
+ * and records whose KRA set holds fewer than k usable KRAs
+ * (esc_kra_health).  Worker 0, at start and once a day; a failure is
+ * logged and tried again at the next sweep.
+ */
+static void
+kra_health_log(struct slot *sl)
+{
+	struct svc_worker *w = &sl->w;
+	struct esc_kra *k = NULL;
+	struct esc_kra_health h;
+	size_t n = 0, i;
+	char why[256];
+	int days = (int)esc_config_get_long(w->svc->cfg, "kra_expiry_warning_days");
+	enum esc_err r;
+
+	if (w->st == NULL)
+		return; /* expire_sweep said why */
+	if ((r = esc_kra_list(w->ctx, w->st, &k, &n)) != ESC_OK ||
+	    (r = esc_kra_health(w->ctx, w->st, k, n, days, &h)) != ESC_OK) {
+		svc_log(w, ESC_LOG_ERROR, "checking the KRAs' certificates failed (retried in %d s): %s", EXPIRE_TICK,
+			esc_ctx_errmsg(w->ctx));
+		if (r == ESC_ERR_DB_CONNECT)
+			svc_worker_forget(w, r);
+		free(k);
+		return;
+	}
+	sl->kra_checked = svc_mono_seconds();
+	for (i = 0; i < n; i++)
+		if (esc_kra_warning(&k[i], days, why, sizeof(why)))
+			svc_log(w, ESC_LOG_WARN, "KRA '%s': %s", k[i].name, why);
+	if (h.records_short > 0)
+		svc_log(w, ESC_LOG_WARN,
+			"KRAs: %lld of %lld archive record(s) have fewer than %d usable (active, unexpired) KRA(s) in "
+			"their set, %lld of them none: recovery of those waits for a KRA of their set to be renewed "
+			"(first: record %s)",
+			h.records_short, h.records, h.threshold, h.records_none, h.first_short);
+	else
+		svc_log(w, ESC_LOG_INFO,
+			"KRAs: %zu active, %zu usable, %zu expiring within %d day(s), %zu expired; every one of %lld "
+			"record(s) has at least %d usable KRA(s)",
+			h.active, h.usable, h.expiring, days, h.expired, h.records, h.threshold);
+	free(k);
+}
+
 static void
 on_expire_tick(evutil_socket_t fd, short what, void *arg)
 {
+	struct slot *sl = arg;
+
 	(void)fd;
 	(void)what;
-	expire_sweep(arg);
+	expire_sweep(sl);
+	if (sl->kra_checked == 0 || svc_mono_seconds() - sl->kra_checked >= KRA_HEALTH_EVERY)
+		kra_health_log(sl);
 }
 
 /* ---- requests ------------------------------------------------------------- */
@@ -1137,6 +1192,7 @@ worker_proc_main(struct svc *s, int index, int kfd, int ctl, int ready)
 	w->guard = s->guard;
 	w->session_idle = esc_config_get_long(s->cfg, "session_idle_timeout");
 	w->session_lifetime = esc_config_get_long(s->cfg, "session_lifetime");
+	w->kra_warning_days = (int)esc_config_get_long(s->cfg, "kra_expiry_warning_days");
 	w->account_crls = s->account_crls;
 	if (esc_ctx_new(&w->ctx) != ESC_OK)
 		return 70;
@@ -1189,8 +1245,10 @@ worker_proc_main(struct svc *s, int index, int kfd, int ctl, int ready)
 	}
 #endif
 	/* Worker 0 expires overdue packages at once, then on its timer. */
-	if (sl.expire_ev != NULL)
+	if (sl.expire_ev != NULL) {
 		expire_sweep(&sl);
+		kra_health_log(&sl); /* and the KRAs' health, then once a day */
+	}
 	event_base_dispatch(sl.base);
 	rc = 0;
 out:

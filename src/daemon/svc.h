@@ -53,6 +53,7 @@ struct svc_worker {
 	long long session_idle;	       /* session_idle_timeout: seconds a JSON API session may go unused */
 	long long session_lifetime;    /* session_lifetime: seconds a JSON API session lasts at most */
 	const STACK_OF(X509_CRL) *account_crls; /* account_cert_crl, verified at start (shared, read only), or NULL */
+	int kra_warning_days; /* kra_expiry_warning_days: warn this many days before a KRA certificate expires */
 };
 
 /*

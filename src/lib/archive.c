@@ -809,7 +809,7 @@ key_type_of(EVP_PKEY *key, char *buf, size_t len)
 	return buf;
 }
 
-/* Policy kra_threshold (k): 1 for a database where it is unset (never after sql/013), refused above the set. */
+/* Policy kra_threshold (k): 1 for a database where it is unset (never after sql/014), refused above the set. */
 static enum esc_err
 record_threshold(struct esc_ctx *ctx, struct esc_store *st, size_t nkras, unsigned *k)
 {

@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <openssl/crypto.h>
 #include <openssl/core_names.h>
@@ -414,6 +415,26 @@ audit_enrolled(struct esc_ctx *ctx, struct esc_store *st, const struct esc_accou
 	return esc_audit_append(ctx, st, &ev);
 }
 
+/* The certificate's not_after into k, and how many days are left of it (negative: expired). */
+static void
+cert_validity(X509 *cert, struct esc_kra *k)
+{
+	const ASN1_TIME *na = X509_get0_notAfter(cert);
+	struct tm tm;
+	int day = 0, sec = 0;
+
+	if (na == NULL || ASN1_TIME_to_tm(na, &tm) != 1 || ASN1_TIME_diff(&day, &sec, NULL, na) != 1) {
+		/* Unreadable: shown as expired, so that somebody looks. */
+		k->expired = 1;
+		k->days_left = -1;
+		return;
+	}
+	strftime(k->not_after, sizeof(k->not_after), "%Y-%m-%dT%H:%M:%SZ", &tm);
+	k->expired = day < 0 || sec < 0 || (day == 0 && sec == 0);
+	k->days_left = day;
+	ERR_clear_error();
+}
+
 static void
 fill_kra(struct esc_kra *out, const char *name, const char *key_type, const char *recipient, const char *label,
 	 const char *serial, const char *uri, X509 *cert, const char *origin, const char *reason)
@@ -431,6 +452,7 @@ fill_kra(struct esc_kra *out, const char *name, const char *key_type, const char
 	snprintf(out->cert_serial, sizeof(out->cert_serial), "%s", s ? s : "");
 	snprintf(out->origin, sizeof(out->origin), "%s", origin);
 	snprintf(out->recipient_reason, sizeof(out->recipient_reason), "%s", reason);
+	cert_validity(cert, out);
 	free(s);
 }
 
@@ -833,9 +855,57 @@ check_offer(struct esc_ctx *ctx, const struct esc_kra_offer *o, EVP_PKEY **pub)
 	return offer_key(ctx, o, rsa, bits, pub);
 }
 
+/*
+ * Renewal: KRA o->name is active and its certificate certifies pub, the key
+ * the card offers.  The row is read again, locked, when the answer comes.
+ */
+static enum esc_err
+check_renewable(struct esc_ctx *ctx, struct esc_store *st, const char *name, EVP_PKEY *pub, int lock)
+{
+	PGresult *res = NULL;
+	const char *v[1] = {name};
+	X509 *x = NULL;
+	enum esc_err r;
+
+	if ((r = esc_store_exec(ctx, st,
+				lock ? "SELECT state, certificate FROM kras WHERE name = $1 FOR UPDATE"
+				     : "SELECT state, certificate FROM kras WHERE name = $1",
+				1, v, NULL, NULL, &res)) != ESC_OK)
+		return r;
+	if (PQntuples(res) != 1) {
+		r = esc_error(ctx, ESC_ERR_NOT_FOUND, "no KRA named '%s'", name);
+		goto out;
+	}
+	if (strcmp(PQgetvalue(res, 0, 0), "active") != 0) {
+		r = esc_error(ctx, ESC_ERR_STATE,
+			      "KRA '%s' is retired: a retired KRA is not renewed (enroll the card again under a new "
+			      "name if it is to recover new records)",
+			      name);
+		goto out;
+	}
+	if ((x = esc_store_cert_cached(st, PQgetvalue(res, 0, 1))) == NULL) {
+		r = esc_error(ctx, ESC_ERR_DB, "KRA '%s' holds no readable certificate", name);
+		goto out;
+	}
+	if (X509_get0_pubkey(x) == NULL || EVP_PKEY_eq(X509_get0_pubkey(x), pub) != 1) {
+		r = esc_error(ctx, ESC_ERR_MISMATCH,
+			      "the card's key is not the key of KRA '%s': a renewal certifies the key the KRA "
+			      "has, on its own card",
+			      name);
+		goto out;
+	}
+	r = ESC_OK;
+out:
+	ERR_clear_error();
+	X509_free(x);
+	PQclear(res);
+	return r;
+}
+
 static enum esc_err
 begin_impl(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor, const struct esc_kra_offer *o,
-	   long long *id, unsigned char **challenge, size_t *challenge_len, char *expires, size_t expires_len)
+	   int renew, long long *id, unsigned char **challenge, size_t *challenge_len, char *expires,
+	   size_t expires_len)
 {
 	PGresult *res = NULL;
 	EVP_PKEY *pub = NULL;
@@ -844,17 +914,21 @@ begin_impl(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *
 	unsigned int hlen = 0;
 	size_t envlen = 0;
 	char days[16], secs[16], details[512], roles[64];
-	const char *v[13], *origin = o->origin != NULL ? o->origin : "generated";
-	int len[13] = {0}, fmt[13] = {0};
+	const char *v[14], *origin = o->origin != NULL ? o->origin : "generated";
+	int len[14] = {0}, fmt[14] = {0};
 	enum esc_err r;
 
 	if ((r = esc_account_require(ctx, actor, ESC_ROLE_ADMIN)) != ESC_OK ||
 	    (r = check_offer(ctx, o, &pub)) != ESC_OK)
 		goto out;
 	if ((r = esc_store_check_schema(ctx, st)) != ESC_OK ||
-	    (r = check_key_policy(ctx, st, o->key_type, o->recipient)) != ESC_OK ||
-	    (r = check_free(ctx, st, o->name, o->token_label, o->token_serial)) != ESC_OK ||
-	    (r = check_key_unused(ctx, st, pub)) != ESC_OK || (r = esc_store_active_ca(ctx, st, &ca)) != ESC_OK)
+	    (r = check_key_policy(ctx, st, o->key_type, o->recipient)) != ESC_OK)
+		goto out;
+	if (renew ? (r = check_renewable(ctx, st, o->name, pub, 0)) != ESC_OK
+		  : (r = check_free(ctx, st, o->name, o->token_label, o->token_serial)) != ESC_OK ||
+			    (r = check_key_unused(ctx, st, pub)) != ESC_OK)
+		goto out;
+	if ((r = esc_store_active_ca(ctx, st, &ca)) != ESC_OK)
 		goto out;
 	/* The secret lives only here and, sealed, in the answer: the database keeps its hash. */
 	if ((secret = OPENSSL_secure_malloc(ESC_KRA_SECRET_LEN)) == NULL) {
@@ -889,19 +963,25 @@ begin_impl(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *
 	v[10] = secs;
 	v[11] = origin;
 	v[12] = o->reason;
+	v[13] = renew ? "true" : "false";
 	if ((r = esc_store_begin(ctx, st)) != ESC_OK ||
 	    (r = esc_store_exec(
 		     ctx, st,
 		     "INSERT INTO kra_challenges (secret_sha256, name, key_type, recipient, public_key, "
-		     "token_label, token_serial, key_uri, days, created_by, expires_at, key_origin, recipient_reason) "
+		     "token_label, token_serial, key_uri, days, created_by, expires_at, key_origin, recipient_reason, "
+		     "renews) "
 		     "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::integer, $10, now() + $11::integer * interval '1 "
-		     "second', $12, $13) "
+		     "second', $12, $13, $14::boolean) "
 		     "RETURNING id, to_char(expires_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')",
-		     13, v, len, fmt, &res)) != ESC_OK)
+		     14, v, len, fmt, &res)) != ESC_OK)
 		goto out;
 	{
-		struct esc_audit_event ev = {
-			esc_account_name(actor), roles, "kra.enroll.challenge", o->name, "ok", details};
+		struct esc_audit_event ev = {esc_account_name(actor),
+					     roles,
+					     renew ? "kra.renew.challenge" : "kra.enroll.challenge",
+					     o->name,
+					     "ok",
+					     details};
 
 		esc_roles_format(esc_account_roles(actor), roles, sizeof(roles));
 		snprintf(details, sizeof(details),
@@ -938,7 +1018,7 @@ esc_kra_enroll_begin(struct esc_ctx *ctx, struct esc_store *st, const struct esc
 	enum esc_err r;
 
 	do
-		r = begin_impl(ctx, st, actor, offer, id, challenge, challenge_len, expires, expires_len);
+		r = begin_impl(ctx, st, actor, offer, 0, id, challenge, challenge_len, expires, expires_len);
 	while (esc_store_retry(ctx, st, &t, &r));
 	if (r != ESC_OK)
 		esc_audit_outcome_by(ctx, st, actor, "kra.enroll.challenge",
@@ -951,7 +1031,7 @@ esc_kra_enroll_begin(struct esc_ctx *ctx, struct esc_store *st, const struct esc
 	"name, created_by, secret_sha256, key_type, recipient, public_key, token_label, token_serial, key_uri, days, " \
 	"used_at IS NOT NULL, outcome, expires_at <= now(), "                                                          \
 	"to_char(expires_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), key_origin, "                       \
-	"coalesce(recipient_reason, '')"
+	"coalesce(recipient_reason, ''), renews"
 
 /* A bytea column in libpq's text form ("\\x" + hex) into buf; its length, or -1. */
 static long
@@ -972,6 +1052,68 @@ bytea_value(const char *text, unsigned char *buf, size_t max)
 	return (long)((n - 2) / 2);
 }
 
+/*
+ * Renewal, in the caller's transaction (the KRA row locked): the KRA's
+ * certificate, serial and fingerprint replaced by cert's, and the audit
+ * event kra.renew with the serial it replaced.
+ */
+static enum esc_err
+replace_cert(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor, const char *how,
+	     const char *name, X509 *cert)
+{
+	PGresult *res = NULL;
+	char *serial = esc_cert_serial_hex(cert), fp[ESC_FINGERPRINT_MAX], roles[64], details[512];
+	struct esc_audit_event ev = {esc_account_name(actor), roles, "kra.renew", name, "ok", details};
+	struct esc_kra validity;
+	unsigned char *der = NULL;
+	const char *v[4];
+	int len[4] = {0}, fmt[4] = {0}, dlen;
+	enum esc_err r;
+
+	esc_cert_fingerprint(cert, fp);
+	if (serial == NULL || (dlen = i2d_X509(cert, &der)) <= 0) {
+		r = esc_error(ctx, ESC_ERR_NOMEM, "out of memory");
+		goto out;
+	}
+	v[0] = name;
+	v[1] = (const char *)der;
+	len[1] = dlen;
+	fmt[1] = 1;
+	v[2] = serial;
+	v[3] = fp;
+	/* Kept: records wrapped before name it (issuer and serial) as their recipient. */
+	if ((r = esc_store_exec(
+		     ctx, st,
+		     "INSERT INTO kra_certificates (kra_id, certificate, cert_serial, cert_sha256) SELECT id, "
+		     "certificate, cert_serial, cert_sha256 FROM kras WHERE name = $1 AND state = 'active'",
+		     1, v, NULL, NULL, NULL)) != ESC_OK)
+		goto out;
+	/* The FROM list is read before the update: o.cert_serial is the serial replaced. */
+	if ((r = esc_store_exec(ctx, st,
+				"UPDATE kras k SET certificate = $2, cert_serial = $3, cert_sha256 = $4 FROM (SELECT "
+				"id, cert_serial FROM kras WHERE name = $1) o WHERE k.id = o.id AND k.state = 'active' "
+				"RETURNING o.cert_serial",
+				4, v, len, fmt, &res)) != ESC_OK)
+		goto out;
+	if (PQntuples(res) != 1) {
+		r = esc_error(ctx, ESC_ERR_STATE, "KRA '%s' is no longer active", name);
+		goto out;
+	}
+	memset(&validity, 0, sizeof(validity));
+	cert_validity(cert, &validity);
+	esc_roles_format(esc_account_roles(actor), roles, sizeof(roles));
+	snprintf(details, sizeof(details),
+		 "%snew certificate serial %s (not after %s) for the same key, replacing serial %s; records wrapped "
+		 "before keep naming the old certificate and open with the same card key",
+		 how, serial, validity.not_after, PQgetvalue(res, 0, 0));
+	r = esc_audit_append(ctx, st, &ev);
+out:
+	PQclear(res);
+	OPENSSL_free(der);
+	free(serial);
+	return r;
+}
+
 static enum esc_err
 prove_impl(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor, struct esc_token *ca_tok,
 	   const char *via, const char *name, long long id, const unsigned char *secret, size_t secret_len,
@@ -987,7 +1129,7 @@ prove_impl(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *
 	const char *v[2] = {idtext, name};
 	const unsigned char *p;
 	long wlen, slen;
-	int days = 0, dlen;
+	int days = 0, dlen, renew;
 	enum esc_err r;
 
 	if ((r = esc_account_require(ctx, actor, ESC_ROLE_ADMIN)) != ESC_OK)
@@ -1049,17 +1191,21 @@ prove_impl(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *
 			      id);
 		goto out;
 	}
+	renew = strcmp(PQgetvalue(res, 0, 16), "t") == 0;
 	/* Possession proven.  The name, the card or the key may have been taken since the challenge. */
-	if ((r = check_free(ctx, st, name, PQgetvalue(res, 0, 6), PQgetvalue(res, 0, 7))) != ESC_OK)
+	if (!renew && (r = check_free(ctx, st, name, PQgetvalue(res, 0, 6), PQgetvalue(res, 0, 7))) != ESC_OK)
 		goto out;
 	if ((slen = bytea_value(PQgetvalue(res, 0, 5), spki, sizeof(spki))) <= 0 ||
 	    (p = spki, (pub = d2i_PUBKEY(NULL, &p, slen)) == NULL)) {
 		r = esc_error_ossl(ctx, ESC_ERR_DB, "challenge %lld holds no readable public key", id);
 		goto out;
 	}
+	/* A renewal: the KRA may have been retired meanwhile (locked now, until commit). */
+	if (renew ? (r = check_renewable(ctx, st, name, pub, 1)) != ESC_OK
+		  : (r = check_key_unused(ctx, st, pub)) != ESC_OK)
+		goto out;
 	/* And policy may have changed: it holds when the CA certifies. */
-	if ((r = check_key_unused(ctx, st, pub)) != ESC_OK ||
-	    (r = check_key_policy(ctx, st, PQgetvalue(res, 0, 3), PQgetvalue(res, 0, 4))) != ESC_OK)
+	if ((r = check_key_policy(ctx, st, PQgetvalue(res, 0, 3), PQgetvalue(res, 0, 4))) != ESC_OK)
 		goto out;
 	{
 		char *end;
@@ -1074,16 +1220,25 @@ prove_impl(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *
 	snprintf(how, sizeof(how), "%s, possession proven (challenge %lld); ", via, id);
 	if ((r = ca_signer(ctx, st, ca_tok, &ca, &signer)) != ESC_OK ||
 	    (r = kra_subject(ctx, ca, name, &subject)) != ESC_OK ||
-	    (r = esc_ca_issue(ctx, ca, signer, pub, subject, days, ESC_PROFILE_KRA, &cert)) != ESC_OK ||
-	    (r = register_kra(ctx, st, name, cert, PQgetvalue(res, 0, 3), PQgetvalue(res, 0, 4), PQgetvalue(res, 0, 6),
-			      PQgetvalue(res, 0, 7), PQgetvalue(res, 0, 8), PQgetvalue(res, 0, 14),
-			      PQgetvalue(res, 0, 15))) != ESC_OK ||
-	    (r = esc_store_exec(ctx, st,
-				"UPDATE kra_challenges SET used_at = now(), outcome = 'enrolled' WHERE id = $1::bigint",
-				1, v, NULL, NULL, NULL)) != ESC_OK ||
-	    (r = audit_enrolled(ctx, st, actor, name, how, PQgetvalue(res, 0, 6), PQgetvalue(res, 0, 7),
-				PQgetvalue(res, 0, 3), PQgetvalue(res, 0, 4), PQgetvalue(res, 0, 14),
-				PQgetvalue(res, 0, 15))) != ESC_OK)
+	    (r = esc_ca_issue(ctx, ca, signer, pub, subject, days, ESC_PROFILE_KRA, &cert)) != ESC_OK)
+		goto out;
+	if (renew) {
+		if ((r = replace_cert(ctx, st, actor, how, name, cert)) != ESC_OK ||
+		    (r = esc_store_exec(
+			     ctx, st,
+			     "UPDATE kra_challenges SET used_at = now(), outcome = 'renewed' WHERE id = $1::bigint", 1,
+			     v, NULL, NULL, NULL)) != ESC_OK)
+			goto out;
+	} else if ((r = register_kra(ctx, st, name, cert, PQgetvalue(res, 0, 3), PQgetvalue(res, 0, 4),
+				     PQgetvalue(res, 0, 6), PQgetvalue(res, 0, 7), PQgetvalue(res, 0, 8),
+				     PQgetvalue(res, 0, 14), PQgetvalue(res, 0, 15))) != ESC_OK ||
+		   (r = esc_store_exec(
+			    ctx, st,
+			    "UPDATE kra_challenges SET used_at = now(), outcome = 'enrolled' WHERE id = $1::bigint", 1,
+			    v, NULL, NULL, NULL)) != ESC_OK ||
+		   (r = audit_enrolled(ctx, st, actor, name, how, PQgetvalue(res, 0, 6), PQgetvalue(res, 0, 7),
+				       PQgetvalue(res, 0, 3), PQgetvalue(res, 0, 4), PQgetvalue(res, 0, 14),
+				       PQgetvalue(res, 0, 15))) != ESC_OK)
 		goto out;
 	if ((dlen = i2d_X509(cert, &der)) <= 0 || (copy = malloc((size_t)dlen)) == NULL) {
 		r = esc_error(ctx, ESC_ERR_NOMEM, "out of memory");
@@ -1183,7 +1338,7 @@ esc_kra_list(struct esc_ctx *ctx, struct esc_store *st, struct esc_kra **out, si
 		     ctx, st,
 		     "SELECT k.id, k.name, k.state, k.key_type, k.recipient, k.cert_serial, k.token_label, "
 		     "k.token_serial, k.key_uri, (SELECT count(*) FROM archive_record_kras a WHERE a.kra_id = "
-		     "k.id), k.key_origin, coalesce(k.recipient_reason, '') FROM kras k ORDER BY k.id",
+		     "k.id), k.key_origin, coalesce(k.recipient_reason, ''), k.certificate FROM kras k ORDER BY k.id",
 		     0, NULL, NULL, NULL, &res)) != ESC_OK)
 		return r;
 	rows = PQntuples(res);
@@ -1204,6 +1359,16 @@ esc_kra_list(struct esc_ctx *ctx, struct esc_store *st, struct esc_kra **out, si
 		k[i].records = strtoll(PQgetvalue(res, i, 9), NULL, 10);
 		snprintf(k[i].origin, sizeof(k[i].origin), "%s", PQgetvalue(res, i, 10));
 		snprintf(k[i].recipient_reason, sizeof(k[i].recipient_reason), "%s", PQgetvalue(res, i, 11));
+		{
+			X509 *x = esc_store_cert_cached(st, PQgetvalue(res, i, 12));
+
+			if (x == NULL) {
+				r = esc_error(ctx, ESC_ERR_DB, "KRA '%s' holds no readable certificate", k[i].name);
+				goto out;
+			}
+			cert_validity(x, &k[i]);
+			X509_free(x);
+		}
 	}
 	*out = k;
 	*n = (size_t)rows;
@@ -1302,5 +1467,241 @@ esc_kra_retire(struct esc_ctx *ctx, struct esc_store *st, const struct esc_accou
 	while (esc_store_retry(ctx, st, &t, &r));
 	if (r != ESC_OK)
 		esc_audit_outcome_by(ctx, st, actor, "kra.retire", name, r);
+	return r;
+}
+
+/* ---- Renewal ---------------------------------------------------------------------------------------------- */
+
+enum esc_err
+esc_kra_renew_begin(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor, const char *name,
+		    const unsigned char *public_key, size_t public_key_len, int days, long long *id,
+		    unsigned char **challenge, size_t *challenge_len, char *expires, size_t expires_len)
+{
+	struct esc_store_retry t = {0};
+	struct esc_kra_offer o;
+	PGresult *res = NULL;
+	const char *v[1] = {name};
+	enum esc_err r;
+
+	if ((r = esc_account_require(ctx, actor, ESC_ROLE_ADMIN)) != ESC_OK)
+		goto out;
+	if (!valid_name(name)) {
+		r = esc_error(ctx, ESC_ERR_USAGE, "a KRA name is 1..64 letters, digits, '.', '_' or '-'");
+		goto out;
+	}
+	/* The offer is the KRA's own: only the public key (to be proven) and the validity come from outside. */
+	if ((r = esc_store_exec(ctx, st,
+				"SELECT key_type, recipient, token_label, token_serial, key_uri, key_origin, "
+				"recipient_reason FROM kras WHERE name = $1",
+				1, v, NULL, NULL, &res)) != ESC_OK)
+		goto out;
+	if (PQntuples(res) != 1) {
+		r = esc_error(ctx, ESC_ERR_NOT_FOUND, "no KRA named '%s'", name);
+		goto out;
+	}
+	/* Another key (of another type, too) is a mismatch before it is anything else. */
+	{
+		const unsigned char *p = public_key;
+		EVP_PKEY *pub = NULL;
+
+		if (public_key_len == 0 || public_key_len > ESC_KRA_PUBLIC_KEY_MAX ||
+		    (pub = d2i_PUBKEY(NULL, &p, (long)public_key_len)) == NULL) {
+			r = esc_error_ossl(ctx, ESC_ERR_BAD_INPUT, "the public key is not a DER SubjectPublicKeyInfo");
+			goto out;
+		}
+		r = check_renewable(ctx, st, name, pub, 0);
+		EVP_PKEY_free(pub);
+		if (r != ESC_OK)
+			goto out;
+	}
+	memset(&o, 0, sizeof(o));
+	o.name = name;
+	o.key_type = PQgetvalue(res, 0, 0);
+	o.recipient = PQgetvalue(res, 0, 1);
+	o.token_label = PQgetvalue(res, 0, 2);
+	o.token_serial = PQgetvalue(res, 0, 3);
+	o.key_uri = PQgetvalue(res, 0, 4);
+	o.origin = PQgetvalue(res, 0, 5);
+	o.reason = PQgetisnull(res, 0, 6) ? NULL : PQgetvalue(res, 0, 6);
+	o.public_key = public_key;
+	o.public_key_len = public_key_len;
+	o.days = days;
+	do
+		r = begin_impl(ctx, st, actor, &o, 1, id, challenge, challenge_len, expires, expires_len);
+	while (esc_store_retry(ctx, st, &t, &r));
+out:
+	PQclear(res);
+	if (r != ESC_OK)
+		esc_audit_outcome_by(ctx, st, actor, "kra.renew.challenge", valid_name(name) ? name : "-", r);
+	return r;
+}
+
+enum esc_err
+esc_kra_renew_card(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor, struct esc_token *ca_tok,
+		   struct esc_kra_card *k, const char *name, int days, struct esc_kra *out, unsigned char **cert,
+		   size_t *cert_len)
+{
+	struct esc_store_retry t = {0};
+	unsigned char *challenge = NULL, *secret = NULL;
+	size_t challenge_len = 0, secret_len = 0;
+	char expires[40];
+	long long id = 0;
+	enum esc_err r;
+
+	if ((r = esc_kra_renew_begin(ctx, st, actor, name, k->spki, k->spki_len, days, &id, &challenge, &challenge_len,
+				     expires, sizeof(expires))) != ESC_OK ||
+	    (r = esc_kra_card_answer(ctx, k, challenge, challenge_len, &secret, &secret_len)) != ESC_OK)
+		goto out;
+	do
+		r = prove_impl(ctx, st, actor, ca_tok, "on the service host", name, id, secret, secret_len, out, cert,
+			       cert_len);
+	while (esc_store_retry(ctx, st, &t, &r));
+	if (r != ESC_OK)
+		esc_audit_outcome_by(ctx, st, actor, "kra.renew", valid_name(name) ? name : "-", r);
+out:
+	esc_envelope_plain_free(secret, secret_len);
+	free(challenge);
+	return r;
+}
+
+/* ---- Warnings before KRAs lapse ----------------------------------------------------------------------------- */
+
+/*
+ * k: how many usable KRAs of its set a record needs.  Policy kra_threshold
+ * where the schema has it (k of n, issue #14), else 1 (any one KRA).  The
+ * one place that decides it for the warnings.
+ */
+static enum esc_err
+kra_threshold(struct esc_ctx *ctx, struct esc_store *st, int *k)
+{
+	long v = 1;
+	enum esc_err r;
+
+	if ((r = policy_number(ctx, st, "kra_threshold", 1, &v)) != ESC_OK)
+		return r;
+	*k = v >= 1 && v <= 255 ? (int)v : 1;
+	return ESC_OK;
+}
+
+int
+esc_kra_warning(const struct esc_kra *k, int warn_days, char *buf, size_t len)
+{
+	if (strcmp(k->state, "active") != 0)
+		return 0;
+	if (k->expired) {
+		snprintf(buf, len,
+			 "certificate expired %s: recovery refuses this KRA; renew it ('p11escrow kra renew %s')",
+			 k->not_after, k->name);
+		return 1;
+	}
+	if (k->days_left < warn_days) {
+		snprintf(buf, len, "certificate expires %s, in %d day(s): renew it ('p11escrow kra renew %s')",
+			 k->not_after, k->days_left, k->name);
+		return 1;
+	}
+	return 0;
+}
+
+enum esc_err
+esc_kra_health(struct esc_ctx *ctx, struct esc_store *st, const struct esc_kra *k, size_t n, int warn_days,
+	       struct esc_kra_health *out)
+{
+	PGresult *res = NULL;
+	struct esc_kra_health h;
+	char *ids = NULL, thr[16], why[8];
+	const char *v[2];
+	size_t i, cap = n * 22 + 3;
+	enum esc_err r;
+
+	memset(&h, 0, sizeof(h));
+	h.warn_days = warn_days;
+	if ((r = kra_threshold(ctx, st, &h.threshold)) != ESC_OK)
+		return r;
+	if ((ids = malloc(cap)) == NULL)
+		return esc_error(ctx, ESC_ERR_NOMEM, "out of memory");
+	snprintf(ids, cap, "{");
+	for (i = 0; i < n; i++) {
+		if (strcmp(k[i].state, "active") != 0)
+			continue;
+		h.active++;
+		if (k[i].expired) {
+			h.expired++;
+			continue;
+		}
+		if (esc_kra_warning(&k[i], warn_days, why, sizeof(why)))
+			h.expiring++;
+		h.usable++;
+		snprintf(ids + strlen(ids), cap - strlen(ids), "%s%lld", h.usable > 1 ? "," : "", k[i].id);
+	}
+	snprintf(ids + strlen(ids), cap - strlen(ids), "}");
+	snprintf(thr, sizeof(thr), "%d", h.threshold);
+	v[0] = ids;
+	v[1] = thr;
+	if ((r = esc_store_exec(
+		     ctx, st,
+		     "SELECT count(*), count(*) FILTER (WHERE s.n < $2::integer), count(*) FILTER (WHERE s.n = 0), "
+		     "coalesce(((array_agg(s.id ORDER BY s.created_at) FILTER (WHERE s.n < $2::integer))[1])::text, "
+		     "'') FROM (SELECT r.id, r.created_at, count(a.kra_id) FILTER (WHERE a.kra_id = ANY "
+		     "($1::bigint[])) AS n FROM archive_records r LEFT JOIN archive_record_kras a ON a.record_id = "
+		     "r.id GROUP BY r.id) s",
+		     2, v, NULL, NULL, &res)) != ESC_OK)
+		goto out;
+	h.records = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
+	h.records_short = strtoll(PQgetvalue(res, 0, 1), NULL, 10);
+	h.records_none = strtoll(PQgetvalue(res, 0, 2), NULL, 10);
+	snprintf(h.first_short, sizeof(h.first_short), "%s", PQgetvalue(res, 0, 3));
+	*out = h;
+	r = ESC_OK;
+out:
+	PQclear(res);
+	free(ids);
+	return r;
+}
+
+enum esc_err
+esc_kra_envelope_cert(struct esc_ctx *ctx, struct esc_store *st, const char *name, const unsigned char *env,
+		      size_t envlen, X509 *current, X509 **out, int *yes)
+{
+	PGresult *res = NULL;
+	const char *v[1] = {name};
+	X509 *x = NULL;
+	enum esc_err r;
+	int i, found = 0;
+
+	if ((r = esc_envelope_has_recipient(ctx, env, envlen, current, &found)) != ESC_OK)
+		return r;
+	if (found) {
+		X509_up_ref(current);
+		*out = current;
+		*yes = 1;
+		return ESC_OK;
+	}
+	if ((r = esc_store_exec(ctx, st,
+				"SELECT c.certificate FROM kra_certificates c JOIN kras k ON k.id = c.kra_id WHERE "
+				"k.name = $1 ORDER BY c.replaced_at DESC",
+				1, v, NULL, NULL, &res)) != ESC_OK)
+		return r;
+	for (i = 0; i < PQntuples(res) && !found; i++) {
+		if ((x = esc_store_cert_from_text(PQgetvalue(res, i, 0))) == NULL) {
+			r = esc_error(ctx, ESC_ERR_DB, "an earlier certificate of KRA '%s' is unreadable", name);
+			goto out;
+		}
+		/* Only a certificate of the KRA's key now: the card must open what it names. */
+		if (EVP_PKEY_eq(X509_get0_pubkey(x), X509_get0_pubkey(current)) == 1 &&
+		    (r = esc_envelope_has_recipient(ctx, env, envlen, x, &found)) != ESC_OK)
+			goto out;
+		if (!found) {
+			X509_free(x);
+			x = NULL;
+		}
+	}
+	X509_up_ref(found ? x : current);
+	*out = found ? x : current;
+	*yes = found;
+	r = ESC_OK;
+out:
+	ERR_clear_error();
+	X509_free(x);
+	PQclear(res);
 	return r;
 }

@@ -21,6 +21,7 @@
 #include <p11escrow/audit.h>
 #include <p11escrow/ca.h>
 #include <p11escrow/envelope.h>
+#include <p11escrow/kra.h>
 #include <p11escrow/recovery.h>
 #include <p11escrow/revoke.h>
 
@@ -774,8 +775,15 @@ release_impl(struct esc_ctx *ctx, struct esc_store *st, struct esc_token *ca_tok
 		inner = NULL; /* moved */
 		goto store;
 	}
-	if ((r = esc_envelope_has_recipient(ctx, inner, innerlen, kra_cert, &yes)) != ESC_OK)
-		goto out;
+	/* A record wrapped before the KRA's certificate was renewed names the earlier one (the same key). */
+	{
+		X509 *named = NULL;
+
+		if ((r = esc_kra_envelope_cert(ctx, st, kra_name, inner, innerlen, kra_cert, &named, &yes)) != ESC_OK)
+			goto out;
+		X509_free(kra_cert);
+		kra_cert = named;
+	}
 	if (!yes) {
 		r = esc_error(ctx, ESC_ERR_TAMPERED, "record %s is not wrapped to the request's KRA", rid);
 		goto out;
@@ -1165,6 +1173,17 @@ load_released(struct esc_ctx *ctx, struct esc_store *st, const struct esc_accoun
 		r = esc_error(ctx, ESC_ERR_DENIED, "KRA '%s''s certificate has expired", PQgetvalue(res, 0, 6));
 		goto out;
 	}
+	/* Released before the KRA's certificate was renewed: addressed to the earlier one (the same key). */
+	{
+		X509 *named = NULL;
+		int yes = 0;
+
+		if ((r = esc_kra_envelope_cert(ctx, st, PQgetvalue(res, 0, 6), p->der, p->derlen, p->kra_cert, &named,
+					       &yes)) != ESC_OK)
+			goto out;
+		X509_free(p->kra_cert);
+		p->kra_cert = named;
+	}
 	p->id = id;
 	copy(p->kra_name, sizeof(p->kra_name), PQgetvalue(res, 0, 6));
 	copy(p->key_uri, sizeof(p->key_uri), PQgetvalue(res, 0, 5));
@@ -1404,32 +1423,6 @@ undo_after_failure(struct esc_ctx *ctx, struct esc_recovery_output *o)
 		(void)esc_error(ctx, code, "%s", first);
 }
 
-/* The label a token gets without --label: the certificate's common name, else "recovered key". */
-static void
-default_label(X509 *cert, char *buf, size_t len)
-{
-	X509_NAME *n = X509_get_subject_name(cert);
-	int i = X509_NAME_get_index_by_NID(n, NID_commonName, -1);
-	unsigned char *utf8 = NULL;
-	int ulen;
-
-	snprintf(buf, len, "recovered key");
-	if (i < 0 || (ulen = ASN1_STRING_to_UTF8(&utf8, X509_NAME_ENTRY_get_data(X509_NAME_get_entry(n, i)))) <= 0) {
-		ERR_clear_error();
-		return;
-	}
-	/* Cut at a character boundary; a name with control characters is not used. */
-	if ((size_t)ulen >= len) {
-		ulen = (int)len - 1;
-		while (ulen > 0 && (utf8[ulen] & 0xc0) == 0x80)
-			ulen--;
-	}
-	utf8[ulen] = '\0';
-	if (ulen > 0 && printable((const char *)utf8))
-		snprintf(buf, len, "%s", (const char *)utf8);
-	OPENSSL_free(utf8);
-}
-
 /* The key and its certificate onto o's token. */
 static enum esc_err
 deliver_token(struct esc_ctx *ctx, struct esc_recovery_output *o, EVP_PKEY *user, X509 *cert)
@@ -1441,7 +1434,7 @@ deliver_token(struct esc_ctx *ctx, struct esc_recovery_output *o, EVP_PKEY *user
 	if (o->label[0] != '\0')
 		copy(label, sizeof(label), o->label);
 	else
-		default_label(cert, label, sizeof(label));
+		esc_token_default_label(cert, "recovered key", label, sizeof(label));
 	if ((r = esc_token_import_key(ctx, o->target, user, cert, label, &k)) != ESC_OK)
 		return r;
 	o->written = k;

@@ -1034,6 +1034,27 @@ out:
 }
 
 enum esc_err
+esc_token_key_relabel(struct esc_ctx *ctx, struct esc_token *tok, struct esc_token_key *key, const char *label)
+{
+	size_t llen = strlen(label);
+	CK_ATTRIBUTE a = {CKA_LABEL, (void *)label, (CK_ULONG)llen};
+	CK_RV rv;
+
+	if (llen == 0 || llen >= sizeof(key->label))
+		return esc_error(ctx, ESC_ERR_USAGE, "key label must be 1..128 bytes");
+	if ((rv = tok->fl->C_SetAttributeValue(tok->session, key->priv, &a, 1)) != CKR_OK)
+		return ckr_error(ctx, rv, "labelling the private key");
+	if (key->pub != CK_INVALID_HANDLE &&
+	    (rv = tok->fl->C_SetAttributeValue(tok->session, key->pub, &a, 1)) != CKR_OK)
+		return ckr_error(ctx, rv, "labelling the public key");
+	if (key->cert != CK_INVALID_HANDLE &&
+	    (rv = tok->fl->C_SetAttributeValue(tok->session, key->cert, &a, 1)) != CKR_OK)
+		return ckr_error(ctx, rv, "labelling the certificate");
+	memcpy(key->label, label, llen + 1);
+	return ESC_OK;
+}
+
+enum esc_err
 esc_token_destroy_key(struct esc_ctx *ctx, struct esc_token *tok, const struct esc_token_key *key)
 {
 	CK_RV rv = CKR_OK, rv2 = CKR_OK, rv3 = CKR_OK;
@@ -1651,6 +1672,23 @@ import_id(struct esc_ctx *ctx, X509 *cert, unsigned char id[IMPORT_ID_LEN])
 	return ESC_OK;
 }
 
+/* The same CKA_ID from the public key alone, before there is a certificate. */
+static enum esc_err
+import_id_pub(struct esc_ctx *ctx, EVP_PKEY *pub, unsigned char id[IMPORT_ID_LEN])
+{
+	X509_PUBKEY *xp = NULL;
+	const unsigned char *bits = NULL;
+	int nbits = 0;
+	unsigned int len = 0;
+	enum esc_err r = ESC_OK;
+
+	if (X509_PUBKEY_set(&xp, pub) != 1 || X509_PUBKEY_get0_param(NULL, &bits, &nbits, NULL, xp) != 1 ||
+	    EVP_Digest(bits, (size_t)nbits, id, &len, EVP_sha1(), NULL) != 1 || len != IMPORT_ID_LEN)
+		r = esc_error_ossl(ctx, ESC_ERR_CRYPTO, "cannot hash the public key");
+	X509_PUBKEY_free(xp);
+	return r;
+}
+
 /* The DER OID of an EC key's named curve (CKA_EC_PARAMS), malloc'ed. */
 static enum esc_err
 ec_params_der(struct esc_ctx *ctx, EVP_PKEY *pub, unsigned char **out, int *outlen)
@@ -1675,16 +1713,16 @@ ec_params_der(struct esc_ctx *ctx, EVP_PKEY *pub, unsigned char **out, int *outl
 }
 
 /*
- * Can tok take a key written with cert: logged in as the user on a
- * writable token, no object with its CKA_ID yet, and a mechanism that uses
- * a key of its type and size (RSA decryption, EC key derivation)?
+ * Can tok take the key pub (with id): logged in as the user on a writable
+ * token, no object with its CKA_ID yet, and a mechanism that uses a key of
+ * its type and size (RSA decryption, EC key derivation)?  With pub NULL,
+ * only the first two.
  */
 static enum esc_err
-import_check(struct esc_ctx *ctx, struct esc_token *tok, X509 *cert, const unsigned char id[IMPORT_ID_LEN])
+import_check(struct esc_ctx *ctx, struct esc_token *tok, EVP_PKEY *pub, const unsigned char id[IMPORT_ID_LEN])
 {
 	static const CK_MECHANISM_TYPE rsa_mechs[] = {CKM_RSA_PKCS_OAEP, CKM_RSA_PKCS, CKM_RSA_X_509};
 	static const CK_MECHANISM_TYPE ec_mechs[] = {CKM_ECDH1_DERIVE, CKM_ECDH1_COFACTOR_DERIVE};
-	EVP_PKEY *pub = X509_get0_pubkey(cert);
 	CK_TOKEN_INFO ti;
 	CK_SESSION_INFO si;
 	CK_ATTRIBUTE t[] = {{CKA_ID, (void *)id, IMPORT_ID_LEN}};
@@ -1708,6 +1746,8 @@ import_check(struct esc_ctx *ctx, struct esc_token *tok, X509 *cert, const unsig
 		return esc_error(ctx, ESC_ERR_PKCS11, "token '%s': %s", tok->label,
 				 si.state == CKS_RO_USER_FUNCTIONS ? "the session is read-only"
 								   : "not logged in as its user (log in first)");
+	if (id == NULL)
+		return ESC_OK;
 	hex_id(idhex, sizeof(idhex), id, IMPORT_ID_LEN);
 	/* Any class: a certificate or public key with this id belongs to this key already. */
 	if ((r = find_objects(ctx, tok, t, ESC_ARRAY_LEN(t), found, &nfound)) != ESC_OK)
@@ -1717,8 +1757,6 @@ import_check(struct esc_ctx *ctx, struct esc_token *tok, X509 *cert, const unsig
 				 "token '%s' already holds %lu object(s) with CKA_ID %s, the id of this key: the key "
 				 "is there already, or another object uses its id; nothing was written",
 				 tok->label, (unsigned long)nfound, idhex);
-	if (pub == NULL)
-		return esc_error_ossl(ctx, ESC_ERR_BAD_INPUT, "the certificate has no usable public key");
 	bits = EVP_PKEY_get_bits(pub);
 	if (EVP_PKEY_is_a(pub, "RSA")) {
 		for (i = 0; i < ESC_ARRAY_LEN(rsa_mechs); i++)
@@ -1750,7 +1788,22 @@ esc_token_import_check(struct esc_ctx *ctx, struct esc_token *tok, X509 *cert)
 
 	if ((r = import_id(ctx, cert, id)) != ESC_OK)
 		return r;
-	return import_check(ctx, tok, cert, id);
+	if (X509_get0_pubkey(cert) == NULL)
+		return esc_error_ossl(ctx, ESC_ERR_BAD_INPUT, "the certificate has no usable public key");
+	return import_check(ctx, tok, X509_get0_pubkey(cert), id);
+}
+
+enum esc_err
+esc_token_import_check_key(struct esc_ctx *ctx, struct esc_token *tok, EVP_PKEY *pub)
+{
+	unsigned char id[IMPORT_ID_LEN];
+	enum esc_err r;
+
+	if (pub == NULL)
+		return import_check(ctx, tok, NULL, NULL);
+	if ((r = import_id_pub(ctx, pub, id)) != ESC_OK)
+		return r;
+	return import_check(ctx, tok, pub, id);
 }
 
 /* C_CreateObject's answers to a template the token cannot hold, told apart from other failures. */
@@ -1827,7 +1880,7 @@ esc_token_import_key(struct esc_ctx *ctx, struct esc_token *tok, EVP_PKEY *key, 
 		ERR_clear_error();
 		return esc_error(ctx, ESC_ERR_MISMATCH, "the key does not match the certificate written with it");
 	}
-	if ((r = import_id(ctx, cert, id)) != ESC_OK || (r = import_check(ctx, tok, cert, id)) != ESC_OK)
+	if ((r = import_id(ctx, cert, id)) != ESC_OK || (r = import_check(ctx, tok, key, id)) != ESC_OK)
 		return r;
 	is_rsa_key = EVP_PKEY_is_a(key, "RSA") ? CK_TRUE : CK_FALSE;
 	kt = is_rsa_key ? CKK_RSA : CKK_EC;
@@ -1932,4 +1985,33 @@ out:
 	OPENSSL_free(subj);
 	free(k);
 	return r;
+}
+
+void
+esc_token_default_label(X509 *cert, const char *fallback, char *buf, size_t len)
+{
+	X509_NAME *n = X509_get_subject_name(cert);
+	int i = X509_NAME_get_index_by_NID(n, NID_commonName, -1), ok = 1;
+	unsigned char *utf8 = NULL;
+	int ulen, k;
+
+	snprintf(buf, len, "%s", fallback);
+	if (len < 2 || i < 0 ||
+	    (ulen = ASN1_STRING_to_UTF8(&utf8, X509_NAME_ENTRY_get_data(X509_NAME_get_entry(n, i)))) <= 0) {
+		ERR_clear_error();
+		return;
+	}
+	/* Cut at a character boundary; a name with control characters is not used. */
+	if ((size_t)ulen >= len) {
+		ulen = (int)len - 1;
+		while (ulen > 0 && (utf8[ulen] & 0xc0) == 0x80)
+			ulen--;
+	}
+	utf8[ulen] = '\0';
+	for (k = 0; k < ulen; k++)
+		if (utf8[k] < 0x20 || utf8[k] == 0x7f)
+			ok = 0;
+	if (ulen > 0 && ok)
+		snprintf(buf, len, "%s", (const char *)utf8);
+	OPENSSL_free(utf8);
 }

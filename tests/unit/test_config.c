@@ -153,6 +153,7 @@ test_defaults(void **state)
 	assert_int_equal(esc_config_get_long(f->cfg, "shutdown_grace"), 30);
 	assert_int_equal(esc_config_get_long(f->cfg, "checkpoint_events"), 1000);
 	assert_int_equal(esc_config_get_long(f->cfg, "checkpoint_seconds"), 3600);
+	assert_int_equal(esc_config_get_long(f->cfg, "kra_expiry_warning_days"), 60);
 	assert_string_equal(esc_config_get(f->cfg, "account_cert_ca"), "");
 	assert_string_equal(esc_config_get(f->cfg, "account_cert_crl"), "");
 	assert_string_equal(esc_config_get(f->cfg, "user"), "");
@@ -164,7 +165,7 @@ test_defaults(void **state)
 
 	for (n = 0; esc_config_key_name(n) != NULL; n++)
 		assert_non_null(esc_config_get(f->cfg, esc_config_key_name(n)));
-	assert_int_equal(n, 30);
+	assert_int_equal(n, 31);
 	assert_string_equal(esc_config_key_name(0), "database");
 	assert_null(esc_config_key_name(1000));
 

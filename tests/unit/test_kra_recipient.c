@@ -124,6 +124,36 @@ test_ec(void **state)
 	assert_string_equal(recipient, "ecdh");
 }
 
+/* esc_kra_warning: active KRAs only; expired first; within warn_days, not at or beyond it. */
+static void
+test_expiry_warning(void **state)
+{
+	struct esc_kra k;
+	char why[256];
+
+	(void)state;
+	memset(&k, 0, sizeof(k));
+	strcpy(k.name, "kra1");
+	strcpy(k.state, "active");
+	strcpy(k.not_after, "2027-01-01T00:00:00Z");
+	k.days_left = 59;
+	assert_int_equal(esc_kra_warning(&k, 60, why, sizeof(why)), 1);
+	assert_non_null(strstr(why, "in 59 day(s)"));
+	assert_non_null(strstr(why, "p11escrow kra renew kra1"));
+	k.days_left = 60;
+	assert_int_equal(esc_kra_warning(&k, 60, why, sizeof(why)), 0);
+	k.days_left = 0;
+	assert_int_equal(esc_kra_warning(&k, 0, why, sizeof(why)), 0);
+	k.expired = 1;
+	k.days_left = -3;
+	assert_int_equal(esc_kra_warning(&k, 0, why, sizeof(why)), 1);
+	assert_non_null(strstr(why, "expired 2027-01-01T00:00:00Z"));
+	assert_non_null(strstr(why, "recovery refuses"));
+	/* A retired KRA wraps nothing new and is not renewed: no warning, expired or not. */
+	strcpy(k.state, "retired");
+	assert_int_equal(esc_kra_warning(&k, 60, why, sizeof(why)), 0);
+}
+
 int
 main(void)
 {
@@ -131,6 +161,7 @@ main(void)
 		cmocka_unit_test(test_rsa_all_combinations),
 		cmocka_unit_test(test_rsa_reasons),
 		cmocka_unit_test(test_ec),
+		cmocka_unit_test(test_expiry_warning),
 	};
 
 	return cmocka_run_group_tests(tests, setup, teardown);

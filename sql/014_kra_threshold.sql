@@ -1,4 +1,4 @@
--- 013: k-of-n KRA threshold (docs/archival.md, "Record version 2").
+-- 014: k-of-n KRA threshold (docs/archival.md, "Record version 2").
 --
 -- kra_threshold (k): how many KRAs of a record's set must take part to
 -- recover it.  1: any one KRA recovers, the record is version 1, as
@@ -42,17 +42,17 @@ CREATE TABLE recovery_shares (
 -- ---- The service's role: policy as before (read only, 006's grant);
 -- recovery_shares written at release, contribution and completion.  As in
 -- 012, the earlier function is kept under another name and called first.
-ALTER FUNCTION p11escrow_grant_service(text) RENAME TO p11escrow_grant_service_prev_013;
+ALTER FUNCTION p11escrow_grant_service(text) RENAME TO p11escrow_grant_service_prev_014;
 
 CREATE FUNCTION p11escrow_grant_service(service text) RETURNS void
     LANGUAGE plpgsql SET search_path = public, pg_catalog AS $$
 BEGIN
-    PERFORM p11escrow_grant_service_prev_013(service);
+    PERFORM p11escrow_grant_service_prev_014(service);
     EXECUTE format('GRANT SELECT, INSERT ON recovery_shares TO %I', service);
     EXECUTE format('GRANT UPDATE (sealed, contributed, contributed_by, contributed_at) ON recovery_shares TO %I',
                    service);
 END $$;
 REVOKE ALL ON FUNCTION p11escrow_grant_service(text) FROM PUBLIC;
-REVOKE ALL ON FUNCTION p11escrow_grant_service_prev_013(text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION p11escrow_grant_service_prev_014(text) FROM PUBLIC;
 
 SELECT p11escrow_regrant_services();
