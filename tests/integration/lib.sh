@@ -117,6 +117,8 @@ srv() {
 }
 
 # psql_val SQL: one value from the test database.
+# The schema version this tree's migrations reach: one per sql/NNN_*.sql, numbered without gaps.
+SCHEMA_VERSION=$(find "$P11ESCROW_SRC/sql" -maxdepth 1 -name '[0-9][0-9][0-9]_*.sql' | wc -l)
 psql_val() { psql "$DB" -XAtq -c "$1"; }
 
 # count_private_keys SOFTHSM2_CONF TOKEN_LABEL

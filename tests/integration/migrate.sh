@@ -7,12 +7,12 @@ start_pg "$T/pg"
 run_esc 23 db status --database "$DB"
 assert_out "database schema version: 0"
 run_esc 0 db migrate --database "$DB"
-assert_out "schema migrated from version 0 to 14"
+assert_out "schema migrated from version 0 to $SCHEMA_VERSION"
 run_esc 0 db migrate --database "$DB"
 assert_out "nothing to do"
-[ "$(psql_val "SELECT count(*) FROM p11escrow_schema")" = 14 ] || fail "migration recorded twice"
+[ "$(psql_val "SELECT count(*) FROM p11escrow_schema")" = "$SCHEMA_VERSION" ] || fail "migration recorded twice"
 run_esc 0 db status --database "$DB"
-assert_out "database schema version: 14"
+assert_out "database schema version: $SCHEMA_VERSION"
 
 note "concurrent migrations serialise"
 createdb -h "$(sed -n 's/.*host=\([^ ]*\).*/\1/p' <<<"$DB")" -p "$(sed -n 's/.*port=\([^ ]*\).*/\1/p' <<<"$DB")" -U postgres race
@@ -20,7 +20,7 @@ DBR=${DB/dbname=p11escrow/dbname=race}
 pids=()
 for i in 1 2 3 4; do "$ESC" db migrate --database "$DBR" >"$T/race$i" 2>&1 & pids+=($!); done
 for p in "${pids[@]}"; do wait "$p" || fail "a concurrent migrate failed: $(cat "$T"/race*)"; done
-[ "$(psql "$DBR" -XAtqc "SELECT count(*) FROM p11escrow_schema")" = 14 ] || fail "race recorded twice"
+[ "$(psql "$DBR" -XAtqc "SELECT count(*) FROM p11escrow_schema")" = "$SCHEMA_VERSION" ] || fail "race recorded twice"
 
 note "the environment names the database too"
 P11ESCROW_DATABASE=$DB run_esc 0 db status

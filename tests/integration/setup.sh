@@ -13,7 +13,7 @@ run_esc 0 setup --database "$DB" --token 'pkcs11:token=CA' --pin-file "$PIN_FILE
     --subject 'CN=Test Escrow CA,O=Example Org'
 assert_out "CA created"
 assert_out "subject:     CN=Test Escrow CA,O=Example Org"
-assert_out "schema:      migrated from version 0 to 13"
+assert_out "schema:      migrated from version 0 to $SCHEMA_VERSION"
 fp=$(sed -n 's/^  fingerprint: //p' "$T/out")
 [[ $fp =~ ^SHA256(:[0-9A-F]{2}){32}$ ]] || fail "fingerprint '$fp' malformed"
 sed -n '/BEGIN CERTIFICATE/,/END CERTIFICATE/p' "$T/out" >"$T/ca.pem"
