@@ -505,6 +505,22 @@ challenge_id(const char *s)
 	return v;
 }
 
+/* 201 with a proof-of-possession challenge: KRA name, challenge id, the sealed challenge, its expiry. */
+static void
+reply_challenge(struct api_call *c, const char *name, long long id, const unsigned char *challenge,
+		size_t challenge_len, const char *expires)
+{
+	char idtext[24];
+	json_t *o;
+	int bad;
+
+	snprintf(idtext, sizeof(idtext), "%lld", id);
+	bad = (o = json_object()) == NULL || api_put(o, "name", api_jstr(name)) ||
+	      api_put(o, "challenge_id", api_jstr(idtext)) ||
+	      api_put(o, "challenge", api_jb64(challenge, challenge_len)) || api_put(o, "expires", api_jstr(expires));
+	api_reply_json(c, 201, o, bad);
+}
+
 /*
  * POST /kras: an administrator offers a key generated on a KRA card, or one
  * the card held already (origin "adopted"); the answer is a challenge
@@ -531,11 +547,11 @@ api_kras_enroll(struct api_call *c)
 	struct esc_kra_offer offer;
 	unsigned char *spki = NULL, *challenge = NULL;
 	size_t spki_len = 0, challenge_len = 0;
-	char expires[40] = "", idtext[24];
+	char expires[40] = "";
 	long long id = 0;
-	json_t *doc, *o = NULL;
+	json_t *doc;
 	enum esc_err r;
-	int days = 730, bad;
+	int days = 730;
 
 	if (!api_params_ok(c, no_params) || (doc = api_parse_body(c, NULL, f, N(f))) == NULL)
 		return;
@@ -556,11 +572,7 @@ api_kras_enroll(struct api_call *c)
 			api_reply_esc(c, r);
 		goto out;
 	}
-	snprintf(idtext, sizeof(idtext), "%lld", id);
-	bad = (o = json_object()) == NULL || api_put(o, "name", api_jstr(name)) ||
-	      api_put(o, "challenge_id", api_jstr(idtext)) ||
-	      api_put(o, "challenge", api_jb64(challenge, challenge_len)) || api_put(o, "expires", api_jstr(expires));
-	api_reply_json(c, 201, o, bad);
+	reply_challenge(c, name, id, challenge, challenge_len, expires);
 out:
 	free(challenge);
 	b64_secure_free(spki, spki_len);
@@ -584,11 +596,11 @@ api_kra_renew(struct api_call *c)
 	};
 	unsigned char *spki = NULL, *challenge = NULL;
 	size_t spki_len = 0, challenge_len = 0;
-	char expires[40] = "", idtext[24];
+	char expires[40] = "";
 	long long id = 0;
-	json_t *doc, *o = NULL;
+	json_t *doc;
 	enum esc_err r;
-	int days = 730, bad;
+	int days = 730;
 
 	if (!api_params_ok(c, no_params) || (doc = api_parse_body(c, NULL, f, N(f))) == NULL)
 		return;
@@ -603,11 +615,7 @@ api_kra_renew(struct api_call *c)
 		api_reply_esc(c, r);
 		goto out;
 	}
-	snprintf(idtext, sizeof(idtext), "%lld", id);
-	bad = (o = json_object()) == NULL || api_put(o, "name", api_jstr(api_call_name(c))) ||
-	      api_put(o, "challenge_id", api_jstr(idtext)) ||
-	      api_put(o, "challenge", api_jb64(challenge, challenge_len)) || api_put(o, "expires", api_jstr(expires));
-	api_reply_json(c, 201, o, bad);
+	reply_challenge(c, api_call_name(c), id, challenge, challenge_len, expires);
 out:
 	free(challenge);
 	b64_secure_free(spki, spki_len);
