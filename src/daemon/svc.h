@@ -43,9 +43,9 @@ struct svc_worker {
 	struct esc_ctx *ctx;
 	struct esc_store *st;	   /* NULL while the database is unreachable */
 	struct esc_keeper *keeper; /* remote; NULL while the keeper process is unavailable */
-	unsigned char *crl;	   /* the last CRL this worker signed (DER), served for CRL_REFRESH seconds */
+	unsigned char *crl;	   /* the current CRL (DER) as this worker last read it from the database */
 	size_t crl_len;
-	long long crl_at;	       /* monotonic seconds */
+	long long crl_number;	       /* its number: re-read when the database's current one differs */
 	int require_cert;	       /* tls_client_auth = require: no request without a client certificate */
 	long long client_cert_recheck; /* seconds a checked client certificate stays accepted on its connection */
 	struct svc_guard *guard;       /* failed logins, shared by every worker process (guard.c) */
