@@ -223,10 +223,10 @@ add_publication(struct esc_ctx *ctx, X509 *x)
 	if (p->crl_url[0] != '\0') {
 		if ((cdp = sk_DIST_POINT_new_null()) == NULL || (dp = DIST_POINT_new()) == NULL ||
 		    (dp->distpoint = DIST_POINT_NAME_new()) == NULL ||
-		    (dp->distpoint->name.fullname = GENERAL_NAMES_new()) == NULL || (g = uri_name(p->crl_url)) == NULL ||
-		    !sk_GENERAL_NAME_push(dp->distpoint->name.fullname, g))
+		    (dp->distpoint->name.fullname = GENERAL_NAMES_new()) == NULL ||
+		    (g = uri_name(p->crl_url)) == NULL || !sk_GENERAL_NAME_push(dp->distpoint->name.fullname, g))
 			goto out;
-		g = NULL;		  /* transferred */
+		g = NULL;		 /* transferred */
 		dp->distpoint->type = 0; /* fullName */
 		if (!sk_DIST_POINT_push(cdp, dp))
 			goto out;

@@ -105,7 +105,8 @@ esc_ctx_set_publication(struct esc_ctx *ctx, const struct esc_publication *p)
 		return esc_error(ctx, ESC_ERR_CONFIG,
 				 "crl_validity must be 60..31622400 seconds and crl_refresh 10..90 (percent)");
 	snprintf(ctx->crl_url, sizeof(ctx->crl_url), "%s", p->crl_url != NULL ? p->crl_url : "");
-	snprintf(ctx->ca_issuer_url, sizeof(ctx->ca_issuer_url), "%s", p->ca_issuer_url != NULL ? p->ca_issuer_url : "");
+	snprintf(ctx->ca_issuer_url, sizeof(ctx->ca_issuer_url), "%s",
+		 p->ca_issuer_url != NULL ? p->ca_issuer_url : "");
 	ctx->pub.crl_validity = p->crl_validity;
 	ctx->pub.crl_refresh = p->crl_refresh;
 	return ESC_OK;

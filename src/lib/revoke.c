@@ -268,8 +268,8 @@ out:
  * built from, read in the same statement as the revocations it lists.
  */
 static enum esc_err
-sign_crl(struct esc_ctx *ctx, struct esc_store *st, struct esc_token *ca_tok, time_t now, long validity,
-	 X509_CRL **out, long long *number_out, long long *revision)
+sign_crl(struct esc_ctx *ctx, struct esc_store *st, struct esc_token *ca_tok, time_t now, long validity, X509_CRL **out,
+	 long long *number_out, long long *revision)
 {
 	PGresult *res = NULL;
 	X509 *ca = NULL;
@@ -320,9 +320,10 @@ sign_crl(struct esc_ctx *ctx, struct esc_store *st, struct esc_token *ca_tok, ti
 	if ((crl = X509_CRL_new()) == NULL || !X509_CRL_set_version(crl, X509_CRL_VERSION_2) ||
 	    !X509_CRL_set_issuer_name(crl, X509_get_subject_name(ca)) ||
 	    (this_update = ASN1_TIME_adj(NULL, now, 0, 0)) == NULL ||
-	    (next_update = ASN1_TIME_adj(NULL, now, 0, validity)) == NULL || !X509_CRL_set1_lastUpdate(crl, this_update) ||
-	    !X509_CRL_set1_nextUpdate(crl, next_update) || (number = ASN1_INTEGER_new()) == NULL ||
-	    !ASN1_INTEGER_set_int64(number, num) || !X509_CRL_add1_ext_i2d(crl, NID_crl_number, number, 0, 0)) {
+	    (next_update = ASN1_TIME_adj(NULL, now, 0, validity)) == NULL ||
+	    !X509_CRL_set1_lastUpdate(crl, this_update) || !X509_CRL_set1_nextUpdate(crl, next_update) ||
+	    (number = ASN1_INTEGER_new()) == NULL || !ASN1_INTEGER_set_int64(number, num) ||
+	    !X509_CRL_add1_ext_i2d(crl, NID_crl_number, number, 0, 0)) {
 		r = esc_error_ossl(ctx, ESC_ERR_CRYPTO, "cannot build the CRL");
 		goto out;
 	}
