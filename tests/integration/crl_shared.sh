@@ -178,4 +178,10 @@ psql "$DB" -XAtq -c "INSERT INTO crls (number, der, this_update, next_update, re
     SELECT number - 1, der, this_update, next_update, refresh_at, revision, revoked, 'test' FROM crls
     ORDER BY number DESC LIMIT 1" >"$T/out" 2>&1 && fail "a CRL with a lower number was stored"
 assert_out "is not above the current CRL"
+
+# Both daemons end cleanly (under the sanitizers: nothing leaked or misused on the CRL paths).
+for p in "$PID1" "$PID2"; do
+    kill -TERM "$p"
+    wait "$p" || fail "p11escrowd $p exited non-zero on SIGTERM"
+done
 exit 0
