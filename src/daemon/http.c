@@ -678,9 +678,8 @@ out:
 	return rc;
 }
 
-/* The cRLNumber of crl, or 0. */
-static long long
-crl_number_of(X509_CRL *crl)
+long long
+svc_crl_number(X509_CRL *crl)
 {
 	ASN1_INTEGER *n = X509_CRL_get_ext_d2i(crl, NID_crl_number, NULL, NULL);
 	int64_t v = 0;
@@ -747,7 +746,7 @@ serve_crl(struct svc_request *r)
 			p = der;
 			i2d_X509_CRL(crl, &p);
 			len = (size_t)n;
-			number = crl_number_of(crl);
+			number = svc_crl_number(crl);
 			X509_CRL_free(crl);
 		}
 	}

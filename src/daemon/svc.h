@@ -139,6 +139,8 @@ void svc_login_result(struct svc_request *r, const char *name, int ok);
  * has read it: the client sees this answer, not a reset).
  */
 int svc_request_init(struct svc_request *r, struct svc_worker *w, struct evhttp_request *req);
+/* The cRLNumber of crl, or 0 if it has none. */
+long long svc_crl_number(X509_CRL *crl);
 /* Route r to its endpoint; replies exactly once. */
 void svc_http_dispatch(struct svc_request *r);
 /* Free what svc_request_init allocated (the body is wiped). */

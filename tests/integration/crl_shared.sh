@@ -147,6 +147,11 @@ s=$(openssl crl -in "$T/srv.pem" -noout -crlnumber); s=$((16#${s#crlNumber=0x}))
 [ "$s" -gt "$c" ] && [ "$(fetch "$URL2" "$T/x.der")" = "$s" ] && [ "$(fetch "$URL1" "$T/x.der")" = "$s" ] ||
     fail "the service's CRL on demand $s is not what both serve"
 [ "$(psql_val "SELECT made_by FROM crls ORDER BY number DESC LIMIT 1")" = admin ] || fail "made_by of an API CRL"
+curl -sf --cacert "$SERVER_CA" --user admin:admin-password-0001 -H 'Content-Type: application/json' \
+    --data '{"days":"2"}' -o "$T/api.json" "$URL1/api/v1/crl" || fail "POST /api/v1/crl"
+a=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["number"])' "$T/api.json")
+[ "$a" -gt "$s" ] && [ "$(fetch "$URL2" "$T/x.der")" = "$a" ] || fail "POST /crl answered number $a, GET /crl differs"
+s=$a
 [ "$(psql_val "SELECT count(*) FROM audit_events WHERE action = 'cert.crl' AND outcome = 'ok'")" = "$(stored)" ] ||
     fail "not every CRL's issuance is audited"
 
