@@ -636,8 +636,16 @@ do_contribute(struct esc_ctx *ctx, struct esc_config *cfg, struct esc_store *st,
 	int have = 0, need = 0, rc = 0;
 	enum esc_err r;
 
-	if (h != NULL && (rc = remote_share(h, ctx, o->id, &share)) != 0)
-		return rc;
+	if (h != NULL) {
+		if ((rc = remote_share(h, ctx, o->id, &share)) != 0)
+			return rc;
+		/* Before the PIN: whom the share will go to, to check against the request. */
+		esc_recovery_share_parts(share, &sp);
+		printf("request %lld: share x = %u of KRA '%s' fetched, still sealed to its card; it goes to KRA '%s', "
+		       "the request's completer\n",
+		       o->id, sp.x, sp.kra_name, sp.completer_name);
+		fflush(stdout);
+	}
 	if ((r = esc_token_open(ctx, esc_config_get(cfg, "module"), o->token, &card)) != ESC_OK ||
 	    (r = esc_secret_obtain(ctx, o->kra_pin_file, "P11ESCROW_KRA_PIN", "KRA card PIN: ", &pin)) != ESC_OK ||
 	    (r = esc_token_login(ctx, card, pin)) != ESC_OK) {
@@ -654,12 +662,10 @@ do_contribute(struct esc_ctx *ctx, struct esc_config *cfg, struct esc_store *st,
 	}
 	if (h != NULL && (rc = remote_contribute(h, ctx, o->id, resealed, resealedlen, &have, &need)) != 0)
 		goto out;
-	if (h != NULL) {
-		esc_recovery_share_parts(share, &sp);
-		printf("request %lld: share x = %u opened on card '%s', re-sealed to KRA '%s' here; the service "
-		       "relayed ciphertext only\n",
-		       o->id, sp.x, esc_token_label(card), sp.completer_name);
-	}
+	if (h != NULL)
+		printf("request %lld: share opened on card '%s', checked and re-sealed here; the service relayed "
+		       "ciphertext only\n",
+		       o->id, esc_token_label(card));
 	printf("request %lld: share contributed, re-sealed to the request's KRA; %d of %d share(s) in%s\n", o->id,
 	       have, need, have >= need ? ": it can complete" : "");
 out:

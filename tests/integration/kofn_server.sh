@@ -96,7 +96,8 @@ grep -q "is not an envelope to KRA 'kra1''s certificate" "$T/body" || fail "garb
 
 note "kra2 contributes at its workstation: the share opened on its card, re-sealed to kra1, ciphertext posted"
 srv kra2-acct 0 recovery contribute "$REQ" --token 'pkcs11:token=KRA2' --kra-pin-file "$PIN_FILE"
-assert_out "re-sealed to KRA 'kra1' here; the service relayed ciphertext only"
+assert_out "of KRA 'kra2' fetched, still sealed to its card; it goes to KRA 'kra1', the request's completer"
+assert_out "share opened on card 'KRA2', checked and re-sealed here; the service relayed ciphertext only"
 assert_out "2 of 2 share(s) in: it can complete"
 srv kra2-acct 41 recovery contribute "$REQ" --token 'pkcs11:token=KRA2' --kra-pin-file "$PIN_FILE"
 assert_out "already contributed its share to request $REQ: a KRA counts once"
