@@ -17,6 +17,12 @@
  *      (esc_recovery_fetch), the KRA's workstation opens it on the card
  *      with no database (esc_recovery_open_package), and the service marks
  *      the request completed and deletes the package (esc_recovery_finish).
+ *   k of n (record version 2): before step 4, k - 1 other KRAs of the
+ *      record's set each open their own share on their card and re-seal it
+ *      to the request's KRA (esc_recovery_contribute; through the service
+ *      esc_recovery_share_fetch, esc_recovery_share_reseal at the
+ *      workstation, esc_recovery_share_store); completion combines k shares
+ *      on the completer's card.
  * Every rule is enforced here, not left to front-ends.
  */
 #ifndef P11ESCROW_RECOVERY_H
@@ -217,10 +223,10 @@ const unsigned char *esc_recovery_package_share(const struct esc_recovery_packag
  * Errors: BAD_INPUT (out of bounds, disagreeing, x twice, more than 16,
  * a certificate that does not decode), NOMEM.
  */
-enum esc_err esc_recovery_package_add_share(struct esc_ctx *ctx, struct esc_recovery_package *p,
-					    const char *record_id, unsigned threshold, unsigned x,
-					    const unsigned char commitment[32], const unsigned char *sealed,
-					    size_t sealed_len, const unsigned char *cert, size_t cert_len) ESC_MUST_CHECK;
+enum esc_err esc_recovery_package_add_share(struct esc_ctx *ctx, struct esc_recovery_package *p, const char *record_id,
+					    unsigned threshold, unsigned x, const unsigned char commitment[32],
+					    const unsigned char *sealed, size_t sealed_len, const unsigned char *cert,
+					    size_t cert_len) ESC_MUST_CHECK;
 /* Accepts NULL. */
 void esc_recovery_package_free(struct esc_recovery_package *p);
 
@@ -406,8 +412,8 @@ void esc_recovery_share_free(struct esc_recovery_share *s);
  * Errors: KEY_NOT_FOUND (another card), NOT_RECIPIENT, TAMPERED
  * (commitment, binding or GCM fails: nothing re-sealed), PKCS11, CRYPTO.
  */
-enum esc_err esc_recovery_share_reseal(struct esc_ctx *ctx, const struct esc_recovery_share *s,
-				       struct esc_token *card, unsigned char **out, size_t *outlen) ESC_MUST_CHECK;
+enum esc_err esc_recovery_share_reseal(struct esc_ctx *ctx, const struct esc_recovery_share *s, struct esc_token *card,
+				       unsigned char **out, size_t *outlen) ESC_MUST_CHECK;
 
 /*
  * Store actor's KRA's share of request id re-sealed (resealed, from

@@ -666,8 +666,8 @@ do_contribute(struct esc_ctx *ctx, struct esc_config *cfg, struct esc_store *st,
 		printf("request %lld: share opened on card '%s', checked and re-sealed here; the service relayed "
 		       "ciphertext only\n",
 		       o->id, esc_token_label(card));
-	printf("request %lld: share contributed, re-sealed to the request's KRA; %d of %d share(s) in%s\n", o->id,
-	       have, need, have >= need ? ": it can complete" : "");
+	printf("request %lld: share contributed, re-sealed to the request's KRA; %d of %d share(s) in%s\n", o->id, have,
+	       need, have >= need ? ": it can complete" : "");
 out:
 	free(resealed);
 	esc_recovery_share_free(share);

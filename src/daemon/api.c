@@ -721,10 +721,11 @@ api_recovery_share(struct api_call *c)
 		return;
 	}
 	esc_recovery_share_parts(s, &sp);
-	bad = (o = json_object()) == NULL || put(o, "id", json_integer(c->id)) || put(o, "record", jstr(sp.record_id)) ||
-	      put(o, "x", json_integer(sp.x)) || put(o, "threshold", json_integer(sp.threshold)) ||
-	      put(o, "commitment", jb64(sp.commitment, 32)) || put(o, "sealed", jb64(sp.sealed, sp.sealed_len)) ||
-	      put(o, "kra", jstr(sp.kra_name)) || put(o, "kra_certificate", jb64(sp.kra_cert, sp.kra_cert_len)) ||
+	bad = (o = json_object()) == NULL || put(o, "id", json_integer(c->id)) ||
+	      put(o, "record", jstr(sp.record_id)) || put(o, "x", json_integer(sp.x)) ||
+	      put(o, "threshold", json_integer(sp.threshold)) || put(o, "commitment", jb64(sp.commitment, 32)) ||
+	      put(o, "sealed", jb64(sp.sealed, sp.sealed_len)) || put(o, "kra", jstr(sp.kra_name)) ||
+	      put(o, "kra_certificate", jb64(sp.kra_cert, sp.kra_cert_len)) ||
 	      put(o, "kra_key_uri", jstr(sp.key_uri)) || put(o, "completer", jstr(sp.completer_name)) ||
 	      put(o, "completer_certificate", jb64(sp.completer_cert, sp.completer_cert_len)) ||
 	      put(o, "completer_recipient", jstr(sp.completer_recipient));

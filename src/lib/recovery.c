@@ -895,7 +895,7 @@ esc_recovery_p12_free(unsigned char *p12, size_t len)
 	"CASE WHEN EXISTS (SELECT 1 FROM revocations v WHERE v.own AND ltrim(v.serial, '0') = " \
 	"ltrim(k.cert_serial, '0')) THEN 'revoked' ELSE k.state END"
 
-#define PACKAGE_MAX (1024 * 1024) /* an inner envelope is a few KiB; anything near this is not one */
+#define PACKAGE_MAX (1024 * 1024)    /* an inner envelope is a few KiB; anything near this is not one */
 #define SHARE_SEALED_MAX (64 * 1024) /* a sealed share is well under 2 KiB; anything near this is not one */
 
 struct esc_recovery_package {
@@ -1905,8 +1905,7 @@ short_text(const char *s, size_t len)
 }
 
 enum esc_err
-esc_recovery_share_new(struct esc_ctx *ctx, const struct esc_recovery_share_parts *in,
-		       struct esc_recovery_share **out)
+esc_recovery_share_new(struct esc_ctx *ctx, const struct esc_recovery_share_parts *in, struct esc_recovery_share **out)
 {
 	struct esc_recovery_share *s = NULL;
 	enum esc_err r;
@@ -1930,7 +1929,8 @@ esc_recovery_share_new(struct esc_ctx *ctx, const struct esc_recovery_share_part
 	}
 	if ((s->kra_cert = cert_from_der(in->kra_cert, in->kra_cert_len)) == NULL ||
 	    (s->completer_cert = cert_from_der(in->completer_cert, in->completer_cert_len)) == NULL) {
-		r = esc_error(ctx, ESC_ERR_BAD_INPUT, "request %lld: a certificate of the share does not decode", in->id);
+		r = esc_error(ctx, ESC_ERR_BAD_INPUT, "request %lld: a certificate of the share does not decode",
+			      in->id);
 		goto out;
 	}
 	if ((r = cert_der(ctx, s->kra_cert, &s->kra_der, &s->kra_derlen)) != ESC_OK ||
@@ -2108,8 +2108,7 @@ esc_recovery_share_reseal(struct esc_ctx *ctx, const struct esc_recovery_share *
 			      s->id, esc_token_label(card), why);
 		goto out;
 	}
-	if (!EVP_Digest(plain, plainlen, md, &mdlen, EVP_sha256(), NULL) ||
-	    CRYPTO_memcmp(md, s->commitment, 32) != 0) {
+	if (!EVP_Digest(plain, plainlen, md, &mdlen, EVP_sha256(), NULL) || CRYPTO_memcmp(md, s->commitment, 32) != 0) {
 		r = esc_error(ctx, ESC_ERR_TAMPERED,
 			      "KRA '%s''s share of request %lld does not match the record's commitment: damaged or "
 			      "swapped; nothing contributed",
@@ -2137,8 +2136,7 @@ out:
  */
 static enum esc_err
 store_share(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor,
-	    const struct esc_recovery_share *s, const unsigned char *resealed, size_t resealedlen, int *have,
-	    int *need)
+	    const struct esc_recovery_share *s, const unsigned char *resealed, size_t resealedlen, int *have, int *need)
 {
 	PGresult *res = NULL;
 	char sid[24], kid[24], aid[24];
@@ -2149,8 +2147,7 @@ store_share(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account 
 	if (resealed == NULL || resealedlen == 0 || resealedlen > SHARE_SEALED_MAX)
 		return esc_error(ctx, ESC_ERR_BAD_INPUT, "request %lld: the re-sealed share is empty or too large",
 				 s->id);
-	if ((r = esc_envelope_has_recipient(ctx, resealed, resealedlen, s->completer_cert, &yes)) != ESC_OK ||
-	    !yes) {
+	if ((r = esc_envelope_has_recipient(ctx, resealed, resealedlen, s->completer_cert, &yes)) != ESC_OK || !yes) {
 		ERR_clear_error();
 		return esc_error(ctx, ESC_ERR_BAD_INPUT,
 				 "request %lld: the re-sealed share is not an envelope to KRA '%s''s certificate: "
