@@ -692,8 +692,10 @@ api_recovery_package(struct api_call *c)
 			bad = (e = json_object()) == NULL || json_array_append_new(list, e) != 0 ||
 			      put(e, "x", json_integer(x)) || put(e, "commitment", jb64(commitment, 32)) ||
 			      put(e, "sealed", jb64(sealed, slen)) || put(e, "certificate", cert_b64(cert));
-		bad = bad || put(o, "shares", list);
-		list = NULL; /* consumed by put */
+		if (bad)
+			json_decref(list);
+		else
+			bad = put(o, "shares", list); /* consumes list */
 	}
 	esc_recovery_package_free(p);
 	reply_json(c->r, 200, o, bad);
@@ -754,7 +756,7 @@ api_recovery_contribute(struct api_call *c)
 
 	if (!params_ok(c, none) || (doc = parse_body(c, f, sizeof(f) / sizeof(f[0]))) == NULL)
 		return;
-	if ((r = esc_b64_decode_max(c->w->ctx, b64, strlen(b64), API_FIELD_MAX, &der, &len)) != ESC_OK) {
+	if (esc_b64_decode_max(c->w->ctx, b64, strlen(b64), API_FIELD_MAX, &der, &len) != ESC_OK) {
 		json_decref(doc);
 		reply_error(c->r, 400, "'contributed' is not base64 of a re-sealed share", ESC_ERR_USAGE);
 		return;

@@ -2147,7 +2147,7 @@ store_share(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account 
 	if (resealed == NULL || resealedlen == 0 || resealedlen > SHARE_SEALED_MAX)
 		return esc_error(ctx, ESC_ERR_BAD_INPUT, "request %lld: the re-sealed share is empty or too large",
 				 s->id);
-	if ((r = esc_envelope_has_recipient(ctx, resealed, resealedlen, s->completer_cert, &yes)) != ESC_OK || !yes) {
+	if (esc_envelope_has_recipient(ctx, resealed, resealedlen, s->completer_cert, &yes) != ESC_OK || !yes) {
 		ERR_clear_error();
 		return esc_error(ctx, ESC_ERR_BAD_INPUT,
 				 "request %lld: the re-sealed share is not an envelope to KRA '%s''s certificate: "

@@ -9,12 +9,12 @@
 # completer cannot contribute; a KRA counts once; a KRA outside the record's
 # set, a certificate manager: refused; a damaged contributed share is found
 # before combining; a post that is not an envelope to the completer is
-# refused.  Then a KRA's certificate renewed (same card key): its version 2
+# refused.  Outputs: PKCS#12, --to-cert, --to-token.  Then a KRA's certificate renewed (same card key): its version 2
 # share, sealed to the earlier certificate, still recovers, with that KRA
 # completing (--to-cert) and contributing.  The audit trail verifies.
 . "$(dirname "$0")/lib.sh"
 
-provision_tokens "$T/hsm" CA KRA1 KRA2 KRA3 KRA4
+provision_tokens "$T/hsm" CA KRA1 KRA2 KRA3 KRA4 USER
 export SOFTHSM2_CONF=$T/hsm/softhsm2.conf
 start_pg "$T/pg"
 export P11ESCROW_DATABASE=$DB
@@ -156,6 +156,17 @@ srv kra2-acct 0 recovery contribute "$REQ" --token 'pkcs11:token=KRA2' --kra-pin
 srv kra3-acct 0 recovery complete "$REQ" --token 'pkcs11:token=KRA3' --kra-pin-file "$PIN_FILE" --out "$T/bob.p12" \
     --p12-password-file "$T/cm1.pw"
 p12_key "$T/bob.p12" "$T/bob.got" && same_key "$T/bob.got" bob || fail "bob's recovered key differs"
+
+note "--to-token: alice's key onto her replacement token, kra3 completing with kra1's share"
+request "$ALICE" kra3 "alice's new card"
+srv kra1-acct 0 recovery contribute "$REQ" --token 'pkcs11:token=KRA1' --kra-pin-file "$PIN_FILE"
+srv kra3-acct 0 recovery complete "$REQ" --token 'pkcs11:token=KRA3' --kra-pin-file "$PIN_FILE" \
+    --to-token 'pkcs11:token=USER' --to-token-pin-file "$PIN_FILE"
+assert_out "key and certificate written onto token 'USER'"
+[ "$(count_private_keys "$SOFTHSM2_CONF" USER)" = 1 ] || fail "alice's key is not on her token"
+pkcs11-tool --module "$SOFTHSM" --token-label USER --read-object --type cert --label alice -o "$T/oncard.der" \
+    >/dev/null 2>&1 || fail "no certificate on alice's token"
+cmp -s "$T/oncard.der" <(openssl x509 -in "$T/alice.pem" -outform DER) || fail "the certificate on the token is not alice's"
 
 note "the audit trail verifies"
 run_esc 0 audit verify --user audrey --password-file "$T/audrey.pw"
