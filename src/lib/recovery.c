@@ -1154,6 +1154,7 @@ load_shares(struct esc_ctx *ctx, struct esc_store *st, struct esc_recovery_packa
 		OPENSSL_free(c);
 		if ((p->share[p->nshares].sealed = OPENSSL_hexstr2buf(PQgetvalue(res, i, 3), &len)) == NULL ||
 		    len <= 0) {
+			p->nshares++; /* freed with p */
 			r = esc_error(ctx, ESC_ERR_BAD_INPUT, "request %lld's stored shares are unreadable", p->id);
 			goto out;
 		}
