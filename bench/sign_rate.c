@@ -34,6 +34,7 @@
 
 #include <p11escrow/ca.h>
 #include <p11escrow/ctx.h>
+#include <p11escrow/gate.h>
 #include <p11escrow/enroll.h>
 #include <p11escrow/pin.h>
 #include <p11escrow/store.h>
@@ -47,6 +48,7 @@ struct shared {
 	const char *database, *module, *key_uri;
 	const struct esc_secret *pin;
 	int digest;
+	struct esc_token_gate *gate; /* meters the token's share, as in the keeper (no bound) */
 	pthread_barrier_t ready, go;
 	double start, deadline;
 };
@@ -112,6 +114,7 @@ worker_main(void *arg)
 	w->failed = 1;
 	if (esc_ctx_new(&ctx) != ESC_OK)
 		goto ready;
+	esc_ctx_set_token_gate(ctx, sh->gate);
 	if (esc_store_connect(ctx, sh->database, &st) != ESC_OK ||
 	    esc_keeper_open(ctx, st, sh->module, sh->pin, &k) != ESC_OK ||
 	    esc_token_open(ctx, sh->module, sh->key_uri, &tok) != ESC_OK ||
@@ -137,8 +140,14 @@ ready:
 		double t0 = bench_now(), t1;
 
 		if (sh->digest) {
+			struct esc_token_pass pass;
+			int bad;
+
 			dgst[w->count % 32]++;
-			if (sign_digest(signer, dgst, sig, &siglen, sizeof(sig)) != 0) {
+			esc_token_gate_enter(ctx, &pass);
+			bad = sign_digest(signer, dgst, sig, &siglen, sizeof(sig)) != 0;
+			esc_token_gate_leave(&pass);
+			if (bad) {
 				fprintf(stderr, PROG ": thread %d: signing failed\n", w->index);
 				ERR_print_errors_fp(stderr);
 				w->failed = 1;
@@ -196,6 +205,7 @@ main(int argc, char *argv[])
 	int threads = 2, seconds = 10, c, i, failed = 0, rc = 1;
 	long total = 0;
 	double end, cpu0, cpu1, secs;
+	uint64_t gops = 0, gcpu = 0, gwait = 0;
 
 	memset(&sh, 0, sizeof(sh));
 	sh.database = getenv("P11ESCROW_DATABASE");
@@ -235,6 +245,10 @@ main(int argc, char *argv[])
 	(void)!esc_secmem_init();
 	if (esc_ctx_new(&ctx) != ESC_OK)
 		return 1;
+	if (esc_token_gate_new(ctx, 0, NULL, &sh.gate) != ESC_OK) {
+		fprintf(stderr, PROG ": %s\n", esc_ctx_errmsg(ctx));
+		goto out;
+	}
 	if (esc_secret_obtain(ctx, pin_file, "P11ESCROW_CA_PIN", NULL, &pin) != ESC_OK) {
 		fprintf(stderr, PROG ": %s\n", esc_ctx_errmsg(ctx));
 		goto out;
@@ -279,10 +293,12 @@ main(int argc, char *argv[])
 		goto out;
 	}
 	secs = end - sh.start;
+	esc_token_gate_read(sh.gate, &gops, &gcpu, &gwait);
 	printf("sign_rate mode=%s key=%s threads=%d signatures=%ld seconds=%.2f rate=%.1f per_thread=%s p50_ms=%.2f "
-	       "p99_ms=%.2f cpu_s=%.2f\n",
+	       "p99_ms=%.2f cpu_s=%.2f token_ops=%llu token_cpu_s=%.3f\n",
 	       mode, ws[0].keyname, threads, total, secs, secs > 0 ? (double)total / secs : 0.0, per,
-	       bench_quantile(&all, 0.5), bench_quantile(&all, 0.99), cpu1 - cpu0);
+	       bench_quantile(&all, 0.5), bench_quantile(&all, 0.99), cpu1 - cpu0, (unsigned long long)gops,
+	       (double)gcpu / 1e9);
 	rc = 0;
 out:
 	for (i = 0; ws != NULL && i < threads; i++)
@@ -292,5 +308,6 @@ out:
 	free(uri);
 	esc_secret_free(pin);
 	esc_ctx_free(ctx);
+	esc_token_gate_free(sh.gate);
 	return rc;
 }

@@ -61,6 +61,7 @@
 #include <p11escrow/config.h>
 #include <p11escrow/ctx.h>
 #include <p11escrow/enroll.h>
+#include <p11escrow/gate.h>
 #include <p11escrow/keeper.h>
 #include <p11escrow/pin.h>
 #include <p11escrow/kra.h>
@@ -110,8 +111,9 @@ struct svc {
 	int nworkers;
 	int log_level;
 	pthread_mutex_t log_lock;
-	struct svc_guard *guard; /* failed logins, in memory shared by every worker process */
-	const char *proc_name;	 /* "keeper" in the keeper process, NULL elsewhere */
+	struct svc_guard *guard;     /* failed logins, in memory shared by every worker process */
+	const char *proc_name;	     /* "keeper" in the keeper process, NULL elsewhere */
+	struct esc_token_gate *gate; /* the keeper process's: token_sessions, token_meter */
 	/* The supervisor's view. */
 	struct proc keeper;
 	struct proc *workers;
@@ -994,6 +996,7 @@ keeper_conn(void *p)
 
 	if (keeper_ctx(s, &ctx) != ESC_OK)
 		_exit(70);
+	esc_ctx_set_token_gate(ctx, s->gate);
 	if (esc_store_connect(ctx, db, &st) != ESC_OK || esc_keeper_open(ctx, st, module, s->pin, &k) != ESC_OK) {
 		mlog(s, ESC_LOG_ERROR, "cannot open a token session for a worker: %s: restarting the keeper",
 		     esc_ctx_errmsg(ctx));
@@ -1072,11 +1075,18 @@ keeper_main(struct svc *s, int ctl, int ready)
 	if ((r = obtain_pin(s, ctx)) != ESC_OK ||
 	    (r = esc_store_connect(ctx, esc_config_get(s->cfg, "database"), &st)) != ESC_OK ||
 	    (r = esc_store_check_schema(ctx, st)) != ESC_OK ||
-	    (r = esc_keeper_open(ctx, st, esc_config_get(s->cfg, "module"), s->pin, &k)) != ESC_OK) {
+	    (r = esc_keeper_open(ctx, st, esc_config_get(s->cfg, "module"), s->pin, &k)) != ESC_OK ||
+	    (r = esc_token_gate_new(ctx, esc_config_get_long(s->cfg, "token_sessions"),
+				    esc_config_get(s->cfg, "token_meter"), &s->gate)) != ESC_OK) {
 		rc = fail(s, ctx, r);
 		goto out;
 	}
+	/* Every worker connection's thread passes the one gate: at most token_sessions signatures at once. */
+	esc_ctx_set_token_gate(ctx, s->gate);
 	mlog(s, ESC_LOG_INFO, "CA token '%s' logged in", esc_keeper_token_label(k));
+	if (esc_config_get_long(s->cfg, "token_sessions") > 0)
+		mlog(s, ESC_LOG_INFO, "token operations: at most %ld at once (token_sessions)",
+		     esc_config_get_long(s->cfg, "token_sessions"));
 	if (write(ready, "r", 1) != 1)
 		goto out;
 	close(ready);

@@ -14,6 +14,7 @@
 #include <openssl/x509v3.h>
 
 #include <p11escrow/ca.h>
+#include <p11escrow/gate.h>
 
 #include "internal.h"
 
@@ -405,6 +406,8 @@ esc_ca_issue_ee(struct esc_ctx *ctx, X509 *ca_cert, EVP_PKEY *signer, const stru
 {
 	X509 *x = NULL;
 	EVP_PKEY *ca_pub = X509_get0_pubkey(ca_cert);
+	struct esc_token_pass pass;
+	int signed_ok;
 	enum esc_err r;
 
 	if (spec->subject == NULL || X509_NAME_entry_count(spec->subject) == 0)
@@ -435,7 +438,11 @@ esc_ca_issue_ee(struct esc_ctx *ctx, X509 *ca_cert, EVP_PKEY *signer, const stru
 		r = esc_error_ossl(ctx, ESC_ERR_CRYPTO, "cannot add the subject alternative names");
 		goto out;
 	}
-	if (X509_sign(x, signer, digest_for(ca_pub)) <= 0) {
+	/* The token gate (gate.h) bounds and meters the signature alone: encoding the TBS is cheap, the rest is host work. */
+	esc_token_gate_enter(ctx, &pass);
+	signed_ok = X509_sign(x, signer, digest_for(ca_pub)) > 0;
+	esc_token_gate_leave(&pass);
+	if (!signed_ok) {
 		r = esc_error_ossl(ctx, ESC_ERR_PKCS11, "the CA token could not sign the certificate");
 		goto out;
 	}

@@ -75,6 +75,10 @@ static const struct key keys[] = {
 	{"listen", "127.0.0.1:8443", check_listen, NULL, 0, 0},
 	{"log_level", "info", check_choice, log_levels, 0, 0},
 	{"workers", "2", check_long, NULL, 1, 64},
+	/* Token operations at once in the keeper (gate.h): 0 = one per worker connection, no bound. */
+	{"token_sessions", "0", check_long, NULL, 0, 1024},
+	/* A file the keeper counts its token operations and their CPU in (bench/run); empty: none. */
+	{"token_meter", "", check_path, NULL, 0, 0},
 	{"user", "", check_user, NULL, 0, 0},
 	{"tls_cert", "", check_path, NULL, 0, 0},
 	{"tls_key", "", check_path, NULL, 0, 0},

@@ -8,6 +8,7 @@
 #include <openssl/err.h>
 
 #include <p11escrow/ctx.h>
+#include <p11escrow/gate.h>
 
 #include "esc_build_config.h"
 #include "internal.h"
@@ -22,6 +23,7 @@ struct esc_ctx {
 	struct esc_publication pub; /* its URLs point into the arrays below */
 	char crl_url[ESC_URL_MAX + 1];
 	char ca_issuer_url[ESC_URL_MAX + 1];
+	struct esc_token_gate *gate; /* borrowed: shared by the process's threads */
 };
 
 #define CRL_VALIDITY_DEFAULT (7L * 24 * 3600)
@@ -68,6 +70,18 @@ esc_ctx_set_module_allow(struct esc_ctx *ctx, const char *allow)
 	memcpy(ctx->module_allow, allow, strlen(allow) + 1);
 	ctx->module_allow_set = 1;
 	return ESC_OK;
+}
+
+void
+esc_ctx_set_token_gate(struct esc_ctx *ctx, struct esc_token_gate *g)
+{
+	ctx->gate = g;
+}
+
+struct esc_token_gate *
+esc_ctx_token_gate(const struct esc_ctx *ctx)
+{
+	return ctx->gate;
 }
 
 const char *

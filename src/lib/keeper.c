@@ -26,6 +26,7 @@
 #include <p11escrow/audit.h>
 #include <p11escrow/ca.h>
 #include <p11escrow/est.h>
+#include <p11escrow/gate.h>
 #include <p11escrow/envelope.h>
 #include <p11escrow/keeper.h>
 #include <p11escrow/kra.h>
@@ -475,8 +476,9 @@ esc_keeper_open_transport(struct esc_ctx *ctx, struct esc_keeper *k, const unsig
 	BIO *bout = NULL;
 	BUF_MEM *mem = NULL;
 	const unsigned char *p = env;
+	struct esc_token_pass pass;
 	char why[160];
-	int type;
+	int type, opened;
 	enum esc_err r;
 
 	if (k == NULL || env == NULL || key == NULL)
@@ -514,7 +516,10 @@ esc_keeper_open_transport(struct esc_ctx *ctx, struct esc_keeper *k, const unsig
 	 * content that fails below, like any tampering.  ECDH: a wrapped key
 	 * that does not unwrap is tampering; anything else is the token's.
 	 */
-	if (CMS_decrypt_set1_pkey_and_peer(cms, k->transport, k->transport_cert, NULL) != 1) {
+	esc_token_gate_enter(ctx, &pass);
+	opened = CMS_decrypt_set1_pkey_and_peer(cms, k->transport, k->transport_cert, NULL) == 1;
+	esc_token_gate_leave(&pass);
+	if (!opened) {
 		if (integrity_failure(why, sizeof(why)))
 			r = esc_error(ctx, ESC_ERR_TAMPERED,
 				      "the archival envelope's wrapped key fails its integrity "
