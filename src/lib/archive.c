@@ -312,13 +312,14 @@ digest_hex(struct esc_ctx *ctx, X509 *cert, EVP_PKEY *pub, char out[65], unsigne
 {
 	unsigned char md[EVP_MAX_MD_SIZE], *der = NULL;
 	unsigned int n = 0;
-	int len;
+	size_t dlen = 0;
 
 	if (cert != NULL) {
 		if (!X509_digest(cert, EVP_sha256(), md, &n))
 			return esc_error_ossl(ctx, ESC_ERR_CRYPTO, "cannot hash the certificate");
 	} else {
-		if ((len = i2d_PUBKEY(pub, &der)) <= 0 || !EVP_Digest(der, (size_t)len, md, &n, EVP_sha256(), NULL)) {
+		/* The bytes of i2d_PUBKEY, without OpenSSL 3.0's encoder for EC keys (0.4 ms). */
+		if ((der = esc_pubkey_spki(pub, &dlen)) == NULL || !EVP_Digest(der, dlen, md, &n, EVP_sha256(), NULL)) {
 			OPENSSL_free(der);
 			return esc_error_ossl(ctx, ESC_ERR_CRYPTO, "cannot hash the public key");
 		}

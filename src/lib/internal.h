@@ -7,6 +7,8 @@
 #include <stdarg.h>
 #include <stddef.h>
 
+#include <openssl/types.h>
+
 #include <p11escrow/ctx.h>
 #include <p11escrow/err.h>
 
@@ -47,6 +49,13 @@ struct esc_secret;
  */
 enum esc_err esc_auth_verify_or_dummy(struct esc_ctx *ctx, const char *encoded,
 				      const struct esc_secret *password) ESC_MUST_CHECK;
+
+/*
+ * pub's SubjectPublicKeyInfo DER, the bytes of i2d_PUBKEY (OPENSSL_free
+ * them; *len set), made without OpenSSL 3.0's encoder for EC keys; NULL
+ * if it cannot be encoded.
+ */
+unsigned char *esc_pubkey_spki(EVP_PKEY *pub, size_t *len);
 
 #define ESC_ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
 

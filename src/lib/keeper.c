@@ -564,9 +564,10 @@ out:
 	return r;
 }
 
-enum esc_err
-esc_keeper_issue(struct esc_ctx *ctx, struct esc_keeper *k, const struct profile_def *def, const X509_NAME *subject,
-		 EVP_PKEY *pub, const GENERAL_NAMES *san, X509 **out)
+/* esc_keeper_issue; spki: NULL, or the DER pub was decoded from (the certificate carries it as it is, see ca.h). */
+static enum esc_err
+issue(struct esc_ctx *ctx, struct esc_keeper *k, const struct profile_def *def, const X509_NAME *subject, EVP_PKEY *pub,
+      const unsigned char *spki, size_t spkilen, const GENERAL_NAMES *san, X509 **out)
 {
 	struct esc_ee_spec spec;
 	enum esc_err r;
@@ -576,7 +577,16 @@ esc_keeper_issue(struct esc_ctx *ctx, struct esc_keeper *k, const struct profile
 		return r;
 	if (k->remote)
 		return remote_issue(ctx, k, def, subject, pub, san, out);
+	spec.spki = spki;
+	spec.spkilen = spkilen;
 	return esc_ca_issue_ee(ctx, k->ca_cert, k->signer, &spec, out);
+}
+
+enum esc_err
+esc_keeper_issue(struct esc_ctx *ctx, struct esc_keeper *k, const struct profile_def *def, const X509_NAME *subject,
+		 EVP_PKEY *pub, const GENERAL_NAMES *san, X509 **out)
+{
+	return issue(ctx, k, def, subject, pub, NULL, 0, san, out);
 }
 
 /* ---- The keeper in another process: the protocol's two ends ---------------- */
@@ -853,7 +863,7 @@ remote_issue(struct esc_ctx *ctx, struct esc_keeper *k, const struct profile_def
 	enum esc_err r;
 
 	if ((name = DER_OF(i2d_X509_NAME, subject, &namelen)) == NULL ||
-	    (spki = DER_OF(i2d_PUBKEY, pub, &spkilen)) == NULL ||
+	    (spki = esc_pubkey_spki(pub, &spkilen)) == NULL ||
 	    (san != NULL && sk_GENERAL_NAME_num(san) > 0 &&
 	     (gens = DER_OF(i2d_GENERAL_NAMES, san, &genslen)) == NULL)) {
 		r = esc_error_ossl(ctx, ESC_ERR_CRYPTO, "cannot encode the certificate request for the keeper");
@@ -1353,7 +1363,8 @@ serve_issue(struct esc_ctx *ctx, struct esc_keeper *k, const struct esc_kp_msg *
 			      def->p.name);
 		goto out;
 	}
-	if ((r = esc_keeper_issue(ctx, k, def, subject, pub, san, &x)) != ESC_OK)
+	/* The key's bytes as the worker sent them (and pub was decoded from): not encoded again. */
+	if ((r = issue(ctx, k, def, subject, pub, m->f[ESC_KP_T_SPKI].p, m->f[ESC_KP_T_SPKI].len, san, &x)) != ESC_OK)
 		goto out;
 	if ((der = DER_OF(i2d_X509, x, &derlen)) == NULL) {
 		r = esc_error(ctx, ESC_ERR_NOMEM, "out of memory");

@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <stdio.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -30,9 +31,11 @@
 #include <p11escrow/ca.h>
 #include <p11escrow/ctx.h>
 #include <p11escrow/envelope.h>
+#include <p11escrow/gate.h>
 #include <p11escrow/keeper.h>
 #include <p11escrow/profile.h>
 
+#include "internal.h"
 #include "keeper_internal.h"
 #include "keeper_proto.h"
 #include "profile_internal.h"
@@ -484,6 +487,89 @@ test_remote_issue(void **state)
 	X509_NAME_free(xn);
 }
 
+/* esc_pubkey_spki gives i2d_PUBKEY's bytes, by the template for EC keys and by OpenSSL's encoder otherwise. */
+static void
+assert_spki_same(EVP_PKEY *pub)
+{
+	unsigned char *want = NULL, *got;
+	size_t len = 0;
+	int n = i2d_PUBKEY(pub, &want);
+
+	assert_true(n > 0);
+	got = esc_pubkey_spki(pub, &len);
+	assert_non_null(got);
+	assert_int_equal(len, (size_t)n);
+	assert_memory_equal(got, want, len);
+	OPENSSL_free(got);
+	OPENSSL_free(want);
+}
+
+static void
+test_pubkey_spki(void **state)
+{
+	EVP_PKEY *p384 = EVP_EC_gen("P-384"), *compressed = EVP_EC_gen("P-256");
+
+	(void)state;
+	assert_spki_same(keys.p256);
+	assert_spki_same(keys.rsa2048);
+	assert_non_null(p384);
+	assert_spki_same(p384);
+	/* A key whose point is compressed is encoded compressed by i2d_PUBKEY: the encoder's way, the same bytes. */
+	assert_non_null(compressed);
+	assert_int_equal(EVP_PKEY_set_utf8_string_param(compressed, "point-format", "compressed"), 1);
+	assert_spki_same(compressed);
+	EVP_PKEY_free(p384);
+	EVP_PKEY_free(compressed);
+}
+
+/* The token gate: issuance through a keeper counts one token operation and its CPU, in a shared meter file. */
+static void
+test_token_gate(void **state)
+{
+	struct fixture *f = *state;
+	struct esc_token_gate *g = NULL, *g2 = NULL;
+	X509_NAME *xn = name_of("Gate", "gate@example.org");
+	GENERAL_NAMES *san = NULL;
+	char path[] = "/tmp/p11escrow-meter.XXXXXX";
+	uint64_t ops, cpu, wait;
+	X509 *x = NULL;
+	FILE *fp;
+	int fd = mkstemp(path);
+
+	assert_true(fd >= 0);
+	close(fd);
+	assert_int_equal(esc_token_gate_new(f->ctx, -1, NULL, &g), ESC_ERR_CONFIG);
+	assert_int_equal(esc_token_gate_new(f->ctx, ESC_TOKEN_GATE_MAX + 1, NULL, &g), ESC_ERR_CONFIG);
+	assert_null(g);
+	assert_int_equal(esc_token_gate_new(f->ctx, 1, path, &g), ESC_OK);
+	esc_ctx_set_token_gate(f->ctx, g);
+	assert_int_equal(esc_profile_email_sans(f->ctx, xn, &san), ESC_OK);
+	assert_int_equal(esc_keeper_issue(f->ctx, f->local, esc_profile_def(esc_profile_find("encryption")), xn,
+					  keys.p256, san, &x),
+			 ESC_OK);
+	assert_issued(x, keys.p256, KU_KEY_AGREEMENT);
+	esc_token_gate_read(g, &ops, &cpu, &wait);
+	assert_int_equal(ops, 1);
+	assert_true(cpu > 0);
+	/* Another process's view of the same file (the daemon's keeper and bench/run): the same counters. */
+	assert_int_equal(esc_token_gate_new(f->ctx, 0, path, &g2), ESC_OK);
+	esc_token_gate_read(g2, &ops, &cpu, &wait);
+	assert_int_equal(ops, 1);
+	esc_ctx_set_token_gate(f->ctx, NULL);
+	esc_token_gate_free(g);
+	esc_token_gate_free(g2);
+	/* A file that is not a meter is refused, not overwritten. */
+	fp = fopen(path, "w");
+	assert_non_null(fp);
+	fputs("not a meter", fp);
+	fclose(fp);
+	assert_int_equal(esc_token_gate_new(f->ctx, 0, path, &g), ESC_ERR_IO);
+	unlink(path);
+	X509_free(x);
+	GENERAL_NAMES_free(san);
+	X509_NAME_free(xn);
+}
+
 static void
 test_remote_transport(void **state)
 {
@@ -782,6 +868,8 @@ main(void)
 		cmocka_unit_test_setup_teardown(test_remote_hello, setup_remote, teardown),
 		cmocka_unit_test_setup_teardown(test_remote_issue, setup_remote, teardown),
 		cmocka_unit_test_setup_teardown(test_remote_transport, setup_remote, teardown),
+		cmocka_unit_test(test_pubkey_spki),
+		cmocka_unit_test_setup_teardown(test_token_gate, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_remote_needs_database, setup_remote, teardown),
 		cmocka_unit_test_setup_teardown(test_frames_order, setup_served, teardown),
 		cmocka_unit_test_setup_teardown(test_frames_issue, setup_served, teardown),
