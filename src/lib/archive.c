@@ -201,20 +201,41 @@ out:
 	return r;
 }
 
-/* Pick the record's KRA set: n of the active, unexpired KRAs, at random. */
+/*
+ * Policies kra_set_size and kra_threshold, in one statement (what
+ * esc_store_policy reads, one round trip fewer per record): *size and
+ * *threshold (THRESHOLD_UNSET where unset: refused by record_threshold).
+ */
+#define THRESHOLD_UNSET LONG_MIN
 static enum esc_err
-choose_kras(struct esc_ctx *ctx, struct esc_store *st, struct kra_set *ks)
+kra_policies(struct esc_ctx *ctx, struct esc_store *st, long *size, long *threshold)
 {
 	PGresult *res = NULL;
-	char *size = NULL;
-	long want;
+	enum esc_err r;
+
+	if ((r = esc_store_exec(ctx, st,
+				"SELECT max(value) FILTER (WHERE key = 'kra_set_size'), max(value) FILTER (WHERE key = "
+				"'kra_threshold') FROM policy WHERE key IN ('kra_set_size', 'kra_threshold')",
+				0, NULL, NULL, NULL, &res)) != ESC_OK)
+		return r;
+	if (PQgetisnull(res, 0, 0))
+		r = esc_error(ctx, ESC_ERR_NOT_FOUND, "policy '%s' is not set", "kra_set_size");
+	else {
+		*size = strtol(PQgetvalue(res, 0, 0), NULL, 10);
+		*threshold = PQgetisnull(res, 0, 1) ? THRESHOLD_UNSET : strtol(PQgetvalue(res, 0, 1), NULL, 10);
+	}
+	PQclear(res);
+	return r;
+}
+
+/* Pick the record's KRA set: want of the active, unexpired KRAs, at random. */
+static enum esc_err
+choose_kras(struct esc_ctx *ctx, struct esc_store *st, long want, struct kra_set *ks)
+{
+	PGresult *res = NULL;
 	int i, rows, pick[64];
 	enum esc_err r;
 
-	if ((r = esc_store_policy(ctx, st, "kra_set_size", &size)) != ESC_OK)
-		return r;
-	want = strtol(size, NULL, 10);
-	free(size);
 	if (want < 1 || want > MAX_KRA_SET)
 		return esc_error(ctx, ESC_ERR_CONFIG, "policy kra_set_size must be 1..%d", MAX_KRA_SET);
 	/*
@@ -700,7 +721,9 @@ insert_record(struct esc_ctx *ctx, struct esc_store *st, const char *actor, cons
 	      const struct esc_archive_fields *f, const char *key_type, int foreign, enum esc_archive_source source,
 	      const unsigned char *outer, size_t outerlen, const char *generation, const struct kra_set *ks, unsigned k)
 {
-	char kid[24];
+	/* Each id at most 20 digits and a comma, each recipient at most 20 characters, quotes and a comma. */
+	char ids_lit[MAX_KRA_SET * 22 + 3], rcpts_lit[MAX_KRA_SET * 24 + 3];
+	size_t ko, ro;
 	unsigned char *cder = NULL;
 	const char *v[13];
 	int len[13] = {0}, fmt[13] = {0}, clen, own_tx = !esc_store_in_tx(st);
@@ -746,17 +769,25 @@ insert_record(struct esc_ctx *ctx, struct esc_store *st, const char *actor, cons
 		if ((r = esc_audit_append(ctx, st, &ev)) != ESC_OK)
 			goto out;
 	}
+	/* The set's rows in one statement (one round trip, not one per KRA): two arrays, unnested in step. */
+	ko = (size_t)snprintf(ids_lit, sizeof(ids_lit), "{");
+	ro = (size_t)snprintf(rcpts_lit, sizeof(rcpts_lit), "{");
 	for (i = 0; i < ks->n; i++) {
-		snprintf(kid, sizeof(kid), "%lld", ks->ids[i]);
-		v[0] = id;
-		v[1] = kid;
-		v[2] = ks->recipient[i];
-		if ((r = esc_store_exec(
-			     ctx, st,
-			     "INSERT INTO archive_record_kras (record_id, kra_id, recipient) VALUES ($1,$2,$3)", 3, v,
-			     NULL, NULL, NULL)) != ESC_OK)
-			goto out;
+		ko += (size_t)snprintf(ids_lit + ko, sizeof(ids_lit) - ko, "%s%lld", i ? "," : "", ks->ids[i]);
+		/* A recipient is one of sql/011's few words: no quote or backslash to escape. */
+		ro += (size_t)snprintf(rcpts_lit + ro, sizeof(rcpts_lit) - ro, "%s\"%.20s\"", i ? "," : "",
+				       ks->recipient[i]);
 	}
+	snprintf(ids_lit + ko, sizeof(ids_lit) - ko, "}");
+	snprintf(rcpts_lit + ro, sizeof(rcpts_lit) - ro, "}");
+	v[0] = id;
+	v[1] = ids_lit;
+	v[2] = rcpts_lit;
+	if ((r = esc_store_exec(ctx, st,
+				"INSERT INTO archive_record_kras (record_id, kra_id, recipient) SELECT $1, k, c FROM "
+				"unnest($2::bigint[], $3::text[]) AS u(k, c)",
+				3, v, NULL, NULL, NULL)) != ESC_OK)
+		goto out;
 	if (own_tx && (r = esc_store_commit(ctx, st)) != ESC_OK)
 		goto out;
 	r = ESC_OK;
@@ -810,18 +841,12 @@ key_type_of(EVP_PKEY *key, char *buf, size_t len)
 	return buf;
 }
 
-/* Policy kra_threshold (k): 1 for a database where it is unset (never after sql/014), refused above the set. */
+/* Policy kra_threshold (k, read by kra_policies; unset never after sql/014), refused above the set. */
 static enum esc_err
-record_threshold(struct esc_ctx *ctx, struct esc_store *st, size_t nkras, unsigned *k)
+record_threshold(struct esc_ctx *ctx, long t, size_t nkras, unsigned *k)
 {
-	char *v = NULL;
-	long t;
-	enum esc_err r;
-
-	if ((r = esc_store_policy(ctx, st, "kra_threshold", &v)) != ESC_OK)
-		return r;
-	t = strtol(v, NULL, 10);
-	free(v);
+	if (t == THRESHOLD_UNSET)
+		return esc_error(ctx, ESC_ERR_NOT_FOUND, "policy '%s' is not set", "kra_threshold");
 	if (t < 1 || (size_t)t > nkras)
 		return esc_error(ctx, ESC_ERR_CONFIG,
 				 "policy kra_threshold (%ld) must be 1..kra_set_size (%zu): set it with 'p11escrow "
@@ -915,6 +940,7 @@ archive_impl(struct esc_ctx *ctx, struct esc_store *st, const char *actor, X509 
 	size_t p8len = 0, innerlen = 0, outerlen = 0, i;
 	char id[ESC_RECORD_ID_LEN + 1], ktype[16], generation[16];
 	int contentlen = 0, foreign = 0;
+	long set_size = 0, threshold = 0;
 	unsigned k = 1;
 	struct esc_record_shares *sh = NULL;
 	enum esc_err r;
@@ -934,11 +960,13 @@ archive_impl(struct esc_ctx *ctx, struct esc_store *st, const char *actor, X509 
 	    (r = check_issuer(ctx, st, cert, &foreign)) != ESC_OK ||
 	    (r = esc_archive_fields_of(ctx, cert, &f)) != ESC_OK ||
 	    (r = check_not_archived(ctx, st, f.cert_sha256, f.public_key_sha256)) != ESC_OK ||
-	    (r = choose_kras(ctx, st, &ks)) != ESC_OK ||
+	    (r = kra_policies(ctx, st, &set_size, &threshold)) != ESC_OK ||
+	    (r = choose_kras(ctx, st, set_size, &ks)) != ESC_OK ||
 	    (r = current_storage(ctx, st, &storage, generation, sizeof(generation))) != ESC_OK ||
 	    (r = new_uuid(ctx, id)) != ESC_OK)
 		goto out;
-	if ((r = record_threshold(ctx, st, ks.n, &k)) != ESC_OK || (r = pkcs8_of(ctx, key, &p8, &p8len)) != ESC_OK)
+	if ((r = record_threshold(ctx, threshold, ks.n, &k)) != ESC_OK ||
+	    (r = pkcs8_of(ctx, key, &p8, &p8len)) != ESC_OK)
 		goto out;
 	/* k = 1: version 1, the key sealed to every KRA of the set, as always.  k > 1: version 2. */
 	if (k == 1)

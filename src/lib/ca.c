@@ -176,7 +176,8 @@ new_cert(struct esc_ctx *ctx, EVP_PKEY *pub, const X509_NAME *name, int days, X5
 		return esc_error(ctx, ESC_ERR_USAGE, "validity must be 1..36500 days, not %d", days);
 	if ((x = X509_new()) == NULL || !X509_set_version(x, X509_VERSION_3) || !set_random_serial(x) ||
 	    !X509_set_subject_name(x, name) || X509_gmtime_adj(X509_getm_notBefore(x), -300) == NULL ||
-	    X509_time_adj_ex(X509_getm_notAfter(x), days, 0, NULL) == NULL || (pub != NULL && !X509_set_pubkey(x, pub))) {
+	    X509_time_adj_ex(X509_getm_notAfter(x), days, 0, NULL) == NULL ||
+	    (pub != NULL && !X509_set_pubkey(x, pub))) {
 		r = esc_error_ossl(ctx, ESC_ERR_CRYPTO, "cannot build the certificate");
 		goto out;
 	}
@@ -200,15 +201,14 @@ typedef struct {
 	ASN1_BIT_STRING *public_key;
 } ESC_SPKI;
 DECLARE_ASN1_FUNCTIONS(ESC_SPKI)
-ASN1_SEQUENCE(ESC_SPKI) = {
-	ASN1_SIMPLE(ESC_SPKI, algor, X509_ALGOR),
-	ASN1_SIMPLE(ESC_SPKI, public_key, ASN1_BIT_STRING),
-} ASN1_SEQUENCE_END(ESC_SPKI)
-IMPLEMENT_ASN1_FUNCTIONS(ESC_SPKI)
+ASN1_SEQUENCE(ESC_SPKI) =
+	{
+		ASN1_SIMPLE(ESC_SPKI, algor, X509_ALGOR),
+		ASN1_SIMPLE(ESC_SPKI, public_key, ASN1_BIT_STRING),
+} ASN1_SEQUENCE_END(ESC_SPKI) IMPLEMENT_ASN1_FUNCTIONS(ESC_SPKI)
 
-/* x's public key set to the SubjectPublicKeyInfo DER spki as it is; 1, or 0 (not one SPKI, no memory). */
-static int
-set_spki(X509 *x, const unsigned char *spki, size_t spkilen)
+	/* x's public key set to the SubjectPublicKeyInfo DER spki as it is; 1, or 0 (not one SPKI, no memory). */
+	static int set_spki(X509 * x, const unsigned char *spki, size_t spkilen)
 {
 	const unsigned char *p = spki;
 	const ASN1_OBJECT *aobj;
@@ -275,9 +275,9 @@ esc_pubkey_spki(EVP_PKEY *pub, size_t *len)
 	    strcmp(form, OSSL_PKEY_EC_POINT_CONVERSION_FORMAT_UNCOMPRESSED) == 0 &&
 	    EVP_PKEY_get_utf8_string_param(pub, OSSL_PKEY_PARAM_EC_ENCODING, form, sizeof(form), NULL) == 1 &&
 	    strcmp(form, OSSL_PKEY_EC_ENCODING_GROUP) == 0 &&
-	    EVP_PKEY_get_group_name(pub, group, sizeof(group), NULL) == 1 &&
-	    (nid = OBJ_txt2nid(group)) != NID_undef && (ptlen = EVP_PKEY_get1_encoded_public_key(pub, &pt)) > 0 &&
-	    pt[0] == POINT_CONVERSION_UNCOMPRESSED && (curve = OBJ_nid2obj(nid)) != NULL && (k = ESC_SPKI_new()) != NULL &&
+	    EVP_PKEY_get_group_name(pub, group, sizeof(group), NULL) == 1 && (nid = OBJ_txt2nid(group)) != NID_undef &&
+	    (ptlen = EVP_PKEY_get1_encoded_public_key(pub, &pt)) > 0 && pt[0] == POINT_CONVERSION_UNCOMPRESSED &&
+	    (curve = OBJ_nid2obj(nid)) != NULL && (k = ESC_SPKI_new()) != NULL &&
 	    X509_ALGOR_set0(k->algor, OBJ_nid2obj(NID_X9_62_id_ecPublicKey), V_ASN1_OBJECT, curve) &&
 	    ASN1_BIT_STRING_set(k->public_key, pt, (int)ptlen)) {
 		k->public_key->flags &= ~(ASN1_STRING_FLAG_BITS_LEFT | 0x07);
