@@ -30,6 +30,8 @@ cats = [  # (name, predicate on set of symbols) - first match wins
  ('response: certs-only + base64', lambda s: 'esc_certs_only_build' in s or 'esc_b64_encode' in s or 'reply_certs' in s),
  ('serverkeygen: key generation', lambda s: 'esc_profile_generate_key' in s),
  ('serverkeygen: response', lambda s: 'est_serverkeygen' in s),
+ ('keeper boundary: messages, subject/key/certificate re-decoded', lambda s: any(x in s for x in ('remote_issue', 'serve_issue', 'remote_open_transport', 'serve_open_transport', 'esc_kp_encode', 'esc_kp_decode', 'esc_keeper_serve'))),
+ ('PostgreSQL client wait / other database', lambda s: 'esc_store_commit' in s or 'esc_audit_append' in s),
  ('issuance: other', lambda s: 'esc_enroll_issue' in s),
  ('TLS + HTTP (libevent, OpenSSL records)', lambda s: any(x.startswith(('SSL_','bufferevent','evhttp','ssl3_','tls1')) for x in s)),
 ]

@@ -11,6 +11,7 @@
  *
  *   cert    (default) whole certificates, as issuance makes them:
  *           esc_ca_issue_ee builds an end-entity certificate for a P-256 key
+ *           (its SPKI bytes placed as they are, as the keeper process does)
  *           as the "encryption" profile has it (keyAgreement,
  *           emailProtection), signs it on the token (RSA: PKCS#1 v1.5 with
  *           SHA-256) and checks the signature with the CA's public key.
@@ -107,6 +108,8 @@ worker_main(void *arg)
 	struct esc_token *tok = NULL;
 	struct esc_token_key *tk = NULL;
 	EVP_PKEY *signer = NULL, *pub = NULL;
+	unsigned char *spki = NULL;
+	int spkilen = 0;
 	X509_NAME *subject = NULL;
 	unsigned char dgst[32], sig[1024];
 	size_t siglen;
@@ -123,7 +126,7 @@ worker_main(void *arg)
 		fprintf(stderr, PROG ": thread %d: %s\n", w->index, esc_ctx_errmsg(ctx));
 		goto ready;
 	}
-	if ((pub = EVP_EC_gen("P-256")) == NULL ||
+	if ((pub = EVP_EC_gen("P-256")) == NULL || (spkilen = i2d_PUBKEY(pub, &spki)) <= 0 ||
 	    esc_name_parse(ctx, "CN=sign-rate,O=p11escrow bench", &subject) != ESC_OK) {
 		fprintf(stderr, PROG ": thread %d: cannot make a key and subject\n", w->index);
 		goto ready;
@@ -160,6 +163,9 @@ ready:
 			memset(&spec, 0, sizeof(spec));
 			spec.subject = subject;
 			spec.pub = pub;
+			/* As the keeper process issues: the key's SPKI bytes as the worker sends them (ca.h). */
+			spec.spki = spki;
+			spec.spkilen = (size_t)spkilen;
 			spec.key_usage = "critical,keyAgreement";
 			spec.ext_key_usage = "emailProtection";
 			spec.days = 365;
@@ -177,6 +183,7 @@ ready:
 	}
 	X509_NAME_free(subject);
 	EVP_PKEY_free(pub);
+	OPENSSL_free(spki);
 	EVP_PKEY_free(signer);
 	esc_token_key_free(tk);
 	esc_token_free(tok);

@@ -169,7 +169,7 @@ test_defaults(void **state)
 
 	for (n = 0; esc_config_key_name(n) != NULL; n++)
 		assert_non_null(esc_config_get(f->cfg, esc_config_key_name(n)));
-	assert_int_equal(n, 35);
+	assert_int_equal(n, 37);
 	assert_string_equal(esc_config_key_name(0), "database");
 	assert_null(esc_config_key_name(1000));
 
@@ -457,6 +457,14 @@ test_set(void **state)
 	assert_int_equal(esc_config_set(f->ctx, f->cfg, "max_body", "1023"), ESC_ERR_CONFIG);
 	assert_int_equal(esc_config_set(f->ctx, f->cfg, "client_cert_recheck", "0"), ESC_OK);
 	assert_int_equal(esc_config_set(f->ctx, f->cfg, "client_cert_recheck", "3601"), ESC_ERR_CONFIG);
+	/* The keeper's token sessions: 0 (no bound) to 1024; the meter file an absolute path. */
+	assert_int_equal(esc_config_get_long(f->cfg, "token_sessions"), 0);
+	assert_int_equal(esc_config_set(f->ctx, f->cfg, "token_sessions", "1"), ESC_OK);
+	assert_int_equal(esc_config_set(f->ctx, f->cfg, "token_sessions", "1025"), ESC_ERR_CONFIG);
+	assert_int_equal(esc_config_set(f->ctx, f->cfg, "token_sessions", "-1"), ESC_ERR_CONFIG);
+	assert_int_equal(esc_config_get_long(f->cfg, "token_sessions"), 1);
+	assert_int_equal(esc_config_set(f->ctx, f->cfg, "token_meter", "meter"), ESC_ERR_CONFIG);
+	assert_int_equal(esc_config_set(f->ctx, f->cfg, "token_meter", "/run/p11escrow/meter"), ESC_OK);
 	assert_int_equal(esc_config_set(f->ctx, f->cfg, "auth_fail_limit", "0"), ESC_OK);
 	assert_int_equal(esc_config_set(f->ctx, f->cfg, "auth_fail_window", "0"), ESC_ERR_CONFIG);
 	assert_int_equal(esc_config_set(f->ctx, f->cfg, "tls_key", "relative/key.pem"), ESC_ERR_CONFIG);
