@@ -186,12 +186,29 @@ one_key_check(struct esc_ctx *ctx, struct esc_store *st, const char *profile, st
 	enum esc_err r;
 
 	is->supersede = 0;
-	if ((r = esc_store_policy(ctx, st, "one_key_per_subject", &mode)) != ESC_OK)
+	/*
+	 * The policy and, unless it is off, the lock in one statement (one
+	 * round trip fewer per enrollment); the check below is a statement of
+	 * its own, so it reads after the lock is held.
+	 */
+	if ((r = esc_store_exec(
+		     ctx, st,
+		     "SELECT p.value FROM policy p LEFT JOIN LATERAL (SELECT pg_advisory_xact_lock(" ONE_KEY_LOCK
+		     ", hashtext($1 || E'\\n' || $2)) WHERE p.value <> 'off') l ON true WHERE p.key = "
+		     "'one_key_per_subject'",
+		     2, v, NULL, NULL, &res)) != ESC_OK)
 		return r;
-	if (strcmp(mode, "off") == 0)
+	if (PQntuples(res) != 1) {
+		r = esc_error(ctx, ESC_ERR_NOT_FOUND, "policy '%s' is not set", "one_key_per_subject");
 		goto out;
-	if ((r = esc_store_exec(ctx, st, "SELECT pg_advisory_xact_lock(" ONE_KEY_LOCK ", hashtext($1 || E'\\n' || $2))",
-				2, v, NULL, NULL, NULL)) != ESC_OK)
+	}
+	if ((mode = strdup(PQgetvalue(res, 0, 0))) == NULL) {
+		r = esc_error(ctx, ESC_ERR_NOMEM, "out of memory");
+		goto out;
+	}
+	PQclear(res);
+	res = NULL;
+	if (strcmp(mode, "off") == 0)
 		goto out;
 	if (strcmp(mode, "supersede") == 0) {
 		is->supersede = 1;
