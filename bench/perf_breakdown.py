@@ -22,7 +22,7 @@ cats = [  # (name, predicate on set of symbols) - first match wins
  ('certificate building + signature check', lambda s: 'esc_ca_issue_ee' in s or 'esc_ca_issue' in s),
  ('certificates read from the DB: decode', lambda s: 'esc_store_get_cert' in s or 'esc_store_cert_from_text' in s),
  ('archive sealing: CMS to 2 KRAs + storage', lambda s: 'esc_envelope_seal' in s),
- ('transport envelope: CMS + PKCS#8 decode', lambda s: 'esc_keeper_open_transport' in s),
+ ('transport envelope: CMS + PKCS#8 decode', lambda s: 'esc_keeper_open_transport' in s or 'open_transport' in s),
  ('TLS client certificate check', lambda s: 'est_authenticate' in s or 'esc_enroll_check_client_cert' in s),
  ('CMC request parse + CSR signature check', lambda s: 'esc_cmc_request_parse' in s),
  ('libpq (statements, client side)', lambda s: any(x.startswith('PQ') for x in s) or 'esc_store_exec' in s),

@@ -60,6 +60,9 @@ struct esc_keeper {
 	 */
 	OSSL_DECODER_CTX *p8_dec;
 	EVP_PKEY *p8_out;
+	/* The same for the SubjectPublicKeyInfo of each certificate asked for (d2i_PUBKEY makes a decoder each time). */
+	OSSL_DECODER_CTX *spki_dec;
+	EVP_PKEY *spki_out;
 	/* A remote keeper (esc_keeper_connect): no token, a socket to the keeper process. */
 	int remote;
 	int fd;	      /* -1 once the connection is lost */
@@ -81,6 +84,7 @@ esc_keeper_free(struct esc_keeper *k)
 	if (k->remote && k->fd >= 0)
 		close(k->fd);
 	OSSL_DECODER_CTX_free(k->p8_dec);
+	OSSL_DECODER_CTX_free(k->spki_dec);
 	X509_free(k->ca_cert);
 	sk_X509_pop_free(k->chain, X509_free);
 	X509_free(k->transport_cert);
@@ -578,6 +582,31 @@ out:
 	BIO_free(bout);		      /* a secure-heap buffer, cleansed when freed */
 	CMS_ContentInfo_free(cms);
 	return r;
+}
+
+/* The public key in the SubjectPublicKeyInfo DER der (exactly one structure), as d2i_PUBKEY; NULL if none. */
+static EVP_PKEY *
+spki_decode(struct esc_keeper *k, const unsigned char *der, size_t len)
+{
+	EVP_PKEY *pkey;
+
+	if (der == NULL || len == 0)
+		return NULL;
+	if (k->spki_dec == NULL &&
+	    (k->spki_dec = OSSL_DECODER_CTX_new_for_pkey(&k->spki_out, "DER", "SubjectPublicKeyInfo", NULL,
+							 EVP_PKEY_PUBLIC_KEY, NULL, NULL)) == NULL)
+		return NULL;
+	k->spki_out = NULL;
+	if (!OSSL_DECODER_from_data(k->spki_dec, &der, &len) || k->spki_out == NULL || len != 0) {
+		EVP_PKEY_free(k->spki_out);
+		k->spki_out = NULL;
+		OSSL_DECODER_CTX_free(k->spki_dec);
+		k->spki_dec = NULL;
+		return NULL;
+	}
+	pkey = k->spki_out;
+	k->spki_out = NULL;
+	return pkey;
 }
 
 enum esc_err
@@ -1362,9 +1391,8 @@ serve_issue(struct esc_ctx *ctx, struct esc_keeper *k, const struct esc_kp_msg *
 		r = esc_error(ctx, ESC_ERR_BAD_INPUT, "keeper: the subject is not one non-empty DER name");
 		goto out;
 	}
-	q = m->f[ESC_KP_T_SPKI].p;
-	if ((pub = d2i_PUBKEY(NULL, &q, (long)m->f[ESC_KP_T_SPKI].len)) == NULL ||
-	    q != m->f[ESC_KP_T_SPKI].p + m->f[ESC_KP_T_SPKI].len) {
+	/* With the keeper's kept decoder: d2i_PUBKEY would create one (≈0.2 ms) for every certificate. */
+	if ((pub = spki_decode(k, m->f[ESC_KP_T_SPKI].p, m->f[ESC_KP_T_SPKI].len)) == NULL) {
 		r = esc_error(ctx, ESC_ERR_BAD_INPUT, "keeper: the public key is not one DER SubjectPublicKeyInfo");
 		goto out;
 	}

@@ -824,6 +824,21 @@ test_frames_issue(void **state)
 	issue_msg(&m, seq++, "encryption", &w);
 	refused(f, &m, ESC_ERR_BAD_INPUT, "keeper: the public key is not one DER SubjectPublicKeyInfo");
 	issue_fields_free(&w);
+	/* One structure and nothing after it (the keeper's kept decoder must see all of the field). */
+	issue_fields(&w, plain, keys.p256, NULL);
+	{
+		unsigned char *longer = OPENSSL_malloc((size_t)w.spki_len + 1);
+
+		assert_non_null(longer);
+		memcpy(longer, w.spki, (size_t)w.spki_len);
+		longer[w.spki_len] = 0;
+		OPENSSL_free(w.spki);
+		w.spki = longer;
+		w.spki_len++;
+	}
+	issue_msg(&m, seq++, "encryption", &w);
+	refused(f, &m, ESC_ERR_BAD_INPUT, "keeper: the public key is not one DER SubjectPublicKeyInfo");
+	issue_fields_free(&w);
 	issue_fields(&w, empty, keys.p256, NULL);
 	issue_msg(&m, seq++, "encryption", &w);
 	refused(f, &m, ESC_ERR_BAD_INPUT, "keeper: the subject is not one non-empty DER name");
