@@ -35,6 +35,12 @@ export P11ESCROW_PASSWORD=admin-password-0001
 DB="host=$T/pg1,$T/pg2 port=5432,5433 dbname=p11escrow user=postgres target_session_attrs=read-write connect_timeout=2"
 export P11ESCROW_DATABASE=$DB
 run_esc 0 db status
+assert_out "database schema version: $SCHEMA_VERSION"
+# The same as a URI (socket directories percent-encoded), for the CLI.
+enc() { python3 -c 'import sys, urllib.parse; print(urllib.parse.quote(sys.argv[1], safe=""))' "$1"; }
+URI="postgresql://$(enc "$T/pg1"):5432,$(enc "$T/pg2"):5433/p11escrow?user=postgres&target_session_attrs=read-write"
+P11ESCROW_DATABASE=$URI run_esc 0 db status
+assert_out "database schema version: $SCHEMA_VERSION"
 # One-shot commit faults (store.c's test hook); no keeper commits to take the shot.
 export P11ESCROW_FAULT_COMMIT=$T/commit-fault
 start_daemon 2 "checkpoint_events = 0" "checkpoint_seconds = 0"
