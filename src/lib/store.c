@@ -401,13 +401,18 @@ again:
 					 "lost the database connection while committing: the outcome is unknown (%s)",
 					 msg);
 		}
-		if (st->in_tx) {
-			/* Certainly rolled back: the operation may run again on a new session. */
+		if (st->in_tx && !ro) {
+			/*
+			 * Certainly rolled back: the operation may run again on a
+			 * new session.  Not so on a read-only server: the same
+			 * conninfo would find the same one (it lacks
+			 * target_session_attrs=read-write); that is DB_CONNECT.
+			 */
 			st->transient = 1;
 			return esc_error(ctx, ESC_ERR_BUSY,
-					 "%s (a failover or restart?): the transaction was rolled back and may be run "
-					 "again",
-					 ro ? "the database server is read-only" : "lost the database connection");
+					 "lost the database connection (a failover or restart?): the transaction was "
+					 "rolled back and may be run again (%s)",
+					 msg);
 		}
 		return esc_error(
 			ctx, ESC_ERR_DB_CONNECT, "%s: %s",

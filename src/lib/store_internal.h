@@ -72,7 +72,9 @@ int esc_store_commit_unknown(const struct esc_store *st);
  * (libpq's own error, SQLSTATE class 08, 57P01..57P03 shutdown or restart,
  * 25006 a read-only server) marks it lost:
  *  - inside a transaction the transaction is gone with it: BUSY, so
- *    esc_store_retry runs the operation again (on a new session);
+ *    esc_store_retry runs the operation again (on a new session); but a
+ *    read-only server is DB_CONNECT (the same conninfo would find it
+ *    again: it lacks target_session_attrs=read-write);
  *  - at COMMIT the outcome is unknown: DB_CONNECT (esc_store_commit);
  *  - a BEGIN is run once more on a new session; any other statement
  *    outside a transaction fails with DB_CONNECT (it may have written).

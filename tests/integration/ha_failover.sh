@@ -41,6 +41,10 @@ enc() { python3 -c 'import sys, urllib.parse; print(urllib.parse.quote(sys.argv[
 URI="postgresql://$(enc "$T/pg1"):5432,$(enc "$T/pg2"):5433/p11escrow?user=postgres&target_session_attrs=read-write"
 P11ESCROW_DATABASE=$URI run_esc 0 db status
 assert_out "database schema version: $SCHEMA_VERSION"
+# The standby alone, without target_session_attrs: a write is refused as read-only (25006), not retried.
+P11ESCROW_DATABASE=$STANDBY_DB run_esc 20 enroll-password create --subject 'CN=RO,O=Example' --profile signing \
+    --user admin
+assert_out "the database server is read-only (a standby? use target_session_attrs=read-write)"
 # One-shot commit faults (store.c's test hook); no keeper commits to take the shot.
 export P11ESCROW_FAULT_COMMIT=$T/commit-fault
 start_daemon 2 "checkpoint_events = 0" "checkpoint_seconds = 0"
@@ -146,7 +150,7 @@ for id in $(awk '$2 == 503 {print $1}' "$T/codes"); do
     grep -qi '^Retry-After: [0-9]' "$T/r/$id.hdr" || fail "503 without Retry-After: $(cat "$T/r/$id.hdr")"
 done
 grep -q "reconnected" "$DAEMON_LOG" || fail "the daemon does not say it reconnected"
-note "$(awk '$2 == 200' "$T/codes" | wc -l) enrollments answered 200 ($after after the promotion), $(awk '$2 == 503' "$T/codes" | wc -l) answered 503 with Retry-After"
+note "$(awk '$2 == 200' "$T/codes" | wc -l) enrollments answered 200 ($after after the promotion), $(awk '$2 == 503' "$T/codes" | wc -l) answered 503 with Retry-After; commits whose answer the failover took: $(($(grep -c "lost while committing" "$DAEMON_LOG") - 2))"
 
 note "on the new primary: every 200 once, nothing else, the audit trail intact"
 NEW_DB=$STANDBY_DB
