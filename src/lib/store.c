@@ -3,6 +3,7 @@
  */
 #include <errno.h>
 #include <limits.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -231,6 +232,32 @@ is_transient(const PGresult *res)
 }
 
 /*
+ * Has the server ended this idle session by itself?  A backend that is
+ * terminated, or sees its postmaster die, while the session is idle writes
+ * a FATAL message and closes the socket; libpq notices only when it next
+ * reads.  Anything to read on an idle session is looked at now (one poll,
+ * nothing to read: presumed alive), so a statement is not sent to a session
+ * known dead, where its failure would leave its outcome in doubt.
+ */
+static int
+idle_session_gone(struct esc_store *st)
+{
+	struct pollfd p = {.fd = PQsocket(st->conn), .events = POLLIN, .revents = 0};
+	int i;
+
+	if (p.fd < 0)
+		return 1;
+	/* The message and the end of the stream may take one read each. */
+	for (i = 0; i < 4; i++) {
+		if (poll(&p, 1, 0) <= 0)
+			return 0;
+		if (!PQconsumeInput(st->conn) || PQstatus(st->conn) != CONNECTION_OK)
+			return 1;
+	}
+	return 0;
+}
+
+/*
  * A write refused because the server is read-only (25006): a standby, or
  * the old primary come back as one after a failover, reached through a
  * conninfo without target_session_attrs=read-write or a pooler that
@@ -348,7 +375,8 @@ esc_store_exec(struct esc_ctx *ctx, struct esc_store *st, const char *sql, int n
 				 "the database connection was lost during this transaction (a failover or restart?): "
 				 "it was rolled back and may be run again");
 	}
-	if ((st->lost || PQstatus(st->conn) != CONNECTION_OK) && (r = esc_store_reconnect(ctx, st)) != ESC_OK)
+	if ((st->lost || PQstatus(st->conn) != CONNECTION_OK || (!st->in_tx && idle_session_gone(st))) &&
+	    (r = esc_store_reconnect(ctx, st)) != ESC_OK)
 		return r;
 again:
 	res = run(st, sql, nparams, values, lengths, formats, &prepared);

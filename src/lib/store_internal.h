@@ -78,7 +78,10 @@ int esc_store_commit_unknown(const struct esc_store *st);
  *  - at COMMIT the outcome is unknown: DB_CONNECT (esc_store_commit);
  *  - a BEGIN is run once more on a new session; any other statement
  *    outside a transaction fails with DB_CONNECT (it may have written).
- * The next statement outside a transaction reconnects first.
+ * The next statement outside a transaction reconnects first, as does one
+ * that finds its idle session ended by the server (a FATAL message or the
+ * end of the stream waiting on the socket: a server that died or was
+ * restarted while the session was idle).
  *
  * esc_store_reconnect opens a new session with the same connection string
  * (PQreset: every host of a multi-host conninfo is tried again, so

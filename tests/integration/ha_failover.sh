@@ -10,7 +10,9 @@
 #     its postmaster, by PID) and the standby promoted: 503 with Retry-After
 #     during the switch, then 200s again; every enrollment that got a 200
 #     has its certificate and archive record on the new primary, exactly
-#     once, no record without a 200, and 'audit verify' passes there.
+#     once, no record without a 200, and 'audit verify' passes there; the
+#     keeper's checkpoint at shutdown, over its connection from before the
+#     failover, is signed there too.
 # Skipped where pg_basebackup is missing.
 . "$(dirname "$0")/lib.sh"
 
@@ -45,9 +47,10 @@ assert_out "database schema version: $SCHEMA_VERSION"
 P11ESCROW_DATABASE=$STANDBY_DB run_esc 20 enroll-password create --subject 'CN=RO,O=Example' --profile signing \
     --user admin
 assert_out "the database server is read-only (a standby? use target_session_attrs=read-write)"
-# One-shot commit faults (store.c's test hook); no keeper commits to take the shot.
+# One-shot commit faults (store.c's test hook).  No checkpoint commit takes the shot: the only one
+# is the keeper's at shutdown, over the connection it opened at start (to the old primary).
 export P11ESCROW_FAULT_COMMIT=$T/commit-fault
-start_daemon 2 "checkpoint_events = 0" "checkpoint_seconds = 0"
+start_daemon 2 "checkpoint_events = 100000" "checkpoint_seconds = 0"
 
 # A client certificate (signing profile), used by every /serverkeygen below.
 "$ESC" enroll-password create --subject 'CN=HA User,O=Example' --profile signing --user admin >"$T/otp.txt" ||
@@ -173,5 +176,11 @@ want="$(($1 + ${#serials[@]})) $(($2 + ${#serials[@]}))"
 [ "$(psql "$NEW_DB" -XAtq -c "SELECT count(*) FROM archive_records a LEFT JOIN certificates c ON c.serial = a.cert_serial
                                WHERE c.serial IS NULL")" = 0 ] || fail "an archive record without its certificate"
 P11ESCROW_DATABASE=$NEW_DB run_esc 0 audit verify
+
+note "the keeper's own connection: its checkpoint at shutdown is signed on the new primary"
 stop_daemon
+grep -q "audit checkpoint signed: events up to [0-9]* (at shutdown)" "$DAEMON_LOG" ||
+    fail "no checkpoint at shutdown: $(grep -i checkpoint "$DAEMON_LOG")"
+P11ESCROW_DATABASE=$NEW_DB run_esc 0 audit verify
+[ "$(psql "$NEW_DB" -XAtq -c "SELECT count(*) FROM audit_checkpoints")" -ge 1 ] || fail "no checkpoint row"
 exit 0
