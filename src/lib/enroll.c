@@ -295,9 +295,10 @@ commit_outcome(struct esc_ctx *ctx, struct esc_store *st, const struct profile_d
 		nanosleep(&pause, NULL);
 		waited += OUTCOME_STEP_MS;
 	}
-	if (r != ESC_OK || (r = begin_tx(ctx, st)) != ESC_OK ||
-	    (r = esc_store_exec(ctx, st, "SET LOCAL lock_timeout = '5s'", 0, NULL, NULL, NULL, NULL)) != ESC_OK ||
-	    (r = esc_store_insert_cert(ctx, st, is->cert, def->p.name, &inserted)) != ESC_OK)
+	/* Whatever fails from here on leaves the outcome unknown (the message says what failed). */
+	if (r != ESC_OK || begin_tx(ctx, st) != ESC_OK ||
+	    esc_store_exec(ctx, st, "SET LOCAL lock_timeout = '5s'", 0, NULL, NULL, NULL, NULL) != ESC_OK ||
+	    esc_store_insert_cert(ctx, st, is->cert, def->p.name, &inserted) != ESC_OK)
 		goto unknown;
 	if (inserted) {
 		esc_store_rollback(st);
@@ -311,14 +312,14 @@ commit_outcome(struct esc_ctx *ctx, struct esc_store *st, const struct profile_d
 	}
 	/* The serial is there: ours, or (by a 2^-159 chance) another certificate's. */
 	if ((dlen = i2d_X509(is->cert, &der)) <= 0) {
-		r = esc_error(ctx, ESC_ERR_NOMEM, "out of memory");
+		(void)esc_error(ctx, ESC_ERR_NOMEM, "out of memory");
 		goto unknown;
 	}
 	v[0] = serial;
 	v[1] = (const char *)der;
 	len[1] = dlen;
-	if ((r = esc_store_exec(ctx, st, "SELECT der = $2 FROM certificates WHERE serial = $1", 2, v, len, fmt,
-				&res)) != ESC_OK)
+	if (esc_store_exec(ctx, st, "SELECT der = $2 FROM certificates WHERE serial = $1", 2, v, len, fmt, &res) !=
+	    ESC_OK)
 		goto unknown;
 	esc_store_rollback(st);
 	if (PQntuples(res) != 1 || strcmp(PQgetvalue(res, 0, 0), "t") != 0) {
