@@ -34,29 +34,6 @@
 #define MAX_KRAS 1024	/* KRAs a database holds, retired ones included */
 #define ACTION "rewrap.kra"
 
-/*
- * Fault injection for the tests (rewrap_kra.sh), only in builds configured
- * with -Dtest_hooks=true, as storage.c's: P11ESCROW_FAULT_KILL names a
- * point where the process SIGKILLs itself ("rewrap-kra-before-commit":
- * inside a batch's transaction, every row of the batch rewritten).
- */
-#ifdef ESC_TEST_HOOKS
-static void
-fault_kill(const char *point)
-{
-	const char *f = getenv("P11ESCROW_FAULT_KILL");
-
-	if (f != NULL && strcmp(f, point) == 0)
-		raise(SIGKILL);
-}
-#else
-static void
-fault_kill(const char *point)
-{
-	(void)point;
-}
-#endif
-
 /* A card the job was given: the KRA's key on it and the certificates records may name it by. */
 struct card {
 	const struct esc_account *account;
@@ -79,7 +56,34 @@ struct esc_rewrap_job {
 	/* Per batch. */
 	X509 *storage;
 	int generation;
+	long fault_hits; /* test builds: times the fault point was reached */
 };
+
+/*
+ * Fault injection for the tests (rewrap_kra.sh), only in builds configured
+ * with -Dtest_hooks=true, as storage.c's: P11ESCROW_FAULT_KILL names a
+ * point where the process SIGKILLs itself ("rewrap-kra-before-commit":
+ * inside a batch's transaction, every row of the batch rewritten), the
+ * first time or, with P11ESCROW_FAULT_KILL_SKIP=N, the N+1st time it is
+ * reached (so that N batches have committed).
+ */
+#ifdef ESC_TEST_HOOKS
+static void
+fault_kill(struct esc_rewrap_job *j, const char *point)
+{
+	const char *f = getenv("P11ESCROW_FAULT_KILL"), *skip = getenv("P11ESCROW_FAULT_KILL_SKIP");
+
+	if (f != NULL && strcmp(f, point) == 0 && j->fault_hits++ >= (skip != NULL ? strtol(skip, NULL, 10) : 0))
+		raise(SIGKILL);
+}
+#else
+static void
+fault_kill(struct esc_rewrap_job *j, const char *point)
+{
+	(void)j;
+	(void)point;
+}
+#endif
 
 /* The KRAs as a plan or batch sees them: ids by state, as PostgreSQL arrays ("{1,2}"). */
 struct kra_state {
@@ -796,7 +800,7 @@ batch_impl(struct esc_rewrap_job *j, struct kra_state *ks, const char *after, si
 	b.remaining = -1;
 	if (rows > 0 && (r = audit_batch(j, &b, nsize, nk)) != ESC_OK)
 		goto out;
-	fault_kill("rewrap-kra-before-commit");
+	fault_kill(j, "rewrap-kra-before-commit");
 	if ((r = esc_store_commit(ctx, j->st)) != ESC_OK)
 		goto out;
 	/* The end of this job's pass: how many records (all jobs) still need a re-wrap. */
