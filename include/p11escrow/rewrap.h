@@ -47,12 +47,12 @@ const char *esc_rewrap_reason_name(enum esc_rewrap_reason r);
 
 /* What a re-wrap would do now: no card, no token. */
 struct esc_rewrap_plan {
-	long long records;			    /* archive records in all */
-	long long needed;			    /* of them, those whose KRA layer is to be re-wrapped */
-	long long by_reason[ESC_REWRAP_NREASONS];   /* records per reason (a record may count under several) */
-	int set_size;				    /* policy kra_set_size */
-	unsigned threshold;			    /* policy kra_threshold */
-	int usable;				    /* KRAs a new set may be drawn from (active, valid certificate) */
+	long long records;			  /* archive records in all */
+	long long needed;			  /* of them, those whose KRA layer is to be re-wrapped */
+	long long by_reason[ESC_REWRAP_NREASONS]; /* records per reason (a record may count under several) */
+	int set_size;				  /* policy kra_set_size */
+	unsigned threshold;			  /* policy kra_threshold */
+	int usable;				  /* KRAs a new set may be drawn from (active, valid certificate) */
 };
 
 /*

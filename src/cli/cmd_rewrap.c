@@ -143,8 +143,8 @@ draw_bar(struct job *j)
 		snprintf(eta, sizeof(eta), "%lldm%02llds", s / 60, s % 60);
 	} else if (left <= 0)
 		snprintf(eta, sizeof(eta), "0s");
-	printf("\r[%s] %lld/%lld %s, %lld skipped, %.0f records/s, ETA %s", bar, j->done, j->total, j->verb,
-	       j->skipped, rate, eta);
+	printf("\r[%s] %lld/%lld %s, %lld skipped, %.0f records/s, ETA %s", bar, j->done, j->total, j->verb, j->skipped,
+	       rate, eta);
 	fflush(stdout);
 	j->bar_shown = 1;
 }
@@ -401,8 +401,8 @@ kra_cards(struct job *j, struct esc_config *cfg, const struct card_opt *co, size
 		esc_secret_free(pw);
 		pw = NULL;
 		snprintf(prompt, sizeof(prompt), "PIN of the card of KRA account '%s': ", co[i].user);
-		if ((r = esc_token_open(j->ctx, co[i].module ? co[i].module : esc_config_get(cfg, "module"),
-					co[i].uri, &toks[i])) != ESC_OK ||
+		if ((r = esc_token_open(j->ctx, co[i].module ? co[i].module : esc_config_get(cfg, "module"), co[i].uri,
+					&toks[i])) != ESC_OK ||
 		    (r = esc_secret_obtain(j->ctx, co[i].pin_file, NULL, prompt, &pin)) != ESC_OK ||
 		    (r = esc_token_login(j->ctx, toks[i], pin)) != ESC_OK)
 			break;
@@ -614,8 +614,7 @@ rewrap_main(int argc, char *argv[])
 			return cli_usage_error(CMD, "--dry-run needs no card: it opens nothing");
 		for (i = 0; i < ncards; i++)
 			if (cards[i].user == NULL)
-				return cli_usage_error(CMD, "card '%s' needs --card-user ACCOUNT: its KRA account logs "
-							    "in",
+				return cli_usage_error(CMD, "card '%s' needs --card-user ACCOUNT (its KRA account)",
 						       cards[i].uri);
 	}
 	if ((rc = cli_check_mode(CMD, server, local)) != 0)

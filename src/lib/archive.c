@@ -112,15 +112,8 @@ ASN1_SEQUENCE(ESC_SHARE_PLAIN) =
 
 		IMPLEMENT_ASN1_FUNCTIONS(ESC_SHARE_PLAIN)
 
-void
-esc_kra_set_clear(struct esc_kra_set *ks)
-{
-	size_t i;
-
-	for (i = 0; i < ks->n; i++)
-		X509_free(ks->certs[i]);
-	ks->n = 0;
-}
+	/* Declared here: clang-format takes the line after the ASN.1 macros for their continuation. */
+	static void hex_of(const unsigned char *in, size_t n, char *out);
 
 static void
 hex_of(const unsigned char *in, size_t n, char *out)
@@ -190,6 +183,16 @@ out:
 	free(issuer);
 	X509_free(ca);
 	return r;
+}
+
+void
+esc_kra_set_clear(struct esc_kra_set *ks)
+{
+	size_t i;
+
+	for (i = 0; i < ks->n; i++)
+		X509_free(ks->certs[i]);
+	ks->n = 0;
 }
 
 /* Is id one of keep[0..nkeep)? */
@@ -782,7 +785,8 @@ esc_shares_open_inner(struct esc_ctx *ctx, const char *id, const unsigned char *
 static enum esc_err
 insert_record(struct esc_ctx *ctx, struct esc_store *st, const char *actor, const char *id, X509 *cert,
 	      const struct esc_archive_fields *f, const char *key_type, int foreign, enum esc_archive_source source,
-	      const unsigned char *outer, size_t outerlen, const char *generation, const struct esc_kra_set *ks, unsigned k)
+	      const unsigned char *outer, size_t outerlen, const char *generation, const struct esc_kra_set *ks,
+	      unsigned k)
 {
 	char version[8], threshold[8];
 	unsigned char *cder = NULL;
@@ -1307,9 +1311,8 @@ esc_archive_open_outer(struct esc_ctx *ctx, struct esc_store *st, struct esc_tok
 	const char *v[1] = {id};
 	enum esc_err r;
 
-	if ((r = esc_store_exec(ctx, st,
-				"SELECT " ESC_ARCHIVE_OPEN_SQL " FROM archive_records a WHERE a.id::text = $1", 1, v,
-				NULL, NULL, &res)) != ESC_OK)
+	if ((r = esc_store_exec(ctx, st, "SELECT " ESC_ARCHIVE_OPEN_SQL " FROM archive_records a WHERE a.id::text = $1",
+				1, v, NULL, NULL, &res)) != ESC_OK)
 		return r;
 	if (PQntuples(res) != 1)
 		r = esc_error(ctx, ESC_ERR_NOT_FOUND, "no archive record %s", id);

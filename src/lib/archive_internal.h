@@ -229,8 +229,7 @@ enum esc_err esc_archive_choose_kras(struct esc_ctx *ctx, struct esc_store *st, 
 				     struct esc_kra_set *ks) ESC_MUST_CHECK;
 
 /* Policy kra_threshold k for a set of nkras: 1..nkras.  Errors: CONFIG, DB. */
-enum esc_err esc_archive_threshold(struct esc_ctx *ctx, struct esc_store *st, size_t nkras,
-				   unsigned *k) ESC_MUST_CHECK;
+enum esc_err esc_archive_threshold(struct esc_ctx *ctx, struct esc_store *st, size_t nkras, unsigned *k) ESC_MUST_CHECK;
 
 /*
  * The inner layer of record id for the PKCS#8 key p8 (secure memory) and

@@ -30,8 +30,8 @@
 #include "store_internal.h"
 
 #define MAX_CARDS ESC_KRA_SET_MAX
-#define CARD_CERTS 8	/* a KRA's certificate and the earlier ones of its key (renewals) a card is tried with */
-#define MAX_KRAS 1024	/* KRAs a database holds, retired ones included */
+#define CARD_CERTS 8  /* a KRA's certificate and the earlier ones of its key (renewals) a card is tried with */
+#define MAX_KRAS 1024 /* KRAs a database holds, retired ones included */
 #define ACTION "rewrap.kra"
 
 /* A card the job was given: the KRA's key on it and the certificates records may name it by. */
@@ -96,8 +96,8 @@ const char *
 esc_rewrap_reason_name(enum esc_rewrap_reason r)
 {
 	static const char *const names[ESC_REWRAP_NREASONS] = {
-		"retired KRA", "revoked KRA certificate", "expired KRA certificate", "set size", "threshold",
-		"recipient form",
+		"retired KRA", "revoked KRA certificate", "expired KRA certificate", "set size",
+		"threshold",   "recipient form",
 	};
 
 	return (unsigned)r < ESC_REWRAP_NREASONS ? names[r] : "?";
@@ -186,8 +186,8 @@ load_policy(struct esc_ctx *ctx, struct esc_store *st, char size[8], char k[8], 
 	*nk = (unsigned)strtoul(v, NULL, 10);
 	free(v);
 	if (*nsize < 1 || *nsize > ESC_KRA_SET_MAX || *nk < 1 || *nk > (unsigned)*nsize)
-		return esc_error(ctx, ESC_ERR_CONFIG, "policy kra_set_size (%d) and kra_threshold (%u) are out of range",
-				 *nsize, *nk);
+		return esc_error(ctx, ESC_ERR_CONFIG,
+				 "policy kra_set_size (%d) and kra_threshold (%u) are out of range", *nsize, *nk);
 	snprintf(size, 8, "%d", *nsize);
 	snprintf(k, 8, "%u", *nk);
 	return ESC_OK;
@@ -198,9 +198,9 @@ load_policy(struct esc_ctx *ctx, struct esc_store *st, char size[8], char k[8], 
  * $2 kra_threshold, $3 the valid KRAs' ids.  wrap_version is the record's
  * threshold (archival and re-wrap write it; 1 for version 1).
  */
-#define NEEDS_SQL                                                                                                      \
+#define NEEDS_SQL                                                                                                     \
 	"(a.wrap_version <> $2::integer OR (SELECT count(*) FROM archive_record_kras x WHERE x.record_id = a.id) <> " \
-	"$1::integer OR EXISTS (SELECT 1 FROM archive_record_kras x JOIN kras k ON k.id = x.kra_id WHERE "           \
+	"$1::integer OR EXISTS (SELECT 1 FROM archive_record_kras x JOIN kras k ON k.id = x.kra_id WHERE "            \
 	"x.record_id = a.id AND (x.kra_id <> ALL ($3::bigint[]) OR x.recipient <> k.recipient)))"
 
 enum esc_err
@@ -263,8 +263,8 @@ out:
 /* ---- the job ---------------------------------------------------------------------------------------------------- */
 
 enum esc_err
-esc_rewrap_job_new(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *admin,
-		   struct esc_token *ca_tok, struct esc_rewrap_job **out)
+esc_rewrap_job_new(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *admin, struct esc_token *ca_tok,
+		   struct esc_rewrap_job **out)
 {
 	struct esc_rewrap_job *j;
 	enum esc_err r;
@@ -369,17 +369,19 @@ esc_rewrap_job_add_card(struct esc_ctx *ctx, struct esc_rewrap_job *j, const str
 		return refused(j, kra, r);
 	/* Distinct people: the administrator is never a KRA of the job, no account or KRA counts twice. */
 	if (esc_account_id(kra) == esc_account_id(j->admin))
-		return refused(j, kra,
-			       esc_error(ctx, ESC_ERR_DENIED,
-					 "account '%s' runs the job as administrator and cannot also be one of its KRAs",
-					 esc_account_name(kra)));
+		return refused(
+			j, kra,
+			esc_error(ctx, ESC_ERR_DENIED,
+				  "account '%s' runs the job as administrator and cannot also be one of its KRAs",
+				  esc_account_name(kra)));
 	for (i = 0; i < j->ncards; i++)
 		if (esc_account_id(j->cards[i].account) == esc_account_id(kra) ||
 		    j->cards[i].kra_id == esc_account_kra_id(kra))
-			return refused(j, kra,
-				       esc_error(ctx, ESC_ERR_DENIED,
-						 "account '%s' or KRA '%s' is given twice: each card is another person's",
-						 esc_account_name(kra), j->cards[i].kra));
+			return refused(
+				j, kra,
+				esc_error(ctx, ESC_ERR_DENIED,
+					  "account '%s' or KRA '%s' is given twice: each card is another person's",
+					  esc_account_name(kra), j->cards[i].kra));
 	if (j->ncards == MAX_CARDS)
 		return esc_error(ctx, ESC_ERR_USAGE, "a re-wrap job takes at most %d cards", MAX_CARDS);
 	c = &j->cards[j->ncards];
@@ -614,8 +616,7 @@ rewrap_row(struct esc_rewrap_job *j, PGresult *res, int i, const char *valid, st
 	memset(&truth, 0, sizeof(truth));
 	memset(&ks, 0, sizeof(ks));
 	/* The checks of a recovery: the row is its certificate's, the sealed record this row's. */
-	if ((r = esc_archive_open_row(ctx, j->st, j->ca_tok, res, i, &cert, &truth, &inner, &innerlen, &sh)) !=
-	    ESC_OK)
+	if ((r = esc_archive_open_row(ctx, j->st, j->ca_tok, res, i, &cert, &truth, &inner, &innerlen, &sh)) != ESC_OK)
 		goto out;
 	if (sh == NULL)
 		r = open_v1(j, id, PQgetvalue(res, i, COL_SET_NAMES), inner, innerlen, &p8, &p8len);

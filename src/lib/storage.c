@@ -521,7 +521,8 @@ esc_storage_current(struct esc_ctx *ctx, struct esc_store *st, struct esc_token 
 		r = esc_error(ctx, ESC_ERR_BAD_INPUT, "the stored storage certificate is not a DER certificate");
 		goto out;
 	}
-	if ((r = esc_store_get_int(ctx, res, 0, 1, &gen)) != ESC_OK || (r = esc_store_active_ca(ctx, st, &ca)) != ESC_OK)
+	if ((r = esc_store_get_int(ctx, res, 0, 1, &gen)) != ESC_OK ||
+	    (r = esc_store_active_ca(ctx, st, &ca)) != ESC_OK)
 		goto out;
 	if (!esc_cert_issued_by(cur, ca)) {
 		r = esc_error(ctx, ESC_ERR_MISMATCH,
