@@ -7,7 +7,8 @@
 # completes after it (its package is its own ciphertext), a pending one is released against the new
 # wrap; a record is recovered byte for byte by a KRA that was not in its old set.  Then kra_threshold
 # 1 -> 2 with sets of 3: kill -9 inside the third batch's transaction, run again: every record version
-# 2, none lost, none half-wrapped, the audit chain verifies; 2 of 3 recover byte for byte.
+# 2, none lost, none half-wrapped, archival going on meanwhile, the audit chain verifies; 2 of 3 recover
+# byte for byte.
 . "$(dirname "$0")/lib.sh"
 
 provision_tokens "$T/hsm" CA KRA1 KRA2 KRA3 KRA4
@@ -177,14 +178,21 @@ V2=$(psql_val "SELECT count(*) FROM archive_records WHERE record_version = 2")
     fail "a record is half re-wrapped"
 HALF=$(psql_val "SELECT id FROM archive_records WHERE record_version = 1 AND subject LIKE '%CN=bob%'")
 [ -z "$HALF" ] || recover "$HALF" "$T/bob.key" 2
+# Archival goes on meanwhile: ten more keys imported while the job runs (new records are version 2 already).
+python3 "$SRC/tests/tools/mkkeys.py" "$T/keys/ca" "$T/keys/more:10:100" || fail "cannot make the test keys"
+"$ESC" archive import "$T/keys/more" --user admin --account-password-file "$T/admin.pw" >"$T/import.out" 2>&1 </dev/null &
+IMPORT=$!
 rewrap 0 $(card 2) $(card 3) --batch 5
 assert_out "re-wrapped 17 record(s)"
+wait "$IMPORT" || { cat "$T/import.out" >&2; fail "archival failed while the re-wrap ran"; }
+grep -qF "archived 10, already archived 0" "$T/import.out" || fail "import during the re-wrap: $(cat "$T/import.out")"
+N=$((N + 10))
 [ "$(records)" = "$N" ] || fail "records lost"
 [ "$(psql_val "SELECT count(*) FROM archive_records WHERE record_version = 2 AND wrap_version = 2")" = "$N" ] ||
     fail "not every record is version 2"
 [ "$(psql_val "SELECT count(*) FROM archive_record_kras")" = $((3 * N)) ] || fail "KRA sets of 3 expected"
 as admin 0 rewrap --kra --dry-run
-assert_out "0 of 27 record(s) to re-wrap"
+assert_out "0 of 37 record(s) to re-wrap"
 run_esc 0 audit verify --user audrey --password-file "$T/audrey.pw"
 
 note "2 of 3 recover byte for byte (RSA and EC), kra4 completing, which opened nothing"
