@@ -40,7 +40,7 @@ help(void)
 	       "not kra_set_size KRAs; it needs another number of KRAs than kra_threshold; or a member's\n"
 	       "recipient form is no longer the KRA's.  --dry-run counts them by reason (no card, no CA\n"
 	       "token).  Otherwise each record is opened with the cards given (version 1: one card of\n"
-	       "its current set; version 2: kra_threshold of them), sealed again to a new set (its\n"
+	       "its current set; version 2: as many as its threshold), sealed again to a new set (its\n"
 	       "valid members kept, the rest drawn at random as archival does) at the current\n"
 	       "threshold and to the current storage key, and its row replaced.  Dual control: ADMIN\n"
 	       "is an administrator, each card comes with its KRA account's login, all distinct; the\n"
