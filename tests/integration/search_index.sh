@@ -29,6 +29,17 @@ note "pg_trgm: created by the migration, as a trusted extension"
                (SELECT extversion FROM pg_extension WHERE extname = 'pg_trgm')")" = t ] ||
     fail "pg_trgm is not a trusted extension here: the database owner could not create it"
 
+note "a database owned by a role that is no superuser: db migrate creates pg_trgm (trusted) by itself"
+psql_val "CREATE ROLE esc_owner LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE" >/dev/null
+psql_val "CREATE DATABASE owned OWNER esc_owner" >/dev/null
+OWNED=${DB/user=postgres/user=esc_owner}
+OWNED=${OWNED/dbname=p11escrow/dbname=owned}
+[ "$(psql "$OWNED" -XAtqc "SELECT rolsuper FROM pg_roles WHERE rolname = current_user")" = f ] || fail "esc_owner is a superuser"
+run_esc 0 db migrate --database "$OWNED"
+assert_out "to $SCHEMA_VERSION"
+[ "$(psql "$OWNED" -XAtqc "SELECT count(*) FROM pg_extension WHERE extname = 'pg_trgm'")" = 1 ] ||
+    fail "pg_trgm not created in a database of a non-superuser owner"
+
 note "keys whose serial, subject and email test the matching rules (a foreign software CA)"
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$T/fca.key" -subj "/CN=Foreign CA" \
     -days 30 -out "$T/fca.pem" 2>/dev/null || fail "foreign CA"
