@@ -29,6 +29,13 @@ CREATE INDEX archive_records_created_idx ON archive_records (created_at);
 DROP INDEX archive_records_email_idx;
 DROP INDEX archive_records_subject_idx;
 
+-- A record named by its id as text (a.id::text = $1: request, approval,
+-- release, completion, revocation, each step of a recovery reads its record
+-- so; the text comparison never fails on a malformed id, where = $1::uuid
+-- would) and its KRA rows likewise: without these each step read the whole
+-- table, a second per step at a million records (docs/performance.md).
+CREATE INDEX archive_records_id_text_idx ON archive_records ((id::text));
+CREATE INDEX archive_record_kras_record_text_idx ON archive_record_kras ((record_id::text));
 -- A recovery request's record, and the requests of a record (audit --serial).
 CREATE INDEX recovery_requests_record_idx ON recovery_requests (record_id);
 -- Revocations are joined on the normalised serial (archive listings, release).
