@@ -111,13 +111,18 @@ SELECT gen_random_uuid(), to_hex(1000000 + g), r.issuer, 'CN=filler ' || g || ',
        encode(sha256(('c' || g)::bytea), 'hex'), encode(sha256(('k' || g)::bytea), 'hex'), r.key_type,
        r.certificate, r.foreign_issuer, r.source, r.record, now() - make_interval(secs => g)
 FROM generate_series(1, 20000) g, (SELECT * FROM archive_records WHERE email = 'pct@example.org') r;
+INSERT INTO archive_record_kras (record_id, kra_id, recipient)
+SELECT a.id, t.kra_id, t.recipient FROM archive_records a,
+       (SELECT x.* FROM archive_record_kras x JOIN archive_records r ON r.id = x.record_id
+        WHERE r.email = 'pct@example.org') t
+WHERE a.subject LIKE 'CN=filler %';
 -- Audit rows for the filter plans only (this test does not verify the chain after them).
 INSERT INTO audit_events (id, at, actor, role, action, object, outcome, details, prev_hash, hash)
 SELECT nextval('audit_events_id_seq'), '2020-01-01T00:00:00.' || lpad(g::text, 6, '0') || 'Z', 'filler' || (g % 50),
        'cert-manager', 'archive.store', to_hex(1000000 + g), 'ok', '', sha256(('p' || g)::bytea),
        sha256(('h' || g)::bytea)
 FROM generate_series(1, 20000) g;
-ANALYZE archive_records; ANALYZE audit_events; ANALYZE recovery_requests;
+ANALYZE archive_records; ANALYZE archive_record_kras; ANALYZE audit_events; ANALYZE recovery_requests;
 EOF
 check_results
 
@@ -163,6 +168,11 @@ m=$(mark); as audrey 0 audit show --serial 0A1B2C3D4E5F60718293
 assert_out "archive.store"
 uses "$m" "object = ANY (ARRAY[\$1::text" audit_events_object_id_idx "audit show --serial (CLI)"
 uses "$m" "object = ANY (ARRAY[\$1::text" archive_records_serial_norm_idx "audit show --serial, its records (CLI)"
+m=$(mark)
+LEAD_ID=$(psql_val "SELECT id FROM archive_records WHERE email = 'lead@example.org'")
+as cm1 0 recovery request --record "$LEAD_ID" --reason "plan check at 20,000 records"
+uses "$m" "a.id::text = \$1" archive_records_id_text_idx "recovery request: its record (CLI)"
+uses "$m" "x.record_id::text = \$1" archive_record_kras_record_text_idx "recovery request: its KRAs (CLI)"
 
 note "through p11escrowd: one worker, the same statement eight times (PostgreSQL weighs a generic plan after five)"
 start_daemon 1
