@@ -55,8 +55,8 @@
 #include "store_internal.h"
 
 #define PROG "scale"
-#define BATCH 2000	    /* rows per COPY */
-#define AUDIT_BATCH 1000    /* audit events per transaction */
+#define BATCH 2000	 /* rows per COPY */
+#define AUDIT_BATCH 1000 /* audit events per transaction */
 #define GENERATORS_MAX 8
 
 struct opts {
@@ -77,7 +77,7 @@ struct fill {
 	const struct opts *o;
 	EVP_PKEY *ca_key;
 	X509 *ca_cert;
-	char *tmpl_record_hex; /* the template's sealed record, bytea text ("\\x...") */
+	char *tmpl_record_hex;				/* the template's sealed record, bytea text ("\\x...") */
 	char tmpl_kra_id[8][24], tmpl_recipient[8][32]; /* its archive_record_kras rows */
 	int tmpl_nkras;
 	char key_type[32];
@@ -155,8 +155,8 @@ make_cert(struct fill *f, long n)
 	snprintf(cn, sizeof(cn), "user%07ld", n);
 	snprintf(ou, sizeof(ou), "dept%02ld", n % 100);
 	snprintf(san, sizeof(san), "email:User%07ld@Scale.example", n);
-	if ((bn = BN_bin2bn(sn, sizeof(sn), NULL)) == NULL || BN_to_ASN1_INTEGER(bn, X509_get_serialNumber(x)) == NULL ||
-	    !X509_set_version(x, 2) ||
+	if ((bn = BN_bin2bn(sn, sizeof(sn), NULL)) == NULL ||
+	    BN_to_ASN1_INTEGER(bn, X509_get_serialNumber(x)) == NULL || !X509_set_version(x, 2) ||
 	    !X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC, (unsigned char *)cn, -1, -1, 0) ||
 	    !X509_NAME_add_entry_by_txt(name, "OU", MBSTRING_ASC, (unsigned char *)ou, -1, -1, 0) ||
 	    !X509_NAME_add_entry_by_txt(name, "O", MBSTRING_ASC, (unsigned char *)"Scale Bench", -1, -1, 0) ||
@@ -250,8 +250,8 @@ generator(void *arg)
 			char uuid[37], *p;
 
 			memset(&fl, 0, sizeof(fl));
-			if (x == NULL || (dl = i2d_X509(x, &der)) <= 0 || esc_archive_fields_of(ctx, x, &fl) != ESC_OK ||
-			    RAND_bytes(uu, sizeof(uu)) != 1) {
+			if (x == NULL || (dl = i2d_X509(x, &der)) <= 0 ||
+			    esc_archive_fields_of(ctx, x, &fl) != ESC_OK || RAND_bytes(uu, sizeof(uu)) != 1) {
 				fprintf(stderr, PROG ": cannot make certificate %ld\n", first + i);
 				X509_free(x);
 				OPENSSL_free(der);
@@ -260,9 +260,10 @@ generator(void *arg)
 			}
 			uu[6] = (uu[6] & 0x0f) | 0x40;
 			uu[8] = (uu[8] & 0x3f) | 0x80;
-			snprintf(uuid, sizeof(uuid), "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x",
-				 uu[0], uu[1], uu[2], uu[3], uu[4], uu[5], uu[6], uu[7], uu[8], uu[9], uu[10], uu[11],
-				 uu[12], uu[13], uu[14], uu[15]);
+			snprintf(uuid, sizeof(uuid),
+				 "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", uu[0], uu[1],
+				 uu[2], uu[3], uu[4], uu[5], uu[6], uu[7], uu[8], uu[9], uu[10], uu[11], uu[12], uu[13],
+				 uu[14], uu[15]);
 			if ((p = realloc(certhex, 2 * (size_t)dl + 3)) == NULL)
 				goto fail;
 			certhex = p;
@@ -346,8 +347,8 @@ audit_events(struct fill *f, struct esc_ctx *ctx, struct esc_store *st)
 		if (f->failed)
 			return 0;
 		if (!in_tx) {
-			if (esc_store_exec(ctx, st, "BEGIN ISOLATION LEVEL READ COMMITTED", 0, NULL, NULL, NULL, NULL) !=
-			    ESC_OK)
+			if (esc_store_exec(ctx, st, "BEGIN ISOLATION LEVEL READ COMMITTED", 0, NULL, NULL, NULL,
+					   NULL) != ESC_OK)
 				goto fail;
 			esc_store_mark_tx(st);
 			in_tx = 1;
@@ -411,8 +412,8 @@ load_template(struct fill *f)
 		fprintf(stderr, PROG ": %s", PQerrorMessage(db));
 		goto out;
 	}
-	res = PQexecParams(db, "SELECT record, key_type FROM archive_records WHERE id = $1::uuid", 1, NULL, v, NULL, NULL,
-			   0);
+	res = PQexecParams(db, "SELECT record, key_type FROM archive_records WHERE id = $1::uuid", 1, NULL, v, NULL,
+			   NULL, 0);
 	if (PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1) {
 		fprintf(stderr, PROG ": no template record %s\n", f->o->template_id);
 		goto out;
@@ -475,8 +476,8 @@ run_fill(const struct opts *o)
 		pthread_join(th[i], NULL);
 	ok = ok && !f.failed;
 	if (ok)
-		printf("scale fill records=%ld seconds=%.1f records_per_s=%.0f cpu_s=%.1f\n", o->count, bench_now() - t0,
-		       (double)o->count / (bench_now() - t0), bench_cpu() - c0);
+		printf("scale fill records=%ld seconds=%.1f records_per_s=%.0f cpu_s=%.1f\n", o->count,
+		       bench_now() - t0, (double)o->count / (bench_now() - t0), bench_cpu() - c0);
 out:
 	esc_store_free(st);
 	esc_ctx_free(ctx);
@@ -490,8 +491,7 @@ out:
 /* ---- search --------------------------------------------------------------------------------------- */
 
 static int
-login(struct esc_ctx *ctx, struct esc_store *st, const char *name, const struct esc_secret *pw,
-      struct esc_account **a)
+login(struct esc_ctx *ctx, struct esc_store *st, const char *name, const struct esc_secret *pw, struct esc_account **a)
 {
 	if (esc_account_login(ctx, st, name, pw, a) != ESC_OK) {
 		fprintf(stderr, PROG ": login %s: %s\n", name, esc_ctx_errmsg(ctx));
@@ -547,8 +547,8 @@ run_search(const struct opts *o)
 		targets[i].n = o->first + (long)(r % (unsigned long long)o->records);
 		snprintf(targets[i].email, sizeof(targets[i].email), "user%07ld@scale.EXAMPLE", targets[i].n);
 		v[0] = targets[i].email;
-		res = PQexecParams(db, "SELECT upper(cert_serial) FROM archive_records WHERE lower(email) = lower($1)", 1,
-				   NULL, v, NULL, NULL, 0);
+		res = PQexecParams(db, "SELECT upper(cert_serial) FROM archive_records WHERE lower(email) = lower($1)",
+				   1, NULL, v, NULL, NULL, 0);
 		if (PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1) {
 			fprintf(stderr, PROG ": no synthetic record %ld (%s)\n", targets[i].n, PQerrorMessage(db));
 			goto out;
@@ -641,7 +641,7 @@ run_recover(const struct opts *o)
 	if (o->manager == NULL || o->approver == NULL || o->agent == NULL || o->agent_token == NULL ||
 	    o->pw_file == NULL || o->subject == NULL) {
 		fprintf(stderr, PROG ": recover needs --manager, --approver, --agent, --agent-token, --password-file, "
-				"--subject\n");
+				     "--subject\n");
 		return 2;
 	}
 	if (esc_ctx_new(&ctx) != ESC_OK)
@@ -654,7 +654,8 @@ run_recover(const struct opts *o)
 	    esc_keeper_open(ctx, st, o->module, pin, &keeper) != ESC_OK || !login(ctx, st, o->manager, pw, &mgr) ||
 	    !login(ctx, st, o->approver, pw, &appr) || !login(ctx, st, o->agent, pw, &agent) ||
 	    esc_kra_list(ctx, st, &kras, &nkras) != ESC_OK ||
-	    esc_token_open(ctx, o->module, o->agent_token, &card) != ESC_OK || esc_token_login(ctx, card, pin) != ESC_OK)
+	    esc_token_open(ctx, o->module, o->agent_token, &card) != ESC_OK ||
+	    esc_token_login(ctx, card, pin) != ESC_OK)
 		goto fail;
 	for (j = 0; j < nkras; j++)
 		if (kras[j].id == esc_account_kra_id(agent))
@@ -673,8 +674,8 @@ run_recover(const struct opts *o)
 		double t0, t1, t2, t3, t4;
 
 		t0 = bench_now();
-		if (esc_recovery_request(ctx, st, mgr, recs[o->first + i].id, kra, "benchmark: recovery at scale", &id) !=
-		    ESC_OK)
+		if (esc_recovery_request(ctx, st, mgr, recs[o->first + i].id, kra, "benchmark: recovery at scale",
+					 &id) != ESC_OK)
 			goto fail;
 		t1 = bench_now();
 		if (esc_recovery_approve(ctx, st, appr, id) != ESC_OK)
@@ -725,32 +726,39 @@ out:
 static void
 usage(FILE *f)
 {
-	fprintf(f,
-		"Usage: " PROG " fill --count N --template RECORD_ID --actor NAME [--first K] [--threads T]\n"
-		"       " PROG " search --count K --records N --manager NAME --password-file FILE [--first K0]\n"
-		"       " PROG " recover --count M --subject TEXT --manager NAME --approver NAME --agent NAME\n"
-		"                     --agent-token URI --password-file FILE [--pin-file FILE] [--first I]\n"
-		"common: [--database CONNINFO] (default $P11ESCROW_DATABASE) [--module PATH]\n\n"
-		"fill     N records with new keys and certificates (CN user<K..K+N-1>), the sealed record\n"
-		"         copied from RECORD_ID, and their audit events by NAME (T generator threads, default 2)\n"
-		"search   K random lookups each by serial, email and subject among the N synthetic records\n"
-		"         numbered from K0 (default 0), as certificate manager NAME\n"
-		"recover  M full recoveries (request, approve, release, complete) of the records I..I+M-1\n"
-		"         (newest first) whose subject contains TEXT\n");
+	fprintf(f, "Usage: " PROG " fill --count N --template RECORD_ID --actor NAME [--first K] [--threads T]\n"
+		   "       " PROG " search --count K --records N --manager NAME --password-file FILE [--first K0]\n"
+		   "       " PROG " recover --count M --subject TEXT --manager NAME --approver NAME --agent NAME\n"
+		   "                     --agent-token URI --password-file FILE [--pin-file FILE] [--first I]\n"
+		   "common: [--database CONNINFO] (default $P11ESCROW_DATABASE) [--module PATH]\n\n"
+		   "fill     N records with new keys and certificates (CN user<K..K+N-1>), the sealed record\n"
+		   "         copied from RECORD_ID, and their audit events by NAME (T generator threads, default 2)\n"
+		   "search   K random lookups each by serial, email and subject among the N synthetic records\n"
+		   "         numbered from K0 (default 0), as certificate manager NAME\n"
+		   "recover  M full recoveries (request, approve, release, complete) of the records I..I+M-1\n"
+		   "         (newest first) whose subject contains TEXT\n");
 }
 
 int
 main(int argc, char *argv[])
 {
 	static const struct option longopts[] = {
-		{"database", required_argument, NULL, 'd'}, {"pin-file", required_argument, NULL, 'p'},
-		{"module", required_argument, NULL, 'M'},   {"password-file", required_argument, NULL, 'P'},
-		{"count", required_argument, NULL, 'n'},    {"first", required_argument, NULL, 'f'},
-		{"threads", required_argument, NULL, 't'},  {"records", required_argument, NULL, 'N'},
-		{"template", required_argument, NULL, 'T'}, {"actor", required_argument, NULL, 'A'},
-		{"manager", required_argument, NULL, 'm'},  {"approver", required_argument, NULL, 'a'},
-		{"agent", required_argument, NULL, 'k'},    {"agent-token", required_argument, NULL, 'K'},
-		{"subject", required_argument, NULL, 's'},  {"help", no_argument, NULL, 'h'},
+		{"database", required_argument, NULL, 'd'},
+		{"pin-file", required_argument, NULL, 'p'},
+		{"module", required_argument, NULL, 'M'},
+		{"password-file", required_argument, NULL, 'P'},
+		{"count", required_argument, NULL, 'n'},
+		{"first", required_argument, NULL, 'f'},
+		{"threads", required_argument, NULL, 't'},
+		{"records", required_argument, NULL, 'N'},
+		{"template", required_argument, NULL, 'T'},
+		{"actor", required_argument, NULL, 'A'},
+		{"manager", required_argument, NULL, 'm'},
+		{"approver", required_argument, NULL, 'a'},
+		{"agent", required_argument, NULL, 'k'},
+		{"agent-token", required_argument, NULL, 'K'},
+		{"subject", required_argument, NULL, 's'},
+		{"help", no_argument, NULL, 'h'},
 		{NULL, 0, NULL, 0},
 	};
 	struct opts o = {.database = getenv("P11ESCROW_DATABASE"), .count = 100, .threads = 2};
@@ -759,23 +767,57 @@ main(int argc, char *argv[])
 
 	while ((c = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
 		switch (c) {
-		case 'd': o.database = optarg; break;
-		case 'p': o.pin_file = optarg; break;
-		case 'M': o.module = optarg; break;
-		case 'P': o.pw_file = optarg; break;
-		case 'n': o.count = bench_parse_long(PROG, "--count", optarg, 1, 100000000); break;
-		case 'f': o.first = bench_parse_long(PROG, "--first", optarg, 0, 100000000); break;
-		case 't': o.threads = bench_parse_long(PROG, "--threads", optarg, 1, GENERATORS_MAX); break;
-		case 'N': o.records = bench_parse_long(PROG, "--records", optarg, 1, 100000000); break;
-		case 'T': o.template_id = optarg; break;
-		case 'A': o.actor = optarg; break;
-		case 'm': o.manager = optarg; break;
-		case 'a': o.approver = optarg; break;
-		case 'k': o.agent = optarg; break;
-		case 'K': o.agent_token = optarg; break;
-		case 's': o.subject = optarg; break;
-		case 'h': usage(stdout); return 0;
-		default: usage(stderr); return 2;
+		case 'd':
+			o.database = optarg;
+			break;
+		case 'p':
+			o.pin_file = optarg;
+			break;
+		case 'M':
+			o.module = optarg;
+			break;
+		case 'P':
+			o.pw_file = optarg;
+			break;
+		case 'n':
+			o.count = bench_parse_long(PROG, "--count", optarg, 1, 100000000);
+			break;
+		case 'f':
+			o.first = bench_parse_long(PROG, "--first", optarg, 0, 100000000);
+			break;
+		case 't':
+			o.threads = bench_parse_long(PROG, "--threads", optarg, 1, GENERATORS_MAX);
+			break;
+		case 'N':
+			o.records = bench_parse_long(PROG, "--records", optarg, 1, 100000000);
+			break;
+		case 'T':
+			o.template_id = optarg;
+			break;
+		case 'A':
+			o.actor = optarg;
+			break;
+		case 'm':
+			o.manager = optarg;
+			break;
+		case 'a':
+			o.approver = optarg;
+			break;
+		case 'k':
+			o.agent = optarg;
+			break;
+		case 'K':
+			o.agent_token = optarg;
+			break;
+		case 's':
+			o.subject = optarg;
+			break;
+		case 'h':
+			usage(stdout);
+			return 0;
+		default:
+			usage(stderr);
+			return 2;
 		}
 	}
 	if (optind + 1 != argc || o.database == NULL) {
