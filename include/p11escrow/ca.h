@@ -50,8 +50,10 @@ enum esc_cert_profile {
 };
 
 /*
- * Issue a certificate for pub under ca_cert, signed by signer.
- * Errors: USAGE, CRYPTO.
+ * Issue a certificate for pub under ca_cert, signed by signer; like every
+ * certificate issued under ca_cert here, it carries the CRL distribution
+ * point and caIssuers URL of ctx's publication settings when set
+ * (esc_ctx_set_publication).  Errors: USAGE, CRYPTO.
  */
 enum esc_err esc_ca_issue(struct esc_ctx *ctx, X509 *ca_cert, EVP_PKEY *signer, EVP_PKEY *pub, const X509_NAME *subject,
 			  int days, enum esc_cert_profile profile, X509 **out) ESC_MUST_CHECK;
@@ -70,7 +72,8 @@ struct esc_ee_spec {
  * Issue an end-entity certificate for spec under ca_cert, signed by signer
  * (the CA key on its token): a random 159-bit serial, basicConstraints
  * CA:FALSE, keyUsage and extendedKeyUsage as given, subjectAltName,
- * subject and authority key identifiers; notBefore 5 minutes back.  The
+ * subject and authority key identifiers, the CRL distribution point and
+ * caIssuers of ctx's publication settings when set; notBefore 5 minutes back.  The
  * signature is verified with ca_cert's public key before return, so a
  * signer that is not ca_cert's key never yields a certificate.  Extensions
  * a request asked for are never copied: the caller decides every one.

@@ -52,6 +52,12 @@ const char *esc_config_get(const struct esc_config *cfg, const char *key);
 /* The value of an integer key; 0 for an unknown or non-integer key. */
 long esc_config_get_long(const struct esc_config *cfg, const char *key);
 
+/*
+ * Set ctx's publication settings (esc_ctx_set_publication) from cfg's
+ * crl_url, ca_issuer_url, crl_validity and crl_refresh.  Errors: CONFIG.
+ */
+enum esc_err esc_config_set_publication(struct esc_ctx *ctx, const struct esc_config *cfg) ESC_MUST_CHECK;
+
 /* Iterate known keys: returns the i-th key name or NULL past the end. */
 const char *esc_config_key_name(size_t i);
 

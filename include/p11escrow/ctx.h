@@ -40,6 +40,34 @@ enum esc_err esc_ctx_set_module_allow(struct esc_ctx *ctx, const char *allow) ES
 /* The list in force: what was set, else the build default.  Owned by ctx. */
 const char *esc_ctx_module_allow(const struct esc_ctx *ctx);
 
+#define ESC_URL_MAX 512
+
+/*
+ * How this CA publishes what relying parties check (the `crl_url`,
+ * `ca_issuer_url`, `crl_validity` and `crl_refresh` settings).  crl_url and
+ * ca_issuer_url (NULL or "": none): every certificate the CA signs from then
+ * on carries a CRL distribution point and an authority information access
+ * caIssuers entry with them.  crl_validity (seconds, 60..31622400) and
+ * crl_refresh (percent of it, 10..90): the service's CRLs, which a keeper
+ * makes when the current one is that far into its validity.
+ */
+struct esc_publication {
+	const char *crl_url;
+	const char *ca_issuer_url;
+	long crl_validity;
+	int crl_refresh;
+};
+
+/*
+ * Set ctx's publication settings (copied).  A new context has no URLs, a
+ * validity of 7 days and a refresh at 50 %.  Errors: CONFIG (a URL longer
+ * than ESC_URL_MAX or holding a blank or control character, a value out of
+ * range); ctx is then unchanged.
+ */
+enum esc_err esc_ctx_set_publication(struct esc_ctx *ctx, const struct esc_publication *p) ESC_MUST_CHECK;
+/* The settings in force; the URLs are "" when unset.  Owned by ctx. */
+const struct esc_publication *esc_ctx_publication(const struct esc_ctx *ctx);
+
 /*
  * The sentence describing the last failure recorded in ctx, e.g.
  * "login to token 'CA' failed: CKR_PIN_INCORRECT (the PIN is wrong)".

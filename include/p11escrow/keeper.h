@@ -105,10 +105,14 @@ enum esc_err esc_keeper_release(struct esc_ctx *ctx, struct esc_keeper *k, struc
 				long long id) ESC_MUST_CHECK;
 
 /*
- * Sign the CRL built from st's revocations (esc_crl_build), valid days;
- * on behalf of account by (esc_crl_build_by: its role is checked and a
- * refusal audited), or of the service when by is NULL.  *out is the
- * caller's.  Errors: those of esc_crl_build(_by).
+ * days 1..366: sign now a CRL built from st's revocations, valid days, and
+ * store it as the current CRL (esc_crl_build), on behalf of account by
+ * (esc_crl_build_by: its role is checked and a refusal audited), or of the
+ * CA PIN holder when by is NULL and k is local (a keeper process refuses
+ * that to a worker: DENIED).  days 0: the current CRL, a new one made only
+ * when it is due (esc_crl_refresh) — what a worker asks for an anonymous
+ * GET /crl.  *out is the caller's.  Errors: those of esc_crl_build(_by),
+ * esc_crl_refresh.
  */
 enum esc_err esc_keeper_sign_crl(struct esc_ctx *ctx, struct esc_keeper *k, struct esc_store *st,
 				 const struct esc_account *by, int days, X509_CRL **out) ESC_MUST_CHECK;

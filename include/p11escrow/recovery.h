@@ -17,6 +17,12 @@
  *      (esc_recovery_fetch), the KRA's workstation opens it on the card
  *      with no database (esc_recovery_open_package), and the service marks
  *      the request completed and deletes the package (esc_recovery_finish).
+ *   k of n (record version 2): before step 4, k - 1 other KRAs of the
+ *      record's set each open their own share on their card and re-seal it
+ *      to the request's KRA (esc_recovery_contribute; through the service
+ *      esc_recovery_share_fetch, esc_recovery_share_reseal at the
+ *      workstation, esc_recovery_share_store); completion combines k shares
+ *      on the completer's card.
  * Every rule is enforced here, not left to front-ends.
  */
 #ifndef P11ESCROW_RECOVERY_H
@@ -199,6 +205,34 @@ X509 *esc_recovery_package_cert(const struct esc_recovery_package *p);
 X509 *esc_recovery_package_kra_cert(const struct esc_recovery_package *p);
 const char *esc_recovery_package_kra_name(const struct esc_recovery_package *p);
 const char *esc_recovery_package_key_uri(const struct esc_recovery_package *p);
+
+/*
+ * k of n (record version 2): k (0 for a version 1 package), the record
+ * id the shares are bound to, and the shares the request's KRA can open —
+ * its own and those contributed, each sealed to its card: share i's x,
+ * commitment (32 bytes), the certificate it is sealed to (the KRA's now,
+ * or an earlier one of the same key: kra renew) and, returned, the sealed
+ * share (sealed_len bytes).  All owned by p; NULL past the last share.
+ */
+unsigned esc_recovery_package_threshold(const struct esc_recovery_package *p);
+const char *esc_recovery_package_record_id(const struct esc_recovery_package *p);
+size_t esc_recovery_package_nshares(const struct esc_recovery_package *p);
+const unsigned char *esc_recovery_package_share(const struct esc_recovery_package *p, size_t i, unsigned *x,
+						const unsigned char **commitment, size_t *sealed_len, X509 **cert);
+
+/*
+ * Add a share to a package from esc_recovery_package_new (at a KRA's
+ * workstation, as the service sends them): the record id and k (the same
+ * for every share of p), its x (1..255, once), commitment (32 bytes), the
+ * sealed share and the DER certificate it is sealed to (NULL: the
+ * package's KRA certificate).  Copies everything.
+ * Errors: BAD_INPUT (out of bounds, disagreeing, x twice, more than 16,
+ * a certificate that does not decode), NOMEM.
+ */
+enum esc_err esc_recovery_package_add_share(struct esc_ctx *ctx, struct esc_recovery_package *p, const char *record_id,
+					    unsigned threshold, unsigned x, const unsigned char commitment[32],
+					    const unsigned char *sealed, size_t sealed_len, const unsigned char *cert,
+					    size_t cert_len) ESC_MUST_CHECK;
 /* Accepts NULL. */
 void esc_recovery_package_free(struct esc_recovery_package *p);
 
@@ -309,6 +343,99 @@ void esc_recovery_output_free(struct esc_recovery_output *o);
  */
 enum esc_err esc_recovery_contribute(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor,
 				     long long id, struct esc_token *card, int *have, int *need) ESC_MUST_CHECK;
+
+/*
+ * k of n through the service: esc_recovery_contribute in three steps, with
+ * the same checks and the same card step (docs/recovery.md).
+ *   1. the service hands the contributing KRA account its share, still
+ *      sealed to its card (esc_recovery_share_fetch);
+ *   2. its workstation, with no database, opens it on the card, checks it
+ *      and re-seals it to the completing KRA (esc_recovery_share_reseal);
+ *   3. the service stores what comes back (esc_recovery_share_store).
+ * The service relays ciphertext only: it never holds a share in clear.
+ */
+struct esc_recovery_share;
+
+/*
+ * A share as the service sends it and the workstation rebuilds it
+ * (esc_recovery_share_new, esc_recovery_share_parts): request id, the
+ * record it is bound to, its x and k, commitment (32 bytes, SHA-256 of the
+ * plaintext), the share sealed to the contributor's card, the certificate
+ * it is sealed to (DER: the KRA's now, or an earlier one of its key), the
+ * KRA's name and key URI on its card, and the completing KRA: name,
+ * certificate (DER) and recipient form (kras.recipient: rsa-oaep-sha1,
+ * rsa-oaep-sha256, rsa-pkcs1v15, ecdh).
+ */
+struct esc_recovery_share_parts {
+	long long id;
+	const char *record_id;
+	unsigned x, threshold;
+	const unsigned char *commitment;
+	const unsigned char *sealed;
+	size_t sealed_len;
+	const unsigned char *kra_cert;
+	size_t kra_cert_len;
+	const char *kra_name, *key_uri;
+	const unsigned char *completer_cert;
+	size_t completer_cert_len;
+	const char *completer_name, *completer_recipient;
+};
+
+/*
+ * The share of released request id that actor's KRA holds, with every
+ * check of esc_recovery_contribute: a KRA account, its KRA active with an
+ * unexpired certificate and holding a share of the request's record, not
+ * the request's KRA (who completes), not yet contributed; the request
+ * released, not past release_ttl_hours.  Changes nothing but the audit
+ * trail (recovery.share.fetch, refusals included).  *out: the caller's
+ * (esc_recovery_share_free).
+ * Errors: DENIED, STATE, TAMPERED (sealed to none of the KRA's
+ * certificates), BAD_INPUT (stored data unreadable), NOMEM, DB.
+ */
+enum esc_err esc_recovery_share_fetch(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor,
+				      long long id, struct esc_recovery_share **out) ESC_MUST_CHECK;
+
+/*
+ * A share from its parts (copied), at a KRA's workstation.
+ * Errors: BAD_INPUT (out of bounds, a certificate that does not decode, a
+ * key URI with a PIN or a module), NOMEM.
+ */
+enum esc_err esc_recovery_share_new(struct esc_ctx *ctx, const struct esc_recovery_share_parts *in,
+				    struct esc_recovery_share **out) ESC_MUST_CHECK;
+
+/* s's parts, owned by s. */
+void esc_recovery_share_parts(const struct esc_recovery_share *s, struct esc_recovery_share_parts *out);
+
+/* Accepts NULL. */
+void esc_recovery_share_free(struct esc_recovery_share *s);
+
+/*
+ * With no database: open share s on the KRA's card (logged in; the key
+ * found by s's key URI), check it against its commitment and its binding
+ * (the record, x and k), and seal it to the completing KRA's certificate.
+ * The plaintext lives in secure memory only and is wiped.  *out: DER,
+ * malloc'd (free()).
+ * Errors: KEY_NOT_FOUND (another card), NOT_RECIPIENT, TAMPERED
+ * (commitment, binding or GCM fails: nothing re-sealed), PKCS11, CRYPTO.
+ */
+enum esc_err esc_recovery_share_reseal(struct esc_ctx *ctx, const struct esc_recovery_share *s, struct esc_token *card,
+				       unsigned char **out, size_t *outlen) ESC_MUST_CHECK;
+
+/*
+ * Store actor's KRA's share of request id re-sealed (resealed, from
+ * esc_recovery_share_reseal at its workstation): every check of
+ * esc_recovery_share_fetch again, under the share's row lock (a KRA counts
+ * once), and resealed must be an envelope addressed to the completing
+ * KRA's certificate (the service cannot read it; the completer's card
+ * checks commitment and binding before combining).  Audited
+ * (recovery.contribute, with how many shares are in).  *have, *need as
+ * esc_recovery_contribute.
+ * Errors: those of esc_recovery_share_fetch; BAD_INPUT (not such an
+ * envelope, empty, over 64 KiB).
+ */
+enum esc_err esc_recovery_share_store(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor,
+				      long long id, const unsigned char *resealed, size_t resealedlen, int *have,
+				      int *need) ESC_MUST_CHECK;
 
 /*
  * esc_recovery_complete, delivering to out instead of a PKCS#12: the same

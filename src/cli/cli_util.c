@@ -102,7 +102,8 @@ cli_init(const char *cmd, const char *config_path, struct esc_ctx **ctx, struct 
 	if (config_path != NULL && (r = esc_config_load_file(*ctx, *cfg, config_path)) != ESC_OK)
 		return cli_fail(cmd, *ctx, r);
 	if ((r = esc_config_apply_env(*ctx, *cfg)) != ESC_OK ||
-	    (r = esc_ctx_set_module_allow(*ctx, esc_config_get(*cfg, "module_allow"))) != ESC_OK)
+	    (r = esc_ctx_set_module_allow(*ctx, esc_config_get(*cfg, "module_allow"))) != ESC_OK ||
+	    (r = esc_config_set_publication(*ctx, *cfg)) != ESC_OK)
 		return cli_fail(cmd, *ctx, r);
 	return 0;
 }

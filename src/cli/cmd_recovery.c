@@ -45,7 +45,7 @@ help(void)
 	       "  approve ID                      approve another manager's request (certificate manager)\n"
 	       "  release ID                      strip the storage layer on the CA token and release the\n"
 	       "                                  package to the request's KRA (needs the CA token PIN)\n"
-	       "  contribute ID --token URI      k of n (record version 2): open this KRA's share on its card\n"
+	       "  contribute ID --token URI       k of n (record version 2): open this KRA's share on its card\n"
 	       "                                  and re-seal it to the request's KRA, who completes (KRA\n"
 	       "                                  account; each of k - 1 other KRAs of the record's set)\n"
 	       "  complete ID --token URI (--out FILE | --to-token URI | --to-cert FILE --out FILE)\n"
@@ -68,7 +68,11 @@ help(void)
 	       "holds the CA token and releases an approved request itself (release --server is a\n"
 	       "certificate manager's retry); complete --server fetches the package, opens it on the\n"
 	       "card here, delivers the key, reports the completion to the service (a key written to a\n"
-	       "token is taken off it again if the service does not record it), then writes the file.\n\n"
+	       "token is taken off it again if the service does not record it), then writes the file.\n"
+	       "k of n: contribute --server fetches this KRA's share (still sealed to its card), opens\n"
+	       "and checks it on the card here, re-seals it to the request's KRA and sends back only\n"
+	       "that ciphertext; complete --server gets the shares that are in with the package and\n"
+	       "combines them on the card here (fewer than k: refused before any PIN is asked for).\n\n"
 	       "Options:\n"
 	       "      --server URL             the service, e.g. https://escrow.example.org:8443\n"
 	       "      --local                  break-glass: straight on the database (or $" CLI_LOCAL_ENV "=1;\n"
@@ -84,7 +88,7 @@ help(void)
 	       "      --password-file FILE     its password (else $P11ESCROW_PASSWORD, else a prompt)\n"
 	       "  -m, --module MODULE          PKCS#11 module of the CA token / the card\n"
 	       "  -p, --pin-file FILE          CA token PIN (release; else $P11ESCROW_CA_PIN, else a prompt)\n"
-	       "      --token URI              the KRA card (complete)\n"
+	       "      --token URI              the KRA card (complete, contribute)\n"
 	       "      --kra-pin-file FILE      the card's PIN (else $P11ESCROW_KRA_PIN, else a prompt)\n"
 	       "  -o, --out FILE               where complete writes the PKCS#12 or the CMS (created, mode\n"
 	       "                               0600)\n"
@@ -198,11 +202,78 @@ check_complete_options(const struct opts *o, const char *action)
 	return 0;
 }
 
+/*
+ * Base64 field key of o, decoded: at most max bytes, exactly exact bytes
+ * if exact is not 0 (free()).  Returns 0 or the exit code (printed).
+ */
+static int
+b64_field(struct esc_ctx *ctx, const json_t *o, const char *key, size_t max, size_t exact, unsigned char **out,
+	  size_t *len)
+{
+	const char *b64 = json_string_value(json_object_get(o, key));
+
+	if (esc_b64_decode_max(ctx, b64, b64 != NULL ? strlen(b64) : 0, max, out, len) != ESC_OK ||
+	    (exact != 0 && *len != exact)) {
+		fprintf(stderr, "%s %s: error: the service's answer has no valid '%s'\n", PROG, CMD, key);
+		free(*out);
+		*out = NULL;
+		return esc_err_exit_code(ESC_ERR_BAD_INPUT);
+	}
+	return 0;
+}
+
+/*
+ * k of n (record version 2): the shares of the package's JSON — this
+ * KRA's own and those contributed, each still sealed to its card — added
+ * to pkg.  A version 1 package has none.  Returns 0 or the exit code.
+ */
+static int
+add_remote_shares(struct esc_ctx *ctx, struct esc_recovery_package *pkg, const json_t *doc)
+{
+	const json_t *list = json_object_get(doc, "shares"), *e;
+	unsigned char *commitment = NULL, *sealed = NULL, *cert = NULL;
+	size_t i, clen = 0, slen = 0, certlen = 0;
+	char record[64];
+	enum esc_err r;
+	int rc = 0;
+
+	if (list == NULL)
+		return 0;
+	cli_json_copy(record, sizeof(record), doc, "record");
+	if (!json_is_array(list)) {
+		fprintf(stderr, "%s %s: error: the service's answer has no valid 'shares'\n", PROG, CMD);
+		return esc_err_exit_code(ESC_ERR_BAD_INPUT);
+	}
+	json_array_foreach(list, i, e)
+	{
+		if ((rc = b64_field(ctx, e, "commitment", 32, 32, &commitment, &clen)) != 0 ||
+		    (rc = b64_field(ctx, e, "sealed", 64 * 1024, 0, &sealed, &slen)) != 0 ||
+		    (rc = b64_field(ctx, e, "certificate", 64 * 1024, 0, &cert, &certlen)) != 0)
+			break;
+		r = esc_recovery_package_add_share(ctx, pkg, record, (unsigned)cli_json_int(doc, "threshold"),
+						   (unsigned)cli_json_int(e, "x"), commitment, sealed, slen, cert,
+						   certlen);
+		free(commitment);
+		free(sealed);
+		free(cert);
+		commitment = sealed = cert = NULL;
+		if (r != ESC_OK) {
+			rc = cli_fail(CMD, ctx, r);
+			break;
+		}
+	}
+	free(commitment);
+	free(sealed);
+	free(cert);
+	return rc;
+}
+
 /* GET the package of request id (the service checks it is addressed to this KRA account and released). */
 static int
 remote_fetch(struct cli_http *h, struct esc_ctx *ctx, long long id, struct esc_recovery_package **out)
 {
 	static const char *const parts[] = {"package", "certificate", "kra_certificate"};
+	struct esc_recovery_package *pkg = NULL;
 	unsigned char *der[3] = {NULL, NULL, NULL};
 	size_t len[3] = {0, 0, 0}, i;
 	char path[64], kra[65], uri[512];
@@ -226,10 +297,17 @@ remote_fetch(struct cli_http *h, struct esc_ctx *ctx, long long id, struct esc_r
 	}
 	cli_json_copy(kra, sizeof(kra), doc, "kra");
 	cli_json_copy(uri, sizeof(uri), doc, "kra_key_uri");
-	if ((r = esc_recovery_package_new(ctx, id, der[0], len[0], der[1], len[1], der[2], len[2], kra, uri, out)) !=
-	    ESC_OK)
+	if ((r = esc_recovery_package_new(ctx, id, der[0], len[0], der[1], len[1], der[2], len[2], kra, uri, &pkg)) !=
+	    ESC_OK) {
 		rc = cli_fail(CMD, ctx, r);
+		goto out;
+	}
+	if ((rc = add_remote_shares(ctx, pkg, doc)) != 0)
+		goto out;
+	*out = pkg;
+	pkg = NULL; /* transferred */
 out:
+	esc_recovery_package_free(pkg);
 	for (i = 0; i < 3; i++)
 		free(der[i]);
 	json_decref(doc);
@@ -456,24 +534,147 @@ cleanup:
 	return rc;
 }
 
-/* k of n: this KRA's share, opened on its card, re-sealed to the request's KRA (docs/recovery.md). */
+/* GET this KRA account's share of request id, still sealed to its card (the service checks who may). */
+static int
+remote_share(struct cli_http *h, struct esc_ctx *ctx, long long id, struct esc_recovery_share **out)
+{
+	struct esc_recovery_share_parts sp;
+	unsigned char *commitment = NULL, *sealed = NULL, *kra_cert = NULL, *completer_cert = NULL;
+	size_t clen = 0, slen = 0, klen = 0, cclen = 0;
+	char path[64], record[64], kra[65], uri[512], completer[65], recipient[32];
+	json_t *doc = NULL;
+	enum esc_err r;
+	int rc;
+
+	snprintf(path, sizeof(path), "/recoveries/%lld/share", id);
+	if ((rc = cli_http_call(h, CLI_HTTP_GET, path, NULL, &doc)) != 0)
+		return rc;
+	memset(&sp, 0, sizeof(sp));
+	if ((rc = b64_field(ctx, doc, "commitment", 32, 32, &commitment, &clen)) != 0 ||
+	    (rc = b64_field(ctx, doc, "sealed", 64 * 1024, 0, &sealed, &slen)) != 0 ||
+	    (rc = b64_field(ctx, doc, "kra_certificate", 64 * 1024, 0, &kra_cert, &klen)) != 0 ||
+	    (rc = b64_field(ctx, doc, "completer_certificate", 64 * 1024, 0, &completer_cert, &cclen)) != 0)
+		goto out;
+	cli_json_copy(record, sizeof(record), doc, "record");
+	cli_json_copy(kra, sizeof(kra), doc, "kra");
+	cli_json_copy(uri, sizeof(uri), doc, "kra_key_uri");
+	cli_json_copy(completer, sizeof(completer), doc, "completer");
+	cli_json_copy(recipient, sizeof(recipient), doc, "completer_recipient");
+	sp.id = id;
+	sp.record_id = record;
+	sp.x = (unsigned)cli_json_int(doc, "x");
+	sp.threshold = (unsigned)cli_json_int(doc, "threshold");
+	sp.commitment = commitment;
+	sp.sealed = sealed;
+	sp.sealed_len = slen;
+	sp.kra_cert = kra_cert;
+	sp.kra_cert_len = klen;
+	sp.kra_name = kra;
+	sp.key_uri = uri;
+	sp.completer_cert = completer_cert;
+	sp.completer_cert_len = cclen;
+	sp.completer_name = completer;
+	sp.completer_recipient = recipient;
+	if ((r = esc_recovery_share_new(ctx, &sp, out)) != ESC_OK)
+		rc = cli_fail(CMD, ctx, r);
+out:
+	free(commitment);
+	free(sealed);
+	free(kra_cert);
+	free(completer_cert);
+	json_decref(doc);
+	return rc;
+}
+
+/* POST the share re-sealed here to the service, which stores it under every check again. */
+static int
+remote_contribute(struct cli_http *h, struct esc_ctx *ctx, long long id, const unsigned char *resealed, size_t len,
+		  int *have, int *need)
+{
+	char path[64], *b64 = NULL;
+	json_t *body = NULL, *doc = NULL;
+	size_t i, j, b64len = 0;
+	int rc;
+
+	if (esc_b64_encode(ctx, resealed, len, &b64, &b64len) != ESC_OK)
+		return cli_fail(CMD, ctx, ESC_ERR_NOMEM);
+	/* One line: esc_b64_encode breaks it with CRLF. */
+	for (i = j = 0; b64[i] != '\0'; i++)
+		if (b64[i] != '\r' && b64[i] != '\n')
+			b64[j++] = b64[i];
+	b64[j] = '\0';
+	if ((body = json_object()) == NULL || json_object_set_new(body, "contributed", json_string(b64)) != 0) {
+		fprintf(stderr, "%s %s: error: out of memory\n", PROG, CMD);
+		rc = esc_err_exit_code(ESC_ERR_NOMEM);
+		goto out;
+	}
+	snprintf(path, sizeof(path), "/recoveries/%lld/contribute", id);
+	if ((rc = cli_http_call(h, CLI_HTTP_POST, path, body, &doc)) != 0)
+		goto out;
+	*have = (int)cli_json_int(doc, "have");
+	*need = (int)cli_json_int(doc, "need");
+out:
+	free(b64);
+	json_decref(body);
+	json_decref(doc);
+	return rc;
+}
+
+/*
+ * k of n: this KRA's share, opened on its card, re-sealed to the request's
+ * KRA (docs/recovery.md): locally (h NULL: one transaction on the
+ * database) or through the service (h: fetch the share before the PIN is
+ * asked for, open and re-seal it on the card here, send back only the
+ * ciphertext to the completing KRA).
+ */
 static int
 do_contribute(struct esc_ctx *ctx, struct esc_config *cfg, struct esc_store *st, const struct esc_account *a,
-	      const struct opts *o)
+	      struct cli_http *h, const struct opts *o)
 {
+	struct esc_recovery_share *share = NULL;
+	struct esc_recovery_share_parts sp;
 	struct esc_token *card = NULL;
 	struct esc_secret *pin = NULL;
+	unsigned char *resealed = NULL;
+	size_t resealedlen = 0;
 	int have = 0, need = 0, rc = 0;
 	enum esc_err r;
 
+	if (h != NULL) {
+		if ((rc = remote_share(h, ctx, o->id, &share)) != 0)
+			return rc;
+		/* Before the PIN: whom the share will go to, to check against the request. */
+		esc_recovery_share_parts(share, &sp);
+		printf("request %lld: share x = %u of KRA '%s' fetched, still sealed to its card; it goes to KRA '%s', "
+		       "the request's completer\n",
+		       o->id, sp.x, sp.kra_name, sp.completer_name);
+		fflush(stdout);
+	}
 	if ((r = esc_token_open(ctx, esc_config_get(cfg, "module"), o->token, &card)) != ESC_OK ||
 	    (r = esc_secret_obtain(ctx, o->kra_pin_file, "P11ESCROW_KRA_PIN", "KRA card PIN: ", &pin)) != ESC_OK ||
-	    (r = esc_token_login(ctx, card, pin)) != ESC_OK ||
-	    (r = esc_recovery_contribute(ctx, st, a, o->id, card, &have, &need)) != ESC_OK)
+	    (r = esc_token_login(ctx, card, pin)) != ESC_OK) {
 		rc = cli_fail(CMD, ctx, r);
+		goto out;
+	}
+	if (h == NULL)
+		r = esc_recovery_contribute(ctx, st, a, o->id, card, &have, &need);
 	else
-		printf("request %lld: share contributed, re-sealed to the request's KRA; %d of %d share(s) in%s\n",
-		       o->id, have, need, have >= need ? ": it can complete" : "");
+		r = esc_recovery_share_reseal(ctx, share, card, &resealed, &resealedlen);
+	if (r != ESC_OK) {
+		rc = cli_fail(CMD, ctx, r);
+		goto out;
+	}
+	if (h != NULL && (rc = remote_contribute(h, ctx, o->id, resealed, resealedlen, &have, &need)) != 0)
+		goto out;
+	if (h != NULL)
+		printf("request %lld: share opened on card '%s', checked and re-sealed here; the service relayed "
+		       "ciphertext only\n",
+		       o->id, esc_token_label(card));
+	printf("request %lld: share contributed, re-sealed to the request's KRA; %d of %d share(s) in%s\n", o->id, have,
+	       need, have >= need ? ": it can complete" : "");
+out:
+	free(resealed);
+	esc_recovery_share_free(share);
 	esc_secret_free(pin);
 	esc_token_free(card);
 	return rc;
@@ -657,6 +858,8 @@ remote_main(struct esc_ctx *ctx, struct esc_config *cfg, const struct opts *o, c
 		rc = remote_list(h, o);
 	else if (strcmp(action, "complete") == 0)
 		rc = do_complete(ctx, cfg, NULL, NULL, h, o);
+	else if (strcmp(action, "contribute") == 0)
+		rc = do_contribute(ctx, cfg, NULL, NULL, h, o);
 	else if (strcmp(action, "request") == 0) {
 		if ((body = json_object()) == NULL ||
 		    json_object_set_new(body, "record", json_string(o->serial ? o->serial : o->record)) != 0 ||
@@ -894,8 +1097,6 @@ recovery_main(int argc, char *argv[])
 		return rc;
 	if (strcmp(action, "contribute") == 0 && o.token == NULL)
 		return cli_usage_error(CMD, "contribute needs --token URI (the KRA card)");
-	if (strcmp(action, "contribute") == 0 && o.server != NULL)
-		return cli_usage_error(CMD, "contribute runs on the service host (without --server), for now");
 	if (strcmp(action, "expire") == 0 && o.server != NULL)
 		return cli_usage_error(CMD,
 				       "the service expires released packages itself: expire runs without --server");
@@ -940,7 +1141,7 @@ recovery_main(int argc, char *argv[])
 	} else if (strcmp(action, "complete") == 0)
 		rc = do_complete(ctx, cfg, st, a, NULL, &o);
 	else if (strcmp(action, "contribute") == 0)
-		rc = do_contribute(ctx, cfg, st, a, &o);
+		rc = do_contribute(ctx, cfg, st, a, NULL, &o);
 	else if (ends) {
 		int deny = strcmp(action, "deny") == 0;
 

@@ -25,6 +25,7 @@
 
 #include <p11escrow/audit.h>
 #include <p11escrow/auth.h>
+#include <p11escrow/est.h>
 #include <p11escrow/kra.h>
 #include <p11escrow/recovery.h>
 #include <p11escrow/session.h>
@@ -675,8 +676,102 @@ api_recovery_package(struct api_call *c)
 	      put(o, "certificate", cert_b64(esc_recovery_package_cert(p))) ||
 	      put(o, "kra_certificate", cert_b64(esc_recovery_package_kra_cert(p))) ||
 	      put(o, "kra_key_uri", jstr(esc_recovery_package_key_uri(p)));
+	/* k of n (version 2): the shares the KRA's card opens, each still sealed to it; a version 1 answer is as it was. */
+	if (!bad && esc_recovery_package_threshold(p) > 1) {
+		json_t *list = json_array(), *e;
+		const unsigned char *sealed, *commitment;
+		size_t i, slen;
+		unsigned x;
+		X509 *cert;
+
+		bad = list == NULL || put(o, "version", json_integer(2)) ||
+		      put(o, "record", jstr(esc_recovery_package_record_id(p))) ||
+		      put(o, "threshold", json_integer(esc_recovery_package_threshold(p)));
+		for (i = 0; !bad && (sealed = esc_recovery_package_share(p, i, &x, &commitment, &slen, &cert)) != NULL;
+		     i++)
+			bad = (e = json_object()) == NULL || json_array_append_new(list, e) != 0 ||
+			      put(e, "x", json_integer(x)) || put(e, "commitment", jb64(commitment, 32)) ||
+			      put(e, "sealed", jb64(sealed, slen)) || put(e, "certificate", cert_b64(cert));
+		if (bad)
+			json_decref(list);
+		else
+			bad = put(o, "shares", list); /* consumes list */
+	}
 	esc_recovery_package_free(p);
 	reply_json(c->r, 200, o, bad);
+}
+
+/*
+ * k of n: the calling KRA's share of request c->id, still sealed to its
+ * card, with what its workstation needs to re-seal it to the completing
+ * KRA (esc_recovery_share_fetch checks who may; audited).
+ */
+static void
+api_recovery_share(struct api_call *c)
+{
+	static const char *const none[] = {NULL};
+	struct esc_recovery_share *s = NULL;
+	struct esc_recovery_share_parts sp;
+	json_t *o;
+	enum esc_err r;
+	int bad;
+
+	if (!params_ok(c, none))
+		return;
+	if ((r = esc_recovery_share_fetch(c->w->ctx, c->w->st, c->a, c->id, &s)) != ESC_OK) {
+		reply_esc(c, r);
+		return;
+	}
+	esc_recovery_share_parts(s, &sp);
+	bad = (o = json_object()) == NULL || put(o, "id", json_integer(c->id)) ||
+	      put(o, "record", jstr(sp.record_id)) || put(o, "x", json_integer(sp.x)) ||
+	      put(o, "threshold", json_integer(sp.threshold)) || put(o, "commitment", jb64(sp.commitment, 32)) ||
+	      put(o, "sealed", jb64(sp.sealed, sp.sealed_len)) || put(o, "kra", jstr(sp.kra_name)) ||
+	      put(o, "kra_certificate", jb64(sp.kra_cert, sp.kra_cert_len)) ||
+	      put(o, "kra_key_uri", jstr(sp.key_uri)) || put(o, "completer", jstr(sp.completer_name)) ||
+	      put(o, "completer_certificate", jb64(sp.completer_cert, sp.completer_cert_len)) ||
+	      put(o, "completer_recipient", jstr(sp.completer_recipient));
+	esc_recovery_share_free(s);
+	reply_json(c->r, 200, o, bad);
+}
+
+/*
+ * k of n: body {"contributed": base64}, the calling KRA's share re-sealed
+ * at its workstation to the completing KRA; stored under every check
+ * again (esc_recovery_share_store).  Answers {id, have, need}.
+ */
+static void
+api_recovery_contribute(struct api_call *c)
+{
+	static const char *const none[] = {NULL};
+	const char *b64;
+	struct api_field f[] = {
+		{"contributed", 1, 0, &b64},
+	};
+	unsigned char *der = NULL;
+	size_t len = 0;
+	json_t *doc, *o;
+	enum esc_err r;
+	int have = 0, need = 0;
+
+	if (!params_ok(c, none) || (doc = parse_body(c, f, sizeof(f) / sizeof(f[0]))) == NULL)
+		return;
+	if (esc_b64_decode_max(c->w->ctx, b64, strlen(b64), API_FIELD_MAX, &der, &len) != ESC_OK) {
+		json_decref(doc);
+		reply_error(c->r, 400, "'contributed' is not base64 of a re-sealed share", ESC_ERR_USAGE);
+		return;
+	}
+	json_decref(doc);
+	r = esc_recovery_share_store(c->w->ctx, c->w->st, c->a, c->id, der, len, &have, &need);
+	free(der);
+	if (r != ESC_OK) {
+		reply_esc(c, r);
+		return;
+	}
+	o = json_object();
+	reply_json(c->r, 200, o,
+		   o == NULL || put(o, "id", json_integer(c->id)) || put(o, "have", json_integer(have)) ||
+			   put(o, "need", json_integer(need)));
 }
 
 /*
@@ -953,6 +1048,8 @@ static const struct route {
 	{"/recoveries/{id}/approve", EVHTTP_REQ_POST, api_recovery_approve},
 	{"/recoveries/{id}/release", EVHTTP_REQ_POST, api_recovery_release},
 	{"/recoveries/{id}/package", EVHTTP_REQ_GET, api_recovery_package},
+	{"/recoveries/{id}/share", EVHTTP_REQ_GET, api_recovery_share},
+	{"/recoveries/{id}/contribute", EVHTTP_REQ_POST, api_recovery_contribute},
 	{"/recoveries/{id}/complete", EVHTTP_REQ_POST, api_recovery_complete},
 	{"/recoveries/{id}/deny", EVHTTP_REQ_POST, api_recovery_deny},
 	{"/recoveries/{id}/cancel", EVHTTP_REQ_POST, api_recovery_cancel},

@@ -724,7 +724,7 @@ api_crl(struct api_call *c)
 		return;
 	}
 	json_decref(doc);
-	/* Signed on this worker's CA token session, as GET /crl is. */
+	/* Signed by the keeper and published as the current CRL, which GET /crl then serves. */
 	if (w->keeper == NULL)
 		r = ESC_ERR_TOKEN_NOT_FOUND; /* svc_worker_ready checked it; a lost token is a 503 */
 	else
@@ -739,7 +739,8 @@ api_crl(struct api_call *c)
 		return;
 	}
 	bad = (o = json_object()) == NULL || api_put(o, "crl", api_jb64(der, (size_t)len)) ||
-	      api_put(o, "revoked", json_integer(sk_X509_REVOKED_num(X509_CRL_get_REVOKED(crl))));
+	      api_put(o, "revoked", json_integer(sk_X509_REVOKED_num(X509_CRL_get_REVOKED(crl)))) ||
+	      api_put(o, "number", json_integer(svc_crl_number(crl)));
 	OPENSSL_free(der);
 	X509_CRL_free(crl);
 	api_reply_json(c, 200, o, bad);

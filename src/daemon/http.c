@@ -21,9 +21,11 @@
 #include <event2/keyvalq_struct.h>
 #include <jansson.h>
 #include <openssl/crypto.h>
+#include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/rand.h>
 #include <openssl/ssl.h>
+#include <openssl/x509v3.h>
 
 #include <p11escrow/audit.h>
 #include <p11escrow/pin.h>
@@ -676,23 +678,39 @@ out:
 	return rc;
 }
 
-/*
- * GET /crl: the CA's CRL (DER, application/pkix-crl), signed on the CA
- * token.  Each worker signs a fresh one at most every CRL_REFRESH seconds,
- * so unauthenticated clients cannot make the token sign at will; a
- * revocation shows within that time.
- */
-#define CRL_REFRESH 300
-#define CRL_DAYS 7
+long long
+svc_crl_number(X509_CRL *crl)
+{
+	ASN1_INTEGER *n = X509_CRL_get_ext_d2i(crl, NID_crl_number, NULL, NULL);
+	int64_t v = 0;
 
+	if (n == NULL || !ASN1_INTEGER_get_int64(&v, n))
+		v = 0;
+	ASN1_INTEGER_free(n);
+	ERR_clear_error();
+	return (long long)v;
+}
+
+/*
+ * GET /crl: the service's current CRL (DER, application/pkix-crl): one for
+ * every worker of every p11escrowd on this database (revoke.h), so the
+ * number a client sees never goes down.  Each request asks the database
+ * for the current number (one indexed query) and serves this worker's copy
+ * while it is that one.  When a new CRL is due (a revocation since, or
+ * crl_refresh of its validity passed) the keeper makes it, or hands over
+ * the one another keeper just made: an anonymous client cannot make the
+ * token sign at will.  If the keeper cannot, the stored CRL is served
+ * (still valid until its nextUpdate) and the failure logged.
+ */
 static void
 serve_crl(struct svc_request *r)
 {
 	struct svc_worker *w = r->w;
-	long long now;
 	X509_CRL *crl = NULL;
 	unsigned char *der = NULL, *p;
-	int len;
+	size_t len = 0;
+	long long number = 0;
+	int due = 1, n;
 	enum esc_err e;
 
 	if (r->method != EVHTTP_REQ_GET) {
@@ -700,28 +718,71 @@ serve_crl(struct svc_request *r)
 		svc_reply_error(r, 405, "method not allowed");
 		return;
 	}
-	now = svc_mono_seconds();
-	if (w->crl == NULL || now - w->crl_at >= CRL_REFRESH) {
-		if (svc_worker_ready(w, r) != 0)
-			return;
-		if ((e = esc_keeper_sign_crl(w->ctx, w->keeper, w->st, NULL, CRL_DAYS, &crl)) != ESC_OK) {
-			svc_reply_esc(r, e);
-			return;
-		}
-		if ((len = i2d_X509_CRL(crl, NULL)) <= 0 || (der = malloc((size_t)len)) == NULL) {
+	if (svc_worker_ready(w, r) != 0)
+		return;
+	e = esc_crl_current(w->ctx, w->st, w->crl != NULL ? w->crl_number : 0, &der, &len, &number, &due);
+	if (e != ESC_OK && e != ESC_ERR_NOT_FOUND) {
+		svc_worker_forget(w, e);
+		svc_reply_esc(r, e);
+		return;
+	}
+	if (e == ESC_ERR_NOT_FOUND || due) {
+		if ((e = esc_keeper_sign_crl(w->ctx, w->keeper, w->st, NULL, 0, &crl)) != ESC_OK) {
+			svc_worker_forget(w, e);
+			if (number == 0) { /* nothing stored to fall back on */
+				svc_reply_esc(r, e);
+				return;
+			}
+			svc_log(w, ESC_LOG_WARN, "req=%s serving CRL %lld although a new one is due: %s", r->id, number,
+				esc_ctx_errmsg(w->ctx));
+		} else {
+			free(der);
+			der = NULL;
+			if ((n = i2d_X509_CRL(crl, NULL)) <= 0 || (der = malloc((size_t)n)) == NULL) {
+				X509_CRL_free(crl);
+				svc_reply_error(r, 500, "cannot encode the CRL");
+				return;
+			}
+			p = der;
+			i2d_X509_CRL(crl, &p);
+			len = (size_t)n;
+			number = svc_crl_number(crl);
 			X509_CRL_free(crl);
-			svc_reply_error(r, 500, "cannot encode the CRL");
-			return;
 		}
-		p = der;
-		i2d_X509_CRL(crl, &p);
-		X509_CRL_free(crl);
+	}
+	if (der != NULL) {
 		free(w->crl);
 		w->crl = der;
-		w->crl_len = (size_t)len;
-		w->crl_at = now;
+		w->crl_len = len;
+		w->crl_number = number;
 	}
 	svc_reply(r, 200, "application/pkix-crl", w->crl, w->crl_len);
+}
+
+/*
+ * GET /ca.crt: the CA certificate alone, DER (application/pkix-cert), what
+ * an authority information access caIssuers URL (ca_issuer_url) may point
+ * to (RFC 5280 §4.2.2.1); EST's /cacerts is base64 PKCS#7 instead.
+ */
+static void
+serve_ca_cert(struct svc_request *r)
+{
+	unsigned char *der = NULL;
+	int n;
+
+	if (r->method != EVHTTP_REQ_GET) {
+		svc_add_header(r, "Allow", "GET");
+		svc_reply_error(r, 405, "method not allowed");
+		return;
+	}
+	if (svc_worker_ready(r->w, r) != 0)
+		return;
+	if ((n = i2d_X509(esc_keeper_ca_cert(r->w->keeper), &der)) <= 0) {
+		svc_reply_error(r, 500, "cannot encode the CA certificate");
+		return;
+	}
+	svc_reply(r, 200, "application/pkix-cert", der, (size_t)n);
+	OPENSSL_free(der);
 }
 
 void
@@ -756,6 +817,8 @@ svc_http_dispatch(struct svc_request *r)
 		svc_api_handle(r, p + sizeof(API_PREFIX) - 1);
 	} else if (strcmp(p, "/crl") == 0) {
 		serve_crl(r);
+	} else if (strcmp(p, "/ca.crt") == 0) {
+		serve_ca_cert(r);
 	} else if (strcmp(p, "/healthz") == 0) {
 		if (r->method != EVHTTP_REQ_GET) {
 			svc_add_header(r, "Allow", "GET");

@@ -963,7 +963,8 @@ keeper_ctx(struct svc *s, struct esc_ctx **out)
 	if ((r = esc_ctx_new(&ctx)) != ESC_OK)
 		return r;
 	esc_ctx_set_log(ctx, keeper_log, s);
-	if ((r = esc_ctx_set_module_allow(ctx, esc_config_get(s->cfg, "module_allow"))) != ESC_OK) {
+	if ((r = esc_ctx_set_module_allow(ctx, esc_config_get(s->cfg, "module_allow"))) != ESC_OK ||
+	    (r = esc_config_set_publication(ctx, s->cfg)) != ESC_OK) {
 		esc_ctx_free(ctx);
 		return r;
 	}
@@ -1726,7 +1727,8 @@ main(int argc, char *argv[])
 		     ? (r = esc_config_load_file(ctx, s.cfg, config)) != ESC_OK
 		     : 0) ||
 	    (r = esc_config_apply_env(ctx, s.cfg)) != ESC_OK ||
-	    (r = esc_ctx_set_module_allow(ctx, esc_config_get(s.cfg, "module_allow"))) != ESC_OK) {
+	    (r = esc_ctx_set_module_allow(ctx, esc_config_get(s.cfg, "module_allow"))) != ESC_OK ||
+	    (r = esc_config_set_publication(ctx, s.cfg)) != ESC_OK) {
 		rc = fail(&s, ctx, r);
 		goto out;
 	}

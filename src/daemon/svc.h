@@ -43,9 +43,9 @@ struct svc_worker {
 	struct esc_ctx *ctx;
 	struct esc_store *st;	   /* NULL while the database is unreachable */
 	struct esc_keeper *keeper; /* remote; NULL while the keeper process is unavailable */
-	unsigned char *crl;	   /* the last CRL this worker signed (DER), served for CRL_REFRESH seconds */
+	unsigned char *crl;	   /* the current CRL (DER) as this worker last read it from the database */
 	size_t crl_len;
-	long long crl_at;	       /* monotonic seconds */
+	long long crl_number;	       /* its number: re-read when the database's current one differs */
 	int require_cert;	       /* tls_client_auth = require: no request without a client certificate */
 	long long client_cert_recheck; /* seconds a checked client certificate stays accepted on its connection */
 	struct svc_guard *guard;       /* failed logins, shared by every worker process (guard.c) */
@@ -139,6 +139,8 @@ void svc_login_result(struct svc_request *r, const char *name, int ok);
  * has read it: the client sees this answer, not a reset).
  */
 int svc_request_init(struct svc_request *r, struct svc_worker *w, struct evhttp_request *req);
+/* The cRLNumber of crl, or 0 if it has none. */
+long long svc_crl_number(X509_CRL *crl);
 /* Route r to its endpoint; replies exactly once. */
 void svc_http_dispatch(struct svc_request *r);
 /* Free what svc_request_init allocated (the body is wiped). */

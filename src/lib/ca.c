@@ -186,6 +186,83 @@ out:
 }
 
 /* new_cert, never valid beyond ca_cert itself (RFC 5280 path validation would fail). */
+/* A uniformResourceIdentifier general name holding url (an IA5String; checked by config.c); NULL if out of memory. */
+static GENERAL_NAME *
+uri_name(const char *url)
+{
+	GENERAL_NAME *g = GENERAL_NAME_new();
+	ASN1_IA5STRING *s = ASN1_IA5STRING_new();
+
+	if (g == NULL || s == NULL || !ASN1_STRING_set(s, url, (int)strlen(url))) {
+		GENERAL_NAME_free(g);
+		ASN1_IA5STRING_free(s);
+		return NULL;
+	}
+	GENERAL_NAME_set0_value(g, GEN_URI, s);
+	return g;
+}
+
+/*
+ * The CRL distribution point and the authority information access
+ * (caIssuers) of ctx's publication settings, each when set
+ * (esc_ctx_set_publication).  Built as structures, not through
+ * X509V3_EXT_conf_nid's text syntax, in which a ',' in a URL would start
+ * another value.  1, or 0 when out of memory.
+ */
+static int
+add_publication(struct esc_ctx *ctx, X509 *x)
+{
+	const struct esc_publication *p = esc_ctx_publication(ctx);
+	CRL_DIST_POINTS *cdp = NULL;
+	DIST_POINT *dp = NULL;
+	AUTHORITY_INFO_ACCESS *aia = NULL;
+	ACCESS_DESCRIPTION *ad = NULL;
+	GENERAL_NAME *g = NULL;
+	int ok = 0;
+
+	if (p->crl_url[0] != '\0') {
+		if ((cdp = sk_DIST_POINT_new_null()) == NULL || (dp = DIST_POINT_new()) == NULL ||
+		    (dp->distpoint = DIST_POINT_NAME_new()) == NULL ||
+		    (dp->distpoint->name.fullname = GENERAL_NAMES_new()) == NULL ||
+		    (g = uri_name(p->crl_url)) == NULL || !sk_GENERAL_NAME_push(dp->distpoint->name.fullname, g))
+			goto out;
+		g = NULL;		 /* transferred */
+		dp->distpoint->type = 0; /* fullName */
+		if (!sk_DIST_POINT_push(cdp, dp))
+			goto out;
+		dp = NULL; /* transferred */
+		if (X509_add1_ext_i2d(x, NID_crl_distribution_points, cdp, 0, X509V3_ADD_REPLACE) != 1)
+			goto out;
+	}
+	if (p->ca_issuer_url[0] != '\0') {
+		if ((aia = sk_ACCESS_DESCRIPTION_new_null()) == NULL || (ad = ACCESS_DESCRIPTION_new()) == NULL ||
+		    (g = uri_name(p->ca_issuer_url)) == NULL)
+			goto out;
+		GENERAL_NAME_free(ad->location);
+		ad->location = g;
+		g = NULL; /* transferred */
+		ad->method = OBJ_nid2obj(NID_ad_ca_issuers);
+		if (!sk_ACCESS_DESCRIPTION_push(aia, ad))
+			goto out;
+		ad = NULL; /* transferred */
+		if (X509_add1_ext_i2d(x, NID_info_access, aia, 0, X509V3_ADD_REPLACE) != 1)
+			goto out;
+	}
+	ok = 1;
+out:
+	GENERAL_NAME_free(g);
+	DIST_POINT_free(dp);
+	ACCESS_DESCRIPTION_free(ad);
+	CRL_DIST_POINTS_free(cdp);
+	AUTHORITY_INFO_ACCESS_free(aia);
+	return ok;
+}
+
+/*
+ * A certificate for pub under ca_cert, its validity capped at the CA's,
+ * with the CRL distribution point and caIssuers of ctx's publication
+ * settings: every certificate the CA signs is built here.
+ */
 static enum esc_err
 new_cert_under(struct esc_ctx *ctx, X509 *ca_cert, EVP_PKEY *pub, const X509_NAME *name, int days, X509 **out)
 {
@@ -197,6 +274,10 @@ new_cert_under(struct esc_ctx *ctx, X509 *ca_cert, EVP_PKEY *pub, const X509_NAM
 	if (ASN1_TIME_compare(X509_get0_notAfter(x), X509_get0_notAfter(ca_cert)) > 0 &&
 	    !X509_set1_notAfter(x, X509_get0_notAfter(ca_cert))) {
 		r = esc_error_ossl(ctx, ESC_ERR_CRYPTO, "cannot limit the certificate's validity");
+		goto out;
+	}
+	if (!add_publication(ctx, x)) {
+		r = esc_error_ossl(ctx, ESC_ERR_CRYPTO, "cannot add the CRL distribution point and CA issuer URLs");
 		goto out;
 	}
 	*out = x;

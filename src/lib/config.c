@@ -51,6 +51,7 @@ static int check_nonempty(const struct key *, const char *, char *, size_t);
 static int check_long(const struct key *, const char *, char *, size_t);
 static int check_listen(const struct key *, const char *, char *, size_t);
 static int check_user(const struct key *, const char *, char *, size_t);
+static int check_pub_url(const struct key *, const char *, char *, size_t);
 
 static const char *const key_types[] = {"rsa3072", "rsa4096", "ec-p256", "ec-p384", NULL};
 /* The transport key does ECDH on every archival: EC first (see DESIGN §4). */
@@ -97,6 +98,12 @@ static const struct key keys[] = {
 	{"checkpoint_seconds", "3600", check_long, NULL, 0, 31622400},
 	/* KRA certificates: warn (kra list, GET /api/v1/kras/health, the service's log) this many days ahead. */
 	{"kra_expiry_warning_days", "60", check_long, NULL, 0, 36500},
+	/* Where relying parties find the CRL and the CA certificate: put into every certificate the CA signs. */
+	{"crl_url", "", check_pub_url, NULL, 0, 0},
+	{"ca_issuer_url", "", check_pub_url, NULL, 0, 0},
+	/* The service's CRLs: valid this many seconds, a new one made after crl_refresh percent of it. */
+	{"crl_validity", "604800", check_long, NULL, 60, 31622400},
+	{"crl_refresh", "50", check_long, NULL, 10, 90},
 };
 
 #define NKEYS ESC_ARRAY_LEN(keys)
@@ -250,6 +257,34 @@ check_long(const struct key *k, const char *v, char *why, size_t whylen)
 	if (parse_long(v, &n) == 0 && n >= k->min && n <= k->max)
 		return 0;
 	snprintf(why, whylen, "must be an integer from %ld to %ld, not '%.64s'", k->min, k->max, v);
+	return -1;
+}
+
+/*
+ * Empty, or an http, https or ldap URL with a host and no blank (a relying
+ * party reads it from certificates: RFC 5280 §4.2.1.13, §4.2.2.1), at most
+ * ESC_URL_MAX bytes.  Echoed in the message: it is a public address.
+ */
+static int
+check_pub_url(const struct key *k, const char *v, char *why, size_t whylen)
+{
+	static const char *const schemes[] = {"http://", "https://", "ldap://"};
+	size_t i, n = 0;
+
+	(void)k;
+	if (*v == '\0')
+		return 0;
+	for (i = 0; i < ESC_ARRAY_LEN(schemes) && n == 0; i++)
+		if (strncasecmp(v, schemes[i], strlen(schemes[i])) == 0)
+			n = strlen(schemes[i]);
+	/* ldap:///DN (no host: the client's own directory) is common; http needs a host. */
+	if (n > 0 && strlen(v) <= ESC_URL_MAX && strpbrk(v, " \t") == NULL && v[n] != '\0' && v[n] != ':' &&
+	    (v[n] != '/' || (n == 7 && strncasecmp(v, "ldap", 4) == 0 && v[n + 1] != '\0')))
+		return 0;
+	snprintf(why, whylen,
+		 "must be empty or an http://, https:// or ldap:// URL with a host, without blanks, of at most %d "
+		 "bytes, not '%.64s'",
+		 ESC_URL_MAX, v);
 	return -1;
 }
 
@@ -739,6 +774,19 @@ esc_config_get_long(const struct esc_config *cfg, const char *key)
 	if (parse_long(cfg->val[k - keys], &n) != 0)
 		return 0;
 	return n;
+}
+
+enum esc_err
+esc_config_set_publication(struct esc_ctx *ctx, const struct esc_config *cfg)
+{
+	struct esc_publication p = {
+		esc_config_get(cfg, "crl_url"),
+		esc_config_get(cfg, "ca_issuer_url"),
+		esc_config_get_long(cfg, "crl_validity"),
+		(int)esc_config_get_long(cfg, "crl_refresh"),
+	};
+
+	return esc_ctx_set_publication(ctx, &p);
 }
 
 const char *

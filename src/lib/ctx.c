@@ -19,7 +19,13 @@ struct esc_ctx {
 	void *log_arg;
 	int module_allow_set; /* else ESC_DEFAULT_MODULE_ALLOW */
 	char module_allow[ESC_MODULE_ALLOW_MAX + 1];
+	struct esc_publication pub; /* its URLs point into the arrays below */
+	char crl_url[ESC_URL_MAX + 1];
+	char ca_issuer_url[ESC_URL_MAX + 1];
 };
+
+#define CRL_VALIDITY_DEFAULT (7L * 24 * 3600)
+#define CRL_REFRESH_DEFAULT 50
 
 enum esc_err
 esc_ctx_new(struct esc_ctx **out)
@@ -28,6 +34,10 @@ esc_ctx_new(struct esc_ctx **out)
 
 	if ((ctx = calloc(1, sizeof(*ctx))) == NULL)
 		return ESC_ERR_NOMEM;
+	ctx->pub.crl_url = ctx->crl_url;
+	ctx->pub.ca_issuer_url = ctx->ca_issuer_url;
+	ctx->pub.crl_validity = CRL_VALIDITY_DEFAULT;
+	ctx->pub.crl_refresh = CRL_REFRESH_DEFAULT;
 	*out = ctx;
 	return ESC_OK;
 }
@@ -64,6 +74,48 @@ const char *
 esc_ctx_module_allow(const struct esc_ctx *ctx)
 {
 	return ctx->module_allow_set ? ctx->module_allow : ESC_DEFAULT_MODULE_ALLOW;
+}
+
+/* NULL or "", or a URL of at most ESC_URL_MAX bytes without blanks or control characters. */
+static int
+url_ok(const char *u)
+{
+	const unsigned char *p;
+
+	if (u == NULL)
+		return 1;
+	if (strlen(u) > ESC_URL_MAX)
+		return 0;
+	for (p = (const unsigned char *)u; *p != '\0'; p++)
+		if (*p <= 0x20 || *p == 0x7f)
+			return 0;
+	return 1;
+}
+
+enum esc_err
+esc_ctx_set_publication(struct esc_ctx *ctx, const struct esc_publication *p)
+{
+	if (p == NULL)
+		return esc_error(ctx, ESC_ERR_INTERNAL, "esc_ctx_set_publication: NULL argument");
+	if (!url_ok(p->crl_url) || !url_ok(p->ca_issuer_url))
+		return esc_error(ctx, ESC_ERR_CONFIG,
+				 "crl_url and ca_issuer_url must be URLs of at most %d bytes without blanks",
+				 ESC_URL_MAX);
+	if (p->crl_validity < 60 || p->crl_validity > 31622400 || p->crl_refresh < 10 || p->crl_refresh > 90)
+		return esc_error(ctx, ESC_ERR_CONFIG,
+				 "crl_validity must be 60..31622400 seconds and crl_refresh 10..90 (percent)");
+	snprintf(ctx->crl_url, sizeof(ctx->crl_url), "%s", p->crl_url != NULL ? p->crl_url : "");
+	snprintf(ctx->ca_issuer_url, sizeof(ctx->ca_issuer_url), "%s",
+		 p->ca_issuer_url != NULL ? p->ca_issuer_url : "");
+	ctx->pub.crl_validity = p->crl_validity;
+	ctx->pub.crl_refresh = p->crl_refresh;
+	return ESC_OK;
+}
+
+const struct esc_publication *
+esc_ctx_publication(const struct esc_ctx *ctx)
+{
+	return &ctx->pub;
 }
 
 const char *

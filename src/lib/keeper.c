@@ -208,6 +208,8 @@ esc_keeper_sign_crl(struct esc_ctx *ctx, struct esc_keeper *k, struct esc_store 
 		return remote_sign_crl(ctx, k, by, days, out);
 	if (k->tok == NULL)
 		return no_token(ctx, "a CRL");
+	if (days == 0)
+		return esc_crl_refresh(ctx, st, k->tok, out);
 	return by != NULL ? esc_crl_build_by(ctx, st, by, k->tok, days, out)
 			  : esc_crl_build(ctx, st, k->tok, days, out);
 }
@@ -1054,7 +1056,7 @@ remote_sign_crl(struct esc_ctx *ctx, struct esc_keeper *k, const struct esc_acco
 	X509_CRL *crl = NULL;
 	enum esc_err r;
 
-	if (days < 1 || days > 366)
+	if (days < 0 || days > 366)
 		return esc_error(ctx, ESC_ERR_USAGE, "a CRL is valid for 1..366 days");
 	esc_kp_put32(db, (uint32_t)days);
 	esc_kp_init(&m, ESC_KP_SIGN_CRL, 0);
@@ -1488,15 +1490,24 @@ serve_sign_crl(struct esc_ctx *ctx, struct esc_keeper *k, struct esc_store *st, 
 	X509_CRL *crl = NULL;
 	unsigned char *der = NULL;
 	size_t derlen = 0;
+	uint32_t days;
 	enum esc_err r;
 
 	if (st == NULL)
 		return esc_error(ctx, ESC_ERR_DB_CONNECT, "keeper: its database connection is lost");
 	if (m->f[ESC_KP_T_ACCOUNT].p != NULL && (r = account_reread(ctx, st, &m->f[ESC_KP_T_ACCOUNT], &by)) != ESC_OK)
 		goto out;
-	if ((r = esc_keeper_sign_crl(ctx, k, st, by,
-				     (int)esc_kp_get32(m, ESC_KP_T_DAYS) > 0 ? (int)esc_kp_get32(m, ESC_KP_T_DAYS) : 0,
-				     &crl)) != ESC_OK)
+	days = esc_kp_get32(m, ESC_KP_T_DAYS);
+	/*
+	 * A new CRL on demand only for an account whose role allows it: a
+	 * worker serving an anonymous GET /crl gets the current one, newly made
+	 * only when it is due (esc_crl_refresh), however often it asks.
+	 */
+	if (days > 0 && by == NULL) {
+		r = esc_error(ctx, ESC_ERR_DENIED, "keeper: a CRL on demand needs an account that may sign one");
+		goto out;
+	}
+	if ((r = esc_keeper_sign_crl(ctx, k, st, by, days > 366 ? -1 : (int)days, &crl)) != ESC_OK)
 		goto out;
 	if ((der = DER_OF(i2d_X509_CRL, crl, &derlen)) == NULL) {
 		r = esc_error(ctx, ESC_ERR_NOMEM, "out of memory");

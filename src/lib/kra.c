@@ -1117,7 +1117,7 @@ out:
 static enum esc_err
 prove_impl(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor, struct esc_token *ca_tok,
 	   const char *via, const char *name, long long id, const unsigned char *secret, size_t secret_len,
-	   struct esc_kra *out, unsigned char **cert_out, size_t *cert_len)
+	   struct esc_kra *out, unsigned char **cert_out, size_t *cert_len, int *renewing)
 {
 	PGresult *res = NULL;
 	X509 *ca = NULL, *cert = NULL;
@@ -1151,6 +1151,8 @@ prove_impl(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *
 		r = esc_error(ctx, ESC_ERR_NOT_FOUND, "no challenge %lld for KRA '%s'", id, name);
 		goto out;
 	}
+	/* What the challenge was for: a refusal is audited under that action. */
+	*renewing = strcmp(PQgetvalue(res, 0, 16), "t") == 0;
 	if (strcmp(PQgetvalue(res, 0, 1), esc_account_name(actor)) != 0) {
 		r = esc_error(ctx, ESC_ERR_DENIED,
 			      "challenge %lld was issued to another administrator: the one who started the "
@@ -1191,7 +1193,7 @@ prove_impl(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *
 			      id);
 		goto out;
 	}
-	renew = strcmp(PQgetvalue(res, 0, 16), "t") == 0;
+	renew = *renewing;
 	/* Possession proven.  The name, the card or the key may have been taken since the challenge. */
 	if (!renew && (r = check_free(ctx, st, name, PQgetvalue(res, 0, 6), PQgetvalue(res, 0, 7))) != ESC_OK)
 		goto out;
@@ -1275,14 +1277,17 @@ esc_kra_enroll_prove(struct esc_ctx *ctx, struct esc_store *st, const struct esc
 		     size_t secret_len, struct esc_kra *out, unsigned char **cert, size_t *cert_len)
 {
 	struct esc_store_retry t = {0};
+	int renewing = 0;
 	enum esc_err r;
 
+	/* Through the service one endpoint answers both enrollment and renewal challenges. */
 	do
 		r = prove_impl(ctx, st, actor, ca_tok, "through the service", name, id, secret, secret_len, out, cert,
-			       cert_len);
+			       cert_len, &renewing);
 	while (esc_store_retry(ctx, st, &t, &r));
 	if (r != ESC_OK)
-		esc_audit_outcome_by(ctx, st, actor, "kra.enroll", valid_name(name) ? name : "-", r);
+		esc_audit_outcome_by(ctx, st, actor, renewing ? "kra.renew" : "kra.enroll",
+				     valid_name(name) ? name : "-", r);
 	return r;
 }
 
@@ -1307,6 +1312,7 @@ esc_kra_enroll_card(struct esc_ctx *ctx, struct esc_store *st, const struct esc_
 	size_t challenge_len = 0, secret_len = 0;
 	char expires[40];
 	long long id = 0;
+	int renewing = 0;
 	enum esc_err r;
 
 	/* The service's two steps, here: the card answers between them, as at a workstation. */
@@ -1316,7 +1322,7 @@ esc_kra_enroll_card(struct esc_ctx *ctx, struct esc_store *st, const struct esc_
 		goto out;
 	do
 		r = prove_impl(ctx, st, actor, ca_tok, "on the service host", name, id, secret, secret_len, out, cert,
-			       cert_len);
+			       cert_len, &renewing);
 	while (esc_store_retry(ctx, st, &t, &r));
 	if (r != ESC_OK)
 		esc_audit_outcome_by(ctx, st, actor, "kra.enroll", valid_name(name) ? name : "-", r);
@@ -1546,6 +1552,7 @@ esc_kra_renew_card(struct esc_ctx *ctx, struct esc_store *st, const struct esc_a
 	size_t challenge_len = 0, secret_len = 0;
 	char expires[40];
 	long long id = 0;
+	int renewing = 0;
 	enum esc_err r;
 
 	if ((r = esc_kra_renew_begin(ctx, st, actor, name, k->spki, k->spki_len, days, &id, &challenge, &challenge_len,
@@ -1554,7 +1561,7 @@ esc_kra_renew_card(struct esc_ctx *ctx, struct esc_store *st, const struct esc_a
 		goto out;
 	do
 		r = prove_impl(ctx, st, actor, ca_tok, "on the service host", name, id, secret, secret_len, out, cert,
-			       cert_len);
+			       cert_len, &renewing);
 	while (esc_store_retry(ctx, st, &t, &r));
 	if (r != ESC_OK)
 		esc_audit_outcome_by(ctx, st, actor, "kra.renew", valid_name(name) ? name : "-", r);

@@ -682,15 +682,16 @@ out:
  * Release of a version 2 record: one recovery_shares row per share, each
  * matched by its KRA certificate's hash to a KRA of the record's set (a
  * share for a KRA outside the set is tampering), still sealed to that
- * KRA's card.  The request's KRA, who completes, must hold one of them.
+ * KRA's card.  A share sealed before its KRA's certificate was renewed
+ * names the earlier certificate (kra_certificates): it matches too, if
+ * that certificate is of the KRA's key now (the card opens it).  The
+ * request's KRA (kra_id), who completes, must hold exactly one of them.
  */
 static enum esc_err
-release_shares(struct esc_ctx *ctx, struct esc_store *st, long long id, const char *rid, X509 *completer,
+release_shares(struct esc_ctx *ctx, struct esc_store *st, long long id, const char *rid, const char *kra_id,
 	       const struct esc_record_shares *sh)
 {
 	PGresult *res = NULL;
-	unsigned char md[32];
-	unsigned int mdlen = 0;
 	char sid[24], kid[24], x[8], k[8];
 	const char *v[6];
 	int len[6] = {0}, fmt[6] = {0, 0, 0, 0, 1, 1}, rows, j, mine = 0;
@@ -698,16 +699,15 @@ release_shares(struct esc_ctx *ctx, struct esc_store *st, long long id, const ch
 	enum esc_err r;
 
 	v[0] = rid;
+	/* Each KRA of the set: its certificate now, and each earlier one with the one now beside it. */
 	if ((r = esc_store_exec(ctx, st,
-				"SELECT k.id, k.certificate FROM archive_record_kras x JOIN kras k ON k.id = x.kra_id "
-				"WHERE x.record_id::text = $1",
+				"SELECT k.id, k.certificate, NULL FROM archive_record_kras x JOIN kras k ON k.id = "
+				"x.kra_id WHERE x.record_id::text = $1 UNION ALL SELECT k.id, c.certificate, "
+				"k.certificate FROM archive_record_kras x JOIN kras k ON k.id = x.kra_id JOIN "
+				"kra_certificates c ON c.kra_id = k.id WHERE x.record_id::text = $1",
 				1, v, NULL, NULL, &res)) != ESC_OK)
 		return r;
 	rows = PQntuples(res);
-	if (!X509_digest(completer, EVP_sha256(), md, &mdlen)) {
-		r = esc_error_ossl(ctx, ESC_ERR_CRYPTO, "cannot hash the KRA certificate");
-		goto out;
-	}
 	snprintf(sid, sizeof(sid), "%lld", id);
 	snprintf(k, sizeof(k), "%u", sh->threshold);
 	for (i = 0; i < sh->n; i++) {
@@ -715,14 +715,21 @@ release_shares(struct esc_ctx *ctx, struct esc_store *st, long long id, const ch
 
 		kid[0] = '\0';
 		for (j = 0; j < rows && kid[0] == '\0'; j++) {
-			X509 *c = esc_store_cert_cached(st, PQgetvalue(res, j, 1));
+			X509 *c = esc_store_cert_cached(st, PQgetvalue(res, j, 1)), *now = NULL;
 			unsigned char cmd[32];
 			unsigned int cl = 0;
+			int same = 1;
 
-			if (c != NULL && X509_digest(c, EVP_sha256(), cmd, &cl) &&
+			if (!PQgetisnull(res, j, 2)) {
+				now = esc_store_cert_cached(st, PQgetvalue(res, j, 2));
+				same = c != NULL && now != NULL &&
+				       EVP_PKEY_eq(X509_get0_pubkey(c), X509_get0_pubkey(now)) == 1;
+			}
+			if (c != NULL && same && X509_digest(c, EVP_sha256(), cmd, &cl) &&
 			    memcmp(cmd, e->kra_cert_sha256, 32) == 0)
 				copy(kid, sizeof(kid), PQgetvalue(res, j, 0));
 			X509_free(c);
+			X509_free(now);
 		}
 		if (kid[0] == '\0') {
 			r = esc_error(ctx, ESC_ERR_TAMPERED,
@@ -730,7 +737,7 @@ release_shares(struct esc_ctx *ctx, struct esc_store *st, long long id, const ch
 				      e->x);
 			goto out;
 		}
-		mine += memcmp(md, e->kra_cert_sha256, 32) == 0;
+		mine += strcmp(kid, kra_id) == 0;
 		snprintf(x, sizeof(x), "%u", e->x);
 		v[0] = sid;
 		v[1] = kid;
@@ -754,6 +761,7 @@ release_shares(struct esc_ctx *ctx, struct esc_store *st, long long id, const ch
 	}
 	r = ESC_OK;
 out:
+	ERR_clear_error();
 	PQclear(res);
 	return r;
 }
@@ -778,7 +786,7 @@ release_impl(struct esc_ctx *ctx, struct esc_store *st, struct esc_token *ca_tok
 	if ((r = esc_store_exec(
 		     ctx, st,
 		     "SELECT r.state, r.record_id, k.state, k.certificate, k.name, EXISTS (SELECT 1 FROM "
-		     "revocations v WHERE v.own AND ltrim(v.serial, '0') = ltrim(k.cert_serial, '0')) "
+		     "revocations v WHERE v.own AND ltrim(v.serial, '0') = ltrim(k.cert_serial, '0')), k.id "
 		     "FROM recovery_requests r JOIN kras k ON k.id = r.kra_id WHERE r.id = $1 FOR UPDATE OF r",
 		     1, v, NULL, NULL, &res)) != ESC_OK)
 		goto out;
@@ -814,7 +822,7 @@ release_impl(struct esc_ctx *ctx, struct esc_store *st, struct esc_token *ca_tok
 		goto out;
 	if (shares != NULL) {
 		/* k of n: the KEK's envelope as the package, every KRA's sealed share beside it. */
-		if ((r = release_shares(ctx, st, id, rid, kra_cert, shares)) != ESC_OK)
+		if ((r = release_shares(ctx, st, id, rid, PQgetvalue(res, 0, 6), shares)) != ESC_OK)
 			goto out;
 		pkg = inner;
 		pkglen = innerlen;
@@ -933,7 +941,8 @@ esc_recovery_p12_free(unsigned char *p12, size_t len)
 	"CASE WHEN EXISTS (SELECT 1 FROM revocations v WHERE v.own AND ltrim(v.serial, '0') = " \
 	"ltrim(k.cert_serial, '0')) THEN 'revoked' ELSE k.state END"
 
-#define PACKAGE_MAX (1024 * 1024) /* an inner envelope is a few KiB; anything near this is not one */
+#define PACKAGE_MAX (1024 * 1024)    /* an inner envelope is a few KiB; anything near this is not one */
+#define SHARE_SEALED_MAX (64 * 1024) /* a sealed share is well under 2 KiB; anything near this is not one */
 
 struct esc_recovery_package {
 	long long id;
@@ -952,6 +961,7 @@ struct esc_recovery_package {
 		unsigned char commitment[32];
 		unsigned char *sealed;
 		size_t sealedlen;
+		X509 *cert; /* the certificate it is sealed to: kra_cert, or an earlier one of the same key */
 	} share[ESC_SHAMIR_MAX_SHARES];
 };
 
@@ -962,8 +972,10 @@ esc_recovery_package_free(struct esc_recovery_package *p)
 
 	if (p == NULL)
 		return;
-	for (i = 0; i < p->nshares; i++)
+	for (i = 0; i < p->nshares; i++) {
 		OPENSSL_free(p->share[i].sealed);
+		X509_free(p->share[i].cert);
+	}
 	OPENSSL_free(p->der);
 	X509_free(p->cert);
 	X509_free(p->kra_cert);
@@ -1005,6 +1017,37 @@ const char *
 esc_recovery_package_key_uri(const struct esc_recovery_package *p)
 {
 	return p->key_uri;
+}
+
+unsigned
+esc_recovery_package_threshold(const struct esc_recovery_package *p)
+{
+	return p->threshold;
+}
+
+const char *
+esc_recovery_package_record_id(const struct esc_recovery_package *p)
+{
+	return p->record_id;
+}
+
+size_t
+esc_recovery_package_nshares(const struct esc_recovery_package *p)
+{
+	return p->nshares;
+}
+
+const unsigned char *
+esc_recovery_package_share(const struct esc_recovery_package *p, size_t i, unsigned *x,
+			   const unsigned char **commitment, size_t *sealed_len, X509 **cert)
+{
+	if (i >= p->nshares)
+		return NULL;
+	*x = p->share[i].x;
+	*commitment = p->share[i].commitment;
+	*sealed_len = p->share[i].sealedlen;
+	*cert = p->share[i].cert != NULL ? p->share[i].cert : p->kra_cert;
+	return p->share[i].sealed;
 }
 
 static X509 *
@@ -1070,6 +1113,44 @@ out:
 	return r;
 }
 
+enum esc_err
+esc_recovery_package_add_share(struct esc_ctx *ctx, struct esc_recovery_package *p, const char *record_id,
+			       unsigned threshold, unsigned x, const unsigned char commitment[32],
+			       const unsigned char *sealed, size_t sealed_len, const unsigned char *cert,
+			       size_t cert_len)
+{
+	size_t i;
+
+	if (record_id == NULL || strlen(record_id) != ESC_RECORD_ID_LEN || threshold < 2 ||
+	    threshold > ESC_SHAMIR_MAX_SHARES || x < 1 || x > 255 || commitment == NULL || sealed == NULL ||
+	    sealed_len == 0 || sealed_len > SHARE_SEALED_MAX)
+		return esc_error(ctx, ESC_ERR_BAD_INPUT, "request %lld: a share of the package is malformed", p->id);
+	if (p->nshares == ESC_SHAMIR_MAX_SHARES ||
+	    (p->nshares > 0 && (p->threshold != threshold || strcmp(p->record_id, record_id) != 0)))
+		return esc_error(ctx, ESC_ERR_BAD_INPUT,
+				 "request %lld: the package's shares disagree on their record or k, or are too many",
+				 p->id);
+	for (i = 0; i < p->nshares; i++)
+		if (p->share[i].x == x)
+			return esc_error(ctx, ESC_ERR_BAD_INPUT, "request %lld: the package holds share x = %u twice",
+					 p->id, x);
+	if ((p->share[p->nshares].sealed = OPENSSL_memdup(sealed, sealed_len)) == NULL)
+		return esc_error(ctx, ESC_ERR_NOMEM, "out of memory");
+	if (cert != NULL && (p->share[p->nshares].cert = cert_from_der(cert, cert_len)) == NULL) {
+		ERR_clear_error();
+		OPENSSL_free(p->share[p->nshares].sealed);
+		p->share[p->nshares].sealed = NULL;
+		return esc_error(ctx, ESC_ERR_BAD_INPUT, "request %lld: a share's certificate does not decode", p->id);
+	}
+	p->share[p->nshares].sealedlen = sealed_len;
+	p->share[p->nshares].x = x;
+	memcpy(p->share[p->nshares].commitment, commitment, 32);
+	p->nshares++;
+	p->threshold = threshold;
+	copy(p->record_id, sizeof(p->record_id), record_id);
+	return ESC_OK;
+}
+
 /*
  * A released version 2 request's shares that its KRA can open: its own
  * (sealed to its card by archival) and those contributed (re-sealed to it).
@@ -1081,7 +1162,7 @@ load_shares(struct esc_ctx *ctx, struct esc_store *st, struct esc_recovery_packa
 	PGresult *res = NULL;
 	char sid[24];
 	const char *v[1] = {sid};
-	int i, rows, total;
+	int i, rows, total, yes = 0;
 	long len = 0;
 	enum esc_err r;
 
@@ -1119,10 +1200,18 @@ load_shares(struct esc_ctx *ctx, struct esc_store *st, struct esc_recovery_packa
 		OPENSSL_free(c);
 		if ((p->share[p->nshares].sealed = OPENSSL_hexstr2buf(PQgetvalue(res, i, 3), &len)) == NULL ||
 		    len <= 0) {
+			p->nshares++; /* freed with p */
 			r = esc_error(ctx, ESC_ERR_BAD_INPUT, "request %lld's stored shares are unreadable", p->id);
 			goto out;
 		}
-		p->share[p->nshares++].sealedlen = (size_t)len;
+		p->share[p->nshares].sealedlen = (size_t)len;
+		/* Its own share may name the KRA's certificate before a renewal; contributed ones the one now. */
+		if ((r = esc_kra_envelope_cert(ctx, st, p->kra_name, p->share[p->nshares].sealed, (size_t)len,
+					       p->kra_cert, &p->share[p->nshares].cert, &yes)) != ESC_OK) {
+			p->nshares++;
+			goto out;
+		}
+		p->nshares++;
 	}
 	if (p->nshares < p->threshold) {
 		r = esc_error(ctx, ESC_ERR_STATE,
@@ -1605,8 +1694,10 @@ open_shares(struct esc_ctx *ctx, const struct esc_recovery_package *pkg, EVP_PKE
 		goto out;
 	}
 	for (i = 0; i < n; i++) {
-		if ((r = esc_envelope_open(ctx, pkg->share[i].sealed, pkg->share[i].sealedlen, cardkey, pkg->kra_cert,
-					   &plain, &plainlen)) != ESC_OK) {
+		X509 *to = pkg->share[i].cert != NULL ? pkg->share[i].cert : pkg->kra_cert;
+
+		if ((r = esc_envelope_open(ctx, pkg->share[i].sealed, pkg->share[i].sealedlen, cardkey, to, &plain,
+					   &plainlen)) != ESC_OK) {
 			char why[256];
 
 			snprintf(why, sizeof(why), "%s", esc_ctx_errmsg(ctx));
@@ -1661,6 +1752,11 @@ esc_recovery_open_package_to(struct esc_ctx *ctx, const struct esc_recovery_pack
 
 	if (o->data != NULL || o->written != NULL)
 		return esc_error(ctx, ESC_ERR_USAGE, "an output serves one completion");
+	if (pkg->threshold > 1 && pkg->nshares < pkg->threshold)
+		return esc_error(ctx, ESC_ERR_STATE,
+				 "request %lld has %zu of the %u shares it needs: %zu more KRA(s) of the record's set "
+				 "must run 'p11escrow recovery contribute %lld' first",
+				 pkg->id, pkg->nshares, pkg->threshold, pkg->threshold - pkg->nshares, pkg->id);
 	if (o->form == ESC_RECOVERY_TOKEN) {
 		/* The user's key never goes onto the KRA's own card. */
 		if (strcmp(esc_token_module_path(o->target), esc_token_module_path(card)) == 0 &&
@@ -1781,48 +1877,172 @@ out:
 	return r;
 }
 
+/* ---- k of n: a contributing KRA's share ------------------------------------------------------------------ */
+
+struct esc_recovery_share {
+	long long id;
+	char record_id[ESC_RECORD_ID_LEN + 1];
+	unsigned x, threshold;
+	unsigned char commitment[32];
+	unsigned char *sealed; /* the share sealed to the contributor's card: ciphertext, not a secret */
+	size_t sealedlen;
+	X509 *kra_cert; /* the certificate the share is sealed to: the KRA's now, or an earlier one of its key */
+	char kra_name[65];
+	char key_uri[512];
+	X509 *completer_cert; /* the request's KRA's certificate now: the re-sealed share's recipient */
+	char completer_name[65];
+	char completer_recipient[32];
+	/* DER of the two certificates, for esc_recovery_share_parts. */
+	unsigned char *kra_der, *completer_der;
+	size_t kra_derlen, completer_derlen;
+};
+
+void
+esc_recovery_share_free(struct esc_recovery_share *s)
+{
+	if (s == NULL)
+		return;
+	OPENSSL_free(s->sealed);
+	OPENSSL_free(s->kra_der);
+	OPENSSL_free(s->completer_der);
+	X509_free(s->kra_cert);
+	X509_free(s->completer_cert);
+	free(s);
+}
+
+void
+esc_recovery_share_parts(const struct esc_recovery_share *s, struct esc_recovery_share_parts *out)
+{
+	memset(out, 0, sizeof(*out));
+	out->id = s->id;
+	out->record_id = s->record_id;
+	out->x = s->x;
+	out->threshold = s->threshold;
+	out->commitment = s->commitment;
+	out->sealed = s->sealed;
+	out->sealed_len = s->sealedlen;
+	out->kra_cert = s->kra_der;
+	out->kra_cert_len = s->kra_derlen;
+	out->kra_name = s->kra_name;
+	out->key_uri = s->key_uri;
+	out->completer_cert = s->completer_der;
+	out->completer_cert_len = s->completer_derlen;
+	out->completer_name = s->completer_name;
+	out->completer_recipient = s->completer_recipient;
+}
+
+/* x's DER in *der (OPENSSL_malloc'd).  Errors: CRYPTO. */
+static enum esc_err
+cert_der(struct esc_ctx *ctx, X509 *x, unsigned char **der, size_t *len)
+{
+	int n;
+
+	*der = NULL;
+	if ((n = i2d_X509(x, der)) <= 0)
+		return esc_error_ossl(ctx, ESC_ERR_CRYPTO, "cannot encode a certificate");
+	*len = (size_t)n;
+	return ESC_OK;
+}
+
+/* A name or a recipient form as the service sends it: 1..len-1 printable characters. */
+static int
+short_text(const char *s, size_t len)
+{
+	return s != NULL && *s != '\0' && strlen(s) < len && printable(s);
+}
+
+enum esc_err
+esc_recovery_share_new(struct esc_ctx *ctx, const struct esc_recovery_share_parts *in, struct esc_recovery_share **out)
+{
+	struct esc_recovery_share *s = NULL;
+	enum esc_err r;
+
+	if (in->record_id == NULL || strlen(in->record_id) != ESC_RECORD_ID_LEN || in->x < 1 || in->x > 255 ||
+	    in->threshold < 2 || in->threshold > ESC_SHAMIR_MAX_SHARES || in->commitment == NULL ||
+	    in->sealed == NULL || in->sealed_len == 0 || in->sealed_len > SHARE_SEALED_MAX ||
+	    !short_text(in->kra_name, sizeof(s->kra_name)) || !short_text(in->completer_name, sizeof(s->kra_name)) ||
+	    !short_text(in->completer_recipient, sizeof(s->completer_recipient)) || in->key_uri == NULL ||
+	    strlen(in->key_uri) >= sizeof(s->key_uri))
+		return esc_error(ctx, ESC_ERR_BAD_INPUT, "request %lld: the share is malformed", in->id);
+	if (esc_token_uri_check(ctx, in->key_uri) != ESC_OK) {
+		char why[ESC_ERRMSG_MAX];
+
+		snprintf(why, sizeof(why), "%s", esc_ctx_errmsg(ctx));
+		return esc_error(ctx, ESC_ERR_BAD_INPUT, "request %lld: the KRA's key URI is refused: %s", in->id, why);
+	}
+	if ((s = calloc(1, sizeof(*s))) == NULL || (s->sealed = OPENSSL_memdup(in->sealed, in->sealed_len)) == NULL) {
+		r = esc_error(ctx, ESC_ERR_NOMEM, "out of memory");
+		goto out;
+	}
+	if ((s->kra_cert = cert_from_der(in->kra_cert, in->kra_cert_len)) == NULL ||
+	    (s->completer_cert = cert_from_der(in->completer_cert, in->completer_cert_len)) == NULL) {
+		r = esc_error(ctx, ESC_ERR_BAD_INPUT, "request %lld: a certificate of the share does not decode",
+			      in->id);
+		goto out;
+	}
+	if ((r = cert_der(ctx, s->kra_cert, &s->kra_der, &s->kra_derlen)) != ESC_OK ||
+	    (r = cert_der(ctx, s->completer_cert, &s->completer_der, &s->completer_derlen)) != ESC_OK)
+		goto out;
+	s->id = in->id;
+	s->x = in->x;
+	s->threshold = in->threshold;
+	s->sealedlen = in->sealed_len;
+	memcpy(s->commitment, in->commitment, 32);
+	copy(s->record_id, sizeof(s->record_id), in->record_id);
+	copy(s->kra_name, sizeof(s->kra_name), in->kra_name);
+	copy(s->key_uri, sizeof(s->key_uri), in->key_uri);
+	copy(s->completer_name, sizeof(s->completer_name), in->completer_name);
+	copy(s->completer_recipient, sizeof(s->completer_recipient), in->completer_recipient);
+	*out = s;
+	s = NULL; /* transferred */
+	r = ESC_OK;
+out:
+	ERR_clear_error();
+	esc_recovery_share_free(s);
+	return r;
+}
+
 /*
- * A contributing KRA (not the one the request names): open its own share
- * of a released k-of-n request on its card, check it (commitment, binding
- * to the record, its x and k), re-seal it to the request's KRA and store
- * that.  The plaintext share exists only in secure memory, here.
+ * The share of released request id that actor's KRA holds, with every
+ * check a contribution makes: actor is a KRA account whose KRA holds a
+ * share of the request's record, is active (not retired, not revoked),
+ * its certificate unexpired, is not the request's KRA (who completes) and
+ * has not contributed yet; the request is released and not past its time.
+ * lock: inside the caller's transaction, lock the share's row (the
+ * contribution is stored under that lock).
  */
 static enum esc_err
-contribute_impl(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor, long long id,
-		struct esc_token *card, int *have, int *need)
+load_share(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor, long long id, int lock,
+	   struct esc_recovery_share **out)
 {
+	static const char q[] =
+		"SELECT r.state, r.kra_id = s.kra_id, s.contributed IS NOT NULL, s.x, s.threshold, "
+		"encode(s.commitment, 'hex'), encode(s.sealed, 'hex'), " KRA_STATE_SQL ", k.certificate, "
+		"k.key_uri, k.name, ck.certificate, ck.recipient, ck.name, r.record_id, coalesce(" OVERDUE_SQL
+		", false) FROM recovery_requests r JOIN recovery_shares s ON s.request_id = r.id AND s.kra_id = "
+		"$2 JOIN kras k ON k.id = s.kra_id JOIN kras ck ON ck.id = r.kra_id WHERE r.id = $1";
+	static const char q_lock[] =
+		"SELECT r.state, r.kra_id = s.kra_id, s.contributed IS NOT NULL, s.x, s.threshold, "
+		"encode(s.commitment, 'hex'), encode(s.sealed, 'hex'), " KRA_STATE_SQL ", k.certificate, "
+		"k.key_uri, k.name, ck.certificate, ck.recipient, ck.name, r.record_id, coalesce(" OVERDUE_SQL
+		", false) FROM recovery_requests r JOIN recovery_shares s ON s.request_id = r.id AND s.kra_id = "
+		"$2 JOIN kras k ON k.id = s.kra_id JOIN kras ck ON ck.id = r.kra_id WHERE r.id = $1 FOR UPDATE "
+		"OF s";
 	PGresult *res = NULL;
-	struct esc_token_key *key = NULL;
-	EVP_PKEY *cardkey = NULL;
-	X509 *own = NULL, *completer = NULL;
-	unsigned char *sealed = NULL, *commit = NULL, *plain = NULL, *resealed = NULL, md[32], share[ESC_KEK_LEN];
-	size_t plainlen = 0, resealedlen = 0;
+	struct esc_recovery_share *s = NULL;
+	X509 *own = NULL;
+	unsigned char *commit = NULL;
 	long sealedlen = 0, commitlen = 0;
-	unsigned int mdlen = 0;
-	enum esc_oaep_hash hash;
-	char sid[24], kid[24], aid[24], rid[ESC_RECORD_ID_LEN + 1], kra_name[65], completer_name[65];
-	const char *v[4];
-	int len[4] = {0}, fmt[4] = {0, 0, 1, 0};
-	unsigned x, k;
+	char sid[24], kid[24];
+	const char *v[2] = {sid, kid};
+	int yes = 0;
 	enum esc_err r;
 
 	if ((r = esc_account_require(ctx, actor, ESC_ROLE_KRA)) != ESC_OK)
 		return r;
 	snprintf(sid, sizeof(sid), "%lld", id);
 	snprintf(kid, sizeof(kid), "%lld", esc_account_kra_id(actor));
-	snprintf(aid, sizeof(aid), "%lld", esc_account_id(actor));
-	v[0] = sid;
-	v[1] = kid;
-	if ((r = esc_store_begin(ctx, st)) != ESC_OK ||
-	    (r = esc_store_exec(
-		     ctx, st,
-		     "SELECT r.state, r.kra_id = s.kra_id, s.contributed IS NOT NULL, s.x, s.threshold, "
-		     "encode(s.commitment, 'hex'), encode(s.sealed, 'hex'), " KRA_STATE_SQL ", k.certificate, "
-		     "k.key_uri, k.name, ck.certificate, ck.recipient, ck.name, r.record_id, coalesce(" OVERDUE_SQL
-		     ", false) FROM recovery_requests r JOIN recovery_shares s ON s.request_id = r.id AND s.kra_id = "
-		     "$2 JOIN kras k ON k.id = s.kra_id JOIN kras ck ON ck.id = r.kra_id WHERE r.id = $1 FOR UPDATE "
-		     "OF s",
-		     2, v, NULL, NULL, &res)) != ESC_OK)
+	if ((r = esc_store_exec(ctx, st, lock ? q_lock : q, 2, v, NULL, NULL, &res)) != ESC_OK)
 		goto out;
 	if (PQntuples(res) != 1) {
 		r = esc_error(ctx, ESC_ERR_STATE,
@@ -1831,11 +2051,18 @@ contribute_impl(struct esc_ctx *ctx, struct esc_store *st, const struct esc_acco
 			      id, esc_account_name(actor));
 		goto out;
 	}
-	copy(kra_name, sizeof(kra_name), PQgetvalue(res, 0, 10));
-	copy(completer_name, sizeof(completer_name), PQgetvalue(res, 0, 13));
-	copy(rid, sizeof(rid), PQgetvalue(res, 0, 14));
-	x = (unsigned)strtoul(PQgetvalue(res, 0, 3), NULL, 10);
-	k = (unsigned)strtoul(PQgetvalue(res, 0, 4), NULL, 10);
+	if ((s = calloc(1, sizeof(*s))) == NULL) {
+		r = esc_error(ctx, ESC_ERR_NOMEM, "out of memory");
+		goto out;
+	}
+	s->id = id;
+	copy(s->kra_name, sizeof(s->kra_name), PQgetvalue(res, 0, 10));
+	copy(s->key_uri, sizeof(s->key_uri), PQgetvalue(res, 0, 9));
+	copy(s->completer_name, sizeof(s->completer_name), PQgetvalue(res, 0, 13));
+	copy(s->completer_recipient, sizeof(s->completer_recipient), PQgetvalue(res, 0, 12));
+	copy(s->record_id, sizeof(s->record_id), PQgetvalue(res, 0, 14));
+	s->x = (unsigned)strtoul(PQgetvalue(res, 0, 3), NULL, 10);
+	s->threshold = (unsigned)strtoul(PQgetvalue(res, 0, 4), NULL, 10);
 	if (strcmp(PQgetvalue(res, 0, 0), "released") != 0 || strcmp(PQgetvalue(res, 0, 15), "t") == 0) {
 		r = esc_error(
 			ctx, ESC_ERR_STATE, "request %lld is %s: shares are contributed to a released request only", id,
@@ -1845,90 +2072,190 @@ contribute_impl(struct esc_ctx *ctx, struct esc_store *st, const struct esc_acco
 	if (strcmp(PQgetvalue(res, 0, 1), "t") == 0) {
 		r = esc_error(ctx, ESC_ERR_STATE,
 			      "KRA '%s' completes request %lld: its own share is opened at completion, not contributed",
-			      kra_name, id);
+			      s->kra_name, id);
 		goto out;
 	}
 	if (strcmp(PQgetvalue(res, 0, 2), "t") == 0) {
 		r = esc_error(ctx, ESC_ERR_STATE,
-			      "KRA '%s' has already contributed its share to request %lld: a KRA counts once", kra_name,
-			      id);
+			      "KRA '%s' has already contributed its share to request %lld: a KRA counts once",
+			      s->kra_name, id);
 		goto out;
 	}
 	if (strcmp(PQgetvalue(res, 0, 7), "active") != 0) {
-		r = esc_error(ctx, ESC_ERR_DENIED, "KRA '%s' is %s: it contributes nothing", kra_name,
+		r = esc_error(ctx, ESC_ERR_DENIED, "KRA '%s' is %s: it contributes nothing", s->kra_name,
 			      strcmp(PQgetvalue(res, 0, 7), "revoked") == 0 ? "revoked" : "retired");
 		goto out;
 	}
 	if ((own = esc_store_cert_from_text(PQgetvalue(res, 0, 8))) == NULL ||
-	    (completer = esc_store_cert_from_text(PQgetvalue(res, 0, 11))) == NULL ||
+	    (s->completer_cert = esc_store_cert_from_text(PQgetvalue(res, 0, 11))) == NULL ||
 	    (commit = OPENSSL_hexstr2buf(PQgetvalue(res, 0, 5), &commitlen)) == NULL || commitlen != 32 ||
-	    (sealed = OPENSSL_hexstr2buf(PQgetvalue(res, 0, 6), &sealedlen)) == NULL || sealedlen <= 0) {
+	    (s->sealed = OPENSSL_hexstr2buf(PQgetvalue(res, 0, 6), &sealedlen)) == NULL || sealedlen <= 0) {
 		r = esc_error(ctx, ESC_ERR_BAD_INPUT, "request %lld's stored share is unreadable", id);
 		goto out;
 	}
-	hash = esc_oaep_hash_of_recipient(PQgetvalue(res, 0, 12));
-	if ((r = esc_token_find_key(ctx, card, PQgetvalue(res, 0, 9), &key)) != ESC_OK) {
-		if (r == ESC_ERR_KEY_NOT_FOUND)
-			r = esc_error(ctx, ESC_ERR_KEY_NOT_FOUND, "card '%s' does not hold the key of KRA '%s'",
-				      esc_token_label(card), kra_name);
+	s->sealedlen = (size_t)sealedlen;
+	memcpy(s->commitment, commit, 32);
+	if (X509_cmp_current_time(X509_get0_notAfter(own)) <= 0) {
+		r = esc_error(ctx, ESC_ERR_DENIED, "KRA '%s''s certificate has expired: it contributes nothing",
+			      s->kra_name);
 		goto out;
 	}
-	if ((r = esc_token_key_private(ctx, card, key, &cardkey)) != ESC_OK ||
-	    (r = esc_envelope_open(ctx, sealed, (size_t)sealedlen, cardkey, own, &plain, &plainlen)) != ESC_OK)
+	/* Sealed before the KRA's certificate was renewed: addressed to the earlier one (the same key). */
+	if ((r = esc_kra_envelope_cert(ctx, st, s->kra_name, s->sealed, s->sealedlen, own, &s->kra_cert, &yes)) !=
+	    ESC_OK)
 		goto out;
-	if (!EVP_Digest(plain, plainlen, md, &mdlen, EVP_sha256(), NULL) || CRYPTO_memcmp(md, commit, 32) != 0) {
+	if (!yes) {
+		r = esc_error(ctx, ESC_ERR_TAMPERED,
+			      "KRA '%s''s share of request %lld is sealed to none of its certificates: tampering",
+			      s->kra_name, id);
+		goto out;
+	}
+	if ((r = cert_der(ctx, s->kra_cert, &s->kra_der, &s->kra_derlen)) != ESC_OK ||
+	    (r = cert_der(ctx, s->completer_cert, &s->completer_der, &s->completer_derlen)) != ESC_OK)
+		goto out;
+	*out = s;
+	s = NULL; /* transferred */
+	r = ESC_OK;
+out:
+	ERR_clear_error();
+	esc_recovery_share_free(s);
+	OPENSSL_free(commit);
+	X509_free(own);
+	PQclear(res);
+	return r;
+}
+
+enum esc_err
+esc_recovery_share_reseal(struct esc_ctx *ctx, const struct esc_recovery_share *s, struct esc_token *card,
+			  unsigned char **out, size_t *outlen)
+{
+	struct esc_token_key *key = NULL;
+	EVP_PKEY *cardkey = NULL;
+	X509 *recips[1] = {s->completer_cert};
+	enum esc_oaep_hash hash = esc_oaep_hash_of_recipient(s->completer_recipient);
+	unsigned char *plain = NULL, md[32], share[ESC_KEK_LEN];
+	size_t plainlen = 0;
+	unsigned int mdlen = 0;
+	enum esc_err r;
+
+	if ((r = esc_token_find_key(ctx, card, s->key_uri, &key)) != ESC_OK) {
+		if (r == ESC_ERR_KEY_NOT_FOUND)
+			r = esc_error(ctx, ESC_ERR_KEY_NOT_FOUND, "card '%s' does not hold the key of KRA '%s'",
+				      esc_token_label(card), s->kra_name);
+		goto out;
+	}
+	/* The card's key must be the one of the certificate the share is sealed to. */
+	if ((r = esc_token_key_private(ctx, card, key, &cardkey)) != ESC_OK)
+		goto out;
+	if ((r = esc_envelope_open(ctx, s->sealed, s->sealedlen, cardkey, s->kra_cert, &plain, &plainlen)) != ESC_OK) {
+		char why[256];
+
+		snprintf(why, sizeof(why), "%s", esc_ctx_errmsg(ctx));
+		r = esc_error(ctx, r, "KRA '%s''s share of request %lld does not open on card '%s': %s", s->kra_name,
+			      s->id, esc_token_label(card), why);
+		goto out;
+	}
+	if (!EVP_Digest(plain, plainlen, md, &mdlen, EVP_sha256(), NULL) || CRYPTO_memcmp(md, s->commitment, 32) != 0) {
 		r = esc_error(ctx, ESC_ERR_TAMPERED,
 			      "KRA '%s''s share of request %lld does not match the record's commitment: damaged or "
 			      "swapped; nothing contributed",
-			      kra_name, id);
+			      s->kra_name, s->id);
 		goto out;
 	}
-	if ((r = esc_share_plain_parse(ctx, plain, plainlen, rid, x, k, share)) != ESC_OK)
+	/* Its binding: this record's share, at its x, for its k. */
+	if ((r = esc_share_plain_parse(ctx, plain, plainlen, s->record_id, s->x, s->threshold, share)) != ESC_OK)
 		goto out;
-	if ((r = esc_envelope_seal(ctx, plain, plainlen, &completer, &hash, 1, &resealed, &resealedlen)) != ESC_OK)
-		goto out;
-	v[2] = (const char *)resealed;
-	len[2] = (int)resealedlen;
-	v[3] = aid;
+	r = esc_envelope_seal(ctx, plain, plainlen, recips, &hash, 1, out, outlen);
+out:
+	OPENSSL_cleanse(share, sizeof(share));
+	esc_envelope_plain_free(plain, plainlen);
+	EVP_PKEY_free(cardkey);
+	esc_token_key_free(key);
+	ERR_clear_error();
+	return r;
+}
+
+/*
+ * Store share s (loaded under its row's lock, in the caller's
+ * transaction) re-sealed, as resealed, and audit the contribution with
+ * how many shares are in.  The service cannot read what it stores: it
+ * checks only that it is an envelope addressed to the completer.
+ */
+static enum esc_err
+store_share(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor,
+	    const struct esc_recovery_share *s, const unsigned char *resealed, size_t resealedlen, int *have, int *need)
+{
+	PGresult *res = NULL;
+	char sid[24], kid[24], aid[24];
+	const char *v[4] = {sid, kid, (const char *)resealed, aid};
+	int len[4] = {0, 0, (int)resealedlen, 0}, fmt[4] = {0, 0, 1, 0}, yes = 0;
+	enum esc_err r;
+
+	if (resealed == NULL || resealedlen == 0 || resealedlen > SHARE_SEALED_MAX)
+		return esc_error(ctx, ESC_ERR_BAD_INPUT, "request %lld: the re-sealed share is empty or too large",
+				 s->id);
+	if (esc_envelope_has_recipient(ctx, resealed, resealedlen, s->completer_cert, &yes) != ESC_OK || !yes) {
+		ERR_clear_error();
+		return esc_error(ctx, ESC_ERR_BAD_INPUT,
+				 "request %lld: the re-sealed share is not an envelope to KRA '%s''s certificate: "
+				 "nothing stored",
+				 s->id, s->completer_name);
+	}
+	snprintf(sid, sizeof(sid), "%lld", s->id);
+	snprintf(kid, sizeof(kid), "%lld", esc_account_kra_id(actor));
+	snprintf(aid, sizeof(aid), "%lld", esc_account_id(actor));
 	if ((r = esc_store_exec(ctx, st,
 				"UPDATE recovery_shares SET contributed = $3, contributed_by = $4, contributed_at = "
 				"now() WHERE request_id = $1 AND kra_id = $2 AND contributed IS NULL",
-				4, v, len, fmt, NULL)) != ESC_OK)
-		goto out;
-	PQclear(res);
-	res = NULL;
-	if ((r = esc_store_exec(ctx, st,
+				4, v, len, fmt, NULL)) != ESC_OK ||
+	    (r = esc_store_exec(ctx, st,
 				"SELECT count(*) FILTER (WHERE s.contributed IS NOT NULL OR s.kra_id = r.kra_id) FROM "
 				"recovery_shares s JOIN recovery_requests r ON r.id = s.request_id WHERE r.id = $1",
 				1, v, NULL, NULL, &res)) != ESC_OK)
 		goto out;
 	*have = (int)strtol(PQgetvalue(res, 0, 0), NULL, 10);
-	*need = (int)k;
+	*need = (int)s->threshold;
 	{
 		char obj[48], details[256];
 
-		snprintf(obj, sizeof(obj), "request %lld", id);
+		snprintf(obj, sizeof(obj), "request %lld", s->id);
 		snprintf(details, sizeof(details),
 			 "KRA '%s' opened its share (x = %u) on its card and re-sealed it to KRA '%s'; %d of %u in",
-			 kra_name, x, completer_name, *have, k);
-		if ((r = audit_ok(ctx, st, actor, NULL, "recovery.contribute", obj, details)) != ESC_OK ||
-		    (r = esc_store_commit(ctx, st)) != ESC_OK)
-			goto out;
+			 s->kra_name, s->x, s->completer_name, *have, s->threshold);
+		r = audit_ok(ctx, st, actor, NULL, "recovery.contribute", obj, details);
 	}
+out:
+	PQclear(res);
+	return r;
+}
+
+/*
+ * A contributing KRA (not the one the request names), on the service
+ * host: the share loaded under its lock, opened and re-sealed on the
+ * card (esc_recovery_share_reseal, as at a workstation), stored — one
+ * transaction.  The plaintext share exists only in secure memory, there.
+ */
+static enum esc_err
+contribute_impl(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor, long long id,
+		struct esc_token *card, int *have, int *need)
+{
+	struct esc_recovery_share *s = NULL;
+	unsigned char *resealed = NULL;
+	size_t resealedlen = 0;
+	enum esc_err r;
+
+	if ((r = esc_store_begin(ctx, st)) != ESC_OK)
+		return r;
+	if ((r = load_share(ctx, st, actor, id, 1, &s)) != ESC_OK ||
+	    (r = esc_recovery_share_reseal(ctx, s, card, &resealed, &resealedlen)) != ESC_OK ||
+	    (r = store_share(ctx, st, actor, s, resealed, resealedlen, have, need)) != ESC_OK ||
+	    (r = esc_store_commit(ctx, st)) != ESC_OK)
+		goto out;
 	r = ESC_OK;
 out:
 	esc_store_rollback(st);
-	OPENSSL_cleanse(share, sizeof(share));
-	esc_envelope_plain_free(plain, plainlen);
 	free(resealed);
-	OPENSSL_free(sealed);
-	OPENSSL_free(commit);
-	X509_free(own);
-	X509_free(completer);
-	EVP_PKEY_free(cardkey);
-	esc_token_key_free(key);
-	PQclear(res);
-	ERR_clear_error();
+	esc_recovery_share_free(s);
 	return r;
 }
 
@@ -1942,6 +2269,83 @@ esc_recovery_contribute(struct esc_ctx *ctx, struct esc_store *st, const struct 
 
 	do
 		r = contribute_impl(ctx, st, actor, id, card, &h, &n);
+	while (esc_store_retry(ctx, st, &t, &r));
+	if (r != ESC_OK) {
+		audit_failed(ctx, st, actor, NULL, "recovery.contribute", id, r);
+		return r;
+	}
+	if (have != NULL)
+		*have = h;
+	if (need != NULL)
+		*need = n;
+	return ESC_OK;
+}
+
+static enum esc_err
+share_fetch_impl(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor, long long id,
+		 struct esc_recovery_share **out)
+{
+	struct esc_recovery_share *s = NULL;
+	char obj[48], details[256];
+	enum esc_err r;
+
+	if ((r = load_share(ctx, st, actor, id, 0, &s)) != ESC_OK)
+		return r;
+	snprintf(obj, sizeof(obj), "request %lld", id);
+	snprintf(details, sizeof(details),
+		 "share (x = %u) fetched by KRA '%s' to re-seal to KRA '%s' (still ciphertext to its card)", s->x,
+		 s->kra_name, s->completer_name);
+	/* No event, no share. */
+	if ((r = audit_ok(ctx, st, actor, NULL, "recovery.share.fetch", obj, details)) != ESC_OK) {
+		esc_recovery_share_free(s);
+		return r;
+	}
+	*out = s;
+	return ESC_OK;
+}
+
+enum esc_err
+esc_recovery_share_fetch(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor, long long id,
+			 struct esc_recovery_share **out)
+{
+	enum esc_err r = share_fetch_impl(ctx, st, actor, id, out);
+
+	if (r != ESC_OK)
+		audit_failed(ctx, st, actor, NULL, "recovery.share.fetch", id, r);
+	return r;
+}
+
+static enum esc_err
+share_store_impl(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor, long long id,
+		 const unsigned char *resealed, size_t resealedlen, int *have, int *need)
+{
+	struct esc_recovery_share *s = NULL;
+	enum esc_err r;
+
+	if ((r = esc_store_begin(ctx, st)) != ESC_OK)
+		return r;
+	/* Every check again, under the row's lock: released, not overdue, not the completer, once per KRA. */
+	if ((r = load_share(ctx, st, actor, id, 1, &s)) != ESC_OK ||
+	    (r = store_share(ctx, st, actor, s, resealed, resealedlen, have, need)) != ESC_OK ||
+	    (r = esc_store_commit(ctx, st)) != ESC_OK)
+		goto out;
+	r = ESC_OK;
+out:
+	esc_store_rollback(st);
+	esc_recovery_share_free(s);
+	return r;
+}
+
+enum esc_err
+esc_recovery_share_store(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor, long long id,
+			 const unsigned char *resealed, size_t resealedlen, int *have, int *need)
+{
+	struct esc_store_retry t = {0};
+	int h = 0, n = 0;
+	enum esc_err r;
+
+	do
+		r = share_store_impl(ctx, st, actor, id, resealed, resealedlen, &h, &n);
 	while (esc_store_retry(ctx, st, &t, &r));
 	if (r != ESC_OK) {
 		audit_failed(ctx, st, actor, NULL, "recovery.contribute", id, r);
@@ -1994,15 +2398,14 @@ fetch_impl(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *
 
 	if ((r = load_released(ctx, st, actor, id, 0, &pkg)) != ESC_OK)
 		return r;
-	if (pkg->threshold > 1) {
-		esc_recovery_package_free(pkg);
-		return esc_error(ctx, ESC_ERR_STATE,
-				 "request %lld is a k-of-n recovery: it completes on the service host only "
-				 "('p11escrow recovery complete' without --server), for now",
-				 id);
-	}
 	snprintf(obj, sizeof(obj), "request %lld", id);
-	snprintf(details, sizeof(details), "package fetched by KRA '%s' (still ciphertext to its card)", pkg->kra_name);
+	if (pkg->threshold > 1)
+		snprintf(details, sizeof(details),
+			 "package fetched by KRA '%s' with %zu of the %u shares needed (still ciphertext to its card)",
+			 pkg->kra_name, pkg->nshares, pkg->threshold);
+	else
+		snprintf(details, sizeof(details), "package fetched by KRA '%s' (still ciphertext to its card)",
+			 pkg->kra_name);
 	/* No event, no package. */
 	if ((r = audit_ok(ctx, st, actor, NULL, "recovery.fetch", obj, details)) != ESC_OK) {
 		esc_recovery_package_free(pkg);
@@ -2073,6 +2476,11 @@ finish_impl(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account 
 				strcmp(PQgetvalue(res, 0, 0), "completed") == 0 ? ": a package completes once" : "");
 		goto out;
 	}
+	/* k of n: the shares go with the package (who contributed when stays). */
+	if ((r = esc_store_exec(ctx, st,
+				"UPDATE recovery_shares SET sealed = NULL, contributed = NULL WHERE request_id = $1", 1,
+				v, NULL, NULL, NULL)) != ESC_OK)
+		goto out;
 	{
 		char obj[48];
 

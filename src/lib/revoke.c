@@ -2,9 +2,11 @@
  * Revocation: the revocations table and CRLs signed on the CA token.
  */
 #include <ctype.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <openssl/bn.h>
 #include <openssl/err.h>
@@ -124,25 +126,6 @@ esc_cert_revoke(struct esc_ctx *ctx, struct esc_store *st, const struct esc_acco
 }
 
 enum esc_err
-esc_crl_build_by(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor, struct esc_token *ca_tok,
-		 int days, X509_CRL **out)
-{
-	enum esc_err r;
-
-	if (actor == NULL ||
-	    (!esc_account_has_role(actor, ESC_ROLE_ADMIN) && !esc_account_has_role(actor, ESC_ROLE_CERT_MANAGER))) {
-		r = esc_error(
-			ctx, ESC_ERR_DENIED,
-			"account '%s' is neither an administrator nor a certificate manager: it cannot have a CRL "
-			"signed",
-			actor ? esc_account_name(actor) : "unknown");
-		esc_audit_outcome_by(ctx, st, actor, "cert.crl", "crl", r);
-		return r;
-	}
-	return esc_crl_build(ctx, st, ca_tok, days, out);
-}
-
-enum esc_err
 esc_cert_record_revoked(struct esc_ctx *ctx, struct esc_store *st, const char *record_id, int *yes)
 {
 	PGresult *res = NULL;
@@ -187,24 +170,121 @@ add_revoked(X509_CRL *crl, const char *serial_hex, const char *revoked_at, const
 	return ok;
 }
 
+/*
+ * One current CRL for the whole service (sql/016_current_crl.sql): every
+ * CRL the CA signs is stored in crls, and the one with the highest number
+ * is what every worker of every p11escrowd serves.  A new one is made under
+ * this advisory lock, in a READ COMMITTED transaction whose statements,
+ * once the lock is ours, see what the previous holder committed: two
+ * keepers deciding at once sign once, the second returns the first's.
+ */
+#define CRL_LOCK "1882536301"
+
+/* The newest stored CRL, and whether a new one is due (stale: a revocation since; or past its refresh_at). */
+#define CRL_NEWEST                                                                                                 \
+	"SELECT c.number, c.revision < s.revision OR now() >= c.refresh_at, CASE WHEN c.number = $1::bigint THEN " \
+	"NULL ELSE c.der END FROM crl_state s JOIN LATERAL (SELECT number, revision, refresh_at, der FROM crls "   \
+	"WHERE ca_id = s.ca_id ORDER BY number DESC LIMIT 1) c ON true WHERE s.ca_id = 1"
+
+/* bytea in libpq's text form (hex) to malloc'ed DER. */
+static enum esc_err
+der_of_bytea(struct esc_ctx *ctx, const char *text, unsigned char **der, size_t *len)
+{
+	unsigned char *u;
+	size_t n = 0;
+
+	if ((u = PQunescapeBytea((const unsigned char *)text, &n)) == NULL)
+		return esc_error(ctx, ESC_ERR_NOMEM, "out of memory");
+	if (n == 0 || (*der = malloc(n)) == NULL) {
+		PQfreemem(u);
+		return esc_error(ctx, n == 0 ? ESC_ERR_BAD_INPUT : ESC_ERR_NOMEM,
+				 n == 0 ? "a stored CRL is empty" : "out of memory");
+	}
+	memcpy(*der, u, n);
+	*len = n;
+	PQfreemem(u);
+	return ESC_OK;
+}
+
 enum esc_err
-esc_crl_build(struct esc_ctx *ctx, struct esc_store *st, struct esc_token *ca_tok, int days, X509_CRL **out)
+esc_crl_current(struct esc_ctx *ctx, struct esc_store *st, long long have, unsigned char **der, size_t *len,
+		long long *number, int *due)
+{
+	PGresult *res = NULL;
+	char hv[24];
+	const char *v[1] = {hv};
+	enum esc_err r;
+
+	snprintf(hv, sizeof(hv), "%lld", have);
+	if ((r = esc_store_exec(ctx, st, CRL_NEWEST, 1, v, NULL, NULL, &res)) != ESC_OK)
+		return r;
+	if (PQntuples(res) != 1) {
+		r = esc_error(ctx, ESC_ERR_NOT_FOUND, "no CRL has been made yet");
+		goto out;
+	}
+	*der = NULL;
+	*len = 0;
+	if (!PQgetisnull(res, 0, 2) && (r = der_of_bytea(ctx, PQgetvalue(res, 0, 2), der, len)) != ESC_OK)
+		goto out;
+	*number = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
+	*due = strcmp(PQgetvalue(res, 0, 1), "t") == 0;
+	r = ESC_OK;
+out:
+	PQclear(res);
+	return r;
+}
+
+/* The newest stored CRL, decoded, if it is not due (else *out stays NULL).  In the caller's transaction. */
+static enum esc_err
+current_if_fresh(struct esc_ctx *ctx, struct esc_store *st, X509_CRL **out)
+{
+	unsigned char *der = NULL;
+	const unsigned char *p;
+	size_t len = 0;
+	long long number = 0;
+	int due = 1;
+	enum esc_err r;
+
+	*out = NULL;
+	if ((r = esc_crl_current(ctx, st, 0, &der, &len, &number, &due)) == ESC_ERR_NOT_FOUND)
+		return ESC_OK;
+	if (r != ESC_OK || due)
+		goto out;
+	p = der;
+	if (len > LONG_MAX || (*out = d2i_X509_CRL(NULL, &p, (long)len)) == NULL || p != der + len) {
+		X509_CRL_free(*out);
+		*out = NULL;
+		r = esc_error_ossl(ctx, ESC_ERR_BAD_INPUT, "stored CRL %lld is not a DER CRL", number);
+	}
+out:
+	free(der);
+	return r;
+}
+
+/*
+ * Build and sign, in the caller's transaction (holding CRL_LOCK), a CRL of
+ * every revoked certificate of this CA, valid from now for validity
+ * seconds, with the next number; *revision is the revocation count it was
+ * built from, read in the same statement as the revocations it lists.
+ */
+static enum esc_err
+sign_crl(struct esc_ctx *ctx, struct esc_store *st, struct esc_token *ca_tok, time_t now, long validity, X509_CRL **out,
+	 long long *number_out, long long *revision)
 {
 	PGresult *res = NULL;
 	X509 *ca = NULL;
 	X509_CRL *crl = NULL;
 	struct esc_token_key *key = NULL;
 	EVP_PKEY *signer = NULL;
-	ASN1_TIME *now = NULL, *next = NULL;
+	ASN1_TIME *this_update = NULL, *next_update = NULL;
 	ASN1_INTEGER *number = NULL;
 	X509V3_CTX v3;
 	X509_EXTENSION *aki = NULL;
 	char *uri = NULL;
+	long long num;
 	enum esc_err r;
 	int i;
 
-	if (days < 1 || days > 366)
-		return esc_error(ctx, ESC_ERR_USAGE, "a CRL is valid for 1..366 days");
 	if ((r = esc_store_active_ca(ctx, st, &ca)) != ESC_OK)
 		return r;
 	if ((r = esc_store_exec(ctx, st, "SELECT uri FROM token_keys WHERE role = 'ca-sign'", 0, NULL, NULL, NULL,
@@ -219,19 +299,30 @@ esc_crl_build(struct esc_ctx *ctx, struct esc_store *st, struct esc_token *ca_to
 	if ((r = esc_token_find_key(ctx, ca_tok, uri, &key)) != ESC_OK ||
 	    (r = esc_token_key_private(ctx, ca_tok, key, &signer)) != ESC_OK)
 		goto out;
-	/* Times in the form ASN1_TIME_set_string_X509 takes: YYYYMMDDHHMMSSZ. */
+	/*
+	 * Times in the form ASN1_TIME_set_string_X509 takes: YYYYMMDDHHMMSSZ.
+	 * The number: the sequence's next, and above every stored number (a
+	 * sequence can be reset by a restore; the store's trigger refuses less).
+	 */
 	if ((r = esc_store_exec(
 		     ctx, st,
 		     "SELECT r.serial, to_char(r.revoked_at AT TIME ZONE 'UTC', 'YYYYMMDDHH24MISS') || 'Z', "
-		     "r.reason, n.num FROM (SELECT nextval('crl_number') AS num) n LEFT JOIN revocations r ON "
-		     "r.own ORDER BY r.revoked_at",
+		     "r.reason, n.num, n.revision FROM (SELECT s.revision, GREATEST(nextval('crl_number'), "
+		     "coalesce((SELECT max(c.number) FROM crls c WHERE c.ca_id = s.ca_id), 0) + 1) AS num FROM "
+		     "crl_state s WHERE s.ca_id = 1) n LEFT JOIN revocations r ON r.own ORDER BY r.revoked_at",
 		     0, NULL, NULL, NULL, &res)) != ESC_OK)
 		goto out;
+	if (PQntuples(res) < 1) {
+		r = esc_error(ctx, ESC_ERR_STATE, "the CRL state is missing (schema older than 16?)");
+		goto out;
+	}
+	num = strtoll(PQgetvalue(res, 0, 3), NULL, 10);
 	if ((crl = X509_CRL_new()) == NULL || !X509_CRL_set_version(crl, X509_CRL_VERSION_2) ||
-	    !X509_CRL_set_issuer_name(crl, X509_get_subject_name(ca)) || (now = X509_gmtime_adj(NULL, 0)) == NULL ||
-	    (next = X509_time_adj_ex(NULL, days, 0, NULL)) == NULL || !X509_CRL_set1_lastUpdate(crl, now) ||
-	    !X509_CRL_set1_nextUpdate(crl, next) || (number = ASN1_INTEGER_new()) == NULL ||
-	    !ASN1_INTEGER_set_int64(number, strtoll(PQgetvalue(res, 0, 3), NULL, 10)) ||
+	    !X509_CRL_set_issuer_name(crl, X509_get_subject_name(ca)) ||
+	    (this_update = ASN1_TIME_adj(NULL, now, 0, 0)) == NULL ||
+	    (next_update = ASN1_TIME_adj(NULL, now, 0, validity)) == NULL ||
+	    !X509_CRL_set1_lastUpdate(crl, this_update) || !X509_CRL_set1_nextUpdate(crl, next_update) ||
+	    (number = ASN1_INTEGER_new()) == NULL || !ASN1_INTEGER_set_int64(number, num) ||
 	    !X509_CRL_add1_ext_i2d(crl, NID_crl_number, number, 0, 0)) {
 		r = esc_error_ossl(ctx, ESC_ERR_CRYPTO, "cannot build the CRL");
 		goto out;
@@ -260,14 +351,16 @@ esc_crl_build(struct esc_ctx *ctx, struct esc_store *st, struct esc_token *ca_to
 				   "the CRL's signature does not verify with the CA certificate");
 		goto out;
 	}
+	*revision = strtoll(PQgetvalue(res, 0, 4), NULL, 10);
+	*number_out = num;
 	*out = crl;
 	crl = NULL; /* transferred */
 	r = ESC_OK;
 out:
 	X509_EXTENSION_free(aki);
 	ASN1_INTEGER_free(number);
-	ASN1_TIME_free(now);
-	ASN1_TIME_free(next);
+	ASN1_TIME_free(this_update);
+	ASN1_TIME_free(next_update);
 	X509_CRL_free(crl);
 	EVP_PKEY_free(signer);
 	esc_token_key_free(key);
@@ -275,4 +368,138 @@ out:
 	free(uri);
 	PQclear(res);
 	return r;
+}
+
+/*
+ * One attempt of publish: under CRL_LOCK, the stored CRL if it is fresh
+ * and fresh is wanted, else a new one signed, stored and audited (cert.crl
+ * ok, as actor, or as the service when actor is NULL).
+ */
+static enum esc_err
+publish_impl(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor, struct esc_token *ca_tok,
+	     long validity, int force, X509_CRL **out)
+{
+	const struct esc_publication *pub = esc_ctx_publication(ctx);
+	X509_CRL *crl = NULL;
+	unsigned char *der = NULL;
+	int derlen, nrev;
+	long long number = 0, revision = 0;
+	time_t now = time(NULL);
+	char v_num[24], v_rev[24], v_this[24], v_next[24], v_refresh[24], v_count[16], roles[64] = "service";
+	char details[200];
+	const char *v[8] = {v_num, NULL, v_this, v_next, v_refresh, v_rev, v_count, NULL};
+	int lens[8] = {0}, fmts[8] = {0};
+	struct esc_audit_event ev = {NULL, roles, "cert.crl", v_num, "ok", details};
+	enum esc_err r;
+
+	if ((r = esc_store_exec(ctx, st, "BEGIN ISOLATION LEVEL READ COMMITTED", 0, NULL, NULL, NULL, NULL)) != ESC_OK)
+		return r;
+	esc_store_mark_tx(st);
+	if ((r = esc_store_exec(ctx, st, "SELECT pg_advisory_xact_lock(" CRL_LOCK ")", 0, NULL, NULL, NULL, NULL)) !=
+	    ESC_OK)
+		goto out;
+	if (!force) {
+		if ((r = current_if_fresh(ctx, st, &crl)) != ESC_OK)
+			goto out;
+		if (crl != NULL) {
+			/* Another keeper made it while we waited for the lock: theirs is ours. */
+			if ((r = esc_store_commit(ctx, st)) != ESC_OK)
+				goto out;
+			goto done;
+		}
+	}
+	if ((r = sign_crl(ctx, st, ca_tok, now, validity, &crl, &number, &revision)) != ESC_OK)
+		goto out;
+	if ((derlen = i2d_X509_CRL(crl, &der)) <= 0) {
+		r = esc_error_ossl(ctx, ESC_ERR_CRYPTO, "cannot encode the CRL");
+		goto out;
+	}
+	nrev = sk_X509_REVOKED_num(X509_CRL_get_REVOKED(crl));
+	snprintf(v_num, sizeof(v_num), "%lld", number);
+	snprintf(v_rev, sizeof(v_rev), "%lld", revision);
+	snprintf(v_this, sizeof(v_this), "%lld", (long long)now);
+	snprintf(v_next, sizeof(v_next), "%lld", (long long)now + validity);
+	snprintf(v_refresh, sizeof(v_refresh), "%lld", (long long)now + validity * pub->crl_refresh / 100);
+	snprintf(v_count, sizeof(v_count), "%d", nrev < 0 ? 0 : nrev);
+	v[1] = (const char *)der;
+	lens[1] = derlen;
+	fmts[1] = 1;
+	/* An account (the API), the CA PIN holder (the CLI's local mode) or the service (a due CRL). */
+	v[7] = ev.actor = actor != NULL ? esc_account_name(actor) : force ? "ca-token" : "service";
+	if (actor != NULL)
+		esc_roles_format(esc_account_roles(actor), roles, sizeof(roles));
+	snprintf(details, sizeof(details), "CRL number %lld, %s revoked, valid %ld s%s", number, v_count, validity,
+		 force ? ", on demand" : "");
+	if ((r = esc_store_exec(ctx, st,
+				"INSERT INTO crls (number, der, this_update, next_update, refresh_at, revision, "
+				"revoked, made_by) VALUES ($1, $2, to_timestamp($3), to_timestamp($4), "
+				"to_timestamp($5), $6, $7, $8)",
+				8, v, lens, fmts, NULL)) != ESC_OK ||
+	    (r = esc_audit_append(ctx, st, &ev)) != ESC_OK || (r = esc_store_commit(ctx, st)) != ESC_OK)
+		goto out;
+	esc_log(ctx, ESC_LOG_INFO, "CRL %lld made (%s revoked, valid %ld s)", number, v_count, validity);
+done:
+	*out = crl;
+	crl = NULL; /* transferred */
+	r = ESC_OK;
+out:
+	esc_store_rollback(st);
+	OPENSSL_free(der);
+	X509_CRL_free(crl);
+	return r;
+}
+
+static enum esc_err
+publish(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor, struct esc_token *ca_tok,
+	long validity, int force, X509_CRL **out)
+{
+	struct esc_store_retry t = {0};
+	enum esc_err r;
+
+	if (ca_tok == NULL || out == NULL)
+		return esc_error(ctx, ESC_ERR_INTERNAL, "CRL: NULL argument");
+	do
+		r = publish_impl(ctx, st, actor, ca_tok, validity, force, out);
+	while (esc_store_retry(ctx, st, &t, &r));
+	/* A failed CRL on demand is audited; the service's own attempts (at a client's GET) are only logged. */
+	if (r != ESC_OK && actor != NULL)
+		esc_audit_outcome_by(ctx, st, actor, "cert.crl", "crl", r);
+	else if (r != ESC_OK && force)
+		esc_audit_outcome(ctx, st, "ca-token", "service", "cert.crl", "crl", r);
+	return r;
+}
+
+enum esc_err
+esc_crl_build(struct esc_ctx *ctx, struct esc_store *st, struct esc_token *ca_tok, int days, X509_CRL **out)
+{
+	if (days < 1 || days > 366)
+		return esc_error(ctx, ESC_ERR_USAGE, "a CRL is valid for 1..366 days");
+	return publish(ctx, st, NULL, ca_tok, days * 86400L, 1, out);
+}
+
+enum esc_err
+esc_crl_build_by(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor, struct esc_token *ca_tok,
+		 int days, X509_CRL **out)
+{
+	enum esc_err r;
+
+	if (actor == NULL ||
+	    (!esc_account_has_role(actor, ESC_ROLE_ADMIN) && !esc_account_has_role(actor, ESC_ROLE_CERT_MANAGER))) {
+		r = esc_error(
+			ctx, ESC_ERR_DENIED,
+			"account '%s' is neither an administrator nor a certificate manager: it cannot have a CRL "
+			"signed",
+			actor ? esc_account_name(actor) : "unknown");
+		esc_audit_outcome_by(ctx, st, actor, "cert.crl", "crl", r);
+		return r;
+	}
+	if (days < 1 || days > 366)
+		return esc_error(ctx, ESC_ERR_USAGE, "a CRL is valid for 1..366 days");
+	return publish(ctx, st, actor, ca_tok, days * 86400L, 1, out);
+}
+
+enum esc_err
+esc_crl_refresh(struct esc_ctx *ctx, struct esc_store *st, struct esc_token *ca_tok, X509_CRL **out)
+{
+	return publish(ctx, st, NULL, ca_tok, esc_ctx_publication(ctx)->crl_validity, 0, out);
 }

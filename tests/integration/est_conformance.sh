@@ -151,7 +151,7 @@ code=$(post serverkeygen "$T/sym.b64" --user "$(otp encryption)")
 [ "$(rows)" = "$before" ] || fail "a refused request stored something: $before -> $(rows)"
 
 note "4. HEAD: the GET answer's status and headers, no body"
-for path in /.well-known/est/cacerts /.well-known/est/csrattrs /.well-known/est/signing/csrattrs /crl /healthz \
+for path in /.well-known/est/cacerts /.well-known/est/csrattrs /.well-known/est/signing/csrattrs /crl /ca.crt /healthz \
     /.well-known/est/nosuchop /api/v1/whoami; do
     args=(); case $path in /api/*) args=(--user admin:admin-password-0001) ;; esac
     get=$(curl -sS --cacert "$SERVER_CA" "${args[@]}" -o "$T/get.body" -D "$T/get.h" -w '%{http_code}' "$URL$path")

@@ -197,6 +197,17 @@ assert_out "is not the key of KRA 'kra2'"
 srv admin 11 kra renew kra2 --kra-pin-file "$T/bad.pin"
 srv cm1 51 kra renew kra2 --kra-pin-file "$PIN_FILE"
 [ "$(psql_val "SELECT cert_serial FROM kras WHERE name = 'kra2'")" = "$OLD2" ] || fail "a refused renewal changed kra2"
+note "a renewal refused at its proof through the service is audited as kra.renew, not kra.enroll"
+# Every challenge made now is already past its time when the card's answer arrives.
+psql_val "CREATE FUNCTION t_expire() RETURNS trigger LANGUAGE plpgsql AS \$\$ BEGIN
+          NEW.expires_at := NEW.created_at + interval '1 millisecond'; RETURN NEW; END \$\$;
+          CREATE TRIGGER t_expire BEFORE INSERT ON kra_challenges FOR EACH ROW EXECUTE FUNCTION t_expire()" >/dev/null
+r0=$(events kra.renew refused) e0=$(events kra.enroll refused)
+srv admin 41 kra renew kra2 --kra-pin-file "$PIN_FILE"
+assert_out "expired"
+psql_val "DROP TRIGGER t_expire ON kra_challenges; DROP FUNCTION t_expire()" >/dev/null
+[ "$(events kra.renew refused)" = $((r0 + 1)) ] || fail "the refused proof is not audited as kra.renew"
+[ "$(events kra.enroll refused)" = "$e0" ] || fail "the refused renewal was audited as kra.enroll"
 srv admin 0 kra renew kra2 --kra-pin-file "$PIN_FILE" --days 200
 assert_out "KRA 'kra2' renewed through the service, possession proven"
 assert_out "replacing serial $OLD2"

@@ -529,11 +529,28 @@ cmd_session(struct esc_ctx *ctx, int argc, char *argv[])
 	ok("seal_server_key: a key that is not its certificate's is refused");
 	X509_free(cert);
 
-	if (esc_keeper_sign_crl(ctx, k, NULL, NULL, 7, &crl) != ESC_OK ||
+	if (esc_keeper_sign_crl(ctx, k, NULL, NULL, 0, &crl) != ESC_OK ||
 	    X509_CRL_verify(crl, X509_get0_pubkey(ca)) != 1)
 		die("sign_crl", ctx);
-	X509_CRL_free(crl);
 	ok("sign_crl: the CRL verifies with the CA key");
+	{
+		X509_CRL *again = NULL;
+		const ASN1_BIT_STRING *s1 = NULL, *s2 = NULL;
+
+		/* Not due: the same CRL (the same signature), not a new one; a new one on demand needs an account. */
+		if (esc_keeper_sign_crl(ctx, k, NULL, NULL, 0, &again) != ESC_OK)
+			die("sign_crl twice", ctx);
+		X509_CRL_get0_signature(crl, &s1, NULL);
+		X509_CRL_get0_signature(again, &s2, NULL);
+		if (ASN1_STRING_cmp(s1, s2) != 0)
+			die("sign_crl twice: not the stored CRL", ctx);
+		X509_CRL_free(again);
+		again = NULL;
+		if ((r = esc_keeper_sign_crl(ctx, k, NULL, NULL, 7, &again)) != ESC_ERR_DENIED)
+			die("a CRL on demand without an account was not refused", ctx);
+		ok("sign_crl: the stored CRL while it is not due; none on demand without an account");
+	}
+	X509_CRL_free(crl);
 	if (esc_keeper_checkpoint(ctx, k, NULL, NULL, 1, 0, &id) != ESC_OK || id < 0)
 		die("checkpoint", ctx);
 	ok("checkpoint: signed when due");
@@ -545,7 +562,7 @@ cmd_session(struct esc_ctx *ctx, int argc, char *argv[])
 	close(fds[1]);
 
 	/* The first connection still works after the second one misbehaved and was ended. */
-	if (esc_keeper_sign_crl(ctx, k, NULL, NULL, 7, &crl) != ESC_OK)
+	if (esc_keeper_sign_crl(ctx, k, NULL, NULL, 0, &crl) != ESC_OK)
 		die("sign_crl after the other connection ended", ctx);
 	X509_CRL_free(crl);
 	ok("the keeper goes on serving its other connection");

@@ -72,7 +72,7 @@ load(struct fixture *f, const char *text)
 
 /* Every key's current value, to prove a failed load changed nothing. */
 struct snapshot {
-	char val[32][1025]; /* values are at most 1024 bytes */
+	char val[64][1025]; /* values are at most 1024 bytes; room for every key */
 };
 
 static void
@@ -157,6 +157,10 @@ test_defaults(void **state)
 	assert_string_equal(esc_config_get(f->cfg, "account_cert_ca"), "");
 	assert_string_equal(esc_config_get(f->cfg, "account_cert_crl"), "");
 	assert_string_equal(esc_config_get(f->cfg, "user"), "");
+	assert_string_equal(esc_config_get(f->cfg, "crl_url"), "");
+	assert_string_equal(esc_config_get(f->cfg, "ca_issuer_url"), "");
+	assert_int_equal(esc_config_get_long(f->cfg, "crl_validity"), 604800);
+	assert_int_equal(esc_config_get_long(f->cfg, "crl_refresh"), 50);
 
 	assert_null(esc_config_get(f->cfg, "nope"));
 	assert_null(esc_config_get(f->cfg, NULL));
@@ -165,7 +169,7 @@ test_defaults(void **state)
 
 	for (n = 0; esc_config_key_name(n) != NULL; n++)
 		assert_non_null(esc_config_get(f->cfg, esc_config_key_name(n)));
-	assert_int_equal(n, 31);
+	assert_int_equal(n, 35);
 	assert_string_equal(esc_config_key_name(0), "database");
 	assert_null(esc_config_key_name(1000));
 
@@ -583,11 +587,56 @@ test_load_file(void **state)
 	assert_snapshot(f->cfg, &snap);
 }
 
+/* crl_url and ca_issuer_url: http(s) or ldap with a host (ldap:/// too), no blank; the CRL timing's ranges. */
+static void
+test_publication_keys(void **state)
+{
+	static const char *const good[] = {
+		"crl_url = \"http://pki.example.test/ca.crl\"",
+		"crl_url = \"HTTPS://pki.example.test:8443/crl\"",
+		"crl_url = \"ldap://dir.example.test/CN=CA,O=Ex?certificateRevocationList\"",
+		"ca_issuer_url = \"ldap:///CN=CA,O=Ex?cACertificate\"",
+		"crl_url = \"\"",
+		"crl_validity = 60",
+		"crl_refresh = 90",
+	};
+	static const char *const bad[] = {
+		"crl_url = \"ftp://pki.example.test/ca.crl\"",
+		"crl_url = \"http://pki.example.test/a b.crl\"",
+		"crl_url = \"http:///ca.crl\"",
+		"crl_url = \"http://\"",
+		"ca_issuer_url = \"pki.example.test/ca.crt\"",
+		"ca_issuer_url = \"http://:80/ca.crt\"",
+		"crl_validity = 59",
+		"crl_refresh = 9",
+		"crl_refresh = 91",
+	};
+	struct fixture *f = *state;
+	const struct esc_publication *p;
+	size_t i;
+
+	for (i = 0; i < sizeof(good) / sizeof(good[0]); i++)
+		assert_int_equal(load(f, good[i]), ESC_OK);
+	for (i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		assert_int_equal(load(f, bad[i]), ESC_ERR_CONFIG);
+		assert_non_null(strstr(esc_ctx_errmsg(f->ctx),
+				       bad[i][0] == 'c' && bad[i][1] == 'a' ? "ca_issuer_url" : "crl_"));
+	}
+	assert_int_equal(load(f, "crl_url = \"http://pki.example.test/ca.crl\"\ncrl_validity = 86400\n"), ESC_OK);
+	assert_int_equal(esc_config_set_publication(f->ctx, f->cfg), ESC_OK);
+	p = esc_ctx_publication(f->ctx);
+	assert_string_equal(p->crl_url, "http://pki.example.test/ca.crl");
+	assert_string_equal(p->ca_issuer_url, "ldap:///CN=CA,O=Ex?cACertificate");
+	assert_int_equal(p->crl_validity, 86400);
+	assert_int_equal(p->crl_refresh, 90);
+}
+
 int
 main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test_setup_teardown(test_defaults, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_publication_keys, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_valid_file, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_bad_lines, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_pin_not_echoed, setup, teardown),

@@ -538,6 +538,108 @@ test_built_certificates(void **state)
 	X509_NAME_free(xn);
 }
 
+/* The one URI of a GENERAL_NAME, NUL-terminated in buf. */
+static const char *
+uri_of(const GENERAL_NAME *g, char *buf, size_t len)
+{
+	const ASN1_IA5STRING *u;
+
+	assert_int_equal(g->type, GEN_URI);
+	u = g->d.uniformResourceIdentifier;
+	assert_true((size_t)ASN1_STRING_length(u) < len);
+	memcpy(buf, ASN1_STRING_get0_data(u), (size_t)ASN1_STRING_length(u));
+	buf[ASN1_STRING_length(u)] = '\0';
+	return buf;
+}
+
+/* x's CRL distribution point and caIssuers are exactly crl and issuer (each NULL: no such extension). */
+static void
+assert_publication(X509 *x, const char *crl, const char *issuer)
+{
+	CRL_DIST_POINTS *cdp = X509_get_ext_d2i(x, NID_crl_distribution_points, NULL, NULL);
+	AUTHORITY_INFO_ACCESS *aia = X509_get_ext_d2i(x, NID_info_access, NULL, NULL);
+	char buf[600];
+
+	if (crl == NULL) {
+		assert_null(cdp);
+	} else {
+		DIST_POINT *dp;
+
+		assert_non_null(cdp);
+		assert_int_equal(sk_DIST_POINT_num(cdp), 1);
+		dp = sk_DIST_POINT_value(cdp, 0);
+		assert_non_null(dp->distpoint);
+		assert_int_equal(dp->distpoint->type, 0);
+		assert_int_equal(sk_GENERAL_NAME_num(dp->distpoint->name.fullname), 1);
+		assert_string_equal(uri_of(sk_GENERAL_NAME_value(dp->distpoint->name.fullname, 0), buf, sizeof(buf)),
+				    crl);
+		assert_int_equal(critical(x, NID_crl_distribution_points), 0);
+	}
+	if (issuer == NULL) {
+		assert_null(aia);
+	} else {
+		ACCESS_DESCRIPTION *ad;
+
+		assert_non_null(aia);
+		assert_int_equal(sk_ACCESS_DESCRIPTION_num(aia), 1);
+		ad = sk_ACCESS_DESCRIPTION_value(aia, 0);
+		assert_int_equal(OBJ_obj2nid(ad->method), NID_ad_ca_issuers);
+		assert_string_equal(uri_of(ad->location, buf, sizeof(buf)), issuer);
+		assert_int_equal(critical(x, NID_info_access), 0);
+	}
+	CRL_DIST_POINTS_free(cdp);
+	AUTHORITY_INFO_ACCESS_free(aia);
+}
+
+/*
+ * crl_url and ca_issuer_url (esc_ctx_set_publication) go into every
+ * certificate the CA signs, end-entity and KRA alike, as given (a ',' in a
+ * URL stays in it); unset, neither extension.  Bad settings leave ctx as it was.
+ */
+static void
+test_publication(void **state)
+{
+	static const char crl[] = "http://pki.example.test/crl?ca=p11escrow,v=2";
+	static const char issuer[] = "ldap:///CN=p11escrow%20CA,O=Example?cACertificate";
+	struct esc_ctx *ctx = *state;
+	struct esc_publication p = {crl, issuer, 3600, 25}, bad = p;
+	X509_NAME *xn = subject_with(NULL, 0);
+	X509 *x;
+
+	x = issue(ctx, "signing", keys.p256, xn);
+	assert_publication(x, NULL, NULL);
+	X509_free(x);
+
+	assert_int_equal(esc_ctx_set_publication(ctx, &p), ESC_OK);
+	assert_int_equal(esc_ctx_publication(ctx)->crl_validity, 3600);
+	assert_int_equal(esc_ctx_publication(ctx)->crl_refresh, 25);
+	x = issue(ctx, "encryption", keys.rsa2048, xn);
+	assert_publication(x, crl, issuer);
+	X509_free(x);
+	x = NULL;
+	assert_int_equal(esc_ca_issue(ctx, keys.ca, keys.ca_key, keys.p256, xn, 30, ESC_PROFILE_KRA, &x), ESC_OK);
+	assert_publication(x, crl, issuer);
+	X509_free(x);
+
+	bad.crl_url = "http://pki.example.test/a b.crl";
+	assert_int_equal(esc_ctx_set_publication(ctx, &bad), ESC_ERR_CONFIG);
+	bad = p;
+	bad.crl_refresh = 95;
+	assert_int_equal(esc_ctx_set_publication(ctx, &bad), ESC_ERR_CONFIG);
+	bad = p;
+	bad.crl_validity = 59;
+	assert_int_equal(esc_ctx_set_publication(ctx, &bad), ESC_ERR_CONFIG);
+	assert_string_equal(esc_ctx_publication(ctx)->crl_url, crl);
+
+	/* Only the CRL: no caIssuers. */
+	p.ca_issuer_url = NULL;
+	assert_int_equal(esc_ctx_set_publication(ctx, &p), ESC_OK);
+	x = issue(ctx, "tls-server", keys.p256, xn);
+	assert_publication(x, crl, NULL);
+	X509_free(x);
+	X509_NAME_free(xn);
+}
+
 int
 main(void)
 {
@@ -554,6 +656,7 @@ main(void)
 		cmocka_unit_test_setup_teardown(test_ee_spec, test_ctx_setup, test_ctx_teardown),
 		cmocka_unit_test_setup_teardown(test_ee_spec_refused, test_ctx_setup, test_ctx_teardown),
 		cmocka_unit_test_setup_teardown(test_built_certificates, test_ctx_setup, test_ctx_teardown),
+		cmocka_unit_test_setup_teardown(test_publication, test_ctx_setup, test_ctx_teardown),
 	};
 
 	return cmocka_run_group_tests(tests, group_setup, group_teardown);

@@ -176,6 +176,174 @@ try_cert(struct esc_ctx *ctx, X509 *x)
 	return r;
 }
 
+/* k of n: a package's shares as the workstation adds them from the service's answer. */
+static void
+test_package_shares(void **state)
+{
+	struct esc_ctx *ctx = *state;
+	struct test_keys k = {NULL, NULL, NULL, NULL, NULL, NULL};
+	struct esc_recovery_package *p = NULL;
+	static const unsigned char pkg[] = {0x30, 0x03, 0x02, 0x01, 0x00};
+	static const char rid[] = "99e45df7-b420-4251-810c-28276b0232d6";
+	unsigned char commit[32], sealed[40], *big;
+	const unsigned char *got, *c;
+	struct der user, kra, old;
+	size_t len, i;
+	unsigned x;
+	X509 *cert;
+
+	memset(commit, 0xc1, sizeof(commit));
+	memset(sealed, 0x5e, sizeof(sealed));
+	assert_int_equal(test_keys_make(ctx, &k, 2048, "CN=user", "CN=kra1", "CN=other"), 0);
+	user = der_of(k.rsa_cert);
+	kra = der_of(k.ec_cert);
+	old = der_of(k.other_cert);
+	assert_int_equal(esc_recovery_package_new(ctx, 7, pkg, sizeof(pkg), user.p, (size_t)user.n, kra.p,
+						  (size_t)kra.n, "kra1", URI, &p),
+			 ESC_OK);
+	assert_int_equal(esc_recovery_package_threshold(p), 0); /* version 1 until a share is added */
+	assert_int_equal(esc_recovery_package_nshares(p), 0);
+	/* Its own share, sealed to an earlier certificate; a contributed one, to the KRA's certificate now. */
+	assert_int_equal(
+		esc_recovery_package_add_share(ctx, p, rid, 2, 1, commit, sealed, sizeof(sealed), old.p, (size_t)old.n),
+		ESC_OK);
+	assert_int_equal(esc_recovery_package_add_share(ctx, p, rid, 2, 3, commit, sealed, 20, NULL, 0), ESC_OK);
+	assert_int_equal(esc_recovery_package_threshold(p), 2);
+	assert_string_equal(esc_recovery_package_record_id(p), rid);
+	assert_int_equal(esc_recovery_package_nshares(p), 2);
+	assert_non_null(got = esc_recovery_package_share(p, 0, &x, &c, &len, &cert));
+	assert_int_equal(x, 1);
+	assert_int_equal(len, sizeof(sealed));
+	assert_memory_equal(got, sealed, sizeof(sealed));
+	assert_memory_equal(c, commit, 32);
+	assert_int_equal(X509_cmp(cert, k.other_cert), 0);
+	assert_non_null(esc_recovery_package_share(p, 1, &x, &c, &len, &cert));
+	assert_int_equal(x, 3);
+	assert_int_equal(len, 20);
+	assert_int_equal(X509_cmp(cert, k.ec_cert), 0); /* none given: the package's KRA certificate */
+	assert_null(esc_recovery_package_share(p, 2, &x, &c, &len, &cert));
+
+	/* Refused, the package unchanged: x twice or out of range, k or record disagreeing, bad k, sizes, cert. */
+	assert_int_equal(esc_recovery_package_add_share(ctx, p, rid, 2, 3, commit, sealed, 20, NULL, 0),
+			 ESC_ERR_BAD_INPUT);
+	assert_int_equal(esc_recovery_package_add_share(ctx, p, rid, 2, 0, commit, sealed, 20, NULL, 0),
+			 ESC_ERR_BAD_INPUT);
+	assert_int_equal(esc_recovery_package_add_share(ctx, p, rid, 2, 256, commit, sealed, 20, NULL, 0),
+			 ESC_ERR_BAD_INPUT);
+	assert_int_equal(esc_recovery_package_add_share(ctx, p, rid, 3, 4, commit, sealed, 20, NULL, 0),
+			 ESC_ERR_BAD_INPUT);
+	assert_int_equal(esc_recovery_package_add_share(ctx, p, "11111111-b420-4251-810c-28276b0232d6", 2, 4, commit,
+							sealed, 20, NULL, 0),
+			 ESC_ERR_BAD_INPUT);
+	assert_int_equal(esc_recovery_package_add_share(ctx, p, "short", 2, 4, commit, sealed, 20, NULL, 0),
+			 ESC_ERR_BAD_INPUT);
+	assert_int_equal(esc_recovery_package_add_share(ctx, p, rid, 17, 4, commit, sealed, 20, NULL, 0),
+			 ESC_ERR_BAD_INPUT);
+	assert_int_equal(esc_recovery_package_add_share(ctx, p, rid, 2, 4, commit, sealed, 0, NULL, 0),
+			 ESC_ERR_BAD_INPUT);
+	assert_non_null(big = calloc(1, 64 * 1024 + 1));
+	assert_int_equal(esc_recovery_package_add_share(ctx, p, rid, 2, 4, commit, big, 64 * 1024 + 1, NULL, 0),
+			 ESC_ERR_BAD_INPUT);
+	free(big);
+	assert_int_equal(esc_recovery_package_add_share(ctx, p, rid, 2, 4, commit, sealed, 20, sealed, 20),
+			 ESC_ERR_BAD_INPUT);
+	assert_int_equal(esc_recovery_package_nshares(p), 2);
+	/* At most 16 shares. */
+	for (i = 4; i < 18; i++)
+		assert_int_equal(
+			esc_recovery_package_add_share(ctx, p, rid, 2, (unsigned)i, commit, sealed, 20, NULL, 0),
+			ESC_OK);
+	assert_int_equal(esc_recovery_package_add_share(ctx, p, rid, 2, 18, commit, sealed, 20, NULL, 0),
+			 ESC_ERR_BAD_INPUT);
+	esc_recovery_package_free(p);
+	OPENSSL_free(user.p);
+	OPENSSL_free(kra.p);
+	OPENSSL_free(old.p);
+	test_keys_free(&k);
+}
+
+/* k of n: a contributor's share as its workstation rebuilds it from the service's answer. */
+static void
+test_share_new(void **state)
+{
+	struct esc_ctx *ctx = *state;
+	struct test_keys k = {NULL, NULL, NULL, NULL, NULL, NULL};
+	struct esc_recovery_share *s = NULL;
+	struct esc_recovery_share_parts in, got, bad;
+	unsigned char commit[32], sealed[40];
+	struct der kra, completer;
+
+	memset(commit, 0xc1, sizeof(commit));
+	memset(sealed, 0x5e, sizeof(sealed));
+	assert_int_equal(test_keys_make(ctx, &k, 2048, "CN=user", "CN=kra2", "CN=kra1"), 0);
+	kra = der_of(k.ec_cert);
+	completer = der_of(k.other_cert);
+	memset(&in, 0, sizeof(in));
+	in.id = 7;
+	in.record_id = "99e45df7-b420-4251-810c-28276b0232d6";
+	in.x = 2;
+	in.threshold = 2;
+	in.commitment = commit;
+	in.sealed = sealed;
+	in.sealed_len = sizeof(sealed);
+	in.kra_cert = kra.p;
+	in.kra_cert_len = (size_t)kra.n;
+	in.kra_name = "kra2";
+	in.key_uri = URI;
+	in.completer_cert = completer.p;
+	in.completer_cert_len = (size_t)completer.n;
+	in.completer_name = "kra1";
+	in.completer_recipient = "rsa-oaep-sha1";
+	assert_int_equal(esc_recovery_share_new(ctx, &in, &s), ESC_OK);
+	esc_recovery_share_parts(s, &got);
+	assert_int_equal(got.id, 7);
+	assert_string_equal(got.record_id, in.record_id);
+	assert_int_equal(got.x, 2);
+	assert_int_equal(got.threshold, 2);
+	assert_memory_equal(got.commitment, commit, 32);
+	assert_int_equal(got.sealed_len, sizeof(sealed));
+	assert_memory_equal(got.sealed, sealed, sizeof(sealed));
+	assert_int_equal(got.kra_cert_len, (size_t)kra.n);
+	assert_memory_equal(got.kra_cert, kra.p, (size_t)kra.n);
+	assert_int_equal(got.completer_cert_len, (size_t)completer.n);
+	assert_memory_equal(got.completer_cert, completer.p, (size_t)completer.n);
+	assert_string_equal(got.kra_name, "kra2");
+	assert_string_equal(got.key_uri, URI);
+	assert_string_equal(got.completer_name, "kra1");
+	assert_string_equal(got.completer_recipient, "rsa-oaep-sha1");
+	esc_recovery_share_free(s);
+	esc_recovery_share_free(NULL);
+
+	/* Refused, nothing returned. */
+#define REFUSED(field, value)                                                               \
+	do {                                                                                \
+		s = NULL;                                                                   \
+		bad = in;                                                                   \
+		bad.field = value;                                                          \
+		assert_int_equal(esc_recovery_share_new(ctx, &bad, &s), ESC_ERR_BAD_INPUT); \
+		assert_null(s);                                                             \
+	} while (0)
+	REFUSED(x, 0);
+	REFUSED(x, 256);
+	REFUSED(threshold, 1);
+	REFUSED(threshold, 17);
+	REFUSED(record_id, "short");
+	REFUSED(commitment, NULL);
+	REFUSED(sealed_len, 0);
+	REFUSED(sealed_len, 64 * 1024 + 1);
+	REFUSED(kra_cert_len, 10);
+	REFUSED(completer_cert, sealed);
+	REFUSED(kra_name, "");
+	REFUSED(completer_name, "bad\nname");
+	REFUSED(completer_recipient, NULL);
+	REFUSED(key_uri, "pkcs11:token=KRA1;pin-value=1234");
+	REFUSED(key_uri, "not a uri");
+#undef REFUSED
+	OPENSSL_free(kra.p);
+	OPENSSL_free(completer.p);
+	test_keys_free(&k);
+}
+
 static void
 test_output_cert(void **state)
 {
@@ -258,6 +426,8 @@ main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test_setup_teardown(test_package_new, test_ctx_setup, test_ctx_teardown),
+		cmocka_unit_test_setup_teardown(test_package_shares, test_ctx_setup, test_ctx_teardown),
+		cmocka_unit_test_setup_teardown(test_share_new, test_ctx_setup, test_ctx_teardown),
 		cmocka_unit_test_setup_teardown(test_output_cert, test_ctx_setup, test_ctx_teardown),
 		cmocka_unit_test_setup_teardown(test_output_forms, test_ctx_setup, test_ctx_teardown),
 	};
