@@ -818,6 +818,15 @@ release_impl(struct esc_ctx *ctx, struct esc_store *st, struct esc_token *ca_tok
 		r = esc_error(ctx, ESC_ERR_BAD_INPUT, "the KRA's stored certificate is unreadable");
 		goto out;
 	}
+	/*
+	 * The record and its KRA rows are read in separate statements below: lock the record (FOR SHARE) so a
+	 * re-wrap (rewrap --kra, which takes its records FOR UPDATE SKIP LOCKED) cannot replace them in between.
+	 */
+	v[0] = rid;
+	if ((r = esc_store_exec(ctx, st, "SELECT 1 FROM archive_records WHERE id::text = $1 FOR SHARE", 1, v, NULL,
+				NULL, NULL)) != ESC_OK)
+		goto out;
+	v[0] = sid;
 	if ((r = esc_archive_open_outer(ctx, st, ca_tok, rid, &inner, &innerlen, &shares)) != ESC_OK)
 		goto out;
 	if (shares != NULL) {
@@ -1682,59 +1691,31 @@ static enum esc_err
 open_shares(struct esc_ctx *ctx, const struct esc_recovery_package *pkg, EVP_PKEY *cardkey, unsigned char **p8,
 	    size_t *p8len)
 {
-	unsigned char *buf = NULL, *kek = NULL, *plain = NULL, *shares[ESC_SHAMIR_MAX_SHARES],
-		      xs[ESC_SHAMIR_MAX_SHARES], md[32];
-	size_t i, plainlen = 0, n = pkg->threshold;
-	unsigned int mdlen = 0;
+	unsigned char *buf = NULL, *shares[ESC_SHAMIR_MAX_SHARES], xs[ESC_SHAMIR_MAX_SHARES];
+	size_t i, n = pkg->threshold;
 	enum esc_err r;
 
-	if ((buf = OPENSSL_secure_zalloc(n * ESC_KEK_LEN)) == NULL ||
-	    (kek = OPENSSL_secure_zalloc(ESC_KEK_LEN)) == NULL) {
-		r = esc_error(ctx, ESC_ERR_NOMEM, "out of memory");
-		goto out;
-	}
+	if ((buf = OPENSSL_secure_zalloc(n * ESC_KEK_LEN)) == NULL)
+		return esc_error(ctx, ESC_ERR_NOMEM, "out of memory");
+	/* Each share opened and checked (commitment, binding) as a re-wrap checks it, before any is combined. */
 	for (i = 0; i < n; i++) {
-		X509 *to = pkg->share[i].cert != NULL ? pkg->share[i].cert : pkg->kra_cert;
+		struct esc_record_share e;
 
-		if ((r = esc_envelope_open(ctx, pkg->share[i].sealed, pkg->share[i].sealedlen, cardkey, to, &plain,
-					   &plainlen)) != ESC_OK) {
-			char why[256];
-
-			snprintf(why, sizeof(why), "%s", esc_ctx_errmsg(ctx));
-			r = esc_error(ctx, r, "share x = %u of request %lld does not open on this card: %s",
-				      pkg->share[i].x, pkg->id, why);
-			goto out;
-		}
-		if (!EVP_Digest(plain, plainlen, md, &mdlen, EVP_sha256(), NULL)) {
-			r = esc_error_ossl(ctx, ESC_ERR_CRYPTO, "cannot hash a share");
-			goto out;
-		}
-		if (CRYPTO_memcmp(md, pkg->share[i].commitment, 32) != 0) {
-			r = esc_error(ctx, ESC_ERR_TAMPERED,
-				      "share x = %u of request %lld does not match the record's commitment: damaged or "
-				      "swapped; nothing combined",
-				      pkg->share[i].x, pkg->id);
-			goto out;
-		}
+		memset(&e, 0, sizeof(e));
+		e.x = pkg->share[i].x;
+		memcpy(e.commitment, pkg->share[i].commitment, sizeof(e.commitment));
+		e.sealed = pkg->share[i].sealed;
+		e.sealedlen = pkg->share[i].sealedlen;
 		shares[i] = buf + i * ESC_KEK_LEN;
-		xs[i] = (unsigned char)pkg->share[i].x;
-		if ((r = esc_share_plain_parse(ctx, plain, plainlen, pkg->record_id, pkg->share[i].x, pkg->threshold,
-					       shares[i])) != ESC_OK)
+		xs[i] = (unsigned char)e.x;
+		if ((r = esc_share_open(ctx, pkg->record_id, pkg->threshold, &e, cardkey,
+					pkg->share[i].cert != NULL ? pkg->share[i].cert : pkg->kra_cert, shares[i])) !=
+		    ESC_OK)
 			goto out;
-		esc_envelope_plain_free(plain, plainlen);
-		plain = NULL;
 	}
-	if ((r = esc_shamir_combine(ctx, xs, shares, (unsigned)n, ESC_KEK_LEN, kek)) != ESC_OK ||
-	    (r = esc_envelope_open_kek(ctx, pkg->der, pkg->derlen, kek, (const unsigned char *)pkg->record_id,
-				       strlen(pkg->record_id), p8, p8len)) != ESC_OK)
-		goto out;
-	r = ESC_OK;
+	r = esc_shares_open_inner(ctx, pkg->record_id, xs, shares, (unsigned)n, pkg->der, pkg->derlen, p8, p8len);
 out:
-	esc_envelope_plain_free(plain, plainlen);
-	if (buf != NULL)
-		OPENSSL_secure_clear_free(buf, n * ESC_KEK_LEN);
-	if (kek != NULL)
-		OPENSSL_secure_clear_free(kek, ESC_KEK_LEN);
+	OPENSSL_secure_clear_free(buf, n * ESC_KEK_LEN);
 	return r;
 }
 
