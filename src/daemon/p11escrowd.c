@@ -1796,8 +1796,8 @@ main(int argc, char *argv[])
 	     esc_config_get(s.cfg, "listen"), s.nworkers, esc_config_get(s.cfg, "tls_client_auth"), (int)s.keeper.pid);
 	/* systemd Type=notify: every worker has said it serves (spawn_worker waited), so `systemctl start` may return.
 	 * Only this process (the unit's main PID) notifies; without $NOTIFY_SOCKET it is a no-op. */
-	sd_notifyf(0, "READY=1\nSTATUS=serving https://%s with %d worker(s)\nMAINPID=%d", esc_config_get(s.cfg, "listen"),
-		   s.nworkers, (int)getpid());
+	sd_notifyf(0, "READY=1\nSTATUS=serving https://%s with %d worker(s)\nMAINPID=%d",
+		   esc_config_get(s.cfg, "listen"), s.nworkers, (int)getpid());
 	for (;;) {
 		sig = sigtimedwait(&sigs, &si, &tick);
 		if (sig == SIGHUP) {
