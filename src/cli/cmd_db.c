@@ -28,7 +28,9 @@ help(void)
 	       "            CREATE ROLE p11escrowd LOGIN; it may be neither a superuser nor the owner.\n\n"
 	       "Options:\n"
 	       "  -c, --config FILE          configuration file\n"
-	       "  -d, --database CONNINFO    libpq connection string\n"
+	       "  -d, --database CONNINFO    libpq connection string; several servers, e.g.\n"
+	       "                             'host=db1,db2 dbname=p11escrow target_session_attrs=read-write',\n"
+	       "                             reach whichever is the primary (docs/ha.md)\n"
 	       "  -h, --help                 this text\n",
 	       PROG, PROG);
 	cli_print_exit_codes();

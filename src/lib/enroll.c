@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <openssl/cms.h>
 #include <openssl/core_names.h>
@@ -256,6 +257,95 @@ out:
 	return r;
 }
 
+#define OUTCOME_WAIT_MS 5000 /* how long a lost commit's outcome is looked for */
+#define OUTCOME_STEP_MS 250  /* between attempts to reach a primary */
+
+/*
+ * The connection was lost before the answer to this enrollment's COMMIT
+ * came (the primary died, a failover): did it commit?  Its certificate row
+ * says so, since it commits with the archive record, the password and the
+ * audit event or not at all.  On a new session (the new primary, once one
+ * answers, for at most OUTCOME_WAIT_MS) the same row is inserted again in a
+ * transaction that is then rolled back: the unique serial makes that insert
+ * wait for the old transaction if it is still in progress on that server,
+ * then say whether it committed (conflict) or not (inserted).  Looking the
+ * row up instead could miss a commit still waiting for its synchronous
+ * standby, invisible until then.
+ *
+ * ESC_OK: it committed, the enrollment is done (its certificate and record
+ * are answered as if nothing happened).  BUSY: it did not; esc_store_retry
+ * runs the enrollment again on the new session, with the same certificate.
+ * DB_CONNECT: nobody can tell yet; the client's retry is a new enrollment,
+ * and the message names the serial whose outcome is unknown.
+ */
+static enum esc_err
+commit_outcome(struct esc_ctx *ctx, struct esc_store *st, const struct profile_def *def, struct issue_state *is,
+	       const char *serial)
+{
+	char lost[ESC_ERRMSG_MAX];
+	struct timespec pause = {0, OUTCOME_STEP_MS * 1000000L};
+	PGresult *res = NULL;
+	unsigned char *der = NULL;
+	const char *v[2];
+	int len[2] = {0, 0}, fmt[2] = {0, 1}, dlen, waited = 0, inserted = 0;
+	enum esc_err r;
+
+	snprintf(lost, sizeof(lost), "%s", esc_ctx_errmsg(ctx));
+	while ((r = esc_store_reconnect(ctx, st)) == ESC_ERR_DB_CONNECT && waited < OUTCOME_WAIT_MS) {
+		nanosleep(&pause, NULL);
+		waited += OUTCOME_STEP_MS;
+	}
+	/* Whatever fails from here on leaves the outcome unknown (the message says what failed). */
+	if (r != ESC_OK || begin_tx(ctx, st) != ESC_OK ||
+	    esc_store_exec(ctx, st, "SET LOCAL lock_timeout = '5s'", 0, NULL, NULL, NULL, NULL) != ESC_OK ||
+	    esc_store_insert_cert(ctx, st, is->cert, def->p.name, &inserted) != ESC_OK)
+		goto unknown;
+	if (inserted) {
+		esc_store_rollback(st);
+		esc_log(ctx, ESC_LOG_WARN,
+			"enrollment of serial %s: the connection was lost while committing and the commit did not "
+			"take effect; enrolling again on the new session",
+			serial);
+		r = esc_error(ctx, ESC_ERR_BUSY, "the commit of serial %s was lost with the connection (%s)", serial,
+			      lost);
+		goto out;
+	}
+	/* The serial is there: ours, or (by a 2^-159 chance) another certificate's. */
+	if ((dlen = i2d_X509(is->cert, &der)) <= 0) {
+		(void)esc_error(ctx, ESC_ERR_NOMEM, "out of memory");
+		goto unknown;
+	}
+	v[0] = serial;
+	v[1] = (const char *)der;
+	len[1] = dlen;
+	if (esc_store_exec(ctx, st, "SELECT der = $2 FROM certificates WHERE serial = $1", 2, v, len, fmt, &res) !=
+	    ESC_OK)
+		goto unknown;
+	esc_store_rollback(st);
+	if (PQntuples(res) != 1 || strcmp(PQgetvalue(res, 0, 0), "t") != 0) {
+		r = esc_error(ctx, ESC_ERR_BUSY, "the commit of serial %s was lost with the connection (%s)", serial,
+			      lost);
+		goto out;
+	}
+	esc_log(ctx, ESC_LOG_WARN,
+		"enrollment of serial %s: the connection was lost while committing, but the commit took effect "
+		"(found on the database after reconnecting)",
+		serial);
+	esc_ctx_clear_error(ctx);
+	r = ESC_OK;
+	goto out;
+unknown:
+	esc_store_rollback(st);
+	r = esc_error(ctx, ESC_ERR_DB_CONNECT,
+		      "enrollment of serial %s: %s; whether it committed cannot be told (%s): a retry is a new "
+		      "enrollment",
+		      serial, lost, esc_ctx_errmsg(ctx));
+out:
+	PQclear(res);
+	OPENSSL_free(der);
+	return r;
+}
+
 /* One attempt at the transaction: OTP, certificate, archive record, audit. */
 static enum esc_err
 issue_tx(struct esc_ctx *ctx, struct esc_store *st, struct esc_keeper *k, const struct profile_def *def,
@@ -295,8 +385,10 @@ issue_tx(struct esc_ctx *ctx, struct esc_store *st, struct esc_keeper *k, const 
 		 req->otp_name ? "one-time password " : "", req->otp_name ? req->otp_name : "",
 		 req->otp_name ? ", " : "", is->superseded > 0 ? "superseding older certificate(s), " : "",
 		 is->subject);
-	if ((r = esc_audit_append(ctx, st, &ev)) != ESC_OK || (r = esc_store_commit(ctx, st)) != ESC_OK)
+	if ((r = esc_audit_append(ctx, st, &ev)) != ESC_OK)
 		goto out;
+	if ((r = esc_store_commit(ctx, st)) != ESC_OK && esc_store_commit_unknown(st))
+		r = commit_outcome(ctx, st, def, is, serial);
 out:
 	esc_store_rollback(st);
 	free(serial);

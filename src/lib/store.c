@@ -3,9 +3,13 @@
  */
 #include <errno.h>
 #include <limits.h>
+#include <poll.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <libpq-fe.h>
 #include <openssl/crypto.h>
@@ -53,6 +57,13 @@ struct esc_store {
 	struct cert_slot certs[CERT_SLOTS];
 	size_t next_cert;
 	struct timespec schema_ok; /* when the schema version was last found right; 0: never */
+	/*
+	 * The session is gone (the server died, restarted, was demoted or
+	 * promoted away): the next statement outside a transaction opens a new
+	 * one (esc_store_reconnect) before it runs.
+	 */
+	int lost;
+	int commit_unknown; /* the last COMMIT's answer was lost with the connection */
 	/* The audit chain's end as this transaction left it (esc_store_audit_tail). */
 	unsigned char audit_tail[32];
 	int audit_tail_set;
@@ -74,39 +85,50 @@ one_line(char *buf, size_t len, const char *msg)
 	return buf;
 }
 
+/*
+ * A fixed search_path so no other schema can shadow our tables; commits
+ * durable before they are acknowledged, whatever the server's default: a
+ * certificate is handed out only after its archive record commits, and an
+ * asynchronous commit lost in a crash would leave it unrecorded.  With a
+ * synchronous standby (synchronous_standby_names) "on" also means the
+ * standby has the commit on disk before it is acknowledged, so a failover
+ * to it loses nothing that was answered (docs/ha.md).
+ */
+static enum esc_err
+session_setup(struct esc_ctx *ctx, struct esc_store *st)
+{
+	PGresult *res = PQexec(st->conn, "SET search_path = public; SET client_min_messages = warning; "
+					 "SET synchronous_commit = on");
+	enum esc_err r = ESC_OK;
+
+	if (PQresultStatus(res) != PGRES_COMMAND_OK)
+		r = esc_error(ctx, ESC_ERR_DB, "cannot configure the database session");
+	PQclear(res);
+	return r;
+}
+
 enum esc_err
 esc_store_connect(struct esc_ctx *ctx, const char *conninfo, struct esc_store **out)
 {
 	struct esc_store *st;
-	PGresult *res;
 	char msg[512];
+	enum esc_err r;
 
 	if ((st = calloc(1, sizeof(*st))) == NULL)
 		return esc_error(ctx, ESC_ERR_NOMEM, "out of memory");
 	st->conn = PQconnectdb(conninfo ? conninfo : "");
 	if (st->conn == NULL || PQstatus(st->conn) != CONNECTION_OK) {
-		enum esc_err r =
-			esc_error(ctx, ESC_ERR_DB_CONNECT,
-				  "cannot connect to the database: %s (check 'database' in the "
-				  "configuration or P11ESCROW_DATABASE)",
-				  one_line(msg, sizeof(msg), st->conn ? PQerrorMessage(st->conn) : "out of memory"));
+		r = esc_error(ctx, ESC_ERR_DB_CONNECT,
+			      "cannot connect to the database: %s (check 'database' in the "
+			      "configuration or P11ESCROW_DATABASE)",
+			      one_line(msg, sizeof(msg), st->conn ? PQerrorMessage(st->conn) : "out of memory"));
 		esc_store_free(st);
 		return r;
 	}
-	/*
-	 * A fixed search_path so no other schema can shadow our tables; commits
-	 * durable before they are acknowledged, whatever the server's default:
-	 * a certificate is handed out only after its archive record commits, and
-	 * an asynchronous commit lost in a crash would leave it unrecorded.
-	 */
-	res = PQexec(st->conn, "SET search_path = public; SET client_min_messages = warning; "
-			       "SET synchronous_commit = on");
-	if (PQresultStatus(res) != PGRES_COMMAND_OK) {
-		PQclear(res);
+	if ((r = session_setup(ctx, st)) != ESC_OK) {
 		esc_store_free(st);
-		return esc_error(ctx, ESC_ERR_DB, "cannot configure the database session");
+		return r;
 	}
-	PQclear(res);
 	*out = st;
 	return ESC_OK;
 }
@@ -121,6 +143,42 @@ forget_statements(struct esc_store *st)
 	memset(st->stmts, 0, sizeof(st->stmts));
 	st->nstmts = 0;
 	st->generation++;
+}
+
+enum esc_err
+esc_store_reconnect(struct esc_ctx *ctx, struct esc_store *st)
+{
+	char msg[512];
+	enum esc_err r;
+
+	if (st->in_tx)
+		return esc_error(ctx, ESC_ERR_INTERNAL, "esc_store_reconnect: a transaction is still open");
+	/*
+	 * PQreset opens a new session with the same parameters, from the first
+	 * host of a multi-host conninfo on: with target_session_attrs=read-write
+	 * it skips a dead primary and a standby still in recovery and lands on
+	 * whichever server is the primary now.
+	 */
+	PQreset(st->conn);
+	if (PQstatus(st->conn) != CONNECTION_OK) {
+		st->lost = 1;
+		return esc_error(ctx, ESC_ERR_DB_CONNECT, "cannot reconnect to the database: %s",
+				 one_line(msg, sizeof(msg), PQerrorMessage(st->conn)));
+	}
+	/* A new session has none of the old one's prepared statements, and may be another server. */
+	forget_statements(st);
+	st->schema_ok.tv_sec = 0;
+	st->schema_ok.tv_nsec = 0;
+	st->audit_tail_set = 0;
+	st->transient = 0;
+	if ((r = session_setup(ctx, st)) != ESC_OK) {
+		st->lost = 1;
+		return r;
+	}
+	st->lost = 0;
+	esc_log(ctx, ESC_LOG_INFO, "reconnected to the database: host %s port %s",
+		PQhost(st->conn) != NULL ? PQhost(st->conn) : "?", PQport(st->conn) != NULL ? PQport(st->conn) : "?");
+	return ESC_OK;
 }
 
 void
@@ -174,6 +232,47 @@ is_transient(const PGresult *res)
 }
 
 /*
+ * Has the server ended this idle session by itself?  A backend that is
+ * terminated, or sees its postmaster die, while the session is idle writes
+ * a FATAL message and closes the socket; libpq notices only when it next
+ * reads.  Anything to read on an idle session is looked at now (one poll,
+ * nothing to read: presumed alive), so a statement is not sent to a session
+ * known dead, where its failure would leave its outcome in doubt.
+ */
+static int
+idle_session_gone(struct esc_store *st)
+{
+	struct pollfd p = {.fd = PQsocket(st->conn), .events = POLLIN, .revents = 0};
+	int i;
+
+	if (p.fd < 0)
+		return 1;
+	/* The message and the end of the stream may take one read each. */
+	for (i = 0; i < 4; i++) {
+		if (poll(&p, 1, 0) <= 0)
+			return 0;
+		if (!PQconsumeInput(st->conn) || PQstatus(st->conn) != CONNECTION_OK)
+			return 1;
+	}
+	return 0;
+}
+
+/*
+ * A write refused because the server is read-only (25006): a standby, or
+ * the old primary come back as one after a failover, reached through a
+ * conninfo without target_session_attrs=read-write or a pooler that
+ * still points at it.  This session can never write: it is dropped like a
+ * lost one, so the next one finds the primary.
+ */
+static int
+read_only_server(const PGresult *res)
+{
+	const char *state = res != NULL ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+
+	return state != NULL && strcmp(state, "25006") == 0;
+}
+
+/*
  * Is the connection gone, whatever PQstatus says yet?  libpq may report a
  * broken connection first as a failed statement (a write that met a reset,
  * the server's FATAL notice read before the end of the stream) and mark the
@@ -187,7 +286,8 @@ connection_lost(const struct esc_store *st, const PGresult *res)
 	const char *state = res != NULL ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
 
 	return PQstatus(st->conn) != CONNECTION_OK || state == NULL || strncmp(state, "08", 2) == 0 ||
-	       strcmp(state, "57P01") == 0 || strcmp(state, "57P02") == 0 || strcmp(state, "57P03") == 0;
+	       strcmp(state, "57P01") == 0 || strcmp(state, "57P02") == 0 || strcmp(state, "57P03") == 0 ||
+	       read_only_server(res);
 }
 
 /*
@@ -263,9 +363,22 @@ esc_store_exec(struct esc_ctx *ctx, struct esc_store *st, const char *sql, int n
 	PGresult *res;
 	ExecStatusType status;
 	char msg[512];
-	int prepared;
+	int prepared, again = 0;
 	enum esc_err r;
 
+	st->commit_unknown = 0;
+	if ((st->lost || PQstatus(st->conn) != CONNECTION_OK) && st->in_tx) {
+		st->lost = 1;
+		/* The server rolled this transaction back with the session: nothing more can join it. */
+		st->transient = 1;
+		return esc_error(ctx, ESC_ERR_BUSY,
+				 "the database connection was lost during this transaction (a failover or restart?): "
+				 "it was rolled back and may be run again");
+	}
+	if ((st->lost || PQstatus(st->conn) != CONNECTION_OK || (!st->in_tx && idle_session_gone(st))) &&
+	    (r = esc_store_reconnect(ctx, st)) != ESC_OK)
+		return r;
+again:
 	res = run(st, sql, nparams, values, lengths, formats, &prepared);
 	if (prepared && !st->in_tx && stale_statement(res)) {
 		/* Outside a transaction nothing was aborted: run it again, parsed afresh. */
@@ -293,10 +406,49 @@ esc_store_exec(struct esc_ctx *ctx, struct esc_store *st, const char *sql, int n
 	 * archived", a lost race on the audit chain is transient (never
 	 * "exists"), anything else names what exists.
 	 */
-	if (connection_lost(st, res))
-		r = esc_error(ctx, ESC_ERR_DB_CONNECT, "lost the database connection: %s",
-			      one_line(msg, sizeof(msg), PQerrorMessage(st->conn)));
-	else if (st->transient)
+	if (connection_lost(st, res)) {
+		int ro = read_only_server(res);
+
+		one_line(msg, sizeof(msg), ro ? PQresultErrorMessage(res) : PQerrorMessage(st->conn));
+		st->lost = 1;
+		st->transient = 0;
+		PQclear(res);
+		if (!st->in_tx && !again && strncmp(sql, "BEGIN", 5) == 0 && esc_store_reconnect(ctx, st) == ESC_OK) {
+			/* A BEGIN that met a dead session did nothing: run it once on the new one. */
+			again = 1;
+			goto again;
+		}
+		if (strcmp(sql, "COMMIT") == 0) {
+			/*
+			 * The transaction may or may not have committed: never
+			 * retried blindly (esc_store_commit_unknown says so; the
+			 * caller checks for what it wrote, or gives up).
+			 */
+			st->commit_unknown = 1;
+			return esc_error(ctx, ESC_ERR_DB_CONNECT,
+					 "lost the database connection while committing: the outcome is unknown (%s)",
+					 msg);
+		}
+		if (st->in_tx && !ro) {
+			/*
+			 * Certainly rolled back: the operation may run again on a
+			 * new session.  Not so on a read-only server: the same
+			 * conninfo would find the same one (it lacks
+			 * target_session_attrs=read-write); that is DB_CONNECT.
+			 */
+			st->transient = 1;
+			return esc_error(ctx, ESC_ERR_BUSY,
+					 "lost the database connection (a failover or restart?): the transaction was "
+					 "rolled back and may be run again (%s)",
+					 msg);
+		}
+		return esc_error(
+			ctx, ESC_ERR_DB_CONNECT, "%s: %s",
+			ro ? "the database server is read-only (a standby? use target_session_attrs=read-write)"
+			   : "lost the database connection",
+			msg);
+	}
+	if (st->transient)
 		r = esc_error(ctx, ESC_ERR_BUSY, "a concurrent transaction changed what this one read: %s",
 			      one_line(msg, sizeof(msg), PQresultErrorMessage(res)));
 	else if (unique_violation(res, "archive_records_cert_sha256_key"))
@@ -371,6 +523,42 @@ esc_store_retry(struct esc_ctx *ctx, struct esc_store *st, struct esc_store_retr
 	return 1;
 }
 
+/*
+ * Test hook (builds with -Dtest_hooks=true only): P11ESCROW_FAULT_COMMIT
+ * names a file; while it exists, the next COMMIT loses its answer, and the
+ * file is removed (one shot per file).  It holds "before" (the connection
+ * is cut before COMMIT is sent: the transaction rolls back) or "after"
+ * (COMMIT takes effect, then the connection is cut before its answer is
+ * read).  Either way the caller sees esc_store_commit_unknown.
+ */
+enum { COMMIT_FAULT_NONE, COMMIT_FAULT_BEFORE, COMMIT_FAULT_AFTER };
+#ifdef ESC_TEST_HOOKS
+static int
+commit_fault(void)
+{
+	const char *path = getenv("P11ESCROW_FAULT_COMMIT");
+	char what[16] = "";
+	FILE *f;
+
+	if (path == NULL || (f = fopen(path, "r")) == NULL)
+		return COMMIT_FAULT_NONE;
+	if (fgets(what, sizeof(what), f) == NULL)
+		what[0] = '\0';
+	fclose(f);
+	if (unlink(path) != 0)
+		return COMMIT_FAULT_NONE; /* another process took this shot */
+	return strncmp(what, "before", 6) == 0	? COMMIT_FAULT_BEFORE
+	       : strncmp(what, "after", 5) == 0 ? COMMIT_FAULT_AFTER
+						: COMMIT_FAULT_NONE;
+}
+#else
+static int
+commit_fault(void)
+{
+	return COMMIT_FAULT_NONE;
+}
+#endif
+
 enum esc_err
 esc_store_begin(struct esc_ctx *ctx, struct esc_store *st)
 {
@@ -384,8 +572,20 @@ esc_store_begin(struct esc_ctx *ctx, struct esc_store *st)
 enum esc_err
 esc_store_commit(struct esc_ctx *ctx, struct esc_store *st)
 {
-	enum esc_err r = esc_store_exec(ctx, st, "COMMIT", 0, NULL, NULL, NULL, NULL);
+	int fault = commit_fault();
+	enum esc_err r;
 
+	if (fault == COMMIT_FAULT_BEFORE)
+		(void)shutdown(PQsocket(st->conn), SHUT_RDWR); /* COMMIT cannot be sent: the server rolls back */
+	r = esc_store_exec(ctx, st, "COMMIT", 0, NULL, NULL, NULL, NULL);
+	if (fault == COMMIT_FAULT_AFTER && r == ESC_OK) {
+		/* Committed, but the answer "never came": the session is cut as a crash would cut it. */
+		(void)shutdown(PQsocket(st->conn), SHUT_RDWR);
+		st->lost = 1;
+		st->commit_unknown = 1;
+		r = esc_error(ctx, ESC_ERR_DB_CONNECT,
+			      "lost the database connection while committing: the outcome is unknown (test hook)");
+	}
 	st->in_tx = 0;
 	st->audit_tail_set = 0;
 	return r;
@@ -398,8 +598,11 @@ esc_store_rollback(struct esc_store *st)
 
 	if (!st->in_tx)
 		return;
-	res = PQexec(st->conn, "ROLLBACK");
-	PQclear(res);
+	/* A lost session took its transaction with it; nothing to send. */
+	if (!st->lost && PQstatus(st->conn) == CONNECTION_OK) {
+		res = PQexec(st->conn, "ROLLBACK");
+		PQclear(res);
+	}
 	st->in_tx = 0;
 	st->audit_tail_set = 0;
 }
@@ -595,6 +798,12 @@ esc_store_grant_role(struct esc_ctx *ctx, struct esc_store *st, const char *role
 	}
 	PQclear(res);
 	return r;
+}
+
+int
+esc_store_commit_unknown(const struct esc_store *st)
+{
+	return st->commit_unknown;
 }
 
 int

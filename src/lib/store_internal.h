@@ -56,7 +56,41 @@ struct esc_store_retry {
 int esc_store_retry(struct esc_ctx *ctx, struct esc_store *st, struct esc_store_retry *t, enum esc_err *r);
 
 enum esc_err esc_store_begin(struct esc_ctx *ctx, struct esc_store *st) ESC_MUST_CHECK;
+/*
+ * Commit the open transaction.  Errors: those of esc_store_exec; when the
+ * connection was lost before COMMIT's answer came (the server died, a
+ * failover), DB_CONNECT and esc_store_commit_unknown(st) is 1 until the next
+ * statement: the transaction may or may not have committed, so it must not
+ * be run again blindly.  The caller either looks for what it wrote (on a
+ * new session: esc_store_reconnect) or reports the outcome as unknown.
+ */
 enum esc_err esc_store_commit(struct esc_ctx *ctx, struct esc_store *st) ESC_MUST_CHECK;
+int esc_store_commit_unknown(const struct esc_store *st);
+
+/*
+ * Lost connections (docs/ha.md).  A statement that finds the session gone
+ * (libpq's own error, SQLSTATE class 08, 57P01..57P03 shutdown or restart,
+ * 25006 a read-only server) marks it lost:
+ *  - inside a transaction the transaction is gone with it: BUSY, so
+ *    esc_store_retry runs the operation again (on a new session); but a
+ *    read-only server is DB_CONNECT (the same conninfo would find it
+ *    again: it lacks target_session_attrs=read-write);
+ *  - at COMMIT the outcome is unknown: DB_CONNECT (esc_store_commit);
+ *  - a BEGIN is run once more on a new session; any other statement
+ *    outside a transaction fails with DB_CONNECT (it may have written).
+ * The next statement outside a transaction reconnects first, as does one
+ * that finds its idle session ended by the server (a FATAL message or the
+ * end of the stream waiting on the socket: a server that died or was
+ * restarted while the session was idle).
+ *
+ * esc_store_reconnect opens a new session with the same connection string
+ * (PQreset: every host of a multi-host conninfo is tried again, so
+ * target_session_attrs=read-write finds a newly promoted primary) and
+ * forgets what belonged to the old one: prepared statements, the schema
+ * check, the audit tail.  Never inside a transaction.  Errors: DB_CONNECT
+ * (no server answered as the conninfo requires), DB.
+ */
+enum esc_err esc_store_reconnect(struct esc_ctx *ctx, struct esc_store *st) ESC_MUST_CHECK;
 /* Roll back if a transaction is open; never fails loudly (used on error paths). */
 void esc_store_rollback(struct esc_store *st);
 

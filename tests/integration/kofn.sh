@@ -165,7 +165,7 @@ assert_out "already contributed its share to request $REQ: a KRA counts once"
     fail "the same KRA counted twice"
 
 note "a damaged contributed share is detected before combining"
-psql_val "UPDATE recovery_shares SET contributed = overlay(contributed placing '\\xff'::bytea from length(contributed) - 5 for 1)
+psql_val "UPDATE recovery_shares SET contributed = set_byte(contributed, length(contributed) - 6, get_byte(contributed, length(contributed) - 6) # 1)
           WHERE request_id = $REQ AND contributed IS NOT NULL" >/dev/null
 as kra1-acct 33 recovery complete "$REQ" --token 'pkcs11:token=KRA1' --kra-pin-file "$PIN_FILE" --out "$T/a1.p12"
 assert_out "does not open on this card"

@@ -124,7 +124,7 @@ srv kra2-acct 41 recovery contribute "$REQ" --token 'pkcs11:token=KRA2' --kra-pi
 note "a damaged contributed share: found on the completer's card before anything is combined"
 request "$BOB" kra3 "bob lost his phone"
 srv kra1-acct 0 recovery contribute "$REQ" --token 'pkcs11:token=KRA1' --kra-pin-file "$PIN_FILE"
-psql_val "UPDATE recovery_shares SET contributed = overlay(contributed placing '\\xff'::bytea from length(contributed) - 5 for 1)
+psql_val "UPDATE recovery_shares SET contributed = set_byte(contributed, length(contributed) - 6, get_byte(contributed, length(contributed) - 6) # 1)
           WHERE request_id = $REQ AND contributed IS NOT NULL" >/dev/null
 srv kra3-acct 33 recovery complete "$REQ" --token 'pkcs11:token=KRA3' --kra-pin-file "$PIN_FILE" --out "$T/b0.p12"
 assert_out "does not open on this card"

@@ -183,3 +183,33 @@ stop_daemon() {
     wait "$DAEMON_PID" || rc=$?
     [ "$rc" -eq 0 ] || { cat "$DAEMON_LOG" >&2; fail "p11escrowd exited $rc on SIGTERM"; }
 }
+
+# start_pg_standby PRIMARY_DIR DIR PORT: a hot standby of the cluster started by start_pg in
+# PRIMARY_DIR (pg_basebackup -R, WAL streamed), its socket in DIR; sets STANDBY_DB to its
+# connection string.  Skips the test (77) where pg_basebackup is missing.  Stopped at exit.
+start_pg_standby() {
+    local rc=0
+    _pg_dirs+=("$2")
+    "$SRC/tests/harness/pg-cluster" standby "$2" --from "$1" --port "$3" >"$T/pg.log" 2>&1 || rc=$?
+    if ((rc == 77)); then skip "$(tail -n 1 "$T/pg.log")"; fi
+    ((rc == 0)) || { cat "$T/pg.log" >&2; fail "the standby did not start"; }
+    STANDBY_DB=$(cat "$2/conninfo")
+}
+
+# pg_sync_standby PRIMARY_CONNINFO: make every streaming standby of that primary synchronous
+# (synchronous_standby_names = '*', synchronous_commit = on) and wait until one is 'sync'.
+pg_sync_standby() {
+    local i
+    psql "$1" -XAtq -c "ALTER SYSTEM SET synchronous_standby_names = '*'" \
+        -c "ALTER SYSTEM SET synchronous_commit = on" -c "SELECT pg_reload_conf()" >/dev/null ||
+        fail "cannot make the standby synchronous"
+    for i in $(seq 100); do
+        [ "$(psql "$1" -XAtq -c "SELECT count(*) FROM pg_stat_replication WHERE sync_state = 'sync'")" -ge 1 ] &&
+            return 0
+        sleep 0.1
+    done
+    fail "no synchronous standby after 10 s"
+}
+
+# pg_postmaster_pid DIR: the PID of the postmaster of the cluster in DIR (its postmaster.pid).
+pg_postmaster_pid() { head -n 1 "$1/data/postmaster.pid"; }

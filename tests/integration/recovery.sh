@@ -213,7 +213,7 @@ as cm1 0 recovery request --serial "$BOBSERIAL" --reason "bob's key" --kra kra2
 REQ4=$(sed -n 's/^recovery request \([0-9]*\) filed$/\1/p' "$T/out")
 run_esc 33 recovery release "$REQ4" --pin-file "$PIN_FILE"
 assert_out "belongs to another row"
-psql_val "UPDATE archive_records SET record = overlay(record placing '\\xff'::bytea from length(record) - 20 for 1) WHERE id = '$BOB'" >/dev/null
+psql_val "UPDATE archive_records SET record = set_byte(record, length(record) - 21, get_byte(record, length(record) - 21) # 1) WHERE id = '$BOB'" >/dev/null
 run_esc 33 recovery release "$REQ4" --pin-file "$PIN_FILE"
 [ "$(psql_val "SELECT state FROM recovery_requests WHERE id = $REQ4")" = approved ] || fail "tampered release changed state"
 
