@@ -77,14 +77,20 @@ struct esc_recovery {
 	char created[32];
 };
 
+/* The longest subject text esc_archive_search takes. */
+#define ESC_SEARCH_TEXT_MAX 1024
+
 /*
  * Archived records matching every given criterion (NULL = any): serial
- * (hex), subject (substring), email (exact).  At most 100.  For certificate
+ * (hex; colons, case and leading zeros ignored), subject (substring,
+ * case-blind; % and _ are literal characters, at most ESC_SEARCH_TEXT_MAX
+ * bytes), email (exact, case-blind).  Newest first, at most 100.  Each
+ * criterion is an index lookup (sql/015).  For certificate
  * managers, auditors and administrators; a scoped certificate manager
  * (esc_account_set_scope) sees only the records in scope.  The criteria
  * match the stored columns; what is returned is each record's certificate's,
  * and a row whose columns disagree with it is returned flagged (tampered).
- * Errors: DENIED, USAGE, NOMEM, DB.
+ * Errors: DENIED, USAGE (serial not hex, subject too long), NOMEM, DB.
  */
 enum esc_err esc_archive_search(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor,
 				const char *serial, const char *subject, const char *email,

@@ -47,6 +47,9 @@ enum esc_err esc_cert_record_revoked(struct esc_ctx *ctx, struct esc_store *st, 
  */
 enum esc_err esc_crl_build(struct esc_ctx *ctx, struct esc_store *st, struct esc_token *ca_tok, int days,
 			   X509_CRL **out) ESC_MUST_CHECK;
+/* The validity in days of a CRL made on request without one given: ctx's crl_validity, in whole days, 1..366. */
+int esc_crl_default_days(const struct esc_ctx *ctx);
+
 /*
  * esc_crl_build on behalf of account actor (the service's API): only an
  * administrator or a certificate manager may ask (DENIED, audited as

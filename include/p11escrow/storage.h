@@ -143,4 +143,15 @@ enum esc_err esc_storage_reseal_batch(struct esc_ctx *ctx, struct esc_store *st,
 /* Records sealed to a storage key of an earlier generation (all of them).  Errors: DB. */
 enum esc_err esc_storage_remaining(struct esc_ctx *ctx, struct esc_store *st, long long *n) ESC_MUST_CHECK;
 
+/*
+ * The current storage certificate (*cert, a reference: X509_free) and its
+ * generation, checked before anything is sealed to it: issued by this
+ * CA's active certificate, and its key on tok (the CA token) — a database
+ * writer who put another certificate in token_keys would otherwise have
+ * records moved to a key of theirs.  Errors: STATE (none recorded),
+ * BAD_INPUT, MISMATCH, KEY_NOT_FOUND, PKCS11, DB.
+ */
+enum esc_err esc_storage_current(struct esc_ctx *ctx, struct esc_store *st, struct esc_token *tok, X509 **cert,
+				 int *generation) ESC_MUST_CHECK;
+
 #endif

@@ -51,7 +51,7 @@ help(void)
 	       "      --serial HEX           the certificate's serial number\n"
 	       "      --reason REASON        why (revoke)\n"
 	       "  -o, --out FILE             where the CRL goes (crl; '-' for standard output)\n"
-	       "      --days N               CRL validity (crl; default 7)\n"
+	       "      --days N               CRL validity in days (crl; default: crl_validity, in whole days)\n"
 	       "  -h, --help                 this text\n",
 	       PROG, PROG);
 	cli_print_exit_codes();
@@ -126,8 +126,10 @@ remote(struct esc_ctx *ctx, const char *server, const char *server_ca, const cha
 			return cli_usage_error(CMD, "--reason must be UTF-8 text");
 		}
 	} else {
+		/* No --days: the service's own crl_validity decides. */
 		snprintf(ndays, sizeof(ndays), "%d", days);
-		if ((body = json_object()) == NULL || json_object_set_new(body, "days", json_string(ndays)) != 0) {
+		if ((body = json_object()) == NULL ||
+		    (days > 0 && json_object_set_new(body, "days", json_string(ndays)) != 0)) {
 			json_decref(body);
 			return esc_err_exit_code(ESC_ERR_NOMEM);
 		}
@@ -185,7 +187,7 @@ cert_main(int argc, char *argv[])
 	struct esc_store *st = NULL;
 	struct esc_account *a = NULL;
 	enum esc_err r;
-	int c, rc, crl, days = 7, local = 0;
+	int c, rc, crl, days = 0, local = 0;
 
 	opterr = 0;
 	optind = 1;
@@ -259,7 +261,7 @@ cert_main(int argc, char *argv[])
 	    (rc = cli_open_store_local(CMD, crl ? "cert crl" : "cert revoke", ctx, cfg, &st)) != 0)
 		goto out;
 	if (crl) {
-		rc = do_crl(ctx, cfg, st, out, days);
+		rc = do_crl(ctx, cfg, st, out, days > 0 ? days : esc_crl_default_days(ctx));
 		goto out;
 	}
 	if ((rc = cli_login(CMD, ctx, st, user, password_file, &a)) != 0)

@@ -1,6 +1,8 @@
 /*
- * p11escrow rewrap — re-seal archive records (issue #14): today the storage
- * layer, to the current storage key after a rotation.
+ * p11escrow rewrap — re-seal archive records (issue #14): the storage
+ * layer to the current storage key after a rotation (--storage), or the
+ * KRA layer to the KRA set and threshold of current policy (--kra).  Both
+ * run the same batch loop and progress bar; only one batch differs.
  */
 #include <getopt.h>
 #include <stdio.h>
@@ -10,7 +12,10 @@
 #include <unistd.h>
 
 #include <p11escrow/keeper.h>
+#include <p11escrow/pin.h>
+#include <p11escrow/rewrap.h>
 #include <p11escrow/storage.h>
+#include <p11escrow/token.h>
 
 #include "cli.h"
 #include "http_client.h"
@@ -18,32 +23,56 @@
 #define CMD "rewrap"
 #define BAR_WIDTH 30
 #define DEFAULT_BATCH 100
+#define MAX_CARDS 16
 
 static void
 help(void)
 {
-	printf("Usage: %s " CMD " --storage [--batch N] --user ADMIN [OPTIONS]\n\n"
-	       "Re-seal every archive record whose outer layer is sealed to an earlier storage key\n"
-	       "generation ('p11escrow storage-key rotate') to the current storage key, on the CA token\n"
-	       "only: no KRA card is needed and the inner layer is not touched.  Batches of N records\n"
-	       "(default %d, at most %d), each one short transaction: records are picked with FOR\n"
-	       "UPDATE SKIP LOCKED, so enrollment, recovery and a second job go on meanwhile.  A\n"
-	       "record that fails the checks a recovery makes (altered, moved between rows, sealed\n"
-	       "for another certificate, its key gone) is reported, audited and left as it was.\n"
-	       "Crash-safe: kill it at any moment and run it again; it goes on where it stopped, and\n"
-	       "a record's earlier wrap stays valid until its new one has committed.  Each batch is\n"
-	       "one audit event (rewrap.storage) with its counts.\n\n"
+	printf("Usage: %s " CMD " --storage [--batch N] --user ADMIN [OPTIONS]\n"
+	       "       %s " CMD " --kra --dry-run --user ADMIN --local [OPTIONS]\n"
+	       "       %s " CMD " --kra --user ADMIN --local --card URI --card-user KRA_ACCOUNT\n"
+	       "               [--card-pin-file FILE] [--card-password-file FILE] [--card ...] [OPTIONS]\n\n"
+	       "--storage: re-seal every archive record whose outer layer is sealed to an earlier\n"
+	       "storage key generation ('p11escrow storage-key rotate') to the current storage key, on\n"
+	       "the CA token only: no KRA card is needed and the inner layer is not touched.\n\n"
+	       "--kra: re-wrap every record whose KRA layer is not what current policy would write:\n"
+	       "its set holds a retired KRA, or one whose certificate is revoked or expired; its set is\n"
+	       "not kra_set_size KRAs; it needs another number of KRAs than kra_threshold; or a member's\n"
+	       "recipient form is no longer the KRA's.  --dry-run counts them by reason (no card, no CA\n"
+	       "token).  Otherwise each record is opened with the cards given (version 1: one card of\n"
+	       "its current set; version 2: as many as its threshold), sealed again to a new set (its\n"
+	       "valid members kept, the rest drawn at random as archival does) at the current\n"
+	       "threshold and to the current storage key, and its row replaced.  Dual control: ADMIN\n"
+	       "is an administrator, each card comes with its KRA account's login, all distinct; the\n"
+	       "administrator is never one of the KRAs.  A record the cards cannot open is skipped and\n"
+	       "listed with the KRAs it needs.  Straight on the database and CA token (--local) only:\n"
+	       "through the service (--server) it is not built yet.\n\n"
+	       "Both: batches of N records (default %d, at most %d), each one short transaction:\n"
+	       "records are picked with FOR UPDATE SKIP LOCKED, so enrollment, recovery and a second\n"
+	       "job go on meanwhile.  A record that fails the checks a recovery makes (altered, moved\n"
+	       "between rows, sealed for another certificate, its key gone) is reported, audited and\n"
+	       "left as it was.  Crash-safe: kill it at any moment and run it again; it goes on where\n"
+	       "it stopped, and a record's earlier wrap stays valid until its new one has committed.\n"
+	       "Each batch is one audit event (rewrap.storage, rewrap.kra) with its counts.\n\n"
 	       "On a terminal a progress bar shows done/total, records/s and the time left; otherwise\n"
 	       "one summary line.  When no record is left under an earlier generation, the earlier\n"
 	       "keys may be destroyed on the token: the command says which and how.\n\n"
-	       "Exit status: 0 when every record is sealed to the current key; 33 when some records\n"
-	       "are damaged and were skipped (listed); 24 when others are still locked by another\n"
-	       "job (run again); otherwise the error's code.\n\n"
-	       "With --server URL the batches run in the service's keeper, which holds the CA token\n"
-	       "(no PIN here).  Straight on the database and the CA token only with --local (or\n"
-	       "$" CLI_LOCAL_ENV "=1): break-glass, audited as such, with the CA token's PIN.\n\n"
+	       "Exit status: 0 when every record is done; 35 when some records need other KRA cards\n"
+	       "(--kra; listed); 33 when some records are damaged and were skipped (listed); 24 when\n"
+	       "others are still locked by another job (run again); otherwise the error's code.\n\n"
+	       "With --server URL the batches of --storage run in the service's keeper, which holds\n"
+	       "the CA token (no PIN here).  Straight on the database and the CA token only with\n"
+	       "--local (or $" CLI_LOCAL_ENV "=1): break-glass, audited as such, with the CA token's PIN.\n\n"
 	       "Options:\n"
-	       "      --storage              re-seal the storage layer (the only kind of re-wrap so far)\n"
+	       "      --storage              re-seal the storage layer\n"
+	       "      --kra                  re-wrap the KRA layer (--local)\n"
+	       "      --dry-run              --kra: count the records to re-wrap, by reason; change nothing\n"
+	       "      --card URI             --kra: a KRA card (repeat for each card); the --card-* options\n"
+	       "                             after it are that card's\n"
+	       "      --card-user ACCOUNT    the card's KRA account (it logs in: dual control)\n"
+	       "      --card-password-file FILE  that account's password (else a prompt)\n"
+	       "      --card-pin-file FILE   the card's PIN (else a prompt)\n"
+	       "      --card-module MODULE   the card's PKCS#11 module (else --module / the configured one)\n"
 	       "      --batch N              records per batch (default %d)\n"
 	       "      --server URL           the service, e.g. https://escrow.example.org:8443\n"
 	       "      --server-ca FILE       CA certificate(s) to verify it with (else $P11ESCROW_SERVER_CA)\n"
@@ -55,21 +84,25 @@ help(void)
 	       "  -m, --module MODULE        PKCS#11 module of the CA token (--local)\n"
 	       "  -p, --pin-file FILE        CA token PIN (--local; else $P11ESCROW_CA_PIN, else a prompt)\n"
 	       "  -h, --help                 this text\n",
-	       PROG, DEFAULT_BATCH, ESC_RESEAL_BATCH_MAX, DEFAULT_BATCH);
+	       PROG, PROG, PROG, DEFAULT_BATCH, ESC_RESEAL_BATCH_MAX, DEFAULT_BATCH);
 	cli_print_exit_codes();
 }
 
-/* Where batches run: the local keeper, or the service. */
+/* Where batches run (the local keeper, the service, the KRA re-wrap job) and how far they are. */
 struct job {
 	struct esc_ctx *ctx;
 	struct esc_store *st;
 	struct esc_keeper *k;
 	const struct esc_account *a;
 	struct cli_http *h;
-	size_t batch;
+	struct esc_rewrap_job *rj;
+	/* One batch of the job: 0 or an exit code (printed). */
+	int (*batch)(struct job *j, const char *after, struct esc_reseal_batch *b);
+	const char *verb; /* "re-sealed", "re-wrapped" */
+	size_t batch_size;
 	int tty, bar_shown;
 	double start;
-	long long done, skipped, total;
+	long long done, skipped, total, needs_cards;
 };
 
 static double
@@ -110,15 +143,15 @@ draw_bar(struct job *j)
 		snprintf(eta, sizeof(eta), "%lldm%02llds", s / 60, s % 60);
 	} else if (left <= 0)
 		snprintf(eta, sizeof(eta), "0s");
-	printf("\r[%s] %lld/%lld re-sealed, %lld skipped, %.0f records/s, ETA %s", bar, j->done, j->total, j->skipped,
+	printf("\r[%s] %lld/%lld %s, %lld skipped, %.0f records/s, ETA %s", bar, j->done, j->total, j->verb, j->skipped,
 	       rate, eta);
 	fflush(stdout);
 	j->bar_shown = 1;
 }
 
-/* One batch: local keeper or POST /storage-keys/reseal.  0 or an exit code (printed). */
+/* One batch of --storage: local keeper or POST /storage-keys/reseal.  0 or an exit code (printed). */
 static int
-one_batch(struct job *j, const char *after, struct esc_reseal_batch *b)
+storage_batch(struct job *j, const char *after, struct esc_reseal_batch *b)
 {
 	json_t *body = NULL, *doc = NULL, *list;
 	char n[16];
@@ -127,13 +160,13 @@ one_batch(struct job *j, const char *after, struct esc_reseal_batch *b)
 	int rc;
 
 	if (j->h == NULL) {
-		if ((r = esc_keeper_reseal(j->ctx, j->k, j->st, j->a, after, j->batch, b)) != ESC_OK) {
+		if ((r = esc_keeper_reseal(j->ctx, j->k, j->st, j->a, after, j->batch_size, b)) != ESC_OK) {
 			clear_bar(j);
 			return cli_fail(CMD, j->ctx, r);
 		}
 		return 0;
 	}
-	snprintf(n, sizeof(n), "%zu", j->batch);
+	snprintf(n, sizeof(n), "%zu", j->batch_size);
 	if ((body = json_object()) == NULL || json_object_set_new(body, "batch", json_string(n)) != 0 ||
 	    (*after && json_object_set_new(body, "after", json_string(after)) != 0)) {
 		json_decref(body);
@@ -176,11 +209,26 @@ one_batch(struct job *j, const char *after, struct esc_reseal_batch *b)
 	return 0;
 }
 
+/* One batch of --kra: the library's, with the cards of the job.  0 or an exit code (printed). */
+static int
+kra_batch(struct job *j, const char *after, struct esc_reseal_batch *b)
+{
+	enum esc_err r;
+
+	if ((r = esc_rewrap_kra_batch(j->ctx, j->rj, after, j->batch_size, b)) != ESC_OK) {
+		clear_bar(j);
+		return cli_fail(CMD, j->ctx, r);
+	}
+	return 0;
+}
+
 /*
- * Passes over the records in id order, batch after batch, until none of an
- * earlier generation is left, or those left are the damaged ones this pass
- * skipped, or a pass re-sealed nothing (the rest is another job's).
- * *remaining and *damaged: as the last pass left them.
+ * Passes over the records in id order, batch after batch, until none is
+ * left to do, or those left are the ones this pass skipped (damaged, or
+ * needing other cards), or a pass did nothing (the rest is another job's).
+ * *remaining and *damaged (all skips, j->needs_cards of them for want of
+ * cards): as the last pass left them.  A batch that did not count what is
+ * left (remaining < 0) leaves the total as it was.
  */
 static int
 run(struct job *j, long long *remaining, long long *damaged, int *to)
@@ -196,23 +244,28 @@ run(struct job *j, long long *remaining, long long *damaged, int *to)
 	for (;;) {
 		after[0] = '\0';
 		pass_done = pass_skipped = 0;
+		j->needs_cards = 0;
 		for (;;) {
-			if ((rc = one_batch(j, after, &b)) != 0)
+			if ((rc = j->batch(j, after, &b)) != 0)
 				return rc;
-			*remaining = b.remaining;
 			if (b.to > 0)
 				*to = b.to;
 			for (i = 0; i < b.skipped; i++) {
 				clear_bar(j);
 				printf("skipped record %s (%s): %s\n", b.skips[i].id, esc_strerror(b.skips[i].code),
 				       b.skips[i].reason);
+				j->needs_cards += b.skips[i].code == ESC_ERR_CARDS_NEEDED;
 			}
 			pass_done += (long long)b.resealed;
 			pass_skipped += (long long)b.skipped;
 			j->done += (long long)b.resealed;
 			j->skipped = pass_skipped;
 			/* What is left of the job: done now plus what is still to do. */
-			j->total = j->done + b.remaining;
+			if (b.remaining >= 0) {
+				*remaining = b.remaining;
+				j->total = j->done + b.remaining;
+			} else if (j->total < j->done + j->skipped)
+				j->total = j->done + j->skipped;
 			if (j->tty && b.last[0] != '\0')
 				draw_bar(j);
 			snprintf(after, sizeof(after), "%s", b.last);
@@ -261,10 +314,178 @@ finish(struct job *j, struct esc_config *cfg, long long remaining, long long dam
 	return rc;
 }
 
+/* The exit for what a --kra job left: cards needed (35), damaged (33), another job's (24), or done. */
+static int
+finish_kra(struct job *j, long long remaining, long long skipped, int to)
+{
+	double secs = now_s() - j->start;
+	long long damaged_n = skipped - j->needs_cards;
+	char details[256];
+	enum esc_err r;
+	int rc = 0;
+
+	clear_bar(j);
+	printf("re-wrapped %lld record(s) in %.1f s (%.0f records/s; outer layer to storage key generation %d), "
+	       "skipped %lld needing other cards and %lld damaged, %lld left\n",
+	       j->done, secs, secs > 0 ? (double)j->done / secs : 0.0, to, j->needs_cards, damaged_n, remaining);
+	if (remaining > 0 && j->needs_cards > 0) {
+		fprintf(stderr,
+			"%s %s: error: %lld record(s) need the cards of other KRAs (listed above with the KRAs each "
+			"needs): run again with them\n",
+			PROG, CMD, j->needs_cards);
+		rc = esc_err_exit_code(ESC_ERR_CARDS_NEEDED);
+	} else if (remaining > 0 && damaged_n > 0) {
+		fprintf(stderr,
+			"%s %s: error: %lld record(s) are damaged and were left as they were (see above and the "
+			"audit trail, rewrap.kra)\n",
+			PROG, CMD, damaged_n);
+		rc = esc_err_exit_code(ESC_ERR_TAMPERED);
+	} else if (remaining > 0) {
+		fprintf(stderr, "%s %s: error: %lld record(s) are held by another re-wrap job: run again\n", PROG, CMD,
+			remaining);
+		rc = esc_err_exit_code(ESC_ERR_BUSY);
+	}
+	snprintf(details, sizeof(details),
+		 "stop: re-wrapped %lld, skipped %lld needing other cards and %lld damaged, %lld left, exit %d",
+		 j->done, j->needs_cards, damaged_n, remaining, rc);
+	if ((r = esc_rewrap_job_event(j->ctx, j->rj, "stop", details)) != ESC_OK && rc == 0)
+		rc = cli_fail(CMD, j->ctx, r);
+	return rc;
+}
+
+/* A KRA card as the options give it: --card URI and the --card-* options after it. */
+struct card_opt {
+	const char *uri, *user, *pin_file, *password_file, *module;
+};
+
+/* --dry-run: what a re-wrap would do, by reason. */
+static int
+kra_dry_run(struct job *j)
+{
+	struct esc_rewrap_plan p;
+	enum esc_err r;
+	int i;
+
+	if ((r = esc_rewrap_kra_plan(j->ctx, j->st, j->a, &p)) != ESC_OK)
+		return cli_fail(CMD, j->ctx, r);
+	printf("policy: %d KRA(s) per record, %u needed to recover; %d KRA(s) usable for a new set\n", p.set_size,
+	       p.threshold, p.usable);
+	printf("%lld of %lld record(s) to re-wrap\n", p.needed, p.records);
+	for (i = 0; i < ESC_REWRAP_NREASONS; i++)
+		printf("  %-26s %lld\n", esc_rewrap_reason_name((enum esc_rewrap_reason)i), p.by_reason[i]);
+	if (p.usable < p.set_size)
+		printf("only %d KRA(s) are usable but policy wraps to %d: enroll more before re-wrapping\n", p.usable,
+		       p.set_size);
+	return 0;
+}
+
+/*
+ * Open each card, log it in, log its KRA account in and give both to the
+ * job; the tokens and accounts are kept in toks/accts (the caller frees
+ * them).  0 or an exit code (printed).
+ */
+static int
+kra_cards(struct job *j, struct esc_config *cfg, const struct card_opt *co, size_t n, struct esc_token **toks,
+	  struct esc_account **accts)
+{
+	struct esc_secret *pin = NULL, *pw = NULL;
+	char prompt[200];
+	size_t i;
+	enum esc_err r = ESC_OK;
+
+	for (i = 0; i < n && r == ESC_OK; i++) {
+		snprintf(prompt, sizeof(prompt), "Password of KRA account '%s': ", co[i].user);
+		if ((r = esc_secret_obtain(j->ctx, co[i].password_file, NULL, prompt, &pw)) != ESC_OK ||
+		    (r = esc_account_login(j->ctx, j->st, co[i].user, pw, &accts[i])) != ESC_OK)
+			break;
+		esc_secret_free(pw);
+		pw = NULL;
+		snprintf(prompt, sizeof(prompt), "PIN of the card of KRA account '%s': ", co[i].user);
+		if ((r = esc_token_open(j->ctx, co[i].module ? co[i].module : esc_config_get(cfg, "module"), co[i].uri,
+					&toks[i])) != ESC_OK ||
+		    (r = esc_secret_obtain(j->ctx, co[i].pin_file, NULL, prompt, &pin)) != ESC_OK ||
+		    (r = esc_token_login(j->ctx, toks[i], pin)) != ESC_OK)
+			break;
+		esc_secret_free(pin);
+		pin = NULL;
+		r = esc_rewrap_job_add_card(j->ctx, j->rj, accts[i], toks[i]);
+	}
+	esc_secret_free(pin);
+	esc_secret_free(pw);
+	return r == ESC_OK ? 0 : cli_fail(CMD, j->ctx, r);
+}
+
+/* --kra (local): the plan, or the job with its cards to the end.  0 or an exit code (printed). */
+static int
+rewrap_kra(struct job *j, struct esc_config *cfg, const struct card_opt *co, size_t ncards, int dry_run)
+{
+	struct esc_token *ca = NULL, *toks[MAX_CARDS] = {NULL};
+	struct esc_account *accts[MAX_CARDS] = {NULL};
+	struct esc_rewrap_plan p;
+	long long remaining = 0, skipped = 0;
+	char details[160];
+	enum esc_err r;
+	size_t i;
+	int rc, to = 0;
+
+	if (dry_run)
+		return kra_dry_run(j);
+	if ((rc = cli_open_ca_token(CMD, j->ctx, cfg, j->st, "storage", NULL, &ca)) != 0)
+		goto out;
+	if ((r = esc_rewrap_job_new(j->ctx, j->st, j->a, ca, &j->rj)) != ESC_OK) {
+		rc = cli_fail(CMD, j->ctx, r);
+		goto out;
+	}
+	if ((rc = kra_cards(j, cfg, co, ncards, toks, accts)) != 0)
+		goto out;
+	if ((r = esc_rewrap_kra_plan(j->ctx, j->st, j->a, &p)) != ESC_OK) {
+		rc = cli_fail(CMD, j->ctx, r);
+		goto out;
+	}
+	snprintf(details, sizeof(details), "start: %lld of %lld record(s) to re-wrap; policy %d KRA(s), %u needed",
+		 p.needed, p.records, p.set_size, p.threshold);
+	if ((r = esc_rewrap_job_event(j->ctx, j->rj, "start", details)) != ESC_OK) {
+		rc = cli_fail(CMD, j->ctx, r);
+		goto out;
+	}
+	j->total = p.needed;
+	j->start = now_s();
+	if ((rc = run(j, &remaining, &skipped, &to)) != 0) {
+		snprintf(details, sizeof(details), "stop: failed after %lld re-wrapped (exit %d)", j->done, rc);
+		if (esc_rewrap_job_event(j->ctx, j->rj, "stop", details) != ESC_OK)
+			esc_ctx_clear_error(j->ctx);
+		goto out;
+	}
+	rc = finish_kra(j, remaining, skipped, to);
+out:
+	esc_rewrap_job_free(j->rj);
+	j->rj = NULL;
+	for (i = 0; i < MAX_CARDS; i++) {
+		esc_token_free(toks[i]);
+		esc_account_free(accts[i]);
+	}
+	esc_token_free(ca);
+	return rc;
+}
+
 int
 rewrap_main(int argc, char *argv[])
 {
-	enum { OPT_PASSWORD = 256, OPT_SERVER, OPT_SERVER_CA, OPT_LOCAL, OPT_STORAGE, OPT_BATCH };
+	enum {
+		OPT_PASSWORD = 256,
+		OPT_SERVER,
+		OPT_SERVER_CA,
+		OPT_LOCAL,
+		OPT_STORAGE,
+		OPT_KRA,
+		OPT_DRY_RUN,
+		OPT_BATCH,
+		OPT_CARD,
+		OPT_CARD_USER,
+		OPT_CARD_PIN,
+		OPT_CARD_PASSWORD,
+		OPT_CARD_MODULE,
+	};
 	static const struct option longopts[] = {
 		{"config", required_argument, NULL, 'c'},
 		{"database", required_argument, NULL, 'd'},
@@ -273,7 +494,14 @@ rewrap_main(int argc, char *argv[])
 		{"module", required_argument, NULL, 'm'},
 		{"pin-file", required_argument, NULL, 'p'},
 		{"storage", no_argument, NULL, OPT_STORAGE},
+		{"kra", no_argument, NULL, OPT_KRA},
+		{"dry-run", no_argument, NULL, OPT_DRY_RUN},
 		{"batch", required_argument, NULL, OPT_BATCH},
+		{"card", required_argument, NULL, OPT_CARD},
+		{"card-user", required_argument, NULL, OPT_CARD_USER},
+		{"card-pin-file", required_argument, NULL, OPT_CARD_PIN},
+		{"card-password-file", required_argument, NULL, OPT_CARD_PASSWORD},
+		{"card-module", required_argument, NULL, OPT_CARD_MODULE},
 		{"server", required_argument, NULL, OPT_SERVER},
 		{"server-ca", required_argument, NULL, OPT_SERVER_CA},
 		{"local", no_argument, NULL, OPT_LOCAL},
@@ -281,14 +509,17 @@ rewrap_main(int argc, char *argv[])
 		{NULL, 0, NULL, 0},
 	};
 	const char *config = NULL, *database = NULL, *user = NULL, *password_file = NULL, *module = NULL;
-	const char *pin_file = NULL, *server = NULL, *server_ca = NULL;
+	const char *pin_file = NULL, *server = NULL, *server_ca = NULL, **slot;
+	struct card_opt cards[MAX_CARDS];
 	struct esc_config *cfg = NULL;
 	struct esc_account *a = NULL;
 	struct job j;
 	long long remaining = 0, damaged = 0;
-	int c, rc, storage = 0, local = 0, batch = DEFAULT_BATCH, to = 0;
+	size_t ncards = 0, i;
+	int c, rc, storage = 0, kra = 0, dry_run = 0, local = 0, batch = DEFAULT_BATCH, to = 0;
 
 	memset(&j, 0, sizeof(j));
+	memset(cards, 0, sizeof(cards));
 	opterr = 0;
 	optind = 1;
 	while ((c = getopt_long(argc, argv, ":c:d:u:m:p:h", longopts, NULL)) != -1) {
@@ -317,9 +548,37 @@ rewrap_main(int argc, char *argv[])
 		case OPT_STORAGE:
 			storage = 1;
 			break;
+		case OPT_KRA:
+			kra = 1;
+			break;
+		case OPT_DRY_RUN:
+			dry_run = 1;
+			break;
 		case OPT_BATCH:
 			if ((rc = cli_int_option(CMD, "--batch", optarg, 1, ESC_RESEAL_BATCH_MAX, &batch)) != 0)
 				return rc;
+			break;
+		case OPT_CARD:
+			if (ncards == MAX_CARDS)
+				return cli_usage_error(CMD, "at most %d --card", MAX_CARDS);
+			cards[ncards++].uri = optarg;
+			break;
+		case OPT_CARD_USER:
+		case OPT_CARD_PIN:
+		case OPT_CARD_PASSWORD:
+		case OPT_CARD_MODULE:
+			/* Each --card-* option belongs to the --card before it, once. */
+			if (ncards == 0)
+				return cli_usage_error(CMD, "'%s' comes after the --card URI it belongs to",
+						       argv[optind - 1]);
+			slot = c == OPT_CARD_USER	? &cards[ncards - 1].user
+			       : c == OPT_CARD_PIN	? &cards[ncards - 1].pin_file
+			       : c == OPT_CARD_PASSWORD ? &cards[ncards - 1].password_file
+							: &cards[ncards - 1].module;
+			if (*slot != NULL)
+				return cli_usage_error(CMD, "'%s' given twice for card '%s'", argv[optind - 1],
+						       cards[ncards - 1].uri);
+			*slot = optarg;
 			break;
 		case OPT_SERVER:
 			server = optarg;
@@ -338,24 +597,48 @@ rewrap_main(int argc, char *argv[])
 	}
 	if (optind != argc)
 		return cli_usage_error(CMD, "unexpected argument '%s'", argv[optind]);
-	if (!storage)
-		return cli_usage_error(CMD, "say what to re-wrap: --storage (re-wrapping the KRA layer is not built "
-					    "yet)");
+	if (storage == kra)
+		return cli_usage_error(CMD, "say what to re-wrap: --storage (the outer layer) or --kra (the KRA "
+					    "layer)");
+	if (storage && (dry_run || ncards > 0))
+		return cli_usage_error(CMD, "--dry-run and --card go with --kra");
+	if (kra) {
+		if (server != NULL)
+			return cli_usage_error(CMD, "rewrap --kra runs straight on the database and the CA token "
+						    "(--local, with the cards here): through the service (--server) "
+						    "it is not built yet");
+		if (!dry_run && ncards == 0)
+			return cli_usage_error(CMD, "rewrap --kra needs the KRA cards that open the records: --card "
+						    "URI --card-user ACCOUNT ... for each (or --dry-run)");
+		if (dry_run && ncards > 0)
+			return cli_usage_error(CMD, "--dry-run needs no card: it opens nothing");
+		for (i = 0; i < ncards; i++)
+			if (cards[i].user == NULL)
+				return cli_usage_error(CMD, "card '%s' needs --card-user ACCOUNT (its KRA account)",
+						       cards[i].uri);
+	}
 	if ((rc = cli_check_mode(CMD, server, local)) != 0)
 		return rc;
 	if ((rc = cli_init(CMD, config, &j.ctx, &cfg)) != 0)
 		goto out;
-	j.batch = (size_t)batch;
+	j.batch_size = (size_t)batch;
 	j.tty = isatty(STDOUT_FILENO);
+	j.batch = kra ? kra_batch : storage_batch;
+	j.verb = kra ? "re-wrapped" : "re-sealed";
 	if (server != NULL) {
 		if ((rc = cli_http_open(CMD, j.ctx, server, server_ca, user, password_file, &j.h)) != 0)
 			goto out;
 	} else if ((rc = cli_apply_common(CMD, j.ctx, cfg, database, module, NULL, pin_file)) != 0 ||
-		   (rc = cli_open_store_local(CMD, "rewrap --storage", j.ctx, cfg, &j.st)) != 0 ||
+		   (rc = cli_open_store_local(CMD, kra ? "rewrap --kra" : "rewrap --storage", j.ctx, cfg, &j.st)) !=
+			   0 ||
 		   (rc = cli_login(CMD, j.ctx, j.st, user, password_file, &a)) != 0 ||
-		   (rc = cli_open_keeper(CMD, j.ctx, cfg, j.st, &j.k)) != 0)
+		   (!kra && (rc = cli_open_keeper(CMD, j.ctx, cfg, j.st, &j.k)) != 0))
 		goto out;
 	j.a = a;
+	if (kra) {
+		rc = rewrap_kra(&j, cfg, cards, ncards, dry_run);
+		goto out;
+	}
 	j.start = now_s();
 	if ((rc = run(&j, &remaining, &damaged, &to)) != 0)
 		goto out;

@@ -34,7 +34,7 @@ static const struct {
 	{"profile", profile_main, "certificate profiles: list"},
 	{"est", est_main, "EST client: enroll (key archived via /fullcmc or /serverkeygen), transport-cert, cacerts"},
 	{"storage-key", storage_key_main, "the storage key on the CA token: rotate, list its generations"},
-	{"rewrap", rewrap_main, "re-seal archive records: --storage, to the current storage key"},
+	{"rewrap", rewrap_main, "re-seal archive records: --storage (storage key) or --kra (KRAs and threshold)"},
 };
 
 /*

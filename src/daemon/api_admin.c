@@ -714,7 +714,7 @@ api_crl(struct api_call *c)
 	X509_CRL *crl = NULL;
 	json_t *doc, *o = NULL;
 	enum esc_err r;
-	int days = 7, len, bad;
+	int days = esc_crl_default_days(api_call_worker(c)->ctx), len, bad;
 
 	if (!api_params_ok(c, no_params) || (doc = api_parse_body(c, NULL, f, N(f))) == NULL)
 		return;

@@ -19,7 +19,8 @@
  * the workers answer 503 with Retry-After.  SIGTERM/SIGINT: the workers
  * stop accepting, finish what is in flight and exit; then the keeper signs
  * the last audit checkpoint and exits; the supervisor exits 0.  Runs in
- * the foreground (systemd Type=exec), logs structured lines to stderr.
+ * the foreground (systemd Type=notify: READY=1 once every worker serves,
+ * STOPPING=1 at SIGTERM/SIGINT), logs structured lines to stderr.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -45,6 +46,8 @@
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
+
+#include <systemd/sd-daemon.h>
 
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
@@ -1801,6 +1804,10 @@ main(int argc, char *argv[])
 	mlog(&s, ESC_LOG_INFO,
 	     "p11escrowd %s serving https://%s with %d worker(s); client certificates %s; keeper pid %d", ESC_VERSION,
 	     esc_config_get(s.cfg, "listen"), s.nworkers, esc_config_get(s.cfg, "tls_client_auth"), (int)s.keeper.pid);
+	/* systemd Type=notify: every worker has said it serves (spawn_worker waited), so `systemctl start` may return.
+	 * Only this process (the unit's main PID) notifies; without $NOTIFY_SOCKET it is a no-op. */
+	sd_notifyf(0, "READY=1\nSTATUS=serving https://%s with %d worker(s)\nMAINPID=%d",
+		   esc_config_get(s.cfg, "listen"), s.nworkers, (int)getpid());
 	for (;;) {
 		sig = sigtimedwait(&sigs, &si, &tick);
 		if (sig == SIGHUP) {
@@ -1810,6 +1817,7 @@ main(int argc, char *argv[])
 		if (sig == SIGTERM || sig == SIGINT) {
 			mlog(&s, ESC_LOG_INFO, "%s: finishing requests in flight, then stopping",
 			     sig == SIGTERM ? "SIGTERM" : "SIGINT");
+			sd_notify(0, "STOPPING=1\nSTATUS=finishing requests in flight");
 			break;
 		}
 		if (reap(&s, &fatal) != 0 || respawn(&s, &fatal) != 0) {

@@ -27,7 +27,7 @@
 
 #define RECORD_VERSION 1
 #define RECORD_VERSION_SHARES 2
-#define MAX_KRA_SET 16
+#define MAX_KRA_SET ESC_KRA_SET_MAX
 
 /*
  * The outer layer's content; see archive.h and docs/archival.md.  Version
@@ -112,24 +112,8 @@ ASN1_SEQUENCE(ESC_SHARE_PLAIN) =
 
 		IMPLEMENT_ASN1_FUNCTIONS(ESC_SHARE_PLAIN)
 
-			struct kra_set {
-	size_t n;
-	long long ids[MAX_KRA_SET];
-	char names[MAX_KRA_SET][65];
-	char recipient[MAX_KRA_SET][24];
-	X509 *certs[MAX_KRA_SET];
-	enum esc_oaep_hash hashes[MAX_KRA_SET];
-};
-
-static void
-kra_set_clear(struct kra_set *ks)
-{
-	size_t i;
-
-	for (i = 0; i < ks->n; i++)
-		X509_free(ks->certs[i]);
-	ks->n = 0;
-}
+	/* Declared here: clang-format takes the line after the ASN.1 macros for their continuation. */
+	static void hex_of(const unsigned char *in, size_t n, char *out);
 
 static void
 hex_of(const unsigned char *in, size_t n, char *out)
@@ -201,41 +185,43 @@ out:
 	return r;
 }
 
-/*
- * Policies kra_set_size and kra_threshold, in one statement (what
- * esc_store_policy reads, one round trip fewer per record): *size and
- * *threshold (THRESHOLD_UNSET where unset: refused by record_threshold).
- */
-#define THRESHOLD_UNSET LONG_MIN
-static enum esc_err
-kra_policies(struct esc_ctx *ctx, struct esc_store *st, long *size, long *threshold)
+void
+esc_kra_set_clear(struct esc_kra_set *ks)
 {
-	PGresult *res = NULL;
-	enum esc_err r;
+	size_t i;
 
-	if ((r = esc_store_exec(ctx, st,
-				"SELECT max(value) FILTER (WHERE key = 'kra_set_size'), max(value) FILTER (WHERE key = "
-				"'kra_threshold') FROM policy WHERE key IN ('kra_set_size', 'kra_threshold')",
-				0, NULL, NULL, NULL, &res)) != ESC_OK)
-		return r;
-	if (PQgetisnull(res, 0, 0))
-		r = esc_error(ctx, ESC_ERR_NOT_FOUND, "policy '%s' is not set", "kra_set_size");
-	else {
-		*size = strtol(PQgetvalue(res, 0, 0), NULL, 10);
-		*threshold = PQgetisnull(res, 0, 1) ? THRESHOLD_UNSET : strtol(PQgetvalue(res, 0, 1), NULL, 10);
-	}
-	PQclear(res);
-	return r;
+	for (i = 0; i < ks->n; i++)
+		X509_free(ks->certs[i]);
+	ks->n = 0;
 }
 
-/* Pick the record's KRA set: want of the active, unexpired KRAs, at random. */
-static enum esc_err
-choose_kras(struct esc_ctx *ctx, struct esc_store *st, long want, struct kra_set *ks)
+/* Is id one of keep[0..nkeep)? */
+static int
+kept(const long long *keep, size_t nkeep, long long id)
+{
+	size_t i;
+
+	for (i = 0; i < nkeep; i++)
+		if (keep[i] == id)
+			return 1;
+	return 0;
+}
+
+enum esc_err
+esc_archive_choose_kras(struct esc_ctx *ctx, struct esc_store *st, const long long *keep, size_t nkeep,
+			struct esc_kra_set *ks)
 {
 	PGresult *res = NULL;
-	int i, rows, pick[64];
+	char *size = NULL;
+	long want;
+	size_t j;
+	int i, rows, nfirst = 0, pick[64];
 	enum esc_err r;
 
+	if ((r = esc_store_policy(ctx, st, "kra_set_size", &size)) != ESC_OK)
+		return r;
+	want = strtol(size, NULL, 10);
+	free(size);
 	if (want < 1 || want > MAX_KRA_SET)
 		return esc_error(ctx, ESC_ERR_CONFIG, "policy kra_set_size must be 1..%d", MAX_KRA_SET);
 	/*
@@ -250,9 +236,18 @@ choose_kras(struct esc_ctx *ctx, struct esc_store *st, long want, struct kra_set
 				0, NULL, NULL, NULL, &res)) != ESC_OK)
 		return r;
 	rows = PQntuples(res);
-	/* Keep only KRAs whose certificate is still valid. */
-	for (i = 0; i < rows; i++)
-		pick[i] = i;
+	/* The KRAs to keep (a re-wrap keeps a record's valid members) first, in keep's order; the others after. */
+	for (j = 0; j < nkeep; j++)
+		for (i = 0; i < rows; i++)
+			if (strtoll(PQgetvalue(res, i, 0), NULL, 10) == keep[j] && !kept(keep, j, keep[j]))
+				pick[nfirst++] = i;
+	{
+		int n = nfirst;
+
+		for (i = 0; i < rows; i++)
+			if (!kept(keep, nkeep, strtoll(PQgetvalue(res, i, 0), NULL, 10)))
+				pick[n++] = i;
+	}
 	if (rows < want) {
 		r = esc_error(ctx, ESC_ERR_STATE,
 			      "policy wraps each record to %ld KRA(s) but only %d active KRA(s) with an unrevoked "
@@ -260,20 +255,21 @@ choose_kras(struct esc_ctx *ctx, struct esc_store *st, long want, struct kra_set
 			      want, rows);
 		goto out;
 	}
-	/* Fisher-Yates with RAND_bytes. */
-	for (i = rows - 1; i > 0; i--) {
+	/* Fisher-Yates with RAND_bytes, over the others only: the kept ones stay first. */
+	for (i = rows - 1; i > nfirst; i--) {
 		unsigned int rnd;
-		int j, t;
+		int o, t;
 
 		if (RAND_bytes((unsigned char *)&rnd, sizeof(rnd)) != 1) {
 			r = esc_error_ossl(ctx, ESC_ERR_CRYPTO, "no randomness");
 			goto out;
 		}
-		j = (int)(rnd % (unsigned int)(i + 1));
+		o = nfirst + (int)(rnd % (unsigned int)(i - nfirst + 1));
 		t = pick[i];
-		pick[i] = pick[j];
-		pick[j] = t;
+		pick[i] = pick[o];
+		pick[o] = t;
 	}
+	/* Keep only KRAs whose certificate is still valid. */
 	for (i = 0; i < rows && ks->n < (size_t)want; i++) {
 		int row = pick[i];
 		X509 *x = esc_store_cert_cached(st, PQgetvalue(res, row, 3));
@@ -715,20 +711,95 @@ out:
 	return r;
 }
 
+enum esc_err
+esc_archive_insert_kras(struct esc_ctx *ctx, struct esc_store *st, const char *id, const struct esc_kra_set *ks)
+{
+	/* Each id at most 20 digits and a comma, each recipient at most 20 characters, quotes and a comma. */
+	char ids_lit[MAX_KRA_SET * 22 + 3], rcpts_lit[MAX_KRA_SET * 24 + 3];
+	const char *v[3];
+	size_t i, ko, ro;
+
+	/* The set's rows in one statement (one round trip, not one per KRA): two arrays, unnested in step. */
+	ko = (size_t)snprintf(ids_lit, sizeof(ids_lit), "{");
+	ro = (size_t)snprintf(rcpts_lit, sizeof(rcpts_lit), "{");
+	for (i = 0; i < ks->n && i < MAX_KRA_SET; i++) {
+		ko += (size_t)snprintf(ids_lit + ko, sizeof(ids_lit) - ko, "%s%lld", i ? "," : "", ks->ids[i]);
+		/* A recipient is one of sql/011's few words: no quote or backslash to escape. */
+		ro += (size_t)snprintf(rcpts_lit + ro, sizeof(rcpts_lit) - ro, "%s\"%.20s\"", i ? "," : "",
+				       ks->recipient[i]);
+	}
+	snprintf(ids_lit + ko, sizeof(ids_lit) - ko, "}");
+	snprintf(rcpts_lit + ro, sizeof(rcpts_lit) - ro, "}");
+	v[0] = id;
+	v[1] = ids_lit;
+	v[2] = rcpts_lit;
+	return esc_store_exec(ctx, st,
+			      "INSERT INTO archive_record_kras (record_id, kra_id, recipient) SELECT $1, k, c FROM "
+			      "unnest($2::bigint[], $3::text[]) AS u(k, c)",
+			      3, v, NULL, NULL, NULL);
+}
+
+enum esc_err
+esc_share_open(struct esc_ctx *ctx, const char *id, unsigned k, const struct esc_record_share *e, EVP_PKEY *key,
+	       X509 *cert, unsigned char share[ESC_KEK_LEN])
+{
+	unsigned char *plain = NULL, md[32];
+	size_t plainlen = 0;
+	unsigned int mdlen = 0;
+	enum esc_err r;
+
+	if ((r = esc_envelope_open(ctx, e->sealed, e->sealedlen, key, cert, &plain, &plainlen)) != ESC_OK) {
+		char why[256];
+
+		snprintf(why, sizeof(why), "%s", esc_ctx_errmsg(ctx));
+		r = esc_error(ctx, r, "share x = %u of record %s does not open on this card: %s", e->x, id, why);
+		goto out;
+	}
+	if (!EVP_Digest(plain, plainlen, md, &mdlen, EVP_sha256(), NULL)) {
+		r = esc_error_ossl(ctx, ESC_ERR_CRYPTO, "cannot hash a share");
+		goto out;
+	}
+	/* Checked before the share is used at all: a damaged or swapped share is never combined. */
+	if (CRYPTO_memcmp(md, e->commitment, 32) != 0) {
+		r = esc_error(ctx, ESC_ERR_TAMPERED,
+			      "share x = %u of record %s does not match the record's commitment: damaged or swapped; "
+			      "nothing combined",
+			      e->x, id);
+		goto out;
+	}
+	r = esc_share_plain_parse(ctx, plain, plainlen, id, e->x, k, share);
+out:
+	esc_envelope_plain_free(plain, plainlen);
+	return r;
+}
+
+enum esc_err
+esc_shares_open_inner(struct esc_ctx *ctx, const char *id, const unsigned char *xs, unsigned char *const *shares,
+		      unsigned k, const unsigned char *inner, size_t innerlen, unsigned char **p8, size_t *p8len)
+{
+	unsigned char *kek = OPENSSL_secure_zalloc(ESC_KEK_LEN);
+	enum esc_err r;
+
+	if (kek == NULL)
+		return esc_error(ctx, ESC_ERR_NOMEM, "out of memory");
+	if ((r = esc_shamir_combine(ctx, xs, shares, k, ESC_KEK_LEN, kek)) == ESC_OK)
+		r = esc_envelope_open_kek(ctx, inner, innerlen, kek, (const unsigned char *)id, strlen(id), p8, p8len);
+	OPENSSL_secure_clear_free(kek, ESC_KEK_LEN);
+	return r;
+}
+
 /* The derived columns are f's (esc_archive_fields_of): the same derivation that reading a row checks them with. */
 static enum esc_err
 insert_record(struct esc_ctx *ctx, struct esc_store *st, const char *actor, const char *id, X509 *cert,
 	      const struct esc_archive_fields *f, const char *key_type, int foreign, enum esc_archive_source source,
-	      const unsigned char *outer, size_t outerlen, const char *generation, const struct kra_set *ks, unsigned k)
+	      const unsigned char *outer, size_t outerlen, const char *generation, const struct esc_kra_set *ks,
+	      unsigned k)
 {
-	/* Each id at most 20 digits and a comma, each recipient at most 20 characters, quotes and a comma. */
-	char ids_lit[MAX_KRA_SET * 22 + 3], rcpts_lit[MAX_KRA_SET * 24 + 3];
-	size_t ko, ro;
+	char version[8], threshold[8];
 	unsigned char *cder = NULL;
-	const char *v[13];
-	int len[13] = {0}, fmt[13] = {0}, clen, own_tx = !esc_store_in_tx(st);
+	const char *v[15];
+	int len[15] = {0}, fmt[15] = {0}, clen, own_tx = !esc_store_in_tx(st);
 	enum esc_err r;
-	size_t i;
 
 	if ((clen = i2d_X509(cert, &cder)) <= 0) {
 		r = esc_error(ctx, ESC_ERR_NOMEM, "out of memory");
@@ -753,12 +824,17 @@ insert_record(struct esc_ctx *ctx, struct esc_store *st, const char *actor, cons
 	len[11] = (int)outerlen;
 	fmt[11] = 1;
 	v[12] = generation;
+	snprintf(version, sizeof(version), "%d", k > 1 ? RECORD_VERSION_SHARES : RECORD_VERSION);
+	snprintf(threshold, sizeof(threshold), "%u", k);
+	v[13] = version;
+	v[14] = threshold;
 	/* A rotation committed since the generation was read: 40001, BUSY, retried (sql/012's trigger). */
 	if ((r = esc_store_exec(ctx, st,
 				"INSERT INTO archive_records (id, cert_serial, issuer, subject, email, cert_sha256, "
 				"public_key_sha256, key_type, certificate, foreign_issuer, source, record, "
-				"storage_generation) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13)",
-				13, v, len, fmt, NULL)) != ESC_OK)
+				"storage_generation, record_version, wrap_version) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,"
+				"$10,$11,$12,$13,$14,$15)",
+				15, v, len, fmt, NULL)) != ESC_OK)
 		goto out;
 	{
 		char details[200];
@@ -769,24 +845,7 @@ insert_record(struct esc_ctx *ctx, struct esc_store *st, const char *actor, cons
 		if ((r = esc_audit_append(ctx, st, &ev)) != ESC_OK)
 			goto out;
 	}
-	/* The set's rows in one statement (one round trip, not one per KRA): two arrays, unnested in step. */
-	ko = (size_t)snprintf(ids_lit, sizeof(ids_lit), "{");
-	ro = (size_t)snprintf(rcpts_lit, sizeof(rcpts_lit), "{");
-	for (i = 0; i < ks->n; i++) {
-		ko += (size_t)snprintf(ids_lit + ko, sizeof(ids_lit) - ko, "%s%lld", i ? "," : "", ks->ids[i]);
-		/* A recipient is one of sql/011's few words: no quote or backslash to escape. */
-		ro += (size_t)snprintf(rcpts_lit + ro, sizeof(rcpts_lit) - ro, "%s\"%.20s\"", i ? "," : "",
-				       ks->recipient[i]);
-	}
-	snprintf(ids_lit + ko, sizeof(ids_lit) - ko, "}");
-	snprintf(rcpts_lit + ro, sizeof(rcpts_lit) - ro, "}");
-	v[0] = id;
-	v[1] = ids_lit;
-	v[2] = rcpts_lit;
-	if ((r = esc_store_exec(ctx, st,
-				"INSERT INTO archive_record_kras (record_id, kra_id, recipient) SELECT $1, k, c FROM "
-				"unnest($2::bigint[], $3::text[]) AS u(k, c)",
-				3, v, NULL, NULL, NULL)) != ESC_OK)
+	if ((r = esc_archive_insert_kras(ctx, st, id, ks)) != ESC_OK)
 		goto out;
 	if (own_tx && (r = esc_store_commit(ctx, st)) != ESC_OK)
 		goto out;
@@ -803,8 +862,8 @@ out:
  * one statement, so the record is sealed to the certificate of the
  * generation written beside it.
  */
-static enum esc_err
-current_storage(struct esc_ctx *ctx, struct esc_store *st, X509 **cert, char *generation, size_t len)
+enum esc_err
+esc_archive_current_storage(struct esc_ctx *ctx, struct esc_store *st, X509 **cert, char *generation, size_t len)
 {
 	PGresult *res = NULL;
 	X509 *x;
@@ -841,12 +900,18 @@ key_type_of(EVP_PKEY *key, char *buf, size_t len)
 	return buf;
 }
 
-/* Policy kra_threshold (k, read by kra_policies; unset never after sql/014), refused above the set. */
-static enum esc_err
-record_threshold(struct esc_ctx *ctx, long t, size_t nkras, unsigned *k)
+/* Policy kra_threshold (k): 1 for a database where it is unset (never after sql/014), refused above the set. */
+enum esc_err
+esc_archive_threshold(struct esc_ctx *ctx, struct esc_store *st, size_t nkras, unsigned *k)
 {
-	if (t == THRESHOLD_UNSET)
-		return esc_error(ctx, ESC_ERR_NOT_FOUND, "policy '%s' is not set", "kra_threshold");
+	char *v = NULL;
+	long t;
+	enum esc_err r;
+
+	if ((r = esc_store_policy(ctx, st, "kra_threshold", &v)) != ESC_OK)
+		return r;
+	t = strtol(v, NULL, 10);
+	free(v);
 	if (t < 1 || (size_t)t > nkras)
 		return esc_error(ctx, ESC_ERR_CONFIG,
 				 "policy kra_threshold (%ld) must be 1..kra_set_size (%zu): set it with 'p11escrow "
@@ -865,7 +930,7 @@ record_threshold(struct esc_ctx *ctx, long t, size_t nkras, unsigned *k)
  * secure memory and are wiped before returning.
  */
 static enum esc_err
-seal_shares(struct esc_ctx *ctx, const char *id, const unsigned char *p8, size_t p8len, const struct kra_set *ks,
+seal_shares(struct esc_ctx *ctx, const char *id, const unsigned char *p8, size_t p8len, const struct esc_kra_set *ks,
 	    unsigned k, unsigned char **inner, size_t *innerlen, struct esc_record_shares **out)
 {
 	struct esc_record_shares *sh = NULL;
@@ -929,18 +994,29 @@ out:
 	return r;
 }
 
+enum esc_err
+esc_archive_seal_inner(struct esc_ctx *ctx, const char *id, const unsigned char *p8, size_t p8len,
+		       const struct esc_kra_set *ks, unsigned k, unsigned char **inner, size_t *innerlen,
+		       struct esc_record_shares **shares)
+{
+	/* k = 1: version 1, the key sealed to every KRA of the set, as always.  k > 1: version 2. */
+	*shares = NULL;
+	if (k == 1)
+		return esc_envelope_seal(ctx, p8, p8len, ks->certs, ks->hashes, ks->n, inner, innerlen);
+	return seal_shares(ctx, id, p8, p8len, ks, k, inner, innerlen, shares);
+}
+
 static enum esc_err
 archive_impl(struct esc_ctx *ctx, struct esc_store *st, const char *actor, X509 *cert, EVP_PKEY *key,
 	     enum esc_archive_source source, struct esc_archive_info *info)
 {
-	struct kra_set ks;
+	struct esc_kra_set ks;
 	struct esc_archive_fields f;
 	X509 *storage = NULL;
 	unsigned char *p8 = NULL, *inner = NULL, *content = NULL, *outer = NULL;
 	size_t p8len = 0, innerlen = 0, outerlen = 0, i;
 	char id[ESC_RECORD_ID_LEN + 1], ktype[16], generation[16];
 	int contentlen = 0, foreign = 0;
-	long set_size = 0, threshold = 0;
 	unsigned k = 1;
 	struct esc_record_shares *sh = NULL;
 	enum esc_err r;
@@ -960,20 +1036,13 @@ archive_impl(struct esc_ctx *ctx, struct esc_store *st, const char *actor, X509 
 	    (r = check_issuer(ctx, st, cert, &foreign)) != ESC_OK ||
 	    (r = esc_archive_fields_of(ctx, cert, &f)) != ESC_OK ||
 	    (r = check_not_archived(ctx, st, f.cert_sha256, f.public_key_sha256)) != ESC_OK ||
-	    (r = kra_policies(ctx, st, &set_size, &threshold)) != ESC_OK ||
-	    (r = choose_kras(ctx, st, set_size, &ks)) != ESC_OK ||
-	    (r = current_storage(ctx, st, &storage, generation, sizeof(generation))) != ESC_OK ||
+	    (r = esc_archive_choose_kras(ctx, st, NULL, 0, &ks)) != ESC_OK ||
+	    (r = esc_archive_current_storage(ctx, st, &storage, generation, sizeof(generation))) != ESC_OK ||
 	    (r = new_uuid(ctx, id)) != ESC_OK)
 		goto out;
-	if ((r = record_threshold(ctx, threshold, ks.n, &k)) != ESC_OK ||
-	    (r = pkcs8_of(ctx, key, &p8, &p8len)) != ESC_OK)
+	if ((r = esc_archive_threshold(ctx, st, ks.n, &k)) != ESC_OK || (r = pkcs8_of(ctx, key, &p8, &p8len)) != ESC_OK)
 		goto out;
-	/* k = 1: version 1, the key sealed to every KRA of the set, as always.  k > 1: version 2. */
-	if (k == 1)
-		r = esc_envelope_seal(ctx, p8, p8len, ks.certs, ks.hashes, ks.n, &inner, &innerlen);
-	else
-		r = seal_shares(ctx, id, p8, p8len, &ks, k, &inner, &innerlen, &sh);
-	if (r != ESC_OK ||
+	if ((r = esc_archive_seal_inner(ctx, id, p8, p8len, &ks, k, &inner, &innerlen, &sh)) != ESC_OK ||
 	    (r = esc_record_encode(ctx, id, f.cert_sha256_raw, inner, innerlen, sh, &content, &contentlen)) != ESC_OK ||
 	    (r = esc_envelope_seal(ctx, content, (size_t)contentlen, &storage, NULL, 1, &outer, &outerlen)) != ESC_OK)
 		goto out;
@@ -996,7 +1065,7 @@ archive_impl(struct esc_ctx *ctx, struct esc_store *st, const char *actor, X509 
 out:
 	if (p8 != NULL)
 		OPENSSL_secure_clear_free(p8, p8len);
-	kra_set_clear(&ks);
+	esc_kra_set_clear(&ks);
 	esc_record_shares_free(sh);
 	esc_archive_fields_clear(&f);
 	X509_free(storage);
@@ -1134,43 +1203,53 @@ out:
 	return r;
 }
 
-enum esc_err
-esc_archive_open_outer(struct esc_ctx *ctx, struct esc_store *st, struct esc_token *ca_tok, const char *id,
-		       unsigned char **inner, size_t *innerlen, struct esc_record_shares **shares)
+int
+esc_archive_id_text_ok(const char *s)
 {
-	PGresult *res = NULL;
-	const char *v[1] = {id};
+	size_t i;
+
+	if (*s == '\0')
+		return 1;
+	if (strlen(s) != ESC_RECORD_ID_LEN)
+		return 0;
+	for (i = 0; i < ESC_RECORD_ID_LEN; i++)
+		if ((i == 8 || i == 13 || i == 18 || i == 23)
+			    ? s[i] != '-'
+			    : !((s[i] >= '0' && s[i] <= '9') || (s[i] >= 'a' && s[i] <= 'f')))
+			return 0;
+	return 1;
+}
+
+enum esc_err
+esc_archive_open_row(struct esc_ctx *ctx, struct esc_store *st, struct esc_token *ca_tok, const PGresult *res, int i,
+		     X509 **cert, struct esc_archive_fields *fields, unsigned char **inner, size_t *innerlen,
+		     struct esc_record_shares **shares)
+{
 	struct esc_token_key *key = NULL;
 	struct esc_archive_row row;
 	struct esc_archive_fields truth;
 	EVP_PKEY *pkey = NULL;
-	X509 *storage = NULL;
+	X509 *storage = NULL, *x = NULL;
 	struct esc_record_shares *sh = NULL;
 	unsigned char *outer = NULL, *content = NULL, *in = NULL;
 	size_t outerlen = 0, contentlen = 0, inlen = 0;
 	char uri[1024];
+	const char *id;
 	int generation = 0;
 	enum esc_err r;
 
 	memset(&truth, 0, sizeof(truth));
-	if ((r = esc_store_exec(ctx, st,
-				"SELECT encode(a.record, 'hex'), a.storage_generation, " ESC_ARCHIVE_ROW_SQL
-				" FROM archive_records a WHERE a.id::text = $1",
-				1, v, NULL, NULL, &res)) != ESC_OK)
-		return r;
-	if (PQntuples(res) != 1) {
-		r = esc_error(ctx, ESC_ERR_NOT_FOUND, "no archive record %s", id);
-		goto out;
-	}
 	/* The row must be its certificate's, before anything is opened for it. */
-	esc_archive_row_get(res, 0, 2, &row);
-	if ((r = esc_archive_row_check(ctx, &row, NULL, &truth)) != ESC_OK ||
-	    (r = esc_store_get_int(ctx, res, 0, 1, &generation)) != ESC_OK)
+	esc_archive_row_get(res, i, 2, &row);
+	id = row.id;
+	if ((r = esc_archive_row_check(ctx, &row, &x, &truth)) != ESC_OK ||
+	    (r = esc_store_get_int(ctx, res, i, 1, &generation)) != ESC_OK)
 		goto out;
 	{
 		long l = 0;
 
-		if ((outer = OPENSSL_hexstr2buf(PQgetvalue(res, 0, 0), &l)) == NULL) {
+		if ((outer = OPENSSL_hexstr2buf(PQgetvalue(res, i, 0), &l)) == NULL) {
+			ERR_clear_error();
 			r = esc_error(ctx, ESC_ERR_BAD_INPUT, "record %s is unreadable", id);
 			goto out;
 		}
@@ -1209,6 +1288,14 @@ esc_archive_open_outer(struct esc_ctx *ctx, struct esc_store *st, struct esc_tok
 		*shares = sh;
 		sh = NULL; /* transferred */
 	}
+	if (cert != NULL) {
+		*cert = x;
+		x = NULL; /* transferred */
+	}
+	if (fields != NULL) {
+		*fields = truth;
+		memset(&truth, 0, sizeof(truth)); /* transferred */
+	}
 	r = ESC_OK;
 out:
 	esc_record_shares_free(sh);
@@ -1217,8 +1304,27 @@ out:
 	esc_envelope_plain_free(content, contentlen);
 	OPENSSL_free(outer);
 	X509_free(storage);
+	X509_free(x);
 	EVP_PKEY_free(pkey);
 	esc_token_key_free(key);
+	return r;
+}
+
+enum esc_err
+esc_archive_open_outer(struct esc_ctx *ctx, struct esc_store *st, struct esc_token *ca_tok, const char *id,
+		       unsigned char **inner, size_t *innerlen, struct esc_record_shares **shares)
+{
+	PGresult *res = NULL;
+	const char *v[1] = {id};
+	enum esc_err r;
+
+	if ((r = esc_store_exec(ctx, st, "SELECT " ESC_ARCHIVE_OPEN_SQL " FROM archive_records a WHERE a.id::text = $1",
+				1, v, NULL, NULL, &res)) != ESC_OK)
+		return r;
+	if (PQntuples(res) != 1)
+		r = esc_error(ctx, ESC_ERR_NOT_FOUND, "no archive record %s", id);
+	else
+		r = esc_archive_open_row(ctx, st, ca_tok, res, 0, NULL, NULL, inner, innerlen, shares);
 	PQclear(res);
 	return r;
 }

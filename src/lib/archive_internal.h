@@ -9,6 +9,7 @@
 
 #include <p11escrow/archive.h>
 #include <p11escrow/ctx.h>
+#include <p11escrow/envelope.h>
 #include <p11escrow/err.h>
 
 /* The source's name as records and audit events spell it: "import", "enroll-client", "enroll-server". */
@@ -165,6 +166,29 @@ enum esc_err esc_archive_open_outer(struct esc_ctx *ctx, struct esc_store *st, s
 				    unsigned char **inner, size_t *innerlen,
 				    struct esc_record_shares **shares) ESC_MUST_CHECK;
 
+/* Is s a record id in PostgreSQL's text form (a lower-case UUID), or ""?  A batch's cursor. */
+int esc_archive_id_text_ok(const char *s);
+
+/*
+ * The columns esc_archive_open_row reads, in its order, from
+ * archive_records aliased "a": the record (hex), its storage generation,
+ * then ESC_ARCHIVE_ROW_SQL.  A query may select more after them.
+ */
+#define ESC_ARCHIVE_OPEN_SQL "encode(a.record, 'hex'), a.storage_generation, " ESC_ARCHIVE_ROW_SQL
+#define ESC_ARCHIVE_OPEN_NCOLS (2 + ESC_ARCHIVE_ROW_NCOLS)
+
+/*
+ * esc_archive_open_outer on row i of res (columns ESC_ARCHIVE_OPEN_SQL),
+ * for a caller that selected (and locked) the rows itself.  Optionally
+ * *cert (X509_free) and *fields (esc_archive_fields_clear): the row's
+ * certificate and what it says, as esc_archive_row_check gives them.
+ * Errors: as esc_archive_open_outer but NOT_FOUND.
+ */
+enum esc_err esc_archive_open_row(struct esc_ctx *ctx, struct esc_store *st, struct esc_token *ca_tok,
+				  const PGresult *res, int i, X509 **cert, struct esc_archive_fields *fields,
+				  unsigned char **inner, size_t *innerlen,
+				  struct esc_record_shares **shares) ESC_MUST_CHECK;
+
 /*
  * The storage key of generation (sql/012): its RFC 7512 URI on the CA
  * token into uri (urilen bytes) and its certificate (*cert: a new
@@ -176,5 +200,80 @@ enum esc_err esc_archive_open_outer(struct esc_ctx *ctx, struct esc_store *st, s
  */
 enum esc_err esc_archive_storage_key(struct esc_ctx *ctx, struct esc_store *st, int generation, char *uri,
 				     size_t urilen, X509 **cert) ESC_MUST_CHECK;
+
+/* ---- Shared by archival and the KRA re-wrap (rewrap.c) ------------------------------------------------------ */
+
+#define ESC_KRA_SET_MAX 16 /* policy kra_set_size's maximum */
+
+/* A record's KRA set as archival seals to it: ids, names, recipient forms, certificates (owned). */
+struct esc_kra_set {
+	size_t n;
+	long long ids[ESC_KRA_SET_MAX];
+	char names[ESC_KRA_SET_MAX][65];
+	char recipient[ESC_KRA_SET_MAX][24];
+	X509 *certs[ESC_KRA_SET_MAX];
+	enum esc_oaep_hash hashes[ESC_KRA_SET_MAX];
+};
+/* Free the certificates and empty ks. */
+void esc_kra_set_clear(struct esc_kra_set *ks);
+
+/*
+ * Fill ks (empty) with policy kra_set_size KRAs: active, certificate
+ * unrevoked and unexpired, locked FOR SHARE until the caller's transaction
+ * ends (none is retired under it).  First those of keep[0..nkeep) that
+ * qualify, in keep's order (a re-wrap keeps a record's valid members), then
+ * others at random (RAND_bytes).  Errors: CONFIG (kra_set_size), STATE
+ * (too few valid KRAs), BAD_INPUT (unreadable KRA certificate), CRYPTO, DB.
+ */
+enum esc_err esc_archive_choose_kras(struct esc_ctx *ctx, struct esc_store *st, const long long *keep, size_t nkeep,
+				     struct esc_kra_set *ks) ESC_MUST_CHECK;
+
+/* Policy kra_threshold k for a set of nkras: 1..nkras.  Errors: CONFIG, DB. */
+enum esc_err esc_archive_threshold(struct esc_ctx *ctx, struct esc_store *st, size_t nkras, unsigned *k) ESC_MUST_CHECK;
+
+/*
+ * The inner layer of record id for the PKCS#8 key p8 (secure memory) and
+ * set ks: k = 1, version 1 (one envelope to every KRA of the set; *shares
+ * NULL); k > 1, version 2 (the key under a fresh KEK split k of n, one
+ * sealed share per KRA; *shares esc_record_shares_free).  *inner malloc'd
+ * (free()).  The KEK and shares live in secure memory only and are wiped.
+ * Errors: CRYPTO, NOMEM, USAGE.
+ */
+enum esc_err esc_archive_seal_inner(struct esc_ctx *ctx, const char *id, const unsigned char *p8, size_t p8len,
+				    const struct esc_kra_set *ks, unsigned k, unsigned char **inner, size_t *innerlen,
+				    struct esc_record_shares **shares) ESC_MUST_CHECK;
+
+/* Insert record id's archive_record_kras rows for ks (in the caller's transaction).  Errors: DB. */
+enum esc_err esc_archive_insert_kras(struct esc_ctx *ctx, struct esc_store *st, const char *id,
+				     const struct esc_kra_set *ks) ESC_MUST_CHECK;
+
+/*
+ * The current storage certificate (a reference: X509_free) and its
+ * generation (decimal, into generation[len]), read in one statement.
+ * Errors: STATE (none recorded), BAD_INPUT, DB.
+ */
+enum esc_err esc_archive_current_storage(struct esc_ctx *ctx, struct esc_store *st, X509 **cert, char *generation,
+					 size_t len) ESC_MUST_CHECK;
+
+/*
+ * Open share e of version 2 record id (threshold k) with key, the private
+ * key of the KRA certificate cert the share is sealed to; check it against
+ * its commitment and its binding (record, x, k) before anything uses it;
+ * its ESC_KEK_LEN bytes go to share (the caller's secure memory).
+ * Errors: NOT_RECIPIENT, CRYPTO, BAD_INPUT (does not open), TAMPERED
+ * (commitment or binding).
+ */
+enum esc_err esc_share_open(struct esc_ctx *ctx, const char *id, unsigned k, const struct esc_record_share *e,
+			    EVP_PKEY *key, X509 *cert, unsigned char share[ESC_KEK_LEN]) ESC_MUST_CHECK;
+
+/*
+ * Combine k opened shares (xs[i], shares[i]) into record id's KEK and open
+ * the inner layer with it: *p8 in secure memory (esc_envelope_plain_free).
+ * The KEK is wiped.  Errors: TAMPERED (wrong shares or altered layer),
+ * USAGE, NOMEM, BAD_INPUT.
+ */
+enum esc_err esc_shares_open_inner(struct esc_ctx *ctx, const char *id, const unsigned char *xs,
+				   unsigned char *const *shares, unsigned k, const unsigned char *inner,
+				   size_t innerlen, unsigned char **p8, size_t *p8len) ESC_MUST_CHECK;
 
 #endif

@@ -149,44 +149,89 @@ out:
 	return r;
 }
 
+/*
+ * The search's SQL, built from fixed fragments for the criteria given (never
+ * from their values, which stay parameters): one statement per combination,
+ * each with plain indexable predicates.  A single statement with "$1 IS NULL
+ * OR col = $1" would be planned once per connection as a generic plan that
+ * can use no index (sql/015).
+ */
+#define SEARCH_SQL_HEAD                                                                                            \
+	"SELECT " ESC_ARCHIVE_ROW_SQL ", a.foreign_issuer, to_char(a.created_at, 'YYYY-MM-DD HH24:MI:SS'), "       \
+	"coalesce((SELECT string_agg(k.name, ',' ORDER BY k.name) FROM archive_record_kras x JOIN kras k ON k.id " \
+	"= x.kra_id WHERE x.record_id = a.id), '') FROM archive_records a WHERE (NOT EXISTS (SELECT 1 FROM "       \
+	"manager_scopes WHERE account_id = $1::bigint) OR p11escrow_record_in_scope(a.id, $1::bigint))"
+#define SEARCH_SQL_TAIL " ORDER BY a.created_at DESC LIMIT 100"
+
+/*
+ * A LIKE pattern matching text anywhere, with LIKE's own characters in text
+ * (%, _ and the escape \) taken literally: "%" + escaped + "%", malloc'd.
+ */
+static char *
+like_anywhere(const char *text)
+{
+	size_t n = strlen(text), i, j = 0;
+	char *p;
+
+	if ((p = malloc(2 * n + 3)) == NULL)
+		return NULL;
+	p[j++] = '%';
+	for (i = 0; i < n; i++) {
+		if (text[i] == '%' || text[i] == '_' || text[i] == '\\')
+			p[j++] = '\\';
+		p[j++] = text[i];
+	}
+	p[j++] = '%';
+	p[j] = '\0';
+	return p;
+}
+
 enum esc_err
 esc_archive_search(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *actor, const char *serial,
 		   const char *subject, const char *email, struct esc_record_summary **out, size_t *n)
 {
 	PGresult *res = NULL;
 	struct esc_record_summary *s = NULL;
-	char nserial[128], aid[24];
+	char nserial[128], aid[24], sql[sizeof(SEARCH_SQL_HEAD) + sizeof(SEARCH_SQL_TAIL) + 160], *pattern = NULL;
 	const char *v[4];
 	enum esc_err r;
-	int i, rows;
+	int i, rows, nv = 0;
 
 	if (require_any(ctx, actor, ESC_ROLE_CERT_MANAGER | ESC_ROLE_AUDITOR | ESC_ROLE_ADMIN, "search archived keys"))
 		return ESC_ERR_DENIED;
 	if (serial != NULL && (r = normalise_serial(ctx, serial, nserial, sizeof(nserial))) != ESC_OK)
 		return r;
+	if (subject != NULL && strlen(subject) > ESC_SEARCH_TEXT_MAX)
+		return esc_error(ctx, ESC_ERR_USAGE, "a subject to search for is at most %d bytes",
+				 ESC_SEARCH_TEXT_MAX);
+	if (subject != NULL && (pattern = like_anywhere(subject)) == NULL)
+		return esc_error(ctx, ESC_ERR_NOMEM, "out of memory");
 	snprintf(aid, sizeof(aid), "%lld", esc_account_id(actor));
-	v[0] = serial ? nserial : NULL;
-	v[1] = subject;
-	v[2] = email;
-	v[3] = aid;
+	v[nv++] = aid;
 	/*
 	 * A scoped certificate manager sees only the records in scope (sql/006); anyone else every record.
-	 * The criteria select rows by their columns (indexed); what is shown comes from each row's
-	 * certificate, and a row whose columns disagree with it is flagged, not hidden: a relabelled row
-	 * found under someone else's serial shows its true owner and the mark.
+	 * The criteria select rows by their columns, each through its index (sql/015): the normalised
+	 * serial, lower(email), the subject's trigrams (ILIKE, as case-blind as the lower() it replaced).
+	 * What is shown comes from each row's certificate, and a row whose columns disagree with it is
+	 * flagged, not hidden: a relabelled row found under someone else's serial shows its true owner
+	 * and the mark.
 	 */
-	if ((r = esc_store_exec(
-		     ctx, st,
-		     "SELECT " ESC_ARCHIVE_ROW_SQL ", a.foreign_issuer, to_char(a.created_at, 'YYYY-MM-DD "
-		     "HH24:MI:SS'), coalesce((SELECT string_agg(k.name, ',' ORDER BY k.name) FROM "
-		     "archive_record_kras x JOIN kras k ON k.id = x.kra_id WHERE x.record_id = a.id), '') FROM "
-		     "archive_records a WHERE ($1::text IS NULL OR ltrim(a.cert_serial, '0') = $1) AND "
-		     "($2::text IS NULL OR strpos(lower(a.subject), lower($2)) > 0) AND ($3::text IS NULL OR "
-		     "lower(a.email) = lower($3)) AND (NOT EXISTS (SELECT 1 FROM manager_scopes WHERE "
-		     "account_id = $4::bigint) OR p11escrow_record_in_scope(a.id, $4::bigint)) ORDER BY "
-		     "a.created_at DESC LIMIT 100",
-		     4, v, NULL, NULL, &res)) != ESC_OK)
-		return r;
+	snprintf(sql, sizeof(sql), "%s", SEARCH_SQL_HEAD);
+	if (serial != NULL) {
+		v[nv++] = nserial;
+		snprintf(sql + strlen(sql), sizeof(sql) - strlen(sql), " AND ltrim(a.cert_serial, '0') = $%d", nv);
+	}
+	if (subject != NULL) {
+		v[nv++] = pattern;
+		snprintf(sql + strlen(sql), sizeof(sql) - strlen(sql), " AND a.subject ILIKE $%d", nv);
+	}
+	if (email != NULL) {
+		v[nv++] = email;
+		snprintf(sql + strlen(sql), sizeof(sql) - strlen(sql), " AND lower(a.email) = lower($%d)", nv);
+	}
+	snprintf(sql + strlen(sql), sizeof(sql) - strlen(sql), "%s", SEARCH_SQL_TAIL);
+	if ((r = esc_store_exec(ctx, st, sql, nv, v, NULL, NULL, &res)) != ESC_OK)
+		goto out;
 	rows = PQntuples(res);
 	if ((s = calloc((size_t)rows + 1, sizeof(*s))) == NULL) {
 		r = esc_error(ctx, ESC_ERR_NOMEM, "out of memory");
@@ -215,6 +260,7 @@ esc_archive_search(struct esc_ctx *ctx, struct esc_store *st, const struct esc_a
 	s = NULL; /* transferred */
 	r = ESC_OK;
 out:
+	free(pattern);
 	free(s);
 	PQclear(res);
 	return r;
@@ -772,6 +818,15 @@ release_impl(struct esc_ctx *ctx, struct esc_store *st, struct esc_token *ca_tok
 		r = esc_error(ctx, ESC_ERR_BAD_INPUT, "the KRA's stored certificate is unreadable");
 		goto out;
 	}
+	/*
+	 * The record and its KRA rows are read in separate statements below: lock the record (FOR SHARE) so a
+	 * re-wrap (rewrap --kra, which takes its records FOR UPDATE SKIP LOCKED) cannot replace them in between.
+	 */
+	v[0] = rid;
+	if ((r = esc_store_exec(ctx, st, "SELECT 1 FROM archive_records WHERE id::text = $1 FOR SHARE", 1, v, NULL,
+				NULL, NULL)) != ESC_OK)
+		goto out;
+	v[0] = sid;
 	if ((r = esc_archive_open_outer(ctx, st, ca_tok, rid, &inner, &innerlen, &shares)) != ESC_OK)
 		goto out;
 	if (shares != NULL) {
@@ -1636,59 +1691,31 @@ static enum esc_err
 open_shares(struct esc_ctx *ctx, const struct esc_recovery_package *pkg, EVP_PKEY *cardkey, unsigned char **p8,
 	    size_t *p8len)
 {
-	unsigned char *buf = NULL, *kek = NULL, *plain = NULL, *shares[ESC_SHAMIR_MAX_SHARES],
-		      xs[ESC_SHAMIR_MAX_SHARES], md[32];
-	size_t i, plainlen = 0, n = pkg->threshold;
-	unsigned int mdlen = 0;
+	unsigned char *buf = NULL, *shares[ESC_SHAMIR_MAX_SHARES], xs[ESC_SHAMIR_MAX_SHARES];
+	size_t i, n = pkg->threshold;
 	enum esc_err r;
 
-	if ((buf = OPENSSL_secure_zalloc(n * ESC_KEK_LEN)) == NULL ||
-	    (kek = OPENSSL_secure_zalloc(ESC_KEK_LEN)) == NULL) {
-		r = esc_error(ctx, ESC_ERR_NOMEM, "out of memory");
-		goto out;
-	}
+	if ((buf = OPENSSL_secure_zalloc(n * ESC_KEK_LEN)) == NULL)
+		return esc_error(ctx, ESC_ERR_NOMEM, "out of memory");
+	/* Each share opened and checked (commitment, binding) as a re-wrap checks it, before any is combined. */
 	for (i = 0; i < n; i++) {
-		X509 *to = pkg->share[i].cert != NULL ? pkg->share[i].cert : pkg->kra_cert;
+		struct esc_record_share e;
 
-		if ((r = esc_envelope_open(ctx, pkg->share[i].sealed, pkg->share[i].sealedlen, cardkey, to, &plain,
-					   &plainlen)) != ESC_OK) {
-			char why[256];
-
-			snprintf(why, sizeof(why), "%s", esc_ctx_errmsg(ctx));
-			r = esc_error(ctx, r, "share x = %u of request %lld does not open on this card: %s",
-				      pkg->share[i].x, pkg->id, why);
-			goto out;
-		}
-		if (!EVP_Digest(plain, plainlen, md, &mdlen, EVP_sha256(), NULL)) {
-			r = esc_error_ossl(ctx, ESC_ERR_CRYPTO, "cannot hash a share");
-			goto out;
-		}
-		if (CRYPTO_memcmp(md, pkg->share[i].commitment, 32) != 0) {
-			r = esc_error(ctx, ESC_ERR_TAMPERED,
-				      "share x = %u of request %lld does not match the record's commitment: damaged or "
-				      "swapped; nothing combined",
-				      pkg->share[i].x, pkg->id);
-			goto out;
-		}
+		memset(&e, 0, sizeof(e));
+		e.x = pkg->share[i].x;
+		memcpy(e.commitment, pkg->share[i].commitment, sizeof(e.commitment));
+		e.sealed = pkg->share[i].sealed;
+		e.sealedlen = pkg->share[i].sealedlen;
 		shares[i] = buf + i * ESC_KEK_LEN;
-		xs[i] = (unsigned char)pkg->share[i].x;
-		if ((r = esc_share_plain_parse(ctx, plain, plainlen, pkg->record_id, pkg->share[i].x, pkg->threshold,
-					       shares[i])) != ESC_OK)
+		xs[i] = (unsigned char)e.x;
+		if ((r = esc_share_open(ctx, pkg->record_id, pkg->threshold, &e, cardkey,
+					pkg->share[i].cert != NULL ? pkg->share[i].cert : pkg->kra_cert, shares[i])) !=
+		    ESC_OK)
 			goto out;
-		esc_envelope_plain_free(plain, plainlen);
-		plain = NULL;
 	}
-	if ((r = esc_shamir_combine(ctx, xs, shares, (unsigned)n, ESC_KEK_LEN, kek)) != ESC_OK ||
-	    (r = esc_envelope_open_kek(ctx, pkg->der, pkg->derlen, kek, (const unsigned char *)pkg->record_id,
-				       strlen(pkg->record_id), p8, p8len)) != ESC_OK)
-		goto out;
-	r = ESC_OK;
+	r = esc_shares_open_inner(ctx, pkg->record_id, xs, shares, (unsigned)n, pkg->der, pkg->derlen, p8, p8len);
 out:
-	esc_envelope_plain_free(plain, plainlen);
-	if (buf != NULL)
-		OPENSSL_secure_clear_free(buf, n * ESC_KEK_LEN);
-	if (kek != NULL)
-		OPENSSL_secure_clear_free(kek, ESC_KEK_LEN);
+	OPENSSL_secure_clear_free(buf, n * ESC_KEK_LEN);
 	return r;
 }
 

@@ -503,3 +503,11 @@ esc_crl_refresh(struct esc_ctx *ctx, struct esc_store *st, struct esc_token *ca_
 {
 	return publish(ctx, st, NULL, ca_tok, esc_ctx_publication(ctx)->crl_validity, 0, out);
 }
+
+int
+esc_crl_default_days(const struct esc_ctx *ctx)
+{
+	long d = esc_ctx_publication(ctx)->crl_validity / 86400;
+
+	return d < 1 ? 1 : d > 366 ? 366 : (int)d;
+}

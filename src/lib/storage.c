@@ -500,6 +500,59 @@ gen_key(struct reseal *rs, int g)
 	return k;
 }
 
+enum esc_err
+esc_storage_current(struct esc_ctx *ctx, struct esc_store *st, struct esc_token *tok, X509 **cert, int *generation)
+{
+	PGresult *res = NULL;
+	struct esc_token_key *key = NULL;
+	EVP_PKEY *pub = NULL;
+	X509 *ca = NULL, *cur = NULL;
+	int gen = 0;
+	enum esc_err r;
+
+	if ((r = esc_store_exec(ctx, st, "SELECT certificate, generation, uri FROM token_keys WHERE role = 'storage'",
+				0, NULL, NULL, NULL, &res)) != ESC_OK)
+		return r;
+	if (PQntuples(res) != 1 || PQgetisnull(res, 0, 0)) {
+		r = esc_error(ctx, ESC_ERR_STATE, "no storage key is recorded: run 'p11escrow setup'");
+		goto out;
+	}
+	if ((cur = esc_store_cert_cached(st, PQgetvalue(res, 0, 0))) == NULL) {
+		r = esc_error(ctx, ESC_ERR_BAD_INPUT, "the stored storage certificate is not a DER certificate");
+		goto out;
+	}
+	if ((r = esc_store_get_int(ctx, res, 0, 1, &gen)) != ESC_OK ||
+	    (r = esc_store_active_ca(ctx, st, &ca)) != ESC_OK)
+		goto out;
+	if (!esc_cert_issued_by(cur, ca)) {
+		r = esc_error(ctx, ESC_ERR_MISMATCH,
+			      "the current storage certificate was not issued by this CA: nothing is re-sealed to it");
+		goto out;
+	}
+	if ((r = esc_token_find_key(ctx, tok, PQgetvalue(res, 0, 2), &key)) != ESC_OK ||
+	    (r = esc_token_key_public(ctx, tok, key, &pub)) != ESC_OK)
+		goto out;
+	if (!esc_cert_matches_key(cur, pub)) {
+		r = esc_error(ctx, ESC_ERR_MISMATCH,
+			      "the current storage key on token '%s' is not the key of the storage certificate: "
+			      "nothing is re-sealed to it",
+			      esc_token_label(tok));
+		goto out;
+	}
+	*cert = cur;
+	cur = NULL; /* transferred */
+	*generation = gen;
+	r = ESC_OK;
+out:
+	ERR_clear_error();
+	X509_free(cur);
+	EVP_PKEY_free(pub);
+	esc_token_key_free(key);
+	X509_free(ca);
+	PQclear(res);
+	return r;
+}
+
 /*
  * The current storage certificate and generation, checked before anything
  * is sealed to it: issued by this CA, and its key on this token.  A
@@ -509,50 +562,7 @@ gen_key(struct reseal *rs, int g)
 static enum esc_err
 load_current(struct reseal *rs)
 {
-	PGresult *res = NULL;
-	struct esc_token_key *key = NULL;
-	EVP_PKEY *pub = NULL;
-	X509 *ca = NULL;
-	enum esc_err r;
-
-	if ((r = esc_store_exec(rs->ctx, rs->st,
-				"SELECT certificate, generation, uri FROM token_keys WHERE role = 'storage'", 0, NULL,
-				NULL, NULL, &res)) != ESC_OK)
-		return r;
-	if (PQntuples(res) != 1 || PQgetisnull(res, 0, 0)) {
-		r = esc_error(rs->ctx, ESC_ERR_STATE, "no storage key is recorded: run 'p11escrow setup'");
-		goto out;
-	}
-	if ((rs->current = esc_store_cert_cached(rs->st, PQgetvalue(res, 0, 0))) == NULL) {
-		r = esc_error(rs->ctx, ESC_ERR_BAD_INPUT, "the stored storage certificate is not a DER certificate");
-		goto out;
-	}
-	if ((r = esc_store_get_int(rs->ctx, res, 0, 1, &rs->to)) != ESC_OK ||
-	    (r = esc_store_active_ca(rs->ctx, rs->st, &ca)) != ESC_OK)
-		goto out;
-	if (!esc_cert_issued_by(rs->current, ca)) {
-		r = esc_error(rs->ctx, ESC_ERR_MISMATCH,
-			      "the current storage certificate was not issued by this CA: nothing is re-sealed to it");
-		goto out;
-	}
-	if ((r = esc_token_find_key(rs->ctx, rs->tok, PQgetvalue(res, 0, 2), &key)) != ESC_OK ||
-	    (r = esc_token_key_public(rs->ctx, rs->tok, key, &pub)) != ESC_OK)
-		goto out;
-	if (!esc_cert_matches_key(rs->current, pub)) {
-		r = esc_error(rs->ctx, ESC_ERR_MISMATCH,
-			      "the current storage key on token '%s' is not the key of the storage certificate: "
-			      "nothing is re-sealed to it",
-			      esc_token_label(rs->tok));
-		goto out;
-	}
-	r = ESC_OK;
-out:
-	ERR_clear_error();
-	EVP_PKEY_free(pub);
-	esc_token_key_free(key);
-	X509_free(ca);
-	PQclear(res);
-	return r;
+	return esc_storage_current(rs->ctx, rs->st, rs->tok, &rs->current, &rs->to);
 }
 
 /* A failure that is the record's (damaged, moved, of an unknown key), not the job's. */
@@ -759,24 +769,6 @@ esc_reseal_batch_clear(struct esc_reseal_batch *b)
 	memset(b, 0, sizeof(*b));
 }
 
-/* A record id as the cursor: a UUID in its text form (what PostgreSQL prints), or "". */
-static int
-valid_after(const char *s)
-{
-	size_t i;
-
-	if (*s == '\0')
-		return 1;
-	if (strlen(s) != ESC_RECORD_ID_LEN)
-		return 0;
-	for (i = 0; i < ESC_RECORD_ID_LEN; i++)
-		if ((i == 8 || i == 13 || i == 18 || i == 23)
-			    ? s[i] != '-'
-			    : !((s[i] >= '0' && s[i] <= '9') || (s[i] >= 'a' && s[i] <= 'f')))
-			return 0;
-	return 1;
-}
-
 enum esc_err
 esc_storage_reseal_batch(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *by, struct esc_token *tok,
 			 const char *after, size_t n, struct esc_reseal_batch *out)
@@ -795,7 +787,7 @@ esc_storage_reseal_batch(struct esc_ctx *ctx, struct esc_store *st, const struct
 		after = "";
 	if (n < 1 || n > ESC_RESEAL_BATCH_MAX)
 		return esc_error(ctx, ESC_ERR_USAGE, "a re-seal batch is 1..%d records", ESC_RESEAL_BATCH_MAX);
-	if (!valid_after(after))
+	if (!esc_archive_id_text_ok(after))
 		return esc_error(ctx, ESC_ERR_USAGE, "a re-seal batch starts after a record id (a UUID in lower case)");
 	if ((r = esc_store_check_schema(ctx, st)) != ESC_OK)
 		return r;

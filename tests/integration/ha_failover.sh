@@ -52,40 +52,7 @@ assert_out "the database server is read-only (a standby? use target_session_attr
 export P11ESCROW_FAULT_COMMIT=$T/commit-fault
 start_daemon 2 "checkpoint_events = 100000" "checkpoint_seconds = 0"
 
-# A client certificate (signing profile), used by every /serverkeygen below.
-"$ESC" enroll-password create --subject 'CN=HA User,O=Example' --profile signing --user admin >"$T/otp.txt" ||
-    fail "enroll-password create"
-OTP="$(awk '$1 == "name:" {print $2}' "$T/otp.txt"):$(awk '$1 == "password:" {print $2}' "$T/otp.txt")"
-openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$T/client.key" \
-    -subj '/CN=HA User/O=Example' -outform DER 2>/dev/null | openssl base64 >"$T/sign.b64"
-code=$(curl -sS --cacert "$SERVER_CA" -o "$T/resp" -w '%{http_code}' -H 'Content-Type: application/pkcs10' \
-    --data-binary @"$T/sign.b64" --user "$OTP" "$URL/.well-known/est/signing/simpleenroll")
-[ "$code" = 200 ] || fail "signing enrollment: $code $(cat "$T/resp")"
-openssl base64 -d -in "$T/resp" | openssl pkcs7 -inform DER -print_certs -out "$T/client.pem"
-CC=(--cert "$T/client.pem" --key "$T/client.key")
-openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout /dev/null \
-    -subj '/CN=x' -outform DER 2>/dev/null | openssl base64 >"$T/req.b64"
-
-mkdir "$T/r"
-# keygen ID: one /serverkeygen; body $T/r/ID.body, headers $T/r/ID.hdr; prints the HTTP status (000: no answer).
-keygen() {
-    curl -sS --max-time 30 --cacert "$SERVER_CA" -o "$T/r/$1.body" -D "$T/r/$1.hdr" -w '%{http_code}' \
-        -H 'Content-Type: application/pkcs10' --data-binary @"$T/req.b64" "${CC[@]}" \
-        "$URL/.well-known/est/serverkeygen" 2>>"$T/curl.err" || true
-}
-# serial_of ID: the serial of the certificate in a /serverkeygen answer (upper-case hex, no leading zeros).
-serial_of() {
-    python3 - "$T/r/$1.hdr" "$T/r/$1.body" <<'PY' | openssl pkcs7 -inform DER -print_certs | openssl x509 -noout -serial |
-import base64, re, sys
-hdr = open(sys.argv[1], encoding='latin-1').read()
-boundary = re.search(r'boundary="?([^";\r\n]+)', hdr, re.I).group(1)
-for part in open(sys.argv[2], 'rb').read().split(b'--' + boundary.encode()):
-    head, _, body = part.partition(b'\r\n\r\n')
-    if b'certs-only' in head:
-        sys.stdout.buffer.write(base64.b64decode(b''.join(body.split())))
-PY
-        sed 's/^serial=0*//'
-}
+serverkeygen_client
 rows() { psql "$1" -XAtq -c "SELECT (SELECT count(*) FROM certificates) || ' ' || (SELECT count(*) FROM archive_records)"; }
 # once CONNINFO SERIAL: the serial's certificate rows and archive records there ("1 1" when all is well)
 once() {

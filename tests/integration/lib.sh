@@ -213,3 +213,42 @@ pg_sync_standby() {
 
 # pg_postmaster_pid DIR: the PID of the postmaster of the cluster in DIR (its postmaster.pid).
 pg_postmaster_pid() { head -n 1 "$1/data/postmaster.pid"; }
+
+# ---- /serverkeygen load (the HA tests) ---------------------------------------------------------------
+# serverkeygen_client: a client certificate (signing profile, enrolled through $URL with a one-time
+# password made by admin) in CC=(--cert … --key …), and a request body in $T/req.b64 for keygen below.
+serverkeygen_client() {
+    "$ESC" enroll-password create --subject 'CN=HA User,O=Example' --profile signing --user admin >"$T/otp.txt" ||
+        fail "enroll-password create"
+    local otp code
+    otp="$(awk '$1 == "name:" {print $2}' "$T/otp.txt"):$(awk '$1 == "password:" {print $2}' "$T/otp.txt")"
+    openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$T/client.key" \
+        -subj '/CN=HA User/O=Example' -outform DER 2>/dev/null | openssl base64 >"$T/sign.b64"
+    code=$(curl -sS --cacert "$SERVER_CA" -o "$T/resp" -w '%{http_code}' -H 'Content-Type: application/pkcs10' \
+        --data-binary @"$T/sign.b64" --user "$otp" "$URL/.well-known/est/signing/simpleenroll")
+    [ "$code" = 200 ] || fail "signing enrollment through $URL: $code $(cat "$T/resp")"
+    openssl base64 -d -in "$T/resp" | openssl pkcs7 -inform DER -print_certs -out "$T/client.pem"
+    CC=(--cert "$T/client.pem" --key "$T/client.key")
+    openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout /dev/null \
+        -subj '/CN=x' -outform DER 2>/dev/null | openssl base64 >"$T/req.b64"
+    mkdir -p "$T/r"
+}
+# keygen ID: one /serverkeygen; body $T/r/ID.body, headers $T/r/ID.hdr; prints the HTTP status (000: no answer).
+keygen() {
+    curl -sS --max-time 30 --cacert "$SERVER_CA" -o "$T/r/$1.body" -D "$T/r/$1.hdr" -w '%{http_code}' \
+        -H 'Content-Type: application/pkcs10' --data-binary @"$T/req.b64" "${CC[@]}" \
+        "$URL/.well-known/est/serverkeygen" 2>>"$T/curl.err" || true
+}
+# serial_of ID: the serial of the certificate in a /serverkeygen answer (upper-case hex, no leading zeros).
+serial_of() {
+    python3 - "$T/r/$1.hdr" "$T/r/$1.body" <<'PY' | openssl pkcs7 -inform DER -print_certs | openssl x509 -noout -serial |
+import base64, re, sys
+hdr = open(sys.argv[1], encoding='latin-1').read()
+boundary = re.search(r'boundary="?([^";\r\n]+)', hdr, re.I).group(1)
+for part in open(sys.argv[2], 'rb').read().split(b'--' + boundary.encode()):
+    head, _, body = part.partition(b'\r\n\r\n')
+    if b'certs-only' in head:
+        sys.stdout.buffer.write(base64.b64decode(b''.join(body.split())))
+PY
+        sed 's/^serial=0*//'
+}
