@@ -62,8 +62,9 @@ tm(const char *s)
 	if (len < sizeof(shape) - 1 || len + 2 > sizeof(buf))
 		return str(s);
 	for (i = 0; i < sizeof(shape) - 1; i++)
-		if (shape[i] == 'd' ? s[i] < '0' || s[i] > '9' : shape[i] == '?' ? s[i] != ' ' && s[i] != 'T'
-										   : s[i] != shape[i])
+		if (shape[i] == 'd'   ? s[i] < '0' || s[i] > '9'
+		    : shape[i] == '?' ? s[i] != ' ' && s[i] != 'T'
+				      : s[i] != shape[i])
 			return str(s);
 	/* The rest: nothing, "Z", or a fraction ".fff" with or without "Z". */
 	for (i = sizeof(shape) - 1; i < len; i++)
@@ -142,8 +143,8 @@ cli_json_account_cert(const void *item)
 	const struct esc_account_cert *c = item;
 
 	return json_pack("{s:o, s:o, s:o, s:o, s:o, s:o, s:o}", "sha256", str(c->sha256), "subject", str(c->subject),
-			 "issuer", str(c->issuer), "serial", str(c->serial), "not_after", tm(c->not_after),
-			 "added_at", tm(c->added_at), "added_by", opt(c->added_by));
+			 "issuer", str(c->issuer), "serial", str(c->serial), "not_after", tm(c->not_after), "added_at",
+			 tm(c->added_at), "added_by", opt(c->added_by));
 }
 
 json_t *
@@ -197,8 +198,8 @@ cli_json_kra(const struct esc_kra *k, const char *warning)
 			 str(k->recipient), "cert_serial", str(k->cert_serial), "not_after", tm(k->not_after),
 			 "token_label", str(k->token_label), "token_serial", str(k->token_serial), "key_uri",
 			 str(k->key_uri), "records", (json_int_t)k->records, "origin", opt(k->origin),
-			 "recipient_reason", opt(k->recipient_reason), "days_left", k->days_left, "expired",
-			 k->expired, "warning", warning != NULL ? opt(warning) : json_null());
+			 "recipient_reason", opt(k->recipient_reason), "days_left", k->days_left, "expired", k->expired,
+			 "warning", warning != NULL ? opt(warning) : json_null());
 }
 
 /* The names of the ESC_EKEY_* types in mask, in the library's order. */
