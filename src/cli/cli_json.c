@@ -228,6 +228,25 @@ cli_json_profile(const struct esc_profile *p, int is_default)
 }
 
 json_t *
+cli_json_scope(const char *name, const struct esc_scope_item *items, size_t n)
+{
+	json_t *profiles = json_array(), *groups = json_array();
+	size_t i;
+	int bad = profiles == NULL || groups == NULL;
+
+	for (i = 0; !bad && i < n; i++)
+		bad = json_array_append_new(strcmp(items[i].kind, "profile") == 0 ? profiles : groups,
+					    str(items[i].value)) != 0;
+	if (bad) {
+		json_decref(profiles);
+		json_decref(groups);
+		return NULL;
+	}
+	return json_pack("{s:o, s:b, s:o, s:o}", "name", str(name), "scoped", n > 0, "profiles", profiles, "groups",
+			 groups);
+}
+
+json_t *
 cli_json_array(const void *v, size_t n, size_t size, json_t *(*one)(const void *item))
 {
 	json_t *a = json_array();

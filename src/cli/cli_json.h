@@ -48,6 +48,9 @@ json_t *cli_json_kra(const struct esc_kra *k, const char *warning);
 /* A certificate profile; is_default: the service's default profile. */
 json_t *cli_json_profile(const struct esc_profile *p, int is_default);
 
+/* The scope of account name, items[0..n) (n == 0: unscoped): name, scoped, profiles[], groups[]. */
+json_t *cli_json_scope(const char *name, const struct esc_scope_item *items, size_t n);
+
 /* A JSON array of the n items of size bytes at v, each built by one; NULL if out of memory. */
 json_t *cli_json_array(const void *v, size_t n, size_t size, json_t *(*one)(const void *item));
 

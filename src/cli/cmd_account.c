@@ -71,7 +71,7 @@ help(void)
 	       "      --profile PROFILE        a profile of the scope; repeat for more (scope)\n"
 	       "      --group GROUP            an O or OU value of the scope; repeat for more (scope)\n"
 	       "      --clear                  remove the scope (scope)\n"
-	       "      --json                   list: " CLI_JSON_HELP "\n"
+	       "      --json                   list, scope: " CLI_JSON_HELP "\n"
 	       "  -h, --help                   this text\n",
 	       PROG, PROG, PROG, PROG, PROG, PROG, PROG, ESC_SCOPE_PROFILE_IMPORTED, ESC_PASSWORD_MIN);
 	cli_print_exit_codes();
@@ -209,13 +209,28 @@ out:
 	return rc;
 }
 
+/* The scope of account name as text or (--json) a JSON object; 0 or an exit code. */
+static int
+print_scope(const char *name, const struct esc_scope_item *items, size_t n, int json)
+{
+	size_t i;
+
+	if (json)
+		return cli_json_print(CMD, cli_json_scope(name, items, n));
+	if (n == 0)
+		printf("account '%s': unscoped (every record)\n", name);
+	for (i = 0; i < n; i++)
+		printf("account '%s': %s %s\n", name, items[i].kind, items[i].value);
+	return 0;
+}
+
 /* scope NAME: set, clear or (no options) show a certificate manager's scope. */
 static int
 do_scope(struct esc_ctx *ctx, struct esc_store *st, const struct opts *o, const char *name)
 {
 	struct esc_account *me = NULL;
 	struct esc_scope_item *items = NULL;
-	size_t n = 0, i;
+	size_t n = 0;
 	enum esc_err r;
 	int rc;
 
@@ -227,7 +242,7 @@ do_scope(struct esc_ctx *ctx, struct esc_store *st, const struct opts *o, const 
 			rc = cli_fail(CMD, ctx, r);
 			goto out;
 		}
-		if (o->clear) {
+		if (o->clear && !o->json) {
 			printf("account '%s': scope cleared (every record)\n", name);
 			rc = 0;
 			goto out;
@@ -237,11 +252,7 @@ do_scope(struct esc_ctx *ctx, struct esc_store *st, const struct opts *o, const 
 		rc = cli_fail(CMD, ctx, r);
 		goto out;
 	}
-	if (n == 0)
-		printf("account '%s': unscoped (every record)\n", name);
-	for (i = 0; i < n; i++)
-		printf("account '%s': %s %s\n", name, items[i].kind, items[i].value);
-	rc = 0;
+	rc = print_scope(name, items, n, o->json);
 out:
 	free(items);
 	esc_account_free(me);
@@ -425,9 +436,10 @@ static int
 remote_scope(struct cli_http *h, const struct opts *o, const char *name)
 {
 	json_t *body = NULL, *doc = NULL, *profiles = NULL, *groups = NULL;
+	struct esc_scope_item *items = NULL;
 	const json_t *v;
-	char path[200], value[ESC_SCOPE_VALUE_MAX * 4 + 1];
-	size_t i;
+	char path[200];
+	size_t i, n;
 	int rc;
 
 	if ((rc = path_for(path, sizeof(path), name, "scope")) != 0)
@@ -444,7 +456,7 @@ remote_scope(struct cli_http *h, const struct opts *o, const char *name)
 		json_decref(body);
 		if (rc != 0)
 			return rc;
-		if (o->clear) {
+		if (o->clear && !o->json) {
 			printf("account '%s': scope cleared (every record)\n", name);
 			json_decref(doc);
 			return 0;
@@ -452,20 +464,28 @@ remote_scope(struct cli_http *h, const struct opts *o, const char *name)
 	} else if ((rc = cli_http_call(h, CLI_HTTP_GET, path, NULL, &doc)) != 0) {
 		return rc;
 	}
-	if (!json_is_true(json_object_get(doc, "scoped")))
-		printf("account '%s': unscoped (every record)\n", name);
+	/* Read into the library's struct, profiles first as locally, and printed as locally. */
+	n = json_array_size(json_object_get(doc, "profiles")) + json_array_size(json_object_get(doc, "groups"));
+	if ((items = calloc(n + 1, sizeof(*items))) == NULL) {
+		json_decref(doc);
+		fprintf(stderr, "%s %s: error: out of memory\n", PROG, CMD);
+		return esc_err_exit_code(ESC_ERR_NOMEM);
+	}
+	n = 0;
 	json_array_foreach(json_object_get(doc, "profiles"), i, v)
 	{
-		cli_json_copy_value(value, sizeof(value), v);
-		printf("account '%s': profile %s\n", name, value);
+		snprintf(items[n].kind, sizeof(items[n].kind), "profile");
+		cli_json_copy_value(items[n++].value, sizeof(items[0].value), v);
 	}
 	json_array_foreach(json_object_get(doc, "groups"), i, v)
 	{
-		cli_json_copy_value(value, sizeof(value), v);
-		printf("account '%s': group %s\n", name, value);
+		snprintf(items[n].kind, sizeof(items[n].kind), "group");
+		cli_json_copy_value(items[n++].value, sizeof(items[0].value), v);
 	}
+	rc = print_scope(name, items, n, o->json);
+	free(items);
 	json_decref(doc);
-	return 0;
+	return rc;
 }
 
 static int
@@ -604,8 +624,8 @@ account_main(int argc, char *argv[])
 	if (optind >= argc)
 		return cli_usage_error(CMD, "expected an action: add or list");
 	action = argv[optind];
-	if (o.json && strcmp(action, "list") != 0)
-		return cli_usage_error(CMD, "--json goes with list");
+	if (o.json && strcmp(action, "list") != 0 && strcmp(action, "scope") != 0)
+		return cli_usage_error(CMD, "--json goes with list and scope");
 	if (strcmp(action, "scope") != 0 && (o.nprofiles > 0 || o.ngroups > 0 || o.clear))
 		return cli_usage_error(CMD, "--profile, --group and --clear are for scope");
 	if (strcmp(action, "scope") == 0) {

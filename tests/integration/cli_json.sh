@@ -1,6 +1,6 @@
 #!/bin/bash
 # --json output of every listing and show action of the CLI (issue 18): recovery search and list,
-# kra list, account list, account cert list, audit show, policy show, storage-key list,
+# kra list, account list and scope, account cert list, audit show, policy show, storage-key list,
 # enroll-password list and profile list.  Each is parsed with python3 and its values checked
 # against the database (serials, states, KRA names, counts, times in RFC 3339 UTC); where the
 # action also runs through the service, --local and --server must print the same document (the
@@ -48,8 +48,8 @@ issue alice; issue bob
 run_esc 0 archive import "$T/alice.p12" "$T/bob.p12" --password-file "$T/p12.pw" --user admin \
     --account-password-file "$T/admin.pw"
 ALICE=$(openssl x509 -in "$T/alice.pem" -noout -serial | sed 's/serial=//')
-# The serial as the library shows it: lower-case hex, no leading zeros.
-ALICE_HEX=$(printf '%s' "$ALICE" | tr 'A-F' 'a-f' | sed 's/^0*//')
+# The serial as the library shows it: lower-case hex, whole bytes (as openssl prints it, lower case).
+ALICE_HEX=$(printf '%s' "$ALICE" | tr 'A-F' 'a-f')
 as cm1 0 recovery request --serial "$ALICE" --kra kra1 --reason 'lost laptop'
 REQ=$(psql_val "SELECT max(id) FROM recovery_requests")
 as cm1 0 enroll-password create --subject 'CN=Dave,O=Example' --hours 2
@@ -197,6 +197,17 @@ js admin 0 profile list
 check "$T/l.json" '[p["name"] for p in d if p["default"]] == ["encryption"]' \
     'all(isinstance(p["keys"], list) and isinstance(p["days"], int) for p in d)'
 same profile list
+
+note "account scope: one object, as GET /accounts/NAME/scope"
+jl admin 0 account scope cm1; js admin 0 account scope cm1
+check "$T/l.json" 'd == {"name": "cm1", "scoped": False, "profiles": [], "groups": []}'
+same account scope unscoped
+jl admin 0 account scope cm1 --group Sales --profile encryption
+check "$T/l.json" 'd == {"name": "cm1", "scoped": True, "profiles": ["encryption"], "groups": ["Sales"]}'
+js admin 0 account scope cm1
+same account scope
+js admin 0 account scope cm1 --clear
+check "$T/s.json" 'd == {"name": "cm1", "scoped": False, "profiles": [], "groups": []}'
 
 note "no secret in any of it"
 for f in "$T"/l.json "$T"/s.json; do
