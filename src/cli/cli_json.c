@@ -15,19 +15,16 @@
 #include "cli.h"
 #include "cli_json.h"
 
-/*
- * A JSON string of s.  jansson takes UTF-8 only: text that is not (a
- * certificate's field in a legacy encoding) keeps its ASCII and shows '?'
- * for each other byte, rather than failing the whole document.
- */
-static json_t *
-str(const char *s)
+json_t *
+cli_json_text(const char *s)
 {
-	json_t *j = json_string(s);
+	json_t *j;
 	char *copy;
 	size_t i;
 
-	if (j != NULL || (copy = strdup(s)) == NULL)
+	if (s == NULL)
+		return json_null();
+	if ((j = json_string(s)) != NULL || (copy = strdup(s)) == NULL)
 		return j;
 	for (i = 0; copy[i] != '\0'; i++)
 		if ((unsigned char)copy[i] >= 0x80)
@@ -35,6 +32,12 @@ str(const char *s)
 	j = json_string(copy);
 	free(copy);
 	return j;
+}
+
+static json_t *
+str(const char *s)
+{
+	return cli_json_text(s);
 }
 
 /* s, or null if it is empty: an optional value the library keeps as "". */

@@ -51,6 +51,14 @@ json_t *cli_json_profile(const struct esc_profile *p, int is_default);
 /* The scope of account name, items[0..n) (n == 0: unscoped): name, scoped, profiles[], groups[]. */
 json_t *cli_json_scope(const char *name, const struct esc_scope_item *items, size_t n);
 
+/*
+ * A JSON string of s, null if s is NULL.  jansson takes UTF-8 only: text
+ * that is not (a certificate's or a token's field in a legacy encoding)
+ * keeps its ASCII and shows '?' for each other byte, rather than failing
+ * the whole document.  NULL only if out of memory.
+ */
+json_t *cli_json_text(const char *s);
+
 /* A JSON array of the n items of size bytes at v, each built by one; NULL if out of memory. */
 json_t *cli_json_array(const void *v, size_t n, size_t size, json_t *(*one)(const void *item));
 

@@ -1,7 +1,7 @@
 #!/bin/bash
 # --json output of every listing and show action of the CLI (issue 18): recovery search and list,
 # kra list, account list and scope, account cert list, audit show, policy show, storage-key list,
-# enroll-password list and profile list.  Each is parsed with python3 and its values checked
+# enroll-password list, profile list, token info and db status.  Each is parsed with python3 and its values checked
 # against the database (serials, states, KRA names, counts, times in RFC 3339 UTC); where the
 # action also runs through the service, --local and --server must print the same document (the
 # same code builds both).  The database runs in a time zone that is not UTC, so a time left in
@@ -209,8 +209,24 @@ same account scope
 js admin 0 account scope cm1 --clear
 check "$T/s.json" 'd == {"name": "cm1", "scoped": False, "profiles": [], "groups": []}'
 
+note "token info and db status (on the service host, no account)"
+jrun "$T/t.json" 0 token info 'pkcs11:token=CA' --key "$(psql_val "SELECT uri FROM token_keys WHERE role = 'ca-sign'")" \
+    --pin-file "$PIN_FILE"
+check "$T/t.json" 'd["token"] == "CA" and d["module"].endswith(".so") and len(d["serial"]) > 0' \
+    'any(m["name"] == "CKM_ECDSA" and "sign" in m["flags"] for m in d["mechanisms"])' \
+    'all(isinstance(m["min_bits"], int) and isinstance(m["max_bits"], int) for m in d["mechanisms"])' \
+    'd["key"]["protection"] == "sensitive, never extractable" and d["key"]["uri"].startswith("pkcs11:")'
+jrun "$T/t2.json" 0 token info 'pkcs11:token=KRA1'
+check "$T/t2.json" 'd["token"] == "KRA1" and d["key"] is None'
+jrun "$T/t2.json" 13 token info 'pkcs11:token=NOSUCH'
+[ ! -s "$T/t2.json" ] || fail "stdout holds something when the token is not found"
+jrun "$T/db.json" 0 db status
+export SCHEMA_VERSION
+check "$T/db.json" 'd == {"database_version": int(env["SCHEMA_VERSION"]), "program_version": int(env["SCHEMA_VERSION"]),
+                          "current": True}'
+
 note "no secret in any of it"
-for f in "$T"/l.json "$T"/s.json; do
+for f in "$T"/l.json "$T"/s.json "$T"/t.json; do
     for s in admin-password-0001 cm1-password-00001 audrey-password-05 kent-password-0003 p12-transport-secret \
         "$OTP_PW" "$P11ESCROW_USER_PIN"; do
         ! grep -qF -- "$s" "$f" || fail "a secret is in $f"
