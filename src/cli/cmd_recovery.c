@@ -63,7 +63,8 @@ help(void)
 	       "  expire                          expire released packages older than the policy\n"
 	       "                                  release_ttl_hours (the service does it by itself)\n"
 	       "  list [--state STATE]            recovery requests (pending, approved, released,\n"
-	       "                                  completed, denied, cancelled, expired)\n\n"
+	       "                                  completed, denied, cancelled, expired)\n"
+	       "  show ID                         one request, as list shows it (any account)\n\n"
 	       "With --server URL every action goes through the service's JSON API instead of the\n"
 	       "database (no database options needed): the account logs in to the service; the service\n"
 	       "holds the CA token and releases an approved request itself (release --server is a\n"
@@ -106,7 +107,7 @@ help(void)
 	       "      --outform pem|der        the CMS's encoding (else PEM if --out ends in .pem, else DER)\n"
 	       "      --serial HEX, --subject TEXT, --email ADDR, --record ID, --reason TEXT, --kra NAME,\n"
 	       "      --state STATE            as above\n"
-	       "      --json                   search, list: " CLI_JSON_HELP "\n"
+	       "      --json                   search, list, show: " CLI_JSON_HELP "\n"
 	       "  -h, --help                   this text\n",
 	       PROG);
 	cli_print_exit_codes();
@@ -140,6 +141,17 @@ print_records(const struct esc_record_summary *s, size_t n, int json)
 	return 0;
 }
 
+/* One request as text: two or three lines. */
+static void
+print_one_request(const struct esc_recovery *q)
+{
+	printf("request %lld  %-9s record %s serial %s\n  subject: %s\n%s  requested by %s at %s, KRA %s, "
+	       "approvals %d/%d\n  reason: %s\n",
+	       q->id, q->state, q->record_id, q->serial, q->subject,
+	       q->tampered ? "  TAMPERED: the record's database row does not match its certificate (shown)\n" : "",
+	       q->requester, q->created, q->kra, q->approvals, q->approvals_required, q->reason);
+}
+
 /* The requests, as text or (--json) a JSON array; 0 or an exit code. */
 static int
 print_requests(const struct esc_recovery *q, size_t n, int json)
@@ -149,13 +161,18 @@ print_requests(const struct esc_recovery *q, size_t n, int json)
 	if (json)
 		return cli_json_print(CMD, cli_json_array(q, n, sizeof(*q), cli_json_request));
 	for (i = 0; i < n; i++)
-		printf("request %lld  %-9s record %s serial %s\n  subject: %s\n%s  requested by %s at %s, KRA %s, "
-		       "approvals %d/%d\n  reason: %s\n",
-		       q[i].id, q[i].state, q[i].record_id, q[i].serial, q[i].subject,
-		       q[i].tampered ? "  TAMPERED: the record's database row does not match its certificate (shown)\n"
-				     : "",
-		       q[i].requester, q[i].created, q[i].kra, q[i].approvals, q[i].approvals_required, q[i].reason);
+		print_one_request(&q[i]);
 	printf("%zu request(s)\n", n);
+	return 0;
+}
+
+/* One request (show): as list prints it, or (--json) a JSON object; 0 or an exit code. */
+static int
+print_request(const struct esc_recovery *q, int json)
+{
+	if (json)
+		return cli_json_print(CMD, cli_json_request(q));
+	print_one_request(q);
 	return 0;
 }
 
@@ -873,7 +890,15 @@ remote_main(struct esc_ctx *ctx, struct esc_config *cfg, const struct opts *o, c
 		rc = do_complete(ctx, cfg, NULL, NULL, h, o);
 	else if (strcmp(action, "contribute") == 0)
 		rc = do_contribute(ctx, cfg, NULL, NULL, h, o);
-	else if (strcmp(action, "request") == 0) {
+	else if (strcmp(action, "show") == 0) {
+		struct esc_recovery q;
+
+		snprintf(path, sizeof(path), "/recoveries/%lld", o->id);
+		if ((rc = cli_http_call(h, CLI_HTTP_GET, path, NULL, &doc)) != 0)
+			goto out;
+		request_from_json(&q, doc);
+		rc = print_request(&q, o->json);
+	} else if (strcmp(action, "request") == 0) {
 		if ((body = json_object()) == NULL ||
 		    json_object_set_new(body, "record", json_string(o->serial ? o->serial : o->record)) != 0 ||
 		    json_object_set_new(body, "reason", json_string(o->reason ? o->reason : "")) != 0 ||
@@ -1088,11 +1113,12 @@ recovery_main(int argc, char *argv[])
 	}
 	if (optind >= argc)
 		return cli_usage_error(CMD, "expected an action: search, request, approve, release, contribute, "
-					    "complete, deny, cancel, expire or list");
+					    "complete, deny, cancel, expire, list or show");
 	action = argv[optind++];
 	ends = strcmp(action, "deny") == 0 || strcmp(action, "cancel") == 0;
 	needs_id = strcmp(action, "approve") == 0 || strcmp(action, "release") == 0 ||
-		   strcmp(action, "complete") == 0 || strcmp(action, "contribute") == 0 || ends;
+		   strcmp(action, "complete") == 0 || strcmp(action, "contribute") == 0 ||
+		   strcmp(action, "show") == 0 || ends;
 	if (!needs_id && strcmp(action, "search") != 0 && strcmp(action, "request") != 0 &&
 	    strcmp(action, "list") != 0 && strcmp(action, "expire") != 0)
 		return cli_usage_error(CMD, "unknown action '%s'", action);
@@ -1107,8 +1133,8 @@ recovery_main(int argc, char *argv[])
 	}
 	if (optind != argc)
 		return cli_usage_error(CMD, "unexpected argument '%s'", argv[optind]);
-	if (o.json && strcmp(action, "search") != 0 && strcmp(action, "list") != 0)
-		return cli_usage_error(CMD, "--json goes with search and list");
+	if (o.json && strcmp(action, "search") != 0 && strcmp(action, "list") != 0 && strcmp(action, "show") != 0)
+		return cli_usage_error(CMD, "--json goes with search, list and show");
 	if (strcmp(action, "request") == 0 && (o.serial != NULL) == (o.record != NULL))
 		return cli_usage_error(CMD, "request needs exactly one of --serial and --record");
 	if (ends && o.reason == NULL)
@@ -1162,7 +1188,14 @@ recovery_main(int argc, char *argv[])
 		rc = do_complete(ctx, cfg, st, a, NULL, &o);
 	else if (strcmp(action, "contribute") == 0)
 		rc = do_contribute(ctx, cfg, st, a, NULL, &o);
-	else if (ends) {
+	else if (strcmp(action, "show") == 0) {
+		struct esc_recovery q;
+
+		if ((r = esc_recovery_get(ctx, st, a, o.id, &q)) != ESC_OK)
+			rc = cli_fail(CMD, ctx, r);
+		else
+			rc = print_request(&q, o.json);
+	} else if (ends) {
 		int deny = strcmp(action, "deny") == 0;
 
 		r = deny ? esc_recovery_deny(ctx, st, a, o.id, o.reason)

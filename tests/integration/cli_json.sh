@@ -1,8 +1,8 @@
 #!/bin/bash
-# --json output of every listing and show action of the CLI (issue 18): recovery search and list,
-# kra list, account list and scope, account cert list, audit show, policy show, storage-key list,
-# enroll-password list, profile list, token info and db status.  Each is parsed with python3 and its values checked
-# against the database (serials, states, KRA names, counts, times in RFC 3339 UTC); where the
+# --json output of every listing and show action of the CLI (issue 18): recovery search, list and
+# show (new), kra list, account list and scope, account cert list, audit show, policy show,
+# storage-key list, enroll-password list, profile list, token info and db status.  Each is parsed
+# with python3 and its values checked against the database (serials, states, KRA names, counts, times in RFC 3339 UTC); where the
 # action also runs through the service, --local and --server must print the same document (the
 # same code builds both).  The database runs in a time zone that is not UTC, so a time left in
 # local time shows.  With --json an error leaves stdout empty and keeps its exit code, and
@@ -132,10 +132,23 @@ check "$T/l.json" 'len(d) == 1' 'd[0]["id"] == int(env["REQ"])' 'd[0]["record"] 
     'd[0]["reason"] == "lost laptop"' 'd[0]["state"] in ("pending", "approved")' \
     'd[0]["approvals"] == 0 and d[0]["approvals_required"] == 0' 'd[0]["created"] == env["REQ_AT"]'
 same recovery list
+python3 -c 'import json,sys; json.dump(json.load(open(sys.argv[1]))[0], open(sys.argv[2], "w"))' "$T/l.json" "$T/one.json"
 STATE=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))[0]["state"])' "$T/l.json")
 [ "$STATE" = "$(psql_val "SELECT state FROM recovery_requests WHERE id = $REQ")" ] || fail "state $STATE"
 jl cm1 0 recovery list --state denied
 check "$T/l.json" 'd == []'
+
+note "recovery show: one object, the same as list's"
+jl kent 0 recovery show "$REQ"; js kent 0 recovery show "$REQ"
+same recovery show
+python3 -c 'import json,sys; sys.exit(json.load(open(sys.argv[1])) != json.load(open(sys.argv[2])))' \
+    "$T/l.json" "$T/one.json" || fail "recovery show differs from list's entry: $(cat "$T/l.json")"
+as kent 0 recovery show "$REQ"
+assert_out "request $REQ "; assert_out "reason: lost laptop"; assert_not_out "request(s)"
+jl kent 42 recovery show 999999
+[ ! -s "$T/l.json" ] || fail "stdout holds something for an unknown request"
+js kent 42 recovery show 999999
+[ ! -s "$T/s.json" ] || fail "stdout holds something for an unknown request through the service"
 
 note "kra list"
 jl audrey 0 kra list; js audrey 0 kra list
@@ -245,7 +258,7 @@ P11ESCROW_DATABASE='host=/nonexistent dbname=none connect_timeout=1' jrun "$T/s.
     --server "$URL" --server-ca "$SERVER_CA" --user kent --password-file "$T/cm1.pw"
 [ ! -s "$T/s.json" ] || fail "stdout holds something after a failed login through the service"
 jl cm1 2 recovery approve "$REQ"
-assert_out "--json goes with search and list"
+assert_out "--json goes with search, list and show"
 jl admin 2 kra retire kra2
 assert_out "--json goes with list"
 jl audrey 2 audit export
