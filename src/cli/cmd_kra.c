@@ -305,9 +305,10 @@ remote_list(struct esc_ctx *ctx, const struct opts *o)
 		k[i].days_left = (int)cli_json_int(e, "days_left");
 		cli_json_copy(warnings[i], sizeof(warnings[i]), e, "warning");
 	}
-	if ((rc = cli_http_call(h, CLI_HTTP_GET, "/kras/health", NULL, &hdoc)) != 0)
-		goto out;
 	memset(&health, 0, sizeof(health));
+	/* --json has the KRAs only: the health is GET /kras/health's own. */
+	if (!o->json && (rc = cli_http_call(h, CLI_HTTP_GET, "/kras/health", NULL, &hdoc)) != 0)
+		goto out;
 	health.threshold = (int)cli_json_int(hdoc, "threshold");
 	health.records = cli_json_int(hdoc, "records");
 	health.records_short = cli_json_int(hdoc, "records_below_threshold");
