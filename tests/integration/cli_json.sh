@@ -35,8 +35,10 @@ as admin 0 policy set kra_set_size 2
 
 note "two keys archived, a recovery request, an enrollment password"
 CA_KEY="$(psql_val "SELECT uri FROM token_keys WHERE role = 'ca-sign'");pin-value=$P11ESCROW_USER_PIN"
+# issue NAME [EXTENSIONS]: a certificate of the CA for NAME (default: an encryption certificate),
+# and its key, in $T/NAME.pem, $T/NAME.key and $T/NAME.p12.
 issue() {
-    printf 'keyUsage=critical,keyEncipherment\nsubjectAltName=email:%s@example.org\n' "$1" >"$T/$1.ext"
+    printf "${2:-keyUsage=critical,keyEncipherment\nsubjectAltName=email:%s@example.org\n}" "$1" >"$T/$1.ext"
     openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$T/$1.key" 2>/dev/null
     openssl req -new -key "$T/$1.key" -subj "/CN=$1/O=Example" -out "$T/$1.csr" 2>/dev/null
     openssl x509 -req -in "$T/$1.csr" -engine pkcs11 -CAkeyform engine -CAkey "$CA_KEY" -CA "$T/ca.pem" \
@@ -171,6 +173,17 @@ same account list
 note "account cert list (break-glass only: the service has no endpoint for bindings)"
 jl admin 0 account cert list cm1 --local
 check "$T/l.json" 'd == []'
+issue cm1-client 'basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=clientAuth\n'
+as admin 0 account cert add cm1 --cert "$T/cm1-client.pem"
+CERT_SHA256=$(openssl x509 -in "$T/cm1-client.pem" -noout -fingerprint -sha256 | sed 's/.*=//; s/://g' | tr 'A-F' 'a-f')
+CERT_SERIAL=$(openssl x509 -in "$T/cm1-client.pem" -noout -serial | sed 's/serial=//' | tr 'A-F' 'a-f')
+CERT_END=$(date -u -d "$(openssl x509 -in "$T/cm1-client.pem" -noout -enddate | sed 's/notAfter=//')" +%Y-%m-%dT%H:%M:%SZ)
+export CERT_SHA256 CERT_SERIAL CERT_END
+jl cm1 0 account cert list cm1
+check "$T/l.json" 'len(d) == 1' 'd[0]["sha256"] == env["CERT_SHA256"] and d[0]["serial"] == env["CERT_SERIAL"]' \
+    'd[0]["subject"] == "CN=cm1-client,O=Example" and d[0]["not_after"] == env["CERT_END"]' \
+    'd[0]["added_by"] == "admin" and RFC3339.match(d[0]["added_at"])' \
+    'sorted(d[0]) == ["added_at", "added_by", "issuer", "not_after", "serial", "sha256", "subject"]'
 
 note "audit show"
 jl audrey 0 audit show --action archive.store; js audrey 0 audit show --action archive.store
