@@ -14,6 +14,7 @@
 #include <p11escrow/store.h>
 
 #include "cli.h"
+#include "cli_json.h"
 #include "http_client.h"
 
 #define CMD "account"
@@ -23,7 +24,7 @@ static void
 help(void)
 {
 	printf("Usage: %s " CMD " add NAME --role ROLES [--kra KRA] [--user ADMIN] [OPTIONS]\n"
-	       "       %s " CMD " list --user NAME [OPTIONS]\n"
+	       "       %s " CMD " list --user NAME [--json] [OPTIONS]\n"
 	       "       %s " CMD " disable|enable NAME --user ADMIN [OPTIONS]\n"
 	       "       %s " CMD " passwd [NAME] --user NAME [OPTIONS]\n"
 	       "       %s " CMD " scope NAME [--profile P]... [--group G]... | --clear --user ADMIN [OPTIONS]\n"
@@ -70,6 +71,7 @@ help(void)
 	       "      --profile PROFILE        a profile of the scope; repeat for more (scope)\n"
 	       "      --group GROUP            an O or OU value of the scope; repeat for more (scope)\n"
 	       "      --clear                  remove the scope (scope)\n"
+	       "      --json                   list, scope: " CLI_JSON_HELP "\n"
 	       "  -h, --help                   this text\n",
 	       PROG, PROG, PROG, PROG, PROG, PROG, PROG, ESC_SCOPE_PROFILE_IMPORTED, ESC_PASSWORD_MIN);
 	cli_print_exit_codes();
@@ -80,7 +82,7 @@ struct opts {
 	const char *server, *server_ca;
 	const char *profiles[ESC_SCOPE_MAX + 1], *groups[ESC_SCOPE_MAX + 1];
 	size_t nprofiles, ngroups;
-	int clear, local;
+	int clear, local, json;
 };
 
 /* The new account's password: file, environment, or a prompt twice. */
@@ -207,13 +209,28 @@ out:
 	return rc;
 }
 
+/* The scope of account name as text or (--json) a JSON object; 0 or an exit code. */
+static int
+print_scope(const char *name, const struct esc_scope_item *items, size_t n, int json)
+{
+	size_t i;
+
+	if (json)
+		return cli_json_print(CMD, cli_json_scope(name, items, n));
+	if (n == 0)
+		printf("account '%s': unscoped (every record)\n", name);
+	for (i = 0; i < n; i++)
+		printf("account '%s': %s %s\n", name, items[i].kind, items[i].value);
+	return 0;
+}
+
 /* scope NAME: set, clear or (no options) show a certificate manager's scope. */
 static int
 do_scope(struct esc_ctx *ctx, struct esc_store *st, const struct opts *o, const char *name)
 {
 	struct esc_account *me = NULL;
 	struct esc_scope_item *items = NULL;
-	size_t n = 0, i;
+	size_t n = 0;
 	enum esc_err r;
 	int rc;
 
@@ -225,7 +242,7 @@ do_scope(struct esc_ctx *ctx, struct esc_store *st, const struct opts *o, const 
 			rc = cli_fail(CMD, ctx, r);
 			goto out;
 		}
-		if (o->clear) {
+		if (o->clear && !o->json) {
 			printf("account '%s': scope cleared (every record)\n", name);
 			rc = 0;
 			goto out;
@@ -235,33 +252,22 @@ do_scope(struct esc_ctx *ctx, struct esc_store *st, const struct opts *o, const 
 		rc = cli_fail(CMD, ctx, r);
 		goto out;
 	}
-	if (n == 0)
-		printf("account '%s': unscoped (every record)\n", name);
-	for (i = 0; i < n; i++)
-		printf("account '%s': %s %s\n", name, items[i].kind, items[i].value);
-	rc = 0;
+	rc = print_scope(name, items, n, o->json);
 out:
 	free(items);
 	esc_account_free(me);
 	return rc;
 }
 
+/* The accounts as a table or (--json) a JSON array; 0 or an exit code. */
 static int
-do_list(struct esc_ctx *ctx, struct esc_store *st, const struct opts *o)
+print_accounts(const struct esc_account_info *list, size_t n, int json)
 {
-	struct esc_account *me = NULL;
-	struct esc_account_info *list = NULL;
 	char roles_text[64];
-	size_t n = 0, i;
-	enum esc_err r;
-	int rc;
+	size_t i;
 
-	if ((rc = cli_login(CMD, ctx, st, o->user, o->password_file, &me)) != 0)
-		return rc;
-	r = esc_account_list(ctx, st, me, &list, &n);
-	esc_account_free(me);
-	if (r != ESC_OK)
-		return cli_fail(CMD, ctx, r);
+	if (json)
+		return cli_json_print(CMD, cli_json_array(list, n, sizeof(*list), cli_json_account));
 	printf("%-24s %-30s %-20s %-8s %s\n", "NAME", "ROLES", "KRA", "DISABLED", "SCOPE (if any)");
 	for (i = 0; i < n; i++) {
 		esc_roles_format(list[i].roles, roles_text, sizeof(roles_text));
@@ -274,8 +280,27 @@ do_list(struct esc_ctx *ctx, struct esc_store *st, const struct opts *o)
 			printf("%-24s %-30s %-20s %s\n", list[i].name, roles_text,
 			       list[i].kra_name[0] ? list[i].kra_name : "-", list[i].disabled ? "yes" : "no");
 	}
-	free(list);
 	return 0;
+}
+
+static int
+do_list(struct esc_ctx *ctx, struct esc_store *st, const struct opts *o)
+{
+	struct esc_account *me = NULL;
+	struct esc_account_info *list = NULL;
+	size_t n = 0;
+	enum esc_err r;
+	int rc;
+
+	if ((rc = cli_login(CMD, ctx, st, o->user, o->password_file, &me)) != 0)
+		return rc;
+	r = esc_account_list(ctx, st, me, &list, &n);
+	esc_account_free(me);
+	if (r != ESC_OK)
+		return cli_fail(CMD, ctx, r);
+	rc = print_accounts(list, n, o->json);
+	free(list);
+	return rc;
 }
 
 /* ---- through the service (--server) ------------------------------------------------------------------------- */
@@ -353,34 +378,41 @@ out:
 	return rc;
 }
 
+/* GET /accounts, read into the library's struct and printed as locally. */
 static int
-remote_list(struct cli_http *h)
+remote_list(struct esc_ctx *ctx, struct cli_http *h, const struct opts *o)
 {
-	const json_t *list, *e;
+	struct esc_account_info *list = NULL;
+	const json_t *accounts, *e;
 	json_t *doc = NULL;
-	char name[72], roles[64], kra[72], scope[512];
-	size_t i;
-	int rc, disabled;
+	char roles[64];
+	size_t i, n;
+	int rc;
 
 	if ((rc = cli_http_call(h, CLI_HTTP_GET, "/accounts", NULL, &doc)) != 0)
 		return rc;
-	list = json_object_get(doc, "accounts");
-	printf("%-24s %-30s %-20s %-8s %s\n", "NAME", "ROLES", "KRA", "DISABLED", "SCOPE (if any)");
-	json_array_foreach(list, i, e)
-	{
-		cli_json_copy(name, sizeof(name), e, "name");
-		roles_text(json_object_get(e, "roles"), roles, sizeof(roles));
-		cli_json_copy(kra, sizeof(kra), e, "kra");
-		cli_json_copy(scope, sizeof(scope), e, "scope");
-		disabled = json_is_true(json_object_get(e, "disabled"));
-		if (scope[0] != '\0')
-			printf("%-24s %-30s %-20s %-8s %s\n", name, roles, kra[0] ? kra : "-", disabled ? "yes" : "no",
-			       scope);
-		else
-			printf("%-24s %-30s %-20s %s\n", name, roles, kra[0] ? kra : "-", disabled ? "yes" : "no");
+	accounts = json_object_get(doc, "accounts");
+	n = json_array_size(accounts);
+	if ((list = calloc(n + 1, sizeof(*list))) == NULL) {
+		json_decref(doc);
+		fprintf(stderr, "%s %s: error: out of memory\n", PROG, CMD);
+		return esc_err_exit_code(ESC_ERR_NOMEM);
 	}
+	json_array_foreach(accounts, i, e)
+	{
+		cli_json_copy(list[i].name, sizeof(list[i].name), e, "name");
+		roles_text(json_object_get(e, "roles"), roles, sizeof(roles));
+		/* Roles this program cannot read (a newer service's) show as none rather than failing the list. */
+		if (esc_roles_parse(ctx, roles, &list[i].roles) != ESC_OK)
+			list[i].roles = 0;
+		cli_json_copy(list[i].kra_name, sizeof(list[i].kra_name), e, "kra");
+		cli_json_copy(list[i].scope, sizeof(list[i].scope), e, "scope");
+		list[i].disabled = json_is_true(json_object_get(e, "disabled"));
+	}
+	rc = print_accounts(list, n, o->json);
+	free(list);
 	json_decref(doc);
-	return 0;
+	return rc;
 }
 
 /* "/accounts/NAME/what": the service takes letters, digits and . _ @ : + - in a name only. */
@@ -404,9 +436,10 @@ static int
 remote_scope(struct cli_http *h, const struct opts *o, const char *name)
 {
 	json_t *body = NULL, *doc = NULL, *profiles = NULL, *groups = NULL;
+	struct esc_scope_item *items = NULL;
 	const json_t *v;
-	char path[200], value[ESC_SCOPE_VALUE_MAX * 4 + 1];
-	size_t i;
+	char path[200];
+	size_t i, n;
 	int rc;
 
 	if ((rc = path_for(path, sizeof(path), name, "scope")) != 0)
@@ -423,7 +456,7 @@ remote_scope(struct cli_http *h, const struct opts *o, const char *name)
 		json_decref(body);
 		if (rc != 0)
 			return rc;
-		if (o->clear) {
+		if (o->clear && !o->json) {
 			printf("account '%s': scope cleared (every record)\n", name);
 			json_decref(doc);
 			return 0;
@@ -431,20 +464,28 @@ remote_scope(struct cli_http *h, const struct opts *o, const char *name)
 	} else if ((rc = cli_http_call(h, CLI_HTTP_GET, path, NULL, &doc)) != 0) {
 		return rc;
 	}
-	if (!json_is_true(json_object_get(doc, "scoped")))
-		printf("account '%s': unscoped (every record)\n", name);
+	/* Read into the library's struct, profiles first as locally, and printed as locally. */
+	n = json_array_size(json_object_get(doc, "profiles")) + json_array_size(json_object_get(doc, "groups"));
+	if ((items = calloc(n + 1, sizeof(*items))) == NULL) {
+		json_decref(doc);
+		fprintf(stderr, "%s %s: error: out of memory\n", PROG, CMD);
+		return esc_err_exit_code(ESC_ERR_NOMEM);
+	}
+	n = 0;
 	json_array_foreach(json_object_get(doc, "profiles"), i, v)
 	{
-		cli_json_copy_value(value, sizeof(value), v);
-		printf("account '%s': profile %s\n", name, value);
+		snprintf(items[n].kind, sizeof(items[n].kind), "profile");
+		cli_json_copy_value(items[n++].value, sizeof(items[0].value), v);
 	}
 	json_array_foreach(json_object_get(doc, "groups"), i, v)
 	{
-		cli_json_copy_value(value, sizeof(value), v);
-		printf("account '%s': group %s\n", name, value);
+		snprintf(items[n].kind, sizeof(items[n].kind), "group");
+		cli_json_copy_value(items[n++].value, sizeof(items[0].value), v);
 	}
+	rc = print_scope(name, items, n, o->json);
+	free(items);
 	json_decref(doc);
-	return 0;
+	return rc;
 }
 
 static int
@@ -468,7 +509,7 @@ remote_main(struct esc_ctx *ctx, const struct opts *o, const char *action, const
 	if (strcmp(action, "add") == 0)
 		rc = remote_add(ctx, h, o, name);
 	else if (strcmp(action, "list") == 0)
-		rc = remote_list(h);
+		rc = remote_list(ctx, h, o);
 	else if (strcmp(action, "scope") == 0)
 		rc = remote_scope(h, o, name);
 	else if ((rc = cli_http_call(h, CLI_HTTP_POST, path, NULL, &doc)) == 0)
@@ -490,7 +531,8 @@ account_main(int argc, char *argv[])
 		OPT_CLEAR,
 		OPT_SERVER,
 		OPT_SERVER_CA,
-		OPT_LOCAL
+		OPT_LOCAL,
+		OPT_JSON
 	};
 	static const struct option longopts[] = {
 		{"config", required_argument, NULL, 'c'},
@@ -506,6 +548,7 @@ account_main(int argc, char *argv[])
 		{"server", required_argument, NULL, OPT_SERVER},
 		{"server-ca", required_argument, NULL, OPT_SERVER_CA},
 		{"local", no_argument, NULL, OPT_LOCAL},
+		{"json", no_argument, NULL, OPT_JSON},
 		{"help", no_argument, NULL, 'h'},
 		{NULL, 0, NULL, 0},
 	};
@@ -569,6 +612,9 @@ account_main(int argc, char *argv[])
 		case OPT_LOCAL:
 			o.local = 1;
 			break;
+		case OPT_JSON:
+			o.json = 1;
+			break;
 		case ':':
 			return cli_usage_error(CMD, "option '%s' needs a value", argv[optind - 1]);
 		default:
@@ -578,6 +624,8 @@ account_main(int argc, char *argv[])
 	if (optind >= argc)
 		return cli_usage_error(CMD, "expected an action: add or list");
 	action = argv[optind];
+	if (o.json && strcmp(action, "list") != 0 && strcmp(action, "scope") != 0)
+		return cli_usage_error(CMD, "--json goes with list and scope");
 	if (strcmp(action, "scope") != 0 && (o.nprofiles > 0 || o.ngroups > 0 || o.clear))
 		return cli_usage_error(CMD, "--profile, --group and --clear are for scope");
 	if (strcmp(action, "scope") == 0) {

@@ -14,6 +14,7 @@
 #include <p11escrow/store.h>
 
 #include "cli.h"
+#include "cli_json.h"
 
 #define CMD "account cert"
 #define CERT_FILE_MAX (256 * 1024) /* a certificate and its chain */
@@ -22,7 +23,7 @@ static void
 help(void)
 {
 	printf("Usage: %s " CMD " add NAME --cert FILE --user ADMIN [OPTIONS]\n"
-	       "       %s " CMD " list NAME --user NAME [OPTIONS]\n"
+	       "       %s " CMD " list NAME --user NAME [--json] [OPTIONS]\n"
 	       "       %s " CMD " remove NAME --sha256 HEX --user ADMIN [OPTIONS]\n\n"
 	       "add     bind the TLS client certificate of FILE (PEM; certificates after the first are\n"
 	       "        intermediates of its chain) to account NAME: p11escrowd then logs NAME in with it,\n"
@@ -41,6 +42,7 @@ help(void)
 	       "      --password-file FILE  the acting account's password\n"
 	       "      --local               required: straight on the database, break-glass (audited); the\n"
 	       "                            service has no endpoint for bindings yet\n"
+	       "      --json                list: " CLI_JSON_HELP "\n"
 	       "  -h, --help                this text\n",
 	       PROG, PROG, PROG);
 	cli_print_exit_codes();
@@ -85,7 +87,7 @@ out:
 int
 account_cert_main(int argc, char *argv[])
 {
-	enum { OPT_PASSWORD = 256, OPT_CERT, OPT_SHA256, OPT_LOCAL };
+	enum { OPT_PASSWORD = 256, OPT_CERT, OPT_SHA256, OPT_LOCAL, OPT_JSON };
 	static const struct option longopts[] = {
 		{"config", required_argument, NULL, 'c'},
 		{"database", required_argument, NULL, 'd'},
@@ -94,6 +96,7 @@ account_cert_main(int argc, char *argv[])
 		{"cert", required_argument, NULL, OPT_CERT},
 		{"sha256", required_argument, NULL, OPT_SHA256},
 		{"local", no_argument, NULL, OPT_LOCAL},
+		{"json", no_argument, NULL, OPT_JSON},
 		{"help", no_argument, NULL, 'h'},
 		{NULL, 0, NULL, 0},
 	};
@@ -109,7 +112,7 @@ account_cert_main(int argc, char *argv[])
 	char fp[ESC_CERT_SHA256_HEX + 1];
 	size_t n = 0, i;
 	enum esc_err r;
-	int c, rc, local = 0;
+	int c, rc, local = 0, json = 0;
 
 	opterr = 0;
 	optind = 1;
@@ -139,6 +142,9 @@ account_cert_main(int argc, char *argv[])
 		case OPT_LOCAL:
 			local = 1;
 			break;
+		case OPT_JSON:
+			json = 1;
+			break;
 		case ':':
 			return cli_usage_error(CMD, "option '%s' needs a value", argv[optind - 1]);
 		default:
@@ -153,6 +159,8 @@ account_cert_main(int argc, char *argv[])
 		return cli_usage_error(CMD, "unknown action '%s' (use add, list or remove)", action);
 	if (user == NULL)
 		return cli_usage_error(CMD, "%s needs --user NAME", action);
+	if (json && strcmp(action, "list") != 0)
+		return cli_usage_error(CMD, "--json goes with list");
 	/* No --server yet: only the audited break-glass mode reaches the bindings. */
 	if ((rc = cli_check_mode(CMD, NULL, local)) != 0)
 		return rc;
@@ -190,6 +198,10 @@ account_cert_main(int argc, char *argv[])
 	} else {
 		if ((r = esc_account_cert_list(ctx, st, actor, name, &list, &n)) != ESC_OK) {
 			rc = cli_fail(CMD, ctx, r);
+			goto out;
+		}
+		if (json) {
+			rc = cli_json_print(CMD, cli_json_array(list, n, sizeof(*list), cli_json_account_cert));
 			goto out;
 		}
 		if (n == 0)

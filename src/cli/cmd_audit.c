@@ -11,6 +11,7 @@
 #include <p11escrow/token.h>
 
 #include "cli.h"
+#include "cli_json.h"
 #include "http_client.h"
 
 #define CMD "audit"
@@ -26,7 +27,8 @@ help(void)
 	       "        there; name the first event altered, removed, reordered or cut (exit 33).\n"
 	       "checkpoint  sign the newest event's hash with the audit key on the CA token (needs\n"
 	       "        the CA token PIN: -p FILE, else $P11ESCROW_CA_PIN, else a prompt).\n"
-	       "show    events, oldest first, one per line (auditors and administrators).\n"
+	       "show    events, oldest first, one per line (auditors and administrators); --json: a\n"
+	       "        JSON array of them.\n"
 	       "export  the same as JSON lines, for a SIEM.\n"
 	       "show, export and checkpoint take --server URL: through the service's JSON API (no\n"
 	       "database, no PIN here; checkpoint: administrators and auditors, the service signs).\n"
@@ -53,6 +55,7 @@ help(void)
 	       "      --server-ca FILE      CA certificate(s) to verify the service with (else $P11ESCROW_SERVER_CA)\n"
 	       "      --client-cert FILE    with --client-key FILE: log in to the service with this TLS client\n"
 	       "                            certificate and no password (else $P11ESCROW_CLIENT_CERT/_KEY)\n"
+	       "      --json                show: " CLI_JSON_HELP "\n"
 	       "  -h, --help                this text\n",
 	       PROG, PROG, PROG);
 	cli_print_exit_codes();
@@ -177,7 +180,8 @@ audit_main(int argc, char *argv[])
 		OPT_SERIAL,
 		OPT_LOCAL,
 		OPT_CLIENT_CERT,
-		OPT_CLIENT_KEY
+		OPT_CLIENT_KEY,
+		OPT_JSON
 	};
 	static const struct option longopts[] = {
 		{"config", required_argument, NULL, 'c'},
@@ -198,6 +202,7 @@ audit_main(int argc, char *argv[])
 		{"local", no_argument, NULL, OPT_LOCAL},
 		{"client-cert", required_argument, NULL, OPT_CLIENT_CERT},
 		{"client-key", required_argument, NULL, OPT_CLIENT_KEY},
+		{"json", no_argument, NULL, OPT_JSON},
 		{"help", no_argument, NULL, 'h'},
 		{NULL, 0, NULL, 0},
 	};
@@ -213,7 +218,7 @@ audit_main(int argc, char *argv[])
 	struct esc_audit_report rep;
 	size_t n = 0, i, limit = 10000;
 	enum esc_err r;
-	int c, rc, nlimit, local = 0;
+	int c, rc, nlimit, local = 0, json = 0;
 
 	opterr = 0;
 	optind = 1;
@@ -273,6 +278,9 @@ audit_main(int argc, char *argv[])
 		case OPT_CLIENT_KEY:
 			client[1] = optarg;
 			break;
+		case OPT_JSON:
+			json = 1;
+			break;
 		case OPT_LIMIT:
 			if ((rc = cli_int_option(CMD, "--limit", optarg, 1, 100000, &nlimit)) != 0)
 				return rc;
@@ -290,6 +298,8 @@ audit_main(int argc, char *argv[])
 	if (strcmp(action, "verify") != 0 && strcmp(action, "show") != 0 && strcmp(action, "export") != 0 &&
 	    strcmp(action, "checkpoint") != 0)
 		return cli_usage_error(CMD, "unknown action '%s' (use verify, show, export or checkpoint)", action);
+	if (json && strcmp(action, "show") != 0)
+		return cli_usage_error(CMD, "--json goes with show (export writes JSON lines already)");
 	if (server != NULL && strcmp(action, "verify") == 0)
 		return cli_usage_error(CMD, "verify reads the whole chain from the database: use --local");
 	if ((rc = cli_check_mode(CMD, server, local)) != 0)
@@ -348,6 +358,10 @@ audit_main(int argc, char *argv[])
 		}
 	}
 print:
+	if (json) {
+		rc = cli_json_print(CMD, cli_json_array(rows, n, sizeof(*rows), cli_json_event));
+		goto out;
+	}
 	for (i = 0; i < n; i++) {
 		if (strcmp(action, "show") == 0) {
 			printf("%lld %s %s (%s) %s %s: %s%s%s\n", rows[i].id, rows[i].at, rows[i].actor, rows[i].role,

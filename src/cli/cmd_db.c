@@ -9,6 +9,7 @@
 #include <p11escrow/store.h>
 
 #include "cli.h"
+#include "cli_json.h"
 
 #define CMD "db"
 
@@ -16,10 +17,13 @@ static void
 help(void)
 {
 	printf("Usage: %s " CMD " migrate|status [OPTIONS]\n"
+	       "       %s " CMD " status --json [OPTIONS]\n"
 	       "       %s " CMD " grant-service ROLE [OPTIONS]\n\n"
 	       "  migrate   apply the schema migrations this program carries (idempotent; each in its\n"
 	       "            own transaction; a database newer than this program is refused)\n"
-	       "  status    print the database's schema version and this program's\n"
+	       "  status    print the database's schema version and this program's; --json: as\n"
+	       "            {\"database_version\": N, \"program_version\": N, \"current\": true|false},\n"
+	       "            printed also when they differ (the exit status says so, as without --json)\n"
 	       "  grant-service  give the existing database role ROLE exactly what p11escrowd needs:\n"
 	       "            read, insert enrollment, archival, recovery and audit rows, update a\n"
 	       "            recovery's progress — never UPDATE, DELETE or TRUNCATE of audit rows.\n"
@@ -31,8 +35,9 @@ help(void)
 	       "  -d, --database CONNINFO    libpq connection string; several servers, e.g.\n"
 	       "                             'host=db1,db2 dbname=p11escrow target_session_attrs=read-write',\n"
 	       "                             reach whichever is the primary (docs/ha.md)\n"
+	       "      --json                 status: " CLI_JSON_HELP "\n"
 	       "  -h, --help                 this text\n",
-	       PROG, PROG);
+	       PROG, PROG, PROG);
 	cli_print_exit_codes();
 }
 
@@ -42,6 +47,7 @@ db_main(int argc, char *argv[])
 	static const struct option longopts[] = {
 		{"config", required_argument, NULL, 'c'},
 		{"database", required_argument, NULL, 'd'},
+		{"json", no_argument, NULL, 'j'},
 		{"help", no_argument, NULL, 'h'},
 		{NULL, 0, NULL, 0},
 	};
@@ -50,7 +56,7 @@ db_main(int argc, char *argv[])
 	struct esc_config *cfg = NULL;
 	struct esc_store *st = NULL;
 	enum esc_err r;
-	int c, rc, from = 0, to = 0;
+	int c, rc, from = 0, to = 0, json = 0;
 
 	opterr = 0;
 	optind = 1;
@@ -64,6 +70,9 @@ db_main(int argc, char *argv[])
 			break;
 		case 'd':
 			database = optarg;
+			break;
+		case 'j':
+			json = 1;
 			break;
 		case ':':
 			return cli_usage_error(CMD, "option '%s' needs a value", argv[optind - 1]);
@@ -80,6 +89,8 @@ db_main(int argc, char *argv[])
 		return cli_usage_error(CMD, "%s",
 				       strcmp(action, "grant-service") == 0 ? "grant-service takes one ROLE"
 									    : "expected one action");
+	if (json && strcmp(action, "status") != 0)
+		return cli_usage_error(CMD, "--json goes with status");
 	if ((rc = cli_init(CMD, config, &ctx, &cfg)) != 0)
 		goto out;
 	if (database != NULL && (rc = cli_set(CMD, ctx, cfg, "database", database)) != 0)
@@ -111,7 +122,16 @@ db_main(int argc, char *argv[])
 			rc = cli_fail(CMD, ctx, r);
 			goto out;
 		}
-		printf("database schema version: %d\nprogram schema version:  %d\n", from, esc_store_known_version());
+		/* The versions are the answer, also when they differ: printed before the exit status says so. */
+		if (json)
+			rc = cli_json_print(CMD, json_pack("{s:i, s:i, s:b}", "database_version", from,
+							   "program_version", esc_store_known_version(), "current",
+							   from == esc_store_known_version()));
+		else
+			printf("database schema version: %d\nprogram schema version:  %d\n", from,
+			       esc_store_known_version());
+		if (rc != 0)
+			goto out;
 		if (from != esc_store_known_version()) {
 			r = esc_store_check_schema(ctx, st);
 			rc = cli_fail(CMD, ctx, r);

@@ -20,6 +20,7 @@
 #include <p11escrow/pin.h>
 
 #include "cli.h"
+#include "cli_json.h"
 #include "http_client.h"
 
 #define DEFAULT_HOURS 24
@@ -33,7 +34,7 @@ static void
 otp_help(void)
 {
 	printf("Usage: %s " CMD_OTP " create --subject DN [--profile NAME] [--hours N] --user NAME [OPTIONS]\n"
-	       "       %s " CMD_OTP " list --user NAME [OPTIONS]\n\n"
+	       "       %s " CMD_OTP " list --user NAME [--json] [OPTIONS]\n\n"
 	       "create  make a one-time enrollment password: an enrollee authenticates to the EST service\n"
 	       "        with it (HTTP Basic: the name as user, the password) and may enroll once, for\n"
 	       "        exactly this subject under exactly this profile, before it expires.  Prints\n"
@@ -57,6 +58,7 @@ otp_help(void)
 	       "      --hours N              validity, 1..720 (default %d)\n"
 	       "  -u, --user NAME            the acting account\n"
 	       "      --password-file FILE   its password (else $P11ESCROW_PASSWORD, else a prompt)\n"
+	       "      --json                 list: " CLI_JSON_HELP "\n"
 	       "  -h, --help                 this text\n",
 	       PROG, PROG, ESC_PROFILE_DEFAULT, PROG, DEFAULT_HOURS);
 	cli_print_exit_codes();
@@ -87,15 +89,14 @@ otp_create(struct esc_ctx *ctx, struct esc_store *st, struct esc_account *a, con
 	return 0;
 }
 
+/* The enrollment passwords (never one's password) as a table or (--json) a JSON array; 0 or an exit code. */
 static int
-otp_list(struct esc_ctx *ctx, struct esc_store *st, struct esc_account *a)
+print_otps(const struct esc_otp_info *info, size_t n, int json)
 {
-	struct esc_otp_info *info = NULL;
-	size_t n = 0, i;
-	enum esc_err r;
+	size_t i;
 
-	if ((r = esc_otp_list(ctx, st, a, NULL, &info, &n)) != ESC_OK)
-		return cli_fail(CMD_OTP, ctx, r);
+	if (json)
+		return cli_json_print(CMD_OTP, cli_json_array(info, n, sizeof(*info), cli_json_otp));
 	printf("%zu enrollment password(s)\n", n);
 	if (n > 0)
 		printf("%-24s %-8s %-21s %-15s %-12s %s\n", "NAME", "STATE", "EXPIRES", "PROFILE", "CREATED BY",
@@ -103,8 +104,22 @@ otp_list(struct esc_ctx *ctx, struct esc_store *st, struct esc_account *a)
 	for (i = 0; i < n; i++)
 		printf("%-24s %-8s %-21s %-15s %-12s %s\n", info[i].name, info[i].state, info[i].expires,
 		       info[i].profile, info[i].created_by, info[i].subject);
-	free(info);
 	return 0;
+}
+
+static int
+otp_list(struct esc_ctx *ctx, struct esc_store *st, struct esc_account *a, int json)
+{
+	struct esc_otp_info *info = NULL;
+	size_t n = 0;
+	enum esc_err r;
+	int rc;
+
+	if ((r = esc_otp_list(ctx, st, a, NULL, &info, &n)) != ESC_OK)
+		return cli_fail(CMD_OTP, ctx, r);
+	rc = print_otps(info, n, json);
+	free(info);
+	return rc;
 }
 
 static void
@@ -124,10 +139,10 @@ otp_from_json(struct esc_otp_info *p, const json_t *e)
 /* create / list through the service. */
 static int
 otp_remote(struct esc_ctx *ctx, const char *server, const char *server_ca, const char *user, const char *password_file,
-	   int create, const char *subject, const char *profile, int hours)
+	   int create, const char *subject, const char *profile, int hours, int json)
 {
 	struct cli_http *h = NULL;
-	struct esc_otp_info info;
+	struct esc_otp_info info, *list = NULL;
 	json_t *body = NULL, *doc = NULL, *pw;
 	char nhours[16];
 	size_t i, n;
@@ -169,16 +184,16 @@ otp_remote(struct esc_ctx *ctx, const char *server, const char *server_ca, const
 		goto out;
 	}
 	n = json_array_size(json_object_get(doc, "enroll_passwords"));
-	printf("%zu enrollment password(s)\n", n);
-	if (n > 0)
-		printf("%-24s %-8s %-21s %-15s %-12s %s\n", "NAME", "STATE", "EXPIRES", "PROFILE", "CREATED BY",
-		       "SUBJECT");
-	for (i = 0; i < n; i++) {
-		otp_from_json(&info, json_array_get(json_object_get(doc, "enroll_passwords"), i));
-		printf("%-24s %-8s %-21s %-15s %-12s %s\n", info.name, info.state, info.expires, info.profile,
-		       info.created_by, info.subject);
+	if ((list = calloc(n + 1, sizeof(*list))) == NULL) {
+		fprintf(stderr, "%s %s: error: out of memory\n", PROG, CMD_OTP);
+		rc = esc_err_exit_code(ESC_ERR_NOMEM);
+		goto out;
 	}
+	for (i = 0; i < n; i++)
+		otp_from_json(&list[i], json_array_get(json_object_get(doc, "enroll_passwords"), i));
+	rc = print_otps(list, n, json);
 out:
+	free(list);
 	json_decref(body);
 	json_decref(doc);
 	cli_http_free(h);
@@ -188,7 +203,7 @@ out:
 int
 enroll_password_main(int argc, char *argv[])
 {
-	enum { OPT_PASSWORD = 256, OPT_PROFILE, OPT_HOURS, OPT_SERVER, OPT_SERVER_CA, OPT_LOCAL };
+	enum { OPT_PASSWORD = 256, OPT_PROFILE, OPT_HOURS, OPT_SERVER, OPT_SERVER_CA, OPT_LOCAL, OPT_JSON };
 	static const struct option longopts[] = {
 		{"config", required_argument, NULL, 'c'},
 		{"database", required_argument, NULL, 'd'},
@@ -200,6 +215,7 @@ enroll_password_main(int argc, char *argv[])
 		{"server", required_argument, NULL, OPT_SERVER},
 		{"server-ca", required_argument, NULL, OPT_SERVER_CA},
 		{"local", no_argument, NULL, OPT_LOCAL},
+		{"json", no_argument, NULL, OPT_JSON},
 		{"help", no_argument, NULL, 'h'},
 		{NULL, 0, NULL, 0},
 	};
@@ -209,7 +225,7 @@ enroll_password_main(int argc, char *argv[])
 	struct esc_config *cfg = NULL;
 	struct esc_store *st = NULL;
 	struct esc_account *a = NULL;
-	int c, rc, hours = DEFAULT_HOURS, local = 0;
+	int c, rc, hours = DEFAULT_HOURS, local = 0, json = 0;
 
 	opterr = 0;
 	optind = 1;
@@ -249,6 +265,9 @@ enroll_password_main(int argc, char *argv[])
 		case OPT_LOCAL:
 			local = 1;
 			break;
+		case OPT_JSON:
+			json = 1;
+			break;
 		case ':':
 			return cli_usage_error(CMD_OTP, "option '%s' needs a value", argv[optind - 1]);
 		default:
@@ -268,6 +287,8 @@ enroll_password_main(int argc, char *argv[])
 	} else if (subject != NULL || profile != NULL) {
 		return cli_usage_error(CMD_OTP, "--subject and --profile belong to create");
 	}
+	if (json && strcmp(action, "list") != 0)
+		return cli_usage_error(CMD_OTP, "--json goes with list");
 	if (user == NULL)
 		return cli_usage_error(CMD_OTP, "--user NAME is required: this needs an authenticated account");
 	if ((rc = cli_check_mode(CMD_OTP, server, local)) != 0)
@@ -276,7 +297,7 @@ enroll_password_main(int argc, char *argv[])
 		goto out;
 	if (server != NULL) {
 		rc = otp_remote(ctx, server, server_ca, user, password_file, strcmp(action, "create") == 0, subject,
-				profile, hours);
+				profile, hours, json);
 		goto out;
 	}
 	if ((rc = cli_apply_common(CMD_OTP, ctx, cfg, database, NULL, NULL, NULL)) != 0 ||
@@ -288,7 +309,7 @@ enroll_password_main(int argc, char *argv[])
 	if (strcmp(action, "create") == 0)
 		rc = otp_create(ctx, st, a, subject, profile, hours);
 	else
-		rc = otp_list(ctx, st, a);
+		rc = otp_list(ctx, st, a, json);
 out:
 	esc_account_free(a);
 	esc_store_free(st);
@@ -513,7 +534,8 @@ out:
 static void
 profile_help(void)
 {
-	printf("Usage: %s " CMD_PROFILE " list [--server URL [--server-ca FILE] --user NAME [--password-file FILE]]\n\n"
+	printf("Usage: %s " CMD_PROFILE
+	       " list [--json] [--server URL [--server-ca FILE] --user NAME [--password-file FILE]]\n\n"
 	       "list  the built-in certificate profiles: the EST label that selects each (the default\n"
 	       "      profile, %s, has none), whether enrollees can use it, whether the key is archived\n"
 	       "      (then only /fullcmc and /serverkeygen) or is a signing key (never archived: only\n"
@@ -521,6 +543,7 @@ profile_help(void)
 	       "      With --server URL: the service's profiles, through its JSON API (any account);\n"
 	       "      without: this program's built-in ones (no database either way).\n\n"
 	       "Options:\n"
+	       "  --json       " CLI_JSON_HELP "\n"
 	       "  -h, --help   this text\n",
 	       PROG, ESC_PROFILE_DEFAULT);
 	cli_print_exit_codes();
@@ -546,53 +569,141 @@ key_types(unsigned types, char *buf, size_t len)
 		}
 }
 
-/* "rsa2048,ec-p256" from the service's array of key type names ("-" if none). */
-static void
-names_text(const json_t *a, char *buf, size_t len)
+/* The ESC_EKEY_* types of the service's array of key type names (one this program does not know: left out). */
+static unsigned
+names_mask(const json_t *a)
 {
 	const json_t *v;
 	char one[32];
-	size_t i, used = 0;
+	unsigned mask = 0;
+	size_t i;
 
-	snprintf(buf, len, "-");
 	json_array_foreach(a, i, v)
 	{
 		cli_json_copy_value(one, sizeof(one), v);
-		if (used + strlen(one) + 2 >= len)
-			break;
-		snprintf(buf + used, len - used, "%s%s", used ? "," : "", one);
-		used = strlen(buf);
+		mask |= esc_enroll_key_parse(one);
 	}
+	return mask;
+}
+
+/* The profiles p[0..n) (dflt[i]: the default one) as a table or (--json) a JSON array; 0 or an exit code. */
+static int
+print_profiles(const struct esc_profile *p, const int *dflt, size_t n, int json)
+{
+	json_t *a;
+	char keys[96], keygen[32];
+	size_t i;
+
+	if (json) {
+		a = json_array();
+		for (i = 0; a != NULL && i < n; i++)
+			if (json_array_append_new(a, cli_json_profile(&p[i], dflt[i])) != 0) {
+				json_decref(a);
+				a = NULL;
+			}
+		return cli_json_print(CMD_PROFILE, a);
+	}
+	printf("%-15s %-10s %-8s %-42s %-8s %-5s %s\n", "NAME", "ENROLL", "KEY", "KEY TYPES", "KEYGEN", "DAYS",
+	       "SUMMARY");
+	for (i = 0; i < n; i++) {
+		key_types(p[i].keys, keys, sizeof(keys));
+		key_types(p[i].keygen, keygen, sizeof(keygen));
+		printf("%-15s %-10s %-8s %-42s %-8s %-5d %s%s\n", p[i].name, p[i].enrollable ? "yes" : "no",
+		       p[i].archival  ? "archived"
+		       : p[i].signing ? "signing"
+				      : "-",
+		       keys, keygen, p[i].days, p[i].summary, dflt[i] ? " (default)" : "");
+	}
+	return 0;
 }
 
 /* The built-in profiles of this program (no database, no service). */
 static int
-profile_list_local(void)
+profile_list_local(int json)
 {
-	const struct esc_profile *p;
-	char keys[96], keygen[32];
-	size_t i;
+	struct esc_profile *p;
+	int *dflt;
+	size_t i, n;
+	int rc;
 
-	printf("%-15s %-10s %-8s %-42s %-8s %-5s %s\n", "NAME", "ENROLL", "KEY", "KEY TYPES", "KEYGEN", "DAYS",
-	       "SUMMARY");
-	for (i = 0; (p = esc_profile_at(i)) != NULL; i++) {
-		key_types(p->keys, keys, sizeof(keys));
-		key_types(p->keygen, keygen, sizeof(keygen));
-		printf("%-15s %-10s %-8s %-42s %-8s %-5d %s%s\n", p->name, p->enrollable ? "yes" : "no",
-		       p->archival  ? "archived"
-		       : p->signing ? "signing"
-				    : "-",
-		       keys, keygen, p->days, p->summary,
-		       strcmp(p->name, ESC_PROFILE_DEFAULT) == 0 ? " (default)" : "");
+	for (n = 0; esc_profile_at(n) != NULL; n++)
+		;
+	p = calloc(n + 1, sizeof(*p));
+	dflt = calloc(n + 1, sizeof(*dflt));
+	if (p == NULL || dflt == NULL) {
+		free(p);
+		free(dflt);
+		fprintf(stderr, "%s %s: error: out of memory\n", PROG, CMD_PROFILE);
+		return esc_err_exit_code(ESC_ERR_NOMEM);
 	}
-	return 0;
+	for (i = 0; i < n; i++) {
+		p[i] = *esc_profile_at(i);
+		dflt[i] = strcmp(p[i].name, ESC_PROFILE_DEFAULT) == 0;
+	}
+	rc = print_profiles(p, dflt, n, json);
+	free(p);
+	free(dflt);
+	return rc;
+}
+
+/* A profile's name and summary as the service gave them, control characters as '?'. */
+struct profile_text {
+	char name[32], summary[256];
+};
+
+/* GET /profiles, read into the library's struct and printed as locally. */
+static int
+profile_list_remote(struct cli_http *h, int json)
+{
+	struct esc_profile *p = NULL;
+	struct profile_text *txt = NULL;
+	int *dflt = NULL;
+	const json_t *list, *e;
+	json_t *doc = NULL;
+	size_t i, n;
+	int rc;
+
+	if ((rc = cli_http_call(h, CLI_HTTP_GET, "/profiles", NULL, &doc)) != 0)
+		return rc;
+	list = json_object_get(doc, "profiles");
+	n = json_array_size(list);
+	p = calloc(n + 1, sizeof(*p));
+	txt = calloc(n + 1, sizeof(*txt));
+	dflt = calloc(n + 1, sizeof(*dflt));
+	if (p == NULL || txt == NULL || dflt == NULL) {
+		fprintf(stderr, "%s %s: error: out of memory\n", PROG, CMD_PROFILE);
+		rc = esc_err_exit_code(ESC_ERR_NOMEM);
+		goto out;
+	}
+	json_array_foreach(list, i, e)
+	{
+		cli_json_copy(txt[i].name, sizeof(txt[i].name), e, "name");
+		cli_json_copy(txt[i].summary, sizeof(txt[i].summary), e, "summary");
+		p[i].name = txt[i].name;
+		p[i].summary = txt[i].summary;
+		p[i].enrollable = json_is_true(json_object_get(e, "enrollable"));
+		p[i].archival = json_is_true(json_object_get(e, "archival"));
+		p[i].signing = json_is_true(json_object_get(e, "signing"));
+		p[i].keys = names_mask(json_object_get(e, "keys"));
+		p[i].keygen = names_mask(json_object_get(e, "keygen"));
+		p[i].days = (int)cli_json_int(e, "days");
+		dflt[i] = json_is_true(json_object_get(e, "default"));
+	}
+	rc = print_profiles(p, dflt, n, json);
+out:
+	free(p);
+	free(txt);
+	free(dflt);
+	json_decref(doc);
+	return rc;
 }
 
 static int
 profile_remote(int argc, char *argv[])
 {
-	enum { OPT_PASSWORD = 256, OPT_SERVER, OPT_SERVER_CA };
+	enum { OPT_PASSWORD = 256, OPT_SERVER, OPT_SERVER_CA, OPT_JSON };
 	static const struct option longopts[] = {
+		{"json", no_argument, NULL, OPT_JSON},
 		{"user", required_argument, NULL, 'u'},
 		{"password-file", required_argument, NULL, OPT_PASSWORD},
 		{"server", required_argument, NULL, OPT_SERVER},
@@ -604,11 +715,7 @@ profile_remote(int argc, char *argv[])
 	struct esc_ctx *ctx = NULL;
 	struct esc_config *cfg = NULL;
 	struct cli_http *h = NULL;
-	json_t *doc = NULL;
-	const json_t *e;
-	char name[32], summary[256], keys[96], keygen[32];
-	size_t i;
-	int c, rc;
+	int c, rc, json = 0;
 
 	opterr = 0;
 	optind = 1;
@@ -629,6 +736,9 @@ profile_remote(int argc, char *argv[])
 		case OPT_SERVER_CA:
 			server_ca = optarg;
 			break;
+		case OPT_JSON:
+			json = 1;
+			break;
 		case ':':
 			return cli_usage_error(CMD_PROFILE, "option '%s' needs a value", argv[optind - 1]);
 		default:
@@ -642,30 +752,13 @@ profile_remote(int argc, char *argv[])
 			return cli_usage_error(CMD_PROFILE,
 					       "--user, --password-file and --server-ca go with --server URL");
 		/* --config alone: the built-in table needs none of it. */
-		return profile_list_local();
+		return profile_list_local(json);
 	}
 	if ((rc = cli_init(CMD_PROFILE, config, &ctx, &cfg)) != 0 ||
-	    (rc = cli_http_open(CMD_PROFILE, ctx, server, server_ca, user, password_file, &h)) != 0 ||
-	    (rc = cli_http_call(h, CLI_HTTP_GET, "/profiles", NULL, &doc)) != 0)
+	    (rc = cli_http_open(CMD_PROFILE, ctx, server, server_ca, user, password_file, &h)) != 0)
 		goto out;
-	printf("%-15s %-10s %-8s %-42s %-8s %-5s %s\n", "NAME", "ENROLL", "KEY", "KEY TYPES", "KEYGEN", "DAYS",
-	       "SUMMARY");
-	json_array_foreach(json_object_get(doc, "profiles"), i, e)
-	{
-		cli_json_copy(name, sizeof(name), e, "name");
-		cli_json_copy(summary, sizeof(summary), e, "summary");
-		names_text(json_object_get(e, "keys"), keys, sizeof(keys));
-		names_text(json_object_get(e, "keygen"), keygen, sizeof(keygen));
-		printf("%-15s %-10s %-8s %-42s %-8s %-5lld %s%s\n", name,
-		       json_is_true(json_object_get(e, "enrollable")) ? "yes" : "no",
-		       json_is_true(json_object_get(e, "archival"))  ? "archived"
-		       : json_is_true(json_object_get(e, "signing")) ? "signing"
-								     : "-",
-		       keys, keygen, cli_json_int(e, "days"), summary,
-		       json_is_true(json_object_get(e, "default")) ? " (default)" : "");
-	}
+	rc = profile_list_remote(h, json);
 out:
-	json_decref(doc);
 	cli_http_free(h);
 	esc_config_free(cfg);
 	esc_ctx_free(ctx);
@@ -683,5 +776,5 @@ profile_main(int argc, char *argv[])
 		return profile_remote(argc, argv);
 	if (argc != 2 || strcmp(argv[1], "list") != 0)
 		return cli_usage_error(CMD_PROFILE, "expected the action: list");
-	return profile_list_local();
+	return profile_list_local(0);
 }

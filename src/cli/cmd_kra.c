@@ -20,6 +20,7 @@
 #include <p11escrow/token.h>
 
 #include "cli.h"
+#include "cli_json.h"
 #include "http_client.h"
 
 #define CMD "kra"
@@ -33,8 +34,8 @@ help(void)
 	       " enroll --server URL --token URI|--key URI --name NAME --user ADMIN [--kra-pin-file F]\n"
 	       "       %s " CMD " renew NAME --user ADMIN [--days N] [--key URI] [OPTIONS]\n"
 	       "       %s " CMD " renew NAME --server URL --user ADMIN [--days N] [--kra-pin-file F]\n"
-	       "       %s " CMD " list [OPTIONS]\n"
-	       "       %s " CMD " list --server URL --user NAME [--server-ca FILE]\n"
+	       "       %s " CMD " list [--json] [OPTIONS]\n"
+	       "       %s " CMD " list --server URL --user NAME [--server-ca FILE] [--json]\n"
 	       "       %s " CMD " retire NAME --user ADMIN [OPTIONS]\n\n"
 	       "enroll  generate the KRA key pair on the card named by --token (decrypt-only, sensitive,\n"
 	       "        never extractable), have the CA issue its Key Recovery Agent certificate, store the\n"
@@ -60,7 +61,8 @@ help(void)
 	       "list    every KRA with its state, key, recipient mechanism, number of records, its\n"
 	       "        certificate's expiry and a WARN column: SOON (within kra_expiry_warning_days,\n"
 	       "        default 60) or EXPIRED (recovery refuses it), each explained in a warning line,\n"
-	       "        and a warning when records have fewer usable KRAs than they need.\n"
+	       "        and a warning when records have fewer usable KRAs than they need.  --json: the\n"
+	       "        KRAs only, each with its warning (the records short of KRAs: GET /kras/health).\n"
 	       "retire  stop wrapping new records to a KRA; refused while a record would be left with no\n"
 	       "        active KRA able to recover it.\n"
 	       "With --server URL each action goes through the service's JSON API (no database here;\n"
@@ -94,6 +96,7 @@ help(void)
 	       "                             $P11ESCROW_SERVER_CA)\n"
 	       "      --client-cert FILE     with --client-key FILE: log in to the service with this TLS client\n"
 	       "                             certificate and no password (else $P11ESCROW_CLIENT_CERT/_KEY)\n"
+	       "      --json                 list: " CLI_JSON_HELP "\n"
 	       "  -h, --help                 this text\n",
 	       PROG, PROG, PROG, PROG, PROG, PROG, PROG, PROG);
 	cli_print_exit_codes();
@@ -102,21 +105,46 @@ help(void)
 struct opts {
 	const char *config, *database, *module, *ca_token, *pin_file, *token, *key, *kra_module, *kra_pin_file, *name;
 	const char *key_type, *user, *password_file, *server, *server_ca, *client_cert, *client_key;
-	int days, local;
+	int days, local, json;
 };
+
+/* --json: the KRAs as a JSON array, each with its warning (null if none). */
+static int
+print_kras_json(const struct esc_kra *k, size_t n, int warn_days, char (*warnings)[256])
+{
+	json_t *a = json_array();
+	char why[256];
+	size_t i;
+
+	for (i = 0; a != NULL && i < n; i++) {
+		if (warnings != NULL)
+			snprintf(why, sizeof(why), "%s", warnings[i]);
+		else if (!esc_kra_warning(&k[i], warn_days, why, sizeof(why)))
+			why[0] = '\0';
+		if (json_array_append_new(a, cli_json_kra(&k[i], why)) != 0) {
+			json_decref(a);
+			a = NULL;
+		}
+	}
+	return cli_json_print(CMD, a);
+}
 
 /*
  * The KRAs, a WARN column (EXPIRED, or SOON within warn_days) and a line
  * per warning after the table; warnings[i] is the service's where it said
  * (--server), else NULL and worked out here.  Then the records whose KRA
- * set is short of usable KRAs, where h is known (not NULL).
+ * set is short of usable KRAs, where h is known (not NULL).  json: only
+ * the KRAs, as a JSON array.  Returns 0 or an exit code.
  */
-static void
-print_kras(const struct esc_kra *k, size_t n, int warn_days, char (*warnings)[256], const struct esc_kra_health *h)
+static int
+print_kras(const struct esc_kra *k, size_t n, int warn_days, char (*warnings)[256], const struct esc_kra_health *h,
+	   int json)
 {
 	char why[256];
 	size_t i;
 
+	if (json)
+		return print_kras_json(k, n, warn_days, warnings);
 	printf("%-20s %-8s %-8s %-16s %-8s %-20s %-7s %s\n", "NAME", "STATE", "KEY", "RECIPIENT", "RECORDS",
 	       "NOT AFTER", "WARN", "CARD");
 	for (i = 0; i < n; i++) {
@@ -144,6 +172,7 @@ print_kras(const struct esc_kra *k, size_t n, int warn_days, char (*warnings)[25
 		       "set, %lld of them none: not recoverable until a KRA of their set is renewed (first: record "
 		       "%s)\n",
 		       h->records_short, h->records, h->threshold, h->records_none, h->first_short);
+	return 0;
 }
 
 /* What probing the card found, and the recipient form chosen (the card's key of k). */
@@ -271,18 +300,21 @@ remote_list(struct esc_ctx *ctx, const struct opts *o)
 		cli_json_copy(k[i].key_uri, sizeof(k[i].key_uri), e, "key_uri");
 		k[i].records = cli_json_int(e, "records");
 		k[i].expired = json_is_true(json_object_get(e, "expired"));
+		cli_json_copy(k[i].origin, sizeof(k[i].origin), e, "origin");
+		cli_json_copy(k[i].recipient_reason, sizeof(k[i].recipient_reason), e, "recipient_reason");
+		k[i].days_left = (int)cli_json_int(e, "days_left");
 		cli_json_copy(warnings[i], sizeof(warnings[i]), e, "warning");
 	}
-	if ((rc = cli_http_call(h, CLI_HTTP_GET, "/kras/health", NULL, &hdoc)) != 0)
-		goto out;
 	memset(&health, 0, sizeof(health));
+	/* --json has the KRAs only: the health is GET /kras/health's own. */
+	if (!o->json && (rc = cli_http_call(h, CLI_HTTP_GET, "/kras/health", NULL, &hdoc)) != 0)
+		goto out;
 	health.threshold = (int)cli_json_int(hdoc, "threshold");
 	health.records = cli_json_int(hdoc, "records");
 	health.records_short = cli_json_int(hdoc, "records_below_threshold");
 	health.records_none = cli_json_int(hdoc, "records_without_usable_kra");
 	cli_json_copy(health.first_short, sizeof(health.first_short), hdoc, "first_record_below_threshold");
-	print_kras(k, n, 0, warnings, &health);
-	rc = 0;
+	rc = print_kras(k, n, 0, warnings, &health, o->json);
 out:
 	free(k);
 	free(warnings);
@@ -819,21 +851,22 @@ done:
 }
 
 static int
-do_list(struct esc_ctx *ctx, struct esc_config *cfg, struct esc_store *st)
+do_list(struct esc_ctx *ctx, struct esc_config *cfg, struct esc_store *st, int json)
 {
 	struct esc_kra *k = NULL;
 	struct esc_kra_health h;
 	int days = (int)esc_config_get_long(cfg, "kra_expiry_warning_days");
 	size_t n = 0;
 	enum esc_err r;
+	int rc;
 
 	if ((r = esc_kra_list(ctx, st, &k, &n)) != ESC_OK || (r = esc_kra_health(ctx, st, k, n, days, &h)) != ESC_OK) {
 		free(k);
 		return cli_fail(CMD, ctx, r);
 	}
-	print_kras(k, n, days, NULL, &h);
+	rc = print_kras(k, n, days, NULL, &h, json);
 	free(k);
-	return 0;
+	return rc;
 }
 
 static int
@@ -867,7 +900,8 @@ kra_main(int argc, char *argv[])
 		OPT_SERVER_CA,
 		OPT_LOCAL,
 		OPT_CLIENT_CERT,
-		OPT_CLIENT_KEY
+		OPT_CLIENT_KEY,
+		OPT_JSON
 	};
 	static const struct option longopts[] = {
 		{"config", required_argument, NULL, 'c'},
@@ -889,6 +923,7 @@ kra_main(int argc, char *argv[])
 		{"local", no_argument, NULL, OPT_LOCAL},
 		{"client-cert", required_argument, NULL, OPT_CLIENT_CERT},
 		{"client-key", required_argument, NULL, OPT_CLIENT_KEY},
+		{"json", no_argument, NULL, OPT_JSON},
 		{"help", no_argument, NULL, 'h'},
 		{NULL, 0, NULL, 0},
 	};
@@ -956,6 +991,9 @@ kra_main(int argc, char *argv[])
 		case OPT_LOCAL:
 			o.local = 1;
 			break;
+		case OPT_JSON:
+			o.json = 1;
+			break;
 		case OPT_CLIENT_CERT:
 			o.client_cert = optarg;
 			break;
@@ -985,6 +1023,8 @@ kra_main(int argc, char *argv[])
 	if (strcmp(action, "enroll") != 0 && strcmp(action, "list") != 0 && strcmp(action, "retire") != 0 &&
 	    strcmp(action, "renew") != 0)
 		return cli_usage_error(CMD, "unknown action '%s' (use enroll, renew, list or retire)", action);
+	if (o.json && strcmp(action, "list") != 0)
+		return cli_usage_error(CMD, "--json goes with list");
 	if ((rc = cli_check_mode(CMD, o.server, o.local)) != 0)
 		return rc;
 	if ((rc = cli_init(CMD, o.config, &ctx, &cfg)) != 0)
@@ -1014,7 +1054,7 @@ kra_main(int argc, char *argv[])
 	else if (strcmp(action, "renew") == 0)
 		rc = do_renew(ctx, cfg, st, &o);
 	else if (strcmp(action, "list") == 0)
-		rc = do_list(ctx, cfg, st);
+		rc = do_list(ctx, cfg, st, o.json);
 	else
 		rc = do_retire(ctx, st, &o);
 out:

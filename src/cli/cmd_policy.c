@@ -9,6 +9,7 @@
 #include <p11escrow/policy.h>
 
 #include "cli.h"
+#include "cli_json.h"
 #include "http_client.h"
 
 #define CMD "policy"
@@ -16,7 +17,7 @@
 static void
 help(void)
 {
-	printf("Usage: %s " CMD " show [OPTIONS]\n"
+	printf("Usage: %s " CMD " show [--json] [OPTIONS]\n"
 	       "       %s " CMD " set KEY VALUE --user ADMIN [OPTIONS]\n\n"
 	       "Policies:\n"
 	       "  kra_set_size           1..16       each archived key is wrapped to this many active KRAs\n"
@@ -50,16 +51,20 @@ help(void)
 	       "  -d, --database CONNINFO    libpq connection string (--local)\n"
 	       "  -u, --user NAME            the acting account (set: an administrator)\n"
 	       "      --password-file FILE   their password (else $P11ESCROW_PASSWORD, else a prompt)\n"
+	       "      --json                 show: " CLI_JSON_HELP "\n"
 	       "  -h, --help                 this text\n",
 	       PROG, PROG);
 	cli_print_exit_codes();
 }
 
-static void
-print_items(const struct esc_policy_item *items, size_t n)
+/* The policy values as text or (--json) a JSON array; 0 or an exit code. */
+static int
+print_items(const struct esc_policy_item *items, size_t n, int json)
 {
 	size_t i;
 
+	if (json)
+		return cli_json_print(CMD, cli_json_array(items, n, sizeof(*items), cli_json_policy));
 	for (i = 0; i < n; i++) {
 		if (items[i].updated_by[0] != '\0')
 			printf("%-22s %-9s set by %s at %s\n", items[i].key, items[i].value, items[i].updated_by,
@@ -67,6 +72,7 @@ print_items(const struct esc_policy_item *items, size_t n)
 		else
 			printf("%-22s %-9s default\n", items[i].key, items[i].value);
 	}
+	return 0;
 }
 
 static void
@@ -82,7 +88,7 @@ item_from_json(struct esc_policy_item *p, const json_t *e)
 /* show / set through the service. */
 static int
 remote(struct esc_ctx *ctx, const char *server, const char *server_ca, const char *user, const char *password_file,
-       const char *key, const char *value)
+       const char *key, const char *value, int json)
 {
 	struct cli_http *h = NULL;
 	struct esc_policy_item *items = NULL;
@@ -117,7 +123,7 @@ remote(struct esc_ctx *ctx, const char *server, const char *server_ca, const cha
 	}
 	for (i = 0; i < n; i++)
 		item_from_json(&items[i], json_array_get(json_object_get(doc, "policy"), i));
-	print_items(items, n);
+	rc = print_items(items, n, json);
 out:
 	free(items);
 	json_decref(body);
@@ -129,7 +135,7 @@ out:
 int
 policy_main(int argc, char *argv[])
 {
-	enum { OPT_PASSWORD = 256, OPT_SERVER, OPT_SERVER_CA, OPT_LOCAL };
+	enum { OPT_PASSWORD = 256, OPT_SERVER, OPT_SERVER_CA, OPT_LOCAL, OPT_JSON };
 	static const struct option longopts[] = {
 		{"config", required_argument, NULL, 'c'},
 		{"database", required_argument, NULL, 'd'},
@@ -138,6 +144,7 @@ policy_main(int argc, char *argv[])
 		{"server", required_argument, NULL, OPT_SERVER},
 		{"server-ca", required_argument, NULL, OPT_SERVER_CA},
 		{"local", no_argument, NULL, OPT_LOCAL},
+		{"json", no_argument, NULL, OPT_JSON},
 		{"help", no_argument, NULL, 'h'},
 		{NULL, 0, NULL, 0},
 	};
@@ -150,7 +157,7 @@ policy_main(int argc, char *argv[])
 	struct esc_policy_item *items = NULL;
 	size_t n = 0;
 	enum esc_err r;
-	int c, rc, local = 0;
+	int c, rc, local = 0, json = 0;
 
 	opterr = 0;
 	optind = 1;
@@ -180,6 +187,9 @@ policy_main(int argc, char *argv[])
 		case OPT_LOCAL:
 			local = 1;
 			break;
+		case OPT_JSON:
+			json = 1;
+			break;
 		case ':':
 			return cli_usage_error(CMD, "option '%s' needs a value", argv[optind - 1]);
 		default:
@@ -191,6 +201,8 @@ policy_main(int argc, char *argv[])
 	action = argv[optind++];
 	if (strcmp(action, "show") == 0 ? optind != argc : strcmp(action, "set") == 0 ? argc - optind != 2 : 1)
 		return cli_usage_error(CMD, "use 'policy show' or 'policy set KEY VALUE'");
+	if (json && strcmp(action, "show") != 0)
+		return cli_usage_error(CMD, "--json goes with show");
 	if ((rc = cli_check_mode(CMD, server, local)) != 0)
 		return rc;
 	if ((rc = cli_init(CMD, config, &ctx, &cfg)) != 0)
@@ -198,7 +210,7 @@ policy_main(int argc, char *argv[])
 	if (server != NULL) {
 		rc = remote(ctx, server, server_ca, user, password_file,
 			    strcmp(action, "set") == 0 ? argv[optind] : NULL,
-			    strcmp(action, "set") == 0 ? argv[optind + 1] : NULL);
+			    strcmp(action, "set") == 0 ? argv[optind + 1] : NULL, json);
 		goto out;
 	}
 	if ((rc = cli_apply_common(CMD, ctx, cfg, database, NULL, NULL, NULL)) != 0 ||
@@ -218,7 +230,8 @@ policy_main(int argc, char *argv[])
 			rc = cli_fail(CMD, ctx, r);
 			goto out;
 		}
-		print_items(items, n);
+		rc = print_items(items, n, json);
+		goto out;
 	}
 	rc = 0;
 out:

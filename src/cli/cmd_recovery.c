@@ -23,6 +23,7 @@
 #include <p11escrow/token.h>
 
 #include "cli.h"
+#include "cli_json.h"
 #include "http_client.h"
 
 #define CMD "recovery"
@@ -62,7 +63,8 @@ help(void)
 	       "  expire                          expire released packages older than the policy\n"
 	       "                                  release_ttl_hours (the service does it by itself)\n"
 	       "  list [--state STATE]            recovery requests (pending, approved, released,\n"
-	       "                                  completed, denied, cancelled, expired)\n\n"
+	       "                                  completed, denied, cancelled, expired)\n"
+	       "  show ID                         one request, as list shows it (any account)\n\n"
 	       "With --server URL every action goes through the service's JSON API instead of the\n"
 	       "database (no database options needed): the account logs in to the service; the service\n"
 	       "holds the CA token and releases an approved request itself (release --server is a\n"
@@ -105,6 +107,7 @@ help(void)
 	       "      --outform pem|der        the CMS's encoding (else PEM if --out ends in .pem, else DER)\n"
 	       "      --serial HEX, --subject TEXT, --email ADDR, --record ID, --reason TEXT, --kra NAME,\n"
 	       "      --state STATE            as above\n"
+	       "      --json                   search, list, show: " CLI_JSON_HELP "\n"
 	       "  -h, --help                   this text\n",
 	       PROG);
 	cli_print_exit_codes();
@@ -116,13 +119,17 @@ struct opts {
 	const char *server, *server_ca, *client_cert, *client_key;
 	const char *to_token, *to_token_module, *to_token_pin_file, *label, *to_cert, *outform;
 	long long id;
+	int json; /* --json: search and list print one JSON document */
 };
 
-static void
-print_records(const struct esc_record_summary *s, size_t n)
+/* The records found, as text or (--json) a JSON array; 0 or an exit code. */
+static int
+print_records(const struct esc_record_summary *s, size_t n, int json)
 {
 	size_t i;
 
+	if (json)
+		return cli_json_print(CMD, cli_json_array(s, n, sizeof(*s), cli_json_record));
 	for (i = 0; i < n; i++)
 		printf("record %s%s\n  serial:  %s\n  subject: %s\n  email:   %s\n  issuer:  %s%s\n  KRAs:    %s\n"
 		       "  archived: %s\n",
@@ -131,21 +138,42 @@ print_records(const struct esc_record_summary *s, size_t n)
 		       s[i].serial, s[i].subject, s[i].email, s[i].issuer, s[i].foreign ? " (foreign)" : "", s[i].kras,
 		       s[i].created);
 	printf("%zu record(s)\n", n);
+	return 0;
 }
 
+/* One request as text: two or three lines. */
 static void
-print_requests(const struct esc_recovery *q, size_t n)
+print_one_request(const struct esc_recovery *q)
+{
+	printf("request %lld  %-9s record %s serial %s\n  subject: %s\n%s  requested by %s at %s, KRA %s, "
+	       "approvals %d/%d\n  reason: %s\n",
+	       q->id, q->state, q->record_id, q->serial, q->subject,
+	       q->tampered ? "  TAMPERED: the record's database row does not match its certificate (shown)\n" : "",
+	       q->requester, q->created, q->kra, q->approvals, q->approvals_required, q->reason);
+}
+
+/* The requests, as text or (--json) a JSON array; 0 or an exit code. */
+static int
+print_requests(const struct esc_recovery *q, size_t n, int json)
 {
 	size_t i;
 
+	if (json)
+		return cli_json_print(CMD, cli_json_array(q, n, sizeof(*q), cli_json_request));
 	for (i = 0; i < n; i++)
-		printf("request %lld  %-9s record %s serial %s\n  subject: %s\n%s  requested by %s at %s, KRA %s, "
-		       "approvals %d/%d\n  reason: %s\n",
-		       q[i].id, q[i].state, q[i].record_id, q[i].serial, q[i].subject,
-		       q[i].tampered ? "  TAMPERED: the record's database row does not match its certificate (shown)\n"
-				     : "",
-		       q[i].requester, q[i].created, q[i].kra, q[i].approvals, q[i].approvals_required, q[i].reason);
+		print_one_request(&q[i]);
 	printf("%zu request(s)\n", n);
+	return 0;
+}
+
+/* One request (show): as list prints it, or (--json) a JSON object; 0 or an exit code. */
+static int
+print_request(const struct esc_recovery *q, int json)
+{
+	if (json)
+		return cli_json_print(CMD, cli_json_request(q));
+	print_one_request(q);
+	return 0;
 }
 
 static int
@@ -154,12 +182,13 @@ do_search(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *a
 	struct esc_record_summary *s = NULL;
 	size_t n = 0;
 	enum esc_err r;
+	int rc;
 
 	if ((r = esc_archive_search(ctx, st, a, o->serial, o->subject, o->email, &s, &n)) != ESC_OK)
 		return cli_fail(CMD, ctx, r);
-	print_records(s, n);
+	rc = print_records(s, n, o->json);
 	free(s);
-	return 0;
+	return rc;
 }
 
 /*
@@ -702,12 +731,13 @@ do_list(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *a, 
 	struct esc_recovery *q = NULL;
 	size_t n = 0;
 	enum esc_err r;
+	int rc;
 
 	if ((r = esc_recovery_list(ctx, st, a, o->state, &q, &n)) != ESC_OK)
 		return cli_fail(CMD, ctx, r);
-	print_requests(q, n);
+	rc = print_requests(q, n, o->json);
 	free(q);
-	return 0;
+	return rc;
 }
 
 /* ---- through the service (--server) ------------------------------------------------------------------------- */
@@ -772,10 +802,10 @@ remote_search(struct cli_http *h, const struct opts *o)
 			used += (size_t)w;
 		}
 	}
-	print_records(s, n);
+	rc = print_records(s, n, o->json);
 	free(s);
 	json_decref(doc);
-	return 0;
+	return rc;
 }
 
 static int
@@ -800,10 +830,10 @@ remote_list(struct cli_http *h, const struct opts *o)
 	}
 	for (i = 0; i < n; i++)
 		request_from_json(&q[i], json_array_get(list, i));
-	print_requests(q, n);
+	rc = print_requests(q, n, o->json);
 	free(q);
 	json_decref(doc);
-	return 0;
+	return rc;
 }
 
 /*
@@ -860,7 +890,15 @@ remote_main(struct esc_ctx *ctx, struct esc_config *cfg, const struct opts *o, c
 		rc = do_complete(ctx, cfg, NULL, NULL, h, o);
 	else if (strcmp(action, "contribute") == 0)
 		rc = do_contribute(ctx, cfg, NULL, NULL, h, o);
-	else if (strcmp(action, "request") == 0) {
+	else if (strcmp(action, "show") == 0) {
+		struct esc_recovery q;
+
+		snprintf(path, sizeof(path), "/recoveries/%lld", o->id);
+		if ((rc = cli_http_call(h, CLI_HTTP_GET, path, NULL, &doc)) != 0)
+			goto out;
+		request_from_json(&q, doc);
+		rc = print_request(&q, o->json);
+	} else if (strcmp(action, "request") == 0) {
 		if ((body = json_object()) == NULL ||
 		    json_object_set_new(body, "record", json_string(o->serial ? o->serial : o->record)) != 0 ||
 		    json_object_set_new(body, "reason", json_string(o->reason ? o->reason : "")) != 0 ||
@@ -926,7 +964,8 @@ recovery_main(int argc, char *argv[])
 		OPT_TO_TOKEN_PIN,
 		OPT_LABEL,
 		OPT_TO_CERT,
-		OPT_OUTFORM
+		OPT_OUTFORM,
+		OPT_JSON
 	};
 	static const struct option longopts[] = {
 		{"config", required_argument, NULL, 'c'},
@@ -957,6 +996,7 @@ recovery_main(int argc, char *argv[])
 		{"label", required_argument, NULL, OPT_LABEL},
 		{"to-cert", required_argument, NULL, OPT_TO_CERT},
 		{"outform", required_argument, NULL, OPT_OUTFORM},
+		{"json", no_argument, NULL, OPT_JSON},
 		{"help", no_argument, NULL, 'h'},
 		{NULL, 0, NULL, 0},
 	};
@@ -1062,6 +1102,9 @@ recovery_main(int argc, char *argv[])
 		case OPT_OUTFORM:
 			o.outform = optarg;
 			break;
+		case OPT_JSON:
+			o.json = 1;
+			break;
 		case ':':
 			return cli_usage_error(CMD, "option '%s' needs a value", argv[optind - 1]);
 		default:
@@ -1070,11 +1113,12 @@ recovery_main(int argc, char *argv[])
 	}
 	if (optind >= argc)
 		return cli_usage_error(CMD, "expected an action: search, request, approve, release, contribute, "
-					    "complete, deny, cancel, expire or list");
+					    "complete, deny, cancel, expire, list or show");
 	action = argv[optind++];
 	ends = strcmp(action, "deny") == 0 || strcmp(action, "cancel") == 0;
 	needs_id = strcmp(action, "approve") == 0 || strcmp(action, "release") == 0 ||
-		   strcmp(action, "complete") == 0 || strcmp(action, "contribute") == 0 || ends;
+		   strcmp(action, "complete") == 0 || strcmp(action, "contribute") == 0 ||
+		   strcmp(action, "show") == 0 || ends;
 	if (!needs_id && strcmp(action, "search") != 0 && strcmp(action, "request") != 0 &&
 	    strcmp(action, "list") != 0 && strcmp(action, "expire") != 0)
 		return cli_usage_error(CMD, "unknown action '%s'", action);
@@ -1089,6 +1133,8 @@ recovery_main(int argc, char *argv[])
 	}
 	if (optind != argc)
 		return cli_usage_error(CMD, "unexpected argument '%s'", argv[optind]);
+	if (o.json && strcmp(action, "search") != 0 && strcmp(action, "list") != 0 && strcmp(action, "show") != 0)
+		return cli_usage_error(CMD, "--json goes with search, list and show");
 	if (strcmp(action, "request") == 0 && (o.serial != NULL) == (o.record != NULL))
 		return cli_usage_error(CMD, "request needs exactly one of --serial and --record");
 	if (ends && o.reason == NULL)
@@ -1142,7 +1188,14 @@ recovery_main(int argc, char *argv[])
 		rc = do_complete(ctx, cfg, st, a, NULL, &o);
 	else if (strcmp(action, "contribute") == 0)
 		rc = do_contribute(ctx, cfg, st, a, NULL, &o);
-	else if (ends) {
+	else if (strcmp(action, "show") == 0) {
+		struct esc_recovery q;
+
+		if ((r = esc_recovery_get(ctx, st, a, o.id, &q)) != ESC_OK)
+			rc = cli_fail(CMD, ctx, r);
+		else
+			rc = print_request(&q, o.json);
+	} else if (ends) {
 		int deny = strcmp(action, "deny") == 0;
 
 		r = deny ? esc_recovery_deny(ctx, st, a, o.id, o.reason)

@@ -10,6 +10,7 @@
 #include <p11escrow/storage.h>
 
 #include "cli.h"
+#include "cli_json.h"
 #include "http_client.h"
 
 #define CMD "storage-key"
@@ -18,7 +19,7 @@ static void
 help(void)
 {
 	printf("Usage: %s " CMD " rotate --user ADMIN --local [--key-type TYPE] [--days N] [OPTIONS]\n"
-	       "       %s " CMD " list [OPTIONS]\n\n"
+	       "       %s " CMD " list [--json] [OPTIONS]\n\n"
 	       "rotate  generate a new storage key on the CA token (decrypt-only, sensitive, never\n"
 	       "        extractable, as setup makes it), issue its certificate from the CA and make it\n"
 	       "        the current one, in one transaction that also keeps the earlier key for the\n"
@@ -47,6 +48,7 @@ help(void)
 	       "                             default: the current key's type)\n"
 	       "      --days N               validity of the new storage certificate (rotate; default:\n"
 	       "                             ca_days, capped at the CA certificate's)\n"
+	       "      --json                 list: " CLI_JSON_HELP "\n"
 	       "  -h, --help                 this text\n",
 	       PROG, PROG);
 	cli_print_exit_codes();
@@ -159,10 +161,20 @@ out:
 	return rc;
 }
 
+/* list: the table, or (--json) a JSON array; 0 or an exit code. */
+static int
+print_list(const struct esc_storage_gen *g, size_t n, int json)
+{
+	if (json)
+		return cli_json_print(CMD, cli_json_array(g, n, sizeof(*g), cli_json_storage_gen));
+	cli_storage_print(g, n);
+	return 0;
+}
+
 int
 storage_key_main(int argc, char *argv[])
 {
-	enum { OPT_PASSWORD = 256, OPT_SERVER, OPT_SERVER_CA, OPT_LOCAL, OPT_KEY_TYPE, OPT_DAYS };
+	enum { OPT_PASSWORD = 256, OPT_SERVER, OPT_SERVER_CA, OPT_LOCAL, OPT_KEY_TYPE, OPT_DAYS, OPT_JSON };
 	static const struct option longopts[] = {
 		{"config", required_argument, NULL, 'c'},
 		{"database", required_argument, NULL, 'd'},
@@ -175,6 +187,7 @@ storage_key_main(int argc, char *argv[])
 		{"server", required_argument, NULL, OPT_SERVER},
 		{"server-ca", required_argument, NULL, OPT_SERVER_CA},
 		{"local", no_argument, NULL, OPT_LOCAL},
+		{"json", no_argument, NULL, OPT_JSON},
 		{"help", no_argument, NULL, 'h'},
 		{NULL, 0, NULL, 0},
 	};
@@ -188,7 +201,7 @@ storage_key_main(int argc, char *argv[])
 	struct cli_http *h = NULL;
 	size_t n = 0;
 	enum esc_err r;
-	int c, rc, days = 0, local = 0, rotate;
+	int c, rc, days = 0, local = 0, rotate, json = 0;
 
 	opterr = 0;
 	optind = 1;
@@ -231,6 +244,9 @@ storage_key_main(int argc, char *argv[])
 		case OPT_LOCAL:
 			local = 1;
 			break;
+		case OPT_JSON:
+			json = 1;
+			break;
 		case ':':
 			return cli_usage_error(CMD, "option '%s' needs a value", argv[optind - 1]);
 		default:
@@ -246,6 +262,8 @@ storage_key_main(int argc, char *argv[])
 	if (rotate && server != NULL)
 		return cli_usage_error(CMD, "the service does not rotate the storage key (its database role may not "
 					    "change it): run 'rotate --local' on the service host");
+	if (rotate && json)
+		return cli_usage_error(CMD, "--json goes with list");
 	if (!rotate && (type != NULL || days != 0))
 		return cli_usage_error(CMD, "--key-type and --days belong to rotate");
 	if ((rc = cli_check_mode(CMD, server, local)) != 0)
@@ -256,7 +274,7 @@ storage_key_main(int argc, char *argv[])
 		if ((rc = cli_http_open(CMD, ctx, server, server_ca, user, password_file, &h)) != 0 ||
 		    (rc = cli_storage_fetch(h, &g, &n)) != 0)
 			goto out;
-		cli_storage_print(g, n);
+		rc = print_list(g, n, json);
 		goto out;
 	}
 	if ((rc = cli_apply_common(CMD, ctx, cfg, database, module, NULL, pin_file)) != 0 ||
@@ -272,8 +290,7 @@ storage_key_main(int argc, char *argv[])
 		rc = cli_fail(CMD, ctx, r);
 		goto out;
 	}
-	cli_storage_print(g, n);
-	rc = 0;
+	rc = print_list(g, n, json);
 out:
 	free(g);
 	cli_http_free(h);

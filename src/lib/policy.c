@@ -176,10 +176,11 @@ esc_policy_list(struct esc_ctx *ctx, struct esc_store *st, struct esc_policy_ite
 	enum esc_err r;
 	int i, rows;
 
-	if ((r = esc_store_exec(ctx, st,
-				"SELECT key, value, coalesce(updated_by, ''), to_char(updated_at, 'YYYY-MM-DD "
-				"HH24:MI:SS') FROM policy ORDER BY key",
-				0, NULL, NULL, NULL, &res)) != ESC_OK)
+	if ((r = esc_store_exec(
+		     ctx, st,
+		     "SELECT key, value, coalesce(updated_by, ''), to_char(updated_at AT TIME ZONE 'UTC', 'YYYY-MM-DD "
+		     "HH24:MI:SS') FROM policy ORDER BY key",
+		     0, NULL, NULL, NULL, &res)) != ESC_OK)
 		return r;
 	rows = PQntuples(res);
 	if ((p = calloc((size_t)rows + 1, sizeof(*p))) == NULL) {

@@ -157,7 +157,8 @@ out:
  * can use no index (sql/015).
  */
 #define SEARCH_SQL_HEAD                                                                                            \
-	"SELECT " ESC_ARCHIVE_ROW_SQL ", a.foreign_issuer, to_char(a.created_at, 'YYYY-MM-DD HH24:MI:SS'), "       \
+	"SELECT " ESC_ARCHIVE_ROW_SQL                                                                              \
+	", a.foreign_issuer, to_char(a.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS'), "                  \
 	"coalesce((SELECT string_agg(k.name, ',' ORDER BY k.name) FROM archive_record_kras x JOIN kras k ON k.id " \
 	"= x.kra_id WHERE x.record_id = a.id), '') FROM archive_records a WHERE (NOT EXISTS (SELECT 1 FROM "       \
 	"manager_scopes WHERE account_id = $1::bigint) OR p11escrow_record_in_scope(a.id, $1::bigint))"
@@ -2760,7 +2761,7 @@ query_requests(struct esc_ctx *ctx, struct esc_store *st, const struct esc_accou
 		     ctx, st,
 		     "SELECT r.id, r.record_id, r.state, u.name, k.name, r.reason, (SELECT count(*) FROM "
 		     "recovery_approvals p WHERE p.request_id = r.id), r.approvals_required, "
-		     "to_char(r.created_at, 'YYYY-MM-DD HH24:MI:SS'), " ESC_ARCHIVE_ROW_SQL " FROM "
+		     "to_char(r.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS'), " ESC_ARCHIVE_ROW_SQL " FROM "
 		     "recovery_requests r JOIN archive_records a ON a.id = r.record_id JOIN accounts u ON u.id "
 		     "= r.requested_by JOIN kras k ON k.id = r.kra_id WHERE ($1::text IS NULL OR r.state = $1) "
 		     "AND ($2::bigint IS NULL OR r.id = $2::bigint) AND (NOT EXISTS (SELECT 1 FROM "
