@@ -1077,6 +1077,42 @@ clear_cookie(struct svc_request *r)
 		       API_COOKIE "=; Path=/api/v1; Max-Age=0; Secure; HttpOnly; SameSite=Strict");
 }
 
+/*
+ * GET /audit/verify: the whole chain recomputed and every checkpoint's
+ * signature checked (esc_audit_verify, what `p11escrow audit verify` does),
+ * for auditors and administrators: the console's chain status.  Reads the
+ * whole audit table: seconds at a million events.  {"intact": true|false,
+ * "events", "checkpoints", "last_signed", "first_bad", "problem"}.
+ */
+static void
+api_audit_verify(struct api_call *c)
+{
+	static const char *const none[] = {NULL};
+	struct esc_audit_report rep;
+	json_t *o;
+	enum esc_err r;
+
+	if (!params_ok(c, none))
+		return;
+	if (!esc_account_has_role(c->a, ESC_ROLE_ADMIN) && !esc_account_has_role(c->a, ESC_ROLE_AUDITOR)) {
+		reply_error(c->r, 403, "only auditors and administrators verify the audit trail", ESC_ERR_DENIED);
+		return;
+	}
+	memset(&rep, 0, sizeof(rep));
+	r = esc_audit_verify(c->w->ctx, c->w->st, &rep);
+	if (r != ESC_OK && r != ESC_ERR_TAMPERED) {
+		reply_esc(c, r);
+		return;
+	}
+	o = json_object();
+	reply_json(c->r, 200, o,
+		   o == NULL || put(o, "intact", json_boolean(r == ESC_OK && rep.first_bad == 0)) ||
+			   put(o, "events", json_integer(rep.events)) ||
+			   put(o, "checkpoints", json_integer(rep.checkpoints)) ||
+			   put(o, "last_signed", json_integer(rep.last_signed)) ||
+			   put(o, "first_bad", json_integer(rep.first_bad)) || put(o, "problem", jstr(rep.problem)));
+}
+
 /* ---- sessions and passwords ---------------------------------------------------------------------------------- */
 
 /*
@@ -1324,6 +1360,7 @@ static const struct route {
 	{"/recoveries/{id}/deny", EVHTTP_REQ_POST, api_recovery_deny},
 	{"/recoveries/{id}/cancel", EVHTTP_REQ_POST, api_recovery_cancel},
 	{"/audit", EVHTTP_REQ_GET, api_audit},
+	{"/audit/verify", EVHTTP_REQ_GET, api_audit_verify},
 	/* Administration (api_admin.c). */
 	{"/accounts", EVHTTP_REQ_GET, api_accounts_list},
 	{"/accounts", EVHTTP_REQ_POST, api_accounts_create},
