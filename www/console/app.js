@@ -62,7 +62,7 @@
   }
 
   function cell(v, cls) {
-    return el('td', { class: cls || 'wrap' }, v instanceof Node ? v : v === null || v === undefined ? '' : String(v));
+    return el('td', { class: cls || null }, v instanceof Node ? v : v === null || v === undefined ? '' : String(v));
   }
 
   function tag(text, kind) {
@@ -460,7 +460,7 @@
           el('dt', {}, 'Checkpoints'), el('dd', {}, v.checkpoints),
           el('dt', {}, 'Newest signed event'), el('dd', {}, v.last_signed || 'none'),
           el('dt', {}, 'Newest checkpoint'), el('dd', { id: 'newest-checkpoint' }, newest
-            ? newest.time + ' (event ' + newest.id + ', ' + newest.object + ')' : 'none yet')));
+            ? newest.time + ': signs ' + newest.object + ' (recorded as event ' + newest.id + ')' : 'none yet')));
     });
   }
 
