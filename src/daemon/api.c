@@ -923,22 +923,7 @@ api_audit(struct api_call *c)
 static const char *
 session_cookie(struct svc_request *r, size_t *len)
 {
-	const char *p = svc_header(r, "Cookie");
-	size_t n = sizeof(API_COOKIE) - 1;
-
-	while (p != NULL && *p != '\0') {
-		while (*p == ' ' || *p == ';')
-			p++;
-		if (strncmp(p, API_COOKIE, n) == 0 && p[n] == '=') {
-			p += n + 1;
-			*len = strcspn(p, "; ");
-			if (*len > ESC_SESSION_TOKEN_LEN + 1)
-				*len = ESC_SESSION_TOKEN_LEN + 1;
-			return *len > 0 ? p : NULL;
-		}
-		p += strcspn(p, ";");
-	}
-	return NULL;
+	return api_cookie_value(svc_header(r, "Cookie"), API_COOKIE, ESC_SESSION_TOKEN_LEN + 1, len);
 }
 
 /*
