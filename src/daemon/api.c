@@ -975,8 +975,8 @@ origin_ok(struct svc_request *r)
 {
 	const char *o = svc_header(r, "Origin"), *host = svc_header(r, "Host");
 
-	return o == NULL || (host != NULL && *host != '\0' && strncmp(o, "https://", 8) == 0 &&
-			     strcasecmp(o + 8, host) == 0);
+	return o == NULL ||
+	       (host != NULL && *host != '\0' && strncmp(o, "https://", 8) == 0 && strcasecmp(o + 8, host) == 0);
 }
 
 /* Printable ASCII of s, at most len-1 bytes, for an audit event's details. */
@@ -1058,8 +1058,7 @@ csrf_ok(struct api_call *c)
 static void
 clear_cookie(struct svc_request *r)
 {
-	svc_add_header(r, "Set-Cookie",
-		       API_COOKIE "=; Path=/api/v1; Max-Age=0; Secure; HttpOnly; SameSite=Strict");
+	svc_add_header(r, "Set-Cookie", API_COOKIE "=; Path=/api/v1; Max-Age=0; Secure; HttpOnly; SameSite=Strict");
 }
 
 /*
@@ -1128,7 +1127,8 @@ session_open_cookie(struct api_call *c, struct esc_secret *token, const char *ex
 	}
 	n = snprintf(hdr, cap, "%s=%s; Path=/api/v1; Secure; HttpOnly; SameSite=Strict", API_COOKIE,
 		     esc_secret_str(token));
-	if (n < 0 || (size_t)n >= cap || (o = json_object()) == NULL || (roles = api_roles_json(esc_account_roles(c->a))) == NULL) {
+	if (n < 0 || (size_t)n >= cap || (o = json_object()) == NULL ||
+	    (roles = api_roles_json(esc_account_roles(c->a))) == NULL) {
 		json_decref(o);
 		reply_error(c->r, 500, "internal error: cannot build the response", ESC_ERR_INTERNAL);
 		goto out;
@@ -1243,7 +1243,10 @@ api_session_get(struct api_call *c)
 	static const char *const none[] = {NULL};
 	char csrf[API_CSRF_LEN + 1];
 	json_t *o;
-	const char *how = c->by_cookie ? "cookie" : c->token != NULL ? "token" : c->by_cert ? "certificate" : "password";
+	const char *how = c->by_cookie	     ? "cookie"
+			  : c->token != NULL ? "token"
+			  : c->by_cert	     ? "certificate"
+					     : "password";
 	int bad;
 
 	if (!params_ok(c, none))
@@ -1529,7 +1532,8 @@ authenticate(struct api_call *c, const char *subpath, char *user, size_t userlen
 			svc_login_result(r, NULL, 0);
 			svc_log(c->w, ESC_LOG_INFO, "req=%s session cookie refused", r->id);
 			if (state_changing(r) && !origin_ok(r)) {
-				csrf_refuse(c, "the Origin is not the service's own (and the session cookie is not valid)");
+				csrf_refuse(
+					c, "the Origin is not the service's own (and the session cookie is not valid)");
 				return e;
 			}
 			clear_cookie(r);

@@ -14,8 +14,8 @@
 #include "console_files.h"
 #include "svc.h"
 
-#define CONSOLE_CSP                                                                                                \
-	"default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "          \
+#define CONSOLE_CSP                                                                                     \
+	"default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; " \
 	"form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
 
 /* The headers of every answer under /console, errors included. */

@@ -554,8 +554,7 @@ svc_reply_error_code(struct svc_request *r, int status, const char *reason, enum
 	int n;
 
 	/* A challenge unless the handler set one, or chose none for the web console (api.c). */
-	if (status == 401 &&
-	    evhttp_find_header(evhttp_request_get_output_headers(r->ev), "WWW-Authenticate") == NULL &&
+	if (status == 401 && evhttp_find_header(evhttp_request_get_output_headers(r->ev), "WWW-Authenticate") == NULL &&
 	    (svc_header(r, "X-Requested-With") == NULL ||
 	     strcmp(svc_header(r, "X-Requested-With"), "p11escrow-console") != 0))
 		svc_add_header(r, "WWW-Authenticate", "Basic realm=\"p11escrow\", charset=\"UTF-8\"");
