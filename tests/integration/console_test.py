@@ -68,14 +68,18 @@ def shot(d, shots, name):
     log('screenshot ' + path)
 
 
-def login(d, url, user):
+def login(d, url, user, password=None):
     """Log in with the keyboard only: type, Tab, type, Enter."""
     d.get(url + '/console/')
     name = wait_for(d, EC.presence_of_element_located((By.CSS_SELECTOR, '#login-form input[type=text]')), 'login form')
     check(d.switch_to.active_element == name, 'the account field does not have the focus')
     name.send_keys(user)
     d.switch_to.active_element.send_keys(Keys.TAB)
-    d.switch_to.active_element.send_keys(PASSWORDS[user], Keys.ENTER)
+    d.switch_to.active_element.send_keys(password or PASSWORDS[user], Keys.ENTER)
+    if password is not None:  # a wrong one: the service's refusal is shown, no browser dialog
+        wait_for(d, lambda d: 'authentication required' in d.find_element(By.ID, 'status').text, 'refusal shown')
+        check(d.find_element(By.ID, 'who').get_attribute('hidden') is not None, 'logged in with a wrong password')
+        return
     wait_for(d, lambda d: user in d.find_element(By.ID, 'who-name').text, user + ' logged in')
     # The label of each field names it (for screen readers as for people).
     check(not d.find_elements(By.CSS_SELECTOR, 'input:not([id])'), 'an input without an id for its label')
@@ -130,6 +134,7 @@ def main():
         b1.get(url + '/console/')
         wait_for(b1, EC.presence_of_element_located((By.ID, 'login-form')), 'login form')
         shot(b1, a.shots, '01-login')
+        login(b1, url, 'cm1', password='not-the-password')
         login(b1, url, 'cm1')
         check(b1.get_cookies() == [] or all(c.get('httpOnly') for c in b1.get_cookies()),
               'a cookie readable by scripts')

@@ -99,10 +99,12 @@
     try { data = await res.json(); } catch (e) { data = null; }
     if (!res.ok) {
       const msg = data && typeof data.error === 'string' ? data.error : 'HTTP ' + res.status;
+      const err = new ApiError(res.status, msg, data && data.code);
       if (res.status === 401 && path !== '/session') {
         loggedOut('Your session has ended: log in again.');
+        err.handled = true;
       }
-      throw new ApiError(res.status, msg, data && data.code);
+      throw err;
     }
     return data;
   }
@@ -120,7 +122,7 @@
       await fn();
     } catch (e) {
       if (e instanceof ApiError) {
-        if (e.status !== 401) say(e.message + (e.code ? ' (' + e.code + ')' : ''), 'error');
+        if (!e.handled) say(e.message + (e.code ? ' (' + e.code + ')' : ''), 'error');
       } else {
         say('error: ' + e.message, 'error');
       }
