@@ -17,7 +17,7 @@ import threading
 import time
 
 from selenium import webdriver
-from selenium.common.exceptions import TimeoutException
+from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException, TimeoutException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
@@ -51,7 +51,9 @@ def browser(home):
 
 def wait_for(d, cond, what):
     try:
-        return WebDriverWait(d, WAIT).until(cond)
+        # A page re-renders after each answer: an element found a moment ago may be gone; look again.
+        return WebDriverWait(d, WAIT, ignored_exceptions=(StaleElementReferenceException,
+                                                          NoSuchElementException)).until(cond)
     except TimeoutException:
         status = d.find_element(By.ID, 'status').text if d.find_elements(By.ID, 'status') else ''
         raise AssertionError('timed out waiting for %s (status line: %r, url %s)' % (what, status, d.current_url))
