@@ -57,7 +57,18 @@ done
 openssl x509 -in "$T/evil.pem" -noout -subject -nameopt RFC2253 | grep -qF 'window.p11pwned=1' ||
     fail "the hostile subject did not survive: $(openssl x509 -in "$T/evil.pem" -noout -subject)"
 
-start_daemon 2
+# cm2's client certificate from a throwaway enterprise CA (account_cert_ca), bound to cm2: a console login
+# without a password, and a browser that sends it on a cross-site post too.
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$T/ent.key" -subj '/CN=Ent Root' \
+    -days 30 -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign -out "$T/ent.pem" 2>/dev/null
+( umask 077; openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$T/cm2-c.key" \
+    -subj '/CN=cm2 browser' -out "$T/cm2-c.csr" 2>/dev/null )
+printf 'basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=clientAuth\n' >"$T/c.ext"
+openssl x509 -req -in "$T/cm2-c.csr" -CA "$T/ent.pem" -CAkey "$T/ent.key" -set_serial 0x1234 -days 30 \
+    -extfile "$T/c.ext" -out "$T/cm2-c.pem" 2>/dev/null || fail "cm2's client certificate"
+P11ESCROW_ACCOUNT_CERT_CA=$T/ent.pem as admin 0 account cert add cm2 --cert "$T/cm2-c.pem"
+
+start_daemon 2 "account_cert_ca = $T/ent.pem"
 API=$URL/api/v1
 # The subject as the API gives it (RFC 2253, as the library formats it): what the page must show, as text.
 curl -sS --cacert "$SERVER_CA" -K "$T/cm1.curl" "$API/records?subject=p11pwned" -o "$T/evil.json"
@@ -144,6 +155,19 @@ grep -i '^Set-Cookie: p11escrow_session=;' "$T/headers" | grep -qi 'Max-Age=0' |
 ! grep -qi '^WWW-Authenticate: Basic' "$T/headers" || fail "a Basic challenge to the console (the browser's own dialog)"
 [ "$(hdr "$API/session" -X POST -H 'Content-Type: application/json' --data '{"mode":"bearer"}' -K "$T/cm1.curl")" = 400 ] ||
     fail "an unknown mode"
+
+note "a client certificate opens a cookie session too; a cross-site post authenticated by it alone is refused"
+CC=(--cert "$T/cm2-c.pem" --key "$T/cm2-c.key")
+[ "$(hdr "$API/session" "${CC[@]}" -H 'Content-Type: application/json' --data '{"mode":"cookie"}')" = 201 ] ||
+    fail "cookie login with a client certificate: $(cat "$T/body")"
+grep -qi '^Set-Cookie: p11escrow_session=[A-Za-z0-9_-]\{43\}; ' "$T/headers" || fail "no cookie for the certificate login"
+[ "$(hdr "$API/session" "${CC[@]}")" = 200 ] && grep -qF '"auth":"certificate"' "$T/body" ||
+    fail "GET /session with the certificate: $(cat "$T/body")"
+[ "$(hdr "$API/recoveries/$REQ0/cancel" "${CC[@]}" -H 'Origin: http://127.0.0.1:1' \
+    -H 'Content-Type: application/x-www-form-urlencoded' --data 'x=1')" = 403 ] ||
+    fail "a cross-site post with a client certificate: $(cat "$T/body")"
+[ "$(psql_val "SELECT count(*) FROM audit_events WHERE action = 'auth.csrf' AND actor = 'cm2'")" = 1 ] ||
+    fail "the certificate's cross-site post is not audited with its account"
 
 note "the browser: headless Chromium, the test CA in a throwaway NSS database"
 export HOME=$T/home
