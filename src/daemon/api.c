@@ -38,6 +38,9 @@
 #define API_AUDIT_DEFAULT 1000
 #define API_AUDIT_MAX 10000
 #define API_USER_MAX 128
+/* Browser sessions (docs/api.md, Cookie sessions): the cookie, and the CSRF token bound to its session. */
+#define API_COOKIE "p11escrow_session"
+#define API_CSRF_LEN 43 /* base64url of an HMAC-SHA256, no padding */
 
 struct api_call {
 	struct svc_request *r;
@@ -46,6 +49,7 @@ struct api_call {
 	long long id;	       /* {id} of the path, 0 if none */
 	int by_password;       /* authenticated with HTTP Basic (not a session) */
 	int by_cert;	       /* authenticated with a TLS client certificate bound to the account */
+	int by_cookie;	       /* authenticated with a browser session's cookie (the console) */
 	const char *token;     /* the session's bearer token as sent (a request header), or NULL */
 	size_t token_len;
 	char name[API_NAME_MAX + 1]; /* {name} of the path, "" if none (api_admin.c) */
@@ -134,10 +138,24 @@ reply_esc(struct api_call *c, enum esc_err e)
 	reply_error(r, status, *msg ? msg : esc_strerror(e), e);
 }
 
+/*
+ * A request of the web console (X-Requested-With: p11escrow-console): its
+ * 401 carries no Basic challenge, which would make the browser ask for a
+ * password in its own dialog instead of the console's form.
+ */
+static int
+console_caller(struct svc_request *r)
+{
+	const char *x = svc_header(r, "X-Requested-With");
+
+	return x != NULL && strcmp(x, "p11escrow-console") == 0;
+}
+
 static void
 reply_unauthorized(struct svc_request *r, int bearer)
 {
-	svc_add_header(r, "WWW-Authenticate", "Basic realm=\"p11escrow\", charset=\"UTF-8\"");
+	if (!console_caller(r))
+		svc_add_header(r, "WWW-Authenticate", "Basic realm=\"p11escrow\", charset=\"UTF-8\"");
 	/* One message for an unbound certificate, a disabled account's, a revoked one. */
 	if (bearer == 2) {
 		reply_error(r, 401,
@@ -895,24 +913,263 @@ api_audit(struct api_call *c)
 	reply_json(c->r, 200, o, bad);
 }
 
+/* ---- browser sessions: cookie and CSRF ------------------------------------------------------------------------ */
+
+/*
+ * The session token in the Cookie header's p11escrow_session (the first
+ * one), or NULL; *len its length, at most ESC_SESSION_TOKEN_LEN + 1 (a
+ * longer one is refused by esc_session_resume as any malformed token).
+ */
+static const char *
+session_cookie(struct svc_request *r, size_t *len)
+{
+	return api_cookie_value(svc_header(r, "Cookie"), API_COOKIE, ESC_SESSION_TOKEN_LEN + 1, len);
+}
+
+/*
+ * The CSRF token of the session whose token is token: HMAC-SHA256 keyed
+ * with the session token over a fixed label, base64url.  Bound to the
+ * session and to nothing else: only a holder of the session token (the
+ * browser's HttpOnly cookie, which no script reads) or of this answer can
+ * know it, and it does not reveal the session token.  No state: every
+ * worker and every p11escrowd derives the same.  0, or -1.
+ */
+static int
+csrf_of(const char *token, size_t len, char out[API_CSRF_LEN + 1])
+{
+	static const char label[] = "p11escrow console CSRF token v1";
+	unsigned char mac[32], b64[48];
+	size_t maclen = 0, i;
+	int rc = -1;
+
+	if (EVP_Q_mac(NULL, "HMAC", NULL, "SHA256", NULL, token, len, (const unsigned char *)label, sizeof(label) - 1,
+		      mac, sizeof(mac), &maclen) == NULL ||
+	    maclen != sizeof(mac) || EVP_EncodeBlock(b64, mac, (int)sizeof(mac)) != 44)
+		goto out;
+	for (i = 0; i < API_CSRF_LEN; i++)
+		out[i] = b64[i] == '+' ? '-' : b64[i] == '/' ? '_' : (char)b64[i];
+	out[API_CSRF_LEN] = '\0';
+	rc = 0;
+out:
+	OPENSSL_cleanse(mac, sizeof(mac));
+	OPENSSL_cleanse(b64, sizeof(b64));
+	return rc;
+}
+
+/* A method that changes state: the CSRF rules apply (GET and HEAD only read). */
+static int
+state_changing(const struct svc_request *r)
+{
+	return r->method == EVHTTP_REQ_POST || r->method == EVHTTP_REQ_PUT || r->method == EVHTTP_REQ_PATCH ||
+	       r->method == EVHTTP_REQ_DELETE;
+}
+
+/*
+ * Is r's Origin header, where one is sent, this service's own origin:
+ * "https://" and the Host the client asked for?  A browser sends Origin
+ * with every POST, same-origin included; other clients (the CLI, curl)
+ * send none and are not affected.
+ */
+static int
+origin_ok(struct svc_request *r)
+{
+	const char *o = svc_header(r, "Origin"), *host = svc_header(r, "Host");
+
+	return o == NULL ||
+	       (host != NULL && *host != '\0' && strncmp(o, "https://", 8) == 0 && strcasecmp(o + 8, host) == 0);
+}
+
+/* Printable ASCII of s, at most len-1 bytes, for an audit event's details. */
+static void
+printable(char *dst, size_t len, const char *s)
+{
+	size_t i;
+
+	for (i = 0; s != NULL && s[i] != '\0' && i + 1 < len; i++)
+		dst[i] = s[i] >= 0x20 && s[i] < 0x7f ? s[i] : '?';
+	dst[i] = '\0';
+}
+
+/*
+ * Refuse a cross-site request (403, code "permission denied"): audited as
+ * auth.csrf refused with the account when it is known (c->a), its method
+ * and path, why and the Origin sent.  Nothing the request asked for is done.
+ */
+static void
+csrf_refuse(struct api_call *c, const char *why)
+{
+	struct svc_request *r = c->r;
+	char roles[64] = "", object[160], origin[128], details[400];
+	const char *actor = c->a != NULL ? esc_account_name(c->a) : "unauthenticated";
+	struct esc_audit_event ev;
+
+	if (c->a != NULL)
+		esc_roles_format(esc_account_roles(c->a), roles, sizeof(roles));
+	printable(object, sizeof(object), r->path);
+	printable(origin, sizeof(origin), svc_header(r, "Origin") != NULL ? svc_header(r, "Origin") : "(none)");
+	snprintf(details, sizeof(details), "%s %s refused: %s; Origin %s; client %s", r->method_name, object, why,
+		 origin, r->peer[0] ? r->peer : "unknown");
+	ev = (struct esc_audit_event){actor, roles, "auth.csrf", object, "refused", details};
+	svc_log(c->w, ESC_LOG_WARN, "req=%s %s", r->id, details);
+	if (esc_audit_append(c->w->ctx, c->w->st, &ev) != ESC_OK)
+		svc_log(c->w, ESC_LOG_ERROR, "req=%s could not audit a refused cross-site request: %s", r->id,
+			esc_ctx_errmsg(c->w->ctx));
+	reply_error(r, 403,
+		    "cross-site request refused: a browser session's state-changing call needs the service's own "
+		    "Origin and its X-CSRF-Token header",
+		    ESC_ERR_DENIED);
+}
+
+/*
+ * After authentication: a state-changing request from a browser of another
+ * origin is refused whoever it authenticates; one authenticated by the
+ * session cookie also needs the session's CSRF token in X-CSRF-Token
+ * (compared in constant time).  1 if it may go on, else 0 after replying.
+ */
+static int
+csrf_ok(struct api_call *c)
+{
+	struct svc_request *r = c->r;
+	char want[API_CSRF_LEN + 1];
+	const char *got = svc_header(r, "X-CSRF-Token");
+	int ok;
+
+	if (!state_changing(r))
+		return 1;
+	if (!origin_ok(r)) {
+		csrf_refuse(c, "the Origin is not the service's own");
+		return 0;
+	}
+	if (!c->by_cookie)
+		return 1;
+	if (got == NULL) {
+		csrf_refuse(c, "no X-CSRF-Token header with the session cookie");
+		return 0;
+	}
+	ok = csrf_of(c->token, c->token_len, want) == 0 && strlen(got) == API_CSRF_LEN &&
+	     CRYPTO_memcmp(got, want, API_CSRF_LEN) == 0;
+	OPENSSL_cleanse(want, sizeof(want));
+	if (!ok)
+		csrf_refuse(c, "a wrong X-CSRF-Token for the session cookie");
+	return ok;
+}
+
+/* Set-Cookie that ends the browser's session cookie (logout, a cookie no longer valid). */
+static void
+clear_cookie(struct svc_request *r)
+{
+	svc_add_header(r, "Set-Cookie", API_COOKIE "=; Path=/api/v1; Max-Age=0; Secure; HttpOnly; SameSite=Strict");
+}
+
+/*
+ * GET /audit/verify: the whole chain recomputed and every checkpoint's
+ * signature checked (esc_audit_verify, what `p11escrow audit verify` does),
+ * for auditors and administrators: the console's chain status.  Reads the
+ * whole audit table: seconds at a million events.  {"intact": true|false,
+ * "events", "checkpoints", "last_signed", "first_bad", "problem"}.
+ */
+static void
+api_audit_verify(struct api_call *c)
+{
+	static const char *const none[] = {NULL};
+	struct esc_audit_report rep;
+	json_t *o;
+	enum esc_err r;
+
+	if (!params_ok(c, none))
+		return;
+	if (!esc_account_has_role(c->a, ESC_ROLE_ADMIN) && !esc_account_has_role(c->a, ESC_ROLE_AUDITOR)) {
+		reply_error(c->r, 403, "only auditors and administrators verify the audit trail", ESC_ERR_DENIED);
+		return;
+	}
+	memset(&rep, 0, sizeof(rep));
+	r = esc_audit_verify(c->w->ctx, c->w->st, &rep);
+	if (r != ESC_OK && r != ESC_ERR_TAMPERED) {
+		reply_esc(c, r);
+		return;
+	}
+	o = json_object();
+	reply_json(c->r, 200, o,
+		   o == NULL || put(o, "intact", json_boolean(r == ESC_OK && rep.first_bad == 0)) ||
+			   put(o, "events", json_integer(rep.events)) ||
+			   put(o, "checkpoints", json_integer(rep.checkpoints)) ||
+			   put(o, "last_signed", json_integer(rep.last_signed)) ||
+			   put(o, "first_bad", json_integer(rep.first_bad)) || put(o, "problem", jstr(rep.problem)));
+}
+
 /* ---- sessions and passwords ---------------------------------------------------------------------------------- */
 
 /*
  * POST /session: a token for the account that logged in with its password.
  * The answer holds the token: built in secure memory and sent from there.
  */
+/*
+ * POST /session {"mode": "cookie"}: a browser session (the console).  The
+ * token goes only into a Set-Cookie (Secure, HttpOnly, SameSite=Strict,
+ * Path=/api/v1: no script reads it, no other site's request carries it);
+ * the answer holds the session's CSRF token instead, which every
+ * state-changing call with the cookie must send as X-CSRF-Token.
+ * libevent keeps its copy of the Set-Cookie header in memory nobody wipes
+ * (as it does an Authorization header it read): ours is wiped.
+ */
+static void
+session_open_cookie(struct api_call *c, struct esc_secret *token, const char *expires)
+{
+	char csrf[API_CSRF_LEN + 1], *hdr = NULL;
+	size_t cap = sizeof(API_COOKIE) + ESC_SESSION_TOKEN_LEN + 80;
+	json_t *o = NULL, *roles = NULL;
+	int n;
+
+	if (csrf_of(esc_secret_str(token), strlen(esc_secret_str(token)), csrf) != 0 ||
+	    (hdr = OPENSSL_secure_malloc(cap)) == NULL) {
+		reply_error(c->r, 500, "internal error: cannot build the response", ESC_ERR_INTERNAL);
+		goto out;
+	}
+	n = snprintf(hdr, cap, "%s=%s; Path=/api/v1; Secure; HttpOnly; SameSite=Strict", API_COOKIE,
+		     esc_secret_str(token));
+	if (n < 0 || (size_t)n >= cap || (o = json_object()) == NULL ||
+	    (roles = api_roles_json(esc_account_roles(c->a))) == NULL) {
+		json_decref(o);
+		reply_error(c->r, 500, "internal error: cannot build the response", ESC_ERR_INTERNAL);
+		goto out;
+	}
+	svc_log(c->w, ESC_LOG_INFO, "req=%s browser session opened for '%s'", c->r->id, esc_account_name(c->a));
+	svc_add_header(c->r, "Set-Cookie", hdr);
+	reply_json(c->r, 201, o,
+		   put(o, "name", jstr(esc_account_name(c->a))) || put(o, "roles", json_incref(roles)) ||
+			   put(o, "csrf", json_string(csrf)) || put(o, "expires", jstr(expires)) ||
+			   put(o, "idle_timeout", json_integer(c->w->session_idle)));
+out:
+	json_decref(roles);
+	if (hdr != NULL)
+		OPENSSL_secure_clear_free(hdr, cap);
+	OPENSSL_cleanse(csrf, sizeof(csrf));
+}
+
 static void
 api_session_open(struct api_call *c)
 {
+	static const char *const none[] = {NULL};
 	struct esc_secret *token = NULL;
 	char expires[ESC_SESSION_EXPIRES_LEN];
 	unsigned char *body = NULL;
 	size_t cap = 160 + ESC_SESSION_TOKEN_LEN;
+	const char *mode = NULL;
+	struct api_field f[] = {{"mode", 0, 1, &mode}};
+	json_t *doc;
 	enum esc_err r;
-	int n;
+	int n, cookie;
 
-	if (!no_input(c))
+	if (!params_ok(c, none) || (doc = parse_body(c, f, sizeof(f) / sizeof(f[0]))) == NULL)
 		return;
+	cookie = mode != NULL && strcmp(mode, "cookie") == 0;
+	if (mode != NULL && !cookie) {
+		json_decref(doc);
+		reply_error(c->r, 400, "mode must be \"cookie\" (a browser session) or absent (a bearer token)",
+			    ESC_ERR_USAGE);
+		return;
+	}
+	json_decref(doc);
 	if (!c->by_password && !c->by_cert) {
 		reply_error(c->r, 400,
 			    "a session is opened with the account's name and password (HTTP Basic) or its TLS client "
@@ -922,6 +1179,11 @@ api_session_open(struct api_call *c)
 	}
 	if ((r = esc_session_open(c->w->ctx, c->w->st, c->a, c->w->session_lifetime, &token, expires)) != ESC_OK) {
 		reply_esc(c, r);
+		return;
+	}
+	if (cookie) {
+		session_open_cookie(c, token, expires);
+		esc_secret_free(token);
 		return;
 	}
 	if ((body = OPENSSL_secure_malloc(cap)) == NULL) {
@@ -954,7 +1216,8 @@ api_session_close(struct api_call *c)
 		return;
 	if (c->token == NULL) {
 		reply_error(c->r, 400,
-			    "DELETE /session ends the session whose token it is sent with (Authorization: Bearer)",
+			    "DELETE /session ends the session whose token it is sent with (Authorization: Bearer, or "
+			    "the browser session's cookie)",
 			    ESC_ERR_USAGE);
 		return;
 	}
@@ -963,8 +1226,38 @@ api_session_close(struct api_call *c)
 		return;
 	}
 	svc_log(c->w, ESC_LOG_INFO, "req=%s session of '%s' ended (logout)", c->r->id, esc_account_name(c->a));
+	if (c->by_cookie)
+		clear_cookie(c->r);
 	o = json_object();
 	reply_json(c->r, 200, o, o == NULL || put(o, "ended", json_true()));
+}
+
+/*
+ * GET /session: who this request's credentials log in and how; for a
+ * browser session also its CSRF token, so the console finds it again after
+ * a reload (no other origin can read this answer: no CORS).
+ */
+static void
+api_session_get(struct api_call *c)
+{
+	static const char *const none[] = {NULL};
+	char csrf[API_CSRF_LEN + 1];
+	json_t *o;
+	const char *how = c->by_cookie	     ? "cookie"
+			  : c->token != NULL ? "token"
+			  : c->by_cert	     ? "certificate"
+					     : "password";
+	int bad;
+
+	if (!params_ok(c, none))
+		return;
+	bad = (o = json_object()) == NULL || put(o, "name", jstr(esc_account_name(c->a))) ||
+	      put(o, "roles", api_roles_json(esc_account_roles(c->a))) || put(o, "auth", json_string(how)) ||
+	      put(o, "idle_timeout", json_integer(c->w->session_idle));
+	if (!bad && c->by_cookie)
+		bad = csrf_of(c->token, c->token_len, csrf) != 0 || put(o, "csrf", json_string(csrf));
+	OPENSSL_cleanse(csrf, sizeof(csrf));
+	reply_json(c->r, 200, o, bad);
 }
 
 /* Wipe a password field of a parsed body (the document owns the string). */
@@ -1038,6 +1331,7 @@ static const struct route {
 	{"/whoami", EVHTTP_REQ_GET, api_whoami},
 	{"/session", EVHTTP_REQ_POST, api_session_open},
 	{"/session", EVHTTP_REQ_DELETE, api_session_close},
+	{"/session", EVHTTP_REQ_GET, api_session_get},
 	{"/account/password", EVHTTP_REQ_POST, api_account_password},
 	{"/records", EVHTTP_REQ_GET, api_records},
 	{"/kras", EVHTTP_REQ_GET, api_kras},
@@ -1054,6 +1348,7 @@ static const struct route {
 	{"/recoveries/{id}/deny", EVHTTP_REQ_POST, api_recovery_deny},
 	{"/recoveries/{id}/cancel", EVHTTP_REQ_POST, api_recovery_cancel},
 	{"/audit", EVHTTP_REQ_GET, api_audit},
+	{"/audit/verify", EVHTTP_REQ_GET, api_audit_verify},
 	/* Administration (api_admin.c). */
 	{"/accounts", EVHTTP_REQ_GET, api_accounts_list},
 	{"/accounts", EVHTTP_REQ_POST, api_accounts_create},
@@ -1192,7 +1487,7 @@ authenticate(struct api_call *c, const char *subpath, char *user, size_t userlen
 {
 	struct svc_request *r = c->r;
 	struct esc_secret *pw = NULL;
-	const char *h = svc_header(r, "Authorization");
+	const char *h = svc_header(r, "Authorization"), *cookie;
 	char msg[160];
 	unsigned flags = ESC_LOGIN_REMOTE; /* policy cert_login_roles applies to the service's logins */
 	size_t n;
@@ -1225,11 +1520,48 @@ authenticate(struct api_call *c, const char *subpath, char *user, size_t userlen
 		svc_log(c->w, ESC_LOG_DEBUG, "req=%s authenticated '%s' by session", r->id, esc_account_name(c->a));
 		return ESC_OK;
 	}
+	if (h == NULL && (cookie = session_cookie(r, &n)) != NULL) {
+		/* A browser session (the console): as a bearer token, with the CSRF rules of csrf_ok. */
+		if (svc_login_wait(r, NULL, msg, sizeof(msg)) > 0) {
+			reply_error(r, 429, msg, ESC_ERR_AUTH);
+			return ESC_ERR_AUTH;
+		}
+		e = esc_session_resume(c->w->ctx, c->w->st, cookie, n, c->w->session_idle, c->w->session_lifetime,
+				       &c->a);
+		if (e == ESC_ERR_AUTH) {
+			svc_login_result(r, NULL, 0);
+			svc_log(c->w, ESC_LOG_INFO, "req=%s session cookie refused", r->id);
+			if (state_changing(r) && !origin_ok(r)) {
+				csrf_refuse(
+					c, "the Origin is not the service's own (and the session cookie is not valid)");
+				return e;
+			}
+			clear_cookie(r);
+			reply_unauthorized(r, 1);
+			return e;
+		}
+		if (e != ESC_OK) {
+			reply_esc(c, e);
+			return e;
+		}
+		c->token = cookie;
+		c->token_len = n;
+		c->by_cookie = 1;
+		svc_log(c->w, ESC_LOG_DEBUG, "req=%s authenticated '%s' by session cookie", r->id,
+			esc_account_name(c->a));
+		return ESC_OK;
+	}
 	if (h == NULL && r->client_cert != NULL)
 		return authenticate_cert(c);
 	auth = svc_basic_auth(r, user, userlen, &pw);
 	if (auth != 1) {
 		esc_secret_free(pw);
+		/* A cross-site form post carries no credentials (SameSite=Strict): refused and audited as such. */
+		if (auth == 0 && state_changing(r) && !origin_ok(r)) {
+			svc_login_result(r, NULL, 0); /* counted against the address, as a bad token */
+			csrf_refuse(c, "the Origin is not the service's own (and no credentials were sent)");
+			return ESC_ERR_DENIED;
+		}
 		reply_unauthorized(r, 0);
 		return ESC_ERR_AUTH;
 	}
@@ -1278,7 +1610,7 @@ svc_api_handle(struct svc_request *r, const char *subpath)
 	if (svc_worker_ready(c.w, r) != 0)
 		return;
 	/* Every endpoint needs an account: nothing, not even a 404, before authentication. */
-	if (authenticate(&c, subpath, user, sizeof(user)) != ESC_OK)
+	if (authenticate(&c, subpath, user, sizeof(user)) != ESC_OK || !csrf_ok(&c))
 		goto out;
 	for (i = 0; i < sizeof(routes) / sizeof(routes[0]); i++) {
 		id = 0;
@@ -1313,6 +1645,8 @@ out:
 		const char *h = svc_header(r, "Authorization");
 
 		if (h != NULL)
+			OPENSSL_cleanse((char *)(uintptr_t)h, strlen(h));
+		if ((h = svc_header(r, "Cookie")) != NULL)
 			OPENSSL_cleanse((char *)(uintptr_t)h, strlen(h));
 	}
 }

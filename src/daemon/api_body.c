@@ -145,3 +145,24 @@ fail:
 	json_decref(d);
 	return status;
 }
+
+const char *
+api_cookie_value(const char *header, const char *name, size_t max, size_t *len)
+{
+	const char *p = header;
+	size_t n = strlen(name);
+
+	while (p != NULL && *p != '\0') {
+		while (*p == ' ' || *p == ';')
+			p++;
+		if (strncmp(p, name, n) == 0 && p[n] == '=') {
+			p += n + 1;
+			*len = strcspn(p, "; ");
+			if (*len > max)
+				*len = max;
+			return *len > 0 ? p : NULL;
+		}
+		p += strcspn(p, ";");
+	}
+	return NULL;
+}

@@ -66,4 +66,12 @@ struct api_body_spec {
 int api_body_parse_spec(const unsigned char *body, size_t len, int is_json, const struct api_body_spec *spec,
 			struct api_field *f, size_t nf, json_t **doc, char *msg, size_t msglen);
 
+/*
+ * The value of the first cookie called name in a Cookie header
+ * ("a=1; name=value; b=2", RFC 6265 §5.4), or NULL if header is NULL, has
+ * none or its value is empty; *len its length, cut at max (the caller
+ * refuses a value of max bytes as malformed).  A pointer into header.
+ */
+const char *api_cookie_value(const char *header, const char *name, size_t max, size_t *len);
+
 #endif

@@ -367,6 +367,10 @@ reason_phrase(int status)
 		return "Created";
 	case 202:
 		return "Accepted";
+	case 301:
+		return "Moved Permanently";
+	case 304:
+		return "Not Modified";
 	case 400:
 		return "Bad Request";
 	case 401:
@@ -441,7 +445,9 @@ send_prepared(struct svc_request *r, int status, const char *content_type)
 	}
 	evhttp_remove_header(h, "Content-Type");
 	evhttp_add_header(h, "Content-Type", content_type);
-	evhttp_add_header(h, "Cache-Control", "no-store");
+	/* no-store unless the handler chose (the console's static files: no-cache with an ETag). */
+	if (evhttp_find_header(h, "Cache-Control") == NULL)
+		evhttp_add_header(h, "Cache-Control", "no-store");
 	evhttp_add_header(h, "X-Content-Type-Options", "nosniff");
 	evhttp_send_reply(r->ev, status, reason_phrase(status), NULL);
 	r->replied = 1;
@@ -547,7 +553,10 @@ svc_reply_error_code(struct svc_request *r, int status, const char *reason, enum
 	json_t *o;
 	int n;
 
-	if (status == 401 && svc_header(r, "WWW-Authenticate") == NULL)
+	/* A challenge unless the handler set one, or chose none for the web console (api.c). */
+	if (status == 401 && evhttp_find_header(evhttp_request_get_output_headers(r->ev), "WWW-Authenticate") == NULL &&
+	    (svc_header(r, "X-Requested-With") == NULL ||
+	     strcmp(svc_header(r, "X-Requested-With"), "p11escrow-console") != 0))
 		svc_add_header(r, "WWW-Authenticate", "Basic realm=\"p11escrow\", charset=\"UTF-8\"");
 	if (!r->api) {
 		n = snprintf(line, sizeof(line), "%s\n", reason);
@@ -815,6 +824,8 @@ svc_http_dispatch(struct svc_request *r)
 		}
 	} else if (r->api) {
 		svc_api_handle(r, p + sizeof(API_PREFIX) - 1);
+	} else if (strncmp(p, "/console", 8) == 0 && (p[8] == '\0' || p[8] == '/')) {
+		svc_console_handle(r, p + 8);
 	} else if (strcmp(p, "/crl") == 0) {
 		serve_crl(r);
 	} else if (strcmp(p, "/ca.crt") == 0) {

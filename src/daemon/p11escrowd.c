@@ -1207,6 +1207,7 @@ worker_proc_main(struct svc *s, int index, int kfd, int ctl, int ready)
 	w->session_idle = esc_config_get_long(s->cfg, "session_idle_timeout");
 	w->session_lifetime = esc_config_get_long(s->cfg, "session_lifetime");
 	w->kra_warning_days = (int)esc_config_get_long(s->cfg, "kra_expiry_warning_days");
+	w->console = strcmp(esc_config_get(s->cfg, "console"), "on") == 0;
 	w->account_crls = s->account_crls;
 	if (esc_ctx_new(&w->ctx) != ESC_OK)
 		return 70;

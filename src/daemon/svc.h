@@ -54,6 +54,7 @@ struct svc_worker {
 	long long session_lifetime;    /* session_lifetime: seconds a JSON API session lasts at most */
 	const STACK_OF(X509_CRL) *account_crls; /* account_cert_crl, verified at start (shared, read only), or NULL */
 	int kra_warning_days; /* kra_expiry_warning_days: warn this many days before a KRA certificate expires */
+	int console;	      /* console = on: the web console's files under /console/ (console.c) */
 };
 
 /*
@@ -199,5 +200,7 @@ void svc_log(struct svc_worker *w, enum esc_log_level level, const char *fmt, ..
 /* Endpoint families: each replies exactly once. */
 void svc_est_handle(struct svc_request *r, const char *label, const char *op);
 void svc_api_handle(struct svc_request *r, const char *subpath);
+/* The web console: rest is the path after "/console" ("", "/", "/app.js", ...). */
+void svc_console_handle(struct svc_request *r, const char *rest);
 
 #endif

@@ -58,6 +58,7 @@ static const char *const key_types[] = {"rsa3072", "rsa4096", "ec-p256", "ec-p38
 static const char *const transport_types[] = {"ec-p256", "ec-p384", "rsa3072", NULL};
 static const char *const log_levels[] = {"error", "warn", "info", "debug", NULL};
 static const char *const client_auth_modes[] = {"optional", "require", "none", NULL};
+static const char *const on_off[] = {"on", "off", NULL};
 
 /* The order here is the order esc_config_key_name() reports. */
 static const struct key keys[] = {
@@ -108,6 +109,8 @@ static const struct key keys[] = {
 	/* The service's CRLs: valid this many seconds, a new one made after crl_refresh percent of it. */
 	{"crl_validity", "604800", check_long, NULL, 60, 31622400},
 	{"crl_refresh", "50", check_long, NULL, 10, 90},
+	/* The web console's static files under /console/ (p11escrowd); off: 404. */
+	{"console", "on", check_choice, on_off, 0, 0},
 };
 
 #define NKEYS ESC_ARRAY_LEN(keys)

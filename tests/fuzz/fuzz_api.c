@@ -6,7 +6,8 @@
  * an uploaded file (one large field in a larger body).  The first input
  * byte says whether the Content-Type was JSON.  The whole input is also
  * offered as a session's bearer token (esc_session_token_decode, what every
- * Authorization: Bearer meets first).
+ * Authorization: Bearer meets first), and as a Cookie header
+ * (api_cookie_value, what a browser session's cookie meets first).
  */
 #include <string.h>
 
@@ -127,6 +128,19 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		FUZZ_CHECK(size == ESC_SESSION_TOKEN_LEN);
 		for (k = 0; k < size; k++)
 			FUZZ_CHECK(data[k] != '\0' && strchr(alphabet, data[k]) != NULL);
+	}
+	{
+		char header[1024];
+		const char *v;
+		size_t n = size < sizeof(header) - 1 ? size : sizeof(header) - 1, len = 0;
+
+		memcpy(header, data, n);
+		header[n] = '\0';
+		if ((v = api_cookie_value(header, "p11escrow_session", ESC_SESSION_TOKEN_LEN + 1, &len)) != NULL) {
+			FUZZ_CHECK(v > header && v + len <= header + strlen(header));
+			FUZZ_CHECK(len > 0 && len <= ESC_SESSION_TOKEN_LEN + 1 && memchr(v, ';', len) == NULL);
+			FUZZ_CHECK(strncmp(v - sizeof("p11escrow_session"), "p11escrow_session=", 18) == 0);
+		}
 	}
 	if (size == 0)
 		return 0;

@@ -111,8 +111,11 @@ expect 401 "bearer:$TOK" DELETE /session
 [ "$(psql_val "SELECT count(*) FROM audit_events WHERE action = 'auth.logout' AND actor = 'cm1' AND outcome = 'ok'")" = 1 ] ||
     fail "logout not audited"
 expect 400 basic:cm1 DELETE /session
-expect 405 basic:cm1 GET /session
-grep -qi '^Allow: POST, DELETE' "$T/headers" || fail "405 without Allow: POST, DELETE: $(cat "$T/headers")"
+# GET /session says who and how (the web console's reload, console.sh); other methods: 405.
+expect 200 basic:cm1 GET /session
+grep -qF '"auth":"password"' "$T/body" || fail "GET /session: $(cat "$T/body")"
+expect 405 basic:cm1 PUT /session
+grep -qi '^Allow: POST, DELETE, GET' "$T/headers" || fail "405 without Allow: POST, DELETE, GET: $(cat "$T/headers")"
 
 note "disabling the account ends its sessions; so does a password change"
 T1=$(login cm2)

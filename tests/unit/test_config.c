@@ -161,6 +161,7 @@ test_defaults(void **state)
 	assert_string_equal(esc_config_get(f->cfg, "ca_issuer_url"), "");
 	assert_int_equal(esc_config_get_long(f->cfg, "crl_validity"), 604800);
 	assert_int_equal(esc_config_get_long(f->cfg, "crl_refresh"), 50);
+	assert_string_equal(esc_config_get(f->cfg, "console"), "on");
 
 	assert_null(esc_config_get(f->cfg, "nope"));
 	assert_null(esc_config_get(f->cfg, NULL));
@@ -169,7 +170,7 @@ test_defaults(void **state)
 
 	for (n = 0; esc_config_key_name(n) != NULL; n++)
 		assert_non_null(esc_config_get(f->cfg, esc_config_key_name(n)));
-	assert_int_equal(n, 37);
+	assert_int_equal(n, 38);
 	assert_string_equal(esc_config_key_name(0), "database");
 	assert_null(esc_config_key_name(1000));
 
@@ -454,6 +455,10 @@ test_set(void **state)
 	assert_int_equal(esc_config_set(f->ctx, f->cfg, "tls_client_auth", "require"), ESC_OK);
 	assert_int_equal(esc_config_set(f->ctx, f->cfg, "tls_client_auth", "sometimes"), ESC_ERR_CONFIG);
 	assert_msg_contains(f, "tls_client_auth");
+	assert_int_equal(esc_config_set(f->ctx, f->cfg, "console", "off"), ESC_OK);
+	assert_string_equal(esc_config_get(f->cfg, "console"), "off");
+	assert_int_equal(esc_config_set(f->ctx, f->cfg, "console", "yes"), ESC_ERR_CONFIG);
+	assert_msg_contains(f, "console");
 	assert_int_equal(esc_config_set(f->ctx, f->cfg, "max_body", "1023"), ESC_ERR_CONFIG);
 	assert_int_equal(esc_config_set(f->ctx, f->cfg, "client_cert_recheck", "0"), ESC_OK);
 	assert_int_equal(esc_config_set(f->ctx, f->cfg, "client_cert_recheck", "3601"), ESC_ERR_CONFIG);
