@@ -792,7 +792,8 @@ archive_main(int argc, char *argv[])
 			n = strtol(optarg, &end, 10);
 			if (errno != 0 || end == optarg || *end != '\0' || n < 1 ||
 			    n > (c == OPT_JOBS ? MAX_JOBS : ESC_ARCHIVE_KEYS_MAX))
-				return cli_usage_error(CMD, "%s must be a number from 1 to %d", argv[optind - 1],
+				return cli_usage_error(CMD, "%s must be a number from 1 to %d",
+						       c == OPT_JOBS ? "--jobs" : "--batch",
 						       c == OPT_JOBS ? MAX_JOBS : ESC_ARCHIVE_KEYS_MAX);
 			if (c == OPT_JOBS)
 				jobs = (unsigned)n;
