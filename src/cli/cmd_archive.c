@@ -605,7 +605,6 @@ import_local(struct batch *b, struct esc_config *cfg, const struct items *items,
 {
 	struct worker *w = calloc(jobs, sizeof(*w));
 	unsigned j, n = 0;
-	enum esc_err r;
 
 	if (w == NULL) {
 		b->nomem = 1;
@@ -616,12 +615,11 @@ import_local(struct batch *b, struct esc_config *cfg, const struct items *items,
 	/* More threads than chunks would only open sessions. */
 	if ((size_t)jobs > (items->n + b->chunk - 1) / b->chunk)
 		jobs = (unsigned)((items->n + b->chunk - 1) / b->chunk);
+	/* A thread whose session cannot be opened is not started: the others do its share. */
 	for (n = 1; n < jobs; n++) {
-		if (esc_ctx_new(&w[n].ctx) != ESC_OK) {
-			b->nomem = 1;
+		if (esc_ctx_new(&w[n].ctx) != ESC_OK)
 			break;
-		}
-		if ((r = esc_store_connect(w[n].ctx, esc_config_get(cfg, "database"), &w[n].st)) != ESC_OK) {
+		if (esc_store_connect(w[n].ctx, esc_config_get(cfg, "database"), &w[n].st) != ESC_OK) {
 			fprintf(stderr, "%s %s: warning: %u of %u jobs: another database session failed: %s\n", PROG,
 				CMD, n, jobs, esc_ctx_errmsg(w[n].ctx));
 			esc_ctx_free(w[n].ctx);
