@@ -57,4 +57,37 @@ struct esc_archive_info {
 enum esc_err esc_archive_key(struct esc_ctx *ctx, struct esc_store *st, const char *actor, X509 *cert, EVP_PKEY *key,
 			     enum esc_archive_source source, struct esc_archive_info *info) ESC_MUST_CHECK;
 
+#define ESC_ARCHIVE_REASON_MAX 1024
+
+/* One key of esc_archive_keys: given cert and key (borrowed); result, reason and info come back. */
+struct esc_archive_item {
+	X509 *cert;
+	EVP_PKEY *key;
+	enum esc_err result;		     /* ESC_OK: archived (committed) */
+	char reason[ESC_ARCHIVE_REASON_MAX]; /* why not, when result is not ESC_OK */
+	struct esc_archive_info info;	     /* when archived */
+};
+
+/* Keys esc_archive_keys takes at once. */
+#define ESC_ARCHIVE_KEYS_MAX 500
+
+/*
+ * Archive items[0..n) (n at most ESC_ARCHIVE_KEYS_MAX) for actor, each with
+ * every check of esc_archive_key and the same audit events, but as one
+ * batch: policy, KRAs and the storage key read once, the duplicate check
+ * one statement, the records, their KRA rows and the audit events written
+ * in one transaction of a few statements.  Each item gets its own result:
+ * a refused or already archived key does not hold up the others.  A race
+ * the batch loses (a KRA retired, a storage key rotated, the same key
+ * archived meanwhile) is resolved by running it again, and finally key by
+ * key.  Not in a caller's transaction (USAGE).
+ * Returns OK when every item has its result; otherwise the error that kept
+ * the batch from committing (DB, DB_CONNECT, BUSY, SCHEMA_OLD, ...), and
+ * then no item of it is archived — except after DB_CONNECT saying the
+ * COMMIT's outcome is unknown: a run again then reports the archived ones
+ * as already archived.
+ */
+enum esc_err esc_archive_keys(struct esc_ctx *ctx, struct esc_store *st, const char *actor,
+			      enum esc_archive_source source, struct esc_archive_item *items, size_t n) ESC_MUST_CHECK;
+
 #endif

@@ -33,6 +33,18 @@ struct esc_audit_event {
 	const char *details; /* free text, never a secret; "" if none */
 };
 
+/* Events esc_audit_append_many takes at once. */
+#define ESC_AUDIT_MANY_MAX 2000
+/*
+ * Append ev[0..n) in that order, in the caller's open transaction (USAGE
+ * otherwise): the chain's end and n ids in one statement, the events in
+ * another.  Errors: USAGE, DB, BUSY (the caller retries its transaction).
+ */
+enum esc_err esc_audit_append_many(struct esc_ctx *ctx, struct esc_store *st, const struct esc_audit_event *ev,
+				   size_t n) ESC_MUST_CHECK;
+/* The outcome esc_audit_outcome records for r: "ok", "refused" or "failed". */
+const char *esc_audit_outcome_word(enum esc_err r);
+
 /* Append one event (in the open transaction, else in its own).  Errors: USAGE, DB. */
 enum esc_err esc_audit_append(struct esc_ctx *ctx, struct esc_store *st,
 			      const struct esc_audit_event *ev) ESC_MUST_CHECK;

@@ -5,6 +5,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <getopt.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -29,6 +30,8 @@
 #define MAX_LIST_LINE 4096 /* a path in a --list file */
 #define BAR_WIDTH 30
 #define REASON_MAX 1536
+#define MAX_JOBS 16	  /* --jobs */
+#define DEFAULT_BATCH 100 /* --batch */
 
 static void
 help(void)
@@ -42,14 +45,18 @@ help(void)
 	       "        Before anything is written, each key must match its certificate's public key, its\n"
 	       "        certificate must allow encryption (signing keys are never archived), be issued by\n"
 	       "        this CA or by another CA when policy allow_foreign_issuers is true, and the key must\n"
-	       "        not be archived already (it is then reported, not stored twice).  Each key is\n"
-	       "        archived in its own transaction; a refused or failed file never stops the batch.\n"
+	       "        not be archived already (it is then reported, not stored twice).  A refused or\n"
+	       "        failed file never stops the others.\n"
 	       "        On a terminal a progress bar is shown, otherwise one line per file; a summary ends.\n"
 	       "        Needs an administrator account.\n\n"
 	       "With --server URL each file is sent to the service over TLS, one per request (its bytes\n"
 	       "base64 in JSON, the password with it when a file needs one); the service parses and\n"
 	       "archives it with the same checks, and its max_body bounds a file.  Straight on the\n"
-	       "database only with --local (or $" CLI_LOCAL_ENV "=1): break-glass, audited as such.\n\n"
+	       "database only with --local (or $" CLI_LOCAL_ENV "=1): break-glass, audited as such; there\n"
+	       "--jobs threads, each with its own database session, take --batch files at a time, and\n"
+	       "each batch is archived in one transaction (its records, KRA rows and audit events, one\n"
+	       "event per file as always); a file is reported archived only once its batch committed.\n"
+	       "Lines then come batch by batch, in file order within a batch.\n\n"
 	       "Options:\n"
 	       "      --server URL                 the service, e.g. https://escrow.example.org:8443\n"
 	       "      --server-ca FILE             CA certificate(s) to verify it with (else\n"
@@ -64,6 +71,9 @@ help(void)
 	       "      --password-file FILE         password of the PKCS#12 files or encrypted PEM keys (else\n"
 	       "                                   $P11ESCROW_P12_PASSWORD, else a prompt; asked once, only\n"
 	       "                                   when a file needs one, and used for every file)\n"
+	       "      --jobs N                     --local: archiving threads (default: the CPUs online,\n"
+	       "                                   at most 16)\n"
+	       "      --batch N                    --local: files per transaction (default 100, at most 500)\n"
 	       "  -u, --user NAME                  the acting administrator\n"
 	       "      --account-password-file FILE their password (else $P11ESCROW_PASSWORD, else a prompt)\n"
 	       "  -h, --help                       this text\n\n"
@@ -96,6 +106,12 @@ struct batch {
 	size_t total, done, archived, already, refused, failed;
 	int rc;	       /* exit code of the first file refused or failed */
 	int no_answer; /* the service did not answer the last file */
+	/* --local: the threads share what is above (report, password) under lock, and the next file. */
+	pthread_mutex_t lock;
+	size_t chunk; /* files per batch */
+	size_t next;  /* the first file no thread has taken */
+	int stop;     /* the database connection is lost: take no more */
+	int nomem;
 };
 
 static void
@@ -286,14 +302,14 @@ clear_bar(struct batch *b)
  * Returns ESC_OK once b->password is there, else why not (reason set).
  */
 static enum esc_err
-obtain_password(struct batch *b, const struct item *it, char *reason, size_t rlen)
+obtain_password(struct batch *b, struct esc_ctx *ctx, const struct item *it, char *reason, size_t rlen)
 {
 	if (b->password_err == ESC_OK && b->password == NULL) {
 		clear_bar(b);
 		if ((b->password_err = esc_secret_obtain(
-			     b->ctx, b->password_file, "P11ESCROW_P12_PASSWORD",
+			     ctx, b->password_file, "P11ESCROW_P12_PASSWORD",
 			     "Password of the PKCS#12 files / encrypted keys: ", &b->password)) != ESC_OK)
-			snprintf(b->password_why, sizeof(b->password_why), "%s", esc_ctx_errmsg(b->ctx));
+			snprintf(b->password_why, sizeof(b->password_why), "%s", esc_ctx_errmsg(ctx));
 	}
 	if (b->password_err != ESC_OK)
 		snprintf(reason, rlen, "'%s' is protected by a password and none is available (%s)", it->path,
@@ -378,7 +394,7 @@ archive_remote(struct batch *b, const struct item *it, struct esc_archive_info *
 		}
 		if (r != ESC_ERR_PIN_MISSING || b->password != NULL)
 			break;
-		if ((r = obtain_password(b, it, reason, rlen)) != ESC_OK)
+		if ((r = obtain_password(b, b->ctx, it, reason, rlen)) != ESC_OK)
 			goto out;
 		reason[0] = '\0';
 	}
@@ -401,43 +417,45 @@ out:
 	return r;
 }
 
-/* Read, parse and archive one item; reason gets the sentence for a failure. */
+/*
+ * Read and parse one item with ctx (the calling thread's) into *key and
+ * *cert; a password, when a file needs one, is asked for once under the
+ * batch's lock.  reason gets the sentence for a failure.
+ */
 static enum esc_err
-archive_one(struct batch *b, const struct item *it, struct esc_archive_info *info, char *reason, size_t rlen)
+load_item(struct batch *b, struct esc_ctx *ctx, const struct item *it, EVP_PKEY **key, X509 **cert, char *reason,
+	  size_t rlen)
 {
 	struct esc_import_file *kf = NULL, *cf = NULL;
-	EVP_PKEY *key = NULL;
-	X509 *cert = NULL;
+	const struct esc_secret *password;
 	enum esc_err r;
 	int attempt;
 
-	if (b->h != NULL)
-		return archive_remote(b, it, info, reason, rlen);
-	if ((r = esc_import_file_read(b->ctx, it->path, &kf)) != ESC_OK ||
-	    (it->cert != NULL && (r = esc_import_file_read(b->ctx, it->cert, &cf)) != ESC_OK))
+	if ((r = esc_import_file_read(ctx, it->path, &kf)) != ESC_OK ||
+	    (it->cert != NULL && (r = esc_import_file_read(ctx, it->cert, &cf)) != ESC_OK))
 		goto out;
 	for (attempt = 0; attempt < 2; attempt++) {
+		pthread_mutex_lock(&b->lock);
+		password = b->password;
+		pthread_mutex_unlock(&b->lock);
 		if (it->cert != NULL)
-			r = esc_import_load_pair(b->ctx, esc_import_file_data(kf), esc_import_file_len(kf), it->path,
-						 esc_import_file_data(cf), esc_import_file_len(cf), it->cert,
-						 b->password, &key, &cert);
+			r = esc_import_load_pair(ctx, esc_import_file_data(kf), esc_import_file_len(kf), it->path,
+						 esc_import_file_data(cf), esc_import_file_len(cf), it->cert, password,
+						 key, cert);
 		else
-			r = esc_import_load(b->ctx, esc_import_file_data(kf), esc_import_file_len(kf), it->path,
-					    b->password, &key, &cert);
-		if (r != ESC_ERR_PIN_MISSING || b->password != NULL)
+			r = esc_import_load(ctx, esc_import_file_data(kf), esc_import_file_len(kf), it->path, password,
+					    key, cert);
+		if (r != ESC_ERR_PIN_MISSING || password != NULL)
 			break;
-		if ((r = obtain_password(b, it, reason, rlen)) != ESC_OK)
+		pthread_mutex_lock(&b->lock);
+		r = obtain_password(b, ctx, it, reason, rlen);
+		pthread_mutex_unlock(&b->lock);
+		if (r != ESC_OK)
 			goto out;
 	}
-	if (r != ESC_OK)
-		goto out;
-	/* Every check (match, usage, issuer, duplicates, KRA set) is the library's. */
-	r = esc_archive_key(b->ctx, b->st, b->actor, cert, key, ESC_SOURCE_IMPORT, info);
 out:
 	if (r != ESC_OK && reason[0] == '\0')
-		snprintf(reason, rlen, "%s", *esc_ctx_errmsg(b->ctx) ? esc_ctx_errmsg(b->ctx) : esc_strerror(r));
-	EVP_PKEY_free(key);
-	X509_free(cert);
+		snprintf(reason, rlen, "%s", *esc_ctx_errmsg(ctx) ? esc_ctx_errmsg(ctx) : esc_strerror(r));
 	esc_import_file_free(kf);
 	esc_import_file_free(cf);
 	return r;
@@ -481,9 +499,151 @@ report(struct batch *b, const struct item *it, enum esc_err r, const struct esc_
 		draw_bar(b);
 }
 
+/* The outcome of one file of a chunk. */
+struct outcome {
+	enum esc_err r;
+	char reason[REASON_MAX];
+	struct esc_archive_info info;
+};
+
+/* One archiving thread (--local): its own library context and database session. */
+struct worker {
+	struct batch *b;
+	const struct items *items;
+	struct esc_ctx *ctx;
+	struct esc_store *st;
+	pthread_t thread;
+	int started;
+};
+
+/* Parse one chunk's files, archive them as one batch (esc_archive_keys), report them in order. */
+static void
+import_chunk(struct worker *w, size_t first, size_t m, struct esc_archive_item *ai, struct outcome *oc, size_t *map)
+{
+	struct batch *b = w->b;
+	size_t i, j, na = 0;
+	enum esc_err r;
+
+	for (i = 0; i < m; i++) {
+		EVP_PKEY *key = NULL;
+		X509 *cert = NULL;
+
+		memset(&oc[i].info, 0, sizeof(oc[i].info));
+		oc[i].reason[0] = '\0';
+		esc_ctx_clear_error(w->ctx);
+		if ((oc[i].r = load_item(b, w->ctx, &w->items->v[first + i], &key, &cert, oc[i].reason,
+					 sizeof(oc[i].reason))) != ESC_OK)
+			continue;
+		memset(&ai[na], 0, sizeof(ai[na]));
+		ai[na].cert = cert;
+		ai[na].key = key;
+		map[na++] = i;
+	}
+	/* Every check (match, usage, issuer, duplicates, KRA set) and the audit events are the library's. */
+	esc_ctx_clear_error(w->ctx);
+	r = esc_archive_keys(w->ctx, w->st, b->actor, ESC_SOURCE_IMPORT, ai, na);
+	for (j = 0; j < na; j++) {
+		struct outcome *o = &oc[map[j]];
+
+		o->r = ai[j].result;
+		snprintf(o->reason, sizeof(o->reason), "%s", ai[j].reason);
+		o->info = ai[j].info;
+		EVP_PKEY_free(ai[j].key);
+		X509_free(ai[j].cert);
+	}
+	pthread_mutex_lock(&b->lock);
+	for (i = 0; i < m; i++)
+		report(b, &w->items->v[first + i], oc[i].r, &oc[i].info, oc[i].reason);
+	/* Every further file would fail the same way. */
+	if (r == ESC_ERR_DB_CONNECT)
+		b->stop = 1;
+	pthread_mutex_unlock(&b->lock);
+}
+
+static void *
+import_worker(void *arg)
+{
+	struct worker *w = arg;
+	struct batch *b = w->b;
+	struct esc_archive_item *ai = calloc(b->chunk, sizeof(*ai));
+	struct outcome *oc = calloc(b->chunk, sizeof(*oc));
+	size_t *map = calloc(b->chunk, sizeof(*map)), first, m;
+
+	if (ai == NULL || oc == NULL || map == NULL) {
+		pthread_mutex_lock(&b->lock);
+		b->stop = b->nomem = 1;
+		pthread_mutex_unlock(&b->lock);
+		goto out;
+	}
+	for (;;) {
+		pthread_mutex_lock(&b->lock);
+		if (b->stop || b->next >= w->items->n) {
+			pthread_mutex_unlock(&b->lock);
+			break;
+		}
+		first = b->next;
+		m = w->items->n - first < b->chunk ? w->items->n - first : b->chunk;
+		b->next += m;
+		pthread_mutex_unlock(&b->lock);
+		import_chunk(w, first, m, ai, oc, map);
+	}
+out:
+	free(ai);
+	free(oc);
+	free(map);
+	return NULL;
+}
+
+/*
+ * Straight on the database (--local): jobs threads, each with its own
+ * session, take chunks of b->chunk files in turn; a chunk is parsed by its
+ * thread and archived as one batch.  Lines come chunk by chunk, in file
+ * order within a chunk.
+ */
+static void
+import_local(struct batch *b, struct esc_config *cfg, const struct items *items, unsigned jobs)
+{
+	struct worker *w = calloc(jobs, sizeof(*w));
+	unsigned j, n = 0;
+
+	if (w == NULL) {
+		b->nomem = 1;
+		return;
+	}
+	w[0].ctx = b->ctx;
+	w[0].st = b->st;
+	/* More threads than chunks would only open sessions. */
+	if ((size_t)jobs > (items->n + b->chunk - 1) / b->chunk)
+		jobs = (unsigned)((items->n + b->chunk - 1) / b->chunk);
+	/* A thread whose session cannot be opened is not started: the others do its share. */
+	for (n = 1; n < jobs; n++) {
+		if (esc_ctx_new(&w[n].ctx) != ESC_OK)
+			break;
+		if (esc_store_connect(w[n].ctx, esc_config_get(cfg, "database"), &w[n].st) != ESC_OK) {
+			fprintf(stderr, "%s %s: warning: %u of %u jobs: another database session failed: %s\n", PROG,
+				CMD, n, jobs, esc_ctx_errmsg(w[n].ctx));
+			esc_ctx_free(w[n].ctx);
+			break;
+		}
+	}
+	for (j = 0; j < n; j++) {
+		w[j].b = b;
+		w[j].items = items;
+		w[j].started = j > 0 && pthread_create(&w[j].thread, NULL, import_worker, &w[j]) == 0;
+	}
+	(void)import_worker(&w[0]);
+	for (j = 1; j < n; j++) {
+		if (w[j].started)
+			pthread_join(w[j].thread, NULL);
+		esc_store_free(w[j].st);
+		esc_ctx_free(w[j].ctx);
+	}
+	free(w);
+}
+
 static int
-do_import(struct esc_ctx *ctx, struct esc_store *st, struct cli_http *h, const char *actor, const struct items *items,
-	  const char *password_file)
+do_import(struct esc_ctx *ctx, struct esc_store *st, struct cli_http *h, struct esc_config *cfg, const char *actor,
+	  const struct items *items, const char *password_file, unsigned jobs, size_t chunk)
 {
 	struct batch b;
 	struct esc_archive_info info;
@@ -492,6 +652,7 @@ do_import(struct esc_ctx *ctx, struct esc_store *st, struct cli_http *h, const c
 	enum esc_err r;
 
 	memset(&b, 0, sizeof(b));
+	pthread_mutex_init(&b.lock, NULL);
 	b.ctx = ctx;
 	b.st = st;
 	b.h = h;
@@ -499,22 +660,26 @@ do_import(struct esc_ctx *ctx, struct esc_store *st, struct cli_http *h, const c
 	b.password_file = password_file;
 	b.tty = isatty(STDOUT_FILENO);
 	b.total = items->n;
+	b.chunk = chunk;
 	if (b.tty)
 		draw_bar(&b);
-	for (i = 0; i < items->n; i++) {
+	if (h == NULL) {
+		import_local(&b, cfg, items, jobs);
+		if (b.next < items->n) {
+			clear_bar(&b);
+			fprintf(stderr, "%s %s: error: %s: %zu file(s) not attempted\n", PROG, CMD,
+				b.nomem ? "out of memory" : "the database connection is lost", items->n - b.next);
+			b.failed += items->n - b.next;
+			if (b.rc == 0)
+				b.rc = esc_err_exit_code(b.nomem ? ESC_ERR_NOMEM : ESC_ERR_DB_CONNECT);
+		}
+	}
+	for (i = 0; h != NULL && i < items->n; i++) {
 		esc_ctx_clear_error(ctx);
 		memset(&info, 0, sizeof(info));
 		reason[0] = '\0';
-		r = archive_one(&b, &items->v[i], &info, reason, sizeof(reason));
+		r = archive_remote(&b, &items->v[i], &info, reason, sizeof(reason));
 		report(&b, &items->v[i], r, &info, reason);
-		if (r == ESC_ERR_DB_CONNECT && i + 1 < items->n) {
-			/* Every further file would fail the same way. */
-			clear_bar(&b);
-			fprintf(stderr, "%s %s: error: the database connection is lost: %zu file(s) not attempted\n",
-				PROG, CMD, items->n - i - 1);
-			b.failed += items->n - i - 1;
-			break;
-		}
 		if (b.no_answer && i + 1 < items->n) {
 			clear_bar(&b);
 			fprintf(stderr, "%s %s: error: the service does not answer: %zu file(s) not attempted\n", PROG,
@@ -527,13 +692,24 @@ do_import(struct esc_ctx *ctx, struct esc_store *st, struct cli_http *h, const c
 	printf("archived %zu, already archived %zu, refused %zu, failed %zu\n", b.archived, b.already, b.refused,
 	       b.failed);
 	esc_secret_free(b.password);
+	pthread_mutex_destroy(&b.lock);
 	return b.rc;
 }
 
 int
 archive_main(int argc, char *argv[])
 {
-	enum { OPT_KEY = 256, OPT_CERT, OPT_PASSWORD, OPT_ACCOUNT_PASSWORD, OPT_SERVER, OPT_SERVER_CA, OPT_LOCAL };
+	enum {
+		OPT_KEY = 256,
+		OPT_CERT,
+		OPT_PASSWORD,
+		OPT_ACCOUNT_PASSWORD,
+		OPT_SERVER,
+		OPT_SERVER_CA,
+		OPT_LOCAL,
+		OPT_JOBS,
+		OPT_BATCH
+	};
 	static const struct option longopts[] = {
 		{"config", required_argument, NULL, 'c'},
 		{"database", required_argument, NULL, 'd'},
@@ -546,6 +722,8 @@ archive_main(int argc, char *argv[])
 		{"server", required_argument, NULL, OPT_SERVER},
 		{"server-ca", required_argument, NULL, OPT_SERVER_CA},
 		{"local", no_argument, NULL, OPT_LOCAL},
+		{"jobs", required_argument, NULL, OPT_JOBS},
+		{"batch", required_argument, NULL, OPT_BATCH},
 		{"help", no_argument, NULL, 'h'},
 		{NULL, 0, NULL, 0},
 	};
@@ -560,7 +738,11 @@ archive_main(int argc, char *argv[])
 	struct cli_http *h = NULL;
 	json_t *who = NULL;
 	enum esc_err r;
-	int c, rc = 0, local = 0;
+	int c, rc = 0, local = 0, jobs_given = 0;
+	long n = 0, online = sysconf(_SC_NPROCESSORS_ONLN);
+	unsigned jobs = online < 1 ? 1 : online > MAX_JOBS ? MAX_JOBS : (unsigned)online;
+	size_t chunk = DEFAULT_BATCH;
+	char *end;
 
 	opterr = 0;
 	optind = 1;
@@ -602,6 +784,21 @@ archive_main(int argc, char *argv[])
 		case OPT_LOCAL:
 			local = 1;
 			break;
+		case OPT_JOBS:
+		case OPT_BATCH:
+			errno = 0;
+			n = strtol(optarg, &end, 10);
+			if (errno != 0 || end == optarg || *end != '\0' || n < 1 ||
+			    n > (c == OPT_JOBS ? MAX_JOBS : ESC_ARCHIVE_KEYS_MAX))
+				return cli_usage_error(CMD, "%s must be a number from 1 to %d",
+						       c == OPT_JOBS ? "--jobs" : "--batch",
+						       c == OPT_JOBS ? MAX_JOBS : ESC_ARCHIVE_KEYS_MAX);
+			if (c == OPT_JOBS)
+				jobs = (unsigned)n;
+			else
+				chunk = (size_t)n;
+			jobs_given = 1;
+			break;
 		case ':':
 			return cli_usage_error(CMD, "option '%s' needs a value", argv[optind - 1]);
 		default:
@@ -621,6 +818,9 @@ archive_main(int argc, char *argv[])
 		return cli_usage_error(CMD, "--user NAME is required: importing needs an administrator account");
 	if ((rc = cli_check_mode(CMD, server, local)) != 0)
 		return rc;
+	if (server != NULL && jobs_given)
+		return cli_usage_error(CMD, "--jobs and --batch are for --local: through the service each file is "
+					    "one request");
 	/* Collect the work first: a bad list or directory is reported before any login. */
 	for (; optind < argc && rc == 0; optind++)
 		rc = add_path(&items, argv[optind]);
@@ -656,7 +856,7 @@ archive_main(int argc, char *argv[])
 				goto out;
 			}
 		}
-		rc = do_import(ctx, NULL, h, user, &items, password_file);
+		rc = do_import(ctx, NULL, h, cfg, user, &items, password_file, 1, 1);
 		goto out;
 	}
 	if ((rc = cli_apply_common(CMD, ctx, cfg, database, NULL, NULL, NULL)) != 0)
@@ -677,7 +877,7 @@ archive_main(int argc, char *argv[])
 		rc = cli_fail(CMD, ctx, r);
 		goto out;
 	}
-	rc = do_import(ctx, st, NULL, esc_account_name(admin), &items, password_file);
+	rc = do_import(ctx, st, NULL, cfg, esc_account_name(admin), &items, password_file, jobs, chunk);
 out:
 	json_decref(who);
 	cli_http_free(h);

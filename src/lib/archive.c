@@ -154,33 +154,50 @@ check_usage(struct esc_ctx *ctx, X509 *cert)
 									    : "no encryption use");
 }
 
+enum esc_err
+esc_archive_issuer_check(struct esc_ctx *ctx, X509 *cert, X509 *ca, int allow_foreign, int *foreign)
+{
+	char *issuer;
+	enum esc_err r;
+
+	*foreign = !esc_cert_issued_by(cert, ca);
+	if (!*foreign || allow_foreign)
+		return ESC_OK;
+	issuer = esc_name_to_string(X509_get_issuer_name(cert));
+	r = esc_error(ctx, ESC_ERR_POLICY,
+		      "the certificate was issued by '%s', not by this CA, and policy does not allow foreign issuers",
+		      issuer ? issuer : "?");
+	free(issuer);
+	return r;
+}
+
+enum esc_err
+esc_archive_allow_foreign(struct esc_ctx *ctx, struct esc_store *st, int *allow)
+{
+	char *v = NULL;
+	enum esc_err r;
+
+	if ((r = esc_store_policy(ctx, st, "allow_foreign_issuers", &v)) != ESC_OK)
+		return r;
+	*allow = strcmp(v, "true") == 0;
+	free(v);
+	return ESC_OK;
+}
+
 /* Is cert issued (and signed) by our CA?  Foreign certificates need policy. */
 static enum esc_err
 check_issuer(struct esc_ctx *ctx, struct esc_store *st, X509 *cert, int *foreign)
 {
 	X509 *ca = NULL;
-	char *allow = NULL, *issuer = NULL;
+	int allow = 0;
 	enum esc_err r;
 
 	if ((r = esc_store_active_ca(ctx, st, &ca)) != ESC_OK)
 		return r;
-	*foreign = !esc_cert_issued_by(cert, ca);
-	if (*foreign) {
-		if ((r = esc_store_policy(ctx, st, "allow_foreign_issuers", &allow)) != ESC_OK)
-			goto out;
-		if (strcmp(allow, "true") != 0) {
-			issuer = esc_name_to_string(X509_get_issuer_name(cert));
-			r = esc_error(ctx, ESC_ERR_POLICY,
-				      "the certificate was issued by '%s', not by this CA, and policy does not allow "
-				      "foreign issuers",
-				      issuer ? issuer : "?");
-			goto out;
-		}
-	}
-	r = ESC_OK;
+	if (!esc_cert_issued_by(cert, ca) && (r = esc_archive_allow_foreign(ctx, st, &allow)) != ESC_OK)
+		goto out;
+	r = esc_archive_issuer_check(ctx, cert, ca, allow, foreign);
 out:
-	free(allow);
-	free(issuer);
 	X509_free(ca);
 	return r;
 }
@@ -208,34 +225,42 @@ kept(const long long *keep, size_t nkeep, long long id)
 }
 
 enum esc_err
-esc_archive_choose_kras(struct esc_ctx *ctx, struct esc_store *st, const long long *keep, size_t nkeep,
-			struct esc_kra_set *ks)
+esc_archive_set_size(struct esc_ctx *ctx, struct esc_store *st, long *want)
 {
-	PGresult *res = NULL;
 	char *size = NULL;
-	long want;
-	size_t j;
-	int i, rows, nfirst = 0, pick[64];
 	enum esc_err r;
 
 	if ((r = esc_store_policy(ctx, st, "kra_set_size", &size)) != ESC_OK)
 		return r;
-	want = strtol(size, NULL, 10);
+	*want = strtol(size, NULL, 10);
 	free(size);
-	if (want < 1 || want > MAX_KRA_SET)
+	if (*want < 1 || *want > MAX_KRA_SET)
 		return esc_error(ctx, ESC_ERR_CONFIG, "policy kra_set_size must be 1..%d", MAX_KRA_SET);
+	return ESC_OK;
+}
+
+enum esc_err
+esc_archive_kras_query(struct esc_ctx *ctx, struct esc_store *st, PGresult **res)
+{
 	/*
 	 * FOR SHARE: a KRA chosen here cannot be retired before this record
 	 * commits, and one being retired is waited for and then skipped (even
 	 * in a READ COMMITTED transaction, as enrollment's; see kra.c).
 	 */
-	if ((r = esc_store_exec(ctx, st,
-				"SELECT id, name, recipient, certificate FROM kras k WHERE state = 'active' AND NOT "
-				"EXISTS (SELECT 1 FROM revocations v WHERE v.own AND ltrim(v.serial, '0') = "
-				"ltrim(k.cert_serial, '0')) ORDER BY id LIMIT 64 FOR SHARE",
-				0, NULL, NULL, NULL, &res)) != ESC_OK)
-		return r;
-	rows = PQntuples(res);
+	return esc_store_exec(ctx, st,
+			      "SELECT id, name, recipient, certificate FROM kras k WHERE state = 'active' AND NOT "
+			      "EXISTS (SELECT 1 FROM revocations v WHERE v.own AND ltrim(v.serial, '0') = "
+			      "ltrim(k.cert_serial, '0')) ORDER BY id LIMIT 64 FOR SHARE",
+			      0, NULL, NULL, NULL, res);
+}
+
+enum esc_err
+esc_archive_kras_pick(struct esc_ctx *ctx, struct esc_store *st, const PGresult *res, long want, const long long *keep,
+		      size_t nkeep, struct esc_kra_set *ks)
+{
+	size_t j;
+	int i, rows = PQntuples(res), nfirst = 0, pick[64];
+
 	/* The KRAs to keep (a re-wrap keeps a record's valid members) first, in keep's order; the others after. */
 	for (j = 0; j < nkeep; j++)
 		for (i = 0; i < rows; i++)
@@ -248,22 +273,18 @@ esc_archive_choose_kras(struct esc_ctx *ctx, struct esc_store *st, const long lo
 			if (!kept(keep, nkeep, strtoll(PQgetvalue(res, i, 0), NULL, 10)))
 				pick[n++] = i;
 	}
-	if (rows < want) {
-		r = esc_error(ctx, ESC_ERR_STATE,
-			      "policy wraps each record to %ld KRA(s) but only %d active KRA(s) with an unrevoked "
-			      "certificate exist: enroll more with 'p11escrow kra enroll'",
-			      want, rows);
-		goto out;
-	}
+	if (rows < want)
+		return esc_error(ctx, ESC_ERR_STATE,
+				 "policy wraps each record to %ld KRA(s) but only %d active KRA(s) with an unrevoked "
+				 "certificate exist: enroll more with 'p11escrow kra enroll'",
+				 want, rows);
 	/* Fisher-Yates with RAND_bytes, over the others only: the kept ones stay first. */
 	for (i = rows - 1; i > nfirst; i--) {
 		unsigned int rnd;
 		int o, t;
 
-		if (RAND_bytes((unsigned char *)&rnd, sizeof(rnd)) != 1) {
-			r = esc_error_ossl(ctx, ESC_ERR_CRYPTO, "no randomness");
-			goto out;
-		}
+		if (RAND_bytes((unsigned char *)&rnd, sizeof(rnd)) != 1)
+			return esc_error_ossl(ctx, ESC_ERR_CRYPTO, "no randomness");
 		o = nfirst + (int)(rnd % (unsigned int)(i - nfirst + 1));
 		t = pick[i];
 		pick[i] = pick[o];
@@ -274,11 +295,9 @@ esc_archive_choose_kras(struct esc_ctx *ctx, struct esc_store *st, const long lo
 		int row = pick[i];
 		X509 *x = esc_store_cert_cached(st, PQgetvalue(res, row, 3));
 
-		if (x == NULL) {
-			r = esc_error(ctx, ESC_ERR_BAD_INPUT, "KRA '%s' has an unreadable certificate",
-				      PQgetvalue(res, row, 1));
-			goto out;
-		}
+		if (x == NULL)
+			return esc_error(ctx, ESC_ERR_BAD_INPUT, "KRA '%s' has an unreadable certificate",
+					 PQgetvalue(res, row, 1));
 		if (X509_cmp_current_time(X509_get0_notAfter(x)) <= 0) {
 			X509_free(x); /* expired: never a recipient */
 			continue;
@@ -290,15 +309,24 @@ esc_archive_choose_kras(struct esc_ctx *ctx, struct esc_store *st, const long lo
 		ks->hashes[ks->n] = esc_oaep_hash_of_recipient(ks->recipient[ks->n]);
 		ks->n++;
 	}
-	if (ks->n < (size_t)want) {
-		r = esc_error(ctx, ESC_ERR_STATE,
-			      "policy wraps each record to %ld KRA(s) but only %zu have a valid "
-			      "certificate",
-			      want, ks->n);
-		goto out;
-	}
-	r = ESC_OK;
-out:
+	if (ks->n < (size_t)want)
+		return esc_error(ctx, ESC_ERR_STATE,
+				 "policy wraps each record to %ld KRA(s) but only %zu have a valid certificate", want,
+				 ks->n);
+	return ESC_OK;
+}
+
+enum esc_err
+esc_archive_choose_kras(struct esc_ctx *ctx, struct esc_store *st, const long long *keep, size_t nkeep,
+			struct esc_kra_set *ks)
+{
+	PGresult *res = NULL;
+	long want;
+	enum esc_err r;
+
+	if ((r = esc_archive_set_size(ctx, st, &want)) == ESC_OK &&
+	    (r = esc_archive_kras_query(ctx, st, &res)) == ESC_OK)
+		r = esc_archive_kras_pick(ctx, st, res, want, keep, nkeep, ks);
 	PQclear(res);
 	return r;
 }
@@ -789,63 +817,136 @@ esc_shares_open_inner(struct esc_ctx *ctx, const char *id, const unsigned char *
 }
 
 /* The derived columns are f's (esc_archive_fields_of): the same derivation that reading a row checks them with. */
-static enum esc_err
-insert_record(struct esc_ctx *ctx, struct esc_store *st, const char *actor, const char *id, X509 *cert,
-	      const struct esc_archive_fields *f, const char *key_type, int foreign, enum esc_archive_source source,
-	      const unsigned char *outer, size_t outerlen, const char *generation, const struct esc_kra_set *ks,
-	      unsigned k)
+/* The parameters of one archive_records row ($1..$15 of INSERT_COLUMNS, from v[0]). */
+#define INSERT_COLUMNS                                                                                         \
+	"archive_records (id, cert_serial, issuer, subject, email, cert_sha256, public_key_sha256, key_type, " \
+	"certificate, foreign_issuer, source, record, storage_generation, record_version, wrap_version)"
+#define INSERT_NPARAMS 15
+
+static void
+row_params(struct esc_archive_new *n, const char **v, int *len, int *fmt)
 {
-	char version[8], threshold[8];
-	unsigned char *cder = NULL;
-	const char *v[15];
-	int len[15] = {0}, fmt[15] = {0}, clen, own_tx = !esc_store_in_tx(st);
+	v[0] = n->id;
+	v[1] = n->f->serial;
+	v[2] = n->f->issuer;
+	v[3] = n->f->subject;
+	v[4] = n->f->email;
+	v[5] = n->f->cert_sha256;
+	v[6] = n->f->public_key_sha256;
+	v[7] = n->key_type;
+	v[8] = (const char *)n->cder;
+	len[8] = n->clen;
+	fmt[8] = 1;
+	v[9] = n->foreign ? "true" : "false";
+	v[10] = esc_archive_source_name(n->source);
+	v[11] = (const char *)n->outer;
+	len[11] = (int)n->outerlen;
+	fmt[11] = 1;
+	v[12] = n->generation;
+	snprintf(n->version_text, sizeof(n->version_text), "%d", n->k > 1 ? RECORD_VERSION_SHARES : RECORD_VERSION);
+	snprintf(n->k_text, sizeof(n->k_text), "%u", n->k);
+	v[13] = n->version_text;
+	v[14] = n->k_text;
+}
+
+enum esc_err
+esc_archive_insert_rows(struct esc_ctx *ctx, struct esc_store *st, struct esc_archive_new *rows, size_t n)
+{
+	const char **v = NULL;
+	int *len = NULL, *fmt = NULL;
+	char *sql = NULL, *ids = NULL, *kras = NULL, *rcpts = NULL;
+	size_t i, j, off, cap, ko = 0, ro = 0, io = 0, nk = 0;
 	enum esc_err r;
 
-	if ((clen = i2d_X509(cert, &cder)) <= 0) {
+	if (n == 0)
+		return ESC_OK;
+	if (n > ESC_ARCHIVE_BATCH_MAX)
+		return esc_error(ctx, ESC_ERR_USAGE, "at most %d records in one statement", ESC_ARCHIVE_BATCH_MAX);
+	for (i = 0; i < n; i++)
+		nk += rows[i].ks->n;
+	cap = 64 + strlen(INSERT_COLUMNS) + n * (INSERT_NPARAMS * 6 + 4);
+	v = calloc(n * INSERT_NPARAMS, sizeof(*v));
+	len = calloc(n * INSERT_NPARAMS, sizeof(*len));
+	fmt = calloc(n * INSERT_NPARAMS, sizeof(*fmt));
+	sql = malloc(cap);
+	/* The KRA rows of every record in one statement: three arrays, unnested in step (ids are UUIDs). */
+	ids = malloc(nk * (ESC_RECORD_ID_LEN + 1) + 3);
+	kras = malloc(nk * 22 + 3);
+	rcpts = malloc(nk * 24 + 3);
+	if (v == NULL || len == NULL || fmt == NULL || sql == NULL || ids == NULL || kras == NULL || rcpts == NULL) {
 		r = esc_error(ctx, ESC_ERR_NOMEM, "out of memory");
 		goto out;
 	}
-	if (own_tx && (r = esc_store_begin(ctx, st)) != ESC_OK)
-		goto out;
-	v[0] = id;
-	v[1] = f->serial;
-	v[2] = f->issuer;
-	v[3] = f->subject;
-	v[4] = f->email;
-	v[5] = f->cert_sha256;
-	v[6] = f->public_key_sha256;
-	v[7] = key_type;
-	v[8] = (const char *)cder;
-	len[8] = clen;
-	fmt[8] = 1;
-	v[9] = foreign ? "true" : "false";
-	v[10] = esc_archive_source_name(source);
-	v[11] = (const char *)outer;
-	len[11] = (int)outerlen;
-	fmt[11] = 1;
-	v[12] = generation;
-	snprintf(version, sizeof(version), "%d", k > 1 ? RECORD_VERSION_SHARES : RECORD_VERSION);
-	snprintf(threshold, sizeof(threshold), "%u", k);
-	v[13] = version;
-	v[14] = threshold;
-	/* A rotation committed since the generation was read: 40001, BUSY, retried (sql/012's trigger). */
-	if ((r = esc_store_exec(ctx, st,
-				"INSERT INTO archive_records (id, cert_serial, issuer, subject, email, cert_sha256, "
-				"public_key_sha256, key_type, certificate, foreign_issuer, source, record, "
-				"storage_generation, record_version, wrap_version) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,"
-				"$10,$11,$12,$13,$14,$15)",
-				15, v, len, fmt, NULL)) != ESC_OK)
-		goto out;
-	{
-		char details[200];
-		struct esc_audit_event ev = {actor, "", "archive.store", f->serial, "ok", details};
-
-		snprintf(details, sizeof(details), "record %s, source %s, %s issuer, %zu KRA(s), %u needed", id,
-			 esc_archive_source_name(source), foreign ? "foreign" : "own", ks->n, k);
-		if ((r = esc_audit_append(ctx, st, &ev)) != ESC_OK)
-			goto out;
+	off = (size_t)snprintf(sql, cap, "INSERT INTO " INSERT_COLUMNS " VALUES ");
+	for (i = 0; i < n; i++) {
+		row_params(&rows[i], v + i * INSERT_NPARAMS, len + i * INSERT_NPARAMS, fmt + i * INSERT_NPARAMS);
+		for (j = 0; j < INSERT_NPARAMS; j++)
+			off += (size_t)snprintf(sql + off, cap - off, "%s$%zu%s", j == 0 ? (i ? ",(" : "(") : ",",
+						i * INSERT_NPARAMS + j + 1, j + 1 == INSERT_NPARAMS ? ")" : "");
 	}
-	if ((r = esc_archive_insert_kras(ctx, st, id, ks)) != ESC_OK)
+	/* A rotation committed since the generation was read: 40001, BUSY, retried (sql/012's trigger). */
+	if ((r = esc_store_exec(ctx, st, sql, (int)(n * INSERT_NPARAMS), v, len, fmt, NULL)) != ESC_OK)
+		goto out;
+	io = (size_t)sprintf(ids, "{");
+	ko = (size_t)sprintf(kras, "{");
+	ro = (size_t)sprintf(rcpts, "{");
+	for (i = 0; i < n; i++)
+		for (j = 0; j < rows[i].ks->n; j++) {
+			int first = io == 1;
+
+			io += (size_t)sprintf(ids + io, "%s%s", first ? "" : ",", rows[i].id);
+			ko += (size_t)sprintf(kras + ko, "%s%lld", first ? "" : ",", rows[i].ks->ids[j]);
+			/* A recipient is one of sql/011's few words: no quote or backslash to escape. */
+			ro += (size_t)sprintf(rcpts + ro, "%s\"%.20s\"", first ? "" : ",", rows[i].ks->recipient[j]);
+		}
+	sprintf(ids + io, "}");
+	sprintf(kras + ko, "}");
+	sprintf(rcpts + ro, "}");
+	v[0] = ids;
+	v[1] = kras;
+	v[2] = rcpts;
+	r = esc_store_exec(ctx, st,
+			   "INSERT INTO archive_record_kras (record_id, kra_id, recipient) SELECT r::uuid, k, c FROM "
+			   "unnest($1::text[], $2::bigint[], $3::text[]) AS u(r, k, c)",
+			   3, v, NULL, NULL, NULL);
+out:
+	free(v);
+	free(len);
+	free(fmt);
+	free(sql);
+	free(ids);
+	free(kras);
+	free(rcpts);
+	return r;
+}
+
+/* The audit event of an archived record (action archive.store, outcome ok); details[len]. */
+void
+esc_archive_event(const struct esc_archive_new *n, const char *actor, char *details, size_t len,
+		  struct esc_audit_event *ev)
+{
+	snprintf(details, len, "record %s, source %s, %s issuer, %zu KRA(s), %u needed", n->id,
+		 esc_archive_source_name(n->source), n->foreign ? "foreign" : "own", n->ks->n, n->k);
+	ev->actor = actor;
+	ev->role = "";
+	ev->action = "archive.store";
+	ev->object = n->f->serial;
+	ev->outcome = "ok";
+	ev->details = details;
+}
+
+static enum esc_err
+insert_record(struct esc_ctx *ctx, struct esc_store *st, const char *actor, struct esc_archive_new *n)
+{
+	char details[200];
+	struct esc_audit_event ev;
+	int own_tx = !esc_store_in_tx(st);
+	enum esc_err r;
+
+	if (own_tx && (r = esc_store_begin(ctx, st)) != ESC_OK)
+		return r;
+	esc_archive_event(n, actor, details, sizeof(details), &ev);
+	if ((r = esc_archive_insert_rows(ctx, st, n, 1)) != ESC_OK || (r = esc_audit_append(ctx, st, &ev)) != ESC_OK)
 		goto out;
 	if (own_tx && (r = esc_store_commit(ctx, st)) != ESC_OK)
 		goto out;
@@ -853,7 +954,6 @@ insert_record(struct esc_ctx *ctx, struct esc_store *st, const char *actor, cons
 out:
 	if (own_tx)
 		esc_store_rollback(st);
-	OPENSSL_free(cder);
 	return r;
 }
 
@@ -1006,72 +1106,120 @@ esc_archive_seal_inner(struct esc_ctx *ctx, const char *id, const unsigned char 
 	return seal_shares(ctx, id, p8, p8len, ks, k, inner, innerlen, shares);
 }
 
+enum esc_err
+esc_archive_check_key(struct esc_ctx *ctx, X509 *cert, EVP_PKEY *key, char *ktype, size_t len)
+{
+	if (key_type_of(key, ktype, len) == NULL)
+		return esc_error(ctx, ESC_ERR_BAD_INPUT, "only RSA and EC keys can be archived");
+	if (X509_get0_pubkey(cert) == NULL || EVP_PKEY_eq(X509_get0_pubkey(cert), key) != 1) {
+		ERR_clear_error();
+		return esc_error(ctx, ESC_ERR_MISMATCH, "the private key does not match the certificate's public key");
+	}
+	return check_usage(ctx, cert);
+}
+
+enum esc_err
+esc_archive_seal_record(struct esc_ctx *ctx, struct esc_archive_new *n, EVP_PKEY *key, X509 *storage)
+{
+	unsigned char *p8 = NULL, *inner = NULL, *content = NULL;
+	size_t p8len = 0, innerlen = 0;
+	int contentlen = 0;
+	struct esc_record_shares *sh = NULL;
+	enum esc_err r;
+
+	if ((r = new_uuid(ctx, n->id)) != ESC_OK || (r = pkcs8_of(ctx, key, &p8, &p8len)) != ESC_OK)
+		goto out;
+	if ((r = esc_archive_seal_inner(ctx, n->id, p8, p8len, n->ks, n->k, &inner, &innerlen, &sh)) != ESC_OK ||
+	    (r = esc_record_encode(ctx, n->id, n->f->cert_sha256_raw, inner, innerlen, sh, &content, &contentlen)) !=
+		    ESC_OK ||
+	    (r = esc_envelope_seal(ctx, content, (size_t)contentlen, &storage, NULL, 1, &n->outer, &n->outerlen)) !=
+		    ESC_OK)
+		goto out;
+	r = ESC_OK;
+out:
+	if (p8 != NULL)
+		OPENSSL_secure_clear_free(p8, p8len);
+	esc_record_shares_free(sh);
+	free(inner);
+	OPENSSL_free(content);
+	return r;
+}
+
+void
+esc_archive_new_clear(struct esc_archive_new *n)
+{
+	free(n->outer);
+	OPENSSL_free(n->cder);
+	n->outer = NULL;
+	n->outerlen = 0;
+	n->cder = NULL;
+	n->clen = 0;
+}
+
+void
+esc_archive_info_of(const struct esc_archive_new *n, struct esc_archive_info *info)
+{
+	size_t i;
+
+	memset(info, 0, sizeof(*info));
+	snprintf(info->id, sizeof(info->id), "%s", n->id);
+	info->foreign = n->foreign;
+	info->nkras = n->ks->n;
+	info->threshold = n->k;
+	for (i = 0; i < n->ks->n; i++) {
+		size_t used = strlen(info->kras);
+
+		snprintf(info->kras + used, sizeof(info->kras) - used, "%s%s", i ? "," : "", n->ks->names[i]);
+	}
+}
+
 static enum esc_err
 archive_impl(struct esc_ctx *ctx, struct esc_store *st, const char *actor, X509 *cert, EVP_PKEY *key,
 	     enum esc_archive_source source, struct esc_archive_info *info)
 {
 	struct esc_kra_set ks;
 	struct esc_archive_fields f;
+	struct esc_archive_new n;
 	X509 *storage = NULL;
-	unsigned char *p8 = NULL, *inner = NULL, *content = NULL, *outer = NULL;
-	size_t p8len = 0, innerlen = 0, outerlen = 0, i;
-	char id[ESC_RECORD_ID_LEN + 1], ktype[16], generation[16];
-	int contentlen = 0, foreign = 0;
+	char ktype[16], generation[16];
+	int foreign = 0;
 	unsigned k = 1;
-	struct esc_record_shares *sh = NULL;
 	enum esc_err r;
 
 	memset(&ks, 0, sizeof(ks));
 	memset(&f, 0, sizeof(f));
-	if (key_type_of(key, ktype, sizeof(ktype)) == NULL) {
-		r = esc_error(ctx, ESC_ERR_BAD_INPUT, "only RSA and EC keys can be archived");
+	memset(&n, 0, sizeof(n));
+	if ((r = esc_archive_check_key(ctx, cert, key, ktype, sizeof(ktype))) != ESC_OK)
 		goto out;
-	}
-	if (X509_get0_pubkey(cert) == NULL || EVP_PKEY_eq(X509_get0_pubkey(cert), key) != 1) {
-		ERR_clear_error();
-		r = esc_error(ctx, ESC_ERR_MISMATCH, "the private key does not match the certificate's public key");
-		goto out;
-	}
-	if ((r = esc_store_check_schema(ctx, st)) != ESC_OK || (r = check_usage(ctx, cert)) != ESC_OK ||
-	    (r = check_issuer(ctx, st, cert, &foreign)) != ESC_OK ||
+	if ((r = esc_store_check_schema(ctx, st)) != ESC_OK || (r = check_issuer(ctx, st, cert, &foreign)) != ESC_OK ||
 	    (r = esc_archive_fields_of(ctx, cert, &f)) != ESC_OK ||
 	    (r = check_not_archived(ctx, st, f.cert_sha256, f.public_key_sha256)) != ESC_OK ||
 	    (r = esc_archive_choose_kras(ctx, st, NULL, 0, &ks)) != ESC_OK ||
 	    (r = esc_archive_current_storage(ctx, st, &storage, generation, sizeof(generation))) != ESC_OK ||
-	    (r = new_uuid(ctx, id)) != ESC_OK)
+	    (r = esc_archive_threshold(ctx, st, ks.n, &k)) != ESC_OK)
 		goto out;
-	if ((r = esc_archive_threshold(ctx, st, ks.n, &k)) != ESC_OK || (r = pkcs8_of(ctx, key, &p8, &p8len)) != ESC_OK)
+	n.f = &f;
+	n.key_type = ktype;
+	n.foreign = foreign;
+	n.source = source;
+	n.generation = generation;
+	n.ks = &ks;
+	n.k = k;
+	if ((n.clen = i2d_X509(cert, &n.cder)) <= 0) {
+		r = esc_error(ctx, ESC_ERR_NOMEM, "out of memory");
 		goto out;
-	if ((r = esc_archive_seal_inner(ctx, id, p8, p8len, &ks, k, &inner, &innerlen, &sh)) != ESC_OK ||
-	    (r = esc_record_encode(ctx, id, f.cert_sha256_raw, inner, innerlen, sh, &content, &contentlen)) != ESC_OK ||
-	    (r = esc_envelope_seal(ctx, content, (size_t)contentlen, &storage, NULL, 1, &outer, &outerlen)) != ESC_OK)
-		goto out;
-	if ((r = insert_record(ctx, st, actor, id, cert, &f, ktype, foreign, source, outer, outerlen, generation, &ks,
-			       k)) != ESC_OK)
-		goto out;
-	if (info != NULL) {
-		memset(info, 0, sizeof(*info));
-		snprintf(info->id, sizeof(info->id), "%s", id);
-		info->foreign = foreign;
-		info->nkras = ks.n;
-		info->threshold = k;
-		for (i = 0; i < ks.n; i++) {
-			size_t used = strlen(info->kras);
-
-			snprintf(info->kras + used, sizeof(info->kras) - used, "%s%s", i ? "," : "", ks.names[i]);
-		}
 	}
+	if ((r = esc_archive_seal_record(ctx, &n, key, storage)) != ESC_OK ||
+	    (r = insert_record(ctx, st, actor, &n)) != ESC_OK)
+		goto out;
+	if (info != NULL)
+		esc_archive_info_of(&n, info);
 	r = ESC_OK;
 out:
-	if (p8 != NULL)
-		OPENSSL_secure_clear_free(p8, p8len);
+	esc_archive_new_clear(&n);
 	esc_kra_set_clear(&ks);
-	esc_record_shares_free(sh);
 	esc_archive_fields_clear(&f);
 	X509_free(storage);
-	free(inner);
-	OPENSSL_free(content);
-	free(outer);
 	return r;
 }
 

@@ -8,9 +8,11 @@
 #include <openssl/x509.h>
 
 #include <p11escrow/archive.h>
+#include <p11escrow/audit.h>
 #include <p11escrow/ctx.h>
 #include <p11escrow/envelope.h>
 #include <p11escrow/err.h>
+#include <p11escrow/store.h>
 
 /* The source's name as records and audit events spell it: "import", "enroll-client", "enroll-server". */
 const char *esc_archive_source_name(enum esc_archive_source s);
@@ -275,5 +277,56 @@ enum esc_err esc_share_open(struct esc_ctx *ctx, const char *id, unsigned k, con
 enum esc_err esc_shares_open_inner(struct esc_ctx *ctx, const char *id, const unsigned char *xs,
 				   unsigned char *const *shares, unsigned k, const unsigned char *inner,
 				   size_t innerlen, unsigned char **p8, size_t *p8len) ESC_MUST_CHECK;
+
+/* --- archival's steps, shared by esc_archive_key and esc_archive_keys (archive_batch.c) --- */
+
+/* Key type (ktype[len], e.g. "ec-p256"), key matches cert, cert allows encryption.  Errors: BAD_INPUT, MISMATCH, POLICY. */
+enum esc_err esc_archive_check_key(struct esc_ctx *ctx, X509 *cert, EVP_PKEY *key, char *ktype,
+				   size_t len) ESC_MUST_CHECK;
+/* Policy allow_foreign_issuers.  Errors: DB. */
+enum esc_err esc_archive_allow_foreign(struct esc_ctx *ctx, struct esc_store *st, int *allow) ESC_MUST_CHECK;
+/* *foreign: cert not issued by ca; refused (POLICY) when foreign and not allow_foreign. */
+enum esc_err esc_archive_issuer_check(struct esc_ctx *ctx, X509 *cert, X509 *ca, int allow_foreign,
+				      int *foreign) ESC_MUST_CHECK;
+/* Policy kra_set_size.  Errors: CONFIG, DB. */
+enum esc_err esc_archive_set_size(struct esc_ctx *ctx, struct esc_store *st, long *want) ESC_MUST_CHECK;
+/* The KRAs a set may be drawn from (id, name, recipient, certificate), locked FOR SHARE.  Errors: DB. */
+enum esc_err esc_archive_kras_query(struct esc_ctx *ctx, struct esc_store *st, PGresult **res) ESC_MUST_CHECK;
+/* esc_archive_choose_kras from the rows of esc_archive_kras_query. */
+enum esc_err esc_archive_kras_pick(struct esc_ctx *ctx, struct esc_store *st, const PGresult *res, long want,
+				   const long long *keep, size_t nkeep, struct esc_kra_set *ks) ESC_MUST_CHECK;
+
+/* Records written by one statement at most (multi-row INSERT: 15 parameters each). */
+#define ESC_ARCHIVE_BATCH_MAX 1000
+
+/* A record to be written: its columns, then its sealed record (esc_archive_seal_record). */
+struct esc_archive_new {
+	char id[ESC_RECORD_ID_LEN + 1]; /* drawn by esc_archive_seal_record */
+	const struct esc_archive_fields *f;
+	const char *key_type;
+	int foreign;
+	enum esc_archive_source source;
+	unsigned char *cder; /* the certificate's DER (OPENSSL_free) */
+	int clen;
+	const char *generation; /* storage key generation the record is sealed to */
+	const struct esc_kra_set *ks;
+	unsigned k;
+	unsigned char *outer; /* the sealed record (free) */
+	size_t outerlen;
+	char version_text[8], k_text[8];
+};
+/* Draw n's id and seal key into n->outer: inner layer to n->ks (k of them), outer to storage.  Errors: CRYPTO, NOMEM. */
+enum esc_err esc_archive_seal_record(struct esc_ctx *ctx, struct esc_archive_new *n, EVP_PKEY *key,
+				     X509 *storage) ESC_MUST_CHECK;
+/* Free n's certificate DER and sealed record. */
+void esc_archive_new_clear(struct esc_archive_new *n);
+/* Insert rows[0..n) and their archive_record_kras rows, two statements, in the caller's transaction.  Errors: DB, ARCHIVED, BUSY. */
+enum esc_err esc_archive_insert_rows(struct esc_ctx *ctx, struct esc_store *st, struct esc_archive_new *rows,
+				     size_t n) ESC_MUST_CHECK;
+/* The archive.store audit event of n (details written to details[len], which ev points to). */
+void esc_archive_event(const struct esc_archive_new *n, const char *actor, char *details, size_t len,
+		       struct esc_audit_event *ev);
+/* What the caller is told of n. */
+void esc_archive_info_of(const struct esc_archive_new *n, struct esc_archive_info *info);
 
 #endif

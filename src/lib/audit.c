@@ -92,6 +92,22 @@ now_utc(char *buf, size_t len)
 	snprintf(buf, len, "%.19s.%06dZ", base, (int)(ts.tv_nsec / 1000) % 1000000);
 }
 
+/* The stored fields of ev (id, time and chain link still to fill).  Errors: USAGE. */
+static enum esc_err
+fields_of(struct esc_ctx *ctx, const struct esc_audit_event *ev, struct fields *f)
+{
+	memset(f, 0, sizeof(*f));
+	clean(f->actor, sizeof(f->actor), ev->actor);
+	clean(f->role, sizeof(f->role), ev->role);
+	clean(f->action, sizeof(f->action), ev->action);
+	clean(f->object, sizeof(f->object), ev->object);
+	clean(f->outcome, sizeof(f->outcome), ev->outcome);
+	clean(f->details, sizeof(f->details), ev->details);
+	if (f->actor[0] == '\0' || f->action[0] == '\0')
+		return esc_error(ctx, ESC_ERR_USAGE, "an audit event needs an actor and an action");
+	return ESC_OK;
+}
+
 static enum esc_err
 append_impl(struct esc_ctx *ctx, struct esc_store *st, const struct esc_audit_event *ev)
 {
@@ -102,15 +118,8 @@ append_impl(struct esc_ctx *ctx, struct esc_store *st, const struct esc_audit_ev
 	int len[10] = {0}, fmt[10] = {0}, own = !esc_store_in_tx(st);
 	enum esc_err r;
 
-	memset(&f, 0, sizeof(f));
-	clean(f.actor, sizeof(f.actor), ev->actor);
-	clean(f.role, sizeof(f.role), ev->role);
-	clean(f.action, sizeof(f.action), ev->action);
-	clean(f.object, sizeof(f.object), ev->object);
-	clean(f.outcome, sizeof(f.outcome), ev->outcome);
-	clean(f.details, sizeof(f.details), ev->details);
-	if (f.actor[0] == '\0' || f.action[0] == '\0')
-		return esc_error(ctx, ESC_ERR_USAGE, "an audit event needs an actor and an action");
+	if ((r = fields_of(ctx, ev, &f)) != ESC_OK)
+		return r;
 	/*
 	 * Our own transaction is READ COMMITTED so that, once the lock is ours,
 	 * we see the event our predecessor committed; inside a caller's
@@ -207,6 +216,122 @@ esc_audit_append(struct esc_ctx *ctx, struct esc_store *st, const struct esc_aud
 	return r;
 }
 
+/* Parameters of one audit_events row ($1..$10 from v[0]); prev and hash are the raw 32 bytes. */
+#define EVENT_NPARAMS 10
+
+enum esc_err
+esc_audit_append_many(struct esc_ctx *ctx, struct esc_store *st, const struct esc_audit_event *ev, size_t n)
+{
+	PGresult *res = NULL;
+	struct fields *f = NULL;
+	unsigned char(*hash)[HASH_LEN] = NULL, prev[HASH_LEN];
+	const char **v = NULL;
+	int *len = NULL, *fmt = NULL;
+	char *sql = NULL, count[24];
+	size_t i, j, off, cap;
+	enum esc_err r;
+
+	if (n == 0)
+		return ESC_OK;
+	if (!esc_store_in_tx(st) || n > ESC_AUDIT_MANY_MAX)
+		return esc_error(ctx, ESC_ERR_USAGE, "appending many audit events needs a transaction and at most %d",
+				 ESC_AUDIT_MANY_MAX);
+	cap = 128 + n * (EVENT_NPARAMS * 7 + 4);
+	f = calloc(n, sizeof(*f));
+	hash = calloc(n, sizeof(*hash));
+	v = calloc(n * EVENT_NPARAMS, sizeof(*v));
+	len = calloc(n * EVENT_NPARAMS, sizeof(*len));
+	fmt = calloc(n * EVENT_NPARAMS, sizeof(*fmt));
+	if (f == NULL || hash == NULL || v == NULL || len == NULL || fmt == NULL || (sql = malloc(cap)) == NULL) {
+		r = esc_error(ctx, ESC_ERR_NOMEM, "out of memory");
+		goto out;
+	}
+	for (i = 0; i < n; i++)
+		if ((r = fields_of(ctx, &ev[i], &f[i])) != ESC_OK)
+			goto out;
+	/* The chain's end (under the audit lock, as append_impl takes it) and n ids, in one round trip each. */
+	snprintf(count, sizeof(count), "%zu", n);
+	v[0] = count;
+	if (esc_store_audit_tail(st, prev)) {
+		if ((r = esc_store_exec(ctx, st,
+					"SELECT NULL, nextval('audit_events_id_seq') FROM generate_series(1, $1)", 1, v,
+					NULL, NULL, &res)) != ESC_OK)
+			goto out;
+	} else {
+		if ((r = esc_store_exec(ctx, st, "SELECT pg_advisory_xact_lock(" ESC_STORE_AUDIT_LOCK ")", 0, NULL,
+					NULL, NULL, NULL)) != ESC_OK ||
+		    (r = esc_store_exec(
+			     ctx, st,
+			     "SELECT (SELECT encode(hash, 'hex') FROM audit_events ORDER BY id DESC LIMIT 1), "
+			     "nextval('audit_events_id_seq') FROM generate_series(1, $1)",
+			     1, v, NULL, NULL, &res)) != ESC_OK)
+			goto out;
+		memset(prev, 0, sizeof(prev)); /* the first event links to 32 zero bytes */
+		if (!PQgetisnull(res, 0, 0)) {
+			long l = 0;
+			unsigned char *p = OPENSSL_hexstr2buf(PQgetvalue(res, 0, 0), &l);
+
+			if (p == NULL || l != HASH_LEN) {
+				OPENSSL_free(p);
+				r = esc_error(ctx, ESC_ERR_TAMPERED, "the newest audit event's hash is unreadable");
+				goto out;
+			}
+			memcpy(prev, p, HASH_LEN);
+			OPENSSL_free(p);
+		}
+	}
+	if ((size_t)PQntuples(res) != n) {
+		r = esc_error(ctx, ESC_ERR_DB, "the database gave %d audit event ids, not %zu", PQntuples(res), n);
+		goto out;
+	}
+	/* nextval's values in row order are increasing: the chain's order is the ids' order. */
+	off = (size_t)snprintf(sql, cap,
+			       "INSERT INTO audit_events (id, at, actor, role, action, object, outcome, details, "
+			       "prev_hash, hash) VALUES ");
+	for (i = 0; i < n; i++) {
+		const unsigned char *link = i == 0 ? prev : hash[i - 1];
+		const char **w = v + i * EVENT_NPARAMS;
+
+		snprintf(f[i].id, sizeof(f[i].id), "%s", PQgetvalue(res, (int)i, 1));
+		now_utc(f[i].at, sizeof(f[i].at));
+		hex_of(link, HASH_LEN, f[i].prev_hex);
+		if (!event_hash(&f[i], hash[i])) {
+			r = esc_error(ctx, ESC_ERR_CRYPTO, "cannot hash the audit event");
+			goto out;
+		}
+		w[0] = f[i].id;
+		w[1] = f[i].at;
+		w[2] = f[i].actor;
+		w[3] = f[i].role;
+		w[4] = f[i].action;
+		w[5] = f[i].object;
+		w[6] = f[i].outcome;
+		w[7] = f[i].details;
+		w[8] = (const char *)link;
+		len[i * EVENT_NPARAMS + 8] = HASH_LEN;
+		fmt[i * EVENT_NPARAMS + 8] = 1;
+		w[9] = (const char *)hash[i];
+		len[i * EVENT_NPARAMS + 9] = HASH_LEN;
+		fmt[i * EVENT_NPARAMS + 9] = 1;
+		for (j = 0; j < EVENT_NPARAMS; j++)
+			off += (size_t)snprintf(sql + off, cap - off, "%s$%zu%s", j == 0 ? (i ? ",(" : "(") : ",",
+						i * EVENT_NPARAMS + j + 1, j + 1 == EVENT_NPARAMS ? ")" : "");
+	}
+	if ((r = esc_store_exec(ctx, st, sql, (int)(n * EVENT_NPARAMS), v, len, fmt, NULL)) != ESC_OK)
+		goto out;
+	esc_store_set_audit_tail(st, hash[n - 1]);
+	r = ESC_OK;
+out:
+	PQclear(res);
+	free(f);
+	free(hash);
+	free(v);
+	free(len);
+	free(fmt);
+	free(sql);
+	return r;
+}
+
 static const char *
 outcome_of(enum esc_err r)
 {
@@ -227,6 +352,12 @@ outcome_of(enum esc_err r)
 	default:
 		return "failed";
 	}
+}
+
+const char *
+esc_audit_outcome_word(enum esc_err r)
+{
+	return outcome_of(r);
 }
 
 void

@@ -329,10 +329,14 @@ pem_key(struct esc_ctx *ctx, const char *name, const char *pname, char *header, 
 	int type, encrypted = 0;
 
 	if (strcmp(pname, PEM_STRING_PKCS8INF) == 0) {
-		if ((p8 = d2i_PKCS8_PRIV_KEY_INFO(NULL, &p, dlen)) == NULL || p != data + dlen) {
+		/* The kept decoder: EVP_PKCS82PKEY would build one for every key of a bulk import. */
+		if (dlen <= 0 || (pkey = esc_ctx_pkcs8_decode(ctx, data, (size_t)dlen)) == NULL) {
 			r = esc_error(ctx, ESC_ERR_BAD_INPUT, "the private key in '%s' cannot be read", name);
 			goto out;
 		}
+		*out = pkey;
+		r = ESC_OK;
+		goto out;
 	} else if (strcmp(pname, PEM_STRING_PKCS8) == 0) {
 		if ((sig = d2i_X509_SIG(NULL, &p, dlen)) == NULL || p != data + dlen) {
 			r = esc_error(ctx, ESC_ERR_BAD_INPUT, "the encrypted private key in '%s' cannot be read", name);

@@ -59,4 +59,11 @@ unsigned char *esc_pubkey_spki(EVP_PKEY *pub, size_t *len);
 
 #define ESC_ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
 
+/*
+ * The private key in the unencrypted PKCS#8 DER der (exactly one
+ * structure), with a decoder ctx keeps across calls (a context is one
+ * thread's); NULL if der holds none.
+ */
+EVP_PKEY *esc_ctx_pkcs8_decode(struct esc_ctx *ctx, const unsigned char *der, size_t len);
+
 #endif

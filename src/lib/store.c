@@ -466,8 +466,8 @@ again:
 }
 
 /* Take (lock) or release the audit lock for this session; the result only matters when taking it. */
-static enum esc_err
-session_audit_lock(struct esc_ctx *ctx, struct esc_store *st, int lock)
+enum esc_err
+esc_store_audit_lock(struct esc_ctx *ctx, struct esc_store *st, int lock)
 {
 	return esc_store_exec(ctx, st,
 			      lock ? "SELECT pg_advisory_lock(" ESC_STORE_AUDIT_LOCK ")"
@@ -486,7 +486,7 @@ esc_store_retry(struct esc_ctx *ctx, struct esc_store *st, struct esc_store_retr
 	if (t->locked) {
 		/* Keep the operation's own error: unlocking can only fail on a lost connection, then unlocked anyway. */
 		snprintf(saved, sizeof(saved), "%s", esc_ctx_errmsg(ctx));
-		(void)session_audit_lock(ctx, st, 0);
+		(void)esc_store_audit_lock(ctx, st, 0);
 		t->locked = 0;
 		if (*r != ESC_OK)
 			(void)esc_error(ctx, *r, "%s", saved);
@@ -515,7 +515,7 @@ esc_store_retry(struct esc_ctx *ctx, struct esc_store *st, struct esc_store_retr
 	 * (row locks first, the audit lock last), so waiting for it can end in a
 	 * deadlock PostgreSQL breaks (BUSY): then this attempt runs without it.
 	 */
-	if ((*r = session_audit_lock(ctx, st, 1)) == ESC_OK)
+	if ((*r = esc_store_audit_lock(ctx, st, 1)) == ESC_OK)
 		t->locked = 1;
 	else if (*r != ESC_ERR_BUSY)
 		return 0;

@@ -49,6 +49,14 @@ enum esc_err esc_store_exec(struct esc_ctx *ctx, struct esc_store *st, const cha
  * nothing it did before the failure committed).
  */
 #define ESC_STORE_TX_ATTEMPTS 8
+/*
+ * Take (lock = 1) or release (0) the audit chain's lock for this session,
+ * outside a transaction: a transaction begun while holding it sees the
+ * chain's end as the last appender committed it (esc_store_retry's second
+ * attempts, batch archival).  Errors (taking it): DB.
+ */
+enum esc_err esc_store_audit_lock(struct esc_ctx *ctx, struct esc_store *st, int lock);
+
 struct esc_store_retry {
 	int attempt; /* attempts made so far */
 	int locked;  /* this session holds the audit lock */
