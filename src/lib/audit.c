@@ -964,6 +964,22 @@ anchor_parse(struct esc_ctx *ctx, const char *text, size_t len, struct anchor_fi
 }
 
 enum esc_err
+esc_audit_anchor_parse(struct esc_ctx *ctx, const char *text, size_t len, struct esc_audit_anchor *a)
+{
+	struct anchor_file f;
+	enum esc_err r;
+
+	memset(&f, 0, sizeof(f));
+	memset(a, 0, sizeof(*a));
+	if ((r = anchor_parse(ctx, text, len, &f)) == ESC_OK) {
+		a->event = strtoll(f.event, NULL, 10);
+		snprintf(a->at, sizeof(a->at), "%s", f.at);
+	}
+	X509_free(f.cert);
+	return r;
+}
+
+enum esc_err
 esc_audit_verify_checkpoint(struct esc_ctx *ctx, struct esc_store *st, const char *text, size_t len,
 			    struct esc_audit_anchor *a)
 {
