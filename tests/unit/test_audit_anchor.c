@@ -67,7 +67,7 @@ test_malformed(void **state)
 		" signature=" SIG,
 		"p11escrow-audit-checkpoint-v1 event=42 hash=" H "0 time=2026-12-05T03:30:00Z signer-sha256=" H " signature=" SIG,
 		"p11escrow-audit-checkpoint-v1 event=42 hash=0123456789ABCDEF0123456789abcdef0123456789abcdef0123456789abcdef "
-		"time=t signer-sha256=" H " signature=" SIG,
+		"time=2026-12-05T03:30:00Z signer-sha256=" H " signature=" SIG,
 		"p11escrow-audit-checkpoint-v1 event=42 hash=" H " time=a\"b signer-sha256=" H " signature=" SIG,
 		"p11escrow-audit-checkpoint-v1 event=42 hash=" H " time= signer-sha256=" H " signature=" SIG,
 		"p11escrow-audit-checkpoint-v1 " FIELDS_NO_SIG " signature=c2lnbmF0dXJl=",
