@@ -336,9 +336,8 @@ enum esc_err esc_audit_verify_by(struct esc_ctx *ctx, struct esc_store *st, cons
  * esc_audit_checkpoint_export (file form) of event_id (0: the newest
  * checkpoint) for reader, an auditor or administrator.  Errors: DENIED, and its.
  */
-enum esc_err esc_audit_checkpoint_export_by(struct esc_ctx *ctx, struct esc_store *st,
-					    const struct esc_account *reader, long long event_id, char **out,
-					    struct esc_audit_anchor *a) ESC_MUST_CHECK;
+enum esc_err esc_audit_checkpoint_export_by(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *reader,
+					    long long event_id, char **out, struct esc_audit_anchor *a) ESC_MUST_CHECK;
 
 /* esc_audit_search without a serial filter. */
 enum esc_err esc_audit_list(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *reader,

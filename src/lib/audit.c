@@ -711,12 +711,14 @@ esc_audit_checkpoint_export(struct esc_ctx *ctx, struct esc_store *st, long long
 				1, v, NULL, NULL, &res)) != ESC_OK)
 		return r;
 	if (PQntuples(res) != 1) {
-		r = event_id == 0 ? esc_error(ctx, ESC_ERR_NOT_FOUND, "the audit trail has no checkpoint yet")
-				  : esc_error(ctx, ESC_ERR_NOT_FOUND, "no audit checkpoint signed event %lld", event_id);
+		r = event_id == 0
+			    ? esc_error(ctx, ESC_ERR_NOT_FOUND, "the audit trail has no checkpoint yet")
+			    : esc_error(ctx, ESC_ERR_NOT_FOUND, "no audit checkpoint signed event %lld", event_id);
 		goto out;
 	}
 	if ((r = esc_store_get_cert(ctx, st, "the audit certificate",
-				    "SELECT certificate FROM token_keys WHERE role = 'audit'", 0, NULL, &auditor)) != ESC_OK)
+				    "SELECT certificate FROM token_keys WHERE role = 'audit'", 0, NULL, &auditor)) !=
+	    ESC_OK)
 		goto out;
 	if (!cert_sha256_hex(auditor, signer)) {
 		r = esc_error_ossl(ctx, ESC_ERR_CRYPTO, "cannot hash the audit certificate");
@@ -937,7 +939,8 @@ anchor_parse(struct esc_ctx *ctx, const char *text, size_t len, struct anchor_fi
 		if (!tagged) {
 			if (n != strlen(ANCHOR_TAG) || memcmp(text + j, ANCHOR_TAG, n) != 0)
 				return esc_error(ctx, ESC_ERR_BAD_INPUT,
-						 "not a p11escrow audit checkpoint (it must begin with " ANCHOR_TAG ")");
+						 "not a p11escrow audit checkpoint (it must begin with " ANCHOR_TAG
+						 ")");
 			tagged = 1;
 		} else if (!anchor_field(f, text + j, n, &seen))
 			return esc_error(ctx, ESC_ERR_BAD_INPUT,
@@ -945,8 +948,9 @@ anchor_parse(struct esc_ctx *ctx, const char *text, size_t len, struct anchor_fi
 					 (int)(n > 40 ? 40 : n), text + j);
 	}
 	if (!tagged || seen != ANCHOR_ALL)
-		return esc_error(ctx, ESC_ERR_BAD_INPUT,
-				 "the checkpoint lacks a field: it needs event, hash, time, signer-sha256 and signature");
+		return esc_error(
+			ctx, ESC_ERR_BAD_INPUT,
+			"the checkpoint lacks a field: it needs event, hash, time, signer-sha256 and signature");
 	if (head < len) {
 		BIO *b = BIO_new_mem_buf(text + head, (int)(len - head));
 		char rest[64];
@@ -1019,8 +1023,9 @@ esc_audit_verify_checkpoint(struct esc_ctx *ctx, struct esc_store *st, const cha
 		goto out;
 	}
 	if (f.cert != NULL && strcmp(theirs, f.signer) != 0) {
-		r = esc_error(ctx, ESC_ERR_TAMPERED,
-			      "the checkpoint's certificate is not the one its signer-sha256 names: the file was altered");
+		r = esc_error(
+			ctx, ESC_ERR_TAMPERED,
+			"the checkpoint's certificate is not the one its signer-sha256 names: the file was altered");
 		goto out;
 	}
 	if (strcmp(mine, f.signer) != 0) {

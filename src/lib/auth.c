@@ -1316,8 +1316,8 @@ audit_reader(struct esc_ctx *ctx, const struct esc_account *reader)
 }
 
 enum esc_err
-esc_audit_verify_by(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *reader,
-		    const char *checkpoint, size_t len, struct esc_audit_report *rep, struct esc_audit_anchor *a)
+esc_audit_verify_by(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *reader, const char *checkpoint,
+		    size_t len, struct esc_audit_report *rep, struct esc_audit_anchor *a)
 {
 	enum esc_err r;
 

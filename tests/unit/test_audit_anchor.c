@@ -40,8 +40,9 @@ test_line_and_file(void **state)
 	assert_string_equal(a.at, "2026-12-05T03:30:00.123456Z");
 	/* One field a line, a comment, CRLF: the same checkpoint. */
 	assert_int_equal(parse(ctx,
-			       "# a comment\r\np11escrow-audit-checkpoint-v1\r\nsignature=" SIG "\r\nevent=42\r\nhash=" H
-			       "\r\ntime=2026-12-05T03:30:00.123456Z\r\nsigner-sha256=" H "\r\n",
+			       "# a comment\r\np11escrow-audit-checkpoint-v1\r\nsignature=" SIG
+			       "\r\nevent=42\r\nhash=" H "\r\ntime=2026-12-05T03:30:00.123456Z\r\nsigner-sha256=" H
+			       "\r\n",
 			       &a),
 			 ESC_OK);
 	assert_int_equal(a.event, 42);
@@ -61,11 +62,14 @@ test_malformed(void **state)
 		LINE " colour=blue",
 		LINE " junk",
 		"p11escrow-audit-checkpoint-v1 " FIELDS_NO_SIG,
-		"p11escrow-audit-checkpoint-v1 event=042 hash=" H " time=2026-12-05T03:30:00Z signer-sha256=" H " signature=" SIG,
-		"p11escrow-audit-checkpoint-v1 event=0 hash=" H " time=2026-12-05T03:30:00Z signer-sha256=" H " signature=" SIG,
-		"p11escrow-audit-checkpoint-v1 event=1234567890123456789 hash=" H " time=2026-12-05T03:30:00Z signer-sha256=" H
+		"p11escrow-audit-checkpoint-v1 event=042 hash=" H " time=2026-12-05T03:30:00Z signer-sha256=" H
 		" signature=" SIG,
-		"p11escrow-audit-checkpoint-v1 event=42 hash=" H "0 time=2026-12-05T03:30:00Z signer-sha256=" H " signature=" SIG,
+		"p11escrow-audit-checkpoint-v1 event=0 hash=" H " time=2026-12-05T03:30:00Z signer-sha256=" H
+		" signature=" SIG,
+		"p11escrow-audit-checkpoint-v1 event=1234567890123456789 hash=" H
+		" time=2026-12-05T03:30:00Z signer-sha256=" H " signature=" SIG,
+		"p11escrow-audit-checkpoint-v1 event=42 hash=" H "0 time=2026-12-05T03:30:00Z signer-sha256=" H
+		" signature=" SIG,
 		"p11escrow-audit-checkpoint-v1 event=42 hash=0123456789ABCDEF0123456789abcdef0123456789abcdef0123456789abcdef "
 		"time=2026-12-05T03:30:00Z signer-sha256=" H " signature=" SIG,
 		"p11escrow-audit-checkpoint-v1 event=42 hash=" H " time=a\"b signer-sha256=" H " signature=" SIG,
