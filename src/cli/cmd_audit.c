@@ -36,9 +36,10 @@ help(void)
 	       "        to keep off-host; with --newest, the newest existing one, signing none (no PIN).\n"
 	       "show    events, oldest first, one per line (auditors and administrators).\n"
 	       "export  the same as JSON lines, for a SIEM.\n"
-	       "Every action takes --server URL: through the service's JSON API (no database, no\n"
-	       "PIN here; checkpoint and verify: administrators and auditors, the service signs or\n"
-	       "verifies).  --local (or $" CLI_LOCAL_ENV "=1) is break-glass, audited as such.\n\n"
+	       "show, export, checkpoint and verify --checkpoint take --server URL: through the\n"
+	       "service's JSON API (no database, no PIN here; checkpoint and verify: administrators\n"
+	       "and auditors, the service signs or checks the file).  verify of the whole chain is\n"
+	       "--local only.  --local (or $" CLI_LOCAL_ENV "=1) is break-glass, audited as such.\n\n"
 	       "Filters:\n"
 	       "      --since TIME          events at or after TIME (UTC, e.g. 2026-11-23T12:00:00)\n"
 	       "      --until TIME          events at or before TIME\n"
@@ -199,38 +200,30 @@ print_anchor(long long event, const char *at, long long newest)
 	       at, event, newest);
 }
 
-/* verify through the service: it recomputes the chain and checks the checkpoint file against its database. */
+/* verify --checkpoint through the service: it checks the checkpoint file against its database. */
 static int
 remote_verify(struct esc_ctx *ctx, const char *server, const char *server_ca, const char *const client[2],
 	      const char *user, const char *password_file, const char *checkpoint)
 {
 	struct cli_http *h = NULL;
 	json_t *doc = NULL, *body = NULL;
-	const json_t *anchor;
-	char *text = NULL;
+	char *text = NULL, at[40];
 	size_t len = 0;
 	int rc;
 
-	if (checkpoint != NULL) {
-		if ((rc = read_checkpoint(checkpoint, &text, &len)) != 0)
-			return rc;
-		if ((body = json_pack("{s:s}", "checkpoint", text)) == NULL) {
-			fprintf(stderr, "%s " CMD ": error: '%s' is not a checkpoint (not text)\n", PROG, checkpoint);
-			rc = esc_err_exit_code(ESC_ERR_BAD_INPUT);
-			goto out;
-		}
+	if ((rc = read_checkpoint(checkpoint, &text, &len)) != 0)
+		return rc;
+	if ((body = json_pack("{s:s}", "checkpoint", text)) == NULL) {
+		fprintf(stderr, "%s " CMD ": error: '%s' is not a checkpoint (not text)\n", PROG, checkpoint);
+		rc = esc_err_exit_code(ESC_ERR_BAD_INPUT);
+		goto out;
 	}
 	if ((rc = cli_http_open_cert(CMD, ctx, server, server_ca, user, password_file, client[0], client[1], &h)) !=
 		    0 ||
 	    (rc = cli_http_call(h, CLI_HTTP_POST, "/audit/verify", body, &doc)) != 0)
 		goto out;
-	print_verified(cli_json_int(doc, "events"), cli_json_int(doc, "checkpoints"), cli_json_int(doc, "last_signed"));
-	if ((anchor = json_object_get(doc, "checkpoint")) != NULL) {
-		char at[40];
-
-		cli_json_copy(at, sizeof(at), anchor, "time");
-		print_anchor(cli_json_int(anchor, "event"), at, cli_json_int(anchor, "newest"));
-	}
+	cli_json_copy(at, sizeof(at), doc, "time");
+	print_anchor(cli_json_int(doc, "event"), at, cli_json_int(doc, "newest"));
 out:
 	json_decref(body);
 	json_decref(doc);
@@ -458,6 +451,9 @@ audit_main(int argc, char *argv[])
 		return cli_usage_error(CMD, "--export and --newest are checkpoint's");
 	if (newest && export == NULL)
 		return cli_usage_error(CMD, "--newest exports the newest checkpoint: give --export FILE");
+	if (server != NULL && strcmp(action, "verify") == 0 && checkpoint == NULL)
+		return cli_usage_error(CMD, "verify reads the whole chain from the database: use --local (through "
+					    "--server only --checkpoint FILE is checked)");
 	if ((rc = cli_check_mode(CMD, server, local)) != 0)
 		return rc;
 	if ((rc = cli_init(CMD, config, &ctx, &cfg)) != 0)

@@ -1316,17 +1316,15 @@ audit_reader(struct esc_ctx *ctx, const struct esc_account *reader)
 }
 
 enum esc_err
-esc_audit_verify_by(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *reader, const char *checkpoint,
-		    size_t len, struct esc_audit_report *rep, struct esc_audit_anchor *a)
+esc_audit_verify_checkpoint_by(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *reader,
+			       const char *checkpoint, size_t len, struct esc_audit_anchor *a)
 {
 	enum esc_err r;
 
-	if ((r = audit_reader(ctx, reader)) == ESC_OK && (r = esc_audit_verify(ctx, st, rep)) == ESC_OK &&
-	    checkpoint != NULL)
+	if ((r = audit_reader(ctx, reader)) == ESC_OK)
 		r = esc_audit_verify_checkpoint(ctx, st, checkpoint, len, a);
-	/* The verification itself is an event, after the chain it checked. */
-	esc_audit_outcome_by(ctx, st, reader, "audit.verify",
-			     checkpoint != NULL ? "chain and exported checkpoint" : "chain", r);
+	/* The verification itself is an event, after what it checked. */
+	esc_audit_outcome_by(ctx, st, reader, "audit.verify", "exported checkpoint", r);
 	return r;
 }
 

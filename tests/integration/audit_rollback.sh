@@ -111,8 +111,11 @@ grep -qE "is older than the checkpoint of $T2|is not the event the checkpoint of
     fail "the rollback is not named through the service"
 srv audrey 0 audit verify --checkpoint "$T/ck1"
 assert_out "not rolled back"
-srv admin 0 audit verify
-assert_out "audit trail intact"
+srv admin 2 audit verify
+assert_out "verify reads the whole chain from the database: use --local"
+[ "$(curl -sS --cacert "$SERVER_CA" -K "$T/admin.curl" -o /dev/null -w '%{http_code}' -X POST \
+    -H 'Content-Type: application/json' -d '{}' "$URL/api/v1/audit/verify")" = 400 ] ||
+    fail "POST /audit/verify without a checkpoint is not refused"
 srv audrey 33 audit verify --checkpoint "$T/ck-event"
 assert_out "signature does not verify"
 srv audrey 31 audit verify --checkpoint "$T/ck-short"
