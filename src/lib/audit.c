@@ -788,7 +788,19 @@ esc_audit_checkpoint_write(struct esc_ctx *ctx, const char *path, const char *te
 		return esc_error(ctx, ESC_ERR_IO, "cannot create '%s': %s", tmp, strerror(errno));
 	/* It holds no secret: readable by whoever ships it off-host. */
 	len = strlen(text);
-	ok = fchmod(fd, 0644) == 0 && write(fd, text, len) == (ssize_t)len && fsync(fd) == 0;
+	ok = fchmod(fd, 0644) == 0;
+	while (ok && len > 0) {
+		ssize_t n = write(fd, text, len);
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		ok = n > 0;
+		if (ok) {
+			text += n;
+			len -= (size_t)n;
+		}
+	}
+	ok = ok && fsync(fd) == 0;
 	if (close(fd) != 0)
 		ok = 0;
 	if (!ok) {
