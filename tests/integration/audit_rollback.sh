@@ -132,6 +132,11 @@ grep -q "audit checkpoint: p11escrow-audit-checkpoint-v1 event=$E3 hash=" "$DAEM
 grep -o "p11escrow-audit-checkpoint-v1 event=$E3 [^\"]*" "$DAEMON_LOG" | head -n 1 >"$T/ck3.line"
 run_esc 0 audit verify --checkpoint "$T/ck3.line"
 assert_out "checkpoint of $(sed -n 's/^time=//p' "$T/ck3") verified"
+# The one-line form names the audit certificate by its hash only: another hash is another key.
+sed 's/signer-sha256=./signer-sha256=x/;s/signer-sha256=x/signer-sha256=0/' "$T/ck3.line" >"$T/ck3.other"
+grep -q 'signer-sha256=0' "$T/ck3.line" && sed -i 's/signer-sha256=0/signer-sha256=1/' "$T/ck3.other"
+run_esc 33 audit verify --checkpoint "$T/ck3.other"
+assert_out "the checkpoint was not signed by this database's audit key"
 srv audrey 0 audit checkpoint --export "$T/ck4" --newest
 cmp -s "$T/ck3" "$T/ck4" || fail "the newest checkpoint through the service is not the one signed"
 srv audrey 36 audit verify --checkpoint "$T/ck2"
