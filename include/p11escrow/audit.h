@@ -123,4 +123,49 @@ struct esc_audit_filter {
 enum esc_err esc_audit_checkpoint_if_due(struct esc_ctx *ctx, struct esc_store *st, struct esc_token *ca_tok,
 					 long long events, long long seconds, long long *event_id) ESC_MUST_CHECK;
 
+/* ---- Checkpoints kept outside the database (rollback detection) ----------- */
+
+#define ESC_AUDIT_CHECKPOINT_MAX (16 * 1024) /* the largest checkpoint text read back */
+
+/* What an exported checkpoint says, and what the database holds against it. */
+struct esc_audit_anchor {
+	long long event;  /* the event the checkpoint signed */
+	char at[40];	  /* when it was signed (UTC, as signed) */
+	long long newest; /* esc_audit_verify_checkpoint: the database's newest event (0: none) */
+};
+
+/*
+ * The stored checkpoint of event event_id (0: the newest checkpoint) as
+ * text, for keeping outside the database.  with_cert 1: the file form (a
+ * comment line, one field a line, then the audit certificate in PEM);
+ * with_cert 0: the one-line form for a log, "p11escrow-audit-checkpoint-v1
+ * event=N hash=HEX time=T signer-sha256=HEX signature=BASE64", which names
+ * the audit certificate by its SHA-256 only.  Either is read back by
+ * esc_audit_verify_checkpoint.  *out is malloc'ed (NUL-terminated, no
+ * secret); a (may be NULL) gets event and time.
+ * Errors: NOT_FOUND (no such checkpoint), STATE (no audit certificate), NOMEM, CRYPTO, DB.
+ */
+enum esc_err esc_audit_checkpoint_export(struct esc_ctx *ctx, struct esc_store *st, long long event_id, int with_cert,
+					 char **out, struct esc_audit_anchor *a) ESC_MUST_CHECK;
+
+/* Write text to path atomically (temporary file beside it, then rename), mode 0644.  Errors: USAGE, IO. */
+enum esc_err esc_audit_checkpoint_write(struct esc_ctx *ctx, const char *path, const char *text) ESC_MUST_CHECK;
+
+/*
+ * Check an exported checkpoint (text, len bytes, at most
+ * ESC_AUDIT_CHECKPOINT_MAX) against the database: its signature under the
+ * audit certificate it carries, or else the database's one with the
+ * SHA-256 it names, which must be issued by the CA certificate in the
+ * database; then that the database holds the event it signed with exactly
+ * that chained hash.  A database whose newest event is older than the
+ * checkpoint, or whose event N differs (history replaced after a restore,
+ * or rewritten), is ESC_ERR_ROLLED_BACK, the message naming the missing
+ * events and the checkpoint's time.  *a is filled on success and on
+ * ROLLED_BACK.  Does not recompute the chain (esc_audit_verify does).
+ * Errors: BAD_INPUT (malformed), TAMPERED (signature or certificate does
+ * not verify), ROLLED_BACK, NOMEM, DB.
+ */
+enum esc_err esc_audit_verify_checkpoint(struct esc_ctx *ctx, struct esc_store *st, const char *text, size_t len,
+					 struct esc_audit_anchor *a) ESC_MUST_CHECK;
+
 #endif

@@ -318,6 +318,26 @@ enum esc_err esc_audit_checkpoint_by(struct esc_ctx *ctx, struct esc_store *st, 
 enum esc_err esc_audit_search(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *reader,
 			      const struct esc_audit_filter *f, struct esc_audit_row **out, size_t *n) ESC_MUST_CHECK;
 
+struct esc_audit_anchor;
+
+/*
+ * esc_audit_verify_checkpoint of an exported checkpoint (len bytes) for
+ * reader, who must be an auditor or administrator (the service's API:
+ * bounded work, unlike esc_audit_verify, which reads the whole chain and
+ * stays on the service host).  Audited as audit.verify by reader, with the
+ * outcome.  Errors: DENIED, and its (BAD_INPUT, TAMPERED, ROLLED_BACK, DB).
+ */
+enum esc_err esc_audit_verify_checkpoint_by(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *reader,
+					    const char *checkpoint, size_t len,
+					    struct esc_audit_anchor *a) ESC_MUST_CHECK;
+
+/*
+ * esc_audit_checkpoint_export (file form) of event_id (0: the newest
+ * checkpoint) for reader, an auditor or administrator.  Errors: DENIED, and its.
+ */
+enum esc_err esc_audit_checkpoint_export_by(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *reader,
+					    long long event_id, char **out, struct esc_audit_anchor *a) ESC_MUST_CHECK;
+
 /* esc_audit_search without a serial filter. */
 enum esc_err esc_audit_list(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *reader,
 			    const char *since, const char *until, const char *actor, const char *action,

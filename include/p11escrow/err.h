@@ -41,6 +41,7 @@ enum esc_err {
 	ESC_ERR_TAMPERED = -33,	       /* authenticated encryption failed: data altered */
 	ESC_ERR_NOT_RECIPIENT = -34,   /* this key is not a recipient of the envelope */
 	ESC_ERR_CARDS_NEEDED = -35,    /* the KRA cards given cannot open it: others are needed */
+	ESC_ERR_ROLLED_BACK = -36,     /* the database is older than a signed audit checkpoint kept outside it */
 	ESC_ERR_EXISTS = -40,	       /* object already exists */
 	ESC_ERR_STATE = -41,	       /* operation not valid in this state */
 	ESC_ERR_NOT_FOUND = -42,       /* no such object (serial, record, request, account) */

@@ -1,6 +1,7 @@
 /*
  * p11escrow audit — verify, show and export the audit trail.
  */
+#include <errno.h>
 #include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -19,21 +20,28 @@
 static void
 help(void)
 {
-	printf("Usage: %s " CMD " verify [OPTIONS]\n"
+	printf("Usage: %s " CMD " verify [--checkpoint FILE] [OPTIONS]\n"
 	       "       %s " CMD " show|export --user NAME [FILTERS] [OPTIONS]\n"
-	       "       %s " CMD " checkpoint [OPTIONS]\n\n"
+	       "       %s " CMD " checkpoint [--export FILE [--newest]] [OPTIONS]\n\n"
 	       "verify  recompute the hash chain of every event, check every checkpoint's signature\n"
 	       "        (audit certificate issued by the CA) and that the events it signed are still\n"
 	       "        there; name the first event altered, removed, reordered or cut (exit 33).\n"
+	       "        --checkpoint FILE: also check a checkpoint kept outside the database (from\n"
+	       "        checkpoint --export, or a service log line): its signature by this database's\n"
+	       "        audit key (a bad one: exit 33), then that the database holds the event it\n"
+	       "        signed with that hash; a database older than it, or with another history up\n"
+	       "        to it, was restored from an older backup or rolled back (exit 36).\n"
 	       "checkpoint  sign the newest event's hash with the audit key on the CA token (needs\n"
 	       "        the CA token PIN: -p FILE, else $P11ESCROW_CA_PIN, else a prompt).\n"
+	       "        --export FILE: write the checkpoint to FILE (atomically, mode 0644; no secret)\n"
+	       "        to keep off-host; with --newest, the newest existing one, signing none (no PIN).\n"
 	       "show    events, oldest first, one per line (auditors and administrators); --json: a\n"
 	       "        JSON array of them.\n"
 	       "export  the same as JSON lines, for a SIEM.\n"
-	       "show, export and checkpoint take --server URL: through the service's JSON API (no\n"
-	       "database, no PIN here; checkpoint: administrators and auditors, the service signs).\n"
-	       "verify reads the whole chain: --local only.  --local (or $" CLI_LOCAL_ENV "=1) is\n"
-	       "break-glass, audited as such.\n\n"
+	       "show, export, checkpoint and verify --checkpoint take --server URL: through the\n"
+	       "service's JSON API (no database, no PIN here; checkpoint and verify: administrators\n"
+	       "and auditors, the service signs or checks the file).  verify of the whole chain is\n"
+	       "--local only.  --local (or $" CLI_LOCAL_ENV "=1) is break-glass, audited as such.\n\n"
 	       "Filters:\n"
 	       "      --since TIME          events at or after TIME (UTC, e.g. 2026-11-23T12:00:00)\n"
 	       "      --until TIME          events at or before TIME\n"
@@ -43,6 +51,10 @@ help(void)
 	       "      --serial HEX          events of that certificate: enrollment, archival, revocation,\n"
 	       "                            and every step of a recovery of its key\n"
 	       "      --limit N             at most N events (default 10000)\n\n"
+	       "Checkpoints kept outside the database:\n"
+	       "      --checkpoint FILE     verify: check the database against this exported checkpoint\n"
+	       "      --export FILE         checkpoint: write the checkpoint signed to FILE\n"
+	       "      --newest              checkpoint --export: the newest existing one, sign none\n\n"
 	       "Options:\n"
 	       "  -c, --config FILE         configuration file\n"
 	       "  -d, --database CONNINFO   libpq connection string\n"
@@ -61,40 +73,165 @@ help(void)
 	cli_print_exit_codes();
 }
 
+/* Write an exported checkpoint's text to path and say so. */
 static int
-do_checkpoint(struct esc_ctx *ctx, struct esc_config *cfg, struct esc_store *st)
+write_export(struct esc_ctx *ctx, const char *path, const char *text, long long event)
+{
+	enum esc_err r;
+
+	if ((r = esc_audit_checkpoint_write(ctx, path, text)) != ESC_OK)
+		return cli_fail(CMD, ctx, r);
+	printf("checkpoint of event %lld written to %s: keep it off-host\n", event, path);
+	return 0;
+}
+
+static int
+do_checkpoint(struct esc_ctx *ctx, struct esc_config *cfg, struct esc_store *st, const char *export, int newest)
 {
 	struct esc_keeper *k = NULL;
+	struct esc_audit_anchor a;
+	char *text = NULL;
 	long long id = 0;
-	enum esc_err r;
+	enum esc_err r = ESC_OK;
 	int rc;
 
 	/*
 	 * The keeper, as the service has it (setup keeps the audit key on the CA
 	 * token): a missing audit key is then the library's clear, audited refusal.
 	 */
-	if ((rc = cli_open_keeper(CMD, ctx, cfg, st, &k)) != 0)
+	if (!newest) {
+		if ((rc = cli_open_keeper(CMD, ctx, cfg, st, &k)) != 0)
+			return rc;
+		if ((r = esc_keeper_checkpoint(ctx, k, st, NULL, 0, 0, &id)) == ESC_OK)
+			printf("checkpoint signed: events up to %lld\n", id);
+		esc_keeper_free(k);
+	}
+	if (r == ESC_OK && export != NULL && (r = esc_audit_checkpoint_export(ctx, st, id, 1, &text, &a)) == ESC_OK) {
+		rc = write_export(ctx, export, text, a.event);
+		free(text);
 		return rc;
-	if ((r = esc_keeper_checkpoint(ctx, k, st, NULL, 0, 0, &id)) == ESC_OK)
-		printf("checkpoint signed: events up to %lld\n", id);
-	esc_keeper_free(k);
+	}
 	return r == ESC_OK ? 0 : cli_fail(CMD, ctx, r);
 }
 
-/* checkpoint through the service: it signs with the audit key on its CA token. */
+/*
+ * checkpoint through the service: it signs with the audit key on its CA
+ * token (newest: it only hands out the newest existing checkpoint).
+ */
 static int
 remote_checkpoint(struct esc_ctx *ctx, const char *server, const char *server_ca, const char *user,
-		  const char *password_file)
+		  const char *password_file, const char *export, int newest)
 {
 	struct cli_http *h = NULL;
 	json_t *doc = NULL;
+	const char *text;
 	int rc;
 
-	if ((rc = cli_http_open(CMD, ctx, server, server_ca, user, password_file, &h)) == 0 &&
-	    (rc = cli_http_call(h, CLI_HTTP_POST, "/audit/checkpoint", NULL, &doc)) == 0)
+	if ((rc = cli_http_open(CMD, ctx, server, server_ca, user, password_file, &h)) != 0 ||
+	    (rc = cli_http_call(h, newest ? CLI_HTTP_GET : CLI_HTTP_POST, "/audit/checkpoint", NULL, &doc)) != 0)
+		goto out;
+	if (!newest)
 		printf("checkpoint signed: events up to %lld\n", cli_json_int(doc, "event"));
+	if (export != NULL) {
+		if ((text = json_string_value(json_object_get(doc, "checkpoint"))) == NULL) {
+			fprintf(stderr, "%s " CMD ": error: the service sent no checkpoint text\n", PROG);
+			rc = esc_err_exit_code(ESC_ERR_BAD_INPUT);
+			goto out;
+		}
+		rc = write_export(ctx, export, text, cli_json_int(doc, "event"));
+	}
+out:
 	json_decref(doc);
 	cli_http_free(h);
+	return rc;
+}
+
+/* A checkpoint file's text (at most ESC_AUDIT_CHECKPOINT_MAX bytes), NUL-terminated; *out malloc'ed. */
+static int
+read_checkpoint(const char *path, char **out, size_t *len)
+{
+	FILE *f = fopen(path, "r");
+	char *buf = NULL;
+	size_t n;
+	int rc = 0;
+
+	if (f == NULL) {
+		fprintf(stderr, "%s " CMD ": error: cannot open '%s': %s\n", PROG, path, strerror(errno));
+		return esc_err_exit_code(ESC_ERR_IO);
+	}
+	if ((buf = malloc(ESC_AUDIT_CHECKPOINT_MAX + 2)) == NULL) {
+		rc = esc_err_exit_code(ESC_ERR_NOMEM);
+		goto out;
+	}
+	n = fread(buf, 1, ESC_AUDIT_CHECKPOINT_MAX + 1, f);
+	if (ferror(f)) {
+		fprintf(stderr, "%s " CMD ": error: cannot read '%s'\n", PROG, path);
+		rc = esc_err_exit_code(ESC_ERR_IO);
+		goto out;
+	}
+	if (n > ESC_AUDIT_CHECKPOINT_MAX) {
+		fprintf(stderr, "%s " CMD ": error: '%s' is larger than %d bytes: not a checkpoint\n", PROG, path,
+			ESC_AUDIT_CHECKPOINT_MAX);
+		rc = esc_err_exit_code(ESC_ERR_BAD_INPUT);
+		goto out;
+	}
+	buf[n] = '\0';
+	*out = buf;
+	*len = n;
+	buf = NULL; /* transferred */
+out:
+	free(buf);
+	fclose(f);
+	return rc;
+}
+
+static void
+print_verified(long long events, long long checkpoints, long long last_signed)
+{
+	printf("audit trail intact: %lld event(s), every hash and link verified; %lld checkpoint(s)", events,
+	       checkpoints);
+	if (checkpoints > 0)
+		printf(", the newest signing events up to %lld", last_signed);
+	printf("\n");
+}
+
+static void
+print_anchor(long long event, const char *at, long long newest)
+{
+	printf("checkpoint of %s verified: signed by the audit key, and the database holds event %lld with the hash "
+	       "it signed (newest event %lld): not rolled back\n",
+	       at, event, newest);
+}
+
+/* verify --checkpoint through the service: it checks the checkpoint file against its database. */
+static int
+remote_verify(struct esc_ctx *ctx, const char *server, const char *server_ca, const char *const client[2],
+	      const char *user, const char *password_file, const char *checkpoint)
+{
+	struct cli_http *h = NULL;
+	json_t *doc = NULL, *body = NULL;
+	char *text = NULL, at[40];
+	size_t len = 0;
+	int rc;
+
+	if ((rc = read_checkpoint(checkpoint, &text, &len)) != 0)
+		return rc;
+	if ((body = json_pack("{s:s}", "checkpoint", text)) == NULL) {
+		fprintf(stderr, "%s " CMD ": error: '%s' is not a checkpoint (not text)\n", PROG, checkpoint);
+		rc = esc_err_exit_code(ESC_ERR_BAD_INPUT);
+		goto out;
+	}
+	if ((rc = cli_http_open_cert(CMD, ctx, server, server_ca, user, password_file, client[0], client[1], &h)) !=
+		    0 ||
+	    (rc = cli_http_call(h, CLI_HTTP_POST, "/audit/verify", body, &doc)) != 0)
+		goto out;
+	cli_json_copy(at, sizeof(at), doc, "time");
+	print_anchor(cli_json_int(doc, "event"), at, cli_json_int(doc, "newest"));
+out:
+	json_decref(body);
+	json_decref(doc);
+	cli_http_free(h);
+	free(text);
 	return rc;
 }
 
@@ -181,7 +318,10 @@ audit_main(int argc, char *argv[])
 		OPT_LOCAL,
 		OPT_CLIENT_CERT,
 		OPT_CLIENT_KEY,
-		OPT_JSON
+		OPT_JSON,
+		OPT_CHECKPOINT,
+		OPT_EXPORT,
+		OPT_NEWEST
 	};
 	static const struct option longopts[] = {
 		{"config", required_argument, NULL, 'c'},
@@ -203,12 +343,18 @@ audit_main(int argc, char *argv[])
 		{"client-cert", required_argument, NULL, OPT_CLIENT_CERT},
 		{"client-key", required_argument, NULL, OPT_CLIENT_KEY},
 		{"json", no_argument, NULL, OPT_JSON},
+		{"checkpoint", required_argument, NULL, OPT_CHECKPOINT},
+		{"export", required_argument, NULL, OPT_EXPORT},
+		{"newest", no_argument, NULL, OPT_NEWEST},
 		{"help", no_argument, NULL, 'h'},
 		{NULL, 0, NULL, 0},
 	};
 	const char *config = NULL, *database = NULL, *user = NULL, *password_file = NULL, *action;
 	const char *pin_file = NULL, *module = NULL, *server = NULL, *server_ca = NULL;
 	const char *client[2] = {NULL, NULL};
+	const char *checkpoint = NULL, *export = NULL;
+	char *anchor_text = NULL;
+	size_t anchor_len = 0;
 	const char *since = NULL, *until = NULL, *actor = NULL, *act = NULL, *object = NULL, *serial = NULL;
 	struct esc_ctx *ctx = NULL;
 	struct esc_config *cfg = NULL;
@@ -218,7 +364,7 @@ audit_main(int argc, char *argv[])
 	struct esc_audit_report rep;
 	size_t n = 0, i, limit = 10000;
 	enum esc_err r;
-	int c, rc, nlimit, local = 0, json = 0;
+	int c, rc, nlimit, local = 0, json = 0, newest = 0;
 
 	opterr = 0;
 	optind = 1;
@@ -281,6 +427,15 @@ audit_main(int argc, char *argv[])
 		case OPT_JSON:
 			json = 1;
 			break;
+		case OPT_CHECKPOINT:
+			checkpoint = optarg;
+			break;
+		case OPT_EXPORT:
+			export = optarg;
+			break;
+		case OPT_NEWEST:
+			newest = 1;
+			break;
 		case OPT_LIMIT:
 			if ((rc = cli_int_option(CMD, "--limit", optarg, 1, 100000, &nlimit)) != 0)
 				return rc;
@@ -300,16 +455,29 @@ audit_main(int argc, char *argv[])
 		return cli_usage_error(CMD, "unknown action '%s' (use verify, show, export or checkpoint)", action);
 	if (json && strcmp(action, "show") != 0)
 		return cli_usage_error(CMD, "--json goes with show (export writes JSON lines already)");
-	if (server != NULL && strcmp(action, "verify") == 0)
-		return cli_usage_error(CMD, "verify reads the whole chain from the database: use --local");
+	if (checkpoint != NULL && strcmp(action, "verify") != 0)
+		return cli_usage_error(CMD, "--checkpoint FILE is verify's");
+	if ((export != NULL || newest) && strcmp(action, "checkpoint") != 0)
+		return cli_usage_error(CMD, "--export and --newest are checkpoint's");
+	if (newest && export == NULL)
+		return cli_usage_error(CMD, "--newest exports the newest checkpoint: give --export FILE");
+	if (server != NULL && strcmp(action, "verify") == 0 && checkpoint == NULL)
+		return cli_usage_error(CMD, "verify reads the whole chain from the database: use --local (through "
+					    "--server only --checkpoint FILE is checked)");
 	if ((rc = cli_check_mode(CMD, server, local)) != 0)
 		return rc;
 	if ((rc = cli_init(CMD, config, &ctx, &cfg)) != 0)
 		goto out;
 	if (server != NULL && strcmp(action, "checkpoint") == 0) {
-		rc = remote_checkpoint(ctx, server, server_ca, user, password_file);
+		rc = remote_checkpoint(ctx, server, server_ca, user, password_file, export, newest);
 		goto out;
 	}
+	if (server != NULL && strcmp(action, "verify") == 0) {
+		rc = remote_verify(ctx, server, server_ca, client, user, password_file, checkpoint);
+		goto out;
+	}
+	if (checkpoint != NULL && (rc = read_checkpoint(checkpoint, &anchor_text, &anchor_len)) != 0)
+		goto out;
 	if (server != NULL) {
 		const char *filters[6] = {since, until, actor, act, object, serial};
 
@@ -327,25 +495,27 @@ audit_main(int argc, char *argv[])
 			goto out;
 	}
 	if (strcmp(action, "checkpoint") == 0) {
-		rc = do_checkpoint(ctx, cfg, st);
+		rc = do_checkpoint(ctx, cfg, st, export, newest);
 		goto out;
 	}
 	if (user != NULL && (rc = cli_login(CMD, ctx, st, user, password_file, &reader)) != 0)
 		goto out;
 	if (strcmp(action, "verify") == 0) {
+		struct esc_audit_anchor a;
+
 		r = esc_audit_verify(ctx, st, &rep);
+		if (r == ESC_OK && anchor_text != NULL)
+			r = esc_audit_verify_checkpoint(ctx, st, anchor_text, anchor_len, &a);
 		/* The verification itself is an event, after the chain it checked. */
 		esc_audit_outcome(ctx, st, reader ? esc_account_name(reader) : "cli", "auditor", "audit.verify",
-				  "chain", r);
+				  anchor_text != NULL ? "chain and exported checkpoint" : "chain", r);
 		if (r != ESC_OK) {
 			rc = cli_fail(CMD, ctx, r);
 			goto out;
 		}
-		printf("audit trail intact: %lld event(s), every hash and link verified; %lld checkpoint(s)",
-		       rep.events, rep.checkpoints);
-		if (rep.checkpoints > 0)
-			printf(", the newest signing events up to %lld", rep.last_signed);
-		printf("\n");
+		print_verified(rep.events, rep.checkpoints, rep.last_signed);
+		if (anchor_text != NULL)
+			print_anchor(a.event, a.at, a.newest);
 		rc = 0;
 		goto out;
 	}
@@ -381,6 +551,7 @@ print:
 	}
 	rc = 0;
 out:
+	free(anchor_text);
 	free(rows);
 	esc_account_free(reader);
 	esc_store_free(st);

@@ -1368,6 +1368,8 @@ static const struct route {
 	{"/enroll-passwords", EVHTTP_REQ_GET, api_enroll_passwords_list},
 	{"/enroll-passwords", EVHTTP_REQ_POST, api_enroll_passwords_create},
 	{"/audit/checkpoint", EVHTTP_REQ_POST, api_audit_checkpoint},
+	{"/audit/checkpoint", EVHTTP_REQ_GET, api_audit_checkpoint_get},
+	{"/audit/verify", EVHTTP_REQ_POST, api_audit_verify},
 	{"/profiles", EVHTTP_REQ_GET, api_profiles},
 	{"/storage-keys", EVHTTP_REQ_GET, api_storage_keys},
 	{"/storage-keys/reseal", EVHTTP_REQ_POST, api_storage_reseal},

@@ -855,6 +855,7 @@ api_audit_checkpoint(struct api_call *c)
 {
 	struct svc_worker *w = api_call_worker(c);
 	long long id = 0;
+	char *text = NULL;
 	json_t *o;
 	enum esc_err r;
 	int bad;
@@ -870,7 +871,83 @@ api_audit_checkpoint(struct api_call *c)
 		api_reply_esc(c, r);
 		return;
 	}
-	bad = (o = json_object()) == NULL || api_put(o, "event", json_integer(id));
+	svc_checkpoint_published(w, id);
+	/* The file form too, for the caller to keep off-host (audit checkpoint --export). */
+	if ((r = esc_audit_checkpoint_export(w->ctx, w->st, id, 1, &text, NULL)) != ESC_OK) {
+		api_reply_esc(c, r);
+		return;
+	}
+	bad = (o = json_object()) == NULL || api_put(o, "event", json_integer(id)) ||
+	      api_put(o, "checkpoint", api_jstr(text));
+	free(text);
+	api_reply_json(c, 200, o, bad);
+}
+
+/* A verification's finding (the database rolled back, the trail or a checkpoint altered) is a 409 with the reason. */
+static void
+reply_finding(struct api_call *c, enum esc_err r)
+{
+	struct svc_worker *w = api_call_worker(c);
+
+	if (r != ESC_ERR_ROLLED_BACK && r != ESC_ERR_TAMPERED) {
+		api_reply_esc(c, r);
+		return;
+	}
+	svc_log(w, ESC_LOG_WARN, "audit verification failed: %s", esc_ctx_errmsg(w->ctx));
+	api_reply_error(c, 409, esc_ctx_errmsg(w->ctx), r);
+}
+
+/* GET /audit/checkpoint: the newest checkpoint in the file form (administrators and auditors). */
+void
+api_audit_checkpoint_get(struct api_call *c)
+{
+	struct svc_worker *w = api_call_worker(c);
+	struct esc_audit_anchor a;
+	char *text = NULL;
+	json_t *o;
+	enum esc_err r;
+	int bad;
+
+	if (!api_params_ok(c, no_params))
+		return;
+	if ((r = esc_audit_checkpoint_export_by(w->ctx, w->st, api_call_account(c), 0, &text, &a)) != ESC_OK) {
+		api_reply_esc(c, r);
+		return;
+	}
+	bad = (o = json_object()) == NULL || api_put(o, "event", json_integer(a.event)) ||
+	      api_put(o, "time", api_jstr(a.at)) || api_put(o, "checkpoint", api_jstr(text));
+	free(text);
+	api_reply_json(c, 200, o, bad);
+}
+
+/*
+ * POST /audit/verify {"checkpoint": TEXT}: check this database against a
+ * checkpoint kept outside it (administrators and auditors; audited).  Two
+ * short queries: the whole chain (esc_audit_verify, linear in the events)
+ * is verified on the service host, not in a worker.
+ */
+void
+api_audit_verify(struct api_call *c)
+{
+	struct svc_worker *w = api_call_worker(c);
+	const char *text = NULL;
+	struct api_field f[] = {{"checkpoint", 1, 0, &text}};
+	struct api_body_spec spec = {2 * ESC_AUDIT_CHECKPOINT_MAX, "checkpoint", ESC_AUDIT_CHECKPOINT_MAX, NULL, 0};
+	struct esc_audit_anchor a;
+	json_t *doc, *o = NULL;
+	enum esc_err r;
+	int bad;
+
+	if (!api_params_ok(c, no_params) || (doc = api_parse_body(c, &spec, f, N(f))) == NULL)
+		return;
+	r = esc_audit_verify_checkpoint_by(w->ctx, w->st, api_call_account(c), text, strlen(text), &a);
+	json_decref(doc);
+	if (r != ESC_OK) {
+		reply_finding(c, r);
+		return;
+	}
+	bad = (o = json_object()) == NULL || api_put(o, "event", json_integer(a.event)) ||
+	      api_put(o, "time", api_jstr(a.at)) || api_put(o, "newest", json_integer(a.newest));
 	api_reply_json(c, 200, o, bad);
 }
 

@@ -81,6 +81,8 @@ void api_crl(struct api_call *c);
 void api_enroll_passwords_list(struct api_call *c);
 void api_enroll_passwords_create(struct api_call *c);
 void api_audit_checkpoint(struct api_call *c);
+void api_audit_checkpoint_get(struct api_call *c);
+void api_audit_verify(struct api_call *c);
 void api_profiles(struct api_call *c);
 void api_storage_keys(struct api_call *c);
 void api_storage_reseal(struct api_call *c);

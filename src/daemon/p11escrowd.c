@@ -273,6 +273,53 @@ svc_worker_forget(struct svc_worker *w, enum esc_err e)
 
 /* ---- audit checkpoints ---------------------------------------------------- */
 
+static void __attribute__((format(printf, 4, 5)))
+log_as(struct svc *s, int worker, enum esc_log_level level, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	vlog_line(s, worker, level, fmt, ap);
+	va_end(ap);
+}
+
+/*
+ * A checkpoint this service signed, kept outside the database so that a
+ * database restored from an older backup is caught (audit verify
+ * --checkpoint): its one-line form on the log (worker: its index; -1 the
+ * keeper) and the file form in audit_checkpoint_file, if set.  The
+ * checkpoint is in the database already: a failure here is only logged.
+ */
+static void
+checkpoint_publish(struct svc *s, int worker, struct esc_ctx *ctx, struct esc_store *st, long long id)
+{
+	const char *path = esc_config_get(s->cfg, "audit_checkpoint_file");
+	char *text = NULL;
+
+	if (esc_audit_checkpoint_export(ctx, st, id, 0, &text, NULL) != ESC_OK)
+		goto failed;
+	log_as(s, worker, ESC_LOG_INFO, "audit checkpoint: %s", text);
+	free(text);
+	text = NULL;
+	if (path == NULL || *path == '\0')
+		return;
+	if (esc_audit_checkpoint_export(ctx, st, id, 1, &text, NULL) != ESC_OK ||
+	    esc_audit_checkpoint_write(ctx, path, text) != ESC_OK)
+		goto failed;
+	free(text);
+	return;
+failed:
+	free(text);
+	log_as(s, worker, ESC_LOG_ERROR, "audit checkpoint of event %lld not exported: %s", id, esc_ctx_errmsg(ctx));
+}
+
+void
+svc_checkpoint_published(struct svc_worker *w, long long event_id)
+{
+	if (w->st != NULL)
+		checkpoint_publish(w->svc, w->index, w->ctx, w->st, event_id);
+}
+
 #define CKPT_TICK 5	      /* seconds between worker 0's timed checks */
 #define CKPT_AFTER_REQUEST 1  /* seconds after a request (the first of a burst) that worker 0 checks */
 #define CKPT_BACKOFF_MIN 60   /* a failed checkpoint is retried after this, doubling ... */
@@ -304,8 +351,10 @@ checkpoint_maybe(struct slot *sl)
 		r = esc_keeper_checkpoint(w->ctx, w->keeper, w->st, NULL, events, seconds, &id);
 	if (r == ESC_OK) {
 		sl->ckpt_backoff = 0;
-		if (id > 0)
+		if (id > 0) {
 			svc_log(w, ESC_LOG_INFO, "audit checkpoint signed: events up to %lld", id);
+			svc_checkpoint_published(w, id);
+		}
 		return;
 	}
 	/* The keeper restarting is no failure of the checkpoint: the next tick asks again. */
@@ -1043,8 +1092,10 @@ keeper_final_checkpoint(struct svc *s, struct esc_ctx *ctx, struct esc_store *st
 		return;
 	if (esc_keeper_checkpoint(ctx, k, st, NULL, 1, 0, &id) != ESC_OK)
 		mlog(s, ESC_LOG_ERROR, "audit checkpoint failed at shutdown: %s", esc_ctx_errmsg(ctx));
-	else if (id > 0)
+	else if (id > 0) {
 		mlog(s, ESC_LOG_INFO, "audit checkpoint signed: events up to %lld (at shutdown)", id);
+		checkpoint_publish(s, -1, ctx, st, id);
+	}
 }
 
 /*

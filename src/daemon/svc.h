@@ -194,6 +194,13 @@ int svc_http_status(enum esc_err e);
 int svc_basic_auth(struct svc_request *r, char *user, size_t userlen, struct esc_secret **password);
 
 /* Structured log line on stderr: "level=info worker=1 req=... msg=..."; never a secret. */
+/*
+ * The checkpoint of event_id the service just signed, kept outside the
+ * database (docs/backup.md): its one-line form on the log and, with
+ * audit_checkpoint_file, the file form there.  A failure is only logged.
+ */
+void svc_checkpoint_published(struct svc_worker *w, long long event_id);
+
 void svc_log(struct svc_worker *w, enum esc_log_level level, const char *fmt, ...)
 	__attribute__((format(printf, 3, 4)));
 

@@ -3,13 +3,19 @@
  * strings (name and roles) and no accounts: whatever acts for an account,
  * and the role check before the trail is read, is auth.c's, above it.
  */
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
+#include <sys/stat.h>
+
+#include <openssl/buffer.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
+#include <openssl/pem.h>
 #include <openssl/x509.h>
 
 #include <p11escrow/audit.h>
@@ -348,6 +354,7 @@ outcome_of(enum esc_err r)
 	case ESC_ERR_NOT_FOUND:
 	case ESC_ERR_USAGE:
 	case ESC_ERR_TAMPERED:
+	case ESC_ERR_ROLLED_BACK:
 		return "refused";
 	default:
 		return "failed";
@@ -791,4 +798,417 @@ esc_audit_query(struct esc_ctx *ctx, struct esc_store *st, const struct esc_audi
 	*out = rows;
 	*n = (size_t)count;
 	return ESC_OK;
+}
+
+/* ---- Checkpoints kept outside the database -------------------------------- */
+
+#define ANCHOR_TAG "p11escrow-audit-checkpoint-v1"
+#define ANCHOR_SIG_MAX 1024 /* bytes of a signature: RSA-8192 is 1024 */
+
+/* The SHA-256 of x's DER, as lower-case hex. */
+static int
+cert_sha256_hex(X509 *x, char out[2 * HASH_LEN + 1])
+{
+	unsigned char md[HASH_LEN];
+	unsigned int n = 0;
+
+	if (X509_digest(x, EVP_sha256(), md, &n) != 1 || n != HASH_LEN)
+		return 0;
+	hex_of(md, HASH_LEN, out);
+	return 1;
+}
+
+enum esc_err
+esc_audit_checkpoint_export(struct esc_ctx *ctx, struct esc_store *st, long long event_id, int with_cert, char **out,
+			    struct esc_audit_anchor *a)
+{
+	PGresult *res = NULL;
+	X509 *auditor = NULL;
+	BIO *bio = NULL;
+	BUF_MEM *mem = NULL;
+	char want[24], signer[2 * HASH_LEN + 1], *b64 = NULL, *text = NULL;
+	const char *v[1] = {want};
+	const char *sep = with_cert ? "\n" : " ";
+	const unsigned char *sig;
+	size_t siglen;
+	enum esc_err r;
+
+	if (st == NULL || out == NULL || event_id < 0)
+		return esc_error(ctx, ESC_ERR_INTERNAL, "esc_audit_checkpoint_export: bad argument");
+	snprintf(want, sizeof(want), "%lld", event_id);
+	if ((r = esc_store_exec(ctx, st,
+				"SELECT event_id, encode(event_hash, 'hex'), at, signature FROM audit_checkpoints "
+				"WHERE $1::bigint = 0 OR event_id = $1::bigint ORDER BY id DESC LIMIT 1",
+				1, v, NULL, NULL, &res)) != ESC_OK)
+		return r;
+	if (PQntuples(res) != 1) {
+		r = event_id == 0
+			    ? esc_error(ctx, ESC_ERR_NOT_FOUND, "the audit trail has no checkpoint yet")
+			    : esc_error(ctx, ESC_ERR_NOT_FOUND, "no audit checkpoint signed event %lld", event_id);
+		goto out;
+	}
+	if ((r = esc_store_get_cert(ctx, st, "the audit certificate",
+				    "SELECT certificate FROM token_keys WHERE role = 'audit'", 0, NULL, &auditor)) !=
+	    ESC_OK)
+		goto out;
+	if (!cert_sha256_hex(auditor, signer)) {
+		r = esc_error_ossl(ctx, ESC_ERR_CRYPTO, "cannot hash the audit certificate");
+		goto out;
+	}
+	{
+		/* The signature column is bytea, read as text: PQunescapeBytea gives its bytes. */
+		unsigned char *raw = PQunescapeBytea((const unsigned char *)PQgetvalue(res, 0, 3), &siglen);
+
+		sig = raw;
+		if (raw == NULL || siglen == 0 || siglen > ANCHOR_SIG_MAX ||
+		    (b64 = malloc(4 * ((siglen + 2) / 3) + 1)) == NULL) {
+			PQfreemem(raw);
+			r = esc_error(ctx, ESC_ERR_NOMEM, "cannot read the checkpoint's signature");
+			goto out;
+		}
+		EVP_EncodeBlock((unsigned char *)b64, sig, (int)siglen);
+		PQfreemem(raw);
+	}
+	if ((bio = BIO_new(BIO_s_mem())) == NULL ||
+	    BIO_printf(bio, "%s" ANCHOR_TAG "%sevent=%s%shash=%s%stime=%s%ssigner-sha256=%s%ssignature=%s%s",
+		       with_cert ? "# p11escrow audit checkpoint: keep it off-host; check a database against it with\n"
+				   "# p11escrow audit verify --checkpoint FILE\n"
+				 : "",
+		       sep, PQgetvalue(res, 0, 0), sep, PQgetvalue(res, 0, 1), sep, PQgetvalue(res, 0, 2), sep, signer,
+		       sep, b64, with_cert ? "\n" : "") <= 0 ||
+	    (with_cert && PEM_write_bio_X509(bio, auditor) != 1)) {
+		r = esc_error_ossl(ctx, ESC_ERR_NOMEM, "cannot format the checkpoint");
+		goto out;
+	}
+	BIO_get_mem_ptr(bio, &mem);
+	if ((text = malloc(mem->length + 1)) == NULL) {
+		r = esc_error(ctx, ESC_ERR_NOMEM, "out of memory");
+		goto out;
+	}
+	memcpy(text, mem->data, mem->length);
+	text[mem->length] = '\0';
+	if (a != NULL) {
+		memset(a, 0, sizeof(*a));
+		a->event = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
+		snprintf(a->at, sizeof(a->at), "%s", PQgetvalue(res, 0, 2));
+	}
+	*out = text;
+	text = NULL; /* transferred */
+	r = ESC_OK;
+out:
+	free(text);
+	free(b64);
+	BIO_free(bio);
+	X509_free(auditor);
+	PQclear(res);
+	return r;
+}
+
+enum esc_err
+esc_audit_checkpoint_write(struct esc_ctx *ctx, const char *path, const char *text)
+{
+	char tmp[4096];
+	size_t len;
+	int fd, ok;
+
+	if (path == NULL || *path == '\0' || text == NULL)
+		return esc_error(ctx, ESC_ERR_USAGE, "no file to write the checkpoint to");
+	if ((size_t)snprintf(tmp, sizeof(tmp), "%s.tmpXXXXXX", path) >= sizeof(tmp))
+		return esc_error(ctx, ESC_ERR_USAGE, "checkpoint file path too long");
+	if ((fd = mkstemp(tmp)) == -1)
+		return esc_error(ctx, ESC_ERR_IO, "cannot create '%s': %s", tmp, strerror(errno));
+	/* It holds no secret: readable by whoever ships it off-host. */
+	len = strlen(text);
+	ok = fchmod(fd, 0644) == 0;
+	while (ok && len > 0) {
+		ssize_t n = write(fd, text, len);
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		ok = n > 0;
+		if (ok) {
+			text += n;
+			len -= (size_t)n;
+		}
+	}
+	ok = ok && fsync(fd) == 0;
+	if (close(fd) != 0)
+		ok = 0;
+	if (!ok) {
+		unlink(tmp);
+		return esc_error(ctx, ESC_ERR_IO, "cannot write the checkpoint to '%s': %s", tmp, strerror(errno));
+	}
+	if (rename(tmp, path) == -1) {
+		int e = errno;
+
+		unlink(tmp);
+		return esc_error(ctx, ESC_ERR_IO, "cannot rename '%s' to '%s': %s", tmp, path, strerror(e));
+	}
+	return ESC_OK;
+}
+
+/* An exported checkpoint, parsed. */
+struct anchor_file {
+	char event[24];
+	char hash[2 * HASH_LEN + 1];
+	char at[40];
+	char signer[2 * HASH_LEN + 1];
+	unsigned char sig[ANCHOR_SIG_MAX + 3];
+	size_t siglen;
+	X509 *cert; /* the file form's audit certificate; NULL in the one-line form */
+};
+
+#define ANCHOR_EVENT 1u
+#define ANCHOR_HASH 2u
+#define ANCHOR_TIME 4u
+#define ANCHOR_SIGNER 8u
+#define ANCHOR_SIGNATURE 16u
+#define ANCHOR_ALL 31u
+
+static int
+is_space(char ch)
+{
+	return ch == ' ' || ch == '\t' || ch == '\r' || ch == '\n';
+}
+
+static int
+all_of(const char *s, size_t n, const char *set)
+{
+	size_t i;
+
+	for (i = 0; i < n; i++)
+		if (s[i] == '\0' || strchr(set, s[i]) == NULL)
+			return 0;
+	return 1;
+}
+
+/* Copy n bytes of src to dst (cap bytes with the NUL) if they fit and are of set. */
+static int
+take(char *dst, size_t cap, const char *src, size_t n, size_t min, const char *set)
+{
+	if (n < min || n >= cap || !all_of(src, n, set))
+		return 0;
+	memcpy(dst, src, n);
+	dst[n] = '\0';
+	return 1;
+}
+
+#define DIGITS "0123456789"
+#define LOWER_HEX "0123456789abcdef"
+#define BASE64 "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/="
+
+/* One "key=value" token (n bytes) into f; 0 if unknown, repeated or malformed. */
+static int
+anchor_field(struct anchor_file *f, const char *tok, size_t n, unsigned *seen)
+{
+	const char *eq = memchr(tok, '=', n), *v;
+	size_t k, vn;
+	unsigned bit;
+	int ok;
+
+	if (eq == NULL)
+		return 0;
+	k = (size_t)(eq - tok);
+	v = eq + 1;
+	vn = n - k - 1;
+	if (k == 5 && memcmp(tok, "event", 5) == 0) {
+		bit = ANCHOR_EVENT;
+		ok = take(f->event, 19, v, vn, 1, DIGITS) && f->event[0] != '0';
+	} else if (k == 4 && memcmp(tok, "hash", 4) == 0) {
+		bit = ANCHOR_HASH;
+		ok = vn == 2 * HASH_LEN && take(f->hash, sizeof(f->hash), v, vn, 1, LOWER_HEX);
+	} else if (k == 4 && memcmp(tok, "time", 4) == 0) {
+		bit = ANCHOR_TIME;
+		ok = take(f->at, sizeof(f->at), v, vn, 1, DIGITS "TZ:.+-");
+	} else if (k == 13 && memcmp(tok, "signer-sha256", 13) == 0) {
+		bit = ANCHOR_SIGNER;
+		ok = vn == 2 * HASH_LEN && take(f->signer, sizeof(f->signer), v, vn, 1, LOWER_HEX);
+	} else if (k == 9 && memcmp(tok, "signature", 9) == 0) {
+		char b64[4 * ((ANCHOR_SIG_MAX + 2) / 3) + 1];
+		int out;
+
+		bit = ANCHOR_SIGNATURE;
+		ok = vn % 4 == 0 && take(b64, sizeof(b64), v, vn, 4, BASE64) &&
+		     (out = EVP_DecodeBlock(f->sig, (const unsigned char *)b64, (int)vn)) > 0;
+		if (ok) {
+			/* EVP_DecodeBlock counts the padding as zero bytes. */
+			f->siglen = (size_t)out - (v[vn - 1] == '=') - (v[vn - 2] == '=');
+			ok = f->siglen > 0 && f->siglen <= ANCHOR_SIG_MAX;
+		}
+	} else
+		return 0;
+	if (!ok || (*seen & bit) != 0)
+		return 0;
+	*seen |= bit;
+	return 1;
+}
+
+/*
+ * Parse an exported checkpoint: the tag, then the five fields as
+ * whitespace-separated key=value tokens ('#' starts a comment line), then
+ * optionally one PEM certificate and nothing else.
+ */
+static enum esc_err
+anchor_parse(struct esc_ctx *ctx, const char *text, size_t len, struct anchor_file *f)
+{
+	static const char pem_begin[] = "-----BEGIN ";
+	size_t i = 0, j, head = len, n;
+	unsigned seen = 0;
+	int tagged = 0;
+
+	if (len > ESC_AUDIT_CHECKPOINT_MAX)
+		return esc_error(ctx, ESC_ERR_BAD_INPUT, "the checkpoint is larger than %d bytes: not a checkpoint",
+				 ESC_AUDIT_CHECKPOINT_MAX);
+	if (memchr(text, '\0', len) != NULL)
+		return esc_error(ctx, ESC_ERR_BAD_INPUT, "the checkpoint holds a NUL byte: not a checkpoint");
+	for (j = 0; j + sizeof(pem_begin) - 1 <= len; j++)
+		if (memcmp(text + j, pem_begin, sizeof(pem_begin) - 1) == 0) {
+			head = j;
+			break;
+		}
+	while (i < head) {
+		if (is_space(text[i])) {
+			i++;
+			continue;
+		}
+		if (text[i] == '#') {
+			while (i < head && text[i] != '\n')
+				i++;
+			continue;
+		}
+		for (j = i; i < head && !is_space(text[i]); i++)
+			;
+		n = i - j;
+		if (!tagged) {
+			if (n != strlen(ANCHOR_TAG) || memcmp(text + j, ANCHOR_TAG, n) != 0)
+				return esc_error(ctx, ESC_ERR_BAD_INPUT,
+						 "not a p11escrow audit checkpoint (it must begin with " ANCHOR_TAG
+						 ")");
+			tagged = 1;
+		} else if (!anchor_field(f, text + j, n, &seen))
+			return esc_error(ctx, ESC_ERR_BAD_INPUT,
+					 "the checkpoint's field '%.*s' is unknown, repeated or malformed",
+					 (int)(n > 40 ? 40 : n), text + j);
+	}
+	if (!tagged || seen != ANCHOR_ALL)
+		return esc_error(
+			ctx, ESC_ERR_BAD_INPUT,
+			"the checkpoint lacks a field: it needs event, hash, time, signer-sha256 and signature");
+	if (head < len) {
+		BIO *b = BIO_new_mem_buf(text + head, (int)(len - head));
+		char rest[64];
+		int got, ok;
+
+		ok = b != NULL && (f->cert = PEM_read_bio_X509(b, NULL, NULL, NULL)) != NULL;
+		while (ok && (got = BIO_read(b, rest, sizeof(rest))) > 0)
+			ok = all_of(rest, (size_t)got, " \t\r\n");
+		BIO_free(b);
+		if (!ok)
+			return esc_error(ctx, ESC_ERR_BAD_INPUT,
+					 "the checkpoint's certificate is malformed, or something follows it");
+	}
+	return ESC_OK;
+}
+
+enum esc_err
+esc_audit_anchor_parse(struct esc_ctx *ctx, const char *text, size_t len, struct esc_audit_anchor *a)
+{
+	struct anchor_file f;
+	enum esc_err r;
+
+	memset(&f, 0, sizeof(f));
+	memset(a, 0, sizeof(*a));
+	if ((r = anchor_parse(ctx, text, len, &f)) == ESC_OK) {
+		a->event = strtoll(f.event, NULL, 10);
+		snprintf(a->at, sizeof(a->at), "%s", f.at);
+	}
+	X509_free(f.cert);
+	return r;
+}
+
+enum esc_err
+esc_audit_verify_checkpoint(struct esc_ctx *ctx, struct esc_store *st, const char *text, size_t len,
+			    struct esc_audit_anchor *a)
+{
+	struct anchor_file f;
+	PGresult *res = NULL;
+	X509 *ca = NULL, *auditor = NULL;
+	char mine[2 * HASH_LEN + 1], theirs[2 * HASH_LEN + 1];
+	const char *v[1];
+	long long newest;
+	enum esc_err r;
+
+	if (st == NULL || text == NULL || a == NULL)
+		return esc_error(ctx, ESC_ERR_INTERNAL, "esc_audit_verify_checkpoint: NULL argument");
+	memset(&f, 0, sizeof(f));
+	memset(a, 0, sizeof(*a));
+	if ((r = anchor_parse(ctx, text, len, &f)) != ESC_OK)
+		goto out;
+	a->event = strtoll(f.event, NULL, 10);
+	snprintf(a->at, sizeof(a->at), "%s", f.at);
+	/*
+	 * The signer must be this database's audit certificate, issued by its
+	 * CA: a file signed by any other key the CA certified (a user's) is no
+	 * checkpoint, and a database with another CA does not match the file.
+	 */
+	if ((r = esc_store_get_cert(ctx, st, "the CA certificate", "SELECT certificate FROM ca", 0, NULL, &ca)) !=
+		    ESC_OK ||
+	    (r = esc_store_get_cert(ctx, st, "the audit certificate",
+				    "SELECT certificate FROM token_keys WHERE role = 'audit'", 0, NULL, &auditor)) !=
+		    ESC_OK)
+		goto out;
+	if (!cert_sha256_hex(auditor, mine) || (f.cert != NULL && !cert_sha256_hex(f.cert, theirs))) {
+		r = esc_error_ossl(ctx, ESC_ERR_CRYPTO, "cannot hash the audit certificate");
+		goto out;
+	}
+	if (X509_verify(auditor, X509_get0_pubkey(ca)) != 1) {
+		r = esc_error(ctx, ESC_ERR_TAMPERED, "the stored audit certificate was not issued by the CA");
+		goto out;
+	}
+	if (f.cert != NULL && strcmp(theirs, f.signer) != 0) {
+		r = esc_error(
+			ctx, ESC_ERR_TAMPERED,
+			"the checkpoint's certificate is not the one its signer-sha256 names: the file was altered");
+		goto out;
+	}
+	if (strcmp(mine, f.signer) != 0) {
+		r = esc_error(ctx, ESC_ERR_TAMPERED,
+			      "the checkpoint was not signed by this database's audit key (certificate SHA-256 %s): "
+			      "it belongs to another CA, or the database's CA was replaced",
+			      f.signer);
+		goto out;
+	}
+	if (!checkpoint_signed(X509_get0_pubkey(auditor), f.event, f.hash, f.at, f.sig, f.siglen)) {
+		r = esc_error(ctx, ESC_ERR_TAMPERED,
+			      "the checkpoint's signature does not verify: its event, hash or time was altered");
+		goto out;
+	}
+	v[0] = f.event;
+	if ((r = esc_store_exec(ctx, st,
+				"SELECT (SELECT coalesce(max(id), 0) FROM audit_events), (SELECT encode(hash, 'hex') "
+				"FROM audit_events WHERE id = $1::bigint)",
+				1, v, NULL, NULL, &res)) != ESC_OK)
+		goto out;
+	a->newest = newest = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
+	if (newest < a->event) {
+		r = esc_error(ctx, ESC_ERR_ROLLED_BACK,
+			      "the database is older than the checkpoint of %s: events %lld..%lld are missing; it was "
+			      "restored from an older backup or rolled back",
+			      f.at, newest + 1, a->event);
+		goto out;
+	}
+	if (PQgetisnull(res, 0, 1) || strcmp(PQgetvalue(res, 0, 1), f.hash) != 0) {
+		r = esc_error(ctx, ESC_ERR_ROLLED_BACK,
+			      "audit event %lld is not the event the checkpoint of %s signed: the history up to it was "
+			      "replaced; restored from an older backup and written to since, or rewritten",
+			      a->event, f.at);
+		goto out;
+	}
+	r = ESC_OK;
+out:
+	X509_free(f.cert);
+	X509_free(ca);
+	X509_free(auditor);
+	PQclear(res);
+	return r;
 }

@@ -1305,6 +1305,40 @@ esc_audit_search(struct esc_ctx *ctx, struct esc_store *st, const struct esc_acc
 	return esc_audit_query(ctx, st, f, out, n);
 }
 
+/* May reader read the audit trail (auditor or administrator)?  DENIED with the reason, else OK. */
+static enum esc_err
+audit_reader(struct esc_ctx *ctx, const struct esc_account *reader)
+{
+	if (!esc_account_has_role(reader, ESC_ROLE_AUDITOR) && !esc_account_has_role(reader, ESC_ROLE_ADMIN))
+		return esc_error(ctx, ESC_ERR_DENIED, "account '%s' may not read the audit trail",
+				 reader ? esc_account_name(reader) : "(none)");
+	return ESC_OK;
+}
+
+enum esc_err
+esc_audit_verify_checkpoint_by(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *reader,
+			       const char *checkpoint, size_t len, struct esc_audit_anchor *a)
+{
+	enum esc_err r;
+
+	if ((r = audit_reader(ctx, reader)) == ESC_OK)
+		r = esc_audit_verify_checkpoint(ctx, st, checkpoint, len, a);
+	/* The verification itself is an event, after what it checked. */
+	esc_audit_outcome_by(ctx, st, reader, "audit.verify", "exported checkpoint", r);
+	return r;
+}
+
+enum esc_err
+esc_audit_checkpoint_export_by(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *reader,
+			       long long event_id, char **out, struct esc_audit_anchor *a)
+{
+	enum esc_err r;
+
+	if ((r = audit_reader(ctx, reader)) != ESC_OK)
+		return r;
+	return esc_audit_checkpoint_export(ctx, st, event_id, 1, out, a);
+}
+
 enum esc_err
 esc_audit_list(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *reader, const char *since,
 	       const char *until, const char *actor, const char *action, const char *object, size_t limit,

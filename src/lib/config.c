@@ -101,6 +101,8 @@ static const struct key keys[] = {
 	/* Audit checkpoints signed by the service: every N events, every T seconds (0 = off). */
 	{"checkpoint_events", "1000", check_long, NULL, 0, 10000000},
 	{"checkpoint_seconds", "3600", check_long, NULL, 0, 31622400},
+	/* Each checkpoint the service signs is also written here (atomically, 0644) to ship off-host; empty: none. */
+	{"audit_checkpoint_file", "", check_path, NULL, 0, 0},
 	/* KRA certificates: warn (kra list, GET /api/v1/kras/health, the service's log) this many days ahead. */
 	{"kra_expiry_warning_days", "60", check_long, NULL, 0, 36500},
 	/* Where relying parties find the CRL and the CA certificate: put into every certificate the CA signs. */

@@ -43,6 +43,7 @@ static const struct err_row rows[] = {
 	{ESC_ERR_TAMPERED, 33, "integrity check failed: data was altered"},
 	{ESC_ERR_NOT_RECIPIENT, 34, "not a recipient"},
 	{ESC_ERR_CARDS_NEEDED, 35, "other KRA cards needed"},
+	{ESC_ERR_ROLLED_BACK, 36, "database rolled back: older than a signed audit checkpoint"},
 	{ESC_ERR_EXISTS, 40, "already exists"},
 	{ESC_ERR_STATE, 41, "invalid state"},
 	{ESC_ERR_NOT_FOUND, 42, "not found"},

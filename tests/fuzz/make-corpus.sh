@@ -67,7 +67,7 @@ fi
 if command -v clang-format >/dev/null; then clang-format -i "$here/envelope_keys.h"; fi
 
 # Clear the generated seeds, never a crash-* or regress-* file (kept reproducers).
-for d in uri config envelope import est est_reply record keeper; do
+for d in uri config envelope import est est_reply record keeper anchor; do
     mkdir -p "$corpus/$d"
     find "$corpus/$d" -maxdepth 1 -type f ! -name 'crash-*' ! -name 'regress-*' -delete
 done
@@ -92,6 +92,26 @@ printf '%s' 'pkcs11:token=CA;token=CB' >"$u/duplicate"
 printf '%s' 'pkcs11:x-vendor=1;token=CA' >"$u/unrecognized"
 printf '%s' 'pkcs11:token=CA?' >"$u/empty-query"
 printf 'pkcs11:token=C\0A' >"$u/embedded-nul"
+
+# --- anchor (audit checkpoints kept outside the database) -----------------------
+a=$corpus/anchor
+H=0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef
+S=$(head -c 384 /dev/urandom | openssl base64 -A)
+fields="event=42 hash=$H time=2026-12-05T03:30:00.123456Z signer-sha256=$H signature=$S"
+printf 'p11escrow-audit-checkpoint-v1 %s\n' "$fields" >"$a/line"
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout /dev/null -subj '/CN=Audit' \
+    -days 1 -out "$a/cert.pem" 2>/dev/null
+{ printf '# p11escrow audit checkpoint\np11escrow-audit-checkpoint-v1\n'; printf '%s\n' $fields; cat "$a/cert.pem"; } >"$a/file"
+rm "$a/cert.pem"
+{ sed -n '1,7p' "$a/file"; printf -- '-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n'; } >"$a/err-bad-cert"
+{ cat "$a/file"; printf 'trailing\n'; } >"$a/err-trailing"
+printf 'p11escrow-audit-checkpoint-v1 event=42 event=43\n' >"$a/err-repeated"
+printf 'p11escrow-audit-checkpoint-v1 event=042 hash=%s\n' "$H" >"$a/err-leading-zero"
+printf 'p11escrow-audit-checkpoint-v1 %s colour=blue\n' "$fields" >"$a/err-unknown"
+printf 'p11escrow-audit-checkpoint-v1 %s\n' "${fields/signature=/signature=A}" >"$a/err-base64"
+printf 'p11escrow-audit-checkpoint-v2 %s\n' "$fields" >"$a/err-tag"
+printf 'p11escrow-audit-checkpoint-v1 %s\0\n' "$fields" >"$a/err-nul"
+: >"$a/empty"
 
 # --- config ---------------------------------------------------------------------
 c=$corpus/config
@@ -527,7 +547,7 @@ big=$(find "$corpus" -type f ! -name 'crash-*' -size +8k)
 [[ -z $big ]] || { echo "make-corpus.sh: seeds over 8 KiB: $big" >&2; exit 1; }
 total=$(find "$corpus" -type f ! -name 'crash-*' -printf '%s\n' | awk '{s += $1} END {print s}')
 ((total < 300 * 1024)) || { echo "make-corpus.sh: corpus is $total bytes, over 300 KiB" >&2; exit 1; }
-for d in uri config envelope import est est_reply record keeper; do
+for d in uri config envelope import est est_reply record keeper anchor; do
     printf '%-9s %3d seeds\n' "$d" "$(find "$corpus/$d" -type f ! -name 'crash-*' | wc -l)"
 done
 echo "total $total bytes"

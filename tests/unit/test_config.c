@@ -153,6 +153,7 @@ test_defaults(void **state)
 	assert_int_equal(esc_config_get_long(f->cfg, "shutdown_grace"), 30);
 	assert_int_equal(esc_config_get_long(f->cfg, "checkpoint_events"), 1000);
 	assert_int_equal(esc_config_get_long(f->cfg, "checkpoint_seconds"), 3600);
+	assert_string_equal(esc_config_get(f->cfg, "audit_checkpoint_file"), "");
 	assert_int_equal(esc_config_get_long(f->cfg, "kra_expiry_warning_days"), 60);
 	assert_string_equal(esc_config_get(f->cfg, "account_cert_ca"), "");
 	assert_string_equal(esc_config_get(f->cfg, "account_cert_crl"), "");
@@ -170,7 +171,7 @@ test_defaults(void **state)
 
 	for (n = 0; esc_config_key_name(n) != NULL; n++)
 		assert_non_null(esc_config_get(f->cfg, esc_config_key_name(n)));
-	assert_int_equal(n, 38);
+	assert_int_equal(n, 39);
 	assert_string_equal(esc_config_key_name(0), "database");
 	assert_null(esc_config_key_name(1000));
 
@@ -474,7 +475,10 @@ test_set(void **state)
 	assert_int_equal(esc_config_set(f->ctx, f->cfg, "auth_fail_window", "0"), ESC_ERR_CONFIG);
 	assert_int_equal(esc_config_set(f->ctx, f->cfg, "tls_key", "relative/key.pem"), ESC_ERR_CONFIG);
 	assert_int_equal(esc_config_set(f->ctx, f->cfg, "tls_key", "/etc/p11escrow/tls.key"), ESC_OK);
-	/* Audit checkpoints: 0 turns each trigger off; no negative or absurd values. */
+	/* Audit checkpoints: 0 turns each trigger off; no negative or absurd values; their file absolute. */
+	assert_int_equal(esc_config_set(f->ctx, f->cfg, "audit_checkpoint_file", "checkpoint"), ESC_ERR_CONFIG);
+	assert_int_equal(esc_config_set(f->ctx, f->cfg, "audit_checkpoint_file", "/var/lib/p11escrow/checkpoint"),
+			 ESC_OK);
 	assert_int_equal(esc_config_set(f->ctx, f->cfg, "checkpoint_events", "0"), ESC_OK);
 	assert_int_equal(esc_config_set(f->ctx, f->cfg, "checkpoint_events", "5"), ESC_OK);
 	assert_int_equal(esc_config_set(f->ctx, f->cfg, "checkpoint_events", "-1"), ESC_ERR_CONFIG);
