@@ -1069,7 +1069,7 @@ clear_cookie(struct svc_request *r)
  * "events", "checkpoints", "last_signed", "first_bad", "problem"}.
  */
 static void
-api_audit_verify(struct api_call *c)
+api_audit_verify_chain(struct api_call *c)
 {
 	static const char *const none[] = {NULL};
 	struct esc_audit_report rep;
@@ -1348,7 +1348,7 @@ static const struct route {
 	{"/recoveries/{id}/deny", EVHTTP_REQ_POST, api_recovery_deny},
 	{"/recoveries/{id}/cancel", EVHTTP_REQ_POST, api_recovery_cancel},
 	{"/audit", EVHTTP_REQ_GET, api_audit},
-	{"/audit/verify", EVHTTP_REQ_GET, api_audit_verify},
+	{"/audit/verify", EVHTTP_REQ_GET, api_audit_verify_chain},
 	/* Administration (api_admin.c). */
 	{"/accounts", EVHTTP_REQ_GET, api_accounts_list},
 	{"/accounts", EVHTTP_REQ_POST, api_accounts_create},
