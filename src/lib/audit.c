@@ -545,23 +545,26 @@ checkpoint_signed(EVP_PKEY *pub, const char *event_id, const char *hash_hex, con
 	return ok;
 }
 
-/* Check every checkpoint against the chain in events (ordered by id). */
+/* What the chain said of one checkpoint's event (esc_audit_verify reads the chain once, in pages). */
+struct cp_seen {
+	long long event; /* the event the checkpoint signed */
+	int found;	 /* 1: the chain holds it with the signed hash; 2: with another hash */
+};
+
+/*
+ * Check every checkpoint (rows of cps, ordered by id) against what the
+ * chain held (seen, in the same order; last: the chain's last event id).
+ */
 static enum esc_err
-verify_checkpoints(struct esc_ctx *ctx, struct esc_store *st, PGresult *events, struct esc_audit_report *rep)
+verify_checkpoints(struct esc_ctx *ctx, struct esc_store *st, PGresult *cps, const struct cp_seen *seen, long long last,
+		   struct esc_audit_report *rep)
 {
-	PGresult *res = NULL;
 	X509 *ca = NULL, *auditor = NULL;
 	enum esc_err r;
-	int i, j = 0, rows, nev = PQntuples(events);
-	long long last = nev > 0 ? strtoll(PQgetvalue(events, nev - 1, 0), NULL, 10) : 0;
+	int i, rows = PQntuples(cps);
 
-	if ((r = esc_store_exec(ctx, st,
-				"SELECT id, event_id, encode(event_hash, 'hex'), at, encode(signature, 'hex') FROM "
-				"audit_checkpoints ORDER BY id",
-				0, NULL, NULL, NULL, &res)) != ESC_OK)
-		return r;
-	if ((rows = PQntuples(res)) == 0)
-		goto done;
+	if (rows == 0)
+		return ESC_OK;
 	if ((r = esc_store_get_cert(ctx, st, "the CA certificate", "SELECT certificate FROM ca", 0, NULL, &ca)) !=
 		    ESC_OK ||
 	    (r = esc_store_get_cert(ctx, st, "the audit certificate",
@@ -573,20 +576,20 @@ verify_checkpoints(struct esc_ctx *ctx, struct esc_store *st, PGresult *events, 
 		goto out;
 	}
 	for (i = 0; i < rows; i++) {
-		const char *eid = PQgetvalue(res, i, 1), *hh = PQgetvalue(res, i, 2);
-		long long e = strtoll(eid, NULL, 10);
+		const char *eid = PQgetvalue(cps, i, 1), *hh = PQgetvalue(cps, i, 2);
+		long long e = seen[i].event;
 		long siglen = 0;
-		unsigned char *sig = OPENSSL_hexstr2buf(PQgetvalue(res, i, 4), &siglen);
-		int good = sig != NULL && checkpoint_signed(X509_get0_pubkey(auditor), eid, hh, PQgetvalue(res, i, 3),
+		unsigned char *sig = OPENSSL_hexstr2buf(PQgetvalue(cps, i, 4), &siglen);
+		int good = sig != NULL && checkpoint_signed(X509_get0_pubkey(auditor), eid, hh, PQgetvalue(cps, i, 3),
 							    sig, (size_t)siglen);
 
 		OPENSSL_free(sig);
 		if (!good) {
 			snprintf(rep->problem, sizeof(rep->problem), "checkpoint %s's signature does not verify",
-				 PQgetvalue(res, i, 0));
+				 PQgetvalue(cps, i, 0));
 			rep->first_bad = e;
 			r = esc_error(ctx, ESC_ERR_TAMPERED, "audit checkpoint %s: its signature does not verify",
-				      PQgetvalue(res, i, 0));
+				      PQgetvalue(cps, i, 0));
 			goto out;
 		}
 		if (e > last) {
@@ -595,96 +598,157 @@ verify_checkpoints(struct esc_ctx *ctx, struct esc_store *st, PGresult *events, 
 			r = esc_error(ctx, ESC_ERR_TAMPERED,
 				      "audit checkpoint %s signed event %lld, but the log ends at event %lld: events "
 				      "were cut from its end",
-				      PQgetvalue(res, i, 0), e, last);
+				      PQgetvalue(cps, i, 0), e, last);
 			goto out;
 		}
-		while (j < nev && strtoll(PQgetvalue(events, j, 0), NULL, 10) < e)
-			j++;
-		if (j >= nev || strtoll(PQgetvalue(events, j, 0), NULL, 10) != e ||
-		    strcmp(PQgetvalue(events, j, 9), hh) != 0) {
+		if (seen[i].found != 1) {
 			snprintf(rep->problem, sizeof(rep->problem),
-				 "the event checkpoint %s signed is gone or changed", PQgetvalue(res, i, 0));
+				 "the event checkpoint %s signed is gone or changed", PQgetvalue(cps, i, 0));
 			rep->first_bad = e;
 			r = esc_error(
 				ctx, ESC_ERR_TAMPERED,
 				"audit event %lld: it is not the event checkpoint %s signed (the log was rewritten)", e,
-				PQgetvalue(res, i, 0));
+				PQgetvalue(cps, i, 0));
 			goto out;
 		}
 		rep->checkpoints++;
 		rep->last_signed = e;
 	}
-done:
 	r = ESC_OK;
 out:
 	X509_free(ca);
 	X509_free(auditor);
-	PQclear(res);
 	return r;
+}
+
+/* Events read per FETCH: memory stays that of one page whatever the chain's length. */
+#define VERIFY_PAGE "5000"
+
+/* idx[0..n): the entries of seen in the order of their events (insertion: checkpoints are few and in order already). */
+static void
+order_by_event(const struct cp_seen *seen, int n, int *idx)
+{
+	int i, j;
+
+	for (i = 0; i < n; i++) {
+		for (j = i; j > 0 && seen[idx[j - 1]].event > seen[i].event; j--)
+			idx[j] = idx[j - 1];
+		idx[j] = i;
+	}
 }
 
 enum esc_err
 esc_audit_verify(struct esc_ctx *ctx, struct esc_store *st, struct esc_audit_report *rep)
 {
-	PGresult *res = NULL;
+	PGresult *cps = NULL, *res = NULL;
+	struct cp_seen *seen = NULL;
 	struct fields f;
 	unsigned char hash[HASH_LEN];
-	char expect_prev[2 * HASH_LEN + 1], hash_hex[2 * HASH_LEN + 1];
+	char expect_prev[2 * HASH_LEN + 1], hash_hex[2 * HASH_LEN + 1], prev_id[24] = "start of the log";
 	long long last_id = 0;
 	enum esc_err r;
-	int i, rows;
+	int i, rows, ncp, *idx = NULL, next = 0, own = !esc_store_in_tx(st);
 
 	memset(rep, 0, sizeof(*rep));
-	if ((r = esc_store_exec(
-		     ctx, st,
-		     "SELECT id, at, actor, role, action, object, outcome, details, encode(prev_hash, 'hex'), "
-		     "encode(hash, 'hex') FROM audit_events ORDER BY id",
-		     0, NULL, NULL, NULL, &res)) != ESC_OK)
-		return r;
-	rows = PQntuples(res);
+	/*
+	 * One snapshot for the checkpoints and the whole chain, read through a
+	 * cursor a page at a time: a million events took 510 MB in one result.
+	 */
+	if (own) {
+		if ((r = esc_store_exec(ctx, st, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY", 0, NULL, NULL, NULL,
+					NULL)) != ESC_OK)
+			return r;
+		esc_store_mark_tx(st);
+	}
+	if ((r = esc_store_exec(ctx, st,
+				"SELECT id, event_id, encode(event_hash, 'hex'), at, encode(signature, 'hex') FROM "
+				"audit_checkpoints ORDER BY id",
+				0, NULL, NULL, NULL, &cps)) != ESC_OK)
+		goto out;
+	ncp = PQntuples(cps);
+	if (ncp > 0 && ((seen = calloc((size_t)ncp, sizeof(*seen))) == NULL ||
+			(idx = calloc((size_t)ncp, sizeof(*idx))) == NULL)) {
+		r = esc_error(ctx, ESC_ERR_NOMEM, "out of memory");
+		goto out;
+	}
+	for (i = 0; i < ncp; i++)
+		seen[i].event = strtoll(PQgetvalue(cps, i, 1), NULL, 10);
+	order_by_event(seen, ncp, idx);
+	if ((r = esc_store_exec(ctx, st,
+				"DECLARE audit_verify NO SCROLL CURSOR FOR SELECT id, at, actor, role, action, object, "
+				"outcome, details, encode(prev_hash, 'hex'), encode(hash, 'hex') FROM audit_events "
+				"ORDER BY id",
+				0, NULL, NULL, NULL, NULL)) != ESC_OK)
+		goto out;
 	memset(expect_prev, '0', 2 * HASH_LEN);
 	expect_prev[2 * HASH_LEN] = '\0';
-	for (i = 0; i < rows; i++) {
-		long long id = strtoll(PQgetvalue(res, i, 0), NULL, 10);
-
-		memset(&f, 0, sizeof(f));
-		snprintf(f.id, sizeof(f.id), "%s", PQgetvalue(res, i, 0));
-		snprintf(f.at, sizeof(f.at), "%s", PQgetvalue(res, i, 1));
-		snprintf(f.actor, sizeof(f.actor), "%s", PQgetvalue(res, i, 2));
-		snprintf(f.role, sizeof(f.role), "%s", PQgetvalue(res, i, 3));
-		snprintf(f.action, sizeof(f.action), "%s", PQgetvalue(res, i, 4));
-		snprintf(f.object, sizeof(f.object), "%s", PQgetvalue(res, i, 5));
-		snprintf(f.outcome, sizeof(f.outcome), "%s", PQgetvalue(res, i, 6));
-		snprintf(f.details, sizeof(f.details), "%s", PQgetvalue(res, i, 7));
-		snprintf(f.prev_hex, sizeof(f.prev_hex), "%s", PQgetvalue(res, i, 8));
-		rep->events++;
-		if (id <= last_id)
-			snprintf(rep->problem, sizeof(rep->problem), "ids out of order");
-		else if (strcmp(f.prev_hex, expect_prev) != 0)
-			snprintf(rep->problem, sizeof(rep->problem),
-				 "it does not follow the event before it (%s): an event was removed or reordered",
-				 i ? PQgetvalue(res, i - 1, 0) : "start of the log");
-		else if (!event_hash(&f, hash))
-			snprintf(rep->problem, sizeof(rep->problem), "cannot hash it");
-		else {
-			hex_of(hash, HASH_LEN, hash_hex);
-			if (strlen(f.actor) != (size_t)PQgetlength(res, i, 2) ||
-			    strlen(f.details) != (size_t)PQgetlength(res, i, 7) ||
-			    CRYPTO_memcmp(hash_hex, PQgetvalue(res, i, 9), 2 * HASH_LEN) != 0)
-				snprintf(rep->problem, sizeof(rep->problem),
-					 "its content does not match its hash: it was altered");
-		}
-		if (rep->problem[0] != '\0') {
-			rep->first_bad = id;
-			r = esc_error(ctx, ESC_ERR_TAMPERED, "audit event %lld: %s", id, rep->problem);
+	for (;;) {
+		PQclear(res);
+		res = NULL;
+		if ((r = esc_store_exec(ctx, st, "FETCH FORWARD " VERIFY_PAGE " FROM audit_verify", 0, NULL, NULL, NULL,
+					&res)) != ESC_OK)
 			goto out;
+		if ((rows = PQntuples(res)) == 0)
+			break;
+		for (i = 0; i < rows; i++) {
+			long long id = strtoll(PQgetvalue(res, i, 0), NULL, 10);
+
+			memset(&f, 0, sizeof(f));
+			snprintf(f.id, sizeof(f.id), "%s", PQgetvalue(res, i, 0));
+			snprintf(f.at, sizeof(f.at), "%s", PQgetvalue(res, i, 1));
+			snprintf(f.actor, sizeof(f.actor), "%s", PQgetvalue(res, i, 2));
+			snprintf(f.role, sizeof(f.role), "%s", PQgetvalue(res, i, 3));
+			snprintf(f.action, sizeof(f.action), "%s", PQgetvalue(res, i, 4));
+			snprintf(f.object, sizeof(f.object), "%s", PQgetvalue(res, i, 5));
+			snprintf(f.outcome, sizeof(f.outcome), "%s", PQgetvalue(res, i, 6));
+			snprintf(f.details, sizeof(f.details), "%s", PQgetvalue(res, i, 7));
+			snprintf(f.prev_hex, sizeof(f.prev_hex), "%s", PQgetvalue(res, i, 8));
+			rep->events++;
+			if (id <= last_id)
+				snprintf(rep->problem, sizeof(rep->problem), "ids out of order");
+			else if (strcmp(f.prev_hex, expect_prev) != 0)
+				snprintf(rep->problem, sizeof(rep->problem),
+					 "it does not follow the event before it (%s): an event was removed or "
+					 "reordered",
+					 prev_id);
+			else if (!event_hash(&f, hash))
+				snprintf(rep->problem, sizeof(rep->problem), "cannot hash it");
+			else {
+				hex_of(hash, HASH_LEN, hash_hex);
+				if (strlen(f.actor) != (size_t)PQgetlength(res, i, 2) ||
+				    strlen(f.details) != (size_t)PQgetlength(res, i, 7) ||
+				    CRYPTO_memcmp(hash_hex, PQgetvalue(res, i, 9), 2 * HASH_LEN) != 0)
+					snprintf(rep->problem, sizeof(rep->problem),
+						 "its content does not match its hash: it was altered");
+			}
+			if (rep->problem[0] != '\0') {
+				rep->first_bad = id;
+				r = esc_error(ctx, ESC_ERR_TAMPERED, "audit event %lld: %s", id, rep->problem);
+				goto out;
+			}
+			/* The checkpoints that signed this event: is it the hash they signed? */
+			while (next < ncp && seen[idx[next]].event < id)
+				next++;
+			for (; next < ncp && seen[idx[next]].event == id; next++)
+				seen[idx[next]].found =
+					strcmp(PQgetvalue(res, i, 9), PQgetvalue(cps, idx[next], 2)) == 0 ? 1 : 2;
+			snprintf(expect_prev, sizeof(expect_prev), "%s", PQgetvalue(res, i, 9));
+			snprintf(prev_id, sizeof(prev_id), "%s", PQgetvalue(res, i, 0));
+			last_id = id;
 		}
-		snprintf(expect_prev, sizeof(expect_prev), "%s", PQgetvalue(res, i, 9));
-		last_id = id;
 	}
-	r = verify_checkpoints(ctx, st, res, rep);
+	r = verify_checkpoints(ctx, st, cps, seen, last_id, rep);
 out:
+	if (own) {
+		esc_store_rollback(st); /* read only: nothing to keep; the cursor goes with it */
+	} else if (r == ESC_OK) {
+		/* In the caller's transaction the cursor is closed (after a failure that transaction is aborted). */
+		r = esc_store_exec(ctx, st, "CLOSE audit_verify", 0, NULL, NULL, NULL, NULL);
+	}
 	PQclear(res);
+	PQclear(cps);
+	free(seen);
+	free(idx);
 	return r;
 }
 
