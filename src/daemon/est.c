@@ -190,6 +190,7 @@ est_authenticate(struct svc_request *r, const struct esc_profile *p, struct est_
 		svc_reply_esc(r, e);
 		return -1;
 	}
+	snprintf(r->actor, sizeof(r->actor), "%s", user); /* the password's name, never the password */
 	if (strcmp(grant.profile, p->name) != 0) {
 		snprintf(msg, sizeof(msg), "this enrollment password is for profile '%s', not '%s'", grant.profile,
 			 p->name);

@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <openssl/err.h>
 
@@ -24,6 +25,8 @@ struct esc_ctx {
 	char crl_url[ESC_URL_MAX + 1];
 	char ca_issuer_url[ESC_URL_MAX + 1];
 	struct esc_token_gate *gate; /* borrowed: shared by the process's threads */
+	esc_timing_fn timing_fn;
+	void *timing_arg;
 };
 
 #define CRL_VALIDITY_DEFAULT (7L * 24 * 3600)
@@ -55,6 +58,31 @@ esc_ctx_set_log(struct esc_ctx *ctx, esc_log_fn fn, void *arg)
 {
 	ctx->log_fn = fn;
 	ctx->log_arg = arg;
+}
+
+void
+esc_ctx_set_timing(struct esc_ctx *ctx, esc_timing_fn fn, void *arg)
+{
+	ctx->timing_fn = fn;
+	ctx->timing_arg = arg;
+}
+
+int
+esc_timing_start(const struct esc_ctx *ctx, struct timespec *t0)
+{
+	return ctx != NULL && ctx->timing_fn != NULL && clock_gettime(CLOCK_MONOTONIC, t0) == 0;
+}
+
+void
+esc_timing_end(const struct esc_ctx *ctx, int started, const struct timespec *t0, enum esc_timing_kind kind,
+	       const char *what)
+{
+	struct timespec t1;
+
+	if (!started || ctx->timing_fn == NULL || clock_gettime(CLOCK_MONOTONIC, &t1) != 0)
+		return;
+	ctx->timing_fn(ctx->timing_arg, kind, what,
+		       (double)(t1.tv_sec - t0->tv_sec) + (double)(t1.tv_nsec - t0->tv_nsec) / 1e9);
 }
 
 enum esc_err
