@@ -178,7 +178,8 @@ emit(struct svc *s, int worker, enum esc_log_level level, char *msg, json_t *fie
 			(void)json_object_set_new(o, "msg", svc_json_text(m));
 			if (fields != NULL)
 				(void)json_object_update(o, fields);
-			line = json_dumps(o, JSON_COMPACT);
+			/* 6 significant digits: "ms":433.1, not the double nearest to it. */
+			line = json_dumps(o, JSON_COMPACT | JSON_REAL_PRECISION(6));
 			json_decref(o);
 		}
 		pthread_mutex_lock(&s->log_lock);
