@@ -211,6 +211,18 @@ grep -q '"msg":"worker [01] restarted' "$DAEMON_LOG" || fail "the killed worker 
 [ "$(total "$T/h/m3.body" p11escrow_requests_total)" = $((before + 1)) ] ||
     fail "requests after a worker restart: $(total "$T/h/m3.body" p11escrow_requests_total), expected $((before + 1))"
 
+note "/metrics by client certificate: unbound 401, a certificate manager's 403, an auditor's 200"
+[ "$(get mc-unbound /metrics "${CC[@]}")" = 401 ] || fail "an unbound client certificate read /metrics"
+P11ESCROW_NEW_PASSWORD=cm-password-obs-0001 as admin 0 account add cm --role cert-manager
+P11ESCROW_NEW_PASSWORD=auditor-password-obs-0001 as admin 0 account add audrey --role auditor
+as admin 0 account cert add cm --cert "$T/client.pem"
+[ "$(get mc-cm /metrics "${CC[@]}")" = 403 ] || fail "a certificate manager's certificate read /metrics"
+fp=$(openssl x509 -in "$T/client.pem" -noout -fingerprint -sha256 | cut -d= -f2)
+as admin 0 account cert remove cm --sha256 "$fp"
+as admin 0 account cert add audrey --cert "$T/client.pem"
+[ "$(get mc-audrey /metrics "${CC[@]}")" = 200 ] || fail "an auditor's certificate: $(cat "$T/h/mc-audrey.body")"
+python3 "$T/promparse.py" "$T/h/mc-audrey.body" >"$T/out" 2>&1 || fail "the exposition (certificate)"
+
 note "/readyz: 200; PostgreSQL down: 503 naming the database, /healthz 200; up again: 200"
 [ "$(get r0 /readyz)" = 200 ] || fail "/readyz: $(cat "$T/h/r0.body")"
 python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); assert d=={"status":"ready","checks":{"database":"ok","schema":"ok","ca_token":"ok"}}, d' \
@@ -280,11 +292,14 @@ if len(kg) != 2 or any('client_cert_subject_hash' not in o or o['bytes'] <= 0 fo
 ok = [by_id[r] for w, r in ids if w.endswith('login-ok.hdr')]
 if len(ok) != 1 or ok[0].get('actor') != 'admin':
     sys.exit(f'the API request line lacks actor admin: {ok}')
+aud = [by_id[r] for w, r in ids if w.endswith('mc-audrey.hdr')]
+if len(aud) != 1 or aud[0].get('actor') != 'audrey' or 'client_cert_subject_hash' not in aud[0]:
+    sys.exit(f'the certificate scrape line lacks actor audrey: {aud}')
 if not any(o['level'] == 'warn' and o.get('req') for o in objs):
     sys.exit('no warn line carrying its request id (the /readyz refusals)')
 print(f'{len(objs)} lines, {len(reqs)} request lines')
 PY
-for secret in "$ADMIN_PW" wrong-password-obs "$METRICS_TOKEN" not-the-token-at-all "$OTP_PW" "$P11ESCROW_USER_PIN"; do
+for secret in "$ADMIN_PW" cm-password-obs-0001 auditor-password-obs-0001 wrong-password-obs "$METRICS_TOKEN" not-the-token-at-all "$OTP_PW" "$P11ESCROW_USER_PIN"; do
     ! grep -qF -- "$secret" "$DAEMON_LOG" || fail "a secret is in the log"
 done
 exit 0
