@@ -67,6 +67,8 @@ struct esc_store {
 	/* The audit chain's end as this transaction left it (esc_store_audit_tail). */
 	unsigned char audit_tail[32];
 	int audit_tail_set;
+	/* The context of the statement running now: the server's notices go to its log, never to stderr. */
+	struct esc_ctx *notice_ctx;
 };
 
 /* libpq messages end in a newline; keep one line. */
@@ -107,6 +109,22 @@ session_setup(struct esc_ctx *ctx, struct esc_store *st)
 	return r;
 }
 
+/*
+ * A notice or warning of the server (client_min_messages = warning): to the
+ * log of the call that caused it.  libpq's default would print it to
+ * stderr, a line outside p11escrowd's log format; without a call in
+ * progress it is dropped.
+ */
+static void
+on_notice(void *arg, const char *message)
+{
+	struct esc_store *st = arg;
+	char line[512];
+
+	if (st->notice_ctx != NULL)
+		esc_log(st->notice_ctx, ESC_LOG_WARN, "database: %s", one_line(line, sizeof(line), message));
+}
+
 enum esc_err
 esc_store_connect(struct esc_ctx *ctx, const char *conninfo, struct esc_store **out)
 {
@@ -125,6 +143,7 @@ esc_store_connect(struct esc_ctx *ctx, const char *conninfo, struct esc_store **
 		esc_store_free(st);
 		return r;
 	}
+	PQsetNoticeProcessor(st->conn, on_notice, st);
 	if ((r = session_setup(ctx, st)) != ESC_OK) {
 		esc_store_free(st);
 		return r;
@@ -468,7 +487,8 @@ again:
 /*
  * Every statement of the library passes here: the one place the context's
  * timing sink (esc_ctx_set_timing) sees the database's latency, reconnects
- * and retries of a statement included.
+ * and retries of a statement included, and where the server's notices find
+ * the context whose log they go to.
  */
 enum esc_err
 esc_store_exec(struct esc_ctx *ctx, struct esc_store *st, const char *sql, int nparams, const char *const *values,
@@ -476,7 +496,11 @@ esc_store_exec(struct esc_ctx *ctx, struct esc_store *st, const char *sql, int n
 {
 	struct timespec t0;
 	int timed = esc_timing_start(ctx, &t0);
-	enum esc_err r = exec_untimed(ctx, st, sql, nparams, values, lengths, formats, out);
+	enum esc_err r;
+
+	st->notice_ctx = ctx;
+	r = exec_untimed(ctx, st, sql, nparams, values, lengths, formats, out);
+	st->notice_ctx = NULL;
 
 	esc_timing_end(ctx, timed, &t0, ESC_TIMING_DB,
 		       strcmp(sql, "COMMIT") == 0      ? "commit"
