@@ -1,11 +1,13 @@
 #!/bin/bash
 # Observability of p11escrowd (docs/operator-guide.md, "Monitoring"): with 2 workers and
-# --log-format json, GET /metrics refused without its bearer token (or with a wrong one), its
-# exposition strictly well-formed, its counters moved by exactly what the test did (summed over
-# both workers, through a worker killed and forked again), its database gauges equal to the
-# database's counts; GET /readyz 200, 503 naming the database while PostgreSQL is down (/healthz
-# still 200), 200 again after; every stderr line one JSON object, one request line per request
-# with the id the client saw (X-Request-Id), and no password, PIN or token in any line.
+# --log-format json, GET /metrics refused without its bearer token (or with a wrong one, or an
+# unbound or certificate manager's client certificate) and served for the token and an auditor's
+# certificate; its exposition strictly well-formed, its counters moved by exactly what the test
+# did (summed over both workers, through a worker killed and forked again), its database gauges
+# equal to the database's counts; GET /readyz 200, 503 naming the database while PostgreSQL is
+# down (/healthz still 200), 200 again after, 503 naming the schema when it is newer than the
+# program; every stderr line one JSON object, one request line per request with the id the client
+# saw (X-Request-Id), and no password, PIN or token in any line.
 . "$(dirname "$0")/lib.sh"
 
 provision_tokens "$T/hsm" CA KRA1
@@ -242,6 +244,13 @@ python3 "$T/promparse.py" "$T/h/m-down.body" >"$T/out" 2>&1 || fail "the exposit
 for i in 1 2 3 4; do
     [ "$(get "r-up$i" /readyz)" = 200 ] || fail "/readyz after the database came back: $(cat "$T/h/r-up$i.body")"
 done
+note "/readyz: a schema newer than this program is 503 naming the schema"
+psql_val "INSERT INTO p11escrow_schema (version, name) VALUES ($SCHEMA_VERSION + 1, 'future')" >/dev/null
+[ "$(get r-schema /readyz)" = 503 ] || fail "/readyz with a newer schema: $(cat "$T/h/r-schema.body")"
+python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); assert d["checks"]=={"database":"ok","schema":"failed","ca_token":"ok"}, d' \
+    "$T/h/r-schema.body" || fail "/readyz schema body: $(cat "$T/h/r-schema.body")"
+psql_val "DELETE FROM p11escrow_schema WHERE name = 'future'" >/dev/null
+[ "$(get r-schema-ok /readyz)" = 200 ] || fail "/readyz after the schema is current again"
 
 stop_daemon
 
