@@ -196,17 +196,16 @@ svc_metrics_timing(void *arg, enum esc_timing_kind kind, const char *what, doubl
 }
 
 int
-svc_metrics_token_load(struct svc_worker *w, const char *path, char *why, size_t whylen)
+svc_metrics_token_read(struct esc_ctx *ctx, const char *path, unsigned char hash[32], char *why, size_t whylen)
 {
 	struct esc_secret *tok = NULL;
 	unsigned int n = 0;
 	int rc = -1;
 
-	w->metrics_token_set = 0;
 	if (path == NULL || *path == '\0')
 		return 0;
-	if (esc_secret_from_file(w->ctx, path, &tok) != ESC_OK) {
-		snprintf(why, whylen, "metrics_token_file: %s", esc_ctx_errmsg(w->ctx));
+	if (esc_secret_from_file(ctx, path, &tok) != ESC_OK) {
+		snprintf(why, whylen, "metrics_token_file: %s", esc_ctx_errmsg(ctx));
 		goto out;
 	}
 	if (esc_secret_len(tok) < 16) {
@@ -214,13 +213,11 @@ svc_metrics_token_load(struct svc_worker *w, const char *path, char *why, size_t
 		goto out;
 	}
 	/* Only its hash is kept: compared in constant time with the hash of what a client presents. */
-	if (!EVP_Digest(esc_secret_str(tok), esc_secret_len(tok), w->metrics_token, &n, EVP_sha256(), NULL) ||
-	    n != sizeof(w->metrics_token)) {
+	if (!EVP_Digest(esc_secret_str(tok), esc_secret_len(tok), hash, &n, EVP_sha256(), NULL) || n != 32) {
 		snprintf(why, whylen, "metrics_token_file: cannot hash the token");
 		goto out;
 	}
-	w->metrics_token_set = 1;
-	rc = 0;
+	rc = 1;
 out:
 	esc_secret_free(tok);
 	return rc;

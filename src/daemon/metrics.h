@@ -38,12 +38,12 @@ void svc_metrics_login_throttled(struct svc_metrics_slot *s);
 void svc_metrics_timing(void *arg, enum esc_timing_kind kind, const char *what, double seconds);
 
 /*
- * Set the bearer token GET /metrics accepts from the file path (read now,
- * kept only as its SHA-256; "" or NULL: none) into the worker's state.
- * 0, or -1 with why filled in.
+ * The bearer token GET /metrics accepts, from the file path (mode 0600 or
+ * stricter, one line, at least 16 characters): its SHA-256 into hash, the
+ * token itself wiped at once.  1, 0 if path is NULL or "" (no token), or -1
+ * with why filled in.
  */
-struct svc_worker;
-int svc_metrics_token_load(struct svc_worker *w, const char *path, char *why, size_t whylen);
+int svc_metrics_token_read(struct esc_ctx *ctx, const char *path, unsigned char hash[32], char *why, size_t whylen);
 
 /* GET /metrics and GET /readyz; each replies exactly once. */
 void svc_serve_metrics(struct svc_request *r);

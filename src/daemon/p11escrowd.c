@@ -1327,7 +1327,8 @@ worker_proc_main(struct svc *s, int index, int kfd, int ctl, int ready)
 		char why[512];
 
 		/* Before privileges are dropped: the file may be readable by root only. */
-		if (svc_metrics_token_load(w, esc_config_get(s->cfg, "metrics_token_file"), why, sizeof(why)) != 0) {
+		if ((w->metrics_token_set = svc_metrics_token_read(w->ctx, esc_config_get(s->cfg, "metrics_token_file"),
+								   w->metrics_token, why, sizeof(why))) < 0) {
 			svc_log(w, ESC_LOG_ERROR, "%s", why);
 			esc_ctx_free(w->ctx);
 			return 3;
@@ -1777,6 +1778,18 @@ check_main(struct svc *s, struct esc_ctx *ctx, const char *config)
 	}
 	if ((rc = tls_setup(s, k)) != 0 || (rc = account_crls_load(s, ctx)) != 0)
 		goto out;
+	{
+		unsigned char hash[32];
+		char why[512];
+
+		if (svc_metrics_token_read(ctx, esc_config_get(s->cfg, "metrics_token_file"), hash, why, sizeof(why)) <
+		    0) {
+			mlog(s, ESC_LOG_ERROR, "%s", why);
+			rc = 3;
+			goto out;
+		}
+		OPENSSL_cleanse(hash, sizeof(hash));
+	}
 	printf("p11escrowd: configuration '%s' valid; schema current; CA token '%s' logged in; TLS "
 	       "certificate and key usable\n",
 	       config, esc_keeper_token_label(k));

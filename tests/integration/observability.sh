@@ -254,6 +254,18 @@ psql_val "DELETE FROM p11escrow_schema WHERE name = 'future'" >/dev/null
 
 stop_daemon
 
+note "metrics_token_file: a token under 16 characters stops --check and the start (exit 3)"
+( umask 077; printf 'short-token\n' >"$T/short.token" )
+for mode in --check ""; do
+    rc=0
+    # shellcheck disable=SC2086 # $mode: one option or none
+    P11ESCROW_METRICS_TOKEN_FILE=$T/short.token timeout 60 "$P11ESCROWD_BIN" --config "$DAEMON_CONF" $mode \
+        >"$T/out" 2>&1 || rc=$?
+    [ "$rc" = 3 ] || fail "a short metrics token: p11escrowd $mode exited $rc, expected 3"
+    assert_out "shorter than 16 characters"
+    assert_not_out "short-token"
+done
+
 note "the log: every line JSON, one request line per request with the client's X-Request-Id, no secret"
 python3 - "$DAEMON_LOG" "$T/h" "$T/ids" <<'PY' || fail "the JSON log"
 import glob, json, re, sys
