@@ -6,7 +6,7 @@
 # did (summed over both workers, through a worker killed and forked again), its database gauges
 # equal to the database's counts; GET /readyz 200, 503 naming the database while PostgreSQL is
 # down (/healthz still 200), 200 again after, 503 naming the schema when it is newer than the
-# program; every stderr line one JSON object, one request line per request with the id the client
+# program, 503 naming the CA token while the keeper is restarting; every stderr line one JSON object, one request line per request with the id the client
 # saw (X-Request-Id), and no password, PIN or token in any line.
 . "$(dirname "$0")/lib.sh"
 
@@ -251,6 +251,23 @@ python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); assert d["checks"]=
     "$T/h/r-schema.body" || fail "/readyz schema body: $(cat "$T/h/r-schema.body")"
 psql_val "DELETE FROM p11escrow_schema WHERE name = 'future'" >/dev/null
 [ "$(get r-schema-ok /readyz)" = 200 ] || fail "/readyz after the schema is current again"
+
+note "/readyz: the keeper (CA token) killed: 503 naming the token until the new keeper is logged in"
+kill -KILL "$keeper"
+seen=0
+for i in $(seq 40); do
+    code=$(get "r-keeper$i" /readyz)
+    if [ "$code" = 503 ]; then
+        python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); assert d["checks"]=={"database":"ok","schema":"ok","ca_token":"failed"}, d' \
+            "$T/h/r-keeper$i.body" || fail "/readyz without a keeper: $(cat "$T/h/r-keeper$i.body")"
+        seen=1
+    elif [ "$code" = 200 ] && ((seen)); then
+        break
+    fi
+    sleep 0.25
+done
+((seen)) || fail "/readyz never said the CA token was unavailable"
+[ "$code" = 200 ] || fail "/readyz not 200 again after the keeper's restart: $code"
 
 stop_daemon
 
