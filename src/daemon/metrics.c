@@ -4,6 +4,7 @@
  */
 #include <stdatomic.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -504,8 +505,13 @@ metrics_allowed(struct svc_request *r)
 				     ESC_ERR_AUTH);
 		return -1;
 	}
-	if (svc_worker_ready(w, r) != 0)
+	/* The database only: a scrape works while the keeper restarts. */
+	if ((e = svc_worker_db(w)) != ESC_OK) {
+		svc_log(w, ESC_LOG_ERROR, "req=%s unavailable: %s", r->id, esc_ctx_errmsg(w->ctx));
+		svc_add_header(r, "Retry-After", "5");
+		svc_reply_error_code(r, 503, "the database is unavailable; try again later", e);
 		return -1;
+	}
 	if (svc_login_wait(r, NULL, msg, sizeof(msg)) > 0) {
 		svc_reply_error_code(r, 429, msg, ESC_ERR_AUTH);
 		return -1;
