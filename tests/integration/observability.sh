@@ -161,6 +161,11 @@ done
 sleep 5.2 # the database's counts are read at most every 5 s by each worker
 [ "$(scrape m1)" = 200 ] || fail "second scrape"
 python3 "$T/promparse.py" "$T/h/m1.body" >"$T/out" 2>&1 || fail "the second exposition does not parse"
+# Prometheus' own checker and linter too, where it is installed (Debian: prometheus; not a dependency).
+if command -v promtool >/dev/null; then
+    promtool check metrics <"$T/h/m1.body" >"$T/out" 2>&1 || fail "promtool check metrics"
+    [ ! -s "$T/out" ] || fail "promtool check metrics found problems"
+fi
 # Requests between the scrapes: m0 itself, 1 simpleenroll, 2 serverkeygen, 2 API.
 [ "$(total "$T/h/m1.body" p11escrow_requests_total)" = $((req_before + 6)) ] ||
     fail "requests: $(total "$T/h/m1.body" p11escrow_requests_total), expected $((req_before + 6))"
