@@ -94,9 +94,9 @@ struct svc_request {
 	char id[17];	   /* request id for log lines */
 	int api;	   /* the path is under /api/v1: errors are JSON, not text */
 	int replied;
-	int status;	/* the status replied, for the access log */
-	size_t bytes;	/* the body's length replied (a HEAD's: 0) */
-	char actor[65]; /* the account (or one-time password's name) that authenticated, "" if none */
+	int status;	 /* the status replied, for the access log */
+	size_t bytes;	 /* the body's length replied (a HEAD's: 0) */
+	char actor[128]; /* who authenticated: an account, est:otp:NAME, est:cert:SERIAL; "" if none */
 };
 
 /*

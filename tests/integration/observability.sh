@@ -330,7 +330,8 @@ for where, rid in ids:
     if o['status'] != status:
         sys.exit(f'{rid}: logged status {o["status"]}, the client saw {status}')
 kg = [by_id[r] for _, r in ids if by_id[r]['path'] == '/.well-known/est/serverkeygen']
-if len(kg) != 2 or any('client_cert_subject_hash' not in o or o['bytes'] <= 0 for o in kg):
+if len(kg) != 2 or any('client_cert_subject_hash' not in o or o['bytes'] <= 0 or
+                       not o.get('actor', '').startswith('est:cert:') for o in kg):
     sys.exit(f'serverkeygen lines lack the client certificate hash or bytes: {kg}')
 ok = [by_id[r] for w, r in ids if w.endswith('login-ok.hdr')]
 if len(ok) != 1 or ok[0].get('actor') != 'admin':
