@@ -808,7 +808,7 @@ svc_http_dispatch(struct svc_request *r)
 		svc_reply_error(r, 501, "method not implemented");
 	} else if (r->w->require_cert && r->client_cert == NULL && strcmp(p, "/healthz") != 0 &&
 		   strcmp(p, "/readyz") != 0 && strcmp(p, "/metrics") != 0) {
-		/* /metrics authenticates by itself: its bearer token, or a certificate. */
+		/* Monitoring excepted: /healthz and /readyz need no credential, /metrics checks its own. */
 		svc_reply_error(r, 403, "this service requires a TLS client certificate issued by its CA");
 	} else if (strncmp(p, EST_PREFIX, sizeof(EST_PREFIX) - 1) == 0) {
 		char label[64];
