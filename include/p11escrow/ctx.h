@@ -25,6 +25,19 @@ enum esc_err esc_ctx_new(struct esc_ctx **out) ESC_MUST_CHECK;
 void esc_ctx_free(struct esc_ctx *ctx);
 void esc_ctx_set_log(struct esc_ctx *ctx, esc_log_fn fn, void *arg);
 
+/*
+ * Timing sink: how long each database statement or transaction end
+ * (ESC_TIMING_DB, what: "statement", "commit", "rollback") and each
+ * request to a keeper process (ESC_TIMING_TOKEN, what: the keeper
+ * operation's name, "issue", "open-transport", ...) took, in seconds, as
+ * the caller saw it.  what is a constant string.  Unset (the default): the
+ * library reads no clock for it.  The daemon's metrics use it
+ * (src/daemon/metrics.c).
+ */
+enum esc_timing_kind { ESC_TIMING_DB, ESC_TIMING_TOKEN };
+typedef void (*esc_timing_fn)(void *arg, enum esc_timing_kind kind, const char *what, double seconds);
+void esc_ctx_set_timing(struct esc_ctx *ctx, esc_timing_fn fn, void *arg);
+
 #define ESC_MODULE_ALLOW_MAX 1024
 
 /*

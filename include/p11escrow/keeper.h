@@ -96,6 +96,16 @@ X509 *esc_keeper_transport_cert(const struct esc_keeper *k);
 const char *esc_keeper_token_label(const struct esc_keeper *k);
 
 /*
+ * Is the CA token's session logged in (esc_token_check_login)?  For a
+ * remote keeper one STATUS request to the keeper process, answered from
+ * the session of that connection's thread: what /readyz asks.  A keeper
+ * over software keys has no session to lose: ESC_OK.  Errors: PIN_MISSING
+ * (not logged in), PKCS11, TOKEN_NOT_FOUND (the token or the keeper is
+ * gone).
+ */
+enum esc_err esc_keeper_status(struct esc_ctx *ctx, struct esc_keeper *k) ESC_MUST_CHECK;
+
+/*
  * Release approved recovery request id (esc_recovery_release): the request
  * is read and locked in st, and only an approved one is released, its
  * record's storage layer opened with the storage key on the token.

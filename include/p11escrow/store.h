@@ -38,4 +38,23 @@ enum esc_err esc_store_migrate(struct esc_ctx *ctx, struct esc_store *st, int *f
 /* Fail with SCHEMA_OLD or SCHEMA_NEWER unless the schema is exactly current. */
 enum esc_err esc_store_check_schema(struct esc_ctx *ctx, struct esc_store *st) ESC_MUST_CHECK;
 
+/*
+ * What the service's monitoring reads from the database (p11escrowd's
+ * /metrics): counts by state, the audit chain's length and the age of its
+ * newest checkpoint, all read by one statement.
+ */
+struct esc_store_stats {
+	long long enroll_unused, enroll_used, enroll_expired;	     /* one-time enrollment passwords */
+	long long certificates;					     /* issued by this CA (any profile) */
+	long long archived_import, archived_client, archived_server; /* archive records by source */
+	/* Recovery requests by state. */
+	long long rec_pending, rec_approved, rec_released, rec_completed, rec_denied, rec_cancelled, rec_expired;
+	long long audit_last_id;    /* the newest audit event's id (0: none) */
+	long long checkpoint_age;   /* seconds since the newest audit checkpoint was signed, -1 if none */
+	long long checkpoint_event; /* the event it signed, 0 if none */
+};
+
+/* Fill *out.  Errors: DB, DB_CONNECT. */
+enum esc_err esc_store_stats(struct esc_ctx *ctx, struct esc_store *st, struct esc_store_stats *out) ESC_MUST_CHECK;
+
 #endif

@@ -103,6 +103,14 @@ void esc_token_free(struct esc_token *tok);
 /* Log in as the token user.  Errors: PIN_INCORRECT, PIN_LOCKED, PKCS11. */
 enum esc_err esc_token_login(struct esc_ctx *ctx, struct esc_token *tok, const struct esc_secret *pin) ESC_MUST_CHECK;
 
+/*
+ * Is tok's session logged in as the token user (C_GetSessionInfo, a cheap
+ * call that also finds a token that is gone)?  ESC_OK if so.  Errors:
+ * PIN_MISSING (the session is not logged in), PKCS11 or TOKEN_NOT_FOUND
+ * (the call failed).
+ */
+enum esc_err esc_token_check_login(struct esc_ctx *ctx, struct esc_token *tok) ESC_MUST_CHECK;
+
 const char *esc_token_label(const struct esc_token *tok);
 const char *esc_token_serial(const struct esc_token *tok);
 const char *esc_token_manufacturer(const struct esc_token *tok);

@@ -1614,6 +1614,7 @@ svc_api_handle(struct svc_request *r, const char *subpath)
 	/* Every endpoint needs an account: nothing, not even a 404, before authentication. */
 	if (authenticate(&c, subpath, user, sizeof(user)) != ESC_OK || !csrf_ok(&c))
 		goto out;
+	snprintf(r->actor, sizeof(r->actor), "%s", esc_account_name(c.a));
 	for (i = 0; i < sizeof(routes) / sizeof(routes[0]); i++) {
 		id = 0;
 		name[0] = '\0';

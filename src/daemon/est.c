@@ -154,6 +154,7 @@ est_authenticate(struct svc_request *r, const struct esc_profile *p, struct est_
 		}
 		serial = esc_cert_serial_hex(r->client_cert);
 		snprintf(a->actor, sizeof(a->actor), "est:cert:%s", serial != NULL ? serial : "?");
+		snprintf(r->actor, sizeof(r->actor), "%s", a->actor); /* the request's log line names it too */
 		free(serial);
 		if ((a->subject = X509_NAME_dup(X509_get_subject_name(r->client_cert))) == NULL) {
 			svc_reply_error(r, 503, "out of memory");
@@ -201,6 +202,7 @@ est_authenticate(struct svc_request *r, const struct esc_profile *p, struct est_
 		return -1;
 	}
 	snprintf(a->actor, sizeof(a->actor), "est:otp:%s", grant.name);
+	snprintf(r->actor, sizeof(r->actor), "%s", a->actor); /* the password's name, never the password */
 	snprintf(a->otp_name, sizeof(a->otp_name), "%s", grant.name);
 	return 0;
 }

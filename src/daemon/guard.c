@@ -174,6 +174,22 @@ svc_guard_blocked(struct svc_guard *g, const char *address, const char *name)
 	return n > a ? n : a;
 }
 
+void
+svc_guard_held(struct svc_guard *g, long long *names, long long *addresses)
+{
+	long long now = svc_mono_seconds();
+	size_t i;
+
+	*names = *addresses = 0;
+	if (g == NULL)
+		return;
+	guard_lock(g);
+	for (i = 0; i < GUARD_SLOTS; i++)
+		if (rank(g, &g->slots[i], now) == 2)
+			++*(g->slots[i].key[0] == 'a' ? names : addresses);
+	pthread_mutex_unlock(&g->lock);
+}
+
 int
 svc_guard_failed(struct svc_guard *g, const char *address, const char *name)
 {

@@ -31,6 +31,7 @@
 #include <p11escrow/pin.h>
 #include <p11escrow/revoke.h>
 
+#include "metrics.h"
 #include "svc.h"
 
 #define PATH_MAX_LEN 512
@@ -201,6 +202,7 @@ svc_login_wait(struct svc_request *r, const char *name, char *msg, size_t msglen
 
 	if (wait <= 0)
 		return 0;
+	svc_metrics_login_throttled(r->w->mslot);
 	snprintf(secs, sizeof(secs), "%lld", wait);
 	snprintf(msg, msglen, "too many failed logins for this name or from this address: try again in %lld s", wait);
 	svc_add_header(r, "Retry-After", secs);
@@ -218,6 +220,7 @@ svc_login_result(struct svc_request *r, const char *name, int ok)
 		svc_guard_succeeded(w->guard, name);
 		return;
 	}
+	svc_metrics_login_failed(w->mslot);
 	if ((reached = svc_guard_failed(w->guard, r->peer[0] ? r->peer : NULL, name)) == 0)
 		return;
 	loggable(shown, sizeof(shown), name);
@@ -435,6 +438,7 @@ send_prepared(struct svc_request *r, int status, const char *content_type)
 	 * which the client would read as the start of the next response: it is
 	 * dropped here (a secret body's cleanup wipes it).
 	 */
+	r->bytes = r->head ? 0 : evbuffer_get_length(evhttp_request_get_output_buffer(r->ev));
 	if (r->head) {
 		struct evbuffer *out = evhttp_request_get_output_buffer(r->ev);
 
@@ -449,6 +453,8 @@ send_prepared(struct svc_request *r, int status, const char *content_type)
 	if (evhttp_find_header(h, "Cache-Control") == NULL)
 		evhttp_add_header(h, "Cache-Control", "no-store");
 	evhttp_add_header(h, "X-Content-Type-Options", "nosniff");
+	/* The id of the log line this request gets (p11escrowd.c), for a client to quote. */
+	evhttp_add_header(h, "X-Request-Id", r->id);
 	evhttp_send_reply(r->ev, status, reason_phrase(status), NULL);
 	r->replied = 1;
 	r->status = status;
@@ -553,6 +559,8 @@ svc_reply_error_code(struct svc_request *r, int status, const char *reason, enum
 	json_t *o;
 	int n;
 
+	if (!r->replied)
+		svc_metrics_error(r->w->mslot, e);
 	/* A challenge unless the handler set one, or chose none for the web console (api.c). */
 	if (status == 401 && evhttp_find_header(evhttp_request_get_output_headers(r->ev), "WWW-Authenticate") == NULL &&
 	    (svc_header(r, "X-Requested-With") == NULL ||
@@ -807,7 +815,9 @@ svc_http_dispatch(struct svc_request *r)
 		 */
 		svc_add_header(r, "Connection", "close");
 		svc_reply_error(r, 501, "method not implemented");
-	} else if (r->w->require_cert && r->client_cert == NULL && strcmp(p, "/healthz") != 0) {
+	} else if (r->w->require_cert && r->client_cert == NULL && strcmp(p, "/healthz") != 0 &&
+		   strcmp(p, "/readyz") != 0 && strcmp(p, "/metrics") != 0) {
+		/* Monitoring excepted: /healthz and /readyz need no credential, /metrics checks its own. */
 		svc_reply_error(r, 403, "this service requires a TLS client certificate issued by its CA");
 	} else if (strncmp(p, EST_PREFIX, sizeof(EST_PREFIX) - 1) == 0) {
 		char label[64];
@@ -831,12 +841,17 @@ svc_http_dispatch(struct svc_request *r)
 	} else if (strcmp(p, "/ca.crt") == 0) {
 		serve_ca_cert(r);
 	} else if (strcmp(p, "/healthz") == 0) {
+		/* Liveness only: this worker's loop answers.  What it depends on is /readyz's. */
 		if (r->method != EVHTTP_REQ_GET) {
 			svc_add_header(r, "Allow", "GET");
 			svc_reply_error(r, 405, "method not allowed");
-		} else if (svc_worker_ready(r->w, r) == 0) {
+		} else {
 			svc_reply(r, 200, "text/plain; charset=utf-8", "ok\n", 3);
 		}
+	} else if (strcmp(p, "/readyz") == 0) {
+		svc_serve_readyz(r);
+	} else if (strcmp(p, "/metrics") == 0) {
+		svc_serve_metrics(r);
 	} else {
 		svc_reply_error(r, 404, "no such resource");
 	}

@@ -54,6 +54,7 @@
 #include <event2/bufferevent_ssl.h>
 #include <event2/event.h>
 #include <event2/http.h>
+#include <jansson.h>
 #include <openssl/err.h>
 #include <openssl/rand.h>
 #include <openssl/ssl.h>
@@ -74,6 +75,7 @@
 
 #include "esc_build_config.h"
 #include "api_admin.h"
+#include "metrics.h"
 #include "sandbox.h"
 #include "svc.h"
 
@@ -113,7 +115,9 @@ struct svc {
 	int listen_fd;
 	int nworkers;
 	int log_level;
+	int log_json; /* log_format = json: one JSON object a line */
 	pthread_mutex_t log_lock;
+	struct svc_metrics *metrics; /* counters, in memory shared by every process (metrics.c) */
 	struct svc_guard *guard;     /* failed logins, in memory shared by every worker process */
 	const char *proc_name;	     /* "keeper" in the keeper process, NULL elsewhere */
 	struct esc_token_gate *gate; /* the keeper process's: token_sessions, token_meter */
@@ -132,20 +136,63 @@ static const char *const level_names[] = {"error", "warn", "info", "debug"};
 
 /* ---- logging ------------------------------------------------------------- */
 
+/*
+ * One log line on stderr.  Text: ts=... level=... worker=N|proc=NAME
+ * msg="..." (quotes and control characters in msg replaced, so a message
+ * cannot forge another line).  JSON (log_format = json): one object a line
+ * with ts, level, worker or proc, msg and fields' members; a message that
+ * starts with "req=ID " has that id as member req.  Never a secret: msg
+ * and fields are what the callers log in either format.
+ */
 static void
-vlog_line(struct svc *s, int worker, enum esc_log_level level, const char *fmt, va_list ap)
+emit(struct svc *s, int worker, enum esc_log_level level, char *msg, json_t *fields)
 {
-	char ts[32], msg[1024];
+	char ts[64], base[32];
 	struct timespec now;
 	struct tm tm;
+	char *line = NULL;
 	size_t i;
 
 	if (s != NULL && (int)level > s->log_level)
 		return;
 	clock_gettime(CLOCK_REALTIME, &now);
 	gmtime_r(&now.tv_sec, &tm);
-	strftime(ts, sizeof(ts), "%Y-%m-%dT%H:%M:%S", &tm);
-	vsnprintf(msg, sizeof(msg), fmt, ap);
+	strftime(base, sizeof(base), "%Y-%m-%dT%H:%M:%S", &tm);
+	snprintf(ts, sizeof(ts), "%.19s.%03dZ", base, (int)(now.tv_nsec / 1000000L) % 1000);
+	if (s != NULL && s->log_json) {
+		json_t *o = json_object();
+		const char *m = msg;
+		size_t n;
+
+		if (o != NULL) {
+			(void)json_object_set_new(o, "ts", json_string(ts));
+			(void)json_object_set_new(o, "level", json_string(level_names[level]));
+			if (worker >= 0)
+				(void)json_object_set_new(o, "worker", json_integer(worker));
+			else if (s->proc_name != NULL)
+				(void)json_object_set_new(o, "proc", json_string(s->proc_name));
+			if (strncmp(m, "req=", 4) == 0 && (n = strcspn(m + 4, " ")) > 0 && n <= 16 && m[4 + n] == ' ') {
+				(void)json_object_set_new(o, "req", json_stringn(m + 4, n));
+				m += 5 + n;
+			}
+			(void)json_object_set_new(o, "msg", svc_json_text(m));
+			if (fields != NULL)
+				(void)json_object_update(o, fields);
+			/* 6 significant digits: "ms":433.1, not the double nearest to it. */
+			line = json_dumps(o, JSON_COMPACT | JSON_REAL_PRECISION(6));
+			json_decref(o);
+		}
+		pthread_mutex_lock(&s->log_lock);
+		if (line != NULL)
+			fprintf(stderr, "%s\n", line);
+		else
+			fprintf(stderr, "{\"ts\":\"%s\",\"level\":\"error\",\"msg\":\"cannot format a log line\"}\n",
+				ts);
+		fflush(stderr);
+		pthread_mutex_unlock(&s->log_lock);
+		free(line);
+		return;
+	}
 	/* One line per event: quotes and control characters cannot forge another. */
 	for (i = 0; msg[i] != '\0'; i++)
 		if ((unsigned char)msg[i] < 0x20 || msg[i] == '"' || msg[i] == 0x7f)
@@ -153,17 +200,25 @@ vlog_line(struct svc *s, int worker, enum esc_log_level level, const char *fmt, 
 	if (s != NULL)
 		pthread_mutex_lock(&s->log_lock);
 	if (worker >= 0)
-		fprintf(stderr, "ts=%s.%03ldZ level=%s worker=%d msg=\"%s\"\n", ts, now.tv_nsec / 1000000L,
-			level_names[level], worker, msg);
+		fprintf(stderr, "ts=%s level=%s worker=%d msg=\"%s\"\n", ts, level_names[level], worker, msg);
 	else if (s != NULL && s->proc_name != NULL)
-		fprintf(stderr, "ts=%s.%03ldZ level=%s proc=%s msg=\"%s\"\n", ts, now.tv_nsec / 1000000L,
-			level_names[level], s->proc_name, msg);
+		fprintf(stderr, "ts=%s level=%s proc=%s msg=\"%s\"\n", ts, level_names[level], s->proc_name, msg);
 	else
-		fprintf(stderr, "ts=%s.%03ldZ level=%s msg=\"%s\"\n", ts, now.tv_nsec / 1000000L, level_names[level],
-			msg);
+		fprintf(stderr, "ts=%s level=%s msg=\"%s\"\n", ts, level_names[level], msg);
 	fflush(stderr);
 	if (s != NULL)
 		pthread_mutex_unlock(&s->log_lock);
+}
+
+static void
+vlog_line(struct svc *s, int worker, enum esc_log_level level, const char *fmt, va_list ap)
+{
+	char msg[1024];
+
+	if (s != NULL && (int)level > s->log_level)
+		return;
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	emit(s, worker, level, msg, NULL);
 }
 
 static void __attribute__((format(printf, 3, 4))) mlog(struct svc *s, enum esc_log_level level, const char *fmt, ...)
@@ -183,6 +238,46 @@ svc_log(struct svc_worker *w, enum esc_log_level level, const char *fmt, ...)
 	va_start(ap, fmt);
 	vlog_line(w->svc, w->index, level, fmt, ap);
 	va_end(ap);
+}
+
+/*
+ * The request's line, one per request at its end: id, method, path (no
+ * query), status, body bytes, milliseconds, the account or one-time
+ * password name that authenticated, and the client certificate's subject
+ * hash (X509_NAME_hash, as `openssl x509 -subject_hash`).  Never a body,
+ * an Authorization header or a cookie.
+ */
+static void
+log_request(struct svc_worker *w, const struct svc_request *r, double ms)
+{
+	char msg[1024], hash[16] = "";
+	const char *path = r->path != NULL ? r->path : "?";
+	json_t *f = NULL;
+
+	if (w->svc->log_level < ESC_LOG_INFO)
+		return;
+	if (r->client_cert != NULL)
+		snprintf(hash, sizeof(hash), "%08lx", X509_subject_name_hash(r->client_cert));
+	if (w->svc->log_json && (f = json_object()) != NULL) {
+		(void)json_object_set_new(f, "req", json_string(r->id));
+		(void)json_object_set_new(f, "method", json_string(r->method_name));
+		(void)json_object_set_new(f, "path", svc_json_text(path));
+		(void)json_object_set_new(f, "status", json_integer(r->status));
+		(void)json_object_set_new(f, "bytes", json_integer((json_int_t)r->bytes));
+		(void)json_object_set_new(f, "ms", json_real((double)(long long)(ms * 10 + 0.5) / 10));
+		if (r->actor[0] != '\0')
+			(void)json_object_set_new(f, "actor", svc_json_text(r->actor));
+		if (hash[0] != '\0')
+			(void)json_object_set_new(f, "client_cert_subject_hash", json_string(hash));
+		snprintf(msg, sizeof(msg), "request");
+	} else {
+		snprintf(msg, sizeof(msg),
+			 "req=%s method=%s path=%s status=%d bytes=%zu ms=%.1f actor=%s client_cert=%s%s%s", r->id,
+			 r->method_name, path, r->status, r->bytes, ms, r->actor[0] ? r->actor : "-",
+			 hash[0] ? "yes" : "no", hash[0] ? " client_cert_subject_hash=" : "", hash);
+	}
+	emit(w->svc, w->index, ESC_LOG_INFO, msg, f);
+	json_decref(f);
 }
 
 /* Library log lines of a worker's context. */
@@ -220,6 +315,18 @@ worker_connect(struct svc_worker *w)
 		w->keeper = NULL;
 	}
 	return w->keeper != NULL ? ESC_OK : ESC_ERR_TOKEN_NOT_FOUND;
+}
+
+enum esc_err
+svc_worker_db(struct svc_worker *w)
+{
+	enum esc_err r;
+
+	if (w->st != NULL)
+		return ESC_OK;
+	if ((r = esc_store_connect(w->ctx, esc_config_get(w->svc->cfg, "database"), &w->st)) != ESC_OK)
+		w->st = NULL;
+	return r;
 }
 
 int
@@ -498,10 +605,8 @@ on_request(struct evhttp_request *req, void *arg)
 	if (svc_request_init(&r, &sl->w, req) == 0)
 		svc_http_dispatch(&r);
 	clock_gettime(CLOCK_MONOTONIC, &t1);
-	svc_log(&sl->w, ESC_LOG_INFO, "req=%s method=%s path=%s status=%d ms=%.1f client_cert=%s", r.id, r.method_name,
-		r.path != NULL ? r.path : "?", r.status,
-		(double)(t1.tv_sec - t0.tv_sec) * 1e3 + (double)(t1.tv_nsec - t0.tv_nsec) / 1e6,
-		r.client_cert != NULL ? "yes" : "no");
+	log_request(&sl->w, &r, (double)(t1.tv_sec - t0.tv_sec) * 1e3 + (double)(t1.tv_nsec - t0.tv_nsec) / 1e6);
+	svc_metrics_request(sl->w.mslot, r.path, r.status);
 	svc_request_done(&r);
 	/*
 	 * Worker 0: is a checkpoint due?  Checked from the loop a second after
@@ -928,12 +1033,14 @@ listen_setup(struct svc *s)
 static void
 help(void)
 {
-	printf("Usage: p11escrowd [--config FILE] [--check]\n\n"
+	printf("Usage: p11escrowd [--config FILE] [--check] [--log-format text|json]\n\n"
 	       "Serves EST (RFC 7030) enrollment with key archival and the JSON API of the\n"
 	       "recovery workflow over HTTPS, in the foreground; stops on SIGTERM.\n\n"
 	       "  -c, --config FILE   configuration (default %s;\n"
 	       "                      P11ESCROW_<KEY> environment variables override it)\n"
 	       "      --check         validate configuration, database schema, CA token and TLS files, then exit\n"
+	       "      --log-format F  log lines as text (key=value, the default) or json (one JSON\n"
+	       "                      object a line); overrides log_format\n"
 	       "  -V, --version       print the version\n"
 	       "  -h, --help          this text\n\n"
 	       "The CA token PIN: ca_pin_file, else the systemd credential 'ca-pin'\n"
@@ -1017,6 +1124,8 @@ keeper_ctx(struct svc *s, struct esc_ctx **out)
 	if ((r = esc_ctx_new(&ctx)) != ESC_OK)
 		return r;
 	esc_ctx_set_log(ctx, keeper_log, s);
+	/* The keeper's database statements: the slot after the workers'. */
+	esc_ctx_set_timing(ctx, svc_metrics_timing, svc_metrics_slot(s->metrics, s->nworkers));
 	if ((r = esc_ctx_set_module_allow(ctx, esc_config_get(s->cfg, "module_allow"))) != ESC_OK ||
 	    (r = esc_config_set_publication(ctx, s->cfg)) != ESC_OK) {
 		esc_ctx_free(ctx);
@@ -1260,9 +1369,23 @@ worker_proc_main(struct svc *s, int index, int kfd, int ctl, int ready)
 	w->kra_warning_days = (int)esc_config_get_long(s->cfg, "kra_expiry_warning_days");
 	w->console = strcmp(esc_config_get(s->cfg, "console"), "on") == 0;
 	w->account_crls = s->account_crls;
+	w->metrics = s->metrics;
+	w->mslot = svc_metrics_slot(s->metrics, index);
 	if (esc_ctx_new(&w->ctx) != ESC_OK)
 		return 70;
 	esc_ctx_set_log(w->ctx, lib_log, w);
+	esc_ctx_set_timing(w->ctx, svc_metrics_timing, w->mslot);
+	{
+		char why[512];
+
+		/* Before privileges are dropped: the file may be readable by root only. */
+		if ((w->metrics_token_set = svc_metrics_token_read(w->ctx, esc_config_get(s->cfg, "metrics_token_file"),
+								   w->metrics_token, why, sizeof(why))) < 0) {
+			svc_log(w, ESC_LOG_ERROR, "%s", why);
+			esc_ctx_free(w->ctx);
+			return 3;
+		}
+	}
 	/* The keeper's connection (greeted now: the CA's certificates), the database; both mended later if lost. */
 	if (kfd >= 0 && esc_keeper_connect(w->ctx, kfd, &w->keeper) != ESC_OK)
 		svc_log(w, ESC_LOG_ERROR, "cannot greet the keeper: %s", esc_ctx_errmsg(w->ctx));
@@ -1707,6 +1830,18 @@ check_main(struct svc *s, struct esc_ctx *ctx, const char *config)
 	}
 	if ((rc = tls_setup(s, k)) != 0 || (rc = account_crls_load(s, ctx)) != 0)
 		goto out;
+	{
+		unsigned char hash[32];
+		char why[512];
+
+		if (svc_metrics_token_read(ctx, esc_config_get(s->cfg, "metrics_token_file"), hash, why, sizeof(why)) <
+		    0) {
+			mlog(s, ESC_LOG_ERROR, "%s", why);
+			rc = 3;
+			goto out;
+		}
+		OPENSSL_cleanse(hash, sizeof(hash));
+	}
 	printf("p11escrowd: configuration '%s' valid; schema current; CA token '%s' logged in; TLS "
 	       "certificate and key usable\n",
 	       config, esc_keeper_token_label(k));
@@ -1723,11 +1858,12 @@ main(int argc, char *argv[])
 	static const struct option longopts[] = {
 		{"config", required_argument, NULL, 'c'},
 		{"check", no_argument, NULL, 'C'},
+		{"log-format", required_argument, NULL, 'L'},
 		{"version", no_argument, NULL, 'V'},
 		{"help", no_argument, NULL, 'h'},
 		{NULL, 0, NULL, 0},
 	};
-	const char *config = ESC_CONFIG_DEFAULT_PATH;
+	const char *config = ESC_CONFIG_DEFAULT_PATH, *log_format = NULL;
 	struct rlimit nocore = {0, 0};
 	struct esc_keeper *hello = NULL;
 	struct svc s;
@@ -1759,6 +1895,14 @@ main(int argc, char *argv[])
 			break;
 		case 'C':
 			check = 1;
+			break;
+		case 'L':
+			if (strcmp(optarg, "text") != 0 && strcmp(optarg, "json") != 0) {
+				fprintf(stderr, "p11escrowd: --log-format: '%s' is neither text nor json\n", optarg);
+				return 2;
+			}
+			log_format = optarg;
+			s.log_json = strcmp(optarg, "json") == 0;
 			break;
 		case 'V':
 			printf("p11escrowd %s\n", ESC_VERSION);
@@ -1798,6 +1942,7 @@ main(int argc, char *argv[])
 		goto out;
 	}
 	s.log_level = log_level_of(esc_config_get(s.cfg, "log_level"));
+	s.log_json = strcmp(log_format != NULL ? log_format : esc_config_get(s.cfg, "log_format"), "json") == 0;
 	s.nworkers = (int)esc_config_get_long(s.cfg, "workers");
 	if (check) {
 		rc = check_main(&s, ctx, config);
@@ -1810,7 +1955,8 @@ main(int argc, char *argv[])
 	if ((s.workers = calloc((size_t)s.nworkers, sizeof(*s.workers))) == NULL ||
 	    (s.guard = svc_guard_new(esc_config_get_long(s.cfg, "auth_fail_limit"),
 				     esc_config_get_long(s.cfg, "auth_fail_limit_address"),
-				     esc_config_get_long(s.cfg, "auth_fail_window"))) == NULL) {
+				     esc_config_get_long(s.cfg, "auth_fail_window"))) == NULL ||
+	    (s.metrics = svc_metrics_new(s.nworkers + 1)) == NULL) {
 		rc = 70;
 		goto out;
 	}
@@ -1902,6 +2048,7 @@ out:
 		close(s.keeper.ctl);
 	free(s.workers);
 	svc_guard_free(s.guard);
+	svc_metrics_free(s.metrics);
 	if (s.listen_fd >= 0)
 		close(s.listen_fd);
 	SSL_CTX_free(s.tls);

@@ -27,6 +27,8 @@
 #include <p11escrow/store.h>
 
 struct svc;
+struct svc_metrics;
+struct svc_metrics_slot;
 
 /* Monotonic seconds (0 if the clock fails): for windows and lifetimes within one process. */
 static inline long long
@@ -55,6 +57,14 @@ struct svc_worker {
 	const STACK_OF(X509_CRL) *account_crls; /* account_cert_crl, verified at start (shared, read only), or NULL */
 	int kra_warning_days; /* kra_expiry_warning_days: warn this many days before a KRA certificate expires */
 	int console;	      /* console = on: the web console's files under /console/ (console.c) */
+	/* Monitoring (metrics.c). */
+	struct svc_metrics *metrics;	 /* every process's counters, shared */
+	struct svc_metrics_slot *mslot;	 /* this worker's */
+	unsigned char metrics_token[32]; /* SHA-256 of the metrics_token_file token ... */
+	int metrics_token_set;		 /* ... if one is configured */
+	struct esc_store_stats stats;	 /* the database's counts as this worker last read them */
+	long long stats_at;		 /* when (monotonic seconds), 0: never */
+	int stats_ok;			 /* that read succeeded */
 };
 
 /*
@@ -64,6 +74,8 @@ struct svc_worker {
  */
 struct svc_request;
 int svc_worker_ready(struct svc_worker *w, struct svc_request *r);
+/* Ensure w->st (a lost database connection reconnected), nothing else, and no reply: ESC_OK or the error. */
+enum esc_err svc_worker_db(struct svc_worker *w);
 /* After a library call failed with a connection-class error: drop a lost database connection (reconnected at the next request) or a lost keeper connection. */
 void svc_worker_forget(struct svc_worker *w, enum esc_err e);
 
@@ -83,7 +95,9 @@ struct svc_request {
 	char id[17];	   /* request id for log lines */
 	int api;	   /* the path is under /api/v1: errors are JSON, not text */
 	int replied;
-	int status; /* the status replied, for the access log */
+	int status;	 /* the status replied, for the access log */
+	size_t bytes;	 /* the body's length replied (a HEAD's: 0) */
+	char actor[128]; /* who authenticated: an account, est:otp:NAME, est:cert:SERIAL; "" if none */
 };
 
 /*
@@ -122,6 +136,8 @@ long long svc_guard_blocked(struct svc_guard *g, const char *address, const char
 int svc_guard_failed(struct svc_guard *g, const char *address, const char *name);
 /* A success: forget name's failures. */
 void svc_guard_succeeded(struct svc_guard *g, const char *name);
+/* How many names and addresses are held off now (a scan of the table, for /metrics). */
+void svc_guard_held(struct svc_guard *g, long long *names, long long *addresses);
 
 /*
  * Before a password of name is checked: 0 if it may be, else the seconds

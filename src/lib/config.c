@@ -59,6 +59,7 @@ static const char *const transport_types[] = {"ec-p256", "ec-p384", "rsa3072", N
 static const char *const log_levels[] = {"error", "warn", "info", "debug", NULL};
 static const char *const client_auth_modes[] = {"optional", "require", "none", NULL};
 static const char *const on_off[] = {"on", "off", NULL};
+static const char *const log_formats[] = {"text", "json", NULL};
 
 /* The order here is the order esc_config_key_name() reports. */
 static const struct key keys[] = {
@@ -75,6 +76,10 @@ static const struct key keys[] = {
 	{"ca_days", "3650", check_long, NULL, 1, 36500},
 	{"listen", "127.0.0.1:8443", check_listen, NULL, 0, 0},
 	{"log_level", "info", check_choice, log_levels, 0, 0},
+	/* p11escrowd's log lines on stderr: key=value text, or one JSON object a line. */
+	{"log_format", "text", check_choice, log_formats, 0, 0},
+	/* A file holding the bearer token that may read GET /metrics (read at start); empty: none. */
+	{"metrics_token_file", "", check_path, NULL, 0, 0},
 	{"workers", "2", check_long, NULL, 1, 64},
 	/* Token operations at once in the keeper (gate.h): 0 = one per worker connection, no bound. */
 	{"token_sessions", "0", check_long, NULL, 0, 1024},

@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <openssl/decoder.h>
 #include <openssl/err.h>
@@ -29,6 +30,8 @@ struct esc_ctx {
 	/* A kept PKCS#8 decoder (esc_ctx_pkcs8_decode): OpenSSL 3 builds one per EVP_PKCS82PKEY (≈0.2 ms). */
 	OSSL_DECODER_CTX *p8_dec;
 	EVP_PKEY *p8_out;
+	esc_timing_fn timing_fn;
+	void *timing_arg;
 };
 
 #define CRL_VALIDITY_DEFAULT (7L * 24 * 3600)
@@ -87,6 +90,31 @@ esc_ctx_set_log(struct esc_ctx *ctx, esc_log_fn fn, void *arg)
 {
 	ctx->log_fn = fn;
 	ctx->log_arg = arg;
+}
+
+void
+esc_ctx_set_timing(struct esc_ctx *ctx, esc_timing_fn fn, void *arg)
+{
+	ctx->timing_fn = fn;
+	ctx->timing_arg = arg;
+}
+
+int
+esc_timing_start(const struct esc_ctx *ctx, struct timespec *t0)
+{
+	return ctx != NULL && ctx->timing_fn != NULL && clock_gettime(CLOCK_MONOTONIC, t0) == 0;
+}
+
+void
+esc_timing_end(const struct esc_ctx *ctx, int started, const struct timespec *t0, enum esc_timing_kind kind,
+	       const char *what)
+{
+	struct timespec t1;
+
+	if (!started || ctx->timing_fn == NULL || clock_gettime(CLOCK_MONOTONIC, &t1) != 0)
+		return;
+	ctx->timing_fn(ctx->timing_arg, kind, what,
+		       (double)(t1.tv_sec - t0->tv_sec) + (double)(t1.tv_nsec - t0->tv_nsec) / 1e9);
 }
 
 enum esc_err

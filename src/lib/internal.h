@@ -6,6 +6,7 @@
 
 #include <stdarg.h>
 #include <stddef.h>
+#include <time.h>
 
 #include <openssl/types.h>
 
@@ -37,6 +38,15 @@ void esc_error_ossl_set(struct esc_ctx *ctx, enum esc_err code, const char *fmt,
 
 /* Emit a log line through the context's sink (no-op without one). */
 void esc_log(struct esc_ctx *ctx, enum esc_log_level level, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
+/*
+ * Time one operation for the context's timing sink (esc_ctx_set_timing):
+ * started = esc_timing_start(ctx, &t0) before it, esc_timing_end(ctx,
+ * started, &t0, kind, what) after it.  Without a sink no clock is read.
+ */
+int esc_timing_start(const struct esc_ctx *ctx, struct timespec *t0);
+void esc_timing_end(const struct esc_ctx *ctx, int started, const struct timespec *t0, enum esc_timing_kind kind,
+		    const char *what);
 
 struct esc_secret;
 

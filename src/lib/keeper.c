@@ -167,6 +167,7 @@ esc_keeper_lost(const struct esc_keeper *k)
 }
 
 /* The remote forms of the typed operations (below, with the protocol). */
+static enum esc_err remote_status(struct esc_ctx *ctx, struct esc_keeper *k);
 static enum esc_err remote_release(struct esc_ctx *ctx, struct esc_keeper *k, long long id);
 static enum esc_err remote_kra_prove(struct esc_ctx *ctx, struct esc_keeper *k, struct esc_store *st,
 				     const struct esc_account *actor, const char *name, long long id,
@@ -191,6 +192,16 @@ static enum esc_err remote_issue(struct esc_ctx *ctx, struct esc_keeper *k, cons
  * it there (an approved request, the revocations, the audit chain): the
  * token never leaves this module.
  */
+enum esc_err
+esc_keeper_status(struct esc_ctx *ctx, struct esc_keeper *k)
+{
+	if (k == NULL)
+		return esc_error(ctx, ESC_ERR_TOKEN_NOT_FOUND, "the keeper is unavailable");
+	if (k->remote)
+		return remote_status(ctx, k);
+	return k->tok != NULL ? esc_token_check_login(ctx, k->tok) : ESC_OK;
+}
+
 enum esc_err
 esc_keeper_release(struct esc_ctx *ctx, struct esc_keeper *k, struct esc_store *st, long long id)
 {
@@ -806,9 +817,29 @@ lost(struct esc_ctx *ctx, struct esc_keeper *k, const char *why)
  * esc_kp_free(*rbuf, *rlen, *rsec)).  An ERROR reply becomes its code and
  * message; anything but the reply to this request loses the connection.
  */
+static enum esc_err call_untimed(struct esc_ctx *ctx, struct esc_keeper *k, struct esc_kp_msg *m, int secure,
+				 struct esc_kp_msg *rep, unsigned char **rbuf, size_t *rlen, int *rsec);
+
+/* Timed for the context's timing sink, by operation (the request type's name). */
 static enum esc_err
 call(struct esc_ctx *ctx, struct esc_keeper *k, struct esc_kp_msg *m, int secure, struct esc_kp_msg *rep,
      unsigned char **rbuf, size_t *rlen, int *rsec)
+{
+	struct timespec t0;
+	int timed;
+	enum esc_err r;
+
+	if (k->fd < 0)
+		return esc_error(ctx, ESC_ERR_TOKEN_NOT_FOUND, "the keeper is unavailable");
+	timed = esc_timing_start(ctx, &t0);
+	r = call_untimed(ctx, k, m, secure, rep, rbuf, rlen, rsec);
+	esc_timing_end(ctx, timed, &t0, ESC_TIMING_TOKEN, esc_kp_type_name(m->type));
+	return r;
+}
+
+static enum esc_err
+call_untimed(struct esc_ctx *ctx, struct esc_keeper *k, struct esc_kp_msg *m, int secure, struct esc_kp_msg *rep,
+	     unsigned char **rbuf, size_t *rlen, int *rsec)
 {
 	unsigned char *out = NULL, *in = NULL;
 	size_t outlen = 0, inlen = 0;
@@ -816,8 +847,6 @@ call(struct esc_ctx *ctx, struct esc_keeper *k, struct esc_kp_msg *m, int secure
 	int sec = 0, w;
 	enum esc_err r;
 
-	if (k->fd < 0)
-		return esc_error(ctx, ESC_ERR_TOKEN_NOT_FOUND, "the keeper is unavailable");
 	m->seq = ++k->seq;
 	if ((r = esc_kp_encode(ctx, m, secure, &out, &outlen)) != ESC_OK)
 		return r;
@@ -1034,6 +1063,22 @@ out:
 	OPENSSL_free(rcpt);
 	esc_kp_free(in, inlen, sec);
 	return r;
+}
+
+static enum esc_err
+remote_status(struct esc_ctx *ctx, struct esc_keeper *k)
+{
+	struct esc_kp_msg m, rep;
+	unsigned char *rbuf = NULL;
+	size_t rlen = 0;
+	int rsec = 0;
+	enum esc_err r;
+
+	esc_kp_init(&m, ESC_KP_STATUS, 0);
+	if ((r = call(ctx, k, &m, 0, &rep, &rbuf, &rlen, &rsec)) != ESC_OK)
+		return r;
+	esc_kp_free(rbuf, rlen, rsec);
+	return ESC_OK;
 }
 
 static enum esc_err
@@ -1697,6 +1742,19 @@ out:
 	return r;
 }
 
+/* STATUS: is this connection's token session logged in?  An empty reply if so, else the error. */
+static enum esc_err
+serve_status(struct esc_ctx *ctx, struct esc_keeper *k, const struct esc_kp_msg *m, struct serve_reply *out)
+{
+	struct esc_kp_msg rep;
+	enum esc_err r;
+
+	if ((r = esc_keeper_status(ctx, k)) != ESC_OK)
+		return r;
+	esc_kp_init(&rep, ESC_KP_STATUS | ESC_KP_REPLY, m->seq);
+	return esc_kp_encode(ctx, &rep, 0, &out->buf, &out->len);
+}
+
 /* An ERROR reply to request seq: code and the context's message (never a secret). */
 static enum esc_err
 error_reply(struct esc_ctx *ctx, uint32_t seq, enum esc_err code, struct serve_reply *out)
@@ -1775,6 +1833,9 @@ serve_one(struct esc_ctx *ctx, struct esc_keeper *k, struct esc_store *st, const
 		break;
 	case ESC_KP_RESEAL:
 		r = serve_reseal(ctx, k, st, &m, out);
+		break;
+	case ESC_KP_STATUS:
+		r = serve_status(ctx, k, &m, out);
 		break;
 	default:
 		r = esc_error(ctx, ESC_ERR_BAD_INPUT, "keeper message '%s' is not a request", esc_kp_type_name(m.type));

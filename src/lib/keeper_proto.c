@@ -139,6 +139,8 @@ static const struct {
 	 .allowed = F(ESC_KP_T_TALLY) | F(ESC_KP_T_RECORD) | F(ESC_KP_T_SKIPS),
 	 .required = F(ESC_KP_T_TALLY),
 	 .secret = 0},
+	{.type = ESC_KP_STATUS, .name = "status", .allowed = 0, .required = 0, .secret = 0},
+	{.type = ESC_KP_STATUS | ESC_KP_REPLY, .name = "status reply", .allowed = 0, .required = 0, .secret = 0},
 	{.type = ESC_KP_ERROR,
 	 .name = "error",
 	 .allowed = F(ESC_KP_T_CODE) | F(ESC_KP_T_MESSAGE),

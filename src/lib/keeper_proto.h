@@ -46,6 +46,7 @@ enum esc_kp_type {
 	ESC_KP_SEAL_KEY = 7,	   /* a generated key to its enrollee, signed by the CA (RFC 7030 §4.4.2) */
 	ESC_KP_KRA_PROVE = 8,	   /* certify a KRA key whose possession a challenge's answer proves */
 	ESC_KP_RESEAL = 9,	   /* re-seal a batch of archive records to the current storage key */
+	ESC_KP_STATUS = 10,	   /* is the token's session logged in? (no fields; the reply has none either) */
 	/* Replies, keeper to worker: the request's type with this bit, or ERROR. */
 	ESC_KP_REPLY = 0x80,
 	ESC_KP_ERROR = 0xff,

@@ -67,6 +67,8 @@ struct esc_store {
 	/* The audit chain's end as this transaction left it (esc_store_audit_tail). */
 	unsigned char audit_tail[32];
 	int audit_tail_set;
+	/* The context of the statement running now: the server's notices go to its log, never to stderr. */
+	struct esc_ctx *notice_ctx;
 };
 
 /* libpq messages end in a newline; keep one line. */
@@ -107,6 +109,22 @@ session_setup(struct esc_ctx *ctx, struct esc_store *st)
 	return r;
 }
 
+/*
+ * A notice or warning of the server (client_min_messages = warning): to the
+ * log of the call that caused it.  libpq's default would print it to
+ * stderr, a line outside p11escrowd's log format; without a call in
+ * progress it is dropped.
+ */
+static void
+on_notice(void *arg, const char *message)
+{
+	struct esc_store *st = arg;
+	char line[512];
+
+	if (st->notice_ctx != NULL)
+		esc_log(st->notice_ctx, ESC_LOG_WARN, "database: %s", one_line(line, sizeof(line), message));
+}
+
 enum esc_err
 esc_store_connect(struct esc_ctx *ctx, const char *conninfo, struct esc_store **out)
 {
@@ -125,6 +143,7 @@ esc_store_connect(struct esc_ctx *ctx, const char *conninfo, struct esc_store **
 		esc_store_free(st);
 		return r;
 	}
+	PQsetNoticeProcessor(st->conn, on_notice, st);
 	if ((r = session_setup(ctx, st)) != ESC_OK) {
 		esc_store_free(st);
 		return r;
@@ -356,9 +375,9 @@ stale_statement(const PGresult *res)
 	return state != NULL && (strcmp(state, "26000") == 0 || strcmp(state, "0A000") == 0);
 }
 
-enum esc_err
-esc_store_exec(struct esc_ctx *ctx, struct esc_store *st, const char *sql, int nparams, const char *const *values,
-	       const int *lengths, const int *formats, PGresult **out)
+static enum esc_err
+exec_untimed(struct esc_ctx *ctx, struct esc_store *st, const char *sql, int nparams, const char *const *values,
+	     const int *lengths, const int *formats, PGresult **out)
 {
 	PGresult *res;
 	ExecStatusType status;
@@ -462,6 +481,31 @@ again:
 		r = esc_error(ctx, ESC_ERR_DB, "database error: %s",
 			      one_line(msg, sizeof(msg), PQresultErrorMessage(res)));
 	PQclear(res);
+	return r;
+}
+
+/*
+ * Every statement of the library passes here: the one place the context's
+ * timing sink (esc_ctx_set_timing) sees the database's latency, reconnects
+ * and retries of a statement included, and where the server's notices find
+ * the context whose log they go to.
+ */
+enum esc_err
+esc_store_exec(struct esc_ctx *ctx, struct esc_store *st, const char *sql, int nparams, const char *const *values,
+	       const int *lengths, const int *formats, PGresult **out)
+{
+	struct timespec t0;
+	int timed = esc_timing_start(ctx, &t0);
+	enum esc_err r;
+
+	st->notice_ctx = ctx;
+	r = exec_untimed(ctx, st, sql, nparams, values, lengths, formats, out);
+	st->notice_ctx = NULL;
+
+	esc_timing_end(ctx, timed, &t0, ESC_TIMING_DB,
+		       strcmp(sql, "COMMIT") == 0      ? "commit"
+		       : strncmp(sql, "BEGIN", 5) == 0 ? "begin"
+						       : "statement");
 	return r;
 }
 
@@ -989,4 +1033,63 @@ esc_store_policy(struct esc_ctx *ctx, struct esc_store *st, const char *key, cha
 		r = esc_error(ctx, ESC_ERR_NOMEM, "out of memory");
 	PQclear(res);
 	return r;
+}
+
+enum esc_err
+esc_store_stats(struct esc_ctx *ctx, struct esc_store *st, struct esc_store_stats *out)
+{
+	/* One round trip; every count is a scan the indexes serve or a small table's. */
+	static const char sql[] =
+		"SELECT (SELECT count(*) FROM enrollment_passwords WHERE used_at IS NULL AND expires_at > now()), "
+		"(SELECT count(*) FROM enrollment_passwords WHERE used_at IS NOT NULL), "
+		"(SELECT count(*) FROM enrollment_passwords WHERE used_at IS NULL AND expires_at <= now()), "
+		"(SELECT count(*) FROM certificates), "
+		"a.import, a.client, a.server, "
+		"r.pending, r.approved, r.released, r.completed, r.denied, r.cancelled, r.expired, "
+		"(SELECT coalesce(max(id), 0) FROM audit_events), "
+		"coalesce((SELECT floor(extract(epoch FROM now() - c.at::timestamptz))::bigint FROM audit_checkpoints c "
+		"ORDER BY c.id DESC LIMIT 1), -1), "
+		"coalesce((SELECT c.event_id FROM audit_checkpoints c ORDER BY c.id DESC LIMIT 1), 0) "
+		"FROM (SELECT count(*) FILTER (WHERE source = 'import') AS import, "
+		"count(*) FILTER (WHERE source = 'enroll-client') AS client, "
+		"count(*) FILTER (WHERE source = 'enroll-server') AS server FROM archive_records) a, "
+		"(SELECT count(*) FILTER (WHERE state = 'pending') AS pending, "
+		"count(*) FILTER (WHERE state = 'approved') AS approved, "
+		"count(*) FILTER (WHERE state = 'released') AS released, "
+		"count(*) FILTER (WHERE state = 'completed') AS completed, "
+		"count(*) FILTER (WHERE state = 'denied') AS denied, "
+		"count(*) FILTER (WHERE state = 'cancelled') AS cancelled, "
+		"count(*) FILTER (WHERE state = 'expired') AS expired FROM recovery_requests) r";
+	PGresult *res = NULL;
+	long long v[17];
+	enum esc_err r;
+	size_t i;
+
+	if ((r = esc_store_exec(ctx, st, sql, 0, NULL, NULL, NULL, &res)) != ESC_OK)
+		return r;
+	if (PQntuples(res) != 1 || PQnfields(res) != (int)ESC_ARRAY_LEN(v)) {
+		PQclear(res);
+		return esc_error(ctx, ESC_ERR_DB, "database error: unexpected result reading the service's counts");
+	}
+	for (i = 0; i < ESC_ARRAY_LEN(v); i++)
+		v[i] = strtoll(PQgetvalue(res, 0, (int)i), NULL, 10);
+	PQclear(res);
+	out->enroll_unused = v[0];
+	out->enroll_used = v[1];
+	out->enroll_expired = v[2];
+	out->certificates = v[3];
+	out->archived_import = v[4];
+	out->archived_client = v[5];
+	out->archived_server = v[6];
+	out->rec_pending = v[7];
+	out->rec_approved = v[8];
+	out->rec_released = v[9];
+	out->rec_completed = v[10];
+	out->rec_denied = v[11];
+	out->rec_cancelled = v[12];
+	out->rec_expired = v[13];
+	out->audit_last_id = v[14];
+	out->checkpoint_age = v[15];
+	out->checkpoint_event = v[16];
+	return ESC_OK;
 }

@@ -662,6 +662,21 @@ esc_token_login(struct esc_ctx *ctx, struct esc_token *tok, const struct esc_sec
 	return ESC_OK;
 }
 
+enum esc_err
+esc_token_check_login(struct esc_ctx *ctx, struct esc_token *tok)
+{
+	CK_SESSION_INFO si;
+	CK_RV rv;
+
+	if (!tok->have_session)
+		return esc_error(ctx, ESC_ERR_TOKEN_NOT_FOUND, "token '%s': no session", tok->label);
+	if ((rv = tok->fl->C_GetSessionInfo(tok->session, &si)) != CKR_OK)
+		return ckr_error(ctx, rv, "reading the session's state");
+	if (si.state != CKS_RO_USER_FUNCTIONS && si.state != CKS_RW_USER_FUNCTIONS)
+		return esc_error(ctx, ESC_ERR_PIN_MISSING, "token '%s': the session is not logged in", tok->label);
+	return ESC_OK;
+}
+
 const char *
 esc_token_label(const struct esc_token *tok)
 {

@@ -35,7 +35,7 @@ PID1=$DAEMON_PID LOG1=$DAEMON_LOG PORT1=${URL##*:}
 start_daemon 2 "module = $CLIENT" "checkpoint_events = 0" "checkpoint_seconds = 0"
 LOG2=$DAEMON_LOG PORT2=${URL##*:}
 
-note "HAProxy in front of both (TCP mode, health check GET /healthz over TLS)"
+note "HAProxy in front of both (TCP mode, health check GET /readyz over TLS)"
 HPORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 cat >"$T/haproxy.cfg" <<EOF
 global
@@ -53,7 +53,7 @@ frontend est
 backend p11escrowd
     balance roundrobin
     option httpchk
-    http-check send meth GET uri /healthz
+    http-check send meth GET uri /readyz
     http-check expect status 200
     server a 127.0.0.1:$PORT1 check check-ssl verify none inter 500ms fall 2 rise 2
     server b 127.0.0.1:$PORT2 check check-ssl verify none inter 500ms fall 2 rise 2

@@ -136,7 +136,7 @@ ca_pem() {
 # CA token set up in it (SOFTHSM2_CONF or p11-kit exported), with a TLS certificate the
 # CA issues for 127.0.0.1 (once per test; an administrator 'admin' with $T/admin.pw
 # must exist).  Sets URL, SERVER_CA, DAEMON_PID, DAEMON_LOG, DAEMON_CONF.  Stopped by
-# PID at exit, or by stop_daemon.
+# PID at exit, or by stop_daemon.  DAEMON_ARGS: further p11escrowd options (e.g. --log-format json).
 start_daemon() {
     local workers=${1:-2} port i
     (($#)) && shift
@@ -161,7 +161,8 @@ start_daemon() {
     if [ -n "${DAEMON_PIN_ENV:-}" ]; then
         P11ESCROW_CA_PIN=$(head -n 1 "$PIN_FILE") "$P11ESCROWD_BIN" --config "$DAEMON_CONF" 2>"$DAEMON_LOG" &
     else
-        "$P11ESCROWD_BIN" --config "$DAEMON_CONF" 2>"$DAEMON_LOG" &
+        # shellcheck disable=SC2086 # DAEMON_ARGS: extra options, split on blanks
+        "$P11ESCROWD_BIN" --config "$DAEMON_CONF" ${DAEMON_ARGS:-} 2>"$DAEMON_LOG" &
     fi
     DAEMON_PID=$!
     _daemon_pids+=("$DAEMON_PID")

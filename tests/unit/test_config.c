@@ -137,6 +137,8 @@ test_defaults(void **state)
 	assert_string_equal(esc_config_get(f->cfg, "ca_days"), "3650");
 	assert_string_equal(esc_config_get(f->cfg, "listen"), "127.0.0.1:8443");
 	assert_string_equal(esc_config_get(f->cfg, "log_level"), "info");
+	assert_string_equal(esc_config_get(f->cfg, "log_format"), "text");
+	assert_string_equal(esc_config_get(f->cfg, "metrics_token_file"), "");
 	assert_int_equal(esc_config_get_long(f->cfg, "ca_days"), 3650);
 	assert_int_equal(esc_config_get_long(f->cfg, "workers"), 2);
 	assert_string_equal(esc_config_get(f->cfg, "tls_cert"), "");
@@ -171,7 +173,7 @@ test_defaults(void **state)
 
 	for (n = 0; esc_config_key_name(n) != NULL; n++)
 		assert_non_null(esc_config_get(f->cfg, esc_config_key_name(n)));
-	assert_int_equal(n, 39);
+	assert_int_equal(n, 41);
 	assert_string_equal(esc_config_key_name(0), "database");
 	assert_null(esc_config_key_name(1000));
 
@@ -241,6 +243,7 @@ static const struct bad_case bad_cases[] = {
 	{"ca_days = 10\nca_key_type = rsa2048\n", "t.conf:2:", "rsa2048"},
 	{"ca_days = 10\ntransport_key_type = rsa4096\n", "t.conf:2:", "transport_key_type"},
 	{"ca_days = 10\nlog_level = verbose\n", "t.conf:2:", "log_level"},
+	{"log_format = xml\n", "t.conf:1:", "log_format"},
 	{"log_level = warn\nca_days = ten\n", "t.conf:2:", "integer"},
 	{"log_level = warn\nca_days = 10x\n", "t.conf:2:", "integer"},
 	{"log_level = warn\nca_days = \n", "t.conf:2:", "integer"},

@@ -29,6 +29,14 @@ test_name_limit(void **state)
 	assert_int_equal(svc_guard_failed(g, "192.0.2.1", "alice"), SVC_GUARD_NAME);
 	assert_in_range(svc_guard_blocked(g, "192.0.2.1", "alice"), 59, 60);
 	assert_in_range(svc_guard_blocked(g, "198.51.100.7", "alice"), 59, 60); /* any address */
+	{
+		long long names = -1, addresses = -1;
+
+		/* What /metrics shows: one name held off, no address (its counting is off). */
+		svc_guard_held(g, &names, &addresses);
+		assert_int_equal(names, 1);
+		assert_int_equal(addresses, 0);
+	}
 	assert_int_equal(svc_guard_failed(g, "192.0.2.1", "alice"), 0);
 	/* Other names are not held; address counting is off (limit 0). */
 	assert_int_equal(svc_guard_blocked(g, "192.0.2.1", "bob"), 0);
@@ -36,6 +44,13 @@ test_name_limit(void **state)
 	/* A success clears the name. */
 	svc_guard_succeeded(g, "alice");
 	assert_int_equal(svc_guard_blocked(g, "192.0.2.1", "alice"), 0);
+	{
+		long long names = -1, addresses = -1;
+
+		svc_guard_held(g, &names, &addresses);
+		assert_int_equal(names, 0);
+		assert_int_equal(addresses, 0);
+	}
 	svc_guard_free(g);
 }
 

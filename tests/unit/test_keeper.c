@@ -616,6 +616,56 @@ test_remote_needs_database(void **state)
 	X509_NAME_free(xn);
 }
 
+/* The library's timing sink: what it was told, in order. */
+struct timings {
+	int n;
+	enum esc_timing_kind kind[8];
+	char what[8][32];
+	double seconds[8];
+};
+
+static void
+record_timing(void *arg, enum esc_timing_kind kind, const char *what, double seconds)
+{
+	struct timings *t = arg;
+
+	if (t->n < 8) {
+		t->kind[t->n] = kind;
+		snprintf(t->what[t->n], sizeof(t->what[t->n]), "%s", what);
+		t->seconds[t->n] = seconds;
+	}
+	t->n++;
+}
+
+/* STATUS (what /readyz asks): answered by the keeper process; each request to it timed by its name. */
+static void
+test_remote_status(void **state)
+{
+	struct fixture *f = *state;
+	struct timings t = {0};
+	X509_NAME *xn = name_of("Frank", NULL);
+	X509 *x = NULL;
+
+	/* No sink: nothing is timed (and no clock read). */
+	assert_int_equal(esc_keeper_status(f->ctx, f->remote), ESC_OK);
+	esc_ctx_set_timing(f->ctx, record_timing, &t);
+	/* Software keys: no session to lose, so ready. */
+	assert_int_equal(esc_keeper_status(f->ctx, f->remote), ESC_OK);
+	assert_int_equal(esc_keeper_issue(f->ctx, f->remote, esc_profile_def(esc_profile_find("encryption")), xn,
+					  keys.p256, NULL, &x),
+			 ESC_OK);
+	assert_int_equal(t.n, 2);
+	assert_int_equal(t.kind[0], ESC_TIMING_TOKEN);
+	assert_string_equal(t.what[0], "status");
+	assert_string_equal(t.what[1], "issue");
+	assert_true(t.seconds[0] >= 0 && t.seconds[0] < 10 && t.seconds[1] > 0);
+	esc_ctx_set_timing(f->ctx, NULL, NULL);
+	assert_int_equal(esc_keeper_status(f->ctx, NULL), ESC_ERR_TOKEN_NOT_FOUND);
+	assert_false(esc_keeper_lost(f->remote));
+	X509_free(x);
+	X509_NAME_free(xn);
+}
+
 /* ---- Raw frames: a worker that does not play by the rules ------------------------------ */
 
 static void
@@ -886,6 +936,7 @@ main(void)
 		cmocka_unit_test(test_pubkey_spki),
 		cmocka_unit_test_setup_teardown(test_token_gate, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_remote_needs_database, setup_remote, teardown),
+		cmocka_unit_test_setup_teardown(test_remote_status, setup_remote, teardown),
 		cmocka_unit_test_setup_teardown(test_frames_order, setup_served, teardown),
 		cmocka_unit_test_setup_teardown(test_frames_issue, setup_served, teardown),
 	};

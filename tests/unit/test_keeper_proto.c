@@ -273,6 +273,28 @@ test_secret_types(void **state)
 	assert_int_equal(esc_kp_encode(ctx, &m, 0, &buf, &len), ESC_ERR_USAGE);
 }
 
+/* STATUS carries nothing either way; anything in it is refused. */
+static void
+test_status(void **state)
+{
+	struct esc_ctx *ctx = *state;
+	struct esc_kp_msg m, d;
+	unsigned char *buf = NULL;
+	size_t len = 0;
+
+	esc_kp_init(&m, ESC_KP_STATUS, 3);
+	assert_int_equal(esc_kp_encode(ctx, &m, 0, &buf, &len), ESC_OK);
+	assert_int_equal(len, 4 + ESC_KP_HEADER);
+	assert_int_equal(esc_kp_decode(ctx, buf + 4, len - 4, &d), ESC_OK);
+	assert_int_equal(d.type, ESC_KP_STATUS);
+	assert_string_equal(esc_kp_type_name(d.type), "status");
+	assert_string_equal(esc_kp_type_name(ESC_KP_STATUS | ESC_KP_REPLY), "status reply");
+	assert_false(esc_kp_type_secret(ESC_KP_STATUS));
+	esc_kp_free(buf, len, 0);
+	esc_kp_set(&m, ESC_KP_T_ACCOUNT, "admin", 5);
+	assert_int_equal(esc_kp_encode(ctx, &m, 0, &buf, &len), ESC_ERR_USAGE);
+}
+
 /*
  * RESEAL: a worker names an account, a count and where the last batch
  * ended, never a record to act on or a key; the reply is counts only, of
@@ -326,6 +348,7 @@ main(void)
 		cmocka_unit_test(test_malformed),    cmocka_unit_test(test_frame_length),
 		cmocka_unit_test(test_sequence),     cmocka_unit_test(test_error_reply),
 		cmocka_unit_test(test_secret_types), cmocka_unit_test(test_reseal),
+		cmocka_unit_test(test_status),
 	};
 
 	return cmocka_run_group_tests(tests, setup, teardown);
