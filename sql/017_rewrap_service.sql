@@ -23,7 +23,8 @@
 
 -- ---- The offers: which set and threshold the service chose for a record,
 -- and the record's hash when it was offered.  Short-lived: a commit deletes
--- its offer, the next batch replaces a stale one.  No secret in it.
+-- its offer, the next batch replaces a stale one (an offer whose record
+-- changed since is never used: the hash no longer matches).  No secret in it.
 CREATE TABLE rewrap_offers (
     record_id      uuid PRIMARY KEY REFERENCES archive_records (id) ON DELETE CASCADE,
     record_sha256  bytea NOT NULL CHECK (length(record_sha256) = 32),
@@ -89,7 +90,9 @@ CREATE FUNCTION p11escrow_grant_service(service text) RETURNS void
     LANGUAGE plpgsql SET search_path = public, pg_catalog AS $$
 BEGIN
     PERFORM p11escrow_grant_service_prev_017(service);
-    EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON rewrap_offers TO %I', service);
+    -- No DELETE, as everywhere (the service deletes nothing): a committed offer is deleted by
+    -- p11escrow_rewrap_kra, a stale one replaced when its record is offered again.
+    EXECUTE format('GRANT SELECT, INSERT, UPDATE ON rewrap_offers TO %I', service);
     EXECUTE format('GRANT EXECUTE ON FUNCTION p11escrow_rewrap_kra(uuid, bytea, bytea, integer) TO %I', service);
 END $$;
 REVOKE ALL ON FUNCTION p11escrow_grant_service(text) FROM PUBLIC;
