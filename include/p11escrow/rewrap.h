@@ -159,10 +159,10 @@ struct esc_rewrap_offer {
 	unsigned char sha[32];	/* SHA-256 of the stored record offered: the commit's concurrency token */
 	unsigned char *content; /* malloc'd: the EscrowRecord, outer layer opened, inner layer still sealed */
 	size_t contentlen;
-	X509 *cert;		     /* the record's certificate (owned) */
-	char old_set[1200];	     /* the names of the KRAs of its current set, for messages */
-	unsigned threshold;	     /* the new k */
-	size_t n;		     /* the new set: n KRAs */
+	X509 *cert;	    /* the record's certificate (owned) */
+	char old_set[1200]; /* the names of the KRAs of its current set, for messages */
+	unsigned threshold; /* the new k */
+	size_t n;	    /* the new set: n KRAs */
 	long long kra_ids[ESC_REWRAP_SET_MAX];
 	char kra_names[ESC_REWRAP_SET_MAX][65];
 	char recipients[ESC_REWRAP_SET_MAX][24]; /* each one's recipient form (kras.recipient) */
@@ -218,8 +218,8 @@ enum esc_err esc_rewrap_pick(struct esc_ctx *ctx, struct esc_store *st, const st
  * KRAs), CONFIG, BAD_INPUT, DB, NOMEM.
  */
 enum esc_err esc_rewrap_offer_make(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *admin,
-				   const char *id, const unsigned char sha[32], unsigned char *content, size_t contentlen,
-				   struct esc_rewrap_offer *o) ESC_MUST_CHECK;
+				   const char *id, const unsigned char sha[32], unsigned char *content,
+				   size_t contentlen, struct esc_rewrap_offer *o) ESC_MUST_CHECK;
 
 /*
  * A job at the workstation: no database, no CA token; its cards are added

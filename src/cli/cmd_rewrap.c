@@ -848,8 +848,8 @@ kra_server_setup(struct job *j, struct esc_config *cfg, const struct card_opt *c
 	j->ncards = n;
 	j->batch = kra_server_batch;
 	for (i = 0; i < n; i++) {
-		if ((rc = cli_http_open(CMD, j->ctx, server, server_ca, co[i].user, co[i].password_file, &j->kra_h[i])) !=
-			    0 ||
+		if ((rc = cli_http_open(CMD, j->ctx, server, server_ca, co[i].user, co[i].password_file,
+					&j->kra_h[i])) != 0 ||
 		    (rc = cli_http_call(j->kra_h[i], CLI_HTTP_GET, "/whoami", NULL, &who)) != 0)
 			return rc;
 		json_decref(who);

@@ -120,10 +120,10 @@ cards_json(struct api_call *c, struct esc_account **kras, size_t n, enum esc_err
 			json_decref(list);
 			return NULL;
 		}
-		if ((e = json_object()) == NULL || json_array_append_new(list, e) != 0 || (certs = json_array()) == NULL ||
-		    api_put(e, "certificates", certs) || api_put(e, "account", api_jstr(esc_account_name(kras[i]))) ||
-		    api_put(e, "kra", api_jstr(ci.kra)) || api_put(e, "kra_id", json_integer(ci.kra_id)) ||
-		    api_put(e, "key_uri", api_jstr(ci.key_uri))) {
+		if ((e = json_object()) == NULL || json_array_append_new(list, e) != 0 ||
+		    (certs = json_array()) == NULL || api_put(e, "certificates", certs) ||
+		    api_put(e, "account", api_jstr(esc_account_name(kras[i]))) || api_put(e, "kra", api_jstr(ci.kra)) ||
+		    api_put(e, "kra_id", json_integer(ci.kra_id)) || api_put(e, "key_uri", api_jstr(ci.key_uri))) {
 			esc_rewrap_card_info_clear(&ci);
 			json_decref(list);
 			*err = ESC_ERR_NOMEM;
@@ -268,9 +268,8 @@ api_rewrap_batch(struct api_call *c)
 			esc_ctx_clear_error(w->ctx);
 			continue;
 		}
-		if (r != ESC_OK ||
-		    (r = esc_rewrap_offer_make(w->ctx, w->st, api_call_account(c), ids[i], sha, content, contentlen,
-					       &off)) != ESC_OK)
+		if (r != ESC_OK || (r = esc_rewrap_offer_make(w->ctx, w->st, api_call_account(c), ids[i], sha, content,
+							      contentlen, &off)) != ESC_OK)
 			goto fail;
 		if (json_array_append_new(records, offer_json(&off)) != 0) {
 			esc_rewrap_offer_clear(&off);
@@ -305,8 +304,8 @@ out:
  * what was set).
  */
 static int
-parse_records(struct svc_worker *w, const char *text, struct esc_rewrap_item *items, unsigned char **ders,
-	      size_t max, size_t *n)
+parse_records(struct svc_worker *w, const char *text, struct esc_rewrap_item *items, unsigned char **ders, size_t max,
+	      size_t *n)
 {
 	const char *p = text;
 

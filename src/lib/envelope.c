@@ -307,8 +307,8 @@ rek_or_ri_is(CMS_RecipientInfo *ri, int j, X509 *cert)
 }
 
 enum esc_err
-esc_envelope_addressed_exactly(struct esc_ctx *ctx, const unsigned char *in, size_t inlen, X509 *const *certs,
-			       size_t n, int *yes)
+esc_envelope_addressed_exactly(struct esc_ctx *ctx, const unsigned char *in, size_t inlen, X509 *const *certs, size_t n,
+			       int *yes)
 {
 	STACK_OF(CMS_RecipientInfo) *ris;
 	CMS_ContentInfo *cms = NULL;
@@ -327,7 +327,9 @@ esc_envelope_addressed_exactly(struct esc_ctx *ctx, const unsigned char *in, siz
 			ok = 0; /* a password or KEK recipient: someone else could open it */
 			break;
 		}
-		nk = type == CMS_RECIPINFO_TRANS ? 1 : sk_CMS_RecipientEncryptedKey_num(CMS_RecipientInfo_kari_get0_reks(ri));
+		nk = type == CMS_RECIPINFO_TRANS
+			     ? 1
+			     : sk_CMS_RecipientEncryptedKey_num(CMS_RecipientInfo_kari_get0_reks(ri));
 		for (j = 0; ok && j < nk; j++) {
 			int found = 0;
 

@@ -176,7 +176,8 @@ static enum esc_err remote_kra_prove(struct esc_ctx *ctx, struct esc_keeper *k, 
 static enum esc_err remote_reseal(struct esc_ctx *ctx, struct esc_keeper *k, const struct esc_account *by,
 				  const char *after, size_t n, struct esc_reseal_batch *out);
 static enum esc_err remote_rewrap_open(struct esc_ctx *ctx, struct esc_keeper *k, const struct esc_account *by,
-				       const char *id, unsigned char **content, size_t *contentlen, unsigned char sha[32]);
+				       const char *id, unsigned char **content, size_t *contentlen,
+				       unsigned char sha[32]);
 static enum esc_err remote_sign_crl(struct esc_ctx *ctx, struct esc_keeper *k, const struct esc_account *by, int days,
 				    X509_CRL **out);
 static enum esc_err remote_checkpoint(struct esc_ctx *ctx, struct esc_keeper *k, const struct esc_account *by,
@@ -1303,8 +1304,9 @@ remote_rewrap_open(struct esc_ctx *ctx, struct esc_keeper *k, const struct esc_a
 	enum esc_err r;
 
 	if (by == NULL)
-		return esc_error(ctx, ESC_ERR_DENIED, "the keeper process opens records for a re-wrap for an "
-						      "administrator only");
+		return esc_error(ctx, ESC_ERR_DENIED,
+				 "the keeper process opens records for a re-wrap for an "
+				 "administrator only");
 	if (strlen(id) != ESC_RECORD_ID_LEN)
 		return esc_error(ctx, ESC_ERR_USAGE, "a record id is a UUID");
 	esc_kp_init(&m, ESC_KP_REWRAP_OPEN, 0);

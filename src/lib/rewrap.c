@@ -452,7 +452,8 @@ esc_rewrap_job_add_card(struct esc_ctx *ctx, struct esc_rewrap_job *j, const str
 		r = esc_error(ctx, ESC_ERR_BAD_INPUT, "KRA '%s' has an unreadable certificate", c->kra);
 		goto out;
 	}
-	if ((r = card_key(ctx, c, card, PQgetvalue(res, 0, 1), cert)) != ESC_OK || (r = card_certs(j, c, cert)) != ESC_OK)
+	if ((r = card_key(ctx, c, card, PQgetvalue(res, 0, 1), cert)) != ESC_OK ||
+	    (r = card_certs(j, c, cert)) != ESC_OK)
 		goto out;
 	j->ncards++;
 	r = ESC_OK;
@@ -1015,7 +1016,8 @@ esc_rewrap_open_record(struct esc_ctx *ctx, struct esc_store *st, struct esc_tok
 	v[3] = id;
 	/* Only a record the re-wrap rule names: a record policy is content with is never opened this way. */
 	if ((r = esc_store_exec(ctx, st,
-				"SELECT " ESC_ARCHIVE_OPEN_SQL ", encode(sha256(a.record), 'hex') FROM archive_records a "
+				"SELECT " ESC_ARCHIVE_OPEN_SQL
+				", encode(sha256(a.record), 'hex') FROM archive_records a "
 				"WHERE a.id = $4::uuid AND " NEEDS_SQL,
 				4, v, NULL, NULL, &res)) != ESC_OK)
 		goto out;
@@ -1196,14 +1198,15 @@ offer_impl(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *
 	esc_store_mark_tx(st);
 	v[0] = id;
 	if ((r = load_kras(ctx, st, ks)) != ESC_OK ||
-	    (r = esc_store_exec(ctx, st,
-				"SELECT a.certificate, array_to_string(ARRAY(SELECT x.kra_id FROM archive_record_kras x "
-				"WHERE x.record_id = a.id ORDER BY x.kra_id), ','), array_to_string(ARRAY(SELECT r.kra_id "
-				"FROM recovery_requests r WHERE r.record_id = a.id AND r.state IN ('pending', 'approved') "
-				"ORDER BY r.id), ','), array_to_string(ARRAY(SELECT k.name FROM archive_record_kras x JOIN "
-				"kras k ON k.id = x.kra_id WHERE x.record_id = a.id ORDER BY k.name), ', ') FROM "
-				"archive_records a WHERE a.id = $1::uuid",
-				1, v, NULL, NULL, &res)) != ESC_OK)
+	    (r = esc_store_exec(
+		     ctx, st,
+		     "SELECT a.certificate, array_to_string(ARRAY(SELECT x.kra_id FROM archive_record_kras x "
+		     "WHERE x.record_id = a.id ORDER BY x.kra_id), ','), array_to_string(ARRAY(SELECT r.kra_id "
+		     "FROM recovery_requests r WHERE r.record_id = a.id AND r.state IN ('pending', 'approved') "
+		     "ORDER BY r.id), ','), array_to_string(ARRAY(SELECT k.name FROM archive_record_kras x JOIN "
+		     "kras k ON k.id = x.kra_id WHERE x.record_id = a.id ORDER BY k.name), ', ') FROM "
+		     "archive_records a WHERE a.id = $1::uuid",
+		     1, v, NULL, NULL, &res)) != ESC_OK)
 		goto out;
 	if (PQntuples(res) != 1) {
 		r = esc_error(ctx, ESC_ERR_NOT_FOUND, "record %s is not there", id);
@@ -1227,13 +1230,14 @@ offer_impl(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *
 	v[3] = kt;
 	v[4] = by;
 	/* A stale offer of the record (an earlier batch that never committed) is replaced. */
-	if ((r = esc_store_exec(ctx, st,
-				"INSERT INTO rewrap_offers (record_id, record_sha256, kra_ids, threshold, offered_by) "
-				"VALUES ($1::uuid, decode($2, 'hex'), $3::bigint[], $4::integer, $5::bigint) ON CONFLICT "
-				"(record_id) DO UPDATE SET record_sha256 = EXCLUDED.record_sha256, kra_ids = "
-				"EXCLUDED.kra_ids, threshold = EXCLUDED.threshold, offered_by = EXCLUDED.offered_by, "
-				"offered_at = now()",
-				5, v, NULL, NULL, NULL)) != ESC_OK ||
+	if ((r = esc_store_exec(
+		     ctx, st,
+		     "INSERT INTO rewrap_offers (record_id, record_sha256, kra_ids, threshold, offered_by) "
+		     "VALUES ($1::uuid, decode($2, 'hex'), $3::bigint[], $4::integer, $5::bigint) ON CONFLICT "
+		     "(record_id) DO UPDATE SET record_sha256 = EXCLUDED.record_sha256, kra_ids = "
+		     "EXCLUDED.kra_ids, threshold = EXCLUDED.threshold, offered_by = EXCLUDED.offered_by, "
+		     "offered_at = now()",
+		     5, v, NULL, NULL, NULL)) != ESC_OK ||
 	    (r = esc_store_commit(ctx, st)) != ESC_OK)
 		goto out;
 	o->threshold = k;
@@ -1255,7 +1259,8 @@ out:
 
 enum esc_err
 esc_rewrap_offer_make(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *admin, const char *id,
-		      const unsigned char sha[32], unsigned char *content, size_t contentlen, struct esc_rewrap_offer *o)
+		      const unsigned char sha[32], unsigned char *content, size_t contentlen,
+		      struct esc_rewrap_offer *o)
 {
 	struct esc_store_retry t = {0};
 	struct kra_state *ks = NULL;
@@ -1466,10 +1471,11 @@ check_item(struct esc_ctx *ctx, struct esc_store *st, const struct esc_rewrap_it
 		}
 	}
 	if (!yes) {
-		r = esc_error(ctx, ESC_ERR_NOT_RECIPIENT,
-			      "record %s: the new KRA layer is not sealed to exactly the KRA set the service chose (%s, "
-			      "%u needed)",
-			      it->id, names, k);
+		r = esc_error(
+			ctx, ESC_ERR_NOT_RECIPIENT,
+			"record %s: the new KRA layer is not sealed to exactly the KRA set the service chose (%s, "
+			"%u needed)",
+			it->id, names, k);
 		goto out;
 	}
 	r = ESC_OK;
@@ -1561,8 +1567,9 @@ commit_impl(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account 
 		len[2] = (int)outerlen;
 		fmt[2] = 1;
 		v[3] = gen;
-		if ((r = esc_store_exec(ctx, st, "SELECT p11escrow_rewrap_kra($1::uuid, decode($2, 'hex'), $3, $4::integer)",
-					4, v, len, fmt, &res)) != ESC_OK)
+		if ((r = esc_store_exec(ctx, st,
+					"SELECT p11escrow_rewrap_kra($1::uuid, decode($2, 'hex'), $3, $4::integer)", 4,
+					v, len, fmt, &res)) != ESC_OK)
 			goto out;
 		if (strcmp(PQgetvalue(res, 0, 0), "t") == 0)
 			b.resealed++;
@@ -1669,11 +1676,12 @@ esc_rewrap_card_info(struct esc_ctx *ctx, struct esc_store *st, const struct esc
 
 	memset(&ci, 0, sizeof(ci));
 	snprintf(kid, sizeof(kid), "%lld", esc_account_kra_id(kra));
-	if ((r = esc_store_exec(ctx, st,
-				"SELECT k.name, k.key_uri, k.certificate, 0, now() FROM kras k WHERE k.id = $1 UNION ALL "
-				"SELECT '', '', c.certificate, 1, c.replaced_at FROM kra_certificates c WHERE c.kra_id = $1 "
-				"ORDER BY 4, 5 DESC",
-				1, v, NULL, NULL, &res)) != ESC_OK)
+	if ((r = esc_store_exec(
+		     ctx, st,
+		     "SELECT k.name, k.key_uri, k.certificate, 0, now() FROM kras k WHERE k.id = $1 UNION ALL "
+		     "SELECT '', '', c.certificate, 1, c.replaced_at FROM kra_certificates c WHERE c.kra_id = $1 "
+		     "ORDER BY 4, 5 DESC",
+		     1, v, NULL, NULL, &res)) != ESC_OK)
 		return r;
 	if (PQntuples(res) < 1 || strcmp(PQgetvalue(res, 0, 3), "0") != 0) {
 		r = esc_error(ctx, ESC_ERR_NOT_FOUND, "account '%s' names no KRA", esc_account_name(kra));
