@@ -883,17 +883,13 @@ rewrap_kra(struct job *j, struct esc_config *cfg, const struct card_opt *co, siz
 
 	if (dry_run)
 		return kra_dry_run(j);
-	if (j->h != NULL) {
-		if ((rc = kra_server_setup(j, cfg, co, ncards, server, server_ca)) != 0)
-			goto out;
-	} else if ((rc = cli_open_ca_token(CMD, j->ctx, cfg, j->st, "storage", NULL, &ca)) != 0) {
-		goto out;
-	} else if ((r = esc_rewrap_job_new(j->ctx, j->st, j->a, ca, &j->rj)) != ESC_OK) {
-		rc = cli_fail(CMD, j->ctx, r);
-		goto out;
-	} else if ((rc = kra_cards(j, cfg, co, ncards, toks, accts)) != 0)
-		goto out;
-	if ((rc = plan_get(j, &p)) != 0)
+	if (j->h != NULL)
+		rc = kra_server_setup(j, cfg, co, ncards, server, server_ca);
+	else if ((rc = cli_open_ca_token(CMD, j->ctx, cfg, j->st, "storage", NULL, &ca)) == 0)
+		rc = (r = esc_rewrap_job_new(j->ctx, j->st, j->a, ca, &j->rj)) != ESC_OK
+			     ? cli_fail(CMD, j->ctx, r)
+			     : kra_cards(j, cfg, co, ncards, toks, accts);
+	if (rc != 0 || (rc = plan_get(j, &p)) != 0)
 		goto out;
 	/* Through the service each batch is audited there; the job's start and stop are the local job's. */
 	snprintf(details, sizeof(details), "start: %lld of %lld record(s) to re-wrap; policy %d KRA(s), %u needed",
