@@ -296,4 +296,8 @@ enum esc_err esc_rewrap_card_info(struct esc_ctx *ctx, struct esc_store *st, con
 /* Free what ci holds and zero it. */
 void esc_rewrap_card_info_clear(struct esc_rewrap_card_info *ci);
 
+/* A record hash (an offer's sha) as 64 lower-case hex digits, and back: 0, or -1 if text is not that. */
+void esc_rewrap_hash_hex(const unsigned char in[32], char out[65]);
+int esc_rewrap_hash_parse(const char *text, size_t len, unsigned char out[32]);
+
 #endif

@@ -360,14 +360,9 @@ offer_of(struct esc_ctx *ctx, const json_t *e, struct esc_rewrap_offer *o)
 	cli_json_copy(sha, sizeof(sha), e, "sha256");
 	cli_json_copy(o->old_set, sizeof(o->old_set), e, "old_set");
 	o->threshold = (unsigned)cli_json_int(e, "threshold");
-	if (strlen(o->id) != ESC_RECORD_ID_LEN || strlen(sha) != 64 || strspn(sha, "0123456789abcdef") != 64 ||
+	if (strlen(o->id) != ESC_RECORD_ID_LEN || esc_rewrap_hash_parse(sha, strlen(sha), o->sha) != 0 ||
 	    json_array_size(kras) < 1 || json_array_size(kras) > ESC_REWRAP_SET_MAX)
 		return bad_answer("offer");
-	for (i = 0; i < 32; i++) {
-		char two[3] = {sha[2 * i], sha[2 * i + 1], '\0'};
-
-		o->sha[i] = (unsigned char)strtoul(two, NULL, 16);
-	}
 	if ((rc = b64_of(ctx, json_object_get(e, "record"), "record", &o->content, &o->contentlen)) != 0)
 		return rc;
 	if ((o->cert = cert_of(ctx, json_object_get(e, "certificate"), "record certificate")) == NULL)
@@ -432,12 +427,28 @@ add_skip(struct esc_reseal_batch *b, size_t cap, const char *id, enum esc_err co
 	b->skipped++;
 }
 
+/* The service's list of records left as they were ({id, code, reason}), appended to b's skips. */
+static void
+add_skips(struct esc_reseal_batch *b, size_t cap, const json_t *list)
+{
+	size_t i;
+
+	for (i = 0; i < json_array_size(list); i++) {
+		const json_t *e = json_array_get(list, i);
+		char id[ESC_RECORD_ID_LEN + 1], code[64], reason[256];
+
+		cli_json_copy(id, sizeof(id), e, "id");
+		cli_json_copy(code, sizeof(code), e, "code");
+		cli_json_copy(reason, sizeof(reason), e, "reason");
+		add_skip(b, cap, id, cli_http_error_named(code), reason);
+	}
+}
+
 /* POST /rewrap/kra/commit of the lines in text; counts into b.  0 or an exit code (printed). */
 static int
 commit_chunk(struct job *j, const char *text, int count, struct esc_reseal_batch *b, size_t cap)
 {
-	json_t *body = sessions_body(j), *doc = NULL, *refused;
-	size_t i;
+	json_t *body = sessions_body(j), *doc = NULL;
 	int rc;
 
 	if (body == NULL || json_object_set_new(body, "records", json_string(text)) != 0 ||
@@ -454,16 +465,7 @@ commit_chunk(struct job *j, const char *text, int count, struct esc_reseal_batch
 	b->to = b->from_low = b->from_high = (int)cli_json_int(doc, "generation");
 	if (count)
 		b->remaining = cli_json_int(doc, "remaining");
-	refused = json_object_get(doc, "refused");
-	for (i = 0; i < json_array_size(refused); i++) {
-		const json_t *e = json_array_get(refused, i);
-		char id[ESC_RECORD_ID_LEN + 1], code[64], reason[256];
-
-		cli_json_copy(id, sizeof(id), e, "id");
-		cli_json_copy(code, sizeof(code), e, "code");
-		cli_json_copy(reason, sizeof(reason), e, "reason");
-		add_skip(b, cap, id, cli_http_error_named(code), reason);
-	}
+	add_skips(b, cap, json_object_get(doc, "refused"));
 	json_decref(doc);
 	return 0;
 }
@@ -518,15 +520,7 @@ kra_server_batch(struct job *j, const char *after, struct esc_reseal_batch *b)
 		goto out;
 	}
 	text[0] = '\0';
-	for (i = 0; i < json_array_size(skipped); i++) {
-		const json_t *e = json_array_get(skipped, i);
-		char id[ESC_RECORD_ID_LEN + 1], code[64], reason[256];
-
-		cli_json_copy(id, sizeof(id), e, "id");
-		cli_json_copy(code, sizeof(code), e, "code");
-		cli_json_copy(reason, sizeof(reason), e, "reason");
-		add_skip(b, cap, id, cli_http_error_named(code), reason);
-	}
+	add_skips(b, cap, skipped);
 	end = json_is_true(json_object_get(doc, "end"));
 	b->remaining = -1;
 	for (i = 0; i < json_array_size(records); i++) {
@@ -568,10 +562,10 @@ kra_server_batch(struct job *j, const char *after, struct esc_reseal_batch *b)
 				}
 			}
 			if (rc == 0 && r == ESC_OK) {
-				used += (size_t)snprintf(text + used, textcap - used, "%s ", o.id);
-				for (k = 0; k < 32; k++)
-					used += (size_t)snprintf(text + used, textcap - used, "%02x", o.sha[k]);
-				used += (size_t)snprintf(text + used, textcap - used, " %s\n", b64);
+				char hex[65];
+
+				esc_rewrap_hash_hex(o.sha, hex);
+				used += (size_t)snprintf(text + used, textcap - used, "%s %s %s\n", o.id, hex, b64);
 			}
 		}
 		free(b64);

@@ -78,15 +78,6 @@ cert_json(X509 *x)
 	return j;
 }
 
-static void
-hex32(const unsigned char in[32], char out[65])
-{
-	size_t i;
-
-	for (i = 0; i < 32; i++)
-		snprintf(out + 2 * i, 3, "%02x", in[i]);
-}
-
 /* [{id, code, reason}] of b's skips. */
 static json_t *
 skips_json(const struct esc_reseal_batch *b)
@@ -149,7 +140,7 @@ offer_json(const struct esc_rewrap_offer *o)
 	char hex[65];
 	size_t i;
 
-	hex32(o->sha, hex);
+	esc_rewrap_hash_hex(o->sha, hex);
 	if (e == NULL || kras == NULL || api_put(e, "kras", kras) || api_put(e, "id", api_jstr(o->id)) ||
 	    api_put(e, "sha256", api_jstr(hex)) || api_put(e, "record", api_jb64(o->content, o->contentlen)) ||
 	    api_put(e, "certificate", cert_json(o->cert)) || api_put(e, "old_set", api_jstr(o->old_set)) ||
@@ -312,7 +303,7 @@ parse_records(struct svc_worker *w, const char *text, struct esc_rewrap_item *it
 	*n = 0;
 	while (*p != '\0') {
 		const char *nl = strchr(p, '\n'), *sp1, *sp2;
-		size_t linelen = nl != NULL ? (size_t)(nl - p) : strlen(p), i;
+		size_t linelen = nl != NULL ? (size_t)(nl - p) : strlen(p);
 		struct esc_rewrap_item *it = &items[*n];
 
 		if (*n == max || linelen < ESC_RECORD_ID_LEN + 66 || p[ESC_RECORD_ID_LEN] != ' ' ||
@@ -322,13 +313,8 @@ parse_records(struct svc_worker *w, const char *text, struct esc_rewrap_item *it
 		sp2 = sp1 + 65;
 		memcpy(it->id, p, ESC_RECORD_ID_LEN);
 		it->id[ESC_RECORD_ID_LEN] = '\0';
-		for (i = 0; i < 32; i++) {
-			char two[3] = {sp1[1 + 2 * i], sp1[2 + 2 * i], '\0'};
-
-			if (strspn(two, "0123456789abcdef") != 2)
-				return -1;
-			it->sha[i] = (unsigned char)strtoul(two, NULL, 16);
-		}
+		if (esc_rewrap_hash_parse(sp1 + 1, 64, it->sha) != 0)
+			return -1;
 		if (esc_b64_decode_max(w->ctx, sp2 + 1, linelen - (ESC_RECORD_ID_LEN + 66), RECORDS_MAX, &ders[*n],
 				       &it->contentlen) != ESC_OK) {
 			esc_ctx_clear_error(w->ctx);

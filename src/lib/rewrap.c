@@ -956,13 +956,12 @@ esc_rewrap_offer_clear(struct esc_rewrap_offer *o)
 	memset(o, 0, sizeof(*o));
 }
 
-/* 64 hex digits into 32 bytes; -1 if text is not that. */
-static int
-unhex32(const char *text, unsigned char out[32])
+int
+esc_rewrap_hash_parse(const char *text, size_t len, unsigned char out[32])
 {
 	size_t i;
 
-	if (strlen(text) != 64 || strspn(text, "0123456789abcdef") != 64)
+	if (len != 64 || strspn(text, "0123456789abcdef") < 64)
 		return -1;
 	for (i = 0; i < 32; i++) {
 		char two[3] = {text[2 * i], text[2 * i + 1], '\0'};
@@ -972,8 +971,8 @@ unhex32(const char *text, unsigned char out[32])
 	return 0;
 }
 
-static void
-hex32(const unsigned char in[32], char out[65])
+void
+esc_rewrap_hash_hex(const unsigned char in[32], char out[65])
 {
 	size_t i;
 
@@ -1025,7 +1024,8 @@ esc_rewrap_open_record(struct esc_ctx *ctx, struct esc_store *st, struct esc_tok
 		r = esc_error(ctx, ESC_ERR_STATE, "record %s needs no re-wrap (or is not there)", id);
 		goto out;
 	}
-	if (unhex32(PQgetvalue(res, 0, ESC_ARCHIVE_OPEN_NCOLS), digest) != 0) {
+	if (esc_rewrap_hash_parse(PQgetvalue(res, 0, ESC_ARCHIVE_OPEN_NCOLS),
+				  strlen(PQgetvalue(res, 0, ESC_ARCHIVE_OPEN_NCOLS)), digest) != 0) {
 		r = esc_error(ctx, ESC_ERR_DB, "the database answered an unreadable record hash");
 		goto out;
 	}
@@ -1221,7 +1221,7 @@ offer_impl(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *
 	if ((r = esc_archive_choose_kras(ctx, st, keep, nkeep, &set)) != ESC_OK ||
 	    (r = esc_archive_threshold(ctx, st, set.n, &k)) != ESC_OK)
 		goto out;
-	hex32(sha, hex);
+	esc_rewrap_hash_hex(sha, hex);
 	id_array(set.ids, set.n, ids, sizeof(ids));
 	snprintf(kt, sizeof(kt), "%u", k);
 	snprintf(by, sizeof(by), "%lld", esc_account_id(admin));
@@ -1366,7 +1366,7 @@ esc_rewrap_offer_seal(struct esc_ctx *ctx, struct esc_rewrap_job *j, const struc
 				 ESC_REWRAP_SET_MAX);
 	if (!X509_digest(o->cert, EVP_sha256(), cert_sha, &mdlen))
 		return esc_error_ossl(ctx, ESC_ERR_CRYPTO, "cannot hash record %s's certificate", o->id);
-	hex32(cert_sha, hex);
+	esc_rewrap_hash_hex(cert_sha, hex);
 	/* The record offered must be the row's: its id and its certificate, as a recovery checks. */
 	if ((r = esc_record_parse(ctx, o->content, o->contentlen, o->id, hex, &inner, &innerlen, &sh)) != ESC_OK ||
 	    (r = open_key(j, o->id, o->old_set, o->cert, inner, innerlen, sh, &p8, &p8len)) != ESC_OK)
@@ -1422,7 +1422,7 @@ check_item(struct esc_ctx *ctx, struct esc_store *st, const struct esc_rewrap_it
 	enum esc_err r;
 
 	*stale = 0;
-	hex32(it->sha, hex);
+	esc_rewrap_hash_hex(it->sha, hex);
 	if ((r = esc_store_exec(ctx, st,
 				"SELECT o.threshold, o.record_sha256 = decode($2, 'hex') AND sha256(a.record) = "
 				"o.record_sha256, a.cert_sha256, k.certificate, k.name FROM rewrap_offers o JOIN "
@@ -1560,7 +1560,7 @@ commit_impl(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account 
 		if ((r = esc_envelope_seal(ctx, items[i].content, items[i].contentlen, &storage, NULL, 1, &outer,
 					   &outerlen)) != ESC_OK)
 			goto out;
-		hex32(items[i].sha, hex);
+		esc_rewrap_hash_hex(items[i].sha, hex);
 		v[0] = items[i].id;
 		v[1] = hex;
 		v[2] = (const char *)outer;
