@@ -19,6 +19,7 @@
 #include <openssl/crypto.h>
 #include <openssl/x509.h>
 
+#include <p11escrow/audit.h>
 #include <p11escrow/est.h>
 #include <p11escrow/keeper.h>
 #include <p11escrow/rewrap.h>
@@ -32,6 +33,14 @@
 #define RECORDS_MAX (1024 * 1024)
 
 static const char *const no_params[] = {NULL};
+
+/* A record's fault (damaged, moved, of an unknown key), not the batch's: the record is skipped. */
+static int
+record_fault(enum esc_err e)
+{
+	return e == ESC_ERR_TAMPERED || e == ESC_ERR_NOT_RECIPIENT || e == ESC_ERR_BAD_INPUT || e == ESC_ERR_CRYPTO ||
+	       e == ESC_ERR_KEY_NOT_FOUND || e == ESC_ERR_MISMATCH;
+}
 
 /* The KRA accounts of the sessions given (each resumed as a session is); 0 after replying. */
 static int
@@ -256,6 +265,17 @@ api_rewrap_batch(struct api_call *c)
 						   &contentlen, sha);
 		if (r == ESC_ERR_STATE) {
 			/* Re-wrapped or changed by another job since it was picked: nothing to offer. */
+			esc_ctx_clear_error(w->ctx);
+			continue;
+		}
+		if (record_fault(r)) {
+			/* Damaged, moved between rows, sealed for another certificate: listed, audited, left as it was. */
+			struct esc_reseal_skip *sk = &b.skips[b.skipped++];
+
+			snprintf(sk->id, sizeof(sk->id), "%s", ids[i]);
+			sk->code = r;
+			snprintf(sk->reason, sizeof(sk->reason), "%s", esc_ctx_errmsg(w->ctx));
+			esc_audit_outcome_by(w->ctx, w->st, api_call_account(c), "rewrap.kra", ids[i], r);
 			esc_ctx_clear_error(w->ctx);
 			continue;
 		}

@@ -5,7 +5,8 @@
 # through p11escrow_rewrap_kra).  Three KRAs, sets of two; kra1 retired: --dry-run counts through the
 # service; the administrator as a KRA is refused (51); a forged commit (the old inner layer, sealed to a set
 # holding the retired KRA) is refused and audited; a commit of a record re-wrapped since its offer is stale
-# and changes nothing; the cards of kra2 and kra3 re-wrap every record, each set valid, and kra3 recovers a
+# and changes nothing; kra2's card alone skips the records of kra1+kra3 (exit 35); the cards of kra2 and
+# kra3 re-wrap every record, each set valid, and kra3 recovers a
 # record of kra1+kra2 byte for byte.  Then kra_threshold 1 -> 2 with sets of 3: the CLI killed (-9) before
 # its third commit, run again: every record version 2, none lost or half-wrapped; 2 of 3 recover byte for
 # byte; the audit chain verifies.
@@ -129,9 +130,23 @@ jq -e '.rewrapped == 0 and (.refused | length) == 1 and .refused[0].code == "not
 api "$ADM" POST /rewrap/kra/batch "{\"batch\": \"1\", \"kra_sessions\": $SESS}" >"$T/offer2.json"
 [ "$(jq -r '.records[0].id' "$T/offer2.json")" = "$FID" ] || fail "the record is not offered again"
 
+note "kra2's card only: the records of kra1 and kra3 are skipped (exit 35), listed with the KRAs they need"
+ONLY13=$(psql_val "SELECT count(*) FROM archive_record_kras x JOIN archive_record_kras y ON y.record_id = x.record_id
+                   WHERE x.kra_id = $(kra_id kra1) AND y.kra_id = $(kra_id kra3)")
+# (sets are drawn at random: with no record of kra1+kra3, nothing is left for other cards)
+if [ "$ONLY13" -gt 0 ]; then
+    rewrap 35 $(card 2) --batch 4
+    assert_out "needs the card of one of KRA(s) kra1, kra3"
+else
+    rewrap 0 $(card 2) --batch 4
+fi
+assert_out "re-wrapped $((WITH1 - ONLY13)) record(s)"
+assert_out "skipped $ONLY13 needing other cards"
+[ "$(with_kra kra1)" = "$ONLY13" ] || fail "records left with kra1: $(with_kra kra1), expected $ONLY13"
+
 note "the cards of kra2 and kra3 through the service: every set valid, records as many as before"
 rewrap 0 $(card 2) $(card 3) --batch 4
-assert_out "re-wrapped $WITH1 record(s)"
+assert_out "re-wrapped $ONLY13 record(s)"
 [ "$(records)" = "$N" ] || fail "records lost"
 [ "$(with_kra kra1)" = 0 ] || fail "records still wrapped to kra1"
 [ "$(psql_val "SELECT count(*) FROM archive_records a WHERE (SELECT count(*) FROM archive_record_kras x JOIN kras k
