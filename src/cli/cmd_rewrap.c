@@ -1056,10 +1056,17 @@ rewrap_main(int argc, char *argv[])
 						    "URI --card-user ACCOUNT ... for each (or --dry-run)");
 		if (dry_run && ncards > 0)
 			return cli_usage_error(CMD, "--dry-run needs no card: it opens nothing");
-		for (i = 0; i < ncards; i++)
+		for (i = 0; i < ncards; i++) {
 			if (cards[i].user == NULL)
 				return cli_usage_error(CMD, "card '%s' needs --card-user ACCOUNT (its KRA account)",
 						       cards[i].uri);
+			/* Through the service a KRA logs in as the CLI's clients do: never with the administrator's $P11ESCROW_PASSWORD. */
+			if (server != NULL && cards[i].password_file == NULL && getenv("P11ESCROW_PASSWORD") != NULL)
+				return cli_usage_error(CMD,
+						       "card '%s' needs --card-password-file with --server while "
+						       "$P11ESCROW_PASSWORD (the administrator's) is set",
+						       cards[i].uri);
+		}
 	}
 	if ((rc = cli_check_mode(CMD, server, local)) != 0)
 		return rc;
