@@ -8,8 +8,8 @@
 # and changes nothing; kra2's card alone skips the records of kra1+kra3 (exit 35); the cards of kra2 and
 # kra3 re-wrap every record, each set valid, and kra3 recovers a
 # record of kra1+kra2 byte for byte.  Then kra_threshold 1 -> 2 with sets of 3: the CLI killed (-9) before
-# its third commit, run again: every record version 2, none lost or half-wrapped; 2 of 3 recover byte for
-# byte; the audit chain verifies.
+# its third commit, run again and the daemon killed (-9) under it, restarted, run again: every record
+# version 2, none lost or half-wrapped; 2 of 3 recover byte for byte; the audit chain verifies.
 . "$(dirname "$0")/lib.sh"
 
 provision_tokens "$T/hsm" CA KRA1 KRA2 KRA3 KRA4
@@ -193,8 +193,29 @@ V2=$(psql_val "SELECT count(*) FROM archive_records WHERE record_version = 2")
 [ "$(psql_val "SELECT count(*) FROM archive_records a WHERE (a.record_version, a.wrap_version,
                (SELECT count(*) FROM archive_record_kras x WHERE x.record_id = a.id)) NOT IN ((2, 2, 3), (1, 1, 2))")" = 0 ] ||
     fail "a record is half re-wrapped"
+note "the daemon killed (-9, supervisor, workers and keeper) once the rerun's first offer is made; restarted, run again"
+v2() { psql_val "SELECT count(*) FROM archive_records WHERE record_version = 2"; }
+T0=$(psql_val "SELECT now()")
+P11ESCROW_DATABASE='host=/nonexistent dbname=none connect_timeout=1' "$ESC" rewrap --kra --batch 2 --server "$URL" \
+    --server-ca "$SERVER_CA" --user admin --password-file "$T/admin.pw" $(card 2) $(card 3) >"$T/job.out" 2>&1 </dev/null &
+JOB=$!
+for _ in $(seq 400); do
+    [ "$(psql_val "SELECT count(*) FROM rewrap_offers WHERE offered_at > '$T0'")" -gt 0 ] && break
+    kill -0 "$JOB" 2>/dev/null || break
+    sleep 0.02
+done
+victims=$(ps -o pid= --ppid "$DAEMON_PID" | tr -d ' ' | tr '\n' ' ')
+kill -KILL "$DAEMON_PID" $victims
+wait "$DAEMON_PID" 2>/dev/null || true
+wait "$JOB" 2>/dev/null || true
+note "daemon killed with $(v2) of $N records version 2"
+[ "$(records)" = "$N" ] || fail "records lost by the daemon's kill"
+[ "$(psql_val "SELECT count(*) FROM archive_records a WHERE (a.record_version, a.wrap_version,
+               (SELECT count(*) FROM archive_record_kras x WHERE x.record_id = a.id)) NOT IN ((2, 2, 3), (1, 1, 2))")" = 0 ] ||
+    fail "a record is half re-wrapped after the daemon's kill"
+DB=$SVC_DB start_daemon 2
 rewrap 0 $(card 2) $(card 3) --batch 4
-assert_out "re-wrapped $((N - 8)) record(s)"
+assert_out ", 0 left"
 [ "$(records)" = "$N" ] || fail "records lost"
 [ "$(psql_val "SELECT count(*) FROM archive_records WHERE record_version = 2 AND wrap_version = 2")" = "$N" ] ||
     fail "not every record is version 2"
