@@ -142,7 +142,7 @@ enum esc_err esc_rewrap_kra_batch(struct esc_ctx *ctx, struct esc_rewrap_job *jo
  *      present can open (esc_rewrap_pick); the keeper opens each one's
  *      outer layer (esc_rewrap_open_record through esc_keeper_rewrap_open);
  *      the service chooses the new set and threshold and records the offer
- *      with the record's hash (esc_rewrap_offer_make);
+ *      with the record's hash (esc_rewrap_offers_make);
  *   2. the workstation opens the inner layer with its cards and seals it
  *      again to the offered set (esc_rewrap_offer_seal);
  *   3. the service checks that the new inner layer is addressed to exactly
@@ -209,17 +209,18 @@ enum esc_err esc_rewrap_pick(struct esc_ctx *ctx, struct esc_store *st, const st
 			     int *end) ESC_MUST_CHECK;
 
 /*
- * The service's choice for record id, whose opened record (content,
- * taken over in every case) the keeper gave with sha: the new set (its
- * valid members kept, a KRA of a pending or approved recovery request
- * first, the rest drawn as archival draws them) and policy's threshold,
- * recorded in rewrap_offers for the commit (a stale offer replaced).
- * *o: the offer (esc_rewrap_offer_clear).  Errors: STATE (too few valid
- * KRAs), CONFIG, BAD_INPUT, DB, NOMEM.
+ * The service's choice for each of offers[0..n), whose id, sha and content
+ * (the record the keeper opened and its hash, taken over) the caller set:
+ * the new set (its valid members kept, a KRA of a pending or approved
+ * recovery request first, the rest drawn as archival draws them) and
+ * policy's threshold, filled in and recorded in rewrap_offers for the
+ * commit (a stale offer replaced), all in one transaction.  On failure
+ * every offer is cleared (esc_rewrap_offer_clear), its content freed.
+ * Errors: DENIED, STATE (too few valid KRAs), CONFIG, BAD_INPUT,
+ * NOT_FOUND, DB, BUSY, NOMEM.
  */
-enum esc_err esc_rewrap_offer_make(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *admin,
-				   const char *id, const unsigned char sha[32], unsigned char *content,
-				   size_t contentlen, struct esc_rewrap_offer *o) ESC_MUST_CHECK;
+enum esc_err esc_rewrap_offers_make(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *admin,
+				    struct esc_rewrap_offer *offers, size_t n) ESC_MUST_CHECK;
 
 /*
  * A job at the workstation: no database, no CA token; its cards are added

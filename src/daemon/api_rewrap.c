@@ -214,6 +214,8 @@ api_rewrap_batch(struct api_call *c)
 	struct api_body_spec spec = {0, NULL, 0, lists, N(lists)};
 	struct esc_account *kras[CARDS_MAX] = {NULL};
 	char(*ids)[ESC_RECORD_ID_LEN + 1] = NULL;
+	struct esc_rewrap_offer *offers = NULL;
+	size_t noffers = 0;
 	long long kra_ids[CARDS_MAX];
 	struct esc_reseal_batch b;
 	json_t *doc = NULL, *o = NULL, *records = NULL, *cards = NULL;
@@ -239,7 +241,7 @@ api_rewrap_batch(struct api_call *c)
 		goto fail;
 	for (i = 0; i < ntok; i++)
 		kra_ids[i] = esc_account_kra_id(kras[i]);
-	if ((ids = calloc((size_t)n, sizeof(*ids))) == NULL) {
+	if ((ids = calloc((size_t)n, sizeof(*ids))) == NULL || (offers = calloc((size_t)n, sizeof(*offers))) == NULL) {
 		r = ESC_ERR_NOMEM;
 		goto fail;
 	}
@@ -253,16 +255,14 @@ api_rewrap_batch(struct api_call *c)
 		goto fail;
 	}
 	for (i = 0; i < nids; i++) {
-		struct esc_rewrap_offer off;
-		unsigned char *content = NULL, sha[32];
-		size_t contentlen = 0;
+		struct esc_rewrap_offer *off = &offers[noffers];
 
 		/* The keeper re-reads the account and checks the record needs a re-wrap; a refusal is audited there. */
 		if (w->keeper == NULL)
 			r = ESC_ERR_TOKEN_NOT_FOUND;
 		else
-			r = esc_keeper_rewrap_open(w->ctx, w->keeper, w->st, api_call_account(c), ids[i], &content,
-						   &contentlen, sha);
+			r = esc_keeper_rewrap_open(w->ctx, w->keeper, w->st, api_call_account(c), ids[i], &off->content,
+						   &off->contentlen, off->sha);
 		if (r == ESC_ERR_STATE) {
 			/* Re-wrapped or changed by another job since it was picked: nothing to offer. */
 			esc_ctx_clear_error(w->ctx);
@@ -279,16 +279,19 @@ api_rewrap_batch(struct api_call *c)
 			esc_ctx_clear_error(w->ctx);
 			continue;
 		}
-		if (r != ESC_OK || (r = esc_rewrap_offer_make(w->ctx, w->st, api_call_account(c), ids[i], sha, content,
-							      contentlen, &off)) != ESC_OK)
+		if (r != ESC_OK)
 			goto fail;
-		if (json_array_append_new(records, offer_json(&off)) != 0) {
-			esc_rewrap_offer_clear(&off);
+		snprintf(off->id, sizeof(off->id), "%s", ids[i]);
+		noffers++;
+	}
+	/* The service's choices, all in one transaction. */
+	if ((r = esc_rewrap_offers_make(w->ctx, w->st, api_call_account(c), offers, noffers)) != ESC_OK)
+		goto fail;
+	for (i = 0; i < noffers; i++)
+		if (json_array_append_new(records, offer_json(&offers[i])) != 0) {
 			r = ESC_ERR_NOMEM;
 			goto fail;
 		}
-		esc_rewrap_offer_clear(&off);
-	}
 	bad = (o = json_object()) == NULL || api_put(o, "cards", cards);
 	cards = NULL;
 	bad = bad || api_put(o, "records", records);
@@ -303,6 +306,9 @@ out:
 	json_decref(cards);
 	json_decref(records);
 	esc_reseal_batch_clear(&b);
+	for (i = 0; offers != NULL && i < (size_t)n; i++)
+		esc_rewrap_offer_clear(&offers[i]);
+	free(offers);
 	free(ids);
 	free_accounts(kras, ntok);
 	json_decref(doc);

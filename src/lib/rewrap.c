@@ -1179,26 +1179,39 @@ out:
 	return r;
 }
 
+/* Forget what the service chose for o (a retried transaction chooses again); keep its id, hash and record. */
+static void
+offer_reset(struct esc_rewrap_offer *o)
+{
+	size_t i;
+
+	X509_free(o->cert);
+	o->cert = NULL;
+	for (i = 0; i < o->n && i < ESC_REWRAP_SET_MAX; i++)
+		X509_free(o->kra_certs[i]);
+	memset(o->kra_certs, 0, sizeof(o->kra_certs));
+	o->n = 0;
+	o->threshold = 0;
+	o->old_set[0] = '\0';
+}
+
+/* The new set and threshold of record o->id, recorded as its offer (in the caller's transaction). */
 static enum esc_err
-offer_impl(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *admin, const char *id,
-	   const unsigned char sha[32], struct kra_state *ks, struct esc_rewrap_offer *o)
+offer_one(struct esc_ctx *ctx, struct esc_store *st, const char *by, const struct kra_state *ks,
+	  struct esc_rewrap_offer *o)
 {
 	struct esc_kra_set set;
 	PGresult *res = NULL;
 	long long keep[ESC_KRA_SET_MAX * 2];
 	size_t nkeep = 0, i;
-	char hex[65], ids[ESC_KRA_SET_MAX * 21 + 3], kt[8], by[24];
+	char hex[65], ids[ESC_KRA_SET_MAX * 21 + 3], kt[8];
 	const char *v[5];
 	unsigned k = 1;
 	enum esc_err r;
 
 	memset(&set, 0, sizeof(set));
-	if ((r = esc_store_exec(ctx, st, "BEGIN ISOLATION LEVEL READ COMMITTED", 0, NULL, NULL, NULL, NULL)) != ESC_OK)
-		goto out;
-	esc_store_mark_tx(st);
-	v[0] = id;
-	if ((r = load_kras(ctx, st, ks)) != ESC_OK ||
-	    (r = esc_store_exec(
+	v[0] = o->id;
+	if ((r = esc_store_exec(
 		     ctx, st,
 		     "SELECT a.certificate, array_to_string(ARRAY(SELECT x.kra_id FROM archive_record_kras x "
 		     "WHERE x.record_id = a.id ORDER BY x.kra_id), ','), array_to_string(ARRAY(SELECT r.kra_id "
@@ -1209,11 +1222,11 @@ offer_impl(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *
 		     1, v, NULL, NULL, &res)) != ESC_OK)
 		goto out;
 	if (PQntuples(res) != 1) {
-		r = esc_error(ctx, ESC_ERR_NOT_FOUND, "record %s is not there", id);
+		r = esc_error(ctx, ESC_ERR_NOT_FOUND, "record %s is not there", o->id);
 		goto out;
 	}
 	if ((o->cert = esc_store_cert_from_text(PQgetvalue(res, 0, 0))) == NULL) {
-		r = esc_error(ctx, ESC_ERR_BAD_INPUT, "record %s has an unreadable certificate", id);
+		r = esc_error(ctx, ESC_ERR_BAD_INPUT, "record %s has an unreadable certificate", o->id);
 		goto out;
 	}
 	snprintf(o->old_set, sizeof(o->old_set), "%s", PQgetvalue(res, 0, 3));
@@ -1221,10 +1234,9 @@ offer_impl(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *
 	if ((r = esc_archive_choose_kras(ctx, st, keep, nkeep, &set)) != ESC_OK ||
 	    (r = esc_archive_threshold(ctx, st, set.n, &k)) != ESC_OK)
 		goto out;
-	esc_rewrap_hash_hex(sha, hex);
+	esc_rewrap_hash_hex(o->sha, hex);
 	id_array(set.ids, set.n, ids, sizeof(ids));
 	snprintf(kt, sizeof(kt), "%u", k);
-	snprintf(by, sizeof(by), "%lld", esc_account_id(admin));
 	v[1] = hex;
 	v[2] = ids;
 	v[3] = kt;
@@ -1237,8 +1249,7 @@ offer_impl(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *
 		     "(record_id) DO UPDATE SET record_sha256 = EXCLUDED.record_sha256, kra_ids = "
 		     "EXCLUDED.kra_ids, threshold = EXCLUDED.threshold, offered_by = EXCLUDED.offered_by, "
 		     "offered_at = now()",
-		     5, v, NULL, NULL, NULL)) != ESC_OK ||
-	    (r = esc_store_commit(ctx, st)) != ESC_OK)
+		     5, v, NULL, NULL, NULL)) != ESC_OK)
 		goto out;
 	o->threshold = k;
 	o->n = set.n;
@@ -1251,45 +1262,63 @@ offer_impl(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *
 	}
 	r = ESC_OK;
 out:
-	esc_store_rollback(st);
 	esc_kra_set_clear(&set);
 	PQclear(res);
 	return r;
 }
 
+/* Every offer of a batch in one short transaction: one commit, the KRAs read once. */
+static enum esc_err
+offers_impl(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *admin, struct kra_state *ks,
+	    struct esc_rewrap_offer *offers, size_t n)
+{
+	char by[24];
+	size_t i;
+	enum esc_err r;
+
+	snprintf(by, sizeof(by), "%lld", esc_account_id(admin));
+	for (i = 0; i < n; i++)
+		offer_reset(&offers[i]);
+	if ((r = esc_store_exec(ctx, st, "BEGIN ISOLATION LEVEL READ COMMITTED", 0, NULL, NULL, NULL, NULL)) != ESC_OK)
+		goto out;
+	esc_store_mark_tx(st);
+	if ((r = load_kras(ctx, st, ks)) != ESC_OK)
+		goto out;
+	for (i = 0; i < n; i++)
+		if ((r = offer_one(ctx, st, by, ks, &offers[i])) != ESC_OK)
+			goto out;
+	r = esc_store_commit(ctx, st);
+out:
+	esc_store_rollback(st);
+	return r;
+}
+
 enum esc_err
-esc_rewrap_offer_make(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *admin, const char *id,
-		      const unsigned char sha[32], unsigned char *content, size_t contentlen,
-		      struct esc_rewrap_offer *o)
+esc_rewrap_offers_make(struct esc_ctx *ctx, struct esc_store *st, const struct esc_account *admin,
+		       struct esc_rewrap_offer *offers, size_t n)
 {
 	struct esc_store_retry t = {0};
 	struct kra_state *ks = NULL;
+	size_t i;
 	enum esc_err r;
 
-	memset(o, 0, sizeof(*o));
-	if ((r = esc_account_require(ctx, admin, ESC_ROLE_ADMIN)) != ESC_OK) {
-		free(content);
-		return r;
-	}
+	if ((r = esc_account_require(ctx, admin, ESC_ROLE_ADMIN)) != ESC_OK)
+		goto out;
+	if (n == 0)
+		return ESC_OK;
 	if ((ks = calloc(1, sizeof(*ks))) == NULL) {
-		free(content);
-		return esc_error(ctx, ESC_ERR_NOMEM, "out of memory");
+		r = esc_error(ctx, ESC_ERR_NOMEM, "out of memory");
+		goto out;
 	}
-	do {
-		esc_rewrap_offer_clear(o);
-		r = offer_impl(ctx, st, admin, id, sha, ks, o);
-	} while (esc_store_retry(ctx, st, &t, &r));
+	do
+		r = offers_impl(ctx, st, admin, ks, offers, n);
+	while (esc_store_retry(ctx, st, &t, &r));
 	free(ks);
-	if (r != ESC_OK) {
-		esc_rewrap_offer_clear(o);
-		free(content);
-		return r;
-	}
-	snprintf(o->id, sizeof(o->id), "%s", id);
-	memcpy(o->sha, sha, 32);
-	o->content = content;
-	o->contentlen = contentlen;
-	return ESC_OK;
+out:
+	if (r != ESC_OK)
+		for (i = 0; i < n; i++)
+			esc_rewrap_offer_clear(&offers[i]);
+	return r;
 }
 
 enum esc_err
