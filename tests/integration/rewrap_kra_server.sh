@@ -92,6 +92,15 @@ REL_ID=$(psql_val "SELECT x.record_id FROM archive_record_kras x JOIN archive_re
                    WHERE x.kra_id = $(kra_id kra1) AND y.kra_id = $(kra_id kra2) ORDER BY 1 LIMIT 1")
 [ -n "$REL_ID" ] || fail "no record of kra1 and kra2"
 as admin 0 kra retire kra1
+# The service's role writing an offer of its own: a set holding the retired kra1 is refused by the function.
+svc_psql "INSERT INTO rewrap_offers (record_id, record_sha256, kra_ids, threshold, offered_by) SELECT id, sha256(record),
+          ARRAY[$(kra_id kra1), $(kra_id kra2)], 1, (SELECT id FROM accounts WHERE name = 'admin') FROM archive_records
+          WHERE id = '$REL_ID'" >/dev/null || fail "the service role cannot write an offer"
+BEFORE=$(psql_val "SELECT md5(record) FROM archive_records WHERE id = '$REL_ID'")
+out=$(svc_psql "SELECT p11escrow_rewrap_kra('$REL_ID', sha256(record), record || record, 1) FROM archive_records
+                WHERE id = '$REL_ID'") && fail "p11escrow_rewrap_kra took a set holding a retired KRA"
+grep -q "not one current policy allows" <<<"$out" || fail "offer of a retired KRA: $out"
+[ "$(psql_val "SELECT md5(record) FROM archive_records WHERE id = '$REL_ID'")" = "$BEFORE" ] || fail "the record changed"
 rewrap 0 --dry-run
 assert_out "$WITH1 of $N record(s) to re-wrap"
 grep -qE "^  retired KRA +$WITH1\$" "$T/out" || fail "--dry-run does not count $WITH1 records under 'retired KRA'"
