@@ -8,7 +8,7 @@
 # and changes nothing; kra2's card alone skips the records of kra1+kra3 (exit 35); the cards of kra2 and
 # kra3 re-wrap every record, each set valid, and kra3 recovers a
 # record of kra1+kra2 byte for byte.  Then kra_threshold 1 -> 2 with sets of 3: the CLI killed (-9) before
-# its third commit, run again and the daemon killed (-9) under it, restarted, run again: every record
+# its third commit, run again and the daemon killed (-9) under it, restarted, run again beside an archival: every record
 # version 2, none lost or half-wrapped; 2 of 3 recover byte for byte; the audit chain verifies.
 . "$(dirname "$0")/lib.sh"
 
@@ -205,13 +205,12 @@ V2=$(psql_val "SELECT count(*) FROM archive_records WHERE record_version = 2")
 note "the daemon killed (-9, supervisor, workers and keeper) once the rerun's first offer is made; restarted, run again"
 v2() { psql_val "SELECT count(*) FROM archive_records WHERE record_version = 2"; }
 T0=$(psql_val "SELECT now()")
-P11ESCROW_DATABASE='host=/nonexistent dbname=none connect_timeout=1' "$ESC" rewrap --kra --batch 2 --server "$URL" \
+P11ESCROW_DATABASE='host=/nonexistent dbname=none connect_timeout=1' "$ESC" rewrap --kra --batch 1 --server "$URL" \
     --server-ca "$SERVER_CA" --user admin --password-file "$T/admin.pw" $(card 2) $(card 3) >"$T/job.out" 2>&1 </dev/null &
 JOB=$!
 for _ in $(seq 400); do
     [ "$(psql_val "SELECT count(*) FROM rewrap_offers WHERE offered_at > '$T0'")" -gt 0 ] && break
     kill -0 "$JOB" 2>/dev/null || break
-    sleep 0.02
 done
 victims=$(ps -o pid= --ppid "$DAEMON_PID" | tr -d ' ' | tr '\n' ' ')
 kill -KILL "$DAEMON_PID" $victims
@@ -223,8 +222,15 @@ note "daemon killed with $(v2) of $N records version 2"
                (SELECT count(*) FROM archive_record_kras x WHERE x.record_id = a.id)) NOT IN ((2, 2, 3), (1, 1, 2))")" = 0 ] ||
     fail "a record is half re-wrapped after the daemon's kill"
 DB=$SVC_DB start_daemon 2
+# Archival goes on meanwhile: four more keys imported while the job runs (version 2 at once).
+python3 "$SRC/tests/tools/mkkeys.py" "$T/keys/ca" "$T/keys/more:4:100" || fail "cannot make the test keys"
+"$ESC" archive import "$T/keys/more" --user admin --account-password-file "$T/admin.pw" >"$T/import.out" 2>&1 </dev/null &
+IMPORT=$!
 rewrap 0 $(card 2) $(card 3) --batch 4
 assert_out ", 0 left"
+wait "$IMPORT" || { cat "$T/import.out" >&2; fail "archival failed while the re-wrap ran"; }
+grep -qF "archived 4, already archived 0" "$T/import.out" || fail "import during the re-wrap: $(cat "$T/import.out")"
+N=$((N + 4))
 [ "$(records)" = "$N" ] || fail "records lost"
 [ "$(psql_val "SELECT count(*) FROM archive_records WHERE record_version = 2 AND wrap_version = 2")" = "$N" ] ||
     fail "not every record is version 2"
