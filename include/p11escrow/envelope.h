@@ -84,6 +84,16 @@ enum esc_err esc_envelope_has_recipient(struct esc_ctx *ctx, const unsigned char
 					int *yes) ESC_MUST_CHECK;
 
 /*
+ * Is the envelope addressed to exactly certs[0..n): each of them a
+ * recipient, and no recipient that is none of them (a key transport
+ * recipient or each key agreement's encrypted key counts once)?  For a
+ * service that relays ciphertext it cannot open and must check whom it is
+ * for.  Errors: BAD_INPUT (not an envelope).
+ */
+enum esc_err esc_envelope_addressed_exactly(struct esc_ctx *ctx, const unsigned char *in, size_t inlen,
+					    X509 *const *certs, size_t n, int *yes) ESC_MUST_CHECK;
+
+/*
  * The envelope in[0..inlen) with every recipient but cert removed (and, in
  * a key agreement, every other recipient's encrypted key), so that no
  * other key can open it.  The content and its GCM tag are unchanged: the

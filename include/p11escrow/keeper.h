@@ -179,6 +179,19 @@ enum esc_err esc_keeper_reseal(struct esc_ctx *ctx, struct esc_keeper *k, struct
 			       struct esc_reseal_batch *out) ESC_MUST_CHECK;
 
 /*
+ * KRA re-wrap through the service (rewrap.h, esc_rewrap_open_record): the
+ * keeper opens record id's outer layer for administrator by, if the record
+ * needs a re-wrap, and hands back *content, the record's EscrowRecord
+ * (its inner layer still sealed to the KRA cards; malloc'd, free()), and
+ * sha, the SHA-256 of the stored record it opened.  Through a remote
+ * keeper by is sent by name and re-read there.  Errors: those of
+ * esc_rewrap_open_record.
+ */
+enum esc_err esc_keeper_rewrap_open(struct esc_ctx *ctx, struct esc_keeper *k, struct esc_store *st,
+				    const struct esc_account *by, const char *id, unsigned char **content,
+				    size_t *contentlen, unsigned char sha[32]) ESC_MUST_CHECK;
+
+/*
  * Decrypt a client's archival envelope (DER ContentInfo: CMS EnvelopedData
  * or AuthEnvelopedData) with the transport key on the token, and decode the
  * PKCS#8 inside.  The plaintext is wiped.  Errors: BAD_INPUT (not an

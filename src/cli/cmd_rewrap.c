@@ -5,12 +5,19 @@
  * run the same batch loop and progress bar; only one batch differs.
  */
 #include <getopt.h>
+#include <signal.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
 
+#include <openssl/crypto.h>
+#include <openssl/err.h>
+#include <openssl/x509.h>
+
+#include <p11escrow/est.h>
 #include <p11escrow/keeper.h>
 #include <p11escrow/pin.h>
 #include <p11escrow/rewrap.h>
@@ -29,8 +36,8 @@ static void
 help(void)
 {
 	printf("Usage: %s " CMD " --storage [--batch N] --user ADMIN [OPTIONS]\n"
-	       "       %s " CMD " --kra --dry-run --user ADMIN --local [OPTIONS]\n"
-	       "       %s " CMD " --kra --user ADMIN --local --card URI --card-user KRA_ACCOUNT\n"
+	       "       %s " CMD " --kra --dry-run --user ADMIN {--local | --server URL} [OPTIONS]\n"
+	       "       %s " CMD " --kra --user ADMIN {--local | --server URL} --card URI --card-user KRA_ACCOUNT\n"
 	       "               [--card-pin-file FILE] [--card-password-file FILE] [--card ...] [OPTIONS]\n\n"
 	       "--storage: re-seal every archive record whose outer layer is sealed to an earlier\n"
 	       "storage key generation ('p11escrow storage-key rotate') to the current storage key, on\n"
@@ -45,8 +52,12 @@ help(void)
 	       "threshold and to the current storage key, and its row replaced.  Dual control: ADMIN\n"
 	       "is an administrator, each card comes with its KRA account's login, all distinct; the\n"
 	       "administrator is never one of the KRAs.  A record the cards cannot open is skipped and\n"
-	       "listed with the KRAs it needs.  Straight on the database and CA token (--local) only:\n"
-	       "through the service (--server) it is not built yet.\n\n"
+	       "listed with the KRAs it needs.  Through the service (--server) from the workstation\n"
+	       "that holds the cards: each card's KRA account logs in on its own session, the\n"
+	       "service's keeper opens each record's outer layer and the service chooses the new set,\n"
+	       "the cards here open the inner layer and seal it again to that set, and the service\n"
+	       "checks whom the new layer is sealed to before it seals the outer layer and replaces\n"
+	       "the row (a record changed meanwhile is offered again).\n\n"
 	       "Both: batches of N records (default %d, at most %d), each one short transaction:\n"
 	       "records are picked with FOR UPDATE SKIP LOCKED, so enrollment, recovery and a second\n"
 	       "job go on meanwhile.  A record that fails the checks a recovery makes (altered, moved\n"
@@ -60,12 +71,12 @@ help(void)
 	       "Exit status: 0 when every record is done; 35 when some records need other KRA cards\n"
 	       "(--kra; listed); 33 when some records are damaged and were skipped (listed); 24 when\n"
 	       "others are still locked by another job (run again); otherwise the error's code.\n\n"
-	       "With --server URL the batches of --storage run in the service's keeper, which holds\n"
-	       "the CA token (no PIN here).  Straight on the database and the CA token only with\n"
+	       "With --server URL the batches run in the service's keeper, which holds the CA token\n"
+	       "(no PIN here).  Straight on the database and the CA token only with\n"
 	       "--local (or $" CLI_LOCAL_ENV "=1): break-glass, audited as such, with the CA token's PIN.\n\n"
 	       "Options:\n"
 	       "      --storage              re-seal the storage layer\n"
-	       "      --kra                  re-wrap the KRA layer (--local)\n"
+	       "      --kra                  re-wrap the KRA layer\n"
 	       "      --dry-run              --kra: count the records to re-wrap, by reason; change nothing\n"
 	       "      --card URI             --kra: a KRA card (repeat for each card); the --card-* options\n"
 	       "                             after it are that card's\n"
@@ -88,6 +99,11 @@ help(void)
 	cli_print_exit_codes();
 }
 
+/* A KRA card as the options give it: --card URI and the --card-* options after it. */
+struct card_opt {
+	const char *uri, *user, *pin_file, *password_file, *module;
+};
+
 /* Where batches run (the local keeper, the service, the KRA re-wrap job) and how far they are. */
 struct job {
 	struct esc_ctx *ctx;
@@ -103,6 +119,13 @@ struct job {
 	int tty, bar_shown;
 	double start;
 	long long done, skipped, total, needs_cards;
+	/* --kra --server: each card's KRA account on its own session, the cards, their options. */
+	struct cli_http *kra_h[MAX_CARDS];
+	struct esc_token *card_tok[MAX_CARDS];
+	const struct card_opt *co;
+	size_t ncards;
+	int cards_ready;
+	long fault_hits; /* test builds: commits reached */
 };
 
 static double
@@ -220,6 +243,352 @@ kra_batch(struct job *j, const char *after, struct esc_reseal_batch *b)
 		return cli_fail(CMD, j->ctx, r);
 	}
 	return 0;
+}
+
+/* ---- --kra --server: the workstation's end of the batch protocol (docs/api.md, /rewrap/kra/...) ---- */
+
+/* The largest commit body sent at once: well under the service's max_body (64 KiB by default). */
+#define COMMIT_CHUNK (40 * 1024)
+
+/*
+ * Test builds: P11ESCROW_FAULT_KILL=rewrap-kra-server-commit kills the
+ * CLI before it sends a commit, the first time or, with
+ * P11ESCROW_FAULT_KILL_SKIP=N, after N commits went out (rewrap_kra_server.sh).
+ */
+static void
+fault_kill(struct job *j, const char *point)
+{
+#ifdef ESC_TEST_HOOKS
+	const char *f = getenv("P11ESCROW_FAULT_KILL"), *skip = getenv("P11ESCROW_FAULT_KILL_SKIP");
+
+	if (f != NULL && strcmp(f, point) == 0 && j->fault_hits++ >= (skip != NULL ? strtol(skip, NULL, 10) : 0))
+		raise(SIGKILL);
+#else
+	(void)j;
+	(void)point;
+#endif
+}
+
+/* The service answered something this end cannot use: said, and BAD_INPUT's exit code. */
+static int
+bad_answer(const char *what)
+{
+	fprintf(stderr, "%s %s: error: the service's answer has no valid %s\n", PROG, CMD, what);
+	return esc_err_exit_code(ESC_ERR_BAD_INPUT);
+}
+
+/* A base64 JSON string, decoded (free()).  0 or an exit code (printed). */
+static int
+b64_of(struct esc_ctx *ctx, const json_t *v, const char *what, unsigned char **out, size_t *len)
+{
+	const char *t = json_string_value(v);
+
+	if (t == NULL || esc_b64_decode_max(ctx, t, strlen(t), 1024 * 1024, out, len) != ESC_OK)
+		return bad_answer(what);
+	return 0;
+}
+
+/* A base64 DER certificate of a JSON answer (X509_free), NULL if it is none (printed). */
+static X509 *
+cert_of(struct esc_ctx *ctx, const json_t *v, const char *what)
+{
+	unsigned char *der = NULL;
+	const unsigned char *p;
+	size_t len = 0;
+	X509 *x = NULL;
+
+	if (b64_of(ctx, v, what, &der, &len) != 0)
+		return NULL;
+	p = der;
+	if ((x = d2i_X509(NULL, &p, (long)len)) == NULL || p != der + len) {
+		X509_free(x);
+		x = NULL;
+		bad_answer(what);
+	}
+	ERR_clear_error();
+	free(der);
+	return x;
+}
+
+/*
+ * The cards the service names (its first answer): each given to the job
+ * with its KRA's certificates.  0 or an exit code (printed).
+ */
+static int
+server_cards(struct job *j, const json_t *cards)
+{
+	size_t i, c, n;
+	enum esc_err r = ESC_OK;
+	int rc = 0;
+
+	if (json_array_size(cards) != j->ncards)
+		return bad_answer("list of cards");
+	for (i = 0; i < j->ncards && r == ESC_OK && rc == 0; i++) {
+		const json_t *e = json_array_get(cards, i), *certs = json_object_get(e, "certificates");
+		X509 *x[8] = {NULL};
+		char kra[65], uri[1024], account[65];
+
+		cli_json_copy(kra, sizeof(kra), e, "kra");
+		cli_json_copy(uri, sizeof(uri), e, "key_uri");
+		cli_json_copy(account, sizeof(account), e, "account");
+		/* In the order the sessions were sent: card i is --card-user i's. */
+		if (strcmp(account, j->co[i].user) != 0)
+			rc = bad_answer("list of cards (in the order of the --card options)");
+		for (n = 0; rc == 0 && n < json_array_size(certs) && n < 8; n++)
+			if ((x[n] = cert_of(j->ctx, json_array_get(certs, n), "KRA certificate")) == NULL)
+				rc = esc_err_exit_code(ESC_ERR_BAD_INPUT);
+		if (rc == 0)
+			r = esc_rewrap_job_add_remote_card(j->ctx, j->rj, cli_json_int(e, "kra_id"), kra, uri, x, n,
+							   j->card_tok[i]);
+		for (c = 0; c < 8; c++)
+			X509_free(x[c]);
+	}
+	return rc != 0 ? rc : r != ESC_OK ? cli_fail(CMD, j->ctx, r) : 0;
+}
+
+/* One offered record of the service's answer into *o (esc_rewrap_offer_clear).  0 or an exit code (printed). */
+static int
+offer_of(struct esc_ctx *ctx, const json_t *e, struct esc_rewrap_offer *o)
+{
+	const json_t *kras = json_object_get(e, "kras");
+	char sha[65];
+	size_t i;
+	int rc;
+
+	memset(o, 0, sizeof(*o));
+	cli_json_copy(o->id, sizeof(o->id), e, "id");
+	cli_json_copy(sha, sizeof(sha), e, "sha256");
+	cli_json_copy(o->old_set, sizeof(o->old_set), e, "old_set");
+	o->threshold = (unsigned)cli_json_int(e, "threshold");
+	if (strlen(o->id) != ESC_RECORD_ID_LEN || esc_rewrap_hash_parse(sha, strlen(sha), o->sha) != 0 ||
+	    json_array_size(kras) < 1 || json_array_size(kras) > ESC_REWRAP_SET_MAX)
+		return bad_answer("offer");
+	if ((rc = b64_of(ctx, json_object_get(e, "record"), "record", &o->content, &o->contentlen)) != 0)
+		return rc;
+	if ((o->cert = cert_of(ctx, json_object_get(e, "certificate"), "record certificate")) == NULL)
+		return esc_err_exit_code(ESC_ERR_BAD_INPUT);
+	for (i = 0; i < json_array_size(kras); i++) {
+		const json_t *k = json_array_get(kras, i);
+
+		o->kra_ids[i] = cli_json_int(k, "id");
+		cli_json_copy(o->kra_names[i], sizeof(o->kra_names[i]), k, "name");
+		cli_json_copy(o->recipients[i], sizeof(o->recipients[i]), k, "recipient");
+		if ((o->kra_certs[i] = cert_of(ctx, json_object_get(k, "certificate"), "KRA certificate")) == NULL)
+			return esc_err_exit_code(ESC_ERR_BAD_INPUT);
+		o->n++;
+	}
+	return 0;
+}
+
+/* {"kra_sessions": [...]} and more: the session token of each card's KRA account. */
+static json_t *
+sessions_body(struct job *j)
+{
+	json_t *body = json_object(), *list = json_array();
+	size_t i;
+
+	if (body == NULL || list == NULL || json_object_set_new(body, "kra_sessions", list) != 0) {
+		json_decref(body);
+		return NULL;
+	}
+	for (i = 0; i < j->ncards; i++)
+		if (json_array_append_new(list, json_string(cli_http_session_token(j->kra_h[i]))) != 0) {
+			json_decref(body);
+			return NULL;
+		}
+	return body;
+}
+
+/* Wipe the session tokens of a body before it is freed. */
+static void
+body_free(json_t *body)
+{
+	json_t *list = json_object_get(body, "kra_sessions");
+	size_t i;
+
+	for (i = 0; i < json_array_size(list); i++) {
+		json_t *t = json_array_get(list, i);
+
+		if (json_is_string(t))
+			OPENSSL_cleanse((char *)(uintptr_t)json_string_value(t), json_string_length(t));
+	}
+	json_decref(body);
+}
+
+/* Append a skip (id, code, reason) to b, whose skips have room for cap. */
+static void
+add_skip(struct esc_reseal_batch *b, size_t cap, const char *id, enum esc_err code, const char *reason)
+{
+	if (b->skipped == cap)
+		return;
+	snprintf(b->skips[b->skipped].id, sizeof(b->skips[b->skipped].id), "%s", id);
+	b->skips[b->skipped].code = code;
+	snprintf(b->skips[b->skipped].reason, sizeof(b->skips[b->skipped].reason), "%s", reason);
+	b->skipped++;
+}
+
+/* The service's list of records left as they were ({id, code, reason}), appended to b's skips. */
+static void
+add_skips(struct esc_reseal_batch *b, size_t cap, const json_t *list)
+{
+	size_t i;
+
+	for (i = 0; i < json_array_size(list); i++) {
+		const json_t *e = json_array_get(list, i);
+		char id[ESC_RECORD_ID_LEN + 1], code[64], reason[256];
+
+		cli_json_copy(id, sizeof(id), e, "id");
+		cli_json_copy(code, sizeof(code), e, "code");
+		cli_json_copy(reason, sizeof(reason), e, "reason");
+		add_skip(b, cap, id, cli_http_error_named(code), reason);
+	}
+}
+
+/* POST /rewrap/kra/commit of the lines in text; counts into b.  0 or an exit code (printed). */
+static int
+commit_chunk(struct job *j, const char *text, int count, struct esc_reseal_batch *b, size_t cap)
+{
+	json_t *body = sessions_body(j), *doc = NULL;
+	int rc;
+
+	if (body == NULL || json_object_set_new(body, "records", json_string(text)) != 0 ||
+	    (count && json_object_set_new(body, "count", json_string("1")) != 0)) {
+		body_free(body);
+		return esc_err_exit_code(ESC_ERR_NOMEM);
+	}
+	fault_kill(j, "rewrap-kra-server-commit");
+	rc = cli_http_call(j->h, CLI_HTTP_POST, "/rewrap/kra/commit", body, &doc);
+	body_free(body);
+	if (rc != 0)
+		return rc;
+	b->resealed += (size_t)cli_json_int(doc, "rewrapped");
+	b->to = b->from_low = b->from_high = (int)cli_json_int(doc, "generation");
+	if (count)
+		b->remaining = cli_json_int(doc, "remaining");
+	add_skips(b, cap, json_object_get(doc, "refused"));
+	json_decref(doc);
+	return 0;
+}
+
+/* A record the workstation could not re-wrap: the record's fault or the cards', not the job's. */
+static int
+record_fault(enum esc_err e)
+{
+	return e == ESC_ERR_TAMPERED || e == ESC_ERR_NOT_RECIPIENT || e == ESC_ERR_BAD_INPUT || e == ESC_ERR_CRYPTO ||
+	       e == ESC_ERR_KEY_NOT_FOUND || e == ESC_ERR_MISMATCH || e == ESC_ERR_CARDS_NEEDED;
+}
+
+/*
+ * One batch of --kra --server: the service's offer, each record re-sealed
+ * here with the cards, the results committed (in chunks that fit the
+ * service's body limit).  0 or an exit code (printed).
+ */
+static int
+kra_server_batch(struct job *j, const char *after, struct esc_reseal_batch *b)
+{
+	json_t *body = sessions_body(j), *doc = NULL, *records, *skipped;
+	char n[16], *text = NULL, *b64 = NULL;
+	size_t i, k, cap, used = 0, textcap = COMMIT_CHUNK + 64 * 1024, b64len = 0;
+	int rc = 0, end;
+	enum esc_err r = ESC_OK;
+
+	memset(b, 0, sizeof(*b));
+	snprintf(n, sizeof(n), "%zu", j->batch_size);
+	if (body == NULL || json_object_set_new(body, "batch", json_string(n)) != 0 ||
+	    (*after && json_object_set_new(body, "after", json_string(after)) != 0)) {
+		body_free(body);
+		return esc_err_exit_code(ESC_ERR_NOMEM);
+	}
+	rc = cli_http_call(j->h, CLI_HTTP_POST, "/rewrap/kra/batch", body, &doc);
+	body_free(body);
+	if (rc != 0)
+		goto out;
+	if (!j->cards_ready) {
+		if ((rc = server_cards(j, json_object_get(doc, "cards"))) != 0)
+			goto out;
+		j->cards_ready = 1;
+	}
+	records = json_object_get(doc, "records");
+	skipped = json_object_get(doc, "skipped");
+	cap = json_array_size(records) + json_array_size(skipped);
+	if (cap > 2 * ESC_RESEAL_BATCH_MAX) {
+		rc = bad_answer("batch (too many records)");
+		goto out;
+	}
+	if ((cap > 0 && (b->skips = calloc(cap, sizeof(*b->skips))) == NULL) || (text = malloc(textcap)) == NULL) {
+		rc = esc_err_exit_code(ESC_ERR_NOMEM);
+		goto out;
+	}
+	text[0] = '\0';
+	add_skips(b, cap, skipped);
+	end = json_is_true(json_object_get(doc, "end"));
+	b->remaining = -1;
+	for (i = 0; i < json_array_size(records); i++) {
+		struct esc_rewrap_offer o;
+		unsigned char *content = NULL;
+		size_t contentlen = 0, line;
+
+		if ((rc = offer_of(j->ctx, json_array_get(records, i), &o)) != 0) {
+			esc_rewrap_offer_clear(&o);
+			goto out;
+		}
+		r = esc_rewrap_offer_seal(j->ctx, j->rj, &o, &content, &contentlen);
+		if (r != ESC_OK && record_fault(r)) {
+			add_skip(b, cap, o.id, r, esc_ctx_errmsg(j->ctx));
+			esc_ctx_clear_error(j->ctx);
+			esc_rewrap_offer_clear(&o);
+			r = ESC_OK;
+			continue;
+		}
+		if (r == ESC_OK && (r = esc_b64_encode(j->ctx, content, contentlen, &b64, &b64len)) == ESC_OK) {
+			/* One line: esc_b64_encode breaks it with CRLF. */
+			for (k = line = 0; b64[k] != '\0'; k++)
+				if (b64[k] != '\r' && b64[k] != '\n')
+					b64[line++] = b64[k];
+			b64[line] = '\0';
+			if (used > 0 && used + line + 120 > COMMIT_CHUNK) {
+				rc = commit_chunk(j, text, 0, b, cap);
+				used = 0;
+				text[0] = '\0';
+			}
+			if (rc == 0 && used + line + 120 > textcap) {
+				char *t = realloc(text, used + line + 120);
+
+				if (t == NULL)
+					rc = esc_err_exit_code(ESC_ERR_NOMEM);
+				else {
+					text = t;
+					textcap = used + line + 120;
+				}
+			}
+			if (rc == 0 && r == ESC_OK) {
+				char hex[65];
+
+				esc_rewrap_hash_hex(o.sha, hex);
+				used += (size_t)snprintf(text + used, textcap - used, "%s %s %s\n", o.id, hex, b64);
+			}
+		}
+		free(b64);
+		b64 = NULL;
+		free(content);
+		esc_rewrap_offer_clear(&o);
+		if (rc != 0 || r != ESC_OK)
+			goto out;
+	}
+	/* The last chunk; at the end of the pass it asks how many are left. */
+	if (used > 0 || end)
+		rc = commit_chunk(j, text, end, b, cap);
+	cli_json_copy(b->last, sizeof(b->last), doc, "last");
+out:
+	free(text);
+	json_decref(doc);
+	if (rc == 0 && r != ESC_OK)
+		rc = cli_fail(CMD, j->ctx, r);
+	if (rc != 0) {
+		clear_bar(j);
+		esc_reseal_batch_clear(b);
+	}
+	return rc;
 }
 
 /*
@@ -348,26 +717,55 @@ finish_kra(struct job *j, long long remaining, long long skipped, int to)
 	snprintf(details, sizeof(details),
 		 "stop: re-wrapped %lld, skipped %lld needing other cards and %lld damaged, %lld left, exit %d",
 		 j->done, j->needs_cards, damaged_n, remaining, rc);
-	if ((r = esc_rewrap_job_event(j->ctx, j->rj, "stop", details)) != ESC_OK && rc == 0)
+	if (j->h == NULL && (r = esc_rewrap_job_event(j->ctx, j->rj, "stop", details)) != ESC_OK && rc == 0)
 		rc = cli_fail(CMD, j->ctx, r);
 	return rc;
 }
 
-/* A KRA card as the options give it: --card URI and the --card-* options after it. */
-struct card_opt {
-	const char *uri, *user, *pin_file, *password_file, *module;
-};
+/* The plan as the service answers it (GET /rewrap/kra/plan).  0 or an exit code (printed). */
+static int
+plan_remote(struct job *j, struct esc_rewrap_plan *p)
+{
+	json_t *doc = NULL, *by;
+	int i, rc;
+
+	memset(p, 0, sizeof(*p));
+	if ((rc = cli_http_call(j->h, CLI_HTTP_GET, "/rewrap/kra/plan", NULL, &doc)) != 0)
+		return rc;
+	p->records = cli_json_int(doc, "records");
+	p->needed = cli_json_int(doc, "needed");
+	p->set_size = (int)cli_json_int(doc, "set_size");
+	p->threshold = (unsigned)cli_json_int(doc, "threshold");
+	p->usable = (int)cli_json_int(doc, "usable");
+	by = json_object_get(doc, "by_reason");
+	for (i = 0; i < ESC_REWRAP_NREASONS; i++)
+		p->by_reason[i] = cli_json_int(by, esc_rewrap_reason_name((enum esc_rewrap_reason)i));
+	json_decref(doc);
+	return 0;
+}
+
+/* The plan, from the database (--local) or the service.  0 or an exit code (printed). */
+static int
+plan_get(struct job *j, struct esc_rewrap_plan *p)
+{
+	enum esc_err r;
+
+	if (j->h != NULL)
+		return plan_remote(j, p);
+	if ((r = esc_rewrap_kra_plan(j->ctx, j->st, j->a, p)) != ESC_OK)
+		return cli_fail(CMD, j->ctx, r);
+	return 0;
+}
 
 /* --dry-run: what a re-wrap would do, by reason. */
 static int
 kra_dry_run(struct job *j)
 {
 	struct esc_rewrap_plan p;
-	enum esc_err r;
-	int i;
+	int i, rc;
 
-	if ((r = esc_rewrap_kra_plan(j->ctx, j->st, j->a, &p)) != ESC_OK)
-		return cli_fail(CMD, j->ctx, r);
+	if ((rc = plan_get(j, &p)) != 0)
+		return rc;
 	printf("policy: %d KRA(s) per record, %u needed to recover; %d KRA(s) usable for a new set\n", p.set_size,
 	       p.threshold, p.usable);
 	printf("%lld of %lld record(s) to re-wrap\n", p.needed, p.records);
@@ -379,6 +777,23 @@ kra_dry_run(struct job *j)
 	return 0;
 }
 
+/* Open card co and log it in with its PIN (file, else a prompt). */
+static enum esc_err
+open_card(struct job *j, struct esc_config *cfg, const struct card_opt *co, struct esc_token **tok)
+{
+	struct esc_secret *pin = NULL;
+	char prompt[200];
+	enum esc_err r;
+
+	snprintf(prompt, sizeof(prompt), "PIN of the card of KRA account '%s': ", co->user);
+	if ((r = esc_token_open(j->ctx, co->module ? co->module : esc_config_get(cfg, "module"), co->uri, tok)) ==
+		    ESC_OK &&
+	    (r = esc_secret_obtain(j->ctx, co->pin_file, NULL, prompt, &pin)) == ESC_OK)
+		r = esc_token_login(j->ctx, *tok, pin);
+	esc_secret_free(pin);
+	return r;
+}
+
 /*
  * Open each card, log it in, log its KRA account in and give both to the
  * job; the tokens and accounts are kept in toks/accts (the caller frees
@@ -388,7 +803,7 @@ static int
 kra_cards(struct job *j, struct esc_config *cfg, const struct card_opt *co, size_t n, struct esc_token **toks,
 	  struct esc_account **accts)
 {
-	struct esc_secret *pin = NULL, *pw = NULL;
+	struct esc_secret *pw = NULL;
 	char prompt[200];
 	size_t i;
 	enum esc_err r = ESC_OK;
@@ -400,24 +815,56 @@ kra_cards(struct job *j, struct esc_config *cfg, const struct card_opt *co, size
 			break;
 		esc_secret_free(pw);
 		pw = NULL;
-		snprintf(prompt, sizeof(prompt), "PIN of the card of KRA account '%s': ", co[i].user);
-		if ((r = esc_token_open(j->ctx, co[i].module ? co[i].module : esc_config_get(cfg, "module"), co[i].uri,
-					&toks[i])) != ESC_OK ||
-		    (r = esc_secret_obtain(j->ctx, co[i].pin_file, NULL, prompt, &pin)) != ESC_OK ||
-		    (r = esc_token_login(j->ctx, toks[i], pin)) != ESC_OK)
+		if ((r = open_card(j, cfg, &co[i], &toks[i])) != ESC_OK)
 			break;
-		esc_secret_free(pin);
-		pin = NULL;
 		r = esc_rewrap_job_add_card(j->ctx, j->rj, accts[i], toks[i]);
 	}
-	esc_secret_free(pin);
 	esc_secret_free(pw);
 	return r == ESC_OK ? 0 : cli_fail(CMD, j->ctx, r);
 }
 
-/* --kra (local): the plan, or the job with its cards to the end.  0 or an exit code (printed). */
+/*
+ * --kra --server: each card's KRA account logs in on its own session (its
+ * token goes with every batch: the service resumes it, dual control as
+ * locally) and each card with its PIN; the job is the workstation's.  0 or
+ * an exit code (printed).
+ */
 static int
-rewrap_kra(struct job *j, struct esc_config *cfg, const struct card_opt *co, size_t ncards, int dry_run)
+kra_server_setup(struct job *j, struct esc_config *cfg, const struct card_opt *co, size_t n, const char *server,
+		 const char *server_ca)
+{
+	json_t *who = NULL;
+	size_t i;
+	enum esc_err r;
+	int rc;
+
+	j->co = co;
+	j->ncards = n;
+	j->batch = kra_server_batch;
+	for (i = 0; i < n; i++) {
+		if ((rc = cli_http_open(CMD, j->ctx, server, server_ca, co[i].user, co[i].password_file,
+					&j->kra_h[i])) != 0 ||
+		    (rc = cli_http_call(j->kra_h[i], CLI_HTTP_GET, "/whoami", NULL, &who)) != 0)
+			return rc;
+		json_decref(who);
+		who = NULL;
+		if (cli_http_session_token(j->kra_h[i]) == NULL) {
+			fprintf(stderr, "%s %s: error: the service opened no session for KRA account '%s'\n", PROG, CMD,
+				co[i].user);
+			return esc_err_exit_code(ESC_ERR_STATE);
+		}
+		if ((r = open_card(j, cfg, &co[i], &j->card_tok[i])) != ESC_OK)
+			return cli_fail(CMD, j->ctx, r);
+	}
+	if ((r = esc_rewrap_job_new_remote(j->ctx, &j->rj)) != ESC_OK)
+		return cli_fail(CMD, j->ctx, r);
+	return 0;
+}
+
+/* --kra: the plan, or the job with its cards to the end, here (--local) or through the service. */
+static int
+rewrap_kra(struct job *j, struct esc_config *cfg, const struct card_opt *co, size_t ncards, int dry_run,
+	   const char *server, const char *server_ca)
 {
 	struct esc_token *ca = NULL, *toks[MAX_CARDS] = {NULL};
 	struct esc_account *accts[MAX_CARDS] = {NULL};
@@ -430,21 +877,18 @@ rewrap_kra(struct job *j, struct esc_config *cfg, const struct card_opt *co, siz
 
 	if (dry_run)
 		return kra_dry_run(j);
-	if ((rc = cli_open_ca_token(CMD, j->ctx, cfg, j->st, "storage", NULL, &ca)) != 0)
+	if (j->h != NULL)
+		rc = kra_server_setup(j, cfg, co, ncards, server, server_ca);
+	else if ((rc = cli_open_ca_token(CMD, j->ctx, cfg, j->st, "storage", NULL, &ca)) == 0)
+		rc = (r = esc_rewrap_job_new(j->ctx, j->st, j->a, ca, &j->rj)) != ESC_OK
+			     ? cli_fail(CMD, j->ctx, r)
+			     : kra_cards(j, cfg, co, ncards, toks, accts);
+	if (rc != 0 || (rc = plan_get(j, &p)) != 0)
 		goto out;
-	if ((r = esc_rewrap_job_new(j->ctx, j->st, j->a, ca, &j->rj)) != ESC_OK) {
-		rc = cli_fail(CMD, j->ctx, r);
-		goto out;
-	}
-	if ((rc = kra_cards(j, cfg, co, ncards, toks, accts)) != 0)
-		goto out;
-	if ((r = esc_rewrap_kra_plan(j->ctx, j->st, j->a, &p)) != ESC_OK) {
-		rc = cli_fail(CMD, j->ctx, r);
-		goto out;
-	}
+	/* Through the service each batch is audited there; the job's start and stop are the local job's. */
 	snprintf(details, sizeof(details), "start: %lld of %lld record(s) to re-wrap; policy %d KRA(s), %u needed",
 		 p.needed, p.records, p.set_size, p.threshold);
-	if ((r = esc_rewrap_job_event(j->ctx, j->rj, "start", details)) != ESC_OK) {
+	if (j->h == NULL && (r = esc_rewrap_job_event(j->ctx, j->rj, "start", details)) != ESC_OK) {
 		rc = cli_fail(CMD, j->ctx, r);
 		goto out;
 	}
@@ -452,7 +896,7 @@ rewrap_kra(struct job *j, struct esc_config *cfg, const struct card_opt *co, siz
 	j->start = now_s();
 	if ((rc = run(j, &remaining, &skipped, &to)) != 0) {
 		snprintf(details, sizeof(details), "stop: failed after %lld re-wrapped (exit %d)", j->done, rc);
-		if (esc_rewrap_job_event(j->ctx, j->rj, "stop", details) != ESC_OK)
+		if (j->h == NULL && esc_rewrap_job_event(j->ctx, j->rj, "stop", details) != ESC_OK)
 			esc_ctx_clear_error(j->ctx);
 		goto out;
 	}
@@ -463,6 +907,10 @@ out:
 	for (i = 0; i < MAX_CARDS; i++) {
 		esc_token_free(toks[i]);
 		esc_account_free(accts[i]);
+		esc_token_free(j->card_tok[i]);
+		cli_http_free(j->kra_h[i]);
+		j->card_tok[i] = NULL;
+		j->kra_h[i] = NULL;
 	}
 	esc_token_free(ca);
 	return rc;
@@ -603,19 +1051,22 @@ rewrap_main(int argc, char *argv[])
 	if (storage && (dry_run || ncards > 0))
 		return cli_usage_error(CMD, "--dry-run and --card go with --kra");
 	if (kra) {
-		if (server != NULL)
-			return cli_usage_error(CMD, "rewrap --kra runs straight on the database and the CA token "
-						    "(--local, with the cards here): through the service (--server) "
-						    "it is not built yet");
 		if (!dry_run && ncards == 0)
 			return cli_usage_error(CMD, "rewrap --kra needs the KRA cards that open the records: --card "
 						    "URI --card-user ACCOUNT ... for each (or --dry-run)");
 		if (dry_run && ncards > 0)
 			return cli_usage_error(CMD, "--dry-run needs no card: it opens nothing");
-		for (i = 0; i < ncards; i++)
+		for (i = 0; i < ncards; i++) {
 			if (cards[i].user == NULL)
 				return cli_usage_error(CMD, "card '%s' needs --card-user ACCOUNT (its KRA account)",
 						       cards[i].uri);
+			/* Through the service a KRA logs in as the CLI's clients do: never with the administrator's $P11ESCROW_PASSWORD. */
+			if (server != NULL && cards[i].password_file == NULL && getenv("P11ESCROW_PASSWORD") != NULL)
+				return cli_usage_error(CMD,
+						       "card '%s' needs --card-password-file with --server while "
+						       "$P11ESCROW_PASSWORD (the administrator's) is set",
+						       cards[i].uri);
+		}
 	}
 	if ((rc = cli_check_mode(CMD, server, local)) != 0)
 		return rc;
@@ -636,7 +1087,7 @@ rewrap_main(int argc, char *argv[])
 		goto out;
 	j.a = a;
 	if (kra) {
-		rc = rewrap_kra(&j, cfg, cards, ncards, dry_run);
+		rc = rewrap_kra(&j, cfg, cards, ncards, dry_run, server, server_ca);
 		goto out;
 	}
 	j.start = now_s();

@@ -989,6 +989,14 @@ cli_http_reply_clear(struct cli_http_reply *r)
 	memset(r, 0, sizeof(*r));
 }
 
+const char *
+cli_http_session_token(const struct cli_http *h)
+{
+	static const char prefix[] = "Authorization: Bearer ";
+
+	return h != NULL && h->bearer != NULL ? h->bearer + sizeof(prefix) - 1 : NULL;
+}
+
 /*
  * Log in once: POST /session with the password (Basic); every later call
  * of this client sends the token instead, and the password is wiped.  A

@@ -92,6 +92,13 @@ int cli_http_set_proxy(struct cli_http *h, const char *url);
 
 /* The account the client acts as: --user, or the one its client certificate logged in (after the first call). */
 const char *cli_http_account(const struct cli_http *h);
+/*
+ * The session token the account logged in with (after the client's first
+ * call), NUL-terminated, in the secure heap and owned by h; NULL if none.
+ * For a request that carries another account's session on its behalf
+ * (rewrap --kra --server: each card's KRA account).
+ */
+const char *cli_http_session_token(const struct cli_http *h);
 /* Log out (if logged in), wipe the credentials and free; accepts NULL. */
 void cli_http_free(struct cli_http *h);
 

@@ -1373,6 +1373,9 @@ static const struct route {
 	{"/profiles", EVHTTP_REQ_GET, api_profiles},
 	{"/storage-keys", EVHTTP_REQ_GET, api_storage_keys},
 	{"/storage-keys/reseal", EVHTTP_REQ_POST, api_storage_reseal},
+	{"/rewrap/kra/plan", EVHTTP_REQ_GET, api_rewrap_plan},
+	{"/rewrap/kra/batch", EVHTTP_REQ_POST, api_rewrap_batch},
+	{"/rewrap/kra/commit", EVHTTP_REQ_POST, api_rewrap_commit},
 };
 
 /* A {name} character: letters, digits and . _ @ : + - (no '/', '%', space or control character). */

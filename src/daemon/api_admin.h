@@ -86,5 +86,9 @@ void api_audit_verify(struct api_call *c);
 void api_profiles(struct api_call *c);
 void api_storage_keys(struct api_call *c);
 void api_storage_reseal(struct api_call *c);
+/* The KRA re-wrap through the service (api_rewrap.c). */
+void api_rewrap_plan(struct api_call *c);
+void api_rewrap_batch(struct api_call *c);
+void api_rewrap_commit(struct api_call *c);
 
 #endif

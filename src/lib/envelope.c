@@ -296,6 +296,58 @@ esc_envelope_has_recipient(struct esc_ctx *ctx, const unsigned char *in, size_t 
 	return ESC_OK;
 }
 
+/* Does recipient info ri (or, in a key agreement, its encrypted key j) name cert? */
+static int
+rek_or_ri_is(CMS_RecipientInfo *ri, int j, X509 *cert)
+{
+	if (CMS_RecipientInfo_type(ri) == CMS_RECIPINFO_TRANS)
+		return CMS_RecipientInfo_ktri_cert_cmp(ri, cert) == 0;
+	return CMS_RecipientEncryptedKey_cert_cmp(
+		       sk_CMS_RecipientEncryptedKey_value(CMS_RecipientInfo_kari_get0_reks(ri), j), cert) == 0;
+}
+
+enum esc_err
+esc_envelope_addressed_exactly(struct esc_ctx *ctx, const unsigned char *in, size_t inlen, X509 *const *certs, size_t n,
+			       int *yes)
+{
+	STACK_OF(CMS_RecipientInfo) *ris;
+	CMS_ContentInfo *cms = NULL;
+	size_t c, seen = 0;
+	int i, j, nk, ok = 1;
+	enum esc_err r;
+
+	if ((r = parse(ctx, in, inlen, &cms)) != ESC_OK)
+		return r;
+	ris = CMS_get0_RecipientInfos(cms);
+	for (i = 0; ok && i < sk_CMS_RecipientInfo_num(ris); i++) {
+		CMS_RecipientInfo *ri = sk_CMS_RecipientInfo_value(ris, i);
+		int type = CMS_RecipientInfo_type(ri);
+
+		if (type != CMS_RECIPINFO_TRANS && type != CMS_RECIPINFO_AGREE) {
+			ok = 0; /* a password or KEK recipient: someone else could open it */
+			break;
+		}
+		nk = type == CMS_RECIPINFO_TRANS
+			     ? 1
+			     : sk_CMS_RecipientEncryptedKey_num(CMS_RecipientInfo_kari_get0_reks(ri));
+		for (j = 0; ok && j < nk; j++) {
+			int found = 0;
+
+			for (c = 0; c < n && !found; c++)
+				found = rek_or_ri_is(ri, j, certs[c]);
+			ok = found;
+			seen++;
+		}
+	}
+	/* Every recipient is one of certs; as many as certs, and each of certs addressed. */
+	for (c = 0; ok && c < n; c++)
+		ok = esc_envelope_cms_addressed_to(cms, certs[c]);
+	*yes = ok && seen == n;
+	ERR_clear_error();
+	CMS_ContentInfo_free(cms);
+	return ESC_OK;
+}
+
 /*
  * OpenSSL has no public destructor for a recipient info or an encrypted
  * key, so those taken out of the envelope for its encoding are put back

@@ -32,6 +32,7 @@
 #include <p11escrow/kra.h>
 #include <p11escrow/recovery.h>
 #include <p11escrow/revoke.h>
+#include <p11escrow/rewrap.h>
 #include <p11escrow/setup.h>
 #include <p11escrow/storage.h>
 #include <p11escrow/token.h>
@@ -175,6 +176,9 @@ static enum esc_err remote_kra_prove(struct esc_ctx *ctx, struct esc_keeper *k, 
 				     unsigned char **cert, size_t *cert_len);
 static enum esc_err remote_reseal(struct esc_ctx *ctx, struct esc_keeper *k, const struct esc_account *by,
 				  const char *after, size_t n, struct esc_reseal_batch *out);
+static enum esc_err remote_rewrap_open(struct esc_ctx *ctx, struct esc_keeper *k, const struct esc_account *by,
+				       const char *id, unsigned char **content, size_t *contentlen,
+				       unsigned char sha[32]);
 static enum esc_err remote_sign_crl(struct esc_ctx *ctx, struct esc_keeper *k, const struct esc_account *by, int days,
 				    X509_CRL **out);
 static enum esc_err remote_checkpoint(struct esc_ctx *ctx, struct esc_keeper *k, const struct esc_account *by,
@@ -283,6 +287,17 @@ esc_keeper_reseal(struct esc_ctx *ctx, struct esc_keeper *k, struct esc_store *s
 	if (k->remote)
 		return remote_reseal(ctx, k, by, after, n, out);
 	return esc_storage_reseal_batch(ctx, st, by, k->tok, after, n, out);
+}
+
+enum esc_err
+esc_keeper_rewrap_open(struct esc_ctx *ctx, struct esc_keeper *k, struct esc_store *st, const struct esc_account *by,
+		       const char *id, unsigned char **content, size_t *contentlen, unsigned char sha[32])
+{
+	if (k == NULL || id == NULL || content == NULL || contentlen == NULL || (st == NULL && !k->remote))
+		return esc_error(ctx, ESC_ERR_INTERNAL, "esc_keeper_rewrap_open: NULL argument");
+	if (k->remote)
+		return remote_rewrap_open(ctx, k, by, id, content, contentlen, sha);
+	return esc_rewrap_open_record(ctx, st, k->tok, by, id, content, contentlen, sha);
 }
 
 /* The active CA's certificate and the chain above it (DER certificates, concatenated). */
@@ -1322,6 +1337,42 @@ out:
 	return r;
 }
 
+/* REWRAP_OPEN: the administrator's name and the record id; the reply is the opened record and its hash. */
+static enum esc_err
+remote_rewrap_open(struct esc_ctx *ctx, struct esc_keeper *k, const struct esc_account *by, const char *id,
+		   unsigned char **content, size_t *contentlen, unsigned char sha[32])
+{
+	struct esc_kp_msg m, rep;
+	unsigned char *in = NULL, *c = NULL;
+	size_t inlen = 0;
+	int sec = 0;
+	enum esc_err r;
+
+	if (by == NULL)
+		return esc_error(ctx, ESC_ERR_DENIED,
+				 "the keeper process opens records for a re-wrap for an "
+				 "administrator only");
+	if (strlen(id) != ESC_RECORD_ID_LEN)
+		return esc_error(ctx, ESC_ERR_USAGE, "a record id is a UUID");
+	esc_kp_init(&m, ESC_KP_REWRAP_OPEN, 0);
+	esc_kp_set(&m, ESC_KP_T_ACCOUNT, esc_account_name(by), strlen(esc_account_name(by)));
+	esc_kp_set(&m, ESC_KP_T_RECORD, id, strlen(id));
+	if ((r = call(ctx, k, &m, 0, &rep, &in, &inlen, &sec)) != ESC_OK)
+		return r;
+	if ((c = malloc(rep.f[ESC_KP_T_ENVELOPE].len)) == NULL) {
+		r = esc_error(ctx, ESC_ERR_NOMEM, "out of memory");
+		goto out;
+	}
+	memcpy(c, rep.f[ESC_KP_T_ENVELOPE].p, rep.f[ESC_KP_T_ENVELOPE].len);
+	memcpy(sha, rep.f[ESC_KP_T_DIGEST].p, 32);
+	*content = c;
+	*contentlen = rep.f[ESC_KP_T_ENVELOPE].len;
+	r = ESC_OK;
+out:
+	esc_kp_free(in, inlen, sec);
+	return r;
+}
+
 /* ---- the keeper process's end ---- */
 
 /* An encoded reply, waiting to be written. */
@@ -1755,6 +1806,41 @@ serve_status(struct esc_ctx *ctx, struct esc_keeper *k, const struct esc_kp_msg 
 	return esc_kp_encode(ctx, &rep, 0, &out->buf, &out->len);
 }
 
+/*
+ * REWRAP_OPEN: one record's outer layer opened for the KRA re-wrap, for an
+ * account re-read here.  esc_rewrap_open_record checks what the request
+ * means: an administrator, a record that needs a re-wrap (a record policy
+ * is content with is never opened this way), the row its certificate's.
+ * What leaves the keeper is the inner layer, still sealed to the KRA cards.
+ */
+static enum esc_err
+serve_rewrap_open(struct esc_ctx *ctx, struct esc_keeper *k, struct esc_store *st, const struct esc_kp_msg *m,
+		  struct serve_reply *out)
+{
+	struct esc_account *by = NULL;
+	struct esc_kp_msg rep;
+	unsigned char *content = NULL, sha[32];
+	size_t contentlen = 0;
+	char id[ESC_RECORD_ID_LEN + 1];
+	enum esc_err r;
+
+	if (st == NULL)
+		return esc_error(ctx, ESC_ERR_DB_CONNECT, "keeper: its database connection is lost");
+	if (field_text(&m->f[ESC_KP_T_RECORD], id, sizeof(id)) != 0)
+		return esc_error(ctx, ESC_ERR_BAD_INPUT, "keeper request: a record id that is not text");
+	if ((r = account_reread(ctx, st, &m->f[ESC_KP_T_ACCOUNT], &by)) != ESC_OK ||
+	    (r = esc_rewrap_open_record(ctx, st, k->tok, by, id, &content, &contentlen, sha)) != ESC_OK)
+		goto out;
+	esc_kp_init(&rep, ESC_KP_REWRAP_OPEN | ESC_KP_REPLY, m->seq);
+	esc_kp_set(&rep, ESC_KP_T_ENVELOPE, content, contentlen);
+	esc_kp_set(&rep, ESC_KP_T_DIGEST, sha, sizeof(sha));
+	r = esc_kp_encode(ctx, &rep, 0, &out->buf, &out->len);
+out:
+	free(content);
+	esc_account_free(by);
+	return r;
+}
+
 /* An ERROR reply to request seq: code and the context's message (never a secret). */
 static enum esc_err
 error_reply(struct esc_ctx *ctx, uint32_t seq, enum esc_err code, struct serve_reply *out)
@@ -1836,6 +1922,9 @@ serve_one(struct esc_ctx *ctx, struct esc_keeper *k, struct esc_store *st, const
 		break;
 	case ESC_KP_STATUS:
 		r = serve_status(ctx, k, &m, out);
+		break;
+	case ESC_KP_REWRAP_OPEN:
+		r = serve_rewrap_open(ctx, k, st, &m, out);
 		break;
 	default:
 		r = esc_error(ctx, ESC_ERR_BAD_INPUT, "keeper message '%s' is not a request", esc_kp_type_name(m.type));

@@ -49,6 +49,7 @@ static const struct {
 	[ESC_KP_T_COUNT] = {NUM32, 0, 0},
 	[ESC_KP_T_SKIPS] = {0, ENVELOPE_MAX, 0},
 	[ESC_KP_T_TALLY] = {5 * NUM32 + NUM64, 0, 0},
+	[ESC_KP_T_DIGEST] = {32, 0, 0},
 };
 
 /* Per message type: the fields it may carry and those it must. */
@@ -141,6 +142,17 @@ static const struct {
 	 .secret = 0},
 	{.type = ESC_KP_STATUS, .name = "status", .allowed = 0, .required = 0, .secret = 0},
 	{.type = ESC_KP_STATUS | ESC_KP_REPLY, .name = "status reply", .allowed = 0, .required = 0, .secret = 0},
+	/* For an administrator, re-read by the keeper: one record the KRA re-wrap is to offer. */
+	{.type = ESC_KP_REWRAP_OPEN,
+	 .name = "rewrap-open",
+	 .allowed = F(ESC_KP_T_ACCOUNT) | F(ESC_KP_T_RECORD),
+	 .required = F(ESC_KP_T_ACCOUNT) | F(ESC_KP_T_RECORD),
+	 .secret = 0},
+	{.type = ESC_KP_REWRAP_OPEN | ESC_KP_REPLY,
+	 .name = "rewrap-open reply",
+	 .allowed = F(ESC_KP_T_ENVELOPE) | F(ESC_KP_T_DIGEST),
+	 .required = F(ESC_KP_T_ENVELOPE) | F(ESC_KP_T_DIGEST),
+	 .secret = 0},
 	{.type = ESC_KP_ERROR,
 	 .name = "error",
 	 .allowed = F(ESC_KP_T_CODE) | F(ESC_KP_T_MESSAGE),

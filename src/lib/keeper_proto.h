@@ -47,6 +47,7 @@ enum esc_kp_type {
 	ESC_KP_KRA_PROVE = 8,	   /* certify a KRA key whose possession a challenge's answer proves */
 	ESC_KP_RESEAL = 9,	   /* re-seal a batch of archive records to the current storage key */
 	ESC_KP_STATUS = 10,	   /* is the token's session logged in? (no fields; the reply has none either) */
+	ESC_KP_REWRAP_OPEN = 11,   /* open a record's outer layer for a KRA re-wrap: its inner layer, still sealed */
 	/* Replies, keeper to worker: the request's type with this bit, or ERROR. */
 	ESC_KP_REPLY = 0x80,
 	ESC_KP_ERROR = 0xff,
@@ -80,7 +81,8 @@ enum esc_kp_tag {
 	ESC_KP_T_COUNT = 25,	 /* uint32: how many records */
 	ESC_KP_T_SKIPS = 26,	 /* text: records left as they were, one a line: id TAB code TAB reason */
 	ESC_KP_T_TALLY = 27,	 /* 5 x uint32 (resealed, skipped, to, from low, from high), uint64 remaining */
-	ESC_KP_T_MAX = 27,
+	ESC_KP_T_DIGEST = 28,	 /* 32 bytes: SHA-256 of a stored record (a re-wrap's concurrency token) */
+	ESC_KP_T_MAX = 28,
 };
 
 struct esc_kp_field {

@@ -1,7 +1,7 @@
 #!/bin/bash
 # Re-wrap of the KRA layer (issue #14; docs/archival.md, "Re-wrapping the KRA layer"): three KRAs, sets of
 # two, RSA and EC keys archived.  A KRA retired: --dry-run counts the records that hold it (no card);
-# dual control refused where the administrator is a KRA or a KRA is given twice, --server refused; a run
+# dual control refused where the administrator is a KRA or a KRA is given twice; a run
 # with one card re-wraps what that card opens and skips (exit 35, listed with the KRAs needed, audited)
 # the records it cannot; with a second card every set is valid.  A request released before the re-wrap
 # completes after it (its package is its own ciphertext), a pending one is released against the new
@@ -109,13 +109,11 @@ as admin 0 rewrap --kra --dry-run
 assert_out "$WITH1 of 27 record(s) to re-wrap"
 grep -qE "^  retired KRA +$WITH1\$" "$T/out" || fail "--dry-run does not count $WITH1 records under 'retired KRA'"
 
-note "dual control: the administrator is never one of the KRAs, a KRA counts once; --server refused"
+note "dual control: the administrator is never one of the KRAs, a KRA counts once"
 as k2 51 rewrap --kra --pin-file "$PIN_FILE" $(card 3)
 rewrap 51 --card 'pkcs11:token=KRA2' --card-user admin --card-pin-file "$PIN_FILE" --card-password-file "$T/admin.pw"
 rewrap 51 $(card 2) --card 'pkcs11:token=KRA2' --card-user k2 --card-pin-file "$PIN_FILE" --card-password-file "$T/k2.pw"
 assert_out "given twice"
-as admin 2 rewrap --kra --server https://127.0.0.1:1 $(card 2)
-assert_out "not built yet"
 rewrap 2
 assert_out "needs the KRA cards"
 [ "$(psql_val "SELECT count(*) FROM audit_events WHERE action = 'rewrap.kra' AND outcome = 'refused'")" -ge 3 ] ||

@@ -77,6 +77,45 @@ roundtrip(struct fixture *f, enum esc_oaep_hash hash)
 	free(env);
 }
 
+/*
+ * esc_envelope_addressed_exactly (a re-wrap's commit through the service):
+ * yes for exactly the set sealed to, in any order; no for a subset, a
+ * superset, another set of the same size, or a KEK envelope.
+ */
+static void
+test_addressed_exactly(void **state)
+{
+	struct fixture *f = *state;
+	X509 *both[2] = {f->k.rsa_cert, f->k.ec_cert}, *swapped[2] = {f->k.ec_cert, f->k.rsa_cert};
+	X509 *three[3] = {f->k.rsa_cert, f->k.ec_cert, f->k.other_cert}, *other[2] = {f->k.rsa_cert, f->k.other_cert};
+	unsigned char *env = NULL, *kenv = NULL, kek[32] = {1}, keyid[8] = {2};
+	size_t envlen = 0, kenvlen = 0;
+	int yes = -1;
+
+	assert_int_equal(esc_envelope_seal(f->ctx, secret, sizeof(secret), both, NULL, 2, &env, &envlen), ESC_OK);
+	assert_int_equal(esc_envelope_addressed_exactly(f->ctx, env, envlen, both, 2, &yes), ESC_OK);
+	assert_true(yes);
+	assert_int_equal(esc_envelope_addressed_exactly(f->ctx, env, envlen, swapped, 2, &yes), ESC_OK);
+	assert_true(yes);
+	assert_int_equal(esc_envelope_addressed_exactly(f->ctx, env, envlen, both, 1, &yes), ESC_OK);
+	assert_false(yes);
+	assert_int_equal(esc_envelope_addressed_exactly(f->ctx, env, envlen, &f->k.ec_cert, 1, &yes), ESC_OK);
+	assert_false(yes);
+	assert_int_equal(esc_envelope_addressed_exactly(f->ctx, env, envlen, three, 3, &yes), ESC_OK);
+	assert_false(yes);
+	assert_int_equal(esc_envelope_addressed_exactly(f->ctx, env, envlen, other, 2, &yes), ESC_OK);
+	assert_false(yes);
+	assert_int_equal(
+		esc_envelope_seal_kek(f->ctx, secret, sizeof(secret), kek, keyid, sizeof(keyid), &kenv, &kenvlen),
+		ESC_OK);
+	assert_int_equal(esc_envelope_addressed_exactly(f->ctx, kenv, kenvlen, both, 0, &yes), ESC_OK);
+	assert_false(yes);
+	assert_int_equal(esc_envelope_addressed_exactly(f->ctx, secret, sizeof(secret), both, 2, &yes),
+			 ESC_ERR_BAD_INPUT);
+	free(env);
+	free(kenv);
+}
+
 static void
 test_roundtrip_sha1(void **state)
 {
@@ -345,7 +384,7 @@ main(void)
 		cmocka_unit_test(test_not_recipient),  cmocka_unit_test(test_keep_recipient),
 		cmocka_unit_test(test_tampered),       cmocka_unit_test(test_kari_wrap_pad),
 		cmocka_unit_test(test_bad_input),      cmocka_unit_test(test_seal_to_key),
-		cmocka_unit_test(test_pkcs1v15),
+		cmocka_unit_test(test_pkcs1v15),       cmocka_unit_test(test_addressed_exactly),
 	};
 
 	return cmocka_run_group_tests(tests, setup, teardown);
