@@ -563,7 +563,7 @@ verify_checkpoints(struct esc_ctx *ctx, struct esc_store *st, PGresult *cps, con
 	enum esc_err r;
 	int i, rows = PQntuples(cps);
 
-	if (rows == 0)
+	if (rows == 0 || seen == NULL)
 		return ESC_OK;
 	if ((r = esc_store_get_cert(ctx, st, "the CA certificate", "SELECT certificate FROM ca", 0, NULL, &ca)) !=
 		    ESC_OK ||
