@@ -117,15 +117,9 @@ fields_of(struct esc_ctx *ctx, const struct esc_audit_event *ev, struct fields *
 static enum esc_err
 append_impl(struct esc_ctx *ctx, struct esc_store *st, const struct esc_audit_event *ev)
 {
-	PGresult *res = NULL;
-	struct fields f;
-	unsigned char hash[HASH_LEN], prev[HASH_LEN];
-	const char *v[10];
-	int len[10] = {0}, fmt[10] = {0}, own = !esc_store_in_tx(st);
+	int own = !esc_store_in_tx(st);
 	enum esc_err r;
 
-	if ((r = fields_of(ctx, ev, &f)) != ESC_OK)
-		return r;
 	/*
 	 * Our own transaction is READ COMMITTED so that, once the lock is ours,
 	 * we see the event our predecessor committed; inside a caller's
@@ -138,69 +132,10 @@ append_impl(struct esc_ctx *ctx, struct esc_store *st, const struct esc_audit_ev
 			return r;
 		esc_store_mark_tx(st);
 	}
-	if (esc_store_audit_tail(st, prev)) {
-		/* This transaction holds the lock and appended last: its own event is the chain's end. */
-		if ((r = esc_store_exec(ctx, st, "SELECT nextval('audit_events_id_seq')", 0, NULL, NULL, NULL, &res)) !=
-		    ESC_OK)
-			goto out;
-		hex_of(prev, HASH_LEN, f.prev_hex);
-		snprintf(f.id, sizeof(f.id), "%s", PQgetvalue(res, 0, 0));
-	} else {
-		if ((r = esc_store_exec(ctx, st, "SELECT pg_advisory_xact_lock(" ESC_STORE_AUDIT_LOCK ")", 0, NULL,
-					NULL, NULL, NULL)) != ESC_OK ||
-		    (r = esc_store_exec(
-			     ctx, st,
-			     "SELECT encode(hash, 'hex'), nextval('audit_events_id_seq') FROM (SELECT hash "
-			     "FROM audit_events ORDER BY id DESC LIMIT 1) last RIGHT JOIN (SELECT 1) one ON true",
-			     0, NULL, NULL, NULL, &res)) != ESC_OK)
-			goto out;
-		memset(prev, 0, sizeof(prev)); /* the first event links to 32 zero bytes */
-		if (PQgetisnull(res, 0, 0))
-			hex_of(prev, HASH_LEN, f.prev_hex);
-		else
-			snprintf(f.prev_hex, sizeof(f.prev_hex), "%s", PQgetvalue(res, 0, 0));
-		snprintf(f.id, sizeof(f.id), "%s", PQgetvalue(res, 0, 1));
-	}
-	now_utc(f.at, sizeof(f.at));
-	{
-		long l = 0;
-		unsigned char *p = OPENSSL_hexstr2buf(f.prev_hex, &l);
-
-		if (p == NULL || l != HASH_LEN || !event_hash(&f, hash)) {
-			OPENSSL_free(p);
-			r = esc_error(ctx, ESC_ERR_CRYPTO, "cannot hash the audit event");
-			goto out;
-		}
-		memcpy(prev, p, HASH_LEN);
-		OPENSSL_free(p);
-	}
-	v[0] = f.id;
-	v[1] = f.at;
-	v[2] = f.actor;
-	v[3] = f.role;
-	v[4] = f.action;
-	v[5] = f.object;
-	v[6] = f.outcome;
-	v[7] = f.details;
-	v[8] = (const char *)prev;
-	len[8] = HASH_LEN;
-	fmt[8] = 1;
-	v[9] = (const char *)hash;
-	len[9] = HASH_LEN;
-	fmt[9] = 1;
-	if ((r = esc_store_exec(ctx, st,
-				"INSERT INTO audit_events (id, at, actor, role, action, object, outcome, details, "
-				"prev_hash, hash) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-				10, v, len, fmt, NULL)) != ESC_OK)
-		goto out;
-	esc_store_set_audit_tail(st, hash);
-	if (own && (r = esc_store_commit(ctx, st)) != ESC_OK)
-		goto out;
-	r = ESC_OK;
-out:
+	if ((r = esc_audit_append_many(ctx, st, ev, 1)) == ESC_OK && own)
+		r = esc_store_commit(ctx, st);
 	if (own)
 		esc_store_rollback(st);
-	PQclear(res);
 	return r;
 }
 

@@ -52,15 +52,7 @@ struct esc_keeper {
 	X509 *ca_cert;
 	STACK_OF(X509) *chain;
 	X509 *transport_cert;
-	/*
-	 * A PKCS#8 decoder kept between envelopes: creating one costs OpenSSL
-	 * 3.0 about 0.45 ms, more than the rest of decoding a P-256 key.  It
-	 * writes the key it decodes to *p8_out.  Dropped after any failure
-	 * (one that failed on input that is not PKCS#8 was seen to report
-	 * success without a key next time).
-	 */
-	OSSL_DECODER_CTX *p8_dec;
-	EVP_PKEY *p8_out;
+	/* (PKCS#8 keys are decoded with the context's kept decoder: esc_ctx_pkcs8_decode.) */
 	/* The same for the SubjectPublicKeyInfo of each certificate asked for (d2i_PUBKEY makes a decoder each time). */
 	OSSL_DECODER_CTX *spki_dec;
 	EVP_PKEY *spki_out;
@@ -84,7 +76,6 @@ esc_keeper_free(struct esc_keeper *k)
 	esc_token_free(k->tok);
 	if (k->remote && k->fd >= 0)
 		close(k->fd);
-	OSSL_DECODER_CTX_free(k->p8_dec);
 	OSSL_DECODER_CTX_free(k->spki_dec);
 	X509_free(k->ca_cert);
 	sk_X509_pop_free(k->chain, X509_free);
@@ -474,28 +465,6 @@ integrity_failure(char *why, size_t len)
 	return unwrap;
 }
 
-/* The private key in the PKCS#8 DER der (checked to be exactly one structure); NULL if it holds none. */
-static EVP_PKEY *
-pkcs8_decode(struct esc_keeper *k, const unsigned char *der, size_t len)
-{
-	EVP_PKEY *pkey;
-
-	if (k->p8_dec == NULL && (k->p8_dec = OSSL_DECODER_CTX_new_for_pkey(&k->p8_out, "DER", "PrivateKeyInfo", NULL,
-									    EVP_PKEY_KEYPAIR, NULL, NULL)) == NULL)
-		return NULL;
-	k->p8_out = NULL;
-	if (!OSSL_DECODER_from_data(k->p8_dec, &der, &len) || k->p8_out == NULL || len != 0) {
-		EVP_PKEY_free(k->p8_out);
-		k->p8_out = NULL;
-		OSSL_DECODER_CTX_free(k->p8_dec);
-		k->p8_dec = NULL;
-		return NULL;
-	}
-	pkey = k->p8_out;
-	k->p8_out = NULL;
-	return pkey;
-}
-
 /*
  * esc_keeper_open_transport; with p8 non-NULL, also the PKCS#8 bytes the
  * key was decoded from, in the secure heap (*p8, *p8len; free with
@@ -585,7 +554,7 @@ open_transport(struct esc_ctx *ctx, struct esc_keeper *k, const unsigned char *e
 	if (p == NULL || mem->length == 0 || mem->length > ESC_ENVELOPE_MAX ||
 	    (p8 = d2i_PKCS8_PRIV_KEY_INFO(NULL, &p, (long)mem->length)) == NULL ||
 	    p != (const unsigned char *)mem->data + mem->length ||
-	    (pkey = pkcs8_decode(k, (const unsigned char *)mem->data, mem->length)) == NULL) {
+	    (pkey = esc_ctx_pkcs8_decode(ctx, (const unsigned char *)mem->data, mem->length)) == NULL) {
 		ERR_clear_error();
 		r = esc_error(ctx, ESC_ERR_BAD_INPUT,
 			      "the archival envelope does not hold an unencrypted PKCS#8 private key");
@@ -1008,7 +977,7 @@ remote_open_transport(struct esc_ctx *ctx, struct esc_keeper *k, const unsigned 
 	if ((r = call(ctx, k, &m, 0, &rep, &in, &inlen, &sec)) != ESC_OK)
 		return r;
 	/* The reply was read into the secure heap (its type says it holds a key) and is wiped when freed. */
-	if ((pkey = pkcs8_decode(k, rep.f[ESC_KP_T_PKCS8].p, rep.f[ESC_KP_T_PKCS8].len)) == NULL) {
+	if ((pkey = esc_ctx_pkcs8_decode(ctx, rep.f[ESC_KP_T_PKCS8].p, rep.f[ESC_KP_T_PKCS8].len)) == NULL) {
 		ERR_clear_error();
 		r = lost(ctx, k, "it answered something else than a PKCS#8 private key");
 	} else {
@@ -1572,7 +1541,7 @@ serve_seal_key(struct esc_ctx *ctx, struct esc_keeper *k, const struct esc_kp_ms
 	enum esc_err r;
 
 	/* The key was read into the secure heap with its frame; the decoder's copy is OpenSSL's, freed below. */
-	if ((key = pkcs8_decode(k, m->f[ESC_KP_T_PKCS8].p, m->f[ESC_KP_T_PKCS8].len)) == NULL ||
+	if ((key = esc_ctx_pkcs8_decode(ctx, m->f[ESC_KP_T_PKCS8].p, m->f[ESC_KP_T_PKCS8].len)) == NULL ||
 	    (cert = field_cert(&m->f[ESC_KP_T_CERT])) == NULL ||
 	    (rcpt = field_cert(&m->f[ESC_KP_T_RECIPIENT])) == NULL) {
 		ERR_clear_error();
