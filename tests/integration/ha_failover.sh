@@ -97,7 +97,24 @@ L2=$!
 for i in $(seq 300); do [ "$(oks)" -ge 10 ] && break; sleep 0.1; done
 [ "$(oks)" -ge 10 ] || fail "the load did not start: $(cat "$T"/codes.* | head)"
 PRIMARY_PID=$(pg_postmaster_pid "$T/pg1")
-kill -KILL "$PRIMARY_PID"
+# The primary's host dies: the postmaster and every process of it at once, by PID. (The postmaster
+# alone is not enough: its backends and WAL sender live on, orphaned, until they notice, and on a busy
+# machine they went on answering the daemon's sessions through the whole outage, so no 503 was seen.)
+# Stopped first, so that it starts no process between the list and the kill.
+kill -STOP "$PRIMARY_PID"
+children=$(python3 - "$PRIMARY_PID" <<'PY'
+import os, sys
+for p in filter(str.isdigit, os.listdir("/proc")):
+    try:
+        stat = open(f"/proc/{p}/stat").read()
+    except OSError:
+        continue
+    if stat[stat.rindex(")") + 2:].split()[1] == sys.argv[1]:  # the parent's PID, after "(comm) state"
+        print(p)
+PY
+)
+# shellcheck disable=SC2086 # PIDs, one per word
+kill -KILL "$PRIMARY_PID" $children 2>/dev/null || true
 killed_at=$(date +%s.%N)
 note "killed the primary (postmaster $PRIMARY_PID) after $(oks) enrollments"
 sleep 2
