@@ -480,6 +480,19 @@ checkpoint_signed(EVP_PKEY *pub, const char *event_id, const char *hash_hex, con
 	return ok;
 }
 
+/* The audit key's certificate (token_keys) and, with ca non-NULL, the CA's.  Errors: those of esc_store_get_cert. */
+static enum esc_err
+audit_certs(struct esc_ctx *ctx, struct esc_store *st, X509 **ca, X509 **auditor)
+{
+	enum esc_err r;
+
+	if (ca != NULL && (r = esc_store_get_cert(ctx, st, "the CA certificate", "SELECT certificate FROM ca", 0, NULL,
+						  ca)) != ESC_OK)
+		return r;
+	return esc_store_get_cert(ctx, st, "the audit certificate",
+				  "SELECT certificate FROM token_keys WHERE role = 'audit'", 0, NULL, auditor);
+}
+
 /* What the chain said of one checkpoint's event (esc_audit_verify reads the chain once, in pages). */
 struct cp_seen {
 	long long event; /* the event the checkpoint signed */
@@ -500,11 +513,7 @@ verify_checkpoints(struct esc_ctx *ctx, struct esc_store *st, PGresult *cps, con
 
 	if (rows == 0 || seen == NULL)
 		return ESC_OK;
-	if ((r = esc_store_get_cert(ctx, st, "the CA certificate", "SELECT certificate FROM ca", 0, NULL, &ca)) !=
-		    ESC_OK ||
-	    (r = esc_store_get_cert(ctx, st, "the audit certificate",
-				    "SELECT certificate FROM token_keys WHERE role = 'audit'", 0, NULL, &auditor)) !=
-		    ESC_OK)
+	if ((r = audit_certs(ctx, st, &ca, &auditor)) != ESC_OK)
 		goto out;
 	if (X509_verify(auditor, X509_get0_pubkey(ca)) != 1) {
 		r = esc_error(ctx, ESC_ERR_TAMPERED, "the stored audit certificate was not issued by the CA");
@@ -846,9 +855,7 @@ esc_audit_checkpoint_export(struct esc_ctx *ctx, struct esc_store *st, long long
 			    : esc_error(ctx, ESC_ERR_NOT_FOUND, "no audit checkpoint signed event %lld", event_id);
 		goto out;
 	}
-	if ((r = esc_store_get_cert(ctx, st, "the audit certificate",
-				    "SELECT certificate FROM token_keys WHERE role = 'audit'", 0, NULL, &auditor)) !=
-	    ESC_OK)
+	if ((r = audit_certs(ctx, st, NULL, &auditor)) != ESC_OK)
 		goto out;
 	if (!cert_sha256_hex(auditor, signer)) {
 		r = esc_error_ossl(ctx, ESC_ERR_CRYPTO, "cannot hash the audit certificate");
@@ -1150,11 +1157,7 @@ esc_audit_verify_checkpoint(struct esc_ctx *ctx, struct esc_store *st, const cha
 	 * CA: a file signed by any other key the CA certified (a user's) is no
 	 * checkpoint, and a database with another CA does not match the file.
 	 */
-	if ((r = esc_store_get_cert(ctx, st, "the CA certificate", "SELECT certificate FROM ca", 0, NULL, &ca)) !=
-		    ESC_OK ||
-	    (r = esc_store_get_cert(ctx, st, "the audit certificate",
-				    "SELECT certificate FROM token_keys WHERE role = 'audit'", 0, NULL, &auditor)) !=
-		    ESC_OK)
+	if ((r = audit_certs(ctx, st, &ca, &auditor)) != ESC_OK)
 		goto out;
 	if (!cert_sha256_hex(auditor, mine) || (f.cert != NULL && !cert_sha256_hex(f.cert, theirs))) {
 		r = esc_error_ossl(ctx, ESC_ERR_CRYPTO, "cannot hash the audit certificate");

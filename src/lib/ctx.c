@@ -27,14 +27,8 @@ struct esc_ctx {
 	char crl_url[ESC_URL_MAX + 1];
 	char ca_issuer_url[ESC_URL_MAX + 1];
 	struct esc_token_gate *gate; /* borrowed: shared by the process's threads */
-	/*
-	 * A kept PKCS#8 decoder (esc_ctx_pkcs8_decode): OpenSSL 3.0 builds one
-	 * per EVP_PKCS82PKEY, 0.2-0.45 ms, more than the rest of decoding a
-	 * P-256 key (the keeper's envelopes, bulk import).  It writes the key
-	 * it decodes to *p8_out.
-	 */
-	OSSL_DECODER_CTX *p8_dec;
-	EVP_PKEY *p8_out;
+	/* PKCS#8 keys are decoded with a kept decoder (esc_ctx_pkcs8_decode; the keeper's envelopes, bulk import). */
+	struct esc_kept_decoder p8;
 	esc_timing_fn timing_fn;
 	void *timing_arg;
 };
@@ -62,35 +56,47 @@ esc_ctx_free(struct esc_ctx *ctx)
 {
 	if (ctx == NULL)
 		return;
-	OSSL_DECODER_CTX_free(ctx->p8_dec);
-	EVP_PKEY_free(ctx->p8_out);
+	esc_kept_decoder_free(&ctx->p8);
 	free(ctx);
+}
+
+EVP_PKEY *
+esc_kept_decode(struct esc_kept_decoder *kd, const char *structure, int selection, const unsigned char *der, size_t len)
+{
+	EVP_PKEY *pkey;
+
+	if (der == NULL || len == 0)
+		return NULL;
+	if (kd->dec == NULL &&
+	    (kd->dec = OSSL_DECODER_CTX_new_for_pkey(&kd->out, "DER", structure, NULL, selection, NULL, NULL)) == NULL)
+		return NULL;
+	kd->out = NULL;
+	if (!OSSL_DECODER_from_data(kd->dec, &der, &len) || kd->out == NULL || len != 0) {
+		/*
+		 * Dropped after any failure: one that failed on input that is
+		 * not PKCS#8 was seen to report success without a key next time.
+		 */
+		esc_kept_decoder_free(kd);
+		return NULL;
+	}
+	pkey = kd->out;
+	kd->out = NULL;
+	return pkey;
+}
+
+void
+esc_kept_decoder_free(struct esc_kept_decoder *kd)
+{
+	EVP_PKEY_free(kd->out);
+	OSSL_DECODER_CTX_free(kd->dec);
+	kd->out = NULL;
+	kd->dec = NULL;
 }
 
 EVP_PKEY *
 esc_ctx_pkcs8_decode(struct esc_ctx *ctx, const unsigned char *der, size_t len)
 {
-	EVP_PKEY *pkey;
-
-	if (ctx->p8_dec == NULL &&
-	    (ctx->p8_dec = OSSL_DECODER_CTX_new_for_pkey(&ctx->p8_out, "DER", "PrivateKeyInfo", NULL, EVP_PKEY_KEYPAIR,
-							 NULL, NULL)) == NULL)
-		return NULL;
-	ctx->p8_out = NULL;
-	if (!OSSL_DECODER_from_data(ctx->p8_dec, &der, &len) || ctx->p8_out == NULL || len != 0) {
-		/*
-		 * Dropped after any failure: one that failed on input that is
-		 * not PKCS#8 was seen to report success without a key next time.
-		 */
-		EVP_PKEY_free(ctx->p8_out);
-		ctx->p8_out = NULL;
-		OSSL_DECODER_CTX_free(ctx->p8_dec);
-		ctx->p8_dec = NULL;
-		return NULL;
-	}
-	pkey = ctx->p8_out;
-	ctx->p8_out = NULL;
-	return pkey;
+	return esc_kept_decode(&ctx->p8, "PrivateKeyInfo", EVP_PKEY_KEYPAIR, der, len);
 }
 
 void

@@ -53,9 +53,8 @@ struct esc_keeper {
 	STACK_OF(X509) *chain;
 	X509 *transport_cert;
 	/* (PKCS#8 keys are decoded with the context's kept decoder: esc_ctx_pkcs8_decode.) */
-	/* The same for the SubjectPublicKeyInfo of each certificate asked for (d2i_PUBKEY makes a decoder each time). */
-	OSSL_DECODER_CTX *spki_dec;
-	EVP_PKEY *spki_out;
+	/* The SubjectPublicKeyInfo of each certificate asked for, with a kept decoder (d2i_PUBKEY makes one each time). */
+	struct esc_kept_decoder spki;
 	/* A remote keeper (esc_keeper_connect): no token, a socket to the keeper process. */
 	int remote;
 	int fd;	      /* -1 once the connection is lost */
@@ -76,7 +75,7 @@ esc_keeper_free(struct esc_keeper *k)
 	esc_token_free(k->tok);
 	if (k->remote && k->fd >= 0)
 		close(k->fd);
-	OSSL_DECODER_CTX_free(k->spki_dec);
+	esc_kept_decoder_free(&k->spki);
 	X509_free(k->ca_cert);
 	sk_X509_pop_free(k->chain, X509_free);
 	X509_free(k->transport_cert);
@@ -583,25 +582,7 @@ out:
 static EVP_PKEY *
 spki_decode(struct esc_keeper *k, const unsigned char *der, size_t len)
 {
-	EVP_PKEY *pkey;
-
-	if (der == NULL || len == 0)
-		return NULL;
-	if (k->spki_dec == NULL &&
-	    (k->spki_dec = OSSL_DECODER_CTX_new_for_pkey(&k->spki_out, "DER", "SubjectPublicKeyInfo", NULL,
-							 EVP_PKEY_PUBLIC_KEY, NULL, NULL)) == NULL)
-		return NULL;
-	k->spki_out = NULL;
-	if (!OSSL_DECODER_from_data(k->spki_dec, &der, &len) || k->spki_out == NULL || len != 0) {
-		EVP_PKEY_free(k->spki_out);
-		k->spki_out = NULL;
-		OSSL_DECODER_CTX_free(k->spki_dec);
-		k->spki_dec = NULL;
-		return NULL;
-	}
-	pkey = k->spki_out;
-	k->spki_out = NULL;
-	return pkey;
+	return esc_kept_decode(&k->spki, "SubjectPublicKeyInfo", EVP_PKEY_PUBLIC_KEY, der, len);
 }
 
 enum esc_err

@@ -286,18 +286,27 @@ esc_rewrap_job_new(struct esc_ctx *ctx, struct esc_store *st, const struct esc_a
 	return ESC_OK;
 }
 
+/* Free what card c holds and empty it. */
+static void
+card_clear(struct card *c)
+{
+	size_t i;
+
+	EVP_PKEY_free(c->key);
+	for (i = 0; i < c->ncerts; i++)
+		X509_free(c->certs[i]);
+	memset(c, 0, sizeof(*c));
+}
+
 void
 esc_rewrap_job_free(struct esc_rewrap_job *j)
 {
-	size_t i, c;
+	size_t i;
 
 	if (j == NULL)
 		return;
-	for (i = 0; i < j->ncards; i++) {
-		EVP_PKEY_free(j->cards[i].key);
-		for (c = 0; c < j->cards[i].ncerts; c++)
-			X509_free(j->cards[i].certs[c]);
-	}
+	for (i = 0; i < j->ncards; i++)
+		card_clear(&j->cards[i]);
 	X509_free(j->storage);
 	free(j);
 }
@@ -458,12 +467,8 @@ esc_rewrap_job_add_card(struct esc_ctx *ctx, struct esc_rewrap_job *j, const str
 	j->ncards++;
 	r = ESC_OK;
 out:
-	if (r != ESC_OK) {
-		EVP_PKEY_free(c->key);
-		for (i = 0; i < c->ncerts; i++)
-			X509_free(c->certs[i]);
-		memset(c, 0, sizeof(*c));
-	}
+	if (r != ESC_OK)
+		card_clear(c);
 	ERR_clear_error();
 	X509_free(cert);
 	PQclear(res);
@@ -1365,12 +1370,8 @@ esc_rewrap_job_add_remote_card(struct esc_ctx *ctx, struct esc_rewrap_job *j, lo
 	j->ncards++;
 	r = ESC_OK;
 out:
-	if (r != ESC_OK) {
-		EVP_PKEY_free(c->key);
-		for (i = 0; i < c->ncerts; i++)
-			X509_free(c->certs[i]);
-		memset(c, 0, sizeof(*c));
-	}
+	if (r != ESC_OK)
+		card_clear(c);
 	ERR_clear_error();
 	return r;
 }
