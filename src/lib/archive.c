@@ -21,6 +21,7 @@
 #include <p11escrow/envelope.h>
 
 #include "archive_internal.h"
+#include "audit_internal.h"
 #include "internal.h"
 #include "shamir_internal.h"
 #include "store_internal.h"
@@ -154,8 +155,8 @@ check_usage(struct esc_ctx *ctx, X509 *cert)
 									    : "no encryption use");
 }
 
-enum esc_err
-esc_archive_issuer_check(struct esc_ctx *ctx, X509 *cert, X509 *ca, int allow_foreign, int *foreign)
+static enum esc_err
+issuer_check(struct esc_ctx *ctx, X509 *cert, X509 *ca, int allow_foreign, int *foreign)
 {
 	char *issuer;
 	enum esc_err r;
@@ -168,37 +169,6 @@ esc_archive_issuer_check(struct esc_ctx *ctx, X509 *cert, X509 *ca, int allow_fo
 		      "the certificate was issued by '%s', not by this CA, and policy does not allow foreign issuers",
 		      issuer ? issuer : "?");
 	free(issuer);
-	return r;
-}
-
-enum esc_err
-esc_archive_allow_foreign(struct esc_ctx *ctx, struct esc_store *st, int *allow)
-{
-	char *v = NULL;
-	enum esc_err r;
-
-	if ((r = esc_store_policy(ctx, st, "allow_foreign_issuers", &v)) != ESC_OK)
-		return r;
-	*allow = strcmp(v, "true") == 0;
-	free(v);
-	return ESC_OK;
-}
-
-/* Is cert issued (and signed) by our CA?  Foreign certificates need policy. */
-static enum esc_err
-check_issuer(struct esc_ctx *ctx, struct esc_store *st, X509 *cert, int *foreign)
-{
-	X509 *ca = NULL;
-	int allow = 0;
-	enum esc_err r;
-
-	if ((r = esc_store_active_ca(ctx, st, &ca)) != ESC_OK)
-		return r;
-	if (!esc_cert_issued_by(cert, ca) && (r = esc_archive_allow_foreign(ctx, st, &allow)) != ESC_OK)
-		goto out;
-	r = esc_archive_issuer_check(ctx, cert, ca, allow, foreign);
-out:
-	X509_free(ca);
 	return r;
 }
 
@@ -224,6 +194,18 @@ kept(const long long *keep, size_t nkeep, long long id)
 	return 0;
 }
 
+/* Policy kra_set_size's value (NULL: unset) as *want.  Errors: NOT_FOUND, CONFIG. */
+static enum esc_err
+set_size_of(struct esc_ctx *ctx, const char *value, long *want)
+{
+	if (value == NULL)
+		return esc_error(ctx, ESC_ERR_NOT_FOUND, "policy '%s' is not set", "kra_set_size");
+	*want = strtol(value, NULL, 10);
+	if (*want < 1 || *want > MAX_KRA_SET)
+		return esc_error(ctx, ESC_ERR_CONFIG, "policy kra_set_size must be 1..%d", MAX_KRA_SET);
+	return ESC_OK;
+}
+
 enum esc_err
 esc_archive_set_size(struct esc_ctx *ctx, struct esc_store *st, long *want)
 {
@@ -232,11 +214,9 @@ esc_archive_set_size(struct esc_ctx *ctx, struct esc_store *st, long *want)
 
 	if ((r = esc_store_policy(ctx, st, "kra_set_size", &size)) != ESC_OK)
 		return r;
-	*want = strtol(size, NULL, 10);
+	r = set_size_of(ctx, size, want);
 	free(size);
-	if (*want < 1 || *want > MAX_KRA_SET)
-		return esc_error(ctx, ESC_ERR_CONFIG, "policy kra_set_size must be 1..%d", MAX_KRA_SET);
-	return ESC_OK;
+	return r;
 }
 
 enum esc_err
@@ -255,21 +235,21 @@ esc_archive_kras_query(struct esc_ctx *ctx, struct esc_store *st, PGresult **res
 }
 
 enum esc_err
-esc_archive_kras_pick(struct esc_ctx *ctx, struct esc_store *st, const PGresult *res, long want, const long long *keep,
-		      size_t nkeep, struct esc_kra_set *ks)
+esc_archive_kras_pick(struct esc_ctx *ctx, struct esc_store *st, const PGresult *res, int first, long want,
+		      const long long *keep, size_t nkeep, struct esc_kra_set *ks)
 {
 	size_t j;
-	int i, rows = PQntuples(res), nfirst = 0, pick[64];
+	int i, rows = PQntuples(res) - first, nfirst = 0, pick[64];
 
 	/* The KRAs to keep (a re-wrap keeps a record's valid members) first, in keep's order; the others after. */
 	for (j = 0; j < nkeep; j++)
-		for (i = 0; i < rows; i++)
+		for (i = first; i < first + rows; i++)
 			if (strtoll(PQgetvalue(res, i, 0), NULL, 10) == keep[j] && !kept(keep, j, keep[j]))
 				pick[nfirst++] = i;
 	{
 		int n = nfirst;
 
-		for (i = 0; i < rows; i++)
+		for (i = first; i < first + rows; i++)
 			if (!kept(keep, nkeep, strtoll(PQgetvalue(res, i, 0), NULL, 10)))
 				pick[n++] = i;
 	}
@@ -326,7 +306,7 @@ esc_archive_choose_kras(struct esc_ctx *ctx, struct esc_store *st, const long lo
 
 	if ((r = esc_archive_set_size(ctx, st, &want)) == ESC_OK &&
 	    (r = esc_archive_kras_query(ctx, st, &res)) == ESC_OK)
-		r = esc_archive_kras_pick(ctx, st, res, want, keep, nkeep, ks);
+		r = esc_archive_kras_pick(ctx, st, res, 0, want, keep, nkeep, ks);
 	PQclear(res);
 	return r;
 }
@@ -503,25 +483,6 @@ esc_archive_row_check(struct esc_ctx *ctx, const struct esc_archive_row *row, X5
 out:
 	esc_archive_fields_clear(&f);
 	X509_free(x);
-	return r;
-}
-
-static enum esc_err
-check_not_archived(struct esc_ctx *ctx, struct esc_store *st, const char *cert_hash, const char *key_hash)
-{
-	PGresult *res = NULL;
-	const char *v[2] = {cert_hash, key_hash};
-	enum esc_err r;
-
-	if ((r = esc_store_exec(ctx, st,
-				"SELECT id, cert_sha256 = $1 FROM archive_records WHERE cert_sha256 = $1 OR "
-				"public_key_sha256 = $2",
-				2, v, NULL, NULL, &res)) != ESC_OK)
-		return r;
-	if (PQntuples(res) > 0)
-		r = esc_error(ctx, ESC_ERR_ARCHIVED, "already archived as record %s (same %s)", PQgetvalue(res, 0, 0),
-			      strcmp(PQgetvalue(res, 0, 1), "t") == 0 ? "certificate" : "key");
-	PQclear(res);
 	return r;
 }
 
@@ -849,25 +810,33 @@ row_params(struct esc_archive_new *n, const char **v, int *len, int *fmt)
 	v[14] = n->k_text;
 }
 
+/* The KRA rows of every record: three arrays, unnested in step ($p, $p+1, $p+2; ids are UUIDs). */
+#define INSERT_KRAS                                                                                               \
+	"INSERT INTO archive_record_kras (record_id, kra_id, recipient) SELECT r::uuid, k, c FROM unnest($%zu::text[], " \
+	"$%zu::bigint[], $%zu::text[]) AS u(r, k, c)"
+
 enum esc_err
-esc_archive_insert_rows(struct esc_ctx *ctx, struct esc_store *st, struct esc_archive_new *rows, size_t n)
+esc_archive_insert_rows(struct esc_ctx *ctx, struct esc_store *st, struct esc_archive_new *rows, size_t n,
+			size_t nevents, PGresult **events)
 {
 	const char **v = NULL;
 	int *len = NULL, *fmt = NULL;
-	char *sql = NULL, *ids = NULL, *kras = NULL, *rcpts = NULL;
-	size_t i, j, off, cap, ko = 0, ro = 0, io = 0, nk = 0;
+	char *sql = NULL, *ids = NULL, *kras = NULL, *rcpts = NULL, count[24];
+	size_t i, j, off, cap, ko = 0, ro = 0, io = 0, nk = 0, p = n * INSERT_NPARAMS;
 	enum esc_err r;
 
 	if (n == 0)
 		return ESC_OK;
-	if (n > ESC_ARCHIVE_BATCH_MAX)
+	if (n > ESC_ARCHIVE_BATCH_MAX || (nevents > 0) != (events != NULL))
 		return esc_error(ctx, ESC_ERR_USAGE, "at most %d records in one statement", ESC_ARCHIVE_BATCH_MAX);
 	for (i = 0; i < n; i++)
 		nk += rows[i].ks->n;
-	cap = 64 + strlen(INSERT_COLUMNS) + n * (INSERT_NPARAMS * 6 + 4);
-	v = calloc(n * INSERT_NPARAMS, sizeof(*v));
-	len = calloc(n * INSERT_NPARAMS, sizeof(*len));
-	fmt = calloc(n * INSERT_NPARAMS, sizeof(*fmt));
+	cap = 256 + strlen(INSERT_COLUMNS) + strlen(INSERT_KRAS) + strlen(ESC_AUDIT_RESERVE_SQL) +
+	      n * (INSERT_NPARAMS * 6 + 4);
+	/* The records' parameters, then the three KRA arrays, then the number of audit ids. */
+	v = calloc(p + 4, sizeof(*v));
+	len = calloc(p + 4, sizeof(*len));
+	fmt = calloc(p + 4, sizeof(*fmt));
 	sql = malloc(cap);
 	/* The KRA rows of every record in one statement: three arrays, unnested in step (ids are UUIDs). */
 	ids = malloc(nk * (ESC_RECORD_ID_LEN + 1) + 3);
@@ -877,16 +846,24 @@ esc_archive_insert_rows(struct esc_ctx *ctx, struct esc_store *st, struct esc_ar
 		r = esc_error(ctx, ESC_ERR_NOMEM, "out of memory");
 		goto out;
 	}
-	off = (size_t)snprintf(sql, cap, "INSERT INTO " INSERT_COLUMNS " VALUES ");
+	/*
+	 * One statement: the records in a data-modifying WITH, their KRA rows
+	 * (the foreign key is checked at the statement's end, when both are
+	 * in), and the audit ids if asked for.
+	 */
+	off = (size_t)snprintf(sql, cap, "WITH ins_records AS (INSERT INTO " INSERT_COLUMNS " VALUES ");
 	for (i = 0; i < n; i++) {
 		row_params(&rows[i], v + i * INSERT_NPARAMS, len + i * INSERT_NPARAMS, fmt + i * INSERT_NPARAMS);
 		for (j = 0; j < INSERT_NPARAMS; j++)
 			off += (size_t)snprintf(sql + off, cap - off, "%s$%zu%s", j == 0 ? (i ? ",(" : "(") : ",",
 						i * INSERT_NPARAMS + j + 1, j + 1 == INSERT_NPARAMS ? ")" : "");
 	}
-	/* A rotation committed since the generation was read: 40001, BUSY, retried (sql/012's trigger). */
-	if ((r = esc_store_exec(ctx, st, sql, (int)(n * INSERT_NPARAMS), v, len, fmt, NULL)) != ESC_OK)
-		goto out;
+	if (nevents == 0)
+		off += (size_t)snprintf(sql + off, cap - off, ") " INSERT_KRAS, p + 1, p + 2, p + 3);
+	else
+		off += (size_t)snprintf(sql + off, cap - off,
+					"), ins_kras AS (" INSERT_KRAS ") " ESC_AUDIT_RESERVE_SQL "$%zu::int)", p + 1,
+					p + 2, p + 3, p + 4);
 	io = (size_t)sprintf(ids, "{");
 	ko = (size_t)sprintf(kras, "{");
 	ro = (size_t)sprintf(rcpts, "{");
@@ -902,13 +879,13 @@ esc_archive_insert_rows(struct esc_ctx *ctx, struct esc_store *st, struct esc_ar
 	sprintf(ids + io, "}");
 	sprintf(kras + ko, "}");
 	sprintf(rcpts + ro, "}");
-	v[0] = ids;
-	v[1] = kras;
-	v[2] = rcpts;
-	r = esc_store_exec(ctx, st,
-			   "INSERT INTO archive_record_kras (record_id, kra_id, recipient) SELECT r::uuid, k, c FROM "
-			   "unnest($1::text[], $2::bigint[], $3::text[]) AS u(r, k, c)",
-			   3, v, NULL, NULL, NULL);
+	snprintf(count, sizeof(count), "%zu", nevents);
+	v[p] = ids;
+	v[p + 1] = kras;
+	v[p + 2] = rcpts;
+	v[p + 3] = count;
+	/* A rotation committed since the generation was read: 40001, BUSY, retried (sql/012's trigger). */
+	r = esc_store_exec(ctx, st, sql, (int)(p + (nevents > 0 ? 4 : 3)), v, len, fmt, events);
 out:
 	free(v);
 	free(len);
@@ -935,23 +912,44 @@ esc_archive_event(const struct esc_archive_new *n, const char *actor, char *deta
 	ev->details = details;
 }
 
+/*
+ * Write n and its audit event (and also's, if given) in the open
+ * transaction or one of its own: the record, its KRA rows and the audit
+ * ids in one statement, the events in another.  locked: the audit lock is
+ * held already (esc_archive_env_load took it).
+ */
 static enum esc_err
-insert_record(struct esc_ctx *ctx, struct esc_store *st, const char *actor, struct esc_archive_new *n)
+write_record(struct esc_ctx *ctx, struct esc_store *st, const char *actor, struct esc_archive_new *n,
+	     const struct esc_archive_also *also, int locked)
 {
 	char details[200];
-	struct esc_audit_event ev;
+	struct esc_audit_event ev[2];
+	PGresult *ids = NULL;
+	size_t nev = 1;
 	int own_tx = !esc_store_in_tx(st);
 	enum esc_err r;
 
-	if (own_tx && (r = esc_store_begin(ctx, st)) != ESC_OK)
-		return r;
-	esc_archive_event(n, actor, details, sizeof(details), &ev);
-	if ((r = esc_archive_insert_rows(ctx, st, n, 1)) != ESC_OK || (r = esc_audit_append(ctx, st, &ev)) != ESC_OK)
+	if (own_tx) {
+		if ((r = esc_store_begin(ctx, st)) != ESC_OK)
+			return r;
+		locked = 0;
+	}
+	esc_archive_event(n, actor, details, sizeof(details), &ev[0]);
+	if (also != NULL) {
+		memset(&ev[1], 0, sizeof(ev[1]));
+		also->fill(also->arg, n->id, &ev[1]);
+		nev = 2;
+	}
+	if ((!locked && (r = esc_store_exec(ctx, st, "SELECT pg_advisory_xact_lock(" ESC_STORE_AUDIT_LOCK ")", 0,
+					    NULL, NULL, NULL, NULL)) != ESC_OK) ||
+	    (r = esc_archive_insert_rows(ctx, st, n, 1, nev, &ids)) != ESC_OK ||
+	    (r = esc_audit_append_reserved(ctx, st, ev, nev, ids)) != ESC_OK)
 		goto out;
 	if (own_tx && (r = esc_store_commit(ctx, st)) != ESC_OK)
 		goto out;
 	r = ESC_OK;
 out:
+	PQclear(ids);
 	if (own_tx)
 		esc_store_rollback(st);
 	return r;
@@ -962,28 +960,30 @@ out:
  * one statement, so the record is sealed to the certificate of the
  * generation written beside it.
  */
+/* The storage certificate and generation from their stored text (certificate NULL: none).  Errors: STATE, BAD_INPUT. */
+static enum esc_err
+storage_of(struct esc_ctx *ctx, struct esc_store *st, const char *certificate, const char *gen, X509 **cert,
+	   char *generation, size_t len)
+{
+	if (certificate == NULL)
+		return esc_error(ctx, ESC_ERR_STATE, "no storage certificate is recorded: run 'p11escrow setup'");
+	if ((*cert = esc_store_cert_cached(st, certificate)) == NULL)
+		return esc_error(ctx, ESC_ERR_BAD_INPUT, "the stored storage certificate is not a DER certificate");
+	snprintf(generation, len, "%s", gen);
+	return ESC_OK;
+}
+
 enum esc_err
 esc_archive_current_storage(struct esc_ctx *ctx, struct esc_store *st, X509 **cert, char *generation, size_t len)
 {
 	PGresult *res = NULL;
-	X509 *x;
 	enum esc_err r;
 
 	if ((r = esc_store_exec(ctx, st, "SELECT certificate, generation FROM token_keys WHERE role = 'storage'", 0,
 				NULL, NULL, NULL, &res)) != ESC_OK)
 		return r;
-	if (PQntuples(res) != 1 || PQgetisnull(res, 0, 0)) {
-		r = esc_error(ctx, ESC_ERR_STATE, "no storage certificate is recorded: run 'p11escrow setup'");
-		goto out;
-	}
-	if ((x = esc_store_cert_cached(st, PQgetvalue(res, 0, 0))) == NULL) {
-		r = esc_error(ctx, ESC_ERR_BAD_INPUT, "the stored storage certificate is not a DER certificate");
-		goto out;
-	}
-	snprintf(generation, len, "%s", PQgetvalue(res, 0, 1));
-	*cert = x;
-	r = ESC_OK;
-out:
+	r = storage_of(ctx, st, PQntuples(res) == 1 && !PQgetisnull(res, 0, 0) ? PQgetvalue(res, 0, 0) : NULL,
+		       PQntuples(res) == 1 ? PQgetvalue(res, 0, 1) : "", cert, generation, len);
 	PQclear(res);
 	return r;
 }
@@ -1000,18 +1000,15 @@ key_type_of(EVP_PKEY *key, char *buf, size_t len)
 	return buf;
 }
 
-/* Policy kra_threshold (k): 1 for a database where it is unset (never after sql/014), refused above the set. */
-enum esc_err
-esc_archive_threshold(struct esc_ctx *ctx, struct esc_store *st, size_t nkras, unsigned *k)
+/* Policy kra_threshold's value (NULL: unset) as *k for a set of nkras.  Errors: NOT_FOUND, CONFIG. */
+static enum esc_err
+threshold_of(struct esc_ctx *ctx, const char *value, size_t nkras, unsigned *k)
 {
-	char *v = NULL;
 	long t;
-	enum esc_err r;
 
-	if ((r = esc_store_policy(ctx, st, "kra_threshold", &v)) != ESC_OK)
-		return r;
-	t = strtol(v, NULL, 10);
-	free(v);
+	if (value == NULL)
+		return esc_error(ctx, ESC_ERR_NOT_FOUND, "policy '%s' is not set", "kra_threshold");
+	t = strtol(value, NULL, 10);
 	if (t < 1 || (size_t)t > nkras)
 		return esc_error(ctx, ESC_ERR_CONFIG,
 				 "policy kra_threshold (%ld) must be 1..kra_set_size (%zu): set it with 'p11escrow "
@@ -1019,6 +1016,20 @@ esc_archive_threshold(struct esc_ctx *ctx, struct esc_store *st, size_t nkras, u
 				 t, nkras);
 	*k = (unsigned)t;
 	return ESC_OK;
+}
+
+/* Policy kra_threshold (k), refused above the set (sql/014 sets it in every database). */
+enum esc_err
+esc_archive_threshold(struct esc_ctx *ctx, struct esc_store *st, size_t nkras, unsigned *k)
+{
+	char *v = NULL;
+	enum esc_err r;
+
+	if ((r = esc_store_policy(ctx, st, "kra_threshold", &v)) != ESC_OK)
+		return r;
+	r = threshold_of(ctx, v, nkras, k);
+	free(v);
+	return r;
 }
 
 /*
@@ -1173,44 +1184,151 @@ esc_archive_info_of(const struct esc_archive_new *n, struct esc_archive_info *in
 	}
 }
 
+/*
+ * esc_archive_env_load's statement.  Row 0 holds the CA, the policies, the
+ * storage key, the duplicate and the lock (columns 4..12, sort key 0); the
+ * KRA rows follow (columns 0..3 as esc_archive_kras_query's, sort key 1).
+ * The audit lock is taken only after every KRA row is locked: l counts k,
+ * which is materialised first.  A MATERIALIZED CTE with FOR SHARE locks
+ * each row as it is read, as esc_archive_kras_query does.
+ */
+#define ENV_SQL                                                                                                   \
+	"WITH k AS MATERIALIZED (SELECT id, name, recipient, certificate FROM kras k WHERE state = 'active' AND "  \
+	"NOT EXISTS (SELECT 1 FROM revocations v WHERE v.own AND ltrim(v.serial, '0') = ltrim(k.cert_serial, "     \
+	"'0')) ORDER BY id LIMIT 64 FOR SHARE), "                                                                   \
+	"l AS (SELECT pg_advisory_xact_lock(" ESC_STORE_AUDIT_LOCK ") FROM (SELECT count(*) FROM k) c WHERE "     \
+	"$3::boolean) "                                                                                             \
+	"SELECT NULL::bigint, NULL::text, NULL::text, NULL::bytea, (SELECT certificate FROM ca WHERE state = "     \
+	"'active'), (SELECT value FROM policy WHERE key = 'allow_foreign_issuers'), (SELECT value FROM policy "    \
+	"WHERE key = 'kra_set_size'), (SELECT value FROM policy WHERE key = 'kra_threshold'), s.certificate, "     \
+	"s.generation::text, d.id::text, d.same, (SELECT count(*) FROM l), 0 AS o FROM (SELECT 1) one LEFT JOIN "  \
+	"token_keys s ON s.role = 'storage' LEFT JOIN LATERAL (SELECT id, cert_sha256 = $1 FROM archive_records "  \
+	"WHERE cert_sha256 = $1 OR public_key_sha256 = $2 LIMIT 1) d(id, same) ON true "                          \
+	"UNION ALL SELECT id, name, recipient, certificate, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, " \
+	"1 FROM k ORDER BY 14, 1"
+
+/* Column c of row 0 of res, NULL if SQL NULL. */
+static const char *
+env_value(const PGresult *res, int c)
+{
+	return PQgetisnull(res, 0, c) ? NULL : PQgetvalue(res, 0, c);
+}
+
+/* Keep ctx's error as *err / msg[ESC_ERRMSG_MAX] (the first one kept) and clear it. */
+static void
+env_keep(struct esc_ctx *ctx, enum esc_err r, enum esc_err *err, char *msg)
+{
+	if (r != ESC_OK && *err == ESC_OK) {
+		*err = r;
+		snprintf(msg, ESC_ERRMSG_MAX, "%s", esc_ctx_errmsg(ctx));
+	}
+	esc_ctx_clear_error(ctx);
+}
+
+enum esc_err
+esc_archive_env_load(struct esc_ctx *ctx, struct esc_store *st, const struct esc_archive_fields *f,
+		     int audit_lock, struct esc_archive_env *e)
+{
+	const char *v[3] = {f != NULL ? f->cert_sha256 : NULL, f != NULL ? f->public_key_sha256 : NULL,
+			    audit_lock ? "true" : "false"};
+	const char *ca, *foreign;
+	enum esc_err r;
+
+	if ((r = esc_store_exec(ctx, st, ENV_SQL, 3, v, NULL, NULL, &e->res)) != ESC_OK)
+		return r;
+	if (PQntuples(e->res) < 1 || PQnfields(e->res) != 14)
+		return esc_error(ctx, ESC_ERR_DB, "the archival settings came back in an unexpected form");
+	if ((ca = env_value(e->res, 4)) == NULL)
+		env_keep(ctx, esc_error(ctx, ESC_ERR_STATE, "there is no active CA: run 'p11escrow setup'"), &e->ca_err,
+			 e->ca_msg);
+	else if ((e->ca = esc_store_cert_cached(st, ca)) == NULL)
+		env_keep(ctx, esc_error(ctx, ESC_ERR_BAD_INPUT, "stored the CA certificate is not a DER certificate"),
+			 &e->ca_err, e->ca_msg);
+	foreign = env_value(e->res, 5);
+	e->allow_foreign = foreign == NULL ? -1 : strcmp(foreign, "true") == 0;
+	if (env_value(e->res, 10) != NULL) {
+		snprintf(e->archived_id, sizeof(e->archived_id), "%s", env_value(e->res, 10));
+		e->archived_same_cert = strcmp(PQgetvalue(e->res, 0, 11), "t") == 0;
+	}
+	/* As sealing needs them: the set's size, the storage key, the threshold for a set of that size. */
+	if ((r = set_size_of(ctx, env_value(e->res, 6), &e->set_size)) == ESC_OK &&
+	    (r = storage_of(ctx, st, env_value(e->res, 8), PQgetvalue(e->res, 0, 9), &e->storage, e->generation,
+			    sizeof(e->generation))) == ESC_OK)
+		r = threshold_of(ctx, env_value(e->res, 7), (size_t)e->set_size, &e->k);
+	env_keep(ctx, r, &e->wrap_err, e->wrap_msg);
+	return ESC_OK;
+}
+
+void
+esc_archive_env_clear(struct esc_archive_env *e)
+{
+	PQclear(e->res);
+	X509_free(e->ca);
+	X509_free(e->storage);
+	memset(e, 0, sizeof(*e));
+}
+
+enum esc_err
+esc_archive_env_issuer(struct esc_ctx *ctx, const struct esc_archive_env *e, X509 *cert, int *foreign)
+{
+	if (e->ca == NULL)
+		return esc_error(ctx, e->ca_err, "%s", e->ca_msg);
+	if (e->allow_foreign < 0 && !esc_cert_issued_by(cert, e->ca))
+		return esc_error(ctx, ESC_ERR_NOT_FOUND, "policy '%s' is not set", "allow_foreign_issuers");
+	return issuer_check(ctx, cert, e->ca, e->allow_foreign > 0, foreign);
+}
+
 static enum esc_err
 archive_impl(struct esc_ctx *ctx, struct esc_store *st, const char *actor, X509 *cert, EVP_PKEY *key,
-	     enum esc_archive_source source, struct esc_archive_info *info)
+	     enum esc_archive_source source, const struct esc_archive_also *also, struct esc_archive_info *info)
 {
 	struct esc_kra_set ks;
 	struct esc_archive_fields f;
 	struct esc_archive_new n;
-	X509 *storage = NULL;
-	char ktype[16], generation[16];
-	int foreign = 0;
-	unsigned k = 1;
+	struct esc_archive_env e;
+	char ktype[16];
+	int foreign = 0, locked = esc_store_in_tx(st);
 	enum esc_err r;
 
 	memset(&ks, 0, sizeof(ks));
 	memset(&f, 0, sizeof(f));
 	memset(&n, 0, sizeof(n));
+	memset(&e, 0, sizeof(e));
 	if ((r = esc_archive_check_key(ctx, cert, key, ktype, sizeof(ktype))) != ESC_OK)
 		goto out;
-	if ((r = esc_store_check_schema(ctx, st)) != ESC_OK || (r = check_issuer(ctx, st, cert, &foreign)) != ESC_OK ||
-	    (r = esc_archive_fields_of(ctx, cert, &f)) != ESC_OK ||
-	    (r = check_not_archived(ctx, st, f.cert_sha256, f.public_key_sha256)) != ESC_OK ||
-	    (r = esc_archive_choose_kras(ctx, st, NULL, 0, &ks)) != ESC_OK ||
-	    (r = esc_archive_current_storage(ctx, st, &storage, generation, sizeof(generation))) != ESC_OK ||
-	    (r = esc_archive_threshold(ctx, st, ks.n, &k)) != ESC_OK)
+	/*
+	 * Everything sealing needs in one statement; in the caller's
+	 * transaction it also takes the audit lock, so the write that follows
+	 * reserves the audit ids in the same statement as the record.
+	 */
+	if ((r = esc_store_check_schema(ctx, st)) != ESC_OK || (r = esc_archive_fields_of(ctx, cert, &f)) != ESC_OK ||
+	    (r = esc_archive_env_load(ctx, st, &f, locked, &e)) != ESC_OK ||
+	    (r = esc_archive_env_issuer(ctx, &e, cert, &foreign)) != ESC_OK)
+		goto out;
+	if (e.archived_id[0] != '\0') {
+		r = esc_error(ctx, ESC_ERR_ARCHIVED, "already archived as record %s (same %s)", e.archived_id,
+			      e.archived_same_cert ? "certificate" : "key");
+		goto out;
+	}
+	if (e.wrap_err != ESC_OK) {
+		r = esc_error(ctx, e.wrap_err, "%s", e.wrap_msg);
+		goto out;
+	}
+	if ((r = esc_archive_kras_pick(ctx, st, e.res, 1, e.set_size, NULL, 0, &ks)) != ESC_OK)
 		goto out;
 	n.f = &f;
 	n.key_type = ktype;
 	n.foreign = foreign;
 	n.source = source;
-	n.generation = generation;
+	n.generation = e.generation;
 	n.ks = &ks;
-	n.k = k;
+	n.k = e.k;
 	if ((n.clen = i2d_X509(cert, &n.cder)) <= 0) {
 		r = esc_error(ctx, ESC_ERR_NOMEM, "out of memory");
 		goto out;
 	}
-	if ((r = esc_archive_seal_record(ctx, &n, key, storage)) != ESC_OK ||
-	    (r = insert_record(ctx, st, actor, &n)) != ESC_OK)
+	if ((r = esc_archive_seal_record(ctx, &n, key, e.storage)) != ESC_OK ||
+	    (r = write_record(ctx, st, actor, &n, also, locked)) != ESC_OK)
 		goto out;
 	if (info != NULL)
 		esc_archive_info_of(&n, info);
@@ -1219,13 +1337,14 @@ out:
 	esc_archive_new_clear(&n);
 	esc_kra_set_clear(&ks);
 	esc_archive_fields_clear(&f);
-	X509_free(storage);
+	esc_archive_env_clear(&e);
 	return r;
 }
 
 enum esc_err
-esc_archive_key(struct esc_ctx *ctx, struct esc_store *st, const char *actor, X509 *cert, EVP_PKEY *key,
-		enum esc_archive_source source, struct esc_archive_info *info)
+esc_archive_key_and(struct esc_ctx *ctx, struct esc_store *st, const char *actor, X509 *cert, EVP_PKEY *key,
+		    enum esc_archive_source source, const struct esc_archive_also *also,
+		    struct esc_archive_info *info)
 {
 	struct esc_store_retry t = {0};
 	enum esc_err r;
@@ -1235,7 +1354,7 @@ esc_archive_key(struct esc_ctx *ctx, struct esc_store *st, const char *actor, X5
 		return esc_error(ctx, ESC_ERR_USAGE, "archival needs an actor for the audit trail");
 	/* In a caller's transaction (enrollment) the caller retries all of it; esc_store_retry knows. */
 	do
-		r = archive_impl(ctx, st, actor, cert, key, source, info);
+		r = archive_impl(ctx, st, actor, cert, key, source, also, info);
 	while (esc_store_retry(ctx, st, &t, &r));
 	if (r != ESC_OK && !esc_store_in_tx(st)) {
 		/* Refusals are security events too ("signing keys are never archived"). */
@@ -1244,6 +1363,13 @@ esc_archive_key(struct esc_ctx *ctx, struct esc_store *st, const char *actor, X5
 		free(serial);
 	}
 	return r;
+}
+
+enum esc_err
+esc_archive_key(struct esc_ctx *ctx, struct esc_store *st, const char *actor, X509 *cert, EVP_PKEY *key,
+		enum esc_archive_source source, struct esc_archive_info *info)
+{
+	return esc_archive_key_and(ctx, st, actor, cert, key, source, NULL, info);
 }
 
 enum esc_err

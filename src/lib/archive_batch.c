@@ -39,19 +39,6 @@
 #include "internal.h"
 #include "store_internal.h"
 
-/* What every key of a batch shares, read once. */
-struct env {
-	X509 *ca;
-	int allow_foreign;
-	long set_size;
-	unsigned k;
-	PGresult *kras; /* esc_archive_kras_query's rows */
-	X509 *storage;
-	char generation[16];
-	enum esc_err wrap_err; /* why no record can be sealed (too few KRAs, ...): each key's result */
-	char wrap_msg[ESC_ERRMSG_MAX];
-};
-
 /* One key on its way. */
 struct slot {
 	char *serial; /* for its audit event (esc_cert_serial_hex) */
@@ -62,15 +49,6 @@ struct slot {
 	int write; /* sealed, to be written */
 };
 
-static void
-env_clear(struct env *e)
-{
-	X509_free(e->ca);
-	PQclear(e->kras);
-	X509_free(e->storage);
-	memset(e, 0, sizeof(*e));
-}
-
 static int
 fatal(enum esc_err r)
 {
@@ -78,24 +56,22 @@ fatal(enum esc_err r)
 	       r == ESC_ERR_SCHEMA_OLD;
 }
 
-/* The CA and policy every check needs; then what sealing needs, whose refusal is each key's. */
+/*
+ * What every key shares, in one statement: the CA and policy every check
+ * needs (refused for all keys when missing), then what sealing needs,
+ * whose refusal is each key's (e->wrap_err).
+ */
 static enum esc_err
-env_load(struct esc_ctx *ctx, struct esc_store *st, struct env *e)
+env_load(struct esc_ctx *ctx, struct esc_store *st, struct esc_archive_env *e)
 {
 	enum esc_err r;
 
-	if ((r = esc_store_check_schema(ctx, st)) != ESC_OK || (r = esc_store_active_ca(ctx, st, &e->ca)) != ESC_OK ||
-	    (r = esc_archive_allow_foreign(ctx, st, &e->allow_foreign)) != ESC_OK)
+	if ((r = esc_store_check_schema(ctx, st)) != ESC_OK || (r = esc_archive_env_load(ctx, st, NULL, 0, e)) != ESC_OK)
 		return r;
-	if ((r = esc_archive_set_size(ctx, st, &e->set_size)) == ESC_OK &&
-	    (r = esc_archive_kras_query(ctx, st, &e->kras)) == ESC_OK &&
-	    (r = esc_archive_current_storage(ctx, st, &e->storage, e->generation, sizeof(e->generation))) == ESC_OK)
-		r = esc_archive_threshold(ctx, st, (size_t)e->set_size, &e->k);
-	if (r != ESC_OK && fatal(r))
-		return r;
-	e->wrap_err = r;
-	snprintf(e->wrap_msg, sizeof(e->wrap_msg), "%s", r == ESC_OK ? "" : esc_ctx_errmsg(ctx));
-	esc_ctx_clear_error(ctx);
+	if (e->ca == NULL)
+		return esc_error(ctx, e->ca_err, "%s", e->ca_msg);
+	if (e->allow_foreign < 0)
+		return esc_error(ctx, ESC_ERR_NOT_FOUND, "policy '%s' is not set", "allow_foreign_issuers");
 	return ESC_OK;
 }
 
@@ -189,22 +165,22 @@ dup_in_batch(struct esc_ctx *ctx, struct esc_archive_item *items, struct slot *s
 
 /* Do the KRA rows read FOR SHARE now equal those the records were sealed to? */
 static int
-same_kras(const PGresult *a, const PGresult *b)
+same_kras(const PGresult *a, const PGresult *b, int bfirst)
 {
 	int i, c;
 
-	if (PQntuples(a) != PQntuples(b))
+	if (PQntuples(a) != PQntuples(b) - bfirst)
 		return 0;
 	for (i = 0; i < PQntuples(a); i++)
 		for (c = 0; c < 4; c++)
-			if (strcmp(PQgetvalue(a, i, c), PQgetvalue(b, i, c)) != 0)
+			if (strcmp(PQgetvalue(a, i, c), PQgetvalue(b, i + bfirst, c)) != 0)
 				return 0;
 	return 1;
 }
 
 /* Write the sealed records and every key's audit event, in one transaction begun under the audit lock. */
 static enum esc_err
-write_batch(struct esc_ctx *ctx, struct esc_store *st, const char *actor, const struct env *e,
+write_batch(struct esc_ctx *ctx, struct esc_store *st, const char *actor, const struct esc_archive_env *e,
 	    struct esc_archive_item *items, struct slot *s, size_t n)
 {
 	struct esc_archive_new *rows = NULL;
@@ -240,12 +216,12 @@ write_batch(struct esc_ctx *ctx, struct esc_store *st, const char *actor, const 
 	if (nrows > 0) {
 		if ((r = esc_archive_kras_query(ctx, st, &now)) != ESC_OK)
 			goto unlock;
-		if (!same_kras(now, e->kras)) {
+		if (!same_kras(now, e->res, 1)) {
 			r = esc_error(ctx, ESC_ERR_BUSY, "the KRAs changed while the batch was sealed");
 			goto unlock;
 		}
 	}
-	if ((r = esc_archive_insert_rows(ctx, st, rows, nrows)) != ESC_OK ||
+	if ((r = esc_archive_insert_rows(ctx, st, rows, nrows, 0, NULL)) != ESC_OK ||
 	    (r = esc_audit_append_many(ctx, st, ev, n)) != ESC_OK || (r = esc_store_commit(ctx, st)) != ESC_OK)
 		goto unlock;
 	r = ESC_OK;
@@ -288,7 +264,7 @@ static enum esc_err
 batch_once(struct esc_ctx *ctx, struct esc_store *st, const char *actor, enum esc_archive_source source,
 	   struct esc_archive_item *items, struct slot *s, size_t n)
 {
-	struct env e;
+	struct esc_archive_env e;
 	size_t i;
 	int foreign;
 	enum esc_err r;
@@ -310,7 +286,7 @@ batch_once(struct esc_ctx *ctx, struct esc_store *st, const char *actor, enum es
 		}
 		if ((r = esc_archive_check_key(ctx, items[i].cert, items[i].key, s[i].ktype, sizeof(s[i].ktype))) !=
 			    ESC_OK ||
-		    (r = esc_archive_issuer_check(ctx, items[i].cert, e.ca, e.allow_foreign, &foreign)) != ESC_OK ||
+		    (r = esc_archive_env_issuer(ctx, &e, items[i].cert, &foreign)) != ESC_OK ||
 		    (r = esc_archive_fields_of(ctx, items[i].cert, &s[i].f)) != ESC_OK) {
 			if (fatal(r))
 				goto out;
@@ -340,7 +316,7 @@ batch_once(struct esc_ctx *ctx, struct esc_store *st, const char *actor, enum es
 			r = esc_error(ctx, ESC_ERR_NOMEM, "out of memory");
 			goto out;
 		}
-		if ((r = esc_archive_kras_pick(ctx, st, e.kras, e.set_size, NULL, 0, &s[i].ks)) != ESC_OK ||
+		if ((r = esc_archive_kras_pick(ctx, st, e.res, 1, e.set_size, NULL, 0, &s[i].ks)) != ESC_OK ||
 		    (r = esc_archive_seal_record(ctx, w, items[i].key, e.storage)) != ESC_OK) {
 			if (fatal(r))
 				goto out;
@@ -356,7 +332,7 @@ batch_once(struct esc_ctx *ctx, struct esc_store *st, const char *actor, enum es
 			esc_archive_info_of(&s[i].n, &items[i].info);
 	r = ESC_OK;
 out:
-	env_clear(&e);
+	esc_archive_env_clear(&e);
 	slots_clear(s, n);
 	return r;
 }

@@ -14,6 +14,8 @@
 #include <p11escrow/err.h>
 #include <p11escrow/store.h>
 
+#include "internal.h"
+
 /* The source's name as records and audit events spell it: "import", "enroll-client", "enroll-server". */
 const char *esc_archive_source_name(enum esc_archive_source s);
 
@@ -283,18 +285,66 @@ enum esc_err esc_shares_open_inner(struct esc_ctx *ctx, const char *id, const un
 /* Key type (ktype[len], e.g. "ec-p256"), key matches cert, cert allows encryption.  Errors: BAD_INPUT, MISMATCH, POLICY. */
 enum esc_err esc_archive_check_key(struct esc_ctx *ctx, X509 *cert, EVP_PKEY *key, char *ktype,
 				   size_t len) ESC_MUST_CHECK;
-/* Policy allow_foreign_issuers.  Errors: DB. */
-enum esc_err esc_archive_allow_foreign(struct esc_ctx *ctx, struct esc_store *st, int *allow) ESC_MUST_CHECK;
-/* *foreign: cert not issued by ca; refused (POLICY) when foreign and not allow_foreign. */
-enum esc_err esc_archive_issuer_check(struct esc_ctx *ctx, X509 *cert, X509 *ca, int allow_foreign,
-				      int *foreign) ESC_MUST_CHECK;
 /* Policy kra_set_size.  Errors: CONFIG, DB. */
 enum esc_err esc_archive_set_size(struct esc_ctx *ctx, struct esc_store *st, long *want) ESC_MUST_CHECK;
 /* The KRAs a set may be drawn from (id, name, recipient, certificate), locked FOR SHARE.  Errors: DB. */
 enum esc_err esc_archive_kras_query(struct esc_ctx *ctx, struct esc_store *st, PGresult **res) ESC_MUST_CHECK;
-/* esc_archive_choose_kras from the rows of esc_archive_kras_query. */
-enum esc_err esc_archive_kras_pick(struct esc_ctx *ctx, struct esc_store *st, const PGresult *res, long want,
-				   const long long *keep, size_t nkeep, struct esc_kra_set *ks) ESC_MUST_CHECK;
+/* esc_archive_choose_kras from rows first.. of res, with esc_archive_kras_query's columns first. */
+enum esc_err esc_archive_kras_pick(struct esc_ctx *ctx, struct esc_store *st, const PGresult *res, int first,
+				   long want, const long long *keep, size_t nkeep, struct esc_kra_set *ks) ESC_MUST_CHECK;
+
+/*
+ * What archiving reads before it seals, in one statement
+ * (esc_archive_env_load): the active CA, policy allow_foreign_issuers,
+ * kra_set_size and kra_threshold, the KRAs a set may be drawn from (locked
+ * FOR SHARE), the storage certificate and its generation and, for one key,
+ * a record that already holds its certificate or key.  What is missing or
+ * wrong is kept as an error for the step that needs it (ca_err for the
+ * issuer check, wrap_err for sealing), so each caller refuses in its order.
+ */
+struct esc_archive_env {
+	PGresult *res; /* row 0: the rest; rows 1..: the KRAs (esc_archive_kras_pick with first = 1) */
+	X509 *ca;      /* NULL: ca_err says why */
+	int allow_foreign; /* policy allow_foreign_issuers; -1: unset */
+	long set_size;
+	unsigned k;
+	X509 *storage;
+	char generation[16];
+	char archived_id[ESC_RECORD_ID_LEN + 1]; /* the record holding the key already; "" if none */
+	int archived_same_cert;			 /* ... with the same certificate (else the same key) */
+	enum esc_err ca_err, wrap_err;
+	char ca_msg[ESC_ERRMSG_MAX], wrap_msg[ESC_ERRMSG_MAX];
+};
+
+/*
+ * Load *e (zeroed) in one statement.  f: the key whose record is looked for
+ * (NULL: none).  audit_lock: also take the audit lock for the caller's
+ * transaction, after the KRAs' row locks (the order every writer keeps), so
+ * that the caller's next statement may reserve audit ids
+ * (ESC_AUDIT_RESERVE_SQL).  Errors: DB, BUSY (the statement failed); each
+ * refusal is in e.
+ */
+enum esc_err esc_archive_env_load(struct esc_ctx *ctx, struct esc_store *st, const struct esc_archive_fields *f,
+				  int audit_lock, struct esc_archive_env *e) ESC_MUST_CHECK;
+/*
+ * One more audit event to append with a record's archive.store event, in
+ * the same statement: fill() writes it once the record's id is known
+ * (the strings it points to must outlive the call of esc_archive_key_and).
+ */
+struct esc_archive_also {
+	void (*fill)(void *arg, const char *record_id, struct esc_audit_event *ev);
+	void *arg;
+};
+/* esc_archive_key, appending also's event (NULL: none) after archive.store. */
+enum esc_err esc_archive_key_and(struct esc_ctx *ctx, struct esc_store *st, const char *actor, X509 *cert,
+				 EVP_PKEY *key, enum esc_archive_source source, const struct esc_archive_also *also,
+				 struct esc_archive_info *info) ESC_MUST_CHECK;
+
+/* Free what *e holds and zero it. */
+void esc_archive_env_clear(struct esc_archive_env *e);
+/* *foreign: cert not issued by e's CA; refused when e has no CA or policy forbids a foreign issuer. */
+enum esc_err esc_archive_env_issuer(struct esc_ctx *ctx, const struct esc_archive_env *e, X509 *cert,
+				    int *foreign) ESC_MUST_CHECK;
 
 /* Records written by one statement at most (multi-row INSERT: 15 parameters each). */
 #define ESC_ARCHIVE_BATCH_MAX 1000
@@ -320,9 +370,14 @@ enum esc_err esc_archive_seal_record(struct esc_ctx *ctx, struct esc_archive_new
 				     X509 *storage) ESC_MUST_CHECK;
 /* Free n's certificate DER and sealed record. */
 void esc_archive_new_clear(struct esc_archive_new *n);
-/* Insert rows[0..n) and their archive_record_kras rows, two statements, in the caller's transaction.  Errors: DB, ARCHIVED, BUSY. */
+/*
+ * Insert rows[0..n) and their archive_record_kras rows in one statement, in
+ * the caller's transaction.  nevents > 0: the same statement reserves that
+ * many audit event ids (ESC_AUDIT_RESERVE_SQL; the audit lock must be held
+ * already), *events for esc_audit_append_reserved.  Errors: DB, ARCHIVED, BUSY.
+ */
 enum esc_err esc_archive_insert_rows(struct esc_ctx *ctx, struct esc_store *st, struct esc_archive_new *rows,
-				     size_t n) ESC_MUST_CHECK;
+				     size_t n, size_t nevents, PGresult **events) ESC_MUST_CHECK;
 /* The archive.store audit event of n (details written to details[len], which ev points to). */
 void esc_archive_event(const struct esc_archive_new *n, const char *actor, char *details, size_t len,
 		       struct esc_audit_event *ev);

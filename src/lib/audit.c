@@ -160,23 +160,24 @@ esc_audit_append(struct esc_ctx *ctx, struct esc_store *st, const struct esc_aud
 /* Parameters of one audit_events row ($1..$10 from v[0]); prev and hash are the raw 32 bytes. */
 #define EVENT_NPARAMS 10
 
-enum esc_err
-esc_audit_append_many(struct esc_ctx *ctx, struct esc_store *st, const struct esc_audit_event *ev, size_t n)
+/*
+ * Insert ev[0..n) with the ids of rows 0..n-1 of res (column 1), linked
+ * to prev (the chain's end under the audit lock), in one statement.
+ */
+static enum esc_err
+insert_events(struct esc_ctx *ctx, struct esc_store *st, const struct esc_audit_event *ev, size_t n,
+	      const PGresult *res, const unsigned char prev[HASH_LEN])
 {
-	PGresult *res = NULL;
 	struct fields *f = NULL;
-	unsigned char(*hash)[HASH_LEN] = NULL, prev[HASH_LEN];
+	unsigned char(*hash)[HASH_LEN] = NULL;
 	const char **v = NULL;
 	int *len = NULL, *fmt = NULL;
-	char *sql = NULL, count[24];
+	char *sql = NULL;
 	size_t i, j, off, cap;
 	enum esc_err r;
 
-	if (n == 0)
-		return ESC_OK;
-	if (!esc_store_in_tx(st) || n > ESC_AUDIT_MANY_MAX)
-		return esc_error(ctx, ESC_ERR_USAGE, "appending many audit events needs a transaction and at most %d",
-				 ESC_AUDIT_MANY_MAX);
+	if ((size_t)PQntuples(res) != n || PQnfields(res) < 2)
+		return esc_error(ctx, ESC_ERR_DB, "the database gave %d audit event ids, not %zu", PQntuples(res), n);
 	cap = 128 + n * (EVENT_NPARAMS * 7 + 4);
 	f = calloc(n, sizeof(*f));
 	hash = calloc(n, sizeof(*hash));
@@ -190,41 +191,6 @@ esc_audit_append_many(struct esc_ctx *ctx, struct esc_store *st, const struct es
 	for (i = 0; i < n; i++)
 		if ((r = fields_of(ctx, &ev[i], &f[i])) != ESC_OK)
 			goto out;
-	/* The chain's end (under the audit lock, as append_impl takes it) and n ids, in one round trip each. */
-	snprintf(count, sizeof(count), "%zu", n);
-	v[0] = count;
-	if (esc_store_audit_tail(st, prev)) {
-		if ((r = esc_store_exec(ctx, st,
-					"SELECT NULL, nextval('audit_events_id_seq') FROM generate_series(1, $1)", 1, v,
-					NULL, NULL, &res)) != ESC_OK)
-			goto out;
-	} else {
-		if ((r = esc_store_exec(ctx, st, "SELECT pg_advisory_xact_lock(" ESC_STORE_AUDIT_LOCK ")", 0, NULL,
-					NULL, NULL, NULL)) != ESC_OK ||
-		    (r = esc_store_exec(
-			     ctx, st,
-			     "SELECT (SELECT encode(hash, 'hex') FROM audit_events ORDER BY id DESC LIMIT 1), "
-			     "nextval('audit_events_id_seq') FROM generate_series(1, $1)",
-			     1, v, NULL, NULL, &res)) != ESC_OK)
-			goto out;
-		memset(prev, 0, sizeof(prev)); /* the first event links to 32 zero bytes */
-		if (!PQgetisnull(res, 0, 0)) {
-			long l = 0;
-			unsigned char *p = OPENSSL_hexstr2buf(PQgetvalue(res, 0, 0), &l);
-
-			if (p == NULL || l != HASH_LEN) {
-				OPENSSL_free(p);
-				r = esc_error(ctx, ESC_ERR_TAMPERED, "the newest audit event's hash is unreadable");
-				goto out;
-			}
-			memcpy(prev, p, HASH_LEN);
-			OPENSSL_free(p);
-		}
-	}
-	if ((size_t)PQntuples(res) != n) {
-		r = esc_error(ctx, ESC_ERR_DB, "the database gave %d audit event ids, not %zu", PQntuples(res), n);
-		goto out;
-	}
 	/* nextval's values in row order are increasing: the chain's order is the ids' order. */
 	off = (size_t)snprintf(sql, cap,
 			       "INSERT INTO audit_events (id, at, actor, role, action, object, outcome, details, "
@@ -263,13 +229,75 @@ esc_audit_append_many(struct esc_ctx *ctx, struct esc_store *st, const struct es
 	esc_store_set_audit_tail(st, hash[n - 1]);
 	r = ESC_OK;
 out:
-	PQclear(res);
 	free(f);
 	free(hash);
 	free(v);
 	free(len);
 	free(fmt);
 	free(sql);
+	return r;
+}
+
+static enum esc_err
+check_many(struct esc_ctx *ctx, struct esc_store *st, size_t n)
+{
+	if (!esc_store_in_tx(st) || n > ESC_AUDIT_MANY_MAX)
+		return esc_error(ctx, ESC_ERR_USAGE, "appending many audit events needs a transaction and at most %d",
+				 ESC_AUDIT_MANY_MAX);
+	return ESC_OK;
+}
+
+enum esc_err
+esc_audit_append_reserved(struct esc_ctx *ctx, struct esc_store *st, const struct esc_audit_event *ev, size_t n,
+			  const PGresult *res)
+{
+	unsigned char prev[HASH_LEN];
+	enum esc_err r;
+
+	if (n == 0)
+		return ESC_OK;
+	if ((r = check_many(ctx, st, n)) != ESC_OK)
+		return r;
+	memset(prev, 0, sizeof(prev)); /* the first event links to 32 zero bytes */
+	if (PQntuples(res) > 0 && !PQgetisnull(res, 0, 0)) {
+		long l = 0;
+		unsigned char *p = OPENSSL_hexstr2buf(PQgetvalue(res, 0, 0), &l);
+
+		if (p == NULL || l != HASH_LEN) {
+			OPENSSL_free(p);
+			return esc_error(ctx, ESC_ERR_TAMPERED, "the newest audit event's hash is unreadable");
+		}
+		memcpy(prev, p, HASH_LEN);
+		OPENSSL_free(p);
+	}
+	return insert_events(ctx, st, ev, n, res, prev);
+}
+
+enum esc_err
+esc_audit_append_many(struct esc_ctx *ctx, struct esc_store *st, const struct esc_audit_event *ev, size_t n)
+{
+	PGresult *res = NULL;
+	unsigned char prev[HASH_LEN];
+	char count[24];
+	const char *v[1] = {count};
+	enum esc_err r;
+
+	if (n == 0)
+		return ESC_OK;
+	if ((r = check_many(ctx, st, n)) != ESC_OK)
+		return r;
+	/* The chain's end (under the audit lock, as append_impl takes it) and n ids, in one round trip each. */
+	snprintf(count, sizeof(count), "%zu", n);
+	if (esc_store_audit_tail(st, prev)) {
+		if ((r = esc_store_exec(ctx, st,
+					"SELECT NULL, nextval('audit_events_id_seq') FROM generate_series(1, $1)", 1, v,
+					NULL, NULL, &res)) == ESC_OK)
+			r = insert_events(ctx, st, ev, n, res, prev);
+	} else if ((r = esc_store_exec(ctx, st, "SELECT pg_advisory_xact_lock(" ESC_STORE_AUDIT_LOCK ")", 0, NULL,
+				       NULL, NULL, NULL)) == ESC_OK &&
+		   (r = esc_store_exec(ctx, st, ESC_AUDIT_RESERVE_SQL "$1)", 1, v, NULL, NULL, &res)) == ESC_OK)
+		r = esc_audit_append_reserved(ctx, st, ev, n, res);
+	PQclear(res);
 	return r;
 }
 

@@ -363,13 +363,50 @@ out:
 	return r;
 }
 
-/* One attempt at the transaction: OTP, certificate, archive record, audit. */
+/* The enroll.issue event of this attempt (record: its id, or NULL when not archived), details into buf. */
+struct issue_event {
+	const struct profile_def *def;
+	const struct esc_enroll_request *req;
+	const struct issue_state *is;
+	const char *serial;
+	char details[512];
+};
+
+static void
+issue_event_fill(void *arg, const char *record, struct esc_audit_event *ev)
+{
+	struct issue_event *ie = arg;
+	const struct esc_enroll_request *req = ie->req;
+
+	snprintf(ie->details, sizeof(ie->details), "profile %s, source %s, record %s, %s%s%s%ssubject %.300s",
+		 ie->def->p.name, esc_archive_source_name(req->source), record ? record : "none (not archived)",
+		 req->otp_name ? "one-time password " : "", req->otp_name ? req->otp_name : "",
+		 req->otp_name ? ", " : "", ie->is->superseded > 0 ? "superseding older certificate(s), " : "",
+		 ie->is->subject);
+	ev->actor = req->actor;
+	ev->role = "enrollee";
+	ev->action = "enroll.issue";
+	ev->object = ie->serial;
+	ev->outcome = "ok";
+	ev->details = ie->details;
+}
+
+/*
+ * One attempt at the transaction: OTP, certificate, archive record, audit.
+ * The enroll.issue event goes in with the record's archive.store event
+ * (one statement, esc_archive_key_and), unless policy supersedes older
+ * certificates: their revocations come after the record, and the event
+ * after them, as it names them.
+ */
 static enum esc_err
 issue_tx(struct esc_ctx *ctx, struct esc_store *st, struct esc_keeper *k, const struct profile_def *def,
 	 const struct esc_enroll_request *req, const GENERAL_NAMES *san, struct issue_state *is)
 {
-	char details[512], *serial = NULL;
-	struct esc_audit_event ev = {req->actor, "enrollee", "enroll.issue", NULL, "ok", details};
+	struct issue_event ie = {def, req, is, NULL, ""};
+	struct esc_archive_also also = {issue_event_fill, &ie};
+	struct esc_audit_event ev;
+	char *serial = NULL;
+	int merged = 0;
 	enum esc_err r;
 
 	memset(&is->info, 0, sizeof(is->info));
@@ -384,26 +421,26 @@ issue_tx(struct esc_ctx *ctx, struct esc_store *st, struct esc_keeper *k, const 
 	if ((r = sign_and_record(ctx, st, k, def, req->subject, req->pub, san, &is->cert)) != ESC_OK)
 		goto out;
 	fault_point("after-cert-row");
-	if (def->p.archival) {
-		/* In this transaction: esc_archive_key joins it, so its rows commit with ours or not at all. */
-		if ((r = esc_archive_key(ctx, st, req->actor, is->cert, req->key, req->source, &is->info)) != ESC_OK)
-			goto out;
-		fault_point("after-archive");
-	}
 	if ((serial = esc_cert_serial_hex(is->cert)) == NULL) {
 		r = esc_error(ctx, ESC_ERR_NOMEM, "out of memory");
 		goto out;
 	}
-	ev.object = serial;
+	ie.serial = serial;
+	if (def->p.archival) {
+		/* In this transaction: esc_archive_key_and joins it, so its rows commit with ours or not at all. */
+		merged = !is->supersede;
+		if ((r = esc_archive_key_and(ctx, st, req->actor, is->cert, req->key, req->source,
+					     merged ? &also : NULL, &is->info)) != ESC_OK)
+			goto out;
+		fault_point("after-archive");
+	}
 	if (is->supersede && (r = supersede_prior(ctx, st, def->p.name, req->actor, serial, is)) != ESC_OK)
 		goto out;
-	snprintf(details, sizeof(details), "profile %s, source %s, record %s, %s%s%s%ssubject %.300s", def->p.name,
-		 esc_archive_source_name(req->source), is->info.id[0] ? is->info.id : "none (not archived)",
-		 req->otp_name ? "one-time password " : "", req->otp_name ? req->otp_name : "",
-		 req->otp_name ? ", " : "", is->superseded > 0 ? "superseding older certificate(s), " : "",
-		 is->subject);
-	if ((r = esc_audit_append(ctx, st, &ev)) != ESC_OK)
-		goto out;
+	if (!merged) {
+		issue_event_fill(&ie, is->info.id[0] ? is->info.id : NULL, &ev);
+		if ((r = esc_audit_append(ctx, st, &ev)) != ESC_OK)
+			goto out;
+	}
 	if ((r = esc_store_commit(ctx, st)) != ESC_OK && esc_store_commit_unknown(st))
 		r = commit_outcome(ctx, st, def, is, serial);
 out:
