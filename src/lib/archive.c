@@ -811,7 +811,7 @@ row_params(struct esc_archive_new *n, const char **v, int *len, int *fmt)
 }
 
 /* The KRA rows of every record: three arrays, unnested in step ($p, $p+1, $p+2; ids are UUIDs). */
-#define INSERT_KRAS                                                                                               \
+#define INSERT_KRAS                                                                                                      \
 	"INSERT INTO archive_record_kras (record_id, kra_id, recipient) SELECT r::uuid, k, c FROM unnest($%zu::text[], " \
 	"$%zu::bigint[], $%zu::text[]) AS u(r, k, c)"
 
@@ -859,11 +859,11 @@ esc_archive_insert_rows(struct esc_ctx *ctx, struct esc_store *st, struct esc_ar
 						i * INSERT_NPARAMS + j + 1, j + 1 == INSERT_NPARAMS ? ")" : "");
 	}
 	if (nevents == 0)
-		off += (size_t)snprintf(sql + off, cap - off, ") " INSERT_KRAS, p + 1, p + 2, p + 3);
+		(void)snprintf(sql + off, cap - off, ") " INSERT_KRAS, p + 1, p + 2, p + 3);
 	else
-		off += (size_t)snprintf(sql + off, cap - off,
-					"), ins_kras AS (" INSERT_KRAS ") " ESC_AUDIT_RESERVE_SQL "$%zu::int)", p + 1,
-					p + 2, p + 3, p + 4);
+		(void)snprintf(sql + off, cap - off,
+			       "), ins_kras AS (" INSERT_KRAS ") " ESC_AUDIT_RESERVE_SQL "$%zu::int)", p + 1, p + 2,
+			       p + 3, p + 4);
 	io = (size_t)sprintf(ids, "{");
 	ko = (size_t)sprintf(kras, "{");
 	ro = (size_t)sprintf(rcpts, "{");
@@ -940,8 +940,8 @@ write_record(struct esc_ctx *ctx, struct esc_store *st, const char *actor, struc
 		also->fill(also->arg, n->id, &ev[1]);
 		nev = 2;
 	}
-	if ((!locked && (r = esc_store_exec(ctx, st, "SELECT pg_advisory_xact_lock(" ESC_STORE_AUDIT_LOCK ")", 0,
-					    NULL, NULL, NULL, NULL)) != ESC_OK) ||
+	if ((!locked && (r = esc_store_exec(ctx, st, "SELECT pg_advisory_xact_lock(" ESC_STORE_AUDIT_LOCK ")", 0, NULL,
+					    NULL, NULL, NULL)) != ESC_OK) ||
 	    (r = esc_archive_insert_rows(ctx, st, n, 1, nev, &ids)) != ESC_OK ||
 	    (r = esc_audit_append_reserved(ctx, st, ev, nev, ids)) != ESC_OK)
 		goto out;
@@ -1192,18 +1192,18 @@ esc_archive_info_of(const struct esc_archive_new *n, struct esc_archive_info *in
  * which is materialised first.  A MATERIALIZED CTE with FOR SHARE locks
  * each row as it is read, as esc_archive_kras_query does.
  */
-#define ENV_SQL                                                                                                   \
-	"WITH k AS MATERIALIZED (SELECT id, name, recipient, certificate FROM kras k WHERE state = 'active' AND "  \
-	"NOT EXISTS (SELECT 1 FROM revocations v WHERE v.own AND ltrim(v.serial, '0') = ltrim(k.cert_serial, "     \
+#define ENV_SQL                                                                                                     \
+	"WITH k AS MATERIALIZED (SELECT id, name, recipient, certificate FROM kras k WHERE state = 'active' AND "   \
+	"NOT EXISTS (SELECT 1 FROM revocations v WHERE v.own AND ltrim(v.serial, '0') = ltrim(k.cert_serial, "      \
 	"'0')) ORDER BY id LIMIT 64 FOR SHARE), "                                                                   \
-	"l AS (SELECT pg_advisory_xact_lock(" ESC_STORE_AUDIT_LOCK ") FROM (SELECT count(*) FROM k) c WHERE "     \
+	"l AS (SELECT pg_advisory_xact_lock(" ESC_STORE_AUDIT_LOCK ") FROM (SELECT count(*) FROM k) c WHERE "       \
 	"$3::boolean) "                                                                                             \
-	"SELECT NULL::bigint, NULL::text, NULL::text, NULL::bytea, (SELECT certificate FROM ca WHERE state = "     \
-	"'active'), (SELECT value FROM policy WHERE key = 'allow_foreign_issuers'), (SELECT value FROM policy "    \
-	"WHERE key = 'kra_set_size'), (SELECT value FROM policy WHERE key = 'kra_threshold'), s.certificate, "     \
-	"s.generation::text, d.id::text, d.same, (SELECT count(*) FROM l), 0 AS o FROM (SELECT 1) one LEFT JOIN "  \
-	"token_keys s ON s.role = 'storage' LEFT JOIN LATERAL (SELECT id, cert_sha256 = $1 FROM archive_records "  \
-	"WHERE cert_sha256 = $1 OR public_key_sha256 = $2 LIMIT 1) d(id, same) ON true "                          \
+	"SELECT NULL::bigint, NULL::text, NULL::text, NULL::bytea, (SELECT certificate FROM ca WHERE state = "      \
+	"'active'), (SELECT value FROM policy WHERE key = 'allow_foreign_issuers'), (SELECT value FROM policy "     \
+	"WHERE key = 'kra_set_size'), (SELECT value FROM policy WHERE key = 'kra_threshold'), s.certificate, "      \
+	"s.generation::text, d.id::text, d.same, (SELECT count(*) FROM l), 0 AS o FROM (SELECT 1) one LEFT JOIN "   \
+	"token_keys s ON s.role = 'storage' LEFT JOIN LATERAL (SELECT id, cert_sha256 = $1 FROM archive_records "   \
+	"WHERE cert_sha256 = $1 OR public_key_sha256 = $2 LIMIT 1) d(id, same) ON true "                            \
 	"UNION ALL SELECT id, name, recipient, certificate, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, " \
 	"1 FROM k ORDER BY 14, 1"
 
@@ -1226,8 +1226,8 @@ env_keep(struct esc_ctx *ctx, enum esc_err r, enum esc_err *err, char *msg)
 }
 
 enum esc_err
-esc_archive_env_load(struct esc_ctx *ctx, struct esc_store *st, const struct esc_archive_fields *f,
-		     int audit_lock, struct esc_archive_env *e)
+esc_archive_env_load(struct esc_ctx *ctx, struct esc_store *st, const struct esc_archive_fields *f, int audit_lock,
+		     struct esc_archive_env *e)
 {
 	const char *v[3] = {f != NULL ? f->cert_sha256 : NULL, f != NULL ? f->public_key_sha256 : NULL,
 			    audit_lock ? "true" : "false"};
@@ -1343,8 +1343,7 @@ out:
 
 enum esc_err
 esc_archive_key_and(struct esc_ctx *ctx, struct esc_store *st, const char *actor, X509 *cert, EVP_PKEY *key,
-		    enum esc_archive_source source, const struct esc_archive_also *also,
-		    struct esc_archive_info *info)
+		    enum esc_archive_source source, const struct esc_archive_also *also, struct esc_archive_info *info)
 {
 	struct esc_store_retry t = {0};
 	enum esc_err r;

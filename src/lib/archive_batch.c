@@ -66,7 +66,8 @@ env_load(struct esc_ctx *ctx, struct esc_store *st, struct esc_archive_env *e)
 {
 	enum esc_err r;
 
-	if ((r = esc_store_check_schema(ctx, st)) != ESC_OK || (r = esc_archive_env_load(ctx, st, NULL, 0, e)) != ESC_OK)
+	if ((r = esc_store_check_schema(ctx, st)) != ESC_OK ||
+	    (r = esc_archive_env_load(ctx, st, NULL, 0, e)) != ESC_OK)
 		return r;
 	if (e->ca == NULL)
 		return esc_error(ctx, e->ca_err, "%s", e->ca_msg);

@@ -290,8 +290,8 @@ enum esc_err esc_archive_set_size(struct esc_ctx *ctx, struct esc_store *st, lon
 /* The KRAs a set may be drawn from (id, name, recipient, certificate), locked FOR SHARE.  Errors: DB. */
 enum esc_err esc_archive_kras_query(struct esc_ctx *ctx, struct esc_store *st, PGresult **res) ESC_MUST_CHECK;
 /* esc_archive_choose_kras from rows first.. of res, with esc_archive_kras_query's columns first. */
-enum esc_err esc_archive_kras_pick(struct esc_ctx *ctx, struct esc_store *st, const PGresult *res, int first,
-				   long want, const long long *keep, size_t nkeep, struct esc_kra_set *ks) ESC_MUST_CHECK;
+enum esc_err esc_archive_kras_pick(struct esc_ctx *ctx, struct esc_store *st, const PGresult *res, int first, long want,
+				   const long long *keep, size_t nkeep, struct esc_kra_set *ks) ESC_MUST_CHECK;
 
 /*
  * What archiving reads before it seals, in one statement
@@ -303,8 +303,8 @@ enum esc_err esc_archive_kras_pick(struct esc_ctx *ctx, struct esc_store *st, co
  * issuer check, wrap_err for sealing), so each caller refuses in its order.
  */
 struct esc_archive_env {
-	PGresult *res; /* row 0: the rest; rows 1..: the KRAs (esc_archive_kras_pick with first = 1) */
-	X509 *ca;      /* NULL: ca_err says why */
+	PGresult *res;	   /* row 0: the rest; rows 1..: the KRAs (esc_archive_kras_pick with first = 1) */
+	X509 *ca;	   /* NULL: ca_err says why */
 	int allow_foreign; /* policy allow_foreign_issuers; -1: unset */
 	long set_size;
 	unsigned k;
@@ -376,8 +376,8 @@ void esc_archive_new_clear(struct esc_archive_new *n);
  * many audit event ids (ESC_AUDIT_RESERVE_SQL; the audit lock must be held
  * already), *events for esc_audit_append_reserved.  Errors: DB, ARCHIVED, BUSY.
  */
-enum esc_err esc_archive_insert_rows(struct esc_ctx *ctx, struct esc_store *st, struct esc_archive_new *rows,
-				     size_t n, size_t nevents, PGresult **events) ESC_MUST_CHECK;
+enum esc_err esc_archive_insert_rows(struct esc_ctx *ctx, struct esc_store *st, struct esc_archive_new *rows, size_t n,
+				     size_t nevents, PGresult **events) ESC_MUST_CHECK;
 /* The archive.store audit event of n (details written to details[len], which ev points to). */
 void esc_archive_event(const struct esc_archive_new *n, const char *actor, char *details, size_t len,
 		       struct esc_audit_event *ev);

@@ -293,8 +293,8 @@ esc_audit_append_many(struct esc_ctx *ctx, struct esc_store *st, const struct es
 					"SELECT NULL, nextval('audit_events_id_seq') FROM generate_series(1, $1)", 1, v,
 					NULL, NULL, &res)) == ESC_OK)
 			r = insert_events(ctx, st, ev, n, res, prev);
-	} else if ((r = esc_store_exec(ctx, st, "SELECT pg_advisory_xact_lock(" ESC_STORE_AUDIT_LOCK ")", 0, NULL,
-				       NULL, NULL, NULL)) == ESC_OK &&
+	} else if ((r = esc_store_exec(ctx, st, "SELECT pg_advisory_xact_lock(" ESC_STORE_AUDIT_LOCK ")", 0, NULL, NULL,
+				       NULL, NULL)) == ESC_OK &&
 		   (r = esc_store_exec(ctx, st, ESC_AUDIT_RESERVE_SQL "$1)", 1, v, NULL, NULL, &res)) == ESC_OK)
 		r = esc_audit_append_reserved(ctx, st, ev, n, res);
 	PQclear(res);

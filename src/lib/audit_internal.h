@@ -35,8 +35,8 @@ enum esc_err esc_audit_anchor_parse(struct esc_ctx *ctx, const char *text, size_
  * (ESC_STORE_AUDIT_LOCK) was taken in this transaction, so its snapshot
  * sees the end the last appender committed.
  */
-#define ESC_AUDIT_RESERVE_SQL                                                                                     \
-	"SELECT (SELECT encode(hash, 'hex') FROM audit_events ORDER BY id DESC LIMIT 1), "                        \
+#define ESC_AUDIT_RESERVE_SQL                                                              \
+	"SELECT (SELECT encode(hash, 'hex') FROM audit_events ORDER BY id DESC LIMIT 1), " \
 	"nextval('audit_events_id_seq') FROM generate_series(1, "
 
 /*
