@@ -185,8 +185,8 @@ srv kent 51 cert crl --out "$T/kent.crl"
 [ ! -e "$T/kent.crl" ] || fail "a KRA got a CRL"
 srv admin 0 cert crl --out "$T/admin.crl" --days 3
 assert_out "CRL with 1 revoked certificate(s)"
-openssl crl -in "$T/admin.crl" -CAfile "$T/ca.pem" -noout -verify 2>&1 | grep -q 'verify OK' || fail "the CRL does not verify"
-openssl crl -in "$T/admin.crl" -noout -text | grep -qi "$ALICE" || fail "alice is not on the CRL"
+openssl crl -in "$T/admin.crl" -CAfile "$T/ca.pem" -noout -verify 2>&1 | grep_q 'verify OK' || fail "the CRL does not verify"
+openssl crl -in "$T/admin.crl" -noout -text | grep_q -i "$ALICE" || fail "alice is not on the CRL"
 
 note "enroll-password create|list"
 srv cm1 0 enroll-password create --subject 'CN=Dave,O=Example' --hours 2

@@ -130,15 +130,15 @@ before=$(rows)
 expect 415 cm1 POST /recoveries "$(body '{"record":"1","reason":"abc"}')" text/plain
 expect 415 cm1 POST /recoveries
 expect 400 cm1 POST /recoveries "$(body '{"record": "1", "reason": ')"
-jget 'd["error"]' | grep -q "malformed JSON" || fail "malformed JSON reason: $(cat "$T/body")"
+jget 'd["error"]' | grep_q "malformed JSON" || fail "malformed JSON reason: $(cat "$T/body")"
 expect 400 cm1 POST /recoveries "$(body '["record", "reason"]')"
 expect 400 cm1 POST /recoveries "$(body "{\"record\":\"$SERIAL\",\"reason\":\"lost laptop\",\"admin\":true}")"
-jget 'd["error"]' | grep -q "unknown field 'admin'" || fail "unknown-field reason: $(cat "$T/body")"
+jget 'd["error"]' | grep_q "unknown field 'admin'" || fail "unknown-field reason: $(cat "$T/body")"
 expect 400 cm1 POST /recoveries "$(body "{\"record\":\"$SERIAL\",\"reason\":5}")"
 expect 400 cm1 POST /recoveries "$(body "{\"record\":\"$SERIAL\",\"reason\":\"abcd\",\"reason\":\"efgh\"}")"
 expect 400 cm1 POST /recoveries "$(body "{\"record\":\"$SERIAL\",\"reason\":\"lost\\u0000laptop\"}")"
 expect 400 cm1 POST /recoveries "$(body "{\"record\":\"$SERIAL\"}")"
-jget 'd["error"]' | grep -q "field 'reason' is required" || fail "missing-field reason: $(cat "$T/body")"
+jget 'd["error"]' | grep_q "field 'reason' is required" || fail "missing-field reason: $(cat "$T/body")"
 python3 -c 'import json,sys; print(json.dumps({"record": sys.argv[1], "reason": "x" * 20000}))' "$SERIAL" >"$T/big.json"
 expect 413 cm1 POST /recoveries "$T/big.json"
 is_json_error "a body over 16 KiB"
@@ -196,7 +196,7 @@ grep -qi "^Location: /api/v1/recoveries/$RQ" "$T/headers" || fail "no Location h
 [ "$(psql_val "SELECT count(*) FROM archive_records")" = 2 ] || fail "archive_records lost rows"
 note "dual control over HTTP: the requester never approves; a KRA or an auditor neither"
 expect 403 cm1 POST "/recoveries/$RQ/approve"
-jget 'd["error"]' | grep -q "cannot approve their own" || fail "self-approval reason: $(cat "$T/body")"
+jget 'd["error"]' | grep_q "cannot approve their own" || fail "self-approval reason: $(cat "$T/body")"
 expect 403 kim POST "/recoveries/$RQ/approve"
 expect 403 audrey POST "/recoveries/$RQ/approve"
 expect 409 kim GET "/recoveries/$RQ/package"
@@ -258,7 +258,7 @@ openssl pkcs12 -in "$T/alice.p12" -passin "pass:$P12PW" -nokeys 2>/dev/null | op
 
 note "a completion is not replayed: 409 over HTTP, exit 41 from the CLI, no file"
 expect 409 kent POST "/recoveries/$REQ/complete"
-jget 'd["error"]' | grep -q "completes once" || fail "replay reason: $(cat "$T/body")"
+jget 'd["error"]' | grep_q "completes once" || fail "replay reason: $(cat "$T/body")"
 expect 409 kent GET "/recoveries/$REQ/package"
 srv kent 41 recovery complete "$REQ" --token 'pkcs11:token=KRA1' --kra-pin-file "$PIN_FILE" --out "$T/again.p12"
 [ ! -e "$T/again.p12" ] || fail "a replay left a file"
@@ -277,7 +277,7 @@ expect 200 kim GET "/recoveries/$R2/package"
 grep -qi '^Cache-Control: no-store' "$T/headers" || fail "package without Cache-Control: no-store"
 jget 'd["kra_certificate"]' | base64 -d | openssl x509 -inform DER -noout 2>/dev/null || fail "kra_certificate"
 jget 'd["package"]' | base64 -d >"$T/pkg.der"
-openssl cms -cmsout -inform DER -in "$T/pkg.der" -print 2>/dev/null | grep -qi "authEnvelopedData" ||
+openssl cms -cmsout -inform DER -in "$T/pkg.der" -print 2>/dev/null | grep_q -i "authEnvelopedData" ||
     fail "the package is not a CMS AuthEnvelopedData"
 expect 200 kim POST "/recoveries/$R2/complete"
 [ "$(jget 'd["state"]')" = completed ] || fail "complete: $(cat "$T/body")"
@@ -356,7 +356,7 @@ for n in cm2 x1 x2 x3; do printf 'user = "%s:not-the-password"\n' "$n" >"$T/bad-
 for i in 1 2 3; do expect 401 bad-cm2 GET /whoami; done
 expect 429 cm2 GET /whoami
 grep -qiE '^retry-after: [0-9]+' "$T/headers" || fail "no Retry-After on 429"
-[ "$(jget 'd["code"]')" = "authentication failed" ] && jget 'd["error"]' | grep -q "too many failed logins" ||
+[ "$(jget 'd["code"]')" = "authentication failed" ] && jget 'd["error"]' | grep_q "too many failed logins" ||
     fail "429 body: $(cat "$T/body")"
 # The CLI says so, with the exit code of a failed login.
 srv cm2 50 recovery list

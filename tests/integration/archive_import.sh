@@ -176,7 +176,7 @@ for u in carol dave erin; do has_record "$T/$u.pem" || fail "$u not archived in 
 [ "$(records)" = 7 ] || fail "expected 7 records after the batch, have $(records)"
 # In order: alice (already), carol, dave, signer (refused 43), truncated (31), zz-erin.
 [ "$(grep -c '' "$T/out")" = 7 ] || fail "expected one line per file and a summary"
-sed -n 4p "$T/out" | grep -q "^refused $T/batch/signer.p12" || fail "files not in name order"
+sed -n 4p "$T/out" | grep_q "^refused $T/batch/signer.p12" || fail "files not in name order"
 
 note "--list: one path per line; with a progress bar on a terminal"
 printf '# comment\n%s\n\n%s\n' "$T/alice.p12" "$T/bob.key" >"$T/list"
@@ -191,7 +191,7 @@ note "nothing private in the database: no PKCS#8 bytes, no RSA prime, no EC scal
 pg_dump "$DB" >"$T/dump.sql" || fail "pg_dump"
 tr 'A-F' 'a-f' <"$T/dump.sql" >"$T/dump.lower" # bytea appears as hex text in the dump
 xxd -p "$T/dump.sql" | tr -d '\n' >"$T/dump.hex" # and as raw bytes, if any
-absent() { if grep -qF "$1" "$T/dump.lower" || grep -qF "$1" "$T/dump.hex"; then fail "$2 found in the database dump"; fi; }
+absent() { if grep -qF "$1" "$T/dump.lower" || grep_q -F "$1" "$T/dump.hex"; then fail "$2 found in the database dump"; fi; }
 # Hex of the private field FIELD (as printed by `openssl pkey -text`) of key file KEY.
 field_hex() { openssl pkey -in "$1" -noout -text | awk -v f="$2:" '$1 == f { on = 1; next } on && /^ / { gsub(/[ :]/, ""); h = h $0; next } on { exit } END { print h }'; }
 checked=0
@@ -200,7 +200,7 @@ for u in alice bob carol dave erin frank gina; do
     p8=$(xxd -p "$T/$u.p8" | tr -d '\n')
     absent "$p8" "$u's PKCS#8"
     # The private parts: the tail of the PKCS#8 for RSA (the CRT coefficient), the prime p / the EC scalar.
-    if openssl pkey -in "$T/$u.key" -noout -text | grep -q '^prime1:'; then
+    if openssl pkey -in "$T/$u.key" -noout -text | grep_q '^prime1:'; then
         absent "${p8: -64}" "a 32-byte chunk of $u's PKCS#8"
         priv=$(field_hex "$T/$u.key" prime1)
         priv=${priv:4} # past a possible 00 sign byte

@@ -93,7 +93,7 @@ start_pg "$T/pg-new"
 export P11ESCROW_DATABASE=$DB
 # roles.sql creates every role of the old cluster; 'postgres' exists already (that one error is expected).
 psql "$DB" -Xq -f "$B/roles.sql" >"$T/roles.log" 2>&1 || true
-grep -v 'role "postgres" already exists' "$T/roles.log" | grep -q ERROR && fail "roles: $(cat "$T/roles.log")"
+grep -v 'role "postgres" already exists' "$T/roles.log" | grep_q ERROR && fail "roles: $(cat "$T/roles.log")"
 [ "$(psql_val "SELECT count(*) FROM pg_roles WHERE rolname = 'p11escrowd' AND rolcanlogin")" = 1 ] ||
     fail "the service role was not restored"
 pg_restore --exit-on-error -d "$DB" "$B/p11escrow.dump" || fail "pg_restore"

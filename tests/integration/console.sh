@@ -54,7 +54,7 @@ openssl req -x509 -newkey rsa:2048 -nodes -keyout "$T/evil.key" -days 30 -utf8 \
 for u in alice evil; do
     run_esc 0 archive import --user admin --account-password-file "$T/admin.pw" --key "$T/$u.key" --cert "$T/$u.pem"
 done
-openssl x509 -in "$T/evil.pem" -noout -subject -nameopt RFC2253 | grep -qF 'window.p11pwned=1' ||
+openssl x509 -in "$T/evil.pem" -noout -subject -nameopt RFC2253 | grep_q -F 'window.p11pwned=1' ||
     fail "the hostile subject did not survive: $(openssl x509 -in "$T/evil.pem" -noout -subject)"
 
 # cm2's client certificate from a throwaway enterprise CA (account_cert_ca), bound to cm2: a console login
@@ -117,7 +117,7 @@ note "cookie sessions: Set-Cookie Secure HttpOnly SameSite=Strict, no token in t
     fail "cookie login: $(cat "$T/body")"
 COOKIE=$(sed -n 's/^Set-Cookie: *p11escrow_session=\([A-Za-z0-9_-]*\);.*/\1/Ip' "$T/headers" | tr -d '\r')
 [ "${#COOKIE}" = 43 ] || fail "no session cookie: $(cat "$T/headers")"
-for a in Secure HttpOnly SameSite=Strict Path=/api/v1; do grep -i '^Set-Cookie' "$T/headers" | grep -qF "; $a" || fail "cookie lacks $a"; done
+for a in Secure HttpOnly SameSite=Strict Path=/api/v1; do grep -i '^Set-Cookie' "$T/headers" | grep_q -F "; $a" || fail "cookie lacks $a"; done
 ! grep -qF "$COOKIE" "$T/body" || fail "the session token is in the body"
 CSRF=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["csrf"])' "$T/body")
 [ "${#CSRF}" = 43 ] || fail "no CSRF token: $(cat "$T/body")"
@@ -139,7 +139,7 @@ WRONG=${CSRF%?}A; [ "$WRONG" != "$CSRF" ] || WRONG=${CSRF%?}E
 [ "$(psql_val "SELECT count(*) FROM recovery_requests")" = 0 ] || fail "a refused call filed a request"
 [ "$(psql_val "SELECT count(*) FROM audit_events WHERE action = 'auth.csrf' AND outcome = 'refused' AND actor = 'cm1'")" = 4 ] ||
     fail "the refusals are not audited with the account: $(psql_val "SELECT actor, details FROM audit_events WHERE action = 'auth.csrf'")"
-psql_val "SELECT details FROM audit_events WHERE action = 'auth.csrf'" | grep -qF 'Origin https://evil.example' ||
+psql_val "SELECT details FROM audit_events WHERE action = 'auth.csrf'" | grep_q -F 'Origin https://evil.example' ||
     fail "the audit event does not name the Origin"
 [ "$(post -H "Cookie: p11escrow_session=$COOKIE" -H "X-CSRF-Token: $CSRF" -H "Origin: $URL")" = 201 ] ||
     fail "the console's own call (cookie, token, own Origin): $(cat "$T/body")"
@@ -151,7 +151,7 @@ note "logout with the cookie (and the token) ends the session and clears the coo
 [ "$(hdr "$API/session" -X DELETE -H "Cookie: p11escrow_session=$COOKIE")" = 403 ] || fail "logout without the CSRF token"
 [ "$(hdr "$API/session" -X DELETE -H "Cookie: p11escrow_session=$COOKIE" -H "X-CSRF-Token: $CSRF")" = 200 ] ||
     fail "logout: $(cat "$T/body")"
-grep -i '^Set-Cookie: p11escrow_session=;' "$T/headers" | grep -qi 'Max-Age=0' || fail "logout does not clear the cookie"
+grep -i '^Set-Cookie: p11escrow_session=;' "$T/headers" | grep_q -i 'Max-Age=0' || fail "logout does not clear the cookie"
 [ "$(hdr "$API/whoami" -H "Cookie: p11escrow_session=$COOKIE" -H 'X-Requested-With: p11escrow-console')" = 401 ] ||
     fail "the cookie still works after logout"
 ! grep -qi '^WWW-Authenticate: Basic' "$T/headers" || fail "a Basic challenge to the console (the browser's own dialog)"

@@ -62,7 +62,7 @@ done
 [ "$(stored)" = 1 ] || fail "$(stored) CRLs were signed for one concurrent first fetch"
 [ "$(for f in "$T"/first.*; do openssl crl -inform DER -in "$f" -noout -crlnumber; done | sort -u | wc -l)" = 1 ] ||
     fail "concurrent fetches saw different CRL numbers"
-openssl crl -inform DER -in "$T/first.1.${URL1##*:}" -CAfile "$T/ca.pem" -noout 2>&1 | grep -q "verify OK" ||
+openssl crl -inform DER -in "$T/first.1.${URL1##*:}" -CAfile "$T/ca.pem" -noout 2>&1 | grep_q "verify OK" ||
     fail "the CRL does not verify with the CA certificate"
 [ "$(psql_val "SELECT count(*) FROM audit_events WHERE action = 'cert.crl' AND outcome = 'ok' AND actor = 'service'")" = 1 ] ||
     fail "the CRL's issuance is not audited once"
@@ -88,9 +88,9 @@ enroll 1 "$URL1"
 enroll 2 "$URL2"
 enroll 3 "$URL1"
 openssl x509 -in "$T/user.1.pem" -noout -text >"$T/x509.txt"
-grep -A3 'X509v3 CRL Distribution Points' "$T/x509.txt" | grep -qF "URI:$CDP" ||
+grep -A3 'X509v3 CRL Distribution Points' "$T/x509.txt" | grep_q -F "URI:$CDP" ||
     fail "no CRL distribution point $CDP: $(cat "$T/x509.txt")"
-grep -A2 'Authority Information Access' "$T/x509.txt" | grep -qF "CA Issuers - URI:$AIA" ||
+grep -A2 'Authority Information Access' "$T/x509.txt" | grep_q -F "CA Issuers - URI:$AIA" ||
     fail "no caIssuers $AIA: $(cat "$T/x509.txt")"
 
 note "/ca.crt is the CA certificate in DER"
@@ -122,7 +122,7 @@ n2=$(fetch "$URL2" "$T/crl2.der")
 n1=$(fetch "$URL1" "$T/crl1.der")
 [ "$n1" = "$n2" ] && cmp -s "$T/crl1.der" "$T/crl2.der" || fail "the daemons serve different CRLs: $n1, $n2"
 openssl crl -inform DER -in "$T/crl1.der" -out "$T/crl1.pem"
-openssl crl -in "$T/crl1.pem" -CAfile "$T/ca.pem" -noout 2>&1 | grep -q "verify OK" || fail "the CRL does not verify"
+openssl crl -in "$T/crl1.pem" -CAfile "$T/ca.pem" -noout 2>&1 | grep_q "verify OK" || fail "the CRL does not verify"
 openssl crl -in "$T/crl1.pem" -noout -text >"$T/crl.txt"
 for s in "$(serial 1)" "$(serial 2)"; do
     grep -qi "Serial Number: *0*$s" "$T/crl.txt" || fail "serial $s is not on the CRL: $(cat "$T/crl.txt")"

@@ -75,7 +75,7 @@ assert_out "unused"
 assert_not_out "$(cat "$T/otp_a.pw")"
 [ "$(psql_val "SELECT count(*) FROM enrollment_passwords WHERE hash LIKE '\$argon2id\$%'")" = 2 ] ||
     fail "passwords not stored as Argon2id hashes"
-psql_val "SELECT * FROM enrollment_passwords" | grep -qF "$(cat "$T/otp_a.pw")" && fail "a password is in the database"
+psql_val "SELECT * FROM enrollment_passwords" | grep_q -F "$(cat "$T/otp_a.pw")" && fail "a password is in the database"
 [ "$(psql_val "SELECT count(*) FROM audit_events WHERE action = 'enroll.password.create' AND outcome = 'ok'")" = 2 ] ||
     fail "password creations not audited"
 [ "$(psql_val "SELECT count(*) FROM audit_events WHERE action = 'enroll.password.create' AND outcome = 'refused'")" -ge 2 ] ||
@@ -155,7 +155,7 @@ note "RSA keys: keyEncipherment"
 rsakey carol
 tool 0 issue "$DB" "$PIN_FILE" encryption-rsa 'CN=Carol,O=Example' "$T/carol.key" --key "$T/carol.key" \
     --source server --out "$T/carol.pem"
-openssl x509 -in "$T/carol.pem" -noout -ext keyUsage | grep -q "Key Encipherment" || fail "RSA key usage"
+openssl x509 -in "$T/carol.pem" -noout -ext keyUsage | grep_q "Key Encipherment" || fail "RSA key usage"
 [ "$(psql_val "SELECT source FROM archive_records WHERE subject = 'CN=Carol,O=Example'")" = enroll-server ] ||
     fail "source not recorded"
 note "server key generation per profile"
@@ -299,7 +299,7 @@ for want in "DNS:escrow.example.org" "IP Address:127.0.0.1" "IP Address:0:0:0:0:
     "TLS Web Server Authentication" "Digital Signature" "CN = escrow.example.org"; do
     grep -qF "$want" "$T/ext.txt" || fail "service certificate lacks $want"
 done
-openssl x509 -in "$T/svc.pem" -noout -text | grep -q "ASN1 OID: prime256v1" || fail "not an EC P-256 key"
+openssl x509 -in "$T/svc.pem" -noout -text | grep_q "ASN1 OID: prime256v1" || fail "not an EC P-256 key"
 cmp -s <(openssl x509 -in "$T/svc.pem" -noout -pubkey) <(openssl pkey -in "$T/svc.key" -pubout) ||
     fail "the key does not match the certificate"
 [ "$(psql_val "SELECT count(*) FROM certificates WHERE profile = 'tls-server'")" = 1 ] || fail "not recorded"

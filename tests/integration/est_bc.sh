@@ -78,7 +78,7 @@ done
 [ "$(stat -c %a "$T/bc/keygen.key")" = 600 ] || fail "the generated key was written readable by others"
 [ "$(openssl pkey -in "$T/bc/keygen.key" -pubout)" = "$(openssl x509 -in "$T/bc/keygen.pem" -noout -pubkey)" ] ||
     fail "the server-generated key does not match its certificate"
-openssl pkey -in "$T/bc/keygen.key" -noout -text | grep -q 'prime256v1' || fail "the server-generated key is not EC P-256"
+openssl pkey -in "$T/bc/keygen.key" -noout -text | grep_q 'prime256v1' || fail "the server-generated key is not EC P-256"
 openssl x509 -in "$T/bc/cacerts.pem" -noout -fingerprint -sha256 >"$T/fp1"
 openssl x509 -in "$SERVER_CA" -noout -fingerprint -sha256 >"$T/fp2"
 cmp -s "$T/fp1" "$T/fp2" || fail "/cacerts did not return the CA certificate first"

@@ -60,7 +60,7 @@ psql_val "SELECT encode(certificate, 'base64') FROM token_keys WHERE role = 'tra
     openssl x509 -inform DER -outform PEM >"$T/transport-db.pem"
 cmp -s "$T/transport.pem" "$T/transport-db.pem" || fail "the transport certificate is not the one recorded"
 openssl verify -CAfile "$SERVER_CA" "$T/transport.pem" >/dev/null || fail "openssl does not verify it"
-openssl x509 -in "$T/transport.pem" -noout -ext keyUsage | grep -q "Key Agreement" || fail "not keyAgreement"
+openssl x509 -in "$T/transport.pem" -noout -ext keyUsage | grep_q "Key Agreement" || fail "not keyAgreement"
 run_esc 0 est transport-cert "${EST[@]}"
 grep -q "BEGIN CERTIFICATE" "$T/out" || fail "no PEM on standard output"
 [ "$(curl -sS --cacert "$SERVER_CA" -o /dev/null -w '%{http_code} %{content_type}' -I \
@@ -88,7 +88,7 @@ openssl verify -CAfile "$T/alice-ca.pem" "$T/alice.pem" >/dev/null || fail "alic
 [ "$(stat -c %a "$T/alice.key")" = 600 ] || fail "the key file is mode $(stat -c %a "$T/alice.key")"
 openssl pkey -in "$T/alice.key" -passin pass:wrong-password -noout 2>/dev/null && fail "a wrong password opens the key"
 [ "$(pub_of_key "$T/alice.key")" = "$(pub_of_cert "$T/alice.pem")" ] || fail "alice's key is not her certificate's"
-openssl pkey -in "$T/alice.key" -passin file:"$T/key.pw" -noout -text | grep -q "NIST CURVE: P-256" ||
+openssl pkey -in "$T/alice.key" -passin file:"$T/key.pw" -noout -text | grep_q "NIST CURVE: P-256" ||
     fail "not an EC P-256 key"
 [ "$(records "$T/alice.pem" enroll-client)" = 1 ] || fail "the fullcmc key is not archived"
 SERIAL=$(serial_of "$T/alice.pem")
@@ -103,7 +103,7 @@ openssl pkcs12 -in "$T/alice-rsa.p12" -passin file:"$T/key.pw" -nokeys -clcerts 
 openssl pkcs12 -in "$T/alice-rsa.p12" -passin file:"$T/key.pw" -nocerts -nodes 2>/dev/null |
     openssl pkey -pubout >"$T/alice-rsa.pub"
 [ "$(cat "$T/alice-rsa.pub")" = "$(pub_of_cert "$T/alice-rsa.pem")" ] || fail "the PKCS#12 key is not its certificate's"
-openssl x509 -in "$T/alice-rsa.pem" -noout -text | grep -q "Public-Key: (3072 bit)" || fail "not RSA-3072"
+openssl x509 -in "$T/alice-rsa.pem" -noout -text | grep_q "Public-Key: (3072 bit)" || fail "not RSA-3072"
 [ "$(records "$T/alice-rsa.pem" enroll-client)" = 1 ] || fail "the RSA key is not archived"
 
 note "serverkeygen: the service makes the key, archives it, returns it"
@@ -124,9 +124,9 @@ run_esc 0 "${ENROLL[@]}" --serverkeygen --label encryption-rsa --otp "$OTP" --ot
     --out-p12 "$T/bob-rsa.p12"
 openssl pkcs12 -in "$T/bob-rsa.p12" -passin file:"$T/key.pw" -nokeys -clcerts -out "$T/bob-rsa.pem" 2>/dev/null ||
     fail "openssl cannot read the PKCS#12"
-openssl pkcs12 -in "$T/bob-rsa.p12" -passin file:"$T/key.pw" -nokeys -cacerts 2>/dev/null | grep -q "BEGIN CERTIFICATE" ||
+openssl pkcs12 -in "$T/bob-rsa.p12" -passin file:"$T/key.pw" -nokeys -cacerts 2>/dev/null | grep_q "BEGIN CERTIFICATE" ||
     fail "the PKCS#12 lacks the CA certificate"
-openssl x509 -in "$T/bob-rsa.pem" -noout -text | grep -q "Public-Key: (2048 bit)" || fail "not the RSA-2048 the label makes"
+openssl x509 -in "$T/bob-rsa.pem" -noout -text | grep_q "Public-Key: (2048 bit)" || fail "not the RSA-2048 the label makes"
 [ "$(records "$T/bob-rsa.pem" enroll-server)" = 1 ] || fail "the RSA serverkeygen key is not archived"
 
 note "simpleenroll on the signing label: a key that is never archived"
@@ -135,7 +135,7 @@ before=$(psql_val "SELECT count(*) FROM archive_records")
 run_esc 0 "${ENROLL[@]}" --simpleenroll --label signing --otp "$OTP" --otp-file "$T/otp.pw" \
     --out-cert "$T/carol.pem" --out-key "$T/carol.key"
 openssl verify -CAfile "$SERVER_CA" "$T/carol.pem" >/dev/null || fail "carol.pem does not verify"
-openssl x509 -in "$T/carol.pem" -noout -ext keyUsage | grep -q "Digital Signature" || fail "not a signing certificate"
+openssl x509 -in "$T/carol.pem" -noout -ext keyUsage | grep_q "Digital Signature" || fail "not a signing certificate"
 [ "$(psql_val "SELECT count(*) FROM archive_records")" = "$before" ] || fail "a signing key was archived"
 
 note "simplereenroll with that certificate (its encrypted key): same subject and key, new serial"

@@ -103,7 +103,7 @@ for c in rsa ecka; do
     openssl verify -CAfile "$SERVER_CA" "$T/new-$c.pem" >/dev/null || fail "$c: the new certificate does not verify"
     openssl cms -cmsout -print -inform DER -in "$T/key-$c.p7" >"$T/out"
     assert_out "contentType: pkcs7-envelopedData"
-    grep -A3 'encryptedContentInfo:' "$T/out" | grep -q 'contentType: pkcs7-signedData' ||
+    grep -A3 'encryptedContentInfo:' "$T/out" | grep_q 'contentType: pkcs7-signedData' ||
         fail "$c: the EnvelopedData does not say it holds a SignedData"
     openssl cms -decrypt -binary -inform DER -in "$T/key-$c.p7" -recip "$T/$c.pem" -inkey "$T/$c.key" \
         -out "$T/signed-$c.der" || fail "$c: openssl cms -decrypt"
@@ -121,7 +121,7 @@ for c in rsa ecka; do
       "$(openssl x509 -in "$SERVER_CA" -noout -fingerprint -sha256)" ] || fail "$c: not signed with the CA certificate"
     # AsymmetricKeyPackage: SEQUENCE OF OneAsymmetricKey, one: the PKCS#8 key of the new certificate.
     openssl asn1parse -inform DER -in "$T/pkg-$c.der" >"$T/pkg.txt"
-    sed -n 1p "$T/pkg.txt" | grep -q ':d=0 .*cons: SEQUENCE' && sed -n 2p "$T/pkg.txt" | grep -q ':d=1 .*cons: SEQUENCE' &&
+    sed -n 1p "$T/pkg.txt" | grep_q ':d=0 .*cons: SEQUENCE' && sed -n 2p "$T/pkg.txt" | grep_q ':d=1 .*cons: SEQUENCE' &&
         [ "$(grep -c ':d=1 ' "$T/pkg.txt")" = 1 ] || fail "$c: the key package is not a SEQUENCE OF one OneAsymmetricKey"
     hl=$(sed -n '1s/.*hl= *\([0-9]*\).*/\1/p' "$T/pkg.txt")
     tail -c +$((hl + 1)) "$T/pkg-$c.der" >"$T/p8-$c.der"
@@ -176,7 +176,7 @@ port=${URL##*:}
 tr -d '\r' <"$T/raw.crlf" >"$T/raw"
 awk 'NR == 1 && $2 != 200 { exit 1 } /^$/ { getline; print; exit }' "$T/raw" >"$T/after" || fail "raw HEAD: $(head -n 3 "$T/raw")"
 grep -q '^HTTP/1.1 200' "$T/after" || fail "raw HEAD: something other than the next response followed its headers: $(cat -A "$T/raw" | head -c 1500)"
-[ "$(grep -c '^HTTP/1.1 ' "$T/raw")" = 2 ] && tail -n 1 "$T/raw" | grep -qx ok || fail "raw HEAD + GET: $(cat "$T/raw")"
+[ "$(grep -c '^HTTP/1.1 ' "$T/raw")" = 2 ] && tail -n 1 "$T/raw" | grep_q -x ok || fail "raw HEAD + GET: $(cat "$T/raw")"
 
 note "5. /csrattrs names every key each profile accepts (openssl asn1parse)"
 for p in signing encryption encryption-rsa; do

@@ -107,7 +107,7 @@ curl -sf --cacert "$SERVER_CA" "$URL/healthz" >/dev/null || fail "the service st
 
 note "CRL served by the service, signed by the CA"
 curl -sf --cacert "$SERVER_CA" -o "$T/crl.der" "$URL/crl" || fail "GET /crl"
-openssl crl -inform DER -in "$T/crl.der" -CAfile "$SERVER_CA" -noout 2>&1 | grep -q "verify OK" || fail "CRL"
+openssl crl -inform DER -in "$T/crl.der" -CAfile "$SERVER_CA" -noout 2>&1 | grep_q "verify OK" || fail "CRL"
 
 note "SIGTERM while a request is still arriving: it completes, then the process exits 0"
 ( printf '%s' "$(cat "$T/req.b64")"; head -c 30000 /dev/zero | tr '\0' '\n' ) >"$T/slow.b64"

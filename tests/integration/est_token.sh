@@ -73,7 +73,7 @@ on_token() {
     privkey_block "$ID" >"$T/priv.txt"
     grep -q "label: *$1\$" "$T/priv.txt" || fail "label is not '$1': $(cat "$T/priv.txt")"
     grep -q "Access: *sensitive" "$T/priv.txt" || fail "not sensitive: $(cat "$T/priv.txt")"
-    ! grep -q "Access:.*extractable" "$T/priv.txt" || grep -q "never extractable" "$T/priv.txt" ||
+    ! grep -q "Access:.*extractable" "$T/priv.txt" || grep_q "never extractable" "$T/priv.txt" ||
         fail "extractable: $(grep Access "$T/priv.txt")"
     openssl verify -CAfile "$SERVER_CA" "$2" >/dev/null || fail "$2 does not verify"
 }
@@ -131,7 +131,7 @@ no_secret_out
 no_files
 [ "$(otp_state "$OTP")" = t ] || fail "the one-time password is not spent"
 on_token "Alice Example" "$T/alice.pem"
-openssl x509 -in "$T/alice.pem" -noout -text | grep -q "Public-Key: (3072 bit)" || fail "not RSA-3072"
+openssl x509 -in "$T/alice.pem" -noout -text | grep_q "Public-Key: (3072 bit)" || fail "not RSA-3072"
 [ "$(records "$SERIAL" enroll-client)" = 1 ] || fail "the key on the token is not archived"
 decrypts "$ID" "$T/alice.pem"
 # The same attributes read by GnuTLS's p11tool: sensitive, and no CKA_EXTRACTABLE.
@@ -176,7 +176,7 @@ assert_out "written onto token 'ALICE'"
 no_secret_out
 no_files
 on_token "Bob Example" "$T/bob.pem"
-openssl x509 -in "$T/bob.pem" -noout -text | grep -q "Public-Key: (2048 bit)" || fail "not the RSA-2048 of the label"
+openssl x509 -in "$T/bob.pem" -noout -text | grep_q "Public-Key: (2048 bit)" || fail "not the RSA-2048 of the label"
 [ "$(records "$SERIAL" enroll-server)" = 1 ] || fail "the serverkeygen key is not archived"
 decrypts "$ID" "$T/bob.pem"
 note "serverkeygen, a wrong token PIN: refused (11), the one-time password unspent"
@@ -204,7 +204,7 @@ ID=$(grep -o 'id=%[0-9A-Fa-f%]*' "$T/out" | head -n 1 | sed 's/^id=//; s/%//g' |
 p11 --token-label ALICE --read-object --type cert --id "$ID" -o "$T/carol-sign.der" || fail "no certificate"
 openssl x509 -inform DER -in "$T/carol-sign.der" -out "$T/carol-sign.pem"
 openssl verify -CAfile "$SERVER_CA" "$T/carol-sign.pem" >/dev/null || fail "the signing certificate does not verify"
-openssl x509 -in "$T/carol-sign.pem" -noout -ext keyUsage | grep -q "Digital Signature" || fail "not a signing certificate"
+openssl x509 -in "$T/carol-sign.pem" -noout -ext keyUsage | grep_q "Digital Signature" || fail "not a signing certificate"
 privkey_block "$ID" >"$T/priv.txt"
 grep -q "label: *Carol Signer$" "$T/priv.txt" || fail "label: $(cat "$T/priv.txt")"
 grep -q "Usage: *sign$" "$T/priv.txt" || fail "usage: $(grep Usage "$T/priv.txt")"

@@ -31,7 +31,7 @@ ln -s "$ESC" "$T/bin/p11escrow"
 assert_out "key matches"
 assert_out "alice-enc.pem: OK"
 assert_out "alice-sign.pem: OK"
-tail -n 1 "$T/out" | grep -qx 403 || fail "simpleenroll on the archival profile was not refused with 403"
+tail -n 1 "$T/out" | grep_q -x 403 || fail "simpleenroll on the archival profile was not refused with 403"
 fp=$(grep -ci 'sha256 fingerprint' "$T/out")
 [ "$fp" -eq 2 ] && [ "$(grep -i 'sha256 fingerprint' "$T/out" | sort -u | wc -l)" -eq 1 ] ||
     fail "/cacerts did not return the CA certificate"
@@ -43,7 +43,7 @@ sign_serial=$(openssl x509 -in "$T/walk/alice-sign.pem" -noout -serial | cut -d=
     fail "the serverkeygen key is not archived"
 [ "$(psql_val "SELECT count(*) FROM certificates WHERE serial = '$sign_serial'")" = 1 ] || fail "no signing cert row"
 [ "$(psql_val "SELECT count(*) FROM archive_records")" = 1 ] || fail "a signing key was archived"
-openssl x509 -in "$T/walk/alice-sign.pem" -noout -ext keyUsage | grep -q "Digital Signature" || fail "signing KU"
+openssl x509 -in "$T/walk/alice-sign.pem" -noout -ext keyUsage | grep_q "Digital Signature" || fail "signing KU"
 
 note "a one-time password works once"
 curl -sS --cacert "$SERVER_CA" --user "$(awk '$1 == "name:" {print $2}' "$T/walk/otp-enc.txt"):$(awk '$1 == "password:" {print $2}' "$T/walk/otp-enc.txt")" \

@@ -116,7 +116,7 @@ check_load() { # REASON_PATTERN_FOR_503 [EXTRA_ALLOWED_STATUS]
     bad=$(awk -v x="$extra" '$4 != 200 && $4 != 503 && $4 != x' "$LD/codes")
     [ -z "$bad" ] || { grep -E "level=(error|warn)" "$DAEMON_LOG" | grep -v "unavailable: cannot connect" | head -8 >&2
         fail "responses other than 200/503${extra:+/$extra}: $(head -5 <<<"$bad") $(head -c 300 "$LD/curl.err")"; }
-    awk '{ if ($3 - $2 > ('"$TIMEOUT"' + 1) * 1000) print }' "$LD/codes" | grep -q . &&
+    awk '{ if ($3 - $2 > ('"$TIMEOUT"' + 1) * 1000) print }' "$LD/codes" | grep_q . &&
         fail "a request took longer than request_timeout: $(awk '{print $3 - $2}' "$LD/codes" | sort -n | tail -1) ms"
     for f in $(awk '$4 == 503 {print $1}' "$LD/codes"); do
         grep -qi '^Retry-After: 5' "$LD/$f.h" || fail "503 without Retry-After ($f)"

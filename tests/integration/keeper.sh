@@ -55,7 +55,7 @@ for c in "connected" "issue (signing)" "issue (encryption, archived" "open_trans
     "key type the profile does not allow" "on demand without an account" "unknown account is refused" \
     "reply sent as a request" "still answers on this connection" "oversized frame ends its connection" \
     "goes on serving its other connection" "a dead keeper: TOKEN_NOT_FOUND"; do
-    grep "^ok: " "$T/out" | grep -qF "$c" || fail "check missing: $c"
+    grep "^ok: " "$T/out" | grep_q -F "$c" || fail "check missing: $c"
 done
 # Three certificates went through the keeper; the out-of-profile requests left nothing.
 [ "$(psql_val "SELECT count(*) FROM certificates")" = $((certs0 + 3)) ] || fail "certificates recorded: not 3 more"

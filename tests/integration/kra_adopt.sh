@@ -67,7 +67,7 @@ assert_out "rsa3072, recipient rsa-oaep-sha1"
 assert_out "recipient:   the card decrypted RSA-OAEP only with SHA-1 (CKM_RSA_PKCS_OAEP), and raw RSA"
 [ "$(psql_val "SELECT key_origin || ' ' || recipient FROM kras WHERE name = 'gen'")" = "generated rsa-oaep-sha1" ] ||
     fail "gen not registered as generated"
-psql_val "SELECT recipient_reason FROM kras WHERE name = 'gen'" | grep -q "only with SHA-1" || fail "gen's probe not stored"
+psql_val "SELECT recipient_reason FROM kras WHERE name = 'gen'" | grep_q "only with SHA-1" || fail "gen's probe not stored"
 as admin 0 kra retire gen
 
 note "a sign-only key is not adopted (41), and stays on its card"

@@ -113,7 +113,7 @@ for l in sys.stdin:
 serial_of() { openssl x509 -in "$1" -noout -serial | sed 's/serial=//' | python3 -c 'import sys; print("%X" % int(sys.stdin.read().strip(), 16))'; }
 kra_pem kra1 "$T/kra1-old.pem"
 OLD1=$(serial_of "$T/kra1-old.pem")
-recipient_serials "$ALICE" | grep -qx "$OLD1" || fail "alice's record does not name kra1's certificate ($OLD1)"
+recipient_serials "$ALICE" | grep_q -x "$OLD1" || fail "alice's record does not name kra1's certificate ($OLD1)"
 ID1=$(psql_val "SELECT id FROM kras WHERE name = 'kra1'")
 
 note "refused: another card's key (mismatch), a wrong card PIN, a non-administrator, an unknown KRA"
@@ -140,8 +140,8 @@ assert_out "replacing serial"
 cmp -s <(openssl x509 -in "$T/kra1-old.pem" -noout -pubkey) <(openssl x509 -in "$T/kra1-new.pem" -noout -pubkey) ||
     fail "the renewed certificate is for another key"
 openssl verify -CAfile "$T/ca.pem" "$T/kra1-new.pem" >/dev/null || fail "the renewed certificate does not verify"
-openssl x509 -in "$T/kra1-new.pem" -noout -ext extendedKeyUsage | grep -q "1.3.6.1.4.1.311.21.6" || fail "no KRA EKU"
-openssl x509 -in "$T/kra1-new.pem" -noout -subject | grep -q "CN *= *kra1" || fail "the renewed certificate's subject"
+openssl x509 -in "$T/kra1-new.pem" -noout -ext extendedKeyUsage | grep_q "1.3.6.1.4.1.311.21.6" || fail "no KRA EKU"
+openssl x509 -in "$T/kra1-new.pem" -noout -subject | grep_q "CN *= *kra1" || fail "the renewed certificate's subject"
 days=$(( ( $(date -d "$(openssl x509 -in "$T/kra1-new.pem" -noout -enddate | cut -d= -f2)" +%s) - $(date +%s) ) / 86400 ))
 [ "$days" -ge 398 ] && [ "$days" -le 400 ] || fail "the renewed certificate is valid for $days days, not 400"
 [ "$(psql_val "SELECT id || ' ' || state || ' ' || token_label FROM kras WHERE name = 'kra1'")" = "$ID1 active KRA1" ] ||
@@ -165,9 +165,9 @@ grep -E '^kra1 .* - ' "$T/out" >/dev/null || fail "kra1 still warned about after
 note "a record wrapped after the renewal names the new certificate; alice's still names the old one"
 issue bob
 BOB=$(cut -d' ' -f1 "$T/bob.rec")
-recipient_serials "$BOB" | grep -qx "$NEW1" || fail "bob's record does not name kra1's new certificate"
-recipient_serials "$BOB" | grep -qx "$OLD1" && fail "bob's record names kra1's old certificate"
-recipient_serials "$ALICE" | grep -qx "$OLD1" || fail "alice's record changed"
+recipient_serials "$BOB" | grep_q -x "$NEW1" || fail "bob's record does not name kra1's new certificate"
+recipient_serials "$BOB" | grep_q -x "$OLD1" && fail "bob's record names kra1's old certificate"
+recipient_serials "$ALICE" | grep_q -x "$OLD1" || fail "alice's record changed"
 
 recover() { # recover USER KRA ACCOUNT TOKEN: the record recovered by KRA, compared byte for byte with USER's key
     local req

@@ -51,9 +51,9 @@ psql_val "SELECT details FROM audit_events WHERE action = 'kra.enroll' AND objec
 psql_val "SELECT encode(certificate, 'base64') FROM kras WHERE name = 'kra-rsa'" | base64 -d |
     openssl x509 -inform DER -out "$T/kra-rsa.pem"
 openssl verify -CAfile "$T/ca.pem" "$T/kra-rsa.pem" >/dev/null || fail "the KRA certificate does not verify"
-openssl x509 -in "$T/kra-rsa.pem" -noout -ext extendedKeyUsage | grep -q "1.3.6.1.4.1.311.21.6" ||
+openssl x509 -in "$T/kra-rsa.pem" -noout -ext extendedKeyUsage | grep_q "1.3.6.1.4.1.311.21.6" ||
     fail "the KRA certificate lacks the KRA EKU"
-openssl x509 -in "$T/kra-rsa.pem" -noout -subject | grep -q "CN *= *kra-rsa" || fail "the KRA certificate's subject"
+openssl x509 -in "$T/kra-rsa.pem" -noout -subject | grep_q "CN *= *kra-rsa" || fail "the KRA certificate's subject"
 SOFTHSM2_CONF=$SOFTHSM2_CONF p11tool --provider "$SOFTHSM" --list-all-certs 'pkcs11:token=KRA1' 2>/dev/null |
     grep -q "p11escrow KRA kra-rsa" || fail "the certificate is not on the card"
 
@@ -148,13 +148,13 @@ challenge soft1 SOFT1
 RIGHT=$(answer)
 [ "$(printf '%s' "$RIGHT" | base64 -d | wc -c)" = 32 ] || fail "the secret is not 32 bytes"
 [ "$(prove admin soft1 "$CID" "$(head -c 32 /dev/urandom | base64 -w0)")" = 403 ] || fail "a wrong secret: $(cat "$T/body")"
-jget 'd["error"]' | grep -q "did not prove" || fail "wrong secret reason: $(cat "$T/body")"
+jget 'd["error"]' | grep_q "did not prove" || fail "wrong secret reason: $(cat "$T/body")"
 [ "$(kras)" = "$n0" ] || fail "a wrong secret registered a KRA"
 [ "$(events kra.enroll refused)" = $((w0 + 1)) ] || fail "the wrong secret is not audited"
 [ "$(psql_val "SELECT outcome FROM kra_challenges WHERE id = $CID")" = "wrong secret" ] || fail "challenge not used up"
 note "a challenge is answered once"
 [ "$(prove admin soft1 "$CID" "$RIGHT")" = 409 ] || fail "a used challenge: $(cat "$T/body")"
-jget 'd["error"]' | grep -q "answered already" || fail "reuse reason: $(cat "$T/body")"
+jget 'd["error"]' | grep_q "answered already" || fail "reuse reason: $(cat "$T/body")"
 [ "$(kras)" = "$n0" ] || fail "a used challenge registered a KRA"
 
 note "an expired challenge: 409, audited, nothing registered"
@@ -163,7 +163,7 @@ RIGHT=$(answer)
 psql_val "UPDATE kra_challenges SET created_at = now() - interval '10 minutes', expires_at = now() - interval '5 minutes'
           WHERE id = $CID" >/dev/null
 [ "$(prove admin soft1 "$CID" "$RIGHT")" = 409 ] || fail "an expired challenge: $(cat "$T/body")"
-jget 'd["error"]' | grep -q "expired" || fail "expiry reason: $(cat "$T/body")"
+jget 'd["error"]' | grep_q "expired" || fail "expiry reason: $(cat "$T/body")"
 [ "$(kras)" = "$n0" ] || fail "an expired challenge registered a KRA"
 [ "$(events kra.enroll refused)" = $((w0 + 3)) ] || fail "the reuse and the expiry are not audited"
 

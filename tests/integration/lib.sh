@@ -121,6 +121,11 @@ srv() {
 SCHEMA_VERSION=$(find "$P11ESCROW_SRC/sql" -maxdepth 1 -name '[0-9][0-9][0-9]_*.sql' | wc -l)
 psql_val() { psql "$DB" -XAtq -c "$1"; }
 
+# grep_q ARGS...: grep -q for a pipeline.  grep -q exits at the first match; under pipefail the command
+# before it then dies of SIGPIPE if it writes again, and the pipeline fails although the line was there.
+# This grep reads all of its input.
+grep_q() { grep "$@" >/dev/null; }
+
 # count_private_keys SOFTHSM2_CONF TOKEN_LABEL
 count_private_keys() {
     SOFTHSM2_CONF=$1 GNUTLS_PIN=$P11ESCROW_USER_PIN p11tool --provider "$SOFTHSM" --login --only-urls \

@@ -40,7 +40,7 @@ note "the KRA certificates: issued by the CA, Key Recovery Agent EKU, key on the
 psql_val "SELECT encode(certificate, 'base64') FROM kras WHERE name = 'kra1'" | base64 -d |
     openssl x509 -inform DER -out "$T/kra1.pem"
 openssl verify -CAfile "$T/ca.pem" "$T/kra1.pem" >/dev/null || fail "KRA certificate does not verify"
-openssl x509 -in "$T/kra1.pem" -noout -ext extendedKeyUsage | grep -q "1.3.6.1.4.1.311.21.6" || fail "KRA EKU"
+openssl x509 -in "$T/kra1.pem" -noout -ext extendedKeyUsage | grep_q "1.3.6.1.4.1.311.21.6" || fail "KRA EKU"
 GNUTLS_PIN=$P11ESCROW_USER_PIN p11tool --provider "$SOFTHSM" --login --list-privkeys 'pkcs11:token=KRA1' >"$T/k.txt"
 grep -q CKA_NEVER_EXTRACTABLE "$T/k.txt" && grep -q CKA_SENSITIVE "$T/k.txt" || fail "KRA key not protected"
 
@@ -125,7 +125,7 @@ P12PW=$(sed -n 's/^PKCS#12 password (shown once.*): //p' "$T/out")
 note "openssl opens the PKCS#12; the key is byte for byte the archived one"
 openssl pkcs12 -in "$T/alice.p12" -passin "pass:$P12PW" -nodes -nocerts -out "$T/rec.key" 2>/dev/null ||
     fail "openssl pkcs12 cannot open the output"
-openssl pkcs12 -in "$T/alice.p12" -passin "pass:$P12PW" -info -noout 2>&1 | grep -q "AES-256-CBC" ||
+openssl pkcs12 -in "$T/alice.p12" -passin "pass:$P12PW" -info -noout 2>&1 | grep_q "AES-256-CBC" ||
     fail "PKCS#12 not AES-256"
 cmp -s <(openssl pkey -in "$T/rec.key" -outform DER) <(openssl pkey -in "$T/alice.key" -outform DER) ||
     fail "recovered key differs from the archived key"
@@ -198,9 +198,9 @@ as cm1 0 cert revoke --serial "$BOBSERIAL" --reason keyCompromise
 as cm1 40 cert revoke --serial "$BOBSERIAL" --reason superseded
 run_esc 0 cert crl --out "$T/ca.crl" --pin-file "$PIN_FILE"
 assert_out "1 revoked certificate(s)"
-openssl crl -in "$T/ca.crl" -CAfile "$T/ca.pem" -noout 2>&1 | grep -q "verify OK" || fail "the CRL does not verify"
-openssl crl -in "$T/ca.crl" -noout -text | grep -qi "Serial Number: $BOBSERIAL" || fail "bob is not on the CRL"
-openssl crl -in "$T/ca.crl" -noout -text | grep -q "Key Compromise" || fail "no reason code on the CRL"
+openssl crl -in "$T/ca.crl" -CAfile "$T/ca.pem" -noout 2>&1 | grep_q "verify OK" || fail "the CRL does not verify"
+openssl crl -in "$T/ca.crl" -noout -text | grep_q -i "Serial Number: $BOBSERIAL" || fail "bob is not on the CRL"
+openssl crl -in "$T/ca.crl" -noout -text | grep_q "Key Compromise" || fail "no reason code on the CRL"
 ! openssl verify -crl_check -CRLfile "$T/ca.crl" -CAfile "$T/ca.pem" "$T/bob.pem" >/dev/null 2>&1 ||
     fail "openssl still accepts bob's certificate"
 openssl verify -crl_check -CRLfile "$T/ca.crl" -CAfile "$T/ca.pem" "$T/alice.pem" >/dev/null ||
@@ -231,7 +231,7 @@ grep -q "kent (kra) recovery.complete request $REQ3: refused" "$T/out" || fail "
 grep -q "recovery.release request $REQ4: refused - .*belongs to another row" "$T/out" || fail "tampering not audited"
 as audrey 0 audit show --action recovery.complete --actor kent
 [ "$(grep -c 'recovery.complete' "$T/out")" -ge 2 ] || fail "filtering by action and actor"
-! grep -v "kent" "$T/out" | grep -q "recovery.complete" || fail "the actor filter let others through"
+! grep -v "kent" "$T/out" | grep_q "recovery.complete" || fail "the actor filter let others through"
 as cm1 51 audit show
 as audrey 0 audit export
 python3 -c 'import json,sys; [json.loads(l) for l in open(sys.argv[1])]' "$T/out" || fail "export is not JSON lines"

@@ -272,9 +272,9 @@ for r in "$R8" "$R9" "$R10"; do [ "$(state "$r")" = "released false" ] || fail "
 psql_val "UPDATE recovery_requests SET released_at = now() - interval '25 hours' WHERE id IN ($R8, $R9, $R10)" >/dev/null
 psql_val "UPDATE recovery_requests SET released_at = now() - interval '23 hours' WHERE id = $R10" >/dev/null
 [ "$(get kent "/recoveries/$R8/package")" = 409 ] || fail "fetch of an overdue package: $(head -c 300 "$T/body")"
-jget 'd["error"]' | grep -q "expired" || fail "fetch refusal does not say expired: $(head -c 300 "$T/body")"
+jget 'd["error"]' | grep_q "expired" || fail "fetch refusal does not say expired: $(head -c 300 "$T/body")"
 [ "$(post kent "/recoveries/$R8/complete" '')" = 409 ] || fail "completion of an overdue package over HTTP"
-jget 'd["error"]' | grep -q "expired" || fail "completion refusal does not say expired: $(head -c 300 "$T/body")"
+jget 'd["error"]' | grep_q "expired" || fail "completion refusal does not say expired: $(head -c 300 "$T/body")"
 srv kent 41 recovery complete "$R8" --token 'pkcs11:token=KRA1' --kra-pin-file "$PIN_FILE" --out "$T/r8.p12"
 [ ! -e "$T/r8.p12" ] || fail "a file was left by a refused completion"
 as kim 41 recovery complete "$R9" --token 'pkcs11:token=KRA2' --kra-pin-file "$PIN_FILE" --out "$T/r9.p12"
@@ -321,7 +321,7 @@ grep -q "1 released package(s) expired" "$DAEMON_LOG" || fail "the sweep is not 
     "service service ok" ] || fail "the service's expiry is not audited as 'service'"
 [ "$(psql_val "SELECT ended_by FROM recovery_requests WHERE id = $R8")" = service ] || fail "ended_by of the service's expiry"
 [ "$(get kent "/recoveries/$R8/package")" = 409 ] || fail "package of an expired request"
-jget 'd["error"]' | grep -q "is expired, not released" || fail "expired refusal: $(head -c 300 "$T/body")"
+jget 'd["error"]' | grep_q "is expired, not released" || fail "expired refusal: $(head -c 300 "$T/body")"
 srv cm1 0 recovery list --state expired
 assert_out "request $R8  expired"
 assert_out "request $R9  expired"

@@ -139,7 +139,7 @@ privkey_block "$ALICE_ID" >"$T/priv.txt"
 grep -q "label: *alice$" "$T/priv.txt" || fail "label is not the certificate's CN: $(cat "$T/priv.txt")"
 grep -q "Usage: *decrypt, unwrap$" "$T/priv.txt" || fail "usage: $(grep Usage "$T/priv.txt")"
 grep -q "Access: *sensitive" "$T/priv.txt" || fail "not sensitive: $(grep Access "$T/priv.txt")"
-! grep -q "Access:.*extractable" "$T/priv.txt" || grep -q "never extractable" "$T/priv.txt" ||
+! grep -q "Access:.*extractable" "$T/priv.txt" || grep_q "never extractable" "$T/priv.txt" ||
     fail "extractable: $(grep Access "$T/priv.txt")"
 # The same attributes read by another library (GnuTLS's p11tool): sensitive, and no CKA_EXTRACTABLE.
 GNUTLS_PIN=$P11ESCROW_USER_PIN p11tool --provider "$SOFTHSM" --login --list-privkeys 'pkcs11:token=ALICE' \
@@ -249,7 +249,7 @@ as kent 0 recovery complete "$ALICE_REQ" --token 'pkcs11:token=KRA1' --kra-pin-f
 assert_out "CMS (PEM) encrypted to certificate SHA256:"
 assert_out "subject 'CN=rcpt-rsa,O=Example' written to $T/alice.cms.pem"
 [ "$(stat -c %a "$T/alice.cms.pem")" = 600 ] || fail "CMS not mode 0600"
-head -n 1 "$T/alice.cms.pem" | grep -q "^-----BEGIN CMS-----$" || fail "not PEM CMS"
+head -n 1 "$T/alice.cms.pem" | grep_q "^-----BEGIN CMS-----$" || fail "not PEM CMS"
 openssl cms -cmsout -print -inform PEM -in "$T/alice.cms.pem" >"$T/cms.txt"
 grep -q "id-smime-ct-authEnvelopedData" "$T/cms.txt" && grep -q "rsaesOaep" "$T/cms.txt" &&
     grep -q "sha256" "$T/cms.txt" && grep -q "aes-256-gcm" "$T/cms.txt" || fail "CMS structure: $(head -c 2000 "$T/cms.txt")"

@@ -117,7 +117,7 @@ grep -A2 "^request $REQ_DONE " "$T/out" >"$T/req.txt"
 grep -q "serial $ALICE_SERIAL\$" "$T/req.txt" && grep -q "subject: CN=alice,O=Example" "$T/req.txt" &&
     grep -q "TAMPERED" "$T/req.txt" || fail "request $REQ_DONE is not shown as alice's, flagged: $(cat "$T/req.txt")"
 srv kent 0 recovery list --state released
-grep -A2 "^request $REQ_DONE " "$T/out" | grep -q TAMPERED || fail "the service's list does not flag request $REQ_DONE"
+grep -A2 "^request $REQ_DONE " "$T/out" | grep_q TAMPERED || fail "the service's list does not flag request $REQ_DONE"
 code=$(curl -sS --cacert "$SERVER_CA" -K "$T/cm1.curl" -o "$T/body" -w '%{http_code}' "$API/recoveries/$REQ_SWAP")
 [ "$code" = 200 ] || fail "GET /recoveries/$REQ_SWAP: HTTP $code"
 python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); assert d["tampered"] is False, d' "$T/body" ||

@@ -175,8 +175,8 @@ while IFS= read -r line; do
     [ ${#line} -ge 32 ] && add "line $i of the key's PEM" "$line"
 done < <(openssl pkey -inform DER -in "$T/key.der")
 # The CLI shows a generated secret once, by design: on that one line only.
-grep -c -- "$OTP" "$OTP_FILE" | grep -qx 1 || fail "the one-time password is shown more than once"
-grep -c -- "$P12PW" "$P12_FILE" | grep -qx 1 || fail "the PKCS#12 password is shown more than once"
+grep -c -- "$OTP" "$OTP_FILE" | grep_q -x 1 || fail "the one-time password is shown more than once"
+grep -c -- "$P12PW" "$P12_FILE" | grep_q -x 1 || fail "the PKCS#12 password is shown more than once"
 sed -i "/^password: /d" "$OTP_FILE"
 sed -i "/^PKCS#12 password (shown once/d" "$P12_FILE"
 files=("$DAEMON_LOG" "$T/check.out" "$T/pg/postgres.log" "$T/dump.sql" "$T/cli"/*)

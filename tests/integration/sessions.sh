@@ -165,7 +165,7 @@ expect 403 basic:cm1 POST /session
                AND details = 'password change required'")" = 2 ] || fail "must-change logins not audited"
 expect 401 basic:cm1 POST /account/password '{"current": "wrong-password-0000", "new": "cm1-own-password-02"}'
 expect 400 basic:cm1 POST /account/password '{"current": "cm1-reset-by-admin-1", "new": "cm1-reset-by-admin-1"}'
-jget 'd["error"]' | grep -q "the administrator set" || fail "keeping the reset password: $(cat "$T/body")"
+jget 'd["error"]' | grep_q "the administrator set" || fail "keeping the reset password: $(cat "$T/body")"
 expect 200 basic:cm1 POST /account/password '{"current": "cm1-reset-by-admin-1", "new": "cm1-own-password-02"}'
 [ "$(jget 'd["password_changed"]')" = True ] || fail "change answer: $(cat "$T/body")"
 pw cm1 'cm1-own-password-02'

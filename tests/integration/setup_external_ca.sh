@@ -9,7 +9,7 @@ start_pg "$T/pg"
 run_esc 0 setup --database "$DB" --token 'pkcs11:token=CA' --pin-file "$PIN_FILE" \
     --subject 'CN=Issuing Escrow CA,O=Example' --csr "$T/ca.csr"
 assert_out "pending"
-openssl req -in "$T/ca.csr" -noout -verify 2>&1 | grep -q "verify OK" || fail "CSR signature invalid"
+openssl req -in "$T/ca.csr" -noout -verify 2>&1 | grep_q "verify OK" || fail "CSR signature invalid"
 [ "$(psql_val "SELECT state FROM ca")" = pending-certificate ] || fail "CA not pending"
 
 note "a repeated setup reports the pending state"

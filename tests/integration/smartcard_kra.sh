@@ -119,7 +119,7 @@ assert_not_out "error"
 psql_val "SELECT encode(certificate, 'base64') FROM kras WHERE name = 'card1'" | base64 -d |
     openssl x509 -inform DER -out "$T/card1.pem"
 openssl verify -CAfile "$T/ca.pem" "$T/card1.pem" >/dev/null || fail "card1's KRA certificate does not verify"
-openssl x509 -in "$T/card1.pem" -noout -ext extendedKeyUsage | grep -q "1.3.6.1.4.1.311.21.6" || fail "KRA EKU"
+openssl x509 -in "$T/card1.pem" -noout -ext extendedKeyUsage | grep_q "1.3.6.1.4.1.311.21.6" || fail "KRA EKU"
 cmp -s <(openssl x509 -in "$T/card1.pem" -noout -pubkey) <(openssl x509 -in "$T/card/cert3.pem" -noout -pubkey) ||
     fail "card1's certificate does not certify the card's key 03"
 [ "$(card_keys)" = 3 ] || fail "the card lost a key"

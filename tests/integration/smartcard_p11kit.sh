@@ -76,7 +76,7 @@ grep -q '^pkcs11:.*token=KRA%20card%20two;id=%00%03;object=CAC%20Email%20Encrypt
     "$T/out" || fail "p11tool does not list the encryption key's URI: $(cat "$T/out")"
 pkcs11-tool --module "$OPENSC" --token-label "$LABEL" --login --pin env:VCARD_PIN -O >"$T/out" 2>&1 ||
     fail "pkcs11-tool -O: $(cat "$T/out")"
-grep -A4 '^Private Key Object' "$T/out" | grep -q 'label: *CAC Email Encryption Certificate' ||
+grep -A4 '^Private Key Object' "$T/out" | grep_q 'label: *CAC Email Encryption Certificate' ||
     fail "pkcs11-tool -O lists no encryption key: $(cat "$T/out")"
 grep -q 'ID: *0003' "$T/out" || fail "pkcs11-tool -O shows no ID 0003"
 KEY='pkcs11:token=KRA%20card%20two;id=%00%03'

@@ -104,7 +104,7 @@ assert_out "300 record(s) are still sealed to an earlier one"
 psql_val "SELECT encode(certificate, 'base64') FROM token_keys WHERE role = 'storage'" | base64 -d |
     openssl x509 -inform DER -out "$T/storage2.pem"
 openssl verify -CAfile "$T/ca.pem" "$T/storage2.pem" >/dev/null || fail "the new storage certificate does not verify"
-openssl x509 -in "$T/storage2.pem" -noout -subject | grep -q "OU *= *Key Archival Storage" || fail "storage certificate name"
+openssl x509 -in "$T/storage2.pem" -noout -subject | grep_q "OU *= *Key Archival Storage" || fail "storage certificate name"
 NEW_URI=$(psql_val "SELECT uri FROM token_keys WHERE role = 'storage'")
 GNUTLS_PIN=$P11ESCROW_USER_PIN p11tool --provider "$SOFTHSM" --login --list-privkeys "$NEW_URI" >"$T/k.txt" 2>/dev/null
 grep -q CKA_NEVER_EXTRACTABLE "$T/k.txt" && grep -q CKA_SENSITIVE "$T/k.txt" || fail "new storage key not protected"
@@ -196,7 +196,7 @@ assert_not_out "may now be destroyed"
 note "re-sealed records open with the new key only"
 PRE_ID=$(id_of "$T/keys/pre/k000042.pem")
 opens_with "$PRE_ID" 2 || fail "a re-sealed record does not open with the new key"
-openssl asn1parse -inform DER -in "$T/content.der" | grep -q "$PRE_ID" || fail "the re-sealed content lost its record id"
+openssl asn1parse -inform DER -in "$T/content.der" | grep_q "$PRE_ID" || fail "the re-sealed content lost its record id"
 ! opens_with "$PRE_ID" 1 || fail "a re-sealed record still opens with the old key"
 
 note "audit: one event per batch with its counts, the tampered record on its own; the chain verifies"

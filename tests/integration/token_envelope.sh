@@ -35,9 +35,9 @@ note "a user key as PKCS#8, sealed inner (to both KRAs) and outer (to the storag
 openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -outform DER -out "$T/user.p8" 2>/dev/null
 "$ENVELOPE_TOOL" seal "$T/kra1.pem" "$T/kra2.pem" <"$T/user.p8" >"$T/inner.der" || fail "inner seal"
 "$ENVELOPE_TOOL" seal "$T/storage.pem" <"$T/inner.der" >"$T/outer.der" || fail "outer seal"
-openssl cms -cmsout -inform DER -in "$T/outer.der" -print | grep -q "id-smime-ct-authEnvelopedData" ||
+openssl cms -cmsout -inform DER -in "$T/outer.der" -print | grep_q "id-smime-ct-authEnvelopedData" ||
     fail "outer layer is not an AuthEnvelopedData"
-openssl cms -cmsout -inform DER -in "$T/inner.der" -print | grep -q "aes-256-gcm" || fail "inner layer is not AES-256-GCM"
+openssl cms -cmsout -inform DER -in "$T/inner.der" -print | grep_q "aes-256-gcm" || fail "inner layer is not AES-256-GCM"
 
 note "stock openssl opens both layers with the tokens"
 openssl cms -decrypt -binary -inform DER -in "$T/outer.der" -recip "$T/storage.pem" -engine pkcs11 -keyform engine \
