@@ -224,7 +224,8 @@ insert_events(struct esc_ctx *ctx, struct esc_store *st, const struct esc_audit_
 			off += (size_t)snprintf(sql + off, cap - off, "%s$%zu%s", j == 0 ? (i ? ",(" : "(") : ",",
 						i * EVENT_NPARAMS + j + 1, j + 1 == EVENT_NPARAMS ? ")" : "");
 	}
-	if ((r = esc_store_exec(ctx, st, sql, (int)(n * EVENT_NPARAMS), v, len, fmt, NULL)) != ESC_OK)
+	/* Sent with the transaction's next statement (its COMMIT, as a rule), in one round trip. */
+	if ((r = esc_store_exec_later(ctx, st, sql, (int)(n * EVENT_NPARAMS), v, len, fmt)) != ESC_OK)
 		goto out;
 	esc_store_set_audit_tail(st, hash[n - 1]);
 	r = ESC_OK;

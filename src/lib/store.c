@@ -40,6 +40,19 @@ struct stmt {
 	int prepared;
 };
 
+/*
+ * A statement held back to go with the next one in one round trip
+ * (libpq's pipeline mode): a transaction's BEGIN, and writes whose result
+ * nobody reads (esc_store_exec_later).  Its parameters are copies.
+ */
+#define QUEUE_MAX 4
+struct queued {
+	char *sql;
+	int nparams;
+	char **values;
+	int *lengths, *formats;
+};
+
 struct cert_slot {
 	char *text; /* the bytea column as libpq gave it ("\\x" + hex) */
 	size_t len;
@@ -69,7 +82,73 @@ struct esc_store {
 	int audit_tail_set;
 	/* The context of the statement running now: the server's notices go to its log, never to stderr. */
 	struct esc_ctx *notice_ctx;
+	/* Held back for the next statement's round trip; queue[0] may be the transaction's BEGIN (begin_held). */
+	struct queued queue[QUEUE_MAX];
+	size_t nqueued;
+	int begin_held;
 };
+
+static void
+queued_free(struct queued *q)
+{
+	int i;
+
+	for (i = 0; q->values != NULL && i < q->nparams; i++)
+		free(q->values[i]);
+	free(q->values);
+	free(q->lengths);
+	free(q->formats);
+	free(q->sql);
+	memset(q, 0, sizeof(*q));
+}
+
+static void
+queue_clear(struct esc_store *st)
+{
+	size_t i;
+
+	for (i = 0; i < st->nqueued; i++)
+		queued_free(&st->queue[i]);
+	st->nqueued = 0;
+	st->begin_held = 0;
+}
+
+/* Hold sql back with copies of its parameters (lengths NULL or formats[i] 0: text).  0: out of memory or room. */
+static int
+queue_add(struct esc_store *st, const char *sql, int nparams, const char *const *values, const int *lengths,
+	  const int *formats)
+{
+	struct queued *q;
+	int i;
+
+	if (st->nqueued == QUEUE_MAX)
+		return 0;
+	q = &st->queue[st->nqueued];
+	memset(q, 0, sizeof(*q));
+	q->nparams = nparams;
+	if ((q->sql = strdup(sql)) == NULL ||
+	    (nparams > 0 && ((q->values = calloc((size_t)nparams, sizeof(*q->values))) == NULL ||
+			     (q->lengths = calloc((size_t)nparams, sizeof(*q->lengths))) == NULL ||
+			     (q->formats = calloc((size_t)nparams, sizeof(*q->formats))) == NULL)))
+		goto fail;
+	for (i = 0; i < nparams; i++) {
+		size_t n;
+
+		if (values[i] == NULL)
+			continue;
+		q->formats[i] = formats != NULL ? formats[i] : 0;
+		n = q->formats[i] ? (size_t)lengths[i] : strlen(values[i]) + 1;
+		q->lengths[i] = q->formats[i] ? lengths[i] : 0;
+		if ((q->values[i] = malloc(n > 0 ? n : 1)) == NULL)
+			goto fail;
+		memcpy(q->values[i], values[i], n);
+	}
+	st->nqueued++;
+	return 1;
+fail:
+	queued_free(q);
+	return 0;
+}
 
 /* libpq messages end in a newline; keep one line. */
 static const char *
@@ -207,6 +286,7 @@ esc_store_free(struct esc_store *st)
 
 	if (st == NULL)
 		return;
+	queue_clear(st);
 	if (st->conn != NULL)
 		PQfinish(st->conn);
 	forget_statements(st);
@@ -336,6 +416,111 @@ stmt_slot(struct esc_store *st, const char *sql, int *fresh)
  * the first use runs unnamed, so one-off statements (a CLI command's) cost
  * no extra round trip.
  */
+/* One pipelined command: its statement slot, whether it was prepared on the way (a result more). */
+struct sent {
+	struct stmt *s;
+	int prepare;
+};
+
+/* Send sql into the pipeline (prepared as run() would run it).  0: it could not be sent. */
+static int
+send_one(struct esc_store *st, const char *sql, int nparams, const char *const *values, const int *lengths,
+	 const int *formats, struct sent *out)
+{
+	char name[32];
+	int fresh;
+
+	out->prepare = 0;
+	if ((out->s = stmt_slot(st, sql, &fresh)) == NULL || fresh) {
+		out->s = NULL;
+		return PQsendQueryParams(st->conn, sql, nparams, NULL, values, lengths, formats, 0);
+	}
+	snprintf(name, sizeof(name), "p11e_%u_%zu", st->generation, (size_t)(out->s - st->stmts));
+	if (!out->s->prepared) {
+		if (!PQsendPrepare(st->conn, name, sql, nparams, NULL))
+			return 0;
+		out->prepare = 1;
+	}
+	return PQsendQueryPrepared(st->conn, name, nparams, values, lengths, formats, 0);
+}
+
+/*
+ * The held-back statements, then sql, in one round trip: libpq's pipeline
+ * mode, one sync at the end.  The result is the first one that failed (the
+ * server skipped the rest), else sql's; NULL if the connection failed on
+ * the way.  *prepared: that statement ran prepared.  The queue is left as
+ * it was (exec_untimed empties it).
+ */
+static PGresult *
+run_queued(struct esc_store *st, const char *sql, int nparams, const char *const *values, const int *lengths,
+	   const int *formats, int *prepared, int *nothing_back)
+{
+	struct sent sent[QUEUE_MAX + 1];
+	PGresult *res, *out = NULL;
+	size_t i, n = st->nqueued + 1;
+	int ok, got = 0;
+
+	*nothing_back = 0;
+	if (!PQenterPipelineMode(st->conn))
+		return NULL;
+	ok = 1;
+	for (i = 0; ok && i < n; i++) {
+		const struct queued *q = i < st->nqueued ? &st->queue[i] : NULL;
+
+		ok = q != NULL ? send_one(st, q->sql, q->nparams, (const char *const *)q->values, q->lengths,
+					  q->formats, &sent[i])
+			       : send_one(st, sql, nparams, values, lengths, formats, &sent[i]);
+	}
+	ok = ok && PQpipelineSync(st->conn);
+	for (i = 0; ok && i < n; i++) {
+		if (sent[i].prepare) {
+			if ((res = PQgetResult(st->conn)) == NULL) {
+				ok = 0;
+				break;
+			}
+			got = 1;
+			if (PQresultStatus(res) == PGRES_COMMAND_OK)
+				sent[i].s->prepared = 1;
+			if (PQresultStatus(res) != PGRES_COMMAND_OK && out == NULL) {
+				out = res;
+				*prepared = 0;
+			} else
+				PQclear(res);
+			while ((res = PQgetResult(st->conn)) != NULL)
+				PQclear(res);
+		}
+		if ((res = PQgetResult(st->conn)) == NULL) {
+			ok = 0;
+			break;
+		}
+		got = 1;
+		if (out == NULL &&
+		    (PQresultStatus(res) != PGRES_COMMAND_OK && PQresultStatus(res) != PGRES_TUPLES_OK)) {
+			out = res;
+			*prepared = sent[i].s != NULL;
+		} else if (out == NULL && i + 1 == n) {
+			out = res;
+			*prepared = sent[i].s != NULL;
+		} else {
+			PQclear(res);
+		}
+		while ((res = PQgetResult(st->conn)) != NULL)
+			PQclear(res);
+	}
+	if (ok && (res = PQgetResult(st->conn)) != NULL) {
+		ok = PQresultStatus(res) == PGRES_PIPELINE_SYNC;
+		PQclear(res);
+	}
+	ok = PQexitPipelineMode(st->conn) && ok;
+	if (!ok) {
+		/* The session is gone (a reset ends pipeline mode): no answer is to be trusted. */
+		PQclear(out);
+		*nothing_back = !got;
+		return NULL;
+	}
+	return out;
+}
+
 static PGresult *
 run(struct esc_store *st, const char *sql, int nparams, const char *const *values, const int *lengths,
     const int *formats, int *prepared)
@@ -346,6 +531,11 @@ run(struct esc_store *st, const char *sql, int nparams, const char *const *value
 	int fresh;
 
 	*prepared = 0;
+	if (st->nqueued > 0) {
+		int nothing_back;
+
+		return run_queued(st, sql, nparams, values, lengths, formats, prepared, &nothing_back);
+	}
 	if ((s = stmt_slot(st, sql, &fresh)) == NULL || fresh)
 		return PQexecParams(st->conn, sql, nparams, NULL, values, lengths, formats, 0);
 	snprintf(name, sizeof(name), "p11e_%u_%zu", st->generation, (size_t)(s - st->stmts));
@@ -382,11 +572,30 @@ exec_untimed(struct esc_ctx *ctx, struct esc_store *st, const char *sql, int npa
 	PGresult *res;
 	ExecStatusType status;
 	char msg[512];
-	int prepared, again = 0;
+	int prepared, again = 0, began;
 	enum esc_err r;
 
 	st->commit_unknown = 0;
+	if (!st->in_tx && st->nqueued == 0 && nparams == 0 && out == NULL && strncmp(sql, "BEGIN", 5) == 0) {
+		/* Held back: it goes with the transaction's first statement, in one round trip. */
+		if (!queue_add(st, sql, 0, NULL, NULL, NULL))
+			return esc_error(ctx, ESC_ERR_NOMEM, "out of memory");
+		st->begin_held = 1;
+		return ESC_OK;
+	}
+	began = st->begin_held;
+	if (began && st->in_tx && (st->lost || PQstatus(st->conn) != CONNECTION_OK || idle_session_gone(st))) {
+		/* Nothing of this transaction was sent: a new session can run all of it. */
+		st->in_tx = 0;
+		r = esc_store_reconnect(ctx, st);
+		st->in_tx = 1;
+		if (r != ESC_OK) {
+			queue_clear(st);
+			return r;
+		}
+	}
 	if ((st->lost || PQstatus(st->conn) != CONNECTION_OK) && st->in_tx) {
+		queue_clear(st);
 		st->lost = 1;
 		/* The server rolled this transaction back with the session: nothing more can join it. */
 		st->transient = 1;
@@ -399,6 +608,21 @@ exec_untimed(struct esc_ctx *ctx, struct esc_store *st, const char *sql, int npa
 		return r;
 again:
 	res = run(st, sql, nparams, values, lengths, formats, &prepared);
+	if (res == NULL && began && !again && strcmp(sql, "COMMIT") != 0) {
+		/*
+		 * The session died under the transaction's first round trip: the
+		 * server rolls back what it may have run, so all of it runs once
+		 * more on a new session, as a lone BEGIN did.
+		 */
+		st->in_tx = 0;
+		r = esc_store_reconnect(ctx, st);
+		st->in_tx = 1;
+		if (r == ESC_OK) {
+			again = 1;
+			goto again;
+		}
+	}
+	queue_clear(st);
 	if (prepared && !st->in_tx && stale_statement(res)) {
 		/* Outside a transaction nothing was aborted: run it again, parsed afresh. */
 		PQclear(res);
@@ -507,6 +731,17 @@ esc_store_exec(struct esc_ctx *ctx, struct esc_store *st, const char *sql, int n
 		       : strncmp(sql, "BEGIN", 5) == 0 ? "begin"
 						       : "statement");
 	return r;
+}
+
+enum esc_err
+esc_store_exec_later(struct esc_ctx *ctx, struct esc_store *st, const char *sql, int nparams, const char *const *values,
+		     const int *lengths, const int *formats)
+{
+	if (!st->in_tx || st->nqueued == QUEUE_MAX)
+		return esc_store_exec(ctx, st, sql, nparams, values, lengths, formats, NULL);
+	if (!queue_add(st, sql, nparams, values, lengths, formats))
+		return esc_error(ctx, ESC_ERR_NOMEM, "out of memory");
+	return ESC_OK;
 }
 
 /* Take (lock) or release the audit lock for this session; the result only matters when taking it. */
@@ -630,6 +865,14 @@ esc_store_commit(struct esc_ctx *ctx, struct esc_store *st)
 		r = esc_error(ctx, ESC_ERR_DB_CONNECT,
 			      "lost the database connection while committing: the outcome is unknown (test hook)");
 	}
+	/*
+	 * A COMMIT that failed with the session still there: if it never ran
+	 * (a statement sent with it in one round trip failed first, and the
+	 * server skipped the rest), the transaction is still open, aborted.
+	 */
+	if (r != ESC_OK && !st->lost && PQstatus(st->conn) == CONNECTION_OK &&
+	    PQtransactionStatus(st->conn) != PQTRANS_IDLE)
+		PQclear(PQexec(st->conn, "ROLLBACK"));
 	st->in_tx = 0;
 	st->audit_tail_set = 0;
 	return r;
@@ -642,11 +885,12 @@ esc_store_rollback(struct esc_store *st)
 
 	if (!st->in_tx)
 		return;
-	/* A lost session took its transaction with it; nothing to send. */
-	if (!st->lost && PQstatus(st->conn) == CONNECTION_OK) {
+	/* A lost session took its transaction with it, and a BEGIN still held back never began one. */
+	if (!st->lost && !st->begin_held && PQstatus(st->conn) == CONNECTION_OK) {
 		res = PQexec(st->conn, "ROLLBACK");
 		PQclear(res);
 	}
+	queue_clear(st);
 	st->in_tx = 0;
 	st->audit_tail_set = 0;
 }
@@ -822,6 +1066,9 @@ esc_store_grant_role(struct esc_ctx *ctx, struct esc_store *st, const char *role
 	char msg[512];
 	enum esc_err r = ESC_OK;
 
+	/* What is held back (the transaction's BEGIN) goes first. */
+	if (st->nqueued > 0 && (r = esc_store_exec(ctx, st, "SELECT 1", 0, NULL, NULL, NULL, NULL)) != ESC_OK)
+		return r;
 	/* Not through esc_store_exec: the function's SQLSTATE and primary message say why it refused. */
 	res = PQexecParams(st->conn, "SELECT p11escrow_grant_service($1)", 1, NULL, v, NULL, NULL, 0);
 	if (PQresultStatus(res) != PGRES_TUPLES_OK) {

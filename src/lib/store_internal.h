@@ -22,6 +22,18 @@ enum esc_err esc_store_exec(struct esc_ctx *ctx, struct esc_store *st, const cha
 			    PGresult **res) ESC_MUST_CHECK;
 
 /*
+ * esc_store_exec for a write whose result nobody reads, in the open
+ * transaction: it is held back (parameters copied) and sent with the
+ * transaction's next statement in one round trip (libpq's pipeline mode),
+ * as a transaction's BEGIN is sent with its first statement.  Its error, if
+ * it fails, is that next statement's (the transaction is then aborted, as
+ * it would have been).  Outside a transaction it runs at once.
+ * Errors: NOMEM; outside a transaction those of esc_store_exec.
+ */
+enum esc_err esc_store_exec_later(struct esc_ctx *ctx, struct esc_store *st, const char *sql, int nparams,
+				  const char *const *values, const int *lengths, const int *formats) ESC_MUST_CHECK;
+
+/*
  * The advisory lock that orders appends to the audit chain (audit.c takes
  * it per transaction; esc_store_retry holds it per session on a retry).
  */
