@@ -453,14 +453,13 @@ send_one(struct esc_store *st, const char *sql, int nparams, const char *const *
  */
 static PGresult *
 run_queued(struct esc_store *st, const char *sql, int nparams, const char *const *values, const int *lengths,
-	   const int *formats, int *prepared, int *nothing_back)
+	   const int *formats, int *prepared)
 {
 	struct sent sent[QUEUE_MAX + 1];
 	PGresult *res, *out = NULL;
 	size_t i, n = st->nqueued + 1;
-	int ok, got = 0;
+	int ok;
 
-	*nothing_back = 0;
 	if (!PQenterPipelineMode(st->conn))
 		return NULL;
 	ok = 1;
@@ -478,7 +477,6 @@ run_queued(struct esc_store *st, const char *sql, int nparams, const char *const
 				ok = 0;
 				break;
 			}
-			got = 1;
 			if (PQresultStatus(res) == PGRES_COMMAND_OK)
 				sent[i].s->prepared = 1;
 			if (PQresultStatus(res) != PGRES_COMMAND_OK && out == NULL) {
@@ -493,12 +491,9 @@ run_queued(struct esc_store *st, const char *sql, int nparams, const char *const
 			ok = 0;
 			break;
 		}
-		got = 1;
-		if (out == NULL &&
-		    (PQresultStatus(res) != PGRES_COMMAND_OK && PQresultStatus(res) != PGRES_TUPLES_OK)) {
-			out = res;
-			*prepared = sent[i].s != NULL;
-		} else if (out == NULL && i + 1 == n) {
+		/* The first failure, or the last statement's result. */
+		if (out == NULL && (i + 1 == n || (PQresultStatus(res) != PGRES_COMMAND_OK &&
+						   PQresultStatus(res) != PGRES_TUPLES_OK))) {
 			out = res;
 			*prepared = sent[i].s != NULL;
 		} else {
@@ -515,7 +510,6 @@ run_queued(struct esc_store *st, const char *sql, int nparams, const char *const
 	if (!ok) {
 		/* The session is gone (a reset ends pipeline mode): no answer is to be trusted. */
 		PQclear(out);
-		*nothing_back = !got;
 		return NULL;
 	}
 	return out;
@@ -531,11 +525,8 @@ run(struct esc_store *st, const char *sql, int nparams, const char *const *value
 	int fresh;
 
 	*prepared = 0;
-	if (st->nqueued > 0) {
-		int nothing_back;
-
-		return run_queued(st, sql, nparams, values, lengths, formats, prepared, &nothing_back);
-	}
+	if (st->nqueued > 0)
+		return run_queued(st, sql, nparams, values, lengths, formats, prepared);
 	if ((s = stmt_slot(st, sql, &fresh)) == NULL || fresh)
 		return PQexecParams(st->conn, sql, nparams, NULL, values, lengths, formats, 0);
 	snprintf(name, sizeof(name), "p11e_%u_%zu", st->generation, (size_t)(s - st->stmts));
