@@ -26,7 +26,7 @@ cats = [  # (name, predicate on set of symbols) - first match wins
  ('TLS client certificate check', lambda s: 'est_authenticate' in s or 'esc_enroll_check_client_cert' in s),
  ('CMC request parse + CSR signature check', lambda s: 'esc_cmc_request_parse' in s),
  ('libpq (statements, client side)', lambda s: any(x.startswith('PQ') for x in s) or 'esc_store_exec' in s),
- ('archive: PKCS#8 encode, hashes, other', lambda s: 'esc_archive_key' in s),
+ ('archive: PKCS#8 encode, hashes, other', lambda s: 'esc_archive_key' in s or 'esc_archive_key_and' in s),
  ('response: certs-only + base64', lambda s: 'esc_certs_only_build' in s or 'esc_b64_encode' in s or 'reply_certs' in s),
  ('serverkeygen: key generation', lambda s: 'esc_profile_generate_key' in s),
  ('serverkeygen: response', lambda s: 'est_serverkeygen' in s),
