@@ -219,6 +219,12 @@ esc_archive_set_size(struct esc_ctx *ctx, struct esc_store *st, long *want)
 	return r;
 }
 
+/* The KRAs a set may be drawn from: active, certificate not revoked by us, in id order, locked FOR SHARE. */
+#define KRAS_SQL                                                                                                    \
+	"SELECT id, name, recipient, certificate FROM kras k WHERE state = 'active' AND NOT EXISTS (SELECT 1 FROM " \
+	"revocations v WHERE v.own AND ltrim(v.serial, '0') = ltrim(k.cert_serial, '0')) ORDER BY id LIMIT 64 "     \
+	"FOR SHARE"
+
 enum esc_err
 esc_archive_kras_query(struct esc_ctx *ctx, struct esc_store *st, PGresult **res)
 {
@@ -227,11 +233,7 @@ esc_archive_kras_query(struct esc_ctx *ctx, struct esc_store *st, PGresult **res
 	 * commits, and one being retired is waited for and then skipped (even
 	 * in a READ COMMITTED transaction, as enrollment's; see kra.c).
 	 */
-	return esc_store_exec(ctx, st,
-			      "SELECT id, name, recipient, certificate FROM kras k WHERE state = 'active' AND NOT "
-			      "EXISTS (SELECT 1 FROM revocations v WHERE v.own AND ltrim(v.serial, '0') = "
-			      "ltrim(k.cert_serial, '0')) ORDER BY id LIMIT 64 FOR SHARE",
-			      0, NULL, NULL, NULL, res);
+	return esc_store_exec(ctx, st, KRAS_SQL, 0, NULL, NULL, NULL, res);
 }
 
 enum esc_err
@@ -828,7 +830,9 @@ esc_archive_insert_rows(struct esc_ctx *ctx, struct esc_store *st, struct esc_ar
 	if (n == 0)
 		return ESC_OK;
 	if (n > ESC_ARCHIVE_BATCH_MAX || (nevents > 0) != (events != NULL))
-		return esc_error(ctx, ESC_ERR_USAGE, "at most %d records in one statement", ESC_ARCHIVE_BATCH_MAX);
+		return esc_error(ctx, ESC_ERR_USAGE,
+				 "at most %d records in one statement, and audit ids only with a result for them",
+				 ESC_ARCHIVE_BATCH_MAX);
 	for (i = 0; i < n; i++)
 		nk += rows[i].ks->n;
 	cap = 256 + strlen(INSERT_COLUMNS) + strlen(INSERT_KRAS) + strlen(ESC_AUDIT_RESERVE_SQL) +
@@ -955,11 +959,6 @@ out:
 	return r;
 }
 
-/*
- * The current storage certificate and its generation (decimal), read in
- * one statement, so the record is sealed to the certificate of the
- * generation written beside it.
- */
 /* The storage certificate and generation from their stored text (certificate NULL: none).  Errors: STATE, BAD_INPUT. */
 static enum esc_err
 storage_of(struct esc_ctx *ctx, struct esc_store *st, const char *certificate, const char *gen, X509 **cert,
@@ -973,6 +972,11 @@ storage_of(struct esc_ctx *ctx, struct esc_store *st, const char *certificate, c
 	return ESC_OK;
 }
 
+/*
+ * The current storage certificate and its generation (decimal), read in
+ * one statement, so the record is sealed to the certificate of the
+ * generation written beside it.
+ */
 enum esc_err
 esc_archive_current_storage(struct esc_ctx *ctx, struct esc_store *st, X509 **cert, char *generation, size_t len)
 {
@@ -1193,9 +1197,7 @@ esc_archive_info_of(const struct esc_archive_new *n, struct esc_archive_info *in
  * each row as it is read, as esc_archive_kras_query does.
  */
 #define ENV_SQL                                                                                                     \
-	"WITH k AS MATERIALIZED (SELECT id, name, recipient, certificate FROM kras k WHERE state = 'active' AND "   \
-	"NOT EXISTS (SELECT 1 FROM revocations v WHERE v.own AND ltrim(v.serial, '0') = ltrim(k.cert_serial, "      \
-	"'0')) ORDER BY id LIMIT 64 FOR SHARE), "                                                                   \
+	"WITH k AS MATERIALIZED (" KRAS_SQL "), "                                                                   \
 	"l AS (SELECT pg_advisory_xact_lock(" ESC_STORE_AUDIT_LOCK ") FROM (SELECT count(*) FROM k) c WHERE "       \
 	"$3::boolean) "                                                                                             \
 	"SELECT NULL::bigint, NULL::text, NULL::text, NULL::bytea, (SELECT certificate FROM ca WHERE state = "      \
