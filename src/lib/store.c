@@ -439,6 +439,8 @@ send_one(struct esc_store *st, const char *sql, int nparams, const char *const *
 	if (!out->s->prepared) {
 		if (!PQsendPrepare(st->conn, name, sql, nparams, NULL))
 			return 0;
+		/* Prepared from here on, also for the same statement later in this round trip (undone if it fails). */
+		out->s->prepared = 1;
 		out->prepare = 1;
 	}
 	return PQsendQueryPrepared(st->conn, name, nparams, values, lengths, formats, 0);
@@ -477,8 +479,8 @@ run_queued(struct esc_store *st, const char *sql, int nparams, const char *const
 				ok = 0;
 				break;
 			}
-			if (PQresultStatus(res) == PGRES_COMMAND_OK)
-				sent[i].s->prepared = 1;
+			if (PQresultStatus(res) != PGRES_COMMAND_OK)
+				sent[i].s->prepared = 0;
 			if (PQresultStatus(res) != PGRES_COMMAND_OK && out == NULL) {
 				out = res;
 				*prepared = 0;

@@ -234,6 +234,9 @@ openssl cms -encrypt -recip "$T/transport.pem" -aes256 -binary -outform DER -in 
 note "prepared statements the server dropped or a schema change altered: one transient failure, then they work"
 tool 0 store-stale "$DB"
 
+note "statements held back for the next round trip: a failing one fails the statement it went with, the session stays clean"
+tool 0 store-pipeline "$DB"
+
 note "one keeper, one envelope after another: a key that does not decode spoils none of the next"
 tool 0 transport-seq "$DB" "$PIN_FILE" "$T/dave.key" "$T/env.der:0" "$T/badkey.der:31" "$T/envg.der:0" \
     "$T/nokey.der:31" "$T/tampered.der:33" "$T/env.der:0"

@@ -14,6 +14,10 @@
  *   enroll_tool store-stale CONNINFO
  *       prepared statements of a connection that the server dropped or a schema change altered:
  *       the statement fails once as a transient error (the transaction may be retried), then works
+ *   enroll_tool store-pipeline CONNINFO
+ *       statements held back for the next round trip (a transaction's BEGIN, esc_store_exec_later):
+ *       a held write that fails fails the statement it went with (COMMIT included), the transaction
+ *       is rolled back and the session serves the next one; committed and rolled back as told
  *   enroll_tool audit-flood CONNINFO STOP-FILE
  *       append audit events (esc_audit_append, each in its own transaction) as fast as one
  *       connection can until STOP-FILE exists; prints "appended N"; fails on the first error
@@ -383,6 +387,101 @@ static const struct {
 	{"SELECT $1::int + 1", 0, "42"},
 };
 
+/* One check of cmd_store_pipeline: got what was wanted?  Says which step failed. */
+static int
+pipe_check(struct esc_ctx *ctx, const char *step, enum esc_err got, enum esc_err want)
+{
+	if (got == want)
+		return 0;
+	fprintf(stderr, "enroll_tool: store-pipeline: %s: %s (%d), wanted %s: %s\n", step, esc_strerror(got), (int)got,
+		esc_strerror(want), esc_ctx_errmsg(ctx));
+	return 1;
+}
+
+/* The number of rows of pipe_t, or -1. */
+static long
+pipe_rows(struct esc_ctx *ctx, struct esc_store *st)
+{
+	PGresult *res = NULL;
+	long n = -1;
+
+	if (esc_store_exec(ctx, st, "SELECT count(*) FROM pipe_t", 0, NULL, NULL, NULL, &res) == ESC_OK)
+		n = strtol(PQgetvalue(res, 0, 0), NULL, 10);
+	PQclear(res);
+	return n;
+}
+
+static int
+cmd_store_pipeline(struct esc_ctx *ctx, int argc, char *argv[])
+{
+	struct esc_store *st = NULL;
+	const char *one[1] = {"1"}, *two[1] = {"2"};
+	static const char ins[] = "INSERT INTO pipe_t VALUES ($1::int)";
+	int bad = 0;
+	long n;
+	enum esc_err r;
+
+	if (argc != 3)
+		return usage();
+	if ((r = esc_store_connect(ctx, argv[2], &st)) != ESC_OK)
+		return fail(ctx, r);
+	bad |= pipe_check(
+		ctx, "create",
+		esc_store_exec(ctx, st, "CREATE TEMP TABLE pipe_t (a int PRIMARY KEY)", 0, NULL, NULL, NULL, NULL),
+		ESC_OK);
+	/* A held write committed with the COMMIT: there afterwards. */
+	bad |= pipe_check(ctx, "begin 1", esc_store_begin(ctx, st), ESC_OK);
+	bad |= pipe_check(ctx, "later 1", esc_store_exec_later(ctx, st, ins, 1, one, NULL, NULL), ESC_OK);
+	bad |= pipe_check(ctx, "commit 1", esc_store_commit(ctx, st), ESC_OK);
+	if ((n = pipe_rows(ctx, st)) != 1) {
+		fprintf(stderr, "enroll_tool: store-pipeline: %ld rows after the first commit, wanted 1\n", n);
+		bad = 1;
+	}
+	/* A held write that fails (the same key): the COMMIT fails with its error, and the session is clean. */
+	bad |= pipe_check(ctx, "begin 2", esc_store_begin(ctx, st), ESC_OK);
+	bad |= pipe_check(ctx, "later 2", esc_store_exec_later(ctx, st, ins, 1, two, NULL, NULL), ESC_OK);
+	bad |= pipe_check(ctx, "later 2 (taken key)", esc_store_exec_later(ctx, st, ins, 1, one, NULL, NULL), ESC_OK);
+	bad |= pipe_check(ctx, "commit 2", esc_store_commit(ctx, st), ESC_ERR_EXISTS);
+	if (esc_store_commit_unknown(st)) {
+		fprintf(stderr, "enroll_tool: store-pipeline: a refused commit was called unknown\n");
+		bad = 1;
+	}
+	esc_store_rollback(st);
+	if ((n = pipe_rows(ctx, st)) != 1) {
+		fprintf(stderr, "enroll_tool: store-pipeline: %ld rows after the refused commit, wanted 1 (%s)\n", n,
+			esc_ctx_errmsg(ctx));
+		bad = 1;
+	}
+	/* A held write that fails reports through the next statement, whatever it is. */
+	bad |= pipe_check(ctx, "begin 3", esc_store_begin(ctx, st), ESC_OK);
+	bad |= pipe_check(ctx, "later 3 (taken key)", esc_store_exec_later(ctx, st, ins, 1, one, NULL, NULL), ESC_OK);
+	bad |= pipe_check(ctx, "select 3", esc_store_exec(ctx, st, "SELECT 1", 0, NULL, NULL, NULL, NULL),
+			  ESC_ERR_EXISTS);
+	esc_store_rollback(st);
+	/* Held back and rolled back: never sent, so nothing was written and nothing is open. */
+	bad |= pipe_check(ctx, "begin 4", esc_store_begin(ctx, st), ESC_OK);
+	bad |= pipe_check(ctx, "later 4", esc_store_exec_later(ctx, st, ins, 1, two, NULL, NULL), ESC_OK);
+	esc_store_rollback(st);
+	if ((n = pipe_rows(ctx, st)) != 1) {
+		fprintf(stderr, "enroll_tool: store-pipeline: %ld rows after a rollback, wanted 1\n", n);
+		bad = 1;
+	}
+	/* A BEGIN held back, then a failing first statement: rolled back, the session serves on. */
+	bad |= pipe_check(ctx, "begin 5", esc_store_begin(ctx, st), ESC_OK);
+	bad |= pipe_check(ctx, "first 5 (taken key)", esc_store_exec(ctx, st, ins, 1, one, NULL, NULL, NULL),
+			  ESC_ERR_EXISTS);
+	esc_store_rollback(st);
+	bad |= pipe_check(ctx, "begin 6", esc_store_begin(ctx, st), ESC_OK);
+	bad |= pipe_check(ctx, "first 6", esc_store_exec(ctx, st, ins, 1, two, NULL, NULL, NULL), ESC_OK);
+	bad |= pipe_check(ctx, "commit 6", esc_store_commit(ctx, st), ESC_OK);
+	if ((n = pipe_rows(ctx, st)) != 2) {
+		fprintf(stderr, "enroll_tool: store-pipeline: %ld rows at the end, wanted 2\n", n);
+		bad = 1;
+	}
+	esc_store_free(st);
+	return bad;
+}
+
 /* A concurrent audit writer at full speed, for the tests of retried transactions. */
 static int
 cmd_audit_flood(struct esc_ctx *ctx, int argc, char *argv[])
@@ -728,6 +827,8 @@ main(int argc, char *argv[])
 		rc = cmd_transport(ctx, argc, argv);
 	else if (strcmp(argv[1], "store-stale") == 0)
 		rc = cmd_store_stale(ctx, argc, argv);
+	else if (strcmp(argv[1], "store-pipeline") == 0)
+		rc = cmd_store_pipeline(ctx, argc, argv);
 	else if (strcmp(argv[1], "transport-seq") == 0)
 		rc = cmd_transport_seq(ctx, argc, argv);
 	else if (strcmp(argv[1], "audit-flood") == 0)
