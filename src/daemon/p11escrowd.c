@@ -664,6 +664,14 @@ since(const struct timespec *t)
 	return (double)(now.tv_sec - t->tv_sec) + (double)(now.tv_nsec - t->tv_nsec) / 1e9;
 }
 
+/*
+ * At shutdown, a worker whose connections sent no TLS record for this
+ * long has nothing arriving.  A client that limits its rate sends a burst
+ * a second (curl --limit-rate does): one second was a coin flip between
+ * the next burst and the exit, and cut such uploads off now and then.
+ */
+#define QUIET_SECONDS 3.0
+
 static void
 on_drain(evutil_socket_t fd, short what, void *arg)
 {
@@ -673,7 +681,7 @@ on_drain(evutil_socket_t fd, short what, void *arg)
 	(void)fd;
 	(void)what;
 	/* Nothing in flight and nothing arriving for a moment, or out of time. */
-	if ((sl->inflight <= 0 && since(&sl->stop_since) >= 0.5 && since(&sl->last_rx) >= 1.0) ||
+	if ((sl->inflight <= 0 && since(&sl->stop_since) >= 0.5 && since(&sl->last_rx) >= QUIET_SECONDS) ||
 	    since(&sl->stop_since) >= grace) {
 		if (sl->inflight > 0)
 			svc_log(&sl->w, ESC_LOG_WARN, "shutdown grace of %.0f s over with %d request(s) in flight",
