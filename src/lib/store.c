@@ -410,12 +410,13 @@ stmt_slot(struct esc_store *st, const char *sql, int *fresh)
 	return &st->stmts[st->nstmts++];
 }
 
-/*
- * Run sql: a statement seen before on this connection runs as a prepared
- * statement (parsed and planned once per connection, not on every call);
- * the first use runs unnamed, so one-off statements (a CLI command's) cost
- * no extra round trip.
- */
+/* The server-side name of slot s's prepared statement on this connection ("p11e_<generation>_<slot>"). */
+static void
+stmt_name(const struct esc_store *st, const struct stmt *s, char name[32])
+{
+	snprintf(name, 32, "p11e_%u_%zu", st->generation, (size_t)(s - st->stmts));
+}
+
 /* One pipelined command: its statement slot, whether it was prepared on the way (a result more). */
 struct sent {
 	struct stmt *s;
@@ -435,7 +436,7 @@ send_one(struct esc_store *st, const char *sql, int nparams, const char *const *
 		out->s = NULL;
 		return PQsendQueryParams(st->conn, sql, nparams, NULL, values, lengths, formats, 0);
 	}
-	snprintf(name, sizeof(name), "p11e_%u_%zu", st->generation, (size_t)(out->s - st->stmts));
+	stmt_name(st, out->s, name);
 	if (!out->s->prepared) {
 		if (!PQsendPrepare(st->conn, name, sql, nparams, NULL))
 			return 0;
@@ -517,6 +518,12 @@ run_queued(struct esc_store *st, const char *sql, int nparams, const char *const
 	return out;
 }
 
+/*
+ * Run sql: a statement seen before on this connection runs as a prepared
+ * statement (parsed and planned once per connection, not on every call);
+ * the first use runs unnamed, so one-off statements (a CLI command's) cost
+ * no extra round trip.
+ */
 static PGresult *
 run(struct esc_store *st, const char *sql, int nparams, const char *const *values, const int *lengths,
     const int *formats, int *prepared)
@@ -531,7 +538,7 @@ run(struct esc_store *st, const char *sql, int nparams, const char *const *value
 		return run_queued(st, sql, nparams, values, lengths, formats, prepared);
 	if ((s = stmt_slot(st, sql, &fresh)) == NULL || fresh)
 		return PQexecParams(st->conn, sql, nparams, NULL, values, lengths, formats, 0);
-	snprintf(name, sizeof(name), "p11e_%u_%zu", st->generation, (size_t)(s - st->stmts));
+	stmt_name(st, s, name);
 	if (!s->prepared) {
 		pr = PQprepare(st->conn, name, sql, nparams, NULL);
 		if (PQresultStatus(pr) != PGRES_COMMAND_OK)
@@ -558,6 +565,18 @@ stale_statement(const PGresult *res)
 	return state != NULL && (strcmp(state, "26000") == 0 || strcmp(state, "0A000") == 0);
 }
 
+/* A new session for a transaction whose statements are still held back (the server has none of it). */
+static enum esc_err
+reconnect_unsent(struct esc_ctx *ctx, struct esc_store *st)
+{
+	enum esc_err r;
+
+	st->in_tx = 0;
+	r = esc_store_reconnect(ctx, st);
+	st->in_tx = 1;
+	return r;
+}
+
 static enum esc_err
 exec_untimed(struct esc_ctx *ctx, struct esc_store *st, const char *sql, int nparams, const char *const *values,
 	     const int *lengths, const int *formats, PGresult **out)
@@ -577,15 +596,11 @@ exec_untimed(struct esc_ctx *ctx, struct esc_store *st, const char *sql, int npa
 		return ESC_OK;
 	}
 	began = st->begin_held;
-	if (began && st->in_tx && (st->lost || PQstatus(st->conn) != CONNECTION_OK || idle_session_gone(st))) {
-		/* Nothing of this transaction was sent: a new session can run all of it. */
-		st->in_tx = 0;
-		r = esc_store_reconnect(ctx, st);
-		st->in_tx = 1;
-		if (r != ESC_OK) {
-			queue_clear(st);
-			return r;
-		}
+	/* Nothing of this transaction was sent: a new session can run all of it. */
+	if (began && st->in_tx && (st->lost || PQstatus(st->conn) != CONNECTION_OK || idle_session_gone(st)) &&
+	    (r = reconnect_unsent(ctx, st)) != ESC_OK) {
+		queue_clear(st);
+		return r;
 	}
 	if ((st->lost || PQstatus(st->conn) != CONNECTION_OK) && st->in_tx) {
 		queue_clear(st);
@@ -607,10 +622,7 @@ again:
 		 * server rolls back what it may have run, so all of it runs once
 		 * more on a new session, as a lone BEGIN did.
 		 */
-		st->in_tx = 0;
-		r = esc_store_reconnect(ctx, st);
-		st->in_tx = 1;
-		if (r == ESC_OK) {
+		if (reconnect_unsent(ctx, st) == ESC_OK) {
 			again = 1;
 			goto again;
 		}
@@ -859,13 +871,12 @@ esc_store_commit(struct esc_ctx *ctx, struct esc_store *st)
 			      "lost the database connection while committing: the outcome is unknown (test hook)");
 	}
 	/*
-	 * A COMMIT that failed with the session still there: if it never ran
-	 * (a statement sent with it in one round trip failed first, and the
-	 * server skipped the rest), the transaction is still open, aborted.
+	 * A COMMIT that failed may never have run (a statement sent with it in
+	 * one round trip failed first, and the server skipped the rest): the
+	 * transaction is then still open, aborted.
 	 */
-	if (r != ESC_OK && !st->lost && PQstatus(st->conn) == CONNECTION_OK &&
-	    PQtransactionStatus(st->conn) != PQTRANS_IDLE)
-		PQclear(PQexec(st->conn, "ROLLBACK"));
+	if (r != ESC_OK)
+		esc_store_rollback(st);
 	st->in_tx = 0;
 	st->audit_tail_set = 0;
 	return r;
@@ -878,8 +889,12 @@ esc_store_rollback(struct esc_store *st)
 
 	if (!st->in_tx)
 		return;
-	/* A lost session took its transaction with it, and a BEGIN still held back never began one. */
-	if (!st->lost && !st->begin_held && PQstatus(st->conn) == CONNECTION_OK) {
+	/*
+	 * Only what the server holds open: a lost session took its transaction
+	 * with it, a BEGIN still held back never began one, and a COMMIT that
+	 * failed ended it.
+	 */
+	if (!st->lost && PQstatus(st->conn) == CONNECTION_OK && PQtransactionStatus(st->conn) != PQTRANS_IDLE) {
 		res = PQexec(st->conn, "ROLLBACK");
 		PQclear(res);
 	}
