@@ -363,7 +363,7 @@ out:
 	return r;
 }
 
-/* The enroll.issue event of this attempt (record: its id, or NULL when not archived), details into buf. */
+/* The enroll.issue event of this attempt (issue_event_fill: record, its id or NULL when not archived; details kept here). */
 struct issue_event {
 	const struct profile_def *def;
 	const struct esc_enroll_request *req;
