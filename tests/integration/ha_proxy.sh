@@ -97,17 +97,22 @@ for i in $(seq 300); do [ "$(done_ok)" -ge 10 ] && break; sleep 0.1; done
 [ "$(done_ok)" -ge 10 ] || fail "the load did not start: $(cat "$T"/tries.* | head)"
 grep -q "issued serial=" "$LOG1" && grep -q "issued serial=" "$LOG2" ||
     fail "HAProxy did not use both daemons before the kill"
-# Requests certainly in flight when the daemon dies: slow uploads (a CSR at 500 bytes/s, about
-# 2 s), four of them, so that round robin sends some to daemon 1; each then retried at full speed.
+# Requests certainly in flight when the daemon dies: slow uploads (a CSR padded with 2,000 blank
+# lines, at 500 bytes/s: about 6 s), four of them, each then retried at full speed through HAProxy.
+# The first two go to daemon 1 itself, the other two through HAProxy.  Before, the CSR alone (about
+# 900 bytes: two bursts of curl's rate limit, one second apart) could finish before the kill at one
+# second, and through HAProxy none needs to reach daemon 1: CI saw all four answered on the first try.
 openssl req -new -newkey rsa:2048 -nodes -keyout /dev/null -subj '/CN=slow' -outform DER 2>/dev/null |
     openssl base64 >"$T/slow.b64"
+head -c 2000 /dev/zero | tr '\0' '\n' >>"$T/slow.b64"
+# slow N URL: one slow upload to URL, then retries through HAProxy until a 200
 slow() {
     local try code
     for try in $(seq 25); do
         if ((try == 1)); then
             code=$(curl -sS --max-time 30 --limit-rate 500 --cacert "$SERVER_CA" -o "$T/r/slow$1.$try.body" \
                 -D "$T/r/slow$1.$try.hdr" -w '%{http_code}' -H 'Content-Type: application/pkcs10' \
-                --data-binary @"$T/slow.b64" "${CC[@]}" "$URL/.well-known/est/serverkeygen" 2>>"$T/curl.err") || true
+                --data-binary @"$T/slow.b64" "${CC[@]}" "$2/.well-known/est/serverkeygen" 2>>"$T/curl.err") || true
         else
             code=$(keygen "slow$1.$try")
         fi
@@ -118,7 +123,8 @@ slow() {
     printf '%s %s %s\n' "slow$1" "$code" "$try" >>"$T/codes.slow$1"
 }
 slows=()
-for i in 1 2 3 4; do slow "$i" & slows+=("$!"); done
+for i in 1 2; do slow "$i" "https://127.0.0.1:$PORT1" & slows+=("$!"); done
+for i in 3 4; do slow "$i" "$URL" & slows+=("$!"); done
 sleep 1
 # The whole daemon at once, as a machine would go: supervisor, workers and keeper.
 victims=$(ps -o pid= --ppid "$PID1" | tr -d ' ' | tr '\n' ' ')
