@@ -248,17 +248,13 @@ check_many(struct esc_ctx *ctx, struct esc_store *st, size_t n)
 	return ESC_OK;
 }
 
-enum esc_err
-esc_audit_append_reserved(struct esc_ctx *ctx, struct esc_store *st, const struct esc_audit_event *ev, size_t n,
-			  const PGresult *res)
+/* esc_audit_append_reserved once its arguments are checked. */
+static enum esc_err
+append_reserved(struct esc_ctx *ctx, struct esc_store *st, const struct esc_audit_event *ev, size_t n,
+		const PGresult *res)
 {
 	unsigned char prev[HASH_LEN];
-	enum esc_err r;
 
-	if (n == 0)
-		return ESC_OK;
-	if ((r = check_many(ctx, st, n)) != ESC_OK)
-		return r;
 	memset(prev, 0, sizeof(prev)); /* the first event links to 32 zero bytes */
 	if (PQntuples(res) > 0 && !PQgetisnull(res, 0, 0)) {
 		long l = 0;
@@ -272,6 +268,19 @@ esc_audit_append_reserved(struct esc_ctx *ctx, struct esc_store *st, const struc
 		OPENSSL_free(p);
 	}
 	return insert_events(ctx, st, ev, n, res, prev);
+}
+
+enum esc_err
+esc_audit_append_reserved(struct esc_ctx *ctx, struct esc_store *st, const struct esc_audit_event *ev, size_t n,
+			  const PGresult *res)
+{
+	enum esc_err r;
+
+	if (n == 0)
+		return ESC_OK;
+	if ((r = check_many(ctx, st, n)) != ESC_OK)
+		return r;
+	return append_reserved(ctx, st, ev, n, res);
 }
 
 enum esc_err
@@ -297,7 +306,7 @@ esc_audit_append_many(struct esc_ctx *ctx, struct esc_store *st, const struct es
 	} else if ((r = esc_store_exec(ctx, st, "SELECT pg_advisory_xact_lock(" ESC_STORE_AUDIT_LOCK ")", 0, NULL, NULL,
 				       NULL, NULL)) == ESC_OK &&
 		   (r = esc_store_exec(ctx, st, ESC_AUDIT_RESERVE_SQL "$1)", 1, v, NULL, NULL, &res)) == ESC_OK)
-		r = esc_audit_append_reserved(ctx, st, ev, n, res);
+		r = append_reserved(ctx, st, ev, n, res);
 	PQclear(res);
 	return r;
 }
