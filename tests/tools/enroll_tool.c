@@ -398,9 +398,9 @@ pipe_check(struct esc_ctx *ctx, const char *step, enum esc_err got, enum esc_err
 	return 1;
 }
 
-/* The number of rows of pipe_t, or -1. */
-static long
-pipe_rows(struct esc_ctx *ctx, struct esc_store *st)
+/* One check of cmd_store_pipeline: does pipe_t hold want rows?  Says after which step it does not. */
+static int
+pipe_rows(struct esc_ctx *ctx, struct esc_store *st, const char *after, long want)
 {
 	PGresult *res = NULL;
 	long n = -1;
@@ -408,7 +408,11 @@ pipe_rows(struct esc_ctx *ctx, struct esc_store *st)
 	if (esc_store_exec(ctx, st, "SELECT count(*) FROM pipe_t", 0, NULL, NULL, NULL, &res) == ESC_OK)
 		n = strtol(PQgetvalue(res, 0, 0), NULL, 10);
 	PQclear(res);
-	return n;
+	if (n == want)
+		return 0;
+	fprintf(stderr, "enroll_tool: store-pipeline: %ld rows after %s, wanted %ld (%s)\n", n, after, want,
+		esc_ctx_errmsg(ctx));
+	return 1;
 }
 
 static int
@@ -418,7 +422,6 @@ cmd_store_pipeline(struct esc_ctx *ctx, int argc, char *argv[])
 	const char *one[1] = {"1"}, *two[1] = {"2"};
 	static const char ins[] = "INSERT INTO pipe_t VALUES ($1::int)";
 	int bad = 0;
-	long n;
 	enum esc_err r;
 
 	if (argc != 3)
@@ -433,10 +436,7 @@ cmd_store_pipeline(struct esc_ctx *ctx, int argc, char *argv[])
 	bad |= pipe_check(ctx, "begin 1", esc_store_begin(ctx, st), ESC_OK);
 	bad |= pipe_check(ctx, "later 1", esc_store_exec_later(ctx, st, ins, 1, one, NULL, NULL), ESC_OK);
 	bad |= pipe_check(ctx, "commit 1", esc_store_commit(ctx, st), ESC_OK);
-	if ((n = pipe_rows(ctx, st)) != 1) {
-		fprintf(stderr, "enroll_tool: store-pipeline: %ld rows after the first commit, wanted 1\n", n);
-		bad = 1;
-	}
+	bad |= pipe_rows(ctx, st, "the first commit", 1);
 	/* A held write that fails (the same key): the COMMIT fails with its error, and the session is clean. */
 	bad |= pipe_check(ctx, "begin 2", esc_store_begin(ctx, st), ESC_OK);
 	bad |= pipe_check(ctx, "later 2", esc_store_exec_later(ctx, st, ins, 1, two, NULL, NULL), ESC_OK);
@@ -447,11 +447,7 @@ cmd_store_pipeline(struct esc_ctx *ctx, int argc, char *argv[])
 		bad = 1;
 	}
 	esc_store_rollback(st);
-	if ((n = pipe_rows(ctx, st)) != 1) {
-		fprintf(stderr, "enroll_tool: store-pipeline: %ld rows after the refused commit, wanted 1 (%s)\n", n,
-			esc_ctx_errmsg(ctx));
-		bad = 1;
-	}
+	bad |= pipe_rows(ctx, st, "the refused commit", 1);
 	/* A held write that fails reports through the next statement, whatever it is. */
 	bad |= pipe_check(ctx, "begin 3", esc_store_begin(ctx, st), ESC_OK);
 	bad |= pipe_check(ctx, "later 3 (taken key)", esc_store_exec_later(ctx, st, ins, 1, one, NULL, NULL), ESC_OK);
@@ -462,10 +458,7 @@ cmd_store_pipeline(struct esc_ctx *ctx, int argc, char *argv[])
 	bad |= pipe_check(ctx, "begin 4", esc_store_begin(ctx, st), ESC_OK);
 	bad |= pipe_check(ctx, "later 4", esc_store_exec_later(ctx, st, ins, 1, two, NULL, NULL), ESC_OK);
 	esc_store_rollback(st);
-	if ((n = pipe_rows(ctx, st)) != 1) {
-		fprintf(stderr, "enroll_tool: store-pipeline: %ld rows after a rollback, wanted 1\n", n);
-		bad = 1;
-	}
+	bad |= pipe_rows(ctx, st, "a rollback", 1);
 	/* A BEGIN held back, then a failing first statement: rolled back, the session serves on. */
 	bad |= pipe_check(ctx, "begin 5", esc_store_begin(ctx, st), ESC_OK);
 	bad |= pipe_check(ctx, "first 5 (taken key)", esc_store_exec(ctx, st, ins, 1, one, NULL, NULL, NULL),
@@ -474,10 +467,7 @@ cmd_store_pipeline(struct esc_ctx *ctx, int argc, char *argv[])
 	bad |= pipe_check(ctx, "begin 6", esc_store_begin(ctx, st), ESC_OK);
 	bad |= pipe_check(ctx, "first 6", esc_store_exec(ctx, st, ins, 1, two, NULL, NULL, NULL), ESC_OK);
 	bad |= pipe_check(ctx, "commit 6", esc_store_commit(ctx, st), ESC_OK);
-	if ((n = pipe_rows(ctx, st)) != 2) {
-		fprintf(stderr, "enroll_tool: store-pipeline: %ld rows at the end, wanted 2\n", n);
-		bad = 1;
-	}
+	bad |= pipe_rows(ctx, st, "the last commit", 2);
 	esc_store_free(st);
 	return bad;
 }
